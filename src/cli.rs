@@ -1,0 +1,1 @@
+//! TODO(cli): being written.

@@ -1,0 +1,295 @@
+//! Configuration: the TOML file plus `KEYSWEEP__SECTION__KEY` environment overrides, validated
+//! into the typed [`Config`] every other module reads.
+//!
+//! Raw serde structs live in `raw.rs`; `load` turns them into these validated types, and every
+//! error names the file and the key (`organizations[0].base_url: …`). Secrets are resolved here
+//! (environment or credential file) into `SecretString` and never leave as plain text: this module
+//! must never print, log or `Debug` a secret value.
+
+mod raw;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+pub use raw::{LoadError, default_config_path, load, load_from_str};
+
+/// What keysweep is allowed to do to keys. Deletion is permanent, so the default is `DryRun`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    DryRun,
+    Enforce,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::DryRun => "dry-run",
+            Mode::Enforce => "enforce",
+        }
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this configuration came from (for messages and SIGHUP reloads).
+    pub source: Option<PathBuf>,
+    /// SHA-256 (hex) of the effective configuration without secrets; written into audit records.
+    pub hash: String,
+    pub mode: Mode,
+    pub state_path: PathBuf,
+    pub organizations: Vec<OrgConfig>,
+    pub limits: Limits,
+    pub policies: Vec<PolicyConfig>,
+    pub exemptions: Vec<ExemptionConfig>,
+    pub safety: Safety,
+    pub channels: Vec<ChannelConfig>,
+    pub routes: Vec<RouteConfig>,
+    /// Channels that receive enforcer alerts (incomplete listing, auth failure, cap hit, …).
+    pub ops_channels: Vec<String>,
+    /// Channels for findings whose owner has no e-mail (service accounts, unknown owners).
+    pub owner_fallback: Vec<String>,
+    pub notifications: NotificationSettings,
+    pub schedule: Schedule,
+    pub server: ServerConfig,
+    pub log: LogConfig,
+    pub shutdown_grace: Duration,
+}
+
+impl Config {
+    pub fn channel(&self, name: &str) -> Option<&ChannelConfig> {
+        self.channels.iter().find(|c| c.name == name)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct OrgConfig {
+    pub name: String,
+    /// Base URL including the version path, e.g. `https://api.openai.com/v1`.
+    pub base_url: url::Url,
+    pub admin_key: SecretString,
+    /// Project ids or name globs; empty means every active project.
+    pub projects: Vec<String>,
+    pub exclude_projects: Vec<String>,
+    pub include_archived: bool,
+    /// Extra trusted CA (PEM) for networks behind a TLS-inspecting proxy.
+    pub ca_file: Option<PathBuf>,
+    /// Per-organisation schedule override.
+    pub schedule: Option<Schedule>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub concurrency: usize,
+    pub requests_per_second: Option<f64>,
+    pub max_retries: u32,
+    pub request_timeout: Duration,
+    /// Largest response body accepted from the API; larger answers make the listing incomplete.
+    pub max_response_bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OwnerTypeSelector {
+    User,
+    ServiceAccount,
+}
+
+/// Which keys a policy looks at. Every non-empty list must match (AND); within a list any entry
+/// may match (OR).
+#[derive(Debug, Clone, Default)]
+pub struct Selector {
+    pub organizations: Vec<String>,
+    /// Project ids or project-name globs.
+    pub projects: Vec<String>,
+    pub owner_type: Option<OwnerTypeSelector>,
+    pub key_name: Vec<String>,
+    pub owner_email: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Notify,
+    Revoke,
+}
+
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    pub name: String,
+    pub selector: Selector,
+    pub max_age: Option<Duration>,
+    pub max_idle: Option<Duration>,
+    /// Grace for never-used keys under `max_idle`; defaults to `max_idle`.
+    pub never_used_grace: Option<Duration>,
+    pub owner_lost_access: bool,
+    /// Key names must match this regex; a key whose name does not match violates the policy.
+    pub name_pattern: Option<regex::Regex>,
+    pub action: Action,
+    pub warn_before: Duration,
+    pub final_notice: Duration,
+    /// Channel names that receive this policy's findings.
+    pub notify: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExemptionConfig {
+    pub key_id: Option<String>,
+    pub key_name: Option<String>,
+    /// Project id or name glob.
+    pub project: Option<String>,
+    pub reason: String,
+    /// Unix seconds (end of the given day, UTC) after which the exemption no longer applies.
+    pub until: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServiceAccountRule {
+    NotifyOnly,
+    DeleteServiceAccount,
+}
+
+#[derive(Debug, Clone)]
+pub struct Safety {
+    pub max_revocations_per_run: u32,
+    pub max_revocations_per_project_percent: u32,
+    pub max_revocations_per_day: u32,
+    pub kill_switch_file: Option<PathBuf>,
+    pub service_accounts: ServiceAccountRule,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    Starttls,
+    Tls,
+    None,
+}
+
+#[derive(Debug, Clone)]
+pub struct EmailChannel {
+    pub smtp_host: String,
+    pub smtp_port: u16,
+    pub smtp_tls: SmtpTls,
+    pub smtp_ca_file: Option<PathBuf>,
+    pub smtp_username: Option<SecretString>,
+    pub smtp_password: Option<SecretString>,
+    pub from: String,
+    pub to: Vec<String>,
+    /// Also mail the key's owner (the user's e-mail from the API).
+    pub owner: bool,
+    pub send_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct SlackChannel {
+    pub webhook_url: SecretString,
+}
+
+#[derive(Debug, Clone)]
+pub struct PagerDutyChannel {
+    pub routing_key: SecretString,
+    pub url: url::Url,
+}
+
+#[derive(Debug, Clone)]
+pub struct WebhookChannel {
+    pub url: url::Url,
+    /// Standard Webhooks secret, `whsec_<base64>`.
+    pub secret: SecretString,
+}
+
+#[derive(Debug, Clone)]
+pub enum ChannelKind {
+    Email(EmailChannel),
+    Slack(SlackChannel),
+    PagerDuty(PagerDutyChannel),
+    Webhook(WebhookChannel),
+}
+
+impl ChannelKind {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ChannelKind::Email(_) => "email",
+            ChannelKind::Slack(_) => "slack",
+            ChannelKind::PagerDuty(_) => "pagerduty",
+            ChannelKind::Webhook(_) => "webhook",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ChannelConfig {
+    pub name: String,
+    pub kind: ChannelKind,
+}
+
+/// Extra channels for findings in matching projects.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Project ids or name globs.
+    pub projects: Vec<String>,
+    pub channels: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NotificationSettings {
+    /// Reminder interval for unchanged open findings.
+    pub repeat_interval: Duration,
+    /// Failed deliveries are retried this many times before the message is dead-lettered.
+    pub max_attempts: u32,
+    /// Where `keysweep demo` and dry runs may write rendered messages.
+    pub outbox_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    /// 5-field or 6-field cron, validated at load.
+    pub cron: String,
+    pub timezone: chrono_tz::Tz,
+    pub run_on_start: bool,
+    pub jitter: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// `None`: pretty on a terminal, JSON otherwise.
+    pub format: Option<LogFormat>,
+}
+
+/// True when `host` is a loopback name or address (plain HTTP and SMTP without TLS are allowed
+/// only there).
+pub fn is_loopback_host(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    if h.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    h.parse::<std::net::IpAddr>()
+        .map(|ip| ip.is_loopback())
+        .unwrap_or(false)
+}
+
+/// Path helper used by tests and the CLI.
+pub fn resolve_relative(base: Option<&Path>, p: &Path) -> PathBuf {
+    match base.and_then(|b| b.parent()) {
+        Some(dir) if p.is_relative() && !dir.as_os_str().is_empty() => dir.join(p),
+        _ => p.to_path_buf(),
+    }
+}

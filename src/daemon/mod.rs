@@ -1,0 +1,1 @@
+//! TODO(daemon): being written.

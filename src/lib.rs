@@ -1,0 +1,25 @@
+//! keysweep keeps an organisation's OpenAI project API keys clean.
+//!
+//! The modules follow the data flow: `config` → inventory (`openai`, `inventory`) → `policy` →
+//! actions (`revoke`, `notify`) → `state` (findings, audit, outbox), with `sweep` tying one pass
+//! together and `daemon`, `ops` and `metrics` around it. `sim` is the simulated Administration
+//! API used by tests, the benchmark and the demo. See ARCHITECTURE.md for the invariants.
+
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod inventory;
+pub mod metrics;
+pub mod notify;
+pub mod openai;
+pub mod ops;
+pub mod policy;
+pub mod report;
+pub mod revoke;
+pub mod sim;
+pub mod state;
+pub mod sweep;
+pub mod telemetry;

@@ -1,0 +1,94 @@
+//! Enforcer alerts: what the on-call team must hear about keysweep itself.
+//!
+//! They go to `ops_channels`, never to key owners.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "alert", rename_all = "snake_case")]
+pub enum EnforcerAlert {
+    /// A project's listing was incomplete; nothing in it was revoked this sweep.
+    IncompleteListing {
+        organization: String,
+        project_id: String,
+        reason: String,
+    },
+    /// The admin key was refused (401/403); the organisation could not be swept.
+    AuthenticationFailed {
+        organization: String,
+        message: String,
+    },
+    /// The organisation could not be listed for another reason.
+    OrganizationUnavailable {
+        organization: String,
+        message: String,
+    },
+    /// A safety cap withheld revocations that were due.
+    CapExceeded {
+        cap: String,
+        limit: u64,
+        withheld: u64,
+    },
+    /// The kill switch file exists; nothing was deleted.
+    KillSwitchOn { path: String, withheld: u64 },
+    /// A message was dead-lettered after its last attempt.
+    DeliveryFailed {
+        channel: String,
+        message_id: String,
+        attempts: u32,
+        error: String,
+    },
+    /// An admin key expires within 14 days.
+    AdminKeyExpiring {
+        organization: String,
+        key_id: String,
+        redacted_value: String,
+        expires_at: i64,
+    },
+    /// A revocation was attempted and failed, or its outcome is unknown.
+    RevocationFailed {
+        organization: String,
+        project_id: String,
+        key_id: String,
+        error: String,
+    },
+}
+
+impl EnforcerAlert {
+    /// Stable identity for de-duplicating repeated alerts across sweeps.
+    pub fn dedup_key(&self) -> String {
+        match self {
+            EnforcerAlert::IncompleteListing {
+                organization,
+                project_id,
+                ..
+            } => {
+                format!("incomplete/{organization}/{project_id}")
+            }
+            EnforcerAlert::AuthenticationFailed { organization, .. } => {
+                format!("auth/{organization}")
+            }
+            EnforcerAlert::OrganizationUnavailable { organization, .. } => {
+                format!("unavailable/{organization}")
+            }
+            EnforcerAlert::CapExceeded { cap, .. } => format!("cap/{cap}"),
+            EnforcerAlert::KillSwitchOn { .. } => "kill-switch".to_string(),
+            EnforcerAlert::DeliveryFailed { message_id, .. } => format!("dead-letter/{message_id}"),
+            EnforcerAlert::AdminKeyExpiring {
+                organization,
+                key_id,
+                ..
+            } => {
+                format!("admin-key-expiring/{organization}/{key_id}")
+            }
+            EnforcerAlert::RevocationFailed {
+                organization,
+                project_id,
+                key_id,
+                ..
+            } => {
+                format!("revocation-failed/{organization}/{project_id}/{key_id}")
+            }
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! Notifications: digests per channel and recipient, the outbox, and delivery.
+
+pub mod alert;

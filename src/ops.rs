@@ -1,0 +1,1 @@
+//! TODO(ops): being written.

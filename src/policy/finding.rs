@@ -1,0 +1,144 @@
+//! Findings: one (key, policy) pair that violates policy, and where it stands in its lifecycle.
+//!
+//! A finding is created when a key first violates a policy and is closed when the key is
+//! revoked, disappears, stops violating or is exempted. Its `deadline` is fixed when it is first
+//! detected and never moves silently. These are plain data: `policy::lifecycle` decides the
+//! transitions, `state` persists them, `notify` renders the notices.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Action;
+use crate::inventory::OwnerType;
+
+/// Lifecycle stage of a finding: detected → warned → final notice → revoked, or closed early as
+/// resolved / exempted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    Detected,
+    Warned,
+    FinalNotice,
+    Revoked,
+    Resolved,
+    Exempted,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Detected => "detected",
+            Stage::Warned => "warned",
+            Stage::FinalNotice => "final_notice",
+            Stage::Revoked => "revoked",
+            Stage::Resolved => "resolved",
+            Stage::Exempted => "exempted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Stage> {
+        Some(match s {
+            "detected" => Stage::Detected,
+            "warned" => Stage::Warned,
+            "final_notice" => Stage::FinalNotice,
+            "revoked" => Stage::Revoked,
+            "resolved" => Stage::Resolved,
+            "exempted" => Stage::Exempted,
+            _ => return None,
+        })
+    }
+
+    /// Closed findings are kept for history but no longer acted on.
+    pub fn is_open(self) -> bool {
+        matches!(self, Stage::Detected | Stage::Warned | Stage::FinalNotice)
+    }
+}
+
+/// Identity of a finding: organisation, project, key and policy.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct FindingId {
+    pub organization: String,
+    pub project_id: String,
+    pub key_id: String,
+    pub policy: String,
+}
+
+impl FindingId {
+    /// `org/project/key/policy`: the PagerDuty `dedup_key` and a stable log field.
+    pub fn dedup_key(&self) -> String {
+        format!(
+            "{}/{}/{}/{}",
+            self.organization, self.project_id, self.key_id, self.policy
+        )
+    }
+}
+
+/// A persisted finding. Carries a snapshot of what a human needs to recognise the key; never a
+/// secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finding {
+    pub id: FindingId,
+    pub project_name: Option<String>,
+    pub key_name: String,
+    pub redacted_value: String,
+    pub owner_type: OwnerType,
+    /// E-mail, service-account name or id, for display.
+    pub owner: String,
+    /// The owner's e-mail when the API gave one (used for `owner = true` routing).
+    pub owner_email: Option<String>,
+    /// Inputs the decision was made on.
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
+    pub action: Action,
+    /// Human-readable reason, e.g. "older than 90d (created 2025-01-02, 412 days ago)".
+    pub reason: String,
+    pub stage: Stage,
+    pub detected_at: i64,
+    /// When a `revoke` finding may be revoked. Fixed at detection.
+    pub deadline: i64,
+    pub warned_at: Option<i64>,
+    pub final_notice_at: Option<i64>,
+    /// When the last notice about this finding was queued (for `repeat_interval` reminders).
+    pub last_notified_at: Option<i64>,
+    /// When the finding left the open stages.
+    pub closed_at: Option<i64>,
+    /// Why it closed ("key deleted by owner", "no longer violates", "exempted: …", "revoked").
+    pub resolution: Option<String>,
+}
+
+/// What a notice says about a finding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoticeKind {
+    /// First notice: the key violates policy; for `revoke` findings it carries the deadline.
+    Warning,
+    /// Unchanged open finding, repeated after `repeat_interval`.
+    Reminder,
+    /// Last notice before the revocation deadline.
+    FinalNotice,
+    /// The key was revoked (or, in dry-run, would have been).
+    Revoked,
+    /// The finding closed without revocation (rotated, deleted by owner, exempted, fixed).
+    Resolved,
+}
+
+impl NoticeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoticeKind::Warning => "warning",
+            NoticeKind::Reminder => "reminder",
+            NoticeKind::FinalNotice => "final_notice",
+            NoticeKind::Revoked => "revoked",
+            NoticeKind::Resolved => "resolved",
+        }
+    }
+}
+
+/// A notice due for one finding; `notify` groups notices into digests per channel and recipient.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notice {
+    pub kind: NoticeKind,
+    /// Snapshot of the finding after the transition that produced the notice.
+    pub finding: Finding,
+    /// True in dry-run: a `Revoked` notice then means "would have been revoked".
+    pub dry_run: bool,
+}

@@ -1,0 +1,2 @@
+//! Policy evaluation: pure, no I/O, no clock reads (`now` is passed in).
+pub mod finding;

@@ -1,0 +1,1 @@
+//! TODO(sim): being written.

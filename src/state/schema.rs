@@ -1,0 +1,93 @@
+//! The state database schema, as an ordered list of migrations applied with
+//! `PRAGMA user_version`. Append new steps; never edit a released one.
+
+/// Migration `i` brings the database from `user_version = i` to `i + 1`.
+pub const MIGRATIONS: &[&str] = &[r#"
+-- Every key seen in a listing (first/last seen), for "gone" detection and history.
+CREATE TABLE key_observations (
+    organization   TEXT NOT NULL,
+    project_id     TEXT NOT NULL,
+    key_id         TEXT NOT NULL,
+    key_name       TEXT NOT NULL,
+    redacted_value TEXT NOT NULL,
+    owner          TEXT NOT NULL,
+    owner_type     TEXT NOT NULL,
+    created_at     INTEGER NOT NULL,
+    last_used_at   INTEGER,
+    first_seen     INTEGER NOT NULL,
+    last_seen      INTEGER NOT NULL,
+    gone_at        INTEGER,
+    PRIMARY KEY (organization, project_id, key_id)
+);
+
+-- One row per (key, policy) finding; `data` is the JSON of policy::finding::Finding.
+CREATE TABLE findings (
+    organization TEXT NOT NULL,
+    project_id   TEXT NOT NULL,
+    key_id       TEXT NOT NULL,
+    policy       TEXT NOT NULL,
+    stage        TEXT NOT NULL,
+    deadline     INTEGER NOT NULL,
+    data         TEXT NOT NULL,
+    updated_at   INTEGER NOT NULL,
+    PRIMARY KEY (organization, project_id, key_id, policy)
+);
+CREATE INDEX findings_open ON findings (organization, stage);
+
+-- Successful revocations, for the rolling 24 h cap.
+CREATE TABLE revocations (
+    at           INTEGER NOT NULL,
+    organization TEXT NOT NULL,
+    project_id   TEXT NOT NULL,
+    key_id       TEXT NOT NULL,
+    run_id       TEXT NOT NULL
+);
+CREATE INDEX revocations_at ON revocations (at);
+
+-- Append-only, hash-chained audit log. `hash` = SHA-256 over `prev_hash` and the record's
+-- canonical JSON; `state::audit` is the only writer.
+CREATE TABLE audit (
+    seq       INTEGER PRIMARY KEY,
+    at        INTEGER NOT NULL,
+    record    TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash      TEXT NOT NULL
+);
+
+-- Messages are written here before they are sent and marked sent once the receiver accepted
+-- them. `message_id` is stable across retries (webhook-id / Message-ID / dedup_key).
+CREATE TABLE outbox (
+    id              INTEGER PRIMARY KEY,
+    message_id      TEXT NOT NULL UNIQUE,
+    channel         TEXT NOT NULL,
+    recipient       TEXT NOT NULL,
+    kind            TEXT NOT NULL,
+    payload         TEXT NOT NULL,
+    created_at      INTEGER NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL,
+    status          TEXT NOT NULL DEFAULT 'pending',
+    last_error      TEXT,
+    sent_at         INTEGER
+);
+CREATE INDEX outbox_due ON outbox (status, next_attempt_at);
+
+-- Enforcer alerts already raised, so a standing condition alerts once per repeat interval.
+CREATE TABLE alerts (
+    dedup_key     TEXT PRIMARY KEY,
+    first_raised  INTEGER NOT NULL,
+    last_raised   INTEGER NOT NULL,
+    data          TEXT NOT NULL
+);
+
+-- One row per sweep of an organisation.
+CREATE TABLE sweeps (
+    run_id       TEXT NOT NULL,
+    organization TEXT NOT NULL,
+    started_at   INTEGER NOT NULL,
+    finished_at  INTEGER,
+    status       TEXT NOT NULL,
+    summary      TEXT,
+    PRIMARY KEY (run_id, organization)
+);
+"#];

@@ -1,0 +1,1 @@
+//! TODO(sweep): being written.
