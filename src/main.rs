@@ -1,1 +1,5 @@
-fn main() {}
+//! The `keysweep` binary: everything lives in the library (`keysweep::app`).
+
+fn main() -> std::process::ExitCode {
+    keysweep::app::main()
+}

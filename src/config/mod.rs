@@ -6,15 +6,21 @@
 //! (environment or credential file) into `SecretString` and never leave as plain text: this module
 //! must never print, log or `Debug` a secret value.
 
+mod effective;
 mod raw;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use secrecy::SecretString;
 
-pub use raw::{LoadError, default_config_path, load, load_from_str};
+pub use effective::render as render_effective;
+pub use raw::{
+    DEFAULT_MAX_REVOCATIONS_PER_DAY, DEFAULT_MAX_REVOCATIONS_PER_PROJECT_PERCENT,
+    DEFAULT_MAX_REVOCATIONS_PER_RUN, ENV_PREFIX, LoadError, default_config_path, load,
+    load_from_str, parse_duration, validate_cron,
+};
 
 /// What keysweep is allowed to do to keys. Deletion is permanent, so the default is `DryRun`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -58,6 +64,9 @@ pub struct Config {
     pub server: ServerConfig,
     pub log: LogConfig,
     pub shutdown_grace: Duration,
+    /// Non-fatal problems found while loading (e.g. a secret file readable by others); logged
+    /// once telemetry is up.
+    pub warnings: Vec<String>,
 }
 
 impl Config {
@@ -72,6 +81,8 @@ pub struct OrgConfig {
     /// Base URL including the version path, e.g. `https://api.openai.com/v1`.
     pub base_url: url::Url,
     pub admin_key: SecretString,
+    /// Where the admin key came from (`env OPENAI_ADMIN_KEY`, `file …`), for `check-config`.
+    pub admin_key_source: String,
     /// Project ids or name globs; empty means every active project.
     pub projects: Vec<String>,
     pub exclude_projects: Vec<String>,
@@ -284,12 +295,4 @@ pub fn is_loopback_host(host: &str) -> bool {
     h.parse::<std::net::IpAddr>()
         .map(|ip| ip.is_loopback())
         .unwrap_or(false)
-}
-
-/// Path helper used by tests and the CLI.
-pub fn resolve_relative(base: Option<&Path>, p: &Path) -> PathBuf {
-    match base.and_then(|b| b.parent()) {
-        Some(dir) if p.is_relative() && !dir.as_os_str().is_empty() => dir.join(p),
-        _ => p.to_path_buf(),
-    }
 }

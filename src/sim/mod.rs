@@ -1,1 +1,3 @@
 //! TODO(sim): being written.
+#[derive(Debug, clap::Args)]
+pub struct SimulateArgs {}
