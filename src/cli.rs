@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "keysweep", version, about = "Keeps an organisation's OpenAI API keys clean")]
+#[command(
+    name = "keysweep",
+    version,
+    about = "Keeps an organisation's OpenAI API keys clean"
+)]
 pub struct Cli {
     /// Configuration file.
     #[arg(long, global = true, env = "KEYSWEEP_CONFIG", value_name = "FILE")]

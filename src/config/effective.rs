@@ -31,9 +31,15 @@ fn schedule(t: &mut Table, sch: &Schedule) {
 pub fn render(config: &Config) -> String {
     let mut root = Table::new();
     root.insert("mode".into(), s(config.mode.as_str()));
-    root.insert("state_path".into(), s(config.state_path.display().to_string()));
+    root.insert(
+        "state_path".into(),
+        s(config.state_path.display().to_string()),
+    );
     schedule(&mut root, &config.schedule);
-    root.insert("run_on_start".into(), Value::Boolean(config.schedule.run_on_start));
+    root.insert(
+        "run_on_start".into(),
+        Value::Boolean(config.schedule.run_on_start),
+    );
     root.insert("jitter".into(), dur(config.schedule.jitter));
     root.insert("shutdown_grace".into(), dur(config.shutdown_grace));
     root.insert("ops_channels".into(), strings(&config.ops_channels));
@@ -46,10 +52,16 @@ pub fn render(config: &Config) -> String {
             let mut t = Table::new();
             t.insert("name".into(), s(&o.name));
             t.insert("base_url".into(), s(o.base_url.as_str()));
-            t.insert("admin_key".into(), s(format!("{REDACTED} (from {})", o.admin_key_source)));
+            t.insert(
+                "admin_key".into(),
+                s(format!("{REDACTED} (from {})", o.admin_key_source)),
+            );
             t.insert("projects".into(), strings(&o.projects));
             t.insert("exclude_projects".into(), strings(&o.exclude_projects));
-            t.insert("include_archived".into(), Value::Boolean(o.include_archived));
+            t.insert(
+                "include_archived".into(),
+                Value::Boolean(o.include_archived),
+            );
             if let Some(ca) = &o.ca_file {
                 t.insert("ca_file".into(), s(ca.display().to_string()));
             }
@@ -67,9 +79,15 @@ pub fn render(config: &Config) -> String {
     if let Some(rps) = l.requests_per_second {
         limits.insert("requests_per_second".into(), Value::Float(rps));
     }
-    limits.insert("max_retries".into(), Value::Integer(i64::from(l.max_retries)));
+    limits.insert(
+        "max_retries".into(),
+        Value::Integer(i64::from(l.max_retries)),
+    );
     limits.insert("request_timeout".into(), dur(l.request_timeout));
-    limits.insert("max_response_bytes".into(), Value::Integer(l.max_response_bytes as i64));
+    limits.insert(
+        "max_response_bytes".into(),
+        Value::Integer(l.max_response_bytes as i64),
+    );
     root.insert("limits".into(), Value::Table(limits));
 
     let policies = config
@@ -98,9 +116,15 @@ pub fn render(config: &Config) -> String {
             }
             if let Some(d) = p.max_idle {
                 t.insert("max_idle".into(), dur(d));
-                t.insert("never_used_grace".into(), dur(p.never_used_grace.unwrap_or(d)));
+                t.insert(
+                    "never_used_grace".into(),
+                    dur(p.never_used_grace.unwrap_or(d)),
+                );
             }
-            t.insert("owner_lost_access".into(), Value::Boolean(p.owner_lost_access));
+            t.insert(
+                "owner_lost_access".into(),
+                Value::Boolean(p.owner_lost_access),
+            );
             if let Some(r) = &p.name_pattern {
                 t.insert("name_pattern".into(), s(r.as_str()));
             }
@@ -124,7 +148,11 @@ pub fn render(config: &Config) -> String {
         .iter()
         .map(|e| {
             let mut t = Table::new();
-            for (k, v) in [("key_id", &e.key_id), ("key_name", &e.key_name), ("project", &e.project)] {
+            for (k, v) in [
+                ("key_id", &e.key_id),
+                ("key_name", &e.key_name),
+                ("project", &e.project),
+            ] {
                 if let Some(v) = v {
                     t.insert(k.into(), s(v));
                 }
@@ -140,12 +168,18 @@ pub fn render(config: &Config) -> String {
 
     let sf = &config.safety;
     let mut safety = Table::new();
-    safety.insert("max_revocations_per_run".into(), Value::Integer(i64::from(sf.max_revocations_per_run)));
+    safety.insert(
+        "max_revocations_per_run".into(),
+        Value::Integer(i64::from(sf.max_revocations_per_run)),
+    );
     safety.insert(
         "max_revocations_per_project_percent".into(),
         Value::Integer(i64::from(sf.max_revocations_per_project_percent)),
     );
-    safety.insert("max_revocations_per_day".into(), Value::Integer(i64::from(sf.max_revocations_per_day)));
+    safety.insert(
+        "max_revocations_per_day".into(),
+        Value::Integer(i64::from(sf.max_revocations_per_day)),
+    );
     if let Some(k) = &sf.kill_switch_file {
         safety.insert("kill_switch_file".into(), s(k.display().to_string()));
     }
@@ -221,7 +255,10 @@ pub fn render(config: &Config) -> String {
     let n = &config.notifications;
     let mut notifications = Table::new();
     notifications.insert("repeat_interval".into(), dur(n.repeat_interval));
-    notifications.insert("max_attempts".into(), Value::Integer(i64::from(n.max_attempts)));
+    notifications.insert(
+        "max_attempts".into(),
+        Value::Integer(i64::from(n.max_attempts)),
+    );
     if let Some(d) = &n.outbox_dir {
         notifications.insert("outbox_dir".into(), s(d.display().to_string()));
     }
@@ -243,5 +280,6 @@ pub fn render(config: &Config) -> String {
     }
     root.insert("log".into(), Value::Table(log));
 
-    toml::to_string_pretty(&root).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+    toml::to_string_pretty(&root)
+        .unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
 }

@@ -97,7 +97,11 @@ fn load_inner(
         let key = e.path().to_string();
         LoadError::Invalid {
             file: file.to_string(),
-            key: if key == "." { "(top level)".into() } else { key },
+            key: if key == "." {
+                "(top level)".into()
+            } else {
+                key
+            },
             message: scrub(&e.into_inner().to_string()),
         }
     })?;
@@ -311,7 +315,12 @@ impl Validator<'_> {
         }
     }
 
-    fn duration(&self, key: &str, value: Option<&str>, default: Duration) -> Result<Duration, LoadError> {
+    fn duration(
+        &self,
+        key: &str,
+        value: Option<&str>,
+        default: Duration,
+    ) -> Result<Duration, LoadError> {
         match value {
             None => Ok(default),
             Some(s) => parse_duration(s).map_err(|m| self.err(key, m)),
@@ -376,7 +385,10 @@ impl Validator<'_> {
         };
 
         if raw.organizations.is_empty() {
-            return Err(self.err("organizations", "at least one [[organizations]] entry is required"));
+            return Err(self.err(
+                "organizations",
+                "at least one [[organizations]] entry is required",
+            ));
         }
         let mut organizations = Vec::with_capacity(raw.organizations.len());
         for (i, o) in raw.organizations.into_iter().enumerate() {
@@ -385,7 +397,10 @@ impl Validator<'_> {
         }
         for (i, o) in organizations.iter().enumerate() {
             if organizations[..i].iter().any(|p| p.name == o.name) {
-                return Err(self.err(format!("organizations[{i}].name"), format!("duplicate organisation name {:?}", o.name)));
+                return Err(self.err(
+                    format!("organizations[{i}].name"),
+                    format!("duplicate organisation name {:?}", o.name),
+                ));
             }
         }
 
@@ -399,7 +414,10 @@ impl Validator<'_> {
             .collect::<Result<Vec<_>, _>>()?;
         for (i, c) in channels.iter().enumerate() {
             if channels[..i].iter().any(|p| p.name == c.name) {
-                return Err(self.err(format!("channels[{i}].name"), format!("duplicate channel name {:?}", c.name)));
+                return Err(self.err(
+                    format!("channels[{i}].name"),
+                    format!("duplicate channel name {:?}", c.name),
+                ));
             }
         }
         let known = |name: &str| channels.iter().any(|c| c.name == name);
@@ -409,11 +427,17 @@ impl Validator<'_> {
             let p = self.policy(i, p, &organizations)?;
             for (j, ch) in p.notify.iter().enumerate() {
                 if !known(ch) {
-                    return Err(self.err(format!("policies[{i}].notify[{j}]"), format!("no channel named {ch:?}")));
+                    return Err(self.err(
+                        format!("policies[{i}].notify[{j}]"),
+                        format!("no channel named {ch:?}"),
+                    ));
                 }
             }
             if policies.iter().any(|q: &PolicyConfig| q.name == p.name) {
-                return Err(self.err(format!("policies[{i}].name"), format!("duplicate policy name {:?}", p.name)));
+                return Err(self.err(
+                    format!("policies[{i}].name"),
+                    format!("duplicate policy name {:?}", p.name),
+                ));
             }
             policies.push(p);
         }
@@ -430,14 +454,20 @@ impl Validator<'_> {
         let mut routes = Vec::with_capacity(raw.routes.len());
         for (i, r) in raw.routes.into_iter().enumerate() {
             if r.projects.is_empty() {
-                return Err(self.err(format!("routes[{i}].projects"), "must name at least one project id or glob"));
+                return Err(self.err(
+                    format!("routes[{i}].projects"),
+                    "must name at least one project id or glob",
+                ));
             }
             for (j, p) in r.projects.iter().enumerate() {
                 self.glob(&format!("routes[{i}].projects[{j}]"), p)?;
             }
             for (j, ch) in r.channels.iter().enumerate() {
                 if !known(ch) {
-                    return Err(self.err(format!("routes[{i}].channels[{j}]"), format!("no channel named {ch:?}")));
+                    return Err(self.err(
+                        format!("routes[{i}].channels[{j}]"),
+                        format!("no channel named {ch:?}"),
+                    ));
                 }
             }
             routes.push(RouteConfig {
@@ -445,7 +475,10 @@ impl Validator<'_> {
                 channels: r.channels,
             });
         }
-        for (key, list) in [("ops_channels", &raw.ops_channels), ("owner_fallback", &raw.owner_fallback)] {
+        for (key, list) in [
+            ("ops_channels", &raw.ops_channels),
+            ("owner_fallback", &raw.owner_fallback),
+        ] {
             for (j, ch) in list.iter().enumerate() {
                 if !known(ch) {
                     return Err(self.err(format!("{key}[{j}]"), format!("no channel named {ch:?}")));
@@ -469,8 +502,12 @@ impl Validator<'_> {
 
         let listen = raw.server.listen.as_deref().unwrap_or("127.0.0.1:9464");
         let server = ServerConfig {
-            listen: SocketAddr::from_str(listen)
-                .map_err(|e| self.err("server.listen", format!("{listen:?} is not an address:port: {e}")))?,
+            listen: SocketAddr::from_str(listen).map_err(|e| {
+                self.err(
+                    "server.listen",
+                    format!("{listen:?} is not an address:port: {e}"),
+                )
+            })?,
         };
         let log = LogConfig {
             format: match raw.log.format.as_deref() {
@@ -478,7 +515,10 @@ impl Validator<'_> {
                 Some("json") => Some(LogFormat::Json),
                 Some("pretty") => Some(LogFormat::Pretty),
                 Some(other) => {
-                    return Err(self.err("log.format", format!("must be \"json\" or \"pretty\", not {other:?}")));
+                    return Err(self.err(
+                        "log.format",
+                        format!("must be \"json\" or \"pretty\", not {other:?}"),
+                    ));
                 }
             },
         };
@@ -487,7 +527,9 @@ impl Validator<'_> {
             source: source.map(Path::to_path_buf),
             hash: String::new(),
             mode,
-            state_path: raw.state_path.unwrap_or_else(|| PathBuf::from("keysweep.db")),
+            state_path: raw
+                .state_path
+                .unwrap_or_else(|| PathBuf::from("keysweep.db")),
             organizations,
             limits,
             policies,
@@ -501,7 +543,11 @@ impl Validator<'_> {
             schedule,
             server,
             log,
-            shutdown_grace: self.duration("shutdown_grace", raw.shutdown_grace.as_deref(), Duration::from_secs(30))?,
+            shutdown_grace: self.duration(
+                "shutdown_grace",
+                raw.shutdown_grace.as_deref(),
+                Duration::from_secs(30),
+            )?,
             warnings: std::mem::take(&mut self.warnings),
         };
         let effective = super::effective::render(&config);
@@ -512,9 +558,12 @@ impl Validator<'_> {
     fn timezone(&self, key: &str, tz: Option<&str>) -> Result<chrono_tz::Tz, LoadError> {
         match tz {
             None => Ok(chrono_tz::UTC),
-            Some(s) => s
-                .parse::<chrono_tz::Tz>()
-                .map_err(|_| self.err(key, format!("{s:?} is not an IANA time zone name (e.g. \"Europe/Berlin\")"))),
+            Some(s) => s.parse::<chrono_tz::Tz>().map_err(|_| {
+                self.err(
+                    key,
+                    format!("{s:?} is not an IANA time zone name (e.g. \"Europe/Berlin\")"),
+                )
+            }),
         }
     }
 
@@ -529,7 +578,8 @@ impl Validator<'_> {
             return Err(self.err(k("name"), "must not be empty"));
         }
         let base = o.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL);
-        let base_url = url::Url::parse(base).map_err(|e| self.err(k("base_url"), format!("{base:?} is not a URL: {e}")))?;
+        let base_url = url::Url::parse(base)
+            .map_err(|e| self.err(k("base_url"), format!("{base:?} is not a URL: {e}")))?;
         match base_url.scheme() {
             "https" => {}
             "http" => {
@@ -544,12 +594,19 @@ impl Validator<'_> {
             other => return Err(self.err(k("base_url"), format!("unsupported scheme {other:?}"))),
         }
         if base_url.cannot_be_a_base() || base_url.query().is_some() {
-            return Err(self.err(k("base_url"), "must be a base URL such as https://api.openai.com/v1"));
+            return Err(self.err(
+                k("base_url"),
+                "must be a base URL such as https://api.openai.com/v1",
+            ));
         }
-        let sources = [o.admin_key_env.is_some(), o.admin_key_file.is_some(), o.admin_key_credential.is_some()]
-            .iter()
-            .filter(|x| **x)
-            .count();
+        let sources = [
+            o.admin_key_env.is_some(),
+            o.admin_key_file.is_some(),
+            o.admin_key_credential.is_some(),
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count();
         if sources > 1 {
             return Err(self.err(
                 k("admin_key_env"),
@@ -557,18 +614,31 @@ impl Validator<'_> {
             ));
         }
         let (admin_key, admin_key_source) = if let Some(path) = &o.admin_key_file {
-            (self.file_secret(&k("admin_key_file"), path)?, format!("file {}", path.display()))
+            (
+                self.file_secret(&k("admin_key_file"), path)?,
+                format!("file {}", path.display()),
+            )
         } else if let Some(name) = &o.admin_key_credential {
-            let dir = self.env.get("CREDENTIALS_DIRECTORY").copied().ok_or_else(|| {
-                self.err(k("admin_key_credential"), "CREDENTIALS_DIRECTORY is not set (use systemd LoadCredential=)")
-            })?;
+            let dir = self
+                .env
+                .get("CREDENTIALS_DIRECTORY")
+                .copied()
+                .ok_or_else(|| {
+                    self.err(
+                        k("admin_key_credential"),
+                        "CREDENTIALS_DIRECTORY is not set (use systemd LoadCredential=)",
+                    )
+                })?;
             (
                 self.file_secret(&k("admin_key_credential"), &Path::new(dir).join(name))?,
                 format!("credential {name}"),
             )
         } else {
             let var = o.admin_key_env.as_deref().unwrap_or("OPENAI_ADMIN_KEY");
-            (self.env_secret(&k("admin_key_env"), var)?, format!("env {var}"))
+            (
+                self.env_secret(&k("admin_key_env"), var)?,
+                format!("env {var}"),
+            )
         };
         for (j, p) in o.projects.iter().enumerate() {
             self.glob(&format!("organizations[{i}].projects[{j}]"), p)?;
@@ -577,7 +647,9 @@ impl Validator<'_> {
             self.glob(&format!("organizations[{i}].exclude_projects[{j}]"), p)?;
         }
         if let Some(ca) = &o.ca_file {
-            std::fs::metadata(ca).map_err(|e| self.err(k("ca_file"), format!("cannot read {}: {e}", ca.display())))?;
+            std::fs::metadata(ca).map_err(|e| {
+                self.err(k("ca_file"), format!("cannot read {}: {e}", ca.display()))
+            })?;
         }
         let schedule = if o.schedule.is_some() || o.timezone.is_some() {
             Some(Schedule {
@@ -622,7 +694,11 @@ impl Validator<'_> {
         if max_retries > 10 {
             return Err(self.err("limits.max_retries", "must be at most 10"));
         }
-        let request_timeout = self.duration("limits.request_timeout", l.request_timeout.as_deref(), Duration::from_secs(30))?;
+        let request_timeout = self.duration(
+            "limits.request_timeout",
+            l.request_timeout.as_deref(),
+            Duration::from_secs(30),
+        )?;
         if request_timeout.is_zero() {
             return Err(self.err("limits.request_timeout", "must be greater than zero"));
         }
@@ -639,7 +715,12 @@ impl Validator<'_> {
         })
     }
 
-    fn policy(&self, i: usize, p: RawPolicy, orgs: &[OrgConfig]) -> Result<PolicyConfig, LoadError> {
+    fn policy(
+        &self,
+        i: usize,
+        p: RawPolicy,
+        orgs: &[OrgConfig],
+    ) -> Result<PolicyConfig, LoadError> {
         let k = |f: &str| format!("policies[{i}].{f}");
         if p.name.trim().is_empty() {
             return Err(self.err(k("name"), "must not be empty"));
@@ -647,10 +728,17 @@ impl Validator<'_> {
         let s = p.selector;
         for (j, o) in s.organizations.iter().enumerate() {
             if !orgs.iter().any(|org| &org.name == o) {
-                return Err(self.err(format!("policies[{i}].match.organizations[{j}]"), format!("no organisation named {o:?}")));
+                return Err(self.err(
+                    format!("policies[{i}].match.organizations[{j}]"),
+                    format!("no organisation named {o:?}"),
+                ));
             }
         }
-        for (field, list) in [("projects", &s.projects), ("key_name", &s.key_name), ("owner_email", &s.owner_email)] {
+        for (field, list) in [
+            ("projects", &s.projects),
+            ("key_name", &s.key_name),
+            ("owner_email", &s.owner_email),
+        ] {
             for (j, g) in list.iter().enumerate() {
                 self.glob(&format!("policies[{i}].match.{field}[{j}]"), g)?;
             }
@@ -668,16 +756,21 @@ impl Validator<'_> {
         };
         let max_age = self.opt_duration(&k("max_age"), p.max_age.as_deref())?;
         let max_idle = self.opt_duration(&k("max_idle"), p.max_idle.as_deref())?;
-        let never_used_grace = self.opt_duration(&k("never_used_grace"), p.never_used_grace.as_deref())?;
+        let never_used_grace =
+            self.opt_duration(&k("never_used_grace"), p.never_used_grace.as_deref())?;
         if never_used_grace.is_some() && max_idle.is_none() {
             return Err(self.err(k("never_used_grace"), "only applies together with max_idle"));
         }
         let name_pattern = p
             .name_pattern
             .as_deref()
-            .map(|r| regex::Regex::new(r).map_err(|e| self.err(k("name_pattern"), format!("invalid regex: {e}"))))
+            .map(|r| {
+                regex::Regex::new(r)
+                    .map_err(|e| self.err(k("name_pattern"), format!("invalid regex: {e}")))
+            })
             .transpose()?;
-        if max_age.is_none() && max_idle.is_none() && !p.owner_lost_access && name_pattern.is_none() {
+        if max_age.is_none() && max_idle.is_none() && !p.owner_lost_access && name_pattern.is_none()
+        {
             return Err(self.err(
                 k("name"),
                 "a policy needs at least one condition: max_age, max_idle, owner_lost_access or name_pattern",
@@ -691,10 +784,23 @@ impl Validator<'_> {
         let action = match p.action.as_deref() {
             None | Some("notify") => Action::Notify,
             Some("revoke") => Action::Revoke,
-            Some(other) => return Err(self.err(k("action"), format!("must be \"notify\" or \"revoke\", not {other:?}"))),
+            Some(other) => {
+                return Err(self.err(
+                    k("action"),
+                    format!("must be \"notify\" or \"revoke\", not {other:?}"),
+                ));
+            }
         };
-        let warn_before = self.duration(&k("warn_before"), p.warn_before.as_deref(), Duration::from_secs(7 * 86400))?;
-        let final_notice = self.duration(&k("final_notice"), p.final_notice.as_deref(), Duration::from_secs(86400))?;
+        let warn_before = self.duration(
+            &k("warn_before"),
+            p.warn_before.as_deref(),
+            Duration::from_secs(7 * 86400),
+        )?;
+        let final_notice = self.duration(
+            &k("final_notice"),
+            p.final_notice.as_deref(),
+            Duration::from_secs(86400),
+        )?;
         if final_notice > warn_before {
             return Err(self.err(k("final_notice"), "must not be longer than warn_before"));
         }
@@ -726,7 +832,10 @@ impl Validator<'_> {
             _ => return Err(self.err(k("reason"), "is required: say why this key is exempt")),
         };
         if e.key_id.is_none() && e.key_name.is_none() && e.project.is_none() {
-            return Err(self.err(k("key_id"), "an exemption needs key_id, key_name or project"));
+            return Err(self.err(
+                k("key_id"),
+                "an exemption needs key_id, key_name or project",
+            ));
         }
         if let Some(g) = &e.key_name {
             self.glob(&k("key_name"), g)?;
@@ -749,9 +858,14 @@ impl Validator<'_> {
     }
 
     fn safety(&self, s: RawSafety) -> Result<Safety, LoadError> {
-        let pct = s.max_revocations_per_project_percent.unwrap_or(DEFAULT_MAX_REVOCATIONS_PER_PROJECT_PERCENT);
+        let pct = s
+            .max_revocations_per_project_percent
+            .unwrap_or(DEFAULT_MAX_REVOCATIONS_PER_PROJECT_PERCENT);
         if pct > 100 {
-            return Err(self.err("safety.max_revocations_per_project_percent", "must be between 0 and 100"));
+            return Err(self.err(
+                "safety.max_revocations_per_project_percent",
+                "must be between 0 and 100",
+            ));
         }
         let service_accounts = match s.service_accounts.as_deref() {
             None | Some("notify-only") => ServiceAccountRule::NotifyOnly,
@@ -764,9 +878,13 @@ impl Validator<'_> {
             }
         };
         Ok(Safety {
-            max_revocations_per_run: s.max_revocations_per_run.unwrap_or(DEFAULT_MAX_REVOCATIONS_PER_RUN),
+            max_revocations_per_run: s
+                .max_revocations_per_run
+                .unwrap_or(DEFAULT_MAX_REVOCATIONS_PER_RUN),
             max_revocations_per_project_percent: pct,
-            max_revocations_per_day: s.max_revocations_per_day.unwrap_or(DEFAULT_MAX_REVOCATIONS_PER_DAY),
+            max_revocations_per_day: s
+                .max_revocations_per_day
+                .unwrap_or(DEFAULT_MAX_REVOCATIONS_PER_DAY),
             kill_switch_file: s.kill_switch_file,
             service_accounts,
         })
@@ -796,8 +914,16 @@ impl Validator<'_> {
         ];
         let allowed: &[&str] = match c.kind.as_str() {
             "email" => &[
-                "smtp_host", "smtp_port", "smtp_tls", "smtp_ca_file", "smtp_username_env", "smtp_password_env",
-                "from", "to", "owner", "send_timeout",
+                "smtp_host",
+                "smtp_port",
+                "smtp_tls",
+                "smtp_ca_file",
+                "smtp_username_env",
+                "smtp_password_env",
+                "from",
+                "to",
+                "owner",
+                "send_timeout",
             ],
             "slack" => &["webhook_url_env"],
             "pagerduty" => &["routing_key_env", "url"],
@@ -809,7 +935,10 @@ impl Validator<'_> {
                 ));
             }
         };
-        if let Some((bad, _)) = present.iter().find(|(key, set)| *set && !allowed.contains(key)) {
+        if let Some((bad, _)) = present
+            .iter()
+            .find(|(key, set)| *set && !allowed.contains(key))
+        {
             return Err(self.err(k(bad), format!("does not apply to a {} channel", c.kind)));
         }
         let required = |key: &str, v: &Option<String>| -> Result<String, LoadError> {
@@ -826,25 +955,39 @@ impl Validator<'_> {
                     Some("tls") => SmtpTls::Tls,
                     Some("none") => SmtpTls::None,
                     Some(other) => {
-                        return Err(self.err(k("smtp_tls"), format!("must be \"starttls\", \"tls\" or \"none\", not {other:?}")));
+                        return Err(self.err(
+                            k("smtp_tls"),
+                            format!("must be \"starttls\", \"tls\" or \"none\", not {other:?}"),
+                        ));
                     }
                 };
                 if smtp_tls == SmtpTls::None && !is_loopback_host(&smtp_host) {
-                    return Err(self.err(k("smtp_tls"), "\"none\" is allowed only for a loopback smtp_host"));
+                    return Err(self.err(
+                        k("smtp_tls"),
+                        "\"none\" is allowed only for a loopback smtp_host",
+                    ));
                 }
                 let from = required("from", &c.from)?;
                 validate_mailbox(&from).map_err(|m| self.err(k("from"), m))?;
                 let to = c.to.unwrap_or_default();
                 for (j, addr) in to.iter().enumerate() {
-                    validate_mailbox(addr).map_err(|m| self.err(format!("channels[{i}].to[{j}]"), m))?;
+                    validate_mailbox(addr)
+                        .map_err(|m| self.err(format!("channels[{i}].to[{j}]"), m))?;
                 }
                 let owner = c.owner.unwrap_or(false);
                 if to.is_empty() && !owner {
-                    return Err(self.err(k("to"), "an email channel needs recipients in `to` or `owner = true`"));
+                    return Err(self.err(
+                        k("to"),
+                        "an email channel needs recipients in `to` or `owner = true`",
+                    ));
                 }
                 if let Some(ca) = &c.smtp_ca_file {
-                    std::fs::metadata(ca)
-                        .map_err(|e| self.err(k("smtp_ca_file"), format!("cannot read {}: {e}", ca.display())))?;
+                    std::fs::metadata(ca).map_err(|e| {
+                        self.err(
+                            k("smtp_ca_file"),
+                            format!("cannot read {}: {e}", ca.display()),
+                        )
+                    })?;
                 }
                 let smtp_username = c
                     .smtp_username_env
@@ -857,10 +1000,16 @@ impl Validator<'_> {
                     .map(|v| self.env_secret(&k("smtp_password_env"), v))
                     .transpose()?;
                 if smtp_username.is_some() != smtp_password.is_some() {
-                    return Err(self.err(k("smtp_password_env"), "smtp_username_env and smtp_password_env go together"));
+                    return Err(self.err(
+                        k("smtp_password_env"),
+                        "smtp_username_env and smtp_password_env go together",
+                    ));
                 }
                 if smtp_password.is_some() && smtp_tls == SmtpTls::None {
-                    return Err(self.err(k("smtp_tls"), "refusing to send SMTP credentials without TLS"));
+                    return Err(self.err(
+                        k("smtp_tls"),
+                        "refusing to send SMTP credentials without TLS",
+                    ));
                 }
                 ChannelKind::Email(EmailChannel {
                     smtp_port: c.smtp_port.unwrap_or(match smtp_tls {
@@ -876,7 +1025,11 @@ impl Validator<'_> {
                     from,
                     to,
                     owner,
-                    send_timeout: self.duration(&k("send_timeout"), c.send_timeout.as_deref(), Duration::from_secs(30))?,
+                    send_timeout: self.duration(
+                        &k("send_timeout"),
+                        c.send_timeout.as_deref(),
+                        Duration::from_secs(30),
+                    )?,
                 })
             }
             "slack" => {
@@ -887,7 +1040,8 @@ impl Validator<'_> {
             }
             "pagerduty" => {
                 let var = required("routing_key_env", &c.routing_key_env)?;
-                let url = self.http_url(&k("url"), c.url.as_deref().unwrap_or(DEFAULT_PAGERDUTY_URL))?;
+                let url =
+                    self.http_url(&k("url"), c.url.as_deref().unwrap_or(DEFAULT_PAGERDUTY_URL))?;
                 ChannelKind::PagerDuty(PagerDutyChannel {
                     routing_key: self.env_secret(&k("routing_key_env"), &var)?,
                     url,
@@ -904,7 +1058,9 @@ impl Validator<'_> {
                         .strip_prefix("whsec_")
                         .map(|b| {
                             use base64::Engine;
-                            base64::engine::general_purpose::STANDARD.decode(b).is_ok_and(|k| !k.is_empty())
+                            base64::engine::general_purpose::STANDARD
+                                .decode(b)
+                                .is_ok_and(|k| !k.is_empty())
                         })
                         .unwrap_or(false);
                     if !ok {
@@ -921,11 +1077,15 @@ impl Validator<'_> {
     }
 
     fn http_url(&self, key: &str, s: &str) -> Result<url::Url, LoadError> {
-        let u = url::Url::parse(s).map_err(|e| self.err(key, format!("{s:?} is not a URL: {e}")))?;
+        let u =
+            url::Url::parse(s).map_err(|e| self.err(key, format!("{s:?} is not a URL: {e}")))?;
         match u.scheme() {
             "https" => Ok(u),
             "http" if u.host_str().is_some_and(is_loopback_host) => Ok(u),
-            "http" => Err(self.err(key, "plain http:// is refused except on loopback; use https://")),
+            "http" => Err(self.err(
+                key,
+                "plain http:// is refused except on loopback; use https://",
+            )),
             other => Err(self.err(key, format!("unsupported scheme {other:?}"))),
         }
     }
@@ -933,7 +1093,8 @@ impl Validator<'_> {
 
 /// Human durations: `90d`, `36h`, `1h 30m`, `45s`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim()).map_err(|e| format!("{s:?} is not a duration like \"90d\" or \"36h\": {e}"))
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?} is not a duration like \"90d\" or \"36h\": {e}"))
 }
 
 /// Checks a cron expression: 5 fields (minute precision) or 6 fields (with seconds).

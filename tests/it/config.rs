@@ -1,0 +1,274 @@
+//! Configuration: the minimal file works as written, env overrides apply, and every error names
+//! the file and the key; `check-config` never prints a secret.
+
+use std::process::Command;
+
+use keysweep::config::{self, LoadError, Mode};
+
+const ADMIN_KEY: &str = "sk-admin-CONFIGTEST-0123456789abcdef";
+
+fn env() -> Vec<(String, String)> {
+    vec![("OPENAI_ADMIN_KEY".into(), ADMIN_KEY.into())]
+}
+
+const MINIMAL: &str = r#"
+[[organizations]]
+name = "acme"
+base_url = "http://127.0.0.1:8089/v1"   # default https://api.openai.com/v1
+admin_key_env = "OPENAI_ADMIN_KEY"        # default; or admin_key_file = "/run/credentials/…"
+"#;
+
+fn key_of(err: LoadError) -> String {
+    match err {
+        LoadError::Invalid { key, .. } => key,
+        other => panic!("expected an error naming a key, got {other}"),
+    }
+}
+
+#[test]
+fn minimal_config_works_as_written() {
+    let c = config::load_from_str(MINIMAL, &env()).unwrap();
+    assert_eq!(c.organizations.len(), 1);
+    assert_eq!(c.organizations[0].name, "acme");
+    assert_eq!(
+        c.organizations[0].base_url.as_str(),
+        "http://127.0.0.1:8089/v1"
+    );
+    assert_eq!(c.mode, Mode::DryRun, "dry-run must be the default");
+    assert_eq!(c.limits.concurrency, 8);
+    assert!(c.policies.is_empty());
+    assert_eq!(
+        c.safety.max_revocations_per_run,
+        config::DEFAULT_MAX_REVOCATIONS_PER_RUN
+    );
+    assert!(
+        !format!("{c:?}").contains(ADMIN_KEY),
+        "Debug output leaks the admin key"
+    );
+    assert!(!config::render_effective(&c).contains(ADMIN_KEY));
+}
+
+#[test]
+fn policy_example_from_the_issue_works() {
+    let toml = format!(
+        "mode = \"enforce\"\n{MINIMAL}\n{}",
+        r#"
+[[policies]]
+name = "rotate-90d"
+max_age = "90d"
+action = "revoke"
+warn_before = "14d"
+
+[[policies]]
+name = "idle-45d"
+max_idle = "45d"
+action = "notify"
+"#
+    );
+    let c = config::load_from_str(&toml, &env()).unwrap();
+    assert_eq!(c.mode, Mode::Enforce);
+    assert_eq!(c.policies[0].max_age.unwrap().as_secs(), 90 * 86400);
+    assert_eq!(c.policies[0].warn_before.as_secs(), 14 * 86400);
+    assert_eq!(c.policies[1].max_idle.unwrap().as_secs(), 45 * 86400);
+    assert_eq!(
+        c.policies[1].warn_before.as_secs(),
+        7 * 86400,
+        "warn_before defaults to 7d"
+    );
+}
+
+#[test]
+fn environment_overrides_use_double_underscores() {
+    let mut e = env();
+    e.push(("KEYSWEEP__LIMITS__CONCURRENCY".into(), "3".into()));
+    e.push(("KEYSWEEP__MODE".into(), "enforce".into()));
+    e.push((
+        "KEYSWEEP__SAFETY__MAX_REVOCATIONS_PER_RUN".into(),
+        "4".into(),
+    ));
+    let c = config::load_from_str(MINIMAL, &e).unwrap();
+    assert_eq!(c.limits.concurrency, 3);
+    assert_eq!(c.mode, Mode::Enforce);
+    assert_eq!(c.safety.max_revocations_per_run, 4);
+}
+
+#[test]
+fn errors_name_the_key() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "[[organizations]]\nname = \"a\"\nbase_url = \"http://api.example.com/v1\"\n",
+            "organizations[0].base_url",
+        ),
+        (
+            "[[organizations]]\nname = \"a\"\nbase_url = \"not a url\"\n",
+            "organizations[0].base_url",
+        ),
+        (
+            "[[organizations]]\nname = \"a\"\nbogus = 1\n",
+            "organizations[0].bogus",
+        ),
+        (
+            "[[organizations]]\nname = \"a\"\nadmin_key_env = \"NOPE_NOT_SET\"\n",
+            "organizations[0].admin_key_env",
+        ),
+        (
+            &format!("{MINIMAL}[limits]\nconcurrency = \"many\"\n"),
+            "limits.concurrency",
+        ),
+        (
+            &format!("{MINIMAL}[limits]\nrequest_timeout = \"soon\"\n"),
+            "limits.request_timeout",
+        ),
+        (&format!("mode = \"yolo\"\n{MINIMAL}"), "mode"),
+        (
+            &format!("{MINIMAL}[[policies]]\nname = \"p\"\nmax_age = \"ninety days\"\n"),
+            "policies[0].max_age",
+        ),
+        (
+            &format!("{MINIMAL}[[policies]]\nname = \"p\"\n"),
+            "policies[0].name",
+        ),
+        (
+            &format!(
+                "{MINIMAL}[[policies]]\nname = \"p\"\nmax_age = \"9d\"\naction = \"delete\"\n"
+            ),
+            "policies[0].action",
+        ),
+        (
+            &format!("{MINIMAL}[[policies]]\nname = \"p\"\nname_pattern = \"([\"\n"),
+            "policies[0].name_pattern",
+        ),
+        (
+            &format!(
+                "{MINIMAL}[[policies]]\nname = \"p\"\nmax_age = \"9d\"\nnotify = [\"nowhere\"]\n"
+            ),
+            "policies[0].notify[0]",
+        ),
+        (
+            &format!("{MINIMAL}[[exemptions]]\nkey_id = \"key_1\"\n"),
+            "exemptions[0].reason",
+        ),
+        (
+            &format!(
+                "{MINIMAL}[[exemptions]]\nkey_id = \"key_1\"\nreason = \"x\"\nuntil = \"someday\"\n"
+            ),
+            "exemptions[0].until",
+        ),
+        (&format!("schedule = \"every hour\"\n{MINIMAL}"), "schedule"),
+        (
+            &format!("timezone = \"Mars/Olympus\"\n{MINIMAL}"),
+            "timezone",
+        ),
+        (
+            &format!("{MINIMAL}[safety]\nmax_revocations_per_project_percent = 150\n"),
+            "safety.max_revocations_per_project_percent",
+        ),
+        (
+            &format!(
+                "{MINIMAL}[[channels]]\nname = \"m\"\ntype = \"email\"\nsmtp_host = \"smtp.example.com\"\nsmtp_tls = \"none\"\nfrom = \"k@example.com\"\nto = [\"a@example.com\"]\n"
+            ),
+            "channels[0].smtp_tls",
+        ),
+        (
+            &format!(
+                "{MINIMAL}[[channels]]\nname = \"s\"\ntype = \"slack\"\nsmtp_host = \"x\"\nwebhook_url_env = \"X\"\n"
+            ),
+            "channels[0].smtp_host",
+        ),
+        (
+            &format!(
+                "{MINIMAL}[[channels]]\nname = \"w\"\ntype = \"webhook\"\nurl = \"https://example.com/h\"\nsecret_env = \"OPENAI_ADMIN_KEY\"\n"
+            ),
+            "channels[0].secret_env",
+        ),
+        (
+            &format!("{MINIMAL}[server]\nlisten = \"localhost\"\n"),
+            "server.listen",
+        ),
+        (
+            &format!("unknown_top_level = true\n{MINIMAL}"),
+            "unknown_top_level",
+        ),
+    ];
+    for (toml, want) in cases {
+        let err = config::load_from_str(toml, &env()).expect_err(toml);
+        let shown = err.to_string();
+        assert!(
+            !shown.contains(ADMIN_KEY),
+            "error leaks the admin key: {shown}"
+        );
+        assert_eq!(key_of(err), *want, "for config:\n{toml}");
+    }
+}
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_keysweep"))
+}
+
+#[test]
+fn check_config_names_file_and_key_and_hides_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, MINIMAL).unwrap();
+    let out = bin()
+        .args(["check-config", "--config"])
+        .arg(&good)
+        .env("OPENAI_ADMIN_KEY", ADMIN_KEY)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "check-config failed: {stderr}");
+    assert!(
+        stdout.contains("[redacted] (from env OPENAI_ADMIN_KEY)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("mode = \"dry-run\""), "{stdout}");
+    assert!(!stdout.contains(ADMIN_KEY) && !stderr.contains(ADMIN_KEY));
+    // The printed effective configuration is itself a valid TOML document.
+    toml::from_str::<toml::Table>(&stdout).unwrap();
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, format!("{MINIMAL}[limits]\nconcurrency = 0\n")).unwrap();
+    let out = bin()
+        .args(["check-config", "--config"])
+        .arg(&bad)
+        .env("OPENAI_ADMIN_KEY", ADMIN_KEY)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&bad.display().to_string()),
+        "file not named: {stderr}"
+    );
+    assert!(
+        stderr.contains("limits.concurrency"),
+        "key not named: {stderr}"
+    );
+}
+
+#[test]
+fn admin_key_file_is_read_and_loose_permissions_warned() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("admin-key");
+    std::fs::write(&key, format!("{ADMIN_KEY}\n")).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let toml = format!(
+        "[[organizations]]\nname = \"a\"\nadmin_key_file = {:?}\n",
+        key.display().to_string()
+    );
+    let c = config::load_from_str(&toml, &[]).unwrap();
+    use secrecy::ExposeSecret;
+    assert_eq!(c.organizations[0].admin_key.expose_secret(), ADMIN_KEY);
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    assert!(c.warnings[0].contains("organizations[0].admin_key_file"));
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(
+        config::load_from_str(&toml, &[])
+            .unwrap()
+            .warnings
+            .is_empty()
+    );
+}
