@@ -1,15 +1,20 @@
 //! Builds the application from the command line: loads and validates the configuration, sets up
 //! telemetry, and runs the chosen command. Errors are reported here, once, with their chain.
 
-use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Parser;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{AuditArgs, AuditCommand, AuditFormatArg, Cli, Command, NotifyCommand, OutputFormat, RunArgs, ScanArgs};
 use crate::config::{self, Config};
+use crate::metrics::Metrics;
+use crate::report::{self, FindingRow};
+use crate::state::Store;
+use crate::sweep::{SweepOptions, SweepReport, Sweeper};
 
 /// Exit status for "the command ran but the result is not clean" (incomplete listing, broken
 /// audit chain, failed sweep).
@@ -19,10 +24,7 @@ pub const EXIT_CONFIG: u8 = 2;
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -40,32 +42,295 @@ pub fn main() -> ExitCode {
 }
 
 fn config_path(cli: &Cli) -> PathBuf {
-    cli.config
-        .clone()
-        .unwrap_or_else(config::default_config_path)
+    cli.config.clone().unwrap_or_else(config::default_config_path)
 }
 
-/// Loads the configuration; a bad one is a usage error reported with file and key.
-pub fn load_config(path: &std::path::Path) -> Result<Config> {
-    config::load(path).map_err(anyhow::Error::from)
+/// Loads the configuration and starts telemetry with its log settings; load warnings are logged
+/// once telemetry is up.
+fn load(cli: &Cli) -> Result<Config> {
+    let config = config::load(&config_path(cli))?;
+    crate::telemetry::init(config.log.format).ok();
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(config)
+}
+
+/// `--now` for rehearsals; the wall clock otherwise.
+pub fn parse_now(now: Option<&str>) -> Result<i64> {
+    match now {
+        None => Ok(chrono::Utc::now().timestamp()),
+        Some(s) => chrono::DateTime::parse_from_rfc3339(s)
+            .map(|t| t.timestamp())
+            .with_context(|| format!("--now {s:?} is not an RFC 3339 time (e.g. 2026-12-01T00:00:00Z)")),
+    }
 }
 
 async fn dispatch(cli: Cli) -> Result<ExitCode> {
     match &cli.command {
         Command::CheckConfig => {
-            let path = config_path(&cli);
-            let config = load_config(&path)?;
-            crate::telemetry::init(config.log.format).ok();
-            for w in &config.warnings {
-                eprintln!("warning: {w}");
-            }
+            let config = load(&cli)?;
             print!("{}", config::render_effective(&config));
             println!("# config hash: {}", config.hash);
-            if std::io::stdout().is_terminal() {
-                eprintln!("configuration OK: {}", path.display());
-            }
             Ok(ExitCode::SUCCESS)
         }
-        _ => Err(anyhow::anyhow!("this command is not available yet")).context("keysweep"),
+        Command::Scan(args) => scan(load(&cli)?, args).await,
+        Command::Run(args) => run(load(&cli)?, args, config_path(&cli)).await,
+        Command::Audit(args) => audit(&cli, args),
+        Command::Notify(args) => match &args.command {
+            NotifyCommand::Test { channel } => notify_test(load(&cli)?, channel).await,
+        },
+        Command::Demo(args) => {
+            crate::telemetry::init(None).ok();
+            crate::demo::run(args).await
+        }
+        Command::Simulate(args) => {
+            crate::telemetry::init(None).ok();
+            crate::sim::run(args.clone(), shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM (for the one-shot commands; the daemon has its own handling).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn scan(config: Config, args: &ScanArgs) -> Result<ExitCode> {
+    let now = parse_now(args.now.as_deref())?;
+    // Read-only: an existing state file gives real deadlines; none is created.
+    let store = if config.state_path.exists() {
+        Some(Store::open_existing(&config.state_path).context("opening the state database")?)
+    } else {
+        None
+    };
+    let sweeper = Sweeper::new(Arc::new(config), store, Metrics::new())?;
+    let tty = std::io::stderr().is_terminal();
+    let progress = move |done: usize, known: usize| {
+        if tty {
+            eprint!("\rlisting projects: {done}/{known}   ");
+        }
+    };
+    let report = sweeper.preview(now, Some(&progress)).await?;
+    if tty {
+        eprint!("\r{:40}\r", "");
+    }
+    let format = match args.format {
+        Some(OutputFormat::Table) => report::Format::Table,
+        Some(OutputFormat::Json) => report::Format::Json,
+        Some(OutputFormat::Csv) => report::Format::Csv,
+        None if std::io::stdout().is_terminal() => report::Format::Table,
+        None => report::Format::Json,
+    };
+    print_report(&report, now, format)?;
+    Ok(finish(&report))
+}
+
+fn print_report(report: &SweepReport, now: i64, format: report::Format) -> Result<()> {
+    let rows = finding_rows(report);
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    report::render(&report.inventory, &rows, now, format, &mut out)?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Findings, exemptions and the plan as report rows.
+pub fn finding_rows(report: &SweepReport) -> Vec<FindingRow> {
+    let mut rows: Vec<FindingRow> = report
+        .findings
+        .iter()
+        .map(|v| FindingRow {
+            organization: v.finding.id.organization.clone(),
+            project_id: v.finding.id.project_id.clone(),
+            key_id: v.finding.id.key_id.clone(),
+            key_name: v.finding.key_name.clone(),
+            policy: v.finding.id.policy.clone(),
+            action: match v.finding.action {
+                config::Action::Notify => "notify".into(),
+                config::Action::Revoke => "revoke".into(),
+            },
+            state: v.finding.stage.as_str().into(),
+            deadline: (v.finding.action == config::Action::Revoke).then_some(v.finding.deadline),
+            note: format!("{} — {}", v.finding.reason, v.plan),
+        })
+        .collect();
+    for (key, reason) in &report.exempted {
+        rows.push(FindingRow {
+            organization: key.organization.clone(),
+            project_id: key.project_id.clone(),
+            key_id: key.id.clone(),
+            key_name: key.name.clone(),
+            policy: "-".into(),
+            action: "none".into(),
+            state: "exempted".into(),
+            deadline: None,
+            note: format!("exempted: {reason}"),
+        });
+    }
+    for (key, reason, until) in &report.expired_exemptions {
+        rows.push(FindingRow {
+            organization: key.organization.clone(),
+            project_id: key.project_id.clone(),
+            key_id: key.id.clone(),
+            key_name: key.name.clone(),
+            policy: "-".into(),
+            action: "none".into(),
+            state: "exemption_expired".into(),
+            deadline: *until,
+            note: format!("exemption expired: {reason}"),
+        });
+    }
+    rows
+}
+
+/// Exit 0 only when every listing was complete; otherwise say which were not.
+fn finish(report: &SweepReport) -> ExitCode {
+    let mut clean = true;
+    for org in &report.inventory.orgs {
+        if let Some(e) = &org.error {
+            eprintln!("error: organisation {}: {e}", org.organization);
+            clean = false;
+        }
+        for p in &org.projects {
+            if let crate::inventory::Listing::Incomplete(reason) = &p.listing {
+                eprintln!("error: organisation {} project {}: listing incomplete: {reason}", org.organization, p.project.id);
+                clean = false;
+            }
+        }
+    }
+    for r in &report.revocations {
+        if let crate::revoke::Outcome::Failed { error } = &r.outcome {
+            eprintln!("error: revocation of {} in {} failed: {error}", r.target, r.project_id);
+            clean = false;
+        }
+    }
+    if clean {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("keysweep: incomplete — nothing was revoked in the projects listed above");
+        ExitCode::from(EXIT_INCOMPLETE)
+    }
+}
+
+async fn run(config: Config, args: &RunArgs, path: PathBuf) -> Result<ExitCode> {
+    if !args.once {
+        return crate::daemon::serve(config, path, args.dry_run).await.map(|()| ExitCode::SUCCESS);
+    }
+    let now = parse_now(args.now.as_deref())?;
+    let store = Store::open(&config.state_path)
+        .with_context(|| format!("opening the state database {}", config.state_path.display()))?;
+    let sweeper = Sweeper::new(Arc::new(config), Some(store), Metrics::new())?;
+    let mut opts = SweepOptions::new(now);
+    opts.force_dry_run = args.dry_run;
+    let cancel = opts.cancel.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        cancel.cancel();
+    });
+    let report = sweeper.run_once(&opts).await?;
+    print_summary(&report, now)?;
+    Ok(finish(&report))
+}
+
+/// What `run --once` prints: the plan's outcome, one line per action, then the totals.
+fn print_summary(report: &SweepReport, now: i64) -> Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mode = report.mode.map(|m| m.as_str()).unwrap_or("?");
+    writeln!(out, "run {} ({mode}) at {}", report.run_id, crate::sweep::fmt_time(now))?;
+    for r in &report.revocations {
+        let what = match &r.outcome {
+            crate::revoke::Outcome::Deleted => "REVOKED".to_string(),
+            crate::revoke::Outcome::SkippedAfterRecheck { reason } => format!("kept ({reason})"),
+            crate::revoke::Outcome::Failed { error } => format!("FAILED ({error})"),
+            crate::revoke::Outcome::Cancelled => "not attempted (shutdown)".to_string(),
+        };
+        writeln!(out, "  {}/{} {}: {what}", r.organization, r.project_id, r.target)?;
+    }
+    for w in &report.plan.withheld {
+        writeln!(out, "  withheld ({}): {}", w.reason.as_str(), w.action.describe())?;
+    }
+    let open = report.findings.iter().filter(|v| v.finding.stage.is_open()).count();
+    writeln!(
+        out,
+        "keys: {}, open findings: {open}, revoked: {}, withheld: {}, notifications queued: {}, delivered: {}, alerts: {}",
+        report.inventory.keys().count(),
+        report.revoked_count(),
+        report.plan.withheld.len(),
+        report.notices_queued,
+        report.delivery.sent,
+        report.alerts.len(),
+    )?;
+    Ok(())
+}
+
+fn audit(cli: &Cli, args: &AuditArgs) -> Result<ExitCode> {
+    let path = match &args.state {
+        Some(p) => p.clone(),
+        None => load(cli)?.state_path,
+    };
+    let store = open_existing(&path)?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match args.command {
+        Some(AuditCommand::Verify) => match crate::state::cli::audit_verify(&store, &mut out) {
+            Ok(_) => Ok(ExitCode::SUCCESS),
+            Err(_) => Ok(ExitCode::from(EXIT_INCOMPLETE)),
+        },
+        None => {
+            let since = args.since.as_deref().map(parse_since).transpose()?;
+            let format = match args.format {
+                AuditFormatArg::Table => crate::state::cli::AuditFormat::Table,
+                AuditFormatArg::Json => crate::state::cli::AuditFormat::Json,
+            };
+            crate::state::cli::audit_list(&store, since, format, &mut out)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn open_existing(path: &Path) -> Result<Store> {
+    Store::open_existing(path).with_context(|| format!("opening the state database {}", path.display()))
+}
+
+/// `--since` takes a date (midnight UTC) or an RFC 3339 time.
+fn parse_since(s: &str) -> Result<i64> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.timestamp());
+    }
+    match chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        Ok(d) => Ok(d.and_hms_opt(0, 0, 0).map(|t| t.and_utc().timestamp()).unwrap_or_default()),
+        Err(_) => bail!("--since {s:?} is not a date (YYYY-MM-DD) or an RFC 3339 time"),
+    }
+}
+
+async fn notify_test(config: Config, channel: &str) -> Result<ExitCode> {
+    let Some(ch) = config.channel(channel) else {
+        let names: Vec<&str> = config.channels.iter().map(|c| c.name.as_str()).collect();
+        bail!("no channel named {channel:?} (configured: {})", names.join(", "));
+    };
+    let now = chrono::Utc::now().timestamp();
+    match crate::notify::send_test(ch, now).await {
+        Ok(()) => {
+            println!("test message sent through channel {channel:?} ({})", ch.kind.type_name());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("error: test message through channel {channel:?} failed: {e}");
+            Ok(ExitCode::from(EXIT_INCOMPLETE))
+        }
     }
 }

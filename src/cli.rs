@@ -88,6 +88,10 @@ pub struct AuditArgs {
     pub since: Option<String>,
     #[arg(long, value_enum, default_value = "table")]
     pub format: AuditFormatArg,
+    /// The state database to read (default: `state_path` from the configuration, which then
+    /// does not need its secrets).
+    #[arg(long, value_name = "FILE")]
+    pub state: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
