@@ -13,8 +13,11 @@ use std::str::FromStr;
 use std::sync::Once;
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
 use tracing_subscriber::filter::{Directive, LevelFilter};
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 
 pub use crate::config::LogFormat;
@@ -80,31 +83,38 @@ pub fn init(format: Option<LogFormat>) -> Result<(), TelemetryError> {
     } else {
         LogFormat::Json
     });
-    let registry = tracing_subscriber::registry().with(filter);
-    let installed = match format {
-        LogFormat::Json => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(true)
-                    .with_span_list(true)
-                    .with_writer(std::io::stderr),
-            )
-            .try_init(),
-        LogFormat::Pretty => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_ansi(std::io::stderr().is_terminal())
-                    .with_writer(std::io::stderr),
-            )
-            .try_init(),
-    };
+    let installed = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt_layer(format, std::io::stderr))
+        .try_init();
     installed.map_err(|e| TelemetryError::AlreadyInitialized(e.to_string()))?;
     for p in &problems {
         tracing::warn!(problem = %p, "RUST_LOG directive refused");
     }
     Ok(())
+}
+
+/// The formatting layer for `format`, writing to `writer`.
+fn fmt_layer<S, W>(format: LogFormat, writer: W) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    match format {
+        // Span fields (organisation, run id) go into every record: `span` is the innermost one,
+        // `spans` the whole stack.
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(true)
+            .with_writer(writer)
+            .boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(writer)
+            .boxed(),
+    }
 }
 
 /// For tests: installs a subscriber that writes through the test harness's capture, once per
@@ -144,6 +154,35 @@ mod tests {
         let parsed = parse_filter("");
         assert!(parsed.problems.is_empty());
         assert_eq!(parsed.filter.to_string(), "info");
+    }
+
+    #[test]
+    fn json_records_carry_the_sweep_span_fields() {
+        #[derive(Clone, Default)]
+        struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let out = buf.clone();
+        let subscriber =
+            tracing_subscriber::registry().with(fmt_layer(LogFormat::Json, move || out.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("sweep", organization = "acme", run_id = "run-1");
+            span.in_scope(|| tracing::info!(keys = 3, "listed"));
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let line: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        assert_eq!(line["message"], "listed", "{text}");
+        assert_eq!(line["keys"], 3, "{text}");
+        assert_eq!(line["span"]["run_id"], "run-1", "{text}");
+        assert_eq!(line["span"]["organization"], "acme", "{text}");
     }
 
     #[test]

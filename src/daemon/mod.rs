@@ -111,7 +111,9 @@ pub enum SweepResult {
     /// Every listing complete, every action done.
     Success,
     /// The sweep ran to its end but some of it could not be done (an incomplete listing, a
-    /// refused action); it does not make the daemon unready.
+    /// refused action). It does not make the daemon unready, but it does not advance
+    /// `keysweep_last_successful_sweep_timestamp_seconds` either, so an alert on that gauge
+    /// catches an organisation that never completes.
     Partial { reason: String },
     /// The sweep could not do its job (authentication refused, API unreachable, state error).
     /// `/readyz` reports the reason until a later sweep succeeds.
@@ -656,9 +658,9 @@ async fn org_loop(
             }
         }
 
-        let result = sweep_once(&org, &shared, config.clone(), trigger, slot).await;
+        sweep_once(&org, &shared, config.clone(), trigger, slot).await;
         let finished = Utc::now();
-        if result == SweepResult::Cancelled || shared.shutdown.is_cancelled() {
+        if shared.shutdown.is_cancelled() {
             return org;
         }
 
