@@ -455,3 +455,52 @@ async fn a_broken_reload_keeps_the_old_configuration_and_a_good_one_takes_effect
     control.shutdown();
     daemon.wait().await.unwrap();
 }
+
+/// `run` end to end with real signals sent to this test process: SIGHUP reloads (a broken
+/// configuration is refused and sweeping goes on), SIGTERM drains and returns `Ok`. tokio's
+/// handlers catch the signals, so the test process itself is not terminated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_reacts_to_real_sighup_and_sigterm() {
+    keysweep::telemetry::init_for_tests();
+    let sweeps = Arc::new(AtomicUsize::new(0));
+    let reloads = Arc::new(AtomicUsize::new(0));
+    let s = sweeps.clone();
+    let sweep = sweep_fn(move |_req: SweepRequest| {
+        s.fetch_add(1, Ordering::SeqCst);
+        async { SweepResult::Success }
+    });
+    let r = reloads.clone();
+    let reload: ReloadFn = Arc::new(move || {
+        r.fetch_add(1, Ordering::SeqCst);
+        Err("keysweep.toml: organizations[0].base_url: relative URL without a base".to_string())
+    });
+    let daemon = tokio::spawn(keysweep::daemon::run(
+        config("* * * * * *", &["acme"], "v1"),
+        deps(sweep, reload, Metrics::new()),
+    ));
+    // Handlers are installed before the first sweep can run.
+    eventually("a first sweep", || sweeps.load(Ordering::SeqCst) >= 1).await;
+
+    let kill = |sig: &str| {
+        let status = std::process::Command::new("kill")
+            .args([sig, &std::process::id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {sig} failed");
+    };
+    kill("-HUP");
+    eventually("the reload attempt", || reloads.load(Ordering::SeqCst) == 1).await;
+    let n = sweeps.load(Ordering::SeqCst);
+    eventually("sweeps to go on after the refused reload", || {
+        sweeps.load(Ordering::SeqCst) > n
+    })
+    .await;
+    assert!(!daemon.is_finished(), "a broken reload stopped the daemon");
+
+    kill("-TERM");
+    tokio::time::timeout(PATIENCE, daemon)
+        .await
+        .expect("run returned after SIGTERM")
+        .unwrap()
+        .unwrap();
+}
