@@ -1,19 +1,662 @@
 //! Prometheus metrics (prometheus-client), one registry per process.
 //!
-//! Labels never carry a secret or a key name: only organisation, project id, owner type, policy,
-//! state, channel, endpoint template and status.
+//! Every module records into a [`Metrics`] handle; `ops` renders it at `/metrics` in the
+//! OpenMetrics text format. Names carry the `keysweep_` prefix; counters get `_total` from the
+//! encoder.
+//!
+//! Labels never carry a secret or a key name: only organisation, project id, owner type, age
+//! band, policy, stage, outcome, channel name, endpoint template, status and admin-key id. The
+//! setters take typed values (`OwnerType`, `Stage`, `&'static str` templates) where they can, so a
+//! free-form string cannot slip into a label by accident.
 
-/// Handle every module records into. Cheap to clone.
-#[derive(Clone, Default)]
-pub struct Metrics {}
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::inventory::{OwnerType, ProjectInventory};
+use crate::policy::finding::Stage;
+
+/// Age bands of `keysweep_keys_by_age`, by key creation time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AgeBand {
+    Under30d,
+    From30To90d,
+    From90To180d,
+    From180To365d,
+    Over365d,
+}
+
+impl AgeBand {
+    pub const ALL: [AgeBand; 5] = [
+        AgeBand::Under30d,
+        AgeBand::From30To90d,
+        AgeBand::From90To180d,
+        AgeBand::From180To365d,
+        AgeBand::Over365d,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgeBand::Under30d => "<30d",
+            AgeBand::From30To90d => "30-90d",
+            AgeBand::From90To180d => "90-180d",
+            AgeBand::From180To365d => "180-365d",
+            AgeBand::Over365d => ">365d",
+        }
+    }
+
+    /// The band of a key created at `created_at` (Unix seconds) as seen at `now`. A creation time
+    /// in the future (clock skew) counts as new.
+    pub fn of(created_at: i64, now: i64) -> AgeBand {
+        let days = now.saturating_sub(created_at).max(0) / 86_400;
+        match days {
+            0..30 => AgeBand::Under30d,
+            30..90 => AgeBand::From30To90d,
+            90..180 => AgeBand::From90To180d,
+            180..365 => AgeBand::From180To365d,
+            _ => AgeBand::Over365d,
+        }
+    }
+}
+
+/// Outcome label of `keysweep_notifications_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotificationOutcome {
+    Sent,
+    /// One delivery attempt failed; it will be retried.
+    Failed,
+    /// Attempts exhausted; the message is dead-lettered.
+    Dead,
+}
+
+impl NotificationOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            NotificationOutcome::Sent => "sent",
+            NotificationOutcome::Failed => "failed",
+            NotificationOutcome::Dead => "dead",
+        }
+    }
+}
+
+/// Handle every module records into. Cheap to clone; all clones share one registry.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    keys: Family<KeyLabels, Gauge>,
+    keys_by_age: Family<AgeLabels, Gauge>,
+    findings: Family<FindingLabels, Gauge>,
+    revocations: Family<OrgOutcome, Counter>,
+    notifications: Family<ChannelOutcome, Counter>,
+    outbox_depth: Family<OutboxLabels, Gauge>,
+    sweep_duration: Family<OrgLabels, Histogram>,
+    sweeps: Family<OrgOutcome, Counter>,
+    api_requests: Family<ApiLabels, Counter>,
+    last_success: Family<OrgLabels, Gauge>,
+    skipped: Family<OrgLabels, Counter>,
+    admin_key_expiry: Family<AdminKeyLabels, Gauge>,
+    incomplete_listings: Family<OrgLabels, Counter>,
+    /// Which snapshot series each organisation set last time, so a project or policy that
+    /// disappears stops being reported instead of freezing at its last value.
+    snapshots: Mutex<Snapshots>,
+}
+
+#[derive(Default)]
+struct Snapshots {
+    keys: HashMap<String, HashSet<KeyLabels>>,
+    findings: HashMap<String, HashSet<FindingLabels>>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OrgLabels {
+    organization: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KeyLabels {
+    organization: String,
+    project: String,
+    owner_type: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AgeLabels {
+    organization: String,
+    owner_type: &'static str,
+    age: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FindingLabels {
+    organization: String,
+    policy: String,
+    stage: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OrgOutcome {
+    organization: String,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ChannelOutcome {
+    channel: String,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutboxLabels {
+    state: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ApiLabels {
+    organization: String,
+    endpoint: &'static str,
+    status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AdminKeyLabels {
+    organization: String,
+    admin_key_id: String,
+}
+
+fn org_labels(o: &str) -> OrgLabels {
+    OrgLabels {
+        organization: o.to_string(),
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
 
 impl Metrics {
     pub fn new() -> Self {
-        Self::default()
+        let mut registry = Registry::with_prefix("keysweep");
+        let keys = Family::<KeyLabels, Gauge>::default();
+        registry.register(
+            "keys",
+            "Project API keys seen in the last sweep, by organisation, project and owner type",
+            keys.clone(),
+        );
+        let keys_by_age = Family::<AgeLabels, Gauge>::default();
+        registry.register(
+            "keys_by_age",
+            "Project API keys seen in the last sweep, by creation-age band",
+            keys_by_age.clone(),
+        );
+        let findings = Family::<FindingLabels, Gauge>::default();
+        registry.register(
+            "findings",
+            "Open findings by organisation, policy and stage",
+            findings.clone(),
+        );
+        let revocations = Family::<OrgOutcome, Counter>::default();
+        registry.register(
+            "revocations",
+            "Revocation attempts by organisation and outcome",
+            revocations.clone(),
+        );
+        let notifications = Family::<ChannelOutcome, Counter>::default();
+        registry.register(
+            "notifications",
+            "Notification deliveries by channel and outcome (sent, failed attempt, dead-lettered)",
+            notifications.clone(),
+        );
+        let outbox_depth = Family::<OutboxLabels, Gauge>::default();
+        registry.register(
+            "outbox_depth",
+            "Messages in the notification outbox by state (pending, dead)",
+            outbox_depth.clone(),
+        );
+        let sweep_duration = Family::<OrgLabels, Histogram>::new_with_constructor(
+            (|| Histogram::new(exponential_buckets(0.25, 2.0, 14))) as fn() -> Histogram,
+        );
+        registry.register_with_unit(
+            "sweep_duration",
+            "Duration of a sweep by organisation",
+            Unit::Seconds,
+            sweep_duration.clone(),
+        );
+        let sweeps = Family::<OrgOutcome, Counter>::default();
+        registry.register(
+            "sweeps",
+            "Sweeps by organisation and outcome",
+            sweeps.clone(),
+        );
+        let api_requests = Family::<ApiLabels, Counter>::default();
+        registry.register(
+            "api_requests",
+            "Administration API requests by organisation, endpoint template and HTTP status (0: transport error)",
+            api_requests.clone(),
+        );
+        let last_success = Family::<OrgLabels, Gauge>::default();
+        registry.register_with_unit(
+            "last_successful_sweep_timestamp",
+            "Unix time of the last successful sweep by organisation",
+            Unit::Seconds,
+            last_success.clone(),
+        );
+        let skipped = Family::<OrgLabels, Counter>::default();
+        registry.register(
+            "schedule_skipped",
+            "Schedule slots skipped because a sweep of the same organisation was still running (or the host was asleep)",
+            skipped.clone(),
+        );
+        let admin_key_expiry = Family::<AdminKeyLabels, Gauge>::default();
+        registry.register_with_unit(
+            "admin_key_expiry_timestamp",
+            "Unix time at which an organisation's admin key expires",
+            Unit::Seconds,
+            admin_key_expiry.clone(),
+        );
+        let incomplete_listings = Family::<OrgLabels, Counter>::default();
+        registry.register(
+            "incomplete_listings",
+            "Project key listings that could not be completed (no revocation acts on them)",
+            incomplete_listings.clone(),
+        );
+        Metrics {
+            inner: Arc::new(Inner {
+                registry,
+                keys,
+                keys_by_age,
+                findings,
+                revocations,
+                notifications,
+                outbox_depth,
+                sweep_duration,
+                sweeps,
+                api_requests,
+                last_success,
+                skipped,
+                admin_key_expiry,
+                incomplete_listings,
+                snapshots: Mutex::new(Snapshots::default()),
+            }),
+        }
     }
 
     /// One Admin API request finished. `endpoint` is the route template
     /// (`GET /organization/projects/{project_id}/api_keys`), `status` the HTTP status or 0 for a
     /// transport error.
-    pub fn api_request(&self, _org: &str, _endpoint: &'static str, _status: u16) {}
+    pub fn api_request(&self, org: &str, endpoint: &'static str, status: u16) {
+        self.inner
+            .api_requests
+            .get_or_create(&ApiLabels {
+                organization: org.to_string(),
+                endpoint,
+                status,
+            })
+            .inc();
+    }
+
+    /// Number of keys in one project of one organisation, by owner type.
+    pub fn set_keys(&self, org: &str, project_id: &str, owner_type: OwnerType, n: u64) {
+        let labels = KeyLabels {
+            organization: org.to_string(),
+            project: project_id.to_string(),
+            owner_type: owner_type.as_str(),
+        };
+        self.inner.keys.get_or_create(&labels).set(gauge(n));
+        if let Ok(mut snaps) = self.inner.snapshots.lock() {
+            snaps
+                .keys
+                .entry(org.to_string())
+                .or_default()
+                .insert(labels);
+        }
+    }
+
+    /// Number of keys of one organisation and owner type in one age band.
+    pub fn set_keys_by_age(&self, org: &str, owner_type: OwnerType, band: AgeBand, n: u64) {
+        self.inner
+            .keys_by_age
+            .get_or_create(&AgeLabels {
+                organization: org.to_string(),
+                owner_type: owner_type.as_str(),
+                age: band.as_str(),
+            })
+            .set(gauge(n));
+    }
+
+    /// Replaces the organisation's key gauges (`keys`, `keys_by_age`) with what this inventory
+    /// holds, so projects that vanished stop being reported. `now` is Unix seconds.
+    pub fn observe_inventory(&self, org: &str, projects: &[ProjectInventory], now: i64) {
+        let mut by_project: HashMap<(&str, OwnerType), u64> = HashMap::new();
+        let mut by_age: HashMap<(OwnerType, AgeBand), u64> = HashMap::new();
+        for p in projects {
+            for k in &p.keys {
+                *by_project.entry((&p.project.id, k.owner.kind)).or_default() += 1;
+                *by_age
+                    .entry((k.owner.kind, AgeBand::of(k.created_at, now)))
+                    .or_default() += 1;
+            }
+        }
+        let fresh: HashSet<KeyLabels> = by_project
+            .keys()
+            .map(|(project, owner)| KeyLabels {
+                organization: org.to_string(),
+                project: project.to_string(),
+                owner_type: owner.as_str(),
+            })
+            .collect();
+        if let Ok(mut snaps) = self.inner.snapshots.lock() {
+            if let Some(old) = snaps.keys.remove(org) {
+                for stale in old.difference(&fresh) {
+                    self.inner.keys.remove(stale);
+                }
+            }
+            snaps.keys.insert(org.to_string(), fresh);
+        }
+        for ((project, owner), n) in &by_project {
+            self.inner
+                .keys
+                .get_or_create(&KeyLabels {
+                    organization: org.to_string(),
+                    project: project.to_string(),
+                    owner_type: owner.as_str(),
+                })
+                .set(gauge(*n));
+        }
+        // Every band of every owner type is written (zeros included) so a band that empties
+        // reads 0 rather than its last value.
+        for owner in [
+            OwnerType::User,
+            OwnerType::ServiceAccount,
+            OwnerType::Unknown,
+        ] {
+            for band in AgeBand::ALL {
+                let n = by_age.get(&(owner, band)).copied().unwrap_or(0);
+                self.set_keys_by_age(org, owner, band, n);
+            }
+        }
+    }
+
+    /// Number of open findings of one policy in one stage.
+    pub fn set_findings(&self, org: &str, policy: &str, stage: Stage, n: u64) {
+        let labels = FindingLabels {
+            organization: org.to_string(),
+            policy: policy.to_string(),
+            stage: stage.as_str(),
+        };
+        self.inner.findings.get_or_create(&labels).set(gauge(n));
+        if let Ok(mut snaps) = self.inner.snapshots.lock() {
+            snaps
+                .findings
+                .entry(org.to_string())
+                .or_default()
+                .insert(labels);
+        }
+    }
+
+    /// Replaces all finding gauges of an organisation with `counts` (policy, stage, n); series
+    /// not in `counts` are removed.
+    pub fn replace_findings(&self, org: &str, counts: &[(&str, Stage, u64)]) {
+        let fresh: HashSet<FindingLabels> = counts
+            .iter()
+            .map(|(policy, stage, _)| FindingLabels {
+                organization: org.to_string(),
+                policy: policy.to_string(),
+                stage: stage.as_str(),
+            })
+            .collect();
+        if let Ok(mut snaps) = self.inner.snapshots.lock() {
+            if let Some(old) = snaps.findings.remove(org) {
+                for stale in old.difference(&fresh) {
+                    self.inner.findings.remove(stale);
+                }
+            }
+            snaps.findings.insert(org.to_string(), fresh);
+        }
+        for (policy, stage, n) in counts {
+            self.inner
+                .findings
+                .get_or_create(&FindingLabels {
+                    organization: org.to_string(),
+                    policy: policy.to_string(),
+                    stage: stage.as_str(),
+                })
+                .set(gauge(*n));
+        }
+    }
+
+    /// One revocation attempt ended. `outcome` is a fixed word such as `deleted`, `failed`,
+    /// `already_gone`, `refused` or `dry_run`.
+    pub fn revocation(&self, org: &str, outcome: &'static str) {
+        self.inner
+            .revocations
+            .get_or_create(&OrgOutcome {
+                organization: org.to_string(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// One notification delivery ended on channel `channel` (the configured channel name).
+    pub fn notification(&self, channel: &str, outcome: NotificationOutcome) {
+        self.inner
+            .notifications
+            .get_or_create(&ChannelOutcome {
+                channel: channel.to_string(),
+                outcome: outcome.as_str(),
+            })
+            .inc();
+    }
+
+    /// Current outbox depth.
+    pub fn set_outbox_depth(&self, pending: u64, dead: u64) {
+        let family = &self.inner.outbox_depth;
+        family
+            .get_or_create(&OutboxLabels { state: "pending" })
+            .set(gauge(pending));
+        family
+            .get_or_create(&OutboxLabels { state: "dead" })
+            .set(gauge(dead));
+    }
+
+    /// One sweep finished: counts it by outcome and records its duration. The daemon calls this
+    /// for every sweep it runs; the sweep itself must not, or sweeps are counted twice.
+    pub fn observe_sweep(&self, org: &str, secs: f64, outcome: &'static str) {
+        self.inner
+            .sweep_duration
+            .get_or_create(&org_labels(org))
+            .observe(secs);
+        self.inner
+            .sweeps
+            .get_or_create(&OrgOutcome {
+                organization: org.to_string(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// Unix time of the organisation's last successful sweep.
+    pub fn set_last_successful_sweep(&self, org: &str, unix_secs: i64) {
+        self.inner
+            .last_success
+            .get_or_create(&org_labels(org))
+            .set(unix_secs);
+    }
+
+    /// `n` schedule slots of the organisation were skipped.
+    pub fn schedule_skipped(&self, org: &str, n: u64) {
+        self.inner.skipped.get_or_create(&org_labels(org)).inc_by(n);
+    }
+
+    /// Expiry (Unix seconds) of one admin key of the organisation. `admin_key_id` is the key's
+    /// id (`key_…`), never its value or name.
+    pub fn set_admin_key_expiry(&self, org: &str, admin_key_id: &str, unix_secs: i64) {
+        self.inner
+            .admin_key_expiry
+            .get_or_create(&AdminKeyLabels {
+                organization: org.to_string(),
+                admin_key_id: admin_key_id.to_string(),
+            })
+            .set(unix_secs);
+    }
+
+    /// One project listing of the organisation ended incomplete.
+    pub fn incomplete_listing(&self, org: &str) {
+        self.inner
+            .incomplete_listings
+            .get_or_create(&org_labels(org))
+            .inc();
+    }
+
+    /// The registry in OpenMetrics text format, ending with `# EOF`.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail; an error here would be a bug in the encoder, and
+        // a partial scrape is better than none.
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.inner.registry) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+}
+
+/// Gauges hold i64; counts beyond that are not a real case, so saturate.
+fn gauge(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::{Key, Listing, Owner, OwnerAccess, ProjectRef};
+
+    fn key(project: &str, owner: OwnerType, created_at: i64) -> Key {
+        Key {
+            organization: "acme".into(),
+            project_id: project.into(),
+            project_name: Some("Secret Project Name".into()),
+            id: "key_abc".into(),
+            name: "prod-deploy-key".into(),
+            redacted_value: "sk-...abcd".into(),
+            created_at,
+            last_used_at: None,
+            owner: Owner {
+                kind: owner,
+                id: None,
+                name: None,
+                email: Some("someone@example.com".into()),
+            },
+            owner_access: OwnerAccess::Active,
+        }
+    }
+
+    fn inv(project: &str, keys: Vec<Key>) -> ProjectInventory {
+        ProjectInventory {
+            project: ProjectRef {
+                organization: "acme".into(),
+                id: project.into(),
+                name: Some("Secret Project Name".into()),
+                archived: false,
+            },
+            keys,
+            listing: Listing::Complete,
+        }
+    }
+
+    #[test]
+    fn age_bands_have_the_documented_edges() {
+        let d = 86_400;
+        assert_eq!(AgeBand::of(0, 29 * d), AgeBand::Under30d);
+        assert_eq!(AgeBand::of(0, 30 * d), AgeBand::From30To90d);
+        assert_eq!(AgeBand::of(0, 90 * d), AgeBand::From90To180d);
+        assert_eq!(AgeBand::of(0, 180 * d), AgeBand::From180To365d);
+        assert_eq!(AgeBand::of(0, 365 * d), AgeBand::Over365d);
+        assert_eq!(AgeBand::of(100 * d, 0), AgeBand::Under30d);
+    }
+
+    #[test]
+    fn inventory_gauges_replace_vanished_projects_and_carry_no_key_names() {
+        let m = Metrics::new();
+        let now = 400 * 86_400;
+        m.observe_inventory(
+            "acme",
+            &[
+                inv(
+                    "proj_a",
+                    vec![
+                        key("proj_a", OwnerType::User, now - 10 * 86_400),
+                        key("proj_a", OwnerType::User, now - 400 * 86_400),
+                    ],
+                ),
+                inv(
+                    "proj_b",
+                    vec![key("proj_b", OwnerType::ServiceAccount, now)],
+                ),
+            ],
+            now,
+        );
+        let text = m.encode();
+        assert!(
+            text.contains(
+                r#"keysweep_keys{organization="acme",project="proj_a",owner_type="user"} 2"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains(
+            r#"keysweep_keys_by_age{organization="acme",owner_type="user",age=">365d"} 1"#
+        ));
+        for secretish in ["prod-deploy-key", "sk-", "someone@", "Secret Project Name"] {
+            assert!(!text.contains(secretish), "{secretish} leaked into {text}");
+        }
+        m.observe_inventory("acme", &[inv("proj_a", vec![])], now);
+        let text = m.encode();
+        assert!(!text.contains("proj_b"), "{text}");
+        assert!(text.trim_end().ends_with("# EOF"));
+    }
+
+    #[test]
+    fn counters_and_histograms_render_with_prefix_and_suffixes() {
+        let m = Metrics::new();
+        m.api_request(
+            "acme",
+            "GET /organization/projects/{project_id}/api_keys",
+            200,
+        );
+        m.observe_sweep("acme", 1.5, "success");
+        m.schedule_skipped("acme", 2);
+        m.notification("ops-mail", NotificationOutcome::Dead);
+        m.set_outbox_depth(3, 1);
+        m.replace_findings("acme", &[("max-age", Stage::Warned, 4)]);
+        m.replace_findings("acme", &[("max-age", Stage::FinalNotice, 1)]);
+        let text = m.encode();
+        for want in [
+            r#"keysweep_api_requests_total{organization="acme",endpoint="GET /organization/projects/{project_id}/api_keys",status="200"} 1"#,
+            r#"keysweep_sweeps_total{organization="acme",outcome="success"} 1"#,
+            r#"keysweep_sweep_duration_seconds_count{organization="acme"} 1"#,
+            r#"keysweep_schedule_skipped_total{organization="acme"} 2"#,
+            r#"keysweep_notifications_total{channel="ops-mail",outcome="dead"} 1"#,
+            r#"keysweep_outbox_depth{state="pending"} 3"#,
+            r#"keysweep_findings{organization="acme",policy="max-age",stage="final_notice"} 1"#,
+        ] {
+            assert!(text.contains(want), "missing {want} in\n{text}");
+        }
+        assert!(!text.contains(r#"stage="warned""#), "{text}");
+    }
 }

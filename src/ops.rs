@@ -1,1 +1,329 @@
-//! TODO(ops): being written.
+//! The operations HTTP server (axum): `/healthz`, `/readyz` and `/metrics`, on `[server] listen`
+//! (default `127.0.0.1:9464`).
+//!
+//! - `/healthz` answers 200 `ok` for as long as the process serves requests.
+//! - `/readyz` answers 200 when the configuration is loaded, the state database answers and the
+//!   last sweep of every configured organisation is neither failed nor stale; otherwise 503. Both
+//!   carry a JSON body `{"ready": bool, "reasons": [..]}` naming every failed check.
+//! - `/metrics` renders [`Metrics`] in the OpenMetrics text format.
+//!
+//! This module never mutates state and never shows a secret: readiness reasons carry
+//! organisation names and the sweep's own (secret-free) failure summary, nothing more.
+//!
+//! # Staleness and "no sweep yet"
+//!
+//! A finished sweep that *started* at `s` is stale once two further slots have passed, i.e. at
+//! `next_fire(next_fire(s)) + jitter`. For a regular schedule that is "older than twice its
+//! interval", measured from the start so a sweep is allowed up to a whole interval to run. An
+//! organisation with no finished sweep yet is judged the same way from the moment the daemon
+//! started tracking it (start-up or the reload that added it): it is ready during that first
+//! window, which is enough for the first sweep (on start or at the first slot) to finish, and
+//! unready with the reason "no sweep yet" after it. A sweep cancelled by shutdown does not count
+//! as a result.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use chrono::{DateTime, Utc};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::daemon::schedule::CronSchedule;
+use crate::metrics::Metrics;
+
+/// Content type of `/metrics` (OpenMetrics 1.0 text, which Prometheus scrapes natively).
+pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Answers "is the state database reachable?". Called on every `/readyz`, on a blocking thread
+/// (it may run a SQLite query).
+pub type ReadyCheck = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// What the daemon tells the ops server about each organisation's sweeps.
+#[derive(Clone, Default)]
+pub struct SweepBoard {
+    inner: Arc<Mutex<HashMap<String, OrgStatus>>>,
+}
+
+/// One organisation's sweep history, as far as readiness cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrgStatus {
+    /// When the daemon started scheduling this organisation.
+    pub tracked_since: DateTime<Utc>,
+    /// Start of the sweep running now, if any.
+    pub running_since: Option<DateTime<Utc>>,
+    /// The last sweep that ran to an end (cancelled sweeps excluded).
+    pub last: Option<LastSweep>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastSweep {
+    pub started: DateTime<Utc>,
+    pub finished: DateTime<Utc>,
+    /// `Some(summary)` when the sweep failed.
+    pub failure: Option<String>,
+}
+
+impl SweepBoard {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Starts tracking an organisation (idempotent: an already tracked one keeps its history).
+    pub fn track(&self, org: &str, since: DateTime<Utc>) {
+        if let Ok(mut map) = self.inner.lock() {
+            map.entry(org.to_string()).or_insert(OrgStatus {
+                tracked_since: since,
+                running_since: None,
+                last: None,
+            });
+        }
+    }
+
+    /// Stops tracking an organisation that left the configuration.
+    pub fn forget(&self, org: &str) {
+        if let Ok(mut map) = self.inner.lock() {
+            map.remove(org);
+        }
+    }
+
+    pub fn sweep_started(&self, org: &str, at: DateTime<Utc>) {
+        if let Ok(mut map) = self.inner.lock() {
+            let entry = map.entry(org.to_string()).or_insert(OrgStatus {
+                tracked_since: at,
+                running_since: None,
+                last: None,
+            });
+            entry.running_since = Some(at);
+        }
+    }
+
+    /// A sweep ended. `result` is `None` for a cancelled sweep (which leaves `last` alone),
+    /// `Some(Ok(()))` for a completed one and `Some(Err(summary))` for a failed one.
+    pub fn sweep_finished(
+        &self,
+        org: &str,
+        started: DateTime<Utc>,
+        finished: DateTime<Utc>,
+        result: Option<Result<(), String>>,
+    ) {
+        if let Ok(mut map) = self.inner.lock()
+            && let Some(entry) = map.get_mut(org)
+        {
+            entry.running_since = None;
+            if let Some(result) = result {
+                entry.last = Some(LastSweep {
+                    started,
+                    finished,
+                    failure: result.err(),
+                });
+            }
+        }
+    }
+
+    pub fn get(&self, org: &str) -> Option<OrgStatus> {
+        self.inner.lock().ok().and_then(|m| m.get(org).cloned())
+    }
+
+    pub fn snapshot(&self) -> HashMap<String, OrgStatus> {
+        self.inner.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+}
+
+/// Everything the handlers read.
+#[derive(Clone)]
+pub struct OpsState {
+    pub metrics: Metrics,
+    /// The configuration in force (replaced on a successful SIGHUP reload).
+    pub config: watch::Receiver<Arc<Config>>,
+    pub board: SweepBoard,
+    pub db_ready: ReadyCheck,
+}
+
+/// Why `/readyz` says no. Pure: the caller supplies the clock and the database check result.
+pub fn unready_reasons(
+    config: &Config,
+    board: &HashMap<String, OrgStatus>,
+    db_ok: bool,
+    now: DateTime<Utc>,
+) -> Vec<String> {
+    let mut reasons = Vec::new();
+    if !db_ok {
+        reasons.push("state database is not reachable".to_string());
+    }
+    for org in &config.organizations {
+        let schedule = crate::daemon::effective_schedule(config, org);
+        let Some(status) = board.get(&org.name) else {
+            // The daemon has not started this organisation's loop yet (a reload just added it).
+            continue;
+        };
+        let cron = match CronSchedule::parse(&schedule.cron) {
+            Ok(c) => c,
+            Err(e) => {
+                reasons.push(format!("organization {}: {e}", org.name));
+                continue;
+            }
+        };
+        let jitter =
+            chrono::Duration::from_std(schedule.jitter).unwrap_or(chrono::Duration::zero());
+        let stale_after = |from: DateTime<Utc>| {
+            cron.next_fire(from, schedule.timezone)
+                .and_then(|n| cron.next_fire(n, schedule.timezone))
+                .map(|d| d + jitter)
+        };
+        match &status.last {
+            None => {
+                if stale_after(status.tracked_since).is_some_and(|d| now > d) {
+                    reasons.push(format!("organization {}: no sweep yet", org.name));
+                }
+            }
+            Some(last) => {
+                if let Some(failure) = &last.failure {
+                    reasons.push(format!(
+                        "organization {}: last sweep failed: {failure}",
+                        org.name
+                    ));
+                } else if let Some(deadline) = stale_after(last.started)
+                    && now > deadline
+                {
+                    reasons.push(format!(
+                        "organization {}: last sweep is stale (finished {}, a newer one was due by {})",
+                        org.name,
+                        last.finished.to_rfc3339(),
+                        deadline.to_rfc3339()
+                    ));
+                }
+            }
+        }
+    }
+    reasons
+}
+
+/// The router, for tests that want to drive it without a socket.
+pub fn router(state: OpsState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// Binds the listener (port 0 picks a free port; read it back with `local_addr`).
+pub async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serves until `shutdown` is cancelled, then lets in-flight requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    state: OpsState,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(state): State<OpsState>) -> Response {
+    let check = state.db_ready.clone();
+    // A panicking or blocked check counts as "not reachable" rather than taking the server down.
+    let db_ok = tokio::task::spawn_blocking(move || check())
+        .await
+        .unwrap_or(false);
+    let config = state.config.borrow().clone();
+    let reasons = unready_reasons(&config, &state.board.snapshot(), db_ok, Utc::now());
+    let ready = reasons.is_empty();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({ "ready": ready, "reasons": reasons });
+    (status, axum::Json(body)).into_response()
+}
+
+async fn metrics(State(state): State<OpsState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn config(cron: &str) -> Config {
+        crate::daemon::test_support::config(cron, &["acme"])
+    }
+
+    fn board_with(status: OrgStatus) -> HashMap<String, OrgStatus> {
+        HashMap::from([("acme".to_string(), status)])
+    }
+
+    #[test]
+    fn no_sweep_yet_is_ready_within_the_first_window_then_unready() {
+        let cfg = config("0 */6 * * *");
+        let status = OrgStatus {
+            tracked_since: utc("2026-05-01T01:00:00Z"),
+            running_since: None,
+            last: None,
+        };
+        let board = board_with(status);
+        // Slots at 06:00 and 12:00: ready until 12:00.
+        assert!(unready_reasons(&cfg, &board, true, utc("2026-05-01T11:59:59Z")).is_empty());
+        let reasons = unready_reasons(&cfg, &board, true, utc("2026-05-01T12:00:01Z"));
+        assert_eq!(reasons, vec!["organization acme: no sweep yet".to_string()]);
+    }
+
+    #[test]
+    fn failed_stale_and_database_reasons() {
+        let cfg = config("0 */6 * * *");
+        let ok = LastSweep {
+            started: utc("2026-05-01T06:00:00Z"),
+            finished: utc("2026-05-01T06:01:00Z"),
+            failure: None,
+        };
+        let status = |last: LastSweep| OrgStatus {
+            tracked_since: utc("2026-05-01T00:00:00Z"),
+            running_since: None,
+            last: Some(last),
+        };
+        let board = board_with(status(ok.clone()));
+        assert!(unready_reasons(&cfg, &board, true, utc("2026-05-01T17:59:00Z")).is_empty());
+        let stale = unready_reasons(&cfg, &board, true, utc("2026-05-01T18:00:01Z"));
+        assert_eq!(stale.len(), 1);
+        assert!(stale[0].contains("stale"), "{stale:?}");
+
+        let failed = LastSweep {
+            failure: Some("admin key refused (401)".into()),
+            ..ok
+        };
+        let board = board_with(status(failed));
+        let reasons = unready_reasons(&cfg, &board, false, utc("2026-05-01T07:00:00Z"));
+        assert_eq!(
+            reasons,
+            vec![
+                "state database is not reachable".to_string(),
+                "organization acme: last sweep failed: admin key refused (401)".to_string()
+            ]
+        );
+    }
+}

@@ -1,0 +1,288 @@
+//! Cron schedules: parsing a `schedule` string and computing the next fire time.
+//!
+//! This module is pure: no clock reads, no sleeping, no I/O. The scheduler loop in
+//! `daemon/mod.rs` reads the wall clock and asks [`CronSchedule::next_fire`] what comes after it,
+//! which is what makes the DST behaviour table-testable.
+//!
+//! Semantics (croner 4, OCPS / Vixie cron):
+//! - 5 fields (`min hour dom month dow`) or 6 fields with seconds first; `@daily`-style
+//!   nicknames are accepted as 5-field patterns. A 7th (year) field is refused.
+//! - Day-of-month and day-of-week combine with OR when both are restricted (Vixie); a `+` before
+//!   the day-of-week asks for AND.
+//! - Times are wall-clock times in the given IANA zone. A fixed time that falls into a
+//!   spring-forward gap fires at the first instant after the gap; a fixed time repeated by a
+//!   fall-back fires once, at its first occurrence; interval patterns (`*/10 * * * *`) follow
+//!   real time through both.
+
+use chrono::{DateTime, Timelike, Utc};
+use chrono_tz::Tz;
+use croner::Cron;
+use croner::parser::{CronParser, Seconds, Year};
+
+/// Why a schedule string was refused. Messages quote the expression (never a secret: cron
+/// strings are not secret) so `check-config` can show exactly what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ScheduleError {
+    #[error(
+        "cron expression `{expr}` has {fields} fields; expected 5 (minute hour day-of-month month \
+         day-of-week) or 6 (seconds first)"
+    )]
+    FieldCount { expr: String, fields: usize },
+    #[error("invalid cron expression `{expr}`: {reason}")]
+    Invalid { expr: String, reason: String },
+    #[error("cron expression `{expr}` never fires")]
+    NeverFires { expr: String },
+}
+
+/// A parsed cron schedule. Cheap to clone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CronSchedule {
+    expr: String,
+    cron: Cron,
+    with_seconds: bool,
+}
+
+impl CronSchedule {
+    /// Parses a 5-field (minute resolution) or 6-field (seconds first) cron expression.
+    pub fn parse(expr: &str) -> Result<CronSchedule, ScheduleError> {
+        let trimmed = expr.trim();
+        let fields = trimmed.split_whitespace().count();
+        let nickname = trimmed.starts_with('@');
+        // Choose the parser by field count ourselves: croner's `Seconds::Optional` would also
+        // accept a 7-field pattern with a year, which no crontab user means.
+        let seconds = match fields {
+            1 if nickname => Seconds::Disallowed,
+            5 => Seconds::Disallowed,
+            6 => Seconds::Required,
+            _ => {
+                return Err(ScheduleError::FieldCount {
+                    expr: expr.to_string(),
+                    fields,
+                });
+            }
+        };
+        let cron = CronParser::builder()
+            .seconds(seconds)
+            .year(Year::Disallowed)
+            // Vixie OR semantics for day-of-month / day-of-week, as in every crontab.
+            .dom_and_dow(false)
+            .build()
+            .parse(trimmed)
+            .map_err(|e| ScheduleError::Invalid {
+                expr: expr.to_string(),
+                reason: e.to_string(),
+            })?;
+        let schedule = CronSchedule {
+            expr: trimmed.to_string(),
+            cron,
+            with_seconds: seconds == Seconds::Required,
+        };
+        // `0 0 30 2 *` parses but never matches; refuse it at load rather than having a daemon
+        // that silently never sweeps. Any reference instant works: a pattern that fires at all
+        // fires within a few years of any date (leap days included).
+        let reference = DateTime::<Utc>::UNIX_EPOCH;
+        if schedule.next_fire(reference, Tz::UTC).is_none() {
+            return Err(ScheduleError::NeverFires {
+                expr: expr.to_string(),
+            });
+        }
+        Ok(schedule)
+    }
+
+    /// The expression as written (trimmed).
+    pub fn as_str(&self) -> &str {
+        &self.expr
+    }
+
+    /// True for 6-field expressions (second resolution).
+    pub fn has_seconds(&self) -> bool {
+        self.with_seconds
+    }
+
+    /// The first fire time strictly after `after`, evaluated as wall-clock time in `tz`.
+    ///
+    /// Sub-second parts of `after` are dropped first, so an instant a few milliseconds past a
+    /// slot never yields that same slot again. `None` only when no future time matches.
+    pub fn next_fire(&self, after: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
+        let after = after.with_nanosecond(0).unwrap_or(after);
+        let local = after.with_timezone(&tz);
+        self.cron
+            .find_next_occurrence(&local, false)
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
+    }
+
+    /// The length of the schedule's period around `now`: the gap between the next two fire
+    /// times. Readiness uses it ("older than twice the interval").
+    pub fn interval_after(&self, now: DateTime<Utc>, tz: Tz) -> Option<chrono::Duration> {
+        let first = self.next_fire(now, tz)?;
+        let second = self.next_fire(first, tz)?;
+        Some(second - first)
+    }
+}
+
+impl std::fmt::Display for CronSchedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.expr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn tz(name: &str) -> Tz {
+        name.parse().unwrap()
+    }
+
+    /// (expression, zone, after (RFC 3339), expected next fire (RFC 3339, any offset)).
+    #[rustfmt::skip]
+    const CASES: &[(&str, &str, &str, &str)] = &[
+        // 5-field, UTC.
+        ("0 */6 * * *", "UTC", "2026-05-01T00:00:00Z", "2026-05-01T06:00:00Z"),
+        ("0 */6 * * *", "UTC", "2026-05-01T23:59:59Z", "2026-05-02T00:00:00Z"),
+        ("*/10 * * * *", "UTC", "2026-05-01T10:05:00Z", "2026-05-01T10:10:00Z"),
+        ("*/10 * * * *", "UTC", "2026-05-01T10:10:00Z", "2026-05-01T10:20:00Z"),
+        ("*/10 * * * *", "UTC", "2026-05-01T10:59:30Z", "2026-05-01T11:00:00Z"),
+        ("@daily", "UTC", "2026-05-01T10:00:00Z", "2026-05-02T00:00:00Z"),
+        ("@hourly", "UTC", "2026-05-01T10:00:00Z", "2026-05-01T11:00:00Z"),
+        ("30 9 * * MON-FRI", "UTC", "2026-05-01T10:00:00Z", "2026-05-04T09:30:00Z"),
+        // Strictly after: a call exactly on a slot returns the next one.
+        ("0 0 * * *", "UTC", "2026-05-01T00:00:00Z", "2026-05-02T00:00:00Z"),
+        // Sub-second parts are dropped: 00:00:00.5 is still "on" the midnight slot.
+        ("0 0 * * *", "UTC", "2026-05-01T00:00:00.500Z", "2026-05-02T00:00:00Z"),
+        // 6-field, with seconds.
+        ("* * * * * *", "UTC", "2026-05-01T10:00:00Z", "2026-05-01T10:00:01Z"),
+        ("* * * * * *", "UTC", "2026-05-01T10:00:00.999Z", "2026-05-01T10:00:01Z"),
+        ("*/15 * * * * *", "UTC", "2026-05-01T10:00:16Z", "2026-05-01T10:00:30Z"),
+        ("30 0 12 * * *", "UTC", "2026-05-01T12:00:30Z", "2026-05-02T12:00:30Z"),
+        // Day-of-month OR day-of-week (Vixie): the 1st of the month OR any Monday.
+        // 2026-06-01 is a Monday; the next Monday is 2026-06-08.
+        ("0 9 1 * MON", "UTC", "2026-05-30T00:00:00Z", "2026-06-01T09:00:00Z"),
+        ("0 9 1 * MON", "UTC", "2026-06-01T09:00:00Z", "2026-06-08T09:00:00Z"),
+        // 2026-07-01 is a Wednesday: it fires for the day-of-month alone.
+        ("0 9 1 * MON", "UTC", "2026-06-29T09:00:00Z", "2026-07-01T09:00:00Z"),
+        // `+` asks for AND: after 2026-06-01 the next 1st that is a Monday is 2027-02-01.
+        ("0 9 1 * +MON", "UTC", "2026-06-01T09:00:00Z", "2027-02-01T09:00:00Z"),
+        // Europe/Berlin spring forward, 2026-03-29: 02:00 CET jumps to 03:00 CEST.
+        // A daily 02:30 does not exist that day: it fires at the first instant after the gap.
+        ("30 2 * * *", "Europe/Berlin", "2026-03-28T12:00:00Z", "2026-03-29T03:00:00+02:00"),
+        // The day after, it is back at 02:30 CEST.
+        ("30 2 * * *", "Europe/Berlin", "2026-03-29T12:00:00Z", "2026-03-30T02:30:00+02:00"),
+        // A daily 09:00 keeps its wall-clock time across the change (08:00Z before, 07:00Z after).
+        ("0 9 * * *", "Europe/Berlin", "2026-03-27T12:00:00Z", "2026-03-28T09:00:00+01:00"),
+        ("0 9 * * *", "Europe/Berlin", "2026-03-28T08:00:00Z", "2026-03-29T09:00:00+02:00"),
+        // Hourly across the gap: 01:00 CET is followed by 03:00 CEST, one real hour later.
+        ("0 * * * *", "Europe/Berlin", "2026-03-29T00:00:00Z", "2026-03-29T03:00:00+02:00"),
+        // Europe/Berlin fall back, 2026-10-25: 03:00 CEST goes back to 02:00 CET.
+        // A daily 02:30 fires once, at its first occurrence (+02:00) ...
+        ("30 2 * * *", "Europe/Berlin", "2026-10-24T12:00:00Z", "2026-10-25T02:30:00+02:00"),
+        // ... and not again at 02:30 CET an hour later: next is the following day.
+        ("30 2 * * *", "Europe/Berlin", "2026-10-25T00:30:00Z", "2026-10-26T02:30:00+01:00"),
+        // Every 30 minutes follows real time through the repeated hour: 02:30 CEST, then
+        // 02:00 CET (a real 30 minutes later).
+        ("*/30 * * * *", "Europe/Berlin", "2026-10-25T00:30:00Z", "2026-10-25T02:00:00+01:00"),
+        ("0 9 * * *", "Europe/Berlin", "2026-10-25T06:00:00Z", "2026-10-25T09:00:00+01:00"),
+        // America/New_York: spring forward 2026-03-08 (02:00 EST → 03:00 EDT),
+        // fall back 2026-11-01 (02:00 EDT → 01:00 EST).
+        ("30 2 * * *", "America/New_York", "2026-03-07T12:00:00Z", "2026-03-08T03:00:00-04:00"),
+        ("0 0 * * *", "America/New_York", "2026-03-08T04:00:00Z", "2026-03-08T00:00:00-05:00"),
+        ("0 0 * * *", "America/New_York", "2026-03-08T06:00:00Z", "2026-03-09T00:00:00-04:00"),
+        ("30 1 * * *", "America/New_York", "2026-10-31T12:00:00Z", "2026-11-01T01:30:00-04:00"),
+        ("30 1 * * *", "America/New_York", "2026-11-01T05:30:00Z", "2026-11-02T01:30:00-05:00"),
+        ("0 12 * * *", "America/New_York", "2026-11-01T12:00:00Z", "2026-11-01T12:00:00-05:00"),
+    ];
+
+    #[test]
+    fn next_fire_table() {
+        let mut failures = Vec::new();
+        for &(expr, zone, after, expected) in CASES {
+            let schedule = CronSchedule::parse(expr).unwrap();
+            let got = schedule.next_fire(utc(after), tz(zone));
+            if got != Some(utc(expected)) {
+                failures.push(format!(
+                    "{expr:?} in {zone} after {after}: expected {expected}, got {got:?}"
+                ));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn five_and_six_fields_are_accepted_seven_and_four_are_not() {
+        assert!(!CronSchedule::parse("0 */6 * * *").unwrap().has_seconds());
+        assert!(CronSchedule::parse("*/5 * * * * *").unwrap().has_seconds());
+        for bad in ["* * * *", "0 0 0 * * * 2026", "", "   "] {
+            match CronSchedule::parse(bad) {
+                Err(ScheduleError::FieldCount { .. }) => {}
+                other => panic!("{bad:?}: expected FieldCount error, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn malformed_expressions_are_refused_with_the_expression_named() {
+        for bad in [
+            "61 * * * *",
+            "* 25 * * *",
+            "x * * * *",
+            "0/10 * * * *",
+            "* * * * 8",
+        ] {
+            let err = CronSchedule::parse(bad).unwrap_err();
+            assert!(
+                matches!(err, ScheduleError::Invalid { .. }),
+                "{bad:?}: {err:?}"
+            );
+            assert!(err.to_string().contains(bad), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_pattern_that_never_fires_is_refused() {
+        let err = CronSchedule::parse("0 0 30 2 *").unwrap_err();
+        assert!(matches!(err, ScheduleError::NeverFires { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn interval_is_the_gap_between_the_next_two_fires() {
+        let s = CronSchedule::parse("0 */6 * * *").unwrap();
+        let now = Utc.with_ymd_and_hms(2026, 5, 1, 1, 0, 0).unwrap();
+        assert_eq!(
+            s.interval_after(now, Tz::UTC),
+            Some(chrono::Duration::hours(6))
+        );
+        let s = CronSchedule::parse("* * * * * *").unwrap();
+        assert_eq!(
+            s.interval_after(now, Tz::UTC),
+            Some(chrono::Duration::seconds(1))
+        );
+        // A daily job across the Berlin spring-forward night: 23 real hours.
+        let s = CronSchedule::parse("0 1 * * *").unwrap();
+        let now = utc("2026-03-28T00:30:00Z");
+        assert_eq!(
+            s.interval_after(now, tz("Europe/Berlin")),
+            Some(chrono::Duration::hours(23))
+        );
+    }
+
+    #[test]
+    fn consecutive_fires_are_strictly_increasing_across_both_berlin_changes() {
+        let s = CronSchedule::parse("*/20 * * * *").unwrap();
+        for start in ["2026-03-28T22:00:00Z", "2026-10-24T22:00:00Z"] {
+            let mut t = utc(start);
+            for _ in 0..20 {
+                let next = s.next_fire(t, tz("Europe/Berlin")).unwrap();
+                assert!(next > t, "{next} after {t}");
+                // Every 20 wall-clock minutes is every 20 real minutes, DST or not.
+                assert_eq!(next - t, chrono::Duration::minutes(20), "after {t}");
+                t = next;
+            }
+        }
+    }
+}

@@ -1,0 +1,506 @@
+//! The daemon life cycle with an injected sweep function: schedules, overlap, skipped slots,
+//! shutdown within the grace period, SIGHUP-style reloads, and the ops endpoints over a real
+//! socket. (The real binary with the real sweep against the simulated API is tested elsewhere.)
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use keysweep::config::*;
+use keysweep::daemon::{
+    BoxFuture, Daemon, DaemonDeps, ReloadError, ReloadFn, SweepFn, SweepRequest, SweepResult,
+    Trigger,
+};
+use keysweep::metrics::Metrics;
+use secrecy::SecretString;
+
+/// Generous bound for "eventually": only guards against a hang, never a speed assertion.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn config(cron: &str, orgs: &[&str], hash: &str) -> Config {
+    Config {
+        source: None,
+        hash: hash.into(),
+        mode: Mode::DryRun,
+        state_path: PathBuf::from("state.db"),
+        organizations: orgs
+            .iter()
+            .map(|name| OrgConfig {
+                name: name.to_string(),
+                base_url: url::Url::parse("http://127.0.0.1:1/v1").unwrap(),
+                admin_key: SecretString::from("sk-admin-never-shown"),
+                projects: vec![],
+                exclude_projects: vec![],
+                include_archived: false,
+                ca_file: None,
+                schedule: None,
+            })
+            .collect(),
+        limits: Limits {
+            concurrency: 1,
+            requests_per_second: None,
+            max_retries: 0,
+            request_timeout: Duration::from_secs(5),
+            max_response_bytes: 1 << 20,
+        },
+        policies: vec![],
+        exemptions: vec![],
+        safety: Safety {
+            max_revocations_per_run: 0,
+            max_revocations_per_project_percent: 0,
+            max_revocations_per_day: 0,
+            kill_switch_file: None,
+            service_accounts: ServiceAccountRule::NotifyOnly,
+        },
+        channels: vec![],
+        routes: vec![],
+        ops_channels: vec![],
+        owner_fallback: vec![],
+        notifications: NotificationSettings {
+            repeat_interval: Duration::from_secs(86_400),
+            max_attempts: 3,
+            outbox_dir: None,
+        },
+        schedule: Schedule {
+            cron: cron.to_string(),
+            timezone: chrono_tz::Tz::UTC,
+            run_on_start: true,
+            jitter: Duration::ZERO,
+        },
+        server: ServerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+        },
+        log: LogConfig { format: None },
+        shutdown_grace: Duration::from_secs(10),
+    }
+}
+
+fn sweep_fn<F, Fut>(f: F) -> SweepFn
+where
+    F: Fn(SweepRequest) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = SweepResult> + Send + 'static,
+{
+    Arc::new(move |req| -> BoxFuture<SweepResult> { Box::pin(f(req)) })
+}
+
+fn no_reload() -> ReloadFn {
+    Arc::new(|| Err("reload not expected in this test".to_string()))
+}
+
+fn deps(sweep: SweepFn, reload: ReloadFn, metrics: Metrics) -> DaemonDeps {
+    DaemonDeps {
+        sweep,
+        reload,
+        metrics,
+        db_ready: Arc::new(|| true),
+        on_shutdown: None,
+    }
+}
+
+async fn eventually<F: FnMut() -> bool>(what: &str, mut cond: F) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < PATIENCE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+/// Sum of every sample of `family` (e.g. `keysweep_sweeps_total`) in an OpenMetrics text.
+fn sample_sum(text: &str, family: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{family}{{")) || l.starts_with(&format!("{family} ")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sweeps_repeatedly_on_a_per_second_schedule() {
+    keysweep::telemetry::init_for_tests();
+    let seen: Arc<Mutex<Vec<(String, Trigger)>>> = Arc::default();
+    let s = seen.clone();
+    let sweep = sweep_fn(move |req: SweepRequest| {
+        s.lock().unwrap().push((req.run_id.clone(), req.trigger));
+        async { SweepResult::Success }
+    });
+    let daemon = Daemon::start(
+        config("* * * * * *", &["acme"], "v1"),
+        deps(sweep, no_reload(), Metrics::new()),
+    )
+    .await
+    .unwrap();
+    eventually("three sweeps", || seen.lock().unwrap().len() >= 3).await;
+    daemon.control().shutdown();
+    daemon.wait().await.unwrap();
+
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen[0].1, Trigger::Start, "run_on_start sweeps first");
+    assert!(seen[1..].iter().all(|(_, t)| *t == Trigger::Schedule));
+    let mut ids: Vec<&String> = seen.iter().map(|(id, _)| id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), seen.len(), "every sweep has its own run id");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_sweep_never_overlaps_and_the_skipped_slots_are_counted() {
+    keysweep::telemetry::init_for_tests();
+    let running = Arc::new(AtomicUsize::new(0));
+    let max_running = Arc::new(AtomicUsize::new(0));
+    let finished = Arc::new(AtomicUsize::new(0));
+    let (r, m, f) = (running.clone(), max_running.clone(), finished.clone());
+    let sweep = sweep_fn(move |_req: SweepRequest| {
+        let (r, m, f) = (r.clone(), m.clone(), f.clone());
+        async move {
+            let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+            m.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            r.fetch_sub(1, Ordering::SeqCst);
+            f.fetch_add(1, Ordering::SeqCst);
+            SweepResult::Success
+        }
+    });
+    let metrics = Metrics::new();
+    let daemon = Daemon::start(
+        config("* * * * * *", &["acme"], "v1"),
+        deps(sweep, no_reload(), metrics.clone()),
+    )
+    .await
+    .unwrap();
+    eventually("three slow sweeps", || finished.load(Ordering::SeqCst) >= 3).await;
+
+    // Read the counter the way Prometheus would: over HTTP.
+    let text = http()
+        .get(format!("http://{}/metrics", daemon.ops_addr()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    daemon.control().shutdown();
+    daemon.wait().await.unwrap();
+
+    assert_eq!(max_running.load(Ordering::SeqCst), 1, "sweeps overlapped");
+    // Each 2.5 s sweep spans at least two per-second slots, all of which must be skipped.
+    let skipped = sample_sum(&text, "keysweep_schedule_skipped_total");
+    assert!(skipped >= 4.0, "skipped {skipped} in\n{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_the_in_flight_sweep_finish_its_step_then_returns_ok() {
+    keysweep::telemetry::init_for_tests();
+    let started = Arc::new(tokio::sync::Notify::new());
+    let step_finished = Arc::new(AtomicBool::new(false));
+    let hook_ran = Arc::new(AtomicBool::new(false));
+    let (st, sf) = (started.clone(), step_finished.clone());
+    let sweep = sweep_fn(move |req: SweepRequest| {
+        let (st, sf) = (st.clone(), sf.clone());
+        async move {
+            st.notify_one();
+            req.cancel.cancelled().await;
+            // The current step (say, recording a delete's outcome) still completes.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            sf.store(true, Ordering::SeqCst);
+            SweepResult::Cancelled
+        }
+    });
+    let mut cfg = config("0 0 * * *", &["acme"], "v1");
+    cfg.shutdown_grace = Duration::from_secs(20);
+    let h = hook_ran.clone();
+    let mut d = deps(sweep, no_reload(), Metrics::new());
+    d.on_shutdown = Some(Box::new(move || -> BoxFuture<()> {
+        Box::pin(async move { h.store(true, Ordering::SeqCst) })
+    }));
+    let daemon = Daemon::start(cfg, d).await.unwrap();
+    let addr = daemon.ops_addr();
+    tokio::time::timeout(PATIENCE, started.notified())
+        .await
+        .expect("the start-up sweep began");
+
+    daemon.control().shutdown();
+    tokio::time::timeout(PATIENCE, daemon.wait())
+        .await
+        .expect("the daemon returned")
+        .unwrap();
+    assert!(
+        step_finished.load(Ordering::SeqCst),
+        "the in-flight step was cut short"
+    );
+    assert!(
+        hook_ran.load(Ordering::SeqCst),
+        "the shutdown hook did not run"
+    );
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the ops server still accepts connections"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_that_ignores_cancellation_is_dropped_when_the_grace_expires() {
+    keysweep::telemetry::init_for_tests();
+    struct DropFlag(Arc<AtomicBool>);
+    impl Drop for DropFlag {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let started = Arc::new(tokio::sync::Notify::new());
+    let dropped = Arc::new(AtomicBool::new(false));
+    let (st, dr) = (started.clone(), dropped.clone());
+    let sweep = sweep_fn(move |_req: SweepRequest| {
+        let (st, guard) = (st.clone(), DropFlag(dr.clone()));
+        async move {
+            let _guard = guard;
+            st.notify_one();
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            SweepResult::Success
+        }
+    });
+    let grace = Duration::from_millis(300);
+    let mut cfg = config("0 0 * * *", &["acme"], "v1");
+    cfg.shutdown_grace = grace;
+    let daemon = Daemon::start(cfg, deps(sweep, no_reload(), Metrics::new()))
+        .await
+        .unwrap();
+    tokio::time::timeout(PATIENCE, started.notified())
+        .await
+        .expect("the start-up sweep began");
+
+    let asked = Instant::now();
+    daemon.control().shutdown();
+    tokio::time::timeout(PATIENCE, daemon.wait())
+        .await
+        .expect("the daemon returned despite a stuck sweep")
+        .unwrap();
+    assert!(asked.elapsed() >= grace, "returned before the grace period");
+    // The task is aborted; its future is dropped on the worker soon after.
+    eventually("the stuck sweep to be dropped", || {
+        dropped.load(Ordering::SeqCst)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ops_endpoints_report_health_readiness_and_metrics_over_a_real_socket() {
+    keysweep::telemetry::init_for_tests();
+    let fail = Arc::new(AtomicBool::new(true));
+    let db_ok = Arc::new(AtomicBool::new(true));
+    let f = fail.clone();
+    let sweep = sweep_fn(move |_req: SweepRequest| {
+        let failing = f.load(Ordering::SeqCst);
+        async move {
+            if failing {
+                SweepResult::Failed {
+                    reason: "the API refused the admin key (401)".into(),
+                }
+            } else {
+                SweepResult::Success
+            }
+        }
+    });
+    let db = db_ok.clone();
+    let mut d = deps(sweep, no_reload(), Metrics::new());
+    d.db_ready = Arc::new(move || db.load(Ordering::SeqCst));
+    // Every 2 s: readiness tolerates two slots (4 s), plenty for a slot-by-slot sweep.
+    let daemon = Daemon::start(config("*/2 * * * * *", &["acme"], "v1"), d)
+        .await
+        .unwrap();
+    let base = format!("http://{}", daemon.ops_addr());
+    let client = http();
+
+    let health = client.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    assert_eq!(health.text().await.unwrap(), "ok");
+
+    // The start-up sweep fails: unready, with the reason.
+    let body = poll_readyz(&client, &base, 503, "last sweep failed").await;
+    assert!(
+        body.contains("organization acme: last sweep failed: the API refused the admin key (401)"),
+        "{body}"
+    );
+    assert!(!body.contains("sk-admin"), "{body}");
+
+    // The next sweeps succeed: ready.
+    fail.store(false, Ordering::SeqCst);
+    let body = poll_readyz(&client, &base, 200, "").await;
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["ready"], true, "{body}");
+
+    // The state database goes away: unready again.
+    db_ok.store(false, Ordering::SeqCst);
+    poll_readyz(&client, &base, 503, "state database is not reachable").await;
+    db_ok.store(true, Ordering::SeqCst);
+
+    // /metrics: OpenMetrics text, terminated by # EOF, and its counters move.
+    let scrape = || async {
+        let resp = client.get(format!("{base}/metrics")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(
+            resp.headers()["content-type"],
+            "application/openmetrics-text; version=1.0.0; charset=utf-8"
+        );
+        resp.text().await.unwrap()
+    };
+    let first = scrape().await;
+    assert!(first.trim_end().ends_with("# EOF"), "{first}");
+    assert!(first.contains("# TYPE keysweep_sweeps counter"), "{first}");
+    assert!(first.contains("keysweep_sweeps_total{organization=\"acme\",outcome=\"failed\"}"));
+    let before = sample_sum(&first, "keysweep_sweeps_total");
+    let start = Instant::now();
+    loop {
+        let text = scrape().await;
+        if sample_sum(&text, "keysweep_sweeps_total") > before {
+            assert!(text.contains(
+                "keysweep_last_successful_sweep_timestamp_seconds{organization=\"acme\"}"
+            ));
+            break;
+        }
+        assert!(start.elapsed() < PATIENCE, "sweep counter never moved");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    daemon.control().shutdown();
+    daemon.wait().await.unwrap();
+}
+
+async fn poll_readyz(client: &reqwest::Client, base: &str, status: u16, needle: &str) -> String {
+    let start = Instant::now();
+    loop {
+        let resp = client.get(format!("{base}/readyz")).send().await.unwrap();
+        let got = resp.status().as_u16();
+        let body = resp.text().await.unwrap();
+        if got == status && body.contains(needle) {
+            return body;
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "/readyz never answered {status} with {needle:?}; last: {got} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_reload_keeps_the_old_configuration_and_a_good_one_takes_effect() {
+    keysweep::telemetry::init_for_tests();
+    let seen: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let s = seen.clone();
+    let sweep = sweep_fn(move |req: SweepRequest| {
+        s.lock()
+            .unwrap()
+            .push((req.organization.clone(), req.config.hash.clone()));
+        async { SweepResult::Success }
+    });
+    // First reload: a file that does not parse. Second: a config whose schedule cannot be
+    // computed. Third: a good one that adds an organisation.
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let a = attempts.clone();
+    let reload: ReloadFn = Arc::new(move || match a.fetch_add(1, Ordering::SeqCst) {
+        0 => Err("/etc/keysweep/keysweep.toml: schedule.cron: expected a string".to_string()),
+        1 => Ok(config("61 * * * *", &["acme"], "v-bad")),
+        _ => Ok(config("* * * * * *", &["acme", "globex"], "v2")),
+    });
+    let daemon = Daemon::start(
+        config("* * * * * *", &["acme"], "v1"),
+        deps(sweep, reload, Metrics::new()),
+    )
+    .await
+    .unwrap();
+    let control = daemon.control();
+    eventually("a first sweep", || !seen.lock().unwrap().is_empty()).await;
+
+    let err = control.reload().await.unwrap_err();
+    assert!(
+        matches!(&err, ReloadError::Invalid(r) if r.contains("schedule.cron")),
+        "{err:?}"
+    );
+    let err = control.reload().await.unwrap_err();
+    assert!(
+        matches!(&err, ReloadError::Invalid(r) if r.contains("61 * * * *")),
+        "{err:?}"
+    );
+    assert_eq!(daemon.config().hash, "v1");
+    // Still sweeping, on the old configuration.
+    let n = seen.lock().unwrap().len();
+    eventually("more sweeps after the refused reloads", || {
+        seen.lock().unwrap().len() > n + 1
+    })
+    .await;
+    assert!(seen.lock().unwrap().iter().all(|(_, h)| h == "v1"));
+
+    control.reload().await.unwrap();
+    assert_eq!(daemon.config().hash, "v2");
+    eventually("the added organisation to sweep on v2", || {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .any(|(o, h)| o == "globex" && h == "v2")
+    })
+    .await;
+    eventually("acme to sweep on v2", || {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .any(|(o, h)| o == "acme" && h == "v2")
+    })
+    .await;
+
+    control.shutdown();
+    daemon.wait().await.unwrap();
+}
+
+/// `run` end to end with real signals sent to this test process: SIGHUP reloads (a broken
+/// configuration is refused and sweeping goes on), SIGTERM drains and returns `Ok`. tokio's
+/// handlers catch the signals, so the test process itself is not terminated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_reacts_to_real_sighup_and_sigterm() {
+    keysweep::telemetry::init_for_tests();
+    let sweeps = Arc::new(AtomicUsize::new(0));
+    let reloads = Arc::new(AtomicUsize::new(0));
+    let s = sweeps.clone();
+    let sweep = sweep_fn(move |_req: SweepRequest| {
+        s.fetch_add(1, Ordering::SeqCst);
+        async { SweepResult::Success }
+    });
+    let r = reloads.clone();
+    let reload: ReloadFn = Arc::new(move || {
+        r.fetch_add(1, Ordering::SeqCst);
+        Err("keysweep.toml: organizations[0].base_url: relative URL without a base".to_string())
+    });
+    let daemon = tokio::spawn(keysweep::daemon::run(
+        config("* * * * * *", &["acme"], "v1"),
+        deps(sweep, reload, Metrics::new()),
+    ));
+    // Handlers are installed before the first sweep can run.
+    eventually("a first sweep", || sweeps.load(Ordering::SeqCst) >= 1).await;
+
+    let kill = |sig: &str| {
+        let status = std::process::Command::new("kill")
+            .args([sig, &std::process::id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {sig} failed");
+    };
+    kill("-HUP");
+    eventually("the reload attempt", || reloads.load(Ordering::SeqCst) == 1).await;
+    let n = sweeps.load(Ordering::SeqCst);
+    eventually("sweeps to go on after the refused reload", || {
+        sweeps.load(Ordering::SeqCst) > n
+    })
+    .await;
+    assert!(!daemon.is_finished(), "a broken reload stopped the daemon");
+
+    kill("-TERM");
+    tokio::time::timeout(PATIENCE, daemon)
+        .await
+        .expect("run returned after SIGTERM")
+        .unwrap()
+        .unwrap();
+}
