@@ -227,7 +227,7 @@ fn finish(report: &SweepReport) -> ExitCode {
 
 async fn run(config: Config, args: &RunArgs, path: PathBuf) -> Result<ExitCode> {
     if !args.once {
-        return crate::daemon::serve(config, path, args.dry_run).await.map(|()| ExitCode::SUCCESS);
+        return serve(config, path, args.dry_run).await.map(|()| ExitCode::SUCCESS);
     }
     let now = parse_now(args.now.as_deref())?;
     let store = Store::open(&config.state_path)
@@ -332,5 +332,116 @@ async fn notify_test(config: Config, channel: &str) -> Result<ExitCode> {
             eprintln!("error: test message through channel {channel:?} failed: {e}");
             Ok(ExitCode::from(EXIT_INCOMPLETE))
         }
+    }
+}
+
+/// The daemon: wires `sweep::Sweeper` into `daemon::run` (schedules, signals, ops endpoints).
+async fn serve(config: Config, path: PathBuf, force_dry_run: bool) -> Result<()> {
+    use crate::daemon::{DaemonDeps, SweepRequest, SweepResult};
+    let store = Store::open(&config.state_path)
+        .with_context(|| format!("opening the state database {}", config.state_path.display()))?;
+    let metrics = Metrics::new();
+    tracing::info!(
+        config = %path.display(),
+        mode = if force_dry_run { "dry-run" } else { config.mode.as_str() },
+        config_hash = %config.hash,
+        "keysweep daemon starting"
+    );
+    // One Sweeper per configuration: a SIGHUP reload brings a new config (and hash), and the
+    // next sweep builds new clients and policies from it.
+    let cache: Arc<tokio::sync::Mutex<Option<Arc<Sweeper>>>> = Arc::new(tokio::sync::Mutex::new(None));
+    let sweep = {
+        let store = store.clone();
+        let metrics = metrics.clone();
+        Arc::new(move |req: SweepRequest| {
+            let store = store.clone();
+            let metrics = metrics.clone();
+            let cache = cache.clone();
+            Box::pin(async move {
+                let sweeper = {
+                    let mut slot = cache.lock().await;
+                    match slot.as_ref().filter(|s| s.config.hash == req.config.hash) {
+                        Some(s) => s.clone(),
+                        None => match Sweeper::new(req.config.clone(), Some(store), metrics) {
+                            Ok(s) => {
+                                let s = Arc::new(s);
+                                *slot = Some(s.clone());
+                                s
+                            }
+                            Err(e) => return SweepResult::Failed { reason: format!("{e:#}") },
+                        },
+                    }
+                };
+                let opts = SweepOptions {
+                    now: chrono::Utc::now().timestamp(),
+                    force_dry_run,
+                    run_id: req.run_id.clone(),
+                    organizations: Some(vec![req.organization.clone()]),
+                    cancel: req.cancel.clone(),
+                };
+                match sweeper.run_once(&opts).await {
+                    Err(e) => SweepResult::Failed { reason: format!("{:#}", anyhow::Error::from(e)) },
+                    Ok(_) if req.cancel.is_cancelled() => SweepResult::Cancelled,
+                    Ok(report) => sweep_result(&report),
+                }
+            }) as crate::daemon::BoxFuture<SweepResult>
+        })
+    };
+    let reload = {
+        let path = path.clone();
+        Arc::new(move || config::load(&path).map_err(|e| e.to_string()))
+    };
+    let db_ready = {
+        let store = store.clone();
+        Arc::new(move || store.with_conn(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?)).is_ok())
+    };
+    let on_shutdown: crate::daemon::ShutdownHook = {
+        let store = store.clone();
+        let config = config.clone();
+        Box::new(move || {
+            Box::pin(async move {
+                // Flush what the outbox can within the grace period; the rest waits for the
+                // next start (it is in the database).
+                if let Ok(n) = crate::notify::Notifier::new() {
+                    let _ = n.deliver_due(&store, &config, chrono::Utc::now().timestamp()).await;
+                }
+            })
+        })
+    };
+    crate::daemon::run(
+        config,
+        DaemonDeps {
+            sweep,
+            reload,
+            metrics,
+            db_ready,
+            on_shutdown: Some(on_shutdown),
+        },
+    )
+    .await
+}
+
+/// How the daemon should judge a finished sweep.
+fn sweep_result(report: &SweepReport) -> crate::daemon::SweepResult {
+    use crate::daemon::SweepResult;
+    if let Some(org) = report.inventory.orgs.iter().find(|o| o.error.is_some()) {
+        return SweepResult::Failed {
+            reason: format!("organisation {}: {}", org.organization, org.error.as_deref().unwrap_or("")),
+        };
+    }
+    let incomplete = report
+        .inventory
+        .orgs
+        .iter()
+        .flat_map(|o| &o.projects)
+        .filter(|p| !p.listing.is_complete())
+        .count();
+    let failed = report.revocations.iter().filter(|r| matches!(r.outcome, crate::revoke::Outcome::Failed { .. })).count();
+    if incomplete > 0 || failed > 0 {
+        SweepResult::Partial {
+            reason: format!("{incomplete} incomplete listing(s), {failed} failed revocation(s)"),
+        }
+    } else {
+        SweepResult::Success
     }
 }

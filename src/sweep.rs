@@ -265,7 +265,16 @@ impl Sweeper {
         // 2. Inventory.
         let inventory = crate::openai::collect_inventory(&self.config, &clients, None).await;
         for org in &inventory.orgs {
-            self.metrics.observe_inventory(org, now);
+            self.metrics.observe_inventory(&org.organization, &org.projects, now);
+            for p in org.projects.iter().filter(|p| !p.listing.is_complete()) {
+                tracing::warn!(run_id, organization = %org.organization, project_id = %p.project.id, "listing incomplete; nothing in this project will be revoked");
+                self.metrics.incomplete_listing(&org.organization);
+            }
+            for k in &org.admin_keys {
+                if let Some(exp) = k.expires_at {
+                    self.metrics.set_admin_key_expiry(&org.organization, &k.id, exp);
+                }
+            }
         }
 
         // 3. Evaluate and commit findings + notices + audit atomically.
@@ -445,12 +454,18 @@ impl Sweeper {
                         ..AuditRecord::new(now, run_id, AuditKind::Sweep, mode, &hash, format!("sweep {}", status.as_str()))
                     },
                 )?;
-                self.metrics.observe_sweep(&org.organization, elapsed, status.as_str(), now);
             }
             Ok(())
         })?;
         if let Ok(counts) = store.with_conn(state::findings::finding_counts) {
-            self.metrics.set_findings(&counts);
+            for org in &inventory.orgs {
+                let mine: Vec<(&str, Stage, u64)> = counts
+                    .iter()
+                    .filter(|c| c.organization == org.organization && c.stage.is_open())
+                    .map(|c| (c.policy.as_str(), c.stage, c.count))
+                    .collect();
+                self.metrics.replace_findings(&org.organization, &mine);
+            }
         }
         if let Ok(depth) = store.with_conn(|c| notify::outbox::depth(c).map_err(|e| state::StateError::Other(e.to_string()))) {
             self.metrics.set_outbox_depth(depth.pending, depth.dead);
