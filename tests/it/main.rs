@@ -1,2 +1,6 @@
 //! The one integration-test binary: every test drives real servers over real sockets.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod notify;
+mod receivers;
+mod smtp_server;
