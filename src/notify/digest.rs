@@ -153,14 +153,18 @@ impl Digest {
         let dry = self.all_dry_run();
         match self.kind {
             MessageKind::Warning => {
-                if self.has_revoke_action() {
-                    if dry {
-                        format!("{keys} violate policy and would be revoked (dry-run)")
-                    } else {
-                        format!("{keys} violate policy and will be revoked")
-                    }
+                let (revoke, revoke_dry) = self.revoke_counts();
+                let will = if revoke > 0 && revoke == revoke_dry {
+                    "would be revoked (dry-run)"
                 } else {
+                    "will be revoked"
+                };
+                if revoke == 0 {
                     format!("{keys} violate policy")
+                } else if revoke == n {
+                    format!("{keys} violate policy and {will}")
+                } else {
+                    format!("{keys} violate policy; {revoke} {will}")
                 }
             }
             MessageKind::Reminder => format!("Reminder: {keys} still violate policy"),
@@ -180,8 +184,8 @@ impl Digest {
             }
             MessageKind::Resolved => format!("Resolved: {}", plural(n, "finding", "findings")),
             MessageKind::Alert => format!(
-                "Enforcer alert: {} need attention",
-                plural(n, "problem", "problems")
+                "Enforcer alert: {} attention",
+                plural(n, "problem needs", "problems need")
             ),
             MessageKind::DeliveryAlert => format!(
                 "Enforcer alert: {} could not be delivered",
@@ -217,13 +221,17 @@ impl Digest {
         }
     }
 
-    fn has_revoke_action(&self) -> bool {
+    /// (notices of `revoke` findings, of which dry-run).
+    fn revoke_counts(&self) -> (usize, usize) {
         match &self.body {
             Body::Notices(g) => g
                 .iter()
                 .flat_map(|g| g.notices.iter())
-                .any(|n| n.finding.action == Action::Revoke),
-            _ => false,
+                .filter(|n| n.finding.action == Action::Revoke)
+                .fold((0, 0), |(all, dry), n| {
+                    (all + 1, dry + usize::from(n.dry_run))
+                }),
+            _ => (0, 0),
         }
     }
 }

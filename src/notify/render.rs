@@ -43,7 +43,7 @@
 
 use serde_json::{Value, json};
 
-use crate::notify::MessageKind;
+use crate::config::Action;
 use crate::notify::alert::EnforcerAlert;
 use crate::notify::digest::{
     Body, Digest, ProjectGroup, alert_text, deadline_text, rfc3339, status_text,
@@ -131,7 +131,7 @@ pub fn email_html(d: &Digest) -> String {
                     count_keys(g.notices.len())
                 ));
                 s.push_str("<table border=\"1\" cellpadding=\"4\" cellspacing=\"0\">\n<tr>");
-                for (label, _) in key_fields(g, &g.notices[0]) {
+                for label in KEY_LABELS {
                     s.push_str(&format!("<th>{}</th>", esc(label)));
                 }
                 s.push_str("</tr>\n");
@@ -374,11 +374,11 @@ pub fn notice_json(n: &Notice) -> Value {
         "owner_type": f.owner_type.as_str(),
         "owner_email": f.owner_email,
         "policy": f.id.policy,
-        "action": match f.action { crate::config::Action::Notify => "notify", crate::config::Action::Revoke => "revoke" },
+        "action": match f.action { Action::Notify => "notify", Action::Revoke => "revoke" },
         "reason": f.reason,
         "stage": f.stage.as_str(),
         "status": status_text(n),
-        "deadline": match f.action { crate::config::Action::Revoke => Value::String(rfc3339(f.deadline)), crate::config::Action::Notify => Value::Null },
+        "deadline": match f.action { Action::Revoke => Value::String(rfc3339(f.deadline)), Action::Notify => Value::Null },
         "deadline_unix": f.deadline,
         "created_at": rfc3339(f.created_at),
         "last_used_at": f.last_used_at.map(rfc3339),
@@ -397,20 +397,34 @@ fn alert_json(a: &EnforcerAlert) -> Value {
     v
 }
 
+/// Labels of the fields shown for every key, in display order (see `key_fields`).
+const KEY_LABELS: [&str; 9] = [
+    "Key",
+    "Redacted value",
+    "Project",
+    "Owner",
+    "Policy",
+    "Reason",
+    "Deadline",
+    "Status",
+    "Key id",
+];
+
 /// Label/value pairs shown for every key, in display order.
 fn key_fields(g: &ProjectGroup, n: &Notice) -> Vec<(&'static str, String)> {
     let f = &n.finding;
-    vec![
-        ("Key", f.key_name.clone()),
-        ("Redacted value", f.redacted_value.clone()),
-        ("Project", g.label()),
-        ("Owner", format!("{} ({})", f.owner, f.owner_type.as_str())),
-        ("Policy", f.id.policy.clone()),
-        ("Reason", f.reason.clone()),
-        ("Deadline", deadline_text(n)),
-        ("Status", status_text(n)),
-        ("Key id", f.id.key_id.clone()),
-    ]
+    let values = [
+        f.key_name.clone(),
+        f.redacted_value.clone(),
+        g.label(),
+        format!("{} ({})", f.owner, f.owner_type.as_str()),
+        f.id.policy.clone(),
+        f.reason.clone(),
+        deadline_text(n),
+        status_text(n),
+        f.id.key_id.clone(),
+    ];
+    KEY_LABELS.into_iter().zip(values).collect()
 }
 
 fn slack_key_line(n: &Notice) -> String {
@@ -490,8 +504,7 @@ fn truncate(s: &str, max: usize) -> String {
 
 /// A human-readable preview of a stored payload (for `keysweep demo`): the e-mail text, the
 /// Slack section texts, or pretty JSON.
-pub fn preview(kind: MessageKind, payload: &Value) -> String {
-    let _ = kind;
+pub fn preview(payload: &Value) -> String {
     if let Some(text) = payload.get("text").and_then(Value::as_str)
         && payload.get("subject").is_some()
     {
