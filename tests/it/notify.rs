@@ -828,6 +828,19 @@ async fn email_refuses_an_untrusted_relay_and_reports_bad_credentials() {
     assert_no_secret("auth error", &err);
     assert!(smtp.messages().is_empty());
     assert!(smtp.logins.lock().unwrap().is_empty());
+
+    // Plain SMTP is refused for anything but a loopback host.
+    let mut plain = email_channel("mail", &ep, &["security@example.com"], false);
+    if let ChannelKind::Email(e) = &mut plain.kind {
+        e.smtp_tls = SmtpTls::None;
+        e.smtp_host = "mail.example.com".into();
+    }
+    let err = notifier
+        .send_test(&plain, NOW)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("loopback"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
