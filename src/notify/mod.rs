@@ -1,3 +1,193 @@
 //! Notifications: digests per channel and recipient, the outbox, and delivery.
+//!
+//! The flow is `compose` (pure: notices + alerts + config → [`OutboxMessage`]s, rendered and
+//! channel-ready) → `outbox::enqueue` (written to SQLite before anything is sent) →
+//! `deliver::deliver_due` (sends what is due, records the outcome, retries with backoff across
+//! restarts, dead-letters after `max_attempts` and raises an [`alert::EnforcerAlert`]).
+//!
+//! Invariant: nothing in this module ever stores, logs or returns a channel secret (SMTP
+//! password, Slack webhook URL, PagerDuty routing key, webhook signing secret). Secrets are read
+//! from the [`crate::config::ChannelConfig`] only at the moment a request is built, and every
+//! error text is scrubbed before it is kept.
 
 pub mod alert;
+pub mod deliver;
+pub mod digest;
+pub mod email;
+pub mod http;
+pub mod outbox;
+pub mod pagerduty;
+pub mod render;
+pub mod route;
+pub mod slack;
+pub mod webhook;
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::finding::NoticeKind;
+
+pub use deliver::{DeliveryReport, Notifier, deliver_due, send_test};
+pub use outbox::{OutboxDb, OutboxDepth, StoredMessage};
+pub use route::compose;
+
+/// What an outbox message is about. Stored in the `kind` column; each notice kind travels in its
+/// own message so a final notice or a revocation is never buried in a routine digest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageKind {
+    Warning,
+    Reminder,
+    FinalNotice,
+    Revoked,
+    Resolved,
+    /// Enforcer alerts for `ops_channels`.
+    Alert,
+    /// `DeliveryFailed` alerts only. Kept apart so a dead-lettered delivery alert never raises
+    /// another one (no alert loop).
+    DeliveryAlert,
+    /// `keysweep notify test`.
+    Test,
+}
+
+impl MessageKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageKind::Warning => "warning",
+            MessageKind::Reminder => "reminder",
+            MessageKind::FinalNotice => "final_notice",
+            MessageKind::Revoked => "revoked",
+            MessageKind::Resolved => "resolved",
+            MessageKind::Alert => "alert",
+            MessageKind::DeliveryAlert => "delivery_alert",
+            MessageKind::Test => "test",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<MessageKind> {
+        Some(match s {
+            "warning" => MessageKind::Warning,
+            "reminder" => MessageKind::Reminder,
+            "final_notice" => MessageKind::FinalNotice,
+            "revoked" => MessageKind::Revoked,
+            "resolved" => MessageKind::Resolved,
+            "alert" => MessageKind::Alert,
+            "delivery_alert" => MessageKind::DeliveryAlert,
+            "test" => MessageKind::Test,
+            _ => return None,
+        })
+    }
+
+    pub fn from_notice(kind: NoticeKind) -> MessageKind {
+        match kind {
+            NoticeKind::Warning => MessageKind::Warning,
+            NoticeKind::Reminder => MessageKind::Reminder,
+            NoticeKind::FinalNotice => MessageKind::FinalNotice,
+            NoticeKind::Revoked => MessageKind::Revoked,
+            NoticeKind::Resolved => MessageKind::Resolved,
+        }
+    }
+}
+
+/// One channel-ready message, as written to the outbox.
+///
+/// `payload` is the rendered content for the channel type (see `render`): for e-mail
+/// `{to, subject, text, html}`, for Slack the Block Kit body, for PagerDuty the Events v2 body
+/// *without* the routing key, for webhooks the signed JSON body. It never contains a secret.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboxMessage {
+    /// Stable across retries: derived from run id, channel, recipient and kind (plus a part
+    /// number or dedup key), so a re-run of the same compose is ignored by the outbox and a
+    /// receiver sees the same `Message-ID` / `webhook-id` every time.
+    pub message_id: String,
+    pub channel: String,
+    /// E-mail address list for e-mail, `channel` for the others.
+    pub recipient: String,
+    pub kind: MessageKind,
+    pub payload: serde_json::Value,
+}
+
+/// Errors of the notify module. Messages never contain a secret (see `scrub`).
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    #[error("outbox database: {0}")]
+    Db(#[from] rusqlite::Error),
+    #[error("outbox payload of message {message_id} is not valid JSON: {source}")]
+    Payload {
+        message_id: String,
+        source: serde_json::Error,
+    },
+    #[error("channel {0:?} is not configured")]
+    UnknownChannel(String),
+    #[error("channel {channel:?}: {message}")]
+    Channel { channel: String, message: String },
+    #[error("could not build the HTTP client: {0}")]
+    HttpClient(String),
+    #[error("delivery to channel {channel:?} failed: {error}")]
+    Send { channel: String, error: String },
+}
+
+/// Replaces every URL (a Slack webhook URL is a secret; other URLs may carry tokens) and every
+/// given secret value by a placeholder. Applied to every error text before it is stored,
+/// returned or logged.
+pub fn scrub(text: &str, secrets: &[&str]) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    // Hand-rolled instead of a regex so this cannot fail at run time.
+    while let Some(pos) = find_url_start(rest) {
+        out.push_str(&rest[..pos]);
+        let tail = &rest[pos..];
+        let end = tail
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | ')'))
+            .unwrap_or(tail.len());
+        out.push_str("<url redacted>");
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    for s in secrets {
+        if s.len() >= 4 {
+            out = out.replace(s, "<redacted>");
+        }
+    }
+    out
+}
+
+fn find_url_start(s: &str) -> Option<usize> {
+    let lower = s.to_ascii_lowercase();
+    ["https://", "http://", "smtps://", "smtp://"]
+        .iter()
+        .filter_map(|p| lower.find(p))
+        .min()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrub_removes_urls_and_secrets() {
+        let s = scrub(
+            "error sending request for url (https://hooks.slack.com/services/T0/B0/XYZ): refused; token abcd1234",
+            &["abcd1234"],
+        );
+        assert!(!s.contains("hooks.slack.com"), "{s}");
+        assert!(!s.contains("XYZ"), "{s}");
+        assert!(!s.contains("abcd1234"), "{s}");
+        assert!(s.contains("refused"));
+    }
+
+    #[test]
+    fn message_kind_round_trips() {
+        for k in [
+            MessageKind::Warning,
+            MessageKind::Reminder,
+            MessageKind::FinalNotice,
+            MessageKind::Revoked,
+            MessageKind::Resolved,
+            MessageKind::Alert,
+            MessageKind::DeliveryAlert,
+            MessageKind::Test,
+        ] {
+            assert_eq!(MessageKind::parse(k.as_str()), Some(k));
+        }
+    }
+}

@@ -3,3 +3,6 @@
 
 mod config;
 mod daemon;
+mod notify;
+mod receivers;
+mod smtp_server;

@@ -1,0 +1,207 @@
+//! Delivery: sends what the outbox says is due and records each outcome.
+//!
+//! At-least-once: a message is marked sent only after the receiver accepted it, so a crash in
+//! between re-sends it later with the same id (`Message-ID`, `webhook-id`, `dedup_key`), which
+//! receivers use to de-duplicate. Failures back off (30 s doubling to 1 h, jittered; stored in
+//! the database, so it holds across restarts). After `max_attempts` the message is
+//! dead-lettered and an `EnforcerAlert::DeliveryFailed` is enqueued to `ops_channels` — except
+//! for messages that are themselves delivery alerts, so a dead ops channel cannot loop.
+//!
+//! The database is reached through [`OutboxDb`]; no lock is held across a network call.
+//! Secrets are read from the channel config only by the senders and scrubbed from every error.
+
+use secrecy::ExposeSecret;
+use serde_json::Value;
+
+use crate::config::{ChannelConfig, ChannelKind, Config};
+use crate::notify::alert::EnforcerAlert;
+use crate::notify::digest::Digest;
+use crate::notify::outbox::{self, OutboxDb};
+use crate::notify::route::{self, CHANNEL_RECIPIENT};
+use crate::notify::{MessageKind, NotifyError, email, http, pagerduty, scrub, slack, webhook};
+
+/// Messages read from the outbox per batch.
+const BATCH: usize = 50;
+/// Upper bound of messages handled by one `deliver_due` call (guards against any loop).
+const MAX_PER_CALL: usize = 10_000;
+
+/// A failed send. `error` is already scrubbed of the channel's secrets and URLs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendFailure {
+    pub error: String,
+    /// False when the receiver rejected the message (4xx, SMTP 5xx) rather than being
+    /// unavailable. Both are retried until `max_attempts`; this only informs logs.
+    pub retryable: bool,
+}
+
+/// What one `deliver_due` call did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeliveryReport {
+    /// Accepted by the receiver.
+    pub sent: u32,
+    /// Failed and scheduled for another attempt.
+    pub failed: u32,
+    /// Failed for the last time and dead-lettered.
+    pub dead: u32,
+    /// The `DeliveryFailed` alerts raised (and enqueued to `ops_channels`) for dead letters.
+    pub alerts: Vec<EnforcerAlert>,
+}
+
+/// Holds the HTTP client (one per process: it pools connections).
+#[derive(Debug, Clone)]
+pub struct Notifier {
+    http: reqwest::Client,
+}
+
+impl Notifier {
+    pub fn new() -> Result<Notifier, NotifyError> {
+        Ok(Notifier {
+            http: http::client()?,
+        })
+    }
+
+    /// Sends one rendered payload to a channel. Used by delivery and by `send_test`.
+    pub async fn send(
+        &self,
+        ch: &ChannelConfig,
+        message_id: &str,
+        payload: &Value,
+    ) -> Result<(), SendFailure> {
+        let result = match &ch.kind {
+            ChannelKind::Email(e) => email::send(e, message_id, payload).await,
+            ChannelKind::Slack(s) => slack::send(&self.http, s, payload).await,
+            ChannelKind::PagerDuty(p) => pagerduty::send(&self.http, p, payload).await,
+            ChannelKind::Webhook(w) => webhook::send(&self.http, w, message_id, payload).await,
+        };
+        // Belt and braces: every sender scrubs its own secrets; scrub all of them once more.
+        result.map_err(|f| SendFailure {
+            error: scrub(&f.error, &channel_secrets(ch)),
+            retryable: f.retryable,
+        })
+    }
+
+    /// Sends every due message (including ones enqueued while running, such as the alerts
+    /// for dead letters) and records the outcomes.
+    pub async fn deliver_due<D: OutboxDb + Sync>(
+        &self,
+        db: &D,
+        config: &Config,
+        now: i64,
+    ) -> Result<DeliveryReport, NotifyError> {
+        let max_attempts = config.notifications.max_attempts.max(1);
+        let mut report = DeliveryReport::default();
+        let mut handled = 0usize;
+        while handled < MAX_PER_CALL {
+            let batch = db.with(|c| outbox::due(c, now, BATCH))?;
+            if batch.is_empty() {
+                break;
+            }
+            for m in batch {
+                handled += 1;
+                let outcome = match config.channel(&m.channel) {
+                    Some(ch) => self.send(ch, &m.message_id, &m.payload).await,
+                    None => Err(SendFailure {
+                        error: format!("channel {:?} is no longer configured", m.channel),
+                        retryable: false,
+                    }),
+                };
+                match outcome {
+                    Ok(()) => {
+                        db.with(|c| outbox::mark_sent(c, m.id, now))?;
+                        tracing::info!(message_id = %m.message_id, channel = %m.channel, kind = m.kind.as_str(), "notification delivered");
+                        report.sent += 1;
+                    }
+                    Err(f) => {
+                        let attempts = m.attempts + 1;
+                        let unknown_channel = config.channel(&m.channel).is_none();
+                        if attempts >= max_attempts || unknown_channel {
+                            db.with(|c| -> Result<(), NotifyError> {
+                                outbox::mark_failed(c, m.id, &f.error, now)?;
+                                outbox::mark_dead(c, m.id, &f.error)
+                            })?;
+                            tracing::error!(message_id = %m.message_id, channel = %m.channel, attempts, error = %f.error, "notification dead-lettered");
+                            report.dead += 1;
+                            if m.kind != MessageKind::DeliveryAlert {
+                                let alert = EnforcerAlert::DeliveryFailed {
+                                    channel: m.channel.clone(),
+                                    message_id: m.message_id.clone(),
+                                    attempts,
+                                    error: f.error.clone(),
+                                };
+                                // Deterministic run id: re-raising for the same dead letter is a
+                                // no-op in the outbox.
+                                let run_id = format!("dead-letter/{}", m.message_id);
+                                let msgs = route::compose(
+                                    &[],
+                                    std::slice::from_ref(&alert),
+                                    config,
+                                    &run_id,
+                                    now,
+                                );
+                                db.with(|c| outbox::enqueue(c, &msgs, now))?;
+                                report.alerts.push(alert);
+                            }
+                        } else {
+                            let next = now + outbox::backoff_secs(attempts, &mut rand::rng());
+                            db.with(|c| outbox::mark_failed(c, m.id, &f.error, next))?;
+                            tracing::warn!(message_id = %m.message_id, channel = %m.channel, attempts, retryable = f.retryable, next_attempt_at = next, error = %f.error, "notification failed; will retry");
+                            report.failed += 1;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// `keysweep notify test --channel NAME`: renders a test message for the channel and sends
+    /// it right away (not through the outbox). The error names the channel and is scrubbed.
+    pub async fn send_test(&self, ch: &ChannelConfig, now: i64) -> Result<(), NotifyError> {
+        let run_id = format!("test-{now}");
+        let digest = Digest::test(&run_id, now);
+        let (recipient, to) = match &ch.kind {
+            ChannelKind::Email(e) => {
+                if e.to.is_empty() {
+                    return Err(NotifyError::Channel {
+                        channel: ch.name.clone(),
+                        message: "no `to` address to send a test message to".to_string(),
+                    });
+                }
+                (e.to.join(", "), e.to.clone())
+            }
+            _ => (CHANNEL_RECIPIENT.to_string(), Vec::new()),
+        };
+        for m in route::render_digest(ch, &recipient, &to, &digest, &run_id) {
+            self.send(ch, &m.message_id, &m.payload)
+                .await
+                .map_err(|f| NotifyError::Send {
+                    channel: ch.name.clone(),
+                    error: f.error,
+                })?;
+        }
+        Ok(())
+    }
+}
+
+/// [`Notifier::deliver_due`] with a fresh client (convenience for one-shot callers).
+pub async fn deliver_due<D: OutboxDb + Sync>(
+    db: &D,
+    config: &Config,
+    now: i64,
+) -> Result<DeliveryReport, NotifyError> {
+    Notifier::new()?.deliver_due(db, config, now).await
+}
+
+/// [`Notifier::send_test`] with a fresh client.
+pub async fn send_test(channel: &ChannelConfig, now: i64) -> Result<(), NotifyError> {
+    Notifier::new()?.send_test(channel, now).await
+}
+
+fn channel_secrets(ch: &ChannelConfig) -> Vec<&str> {
+    match &ch.kind {
+        ChannelKind::Email(e) => e.smtp_password.iter().map(|p| p.expose_secret()).collect(),
+        ChannelKind::Slack(s) => vec![s.webhook_url.expose_secret()],
+        ChannelKind::PagerDuty(p) => vec![p.routing_key.expose_secret()],
+        ChannelKind::Webhook(w) => vec![w.secret.expose_secret()],
+    }
+}

@@ -1,0 +1,352 @@
+//! Digests: what one message says, before it is rendered for a channel.
+//!
+//! A digest is the content for one (channel, recipient, kind) in one sweep: either notices of a
+//! single kind grouped by project, or enforcer alerts. It is pure data plus the wording every
+//! renderer shares (titles, status lines, dates), so e-mail, Slack and webhooks say the same
+//! thing. Nothing here does I/O or reads the clock; nothing here may hold a secret.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+
+use crate::config::Action;
+use crate::notify::MessageKind;
+use crate::notify::alert::EnforcerAlert;
+use crate::policy::finding::{Notice, NoticeKind};
+
+/// One message's content.
+#[derive(Debug, Clone)]
+pub struct Digest {
+    pub kind: MessageKind,
+    pub run_id: String,
+    /// Unix seconds the digest was composed at.
+    pub generated_at: i64,
+    pub body: Body,
+}
+
+#[derive(Debug, Clone)]
+pub enum Body {
+    /// Notices of `Digest::kind`, grouped by project (sorted by organisation, project name).
+    Notices(Vec<ProjectGroup>),
+    Alerts(Vec<EnforcerAlert>),
+    /// A `keysweep notify test` message.
+    Test,
+}
+
+/// The notices of one project.
+#[derive(Debug, Clone)]
+pub struct ProjectGroup {
+    pub organization: String,
+    pub project_id: String,
+    pub project_name: Option<String>,
+    pub notices: Vec<Notice>,
+}
+
+impl ProjectGroup {
+    /// `name (id)`, or the id alone when the name is unknown.
+    pub fn label(&self) -> String {
+        match &self.project_name {
+            Some(n) if n != &self.project_id => format!("{n} ({})", self.project_id),
+            _ => self.project_id.clone(),
+        }
+    }
+}
+
+impl Digest {
+    /// Groups notices (all of one kind) by project. Order is deterministic: organisation, then
+    /// project name/id, then key name, then policy.
+    pub fn notices(kind: MessageKind, run_id: &str, now: i64, notices: &[&Notice]) -> Digest {
+        let mut groups: BTreeMap<(String, String), ProjectGroup> = BTreeMap::new();
+        for n in notices {
+            let id = &n.finding.id;
+            let g = groups
+                .entry((id.organization.clone(), id.project_id.clone()))
+                .or_insert_with(|| ProjectGroup {
+                    organization: id.organization.clone(),
+                    project_id: id.project_id.clone(),
+                    project_name: n.finding.project_name.clone(),
+                    notices: Vec::new(),
+                });
+            if g.project_name.is_none() {
+                g.project_name = n.finding.project_name.clone();
+            }
+            g.notices.push((*n).clone());
+        }
+        let mut groups: Vec<ProjectGroup> = groups.into_values().collect();
+        groups.sort_by(|a, b| {
+            (
+                &a.organization,
+                a.project_name.as_ref().unwrap_or(&a.project_id),
+                &a.project_id,
+            )
+                .cmp(&(
+                    &b.organization,
+                    b.project_name.as_ref().unwrap_or(&b.project_id),
+                    &b.project_id,
+                ))
+        });
+        for g in &mut groups {
+            g.notices.sort_by(|a, b| {
+                (
+                    &a.finding.key_name,
+                    &a.finding.id.key_id,
+                    &a.finding.id.policy,
+                )
+                    .cmp(&(
+                        &b.finding.key_name,
+                        &b.finding.id.key_id,
+                        &b.finding.id.policy,
+                    ))
+            });
+        }
+        Digest {
+            kind,
+            run_id: run_id.to_string(),
+            generated_at: now,
+            body: Body::Notices(groups),
+        }
+    }
+
+    pub fn alerts(kind: MessageKind, run_id: &str, now: i64, alerts: &[&EnforcerAlert]) -> Digest {
+        Digest {
+            kind,
+            run_id: run_id.to_string(),
+            generated_at: now,
+            body: Body::Alerts(alerts.iter().map(|a| (*a).clone()).collect()),
+        }
+    }
+
+    pub fn test(run_id: &str, now: i64) -> Digest {
+        Digest {
+            kind: MessageKind::Test,
+            run_id: run_id.to_string(),
+            generated_at: now,
+            body: Body::Test,
+        }
+    }
+
+    /// Number of keys (notices) or alerts listed.
+    pub fn count(&self) -> usize {
+        match &self.body {
+            Body::Notices(g) => g.iter().map(|g| g.notices.len()).sum(),
+            Body::Alerts(a) => a.len(),
+            Body::Test => 0,
+        }
+    }
+
+    /// True when every notice is a dry-run notice.
+    pub fn all_dry_run(&self) -> bool {
+        match &self.body {
+            Body::Notices(g) => {
+                let mut it = g.iter().flat_map(|g| g.notices.iter()).peekable();
+                it.peek().is_some() && it.all(|n| n.dry_run)
+            }
+            _ => false,
+        }
+    }
+
+    /// The one-line title used as e-mail subject (after `[keysweep] `), Slack header and
+    /// webhook summary.
+    pub fn title(&self) -> String {
+        let n = self.count();
+        let keys = plural(n, "API key", "API keys");
+        let dry = self.all_dry_run();
+        match self.kind {
+            MessageKind::Warning => {
+                let (revoke, revoke_dry) = self.revoke_counts();
+                let will = if revoke > 0 && revoke == revoke_dry {
+                    "would be revoked (dry-run)"
+                } else {
+                    "will be revoked"
+                };
+                if revoke == 0 {
+                    format!("{keys} violate policy")
+                } else if revoke == n {
+                    format!("{keys} violate policy and {will}")
+                } else {
+                    format!("{keys} violate policy; {revoke} {will}")
+                }
+            }
+            MessageKind::Reminder => format!("Reminder: {keys} still violate policy"),
+            MessageKind::FinalNotice => {
+                if dry {
+                    format!("Final notice: {keys} would be revoked (dry-run)")
+                } else {
+                    format!("Final notice: {keys} will be revoked")
+                }
+            }
+            MessageKind::Revoked => {
+                if dry {
+                    format!("{keys} would be revoked (dry-run)")
+                } else {
+                    format!("{keys} revoked")
+                }
+            }
+            MessageKind::Resolved => format!("Resolved: {}", plural(n, "finding", "findings")),
+            MessageKind::Alert => format!(
+                "Enforcer alert: {} attention",
+                plural(n, "problem needs", "problems need")
+            ),
+            MessageKind::DeliveryAlert => format!(
+                "Enforcer alert: {} could not be delivered",
+                plural(n, "notification", "notifications")
+            ),
+            MessageKind::Test => "Test message from keysweep".to_string(),
+        }
+    }
+
+    /// One sentence under the title saying what the reader should do.
+    pub fn intro(&self) -> &'static str {
+        match self.kind {
+            MessageKind::Warning => {
+                "The API keys below violate a key policy. Rotate or delete them before the deadline shown, or ask for an exemption."
+            }
+            MessageKind::Reminder => {
+                "The API keys below still violate a key policy. Rotate or delete them before the deadline shown."
+            }
+            MessageKind::FinalNotice => {
+                "Last notice: the API keys below will be revoked at the deadline shown. Revocation is permanent."
+            }
+            MessageKind::Revoked => {
+                "The API keys below were revoked because they violated a key policy (in dry-run: they would have been)."
+            }
+            MessageKind::Resolved => "The findings below are closed; nothing more is needed.",
+            MessageKind::Alert => "keysweep itself needs attention.",
+            MessageKind::DeliveryAlert => {
+                "keysweep gave up delivering the notifications below after its last retry."
+            }
+            MessageKind::Test => {
+                "This is a test message sent by `keysweep notify test`. If you can read it, the channel works."
+            }
+        }
+    }
+
+    /// (notices of `revoke` findings, of which dry-run).
+    fn revoke_counts(&self) -> (usize, usize) {
+        match &self.body {
+            Body::Notices(g) => g
+                .iter()
+                .flat_map(|g| g.notices.iter())
+                .filter(|n| n.finding.action == Action::Revoke)
+                .fold((0, 0), |(all, dry), n| {
+                    (all + 1, dry + usize::from(n.dry_run))
+                }),
+            _ => (0, 0),
+        }
+    }
+}
+
+/// The deadline column: the exact revocation date for `revoke` findings.
+pub fn deadline_text(n: &Notice) -> String {
+    match n.finding.action {
+        Action::Revoke => rfc3339(n.finding.deadline),
+        Action::Notify => "none (notify only)".to_string(),
+    }
+}
+
+/// What will happen / happened to the key, in words.
+pub fn status_text(n: &Notice) -> String {
+    let f = &n.finding;
+    match n.kind {
+        NoticeKind::Warning | NoticeKind::Reminder | NoticeKind::FinalNotice => match f.action {
+            Action::Revoke if n.dry_run => {
+                format!("would be revoked (dry-run) at {}", rfc3339(f.deadline))
+            }
+            Action::Revoke => format!("will be revoked at {}", rfc3339(f.deadline)),
+            Action::Notify => "notification only; keysweep will not revoke this key".to_string(),
+        },
+        NoticeKind::Revoked if n.dry_run => {
+            "would be revoked (dry-run); the key was not deleted".to_string()
+        }
+        NoticeKind::Revoked => match f.closed_at {
+            Some(t) => format!("revoked at {}", rfc3339(t)),
+            None => "revoked".to_string(),
+        },
+        NoticeKind::Resolved => format!(
+            "resolved: {}",
+            f.resolution
+                .as_deref()
+                .unwrap_or("no longer violates policy")
+        ),
+    }
+}
+
+/// A one-line description of an enforcer alert. Carries no secret: alerts hold only redacted
+/// values and scrubbed error texts.
+pub fn alert_text(a: &EnforcerAlert) -> String {
+    match a {
+        EnforcerAlert::IncompleteListing {
+            organization,
+            project_id,
+            reason,
+        } => format!(
+            "Incomplete listing of project {project_id} in {organization}: {reason}. Nothing in it was revoked."
+        ),
+        EnforcerAlert::AuthenticationFailed {
+            organization,
+            message,
+        } => format!("Admin key for {organization} was refused: {message}"),
+        EnforcerAlert::OrganizationUnavailable {
+            organization,
+            message,
+        } => format!("Organization {organization} could not be listed: {message}"),
+        EnforcerAlert::CapExceeded {
+            cap,
+            limit,
+            withheld,
+        } => format!("Safety cap {cap} (limit {limit}) withheld {withheld} due revocation(s)"),
+        EnforcerAlert::KillSwitchOn { path, withheld } => {
+            format!("Kill switch {path} is on; {withheld} due revocation(s) were withheld")
+        }
+        EnforcerAlert::DeliveryFailed {
+            channel,
+            message_id,
+            attempts,
+            error,
+        } => format!(
+            "Message {message_id} to channel {channel} was dead-lettered after {attempts} attempt(s): {error}"
+        ),
+        EnforcerAlert::AdminKeyExpiring {
+            organization,
+            key_id,
+            redacted_value,
+            expires_at,
+        } => format!(
+            "Admin key {key_id} ({redacted_value}) of {organization} expires at {}",
+            rfc3339(*expires_at)
+        ),
+        EnforcerAlert::RevocationFailed {
+            organization,
+            project_id,
+            key_id,
+            error,
+        } => format!(
+            "Revocation of key {key_id} in project {project_id} ({organization}) failed or is unconfirmed: {error}"
+        ),
+    }
+}
+
+/// UTC, RFC 3339 date and time with seconds: `2026-03-01T09:00:00Z`.
+pub fn rfc3339(ts: i64) -> String {
+    DateTime::<Utc>::from_timestamp(ts, 0)
+        .map(|d| d.to_rfc3339_opts(SecondsFormat::Secs, true))
+        .unwrap_or_else(|| format!("@{ts}"))
+}
+
+fn plural(n: usize, one: &str, many: &str) -> String {
+    if n == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{n} {many}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_is_utc_with_seconds() {
+        assert_eq!(rfc3339(1_772_355_600), "2026-03-01T09:00:00Z");
+    }
+}

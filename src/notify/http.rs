@@ -1,0 +1,63 @@
+//! The HTTP side shared by the Slack, PagerDuty and webhook senders: one client with timeouts
+//! and no redirects, and the mapping of answers to delivery outcomes.
+//!
+//! 2xx = accepted; 408/429/5xx and transport errors = retry later; any other status = rejected
+//! (still retried until `max_attempts`, since a receiver may be fixed meanwhile). Error texts
+//! never include the URL (reqwest's `without_url`) and are scrubbed of the given secrets.
+
+use std::time::Duration;
+
+use crate::notify::deliver::SendFailure;
+use crate::notify::{NotifyError, scrub};
+
+/// Longest part of a receiver's error body kept in the error text.
+const MAX_BODY_IN_ERROR: usize = 200;
+
+/// A client with connect and total timeouts. Redirects are refused: a receiver that redirects
+/// could make us re-post a signed body or a routing key elsewhere.
+pub fn client() -> Result<reqwest::Client, NotifyError> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(20))
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("keysweep/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| NotifyError::HttpClient(e.without_url().to_string()))
+}
+
+/// Sends a prepared request and maps the answer.
+pub async fn send(req: reqwest::RequestBuilder, secrets: &[&str]) -> Result<(), SendFailure> {
+    match req.send().await {
+        Ok(resp) => {
+            let status = resp.status();
+            if status.is_success() {
+                return Ok(());
+            }
+            let body = resp.text().await.unwrap_or_default();
+            let body: String = body.chars().take(MAX_BODY_IN_ERROR).collect();
+            let retryable = status.is_server_error()
+                || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+                || status == reqwest::StatusCode::REQUEST_TIMEOUT;
+            Err(SendFailure {
+                error: scrub(&format!("HTTP {status}: {}", body.trim()), secrets),
+                retryable,
+            })
+        }
+        Err(e) => Err(SendFailure {
+            error: scrub(&error_chain(e.without_url()), secrets),
+            retryable: true,
+        }),
+    }
+}
+
+/// reqwest's Display omits the cause ("error sending request"); add the chain.
+fn error_chain(e: reqwest::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(&e);
+    while let Some(cause) = src {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        src = cause.source();
+    }
+    s
+}

@@ -1,0 +1,515 @@
+//! Rendering: a [`Digest`] becomes channel-ready JSON stored in the outbox.
+//!
+//! Every renderer lists every key (project name and id, key name, redacted value, owner,
+//! policy, reason, deadline/status); counts only ever appear next to the list, never instead of
+//! it. Renderers are pure and never see a secret: the PagerDuty routing key and the webhook
+//! signature are added by the senders at send time.
+//!
+//! # Webhook payload (schema version 1)
+//!
+//! Every webhook POST carries one JSON object:
+//!
+//! ```json
+//! {
+//!   "type": "keysweep.notices.warning",   // keysweep.notices.{warning,reminder,final_notice,
+//!                                         //   revoked,resolved} | keysweep.alerts | keysweep.test
+//!   "version": 1,
+//!   "run_id": "…",                        // the sweep that produced it
+//!   "generated_at": "2026-03-01T09:00:00Z",
+//!   "title": "3 API keys violate policy and will be revoked",
+//!   "dry_run": false,                     // true when every notice is a dry-run notice
+//!   "notices": [{                         // empty for alerts and tests
+//!     "kind": "warning", "dry_run": false,
+//!     "organization": "…", "project_id": "proj_…", "project_name": "…" | null,
+//!     "key_id": "key_…", "key_name": "…", "redacted_value": "sk-…abcd",
+//!     "owner": "…", "owner_type": "user" | "service_account" | "unknown", "owner_email": "…" | null,
+//!     "policy": "…", "action": "notify" | "revoke", "reason": "…", "stage": "…",
+//!     "status": "will be revoked at 2026-03-01T09:00:00Z",
+//!     "deadline": "2026-03-01T09:00:00Z" | null,   // null for notify-only policies
+//!     "deadline_unix": 1772355600,
+//!     "created_at": "…", "last_used_at": "…" | null, "detected_at": "…",
+//!     "resolution": "…" | null,
+//!     "dedup_key": "org/project/key/policy"
+//!   }],
+//!   "alerts": [{                          // empty for notices
+//!     "alert": "incomplete_listing" | "authentication_failed" | …, // plus that alert's fields
+//!     "summary": "…", "dedup_key": "…"
+//!   }]
+//! }
+//! ```
+//!
+//! The body is signed per Standard Webhooks 1.0 (`webhook-id` = the outbox message id, stable
+//! across retries; `webhook-timestamp`; `webhook-signature: v1,<base64>`), see `webhook.rs`.
+
+use serde_json::{Value, json};
+
+use crate::config::Action;
+use crate::notify::alert::EnforcerAlert;
+use crate::notify::digest::{
+    Body, Digest, ProjectGroup, alert_text, deadline_text, rfc3339, status_text,
+};
+use crate::policy::finding::{Notice, NoticeKind};
+
+/// Slack accepts at most 50 blocks per message.
+pub const SLACK_MAX_BLOCKS: usize = 50;
+/// Slack's limit for a section's text field.
+pub const SLACK_MAX_TEXT: usize = 3000;
+/// Slack's limit for a header's plain text.
+const SLACK_MAX_HEADER: usize = 150;
+/// PagerDuty's limit for `payload.summary`.
+const PD_MAX_SUMMARY: usize = 1024;
+
+/// E-mail payload: `{to, subject, text, html}`. The sender adds From, Message-ID and Date.
+pub fn email(d: &Digest, to: &[String]) -> Value {
+    json!({
+        "to": to,
+        "subject": format!("[keysweep] {}", d.title()),
+        "text": email_text(d),
+        "html": email_html(d),
+    })
+}
+
+/// The plain-text part: every key with all its fields, grouped by project.
+pub fn email_text(d: &Digest) -> String {
+    let mut s = String::new();
+    s.push_str(&d.title());
+    s.push_str("\n\n");
+    s.push_str(d.intro());
+    s.push_str("\n\n");
+    match &d.body {
+        Body::Notices(groups) => {
+            for g in groups {
+                s.push_str(&format!(
+                    "Project {} — organization {} — {}\n",
+                    g.label(),
+                    g.organization,
+                    count_keys(g.notices.len())
+                ));
+                s.push_str(&"-".repeat(72));
+                s.push('\n');
+                for n in &g.notices {
+                    for (label, value) in key_fields(g, n) {
+                        s.push_str(&format!("  {label:<15} {value}\n"));
+                    }
+                    s.push('\n');
+                }
+            }
+        }
+        Body::Alerts(alerts) => {
+            for a in alerts {
+                s.push_str(&format!("- {}\n", alert_text(a)));
+            }
+            s.push('\n');
+        }
+        Body::Test => {}
+    }
+    s.push_str(&format!(
+        "Run {} at {}. Sent by keysweep.\n",
+        d.run_id,
+        rfc3339(d.generated_at)
+    ));
+    s
+}
+
+/// The HTML part: one table per project.
+pub fn email_html(d: &Digest) -> String {
+    let mut s = String::from(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"></head><body style=\"font-family:sans-serif\">\n",
+    );
+    s.push_str(&format!(
+        "<h2>{}</h2>\n<p>{}</p>\n",
+        esc(&d.title()),
+        esc(d.intro())
+    ));
+    match &d.body {
+        Body::Notices(groups) => {
+            for g in groups {
+                s.push_str(&format!(
+                    "<h3>Project {} &mdash; organization {} &mdash; {}</h3>\n",
+                    esc(&g.label()),
+                    esc(&g.organization),
+                    count_keys(g.notices.len())
+                ));
+                s.push_str("<table border=\"1\" cellpadding=\"4\" cellspacing=\"0\">\n<tr>");
+                for label in KEY_LABELS {
+                    s.push_str(&format!("<th>{}</th>", esc(label)));
+                }
+                s.push_str("</tr>\n");
+                for n in &g.notices {
+                    s.push_str("<tr>");
+                    for (_, value) in key_fields(g, n) {
+                        s.push_str(&format!("<td>{}</td>", esc(&value)));
+                    }
+                    s.push_str("</tr>\n");
+                }
+                s.push_str("</table>\n");
+            }
+        }
+        Body::Alerts(alerts) => {
+            s.push_str("<ul>\n");
+            for a in alerts {
+                s.push_str(&format!("<li>{}</li>\n", esc(&alert_text(a))));
+            }
+            s.push_str("</ul>\n");
+        }
+        Body::Test => {}
+    }
+    s.push_str(&format!(
+        "<p style=\"color:#666\">Run {} at {}. Sent by keysweep.</p>\n</body></html>\n",
+        esc(&d.run_id),
+        rfc3339(d.generated_at)
+    ));
+    s
+}
+
+/// Slack Block Kit bodies, split so each stays within 50 blocks and every text field within
+/// 3000 characters. Every key appears in exactly one of the returned messages.
+pub fn slack(d: &Digest) -> Vec<Value> {
+    // Content blocks, tagged so a part that starts in the middle of a project can repeat that
+    // project's header and a project header is never left alone at the end of a part.
+    enum Tag {
+        ProjectHeader,
+        Keys(usize),
+        Other,
+    }
+    let mut content: Vec<(Tag, Value)> = Vec::new();
+    let mut project_headers: Vec<String> = Vec::new();
+    match &d.body {
+        Body::Notices(groups) => {
+            for g in groups {
+                let idx = project_headers.len();
+                let head = format!(
+                    "*Project {}* — organization `{}` — {}",
+                    slack_esc(&g.label()),
+                    slack_esc(&g.organization),
+                    count_keys(g.notices.len())
+                );
+                content.push((Tag::ProjectHeader, section(&head)));
+                project_headers.push(head);
+                let lines: Vec<String> = g.notices.iter().map(slack_key_line).collect();
+                for text in pack(&lines, SLACK_MAX_TEXT) {
+                    content.push((Tag::Keys(idx), section(&text)));
+                }
+            }
+        }
+        Body::Alerts(alerts) => {
+            let lines: Vec<String> = alerts
+                .iter()
+                .map(|a| format!("• {}", slack_esc(&alert_text(a))))
+                .collect();
+            for text in pack(&lines, SLACK_MAX_TEXT) {
+                content.push((Tag::Other, section(&text)));
+            }
+        }
+        Body::Test => {}
+    }
+
+    // Each message starts with header + context + intro; the rest of the budget is content.
+    let budget = SLACK_MAX_BLOCKS - 3;
+    let mut parts: Vec<Vec<Value>> = Vec::new();
+    let mut cur: Vec<Value> = Vec::new();
+    for (tag, block) in content {
+        let need = match tag {
+            // A project header needs room for at least one line of its keys after it.
+            Tag::ProjectHeader => 2,
+            _ => 1,
+        };
+        if !cur.is_empty() && cur.len() + need > budget {
+            parts.push(std::mem::take(&mut cur));
+        }
+        if let (true, Tag::Keys(p)) = (cur.is_empty(), &tag) {
+            cur.push(section(&format!("{} (continued)", project_headers[*p])));
+        }
+        cur.push(block);
+    }
+    if !cur.is_empty() || parts.is_empty() {
+        parts.push(cur);
+    }
+
+    let total = parts.len();
+    let title = d.title();
+    parts
+        .into_iter()
+        .enumerate()
+        .map(|(i, blocks)| {
+            let head = if total > 1 {
+                format!("keysweep: {title} (part {} of {total})", i + 1)
+            } else {
+                format!("keysweep: {title}")
+            };
+            let mut all = vec![
+                json!({"type": "header", "text": {"type": "plain_text", "text": truncate(&head, SLACK_MAX_HEADER), "emoji": false}}),
+                json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!(
+                    "run `{}` · {} · {}", slack_esc(&d.run_id), rfc3339(d.generated_at),
+                    if d.all_dry_run() { "dry-run: nothing is deleted" } else { "keysweep" })}]}),
+                section(&slack_esc(d.intro())),
+            ];
+            all.extend(blocks);
+            json!({ "text": truncate(&head, SLACK_MAX_TEXT), "blocks": all })
+        })
+        .collect()
+}
+
+/// PagerDuty Events v2 body for one notice, without `routing_key` (added at send time).
+/// `trigger` while the finding is open, `resolve` once the key is revoked or the finding closed.
+pub fn pagerduty_notice(n: &Notice, now: i64) -> Value {
+    let f = &n.finding;
+    let dedup_key = f.id.dedup_key();
+    match n.kind {
+        NoticeKind::Resolved | NoticeKind::Revoked => json!({
+            "event_action": "resolve",
+            "dedup_key": dedup_key,
+        }),
+        NoticeKind::Warning | NoticeKind::Reminder | NoticeKind::FinalNotice => {
+            let summary = format!(
+                "{}API key {} ({}) in project {}: {} — {}",
+                if n.kind == NoticeKind::FinalNotice {
+                    "Final notice: "
+                } else {
+                    ""
+                },
+                f.key_name,
+                f.redacted_value,
+                f.project_name.as_deref().unwrap_or(&f.id.project_id),
+                f.reason,
+                status_text(n)
+            );
+            json!({
+                "event_action": "trigger",
+                "dedup_key": dedup_key,
+                "client": "keysweep",
+                "payload": {
+                    "summary": truncate(&summary, PD_MAX_SUMMARY),
+                    "source": format!("keysweep/{}", f.id.organization),
+                    "severity": if n.kind == NoticeKind::FinalNotice { "error" } else { "warning" },
+                    "timestamp": rfc3339(now),
+                    "component": f.id.project_id,
+                    "group": f.id.organization,
+                    "class": f.id.policy,
+                    "custom_details": notice_json(n),
+                },
+            })
+        }
+    }
+}
+
+/// PagerDuty Events v2 body for an enforcer alert (always `trigger`).
+pub fn pagerduty_alert(a: &EnforcerAlert, now: i64) -> Value {
+    json!({
+        "event_action": "trigger",
+        "dedup_key": format!("keysweep/{}", a.dedup_key()),
+        "client": "keysweep",
+        "payload": {
+            "summary": truncate(&format!("keysweep: {}", alert_text(a)), PD_MAX_SUMMARY),
+            "source": "keysweep",
+            "severity": "error",
+            "timestamp": rfc3339(now),
+            "class": "enforcer_alert",
+            "custom_details": alert_json(a),
+        },
+    })
+}
+
+/// PagerDuty body for `keysweep notify test`: an info event that is resolved right away by
+/// nobody; its dedup key is unique per test.
+pub fn pagerduty_test(message_id: &str, now: i64) -> Value {
+    json!({
+        "event_action": "trigger",
+        "dedup_key": format!("keysweep/test/{message_id}"),
+        "client": "keysweep",
+        "payload": {
+            "summary": "Test message from keysweep (`keysweep notify test`)",
+            "source": "keysweep",
+            "severity": "info",
+            "timestamp": rfc3339(now),
+            "class": "test",
+        },
+    })
+}
+
+/// The webhook body (schema in this module's docs).
+pub fn webhook(d: &Digest) -> Value {
+    let (kind, notices, alerts) = match &d.body {
+        Body::Notices(groups) => (
+            format!("keysweep.notices.{}", d.kind.as_str()),
+            groups
+                .iter()
+                .flat_map(|g| g.notices.iter())
+                .map(notice_json)
+                .collect::<Vec<_>>(),
+            Vec::new(),
+        ),
+        Body::Alerts(a) => (
+            "keysweep.alerts".to_string(),
+            Vec::new(),
+            a.iter().map(alert_json).collect(),
+        ),
+        Body::Test => ("keysweep.test".to_string(), Vec::new(), Vec::new()),
+    };
+    json!({
+        "type": kind,
+        "version": 1,
+        "run_id": d.run_id,
+        "generated_at": rfc3339(d.generated_at),
+        "title": d.title(),
+        "dry_run": d.all_dry_run(),
+        "notices": notices,
+        "alerts": alerts,
+    })
+}
+
+/// All fields of one notice, for webhooks and PagerDuty `custom_details`.
+pub fn notice_json(n: &Notice) -> Value {
+    let f = &n.finding;
+    json!({
+        "kind": n.kind.as_str(),
+        "dry_run": n.dry_run,
+        "organization": f.id.organization,
+        "project_id": f.id.project_id,
+        "project_name": f.project_name,
+        "key_id": f.id.key_id,
+        "key_name": f.key_name,
+        "redacted_value": f.redacted_value,
+        "owner": f.owner,
+        "owner_type": f.owner_type.as_str(),
+        "owner_email": f.owner_email,
+        "policy": f.id.policy,
+        "action": match f.action { Action::Notify => "notify", Action::Revoke => "revoke" },
+        "reason": f.reason,
+        "stage": f.stage.as_str(),
+        "status": status_text(n),
+        "deadline": match f.action { Action::Revoke => Value::String(rfc3339(f.deadline)), Action::Notify => Value::Null },
+        "deadline_unix": f.deadline,
+        "created_at": rfc3339(f.created_at),
+        "last_used_at": f.last_used_at.map(rfc3339),
+        "detected_at": rfc3339(f.detected_at),
+        "resolution": f.resolution,
+        "dedup_key": f.id.dedup_key(),
+    })
+}
+
+fn alert_json(a: &EnforcerAlert) -> Value {
+    let mut v = serde_json::to_value(a).unwrap_or_else(|_| json!({}));
+    if let Value::Object(m) = &mut v {
+        m.insert("summary".into(), Value::String(alert_text(a)));
+        m.insert("dedup_key".into(), Value::String(a.dedup_key()));
+    }
+    v
+}
+
+/// Labels of the fields shown for every key, in display order (see `key_fields`).
+const KEY_LABELS: [&str; 9] = [
+    "Key",
+    "Redacted value",
+    "Project",
+    "Owner",
+    "Policy",
+    "Reason",
+    "Deadline",
+    "Status",
+    "Key id",
+];
+
+/// Label/value pairs shown for every key, in display order.
+fn key_fields(g: &ProjectGroup, n: &Notice) -> Vec<(&'static str, String)> {
+    let f = &n.finding;
+    let values = [
+        f.key_name.clone(),
+        f.redacted_value.clone(),
+        g.label(),
+        format!("{} ({})", f.owner, f.owner_type.as_str()),
+        f.id.policy.clone(),
+        f.reason.clone(),
+        deadline_text(n),
+        status_text(n),
+        f.id.key_id.clone(),
+    ];
+    KEY_LABELS.into_iter().zip(values).collect()
+}
+
+fn slack_key_line(n: &Notice) -> String {
+    let f = &n.finding;
+    let line = format!(
+        "• *{}* `{}` — owner: {} — policy: {}\n      reason: {}\n      deadline: {} — {}",
+        slack_esc(&f.key_name),
+        slack_esc(&f.redacted_value),
+        slack_esc(&f.owner),
+        slack_esc(&f.id.policy),
+        slack_esc(&f.reason),
+        deadline_text(n),
+        slack_esc(&status_text(n)),
+    );
+    truncate(&line, SLACK_MAX_TEXT)
+}
+
+/// Packs lines into texts of at most `max` characters, never splitting a line.
+fn pack(lines: &[String], max: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut cur_len = 0;
+    for l in lines {
+        let len = l.chars().count();
+        if !cur.is_empty() && cur_len + 1 + len > max {
+            out.push(std::mem::take(&mut cur));
+            cur_len = 0;
+        }
+        if !cur.is_empty() {
+            cur.push('\n');
+            cur_len += 1;
+        }
+        cur.push_str(l);
+        cur_len += len;
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+fn section(text: &str) -> Value {
+    json!({"type": "section", "text": {"type": "mrkdwn", "text": text}})
+}
+
+fn count_keys(n: usize) -> String {
+    if n == 1 {
+        "1 key".to_string()
+    } else {
+        format!("{n} keys")
+    }
+}
+
+/// Slack's mrkdwn needs only these three escaped.
+fn slack_esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(max - 1).collect();
+        t.push('…');
+        t
+    }
+}
+
+/// A human-readable preview of a stored payload (for `keysweep demo`): the e-mail text, the
+/// Slack section texts, or pretty JSON.
+pub fn preview(payload: &Value) -> String {
+    if let Some(text) = payload.get("text").and_then(Value::as_str)
+        && payload.get("subject").is_some()
+    {
+        let subject = payload["subject"].as_str().unwrap_or_default();
+        return format!("Subject: {subject}\n\n{text}");
+    }
+    serde_json::to_string_pretty(payload).unwrap_or_default()
+}

@@ -1,0 +1,321 @@
+//! Routing: who hears about what, turned into rendered outbox messages.
+//!
+//! Rules, applied per sweep (pure; no I/O, no clock):
+//! - A notice goes to its policy's `notify` channels plus the channels of every `[[routes]]`
+//!   entry whose project list matches (project id, or a glob over the name or id).
+//! - A notice whose finding has no owner e-mail (service accounts, unknown owners, users without
+//!   an address) also goes to `owner_fallback`, because nobody can be told personally.
+//! - An e-mail channel sends to its `to` list; with `owner = true` it also mails each owner
+//!   their own keys (one message per owner address).
+//! - Enforcer alerts go to `ops_channels` only. `DeliveryFailed` alerts travel in their own
+//!   `delivery_alert` messages so a failing alert can never raise another (no loop).
+//! - One message per (channel, recipient, kind): digests grouped by project; each notice kind
+//!   in its own message. Slack digests may be split into parts. PagerDuty gets one event per
+//!   finding (or alert), keyed by its dedup key, instead of a digest.
+//!
+//! Message ids are derived from run id, channel, recipient, kind and part, so composing the same
+//! sweep twice yields the same ids and the outbox ignores the duplicates.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use sha2::{Digest as _, Sha256};
+
+use crate::config::{ChannelConfig, ChannelKind, Config};
+use crate::notify::alert::EnforcerAlert;
+use crate::notify::digest::Digest;
+use crate::notify::{MessageKind, OutboxMessage, render};
+use crate::policy::finding::Notice;
+
+/// The `recipient` of messages to non-e-mail channels (the channel itself).
+pub const CHANNEL_RECIPIENT: &str = "channel";
+
+/// Composes every message of one sweep. See the module docs for the routing rules.
+pub fn compose(
+    notices: &[Notice],
+    alerts: &[EnforcerAlert],
+    config: &Config,
+    run_id: &str,
+    now: i64,
+) -> Vec<OutboxMessage> {
+    let mut out = Vec::new();
+
+    // (channel, recipient, kind) → notices, with e-mail `to` lists kept aside.
+    let mut buckets: BTreeMap<(String, String, MessageKind), Vec<&Notice>> = BTreeMap::new();
+    let mut to_lists: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for n in notices {
+        let kind = MessageKind::from_notice(n.kind);
+        for channel in channels_for(n, config) {
+            let Some(ch) = config.channel(&channel) else {
+                tracing::warn!(channel = %channel, "notice routed to an unknown channel; skipped");
+                continue;
+            };
+            for (recipient, to) in recipients(ch, n) {
+                to_lists
+                    .entry((channel.clone(), recipient.clone()))
+                    .or_insert(to);
+                buckets
+                    .entry((channel.clone(), recipient, kind))
+                    .or_default()
+                    .push(n);
+            }
+        }
+    }
+
+    for ((channel, recipient, kind), list) in buckets {
+        let Some(ch) = config.channel(&channel) else {
+            continue;
+        };
+        match &ch.kind {
+            ChannelKind::PagerDuty(_) => {
+                // One event per finding; a finding routed twice to the channel is sent once.
+                let mut seen = BTreeSet::new();
+                for n in list {
+                    let dedup = n.finding.id.dedup_key();
+                    if !seen.insert(dedup.clone()) {
+                        continue;
+                    }
+                    out.push(OutboxMessage {
+                        message_id: message_id(&[
+                            run_id,
+                            &channel,
+                            &recipient,
+                            kind.as_str(),
+                            &dedup,
+                        ]),
+                        channel: channel.clone(),
+                        recipient: recipient.clone(),
+                        kind,
+                        payload: render::pagerduty_notice(n, now),
+                    });
+                }
+            }
+            _ => {
+                let list = dedup_notices(list);
+                let digest = Digest::notices(kind, run_id, now, &list);
+                let to = to_lists
+                    .get(&(channel.clone(), recipient.clone()))
+                    .cloned()
+                    .unwrap_or_default();
+                out.extend(render_digest(ch, &recipient, &to, &digest, run_id));
+            }
+        }
+    }
+
+    if !alerts.is_empty() {
+        let (delivery, other): (Vec<&EnforcerAlert>, Vec<&EnforcerAlert>) = alerts
+            .iter()
+            .partition(|a| matches!(a, EnforcerAlert::DeliveryFailed { .. }));
+        for (kind, list) in [
+            (MessageKind::Alert, other),
+            (MessageKind::DeliveryAlert, delivery),
+        ] {
+            if list.is_empty() {
+                continue;
+            }
+            out.extend(compose_alerts(kind, &list, config, run_id, now));
+        }
+    }
+    out
+}
+
+/// Messages for enforcer alerts of one kind to every ops channel.
+fn compose_alerts(
+    kind: MessageKind,
+    alerts: &[&EnforcerAlert],
+    config: &Config,
+    run_id: &str,
+    now: i64,
+) -> Vec<OutboxMessage> {
+    let mut out = Vec::new();
+    for channel in unique(&config.ops_channels) {
+        let Some(ch) = config.channel(&channel) else {
+            tracing::warn!(channel = %channel, "ops channel is not configured; skipped");
+            continue;
+        };
+        match &ch.kind {
+            ChannelKind::PagerDuty(_) => {
+                for a in alerts {
+                    let dedup = a.dedup_key();
+                    out.push(OutboxMessage {
+                        message_id: message_id(&[
+                            run_id,
+                            &channel,
+                            CHANNEL_RECIPIENT,
+                            kind.as_str(),
+                            &dedup,
+                        ]),
+                        channel: channel.clone(),
+                        recipient: CHANNEL_RECIPIENT.to_string(),
+                        kind,
+                        payload: render::pagerduty_alert(a, now),
+                    });
+                }
+            }
+            ChannelKind::Email(e) => {
+                if e.to.is_empty() {
+                    tracing::warn!(channel = %channel, "ops e-mail channel has no `to`; skipped");
+                    continue;
+                }
+                let digest = Digest::alerts(kind, run_id, now, alerts);
+                out.extend(render_digest(ch, &e.to.join(", "), &e.to, &digest, run_id));
+            }
+            _ => {
+                let digest = Digest::alerts(kind, run_id, now, alerts);
+                out.extend(render_digest(ch, CHANNEL_RECIPIENT, &[], &digest, run_id));
+            }
+        }
+    }
+    out
+}
+
+/// Renders one digest for a channel (not PagerDuty): one message, or several Slack parts.
+pub(crate) fn render_digest(
+    ch: &ChannelConfig,
+    recipient: &str,
+    to: &[String],
+    digest: &Digest,
+    run_id: &str,
+) -> Vec<OutboxMessage> {
+    let kind = digest.kind;
+    let base = |part: &str| message_id(&[run_id, &ch.name, recipient, kind.as_str(), part]);
+    let msg = |id: String, payload| OutboxMessage {
+        message_id: id,
+        channel: ch.name.clone(),
+        recipient: recipient.to_string(),
+        kind,
+        payload,
+    };
+    match &ch.kind {
+        ChannelKind::Email(_) => vec![msg(base(""), render::email(digest, to))],
+        ChannelKind::Slack(_) => render::slack(digest)
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| msg(base(&format!("part-{i}")), p))
+            .collect(),
+        ChannelKind::Webhook(_) => vec![msg(base(""), render::webhook(digest))],
+        ChannelKind::PagerDuty(_) => match &digest.body {
+            crate::notify::digest::Body::Alerts(alerts) => alerts
+                .iter()
+                .map(|a| {
+                    msg(
+                        base(&a.dedup_key()),
+                        render::pagerduty_alert(a, digest.generated_at),
+                    )
+                })
+                .collect(),
+            crate::notify::digest::Body::Notices(groups) => groups
+                .iter()
+                .flat_map(|g| g.notices.iter())
+                .map(|n| {
+                    msg(
+                        base(&n.finding.id.dedup_key()),
+                        render::pagerduty_notice(n, digest.generated_at),
+                    )
+                })
+                .collect(),
+            crate::notify::digest::Body::Test => {
+                let id = base("test");
+                let payload = render::pagerduty_test(&id, digest.generated_at);
+                vec![msg(id, payload)]
+            }
+        },
+    }
+}
+
+/// Channel names for one notice: policy `notify` + matching routes + (no owner e-mail)
+/// `owner_fallback`. Deduplicated, in a stable order.
+pub fn channels_for(n: &Notice, config: &Config) -> Vec<String> {
+    let f = &n.finding;
+    let mut names: Vec<String> = Vec::new();
+    if let Some(p) = config.policies.iter().find(|p| p.name == f.id.policy) {
+        names.extend(p.notify.iter().cloned());
+    } else {
+        tracing::warn!(policy = %f.id.policy, "notice for a policy no longer configured");
+    }
+    for r in &config.routes {
+        if r.projects
+            .iter()
+            .any(|pat| project_matches(pat, &f.id.project_id, f.project_name.as_deref()))
+        {
+            names.extend(r.channels.iter().cloned());
+        }
+    }
+    if !has_owner_email(n) {
+        names.extend(config.owner_fallback.iter().cloned());
+    }
+    unique(&names)
+}
+
+/// (recipient, envelope `to`) pairs for one notice on one channel.
+fn recipients(ch: &ChannelConfig, n: &Notice) -> Vec<(String, Vec<String>)> {
+    match &ch.kind {
+        ChannelKind::Email(e) => {
+            let mut out = Vec::new();
+            if !e.to.is_empty() {
+                out.push((e.to.join(", "), e.to.clone()));
+            }
+            if e.owner
+                && let Some(addr) = owner_email(n)
+                && !e.to.iter().any(|t| t.eq_ignore_ascii_case(addr))
+            {
+                out.push((addr.to_string(), vec![addr.to_string()]));
+            }
+            out
+        }
+        _ => vec![(CHANNEL_RECIPIENT.to_string(), Vec::new())],
+    }
+}
+
+fn owner_email(n: &Notice) -> Option<&str> {
+    n.finding
+        .owner_email
+        .as_deref()
+        .map(str::trim)
+        .filter(|e| e.contains('@'))
+}
+
+fn has_owner_email(n: &Notice) -> bool {
+    owner_email(n).is_some()
+}
+
+/// A project pattern matches the id exactly, or is a glob over the name or the id.
+pub fn project_matches(pattern: &str, project_id: &str, project_name: Option<&str>) -> bool {
+    if pattern == project_id || Some(pattern) == project_name {
+        return true;
+    }
+    match globset::Glob::new(pattern) {
+        Ok(g) => {
+            let m = g.compile_matcher();
+            m.is_match(project_id) || project_name.is_some_and(|n| m.is_match(n))
+        }
+        Err(_) => false,
+    }
+}
+
+/// The same finding may reach a channel twice (policy and route); list it once.
+fn dedup_notices(list: Vec<&Notice>) -> Vec<&Notice> {
+    let mut seen = BTreeSet::new();
+    list.into_iter()
+        .filter(|n| seen.insert(n.finding.id.clone()))
+        .collect()
+}
+
+fn unique(names: &[String]) -> Vec<String> {
+    let mut seen = BTreeSet::new();
+    names
+        .iter()
+        .filter(|n| seen.insert(n.as_str()))
+        .cloned()
+        .collect()
+}
+
+/// `ks-` + 32 hex chars of SHA-256 over the parts: stable, opaque, safe in headers.
+pub fn message_id(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0u8]);
+    }
+    let digest = h.finalize();
+    format!("ks-{}", &hex::encode(digest)[..32])
+}

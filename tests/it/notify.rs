@@ -1,0 +1,1140 @@
+//! Notifications end to end over real sockets: routing and rendering, the SQLite outbox,
+//! delivery to a real SMTP server (STARTTLS + AUTH, mailin-embedded) and to recording HTTP
+//! receivers (Slack, PagerDuty, webhooks), signatures checked with the independent
+//! `standardwebhooks` crate, retries across "restarts", dead-lettering and secret hygiene.
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use base64::Engine as _;
+use keysweep::config::{
+    Action, ChannelConfig, ChannelKind, Config, EmailChannel, Limits, LogConfig, Mode,
+    NotificationSettings, PagerDutyChannel, PolicyConfig, RouteConfig, Safety, Schedule, Selector,
+    ServerConfig, ServiceAccountRule, SlackChannel, SmtpTls, WebhookChannel,
+};
+use keysweep::inventory::OwnerType;
+use keysweep::notify::alert::EnforcerAlert;
+use keysweep::notify::outbox;
+use keysweep::notify::render::{SLACK_MAX_BLOCKS, SLACK_MAX_TEXT};
+use keysweep::notify::{MessageKind, Notifier, OutboxMessage, compose};
+use keysweep::policy::finding::{Finding, FindingId, Notice, NoticeKind, Stage};
+use rusqlite::Connection;
+use secrecy::SecretString;
+use serde_json::Value;
+
+use crate::receivers::Receiver;
+use crate::smtp_server::{self, TestPki};
+
+const SMTP_USER: &str = "keysweep-mailer";
+const SMTP_PASSWORD: &str = "smtp-Pa55word-do-not-leak";
+const WEBHOOK_KEY: &[u8] = b"webhook-signing-key-do-not-leak!";
+const ROUTING_KEY: &str = "R0UTINGKEYdonotleak0123456789ab";
+const SLACK_PATH: &str = "/services/T0000/B0000/slackTOKENdonotleak42";
+const RUN: &str = "run-2026-03-01T09:00:00Z";
+/// 2026-03-01T09:00:00Z
+const NOW: i64 = 1_772_355_600;
+const DAY: i64 = 86_400;
+
+fn webhook_secret() -> String {
+    format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(WEBHOOK_KEY)
+    )
+}
+
+fn secrets() -> Vec<String> {
+    vec![
+        SMTP_PASSWORD.to_string(),
+        webhook_secret(),
+        base64::engine::general_purpose::STANDARD.encode(WEBHOOK_KEY),
+        ROUTING_KEY.to_string(),
+        "slackTOKENdonotleak42".to_string(),
+    ]
+}
+
+fn assert_no_secret(what: &str, text: &str) {
+    for s in secrets() {
+        assert!(!text.contains(&s), "{what} contains a secret: {text}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures
+
+#[allow(clippy::too_many_arguments)]
+fn finding(
+    project: (&str, &str),
+    key: (&str, &str, &str),
+    owner: (OwnerType, &str, Option<&str>),
+    policy: &str,
+    action: Action,
+    stage: Stage,
+) -> Finding {
+    Finding {
+        id: FindingId {
+            organization: "acme".into(),
+            project_id: project.0.into(),
+            key_id: key.0.into(),
+            policy: policy.into(),
+        },
+        project_name: Some(project.1.into()),
+        key_name: key.1.into(),
+        redacted_value: key.2.into(),
+        owner_type: owner.0,
+        owner: owner.1.into(),
+        owner_email: owner.2.map(str::to_string),
+        created_at: NOW - 400 * DAY,
+        last_used_at: Some(NOW - 3 * DAY),
+        action,
+        reason: format!("older than 90d (created 400 days ago) [{policy}]"),
+        stage,
+        detected_at: NOW,
+        deadline: NOW + 14 * DAY,
+        warned_at: Some(NOW),
+        final_notice_at: None,
+        last_notified_at: None,
+        closed_at: None,
+        resolution: None,
+    }
+}
+
+const PAY: (&str, &str) = ("proj_pay", "payments-api");
+const WEB: (&str, &str) = ("proj_web", "website");
+
+fn alice_key() -> Finding {
+    finding(
+        PAY,
+        ("key_alice", "ci-deploy", "sk-proj-***a1b2"),
+        (
+            OwnerType::User,
+            "alice@example.com",
+            Some("alice@example.com"),
+        ),
+        "max-age",
+        Action::Revoke,
+        Stage::Warned,
+    )
+}
+
+fn bob_key() -> Finding {
+    finding(
+        PAY,
+        ("key_bob", "old-batch", "sk-proj-***c3d4"),
+        (OwnerType::User, "bob@example.com", Some("bob@example.com")),
+        "max-age",
+        Action::Revoke,
+        Stage::Warned,
+    )
+}
+
+fn bot_key() -> Finding {
+    finding(
+        WEB,
+        ("key_bot", "svc-bot", "sk-svcacct-***e5f6"),
+        (OwnerType::ServiceAccount, "svc_acct_1", None),
+        "max-age",
+        Action::Revoke,
+        Stage::Warned,
+    )
+}
+
+fn idle_key() -> Finding {
+    finding(
+        WEB,
+        ("key_idle", "forgotten", "sk-proj-***g7h8"),
+        (
+            OwnerType::User,
+            "carol@example.com",
+            Some("carol@example.com"),
+        ),
+        "idle",
+        Action::Notify,
+        Stage::Warned,
+    )
+}
+
+fn notice(kind: NoticeKind, f: Finding) -> Notice {
+    Notice {
+        kind,
+        finding: f,
+        dry_run: false,
+    }
+}
+
+fn warnings() -> Vec<Notice> {
+    vec![
+        notice(NoticeKind::Warning, alice_key()),
+        notice(NoticeKind::Warning, bob_key()),
+        notice(NoticeKind::Warning, bot_key()),
+        notice(NoticeKind::Warning, idle_key()),
+    ]
+}
+
+struct Endpoints {
+    smtp_port: u16,
+    ca_file: Option<std::path::PathBuf>,
+    http: String,
+}
+
+fn email_channel(name: &str, ep: &Endpoints, to: &[&str], owner: bool) -> ChannelConfig {
+    ChannelConfig {
+        name: name.into(),
+        kind: ChannelKind::Email(EmailChannel {
+            smtp_host: "127.0.0.1".into(),
+            smtp_port: ep.smtp_port,
+            smtp_tls: SmtpTls::Starttls,
+            smtp_ca_file: ep.ca_file.clone(),
+            smtp_username: Some(SecretString::from(SMTP_USER)),
+            smtp_password: Some(SecretString::from(SMTP_PASSWORD)),
+            from: "keysweep <keysweep@example.com>".into(),
+            to: to.iter().map(|s| s.to_string()).collect(),
+            owner,
+            send_timeout: Duration::from_secs(20),
+        }),
+    }
+}
+
+fn webhook_channel(name: &str, url: String) -> ChannelConfig {
+    ChannelConfig {
+        name: name.into(),
+        kind: ChannelKind::Webhook(WebhookChannel {
+            url: url.parse().unwrap(),
+            secret: SecretString::from(webhook_secret()),
+        }),
+    }
+}
+
+fn config(ep: &Endpoints) -> Config {
+    let channels = vec![
+        email_channel("sec-email", ep, &["security@example.com"], true),
+        ChannelConfig {
+            name: "slack".into(),
+            kind: ChannelKind::Slack(SlackChannel {
+                webhook_url: SecretString::from(format!("{}{SLACK_PATH}", ep.http)),
+            }),
+        },
+        ChannelConfig {
+            name: "pd".into(),
+            kind: ChannelKind::PagerDuty(PagerDutyChannel {
+                routing_key: SecretString::from(ROUTING_KEY),
+                url: format!("{}/pd/enqueue", ep.http).parse().unwrap(),
+            }),
+        },
+        webhook_channel("hook", format!("{}/hook", ep.http)),
+        webhook_channel("payments-hook", format!("{}/payments", ep.http)),
+        webhook_channel("fallback-hook", format!("{}/fallback", ep.http)),
+        webhook_channel("ops-hook", format!("{}/ops", ep.http)),
+    ];
+    let policy = |name: &str, action, notify: &[&str]| PolicyConfig {
+        name: name.into(),
+        selector: Selector::default(),
+        max_age: Some(Duration::from_secs(90 * DAY as u64)),
+        max_idle: None,
+        never_used_grace: None,
+        owner_lost_access: false,
+        name_pattern: None,
+        action,
+        warn_before: Duration::from_secs(14 * DAY as u64),
+        final_notice: Duration::from_secs(2 * DAY as u64),
+        notify: notify.iter().map(|s| s.to_string()).collect(),
+    };
+    Config {
+        source: None,
+        hash: "test".into(),
+        mode: Mode::Enforce,
+        state_path: std::env::temp_dir().join("unused.db"),
+        organizations: vec![],
+        limits: Limits {
+            concurrency: 1,
+            requests_per_second: None,
+            max_retries: 0,
+            request_timeout: Duration::from_secs(5),
+            max_response_bytes: 1 << 20,
+        },
+        policies: vec![
+            policy(
+                "max-age",
+                Action::Revoke,
+                &["sec-email", "slack", "pd", "hook"],
+            ),
+            policy("idle", Action::Notify, &["slack"]),
+        ],
+        exemptions: vec![],
+        safety: Safety {
+            max_revocations_per_run: 10,
+            max_revocations_per_project_percent: 50,
+            max_revocations_per_day: 20,
+            kill_switch_file: None,
+            service_accounts: ServiceAccountRule::NotifyOnly,
+        },
+        channels,
+        routes: vec![RouteConfig {
+            projects: vec!["payments-*".into()],
+            channels: vec!["payments-hook".into()],
+        }],
+        ops_channels: vec!["ops-hook".into()],
+        owner_fallback: vec!["fallback-hook".into()],
+        notifications: NotificationSettings {
+            repeat_interval: Duration::from_secs(DAY as u64),
+            max_attempts: 3,
+            outbox_dir: None,
+        },
+        schedule: Schedule {
+            cron: "0 9 * * *".into(),
+            timezone: chrono_tz::UTC,
+            run_on_start: false,
+            jitter: Duration::ZERO,
+        },
+        server: ServerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+        },
+        log: LogConfig { format: None },
+        shutdown_grace: Duration::from_secs(5),
+    }
+}
+
+fn offline_endpoints() -> Endpoints {
+    Endpoints {
+        smtp_port: 2525,
+        ca_file: None,
+        http: "http://127.0.0.1:9".into(),
+    }
+}
+
+/// A fresh state database file with the real schema.
+fn open_db() -> (tempfile::TempDir, Mutex<Connection>) {
+    let dir = tempfile::tempdir().unwrap();
+    let conn = Connection::open(dir.path().join("state.db")).unwrap();
+    conn.execute_batch(keysweep::state::schema::MIGRATIONS[0])
+        .unwrap();
+    (dir, Mutex::new(conn))
+}
+
+fn with_db<T>(db: &Mutex<Connection>, f: impl FnOnce(&Connection) -> T) -> T {
+    f(&db.lock().unwrap())
+}
+
+fn by(msgs: &[OutboxMessage], channel: &str) -> Vec<OutboxMessage> {
+    msgs.iter()
+        .filter(|m| m.channel == channel)
+        .cloned()
+        .collect()
+}
+
+/// No stored row (payload or error) may contain a secret.
+fn assert_outbox_clean(db: &Mutex<Connection>) {
+    let rows: Vec<(String, Option<String>)> = with_db(db, |c| {
+        let mut st = c.prepare("SELECT payload, last_error FROM outbox").unwrap();
+        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    });
+    assert!(!rows.is_empty());
+    for (payload, err) in rows {
+        assert_no_secret("outbox payload", &payload);
+        if let Some(e) = err {
+            assert_no_secret("outbox last_error", &e);
+            assert!(!e.contains("/services/"), "Slack URL path in error: {e}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Routing and rendering (pure)
+
+#[test]
+fn routing_sends_one_digest_per_channel_and_recipient() {
+    let cfg = config(&offline_endpoints());
+    let msgs = compose(&warnings(), &[], &cfg, RUN, NOW);
+
+    // E-mail: the channel's list gets every max-age key; owners get their own keys; the service
+    // account (no e-mail) has no owner mail.
+    let email = by(&msgs, "sec-email");
+    let recipients: BTreeSet<&str> = email.iter().map(|m| m.recipient.as_str()).collect();
+    assert_eq!(
+        recipients,
+        BTreeSet::from([
+            "security@example.com",
+            "alice@example.com",
+            "bob@example.com"
+        ])
+    );
+    assert_eq!(email.len(), 3, "one digest per recipient");
+    let team = email
+        .iter()
+        .find(|m| m.recipient == "security@example.com")
+        .unwrap();
+    let text = team.payload["text"].as_str().unwrap();
+    for (name, red) in [
+        ("ci-deploy", "sk-proj-***a1b2"),
+        ("old-batch", "sk-proj-***c3d4"),
+        ("svc-bot", "sk-svcacct-***e5f6"),
+    ] {
+        assert!(
+            text.contains(name) && text.contains(red),
+            "{name} missing:\n{text}"
+        );
+    }
+    assert!(
+        !text.contains("forgotten"),
+        "idle policy does not notify e-mail"
+    );
+    assert!(text.contains("payments-api (proj_pay)") && text.contains("website (proj_web)"));
+    // The exact revocation date, UTC RFC 3339.
+    assert!(
+        text.contains("will be revoked at 2026-03-15T09:00:00Z"),
+        "{text}"
+    );
+    let alice = email
+        .iter()
+        .find(|m| m.recipient == "alice@example.com")
+        .unwrap();
+    let atext = alice.payload["text"].as_str().unwrap();
+    assert!(atext.contains("ci-deploy") && !atext.contains("old-batch"));
+    assert_eq!(
+        alice.payload["to"],
+        serde_json::json!(["alice@example.com"])
+    );
+
+    // Slack: one digest for both policies, both projects.
+    let slack = by(&msgs, "slack");
+    assert_eq!(slack.len(), 1);
+    let body = slack[0].payload.to_string();
+    for name in ["ci-deploy", "old-batch", "svc-bot", "forgotten"] {
+        assert!(body.contains(name), "slack misses {name}");
+    }
+
+    // PagerDuty: one trigger per finding with the finding's dedup key, no routing key stored.
+    let pd = by(&msgs, "pd");
+    let keys: BTreeSet<String> = pd
+        .iter()
+        .map(|m| m.payload["dedup_key"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        keys,
+        BTreeSet::from([
+            "acme/proj_pay/key_alice/max-age".to_string(),
+            "acme/proj_pay/key_bob/max-age".to_string(),
+            "acme/proj_web/key_bot/max-age".to_string(),
+        ])
+    );
+    assert!(pd.iter().all(|m| m.payload["event_action"] == "trigger"));
+    assert!(pd.iter().all(|m| m.payload.get("routing_key").is_none()));
+
+    // Routes: payments-* adds payments-hook, for payments keys only.
+    let pay = by(&msgs, "payments-hook");
+    assert_eq!(pay.len(), 1);
+    let names: BTreeSet<&str> = pay[0].payload["notices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["key_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, BTreeSet::from(["ci-deploy", "old-batch"]));
+
+    // owner_fallback: only the key without an owner e-mail.
+    let fb = by(&msgs, "fallback-hook");
+    assert_eq!(fb.len(), 1);
+    let notices = fb[0].payload["notices"].as_array().unwrap();
+    assert_eq!(notices.len(), 1);
+    assert_eq!(notices[0]["key_name"], "svc-bot");
+    assert_eq!(notices[0]["owner_type"], "service_account");
+
+    // Nothing for ops without alerts; ids are unique and stable across recomposition.
+    assert!(by(&msgs, "ops-hook").is_empty());
+    let ids: BTreeSet<&str> = msgs.iter().map(|m| m.message_id.as_str()).collect();
+    assert_eq!(ids.len(), msgs.len());
+    assert_eq!(compose(&warnings(), &[], &cfg, RUN, NOW), msgs);
+}
+
+#[test]
+fn each_notice_kind_gets_its_own_message_and_dry_run_says_so() {
+    let cfg = config(&offline_endpoints());
+    let mut final_alice = alice_key();
+    final_alice.stage = Stage::FinalNotice;
+    let mut revoked_bob = bob_key();
+    revoked_bob.stage = Stage::Revoked;
+    revoked_bob.closed_at = Some(NOW);
+    let mut resolved_bot = bot_key();
+    resolved_bot.stage = Stage::Resolved;
+    resolved_bot.resolution = Some("key deleted by owner".into());
+    let notices = vec![
+        notice(NoticeKind::FinalNotice, final_alice),
+        Notice {
+            kind: NoticeKind::Revoked,
+            finding: revoked_bob,
+            dry_run: true,
+        },
+        notice(NoticeKind::Resolved, resolved_bot),
+    ];
+    let msgs = compose(&notices, &[], &cfg, RUN, NOW);
+    let team: Vec<&OutboxMessage> = msgs
+        .iter()
+        .filter(|m| m.recipient == "security@example.com")
+        .collect();
+    let kinds: BTreeSet<MessageKind> = team.iter().map(|m| m.kind).collect();
+    assert_eq!(
+        kinds,
+        BTreeSet::from([
+            MessageKind::FinalNotice,
+            MessageKind::Revoked,
+            MessageKind::Resolved
+        ])
+    );
+    assert_eq!(team.len(), 3);
+    let subject = |k| {
+        team.iter().find(|m| m.kind == k).unwrap().payload["subject"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(subject(MessageKind::FinalNotice).starts_with("[keysweep] Final notice"));
+    assert!(subject(MessageKind::Revoked).contains("would be revoked (dry-run)"));
+    let revoked_text = team
+        .iter()
+        .find(|m| m.kind == MessageKind::Revoked)
+        .unwrap()
+        .payload["text"]
+        .as_str()
+        .unwrap();
+    assert!(revoked_text.contains("would be revoked (dry-run)"));
+    assert!(revoked_text.contains("old-batch"));
+    let resolved = team
+        .iter()
+        .find(|m| m.kind == MessageKind::Resolved)
+        .unwrap();
+    assert!(
+        resolved.payload["text"]
+            .as_str()
+            .unwrap()
+            .contains("resolved: key deleted by owner")
+    );
+
+    // PagerDuty: trigger for the final notice, resolve for revoked and resolved.
+    let pd = by(&msgs, "pd");
+    let action = |key: &str| {
+        pd.iter()
+            .find(|m| m.payload["dedup_key"].as_str().unwrap().contains(key))
+            .unwrap()
+            .payload["event_action"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(action("key_alice"), "trigger");
+    assert_eq!(action("key_bob"), "resolve");
+    assert_eq!(action("key_bot"), "resolve");
+}
+
+#[test]
+fn enforcer_alerts_go_to_ops_channels_only() {
+    let cfg = config(&offline_endpoints());
+    let alerts = vec![
+        EnforcerAlert::IncompleteListing {
+            organization: "acme".into(),
+            project_id: "proj_pay".into(),
+            reason: "page 3 timed out".into(),
+        },
+        EnforcerAlert::KillSwitchOn {
+            path: "/etc/keysweep/STOP".into(),
+            withheld: 2,
+        },
+    ];
+    let msgs = compose(&[], &alerts, &cfg, RUN, NOW);
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0].channel, "ops-hook");
+    assert_eq!(msgs[0].kind, MessageKind::Alert);
+    assert_eq!(msgs[0].payload["type"], "keysweep.alerts");
+    let listed: Vec<&str> = msgs[0].payload["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["alert"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, vec!["incomplete_listing", "kill_switch_on"]);
+}
+
+#[test]
+fn slack_split_keeps_every_key_and_stays_within_limits() {
+    let cfg = config(&offline_endpoints());
+    let mut notices = Vec::new();
+    for p in 0..7 {
+        for k in 0..60 {
+            let mut f = finding(
+                (&format!("proj_{p}"), &format!("project-{p}")),
+                (
+                    &format!("key_{p}_{k}"),
+                    &format!("key-name-{p}-{k}"),
+                    &format!("sk-proj-***{p:02}{k:02}"),
+                ),
+                (OwnerType::User, "dev@example.com", Some("dev@example.com")),
+                "idle",
+                Action::Notify,
+                Stage::Warned,
+            );
+            f.reason = format!("unused for 120 days; {}", "detail ".repeat(k % 13 * 10));
+            notices.push(notice(NoticeKind::Warning, f));
+        }
+    }
+    let msgs = compose(&notices, &[], &cfg, RUN, NOW);
+    let slack = by(&msgs, "slack");
+    assert!(slack.len() > 1, "420 long lines must be split");
+    let mut seen = Vec::new();
+    for m in &slack {
+        let blocks = m.payload["blocks"].as_array().unwrap();
+        assert!(blocks.len() <= SLACK_MAX_BLOCKS, "{} blocks", blocks.len());
+        for b in blocks {
+            if let Some(t) = b["text"]["text"].as_str() {
+                assert!(
+                    t.chars().count() <= SLACK_MAX_TEXT,
+                    "text of {} chars",
+                    t.len()
+                );
+                for line in t.lines() {
+                    if let Some(rest) = line.strip_prefix("• *key-name-") {
+                        seen.push(rest.split('*').next().unwrap().to_string());
+                    }
+                }
+            }
+        }
+        assert!(m.payload["text"].as_str().unwrap().contains("part"));
+    }
+    let expected: Vec<String> = (0..7)
+        .flat_map(|p| (0..60).map(move |k| format!("{p}-{k}")))
+        .collect();
+    let mut sorted = seen.clone();
+    sorted.sort();
+    let mut exp_sorted = expected.clone();
+    exp_sorted.sort();
+    assert_eq!(
+        sorted, exp_sorted,
+        "every key exactly once across the parts"
+    );
+    let ids: BTreeSet<&str> = slack.iter().map(|m| m.message_id.as_str()).collect();
+    assert_eq!(ids.len(), slack.len());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Delivery over real sockets
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_over_starttls_with_auth_lists_every_key_and_no_secret() {
+    let pki = TestPki::new();
+    let smtp = smtp_server::start(&pki, 0, SMTP_USER, SMTP_PASSWORD);
+    let rx = Receiver::start().await;
+    let cfg = config(&Endpoints {
+        smtp_port: smtp.port,
+        ca_file: Some(pki.ca_pem.clone()),
+        http: rx.url(""),
+    });
+    let (_dir, db) = open_db();
+    let msgs = compose(&warnings(), &[], &cfg, RUN, NOW);
+    with_db(&db, |c| outbox::enqueue(c, &msgs, NOW)).unwrap();
+
+    let report = Notifier::new()
+        .unwrap()
+        .deliver_due(&db, &cfg, NOW)
+        .await
+        .unwrap();
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert_eq!(report.dead, 0);
+    assert_eq!(report.sent as usize, msgs.len());
+
+    let received = smtp.messages();
+    assert_eq!(
+        received.len(),
+        3,
+        "team digest + one per owner with an e-mail"
+    );
+    assert_eq!(
+        smtp.logins.lock().unwrap().len(),
+        3,
+        "AUTH on every connection"
+    );
+    let team_id = by(&msgs, "sec-email")
+        .into_iter()
+        .find(|m| m.recipient == "security@example.com")
+        .unwrap()
+        .message_id;
+    let mut saw_team = false;
+    for r in &received {
+        let raw = String::from_utf8_lossy(&r.data);
+        assert_no_secret("raw e-mail", &raw);
+        let parsed = mail_parser::MessageParser::default()
+            .parse(&r.data[..])
+            .unwrap();
+        assert!(r.from.contains("keysweep@example.com"));
+        let text = parsed.body_text(0).unwrap().to_string();
+        let html = parsed.body_html(0).unwrap().to_string();
+        if r.to == vec!["security@example.com".to_string()] {
+            saw_team = true;
+            assert_eq!(
+                parsed.subject().unwrap(),
+                "[keysweep] 3 API keys violate policy and will be revoked"
+            );
+            assert_eq!(parsed.message_id().unwrap(), format!("{team_id}@keysweep"));
+            for (name, red) in [
+                ("ci-deploy", "sk-proj-***a1b2"),
+                ("old-batch", "sk-proj-***c3d4"),
+                ("svc-bot", "sk-svcacct-***e5f6"),
+            ] {
+                assert!(
+                    text.contains(name) && text.contains(red),
+                    "text lacks {name}"
+                );
+                assert!(
+                    html.contains(name) && html.contains(red),
+                    "html lacks {name}"
+                );
+            }
+            assert!(text.contains("2026-03-15T09:00:00Z"));
+        } else {
+            assert_eq!(r.to.len(), 1);
+            let owner = &r.to[0];
+            assert!(owner == "alice@example.com" || owner == "bob@example.com");
+            let to = parsed.to().unwrap().first().unwrap().address().unwrap();
+            assert_eq!(to, owner);
+        }
+    }
+    assert!(saw_team);
+    assert_outbox_clean(&db);
+    let depth = with_db(&db, outbox::depth).unwrap();
+    assert_eq!(depth.pending, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_down_then_back_delivers_once_with_the_same_message_id() {
+    let pki = TestPki::new();
+    let port = smtp_server::free_port();
+    let rx = Receiver::start().await;
+    let mut cfg = config(&Endpoints {
+        smtp_port: port,
+        ca_file: Some(pki.ca_pem.clone()),
+        http: rx.url(""),
+    });
+    cfg.notifications.max_attempts = 10;
+    let (_dir, db) = open_db();
+    let notifier = Notifier::new().unwrap();
+    let only_team: Vec<OutboxMessage> = compose(&warnings(), &[], &cfg, RUN, NOW)
+        .into_iter()
+        .filter(|m| m.recipient == "security@example.com")
+        .collect();
+    assert_eq!(only_team.len(), 1);
+    with_db(&db, |c| outbox::enqueue(c, &only_team, NOW)).unwrap();
+
+    // Nothing listens: the attempt fails and is scheduled for later.
+    let r1 = notifier.deliver_due(&db, &cfg, NOW).await.unwrap();
+    assert_eq!((r1.sent, r1.failed, r1.dead), (0, 1, 0));
+    let row = with_db(&db, |c| outbox::get(c, &only_team[0].message_id))
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.attempts, 1);
+    assert!(row.next_attempt_at > NOW);
+    assert_no_secret("smtp error", row.last_error.as_deref().unwrap());
+
+    // The same sweep composed again (e.g. after a restart) does not add a second message.
+    let again: Vec<OutboxMessage> = compose(&warnings(), &[], &cfg, RUN, NOW)
+        .into_iter()
+        .filter(|m| m.recipient == "security@example.com")
+        .collect();
+    assert_eq!(again, only_team);
+    assert_eq!(
+        with_db(&db, |c| outbox::enqueue(c, &again, NOW)).unwrap(),
+        0
+    );
+    assert_eq!(
+        with_db(&db, outbox::all)
+            .unwrap()
+            .iter()
+            .filter(|m| m.recipient == "security@example.com")
+            .count(),
+        1
+    );
+
+    // The server comes back; before the backoff expires nothing is sent.
+    let smtp = smtp_server::start(&pki, port, SMTP_USER, SMTP_PASSWORD);
+    let early = notifier
+        .deliver_due(&db, &cfg, row.next_attempt_at - 1)
+        .await
+        .unwrap();
+    assert_eq!(early.sent, 0);
+    assert!(smtp.messages().is_empty());
+
+    let later = row.next_attempt_at;
+    let r2 = notifier.deliver_due(&db, &cfg, later).await.unwrap();
+    assert!(r2.sent >= 1, "{r2:?}");
+    let team: Vec<_> = smtp
+        .messages()
+        .into_iter()
+        .filter(|m| m.to == vec!["security@example.com".to_string()])
+        .collect();
+    assert_eq!(team.len(), 1, "delivered exactly once");
+    let parsed = mail_parser::MessageParser::default()
+        .parse(&team[0].data[..])
+        .unwrap();
+    assert_eq!(
+        parsed.message_id().unwrap(),
+        format!("{}@keysweep", only_team[0].message_id)
+    );
+
+    // A further run sends nothing more.
+    let r3 = notifier.deliver_due(&db, &cfg, later + 7200).await.unwrap();
+    assert_eq!(r3.sent, 0);
+    assert_eq!(
+        smtp.messages()
+            .iter()
+            .filter(|m| m.to == vec!["security@example.com".to_string()])
+            .count(),
+        1
+    );
+    assert_outbox_clean(&db);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_refuses_an_untrusted_relay_and_reports_bad_credentials() {
+    let pki = TestPki::new();
+    let smtp = smtp_server::start(&pki, 0, SMTP_USER, "another-password");
+    let ep = Endpoints {
+        smtp_port: smtp.port,
+        ca_file: None,
+        http: "http://127.0.0.1:9".into(),
+    };
+    let notifier = Notifier::new().unwrap();
+
+    // Without `smtp_ca_file` the private CA is not trusted: nothing is sent in clear.
+    let untrusted = email_channel("mail", &ep, &["security@example.com"], false);
+    let err = notifier
+        .send_test(&untrusted, NOW)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    assert_no_secret("tls error", &err);
+
+    // Trusted relay, wrong password: refused by the server, and the error holds no password.
+    let ep = Endpoints {
+        ca_file: Some(pki.ca_pem.clone()),
+        ..ep
+    };
+    let wrong = email_channel("mail", &ep, &["security@example.com"], false);
+    let err = notifier
+        .send_test(&wrong, NOW)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("535"), "{err}");
+    assert_no_secret("auth error", &err);
+    assert!(smtp.messages().is_empty());
+    assert!(smtp.logins.lock().unwrap().is_empty());
+
+    // Plain SMTP is refused for anything but a loopback host.
+    let mut plain = email_channel("mail", &ep, &["security@example.com"], false);
+    if let ChannelKind::Email(e) = &mut plain.kind {
+        e.smtp_tls = SmtpTls::None;
+        e.smtp_host = "mail.example.com".into();
+    }
+    let err = notifier
+        .send_test(&plain, NOW)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("loopback"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_channels_receive_complete_payloads_and_valid_signatures() {
+    let rx = Receiver::start().await;
+    let mut cfg = config(&Endpoints {
+        smtp_port: smtp_server::free_port(),
+        ca_file: None,
+        http: rx.url(""),
+    });
+    // E-mail is covered elsewhere; keep this test to the HTTP channels.
+    cfg.policies[0].notify.retain(|c| c != "sec-email");
+    let (_dir, db) = open_db();
+    let msgs = compose(&warnings(), &[], &cfg, RUN, NOW);
+    with_db(&db, |c| outbox::enqueue(c, &msgs, NOW)).unwrap();
+    let report = Notifier::new()
+        .unwrap()
+        .deliver_due(&db, &cfg, NOW)
+        .await
+        .unwrap();
+    assert_eq!(report.sent as usize, msgs.len(), "{report:?}");
+
+    // Slack: Block Kit listing every key by name and redacted value.
+    let slack = rx.requests(SLACK_PATH);
+    assert_eq!(slack.len(), 1);
+    let body = slack[0].json();
+    assert!(body["blocks"].as_array().unwrap().len() <= SLACK_MAX_BLOCKS);
+    let s = body.to_string();
+    for red in [
+        "sk-proj-***a1b2",
+        "sk-proj-***c3d4",
+        "sk-svcacct-***e5f6",
+        "sk-proj-***g7h8",
+    ] {
+        assert!(s.contains(red), "slack lacks {red}");
+    }
+
+    // PagerDuty: routing key added at send time, dedup keys per finding.
+    let pd = rx.requests("/pd/enqueue");
+    assert_eq!(pd.len(), 3);
+    for r in &pd {
+        let e = r.json();
+        assert_eq!(e["routing_key"], ROUTING_KEY);
+        assert_eq!(e["event_action"], "trigger");
+        assert!(e["dedup_key"].as_str().unwrap().starts_with("acme/"));
+        assert!(e["payload"]["summary"].as_str().unwrap().contains("sk-"));
+    }
+
+    // Webhooks: every request verifies with an implementation that is not ours.
+    let verifier = standardwebhooks::Webhook::new(&webhook_secret()).unwrap();
+    for path in ["/hook", "/payments", "/fallback"] {
+        let reqs = rx.requests(path);
+        assert_eq!(reqs.len(), 1, "{path}");
+        let r = &reqs[0];
+        verifier.verify(&r.body, &r.headers).unwrap();
+        let id = r.header("webhook-id").unwrap();
+        assert!(msgs.iter().any(|m| m.message_id == id));
+        let v = r.json();
+        assert_eq!(v["type"], "keysweep.notices.warning");
+        assert_eq!(v["run_id"], RUN);
+        assert_eq!(v["generated_at"], "2026-03-01T09:00:00Z");
+        for n in v["notices"].as_array().unwrap() {
+            for field in [
+                "project_id",
+                "project_name",
+                "key_name",
+                "redacted_value",
+                "owner",
+                "policy",
+                "reason",
+            ] {
+                assert!(n[field].is_string(), "{field} missing in {n}");
+            }
+            assert_eq!(n["deadline"], "2026-03-15T09:00:00Z");
+        }
+    }
+    assert_eq!(
+        rx.requests("/hook")[0].json()["notices"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    assert_outbox_clean(&db);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receivers_down_then_back_get_the_same_ids() {
+    let rx = Receiver::start().await;
+    let mut cfg = config(&Endpoints {
+        smtp_port: smtp_server::free_port(),
+        ca_file: None,
+        http: rx.url(""),
+    });
+    cfg.notifications.max_attempts = 10;
+    // Slack refuses connections (nothing listens), the webhook answers 500, PagerDuty 429.
+    let dead_port = smtp_server::free_port();
+    cfg.channels.iter_mut().for_each(|c| {
+        if let ChannelKind::Slack(s) = &mut c.kind {
+            s.webhook_url = SecretString::from(format!("http://127.0.0.1:{dead_port}{SLACK_PATH}"));
+        }
+    });
+    cfg.policies[0].notify = vec!["hook".into(), "pd".into(), "slack".into()];
+    cfg.routes.clear();
+    cfg.owner_fallback.clear();
+    rx.set_status("/hook", 500);
+    rx.set_status("/pd", 429);
+
+    let (_dir, db) = open_db();
+    let notices = vec![notice(NoticeKind::Warning, alice_key())];
+    let msgs = compose(&notices, &[], &cfg, RUN, NOW);
+    assert_eq!(msgs.len(), 3);
+    with_db(&db, |c| outbox::enqueue(c, &msgs, NOW)).unwrap();
+    let notifier = Notifier::new().unwrap();
+    let r1 = notifier.deliver_due(&db, &cfg, NOW).await.unwrap();
+    assert_eq!((r1.sent, r1.failed), (0, 3), "{r1:?}");
+    for row in with_db(&db, outbox::all).unwrap() {
+        let e = row.last_error.unwrap();
+        assert_no_secret("delivery error", &e);
+        assert!(!e.contains("/services/"), "{e}");
+    }
+
+    // Receivers come back (Slack on a fresh receiver at the same port).
+    rx.set_status("/hook", 200);
+    rx.set_status("/pd", 202);
+    let slack_rx = Receiver::start_on(dead_port).await;
+    let next = with_db(&db, outbox::all)
+        .unwrap()
+        .iter()
+        .map(|m| m.next_attempt_at)
+        .max()
+        .unwrap();
+    let r2 = notifier.deliver_due(&db, &cfg, next).await.unwrap();
+    assert_eq!((r2.sent, r2.failed, r2.dead), (3, 0, 0), "{r2:?}");
+
+    let hooks = rx.requests("/hook");
+    assert_eq!(hooks.len(), 2, "one failed attempt, one accepted");
+    let verifier = standardwebhooks::Webhook::new(&webhook_secret()).unwrap();
+    for h in &hooks {
+        verifier.verify(&h.body, &h.headers).unwrap();
+    }
+    assert_eq!(hooks[0].header("webhook-id"), hooks[1].header("webhook-id"));
+    let pd = rx.requests("/pd");
+    assert_eq!(pd.len(), 2);
+    assert_eq!(pd[0].json()["dedup_key"], pd[1].json()["dedup_key"]);
+    assert_eq!(slack_rx.requests(SLACK_PATH).len(), 1);
+    assert_eq!(with_db(&db, outbox::depth).unwrap().pending, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_after_max_attempts_raises_one_alert_without_looping() {
+    let rx = Receiver::start().await;
+    let mut cfg = config(&Endpoints {
+        smtp_port: smtp_server::free_port(),
+        ca_file: None,
+        http: rx.url(""),
+    });
+    cfg.notifications.max_attempts = 3;
+    cfg.policies[0].notify = vec!["hook".into()];
+    cfg.routes.clear();
+    cfg.owner_fallback.clear();
+    rx.set_status("/hook", 503);
+
+    let (_dir, db) = open_db();
+    let msgs = compose(
+        &[notice(NoticeKind::Warning, alice_key())],
+        &[],
+        &cfg,
+        RUN,
+        NOW,
+    );
+    assert_eq!(msgs.len(), 1);
+    with_db(&db, |c| outbox::enqueue(c, &msgs, NOW)).unwrap();
+    let notifier = Notifier::new().unwrap();
+
+    let mut now = NOW;
+    let mut reports = Vec::new();
+    for _ in 0..3 {
+        let r = notifier.deliver_due(&db, &cfg, now).await.unwrap();
+        reports.push(r);
+        now += 3601;
+    }
+    assert_eq!(reports[0].failed, 1);
+    assert_eq!(reports[1].failed, 1);
+    assert_eq!(reports[2].dead, 1, "{:?}", reports[2]);
+    assert_eq!(rx.requests("/hook").len(), 3);
+    let alerts = &reports[2].alerts;
+    assert_eq!(alerts.len(), 1);
+    match &alerts[0] {
+        EnforcerAlert::DeliveryFailed {
+            channel,
+            message_id,
+            attempts,
+            error,
+        } => {
+            assert_eq!(channel, "hook");
+            assert_eq!(message_id, &msgs[0].message_id);
+            assert_eq!(*attempts, 3);
+            assert!(error.contains("503"), "{error}");
+        }
+        other => panic!("unexpected alert {other:?}"),
+    }
+    // The alert reached the ops channel in the same delivery run.
+    let ops = rx.requests("/ops");
+    assert_eq!(ops.len(), 1);
+    let body = ops[0].json();
+    assert_eq!(body["type"], "keysweep.alerts");
+    assert_eq!(body["alerts"][0]["alert"], "delivery_failed");
+    assert_eq!(body["alerts"][0]["message_id"], msgs[0].message_id.as_str());
+    assert_eq!(with_db(&db, outbox::depth).unwrap().dead, 1);
+
+    // If the ops channel is dead too, its delivery alert is dead-lettered without raising
+    // another alert.
+    rx.set_status("/ops", 500);
+    let more = compose(
+        &[notice(NoticeKind::Warning, bob_key())],
+        &[],
+        &cfg,
+        "run-2",
+        now,
+    );
+    with_db(&db, |c| outbox::enqueue(c, &more, now)).unwrap();
+    let mut raised = 0;
+    let mut dead = 0;
+    for _ in 0..8 {
+        let r = notifier.deliver_due(&db, &cfg, now).await.unwrap();
+        raised += r.alerts.len();
+        dead += r.dead;
+        now += 3601;
+    }
+    assert_eq!(raised, 1, "only the notice's dead letter raises an alert");
+    assert_eq!(dead, 2, "the notice and its delivery alert");
+    assert_eq!(with_db(&db, outbox::depth).unwrap().pending, 0);
+    assert_outbox_clean(&db);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_test_reports_success_and_scrubbed_failure() {
+    let rx = Receiver::start().await;
+    let cfg = config(&Endpoints {
+        smtp_port: smtp_server::free_port(),
+        ca_file: None,
+        http: rx.url(""),
+    });
+    let notifier = Notifier::new().unwrap();
+    notifier
+        .send_test(cfg.channel("hook").unwrap(), NOW)
+        .await
+        .unwrap();
+    let r = &rx.requests("/hook")[0];
+    standardwebhooks::Webhook::new(&webhook_secret())
+        .unwrap()
+        .verify(&r.body, &r.headers)
+        .unwrap();
+    assert_eq!(r.json()["type"], "keysweep.test");
+    notifier
+        .send_test(cfg.channel("slack").unwrap(), NOW)
+        .await
+        .unwrap();
+    assert_eq!(rx.requests(SLACK_PATH).len(), 1);
+
+    rx.set_status(SLACK_PATH, 404);
+    let err = notifier
+        .send_test(cfg.channel("slack").unwrap(), NOW)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("404"), "{err}");
+    assert_no_secret("send_test error", &err);
+    // SMTP with nothing listening: an error naming the channel, without the password.
+    let err = notifier
+        .send_test(cfg.channel("sec-email").unwrap(), NOW)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("sec-email"), "{err}");
+    assert_no_secret("send_test error", &err);
+}
+
+#[test]
+fn rendered_payloads_never_carry_secrets() {
+    let cfg = config(&offline_endpoints());
+    let alerts = vec![EnforcerAlert::AdminKeyExpiring {
+        organization: "acme".into(),
+        key_id: "key_admin".into(),
+        redacted_value: "sk-admin-***zz".into(),
+        expires_at: NOW + 5 * DAY,
+    }];
+    for m in compose(&warnings(), &alerts, &cfg, RUN, NOW) {
+        let s: String = m.payload.to_string();
+        assert_no_secret("payload", &s);
+        assert!(!s.contains("/services/"));
+        if let Value::Object(o) = &m.payload {
+            assert!(!o.contains_key("routing_key"));
+        }
+    }
+}
