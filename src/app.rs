@@ -378,6 +378,7 @@ async fn serve(config: Config, path: PathBuf, force_dry_run: bool) -> Result<()>
                     run_id: req.run_id.clone(),
                     organizations: Some(vec![req.organization.clone()]),
                     cancel: req.cancel.clone(),
+                    deliver: true,
                 };
                 match sweeper.run_once(&opts).await {
                     Err(e) => SweepResult::Failed { reason: format!("{:#}", anyhow::Error::from(e)) },

@@ -67,6 +67,8 @@ pub struct SweepOptions {
     pub organizations: Option<Vec<String>>,
     /// Stop before the next deletion when cancelled (SIGTERM); the current step completes.
     pub cancel: CancellationToken,
+    /// Send due messages; `false` leaves them in the outbox (`keysweep demo`).
+    pub deliver: bool,
 }
 
 impl SweepOptions {
@@ -77,6 +79,7 @@ impl SweepOptions {
             run_id: new_run_id(),
             organizations: None,
             cancel: CancellationToken::new(),
+            deliver: true,
         }
     }
 }
@@ -378,7 +381,9 @@ impl Sweeper {
         report.notices_queued += queued;
 
         // 4. Deliver before deleting, so final notices reach people first.
-        report.delivery = self.notifier.deliver_due(&store, &self.config, now).await;
+        if opts.deliver {
+            report.delivery = self.notifier.deliver_due(&store, &self.config, now).await;
+        }
 
         // 5. Enforce.
         if !opts.cancel.is_cancelled() && !the_plan.revoke.is_empty() {
@@ -419,8 +424,10 @@ impl Sweeper {
             report.notices_queued += self.enqueue(&store, &after_notices, &after_alerts, run_id, now, Vec::new(), mode)?;
             report.revocations = results;
             alerts_extend(&mut report.alerts, after_alerts);
-            let more = self.notifier.deliver_due(&store, &self.config, now).await;
-            report.delivery.merge(more);
+            if opts.deliver {
+                let more = self.notifier.deliver_due(&store, &self.config, now).await;
+                report.delivery.merge(more);
+            }
         }
         alerts_extend(&mut report.alerts, alerts);
         report.plan = the_plan;

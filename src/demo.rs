@@ -1,0 +1,153 @@
+//! `keysweep demo`: the whole product in one minute, with no account, network or secret.
+//!
+//! Starts the simulated Administration API in-process with a sample organisation (stale, idle,
+//! orphaned, service-account and exempted keys), runs keysweep against it with
+//! `config/demo.toml`, and prints the inventory, the findings and the plan, and the messages
+//! that would go out. With `--enforce` it then lets time pass — the warning period, the final
+//! notice, the deadline — and shows the revocations and the audit trail.
+//!
+//! The demo never delivers a message: rendered messages stay in the demo's outbox (and are
+//! written as text files under its `outbox/` folder). It only ever talks to its own simulator.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+
+use crate::cli::DemoArgs;
+use crate::config::{self, Mode};
+use crate::metrics::Metrics;
+use crate::notify;
+use crate::report;
+use crate::sim::{SimOptions, SimOrg, SimServer};
+use crate::state::Store;
+use crate::sweep::{SweepOptions, SweepReport, Sweeper, fmt_time};
+
+/// The shipped demo configuration, compiled in so `cargo run -- demo` works from any directory.
+pub const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
+
+const DAY: i64 = 86400;
+
+pub async fn run(args: &DemoArgs) -> Result<ExitCode> {
+    let now = chrono::Utc::now().timestamp();
+    let dir = match &args.dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!("keysweep-demo-{}", uuid::Uuid::new_v4().simple())),
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    // The simulator's admin key is made up on the spot: the demo needs no secret of yours.
+    let admin_key = format!("sk-admin-demo-{}", uuid::Uuid::new_v4().simple());
+    let sim = SimServer::start(
+        "127.0.0.1:0".parse()?,
+        SimOrg::demo(now),
+        SimOptions::new(admin_key.clone()),
+    )
+    .await
+    .context("starting the simulated Administration API")?;
+
+    let db = dir.join("keysweep-demo.db");
+    let text = DEMO_CONFIG
+        .replace("http://127.0.0.1:8089/v1", &sim.base_url())
+        .replace("\"keysweep-demo.db\"", &format!("{:?}", db.display().to_string()));
+    let mut config = config::load_from_str(&text, &[("OPENAI_ADMIN_KEY".into(), admin_key)])?;
+    if args.enforce {
+        config.mode = Mode::Enforce;
+    }
+    let store = Store::open(&db)?;
+    let sweeper = Sweeper::new(Arc::new(config), Some(store.clone()), Metrics::new())?;
+    let outbox_dir = dir.join("outbox");
+
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    writeln!(out, "keysweep demo — a simulated organisation \"acme\" at {}", sim.base_url())?;
+    writeln!(out, "policies: rotate-90d (revoke, warn 14d ahead), idle-45d (notify), orphaned (revoke, warn 7d ahead)")?;
+    writeln!(out, "exemption: break-glass-* (SEC-142). Mode: {}.", if args.enforce { "enforce" } else { "dry-run" })?;
+    writeln!(out)?;
+
+    section(&mut out, &format!("Day 0 — {}: inventory, findings and plan", fmt_time(now)))?;
+    let first = sweep(&sweeper, now).await?;
+    print_report(&mut out, &first, now)?;
+    section(&mut out, "Messages queued by this sweep (one digest per channel and recipient)")?;
+    print_messages(&mut out, &store, &outbox_dir, &mut Vec::new())?;
+
+    if !args.enforce {
+        writeln!(out)?;
+        writeln!(out, "Nothing was deleted (dry-run). Run `keysweep demo --enforce` to watch the warning period pass,")?;
+        writeln!(out, "the final notice go out and the revocation happen, with the audit trail.")?;
+        writeln!(out, "State and rendered messages: {}", dir.display())?;
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let mut seen = Vec::new();
+    print_messages(&mut std::io::sink(), &store, &outbox_dir, &mut seen)?;
+    for (label, t) in [
+        ("Day 7 — the orphaned keys' deadline: final notices are due, then revocation", now + 7 * DAY + 60),
+        ("Day 13 — one day before the rotate-90d deadline: final notices", now + 13 * DAY + 60),
+        ("Day 14 — the deadline: revocations (each key re-read just before its DELETE)", now + 14 * DAY + 120),
+    ] {
+        section(&mut out, &format!("{label} — {}", fmt_time(t)))?;
+        let r = sweep(&sweeper, t).await?;
+        for rev in &r.revocations {
+            writeln!(out, "  {} {}/{}: {:?}", rev.target, rev.organization, rev.project_id, rev.outcome)?;
+        }
+        for w in &r.plan.withheld {
+            writeln!(out, "  withheld ({}): {}", w.reason.as_str(), w.action.describe())?;
+        }
+        print_messages(&mut out, &store, &outbox_dir, &mut seen)?;
+    }
+
+    section(&mut out, "What is left in the simulated organisation")?;
+    let after = sweeper.preview(now + 14 * DAY + 180, None).await?;
+    writeln!(out, "  {} keys remain (of {} at day 0)", after.inventory.keys().count(), first.inventory.keys().count())?;
+
+    section(&mut out, "Audit trail (hash-chained; `keysweep audit verify` checks it)")?;
+    crate::state::cli::audit_list(&store, None, crate::state::cli::AuditFormat::Table, &mut out)?;
+    crate::state::cli::audit_verify(&store, &mut out).map_err(|e| anyhow::anyhow!("{e}"))?;
+    writeln!(out, "State and rendered messages: {}", dir.display())?;
+    drop(out);
+    sim.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn section(out: &mut dyn Write, title: &str) -> std::io::Result<()> {
+    writeln!(out)?;
+    writeln!(out, "=== {title}")?;
+    Ok(())
+}
+
+async fn sweep(sweeper: &Sweeper, now: i64) -> Result<SweepReport> {
+    let mut opts = SweepOptions::new(now);
+    opts.deliver = false;
+    Ok(sweeper.run_once(&opts).await?)
+}
+
+fn print_report(out: &mut dyn Write, r: &SweepReport, now: i64) -> Result<()> {
+    let rows = crate::app::finding_rows(r);
+    report::render(&r.inventory, &rows, now, report::Format::Table, out)?;
+    Ok(())
+}
+
+/// Prints (and writes to `dir`) every outbox message not printed before.
+fn print_messages(out: &mut dyn Write, store: &Store, dir: &Path, seen: &mut Vec<String>) -> Result<()> {
+    let all = store
+        .with_conn(|c| notify::outbox::all(c).map_err(|e| crate::state::StateError::Other(e.to_string())))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut printed = 0;
+    for m in all.iter().filter(|m| !seen.contains(&m.message_id)) {
+        let text = notify::render::preview(m.kind, &m.payload);
+        let file: PathBuf = dir.join(format!("{}-{}.txt", m.kind.as_str(), m.message_id));
+        std::fs::write(&file, &text).with_context(|| format!("writing {}", file.display()))?;
+        writeln!(out, "--- to {} via {} ({})", m.recipient, m.channel, m.kind.as_str())?;
+        for line in text.lines().take(40) {
+            writeln!(out, "  {line}")?;
+        }
+        seen.push(m.message_id.clone());
+        printed += 1;
+    }
+    if printed == 0 {
+        writeln!(out, "  (no new messages)")?;
+    }
+    Ok(())
+}
