@@ -440,7 +440,7 @@ impl AdminClient {
 
     /// The error for a complete non-2xx answer.
     fn status_error(&self, ctx: &RequestContext, ans: &Answer, delay: ServerDelay) -> Error {
-        let api = self.api_error(&ans.body);
+        let api = Box::new(self.api_error(&ans.body));
         let ctx = ctx.clone();
         match ans.status {
             401 | 403 => Error::Unauthorized {

@@ -28,7 +28,8 @@ impl fmt::Display for RequestContext {
     }
 }
 
-/// OpenAI's `{"error": {type, message, code}}`, already scrubbed and bounded in length.
+/// OpenAI's `{"error": {type, message, code}}`, already scrubbed and bounded in length
+/// (boxed in [`Error`] to keep the `Result`s small).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ApiErrorBody {
     pub error_type: Option<String>,
@@ -65,26 +66,26 @@ pub enum Error {
     Unauthorized {
         ctx: RequestContext,
         status: u16,
-        api: ApiErrorBody,
+        api: Box<ApiErrorBody>,
     },
     #[error("{ctx}: HTTP 404 not found{api}")]
     NotFound {
         ctx: RequestContext,
-        api: ApiErrorBody,
+        api: Box<ApiErrorBody>,
     },
     /// 429 after the retries ran out, or with a server-directed delay too long to wait.
     #[error("{ctx}: HTTP 429 rate limited{}{api}", fmt_retry_after(*.retry_after))]
     RateLimited {
         ctx: RequestContext,
         retry_after: Option<Duration>,
-        api: ApiErrorBody,
+        api: Box<ApiErrorBody>,
     },
     /// 5xx (or 408/409) after the retries ran out.
     #[error("{ctx}: HTTP {status} server error{api}")]
     Server {
         ctx: RequestContext,
         status: u16,
-        api: ApiErrorBody,
+        api: Box<ApiErrorBody>,
     },
     /// Any other 4xx: the API refused the request (e.g. 400 when deleting a key owned by a
     /// service account). Never retried.
@@ -203,11 +204,11 @@ mod tests {
         let e = Error::Unauthorized {
             ctx: ctx(),
             status: 401,
-            api: ApiErrorBody {
+            api: Box::new(ApiErrorBody {
                 error_type: Some("invalid_request_error".into()),
                 message: Some("Incorrect API key provided".into()),
                 code: Some("invalid_api_key".into()),
-            },
+            }),
         };
         assert_eq!(
             e.to_string(),
@@ -228,7 +229,7 @@ mod tests {
         let e = Error::RateLimited {
             ctx: ctx(),
             retry_after: Some(Duration::from_secs(300)),
-            api: ApiErrorBody::default(),
+            api: Box::default(),
         };
         assert!(
             e.to_string()
