@@ -15,15 +15,14 @@ use serde::de::{DeserializeOwned, Deserializer};
 use crate::inventory::{AdminKeyInfo, Key, Owner, OwnerAccess, OwnerType, ProjectRef};
 use crate::openai::{ProjectUser, ServiceAccount};
 
-/// Longest excerpt of a serde message kept in an error: a hostile body must not flood logs.
-const MAX_DETAIL: usize = 300;
-
 /// A body that could not be decoded: malformed, truncated, or of the wrong shape.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecodeError {
     /// JSON path of the offending value (`data[3].created_at`), `.` for the root.
     pub path: String,
-    /// serde's description, cut to a bounded length.
+    /// serde's description. It may quote the offending input, so the client scrubs and
+    /// shortens it before it goes into an error (scrubbing must come first: a cut could leave
+    /// half a secret behind).
     pub message: String,
 }
 
@@ -44,12 +43,12 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError
             p if p.is_empty() => ".".to_string(),
             p => p,
         },
-        message: truncate(&e.inner().to_string(), MAX_DETAIL),
+        message: e.inner().to_string(),
     })?;
     // Trailing garbage after a complete value means the body is not what the API sent.
     de.end().map_err(|e| DecodeError {
         path: ".".to_string(),
-        message: truncate(&e.to_string(), MAX_DETAIL),
+        message: e.to_string(),
     })?;
     Ok(value)
 }
