@@ -1,3 +1,4 @@
 //! The one integration-test binary: every test drives real servers over real sockets.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 mod openai;
+mod report;

@@ -19,12 +19,12 @@ use keysweep::openai::{
 use keysweep::sim::{Fault, FaultKind, SimOptions, SimOrg, SimOwnerRef, SimServer};
 use secrecy::SecretString;
 
-const ADMIN_KEY: &str = "sk-admin-TEST-3f9c2b7e1d-DO-NOT-LEAK";
-const NOW: i64 = 1_767_225_600; // 2026-01-01T00:00:00Z
+pub(crate) const ADMIN_KEY: &str = "sk-admin-TEST-3f9c2b7e1d-DO-NOT-LEAK";
+pub(crate) const NOW: i64 = 1_767_225_600; // 2026-01-01T00:00:00Z
 const LIST_KEYS: &str = "GET /v1/organization/projects/{project_id}/api_keys";
 const LIST_PROJECTS: &str = "GET /v1/organization/projects";
 
-fn limits() -> Limits {
+pub(crate) fn limits() -> Limits {
     Limits {
         concurrency: 4,
         requests_per_second: None,
@@ -87,7 +87,7 @@ fn config(organizations: Vec<OrgConfig>, limits: Limits) -> Config {
     }
 }
 
-async fn sim(org: SimOrg) -> SimServer {
+pub(crate) async fn sim(org: SimOrg) -> SimServer {
     sim_with(org, SimOptions::new(ADMIN_KEY)).await
 }
 
@@ -97,12 +97,12 @@ async fn sim_with(org: SimOrg, opts: SimOptions) -> SimServer {
 }
 
 /// One organisation `acme` on `sim`, scanned with `limits`.
-struct Setup {
-    config: Config,
-    clients: Vec<AdminClient>,
+pub(crate) struct Setup {
+    pub config: Config,
+    pub clients: Vec<AdminClient>,
 }
 
-fn setup(sim: &SimServer, limits: Limits, tweak: impl FnOnce(&mut OrgConfig)) -> Setup {
+pub(crate) fn setup(sim: &SimServer, limits: Limits, tweak: impl FnOnce(&mut OrgConfig)) -> Setup {
     let mut org = org_cfg("acme", &sim.base_url(), ADMIN_KEY);
     tweak(&mut org);
     let config = config(vec![org], limits);
@@ -115,14 +115,14 @@ fn setup(sim: &SimServer, limits: Limits, tweak: impl FnOnce(&mut OrgConfig)) ->
     Setup { config, clients }
 }
 
-async fn scan(s: &Setup) -> Inventory {
+pub(crate) async fn scan(s: &Setup) -> Inventory {
     let inv = collect_inventory(&s.config, &s.clients, None).await;
     assert_no_secret(&format!("{inv:?}"));
     assert_no_secret(&serde_json::to_string(&inv).unwrap());
     inv
 }
 
-fn assert_no_secret(text: &str) {
+pub(crate) fn assert_no_secret(text: &str) {
     assert!(!text.contains(ADMIN_KEY), "admin key leaked: {text}");
     assert!(
         !text.contains("3f9c2b7e1d"),
@@ -158,7 +158,7 @@ fn incomplete_reason(inv: &Inventory, project: &str) -> String {
     }
 }
 
-fn active_projects(org: &SimOrg) -> Vec<String> {
+pub(crate) fn active_projects(org: &SimOrg) -> Vec<String> {
     org.projects
         .iter()
         .filter(|p| !p.is_archived())
