@@ -530,6 +530,41 @@ async fn wrong_admin_key_is_a_clear_org_error() {
 }
 
 #[tokio::test]
+async fn key_refused_on_one_project_marks_the_org() {
+    let org = SimOrg::generate(3, 5, 2, NOW);
+    let projects = active_projects(&org);
+    let sim = sim(org).await;
+    sim.faults()
+        .add(Fault::on_list_keys(&projects[1]).respond(FaultKind::Status(401)));
+    let s = setup(&sim, limits(), |_| {});
+    let inv = scan(&s).await;
+    let err = inv.orgs[0].error.as_deref().expect("org error");
+    assert!(err.contains("HTTP 401"), "{err}");
+    assert!(err.contains(&projects[1]), "{err}");
+    assert!(incomplete_reason(&inv, &projects[1]).contains("HTTP 401"));
+    assert_others_complete(&inv, &sim, &[&projects[1]]);
+}
+
+#[tokio::test]
+async fn concurrency_bounds_projects_listed_at_once() {
+    // 8 one-page projects, 200 ms per request, 2 at a time: at least 4 rounds of key pages
+    // after the project page. A measured lower bound only; nothing asserts speed.
+    let org = SimOrg::generate(8, 5, 6, NOW);
+    let mut opts = SimOptions::new(ADMIN_KEY);
+    opts.latency = Duration::from_millis(200);
+    let sim = sim_with(org, opts).await;
+    let mut l = limits();
+    l.concurrency = 2;
+    let s = setup(&sim, l, |_| {});
+    let start = Instant::now();
+    let inv = scan(&s).await;
+    let elapsed = start.elapsed();
+    assert!(inv.is_complete());
+    assert_eq!(stat(&sim, LIST_KEYS), 8);
+    assert!(elapsed >= Duration::from_millis(1000), "{elapsed:?}");
+}
+
+#[tokio::test]
 async fn project_list_failure_sets_the_org_error() {
     let org = SimOrg::generate(2, 3, 2, NOW);
     let sim = sim(org).await;
