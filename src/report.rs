@@ -1,1 +1,625 @@
-//! TODO(report): being written.
+//! Rendering of `keysweep scan`: the inventory (and any findings) as a table, JSON or CSV.
+//!
+//! Pure formatting over `Inventory` and [`FindingRow`]: no I/O besides the writer it is given,
+//! no clock (the caller passes `now`), no network. It only ever shows a key's `redacted_value`,
+//! never a secret (none reaches it). Text that comes from the API (key and project names,
+//! e-mails) is untrusted: control characters are neutralised in the table so a key name cannot
+//! drive the terminal, and CSV cells that a spreadsheet would run as a formula are defused.
+
+use std::io::{self, Write};
+
+use serde::Serialize;
+
+use crate::inventory::{Inventory, Key, OwnerAccess};
+
+/// Output format of `keysweep scan`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+    Csv,
+}
+
+/// One line of the findings / plan section: what policy matched which key and what keysweep
+/// will do (or did) about it. Built by the caller from the policy engine's findings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FindingRow {
+    pub organization: String,
+    pub project_id: String,
+    pub key_id: String,
+    pub key_name: String,
+    pub policy: String,
+    /// `notify`, `revoke`, …
+    pub action: String,
+    /// `warned`, `final-notice`, `due`, `revoked`, `exempt`, …
+    pub state: String,
+    /// Unix seconds at which the action falls due, if scheduled.
+    pub deadline: Option<i64>,
+    pub note: String,
+}
+
+const DAY: i64 = 86_400;
+
+/// Writes the report for `inv` (and `findings`, if any) in `format`.
+pub fn render(
+    inv: &Inventory,
+    findings: &[FindingRow],
+    now: i64,
+    format: Format,
+    out: &mut dyn Write,
+) -> io::Result<()> {
+    match format {
+        Format::Table => render_table(inv, findings, now, out),
+        Format::Json => render_json(inv, findings, now, out),
+        Format::Csv => render_csv(inv, now, out),
+    }
+}
+
+// ---- shared helpers ----------------------------------------------------------------------------
+
+fn date(ts: i64) -> String {
+    chrono::DateTime::from_timestamp(ts, 0)
+        .map(|d| d.format("%Y-%m-%d").to_string())
+        .unwrap_or_else(|| ts.to_string())
+}
+
+fn rfc3339(ts: i64) -> String {
+    chrono::DateTime::from_timestamp(ts, 0)
+        .map(|d| d.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_else(|| ts.to_string())
+}
+
+/// Whole days from `ts` to `now` (negative if `ts` is in the future).
+fn days_since(ts: i64, now: i64) -> i64 {
+    now.saturating_sub(ts).div_euclid(DAY)
+}
+
+fn access_str(a: OwnerAccess) -> &'static str {
+    match a {
+        OwnerAccess::Active => "active",
+        OwnerAccess::Inactive => "inactive",
+        OwnerAccess::Unknown => "unknown",
+    }
+}
+
+/// Replaces control characters (ANSI escapes, newlines, …) so API-supplied text stays on its
+/// line and cannot drive the terminal.
+fn clean(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+        .collect()
+}
+
+// ---- table -------------------------------------------------------------------------------------
+
+fn write_aligned(out: &mut dyn Write, rows: &[Vec<String>]) -> io::Result<()> {
+    let cols = rows.first().map_or(0, Vec::len);
+    let mut widths = vec![0usize; cols];
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    for row in rows {
+        let mut line = String::new();
+        for (i, (cell, w)) in row.iter().zip(&widths).enumerate() {
+            line.push_str(cell);
+            if i + 1 < row.len() {
+                let pad = w - cell.chars().count() + 2;
+                line.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+        writeln!(out, "{}", line.trim_end())?;
+    }
+    Ok(())
+}
+
+fn key_row(k: &Key, now: i64) -> Vec<String> {
+    let project = match &k.project_name {
+        Some(n) => format!("{} ({})", k.project_id, n),
+        None => k.project_id.clone(),
+    };
+    let owner = format!(
+        "{} ({}, {})",
+        k.owner.display(),
+        k.owner.kind.as_str(),
+        access_str(k.owner_access)
+    );
+    let created = format!(
+        "{} ({}d)",
+        date(k.created_at),
+        days_since(k.created_at, now)
+    );
+    let last_used = match k.last_used_at {
+        Some(t) => format!("{} ({}d idle)", date(t), days_since(t, now)),
+        None => "never".to_string(),
+    };
+    [
+        k.organization.as_str(),
+        &project,
+        &k.id,
+        &k.name,
+        &k.redacted_value,
+        &owner,
+        &created,
+        &last_used,
+    ]
+    .iter()
+    .map(|s| clean(s))
+    .collect()
+}
+
+fn render_table(
+    inv: &Inventory,
+    findings: &[FindingRow],
+    now: i64,
+    out: &mut dyn Write,
+) -> io::Result<()> {
+    let header = [
+        "ORGANIZATION",
+        "PROJECT",
+        "KEY",
+        "NAME",
+        "VALUE",
+        "OWNER",
+        "CREATED (AGE)",
+        "LAST USED",
+    ];
+    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
+    rows.extend(inv.keys().map(|k| key_row(k, now)));
+    write_aligned(out, &rows)?;
+
+    let projects: usize = inv.orgs.iter().map(|o| o.projects.len()).sum();
+    let incomplete: Vec<(String, String)> = inv
+        .orgs
+        .iter()
+        .flat_map(|o| {
+            let org_err = o
+                .error
+                .as_ref()
+                .map(|e| (format!("{} (organization)", o.organization), e.clone()));
+            org_err
+                .into_iter()
+                .chain(o.projects.iter().filter_map(|p| match &p.listing {
+                    crate::inventory::Listing::Complete => None,
+                    crate::inventory::Listing::Incomplete(reason) => Some((
+                        format!(
+                            "{} / {} ({})",
+                            o.organization,
+                            p.project.id,
+                            p.project.display_name()
+                        ),
+                        reason.clone(),
+                    )),
+                }))
+        })
+        .collect();
+    writeln!(out)?;
+    writeln!(
+        out,
+        "{} keys in {} projects of {} organizations; {}",
+        inv.keys().count(),
+        projects,
+        inv.orgs.len(),
+        if incomplete.is_empty() {
+            "every listing complete".to_string()
+        } else {
+            format!("{} INCOMPLETE", incomplete.len())
+        }
+    )?;
+    if !incomplete.is_empty() {
+        writeln!(out)?;
+        writeln!(out, "Incomplete listings:")?;
+        for (what, reason) in &incomplete {
+            writeln!(out, "  {}: {}", clean(what), clean(reason))?;
+        }
+    }
+    if !findings.is_empty() {
+        writeln!(out)?;
+        writeln!(out, "Findings:")?;
+        let mut rows: Vec<Vec<String>> = vec![
+            [
+                "ORGANIZATION",
+                "PROJECT",
+                "KEY",
+                "NAME",
+                "POLICY",
+                "ACTION",
+                "STATE",
+                "DEADLINE",
+                "NOTE",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        ];
+        for f in findings {
+            let deadline = f.deadline.map(rfc3339).unwrap_or_else(|| "-".to_string());
+            rows.push(
+                [
+                    f.organization.as_str(),
+                    &f.project_id,
+                    &f.key_id,
+                    &f.key_name,
+                    &f.policy,
+                    &f.action,
+                    &f.state,
+                    &deadline,
+                    &f.note,
+                ]
+                .iter()
+                .map(|s| clean(s))
+                .collect(),
+            );
+        }
+        write_aligned(out, &rows)?;
+    }
+    Ok(())
+}
+
+// ---- JSON --------------------------------------------------------------------------------------
+
+#[derive(Serialize)]
+struct JsonReport<'a> {
+    generated_at: i64,
+    complete: bool,
+    organizations: Vec<JsonOrg<'a>>,
+    projects: Vec<JsonProject<'a>>,
+    keys: Vec<JsonKey<'a>>,
+    findings: &'a [FindingRow],
+}
+
+#[derive(Serialize)]
+struct JsonOrg<'a> {
+    organization: &'a str,
+    complete: bool,
+    error: Option<&'a str>,
+    admin_keys: &'a [crate::inventory::AdminKeyInfo],
+}
+
+#[derive(Serialize)]
+struct JsonProject<'a> {
+    organization: &'a str,
+    id: &'a str,
+    name: Option<&'a str>,
+    archived: bool,
+    complete: bool,
+    error: Option<&'a str>,
+    keys: usize,
+}
+
+#[derive(Serialize)]
+struct JsonKey<'a> {
+    organization: &'a str,
+    project_id: &'a str,
+    project_name: Option<&'a str>,
+    id: &'a str,
+    name: &'a str,
+    redacted_value: &'a str,
+    owner_type: &'static str,
+    /// What a human reads: e-mail, else name, else id.
+    owner: &'a str,
+    owner_id: Option<&'a str>,
+    owner_name: Option<&'a str>,
+    owner_email: Option<&'a str>,
+    owner_project_access: &'static str,
+    /// Unix seconds.
+    created_at: i64,
+    /// Unix seconds, `null` when never used (or unknown).
+    last_used_at: Option<i64>,
+    age_days: i64,
+    idle_days: Option<i64>,
+}
+
+fn render_json(
+    inv: &Inventory,
+    findings: &[FindingRow],
+    now: i64,
+    out: &mut dyn Write,
+) -> io::Result<()> {
+    let report = JsonReport {
+        generated_at: now,
+        complete: inv.is_complete(),
+        organizations: inv
+            .orgs
+            .iter()
+            .map(|o| JsonOrg {
+                organization: &o.organization,
+                complete: o.is_complete(),
+                error: o.error.as_deref(),
+                admin_keys: &o.admin_keys,
+            })
+            .collect(),
+        projects: inv
+            .orgs
+            .iter()
+            .flat_map(|o| o.projects.iter())
+            .map(|p| JsonProject {
+                organization: &p.project.organization,
+                id: &p.project.id,
+                name: p.project.name.as_deref(),
+                archived: p.project.archived,
+                complete: p.listing.is_complete(),
+                error: match &p.listing {
+                    crate::inventory::Listing::Complete => None,
+                    crate::inventory::Listing::Incomplete(r) => Some(r.as_str()),
+                },
+                keys: p.keys.len(),
+            })
+            .collect(),
+        keys: inv
+            .keys()
+            .map(|k| JsonKey {
+                organization: &k.organization,
+                project_id: &k.project_id,
+                project_name: k.project_name.as_deref(),
+                id: &k.id,
+                name: &k.name,
+                redacted_value: &k.redacted_value,
+                owner_type: k.owner.kind.as_str(),
+                owner: k.owner.display(),
+                owner_id: k.owner.id.as_deref(),
+                owner_name: k.owner.name.as_deref(),
+                owner_email: k.owner.email.as_deref(),
+                owner_project_access: access_str(k.owner_access),
+                created_at: k.created_at,
+                last_used_at: k.last_used_at,
+                age_days: days_since(k.created_at, now),
+                idle_days: k.last_used_at.map(|t| days_since(t, now)),
+            })
+            .collect(),
+        findings,
+    };
+    serde_json::to_writer_pretty(&mut *out, &report).map_err(io::Error::other)?;
+    writeln!(out)
+}
+
+// ---- CSV ---------------------------------------------------------------------------------------
+
+/// A cell a spreadsheet would evaluate as a formula gets a leading `'`.
+fn defuse(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{s}").into()
+    } else {
+        s.into()
+    }
+}
+
+fn render_csv(inv: &Inventory, now: i64, out: &mut dyn Write) -> io::Result<()> {
+    let mut w = csv::Writer::from_writer(out);
+    w.write_record([
+        "organization",
+        "project_id",
+        "project_name",
+        "key_id",
+        "name",
+        "redacted_value",
+        "owner_type",
+        "owner",
+        "owner_email",
+        "owner_project_access",
+        "created_at",
+        "age_days",
+        "last_used_at",
+        "idle_days",
+    ])?;
+    for k in inv.keys() {
+        let age = days_since(k.created_at, now).to_string();
+        let (last_used, idle) = match k.last_used_at {
+            Some(t) => (rfc3339(t), days_since(t, now).to_string()),
+            None => (String::new(), String::new()),
+        };
+        let created = rfc3339(k.created_at);
+        w.write_record([
+            defuse(&k.organization).as_ref(),
+            &defuse(&k.project_id),
+            &defuse(k.project_name.as_deref().unwrap_or("")),
+            &defuse(&k.id),
+            &defuse(&k.name),
+            &defuse(&k.redacted_value),
+            k.owner.kind.as_str(),
+            &defuse(k.owner.display()),
+            &defuse(k.owner.email.as_deref().unwrap_or("")),
+            access_str(k.owner_access),
+            &created,
+            &age,
+            &last_used,
+            &idle,
+        ])?;
+    }
+    w.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::{
+        Key, Listing, OrgInventory, Owner, OwnerType, ProjectInventory, ProjectRef,
+    };
+
+    const NOW: i64 = 1_767_225_600; // 2026-01-01T00:00:00Z
+
+    fn key(id: &str, name: &str, owner: Owner, last_used: Option<i64>) -> Key {
+        Key {
+            organization: "acme".into(),
+            project_id: "proj_1".into(),
+            project_name: Some("Payments".into()),
+            id: id.into(),
+            name: name.into(),
+            redacted_value: "sk-pro...Qx9".into(),
+            created_at: NOW - 400 * DAY,
+            last_used_at: last_used,
+            owner,
+            owner_access: OwnerAccess::Active,
+        }
+    }
+
+    fn user() -> Owner {
+        Owner {
+            kind: OwnerType::User,
+            id: Some("user_1".into()),
+            name: Some("Dana".into()),
+            email: Some("dana@example.com".into()),
+        }
+    }
+
+    fn inventory() -> Inventory {
+        let sa = Owner {
+            kind: OwnerType::ServiceAccount,
+            id: Some("svc_acct_1".into()),
+            name: Some("batch-bot".into()),
+            email: None,
+        };
+        Inventory {
+            orgs: vec![OrgInventory {
+                organization: "acme".into(),
+                error: None,
+                admin_keys: vec![],
+                projects: vec![
+                    ProjectInventory {
+                        project: ProjectRef {
+                            organization: "acme".into(),
+                            id: "proj_1".into(),
+                            name: Some("Payments".into()),
+                            archived: false,
+                        },
+                        keys: vec![
+                            key("key_1", "ci", user(), Some(NOW - 3 * DAY)),
+                            key("key_2", "=cmd()\x1b[31m", sa, None),
+                        ],
+                        listing: Listing::Complete,
+                    },
+                    ProjectInventory {
+                        project: ProjectRef {
+                            organization: "acme".into(),
+                            id: "proj_2".into(),
+                            name: None,
+                            archived: false,
+                        },
+                        keys: vec![],
+                        listing: Listing::Incomplete("HTTP 500 server error".into()),
+                    },
+                ],
+            }],
+        }
+    }
+
+    fn finding() -> FindingRow {
+        FindingRow {
+            organization: "acme".into(),
+            project_id: "proj_1".into(),
+            key_id: "key_1".into(),
+            key_name: "ci".into(),
+            policy: "max-age".into(),
+            action: "revoke".into(),
+            state: "warned".into(),
+            deadline: Some(NOW + 7 * DAY),
+            note: "older than 365d".into(),
+        }
+    }
+
+    fn rendered(format: Format, findings: &[FindingRow]) -> String {
+        let mut buf = Vec::new();
+        render(&inventory(), findings, NOW, format, &mut buf).unwrap();
+        String::from_utf8(buf).unwrap()
+    }
+
+    #[test]
+    fn table_lists_every_key_incomplete_projects_and_findings() {
+        let t = rendered(Format::Table, &[finding()]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with("ORGANIZATION"));
+        let k1 = lines[1];
+        for part in [
+            "acme",
+            "proj_1 (Payments)",
+            "key_1",
+            "ci",
+            "sk-pro...Qx9",
+            "dana@example.com (user, active)",
+            "2024-11-27 (400d)",
+            "2025-12-29 (3d idle)",
+        ] {
+            assert!(k1.contains(part), "{part:?} missing from {k1:?}");
+        }
+        let k2 = lines[2];
+        assert!(k2.contains("batch-bot (service_account, active)"), "{k2}");
+        assert!(k2.ends_with("never"), "{k2}");
+        // The escape character never reaches the terminal.
+        assert!(!t.contains('\x1b'));
+        assert!(t.contains("2 keys in 2 projects of 1 organizations; 1 INCOMPLETE"));
+        assert!(t.contains("acme / proj_2 (proj_2): HTTP 500 server error"));
+        assert!(t.contains("Findings:"));
+        assert!(t.contains("max-age"));
+        assert!(t.contains("2026-01-08T00:00:00Z"));
+    }
+
+    #[test]
+    fn table_without_findings_has_no_findings_section() {
+        let t = rendered(Format::Table, &[]);
+        assert!(!t.contains("Findings:"));
+    }
+
+    #[test]
+    fn json_has_the_documented_fields() {
+        let v: serde_json::Value =
+            serde_json::from_str(&rendered(Format::Json, &[finding()])).unwrap();
+        assert_eq!(v["generated_at"], NOW);
+        assert_eq!(v["complete"], false);
+        let projects = v["projects"].as_array().unwrap();
+        assert_eq!(projects.len(), 2);
+        assert_eq!(projects[0]["organization"], "acme");
+        assert_eq!(projects[0]["id"], "proj_1");
+        assert_eq!(projects[0]["name"], "Payments");
+        assert_eq!(projects[0]["complete"], true);
+        assert!(projects[0]["error"].is_null());
+        assert_eq!(projects[1]["complete"], false);
+        assert_eq!(projects[1]["error"], "HTTP 500 server error");
+        let keys = v["keys"].as_array().unwrap();
+        assert_eq!(keys.len(), 2);
+        let k = &keys[0];
+        assert_eq!(k["organization"], "acme");
+        assert_eq!(k["project_id"], "proj_1");
+        assert_eq!(k["project_name"], "Payments");
+        assert_eq!(k["id"], "key_1");
+        assert_eq!(k["name"], "ci");
+        assert_eq!(k["redacted_value"], "sk-pro...Qx9");
+        assert_eq!(k["owner_type"], "user");
+        assert_eq!(k["owner"], "dana@example.com");
+        assert_eq!(k["owner_email"], "dana@example.com");
+        assert_eq!(k["owner_project_access"], "active");
+        assert_eq!(k["created_at"], NOW - 400 * DAY);
+        assert_eq!(k["last_used_at"], NOW - 3 * DAY);
+        assert!(keys[1]["last_used_at"].is_null());
+        assert_eq!(keys[1]["owner_type"], "service_account");
+        assert_eq!(keys[1]["owner"], "batch-bot");
+        assert_eq!(v["findings"][0]["policy"], "max-age");
+        assert_eq!(v["findings"][0]["deadline"], NOW + 7 * DAY);
+    }
+
+    #[test]
+    fn csv_one_row_per_key_and_formulas_defused() {
+        let text = rendered(Format::Csv, &[]);
+        let mut r = csv::Reader::from_reader(text.as_bytes());
+        let headers = r.headers().unwrap().clone();
+        let rows: Vec<csv::StringRecord> = r.records().map(Result::unwrap).collect();
+        assert_eq!(rows.len(), 2);
+        let col = |name: &str| headers.iter().position(|h| h == name).unwrap();
+        assert_eq!(&rows[0][col("key_id")], "key_1");
+        assert_eq!(&rows[0][col("owner_email")], "dana@example.com");
+        assert_eq!(&rows[0][col("created_at")], "2024-11-27T00:00:00Z");
+        assert_eq!(&rows[0][col("age_days")], "400");
+        assert_eq!(&rows[0][col("idle_days")], "3");
+        assert_eq!(&rows[1][col("last_used_at")], "");
+        assert!(rows[1][col("name")].starts_with("'="));
+    }
+
+    #[test]
+    fn empty_inventory_renders_in_every_format() {
+        for f in [Format::Table, Format::Json, Format::Csv] {
+            let mut buf = Vec::new();
+            render(&Inventory::default(), &[], NOW, f, &mut buf).unwrap();
+            assert!(!buf.is_empty());
+        }
+    }
+}

@@ -1,1 +1,49 @@
-//! TODO(openai): being written.
+//! The OpenAI Administration API: the client, its wire types, and the inventory collector.
+//!
+//! This is the only module that knows the wire format or holds an admin key. Everything it hands
+//! out is in the crate's own terms (`crate::inventory` types and the small structs below); wire
+//! structs stay private to `types.rs`. It must never log, print or put into an error the admin
+//! key, and it never deletes anything on its own initiative: `delete_*` are called by `revoke`.
+//!
+//! - `client.rs`: [`AdminClient`], one per organisation (requests, retries, pagination).
+//! - `retry.rs`: the retry policy (pure).
+//! - `ratelimit.rs`: the shared requests-per-second ceiling.
+//! - `collect.rs`: [`collect_inventory`], the concurrent listing of every configured project.
+//! - `error.rs`: [`Error`].
+
+mod client;
+mod collect;
+mod error;
+mod ratelimit;
+mod retry;
+mod types;
+
+#[cfg(test)]
+mod fuzz;
+
+pub use client::{AdminClient, ClientShared, DeleteOutcome, endpoint};
+pub use collect::{ProjectSelector, collect_inventory};
+pub use error::{ApiErrorBody, Error, RequestContext};
+pub use ratelimit::RateLimiter;
+
+/// A project's service account (`GET …/service_accounts`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ServiceAccount {
+    /// `svc_acct_…`.
+    pub id: String,
+    pub name: String,
+    /// `owner`, `member` or `none`.
+    pub role: String,
+    pub created_at: i64,
+}
+
+/// A project's user (`GET …/users`). `name` and `email` may be missing.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ProjectUser {
+    /// `user_…`.
+    pub id: String,
+    pub name: Option<String>,
+    pub email: Option<String>,
+    /// `owner` or `member`.
+    pub role: String,
+}

@@ -4,5 +4,8 @@
 mod config;
 mod daemon;
 mod notify;
+mod openai;
 mod receivers;
+mod report;
+mod sim;
 mod smtp_server;

@@ -1,0 +1,406 @@
+//! Collects the inventory: every selected project of every organisation, with its keys.
+//!
+//! Projects are discovered page by page and their key listings start as soon as each project is
+//! known, so the project list and the key pages overlap. At most `limits.concurrency` projects
+//! are listed at once across all organisations (a sliding window: a new project starts when one
+//! finishes). Only the resulting `Key` structs are kept in memory.
+//!
+//! Every project ends `Listing::Complete` or `Listing::Incomplete(reason)`; one failing project
+//! never stops the others. A failed project list, or an admin key refused (401/403) anywhere,
+//! sets `OrgInventory.error`. This module never deletes anything and never decides policy; in the
+//! normal case it makes exactly the minimum number of requests (project pages + key pages + one
+//! admin-key page per organisation).
+
+use std::collections::{HashMap, HashSet};
+
+use globset::{Glob, GlobMatcher};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::config::{Config, OrgConfig};
+use crate::inventory::{
+    AdminKeyInfo, Inventory, Key, Listing, OrgInventory, OwnerType, ProjectInventory, ProjectRef,
+};
+use crate::openai::AdminClient;
+
+/// Which projects of an organisation to sweep: `projects` (ids or name globs; empty means every
+/// project the listing returns, i.e. every active one unless `include_archived`) minus
+/// `exclude_projects`. A pattern matches a project when it equals the id or, as a glob
+/// (case-sensitive), matches the name or the id.
+#[derive(Debug, Clone)]
+pub struct ProjectSelector {
+    include: Vec<Pattern>,
+    exclude: Vec<Pattern>,
+}
+
+#[derive(Debug, Clone)]
+struct Pattern {
+    text: String,
+    glob: Option<GlobMatcher>,
+}
+
+impl Pattern {
+    fn new(text: &str) -> Self {
+        // An invalid glob (the loader validates them) degrades to an exact comparison.
+        Self {
+            text: text.to_string(),
+            glob: Glob::new(text).ok().map(|g| g.compile_matcher()),
+        }
+    }
+
+    fn matches(&self, p: &ProjectRef) -> bool {
+        if self.text == p.id || p.name.as_deref() == Some(self.text.as_str()) {
+            return true;
+        }
+        match &self.glob {
+            Some(g) => g.is_match(&p.id) || p.name.as_deref().is_some_and(|n| g.is_match(n)),
+            None => false,
+        }
+    }
+
+    /// A plain project id (no glob characters): it must exist, or the sweep is incomplete.
+    fn is_literal_id(&self) -> bool {
+        self.text.starts_with("proj_") && !self.text.contains(['*', '?', '[', '{'])
+    }
+}
+
+impl ProjectSelector {
+    pub fn new(projects: &[String], exclude: &[String]) -> Self {
+        Self {
+            include: projects.iter().map(|s| Pattern::new(s)).collect(),
+            exclude: exclude.iter().map(|s| Pattern::new(s)).collect(),
+        }
+    }
+
+    pub fn from_org(org: &OrgConfig) -> Self {
+        Self::new(&org.projects, &org.exclude_projects)
+    }
+
+    pub fn selects(&self, p: &ProjectRef) -> bool {
+        let included = self.include.is_empty() || self.include.iter().any(|pat| pat.matches(p));
+        included && !self.exclude.iter().any(|pat| pat.matches(p))
+    }
+
+    /// Configured plain ids that matched none of `seen` and are not excluded.
+    fn missing_ids(&self, seen: &HashSet<String>) -> Vec<String> {
+        self.include
+            .iter()
+            .filter(|pat| pat.is_literal_id() && !seen.contains(&pat.text))
+            .filter(|pat| !self.exclude.iter().any(|x| x.text == pat.text))
+            .map(|pat| pat.text.clone())
+            .collect()
+    }
+}
+
+/// What an organisation's discovery task reports to the collector.
+enum Discovery {
+    Project {
+        org: usize,
+        project: ProjectRef,
+    },
+    /// A configured project id that the listing did not return.
+    Missing {
+        org: usize,
+        project_id: String,
+    },
+    Done {
+        org: usize,
+        error: Option<String>,
+        admin_keys: Vec<AdminKeyInfo>,
+    },
+}
+
+/// What a project task returns.
+struct ProjectResult {
+    inventory: ProjectInventory,
+    /// The admin key was refused: the whole organisation is unusable.
+    unauthorized: Option<String>,
+}
+
+/// Lists every selected project of every organisation (one client per organisation, matched to
+/// its `config.organizations` entry by name) and returns the inventory, organisations in the
+/// order of `clients`, projects in listing order.
+///
+/// `progress(done, known)` is called each time a project is discovered or finished: `known`
+/// grows while project pages arrive. It runs on the caller's task.
+///
+/// Never fails as a whole: failures end up in `OrgInventory.error` and `Listing::Incomplete`.
+pub async fn collect_inventory(
+    config: &Config,
+    clients: &[AdminClient],
+    progress: Option<&(dyn Fn(usize, usize) + Send + Sync)>,
+) -> Inventory {
+    let concurrency = config.limits.concurrency.max(1);
+    let (tx, mut rx) = mpsc::unbounded_channel::<Discovery>();
+    let mut discovery = JoinSet::new();
+    let mut orgs: Vec<OrgInventory> = Vec::with_capacity(clients.len());
+    // Projects in listing order per organisation; filled as their tasks finish.
+    let mut slots: Vec<Vec<Option<ProjectInventory>>> = vec![Vec::new(); clients.len()];
+
+    for (i, client) in clients.iter().enumerate() {
+        let selector = config
+            .organizations
+            .iter()
+            .find(|o| o.name == client.org_name())
+            .map(ProjectSelector::from_org)
+            .unwrap_or_else(|| ProjectSelector::new(&[], &[]));
+        orgs.push(OrgInventory {
+            organization: client.org_name().to_string(),
+            projects: Vec::new(),
+            error: None,
+            admin_keys: Vec::new(),
+        });
+        discovery.spawn(discover(i, client.clone(), selector, tx.clone()));
+    }
+    drop(tx);
+
+    // Whether each organisation's discovery task reported (it could only fail to by panicking).
+    let mut finished = vec![false; clients.len()];
+    let mut running: JoinSet<ProjectResult> = JoinSet::new();
+    // Which project a task lists, to account for a task that panicked.
+    let mut running_ids: HashMap<tokio::task::Id, (usize, usize, ProjectRef)> = HashMap::new();
+    let mut discovery_open = true;
+    let (mut done, mut known) = (0usize, 0usize);
+    let report = |done: usize, known: usize| {
+        if let Some(p) = progress {
+            p(done, known);
+        }
+    };
+
+    loop {
+        tokio::select! {
+            // Finishing work first frees window slots sooner.
+            biased;
+            Some(joined) = running.join_next_with_id(), if !running.is_empty() => {
+                let (org, pos, result) = match joined {
+                    Ok((id, r)) => {
+                        let Some((org, pos, _)) = running_ids.remove(&id) else { continue };
+                        (org, pos, r)
+                    }
+                    Err(e) => {
+                        let Some((org, pos, project)) = running_ids.remove(&e.id()) else { continue };
+                        tracing::error!(project = %project.id, error = %e, "project listing task failed");
+                        (org, pos, ProjectResult {
+                            inventory: ProjectInventory {
+                                project,
+                                keys: Vec::new(),
+                                listing: Listing::Incomplete(format!("internal error: {e}")),
+                            },
+                            unauthorized: None,
+                        })
+                    }
+                };
+                if let Some(reason) = result.unauthorized
+                    && orgs[org].error.is_none()
+                {
+                    orgs[org].error = Some(reason);
+                }
+                if let Some(slot) = slots[org].get_mut(pos) {
+                    *slot = Some(result.inventory);
+                }
+                done += 1;
+                report(done, known);
+            }
+            msg = rx.recv(), if discovery_open && running.len() < concurrency => match msg {
+                Some(Discovery::Project { org, project }) => {
+                    let pos = slots[org].len();
+                    slots[org].push(None);
+                    let client = clients[org].clone();
+                    let p = project.clone();
+                    let handle = running.spawn(list_project(client, p));
+                    running_ids.insert(handle.id(), (org, pos, project));
+                    known += 1;
+                    report(done, known);
+                }
+                Some(Discovery::Missing { org, project_id }) => {
+                    tracing::warn!(organization = %orgs[org].organization, project = %project_id,
+                        "configured project not found in the organisation's project list");
+                    slots[org].push(Some(ProjectInventory {
+                        project: ProjectRef {
+                            organization: orgs[org].organization.clone(),
+                            id: project_id,
+                            name: None,
+                            archived: false,
+                        },
+                        keys: Vec::new(),
+                        listing: Listing::Incomplete(
+                            "configured project not found in the project list (archived? then set include_archived)".to_string(),
+                        ),
+                    }));
+                }
+                Some(Discovery::Done { org, error, admin_keys }) => {
+                    // A failed project list says more than a refusal seen by a project task.
+                    orgs[org].error = error.or(orgs[org].error.take());
+                    finished[org] = true;
+                    orgs[org].admin_keys = admin_keys;
+                }
+                None => discovery_open = false,
+            },
+            else => break,
+        }
+    }
+
+    for ((org, slots), finished) in orgs.iter_mut().zip(slots).zip(finished) {
+        if !finished && org.error.is_none() {
+            org.error = Some("internal error: the project listing did not finish".to_string());
+        }
+        org.projects = slots.into_iter().flatten().collect();
+    }
+    Inventory { orgs }
+}
+
+/// Lists one organisation's projects (feeding each selected one to the collector at once) and,
+/// concurrently, its admin keys.
+async fn discover(
+    org: usize,
+    client: AdminClient,
+    selector: ProjectSelector,
+    tx: mpsc::UnboundedSender<Discovery>,
+) {
+    let mut seen: HashSet<String> = HashSet::new();
+    let projects = client.list_projects_each(|p| {
+        seen.insert(p.id.clone());
+        if selector.selects(&p) {
+            // The receiver lives until every sender is gone; a send error only means the
+            // collector was dropped, and then nobody needs the answer.
+            let _ = tx.send(Discovery::Project { org, project: p });
+        }
+    });
+    let (projects, admin_keys) = tokio::join!(projects, client.list_admin_keys());
+    let error = match projects {
+        Ok(()) => {
+            for project_id in selector.missing_ids(&seen) {
+                let _ = tx.send(Discovery::Missing { org, project_id });
+            }
+            None
+        }
+        Err(e) => {
+            tracing::error!(organization = %client.org_name(), error = %e, "cannot list projects");
+            Some(e.to_string())
+        }
+    };
+    let admin_keys = admin_keys.unwrap_or_else(|e| {
+        tracing::warn!(organization = %client.org_name(), error = %e,
+            "cannot list admin keys; their expiry is not checked this time");
+        Vec::new()
+    });
+    let _ = tx.send(Discovery::Done {
+        org,
+        error,
+        admin_keys,
+    });
+}
+
+/// Lists one project's keys; fills missing owner e-mails from the project's users only when a
+/// user-owned key lacks one (never an extra request in the normal case).
+async fn list_project(client: AdminClient, project: ProjectRef) -> ProjectResult {
+    match client.list_project_keys(&project).await {
+        Ok(mut keys) => {
+            fill_missing_emails(&client, &project, &mut keys).await;
+            ProjectResult {
+                inventory: ProjectInventory {
+                    project,
+                    keys,
+                    listing: Listing::Complete,
+                },
+                unauthorized: None,
+            }
+        }
+        Err(e) => {
+            tracing::warn!(organization = %client.org_name(), project = %project.id, error = %e,
+                "project listing incomplete");
+            let reason = e.to_string();
+            ProjectResult {
+                unauthorized: e.is_unauthorized().then(|| reason.clone()),
+                inventory: ProjectInventory {
+                    project,
+                    keys: Vec::new(),
+                    listing: Listing::Incomplete(reason),
+                },
+            }
+        }
+    }
+}
+
+async fn fill_missing_emails(client: &AdminClient, project: &ProjectRef, keys: &mut [Key]) {
+    let lacks = |k: &Key| {
+        k.owner.kind == OwnerType::User && k.owner.email.is_none() && k.owner.id.is_some()
+    };
+    if !keys.iter().any(lacks) {
+        return;
+    }
+    match client.list_project_users(&project.id).await {
+        Ok(users) => {
+            let emails: HashMap<String, String> = users
+                .into_iter()
+                .filter_map(|u| Some((u.id, u.email?)))
+                .collect();
+            for k in keys.iter_mut().filter(|k| lacks(k)) {
+                if let Some(email) = k.owner.id.as_ref().and_then(|id| emails.get(id)) {
+                    k.owner.email = Some(email.clone());
+                }
+            }
+        }
+        Err(e) => tracing::warn!(organization = %client.org_name(), project = %project.id,
+            error = %e, "cannot list project users to find missing owner e-mails"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(id: &str, name: Option<&str>) -> ProjectRef {
+        ProjectRef {
+            organization: "acme".into(),
+            id: id.into(),
+            name: name.map(str::to_string),
+            archived: false,
+        }
+    }
+
+    #[test]
+    fn empty_selects_everything_returned() {
+        let s = ProjectSelector::new(&[], &[]);
+        assert!(s.selects(&p("proj_1", Some("Payments"))));
+        assert!(s.selects(&p("proj_2", None)));
+    }
+
+    #[test]
+    fn ids_and_name_globs_minus_excludes() {
+        let s = ProjectSelector::new(
+            &["proj_1".into(), "team-*".into()],
+            &["team-legacy*".into(), "proj_9".into()],
+        );
+        assert!(s.selects(&p("proj_1", Some("Payments"))));
+        assert!(s.selects(&p("proj_2", Some("team-web"))));
+        assert!(!s.selects(&p("proj_3", Some("team-legacy-api"))));
+        assert!(!s.selects(&p("proj_4", Some("other"))));
+        assert!(!s.selects(&p("proj_5", None)));
+        let s = ProjectSelector::new(&[], &["proj_9".into()]);
+        assert!(!s.selects(&p("proj_9", Some("x"))));
+        assert!(s.selects(&p("proj_8", Some("x"))));
+    }
+
+    #[test]
+    fn missing_literal_ids() {
+        let s = ProjectSelector::new(
+            &[
+                "proj_1".into(),
+                "proj_2".into(),
+                "proj_*".into(),
+                "Name".into(),
+            ],
+            &["proj_2".into()],
+        );
+        let seen: HashSet<String> = ["proj_3".to_string()].into();
+        assert_eq!(s.missing_ids(&seen), vec!["proj_1".to_string()]);
+    }
+
+    #[test]
+    fn invalid_glob_is_exact_match() {
+        let s = ProjectSelector::new(&["a[".into()], &[]);
+        assert!(s.selects(&p("proj_1", Some("a["))));
+        assert!(!s.selects(&p("proj_1", Some("a"))));
+    }
+}
