@@ -419,7 +419,10 @@ async fn serve(config: Config, path: PathBuf, force_dry_run: bool) -> Result<()>
             on_shutdown: Some(on_shutdown),
         },
     )
-    .await
+    .await?;
+    // A delete whose sweep was dropped at the end of the grace still writes its outcome.
+    crate::revoke::drain_in_flight().await;
+    Ok(())
 }
 
 /// How the daemon should judge a finished sweep.

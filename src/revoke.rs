@@ -188,9 +188,10 @@ pub async fn execute(ctx: &Context<'_>, actions: &[PlannedAction]) -> Result<Vec
             continue;
         }
 
-        // 2. Intent, durably, before the request leaves.
-        let primary = &keys[0];
-        let mut intent = record(ctx, AuditKind::Intent, format!("deleting {}", result.target)).with_key(primary);
+        // 2–4. Intent, DELETE, outcome: one critical section on its own task, so neither a
+        // shutdown that drops the sweep nor a panic elsewhere can separate the two records.
+        let primary = keys[0].clone();
+        let mut intent = record(ctx, AuditKind::Intent, format!("deleting {}", result.target)).with_key(&primary);
         intent.policy = Some(
             action
                 .findings
@@ -203,15 +204,67 @@ pub async fn execute(ctx: &Context<'_>, actions: &[PlannedAction]) -> Result<Vec
             intent.inputs["service_account_id"] = json!(sa);
             intent.inputs["collateral"] = json!(result.key_ids);
         }
-        let entry = audit::append_durable(ctx.store, &intent)?;
-
-        // 3. The DELETE.
-        let answer = match &sa {
-            None => client.delete_key(&result.project_id, &primary.id).await,
-            Some(sa) => client.delete_service_account(&result.project_id, sa).await,
+        let critical = CriticalDelete {
+            store: ctx.store.clone(),
+            client: client.clone(),
+            intent,
+            outcome_base: record(ctx, AuditKind::Outcome, String::new()).with_key(&primary),
+            key_id: primary.id.clone(),
+            service_account: sa.clone(),
+            organization: result.organization.clone(),
+            project_id: result.project_id.clone(),
+            key_ids: result.key_ids.clone(),
+            target: result.target.clone(),
+            run_id: ctx.run_id.to_string(),
+            now: ctx.now,
         };
+        let outcome = match IN_FLIGHT.spawn(critical.run()).await {
+            Ok(outcome) => outcome?,
+            Err(e) => Outcome::Failed {
+                error: format!("delete task failed: {e}"),
+            },
+        };
+        result.outcome = outcome;
+        results.push(result);
+    }
+    Ok(results)
+}
 
-        // 4. Outcome, durably.
+/// Deletes in flight. They run on their own tasks so that a sweep dropped at the end of the
+/// shutdown grace never leaves an intent without its outcome; `drain_in_flight` waits for them.
+static IN_FLIGHT: std::sync::LazyLock<tokio_util::task::TaskTracker> =
+    std::sync::LazyLock::new(tokio_util::task::TaskTracker::new);
+
+/// Waits for every DELETE in flight to write its outcome record (bounded by the request
+/// timeout). Called once on shutdown, after the scheduler stopped.
+pub async fn drain_in_flight() {
+    IN_FLIGHT.close();
+    IN_FLIGHT.wait().await;
+}
+
+/// Everything the intent → DELETE → outcome section needs, owned.
+struct CriticalDelete {
+    store: Store,
+    client: AdminClient,
+    intent: AuditRecord,
+    outcome_base: AuditRecord,
+    key_id: String,
+    service_account: Option<String>,
+    organization: String,
+    project_id: String,
+    key_ids: Vec<String>,
+    target: String,
+    run_id: String,
+    now: i64,
+}
+
+impl CriticalDelete {
+    async fn run(self) -> Result<Outcome, state::StateError> {
+        let entry = audit::append_durable(&self.store, &self.intent)?;
+        let answer = match &self.service_account {
+            None => self.client.delete_key(&self.project_id, &self.key_id).await,
+            Some(sa) => self.client.delete_service_account(&self.project_id, sa).await,
+        };
         let (outcome, response) = match answer {
             Ok(DeleteOutcome::Deleted { status, body }) => (Outcome::Deleted, json!({ "status": status, "body": body })),
             Ok(DeleteOutcome::AlreadyGone) => (Outcome::Deleted, json!({ "status": 404, "already_gone": true })),
@@ -220,40 +273,34 @@ pub async fn execute(ctx: &Context<'_>, actions: &[PlannedAction]) -> Result<Vec
                 json!({ "status": e.status(), "error": e.to_string() }),
             ),
         };
-        let mut out = record(
-            ctx,
-            AuditKind::Outcome,
-            match &outcome {
-                Outcome::Deleted => format!("deleted {}", result.target),
-                _ => format!("delete of {} failed", result.target),
+        let deleted = matches!(outcome, Outcome::Deleted);
+        let out = AuditRecord {
+            message: if deleted {
+                format!("deleted {}", self.target)
+            } else {
+                format!("delete of {} failed", self.target)
             },
-        )
-        .with_key(primary)
+            policy: self.intent.policy.clone(),
+            ..self.outcome_base
+        }
         .with_response(response)
         .refers_to(entry.seq);
-        out.policy = intent.policy.clone();
-        let deleted = matches!(outcome, Outcome::Deleted);
-        let org = result.organization.clone();
-        let project = result.project_id.clone();
-        let key_ids = result.key_ids.clone();
-        ctx.store.tx(|tx| {
+        self.store.tx(|tx| {
             audit::append(tx, &out)?;
             if deleted {
-                for k in &key_ids {
-                    state::revocations::record_revocation(tx, ctx.now, &org, &project, k, ctx.run_id)?;
+                for k in &self.key_ids {
+                    state::revocations::record_revocation(tx, self.now, &self.organization, &self.project_id, k, &self.run_id)?;
                 }
             }
             Ok(())
         })?;
         match &outcome {
-            Outcome::Deleted => tracing::warn!(run_id = ctx.run_id, organization = %org, project_id = %project, target = %result.target, "revoked"),
-            Outcome::Failed { error } => tracing::error!(run_id = ctx.run_id, organization = %org, project_id = %project, target = %result.target, %error, "revocation failed"),
+            Outcome::Deleted => tracing::warn!(run_id = %self.run_id, organization = %self.organization, project_id = %self.project_id, target = %self.target, "revoked"),
+            Outcome::Failed { error } => tracing::error!(run_id = %self.run_id, organization = %self.organization, project_id = %self.project_id, target = %self.target, %error, "revocation failed"),
             _ => {}
         }
-        result.outcome = outcome;
-        results.push(result);
+        Ok(outcome)
     }
-    Ok(results)
 }
 
 /// Re-reads a key just before deleting it. `Ok(None)` = still safe to delete; `Ok(Some(reason))`
