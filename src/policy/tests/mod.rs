@@ -1,0 +1,1 @@
+//! Unit, table and property tests of the pure policy modules.
