@@ -2,7 +2,7 @@
 //!
 //! - [`rules`]: the configured policies and exemptions, compiled once; judges one key at a time.
 //! - [`lifecycle`]: one (key, policy) finding advanced by one sweep: notices due, revoke due.
-//! - [`plan`]: the safety rails (service-account rule, incomplete listings, caps, kill switch,
+//! - [`plan`](mod@plan): the safety rails (service-account rule, incomplete listings, caps, kill switch,
 //!   dry-run) applied to this sweep's revoke-due findings.
 //! - [`finding`]: the persisted lifecycle records, shared with `state` and `notify`.
 //!

@@ -104,10 +104,12 @@ pub fn project_facts(inventory: &Inventory) -> BTreeMap<ProjectKey, ProjectFacts
 /// A revoke-due finding handed to the planner.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
+    /// The revoke-due finding; a key due under several policies appears once per finding.
     pub finding: FindingId,
     /// The key as listed in this sweep (the planner needs owner and project; the sweep re-reads
     /// it before deleting anyway).
     pub key: Key,
+    /// The finding's fixed deadline: earlier deadlines are revoked first when a cap bites.
     pub deadline: i64,
 }
 
@@ -154,6 +156,7 @@ pub struct PlannedAction {
 }
 
 impl PlannedAction {
+    /// The organisation the action acts in (audit records and per-project caps need it).
     pub fn organization(&self) -> &str {
         match &self.target {
             Target::Key(k) => &k.organization,
@@ -161,6 +164,7 @@ impl PlannedAction {
         }
     }
 
+    /// The project the action acts in; an action never spans projects.
     pub fn project_id(&self) -> &str {
         match &self.target {
             Target::Key(k) => &k.project_id,

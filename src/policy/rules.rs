@@ -19,6 +19,7 @@ use globset::{GlobBuilder, GlobMatcher};
 
 use crate::config::{Action, Config, ExemptionConfig, OwnerTypeSelector, PolicyConfig, Selector};
 use crate::inventory::{Key, OwnerAccess, OwnerType};
+use crate::policy::lifecycle::Observation;
 
 /// Why the configured policies or exemptions cannot be used. Every variant names the entry
 /// (`policies[i]` / `exemptions[i]`) so an operator can find it in the file.
@@ -97,7 +98,9 @@ pub struct ExemptionHit {
 /// One (key, policy) pair that violates: everything the lifecycle needs to open a finding.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violation {
+    /// The policy's name: with the key it identifies the finding.
     pub policy: String,
+    /// What the policy asks for; only `Revoke` can ever lead to a deletion.
     pub action: Action,
     /// Human-readable explanation, e.g. "older than 90d (created 2025-01-02, 412 days ago)".
     pub reason: String,
@@ -125,12 +128,7 @@ impl Evaluation {
     /// What the lifecycle should be told about (`key`, `policy`): exempted beats violating, and
     /// a policy that no longer selects or flags the key counts as "no longer violates". Keeping
     /// this precedence here means the sweep cannot forget the exemption check.
-    pub fn observation<'a>(
-        &'a self,
-        key: &'a Key,
-        policy: &str,
-    ) -> crate::policy::lifecycle::Observation<'a> {
-        use crate::policy::lifecycle::Observation;
+    pub fn observation<'a>(&'a self, key: &'a Key, policy: &str) -> Observation<'a> {
         if let Some(hit) = &self.exemption {
             return Observation::Exempted {
                 reason: &hit.reason,
@@ -283,6 +281,8 @@ impl CompiledPolicy {
         if !self.projects.is_empty() && !self.projects.matches(key) {
             return false;
         }
+        // A key of unknown owner type matches neither `user` nor `service_account`: a selector
+        // that narrows by owner must not guess.
         if let Some(want) = sel.owner_type {
             let ok = matches!(
                 (want, key.owner.kind),
