@@ -1,2 +1,26 @@
-//! Policy evaluation: pure, no I/O, no clock reads (`now` is passed in).
+//! Policy: what violates, what is due, and what may be deleted — all pure.
+//!
+//! - [`rules`]: the configured policies and exemptions, compiled once; judges one key at a time.
+//! - [`lifecycle`]: one (key, policy) finding advanced by one sweep: notices due, revoke due.
+//! - [`plan`](mod@plan): the safety rails (service-account rule, incomplete listings, caps, kill switch,
+//!   dry-run) applied to this sweep's revoke-due findings.
+//! - [`finding`]: the persisted lifecycle records, shared with `state` and `notify`.
+//!
+//! Invariant: nothing under `policy/` does I/O, reads a clock (`now` is always passed in, Unix
+//! seconds) or is async. That is what lets the property tests replay weeks of sweeps in
+//! milliseconds and lets `scan --now` rehearse a policy before it is enabled.
+
 pub mod finding;
+pub mod lifecycle;
+pub mod plan;
+pub mod rules;
+
+pub use lifecycle::{Observation, Transition, advance, mark_revoked, revoked_notice};
+pub use plan::{
+    Candidate, Plan, PlanInput, PlannedAction, ProjectFacts, Target, Withheld, WithheldAction,
+    default_safety, plan, project_facts,
+};
+pub use rules::{Evaluation, ExemptionHit, Policies, PolicyError, Violation};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,276 @@
+//! The lifecycle of one (key, policy) finding: detected → warned → final notice → revoked, or
+//! closed early as resolved / exempted.
+//!
+//! [`advance`] is a pure state transition: given the stored finding (if any), the moment of this
+//! sweep and what the sweep observed, it returns the finding to store, the notices that are due
+//! and whether a revocation is due. It never does I/O, reads no clock and deletes nothing: the
+//! sweep persists the result, queues the notices and hands revoke-due findings to
+//! `policy::plan`, which applies the safety rails.
+//!
+//! Rules (issue 3, item 2, and issue 4, item 3):
+//! - First detection opens the finding in stage `Warned` and queues a `Warning` at once. The
+//!   deadline is fixed then: `max(violating_since, detected_at + warn_before)`, and never moves
+//!   afterwards (the one exception is a policy changed from `notify` to `revoke`, see below).
+//! - At most one of `Warning`, `FinalNotice`, `Reminder` is queued per finding and step, so an
+//!   owner never gets two messages about one finding from one sweep.
+//! - `FinalNotice` is queued once, for `revoke` findings, in the first step after the warning
+//!   where `now >= deadline - final_notice`.
+//! - A revocation is due when the action is `revoke`, `now >= deadline`, the warning was queued
+//!   in an *earlier* step at least `warn_before` ago, and the final notice has been queued. When
+//!   the final notice only becomes due in the same step as the deadline, it is queued in that
+//!   step and the revocation is still reported due: the sweep queues notices before it deletes,
+//!   so the owner gets the final notice before (not after) the key disappears, and a sweep
+//!   schedule coarser than `final_notice` cannot postpone a revocation forever.
+//! - A revocation is never due in the step that first warns (even with `warn_before = 0`): the
+//!   warning must have been queued by an earlier sweep.
+//! - `Reminder` when nothing else was queued and `last_notified_at + repeat_interval <= now`.
+//! - An open finding closes with a `Resolved` notice when the key is gone, no longer violates, or
+//!   is exempted. Closed findings stay closed; a new violation opens a new finding with a new
+//!   detection time and deadline.
+//! - An action change on an open finding is a changed finding and re-sends the `Warning`. From
+//!   `notify` to `revoke`, the revocation deadline is set for the first time as far as the owner
+//!   knows, so it becomes `max(old deadline, violating_since, now + warn_before)`: later, never
+//!   earlier, and announced by that warning.
+//! - `notify` findings never become revoke-due and get no final notice (there is nothing to be
+//!   final about).
+
+use crate::config::Action;
+use crate::inventory::Key;
+use crate::policy::finding::{Finding, FindingId, Notice, NoticeKind, Stage};
+use crate::policy::rules::Violation;
+
+/// What one sweep saw of a (key, policy) pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Observation<'a> {
+    /// The key is listed and currently violates the policy; the snapshot refreshes the finding.
+    Violating {
+        key: &'a Key,
+        violation: &'a Violation,
+    },
+    /// The key is listed and no longer violates (rotated, used again, renamed, policy changed).
+    Compliant,
+    /// The key is listed but an active exemption covers it.
+    Exempted { reason: &'a str },
+    /// The key is absent from a **complete** listing of its project. Callers must never report
+    /// `Gone` from an incomplete listing: that would close findings for keys that still exist.
+    Gone,
+}
+
+/// The outcome of one step for one (key, policy) pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    /// The finding as it should be stored after this step; `None` when there is none (a key
+    /// that never violated).
+    pub next: Option<Finding>,
+    /// Notices due now, in the order they must be queued.
+    pub notices: Vec<NoticeKind>,
+    /// The finding has reached its deadline with all notices given: a candidate for `plan`.
+    /// Due is not done: the plan may still withhold it, and only the caller marks it revoked.
+    pub revoke_due: bool,
+}
+
+impl Transition {
+    /// The notices with the finding snapshot they describe, ready for the notifier's outbox.
+    /// `dry_run` is carried so messages can say "would be revoked".
+    pub fn notices(&self, dry_run: bool) -> Vec<Notice> {
+        let Some(finding) = &self.next else {
+            return Vec::new();
+        };
+        self.notices
+            .iter()
+            .map(|&kind| Notice {
+                kind,
+                finding: finding.clone(),
+                dry_run,
+            })
+            .collect()
+    }
+
+    fn unchanged(prev: Option<&Finding>) -> Transition {
+        Transition {
+            next: prev.cloned(),
+            notices: Vec::new(),
+            revoke_due: false,
+        }
+    }
+}
+
+/// Advances one (key, policy) finding by one sweep at `now` (Unix seconds).
+///
+/// `repeat_interval` (seconds) spaces reminders for unchanged open findings; zero or negative
+/// turns reminders off rather than repeating every sweep.
+pub fn advance(
+    prev: Option<&Finding>,
+    now: i64,
+    observed: Observation<'_>,
+    repeat_interval: i64,
+) -> Transition {
+    let open = prev.filter(|f| f.stage.is_open());
+    match (open, observed) {
+        (None, Observation::Violating { key, violation }) => detect(key, violation, now),
+        // Nothing open: closed findings stay closed and non-violations create nothing.
+        (None, _) => Transition::unchanged(prev),
+        (Some(f), Observation::Violating { key, violation }) => {
+            progress(f, key, violation, now, repeat_interval)
+        }
+        (Some(f), Observation::Compliant) => close(f, now, Stage::Resolved, "no longer violates"),
+        (Some(f), Observation::Gone) => close(f, now, Stage::Resolved, "key deleted"),
+        (Some(f), Observation::Exempted { reason }) => {
+            close(f, now, Stage::Exempted, &format!("exempted: {reason}"))
+        }
+    }
+}
+
+/// The finding after a confirmed deletion. Only the caller knows the delete succeeded, so only
+/// the caller closes a finding as revoked; queue [`revoked_notice`] with it.
+pub fn mark_revoked(f: &Finding, now: i64) -> Finding {
+    Finding {
+        stage: Stage::Revoked,
+        closed_at: Some(now),
+        resolution: Some("revoked".to_string()),
+        last_notified_at: Some(now),
+        ..f.clone()
+    }
+}
+
+/// The `Revoked` notice for a finding: after [`mark_revoked`] in enforce mode, or for an open
+/// finding with `dry_run = true` ("would have been revoked").
+pub fn revoked_notice(f: &Finding, dry_run: bool) -> Notice {
+    Notice {
+        kind: NoticeKind::Revoked,
+        finding: f.clone(),
+        dry_run,
+    }
+}
+
+/// The deadline a new finding gets: never before the condition started and never before the
+/// owner has had `warn_before` to react to the warning queued now.
+pub fn initial_deadline(violation: &Violation, detected_at: i64) -> i64 {
+    violation
+        .violating_since
+        .max(detected_at.saturating_add(violation.warn_before.max(0)))
+}
+
+fn detect(key: &Key, v: &Violation, now: i64) -> Transition {
+    let finding = Finding {
+        id: FindingId {
+            organization: key.organization.clone(),
+            project_id: key.project_id.clone(),
+            key_id: key.id.clone(),
+            policy: v.policy.clone(),
+        },
+        project_name: key.project_name.clone(),
+        key_name: key.name.clone(),
+        redacted_value: key.redacted_value.clone(),
+        owner_type: key.owner.kind,
+        owner: key.owner.display().to_string(),
+        owner_email: key.owner.email.clone(),
+        created_at: key.created_at,
+        last_used_at: key.last_used_at,
+        action: v.action,
+        reason: v.reason.clone(),
+        stage: Stage::Warned,
+        detected_at: now,
+        deadline: initial_deadline(v, now),
+        warned_at: Some(now),
+        final_notice_at: None,
+        last_notified_at: Some(now),
+        closed_at: None,
+        resolution: None,
+    };
+    Transition {
+        next: Some(finding),
+        notices: vec![NoticeKind::Warning],
+        revoke_due: false,
+    }
+}
+
+fn progress(f: &Finding, key: &Key, v: &Violation, now: i64, repeat_interval: i64) -> Transition {
+    let mut next = f.clone();
+    // Refresh what people read; the decision inputs (detection, deadline) stay as fixed.
+    next.project_name = key.project_name.clone();
+    next.key_name = key.name.clone();
+    next.redacted_value = key.redacted_value.clone();
+    next.owner_type = key.owner.kind;
+    next.owner = key.owner.display().to_string();
+    next.owner_email = key.owner.email.clone();
+    next.created_at = key.created_at;
+    next.last_used_at = key.last_used_at;
+    next.reason = v.reason.clone();
+
+    let mut notices = Vec::new();
+    let warn_before = v.warn_before.max(0);
+
+    if next.action != v.action {
+        if v.action == Action::Revoke {
+            next.deadline = next
+                .deadline
+                .max(v.violating_since)
+                .max(now.saturating_add(warn_before));
+            next.final_notice_at = None;
+        }
+        next.action = v.action;
+        next.warned_at = Some(now);
+        next.stage = Stage::Warned;
+        notices.push(NoticeKind::Warning);
+    } else if next.warned_at.is_none() {
+        // A finding stored before it could be warned (e.g. a crash): warn now, and let the
+        // warning period run from now.
+        next.warned_at = Some(now);
+        next.stage = Stage::Warned;
+        notices.push(NoticeKind::Warning);
+    }
+    let warned_now = !notices.is_empty();
+
+    if !warned_now
+        && next.action == Action::Revoke
+        && next.final_notice_at.is_none()
+        && now >= next.deadline.saturating_sub(v.final_notice.max(0))
+    {
+        next.final_notice_at = Some(now);
+        next.stage = Stage::FinalNotice;
+        notices.push(NoticeKind::FinalNotice);
+    }
+
+    if notices.is_empty() && repeat_interval > 0 {
+        let last = next
+            .last_notified_at
+            .or(next.warned_at)
+            .unwrap_or(next.detected_at);
+        if last.saturating_add(repeat_interval) <= now {
+            notices.push(NoticeKind::Reminder);
+        }
+    }
+    if !notices.is_empty() {
+        next.last_notified_at = Some(now);
+    }
+
+    let revoke_due = next.action == Action::Revoke
+        && !warned_now
+        && now >= next.deadline
+        && next
+            .warned_at
+            .is_some_and(|w| w.saturating_add(warn_before) <= now)
+        && next.final_notice_at.is_some();
+
+    Transition {
+        next: Some(next),
+        notices,
+        revoke_due,
+    }
+}
+
+fn close(f: &Finding, now: i64, stage: Stage, resolution: &str) -> Transition {
+    let next = Finding {
+        stage,
+        closed_at: Some(now),
+        resolution: Some(resolution.to_string()),
+        last_notified_at: Some(now),
+        ..f.clone()
+    };
+    Transition {
+        next: Some(next),
+        notices: vec![NoticeKind::Resolved],
+        revoke_due: false,
+    }
+}

@@ -1,0 +1,532 @@
+//! Policy rules: the configured `[[policies]]` and `[[exemptions]]`, compiled once, and the pure
+//! judgement of one key against them.
+//!
+//! [`Policies::compile`] turns the validated config into matchers (globs via `globset`, regexes
+//! already compiled by the config loader) so every sweep evaluates thousands of keys without
+//! re-parsing a pattern. [`Policies::evaluate`] answers, for one key at a time, which policies it
+//! violates, since when, and whether an exemption covers it.
+//!
+//! This module must never do I/O, read a clock (`now` is always passed in, Unix seconds) or
+//! decide an action: it only says what is true of a key. The lifecycle (`policy::lifecycle`)
+//! decides what to tell people and when a revocation is due, and `policy::plan` decides what may
+//! actually be deleted. It judges **one key at a time** and never widens a finding to every key of
+//! a principal.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use globset::{GlobBuilder, GlobMatcher};
+
+use crate::config::{Action, Config, ExemptionConfig, OwnerTypeSelector, PolicyConfig, Selector};
+use crate::inventory::{Key, OwnerAccess, OwnerType};
+use crate::policy::lifecycle::Observation;
+
+/// Why the configured policies or exemptions cannot be used. Every variant names the entry
+/// (`policies[i]` / `exemptions[i]`) so an operator can find it in the file.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// A policy without a condition would match every selected key; that is never what an
+    /// operator meant, and with `action = "revoke"` it would be a mass deletion.
+    #[error(
+        "policies[{index}] ({name}): no condition; set at least one of max_age, max_idle, \
+         owner_lost_access, name_pattern"
+    )]
+    NoCondition { index: usize, name: String },
+    /// Policy names identify findings in state and alerts, so they must be present and unique.
+    #[error("policies[{index}]: policy name is empty")]
+    EmptyName { index: usize },
+    #[error("policies[{index}]: duplicate policy name {name:?}")]
+    DuplicateName { index: usize, name: String },
+    #[error("policies[{index}] ({name}).match.{field}: invalid glob {pattern:?}: {source}")]
+    PolicyGlob {
+        index: usize,
+        name: String,
+        field: &'static str,
+        pattern: String,
+        #[source]
+        source: globset::Error,
+    },
+    /// An exemption naming nothing would exempt every key and silently disable enforcement.
+    #[error("exemptions[{index}]: names no key_id, key_name or project; it would exempt every key")]
+    EmptyExemption { index: usize },
+    #[error("exemptions[{index}].{field}: invalid glob {pattern:?}: {source}")]
+    ExemptionGlob {
+        index: usize,
+        field: &'static str,
+        pattern: String,
+        #[source]
+        source: globset::Error,
+    },
+}
+
+/// The compiled policies and exemptions. Built once per configuration (and again on reload), so
+/// a bad pattern is a startup error rather than a surprise in the middle of a sweep.
+#[derive(Debug, Clone)]
+pub struct Policies {
+    policies: Vec<CompiledPolicy>,
+    exemptions: Vec<CompiledExemption>,
+}
+
+/// The verdict on one key: what it violates and whether that may be acted on.
+///
+/// Violations are computed even for an exempted key, so reports can say "exempted from
+/// rotate-90d"; anything that acts must check [`Evaluation::is_exempt`] first (or use
+/// [`Evaluation::observation`], which does).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Evaluation {
+    /// The first active exemption (in config order) that covers the key.
+    pub exemption: Option<ExemptionHit>,
+    /// Exemptions that would cover the key but whose `until` has passed: reported so an operator
+    /// notices a lapsed exemption before the key is acted on, never applied.
+    pub expired_exemptions: Vec<ExemptionHit>,
+    /// One entry per policy that selects the key and whose every condition holds, in config
+    /// order.
+    pub violations: Vec<Violation>,
+}
+
+/// An exemption that matched a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExemptionHit {
+    /// The operator's justification, repeated in reports and resolved notices.
+    pub reason: String,
+    /// Unix seconds after which the exemption no longer applies.
+    pub until: Option<i64>,
+    /// Position in `[[exemptions]]`, so a report can point at the entry.
+    pub index: usize,
+}
+
+/// One (key, policy) pair that violates: everything the lifecycle needs to open a finding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// The policy's name: with the key it identifies the finding.
+    pub policy: String,
+    /// What the policy asks for; only `Revoke` can ever lead to a deletion.
+    pub action: Action,
+    /// Human-readable explanation, e.g. "older than 90d (created 2025-01-02, 412 days ago)".
+    pub reason: String,
+    /// The moment every condition of the policy started to hold (Unix seconds). For conditions
+    /// whose start cannot be known (`owner_lost_access`, `name_pattern`) this is `now`: the
+    /// deadline then counts from detection.
+    pub violating_since: i64,
+    /// Seconds between the first warning and the earliest revocation.
+    pub warn_before: i64,
+    /// Seconds before the deadline at which the final notice goes out.
+    pub final_notice: i64,
+}
+
+impl Evaluation {
+    /// True when an active exemption covers the key: nothing may be acted on.
+    pub fn is_exempt(&self) -> bool {
+        self.exemption.is_some()
+    }
+
+    /// The violation of `policy`, if any (regardless of exemption).
+    pub fn violation(&self, policy: &str) -> Option<&Violation> {
+        self.violations.iter().find(|v| v.policy == policy)
+    }
+
+    /// What the lifecycle should be told about (`key`, `policy`): exempted beats violating, and
+    /// a policy that no longer selects or flags the key counts as "no longer violates". Keeping
+    /// this precedence here means the sweep cannot forget the exemption check.
+    pub fn observation<'a>(&'a self, key: &'a Key, policy: &str) -> Observation<'a> {
+        if let Some(hit) = &self.exemption {
+            return Observation::Exempted {
+                reason: &hit.reason,
+            };
+        }
+        match self.violation(policy) {
+            Some(violation) => Observation::Violating { key, violation },
+            None => Observation::Compliant,
+        }
+    }
+}
+
+impl Policies {
+    /// Compiles the policies and exemptions of a validated configuration.
+    pub fn compile(config: &Config) -> Result<Policies, PolicyError> {
+        Policies::from_parts(&config.policies, &config.exemptions)
+    }
+
+    /// Same as [`Policies::compile`] from the two lists alone, so tests and `scan --now`
+    /// rehearsals need not build a whole `Config`.
+    pub fn from_parts(
+        policies: &[PolicyConfig],
+        exemptions: &[ExemptionConfig],
+    ) -> Result<Policies, PolicyError> {
+        let mut names = BTreeSet::new();
+        let mut compiled = Vec::with_capacity(policies.len());
+        for (index, p) in policies.iter().enumerate() {
+            if p.name.trim().is_empty() {
+                return Err(PolicyError::EmptyName { index });
+            }
+            if !names.insert(p.name.as_str()) {
+                return Err(PolicyError::DuplicateName {
+                    index,
+                    name: p.name.clone(),
+                });
+            }
+            compiled.push(CompiledPolicy::new(index, p)?);
+        }
+        let exemptions = exemptions
+            .iter()
+            .enumerate()
+            .map(|(index, e)| CompiledExemption::new(index, e))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Policies {
+            policies: compiled,
+            exemptions,
+        })
+    }
+
+    /// Policy names in config order (the sweep uses them to find findings whose policy was
+    /// removed from the configuration).
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.policies.iter().map(|p| p.config.name.as_str())
+    }
+
+    /// Judges one key as of `now` (Unix seconds). Pure: the same inputs give the same answer.
+    pub fn evaluate(&self, key: &Key, now: i64) -> Evaluation {
+        let mut exemption = None;
+        let mut expired_exemptions = Vec::new();
+        for e in &self.exemptions {
+            if !e.matches(key) {
+                continue;
+            }
+            let hit = ExemptionHit {
+                reason: e.reason.clone(),
+                until: e.until,
+                index: e.index,
+            };
+            // `until` is the last second the exemption covers (end of the given day), so it
+            // lapses strictly after it.
+            if e.until.is_some_and(|until| now > until) {
+                expired_exemptions.push(hit);
+            } else if exemption.is_none() {
+                exemption = Some(hit);
+            }
+        }
+        let violations = self
+            .policies
+            .iter()
+            .filter(|p| p.selects(key))
+            .filter_map(|p| p.judge(key, now))
+            .collect();
+        Evaluation {
+            exemption,
+            expired_exemptions,
+            violations,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct CompiledPolicy {
+    config: PolicyConfig,
+    organizations: Vec<GlobMatcher>,
+    projects: ProjectMatcher,
+    key_name: Vec<GlobMatcher>,
+    owner_email: Vec<GlobMatcher>,
+}
+
+impl CompiledPolicy {
+    fn new(index: usize, p: &PolicyConfig) -> Result<CompiledPolicy, PolicyError> {
+        let has_condition = p.max_age.is_some()
+            || p.max_idle.is_some()
+            || p.owner_lost_access
+            || p.name_pattern.is_some();
+        if !has_condition {
+            return Err(PolicyError::NoCondition {
+                index,
+                name: p.name.clone(),
+            });
+        }
+        let err = |field: &'static str| {
+            move |(pattern, source): (String, globset::Error)| PolicyError::PolicyGlob {
+                index,
+                name: p.name.clone(),
+                field,
+                pattern,
+                source,
+            }
+        };
+        let Selector {
+            organizations,
+            projects,
+            owner_type: _,
+            key_name,
+            owner_email,
+        } = &p.selector;
+        Ok(CompiledPolicy {
+            organizations: globs(organizations, false).map_err(err("organizations"))?,
+            projects: ProjectMatcher::new(projects).map_err(err("projects"))?,
+            key_name: globs(key_name, false).map_err(err("key_name"))?,
+            // E-mail addresses are case-insensitive in practice; a policy for `*@Example.com`
+            // must not miss `alice@example.com`.
+            owner_email: globs(owner_email, true).map_err(err("owner_email"))?,
+            config: p.clone(),
+        })
+    }
+
+    /// Selector lists are ANDed; entries within one list are ORed; an empty list selects all.
+    fn selects(&self, key: &Key) -> bool {
+        let sel = &self.config.selector;
+        if !self.organizations.is_empty()
+            && !self
+                .organizations
+                .iter()
+                .any(|g| g.is_match(&key.organization))
+        {
+            return false;
+        }
+        if !self.projects.is_empty() && !self.projects.matches(key) {
+            return false;
+        }
+        // A key of unknown owner type matches neither `user` nor `service_account`: a selector
+        // that narrows by owner must not guess.
+        if let Some(want) = sel.owner_type {
+            let ok = matches!(
+                (want, key.owner.kind),
+                (OwnerTypeSelector::User, OwnerType::User)
+                    | (OwnerTypeSelector::ServiceAccount, OwnerType::ServiceAccount)
+            );
+            if !ok {
+                return false;
+            }
+        }
+        if !self.key_name.is_empty() && !self.key_name.iter().any(|g| g.is_match(&key.name)) {
+            return false;
+        }
+        if !self.owner_email.is_empty() {
+            // A key without an owner e-mail cannot match an e-mail selector.
+            let Some(email) = key.owner.email.as_deref() else {
+                return false;
+            };
+            if !self.owner_email.iter().any(|g| g.is_match(email)) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Every configured condition must hold; the violation starts when the last of them began.
+    fn judge(&self, key: &Key, now: i64) -> Option<Violation> {
+        let p = &self.config;
+        let mut since = i64::MIN;
+        let mut reasons = Vec::new();
+
+        if let Some(max_age) = p.max_age {
+            let max_age = secs(max_age);
+            let age = now.saturating_sub(key.created_at);
+            if age <= max_age {
+                return None;
+            }
+            since = since.max(key.created_at.saturating_add(max_age));
+            reasons.push(format!(
+                "older than {} (created {}, {} ago)",
+                fmt_duration(max_age),
+                fmt_date(key.created_at),
+                fmt_days(age)
+            ));
+        }
+
+        if let Some(max_idle) = p.max_idle {
+            let max_idle = secs(max_idle);
+            match key.last_used_at {
+                Some(last) => {
+                    let idle = now.saturating_sub(last);
+                    if idle <= max_idle {
+                        return None;
+                    }
+                    since = since.max(last.saturating_add(max_idle));
+                    reasons.push(format!(
+                        "unused for more than {} (last used {}, {} ago)",
+                        fmt_duration(max_idle),
+                        fmt_date(last),
+                        fmt_days(idle)
+                    ));
+                }
+                None => {
+                    // Never used: idle since creation, once the grace for new keys is over.
+                    let grace = p.never_used_grace.map_or(max_idle, secs);
+                    let age = now.saturating_sub(key.created_at);
+                    if age <= grace {
+                        return None;
+                    }
+                    since = since.max(key.created_at.saturating_add(grace));
+                    reasons.push(format!(
+                        "never used in the {} since creation (created {}, grace {})",
+                        fmt_days(age),
+                        fmt_date(key.created_at),
+                        fmt_duration(grace)
+                    ));
+                }
+            }
+        }
+
+        if p.owner_lost_access {
+            if key.owner_access != OwnerAccess::Inactive {
+                return None;
+            }
+            // The API does not say when access was lost; count from now so the deadline runs
+            // from detection and never lands in the past.
+            since = since.max(now);
+            reasons.push("owner no longer has access to the project".to_string());
+        }
+
+        if let Some(re) = &p.name_pattern {
+            if re.is_match(&key.name) {
+                return None;
+            }
+            // A rename is invisible to us, so the start is unknown too: count from now.
+            since = since.max(now);
+            reasons.push(format!(
+                "name {:?} does not match /{}/",
+                key.name,
+                re.as_str()
+            ));
+        }
+
+        // `compile` rejects condition-less policies; this keeps `judge` total anyway.
+        if reasons.is_empty() {
+            return None;
+        }
+        Some(Violation {
+            policy: p.name.clone(),
+            action: p.action,
+            reason: reasons.join("; "),
+            violating_since: since,
+            warn_before: secs(p.warn_before),
+            final_notice: secs(p.final_notice),
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+struct CompiledExemption {
+    index: usize,
+    key_id: Option<String>,
+    key_name: Option<GlobMatcher>,
+    project: Option<ProjectMatcher>,
+    reason: String,
+    until: Option<i64>,
+}
+
+impl CompiledExemption {
+    fn new(index: usize, e: &ExemptionConfig) -> Result<CompiledExemption, PolicyError> {
+        if e.key_id.is_none() && e.key_name.is_none() && e.project.is_none() {
+            return Err(PolicyError::EmptyExemption { index });
+        }
+        let err = |field: &'static str| {
+            move |(pattern, source): (String, globset::Error)| PolicyError::ExemptionGlob {
+                index,
+                field,
+                pattern,
+                source,
+            }
+        };
+        let key_name = match &e.key_name {
+            Some(p) => Some(glob(p, false).map_err(|s| err("key_name")((p.clone(), s)))?),
+            None => None,
+        };
+        let project = match &e.project {
+            Some(p) => Some(ProjectMatcher::new(std::slice::from_ref(p)).map_err(err("project"))?),
+            None => None,
+        };
+        Ok(CompiledExemption {
+            index,
+            key_id: e.key_id.clone(),
+            key_name,
+            project,
+            reason: e.reason.clone(),
+            until: e.until,
+        })
+    }
+
+    /// Every field given must match (AND), so an exemption is as narrow as written.
+    fn matches(&self, key: &Key) -> bool {
+        self.key_id.as_ref().is_none_or(|id| *id == key.id)
+            && self.key_name.as_ref().is_none_or(|g| g.is_match(&key.name))
+            && self.project.as_ref().is_none_or(|p| p.matches(key))
+    }
+}
+
+/// Project entries match the project id exactly or the project name by glob: ids are opaque
+/// (`proj_…`) while names are what people write patterns for.
+#[derive(Debug, Clone)]
+struct ProjectMatcher {
+    entries: Vec<(String, GlobMatcher)>,
+}
+
+impl ProjectMatcher {
+    fn new(patterns: &[String]) -> Result<ProjectMatcher, (String, globset::Error)> {
+        let entries = patterns
+            .iter()
+            .map(|p| {
+                glob(p, false)
+                    .map(|g| (p.clone(), g))
+                    .map_err(|e| (p.clone(), e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ProjectMatcher { entries })
+    }
+
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn matches(&self, key: &Key) -> bool {
+        self.entries.iter().any(|(raw, g)| {
+            *raw == key.project_id || key.project_name.as_deref().is_some_and(|n| g.is_match(n))
+        })
+    }
+}
+
+fn glob(pattern: &str, case_insensitive: bool) -> Result<GlobMatcher, globset::Error> {
+    Ok(GlobBuilder::new(pattern)
+        .case_insensitive(case_insensitive)
+        // Names are not paths: `*` should cross a `/` in "team/service".
+        .literal_separator(false)
+        .build()?
+        .compile_matcher())
+}
+
+fn globs(
+    patterns: &[String],
+    case_insensitive: bool,
+) -> Result<Vec<GlobMatcher>, (String, globset::Error)> {
+    patterns
+        .iter()
+        .map(|p| glob(p, case_insensitive).map_err(|e| (p.clone(), e)))
+        .collect()
+}
+
+/// Durations beyond `i64` seconds saturate: a 292-billion-year `max_age` is "never".
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+/// Compact config-style rendering ("90d", "12h", "30m", "45s") so reasons read like the config.
+pub(crate) fn fmt_duration(secs: i64) -> String {
+    match secs {
+        s if s != 0 && s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s != 0 && s % 3_600 == 0 => format!("{}h", s / 3_600),
+        s if s != 0 && s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+fn fmt_days(secs: i64) -> String {
+    let days = secs / 86_400;
+    if days == 1 {
+        "1 day".to_string()
+    } else {
+        format!("{days} days")
+    }
+}
+
+/// `YYYY-MM-DD` in UTC; out-of-range timestamps fall back to the raw number.
+pub(crate) fn fmt_date(unix: i64) -> String {
+    chrono::DateTime::from_timestamp(unix, 0)
+        .map(|d| d.format("%Y-%m-%d").to_string())
+        .unwrap_or_else(|| format!("@{unix}"))
+}

@@ -1,0 +1,532 @@
+//! Table tests of `policy::lifecycle::advance`: one row per sweep, with the notices, stage and
+//! revoke-due flag expected after it.
+
+use super::{DAY, HOUR, key};
+use crate::config::Action;
+use crate::inventory::Key;
+use crate::policy::finding::{Finding, NoticeKind, Stage};
+use crate::policy::lifecycle::{
+    Observation, advance, initial_deadline, mark_revoked, revoked_notice,
+};
+use crate::policy::rules::Violation;
+
+use NoticeKind::{FinalNotice as Fin, Reminder as Rem, Resolved as Res, Warning as Warn};
+
+#[derive(Clone, Copy)]
+enum Obs {
+    V,
+    Compliant,
+    Exempt,
+    Gone,
+}
+
+struct Row {
+    at: i64,
+    obs: Obs,
+    notices: &'static [NoticeKind],
+    due: bool,
+    stage: Stage,
+}
+
+fn row(at: i64, obs: Obs, notices: &'static [NoticeKind], due: bool, stage: Stage) -> Row {
+    Row {
+        at,
+        obs,
+        notices,
+        due,
+        stage,
+    }
+}
+
+/// `rotate-90d`-like violation of a key created at 0: `max_age` 90d.
+fn violation(action: Action, warn_before: i64, final_notice: i64) -> Violation {
+    Violation {
+        policy: "rotate".to_string(),
+        action,
+        reason: "older than 90d".to_string(),
+        violating_since: 90 * DAY,
+        warn_before,
+        final_notice,
+    }
+}
+
+/// Runs the rows in order, asserting each, and returns the stored finding after each row.
+fn run(
+    mut prev: Option<Finding>,
+    k: &Key,
+    v: &Violation,
+    repeat: i64,
+    rows: &[Row],
+) -> Vec<Option<Finding>> {
+    let mut out = Vec::new();
+    for (i, r) in rows.iter().enumerate() {
+        let obs = match r.obs {
+            Obs::V => Observation::Violating {
+                key: k,
+                violation: v,
+            },
+            Obs::Compliant => Observation::Compliant,
+            Obs::Exempt => Observation::Exempted {
+                reason: "migration",
+            },
+            Obs::Gone => Observation::Gone,
+        };
+        let t = advance(prev.as_ref(), r.at, obs, repeat);
+        assert_eq!(t.notices, r.notices, "row {i} (t={}) notices", r.at);
+        assert_eq!(t.revoke_due, r.due, "row {i} (t={}) revoke_due", r.at);
+        let next = t
+            .next
+            .clone()
+            .expect("a finding exists in every row of these tables");
+        assert_eq!(next.stage, r.stage, "row {i} (t={}) stage", r.at);
+        if !t.notices.is_empty() {
+            assert_eq!(next.last_notified_at, Some(r.at), "row {i}");
+        }
+        let built = t.notices(true);
+        assert_eq!(built.len(), t.notices.len());
+        assert!(built.iter().all(|n| n.dry_run && n.finding == next));
+        prev = Some(next);
+        out.push(prev.clone());
+    }
+    out
+}
+
+#[test]
+fn staged_revocation_of_a_max_age_finding() {
+    let k = key("k1");
+    let v = violation(Action::Revoke, 14 * DAY, DAY);
+    use Obs::*;
+    use Stage::*;
+    let rows = [
+        row(100 * DAY, V, &[Warn], false, Warned),
+        row(101 * DAY, V, &[], false, Warned),
+        row(102 * DAY, V, &[Rem], false, Warned),
+        row(113 * DAY - 1, V, &[Rem], false, Warned),
+        row(113 * DAY, V, &[Fin], false, Stage::FinalNotice),
+        row(114 * DAY - 1, V, &[], false, Stage::FinalNotice),
+        row(114 * DAY, V, &[], true, Stage::FinalNotice),
+        row(115 * DAY, V, &[Rem], true, Stage::FinalNotice),
+        row(116 * DAY, Gone, &[Res], false, Resolved),
+        row(117 * DAY, Gone, &[], false, Resolved),
+        row(118 * DAY, Compliant, &[], false, Resolved),
+    ];
+    let fs = run(None, &k, &v, 2 * DAY, &rows);
+    let first = fs[0].as_ref().unwrap();
+    // Detected at 100d: deadline max(90d, 100d + 14d).
+    assert_eq!(first.deadline, 114 * DAY);
+    assert_eq!(first.detected_at, 100 * DAY);
+    assert_eq!(first.warned_at, Some(100 * DAY));
+    assert_eq!(first.id.dedup_key(), "acme/proj_a/k1/rotate");
+    assert_eq!(first.redacted_value, "sk-...k1");
+    assert_eq!(first.owner, "alice@example.com");
+    for f in fs.iter().flatten() {
+        assert_eq!(f.deadline, 114 * DAY, "the deadline never moves");
+        assert_eq!(f.detected_at, 100 * DAY);
+    }
+    let closed = fs.last().unwrap().as_ref().unwrap();
+    assert_eq!(closed.resolution.as_deref(), Some("key deleted"));
+    assert_eq!(closed.closed_at, Some(116 * DAY));
+    assert_eq!(closed.final_notice_at, Some(113 * DAY));
+}
+
+#[test]
+fn a_long_violating_key_still_gets_its_full_warning_period() {
+    let k = key("k1");
+    let v = violation(Action::Revoke, 14 * DAY, DAY);
+    use Obs::*;
+    let rows = [
+        row(400 * DAY, V, &[Warn], false, Stage::Warned),
+        row(414 * DAY - 1, V, &[Fin], false, Stage::FinalNotice),
+        row(414 * DAY, V, &[], true, Stage::FinalNotice),
+    ];
+    let fs = run(None, &k, &v, 30 * DAY, &rows);
+    assert_eq!(fs[0].as_ref().unwrap().deadline, 414 * DAY);
+}
+
+#[test]
+fn deadline_is_violating_since_when_that_is_later_than_the_warning_period() {
+    // A max_age violation can only be detected after it started, but a key whose condition
+    // started later than detection + warn_before (e.g. a future-dated violation) keeps it.
+    let v = Violation {
+        violating_since: 200 * DAY,
+        ..violation(Action::Revoke, 14 * DAY, DAY)
+    };
+    assert_eq!(initial_deadline(&v, 100 * DAY), 200 * DAY);
+    assert_eq!(initial_deadline(&v, 190 * DAY), 204 * DAY);
+}
+
+#[test]
+fn final_notice_due_together_with_deadline_is_sent_in_the_same_step() {
+    let k = key("k1");
+    let v = violation(Action::Revoke, 14 * DAY, DAY);
+    use Obs::*;
+    let rows = [
+        row(100 * DAY, V, &[Warn], false, Stage::Warned),
+        // Weekly sweeps skipped past deadline - final_notice: notice queued, then revoke.
+        row(121 * DAY, V, &[Fin], true, Stage::FinalNotice),
+    ];
+    run(None, &k, &v, 30 * DAY, &rows);
+}
+
+#[test]
+fn zero_warn_before_never_revokes_in_the_detecting_sweep() {
+    let k = key("k1");
+    let v = violation(Action::Revoke, 0, DAY);
+    use Obs::*;
+    let rows = [
+        row(100 * DAY, V, &[Warn], false, Stage::Warned),
+        row(100 * DAY + 1, V, &[Fin], true, Stage::FinalNotice),
+    ];
+    let fs = run(None, &k, &v, DAY, &rows);
+    assert_eq!(fs[0].as_ref().unwrap().deadline, 100 * DAY);
+}
+
+#[test]
+fn notify_findings_are_never_due_and_get_reminders_only() {
+    let k = key("k1");
+    let v = violation(Action::Notify, 14 * DAY, DAY);
+    use Obs::*;
+    let rows = [
+        row(100 * DAY, V, &[Warn], false, Stage::Warned),
+        row(101 * DAY - 1, V, &[], false, Stage::Warned),
+        row(101 * DAY, V, &[Rem], false, Stage::Warned),
+        row(200 * DAY, V, &[Rem], false, Stage::Warned),
+        row(200 * DAY + HOUR, V, &[], false, Stage::Warned),
+        row(300 * DAY, Compliant, &[Res], false, Stage::Resolved),
+    ];
+    let fs = run(None, &k, &v, DAY, &rows);
+    let last = fs.last().unwrap().as_ref().unwrap();
+    assert_eq!(last.resolution.as_deref(), Some("no longer violates"));
+    assert_eq!(last.final_notice_at, None);
+}
+
+#[test]
+fn exemption_closes_an_open_finding_with_its_reason() {
+    let k = key("k1");
+    let v = violation(Action::Revoke, 14 * DAY, DAY);
+    use Obs::*;
+    let rows = [
+        row(100 * DAY, V, &[Warn], false, Stage::Warned),
+        row(120 * DAY, Exempt, &[Res], false, Stage::Exempted),
+        row(121 * DAY, Exempt, &[], false, Stage::Exempted),
+    ];
+    let fs = run(None, &k, &v, DAY, &rows);
+    let last = fs.last().unwrap().as_ref().unwrap();
+    assert_eq!(last.resolution.as_deref(), Some("exempted: migration"));
+    assert_eq!(last.closed_at, Some(120 * DAY));
+}
+
+#[test]
+fn non_violations_without_a_finding_create_nothing() {
+    for obs in [
+        Observation::Compliant,
+        Observation::Gone,
+        Observation::Exempted { reason: "r" },
+    ] {
+        let t = advance(None, 100, obs, DAY);
+        assert_eq!(t.next, None);
+        assert!(t.notices.is_empty() && !t.revoke_due);
+        assert!(t.notices(false).is_empty());
+    }
+}
+
+#[test]
+fn a_key_that_violates_again_after_resolution_starts_a_new_finding() {
+    let k = key("k1");
+    let v = violation(Action::Revoke, 14 * DAY, DAY);
+    use Obs::*;
+    let rows = [
+        row(100 * DAY, V, &[Warn], false, Stage::Warned),
+        row(113 * DAY, V, &[Fin], false, Stage::FinalNotice),
+        row(113 * DAY + 1, Compliant, &[Res], false, Stage::Resolved),
+        row(150 * DAY, V, &[Warn], false, Stage::Warned),
+        row(163 * DAY, V, &[Fin], false, Stage::FinalNotice),
+        row(164 * DAY, V, &[], true, Stage::FinalNotice),
+    ];
+    let fs = run(None, &k, &v, 30 * DAY, &rows);
+    let renewed = fs[3].as_ref().unwrap();
+    assert_eq!(renewed.detected_at, 150 * DAY);
+    assert_eq!(renewed.deadline, 164 * DAY);
+    assert_eq!(renewed.final_notice_at, None);
+    assert_eq!(renewed.closed_at, None);
+    assert_eq!(renewed.resolution, None);
+}
+
+#[test]
+fn revoked_findings_stay_closed() {
+    let k = key("k1");
+    let v = violation(Action::Revoke, 14 * DAY, DAY);
+    let open = advance(
+        None,
+        100 * DAY,
+        Observation::Violating {
+            key: &k,
+            violation: &v,
+        },
+        DAY,
+    )
+    .next
+    .unwrap();
+    let revoked = mark_revoked(&open, 120 * DAY);
+    assert_eq!(revoked.stage, Stage::Revoked);
+    assert_eq!(revoked.closed_at, Some(120 * DAY));
+    assert_eq!(revoked.resolution.as_deref(), Some("revoked"));
+    assert_eq!(revoked.deadline, open.deadline);
+    let n = revoked_notice(&revoked, false);
+    assert_eq!(n.kind, NoticeKind::Revoked);
+    assert!(!n.dry_run);
+
+    let t = advance(Some(&revoked), 121 * DAY, Observation::Gone, DAY);
+    assert_eq!(t.next.as_ref(), Some(&revoked));
+    assert!(t.notices.is_empty() && !t.revoke_due);
+}
+
+#[test]
+fn escalation_from_notify_to_revoke_rewarns_and_only_moves_the_deadline_later() {
+    let k = key("k1");
+    let notify = violation(Action::Notify, 14 * DAY, DAY);
+    let revoke = violation(Action::Revoke, 14 * DAY, DAY);
+    let f = advance(
+        None,
+        100 * DAY,
+        Observation::Violating {
+            key: &k,
+            violation: &notify,
+        },
+        DAY,
+    )
+    .next
+    .unwrap();
+    assert_eq!(f.deadline, 114 * DAY);
+    // Policy switched to revoke at 130d: past the old deadline, but nobody was told a date.
+    let t = advance(
+        Some(&f),
+        130 * DAY,
+        Observation::Violating {
+            key: &k,
+            violation: &revoke,
+        },
+        DAY,
+    );
+    assert_eq!(t.notices, vec![NoticeKind::Warning]);
+    assert!(!t.revoke_due);
+    let f = t.next.unwrap();
+    assert_eq!(
+        (f.action, f.deadline, f.warned_at),
+        (Action::Revoke, 144 * DAY, Some(130 * DAY))
+    );
+    assert_eq!(f.detected_at, 100 * DAY);
+
+    // Back to notify: re-warned (changed finding), deadline untouched, never due.
+    let t = advance(
+        Some(&f),
+        150 * DAY,
+        Observation::Violating {
+            key: &k,
+            violation: &notify,
+        },
+        DAY,
+    );
+    assert_eq!(t.notices, vec![NoticeKind::Warning]);
+    let f = t.next.unwrap();
+    assert_eq!((f.action, f.deadline), (Action::Notify, 144 * DAY));
+    let t = advance(
+        Some(&f),
+        151 * DAY,
+        Observation::Violating {
+            key: &k,
+            violation: &notify,
+        },
+        DAY,
+    );
+    assert!(!t.revoke_due);
+}
+
+#[test]
+fn a_finding_stored_without_warning_is_warned_before_anything_else() {
+    let k = key("k1");
+    let v = violation(Action::Revoke, 14 * DAY, DAY);
+    let mut f = advance(
+        None,
+        100 * DAY,
+        Observation::Violating {
+            key: &k,
+            violation: &v,
+        },
+        DAY,
+    )
+    .next
+    .unwrap();
+    f.stage = Stage::Detected;
+    f.warned_at = None;
+    f.last_notified_at = None;
+    // Far past the deadline: still only the warning now, and the warning period from now.
+    let t = advance(
+        Some(&f),
+        200 * DAY,
+        Observation::Violating {
+            key: &k,
+            violation: &v,
+        },
+        DAY,
+    );
+    assert_eq!(t.notices, vec![NoticeKind::Warning]);
+    assert!(!t.revoke_due);
+    let f = t.next.unwrap();
+    let t = advance(
+        Some(&f),
+        201 * DAY,
+        Observation::Violating {
+            key: &k,
+            violation: &v,
+        },
+        DAY,
+    );
+    assert_eq!(t.notices, vec![NoticeKind::FinalNotice]);
+    assert!(!t.revoke_due, "warned at 200d, warn_before 14d");
+    let f = t.next.unwrap();
+    let t = advance(
+        Some(&f),
+        214 * DAY,
+        Observation::Violating {
+            key: &k,
+            violation: &v,
+        },
+        DAY,
+    );
+    assert!(t.revoke_due);
+}
+
+#[test]
+fn zero_repeat_interval_turns_reminders_off() {
+    let k = key("k1");
+    let v = violation(Action::Notify, 14 * DAY, DAY);
+    use Obs::*;
+    let rows = [
+        row(100 * DAY, V, &[Warn], false, Stage::Warned),
+        row(101 * DAY, V, &[], false, Stage::Warned),
+        row(500 * DAY, V, &[], false, Stage::Warned),
+    ];
+    run(None, &k, &v, 0, &rows);
+}
+
+#[test]
+fn the_deadline_ignores_later_changes_of_the_violation_inputs() {
+    let mut k = key("k1");
+    let v = violation(Action::Revoke, 14 * DAY, DAY);
+    let f = advance(
+        None,
+        100 * DAY,
+        Observation::Violating {
+            key: &k,
+            violation: &v,
+        },
+        DAY,
+    )
+    .next
+    .unwrap();
+    // Later sweeps see a longer warn_before and a later start (e.g. an `owner_lost_access`
+    // condition whose start is "now"), and a renamed key.
+    let later = Violation {
+        violating_since: 110 * DAY,
+        warn_before: 30 * DAY,
+        reason: "changed".to_string(),
+        ..v.clone()
+    };
+    k.name = "renamed".to_string();
+    let t = advance(
+        Some(&f),
+        110 * DAY,
+        Observation::Violating {
+            key: &k,
+            violation: &later,
+        },
+        DAY,
+    );
+    let f2 = t.next.unwrap();
+    assert_eq!(f2.deadline, 114 * DAY);
+    assert_eq!(f2.key_name, "renamed");
+    assert_eq!(f2.reason, "changed");
+    // The longer warn_before of the current config still holds the revocation back.
+    let t = advance(
+        Some(&f2),
+        114 * DAY,
+        Observation::Violating {
+            key: &k,
+            violation: &later,
+        },
+        DAY,
+    );
+    assert_eq!(t.notices, vec![NoticeKind::FinalNotice]);
+    assert!(!t.revoke_due, "warned 100d + 30d > 114d");
+    let f3 = t.next.unwrap();
+    let t = advance(
+        Some(&f3),
+        130 * DAY,
+        Observation::Violating {
+            key: &k,
+            violation: &later,
+        },
+        DAY,
+    );
+    assert!(t.revoke_due);
+    assert_eq!(t.next.unwrap().deadline, 114 * DAY);
+}
+
+#[test]
+fn a_rewarning_step_is_never_revoke_due_even_with_zero_warn_before() {
+    let k = key("k1");
+    let notify = violation(Action::Notify, 0, 0);
+    let revoke = violation(Action::Revoke, 0, 0);
+    let f = advance(
+        None,
+        100 * DAY,
+        Observation::Violating {
+            key: &k,
+            violation: &notify,
+        },
+        DAY,
+    )
+    .next
+    .unwrap();
+    // Escalation: everything else would allow revocation now, but the owner only just heard.
+    let t = advance(
+        Some(&f),
+        130 * DAY,
+        Observation::Violating {
+            key: &k,
+            violation: &revoke,
+        },
+        DAY,
+    );
+    assert_eq!(t.notices, vec![NoticeKind::Warning]);
+    assert!(!t.revoke_due);
+    let f = t.next.unwrap();
+    let t = advance(
+        Some(&f),
+        130 * DAY + 1,
+        Observation::Violating {
+            key: &k,
+            violation: &revoke,
+        },
+        DAY,
+    );
+    assert_eq!(t.notices, vec![NoticeKind::FinalNotice]);
+    assert!(t.revoke_due);
+
+    // A stored finding that was never warned: same rule.
+    let mut legacy = t.next.unwrap();
+    legacy.warned_at = None;
+    legacy.final_notice_at = Some(100 * DAY);
+    let t = advance(
+        Some(&legacy),
+        140 * DAY,
+        Observation::Violating {
+            key: &k,
+            violation: &revoke,
+        },
+        DAY,
+    );
+    assert_eq!(t.notices, vec![NoticeKind::Warning]);
+    assert!(!t.revoke_due);
+}

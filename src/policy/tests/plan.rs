@@ -1,0 +1,435 @@
+//! Unit tests of `policy::plan`: each safety rail on its own, at its boundary.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::{key, sa_key};
+use crate::config::{Mode, Safety, ServiceAccountRule};
+use crate::inventory::{
+    Inventory, Key, Listing, OrgInventory, OwnerType, ProjectInventory, ProjectRef,
+};
+use crate::policy::finding::FindingId;
+use crate::policy::plan::{
+    Candidate, Plan, PlanInput, ProjectFacts, ProjectKey, Target, Withheld, default_safety, plan,
+    project_cap, project_facts,
+};
+
+fn lifted() -> Safety {
+    Safety {
+        max_revocations_per_run: 100_000,
+        max_revocations_per_project_percent: 100,
+        max_revocations_per_day: 100_000,
+        ..default_safety()
+    }
+}
+
+fn candidate(k: &Key, policy: &str, deadline: i64) -> Candidate {
+    Candidate {
+        finding: FindingId {
+            organization: k.organization.clone(),
+            project_id: k.project_id.clone(),
+            key_id: k.id.clone(),
+            policy: policy.to_string(),
+        },
+        key: k.clone(),
+        deadline,
+    }
+}
+
+/// Complete facts for every project of the keys, `extra` more keys per project than given.
+fn facts(keys: &[Key], extra: usize) -> BTreeMap<ProjectKey, ProjectFacts> {
+    let mut out: BTreeMap<ProjectKey, ProjectFacts> = BTreeMap::new();
+    for k in keys {
+        let f = out
+            .entry((k.organization.clone(), k.project_id.clone()))
+            .or_insert_with(|| ProjectFacts {
+                complete: true,
+                key_count: extra,
+                service_accounts: BTreeMap::new(),
+            });
+        f.key_count += 1;
+        if k.owner.kind == OwnerType::ServiceAccount {
+            f.service_accounts
+                .entry(k.owner.id.clone().unwrap())
+                .or_default()
+                .insert(k.id.clone());
+        }
+    }
+    out
+}
+
+fn run(
+    candidates: &[Candidate],
+    projects: &BTreeMap<ProjectKey, ProjectFacts>,
+    safety: &Safety,
+    mode: Mode,
+    revoked_last_24h: u32,
+    kill_switch: bool,
+) -> Plan {
+    plan(&PlanInput {
+        candidates,
+        projects,
+        mode,
+        safety,
+        revoked_last_24h,
+        kill_switch,
+    })
+}
+
+fn revoked_ids(p: &Plan) -> Vec<String> {
+    p.revoke
+        .iter()
+        .flat_map(|a| a.keys().iter().map(|k| k.id.clone()))
+        .collect()
+}
+
+fn withheld_ids(p: &Plan, reason: Withheld) -> Vec<String> {
+    p.withheld
+        .iter()
+        .filter(|w| w.reason == reason)
+        .flat_map(|w| w.action.keys().iter().map(|k| k.id.clone()))
+        .collect()
+}
+
+#[test]
+fn default_safety_is_conservative_and_documented() {
+    let s = default_safety();
+    assert_eq!(s.max_revocations_per_run, 10);
+    assert_eq!(s.max_revocations_per_project_percent, 25);
+    assert_eq!(s.max_revocations_per_day, 50);
+    assert_eq!(s.service_accounts, ServiceAccountRule::NotifyOnly);
+    assert!(s.kill_switch_file.is_none());
+}
+
+#[test]
+fn enforce_with_lifted_caps_revokes_every_user_key_once() {
+    let keys: Vec<Key> = (0..5).map(|i| key(&format!("k{i}"))).collect();
+    let mut cands: Vec<Candidate> = keys.iter().map(|k| candidate(k, "rotate", 10)).collect();
+    // k0 violates two revoke policies: still one deletion, closing both findings.
+    cands.push(candidate(&keys[0], "naming", 5));
+    let p = run(&cands, &facts(&keys, 0), &lifted(), Mode::Enforce, 0, false);
+    assert_eq!(revoked_ids(&p), vec!["k0", "k1", "k2", "k3", "k4"]);
+    assert!(p.withheld.is_empty());
+    assert_eq!(p.revocation_count(), 5);
+    let first = &p.revoke[0];
+    assert_eq!(first.findings.len(), 2);
+    assert_eq!(first.deadline, 5, "earliest deadline of its findings");
+    assert!(
+        first.describe().contains("delete key k0"),
+        "{}",
+        first.describe()
+    );
+}
+
+#[test]
+fn dry_run_and_kill_switch_revoke_nothing() {
+    let keys: Vec<Key> = (0..3).map(|i| key(&format!("k{i}"))).collect();
+    let cands: Vec<Candidate> = keys.iter().map(|k| candidate(k, "rotate", 10)).collect();
+    let f = facts(&keys, 0);
+    let dry = run(&cands, &f, &lifted(), Mode::DryRun, 0, false);
+    assert!(dry.revoke.is_empty());
+    assert_eq!(withheld_ids(&dry, Withheld::DryRun), vec!["k0", "k1", "k2"]);
+    let killed = run(&cands, &f, &lifted(), Mode::Enforce, 0, true);
+    assert!(killed.revoke.is_empty());
+    assert_eq!(withheld_ids(&killed, Withheld::KillSwitch).len(), 3);
+}
+
+#[test]
+fn dry_run_still_shows_what_caps_would_withhold() {
+    let keys: Vec<Key> = (0..3).map(|i| key(&format!("k{i}"))).collect();
+    let cands: Vec<Candidate> = keys.iter().map(|k| candidate(k, "rotate", 10)).collect();
+    let safety = Safety {
+        max_revocations_per_run: 2,
+        ..lifted()
+    };
+    let dry = run(&cands, &facts(&keys, 0), &safety, Mode::DryRun, 0, false);
+    assert_eq!(withheld_ids(&dry, Withheld::DryRun), vec!["k0", "k1"]);
+    assert_eq!(withheld_ids(&dry, Withheld::CapPerRun), vec!["k2"]);
+}
+
+#[test]
+fn incomplete_or_unknown_projects_are_not_touched() {
+    let a = key("a1");
+    let mut b = key("b1");
+    b.project_id = "proj_b".to_string();
+    let mut c = key("c1");
+    c.project_id = "proj_c".to_string();
+    let cands = vec![
+        candidate(&a, "p", 1),
+        candidate(&b, "p", 1),
+        candidate(&c, "p", 1),
+    ];
+    let mut f = facts(&[a.clone(), b.clone()], 0);
+    f.get_mut(&("acme".to_string(), "proj_b".to_string()))
+        .unwrap()
+        .complete = false;
+    let p = run(&cands, &f, &lifted(), Mode::Enforce, 0, false);
+    assert_eq!(revoked_ids(&p), vec!["a1"]);
+    assert_eq!(
+        withheld_ids(&p, Withheld::IncompleteListing),
+        vec!["b1", "c1"]
+    );
+}
+
+#[test]
+fn per_run_cap_takes_the_earliest_deadlines_then_ids() {
+    let keys: Vec<Key> = (0..12).map(|i| key(&format!("k{i:02}"))).collect();
+    // Deadlines descend with the index, except k00/k01 which tie with k11.
+    let cands: Vec<Candidate> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            let deadline = if i < 2 {
+                1
+            } else {
+                100 - i64::try_from(i).unwrap()
+            };
+            candidate(k, "rotate", deadline)
+        })
+        .collect();
+    let safety = Safety {
+        max_revocations_per_run: 10,
+        ..lifted()
+    };
+    let p = run(&cands, &facts(&keys, 0), &safety, Mode::Enforce, 0, false);
+    assert_eq!(p.revocation_count(), 10);
+    assert_eq!(
+        revoked_ids(&p)[..4],
+        ["k00", "k01", "k11", "k10"].map(String::from)
+    );
+    assert_eq!(withheld_ids(&p, Withheld::CapPerRun), vec!["k03", "k02"]);
+    assert_eq!(p.cap_withheld().count(), 2);
+}
+
+#[test]
+fn per_project_percent_is_floored_but_at_least_one() {
+    assert_eq!(project_cap(25, 3), 1);
+    assert_eq!(project_cap(25, 8), 2);
+    assert_eq!(project_cap(25, 11), 2);
+    assert_eq!(project_cap(25, 12), 3);
+    assert_eq!(project_cap(100, 7), 7);
+    assert_eq!(project_cap(1, 0), 1);
+    assert_eq!(project_cap(0, 100), 0);
+
+    let keys: Vec<Key> = (0..4).map(|i| key(&format!("k{i}"))).collect();
+    let cands: Vec<Candidate> = keys.iter().map(|k| candidate(k, "rotate", 10)).collect();
+    let safety = Safety {
+        max_revocations_per_project_percent: 25,
+        ..lifted()
+    };
+    // 4 due of 8 keys: cap 2.
+    let p = run(&cands, &facts(&keys, 4), &safety, Mode::Enforce, 0, false);
+    assert_eq!(revoked_ids(&p), vec!["k0", "k1"]);
+    assert_eq!(
+        withheld_ids(&p, Withheld::CapPerProjectPercent),
+        vec!["k2", "k3"]
+    );
+
+    let zero = Safety {
+        max_revocations_per_project_percent: 0,
+        ..lifted()
+    };
+    let p = run(&cands, &facts(&keys, 4), &zero, Mode::Enforce, 0, false);
+    assert!(p.revoke.is_empty());
+}
+
+#[test]
+fn per_day_cap_counts_earlier_revocations() {
+    let keys: Vec<Key> = (0..5).map(|i| key(&format!("k{i}"))).collect();
+    let cands: Vec<Candidate> = keys.iter().map(|k| candidate(k, "rotate", 10)).collect();
+    let safety = Safety {
+        max_revocations_per_day: 50,
+        ..lifted()
+    };
+    let p = run(&cands, &facts(&keys, 0), &safety, Mode::Enforce, 48, false);
+    assert_eq!(revoked_ids(&p), vec!["k0", "k1"]);
+    assert_eq!(
+        withheld_ids(&p, Withheld::CapPerDay),
+        vec!["k2", "k3", "k4"]
+    );
+    let p = run(&cands, &facts(&keys, 0), &safety, Mode::Enforce, 60, false);
+    assert!(p.revoke.is_empty());
+}
+
+#[test]
+fn service_account_keys_are_notify_only_by_default() {
+    let s1 = sa_key("s1", "proj_a", "svc_1");
+    let u = key("u1");
+    let cands = vec![candidate(&s1, "rotate", 1), candidate(&u, "rotate", 2)];
+    let p = run(
+        &cands,
+        &facts(&[s1, u], 0),
+        &lifted(),
+        Mode::Enforce,
+        0,
+        false,
+    );
+    assert_eq!(revoked_ids(&p), vec!["u1"]);
+    assert_eq!(
+        withheld_ids(&p, Withheld::ServiceAccountNotifyOnly),
+        vec!["s1"]
+    );
+}
+
+#[test]
+fn service_account_is_deleted_only_when_all_its_keys_are_due() {
+    let safety = Safety {
+        service_accounts: ServiceAccountRule::DeleteServiceAccount,
+        ..lifted()
+    };
+    let s1 = sa_key("s1", "proj_a", "svc_1");
+    let s2 = sa_key("s2", "proj_a", "svc_1");
+    let s3 = sa_key("s3", "proj_a", "svc_2");
+    let s4 = sa_key("s4", "proj_a", "svc_2");
+    let all = [s1.clone(), s2.clone(), s3.clone(), s4.clone()];
+    // svc_1: both keys due. svc_2: only s3 due, s4 is compliant.
+    let cands = vec![
+        candidate(&s1, "rotate", 7),
+        candidate(&s2, "rotate", 3),
+        candidate(&s3, "rotate", 1),
+    ];
+    let p = run(&cands, &facts(&all, 0), &safety, Mode::Enforce, 0, false);
+    assert_eq!(p.revoke.len(), 1);
+    let action = &p.revoke[0];
+    match &action.target {
+        Target::ServiceAccount {
+            service_account_id,
+            collateral,
+            name,
+            ..
+        } => {
+            assert_eq!(service_account_id, "svc_1");
+            assert_eq!(name.as_deref(), Some("bot-svc_1"));
+            let ids: BTreeSet<&str> = collateral.iter().map(|k| k.id.as_str()).collect();
+            assert_eq!(ids, BTreeSet::from(["s1", "s2"]));
+        }
+        other => panic!("expected a service-account action, got {other:?}"),
+    }
+    assert_eq!(action.revocations(), 2);
+    assert_eq!(action.deadline, 3);
+    assert_eq!(action.findings.len(), 2);
+    assert!(
+        action.describe().contains("destroying keys s1, s2"),
+        "{}",
+        action.describe()
+    );
+    assert_eq!(
+        withheld_ids(&p, Withheld::ServiceAccountHasCompliantKeys),
+        vec!["s3"]
+    );
+
+    // An account the listing does not know cannot be judged complete.
+    let mut f = facts(&all, 0);
+    f.values_mut().for_each(|f| f.service_accounts.clear());
+    let p = run(&cands, &f, &safety, Mode::Enforce, 0, false);
+    assert!(p.revoke.is_empty());
+    assert_eq!(withheld_ids(&p, Withheld::IncompleteListing).len(), 3);
+
+    // No service-account id: cannot be addressed.
+    let mut anon = sa_key("s9", "proj_a", "x");
+    anon.owner.id = None;
+    let p = run(
+        &[candidate(&anon, "rotate", 1)],
+        &facts(&[], 0),
+        &safety,
+        Mode::Enforce,
+        0,
+        false,
+    );
+    assert_eq!(
+        withheld_ids(&p, Withheld::ServiceAccountUnknown),
+        vec!["s9"]
+    );
+}
+
+#[test]
+fn a_service_account_counts_one_revocation_per_key_against_the_caps() {
+    let safety = Safety {
+        service_accounts: ServiceAccountRule::DeleteServiceAccount,
+        max_revocations_per_run: 2,
+        ..lifted()
+    };
+    let sas: Vec<Key> = (0..3)
+        .map(|i| sa_key(&format!("s{i}"), "proj_a", "svc_1"))
+        .collect();
+    let u = key("u1");
+    let mut cands: Vec<Candidate> = sas.iter().map(|k| candidate(k, "rotate", 1)).collect();
+    cands.push(candidate(&u, "rotate", 2));
+    let mut all = sas.clone();
+    all.push(u);
+    let p = run(&cands, &facts(&all, 0), &safety, Mode::Enforce, 0, false);
+    // The 3-key account does not fit into 2; the later single key does.
+    assert_eq!(revoked_ids(&p), vec!["u1"]);
+    assert_eq!(
+        withheld_ids(&p, Withheld::CapPerRun),
+        vec!["s0", "s1", "s2"]
+    );
+    assert_eq!(p.revocation_count(), 1);
+}
+
+#[test]
+fn unknown_owner_type_keys_go_through_the_key_endpoint() {
+    let mut k = key("k1");
+    k.owner.kind = OwnerType::Unknown;
+    let p = run(
+        &[candidate(&k, "rotate", 1)],
+        &facts(std::slice::from_ref(&k), 0),
+        &lifted(),
+        Mode::Enforce,
+        0,
+        false,
+    );
+    assert_eq!(revoked_ids(&p), vec!["k1"]);
+}
+
+#[test]
+fn project_facts_from_an_inventory() {
+    let s1 = sa_key("s1", "proj_a", "svc_1");
+    let u = key("u1");
+    let project = |id: &str| ProjectRef {
+        organization: "acme".to_string(),
+        id: id.to_string(),
+        name: None,
+        archived: false,
+    };
+    let inv = Inventory {
+        orgs: vec![
+            OrgInventory {
+                organization: "acme".to_string(),
+                projects: vec![
+                    ProjectInventory {
+                        project: project("proj_a"),
+                        keys: vec![s1, u],
+                        listing: Listing::Complete,
+                    },
+                    ProjectInventory {
+                        project: project("proj_b"),
+                        keys: vec![],
+                        listing: Listing::Incomplete("page 3 failed".to_string()),
+                    },
+                ],
+                error: None,
+                admin_keys: vec![],
+            },
+            OrgInventory {
+                organization: "globex".to_string(),
+                projects: vec![ProjectInventory {
+                    project: project("proj_g"),
+                    keys: vec![],
+                    listing: Listing::Complete,
+                }],
+                error: Some("admin key refused".to_string()),
+                admin_keys: vec![],
+            },
+        ],
+    };
+    let f = project_facts(&inv);
+    let a = &f[&("acme".to_string(), "proj_a".to_string())];
+    assert!(a.complete);
+    assert_eq!(a.key_count, 2);
+    assert_eq!(
+        a.service_accounts["svc_1"],
+        BTreeSet::from(["s1".to_string()])
+    );
+    assert!(!f[&("acme".to_string(), "proj_b".to_string())].complete);
+    assert!(!f[&("globex".to_string(), "proj_g".to_string())].complete);
+}

@@ -1,0 +1,493 @@
+//! Each condition and selector of `policy::rules` at its boundaries.
+
+use super::{DAY, dur, exemption, key, policy};
+use crate::config::{Action, OwnerTypeSelector};
+use crate::inventory::{Key, OwnerAccess, OwnerType};
+use crate::policy::lifecycle::Observation;
+use crate::policy::rules::{Policies, PolicyError, Violation};
+
+fn eval_one(p: crate::config::PolicyConfig, k: &Key, now: i64) -> Option<Violation> {
+    let policies = Policies::from_parts(&[p], &[]).unwrap();
+    let mut e = policies.evaluate(k, now);
+    assert!(e.violations.len() <= 1);
+    e.violations.pop()
+}
+
+fn max_age(days: i64) -> crate::config::PolicyConfig {
+    let mut p = policy("age");
+    p.max_age = Some(dur(days * DAY));
+    p
+}
+
+#[test]
+fn max_age_is_strictly_older_than() {
+    let mut k = key("k1");
+    k.created_at = 1_000;
+    let limit = 1_000 + 90 * DAY;
+    assert_eq!(eval_one(max_age(90), &k, limit - 1), None);
+    assert_eq!(
+        eval_one(max_age(90), &k, limit),
+        None,
+        "exactly max_age is not older"
+    );
+    let v = eval_one(max_age(90), &k, limit + 1).unwrap();
+    assert_eq!(v.violating_since, limit);
+    assert_eq!(v.policy, "age");
+    assert_eq!(v.action, Action::Notify);
+    assert_eq!(v.warn_before, 7 * DAY);
+    assert_eq!(v.final_notice, DAY);
+    assert!(v.reason.contains("older than 90d"), "{}", v.reason);
+    assert!(v.reason.contains("created 1970-01-01"), "{}", v.reason);
+}
+
+#[test]
+fn max_idle_counts_from_last_use() {
+    let mut p = policy("idle");
+    p.max_idle = Some(dur(45 * DAY));
+    let mut k = key("k1");
+    k.last_used_at = Some(10 * DAY);
+    let limit = 55 * DAY;
+    assert_eq!(eval_one(p.clone(), &k, limit - 1), None);
+    assert_eq!(eval_one(p.clone(), &k, limit), None);
+    let v = eval_one(p.clone(), &k, limit + 1).unwrap();
+    assert_eq!(v.violating_since, limit);
+    assert!(
+        v.reason.contains("unused for more than 45d"),
+        "{}",
+        v.reason
+    );
+
+    // A grace for never-used keys does not apply to a used key.
+    p.never_used_grace = Some(dur(DAY));
+    assert_eq!(eval_one(p, &k, limit), None);
+}
+
+#[test]
+fn never_used_key_is_idle_from_creation_after_default_grace() {
+    let mut p = policy("idle");
+    p.max_idle = Some(dur(45 * DAY));
+    let mut k = key("k1");
+    k.created_at = 5 * DAY;
+    let limit = 50 * DAY;
+    assert_eq!(eval_one(p.clone(), &k, limit - 1), None);
+    assert_eq!(eval_one(p.clone(), &k, limit), None);
+    let v = eval_one(p, &k, limit + 1).unwrap();
+    assert_eq!(v.violating_since, limit);
+    assert!(v.reason.contains("never used"), "{}", v.reason);
+}
+
+#[test]
+fn never_used_key_with_explicit_grace() {
+    let mut p = policy("idle");
+    p.max_idle = Some(dur(45 * DAY));
+    p.never_used_grace = Some(dur(7 * DAY));
+    let k = key("k1");
+    assert_eq!(eval_one(p.clone(), &k, 7 * DAY), None);
+    let v = eval_one(p.clone(), &k, 7 * DAY + 1).unwrap();
+    assert_eq!(v.violating_since, 7 * DAY);
+    // A longer grace than max_idle protects new keys longer.
+    p.never_used_grace = Some(dur(60 * DAY));
+    assert_eq!(eval_one(p.clone(), &k, 60 * DAY), None);
+    assert!(eval_one(p, &k, 60 * DAY + 1).is_some());
+}
+
+#[test]
+fn owner_lost_access_only_when_inactive() {
+    let mut p = policy("lost");
+    p.owner_lost_access = true;
+    let mut k = key("k1");
+    assert_eq!(eval_one(p.clone(), &k, 100), None);
+    k.owner_access = OwnerAccess::Unknown;
+    assert_eq!(
+        eval_one(p.clone(), &k, 100),
+        None,
+        "unknown is not evidence"
+    );
+    k.owner_access = OwnerAccess::Inactive;
+    let v = eval_one(p, &k, 100).unwrap();
+    assert_eq!(v.violating_since, 100, "start unknown: counts from now");
+}
+
+#[test]
+fn name_pattern_violates_when_the_name_does_not_match() {
+    let mut p = policy("naming");
+    p.name_pattern = Some(regex::Regex::new("^(ci|svc)-[a-z]+$").unwrap());
+    let mut k = key("k1");
+    k.name = "ci-deploy".to_string();
+    assert_eq!(eval_one(p.clone(), &k, 100), None);
+    k.name = "my key".to_string();
+    let v = eval_one(p, &k, 100).unwrap();
+    assert!(v.reason.contains("does not match"), "{}", v.reason);
+}
+
+#[test]
+fn all_conditions_must_hold_and_the_last_to_start_sets_violating_since() {
+    let mut p = max_age(90);
+    p.max_idle = Some(dur(30 * DAY));
+    let mut k = key("k1");
+    k.last_used_at = Some(80 * DAY);
+    // Old but recently used: max_idle does not hold.
+    assert_eq!(eval_one(p.clone(), &k, 100 * DAY), None);
+    // Idle but young: max_age does not hold.
+    k.last_used_at = Some(DAY);
+    assert_eq!(eval_one(p.clone(), &k, 60 * DAY), None);
+    // Both: since = max(created+90d, last_used+30d).
+    k.last_used_at = Some(70 * DAY);
+    let v = eval_one(p, &k, 101 * DAY).unwrap();
+    assert_eq!(v.violating_since, 100 * DAY);
+    assert!(v.reason.contains("older than") && v.reason.contains("unused"));
+}
+
+#[test]
+fn policy_without_condition_is_an_error() {
+    let err = Policies::from_parts(&[max_age(1), policy("empty")], &[]).unwrap_err();
+    assert!(
+        matches!(err, PolicyError::NoCondition { index: 1, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("policies[1] (empty)"), "{err}");
+}
+
+#[test]
+fn duplicate_and_empty_policy_names_are_errors() {
+    let err = Policies::from_parts(&[max_age(1), max_age(2)], &[]).unwrap_err();
+    assert!(
+        matches!(err, PolicyError::DuplicateName { index: 1, .. }),
+        "{err}"
+    );
+    let mut p = max_age(1);
+    p.name = " ".to_string();
+    let err = Policies::from_parts(&[p], &[]).unwrap_err();
+    assert!(matches!(err, PolicyError::EmptyName { index: 0 }), "{err}");
+}
+
+#[test]
+fn invalid_glob_names_the_field() {
+    let mut p = max_age(1);
+    p.selector.key_name = vec!["ci-[".to_string()];
+    let err = Policies::from_parts(&[p], &[]).unwrap_err();
+    assert!(
+        err.to_string().contains("policies[0] (age).match.key_name"),
+        "{err}"
+    );
+    let mut e = exemption("r");
+    e.project = Some("{a".to_string());
+    let err = Policies::from_parts(&[max_age(1)], &[e]).unwrap_err();
+    assert!(err.to_string().contains("exemptions[0].project"), "{err}");
+}
+
+fn selects(p: crate::config::PolicyConfig, k: &Key) -> bool {
+    // max_age 0 with a key created at 0 and now = 1: every selected key violates.
+    eval_one(p, k, 1).is_some()
+}
+
+fn selected_by(f: impl FnOnce(&mut crate::config::Selector)) -> crate::config::PolicyConfig {
+    let mut p = policy("sel");
+    p.max_age = Some(dur(0));
+    f(&mut p.selector);
+    p
+}
+
+#[test]
+fn project_selector_matches_id_exactly_or_name_by_glob() {
+    let k = key("k1"); // proj_a, "Alpha"
+    assert!(selects(
+        selected_by(|s| s.projects = vec!["proj_a".into()]),
+        &k
+    ));
+    assert!(!selects(
+        selected_by(|s| s.projects = vec!["proj_b".into()]),
+        &k
+    ));
+    assert!(selects(
+        selected_by(|s| s.projects = vec!["Al*".into()]),
+        &k
+    ));
+    assert!(
+        !selects(selected_by(|s| s.projects = vec!["al*".into()]), &k),
+        "case matters"
+    );
+    // Ids are matched exactly, never as globs.
+    assert!(!selects(
+        selected_by(|s| s.projects = vec!["proj_*".into()]),
+        &k
+    ));
+    // OR within the list.
+    assert!(selects(
+        selected_by(|s| s.projects = vec!["x".into(), "Alpha".into()]),
+        &k
+    ));
+    let mut unnamed = k.clone();
+    unnamed.project_name = None;
+    assert!(!selects(
+        selected_by(|s| s.projects = vec!["*".into()]),
+        &unnamed
+    ));
+    assert!(selects(
+        selected_by(|s| s.projects = vec!["proj_a".into()]),
+        &unnamed
+    ));
+}
+
+#[test]
+fn organization_owner_type_and_key_name_selectors() {
+    let mut k = key("k1");
+    k.name = "team/ci-deploy".to_string();
+    assert!(selects(
+        selected_by(|s| s.organizations = vec!["ac*".into()]),
+        &k
+    ));
+    assert!(!selects(
+        selected_by(|s| s.organizations = vec!["globex".into()]),
+        &k
+    ));
+    assert!(selects(
+        selected_by(|s| s.owner_type = Some(OwnerTypeSelector::User)),
+        &k
+    ));
+    assert!(!selects(
+        selected_by(|s| s.owner_type = Some(OwnerTypeSelector::ServiceAccount)),
+        &k
+    ));
+    let mut unknown = k.clone();
+    unknown.owner.kind = OwnerType::Unknown;
+    assert!(!selects(
+        selected_by(|s| s.owner_type = Some(OwnerTypeSelector::User)),
+        &unknown
+    ));
+    // `*` crosses `/`: names are not paths.
+    assert!(selects(
+        selected_by(|s| s.key_name = vec!["*ci-*".into()]),
+        &k
+    ));
+    assert!(!selects(
+        selected_by(|s| s.key_name = vec!["*CI-*".into()]),
+        &k
+    ));
+    // AND across lists.
+    assert!(!selects(
+        selected_by(|s| {
+            s.key_name = vec!["*ci-*".into()];
+            s.organizations = vec!["globex".into()];
+        }),
+        &k
+    ));
+}
+
+#[test]
+fn owner_email_selector_is_case_insensitive_and_needs_an_email() {
+    let k = key("k1"); // alice@example.com
+    assert!(selects(
+        selected_by(|s| s.owner_email = vec!["*@EXAMPLE.com".into()]),
+        &k
+    ));
+    assert!(selects(
+        selected_by(|s| s.owner_email = vec!["Alice@*".into()]),
+        &k
+    ));
+    assert!(!selects(
+        selected_by(|s| s.owner_email = vec!["*@example.org".into()]),
+        &k
+    ));
+    let mut no_email = k.clone();
+    no_email.owner.email = None;
+    assert!(!selects(
+        selected_by(|s| s.owner_email = vec!["*".into()]),
+        &no_email
+    ));
+}
+
+#[test]
+fn exemption_by_key_id_name_glob_and_project() {
+    let k = key("k1");
+    let now = 2 * DAY;
+    let cases: Vec<(crate::config::ExemptionConfig, bool)> = vec![
+        (
+            {
+                let mut e = exemption("id");
+                e.key_id = Some("k1".into());
+                e
+            },
+            true,
+        ),
+        (
+            {
+                let mut e = exemption("id");
+                e.key_id = Some("k2".into());
+                e
+            },
+            false,
+        ),
+        (
+            {
+                let mut e = exemption("name");
+                e.key_name = Some("name-*".into());
+                e
+            },
+            true,
+        ),
+        (
+            {
+                let mut e = exemption("name");
+                e.key_name = Some("other*".into());
+                e
+            },
+            false,
+        ),
+        (
+            {
+                let mut e = exemption("pid");
+                e.project = Some("proj_a".into());
+                e
+            },
+            true,
+        ),
+        (
+            {
+                let mut e = exemption("pname");
+                e.project = Some("Alp*".into());
+                e
+            },
+            true,
+        ),
+        (
+            {
+                let mut e = exemption("pname");
+                e.project = Some("Beta".into());
+                e
+            },
+            false,
+        ),
+        // All given fields must match.
+        (
+            {
+                let mut e = exemption("both");
+                e.key_id = Some("k1".into());
+                e.project = Some("proj_b".into());
+                e
+            },
+            false,
+        ),
+        (
+            {
+                let mut e = exemption("both");
+                e.key_id = Some("k1".into());
+                e.project = Some("Alpha".into());
+                e
+            },
+            true,
+        ),
+    ];
+    for (e, expected) in cases {
+        let label = format!("{e:?}");
+        let policies = Policies::from_parts(&[max_age(1)], &[e]).unwrap();
+        let ev = policies.evaluate(&k, now);
+        assert_eq!(ev.is_exempt(), expected, "{label}");
+        // Violations are reported either way; acting is gated by the exemption.
+        assert_eq!(ev.violations.len(), 1, "{label}");
+        let obs = ev.observation(&k, "age");
+        if expected {
+            assert!(matches!(obs, Observation::Exempted { .. }), "{label}");
+        } else {
+            assert!(matches!(obs, Observation::Violating { .. }), "{label}");
+        }
+    }
+}
+
+#[test]
+fn exemption_until_is_inclusive_then_expired_and_reported() {
+    let k = key("k1");
+    let mut e = exemption("migration");
+    e.key_id = Some("k1".into());
+    e.until = Some(10 * DAY);
+    let policies = Policies::from_parts(&[max_age(1)], &[e]).unwrap();
+
+    let at_until = policies.evaluate(&k, 10 * DAY);
+    assert_eq!(
+        at_until.exemption.as_ref().map(|h| h.reason.as_str()),
+        Some("migration")
+    );
+    assert!(at_until.expired_exemptions.is_empty());
+
+    let after = policies.evaluate(&k, 10 * DAY + 1);
+    assert!(!after.is_exempt());
+    assert_eq!(after.expired_exemptions.len(), 1);
+    assert_eq!(after.expired_exemptions[0].index, 0);
+    assert_eq!(after.expired_exemptions[0].until, Some(10 * DAY));
+    assert!(matches!(
+        after.observation(&k, "age"),
+        Observation::Violating { .. }
+    ));
+
+    // An expired exemption of another key is not reported on this one.
+    let other = key("k2");
+    assert!(
+        policies
+            .evaluate(&other, 10 * DAY + 1)
+            .expired_exemptions
+            .is_empty()
+    );
+}
+
+#[test]
+fn first_active_exemption_wins_and_expired_ones_are_still_reported() {
+    let k = key("k1");
+    let mut expired = exemption("old");
+    expired.key_id = Some("k1".into());
+    expired.until = Some(DAY);
+    let mut a = exemption("a");
+    a.project = Some("proj_a".into());
+    let mut b = exemption("b");
+    b.key_name = Some("*".into());
+    let policies = Policies::from_parts(&[max_age(1)], &[expired, a, b]).unwrap();
+    let ev = policies.evaluate(&k, 5 * DAY);
+    let hit = ev.exemption.unwrap();
+    assert_eq!((hit.reason.as_str(), hit.index), ("a", 1));
+    assert_eq!(ev.expired_exemptions.len(), 1);
+}
+
+#[test]
+fn empty_exemption_is_an_error() {
+    let err = Policies::from_parts(&[max_age(1)], &[exemption("all")]).unwrap_err();
+    assert!(
+        matches!(err, PolicyError::EmptyExemption { index: 0 }),
+        "{err}"
+    );
+}
+
+#[test]
+fn observation_for_unselected_policy_is_compliant() {
+    let mut p = max_age(1);
+    p.selector.projects = vec!["proj_z".into()];
+    let policies = Policies::from_parts(&[p], &[]).unwrap();
+    let k = key("k1");
+    let ev = policies.evaluate(&k, 100 * DAY);
+    assert!(ev.violations.is_empty());
+    assert_eq!(ev.observation(&k, "age"), Observation::Compliant);
+    assert_eq!(ev.observation(&k, "removed-policy"), Observation::Compliant);
+    assert_eq!(policies.names().collect::<Vec<_>>(), vec!["age"]);
+}
+
+#[test]
+fn example_policies_from_the_issue_evaluate_as_written() {
+    let mut rotate = policy("rotate-90d");
+    rotate.max_age = Some(dur(90 * DAY));
+    rotate.action = Action::Revoke;
+    rotate.warn_before = dur(14 * DAY);
+    let mut idle = policy("idle-45d");
+    idle.max_idle = Some(dur(45 * DAY));
+    let policies = Policies::from_parts(&[rotate, idle], &[]).unwrap();
+
+    let mut k = key("k1");
+    k.last_used_at = Some(99 * DAY);
+    let ev = policies.evaluate(&k, 100 * DAY);
+    let names: Vec<_> = ev.violations.iter().map(|v| v.policy.as_str()).collect();
+    assert_eq!(names, vec!["rotate-90d"]);
+    assert_eq!(ev.violations[0].action, Action::Revoke);
+    assert_eq!(ev.violations[0].warn_before, 14 * DAY);
+
+    k.last_used_at = None;
+    let ev = policies.evaluate(&k, 100 * DAY);
+    let names: Vec<_> = ev.violations.iter().map(|v| v.policy.as_str()).collect();
+    assert_eq!(names, vec!["rotate-90d", "idle-45d"]);
+}
