@@ -36,12 +36,11 @@ use crate::config::{Mode, Safety, ServiceAccountRule};
 use crate::inventory::{Inventory, Key, OwnerType};
 use crate::policy::finding::FindingId;
 
-/// Default `[safety] max_revocations_per_run`.
-pub const DEFAULT_MAX_REVOCATIONS_PER_RUN: u32 = 10;
-/// Default `[safety] max_revocations_per_project_percent`.
-pub const DEFAULT_MAX_REVOCATIONS_PER_PROJECT_PERCENT: u32 = 25;
-/// Default `[safety] max_revocations_per_day` (rolling 24 h).
-pub const DEFAULT_MAX_REVOCATIONS_PER_DAY: u32 = 50;
+// The defaults are defined once, next to the config loader that applies them.
+pub use crate::config::{
+    DEFAULT_MAX_REVOCATIONS_PER_DAY, DEFAULT_MAX_REVOCATIONS_PER_PROJECT_PERCENT,
+    DEFAULT_MAX_REVOCATIONS_PER_RUN,
+};
 
 /// The conservative `[safety]` defaults, in one place so the config loader, the docs and the
 /// tests cannot disagree.
