@@ -47,8 +47,9 @@ CREATE INDEX revocations_at ON revocations (at);
 -- Append-only, hash-chained audit log. `hash` = SHA-256 over `prev_hash` and the record's
 -- canonical JSON; `state::audit` is the only writer. `at` and `kind` are copies of fields of
 -- `record` for indexed look-ups; `audit verify` checks that they agree with the hashed record.
+-- AUTOINCREMENT keeps the highest seq ever used in sqlite_sequence, so a truncated tail shows.
 CREATE TABLE audit (
-    seq       INTEGER PRIMARY KEY,
+    seq       INTEGER PRIMARY KEY AUTOINCREMENT,
     at        INTEGER NOT NULL,
     kind      TEXT NOT NULL,
     record    TEXT NOT NULL,
