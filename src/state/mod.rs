@@ -1,4 +1,378 @@
 //! Persistent state in SQLite: key observations, findings, revocation counter, audit log,
 //! outbox and sweep history.
+//!
+//! [`Store`] owns the one connection of the process behind a mutex. Everything that writes goes
+//! through [`Store::tx`] so that a sweep commits its findings, outbox rows and audit records
+//! atomically; the per-table modules (`findings`, `observations`, `audit`, …) are plain functions
+//! on a `&rusqlite::Connection` (a `&Transaction` derefs to one) so they compose inside it.
+//!
+//! Durability is chosen for the audit log: WAL with `synchronous = FULL`, so a record whose
+//! transaction committed survives a crash or power loss right after. The database file is created
+//! with mode 0600 (the -wal/-shm files inherit it).
+//!
+//! Nothing in state may ever hold a secret: the types stored here (findings, keys, audit records)
+//! only carry ids, names and `redacted_value`s. Do not add a column or field that could.
 
+pub mod alerts;
+pub mod audit;
+pub mod cli;
+pub mod findings;
+pub mod observations;
+pub mod revocations;
 pub mod schema;
+pub mod sweeps;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
+
+/// How long a writer waits for another process (the CLI next to the daemon) to release the
+/// database before giving up with "database is locked".
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Errors of the state database. Messages name the file or the row; they never contain a secret
+/// because nothing stored here is one.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot create the state directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot create the state database {path}: {source}")]
+    CreateFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the state database {path} does not exist")]
+    Missing { path: PathBuf },
+    #[error("cannot open the state database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(
+        "the state database {path} has schema version {found}, but this keysweep only knows \
+         versions up to {known}; it was written by a newer keysweep (upgrade keysweep, or point \
+         `state_path` at another file)"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        known: usize,
+    },
+    #[error("state database migration to version {version} failed: {source}")]
+    Migration {
+        version: usize,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("state database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A stored JSON column did not decode: the row was written by something else or damaged.
+    #[error("corrupt {table} row {row}: {source}")]
+    Corrupt {
+        table: &'static str,
+        row: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("cannot encode {what} as JSON: {source}")]
+    Encode {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Writing a command's output failed (e.g. a closed pipe).
+    #[error("cannot write output: {0}")]
+    Output(#[source] std::io::Error),
+}
+
+/// The state database. Cheap to clone; all clones share one connection.
+///
+/// The connection is synchronous: async callers run state work in `spawn_blocking`. Calls do not
+/// nest: calling [`Store::tx`] (or [`audit::append_durable`]) from inside a `tx` closure on the
+/// same store deadlocks. Inside a closure, use the functions on the `&Transaction` you were given.
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+    path: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
+    ///
+    /// Refuses a database whose schema is newer than this binary knows: an older keysweep must
+    /// not write into tables whose meaning it does not understand.
+    pub fn open(path: &Path) -> Result<Store, StateError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            create_private_dir(parent)?;
+        }
+        create_private_file(path)?;
+        Self::open_file(path)
+    }
+
+    /// Like [`Store::open`] but refuses to create the file: for read-mostly commands such as
+    /// `keysweep audit verify`, where a mistyped path must not yield a fresh, empty — and so
+    /// trivially "valid" — audit log.
+    pub fn open_existing(path: &Path) -> Result<Store, StateError> {
+        if !path.exists() {
+            return Err(StateError::Missing {
+                path: path.to_path_buf(),
+            });
+        }
+        Self::open_file(path)
+    }
+
+    /// A private in-memory database, for unit tests.
+    pub fn open_in_memory() -> Result<Store, StateError> {
+        let mut conn = Connection::open_in_memory()?;
+        configure(&conn).map_err(StateError::Sqlite)?;
+        migrate(&mut conn, Path::new(":memory:"))?;
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+            path: None,
+        })
+    }
+
+    fn open_file(path: &Path) -> Result<Store, StateError> {
+        let open_err = |source| StateError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        // No CREATE flag: `open` created the file with the right mode; `open_existing` must not.
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let mut conn = Connection::open_with_flags(path, flags).map_err(open_err)?;
+        // The first statement that reads the file is where "file is not a database" surfaces.
+        configure(&conn).map_err(open_err)?;
+        migrate(&mut conn, path)?;
+        warn_if_readable_by_others(path);
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+            path: Some(path.to_path_buf()),
+        })
+    }
+
+    /// The database file, or `None` for an in-memory store.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// Runs `f` in one write transaction and commits it if `f` returns `Ok`; on `Err` (or a
+    /// panic) everything `f` wrote is rolled back.
+    ///
+    /// The transaction is `IMMEDIATE`: it takes the write lock up front, so two processes never
+    /// both read the audit head and then race to append after it.
+    pub fn tx<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, StateError>,
+    ) -> Result<T, StateError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let value = f(&tx)?;
+        tx.commit()?;
+        Ok(value)
+    }
+
+    /// Runs `f` on the connection without opening a transaction: for reads, and for the
+    /// per-table functions that open their own when called outside one.
+    pub fn with_conn<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StateError>,
+    ) -> Result<T, StateError> {
+        let conn = self.lock();
+        f(&conn)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic inside a closure dropped its `Transaction`, which rolled back; the connection
+        // itself is intact, so a poisoned lock is safe to keep using.
+        self.conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Runs `f` inside a transaction: the caller's if one is open, else a new `IMMEDIATE` one that is
+/// committed on success. Lets the per-table functions be both fast (one transaction for 100k
+/// rows) and atomic when called on a bare connection.
+pub(crate) fn in_tx<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> Result<T, StateError>,
+) -> Result<T, StateError> {
+    if !conn.is_autocommit() {
+        return f(conn);
+    }
+    let tx = Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
+    let value = f(&tx)?;
+    tx.commit()?;
+    Ok(value)
+}
+
+fn configure(conn: &Connection) -> Result<(), rusqlite::Error> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // `journal_mode` answers with the mode in effect ("memory" for an in-memory database).
+    let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(())
+}
+
+/// Applies the missing steps of [`schema::MIGRATIONS`] in one transaction. The version is read
+/// again inside the transaction, so two processes starting together migrate only once.
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StateError> {
+    let known = schema::MIGRATIONS.len();
+    let too_new = |found| StateError::TooNew {
+        path: path.to_path_buf(),
+        found,
+        known,
+    };
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > known as i64 {
+        return Err(too_new(version));
+    }
+    if version == known as i64 {
+        return Ok(());
+    }
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > known as i64 {
+        return Err(too_new(version));
+    }
+    for (step, sql) in schema::MIGRATIONS
+        .iter()
+        .enumerate()
+        .skip(version.max(0) as usize)
+    {
+        let target = step + 1;
+        tx.execute_batch(sql)
+            .and_then(|()| tx.pragma_update(None, "user_version", target as i64))
+            .map_err(|source| StateError::Migration {
+                version: target,
+                source,
+            })?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), StateError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).map_err(|source| StateError::CreateDir {
+        path: dir.to_path_buf(),
+        source,
+    })
+}
+
+/// Creates the database file with mode 0600 if it does not exist yet. SQLite would create it with
+/// the umask's mode (often world-readable), and its -wal/-shm files copy the main file's mode.
+fn create_private_file(path: &Path) -> Result<(), StateError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(StateError::CreateFile {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// An existing file is not chmod-ed behind the operator's back (it may be shared on purpose),
+/// but a readable audit log and finding history deserve a warning.
+fn warn_if_readable_by_others(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path) {
+            let mode = meta.permissions().mode();
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    path = %path.display(),
+                    mode = format_args!("{:o}", mode & 0o777),
+                    "the state database is accessible to other users; consider chmod 600"
+                );
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_memory_store_is_migrated() {
+        let store = Store::open_in_memory().unwrap();
+        let v: i64 = store
+            .with_conn(|c| Ok(c.query_row("PRAGMA user_version", [], |r| r.get(0))?))
+            .unwrap();
+        assert_eq!(v, schema::MIGRATIONS.len() as i64);
+    }
+
+    #[test]
+    fn tx_rolls_back_on_error() {
+        let store = Store::open_in_memory().unwrap();
+        let res: Result<(), StateError> = store.tx(|tx| {
+            tx.execute(
+                "INSERT INTO revocations (at, organization, project_id, key_id, run_id) \
+                 VALUES (1, 'o', 'p', 'k', 'r')",
+                [],
+            )?;
+            Err(StateError::Missing {
+                path: PathBuf::from("x"),
+            })
+        });
+        assert!(res.is_err());
+        let n: i64 = store
+            .with_conn(|c| Ok(c.query_row("SELECT count(*) FROM revocations", [], |r| r.get(0))?))
+            .unwrap();
+        assert_eq!(n, 0);
+    }
+
+    #[test]
+    fn in_tx_joins_an_open_transaction() {
+        let store = Store::open_in_memory().unwrap();
+        let res: Result<(), StateError> = store.tx(|tx| {
+            in_tx(tx, |c| {
+                c.execute(
+                    "INSERT INTO revocations (at, organization, project_id, key_id, run_id) \
+                     VALUES (1, 'o', 'p', 'k', 'r')",
+                    [],
+                )?;
+                Ok(())
+            })?;
+            // The outer transaction decides: rolling it back undoes the inner write too.
+            Err(StateError::Missing {
+                path: PathBuf::from("x"),
+            })
+        });
+        assert!(res.is_err());
+        let n: i64 = store
+            .with_conn(|c| Ok(c.query_row("SELECT count(*) FROM revocations", [], |r| r.get(0))?))
+            .unwrap();
+        assert_eq!(n, 0);
+    }
+}

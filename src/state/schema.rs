@@ -45,14 +45,25 @@ CREATE TABLE revocations (
 CREATE INDEX revocations_at ON revocations (at);
 
 -- Append-only, hash-chained audit log. `hash` = SHA-256 over `prev_hash` and the record's
--- canonical JSON; `state::audit` is the only writer.
+-- canonical JSON; `state::audit` is the only writer. `at` and `kind` are copies of fields of
+-- `record` for indexed look-ups; `audit verify` checks that they agree with the hashed record.
+-- AUTOINCREMENT keeps the highest seq ever used in sqlite_sequence, so a truncated tail shows.
 CREATE TABLE audit (
-    seq       INTEGER PRIMARY KEY,
+    seq       INTEGER PRIMARY KEY AUTOINCREMENT,
     at        INTEGER NOT NULL,
+    kind      TEXT NOT NULL,
     record    TEXT NOT NULL,
     prev_hash TEXT NOT NULL,
     hash      TEXT NOT NULL
 );
+CREATE INDEX audit_at ON audit (at);
+CREATE INDEX audit_kind ON audit (kind);
+-- Defence in depth: ordinary SQL cannot rewrite history. (Anyone who can write the file can drop
+-- these triggers; the hash chain is what detects that.)
+CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 
 -- Messages are written here before they are sent and marked sent once the receiver accepted
 -- them. `message_id` is stable across retries (webhook-id / Message-ID / dedup_key).

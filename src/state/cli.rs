@@ -1,0 +1,102 @@
+//! Bodies of `keysweep audit` and `keysweep audit verify`; argument parsing and exit codes stay
+//! in `crate::cli`.
+//!
+//! Output goes to the writer the caller passes, so tests capture it. These commands only read:
+//! they never append to or repair the log.
+
+use std::io::Write;
+
+use crate::state::audit::{self, AuditError, AuditRow, VerifyReport};
+use crate::state::{StateError, Store};
+
+/// Output format of `keysweep audit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditFormat {
+    /// Aligned columns for a terminal.
+    Table,
+    /// One JSON array of records, each with its `seq` and `hash` and the record's fields.
+    Json,
+}
+
+/// `keysweep audit [--since DATE] [--format table|json]`: lists the records at or after `since`
+/// (Unix seconds) in chain order. Streams: memory does not grow with the log.
+pub fn audit_list(
+    store: &Store,
+    since: Option<i64>,
+    format: AuditFormat,
+    out: &mut dyn Write,
+) -> Result<(), StateError> {
+    let w = |r: std::io::Result<()>| r.map_err(StateError::Output);
+    store.with_conn(|conn| match format {
+        AuditFormat::Json => {
+            w(out.write_all(b"["))?;
+            let mut first = true;
+            audit::for_each(conn, since, |row| {
+                w(out.write_all(if first { b"\n  " } else { b",\n  " }))?;
+                first = false;
+                serde_json::to_writer(&mut *out, &row).map_err(|source| StateError::Encode {
+                    what: "audit record",
+                    source,
+                })
+            })?;
+            w(out.write_all(if first { b"]\n" } else { b"\n]\n" }))?;
+            w(out.flush())
+        }
+        AuditFormat::Table => {
+            w(writeln!(
+                out,
+                "{:>6}  {:<20}  {:<10}  {:<8}  {:<14}  {:<20}  {:<24}  {:<20}  {:<14}  {:<16}  MESSAGE",
+                "SEQ", "TIME (UTC)", "KIND", "MODE", "ORG", "PROJECT", "KEY", "NAME",
+                "REDACTED", "POLICY"
+            ))?;
+            audit::for_each(conn, since, |row| w(write_row(out, &row)))?;
+            w(out.flush())
+        }
+    })
+}
+
+/// `keysweep audit verify`: recomputes the chain and prints a one-line verdict. `Err` means the
+/// log is broken or unreadable; the CLI exits non-zero on it.
+pub fn audit_verify(store: &Store, out: &mut dyn Write) -> Result<VerifyReport, AuditError> {
+    let result = store
+        .with_conn(|conn| Ok(audit::verify(conn)))
+        .unwrap_or_else(|e| Err(AuditError::Unreadable(e)));
+    let line = match &result {
+        Ok(report) => format!(
+            "audit chain OK: {} records, head {}",
+            report.records, report.last_hash
+        ),
+        Err(AuditError::Broken { seq, reason }) => {
+            format!("audit chain BROKEN at record {seq}: {reason}")
+        }
+        Err(AuditError::Unreadable(e)) => format!("audit chain UNREADABLE: {e}"),
+    };
+    writeln!(out, "{line}")
+        .and_then(|()| out.flush())
+        .map_err(|e| AuditError::Unreadable(StateError::Output(e)))?;
+    result
+}
+
+fn write_row(out: &mut dyn Write, row: &AuditRow) -> std::io::Result<()> {
+    let r = &row.record;
+    let time = chrono::DateTime::from_timestamp(r.at, 0)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_else(|| r.at.to_string());
+    let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_string());
+    writeln!(
+        out,
+        "{:>6}  {:<20}  {:<10}  {:<8}  {:<14}  {:<20}  {:<24}  {:<20}  {:<14}  {:<16}  {}",
+        row.seq,
+        time,
+        r.kind.as_str(),
+        r.mode.as_str(),
+        dash(&r.organization),
+        dash(&r.project_id),
+        dash(&r.key_id),
+        dash(&r.key_name),
+        dash(&r.redacted_value),
+        dash(&r.policy),
+        // One record per line, whatever the message holds.
+        r.message.replace(['\n', '\r'], " "),
+    )
+}

@@ -1,0 +1,173 @@
+//! Persisted findings: one row per (organisation, project, key, policy).
+//!
+//! The whole [`Finding`] is stored as JSON in `data`; `stage` and `deadline` are copied into
+//! indexed columns so open findings can be selected without decoding every row. This module
+//! stores what `policy::lifecycle` decided and never decides a transition itself.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+use crate::policy::finding::{Finding, FindingId, Stage};
+use crate::state::{StateError, in_tx};
+
+/// Number of findings in one (organisation, policy, stage), for reports and metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FindingCount {
+    pub organization: String,
+    pub policy: String,
+    pub stage: Stage,
+    pub count: u64,
+}
+
+/// Inserts or replaces the finding with `finding.id`. `now` records when it was last written.
+pub fn upsert_finding(conn: &Connection, finding: &Finding, now: i64) -> Result<(), StateError> {
+    let data = serde_json::to_string(finding).map_err(|source| StateError::Encode {
+        what: "finding",
+        source,
+    })?;
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO findings (organization, project_id, key_id, policy, stage, deadline, data, \
+                               updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (organization, project_id, key_id, policy) DO UPDATE SET
+             stage = excluded.stage,
+             deadline = excluded.deadline,
+             data = excluded.data,
+             updated_at = excluded.updated_at",
+    )?;
+    stmt.execute(params![
+        finding.id.organization,
+        finding.id.project_id,
+        finding.id.key_id,
+        finding.id.policy,
+        finding.stage.as_str(),
+        finding.deadline,
+        data,
+        now,
+    ])?;
+    Ok(())
+}
+
+/// Upserts many findings in one transaction (the caller's, if one is open).
+pub fn upsert_findings(
+    conn: &Connection,
+    findings: &[Finding],
+    now: i64,
+) -> Result<(), StateError> {
+    in_tx(conn, |conn| {
+        for finding in findings {
+            upsert_finding(conn, finding, now)?;
+        }
+        Ok(())
+    })
+}
+
+/// The open findings (detected, warned, final notice) of one organisation, ordered by deadline.
+pub fn open_findings(conn: &Connection, organization: &str) -> Result<Vec<Finding>, StateError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT organization, project_id, key_id, policy, data FROM findings
+         WHERE organization = ?1 AND stage IN ('detected', 'warned', 'final_notice')
+         ORDER BY deadline, project_id, key_id, policy",
+    )?;
+    collect(stmt.query(params![organization])?)
+}
+
+/// One finding by its identity.
+pub fn get_finding(conn: &Connection, id: &FindingId) -> Result<Option<Finding>, StateError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT organization, project_id, key_id, policy, data FROM findings
+         WHERE organization = ?1 AND project_id = ?2 AND key_id = ?3 AND policy = ?4",
+    )?;
+    let row = stmt
+        .query_row(
+            params![id.organization, id.project_id, id.key_id, id.policy],
+            |r| r.get::<_, String>(4),
+        )
+        .optional()?;
+    row.map(|data| decode(&id.dedup_key(), &data)).transpose()
+}
+
+/// Every finding, open and closed, in a stable order (for reports).
+pub fn all_findings(conn: &Connection) -> Result<Vec<Finding>, StateError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT organization, project_id, key_id, policy, data FROM findings
+         ORDER BY organization, project_id, key_id, policy",
+    )?;
+    collect(stmt.query([])?)
+}
+
+/// Number of findings per stage, over all organisations and policies.
+pub fn findings_by_stage(conn: &Connection) -> Result<Vec<(Stage, u64)>, StateError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT stage, count(*) FROM findings GROUP BY stage ORDER BY stage")?;
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let stage: String = row.get(0)?;
+        let count: i64 = row.get(1)?;
+        out.push((parse_stage(&stage)?, count.max(0) as u64));
+    }
+    Ok(out)
+}
+
+/// Number of findings per (organisation, policy, stage), for the metrics and dashboards.
+pub fn finding_counts(conn: &Connection) -> Result<Vec<FindingCount>, StateError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT organization, policy, stage, count(*) FROM findings
+         GROUP BY organization, policy, stage ORDER BY organization, policy, stage",
+    )?;
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let stage: String = row.get(2)?;
+        let count: i64 = row.get(3)?;
+        out.push(FindingCount {
+            organization: row.get(0)?,
+            policy: row.get(1)?,
+            stage: parse_stage(&stage)?,
+            count: count.max(0) as u64,
+        });
+    }
+    Ok(out)
+}
+
+fn parse_stage(s: &str) -> Result<Stage, StateError> {
+    Stage::parse(s).ok_or_else(|| StateError::Corrupt {
+        table: "findings",
+        row: format!("stage {s:?}"),
+        source: <serde_json::Error as serde::de::Error>::custom("unknown stage"),
+    })
+}
+
+fn collect(mut rows: rusqlite::Rows<'_>) -> Result<Vec<Finding>, StateError> {
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let data: String = row.get(4)?;
+        match serde_json::from_str(&data) {
+            Ok(f) => out.push(f),
+            Err(source) => {
+                // Name the row in the error; the id columns are plain NOT NULL text.
+                let id = FindingId {
+                    organization: row.get(0)?,
+                    project_id: row.get(1)?,
+                    key_id: row.get(2)?,
+                    policy: row.get(3)?,
+                };
+                return Err(StateError::Corrupt {
+                    table: "findings",
+                    row: id.dedup_key(),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn decode(row: &str, data: &str) -> Result<Finding, StateError> {
+    serde_json::from_str(data).map_err(|source| StateError::Corrupt {
+        table: "findings",
+        row: row.to_string(),
+        source,
+    })
+}

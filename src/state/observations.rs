@@ -1,0 +1,171 @@
+//! Key observations: every key seen in a listing, with when it was first and last seen and when
+//! it disappeared.
+//!
+//! "Gone" is only ever concluded from a *complete* listing: `mark_gone` must not be called for a
+//! project whose listing was incomplete, or keys that merely were not returned would be recorded
+//! as deleted. Both functions run in one transaction with prepared statements, so a project of
+//! 100k keys costs one commit, not 100k.
+
+use std::collections::HashSet;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+use crate::inventory::Key;
+use crate::state::{StateError, in_tx};
+
+/// One row of `key_observations`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Observation {
+    pub organization: String,
+    pub project_id: String,
+    pub key_id: String,
+    pub key_name: String,
+    pub redacted_value: String,
+    /// `Owner::display()` at the last sighting.
+    pub owner: String,
+    pub owner_type: String,
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
+    pub first_seen: i64,
+    pub last_seen: i64,
+    /// When a complete listing first lacked the key; cleared if it shows up again.
+    pub gone_at: Option<i64>,
+}
+
+/// Records that `keys` (all of project `project_id` of `organization`) were listed at `now`:
+/// inserts new keys with `first_seen = now`, refreshes the snapshot and `last_seen` of known ones
+/// and clears their `gone_at`.
+pub fn record_observations(
+    conn: &Connection,
+    organization: &str,
+    project_id: &str,
+    keys: &[Key],
+    now: i64,
+) -> Result<(), StateError> {
+    in_tx(conn, |conn| {
+        let mut stmt = conn.prepare_cached(
+            "INSERT INTO key_observations (organization, project_id, key_id, key_name,
+                 redacted_value, owner, owner_type, created_at, last_used_at, first_seen,
+                 last_seen, gone_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, NULL)
+             ON CONFLICT (organization, project_id, key_id) DO UPDATE SET
+                 key_name = excluded.key_name,
+                 redacted_value = excluded.redacted_value,
+                 owner = excluded.owner,
+                 owner_type = excluded.owner_type,
+                 created_at = excluded.created_at,
+                 last_used_at = excluded.last_used_at,
+                 last_seen = excluded.last_seen,
+                 gone_at = NULL",
+        )?;
+        for key in keys {
+            stmt.execute(params![
+                organization,
+                project_id,
+                key.id,
+                key.name,
+                key.redacted_value,
+                key.owner.display(),
+                key.owner.kind.as_str(),
+                key.created_at,
+                key.last_used_at,
+                now,
+            ])?;
+        }
+        Ok(())
+    })
+}
+
+/// After a *complete* listing of the project: marks every key not in `present_ids` and not yet
+/// gone as gone at `now`. Returns the ids newly marked, sorted.
+pub fn mark_gone<I, S>(
+    conn: &Connection,
+    organization: &str,
+    project_id: &str,
+    present_ids: I,
+    now: i64,
+) -> Result<Vec<String>, StateError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    let present: HashSet<String> = present_ids
+        .into_iter()
+        .map(|s| s.as_ref().to_string())
+        .collect();
+    in_tx(conn, |conn| {
+        let mut known = conn.prepare_cached(
+            "SELECT key_id FROM key_observations
+             WHERE organization = ?1 AND project_id = ?2 AND gone_at IS NULL",
+        )?;
+        let mut gone = Vec::new();
+        let mut rows = known.query(params![organization, project_id])?;
+        while let Some(row) = rows.next()? {
+            let id: String = row.get(0)?;
+            if !present.contains(&id) {
+                gone.push(id);
+            }
+        }
+        drop(rows);
+        gone.sort();
+        let mut update = conn.prepare_cached(
+            "UPDATE key_observations SET gone_at = ?4
+             WHERE organization = ?1 AND project_id = ?2 AND key_id = ?3",
+        )?;
+        for id in &gone {
+            update.execute(params![organization, project_id, id, now])?;
+        }
+        Ok(gone)
+    })
+}
+
+/// One observation by key.
+pub fn get_observation(
+    conn: &Connection,
+    organization: &str,
+    project_id: &str,
+    key_id: &str,
+) -> Result<Option<Observation>, StateError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM key_observations
+         WHERE organization = ?1 AND project_id = ?2 AND key_id = ?3"
+    ))?;
+    Ok(stmt
+        .query_row(params![organization, project_id, key_id], from_row)
+        .optional()?)
+}
+
+/// All observations of one project (present and gone), ordered by key id.
+pub fn project_observations(
+    conn: &Connection,
+    organization: &str,
+    project_id: &str,
+) -> Result<Vec<Observation>, StateError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM key_observations
+         WHERE organization = ?1 AND project_id = ?2 ORDER BY key_id"
+    ))?;
+    let rows = stmt.query_map(params![organization, project_id], from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+const COLUMNS: &str = "organization, project_id, key_id, key_name, redacted_value, owner, \
+                       owner_type, created_at, last_used_at, first_seen, last_seen, gone_at";
+
+fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Observation> {
+    Ok(Observation {
+        organization: r.get(0)?,
+        project_id: r.get(1)?,
+        key_id: r.get(2)?,
+        key_name: r.get(3)?,
+        redacted_value: r.get(4)?,
+        owner: r.get(5)?,
+        owner_type: r.get(6)?,
+        created_at: r.get(7)?,
+        last_used_at: r.get(8)?,
+        first_seen: r.get(9)?,
+        last_seen: r.get(10)?,
+        gone_at: r.get(11)?,
+    })
+}
