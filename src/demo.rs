@@ -132,11 +132,12 @@ fn print_report(out: &mut dyn Write, r: &SweepReport, now: i64) -> Result<()> {
 /// Prints (and writes to `dir`) every outbox message not printed before.
 fn print_messages(out: &mut dyn Write, store: &Store, dir: &Path, seen: &mut Vec<String>) -> Result<()> {
     let all = store
-        .with_conn(|c| notify::outbox::all(c).map_err(|e| crate::state::StateError::Other(e.to_string())))?;
+        .with_conn(|c| notify::outbox::all(c).map_err(crate::state::StateError::from))?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut printed = 0;
-    for m in all.iter().filter(|m| !seen.contains(&m.message_id)) {
-        let text = notify::render::preview(m.kind, &m.payload);
+    let fresh: Vec<_> = all.iter().filter(|m| !seen.contains(&m.message_id)).collect();
+    for m in fresh {
+        let text = notify::render::preview(&m.payload);
         let file: PathBuf = dir.join(format!("{}-{}.txt", m.kind.as_str(), m.message_id));
         std::fs::write(&file, &text).with_context(|| format!("writing {}", file.display()))?;
         writeln!(out, "--- to {} via {} ({})", m.recipient, m.channel, m.kind.as_str())?;

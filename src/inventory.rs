@@ -126,6 +126,9 @@ pub struct OrgInventory {
     /// Set when the organisation could not be listed at all (e.g. the project list failed or
     /// the admin key was refused); then `projects` may be empty or partial.
     pub error: Option<String>,
+    /// The error above is the admin key being refused (401/403): an enforcer alert of its own.
+    #[serde(default)]
+    pub unauthorized: bool,
     pub admin_keys: Vec<AdminKeyInfo>,
 }
 

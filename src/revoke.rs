@@ -190,7 +190,13 @@ pub async fn execute(ctx: &Context<'_>, actions: &[PlannedAction]) -> Result<Vec
 
         // 2–4. Intent, DELETE, outcome: one critical section on its own task, so neither a
         // shutdown that drops the sweep nor a panic elsewhere can separate the two records.
-        let primary = keys[0].clone();
+        let Some(primary) = keys.first().cloned() else {
+            result.outcome = Outcome::Failed {
+                error: "nothing to delete".into(),
+            };
+            results.push(result);
+            continue;
+        };
         let mut intent = record(ctx, AuditKind::Intent, format!("deleting {}", result.target)).with_key(&primary);
         intent.policy = Some(
             action

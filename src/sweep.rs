@@ -176,10 +176,6 @@ impl Sweeper {
             .collect()
     }
 
-    fn client(&self, org: &str) -> Option<&AdminClient> {
-        self.clients.iter().find(|c| c.org_name() == org)
-    }
-
     fn mode(&self, opts: &SweepOptions) -> Mode {
         if opts.force_dry_run { Mode::DryRun } else { self.config.mode }
     }
@@ -357,6 +353,7 @@ impl Sweeper {
             kill_switch,
         });
         alerts.extend(plan_alerts(&the_plan, &self.config));
+        let hash_ref = hash.as_str();
         let skipped: Vec<AuditRecord> = the_plan
             .withheld
             .iter()
@@ -367,7 +364,7 @@ impl Sweeper {
                         run_id,
                         AuditKind::Skipped,
                         mode,
-                        &hash,
+                        hash_ref,
                         format!("revocation withheld: {}", w.reason.as_str()),
                     )
                     .with_key(k)
@@ -382,7 +379,7 @@ impl Sweeper {
 
         // 4. Deliver before deleting, so final notices reach people first.
         if opts.deliver {
-            report.delivery = self.notifier.deliver_due(&store, &self.config, now).await;
+            report.delivery = self.notifier.deliver_due(&store, &self.config, now).await?;
         }
 
         // 5. Enforce.
@@ -425,8 +422,11 @@ impl Sweeper {
             report.revocations = results;
             alerts_extend(&mut report.alerts, after_alerts);
             if opts.deliver {
-                let more = self.notifier.deliver_due(&store, &self.config, now).await;
-                report.delivery.merge(more);
+                let more = self.notifier.deliver_due(&store, &self.config, now).await?;
+                report.delivery.sent += more.sent;
+                report.delivery.failed += more.failed;
+                report.delivery.dead += more.dead;
+                report.delivery.alerts.extend(more.alerts);
             }
         }
         alerts_extend(&mut report.alerts, alerts);
@@ -440,7 +440,7 @@ impl Sweeper {
                 let status = if org.error.is_some() {
                     state::sweeps::SweepStatus::Failed
                 } else if org.is_complete() {
-                    state::sweeps::SweepStatus::Complete
+                    state::sweeps::SweepStatus::Completed
                 } else {
                     state::sweeps::SweepStatus::Incomplete
                 };
@@ -474,7 +474,7 @@ impl Sweeper {
                 self.metrics.replace_findings(&org.organization, &mine);
             }
         }
-        if let Ok(depth) = store.with_conn(|c| notify::outbox::depth(c).map_err(|e| state::StateError::Other(e.to_string()))) {
+        if let Ok(depth) = store.with_conn(|c| notify::outbox::depth(c).map_err(state::StateError::from)) {
             self.metrics.set_outbox_depth(depth.pending, depth.dead);
         }
         tracing::info!(
@@ -493,14 +493,14 @@ impl Sweeper {
 
     /// Alerts already raised within the repeat interval are not raised again.
     fn dedup_alerts(&self, store: &Store, alerts: Vec<EnforcerAlert>, now: i64) -> Result<Vec<EnforcerAlert>, SweepError> {
-        let repeat = i64::try_from(self.config.notifications.repeat_interval.as_secs()).unwrap_or(i64::MAX);
+        let repeat = self.config.notifications.repeat_interval;
         let mut seen = HashSet::new();
         let mut out = Vec::new();
         for a in alerts {
             if !seen.insert(a.dedup_key()) {
                 continue;
             }
-            if store.with_conn(|c| state::alerts::should_raise(c, &a, now, repeat))? {
+            if store.with_conn(|c| state::alerts::should_raise(c, &a.dedup_key(), now, repeat))? {
                 out.push(a);
             }
         }
@@ -528,7 +528,7 @@ impl Sweeper {
             );
         }
         store.tx(|tx| {
-            notify::outbox::enqueue(tx, &messages, now).map_err(|e| state::StateError::Other(e.to_string()))?;
+            notify::outbox::enqueue(tx, &messages, now)?;
             for a in alerts {
                 state::alerts::record_raised(tx, a, now)?;
             }

@@ -105,7 +105,8 @@ enum Discovery {
     },
     Done {
         org: usize,
-        error: Option<String>,
+        /// The project-list failure and whether it was the admin key being refused.
+        error: Option<(String, bool)>,
         admin_keys: Vec<AdminKeyInfo>,
     },
 }
@@ -148,6 +149,7 @@ pub async fn collect_inventory(
             organization: client.org_name().to_string(),
             projects: Vec::new(),
             error: None,
+            unauthorized: false,
             admin_keys: Vec::new(),
         });
         discovery.spawn(discover(i, client.clone(), selector, tx.clone()));
@@ -194,6 +196,7 @@ pub async fn collect_inventory(
                     && orgs[org].error.is_none()
                 {
                     orgs[org].error = Some(reason);
+                    orgs[org].unauthorized = true;
                 }
                 if let Some(slot) = slots[org].get_mut(pos) {
                     *slot = Some(result.inventory);
@@ -230,7 +233,10 @@ pub async fn collect_inventory(
                 }
                 Some(Discovery::Done { org, error, admin_keys }) => {
                     // A failed project list says more than a refusal seen by a project task.
-                    orgs[org].error = error.or(orgs[org].error.take());
+                    if let Some((reason, unauthorized)) = error {
+                        orgs[org].error = Some(reason);
+                        orgs[org].unauthorized |= unauthorized;
+                    }
                     finished[org] = true;
                     orgs[org].admin_keys = admin_keys;
                 }
@@ -276,7 +282,7 @@ async fn discover(
         }
         Err(e) => {
             tracing::error!(organization = %client.org_name(), error = %e, "cannot list projects");
-            Some(e.to_string())
+            Some((e.to_string(), e.is_unauthorized()))
         }
     };
     let admin_keys = admin_keys.unwrap_or_else(|e| {

@@ -103,6 +103,9 @@ pub struct Finding {
     pub closed_at: Option<i64>,
     /// Why it closed ("key deleted by owner", "no longer violates", "exempted: …", "revoked").
     pub resolution: Option<String>,
+    /// Dry-run only: when the "would be revoked" notice was queued, so it is sent once.
+    #[serde(default)]
+    pub dry_run_noted_at: Option<i64>,
 }
 
 /// What a notice says about a finding.

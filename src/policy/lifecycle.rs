@@ -177,6 +177,7 @@ fn detect(key: &Key, v: &Violation, now: i64) -> Transition {
         last_notified_at: Some(now),
         closed_at: None,
         resolution: None,
+        dry_run_noted_at: None,
     };
     Transition {
         next: Some(finding),

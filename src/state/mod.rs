@@ -91,6 +91,23 @@ pub enum StateError {
     /// Writing a command's output failed (e.g. a closed pipe).
     #[error("cannot write output: {0}")]
     Output(#[source] std::io::Error),
+    /// The notification outbox (its own error type) failed inside a state transaction.
+    #[error("outbox: {0}")]
+    Outbox(String),
+}
+
+impl From<crate::notify::NotifyError> for StateError {
+    fn from(e: crate::notify::NotifyError) -> StateError {
+        StateError::Outbox(e.to_string())
+    }
+}
+
+/// The outbox lives in the state database; delivery borrows the connection through this.
+impl crate::notify::OutboxDb for Store {
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> T) -> T {
+        let conn = self.lock();
+        f(&conn)
+    }
 }
 
 /// The state database. Cheap to clone; all clones share one connection.
