@@ -125,6 +125,23 @@ fn open_creates_a_private_file_and_migrations_are_idempotent() {
     store
         .tx(|tx| findings::upsert_finding(tx, &finding("p", "k", "pol", Stage::Detected, T0), T0))
         .unwrap();
+    // The settings the audit log's durability rests on.
+    let (sync, fk, busy): (i64, i64, i64) = store
+        .with_conn(|c| {
+            let get = |p: &str| c.query_row(&format!("PRAGMA {p}"), [], |r| r.get::<_, i64>(0));
+            Ok((
+                get("synchronous")?,
+                get("foreign_keys")?,
+                get("busy_timeout")?,
+            ))
+        })
+        .unwrap();
+    assert_eq!(
+        (sync, fk),
+        (2, 1),
+        "synchronous must be FULL (2), foreign_keys ON"
+    );
+    assert!(busy > 0);
     drop(store);
     #[cfg(unix)]
     {
@@ -669,19 +686,19 @@ fn verify_fails_after_one_byte_of_the_database_file_is_flipped() {
     bytes[hits[0] + "marker-000".len()] ^= 0x01;
     std::fs::write(&path, &bytes).unwrap();
 
+    // The flipped byte lies inside the record's text, not in SQLite's page structure, so the
+    // database still opens and the chain check itself must catch it. (A flip elsewhere could
+    // instead yield "malformed"; `audit_verify` reports that as UNREADABLE, also a failure.)
     let store = Store::open(&path).unwrap();
     let (res, line) = verify_line(&store);
     match res {
-        Err(AuditError::Broken { seq, .. }) => assert_eq!(seq, 3),
-        // A malformed page would also be a failed verification; it must not pass.
-        Err(AuditError::Unreadable(_)) => {}
-        Ok(report) => panic!("tampered log verified: {report:?}"),
+        Err(AuditError::Broken { seq, reason }) => {
+            assert_eq!(seq, 3);
+            assert!(reason.contains("hash mismatch"), "{reason}");
+        }
+        other => panic!("tampered log must not verify: {other:?}"),
     }
-    assert!(
-        line.starts_with("audit chain BROKEN at record 3")
-            || line.starts_with("audit chain UNREADABLE"),
-        "{line}"
-    );
+    assert!(line.starts_with("audit chain BROKEN at record 3"), "{line}");
 }
 
 #[test]
@@ -835,4 +852,20 @@ fn wal_path(db: &Path) -> PathBuf {
     let mut p = db.as_os_str().to_owned();
     p.push("-wal");
     PathBuf::from(p)
+}
+
+#[test]
+fn an_unreadable_audit_table_fails_verification() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    let store = Store::open(&path).unwrap();
+    append_n(&store, 2);
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch("DROP TABLE audit")
+        .unwrap();
+    let (res, line) = verify_line(&store);
+    assert!(matches!(res, Err(AuditError::Unreadable(_))), "{res:?}");
+    assert!(line.starts_with("audit chain UNREADABLE: "), "{line}");
+    assert!(line.contains("no such table"), "{line}");
 }
