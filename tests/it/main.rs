@@ -8,3 +8,4 @@ mod openai;
 mod receivers;
 mod report;
 mod smtp_server;
+mod state;
