@@ -7,5 +7,6 @@ mod notify;
 mod openai;
 mod receivers;
 mod report;
+mod sim;
 mod smtp_server;
 mod state;
