@@ -49,7 +49,10 @@ fn config_path(cli: &Cli) -> PathBuf {
 /// once telemetry is up.
 fn load(cli: &Cli) -> Result<Config> {
     let config = config::load(&config_path(cli))?;
-    crate::telemetry::init(config.log.format).ok();
+    // The daemon and `run --once` log their progress; the other commands speak through their
+    // output and log only warnings unless RUST_LOG says otherwise.
+    let default = if matches!(cli.command, Command::Run(_)) { "info" } else { "warn" };
+    crate::telemetry::init_with_default(config.log.format, default).ok();
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
@@ -81,7 +84,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             NotifyCommand::Test { channel } => notify_test(load(&cli)?, channel).await,
         },
         Command::Demo(args) => {
-            crate::telemetry::init(None).ok();
+            crate::telemetry::init_with_default(None, "warn").ok();
             crate::demo::run(args).await
         }
         Command::Simulate(args) => {

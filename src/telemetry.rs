@@ -56,10 +56,10 @@ pub fn parse_filter(spec: &str) -> ParsedFilter {
 }
 
 /// Reads `RUST_LOG` (a non-UTF-8 value is reported and ignored).
-fn filter_from_env() -> ParsedFilter {
+fn filter_from_env(default: &str) -> ParsedFilter {
     match std::env::var("RUST_LOG") {
         Ok(spec) => parse_filter(&spec),
-        Err(std::env::VarError::NotPresent) => parse_filter(""),
+        Err(std::env::VarError::NotPresent) => parse_filter(default),
         Err(std::env::VarError::NotUnicode(_)) => {
             let mut parsed = parse_filter("");
             parsed
@@ -73,7 +73,13 @@ fn filter_from_env() -> ParsedFilter {
 /// Installs the process-wide subscriber. Call once, early in `main`; a second call returns
 /// [`TelemetryError::AlreadyInitialized`] and changes nothing.
 pub fn init(format: Option<LogFormat>) -> Result<(), TelemetryError> {
-    let ParsedFilter { filter, problems } = filter_from_env();
+    init_with_default(format, "")
+}
+
+/// Like [`init`], with `default` as the filter when `RUST_LOG` is not set (the interactive
+/// commands use `warn`, so their own output is not drowned in progress logs).
+pub fn init_with_default(format: Option<LogFormat>, default: &str) -> Result<(), TelemetryError> {
+    let ParsedFilter { filter, problems } = filter_from_env(default);
     // Report before installing, so the message reaches stderr even if installing fails.
     for p in &problems {
         eprintln!("keysweep: RUST_LOG: {p}");
@@ -122,7 +128,7 @@ where
 pub fn init_for_tests() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        let ParsedFilter { filter, .. } = filter_from_env();
+        let ParsedFilter { filter, .. } = filter_from_env("");
         let _ = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_ansi(false)
