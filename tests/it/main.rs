@@ -3,3 +3,4 @@
 
 mod config;
 mod daemon;
+mod deploy;
