@@ -3,6 +3,7 @@
 
 mod config;
 mod daemon;
+mod deploy;
 mod notify;
 mod openai;
 mod receivers;
