@@ -9,7 +9,10 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 
-use crate::cli::{AuditArgs, AuditCommand, AuditFormatArg, Cli, Command, NotifyCommand, OutputFormat, RunArgs, ScanArgs};
+use crate::cli::{
+    AuditArgs, AuditCommand, AuditFormatArg, Cli, Command, NotifyCommand, OutputFormat, RunArgs,
+    ScanArgs,
+};
 use crate::config::{self, Config};
 use crate::metrics::Metrics;
 use crate::report::{self, FindingRow};
@@ -24,7 +27,10 @@ pub const EXIT_CONFIG: u8 = 2;
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -42,7 +48,9 @@ pub fn main() -> ExitCode {
 }
 
 fn config_path(cli: &Cli) -> PathBuf {
-    cli.config.clone().unwrap_or_else(config::default_config_path)
+    cli.config
+        .clone()
+        .unwrap_or_else(config::default_config_path)
 }
 
 /// Loads the configuration and starts telemetry with its log settings; load warnings are logged
@@ -51,7 +59,11 @@ fn load(cli: &Cli) -> Result<Config> {
     let config = config::load(&config_path(cli))?;
     // The daemon and `run --once` log their progress; the other commands speak through their
     // output and log only warnings unless RUST_LOG says otherwise.
-    let default = if matches!(cli.command, Command::Run(_)) { "info" } else { "warn" };
+    let default = if matches!(cli.command, Command::Run(_)) {
+        "info"
+    } else {
+        "warn"
+    };
     crate::telemetry::init_with_default(config.log.format, default).ok();
     for w in &config.warnings {
         tracing::warn!("{w}");
@@ -65,7 +77,9 @@ pub fn parse_now(now: Option<&str>) -> Result<i64> {
         None => Ok(chrono::Utc::now().timestamp()),
         Some(s) => chrono::DateTime::parse_from_rfc3339(s)
             .map(|t| t.timestamp())
-            .with_context(|| format!("--now {s:?} is not an RFC 3339 time (e.g. 2026-12-01T00:00:00Z)")),
+            .with_context(|| {
+                format!("--now {s:?} is not an RFC 3339 time (e.g. 2026-12-01T00:00:00Z)")
+            }),
     }
 }
 
@@ -209,14 +223,20 @@ fn finish(report: &SweepReport) -> ExitCode {
         }
         for p in &org.projects {
             if let crate::inventory::Listing::Incomplete(reason) = &p.listing {
-                eprintln!("error: organisation {} project {}: listing incomplete: {reason}", org.organization, p.project.id);
+                eprintln!(
+                    "error: organisation {} project {}: listing incomplete: {reason}",
+                    org.organization, p.project.id
+                );
                 clean = false;
             }
         }
     }
     for r in &report.revocations {
         if let crate::revoke::Outcome::Failed { error } = &r.outcome {
-            eprintln!("error: revocation of {} in {} failed: {error}", r.target, r.project_id);
+            eprintln!(
+                "error: revocation of {} in {} failed: {error}",
+                r.target, r.project_id
+            );
             clean = false;
         }
     }
@@ -230,7 +250,9 @@ fn finish(report: &SweepReport) -> ExitCode {
 
 async fn run(config: Config, args: &RunArgs, path: PathBuf) -> Result<ExitCode> {
     if !args.once {
-        return serve(config, path, args.dry_run).await.map(|()| ExitCode::SUCCESS);
+        return serve(config, path, args.dry_run)
+            .await
+            .map(|()| ExitCode::SUCCESS);
     }
     let now = parse_now(args.now.as_deref())?;
     let store = Store::open(&config.state_path)
@@ -253,7 +275,12 @@ fn print_summary(report: &SweepReport, now: i64) -> Result<()> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mode = report.mode.map(|m| m.as_str()).unwrap_or("?");
-    writeln!(out, "run {} ({mode}) at {}", report.run_id, crate::sweep::fmt_time(now))?;
+    writeln!(
+        out,
+        "run {} ({mode}) at {}",
+        report.run_id,
+        crate::sweep::fmt_time(now)
+    )?;
     for r in &report.revocations {
         let what = match &r.outcome {
             crate::revoke::Outcome::Deleted => "REVOKED".to_string(),
@@ -261,12 +288,25 @@ fn print_summary(report: &SweepReport, now: i64) -> Result<()> {
             crate::revoke::Outcome::Failed { error } => format!("FAILED ({error})"),
             crate::revoke::Outcome::Cancelled => "not attempted (shutdown)".to_string(),
         };
-        writeln!(out, "  {}/{} {}: {what}", r.organization, r.project_id, r.target)?;
+        writeln!(
+            out,
+            "  {}/{} {}: {what}",
+            r.organization, r.project_id, r.target
+        )?;
     }
     for w in &report.plan.withheld {
-        writeln!(out, "  withheld ({}): {}", w.reason.as_str(), w.action.describe())?;
+        writeln!(
+            out,
+            "  withheld ({}): {}",
+            w.reason.as_str(),
+            w.action.describe()
+        )?;
     }
-    let open = report.findings.iter().filter(|v| v.finding.stage.is_open()).count();
+    let open = report
+        .findings
+        .iter()
+        .filter(|v| v.finding.stage.is_open())
+        .count();
     writeln!(
         out,
         "keys: {}, open findings: {open}, revoked: {}, withheld: {}, notifications queued: {}, delivered: {}, alerts: {}",
@@ -306,7 +346,8 @@ fn audit(cli: &Cli, args: &AuditArgs) -> Result<ExitCode> {
 }
 
 fn open_existing(path: &Path) -> Result<Store> {
-    Store::open_existing(path).with_context(|| format!("opening the state database {}", path.display()))
+    Store::open_existing(path)
+        .with_context(|| format!("opening the state database {}", path.display()))
 }
 
 /// `--since` takes a date (midnight UTC) or an RFC 3339 time.
@@ -315,7 +356,10 @@ fn parse_since(s: &str) -> Result<i64> {
         return Ok(t.timestamp());
     }
     match chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
-        Ok(d) => Ok(d.and_hms_opt(0, 0, 0).map(|t| t.and_utc().timestamp()).unwrap_or_default()),
+        Ok(d) => Ok(d
+            .and_hms_opt(0, 0, 0)
+            .map(|t| t.and_utc().timestamp())
+            .unwrap_or_default()),
         Err(_) => bail!("--since {s:?} is not a date (YYYY-MM-DD) or an RFC 3339 time"),
     }
 }
@@ -323,12 +367,18 @@ fn parse_since(s: &str) -> Result<i64> {
 async fn notify_test(config: Config, channel: &str) -> Result<ExitCode> {
     let Some(ch) = config.channel(channel) else {
         let names: Vec<&str> = config.channels.iter().map(|c| c.name.as_str()).collect();
-        bail!("no channel named {channel:?} (configured: {})", names.join(", "));
+        bail!(
+            "no channel named {channel:?} (configured: {})",
+            names.join(", ")
+        );
     };
     let now = chrono::Utc::now().timestamp();
     match crate::notify::send_test(ch, now).await {
         Ok(()) => {
-            println!("test message sent through channel {channel:?} ({})", ch.kind.type_name());
+            println!(
+                "test message sent through channel {channel:?} ({})",
+                ch.kind.type_name()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
@@ -352,7 +402,8 @@ async fn serve(config: Config, path: PathBuf, force_dry_run: bool) -> Result<()>
     );
     // One Sweeper per configuration: a SIGHUP reload brings a new config (and hash), and the
     // next sweep builds new clients and policies from it.
-    let cache: Arc<tokio::sync::Mutex<Option<Arc<Sweeper>>>> = Arc::new(tokio::sync::Mutex::new(None));
+    let cache: Arc<tokio::sync::Mutex<Option<Arc<Sweeper>>>> =
+        Arc::new(tokio::sync::Mutex::new(None));
     let sweep = {
         let store = store.clone();
         let metrics = metrics.clone();
@@ -371,7 +422,11 @@ async fn serve(config: Config, path: PathBuf, force_dry_run: bool) -> Result<()>
                                 *slot = Some(s.clone());
                                 s
                             }
-                            Err(e) => return SweepResult::Failed { reason: format!("{e:#}") },
+                            Err(e) => {
+                                return SweepResult::Failed {
+                                    reason: format!("{e:#}"),
+                                };
+                            }
                         },
                     }
                 };
@@ -384,7 +439,9 @@ async fn serve(config: Config, path: PathBuf, force_dry_run: bool) -> Result<()>
                     deliver: true,
                 };
                 match sweeper.run_once(&opts).await {
-                    Err(e) => SweepResult::Failed { reason: format!("{:#}", anyhow::Error::from(e)) },
+                    Err(e) => SweepResult::Failed {
+                        reason: format!("{:#}", anyhow::Error::from(e)),
+                    },
                     Ok(_) if req.cancel.is_cancelled() => SweepResult::Cancelled,
                     Ok(report) => sweep_result(&report),
                 }
@@ -397,7 +454,11 @@ async fn serve(config: Config, path: PathBuf, force_dry_run: bool) -> Result<()>
     };
     let db_ready = {
         let store = store.clone();
-        Arc::new(move || store.with_conn(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?)).is_ok())
+        Arc::new(move || {
+            store
+                .with_conn(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
+                .is_ok()
+        })
     };
     let on_shutdown: crate::daemon::ShutdownHook = {
         let store = store.clone();
@@ -407,7 +468,9 @@ async fn serve(config: Config, path: PathBuf, force_dry_run: bool) -> Result<()>
                 // Flush what the outbox can within the grace period; the rest waits for the
                 // next start (it is in the database).
                 if let Ok(n) = crate::notify::Notifier::new() {
-                    let _ = n.deliver_due(&store, &config, chrono::Utc::now().timestamp()).await;
+                    let _ = n
+                        .deliver_due(&store, &config, chrono::Utc::now().timestamp())
+                        .await;
                 }
             })
         })
@@ -433,7 +496,11 @@ fn sweep_result(report: &SweepReport) -> crate::daemon::SweepResult {
     use crate::daemon::SweepResult;
     if let Some(org) = report.inventory.orgs.iter().find(|o| o.error.is_some()) {
         return SweepResult::Failed {
-            reason: format!("organisation {}: {}", org.organization, org.error.as_deref().unwrap_or("")),
+            reason: format!(
+                "organisation {}: {}",
+                org.organization,
+                org.error.as_deref().unwrap_or("")
+            ),
         };
     }
     let incomplete = report
@@ -443,7 +510,11 @@ fn sweep_result(report: &SweepReport) -> crate::daemon::SweepResult {
         .flat_map(|o| &o.projects)
         .filter(|p| !p.listing.is_complete())
         .count();
-    let failed = report.revocations.iter().filter(|r| matches!(r.outcome, crate::revoke::Outcome::Failed { .. })).count();
+    let failed = report
+        .revocations
+        .iter()
+        .filter(|r| matches!(r.outcome, crate::revoke::Outcome::Failed { .. }))
+        .count();
     if incomplete > 0 || failed > 0 {
         SweepResult::Partial {
             reason: format!("{incomplete} incomplete listing(s), {failed} failed revocation(s)"),

@@ -34,7 +34,9 @@ pub async fn run(args: &DemoArgs) -> Result<ExitCode> {
     let now = chrono::Utc::now().timestamp();
     let dir = match &args.dir {
         Some(d) => d.clone(),
-        None => std::env::temp_dir().join(format!("keysweep-demo-{}", uuid::Uuid::new_v4().simple())),
+        None => {
+            std::env::temp_dir().join(format!("keysweep-demo-{}", uuid::Uuid::new_v4().simple()))
+        }
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     // The simulator's admin key is made up on the spot: the demo needs no secret of yours.
@@ -50,7 +52,10 @@ pub async fn run(args: &DemoArgs) -> Result<ExitCode> {
     let db = dir.join("keysweep-demo.db");
     let text = DEMO_CONFIG
         .replace("http://127.0.0.1:8089/v1", &sim.base_url())
-        .replace("\"keysweep-demo.db\"", &format!("{:?}", db.display().to_string()));
+        .replace(
+            "\"keysweep-demo.db\"",
+            &format!("{:?}", db.display().to_string()),
+        );
     let mut config = config::load_from_str(&text, &[("OPENAI_ADMIN_KEY".into(), admin_key)])?;
     if args.enforce {
         config.mode = Mode::Enforce;
@@ -61,21 +66,44 @@ pub async fn run(args: &DemoArgs) -> Result<ExitCode> {
 
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    writeln!(out, "keysweep demo — a simulated organisation \"acme\" at {}", sim.base_url())?;
-    writeln!(out, "policies: rotate-90d (revoke, warn 14d ahead), idle-45d (notify), orphaned (revoke, warn 7d ahead)")?;
-    writeln!(out, "exemption: break-glass-* (SEC-142). Mode: {}.", if args.enforce { "enforce" } else { "dry-run" })?;
+    writeln!(
+        out,
+        "keysweep demo — a simulated organisation \"acme\" at {}",
+        sim.base_url()
+    )?;
+    writeln!(
+        out,
+        "policies: rotate-90d (revoke, warn 14d ahead), idle-45d (notify), orphaned (revoke, warn 7d ahead)"
+    )?;
+    writeln!(
+        out,
+        "exemption: break-glass-* (SEC-142). Mode: {}.",
+        if args.enforce { "enforce" } else { "dry-run" }
+    )?;
     writeln!(out)?;
 
-    section(&mut out, &format!("Day 0 — {}: inventory, findings and plan", fmt_time(now)))?;
+    section(
+        &mut out,
+        &format!("Day 0 — {}: inventory, findings and plan", fmt_time(now)),
+    )?;
     let first = sweep(&sweeper, now).await?;
     print_report(&mut out, &first, now)?;
-    section(&mut out, "Messages queued by this sweep (one digest per channel and recipient)")?;
+    section(
+        &mut out,
+        "Messages queued by this sweep (one digest per channel and recipient)",
+    )?;
     print_messages(&mut out, &store, &outbox_dir, &mut Vec::new())?;
 
     if !args.enforce {
         writeln!(out)?;
-        writeln!(out, "Nothing was deleted (dry-run). Run `keysweep demo --enforce` to watch the warning period pass,")?;
-        writeln!(out, "the final notice go out and the revocation happen, with the audit trail.")?;
+        writeln!(
+            out,
+            "Nothing was deleted (dry-run). Run `keysweep demo --enforce` to watch the warning period pass,"
+        )?;
+        writeln!(
+            out,
+            "the final notice go out and the revocation happen, with the audit trail."
+        )?;
         writeln!(out, "State and rendered messages: {}", dir.display())?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -83,27 +111,58 @@ pub async fn run(args: &DemoArgs) -> Result<ExitCode> {
     let mut seen = Vec::new();
     print_messages(&mut std::io::sink(), &store, &outbox_dir, &mut seen)?;
     for (label, t) in [
-        ("Day 7 — the orphaned keys' deadline: final notices are due, then revocation", now + 7 * DAY + 60),
-        ("Day 13 — one day before the rotate-90d deadline: final notices", now + 13 * DAY + 60),
-        ("Day 14 — the deadline: revocations (each key re-read just before its DELETE)", now + 14 * DAY + 120),
+        (
+            "Day 7 — the orphaned keys' deadline: final notices are due, then revocation",
+            now + 7 * DAY + 60,
+        ),
+        (
+            "Day 13 — one day before the rotate-90d deadline: final notices",
+            now + 13 * DAY + 60,
+        ),
+        (
+            "Day 14 — the deadline: revocations (each key re-read just before its DELETE)",
+            now + 14 * DAY + 120,
+        ),
     ] {
         section(&mut out, &format!("{label} — {}", fmt_time(t)))?;
         let r = sweep(&sweeper, t).await?;
         for rev in &r.revocations {
-            writeln!(out, "  {} {}/{}: {:?}", rev.target, rev.organization, rev.project_id, rev.outcome)?;
+            writeln!(
+                out,
+                "  {} {}/{}: {:?}",
+                rev.target, rev.organization, rev.project_id, rev.outcome
+            )?;
         }
         for w in &r.plan.withheld {
-            writeln!(out, "  withheld ({}): {}", w.reason.as_str(), w.action.describe())?;
+            writeln!(
+                out,
+                "  withheld ({}): {}",
+                w.reason.as_str(),
+                w.action.describe()
+            )?;
         }
         print_messages(&mut out, &store, &outbox_dir, &mut seen)?;
     }
 
     section(&mut out, "What is left in the simulated organisation")?;
     let after = sweeper.preview(now + 14 * DAY + 180, None).await?;
-    writeln!(out, "  {} keys remain (of {} at day 0)", after.inventory.keys().count(), first.inventory.keys().count())?;
+    writeln!(
+        out,
+        "  {} keys remain (of {} at day 0)",
+        after.inventory.keys().count(),
+        first.inventory.keys().count()
+    )?;
 
-    section(&mut out, "Audit trail (hash-chained; `keysweep audit verify` checks it)")?;
-    crate::state::cli::audit_list(&store, None, crate::state::cli::AuditFormat::Table, &mut out)?;
+    section(
+        &mut out,
+        "Audit trail (hash-chained; `keysweep audit verify` checks it)",
+    )?;
+    crate::state::cli::audit_list(
+        &store,
+        None,
+        crate::state::cli::AuditFormat::Table,
+        &mut out,
+    )?;
     crate::state::cli::audit_verify(&store, &mut out).map_err(|e| anyhow::anyhow!("{e}"))?;
     writeln!(out, "State and rendered messages: {}", dir.display())?;
     drop(out);
@@ -130,17 +189,31 @@ fn print_report(out: &mut dyn Write, r: &SweepReport, now: i64) -> Result<()> {
 }
 
 /// Prints (and writes to `dir`) every outbox message not printed before.
-fn print_messages(out: &mut dyn Write, store: &Store, dir: &Path, seen: &mut Vec<String>) -> Result<()> {
-    let all = store
-        .with_conn(|c| notify::outbox::all(c).map_err(crate::state::StateError::from))?;
+fn print_messages(
+    out: &mut dyn Write,
+    store: &Store,
+    dir: &Path,
+    seen: &mut Vec<String>,
+) -> Result<()> {
+    let all =
+        store.with_conn(|c| notify::outbox::all(c).map_err(crate::state::StateError::from))?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut printed = 0;
-    let fresh: Vec<_> = all.iter().filter(|m| !seen.contains(&m.message_id)).collect();
+    let fresh: Vec<_> = all
+        .iter()
+        .filter(|m| !seen.contains(&m.message_id))
+        .collect();
     for m in fresh {
         let text = notify::render::preview(&m.payload);
         let file: PathBuf = dir.join(format!("{}-{}.txt", m.kind.as_str(), m.message_id));
         std::fs::write(&file, &text).with_context(|| format!("writing {}", file.display()))?;
-        writeln!(out, "--- to {} via {} ({})", m.recipient, m.channel, m.kind.as_str())?;
+        writeln!(
+            out,
+            "--- to {} via {} ({})",
+            m.recipient,
+            m.channel,
+            m.kind.as_str()
+        )?;
         for line in text.lines().take(40) {
             writeln!(out, "  {line}")?;
         }

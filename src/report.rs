@@ -472,6 +472,7 @@ mod tests {
         };
         Inventory {
             orgs: vec![OrgInventory {
+                unauthorized: false,
                 organization: "acme".into(),
                 error: None,
                 admin_keys: vec![],

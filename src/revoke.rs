@@ -105,11 +105,21 @@ fn client<'a>(ctx: &'a Context<'_>, org: &str) -> Option<&'a AdminClient> {
 }
 
 fn record(ctx: &Context<'_>, kind: AuditKind, message: impl Into<String>) -> AuditRecord {
-    AuditRecord::new(ctx.now, ctx.run_id, kind, ctx.mode, &ctx.config.hash, message)
+    AuditRecord::new(
+        ctx.now,
+        ctx.run_id,
+        kind,
+        ctx.mode,
+        &ctx.config.hash,
+        message,
+    )
 }
 
 /// Executes approved actions one at a time.
-pub async fn execute(ctx: &Context<'_>, actions: &[PlannedAction]) -> Result<Vec<RevocationResult>, state::StateError> {
+pub async fn execute(
+    ctx: &Context<'_>,
+    actions: &[PlannedAction],
+) -> Result<Vec<RevocationResult>, state::StateError> {
     let mut results = Vec::with_capacity(actions.len());
     for action in actions {
         let (keys, target, sa) = match &action.target {
@@ -120,7 +130,10 @@ pub async fn execute(ctx: &Context<'_>, actions: &[PlannedAction]) -> Result<Vec
                 ..
             } => (
                 collateral.clone(),
-                format!("service account {service_account_id} ({} keys)", collateral.len()),
+                format!(
+                    "service account {service_account_id} ({} keys)",
+                    collateral.len()
+                ),
                 Some(service_account_id.clone()),
             ),
         };
@@ -171,9 +184,13 @@ pub async fn execute(ctx: &Context<'_>, actions: &[PlannedAction]) -> Result<Vec
             let mut records = Vec::new();
             for key in &keys {
                 records.push(
-                    record(ctx, AuditKind::Skipped, format!("not deleted after re-check: {reason}"))
-                        .with_key(key)
-                        .with_response(json!({ "recheck": reason })),
+                    record(
+                        ctx,
+                        AuditKind::Skipped,
+                        format!("not deleted after re-check: {reason}"),
+                    )
+                    .with_key(key)
+                    .with_response(json!({ "recheck": reason })),
                 );
             }
             ctx.store.tx(|tx| {
@@ -197,7 +214,12 @@ pub async fn execute(ctx: &Context<'_>, actions: &[PlannedAction]) -> Result<Vec
             results.push(result);
             continue;
         };
-        let mut intent = record(ctx, AuditKind::Intent, format!("deleting {}", result.target)).with_key(&primary);
+        let mut intent = record(
+            ctx,
+            AuditKind::Intent,
+            format!("deleting {}", result.target),
+        )
+        .with_key(&primary);
         intent.policy = Some(
             action
                 .findings
@@ -269,13 +291,24 @@ impl CriticalDelete {
         let entry = audit::append_durable(&self.store, &self.intent)?;
         let answer = match &self.service_account {
             None => self.client.delete_key(&self.project_id, &self.key_id).await,
-            Some(sa) => self.client.delete_service_account(&self.project_id, sa).await,
+            Some(sa) => {
+                self.client
+                    .delete_service_account(&self.project_id, sa)
+                    .await
+            }
         };
         let (outcome, response) = match answer {
-            Ok(DeleteOutcome::Deleted { status, body }) => (Outcome::Deleted, json!({ "status": status, "body": body })),
-            Ok(DeleteOutcome::AlreadyGone) => (Outcome::Deleted, json!({ "status": 404, "already_gone": true })),
+            Ok(DeleteOutcome::Deleted { status, body }) => {
+                (Outcome::Deleted, json!({ "status": status, "body": body }))
+            }
+            Ok(DeleteOutcome::AlreadyGone) => (
+                Outcome::Deleted,
+                json!({ "status": 404, "already_gone": true }),
+            ),
             Err(e) => (
-                Outcome::Failed { error: e.to_string() },
+                Outcome::Failed {
+                    error: e.to_string(),
+                },
                 json!({ "status": e.status(), "error": e.to_string() }),
             ),
         };
@@ -295,14 +328,25 @@ impl CriticalDelete {
             audit::append(tx, &out)?;
             if deleted {
                 for k in &self.key_ids {
-                    state::revocations::record_revocation(tx, self.now, &self.organization, &self.project_id, k, &self.run_id)?;
+                    state::revocations::record_revocation(
+                        tx,
+                        self.now,
+                        &self.organization,
+                        &self.project_id,
+                        k,
+                        &self.run_id,
+                    )?;
                 }
             }
             Ok(())
         })?;
         match &outcome {
-            Outcome::Deleted => tracing::warn!(run_id = %self.run_id, organization = %self.organization, project_id = %self.project_id, target = %self.target, "revoked"),
-            Outcome::Failed { error } => tracing::error!(run_id = %self.run_id, organization = %self.organization, project_id = %self.project_id, target = %self.target, %error, "revocation failed"),
+            Outcome::Deleted => {
+                tracing::warn!(run_id = %self.run_id, organization = %self.organization, project_id = %self.project_id, target = %self.target, "revoked")
+            }
+            Outcome::Failed { error } => {
+                tracing::error!(run_id = %self.run_id, organization = %self.organization, project_id = %self.project_id, target = %self.target, %error, "revocation failed")
+            }
             _ => {}
         }
         Ok(outcome)
@@ -311,7 +355,12 @@ impl CriticalDelete {
 
 /// Re-reads a key just before deleting it. `Ok(None)` = still safe to delete; `Ok(Some(reason))`
 /// = do not delete.
-async fn recheck(ctx: &Context<'_>, client: &AdminClient, listed: &Key, policies: &[&str]) -> Result<Option<String>, crate::openai::Error> {
+async fn recheck(
+    ctx: &Context<'_>,
+    client: &AdminClient,
+    listed: &Key,
+    policies: &[&str],
+) -> Result<Option<String>, crate::openai::Error> {
     let Some(fresh) = client.retrieve_key(&listed.project_id, &listed.id).await? else {
         return Ok(Some("the key is already gone".into()));
     };
@@ -350,7 +399,8 @@ pub async fn reconcile(
     let mut settled = 0;
     for row in pending {
         let r = &row.record;
-        let (Some(org), Some(project), Some(key_id)) = (&r.organization, &r.project_id, &r.key_id) else {
+        let (Some(org), Some(project), Some(key_id)) = (&r.organization, &r.project_id, &r.key_id)
+        else {
             continue;
         };
         let Some(client) = clients.iter().find(|c| c.org_name() == org) else {
@@ -378,14 +428,27 @@ pub async fn reconcile(
             owner: r.owner.clone(),
             policy: r.policy.clone(),
             response: json!({ "deleted": gone }),
-            ..AuditRecord::new(now, run_id, AuditKind::Reconciled, mode, &config.hash, message)
+            ..AuditRecord::new(
+                now,
+                run_id,
+                AuditKind::Reconciled,
+                mode,
+                &config.hash,
+                message,
+            )
         }
         .refers_to(row.seq);
         store.tx(|tx| {
             audit::append(tx, &rec)?;
             if gone {
                 state::revocations::record_revocation(tx, now, org, project, key_id, run_id)?;
-                for policy in r.policy.as_deref().unwrap_or("").split(',').filter(|p| !p.is_empty()) {
+                for policy in r
+                    .policy
+                    .as_deref()
+                    .unwrap_or("")
+                    .split(',')
+                    .filter(|p| !p.is_empty())
+                {
                     let id = FindingId {
                         organization: org.clone(),
                         project_id: project.clone(),
@@ -395,7 +458,11 @@ pub async fn reconcile(
                     if let Some(f) = state::findings::get_finding(tx, &id)?
                         && f.stage.is_open()
                     {
-                        state::findings::upsert_finding(tx, &crate::policy::lifecycle::mark_revoked(&f, now), now)?;
+                        state::findings::upsert_finding(
+                            tx,
+                            &crate::policy::lifecycle::mark_revoked(&f, now),
+                            now,
+                        )?;
                     }
                 }
             }

@@ -51,7 +51,7 @@ pub enum SweepError {
     Client {
         organization: String,
         #[source]
-        source: crate::openai::Error,
+        source: Box<crate::openai::Error>,
     },
 }
 
@@ -141,16 +141,22 @@ pub struct Sweeper {
 
 impl Sweeper {
     /// `store` is `None` only for read-only previews (`scan` without a state file).
-    pub fn new(config: Arc<Config>, store: Option<Store>, metrics: Metrics) -> Result<Sweeper, SweepError> {
+    pub fn new(
+        config: Arc<Config>,
+        store: Option<Store>,
+        metrics: Metrics,
+    ) -> Result<Sweeper, SweepError> {
         let policies = Policies::compile(&config)?;
         let shared = ClientShared::new(metrics.clone(), &config.limits);
         let clients = config
             .organizations
             .iter()
             .map(|org| {
-                AdminClient::new(org, &config.limits, shared.clone()).map_err(|source| SweepError::Client {
-                    organization: org.name.clone(),
-                    source,
+                AdminClient::new(org, &config.limits, shared.clone()).map_err(|source| {
+                    SweepError::Client {
+                        organization: org.name.clone(),
+                        source: Box::new(source),
+                    }
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -177,7 +183,11 @@ impl Sweeper {
     }
 
     fn mode(&self, opts: &SweepOptions) -> Mode {
-        if opts.force_dry_run { Mode::DryRun } else { self.config.mode }
+        if opts.force_dry_run {
+            Mode::DryRun
+        } else {
+            self.config.mode
+        }
     }
 
     /// Lists and evaluates without writing anything: `keysweep scan`.
@@ -203,12 +213,14 @@ impl Sweeper {
             candidates.extend(step.candidates);
             report.exempted.extend(step.exempted);
             report.expired_exemptions.extend(step.expired);
-            report.findings.extend(step.transitions.into_iter().filter_map(|(_, t)| {
-                t.next.map(|finding| FindingView {
-                    plan: String::new(),
-                    finding,
-                })
-            }));
+            report
+                .findings
+                .extend(step.transitions.into_iter().filter_map(|(_, t)| {
+                    t.next.map(|finding| FindingView {
+                        plan: String::new(),
+                        finding,
+                    })
+                }));
         }
         let revoked_24h = match &self.store {
             Some(s) => s.with_conn(|c| state::revocations::revocations_since(c, now - 86400))?,
@@ -228,7 +240,11 @@ impl Sweeper {
     }
 
     fn kill_switch_on(&self) -> bool {
-        self.config.safety.kill_switch_file.as_ref().is_some_and(|p| p.exists())
+        self.config
+            .safety
+            .kill_switch_file
+            .as_ref()
+            .is_some_and(|p| p.exists())
     }
 
     /// Runs one sweep with actions (honouring mode and `--dry-run`).
@@ -256,7 +272,12 @@ impl Sweeper {
             }
             Ok(())
         })?;
-        tracing::info!(run_id, mode = mode.as_str(), organizations = clients.len(), "sweep started");
+        tracing::info!(
+            run_id,
+            mode = mode.as_str(),
+            organizations = clients.len(),
+            "sweep started"
+        );
 
         // 1. A crash between a DELETE's intent and outcome is settled before anything else.
         revoke::reconcile(&store, &clients, &self.config, mode, run_id, now).await?;
@@ -264,14 +285,16 @@ impl Sweeper {
         // 2. Inventory.
         let inventory = crate::openai::collect_inventory(&self.config, &clients, None).await;
         for org in &inventory.orgs {
-            self.metrics.observe_inventory(&org.organization, &org.projects, now);
+            self.metrics
+                .observe_inventory(&org.organization, &org.projects, now);
             for p in org.projects.iter().filter(|p| !p.listing.is_complete()) {
                 tracing::warn!(run_id, organization = %org.organization, project_id = %p.project.id, "listing incomplete; nothing in this project will be revoked");
                 self.metrics.incomplete_listing(&org.organization);
             }
             for k in &org.admin_keys {
                 if let Some(exp) = k.expires_at {
-                    self.metrics.set_admin_key_expiry(&org.organization, &k.id, exp);
+                    self.metrics
+                        .set_admin_key_expiry(&org.organization, &k.id, exp);
                 }
             }
         }
@@ -291,24 +314,55 @@ impl Sweeper {
                 let moved = prev_stage.is_none_or(|s| s != next.stage) || !t.notices.is_empty();
                 if moved {
                     changed.push(next.clone());
-                    records.push(decision_record(next, *prev_stage, &t.notices, mode, run_id, &hash, now));
+                    records.push(decision_record(
+                        next,
+                        *prev_stage,
+                        &t.notices,
+                        mode,
+                        run_id,
+                        &hash,
+                        now,
+                    ));
                 }
                 notices.extend(t.notices(dry_run));
             }
             for (key, reason, until) in &step.expired {
                 records.push(
-                    AuditRecord::new(now, run_id, AuditKind::Exempted, mode, &hash, format!("exemption expired: {reason}"))
-                        .with_key(key)
-                        .with_response(json!({ "until": until })),
+                    AuditRecord::new(
+                        now,
+                        run_id,
+                        AuditKind::Exempted,
+                        mode,
+                        &hash,
+                        format!("exemption expired: {reason}"),
+                    )
+                    .with_key(key)
+                    .with_response(json!({ "until": until })),
                 );
             }
-            let complete_projects: Vec<_> = org.projects.iter().filter(|p| p.listing.is_complete()).collect();
+            let complete_projects: Vec<_> = org
+                .projects
+                .iter()
+                .filter(|p| p.listing.is_complete())
+                .collect();
             store.tx(|tx| {
                 for p in &org.projects {
-                    state::observations::record_observations(tx, &org.organization, &p.project.id, &p.keys, now)?;
+                    state::observations::record_observations(
+                        tx,
+                        &org.organization,
+                        &p.project.id,
+                        &p.keys,
+                        now,
+                    )?;
                 }
                 for p in &complete_projects {
-                    state::observations::mark_gone(tx, &org.organization, &p.project.id, p.keys.iter().map(|k| k.id.as_str()), now)?;
+                    state::observations::mark_gone(
+                        tx,
+                        &org.organization,
+                        &p.project.id,
+                        p.keys.iter().map(|k| k.id.as_str()),
+                        now,
+                    )?;
                 }
                 state::findings::upsert_findings(tx, &changed, now)?;
                 for r in &records {
@@ -319,18 +373,23 @@ impl Sweeper {
             report.exempted.extend(step.exempted);
             report.expired_exemptions.extend(step.expired);
             candidates.extend(step.candidates);
-            report.findings.extend(step.transitions.into_iter().filter_map(|(_, t)| {
-                t.next.map(|finding| FindingView {
-                    plan: String::new(),
-                    finding,
-                })
-            }));
+            report
+                .findings
+                .extend(step.transitions.into_iter().filter_map(|(_, t)| {
+                    t.next.map(|finding| FindingView {
+                        plan: String::new(),
+                        finding,
+                    })
+                }));
         }
 
         // Dry-run: a due revocation is announced once as "would be revoked".
         if dry_run {
             for c in &candidates {
-                if let Some(f) = report.findings.iter_mut().find(|v| v.finding.id == c.finding)
+                if let Some(f) = report
+                    .findings
+                    .iter_mut()
+                    .find(|v| v.finding.id == c.finding)
                     && f.finding.dry_run_noted_at.is_none()
                 {
                     f.finding.dry_run_noted_at = Some(now);
@@ -342,7 +401,8 @@ impl Sweeper {
         }
 
         // 5 (planned now, so cap and kill-switch alerts go out with this sweep's notices).
-        let revoked_24h = store.with_conn(|c| state::revocations::revocations_since(c, now - 86400))?;
+        let revoked_24h =
+            store.with_conn(|c| state::revocations::revocations_since(c, now - 86400))?;
         let kill_switch = self.kill_switch_on();
         let the_plan = plan::plan(&PlanInput {
             candidates: &candidates,
@@ -368,7 +428,9 @@ impl Sweeper {
                         format!("revocation withheld: {}", w.reason.as_str()),
                     )
                     .with_key(k)
-                    .with_response(json!({ "withheld": w.reason.as_str(), "action": w.action.describe() }))
+                    .with_response(
+                        json!({ "withheld": w.reason.as_str(), "action": w.action.describe() }),
+                    )
                 })
             })
             .collect();
@@ -418,7 +480,15 @@ impl Sweeper {
             let revoked: Vec<Finding> = after_notices.iter().map(|n| n.finding.clone()).collect();
             store.tx(|tx| state::findings::upsert_findings(tx, &revoked, now))?;
             let after_alerts = self.dedup_alerts(&store, after_alerts, now)?;
-            report.notices_queued += self.enqueue(&store, &after_notices, &after_alerts, run_id, now, Vec::new(), mode)?;
+            report.notices_queued += self.enqueue(
+                &store,
+                &after_notices,
+                &after_alerts,
+                run_id,
+                now,
+                Vec::new(),
+                mode,
+            )?;
             report.revocations = results;
             alerts_extend(&mut report.alerts, after_alerts);
             if opts.deliver {
@@ -474,7 +544,9 @@ impl Sweeper {
                 self.metrics.replace_findings(&org.organization, &mine);
             }
         }
-        if let Ok(depth) = store.with_conn(|c| notify::outbox::depth(c).map_err(state::StateError::from)) {
+        if let Ok(depth) =
+            store.with_conn(|c| notify::outbox::depth(c).map_err(state::StateError::from))
+        {
             self.metrics.set_outbox_depth(depth.pending, depth.dead);
         }
         tracing::info!(
@@ -492,7 +564,12 @@ impl Sweeper {
     }
 
     /// Alerts already raised within the repeat interval are not raised again.
-    fn dedup_alerts(&self, store: &Store, alerts: Vec<EnforcerAlert>, now: i64) -> Result<Vec<EnforcerAlert>, SweepError> {
+    fn dedup_alerts(
+        &self,
+        store: &Store,
+        alerts: Vec<EnforcerAlert>,
+        now: i64,
+    ) -> Result<Vec<EnforcerAlert>, SweepError> {
         let repeat = self.config.notifications.repeat_interval;
         let mut seen = HashSet::new();
         let mut out = Vec::new();
@@ -523,8 +600,15 @@ impl Sweeper {
         for a in alerts {
             tracing::warn!(run_id, alert = %a.dedup_key(), "enforcer alert: {}", notify::digest::alert_text(a));
             records.push(
-                AuditRecord::new(now, run_id, AuditKind::Alert, mode, &self.config.hash, notify::digest::alert_text(a))
-                    .with_response(serde_json::to_value(a).unwrap_or_default()),
+                AuditRecord::new(
+                    now,
+                    run_id,
+                    AuditKind::Alert,
+                    mode,
+                    &self.config.hash,
+                    notify::digest::alert_text(a),
+                )
+                .with_response(serde_json::to_value(a).unwrap_or_default()),
             );
         }
         store.tx(|tx| {
@@ -542,7 +626,8 @@ impl Sweeper {
 
     /// Evaluates one organisation's listing against its open findings.
     fn evaluate_org(&self, org: &OrgInventory, prev: &[Finding], now: i64) -> OrgStep {
-        let repeat = i64::try_from(self.config.notifications.repeat_interval.as_secs()).unwrap_or(i64::MAX);
+        let repeat =
+            i64::try_from(self.config.notifications.repeat_interval.as_secs()).unwrap_or(i64::MAX);
         let prev_by_id: HashMap<&FindingId, &Finding> = prev.iter().map(|f| (&f.id, f)).collect();
         let mut step = OrgStep::default();
         let mut touched: HashSet<FindingId> = HashSet::new();
@@ -563,8 +648,12 @@ impl Sweeper {
                     step.expired.push((key.clone(), e.reason.clone(), e.until));
                 }
                 // Every policy that flags the key, plus every policy with an open finding on it.
-                let mut policies: Vec<&str> = eval.violations.iter().map(|v| v.policy.as_str()).collect();
-                for f in prev.iter().filter(|f| f.id.project_id == key.project_id && f.id.key_id == key.id) {
+                let mut policies: Vec<&str> =
+                    eval.violations.iter().map(|v| v.policy.as_str()).collect();
+                for f in prev
+                    .iter()
+                    .filter(|f| f.id.project_id == key.project_id && f.id.key_id == key.id)
+                {
                     if !policies.contains(&f.id.policy.as_str()) {
                         policies.push(&f.id.policy);
                     }
@@ -654,11 +743,18 @@ fn decision_record(
             }
         ),
         (_, Stage::Resolved | Stage::Exempted) => {
-            format!("finding closed: {}", f.resolution.as_deref().unwrap_or("resolved"))
+            format!(
+                "finding closed: {}",
+                f.resolution.as_deref().unwrap_or("resolved")
+            )
         }
         _ => format!(
             "{} for {}",
-            notices.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", "),
+            notices
+                .iter()
+                .map(|n| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
             f.id.policy
         ),
     };
@@ -738,8 +834,12 @@ fn plan_alerts(plan: &Plan, config: &Config) -> Vec<EnforcerAlert> {
                 }
             } else {
                 let limit = match reason {
-                    r if r == plan::Withheld::CapPerRun.as_str() => u64::from(config.safety.max_revocations_per_run),
-                    r if r == plan::Withheld::CapPerDay.as_str() => u64::from(config.safety.max_revocations_per_day),
+                    r if r == plan::Withheld::CapPerRun.as_str() => {
+                        u64::from(config.safety.max_revocations_per_run)
+                    }
+                    r if r == plan::Withheld::CapPerDay.as_str() => {
+                        u64::from(config.safety.max_revocations_per_day)
+                    }
                     _ => u64::from(config.safety.max_revocations_per_project_percent),
                 };
                 EnforcerAlert::CapExceeded {
@@ -758,13 +858,23 @@ fn annotate_plan(findings: &mut [FindingView], plan: &Plan) {
         let id = &v.finding.id;
         v.plan = if let Some(a) = plan.revoke.iter().find(|a| a.findings.contains(id)) {
             format!("revoke now ({})", a.describe())
-        } else if let Some(w) = plan.withheld.iter().find(|w| w.action.findings.contains(id)) {
+        } else if let Some(w) = plan
+            .withheld
+            .iter()
+            .find(|w| w.action.findings.contains(id))
+        {
             format!("due, withheld: {}", w.reason.as_str())
         } else {
             match (v.finding.stage, v.finding.action) {
                 (Stage::Revoked, _) => "revoked".into(),
-                (Stage::Resolved, _) => format!("resolved: {}", v.finding.resolution.as_deref().unwrap_or("")),
-                (Stage::Exempted, _) => format!("exempted: {}", v.finding.resolution.as_deref().unwrap_or("")),
+                (Stage::Resolved, _) => format!(
+                    "resolved: {}",
+                    v.finding.resolution.as_deref().unwrap_or("")
+                ),
+                (Stage::Exempted, _) => format!(
+                    "exempted: {}",
+                    v.finding.resolution.as_deref().unwrap_or("")
+                ),
                 (_, Action::Revoke) => format!("revoke on {}", fmt_time(v.finding.deadline)),
                 (_, Action::Notify) => "notify".into(),
             }

@@ -748,6 +748,7 @@ pub(crate) mod test_support {
 
     pub fn config(cron: &str, orgs: &[&str]) -> Config {
         Config {
+            warnings: Vec::new(),
             source: None,
             hash: "test".into(),
             mode: Mode::DryRun,
@@ -755,6 +756,7 @@ pub(crate) mod test_support {
             organizations: orgs
                 .iter()
                 .map(|name| OrgConfig {
+                    admin_key_source: "test".into(),
                     name: name.to_string(),
                     base_url: url::Url::parse("http://127.0.0.1:1/v1").unwrap(),
                     admin_key: SecretString::from("sk-admin-test"),

@@ -20,6 +20,7 @@ const PATIENCE: Duration = Duration::from_secs(60);
 
 fn config(cron: &str, orgs: &[&str], hash: &str) -> Config {
     Config {
+        warnings: Vec::new(),
         source: None,
         hash: hash.into(),
         mode: Mode::DryRun,
@@ -27,6 +28,7 @@ fn config(cron: &str, orgs: &[&str], hash: &str) -> Config {
         organizations: orgs
             .iter()
             .map(|name| OrgConfig {
+                admin_key_source: "test".into(),
                 name: name.to_string(),
                 base_url: url::Url::parse("http://127.0.0.1:1/v1").unwrap(),
                 admin_key: SecretString::from("sk-admin-never-shown"),

@@ -72,6 +72,7 @@ fn finding(
     stage: Stage,
 ) -> Finding {
     Finding {
+        dry_run_noted_at: None,
         id: FindingId {
             organization: "acme".into(),
             project_id: project.0.into(),
@@ -240,6 +241,7 @@ fn config(ep: &Endpoints) -> Config {
         notify: notify.iter().map(|s| s.to_string()).collect(),
     };
     Config {
+        warnings: Vec::new(),
         source: None,
         hash: "test".into(),
         mode: Mode::Enforce,

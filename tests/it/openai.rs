@@ -36,6 +36,7 @@ pub(crate) fn limits() -> Limits {
 
 fn org_cfg(name: &str, base_url: &str, key: &str) -> OrgConfig {
     OrgConfig {
+        admin_key_source: "test".into(),
         name: name.to_string(),
         base_url: base_url.parse().unwrap(),
         admin_key: SecretString::from(key.to_string()),
@@ -49,6 +50,7 @@ fn org_cfg(name: &str, base_url: &str, key: &str) -> OrgConfig {
 
 fn config(organizations: Vec<OrgConfig>, limits: Limits) -> Config {
     Config {
+        warnings: Vec::new(),
         source: None,
         hash: String::new(),
         mode: Mode::DryRun,

@@ -394,6 +394,7 @@ fn project_facts_from_an_inventory() {
     let inv = Inventory {
         orgs: vec![
             OrgInventory {
+                unauthorized: false,
                 organization: "acme".to_string(),
                 projects: vec![
                     ProjectInventory {
@@ -411,6 +412,7 @@ fn project_facts_from_an_inventory() {
                 admin_keys: vec![],
             },
             OrgInventory {
+                unauthorized: false,
                 organization: "globex".to_string(),
                 projects: vec![ProjectInventory {
                     project: project("proj_g"),
