@@ -97,6 +97,7 @@ struct Inner {
     keys_by_age: Family<AgeLabels, Gauge>,
     findings: Family<FindingLabels, Gauge>,
     revocations: Family<OrgOutcome, Counter>,
+    revocations_withheld: Family<OrgReason, Counter>,
     notifications: Family<ChannelOutcome, Counter>,
     outbox_depth: Family<OutboxLabels, Gauge>,
     sweep_duration: Family<OrgLabels, Histogram>,
@@ -147,6 +148,12 @@ struct FindingLabels {
 struct OrgOutcome {
     organization: String,
     outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OrgReason {
+    organization: String,
+    reason: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -218,6 +225,12 @@ impl Metrics {
             "Revocation attempts by organisation and outcome",
             revocations.clone(),
         );
+        let revocations_withheld = Family::<OrgReason, Counter>::default();
+        registry.register(
+            "revocations_withheld",
+            "Due revocations withheld by a safety rail (cap, kill switch, incomplete listing, dry-run, service-account rule), by organisation and reason",
+            revocations_withheld.clone(),
+        );
         let notifications = Family::<ChannelOutcome, Counter>::default();
         registry.register(
             "notifications",
@@ -284,6 +297,7 @@ impl Metrics {
                 keys_by_age,
                 findings,
                 revocations,
+                revocations_withheld,
                 notifications,
                 outbox_depth,
                 sweep_duration,
@@ -452,6 +466,18 @@ impl Metrics {
                 outcome,
             })
             .inc();
+    }
+
+    /// `n` due revocations were withheld by the rail `reason` (a fixed word from
+    /// `policy::plan::Withheld::as_str`).
+    pub fn revocations_withheld(&self, org: &str, reason: &'static str, n: u64) {
+        self.inner
+            .revocations_withheld
+            .get_or_create(&OrgReason {
+                organization: org.to_string(),
+                reason,
+            })
+            .inc_by(n);
     }
 
     /// One notification delivery ended on channel `channel` (the configured channel name).

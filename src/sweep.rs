@@ -413,6 +413,13 @@ impl Sweeper {
             kill_switch,
         });
         alerts.extend(plan_alerts(&the_plan, &self.config));
+        for w in &the_plan.withheld {
+            self.metrics.revocations_withheld(
+                w.action.organization(),
+                w.reason.as_str(),
+                u64::from(w.action.revocations()),
+            );
+        }
         let hash_ref = hash.as_str();
         let skipped: Vec<AuditRecord> = the_plan
             .withheld

@@ -8,8 +8,22 @@ use toml::{Table, Value};
 
 use super::{ChannelKind, Config, Schedule};
 
+/// A duration in the largest unit that divides it (`90d`, `36h`, `90s`), so it reads like the
+/// configuration it came from (humantime would print `90d` as `2months 29days …`).
 fn dur(d: Duration) -> Value {
-    Value::String(humantime::format_duration(d).to_string())
+    let secs = d.as_secs();
+    let text = if d.subsec_nanos() != 0 {
+        format!("{}ms", d.as_millis())
+    } else if secs == 0 {
+        "0s".to_string()
+    } else {
+        [(86400, "d"), (3600, "h"), (60, "m"), (1, "s")]
+            .iter()
+            .find(|(unit, _)| secs.is_multiple_of(*unit))
+            .map(|(unit, suffix)| format!("{}{suffix}", secs / unit))
+            .unwrap_or_else(|| format!("{secs}s"))
+    };
+    Value::String(text)
 }
 
 fn strings(v: &[String]) -> Value {

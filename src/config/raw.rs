@@ -351,10 +351,18 @@ impl Validator<'_> {
         }
     }
 
-    fn file_secret(&mut self, key: &str, path: &Path) -> Result<SecretString, LoadError> {
+    /// `check_mode`: warn when the file is readable by group or others. Off for systemd
+    /// credentials, whose files are root-owned with an ACL for the service user (`stat` shows
+    /// 0440 although no group can read them), and whose directory systemd already protects.
+    fn file_secret(
+        &mut self,
+        key: &str,
+        path: &Path,
+        check_mode: bool,
+    ) -> Result<SecretString, LoadError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| self.err(key, format!("cannot read {}: {e}", path.display())))?;
-        if let Some(w) = readable_by_others(key, path) {
+        if check_mode && let Some(w) = readable_by_others(key, path) {
             self.warnings.push(w);
         }
         let value = text.trim();
@@ -615,7 +623,7 @@ impl Validator<'_> {
         }
         let (admin_key, admin_key_source) = if let Some(path) = &o.admin_key_file {
             (
-                self.file_secret(&k("admin_key_file"), path)?,
+                self.file_secret(&k("admin_key_file"), path, true)?,
                 format!("file {}", path.display()),
             )
         } else if let Some(name) = &o.admin_key_credential {
@@ -630,7 +638,11 @@ impl Validator<'_> {
                     )
                 })?;
             (
-                self.file_secret(&k("admin_key_credential"), &Path::new(dir).join(name))?,
+                self.file_secret(
+                    &k("admin_key_credential"),
+                    &Path::new(dir).join(name),
+                    false,
+                )?,
                 format!("credential {name}"),
             )
         } else {

@@ -14,7 +14,7 @@
 //!   the rules and the dashboard query exists in the daemon's `/metrics` output;
 //! - every file under `deploy/` and `config/` is of a kind one of these tests checks.
 //!
-//! External tools (systemd-analyze, promtool, kubectl, bash) are used where installed and the
+//! External tools (systemd-analyze, promtool, bash) are used where installed and the
 //! check is skipped, loudly, where not; `.ci/run` installs promtool. These tests never touch the
 //! network and never use a real secret.
 
@@ -1354,41 +1354,6 @@ fn kubernetes_manifests_keep_their_invariants() {
     assert!(!resources.contains(&"secret.example.yaml"));
 }
 
-#[test]
-fn kustomize_renders_the_daemon_set() {
-    let Some(kubectl) = which("kubectl") else {
-        return skip("kubectl", "kubectl kustomize deploy/kubernetes");
-    };
-    let out = Command::new(kubectl)
-        .arg("kustomize")
-        .arg(repo().join("deploy/kubernetes"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let kinds: Vec<String> = serde_norway::Deserializer::from_str(&text)
-        .map(|d| {
-            Yaml::deserialize(d).unwrap()["kind"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string()
-        })
-        .collect();
-    assert_eq!(
-        kinds.iter().filter(|k| *k == "Deployment").count(),
-        1,
-        "{kinds:?}"
-    );
-    assert!(
-        !kinds.iter().any(|k| k == "CronJob" || k == "Secret"),
-        "{kinds:?}"
-    );
-}
-
 // ---------------------------------------------------------------------------------------------
 // Monitoring
 // ---------------------------------------------------------------------------------------------
@@ -1436,6 +1401,7 @@ fn populated_metrics() -> keysweep::metrics::Metrics {
     m.set_keys_by_age("org", OwnerType::User, AgeBand::Over365d, 1);
     m.replace_findings("org", &[("policy", Stage::FinalNotice, 1)]);
     m.revocation("org", "deleted");
+    m.revocations_withheld("org", "cap_per_run", 1);
     m.notification("channel", NotificationOutcome::Dead);
     m.set_outbox_depth(1, 1);
     m.observe_sweep("org", 1.0, "success");
@@ -1621,6 +1587,10 @@ tests:
         values: '_ _ 1+1x30'
       - series: 'keysweep_schedule_skipped_total{organization="new"}'
         values: '_ _ 2x30'
+      - series: 'keysweep_revocations_withheld_total{organization="new", reason="cap_per_run"}'
+        values: '_ _ 3x30'
+      - series: 'keysweep_revocations_withheld_total{organization="new", reason="dry_run"}'
+        values: '_ _ 5+5x30'
       - series: 'keysweep_notifications_total{channel="mail", outcome="dead"}'
         values: '_ _ 1x30'
       - series: 'keysweep_notifications_total{channel="mail", outcome="sent"}'
@@ -1650,6 +1620,10 @@ tests:
         alertname: KeysweepSchedulesSkipped
         exp_alerts:
           - exp_labels: {severity: info, organization: new}
+      - eval_time: 5m
+        alertname: KeysweepEnforcementCapHit
+        exp_alerts:
+          - exp_labels: {severity: warning, organization: new, reason: cap_per_run}
       - eval_time: 5m
         alertname: KeysweepNotificationsDeadLettered
         exp_alerts:
