@@ -92,7 +92,8 @@ pub async fn run(args: &DemoArgs) -> Result<ExitCode> {
         &mut out,
         "Messages queued by this sweep (one digest per channel and recipient)",
     )?;
-    print_messages(&mut out, &store, &outbox_dir, &mut Vec::new())?;
+    let mut seen = Vec::new();
+    print_messages(&mut out, &store, &outbox_dir, &mut seen)?;
 
     if !args.enforce {
         writeln!(out)?;
@@ -108,8 +109,6 @@ pub async fn run(args: &DemoArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
 
-    let mut seen = Vec::new();
-    print_messages(&mut std::io::sink(), &store, &outbox_dir, &mut seen)?;
     for (label, t) in [
         (
             "Day 7 — the orphaned keys' deadline: final notices are due, then revocation",
@@ -188,7 +187,8 @@ fn print_report(out: &mut dyn Write, r: &SweepReport, now: i64) -> Result<()> {
     Ok(())
 }
 
-/// Prints (and writes to `dir`) every outbox message not printed before.
+/// Prints (and writes to `dir`) every outbox message not printed before: one line per message
+/// with its subject, and the whole text of the first message of each kind in the demo.
 fn print_messages(
     out: &mut dyn Write,
     store: &Store,
@@ -198,30 +198,39 @@ fn print_messages(
     let all =
         store.with_conn(|c| notify::outbox::all(c).map_err(crate::state::StateError::from))?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut printed = 0;
     let fresh: Vec<_> = all
         .iter()
         .filter(|m| !seen.contains(&m.message_id))
         .collect();
+    if fresh.is_empty() {
+        writeln!(out, "  (no new messages)")?;
+    }
     for m in fresh {
         let text = notify::render::preview(&m.payload);
         let file: PathBuf = dir.join(format!("{}-{}.txt", m.kind.as_str(), m.message_id));
         std::fs::write(&file, &text).with_context(|| format!("writing {}", file.display()))?;
+        let subject = text
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches("Subject: ");
         writeln!(
             out,
-            "--- to {} via {} ({})",
+            "  [{:<12}] to {:<28} via {:<14} {subject}",
+            m.kind.as_str(),
             m.recipient,
-            m.channel,
-            m.kind.as_str()
+            m.channel
         )?;
-        for line in text.lines().take(40) {
-            writeln!(out, "  {line}")?;
+        let first_of_kind = !seen
+            .iter()
+            .any(|id| id.starts_with(&format!("{}:", m.kind.as_str())));
+        if first_of_kind {
+            for line in text.lines().skip(1).take(30) {
+                writeln!(out, "      {line}")?;
+            }
+            seen.push(format!("{}:", m.kind.as_str()));
         }
         seen.push(m.message_id.clone());
-        printed += 1;
-    }
-    if printed == 0 {
-        writeln!(out, "  (no new messages)")?;
     }
     Ok(())
 }

@@ -150,6 +150,8 @@ impl Digest {
     pub fn title(&self) -> String {
         let n = self.count();
         let keys = plural(n, "API key", "API keys");
+        // Subject-verb agreement: "1 API key violates", "2 API keys violate".
+        let violate = if n == 1 { "violates" } else { "violate" };
         let dry = self.all_dry_run();
         match self.kind {
             MessageKind::Warning => {
@@ -160,14 +162,14 @@ impl Digest {
                     "will be revoked"
                 };
                 if revoke == 0 {
-                    format!("{keys} violate policy")
+                    format!("{keys} {violate} policy")
                 } else if revoke == n {
-                    format!("{keys} violate policy and {will}")
+                    format!("{keys} {violate} policy and {will}")
                 } else {
-                    format!("{keys} violate policy; {revoke} {will}")
+                    format!("{keys} {violate} policy; {revoke} {will}")
                 }
             }
-            MessageKind::Reminder => format!("Reminder: {keys} still violate policy"),
+            MessageKind::Reminder => format!("Reminder: {keys} still {violate} policy"),
             MessageKind::FinalNotice => {
                 if dry {
                     format!("Final notice: {keys} would be revoked (dry-run)")
