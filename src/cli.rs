@@ -90,7 +90,7 @@ pub struct AuditArgs {
     pub format: AuditFormatArg,
     /// The state database to read (default: `state_path` from the configuration, which then
     /// does not need its secrets).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", global = true)]
     pub state: Option<PathBuf>,
 }
 

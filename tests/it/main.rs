@@ -1,6 +1,7 @@
 //! The one integration-test binary: every test drives real servers over real sockets.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod cli;
 mod config;
 mod daemon;
 mod deploy;

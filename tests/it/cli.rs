@@ -1,0 +1,355 @@
+//! The command line as a user runs it: the real `keysweep` binary, talking over HTTP to a real
+//! `keysweep simulate` process. Covers issue 2's "done when", the README's commands, `scan`'s
+//! exit status and JSON shape, and the admin key never reaching any output.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const ADMIN_KEY: &str = "sk-admin-CLITEST-1f2e3d4c5b6a79880000";
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_keysweep"))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `keysweep simulate` as a child process; killed on drop.
+struct Simulator {
+    child: Child,
+    port: u16,
+}
+
+impl Simulator {
+    fn start(args: &[&str]) -> Simulator {
+        let port = free_port();
+        let mut child = bin()
+            .arg("simulate")
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .env("OPENAI_ADMIN_KEY", ADMIN_KEY)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // It announces itself on stderr once it listens.
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = BufReader::new(stderr).lines();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            assert!(Instant::now() < deadline, "simulator did not start");
+            match lines.next() {
+                Some(Ok(line)) if line.contains("listening on") => break,
+                Some(_) => {}
+                None => panic!("simulator exited early"),
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        Simulator { child, port }
+    }
+
+    fn stats(&self) -> serde_json::Value {
+        // A tiny HTTP/1.0 GET, so this test needs no HTTP client of its own.
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(s, "GET /_sim/stats HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let body = text.split("\r\n\r\n").nth(1).unwrap();
+        serde_json::from_str(body).unwrap()
+    }
+}
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_config(dir: &Path, port: u16, extra: &str) -> std::path::PathBuf {
+    let path = dir.join("keysweep.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "state_path = {:?}\n{extra}\n[[organizations]]\nname = \"acme\"\nbase_url = \"http://127.0.0.1:{port}/v1\"\nadmin_key_env = \"OPENAI_ADMIN_KEY\"\n",
+            dir.join("keysweep.db").display().to_string()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.env("OPENAI_ADMIN_KEY", ADMIN_KEY).output().unwrap();
+    for stream in [&out.stdout, &out.stderr] {
+        assert!(
+            !String::from_utf8_lossy(stream).contains(ADMIN_KEY),
+            "the admin key reached the output"
+        );
+    }
+    out
+}
+
+#[test]
+fn simulate_then_scan_reports_exactly_1750_keys_in_21_key_pages() {
+    let sim = Simulator::start(&[
+        "--projects",
+        "7",
+        "--keys-per-project",
+        "250",
+        "--seed",
+        "1",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), sim.port, "");
+    let out = run(bin()
+        .args(["scan", "--format", "json", "--config"])
+        .arg(&config));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["keys"].as_array().unwrap().len(), 1750);
+    let projects = report["projects"].as_array().unwrap();
+    assert_eq!(
+        projects.len(),
+        7,
+        "the archived project is not listed by default"
+    );
+    assert!(
+        projects
+            .iter()
+            .all(|p| p["complete"] == true && p["error"].is_null())
+    );
+    for field in [
+        "organization",
+        "project_id",
+        "id",
+        "name",
+        "redacted_value",
+        "owner_type",
+        "owner",
+        "created_at",
+        "last_used_at",
+    ] {
+        assert!(
+            report["keys"][0].get(field).is_some(),
+            "keys[].{field} missing"
+        );
+    }
+    let stats = sim.stats();
+    assert_eq!(
+        stats["requests"]["GET /v1/organization/projects/{project_id}/api_keys"], 21,
+        "one call per page of keys, no page twice: {stats}"
+    );
+    // scan is read-only: no state file is created.
+    assert!(!dir.path().join("keysweep.db").exists());
+}
+
+#[test]
+fn scan_formats_and_findings() {
+    let sim = Simulator::start(&["--projects", "2", "--keys-per-project", "30", "--seed", "7"]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), sim.port, "");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[[policies]]\nname = \"rotate-90d\"\nmax_age = \"90d\"\naction = \"revoke\"\nwarn_before = \"14d\"\n");
+    std::fs::write(&config, text).unwrap();
+
+    let out = run(bin()
+        .args(["scan", "--format", "json", "--config"])
+        .arg(&config));
+    assert!(out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let now = chrono::Utc::now().timestamp();
+    let old_keys: Vec<&str> = report["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| now - k["created_at"].as_i64().unwrap() > 90 * 86400)
+        .map(|k| k["id"].as_str().unwrap())
+        .collect();
+    let findings = report["findings"].as_array().unwrap();
+    assert!(!old_keys.is_empty());
+    assert_eq!(
+        findings.len(),
+        old_keys.len(),
+        "one finding per key older than 90 days"
+    );
+    for f in findings {
+        assert!(old_keys.contains(&f["key_id"].as_str().unwrap()));
+        assert_eq!(f["policy"], "rotate-90d");
+        assert_eq!(f["action"], "revoke");
+        assert!(f["deadline"].as_i64().unwrap() >= now + 14 * 86400 - 5);
+        for field in ["project_id", "state"] {
+            assert!(f.get(field).is_some());
+        }
+    }
+
+    let csv = run(bin()
+        .args(["scan", "--format", "csv", "--config"])
+        .arg(&config));
+    assert!(csv.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&csv.stdout).lines().count(),
+        1 + 60,
+        "header + one row per key"
+    );
+
+    let table = run(bin()
+        .args(["scan", "--format", "table", "--config"])
+        .arg(&config));
+    let shown = String::from_utf8_lossy(&table.stdout);
+    assert!(old_keys.iter().all(|k| shown.contains(k)));
+
+    // Rehearsal: a year from now every key is older than 90 days.
+    let later = (chrono::Utc::now() + chrono::Duration::days(800)).to_rfc3339();
+    let out = run(bin()
+        .args(["scan", "--format", "json", "--now", &later, "--config"])
+        .arg(&config));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["findings"].as_array().unwrap().len(), 60);
+}
+
+#[test]
+fn wrong_admin_key_makes_scan_fail_clearly() {
+    let sim = Simulator::start(&["--projects", "1", "--keys-per-project", "3"]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), sim.port, "");
+    let out = bin()
+        .args(["scan", "--format", "json", "--config"])
+        .arg(&config)
+        .env("OPENAI_ADMIN_KEY", "sk-admin-WRONG-KEY-000000")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "an org that cannot be listed is not a clean scan"
+    );
+    assert!(
+        stderr.contains("acme") && stderr.contains("401"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("sk-admin-WRONG-KEY-000000"));
+}
+
+#[test]
+fn run_once_enforces_and_audit_verifies() {
+    let sim = Simulator::start(&["--projects", "2", "--keys-per-project", "20", "--seed", "5"]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        sim.port,
+        "mode = \"enforce\"\n[safety]\nmax_revocations_per_run = 1000\nmax_revocations_per_project_percent = 100\nmax_revocations_per_day = 1000\n[[policies]]\nname = \"rotate-90d\"\nmax_age = \"90d\"\naction = \"revoke\"\nwarn_before = \"14d\"\n",
+    );
+    let first = run(bin().args(["run", "--once", "--config"]).arg(&config));
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&first.stdout);
+    assert!(
+        stdout.contains("revoked: 0"),
+        "nothing is revoked in the warning sweep: {stdout}"
+    );
+
+    let later = (chrono::Utc::now() + chrono::Duration::days(15)).to_rfc3339();
+    let dry = run(bin()
+        .args(["run", "--once", "--dry-run", "--now", &later, "--config"])
+        .arg(&config));
+    assert!(
+        String::from_utf8_lossy(&dry.stdout).contains("revoked: 0"),
+        "--dry-run always wins"
+    );
+
+    let second = run(bin()
+        .args(["run", "--once", "--now", &later, "--config"])
+        .arg(&config));
+    let stdout = String::from_utf8_lossy(&second.stdout);
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert!(stdout.contains("REVOKED"), "{stdout}");
+    assert!(sim.stats()["requests"]["DELETE /v1/organization/projects/{project_id}/api_keys/{api_key_id}"].as_u64().unwrap() > 0);
+
+    let db = dir.path().join("keysweep.db");
+    let verify = run(bin().args(["audit", "verify", "--state"]).arg(&db));
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    assert!(String::from_utf8_lossy(&verify.stdout).contains("audit chain OK"));
+    let list = run(bin()
+        .args(["audit", "--format", "json", "--state"])
+        .arg(&db));
+    let records: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let kinds: Vec<&str> = records
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"intent") && kinds.contains(&"outcome"));
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "intent").count(),
+        kinds.iter().filter(|k| **k == "outcome").count(),
+        "every intent has its outcome"
+    );
+}
+
+#[test]
+fn demo_runs_and_tells_the_whole_story() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin()
+        .args(["demo", "--enforce", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "break-glass-prod",
+        "exempted",
+        "[warning",
+        "[final_notice",
+        "[revoked",
+        "Deleted",
+        "audit chain OK",
+    ] {
+        assert!(
+            stdout.contains(needle),
+            "the demo does not show {needle:?}:\n{stdout}"
+        );
+    }
+    assert!(
+        std::fs::read_dir(dir.path().join("outbox"))
+            .unwrap()
+            .count()
+            > 0,
+        "rendered messages are written"
+    );
+
+    let plain = bin().arg("demo").output().unwrap();
+    let stdout = String::from_utf8_lossy(&plain.stdout);
+    assert!(plain.status.success());
+    assert!(stdout.contains("Nothing was deleted (dry-run)"));
+}
