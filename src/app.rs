@@ -255,8 +255,7 @@ async fn run(config: Config, args: &RunArgs, path: PathBuf) -> Result<ExitCode> 
             .map(|()| ExitCode::SUCCESS);
     }
     let now = parse_now(args.now.as_deref())?;
-    let store = Store::open(&config.state_path)
-        .with_context(|| format!("opening the state database {}", config.state_path.display()))?;
+    let store = open_for_sweeps(&config)?;
     let sweeper = Sweeper::new(Arc::new(config), Some(store), Metrics::new())?;
     let mut opts = SweepOptions::new(now);
     opts.force_dry_run = args.dry_run;
@@ -318,6 +317,18 @@ fn print_summary(report: &SweepReport, now: i64) -> Result<()> {
         report.alerts.len(),
     )?;
     Ok(())
+}
+
+/// Opens the state database for a command that sweeps, and marks sweeps a previous process left
+/// `running` (crash, SIGKILL) as interrupted, so history and readiness do not show them running.
+fn open_for_sweeps(config: &Config) -> Result<Store> {
+    let store = Store::open(&config.state_path)
+        .with_context(|| format!("opening the state database {}", config.state_path.display()))?;
+    let cut_short = store.tx(|tx| crate::state::sweeps::mark_interrupted(tx, chrono::Utc::now().timestamp()))?;
+    for s in &cut_short {
+        tracing::warn!(run_id = %s.run_id, organization = %s.organization, "a previous sweep was interrupted; unfinished deletes are reconciled by the next sweep");
+    }
+    Ok(store)
 }
 
 fn audit(cli: &Cli, args: &AuditArgs) -> Result<ExitCode> {
@@ -391,8 +402,7 @@ async fn notify_test(config: Config, channel: &str) -> Result<ExitCode> {
 /// The daemon: wires `sweep::Sweeper` into `daemon::run` (schedules, signals, ops endpoints).
 async fn serve(config: Config, path: PathBuf, force_dry_run: bool) -> Result<()> {
     use crate::daemon::{DaemonDeps, SweepRequest, SweepResult};
-    let store = Store::open(&config.state_path)
-        .with_context(|| format!("opening the state database {}", config.state_path.display()))?;
+    let store = open_for_sweeps(&config)?;
     let metrics = Metrics::new();
     tracing::info!(
         config = %path.display(),
