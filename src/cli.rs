@@ -89,7 +89,7 @@ pub struct AuditArgs {
     #[arg(long, value_enum, default_value = "table")]
     pub format: AuditFormatArg,
     /// The state database to read (default: `state_path` from the configuration, which then
-    /// does not need its secrets).
+    /// does not need its secrets). Accepted before or after `verify`.
     #[arg(long, value_name = "FILE", global = true)]
     pub state: Option<PathBuf>,
 }

@@ -18,8 +18,25 @@
 //! A fault fires *before* the request has any effect (a faulted DELETE deletes nothing) unless
 //! armed with [`Fault::after_effect`], which models "deleted, but the answer was lost".
 //!
-//! This module only decides *whether* and *what*; the server renders the misbehaviour. It never
-//! touches the organisation's data.
+//! One kind is not a misbehaviour of the server but of the world around it:
+//! [`FaultKind::Apply`] changes the organisation (a [`SimEffect`]: a key used, renamed or deleted
+//! by its owner) at the moment a matching request arrives, then answers normally. It scripts a
+//! race precisely, e.g. "the key is used between keysweep's listing and its re-check":
+//!
+//! ```no_run
+//! # use keysweep::sim::{Fault, FaultKind, SimEffect, SimServer};
+//! # fn f(sim: &SimServer) {
+//! // The first GET of key_x (the re-check before a DELETE) sees it freshly used.
+//! sim.faults().add(
+//!     Fault::on_get_key("proj_x", "key_x")
+//!         .once()
+//!         .respond(FaultKind::Apply(SimEffect::set_last_used("proj_x", "key_x", Some(1_767_225_600)))),
+//! );
+//! # }
+//! ```
+//!
+//! This module only decides *whether* and *what*; the server renders the misbehaviour and applies
+//! effects. It never touches the organisation's data itself.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -68,6 +85,64 @@ pub enum FaultKind {
     OmitLastUsed,
     /// Adds unknown fields to the envelope, each object and each key owner.
     ExtraFields,
+    /// Changes the organisation first (before the request's own effect, or after it with
+    /// [`Fault::after_effect`]), then answers normally: someone else acted between two of the
+    /// client's requests. Arm it with [`Fault::once`] unless it should repeat.
+    Apply(SimEffect),
+}
+
+/// A change to the organisation made by someone other than the client (see
+/// [`FaultKind::Apply`]). It names its own target, so it can be triggered by any request. A
+/// target that does not exist (any more) is ignored: the effect models the world, not the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SimEffect {
+    /// The key was used at this time (`None`: never used).
+    SetLastUsed {
+        project: String,
+        key: String,
+        at: Option<i64>,
+    },
+    /// The key was renamed.
+    Rename {
+        project: String,
+        key: String,
+        name: String,
+    },
+    /// The key was deleted by its owner (in the dashboard, behind the API's back).
+    RemoveKey { project: String, key: String },
+}
+
+impl SimEffect {
+    pub fn set_last_used(
+        project: impl Into<String>,
+        key: impl Into<String>,
+        at: Option<i64>,
+    ) -> Self {
+        SimEffect::SetLastUsed {
+            project: project.into(),
+            key: key.into(),
+            at,
+        }
+    }
+
+    pub fn rename(
+        project: impl Into<String>,
+        key: impl Into<String>,
+        name: impl Into<String>,
+    ) -> Self {
+        SimEffect::Rename {
+            project: project.into(),
+            key: key.into(),
+            name: name.into(),
+        }
+    }
+
+    pub fn remove_key(project: impl Into<String>, key: impl Into<String>) -> Self {
+        SimEffect::RemoveKey {
+            project: project.into(),
+            key: key.into(),
+        }
+    }
 }
 
 /// A fault to arm; build with the `on_*` constructors and finish with [`Fault::respond`].

@@ -44,7 +44,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use cli::{SimulateArgs, run};
-pub use faults::{Fault, FaultBook, FaultId, FaultKind, FaultRoute};
+pub use faults::{Fault, FaultBook, FaultId, FaultKind, FaultRoute, SimEffect};
 pub use model::{
     FORMAT_VERSION, SimAccess, SimAdminKey, SimKey, SimMember, SimOrg, SimOwnerRef, SimProject,
     SimServiceAccount, SimUser,

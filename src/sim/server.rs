@@ -31,7 +31,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::conn::{ConnCtl, SimListener};
-use super::faults::{FaultBook, FaultKind, FaultRequest, FaultRoute, Fired};
+use super::faults::{FaultBook, FaultKind, FaultRequest, FaultRoute, Fired, SimEffect};
 use super::generate::mix64;
 use super::model::{SimAccess, SimKey, SimOrg};
 use super::state::{AccessFilter, OrgState, PageQuery, PageTwist, Refusal, SimKeySnapshot};
@@ -257,6 +257,21 @@ impl Shared {
         };
         let key = self.admin_key.read().unwrap_or_else(|e| e.into_inner());
         constant_time_eq(token.trim().as_bytes(), key.as_bytes())
+    }
+
+    /// Applies a scripted change of the world ([`FaultKind::Apply`]). A missing target is not
+    /// an error: the effect describes what someone else did, and they may have been too late.
+    fn apply(&self, effect: &SimEffect) {
+        let result = match effect {
+            SimEffect::SetLastUsed { project, key, at } => {
+                self.org.set_last_used(project, key, *at)
+            }
+            SimEffect::Rename { project, key, name } => self.org.rename_key(project, key, name),
+            SimEffect::RemoveKey { project, key } => self.org.remove_key(project, key),
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "scripted effect had no target");
+        }
     }
 
     /// Seeded coin for `fail_rate`: deterministic for a seed and request order.
@@ -694,6 +709,10 @@ async fn interrupt(s: &Shared, kind: &FaultKind, conn: &ConnCtl) -> Option<Respo
         }
         FaultKind::Delay(d) => {
             s.sleep(*d).await;
+            None
+        }
+        FaultKind::Apply(effect) => {
+            s.apply(effect);
             None
         }
         _ => None,

@@ -5,6 +5,7 @@ mod cli;
 mod config;
 mod daemon;
 mod deploy;
+mod enforce;
 mod notify;
 mod openai;
 mod receivers;
