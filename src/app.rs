@@ -324,7 +324,8 @@ fn print_summary(report: &SweepReport, now: i64) -> Result<()> {
 fn open_for_sweeps(config: &Config) -> Result<Store> {
     let store = Store::open(&config.state_path)
         .with_context(|| format!("opening the state database {}", config.state_path.display()))?;
-    let cut_short = store.tx(|tx| crate::state::sweeps::mark_interrupted(tx, chrono::Utc::now().timestamp()))?;
+    let cut_short = store
+        .tx(|tx| crate::state::sweeps::mark_interrupted(tx, chrono::Utc::now().timestamp()))?;
     for s in &cut_short {
         tracing::warn!(run_id = %s.run_id, organization = %s.organization, "a previous sweep was interrupted; unfinished deletes are reconciled by the next sweep");
     }

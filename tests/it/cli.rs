@@ -353,3 +353,74 @@ fn demo_runs_and_tells_the_whole_story() {
     assert!(plain.status.success());
     assert!(stdout.contains("Nothing was deleted (dry-run)"));
 }
+
+/// A one-request-at-a-time HTTP proxy that answers every request itself (an empty project
+/// list) and records the request lines it saw.
+fn recording_proxy() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{Read, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = [0u8; 8192];
+            let n = s.read(&mut buf).unwrap_or(0);
+            let head = String::from_utf8_lossy(&buf[..n]).to_string();
+            log.lock()
+                .unwrap()
+                .push(head.lines().next().unwrap_or_default().to_string());
+            let body = if head.contains("admin_api_keys") || head.contains("/projects") {
+                r#"{"object":"list","data":[],"first_id":null,"last_id":null,"has_more":false}"#
+            } else {
+                r#"{"error":{"type":"invalid_request_error","message":"no","param":null,"code":null}}"#
+            };
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (port, seen)
+}
+
+#[test]
+fn proxy_environment_is_honoured() {
+    let (proxy, seen) = recording_proxy();
+    let dead = free_port(); // nothing listens here: only the proxy can answer
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), dead, "");
+    let proxied = run(bin()
+        .args(["scan", "--format", "json", "--config"])
+        .arg(&config)
+        .env("HTTP_PROXY", format!("http://127.0.0.1:{proxy}"))
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy"));
+    assert!(
+        proxied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&proxied.stderr)
+    );
+    let lines = seen.lock().unwrap().clone();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("GET http://127.0.0.1:")
+                && l.contains("/v1/organization/projects")),
+        "the request did not go through the proxy: {lines:?}"
+    );
+    // NO_PROXY exempts the host: the request goes direct, to a port where nothing listens.
+    let before = seen.lock().unwrap().len();
+    let direct = run(bin()
+        .args(["scan", "--format", "json", "--config"])
+        .arg(&config)
+        .env("HTTP_PROXY", format!("http://127.0.0.1:{proxy}"))
+        .env("NO_PROXY", "127.0.0.1"));
+    assert!(
+        !direct.status.success(),
+        "a direct request to a dead port cannot succeed"
+    );
+    assert_eq!(seen.lock().unwrap().len(), before, "NO_PROXY was ignored");
+}
