@@ -89,8 +89,8 @@ pub struct AuditArgs {
     #[arg(long, value_enum, default_value = "table")]
     pub format: AuditFormatArg,
     /// The state database to read (default: `state_path` from the configuration, which then
-    /// does not need its secrets).
-    #[arg(long, value_name = "FILE")]
+    /// does not need its secrets). Accepted before or after `verify`, as the README shows.
+    #[arg(long, value_name = "FILE", global = true)]
     pub state: Option<PathBuf>,
 }
 
