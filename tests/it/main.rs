@@ -1,8 +1,10 @@
 //! The one integration-test binary: every test drives real servers over real sockets.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod alerts_e2e;
 mod config;
 mod daemon;
+mod daemon_bin;
 mod deploy;
 mod notify;
 mod openai;
