@@ -23,6 +23,7 @@ use keysweep::metrics::Metrics;
 use keysweep::notify::outbox;
 use keysweep::state::Store;
 use keysweep::sweep::{SweepOptions, SweepReport, Sweeper};
+use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
@@ -213,6 +214,9 @@ type = "webhook"
 url = "{http}/ops"
 secret_env = "KS_E2E_WEBHOOK_SECRET"
 
+[safety]
+max_revocations_per_project_percent = 100
+
 [notifications]
 repeat_interval = "24h"
 max_attempts = 10
@@ -256,9 +260,9 @@ impl Setup {
         config::load_from_str(&text, &env(&self.rx)).unwrap()
     }
 
-    fn sweeper(&self) -> Sweeper {
+    fn sweeper(&self, metrics: &Metrics) -> Sweeper {
         let store = Store::open(&self.state).unwrap();
-        Sweeper::new(Arc::new(self.config()), Some(store), Metrics::new()).unwrap()
+        Sweeper::new(Arc::new(self.config()), Some(store), metrics.clone()).unwrap()
     }
 
     /// Runs the binary with this setup's configuration and secrets.
@@ -374,7 +378,8 @@ fn assert_webhooks_signed_and_unique(rx: &Receiver, path: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_digest_per_channel_nothing_twice_and_a_pending_mail_delivered_once() {
     let mut s = Setup::start().await;
-    let sweeper = s.sweeper();
+    let metrics = Metrics::new();
+    let sweeper = s.sweeper(&metrics);
     let t0 = s.now;
 
     // 1. One enforce sweep: warnings only (the deadline is 14 days out), one digest per channel
@@ -604,6 +609,23 @@ async fn one_digest_per_channel_nothing_twice_and_a_pending_mail_delivered_once(
     assert!(s.rx.requests("/ops").is_empty());
     // Logins happened over TLS with AUTH for every delivered mail.
     assert_eq!(s.smtp.logins.lock().unwrap().len(), 5);
+    // And /metrics counts every delivery outcome per channel.
+    let m = crate::daemon_bin::Metrics::parse(&metrics.encode());
+    let count = |channel: &str, outcome: &str| {
+        m.sum(
+            "keysweep_notifications_total",
+            &[("channel", channel), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(count("mail", "sent"), 5.0);
+    assert_eq!(
+        count("mail", "failed"),
+        4.0,
+        "two mails, two failed attempts each"
+    );
+    assert_eq!(count("pd", "sent"), 4.0);
+    assert_eq!(count("hook", "sent"), 2.0);
+    assert_eq!(count("slack", "sent"), 2.0);
 
     // Nothing secret in the state database, and its audit chain verifies.
     let raw = std::fs::read(&s.state).unwrap();
@@ -687,4 +709,167 @@ async fn notify_test_reaches_every_receiver_and_fails_cleanly_on_a_dead_one() {
         assert!(!err.contains("/services/"), "the Slack URL leaked: {err}");
     }
     assert_eq!(s.smtp.messages().len(), 1);
+}
+
+/// The outbox rows of one kind (`warning`, `final_notice`, `revoked`, …).
+fn rows_of(s: &Setup, kind: &str) -> Vec<outbox::StoredMessage> {
+    s.outbox()
+        .into_iter()
+        .filter(|m| m.kind.as_str() == kind)
+        .collect()
+}
+
+/// The mails delivered for the outbox rows given, parsed.
+fn mails_for(s: &Setup, rows: &[outbox::StoredMessage]) -> Vec<Mail> {
+    let ids: BTreeSet<String> = rows
+        .iter()
+        .map(|r| format!("{}@keysweep", r.message_id))
+        .collect();
+    s.smtp
+        .messages()
+        .iter()
+        .map(parse_mail)
+        .filter(|m| ids.contains(&m.message_id))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_final_notice_and_the_revocation_each_get_their_own_message() {
+    let s = Setup::start().await;
+    let sweeper = s.sweeper(&Metrics::new());
+    let t0 = s.now;
+    let day = crate::daemon_bin::DAY;
+    sweep(&sweeper, t0).await;
+    assert_eq!(
+        rows_of(&s, "warning").len(),
+        8,
+        "mail ×3 (team, alice, bob), Slack, webhook, PagerDuty ×3"
+    );
+
+    // Two days before the deadline: the final notice, in messages of its own.
+    let r = sweep(&sweeper, t0 + 12 * day + 3600).await;
+    assert_eq!(r.revoked_count(), 0);
+    let finals = rows_of(&s, "final_notice");
+    let mails = mails_for(&s, &finals);
+    assert_eq!(mails.len(), 3, "team, alice, bob");
+    for m in &mails {
+        assert!(m.subject.contains("Final notice"), "{}", m.subject);
+        let expected: &[_] = match m.to[0].as_str() {
+            "security@example.com" => &[CI_DEPLOY, OLD_BATCH, SVC_BOT],
+            "alice@example.com" => &[CI_DEPLOY],
+            _ => &[OLD_BATCH],
+        };
+        lists_exactly(&format!("final notice to {}", m.to[0]), &m.text, expected);
+    }
+    let hook = s.rx.requests("/hook");
+    assert_eq!(
+        hook.last().unwrap().json()["type"],
+        "keysweep.notices.final_notice"
+    );
+    let pd: Vec<Value> = s.rx.requests("/pd/").iter().map(|r| r.json()).collect();
+    assert_eq!(pd.len(), 6);
+    assert!(
+        pd[3..]
+            .iter()
+            .all(|e| e["event_action"] == "trigger" && e["payload"]["severity"] == "error")
+    );
+
+    // At the deadline: the user keys are deleted (the service account's key stays: the
+    // default rule is notify-only), and the revocation is announced in its own messages.
+    let r = sweep(&sweeper, t0 + 14 * day + 3600).await;
+    assert_eq!(r.revoked_count(), 2, "{:?}", r.revocations);
+    assert!(!s.sim.key_exists(CI_DEPLOY.0, CI_DEPLOY.1));
+    assert!(!s.sim.key_exists(OLD_BATCH.0, OLD_BATCH.1));
+    assert!(s.sim.key_exists(SVC_BOT.0, SVC_BOT.1));
+    let revoked = rows_of(&s, "revoked");
+    let mails = mails_for(&s, &revoked);
+    assert_eq!(mails.len(), 3, "team, alice, bob");
+    for m in &mails {
+        assert!(m.subject.contains("revoked"), "{}", m.subject);
+        assert!(!m.subject.contains("Final notice"), "{}", m.subject);
+        let expected: &[_] = match m.to[0].as_str() {
+            "security@example.com" => &[CI_DEPLOY, OLD_BATCH],
+            "alice@example.com" => &[CI_DEPLOY],
+            _ => &[OLD_BATCH],
+        };
+        lists_exactly(
+            &format!("revocation notice to {}", m.to[0]),
+            &m.text,
+            expected,
+        );
+    }
+    let hooks = s.rx.requests("/hook");
+    let revoked_hook: Vec<Value> = hooks
+        .iter()
+        .map(|r| r.json())
+        .filter(|v| v["type"] == "keysweep.notices.revoked")
+        .collect();
+    assert_eq!(revoked_hook.len(), 1);
+    assert_eq!(revoked_hook[0]["notices"].as_array().unwrap().len(), 2);
+    let resolves: BTreeSet<String> =
+        s.rx.requests("/pd/")
+            .iter()
+            .map(|r| r.json())
+            .filter(|e| e["event_action"] == "resolve")
+            .map(|e| e["dedup_key"].as_str().unwrap().to_string())
+            .collect();
+    assert_eq!(
+        resolves,
+        [
+            format!("acme/{}/{}/max-age", CI_DEPLOY.0, CI_DEPLOY.1),
+            format!("acme/{}/{}/max-age", OLD_BATCH.0, OLD_BATCH.1),
+        ]
+        .into_iter()
+        .collect()
+    );
+    assert_webhooks_signed_and_unique(&s.rx, "/hook");
+    assert!(s.outbox().iter().all(|m| m.status == "sent"));
+
+    // The audit log has an intent and an outcome for each deletion, and verifies.
+    let records = crate::daemon_bin::audit_records(&s.state);
+    for k in [CI_DEPLOY, OLD_BATCH] {
+        for kind in ["intent", "outcome"] {
+            assert_eq!(
+                records
+                    .iter()
+                    .filter(|r| r["kind"] == kind && r["key_id"] == k.1)
+                    .count(),
+                1,
+                "{kind} of {}",
+                k.2
+            );
+        }
+    }
+    let (status, out, err) = s
+        .keysweep(&["audit", "verify", "--state", s.state.to_str().unwrap()])
+        .await;
+    assert!(status.success(), "{out}{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_admin_key_alerts_the_ops_channel_once() {
+    let s = Setup::start().await;
+    let sweeper = s.sweeper(&Metrics::new());
+    s.sim.set_admin_key("sk-admin-revoked-meanwhile");
+    for i in 0..2 {
+        let r = sweeper
+            .run_once(&SweepOptions::new(s.now + i * 60))
+            .await
+            .unwrap();
+        assert!(!r.complete());
+        assert_eq!(r.revoked_count(), 0);
+    }
+    let ops = s.rx.requests("/ops");
+    assert_eq!(ops.len(), 1, "one alert, not one per sweep");
+    assert_webhooks_signed_and_unique(&s.rx, "/ops");
+    let body = ops[0].json();
+    assert_eq!(body["type"], "keysweep.alerts");
+    let text = body.to_string();
+    assert!(text.contains("acme"), "{text}");
+    assert!(
+        text.contains("401") || text.to_lowercase().contains("refused"),
+        "{text}"
+    );
+    // Nobody else hears about it, and no finding was made from a failed listing.
+    assert_eq!(s.received(), (0, 0, 0, 0, 1));
 }

@@ -497,14 +497,14 @@ pub(crate) fn audit_records(state: &Path) -> Vec<Value> {
 // OpenMetrics text, checked line by line
 
 #[derive(Debug, Clone)]
-struct Sample {
+pub(crate) struct Sample {
     name: String,
     labels: BTreeMap<String, String>,
     value: f64,
 }
 
 #[derive(Debug)]
-struct Metrics {
+pub(crate) struct Metrics {
     samples: Vec<Sample>,
     /// family → type
     types: BTreeMap<String, String>,
@@ -514,7 +514,7 @@ struct Metrics {
 impl Metrics {
     /// Parses and validates: `# HELP`/`# TYPE`/`# UNIT` lines, `# EOF` as the last line, every
     /// sample well-formed and belonging to a family declared before it.
-    fn parse(text: &str) -> Metrics {
+    pub(crate) fn parse(text: &str) -> Metrics {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.last(), Some(&"# EOF"), "no # EOF at the end:\n{text}");
         assert_eq!(
@@ -580,7 +580,7 @@ impl Metrics {
         m
     }
 
-    fn sum(&self, name: &str, filter: &[(&str, &str)]) -> f64 {
+    pub(crate) fn sum(&self, name: &str, filter: &[(&str, &str)]) -> f64 {
         self.samples
             .iter()
             .filter(|s| s.name == name)
