@@ -14,6 +14,7 @@
 
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::{Config, Mode};
 use crate::inventory::Key;
@@ -246,7 +247,7 @@ pub async fn execute(
             run_id: ctx.run_id.to_string(),
             now: ctx.now,
         };
-        let outcome = match IN_FLIGHT.spawn(critical.run()).await {
+        let outcome = match IN_FLIGHT.spawn(critical.run().in_current_span()).await {
             Ok(outcome) => outcome?,
             Err(e) => Outcome::Failed {
                 error: format!("delete task failed: {e}"),

@@ -165,7 +165,7 @@ impl Sweeper {
             policies,
             clients,
             store,
-            notifier: Notifier::new()?,
+            notifier: Notifier::new()?.with_metrics(metrics.clone()),
             metrics,
         })
     }

@@ -14,6 +14,7 @@ use secrecy::ExposeSecret;
 use serde_json::Value;
 
 use crate::config::{ChannelConfig, ChannelKind, Config};
+use crate::metrics::{Metrics, NotificationOutcome};
 use crate::notify::alert::EnforcerAlert;
 use crate::notify::digest::Digest;
 use crate::notify::outbox::{self, OutboxDb};
@@ -47,17 +48,32 @@ pub struct DeliveryReport {
     pub alerts: Vec<EnforcerAlert>,
 }
 
-/// Holds the HTTP client (one per process: it pools connections).
+/// Holds the HTTP client (one per process: it pools connections) and, when given, the metrics
+/// that count deliveries per channel and outcome.
 #[derive(Debug, Clone)]
 pub struct Notifier {
     http: reqwest::Client,
+    metrics: Option<Metrics>,
 }
 
 impl Notifier {
     pub fn new() -> Result<Notifier, NotifyError> {
         Ok(Notifier {
             http: http::client()?,
+            metrics: None,
         })
+    }
+
+    /// Counts every delivery outcome in `keysweep_notifications_total{channel, outcome}`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Notifier {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn count(&self, channel: &str, outcome: NotificationOutcome) {
+        if let Some(m) = &self.metrics {
+            m.notification(channel, outcome);
+        }
     }
 
     /// Sends one rendered payload to a channel. Used by delivery and by `send_test`.
@@ -110,6 +126,7 @@ impl Notifier {
                         db.with(|c| outbox::mark_sent(c, m.id, now))?;
                         tracing::info!(message_id = %m.message_id, channel = %m.channel, kind = m.kind.as_str(), "notification delivered");
                         report.sent += 1;
+                        self.count(&m.channel, NotificationOutcome::Sent);
                     }
                     Err(f) => {
                         let attempts = m.attempts + 1;
@@ -121,6 +138,7 @@ impl Notifier {
                             })?;
                             tracing::error!(message_id = %m.message_id, channel = %m.channel, attempts, error = %f.error, "notification dead-lettered");
                             report.dead += 1;
+                            self.count(&m.channel, NotificationOutcome::Dead);
                             if m.kind != MessageKind::DeliveryAlert {
                                 let alert = EnforcerAlert::DeliveryFailed {
                                     channel: m.channel.clone(),
@@ -146,6 +164,7 @@ impl Notifier {
                             db.with(|c| outbox::mark_failed(c, m.id, &f.error, next))?;
                             tracing::warn!(message_id = %m.message_id, channel = %m.channel, attempts, retryable = f.retryable, next_attempt_at = next, error = %f.error, "notification failed; will retry");
                             report.failed += 1;
+                            self.count(&m.channel, NotificationOutcome::Failed);
                         }
                     }
                 }

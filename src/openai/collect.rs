@@ -16,6 +16,7 @@ use std::collections::{HashMap, HashSet};
 use globset::{Glob, GlobMatcher};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::config::{Config, OrgConfig};
 use crate::inventory::{
@@ -152,7 +153,8 @@ pub async fn collect_inventory(
             unauthorized: false,
             admin_keys: Vec::new(),
         });
-        discovery.spawn(discover(i, client.clone(), selector, tx.clone()));
+        // Spawned tasks do not inherit the caller's span: carry it (the sweep's run id) along.
+        discovery.spawn(discover(i, client.clone(), selector, tx.clone()).in_current_span());
     }
     drop(tx);
 
@@ -210,7 +212,7 @@ pub async fn collect_inventory(
                     slots[org].push(None);
                     let client = clients[org].clone();
                     let p = project.clone();
-                    let handle = running.spawn(list_project(client, p));
+                    let handle = running.spawn(list_project(client, p).in_current_span());
                     running_ids.insert(handle.id(), (org, pos, project));
                     known += 1;
                     report(done, known);

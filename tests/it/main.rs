@@ -1,9 +1,11 @@
 //! The one integration-test binary: every test drives real servers over real sockets.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod alerts_e2e;
 mod cli;
 mod config;
 mod daemon;
+mod daemon_bin;
 mod deploy;
 mod enforce;
 mod notify;
