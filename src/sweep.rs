@@ -529,7 +529,7 @@ impl Sweeper {
                     "revoked": report.revocations.iter().filter(|r| r.deleted() && r.organization() == org.organization).count(),
                     "seconds": elapsed,
                 });
-                state::sweeps::sweep_finished(tx, run_id, &org.organization, now, status, &summary)?;
+                state::sweeps::sweep_finished(tx, run_id, &org.organization, now + elapsed.round() as i64, status, &summary)?;
                 audit::append(
                     tx,
                     &AuditRecord {
