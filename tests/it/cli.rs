@@ -35,7 +35,8 @@ impl Simulator {
             .arg("simulate")
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(args)
-            .env("OPENAI_ADMIN_KEY", ADMIN_KEY)
+            .args(["--admin-key", ADMIN_KEY])
+            .env_remove("OPENAI_ADMIN_KEY")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -310,6 +311,29 @@ fn run_once_enforces_and_audit_verifies() {
         kinds.iter().filter(|k| **k == "outcome").count(),
         "every intent has its outcome"
     );
+    // The README's form: the state path from the configuration, records since a date.
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    let table = run(bin()
+        .args(["audit", "--since", &today, "--config"])
+        .arg(&config));
+    assert!(
+        table.status.success(),
+        "{}",
+        String::from_utf8_lossy(&table.stderr)
+    );
+    let shown = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        shown.contains("intent") && shown.contains("outcome"),
+        "{shown}"
+    );
+    let future = (chrono::Utc::now() + chrono::Duration::days(400))
+        .format("%Y-%m-%d")
+        .to_string();
+    let none = run(bin()
+        .args(["audit", "--format", "json", "--since", &future, "--config"])
+        .arg(&config));
+    let records: serde_json::Value = serde_json::from_slice(&none.stdout).unwrap();
+    assert!(records.as_array().unwrap().is_empty(), "--since filters");
 }
 
 #[test]
