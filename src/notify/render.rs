@@ -252,21 +252,29 @@ pub fn slack(d: &Digest) -> Vec<Value> {
 
 /// PagerDuty Events v2 body for one notice, without `routing_key` (added at send time).
 /// `trigger` while the finding is open, `resolve` once the key is revoked or the finding closed.
+/// A dry-run "would be revoked" keeps the incident open: the key still exists.
 pub fn pagerduty_notice(n: &Notice, now: i64) -> Value {
     let f = &n.finding;
     let dedup_key = f.id.dedup_key();
     match n.kind {
-        NoticeKind::Resolved | NoticeKind::Revoked => json!({
+        NoticeKind::Resolved => json!({
             "event_action": "resolve",
             "dedup_key": dedup_key,
         }),
-        NoticeKind::Warning | NoticeKind::Reminder | NoticeKind::FinalNotice => {
+        NoticeKind::Revoked if !n.dry_run => json!({
+            "event_action": "resolve",
+            "dedup_key": dedup_key,
+        }),
+        NoticeKind::Warning
+        | NoticeKind::Reminder
+        | NoticeKind::FinalNotice
+        | NoticeKind::Revoked => {
             let summary = format!(
                 "{}API key {} ({}) in project {}: {} — {}",
-                if n.kind == NoticeKind::FinalNotice {
-                    "Final notice: "
-                } else {
-                    ""
+                match n.kind {
+                    NoticeKind::FinalNotice => "Final notice: ",
+                    NoticeKind::Revoked => "Past its deadline (dry-run, not revoked): ",
+                    _ => "",
                 },
                 f.key_name,
                 f.redacted_value,
@@ -281,7 +289,7 @@ pub fn pagerduty_notice(n: &Notice, now: i64) -> Value {
                 "payload": {
                     "summary": truncate(&summary, PD_MAX_SUMMARY),
                     "source": format!("keysweep/{}", f.id.organization),
-                    "severity": if n.kind == NoticeKind::FinalNotice { "error" } else { "warning" },
+                    "severity": if matches!(n.kind, NoticeKind::FinalNotice | NoticeKind::Revoked) { "error" } else { "warning" },
                     "timestamp": rfc3339(now),
                     "component": f.id.project_id,
                     "group": f.id.organization,

@@ -514,7 +514,8 @@ fn each_notice_kind_gets_its_own_message_and_dry_run_says_so() {
             .contains("resolved: key deleted by owner")
     );
 
-    // PagerDuty: trigger for the final notice, resolve for revoked and resolved.
+    // PagerDuty: trigger for the final notice, resolve for resolved; a dry-run "would be
+    // revoked" keeps the incident open (the key still exists).
     let pd = by(&msgs, "pd");
     let action = |key: &str| {
         pd.iter()
@@ -526,7 +527,7 @@ fn each_notice_kind_gets_its_own_message_and_dry_run_says_so() {
             .to_string()
     };
     assert_eq!(action("key_alice"), "trigger");
-    assert_eq!(action("key_bob"), "resolve");
+    assert_eq!(action("key_bob"), "trigger");
     assert_eq!(action("key_bot"), "resolve");
 }
 
