@@ -4,6 +4,7 @@
 mod config;
 mod daemon;
 mod deploy;
+mod faults;
 mod notify;
 mod openai;
 mod receivers;
