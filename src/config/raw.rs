@@ -84,10 +84,10 @@ fn load_inner(
         .collect();
     // `KEYSWEEP__` or `KEYSWEEP__LIMITS____X` name no key: config-rs would report an unknown
     // field `` against the file, naming neither the key nor the variable. Name the variable.
-    if let Some(var) = overrides
-        .keys()
-        .find(|k| k[prefix.len()..].split("__").any(str::is_empty))
-    {
+    if let Some(var) = overrides.keys().find(|k| {
+        k.strip_prefix(&prefix)
+            .is_some_and(|rest| rest.split("__").any(str::is_empty))
+    }) {
         return Err(LoadError::Invalid {
             file: file.to_string(),
             key: var.clone(),
