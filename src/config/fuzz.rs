@@ -552,7 +552,7 @@ fn seeded_text(alphabet: &'static str, max: usize, wild: bool) -> impl Strategy<
         (0..len)
             .map(|_| {
                 let x = splitmix(&mut state);
-                if wild && x % 16 == 0 {
+                if wild && x.is_multiple_of(16) {
                     char::from_u32(((x >> 8) % 0x11_0000) as u32).unwrap_or('\u{FFFD}')
                 } else {
                     chars[((x >> 4) % chars.len() as u64) as usize]

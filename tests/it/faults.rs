@@ -647,6 +647,17 @@ fn assert_hands_off(w: &World, r: &SweepReport, reason: &str) {
         }),
         "a DELETE was attempted in the incomplete project"
     );
+    // The sweep itself is on record as incomplete, with the count of incomplete projects.
+    assert!(
+        audit.iter().any(|row| {
+            row.record.kind == AuditKind::Sweep
+                && row.record.run_id == r.run_id
+                && row.record.organization.as_deref() == Some("acme")
+                && row.record.message == "sweep incomplete"
+                && row.record.inputs["incomplete_projects"] == 1
+        }),
+        "no `sweep incomplete` audit record for acme"
+    );
     let findings = w.findings();
     for key in DUE_F {
         let f = findings
