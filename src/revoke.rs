@@ -387,7 +387,8 @@ async fn recheck(
 }
 
 /// Settles DELETE intents that have no outcome (a crash or kill in between): GET the key; gone
-/// means the delete went through (recorded and counted), present means it did not.
+/// means the delete went through (recorded, counted, finding closed and its `revoked` notice
+/// queued), present means it did not.
 pub async fn reconcile(
     store: &Store,
     clients: &[AdminClient],
@@ -443,6 +444,7 @@ pub async fn reconcile(
             audit::append(tx, &rec)?;
             if gone {
                 state::revocations::record_revocation(tx, now, org, project, key_id, run_id)?;
+                let mut notices = Vec::new();
                 for policy in r
                     .policy
                     .as_deref()
@@ -459,13 +461,21 @@ pub async fn reconcile(
                     if let Some(f) = state::findings::get_finding(tx, &id)?
                         && f.stage.is_open()
                     {
-                        state::findings::upsert_finding(
-                            tx,
-                            &crate::policy::lifecycle::mark_revoked(&f, now),
-                            now,
-                        )?;
+                        let revoked = crate::policy::lifecycle::mark_revoked(&f, now);
+                        state::findings::upsert_finding(tx, &revoked, now)?;
+                        notices.push(crate::policy::lifecycle::revoked_notice(&revoked, false));
                     }
                 }
+                // The owner hears of this revocation like of any other, committed with it. The
+                // run id is per intent: a run's own `revoked` digest must not share its ids.
+                let messages = crate::notify::compose(
+                    &notices,
+                    &[],
+                    config,
+                    &format!("reconciled/{}", row.seq),
+                    now,
+                );
+                crate::notify::outbox::enqueue(tx, &messages, now)?;
             }
             Ok(())
         })?;

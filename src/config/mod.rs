@@ -7,6 +7,8 @@
 //! must never print, log or `Debug` a secret value.
 
 mod effective;
+#[cfg(test)]
+mod fuzz;
 mod raw;
 
 use std::net::SocketAddr;

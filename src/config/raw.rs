@@ -76,11 +76,26 @@ fn load_inner(
     env: &[(String, String)],
     source: Option<&Path>,
 ) -> Result<Config, LoadError> {
+    let prefix = format!("{ENV_PREFIX}__");
     let overrides: config::Map<String, String> = env
         .iter()
-        .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
+        .filter(|(k, _)| k.starts_with(&prefix))
         .cloned()
         .collect();
+    // `KEYSWEEP__` or `KEYSWEEP__LIMITS____X` name no key: config-rs would report an unknown
+    // field `` against the file, naming neither the key nor the variable. Name the variable.
+    if let Some(var) = overrides.keys().find(|k| {
+        k.strip_prefix(&prefix)
+            .is_some_and(|rest| rest.split("__").any(str::is_empty))
+    }) {
+        return Err(LoadError::Invalid {
+            file: file.to_string(),
+            key: var.clone(),
+            message: format!(
+                "environment variable {var} names no configuration key (expected {ENV_PREFIX}__SECTION__KEY)"
+            ),
+        });
+    }
     let built = config::Config::builder()
         .add_source(config::File::from_str(text, config::FileFormat::Toml))
         .add_source(
