@@ -612,7 +612,11 @@ fn env_override() -> impl Strategy<Value = (String, String)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(CASES))]
+    // Failing seeds are kept beside this file (`fuzz.regressions`) and replayed first.
+    #![proptest_config(ProptestConfig {
+        failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::WithSource("regressions"))),
+        ..ProptestConfig::with_cases(CASES)
+    })]
 
     #[test]
     fn arbitrary_text_never_panics(text in seeded_text(TEXT_ALPHABET, 300, true)) {

@@ -191,7 +191,11 @@ fn apply(bytes: &mut Vec<u8>, m: &ByteMutation) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(CASES))]
+    // Failing seeds are kept beside this file (`fuzz.regressions`) and replayed first.
+    #![proptest_config(ProptestConfig {
+        failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::WithSource("regressions"))),
+        ..ProptestConfig::with_cases(CASES)
+    })]
 
     #[test]
     fn arbitrary_json_never_panics(v in json_value()) {
