@@ -396,9 +396,10 @@ pub async fn reconcile(
     mode: Mode,
     run_id: &str,
     now: i64,
-) -> Result<usize, state::StateError> {
+) -> Result<Vec<EnforcerAlert>, state::StateError> {
     let pending = store.with_conn(audit::unmatched_intents)?;
-    let mut settled = 0;
+    // Intents that cannot be settled yet: the operators must know a delete's fate is unknown.
+    let mut unsettled = Vec::new();
     for row in pending {
         let r = &row.record;
         let (Some(org), Some(project), Some(key_id)) = (&r.organization, &r.project_id, &r.key_id)
@@ -413,6 +414,12 @@ pub async fn reconcile(
             Ok(Some(_)) => false,
             Err(e) => {
                 tracing::warn!(run_id, organization = %org, key_id = %key_id, error = %e, "cannot reconcile an unfinished delete yet");
+                unsettled.push(EnforcerAlert::RevocationFailed {
+                    organization: org.clone(),
+                    project_id: project.clone(),
+                    key_id: key_id.clone(),
+                    error: format!("an interrupted delete could not be checked yet: {e}"),
+                });
                 continue;
             }
         };
@@ -480,7 +487,6 @@ pub async fn reconcile(
             Ok(())
         })?;
         tracing::warn!(run_id, organization = %org, key_id = %key_id, deleted = gone, "reconciled an interrupted delete");
-        settled += 1;
     }
-    Ok(settled)
+    Ok(unsettled)
 }

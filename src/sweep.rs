@@ -280,7 +280,8 @@ impl Sweeper {
         );
 
         // 1. A crash between a DELETE's intent and outcome is settled before anything else.
-        revoke::reconcile(&store, &clients, &self.config, mode, run_id, now).await?;
+        let unsettled =
+            revoke::reconcile(&store, &clients, &self.config, mode, run_id, now).await?;
 
         // 2. Inventory.
         let inventory = crate::openai::collect_inventory(&self.config, &clients, None).await;
@@ -301,7 +302,7 @@ impl Sweeper {
 
         // 3. Evaluate and commit findings + notices + audit atomically.
         let mut candidates = Vec::new();
-        let mut alerts = Vec::new();
+        let mut alerts = unsettled;
         let mut notices: Vec<Notice> = Vec::new();
         for org in &inventory.orgs {
             alerts.extend(org_alerts(org, now));
