@@ -385,19 +385,32 @@ impl Sweeper {
         }
 
         // Dry-run: a due revocation is announced once as "would be revoked".
+        // Indexed, and committed in one transaction: with 100k due keys a linear search and a
+        // commit per candidate made this step quadratic and fsync-bound.
         if dry_run {
+            let mut index: HashMap<FindingId, usize> = HashMap::new();
+            for (i, v) in report.findings.iter().enumerate() {
+                index.entry(v.finding.id.clone()).or_insert(i);
+            }
+            let mut noted = Vec::new();
             for c in &candidates {
-                if let Some(f) = report
-                    .findings
-                    .iter_mut()
-                    .find(|v| v.finding.id == c.finding)
-                    && f.finding.dry_run_noted_at.is_none()
-                {
+                let Some(&i) = index.get(&c.finding) else {
+                    continue;
+                };
+                let f = &mut report.findings[i];
+                if f.finding.dry_run_noted_at.is_none() {
                     f.finding.dry_run_noted_at = Some(now);
                     notices.push(lifecycle::revoked_notice(&f.finding, true));
-                    let snapshot = f.finding.clone();
-                    store.tx(|tx| state::findings::upsert_finding(tx, &snapshot, now))?;
+                    noted.push(f.finding.clone());
                 }
+            }
+            if !noted.is_empty() {
+                store.tx(|tx| {
+                    for f in &noted {
+                        state::findings::upsert_finding(tx, f, now)?;
+                    }
+                    Ok(())
+                })?;
             }
         }
 
@@ -637,6 +650,15 @@ impl Sweeper {
         let repeat =
             i64::try_from(self.config.notifications.repeat_interval.as_secs()).unwrap_or(i64::MAX);
         let prev_by_id: HashMap<&FindingId, &Finding> = prev.iter().map(|f| (&f.id, f)).collect();
+        // Open findings by (project, key), in `prev` order: a per-key scan of every open
+        // finding made a steady-state sweep of 200k keys take a minute.
+        let mut prev_by_key: HashMap<(&str, &str), Vec<&Finding>> = HashMap::new();
+        for f in prev {
+            prev_by_key
+                .entry((f.id.project_id.as_str(), f.id.key_id.as_str()))
+                .or_default()
+                .push(f);
+        }
         let mut step = OrgStep::default();
         let mut touched: HashSet<FindingId> = HashSet::new();
         let complete: HashSet<&str> = org
@@ -658,10 +680,10 @@ impl Sweeper {
                 // Every policy that flags the key, plus every policy with an open finding on it.
                 let mut policies: Vec<&str> =
                     eval.violations.iter().map(|v| v.policy.as_str()).collect();
-                for f in prev
-                    .iter()
-                    .filter(|f| f.id.project_id == key.project_id && f.id.key_id == key.id)
-                {
+                let open = prev_by_key
+                    .get(&(key.project_id.as_str(), key.id.as_str()))
+                    .map_or(&[][..], Vec::as_slice);
+                for f in open {
                     if !policies.contains(&f.id.policy.as_str()) {
                         policies.push(&f.id.policy);
                     }
@@ -862,15 +884,25 @@ fn plan_alerts(plan: &Plan, config: &Config) -> Vec<EnforcerAlert> {
 
 /// Fills each finding's `plan` column from the plan and its stage.
 fn annotate_plan(findings: &mut [FindingView], plan: &Plan) {
+    // First action naming each finding, as a linear `find` would pick it, but indexed: a
+    // dry-run plan withholds every due key, and findings × withheld was quadratic.
+    let mut revoke: HashMap<&FindingId, usize> = HashMap::new();
+    for (i, a) in plan.revoke.iter().enumerate() {
+        for id in &a.findings {
+            revoke.entry(id).or_insert(i);
+        }
+    }
+    let mut withheld: HashMap<&FindingId, usize> = HashMap::new();
+    for (i, w) in plan.withheld.iter().enumerate() {
+        for id in &w.action.findings {
+            withheld.entry(id).or_insert(i);
+        }
+    }
     for v in findings {
         let id = &v.finding.id;
-        v.plan = if let Some(a) = plan.revoke.iter().find(|a| a.findings.contains(id)) {
+        v.plan = if let Some(a) = revoke.get(id).map(|&i| &plan.revoke[i]) {
             format!("revoke now ({})", a.describe())
-        } else if let Some(w) = plan
-            .withheld
-            .iter()
-            .find(|w| w.action.findings.contains(id))
-        {
+        } else if let Some(w) = withheld.get(id).map(|&i| &plan.withheld[i]) {
             format!("due, withheld: {}", w.reason.as_str())
         } else {
             match (v.finding.stage, v.finding.action) {
