@@ -2,80 +2,43 @@
 //! shutdown within the grace period, SIGHUP-style reloads, and the ops endpoints over a real
 //! socket. (The real binary with the real sweep against the simulated API is tested elsewhere.)
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use keysweep::config::*;
+use keysweep::config::Config;
 use keysweep::daemon::{
     BoxFuture, Daemon, DaemonDeps, ReloadError, ReloadFn, SweepFn, SweepRequest, SweepResult,
     Trigger,
 };
 use keysweep::metrics::Metrics;
-use secrecy::SecretString;
 
 /// Generous bound for "eventually": only guards against a hang, never a speed assertion.
 const PATIENCE: Duration = Duration::from_secs(60);
 
+/// A configuration as an operator would write it, loaded through the real loader. The cron
+/// expression is set afterwards, unvalidated, so tests can hand the daemon a bad one and watch
+/// it refuse.
 fn config(cron: &str, orgs: &[&str], hash: &str) -> Config {
-    Config {
-        warnings: Vec::new(),
-        source: None,
-        hash: hash.into(),
-        mode: Mode::DryRun,
-        state_path: PathBuf::from("state.db"),
-        organizations: orgs
-            .iter()
-            .map(|name| OrgConfig {
-                admin_key_source: "test".into(),
-                name: name.to_string(),
-                base_url: url::Url::parse("http://127.0.0.1:1/v1").unwrap(),
-                admin_key: SecretString::from("sk-admin-never-shown"),
-                projects: vec![],
-                exclude_projects: vec![],
-                include_archived: false,
-                ca_file: None,
-                schedule: None,
-            })
-            .collect(),
-        limits: Limits {
-            concurrency: 1,
-            requests_per_second: None,
-            max_retries: 0,
-            request_timeout: Duration::from_secs(5),
-            max_response_bytes: 1 << 20,
-        },
-        policies: vec![],
-        exemptions: vec![],
-        safety: Safety {
-            max_revocations_per_run: 0,
-            max_revocations_per_project_percent: 0,
-            max_revocations_per_day: 0,
-            kill_switch_file: None,
-            service_accounts: ServiceAccountRule::NotifyOnly,
-        },
-        channels: vec![],
-        routes: vec![],
-        ops_channels: vec![],
-        owner_fallback: vec![],
-        notifications: NotificationSettings {
-            repeat_interval: Duration::from_secs(86_400),
-            max_attempts: 3,
-            outbox_dir: None,
-        },
-        schedule: Schedule {
-            cron: cron.to_string(),
-            timezone: chrono_tz::Tz::UTC,
-            run_on_start: true,
-            jitter: Duration::ZERO,
-        },
-        server: ServerConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-        },
-        log: LogConfig { format: None },
-        shutdown_grace: Duration::from_secs(10),
+    let mut toml = String::from(
+        "shutdown_grace = \"10s\"\n\
+         [server]\nlisten = \"127.0.0.1:0\"\n\
+         [limits]\nconcurrency = 1\nmax_retries = 0\nrequest_timeout = \"5s\"\n\
+         [notifications]\nmax_attempts = 3\n",
+    );
+    for name in orgs {
+        toml.push_str(&format!(
+            "[[organizations]]\nname = {name:?}\nbase_url = \"http://127.0.0.1:1/v1\"\n"
+        ));
     }
+    let env = [(
+        "OPENAI_ADMIN_KEY".to_string(),
+        "sk-admin-never-shown".to_string(),
+    )];
+    let mut config = keysweep::config::load_from_str(&toml, &env).unwrap();
+    config.schedule.cron = cron.to_string();
+    config.hash = hash.into();
+    config
 }
 
 fn sweep_fn<F, Fut>(f: F) -> SweepFn
