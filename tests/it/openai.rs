@@ -7,10 +7,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use keysweep::config::{
-    Config, Limits, LogConfig, Mode, NotificationSettings, OrgConfig, Safety, Schedule,
-    ServerConfig, ServiceAccountRule,
-};
+use keysweep::config::{Config, Limits, OrgConfig};
 use keysweep::inventory::{Inventory, Listing, OwnerType};
 use keysweep::metrics::Metrics;
 use keysweep::openai::{
@@ -48,45 +45,15 @@ fn org_cfg(name: &str, base_url: &str, key: &str) -> OrgConfig {
     }
 }
 
+/// A loaded configuration (the real loader fills every default) with the organisations and
+/// limits under test put in afterwards: they point at simulators on ports chosen at run time.
 fn config(organizations: Vec<OrgConfig>, limits: Limits) -> Config {
-    Config {
-        warnings: Vec::new(),
-        source: None,
-        hash: String::new(),
-        mode: Mode::DryRun,
-        state_path: "unused.db".into(),
-        organizations,
-        limits,
-        policies: vec![],
-        exemptions: vec![],
-        safety: Safety {
-            max_revocations_per_run: 0,
-            max_revocations_per_project_percent: 0,
-            max_revocations_per_day: 0,
-            kill_switch_file: None,
-            service_accounts: ServiceAccountRule::NotifyOnly,
-        },
-        channels: vec![],
-        routes: vec![],
-        ops_channels: vec![],
-        owner_fallback: vec![],
-        notifications: NotificationSettings {
-            repeat_interval: Duration::from_secs(86_400),
-            max_attempts: 3,
-            outbox_dir: None,
-        },
-        schedule: Schedule {
-            cron: "0 6 * * *".into(),
-            timezone: chrono_tz::UTC,
-            run_on_start: false,
-            jitter: Duration::ZERO,
-        },
-        server: ServerConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-        },
-        log: LogConfig { format: None },
-        shutdown_grace: Duration::from_secs(5),
-    }
+    let toml = "[[organizations]]\nname = \"placeholder\"\nbase_url = \"http://127.0.0.1:1/v1\"\n";
+    let env = [("OPENAI_ADMIN_KEY".to_string(), ADMIN_KEY.to_string())];
+    let mut config = keysweep::config::load_from_str(toml, &env).unwrap();
+    config.organizations = organizations;
+    config.limits = limits;
+    config
 }
 
 pub(crate) async fn sim(org: SimOrg) -> SimServer {
