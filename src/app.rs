@@ -140,7 +140,7 @@ async fn scan(config: Config, args: &ScanArgs) -> Result<ExitCode> {
             eprint!("\rlisting projects: {done}/{known}   ");
         }
     };
-    let report = sweeper.preview(now, Some(&progress)).await?;
+    let (report, inventory) = sweeper.preview(now, Some(&progress)).await?;
     if tty {
         eprint!("\r{:40}\r", "");
     }
@@ -151,15 +151,20 @@ async fn scan(config: Config, args: &ScanArgs) -> Result<ExitCode> {
         None if std::io::stdout().is_terminal() => report::Format::Table,
         None => report::Format::Json,
     };
-    print_report(&report, now, format)?;
+    print_report(&report, &inventory, now, format)?;
     Ok(finish(&report))
 }
 
-fn print_report(report: &SweepReport, now: i64, format: report::Format) -> Result<()> {
+fn print_report(
+    report: &SweepReport,
+    inventory: &crate::inventory::Inventory,
+    now: i64,
+    format: report::Format,
+) -> Result<()> {
     let rows = finding_rows(report);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    report::render(&report.inventory, &rows, now, format, &mut out)?;
+    report::render(inventory, &rows, now, format, &mut out)?;
     out.flush()?;
     Ok(())
 }
@@ -309,7 +314,7 @@ fn print_summary(report: &SweepReport, now: i64) -> Result<()> {
     writeln!(
         out,
         "keys: {}, open findings: {open}, revoked: {}, withheld: {}, notifications queued: {}, delivered: {}, alerts: {}",
-        report.inventory.keys().count(),
+        report.inventory.key_count(),
         report.revoked_count(),
         report.plan.withheld.len(),
         report.notices_queued,

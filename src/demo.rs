@@ -86,8 +86,10 @@ pub async fn run(args: &DemoArgs) -> Result<ExitCode> {
         &mut out,
         &format!("Day 0 — {}: inventory, findings and plan", fmt_time(now)),
     )?;
+    // The sweep keeps only a tally of the keys; the table lists them all.
+    let listed = sweeper.list().await;
     let first = sweep(&sweeper, now).await?;
-    print_report(&mut out, &first, now)?;
+    print_report(&mut out, &listed, &first, now)?;
     section(
         &mut out,
         "Messages queued by this sweep (one digest per channel and recipient)",
@@ -148,8 +150,8 @@ pub async fn run(args: &DemoArgs) -> Result<ExitCode> {
     writeln!(
         out,
         "  {} keys remain (of {} at day 0)",
-        after.inventory.keys().count(),
-        first.inventory.keys().count()
+        after.0.inventory.key_count(),
+        first.inventory.key_count()
     )?;
 
     section(
@@ -181,9 +183,14 @@ async fn sweep(sweeper: &Sweeper, now: i64) -> Result<SweepReport> {
     Ok(sweeper.run_once(&opts).await?)
 }
 
-fn print_report(out: &mut dyn Write, r: &SweepReport, now: i64) -> Result<()> {
+fn print_report(
+    out: &mut dyn Write,
+    listed: &crate::inventory::Inventory,
+    r: &SweepReport,
+    now: i64,
+) -> Result<()> {
     let rows = crate::app::finding_rows(r);
-    report::render(&r.inventory, &rows, now, report::Format::Table, out)?;
+    report::render(listed, &rows, now, report::Format::Table, out)?;
     Ok(())
 }
 

@@ -4,9 +4,11 @@
 //! reports only ever see these. Nothing here holds a secret: a key is known by its id, name and
 //! `redacted_value` only.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OwnerType {
     User,
@@ -103,11 +105,68 @@ impl Listing {
     }
 }
 
+/// One project's listing. `K` is what was kept of its keys: all of them (`Vec<Key>`, for
+/// `scan`) or only their [`KeyTally`] (a sweep, which streams the keys page by page).
 #[derive(Debug, Clone, Serialize)]
-pub struct ProjectInventory {
+pub struct ProjectInventory<K = Vec<Key>> {
     pub project: ProjectRef,
-    pub keys: Vec<Key>,
+    pub keys: K,
     pub listing: Listing,
+}
+
+/// How many keys a listing kept, whatever form it kept them in.
+pub trait KeyCount {
+    fn key_count(&self) -> usize;
+}
+
+impl KeyCount for Vec<Key> {
+    fn key_count(&self) -> usize {
+        self.len()
+    }
+}
+
+/// What a sweep keeps of a project's keys once they are evaluated and recorded: counts for the
+/// metrics, the base of the per-project cap, and each service account's keys (an account is
+/// deleted only when every one of its keys is due). Its size grows with service-account keys,
+/// never with the other keys.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct KeyTally {
+    pub keys: usize,
+    pub by_owner_age: BTreeMap<(OwnerType, AgeBand), u64>,
+    /// Service-account id → ids of its keys in the project.
+    pub service_accounts: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl KeyTally {
+    pub fn add(&mut self, keys: &[Key], now: i64) {
+        self.keys += keys.len();
+        for k in keys {
+            *self
+                .by_owner_age
+                .entry((k.owner.kind, AgeBand::of(k.created_at, now)))
+                .or_default() += 1;
+            if k.owner.kind == OwnerType::ServiceAccount
+                && let Some(sa) = &k.owner.id
+            {
+                self.service_accounts
+                    .entry(sa.clone())
+                    .or_default()
+                    .insert(k.id.clone());
+            }
+        }
+    }
+
+    pub fn of(keys: &[Key], now: i64) -> KeyTally {
+        let mut t = KeyTally::default();
+        t.add(keys, now);
+        t
+    }
+}
+
+impl KeyCount for KeyTally {
+    fn key_count(&self) -> usize {
+        self.keys
+    }
 }
 
 /// The organisation's admin keys, for the expiry warning.
@@ -120,9 +179,9 @@ pub struct AdminKeyInfo {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct OrgInventory {
+pub struct OrgInventory<K = Vec<Key>> {
     pub organization: String,
-    pub projects: Vec<ProjectInventory>,
+    pub projects: Vec<ProjectInventory<K>>,
     /// Set when the organisation could not be listed at all (e.g. the project list failed or
     /// the admin key was refused); then `projects` may be empty or partial.
     pub error: Option<String>,
@@ -132,25 +191,111 @@ pub struct OrgInventory {
     pub admin_keys: Vec<AdminKeyInfo>,
 }
 
-impl OrgInventory {
+impl<K> OrgInventory<K> {
     pub fn is_complete(&self) -> bool {
         self.error.is_none() && self.projects.iter().all(|p| p.listing.is_complete())
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Inventory {
-    pub orgs: Vec<OrgInventory>,
+#[derive(Debug, Clone, Serialize)]
+pub struct Inventory<K = Vec<Key>> {
+    pub orgs: Vec<OrgInventory<K>>,
 }
 
-impl Inventory {
+impl<K> Default for Inventory<K> {
+    fn default() -> Self {
+        Self { orgs: Vec::new() }
+    }
+}
+
+impl<K> Inventory<K> {
     pub fn is_complete(&self) -> bool {
         self.orgs.iter().all(OrgInventory::is_complete)
     }
 
+    /// The same listing with each project's keys turned into `f(keys)`.
+    pub fn map_keys<T>(&self, mut f: impl FnMut(&K) -> T) -> Inventory<T> {
+        Inventory {
+            orgs: self
+                .orgs
+                .iter()
+                .map(|o| OrgInventory {
+                    organization: o.organization.clone(),
+                    projects: o
+                        .projects
+                        .iter()
+                        .map(|p| ProjectInventory {
+                            project: p.project.clone(),
+                            keys: f(&p.keys),
+                            listing: p.listing.clone(),
+                        })
+                        .collect(),
+                    error: o.error.clone(),
+                    unauthorized: o.unauthorized,
+                    admin_keys: o.admin_keys.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl<K: KeyCount> Inventory<K> {
+    pub fn key_count(&self) -> usize {
+        self.orgs
+            .iter()
+            .flat_map(|o| &o.projects)
+            .map(|p| p.keys.key_count())
+            .sum()
+    }
+}
+
+impl Inventory {
     pub fn keys(&self) -> impl Iterator<Item = &Key> {
         self.orgs
             .iter()
             .flat_map(|o| o.projects.iter().flat_map(|p| p.keys.iter()))
+    }
+}
+
+/// Age bands of keys by creation time (the `keysweep_keys_by_age` metric).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum AgeBand {
+    Under30d,
+    From30To90d,
+    From90To180d,
+    From180To365d,
+    Over365d,
+}
+
+impl AgeBand {
+    pub const ALL: [AgeBand; 5] = [
+        AgeBand::Under30d,
+        AgeBand::From30To90d,
+        AgeBand::From90To180d,
+        AgeBand::From180To365d,
+        AgeBand::Over365d,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgeBand::Under30d => "<30d",
+            AgeBand::From30To90d => "30-90d",
+            AgeBand::From90To180d => "90-180d",
+            AgeBand::From180To365d => "180-365d",
+            AgeBand::Over365d => ">365d",
+        }
+    }
+
+    /// The band of a key created at `created_at` (Unix seconds) as seen at `now`. A creation time
+    /// in the future (clock skew) counts as new.
+    pub fn of(created_at: i64, now: i64) -> AgeBand {
+        let days = now.saturating_sub(created_at).max(0) / 86_400;
+        match days {
+            0..30 => AgeBand::Under30d,
+            30..90 => AgeBand::From30To90d,
+            90..180 => AgeBand::From90To180d,
+            180..365 => AgeBand::From180To365d,
+            _ => AgeBand::Over365d,
+        }
     }
 }

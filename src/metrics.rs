@@ -19,51 +19,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::inventory::{OwnerType, ProjectInventory};
+pub use crate::inventory::AgeBand;
+use crate::inventory::{KeyTally, OwnerType, ProjectInventory};
 use crate::policy::finding::Stage;
-
-/// Age bands of `keysweep_keys_by_age`, by key creation time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum AgeBand {
-    Under30d,
-    From30To90d,
-    From90To180d,
-    From180To365d,
-    Over365d,
-}
-
-impl AgeBand {
-    pub const ALL: [AgeBand; 5] = [
-        AgeBand::Under30d,
-        AgeBand::From30To90d,
-        AgeBand::From90To180d,
-        AgeBand::From180To365d,
-        AgeBand::Over365d,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AgeBand::Under30d => "<30d",
-            AgeBand::From30To90d => "30-90d",
-            AgeBand::From90To180d => "90-180d",
-            AgeBand::From180To365d => "180-365d",
-            AgeBand::Over365d => ">365d",
-        }
-    }
-
-    /// The band of a key created at `created_at` (Unix seconds) as seen at `now`. A creation time
-    /// in the future (clock skew) counts as new.
-    pub fn of(created_at: i64, now: i64) -> AgeBand {
-        let days = now.saturating_sub(created_at).max(0) / 86_400;
-        match days {
-            0..30 => AgeBand::Under30d,
-            30..90 => AgeBand::From30To90d,
-            90..180 => AgeBand::From90To180d,
-            180..365 => AgeBand::From180To365d,
-            _ => AgeBand::Over365d,
-        }
-    }
-}
 
 /// Outcome label of `keysweep_notifications_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -356,16 +314,14 @@ impl Metrics {
     }
 
     /// Replaces the organisation's key gauges (`keys`, `keys_by_age`) with what this inventory
-    /// holds, so projects that vanished stop being reported. `now` is Unix seconds.
-    pub fn observe_inventory(&self, org: &str, projects: &[ProjectInventory], now: i64) {
+    /// holds, so projects that vanished stop being reported.
+    pub fn observe_inventory(&self, org: &str, projects: &[ProjectInventory<KeyTally>]) {
         let mut by_project: HashMap<(&str, OwnerType), u64> = HashMap::new();
         let mut by_age: HashMap<(OwnerType, AgeBand), u64> = HashMap::new();
         for p in projects {
-            for k in &p.keys {
-                *by_project.entry((&p.project.id, k.owner.kind)).or_default() += 1;
-                *by_age
-                    .entry((k.owner.kind, AgeBand::of(k.created_at, now)))
-                    .or_default() += 1;
+            for (&(owner, band), &n) in &p.keys.by_owner_age {
+                *by_project.entry((&p.project.id, owner)).or_default() += n;
+                *by_age.entry((owner, band)).or_default() += n;
             }
         }
         let fresh: HashSet<KeyLabels> = by_project
@@ -593,7 +549,10 @@ mod tests {
         }
     }
 
-    fn inv(project: &str, keys: Vec<Key>) -> ProjectInventory {
+    /// The tests' clock: `inv` tallies ages as of it.
+    const NOW: i64 = 400 * 86_400;
+
+    fn inv(project: &str, keys: Vec<Key>) -> ProjectInventory<KeyTally> {
         ProjectInventory {
             project: ProjectRef {
                 organization: "acme".into(),
@@ -601,7 +560,7 @@ mod tests {
                 name: Some("Secret Project Name".into()),
                 archived: false,
             },
-            keys,
+            keys: KeyTally::of(&keys, NOW),
             listing: Listing::Complete,
         }
     }
@@ -620,7 +579,7 @@ mod tests {
     #[test]
     fn inventory_gauges_replace_vanished_projects_and_carry_no_key_names() {
         let m = Metrics::new();
-        let now = 400 * 86_400;
+        let now = NOW;
         m.observe_inventory(
             "acme",
             &[
@@ -636,7 +595,6 @@ mod tests {
                     vec![key("proj_b", OwnerType::ServiceAccount, now)],
                 ),
             ],
-            now,
         );
         let text = m.encode();
         assert!(
@@ -651,7 +609,7 @@ mod tests {
         for secretish in ["prod-deploy-key", "sk-", "someone@", "Secret Project Name"] {
             assert!(!text.contains(secretish), "{secretish} leaked into {text}");
         }
-        m.observe_inventory("acme", &[inv("proj_a", vec![])], now);
+        m.observe_inventory("acme", &[inv("proj_a", vec![])]);
         let text = m.encode();
         assert!(!text.contains("proj_b"), "{text}");
         assert!(text.trim_end().ends_with("# EOF"));

@@ -231,6 +231,16 @@ impl AdminClient {
     /// Every key of the project, whatever its owner's access (`owner_project_access=any`), all
     /// pages of 100.
     pub async fn list_project_keys(&self, project: &ProjectRef) -> Result<Vec<Key>, Error> {
+        let mut pages = self.key_pages(project)?;
+        let mut keys = Vec::new();
+        while let Some(page) = pages.next_page().await? {
+            keys.extend(page);
+        }
+        Ok(keys)
+    }
+
+    /// The project's keys as [`KeyPages`]: nothing is requested until the first `next_page`.
+    pub fn key_pages(&self, project: &ProjectRef) -> Result<KeyPages, Error> {
         let ep = endpoint::LIST_KEYS;
         let mut url = self.url(
             &["organization", "projects", &project.id, "api_keys"],
@@ -239,15 +249,11 @@ impl AdminClient {
         )?;
         url.query_pairs_mut()
             .append_pair("owner_project_access", "any");
-        let mut keys = Vec::new();
-        self.list_all::<WireKey>(ep, Some(&project.id), url, |k| {
-            keys.push(k.into_domain(project))
+        Ok(KeyPages {
+            client: self.clone(),
+            project: project.clone(),
+            pager: Pager::new(self.ctx(ep, Some(&project.id)), url),
         })
-        .await?;
-        // The inventory keeps every key until the sweep ends: drop the doubling slack (up to
-        // half the vector) instead of carrying it for every project.
-        keys.shrink_to_fit();
-        Ok(keys)
     }
 
     /// One key, or `None` when the API answers 404. The key's `project_name` is not known here.
@@ -692,8 +698,7 @@ impl AdminClient {
         }
     }
 
-    /// The pager. Sends `limit=100` and `after=<cursor>`, where the cursor is `last_id` (or the
-    /// last item's id when `last_id` is absent); stops on `has_more = false`.
+    /// Every item of a listing, handed to `each` in order.
     async fn list_all<W: DeserializeOwned + HasId>(
         &self,
         ep: &'static str,
@@ -701,66 +706,130 @@ impl AdminClient {
         url: Url,
         mut each: impl FnMut(W),
     ) -> Result<(), Error> {
-        let ctx = self.ctx(ep, project);
-        let mut cursor: Option<String> = None;
-        let mut cursors_seen: HashSet<String> = HashSet::new();
-        let mut ids_seen: HashSet<String> = HashSet::new();
-        for _ in 0..MAX_PAGES {
-            let mut page_url = url.clone();
-            {
-                let mut q = page_url.query_pairs_mut();
-                q.append_pair("limit", PAGE_LIMIT);
-                if let Some(c) = &cursor {
-                    q.append_pair("after", c);
-                }
-            }
-            let ans = self
-                .call(Method::GET, &page_url, &ctx, RetryMode::Idempotent)
-                .await?;
-            let page: ListPage<W> = self.decode(&ctx, &ans)?;
-            // Decide the next cursor before looking at the items, so a page served twice is
-            // reported as the cursor loop it is rather than as duplicate ids.
-            let next = if page.has_more {
-                let next = page
-                    .last_id
-                    .clone()
-                    .filter(|s| !s.is_empty())
-                    .or_else(|| page.data.last().map(|w| w.id().to_string()));
-                let Some(next) = next else {
-                    return Err(Error::Pagination {
-                        ctx,
-                        detail: "has_more is true but the page is empty and has no last_id"
-                            .to_string(),
-                    });
-                };
-                if cursor.as_deref() == Some(next.as_str()) || !cursors_seen.insert(next.clone()) {
-                    return Err(Error::CursorLoop {
-                        ctx,
-                        cursor: self.scrub(&next),
-                    });
-                }
-                Some(next)
-            } else {
-                None
-            };
-            for item in page.data {
-                if !ids_seen.insert(item.id().to_string()) {
-                    return Err(Error::DuplicateIds {
-                        ctx,
-                        id: self.scrub(item.id()),
-                    });
-                }
-                each(item);
-            }
-            match next {
-                None => return Ok(()),
-                Some(n) => cursor = Some(n),
+        let mut pager = Pager::new(self.ctx(ep, project), url);
+        while let Some(page) = pager.next(self).await? {
+            page.into_iter().for_each(&mut each);
+        }
+        Ok(())
+    }
+}
+
+/// A project's keys, one page at a time, so a caller can process and drop each page before the
+/// next one arrives instead of holding the whole project.
+pub struct KeyPages {
+    client: AdminClient,
+    project: ProjectRef,
+    pager: Pager<WireKey>,
+}
+
+impl KeyPages {
+    pub fn project(&self) -> &ProjectRef {
+        &self.project
+    }
+
+    /// The next page of keys, or `None` after the last one. After an error the listing is over:
+    /// the keys handed out so far are not the whole project.
+    pub async fn next_page(&mut self) -> Result<Option<Vec<Key>>, Error> {
+        let Some(page) = self.pager.next(&self.client).await? else {
+            return Ok(None);
+        };
+        Ok(Some(
+            page.into_iter()
+                .map(|k| k.into_domain(&self.project))
+                .collect(),
+        ))
+    }
+}
+
+/// The pager. Sends `limit=100` and `after=<cursor>`, where the cursor is `last_id` (or the last
+/// item's id when `last_id` is absent); ends on `has_more = false`.
+struct Pager<W> {
+    ctx: RequestContext,
+    url: Url,
+    cursor: Option<String>,
+    cursors_seen: HashSet<String>,
+    ids_seen: HashSet<String>,
+    pages: usize,
+    done: bool,
+    _item: std::marker::PhantomData<fn() -> W>,
+}
+
+impl<W: DeserializeOwned + HasId> Pager<W> {
+    fn new(ctx: RequestContext, url: Url) -> Self {
+        Self {
+            ctx,
+            url,
+            cursor: None,
+            cursors_seen: HashSet::new(),
+            ids_seen: HashSet::new(),
+            pages: 0,
+            done: false,
+            _item: std::marker::PhantomData,
+        }
+    }
+
+    async fn next(&mut self, client: &AdminClient) -> Result<Option<Vec<W>>, Error> {
+        if self.done {
+            return Ok(None);
+        }
+        // Whatever happens below, a failed page ends the listing.
+        self.done = true;
+        if self.pages == MAX_PAGES {
+            return Err(Error::Pagination {
+                ctx: self.ctx.clone(),
+                detail: format!("more than {MAX_PAGES} pages"),
+            });
+        }
+        self.pages += 1;
+        let mut page_url = self.url.clone();
+        {
+            let mut q = page_url.query_pairs_mut();
+            q.append_pair("limit", PAGE_LIMIT);
+            if let Some(c) = &self.cursor {
+                q.append_pair("after", c);
             }
         }
-        Err(Error::Pagination {
-            ctx,
-            detail: format!("more than {MAX_PAGES} pages"),
-        })
+        let ans = client
+            .call(Method::GET, &page_url, &self.ctx, RetryMode::Idempotent)
+            .await?;
+        let page: ListPage<W> = client.decode(&self.ctx, &ans)?;
+        // Decide the next cursor before looking at the items, so a page served twice is
+        // reported as the cursor loop it is rather than as duplicate ids.
+        let next = if page.has_more {
+            let next = page
+                .last_id
+                .clone()
+                .filter(|s| !s.is_empty())
+                .or_else(|| page.data.last().map(|w| w.id().to_string()));
+            let Some(next) = next else {
+                return Err(Error::Pagination {
+                    ctx: self.ctx.clone(),
+                    detail: "has_more is true but the page is empty and has no last_id".to_string(),
+                });
+            };
+            if self.cursor.as_deref() == Some(next.as_str())
+                || !self.cursors_seen.insert(next.clone())
+            {
+                return Err(Error::CursorLoop {
+                    ctx: self.ctx.clone(),
+                    cursor: client.scrub(&next),
+                });
+            }
+            Some(next)
+        } else {
+            None
+        };
+        for item in &page.data {
+            if !self.ids_seen.insert(item.id().to_string()) {
+                return Err(Error::DuplicateIds {
+                    ctx: self.ctx.clone(),
+                    id: client.scrub(item.id()),
+                });
+            }
+        }
+        self.done = next.is_none();
+        self.cursor = next;
+        Ok(Some(page.data))
     }
 }
 

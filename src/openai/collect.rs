@@ -3,7 +3,9 @@
 //! Projects are discovered page by page and their key listings start as soon as each project is
 //! known, so the project list and the key pages overlap. At most `limits.concurrency` projects
 //! are listed at once across all organisations (a sliding window: a new project starts when one
-//! finishes). Only the resulting `Key` structs are kept in memory.
+//! finishes). Each project's keys go page by page to a [`KeySink`] chosen by the caller: `scan`
+//! keeps them all (`Vec<Key>`), a sweep evaluates and records each page and keeps only a tally,
+//! so its memory does not grow with the organisation.
 //!
 //! Every project ends `Listing::Complete` or `Listing::Incomplete(reason)`; one failing project
 //! never stops the others. A failed project list, or an admin key refused (401/403) anywhere,
@@ -23,6 +25,40 @@ use crate::inventory::{
     AdminKeyInfo, Inventory, Key, Listing, OrgInventory, OwnerType, ProjectInventory, ProjectRef,
 };
 use crate::openai::AdminClient;
+
+/// Receives one project's keys page by page while the project is being listed.
+pub trait KeySink: Send + 'static {
+    /// What the inventory keeps of the project's keys. `Default` stands for a project whose
+    /// listing task died before it could finish.
+    type Kept: Default + Send + 'static;
+
+    /// One page of keys, in listing order, with owner e-mails filled in where the project's
+    /// users could tell. Awaiting here slows the listing down (backpressure), never loses keys.
+    fn page(&mut self, keys: Vec<Key>) -> impl Future<Output = ()> + Send;
+
+    /// The listing ended. Unless `listing` is complete, the pages seen were not the whole
+    /// project and nothing may be concluded from what is missing.
+    fn finish(self, listing: &Listing) -> impl Future<Output = Self::Kept> + Send;
+}
+
+/// `scan`: every key of a completely listed project; none of a project listed in part.
+impl KeySink for Vec<Key> {
+    type Kept = Vec<Key>;
+
+    async fn page(&mut self, keys: Vec<Key>) {
+        self.extend(keys);
+    }
+
+    async fn finish(mut self, listing: &Listing) -> Vec<Key> {
+        if listing.is_complete() {
+            // Kept until the command ends: drop the doubling slack.
+            self.shrink_to_fit();
+            self
+        } else {
+            Vec::new()
+        }
+    }
+}
 
 /// Which projects of an organisation to sweep: `projects` (ids or name globs; empty means every
 /// project the listing returns, i.e. every active one unless `include_archived`) minus
@@ -113,8 +149,8 @@ enum Discovery {
 }
 
 /// What a project task returns.
-struct ProjectResult {
-    inventory: ProjectInventory,
+struct ProjectResult<K> {
+    inventory: ProjectInventory<K>,
     /// The admin key was refused: the whole organisation is unusable.
     unauthorized: Option<String>,
 }
@@ -132,12 +168,24 @@ pub async fn collect_inventory(
     clients: &[AdminClient],
     progress: Option<&(dyn Fn(usize, usize) + Send + Sync)>,
 ) -> Inventory {
+    collect_with(config, clients, |_| Vec::new(), progress).await
+}
+
+/// [`collect_inventory`] with the keys of each project handed to `sink_for(project)` page by
+/// page; the inventory keeps what each sink's `finish` returns.
+pub async fn collect_with<S: KeySink>(
+    config: &Config,
+    clients: &[AdminClient],
+    mut sink_for: impl FnMut(&ProjectRef) -> S,
+    progress: Option<&(dyn Fn(usize, usize) + Send + Sync)>,
+) -> Inventory<S::Kept> {
     let concurrency = config.limits.concurrency.max(1);
     let (tx, mut rx) = mpsc::unbounded_channel::<Discovery>();
     let mut discovery = JoinSet::new();
-    let mut orgs: Vec<OrgInventory> = Vec::with_capacity(clients.len());
+    let mut orgs: Vec<OrgInventory<S::Kept>> = Vec::with_capacity(clients.len());
     // Projects in listing order per organisation; filled as their tasks finish.
-    let mut slots: Vec<Vec<Option<ProjectInventory>>> = vec![Vec::new(); clients.len()];
+    let mut slots: Vec<Vec<Option<ProjectInventory<S::Kept>>>> =
+        (0..clients.len()).map(|_| Vec::new()).collect();
 
     for (i, client) in clients.iter().enumerate() {
         let selector = config
@@ -160,7 +208,7 @@ pub async fn collect_inventory(
 
     // Whether each organisation's discovery task reported (it could only fail to by panicking).
     let mut finished = vec![false; clients.len()];
-    let mut running: JoinSet<ProjectResult> = JoinSet::new();
+    let mut running: JoinSet<ProjectResult<S::Kept>> = JoinSet::new();
     // Which project a task lists, to account for a task that panicked.
     let mut running_ids: HashMap<tokio::task::Id, (usize, usize, ProjectRef)> = HashMap::new();
     let mut discovery_open = true;
@@ -187,7 +235,7 @@ pub async fn collect_inventory(
                         (org, pos, ProjectResult {
                             inventory: ProjectInventory {
                                 project,
-                                keys: Vec::new(),
+                                keys: S::Kept::default(),
                                 listing: Listing::Incomplete(format!("internal error: {e}")),
                             },
                             unauthorized: None,
@@ -211,8 +259,9 @@ pub async fn collect_inventory(
                     let pos = slots[org].len();
                     slots[org].push(None);
                     let client = clients[org].clone();
+                    let sink = sink_for(&project);
                     let p = project.clone();
-                    let handle = running.spawn(list_project(client, p).in_current_span());
+                    let handle = running.spawn(list_project(client, p, sink).in_current_span());
                     running_ids.insert(handle.id(), (org, pos, project));
                     known += 1;
                     report(done, known);
@@ -227,7 +276,7 @@ pub async fn collect_inventory(
                             name: None,
                             archived: false,
                         },
-                        keys: Vec::new(),
+                        keys: S::Kept::default(),
                         listing: Listing::Incomplete(
                             "configured project not found in the project list (archived? then set include_archived)".to_string(),
                         ),
@@ -299,17 +348,32 @@ async fn discover(
     });
 }
 
-/// Lists one project's keys; fills missing owner e-mails from the project's users only when a
-/// user-owned key lacks one (never an extra request in the normal case).
-async fn list_project(client: AdminClient, project: ProjectRef) -> ProjectResult {
-    match client.list_project_keys(&project).await {
-        Ok(mut keys) => {
-            fill_missing_emails(&client, &project, &mut keys).await;
+/// Lists one project's keys into `sink`, page by page. Missing owner e-mails are filled from the
+/// project's users, fetched once and only if a user-owned key lacks one (never an extra request
+/// in the normal case).
+async fn list_project<S: KeySink>(
+    client: AdminClient,
+    project: ProjectRef,
+    mut sink: S,
+) -> ProjectResult<S::Kept> {
+    let mut emails = OwnerEmails::NotFetched;
+    let listed = async {
+        let mut pages = client.key_pages(&project)?;
+        while let Some(mut page) = pages.next_page().await? {
+            emails.fill(&client, &project, &mut page).await;
+            sink.page(page).await;
+        }
+        Ok::<(), crate::openai::Error>(())
+    }
+    .await;
+    match listed {
+        Ok(()) => {
+            let listing = Listing::Complete;
             ProjectResult {
                 inventory: ProjectInventory {
+                    keys: sink.finish(&listing).await,
                     project,
-                    keys,
-                    listing: Listing::Complete,
+                    listing,
                 },
                 unauthorized: None,
             }
@@ -318,39 +382,58 @@ async fn list_project(client: AdminClient, project: ProjectRef) -> ProjectResult
             tracing::warn!(organization = %client.org_name(), project = %project.id, error = %e,
                 "project listing incomplete");
             let reason = e.to_string();
+            let listing = Listing::Incomplete(reason.clone());
             ProjectResult {
-                unauthorized: e.is_unauthorized().then(|| reason.clone()),
+                unauthorized: e.is_unauthorized().then_some(reason),
                 inventory: ProjectInventory {
+                    keys: sink.finish(&listing).await,
                     project,
-                    keys: Vec::new(),
-                    listing: Listing::Incomplete(reason),
+                    listing,
                 },
             }
         }
     }
 }
 
-async fn fill_missing_emails(client: &AdminClient, project: &ProjectRef, keys: &mut [Key]) {
-    let lacks = |k: &Key| {
-        k.owner.kind == OwnerType::User && k.owner.email.is_none() && k.owner.id.is_some()
-    };
-    if !keys.iter().any(lacks) {
-        return;
-    }
-    match client.list_project_users(&project.id).await {
-        Ok(users) => {
-            let emails: HashMap<String, String> = users
-                .into_iter()
-                .filter_map(|u| Some((u.id, u.email?)))
-                .collect();
-            for k in keys.iter_mut().filter(|k| lacks(k)) {
-                if let Some(email) = k.owner.id.as_ref().and_then(|id| emails.get(id)) {
-                    k.owner.email = Some(email.clone());
+/// The project's user e-mails, fetched at the first key that needs one.
+enum OwnerEmails {
+    NotFetched,
+    Fetched(HashMap<String, String>),
+    /// Tried once this listing; not tried again for every page.
+    Failed,
+}
+
+impl OwnerEmails {
+    async fn fill(&mut self, client: &AdminClient, project: &ProjectRef, keys: &mut [Key]) {
+        let lacks = |k: &Key| {
+            k.owner.kind == OwnerType::User && k.owner.email.is_none() && k.owner.id.is_some()
+        };
+        if !keys.iter().any(lacks) {
+            return;
+        }
+        if let OwnerEmails::NotFetched = self {
+            *self = match client.list_project_users(&project.id).await {
+                Ok(users) => OwnerEmails::Fetched(
+                    users
+                        .into_iter()
+                        .filter_map(|u| Some((u.id, u.email?)))
+                        .collect(),
+                ),
+                Err(e) => {
+                    tracing::warn!(organization = %client.org_name(), project = %project.id,
+                        error = %e, "cannot list project users to find missing owner e-mails");
+                    OwnerEmails::Failed
                 }
+            };
+        }
+        let OwnerEmails::Fetched(emails) = self else {
+            return;
+        };
+        for k in keys.iter_mut().filter(|k| lacks(k)) {
+            if let Some(email) = k.owner.id.as_ref().and_then(|id| emails.get(id)) {
+                k.owner.email = Some(email.clone());
             }
         }
-        Err(e) => tracing::warn!(organization = %client.org_name(), project = %project.id,
-            error = %e, "cannot list project users to find missing owner e-mails"),
     }
 }
 

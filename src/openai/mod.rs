@@ -21,8 +21,8 @@ mod types;
 #[cfg(test)]
 mod fuzz;
 
-pub use client::{AdminClient, ClientShared, DeleteOutcome, endpoint};
-pub use collect::{ProjectSelector, collect_inventory};
+pub use client::{AdminClient, ClientShared, DeleteOutcome, KeyPages, endpoint};
+pub use collect::{KeySink, ProjectSelector, collect_inventory, collect_with};
 pub use error::{ApiErrorBody, Error, RequestContext};
 pub use ratelimit::RateLimiter;
 

@@ -33,7 +33,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::{Mode, Safety, ServiceAccountRule};
-use crate::inventory::{Inventory, Key, OwnerType};
+use crate::inventory::{Inventory, Key, KeyTally, OwnerType};
 use crate::policy::finding::FindingId;
 
 // The defaults are defined once, next to the config loader that applies them.
@@ -72,27 +72,16 @@ pub struct ProjectFacts {
 /// Builds the per-project facts from an inventory. A project of an organisation whose listing
 /// reported an error counts as incomplete: the sweep could not see the whole organisation, so it
 /// does not act in it.
-pub fn project_facts(inventory: &Inventory) -> BTreeMap<ProjectKey, ProjectFacts> {
+pub fn project_facts(inventory: &Inventory<KeyTally>) -> BTreeMap<ProjectKey, ProjectFacts> {
     let mut out = BTreeMap::new();
     for org in &inventory.orgs {
         for p in &org.projects {
-            let mut service_accounts: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-            for k in &p.keys {
-                if k.owner.kind == OwnerType::ServiceAccount
-                    && let Some(sa) = &k.owner.id
-                {
-                    service_accounts
-                        .entry(sa.clone())
-                        .or_default()
-                        .insert(k.id.clone());
-                }
-            }
             out.insert(
                 (org.organization.clone(), p.project.id.clone()),
                 ProjectFacts {
                     complete: org.error.is_none() && p.listing.is_complete(),
-                    key_count: p.keys.len(),
-                    service_accounts,
+                    key_count: p.keys.keys,
+                    service_accounts: p.keys.service_accounts.clone(),
                 },
             );
         }

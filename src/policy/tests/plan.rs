@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::{key, sa_key};
 use crate::config::{Mode, Safety, ServiceAccountRule};
 use crate::inventory::{
-    Inventory, Key, Listing, OrgInventory, OwnerType, ProjectInventory, ProjectRef,
+    Inventory, Key, KeyTally, Listing, OrgInventory, OwnerType, ProjectInventory, ProjectRef,
 };
 use crate::policy::finding::FindingId;
 use crate::policy::plan::{
@@ -424,7 +424,7 @@ fn project_facts_from_an_inventory() {
             },
         ],
     };
-    let f = project_facts(&inv);
+    let f = project_facts(&inv.map_keys(|keys| KeyTally::of(keys, 0)));
     let a = &f[&("acme".to_string(), "proj_a".to_string())];
     assert!(a.complete);
     assert_eq!(a.key_count, 2);

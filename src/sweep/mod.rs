@@ -23,18 +23,23 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Action, Config, Mode};
-use crate::inventory::{Inventory, Key, OrgInventory};
+use crate::inventory::{Inventory, Key, KeyTally, OrgInventory};
 use crate::metrics::Metrics;
 use crate::notify::alert::EnforcerAlert;
 use crate::notify::{self, Notifier};
 use crate::openai::{AdminClient, ClientShared};
+use crate::policy::Policies;
 use crate::policy::finding::{Finding, FindingId, Notice, NoticeKind, Stage};
-use crate::policy::lifecycle::{self, Observation};
-use crate::policy::plan::{self, Candidate, Plan, PlanInput};
-use crate::policy::{Evaluation, Policies};
+use crate::policy::lifecycle;
+use crate::policy::plan::{self, Plan, PlanInput};
 use crate::revoke;
 use crate::state::audit::{self, AuditKind, AuditRecord};
 use crate::state::{self, Store};
+
+mod evaluate;
+mod record;
+
+use evaluate::{Evaluator, OpenFindings, Step};
 
 /// Admin keys expiring within this window raise an enforcer alert.
 const ADMIN_KEY_EXPIRY_WARNING_SECS: i64 = 14 * 86400;
@@ -47,6 +52,8 @@ pub enum SweepError {
     Notify(#[from] notify::NotifyError),
     #[error("policy")]
     Policy(#[from] crate::policy::PolicyError),
+    #[error("recording the listing: {0}")]
+    Recorder(String),
     #[error("Admin API client for organisation {organization}")]
     Client {
         organization: String,
@@ -104,7 +111,9 @@ pub struct FindingView {
 pub struct SweepReport {
     pub run_id: String,
     pub mode: Option<Mode>,
-    pub inventory: Inventory,
+    /// What was listed: every organisation and project with its listing status and a tally of
+    /// its keys (a sweep does not keep the keys themselves).
+    pub inventory: Inventory<KeyTally>,
     /// Every finding touched this sweep, open or closed.
     pub findings: Vec<FindingView>,
     /// Keys an active exemption covers: (key, reason).
@@ -132,7 +141,7 @@ impl SweepReport {
 /// Long-lived sweep machinery: clients, compiled policies, store, notifier, metrics.
 pub struct Sweeper {
     pub config: Arc<Config>,
-    policies: Policies,
+    policies: Arc<Policies>,
     clients: Vec<AdminClient>,
     store: Option<Store>,
     notifier: Notifier,
@@ -146,7 +155,7 @@ impl Sweeper {
         store: Option<Store>,
         metrics: Metrics,
     ) -> Result<Sweeper, SweepError> {
-        let policies = Policies::compile(&config)?;
+        let policies = Arc::new(Policies::compile(&config)?);
         let shared = ClientShared::new(metrics.clone(), &config.limits);
         let clients = config
             .organizations
@@ -190,12 +199,13 @@ impl Sweeper {
         }
     }
 
-    /// Lists and evaluates without writing anything: `keysweep scan`.
+    /// Lists and evaluates without writing anything: `keysweep scan`. Returns the report and
+    /// the whole inventory, every key included, for the listing `scan` prints.
     pub async fn preview(
         &self,
         now: i64,
         progress: Option<&(dyn Fn(usize, usize) + Send + Sync)>,
-    ) -> Result<SweepReport, SweepError> {
+    ) -> Result<(SweepReport, Inventory), SweepError> {
         let clients = self.clients_for(None);
         let inventory = crate::openai::collect_inventory(&self.config, &clients, progress).await;
         let mut report = SweepReport {
@@ -203,13 +213,17 @@ impl Sweeper {
             mode: Some(self.config.mode),
             ..SweepReport::default()
         };
+        let evaluator = self.evaluator(now);
         let mut candidates = Vec::new();
         for org in &inventory.orgs {
-            let prev = match &self.store {
-                Some(s) => s.with_conn(|c| state::findings::open_findings(c, &org.organization))?,
-                None => Vec::new(),
-            };
-            let step = self.evaluate_org(org, &prev, now);
+            let open = self.open_findings(&org.organization)?;
+            let mut step = Step::default();
+            for p in org.projects.iter().filter(|p| p.listing.is_complete()) {
+                for key in &p.keys {
+                    evaluator.key(key, &open, &mut step);
+                }
+            }
+            evaluator.gone(&open, &complete_projects(org), &mut step);
             candidates.extend(step.candidates);
             report.exempted.extend(step.exempted);
             report.expired_exemptions.extend(step.expired);
@@ -226,17 +240,39 @@ impl Sweeper {
             Some(s) => s.with_conn(|c| state::revocations::revocations_since(c, now - 86400))?,
             None => 0,
         };
+        report.inventory = inventory.map_keys(|keys| KeyTally::of(keys, now));
         report.plan = plan::plan(&PlanInput {
             candidates: &candidates,
-            projects: &plan::project_facts(&inventory),
+            projects: &plan::project_facts(&report.inventory),
             mode: self.config.mode,
             safety: &self.config.safety,
             revoked_last_24h: u32::try_from(revoked_24h).unwrap_or(u32::MAX),
             kill_switch: self.kill_switch_on(),
         });
         annotate_plan(&mut report.findings, &report.plan);
-        report.inventory = inventory;
-        Ok(report)
+        Ok((report, inventory))
+    }
+
+    /// Every key of every organisation, without evaluating anything.
+    pub async fn list(&self) -> Inventory {
+        crate::openai::collect_inventory(&self.config, &self.clients, None).await
+    }
+
+    fn evaluator(&self, now: i64) -> Evaluator {
+        Evaluator {
+            policies: self.policies.clone(),
+            now,
+            repeat: i64::try_from(self.config.notifications.repeat_interval.as_secs())
+                .unwrap_or(i64::MAX),
+        }
+    }
+
+    /// The organisation's open findings (none without a state file).
+    fn open_findings(&self, organization: &str) -> Result<OpenFindings, SweepError> {
+        Ok(OpenFindings::new(match &self.store {
+            Some(s) => s.with_conn(|c| state::findings::open_findings(c, organization))?,
+            None => Vec::new(),
+        }))
     }
 
     fn kill_switch_on(&self) -> bool {
@@ -283,11 +319,33 @@ impl Sweeper {
         let unsettled =
             revoke::reconcile(&store, &clients, &self.config, mode, run_id, now).await?;
 
-        // 2. Inventory.
-        let inventory = crate::openai::collect_inventory(&self.config, &clients, None).await;
+        // 2 and 3. List; each page is evaluated against the open findings and its keys'
+        // observations recorded as it arrives (`record.rs`), so only findings stay in memory.
+        let mut open = Vec::with_capacity(clients.len());
+        for c in &clients {
+            open.push((
+                c.org_name().to_string(),
+                Arc::new(self.open_findings(c.org_name())?),
+            ));
+        }
+        let open_by_org: Vec<Arc<OpenFindings>> = open.iter().map(|(_, o)| o.clone()).collect();
+        let recorder = record::Recorder::start(
+            store.clone(),
+            self.evaluator(now),
+            open,
+            (4 * self.config.limits.concurrency).clamp(16, 256),
+        );
+        let inventory = crate::openai::collect_with(
+            &self.config,
+            &clients,
+            |p: &crate::inventory::ProjectRef| recorder.sink(p),
+            None,
+        )
+        .await;
+        let steps = recorder.finish().await?;
         for org in &inventory.orgs {
             self.metrics
-                .observe_inventory(&org.organization, &org.projects, now);
+                .observe_inventory(&org.organization, &org.projects);
             for p in org.projects.iter().filter(|p| !p.listing.is_complete()) {
                 tracing::warn!(run_id, organization = %org.organization, project_id = %p.project.id, "listing incomplete; nothing in this project will be revoked");
                 self.metrics.incomplete_listing(&org.organization);
@@ -300,16 +358,17 @@ impl Sweeper {
             }
         }
 
-        // 3. Evaluate and commit findings + notices + audit atomically.
+        // Advance the findings; nothing is written until the plan is made, and then findings,
+        // notices, alerts and audit records are committed together.
+        let evaluator = self.evaluator(now);
         let mut candidates = Vec::new();
         let mut alerts = unsettled;
         let mut notices: Vec<Notice> = Vec::new();
-        for org in &inventory.orgs {
+        let mut changed: Vec<Finding> = Vec::new();
+        let mut records: Vec<AuditRecord> = Vec::new();
+        for ((org, mut step), open) in inventory.orgs.iter().zip(steps).zip(&open_by_org) {
             alerts.extend(org_alerts(org, now));
-            let prev = store.with_conn(|c| state::findings::open_findings(c, &org.organization))?;
-            let step = self.evaluate_org(org, &prev, now);
-            let mut changed = Vec::new();
-            let mut records = Vec::new();
+            evaluator.gone(open, &complete_projects(org), &mut step);
             for (prev_stage, t) in &step.transitions {
                 let Some(next) = &t.next else { continue };
                 let moved = prev_stage.is_none_or(|s| s != next.stage) || !t.notices.is_empty();
@@ -341,36 +400,6 @@ impl Sweeper {
                     .with_response(json!({ "until": until })),
                 );
             }
-            let complete_projects: Vec<_> = org
-                .projects
-                .iter()
-                .filter(|p| p.listing.is_complete())
-                .collect();
-            store.tx(|tx| {
-                for p in &org.projects {
-                    state::observations::record_observations(
-                        tx,
-                        &org.organization,
-                        &p.project.id,
-                        &p.keys,
-                        now,
-                    )?;
-                }
-                for p in &complete_projects {
-                    state::observations::mark_gone(
-                        tx,
-                        &org.organization,
-                        &p.project.id,
-                        p.keys.iter().map(|k| k.id.as_str()),
-                        now,
-                    )?;
-                }
-                state::findings::upsert_findings(tx, &changed, now)?;
-                for r in &records {
-                    audit::append(tx, r)?;
-                }
-                Ok(())
-            })?;
             report.exempted.extend(step.exempted);
             report.expired_exemptions.extend(step.expired);
             candidates.extend(step.candidates);
@@ -384,9 +413,8 @@ impl Sweeper {
                 }));
         }
 
-        // Dry-run: a due revocation is announced once as "would be revoked".
-        // Indexed, and committed in one transaction: with 100k due keys a linear search and a
-        // commit per candidate made this step quadratic and fsync-bound.
+        // Dry-run: a due revocation is announced once as "would be revoked". Indexed: with 100k
+        // due keys a linear search per candidate made this step quadratic.
         if dry_run {
             let mut index: HashMap<FindingId, usize> = HashMap::new();
             for (i, v) in report.findings.iter().enumerate() {
@@ -404,14 +432,8 @@ impl Sweeper {
                     noted.push(f.finding.clone());
                 }
             }
-            if !noted.is_empty() {
-                store.tx(|tx| {
-                    for f in &noted {
-                        state::findings::upsert_finding(tx, f, now)?;
-                    }
-                    Ok(())
-                })?;
-            }
+            // After `changed`: the later write of a finding wins.
+            changed.extend(noted);
         }
 
         // 5 (planned now, so cap and kill-switch alerts go out with this sweep's notices).
@@ -457,7 +479,13 @@ impl Sweeper {
             .collect();
 
         let alerts = self.dedup_alerts(&store, alerts, now)?;
-        let queued = self.enqueue(&store, &notices, &alerts, run_id, now, skipped, mode)?;
+        records.extend(skipped);
+        // One transaction: a crash leaves either the advanced findings with their notices and
+        // audit records, or none of them (and the next sweep does the step again).
+        let queued = self.enqueue(
+            &store, &changed, &notices, &alerts, run_id, now, records, mode,
+        )?;
+        drop(changed);
         report.notices_queued += queued;
 
         // 4. Deliver before deleting, so final notices reach people first.
@@ -499,10 +527,10 @@ impl Sweeper {
                 // the re-read says; the next sweep re-evaluates it from a fresh listing.
             }
             let revoked: Vec<Finding> = after_notices.iter().map(|n| n.finding.clone()).collect();
-            store.tx(|tx| state::findings::upsert_findings(tx, &revoked, now))?;
             let after_alerts = self.dedup_alerts(&store, after_alerts, now)?;
             report.notices_queued += self.enqueue(
                 &store,
+                &revoked,
                 &after_notices,
                 &after_alerts,
                 run_id,
@@ -538,7 +566,7 @@ impl Sweeper {
                 let summary = json!({
                     "projects": org.projects.len(),
                     "incomplete_projects": org.projects.iter().filter(|p| !p.listing.is_complete()).count(),
-                    "keys": org.projects.iter().map(|p| p.keys.len()).sum::<usize>(),
+                    "keys": org.projects.iter().map(|p| p.keys.keys).sum::<usize>(),
                     "error": org.error,
                     "revoked": report.revocations.iter().filter(|r| r.deleted() && r.organization() == org.organization).count(),
                     "seconds": elapsed,
@@ -573,7 +601,7 @@ impl Sweeper {
         tracing::info!(
             run_id,
             complete = inventory.is_complete(),
-            keys = inventory.keys().count(),
+            keys = inventory.key_count(),
             findings = report.findings.len(),
             revoked = report.revoked_count(),
             notices = report.notices_queued,
@@ -605,11 +633,13 @@ impl Sweeper {
         Ok(out)
     }
 
-    /// Composes digests and writes them, with the alert and audit records, in one transaction.
+    /// Composes digests and writes them, with the findings, alerts and audit records, in one
+    /// transaction.
     #[allow(clippy::too_many_arguments)]
     fn enqueue(
         &self,
         store: &Store,
+        findings: &[Finding],
         notices: &[Notice],
         alerts: &[EnforcerAlert],
         run_id: &str,
@@ -633,6 +663,7 @@ impl Sweeper {
             );
         }
         store.tx(|tx| {
+            state::findings::upsert_findings(tx, findings, now)?;
             notify::outbox::enqueue(tx, &messages, now)?;
             for a in alerts {
                 state::alerts::record_raised(tx, a, now)?;
@@ -644,102 +675,15 @@ impl Sweeper {
         })?;
         Ok(messages.len())
     }
-
-    /// Evaluates one organisation's listing against its open findings.
-    fn evaluate_org(&self, org: &OrgInventory, prev: &[Finding], now: i64) -> OrgStep {
-        let repeat =
-            i64::try_from(self.config.notifications.repeat_interval.as_secs()).unwrap_or(i64::MAX);
-        let prev_by_id: HashMap<&FindingId, &Finding> = prev.iter().map(|f| (&f.id, f)).collect();
-        // Open findings by (project, key), in `prev` order: a per-key scan of every open
-        // finding made a steady-state sweep of 200k keys take a minute.
-        let mut prev_by_key: HashMap<(&str, &str), Vec<&Finding>> = HashMap::new();
-        for f in prev {
-            prev_by_key
-                .entry((f.id.project_id.as_str(), f.id.key_id.as_str()))
-                .or_default()
-                .push(f);
-        }
-        let mut step = OrgStep::default();
-        let mut touched: HashSet<FindingId> = HashSet::new();
-        let complete: HashSet<&str> = org
-            .projects
-            .iter()
-            .filter(|p| p.listing.is_complete())
-            .map(|p| p.project.id.as_str())
-            .collect();
-
-        for p in &org.projects {
-            for key in &p.keys {
-                let eval: Evaluation = self.policies.evaluate(key, now);
-                if let Some(hit) = &eval.exemption {
-                    step.exempted.push((key.clone(), hit.reason.clone()));
-                }
-                for e in &eval.expired_exemptions {
-                    step.expired.push((key.clone(), e.reason.clone(), e.until));
-                }
-                // Every policy that flags the key, plus every policy with an open finding on it.
-                let mut policies: Vec<&str> =
-                    eval.violations.iter().map(|v| v.policy.as_str()).collect();
-                let open = prev_by_key
-                    .get(&(key.project_id.as_str(), key.id.as_str()))
-                    .map_or(&[][..], Vec::as_slice);
-                for f in open {
-                    if !policies.contains(&f.id.policy.as_str()) {
-                        policies.push(&f.id.policy);
-                    }
-                }
-                for policy in policies {
-                    let id = FindingId {
-                        organization: key.organization.clone(),
-                        project_id: key.project_id.clone(),
-                        key_id: key.id.clone(),
-                        policy: policy.to_string(),
-                    };
-                    let before = prev_by_id.get(&id).copied();
-                    let t = lifecycle::advance(before, now, eval.observation(key, policy), repeat);
-                    if t.revoke_due
-                        && let Some(f) = &t.next
-                        && f.action == Action::Revoke
-                    {
-                        step.candidates.push(Candidate {
-                            finding: id.clone(),
-                            key: key.clone(),
-                            deadline: f.deadline,
-                        });
-                    }
-                    touched.insert(id);
-                    step.transitions.push((before.map(|f| f.stage), t));
-                }
-            }
-        }
-        // Open findings whose key is absent: gone only if its project's listing was complete.
-        for f in prev {
-            if touched.contains(&f.id) {
-                continue;
-            }
-            let listed_complete = complete.contains(f.id.project_id.as_str());
-            let policy_exists = self.policies.names().any(|n| n == f.id.policy);
-            let observed = if !listed_complete {
-                continue;
-            } else if !policy_exists {
-                Observation::Compliant
-            } else {
-                Observation::Gone
-            };
-            let t = lifecycle::advance(Some(f), now, observed, repeat);
-            step.transitions.push((Some(f.stage), t));
-        }
-        step
-    }
 }
 
-#[derive(Default)]
-struct OrgStep {
-    /// (stage before, transition).
-    transitions: Vec<(Option<Stage>, lifecycle::Transition)>,
-    candidates: Vec<Candidate>,
-    exempted: Vec<(Key, String)>,
-    expired: Vec<(Key, String, Option<i64>)>,
+/// The projects of `org` whose listing is complete: the only ones whose missing keys are gone.
+fn complete_projects<K>(org: &OrgInventory<K>) -> HashSet<&str> {
+    org.projects
+        .iter()
+        .filter(|p| p.listing.is_complete())
+        .map(|p| p.project.id.as_str())
+        .collect()
 }
 
 fn alerts_extend(into: &mut Vec<EnforcerAlert>, more: Vec<EnforcerAlert>) {
@@ -802,7 +746,7 @@ pub fn fmt_time(ts: i64) -> String {
 
 /// Enforcer alerts that a listing produces: auth failure, unreachable org, incomplete projects,
 /// admin keys about to expire.
-fn org_alerts(org: &OrgInventory, now: i64) -> Vec<EnforcerAlert> {
+fn org_alerts<K>(org: &OrgInventory<K>, now: i64) -> Vec<EnforcerAlert> {
     let mut out = Vec::new();
     if let Some(err) = &org.error {
         if org.unauthorized {

@@ -1,0 +1,170 @@
+//! The per-key step of a sweep: a listed key against the policies and its open findings.
+//!
+//! Pure: no I/O, no clock (the caller passes `now`). The sweep feeds it keys page by page as
+//! they are listed and `scan` feeds it a whole inventory; both go through [`Evaluator::key`] and
+//! [`Evaluator::gone`], so what `scan` previews is what a sweep does. It must never conclude
+//! that a key is gone from a listing that was not complete: that is the caller's
+//! `complete_projects`, and a project it does not name keeps its open findings untouched.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use crate::config::Action;
+use crate::inventory::Key;
+use crate::policy::finding::{Finding, FindingId, Stage};
+use crate::policy::lifecycle::{self, Observation};
+use crate::policy::plan::Candidate;
+use crate::policy::{Evaluation, Policies};
+
+/// An organisation's open findings, indexed by (project, key): a per-key scan of every open
+/// finding made a steady-state sweep of 200k keys take a minute.
+#[derive(Debug, Default)]
+pub(crate) struct OpenFindings {
+    findings: Vec<Finding>,
+    /// project id → key id → indices into `findings`.
+    by_key: HashMap<String, HashMap<String, Vec<usize>>>,
+}
+
+impl OpenFindings {
+    /// `findings` in the order the store returns them (deadline first), which is the order
+    /// their transitions are reported in.
+    pub(crate) fn new(findings: Vec<Finding>) -> OpenFindings {
+        let mut by_key: HashMap<String, HashMap<String, Vec<usize>>> = HashMap::new();
+        for (i, f) in findings.iter().enumerate() {
+            by_key
+                .entry(f.id.project_id.clone())
+                .or_default()
+                .entry(f.id.key_id.clone())
+                .or_default()
+                .push(i);
+        }
+        OpenFindings { findings, by_key }
+    }
+
+    fn of_key(&self, project_id: &str, key_id: &str) -> &[usize] {
+        self.by_key
+            .get(project_id)
+            .and_then(|keys| keys.get(key_id))
+            .map_or(&[], Vec::as_slice)
+    }
+}
+
+/// What evaluating some keys produced. Its size follows the findings, not the keys.
+#[derive(Debug, Default)]
+pub(crate) struct Step {
+    /// (stage before, transition), one per (key, policy) that is or was violating.
+    pub transitions: Vec<(Option<Stage>, lifecycle::Transition)>,
+    pub candidates: Vec<Candidate>,
+    /// Keys an active exemption covers: (key, reason).
+    pub exempted: Vec<(Key, String)>,
+    /// Exemptions that matched but have expired: (key, reason, until).
+    pub expired: Vec<(Key, String, Option<i64>)>,
+    /// Indices (into [`OpenFindings`]) of the open findings whose key was listed.
+    touched: Vec<usize>,
+}
+
+impl Step {
+    pub(crate) fn absorb(&mut self, other: Step) {
+        self.transitions.extend(other.transitions);
+        self.candidates.extend(other.candidates);
+        self.exempted.extend(other.exempted);
+        self.expired.extend(other.expired);
+        self.touched.extend(other.touched);
+    }
+}
+
+/// The compiled policies and the sweep's clock.
+#[derive(Clone)]
+pub(crate) struct Evaluator {
+    pub policies: Arc<Policies>,
+    pub now: i64,
+    /// `notifications.repeat_interval` in seconds.
+    pub repeat: i64,
+}
+
+impl Evaluator {
+    /// Evaluates one listed key against every policy that flags it and every open finding on it.
+    pub(crate) fn key(&self, key: &Key, open: &OpenFindings, step: &mut Step) {
+        let now = self.now;
+        let eval: Evaluation = self.policies.evaluate(key, now);
+        if let Some(hit) = &eval.exemption {
+            step.exempted.push((key.clone(), hit.reason.clone()));
+        }
+        for e in &eval.expired_exemptions {
+            step.expired.push((key.clone(), e.reason.clone(), e.until));
+        }
+        let mine = open.of_key(&key.project_id, &key.id);
+        if eval.violations.is_empty() && mine.is_empty() {
+            return;
+        }
+        // Every policy that flags the key, plus every policy with an open finding on it.
+        let mut policies: Vec<&str> = eval.violations.iter().map(|v| v.policy.as_str()).collect();
+        for &i in mine {
+            let p = open.findings[i].id.policy.as_str();
+            if !policies.contains(&p) {
+                policies.push(p);
+            }
+        }
+        for policy in policies {
+            let before = mine
+                .iter()
+                .map(|&i| (i, &open.findings[i]))
+                .find(|(_, f)| f.id.policy == policy);
+            let id = FindingId {
+                organization: key.organization.clone(),
+                project_id: key.project_id.clone(),
+                key_id: key.id.clone(),
+                policy: policy.to_string(),
+            };
+            let t = lifecycle::advance(
+                before.map(|(_, f)| f),
+                now,
+                eval.observation(key, policy),
+                self.repeat,
+            );
+            if t.revoke_due
+                && let Some(f) = &t.next
+                && f.action == Action::Revoke
+            {
+                step.candidates.push(Candidate {
+                    finding: id,
+                    key: key.clone(),
+                    deadline: f.deadline,
+                });
+            }
+            if let Some((i, _)) = before {
+                step.touched.push(i);
+            }
+            step.transitions.push((before.map(|(_, f)| f.stage), t));
+        }
+    }
+
+    /// Closes the open findings whose key was absent from a complete listing of its project
+    /// (gone) or whose policy no longer exists (compliant). `step` must hold every key step of
+    /// the organisation's complete projects, and only those.
+    pub(crate) fn gone(
+        &self,
+        open: &OpenFindings,
+        complete_projects: &HashSet<&str>,
+        step: &mut Step,
+    ) {
+        let mut touched = vec![false; open.findings.len()];
+        for &i in &step.touched {
+            if let Some(t) = touched.get_mut(i) {
+                *t = true;
+            }
+        }
+        for (f, _) in open.findings.iter().zip(&touched).filter(|(_, t)| !**t) {
+            if !complete_projects.contains(f.id.project_id.as_str()) {
+                continue;
+            }
+            let observed = if self.policies.names().any(|n| n == f.id.policy) {
+                Observation::Gone
+            } else {
+                Observation::Compliant
+            };
+            let t = lifecycle::advance(Some(f), self.now, observed, self.repeat);
+            step.transitions.push((Some(f.stage), t));
+        }
+    }
+}

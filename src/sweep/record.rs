@@ -1,0 +1,287 @@
+//! The sweep's side of the listing: every page of keys is evaluated and recorded as it
+//! arrives, then dropped, so a sweep's memory follows its findings and not its keys.
+//!
+//! Pages travel over a bounded channel (the listing waits when recording lags; nothing is
+//! dropped) to one recorder task. It evaluates each page (pure, `evaluate.rs`) and writes the
+//! keys' observations in batches, one transaction per batch on a blocking thread, while the
+//! next batch gathers. A project's evaluation is kept only if its listing completes, and only
+//! then are its absent keys marked gone. This module never deletes, notifies or writes a
+//! finding: that waits until the whole listing is in.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::inventory::{Key, KeyTally, Listing, ProjectRef};
+use crate::openai::KeySink;
+use crate::state::{self, Store};
+use crate::sweep::SweepError;
+use crate::sweep::evaluate::{Evaluator, OpenFindings, Step};
+
+/// A batch is written once it holds this many keys...
+const BATCH_KEYS: usize = 5_000;
+/// ...or once its first page has waited this long.
+const BATCH_WAIT: Duration = Duration::from_millis(50);
+
+enum Msg {
+    Page {
+        org: usize,
+        project_id: Arc<str>,
+        keys: Vec<Key>,
+    },
+    End {
+        org: usize,
+        project_id: Arc<str>,
+        complete: bool,
+    },
+}
+
+impl Msg {
+    fn keys(&self) -> usize {
+        match self {
+            Msg::Page { keys, .. } => keys.len(),
+            Msg::End { .. } => 0,
+        }
+    }
+}
+
+/// One project's keys, on their way to the recorder.
+pub(crate) struct Sink {
+    org: usize,
+    project_id: Arc<str>,
+    now: i64,
+    tally: KeyTally,
+    tx: mpsc::Sender<Msg>,
+}
+
+impl KeySink for Sink {
+    type Kept = KeyTally;
+
+    async fn page(&mut self, keys: Vec<Key>) {
+        self.tally.add(&keys, self.now);
+        // A send fails only when the recorder has stopped on an error, which then fails the
+        // sweep before anything is planned; the listing just runs out.
+        let _ = self
+            .tx
+            .send(Msg::Page {
+                org: self.org,
+                project_id: self.project_id.clone(),
+                keys,
+            })
+            .await;
+    }
+
+    async fn finish(self, listing: &Listing) -> KeyTally {
+        let complete = listing.is_complete();
+        let _ = self
+            .tx
+            .send(Msg::End {
+                org: self.org,
+                project_id: self.project_id,
+                complete,
+            })
+            .await;
+        // An incomplete project counts no keys, as if none had been listed.
+        if complete {
+            self.tally
+        } else {
+            KeyTally::default()
+        }
+    }
+}
+
+/// The running recorder of one sweep.
+pub(crate) struct Recorder {
+    tx: mpsc::Sender<Msg>,
+    names: Vec<String>,
+    now: i64,
+    task: JoinHandle<Result<Vec<Step>, SweepError>>,
+}
+
+/// What the recorder keeps of a project until its listing ends.
+#[derive(Default)]
+struct Pending {
+    step: Step,
+    ids: HashSet<String>,
+}
+
+enum Write {
+    Observe {
+        org: usize,
+        project_id: Arc<str>,
+        keys: Vec<Key>,
+    },
+    Gone {
+        org: usize,
+        project_id: Arc<str>,
+        ids: HashSet<String>,
+    },
+}
+
+impl Recorder {
+    /// `orgs`: (name, open findings) of every organisation being swept, in the order the sinks
+    /// will name them. `capacity`: pages that may wait in the channel.
+    pub(crate) fn start(
+        store: Store,
+        evaluator: Evaluator,
+        orgs: Vec<(String, Arc<OpenFindings>)>,
+        capacity: usize,
+    ) -> Recorder {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let names: Vec<String> = orgs.iter().map(|(n, _)| n.clone()).collect();
+        let now = evaluator.now;
+        let open: Vec<Arc<OpenFindings>> = orgs.into_iter().map(|(_, o)| o).collect();
+        let task = tokio::spawn(record(rx, store, evaluator, open, names.clone()));
+        Recorder {
+            tx,
+            names,
+            now,
+            task,
+        }
+    }
+
+    /// The sink for one project's keys.
+    pub(crate) fn sink(&self, project: &ProjectRef) -> Sink {
+        let org = self
+            .names
+            .iter()
+            .position(|n| *n == project.organization)
+            .unwrap_or(usize::MAX);
+        Sink {
+            org,
+            project_id: Arc::from(project.id.as_str()),
+            now: self.now,
+            tally: KeyTally::default(),
+            tx: self.tx.clone(),
+        }
+    }
+
+    /// Waits for everything sent to be recorded; returns each organisation's evaluation of its
+    /// completely listed projects. Call it once every sink is gone.
+    pub(crate) async fn finish(self) -> Result<Vec<Step>, SweepError> {
+        drop(self.tx);
+        self.task
+            .await
+            .map_err(|e| SweepError::Recorder(e.to_string()))?
+    }
+}
+
+async fn record(
+    mut rx: mpsc::Receiver<Msg>,
+    store: Store,
+    evaluator: Evaluator,
+    open: Vec<Arc<OpenFindings>>,
+    names: Vec<String>,
+) -> Result<Vec<Step>, SweepError> {
+    let names = Arc::new(names);
+    let now = evaluator.now;
+    let mut accepted: Vec<Step> = open.iter().map(|_| Step::default()).collect();
+    let mut pending: HashMap<(usize, Arc<str>), Pending> = HashMap::new();
+    let mut writing: Option<JoinHandle<Result<(), state::StateError>>> = None;
+    while let Some(first) = rx.recv().await {
+        // Gather a batch: one commit (one fsync) per batch, not per page.
+        let mut batch_keys = first.keys();
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + BATCH_WAIT;
+        while batch_keys < BATCH_KEYS {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(msg)) => {
+                    batch_keys += msg.keys();
+                    batch.push(msg);
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let mut writes = Vec::with_capacity(batch.len());
+        for msg in batch {
+            match msg {
+                Msg::Page {
+                    org,
+                    project_id,
+                    keys,
+                } => {
+                    let Some(open) = open.get(org) else { continue };
+                    let p = pending.entry((org, project_id.clone())).or_default();
+                    for k in &keys {
+                        evaluator.key(k, open, &mut p.step);
+                        p.ids.insert(k.id.clone());
+                    }
+                    writes.push(Write::Observe {
+                        org,
+                        project_id,
+                        keys,
+                    });
+                }
+                Msg::End {
+                    org,
+                    project_id,
+                    complete,
+                } => {
+                    let p = pending
+                        .remove(&(org, project_id.clone()))
+                        .unwrap_or_default();
+                    if complete && let Some(into) = accepted.get_mut(org) {
+                        into.absorb(p.step);
+                        writes.push(Write::Gone {
+                            org,
+                            project_id,
+                            ids: p.ids,
+                        });
+                    }
+                }
+            }
+        }
+        // Writes stay in order: the previous batch is committed before this one starts.
+        if let Some(prev) = writing.take() {
+            finish_write(prev).await?;
+        }
+        let (store, names) = (store.clone(), names.clone());
+        writing = Some(tokio::task::spawn_blocking(move || {
+            store.tx(|tx| {
+                for w in &writes {
+                    match w {
+                        Write::Observe {
+                            org,
+                            project_id,
+                            keys,
+                        } => state::observations::record_observations(
+                            tx,
+                            &names[*org],
+                            project_id,
+                            keys,
+                            now,
+                        )?,
+                        Write::Gone {
+                            org,
+                            project_id,
+                            ids,
+                        } => {
+                            state::observations::mark_gone(
+                                tx,
+                                &names[*org],
+                                project_id,
+                                ids.iter(),
+                                now,
+                            )?;
+                        }
+                    }
+                }
+                Ok(())
+            })
+        }));
+    }
+    if let Some(prev) = writing.take() {
+        finish_write(prev).await?;
+    }
+    // A project whose task died never ended: its evaluation is dropped with `pending`.
+    Ok(accepted)
+}
+
+async fn finish_write(h: JoinHandle<Result<(), state::StateError>>) -> Result<(), SweepError> {
+    h.await
+        .map_err(|e| SweepError::Recorder(e.to_string()))?
+        .map_err(SweepError::State)
+}
