@@ -29,6 +29,11 @@ use crate::policy::finding::Notice;
 /// The `recipient` of messages to non-e-mail channels (the channel itself).
 pub const CHANNEL_RECIPIENT: &str = "channel";
 
+/// A digest of more notices than this is sent in parts: a first sweep over a large organisation
+/// can flag tens of thousands of keys, and one message listing them all would be megabytes that
+/// no mail server, chat or reader takes, and that the sweep would hold in memory at once.
+pub const MAX_NOTICES_PER_DIGEST: usize = 500;
+
 /// Composes every message of one sweep. See the module docs for the routing rules.
 pub fn compose(
     notices: &[Notice],
@@ -90,13 +95,25 @@ pub fn compose(
                 }
             }
             _ => {
-                let list = dedup_notices(list);
-                let digest = Digest::notices(kind, run_id, now, &list);
+                let mut list = dedup_notices(list);
+                // Projects stay together across parts.
+                list.sort_by(|a, b| {
+                    (&a.finding.id.organization, &a.finding.id.project_id)
+                        .cmp(&(&b.finding.id.organization, &b.finding.id.project_id))
+                });
                 let to = to_lists
                     .get(&(channel.clone(), recipient.clone()))
                     .cloned()
                     .unwrap_or_default();
-                out.extend(render_digest(ch, &recipient, &to, &digest, run_id));
+                for (i, part) in list.chunks(MAX_NOTICES_PER_DIGEST).enumerate() {
+                    let digest = Digest::notices(kind, run_id, now, part);
+                    // Part 0 keeps the id an unsplit digest has always had.
+                    let scope = match i {
+                        0 => run_id.to_string(),
+                        i => format!("{run_id}/part-{i}"),
+                    };
+                    out.extend(render_digest(ch, &recipient, &to, &digest, &scope));
+                }
             }
         }
     }

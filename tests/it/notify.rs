@@ -17,6 +17,7 @@ use keysweep::inventory::OwnerType;
 use keysweep::notify::alert::EnforcerAlert;
 use keysweep::notify::outbox;
 use keysweep::notify::render::{SLACK_MAX_BLOCKS, SLACK_MAX_TEXT};
+use keysweep::notify::route::MAX_NOTICES_PER_DIGEST;
 use keysweep::notify::{MessageKind, Notifier, OutboxMessage, compose};
 use keysweep::policy::finding::{Finding, FindingId, Notice, NoticeKind, Stage};
 use rusqlite::Connection;
@@ -617,6 +618,80 @@ fn slack_split_keeps_every_key_and_stays_within_limits() {
     );
     let ids: BTreeSet<&str> = slack.iter().map(|m| m.message_id.as_str()).collect();
     assert_eq!(ids.len(), slack.len());
+}
+
+#[test]
+fn large_digests_go_out_in_parts_that_keep_every_key_once() {
+    let cfg = config(&offline_endpoints());
+    let n = 2 * MAX_NOTICES_PER_DIGEST + 7;
+    let notices: Vec<Notice> = (0..n)
+        .map(|i| {
+            let p = i % 3;
+            let f = finding(
+                (&format!("proj_{p}"), &format!("project-{p}")),
+                (
+                    &format!("kid{i:05}z"),
+                    &format!("name-{i}"),
+                    &format!("sk-proj-***{i:05}"),
+                ),
+                (OwnerType::User, "dev@example.com", Some("dev@example.com")),
+                "max-age",
+                Action::Revoke,
+                Stage::Warned,
+            );
+            notice(NoticeKind::Warning, f)
+        })
+        .collect();
+    let msgs = compose(&notices, &[], &cfg, RUN, NOW);
+    let mut groups: std::collections::BTreeMap<(String, String), Vec<&OutboxMessage>> =
+        Default::default();
+    for m in msgs
+        .iter()
+        .filter(|m| m.channel != "pd" && m.channel != "slack")
+    {
+        groups
+            .entry((m.channel.clone(), m.recipient.clone()))
+            .or_default()
+            .push(m);
+    }
+    assert!(!groups.is_empty(), "no digest composed");
+    for ((channel, recipient), parts) in &groups {
+        assert_eq!(
+            parts.len(),
+            3,
+            "{channel}/{recipient}: {n} notices in parts of {MAX_NOTICES_PER_DIGEST}"
+        );
+        let mut count = vec![0usize; n];
+        for m in parts {
+            let text = m.payload.to_string();
+            // Every key id in the message, once (an e-mail names each in text and HTML).
+            let here: BTreeSet<usize> = text
+                .match_indices("kid")
+                .filter_map(|(at, _)| {
+                    let id = text.get(at + 3..at + 9)?;
+                    id.strip_suffix('z')?.parse().ok()
+                })
+                .collect();
+            assert!(
+                here.len() <= MAX_NOTICES_PER_DIGEST,
+                "{channel}: {} keys in one message",
+                here.len()
+            );
+            for i in here {
+                count[i] += 1;
+            }
+        }
+        assert!(
+            count.iter().all(|&c| c == 1),
+            "{channel}/{recipient}: a key is missing or repeated"
+        );
+    }
+    let ids: BTreeSet<&str> = msgs.iter().map(|m| m.message_id.as_str()).collect();
+    assert_eq!(
+        ids.len(),
+        msgs.len(),
+        "message ids must stay unique across parts"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
