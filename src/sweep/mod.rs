@@ -364,27 +364,25 @@ impl Sweeper {
         let mut candidates = Vec::new();
         let mut alerts = unsettled;
         let mut notices: Vec<Notice> = Vec::new();
-        let mut changed: Vec<Finding> = Vec::new();
+        // Findings to write, as indices into `report.findings` (a first sweep of a large
+        // organisation has tens of thousands: no second copy), with what their audit record
+        // says. A finding may appear twice (dry-run note); the later write wins.
+        let mut changed: Vec<(usize, Option<(Option<Stage>, Vec<NoticeKind>)>)> = Vec::new();
         let mut records: Vec<AuditRecord> = Vec::new();
         for ((org, mut step), open) in inventory.orgs.iter().zip(steps).zip(&open_by_org) {
             alerts.extend(org_alerts(org, now));
             evaluator.gone(open, &complete_projects(org), &mut step);
-            for (prev_stage, t) in &step.transitions {
-                let Some(next) = &t.next else { continue };
+            for (prev_stage, t) in std::mem::take(&mut step.transitions) {
+                notices.extend(t.notices(dry_run));
+                let Some(next) = t.next else { continue };
                 let moved = prev_stage.is_none_or(|s| s != next.stage) || !t.notices.is_empty();
                 if moved {
-                    changed.push(next.clone());
-                    records.push(decision_record(
-                        next,
-                        *prev_stage,
-                        &t.notices,
-                        mode,
-                        run_id,
-                        &hash,
-                        now,
-                    ));
+                    changed.push((report.findings.len(), Some((prev_stage, t.notices))));
                 }
-                notices.extend(t.notices(dry_run));
+                report.findings.push(FindingView {
+                    plan: String::new(),
+                    finding: next,
+                });
             }
             for (key, reason, until) in &step.expired {
                 records.push(
@@ -403,14 +401,6 @@ impl Sweeper {
             report.exempted.extend(step.exempted);
             report.expired_exemptions.extend(step.expired);
             candidates.extend(step.candidates);
-            report
-                .findings
-                .extend(step.transitions.into_iter().filter_map(|(_, t)| {
-                    t.next.map(|finding| FindingView {
-                        plan: String::new(),
-                        finding,
-                    })
-                }));
         }
 
         // Dry-run: a due revocation is announced once as "would be revoked". Indexed: with 100k
@@ -420,7 +410,6 @@ impl Sweeper {
             for (i, v) in report.findings.iter().enumerate() {
                 index.entry(v.finding.id.clone()).or_insert(i);
             }
-            let mut noted = Vec::new();
             for c in &candidates {
                 let Some(&i) = index.get(&c.finding) else {
                     continue;
@@ -429,11 +418,9 @@ impl Sweeper {
                 if f.finding.dry_run_noted_at.is_none() {
                     f.finding.dry_run_noted_at = Some(now);
                     notices.push(lifecycle::revoked_notice(&f.finding, true));
-                    noted.push(f.finding.clone());
+                    changed.push((i, None));
                 }
             }
-            // After `changed`: the later write of a finding wins.
-            changed.extend(noted);
         }
 
         // 5 (planned now, so cap and kill-switch alerts go out with this sweep's notices).
@@ -482,10 +469,30 @@ impl Sweeper {
         records.extend(skipped);
         // One transaction: a crash leaves either the advanced findings with their notices and
         // audit records, or none of them (and the next sweep does the step again).
+        let findings = &report.findings;
         let queued = self.enqueue(
-            &store, &changed, &notices, &alerts, run_id, now, records, mode,
+            &store,
+            |tx| {
+                for (i, decision) in &changed {
+                    let f = &findings[*i].finding;
+                    state::findings::upsert_finding(tx, f, now)?;
+                    if let Some((before, kinds)) = decision {
+                        audit::append(
+                            tx,
+                            &decision_record(f, *before, kinds, mode, run_id, &hash, now),
+                        )?;
+                    }
+                }
+                Ok(())
+            },
+            &notices,
+            &alerts,
+            run_id,
+            now,
+            records,
+            mode,
         )?;
-        drop(changed);
+        drop((changed, notices));
         report.notices_queued += queued;
 
         // 4. Deliver before deleting, so final notices reach people first.
@@ -530,7 +537,7 @@ impl Sweeper {
             let after_alerts = self.dedup_alerts(&store, after_alerts, now)?;
             report.notices_queued += self.enqueue(
                 &store,
-                &revoked,
+                |tx| state::findings::upsert_findings(tx, &revoked, now),
                 &after_notices,
                 &after_alerts,
                 run_id,
@@ -633,13 +640,13 @@ impl Sweeper {
         Ok(out)
     }
 
-    /// Composes digests and writes them, with the findings, alerts and audit records, in one
-    /// transaction.
+    /// Composes digests and writes them in one transaction with what `findings` writes (the
+    /// findings and their decision records), the alerts and `records`.
     #[allow(clippy::too_many_arguments)]
     fn enqueue(
         &self,
         store: &Store,
-        findings: &[Finding],
+        findings: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<(), state::StateError>,
         notices: &[Notice],
         alerts: &[EnforcerAlert],
         run_id: &str,
@@ -663,7 +670,7 @@ impl Sweeper {
             );
         }
         store.tx(|tx| {
-            state::findings::upsert_findings(tx, findings, now)?;
+            findings(tx)?;
             notify::outbox::enqueue(tx, &messages, now)?;
             for a in alerts {
                 state::alerts::record_raised(tx, a, now)?;
