@@ -342,7 +342,9 @@ impl Sweeper {
             None,
         )
         .await;
+        let listed_secs = started.elapsed().as_secs_f64();
         let steps = recorder.finish().await?;
+        let recorded_secs = started.elapsed().as_secs_f64();
         for org in &inventory.orgs {
             self.metrics
                 .observe_inventory(&org.organization, &org.projects);
@@ -367,7 +369,7 @@ impl Sweeper {
         // Findings to write, as indices into `report.findings` (a first sweep of a large
         // organisation has tens of thousands: no second copy), with what their audit record
         // says. A finding may appear twice (dry-run note); the later write wins.
-        let mut changed: Vec<(usize, Option<(Option<Stage>, Vec<NoticeKind>)>)> = Vec::new();
+        let mut changed: Vec<(usize, Decision)> = Vec::new();
         let mut records: Vec<AuditRecord> = Vec::new();
         for ((org, mut step), open) in inventory.orgs.iter().zip(steps).zip(&open_by_org) {
             alerts.extend(org_alerts(org, now));
@@ -493,6 +495,7 @@ impl Sweeper {
             mode,
         )?;
         drop((changed, notices));
+        let committed_secs = started.elapsed().as_secs_f64();
         report.notices_queued += queued;
 
         // 4. Deliver before deleting, so final notices reach people first.
@@ -613,6 +616,9 @@ impl Sweeper {
             revoked = report.revoked_count(),
             notices = report.notices_queued,
             seconds = elapsed,
+            listed_secs,
+            recorded_secs,
+            committed_secs,
             "sweep finished"
         );
         report.inventory = inventory;
@@ -683,6 +689,10 @@ impl Sweeper {
         Ok(messages.len())
     }
 }
+
+/// What a changed finding's audit record says: the stage before and the notices sent; `None`
+/// for a rewrite that is not a decision (the dry-run "would be revoked" note).
+type Decision = Option<(Option<Stage>, Vec<NoticeKind>)>;
 
 /// The projects of `org` whose listing is complete: the only ones whose missing keys are gone.
 fn complete_projects<K>(org: &OrgInventory<K>) -> HashSet<&str> {
