@@ -22,6 +22,8 @@ pub struct Digest {
     /// Unix seconds the digest was composed at.
     pub generated_at: i64,
     pub body: Body,
+    /// `(i, n)`: part `i` (from 1) of a digest sent as `n` messages; `None` when sent whole.
+    pub part: Option<(usize, usize)>,
 }
 
 #[derive(Debug, Clone)]
@@ -104,6 +106,7 @@ impl Digest {
             run_id: run_id.to_string(),
             generated_at: now,
             body: Body::Notices(groups),
+            part: None,
         }
     }
 
@@ -113,6 +116,7 @@ impl Digest {
             run_id: run_id.to_string(),
             generated_at: now,
             body: Body::Alerts(alerts.iter().map(|a| (*a).clone()).collect()),
+            part: None,
         }
     }
 
@@ -122,6 +126,7 @@ impl Digest {
             run_id: run_id.to_string(),
             generated_at: now,
             body: Body::Test,
+            part: None,
         }
     }
 
@@ -148,6 +153,13 @@ impl Digest {
     /// The one-line title used as e-mail subject (after `[keysweep] `), Slack header and
     /// webhook summary.
     pub fn title(&self) -> String {
+        match self.part {
+            Some((i, n)) if n > 1 => format!("{} (part {i} of {n})", self.whole_title()),
+            _ => self.whole_title(),
+        }
+    }
+
+    fn whole_title(&self) -> String {
         let n = self.count();
         let keys = plural(n, "API key", "API keys");
         // Subject-verb agreement: "1 API key violates", "2 API keys violate".

@@ -105,8 +105,10 @@ pub fn compose(
                     .get(&(channel.clone(), recipient.clone()))
                     .cloned()
                     .unwrap_or_default();
+                let parts = list.len().div_ceil(MAX_NOTICES_PER_DIGEST);
                 for (i, part) in list.chunks(MAX_NOTICES_PER_DIGEST).enumerate() {
-                    let digest = Digest::notices(kind, run_id, now, part);
+                    let mut digest = Digest::notices(kind, run_id, now, part);
+                    digest.part = Some((i + 1, parts));
                     // Part 0 keeps the id an unsplit digest has always had.
                     let scope = match i {
                         0 => run_id.to_string(),

@@ -655,6 +655,7 @@ fn large_digests_go_out_in_parts_that_keep_every_key_once() {
             .push(m);
     }
     assert!(!groups.is_empty(), "no digest composed");
+    let mut emails = 0;
     for ((channel, recipient), parts) in &groups {
         assert_eq!(
             parts.len(),
@@ -685,7 +686,26 @@ fn large_digests_go_out_in_parts_that_keep_every_key_once() {
             count.iter().all(|&c| c == 1),
             "{channel}/{recipient}: a key is missing or repeated"
         );
+        // E-mail subjects say which part a message is.
+        if channel == "sec-email" {
+            let mut labels: Vec<String> = parts
+                .iter()
+                .filter_map(|m| {
+                    let subject = m.payload["subject"].as_str()?;
+                    let at = subject.rfind("(part ")?;
+                    Some(subject[at..].to_string())
+                })
+                .collect();
+            labels.sort();
+            assert_eq!(
+                labels,
+                ["(part 1 of 3)", "(part 2 of 3)", "(part 3 of 3)"],
+                "{channel}/{recipient}"
+            );
+            emails += 1;
+        }
     }
+    assert!(emails > 0, "no e-mail digest composed");
     let ids: BTreeSet<&str> = msgs.iter().map(|m| m.message_id.as_str()).collect();
     assert_eq!(
         ids.len(),
