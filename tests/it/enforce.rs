@@ -1092,6 +1092,20 @@ async fn a_project_whose_second_page_fails_is_left_alone_while_others_proceed() 
     for k in &old[broken] {
         assert!(open.contains(k), "finding of {k} was closed");
     }
+    // The keys of the page that did arrive are recorded as seen (they exist); none of the
+    // project's keys is marked gone, because the listing was not the whole project.
+    let (seen, gone): (i64, i64) = store
+        .with_conn(|c| {
+            Ok(c.query_row(
+                "SELECT COALESCE(SUM(last_seen = ?2), 0), COALESCE(SUM(gone_at IS NOT NULL), 0)
+                   FROM key_observations WHERE organization = ?3 AND project_id = ?1",
+                rusqlite::params![broken, NOW + 15 * DAY, ORG],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?)
+        })
+        .unwrap();
+    assert_eq!(seen, 100, "page 1 of the broken project");
+    assert_eq!(gone, 0, "keys marked gone from a partial listing");
     assert!(
         audit_rows(&store).iter().any(
             |r| r.record.kind == AuditKind::Alert && r.record.message.contains(broken.as_str())
