@@ -1075,6 +1075,65 @@ enum Down {
     Webhook,
 }
 
+// ---------------------------------------------------------------------------------------------
+// The state database refuses writes mid-sweep
+
+/// The observations the recorder writes while the listing runs are refused (as a full disk or
+/// a read-only volume would): the sweep fails as a whole, before any plan or delete, and the
+/// next sweep on a healthy database does everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_database_refusing_writes_mid_listing_fails_the_sweep_before_any_delete() {
+    let w = World::new(Knobs::default()).await;
+    warn_first(&w).await;
+    let findings_before = w.findings();
+    let audit_before = w.audit().len();
+    // A temporary trigger lives on the sweeper's own connection only.
+    let store = w.sweeper.store().unwrap().clone();
+    store
+        .with_conn(|c| {
+            Ok(c.execute_batch(
+                "CREATE TEMP TRIGGER refuse_insert BEFORE INSERT ON main.key_observations
+                 BEGIN SELECT RAISE(ABORT, 'disk I/O error (injected)'); END;
+                 CREATE TEMP TRIGGER refuse_update BEFORE UPDATE ON main.key_observations
+                 BEGIN SELECT RAISE(ABORT, 'disk I/O error (injected)'); END;",
+            )?)
+        })
+        .unwrap();
+    let err = tokio::time::timeout(PATIENCE, w.sweeper.run_once(&SweepOptions::new(T2)))
+        .await
+        .expect("the sweep hung")
+        .expect_err("a sweep whose observations could not be written reported success");
+    let chain = format!("{:#}", anyhow::Error::from(err));
+    assert!(chain.contains("injected"), "{chain}");
+    for (org, project, key) in World::due_keys() {
+        assert!(
+            w.exists(org, project, key),
+            "{key} deleted by a failed sweep"
+        );
+    }
+    assert!(
+        !w.audit()[audit_before..]
+            .iter()
+            .any(|row| matches!(row.record.kind, AuditKind::Intent | AuditKind::Outcome)),
+        "a DELETE was attempted by a failed sweep"
+    );
+    assert_eq!(
+        w.findings(),
+        findings_before,
+        "findings changed by a failed sweep"
+    );
+    w.assert_audit_verifies();
+
+    store
+        .with_conn(|c| {
+            Ok(c.execute_batch(
+                "DROP TRIGGER temp.refuse_insert; DROP TRIGGER temp.refuse_update;",
+            )?)
+        })
+        .unwrap();
+    recovers(&w).await;
+}
+
 /// The API is fine, so the sweeps are complete and enforced; the messages for the dead receiver
 /// wait in the outbox and are retried. With `max_attempts = 3`, sweep 1's warning is
 /// dead-lettered on the third failure and a `delivery_failed` alert goes out through the other
