@@ -96,6 +96,9 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Audit(args) => audit(&cli, args),
         Command::Notify(args) => match &args.command {
             NotifyCommand::Test { channel } => notify_test(load(&cli)?, channel).await,
+            NotifyCommand::RetryDead { channel } => {
+                notify_retry_dead(load(&cli)?, channel.as_deref())
+            }
         },
         Command::Demo(args) => {
             crate::telemetry::init_with_default(None, "warn").ok();
@@ -403,6 +406,37 @@ async fn notify_test(config: Config, channel: &str) -> Result<ExitCode> {
             Ok(ExitCode::from(EXIT_INCOMPLETE))
         }
     }
+}
+
+/// Requeues dead-lettered messages. It does not deliver them itself: the daemon may be running,
+/// and one process delivering the outbox is what keeps a message from going out twice.
+fn notify_retry_dead(config: Config, channel: Option<&str>) -> Result<ExitCode> {
+    if let Some(name) = channel
+        && config.channel(name).is_none()
+    {
+        let names: Vec<&str> = config.channels.iter().map(|c| c.name.as_str()).collect();
+        bail!(
+            "no channel named {name:?} (configured: {})",
+            names.join(", ")
+        );
+    }
+    let store = Store::open_existing(&config.state_path)
+        .with_context(|| format!("opening the state database {}", config.state_path.display()))?;
+    let requeued = store.tx(|tx| {
+        crate::notify::outbox::requeue_dead(tx, channel).map_err(crate::state::StateError::from)
+    })?;
+    tracing::info!(
+        requeued,
+        channel = channel.unwrap_or("*"),
+        "dead-lettered messages requeued"
+    );
+    println!(
+        "requeued {requeued} dead-lettered message(s){}; the daemon (or the next `run --once`) delivers them",
+        channel
+            .map(|c| format!(" of channel {c:?}"))
+            .unwrap_or_default()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The daemon: wires `sweep::Sweeper` into `daemon::run` (schedules, signals, ops endpoints).

@@ -119,4 +119,11 @@ pub enum NotifyCommand {
         #[arg(long)]
         channel: String,
     },
+    /// Put dead-lettered messages back in the outbox (after fixing their channel); the daemon,
+    /// or the next `run --once`, delivers them with their original message ids.
+    RetryDead {
+        /// Only this channel's messages.
+        #[arg(long)]
+        channel: Option<String>,
+    },
 }

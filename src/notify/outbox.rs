@@ -178,6 +178,18 @@ pub fn mark_dead(conn: &Connection, id: i64, error: &str) -> Result<(), NotifyEr
     Ok(())
 }
 
+/// Puts dead-lettered messages (of `channel`, or of every channel) back in the queue with a
+/// fresh set of attempts, due at once: after the operator fixed the channel. Each keeps its
+/// `message_id`, so a receiver that did get an earlier attempt can tell the repeat. Returns how
+/// many were requeued.
+pub fn requeue_dead(conn: &Connection, channel: Option<&str>) -> Result<usize, NotifyError> {
+    Ok(conn.execute(
+        "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = created_at
+          WHERE status = 'dead' AND (?1 IS NULL OR channel = ?1)",
+        params![channel],
+    )?)
+}
+
 pub fn depth(conn: &Connection) -> Result<OutboxDepth, NotifyError> {
     let (pending, dead): (i64, i64) = conn.query_row(
         "SELECT COALESCE(SUM(status = 'pending'), 0), COALESCE(SUM(status = 'dead'), 0) FROM outbox",

@@ -1239,6 +1239,50 @@ async fn receiver_down(down: Down) {
         .filter(|m| m.channel == dead_channel && m.status == "sent")
         .count();
     assert!(sent_to_dead >= 2, "the final and revoked notices were lost");
+
+    // The operator, channel fixed, puts the dead letters back (`notify retry-dead`, the real
+    // binary); the next delivery sends them with their original ids, and nothing is left.
+    let dead_ids: Vec<&str> = rows
+        .iter()
+        .filter(|m| m.status == "dead")
+        .map(|m| m.message_id.as_str())
+        .collect();
+    assert!(!dead_ids.is_empty());
+    let unknown = keysweep_cmd(&w)
+        .args(["notify", "retry-dead", "--channel", "nope"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no channel named \"nope\""));
+    let out = keysweep_cmd(&w)
+        .args(["notify", "retry-dead", "--channel", dead_channel])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("requeued {} dead-lettered", dead_ids.len())),
+        "{stdout}"
+    );
+    let d = w.deliver(T2 + 3 * 3600).await;
+    assert_eq!(d.failed + d.dead, 0, "{d:?}");
+    assert_eq!(d.sent as usize, dead_ids.len(), "{d:?}");
+    let rows = w.outbox();
+    assert!(
+        rows.iter().all(|m| m.status == "sent"),
+        "{:?}",
+        rows.iter()
+            .filter(|m| m.status != "sent")
+            .collect::<Vec<_>>()
+    );
+    let received: Vec<&StoredMessage> = rows.iter().collect();
+    w.assert_rows_received(&received);
     w.assert_audit_verifies();
 }
 
