@@ -96,7 +96,7 @@ pub fn compose(
             }
             _ => {
                 let mut list = dedup_notices(list);
-                // Projects stay together across parts.
+                // Sorted by project: a project's notices fill consecutive parts.
                 list.sort_by(|a, b| {
                     (&a.finding.id.organization, &a.finding.id.project_id)
                         .cmp(&(&b.finding.id.organization, &b.finding.id.project_id))

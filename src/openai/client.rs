@@ -751,6 +751,8 @@ struct Pager<W> {
     ids_seen: HashSet<String>,
     pages: usize,
     done: bool,
+    /// A page failed: the listing is over and must never look finished.
+    failed: bool,
     _item: std::marker::PhantomData<fn() -> W>,
 }
 
@@ -764,16 +766,23 @@ impl<W: DeserializeOwned + HasId> Pager<W> {
             ids_seen: HashSet::new(),
             pages: 0,
             done: false,
+            failed: false,
             _item: std::marker::PhantomData,
         }
     }
 
     async fn next(&mut self, client: &AdminClient) -> Result<Option<Vec<W>>, Error> {
+        if self.failed {
+            return Err(Error::Pagination {
+                ctx: self.ctx.clone(),
+                detail: "an earlier page of this listing failed".to_string(),
+            });
+        }
         if self.done {
             return Ok(None);
         }
-        // Whatever happens below, a failed page ends the listing.
-        self.done = true;
+        // Any early return below is a failed page; only the end of this function clears it.
+        self.failed = true;
         if self.pages == MAX_PAGES {
             return Err(Error::Pagination {
                 ctx: self.ctx.clone(),
@@ -827,6 +836,7 @@ impl<W: DeserializeOwned + HasId> Pager<W> {
                 });
             }
         }
+        self.failed = false;
         self.done = next.is_none();
         self.cursor = next;
         Ok(Some(page.data))

@@ -34,7 +34,8 @@ pub trait KeySink: Send + 'static {
 
     /// One page of keys, in listing order, with owner e-mails filled in where the project's
     /// users could tell. Awaiting here slows the listing down (backpressure), never loses keys.
-    fn page(&mut self, keys: Vec<Key>) -> impl Future<Output = ()> + Send;
+    /// `false` means the sink can take no more: the project's listing stops, incomplete.
+    fn page(&mut self, keys: Vec<Key>) -> impl Future<Output = bool> + Send;
 
     /// The listing ended. Unless `listing` is complete, the pages seen were not the whole
     /// project and nothing may be concluded from what is missing.
@@ -45,8 +46,9 @@ pub trait KeySink: Send + 'static {
 impl KeySink for Vec<Key> {
     type Kept = Vec<Key>;
 
-    async fn page(&mut self, keys: Vec<Key>) {
+    async fn page(&mut self, keys: Vec<Key>) -> bool {
         self.extend(keys);
+        true
     }
 
     async fn finish(mut self, listing: &Listing) -> Vec<Key> {
@@ -361,13 +363,27 @@ async fn list_project<S: KeySink>(
         let mut pages = client.key_pages(&project)?;
         while let Some(mut page) = pages.next_page().await? {
             emails.fill(&client, &project, &mut page).await;
-            sink.page(page).await;
+            if !sink.page(page).await {
+                return Ok(false);
+            }
         }
-        Ok::<(), crate::openai::Error>(())
+        Ok::<bool, crate::openai::Error>(true)
     }
     .await;
     match listed {
-        Ok(()) => {
+        Ok(false) => {
+            let listing =
+                Listing::Incomplete("listing stopped: the keys could not be recorded".to_string());
+            ProjectResult {
+                inventory: ProjectInventory {
+                    keys: sink.finish(&listing).await,
+                    project,
+                    listing,
+                },
+                unauthorized: None,
+            }
+        }
+        Ok(true) => {
             let listing = Listing::Complete;
             ProjectResult {
                 inventory: ProjectInventory {

@@ -371,9 +371,16 @@ impl Sweeper {
         // says. A finding may appear twice (dry-run note); the later write wins.
         let mut changed: Vec<(usize, Decision)> = Vec::new();
         let mut records: Vec<AuditRecord> = Vec::new();
-        for ((org, mut step), open) in inventory.orgs.iter().zip(steps).zip(&open_by_org) {
+        for ((org, recorded), open) in inventory.orgs.iter().zip(steps).zip(&open_by_org) {
             alerts.extend(org_alerts(org, now));
-            evaluator.gone(open, &complete_projects(org), &mut step);
+            let mut step = recorded.step;
+            // Complete by the listing *and* evaluated by the recorder: a project whose keys the
+            // recorder did not see must not have its findings closed as gone.
+            let complete: HashSet<&str> = complete_projects(org)
+                .into_iter()
+                .filter(|p| recorded.complete.contains(*p))
+                .collect();
+            evaluator.gone(open, &complete, &mut step);
             for (prev_stage, t) in std::mem::take(&mut step.transitions) {
                 notices.extend(t.notices(dry_run));
                 let Some(next) = t.next else { continue };

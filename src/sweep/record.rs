@@ -60,18 +60,18 @@ pub(crate) struct Sink {
 impl KeySink for Sink {
     type Kept = KeyTally;
 
-    async fn page(&mut self, keys: Vec<Key>) {
+    async fn page(&mut self, keys: Vec<Key>) -> bool {
         self.tally.add(&keys, self.now);
         // A send fails only when the recorder has stopped on an error, which then fails the
-        // sweep before anything is planned; the listing just runs out.
-        let _ = self
-            .tx
+        // sweep before anything is planned: stop listing, there is nothing to list for.
+        self.tx
             .send(Msg::Page {
                 org: self.org,
                 project_id: self.project_id.clone(),
                 keys,
             })
-            .await;
+            .await
+            .is_ok()
     }
 
     async fn finish(self, listing: &Listing) -> KeyTally {
@@ -93,12 +93,29 @@ impl KeySink for Sink {
     }
 }
 
-/// The running recorder of one sweep.
+/// What the recorder kept of one organisation: the evaluation of its completely listed
+/// projects, and which projects those are.
+#[derive(Default)]
+pub(crate) struct Recorded {
+    pub step: Step,
+    pub complete: HashSet<String>,
+}
+
+/// The running recorder of one sweep. Dropping it (a sweep aborted at shutdown) stops the task
+/// after the batch being written.
 pub(crate) struct Recorder {
     tx: mpsc::Sender<Msg>,
     names: Vec<String>,
     now: i64,
-    task: JoinHandle<Result<Vec<Step>, SweepError>>,
+    task: Option<JoinHandle<Result<Vec<Recorded>, SweepError>>>,
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
 }
 
 /// What the recorder keeps of a project until its listing ends.
@@ -139,7 +156,7 @@ impl Recorder {
             tx,
             names,
             now,
-            task,
+            task: Some(task),
         }
     }
 
@@ -159,12 +176,15 @@ impl Recorder {
         }
     }
 
-    /// Waits for everything sent to be recorded; returns each organisation's evaluation of its
+    /// Waits for everything sent to be recorded; returns, per organisation, the evaluation of its
     /// completely listed projects. Call it once every sink is gone.
-    pub(crate) async fn finish(self) -> Result<Vec<Step>, SweepError> {
-        drop(self.tx);
-        self.task
-            .await
+    pub(crate) async fn finish(mut self) -> Result<Vec<Recorded>, SweepError> {
+        let Some(task) = self.task.take() else {
+            return Err(SweepError::Recorder("finished twice".to_string()));
+        };
+        // The recorder's loop ends when every sender is gone: the sinks are, this is the last.
+        drop(self);
+        task.await
             .map_err(|e| SweepError::Recorder(e.to_string()))?
     }
 }
@@ -175,10 +195,10 @@ async fn record(
     evaluator: Evaluator,
     open: Vec<Arc<OpenFindings>>,
     names: Vec<String>,
-) -> Result<Vec<Step>, SweepError> {
+) -> Result<Vec<Recorded>, SweepError> {
     let names = Arc::new(names);
     let now = evaluator.now;
-    let mut accepted: Vec<Step> = open.iter().map(|_| Step::default()).collect();
+    let mut accepted: Vec<Recorded> = open.iter().map(|_| Recorded::default()).collect();
     let mut pending: HashMap<(usize, Arc<str>), Pending> = HashMap::new();
     let mut writing: Option<JoinHandle<Result<(), state::StateError>>> = None;
     while let Some(first) = rx.recv().await {
@@ -224,7 +244,8 @@ async fn record(
                         .remove(&(org, project_id.clone()))
                         .unwrap_or_default();
                     if complete && let Some(into) = accepted.get_mut(org) {
-                        into.absorb(p.step);
+                        into.step.absorb(p.step);
+                        into.complete.insert(project_id.to_string());
                         writes.push(Write::Gone {
                             org,
                             project_id,

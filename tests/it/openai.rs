@@ -426,6 +426,31 @@ async fn persistent_failure_leaves_only_that_project_incomplete() {
     assert_others_complete(&inv, &sim, &[&projects[2]]);
 }
 
+/// Page by page: the first page arrives, the second fails, and every later call fails too; a
+/// listing that failed can never look finished.
+#[tokio::test]
+async fn key_pages_after_a_failed_page_never_report_the_end() {
+    let org = SimOrg::generate(1, 150, 14, NOW);
+    let projects = active_projects(&org);
+    let sim = sim(org).await;
+    sim.faults().add(
+        Fault::on_list_keys(&projects[0])
+            .page(2)
+            .respond(FaultKind::Status(503)),
+    );
+    let s = setup(&sim, limits(), |_| {});
+    let project = scan(&s).await.orgs[0].projects[0].project.clone();
+    let mut pages = s.clients[0].key_pages(&project).unwrap();
+    let first = pages.next_page().await.unwrap().expect("page 1");
+    assert_eq!(first.len(), 100);
+    let e = pages.next_page().await.expect_err("page 2 must fail");
+    assert!(e.to_string().contains("HTTP 503"), "{e}");
+    for _ in 0..2 {
+        let again = pages.next_page().await;
+        assert!(again.is_err(), "after a failed page: {again:?}");
+    }
+}
+
 #[tokio::test]
 async fn broken_bodies_make_projects_incomplete_never_panic() {
     let org = SimOrg::generate(6, 120, 17, NOW);
