@@ -4,17 +4,21 @@
 //! drive. The order is the safety argument:
 //!
 //! 1. settle DELETE intents that a crash left without an outcome (GET the key: gone or not);
-//! 2. list every selected project; a project whose listing is incomplete is never acted on and
-//!    none of its findings is closed as "gone";
-//! 3. evaluate each key (pure `policy`), advance each (key, policy) finding (pure lifecycle),
-//!    and commit findings, their notices (outbox) and audit records in ONE transaction, so a
-//!    crash never sends a notice twice or forgets one;
+//! 2. list every selected project, streaming each page to the recorder (`record.rs`), which
+//!    evaluates its keys (pure `evaluate.rs` over `policy`) and records their observations as
+//!    they arrive; a project whose listing is incomplete is never acted on, and none of its
+//!    findings is closed as "gone";
+//! 3. once the listing is in: advance each (key, policy) finding (pure lifecycle), plan the
+//!    revocations under the rails (mode, kill switch, caps, service-account rule), and commit
+//!    findings, their notices (outbox), alerts and audit records in ONE transaction, so a crash
+//!    never sends a notice twice or forgets one;
 //! 4. deliver what is due (so the final notice goes out before the delete that follows it);
-//! 5. plan revocations under the rails (mode, kill switch, caps, service-account rule) and hand
-//!    the approved ones to `revoke`, which re-reads every key before deleting it;
+//! 5. hand the approved revocations to `revoke`, which re-reads every key before deleting it;
 //! 6. commit revoked findings and their notices, deliver again, record the sweep.
 //!
-//! `scan` uses the same evaluation without writing anything (`Sweeper::preview`).
+//! A sweep keeps the findings, never the keys: memory follows what is wrong, not the size of
+//! the organisation. `scan` uses the same evaluation without writing anything
+//! (`Sweeper::preview`) and keeps every key, because it prints them.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
