@@ -370,44 +370,29 @@ async fn list_project<S: KeySink>(
         Ok::<bool, crate::openai::Error>(true)
     }
     .await;
-    match listed {
-        Ok(false) => {
-            let listing =
-                Listing::Incomplete("listing stopped: the keys could not be recorded".to_string());
-            ProjectResult {
-                inventory: ProjectInventory {
-                    keys: sink.finish(&listing).await,
-                    project,
-                    listing,
-                },
-                unauthorized: None,
-            }
-        }
-        Ok(true) => {
-            let listing = Listing::Complete;
-            ProjectResult {
-                inventory: ProjectInventory {
-                    keys: sink.finish(&listing).await,
-                    project,
-                    listing,
-                },
-                unauthorized: None,
-            }
-        }
+    let (listing, unauthorized) = match listed {
+        Ok(true) => (Listing::Complete, None),
+        Ok(false) => (
+            Listing::Incomplete("listing stopped: the keys could not be recorded".to_string()),
+            None,
+        ),
         Err(e) => {
             tracing::warn!(organization = %client.org_name(), project = %project.id, error = %e,
                 "project listing incomplete");
             let reason = e.to_string();
-            let listing = Listing::Incomplete(reason.clone());
-            ProjectResult {
-                unauthorized: e.is_unauthorized().then_some(reason),
-                inventory: ProjectInventory {
-                    keys: sink.finish(&listing).await,
-                    project,
-                    listing,
-                },
-            }
+            (
+                Listing::Incomplete(reason.clone()),
+                e.is_unauthorized().then_some(reason),
+            )
         }
+    };
+    ProjectResult {
+        inventory: ProjectInventory {
+            keys: sink.finish(&listing).await,
+            project,
+            listing,
+        },
+        unauthorized,
     }
 }
 
