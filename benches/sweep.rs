@@ -720,6 +720,7 @@ async fn run_sweeper(s: &Scenario) -> Result<()> {
     // Sweep 2: steady state (observations and findings already stored).
     let second = if s.second_sweep {
         sim.reset()?;
+        let (c0, s0) = (cpu_seconds("/proc/self/stat"), sim.cpu());
         let t = Instant::now();
         let r2 = sweeper
             .run_once(&SweepOptions {
@@ -729,7 +730,8 @@ async fn run_sweeper(s: &Scenario) -> Result<()> {
             })
             .await?;
         let w = t.elapsed();
-        Some((w, sim.stats()?, r2.complete()))
+        let cpu = (cpu_seconds("/proc/self/stat") - c0, sim.cpu() - s0);
+        Some((w, sim.stats()?, r2.complete(), cpu))
     } else {
         None
     };
@@ -824,9 +826,9 @@ async fn run_sweeper(s: &Scenario) -> Result<()> {
         ratio(list_wall, best),
         ratio(wall1, best),
     );
-    if let Some((w2, req2, complete2)) = &second {
+    if let Some((w2, req2, complete2, (cpu, sim_cpu))) = &second {
         println!(
-            "sweep 2             {}  (steady state: same keys, findings open; {} requests; {})",
+            "sweep 2             {}  (steady state: same keys, findings open; {} requests; {}; CPU keysweep {cpu:.2} s, simulator {sim_cpu:.2} s)",
             secs(*w2),
             group(req2.values().sum::<u64>()),
             if *complete2 { "complete" } else { "INCOMPLETE" },

@@ -6,7 +6,8 @@
 //! as deleted. Both functions run in one transaction with prepared statements, so a project of
 //! 100k keys costs one commit, not 100k.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
@@ -36,11 +37,11 @@ pub struct Observation {
 /// Records that `keys` (all of project `project_id` of `organization`) were listed at `now`:
 /// inserts new keys with `first_seen = now`, refreshes the snapshot and `last_seen` of known ones
 /// and clears their `gone_at`.
-pub fn record_observations(
+pub fn record_observations<'k>(
     conn: &Connection,
     organization: &str,
     project_id: &str,
-    keys: &[Key],
+    keys: impl IntoIterator<Item = &'k Key>,
     now: i64,
 ) -> Result<(), StateError> {
     in_tx(conn, |conn| {
@@ -75,6 +76,109 @@ pub fn record_observations(
         }
         Ok(())
     })
+}
+
+/// What a steady-state sweep compares instead of rewriting every row: for each key of the
+/// project that is not gone, a hash of its id → a hash of the snapshot columns.
+pub type Fingerprints = HashMap<u64, u64>;
+
+fn hash_id(key_id: &str) -> u64 {
+    // SipHash with fixed keys: the same value for the same text in every process.
+    let mut h = std::hash::DefaultHasher::new();
+    key_id.hash(&mut h);
+    h.finish()
+}
+
+fn hash_snapshot(
+    key_name: &str,
+    redacted_value: &str,
+    owner: &str,
+    owner_type: &str,
+    created_at: i64,
+    last_used_at: Option<i64>,
+) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    (
+        key_name,
+        redacted_value,
+        owner,
+        owner_type,
+        created_at,
+        last_used_at,
+    )
+        .hash(&mut h);
+    h.finish()
+}
+
+/// The fingerprints of the project's keys that are not gone.
+pub fn fingerprints(
+    conn: &Connection,
+    organization: &str,
+    project_id: &str,
+) -> Result<Fingerprints, StateError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT key_id, key_name, redacted_value, owner, owner_type, created_at, last_used_at
+           FROM key_observations
+          WHERE organization = ?1 AND project_id = ?2 AND gone_at IS NULL",
+    )?;
+    let mut rows = stmt.query(params![organization, project_id])?;
+    let mut out = Fingerprints::new();
+    while let Some(r) = rows.next()? {
+        let id: String = r.get(0)?;
+        let (name, redacted, owner, kind): (String, String, String, String) =
+            (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
+        out.insert(
+            hash_id(&id),
+            hash_snapshot(&name, &redacted, &owner, &kind, r.get(5)?, r.get(6)?),
+        );
+    }
+    Ok(out)
+}
+
+/// Like [`record_observations`] for the keys whose snapshot differs from `known` (new keys,
+/// renamed, used since, owner changed, back after being gone); an unchanged key is not
+/// rewritten, its `last_seen` is advanced by [`touch_listed`] once the listing is complete.
+/// Returns how many rows were written.
+pub fn record_changed(
+    conn: &Connection,
+    organization: &str,
+    project_id: &str,
+    keys: &[Key],
+    known: &Fingerprints,
+    now: i64,
+) -> Result<usize, StateError> {
+    let changed: Vec<&Key> = keys
+        .iter()
+        .filter(|k| {
+            let snapshot = hash_snapshot(
+                &k.name,
+                &k.redacted_value,
+                k.owner.display(),
+                k.owner.kind.as_str(),
+                k.created_at,
+                k.last_used_at,
+            );
+            known.get(&hash_id(&k.id)) != Some(&snapshot)
+        })
+        .collect();
+    record_observations(conn, organization, project_id, changed.iter().copied(), now)?;
+    Ok(changed.len())
+}
+
+/// After a *complete* listing and [`mark_gone`]: every key of the project still present was
+/// listed at `now`.
+pub fn touch_listed(
+    conn: &Connection,
+    organization: &str,
+    project_id: &str,
+    now: i64,
+) -> Result<(), StateError> {
+    conn.prepare_cached(
+        "UPDATE key_observations SET last_seen = ?3
+          WHERE organization = ?1 AND project_id = ?2 AND gone_at IS NULL AND last_seen <> ?3",
+    )?
+    .execute(params![organization, project_id, now])?;
+    Ok(())
 }
 
 /// After a *complete* listing of the project: marks every key not in `present_ids` and not yet

@@ -189,6 +189,78 @@ impl Recorder {
     }
 }
 
+/// Everything the recorder carries from batch to batch. It travels into each batch's blocking
+/// task and back, so evaluation and writing never occupy an async worker (the listing's
+/// responses are waiting to be polled there).
+struct Books {
+    evaluator: Evaluator,
+    open: Vec<Arc<OpenFindings>>,
+    names: Vec<String>,
+    accepted: Vec<Recorded>,
+    pending: HashMap<(usize, Arc<str>), Pending>,
+    /// Each listed project's stored snapshots, loaded at its first page: a key whose snapshot
+    /// did not change is not rewritten.
+    known: Known,
+}
+
+impl Books {
+    /// Evaluates a batch and writes what it says, in one transaction.
+    fn batch(&mut self, store: &Store, batch: Vec<Msg>) -> Result<(), state::StateError> {
+        let mut writes = Vec::with_capacity(batch.len());
+        for msg in batch {
+            match msg {
+                Msg::Page {
+                    org,
+                    project_id,
+                    keys,
+                } => {
+                    let Some(open) = self.open.get(org) else {
+                        continue;
+                    };
+                    let p = self.pending.entry((org, project_id.clone())).or_default();
+                    for k in &keys {
+                        self.evaluator.key(k, open, &mut p.step);
+                        p.ids.insert(k.id.clone());
+                    }
+                    writes.push(Write::Observe {
+                        org,
+                        project_id,
+                        keys,
+                    });
+                }
+                Msg::End {
+                    org,
+                    project_id,
+                    complete,
+                } => {
+                    let p = self
+                        .pending
+                        .remove(&(org, project_id.clone()))
+                        .unwrap_or_default();
+                    if !complete {
+                        self.known.remove(&(org, project_id));
+                    } else if let Some(into) = self.accepted.get_mut(org) {
+                        into.step.absorb(p.step);
+                        into.complete.insert(project_id.to_string());
+                        writes.push(Write::Gone {
+                            org,
+                            project_id,
+                            ids: p.ids,
+                        });
+                    }
+                }
+            }
+        }
+        let now = self.evaluator.now;
+        store.tx(|tx| {
+            for w in &writes {
+                write(tx, w, &self.names, &mut self.known, now)?;
+            }
+            Ok(())
+        })
+    }
+}
+
 async fn record(
     mut rx: mpsc::Receiver<Msg>,
     store: Store,
@@ -196,11 +268,16 @@ async fn record(
     open: Vec<Arc<OpenFindings>>,
     names: Vec<String>,
 ) -> Result<Vec<Recorded>, SweepError> {
-    let names = Arc::new(names);
-    let now = evaluator.now;
-    let mut accepted: Vec<Recorded> = open.iter().map(|_| Recorded::default()).collect();
-    let mut pending: HashMap<(usize, Arc<str>), Pending> = HashMap::new();
-    let mut writing: Option<JoinHandle<Result<(), state::StateError>>> = None;
+    // With the blocking task of the batch being written while the next one gathers.
+    let mut books = Some(Books {
+        accepted: open.iter().map(|_| Recorded::default()).collect(),
+        evaluator,
+        open,
+        names,
+        pending: HashMap::new(),
+        known: Known::new(),
+    });
+    let mut working: Option<JoinHandle<Result<Books, state::StateError>>> = None;
     while let Some(first) = rx.recv().await {
         // Gather a batch: one commit (one fsync) per batch, not per page.
         let mut batch_keys = first.keys();
@@ -215,94 +292,73 @@ async fn record(
                 Ok(None) | Err(_) => break,
             }
         }
-        let mut writes = Vec::with_capacity(batch.len());
-        for msg in batch {
-            match msg {
-                Msg::Page {
-                    org,
-                    project_id,
-                    keys,
-                } => {
-                    let Some(open) = open.get(org) else { continue };
-                    let p = pending.entry((org, project_id.clone())).or_default();
-                    for k in &keys {
-                        evaluator.key(k, open, &mut p.step);
-                        p.ids.insert(k.id.clone());
-                    }
-                    writes.push(Write::Observe {
-                        org,
-                        project_id,
-                        keys,
-                    });
-                }
-                Msg::End {
-                    org,
-                    project_id,
-                    complete,
-                } => {
-                    let p = pending
-                        .remove(&(org, project_id.clone()))
-                        .unwrap_or_default();
-                    if complete && let Some(into) = accepted.get_mut(org) {
-                        into.step.absorb(p.step);
-                        into.complete.insert(project_id.to_string());
-                        writes.push(Write::Gone {
-                            org,
-                            project_id,
-                            ids: p.ids,
-                        });
-                    }
-                }
-            }
+        // Batches stay in order: the previous one is committed before this one starts.
+        if let Some(prev) = working.take() {
+            books = Some(finish_batch(prev).await?);
         }
-        // Writes stay in order: the previous batch is committed before this one starts.
-        if let Some(prev) = writing.take() {
-            finish_write(prev).await?;
-        }
-        let (store, names) = (store.clone(), names.clone());
-        writing = Some(tokio::task::spawn_blocking(move || {
-            store.tx(|tx| {
-                for w in &writes {
-                    match w {
-                        Write::Observe {
-                            org,
-                            project_id,
-                            keys,
-                        } => state::observations::record_observations(
-                            tx,
-                            &names[*org],
-                            project_id,
-                            keys,
-                            now,
-                        )?,
-                        Write::Gone {
-                            org,
-                            project_id,
-                            ids,
-                        } => {
-                            state::observations::mark_gone(
-                                tx,
-                                &names[*org],
-                                project_id,
-                                ids.iter(),
-                                now,
-                            )?;
-                        }
-                    }
-                }
-                Ok(())
-            })
+        let mut b = books.take().ok_or_else(lost)?;
+        let store = store.clone();
+        working = Some(tokio::task::spawn_blocking(move || {
+            b.batch(&store, batch)?;
+            Ok(b)
         }));
     }
-    if let Some(prev) = writing.take() {
-        finish_write(prev).await?;
+    if let Some(prev) = working.take() {
+        books = Some(finish_batch(prev).await?);
     }
     // A project whose task died never ended: its evaluation is dropped with `pending`.
-    Ok(accepted)
+    Ok(books.ok_or_else(lost)?.accepted)
 }
 
-async fn finish_write(h: JoinHandle<Result<(), state::StateError>>) -> Result<(), SweepError> {
+fn lost() -> SweepError {
+    SweepError::Recorder("the recorder lost its state".to_string())
+}
+
+async fn finish_batch(
+    h: JoinHandle<Result<Books, state::StateError>>,
+) -> Result<Books, SweepError> {
     h.await
         .map_err(|e| SweepError::Recorder(e.to_string()))?
         .map_err(SweepError::State)
+}
+
+/// Stored snapshots of the projects being listed, by (organisation, project).
+type Known = HashMap<(usize, Arc<str>), state::observations::Fingerprints>;
+
+fn write(
+    tx: &rusqlite::Connection,
+    w: &Write,
+    names: &[String],
+    known: &mut Known,
+    now: i64,
+) -> Result<(), state::StateError> {
+    use state::observations as obs;
+    match w {
+        Write::Observe {
+            org,
+            project_id,
+            keys,
+        } => {
+            let org_name = &names[*org];
+            let slot = (*org, project_id.clone());
+            if !known.contains_key(&slot) {
+                known.insert(slot.clone(), obs::fingerprints(tx, org_name, project_id)?);
+            }
+            let empty = obs::Fingerprints::new();
+            let prints = known.get(&slot).unwrap_or(&empty);
+            obs::record_changed(tx, org_name, project_id, keys, prints, now)?;
+        }
+        Write::Gone {
+            org,
+            project_id,
+            ids,
+        } => {
+            let org_name = &names[*org];
+            obs::mark_gone(tx, org_name, project_id, ids.iter(), now)?;
+            // Every key still present was in this complete listing.
+            obs::touch_listed(tx, org_name, project_id, now)?;
+            known.remove(&(*org, project_id.clone()));
+        }
+    }
+    Ok(())
 }

@@ -1092,19 +1092,19 @@ async fn a_project_whose_second_page_fails_is_left_alone_while_others_proceed() 
     for k in &old[broken] {
         assert!(open.contains(k), "finding of {k} was closed");
     }
-    // The keys of the page that did arrive are recorded as seen (they exist); none of the
-    // project's keys is marked gone, because the listing was not the whole project.
-    let (seen, gone): (i64, i64) = store
+    // Nothing is concluded from the partial listing: no key is marked gone, and the keys the
+    // first page showed unchanged keep the `last_seen` of the last complete listing.
+    let (as_of_r1, gone): (i64, i64) = store
         .with_conn(|c| {
             Ok(c.query_row(
                 "SELECT COALESCE(SUM(last_seen = ?2), 0), COALESCE(SUM(gone_at IS NOT NULL), 0)
                    FROM key_observations WHERE organization = ?3 AND project_id = ?1",
-                rusqlite::params![broken, NOW + 15 * DAY, ORG],
+                rusqlite::params![broken, NOW, ORG],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?)
         })
         .unwrap();
-    assert_eq!(seen, 100, "page 1 of the broken project");
+    assert_eq!(as_of_r1, 120, "observations of the broken project");
     assert_eq!(gone, 0, "keys marked gone from a partial listing");
     assert!(
         audit_rows(&store).iter().any(
@@ -1112,6 +1112,59 @@ async fn a_project_whose_second_page_fails_is_left_alone_while_others_proceed() 
         )
     );
     verify(&store).unwrap();
+}
+
+// ---- observations across sweeps -------------------------------------------------------------
+
+/// A steady-state sweep writes only the observation rows whose key changed, and still ends
+/// with every row as a complete listing says: renamed and used keys refreshed, a deleted key
+/// gone, every present key last seen now, first sightings kept.
+#[tokio::test]
+async fn observations_follow_the_listing_when_only_changed_rows_are_written() {
+    let org = quiet_org(2, 150, 31);
+    let projects = active_project_ids(&org);
+    let sim = start_sim(org).await;
+    let dir = tempfile::tempdir().unwrap();
+    let tables = format!("{EXAMPLE_POLICIES}{}", lifted(""));
+    let s = sweeper(&config_text(
+        &sim,
+        &dir.path().join("s.db"),
+        "dry-run",
+        &tables,
+    ));
+    assert!(sweep(&s, NOW).await.complete());
+
+    let p = &projects[0];
+    let ids: Vec<String> = sim.keys(p).into_iter().map(|k| k.id).collect();
+    let (renamed, used, removed) = (&ids[10], &ids[120], &ids[140]);
+    sim.rename_key(p, renamed, "renamed-key").unwrap();
+    sim.set_last_used(p, used, Some(NOW + 3600)).unwrap();
+    sim.remove_key(p, removed).unwrap();
+    let later = NOW + DAY;
+    assert!(sweep(&s, later).await.complete());
+
+    let store = s.store().unwrap().clone();
+    for project in &projects {
+        let rows = store
+            .with_conn(|c| state::observations::project_observations(c, ORG, project))
+            .unwrap();
+        assert_eq!(rows.len(), 150, "{project}");
+        for o in &rows {
+            assert_eq!(o.first_seen, NOW, "{}", o.key_id);
+            if project == p && &o.key_id == removed {
+                assert_eq!(o.gone_at, Some(later));
+                assert_eq!(o.last_seen, NOW);
+            } else {
+                assert_eq!(o.gone_at, None, "{}", o.key_id);
+                assert_eq!(o.last_seen, later, "{} not seen by sweep 2", o.key_id);
+            }
+        }
+        if project == p {
+            let by_id = |id: &str| rows.iter().find(|o| o.key_id == id).unwrap();
+            assert_eq!(by_id(renamed).key_name, "renamed-key");
+            assert_eq!(by_id(used).last_used_at, Some(NOW + 3600));
+        }
+    }
 }
 
 // ---- 5. property test against an oracle ----------------------------------------------------
