@@ -1,5 +1,8 @@
 //! Key observations: every key seen in a listing, with when it was first and last seen and when
-//! it disappeared.
+//! it disappeared. A sweep writes only the rows whose key changed ([`record_changed`]) and,
+//! after a complete listing, advances `last_seen` of every present key ([`touch_listed`]); so
+//! `last_seen` is the last complete listing that showed the key (or the last one that changed
+//! it, if later listings were partial).
 //!
 //! "Gone" is only ever concluded from a *complete* listing: `mark_gone` must not be called for a
 //! project whose listing was incomplete, or keys that merely were not returned would be recorded
