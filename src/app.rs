@@ -385,13 +385,7 @@ fn parse_since(s: &str) -> Result<i64> {
 }
 
 async fn notify_test(config: Config, channel: &str) -> Result<ExitCode> {
-    let Some(ch) = config.channel(channel) else {
-        let names: Vec<&str> = config.channels.iter().map(|c| c.name.as_str()).collect();
-        bail!(
-            "no channel named {channel:?} (configured: {})",
-            names.join(", ")
-        );
-    };
+    let ch = named_channel(&config, channel)?;
     let now = chrono::Utc::now().timestamp();
     match crate::notify::send_test(ch, now).await {
         Ok(()) => {
@@ -408,17 +402,22 @@ async fn notify_test(config: Config, channel: &str) -> Result<ExitCode> {
     }
 }
 
+/// The channel called `name`, or an error that lists the configured ones.
+fn named_channel<'c>(config: &'c Config, name: &str) -> Result<&'c crate::config::ChannelConfig> {
+    config.channel(name).ok_or_else(|| {
+        let names: Vec<&str> = config.channels.iter().map(|c| c.name.as_str()).collect();
+        anyhow::anyhow!(
+            "no channel named {name:?} (configured: {})",
+            names.join(", ")
+        )
+    })
+}
+
 /// Requeues dead-lettered messages. It does not deliver them itself: the daemon may be running,
 /// and one process delivering the outbox is what keeps a message from going out twice.
 fn notify_retry_dead(config: Config, channel: Option<&str>) -> Result<ExitCode> {
-    if let Some(name) = channel
-        && config.channel(name).is_none()
-    {
-        let names: Vec<&str> = config.channels.iter().map(|c| c.name.as_str()).collect();
-        bail!(
-            "no channel named {name:?} (configured: {})",
-            names.join(", ")
-        );
+    if let Some(name) = channel {
+        named_channel(&config, name)?;
     }
     let store = Store::open_existing(&config.state_path)
         .with_context(|| format!("opening the state database {}", config.state_path.display()))?;

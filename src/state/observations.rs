@@ -184,23 +184,15 @@ pub fn touch_listed(
     Ok(())
 }
 
-/// After a *complete* listing of the project: marks every key not in `present_ids` and not yet
+/// After a *complete* listing of the project: marks every key not in `present` and not yet
 /// gone as gone at `now`. Returns the ids newly marked, sorted.
-pub fn mark_gone<I, S>(
+pub fn mark_gone(
     conn: &Connection,
     organization: &str,
     project_id: &str,
-    present_ids: I,
+    present: &HashSet<String>,
     now: i64,
-) -> Result<Vec<String>, StateError>
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<str>,
-{
-    let present: HashSet<String> = present_ids
-        .into_iter()
-        .map(|s| s.as_ref().to_string())
-        .collect();
+) -> Result<Vec<String>, StateError> {
     in_tx(conn, |conn| {
         let mut known = conn.prepare_cached(
             "SELECT key_id FROM key_observations

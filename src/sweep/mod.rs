@@ -560,7 +560,7 @@ impl Sweeper {
                 mode,
             )?;
             report.revocations = results;
-            alerts_extend(&mut report.alerts, after_alerts);
+            report.alerts.extend(after_alerts);
             if opts.deliver {
                 let more = self.notifier.deliver_due(&store, &self.config, now).await?;
                 report.delivery.sent += more.sent;
@@ -569,7 +569,7 @@ impl Sweeper {
                 report.delivery.alerts.extend(more.alerts);
             }
         }
-        alerts_extend(&mut report.alerts, alerts);
+        report.alerts.extend(alerts);
         report.plan = the_plan;
         annotate_plan(&mut report.findings, &report.plan);
 
@@ -712,10 +712,6 @@ fn complete_projects<K>(org: &OrgInventory<K>) -> HashSet<&str> {
         .filter(|p| p.listing.is_complete())
         .map(|p| p.project.id.as_str())
         .collect()
-}
-
-fn alerts_extend(into: &mut Vec<EnforcerAlert>, more: Vec<EnforcerAlert>) {
-    into.extend(more);
 }
 
 fn decision_record(

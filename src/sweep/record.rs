@@ -8,6 +8,7 @@
 //! then are its absent keys marked gone. This module never deletes, notifies or writes a
 //! finding: that waits until the whole listing is in.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -340,12 +341,10 @@ fn write(
             keys,
         } => {
             let org_name = &names[*org];
-            let slot = (*org, project_id.clone());
-            if !known.contains_key(&slot) {
-                known.insert(slot.clone(), obs::fingerprints(tx, org_name, project_id)?);
-            }
-            let empty = obs::Fingerprints::new();
-            let prints = known.get(&slot).unwrap_or(&empty);
+            let prints = match known.entry((*org, project_id.clone())) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => e.insert(obs::fingerprints(tx, org_name, project_id)?),
+            };
             obs::record_changed(tx, org_name, project_id, keys, prints, now)?;
         }
         Write::Gone {
@@ -354,7 +353,7 @@ fn write(
             ids,
         } => {
             let org_name = &names[*org];
-            obs::mark_gone(tx, org_name, project_id, ids.iter(), now)?;
+            obs::mark_gone(tx, org_name, project_id, ids, now)?;
             // Every key still present was in this complete listing.
             obs::touch_listed(tx, org_name, project_id, now)?;
             known.remove(&(*org, project_id.clone()));

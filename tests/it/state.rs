@@ -2,6 +2,7 @@
 //! and the audit chain under tampering (SQL edits, deleted rows, a flipped byte in the file) and
 //! under a SIGKILL right after a durable append.
 
+use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -277,6 +278,10 @@ fn findings_round_trip_and_open_ones_are_selected_by_stage() {
     assert_eq!(counts.iter().map(|c| c.count).sum::<u64>(), 4);
 }
 
+fn ids(ids: &[&str]) -> HashSet<String> {
+    ids.iter().map(|s| s.to_string()).collect()
+}
+
 #[test]
 fn observations_track_first_last_seen_and_gone_keys() {
     let dir = tempfile::tempdir().unwrap();
@@ -302,7 +307,7 @@ fn observations_track_first_last_seen_and_gone_keys() {
                 tx,
                 "org-a",
                 "p1",
-                present.iter().map(|k| k.id.as_str()),
+                &present.iter().map(|k| k.id.clone()).collect(),
                 now,
             )
         })
@@ -326,7 +331,7 @@ fn observations_track_first_last_seen_and_gone_keys() {
     // Marking again does not move gone_at; a key that reappears is no longer gone.
     let later = now + 3600;
     let again = store
-        .with_conn(|c| observations::mark_gone(c, "org-a", "p1", ["key_a", "key_c"], later))
+        .with_conn(|c| observations::mark_gone(c, "org-a", "p1", &ids(&["key_a", "key_c"]), later))
         .unwrap();
     assert!(again.is_empty());
     store
@@ -350,9 +355,9 @@ fn observations_of_a_100k_key_project_in_one_transaction() {
         .with_conn(|c| observations::record_observations(c, "org-a", "big", &keys, T0))
         .unwrap();
     // Every other key disappears.
-    let present: Vec<&str> = keys.iter().step_by(2).map(|k| k.id.as_str()).collect();
+    let present: HashSet<String> = keys.iter().step_by(2).map(|k| k.id.clone()).collect();
     let gone = store
-        .with_conn(|c| observations::mark_gone(c, "org-a", "big", present, T0 + 60))
+        .with_conn(|c| observations::mark_gone(c, "org-a", "big", &present, T0 + 60))
         .unwrap();
     assert_eq!(gone.len(), 50_000);
     assert_eq!(gone[0], "key_000001");
