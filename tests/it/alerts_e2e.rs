@@ -41,10 +41,7 @@ const SLACK_PATH: &str = "/services/TE2E/BE2E/slackE2EtokenDoNotLeak";
 const WEBHOOK_KEY: &[u8] = b"e2e-webhook-signing-key-no-leak!";
 
 fn webhook_secret() -> String {
-    format!(
-        "whsec_{}",
-        base64::engine::general_purpose::STANDARD.encode(WEBHOOK_KEY)
-    )
+    crate::receivers::whsec(WEBHOOK_KEY)
 }
 
 /// Every secret of the setup, in the forms it could leak in.

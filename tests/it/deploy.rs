@@ -25,7 +25,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use serde::Deserialize;
 use serde_norway::Value as Yaml;
 
@@ -254,10 +253,7 @@ impl DummySecrets {
         for (var, key) in refs {
             let value = match key.as_str() {
                 // Standard Webhooks secrets must look like one.
-                "secret_env" => format!(
-                    "whsec_{}",
-                    base64::engine::general_purpose::STANDARD.encode(b"DUMMY webhook secret")
-                ),
+                "secret_env" => crate::receivers::whsec(b"DUMMY webhook secret"),
                 "webhook_url_env" => format!("https://hooks.invalid/DUMMY-{var}"),
                 _ => format!("DUMMY-secret-{var}"),
             };

@@ -22,7 +22,6 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use keysweep::config::Config;
 use keysweep::inventory::Listing;
 use keysweep::metrics::Metrics;
@@ -71,10 +70,7 @@ const DUE_F: [&str; 2] = ["key_f000", "key_f100"];
 const DUE_G: &str = "key_g0";
 
 fn webhook_secret() -> String {
-    format!(
-        "whsec_{}",
-        base64::engine::general_purpose::STANDARD.encode(WEBHOOK_KEY)
-    )
+    crate::receivers::whsec(WEBHOOK_KEY)
 }
 
 fn secrets() -> Vec<String> {

@@ -38,10 +38,7 @@ const NOW: i64 = 1_772_355_600;
 const DAY: i64 = 86_400;
 
 fn webhook_secret() -> String {
-    format!(
-        "whsec_{}",
-        base64::engine::general_purpose::STANDARD.encode(WEBHOOK_KEY)
-    )
+    crate::receivers::whsec(WEBHOOK_KEY)
 }
 
 fn secrets() -> Vec<String> {
