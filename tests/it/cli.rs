@@ -2,6 +2,7 @@
 //! `keysweep simulate` process. Covers issue 2's "done when", the README's commands, `scan`'s
 //! exit status and JSON shape, and the admin key never reaching any output.
 
+use crate::smtp_server::free_port;
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::Path;
@@ -12,14 +13,6 @@ const ADMIN_KEY: &str = "sk-admin-CLITEST-1f2e3d4c5b6a79880000";
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_keysweep"))
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// `keysweep simulate` as a child process; killed on drop.
