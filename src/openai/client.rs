@@ -750,10 +750,18 @@ struct Pager<W> {
     cursors_seen: HashSet<String>,
     ids_seen: HashSet<String>,
     pages: usize,
-    done: bool,
-    /// A page failed: the listing is over and must never look finished.
-    failed: bool,
+    state: PagerState,
     _item: std::marker::PhantomData<fn() -> W>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PagerState {
+    /// More pages to fetch.
+    Open,
+    /// The last page arrived.
+    Done,
+    /// A page failed: the listing is over and must never look finished.
+    Failed,
 }
 
 impl<W: DeserializeOwned + HasId> Pager<W> {
@@ -765,24 +773,24 @@ impl<W: DeserializeOwned + HasId> Pager<W> {
             cursors_seen: HashSet::new(),
             ids_seen: HashSet::new(),
             pages: 0,
-            done: false,
-            failed: false,
+            state: PagerState::Open,
             _item: std::marker::PhantomData,
         }
     }
 
     async fn next(&mut self, client: &AdminClient) -> Result<Option<Vec<W>>, Error> {
-        if self.failed {
-            return Err(Error::Pagination {
-                ctx: self.ctx.clone(),
-                detail: "an earlier page of this listing failed".to_string(),
-            });
-        }
-        if self.done {
-            return Ok(None);
+        match self.state {
+            PagerState::Failed => {
+                return Err(Error::Pagination {
+                    ctx: self.ctx.clone(),
+                    detail: "an earlier page of this listing failed".to_string(),
+                });
+            }
+            PagerState::Done => return Ok(None),
+            PagerState::Open => {}
         }
         // Any early return below is a failed page; only the end of this function clears it.
-        self.failed = true;
+        self.state = PagerState::Failed;
         if self.pages == MAX_PAGES {
             return Err(Error::Pagination {
                 ctx: self.ctx.clone(),
@@ -836,8 +844,11 @@ impl<W: DeserializeOwned + HasId> Pager<W> {
                 });
             }
         }
-        self.failed = false;
-        self.done = next.is_none();
+        self.state = if next.is_none() {
+            PagerState::Done
+        } else {
+            PagerState::Open
+        };
         self.cursor = next;
         Ok(Some(page.data))
     }
