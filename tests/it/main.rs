@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod alerts_e2e;
+mod architecture;
 mod cli;
 mod config;
 mod daemon;

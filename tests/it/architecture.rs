@@ -1,0 +1,125 @@
+//! The codemap's boundaries, enforced: reads every source file under `src/` as text and fails
+//! when a module uses what ARCHITECTURE.md forbids (in the spirit of rust-analyzer's tidy tests).
+//!
+//! - `policy/` names no tokio, reqwest, rusqlite, `std::fs` or clock (`Utc::now`, `Local::now`,
+//!   `SystemTime`, `Instant`) and is not async;
+//! - `sim/` names nothing in `openai/`;
+//! - `expose_secret` is never called on the admin key outside `openai/`;
+//! - SQL (a statement in a string literal, or a rusqlite call that runs one) only in `state/`;
+//! - no import cycle between two files;
+//! - no production source file over 800 lines.
+//!
+//! This test must never need the crate's internals or a new dependency: it parses text.
+
+mod lex;
+mod parse;
+mod resolve;
+mod rules;
+mod selftest;
+
+use std::path::{Path, PathBuf};
+
+use resolve::Crate;
+
+fn collect(dir: &Path, root: &Path, out: &mut Vec<(String, String)>) {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    entries.sort();
+    for path in entries {
+        if path.is_dir() {
+            collect(&path, root, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            let rel = path.strip_prefix(root).unwrap();
+            let rel = rel
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join("/");
+            out.push((rel, std::fs::read_to_string(&path).unwrap()));
+        }
+    }
+}
+
+/// The library as it is on disk.
+fn sources() -> Crate {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    collect(&src, &src, &mut files);
+    assert!(
+        files.len() > 20,
+        "read only {} files under {}",
+        files.len(),
+        src.display()
+    );
+    Crate::new(&files)
+}
+
+fn assert_holds(rule: &str, violations: Vec<String>) {
+    assert!(
+        violations.is_empty(),
+        "{rule}: {} violation(s)\n  {}",
+        violations.len(),
+        violations.join("\n  ")
+    );
+}
+
+#[test]
+fn policy_does_no_io_reads_no_clock_and_is_not_async() {
+    assert_holds("policy/ is pure", rules::policy_is_pure(&sources()));
+}
+
+#[test]
+fn sim_never_imports_openai() {
+    assert_holds(
+        "sim/ never imports openai/",
+        rules::sim_never_imports_openai(&sources()),
+    );
+}
+
+#[test]
+fn the_admin_key_is_exposed_only_in_openai() {
+    assert_holds(
+        "admin key exposed only in openai/",
+        rules::admin_key_exposed_only_in_openai(&sources()),
+    );
+}
+
+#[test]
+fn sql_runs_only_in_state() {
+    assert_holds("SQL only in state/", rules::sql_only_in_state(&sources()));
+}
+
+#[test]
+fn no_import_cycle_between_files() {
+    assert_holds("no import cycles", rules::import_cycles(&sources()));
+}
+
+#[test]
+fn no_production_file_over_800_lines() {
+    assert_holds("file length", rules::production_file_lengths(&sources()));
+}
+
+/// The model itself sees the crate: a check that reads nothing would pass every rule.
+#[test]
+fn the_model_sees_the_crate() {
+    let c = sources();
+    let deliver = c.file("notify/deliver.rs").unwrap();
+    let mod_rs = c.file("notify/mod.rs").unwrap();
+    assert!(
+        c.edges()
+            .iter()
+            .any(|e| e.from == deliver && e.to == mod_rs),
+        "notify/deliver.rs names notify/mod.rs items (MessageKind)"
+    );
+    for test_only in [
+        "policy/tests/mod.rs",
+        "policy/tests/props.rs",
+        "config/fuzz.rs",
+    ] {
+        let fi = c.file(test_only).unwrap();
+        assert!(c.test_files.contains(&fi), "{test_only} is test-only");
+    }
+    assert!(!c.test_files.contains(&c.file("sweep/mod.rs").unwrap()));
+}
