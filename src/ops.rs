@@ -33,15 +33,18 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::{DateTime, Utc};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
-use crate::daemon::schedule::CronSchedule;
+use crate::daemon::schedule::{CronSchedule, OrgSchedule};
 use crate::metrics::Metrics;
 
 /// Content type of `/metrics` (OpenMetrics 1.0 text, which Prometheus scrapes natively).
 pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The effective schedule of every configured organisation, as of now (it follows reloads).
+/// Readiness needs nothing else of the configuration, so the ops server never holds it (nor the
+/// admin keys in it).
+pub type Schedules = Arc<dyn Fn() -> Vec<OrgSchedule> + Send + Sync>;
 
 /// Answers "is the state database reachable?". Called on every `/readyz`, on a blocking thread
 /// (it may run a SQLite query).
@@ -142,15 +145,15 @@ impl SweepBoard {
 #[derive(Clone)]
 pub struct OpsState {
     pub metrics: Metrics,
-    /// The configuration in force (replaced on a successful SIGHUP reload).
-    pub config: watch::Receiver<Arc<Config>>,
+    /// The schedules in force (they change on a successful SIGHUP reload).
+    pub schedules: Schedules,
     pub board: SweepBoard,
     pub db_ready: ReadyCheck,
 }
 
 /// Why `/readyz` says no. Pure: the caller supplies the clock and the database check result.
 pub fn unready_reasons(
-    config: &Config,
+    schedules: &[OrgSchedule],
     board: &HashMap<String, OrgStatus>,
     db_ok: bool,
     now: DateTime<Utc>,
@@ -159,52 +162,47 @@ pub fn unready_reasons(
     if !db_ok {
         reasons.push("state database is not reachable".to_string());
     }
-    for org in &config.organizations {
-        let schedule = crate::daemon::effective_schedule(config, org);
-        let Some(status) = board.get(&org.name) else {
-            // The daemon has not started this organisation's loop yet (a reload just added it).
-            continue;
-        };
-        let cron = match CronSchedule::parse(&schedule.cron) {
-            Ok(c) => c,
-            Err(e) => {
-                reasons.push(format!("organization {}: {e}", org.name));
-                continue;
-            }
-        };
-        let jitter =
-            chrono::Duration::from_std(schedule.jitter).unwrap_or(chrono::Duration::zero());
-        let stale_after = |from: DateTime<Utc>| {
-            cron.next_fire(from, schedule.timezone)
-                .and_then(|n| cron.next_fire(n, schedule.timezone))
-                .map(|d| d + jitter)
-        };
-        match &status.last {
-            None => {
-                if stale_after(status.tracked_since).is_some_and(|d| now > d) {
-                    reasons.push(format!("organization {}: no sweep yet", org.name));
-                }
-            }
-            Some(last) => {
-                if let Some(failure) = &last.failure {
-                    reasons.push(format!(
-                        "organization {}: last sweep failed: {failure}",
-                        org.name
-                    ));
-                } else if let Some(deadline) = stale_after(last.started)
-                    && now > deadline
-                {
-                    reasons.push(format!(
-                        "organization {}: last sweep is stale (finished {}, a newer one was due by {})",
-                        org.name,
-                        last.finished.to_rfc3339(),
-                        deadline.to_rfc3339()
-                    ));
-                }
-            }
+    for org in schedules {
+        // No status: the daemon has not started this organisation's loop yet (a reload just
+        // added it).
+        if let Some(status) = board.get(&org.organization)
+            && let Some(reason) = unready_reason(org, status, now)
+        {
+            reasons.push(format!("organization {}: {reason}", org.organization));
         }
     }
     reasons
+}
+
+/// Why one organisation makes the daemon unready, if it does.
+fn unready_reason(org: &OrgSchedule, status: &OrgStatus, now: DateTime<Utc>) -> Option<String> {
+    let schedule = &org.schedule;
+    let cron = match CronSchedule::parse(&schedule.cron) {
+        Ok(c) => c,
+        Err(e) => return Some(e.to_string()),
+    };
+    let jitter = chrono::Duration::from_std(schedule.jitter).unwrap_or(chrono::Duration::zero());
+    let stale_after = |from: DateTime<Utc>| {
+        cron.next_fire(from, schedule.timezone)
+            .and_then(|n| cron.next_fire(n, schedule.timezone))
+            .map(|d| d + jitter)
+    };
+    match &status.last {
+        None => stale_after(status.tracked_since)
+            .is_some_and(|d| now > d)
+            .then(|| "no sweep yet".to_string()),
+        Some(last) => {
+            if let Some(failure) = &last.failure {
+                return Some(format!("last sweep failed: {failure}"));
+            }
+            let deadline = stale_after(last.started).filter(|&d| now > d)?;
+            Some(format!(
+                "last sweep is stale (finished {}, a newer one was due by {})",
+                last.finished.to_rfc3339(),
+                deadline.to_rfc3339()
+            ))
+        }
+    }
 }
 
 /// The router, for tests that want to drive it without a socket.
@@ -242,8 +240,8 @@ async fn readyz(State(state): State<OpsState>) -> Response {
     let db_ok = tokio::task::spawn_blocking(move || check())
         .await
         .unwrap_or(false);
-    let config = state.config.borrow().clone();
-    let reasons = unready_reasons(&config, &state.board.snapshot(), db_ok, Utc::now());
+    let schedules = (state.schedules)();
+    let reasons = unready_reasons(&schedules, &state.board.snapshot(), db_ok, Utc::now());
     let ready = reasons.is_empty();
     let status = if ready {
         StatusCode::OK
@@ -270,8 +268,16 @@ mod tests {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
     }
 
-    fn config(cron: &str) -> Config {
-        crate::daemon::test_support::config(cron, &["acme"])
+    fn config(cron: &str) -> Vec<OrgSchedule> {
+        vec![OrgSchedule {
+            organization: "acme".into(),
+            schedule: crate::config::Schedule {
+                cron: cron.to_string(),
+                timezone: chrono_tz::Tz::UTC,
+                run_on_start: true,
+                jitter: std::time::Duration::ZERO,
+            },
+        }]
     }
 
     fn board_with(status: OrgStatus) -> HashMap<String, OrgStatus> {

@@ -1,7 +1,7 @@
 //! Cron schedules: parsing a `schedule` string and computing the next fire time.
 //!
 //! This module is pure: no clock reads, no sleeping, no I/O. The scheduler loop in
-//! `daemon/mod.rs` reads the wall clock and asks [`CronSchedule::next_fire`] what comes after it,
+//! `daemon/org_loop.rs` reads the wall clock and asks [`CronSchedule::next_fire`] what comes after it,
 //! which is what makes the DST behaviour table-testable.
 //!
 //! Semantics (croner 4, OCPS / Vixie cron):
@@ -18,6 +18,8 @@ use chrono::{DateTime, Timelike, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
+
+use crate::config::{Config, OrgConfig, Schedule};
 
 /// Why a schedule string was refused. Messages quote the expression (never a secret: cron
 /// strings are not secret) so `check-config` can show exactly what is wrong.
@@ -125,6 +127,31 @@ impl std::fmt::Display for CronSchedule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.expr)
     }
+}
+
+/// The schedule that applies to `org`: its own, else the global one.
+pub fn effective_schedule<'a>(config: &'a Config, org: &'a OrgConfig) -> &'a Schedule {
+    org.schedule.as_ref().unwrap_or(&config.schedule)
+}
+
+/// One organisation's effective schedule: all that readiness (`ops`) needs to know of the
+/// configuration.
+#[derive(Debug, Clone)]
+pub struct OrgSchedule {
+    pub organization: String,
+    pub schedule: Schedule,
+}
+
+/// Every organisation's effective schedule, in configuration order.
+pub fn org_schedules(config: &Config) -> Vec<OrgSchedule> {
+    config
+        .organizations
+        .iter()
+        .map(|org| OrgSchedule {
+            organization: org.name.clone(),
+            schedule: effective_schedule(config, org).clone(),
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use crate::config::{ChannelConfig, ChannelKind, Config};
 use crate::metrics::{Metrics, NotificationOutcome};
 use crate::notify::alert::EnforcerAlert;
 use crate::notify::digest::Digest;
+pub use crate::notify::failure::SendFailure;
 use crate::notify::outbox::{self, OutboxDb};
 use crate::notify::route::{self, CHANNEL_RECIPIENT};
 use crate::notify::{MessageKind, NotifyError, email, http, pagerduty, scrub, slack, webhook};
@@ -25,15 +26,6 @@ use crate::notify::{MessageKind, NotifyError, email, http, pagerduty, scrub, sla
 const BATCH: usize = 50;
 /// Upper bound of messages handled by one `deliver_due` call (guards against any loop).
 const MAX_PER_CALL: usize = 10_000;
-
-/// A failed send. `error` is already scrubbed of the channel's secrets and URLs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SendFailure {
-    pub error: String,
-    /// False when the receiver rejected the message (4xx, SMTP 5xx) rather than being
-    /// unavailable. Both are retried until `max_attempts`; this only informs logs.
-    pub retryable: bool,
-}
 
 /// What one `deliver_due` call did.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -17,7 +17,7 @@ use secrecy::ExposeSecret;
 use serde_json::Value;
 
 use crate::config::{EmailChannel, SmtpTls, is_loopback_host};
-use crate::notify::deliver::SendFailure;
+use crate::notify::failure::SendFailure;
 use crate::notify::scrub;
 
 /// Sends one rendered e-mail payload (`{to, subject, text, html}`).

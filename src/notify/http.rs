@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use crate::notify::deliver::SendFailure;
+use crate::notify::failure::SendFailure;
 use crate::notify::{NotifyError, scrub};
 
 /// Longest part of a receiver's error body kept in the error text.

@@ -14,6 +14,7 @@ pub mod alert;
 pub mod deliver;
 pub mod digest;
 pub mod email;
+pub mod failure;
 pub mod http;
 pub mod outbox;
 pub mod pagerduty;

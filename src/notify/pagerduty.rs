@@ -8,7 +8,7 @@ use secrecy::ExposeSecret;
 use serde_json::Value;
 
 use crate::config::PagerDutyChannel;
-use crate::notify::deliver::SendFailure;
+use crate::notify::failure::SendFailure;
 use crate::notify::http;
 
 /// PagerDuty's public Events v2 endpoint (config default for `url`).

@@ -7,7 +7,7 @@ use secrecy::ExposeSecret;
 use serde_json::Value;
 
 use crate::config::SlackChannel;
-use crate::notify::deliver::SendFailure;
+use crate::notify::failure::SendFailure;
 use crate::notify::http;
 
 pub async fn send(

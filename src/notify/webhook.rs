@@ -14,7 +14,7 @@ use serde_json::Value;
 use sha2::Sha256;
 
 use crate::config::WebhookChannel;
-use crate::notify::deliver::SendFailure;
+use crate::notify::failure::SendFailure;
 use crate::notify::http;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -37,24 +37,8 @@
 use crate::config::Action;
 use crate::inventory::Key;
 use crate::policy::finding::{Finding, FindingId, Notice, NoticeKind, Stage};
-use crate::policy::rules::Violation;
-
-/// What one sweep saw of a (key, policy) pair.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Observation<'a> {
-    /// The key is listed and currently violates the policy; the snapshot refreshes the finding.
-    Violating {
-        key: &'a Key,
-        violation: &'a Violation,
-    },
-    /// The key is listed and no longer violates (rotated, used again, renamed, policy changed).
-    Compliant,
-    /// The key is listed but an active exemption covers it.
-    Exempted { reason: &'a str },
-    /// The key is absent from a **complete** listing of its project. Callers must never report
-    /// `Gone` from an incomplete listing: that would close findings for keys that still exist.
-    Gone,
-}
+pub use crate::policy::observation::Observation;
+use crate::policy::observation::Violation;
 
 /// The outcome of one step for one (key, policy) pair.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2,6 +2,7 @@
 //!
 //! - [`rules`]: the configured policies and exemptions, compiled once; judges one key at a time.
 //! - [`lifecycle`]: one (key, policy) finding advanced by one sweep: notices due, revoke due.
+//! - [`observation`]: what the rules hand the lifecycle (a violation, an observation).
 //! - [`plan`](mod@plan): the safety rails (service-account rule, incomplete listings, caps, kill switch,
 //!   dry-run) applied to this sweep's revoke-due findings.
 //! - [`finding`]: the persisted lifecycle records, shared with `state` and `notify`.
@@ -12,6 +13,7 @@
 
 pub mod finding;
 pub mod lifecycle;
+pub mod observation;
 pub mod plan;
 pub mod rules;
 

@@ -1,9 +1,9 @@
 //! Policy rules: the configured `[[policies]]` and `[[exemptions]]`, compiled once, and the pure
 //! judgement of one key against them.
 //!
-//! [`Policies::compile`] turns the validated config into matchers (globs via `globset`, regexes
-//! already compiled by the config loader) so every sweep evaluates thousands of keys without
-//! re-parsing a pattern. [`Policies::evaluate`] answers, for one key at a time, which policies it
+//! [`Policies::compile`] turns the validated policies and exemptions (never the whole `Config`)
+//! into matchers (globs via `globset`, regexes already compiled by the config loader) so every
+//! sweep evaluates thousands of keys without re-parsing a pattern. [`Policies::evaluate`] answers, for one key at a time, which policies it
 //! violates, since when, and whether an exemption covers it.
 //!
 //! This module must never do I/O, read a clock (`now` is always passed in, Unix seconds) or
@@ -17,9 +17,10 @@ use std::time::Duration;
 
 use globset::{GlobBuilder, GlobMatcher};
 
-use crate::config::{Action, Config, ExemptionConfig, OwnerTypeSelector, PolicyConfig, Selector};
+use crate::config::{ExemptionConfig, OwnerTypeSelector, PolicyConfig, Selector};
 use crate::inventory::{Key, OwnerAccess, OwnerType};
-use crate::policy::lifecycle::Observation;
+use crate::policy::observation::Observation;
+pub use crate::policy::observation::Violation;
 
 /// Why the configured policies or exemptions cannot be used. Every variant names the entry
 /// (`policies[i]` / `exemptions[i]`) so an operator can find it in the file.
@@ -95,25 +96,6 @@ pub struct ExemptionHit {
     pub index: usize,
 }
 
-/// One (key, policy) pair that violates: everything the lifecycle needs to open a finding.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Violation {
-    /// The policy's name: with the key it identifies the finding.
-    pub policy: String,
-    /// What the policy asks for; only `Revoke` can ever lead to a deletion.
-    pub action: Action,
-    /// Human-readable explanation, e.g. "older than 90d (created 2025-01-02, 412 days ago)".
-    pub reason: String,
-    /// The moment every condition of the policy started to hold (Unix seconds). For conditions
-    /// whose start cannot be known (`owner_lost_access`, `name_pattern`) this is `now`: the
-    /// deadline then counts from detection.
-    pub violating_since: i64,
-    /// Seconds between the first warning and the earliest revocation.
-    pub warn_before: i64,
-    /// Seconds before the deadline at which the final notice goes out.
-    pub final_notice: i64,
-}
-
 impl Evaluation {
     /// True when an active exemption covers the key: nothing may be acted on.
     pub fn is_exempt(&self) -> bool {
@@ -142,14 +124,9 @@ impl Evaluation {
 }
 
 impl Policies {
-    /// Compiles the policies and exemptions of a validated configuration.
-    pub fn compile(config: &Config) -> Result<Policies, PolicyError> {
-        Policies::from_parts(&config.policies, &config.exemptions)
-    }
-
-    /// Same as [`Policies::compile`] from the two lists alone, so tests and `scan --now`
-    /// rehearsals need not build a whole `Config`.
-    pub fn from_parts(
+    /// Compiles the `[[policies]]` and `[[exemptions]]` of a validated configuration: only
+    /// what is evaluated reaches `policy/`, never the whole `Config` (and so never a secret).
+    pub fn compile(
         policies: &[PolicyConfig],
         exemptions: &[ExemptionConfig],
     ) -> Result<Policies, PolicyError> {

@@ -159,7 +159,7 @@ impl Sweeper {
         store: Option<Store>,
         metrics: Metrics,
     ) -> Result<Sweeper, SweepError> {
-        let policies = Arc::new(Policies::compile(&config)?);
+        let policies = Arc::new(Policies::compile(&config.policies, &config.exemptions)?);
         let shared = ClientShared::new(metrics.clone(), &config.limits);
         let clients = config
             .organizations

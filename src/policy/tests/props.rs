@@ -305,7 +305,7 @@ fn compile(policies: &[PolicySpec], exemptions: &[ExemptionSpec]) -> Policies {
         .map(|(i, s)| build_policy(i, s))
         .collect();
     let e: Vec<_> = exemptions.iter().map(build_exemption).collect();
-    Policies::from_parts(&p, &e).unwrap()
+    Policies::compile(&p, &e).unwrap()
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ use crate::policy::lifecycle::Observation;
 use crate::policy::rules::{Policies, PolicyError, Violation};
 
 fn eval_one(p: crate::config::PolicyConfig, k: &Key, now: i64) -> Option<Violation> {
-    let policies = Policies::from_parts(&[p], &[]).unwrap();
+    let policies = Policies::compile(&[p], &[]).unwrap();
     let mut e = policies.evaluate(k, now);
     assert!(e.violations.len() <= 1);
     e.violations.pop()
@@ -140,7 +140,7 @@ fn all_conditions_must_hold_and_the_last_to_start_sets_violating_since() {
 
 #[test]
 fn policy_without_condition_is_an_error() {
-    let err = Policies::from_parts(&[max_age(1), policy("empty")], &[]).unwrap_err();
+    let err = Policies::compile(&[max_age(1), policy("empty")], &[]).unwrap_err();
     assert!(
         matches!(err, PolicyError::NoCondition { index: 1, .. }),
         "{err}"
@@ -150,14 +150,14 @@ fn policy_without_condition_is_an_error() {
 
 #[test]
 fn duplicate_and_empty_policy_names_are_errors() {
-    let err = Policies::from_parts(&[max_age(1), max_age(2)], &[]).unwrap_err();
+    let err = Policies::compile(&[max_age(1), max_age(2)], &[]).unwrap_err();
     assert!(
         matches!(err, PolicyError::DuplicateName { index: 1, .. }),
         "{err}"
     );
     let mut p = max_age(1);
     p.name = " ".to_string();
-    let err = Policies::from_parts(&[p], &[]).unwrap_err();
+    let err = Policies::compile(&[p], &[]).unwrap_err();
     assert!(matches!(err, PolicyError::EmptyName { index: 0 }), "{err}");
 }
 
@@ -165,14 +165,14 @@ fn duplicate_and_empty_policy_names_are_errors() {
 fn invalid_glob_names_the_field() {
     let mut p = max_age(1);
     p.selector.key_name = vec!["ci-[".to_string()];
-    let err = Policies::from_parts(&[p], &[]).unwrap_err();
+    let err = Policies::compile(&[p], &[]).unwrap_err();
     assert!(
         err.to_string().contains("policies[0] (age).match.key_name"),
         "{err}"
     );
     let mut e = exemption("r");
     e.project = Some("{a".to_string());
-    let err = Policies::from_parts(&[max_age(1)], &[e]).unwrap_err();
+    let err = Policies::compile(&[max_age(1)], &[e]).unwrap_err();
     assert!(err.to_string().contains("exemptions[0].project"), "{err}");
 }
 
@@ -380,7 +380,7 @@ fn exemption_by_key_id_name_glob_and_project() {
     ];
     for (e, expected) in cases {
         let label = format!("{e:?}");
-        let policies = Policies::from_parts(&[max_age(1)], &[e]).unwrap();
+        let policies = Policies::compile(&[max_age(1)], &[e]).unwrap();
         let ev = policies.evaluate(&k, now);
         assert_eq!(ev.is_exempt(), expected, "{label}");
         // Violations are reported either way; acting is gated by the exemption.
@@ -400,7 +400,7 @@ fn exemption_until_is_inclusive_then_expired_and_reported() {
     let mut e = exemption("migration");
     e.key_id = Some("k1".into());
     e.until = Some(10 * DAY);
-    let policies = Policies::from_parts(&[max_age(1)], &[e]).unwrap();
+    let policies = Policies::compile(&[max_age(1)], &[e]).unwrap();
 
     let at_until = policies.evaluate(&k, 10 * DAY);
     assert_eq!(
@@ -439,7 +439,7 @@ fn first_active_exemption_wins_and_expired_ones_are_still_reported() {
     a.project = Some("proj_a".into());
     let mut b = exemption("b");
     b.key_name = Some("*".into());
-    let policies = Policies::from_parts(&[max_age(1)], &[expired, a, b]).unwrap();
+    let policies = Policies::compile(&[max_age(1)], &[expired, a, b]).unwrap();
     let ev = policies.evaluate(&k, 5 * DAY);
     let hit = ev.exemption.unwrap();
     assert_eq!((hit.reason.as_str(), hit.index), ("a", 1));
@@ -448,7 +448,7 @@ fn first_active_exemption_wins_and_expired_ones_are_still_reported() {
 
 #[test]
 fn empty_exemption_is_an_error() {
-    let err = Policies::from_parts(&[max_age(1)], &[exemption("all")]).unwrap_err();
+    let err = Policies::compile(&[max_age(1)], &[exemption("all")]).unwrap_err();
     assert!(
         matches!(err, PolicyError::EmptyExemption { index: 0 }),
         "{err}"
@@ -459,7 +459,7 @@ fn empty_exemption_is_an_error() {
 fn observation_for_unselected_policy_is_compliant() {
     let mut p = max_age(1);
     p.selector.projects = vec!["proj_z".into()];
-    let policies = Policies::from_parts(&[p], &[]).unwrap();
+    let policies = Policies::compile(&[p], &[]).unwrap();
     let k = key("k1");
     let ev = policies.evaluate(&k, 100 * DAY);
     assert!(ev.violations.is_empty());
@@ -476,7 +476,7 @@ fn example_policies_from_the_issue_evaluate_as_written() {
     rotate.warn_before = dur(14 * DAY);
     let mut idle = policy("idle-45d");
     idle.max_idle = Some(dur(45 * DAY));
-    let policies = Policies::from_parts(&[rotate, idle], &[]).unwrap();
+    let policies = Policies::compile(&[rotate, idle], &[]).unwrap();
 
     let mut k = key("k1");
     k.last_used_at = Some(99 * DAY);

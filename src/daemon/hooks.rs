@@ -1,0 +1,96 @@
+//! What the daemon is given and what it hands back: the injected sweep, reload and shutdown
+//! functions, the request a sweep receives and the result it returns.
+//!
+//! These are the daemon's whole contract with the rest of keysweep; it must never need to know
+//! more about a sweep (the API, policies or state) than what is written here.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::ops::ReadyCheck;
+
+/// A boxed, sendable future: what the injected functions return.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// Runs one sweep of one organisation. The daemon calls it at most once at a time per
+/// organisation, inside a span carrying `organization` and `run_id`, and records the sweep's
+/// count, duration and last-success time itself (the function must not).
+pub type SweepFn = Arc<dyn Fn(SweepRequest) -> BoxFuture<SweepResult> + Send + Sync>;
+
+/// Loads the configuration again (SIGHUP). `Err` carries a human-readable reason, without
+/// secrets; the daemon then keeps the configuration it has.
+pub type ReloadFn = Arc<dyn Fn() -> Result<Config, String> + Send + Sync>;
+
+/// Runs once at shutdown after the sweeps have drained, within what is left of the grace
+/// period (flush what the outbox can).
+pub type ShutdownHook = Box<dyn FnOnce() -> BoxFuture<()> + Send>;
+
+/// What one sweep is asked to do.
+#[derive(Debug, Clone)]
+pub struct SweepRequest {
+    pub organization: String,
+    /// Unique per sweep; already in the tracing span, and meant for the audit log.
+    pub run_id: String,
+    /// The configuration in force when the sweep started (a reload does not change it midway).
+    pub config: Arc<Config>,
+    /// Cancelled on shutdown: finish the current step (never between a delete's intent and its
+    /// outcome record), then return [`SweepResult::Cancelled`].
+    pub cancel: CancellationToken,
+    /// Why this sweep runs.
+    pub trigger: Trigger,
+    /// The slot it stands for (the start time for [`Trigger::Start`]).
+    pub slot: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// `run_on_start` (or the organisation was added by a reload).
+    Start,
+    /// A cron slot.
+    Schedule,
+}
+
+/// How a sweep ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SweepResult {
+    /// Every listing complete, every action done.
+    Success,
+    /// The sweep ran to its end but some of it could not be done (an incomplete listing, a
+    /// refused action). It does not make the daemon unready, but it does not advance
+    /// `keysweep_last_successful_sweep_timestamp_seconds` either, so an alert on that gauge
+    /// catches an organisation that never completes.
+    Partial { reason: String },
+    /// The sweep could not do its job (authentication refused, API unreachable, state error).
+    /// `/readyz` reports the reason until a later sweep succeeds.
+    Failed { reason: String },
+    /// Stopped early because the cancellation token fired.
+    Cancelled,
+}
+
+impl SweepResult {
+    /// The `outcome` label of `keysweep_sweeps_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            SweepResult::Success => "success",
+            SweepResult::Partial { .. } => "partial",
+            SweepResult::Failed { .. } => "failed",
+            SweepResult::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// What [`crate::daemon::run`] needs besides the configuration.
+pub struct DaemonDeps {
+    pub sweep: SweepFn,
+    pub reload: ReloadFn,
+    pub metrics: Metrics,
+    /// Is the state database reachable? (for `/readyz`)
+    pub db_ready: ReadyCheck,
+    pub on_shutdown: Option<ShutdownHook>,
+}
