@@ -503,11 +503,7 @@ async fn serve(config: Config, path: PathBuf, force_dry_run: bool) -> Result<()>
     };
     let db_ready = {
         let store = store.clone();
-        Arc::new(move || {
-            store
-                .with_conn(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
-                .is_ok()
-        })
+        Arc::new(move || store.ping().is_ok())
     };
     let on_shutdown: crate::daemon::ShutdownHook = {
         let store = store.clone();
@@ -518,7 +514,11 @@ async fn serve(config: Config, path: PathBuf, force_dry_run: bool) -> Result<()>
                 // next start (it is in the database).
                 if let Ok(n) = crate::notify::Notifier::new() {
                     let _ = n
-                        .deliver_due(&store, &config, chrono::Utc::now().timestamp())
+                        .deliver_due(
+                            &store,
+                            &crate::notify::NotifySettings::from(&config),
+                            chrono::Utc::now().timestamp(),
+                        )
                         .await;
                 }
             })

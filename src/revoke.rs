@@ -478,7 +478,7 @@ pub async fn reconcile(
                 let messages = crate::notify::compose(
                     &notices,
                     &[],
-                    config,
+                    &crate::notify::NotifySettings::from(config),
                     &format!("reconciled/{}", row.seq),
                     now,
                 );

@@ -54,6 +54,13 @@ pub enum EnforcerAlert {
     },
 }
 
+/// The `alerts` table remembers raised alerts through this; `state` never names this type.
+impl crate::state::alerts::RaisedAlert for EnforcerAlert {
+    fn dedup_key(&self) -> String {
+        EnforcerAlert::dedup_key(self)
+    }
+}
+
 impl EnforcerAlert {
     /// Stable identity for de-duplicating repeated alerts across sweeps.
     pub fn dedup_key(&self) -> String {

@@ -13,14 +13,16 @@
 use secrecy::ExposeSecret;
 use serde_json::Value;
 
-use crate::config::{ChannelConfig, ChannelKind, Config};
+use crate::config::{ChannelConfig, ChannelKind};
 use crate::metrics::{Metrics, NotificationOutcome};
 use crate::notify::alert::EnforcerAlert;
 use crate::notify::digest::Digest;
 pub use crate::notify::failure::SendFailure;
-use crate::notify::outbox::{self, OutboxDb};
+use crate::notify::outbox::{self, OutboxDb, StoredMessage};
 use crate::notify::route::{self, CHANNEL_RECIPIENT};
+use crate::notify::settings::NotifySettings;
 use crate::notify::{MessageKind, NotifyError, email, http, pagerduty, scrub, slack, webhook};
+use crate::state::StateError;
 
 /// Messages read from the outbox per batch.
 const BATCH: usize = 50;
@@ -93,10 +95,9 @@ impl Notifier {
     pub async fn deliver_due<D: OutboxDb + Sync>(
         &self,
         db: &D,
-        config: &Config,
+        settings: &NotifySettings,
         now: i64,
     ) -> Result<DeliveryReport, NotifyError> {
-        let max_attempts = config.notifications.max_attempts.max(1);
         let mut report = DeliveryReport::default();
         let mut handled = 0usize;
         while handled < MAX_PER_CALL {
@@ -106,7 +107,7 @@ impl Notifier {
             }
             for m in batch {
                 handled += 1;
-                let outcome = match config.channel(&m.channel) {
+                let outcome = match settings.channel(&m.channel) {
                     Some(ch) => self.send(ch, &m.message_id, &m.payload).await,
                     None => Err(SendFailure {
                         error: format!("channel {:?} is no longer configured", m.channel),
@@ -120,49 +121,57 @@ impl Notifier {
                         report.sent += 1;
                         self.count(&m.channel, NotificationOutcome::Sent);
                     }
-                    Err(f) => {
-                        let attempts = m.attempts + 1;
-                        let unknown_channel = config.channel(&m.channel).is_none();
-                        if attempts >= max_attempts || unknown_channel {
-                            db.with(|c| -> Result<(), NotifyError> {
-                                outbox::mark_failed(c, m.id, &f.error, now)?;
-                                outbox::mark_dead(c, m.id, &f.error)
-                            })?;
-                            tracing::error!(message_id = %m.message_id, channel = %m.channel, attempts, error = %f.error, "notification dead-lettered");
-                            report.dead += 1;
-                            self.count(&m.channel, NotificationOutcome::Dead);
-                            if m.kind != MessageKind::DeliveryAlert {
-                                let alert = EnforcerAlert::DeliveryFailed {
-                                    channel: m.channel.clone(),
-                                    message_id: m.message_id.clone(),
-                                    attempts,
-                                    error: f.error.clone(),
-                                };
-                                // Deterministic run id: re-raising for the same dead letter is a
-                                // no-op in the outbox.
-                                let run_id = format!("dead-letter/{}", m.message_id);
-                                let msgs = route::compose(
-                                    &[],
-                                    std::slice::from_ref(&alert),
-                                    config,
-                                    &run_id,
-                                    now,
-                                );
-                                db.with(|c| outbox::enqueue(c, &msgs, now))?;
-                                report.alerts.push(alert);
-                            }
-                        } else {
-                            let next = now + outbox::backoff_secs(attempts, &mut rand::rng());
-                            db.with(|c| outbox::mark_failed(c, m.id, &f.error, next))?;
-                            tracing::warn!(message_id = %m.message_id, channel = %m.channel, attempts, retryable = f.retryable, next_attempt_at = next, error = %f.error, "notification failed; will retry");
-                            report.failed += 1;
-                            self.count(&m.channel, NotificationOutcome::Failed);
-                        }
-                    }
+                    Err(f) => self.failed(db, settings, &m, &f, now, &mut report)?,
                 }
             }
         }
         Ok(report)
+    }
+
+    /// Records a failed attempt: another try later with backoff, or, after the last attempt
+    /// (or for a channel no longer configured), a dead letter and its alert.
+    fn failed<D: OutboxDb>(
+        &self,
+        db: &D,
+        settings: &NotifySettings,
+        m: &StoredMessage,
+        f: &SendFailure,
+        now: i64,
+        report: &mut DeliveryReport,
+    ) -> Result<(), NotifyError> {
+        let attempts = m.attempts + 1;
+        let max_attempts = settings.notifications.max_attempts.max(1);
+        let unknown_channel = settings.channel(&m.channel).is_none();
+        if attempts < max_attempts && !unknown_channel {
+            let next = now + outbox::backoff_secs(attempts, &mut rand::rng());
+            db.with(|c| outbox::mark_failed(c, m.id, &f.error, next))?;
+            tracing::warn!(message_id = %m.message_id, channel = %m.channel, attempts, retryable = f.retryable, next_attempt_at = next, error = %f.error, "notification failed; will retry");
+            report.failed += 1;
+            self.count(&m.channel, NotificationOutcome::Failed);
+            return Ok(());
+        }
+        db.with(|c| -> Result<(), StateError> {
+            outbox::mark_failed(c, m.id, &f.error, now)?;
+            outbox::mark_dead(c, m.id, &f.error)
+        })?;
+        tracing::error!(message_id = %m.message_id, channel = %m.channel, attempts, error = %f.error, "notification dead-lettered");
+        report.dead += 1;
+        self.count(&m.channel, NotificationOutcome::Dead);
+        if m.kind != MessageKind::DeliveryAlert {
+            let alert = EnforcerAlert::DeliveryFailed {
+                channel: m.channel.clone(),
+                message_id: m.message_id.clone(),
+                attempts,
+                error: f.error.clone(),
+            };
+            // Deterministic run id: re-raising for the same dead letter is a no-op in the
+            // outbox.
+            let run_id = format!("dead-letter/{}", m.message_id);
+            let msgs = route::compose(&[], std::slice::from_ref(&alert), settings, &run_id, now);
+            db.with(|c| outbox::enqueue(c, &msgs, now))?;
+            report.alerts.push(alert);
+        }
+        Ok(())
     }
 
     /// `keysweep notify test --channel NAME`: renders a test message for the channel and sends
@@ -197,10 +206,10 @@ impl Notifier {
 /// [`Notifier::deliver_due`] with a fresh client (convenience for one-shot callers).
 pub async fn deliver_due<D: OutboxDb + Sync>(
     db: &D,
-    config: &Config,
+    settings: &NotifySettings,
     now: i64,
 ) -> Result<DeliveryReport, NotifyError> {
-    Notifier::new()?.deliver_due(db, config, now).await
+    Notifier::new()?.deliver_due(db, settings, now).await
 }
 
 /// [`Notifier::send_test`] with a fresh client.

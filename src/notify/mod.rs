@@ -1,9 +1,14 @@
 //! Notifications: digests per channel and recipient, the outbox, and delivery.
 //!
-//! The flow is `compose` (pure: notices + alerts + config → [`OutboxMessage`]s, rendered and
-//! channel-ready) → `outbox::enqueue` (written to SQLite before anything is sent) →
+//! The flow is `compose` (pure: notices + alerts + [`NotifySettings`] → [`OutboxMessage`]s, rendered and
+//! channel-ready) → `outbox::enqueue` (written to the state database, through `state::outbox`,
+//! before anything is sent) →
 //! `deliver::deliver_due` (sends what is due, records the outcome, retries with backoff across
 //! restarts, dead-letters after `max_attempts` and raises an [`alert::EnforcerAlert`]).
+//!
+//! notify sees only [`NotifySettings`] (channels, routes, ops channels, the owner fallback, the
+//! notification settings, each policy's channels), built from `Config` at the edge: never an
+//! organisation, never the admin key.
 //!
 //! Invariant: nothing in this module ever stores, logs or returns a channel secret (SMTP
 //! password, Slack webhook URL, PagerDuty routing key, webhook signing secret). Secrets are read
@@ -20,6 +25,7 @@ pub mod outbox;
 pub mod pagerduty;
 pub mod render;
 pub mod route;
+pub mod settings;
 pub mod slack;
 pub mod webhook;
 
@@ -30,6 +36,7 @@ use crate::policy::finding::NoticeKind;
 pub use deliver::{DeliveryReport, Notifier, deliver_due, send_test};
 pub use outbox::{OutboxDb, OutboxDepth, StoredMessage};
 pub use route::compose;
+pub use settings::NotifySettings;
 
 /// What an outbox message is about. Stored in the `kind` column; each notice kind travels in its
 /// own message so a final notice or a revocation is never buried in a routine digest.
@@ -110,13 +117,9 @@ pub struct OutboxMessage {
 /// Errors of the notify module. Messages never contain a secret (see `scrub`).
 #[derive(Debug, thiserror::Error)]
 pub enum NotifyError {
-    #[error("outbox database: {0}")]
-    Db(#[from] rusqlite::Error),
-    #[error("outbox payload of message {message_id} is not valid JSON: {source}")]
-    Payload {
-        message_id: String,
-        source: serde_json::Error,
-    },
+    /// The outbox (in the state database) failed.
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
     #[error("channel {0:?} is not configured")]
     UnknownChannel(String),
     #[error("channel {channel:?}: {message}")]

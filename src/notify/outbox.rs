@@ -1,17 +1,21 @@
-//! The outbox: every message is written to the state database before it is sent, and its
-//! delivery state (attempts, next attempt, last error, sent/dead) lives there, so retries and
-//! backoff survive restarts.
+//! The outbox as `notify` sees it: channel-ready [`OutboxMessage`]s go in before anything is
+//! sent and come back as [`StoredMessage`]s; failures back off with jitter; error texts are
+//! scrubbed before they are kept.
 //!
-//! Functions take a plain `&rusqlite::Connection` (the `outbox` table of
-//! `state::schema::MIGRATIONS[0]`); the [`OutboxDb`] trait is how `deliver` reaches the
-//! connection without knowing about `state::Store`. Nothing stored here may contain a secret:
-//! payloads are rendered without secrets and every error text passes through `scrub` (URLs are
-//! removed: a Slack webhook URL is a secret).
+//! The SQL lives in `state::outbox`; this file converts between notify's types and the state
+//! rows and must never run SQL itself. Functions take a plain `&rusqlite::Connection` (a
+//! `&Transaction` derefs to one), so a sweep enqueues inside its own transaction. Nothing stored
+//! may contain a secret: payloads are rendered without secrets and every error text passes
+//! through `scrub` (URLs are removed: a Slack webhook URL is a secret).
 
 use rand::Rng;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::Connection;
 
-use crate::notify::{MessageKind, NotifyError, OutboxMessage, scrub};
+use crate::notify::{MessageKind, OutboxMessage, scrub};
+use crate::state::StateError;
+use crate::state::outbox::{self as rows, NewOutboxRow, OutboxRow};
+
+pub use crate::state::outbox::{OutboxDb, OutboxDepth};
 
 /// First retry delay.
 pub const BACKOFF_BASE_SECS: i64 = 30;
@@ -19,24 +23,6 @@ pub const BACKOFF_BASE_SECS: i64 = 30;
 pub const BACKOFF_MAX_SECS: i64 = 3600;
 /// Longest error text kept in `last_error`.
 const MAX_ERROR_LEN: usize = 500;
-
-/// Access to the state database's connection for the delivery loop.
-///
-/// Minimal on purpose: `state::Store` implements it by locking its connection (or running a
-/// transaction) and passing it to `f`. `f` never awaits, so no lock is held across a network
-/// call. A `std::sync::Mutex<Connection>` implements it too (used by tests and tools).
-pub trait OutboxDb {
-    fn with<T>(&self, f: impl FnOnce(&Connection) -> T) -> T;
-}
-
-impl OutboxDb for std::sync::Mutex<Connection> {
-    fn with<T>(&self, f: impl FnOnce(&Connection) -> T) -> T {
-        // A poisoned lock only means another thread panicked mid-call; SQLite itself stays
-        // consistent (each statement is atomic), so keep going.
-        let guard = self.lock().unwrap_or_else(|e| e.into_inner());
-        f(&guard)
-    }
-}
 
 /// One row of the outbox.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,98 +43,52 @@ pub struct StoredMessage {
     pub sent_at: Option<i64>,
 }
 
-/// Messages waiting (including those backing off) and dead-lettered ones.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
-pub struct OutboxDepth {
-    pub pending: u64,
-    pub dead: u64,
-}
-
 /// Writes messages as `pending`, due now. A message id already present (same sweep composed
 /// twice) is ignored, so enqueueing is idempotent. Returns how many rows were inserted.
 pub fn enqueue(
     conn: &Connection,
     messages: &[OutboxMessage],
     now: i64,
-) -> Result<usize, NotifyError> {
-    let mut stmt = conn.prepare_cached(
-        "INSERT OR IGNORE INTO outbox
-             (message_id, channel, recipient, kind, payload, created_at, attempts, next_attempt_at, status)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?6, 'pending')",
-    )?;
+) -> Result<usize, StateError> {
     let mut inserted = 0;
     for m in messages {
-        let payload = serde_json::to_string(&m.payload).map_err(|source| NotifyError::Payload {
-            message_id: m.message_id.clone(),
+        let payload = serde_json::to_string(&m.payload).map_err(|source| StateError::Encode {
+            what: "outbox payload",
             source,
         })?;
-        inserted += stmt.execute(params![
-            m.message_id,
-            m.channel,
-            m.recipient,
-            m.kind.as_str(),
-            payload,
-            now
-        ])?;
+        let row = NewOutboxRow {
+            message_id: &m.message_id,
+            channel: &m.channel,
+            recipient: &m.recipient,
+            kind: m.kind.as_str(),
+            payload: &payload,
+        };
+        inserted += rows::insert(conn, &row, now)?;
     }
     Ok(inserted)
 }
 
 /// Pending messages whose next attempt is due, oldest first.
-pub fn due(conn: &Connection, now: i64, limit: usize) -> Result<Vec<StoredMessage>, NotifyError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, message_id, channel, recipient, kind, payload, created_at, attempts,
-                next_attempt_at, status, last_error, sent_at
-           FROM outbox
-          WHERE status = 'pending' AND next_attempt_at <= ?1
-          ORDER BY next_attempt_at, id
-          LIMIT ?2",
-    )?;
-    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let rows = stmt.query_map(params![now, limit], row_to_raw)?;
-    let mut out = Vec::new();
-    for r in rows {
-        out.push(from_raw(r?)?);
-    }
-    Ok(out)
+pub fn due(conn: &Connection, now: i64, limit: usize) -> Result<Vec<StoredMessage>, StateError> {
+    rows::due(conn, now, limit)?
+        .into_iter()
+        .map(from_row)
+        .collect()
 }
 
 /// One message by its stable id (for tests, `keysweep demo` and diagnostics).
-pub fn get(conn: &Connection, message_id: &str) -> Result<Option<StoredMessage>, NotifyError> {
-    let raw = conn
-        .query_row(
-            "SELECT id, message_id, channel, recipient, kind, payload, created_at, attempts,
-                    next_attempt_at, status, last_error, sent_at
-               FROM outbox WHERE message_id = ?1",
-            params![message_id],
-            row_to_raw,
-        )
-        .optional()?;
-    raw.map(from_raw).transpose()
+pub fn get(conn: &Connection, message_id: &str) -> Result<Option<StoredMessage>, StateError> {
+    rows::get(conn, message_id)?.map(from_row).transpose()
 }
 
-/// Every row, oldest first (diagnostics and tests).
-pub fn all(conn: &Connection) -> Result<Vec<StoredMessage>, NotifyError> {
-    let mut stmt = conn.prepare(
-        "SELECT id, message_id, channel, recipient, kind, payload, created_at, attempts,
-                next_attempt_at, status, last_error, sent_at
-           FROM outbox ORDER BY id",
-    )?;
-    let rows = stmt.query_map([], row_to_raw)?;
-    let mut out = Vec::new();
-    for r in rows {
-        out.push(from_raw(r?)?);
-    }
-    Ok(out)
+/// Every message, oldest first (diagnostics and tests).
+pub fn all(conn: &Connection) -> Result<Vec<StoredMessage>, StateError> {
+    rows::all(conn)?.into_iter().map(from_row).collect()
 }
 
 /// The receiver accepted the message.
-pub fn mark_sent(conn: &Connection, id: i64, now: i64) -> Result<(), NotifyError> {
-    conn.execute(
-        "UPDATE outbox SET status = 'sent', sent_at = ?2, last_error = NULL WHERE id = ?1",
-        params![id, now],
-    )?;
-    Ok(())
+pub fn mark_sent(conn: &Connection, id: i64, now: i64) -> Result<(), StateError> {
+    rows::mark_sent(conn, id, now)
 }
 
 /// A failed attempt: counts it, keeps the (scrubbed) error and schedules the next attempt.
@@ -158,48 +98,25 @@ pub fn mark_failed(
     id: i64,
     error: &str,
     next_attempt_at: i64,
-) -> Result<u32, NotifyError> {
-    let error = clean_error(error);
-    let attempts: i64 = conn.query_row(
-        "UPDATE outbox SET attempts = attempts + 1, last_error = ?2, next_attempt_at = ?3
-          WHERE id = ?1 RETURNING attempts",
-        params![id, error, next_attempt_at],
-        |r| r.get(0),
-    )?;
-    Ok(u32::try_from(attempts).unwrap_or(u32::MAX))
+) -> Result<u32, StateError> {
+    rows::mark_failed(conn, id, &clean_error(error), next_attempt_at)
 }
 
 /// Gives up on a message after its last attempt (the caller raises the enforcer alert).
-pub fn mark_dead(conn: &Connection, id: i64, error: &str) -> Result<(), NotifyError> {
-    conn.execute(
-        "UPDATE outbox SET status = 'dead', last_error = ?2 WHERE id = ?1",
-        params![id, clean_error(error)],
-    )?;
-    Ok(())
+pub fn mark_dead(conn: &Connection, id: i64, error: &str) -> Result<(), StateError> {
+    rows::mark_dead(conn, id, &clean_error(error))
 }
 
 /// Puts dead-lettered messages (of `channel`, or of every channel) back in the queue with a
 /// fresh set of attempts, due at once: after the operator fixed the channel. Each keeps its
 /// `message_id`, so a receiver that did get an earlier attempt can tell the repeat. Returns how
 /// many were requeued.
-pub fn requeue_dead(conn: &Connection, channel: Option<&str>) -> Result<usize, NotifyError> {
-    Ok(conn.execute(
-        "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = created_at
-          WHERE status = 'dead' AND (?1 IS NULL OR channel = ?1)",
-        params![channel],
-    )?)
+pub fn requeue_dead(conn: &Connection, channel: Option<&str>) -> Result<usize, StateError> {
+    rows::requeue_dead(conn, channel)
 }
 
-pub fn depth(conn: &Connection) -> Result<OutboxDepth, NotifyError> {
-    let (pending, dead): (i64, i64) = conn.query_row(
-        "SELECT COALESCE(SUM(status = 'pending'), 0), COALESCE(SUM(status = 'dead'), 0) FROM outbox",
-        [],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
-    Ok(OutboxDepth {
-        pending: u64::try_from(pending).unwrap_or(0),
-        dead: u64::try_from(dead).unwrap_or(0),
-    })
+pub fn depth(conn: &Connection) -> Result<OutboxDepth, StateError> {
+    rows::depth(conn)
 }
 
 /// Delay before the next attempt after `attempts` failures: 30 s doubling up to 1 h, with
@@ -222,72 +139,27 @@ fn clean_error(error: &str) -> String {
     }
 }
 
-type RawRow = (
-    i64,
-    String,
-    String,
-    String,
-    String,
-    String,
-    i64,
-    i64,
-    i64,
-    String,
-    Option<String>,
-    Option<i64>,
-);
-
-fn row_to_raw(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
-    Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-        r.get(6)?,
-        r.get(7)?,
-        r.get(8)?,
-        r.get(9)?,
-        r.get(10)?,
-        r.get(11)?,
-    ))
-}
-
-fn from_raw(r: RawRow) -> Result<StoredMessage, NotifyError> {
-    let (
-        id,
-        message_id,
-        channel,
-        recipient,
-        kind,
-        payload,
-        created_at,
-        attempts,
-        next,
-        status,
-        last_error,
-        sent_at,
-    ) = r;
-    let payload = serde_json::from_str(&payload).map_err(|source| NotifyError::Payload {
-        message_id: message_id.clone(),
+fn from_row(r: OutboxRow) -> Result<StoredMessage, StateError> {
+    let payload = serde_json::from_str(&r.payload).map_err(|source| StateError::Corrupt {
+        table: "outbox",
+        row: r.message_id.clone(),
         source,
     })?;
     // An unknown kind (written by a newer version) is delivered like an alert digest.
-    let kind = MessageKind::parse(&kind).unwrap_or(MessageKind::Alert);
+    let kind = MessageKind::parse(&r.kind).unwrap_or(MessageKind::Alert);
     Ok(StoredMessage {
-        id,
-        message_id,
-        channel,
-        recipient,
+        id: r.id,
+        message_id: r.message_id,
+        channel: r.channel,
+        recipient: r.recipient,
         kind,
         payload,
-        created_at,
-        attempts: u32::try_from(attempts).unwrap_or(0),
-        next_attempt_at: next,
-        status,
-        last_error,
-        sent_at,
+        created_at: r.created_at,
+        attempts: r.attempts,
+        next_attempt_at: r.next_attempt_at,
+        status: r.status,
+        last_error: r.last_error,
+        sent_at: r.sent_at,
     })
 }
 
@@ -295,14 +167,6 @@ fn from_raw(r: RawRow) -> Result<StoredMessage, NotifyError> {
 mod tests {
     use super::*;
     use serde_json::json;
-
-    fn open() -> (tempfile::TempDir, Connection) {
-        let dir = tempfile::tempdir().unwrap();
-        let conn = Connection::open(dir.path().join("state.db")).unwrap();
-        conn.execute_batch(crate::state::schema::MIGRATIONS[0])
-            .unwrap();
-        (dir, conn)
-    }
 
     fn msg(id: &str) -> OutboxMessage {
         OutboxMessage {
@@ -316,46 +180,48 @@ mod tests {
 
     #[test]
     fn enqueue_is_idempotent_and_due_respects_backoff() {
-        let (_d, conn) = open();
-        assert_eq!(enqueue(&conn, &[msg("a"), msg("b")], 100).unwrap(), 2);
-        assert_eq!(enqueue(&conn, &[msg("a")], 200).unwrap(), 0);
-        let due_now = due(&conn, 100, 10).unwrap();
-        assert_eq!(due_now.len(), 2);
-        let a = &due_now[0];
-        assert_eq!(a.message_id, "a");
-        assert_eq!(a.payload, json!({"text": "hello"}));
+        let store = crate::state::Store::open_in_memory().unwrap();
+        store.with(|conn| {
+            assert_eq!(enqueue(&conn, &[msg("a"), msg("b")], 100).unwrap(), 2);
+            assert_eq!(enqueue(&conn, &[msg("a")], 200).unwrap(), 0);
+            let due_now = due(&conn, 100, 10).unwrap();
+            assert_eq!(due_now.len(), 2);
+            let a = &due_now[0];
+            assert_eq!(a.message_id, "a");
+            assert_eq!(a.payload, json!({"text": "hello"}));
 
-        let attempts = mark_failed(
-            &conn,
-            a.id,
-            "connect to https://hooks.slack.com/services/X/Y/Z failed",
-            160,
-        )
-        .unwrap();
-        assert_eq!(attempts, 1);
-        mark_sent(&conn, due_now[1].id, 101).unwrap();
-        assert!(due(&conn, 159, 10).unwrap().is_empty());
-        let again = due(&conn, 160, 10).unwrap();
-        assert_eq!(again.len(), 1);
-        assert_eq!(again[0].attempts, 1);
-        let err = again[0].last_error.clone().unwrap();
-        assert!(!err.contains("hooks.slack.com"), "{err}");
-        assert_eq!(
-            depth(&conn).unwrap(),
-            OutboxDepth {
-                pending: 1,
-                dead: 0
-            }
-        );
-        mark_dead(&conn, a.id, "gave up").unwrap();
-        assert_eq!(
-            depth(&conn).unwrap(),
-            OutboxDepth {
-                pending: 0,
-                dead: 1
-            }
-        );
-        assert!(due(&conn, 10_000, 10).unwrap().is_empty());
+            let attempts = mark_failed(
+                &conn,
+                a.id,
+                "connect to https://hooks.slack.com/services/X/Y/Z failed",
+                160,
+            )
+            .unwrap();
+            assert_eq!(attempts, 1);
+            mark_sent(&conn, due_now[1].id, 101).unwrap();
+            assert!(due(&conn, 159, 10).unwrap().is_empty());
+            let again = due(&conn, 160, 10).unwrap();
+            assert_eq!(again.len(), 1);
+            assert_eq!(again[0].attempts, 1);
+            let err = again[0].last_error.clone().unwrap();
+            assert!(!err.contains("hooks.slack.com"), "{err}");
+            assert_eq!(
+                depth(&conn).unwrap(),
+                OutboxDepth {
+                    pending: 1,
+                    dead: 0
+                }
+            );
+            mark_dead(&conn, a.id, "gave up").unwrap();
+            assert_eq!(
+                depth(&conn).unwrap(),
+                OutboxDepth {
+                    pending: 0,
+                    dead: 1
+                }
+            );
+            assert!(due(&conn, 10_000, 10).unwrap().is_empty());
+        });
     }
 
     #[test]

@@ -20,9 +20,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use sha2::{Digest as _, Sha256};
 
-use crate::config::{ChannelConfig, ChannelKind, Config};
+use crate::config::{ChannelConfig, ChannelKind};
 use crate::notify::alert::EnforcerAlert;
 use crate::notify::digest::Digest;
+use crate::notify::settings::NotifySettings;
 use crate::notify::{MessageKind, OutboxMessage, render};
 use crate::policy::finding::Notice;
 
@@ -38,88 +39,11 @@ pub const MAX_NOTICES_PER_DIGEST: usize = 500;
 pub fn compose(
     notices: &[Notice],
     alerts: &[EnforcerAlert],
-    config: &Config,
+    settings: &NotifySettings,
     run_id: &str,
     now: i64,
 ) -> Vec<OutboxMessage> {
-    let mut out = Vec::new();
-
-    // (channel, recipient, kind) → notices, with e-mail `to` lists kept aside.
-    let mut buckets: BTreeMap<(String, String, MessageKind), Vec<&Notice>> = BTreeMap::new();
-    let mut to_lists: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
-    for n in notices {
-        let kind = MessageKind::from_notice(n.kind);
-        for channel in channels_for(n, config) {
-            let Some(ch) = config.channel(&channel) else {
-                tracing::warn!(channel = %channel, "notice routed to an unknown channel; skipped");
-                continue;
-            };
-            for (recipient, to) in recipients(ch, n) {
-                to_lists
-                    .entry((channel.clone(), recipient.clone()))
-                    .or_insert(to);
-                buckets
-                    .entry((channel.clone(), recipient, kind))
-                    .or_default()
-                    .push(n);
-            }
-        }
-    }
-
-    for ((channel, recipient, kind), list) in buckets {
-        let Some(ch) = config.channel(&channel) else {
-            continue;
-        };
-        match &ch.kind {
-            ChannelKind::PagerDuty(_) => {
-                // One event per finding; a finding routed twice to the channel is sent once.
-                let mut seen = BTreeSet::new();
-                for n in list {
-                    let dedup = n.finding.id.dedup_key();
-                    if !seen.insert(dedup.clone()) {
-                        continue;
-                    }
-                    out.push(OutboxMessage {
-                        message_id: message_id(&[
-                            run_id,
-                            &channel,
-                            &recipient,
-                            kind.as_str(),
-                            &dedup,
-                        ]),
-                        channel: channel.clone(),
-                        recipient: recipient.clone(),
-                        kind,
-                        payload: render::pagerduty_notice(n, now),
-                    });
-                }
-            }
-            _ => {
-                let mut list = dedup_notices(list);
-                // Sorted by project: a project's notices fill consecutive parts.
-                list.sort_by(|a, b| {
-                    (&a.finding.id.organization, &a.finding.id.project_id)
-                        .cmp(&(&b.finding.id.organization, &b.finding.id.project_id))
-                });
-                let to = to_lists
-                    .get(&(channel.clone(), recipient.clone()))
-                    .cloned()
-                    .unwrap_or_default();
-                let parts = list.len().div_ceil(MAX_NOTICES_PER_DIGEST);
-                for (i, part) in list.chunks(MAX_NOTICES_PER_DIGEST).enumerate() {
-                    let mut digest = Digest::notices(kind, run_id, now, part);
-                    digest.part = Some((i + 1, parts));
-                    // Part 0 keeps the id an unsplit digest has always had.
-                    let scope = match i {
-                        0 => run_id.to_string(),
-                        i => format!("{run_id}/part-{i}"),
-                    };
-                    out.extend(render_digest(ch, &recipient, &to, &digest, &scope));
-                }
-            }
-        }
-    }
-
+    let mut out = compose_notices(notices, settings, run_id, now);
     if !alerts.is_empty() {
         let (delivery, other): (Vec<&EnforcerAlert>, Vec<&EnforcerAlert>) = alerts
             .iter()
@@ -131,8 +55,110 @@ pub fn compose(
             if list.is_empty() {
                 continue;
             }
-            out.extend(compose_alerts(kind, &list, config, run_id, now));
+            out.extend(compose_alerts(kind, &list, settings, run_id, now));
         }
+    }
+    out
+}
+
+/// Notices grouped by (channel, recipient, kind), with each e-mail recipient's `to` list.
+#[derive(Default)]
+struct Buckets<'a> {
+    notices: BTreeMap<(String, String, MessageKind), Vec<&'a Notice>>,
+    to_lists: BTreeMap<(String, String), Vec<String>>,
+}
+
+fn bucket<'a>(notices: &'a [Notice], settings: &NotifySettings) -> Buckets<'a> {
+    let mut b = Buckets::default();
+    for n in notices {
+        let kind = MessageKind::from_notice(n.kind);
+        for channel in channels_for(n, settings) {
+            let Some(ch) = settings.channel(&channel) else {
+                tracing::warn!(channel = %channel, "notice routed to an unknown channel; skipped");
+                continue;
+            };
+            for (recipient, to) in recipients(ch, n) {
+                b.to_lists
+                    .entry((channel.clone(), recipient.clone()))
+                    .or_insert(to);
+                b.notices
+                    .entry((channel.clone(), recipient, kind))
+                    .or_default()
+                    .push(n);
+            }
+        }
+    }
+    b
+}
+
+/// The messages for the notices: a PagerDuty event per finding, a digest (in parts) elsewhere.
+fn compose_notices(
+    notices: &[Notice],
+    settings: &NotifySettings,
+    run_id: &str,
+    now: i64,
+) -> Vec<OutboxMessage> {
+    let mut out = Vec::new();
+    let buckets = bucket(notices, settings);
+    for ((channel, recipient, kind), list) in buckets.notices {
+        let Some(ch) = settings.channel(&channel) else {
+            continue;
+        };
+        if let ChannelKind::PagerDuty(_) = &ch.kind {
+            out.extend(pagerduty_events(
+                &channel, &recipient, kind, list, run_id, now,
+            ));
+            continue;
+        }
+        let to = buckets
+            .to_lists
+            .get(&(channel.clone(), recipient.clone()))
+            .cloned()
+            .unwrap_or_default();
+        let mut list = dedup_notices(list);
+        // Sorted by project: a project's notices fill consecutive parts.
+        list.sort_by(|a, b| {
+            (&a.finding.id.organization, &a.finding.id.project_id)
+                .cmp(&(&b.finding.id.organization, &b.finding.id.project_id))
+        });
+        let parts = list.len().div_ceil(MAX_NOTICES_PER_DIGEST);
+        for (i, part) in list.chunks(MAX_NOTICES_PER_DIGEST).enumerate() {
+            let mut digest = Digest::notices(kind, run_id, now, part);
+            digest.part = Some((i + 1, parts));
+            // Part 0 keeps the id an unsplit digest has always had.
+            let scope = match i {
+                0 => run_id.to_string(),
+                i => format!("{run_id}/part-{i}"),
+            };
+            out.extend(render_digest(ch, &recipient, &to, &digest, &scope));
+        }
+    }
+    out
+}
+
+/// One PagerDuty event per finding; a finding routed twice to the channel is sent once.
+fn pagerduty_events(
+    channel: &str,
+    recipient: &str,
+    kind: MessageKind,
+    list: Vec<&Notice>,
+    run_id: &str,
+    now: i64,
+) -> Vec<OutboxMessage> {
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for n in list {
+        let dedup = n.finding.id.dedup_key();
+        if !seen.insert(dedup.clone()) {
+            continue;
+        }
+        out.push(OutboxMessage {
+            message_id: message_id(&[run_id, channel, recipient, kind.as_str(), &dedup]),
+            channel: channel.to_string(),
+            recipient: recipient.to_string(),
+            kind,
+            payload: render::pagerduty_notice(n, now),
+        });
     }
     out
 }
@@ -141,13 +167,13 @@ pub fn compose(
 fn compose_alerts(
     kind: MessageKind,
     alerts: &[&EnforcerAlert],
-    config: &Config,
+    settings: &NotifySettings,
     run_id: &str,
     now: i64,
 ) -> Vec<OutboxMessage> {
     let mut out = Vec::new();
-    for channel in unique(&config.ops_channels) {
-        let Some(ch) = config.channel(&channel) else {
+    for channel in unique(&settings.ops_channels) {
+        let Some(ch) = settings.channel(&channel) else {
             tracing::warn!(channel = %channel, "ops channel is not configured; skipped");
             continue;
         };
@@ -243,15 +269,15 @@ pub(crate) fn render_digest(
 
 /// Channel names for one notice: policy `notify` + matching routes + (no owner e-mail)
 /// `owner_fallback`. Deduplicated, in a stable order.
-pub fn channels_for(n: &Notice, config: &Config) -> Vec<String> {
+pub fn channels_for(n: &Notice, settings: &NotifySettings) -> Vec<String> {
     let f = &n.finding;
     let mut names: Vec<String> = Vec::new();
-    if let Some(p) = config.policies.iter().find(|p| p.name == f.id.policy) {
-        names.extend(p.notify.iter().cloned());
+    if let Some(channels) = settings.policy_channels.get(&f.id.policy) {
+        names.extend(channels.iter().cloned());
     } else {
         tracing::warn!(policy = %f.id.policy, "notice for a policy no longer configured");
     }
-    for r in &config.routes {
+    for r in &settings.routes {
         if r.projects
             .iter()
             .any(|pat| project_matches(pat, &f.id.project_id, f.project_name.as_deref()))
@@ -260,7 +286,7 @@ pub fn channels_for(n: &Notice, config: &Config) -> Vec<String> {
         }
     }
     if !has_owner_email(n) {
-        names.extend(config.owner_fallback.iter().cloned());
+        names.extend(settings.owner_fallback.iter().cloned());
     }
     unique(&names)
 }

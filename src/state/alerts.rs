@@ -1,14 +1,21 @@
 //! De-duplication of enforcer alerts: a standing condition (an incomplete listing, a cap hit, an
 //! expiring admin key) alerts once, then again only after its repeat interval.
 //!
-//! This module remembers what was raised; `notify` decides where it goes.
+//! This module remembers what was raised; `notify` decides where it goes. It must never name
+//! notify's alert type: an alert reaches it through the [`RaisedAlert`] trait, which `notify`
+//! implements.
 
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::notify::alert::EnforcerAlert;
 use crate::state::StateError;
+
+/// What the `alerts` table keeps of an alert: its identity across sweeps and its JSON form.
+pub trait RaisedAlert: serde::Serialize {
+    /// Stable identity for de-duplicating repeated alerts across sweeps.
+    fn dedup_key(&self) -> String;
+}
 
 /// Whether an alert with `dedup_key` should be raised at `now`: never raised, or last raised at
 /// least `repeat_interval` ago.
@@ -30,7 +37,11 @@ pub fn should_raise(
 }
 
 /// Records that `alert` was raised at `now` (keeps its first time, updates the last).
-pub fn record_raised(conn: &Connection, alert: &EnforcerAlert, now: i64) -> Result<(), StateError> {
+pub fn record_raised(
+    conn: &Connection,
+    alert: &impl RaisedAlert,
+    now: i64,
+) -> Result<(), StateError> {
     let data = serde_json::to_string(alert).map_err(|source| StateError::Encode {
         what: "enforcer alert",
         source,
@@ -57,13 +68,21 @@ mod tests {
     use super::*;
     use crate::state::Store;
 
+    #[derive(serde::Serialize)]
+    struct KillSwitch {
+        path: &'static str,
+    }
+
+    impl RaisedAlert for KillSwitch {
+        fn dedup_key(&self) -> String {
+            "kill-switch".to_string()
+        }
+    }
+
     #[test]
     fn raises_once_per_interval() {
         let store = Store::open_in_memory().unwrap();
-        let alert = EnforcerAlert::KillSwitchOn {
-            path: "/run/stop".into(),
-            withheld: 3,
-        };
+        let alert = KillSwitch { path: "/run/stop" };
         let key = alert.dedup_key();
         let hour = Duration::from_secs(3600);
         store

@@ -10,6 +10,10 @@
 //! transaction committed survives a crash or power loss right after. The database file is created
 //! with mode 0600 (the -wal/-shm files inherit it).
 //!
+//! `state/` is the only module that runs SQL, and it knows no type of the modules that store
+//! things here through it (`notify` converts its messages and alerts to and from the plain rows
+//! of `outbox` and `alerts`).
+//!
 //! Nothing in state may ever hold a secret: the types stored here (findings, keys, audit records)
 //! only carry ids, names and `redacted_value`s. Do not add a column or field that could.
 
@@ -18,6 +22,7 @@ pub mod audit;
 pub mod cli;
 pub mod findings;
 pub mod observations;
+pub mod outbox;
 pub mod revocations;
 pub mod schema;
 pub mod sweeps;
@@ -91,23 +96,6 @@ pub enum StateError {
     /// Writing a command's output failed (e.g. a closed pipe).
     #[error("cannot write output: {0}")]
     Output(#[source] std::io::Error),
-    /// The notification outbox (its own error type) failed inside a state transaction.
-    #[error("outbox: {0}")]
-    Outbox(String),
-}
-
-impl From<crate::notify::NotifyError> for StateError {
-    fn from(e: crate::notify::NotifyError) -> StateError {
-        StateError::Outbox(e.to_string())
-    }
-}
-
-/// The outbox lives in the state database; delivery borrows the connection through this.
-impl crate::notify::OutboxDb for Store {
-    fn with<T>(&self, f: impl FnOnce(&Connection) -> T) -> T {
-        let conn = self.lock();
-        f(&conn)
-    }
 }
 
 /// The state database. Cheap to clone; all clones share one connection.
@@ -210,6 +198,13 @@ impl Store {
     ) -> Result<T, StateError> {
         let conn = self.lock();
         f(&conn)
+    }
+
+    /// Whether the database answers a trivial query (for `/readyz`).
+    pub fn ping(&self) -> Result<(), StateError> {
+        let conn = self.lock();
+        conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?;
+        Ok(())
     }
 
     fn lock(&self) -> MutexGuard<'_, Connection> {

@@ -511,7 +511,10 @@ impl Sweeper {
 
         // 4. Deliver before deleting, so final notices reach people first.
         if opts.deliver {
-            report.delivery = self.notifier.deliver_due(&store, &self.config, now).await?;
+            report.delivery = self
+                .notifier
+                .deliver_due(&store, &notify_settings(&self.config), now)
+                .await?;
         }
 
         // 5. Enforce.
@@ -562,7 +565,10 @@ impl Sweeper {
             report.revocations = results;
             report.alerts.extend(after_alerts);
             if opts.deliver {
-                let more = self.notifier.deliver_due(&store, &self.config, now).await?;
+                let more = self
+                    .notifier
+                    .deliver_due(&store, &notify_settings(&self.config), now)
+                    .await?;
                 report.delivery.sent += more.sent;
                 report.delivery.failed += more.failed;
                 report.delivery.dead += more.dead;
@@ -671,7 +677,8 @@ impl Sweeper {
         mut records: Vec<AuditRecord>,
         mode: Mode,
     ) -> Result<usize, SweepError> {
-        let messages = notify::compose(notices, alerts, &self.config, run_id, now);
+        let messages =
+            notify::compose(notices, alerts, &notify_settings(&self.config), run_id, now);
         for a in alerts {
             tracing::warn!(run_id, alert = %a.dedup_key(), "enforcer alert: {}", notify::digest::alert_text(a));
             records.push(
@@ -888,4 +895,9 @@ fn annotate_plan(findings: &mut [FindingView], plan: &Plan) {
             }
         };
     }
+}
+
+/// notify's part of the configuration (no organisation, so no admin key).
+fn notify_settings(config: &Config) -> notify::NotifySettings {
+    notify::NotifySettings::from(config)
 }

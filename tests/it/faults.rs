@@ -383,7 +383,7 @@ listen = "127.0.0.1:0"
     /// One delivery pass of the outbox at `now` (what the next sweep would start with).
     async fn deliver(&self, now: i64) -> keysweep::notify::DeliveryReport {
         let store = self.db();
-        keysweep::notify::deliver_due(&store, &self.config, now)
+        keysweep::notify::deliver_due(&store, &self.config.as_ref().into(), now)
             .await
             .unwrap()
     }

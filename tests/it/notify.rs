@@ -347,7 +347,7 @@ fn assert_outbox_clean(db: &Mutex<Connection>) {
 #[test]
 fn routing_sends_one_digest_per_channel_and_recipient() {
     let cfg = config(&offline_endpoints());
-    let msgs = compose(&warnings(), &[], &cfg, RUN, NOW);
+    let msgs = compose(&warnings(), &[], &(&cfg).into(), RUN, NOW);
 
     // E-mail: the channel's list gets every max-age key; owners get their own keys; the service
     // account (no e-mail) has no owner mail.
@@ -446,7 +446,7 @@ fn routing_sends_one_digest_per_channel_and_recipient() {
     assert!(by(&msgs, "ops-hook").is_empty());
     let ids: BTreeSet<&str> = msgs.iter().map(|m| m.message_id.as_str()).collect();
     assert_eq!(ids.len(), msgs.len());
-    assert_eq!(compose(&warnings(), &[], &cfg, RUN, NOW), msgs);
+    assert_eq!(compose(&warnings(), &[], &(&cfg).into(), RUN, NOW), msgs);
 }
 
 #[test]
@@ -469,7 +469,7 @@ fn each_notice_kind_gets_its_own_message_and_dry_run_says_so() {
         },
         notice(NoticeKind::Resolved, resolved_bot),
     ];
-    let msgs = compose(&notices, &[], &cfg, RUN, NOW);
+    let msgs = compose(&notices, &[], &(&cfg).into(), RUN, NOW);
     let team: Vec<&OutboxMessage> = msgs
         .iter()
         .filter(|m| m.recipient == "security@example.com")
@@ -543,7 +543,7 @@ fn enforcer_alerts_go_to_ops_channels_only() {
             withheld: 2,
         },
     ];
-    let msgs = compose(&[], &alerts, &cfg, RUN, NOW);
+    let msgs = compose(&[], &alerts, &(&cfg).into(), RUN, NOW);
     assert_eq!(msgs.len(), 1);
     assert_eq!(msgs[0].channel, "ops-hook");
     assert_eq!(msgs[0].kind, MessageKind::Alert);
@@ -579,7 +579,7 @@ fn slack_split_keeps_every_key_and_stays_within_limits() {
             notices.push(notice(NoticeKind::Warning, f));
         }
     }
-    let msgs = compose(&notices, &[], &cfg, RUN, NOW);
+    let msgs = compose(&notices, &[], &(&cfg).into(), RUN, NOW);
     let slack = by(&msgs, "slack");
     assert!(slack.len() > 1, "420 long lines must be split");
     let mut seen = Vec::new();
@@ -639,7 +639,7 @@ fn large_digests_go_out_in_parts_that_keep_every_key_once() {
             notice(NoticeKind::Warning, f)
         })
         .collect();
-    let msgs = compose(&notices, &[], &cfg, RUN, NOW);
+    let msgs = compose(&notices, &[], &(&cfg).into(), RUN, NOW);
     let mut groups: std::collections::BTreeMap<(String, String), Vec<&OutboxMessage>> =
         Default::default();
     for m in msgs
@@ -725,12 +725,12 @@ async fn email_over_starttls_with_auth_lists_every_key_and_no_secret() {
         http: rx.url(""),
     });
     let (_dir, db) = open_db();
-    let msgs = compose(&warnings(), &[], &cfg, RUN, NOW);
+    let msgs = compose(&warnings(), &[], &(&cfg).into(), RUN, NOW);
     with_db(&db, |c| outbox::enqueue(c, &msgs, NOW)).unwrap();
 
     let report = Notifier::new()
         .unwrap()
-        .deliver_due(&db, &cfg, NOW)
+        .deliver_due(&db, &(&cfg).into(), NOW)
         .await
         .unwrap();
     assert_eq!(report.failed, 0, "{report:?}");
@@ -812,7 +812,7 @@ async fn smtp_down_then_back_delivers_once_with_the_same_message_id() {
     cfg.notifications.max_attempts = 10;
     let (_dir, db) = open_db();
     let notifier = Notifier::new().unwrap();
-    let only_team: Vec<OutboxMessage> = compose(&warnings(), &[], &cfg, RUN, NOW)
+    let only_team: Vec<OutboxMessage> = compose(&warnings(), &[], &(&cfg).into(), RUN, NOW)
         .into_iter()
         .filter(|m| m.recipient == "security@example.com")
         .collect();
@@ -820,7 +820,10 @@ async fn smtp_down_then_back_delivers_once_with_the_same_message_id() {
     with_db(&db, |c| outbox::enqueue(c, &only_team, NOW)).unwrap();
 
     // Nothing listens: the attempt fails and is scheduled for later.
-    let r1 = notifier.deliver_due(&db, &cfg, NOW).await.unwrap();
+    let r1 = notifier
+        .deliver_due(&db, &(&cfg).into(), NOW)
+        .await
+        .unwrap();
     assert_eq!((r1.sent, r1.failed, r1.dead), (0, 1, 0));
     let row = with_db(&db, |c| outbox::get(c, &only_team[0].message_id))
         .unwrap()
@@ -830,7 +833,7 @@ async fn smtp_down_then_back_delivers_once_with_the_same_message_id() {
     assert_no_secret("smtp error", row.last_error.as_deref().unwrap());
 
     // The same sweep composed again (e.g. after a restart) does not add a second message.
-    let again: Vec<OutboxMessage> = compose(&warnings(), &[], &cfg, RUN, NOW)
+    let again: Vec<OutboxMessage> = compose(&warnings(), &[], &(&cfg).into(), RUN, NOW)
         .into_iter()
         .filter(|m| m.recipient == "security@example.com")
         .collect();
@@ -851,14 +854,17 @@ async fn smtp_down_then_back_delivers_once_with_the_same_message_id() {
     // The server comes back; before the backoff expires nothing is sent.
     let smtp = smtp_server::start(&pki, port, SMTP_USER, SMTP_PASSWORD);
     let early = notifier
-        .deliver_due(&db, &cfg, row.next_attempt_at - 1)
+        .deliver_due(&db, &(&cfg).into(), row.next_attempt_at - 1)
         .await
         .unwrap();
     assert_eq!(early.sent, 0);
     assert!(smtp.messages().is_empty());
 
     let later = row.next_attempt_at;
-    let r2 = notifier.deliver_due(&db, &cfg, later).await.unwrap();
+    let r2 = notifier
+        .deliver_due(&db, &(&cfg).into(), later)
+        .await
+        .unwrap();
     assert!(r2.sent >= 1, "{r2:?}");
     let team: Vec<_> = smtp
         .messages()
@@ -875,7 +881,10 @@ async fn smtp_down_then_back_delivers_once_with_the_same_message_id() {
     );
 
     // A further run sends nothing more.
-    let r3 = notifier.deliver_due(&db, &cfg, later + 7200).await.unwrap();
+    let r3 = notifier
+        .deliver_due(&db, &(&cfg).into(), later + 7200)
+        .await
+        .unwrap();
     assert_eq!(r3.sent, 0);
     assert_eq!(
         smtp.messages()
@@ -949,11 +958,11 @@ async fn http_channels_receive_complete_payloads_and_valid_signatures() {
     // E-mail is covered elsewhere; keep this test to the HTTP channels.
     cfg.policies[0].notify.retain(|c| c != "sec-email");
     let (_dir, db) = open_db();
-    let msgs = compose(&warnings(), &[], &cfg, RUN, NOW);
+    let msgs = compose(&warnings(), &[], &(&cfg).into(), RUN, NOW);
     with_db(&db, |c| outbox::enqueue(c, &msgs, NOW)).unwrap();
     let report = Notifier::new()
         .unwrap()
-        .deliver_due(&db, &cfg, NOW)
+        .deliver_due(&db, &(&cfg).into(), NOW)
         .await
         .unwrap();
     assert_eq!(report.sent as usize, msgs.len(), "{report:?}");
@@ -1046,11 +1055,14 @@ async fn receivers_down_then_back_get_the_same_ids() {
 
     let (_dir, db) = open_db();
     let notices = vec![notice(NoticeKind::Warning, alice_key())];
-    let msgs = compose(&notices, &[], &cfg, RUN, NOW);
+    let msgs = compose(&notices, &[], &(&cfg).into(), RUN, NOW);
     assert_eq!(msgs.len(), 3);
     with_db(&db, |c| outbox::enqueue(c, &msgs, NOW)).unwrap();
     let notifier = Notifier::new().unwrap();
-    let r1 = notifier.deliver_due(&db, &cfg, NOW).await.unwrap();
+    let r1 = notifier
+        .deliver_due(&db, &(&cfg).into(), NOW)
+        .await
+        .unwrap();
     assert_eq!((r1.sent, r1.failed), (0, 3), "{r1:?}");
     for row in with_db(&db, outbox::all).unwrap() {
         let e = row.last_error.unwrap();
@@ -1068,7 +1080,10 @@ async fn receivers_down_then_back_get_the_same_ids() {
         .map(|m| m.next_attempt_at)
         .max()
         .unwrap();
-    let r2 = notifier.deliver_due(&db, &cfg, next).await.unwrap();
+    let r2 = notifier
+        .deliver_due(&db, &(&cfg).into(), next)
+        .await
+        .unwrap();
     assert_eq!((r2.sent, r2.failed, r2.dead), (3, 0, 0), "{r2:?}");
 
     let hooks = rx.requests("/hook");
@@ -1103,7 +1118,7 @@ async fn dead_letter_after_max_attempts_raises_one_alert_without_looping() {
     let msgs = compose(
         &[notice(NoticeKind::Warning, alice_key())],
         &[],
-        &cfg,
+        &(&cfg).into(),
         RUN,
         NOW,
     );
@@ -1114,7 +1129,10 @@ async fn dead_letter_after_max_attempts_raises_one_alert_without_looping() {
     let mut now = NOW;
     let mut reports = Vec::new();
     for _ in 0..3 {
-        let r = notifier.deliver_due(&db, &cfg, now).await.unwrap();
+        let r = notifier
+            .deliver_due(&db, &(&cfg).into(), now)
+            .await
+            .unwrap();
         reports.push(r);
         now += 3601;
     }
@@ -1153,7 +1171,7 @@ async fn dead_letter_after_max_attempts_raises_one_alert_without_looping() {
     let more = compose(
         &[notice(NoticeKind::Warning, bob_key())],
         &[],
-        &cfg,
+        &(&cfg).into(),
         "run-2",
         now,
     );
@@ -1161,7 +1179,10 @@ async fn dead_letter_after_max_attempts_raises_one_alert_without_looping() {
     let mut raised = 0;
     let mut dead = 0;
     for _ in 0..8 {
-        let r = notifier.deliver_due(&db, &cfg, now).await.unwrap();
+        let r = notifier
+            .deliver_due(&db, &(&cfg).into(), now)
+            .await
+            .unwrap();
         raised += r.alerts.len();
         dead += r.dead;
         now += 3601;
@@ -1224,7 +1245,7 @@ fn rendered_payloads_never_carry_secrets() {
         redacted_value: "sk-admin-***zz".into(),
         expires_at: NOW + 5 * DAY,
     }];
-    for m in compose(&warnings(), &alerts, &cfg, RUN, NOW) {
+    for m in compose(&warnings(), &alerts, &(&cfg).into(), RUN, NOW) {
         let s: String = m.payload.to_string();
         assert_no_secret("payload", &s);
         assert!(!s.contains("/services/"));

@@ -1,0 +1,246 @@
+//! The outbox table: every message is written here before it is sent, with its delivery state
+//! (attempts, next attempt, last error, sent/dead), so retries and backoff survive restarts.
+//!
+//! This file holds the outbox's SQL and nothing else: rows go in and out as plain strings and
+//! numbers. What a message is (its kind, its JSON payload), when to retry and how to scrub an
+//! error belong to `notify`, which converts to and from these rows; this module must never name
+//! a `notify` type. Nothing stored here may contain a secret: the caller hands in payloads
+//! rendered without secrets and error texts already scrubbed.
+
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::state::{StateError, Store};
+
+/// Access to the state database's connection for the delivery loop.
+///
+/// Minimal on purpose: [`Store`] implements it by locking its connection and passing it to `f`.
+/// `f` never awaits, so no lock is held across a network call. A `Mutex<Connection>`
+/// implements it too (used by tests and tools).
+pub trait OutboxDb {
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> T) -> T;
+}
+
+impl OutboxDb for Mutex<Connection> {
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> T) -> T {
+        // A poisoned lock only means another thread panicked mid-call; SQLite itself stays
+        // consistent (each statement is atomic), so keep going.
+        let guard = self.lock().unwrap_or_else(|e| e.into_inner());
+        f(&guard)
+    }
+}
+
+/// The outbox lives in the state database; delivery borrows the connection through this.
+impl OutboxDb for Store {
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> T) -> T {
+        let conn = self.lock();
+        f(&conn)
+    }
+}
+
+/// A message to insert. `payload` is its JSON text.
+#[derive(Debug, Clone, Copy)]
+pub struct NewOutboxRow<'a> {
+    pub message_id: &'a str,
+    pub channel: &'a str,
+    pub recipient: &'a str,
+    pub kind: &'a str,
+    pub payload: &'a str,
+}
+
+/// One row of the outbox, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub message_id: String,
+    pub channel: String,
+    pub recipient: String,
+    pub kind: String,
+    /// JSON text.
+    pub payload: String,
+    pub created_at: i64,
+    /// Failed attempts so far.
+    pub attempts: u32,
+    pub next_attempt_at: i64,
+    pub status: String,
+    pub last_error: Option<String>,
+    pub sent_at: Option<i64>,
+}
+
+/// Messages waiting (including those backing off) and dead-lettered ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct OutboxDepth {
+    pub pending: u64,
+    pub dead: u64,
+}
+
+const COLUMNS: &str = "id, message_id, channel, recipient, kind, payload, created_at, attempts, \
+                       next_attempt_at, status, last_error, sent_at";
+
+/// Writes a message as `pending`, due at `now`. A message id already present is ignored, so
+/// inserting is idempotent. Returns how many rows were inserted (0 or 1).
+pub fn insert(conn: &Connection, row: &NewOutboxRow<'_>, now: i64) -> Result<usize, StateError> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT OR IGNORE INTO outbox
+             (message_id, channel, recipient, kind, payload, created_at, attempts, next_attempt_at, status)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?6, 'pending')",
+    )?;
+    Ok(stmt.execute(params![
+        row.message_id,
+        row.channel,
+        row.recipient,
+        row.kind,
+        row.payload,
+        now
+    ])?)
+}
+
+/// Pending rows whose next attempt is due, oldest first.
+pub fn due(conn: &Connection, now: i64, limit: usize) -> Result<Vec<OutboxRow>, StateError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM outbox
+          WHERE status = 'pending' AND next_attempt_at <= ?1
+          ORDER BY next_attempt_at, id
+          LIMIT ?2"
+    ))?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = stmt.query_map(params![now, limit], row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// One row by its message id.
+pub fn get(conn: &Connection, message_id: &str) -> Result<Option<OutboxRow>, StateError> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {COLUMNS} FROM outbox WHERE message_id = ?1"),
+            params![message_id],
+            row,
+        )
+        .optional()?)
+}
+
+/// Every row, oldest first.
+pub fn all(conn: &Connection) -> Result<Vec<OutboxRow>, StateError> {
+    let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM outbox ORDER BY id"))?;
+    let rows = stmt.query_map([], row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The receiver accepted the message.
+pub fn mark_sent(conn: &Connection, id: i64, now: i64) -> Result<(), StateError> {
+    conn.execute(
+        "UPDATE outbox SET status = 'sent', sent_at = ?2, last_error = NULL WHERE id = ?1",
+        params![id, now],
+    )?;
+    Ok(())
+}
+
+/// A failed attempt: counts it, keeps the error and schedules the next attempt. Returns the
+/// attempts made so far.
+pub fn mark_failed(
+    conn: &Connection,
+    id: i64,
+    error: &str,
+    next_attempt_at: i64,
+) -> Result<u32, StateError> {
+    let attempts: i64 = conn.query_row(
+        "UPDATE outbox SET attempts = attempts + 1, last_error = ?2, next_attempt_at = ?3
+          WHERE id = ?1 RETURNING attempts",
+        params![id, error, next_attempt_at],
+        |r| r.get(0),
+    )?;
+    Ok(u32::try_from(attempts).unwrap_or(u32::MAX))
+}
+
+/// Gives up on a message after its last attempt.
+pub fn mark_dead(conn: &Connection, id: i64, error: &str) -> Result<(), StateError> {
+    conn.execute(
+        "UPDATE outbox SET status = 'dead', last_error = ?2 WHERE id = ?1",
+        params![id, error],
+    )?;
+    Ok(())
+}
+
+/// Puts dead-lettered rows (of `channel`, or of every channel) back in the queue with a fresh
+/// set of attempts, due at once. Each keeps its `message_id`. Returns how many were requeued.
+pub fn requeue_dead(conn: &Connection, channel: Option<&str>) -> Result<usize, StateError> {
+    Ok(conn.execute(
+        "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = created_at
+          WHERE status = 'dead' AND (?1 IS NULL OR channel = ?1)",
+        params![channel],
+    )?)
+}
+
+pub fn depth(conn: &Connection) -> Result<OutboxDepth, StateError> {
+    let (pending, dead): (i64, i64) = conn.query_row(
+        "SELECT COALESCE(SUM(status = 'pending'), 0), COALESCE(SUM(status = 'dead'), 0) FROM outbox",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    Ok(OutboxDepth {
+        pending: u64::try_from(pending).unwrap_or(0),
+        dead: u64::try_from(dead).unwrap_or(0),
+    })
+}
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxRow> {
+    let attempts: i64 = r.get(7)?;
+    Ok(OutboxRow {
+        id: r.get(0)?,
+        message_id: r.get(1)?,
+        channel: r.get(2)?,
+        recipient: r.get(3)?,
+        kind: r.get(4)?,
+        payload: r.get(5)?,
+        created_at: r.get(6)?,
+        attempts: u32::try_from(attempts).unwrap_or(0),
+        next_attempt_at: r.get(8)?,
+        status: r.get(9)?,
+        last_error: r.get(10)?,
+        sent_at: r.get(11)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_row(id: &str) -> NewOutboxRow<'_> {
+        NewOutboxRow {
+            message_id: id,
+            channel: "ops",
+            recipient: "channel",
+            kind: "warning",
+            payload: "{}",
+        }
+    }
+
+    #[test]
+    fn rows_go_in_once_and_come_out_due_in_order() {
+        let store = Store::open_in_memory().unwrap();
+        store.with(|c| {
+            assert_eq!(insert(c, &new_row("a"), 100).unwrap(), 1);
+            assert_eq!(insert(c, &new_row("b"), 100).unwrap(), 1);
+            assert_eq!(insert(c, &new_row("a"), 200).unwrap(), 0);
+            let due_now = due(c, 100, 10).unwrap();
+            assert_eq!(due_now.len(), 2);
+            assert_eq!(due_now[0].message_id, "a");
+            assert_eq!(mark_failed(c, due_now[0].id, "down", 160).unwrap(), 1);
+            mark_sent(c, due_now[1].id, 101).unwrap();
+            assert!(due(c, 159, 10).unwrap().is_empty());
+            mark_dead(c, due_now[0].id, "gave up").unwrap();
+            assert_eq!(
+                depth(c).unwrap(),
+                OutboxDepth {
+                    pending: 0,
+                    dead: 1
+                }
+            );
+            assert_eq!(requeue_dead(c, Some("ops")).unwrap(), 1);
+            let a = get(c, "a").unwrap().unwrap();
+            assert_eq!((a.status.as_str(), a.attempts), ("pending", 0));
+            assert_eq!(all(c).unwrap().len(), 2);
+        });
+    }
+}
