@@ -421,9 +421,7 @@ fn notify_retry_dead(config: Config, channel: Option<&str>) -> Result<ExitCode> 
     }
     let store = Store::open_existing(&config.state_path)
         .with_context(|| format!("opening the state database {}", config.state_path.display()))?;
-    let requeued = store.tx(|tx| {
-        crate::notify::outbox::requeue_dead(tx, channel).map_err(crate::state::StateError::from)
-    })?;
+    let requeued = store.tx(|tx| crate::notify::outbox::requeue_dead(tx, channel))?;
     tracing::info!(
         requeued,
         channel = channel.unwrap_or("*"),

@@ -202,8 +202,7 @@ fn print_messages(
     dir: &Path,
     seen: &mut Vec<String>,
 ) -> Result<()> {
-    let all =
-        store.with_conn(|c| notify::outbox::all(c).map_err(crate::state::StateError::from))?;
+    let all = store.with_conn(notify::outbox::all)?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let fresh: Vec<_> = all
         .iter()

@@ -182,45 +182,45 @@ mod tests {
     fn enqueue_is_idempotent_and_due_respects_backoff() {
         let store = crate::state::Store::open_in_memory().unwrap();
         store.with(|conn| {
-            assert_eq!(enqueue(&conn, &[msg("a"), msg("b")], 100).unwrap(), 2);
-            assert_eq!(enqueue(&conn, &[msg("a")], 200).unwrap(), 0);
-            let due_now = due(&conn, 100, 10).unwrap();
+            assert_eq!(enqueue(conn, &[msg("a"), msg("b")], 100).unwrap(), 2);
+            assert_eq!(enqueue(conn, &[msg("a")], 200).unwrap(), 0);
+            let due_now = due(conn, 100, 10).unwrap();
             assert_eq!(due_now.len(), 2);
             let a = &due_now[0];
             assert_eq!(a.message_id, "a");
             assert_eq!(a.payload, json!({"text": "hello"}));
 
             let attempts = mark_failed(
-                &conn,
+                conn,
                 a.id,
                 "connect to https://hooks.slack.com/services/X/Y/Z failed",
                 160,
             )
             .unwrap();
             assert_eq!(attempts, 1);
-            mark_sent(&conn, due_now[1].id, 101).unwrap();
-            assert!(due(&conn, 159, 10).unwrap().is_empty());
-            let again = due(&conn, 160, 10).unwrap();
+            mark_sent(conn, due_now[1].id, 101).unwrap();
+            assert!(due(conn, 159, 10).unwrap().is_empty());
+            let again = due(conn, 160, 10).unwrap();
             assert_eq!(again.len(), 1);
             assert_eq!(again[0].attempts, 1);
             let err = again[0].last_error.clone().unwrap();
             assert!(!err.contains("hooks.slack.com"), "{err}");
             assert_eq!(
-                depth(&conn).unwrap(),
+                depth(conn).unwrap(),
                 OutboxDepth {
                     pending: 1,
                     dead: 0
                 }
             );
-            mark_dead(&conn, a.id, "gave up").unwrap();
+            mark_dead(conn, a.id, "gave up").unwrap();
             assert_eq!(
-                depth(&conn).unwrap(),
+                depth(conn).unwrap(),
                 OutboxDepth {
                     pending: 0,
                     dead: 1
                 }
             );
-            assert!(due(&conn, 10_000, 10).unwrap().is_empty());
+            assert!(due(conn, 10_000, 10).unwrap().is_empty());
         });
     }
 

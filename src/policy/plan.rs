@@ -363,27 +363,10 @@ pub fn project_cap(pct: u64, key_count: usize) -> u64 {
 /// one per service account under `delete-service-account`. Structurally impossible actions
 /// (service-account rules) go straight to `withheld`.
 fn group(input: &PlanInput<'_>, withheld: &mut Vec<WithheldAction>) -> Vec<PlannedAction> {
-    // (org, project, key id) → action for that key.
-    let mut per_key: BTreeMap<(&str, &str, &str), PlannedAction> = BTreeMap::new();
-    for c in input.candidates {
-        let k = &c.key;
-        let entry = per_key
-            .entry((&k.organization, &k.project_id, &k.id))
-            .or_insert_with(|| PlannedAction {
-                target: Target::Key(k.clone()),
-                findings: Vec::new(),
-                deadline: c.deadline,
-            });
-        entry.deadline = entry.deadline.min(c.deadline);
-        if !entry.findings.contains(&c.finding) {
-            entry.findings.push(c.finding.clone());
-        }
-    }
-
     let mut actions = Vec::new();
     // (org, project, service account id) → the due per-key actions of that account.
     let mut per_sa: BTreeMap<(String, String, String), Vec<PlannedAction>> = BTreeMap::new();
-    for (_, mut action) in per_key {
+    for mut action in per_key_actions(input.candidates) {
         action.findings.sort();
         let Target::Key(key) = &action.target else {
             continue;
@@ -409,58 +392,98 @@ fn group(input: &PlanInput<'_>, withheld: &mut Vec<WithheldAction>) -> Vec<Plann
     }
 
     for ((organization, project_id, sa), due) in per_sa {
-        let facts = input
-            .projects
-            .get(&(organization.clone(), project_id.clone()));
-        let due_ids: BTreeSet<&str> = due
-            .iter()
-            .flat_map(|a| a.keys().iter().map(|k| k.id.as_str()))
-            .collect();
-        let all_ids = facts.and_then(|f| f.service_accounts.get(&sa));
-        let verdict = match (facts, all_ids) {
-            (Some(f), _) if !f.complete => Err(Withheld::IncompleteListing),
-            // The listing does not know this account: we cannot see its other keys.
-            (_, None) => Err(Withheld::IncompleteListing),
-            (_, Some(all)) if all.iter().any(|id| !due_ids.contains(id.as_str())) => {
-                Err(Withheld::ServiceAccountHasCompliantKeys)
-            }
-            (_, Some(_)) => Ok(()),
-        };
-        match verdict {
+        match service_account_verdict(input, &organization, &project_id, &sa, &due) {
             Err(reason) => withheld.extend(
                 due.into_iter()
                     .map(|action| WithheldAction { action, reason }),
             ),
-            Ok(()) => {
-                let deadline = due.iter().map(|a| a.deadline).min().unwrap_or(i64::MAX);
-                let mut findings: Vec<FindingId> = due
-                    .iter()
-                    .flat_map(|a| a.findings.iter().cloned())
-                    .collect();
-                findings.sort();
-                let collateral: Vec<Key> = due
-                    .into_iter()
-                    .flat_map(|a| match a.target {
-                        Target::Key(k) => vec![k],
-                        Target::ServiceAccount { collateral, .. } => collateral,
-                    })
-                    .collect();
-                let name = collateral.first().and_then(|k| k.owner.name.clone());
-                actions.push(PlannedAction {
-                    target: Target::ServiceAccount {
-                        organization,
-                        project_id,
-                        service_account_id: sa,
-                        name,
-                        collateral,
-                    },
-                    findings,
-                    deadline,
-                });
-            }
+            Ok(()) => actions.push(service_account_action(organization, project_id, sa, due)),
         }
     }
 
     actions.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
     actions
+}
+
+/// One action per key, however many policies it violates, with the earliest deadline.
+fn per_key_actions(candidates: &[Candidate]) -> Vec<PlannedAction> {
+    // (org, project, key id) → action for that key.
+    let mut per_key: BTreeMap<(&str, &str, &str), PlannedAction> = BTreeMap::new();
+    for c in candidates {
+        let k = &c.key;
+        let entry = per_key
+            .entry((&k.organization, &k.project_id, &k.id))
+            .or_insert_with(|| PlannedAction {
+                target: Target::Key(k.clone()),
+                findings: Vec::new(),
+                deadline: c.deadline,
+            });
+        entry.deadline = entry.deadline.min(c.deadline);
+        if !entry.findings.contains(&c.finding) {
+            entry.findings.push(c.finding.clone());
+        }
+    }
+    per_key.into_values().collect()
+}
+
+/// A service account may be deleted only when its project's listing is complete and every one
+/// of its keys is due.
+fn service_account_verdict(
+    input: &PlanInput<'_>,
+    organization: &str,
+    project_id: &str,
+    sa: &str,
+    due: &[PlannedAction],
+) -> Result<(), Withheld> {
+    let facts = input
+        .projects
+        .get(&(organization.to_string(), project_id.to_string()));
+    let due_ids: BTreeSet<&str> = due
+        .iter()
+        .flat_map(|a| a.keys().iter().map(|k| k.id.as_str()))
+        .collect();
+    let all_ids = facts.and_then(|f| f.service_accounts.get(sa));
+    match (facts, all_ids) {
+        (Some(f), _) if !f.complete => Err(Withheld::IncompleteListing),
+        // The listing does not know this account: we cannot see its other keys.
+        (_, None) => Err(Withheld::IncompleteListing),
+        (_, Some(all)) if all.iter().any(|id| !due_ids.contains(id.as_str())) => {
+            Err(Withheld::ServiceAccountHasCompliantKeys)
+        }
+        (_, Some(_)) => Ok(()),
+    }
+}
+
+/// The one action that deletes a service account, its due keys as the collateral.
+fn service_account_action(
+    organization: String,
+    project_id: String,
+    sa: String,
+    due: Vec<PlannedAction>,
+) -> PlannedAction {
+    let deadline = due.iter().map(|a| a.deadline).min().unwrap_or(i64::MAX);
+    let mut findings: Vec<FindingId> = due
+        .iter()
+        .flat_map(|a| a.findings.iter().cloned())
+        .collect();
+    findings.sort();
+    let collateral: Vec<Key> = due
+        .into_iter()
+        .flat_map(|a| match a.target {
+            Target::Key(k) => vec![k],
+            Target::ServiceAccount { collateral, .. } => collateral,
+        })
+        .collect();
+    let name = collateral.first().and_then(|k| k.owner.name.clone());
+    PlannedAction {
+        target: Target::ServiceAccount {
+            organization,
+            project_id,
+            service_account_id: sa,
+            name,
+            collateral,
+        },
+        findings,
+        deadline,
+    }
 }

@@ -355,61 +355,80 @@ pub fn verify(conn: &Connection) -> Result<VerifyReport, AuditError> {
     let mut prev_hash = GENESIS_HASH.to_string();
     let mut records: u64 = 0;
     while let Some(row) = rows.next()? {
-        let broken = |reason: String| AuditError::Broken {
-            seq: expected_seq,
-            reason,
-        };
-        // Column values are read defensively: a tampered row may hold any type.
-        let seq: i64 = row
-            .get(0)
-            .map_err(|e| broken(format!("unreadable seq: {e}")))?;
-        if seq != expected_seq {
-            return Err(if seq > expected_seq {
-                let missing = if seq - expected_seq == 1 {
-                    format!("record {expected_seq} is missing")
-                } else {
-                    format!("records {expected_seq} to {} are missing", seq - 1)
-                };
-                broken(format!("{missing} (deleted from the log)"))
-            } else {
-                broken(format!("unexpected seq {seq}"))
-            });
-        }
-        let stored_prev = text_column(row, 4).map_err(|e| broken(format!("prev_hash {e}")))?;
-        if stored_prev != prev_hash.as_bytes() {
-            return Err(broken(format!(
-                "prev_hash does not link to {} (a record before it was removed, replaced or \
-                 reordered)",
-                if seq == 1 {
-                    "the start of the log".to_string()
-                } else {
-                    format!("record {}", seq - 1)
-                }
-            )));
-        }
-        let record = text_column(row, 3).map_err(|e| broken(format!("record {e}")))?;
-        let stored_hash = text_column(row, 5).map_err(|e| broken(format!("hash {e}")))?;
-        let computed = chain_hash(prev_hash.as_bytes(), record);
-        if stored_hash != computed.as_bytes() {
-            return Err(broken(
-                "hash mismatch: the record or its hash was altered".to_string(),
-            ));
-        }
-        let parsed: AuditRecord = serde_json::from_slice(record)
-            .map_err(|e| broken(format!("not a valid audit record: {e}")))?;
-        let at: Option<i64> = row.get(1).ok();
-        let kind = text_column(row, 2).ok();
-        if at != Some(parsed.at) || kind != Some(parsed.kind.as_str().as_bytes()) {
-            return Err(broken(
-                "the `at`/`kind` columns disagree with the hashed record".to_string(),
-            ));
-        }
-        prev_hash = computed;
+        prev_hash = verify_row(row, expected_seq, &prev_hash)?;
         records += 1;
         expected_seq += 1;
     }
     let last_seq = expected_seq - 1;
-    // The highest seq ever handed out survives a deleted tail (AUTOINCREMENT).
+    check_tail(conn, last_seq)?;
+    Ok(VerifyReport {
+        records,
+        last_seq,
+        last_hash: prev_hash,
+    })
+}
+
+/// Checks one row against the chain so far; returns its hash, the next row's `prev_hash`.
+fn verify_row(
+    row: &rusqlite::Row<'_>,
+    expected_seq: i64,
+    prev_hash: &str,
+) -> Result<String, AuditError> {
+    let broken = |reason: String| AuditError::Broken {
+        seq: expected_seq,
+        reason,
+    };
+    // Column values are read defensively: a tampered row may hold any type.
+    let seq: i64 = row
+        .get(0)
+        .map_err(|e| broken(format!("unreadable seq: {e}")))?;
+    if seq != expected_seq {
+        return Err(if seq > expected_seq {
+            let missing = if seq - expected_seq == 1 {
+                format!("record {expected_seq} is missing")
+            } else {
+                format!("records {expected_seq} to {} are missing", seq - 1)
+            };
+            broken(format!("{missing} (deleted from the log)"))
+        } else {
+            broken(format!("unexpected seq {seq}"))
+        });
+    }
+    let stored_prev = text_column(row, 4).map_err(|e| broken(format!("prev_hash {e}")))?;
+    if stored_prev != prev_hash.as_bytes() {
+        return Err(broken(format!(
+            "prev_hash does not link to {} (a record before it was removed, replaced or \
+             reordered)",
+            if seq == 1 {
+                "the start of the log".to_string()
+            } else {
+                format!("record {}", seq - 1)
+            }
+        )));
+    }
+    let record = text_column(row, 3).map_err(|e| broken(format!("record {e}")))?;
+    let stored_hash = text_column(row, 5).map_err(|e| broken(format!("hash {e}")))?;
+    let computed = chain_hash(prev_hash.as_bytes(), record);
+    if stored_hash != computed.as_bytes() {
+        return Err(broken(
+            "hash mismatch: the record or its hash was altered".to_string(),
+        ));
+    }
+    let parsed: AuditRecord = serde_json::from_slice(record)
+        .map_err(|e| broken(format!("not a valid audit record: {e}")))?;
+    let at: Option<i64> = row.get(1).ok();
+    let kind = text_column(row, 2).ok();
+    if at != Some(parsed.at) || kind != Some(parsed.kind.as_str().as_bytes()) {
+        return Err(broken(
+            "the `at`/`kind` columns disagree with the hashed record".to_string(),
+        ));
+    }
+    Ok(computed)
+}
+
+/// The highest seq ever handed out survives a deleted tail (AUTOINCREMENT): a log that ends
+/// before it was cut off.
+fn check_tail(conn: &Connection, last_seq: i64) -> Result<(), AuditError> {
     let highest: Option<i64> = conn
         .query_row(
             "SELECT seq FROM sqlite_sequence WHERE name = 'audit'",
@@ -428,11 +447,7 @@ pub fn verify(conn: &Connection) -> Result<VerifyReport, AuditError> {
             ),
         });
     }
-    Ok(VerifyReport {
-        records,
-        last_seq,
-        last_hash: prev_hash,
-    })
+    Ok(())
 }
 
 /// Calls `f` for every record at or after `since` (Unix seconds), in chain order, without

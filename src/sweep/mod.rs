@@ -620,9 +620,7 @@ impl Sweeper {
                 self.metrics.replace_findings(&org.organization, &mine);
             }
         }
-        if let Ok(depth) =
-            store.with_conn(|c| notify::outbox::depth(c).map_err(state::StateError::from))
-        {
+        if let Ok(depth) = store.with_conn(notify::outbox::depth) {
             self.metrics.set_outbox_depth(depth.pending, depth.dead);
         }
         tracing::info!(

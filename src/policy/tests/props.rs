@@ -19,7 +19,7 @@ use crate::inventory::{Key, Owner, OwnerAccess, OwnerType};
 use crate::policy::finding::{Finding, FindingId, NoticeKind};
 use crate::policy::lifecycle::{Observation, advance, mark_revoked};
 use crate::policy::plan::{
-    Candidate, PlanInput, ProjectFacts, ProjectKey, Target, Withheld, default_safety, plan,
+    Candidate, Plan, PlanInput, ProjectFacts, ProjectKey, Target, Withheld, default_safety, plan,
 };
 use crate::policy::rules::Policies;
 
@@ -639,16 +639,7 @@ fn run_system(w: &World) -> Vec<StepLog> {
 
     for step in &w.steps {
         t += step.gap;
-        for i in 0..keys.len() {
-            if gone[i] {
-                continue;
-            }
-            if step.gone[i] {
-                gone[i] = true;
-            } else if step.touch[i] {
-                keys[i].last_used_at = Some(t);
-            }
-        }
+        step_events(step, &mut keys, &mut gone, t);
 
         let mut said = BTreeMap::new();
         let mut candidates = Vec::new();
@@ -677,15 +668,7 @@ fn run_system(w: &World) -> Vec<StepLog> {
                 }
                 if tr.revoke_due {
                     let wb = w.policies[name[1..].parse::<usize>().unwrap()].warn_before;
-                    assert_eq!(next.action, Action::Revoke);
-                    assert!(t >= next.deadline, "due before its deadline");
-                    assert!(next.final_notice_at.is_some_and(|f| f <= t));
-                    assert!(next.warned_at.is_some_and(|w0| w0 + wb <= t && w0 < t));
-                    let last_warning = warned[&slot];
-                    assert!(
-                        last_warning < t && last_warning + wb <= t,
-                        "due before warn_before"
-                    );
+                    assert_due_is_earned(&next, t, wb, warned[&slot]);
                     candidates.push(Candidate {
                         finding: next.id.clone(),
                         key: keys[i].clone(),
@@ -702,31 +685,7 @@ fn run_system(w: &World) -> Vec<StepLog> {
             }
         }
 
-        let mut facts: BTreeMap<ProjectKey, ProjectFacts> = BTreeMap::new();
-        for (i, k) in keys.iter().enumerate() {
-            if gone[i] {
-                continue;
-            }
-            let pidx = PROJECTS
-                .iter()
-                .position(|(id, _)| *id == k.project_id)
-                .unwrap();
-            let f = facts
-                .entry((k.organization.clone(), k.project_id.clone()))
-                .or_insert_with(|| ProjectFacts {
-                    complete: step.complete[pidx],
-                    ..ProjectFacts::default()
-                });
-            f.key_count += 1;
-            if k.owner.kind == OwnerType::ServiceAccount
-                && let Some(sa) = &k.owner.id
-            {
-                f.service_accounts
-                    .entry(sa.clone())
-                    .or_default()
-                    .insert(k.id.clone());
-            }
-        }
+        let facts = system_facts(&keys, &gone, &step.complete);
         let planned = plan(&PlanInput {
             candidates: &candidates,
             projects: &facts,
@@ -735,23 +694,99 @@ fn run_system(w: &World) -> Vec<StepLog> {
             revoked_last_24h: 0,
             kill_switch: w.kill_switch,
         });
-        let mut deleted = BTreeSet::new();
-        for action in &planned.revoke {
-            for k in action.keys() {
-                let i = keys.iter().position(|x| x.id == k.id).unwrap();
-                gone[i] = true;
-                deleted.insert(k.id.clone());
-            }
-            for fid in &action.findings {
-                let i = keys.iter().position(|x| x.id == fid.key_id).unwrap();
-                let slot = (i, fid.policy.clone());
-                let revoked = mark_revoked(&findings[&slot], t);
-                findings.insert(slot, revoked);
-            }
-        }
+        let deleted = apply_plan(&planned, &keys, &mut gone, &mut findings, t);
         log.push((said, deleted));
     }
     log
+}
+
+/// What happened to the keys before a step: deleted outside keysweep, or used.
+fn step_events(step: &StepSpec, keys: &mut [Key], gone: &mut [bool], t: i64) {
+    for i in 0..keys.len() {
+        if gone[i] {
+            continue;
+        }
+        if step.gone[i] {
+            gone[i] = true;
+        } else if step.touch[i] {
+            keys[i].last_used_at = Some(t);
+        }
+    }
+}
+
+/// A revocation is due only after its deadline, its final notice and `warn_before` since the
+/// warning.
+fn assert_due_is_earned(next: &Finding, t: i64, warn_before: i64, last_warning: i64) {
+    assert_eq!(next.action, Action::Revoke);
+    assert!(t >= next.deadline, "due before its deadline");
+    assert!(next.final_notice_at.is_some_and(|f| f <= t));
+    assert!(
+        next.warned_at
+            .is_some_and(|w0| w0 + warn_before <= t && w0 < t)
+    );
+    assert!(
+        last_warning < t && last_warning + warn_before <= t,
+        "due before warn_before"
+    );
+}
+
+/// What `plan` knows of each project: its keys, its service accounts, whether it is complete.
+fn system_facts(
+    keys: &[Key],
+    gone: &[bool],
+    complete: &[bool],
+) -> BTreeMap<ProjectKey, ProjectFacts> {
+    let mut facts: BTreeMap<ProjectKey, ProjectFacts> = BTreeMap::new();
+    for (i, k) in keys.iter().enumerate() {
+        if gone[i] {
+            continue;
+        }
+        let pidx = PROJECTS
+            .iter()
+            .position(|(id, _)| *id == k.project_id)
+            .unwrap();
+        let f = facts
+            .entry((k.organization.clone(), k.project_id.clone()))
+            .or_insert_with(|| ProjectFacts {
+                complete: complete[pidx],
+                ..ProjectFacts::default()
+            });
+        f.key_count += 1;
+        if k.owner.kind == OwnerType::ServiceAccount
+            && let Some(sa) = &k.owner.id
+        {
+            f.service_accounts
+                .entry(sa.clone())
+                .or_default()
+                .insert(k.id.clone());
+        }
+    }
+    facts
+}
+
+/// Deletes what the plan revokes and marks its findings revoked; returns the deleted key ids.
+fn apply_plan(
+    planned: &Plan,
+    keys: &[Key],
+    gone: &mut [bool],
+    findings: &mut BTreeMap<(usize, String), Finding>,
+    t: i64,
+) -> BTreeSet<String> {
+    let mut deleted = BTreeSet::new();
+    for action in &planned.revoke {
+        for k in action.keys() {
+            let i = keys.iter().position(|x| x.id == k.id).unwrap();
+            gone[i] = true;
+            deleted.insert(k.id.clone());
+        }
+        for fid in &action.findings {
+            let i = keys.iter().position(|x| x.id == fid.key_id).unwrap();
+            let slot = (i, fid.policy.clone());
+            let revoked = mark_revoked(&findings[&slot], t);
+            findings.insert(slot, revoked);
+        }
+    }
+    deleted
 }
 
 #[derive(Debug, Clone)]
@@ -791,43 +826,7 @@ fn run_oracle(w: &World) -> Vec<StepLog> {
                 } else {
                     oracle_violation(p, &keys[i], t)
                 };
-                let mut notices = Vec::new();
-                let mut is_due = false;
-                match (open.get_mut(&(i, j)), violating) {
-                    (None, None) => {}
-                    (None, Some(since)) => {
-                        open.insert(
-                            (i, j),
-                            OFinding {
-                                deadline: since.max(t + p.warn_before),
-                                warned_at: t,
-                                final_sent: false,
-                                last_notified: t,
-                            },
-                        );
-                        notices.push(NoticeKind::Warning);
-                    }
-                    (Some(f), Some(_)) => {
-                        if p.revoke && !f.final_sent && t >= f.deadline - p.final_notice {
-                            f.final_sent = true;
-                            notices.push(NoticeKind::FinalNotice);
-                        }
-                        if notices.is_empty() && w.repeat > 0 && f.last_notified + w.repeat <= t {
-                            notices.push(NoticeKind::Reminder);
-                        }
-                        if !notices.is_empty() {
-                            f.last_notified = t;
-                        }
-                        is_due = p.revoke
-                            && t >= f.deadline
-                            && f.warned_at + p.warn_before <= t
-                            && f.final_sent;
-                    }
-                    (Some(_), None) => {
-                        open.remove(&(i, j));
-                        notices.push(NoticeKind::Resolved);
-                    }
-                }
+                let (notices, is_due) = oracle_pair(&mut open, (i, j), p, violating, t, w.repeat);
                 if is_due {
                     due.insert(i);
                     due_pairs.push((i, j));
@@ -839,37 +838,7 @@ fn run_oracle(w: &World) -> Vec<StepLog> {
         }
 
         // Which due keys are deleted.
-        let mut deleted_idx = BTreeSet::new();
-        if w.mode == Mode::Enforce && !w.kill_switch {
-            for &i in &due {
-                let k = &keys[i];
-                let pidx = PROJECTS
-                    .iter()
-                    .position(|(id, _)| *id == k.project_id)
-                    .unwrap();
-                if !step.complete[pidx] {
-                    continue;
-                }
-                let ok = match k.owner {
-                    1 => {
-                        w.rule == ServiceAccountRule::DeleteServiceAccount
-                            && k.service_account.is_some()
-                            && (0..keys.len()).all(|m| {
-                                gone[m]
-                                    || keys[m].owner != 1
-                                    || keys[m].org != k.org
-                                    || keys[m].project_id != k.project_id
-                                    || keys[m].service_account != k.service_account
-                                    || due.contains(&m)
-                            })
-                    }
-                    _ => true,
-                };
-                if ok {
-                    deleted_idx.insert(i);
-                }
-            }
-        }
+        let deleted_idx = oracle_deleted(w, &step.complete, &keys, &gone, &due);
         for &(i, j) in &due_pairs {
             if deleted_idx.contains(&i) {
                 open.remove(&(i, j));
@@ -883,6 +852,97 @@ fn run_oracle(w: &World) -> Vec<StepLog> {
         log.push((said, deleted));
     }
     log
+}
+
+/// One (key, policy) pair in one oracle step: the notices due and whether it is revoke-due.
+fn oracle_pair(
+    open: &mut BTreeMap<(usize, usize), OFinding>,
+    pair: (usize, usize),
+    p: &PolicySpec,
+    violating: Option<i64>,
+    t: i64,
+    repeat: i64,
+) -> (Vec<NoticeKind>, bool) {
+    let mut notices = Vec::new();
+    let mut is_due = false;
+    match (open.get_mut(&pair), violating) {
+        (None, None) => {}
+        (None, Some(since)) => {
+            open.insert(
+                pair,
+                OFinding {
+                    deadline: since.max(t + p.warn_before),
+                    warned_at: t,
+                    final_sent: false,
+                    last_notified: t,
+                },
+            );
+            notices.push(NoticeKind::Warning);
+        }
+        (Some(f), Some(_)) => {
+            if p.revoke && !f.final_sent && t >= f.deadline - p.final_notice {
+                f.final_sent = true;
+                notices.push(NoticeKind::FinalNotice);
+            }
+            if notices.is_empty() && repeat > 0 && f.last_notified + repeat <= t {
+                notices.push(NoticeKind::Reminder);
+            }
+            if !notices.is_empty() {
+                f.last_notified = t;
+            }
+            is_due =
+                p.revoke && t >= f.deadline && f.warned_at + p.warn_before <= t && f.final_sent;
+        }
+        (Some(_), None) => {
+            open.remove(&pair);
+            notices.push(NoticeKind::Resolved);
+        }
+    }
+    (notices, is_due)
+}
+
+/// The oracle's deletion rule: enforce mode, no kill switch, a complete project, and for a
+/// service-account key every key of the account due.
+fn oracle_deleted(
+    w: &World,
+    complete: &[bool],
+    keys: &[OKey],
+    gone: &[bool],
+    due: &BTreeSet<usize>,
+) -> BTreeSet<usize> {
+    let mut deleted_idx = BTreeSet::new();
+    if w.mode != Mode::Enforce || w.kill_switch {
+        return deleted_idx;
+    }
+    for &i in due {
+        let k = &keys[i];
+        let pidx = PROJECTS
+            .iter()
+            .position(|(id, _)| *id == k.project_id)
+            .unwrap();
+        if !complete[pidx] {
+            continue;
+        }
+        let ok = match k.owner {
+            1 => {
+                w.rule == ServiceAccountRule::DeleteServiceAccount
+                    && k.service_account.is_some()
+                    && (0..keys.len()).all(|m| {
+                        gone[m]
+                            || keys[m].owner != 1
+                            || keys[m].org != k.org
+                            || keys[m].project_id != k.project_id
+                            || keys[m].service_account != k.service_account
+                            || due.contains(&m)
+                    })
+            }
+            _ => true,
+        };
+        if ok {
+            deleted_idx.insert(i);
+        }
+    }
+    deleted_idx
 }
 
 proptest! {

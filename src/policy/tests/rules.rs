@@ -301,82 +301,25 @@ fn owner_email_selector_is_case_insensitive_and_needs_an_email() {
 fn exemption_by_key_id_name_glob_and_project() {
     let k = key("k1");
     let now = 2 * DAY;
-    let cases: Vec<(crate::config::ExemptionConfig, bool)> = vec![
-        (
-            {
-                let mut e = exemption("id");
-                e.key_id = Some("k1".into());
-                e
-            },
-            true,
-        ),
-        (
-            {
-                let mut e = exemption("id");
-                e.key_id = Some("k2".into());
-                e
-            },
-            false,
-        ),
-        (
-            {
-                let mut e = exemption("name");
-                e.key_name = Some("name-*".into());
-                e
-            },
-            true,
-        ),
-        (
-            {
-                let mut e = exemption("name");
-                e.key_name = Some("other*".into());
-                e
-            },
-            false,
-        ),
-        (
-            {
-                let mut e = exemption("pid");
-                e.project = Some("proj_a".into());
-                e
-            },
-            true,
-        ),
-        (
-            {
-                let mut e = exemption("pname");
-                e.project = Some("Alp*".into());
-                e
-            },
-            true,
-        ),
-        (
-            {
-                let mut e = exemption("pname");
-                e.project = Some("Beta".into());
-                e
-            },
-            false,
-        ),
+    // (reason, key_id, key_name, project) → exempt?
+    let ex = |reason: &str, key_id: Option<&str>, key_name: Option<&str>, project: Option<&str>| {
+        let mut e = exemption(reason);
+        e.key_id = key_id.map(String::from);
+        e.key_name = key_name.map(String::from);
+        e.project = project.map(String::from);
+        e
+    };
+    let cases = vec![
+        (ex("id", Some("k1"), None, None), true),
+        (ex("id", Some("k2"), None, None), false),
+        (ex("name", None, Some("name-*"), None), true),
+        (ex("name", None, Some("other*"), None), false),
+        (ex("pid", None, None, Some("proj_a")), true),
+        (ex("pname", None, None, Some("Alp*")), true),
+        (ex("pname", None, None, Some("Beta")), false),
         // All given fields must match.
-        (
-            {
-                let mut e = exemption("both");
-                e.key_id = Some("k1".into());
-                e.project = Some("proj_b".into());
-                e
-            },
-            false,
-        ),
-        (
-            {
-                let mut e = exemption("both");
-                e.key_id = Some("k1".into());
-                e.project = Some("Alpha".into());
-                e
-            },
-            true,
-        ),
+        (ex("both", Some("k1"), None, Some("proj_b")), false),
+        (ex("both", Some("k1"), None, Some("Alpha")), true),
     ];
     for (e, expected) in cases {
         let label = format!("{e:?}");
