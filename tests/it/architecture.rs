@@ -6,6 +6,12 @@
 //! - `sim/` names nothing in `openai/`;
 //! - `expose_secret` is never called on the admin key outside `openai/`;
 //! - SQL (a statement in a string literal, or a rusqlite call that runs one) only in `state/`;
+//! - `policy/`, `notify/`, `state/` and `ops.rs` never name `config::OrgConfig` (it holds the
+//!   admin key), nor the whole `config::Config` except `notify/settings.rs`, where notify's
+//!   settings are built from it;
+//! - `policy/` names nothing in `state/`, `notify/`, `openai/`, `sweep/`, `revoke.rs` or
+//!   `daemon/`; `state/` nothing in `notify/`, `openai/`, `sweep/` or `revoke.rs`; `notify/`
+//!   nothing in `openai/`, `sweep/` or `revoke.rs`;
 //! - no import cycle between two files;
 //! - no production source file over 800 lines.
 //!
@@ -89,6 +95,22 @@ fn the_admin_key_is_exposed_only_in_openai() {
 #[test]
 fn sql_runs_only_in_state() {
     assert_holds("SQL only in state/", rules::sql_only_in_state(&sources()));
+}
+
+#[test]
+fn only_their_part_of_the_configuration_reaches_policy_notify_state_and_ops() {
+    assert_holds(
+        "config reaches only what needs it",
+        rules::config_reaches_only_what_needs_it(&sources()),
+    );
+}
+
+#[test]
+fn dependencies_go_one_way() {
+    assert_holds(
+        "forbidden dependencies",
+        rules::forbidden_dependencies(&sources()),
+    );
 }
 
 #[test]

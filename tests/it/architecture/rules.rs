@@ -262,3 +262,81 @@ pub fn production_file_lengths(c: &Crate) -> Vec<String> {
     }
     out
 }
+
+/// Modules that get only their part of the configuration, never the whole `Config` or an
+/// `OrgConfig` (which holds the admin key).
+const NARROW_CONFIG: &[&str] = &["policy/", "notify/", "state/", "ops.rs"];
+
+/// The one file of those that builds its module's settings from the whole `Config`.
+const SETTINGS_EDGE: &str = "notify/settings.rs";
+
+/// `policy/`, `notify/`, `state/` and `ops.rs` never name `config::OrgConfig`, nor
+/// `config::Config` except where notify's settings are built from it (`notify/settings.rs`).
+pub fn config_reaches_only_what_needs_it(c: &Crate) -> Vec<String> {
+    let mut out = Vec::new();
+    for (fi, f) in c.files.iter().enumerate() {
+        if !NARROW_CONFIG.iter().any(|p| f.rel.starts_with(p)) {
+            continue;
+        }
+        let mut forbidden = vec!["OrgConfig"];
+        if f.rel != SETTINGS_EDGE {
+            forbidden.push("Config");
+        }
+        let written = f.uses.iter().map(|u| (u.scope, &u.path, u.line));
+        let paths = f.paths.iter().map(|p| (p.scope, &p.segments, p.line));
+        for (scope, path, line) in written.chain(paths) {
+            let Some(abs) = c.absolute(fi, scope, path) else {
+                continue;
+            };
+            if abs.len() >= 2 && abs[0] == "config" && forbidden.contains(&abs[1].as_str()) {
+                out.push(format!(
+                    "{}: {} names config::{}",
+                    at(c, fi, line),
+                    f.rel,
+                    abs[1]
+                ));
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// (files, what they must never name): the codemap's one-way dependencies.
+pub const FORBIDDEN_DEPENDENCIES: &[(&str, &[&str])] = &[
+    // `policy/` is pure judgement: it reads no database, sends nothing and calls no API.
+    (
+        "policy/",
+        &[
+            "state/",
+            "notify/",
+            "openai/",
+            "sweep/",
+            "revoke.rs",
+            "daemon/",
+        ],
+    ),
+    // `state/` stores rows; the modules that store through it convert their own types.
+    ("state/", &["notify/", "openai/", "sweep/", "revoke.rs"]),
+    // `notify` never sees the admin key, so it has no business with the API client either.
+    ("notify/", &["openai/", "sweep/", "revoke.rs"]),
+];
+
+/// Every edge that breaks [`FORBIDDEN_DEPENDENCIES`].
+pub fn forbidden_dependencies(c: &Crate) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in c.edges() {
+        let (from, to) = (&c.files[e.from].rel, &c.files[e.to].rel);
+        for (files, never) in FORBIDDEN_DEPENDENCIES {
+            if from.starts_with(files) && never.iter().any(|n| to.starts_with(n)) {
+                out.push(format!(
+                    "{}: {files} names {} (src/{to})",
+                    at(c, e.from, e.line),
+                    e.path
+                ));
+            }
+        }
+    }
+    out
+}

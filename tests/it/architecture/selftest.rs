@@ -231,3 +231,71 @@ fn long_production_files_are_found_and_test_code_is_not_counted() {
         rules::production_file_lengths(&c)
     );
 }
+
+#[test]
+fn the_whole_config_reaching_a_narrow_module_is_found() {
+    let files = |rel: &'static str, text: &'static str| {
+        krate(&[
+            ("lib.rs", "pub mod config;\npub mod notify;\npub mod ops;"),
+            (
+                "config/mod.rs",
+                "pub struct Config;\npub struct OrgConfig;\npub struct ChannelConfig;",
+            ),
+            ("notify/mod.rs", "pub mod deliver;\npub mod settings;"),
+            (rel, text),
+        ])
+    };
+    for (rel, bad) in [
+        ("notify/deliver.rs", "use crate::config::Config;"),
+        ("notify/deliver.rs", "fn f(c: &crate::config::Config) {}"),
+        (
+            "notify/settings.rs",
+            "use crate::config::{Config, OrgConfig};",
+        ),
+        ("ops.rs", "use crate::config::OrgConfig;"),
+    ] {
+        assert!(
+            !rules::config_reaches_only_what_needs_it(&files(rel, bad)).is_empty(),
+            "not caught: {rel}: {bad}"
+        );
+    }
+    for (rel, ok) in [
+        (
+            "notify/settings.rs",
+            "use crate::config::{ChannelConfig, Config};",
+        ),
+        (
+            "notify/deliver.rs",
+            "use crate::config::ChannelConfig;\n// the whole Config never",
+        ),
+    ] {
+        assert!(
+            rules::config_reaches_only_what_needs_it(&files(rel, ok)).is_empty(),
+            "{rel}: {ok}"
+        );
+    }
+}
+
+#[test]
+fn a_forbidden_dependency_is_found() {
+    let c = krate(&[
+        ("lib.rs", "pub mod notify;\npub mod state;"),
+        ("notify/mod.rs", "pub mod alert;"),
+        ("notify/alert.rs", "pub enum EnforcerAlert { KillSwitchOn }"),
+        ("state/mod.rs", "pub mod alerts;"),
+        (
+            "state/alerts.rs",
+            "use crate::notify::alert::EnforcerAlert;",
+        ),
+    ]);
+    let found = rules::forbidden_dependencies(&c);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].contains("src/state/alerts.rs:1"), "{found:?}");
+    // The other way round is the intended direction.
+    let c = krate(&[
+        ("lib.rs", "pub mod notify;\npub mod state;"),
+        ("notify/mod.rs", "use crate::state::StateError;"),
+        ("state/mod.rs", "pub enum StateError {}"),
+    ]);
+    assert!(rules::forbidden_dependencies(&c).is_empty());
+}
