@@ -93,6 +93,10 @@ fn environment_overrides_use_double_underscores() {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "a table of test vectors: one bad configuration and the key its error must name"
+)]
 fn errors_name_the_key() {
     let cases: &[(&str, &str)] = &[
         (

@@ -156,12 +156,13 @@ fn message(e: ConfigError) -> String {
 /// Reads `channels[i]`: first its `name` and `type`, then the other keys into that type's struct.
 fn read_channel(file: &str, i: usize, value: config::Value) -> Result<ChannelEntry, LoadError> {
     let at = format!("channels[{i}]");
-    let head: RawChannelHead = typed_or_missing(file, &at, value.clone(), Some("is required"))?;
     let mut rest = value.into_table().map_err(|e| LoadError::Invalid {
         file: file.to_string(),
         key: at.clone(),
         message: message(e),
     })?;
+    let whole = config::Value::new(None, rest.clone());
+    let head: RawChannelHead = typed_or_missing(file, &at, whole, Some("is required"))?;
     rest.remove("name");
     rest.remove("type");
     let rest = config::Value::new(None, rest);
