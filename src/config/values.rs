@@ -118,9 +118,9 @@ impl FromText for Glob {
     }
 }
 
-impl Glob {
-    pub(super) fn strings(globs: Vec<Glob>) -> Vec<String> {
-        globs.into_iter().map(|g| g.0).collect()
+impl From<Glob> for String {
+    fn from(g: Glob) -> String {
+        g.0
     }
 }
 
@@ -179,10 +179,19 @@ impl FromText for Mailbox {
     }
 }
 
-impl Mailbox {
-    pub(super) fn strings(boxes: Vec<Mailbox>) -> Vec<String> {
-        boxes.into_iter().map(|m| m.0).collect()
+impl From<Mailbox> for String {
+    fn from(m: Mailbox) -> String {
+        m.0
     }
+}
+
+/// The checked values as the text they were written as (globs, addresses), which is what
+/// [`Config`](super::Config) keeps.
+pub(super) fn strings<T>(values: Vec<T>) -> Vec<String>
+where
+    String: From<T>,
+{
+    values.into_iter().map(String::from).collect()
 }
 
 /// A policy's `name_pattern` regex.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use secrecy::ExposeSecret;
 
-use super::super::values::{Mailbox, is_standard_webhooks_secret};
+use super::super::values::{is_standard_webhooks_secret, strings};
 use super::super::{
     ChannelConfig, ChannelKind, EmailChannel, PagerDutyChannel, SlackChannel, SmtpTls,
     WebhookChannel, is_loopback_host,
@@ -93,7 +93,7 @@ fn email(
         smtp_username,
         smtp_password,
         from: e.from.0,
-        to: Mailbox::strings(e.to),
+        to: strings(e.to),
         owner: e.owner,
         send_timeout: e.send_timeout.map_or(Duration::from_secs(30), |d| d.0),
     })

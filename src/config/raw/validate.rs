@@ -13,7 +13,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 use sha2::{Digest, Sha256};
 
-use super::super::values::{Glob, HumanDuration};
+use super::super::values::{HumanDuration, strings};
 use super::super::{
     Action, ChannelConfig, Config, DEFAULT_MAX_REVOCATIONS_PER_DAY,
     DEFAULT_MAX_REVOCATIONS_PER_PROJECT_PERCENT, DEFAULT_MAX_REVOCATIONS_PER_RUN, ExemptionConfig,
@@ -98,10 +98,21 @@ pub(super) fn config(
     Ok(config)
 }
 
-/// The first index in `names` whose name an earlier entry already has.
-fn first_duplicate<'n>(names: impl Iterator<Item = &'n str>) -> Option<(usize, &'n str)> {
+/// Names in `section` (`organizations`, `channels`) must be unique: names the first repeat.
+fn unique_names<'n>(
+    cx: &Context<'_>,
+    section: &str,
+    what: &str,
+    names: impl Iterator<Item = &'n str>,
+) -> Result<(), LoadError> {
     let names: Vec<&str> = names.collect();
-    (0..names.len()).find_map(|i| names[..i].contains(&names[i]).then_some((i, names[i])))
+    match (0..names.len()).find(|&i| names[..i].contains(&names[i])) {
+        Some(i) => Err(cx.err(
+            format!("{section}[{i}].name"),
+            format!("duplicate {what} name {:?}", names[i]),
+        )),
+        None => Ok(()),
+    }
 }
 
 fn organizations(
@@ -120,12 +131,12 @@ fn organizations(
         .enumerate()
         .map(|(i, o)| org(cx, i, o, global))
         .collect::<Result<Vec<_>, _>>()?;
-    if let Some((i, name)) = first_duplicate(orgs.iter().map(|o| o.name.as_str())) {
-        return Err(cx.err(
-            format!("organizations[{i}].name"),
-            format!("duplicate organisation name {name:?}"),
-        ));
-    }
+    unique_names(
+        cx,
+        "organizations",
+        "organisation",
+        orgs.iter().map(|o| o.name.as_str()),
+    )?;
     Ok(orgs)
 }
 
@@ -158,8 +169,8 @@ fn org(
         base_url,
         admin_key,
         admin_key_source,
-        projects: Glob::strings(o.projects),
-        exclude_projects: Glob::strings(o.exclude_projects),
+        projects: strings(o.projects),
+        exclude_projects: strings(o.exclude_projects),
         include_archived: o.include_archived,
         ca_file: o.ca_file,
         schedule,
@@ -243,12 +254,12 @@ fn channels_of(
         .enumerate()
         .map(|(i, c)| channel(cx, i, c))
         .collect::<Result<Vec<_>, _>>()?;
-    if let Some((i, name)) = first_duplicate(channels.iter().map(|c| c.name.as_str())) {
-        return Err(cx.err(
-            format!("channels[{i}].name"),
-            format!("duplicate channel name {name:?}"),
-        ));
-    }
+    unique_names(
+        cx,
+        "channels",
+        "channel",
+        channels.iter().map(|c| c.name.as_str()),
+    )?;
     Ok(channels)
 }
 
@@ -333,10 +344,10 @@ fn policy(
         name: p.name.0,
         selector: Selector {
             organizations: s.organizations,
-            projects: Glob::strings(s.projects),
+            projects: strings(s.projects),
             owner_type: s.owner_type,
-            key_name: Glob::strings(s.key_name),
-            owner_email: Glob::strings(s.owner_email),
+            key_name: strings(s.key_name),
+            owner_email: strings(s.owner_email),
         },
         max_age,
         max_idle,
@@ -409,7 +420,7 @@ fn routes(
         }
         names_channels(cx, &format!("routes[{i}].channels"), &r.channels, channels)?;
         routes.push(RouteConfig {
-            projects: Glob::strings(r.projects),
+            projects: strings(r.projects),
             channels: r.channels,
         });
     }
