@@ -12,7 +12,7 @@ use crate::state::audit::{self, AuditKind, AuditRecord};
 use crate::state::sweeps::SweepStatus;
 use crate::state::{self, StateError};
 
-use super::run::{Run, Timings};
+use super::run::{Run, SWEEP_TARGET, Timings};
 use super::{SweepError, SweepReport};
 
 impl Run<'_> {
@@ -31,6 +31,7 @@ impl Run<'_> {
         })?;
         self.update_gauges(&report);
         tracing::info!(
+            target: SWEEP_TARGET,
             run_id = self.run_id(),
             complete = report.inventory.is_complete(),
             keys = report.inventory.key_count(),

@@ -19,6 +19,9 @@ use super::enforce::Enforced;
 use super::planning::annotate_plan;
 use super::{SweepError, SweepOptions, SweepReport, Sweeper};
 
+/// The log target of a sweep's first and last line.
+pub(super) const SWEEP_TARGET: &str = "keysweep::sweep";
+
 /// One sweep in progress.
 pub(super) struct Run<'a> {
     pub sweeper: &'a Sweeper,
@@ -61,7 +64,10 @@ impl Sweeper {
             }
             Ok(())
         })?;
+        // The start and end of a sweep are logged under `keysweep::sweep`, whichever file the
+        // phase lives in: the daemon's tests and log queries pair them by that target.
         tracing::info!(
+            target: SWEEP_TARGET,
             run_id = run.run_id(),
             mode = run.mode.as_str(),
             organizations = run.clients.len(),
