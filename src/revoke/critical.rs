@@ -11,7 +11,7 @@ use crate::openai::{AdminClient, DeleteOutcome};
 use crate::state::audit::{self, AuditRecord};
 use crate::state::{self, Store};
 
-use super::Outcome;
+use super::outcome::Outcome;
 
 /// Deletes in flight. They run on their own tasks so that a sweep dropped at the end of the
 /// shutdown grace never leaves an intent without its outcome; `drain_in_flight` waits for them.

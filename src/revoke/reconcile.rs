@@ -14,7 +14,7 @@ use crate::openai::AdminClient;
 use crate::state::audit::{self, AuditKind, AuditRecord, AuditRow};
 use crate::state::{self, StateError};
 
-use super::Context;
+use super::context::Context;
 
 /// A delete that a crash interrupted and that reconciliation found to have gone through.
 #[derive(Debug, Clone, Copy)]
@@ -57,7 +57,7 @@ pub async fn reconcile(
         else {
             continue;
         };
-        let Some(client) = ctx.clients.iter().find(|c| c.org_name() == org) else {
+        let Some(client) = ctx.client(org) else {
             continue;
         };
         let interrupted = InterruptedDelete {
@@ -122,7 +122,7 @@ fn settle(
         owner: r.owner.clone(),
         policy: r.policy.clone(),
         response: json!({ "deleted": gone }),
-        ..super::record(ctx, AuditKind::Reconciled, message)
+        ..ctx.record(AuditKind::Reconciled, message)
     }
     .refers_to(row.seq);
     ctx.store.tx(|tx| {

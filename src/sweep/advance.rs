@@ -5,15 +5,15 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::inventory::{Inventory, Key, KeyTally};
+use crate::inventory::{Inventory, Key, KeyTally, OrgInventory};
 use crate::policy::finding::{FindingId, Notice, NoticeKind, Stage};
 use crate::policy::lifecycle::{self, Transition};
 use crate::policy::plan::Candidate;
 
 use super::evaluate::{Evaluator, OpenFindings, Step};
 use super::listing::Evaluated;
+use super::report::FindingView;
 use super::run::Run;
-use super::{FindingView, complete_projects};
 
 /// One organisation's evaluation, ready to advance.
 pub(super) struct OrgEvaluation<'a> {
@@ -153,4 +153,13 @@ impl Run<'_> {
             });
         advance_findings(&self.sweeper.evaluator(self.now()), orgs, self.dry_run())
     }
+}
+
+/// The projects of `org` whose listing is complete: the only ones whose missing keys are gone.
+pub(super) fn complete_projects<K>(org: &OrgInventory<K>) -> HashSet<&str> {
+    org.projects
+        .iter()
+        .filter(|p| p.listing.is_complete())
+        .map(|p| p.project.id.as_str())
+        .collect()
 }

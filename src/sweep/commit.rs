@@ -16,8 +16,8 @@ use crate::state::audit::{self, AuditKind, AuditRecord};
 use crate::state::{self, StateError};
 
 use super::advance::{Advanced, Change};
+use super::report::{FindingView, SweepError, fmt_time};
 use super::run::Run;
-use super::{FindingView, SweepError, fmt_time};
 
 /// What the commit queued.
 pub(super) struct Committed {

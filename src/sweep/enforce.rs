@@ -13,8 +13,8 @@ use crate::policy::plan::Plan;
 use crate::revoke::{self, RevocationResult};
 use crate::state;
 
+use super::report::{FindingView, SweepError};
 use super::run::Run;
-use super::{FindingView, SweepError};
 
 /// What enforcement did; empty when nothing was due or the sweep was cancelled.
 #[derive(Default)]

@@ -12,8 +12,8 @@ use crate::state::audit::{self, AuditKind, AuditRecord};
 use crate::state::sweeps::SweepStatus;
 use crate::state::{self, StateError};
 
+use super::report::{SweepError, SweepReport};
 use super::run::{Run, SWEEP_TARGET, Timings};
-use super::{SweepError, SweepReport};
 
 impl Run<'_> {
     /// Records the sweep that `report` tells, and hands the report back.

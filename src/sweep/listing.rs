@@ -9,9 +9,9 @@ use std::sync::Arc;
 use crate::inventory::{Inventory, KeyTally, Listing, OrgInventory, ProjectRef};
 use crate::notify::alert::EnforcerAlert;
 
-use super::SweepError;
 use super::evaluate::OpenFindings;
 use super::record::{Recorded, Recorder};
+use super::report::SweepError;
 use super::run::{Run, Timings};
 
 /// Admin keys expiring within this window raise an enforcer alert.

@@ -2,7 +2,9 @@
 //! --once` runs and the tests drive.
 //!
 //! [`Sweeper::run_once`] reads as the pipeline; each phase is a function returning a named
-//! summary (`run.rs` holds what the phases share). The order is the safety argument:
+//! summary. `sweeper.rs` holds the long-lived machinery, `run.rs` one sweep in progress (what
+//! every phase shares), `report.rs` what a sweep returns; the phases use those and never this
+//! file. The order is the safety argument:
 //!
 //! 1. **reconcile** (`reconcile.rs` → `Reconciled`): settle DELETE intents that a crash left
 //!    without an outcome (GET the key: gone or not) before anything else;
@@ -29,22 +31,10 @@
 //! (`Sweeper::preview`) and keeps every key, because it prints them. This module never deletes
 //! (that is `revoke`'s) and never renders a message (that is `notify`'s).
 
-use std::collections::HashSet;
-use std::sync::Arc;
-
-use tokio_util::sync::CancellationToken;
-
-use crate::config::{Config, Mode};
-use crate::inventory::{Inventory, Key, KeyTally, OrgInventory};
-use crate::metrics::Metrics;
-use crate::notify::alert::EnforcerAlert;
-use crate::notify::{self, Notifier};
-use crate::openai::{AdminClient, ClientShared};
-use crate::policy::Policies;
-use crate::policy::finding::Finding;
-use crate::policy::plan::{self, Candidate, Plan, PlanInput};
-use crate::revoke;
-use crate::state::{self, Store};
+use crate::config::Mode;
+use crate::inventory::{Inventory, KeyTally};
+use crate::notify::DeliveryReport;
+use crate::policy::plan::Plan;
 
 mod advance;
 mod commit;
@@ -55,166 +45,20 @@ mod listing;
 mod planning;
 mod reconcile;
 mod record;
+mod report;
 mod run;
+mod sweeper;
 
-use advance::OrgEvaluation;
-use evaluate::{Evaluator, OpenFindings, Step};
+pub use report::{FindingView, SweepError, SweepReport, fmt_time};
+pub use sweeper::{SweepOptions, Sweeper, new_run_id};
 
-#[derive(Debug, thiserror::Error)]
-pub enum SweepError {
-    #[error("state database")]
-    State(#[from] state::StateError),
-    #[error("notification outbox")]
-    Notify(#[from] notify::NotifyError),
-    #[error("policy")]
-    Policy(#[from] crate::policy::PolicyError),
-    #[error("recording the listing: {0}")]
-    Recorder(String),
-    #[error("Admin API client for organisation {organization}")]
-    Client {
-        organization: String,
-        #[source]
-        source: Box<crate::openai::Error>,
-    },
-}
-
-/// What one call to [`Sweeper::run_once`] should do.
-#[derive(Debug, Clone)]
-pub struct SweepOptions {
-    /// Evaluation time (Unix seconds): the wall clock, or `--now`.
-    pub now: i64,
-    /// `--dry-run`: never delete, whatever `mode` says.
-    pub force_dry_run: bool,
-    pub run_id: String,
-    /// Only these organisations (the daemon sweeps one at a time); `None` = all.
-    pub organizations: Option<Vec<String>>,
-    /// Stop before the next deletion when cancelled (SIGTERM); the current step completes.
-    pub cancel: CancellationToken,
-    /// Send due messages; `false` leaves them in the outbox (`keysweep demo`).
-    pub deliver: bool,
-}
-
-impl SweepOptions {
-    pub fn new(now: i64) -> SweepOptions {
-        SweepOptions {
-            now,
-            force_dry_run: false,
-            run_id: new_run_id(),
-            organizations: None,
-            cancel: CancellationToken::new(),
-            deliver: true,
-        }
-    }
-}
-
-/// A sortable, unique run id: `20261125T231500Z-1a2b3c4d`.
-pub fn new_run_id() -> String {
-    let now = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
-    let rand = uuid::Uuid::new_v4().simple().to_string();
-    format!("{now}-{}", &rand[..8])
-}
-
-/// What became of one key in this sweep.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct FindingView {
-    pub finding: Finding,
-    /// What the plan says about it: "warn", "revoke now", "withheld: cap-per-run", …
-    pub plan: String,
-}
-
-/// The outcome of a sweep (or a preview).
-#[derive(Debug, Default)]
-pub struct SweepReport {
-    pub run_id: String,
-    pub mode: Option<Mode>,
-    /// What was listed: every organisation and project with its listing status and a tally of
-    /// its keys (a sweep does not keep the keys themselves).
-    pub inventory: Inventory<KeyTally>,
-    /// Every finding touched this sweep, open or closed.
-    pub findings: Vec<FindingView>,
-    /// Keys an active exemption covers: (key, reason).
-    pub exempted: Vec<(Key, String)>,
-    /// Exemptions that matched but have expired: (key, reason, until).
-    pub expired_exemptions: Vec<(Key, String, Option<i64>)>,
-    pub plan: Plan,
-    pub revocations: Vec<revoke::RevocationResult>,
-    pub alerts: Vec<EnforcerAlert>,
-    pub notices_queued: usize,
-    pub delivery: notify::DeliveryReport,
-}
-
-impl SweepReport {
-    /// Every listing complete and every organisation reachable.
-    pub fn complete(&self) -> bool {
-        self.inventory.is_complete()
-    }
-
-    pub fn revoked_count(&self) -> usize {
-        self.revocations.iter().filter(|r| r.deleted()).count()
-    }
-}
-
-/// Long-lived sweep machinery: clients, compiled policies, store, notifier, metrics.
-pub struct Sweeper {
-    pub config: Arc<Config>,
-    policies: Arc<Policies>,
-    clients: Vec<AdminClient>,
-    store: Option<Store>,
-    notifier: Notifier,
-    metrics: Metrics,
-}
+use advance::{Advanced, OrgEvaluation};
+use commit::Committed;
+use enforce::Enforced;
+use evaluate::Step;
+use run::{Run, Timings};
 
 impl Sweeper {
-    /// `store` is `None` only for read-only previews (`scan` without a state file).
-    pub fn new(
-        config: Arc<Config>,
-        store: Option<Store>,
-        metrics: Metrics,
-    ) -> Result<Sweeper, SweepError> {
-        let policies = Arc::new(Policies::compile(&config)?);
-        let shared = ClientShared::new(metrics.clone(), &config.limits);
-        let clients = config
-            .organizations
-            .iter()
-            .map(|org| {
-                AdminClient::new(org, &config.limits, shared.clone()).map_err(|source| {
-                    SweepError::Client {
-                        organization: org.name.clone(),
-                        source: Box::new(source),
-                    }
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Sweeper {
-            config,
-            policies,
-            clients,
-            store,
-            notifier: Notifier::new()?.with_metrics(metrics.clone()),
-            metrics,
-        })
-    }
-
-    pub fn store(&self) -> Option<&Store> {
-        self.store.as_ref()
-    }
-
-    fn clients_for(&self, only: Option<&[String]>) -> Vec<AdminClient> {
-        self.clients
-            .iter()
-            .filter(|c| only.is_none_or(|o| o.iter().any(|n| n == c.org_name())))
-            .cloned()
-            .collect()
-    }
-
-    fn mode(&self, opts: &SweepOptions) -> Mode {
-        if opts.force_dry_run {
-            Mode::DryRun
-        } else {
-            self.config.mode
-        }
-    }
-
     /// Lists and evaluates without writing anything: `keysweep scan`. Returns the report and
     /// the whole inventory, every key included, for the listing `scan` prints. The findings
     /// advance through the same phase as a sweep's ([`advance::advance_findings`]).
@@ -240,7 +84,7 @@ impl Sweeper {
             }
             OrgEvaluation {
                 open,
-                complete: complete_projects(org),
+                complete: advance::complete_projects(org),
                 step,
             }
         });
@@ -263,40 +107,10 @@ impl Sweeper {
         Ok((report, inventory))
     }
 
-    /// Every key of every organisation, without evaluating anything.
-    pub async fn list(&self) -> Inventory {
-        crate::openai::collect_inventory(&self.config, &self.clients, None).await
-    }
-
-    fn evaluator(&self, now: i64) -> Evaluator {
-        Evaluator {
-            policies: self.policies.clone(),
-            now,
-            repeat: i64::try_from(self.config.notifications.repeat_interval.as_secs())
-                .unwrap_or(i64::MAX),
-        }
-    }
-
-    /// The organisation's open findings (none without a state file).
-    fn open_findings(&self, organization: &str) -> Result<OpenFindings, SweepError> {
-        Ok(OpenFindings::new(match &self.store {
-            Some(s) => s.with_conn(|c| state::findings::open_findings(c, organization))?,
-            None => Vec::new(),
-        }))
-    }
-
-    fn kill_switch_on(&self) -> bool {
-        self.config
-            .safety
-            .kill_switch_file
-            .as_ref()
-            .is_some_and(|p| p.exists())
-    }
-
     /// Runs one sweep with actions (honouring mode and `--dry-run`): the pipeline, one phase
     /// per line (see the module docs for why in this order).
     pub async fn run_once(&self, opts: &SweepOptions) -> Result<SweepReport, SweepError> {
-        let run = self.begin(opts)?;
+        let run = Run::begin(self, opts)?;
         let reconciled = run.reconcile().await?;
         let listed = run.list_and_record().await?;
         let mut advanced = run.advance_findings(&listed.inventory, listed.evaluated);
@@ -305,11 +119,12 @@ impl Sweeper {
         let committed = run.commit(&mut advanced, alerts, planned.withheld)?;
         let delivery = run.deliver().await?;
         let enforced = run.enforce(&planned.plan, &mut advanced.findings).await?;
-        let timings = run::Timings {
+        let timings = Timings {
             committed_secs: committed.seconds,
             ..listed.timings
         };
-        let report = run.report(
+        let report = report(
+            &run,
             listed.inventory,
             advanced,
             planned.plan,
@@ -319,43 +134,39 @@ impl Sweeper {
         );
         run.record_sweep(report, timings)
     }
+}
 
-    /// The plan for `candidates` under the rails: mode, kill switch, caps (with the revocations
-    /// of the last 24 hours; none without a state file), the service-account rule.
-    fn plan_revocations(
-        &self,
-        candidates: &[Candidate],
-        inventory: &Inventory<KeyTally>,
-        mode: Mode,
-        now: i64,
-    ) -> Result<Plan, SweepError> {
-        let revoked_24h = match &self.store {
-            Some(s) => s.with_conn(|c| state::revocations::revocations_since(c, now - 86400))?,
-            None => 0,
-        };
-        Ok(plan::plan(&PlanInput {
-            candidates,
-            projects: &plan::project_facts(inventory),
-            mode,
-            safety: &self.config.safety,
-            revoked_last_24h: u32::try_from(revoked_24h).unwrap_or(u32::MAX),
-            kill_switch: self.kill_switch_on(),
-        }))
+/// The report of a sweep's phases.
+fn report(
+    run: &Run<'_>,
+    inventory: Inventory<KeyTally>,
+    advanced: Advanced,
+    plan: Plan,
+    committed: Committed,
+    mut delivery: DeliveryReport,
+    enforced: Enforced,
+) -> SweepReport {
+    let mut findings = advanced.findings;
+    planning::annotate_plan(&mut findings, &plan);
+    if let Some(more) = enforced.delivery {
+        delivery.sent += more.sent;
+        delivery.failed += more.failed;
+        delivery.dead += more.dead;
+        delivery.alerts.extend(more.alerts);
     }
-}
-
-/// The projects of `org` whose listing is complete: the only ones whose missing keys are gone.
-fn complete_projects<K>(org: &OrgInventory<K>) -> HashSet<&str> {
-    org.projects
-        .iter()
-        .filter(|p| p.listing.is_complete())
-        .map(|p| p.project.id.as_str())
-        .collect()
-}
-
-/// RFC 3339 in UTC, for messages.
-pub fn fmt_time(ts: i64) -> String {
-    chrono::DateTime::from_timestamp(ts, 0)
-        .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
-        .unwrap_or_else(|| ts.to_string())
+    let mut alerts = enforced.alerts;
+    alerts.extend(committed.alerts);
+    SweepReport {
+        run_id: run.run_id().to_string(),
+        mode: Some(run.mode),
+        inventory,
+        findings,
+        exempted: advanced.exempted,
+        expired_exemptions: advanced.expired,
+        plan,
+        revocations: enforced.revocations,
+        alerts,
+        notices_queued: committed.notices_queued + enforced.notices_queued,
+        delivery,
+    }
 }

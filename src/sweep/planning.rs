@@ -15,8 +15,8 @@ use crate::policy::plan::{Plan, Withheld};
 use crate::state::audit::{AuditKind, AuditRecord};
 
 use super::advance::Advanced;
+use super::report::{FindingView, SweepError, fmt_time};
 use super::run::Run;
-use super::{FindingView, SweepError, fmt_time};
 
 /// The plan, and what it raised.
 pub(super) struct Planned {

@@ -11,7 +11,7 @@ use crate::policy::lifecycle;
 use crate::revoke::{self, InterruptedDelete};
 use crate::state::{self, StateError};
 
-use super::SweepError;
+use super::report::SweepError;
 use super::run::Run;
 
 /// What reconciliation left open.

@@ -1,23 +1,17 @@
 //! What the phases of one sweep share: the sweep's options, store, clients and mode, and its
-//! clock (`now` for every decision, an `Instant` for the timings). Begins a sweep and assembles
-//! its report; decides nothing itself.
+//! clock (`now` for every decision, an `Instant` for the timings). Begins a sweep; decides
+//! nothing itself.
 
 use std::time::Instant;
 
 use crate::config::Mode;
-use crate::inventory::{Inventory, KeyTally};
-use crate::notify::DeliveryReport;
 use crate::openai::AdminClient;
-use crate::policy::plan::Plan;
 use crate::revoke;
 use crate::state::audit::{AuditKind, AuditRecord};
 use crate::state::{self, Store};
 
-use super::advance::Advanced;
-use super::commit::Committed;
-use super::enforce::Enforced;
-use super::planning::annotate_plan;
-use super::{SweepError, SweepOptions, SweepReport, Sweeper};
+use super::report::SweepError;
+use super::sweeper::{SweepOptions, Sweeper};
 
 /// The log target of a sweep's first and last line.
 pub(super) const SWEEP_TARGET: &str = "keysweep::sweep";
@@ -42,20 +36,23 @@ pub(super) struct Timings {
     pub committed_secs: f64,
 }
 
-impl Sweeper {
+impl<'a> Run<'a> {
     /// Starts a sweep: its `sweeps` rows (one per organisation) and its first log line.
-    pub(super) fn begin<'a>(&'a self, opts: &'a SweepOptions) -> Result<Run<'a>, SweepError> {
-        let Some(store) = self.store.clone() else {
+    pub(super) fn begin(
+        sweeper: &'a Sweeper,
+        opts: &'a SweepOptions,
+    ) -> Result<Run<'a>, SweepError> {
+        let Some(store) = sweeper.store().cloned() else {
             return Err(SweepError::State(state::StateError::Missing {
-                path: self.config.state_path.clone(),
+                path: sweeper.config.state_path.clone(),
             }));
         };
         let run = Run {
-            sweeper: self,
+            sweeper,
             opts,
             store,
-            clients: self.clients_for(opts.organizations.as_deref()),
-            mode: self.mode(opts),
+            clients: sweeper.clients_for(opts.organizations.as_deref()),
+            mode: sweeper.mode(opts),
             started: Instant::now(),
         };
         run.store.tx(|tx| {
@@ -118,41 +115,6 @@ impl Run<'_> {
             run_id: self.run_id(),
             now: self.now(),
             cancel: &self.opts.cancel,
-        }
-    }
-
-    /// The report of the phases' summaries.
-    pub fn report(
-        &self,
-        inventory: Inventory<KeyTally>,
-        advanced: Advanced,
-        plan: Plan,
-        committed: Committed,
-        mut delivery: DeliveryReport,
-        enforced: Enforced,
-    ) -> SweepReport {
-        let mut findings = advanced.findings;
-        annotate_plan(&mut findings, &plan);
-        if let Some(more) = enforced.delivery {
-            delivery.sent += more.sent;
-            delivery.failed += more.failed;
-            delivery.dead += more.dead;
-            delivery.alerts.extend(more.alerts);
-        }
-        let mut alerts = enforced.alerts;
-        alerts.extend(committed.alerts);
-        SweepReport {
-            run_id: self.run_id().to_string(),
-            mode: Some(self.mode),
-            inventory,
-            findings,
-            exempted: advanced.exempted,
-            expired_exemptions: advanced.expired,
-            plan,
-            revocations: enforced.revocations,
-            alerts,
-            notices_queued: committed.notices_queued + enforced.notices_queued,
-            delivery,
         }
     }
 }
