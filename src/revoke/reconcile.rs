@@ -143,3 +143,26 @@ fn settle(
     tracing::warn!(run_id = ctx.run_id, organization = %d.organization, key_id = %d.key_id, deleted = gone, "reconciled an interrupted delete");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_interrupted_delete_answers_every_policy_of_its_intent() {
+        let d = |policies| InterruptedDelete {
+            intent_seq: 7,
+            organization: "acme",
+            project_id: "proj_1",
+            key_id: "key_1",
+            policies,
+        };
+        fn all(d: InterruptedDelete<'_>) -> Vec<&str> {
+            d.policies().collect()
+        }
+        assert_eq!(all(d(Some("max-age,unused"))), vec!["max-age", "unused"]);
+        assert_eq!(all(d(Some("max-age"))), vec!["max-age"]);
+        assert!(all(d(Some(""))).is_empty());
+        assert!(all(d(None)).is_empty());
+    }
+}

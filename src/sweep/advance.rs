@@ -163,3 +163,129 @@ pub(super) fn complete_projects<K>(org: &OrgInventory<K>) -> HashSet<&str> {
         .map(|p| p.project.id.as_str())
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Action;
+    use crate::inventory::{Owner, OwnerAccess, OwnerType};
+    use crate::policy::finding::Finding;
+
+    fn key() -> Key {
+        Key {
+            organization: "acme".into(),
+            project_id: "proj_1".into(),
+            project_name: None,
+            id: "key_1".into(),
+            name: "ci".into(),
+            redacted_value: "sk-...abcd".into(),
+            created_at: 0,
+            last_used_at: None,
+            owner: Owner {
+                kind: OwnerType::User,
+                id: None,
+                name: None,
+                email: None,
+            },
+            owner_access: OwnerAccess::Active,
+        }
+    }
+
+    fn finding(stage: Stage) -> Finding {
+        Finding {
+            id: FindingId {
+                organization: "acme".into(),
+                project_id: "proj_1".into(),
+                key_id: "key_1".into(),
+                policy: "max-age".into(),
+            },
+            project_name: None,
+            key_name: "ci".into(),
+            redacted_value: "sk-...abcd".into(),
+            owner_type: OwnerType::User,
+            owner: "user_1".into(),
+            owner_email: None,
+            created_at: 0,
+            last_used_at: None,
+            action: Action::Revoke,
+            reason: "older than 90d".into(),
+            stage,
+            detected_at: 0,
+            deadline: 100,
+            warned_at: None,
+            final_notice_at: None,
+            last_notified_at: None,
+            closed_at: None,
+            resolution: None,
+            dry_run_noted_at: None,
+        }
+    }
+
+    fn step(next: Finding, notices: Vec<NoticeKind>) -> Transition {
+        Transition {
+            next: Some(next),
+            notices,
+            revoke_due: false,
+        }
+    }
+
+    #[test]
+    fn a_finding_is_written_only_when_its_stage_moves_or_it_sends_a_notice() {
+        let mut advanced = Advanced::default();
+        // New, with a warning: written with its decision.
+        advanced.take_step(
+            None,
+            step(finding(Stage::Warned), vec![NoticeKind::Warning]),
+            false,
+        );
+        // Unchanged and silent: reported, not written.
+        advanced.take_step(
+            Some(Stage::Warned),
+            step(finding(Stage::Warned), vec![]),
+            false,
+        );
+        // Moved without a notice (closed): written.
+        advanced.take_step(
+            Some(Stage::Warned),
+            step(finding(Stage::Resolved), vec![]),
+            false,
+        );
+        assert_eq!(advanced.findings.len(), 3);
+        let written: Vec<(usize, Option<Stage>)> = advanced
+            .changes
+            .iter()
+            .map(|c| (c.at, c.decision.as_ref().and_then(|d| d.before)))
+            .collect();
+        assert_eq!(written, vec![(0, None), (2, Some(Stage::Warned))]);
+        assert_eq!(advanced.notices.len(), 1);
+        assert_eq!(advanced.notices[0].kind, NoticeKind::Warning);
+        assert!(!advanced.notices[0].dry_run);
+    }
+
+    #[test]
+    fn a_dry_run_announces_a_due_revocation_once_without_a_decision_record() {
+        let mut advanced = Advanced::default();
+        advanced.take_step(
+            Some(Stage::FinalNotice),
+            step(finding(Stage::FinalNotice), vec![]),
+            true,
+        );
+        advanced.candidates.push(Candidate {
+            finding: finding(Stage::FinalNotice).id,
+            key: key(),
+            deadline: 100,
+        });
+        advanced.note_dry_run(200);
+        assert_eq!(advanced.findings[0].finding.dry_run_noted_at, Some(200));
+        assert_eq!(advanced.notices.len(), 1);
+        assert_eq!(advanced.notices[0].kind, NoticeKind::Revoked);
+        assert!(advanced.notices[0].dry_run);
+        assert_eq!(advanced.changes.len(), 1);
+        assert!(advanced.changes[0].decision.is_none());
+        // Noted once: the next note (the same finding due again) says nothing more.
+        advanced.note_dry_run(300);
+        assert_eq!(advanced.findings[0].finding.dry_run_noted_at, Some(200));
+        assert_eq!(advanced.notices.len(), 1);
+        assert_eq!(advanced.changes.len(), 1);
+    }
+}
