@@ -2,9 +2,10 @@
 //! (routing and rendering in `route.rs`), and written to the outbox inside the caller's
 //! transaction, so a message is queued if and only if what it reports is committed.
 //!
-//! The sweep and the reconciliation of interrupted deletes both compose here; `revoke` never
-//! does. This module must never send anything (delivery is `deliver.rs`'s) nor decide what is
-//! due (that is `policy`'s).
+//! Every notice of a sweep is composed here: the phases' notices and alerts, the owners'
+//! `revoked` notices after a deletion, and those of interrupted deletes that reconciliation
+//! found to have gone through. `revoke` never composes. This module must never send anything
+//! (delivery is `deliver.rs`'s) nor decide what is due (that is `policy`'s).
 
 use crate::config::Config;
 use crate::notify::alert::EnforcerAlert;

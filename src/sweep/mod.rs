@@ -61,7 +61,7 @@ use run::{Run, Timings};
 impl Sweeper {
     /// Lists and evaluates without writing anything: `keysweep scan`. Returns the report and
     /// the whole inventory, every key included, for the listing `scan` prints. The findings
-    /// advance through the same phase as a sweep's ([`advance::advance_findings`]).
+    /// advance through the same phase as a sweep's (`advance::advance_findings`).
     pub async fn preview(
         &self,
         now: i64,
