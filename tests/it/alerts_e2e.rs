@@ -17,8 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine as _;
-use keysweep::config::{self, Config};
+use keysweep::config::Config;
 use keysweep::metrics::Metrics;
 use keysweep::notify::outbox;
 use keysweep::state::Store;
@@ -27,12 +26,19 @@ use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::daemon_bin::{
-    ADMIN_KEY, ADMIN_KEY_ENV, CI_DEPLOY, FRESH, OLD_BATCH, PATIENCE, SVC_BOT, WEB, free_port,
-    run_to_end, start_sim, unix_now,
+use crate::support::acme::{
+    ADMIN_KEY, ADMIN_KEY_ENV, ALL_KEYS, CI_DEPLOY, FixtureKey, OLD_BATCH, SVC_BOT, start_sim,
 };
-use crate::receivers::Receiver;
-use crate::smtp_server::{self, SmtpServer, TestPki};
+use crate::support::config::config_from_toml;
+use crate::support::net::free_port;
+use crate::support::openmetrics;
+use crate::support::process::run_to_end;
+use crate::support::receivers::Receiver;
+use crate::support::secrets::{self, whsec};
+use crate::support::smtp_server::{self, SmtpServer, TestPki};
+use crate::support::state_file::audit_records;
+use crate::support::time::{DAY, unix_now};
+use crate::support::wait::PATIENCE;
 
 const SMTP_USER: &str = "keysweep-e2e-mailer";
 const SMTP_PASSWORD: &str = "smtp-e2e-Pa55-do-not-leak";
@@ -41,7 +47,7 @@ const SLACK_PATH: &str = "/services/TE2E/BE2E/slackE2EtokenDoNotLeak";
 const WEBHOOK_KEY: &[u8] = b"e2e-webhook-signing-key-no-leak!";
 
 fn webhook_secret() -> String {
-    crate::receivers::whsec(WEBHOOK_KEY)
+    whsec(WEBHOOK_KEY)
 }
 
 /// Every secret of the setup, in the forms it could leak in.
@@ -52,14 +58,12 @@ fn secrets() -> Vec<String> {
         ROUTING_KEY.to_string(),
         "slackE2EtokenDoNotLeak".to_string(),
         webhook_secret(),
-        base64::engine::general_purpose::STANDARD.encode(WEBHOOK_KEY),
+        secrets::base64(WEBHOOK_KEY),
     ]
 }
 
 fn assert_no_secret(what: &str, text: &str) {
-    for s in secrets() {
-        assert!(!text.contains(&s), "{what} contains a secret: {text}");
-    }
+    secrets::assert_no_secret(what, text, &secrets());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -254,7 +258,9 @@ impl Setup {
 
     fn config(&self) -> Config {
         let text = std::fs::read_to_string(&self.config_file).unwrap();
-        config::load_from_str(&text, &env(&self.rx)).unwrap()
+        let env = env(&self.rx);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        config_from_toml(&text, &env)
     }
 
     fn sweeper(&self, metrics: &Metrics) -> Sweeper {
@@ -307,7 +313,7 @@ struct Mail {
     html: String,
 }
 
-fn parse_mail(raw: &crate::smtp_server::Received) -> Mail {
+fn parse_mail(raw: &smtp_server::Received) -> Mail {
     let data = String::from_utf8_lossy(&raw.data);
     assert_no_secret("raw e-mail", &data);
     let m = mail_parser::MessageParser::default()
@@ -323,10 +329,8 @@ fn parse_mail(raw: &crate::smtp_server::Received) -> Mail {
     }
 }
 
-const ALL_KEYS: [(&str, &str, &str, &str); 5] = [CI_DEPLOY, OLD_BATCH, FRESH, SVC_BOT, WEB];
-
 /// `text` names exactly `keys` among the fixture's keys, each by name and redacted value.
-fn lists_exactly(what: &str, text: &str, keys: &[(&str, &str, &str, &str)]) {
+fn lists_exactly(what: &str, text: &str, keys: &[FixtureKey]) {
     for k in ALL_KEYS {
         let listed = keys.contains(&k);
         assert_eq!(
@@ -412,7 +416,7 @@ async fn one_digest_per_channel_nothing_twice_and_a_pending_mail_delivered_once(
         assert!(m.subject.starts_with("[keysweep] "), "{}", m.subject);
         assert!(m.subject.contains("will be revoked"), "{}", m.subject);
         // The exact revocation date is announced.
-        let deadline = chrono::DateTime::from_timestamp(t0 + 14 * crate::daemon_bin::DAY, 0)
+        let deadline = chrono::DateTime::from_timestamp(t0 + 14 * DAY, 0)
             .unwrap()
             .format("%Y-%m-%d")
             .to_string();
@@ -455,7 +459,7 @@ async fn one_digest_per_channel_nothing_twice_and_a_pending_mail_delivered_once(
         );
         triggered.insert(e["dedup_key"].as_str().unwrap().to_string());
     }
-    let dedup = |k: (&str, &str, &str, &str)| format!("acme/{}/{}/max-age", k.0, k.1);
+    let dedup = |k: FixtureKey| format!("acme/{}/{}/max-age", k.0, k.1);
     assert_eq!(
         triggered,
         [dedup(CI_DEPLOY), dedup(OLD_BATCH), dedup(SVC_BOT)]
@@ -607,7 +611,7 @@ async fn one_digest_per_channel_nothing_twice_and_a_pending_mail_delivered_once(
     // Logins happened over TLS with AUTH for every delivered mail.
     assert_eq!(s.smtp.logins.lock().unwrap().len(), 5);
     // And /metrics counts every delivery outcome per channel.
-    let m = crate::daemon_bin::Metrics::parse(&metrics.encode());
+    let m = openmetrics::Metrics::parse(&metrics.encode());
     let count = |channel: &str, outcome: &str| {
         m.sum(
             "keysweep_notifications_total",
@@ -626,12 +630,7 @@ async fn one_digest_per_channel_nothing_twice_and_a_pending_mail_delivered_once(
 
     // Nothing secret in the state database, and its audit chain verifies.
     let raw = std::fs::read(&s.state).unwrap();
-    for secret in secrets() {
-        assert!(
-            !raw.windows(secret.len()).any(|w| w == secret.as_bytes()),
-            "the state file holds a secret"
-        );
-    }
+    secrets::assert_no_secret_in_bytes("the state file", &raw, &secrets());
     let (status, out, err) = s
         .keysweep(&["audit", "verify", "--state", s.state.to_str().unwrap()])
         .await;
@@ -735,7 +734,7 @@ async fn the_final_notice_and_the_revocation_each_get_their_own_message() {
     let s = Setup::start().await;
     let sweeper = s.sweeper(&Metrics::new());
     let t0 = s.now;
-    let day = crate::daemon_bin::DAY;
+    let day = DAY;
     sweep(&sweeper, t0).await;
     assert_eq!(
         rows_of(&s, "warning").len(),
@@ -823,7 +822,7 @@ async fn the_final_notice_and_the_revocation_each_get_their_own_message() {
     assert!(s.outbox().iter().all(|m| m.status == "sent"));
 
     // The audit log has an intent and an outcome for each deletion, and verifies.
-    let records = crate::daemon_bin::audit_records(&s.state);
+    let records = audit_records(&s.state);
     for k in [CI_DEPLOY, OLD_BATCH] {
         for kind in ["intent", "outcome"] {
             assert_eq!(

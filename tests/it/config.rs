@@ -1,9 +1,9 @@
 //! Configuration: the minimal file works as written, env overrides apply, and every error names
 //! the file and the key; `check-config` never prints a secret.
 
-use std::process::Command;
-
 use keysweep::config::{self, LoadError, Mode};
+
+use crate::support::process::keysweep_blocking;
 
 const ADMIN_KEY: &str = "sk-admin-CONFIGTEST-0123456789abcdef";
 
@@ -201,16 +201,12 @@ fn errors_name_the_key() {
     }
 }
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_keysweep"))
-}
-
 #[test]
 fn check_config_names_file_and_key_and_hides_secrets() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.toml");
     std::fs::write(&good, MINIMAL).unwrap();
-    let out = bin()
+    let out = keysweep_blocking()
         .args(["check-config", "--config"])
         .arg(&good)
         .env("OPENAI_ADMIN_KEY", ADMIN_KEY)
@@ -230,7 +226,7 @@ fn check_config_names_file_and_key_and_hides_secrets() {
 
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, format!("{MINIMAL}[limits]\nconcurrency = 0\n")).unwrap();
-    let out = bin()
+    let out = keysweep_blocking()
         .args(["check-config", "--config"])
         .arg(&bad)
         .env("OPENAI_ADMIN_KEY", ADMIN_KEY)

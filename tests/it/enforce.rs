@@ -14,7 +14,6 @@
 //! These tests must never talk to anything but loopback, and never assert on timing.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::Arc;
@@ -25,7 +24,7 @@ use keysweep::policy::finding::{FindingId, Stage};
 use keysweep::policy::plan::Withheld;
 use keysweep::revoke::Outcome;
 use keysweep::sim::{
-    Fault, FaultKind, SimAccess, SimEffect, SimKey, SimOptions, SimOrg, SimOwnerRef, SimServer,
+    Fault, FaultKind, SimAccess, SimEffect, SimKey, SimOrg, SimOwnerRef, SimServer,
     SimServiceAccount,
 };
 use keysweep::state::audit::{self, AuditKind, AuditRecord, AuditRow};
@@ -33,10 +32,16 @@ use keysweep::state::{self, Store};
 use keysweep::sweep::{SweepOptions, SweepReport, Sweeper};
 use serde_json::Value;
 
+use crate::support;
+use crate::support::config::config_from_toml;
+use crate::support::process::{combined, describe, output};
+use crate::support::secrets::assert_no_secret;
+use crate::support::state_file::wal_path;
+use crate::support::time::{DAY, rfc3339};
+
 const ADMIN_KEY: &str = "sk-admin-ENFORCE-5d2e8c41aa-DO-NOT-LEAK";
 /// The environment variable the configurations name for the admin key.
 const KEY_ENV: &str = "KEYSWEEP_IT_ENFORCE_ADMIN_KEY";
-const DAY: i64 = 86_400;
 /// 2026-01-01T00:00:00Z: the in-process tests' clock.
 const NOW: i64 = 1_767_225_600;
 const ORG: &str = "acme";
@@ -58,10 +63,7 @@ action = "notify"
 // ---- helpers: simulator, configuration, binary -------------------------------------------
 
 async fn start_sim(org: SimOrg) -> SimServer {
-    let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    SimServer::start(addr, org, SimOptions::new(ADMIN_KEY))
-        .await
-        .unwrap()
+    crate::support::sim::start_sim(org, ADMIN_KEY).await
 }
 
 /// `[safety]` with the given caps; `extra` adds lines such as `service_accounts = …`.
@@ -100,7 +102,7 @@ request_timeout = "10s"
 }
 
 fn load(text: &str) -> Config {
-    config::load_from_str(text, &[(KEY_ENV.to_string(), ADMIN_KEY.to_string())]).unwrap()
+    config_from_toml(text, &[(KEY_ENV, ADMIN_KEY)])
 }
 
 fn sweeper(text: &str) -> Sweeper {
@@ -123,37 +125,11 @@ fn verify(store: &Store) -> Result<audit::VerifyReport, audit::AuditError> {
 
 /// Runs the real binary with the admin key in its environment (and nothing else of ours).
 async fn keysweep(args: &[&str]) -> Output {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_keysweep"))
-        .args(args)
-        .env(KEY_ENV, ADMIN_KEY)
-        .env_remove("KEYSWEEP_CONFIG")
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .output()
-        .await
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!text.contains(ADMIN_KEY), "admin key leaked: {text}");
+    let mut cmd = support::process::keysweep(args, &[(KEY_ENV, ADMIN_KEY)]);
+    cmd.env("RUST_LOG", "warn");
+    let out = output(cmd).await;
+    assert_no_secret("the output", &combined(&out), &[ADMIN_KEY]);
     out
-}
-
-fn describe(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn rfc3339(ts: i64) -> String {
-    chrono::DateTime::from_timestamp(ts, 0)
-        .unwrap()
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 /// (project id, key id) of every key of the organisation's active projects.
@@ -414,12 +390,6 @@ async fn done_when_two_runs_delete_exactly_the_old_user_keys_and_the_audit_log_p
         "{}",
         describe(&bad)
     );
-}
-
-fn wal_path(db: &Path) -> PathBuf {
-    let mut s = db.as_os_str().to_owned();
-    s.push("-wal");
-    PathBuf::from(s)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

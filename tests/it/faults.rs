@@ -29,20 +29,22 @@ use keysweep::notify::alert::EnforcerAlert;
 use keysweep::notify::outbox::{self, StoredMessage};
 use keysweep::policy::finding::Finding;
 use keysweep::sim::{
-    FORMAT_VERSION, Fault, FaultKind, FaultRoute, SimAccess, SimKey, SimMember, SimOptions, SimOrg,
+    FORMAT_VERSION, Fault, FaultKind, FaultRoute, SimAccess, SimKey, SimMember, SimOrg,
     SimOwnerRef, SimProject, SimServer, SimUser,
 };
 use keysweep::state::audit::{self, AuditKind, AuditRow};
 use keysweep::state::{self, Store};
 use keysweep::sweep::{SweepOptions, SweepReport, Sweeper};
 
-use crate::receivers::Receiver;
-use crate::smtp_server::{self, SmtpServer, TestPki};
+use crate::support::net::free_port;
+use crate::support::process::{combined, keysweep, output, signal};
+use crate::support::receivers::Receiver;
+use crate::support::secrets::{self, whsec};
+use crate::support::sim::start_sim;
+use crate::support::smtp_server::{self, SmtpServer, TestPki};
+use crate::support::time::{DAY, rfc3339};
+use crate::support::wait::{PATIENCE, eventually};
 
-/// Generous bound for "eventually": only guards against a hang, never a speed assertion.
-const PATIENCE: Duration = Duration::from_secs(120);
-
-const DAY: i64 = 86_400;
 /// 2026-03-01T09:00:00Z: the organisation's clock for the in-process tests.
 const BASE: i64 = 1_772_355_600;
 /// Sweep 1: the old keys are detected and warned about.
@@ -70,7 +72,7 @@ const DUE_F: [&str; 2] = ["key_f000", "key_f100"];
 const DUE_G: &str = "key_g0";
 
 fn webhook_secret() -> String {
-    crate::receivers::whsec(WEBHOOK_KEY)
+    whsec(WEBHOOK_KEY)
 }
 
 fn secrets() -> Vec<String> {
@@ -83,15 +85,7 @@ fn secrets() -> Vec<String> {
 }
 
 fn assert_no_secret(what: &str, text: &str) {
-    for s in secrets() {
-        assert!(!text.contains(&s), "{what} contains a secret");
-    }
-}
-
-fn rfc3339(ts: i64) -> String {
-    chrono::DateTime::from_timestamp(ts, 0)
-        .unwrap()
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    secrets::assert_no_secret(what, text, &secrets());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -235,32 +229,20 @@ impl World {
     async fn new(knobs: Knobs) -> World {
         keysweep::telemetry::init_for_tests();
         let dir = tempfile::tempdir().unwrap();
-        let acme = SimServer::start(
-            "127.0.0.1:0".parse().unwrap(),
-            acme_org(knobs.base),
-            SimOptions::new(ACME_KEY),
-        )
-        .await
-        .unwrap();
-        let globex = SimServer::start(
-            "127.0.0.1:0".parse().unwrap(),
-            globex_org(knobs.base),
-            SimOptions::new(GLOBEX_KEY),
-        )
-        .await
-        .unwrap();
+        let acme = start_sim(acme_org(knobs.base), ACME_KEY).await;
+        let globex = start_sim(globex_org(knobs.base), GLOBEX_KEY).await;
         let pki = TestPki::new();
         let (smtp_port, smtp) = if knobs.smtp_up {
             let s = smtp_server::start(&pki, 0, SMTP_USER, SMTP_PASSWORD);
             (s.port, Some(s))
         } else {
-            (smtp_server::free_port(), None)
+            (free_port(), None)
         };
         let (hook_port, hook) = if knobs.hook_up {
             let r = Receiver::start().await;
             (r.addr.port(), Some(r))
         } else {
-            (smtp_server::free_port(), None)
+            (free_port(), None)
         };
         let state_path = dir.path().join("state.db");
         let toml = format!(
@@ -1295,34 +1277,24 @@ async fn webhook_receiver_down_keeps_messages_in_the_outbox_until_it_returns() {
 // ---------------------------------------------------------------------------------------------
 // Signals: the real binary as a child process
 
+/// The binary with this world's configuration and secrets.
 fn keysweep_cmd(w: &World) -> tokio::process::Command {
-    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_keysweep"));
-    c.arg("--config")
-        .arg(&w.config_path)
-        .envs(w.env.iter().cloned())
-        .env("RUST_LOG", "info")
-        .env_remove("KEYSWEEP_CONFIG")
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
+    let env: Vec<(&str, &str)> = w
+        .env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let mut c = keysweep(&["--config", w.config_path.to_str().unwrap()], &env);
+    c.env("RUST_LOG", "info");
     c
 }
 
 /// `keysweep run --once --now T`; returns the exit code and the combined output.
 async fn run_once(w: &World, now: i64) -> (Option<i32>, String) {
-    let out = tokio::time::timeout(
-        PATIENCE,
-        keysweep_cmd(w)
-            .args(["run", "--once", "--now", &rfc3339(now)])
-            .output(),
-    )
-    .await
-    .expect("run --once hung")
-    .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut cmd = keysweep_cmd(w);
+    cmd.args(["run", "--once", "--now", &rfc3339(now)]);
+    let out = output(cmd).await;
+    let text = combined(&out);
     assert_no_secret("keysweep output", &text);
     (out.status.code(), text)
 }
@@ -1334,11 +1306,7 @@ fn log_file(dir: &Path, name: &str) -> (Stdio, PathBuf) {
 }
 
 async fn wait_for_hits(sim: &SimServer, id: keysweep::sim::FaultId) {
-    let start = Instant::now();
-    while sim.faults().hits(id) == 0 {
-        assert!(start.elapsed() < PATIENCE, "the DELETE never arrived");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the DELETE", || sim.faults().hits(id) > 0).await;
 }
 
 /// The daemon (`keysweep run`) gets SIGTERM while a DELETE is in flight: that delete's intent
@@ -1371,12 +1339,7 @@ async fn sigterm_mid_sweep_finishes_the_delete_in_flight_and_a_restart_finishes_
         .spawn()
         .unwrap();
     wait_for_hits(&w.acme, id).await;
-    let pid = daemon.id().unwrap().to_string();
-    let sent = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(sent.success());
+    signal(daemon.id().unwrap(), "-TERM");
     let status = tokio::time::timeout(PATIENCE, daemon.wait())
         .await
         .expect("the daemon did not stop after SIGTERM")

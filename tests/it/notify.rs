@@ -24,8 +24,9 @@ use rusqlite::Connection;
 use secrecy::SecretString;
 use serde_json::Value;
 
-use crate::receivers::Receiver;
-use crate::smtp_server::{self, TestPki};
+use crate::support::net::free_port;
+use crate::support::receivers::Receiver;
+use crate::support::smtp_server::{self, TestPki};
 
 const SMTP_USER: &str = "keysweep-mailer";
 const SMTP_PASSWORD: &str = "smtp-Pa55word-do-not-leak";
@@ -38,7 +39,7 @@ const NOW: i64 = 1_772_355_600;
 const DAY: i64 = 86_400;
 
 fn webhook_secret() -> String {
-    crate::receivers::whsec(WEBHOOK_KEY)
+    crate::support::secrets::whsec(WEBHOOK_KEY)
 }
 
 fn secrets() -> Vec<String> {
@@ -802,7 +803,7 @@ async fn email_over_starttls_with_auth_lists_every_key_and_no_secret() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smtp_down_then_back_delivers_once_with_the_same_message_id() {
     let pki = TestPki::new();
-    let port = smtp_server::free_port();
+    let port = free_port();
     let rx = Receiver::start().await;
     let mut cfg = config(&Endpoints {
         smtp_port: port,
@@ -942,7 +943,7 @@ async fn email_refuses_an_untrusted_relay_and_reports_bad_credentials() {
 async fn http_channels_receive_complete_payloads_and_valid_signatures() {
     let rx = Receiver::start().await;
     let mut cfg = config(&Endpoints {
-        smtp_port: smtp_server::free_port(),
+        smtp_port: free_port(),
         ca_file: None,
         http: rx.url(""),
     });
@@ -1026,13 +1027,13 @@ async fn http_channels_receive_complete_payloads_and_valid_signatures() {
 async fn receivers_down_then_back_get_the_same_ids() {
     let rx = Receiver::start().await;
     let mut cfg = config(&Endpoints {
-        smtp_port: smtp_server::free_port(),
+        smtp_port: free_port(),
         ca_file: None,
         http: rx.url(""),
     });
     cfg.notifications.max_attempts = 10;
     // Slack refuses connections (nothing listens), the webhook answers 500, PagerDuty 429.
-    let dead_port = smtp_server::free_port();
+    let dead_port = free_port();
     cfg.channels.iter_mut().for_each(|c| {
         if let ChannelKind::Slack(s) = &mut c.kind {
             s.webhook_url = SecretString::from(format!("http://127.0.0.1:{dead_port}{SLACK_PATH}"));
@@ -1089,7 +1090,7 @@ async fn receivers_down_then_back_get_the_same_ids() {
 async fn dead_letter_after_max_attempts_raises_one_alert_without_looping() {
     let rx = Receiver::start().await;
     let mut cfg = config(&Endpoints {
-        smtp_port: smtp_server::free_port(),
+        smtp_port: free_port(),
         ca_file: None,
         http: rx.url(""),
     });
@@ -1176,7 +1177,7 @@ async fn dead_letter_after_max_attempts_raises_one_alert_without_looping() {
 async fn notify_test_reports_success_and_scrubbed_failure() {
     let rx = Receiver::start().await;
     let cfg = config(&Endpoints {
-        smtp_port: smtp_server::free_port(),
+        smtp_port: free_port(),
         ca_file: None,
         http: rx.url(""),
     });

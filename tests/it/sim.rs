@@ -3,7 +3,6 @@
 //! `simulate` entry point. Organisations stay small so the whole file runs in a few seconds.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use keysweep::sim::{
@@ -11,6 +10,8 @@ use keysweep::sim::{
     SimulateArgs,
 };
 use serde_json::Value;
+
+use crate::support::sim::{start_sim, start_sim_with};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const ADMIN: &str = "sk-admin-sim-test-5EcReT";
@@ -30,16 +31,8 @@ fn client() -> &'static reqwest::Client {
     &CLIENT
 }
 
-fn local() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
-}
-
 async fn start(org: SimOrg) -> SimServer {
-    start_with(org, SimOptions::new(ADMIN)).await
-}
-
-async fn start_with(org: SimOrg, opts: SimOptions) -> SimServer {
-    SimServer::start(local(), org, opts).await.unwrap()
+    start_sim(org, ADMIN).await
 }
 
 /// GET with the admin key; returns status, headers and raw body.
@@ -967,7 +960,7 @@ async fn rate_limit_answers_429_with_retry_after() {
     let org = SimOrg::generate(1, 3, 4, NOW);
     let mut opts = SimOptions::new(ADMIN);
     opts.rate_limit = Some(2.0);
-    let sim = start_with(org, opts).await;
+    let sim = start_sim_with(org, opts).await;
     let mut limited = None;
     for _ in 0..6 {
         let (status, headers, body) = get_raw(&sim, "/organization/projects").await;
@@ -997,7 +990,7 @@ async fn random_failures_are_seeded_and_only_on_gets() {
             let mut opts = SimOptions::new(ADMIN);
             opts.fail_rate = 0.5;
             opts.seed = seed;
-            let sim = start_with(org, opts).await;
+            let sim = start_sim_with(org, opts).await;
             let mut statuses = Vec::new();
             for _ in 0..20 {
                 statuses.push(get(&sim, "/organization/projects").await.0);
@@ -1015,7 +1008,7 @@ async fn latency_does_not_serialise_requests() {
     let org = SimOrg::generate(2, 3, 4, NOW);
     let mut opts = SimOptions::new(ADMIN);
     opts.latency = Duration::from_millis(50);
-    let sim = start_with(org.clone(), opts).await;
+    let sim = start_sim_with(org.clone(), opts).await;
     let projects = active_projects(&org);
     // The first request is held by a long delay; the second must still be answered meanwhile.
     sim.faults()
@@ -1066,11 +1059,7 @@ async fn simulate_command_serves_dumps_and_reloads_an_org() {
 
     let dir = tempfile::tempdir().unwrap();
     let dump = dir.path().join("org.json");
-    let port = std::net::TcpListener::bind(local())
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::support::net::free_port();
     let listen = format!("127.0.0.1:{port}");
     let cli = Cli::try_parse_from([
         "simulate",

@@ -1,0 +1,16 @@
+//! A `Config` for tests, built the way the daemon builds one: TOML text through the real loader
+//! (`keysweep::config::load_from_str`), secrets from the given environment. Tests never build a
+//! `Config` by hand, so a new field or default can never make them drift from the loader.
+
+use keysweep::config::Config;
+
+/// Loads `toml` with `env` as the environment the `*_env` keys are read from; panics with the
+/// loader's message (file and key) if the text is not a valid configuration.
+pub fn config_from_toml(toml: &str, env: &[(&str, &str)]) -> Config {
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+        .collect();
+    keysweep::config::load_from_str(toml, &env)
+        .unwrap_or_else(|e| panic!("invalid test configuration: {e}\n{toml}"))
+}
