@@ -5,14 +5,8 @@
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
-use std::time::Duration;
 
-use base64::Engine as _;
-use keysweep::config::{
-    Action, ChannelConfig, ChannelKind, Config, EmailChannel, Limits, LogConfig, Mode,
-    NotificationSettings, PagerDutyChannel, PolicyConfig, RouteConfig, Safety, Schedule, Selector,
-    ServerConfig, ServiceAccountRule, SlackChannel, SmtpTls, WebhookChannel,
-};
+use keysweep::config::{Action, ChannelConfig, ChannelKind, Config, SmtpTls};
 use keysweep::inventory::OwnerType;
 use keysweep::notify::alert::EnforcerAlert;
 use keysweep::notify::outbox;
@@ -21,11 +15,12 @@ use keysweep::notify::route::MAX_NOTICES_PER_DIGEST;
 use keysweep::notify::{MessageKind, Notifier, OutboxMessage, compose};
 use keysweep::policy::finding::{Finding, FindingId, Notice, NoticeKind, Stage};
 use rusqlite::Connection;
-use secrecy::SecretString;
 use serde_json::Value;
 
+use crate::support::config::config_from_toml;
 use crate::support::net::free_port;
 use crate::support::receivers::Receiver;
+use crate::support::secrets;
 use crate::support::smtp_server::{self, TestPki};
 
 const SMTP_USER: &str = "keysweep-mailer";
@@ -39,23 +34,21 @@ const NOW: i64 = 1_772_355_600;
 const DAY: i64 = 86_400;
 
 fn webhook_secret() -> String {
-    crate::support::secrets::whsec(WEBHOOK_KEY)
+    secrets::whsec(WEBHOOK_KEY)
 }
 
 fn secrets() -> Vec<String> {
     vec![
         SMTP_PASSWORD.to_string(),
         webhook_secret(),
-        base64::engine::general_purpose::STANDARD.encode(WEBHOOK_KEY),
+        secrets::base64(WEBHOOK_KEY),
         ROUTING_KEY.to_string(),
         "slackTOKENdonotleak42".to_string(),
     ]
 }
 
 fn assert_no_secret(what: &str, text: &str) {
-    for s in secrets() {
-        assert!(!text.contains(&s), "{what} contains a secret: {text}");
-    }
+    secrets::assert_no_secret(what, text, &secrets());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -171,128 +164,211 @@ fn warnings() -> Vec<Notice> {
     ]
 }
 
+/// Where the channels deliver: the SMTP server (and the CA it is trusted with) and the HTTP
+/// receiver's base URL.
 struct Endpoints {
     smtp_port: u16,
     ca_file: Option<std::path::PathBuf>,
     http: String,
 }
 
-fn email_channel(name: &str, ep: &Endpoints, to: &[&str], owner: bool) -> ChannelConfig {
-    ChannelConfig {
-        name: name.into(),
-        kind: ChannelKind::Email(EmailChannel {
-            smtp_host: "127.0.0.1".into(),
-            smtp_port: ep.smtp_port,
-            smtp_tls: SmtpTls::Starttls,
-            smtp_ca_file: ep.ca_file.clone(),
-            smtp_username: Some(SecretString::from(SMTP_USER)),
-            smtp_password: Some(SecretString::from(SMTP_PASSWORD)),
-            from: "keysweep <keysweep@example.com>".into(),
-            to: to.iter().map(|s| s.to_string()).collect(),
-            owner,
-            send_timeout: Duration::from_secs(20),
-        }),
-    }
+/// What a test changes in the standard configuration of [`config`].
+struct Tweaks {
+    max_attempts: u32,
+    /// The channels the `max-age` policy notifies.
+    max_age_notify: &'static [&'static str],
+    /// The `payments-*` route and the owner fallback channel.
+    routing: bool,
+    /// The Slack webhook URL; by default the receiver's [`SLACK_PATH`].
+    slack_url: Option<String>,
 }
 
-fn webhook_channel(name: &str, url: String) -> ChannelConfig {
-    ChannelConfig {
-        name: name.into(),
-        kind: ChannelKind::Webhook(WebhookChannel {
-            url: url.parse().unwrap(),
-            secret: SecretString::from(webhook_secret()),
-        }),
-    }
-}
-
-fn config(ep: &Endpoints) -> Config {
-    let channels = vec![
-        email_channel("sec-email", ep, &["security@example.com"], true),
-        ChannelConfig {
-            name: "slack".into(),
-            kind: ChannelKind::Slack(SlackChannel {
-                webhook_url: SecretString::from(format!("{}{SLACK_PATH}", ep.http)),
-            }),
-        },
-        ChannelConfig {
-            name: "pd".into(),
-            kind: ChannelKind::PagerDuty(PagerDutyChannel {
-                routing_key: SecretString::from(ROUTING_KEY),
-                url: format!("{}/pd/enqueue", ep.http).parse().unwrap(),
-            }),
-        },
-        webhook_channel("hook", format!("{}/hook", ep.http)),
-        webhook_channel("payments-hook", format!("{}/payments", ep.http)),
-        webhook_channel("fallback-hook", format!("{}/fallback", ep.http)),
-        webhook_channel("ops-hook", format!("{}/ops", ep.http)),
-    ];
-    let policy = |name: &str, action, notify: &[&str]| PolicyConfig {
-        name: name.into(),
-        selector: Selector::default(),
-        max_age: Some(Duration::from_secs(90 * DAY as u64)),
-        max_idle: None,
-        never_used_grace: None,
-        owner_lost_access: false,
-        name_pattern: None,
-        action,
-        warn_before: Duration::from_secs(14 * DAY as u64),
-        final_notice: Duration::from_secs(2 * DAY as u64),
-        notify: notify.iter().map(|s| s.to_string()).collect(),
-    };
-    Config {
-        warnings: Vec::new(),
-        source: None,
-        hash: "test".into(),
-        mode: Mode::Enforce,
-        state_path: std::env::temp_dir().join("unused.db"),
-        organizations: vec![],
-        limits: Limits {
-            concurrency: 1,
-            requests_per_second: None,
-            max_retries: 0,
-            request_timeout: Duration::from_secs(5),
-            max_response_bytes: 1 << 20,
-        },
-        policies: vec![
-            policy(
-                "max-age",
-                Action::Revoke,
-                &["sec-email", "slack", "pd", "hook"],
-            ),
-            policy("idle", Action::Notify, &["slack"]),
-        ],
-        exemptions: vec![],
-        safety: Safety {
-            max_revocations_per_run: 10,
-            max_revocations_per_project_percent: 50,
-            max_revocations_per_day: 20,
-            kill_switch_file: None,
-            service_accounts: ServiceAccountRule::NotifyOnly,
-        },
-        channels,
-        routes: vec![RouteConfig {
-            projects: vec!["payments-*".into()],
-            channels: vec!["payments-hook".into()],
-        }],
-        ops_channels: vec!["ops-hook".into()],
-        owner_fallback: vec!["fallback-hook".into()],
-        notifications: NotificationSettings {
-            repeat_interval: Duration::from_secs(DAY as u64),
+impl Default for Tweaks {
+    fn default() -> Self {
+        Tweaks {
             max_attempts: 3,
-            outbox_dir: None,
-        },
-        schedule: Schedule {
-            cron: "0 9 * * *".into(),
-            timezone: chrono_tz::UTC,
-            run_on_start: false,
-            jitter: Duration::ZERO,
-        },
-        server: ServerConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-        },
-        log: LogConfig { format: None },
-        shutdown_grace: Duration::from_secs(5),
+            max_age_notify: &["sec-email", "slack", "pd", "hook"],
+            routing: true,
+            slack_url: None,
+        }
     }
+}
+
+const ADMIN_KEY_ENV: &str = "NOTIFY_IT_ADMIN_KEY";
+
+/// The environment holding every secret the configurations name.
+fn env(slack_url: &str) -> Vec<(&'static str, String)> {
+    vec![
+        (ADMIN_KEY_ENV, "sk-admin-notify-it-unused".to_string()),
+        ("NOTIFY_IT_SMTP_USER", SMTP_USER.to_string()),
+        ("NOTIFY_IT_SMTP_PASSWORD", SMTP_PASSWORD.to_string()),
+        ("NOTIFY_IT_SLACK_URL", slack_url.to_string()),
+        ("NOTIFY_IT_PD_KEY", ROUTING_KEY.to_string()),
+        ("NOTIFY_IT_WEBHOOK_SECRET", webhook_secret()),
+    ]
+}
+
+fn load(toml: &str, slack_url: &str) -> Config {
+    let env = env(slack_url);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    config_from_toml(toml, &env)
+}
+
+/// The organisation (required by the loader; notifications never talk to it) and the state
+/// file (never opened here).
+fn base_toml() -> String {
+    format!(
+        r#"mode = "enforce"
+state_path = "{state}"
+schedule = "0 9 * * *"
+timezone = "UTC"
+shutdown_grace = "5s"
+
+[[organizations]]
+name = "acme"
+base_url = "http://127.0.0.1:9/v1"
+admin_key_env = "{ADMIN_KEY_ENV}"
+
+[limits]
+concurrency = 1
+max_retries = 0
+request_timeout = "5s"
+max_response_bytes = {max_bytes}
+
+[server]
+listen = "127.0.0.1:0"
+"#,
+        state = std::env::temp_dir().join("unused.db").display(),
+        max_bytes = 1 << 20,
+    )
+}
+
+/// An e-mail channel to `security@example.com` through the test SMTP server.
+fn email_toml(name: &str, ep: &Endpoints, owner: bool) -> String {
+    let ca = ep
+        .ca_file
+        .as_ref()
+        .map(|f| format!("smtp_ca_file = \"{}\"\n", f.display()))
+        .unwrap_or_default();
+    format!(
+        r#"
+[[channels]]
+name = "{name}"
+type = "email"
+smtp_host = "127.0.0.1"
+smtp_port = {port}
+smtp_tls = "starttls"
+{ca}smtp_username_env = "NOTIFY_IT_SMTP_USER"
+smtp_password_env = "NOTIFY_IT_SMTP_PASSWORD"
+from = "keysweep <keysweep@example.com>"
+to = ["security@example.com"]
+owner = {owner}
+send_timeout = "20s"
+"#,
+        port = ep.smtp_port,
+    )
+}
+
+/// Two policies (`max-age` revokes, `idle` only notifies on Slack), every channel type, a
+/// route for `payments-*` projects, an owner fallback and an ops channel.
+fn config_with(ep: &Endpoints, t: &Tweaks) -> Config {
+    // Top-level keys first: TOML puts everything after a table header into that table.
+    let mut toml = String::from("ops_channels = [\"ops-hook\"]\n");
+    if t.routing {
+        toml.push_str("owner_fallback = [\"fallback-hook\"]\n");
+    }
+    toml.push_str(&base_toml());
+    let notify = t
+        .max_age_notify
+        .iter()
+        .map(|c| format!("{c:?}"))
+        .collect::<Vec<_>>();
+    toml.push_str(&format!(
+        r#"
+[[policies]]
+name = "max-age"
+max_age = "90d"
+action = "revoke"
+warn_before = "14d"
+final_notice = "2d"
+notify = [{notify}]
+
+[[policies]]
+name = "idle"
+max_age = "90d"
+action = "notify"
+warn_before = "14d"
+final_notice = "2d"
+notify = ["slack"]
+
+[safety]
+max_revocations_per_run = 10
+max_revocations_per_project_percent = 50
+max_revocations_per_day = 20
+service_accounts = "notify-only"
+
+[notifications]
+repeat_interval = "24h"
+max_attempts = {max_attempts}
+"#,
+        notify = notify.join(", "),
+        max_attempts = t.max_attempts,
+    ));
+    if t.routing {
+        toml.push_str(
+            "\n[[routes]]\nprojects = [\"payments-*\"]\nchannels = [\"payments-hook\"]\n",
+        );
+    }
+    toml.push_str(&email_toml("sec-email", ep, true));
+    toml.push_str(&http_channels_toml(&ep.http));
+    let slack_url = t
+        .slack_url
+        .clone()
+        .unwrap_or_else(|| format!("{}{SLACK_PATH}", ep.http));
+    load(&toml, &slack_url)
+}
+
+/// Slack, PagerDuty and four webhooks, all on the HTTP receiver at `http`.
+fn http_channels_toml(http: &str) -> String {
+    let mut toml = format!(
+        r#"
+[[channels]]
+name = "slack"
+type = "slack"
+webhook_url_env = "NOTIFY_IT_SLACK_URL"
+
+[[channels]]
+name = "pd"
+type = "pagerduty"
+routing_key_env = "NOTIFY_IT_PD_KEY"
+url = "{http}/pd/enqueue"
+"#
+    );
+    for (name, path) in [
+        ("hook", "hook"),
+        ("payments-hook", "payments"),
+        ("fallback-hook", "fallback"),
+        ("ops-hook", "ops"),
+    ] {
+        toml.push_str(&format!(
+            "\n[[channels]]\nname = \"{name}\"\ntype = \"webhook\"\nurl = \"{http}/{path}\"\nsecret_env = \"NOTIFY_IT_WEBHOOK_SECRET\"\n"
+        ));
+    }
+    toml
+}
+
+/// The standard configuration, delivering to `ep`.
+fn config(ep: &Endpoints) -> Config {
+    config_with(ep, &Tweaks::default())
+}
+
+/// An e-mail channel `mail` (no owner mails) through the test SMTP server, as loaded.
+fn email_channel(ep: &Endpoints) -> ChannelConfig {
+    let toml = format!("{}{}", base_toml(), email_toml("mail", ep, false));
+    load(&toml, "https://hooks.invalid/unused")
+        .channel("mail")
+        .unwrap()
+        .clone()
 }
 
 fn offline_endpoints() -> Endpoints {
@@ -805,12 +881,17 @@ async fn smtp_down_then_back_delivers_once_with_the_same_message_id() {
     let pki = TestPki::new();
     let port = free_port();
     let rx = Receiver::start().await;
-    let mut cfg = config(&Endpoints {
-        smtp_port: port,
-        ca_file: Some(pki.ca_pem.clone()),
-        http: rx.url(""),
-    });
-    cfg.notifications.max_attempts = 10;
+    let cfg = config_with(
+        &Endpoints {
+            smtp_port: port,
+            ca_file: Some(pki.ca_pem.clone()),
+            http: rx.url(""),
+        },
+        &Tweaks {
+            max_attempts: 10,
+            ..Tweaks::default()
+        },
+    );
     let (_dir, db) = open_db();
     let notifier = Notifier::new().unwrap();
     let only_team: Vec<OutboxMessage> = compose(&warnings(), &[], &cfg, RUN, NOW)
@@ -900,7 +981,7 @@ async fn email_refuses_an_untrusted_relay_and_reports_bad_credentials() {
     let notifier = Notifier::new().unwrap();
 
     // Without `smtp_ca_file` the private CA is not trusted: nothing is sent in clear.
-    let untrusted = email_channel("mail", &ep, &["security@example.com"], false);
+    let untrusted = email_channel(&ep);
     let err = notifier
         .send_test(&untrusted, NOW)
         .await
@@ -914,7 +995,7 @@ async fn email_refuses_an_untrusted_relay_and_reports_bad_credentials() {
         ca_file: Some(pki.ca_pem.clone()),
         ..ep
     };
-    let wrong = email_channel("mail", &ep, &["security@example.com"], false);
+    let wrong = email_channel(&ep);
     let err = notifier
         .send_test(&wrong, NOW)
         .await
@@ -926,7 +1007,7 @@ async fn email_refuses_an_untrusted_relay_and_reports_bad_credentials() {
     assert!(smtp.logins.lock().unwrap().is_empty());
 
     // Plain SMTP is refused for anything but a loopback host.
-    let mut plain = email_channel("mail", &ep, &["security@example.com"], false);
+    let mut plain = email_channel(&ep);
     if let ChannelKind::Email(e) = &mut plain.kind {
         e.smtp_tls = SmtpTls::None;
         e.smtp_host = "mail.example.com".into();
@@ -942,13 +1023,18 @@ async fn email_refuses_an_untrusted_relay_and_reports_bad_credentials() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_channels_receive_complete_payloads_and_valid_signatures() {
     let rx = Receiver::start().await;
-    let mut cfg = config(&Endpoints {
-        smtp_port: free_port(),
-        ca_file: None,
-        http: rx.url(""),
-    });
     // E-mail is covered elsewhere; keep this test to the HTTP channels.
-    cfg.policies[0].notify.retain(|c| c != "sec-email");
+    let cfg = config_with(
+        &Endpoints {
+            smtp_port: free_port(),
+            ca_file: None,
+            http: rx.url(""),
+        },
+        &Tweaks {
+            max_age_notify: &["slack", "pd", "hook"],
+            ..Tweaks::default()
+        },
+    );
     let (_dir, db) = open_db();
     let msgs = compose(&warnings(), &[], &cfg, RUN, NOW);
     with_db(&db, |c| outbox::enqueue(c, &msgs, NOW)).unwrap();
@@ -1026,22 +1112,21 @@ async fn http_channels_receive_complete_payloads_and_valid_signatures() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receivers_down_then_back_get_the_same_ids() {
     let rx = Receiver::start().await;
-    let mut cfg = config(&Endpoints {
-        smtp_port: free_port(),
-        ca_file: None,
-        http: rx.url(""),
-    });
-    cfg.notifications.max_attempts = 10;
     // Slack refuses connections (nothing listens), the webhook answers 500, PagerDuty 429.
     let dead_port = free_port();
-    cfg.channels.iter_mut().for_each(|c| {
-        if let ChannelKind::Slack(s) = &mut c.kind {
-            s.webhook_url = SecretString::from(format!("http://127.0.0.1:{dead_port}{SLACK_PATH}"));
-        }
-    });
-    cfg.policies[0].notify = vec!["hook".into(), "pd".into(), "slack".into()];
-    cfg.routes.clear();
-    cfg.owner_fallback.clear();
+    let cfg = config_with(
+        &Endpoints {
+            smtp_port: free_port(),
+            ca_file: None,
+            http: rx.url(""),
+        },
+        &Tweaks {
+            max_attempts: 10,
+            max_age_notify: &["hook", "pd", "slack"],
+            routing: false,
+            slack_url: Some(format!("http://127.0.0.1:{dead_port}{SLACK_PATH}")),
+        },
+    );
     rx.set_status("/hook", 500);
     rx.set_status("/pd", 429);
 
@@ -1089,15 +1174,19 @@ async fn receivers_down_then_back_get_the_same_ids() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letter_after_max_attempts_raises_one_alert_without_looping() {
     let rx = Receiver::start().await;
-    let mut cfg = config(&Endpoints {
-        smtp_port: free_port(),
-        ca_file: None,
-        http: rx.url(""),
-    });
-    cfg.notifications.max_attempts = 3;
-    cfg.policies[0].notify = vec!["hook".into()];
-    cfg.routes.clear();
-    cfg.owner_fallback.clear();
+    let cfg = config_with(
+        &Endpoints {
+            smtp_port: free_port(),
+            ca_file: None,
+            http: rx.url(""),
+        },
+        &Tweaks {
+            max_attempts: 3,
+            max_age_notify: &["hook"],
+            routing: false,
+            slack_url: None,
+        },
+    );
     rx.set_status("/hook", 503);
 
     let (_dir, db) = open_db();
