@@ -3,6 +3,7 @@
 
 use keysweep::config::{self, LoadError, Mode};
 
+use crate::support::config::ISSUE_3_POLICIES;
 use crate::support::process::keysweep_blocking;
 
 const ADMIN_KEY: &str = "sk-admin-CONFIGTEST-0123456789abcdef";
@@ -50,21 +51,7 @@ fn minimal_config_works_as_written() {
 
 #[test]
 fn policy_example_from_the_issue_works() {
-    let toml = format!(
-        "mode = \"enforce\"\n{MINIMAL}\n{}",
-        r#"
-[[policies]]
-name = "rotate-90d"
-max_age = "90d"
-action = "revoke"
-warn_before = "14d"
-
-[[policies]]
-name = "idle-45d"
-max_idle = "45d"
-action = "notify"
-"#
-    );
+    let toml = format!("mode = \"enforce\"\n{MINIMAL}\n{ISSUE_3_POLICIES}");
     let c = config::load_from_str(&toml, &env()).unwrap();
     assert_eq!(c.mode, Mode::Enforce);
     assert_eq!(c.policies[0].max_age.unwrap().as_secs(), 90 * 86400);
@@ -93,6 +80,10 @@ fn environment_overrides_use_double_underscores() {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "a table of bad configurations, one row per key whose error must be named"
+)]
 fn errors_name_the_key() {
     let cases: &[(&str, &str)] = &[
         (

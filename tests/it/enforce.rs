@@ -33,7 +33,7 @@ use keysweep::sweep::{SweepOptions, SweepReport, Sweeper};
 use serde_json::Value;
 
 use crate::support;
-use crate::support::config::config_from_toml;
+use crate::support::config::{ISSUE_3_POLICIES, config_from_toml};
 use crate::support::process::{combined, describe, output};
 use crate::support::secrets::assert_no_secret;
 use crate::support::state_file::wal_path;
@@ -45,20 +45,6 @@ const KEY_ENV: &str = "KEYSWEEP_IT_ENFORCE_ADMIN_KEY";
 /// 2026-01-01T00:00:00Z: the in-process tests' clock.
 const NOW: i64 = 1_767_225_600;
 const ORG: &str = "acme";
-
-/// The example policy of issue 3, exactly as written there.
-const EXAMPLE_POLICIES: &str = r#"
-[[policies]]
-name = "rotate-90d"
-max_age = "90d"
-action = "revoke"
-warn_before = "14d"
-
-[[policies]]
-name = "idle-45d"
-max_idle = "45d"
-action = "notify"
-"#;
 
 // ---- helpers: simulator, configuration, binary -------------------------------------------
 
@@ -257,7 +243,7 @@ async fn audit_verify(db: &Path) -> Output {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn done_when_two_runs_delete_exactly_the_old_user_keys_and_the_audit_log_proves_it() {
-    let t = done_when_runs("enforce", &format!("{EXAMPLE_POLICIES}{}", lifted("")), &[]).await;
+    let t = done_when_runs("enforce", &format!("{ISSUE_3_POLICIES}{}", lifted("")), &[]).await;
     let deleted = gone(&t.sim, &t.org);
     t.expected.assert_matches(&deleted, "deleted set");
     // No service-account key and nothing in the archived project (not listed by default).
@@ -413,7 +399,7 @@ async fn done_when_exempted_keys_are_kept() {
         .map(|(_, k)| k.clone())
         .unwrap();
     let tables = format!(
-        r#"{EXAMPLE_POLICIES}
+        r#"{ISSUE_3_POLICIES}
 [[exemptions]]
 key_id = "{by_id}"
 reason = "break-glass key, rotated by hand (SEC-1)"
@@ -450,7 +436,7 @@ reason = "vendor integration (SEC-2)"
 async fn done_when_dry_run_flag_deletes_nothing_but_plans_the_same() {
     let t = done_when_runs(
         "enforce",
-        &format!("{EXAMPLE_POLICIES}{}", lifted("")),
+        &format!("{ISSUE_3_POLICIES}{}", lifted("")),
         &["--dry-run"],
     )
     .await;
@@ -459,7 +445,7 @@ async fn done_when_dry_run_flag_deletes_nothing_but_plans_the_same() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn done_when_dry_run_mode_deletes_nothing_but_plans_the_same() {
-    let t = done_when_runs("dry-run", &format!("{EXAMPLE_POLICIES}{}", lifted("")), &[]).await;
+    let t = done_when_runs("dry-run", &format!("{ISSUE_3_POLICIES}{}", lifted("")), &[]).await;
     assert_dry_run(&t).await;
 }
 
@@ -803,7 +789,7 @@ async fn service_account_keys_are_only_reported_under_notify_only() {
     let o = sa_org();
     let sim = start_sim(o.org.clone()).await;
     let dir = tempfile::tempdir().unwrap();
-    let tables = format!("{EXAMPLE_POLICIES}{}", lifted(""));
+    let tables = format!("{ISSUE_3_POLICIES}{}", lifted(""));
     let (s, r2) = two_sweeps(&sim, &dir.path().join("s.db"), &tables).await;
 
     assert_eq!(deleted_in(&r2), [o.user_key.clone()].into_iter().collect());
@@ -836,7 +822,7 @@ async fn a_service_account_is_deleted_only_when_every_key_of_it_is_due() {
     let sim = start_sim(o.org.clone()).await;
     let dir = tempfile::tempdir().unwrap();
     let tables = format!(
-        "{EXAMPLE_POLICIES}{}",
+        "{ISSUE_3_POLICIES}{}",
         lifted("service_accounts = \"delete-service-account\"")
     );
     let (s, r2) = two_sweeps(&sim, &dir.path().join("s.db"), &tables).await;
@@ -898,7 +884,7 @@ async fn the_run_cap_withholds_the_excess_and_says_so_and_the_day_cap_persists()
     let sim = start_sim(org).await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("s.db");
-    let tables = format!("{EXAMPLE_POLICIES}{}", safety(3, 100, 5, ""));
+    let tables = format!("{ISSUE_3_POLICIES}{}", safety(3, 100, 5, ""));
     let (s, r2) = two_sweeps(&sim, &db, &tables).await;
 
     let first = deleted_in(&r2);
@@ -955,7 +941,7 @@ async fn the_kill_switch_stops_every_delete_until_it_is_removed() {
     let stop = dir.path().join("STOP");
     std::fs::write(&stop, "incident 42").unwrap();
     let tables = format!(
-        "{EXAMPLE_POLICIES}{}",
+        "{ISSUE_3_POLICIES}{}",
         lifted(&format!("kill_switch_file = \"{}\"", stop.display()))
     );
     let (s, r2) = two_sweeps(&sim, &dir.path().join("s.db"), &tables).await;
@@ -1007,7 +993,7 @@ async fn a_project_whose_second_page_fails_is_left_alone_while_others_proceed() 
     }
     let sim = start_sim(org.clone()).await;
     let dir = tempfile::tempdir().unwrap();
-    let tables = format!("{EXAMPLE_POLICIES}{}", lifted(""));
+    let tables = format!("{ISSUE_3_POLICIES}{}", lifted(""));
     let s = sweeper(&config_text(
         &sim,
         &dir.path().join("s.db"),
@@ -1095,7 +1081,7 @@ async fn observations_follow_the_listing_when_only_changed_rows_are_written() {
     let projects = active_project_ids(&org);
     let sim = start_sim(org).await;
     let dir = tempfile::tempdir().unwrap();
-    let tables = format!("{EXAMPLE_POLICIES}{}", lifted(""));
+    let tables = format!("{ISSUE_3_POLICIES}{}", lifted(""));
     let s = sweeper(&config_text(
         &sim,
         &dir.path().join("s.db"),

@@ -167,13 +167,35 @@ async fn pagination_counts_every_key_once_and_stats_count_every_page() {
     assert!(sim.stats().is_empty());
 }
 
+const LIST_FIELDS: [&str; 5] = ["object", "data", "first_id", "last_id", "has_more"];
+
 #[tokio::test]
 async fn objects_have_the_spec_fields_and_nullability() {
     let org = SimOrg::generate(2, 120, 5, NOW);
     let sim = start(org.clone()).await;
-    let list_fields = names(&["object", "data", "first_id", "last_id", "has_more"]);
+    assert_projects_have_spec_fields(&sim).await;
+    let project = active_projects(&org)[0];
+    let page = assert_keys_have_spec_fields(&sim, project).await;
+    // Retrieve answers the same object as the list.
+    let first = &page["data"][0];
+    let (status, one) = get(
+        &sim,
+        &format!(
+            "/organization/projects/{project}/api_keys/{}",
+            first["id"].as_str().unwrap()
+        ),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(&one, first);
 
-    let (_, projects) = get(&sim, "/organization/projects?limit=100").await;
+    assert_members_have_spec_fields(&sim, &org, project).await;
+    assert_admin_keys_have_spec_fields(&sim, &org).await;
+}
+
+async fn assert_projects_have_spec_fields(sim: &SimServer) {
+    let list_fields = names(&LIST_FIELDS);
+    let (_, projects) = get(sim, "/organization/projects?limit=100").await;
     assert_eq!(field_names(&projects), list_fields);
     assert_eq!(projects["object"], "list");
     for p in projects["data"].as_array().unwrap() {
@@ -194,10 +216,14 @@ async fn objects_have_the_spec_fields_and_nullability() {
         assert!(p["archived_at"].is_null() && p["external_key_id"].is_null());
         assert!(p["id"].as_str().unwrap().starts_with("proj_"));
     }
+}
 
-    let project = active_projects(&org)[0];
+/// One page of `project`'s keys: every key has the spec's fields, and the page has user keys,
+/// service-account keys and never-used keys. Returns the page.
+async fn assert_keys_have_spec_fields(sim: &SimServer, project: &str) -> Value {
+    let list_fields = names(&LIST_FIELDS);
     let (_, page) = get(
-        &sim,
+        sim,
         &keys_path(project, "limit=100&owner_project_access=any"),
     )
     .await;
@@ -261,21 +287,13 @@ async fn objects_have_the_spec_fields_and_nullability() {
     }
     assert!(users > 0 && sas > 0 && never > 0, "{users} {sas} {never}");
 
-    // Retrieve answers the same object as the list.
-    let first = &page["data"][0];
-    let (status, one) = get(
-        &sim,
-        &format!(
-            "/organization/projects/{project}/api_keys/{}",
-            first["id"].as_str().unwrap()
-        ),
-    )
-    .await;
-    assert_eq!(status, 200);
-    assert_eq!(&one, first);
+    page
+}
 
+async fn assert_members_have_spec_fields(sim: &SimServer, org: &SimOrg, project: &str) {
+    let list_fields = names(&LIST_FIELDS);
     let (_, sas_page) = get(
-        &sim,
+        sim,
         &format!("/organization/projects/{project}/service_accounts?limit=2"),
     )
     .await;
@@ -289,7 +307,7 @@ async fn objects_have_the_spec_fields_and_nullability() {
     }
 
     let (_, users_page) = get(
-        &sim,
+        sim,
         &format!("/organization/projects/{project}/users?limit=100"),
     )
     .await;
@@ -307,9 +325,11 @@ async fn objects_have_the_spec_fields_and_nullability() {
             names(&["object", "id", "name", "email", "role", "added_at"])
         );
     }
+}
 
-    // Admin keys: paged with limit/after/order, `expires_at` always present.
-    let (_, admin) = get(&sim, "/organization/admin_api_keys?limit=100").await;
+/// Admin keys: paged with limit/after/order, `expires_at` always present.
+async fn assert_admin_keys_have_spec_fields(sim: &SimServer, org: &SimOrg) {
+    let (_, admin) = get(sim, "/organization/admin_api_keys?limit=100").await;
     let all = admin["data"].as_array().unwrap();
     assert_eq!(all.len(), org.admin_api_keys.len());
     assert!(
@@ -334,12 +354,12 @@ async fn objects_have_the_spec_fields_and_nullability() {
         assert!(k["expires_at"].is_null() || k["expires_at"].is_i64());
     }
     assert!(all.iter().any(|k| k["expires_at"].is_i64()));
-    let (_, desc1) = get(&sim, "/organization/admin_api_keys?limit=1&order=desc").await;
+    let (_, desc1) = get(sim, "/organization/admin_api_keys?limit=1&order=desc").await;
     assert_eq!(desc1["has_more"], true);
     assert_eq!(desc1["data"][0]["id"], all.last().unwrap()["id"]);
     let after = desc1["last_id"].as_str().unwrap();
     let (_, desc2) = get(
-        &sim,
+        sim,
         &format!("/organization/admin_api_keys?limit=1&order=desc&after={after}"),
     )
     .await;

@@ -233,13 +233,39 @@ fn kubernetes_manifests_keep_their_invariants() {
         );
     }
 
-    // Deployment: one replica, never two at once, probes, scrape annotations.
     let dep = k8s_object(&objects, "Deployment", "keysweep");
+    let port_name = assert_deployment(dep, &config, secret, port);
+    // CronJob: one sweep per run, never overlapping.
+    let cron = k8s_object(&objects, "CronJob", "keysweep");
+    assert_eq!(yaml_str(cron, "spec.concurrencyPolicy"), "Forbid");
+    let cpod = pod_spec(cron);
+    assert_locked_down("CronJob", cpod);
+    assert_pod_fits_config("CronJob", cpod, &config, secret, &["run", "--once"]);
+    assert!(matches!(
+        cpod["restartPolicy"].as_str(),
+        Some("Never" | "OnFailure")
+    ));
+
+    assert_service(&objects, dep, port, &port_name);
+    // PVC for the state.
+    let pvc = k8s_object(&objects, "PersistentVolumeClaim", "keysweep-state");
+    assert_eq!(
+        yaml_seq(pvc, "spec.accessModes")[0].as_str(),
+        Some("ReadWriteOnce")
+    );
+
+    assert_network_policy(&objects, dep, cron, port);
+    assert_kustomization();
+}
+
+/// Deployment: one replica, never two at once, probes, scrape annotations. Returns the name of
+/// the container port.
+fn assert_deployment(dep: &Yaml, config: &toml::Table, secret: &Yaml, port: u64) -> String {
     assert_eq!(at(dep, "spec.replicas").as_u64(), Some(1));
     assert_eq!(yaml_str(dep, "spec.strategy.type"), "Recreate");
     let pod = pod_spec(dep);
     assert_locked_down("Deployment", pod);
-    assert_pod_fits_config("Deployment", pod, &config, secret, &["run"]);
+    assert_pod_fits_config("Deployment", pod, config, secret, &["run"]);
     let c = &yaml_seq(pod, "containers")[0];
     assert!(
         !yaml_seq(c, "args")
@@ -271,19 +297,12 @@ fn kubernetes_manifests_keep_their_invariants() {
     );
     assert_eq!(annotations["prometheus.io/path"].as_str(), Some("/metrics"));
 
-    // CronJob: one sweep per run, never overlapping.
-    let cron = k8s_object(&objects, "CronJob", "keysweep");
-    assert_eq!(yaml_str(cron, "spec.concurrencyPolicy"), "Forbid");
-    let cpod = pod_spec(cron);
-    assert_locked_down("CronJob", cpod);
-    assert_pod_fits_config("CronJob", cpod, &config, secret, &["run", "--once"]);
-    assert!(matches!(
-        cpod["restartPolicy"].as_str(),
-        Some("Never" | "OnFailure")
-    ));
+    port_name.to_string()
+}
 
-    // Service: keeps an unready pod scrapeable; ServiceMonitor scrapes /metrics through it.
-    let svc = k8s_object(&objects, "Service", "keysweep");
+/// Service: keeps an unready pod scrapeable; ServiceMonitor scrapes /metrics through it.
+fn assert_service(objects: &[(String, Yaml)], dep: &Yaml, port: u64, port_name: &str) {
+    let svc = k8s_object(objects, "Service", "keysweep");
     assert_eq!(
         at(svc, "spec.publishNotReadyAddresses").as_bool(),
         Some(true)
@@ -299,7 +318,7 @@ fn kubernetes_manifests_keep_their_invariants() {
             "Service selector {k:?}"
         );
     }
-    let sm = k8s_object(&objects, "ServiceMonitor", "keysweep");
+    let sm = k8s_object(objects, "ServiceMonitor", "keysweep");
     let ep = &yaml_seq(sm, "spec.endpoints")[0];
     assert_eq!(ep["port"].as_str(), sport["name"].as_str());
     assert_eq!(ep["path"].as_str(), Some("/metrics"));
@@ -311,16 +330,12 @@ fn kubernetes_manifests_keep_their_invariants() {
             "ServiceMonitor selector {k:?}"
         );
     }
+}
 
-    // PVC for the state.
-    let pvc = k8s_object(&objects, "PersistentVolumeClaim", "keysweep-state");
-    assert_eq!(
-        yaml_seq(pvc, "spec.accessModes")[0].as_str(),
-        Some("ReadWriteOnce")
-    );
-
-    // NetworkPolicy: ingress only to the metrics port; egress only DNS, HTTPS, SMTP.
-    let np = k8s_object(&objects, "NetworkPolicy", "keysweep");
+/// NetworkPolicy: ingress only to the metrics port; egress only DNS, HTTPS, SMTP.
+fn assert_network_policy(objects: &[(String, Yaml)], dep: &Yaml, cron: &Yaml, port: u64) {
+    let pod_labels = at(dep, "spec.template.metadata.labels");
+    let np = k8s_object(objects, "NetworkPolicy", "keysweep");
     let types: BTreeSet<&str> = yaml_seq(np, "spec.policyTypes")
         .iter()
         .filter_map(|t| t.as_str())
@@ -364,9 +379,11 @@ fn kubernetes_manifests_keep_their_invariants() {
             "NetworkPolicy misses the CronJob"
         );
     }
+}
 
-    // kustomization.yaml installs the daemon only: never the CronJob next to it, never the
-    // placeholder Secret.
+/// kustomization.yaml installs the daemon only: never the CronJob next to it, never the
+/// placeholder Secret.
+fn assert_kustomization() {
     let kust = yaml_docs(&repo().join("deploy/kubernetes/kustomization.yaml"));
     let resources: Vec<&str> = yaml_seq(&kust[0], "resources")
         .iter()

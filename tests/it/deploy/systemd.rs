@@ -32,43 +32,46 @@ fn systemd_unit() -> String {
     read(&repo().join("deploy/systemd/keysweep.service"))
 }
 
+/// Directives the unit must carry: its hardening, its reload and its command line.
+const UNIT_DIRECTIVES: &[(&str, &str)] = &[
+    ("DynamicUser", "yes"),
+    ("StateDirectory", "keysweep"),
+    ("ProtectSystem", "strict"),
+    ("ProtectHome", "yes"),
+    ("PrivateTmp", "yes"),
+    ("PrivateDevices", "yes"),
+    ("NoNewPrivileges", "yes"),
+    ("RestrictAddressFamilies", "AF_INET AF_INET6 AF_UNIX"),
+    ("SystemCallFilter", "@system-service"),
+    ("SystemCallArchitectures", "native"),
+    ("CapabilityBoundingSet", ""),
+    ("AmbientCapabilities", ""),
+    ("UMask", "0077"),
+    ("MemoryDenyWriteExecute", "yes"),
+    ("LockPersonality", "yes"),
+    ("RestrictNamespaces", "yes"),
+    ("RestrictRealtime", "yes"),
+    ("ProtectKernelTunables", "yes"),
+    ("ProtectKernelModules", "yes"),
+    ("ProtectKernelLogs", "yes"),
+    ("ProtectControlGroups", "yes"),
+    ("ProtectClock", "yes"),
+    ("ProtectHostname", "yes"),
+    ("ProtectProc", "invisible"),
+    ("Restart", "on-failure"),
+    ("ExecReload", "/bin/kill -HUP $MAINPID"),
+    ("EnvironmentFile", "-/etc/keysweep/keysweep.env"),
+    (
+        "ExecStart",
+        "/usr/local/bin/keysweep run --config /etc/keysweep/keysweep.toml",
+    ),
+];
+
 #[test]
 fn systemd_unit_is_hardened_and_matches_its_config() {
     let unit = systemd_unit();
     let d = unit_directives(&unit);
-    for (key, want) in [
-        ("DynamicUser", "yes"),
-        ("StateDirectory", "keysweep"),
-        ("ProtectSystem", "strict"),
-        ("ProtectHome", "yes"),
-        ("PrivateTmp", "yes"),
-        ("PrivateDevices", "yes"),
-        ("NoNewPrivileges", "yes"),
-        ("RestrictAddressFamilies", "AF_INET AF_INET6 AF_UNIX"),
-        ("SystemCallFilter", "@system-service"),
-        ("SystemCallArchitectures", "native"),
-        ("CapabilityBoundingSet", ""),
-        ("AmbientCapabilities", ""),
-        ("UMask", "0077"),
-        ("MemoryDenyWriteExecute", "yes"),
-        ("LockPersonality", "yes"),
-        ("RestrictNamespaces", "yes"),
-        ("RestrictRealtime", "yes"),
-        ("ProtectKernelTunables", "yes"),
-        ("ProtectKernelModules", "yes"),
-        ("ProtectKernelLogs", "yes"),
-        ("ProtectControlGroups", "yes"),
-        ("ProtectClock", "yes"),
-        ("ProtectHostname", "yes"),
-        ("ProtectProc", "invisible"),
-        ("Restart", "on-failure"),
-        ("ExecReload", "/bin/kill -HUP $MAINPID"),
-        ("EnvironmentFile", "-/etc/keysweep/keysweep.env"),
-        (
-            "ExecStart",
-            "/usr/local/bin/keysweep run --config /etc/keysweep/keysweep.toml",
-        ),
-    ] {
+    for &(key, want) in UNIT_DIRECTIVES {
         assert!(
             unit_values(&d, key).contains(&want),
             "keysweep.service: want {key}={want}, have {:?}",

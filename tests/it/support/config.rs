@@ -14,3 +14,17 @@ pub fn config_from_toml(toml: &str, env: &[(&str, &str)]) -> Config {
     keysweep::config::load_from_str(toml, &env)
         .unwrap_or_else(|e| panic!("invalid test configuration: {e}\n{toml}"))
 }
+
+/// The example policies of issue 3, exactly as written there.
+pub const ISSUE_3_POLICIES: &str = r#"
+[[policies]]
+name = "rotate-90d"
+max_age = "90d"
+action = "revoke"
+warn_before = "14d"
+
+[[policies]]
+name = "idle-45d"
+max_idle = "45d"
+action = "notify"
+"#;
