@@ -395,7 +395,63 @@ async fn one_digest_per_channel_nothing_twice_and_a_pending_mail_delivered_once(
         r1.delivery
     );
     assert_eq!(r1.delivery.sent as usize, r1.notices_queued);
+    assert_warning_mails(&s, t0);
+    assert_warning_http(&s);
 
+    // 2. A second, identical sweep sends nothing new.
+    let before = s.received();
+    let r2 = sweep(&sweeper, t0 + 60).await;
+    assert_eq!(r2.notices_queued, 0);
+    assert_eq!(r2.delivery.sent, 0);
+    assert_eq!(s.received(), before, "the second sweep sent something");
+
+    let pending = smtp_down_while_a_key_resolves(&mut s, &sweeper, t0).await;
+    let retry_at = pending_mails_delivered_once_when_smtp_returns(&mut s, &sweeper, &pending).await;
+    // 6. Later sweeps send nothing more anywhere.
+    let before = s.received();
+    let r6 = sweep(&sweeper, retry_at + 3600).await;
+    assert_eq!((r6.notices_queued, r6.delivery.sent), (0, 0));
+    assert_eq!(s.received(), before);
+    assert!(s.outbox().iter().all(|m| m.status == "sent"));
+    assert_webhooks_signed_and_unique(&s.rx, "/hook");
+    assert!(s.rx.requests("/ops").is_empty());
+    // Logins happened over TLS with AUTH for every delivered mail.
+    assert_eq!(s.smtp.logins.lock().unwrap().len(), 5);
+    // And /metrics counts every delivery outcome per channel.
+    let m = openmetrics::Metrics::parse(&metrics.encode());
+    let count = |channel: &str, outcome: &str| {
+        m.sum(
+            "keysweep_notifications_total",
+            &[("channel", channel), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(count("mail", "sent"), 5.0);
+    assert_eq!(
+        count("mail", "failed"),
+        4.0,
+        "two mails, two failed attempts each"
+    );
+    assert_eq!(count("pd", "sent"), 4.0);
+    assert_eq!(count("hook", "sent"), 2.0);
+    assert_eq!(count("slack", "sent"), 2.0);
+
+    // Nothing secret in the state database, and its audit chain verifies.
+    let raw = std::fs::read(&s.state).unwrap();
+    secrets::assert_no_secret_in_bytes("the state file", &raw, &secrets());
+    let (status, out, err) = s
+        .keysweep(&["audit", "verify", "--state", s.state.to_str().unwrap()])
+        .await;
+    assert!(status.success(), "{out}{err}");
+}
+
+/// PagerDuty's dedup key of a fixture key's `max-age` finding.
+fn dedup(k: FixtureKey) -> String {
+    format!("acme/{}/{}/max-age", k.0, k.1)
+}
+
+/// After the first sweep: three mails (team, alice, bob), each listing exactly its violating
+/// keys, announcing the revocation date, with the outbox id as Message-ID.
+fn assert_warning_mails(s: &Setup, t0: i64) {
     let mails: Vec<Mail> = s.smtp.messages().iter().map(parse_mail).collect();
     assert_eq!(
         mails.len(),
@@ -437,7 +493,11 @@ async fn one_digest_per_channel_nothing_twice_and_a_pending_mail_delivered_once(
         .unwrap()
         .subject;
     assert!(team_subject.contains("3 API keys"), "{team_subject}");
+}
 
+/// After the first sweep: one Slack digest, one PagerDuty event per violating key, one signed
+/// webhook digest, and no enforcer alert.
+fn assert_warning_http(s: &Setup) {
     let slack = s.rx.requests(SLACK_PATH);
     assert_eq!(slack.len(), 1, "one Slack digest");
     lists_exactly(
@@ -459,7 +519,6 @@ async fn one_digest_per_channel_nothing_twice_and_a_pending_mail_delivered_once(
         );
         triggered.insert(e["dedup_key"].as_str().unwrap().to_string());
     }
-    let dedup = |k: FixtureKey| format!("acme/{}/{}/max-age", k.0, k.1);
     assert_eq!(
         triggered,
         [dedup(CI_DEPLOY), dedup(OLD_BATCH), dedup(SVC_BOT)]
@@ -487,19 +546,20 @@ async fn one_digest_per_channel_nothing_twice_and_a_pending_mail_delivered_once(
         s.rx.requests("/ops").is_empty(),
         "no enforcer alert expected"
     );
+}
 
-    // 2. A second, identical sweep sends nothing new.
-    let before = s.received();
-    let r2 = sweep(&sweeper, t0 + 60).await;
-    assert_eq!(r2.notices_queued, 0);
-    assert_eq!(r2.delivery.sent, 0);
-    assert_eq!(s.received(), before, "the second sweep sent something");
-
+/// Step 3: the SMTP server goes away and alice deletes her key herself. Returns the two mails
+/// left pending in the outbox.
+async fn smtp_down_while_a_key_resolves(
+    s: &mut Setup,
+    sweeper: &Sweeper,
+    t0: i64,
+) -> Vec<outbox::StoredMessage> {
     // 3. The SMTP server goes away; alice deletes her key herself. The resolved notices reach
     //    the HTTP channels; the mails stay pending in the outbox.
     s.gate.close().await;
     s.sim.remove_key(CI_DEPLOY.0, CI_DEPLOY.1).unwrap();
-    let r3 = sweep(&sweeper, t0 + 120).await;
+    let r3 = sweep(sweeper, t0 + 120).await;
     assert!(r3.notices_queued >= 5, "{}", r3.notices_queued);
     assert_eq!(
         r3.delivery.failed, 2,
@@ -549,9 +609,19 @@ async fn one_digest_per_channel_nothing_twice_and_a_pending_mail_delivered_once(
     assert_eq!(slack.len(), 2);
     lists_exactly("slack resolved", &slack[1].json().to_string(), &[CI_DEPLOY]);
 
+    pending
+}
+
+/// Steps 4 and 5: still down, another attempt fails; back on the same port, the pending mails
+/// are delivered exactly once with their original Message-IDs. Returns when that was.
+async fn pending_mails_delivered_once_when_smtp_returns(
+    s: &mut Setup,
+    sweeper: &Sweeper,
+    pending: &[outbox::StoredMessage],
+) -> i64 {
     // 4. Still down at the next sweep: another attempt fails, nothing else is new.
     let retry_at = pending.iter().map(|m| m.next_attempt_at).max().unwrap();
-    let r4 = sweep(&sweeper, retry_at).await;
+    let r4 = sweep(sweeper, retry_at).await;
     assert_eq!(r4.notices_queued, 0);
     assert_eq!(
         (r4.delivery.sent, r4.delivery.failed),
@@ -570,7 +640,7 @@ async fn one_digest_per_channel_nothing_twice_and_a_pending_mail_delivered_once(
         .map(|m| m.next_attempt_at)
         .max()
         .unwrap();
-    let r5 = sweep(&sweeper, retry_at).await;
+    let r5 = sweep(sweeper, retry_at).await;
     assert_eq!(r5.notices_queued, 0);
     assert_eq!(
         (r5.delivery.sent, r5.delivery.failed),
@@ -600,41 +670,7 @@ async fn one_digest_per_channel_nothing_twice_and_a_pending_mail_delivered_once(
     let ids: BTreeSet<&str> = mails.iter().map(|m| m.message_id.as_str()).collect();
     assert_eq!(ids.len(), mails.len(), "a mail was delivered twice");
 
-    // 6. Later sweeps send nothing more anywhere.
-    let before = s.received();
-    let r6 = sweep(&sweeper, retry_at + 3600).await;
-    assert_eq!((r6.notices_queued, r6.delivery.sent), (0, 0));
-    assert_eq!(s.received(), before);
-    assert!(s.outbox().iter().all(|m| m.status == "sent"));
-    assert_webhooks_signed_and_unique(&s.rx, "/hook");
-    assert!(s.rx.requests("/ops").is_empty());
-    // Logins happened over TLS with AUTH for every delivered mail.
-    assert_eq!(s.smtp.logins.lock().unwrap().len(), 5);
-    // And /metrics counts every delivery outcome per channel.
-    let m = openmetrics::Metrics::parse(&metrics.encode());
-    let count = |channel: &str, outcome: &str| {
-        m.sum(
-            "keysweep_notifications_total",
-            &[("channel", channel), ("outcome", outcome)],
-        )
-    };
-    assert_eq!(count("mail", "sent"), 5.0);
-    assert_eq!(
-        count("mail", "failed"),
-        4.0,
-        "two mails, two failed attempts each"
-    );
-    assert_eq!(count("pd", "sent"), 4.0);
-    assert_eq!(count("hook", "sent"), 2.0);
-    assert_eq!(count("slack", "sent"), 2.0);
-
-    // Nothing secret in the state database, and its audit chain verifies.
-    let raw = std::fs::read(&s.state).unwrap();
-    secrets::assert_no_secret_in_bytes("the state file", &raw, &secrets());
-    let (status, out, err) = s
-        .keysweep(&["audit", "verify", "--state", s.state.to_str().unwrap()])
-        .await;
-    assert!(status.success(), "{out}{err}");
+    retry_at
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -729,6 +765,32 @@ fn mails_for(s: &Setup, rows: &[outbox::StoredMessage]) -> Vec<Mail> {
         .collect()
 }
 
+/// After the revocation: one webhook digest of the two revoked keys, PagerDuty incidents of
+/// exactly those keys resolved, every webhook signed, every outbox row sent.
+fn assert_revocation_announced_on_http(s: &Setup) {
+    let hooks = s.rx.requests("/hook");
+    let revoked_hook: Vec<Value> = hooks
+        .iter()
+        .map(|r| r.json())
+        .filter(|v| v["type"] == "keysweep.notices.revoked")
+        .collect();
+    assert_eq!(revoked_hook.len(), 1);
+    assert_eq!(revoked_hook[0]["notices"].as_array().unwrap().len(), 2);
+    let resolves: BTreeSet<String> =
+        s.rx.requests("/pd/")
+            .iter()
+            .map(|r| r.json())
+            .filter(|e| e["event_action"] == "resolve")
+            .map(|e| e["dedup_key"].as_str().unwrap().to_string())
+            .collect();
+    assert_eq!(
+        resolves,
+        [dedup(CI_DEPLOY), dedup(OLD_BATCH)].into_iter().collect()
+    );
+    assert_webhooks_signed_and_unique(&s.rx, "/hook");
+    assert!(s.outbox().iter().all(|m| m.status == "sent"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_final_notice_and_the_revocation_each_get_their_own_message() {
     let s = Setup::start().await;
@@ -794,32 +856,7 @@ async fn the_final_notice_and_the_revocation_each_get_their_own_message() {
             expected,
         );
     }
-    let hooks = s.rx.requests("/hook");
-    let revoked_hook: Vec<Value> = hooks
-        .iter()
-        .map(|r| r.json())
-        .filter(|v| v["type"] == "keysweep.notices.revoked")
-        .collect();
-    assert_eq!(revoked_hook.len(), 1);
-    assert_eq!(revoked_hook[0]["notices"].as_array().unwrap().len(), 2);
-    let resolves: BTreeSet<String> =
-        s.rx.requests("/pd/")
-            .iter()
-            .map(|r| r.json())
-            .filter(|e| e["event_action"] == "resolve")
-            .map(|e| e["dedup_key"].as_str().unwrap().to_string())
-            .collect();
-    assert_eq!(
-        resolves,
-        [
-            format!("acme/{}/{}/max-age", CI_DEPLOY.0, CI_DEPLOY.1),
-            format!("acme/{}/{}/max-age", OLD_BATCH.0, OLD_BATCH.1),
-        ]
-        .into_iter()
-        .collect()
-    );
-    assert_webhooks_signed_and_unique(&s.rx, "/hook");
-    assert!(s.outbox().iter().all(|m| m.status == "sent"));
+    assert_revocation_announced_on_http(&s);
 
     // The audit log has an intent and an outcome for each deletion, and verifies.
     let records = audit_records(&s.state);

@@ -223,17 +223,20 @@ fn run_once_enforces_and_audit_verifies() {
     assert!(stdout.contains("REVOKED"), "{stdout}");
     assert!(sim.stats()["requests"]["DELETE /v1/organization/projects/{project_id}/api_keys/{api_key_id}"].as_u64().unwrap() > 0);
 
-    let db = dir.path().join("keysweep.db");
-    let verify = run(bin().args(["audit", "verify", "--state"]).arg(&db));
+    assert_audit_shows_the_deletions(&dir.path().join("keysweep.db"), &config);
+}
+
+/// `audit verify` passes on the state `db`, every intent has its outcome, and `audit` lists
+/// them by state path and by configuration, filtered by `--since`.
+fn assert_audit_shows_the_deletions(db: &Path, config: &Path) {
+    let verify = run(bin().args(["audit", "verify", "--state"]).arg(db));
     assert!(
         verify.status.success(),
         "{}",
         String::from_utf8_lossy(&verify.stdout)
     );
     assert!(String::from_utf8_lossy(&verify.stdout).contains("audit chain OK"));
-    let list = run(bin()
-        .args(["audit", "--format", "json", "--state"])
-        .arg(&db));
+    let list = run(bin().args(["audit", "--format", "json", "--state"]).arg(db));
     let records: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
     let kinds: Vec<&str> = records
         .as_array()
@@ -251,7 +254,7 @@ fn run_once_enforces_and_audit_verifies() {
     let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
     let table = run(bin()
         .args(["audit", "--since", &today, "--config"])
-        .arg(&config));
+        .arg(config));
     assert!(
         table.status.success(),
         "{}",
@@ -267,7 +270,7 @@ fn run_once_enforces_and_audit_verifies() {
         .to_string();
     let none = run(bin()
         .args(["audit", "--format", "json", "--since", &future, "--config"])
-        .arg(&config));
+        .arg(config));
     let records: serde_json::Value = serde_json::from_slice(&none.stdout).unwrap();
     assert!(records.as_array().unwrap().is_empty(), "--since filters");
 }
