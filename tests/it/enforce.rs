@@ -241,36 +241,14 @@ async fn audit_verify(db: &Path) -> Output {
     keysweep(&["audit", "verify", "--state", db.to_str().unwrap()]).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn done_when_two_runs_delete_exactly_the_old_user_keys_and_the_audit_log_proves_it() {
-    let t = done_when_runs("enforce", &format!("{ISSUE_3_POLICIES}{}", lifted("")), &[]).await;
-    let deleted = gone(&t.sim, &t.org);
-    t.expected.assert_matches(&deleted, "deleted set");
-    // No service-account key and nothing in the archived project (not listed by default).
-    for (p, k) in &deleted {
-        let project = t.org.project(p).unwrap();
-        assert!(!project.is_archived());
-        let key = project.keys.iter().find(|x| &x.id == k).unwrap();
-        assert!(
-            !key.owner.is_service_account(),
-            "{k} is a service-account key"
-        );
-    }
-    let stdout = String::from_utf8_lossy(&t.outputs[1].stdout);
-    assert_eq!(
-        stdout.matches(": REVOKED").count(),
-        deleted.len(),
-        "{stdout}"
-    );
-
-    // The audit trail: for every deleted key a decision (with its deadline) from the first run,
-    // an intent, and an outcome that refers to the intent.
-    let records = audit_json(&t.db).await;
+/// For every deleted key: a decision (with its deadline) from the first run, one intent, and an
+/// outcome that refers to the intent, never before the warning period and after a final notice.
+fn assert_audit_trail(records: &[Value], deleted: &BTreeSet<KeyRef>) {
     let by_seq: HashMap<i64, &Value> = records
         .iter()
         .map(|r| (r["seq"].as_i64().unwrap(), r))
         .collect();
-    for (_, key) in &deleted {
+    for (_, key) in deleted {
         let mine: Vec<&Value> = records
             .iter()
             .filter(|r| r["key_id"].as_str() == Some(key))
@@ -316,22 +294,21 @@ async fn done_when_two_runs_delete_exactly_the_old_user_keys_and_the_audit_log_p
     }
     let intents = records.iter().filter(|r| kind_of(r) == "intent").count();
     assert_eq!(intents, deleted.len());
+}
 
-    // `audit verify` passes on the untouched log.
-    let ok = audit_verify(&t.db).await;
-    assert!(ok.status.success(), "{}", describe(&ok));
-    assert!(String::from_utf8_lossy(&ok.stdout).contains("audit chain OK"));
-
+/// `audit verify` breaks at the changed record when (b) one record is changed through SQLite
+/// (after dropping the append-only trigger, on a copy) and (a) one byte of the file changes.
+async fn assert_tampering_is_detected(db: &Path, records: &[Value]) {
     // (b) through SQLite, on a copy: drop the append-only trigger and change one character.
     let victim = records.iter().find(|r| kind_of(r) == "outcome").unwrap();
     let victim_seq = victim["seq"].as_i64().unwrap();
     let victim_key = victim["key_id"].as_str().unwrap().to_string();
     assert!(
-        !wal_path(&t.db).exists(),
+        !wal_path(db).exists(),
         "the binary should checkpoint and remove the WAL when it exits"
     );
-    let copy = t.db.with_file_name("copy.db");
-    std::fs::copy(&t.db, &copy).unwrap();
+    let copy = db.with_file_name("copy.db");
+    std::fs::copy(db, &copy).unwrap();
     {
         let conn = rusqlite::Connection::open(&copy).unwrap();
         let refused = conn.execute(
@@ -357,7 +334,7 @@ async fn done_when_two_runs_delete_exactly_the_old_user_keys_and_the_audit_log_p
     );
 
     // (a) one byte of the database FILE on disk: the outcome's message exists once in the file.
-    let mut bytes = std::fs::read(&t.db).unwrap();
+    let mut bytes = std::fs::read(db).unwrap();
     let needle = format!("\"message\":\"deleted key {victim_key}\"");
     let hits: Vec<usize> = bytes
         .windows(needle.len())
@@ -368,14 +345,49 @@ async fn done_when_two_runs_delete_exactly_the_old_user_keys_and_the_audit_log_p
     assert_eq!(hits.len(), 1, "{needle} should be in the file exactly once");
     let at = hits[0] + needle.len() - 2; // the last character of the key id
     bytes[at] = if bytes[at] == b'x' { b'y' } else { b'x' };
-    std::fs::write(&t.db, &bytes).unwrap();
-    let bad = audit_verify(&t.db).await;
+    std::fs::write(db, &bytes).unwrap();
+    let bad = audit_verify(db).await;
     assert!(!bad.status.success(), "{}", describe(&bad));
     assert!(
         String::from_utf8_lossy(&bad.stdout).contains(&format!("BROKEN at record {victim_seq}")),
         "{}",
         describe(&bad)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn done_when_two_runs_delete_exactly_the_old_user_keys_and_the_audit_log_proves_it() {
+    let t = done_when_runs("enforce", &format!("{ISSUE_3_POLICIES}{}", lifted("")), &[]).await;
+    let deleted = gone(&t.sim, &t.org);
+    t.expected.assert_matches(&deleted, "deleted set");
+    // No service-account key and nothing in the archived project (not listed by default).
+    for (p, k) in &deleted {
+        let project = t.org.project(p).unwrap();
+        assert!(!project.is_archived());
+        let key = project.keys.iter().find(|x| &x.id == k).unwrap();
+        assert!(
+            !key.owner.is_service_account(),
+            "{k} is a service-account key"
+        );
+    }
+    let stdout = String::from_utf8_lossy(&t.outputs[1].stdout);
+    assert_eq!(
+        stdout.matches(": REVOKED").count(),
+        deleted.len(),
+        "{stdout}"
+    );
+
+    // The audit trail: for every deleted key a decision (with its deadline) from the first run,
+    // an intent, and an outcome that refers to the intent.
+    let records = audit_json(&t.db).await;
+    assert_audit_trail(&records, &deleted);
+
+    // `audit verify` passes on the untouched log.
+    let ok = audit_verify(&t.db).await;
+    assert!(ok.status.success(), "{}", describe(&ok));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("audit chain OK"));
+
+    assert_tampering_is_detected(&t.db, &records).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -584,89 +596,47 @@ fn deleted_in(report: &SweepReport) -> BTreeSet<String> {
 
 // ---- 2. re-check before delete -------------------------------------------------------------
 
-#[tokio::test]
-async fn the_recheck_keeps_a_key_used_renamed_or_deleted_between_listing_and_delete() {
-    let mut org = quiet_org(1, 20, 11);
-    let project = active_project_ids(&org)[0].clone();
-    // Six keys idle for 100 days under a revoke policy on idleness.
-    let keys = age_user_keys(&mut org, &project, 6, 100);
-    let (used, renamed, removed, control, newly_exempt, plain) =
-        (&keys[0], &keys[1], &keys[2], &keys[3], &keys[4], &keys[5]);
-    let sim = start_sim(org).await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("state.db");
-    let policies = r#"
-[[policies]]
-name = "stale-60d"
-max_idle = "60d"
-action = "revoke"
-warn_before = "14d"
-"#;
-    let text = config_text(&sim, &db, "enforce", &format!("{policies}{}", lifted("")));
-
-    let s = sweeper(&text);
-    let r1 = sweep(&s, NOW).await;
-    assert!(r1.complete());
-    assert_eq!(r1.findings.len(), 6);
-    assert!(r1.revocations.is_empty());
-    drop(s);
-
-    // Between the listing and the re-check GET of sweep 2, the world moves.
-    let t2 = NOW + 15 * DAY;
+/// Between the listing and the re-check GET of the next sweep, the world moves: the first key
+/// is used, the second renamed, the third deleted by its owner.
+fn arm_recheck_races(
+    sim: &SimServer,
+    project: &str,
+    [used, renamed, removed]: [&String; 3],
+    t2: i64,
+) {
     let faults = sim.faults();
     faults.add(
-        Fault::on_get_key(&project, used)
+        Fault::on_get_key(project, used)
             .once()
             .respond(FaultKind::Apply(SimEffect::set_last_used(
-                &project,
+                project,
                 used,
                 Some(t2 - 60),
             ))),
     );
     faults.add(
-        Fault::on_get_key(&project, renamed)
+        Fault::on_get_key(project, renamed)
             .once()
             .respond(FaultKind::Apply(SimEffect::rename(
-                &project,
+                project,
                 renamed,
                 "renamed-by-owner",
             ))),
     );
     faults.add(
-        Fault::on_get_key(&project, removed)
+        Fault::on_get_key(project, removed)
             .once()
-            .respond(FaultKind::Apply(SimEffect::remove_key(&project, removed))),
+            .respond(FaultKind::Apply(SimEffect::remove_key(project, removed))),
     );
-    // And an exemption arrives with a configuration reload before sweep 2.
-    let with_exemption = config_text(
-        &sim,
-        &db,
-        "enforce",
-        &format!(
-            "{policies}\n[[exemptions]]\nkey_id = \"{newly_exempt}\"\nreason = \"needed for the audit (SEC-9)\"\n{}",
-            lifted("")
-        ),
-    );
-    let s = sweeper(&with_exemption);
-    let r2 = sweep(&s, t2).await;
-    assert!(r2.complete());
+}
 
-    assert!(
-        sim.key_exists(&project, used),
-        "a key used since the listing survives"
-    );
-    assert!(sim.key_exists(&project, renamed), "a renamed key survives");
-    assert!(
-        sim.key_exists(&project, newly_exempt),
-        "a newly exempted key survives"
-    );
-    assert!(!sim.key_exists(&project, removed));
-    assert!(!sim.key_exists(&project, control));
-    assert!(!sim.key_exists(&project, plain));
-    assert_eq!(
-        deleted_in(&r2),
-        [control.clone(), plain.clone()].into_iter().collect()
-    );
+/// The used, renamed and removed keys were skipped after the re-check, each for its reason;
+/// nothing failed; the newly exempted key never reached the re-check.
+fn assert_recheck_outcomes(
+    r2: &SweepReport,
+    [used, renamed, removed]: [&String; 3],
+    newly_exempt: &String,
+) {
     let outcome = |k: &str| {
         r2.revocations
             .iter()
@@ -697,20 +667,91 @@ warn_before = "14d"
             .iter()
             .all(|r| !r.key_ids.contains(newly_exempt))
     );
-    let store = s.store().unwrap().clone();
-    let fid = |k: &str| FindingId {
+}
+
+/// A revoking policy on idleness, for the re-check test.
+const STALE_60D: &str = r#"
+[[policies]]
+name = "stale-60d"
+max_idle = "60d"
+action = "revoke"
+warn_before = "14d"
+"#;
+
+/// The `stale-60d` finding of `key` in `project`, as stored.
+fn stale_finding(store: &Store, project: &str, key: &str) -> keysweep::policy::finding::Finding {
+    let id = FindingId {
         organization: ORG.into(),
-        project_id: project.clone(),
-        key_id: k.into(),
+        project_id: project.into(),
+        key_id: key.into(),
         policy: "stale-60d".into(),
     };
-    let finding = |k: &str| {
-        store
-            .with_conn(|c| state::findings::get_finding(c, &fid(k)))
-            .unwrap()
-            .unwrap()
-    };
-    assert_eq!(finding(newly_exempt).stage, Stage::Exempted);
+    store
+        .with_conn(|c| state::findings::get_finding(c, &id))
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_recheck_keeps_a_key_used_renamed_or_deleted_between_listing_and_delete() {
+    let mut org = quiet_org(1, 20, 11);
+    let project = active_project_ids(&org)[0].clone();
+    // Six keys idle for 100 days under a revoke policy on idleness.
+    let keys = age_user_keys(&mut org, &project, 6, 100);
+    let (used, renamed, removed, control, newly_exempt, plain) =
+        (&keys[0], &keys[1], &keys[2], &keys[3], &keys[4], &keys[5]);
+    let sim = start_sim(org).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("state.db");
+    let policies = STALE_60D;
+    let text = config_text(&sim, &db, "enforce", &format!("{policies}{}", lifted("")));
+
+    let s = sweeper(&text);
+    let r1 = sweep(&s, NOW).await;
+    assert!(r1.complete());
+    assert_eq!(r1.findings.len(), 6);
+    assert!(r1.revocations.is_empty());
+    drop(s);
+
+    // Between the listing and the re-check GET of sweep 2, the world moves.
+    let t2 = NOW + 15 * DAY;
+    arm_recheck_races(&sim, &project, [used, renamed, removed], t2);
+    // And an exemption arrives with a configuration reload before sweep 2.
+    let with_exemption = config_text(
+        &sim,
+        &db,
+        "enforce",
+        &format!(
+            "{policies}\n[[exemptions]]\nkey_id = \"{newly_exempt}\"\nreason = \"needed for the audit (SEC-9)\"\n{}",
+            lifted("")
+        ),
+    );
+    let s = sweeper(&with_exemption);
+    let r2 = sweep(&s, t2).await;
+    assert!(r2.complete());
+
+    assert!(
+        sim.key_exists(&project, used),
+        "a key used since the listing survives"
+    );
+    assert!(sim.key_exists(&project, renamed), "a renamed key survives");
+    assert!(
+        sim.key_exists(&project, newly_exempt),
+        "a newly exempted key survives"
+    );
+    assert!(!sim.key_exists(&project, removed));
+    assert!(!sim.key_exists(&project, control));
+    assert!(!sim.key_exists(&project, plain));
+    assert_eq!(
+        deleted_in(&r2),
+        [control.clone(), plain.clone()].into_iter().collect()
+    );
+    assert_recheck_outcomes(&r2, [used, renamed, removed], newly_exempt);
+    let store = s.store().unwrap().clone();
+    assert_eq!(
+        stale_finding(&store, &project, newly_exempt).stage,
+        Stage::Exempted
+    );
 
     // The audit log says why each was kept.
     let reasons = skipped_reasons(&store);
@@ -734,12 +775,7 @@ warn_before = "14d"
     let r3 = sweep(&s, t2 + DAY).await;
     assert_eq!(deleted_in(&r3), [renamed.clone()].into_iter().collect());
     let store = s.store().unwrap().clone();
-    let f = |k: &str| {
-        store
-            .with_conn(|c| state::findings::get_finding(c, &fid(k)))
-            .unwrap()
-            .unwrap()
-    };
+    let f = |k: &str| stale_finding(&store, &project, k);
     assert_eq!(f(removed).stage, Stage::Resolved);
     assert_eq!(f(removed).resolution.as_deref(), Some("key deleted"));
     assert_eq!(f(used).stage, Stage::Resolved);
@@ -968,12 +1004,14 @@ async fn the_kill_switch_stops_every_delete_until_it_is_removed() {
 
 // ---- 4. incomplete listing -------------------------------------------------------------------
 
-#[tokio::test]
-async fn a_project_whose_second_page_fails_is_left_alone_while_others_proceed() {
-    let mut org = quiet_org(3, 120, 21);
-    let projects = active_project_ids(&org);
+/// Ages three user keys of every project to 200 days, spread so that some land on page 2
+/// (ids beyond the 100th). Returns them per project.
+fn age_three_keys_per_project(
+    org: &mut SimOrg,
+    projects: &[String],
+) -> BTreeMap<String, Vec<String>> {
     let mut old: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for p in &projects {
+    for p in projects {
         // Keys sorted by id, so some of the aged ones land on page 2 (ids > the 100th).
         let mut ids: Vec<String> = org
             .project(p)
@@ -985,12 +1023,60 @@ async fn a_project_whose_second_page_fails_is_left_alone_while_others_proceed() 
             .collect();
         ids.sort();
         let chosen = [ids[3].clone(), ids[50].clone(), ids[ids.len() - 2].clone()];
-        let pm = org.projects.iter_mut().find(|x| &x.id == p).unwrap();
+        let pm = org.projects.iter_mut().find(|x| x.id == *p).unwrap();
         for k in pm.keys.iter_mut().filter(|k| chosen.contains(&k.id)) {
             k.created_at = NOW - 200 * DAY;
         }
         old.insert(p.clone(), chosen.to_vec());
     }
+    old
+}
+
+/// No finding of the `broken` project was closed as "gone" by its partial listing, no key is
+/// marked gone, the keys keep the `last_seen` of the last complete listing, and the alert is
+/// in the audit log.
+fn assert_nothing_concluded_from_the_partial_listing(
+    store: &Store,
+    broken: &String,
+    old: &[String],
+) {
+    // No finding of the broken project was closed as "gone" by the partial listing.
+    let open: BTreeSet<String> = store
+        .with_conn(|c| state::findings::open_findings(c, ORG))
+        .unwrap()
+        .into_iter()
+        .filter(|f| &f.id.project_id == broken)
+        .map(|f| f.id.key_id)
+        .collect();
+    for k in old {
+        assert!(open.contains(k), "finding of {k} was closed");
+    }
+    // Nothing is concluded from the partial listing: no key is marked gone, and the keys the
+    // first page showed unchanged keep the `last_seen` of the last complete listing.
+    let (as_of_r1, gone): (i64, i64) = store
+        .with_conn(|c| {
+            Ok(c.query_row(
+                "SELECT COALESCE(SUM(last_seen = ?2), 0), COALESCE(SUM(gone_at IS NOT NULL), 0)
+                   FROM key_observations WHERE organization = ?3 AND project_id = ?1",
+                rusqlite::params![broken, NOW, ORG],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?)
+        })
+        .unwrap();
+    assert_eq!(as_of_r1, 120, "observations of the broken project");
+    assert_eq!(gone, 0, "keys marked gone from a partial listing");
+    assert!(
+        audit_rows(store).iter().any(
+            |r| r.record.kind == AuditKind::Alert && r.record.message.contains(broken.as_str())
+        )
+    );
+}
+
+#[tokio::test]
+async fn a_project_whose_second_page_fails_is_left_alone_while_others_proceed() {
+    let mut org = quiet_org(3, 120, 21);
+    let projects = active_project_ids(&org);
+    let old = age_three_keys_per_project(&mut org, &projects);
     let sim = start_sim(org.clone()).await;
     let dir = tempfile::tempdir().unwrap();
     let tables = format!("{ISSUE_3_POLICIES}{}", lifted(""));
@@ -1036,37 +1122,8 @@ async fn a_project_whose_second_page_fails_is_left_alone_while_others_proceed() 
         .flat_map(|p| old[p].iter().cloned())
         .collect();
     assert_eq!(deleted, expected);
-    // No finding of the broken project was closed as "gone" by the partial listing.
     let store = s.store().unwrap().clone();
-    let open: BTreeSet<String> = store
-        .with_conn(|c| state::findings::open_findings(c, ORG))
-        .unwrap()
-        .into_iter()
-        .filter(|f| &f.id.project_id == broken)
-        .map(|f| f.id.key_id)
-        .collect();
-    for k in &old[broken] {
-        assert!(open.contains(k), "finding of {k} was closed");
-    }
-    // Nothing is concluded from the partial listing: no key is marked gone, and the keys the
-    // first page showed unchanged keep the `last_seen` of the last complete listing.
-    let (as_of_r1, gone): (i64, i64) = store
-        .with_conn(|c| {
-            Ok(c.query_row(
-                "SELECT COALESCE(SUM(last_seen = ?2), 0), COALESCE(SUM(gone_at IS NOT NULL), 0)
-                   FROM key_observations WHERE organization = ?3 AND project_id = ?1",
-                rusqlite::params![broken, NOW, ORG],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?)
-        })
-        .unwrap();
-    assert_eq!(as_of_r1, 120, "observations of the broken project");
-    assert_eq!(gone, 0, "keys marked gone from a partial listing");
-    assert!(
-        audit_rows(&store).iter().any(
-            |r| r.record.kind == AuditKind::Alert && r.record.message.contains(broken.as_str())
-        )
-    );
+    assert_nothing_concluded_from_the_partial_listing(&store, broken, &old[broken]);
     verify(&store).unwrap();
 }
 
@@ -1402,31 +1459,13 @@ mod props {
 
     async fn run_case_async(c: &Case) -> Result<(), TestCaseError> {
         let org = SimOrg::generate(c.projects, c.keys, c.seed, NOW);
-        let keys: Vec<OKey> = active_keys(&org)
-            .map(|(p, k)| OKey {
-                project: p.to_string(),
-                id: k.id.clone(),
-                user: !k.owner.is_service_account(),
-                created_at: k.created_at,
-                last_used_at: k.last_used_at,
-            })
-            .collect();
+        let keys = oracle_keys(&org);
         let projects = active_project_ids(&org);
         let mut times = vec![NOW];
         for g in &c.gaps {
             times.push(times.last().unwrap() + g);
         }
-        let exempt: Vec<(String, Option<i64>)> = c
-            .exemptions
-            .iter()
-            .map(|e| {
-                (
-                    keys[e.key_index % keys.len()].id.clone(),
-                    e.until.map(|u| NOW + u),
-                )
-            })
-            .collect();
-        let expected = oracle(&keys, &c.policies, &exempt, &times);
+        let expected = oracle(&keys, &c.policies, &exempt_until(c, &keys), &times);
         let revoke_policies: Vec<String> = c
             .policies
             .iter()
@@ -1470,31 +1509,18 @@ mod props {
                         key,
                         deleted,
                     } if sweep == i => {
-                        // Only keys the oracle would delete may be "deleted by keysweep".
                         let k = &keys[key % keys.len()];
-                        if !sim.key_exists(&k.project, &k.id)
-                            || (deleted && !expected.contains_key(&k.id))
-                        {
+                        let not_the_oracles = deleted && !expected.contains_key(&k.id);
+                        if !sim.key_exists(&k.project, &k.id) || not_the_oracles {
                             continue;
                         }
-                        let mut intent = AuditRecord::new(
-                            times[i - 1],
-                            "test-crash",
-                            AuditKind::Intent,
-                            config::Mode::Enforce,
-                            "test",
-                            format!("deleting key {}", k.id),
-                        );
-                        intent.organization = Some(ORG.into());
-                        intent.project_id = Some(k.project.clone());
-                        intent.key_id = Some(k.id.clone());
-                        intent.policy = revoke_policies.first().cloned();
-                        let entry = audit::append_durable(&store, &intent).unwrap();
+                        let policy = revoke_policies.first().cloned();
+                        let seq = crash_intent(&store, k, times[i - 1], policy);
                         if deleted {
                             sim.remove_key(&k.project, &k.id).unwrap();
                             crash_removed.insert(k.id.clone());
                         }
-                        test_intents.push((entry.seq, k.id.clone(), deleted));
+                        test_intents.push((seq, k.id.clone(), deleted));
                     }
                     _ => {}
                 }
@@ -1502,26 +1528,89 @@ mod props {
             let report = sweep(&s, t).await;
             per_sweep.push((t, deleted_in(&report)));
 
-            // Caps are never exceeded, per run and per project.
-            let n = per_sweep[i].1.len() as u32;
-            if let Some((run, pct, _)) = c.caps {
-                prop_assert!(n <= run, "sweep {i} deleted {n} > run cap {run}");
-                for org in &report.inventory.orgs {
-                    for p in &org.projects {
-                        let in_p = report
-                            .revocations
-                            .iter()
-                            .filter(|r| r.deleted() && r.project_id == p.project.id)
-                            .map(|r| r.key_ids.len())
-                            .sum::<usize>();
-                        let cap = ((pct as usize * p.keys.keys) / 100).max(1);
-                        prop_assert!(in_p <= cap, "project {} got {in_p} > {cap}", p.project.id);
-                    }
-                }
-            }
+            check_caps(c, i, per_sweep[i].1.len(), &report)?;
         }
         sim.faults().clear();
 
+        check_deleted(c, &sim, &keys, &per_sweep, &crash_removed, &expected)?;
+        check_day_cap(c, &per_sweep)?;
+        check_audit(c, &store, &test_intents)?;
+        Ok(())
+    }
+
+    /// The case's exemptions: (key id, until).
+    fn exempt_until(c: &Case, keys: &[OKey]) -> Vec<(String, Option<i64>)> {
+        c.exemptions
+            .iter()
+            .map(|e| {
+                (
+                    keys[e.key_index % keys.len()].id.clone(),
+                    e.until.map(|u| NOW + u),
+                )
+            })
+            .collect()
+    }
+
+    fn oracle_keys(org: &SimOrg) -> Vec<OKey> {
+        active_keys(org)
+            .map(|(p, k)| OKey {
+                project: p.to_string(),
+                id: k.id.clone(),
+                user: !k.owner.is_service_account(),
+                created_at: k.created_at,
+                last_used_at: k.last_used_at,
+            })
+            .collect()
+    }
+
+    /// An intent written as a crashed keysweep would have left it, for `k`; returns its seq.
+    fn crash_intent(store: &Store, k: &OKey, at: i64, policy: Option<String>) -> i64 {
+        let mut intent = AuditRecord::new(
+            at,
+            "test-crash",
+            AuditKind::Intent,
+            config::Mode::Enforce,
+            "test",
+            format!("deleting key {}", k.id),
+        );
+        intent.organization = Some(ORG.into());
+        intent.project_id = Some(k.project.clone());
+        intent.key_id = Some(k.id.clone());
+        intent.policy = policy;
+        audit::append_durable(store, &intent).unwrap().seq
+    }
+
+    /// Caps are never exceeded, per run and per project.
+    fn check_caps(c: &Case, i: usize, n: usize, report: &SweepReport) -> Result<(), TestCaseError> {
+        let n = n as u32;
+        if let Some((run, pct, _)) = c.caps {
+            prop_assert!(n <= run, "sweep {i} deleted {n} > run cap {run}");
+            for org in &report.inventory.orgs {
+                for p in &org.projects {
+                    let in_p = report
+                        .revocations
+                        .iter()
+                        .filter(|r| r.deleted() && r.project_id == p.project.id)
+                        .map(|r| r.key_ids.len())
+                        .sum::<usize>();
+                    let cap = ((pct as usize * p.keys.keys) / 100).max(1);
+                    prop_assert!(in_p <= cap, "project {} got {in_p} > {cap}", p.project.id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// What is gone is exactly what keysweep deleted (plus what the test's crashes removed), and
+    /// that agrees with the oracle.
+    fn check_deleted(
+        c: &Case,
+        sim: &SimServer,
+        keys: &[OKey],
+        per_sweep: &[(i64, BTreeSet<String>)],
+        crash_removed: &BTreeSet<String>,
+        expected: &BTreeMap<String, usize>,
+    ) -> Result<(), TestCaseError> {
         // What is gone, and what keysweep itself deleted.
         let gone_ids: BTreeSet<String> = keys
             .iter()
@@ -1535,7 +1624,7 @@ mod props {
         prop_assert_eq!(
             &gone_ids,
             &by_keysweep
-                .union(&crash_removed)
+                .union(crash_removed)
                 .cloned()
                 .collect::<BTreeSet<_>>()
         );
@@ -1563,9 +1652,13 @@ mod props {
             );
         }
 
-        // The rolling day cap, over the sweeps' own clock.
+        Ok(())
+    }
+
+    /// The rolling day cap, over the sweeps' own clock.
+    fn check_day_cap(c: &Case, per_sweep: &[(i64, BTreeSet<String>)]) -> Result<(), TestCaseError> {
         if let Some((_, _, day)) = c.caps {
-            for (t, _) in &per_sweep {
+            for (t, _) in per_sweep {
                 let in_window: usize = per_sweep
                     .iter()
                     .filter(|(u, _)| *u <= *t && *u >= t - DAY)
@@ -1575,17 +1668,25 @@ mod props {
             }
         }
 
-        // The audit log verifies, every intent has an outcome or a reconciliation, and nothing
-        // was deleted before its warning period and final notice.
-        prop_assert!(verify(&store).is_ok());
-        let rows = audit_rows(&store);
+        Ok(())
+    }
+
+    /// The audit log verifies, every intent has an outcome or a reconciliation, and nothing
+    /// was deleted before its warning period and final notice.
+    fn check_audit(
+        c: &Case,
+        store: &Store,
+        test_intents: &[(i64, String, bool)],
+    ) -> Result<(), TestCaseError> {
+        prop_assert!(verify(store).is_ok());
+        let rows = audit_rows(store);
         prop_assert!(
             store
                 .with_conn(audit::unmatched_intents)
                 .unwrap()
                 .is_empty()
         );
-        for (seq, key, deleted) in &test_intents {
+        for (seq, key, deleted) in test_intents {
             let rec = rows.iter().find(|r| {
                 r.record.kind == AuditKind::Reconciled && r.record.refers_to == Some(*seq)
             });
