@@ -225,28 +225,11 @@ struct World {
     sweeper: Sweeper,
 }
 
-impl World {
-    async fn new(knobs: Knobs) -> World {
-        keysweep::telemetry::init_for_tests();
-        let dir = tempfile::tempdir().unwrap();
-        let acme = start_sim(acme_org(knobs.base), ACME_KEY).await;
-        let globex = start_sim(globex_org(knobs.base), GLOBEX_KEY).await;
-        let pki = TestPki::new();
-        let (smtp_port, smtp) = if knobs.smtp_up {
-            let s = smtp_server::start(&pki, 0, SMTP_USER, SMTP_PASSWORD);
-            (s.port, Some(s))
-        } else {
-            (free_port(), None)
-        };
-        let (hook_port, hook) = if knobs.hook_up {
-            let r = Receiver::start().await;
-            (r.addr.port(), Some(r))
-        } else {
-            (free_port(), None)
-        };
-        let state_path = dir.path().join("state.db");
-        let toml = format!(
-            r#"
+/// Everything but the channels: enforce mode, both organisations, the limits under test, a
+/// revoking policy with a 7-day warning, and lifted caps.
+fn core_toml(knobs: &Knobs, state: &Path, acme: &SimServer, globex: &SimServer) -> String {
+    format!(
+        r#"
 mode = "enforce"
 state_path = "{state}"
 schedule = "0 0 1 1 *"
@@ -284,7 +267,21 @@ max_revocations_per_run = 100
 max_revocations_per_project_percent = 100
 max_revocations_per_day = 1000
 
-[[channels]]
+"#,
+        state = state.display(),
+        acme = acme.base_url(),
+        globex = globex.base_url(),
+        max_retries = knobs.max_retries,
+        timeout = knobs.request_timeout,
+        max_bytes = knobs.max_response_bytes,
+    )
+}
+
+/// The two channels (e-mail over STARTTLS + AUTH, a signed webhook), which are also the ops
+/// channels, and the delivery settings.
+fn channels_toml(knobs: &Knobs, smtp_port: u16, pki: &TestPki, hook_port: u16) -> String {
+    format!(
+        r#"[[channels]]
 name = "mail"
 type = "email"
 smtp_host = "127.0.0.1"
@@ -310,14 +307,35 @@ max_attempts = {max_attempts}
 [server]
 listen = "127.0.0.1:0"
 "#,
-            state = state_path.display(),
-            acme = acme.base_url(),
-            globex = globex.base_url(),
-            max_retries = knobs.max_retries,
-            timeout = knobs.request_timeout,
-            max_bytes = knobs.max_response_bytes,
-            ca = pki.ca_pem.display(),
-            max_attempts = knobs.max_attempts,
+        ca = pki.ca_pem.display(),
+        max_attempts = knobs.max_attempts,
+    )
+}
+
+impl World {
+    async fn new(knobs: Knobs) -> World {
+        keysweep::telemetry::init_for_tests();
+        let dir = tempfile::tempdir().unwrap();
+        let acme = start_sim(acme_org(knobs.base), ACME_KEY).await;
+        let globex = start_sim(globex_org(knobs.base), GLOBEX_KEY).await;
+        let pki = TestPki::new();
+        let (smtp_port, smtp) = if knobs.smtp_up {
+            let s = smtp_server::start(&pki, 0, SMTP_USER, SMTP_PASSWORD);
+            (s.port, Some(s))
+        } else {
+            (free_port(), None)
+        };
+        let (hook_port, hook) = if knobs.hook_up {
+            let r = Receiver::start().await;
+            (r.addr.port(), Some(r))
+        } else {
+            (free_port(), None)
+        };
+        let state_path = dir.path().join("state.db");
+        let toml = format!(
+            "{}{}",
+            core_toml(&knobs, &state_path, &acme, &globex),
+            channels_toml(&knobs, smtp_port, &pki, hook_port)
         );
         let config_path = dir.path().join("keysweep.toml");
         std::fs::write(&config_path, &toml).unwrap();
@@ -1129,6 +1147,18 @@ async fn receiver_down(down: Down) {
         Down::Smtp => "mail",
         Down::Webhook => "hook",
     };
+    enforcement_goes_on(&w, dead_channel).await;
+    dead_letter_raises_an_alert(&w, down, dead_channel).await;
+    match down {
+        Down::Smtp => w.start_smtp(),
+        Down::Webhook => w.start_hook().await,
+    }
+    let rows = the_rest_arrives_when_back(&w, dead_channel).await;
+    the_operator_requeues_the_dead_letters(&w, dead_channel, &rows).await;
+}
+
+/// The sweeps are complete and enforced; what is owed to the dead receiver waits in the outbox.
+async fn enforcement_goes_on(w: &World, dead_channel: &str) {
     let r1 = w.sweep(T1).await;
     assert!(r1.complete());
     assert!(
@@ -1160,8 +1190,10 @@ async fn receiver_down(down: Down) {
             .all(|m| m.status == "pending" && m.attempts >= 1 && m.last_error.is_some()),
         "{pending:?}"
     );
+}
 
-    // Third failure of sweep 1's warning: dead-lettered, and the other ops channel hears of it.
+/// Third failure of sweep 1's warning: dead-lettered, and the other ops channel hears of it.
+async fn dead_letter_raises_an_alert(w: &World, down: Down, dead_channel: &str) {
     let d = w.deliver(T2 + 3600).await;
     assert!(d.dead >= 1, "{d:?}");
     let dead: Vec<StoredMessage> = w
@@ -1192,12 +1224,11 @@ async fn receiver_down(down: Down) {
             assert_eq!(alert_mail.status, "sent");
         }
     }
+}
 
-    // The receiver comes back: everything not dead-lettered arrives, ids unchanged.
-    match down {
-        Down::Smtp => w.start_smtp(),
-        Down::Webhook => w.start_hook().await,
-    }
+/// The receiver is back: everything not dead-lettered arrives, ids unchanged. Returns the
+/// outbox rows.
+async fn the_rest_arrives_when_back(w: &World, dead_channel: &str) -> Vec<StoredMessage> {
     let d = w.deliver(T2 + 2 * 3600).await;
     assert_eq!(d.failed + d.dead, 0, "{d:?}");
     let rows = w.outbox();
@@ -1218,22 +1249,30 @@ async fn receiver_down(down: Down) {
         .count();
     assert!(sent_to_dead >= 2, "the final and revoked notices were lost");
 
-    // The operator, channel fixed, puts the dead letters back (`notify retry-dead`, the real
-    // binary); the next delivery sends them with their original ids, and nothing is left.
+    rows
+}
+
+/// The operator, channel fixed, puts the dead letters back (`notify retry-dead`, the real
+/// binary); the next delivery sends them with their original ids, and nothing is left.
+async fn the_operator_requeues_the_dead_letters(
+    w: &World,
+    dead_channel: &str,
+    rows: &[StoredMessage],
+) {
     let dead_ids: Vec<&str> = rows
         .iter()
         .filter(|m| m.status == "dead")
         .map(|m| m.message_id.as_str())
         .collect();
     assert!(!dead_ids.is_empty());
-    let unknown = keysweep_cmd(&w)
+    let unknown = keysweep_cmd(w)
         .args(["notify", "retry-dead", "--channel", "nope"])
         .output()
         .await
         .unwrap();
     assert!(!unknown.status.success());
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no channel named \"nope\""));
-    let out = keysweep_cmd(&w)
+    let out = keysweep_cmd(w)
         .args(["notify", "retry-dead", "--channel", dead_channel])
         .output()
         .await
@@ -1403,16 +1442,9 @@ async fn sigterm_mid_sweep_finishes_the_delete_in_flight_and_a_restart_finishes_
     w.assert_every_message_delivered();
 }
 
-/// `keysweep run --once` is killed (SIGKILL) after a DELETE took effect but before its answer
-/// came back: the intent is left without outcome. The restarted run reconciles it first (GET:
-/// gone → `reconciled`, counted as a revocation, finding closed as revoked, owner told), then
-/// revokes the rest.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_mid_sweep_leaves_an_intent_that_the_restart_reconciles() {
-    let w = World::new(Knobs::default()).await;
-    let (code, out) = run_once(&w, T1).await;
-    assert_eq!(code, Some(0), "{out}");
-
+/// Runs `run --once` at T2 and SIGKILLs it while the first acme DELETE hangs after taking
+/// effect ("deleted, but the answer was lost"). Returns the one intent left without outcome.
+async fn killed_after_a_delete_took_effect(w: &World) -> AuditRow {
     // The first acme DELETE deletes, then hangs: "deleted, but the answer was lost".
     let id = w.acme.faults().add(
         Fault::on(FaultRoute::DeleteKey)
@@ -1422,7 +1454,7 @@ async fn sigkill_mid_sweep_leaves_an_intent_that_the_restart_reconciles() {
     );
     let (stdout, _) = log_file(w.dir.path(), "killed.out");
     let (stderr, _) = log_file(w.dir.path(), "killed.err");
-    let mut child = keysweep_cmd(&w)
+    let mut child = keysweep_cmd(w)
         .args(["run", "--once", "--now", &rfc3339(T2)])
         .stdout(stdout)
         .stderr(stderr)
@@ -1448,6 +1480,21 @@ async fn sigkill_mid_sweep_leaves_an_intent_that_the_restart_reconciles() {
         "the delete did not take effect before the kill"
     );
     w.assert_audit_verifies();
+    intent
+}
+
+/// `keysweep run --once` is killed (SIGKILL) after a DELETE took effect but before its answer
+/// came back: the intent is left without outcome. The restarted run reconciles it first (GET:
+/// gone → `reconciled`, counted as a revocation, finding closed as revoked, owner told), then
+/// revokes the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_sweep_leaves_an_intent_that_the_restart_reconciles() {
+    let w = World::new(Knobs::default()).await;
+    let (code, out) = run_once(&w, T1).await;
+    assert_eq!(code, Some(0), "{out}");
+
+    let intent = killed_after_a_delete_took_effect(&w).await;
+    let key = intent.record.key_id.clone().unwrap();
 
     // Restart (same moment): reconcile first, then the remaining revocations.
     w.acme.faults().clear();
