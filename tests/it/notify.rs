@@ -371,6 +371,15 @@ fn email_channel(ep: &Endpoints) -> ChannelConfig {
         .clone()
 }
 
+/// The HTTP receiver for every HTTP channel; nothing listens on the SMTP port.
+fn http_only(rx: &Receiver) -> Endpoints {
+    Endpoints {
+        smtp_port: free_port(),
+        ca_file: None,
+        http: rx.url(""),
+    }
+}
+
 fn offline_endpoints() -> Endpoints {
     Endpoints {
         smtp_port: 2525,
@@ -421,14 +430,10 @@ fn assert_outbox_clean(db: &Mutex<Connection>) {
 // ---------------------------------------------------------------------------------------------
 // Routing and rendering (pure)
 
-#[test]
-fn routing_sends_one_digest_per_channel_and_recipient() {
-    let cfg = config(&offline_endpoints());
-    let msgs = compose(&warnings(), &[], &cfg, RUN, NOW);
-
-    // E-mail: the channel's list gets every max-age key; owners get their own keys; the service
-    // account (no e-mail) has no owner mail.
-    let email = by(&msgs, "sec-email");
+/// E-mail: the channel's list gets every max-age key; owners get their own keys; the service
+/// account (no e-mail) has no owner mail.
+fn assert_email_digests(msgs: &[OutboxMessage]) {
+    let email = by(msgs, "sec-email");
     let recipients: BTreeSet<&str> = email.iter().map(|m| m.recipient.as_str()).collect();
     assert_eq!(
         recipients,
@@ -474,6 +479,14 @@ fn routing_sends_one_digest_per_channel_and_recipient() {
         alice.payload["to"],
         serde_json::json!(["alice@example.com"])
     );
+}
+
+#[test]
+fn routing_sends_one_digest_per_channel_and_recipient() {
+    let cfg = config(&offline_endpoints());
+    let msgs = compose(&warnings(), &[], &cfg, RUN, NOW);
+
+    assert_email_digests(&msgs);
 
     // Slack: one digest for both policies, both projects.
     let slack = by(&msgs, "slack");
@@ -694,11 +707,9 @@ fn slack_split_keeps_every_key_and_stays_within_limits() {
     assert_eq!(ids.len(), slack.len());
 }
 
-#[test]
-fn large_digests_go_out_in_parts_that_keep_every_key_once() {
-    let cfg = config(&offline_endpoints());
-    let n = 2 * MAX_NOTICES_PER_DIGEST + 7;
-    let notices: Vec<Notice> = (0..n)
+/// `n` warnings of revoking findings, spread over three projects, with key ids `kid00000z`….
+fn many_warnings(n: usize) -> Vec<Notice> {
+    (0..n)
         .map(|i| {
             let p = i % 3;
             let f = finding(
@@ -715,7 +726,43 @@ fn large_digests_go_out_in_parts_that_keep_every_key_once() {
             );
             notice(NoticeKind::Warning, f)
         })
-        .collect();
+        .collect()
+}
+
+/// Across the parts of one digest, every one of the `n` keys is named exactly once, and no part
+/// names more than [`MAX_NOTICES_PER_DIGEST`].
+fn assert_each_key_once(channel: &str, recipient: &str, parts: &[&OutboxMessage], n: usize) {
+    let mut count = vec![0usize; n];
+    for m in parts {
+        let text = m.payload.to_string();
+        // Every key id in the message, once (an e-mail names each in text and HTML).
+        let here: BTreeSet<usize> = text
+            .match_indices("kid")
+            .filter_map(|(at, _)| {
+                let id = text.get(at + 3..at + 9)?;
+                id.strip_suffix('z')?.parse().ok()
+            })
+            .collect();
+        assert!(
+            here.len() <= MAX_NOTICES_PER_DIGEST,
+            "{channel}: {} keys in one message",
+            here.len()
+        );
+        for i in here {
+            count[i] += 1;
+        }
+    }
+    assert!(
+        count.iter().all(|&c| c == 1),
+        "{channel}/{recipient}: a key is missing or repeated"
+    );
+}
+
+#[test]
+fn large_digests_go_out_in_parts_that_keep_every_key_once() {
+    let cfg = config(&offline_endpoints());
+    let n = 2 * MAX_NOTICES_PER_DIGEST + 7;
+    let notices = many_warnings(n);
     let msgs = compose(&notices, &[], &cfg, RUN, NOW);
     let mut groups: std::collections::BTreeMap<(String, String), Vec<&OutboxMessage>> =
         Default::default();
@@ -736,30 +783,7 @@ fn large_digests_go_out_in_parts_that_keep_every_key_once() {
             3,
             "{channel}/{recipient}: {n} notices in parts of {MAX_NOTICES_PER_DIGEST}"
         );
-        let mut count = vec![0usize; n];
-        for m in parts {
-            let text = m.payload.to_string();
-            // Every key id in the message, once (an e-mail names each in text and HTML).
-            let here: BTreeSet<usize> = text
-                .match_indices("kid")
-                .filter_map(|(at, _)| {
-                    let id = text.get(at + 3..at + 9)?;
-                    id.strip_suffix('z')?.parse().ok()
-                })
-                .collect();
-            assert!(
-                here.len() <= MAX_NOTICES_PER_DIGEST,
-                "{channel}: {} keys in one message",
-                here.len()
-            );
-            for i in here {
-                count[i] += 1;
-            }
-        }
-        assert!(
-            count.iter().all(|&c| c == 1),
-            "{channel}/{recipient}: a key is missing or repeated"
-        );
+        assert_each_key_once(channel, recipient, parts, n);
         // E-mail subjects say which part a message is.
         if channel == "sec-email" {
             let mut labels: Vec<String> = parts
@@ -1025,11 +1049,7 @@ async fn http_channels_receive_complete_payloads_and_valid_signatures() {
     let rx = Receiver::start().await;
     // E-mail is covered elsewhere; keep this test to the HTTP channels.
     let cfg = config_with(
-        &Endpoints {
-            smtp_port: free_port(),
-            ca_file: None,
-            http: rx.url(""),
-        },
+        &http_only(&rx),
         &Tweaks {
             max_age_notify: &["slack", "pd", "hook"],
             ..Tweaks::default()
@@ -1115,11 +1135,7 @@ async fn receivers_down_then_back_get_the_same_ids() {
     // Slack refuses connections (nothing listens), the webhook answers 500, PagerDuty 429.
     let dead_port = free_port();
     let cfg = config_with(
-        &Endpoints {
-            smtp_port: free_port(),
-            ca_file: None,
-            http: rx.url(""),
-        },
+        &http_only(&rx),
         &Tweaks {
             max_attempts: 10,
             max_age_notify: &["hook", "pd", "slack"],
@@ -1175,11 +1191,7 @@ async fn receivers_down_then_back_get_the_same_ids() {
 async fn dead_letter_after_max_attempts_raises_one_alert_without_looping() {
     let rx = Receiver::start().await;
     let cfg = config_with(
-        &Endpoints {
-            smtp_port: free_port(),
-            ca_file: None,
-            http: rx.url(""),
-        },
+        &http_only(&rx),
         &Tweaks {
             max_attempts: 3,
             max_age_notify: &["hook"],
@@ -1265,11 +1277,7 @@ async fn dead_letter_after_max_attempts_raises_one_alert_without_looping() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notify_test_reports_success_and_scrubbed_failure() {
     let rx = Receiver::start().await;
-    let cfg = config(&Endpoints {
-        smtp_port: free_port(),
-        ca_file: None,
-        http: rx.url(""),
-    });
+    let cfg = config(&http_only(&rx));
     let notifier = Notifier::new().unwrap();
     notifier
         .send_test(cfg.channel("hook").unwrap(), NOW)
