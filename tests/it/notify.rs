@@ -95,8 +95,24 @@ fn finding(
 const PAY: (&str, &str) = ("proj_pay", "payments-api");
 const WEB: (&str, &str) = ("proj_web", "website");
 
-fn alice_key() -> Finding {
+/// A warned finding of the revoking `max-age` policy.
+fn max_age_warned(
+    project: (&str, &str),
+    key: (&str, &str, &str),
+    owner: (OwnerType, &str, Option<&str>),
+) -> Finding {
     finding(
+        project,
+        key,
+        owner,
+        "max-age",
+        Action::Revoke,
+        Stage::Warned,
+    )
+}
+
+fn alice_key() -> Finding {
+    max_age_warned(
         PAY,
         ("key_alice", "ci-deploy", "sk-proj-***a1b2"),
         (
@@ -104,31 +120,22 @@ fn alice_key() -> Finding {
             "alice@example.com",
             Some("alice@example.com"),
         ),
-        "max-age",
-        Action::Revoke,
-        Stage::Warned,
     )
 }
 
 fn bob_key() -> Finding {
-    finding(
+    max_age_warned(
         PAY,
         ("key_bob", "old-batch", "sk-proj-***c3d4"),
         (OwnerType::User, "bob@example.com", Some("bob@example.com")),
-        "max-age",
-        Action::Revoke,
-        Stage::Warned,
     )
 }
 
 fn bot_key() -> Finding {
-    finding(
+    max_age_warned(
         WEB,
         ("key_bot", "svc-bot", "sk-svcacct-***e5f6"),
         (OwnerType::ServiceAccount, "svc_acct_1", None),
-        "max-age",
-        Action::Revoke,
-        Stage::Warned,
     )
 }
 
@@ -145,6 +152,23 @@ fn idle_key() -> Finding {
         Action::Notify,
         Stage::Warned,
     )
+}
+
+/// The keys the `max-age` policy warns about, as a digest names them: (name, redacted value).
+const MAX_AGE_KEYS: [(&str, &str); 3] = [
+    ("ci-deploy", "sk-proj-***a1b2"),
+    ("old-batch", "sk-proj-***c3d4"),
+    ("svc-bot", "sk-svcacct-***e5f6"),
+];
+
+/// `text` names every `max-age` key by name and redacted value.
+fn assert_lists_max_age_keys(what: &str, text: &str) {
+    for (name, red) in MAX_AGE_KEYS {
+        assert!(
+            text.contains(name) && text.contains(red),
+            "{what} lacks {name}:\n{text}"
+        );
+    }
 }
 
 fn notice(kind: NoticeKind, f: Finding) -> Notice {
@@ -408,6 +432,26 @@ fn by(msgs: &[OutboxMessage], channel: &str) -> Vec<OutboxMessage> {
         .collect()
 }
 
+/// Composes the standard warnings, queues them in a fresh outbox and delivers them once.
+async fn deliver_warnings(
+    cfg: &Config,
+) -> (
+    tempfile::TempDir,
+    Mutex<Connection>,
+    Vec<OutboxMessage>,
+    keysweep::notify::DeliveryReport,
+) {
+    let (dir, db) = open_db();
+    let msgs = compose(&warnings(), &[], cfg, RUN, NOW);
+    with_db(&db, |c| outbox::enqueue(c, &msgs, NOW)).unwrap();
+    let report = Notifier::new()
+        .unwrap()
+        .deliver_due(&db, cfg, NOW)
+        .await
+        .unwrap();
+    (dir, db, msgs, report)
+}
+
 /// No stored row (payload or error) may contain a secret.
 fn assert_outbox_clean(db: &Mutex<Connection>) {
     let rows: Vec<(String, Option<String>)> = with_db(db, |c| {
@@ -449,16 +493,7 @@ fn assert_email_digests(msgs: &[OutboxMessage]) {
         .find(|m| m.recipient == "security@example.com")
         .unwrap();
     let text = team.payload["text"].as_str().unwrap();
-    for (name, red) in [
-        ("ci-deploy", "sk-proj-***a1b2"),
-        ("old-batch", "sk-proj-***c3d4"),
-        ("svc-bot", "sk-svcacct-***e5f6"),
-    ] {
-        assert!(
-            text.contains(name) && text.contains(red),
-            "{name} missing:\n{text}"
-        );
-    }
+    assert_lists_max_age_keys("the team digest", text);
     assert!(
         !text.contains("forgotten"),
         "idle policy does not notify e-mail"
@@ -825,15 +860,7 @@ async fn email_over_starttls_with_auth_lists_every_key_and_no_secret() {
         ca_file: Some(pki.ca_pem.clone()),
         http: rx.url(""),
     });
-    let (_dir, db) = open_db();
-    let msgs = compose(&warnings(), &[], &cfg, RUN, NOW);
-    with_db(&db, |c| outbox::enqueue(c, &msgs, NOW)).unwrap();
-
-    let report = Notifier::new()
-        .unwrap()
-        .deliver_due(&db, &cfg, NOW)
-        .await
-        .unwrap();
+    let (_dir, db, msgs, report) = deliver_warnings(&cfg).await;
     assert_eq!(report.failed, 0, "{report:?}");
     assert_eq!(report.dead, 0);
     assert_eq!(report.sent as usize, msgs.len());
@@ -871,20 +898,8 @@ async fn email_over_starttls_with_auth_lists_every_key_and_no_secret() {
                 "[keysweep] 3 API keys violate policy and will be revoked"
             );
             assert_eq!(parsed.message_id().unwrap(), format!("{team_id}@keysweep"));
-            for (name, red) in [
-                ("ci-deploy", "sk-proj-***a1b2"),
-                ("old-batch", "sk-proj-***c3d4"),
-                ("svc-bot", "sk-svcacct-***e5f6"),
-            ] {
-                assert!(
-                    text.contains(name) && text.contains(red),
-                    "text lacks {name}"
-                );
-                assert!(
-                    html.contains(name) && html.contains(red),
-                    "html lacks {name}"
-                );
-            }
+            assert_lists_max_age_keys("the team mail's text", &text);
+            assert_lists_max_age_keys("the team mail's HTML", &html);
             assert!(text.contains("2026-03-15T09:00:00Z"));
         } else {
             assert_eq!(r.to.len(), 1);
@@ -1055,14 +1070,7 @@ async fn http_channels_receive_complete_payloads_and_valid_signatures() {
             ..Tweaks::default()
         },
     );
-    let (_dir, db) = open_db();
-    let msgs = compose(&warnings(), &[], &cfg, RUN, NOW);
-    with_db(&db, |c| outbox::enqueue(c, &msgs, NOW)).unwrap();
-    let report = Notifier::new()
-        .unwrap()
-        .deliver_due(&db, &cfg, NOW)
-        .await
-        .unwrap();
+    let (_dir, db, msgs, report) = deliver_warnings(&cfg).await;
     assert_eq!(report.sent as usize, msgs.len(), "{report:?}");
 
     // Slack: Block Kit listing every key by name and redacted value.

@@ -10,8 +10,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use super::kit::{
-    DummySecrets, at, duration_secs, keysweep_bin, read, repo, toml_table, yaml_docs, yaml_seq,
-    yaml_str,
+    DummySecrets, at, duration_secs, keysweep_bin, listen_on_all_interfaces, read, repo,
+    toml_table, yaml_docs, yaml_seq, yaml_str,
 };
 use crate::support::net::free_port;
 use crate::support::process::Reaped;
@@ -124,15 +124,7 @@ fn dockerfile_paths_exist_and_match_the_container_config() {
 
     // The config listens on all interfaces at the exposed port, keeps its state on the volume.
     let config = container_config();
-    let listen: std::net::SocketAddr = config["server"]["listen"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(
-        listen.ip().is_unspecified(),
-        "a container must listen on 0.0.0.0"
-    );
+    let listen = listen_on_all_interfaces(&config, "a container");
     assert_eq!(docker_args(&d, "EXPOSE"), vec![listen.port().to_string()]);
     let state = Path::new(config["state_path"].as_str().unwrap());
     let volume: Vec<String> = serde_json::from_str(docker_args(&d, "VOLUME")[0]).unwrap();

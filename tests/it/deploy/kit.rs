@@ -296,3 +296,18 @@ pub(super) fn dashboard_exprs(d: &serde_json::Value) -> Vec<String> {
     }
     out
 }
+
+/// The configuration's `server.listen`, which must be all interfaces (a container or a pod is
+/// reached from outside); `what` names the configuration in the message.
+pub(super) fn listen_on_all_interfaces(config: &toml::Table, what: &str) -> std::net::SocketAddr {
+    let listen: std::net::SocketAddr = config["server"]["listen"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        listen.ip().is_unspecified(),
+        "{what} must listen on all interfaces (0.0.0.0)"
+    );
+    listen
+}

@@ -8,8 +8,8 @@ use std::path::Path;
 use serde_norway::Value as Yaml;
 
 use super::kit::{
-    at, configmap_tomls, credential_refs, duration_secs, env_refs, k8s_objects, repo, toml_table,
-    yaml_docs, yaml_seq, yaml_str,
+    at, configmap_tomls, credential_refs, duration_secs, env_refs, k8s_objects,
+    listen_on_all_interfaces, repo, toml_table, yaml_docs, yaml_seq, yaml_str,
 };
 
 fn k8s_object<'a>(objects: &'a [(String, Yaml)], kind: &str, name: &str) -> &'a Yaml {
@@ -214,15 +214,7 @@ fn kubernetes_manifests_keep_their_invariants() {
         .next()
         .expect("a ConfigMap with keysweep.toml");
     let config = toml_table(&cm_toml, &cm_name);
-    let listen: std::net::SocketAddr = config["server"]["listen"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(
-        listen.ip().is_unspecified(),
-        "the pod must listen on all interfaces"
-    );
+    let listen = listen_on_all_interfaces(&config, "the pod");
     let port = u64::from(listen.port());
     let secret = k8s_object(&objects, "Secret", "keysweep");
     for (k, v) in secret["stringData"].as_mapping().unwrap() {
