@@ -10,11 +10,11 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use super::kit::{
-    DummySecrets, at, duration_secs, keysweep_bin, listen_on_all_interfaces, read, repo,
-    toml_table, yaml_docs, yaml_seq, yaml_str,
+    DummySecrets, at, duration_secs, listen_on_all_interfaces, read, repo, toml_table, yaml_docs,
+    yaml_seq, yaml_str,
 };
 use crate::support::net::free_port;
-use crate::support::process::Reaped;
+use crate::support::process::{Reaped, keysweep_blocking};
 use crate::support::tools;
 use crate::support::wait::PATIENCE;
 
@@ -234,7 +234,7 @@ fn container_healthcheck_command_answers_for_a_running_daemon() {
     let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
     let secrets = DummySecrets::for_config(&t);
     let mut daemon = Reaped(
-        Command::new(keysweep_bin())
+        keysweep_blocking()
             .env_clear()
             .envs(secrets.env.iter().map(|(k, v)| (k, v)))
             .args(["run", "--config"])

@@ -4,10 +4,11 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde::Deserialize;
 use serde_norway::Value as Yaml;
+
+use crate::support::process::keysweep_blocking;
 
 pub(super) fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -224,7 +225,7 @@ impl DummySecrets {
 pub(super) fn check_config(path: &Path, what: &str) -> Result<String, String> {
     let table = toml_table(&read(path), what);
     let secrets = DummySecrets::for_config(&table);
-    let out = Command::new(keysweep_bin())
+    let out = keysweep_blocking()
         .env_clear()
         .envs(secrets.env.iter().map(|(k, v)| (k, v)))
         .args(["check-config", "--config"])
