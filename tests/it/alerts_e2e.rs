@@ -258,9 +258,7 @@ impl Setup {
 
     fn config(&self) -> Config {
         let text = std::fs::read_to_string(&self.config_file).unwrap();
-        let env = env(&self.rx);
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        config_from_toml(&text, &env)
+        config_from_toml(&text, &env(&self.rx))
     }
 
     fn sweeper(&self, metrics: &Metrics) -> Sweeper {
@@ -272,9 +270,7 @@ impl Setup {
     async fn keysweep(&self, args: &[&str]) -> (std::process::ExitStatus, String, String) {
         let mut all = vec!["--config", self.config_file.to_str().unwrap()];
         all.extend_from_slice(args);
-        let env = env(&self.rx);
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        run_to_end(&all, &env).await
+        run_to_end(&all, &env(&self.rx)).await
     }
 
     fn outbox(&self) -> Vec<outbox::StoredMessage> {
@@ -720,7 +716,6 @@ async fn notify_test_reaches_every_receiver_and_fails_cleanly_on_a_dead_one() {
                 *v = dead_slack.clone();
             }
         }
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let (status, out, err) = run_to_end(&all, &env).await;
         assert!(
             !status.success(),

@@ -555,9 +555,10 @@ async fn sigterm_during_a_slow_sweep_exits_zero_with_a_consistent_state() {
         .unwrap();
     assert_eq!(running, 0, "a sweep was left running");
     drop(conn);
+    let no_env: [(&str, &str); 0] = [];
     let (status, out, err) = run_to_end(
         &["audit", "verify", "--state", d.state.to_str().unwrap()],
-        &[],
+        &no_env,
     )
     .await;
     assert!(status.success(), "audit verify failed: {out}{err}");

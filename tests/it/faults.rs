@@ -1318,12 +1318,7 @@ async fn webhook_receiver_down_keeps_messages_in_the_outbox_until_it_returns() {
 
 /// The binary with this world's configuration and secrets.
 fn keysweep_cmd(w: &World) -> tokio::process::Command {
-    let env: Vec<(&str, &str)> = w
-        .env
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let mut c = keysweep(&["--config", w.config_path.to_str().unwrap()], &env);
+    let mut c = keysweep(&["--config", w.config_path.to_str().unwrap()], &w.env);
     c.env("RUST_LOG", "info");
     c
 }

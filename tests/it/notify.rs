@@ -233,9 +233,7 @@ fn env(slack_url: &str) -> Vec<(&'static str, String)> {
 }
 
 fn load(toml: &str, slack_url: &str) -> Config {
-    let env = env(slack_url);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    config_from_toml(toml, &env)
+    config_from_toml(toml, &env(slack_url))
 }
 
 /// The organisation (required by the loader; notifications never talk to it) and the state

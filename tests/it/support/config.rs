@@ -6,10 +6,10 @@ use keysweep::config::Config;
 
 /// Loads `toml` with `env` as the environment the `*_env` keys are read from; panics with the
 /// loader's message (file and key) if the text is not a valid configuration.
-pub fn config_from_toml(toml: &str, env: &[(&str, &str)]) -> Config {
+pub fn config_from_toml<K: AsRef<str>, V: AsRef<str>>(toml: &str, env: &[(K, V)]) -> Config {
     let env: Vec<(String, String)> = env
         .iter()
-        .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+        .map(|(k, v)| (k.as_ref().to_string(), v.as_ref().to_string()))
         .collect();
     keysweep::config::load_from_str(toml, &env)
         .unwrap_or_else(|e| panic!("invalid test configuration: {e}\n{toml}"))

@@ -5,6 +5,7 @@
 //! (`RUST_LOG`, `KEYSWEEP_CONFIG`) and kills its child when dropped, so a failing test never
 //! leaves a process behind. Secrets are passed in the environment, never on a command line.
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::process::{ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex};
@@ -18,12 +19,15 @@ use super::secrets::assert_no_secret;
 use super::wait::PATIENCE;
 
 /// The binary under test (async), args and env set, stdin closed, both outputs piped.
-pub fn keysweep(args: &[&str], env: &[(&str, &str)]) -> tokio::process::Command {
+pub fn keysweep<K: AsRef<OsStr>, V: AsRef<OsStr>>(
+    args: &[&str],
+    env: &[(K, V)],
+) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_keysweep"));
     cmd.args(args)
         .env_remove("RUST_LOG")
         .env_remove("KEYSWEEP_CONFIG")
-        .envs(env.iter().copied())
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -41,7 +45,10 @@ pub fn keysweep_blocking() -> std::process::Command {
 }
 
 /// Runs a one-shot command to its end (hang guard: [`PATIENCE`]): (status, stdout, stderr).
-pub async fn run_to_end(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String, String) {
+pub async fn run_to_end<K: AsRef<OsStr>, V: AsRef<OsStr>>(
+    args: &[&str],
+    env: &[(K, V)],
+) -> (ExitStatus, String, String) {
     let out = output(keysweep(args, env)).await;
     (
         out.status,
