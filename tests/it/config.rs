@@ -192,17 +192,22 @@ fn errors_name_the_key() {
     }
 }
 
+/// `keysweep check-config --config path` with the admin key in the environment.
+fn check_config(path: &std::path::Path) -> std::process::Output {
+    keysweep_blocking()
+        .args(["check-config", "--config"])
+        .arg(path)
+        .env("OPENAI_ADMIN_KEY", ADMIN_KEY)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn check_config_names_file_and_key_and_hides_secrets() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.toml");
     std::fs::write(&good, MINIMAL).unwrap();
-    let out = keysweep_blocking()
-        .args(["check-config", "--config"])
-        .arg(&good)
-        .env("OPENAI_ADMIN_KEY", ADMIN_KEY)
-        .output()
-        .unwrap();
+    let out = check_config(&good);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "check-config failed: {stderr}");
@@ -217,12 +222,7 @@ fn check_config_names_file_and_key_and_hides_secrets() {
 
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, format!("{MINIMAL}[limits]\nconcurrency = 0\n")).unwrap();
-    let out = keysweep_blocking()
-        .args(["check-config", "--config"])
-        .arg(&bad)
-        .env("OPENAI_ADMIN_KEY", ADMIN_KEY)
-        .output()
-        .unwrap();
+    let out = check_config(&bad);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
