@@ -3,11 +3,11 @@
 //! receivers (Slack, PagerDuty, webhooks), signatures checked with the independent
 //! `standardwebhooks` crate, retries across "restarts", dead-lettering and secret hygiene.
 //!
-//! This file holds the fixtures (findings, the configuration from TOML, the outbox); `compose`
+//! This file holds the fixtures (findings, the configuration from TOML, the outbox); `composing`
 //! tests routing and rendering without a socket, `delivery` delivers over real ones. Every
 //! secret here is made up, and none may appear in any payload, error or stored row.
 
-mod compose;
+mod composing;
 mod delivery;
 
 use std::collections::BTreeSet;
