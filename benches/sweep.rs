@@ -20,6 +20,7 @@
 //! It measures and reports; it never asserts a speed (the verdicts are printed, not enforced),
 //! so it exits 0 unless a run could not be carried out at all.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -640,65 +641,110 @@ to = ["security@bench.example"]
     )
 }
 
-async fn run_sweeper(s: &Scenario) -> Result<()> {
-    let admin_key = format!("sk-admin-bench-{}", uuid::Uuid::new_v4().simple());
-    let now = chrono::Utc::now().timestamp();
-    let mut sim = SimChild::start(s, &admin_key, now)?;
-    let counts = sim.ready.key_counts.clone();
-    let keys_total: usize = counts.iter().sum();
-    let bounds = Bounds::new(s, &counts);
-    let latency = Duration::from_millis(s.latency_ms);
+/// What one measured phase cost: wall time, CPU seconds of this process and of the simulator,
+/// this process's RSS before it and its peak RSS, and the requests the simulator served.
+struct Cost {
+    wall: Duration,
+    cpu: f64,
+    sim_cpu: f64,
+    rss_before: Option<u64>,
+    peak: Option<u64>,
+    requests: BTreeMap<String, u64>,
+}
 
-    let dir = tempfile::tempdir()?;
-    let db = dir.path().join("keysweep.db");
-    let text = config_text(s, &sim.ready.base_url, &db);
-    let config = Arc::new(config::load_from_str(
-        &text,
-        &[("OPENAI_ADMIN_KEY".into(), admin_key.clone())],
-    )?);
-    let store = Store::open(&db)?;
-    let sweeper = Sweeper::new(config.clone(), Some(store.clone()), Metrics::new())?;
+/// Where a measurement starts: simulator counters reset and, if `reset_peak`, the peak RSS too.
+struct Start {
+    at: Instant,
+    cpu: f64,
+    sim_cpu: f64,
+    rss_before: Option<u64>,
+}
 
-    // Sweep 1: the first sweep of this organisation (every key new, every finding new).
-    let rss_before = proc_status_kib("VmRSS");
-    reset_peak_rss();
-    sim.reset()?;
-    let (cpu0, sim_cpu0) = (cpu_seconds("/proc/self/stat"), sim.cpu());
+impl Start {
+    fn now(sim: &mut SimChild, reset_peak: bool) -> Result<Start> {
+        let rss_before = proc_status_kib("VmRSS");
+        if reset_peak {
+            reset_peak_rss();
+        }
+        sim.reset()?;
+        Ok(Start {
+            cpu: cpu_seconds("/proc/self/stat"),
+            sim_cpu: sim.cpu(),
+            rss_before,
+            at: Instant::now(),
+        })
+    }
+
+    fn cost(self, sim: &mut SimChild) -> Result<Cost> {
+        let wall = self.at.elapsed();
+        Ok(Cost {
+            wall,
+            peak: proc_status_kib("VmHWM"),
+            cpu: cpu_seconds("/proc/self/stat") - self.cpu,
+            sim_cpu: sim.cpu() - self.sim_cpu,
+            rss_before: self.rss_before,
+            requests: sim.stats()?,
+        })
+    }
+}
+
+/// A sweep as measured: its cost and what it found.
+struct SweepRun {
+    cost: Cost,
+    listed_keys: usize,
+    findings: usize,
+    complete: bool,
+}
+
+/// The listing alone, and policy evaluation over what it listed.
+struct ListingRun {
+    cost: Cost,
+    complete: bool,
+    eval: Duration,
+    evaluated: u64,
+    eval_keys: usize,
+    policies: usize,
+}
+
+/// One dry-run sweep without delivery at `now`, measured.
+async fn measure_sweep(
+    sweeper: &Sweeper,
+    sim: &mut SimChild,
+    now: i64,
+    reset_peak: bool,
+) -> Result<SweepRun> {
     let opts = SweepOptions {
         force_dry_run: true,
         deliver: false,
         ..SweepOptions::new(now)
     };
-    let t = Instant::now();
+    let start = Start::now(sim, reset_peak)?;
     let report = sweeper.run_once(&opts).await?;
-    let wall1 = t.elapsed();
-    let peak1 = proc_status_kib("VmHWM");
-    let (cpu1, sim_cpu1) = (cpu_seconds("/proc/self/stat"), sim.cpu());
-    let req1 = sim.stats()?;
-    let listed_keys = report.inventory.key_count();
-    let findings = report.findings.len();
-    let complete = report.complete();
+    Ok(SweepRun {
+        cost: start.cost(sim)?,
+        listed_keys: report.inventory.key_count(),
+        findings: report.findings.len(),
+        complete: report.complete(),
+    })
+}
 
-    // Listing alone: what the bound is about.
-    sim.reset()?;
+/// The listing alone (what the bound is about), then policy evaluation throughput over its
+/// inventory (a sweep keeps no keys).
+async fn measure_listing(
+    s: &Scenario,
+    config: &config::Config,
+    sim: &mut SimChild,
+    now: i64,
+) -> Result<ListingRun> {
     let shared = ClientShared::new(Metrics::new(), &config.limits);
     let clients = config
         .organizations
         .iter()
         .map(|o| AdminClient::new(o, &config.limits, shared.clone()))
         .collect::<Result<Vec<_>, _>>()?;
-    let (lcpu0, lsim0) = (cpu_seconds("/proc/self/stat"), sim.cpu());
-    let rss_list_before = proc_status_kib("VmRSS");
-    reset_peak_rss();
-    let t = Instant::now();
-    let listing = collect_inventory(&config, &clients, None).await;
-    let list_wall = t.elapsed();
-    let peak_list = proc_status_kib("VmHWM");
-    let (lcpu1, lsim1) = (cpu_seconds("/proc/self/stat"), sim.cpu());
-    let req_list = sim.stats()?;
-    let list_complete = listing.is_complete();
-    // Policy evaluation throughput over the inventory of the listing alone (a sweep keeps
-    // no keys).
+    let start = Start::now(sim, true)?;
+    let listing = collect_inventory(config, &clients, None).await;
+    let cost = start.cost(sim)?;
     let policies = Policies::compile(&config.policies, &config.exemptions)?;
     let keys: Vec<_> = listing.keys().collect();
     let mut violations = 0usize;
@@ -710,43 +756,69 @@ async fn run_sweeper(s: &Scenario) -> Result<()> {
         }
     }
     let eval = t.elapsed();
-    let evaluated = keys.len() as u64 * u64::from(s.eval_rounds);
     std::hint::black_box(violations);
+    Ok(ListingRun {
+        cost,
+        complete: listing.is_complete(),
+        eval,
+        evaluated: keys.len() as u64 * u64::from(s.eval_rounds),
+        eval_keys: keys.len(),
+        policies: policies.names().count(),
+    })
+}
 
-    let eval_keys = keys.len();
-    drop(keys);
-    drop(listing);
+async fn run_sweeper(s: &Scenario) -> Result<()> {
+    let admin_key = format!("sk-admin-bench-{}", uuid::Uuid::new_v4().simple());
+    let now = chrono::Utc::now().timestamp();
+    let mut sim = SimChild::start(s, &admin_key, now)?;
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("keysweep.db");
+    let text = config_text(s, &sim.ready.base_url, &db);
+    let config = Arc::new(config::load_from_str(
+        &text,
+        &[("OPENAI_ADMIN_KEY".into(), admin_key.clone())],
+    )?);
+    let store = Store::open(&db)?;
+    let sweeper = Sweeper::new(config.clone(), Some(store.clone()), Metrics::new())?;
 
-    // Sweep 2: steady state (observations and findings already stored).
+    // Sweep 1: the first sweep of this organisation (every key new, every finding new).
+    let first = measure_sweep(&sweeper, &mut sim, now, true).await?;
+    let listing = measure_listing(s, &config, &mut sim, now).await?;
+    // Sweep 2: steady state (observations and findings already stored); the peak RSS is
+    // not reset, so it covers everything since the listing.
     let second = if s.second_sweep {
-        sim.reset()?;
-        let (c0, s0) = (cpu_seconds("/proc/self/stat"), sim.cpu());
-        let t = Instant::now();
-        let r2 = sweeper
-            .run_once(&SweepOptions {
-                force_dry_run: true,
-                deliver: false,
-                ..SweepOptions::new(now + 60)
-            })
-            .await?;
-        let w = t.elapsed();
-        let cpu = (cpu_seconds("/proc/self/stat") - c0, sim.cpu() - s0);
-        Some((w, sim.stats()?, r2.complete(), cpu))
+        Some(measure_sweep(&sweeper, &mut sim, now + 60, false).await?)
     } else {
         None
     };
     let peak_second = proc_status_kib("VmHWM");
     let window = sim.window()?;
 
-    // ---- report ----
-    let admin_pages = req1
-        .get("GET /v1/organization/admin_api_keys")
-        .copied()
-        .unwrap_or(0);
-    let total1: u64 = req1.values().sum();
-    let inventory1 = total1 - admin_pages;
-    let minimum = bounds.minimum();
-    let best = bounds.best(latency);
+    let bounds = Bounds::new(s, &sim.ready.key_counts);
+    print_scenario(s, &sim.ready);
+    print_first_sweep(s, &bounds, &first, &listing);
+    if let Some(r2) = &second {
+        println!(
+            "sweep 2             {}  (steady state: same keys, findings open; {} requests; {}; CPU keysweep {:.2} s, simulator {:.2} s)",
+            secs(r2.cost.wall),
+            group(r2.cost.requests.values().sum::<u64>()),
+            if r2.complete {
+                "complete"
+            } else {
+                "INCOMPLETE"
+            },
+            r2.cost.cpu,
+            r2.cost.sim_cpu,
+        );
+    }
+    print_resources(s, &first, &listing, peak_second, &window);
+    drop(sim);
+    Ok(())
+}
+
+fn print_scenario(s: &Scenario, ready: &Ready) {
+    let counts = &ready.key_counts;
+    let keys_total: usize = counts.iter().sum();
     println!();
     println!(
         "== {}: {} projects × {} keys, latency {} ms, concurrency {}{}, policies {} ==",
@@ -764,15 +836,31 @@ async fn run_sweeper(s: &Scenario) -> Result<()> {
         "organisation        {} keys in {} listed projects (+{} archived, not listed); generated in {:.2} s",
         group(keys_total as u64),
         group(counts.len() as u64),
-        sim.ready.hidden_projects,
-        sim.ready.generate_seconds,
+        ready.hidden_projects,
+        ready.generate_seconds,
     );
+}
+
+/// Sweep 1 and the listing alone against the request floor and the wall-time floors.
+fn print_first_sweep(s: &Scenario, bounds: &Bounds, first: &SweepRun, listing: &ListingRun) {
+    let req1 = &first.cost.requests;
+    let admin_pages = req1
+        .get("GET /v1/organization/admin_api_keys")
+        .copied()
+        .unwrap_or(0);
+    let total1: u64 = req1.values().sum();
+    let inventory1 = total1 - admin_pages;
+    let minimum = bounds.minimum();
     println!(
         "sweep 1             {}  (list + evaluate + commit; dry-run; SQLite; {} keys listed, {} findings, {})",
-        secs(wall1),
-        group(listed_keys as u64),
-        group(findings as u64),
-        if complete { "complete" } else { "INCOMPLETE" },
+        secs(first.cost.wall),
+        group(first.listed_keys as u64),
+        group(first.findings as u64),
+        if first.complete {
+            "complete"
+        } else {
+            "INCOMPLETE"
+        },
     );
     println!(
         "requests            {} = {} inventory + {} admin-key page; minimum {} ({} project + {} key pages) + 1 admin-key page: {}",
@@ -784,23 +872,29 @@ async fn run_sweeper(s: &Scenario) -> Result<()> {
         group(bounds.key_pages),
         verdict(inventory1 == minimum && admin_pages == 1),
     );
-    print_other_routes(&req1);
+    print_other_routes(req1);
     println!(
         "listing alone       {}  ({} requests, {})",
-        secs(list_wall),
-        group(req_list.values().sum::<u64>()),
-        if list_complete {
+        secs(listing.cost.wall),
+        group(listing.cost.requests.values().sum::<u64>()),
+        if listing.complete {
             "complete"
         } else {
             "INCOMPLETE"
         },
     );
+    print_bounds(s, bounds, first.cost.wall, listing.cost.wall);
+}
+
+/// The issue's lower bound, the dependency bound, and how close sweep and listing came.
+fn print_bounds(s: &Scenario, bounds: &Bounds, wall1: Duration, list_wall: Duration) {
+    let best = bounds.best(Duration::from_millis(s.latency_ms));
     println!(
         "lower bound         {} = max({} pages × {} ms, {} × {} ms / {}) (issue formula)",
         secs(bounds.issue),
         bounds.longest_chain,
         s.latency_ms,
-        group(minimum),
+        group(bounds.minimum()),
         s.latency_ms,
         s.concurrency,
     );
@@ -826,40 +920,42 @@ async fn run_sweeper(s: &Scenario) -> Result<()> {
         ratio(list_wall, best),
         ratio(wall1, best),
     );
-    if let Some((w2, req2, complete2, (cpu, sim_cpu))) = &second {
-        println!(
-            "sweep 2             {}  (steady state: same keys, findings open; {} requests; {}; CPU keysweep {cpu:.2} s, simulator {sim_cpu:.2} s)",
-            secs(*w2),
-            group(req2.values().sum::<u64>()),
-            if *complete2 { "complete" } else { "INCOMPLETE" },
-        );
-    }
+}
+
+/// CPU, peak RSS, policy evaluation throughput and the request rate.
+fn print_resources(
+    s: &Scenario,
+    first: &SweepRun,
+    listing: &ListingRun,
+    peak_second: Option<u64>,
+    window: &Window,
+) {
     println!(
         "CPU during sweep 1  keysweep {:.2} s, simulator {:.2} s (wall {:.2} s); listing alone: keysweep {:.2} s, simulator {:.2} s",
-        cpu1 - cpu0,
-        sim_cpu1 - sim_cpu0,
-        wall1.as_secs_f64(),
-        lcpu1 - lcpu0,
-        lsim1 - lsim0,
+        first.cost.cpu,
+        first.cost.sim_cpu,
+        first.cost.wall.as_secs_f64(),
+        listing.cost.cpu,
+        listing.cost.sim_cpu,
     );
     println!(
         "peak RSS            {} during sweep 1 (VmRSS before {}) — the sweeping process only",
-        mib(peak1),
-        mib(rss_before),
+        mib(first.cost.peak),
+        mib(first.cost.rss_before),
     );
     println!(
         "                    {} during the listing alone (VmRSS before {}); {} up to the end of sweep 2",
-        mib(peak_list),
-        mib(rss_list_before),
+        mib(listing.cost.peak),
+        mib(listing.cost.rss_before),
         mib(peak_second),
     );
     println!(
         "policy evaluation   {} keys/s ({} rounds × {} keys, {} policies, {:.2} s)",
-        group((evaluated as f64 / eval.as_secs_f64().max(1e-9)) as u64),
+        group((listing.evaluated as f64 / listing.eval.as_secs_f64().max(1e-9)) as u64),
         s.eval_rounds,
-        group(eval_keys as u64),
-        policies.names().count(),
-        eval.as_secs_f64(),
+        group(listing.eval_keys as u64),
+        listing.policies,
+        listing.eval.as_secs_f64(),
     );
     match s.rps {
         Some(r) => println!(
@@ -873,8 +969,6 @@ async fn run_sweeper(s: &Scenario) -> Result<()> {
             group(window.max_in_1s)
         ),
     }
-    drop(sim);
-    Ok(())
 }
 
 fn print_other_routes(req: &std::collections::BTreeMap<String, u64>) {

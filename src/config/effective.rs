@@ -1,18 +1,35 @@
 //! The effective configuration as TOML, every default filled in and every secret replaced by
 //! where it comes from. `keysweep check-config` prints it and its SHA-256 is the config hash
 //! written into audit records. It must never contain a secret value.
+//!
+//! It is a `Serialize` view of the validated [`Config`]: one struct per section, borrowing from
+//! it. A secret has no field in these views, only a redacted marker. Fields are declared in
+//! alphabetical order, the order the hand-built TOML table this replaced (a sorted map) had,
+//! so the rendering — and with it the hash of an unchanged configuration — is unchanged.
 
+use std::path::Path;
 use std::time::Duration;
 
-use toml::{Table, Value};
+use serde::{Serialize, Serializer};
 
-use super::{ChannelKind, Config, Schedule};
+use super::{
+    Action, ChannelConfig, ChannelKind, Config, EmailChannel, ExemptionConfig, LogFormat, Mode,
+    OrgConfig, OwnerTypeSelector, PolicyConfig, ServiceAccountRule, SmtpTls,
+};
+
+const REDACTED: &str = "[redacted]";
+
+/// Renders `config` as TOML with secrets redacted.
+pub fn render(config: &Config) -> String {
+    toml::to_string_pretty(&View::of(config))
+        .unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+}
 
 /// A duration in the largest unit that divides it (`90d`, `36h`, `90s`), so it reads like the
 /// configuration it came from (humantime would print `90d` as `2months 29days …`).
-fn dur(d: Duration) -> Value {
+fn duration_text(d: Duration) -> String {
     let secs = d.as_secs();
-    let text = if d.subsec_nanos() != 0 {
+    if d.subsec_nanos() != 0 {
         format!("{}ms", d.as_millis())
     } else if secs == 0 {
         "0s".to_string()
@@ -22,278 +39,547 @@ fn dur(d: Duration) -> Value {
             .find(|(unit, _)| secs.is_multiple_of(*unit))
             .map(|(unit, suffix)| format!("{}{suffix}", secs / unit))
             .unwrap_or_else(|| format!("{secs}s"))
-    };
-    Value::String(text)
+    }
 }
 
-fn strings(v: &[String]) -> Value {
-    Value::Array(v.iter().cloned().map(Value::String).collect())
+fn dur<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&duration_text(*d))
 }
 
-fn s(v: impl Into<String>) -> Value {
-    Value::String(v.into())
+fn opt_dur<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => dur(d, s),
+        None => s.serialize_none(),
+    }
 }
 
-const REDACTED: &str = "[redacted]";
-
-fn schedule(t: &mut Table, sch: &Schedule) {
-    t.insert("schedule".into(), s(&sch.cron));
-    t.insert("timezone".into(), s(sch.timezone.name()));
+fn path<S: Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&p.display())
 }
 
-/// Renders `config` as TOML with secrets redacted.
-pub fn render(config: &Config) -> String {
-    let mut root = Table::new();
-    root.insert("mode".into(), s(config.mode.as_str()));
-    root.insert(
-        "state_path".into(),
-        s(config.state_path.display().to_string()),
-    );
-    schedule(&mut root, &config.schedule);
-    root.insert(
-        "run_on_start".into(),
-        Value::Boolean(config.schedule.run_on_start),
-    );
-    root.insert("jitter".into(), dur(config.schedule.jitter));
-    root.insert("shutdown_grace".into(), dur(config.shutdown_grace));
-    root.insert("ops_channels".into(), strings(&config.ops_channels));
-    root.insert("owner_fallback".into(), strings(&config.owner_fallback));
-
-    let orgs = config
-        .organizations
-        .iter()
-        .map(|o| {
-            let mut t = Table::new();
-            t.insert("name".into(), s(&o.name));
-            t.insert("base_url".into(), s(o.base_url.as_str()));
-            t.insert(
-                "admin_key".into(),
-                s(format!("{REDACTED} (from {})", o.admin_key_source)),
-            );
-            t.insert("projects".into(), strings(&o.projects));
-            t.insert("exclude_projects".into(), strings(&o.exclude_projects));
-            t.insert(
-                "include_archived".into(),
-                Value::Boolean(o.include_archived),
-            );
-            if let Some(ca) = &o.ca_file {
-                t.insert("ca_file".into(), s(ca.display().to_string()));
-            }
-            if let Some(sch) = &o.schedule {
-                schedule(&mut t, sch);
-            }
-            Value::Table(t)
-        })
-        .collect();
-    root.insert("organizations".into(), Value::Array(orgs));
-
-    let l = &config.limits;
-    let mut limits = Table::new();
-    limits.insert("concurrency".into(), Value::Integer(l.concurrency as i64));
-    if let Some(rps) = l.requests_per_second {
-        limits.insert("requests_per_second".into(), Value::Float(rps));
+fn opt_path<S: Serializer, P: AsRef<Path>>(p: &Option<P>, s: S) -> Result<S::Ok, S::Error> {
+    match p {
+        Some(p) => path(p.as_ref(), s),
+        None => s.serialize_none(),
     }
-    limits.insert(
-        "max_retries".into(),
-        Value::Integer(i64::from(l.max_retries)),
-    );
-    limits.insert("request_timeout".into(), dur(l.request_timeout));
-    limits.insert(
-        "max_response_bytes".into(),
-        Value::Integer(l.max_response_bytes as i64),
-    );
-    root.insert("limits".into(), Value::Table(limits));
+}
 
-    let policies = config
-        .policies
-        .iter()
-        .map(|p| {
-            let mut t = Table::new();
-            t.insert("name".into(), s(&p.name));
-            let mut m = Table::new();
-            m.insert("organizations".into(), strings(&p.selector.organizations));
-            m.insert("projects".into(), strings(&p.selector.projects));
-            if let Some(ot) = p.selector.owner_type {
-                m.insert(
-                    "owner_type".into(),
-                    s(match ot {
-                        super::OwnerTypeSelector::User => "user",
-                        super::OwnerTypeSelector::ServiceAccount => "service_account",
-                    }),
-                );
-            }
-            m.insert("key_name".into(), strings(&p.selector.key_name));
-            m.insert("owner_email".into(), strings(&p.selector.owner_email));
-            t.insert("match".into(), Value::Table(m));
-            if let Some(d) = p.max_age {
-                t.insert("max_age".into(), dur(d));
-            }
-            if let Some(d) = p.max_idle {
-                t.insert("max_idle".into(), dur(d));
-                t.insert(
-                    "never_used_grace".into(),
-                    dur(p.never_used_grace.unwrap_or(d)),
-                );
-            }
-            t.insert(
-                "owner_lost_access".into(),
-                Value::Boolean(p.owner_lost_access),
+#[derive(Serialize)]
+struct View<'a> {
+    channels: Vec<ChannelView<'a>>,
+    exemptions: Vec<ExemptionView<'a>>,
+    #[serde(serialize_with = "dur")]
+    jitter: Duration,
+    limits: LimitsView,
+    log: LogView,
+    mode: Mode,
+    notifications: NotificationsView<'a>,
+    ops_channels: &'a [String],
+    organizations: Vec<OrgView<'a>>,
+    owner_fallback: &'a [String],
+    policies: Vec<PolicyView<'a>>,
+    routes: Vec<RouteView<'a>>,
+    run_on_start: bool,
+    safety: SafetyView<'a>,
+    schedule: &'a str,
+    server: ServerView,
+    #[serde(serialize_with = "dur")]
+    shutdown_grace: Duration,
+    #[serde(serialize_with = "path")]
+    state_path: &'a Path,
+    timezone: &'static str,
+}
+
+impl<'a> View<'a> {
+    fn of(c: &'a Config) -> Self {
+        let n = &c.notifications;
+        View {
+            channels: c.channels.iter().map(ChannelView::of).collect(),
+            exemptions: c.exemptions.iter().map(ExemptionView::of).collect(),
+            jitter: c.schedule.jitter,
+            limits: LimitsView::of(c),
+            log: LogView {
+                format: c.log.format,
+            },
+            mode: c.mode,
+            notifications: NotificationsView {
+                max_attempts: n.max_attempts,
+                outbox_dir: n.outbox_dir.as_deref(),
+                repeat_interval: n.repeat_interval,
+            },
+            ops_channels: &c.ops_channels,
+            organizations: c.organizations.iter().map(OrgView::of).collect(),
+            owner_fallback: &c.owner_fallback,
+            policies: c.policies.iter().map(PolicyView::of).collect(),
+            routes: (c.routes.iter())
+                .map(|r| RouteView {
+                    channels: &r.channels,
+                    projects: &r.projects,
+                })
+                .collect(),
+            run_on_start: c.schedule.run_on_start,
+            safety: SafetyView::of(c),
+            schedule: &c.schedule.cron,
+            server: ServerView {
+                listen: c.server.listen.to_string(),
+            },
+            shutdown_grace: c.shutdown_grace,
+            state_path: &c.state_path,
+            timezone: c.schedule.timezone.name(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct OrgView<'a> {
+    admin_key: String,
+    base_url: &'a str,
+    #[serde(serialize_with = "opt_path", skip_serializing_if = "Option::is_none")]
+    ca_file: Option<&'a Path>,
+    exclude_projects: &'a [String],
+    include_archived: bool,
+    name: &'a str,
+    projects: &'a [String],
+    /// Only for an organisation with a schedule of its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    schedule: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timezone: Option<&'static str>,
+}
+
+impl<'a> OrgView<'a> {
+    fn of(o: &'a OrgConfig) -> Self {
+        OrgView {
+            admin_key: format!("{REDACTED} (from {})", o.admin_key_source),
+            base_url: o.base_url.as_str(),
+            ca_file: o.ca_file.as_deref(),
+            exclude_projects: &o.exclude_projects,
+            include_archived: o.include_archived,
+            name: &o.name,
+            projects: &o.projects,
+            schedule: o.schedule.as_ref().map(|s| s.cron.as_str()),
+            timezone: o.schedule.as_ref().map(|s| s.timezone.name()),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct LimitsView {
+    concurrency: usize,
+    max_response_bytes: usize,
+    max_retries: u32,
+    #[serde(serialize_with = "dur")]
+    request_timeout: Duration,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    requests_per_second: Option<f64>,
+}
+
+impl LimitsView {
+    fn of(c: &Config) -> Self {
+        let l = &c.limits;
+        LimitsView {
+            concurrency: l.concurrency,
+            max_response_bytes: l.max_response_bytes,
+            max_retries: l.max_retries,
+            request_timeout: l.request_timeout,
+            requests_per_second: l.requests_per_second,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct PolicyView<'a> {
+    action: Action,
+    #[serde(serialize_with = "dur")]
+    final_notice: Duration,
+    #[serde(rename = "match")]
+    selector: MatchView<'a>,
+    #[serde(serialize_with = "opt_dur", skip_serializing_if = "Option::is_none")]
+    max_age: Option<Duration>,
+    #[serde(serialize_with = "opt_dur", skip_serializing_if = "Option::is_none")]
+    max_idle: Option<Duration>,
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name_pattern: Option<&'a str>,
+    /// Shown with `max_idle`, which it defaults to.
+    #[serde(serialize_with = "opt_dur", skip_serializing_if = "Option::is_none")]
+    never_used_grace: Option<Duration>,
+    notify: &'a [String],
+    owner_lost_access: bool,
+    #[serde(serialize_with = "dur")]
+    warn_before: Duration,
+}
+
+#[derive(Serialize)]
+struct MatchView<'a> {
+    key_name: &'a [String],
+    organizations: &'a [String],
+    owner_email: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    owner_type: Option<OwnerTypeSelector>,
+    projects: &'a [String],
+}
+
+impl<'a> PolicyView<'a> {
+    fn of(p: &'a PolicyConfig) -> Self {
+        let s = &p.selector;
+        PolicyView {
+            action: p.action,
+            final_notice: p.final_notice,
+            selector: MatchView {
+                key_name: &s.key_name,
+                organizations: &s.organizations,
+                owner_email: &s.owner_email,
+                owner_type: s.owner_type,
+                projects: &s.projects,
+            },
+            max_age: p.max_age,
+            max_idle: p.max_idle,
+            name: &p.name,
+            name_pattern: p.name_pattern.as_ref().map(regex::Regex::as_str),
+            never_used_grace: p.max_idle.map(|idle| p.never_used_grace.unwrap_or(idle)),
+            notify: &p.notify,
+            owner_lost_access: p.owner_lost_access,
+            warn_before: p.warn_before,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ExemptionView<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    project: Option<&'a str>,
+    reason: &'a str,
+    /// RFC 3339, UTC.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    until: Option<String>,
+}
+
+impl<'a> ExemptionView<'a> {
+    fn of(e: &'a ExemptionConfig) -> Self {
+        ExemptionView {
+            key_id: e.key_id.as_deref(),
+            key_name: e.key_name.as_deref(),
+            project: e.project.as_deref(),
+            reason: &e.reason,
+            until: (e.until)
+                .and_then(|u| chrono::DateTime::from_timestamp(u, 0))
+                .map(|u| u.to_rfc3339()),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct SafetyView<'a> {
+    #[serde(serialize_with = "opt_path", skip_serializing_if = "Option::is_none")]
+    kill_switch_file: Option<&'a Path>,
+    max_revocations_per_day: u32,
+    max_revocations_per_project_percent: u32,
+    max_revocations_per_run: u32,
+    service_accounts: ServiceAccountRule,
+}
+
+impl<'a> SafetyView<'a> {
+    fn of(c: &'a Config) -> Self {
+        let s = &c.safety;
+        SafetyView {
+            kill_switch_file: s.kill_switch_file.as_deref(),
+            max_revocations_per_day: s.max_revocations_per_day,
+            max_revocations_per_project_percent: s.max_revocations_per_project_percent,
+            max_revocations_per_run: s.max_revocations_per_run,
+            service_accounts: s.service_accounts,
+        }
+    }
+}
+
+/// A channel: the keys of its type, secrets as [`REDACTED`] markers.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum ChannelView<'a> {
+    Email(EmailView<'a>),
+    Slack {
+        name: &'a str,
+        #[serde(rename = "type")]
+        kind: &'static str,
+        webhook_url: &'static str,
+    },
+    PagerDuty {
+        name: &'a str,
+        routing_key: &'static str,
+        #[serde(rename = "type")]
+        kind: &'static str,
+        url: &'a str,
+    },
+    Webhook {
+        name: &'a str,
+        secret: &'static str,
+        #[serde(rename = "type")]
+        kind: &'static str,
+        url: &'a str,
+    },
+}
+
+#[derive(Serialize)]
+struct EmailView<'a> {
+    from: &'a str,
+    name: &'a str,
+    owner: bool,
+    #[serde(serialize_with = "dur")]
+    send_timeout: Duration,
+    #[serde(serialize_with = "opt_path", skip_serializing_if = "Option::is_none")]
+    smtp_ca_file: Option<&'a Path>,
+    smtp_host: &'a str,
+    /// Present (redacted) when the channel logs in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    smtp_password: Option<&'static str>,
+    smtp_port: u16,
+    smtp_tls: SmtpTls,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    smtp_username: Option<&'static str>,
+    to: &'a [String],
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+impl<'a> ChannelView<'a> {
+    fn of(c: &'a ChannelConfig) -> Self {
+        let (name, kind) = (c.name.as_str(), c.kind.type_name());
+        match &c.kind {
+            ChannelKind::Email(e) => ChannelView::Email(EmailView::of(name, e)),
+            ChannelKind::Slack(_) => ChannelView::Slack {
+                name,
+                kind,
+                webhook_url: REDACTED,
+            },
+            ChannelKind::PagerDuty(p) => ChannelView::PagerDuty {
+                name,
+                routing_key: REDACTED,
+                kind,
+                url: p.url.as_str(),
+            },
+            ChannelKind::Webhook(w) => ChannelView::Webhook {
+                name,
+                secret: REDACTED,
+                kind,
+                url: w.url.as_str(),
+            },
+        }
+    }
+}
+
+impl<'a> EmailView<'a> {
+    fn of(name: &'a str, e: &'a EmailChannel) -> Self {
+        let login = e.smtp_username.is_some().then_some(REDACTED);
+        EmailView {
+            from: &e.from,
+            name,
+            owner: e.owner,
+            send_timeout: e.send_timeout,
+            smtp_ca_file: e.smtp_ca_file.as_deref(),
+            smtp_host: &e.smtp_host,
+            smtp_password: login,
+            smtp_port: e.smtp_port,
+            smtp_tls: e.smtp_tls,
+            smtp_username: login,
+            to: &e.to,
+            kind: "email",
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct RouteView<'a> {
+    channels: &'a [String],
+    projects: &'a [String],
+}
+
+#[derive(Serialize)]
+struct NotificationsView<'a> {
+    max_attempts: u32,
+    #[serde(serialize_with = "opt_path", skip_serializing_if = "Option::is_none")]
+    outbox_dir: Option<&'a Path>,
+    #[serde(serialize_with = "dur")]
+    repeat_interval: Duration,
+}
+
+#[derive(Serialize)]
+struct ServerView {
+    listen: String,
+}
+
+/// Absent `format` means "pretty on a terminal, JSON otherwise".
+#[derive(Serialize)]
+struct LogView {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    format: Option<LogFormat>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::load_from_str;
+
+    /// Every key and section a configuration can have, each set away from its default.
+    const EVERYTHING: &str = r#"
+mode = "enforce"
+state_path = "/var/lib/k.db"
+schedule = "*/30 * * * * *"
+timezone = "Europe/Berlin"
+run_on_start = false
+jitter = "90s"
+shutdown_grace = "1500ms"
+ops_channels = ["m"]
+owner_fallback = ["s", "w"]
+[[organizations]]
+name = "a"
+projects = ["p*", "proj_1"]
+exclude_projects = ["x"]
+include_archived = true
+ca_file = "/"
+schedule = "0 1 * * *"
+[[organizations]]
+name = "b"
+base_url = "http://127.0.0.1:9/v1"
+timezone = "Asia/Tokyo"
+[limits]
+concurrency = 3
+requests_per_second = 2.5
+max_retries = 1
+request_timeout = "2m"
+max_response_bytes = 2048
+[[policies]]
+name = "p1"
+max_idle = "45d"
+owner_lost_access = true
+name_pattern = "^svc-"
+action = "revoke"
+warn_before = "36h"
+final_notice = "1h"
+notify = ["m", "pd"]
+[policies.match]
+organizations = ["a"]
+projects = ["p*"]
+owner_type = "service_account"
+key_name = ["k*"]
+owner_email = ["*@x.com"]
+[[policies]]
+name = "p2"
+max_age = "90d"
+max_idle = "10d"
+never_used_grace = "3d"
+[[exemptions]]
+key_id = "key_1"
+reason = "because"
+until = "2026-12-31"
+[[exemptions]]
+key_name = "ci-*"
+project = "proj_*"
+reason = "ci"
+[safety]
+max_revocations_per_run = 3
+max_revocations_per_project_percent = 100
+max_revocations_per_day = 7
+kill_switch_file = "/run/kill"
+service_accounts = "delete-service-account"
+[[channels]]
+name = "m"
+type = "email"
+smtp_host = "smtp.example.com"
+smtp_tls = "tls"
+smtp_ca_file = "/"
+smtp_username_env = "KEYSWEEP_SMTP_USERNAME"
+smtp_password_env = "KEYSWEEP_SMTP_PASSWORD"
+from = "K <k@example.com>"
+to = ["a@example.com"]
+owner = true
+send_timeout = "10s"
+[[channels]]
+name = "s"
+type = "slack"
+webhook_url_env = "KEYSWEEP_SLACK_WEBHOOK_URL"
+[[channels]]
+name = "pd"
+type = "pagerduty"
+routing_key_env = "KEYSWEEP_PAGERDUTY_ROUTING_KEY"
+[[channels]]
+name = "pd2"
+type = "pagerduty"
+routing_key_env = "KEYSWEEP_PAGERDUTY_ROUTING_KEY"
+url = "http://localhost:8/e"
+[[channels]]
+name = "w"
+type = "webhook"
+url = "https://example.com/h"
+secret_env = "KEYSWEEP_WEBHOOK_SECRET"
+[[channels]]
+name = "m2"
+type = "email"
+smtp_host = "localhost"
+smtp_tls = "none"
+from = "k@example.com"
+owner = true
+[[routes]]
+projects = ["proj_a"]
+channels = ["s"]
+[notifications]
+repeat_interval = "12h"
+max_attempts = 3
+outbox_dir = "/tmp/out"
+[server]
+listen = "[::1]:9000"
+[log]
+format = "json"
+"#;
+
+    fn env() -> Vec<(String, String)> {
+        [
+            ("OPENAI_ADMIN_KEY", "sk-admin-EFFECTIVE-never-shown"),
+            ("KEYSWEEP_SMTP_USERNAME", "mailer"),
+            ("KEYSWEEP_SMTP_PASSWORD", "smtp-Pa55word-never-shown"),
+            (
+                "KEYSWEEP_SLACK_WEBHOOK_URL",
+                "https://hooks.slack.com/services/never-shown",
+            ),
+            ("KEYSWEEP_PAGERDUTY_ROUTING_KEY", "routing-key-never-shown"),
+            ("KEYSWEEP_WEBHOOK_SECRET", "whsec_bmV2ZXItc2hvd24="),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    /// The views declare their fields in alphabetical order, the order of the sorted TOML table
+    /// the rendering used to be built as: so re-sorting the output changes nothing, and the
+    /// hash of an unchanged configuration stays what it was.
+    #[test]
+    fn rendering_is_in_sorted_key_order() {
+        let config = load_from_str(EVERYTHING, &env()).unwrap();
+        let shown = super::render(&config);
+        let sorted: toml::Table = toml::from_str(&shown).unwrap();
+        assert_eq!(toml::to_string_pretty(&sorted).unwrap(), shown);
+    }
+
+    #[test]
+    fn every_secret_is_redacted() {
+        let config = load_from_str(EVERYTHING, &env()).unwrap();
+        let shown = super::render(&config);
+        assert!(!shown.contains("never-shown"), "{shown}");
+        assert_eq!(shown.matches("[redacted]").count(), 8, "{shown}");
+        for key in [
+            "admin_key",
+            "smtp_username",
+            "smtp_password",
+            "webhook_url",
+            "routing_key",
+            "secret",
+        ] {
+            assert!(
+                shown.contains(&format!("\n{key} = \"[redacted]")),
+                "{key}: {shown}"
             );
-            if let Some(r) = &p.name_pattern {
-                t.insert("name_pattern".into(), s(r.as_str()));
-            }
-            t.insert(
-                "action".into(),
-                s(match p.action {
-                    super::Action::Notify => "notify",
-                    super::Action::Revoke => "revoke",
-                }),
-            );
-            t.insert("warn_before".into(), dur(p.warn_before));
-            t.insert("final_notice".into(), dur(p.final_notice));
-            t.insert("notify".into(), strings(&p.notify));
-            Value::Table(t)
-        })
-        .collect();
-    root.insert("policies".into(), Value::Array(policies));
-
-    let exemptions = config
-        .exemptions
-        .iter()
-        .map(|e| {
-            let mut t = Table::new();
-            for (k, v) in [
-                ("key_id", &e.key_id),
-                ("key_name", &e.key_name),
-                ("project", &e.project),
-            ] {
-                if let Some(v) = v {
-                    t.insert(k.into(), s(v));
-                }
-            }
-            t.insert("reason".into(), s(&e.reason));
-            if let Some(u) = e.until.and_then(|u| chrono::DateTime::from_timestamp(u, 0)) {
-                t.insert("until".into(), s(u.to_rfc3339()));
-            }
-            Value::Table(t)
-        })
-        .collect();
-    root.insert("exemptions".into(), Value::Array(exemptions));
-
-    let sf = &config.safety;
-    let mut safety = Table::new();
-    safety.insert(
-        "max_revocations_per_run".into(),
-        Value::Integer(i64::from(sf.max_revocations_per_run)),
-    );
-    safety.insert(
-        "max_revocations_per_project_percent".into(),
-        Value::Integer(i64::from(sf.max_revocations_per_project_percent)),
-    );
-    safety.insert(
-        "max_revocations_per_day".into(),
-        Value::Integer(i64::from(sf.max_revocations_per_day)),
-    );
-    if let Some(k) = &sf.kill_switch_file {
-        safety.insert("kill_switch_file".into(), s(k.display().to_string()));
+        }
     }
-    safety.insert(
-        "service_accounts".into(),
-        s(match sf.service_accounts {
-            super::ServiceAccountRule::NotifyOnly => "notify-only",
-            super::ServiceAccountRule::DeleteServiceAccount => "delete-service-account",
-        }),
-    );
-    root.insert("safety".into(), Value::Table(safety));
-
-    let channels = config
-        .channels
-        .iter()
-        .map(|c| {
-            let mut t = Table::new();
-            t.insert("name".into(), s(&c.name));
-            t.insert("type".into(), s(c.kind.type_name()));
-            match &c.kind {
-                ChannelKind::Email(e) => {
-                    t.insert("smtp_host".into(), s(&e.smtp_host));
-                    t.insert("smtp_port".into(), Value::Integer(i64::from(e.smtp_port)));
-                    t.insert(
-                        "smtp_tls".into(),
-                        s(match e.smtp_tls {
-                            super::SmtpTls::Starttls => "starttls",
-                            super::SmtpTls::Tls => "tls",
-                            super::SmtpTls::None => "none",
-                        }),
-                    );
-                    if let Some(ca) = &e.smtp_ca_file {
-                        t.insert("smtp_ca_file".into(), s(ca.display().to_string()));
-                    }
-                    if e.smtp_username.is_some() {
-                        t.insert("smtp_username".into(), s(REDACTED));
-                        t.insert("smtp_password".into(), s(REDACTED));
-                    }
-                    t.insert("from".into(), s(&e.from));
-                    t.insert("to".into(), strings(&e.to));
-                    t.insert("owner".into(), Value::Boolean(e.owner));
-                    t.insert("send_timeout".into(), dur(e.send_timeout));
-                }
-                ChannelKind::Slack(_) => {
-                    t.insert("webhook_url".into(), s(REDACTED));
-                }
-                ChannelKind::PagerDuty(p) => {
-                    t.insert("routing_key".into(), s(REDACTED));
-                    t.insert("url".into(), s(p.url.as_str()));
-                }
-                ChannelKind::Webhook(w) => {
-                    t.insert("url".into(), s(w.url.as_str()));
-                    t.insert("secret".into(), s(REDACTED));
-                }
-            }
-            Value::Table(t)
-        })
-        .collect();
-    root.insert("channels".into(), Value::Array(channels));
-
-    let routes = config
-        .routes
-        .iter()
-        .map(|r| {
-            let mut t = Table::new();
-            t.insert("projects".into(), strings(&r.projects));
-            t.insert("channels".into(), strings(&r.channels));
-            Value::Table(t)
-        })
-        .collect();
-    root.insert("routes".into(), Value::Array(routes));
-
-    let n = &config.notifications;
-    let mut notifications = Table::new();
-    notifications.insert("repeat_interval".into(), dur(n.repeat_interval));
-    notifications.insert(
-        "max_attempts".into(),
-        Value::Integer(i64::from(n.max_attempts)),
-    );
-    if let Some(d) = &n.outbox_dir {
-        notifications.insert("outbox_dir".into(), s(d.display().to_string()));
-    }
-    root.insert("notifications".into(), Value::Table(notifications));
-
-    let mut server = Table::new();
-    server.insert("listen".into(), s(config.server.listen.to_string()));
-    root.insert("server".into(), Value::Table(server));
-    let mut log = Table::new();
-    // Absent means "pretty on a terminal, JSON otherwise".
-    if let Some(f) = config.log.format {
-        log.insert(
-            "format".into(),
-            s(match f {
-                super::LogFormat::Json => "json",
-                super::LogFormat::Pretty => "pretty",
-            }),
-        );
-    }
-    root.insert("log".into(), Value::Table(log));
-
-    toml::to_string_pretty(&root)
-        .unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
 }

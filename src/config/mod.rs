@@ -1,15 +1,17 @@
 //! Configuration: the TOML file plus `KEYSWEEP__SECTION__KEY` environment overrides, validated
 //! into the typed [`Config`] every other module reads.
 //!
-//! Raw serde structs live in `raw.rs`; `load` turns them into these validated types, and every
-//! error names the file and the key (`organizations[0].base_url: …`). Secrets are resolved here
-//! (environment or credential file) into `SecretString` and never leave as plain text: this module
-//! must never print, log or `Debug` a secret value.
+//! `raw.rs` declares the file's shape, read straight into typed values (`values.rs`) and checked
+//! once, at load; its children turn it into these validated types, and every error names the
+//! file and the key (`organizations[0].base_url: …`). `effective.rs` renders the result back.
+//! Secrets are resolved at load (environment or credential file) into `SecretString` and never
+//! leave as plain text: this module must never print, log or `Debug` a secret value.
 
 mod effective;
 #[cfg(test)]
 mod fuzz;
 mod raw;
+mod values;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,11 +20,14 @@ use std::time::Duration;
 use secrecy::SecretString;
 
 pub use effective::render as render_effective;
-pub use raw::{
-    DEFAULT_MAX_REVOCATIONS_PER_DAY, DEFAULT_MAX_REVOCATIONS_PER_PROJECT_PERCENT,
-    DEFAULT_MAX_REVOCATIONS_PER_RUN, ENV_PREFIX, LoadError, default_config_path, load,
-    load_from_str, parse_duration, validate_cron,
-};
+pub use raw::LoadError;
+pub use raw::load::{ENV_PREFIX, default_config_path, load, load_from_str};
+pub use values::{parse_duration, validate_cron};
+
+/// Conservative safety defaults: a misconfigured policy can delete at most this much.
+pub const DEFAULT_MAX_REVOCATIONS_PER_RUN: u32 = 10;
+pub const DEFAULT_MAX_REVOCATIONS_PER_PROJECT_PERCENT: u32 = 25;
+pub const DEFAULT_MAX_REVOCATIONS_PER_DAY: u32 = 50;
 
 /// What keysweep is allowed to do to keys. Deletion is permanent, so the default is `DryRun`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -16,6 +16,7 @@
 //! error text is scrubbed before it is kept.
 
 pub mod alert;
+pub mod compose;
 pub mod deliver;
 pub mod digest;
 pub mod email;

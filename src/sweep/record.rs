@@ -19,8 +19,9 @@ use tokio::task::JoinHandle;
 use crate::inventory::{Key, KeyTally, Listing, ProjectRef};
 use crate::openai::KeySink;
 use crate::state::{self, Store};
-use crate::sweep::SweepError;
-use crate::sweep::evaluate::{Evaluator, OpenFindings, Step};
+
+use super::evaluate::{Evaluator, OpenFindings, Step};
+use super::report::SweepError;
 
 /// A batch is written once it holds this many keys...
 const BATCH_KEYS: usize = 5_000;

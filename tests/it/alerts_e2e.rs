@@ -17,8 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine as _;
-use keysweep::config::{self, Config};
+use keysweep::config::Config;
 use keysweep::metrics::Metrics;
 use keysweep::notify::outbox;
 use keysweep::state::Store;
@@ -27,12 +26,19 @@ use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::daemon_bin::{
-    ADMIN_KEY, ADMIN_KEY_ENV, CI_DEPLOY, FRESH, OLD_BATCH, PATIENCE, SVC_BOT, WEB, free_port,
-    run_to_end, start_sim, unix_now,
+use crate::support::acme::{
+    ADMIN_KEY, ADMIN_KEY_ENV, ALL_KEYS, CI_DEPLOY, FixtureKey, OLD_BATCH, SVC_BOT, start_sim,
 };
-use crate::receivers::Receiver;
-use crate::smtp_server::{self, SmtpServer, TestPki};
+use crate::support::config::config_from_toml;
+use crate::support::net::free_port;
+use crate::support::openmetrics;
+use crate::support::process::run_to_end;
+use crate::support::receivers::Receiver;
+use crate::support::secrets::{self, whsec};
+use crate::support::smtp_server::{self, SmtpServer, TestPki};
+use crate::support::state_file::audit_records;
+use crate::support::time::{DAY, unix_now};
+use crate::support::wait::PATIENCE;
 
 const SMTP_USER: &str = "keysweep-e2e-mailer";
 const SMTP_PASSWORD: &str = "smtp-e2e-Pa55-do-not-leak";
@@ -41,7 +47,7 @@ const SLACK_PATH: &str = "/services/TE2E/BE2E/slackE2EtokenDoNotLeak";
 const WEBHOOK_KEY: &[u8] = b"e2e-webhook-signing-key-no-leak!";
 
 fn webhook_secret() -> String {
-    crate::receivers::whsec(WEBHOOK_KEY)
+    whsec(WEBHOOK_KEY)
 }
 
 /// Every secret of the setup, in the forms it could leak in.
@@ -52,14 +58,12 @@ fn secrets() -> Vec<String> {
         ROUTING_KEY.to_string(),
         "slackE2EtokenDoNotLeak".to_string(),
         webhook_secret(),
-        base64::engine::general_purpose::STANDARD.encode(WEBHOOK_KEY),
+        secrets::base64(WEBHOOK_KEY),
     ]
 }
 
 fn assert_no_secret(what: &str, text: &str) {
-    for s in secrets() {
-        assert!(!text.contains(&s), "{what} contains a secret: {text}");
-    }
+    secrets::assert_no_secret(what, text, &secrets());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -254,7 +258,7 @@ impl Setup {
 
     fn config(&self) -> Config {
         let text = std::fs::read_to_string(&self.config_file).unwrap();
-        config::load_from_str(&text, &env(&self.rx)).unwrap()
+        config_from_toml(&text, &env(&self.rx))
     }
 
     fn sweeper(&self, metrics: &Metrics) -> Sweeper {
@@ -266,9 +270,7 @@ impl Setup {
     async fn keysweep(&self, args: &[&str]) -> (std::process::ExitStatus, String, String) {
         let mut all = vec!["--config", self.config_file.to_str().unwrap()];
         all.extend_from_slice(args);
-        let env = env(&self.rx);
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        run_to_end(&all, &env).await
+        run_to_end(&all, &env(&self.rx)).await
     }
 
     fn outbox(&self) -> Vec<outbox::StoredMessage> {
@@ -307,7 +309,7 @@ struct Mail {
     html: String,
 }
 
-fn parse_mail(raw: &crate::smtp_server::Received) -> Mail {
+fn parse_mail(raw: &smtp_server::Received) -> Mail {
     let data = String::from_utf8_lossy(&raw.data);
     assert_no_secret("raw e-mail", &data);
     let m = mail_parser::MessageParser::default()
@@ -323,10 +325,8 @@ fn parse_mail(raw: &crate::smtp_server::Received) -> Mail {
     }
 }
 
-const ALL_KEYS: [(&str, &str, &str, &str); 5] = [CI_DEPLOY, OLD_BATCH, FRESH, SVC_BOT, WEB];
-
 /// `text` names exactly `keys` among the fixture's keys, each by name and redacted value.
-fn lists_exactly(what: &str, text: &str, keys: &[(&str, &str, &str, &str)]) {
+fn lists_exactly(what: &str, text: &str, keys: &[FixtureKey]) {
     for k in ALL_KEYS {
         let listed = keys.contains(&k);
         assert_eq!(
@@ -391,7 +391,63 @@ async fn one_digest_per_channel_nothing_twice_and_a_pending_mail_delivered_once(
         r1.delivery
     );
     assert_eq!(r1.delivery.sent as usize, r1.notices_queued);
+    assert_warning_mails(&s, t0);
+    assert_warning_http(&s);
 
+    // 2. A second, identical sweep sends nothing new.
+    let before = s.received();
+    let r2 = sweep(&sweeper, t0 + 60).await;
+    assert_eq!(r2.notices_queued, 0);
+    assert_eq!(r2.delivery.sent, 0);
+    assert_eq!(s.received(), before, "the second sweep sent something");
+
+    let pending = smtp_down_while_a_key_resolves(&mut s, &sweeper, t0).await;
+    let retry_at = pending_mails_delivered_once_when_smtp_returns(&mut s, &sweeper, &pending).await;
+    // 6. Later sweeps send nothing more anywhere.
+    let before = s.received();
+    let r6 = sweep(&sweeper, retry_at + 3600).await;
+    assert_eq!((r6.notices_queued, r6.delivery.sent), (0, 0));
+    assert_eq!(s.received(), before);
+    assert!(s.outbox().iter().all(|m| m.status == "sent"));
+    assert_webhooks_signed_and_unique(&s.rx, "/hook");
+    assert!(s.rx.requests("/ops").is_empty());
+    // Logins happened over TLS with AUTH for every delivered mail.
+    assert_eq!(s.smtp.logins.lock().unwrap().len(), 5);
+    // And /metrics counts every delivery outcome per channel.
+    let m = openmetrics::Metrics::parse(&metrics.encode());
+    let count = |channel: &str, outcome: &str| {
+        m.sum(
+            "keysweep_notifications_total",
+            &[("channel", channel), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(count("mail", "sent"), 5.0);
+    assert_eq!(
+        count("mail", "failed"),
+        4.0,
+        "two mails, two failed attempts each"
+    );
+    assert_eq!(count("pd", "sent"), 4.0);
+    assert_eq!(count("hook", "sent"), 2.0);
+    assert_eq!(count("slack", "sent"), 2.0);
+
+    // Nothing secret in the state database, and its audit chain verifies.
+    let raw = std::fs::read(&s.state).unwrap();
+    secrets::assert_no_secret_in_bytes("the state file", &raw, &secrets());
+    let (status, out, err) = s
+        .keysweep(&["audit", "verify", "--state", s.state.to_str().unwrap()])
+        .await;
+    assert!(status.success(), "{out}{err}");
+}
+
+/// PagerDuty's dedup key of a fixture key's `max-age` finding.
+fn dedup(k: FixtureKey) -> String {
+    format!("acme/{}/{}/max-age", k.0, k.1)
+}
+
+/// After the first sweep: three mails (team, alice, bob), each listing exactly its violating
+/// keys, announcing the revocation date, with the outbox id as Message-ID.
+fn assert_warning_mails(s: &Setup, t0: i64) {
     let mails: Vec<Mail> = s.smtp.messages().iter().map(parse_mail).collect();
     assert_eq!(
         mails.len(),
@@ -412,7 +468,7 @@ async fn one_digest_per_channel_nothing_twice_and_a_pending_mail_delivered_once(
         assert!(m.subject.starts_with("[keysweep] "), "{}", m.subject);
         assert!(m.subject.contains("will be revoked"), "{}", m.subject);
         // The exact revocation date is announced.
-        let deadline = chrono::DateTime::from_timestamp(t0 + 14 * crate::daemon_bin::DAY, 0)
+        let deadline = chrono::DateTime::from_timestamp(t0 + 14 * DAY, 0)
             .unwrap()
             .format("%Y-%m-%d")
             .to_string();
@@ -433,7 +489,11 @@ async fn one_digest_per_channel_nothing_twice_and_a_pending_mail_delivered_once(
         .unwrap()
         .subject;
     assert!(team_subject.contains("3 API keys"), "{team_subject}");
+}
 
+/// After the first sweep: one Slack digest, one PagerDuty event per violating key, one signed
+/// webhook digest, and no enforcer alert.
+fn assert_warning_http(s: &Setup) {
     let slack = s.rx.requests(SLACK_PATH);
     assert_eq!(slack.len(), 1, "one Slack digest");
     lists_exactly(
@@ -455,7 +515,6 @@ async fn one_digest_per_channel_nothing_twice_and_a_pending_mail_delivered_once(
         );
         triggered.insert(e["dedup_key"].as_str().unwrap().to_string());
     }
-    let dedup = |k: (&str, &str, &str, &str)| format!("acme/{}/{}/max-age", k.0, k.1);
     assert_eq!(
         triggered,
         [dedup(CI_DEPLOY), dedup(OLD_BATCH), dedup(SVC_BOT)]
@@ -483,19 +542,20 @@ async fn one_digest_per_channel_nothing_twice_and_a_pending_mail_delivered_once(
         s.rx.requests("/ops").is_empty(),
         "no enforcer alert expected"
     );
+}
 
-    // 2. A second, identical sweep sends nothing new.
-    let before = s.received();
-    let r2 = sweep(&sweeper, t0 + 60).await;
-    assert_eq!(r2.notices_queued, 0);
-    assert_eq!(r2.delivery.sent, 0);
-    assert_eq!(s.received(), before, "the second sweep sent something");
-
+/// Step 3: the SMTP server goes away and alice deletes her key herself. Returns the two mails
+/// left pending in the outbox.
+async fn smtp_down_while_a_key_resolves(
+    s: &mut Setup,
+    sweeper: &Sweeper,
+    t0: i64,
+) -> Vec<outbox::StoredMessage> {
     // 3. The SMTP server goes away; alice deletes her key herself. The resolved notices reach
     //    the HTTP channels; the mails stay pending in the outbox.
     s.gate.close().await;
     s.sim.remove_key(CI_DEPLOY.0, CI_DEPLOY.1).unwrap();
-    let r3 = sweep(&sweeper, t0 + 120).await;
+    let r3 = sweep(sweeper, t0 + 120).await;
     assert!(r3.notices_queued >= 5, "{}", r3.notices_queued);
     assert_eq!(
         r3.delivery.failed, 2,
@@ -545,9 +605,19 @@ async fn one_digest_per_channel_nothing_twice_and_a_pending_mail_delivered_once(
     assert_eq!(slack.len(), 2);
     lists_exactly("slack resolved", &slack[1].json().to_string(), &[CI_DEPLOY]);
 
+    pending
+}
+
+/// Steps 4 and 5: still down, another attempt fails; back on the same port, the pending mails
+/// are delivered exactly once with their original Message-IDs. Returns when that was.
+async fn pending_mails_delivered_once_when_smtp_returns(
+    s: &mut Setup,
+    sweeper: &Sweeper,
+    pending: &[outbox::StoredMessage],
+) -> i64 {
     // 4. Still down at the next sweep: another attempt fails, nothing else is new.
     let retry_at = pending.iter().map(|m| m.next_attempt_at).max().unwrap();
-    let r4 = sweep(&sweeper, retry_at).await;
+    let r4 = sweep(sweeper, retry_at).await;
     assert_eq!(r4.notices_queued, 0);
     assert_eq!(
         (r4.delivery.sent, r4.delivery.failed),
@@ -566,7 +636,7 @@ async fn one_digest_per_channel_nothing_twice_and_a_pending_mail_delivered_once(
         .map(|m| m.next_attempt_at)
         .max()
         .unwrap();
-    let r5 = sweep(&sweeper, retry_at).await;
+    let r5 = sweep(sweeper, retry_at).await;
     assert_eq!(r5.notices_queued, 0);
     assert_eq!(
         (r5.delivery.sent, r5.delivery.failed),
@@ -596,46 +666,7 @@ async fn one_digest_per_channel_nothing_twice_and_a_pending_mail_delivered_once(
     let ids: BTreeSet<&str> = mails.iter().map(|m| m.message_id.as_str()).collect();
     assert_eq!(ids.len(), mails.len(), "a mail was delivered twice");
 
-    // 6. Later sweeps send nothing more anywhere.
-    let before = s.received();
-    let r6 = sweep(&sweeper, retry_at + 3600).await;
-    assert_eq!((r6.notices_queued, r6.delivery.sent), (0, 0));
-    assert_eq!(s.received(), before);
-    assert!(s.outbox().iter().all(|m| m.status == "sent"));
-    assert_webhooks_signed_and_unique(&s.rx, "/hook");
-    assert!(s.rx.requests("/ops").is_empty());
-    // Logins happened over TLS with AUTH for every delivered mail.
-    assert_eq!(s.smtp.logins.lock().unwrap().len(), 5);
-    // And /metrics counts every delivery outcome per channel.
-    let m = crate::daemon_bin::Metrics::parse(&metrics.encode());
-    let count = |channel: &str, outcome: &str| {
-        m.sum(
-            "keysweep_notifications_total",
-            &[("channel", channel), ("outcome", outcome)],
-        )
-    };
-    assert_eq!(count("mail", "sent"), 5.0);
-    assert_eq!(
-        count("mail", "failed"),
-        4.0,
-        "two mails, two failed attempts each"
-    );
-    assert_eq!(count("pd", "sent"), 4.0);
-    assert_eq!(count("hook", "sent"), 2.0);
-    assert_eq!(count("slack", "sent"), 2.0);
-
-    // Nothing secret in the state database, and its audit chain verifies.
-    let raw = std::fs::read(&s.state).unwrap();
-    for secret in secrets() {
-        assert!(
-            !raw.windows(secret.len()).any(|w| w == secret.as_bytes()),
-            "the state file holds a secret"
-        );
-    }
-    let (status, out, err) = s
-        .keysweep(&["audit", "verify", "--state", s.state.to_str().unwrap()])
-        .await;
-    assert!(status.success(), "{out}{err}");
+    retry_at
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -685,7 +716,6 @@ async fn notify_test_reaches_every_receiver_and_fails_cleanly_on_a_dead_one() {
                 *v = dead_slack.clone();
             }
         }
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let (status, out, err) = run_to_end(&all, &env).await;
         assert!(
             !status.success(),
@@ -730,12 +760,38 @@ fn mails_for(s: &Setup, rows: &[outbox::StoredMessage]) -> Vec<Mail> {
         .collect()
 }
 
+/// After the revocation: one webhook digest of the two revoked keys, PagerDuty incidents of
+/// exactly those keys resolved, every webhook signed, every outbox row sent.
+fn assert_revocation_announced_on_http(s: &Setup) {
+    let hooks = s.rx.requests("/hook");
+    let revoked_hook: Vec<Value> = hooks
+        .iter()
+        .map(|r| r.json())
+        .filter(|v| v["type"] == "keysweep.notices.revoked")
+        .collect();
+    assert_eq!(revoked_hook.len(), 1);
+    assert_eq!(revoked_hook[0]["notices"].as_array().unwrap().len(), 2);
+    let resolves: BTreeSet<String> =
+        s.rx.requests("/pd/")
+            .iter()
+            .map(|r| r.json())
+            .filter(|e| e["event_action"] == "resolve")
+            .map(|e| e["dedup_key"].as_str().unwrap().to_string())
+            .collect();
+    assert_eq!(
+        resolves,
+        [dedup(CI_DEPLOY), dedup(OLD_BATCH)].into_iter().collect()
+    );
+    assert_webhooks_signed_and_unique(&s.rx, "/hook");
+    assert!(s.outbox().iter().all(|m| m.status == "sent"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_final_notice_and_the_revocation_each_get_their_own_message() {
     let s = Setup::start().await;
     let sweeper = s.sweeper(&Metrics::new());
     let t0 = s.now;
-    let day = crate::daemon_bin::DAY;
+    let day = DAY;
     sweep(&sweeper, t0).await;
     assert_eq!(
         rows_of(&s, "warning").len(),
@@ -795,35 +851,10 @@ async fn the_final_notice_and_the_revocation_each_get_their_own_message() {
             expected,
         );
     }
-    let hooks = s.rx.requests("/hook");
-    let revoked_hook: Vec<Value> = hooks
-        .iter()
-        .map(|r| r.json())
-        .filter(|v| v["type"] == "keysweep.notices.revoked")
-        .collect();
-    assert_eq!(revoked_hook.len(), 1);
-    assert_eq!(revoked_hook[0]["notices"].as_array().unwrap().len(), 2);
-    let resolves: BTreeSet<String> =
-        s.rx.requests("/pd/")
-            .iter()
-            .map(|r| r.json())
-            .filter(|e| e["event_action"] == "resolve")
-            .map(|e| e["dedup_key"].as_str().unwrap().to_string())
-            .collect();
-    assert_eq!(
-        resolves,
-        [
-            format!("acme/{}/{}/max-age", CI_DEPLOY.0, CI_DEPLOY.1),
-            format!("acme/{}/{}/max-age", OLD_BATCH.0, OLD_BATCH.1),
-        ]
-        .into_iter()
-        .collect()
-    );
-    assert_webhooks_signed_and_unique(&s.rx, "/hook");
-    assert!(s.outbox().iter().all(|m| m.status == "sent"));
+    assert_revocation_announced_on_http(&s);
 
     // The audit log has an intent and an outcome for each deletion, and verifies.
-    let records = crate::daemon_bin::audit_records(&s.state);
+    let records = audit_records(&s.state);
     for k in [CI_DEPLOY, OLD_BATCH] {
         for kind in ["intent", "outcome"] {
             assert_eq!(

@@ -2,71 +2,19 @@
 //! `keysweep simulate` process. Covers issue 2's "done when", the README's commands, `scan`'s
 //! exit status and JSON shape, and the admin key never reaching any output.
 
-use crate::smtp_server::free_port;
-use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+
+use crate::support::net::free_port;
+use crate::support::process::{self, Simulator, keysweep_blocking as bin};
+use crate::support::secrets::assert_no_secret;
 
 const ADMIN_KEY: &str = "sk-admin-CLITEST-1f2e3d4c5b6a79880000";
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_keysweep"))
-}
-
-/// `keysweep simulate` as a child process; killed on drop.
-struct Simulator {
-    child: Child,
-    port: u16,
-}
-
-impl Simulator {
-    fn start(args: &[&str]) -> Simulator {
-        let port = free_port();
-        let mut child = bin()
-            .arg("simulate")
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(args)
-            .args(["--admin-key", ADMIN_KEY])
-            .env_remove("OPENAI_ADMIN_KEY")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        // It announces itself on stderr once it listens.
-        let stderr = child.stderr.take().unwrap();
-        let mut lines = BufReader::new(stderr).lines();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            assert!(Instant::now() < deadline, "simulator did not start");
-            match lines.next() {
-                Some(Ok(line)) if line.contains("listening on") => break,
-                Some(_) => {}
-                None => panic!("simulator exited early"),
-            }
-        }
-        std::thread::spawn(move || for _ in lines {});
-        Simulator { child, port }
-    }
-
-    fn stats(&self) -> serde_json::Value {
-        // A tiny HTTP/1.0 GET, so this test needs no HTTP client of its own.
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        write!(s, "GET /_sim/stats HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).unwrap();
-        let body = text.split("\r\n\r\n").nth(1).unwrap();
-        serde_json::from_str(body).unwrap()
-    }
-}
-
-impl Drop for Simulator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `keysweep simulate` as a child process, accepting [`ADMIN_KEY`]; killed on drop.
+fn simulator(args: &[&str]) -> Simulator {
+    Simulator::start(args, ADMIN_KEY)
 }
 
 fn write_config(dir: &Path, port: u16, extra: &str) -> std::path::PathBuf {
@@ -84,18 +32,13 @@ fn write_config(dir: &Path, port: u16, extra: &str) -> std::path::PathBuf {
 
 fn run(cmd: &mut Command) -> Output {
     let out = cmd.env("OPENAI_ADMIN_KEY", ADMIN_KEY).output().unwrap();
-    for stream in [&out.stdout, &out.stderr] {
-        assert!(
-            !String::from_utf8_lossy(stream).contains(ADMIN_KEY),
-            "the admin key reached the output"
-        );
-    }
+    assert_no_secret("the output", &process::combined(&out), &[ADMIN_KEY]);
     out
 }
 
 #[test]
 fn simulate_then_scan_reports_exactly_1750_keys_in_21_key_pages() {
-    let sim = Simulator::start(&[
+    let sim = simulator(&[
         "--projects",
         "7",
         "--keys-per-project",
@@ -153,7 +96,7 @@ fn simulate_then_scan_reports_exactly_1750_keys_in_21_key_pages() {
 
 #[test]
 fn scan_formats_and_findings() {
-    let sim = Simulator::start(&["--projects", "2", "--keys-per-project", "30", "--seed", "7"]);
+    let sim = simulator(&["--projects", "2", "--keys-per-project", "30", "--seed", "7"]);
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), sim.port, "");
     let mut text = std::fs::read_to_string(&config).unwrap();
@@ -217,7 +160,7 @@ fn scan_formats_and_findings() {
 
 #[test]
 fn wrong_admin_key_makes_scan_fail_clearly() {
-    let sim = Simulator::start(&["--projects", "1", "--keys-per-project", "3"]);
+    let sim = simulator(&["--projects", "1", "--keys-per-project", "3"]);
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), sim.port, "");
     let out = bin()
@@ -240,7 +183,7 @@ fn wrong_admin_key_makes_scan_fail_clearly() {
 
 #[test]
 fn run_once_enforces_and_audit_verifies() {
-    let sim = Simulator::start(&["--projects", "2", "--keys-per-project", "20", "--seed", "5"]);
+    let sim = simulator(&["--projects", "2", "--keys-per-project", "20", "--seed", "5"]);
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(
         dir.path(),
@@ -280,17 +223,20 @@ fn run_once_enforces_and_audit_verifies() {
     assert!(stdout.contains("REVOKED"), "{stdout}");
     assert!(sim.stats()["requests"]["DELETE /v1/organization/projects/{project_id}/api_keys/{api_key_id}"].as_u64().unwrap() > 0);
 
-    let db = dir.path().join("keysweep.db");
-    let verify = run(bin().args(["audit", "verify", "--state"]).arg(&db));
+    assert_audit_shows_the_deletions(&dir.path().join("keysweep.db"), &config);
+}
+
+/// `audit verify` passes on the state `db`, every intent has its outcome, and `audit` lists
+/// them by state path and by configuration, filtered by `--since`.
+fn assert_audit_shows_the_deletions(db: &Path, config: &Path) {
+    let verify = run(bin().args(["audit", "verify", "--state"]).arg(db));
     assert!(
         verify.status.success(),
         "{}",
         String::from_utf8_lossy(&verify.stdout)
     );
     assert!(String::from_utf8_lossy(&verify.stdout).contains("audit chain OK"));
-    let list = run(bin()
-        .args(["audit", "--format", "json", "--state"])
-        .arg(&db));
+    let list = run(bin().args(["audit", "--format", "json", "--state"]).arg(db));
     let records: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
     let kinds: Vec<&str> = records
         .as_array()
@@ -308,7 +254,7 @@ fn run_once_enforces_and_audit_verifies() {
     let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
     let table = run(bin()
         .args(["audit", "--since", &today, "--config"])
-        .arg(&config));
+        .arg(config));
     assert!(
         table.status.success(),
         "{}",
@@ -324,7 +270,7 @@ fn run_once_enforces_and_audit_verifies() {
         .to_string();
     let none = run(bin()
         .args(["audit", "--format", "json", "--since", &future, "--config"])
-        .arg(&config));
+        .arg(config));
     let records: serde_json::Value = serde_json::from_slice(&none.stdout).unwrap();
     assert!(records.as_array().unwrap().is_empty(), "--since filters");
 }

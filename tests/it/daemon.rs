@@ -13,8 +13,10 @@ use keysweep::daemon::{
 };
 use keysweep::metrics::Metrics;
 
-/// Generous bound for "eventually": only guards against a hang, never a speed assertion.
-const PATIENCE: Duration = Duration::from_secs(60);
+use crate::support::config::config_from_toml;
+use crate::support::net::{self, http};
+use crate::support::process::signal;
+use crate::support::wait::{PATIENCE, eventually, poll};
 
 /// A configuration as an operator would write it, loaded through the real loader. The cron
 /// expression is set afterwards, unvalidated, so tests can hand the daemon a bad one and watch
@@ -31,11 +33,7 @@ fn config(cron: &str, orgs: &[&str], hash: &str) -> Config {
             "[[organizations]]\nname = {name:?}\nbase_url = \"http://127.0.0.1:1/v1\"\n"
         ));
     }
-    let env = [(
-        "OPENAI_ADMIN_KEY".to_string(),
-        "sk-admin-never-shown".to_string(),
-    )];
-    let mut config = keysweep::config::load_from_str(&toml, &env).unwrap();
+    let mut config = config_from_toml(&toml, &[("OPENAI_ADMIN_KEY", "sk-admin-never-shown")]);
     config.schedule.cron = cron.to_string();
     config.hash = hash.into();
     config
@@ -61,18 +59,6 @@ fn deps(sweep: SweepFn, reload: ReloadFn, metrics: Metrics) -> DaemonDeps {
         db_ready: Arc::new(|| true),
         on_shutdown: None,
     }
-}
-
-async fn eventually<F: FnMut() -> bool>(what: &str, mut cond: F) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < PATIENCE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn http() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
 }
 
 /// Sum of every sample of `family` (e.g. `keysweep_sweeps_total`) in an OpenMetrics text.
@@ -318,38 +304,26 @@ async fn ops_endpoints_report_health_readiness_and_metrics_over_a_real_socket() 
     assert!(first.contains("# TYPE keysweep_sweeps counter"), "{first}");
     assert!(first.contains("keysweep_sweeps_total{organization=\"acme\",outcome=\"failed\"}"));
     let before = sample_sum(&first, "keysweep_sweeps_total");
-    let start = Instant::now();
-    loop {
+    let text = poll("the sweep counter to move", async || {
         let text = scrape().await;
-        if sample_sum(&text, "keysweep_sweeps_total") > before {
-            assert!(text.contains(
-                "keysweep_last_successful_sweep_timestamp_seconds{organization=\"acme\"}"
-            ));
-            break;
+        let now = sample_sum(&text, "keysweep_sweeps_total");
+        if now > before {
+            Ok(text)
+        } else {
+            Err(format!("{now}"))
         }
-        assert!(start.elapsed() < PATIENCE, "sweep counter never moved");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await;
+    assert!(
+        text.contains("keysweep_last_successful_sweep_timestamp_seconds{organization=\"acme\"}")
+    );
 
     daemon.control().shutdown();
     daemon.wait().await.unwrap();
 }
 
 async fn poll_readyz(client: &reqwest::Client, base: &str, status: u16, needle: &str) -> String {
-    let start = Instant::now();
-    loop {
-        let resp = client.get(format!("{base}/readyz")).send().await.unwrap();
-        let got = resp.status().as_u16();
-        let body = resp.text().await.unwrap();
-        if got == status && body.contains(needle) {
-            return body;
-        }
-        assert!(
-            start.elapsed() < PATIENCE,
-            "/readyz never answered {status} with {needle:?}; last: {got} {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    net::poll_readyz(client, base, status, needle).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -446,13 +420,7 @@ async fn run_reacts_to_real_sighup_and_sigterm() {
     // Handlers are installed before the first sweep can run.
     eventually("a first sweep", || sweeps.load(Ordering::SeqCst) >= 1).await;
 
-    let kill = |sig: &str| {
-        let status = std::process::Command::new("kill")
-            .args([sig, &std::process::id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill {sig} failed");
-    };
+    let kill = |sig: &str| signal(std::process::id(), sig);
     kill("-HUP");
     eventually("the reload attempt", || reloads.load(Ordering::SeqCst) == 1).await;
     let n = sweeps.load(Ordering::SeqCst);

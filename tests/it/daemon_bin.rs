@@ -2,319 +2,25 @@
 //! started as a child process against the simulated Administration API running in this test
 //! process, with a per-second schedule and its state in a tempdir. The tests watch it only from
 //! the outside: its ops endpoints over HTTP, its JSON log on stderr, its state database and
-//! `keysweep audit verify`, and signals sent with `kill`.
-//!
-//! Also home of the helpers the other end-to-end file (`alerts_e2e`) shares: the simulated
-//! organisation, child processes with captured output, a free port. No test here may assert a
-//! speed: time bounds are hang guards (or "at least" bounds), never pass/fail on performance.
+//! `keysweep audit verify`, and signals sent with `kill`. No test here may assert a speed: time
+//! bounds are hang guards (or "at least" bounds), never pass/fail on performance.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use keysweep::sim::{
-    Fault, FaultKind, SimAccess, SimAdminKey, SimKey, SimMember, SimOptions, SimOrg, SimOwnerRef,
-    SimProject, SimServer, SimServiceAccount, SimUser,
-};
+use keysweep::sim::{Fault, FaultKind, SimServer};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
-/// The admin key the simulator accepts. It must never show up in the daemon's output.
-pub(crate) const ADMIN_KEY: &str = "sk-admin-e2e-NEVER-PRINT-7f3a9c51d2";
-/// The environment variable the configurations name for it.
-pub(crate) const ADMIN_KEY_ENV: &str = "KEYSWEEP_E2E_ADMIN_KEY";
-/// Guards against a hang only; never a speed assertion.
-pub(crate) const PATIENCE: Duration = Duration::from_secs(90);
-pub(crate) const DAY: i64 = 86_400;
-
-// ---------------------------------------------------------------------------------------------
-// The simulated organisation (shared with alerts_e2e)
-
-/// Keys of the fixture: (project, id, name, redacted value).
-pub(crate) const CI_DEPLOY: (&str, &str, &str, &str) = (
-    "proj_pay",
-    "key_pay_ci_deploy",
-    "ci-deploy",
-    "sk-proj-****A1b2",
-);
-pub(crate) const OLD_BATCH: (&str, &str, &str, &str) = (
-    "proj_pay",
-    "key_pay_old_batch",
-    "old-batch",
-    "sk-proj-****C3d4",
-);
-pub(crate) const FRESH: (&str, &str, &str, &str) =
-    ("proj_pay", "key_pay_fresh", "fresh-key", "sk-proj-****E5f6");
-pub(crate) const SVC_BOT: (&str, &str, &str, &str) = (
-    "proj_pay",
-    "key_pay_svc_bot",
-    "svc-bot",
-    "sk-svcacct-****G7h8",
-);
-pub(crate) const WEB: (&str, &str, &str, &str) = (
-    "proj_web",
-    "key_web_frontend",
-    "web-frontend",
-    "sk-proj-****J9k0",
-);
-
-/// A small organisation, ages relative to `now`: under a 90-day `max_age` policy exactly
-/// `ci-deploy` (alice, 400 days), `old-batch` (bob, 200 days, never used) and `svc-bot` (a
-/// service account, 300 days) violate; `fresh-key` and `web-frontend` do not.
-pub(crate) fn org(now: i64) -> SimOrg {
-    let day = |d: i64| now - d * DAY;
-    let user = |id: &str, name: &str, email: &str| SimUser {
-        id: id.into(),
-        name: name.into(),
-        email: email.into(),
-        created_at: day(900),
-    };
-    let member = |id: &str| SimMember {
-        user_id: id.into(),
-        role: "member".into(),
-        added_at: day(800),
-        access: SimAccess::Active,
-    };
-    let key =
-        |k: (&str, &str, &str, &str), created: i64, used: Option<i64>, owner: SimOwnerRef| SimKey {
-            id: k.1.into(),
-            name: k.2.into(),
-            redacted_value: k.3.into(),
-            created_at: day(created),
-            last_used_at: used.map(day),
-            owner,
-        };
-    let alice = || SimOwnerRef::User {
-        id: "user_alice".into(),
-    };
-    SimOrg {
-        format: keysweep::sim::FORMAT_VERSION,
-        generated_at: now,
-        users: vec![
-            user("user_alice", "Alice Martin", "alice@example.com"),
-            user("user_bob", "Bob Nguyen", "bob@example.com"),
-            user("user_olivia", "Olivia Larsen", "olivia@example.com"),
-        ],
-        admin_api_keys: vec![SimAdminKey {
-            id: "key_admin_main".into(),
-            name: Some("keysweep".into()),
-            redacted_value: "sk-admin-****Zz99".into(),
-            created_at: day(30),
-            expires_at: None,
-            last_used_at: Some(day(1)),
-            owner_user_id: "user_olivia".into(),
-        }],
-        projects: vec![
-            SimProject {
-                id: "proj_pay".into(),
-                name: Some("payments".into()),
-                created_at: day(850),
-                archived_at: None,
-                external_key_id: None,
-                members: vec![member("user_alice"), member("user_bob")],
-                service_accounts: vec![SimServiceAccount {
-                    id: "svc_acct_bot".into(),
-                    name: "deploy-bot".into(),
-                    role: "member".into(),
-                    created_at: day(700),
-                    access: SimAccess::Active,
-                }],
-                keys: vec![
-                    key(CI_DEPLOY, 400, Some(1), alice()),
-                    key(
-                        OLD_BATCH,
-                        200,
-                        None,
-                        SimOwnerRef::User {
-                            id: "user_bob".into(),
-                        },
-                    ),
-                    key(FRESH, 10, Some(2), alice()),
-                    key(
-                        SVC_BOT,
-                        300,
-                        Some(3),
-                        SimOwnerRef::ServiceAccount {
-                            id: "svc_acct_bot".into(),
-                        },
-                    ),
-                ],
-            },
-            SimProject {
-                id: "proj_web".into(),
-                name: Some("website".into()),
-                created_at: day(600),
-                archived_at: None,
-                external_key_id: None,
-                members: vec![member("user_alice")],
-                service_accounts: vec![],
-                keys: vec![key(WEB, 20, Some(1), alice())],
-            },
-        ],
-    }
-}
-
-pub(crate) async fn start_sim(now: i64) -> SimServer {
-    SimServer::start(
-        "127.0.0.1:0".parse().unwrap(),
-        org(now),
-        SimOptions::new(ADMIN_KEY),
-    )
-    .await
-    .unwrap()
-}
-
-pub(crate) fn unix_now() -> i64 {
-    chrono::Utc::now().timestamp()
-}
-
-/// A port on 127.0.0.1 that nothing listens on (yet): the daemon cannot report the port it got
-/// for `127.0.0.1:0`, so the test picks one and writes it into the configuration.
-pub(crate) fn free_port() -> u16 {
-    crate::smtp_server::free_port()
-}
-
-pub(crate) async fn eventually<F: FnMut() -> bool>(what: &str, mut cond: F) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < PATIENCE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-pub(crate) fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
-}
-
-// ---------------------------------------------------------------------------------------------
-// Child processes
-
-/// A running `keysweep` process with its stdout and stderr captured line by line.
-pub(crate) struct Proc {
-    child: Child,
-    pub pid: u32,
-    out: Arc<Mutex<Vec<String>>>,
-    err: Arc<Mutex<Vec<String>>>,
-}
-
-/// The binary under test, with a clean environment for the variables keysweep reads.
-pub(crate) fn keysweep(args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keysweep"));
-    cmd.args(args)
-        .env_remove("RUST_LOG")
-        .env_remove("KEYSWEEP_CONFIG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd
-}
-
-impl Proc {
-    pub(crate) fn spawn(mut cmd: Command) -> Proc {
-        let mut child = cmd.spawn().unwrap();
-        let pid = child.id().unwrap();
-        let out = Arc::new(Mutex::new(Vec::new()));
-        let err = Arc::new(Mutex::new(Vec::new()));
-        for (pipe, sink) in [
-            (
-                Box::new(child.stdout.take().unwrap())
-                    as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
-                out.clone(),
-            ),
-            (Box::new(child.stderr.take().unwrap()), err.clone()),
-        ] {
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(pipe).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    sink.lock().unwrap().push(line);
-                }
-            });
-        }
-        Proc {
-            child,
-            pid,
-            out,
-            err,
-        }
-    }
-
-    pub(crate) fn stdout(&self) -> Vec<String> {
-        self.out.lock().unwrap().clone()
-    }
-
-    pub(crate) fn stderr(&self) -> Vec<String> {
-        self.err.lock().unwrap().clone()
-    }
-
-    /// Every stderr line, which must all be JSON log records (`[log] format = "json"`).
-    pub(crate) fn log(&self) -> Vec<Value> {
-        self.stderr()
-            .iter()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| {
-                serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON record ({e}): {l}"))
-            })
-            .collect()
-    }
-
-    pub(crate) fn signal(&self, sig: &str) {
-        let status = std::process::Command::new("kill")
-            .args([sig, &self.pid.to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill {sig} {} failed", self.pid);
-    }
-
-    pub(crate) fn is_running(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-
-    /// Waits for the exit (hang guard: [`PATIENCE`]) and returns the status and how long it took.
-    pub(crate) async fn wait(&mut self) -> (ExitStatus, Duration) {
-        let start = Instant::now();
-        let status = tokio::time::timeout(PATIENCE, self.child.wait())
-            .await
-            .expect("the process exited")
-            .unwrap();
-        (status, start.elapsed())
-    }
-
-    /// Neither stream may hold the admin key (or any other of `secrets`).
-    pub(crate) fn assert_no_secret(&self, secrets: &[&str]) {
-        for line in self.stdout().iter().chain(self.stderr().iter()) {
-            for s in secrets {
-                assert!(!line.contains(s), "a secret in the output: {line}");
-            }
-        }
-    }
-}
-
-/// Runs a one-shot command to its end: (exit status, stdout, stderr).
-pub(crate) async fn run_to_end(
-    args: &[&str],
-    env: &[(&str, &str)],
-) -> (ExitStatus, String, String) {
-    let out = tokio::time::timeout(PATIENCE, keysweep(args, env).output())
-        .await
-        .expect("the command finished")
-        .unwrap();
-    (
-        out.status,
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use crate::support::acme::{
+    ADMIN_KEY, ADMIN_KEY_ENV, CI_DEPLOY, FRESH, OLD_BATCH, SVC_BOT, start_sim,
+};
+use crate::support::net::{free_port, http};
+use crate::support::openmetrics::Metrics;
+use crate::support::process::{Proc, keysweep, run_to_end};
+use crate::support::state_file::audit_records;
+use crate::support::time::unix_now;
+use crate::support::wait::{eventually, poll};
 
 // ---------------------------------------------------------------------------------------------
 // The daemon under test
@@ -400,24 +106,20 @@ impl Daemon {
             sim_url: sim.base_url(),
             http: http(),
         };
-        let start = Instant::now();
-        loop {
+        poll("the daemon to serve /healthz", async || {
             if let Ok(r) = d.http.get(d.url("/healthz")).send().await
                 && r.status() == 200
             {
-                break;
+                return Ok(());
             }
             assert!(
                 d.proc.is_running(),
                 "the daemon exited at start-up: {:#?}",
                 d.proc.stderr()
             );
-            assert!(
-                start.elapsed() < PATIENCE,
-                "the daemon never served /healthz"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            Err("no answer yet".to_string())
+        })
+        .await;
         d
     }
 
@@ -472,218 +174,6 @@ impl Daemon {
             self.audit_sweeps().iter().filter(|(o, _)| o == org).count() >= n
         })
         .await;
-    }
-}
-
-/// Every audit record (the hashed JSON), in chain order. Reads the live database (WAL: readers
-/// never block the daemon).
-pub(crate) fn audit_records(state: &Path) -> Vec<Value> {
-    if !state.exists() {
-        return Vec::new();
-    }
-    let conn = rusqlite::Connection::open(state).unwrap();
-    conn.busy_timeout(Duration::from_secs(10)).unwrap();
-    // The daemon may not have created the schema yet.
-    let Ok(mut st) = conn.prepare("SELECT record FROM audit ORDER BY seq") else {
-        return Vec::new();
-    };
-    st.query_map([], |r| r.get::<_, String>(0))
-        .unwrap()
-        .map(|r| serde_json::from_str(&r.unwrap()).unwrap())
-        .collect()
-}
-
-// ---------------------------------------------------------------------------------------------
-// OpenMetrics text, checked line by line
-
-#[derive(Debug, Clone)]
-pub(crate) struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
-}
-
-#[derive(Debug)]
-pub(crate) struct Metrics {
-    samples: Vec<Sample>,
-    /// family → type
-    types: BTreeMap<String, String>,
-    helps: BTreeSet<String>,
-}
-
-impl Metrics {
-    /// Parses and validates: `# HELP`/`# TYPE`/`# UNIT` lines, `# EOF` as the last line, every
-    /// sample well-formed and belonging to a family declared before it.
-    pub(crate) fn parse(text: &str) -> Metrics {
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.last(), Some(&"# EOF"), "no # EOF at the end:\n{text}");
-        assert_eq!(
-            lines.iter().filter(|l| **l == "# EOF").count(),
-            1,
-            "# EOF more than once"
-        );
-        let mut m = Metrics {
-            samples: Vec::new(),
-            types: BTreeMap::new(),
-            helps: BTreeSet::new(),
-        };
-        for line in &lines[..lines.len() - 1] {
-            if let Some(rest) = line.strip_prefix("# ") {
-                let mut parts = rest.splitn(3, ' ');
-                let (kw, family) = (parts.next().unwrap(), parts.next().unwrap_or(""));
-                assert!(valid_name(family), "bad family name in {line:?}");
-                let arg = parts.next().unwrap_or("");
-                match kw {
-                    "HELP" => {
-                        assert!(!arg.is_empty(), "empty HELP: {line:?}");
-                        m.helps.insert(family.to_string());
-                    }
-                    "TYPE" => {
-                        assert!(
-                            [
-                                "counter",
-                                "gauge",
-                                "histogram",
-                                "gaugehistogram",
-                                "summary",
-                                "info",
-                                "stateset",
-                                "unknown"
-                            ]
-                            .contains(&arg),
-                            "bad TYPE: {line:?}"
-                        );
-                        m.types.insert(family.to_string(), arg.to_string());
-                    }
-                    "UNIT" => {}
-                    _ => panic!("unknown metadata line {line:?}"),
-                }
-                continue;
-            }
-            let s = parse_sample(line);
-            let family = m
-                .types
-                .keys()
-                .filter(|f| {
-                    s.name == **f
-                        || ["_total", "_created", "_bucket", "_sum", "_count", "_info"]
-                            .iter()
-                            .any(|suf| s.name == format!("{f}{suf}"))
-                })
-                .max_by_key(|f| f.len());
-            assert!(family.is_some(), "sample of an undeclared family: {line:?}");
-            m.samples.push(s);
-        }
-        for f in m.types.keys() {
-            assert!(m.helps.contains(f), "family {f} has TYPE but no HELP");
-        }
-        m
-    }
-
-    pub(crate) fn sum(&self, name: &str, filter: &[(&str, &str)]) -> f64 {
-        self.samples
-            .iter()
-            .filter(|s| s.name == name)
-            .filter(|s| {
-                filter
-                    .iter()
-                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(v))
-            })
-            .map(|s| s.value)
-            .sum()
-    }
-
-    fn label_values(&self) -> impl Iterator<Item = &String> {
-        self.samples.iter().flat_map(|s| s.labels.values())
-    }
-}
-
-fn valid_name(s: &str) -> bool {
-    let mut chars = s.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
-}
-
-/// `name{k="v",…} value [timestamp]`, with `\\`, `\"` and `\n` escapes in label values.
-fn parse_sample(line: &str) -> Sample {
-    let name_end = line
-        .find(['{', ' '])
-        .unwrap_or_else(|| panic!("no value: {line:?}"));
-    let name = &line[..name_end];
-    assert!(valid_name(name), "bad metric name: {line:?}");
-    let mut labels = BTreeMap::new();
-    let mut rest = &line[name_end..];
-    if let Some(r) = rest.strip_prefix('{') {
-        let mut chars = r.char_indices().peekable();
-        let end;
-        loop {
-            // label name
-            let start = chars.peek().map(|(i, _)| *i).unwrap();
-            if r[start..].starts_with('}') {
-                end = start + 1;
-                break;
-            }
-            let eq = r[start..]
-                .find('=')
-                .map(|i| start + i)
-                .unwrap_or_else(|| panic!("no '=' in labels: {line:?}"));
-            let key = &r[start..eq];
-            assert!(valid_name(key), "bad label name {key:?}: {line:?}");
-            assert_eq!(&r[eq + 1..eq + 2], "\"", "unquoted label value: {line:?}");
-            while chars.peek().is_some_and(|(i, _)| *i <= eq + 1) {
-                chars.next();
-            }
-            let mut value = String::new();
-            loop {
-                let (_, c) = chars
-                    .next()
-                    .unwrap_or_else(|| panic!("unterminated label value: {line:?}"));
-                match c {
-                    '\\' => match chars.next().map(|(_, c)| c) {
-                        Some('\\') => value.push('\\'),
-                        Some('"') => value.push('"'),
-                        Some('n') => value.push('\n'),
-                        other => panic!("bad escape {other:?}: {line:?}"),
-                    },
-                    '"' => break,
-                    c => value.push(c),
-                }
-            }
-            labels.insert(key.to_string(), value);
-            match chars.next() {
-                Some((_, ',')) => {}
-                Some((i, '}')) => {
-                    end = i + 1;
-                    break;
-                }
-                other => panic!("bad label separator {other:?}: {line:?}"),
-            }
-        }
-        rest = &r[end..];
-    }
-    let rest = rest
-        .strip_prefix(' ')
-        .unwrap_or_else(|| panic!("no space before the value: {line:?}"));
-    let mut parts = rest.split(' ');
-    let value = parts.next().unwrap();
-    let value: f64 = match value {
-        "+Inf" => f64::INFINITY,
-        "-Inf" => f64::NEG_INFINITY,
-        v => v
-            .parse()
-            .unwrap_or_else(|e| panic!("bad value {v:?} ({e}): {line:?}")),
-    };
-    if let Some(ts) = parts.next() {
-        ts.parse::<f64>()
-            .unwrap_or_else(|e| panic!("bad timestamp ({e}): {line:?}"));
-    }
-    assert!(parts.next().is_none(), "trailing fields: {line:?}");
-    Sample {
-        name: name.to_string(),
-        labels,
-        value,
     }
 }
 
@@ -790,19 +280,9 @@ fn assert_no_overlap(log: &[Value]) -> usize {
 // ---------------------------------------------------------------------------------------------
 // Tests
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_daemon_sweeps_on_schedule_serves_its_endpoints_and_logs_run_ids() {
-    let sim = start_sim(unix_now()).await;
-    let mut d = Daemon::start(&sim, DaemonOpts::default()).await;
-
-    let (status, body) = d.get("/healthz").await;
-    assert_eq!((status, body.as_str()), (200, "ok"));
-    d.wait_for_sweeps("acme", 3).await;
-    let (status, body) = d.get("/readyz").await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["ready"], true);
-
-    // /metrics parses and its counters move between two scrapes.
+/// /metrics parses, declares the main families, counts acme's keys and findings (and never
+/// names a key or the admin key in a label), and its counters move between two scrapes.
+async fn assert_metrics_move(d: &Daemon) {
     let first = d.metrics().await;
     for family in [
         "keysweep_sweeps",
@@ -836,18 +316,16 @@ async fn the_daemon_sweeps_on_schedule_serves_its_endpoints_and_logs_run_ids() {
             assert!(!v.contains(secret_or_name), "label value {v:?}");
         }
     }
-    let start = Instant::now();
-    let second = loop {
+    let second = poll("keysweep_sweeps_total to move", async || {
         let m = d.metrics().await;
-        if m.sum("keysweep_sweeps_total", &[("organization", "acme")]) > sweeps_before {
-            break m;
+        let now = m.sum("keysweep_sweeps_total", &[("organization", "acme")]);
+        if now > sweeps_before {
+            Ok(m)
+        } else {
+            Err(format!("{now}"))
         }
-        assert!(
-            start.elapsed() < PATIENCE,
-            "keysweep_sweeps_total never moved"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    })
+    .await;
     assert!(second.sum("keysweep_api_requests_total", &[]) > requests_before);
     assert!(
         second.sum(
@@ -863,6 +341,21 @@ async fn the_daemon_sweeps_on_schedule_serves_its_endpoints_and_logs_run_ids() {
         &[("organization", "acme")],
     );
     assert!(last_ok >= (unix_now() - 600) as f64, "{last_ok}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_sweeps_on_schedule_serves_its_endpoints_and_logs_run_ids() {
+    let sim = start_sim(unix_now()).await;
+    let mut d = Daemon::start(&sim, DaemonOpts::default()).await;
+
+    let (status, body) = d.get("/healthz").await;
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    d.wait_for_sweeps("acme", 3).await;
+    let (status, body) = d.get("/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["ready"], true);
+
+    assert_metrics_move(&d).await;
 
     // The simulator saw one project listing per sweep at least.
     let listed = sim
@@ -994,18 +487,7 @@ async fn readyz_turns_unready_while_the_api_refuses_the_admin_key() {
 }
 
 async fn poll_readyz(d: &Daemon, status: u16, needle: &str) -> String {
-    let start = Instant::now();
-    loop {
-        let (got, body) = d.get("/readyz").await;
-        if got == status && body.contains(needle) {
-            return body;
-        }
-        assert!(
-            start.elapsed() < PATIENCE,
-            "/readyz never answered {status} with {needle:?}; last: {got} {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::support::net::poll_readyz(&d.http, &d.base, status, needle).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1073,9 +555,10 @@ async fn sigterm_during_a_slow_sweep_exits_zero_with_a_consistent_state() {
         .unwrap();
     assert_eq!(running, 0, "a sweep was left running");
     drop(conn);
+    let no_env: [(&str, &str); 0] = [];
     let (status, out, err) = run_to_end(
         &["audit", "verify", "--state", d.state.to_str().unwrap()],
-        &[],
+        &no_env,
     )
     .await;
     assert!(status.success(), "audit verify failed: {out}{err}");

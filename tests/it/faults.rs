@@ -29,20 +29,22 @@ use keysweep::notify::alert::EnforcerAlert;
 use keysweep::notify::outbox::{self, StoredMessage};
 use keysweep::policy::finding::Finding;
 use keysweep::sim::{
-    FORMAT_VERSION, Fault, FaultKind, FaultRoute, SimAccess, SimKey, SimMember, SimOptions, SimOrg,
+    FORMAT_VERSION, Fault, FaultKind, FaultRoute, SimAccess, SimKey, SimMember, SimOrg,
     SimOwnerRef, SimProject, SimServer, SimUser,
 };
 use keysweep::state::audit::{self, AuditKind, AuditRow};
 use keysweep::state::{self, Store};
 use keysweep::sweep::{SweepOptions, SweepReport, Sweeper};
 
-use crate::receivers::Receiver;
-use crate::smtp_server::{self, SmtpServer, TestPki};
+use crate::support::net::free_port;
+use crate::support::process::{combined, keysweep, output, signal};
+use crate::support::receivers::Receiver;
+use crate::support::secrets::{self, whsec};
+use crate::support::sim::start_sim;
+use crate::support::smtp_server::{self, SmtpServer, TestPki};
+use crate::support::time::{DAY, rfc3339};
+use crate::support::wait::{PATIENCE, eventually};
 
-/// Generous bound for "eventually": only guards against a hang, never a speed assertion.
-const PATIENCE: Duration = Duration::from_secs(120);
-
-const DAY: i64 = 86_400;
 /// 2026-03-01T09:00:00Z: the organisation's clock for the in-process tests.
 const BASE: i64 = 1_772_355_600;
 /// Sweep 1: the old keys are detected and warned about.
@@ -70,7 +72,7 @@ const DUE_F: [&str; 2] = ["key_f000", "key_f100"];
 const DUE_G: &str = "key_g0";
 
 fn webhook_secret() -> String {
-    crate::receivers::whsec(WEBHOOK_KEY)
+    whsec(WEBHOOK_KEY)
 }
 
 fn secrets() -> Vec<String> {
@@ -83,15 +85,7 @@ fn secrets() -> Vec<String> {
 }
 
 fn assert_no_secret(what: &str, text: &str) {
-    for s in secrets() {
-        assert!(!text.contains(&s), "{what} contains a secret");
-    }
-}
-
-fn rfc3339(ts: i64) -> String {
-    chrono::DateTime::from_timestamp(ts, 0)
-        .unwrap()
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    secrets::assert_no_secret(what, text, &secrets());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -231,40 +225,11 @@ struct World {
     sweeper: Sweeper,
 }
 
-impl World {
-    async fn new(knobs: Knobs) -> World {
-        keysweep::telemetry::init_for_tests();
-        let dir = tempfile::tempdir().unwrap();
-        let acme = SimServer::start(
-            "127.0.0.1:0".parse().unwrap(),
-            acme_org(knobs.base),
-            SimOptions::new(ACME_KEY),
-        )
-        .await
-        .unwrap();
-        let globex = SimServer::start(
-            "127.0.0.1:0".parse().unwrap(),
-            globex_org(knobs.base),
-            SimOptions::new(GLOBEX_KEY),
-        )
-        .await
-        .unwrap();
-        let pki = TestPki::new();
-        let (smtp_port, smtp) = if knobs.smtp_up {
-            let s = smtp_server::start(&pki, 0, SMTP_USER, SMTP_PASSWORD);
-            (s.port, Some(s))
-        } else {
-            (smtp_server::free_port(), None)
-        };
-        let (hook_port, hook) = if knobs.hook_up {
-            let r = Receiver::start().await;
-            (r.addr.port(), Some(r))
-        } else {
-            (smtp_server::free_port(), None)
-        };
-        let state_path = dir.path().join("state.db");
-        let toml = format!(
-            r#"
+/// Everything but the channels: enforce mode, both organisations, the limits under test, a
+/// revoking policy with a 7-day warning, and lifted caps.
+fn core_toml(knobs: &Knobs, state: &Path, acme: &SimServer, globex: &SimServer) -> String {
+    format!(
+        r#"
 mode = "enforce"
 state_path = "{state}"
 schedule = "0 0 1 1 *"
@@ -302,7 +267,21 @@ max_revocations_per_run = 100
 max_revocations_per_project_percent = 100
 max_revocations_per_day = 1000
 
-[[channels]]
+"#,
+        state = state.display(),
+        acme = acme.base_url(),
+        globex = globex.base_url(),
+        max_retries = knobs.max_retries,
+        timeout = knobs.request_timeout,
+        max_bytes = knobs.max_response_bytes,
+    )
+}
+
+/// The two channels (e-mail over STARTTLS + AUTH, a signed webhook), which are also the ops
+/// channels, and the delivery settings.
+fn channels_toml(knobs: &Knobs, smtp_port: u16, pki: &TestPki, hook_port: u16) -> String {
+    format!(
+        r#"[[channels]]
 name = "mail"
 type = "email"
 smtp_host = "127.0.0.1"
@@ -328,14 +307,35 @@ max_attempts = {max_attempts}
 [server]
 listen = "127.0.0.1:0"
 "#,
-            state = state_path.display(),
-            acme = acme.base_url(),
-            globex = globex.base_url(),
-            max_retries = knobs.max_retries,
-            timeout = knobs.request_timeout,
-            max_bytes = knobs.max_response_bytes,
-            ca = pki.ca_pem.display(),
-            max_attempts = knobs.max_attempts,
+        ca = pki.ca_pem.display(),
+        max_attempts = knobs.max_attempts,
+    )
+}
+
+impl World {
+    async fn new(knobs: Knobs) -> World {
+        keysweep::telemetry::init_for_tests();
+        let dir = tempfile::tempdir().unwrap();
+        let acme = start_sim(acme_org(knobs.base), ACME_KEY).await;
+        let globex = start_sim(globex_org(knobs.base), GLOBEX_KEY).await;
+        let pki = TestPki::new();
+        let (smtp_port, smtp) = if knobs.smtp_up {
+            let s = smtp_server::start(&pki, 0, SMTP_USER, SMTP_PASSWORD);
+            (s.port, Some(s))
+        } else {
+            (free_port(), None)
+        };
+        let (hook_port, hook) = if knobs.hook_up {
+            let r = Receiver::start().await;
+            (r.addr.port(), Some(r))
+        } else {
+            (free_port(), None)
+        };
+        let state_path = dir.path().join("state.db");
+        let toml = format!(
+            "{}{}",
+            core_toml(&knobs, &state_path, &acme, &globex),
+            channels_toml(&knobs, smtp_port, &pki, hook_port)
         );
         let config_path = dir.path().join("keysweep.toml");
         std::fs::write(&config_path, &toml).unwrap();
@@ -1147,6 +1147,18 @@ async fn receiver_down(down: Down) {
         Down::Smtp => "mail",
         Down::Webhook => "hook",
     };
+    enforcement_goes_on(&w, dead_channel).await;
+    dead_letter_raises_an_alert(&w, down, dead_channel).await;
+    match down {
+        Down::Smtp => w.start_smtp(),
+        Down::Webhook => w.start_hook().await,
+    }
+    let rows = the_rest_arrives_when_back(&w, dead_channel).await;
+    the_operator_requeues_the_dead_letters(&w, dead_channel, &rows).await;
+}
+
+/// The sweeps are complete and enforced; what is owed to the dead receiver waits in the outbox.
+async fn enforcement_goes_on(w: &World, dead_channel: &str) {
     let r1 = w.sweep(T1).await;
     assert!(r1.complete());
     assert!(
@@ -1178,8 +1190,10 @@ async fn receiver_down(down: Down) {
             .all(|m| m.status == "pending" && m.attempts >= 1 && m.last_error.is_some()),
         "{pending:?}"
     );
+}
 
-    // Third failure of sweep 1's warning: dead-lettered, and the other ops channel hears of it.
+/// Third failure of sweep 1's warning: dead-lettered, and the other ops channel hears of it.
+async fn dead_letter_raises_an_alert(w: &World, down: Down, dead_channel: &str) {
     let d = w.deliver(T2 + 3600).await;
     assert!(d.dead >= 1, "{d:?}");
     let dead: Vec<StoredMessage> = w
@@ -1210,12 +1224,11 @@ async fn receiver_down(down: Down) {
             assert_eq!(alert_mail.status, "sent");
         }
     }
+}
 
-    // The receiver comes back: everything not dead-lettered arrives, ids unchanged.
-    match down {
-        Down::Smtp => w.start_smtp(),
-        Down::Webhook => w.start_hook().await,
-    }
+/// The receiver is back: everything not dead-lettered arrives, ids unchanged. Returns the
+/// outbox rows.
+async fn the_rest_arrives_when_back(w: &World, dead_channel: &str) -> Vec<StoredMessage> {
     let d = w.deliver(T2 + 2 * 3600).await;
     assert_eq!(d.failed + d.dead, 0, "{d:?}");
     let rows = w.outbox();
@@ -1236,22 +1249,30 @@ async fn receiver_down(down: Down) {
         .count();
     assert!(sent_to_dead >= 2, "the final and revoked notices were lost");
 
-    // The operator, channel fixed, puts the dead letters back (`notify retry-dead`, the real
-    // binary); the next delivery sends them with their original ids, and nothing is left.
+    rows
+}
+
+/// The operator, channel fixed, puts the dead letters back (`notify retry-dead`, the real
+/// binary); the next delivery sends them with their original ids, and nothing is left.
+async fn the_operator_requeues_the_dead_letters(
+    w: &World,
+    dead_channel: &str,
+    rows: &[StoredMessage],
+) {
     let dead_ids: Vec<&str> = rows
         .iter()
         .filter(|m| m.status == "dead")
         .map(|m| m.message_id.as_str())
         .collect();
     assert!(!dead_ids.is_empty());
-    let unknown = keysweep_cmd(&w)
+    let unknown = keysweep_cmd(w)
         .args(["notify", "retry-dead", "--channel", "nope"])
         .output()
         .await
         .unwrap();
     assert!(!unknown.status.success());
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no channel named \"nope\""));
-    let out = keysweep_cmd(&w)
+    let out = keysweep_cmd(w)
         .args(["notify", "retry-dead", "--channel", dead_channel])
         .output()
         .await
@@ -1295,34 +1316,19 @@ async fn webhook_receiver_down_keeps_messages_in_the_outbox_until_it_returns() {
 // ---------------------------------------------------------------------------------------------
 // Signals: the real binary as a child process
 
+/// The binary with this world's configuration and secrets.
 fn keysweep_cmd(w: &World) -> tokio::process::Command {
-    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_keysweep"));
-    c.arg("--config")
-        .arg(&w.config_path)
-        .envs(w.env.iter().cloned())
-        .env("RUST_LOG", "info")
-        .env_remove("KEYSWEEP_CONFIG")
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
+    let mut c = keysweep(&["--config", w.config_path.to_str().unwrap()], &w.env);
+    c.env("RUST_LOG", "info");
     c
 }
 
 /// `keysweep run --once --now T`; returns the exit code and the combined output.
 async fn run_once(w: &World, now: i64) -> (Option<i32>, String) {
-    let out = tokio::time::timeout(
-        PATIENCE,
-        keysweep_cmd(w)
-            .args(["run", "--once", "--now", &rfc3339(now)])
-            .output(),
-    )
-    .await
-    .expect("run --once hung")
-    .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut cmd = keysweep_cmd(w);
+    cmd.args(["run", "--once", "--now", &rfc3339(now)]);
+    let out = output(cmd).await;
+    let text = combined(&out);
     assert_no_secret("keysweep output", &text);
     (out.status.code(), text)
 }
@@ -1334,11 +1340,7 @@ fn log_file(dir: &Path, name: &str) -> (Stdio, PathBuf) {
 }
 
 async fn wait_for_hits(sim: &SimServer, id: keysweep::sim::FaultId) {
-    let start = Instant::now();
-    while sim.faults().hits(id) == 0 {
-        assert!(start.elapsed() < PATIENCE, "the DELETE never arrived");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the DELETE", || sim.faults().hits(id) > 0).await;
 }
 
 /// The daemon (`keysweep run`) gets SIGTERM while a DELETE is in flight: that delete's intent
@@ -1371,12 +1373,7 @@ async fn sigterm_mid_sweep_finishes_the_delete_in_flight_and_a_restart_finishes_
         .spawn()
         .unwrap();
     wait_for_hits(&w.acme, id).await;
-    let pid = daemon.id().unwrap().to_string();
-    let sent = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(sent.success());
+    signal(daemon.id().unwrap(), "-TERM");
     let status = tokio::time::timeout(PATIENCE, daemon.wait())
         .await
         .expect("the daemon did not stop after SIGTERM")
@@ -1440,16 +1437,9 @@ async fn sigterm_mid_sweep_finishes_the_delete_in_flight_and_a_restart_finishes_
     w.assert_every_message_delivered();
 }
 
-/// `keysweep run --once` is killed (SIGKILL) after a DELETE took effect but before its answer
-/// came back: the intent is left without outcome. The restarted run reconciles it first (GET:
-/// gone → `reconciled`, counted as a revocation, finding closed as revoked, owner told), then
-/// revokes the rest.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_mid_sweep_leaves_an_intent_that_the_restart_reconciles() {
-    let w = World::new(Knobs::default()).await;
-    let (code, out) = run_once(&w, T1).await;
-    assert_eq!(code, Some(0), "{out}");
-
+/// Runs `run --once` at T2 and SIGKILLs it while the first acme DELETE hangs after taking
+/// effect ("deleted, but the answer was lost"). Returns the one intent left without outcome.
+async fn killed_after_a_delete_took_effect(w: &World) -> AuditRow {
     // The first acme DELETE deletes, then hangs: "deleted, but the answer was lost".
     let id = w.acme.faults().add(
         Fault::on(FaultRoute::DeleteKey)
@@ -1459,7 +1449,7 @@ async fn sigkill_mid_sweep_leaves_an_intent_that_the_restart_reconciles() {
     );
     let (stdout, _) = log_file(w.dir.path(), "killed.out");
     let (stderr, _) = log_file(w.dir.path(), "killed.err");
-    let mut child = keysweep_cmd(&w)
+    let mut child = keysweep_cmd(w)
         .args(["run", "--once", "--now", &rfc3339(T2)])
         .stdout(stdout)
         .stderr(stderr)
@@ -1485,6 +1475,21 @@ async fn sigkill_mid_sweep_leaves_an_intent_that_the_restart_reconciles() {
         "the delete did not take effect before the kill"
     );
     w.assert_audit_verifies();
+    intent
+}
+
+/// `keysweep run --once` is killed (SIGKILL) after a DELETE took effect but before its answer
+/// came back: the intent is left without outcome. The restarted run reconciles it first (GET:
+/// gone → `reconciled`, counted as a revocation, finding closed as revoked, owner told), then
+/// revokes the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_sweep_leaves_an_intent_that_the_restart_reconciles() {
+    let w = World::new(Knobs::default()).await;
+    let (code, out) = run_once(&w, T1).await;
+    assert_eq!(code, Some(0), "{out}");
+
+    let intent = killed_after_a_delete_took_effect(&w).await;
+    let key = intent.record.key_id.clone().unwrap();
 
     // Restart (same moment): reconcile first, then the remaining revocations.
     w.acme.faults().clear();

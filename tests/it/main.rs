@@ -1,5 +1,8 @@
 //! The one integration-test binary: every test drives real servers over real sockets.
+//! Shared fixtures live in `support`; test files never import from each other.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
 
 mod alerts_e2e;
 mod architecture;
@@ -12,8 +15,6 @@ mod enforce;
 mod faults;
 mod notify;
 mod openai;
-mod receivers;
 mod report;
 mod sim;
-mod smtp_server;
 mod state;

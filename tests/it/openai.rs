@@ -7,97 +7,21 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use keysweep::config::{Config, Limits, OrgConfig};
 use keysweep::inventory::{Inventory, Listing, OwnerType};
 use keysweep::metrics::Metrics;
 use keysweep::openai::{
     AdminClient, ClientShared, DeleteOutcome, Error, RateLimiter, collect_inventory,
 };
 use keysweep::sim::{Fault, FaultKind, SimOptions, SimOrg, SimOwnerRef, SimServer};
-use secrecy::SecretString;
 
-pub(crate) const ADMIN_KEY: &str = "sk-admin-TEST-3f9c2b7e1d-DO-NOT-LEAK";
-pub(crate) const NOW: i64 = 1_767_225_600; // 2026-01-01T00:00:00Z
+use crate::support::listing::{
+    ADMIN_KEY, NOW, Setup, active_projects, assert_no_secret, config, limits, org_cfg, scan, setup,
+    sim,
+};
+use crate::support::sim::start_sim_with;
+
 const LIST_KEYS: &str = "GET /v1/organization/projects/{project_id}/api_keys";
 const LIST_PROJECTS: &str = "GET /v1/organization/projects";
-
-pub(crate) fn limits() -> Limits {
-    Limits {
-        concurrency: 4,
-        requests_per_second: None,
-        max_retries: 2,
-        request_timeout: Duration::from_secs(10),
-        max_response_bytes: 4 << 20,
-    }
-}
-
-fn org_cfg(name: &str, base_url: &str, key: &str) -> OrgConfig {
-    OrgConfig {
-        admin_key_source: "test".into(),
-        name: name.to_string(),
-        base_url: base_url.parse().unwrap(),
-        admin_key: SecretString::from(key.to_string()),
-        projects: vec![],
-        exclude_projects: vec![],
-        include_archived: false,
-        ca_file: None,
-        schedule: None,
-    }
-}
-
-/// A loaded configuration (the real loader fills every default) with the organisations and
-/// limits under test put in afterwards: they point at simulators on ports chosen at run time.
-fn config(organizations: Vec<OrgConfig>, limits: Limits) -> Config {
-    let toml = "[[organizations]]\nname = \"placeholder\"\nbase_url = \"http://127.0.0.1:1/v1\"\n";
-    let env = [("OPENAI_ADMIN_KEY".to_string(), ADMIN_KEY.to_string())];
-    let mut config = keysweep::config::load_from_str(toml, &env).unwrap();
-    config.organizations = organizations;
-    config.limits = limits;
-    config
-}
-
-pub(crate) async fn sim(org: SimOrg) -> SimServer {
-    sim_with(org, SimOptions::new(ADMIN_KEY)).await
-}
-
-async fn sim_with(org: SimOrg, opts: SimOptions) -> SimServer {
-    let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    SimServer::start(addr, org, opts).await.unwrap()
-}
-
-/// One organisation `acme` on `sim`, scanned with `limits`.
-pub(crate) struct Setup {
-    pub config: Config,
-    pub clients: Vec<AdminClient>,
-}
-
-pub(crate) fn setup(sim: &SimServer, limits: Limits, tweak: impl FnOnce(&mut OrgConfig)) -> Setup {
-    let mut org = org_cfg("acme", &sim.base_url(), ADMIN_KEY);
-    tweak(&mut org);
-    let config = config(vec![org], limits);
-    let shared = ClientShared::new(Metrics::new(), &config.limits);
-    let clients = config
-        .organizations
-        .iter()
-        .map(|o| AdminClient::new(o, &config.limits, shared.clone()).unwrap())
-        .collect();
-    Setup { config, clients }
-}
-
-pub(crate) async fn scan(s: &Setup) -> Inventory {
-    let inv = collect_inventory(&s.config, &s.clients, None).await;
-    assert_no_secret(&format!("{inv:?}"));
-    assert_no_secret(&serde_json::to_string(&inv).unwrap());
-    inv
-}
-
-pub(crate) fn assert_no_secret(text: &str) {
-    assert!(!text.contains(ADMIN_KEY), "admin key leaked: {text}");
-    assert!(
-        !text.contains("3f9c2b7e1d"),
-        "part of the admin key leaked: {text}"
-    );
-}
 
 fn assert_error_clean(e: &Error) {
     assert_no_secret(&e.to_string());
@@ -125,14 +49,6 @@ fn incomplete_reason(inv: &Inventory, project: &str) -> String {
         }
         Listing::Complete => panic!("{project} unexpectedly complete"),
     }
-}
-
-pub(crate) fn active_projects(org: &SimOrg) -> Vec<String> {
-    org.projects
-        .iter()
-        .filter(|p| !p.is_archived())
-        .map(|p| p.id.clone())
-        .collect()
 }
 
 /// Every project but `except` is complete with exactly the simulator's keys.
@@ -505,7 +421,7 @@ async fn cursor_loop_on_the_first_page_is_detected() {
 #[tokio::test]
 async fn wrong_admin_key_is_a_clear_org_error() {
     let org = SimOrg::generate(2, 3, 2, NOW);
-    let sim = sim_with(org, SimOptions::new("sk-admin-the-right-one")).await;
+    let sim = start_sim_with(org, SimOptions::new("sk-admin-the-right-one")).await;
     let s = setup(&sim, limits(), |_| {});
     let inv = scan(&s).await;
     let err = inv.orgs[0].error.as_deref().expect("org error");
@@ -546,7 +462,7 @@ async fn concurrency_bounds_projects_listed_at_once() {
     let org = SimOrg::generate(8, 5, 6, NOW);
     let mut opts = SimOptions::new(ADMIN_KEY);
     opts.latency = Duration::from_millis(200);
-    let sim = sim_with(org, opts).await;
+    let sim = start_sim_with(org, opts).await;
     let mut l = limits();
     l.concurrency = 2;
     let s = setup(&sim, l, |_| {});

@@ -7,7 +7,9 @@ use std::collections::BTreeSet;
 use keysweep::report::{FindingRow, Format, render};
 use keysweep::sim::{Fault, FaultKind, SimOrg};
 
-use crate::openai::{ADMIN_KEY, NOW, active_projects, assert_no_secret, limits, scan, setup, sim};
+use crate::support::listing::{
+    ADMIN_KEY, NOW, active_projects, assert_no_secret, limits, scan, setup, sim,
+};
 
 fn render_to_string(
     inv: &keysweep::inventory::Inventory,

@@ -3,7 +3,6 @@
 //! `simulate` entry point. Organisations stay small so the whole file runs in a few seconds.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use keysweep::sim::{
@@ -11,6 +10,8 @@ use keysweep::sim::{
     SimulateArgs,
 };
 use serde_json::Value;
+
+use crate::support::sim::{start_sim, start_sim_with};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const ADMIN: &str = "sk-admin-sim-test-5EcReT";
@@ -30,16 +31,8 @@ fn client() -> &'static reqwest::Client {
     &CLIENT
 }
 
-fn local() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
-}
-
 async fn start(org: SimOrg) -> SimServer {
-    start_with(org, SimOptions::new(ADMIN)).await
-}
-
-async fn start_with(org: SimOrg, opts: SimOptions) -> SimServer {
-    SimServer::start(local(), org, opts).await.unwrap()
+    start_sim(org, ADMIN).await
 }
 
 /// GET with the admin key; returns status, headers and raw body.
@@ -174,13 +167,35 @@ async fn pagination_counts_every_key_once_and_stats_count_every_page() {
     assert!(sim.stats().is_empty());
 }
 
+const LIST_FIELDS: [&str; 5] = ["object", "data", "first_id", "last_id", "has_more"];
+
 #[tokio::test]
 async fn objects_have_the_spec_fields_and_nullability() {
     let org = SimOrg::generate(2, 120, 5, NOW);
     let sim = start(org.clone()).await;
-    let list_fields = names(&["object", "data", "first_id", "last_id", "has_more"]);
+    assert_projects_have_spec_fields(&sim).await;
+    let project = active_projects(&org)[0];
+    let page = assert_keys_have_spec_fields(&sim, project).await;
+    // Retrieve answers the same object as the list.
+    let first = &page["data"][0];
+    let (status, one) = get(
+        &sim,
+        &format!(
+            "/organization/projects/{project}/api_keys/{}",
+            first["id"].as_str().unwrap()
+        ),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(&one, first);
 
-    let (_, projects) = get(&sim, "/organization/projects?limit=100").await;
+    assert_members_have_spec_fields(&sim, &org, project).await;
+    assert_admin_keys_have_spec_fields(&sim, &org).await;
+}
+
+async fn assert_projects_have_spec_fields(sim: &SimServer) {
+    let list_fields = names(&LIST_FIELDS);
+    let (_, projects) = get(sim, "/organization/projects?limit=100").await;
     assert_eq!(field_names(&projects), list_fields);
     assert_eq!(projects["object"], "list");
     for p in projects["data"].as_array().unwrap() {
@@ -201,10 +216,14 @@ async fn objects_have_the_spec_fields_and_nullability() {
         assert!(p["archived_at"].is_null() && p["external_key_id"].is_null());
         assert!(p["id"].as_str().unwrap().starts_with("proj_"));
     }
+}
 
-    let project = active_projects(&org)[0];
+/// One page of `project`'s keys: every key has the spec's fields, and the page has user keys,
+/// service-account keys and never-used keys. Returns the page.
+async fn assert_keys_have_spec_fields(sim: &SimServer, project: &str) -> Value {
+    let list_fields = names(&LIST_FIELDS);
     let (_, page) = get(
-        &sim,
+        sim,
         &keys_path(project, "limit=100&owner_project_access=any"),
     )
     .await;
@@ -268,21 +287,13 @@ async fn objects_have_the_spec_fields_and_nullability() {
     }
     assert!(users > 0 && sas > 0 && never > 0, "{users} {sas} {never}");
 
-    // Retrieve answers the same object as the list.
-    let first = &page["data"][0];
-    let (status, one) = get(
-        &sim,
-        &format!(
-            "/organization/projects/{project}/api_keys/{}",
-            first["id"].as_str().unwrap()
-        ),
-    )
-    .await;
-    assert_eq!(status, 200);
-    assert_eq!(&one, first);
+    page
+}
 
+async fn assert_members_have_spec_fields(sim: &SimServer, org: &SimOrg, project: &str) {
+    let list_fields = names(&LIST_FIELDS);
     let (_, sas_page) = get(
-        &sim,
+        sim,
         &format!("/organization/projects/{project}/service_accounts?limit=2"),
     )
     .await;
@@ -296,7 +307,7 @@ async fn objects_have_the_spec_fields_and_nullability() {
     }
 
     let (_, users_page) = get(
-        &sim,
+        sim,
         &format!("/organization/projects/{project}/users?limit=100"),
     )
     .await;
@@ -314,9 +325,11 @@ async fn objects_have_the_spec_fields_and_nullability() {
             names(&["object", "id", "name", "email", "role", "added_at"])
         );
     }
+}
 
-    // Admin keys: paged with limit/after/order, `expires_at` always present.
-    let (_, admin) = get(&sim, "/organization/admin_api_keys?limit=100").await;
+/// Admin keys: paged with limit/after/order, `expires_at` always present.
+async fn assert_admin_keys_have_spec_fields(sim: &SimServer, org: &SimOrg) {
+    let (_, admin) = get(sim, "/organization/admin_api_keys?limit=100").await;
     let all = admin["data"].as_array().unwrap();
     assert_eq!(all.len(), org.admin_api_keys.len());
     assert!(
@@ -341,12 +354,12 @@ async fn objects_have_the_spec_fields_and_nullability() {
         assert!(k["expires_at"].is_null() || k["expires_at"].is_i64());
     }
     assert!(all.iter().any(|k| k["expires_at"].is_i64()));
-    let (_, desc1) = get(&sim, "/organization/admin_api_keys?limit=1&order=desc").await;
+    let (_, desc1) = get(sim, "/organization/admin_api_keys?limit=1&order=desc").await;
     assert_eq!(desc1["has_more"], true);
     assert_eq!(desc1["data"][0]["id"], all.last().unwrap()["id"]);
     let after = desc1["last_id"].as_str().unwrap();
     let (_, desc2) = get(
-        &sim,
+        sim,
         &format!("/organization/admin_api_keys?limit=1&order=desc&after={after}"),
     )
     .await;
@@ -967,7 +980,7 @@ async fn rate_limit_answers_429_with_retry_after() {
     let org = SimOrg::generate(1, 3, 4, NOW);
     let mut opts = SimOptions::new(ADMIN);
     opts.rate_limit = Some(2.0);
-    let sim = start_with(org, opts).await;
+    let sim = start_sim_with(org, opts).await;
     let mut limited = None;
     for _ in 0..6 {
         let (status, headers, body) = get_raw(&sim, "/organization/projects").await;
@@ -997,7 +1010,7 @@ async fn random_failures_are_seeded_and_only_on_gets() {
             let mut opts = SimOptions::new(ADMIN);
             opts.fail_rate = 0.5;
             opts.seed = seed;
-            let sim = start_with(org, opts).await;
+            let sim = start_sim_with(org, opts).await;
             let mut statuses = Vec::new();
             for _ in 0..20 {
                 statuses.push(get(&sim, "/organization/projects").await.0);
@@ -1015,7 +1028,7 @@ async fn latency_does_not_serialise_requests() {
     let org = SimOrg::generate(2, 3, 4, NOW);
     let mut opts = SimOptions::new(ADMIN);
     opts.latency = Duration::from_millis(50);
-    let sim = start_with(org.clone(), opts).await;
+    let sim = start_sim_with(org.clone(), opts).await;
     let projects = active_projects(&org);
     // The first request is held by a long delay; the second must still be answered meanwhile.
     sim.faults()
@@ -1066,11 +1079,7 @@ async fn simulate_command_serves_dumps_and_reloads_an_org() {
 
     let dir = tempfile::tempdir().unwrap();
     let dump = dir.path().join("org.json");
-    let port = std::net::TcpListener::bind(local())
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::support::net::free_port();
     let listen = format!("127.0.0.1:{port}");
     let cli = Cli::try_parse_from([
         "simulate",

@@ -16,6 +16,8 @@ use keysweep::state::sweeps::{self, SweepStatus};
 use keysweep::state::{StateError, Store, findings, observations, revocations, schema};
 use rusqlite::Connection;
 
+use crate::support::state_file::wal_path;
+
 const DAY: i64 = 86_400;
 const T0: i64 = 1_750_000_000;
 
@@ -852,12 +854,6 @@ fn a_sigkill_right_after_a_durable_intent_keeps_the_record() {
     let open = store.with_conn(audit::unmatched_intents).unwrap();
     assert_eq!(open.len(), 1);
     assert_eq!(open[0].record.key_id.as_deref(), Some("key_x"));
-}
-
-fn wal_path(db: &Path) -> PathBuf {
-    let mut p = db.as_os_str().to_owned();
-    p.push("-wal");
-    PathBuf::from(p)
 }
 
 #[test]

@@ -144,15 +144,6 @@ impl Handler for RecordingHandler {
     }
 }
 
-/// A free port on 127.0.0.1 with nothing listening on it (yet).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Starts the server on `port` (0 = any) with STARTTLS and AUTH PLAIN/LOGIN.
 pub fn start(pki: &TestPki, port: u16, username: &str, password: &str) -> SmtpServer {
     let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();

@@ -11,15 +11,6 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 
-/// A Standard Webhooks secret (`whsec_` + base64 of the signing key), as a channel takes it.
-pub fn whsec(key: &[u8]) -> String {
-    use base64::Engine as _;
-    format!(
-        "whsec_{}",
-        base64::engine::general_purpose::STANDARD.encode(key)
-    )
-}
-
 #[derive(Debug, Clone)]
 pub struct Request {
     pub path: String,

@@ -14,7 +14,6 @@
 //! These tests must never talk to anything but loopback, and never assert on timing.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::Arc;
@@ -25,7 +24,7 @@ use keysweep::policy::finding::{FindingId, Stage};
 use keysweep::policy::plan::Withheld;
 use keysweep::revoke::Outcome;
 use keysweep::sim::{
-    Fault, FaultKind, SimAccess, SimEffect, SimKey, SimOptions, SimOrg, SimOwnerRef, SimServer,
+    Fault, FaultKind, SimAccess, SimEffect, SimKey, SimOrg, SimOwnerRef, SimServer,
     SimServiceAccount,
 };
 use keysweep::state::audit::{self, AuditKind, AuditRecord, AuditRow};
@@ -33,35 +32,24 @@ use keysweep::state::{self, Store};
 use keysweep::sweep::{SweepOptions, SweepReport, Sweeper};
 use serde_json::Value;
 
+use crate::support;
+use crate::support::config::{ISSUE_3_POLICIES, config_from_toml};
+use crate::support::process::{combined, describe, output};
+use crate::support::secrets::assert_no_secret;
+use crate::support::state_file::wal_path;
+use crate::support::time::{DAY, rfc3339};
+
 const ADMIN_KEY: &str = "sk-admin-ENFORCE-5d2e8c41aa-DO-NOT-LEAK";
 /// The environment variable the configurations name for the admin key.
 const KEY_ENV: &str = "KEYSWEEP_IT_ENFORCE_ADMIN_KEY";
-const DAY: i64 = 86_400;
 /// 2026-01-01T00:00:00Z: the in-process tests' clock.
 const NOW: i64 = 1_767_225_600;
 const ORG: &str = "acme";
 
-/// The example policy of issue 3, exactly as written there.
-const EXAMPLE_POLICIES: &str = r#"
-[[policies]]
-name = "rotate-90d"
-max_age = "90d"
-action = "revoke"
-warn_before = "14d"
-
-[[policies]]
-name = "idle-45d"
-max_idle = "45d"
-action = "notify"
-"#;
-
 // ---- helpers: simulator, configuration, binary -------------------------------------------
 
 async fn start_sim(org: SimOrg) -> SimServer {
-    let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    SimServer::start(addr, org, SimOptions::new(ADMIN_KEY))
-        .await
-        .unwrap()
+    crate::support::sim::start_sim(org, ADMIN_KEY).await
 }
 
 /// `[safety]` with the given caps; `extra` adds lines such as `service_accounts = …`.
@@ -100,7 +88,7 @@ request_timeout = "10s"
 }
 
 fn load(text: &str) -> Config {
-    config::load_from_str(text, &[(KEY_ENV.to_string(), ADMIN_KEY.to_string())]).unwrap()
+    config_from_toml(text, &[(KEY_ENV, ADMIN_KEY)])
 }
 
 fn sweeper(text: &str) -> Sweeper {
@@ -123,37 +111,11 @@ fn verify(store: &Store) -> Result<audit::VerifyReport, audit::AuditError> {
 
 /// Runs the real binary with the admin key in its environment (and nothing else of ours).
 async fn keysweep(args: &[&str]) -> Output {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_keysweep"))
-        .args(args)
-        .env(KEY_ENV, ADMIN_KEY)
-        .env_remove("KEYSWEEP_CONFIG")
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .output()
-        .await
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!text.contains(ADMIN_KEY), "admin key leaked: {text}");
+    let mut cmd = support::process::keysweep(args, &[(KEY_ENV, ADMIN_KEY)]);
+    cmd.env("RUST_LOG", "warn");
+    let out = output(cmd).await;
+    assert_no_secret("the output", &combined(&out), &[ADMIN_KEY]);
     out
-}
-
-fn describe(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn rfc3339(ts: i64) -> String {
-    chrono::DateTime::from_timestamp(ts, 0)
-        .unwrap()
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 /// (project id, key id) of every key of the organisation's active projects.
@@ -279,36 +241,14 @@ async fn audit_verify(db: &Path) -> Output {
     keysweep(&["audit", "verify", "--state", db.to_str().unwrap()]).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn done_when_two_runs_delete_exactly_the_old_user_keys_and_the_audit_log_proves_it() {
-    let t = done_when_runs("enforce", &format!("{EXAMPLE_POLICIES}{}", lifted("")), &[]).await;
-    let deleted = gone(&t.sim, &t.org);
-    t.expected.assert_matches(&deleted, "deleted set");
-    // No service-account key and nothing in the archived project (not listed by default).
-    for (p, k) in &deleted {
-        let project = t.org.project(p).unwrap();
-        assert!(!project.is_archived());
-        let key = project.keys.iter().find(|x| &x.id == k).unwrap();
-        assert!(
-            !key.owner.is_service_account(),
-            "{k} is a service-account key"
-        );
-    }
-    let stdout = String::from_utf8_lossy(&t.outputs[1].stdout);
-    assert_eq!(
-        stdout.matches(": REVOKED").count(),
-        deleted.len(),
-        "{stdout}"
-    );
-
-    // The audit trail: for every deleted key a decision (with its deadline) from the first run,
-    // an intent, and an outcome that refers to the intent.
-    let records = audit_json(&t.db).await;
+/// For every deleted key: a decision (with its deadline) from the first run, one intent, and an
+/// outcome that refers to the intent, never before the warning period and after a final notice.
+fn assert_audit_trail(records: &[Value], deleted: &BTreeSet<KeyRef>) {
     let by_seq: HashMap<i64, &Value> = records
         .iter()
         .map(|r| (r["seq"].as_i64().unwrap(), r))
         .collect();
-    for (_, key) in &deleted {
+    for (_, key) in deleted {
         let mine: Vec<&Value> = records
             .iter()
             .filter(|r| r["key_id"].as_str() == Some(key))
@@ -354,22 +294,21 @@ async fn done_when_two_runs_delete_exactly_the_old_user_keys_and_the_audit_log_p
     }
     let intents = records.iter().filter(|r| kind_of(r) == "intent").count();
     assert_eq!(intents, deleted.len());
+}
 
-    // `audit verify` passes on the untouched log.
-    let ok = audit_verify(&t.db).await;
-    assert!(ok.status.success(), "{}", describe(&ok));
-    assert!(String::from_utf8_lossy(&ok.stdout).contains("audit chain OK"));
-
+/// `audit verify` breaks at the changed record when (b) one record is changed through SQLite
+/// (after dropping the append-only trigger, on a copy) and (a) one byte of the file changes.
+async fn assert_tampering_is_detected(db: &Path, records: &[Value]) {
     // (b) through SQLite, on a copy: drop the append-only trigger and change one character.
     let victim = records.iter().find(|r| kind_of(r) == "outcome").unwrap();
     let victim_seq = victim["seq"].as_i64().unwrap();
     let victim_key = victim["key_id"].as_str().unwrap().to_string();
     assert!(
-        !wal_path(&t.db).exists(),
+        !wal_path(db).exists(),
         "the binary should checkpoint and remove the WAL when it exits"
     );
-    let copy = t.db.with_file_name("copy.db");
-    std::fs::copy(&t.db, &copy).unwrap();
+    let copy = db.with_file_name("copy.db");
+    std::fs::copy(db, &copy).unwrap();
     {
         let conn = rusqlite::Connection::open(&copy).unwrap();
         let refused = conn.execute(
@@ -395,7 +334,7 @@ async fn done_when_two_runs_delete_exactly_the_old_user_keys_and_the_audit_log_p
     );
 
     // (a) one byte of the database FILE on disk: the outcome's message exists once in the file.
-    let mut bytes = std::fs::read(&t.db).unwrap();
+    let mut bytes = std::fs::read(db).unwrap();
     let needle = format!("\"message\":\"deleted key {victim_key}\"");
     let hits: Vec<usize> = bytes
         .windows(needle.len())
@@ -406,8 +345,8 @@ async fn done_when_two_runs_delete_exactly_the_old_user_keys_and_the_audit_log_p
     assert_eq!(hits.len(), 1, "{needle} should be in the file exactly once");
     let at = hits[0] + needle.len() - 2; // the last character of the key id
     bytes[at] = if bytes[at] == b'x' { b'y' } else { b'x' };
-    std::fs::write(&t.db, &bytes).unwrap();
-    let bad = audit_verify(&t.db).await;
+    std::fs::write(db, &bytes).unwrap();
+    let bad = audit_verify(db).await;
     assert!(!bad.status.success(), "{}", describe(&bad));
     assert!(
         String::from_utf8_lossy(&bad.stdout).contains(&format!("BROKEN at record {victim_seq}")),
@@ -416,10 +355,39 @@ async fn done_when_two_runs_delete_exactly_the_old_user_keys_and_the_audit_log_p
     );
 }
 
-fn wal_path(db: &Path) -> PathBuf {
-    let mut s = db.as_os_str().to_owned();
-    s.push("-wal");
-    PathBuf::from(s)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn done_when_two_runs_delete_exactly_the_old_user_keys_and_the_audit_log_proves_it() {
+    let t = done_when_runs("enforce", &format!("{ISSUE_3_POLICIES}{}", lifted("")), &[]).await;
+    let deleted = gone(&t.sim, &t.org);
+    t.expected.assert_matches(&deleted, "deleted set");
+    // No service-account key and nothing in the archived project (not listed by default).
+    for (p, k) in &deleted {
+        let project = t.org.project(p).unwrap();
+        assert!(!project.is_archived());
+        let key = project.keys.iter().find(|x| &x.id == k).unwrap();
+        assert!(
+            !key.owner.is_service_account(),
+            "{k} is a service-account key"
+        );
+    }
+    let stdout = String::from_utf8_lossy(&t.outputs[1].stdout);
+    assert_eq!(
+        stdout.matches(": REVOKED").count(),
+        deleted.len(),
+        "{stdout}"
+    );
+
+    // The audit trail: for every deleted key a decision (with its deadline) from the first run,
+    // an intent, and an outcome that refers to the intent.
+    let records = audit_json(&t.db).await;
+    assert_audit_trail(&records, &deleted);
+
+    // `audit verify` passes on the untouched log.
+    let ok = audit_verify(&t.db).await;
+    assert!(ok.status.success(), "{}", describe(&ok));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("audit chain OK"));
+
+    assert_tampering_is_detected(&t.db, &records).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -443,7 +411,7 @@ async fn done_when_exempted_keys_are_kept() {
         .map(|(_, k)| k.clone())
         .unwrap();
     let tables = format!(
-        r#"{EXAMPLE_POLICIES}
+        r#"{ISSUE_3_POLICIES}
 [[exemptions]]
 key_id = "{by_id}"
 reason = "break-glass key, rotated by hand (SEC-1)"
@@ -480,7 +448,7 @@ reason = "vendor integration (SEC-2)"
 async fn done_when_dry_run_flag_deletes_nothing_but_plans_the_same() {
     let t = done_when_runs(
         "enforce",
-        &format!("{EXAMPLE_POLICIES}{}", lifted("")),
+        &format!("{ISSUE_3_POLICIES}{}", lifted("")),
         &["--dry-run"],
     )
     .await;
@@ -489,7 +457,7 @@ async fn done_when_dry_run_flag_deletes_nothing_but_plans_the_same() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn done_when_dry_run_mode_deletes_nothing_but_plans_the_same() {
-    let t = done_when_runs("dry-run", &format!("{EXAMPLE_POLICIES}{}", lifted("")), &[]).await;
+    let t = done_when_runs("dry-run", &format!("{ISSUE_3_POLICIES}{}", lifted("")), &[]).await;
     assert_dry_run(&t).await;
 }
 
@@ -628,89 +596,47 @@ fn deleted_in(report: &SweepReport) -> BTreeSet<String> {
 
 // ---- 2. re-check before delete -------------------------------------------------------------
 
-#[tokio::test]
-async fn the_recheck_keeps_a_key_used_renamed_or_deleted_between_listing_and_delete() {
-    let mut org = quiet_org(1, 20, 11);
-    let project = active_project_ids(&org)[0].clone();
-    // Six keys idle for 100 days under a revoke policy on idleness.
-    let keys = age_user_keys(&mut org, &project, 6, 100);
-    let (used, renamed, removed, control, newly_exempt, plain) =
-        (&keys[0], &keys[1], &keys[2], &keys[3], &keys[4], &keys[5]);
-    let sim = start_sim(org).await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("state.db");
-    let policies = r#"
-[[policies]]
-name = "stale-60d"
-max_idle = "60d"
-action = "revoke"
-warn_before = "14d"
-"#;
-    let text = config_text(&sim, &db, "enforce", &format!("{policies}{}", lifted("")));
-
-    let s = sweeper(&text);
-    let r1 = sweep(&s, NOW).await;
-    assert!(r1.complete());
-    assert_eq!(r1.findings.len(), 6);
-    assert!(r1.revocations.is_empty());
-    drop(s);
-
-    // Between the listing and the re-check GET of sweep 2, the world moves.
-    let t2 = NOW + 15 * DAY;
+/// Between the listing and the re-check GET of the next sweep, the world moves: the first key
+/// is used, the second renamed, the third deleted by its owner.
+fn arm_recheck_races(
+    sim: &SimServer,
+    project: &str,
+    [used, renamed, removed]: [&String; 3],
+    t2: i64,
+) {
     let faults = sim.faults();
     faults.add(
-        Fault::on_get_key(&project, used)
+        Fault::on_get_key(project, used)
             .once()
             .respond(FaultKind::Apply(SimEffect::set_last_used(
-                &project,
+                project,
                 used,
                 Some(t2 - 60),
             ))),
     );
     faults.add(
-        Fault::on_get_key(&project, renamed)
+        Fault::on_get_key(project, renamed)
             .once()
             .respond(FaultKind::Apply(SimEffect::rename(
-                &project,
+                project,
                 renamed,
                 "renamed-by-owner",
             ))),
     );
     faults.add(
-        Fault::on_get_key(&project, removed)
+        Fault::on_get_key(project, removed)
             .once()
-            .respond(FaultKind::Apply(SimEffect::remove_key(&project, removed))),
+            .respond(FaultKind::Apply(SimEffect::remove_key(project, removed))),
     );
-    // And an exemption arrives with a configuration reload before sweep 2.
-    let with_exemption = config_text(
-        &sim,
-        &db,
-        "enforce",
-        &format!(
-            "{policies}\n[[exemptions]]\nkey_id = \"{newly_exempt}\"\nreason = \"needed for the audit (SEC-9)\"\n{}",
-            lifted("")
-        ),
-    );
-    let s = sweeper(&with_exemption);
-    let r2 = sweep(&s, t2).await;
-    assert!(r2.complete());
+}
 
-    assert!(
-        sim.key_exists(&project, used),
-        "a key used since the listing survives"
-    );
-    assert!(sim.key_exists(&project, renamed), "a renamed key survives");
-    assert!(
-        sim.key_exists(&project, newly_exempt),
-        "a newly exempted key survives"
-    );
-    assert!(!sim.key_exists(&project, removed));
-    assert!(!sim.key_exists(&project, control));
-    assert!(!sim.key_exists(&project, plain));
-    assert_eq!(
-        deleted_in(&r2),
-        [control.clone(), plain.clone()].into_iter().collect()
-    );
+/// The used, renamed and removed keys were skipped after the re-check, each for its reason;
+/// nothing failed; the newly exempted key never reached the re-check.
+fn assert_recheck_outcomes(
+    r2: &SweepReport,
+    [used, renamed, removed]: [&String; 3],
+    newly_exempt: &String,
+) {
     let outcome = |k: &str| {
         r2.revocations
             .iter()
@@ -741,20 +667,91 @@ warn_before = "14d"
             .iter()
             .all(|r| !r.key_ids.contains(newly_exempt))
     );
-    let store = s.store().unwrap().clone();
-    let fid = |k: &str| FindingId {
+}
+
+/// A revoking policy on idleness, for the re-check test.
+const STALE_60D: &str = r#"
+[[policies]]
+name = "stale-60d"
+max_idle = "60d"
+action = "revoke"
+warn_before = "14d"
+"#;
+
+/// The `stale-60d` finding of `key` in `project`, as stored.
+fn stale_finding(store: &Store, project: &str, key: &str) -> keysweep::policy::finding::Finding {
+    let id = FindingId {
         organization: ORG.into(),
-        project_id: project.clone(),
-        key_id: k.into(),
+        project_id: project.into(),
+        key_id: key.into(),
         policy: "stale-60d".into(),
     };
-    let finding = |k: &str| {
-        store
-            .with_conn(|c| state::findings::get_finding(c, &fid(k)))
-            .unwrap()
-            .unwrap()
-    };
-    assert_eq!(finding(newly_exempt).stage, Stage::Exempted);
+    store
+        .with_conn(|c| state::findings::get_finding(c, &id))
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_recheck_keeps_a_key_used_renamed_or_deleted_between_listing_and_delete() {
+    let mut org = quiet_org(1, 20, 11);
+    let project = active_project_ids(&org)[0].clone();
+    // Six keys idle for 100 days under a revoke policy on idleness.
+    let keys = age_user_keys(&mut org, &project, 6, 100);
+    let (used, renamed, removed, control, newly_exempt, plain) =
+        (&keys[0], &keys[1], &keys[2], &keys[3], &keys[4], &keys[5]);
+    let sim = start_sim(org).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("state.db");
+    let policies = STALE_60D;
+    let text = config_text(&sim, &db, "enforce", &format!("{policies}{}", lifted("")));
+
+    let s = sweeper(&text);
+    let r1 = sweep(&s, NOW).await;
+    assert!(r1.complete());
+    assert_eq!(r1.findings.len(), 6);
+    assert!(r1.revocations.is_empty());
+    drop(s);
+
+    // Between the listing and the re-check GET of sweep 2, the world moves.
+    let t2 = NOW + 15 * DAY;
+    arm_recheck_races(&sim, &project, [used, renamed, removed], t2);
+    // And an exemption arrives with a configuration reload before sweep 2.
+    let with_exemption = config_text(
+        &sim,
+        &db,
+        "enforce",
+        &format!(
+            "{policies}\n[[exemptions]]\nkey_id = \"{newly_exempt}\"\nreason = \"needed for the audit (SEC-9)\"\n{}",
+            lifted("")
+        ),
+    );
+    let s = sweeper(&with_exemption);
+    let r2 = sweep(&s, t2).await;
+    assert!(r2.complete());
+
+    assert!(
+        sim.key_exists(&project, used),
+        "a key used since the listing survives"
+    );
+    assert!(sim.key_exists(&project, renamed), "a renamed key survives");
+    assert!(
+        sim.key_exists(&project, newly_exempt),
+        "a newly exempted key survives"
+    );
+    assert!(!sim.key_exists(&project, removed));
+    assert!(!sim.key_exists(&project, control));
+    assert!(!sim.key_exists(&project, plain));
+    assert_eq!(
+        deleted_in(&r2),
+        [control.clone(), plain.clone()].into_iter().collect()
+    );
+    assert_recheck_outcomes(&r2, [used, renamed, removed], newly_exempt);
+    let store = s.store().unwrap().clone();
+    assert_eq!(
+        stale_finding(&store, &project, newly_exempt).stage,
+        Stage::Exempted
+    );
 
     // The audit log says why each was kept.
     let reasons = skipped_reasons(&store);
@@ -778,12 +775,7 @@ warn_before = "14d"
     let r3 = sweep(&s, t2 + DAY).await;
     assert_eq!(deleted_in(&r3), [renamed.clone()].into_iter().collect());
     let store = s.store().unwrap().clone();
-    let f = |k: &str| {
-        store
-            .with_conn(|c| state::findings::get_finding(c, &fid(k)))
-            .unwrap()
-            .unwrap()
-    };
+    let f = |k: &str| stale_finding(&store, &project, k);
     assert_eq!(f(removed).stage, Stage::Resolved);
     assert_eq!(f(removed).resolution.as_deref(), Some("key deleted"));
     assert_eq!(f(used).stage, Stage::Resolved);
@@ -833,7 +825,7 @@ async fn service_account_keys_are_only_reported_under_notify_only() {
     let o = sa_org();
     let sim = start_sim(o.org.clone()).await;
     let dir = tempfile::tempdir().unwrap();
-    let tables = format!("{EXAMPLE_POLICIES}{}", lifted(""));
+    let tables = format!("{ISSUE_3_POLICIES}{}", lifted(""));
     let (s, r2) = two_sweeps(&sim, &dir.path().join("s.db"), &tables).await;
 
     assert_eq!(deleted_in(&r2), [o.user_key.clone()].into_iter().collect());
@@ -866,7 +858,7 @@ async fn a_service_account_is_deleted_only_when_every_key_of_it_is_due() {
     let sim = start_sim(o.org.clone()).await;
     let dir = tempfile::tempdir().unwrap();
     let tables = format!(
-        "{EXAMPLE_POLICIES}{}",
+        "{ISSUE_3_POLICIES}{}",
         lifted("service_accounts = \"delete-service-account\"")
     );
     let (s, r2) = two_sweeps(&sim, &dir.path().join("s.db"), &tables).await;
@@ -928,7 +920,7 @@ async fn the_run_cap_withholds_the_excess_and_says_so_and_the_day_cap_persists()
     let sim = start_sim(org).await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("s.db");
-    let tables = format!("{EXAMPLE_POLICIES}{}", safety(3, 100, 5, ""));
+    let tables = format!("{ISSUE_3_POLICIES}{}", safety(3, 100, 5, ""));
     let (s, r2) = two_sweeps(&sim, &db, &tables).await;
 
     let first = deleted_in(&r2);
@@ -985,7 +977,7 @@ async fn the_kill_switch_stops_every_delete_until_it_is_removed() {
     let stop = dir.path().join("STOP");
     std::fs::write(&stop, "incident 42").unwrap();
     let tables = format!(
-        "{EXAMPLE_POLICIES}{}",
+        "{ISSUE_3_POLICIES}{}",
         lifted(&format!("kill_switch_file = \"{}\"", stop.display()))
     );
     let (s, r2) = two_sweeps(&sim, &dir.path().join("s.db"), &tables).await;
@@ -1012,12 +1004,14 @@ async fn the_kill_switch_stops_every_delete_until_it_is_removed() {
 
 // ---- 4. incomplete listing -------------------------------------------------------------------
 
-#[tokio::test]
-async fn a_project_whose_second_page_fails_is_left_alone_while_others_proceed() {
-    let mut org = quiet_org(3, 120, 21);
-    let projects = active_project_ids(&org);
+/// Ages three user keys of every project to 200 days, spread so that some land on page 2
+/// (ids beyond the 100th). Returns them per project.
+fn age_three_keys_per_project(
+    org: &mut SimOrg,
+    projects: &[String],
+) -> BTreeMap<String, Vec<String>> {
     let mut old: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for p in &projects {
+    for p in projects {
         // Keys sorted by id, so some of the aged ones land on page 2 (ids > the 100th).
         let mut ids: Vec<String> = org
             .project(p)
@@ -1029,15 +1023,63 @@ async fn a_project_whose_second_page_fails_is_left_alone_while_others_proceed() 
             .collect();
         ids.sort();
         let chosen = [ids[3].clone(), ids[50].clone(), ids[ids.len() - 2].clone()];
-        let pm = org.projects.iter_mut().find(|x| &x.id == p).unwrap();
+        let pm = org.projects.iter_mut().find(|x| x.id == *p).unwrap();
         for k in pm.keys.iter_mut().filter(|k| chosen.contains(&k.id)) {
             k.created_at = NOW - 200 * DAY;
         }
         old.insert(p.clone(), chosen.to_vec());
     }
+    old
+}
+
+/// No finding of the `broken` project was closed as "gone" by its partial listing, no key is
+/// marked gone, the keys keep the `last_seen` of the last complete listing, and the alert is
+/// in the audit log.
+fn assert_nothing_concluded_from_the_partial_listing(
+    store: &Store,
+    broken: &String,
+    old: &[String],
+) {
+    // No finding of the broken project was closed as "gone" by the partial listing.
+    let open: BTreeSet<String> = store
+        .with_conn(|c| state::findings::open_findings(c, ORG))
+        .unwrap()
+        .into_iter()
+        .filter(|f| &f.id.project_id == broken)
+        .map(|f| f.id.key_id)
+        .collect();
+    for k in old {
+        assert!(open.contains(k), "finding of {k} was closed");
+    }
+    // Nothing is concluded from the partial listing: no key is marked gone, and the keys the
+    // first page showed unchanged keep the `last_seen` of the last complete listing.
+    let (as_of_r1, gone): (i64, i64) = store
+        .with_conn(|c| {
+            Ok(c.query_row(
+                "SELECT COALESCE(SUM(last_seen = ?2), 0), COALESCE(SUM(gone_at IS NOT NULL), 0)
+                   FROM key_observations WHERE organization = ?3 AND project_id = ?1",
+                rusqlite::params![broken, NOW, ORG],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?)
+        })
+        .unwrap();
+    assert_eq!(as_of_r1, 120, "observations of the broken project");
+    assert_eq!(gone, 0, "keys marked gone from a partial listing");
+    assert!(
+        audit_rows(store).iter().any(
+            |r| r.record.kind == AuditKind::Alert && r.record.message.contains(broken.as_str())
+        )
+    );
+}
+
+#[tokio::test]
+async fn a_project_whose_second_page_fails_is_left_alone_while_others_proceed() {
+    let mut org = quiet_org(3, 120, 21);
+    let projects = active_project_ids(&org);
+    let old = age_three_keys_per_project(&mut org, &projects);
     let sim = start_sim(org.clone()).await;
     let dir = tempfile::tempdir().unwrap();
-    let tables = format!("{EXAMPLE_POLICIES}{}", lifted(""));
+    let tables = format!("{ISSUE_3_POLICIES}{}", lifted(""));
     let s = sweeper(&config_text(
         &sim,
         &dir.path().join("s.db"),
@@ -1080,37 +1122,8 @@ async fn a_project_whose_second_page_fails_is_left_alone_while_others_proceed() 
         .flat_map(|p| old[p].iter().cloned())
         .collect();
     assert_eq!(deleted, expected);
-    // No finding of the broken project was closed as "gone" by the partial listing.
     let store = s.store().unwrap().clone();
-    let open: BTreeSet<String> = store
-        .with_conn(|c| state::findings::open_findings(c, ORG))
-        .unwrap()
-        .into_iter()
-        .filter(|f| &f.id.project_id == broken)
-        .map(|f| f.id.key_id)
-        .collect();
-    for k in &old[broken] {
-        assert!(open.contains(k), "finding of {k} was closed");
-    }
-    // Nothing is concluded from the partial listing: no key is marked gone, and the keys the
-    // first page showed unchanged keep the `last_seen` of the last complete listing.
-    let (as_of_r1, gone): (i64, i64) = store
-        .with_conn(|c| {
-            Ok(c.query_row(
-                "SELECT COALESCE(SUM(last_seen = ?2), 0), COALESCE(SUM(gone_at IS NOT NULL), 0)
-                   FROM key_observations WHERE organization = ?3 AND project_id = ?1",
-                rusqlite::params![broken, NOW, ORG],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?)
-        })
-        .unwrap();
-    assert_eq!(as_of_r1, 120, "observations of the broken project");
-    assert_eq!(gone, 0, "keys marked gone from a partial listing");
-    assert!(
-        audit_rows(&store).iter().any(
-            |r| r.record.kind == AuditKind::Alert && r.record.message.contains(broken.as_str())
-        )
-    );
+    assert_nothing_concluded_from_the_partial_listing(&store, broken, &old[broken]);
     verify(&store).unwrap();
 }
 
@@ -1125,7 +1138,7 @@ async fn observations_follow_the_listing_when_only_changed_rows_are_written() {
     let projects = active_project_ids(&org);
     let sim = start_sim(org).await;
     let dir = tempfile::tempdir().unwrap();
-    let tables = format!("{EXAMPLE_POLICIES}{}", lifted(""));
+    let tables = format!("{ISSUE_3_POLICIES}{}", lifted(""));
     let s = sweeper(&config_text(
         &sim,
         &dir.path().join("s.db"),
@@ -1169,526 +1182,4 @@ async fn observations_follow_the_listing_when_only_changed_rows_are_written() {
 
 // ---- 5. property test against an oracle ----------------------------------------------------
 
-mod props {
-    //! Random small organisations, policies, exemptions and clocks; 2–3 real sweeps each.
-
-    use super::*;
-    use proptest::prelude::*;
-
-    #[derive(Debug, Clone)]
-    struct PolicySpec {
-        max_age: Option<i64>,
-        max_idle: Option<i64>,
-        grace: Option<i64>,
-        revoke: bool,
-        warn_before: i64,
-        final_notice: i64,
-        /// None: any owner; Some(true): users only; Some(false): service accounts only.
-        users_only: Option<bool>,
-    }
-
-    #[derive(Debug, Clone)]
-    struct ExemptionSpec {
-        key_index: usize,
-        /// Seconds after the first sweep the exemption lapses; None = forever.
-        until: Option<i64>,
-    }
-
-    #[derive(Debug, Clone, Copy)]
-    enum FaultSpec {
-        /// Before sweep `sweep`, the key listing of project `project` answers 500.
-        Incomplete { sweep: usize, project: usize },
-        /// Every DELETE of key `key` answers 500 during sweep `sweep`.
-        FailedDelete { sweep: usize, key: usize },
-        /// Before sweep `sweep`: an intent for key `key` as if a crash hit after writing it;
-        /// `deleted` whether the DELETE went through (done via the simulator, no outcome).
-        Crash {
-            sweep: usize,
-            key: usize,
-            deleted: bool,
-        },
-    }
-
-    #[derive(Debug, Clone)]
-    struct Case {
-        seed: u64,
-        projects: usize,
-        keys: usize,
-        policies: Vec<PolicySpec>,
-        exemptions: Vec<ExemptionSpec>,
-        /// Gaps between sweeps in seconds (the first sweep is at NOW).
-        gaps: Vec<i64>,
-        enforce: bool,
-        /// (per run, per project %, per day); None = lifted.
-        caps: Option<(u32, u32, u32)>,
-        faults: Vec<FaultSpec>,
-    }
-
-    fn days(lo: i64, hi: i64) -> impl Strategy<Value = i64> {
-        (lo..=hi).prop_map(|d| d * DAY)
-    }
-
-    fn policy() -> impl Strategy<Value = PolicySpec> {
-        (
-            prop::option::of(prop::sample::select(vec![30i64, 90, 180, 365])),
-            prop::option::of(prop::sample::select(vec![20i64, 45, 90])),
-            prop::option::of(days(0, 30)),
-            prop::bool::weighted(0.75),
-            days(0, 20),
-            0i64..=100,
-            prop::sample::select(vec![None, Some(true), Some(false)]),
-        )
-            .prop_map(|(age, idle, grace, revoke, warn, fin_pct, owner)| {
-                let max_age = if age.is_none() && idle.is_none() {
-                    Some(90)
-                } else {
-                    age
-                };
-                PolicySpec {
-                    max_age: max_age.map(|d| d * DAY),
-                    max_idle: idle.map(|d| d * DAY),
-                    grace: idle.and(grace),
-                    revoke,
-                    warn_before: warn,
-                    final_notice: warn * fin_pct / 100 / 3600 * 3600,
-                    users_only: owner,
-                }
-            })
-    }
-
-    fn fault(sweeps: usize) -> impl Strategy<Value = FaultSpec> {
-        prop_oneof![
-            (0..sweeps, 0usize..3)
-                .prop_map(|(sweep, project)| FaultSpec::Incomplete { sweep, project }),
-            (0..sweeps, 0usize..64).prop_map(|(sweep, key)| FaultSpec::FailedDelete { sweep, key }),
-            (1..sweeps, 0usize..64, any::<bool>()).prop_map(|(sweep, key, deleted)| {
-                FaultSpec::Crash {
-                    sweep,
-                    key,
-                    deleted,
-                }
-            }),
-        ]
-    }
-
-    fn case() -> impl Strategy<Value = Case> {
-        (2usize..=3).prop_flat_map(|sweeps| {
-            (
-                any::<u64>(),
-                1usize..=3,
-                4usize..=10,
-                prop::collection::vec(policy(), 1..=3),
-                prop::collection::vec(
-                    (0usize..64, prop::option::of(days(0, 30)))
-                        .prop_map(|(key_index, until)| ExemptionSpec { key_index, until }),
-                    0..=2,
-                ),
-                prop::collection::vec(
-                    prop_oneof![Just(0i64), days(1, 20), (1i64..=40 * DAY)],
-                    sweeps - 1,
-                ),
-                prop::bool::weighted(0.8),
-                prop::option::weighted(0.35, (1u32..=4, 10u32..=100, 1u32..=6)),
-                prop::option::weighted(0.4, prop::collection::vec(fault(sweeps), 1..=3)),
-            )
-                .prop_map(
-                    |(seed, projects, keys, policies, exemptions, gaps, enforce, caps, faults)| {
-                        Case {
-                            seed,
-                            projects,
-                            keys,
-                            policies,
-                            exemptions,
-                            gaps,
-                            enforce,
-                            caps,
-                            faults: faults.unwrap_or_default(),
-                        }
-                    },
-                )
-        })
-    }
-
-    /// A key as the oracle sees it.
-    #[derive(Debug, Clone)]
-    struct OKey {
-        project: String,
-        id: String,
-        user: bool,
-        created_at: i64,
-        last_used_at: Option<i64>,
-    }
-
-    /// When the policy's conditions all hold at `t`, the moment the last of them began.
-    fn violating_since(k: &OKey, p: &PolicySpec, t: i64) -> Option<i64> {
-        match p.users_only {
-            Some(users) if users != k.user => return None,
-            _ => {}
-        }
-        let mut since = i64::MIN;
-        if let Some(max_age) = p.max_age {
-            if t - k.created_at <= max_age {
-                return None;
-            }
-            since = since.max(k.created_at + max_age);
-        }
-        if let Some(max_idle) = p.max_idle {
-            let (from, limit) = match k.last_used_at {
-                Some(last) => (last, max_idle),
-                None => (k.created_at, p.grace.unwrap_or(max_idle)),
-            };
-            if t - from <= limit {
-                return None;
-            }
-            since = since.max(from + limit);
-        }
-        Some(since)
-    }
-
-    /// The independent oracle: which keys enforcement deletes over the sweeps at `times`, with
-    /// no faults, caps lifted, service accounts notify-only. A finding opens when a policy is
-    /// first seen violated (not exempted) with deadline max(since, detected + warn_before); it
-    /// closes when the key stops violating or is exempted; a user key goes in the first later
-    /// sweep at or past the deadline of one of its open revoke findings.
-    fn oracle(
-        keys: &[OKey],
-        policies: &[PolicySpec],
-        exempt: &[(String, Option<i64>)],
-        times: &[i64],
-    ) -> BTreeMap<String, usize> {
-        let mut deleted = BTreeMap::new();
-        let mut open: HashMap<(usize, usize), i64> = HashMap::new();
-        for (sweep, &t) in times.iter().enumerate() {
-            let mut now_deleted = Vec::new();
-            for (ki, k) in keys.iter().enumerate() {
-                if deleted.contains_key(&k.id) {
-                    continue;
-                }
-                let exempted = exempt
-                    .iter()
-                    .any(|(id, until)| id == &k.id && until.is_none_or(|u| t <= u));
-                for (pi, p) in policies.iter().enumerate() {
-                    let since = if exempted {
-                        None
-                    } else {
-                        violating_since(k, p, t)
-                    };
-                    match (since, open.get(&(ki, pi))) {
-                        (None, _) => {
-                            open.remove(&(ki, pi));
-                        }
-                        (Some(since), None) => {
-                            open.insert((ki, pi), since.max(t + p.warn_before));
-                        }
-                        (Some(_), Some(&deadline)) => {
-                            if p.revoke && k.user && t >= deadline {
-                                now_deleted.push(k.id.clone());
-                            }
-                        }
-                    }
-                }
-            }
-            for id in now_deleted {
-                deleted.insert(id, sweep);
-            }
-        }
-        deleted
-    }
-
-    fn config_tables(c: &Case, keys: &[OKey]) -> String {
-        let mut t = String::new();
-        for (i, p) in c.policies.iter().enumerate() {
-            t.push_str(&format!("\n[[policies]]\nname = \"p{i}\"\n"));
-            if let Some(a) = p.max_age {
-                t.push_str(&format!("max_age = \"{}s\"\n", a));
-            }
-            if let Some(a) = p.max_idle {
-                t.push_str(&format!("max_idle = \"{}s\"\n", a));
-            }
-            if let Some(g) = p.grace {
-                t.push_str(&format!("never_used_grace = \"{}s\"\n", g));
-            }
-            t.push_str(&format!(
-                "action = \"{}\"\nwarn_before = \"{}s\"\nfinal_notice = \"{}s\"\n",
-                if p.revoke { "revoke" } else { "notify" },
-                p.warn_before,
-                p.final_notice
-            ));
-            if let Some(users) = p.users_only {
-                t.push_str(&format!(
-                    "[policies.match]\nowner_type = \"{}\"\n",
-                    if users { "user" } else { "service_account" }
-                ));
-            }
-        }
-        for e in &c.exemptions {
-            let k = &keys[e.key_index % keys.len()];
-            t.push_str(&format!(
-                "\n[[exemptions]]\nkey_id = \"{}\"\nreason = \"test\"\n",
-                k.id
-            ));
-            if let Some(u) = e.until {
-                t.push_str(&format!("until = \"{}\"\n", rfc3339(NOW + u)));
-            }
-        }
-        let (run, pct, day) = c.caps.unwrap_or((100_000, 100, 100_000));
-        t.push_str(&safety(run, pct, day, ""));
-        t
-    }
-
-    fn run_case(c: &Case) -> Result<(), TestCaseError> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(run_case_async(c))
-    }
-
-    async fn run_case_async(c: &Case) -> Result<(), TestCaseError> {
-        let org = SimOrg::generate(c.projects, c.keys, c.seed, NOW);
-        let keys: Vec<OKey> = active_keys(&org)
-            .map(|(p, k)| OKey {
-                project: p.to_string(),
-                id: k.id.clone(),
-                user: !k.owner.is_service_account(),
-                created_at: k.created_at,
-                last_used_at: k.last_used_at,
-            })
-            .collect();
-        let projects = active_project_ids(&org);
-        let mut times = vec![NOW];
-        for g in &c.gaps {
-            times.push(times.last().unwrap() + g);
-        }
-        let exempt: Vec<(String, Option<i64>)> = c
-            .exemptions
-            .iter()
-            .map(|e| {
-                (
-                    keys[e.key_index % keys.len()].id.clone(),
-                    e.until.map(|u| NOW + u),
-                )
-            })
-            .collect();
-        let expected = oracle(&keys, &c.policies, &exempt, &times);
-        let revoke_policies: Vec<String> = c
-            .policies
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| p.revoke)
-            .map(|(i, _)| format!("p{i}"))
-            .collect();
-
-        let sim = start_sim(org.clone()).await;
-        let dir = tempfile::tempdir().unwrap();
-        let mode = if c.enforce { "enforce" } else { "dry-run" };
-        let text = config_text(
-            &sim,
-            &dir.path().join("s.db"),
-            mode,
-            &config_tables(c, &keys),
-        );
-        let s = sweeper(&text);
-        let store = s.store().unwrap().clone();
-        let mut test_intents: Vec<(i64, String, bool)> = Vec::new();
-        let mut crash_removed: BTreeSet<String> = BTreeSet::new();
-        let mut per_sweep: Vec<(i64, BTreeSet<String>)> = Vec::new();
-
-        for (i, &t) in times.iter().enumerate() {
-            sim.faults().clear();
-            for f in &c.faults {
-                match *f {
-                    FaultSpec::Incomplete { sweep, project } if sweep == i => {
-                        let p = &projects[project % projects.len()];
-                        sim.faults()
-                            .add(Fault::on_list_keys(p).respond(FaultKind::Status(500)));
-                    }
-                    FaultSpec::FailedDelete { sweep, key } if sweep == i => {
-                        let k = &keys[key % keys.len()];
-                        sim.faults().add(
-                            Fault::on_delete_key(&k.project, &k.id).respond(FaultKind::Status(500)),
-                        );
-                    }
-                    FaultSpec::Crash {
-                        sweep,
-                        key,
-                        deleted,
-                    } if sweep == i => {
-                        // Only keys the oracle would delete may be "deleted by keysweep".
-                        let k = &keys[key % keys.len()];
-                        if !sim.key_exists(&k.project, &k.id)
-                            || (deleted && !expected.contains_key(&k.id))
-                        {
-                            continue;
-                        }
-                        let mut intent = AuditRecord::new(
-                            times[i - 1],
-                            "test-crash",
-                            AuditKind::Intent,
-                            config::Mode::Enforce,
-                            "test",
-                            format!("deleting key {}", k.id),
-                        );
-                        intent.organization = Some(ORG.into());
-                        intent.project_id = Some(k.project.clone());
-                        intent.key_id = Some(k.id.clone());
-                        intent.policy = revoke_policies.first().cloned();
-                        let entry = audit::append_durable(&store, &intent).unwrap();
-                        if deleted {
-                            sim.remove_key(&k.project, &k.id).unwrap();
-                            crash_removed.insert(k.id.clone());
-                        }
-                        test_intents.push((entry.seq, k.id.clone(), deleted));
-                    }
-                    _ => {}
-                }
-            }
-            let report = sweep(&s, t).await;
-            per_sweep.push((t, deleted_in(&report)));
-
-            // Caps are never exceeded, per run and per project.
-            let n = per_sweep[i].1.len() as u32;
-            if let Some((run, pct, _)) = c.caps {
-                prop_assert!(n <= run, "sweep {i} deleted {n} > run cap {run}");
-                for org in &report.inventory.orgs {
-                    for p in &org.projects {
-                        let in_p = report
-                            .revocations
-                            .iter()
-                            .filter(|r| r.deleted() && r.project_id == p.project.id)
-                            .map(|r| r.key_ids.len())
-                            .sum::<usize>();
-                        let cap = ((pct as usize * p.keys.keys) / 100).max(1);
-                        prop_assert!(in_p <= cap, "project {} got {in_p} > {cap}", p.project.id);
-                    }
-                }
-            }
-        }
-        sim.faults().clear();
-
-        // What is gone, and what keysweep itself deleted.
-        let gone_ids: BTreeSet<String> = keys
-            .iter()
-            .filter(|k| !sim.key_exists(&k.project, &k.id))
-            .map(|k| k.id.clone())
-            .collect();
-        let by_keysweep: BTreeSet<String> = per_sweep
-            .iter()
-            .flat_map(|(_, d)| d.iter().cloned())
-            .collect();
-        prop_assert_eq!(
-            &gone_ids,
-            &by_keysweep
-                .union(&crash_removed)
-                .cloned()
-                .collect::<BTreeSet<_>>()
-        );
-        let oracle_set: BTreeSet<String> = expected.keys().cloned().collect();
-
-        if !c.enforce {
-            prop_assert!(by_keysweep.is_empty(), "dry run deleted {by_keysweep:?}");
-        } else if c.caps.is_none() && c.faults.is_empty() {
-            prop_assert_eq!(&by_keysweep, &oracle_set);
-            // And in the very sweep the oracle says.
-            for (i, (_, d)) in per_sweep.iter().enumerate() {
-                let want: BTreeSet<String> = expected
-                    .iter()
-                    .filter(|(_, s)| **s == i)
-                    .map(|(k, _)| k.clone())
-                    .collect();
-                prop_assert_eq!(d, &want, "sweep {}", i);
-            }
-        } else {
-            prop_assert!(
-                by_keysweep.is_subset(&oracle_set),
-                "deleted {:?} not in oracle {:?}",
-                by_keysweep.difference(&oracle_set).collect::<Vec<_>>(),
-                oracle_set
-            );
-        }
-
-        // The rolling day cap, over the sweeps' own clock.
-        if let Some((_, _, day)) = c.caps {
-            for (t, _) in &per_sweep {
-                let in_window: usize = per_sweep
-                    .iter()
-                    .filter(|(u, _)| *u <= *t && *u >= t - DAY)
-                    .map(|(_, d)| d.len())
-                    .sum();
-                prop_assert!(in_window as u32 <= day, "{in_window} > day cap {day}");
-            }
-        }
-
-        // The audit log verifies, every intent has an outcome or a reconciliation, and nothing
-        // was deleted before its warning period and final notice.
-        prop_assert!(verify(&store).is_ok());
-        let rows = audit_rows(&store);
-        prop_assert!(
-            store
-                .with_conn(audit::unmatched_intents)
-                .unwrap()
-                .is_empty()
-        );
-        for (seq, key, deleted) in &test_intents {
-            let rec = rows.iter().find(|r| {
-                r.record.kind == AuditKind::Reconciled && r.record.refers_to == Some(*seq)
-            });
-            prop_assert!(rec.is_some(), "intent {seq} for {key} not reconciled");
-            prop_assert_eq!(
-                &rec.unwrap().record.response["deleted"],
-                &Value::Bool(*deleted)
-            );
-        }
-        for r in rows.iter().filter(|r| {
-            r.record.kind == AuditKind::Outcome && r.record.message.starts_with("deleted")
-        }) {
-            let intent = rows
-                .iter()
-                .find(|i| Some(i.seq) == r.record.refers_to)
-                .unwrap();
-            let key = intent.record.key_id.clone().unwrap();
-            for policy in intent.record.policy.as_deref().unwrap_or("").split(',') {
-                let spec = &c.policies[policy[1..].parse::<usize>().unwrap()];
-                let decision = rows
-                    .iter()
-                    .rfind(|d| {
-                        d.record.kind == AuditKind::Decision
-                            && d.record.key_id.as_deref() == Some(key.as_str())
-                            && d.record.policy.as_deref() == Some(policy)
-                            && d.seq < intent.seq
-                    })
-                    .unwrap();
-                let deadline = decision.record.inputs["deadline"].as_i64().unwrap();
-                prop_assert!(deadline >= decision.record.at + spec.warn_before);
-                prop_assert!(
-                    intent.record.at >= deadline,
-                    "{key} deleted before its deadline"
-                );
-                prop_assert!(
-                    rows.iter().any(|n| n.seq > decision.seq
-                        && n.seq < intent.seq
-                        && n.record.key_id.as_deref() == Some(key.as_str())
-                        && n.record.policy.as_deref() == Some(policy)
-                        && n.record.response["notices"]
-                            .as_array()
-                            .is_some_and(|a| a.iter().any(|x| x == "final_notice"))),
-                    "{key}: no final notice before the delete"
-                );
-            }
-        }
-        Ok(())
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig {
-            cases: 24,
-            max_shrink_iters: 64,
-            ..ProptestConfig::default()
-        })]
-
-        #[test]
-        fn enforcement_matches_the_oracle_and_the_rails_hold(c in case()) {
-            run_case(&c)?;
-        }
-    }
-}
+mod props;

@@ -1,0 +1,193 @@
+//! Reading the configuration: the TOML file layered with `KEYSWEEP__SECTION__KEY` variables by
+//! config-rs, then read into the typed [`RawConfig`] through `serde_path_to_error`, so every
+//! error names the file and the full key path (`channels[1].url: …`).
+//!
+//! Two steps, because one would lose paths: channels are kept as config-rs values in the first
+//! step and read in a second one, once their `type` says which struct applies (a serde tagged
+//! enum buffers the entry, and errors inside it lose their path). This module must never put a
+//! secret into an error: the file holds no secrets (it names variables and files), and quoted
+//! values are capped in length.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use config::ConfigError;
+use serde::de::DeserializeOwned;
+
+use super::super::Config;
+use super::context::Context;
+use super::validate;
+use super::{ChannelEntry, ChannelType, LoadError, RawChannelHead, RawChannelKind, RawConfig};
+
+/// The environment prefix: `KEYSWEEP__SAFETY__MAX_REVOCATIONS_PER_RUN=5`.
+pub const ENV_PREFIX: &str = "KEYSWEEP";
+
+/// `--config`, else `$KEYSWEEP_CONFIG`, else this.
+pub fn default_config_path() -> PathBuf {
+    PathBuf::from("/etc/keysweep/keysweep.toml")
+}
+
+/// Loads `path`, applies `KEYSWEEP__…` overrides from the process environment and validates.
+pub fn load(path: &Path) -> Result<Config, LoadError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| LoadError::File {
+        file: file.clone(),
+        message: format!("cannot read configuration: {e}"),
+    })?;
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    load_inner(&text, &file, &env, Some(path))
+}
+
+/// Loads from a string with an explicit environment (tests, the demo). Secrets named by
+/// `*_env` keys are looked up in `env`.
+pub fn load_from_str(toml: &str, env: &[(String, String)]) -> Result<Config, LoadError> {
+    load_inner(toml, "<inline>", env, None)
+}
+
+fn load_inner(
+    text: &str,
+    file: &str,
+    env: &[(String, String)],
+    source: Option<&Path>,
+) -> Result<Config, LoadError> {
+    let layered = layer(text, file, env)?;
+    let mut raw: RawConfig = typed(file, "", layered)?;
+    let channels = std::mem::take(&mut raw.channels)
+        .into_iter()
+        .enumerate()
+        .map(|(i, value)| read_channel(file, i, value))
+        .collect::<Result<Vec<_>, _>>()?;
+    let env_map: BTreeMap<&str, &str> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    validate::config(Context::new(file, &env_map), raw, channels, source)
+}
+
+/// The file with the `KEYSWEEP__…` variables of `env` on top.
+fn layer(text: &str, file: &str, env: &[(String, String)]) -> Result<config::Config, LoadError> {
+    let prefix = format!("{ENV_PREFIX}__");
+    let overrides: config::Map<String, String> = env
+        .iter()
+        .filter(|(k, _)| k.starts_with(&prefix))
+        .cloned()
+        .collect();
+    // `KEYSWEEP__` or `KEYSWEEP__LIMITS____X` name no key: config-rs would report an unknown
+    // field `` against the file, naming neither the key nor the variable. Name the variable.
+    if let Some(var) = overrides.keys().find(|k| {
+        k.strip_prefix(&prefix)
+            .is_some_and(|rest| rest.split("__").any(str::is_empty))
+    }) {
+        return Err(LoadError::Invalid {
+            file: file.to_string(),
+            key: var.clone(),
+            message: format!(
+                "environment variable {var} names no configuration key (expected {ENV_PREFIX}__SECTION__KEY)"
+            ),
+        });
+    }
+    config::Config::builder()
+        .add_source(config::File::from_str(text, config::FileFormat::Toml))
+        .add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .separator("__")
+                .source(Some(overrides)),
+        )
+        .build()
+        .map_err(|e| LoadError::File {
+            file: file.to_string(),
+            message: scrub(&e.to_string()),
+        })
+}
+
+/// Reads `value` (found at key path `prefix`) into `T`, naming the full key of any error.
+fn typed<T, D>(file: &str, prefix: &str, value: D) -> Result<T, LoadError>
+where
+    T: DeserializeOwned,
+    D: for<'de> serde::Deserializer<'de, Error = ConfigError>,
+{
+    typed_or_missing(file, prefix, value, None)
+}
+
+/// [`typed`], but a missing key is named itself (`channels[0].url: <missing>`) instead of the
+/// entry that lacks it, as config-rs would (`channels[0]: missing configuration field "url"`).
+fn typed_or_missing<T, D>(
+    file: &str,
+    prefix: &str,
+    value: D,
+    missing: Option<&str>,
+) -> Result<T, LoadError>
+where
+    T: DeserializeOwned,
+    D: for<'de> serde::Deserializer<'de, Error = ConfigError>,
+{
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let invalid = |key: String, message: String| LoadError::Invalid {
+            file: file.to_string(),
+            key,
+            message,
+        };
+        match (e.into_inner(), missing) {
+            (ConfigError::NotFound(field), Some(why)) if path == "." => {
+                invalid(join(prefix, &field), why.to_string())
+            }
+            (e, _) if path == "." && prefix.is_empty() => invalid("(top level)".into(), message(e)),
+            (e, _) if path == "." => invalid(prefix.to_string(), message(e)),
+            (e, _) => invalid(join(prefix, &path), message(e)),
+        }
+    })
+}
+
+fn join(prefix: &str, path: &str) -> String {
+    if prefix.is_empty() {
+        path.to_string()
+    } else {
+        format!("{prefix}.{path}")
+    }
+}
+
+/// The error's own words. config-rs appends ``for key `…` `` to an error raised inside a
+/// value (an unknown key, a value a `values.rs` type refused); our key path is already in front.
+fn message(e: ConfigError) -> String {
+    match e {
+        ConfigError::At { error, .. } => scrub(&error.to_string()),
+        other => scrub(&other.to_string()),
+    }
+}
+
+/// Reads `channels[i]`: first its `name` and `type`, then the other keys into that type's struct.
+fn read_channel(file: &str, i: usize, value: config::Value) -> Result<ChannelEntry, LoadError> {
+    let at = format!("channels[{i}]");
+    let mut rest = value.into_table().map_err(|e| LoadError::Invalid {
+        file: file.to_string(),
+        key: at.clone(),
+        message: message(e),
+    })?;
+    let whole = config::Value::new(None, rest.clone());
+    let head: RawChannelHead = typed_or_missing(file, &at, whole, Some("is required"))?;
+    rest.remove("name");
+    rest.remove("type");
+    let rest = config::Value::new(None, rest);
+    let why = format!("is required for a {} channel", head.kind.as_str());
+    let why = Some(why.as_str());
+    let kind = match head.kind {
+        ChannelType::Email => RawChannelKind::Email(typed_or_missing(file, &at, rest, why)?),
+        ChannelType::Slack => RawChannelKind::Slack(typed_or_missing(file, &at, rest, why)?),
+        ChannelType::PagerDuty => {
+            RawChannelKind::PagerDuty(typed_or_missing(file, &at, rest, why)?)
+        }
+        ChannelType::Webhook => RawChannelKind::Webhook(typed_or_missing(file, &at, rest, why)?),
+    };
+    Ok(ChannelEntry {
+        name: head.name,
+        kind,
+    })
+}
+
+/// config-rs errors can quote values; none of ours are secrets (secrets come from elsewhere),
+/// but cap the length so a pasted blob never floods a log.
+fn scrub(s: &str) -> String {
+    if s.len() > 500 {
+        format!("{}…", &s[..s.floor_char_boundary(500)])
+    } else {
+        s.to_string()
+    }
+}

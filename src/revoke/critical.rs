@@ -1,0 +1,118 @@
+//! The critical section of a revocation: durable intent record → DELETE → outcome record.
+//!
+//! It runs on its own task, owned, so that neither a shutdown that drops the sweep nor a panic
+//! elsewhere can separate an intent from its outcome; [`drain_in_flight`] waits for every such
+//! task on shutdown. It must never send a DELETE before the intent is committed, never retry a
+//! DELETE, and never return before the outcome is committed.
+
+use serde_json::json;
+
+use crate::openai::{AdminClient, DeleteOutcome};
+use crate::state::audit::{self, AuditRecord};
+use crate::state::{self, Store};
+
+use super::outcome::Outcome;
+
+/// Deletes in flight. They run on their own tasks so that a sweep dropped at the end of the
+/// shutdown grace never leaves an intent without its outcome; `drain_in_flight` waits for them.
+pub(super) static IN_FLIGHT: std::sync::LazyLock<tokio_util::task::TaskTracker> =
+    std::sync::LazyLock::new(tokio_util::task::TaskTracker::new);
+
+/// Waits for every DELETE in flight to write its outcome record (bounded by the request
+/// timeout). Called once on shutdown, after the scheduler stopped.
+pub async fn drain_in_flight() {
+    IN_FLIGHT.close();
+    IN_FLIGHT.wait().await;
+}
+
+/// Everything the intent → DELETE → outcome section needs, owned.
+pub(super) struct CriticalDelete {
+    pub store: Store,
+    pub client: AdminClient,
+    pub intent: AuditRecord,
+    pub outcome_base: AuditRecord,
+    pub key_id: String,
+    pub service_account: Option<String>,
+    pub organization: String,
+    pub project_id: String,
+    pub key_ids: Vec<String>,
+    pub target: String,
+    pub run_id: String,
+    pub now: i64,
+}
+
+impl CriticalDelete {
+    pub(super) async fn run(self) -> Result<Outcome, state::StateError> {
+        let entry = audit::append_durable(&self.store, &self.intent)?;
+        let answer = match &self.service_account {
+            None => self.client.delete_key(&self.project_id, &self.key_id).await,
+            Some(sa) => {
+                self.client
+                    .delete_service_account(&self.project_id, sa)
+                    .await
+            }
+        };
+        let (outcome, response) = match answer {
+            Ok(DeleteOutcome::Deleted { status, body }) => {
+                (Outcome::Deleted, json!({ "status": status, "body": body }))
+            }
+            Ok(DeleteOutcome::AlreadyGone) => (
+                Outcome::Deleted,
+                json!({ "status": 404, "already_gone": true }),
+            ),
+            Err(e) => (
+                Outcome::Failed {
+                    error: e.to_string(),
+                },
+                json!({ "status": e.status(), "error": e.to_string() }),
+            ),
+        };
+        let deleted = matches!(outcome, Outcome::Deleted);
+        let out = AuditRecord {
+            message: if deleted {
+                format!("deleted {}", self.target)
+            } else {
+                format!("delete of {} failed", self.target)
+            },
+            policy: self.intent.policy.clone(),
+            ..self.outcome_base.clone()
+        }
+        .with_response(response)
+        .refers_to(entry.seq);
+        self.record_outcome(&out, deleted)?;
+        self.log(&outcome);
+        Ok(outcome)
+    }
+
+    /// The outcome record, and the revocations it counts (the rolling cap), in one transaction.
+    fn record_outcome(&self, out: &AuditRecord, deleted: bool) -> Result<(), state::StateError> {
+        self.store.tx(|tx| {
+            audit::append(tx, out)?;
+            if deleted {
+                for k in &self.key_ids {
+                    state::revocations::record_revocation(
+                        tx,
+                        self.now,
+                        &self.organization,
+                        &self.project_id,
+                        k,
+                        &self.run_id,
+                    )?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn log(&self, outcome: &Outcome) {
+        match outcome {
+            Outcome::Deleted => {
+                tracing::warn!(run_id = %self.run_id, organization = %self.organization, project_id = %self.project_id, target = %self.target, "revoked")
+            }
+            Outcome::Failed { error } => {
+                tracing::error!(run_id = %self.run_id, organization = %self.organization, project_id = %self.project_id, target = %self.target, %error, "revocation failed")
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! Executing approved actions, one at a time: (1) re-check every key the action destroys, and
+//! record a `skipped` for each when one gives a reason not to delete; otherwise (2–4) hand the
+//! intent → DELETE → outcome section to `critical.rs`. Nothing is attempted once cancelled or
+//! outside enforce mode.
+
+use serde_json::json;
+use tracing::Instrument;
+
+use crate::config::Mode;
+use crate::inventory::Key;
+use crate::openai::AdminClient;
+use crate::policy::plan::{PlannedAction, Target};
+use crate::state;
+use crate::state::audit::{self, AuditKind, AuditRecord};
+
+use super::context::Context;
+use super::critical::{CriticalDelete, IN_FLIGHT};
+use super::outcome::{Outcome, RevocationResult};
+
+/// Executes approved actions one at a time.
+pub async fn execute(
+    ctx: &Context<'_>,
+    actions: &[PlannedAction],
+) -> Result<Vec<RevocationResult>, state::StateError> {
+    let mut results = Vec::with_capacity(actions.len());
+    for action in actions {
+        results.push(revoke_one(ctx, action).await?);
+    }
+    Ok(results)
+}
+
+/// What one action destroys.
+struct Doomed {
+    /// The key, or every key of the service account.
+    keys: Vec<Key>,
+    /// `key key_…` or `service account svc_acct_… (N keys)`.
+    target: String,
+    service_account: Option<String>,
+}
+
+impl Doomed {
+    fn of(action: &PlannedAction) -> Doomed {
+        match &action.target {
+            Target::Key(k) => Doomed {
+                keys: vec![k.clone()],
+                target: format!("key {}", k.id),
+                service_account: None,
+            },
+            Target::ServiceAccount {
+                service_account_id,
+                collateral,
+                ..
+            } => Doomed {
+                keys: collateral.clone(),
+                target: format!(
+                    "service account {service_account_id} ({} keys)",
+                    collateral.len()
+                ),
+                service_account: Some(service_account_id.clone()),
+            },
+        }
+    }
+}
+
+/// One action: re-check (1), then intent, DELETE and outcome (2–4).
+async fn revoke_one(
+    ctx: &Context<'_>,
+    action: &PlannedAction,
+) -> Result<RevocationResult, state::StateError> {
+    let doomed = Doomed::of(action);
+    let mut result = RevocationResult {
+        organization: action.organization().to_string(),
+        project_id: action.project_id().to_string(),
+        target: doomed.target.clone(),
+        key_ids: doomed.keys.iter().map(|k| k.id.clone()).collect(),
+        finding_ids: action.findings.clone(),
+        outcome: Outcome::Cancelled,
+    };
+    if ctx.cancel.is_cancelled() || ctx.mode != Mode::Enforce {
+        return Ok(result);
+    }
+    let Some(client) = ctx.client(&result.organization) else {
+        result.outcome = Outcome::Failed {
+            error: "no client for organisation".into(),
+        };
+        return Ok(result);
+    };
+    if let Some(reason) = recheck_all(ctx, client, action, &doomed.keys).await {
+        record_skipped(ctx, &doomed.keys, &reason)?;
+        tracing::info!(run_id = ctx.run_id, target = %result.target, %reason, "revocation skipped after re-check");
+        result.outcome = Outcome::SkippedAfterRecheck { reason };
+        return Ok(result);
+    }
+    result.outcome = delete(ctx, client, action, &doomed, &result).await?;
+    Ok(result)
+}
+
+/// Re-checks every key this action destroys; the first reason not to delete wins.
+async fn recheck_all(
+    ctx: &Context<'_>,
+    client: &AdminClient,
+    action: &PlannedAction,
+    keys: &[Key],
+) -> Option<String> {
+    for key in keys {
+        let policies: Vec<&str> = action
+            .findings
+            .iter()
+            .filter(|f| f.key_id == key.id)
+            .map(|f| f.policy.as_str())
+            .collect();
+        match recheck(ctx, client, key, &policies).await {
+            Ok(None) => {}
+            Ok(Some(reason)) => return Some(reason),
+            Err(e) => return Some(format!("re-check failed, not deleting: {e}")),
+        }
+    }
+    None
+}
+
+/// One `skipped` record per key the re-check saved, in one transaction.
+fn record_skipped(ctx: &Context<'_>, keys: &[Key], reason: &str) -> Result<(), state::StateError> {
+    let records: Vec<AuditRecord> = keys
+        .iter()
+        .map(|key| {
+            ctx.record(
+                AuditKind::Skipped,
+                format!("not deleted after re-check: {reason}"),
+            )
+            .with_key(key)
+            .with_response(json!({ "recheck": reason }))
+        })
+        .collect();
+    ctx.store.tx(|tx| {
+        for r in &records {
+            audit::append(tx, r)?;
+        }
+        Ok(())
+    })
+}
+
+/// Intent, DELETE, outcome: one critical section on its own task (`critical.rs`).
+async fn delete(
+    ctx: &Context<'_>,
+    client: &AdminClient,
+    action: &PlannedAction,
+    doomed: &Doomed,
+    result: &RevocationResult,
+) -> Result<Outcome, state::StateError> {
+    let Some(primary) = doomed.keys.first() else {
+        return Ok(Outcome::Failed {
+            error: "nothing to delete".into(),
+        });
+    };
+    let mut intent = ctx
+        .record(AuditKind::Intent, format!("deleting {}", result.target))
+        .with_key(primary);
+    intent.policy = Some(
+        action
+            .findings
+            .iter()
+            .map(|f| f.policy.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    if let Some(sa) = &doomed.service_account {
+        intent.inputs["service_account_id"] = json!(sa);
+        intent.inputs["collateral"] = json!(result.key_ids);
+    }
+    let critical = CriticalDelete {
+        store: ctx.store.clone(),
+        client: client.clone(),
+        intent,
+        outcome_base: ctx
+            .record(AuditKind::Outcome, String::new())
+            .with_key(primary),
+        key_id: primary.id.clone(),
+        service_account: doomed.service_account.clone(),
+        organization: result.organization.clone(),
+        project_id: result.project_id.clone(),
+        key_ids: result.key_ids.clone(),
+        target: result.target.clone(),
+        run_id: ctx.run_id.to_string(),
+        now: ctx.now,
+    };
+    match IN_FLIGHT.spawn(critical.run().in_current_span()).await {
+        Ok(outcome) => outcome,
+        Err(e) => Ok(Outcome::Failed {
+            error: format!("delete task failed: {e}"),
+        }),
+    }
+}
+
+/// Re-reads a key just before deleting it. `Ok(None)` = still safe to delete; `Ok(Some(reason))`
+/// = do not delete.
+async fn recheck(
+    ctx: &Context<'_>,
+    client: &AdminClient,
+    listed: &Key,
+    policies: &[&str],
+) -> Result<Option<String>, crate::openai::Error> {
+    let Some(fresh) = client.retrieve_key(&listed.project_id, &listed.id).await? else {
+        return Ok(Some("the key is already gone".into()));
+    };
+    let mut fresh = fresh;
+    // The retrieve endpoint does not carry the project name; keep the listing's for selectors.
+    if fresh.project_name.is_none() {
+        fresh.project_name = listed.project_name.clone();
+    }
+    if fresh.last_used_at != listed.last_used_at {
+        return Ok(Some("the key was used since it was listed".into()));
+    }
+    if fresh.name != listed.name {
+        return Ok(Some(format!("the key was renamed to {:?}", fresh.name)));
+    }
+    let eval = ctx.policies.evaluate(&fresh, ctx.now);
+    if let Some(hit) = &eval.exemption {
+        return Ok(Some(format!("the key is now exempted: {}", hit.reason)));
+    }
+    if let Some(p) = policies.iter().find(|p| eval.violation(p).is_none()) {
+        return Ok(Some(format!("the key no longer violates {p}")));
+    }
+    Ok(None)
+}

@@ -1,0 +1,29 @@
+//! Revocation: the only code that deletes anything, and the rails right around the DELETE.
+//!
+//! For every approved action, in order:
+//! 1. re-read each key (GET) and re-evaluate it against the policies: a key that is gone, was
+//!    used since the listing, was renamed, is now exempted or no longer violates is NOT deleted;
+//! 2. write a durable `intent` audit record (committed before the request leaves);
+//! 3. send the DELETE (the client never retries it blindly);
+//! 4. write a durable `outcome` audit record with the API's answer, and count the revocation.
+//!
+//! Cancellation (SIGTERM) is honoured only between actions: never between an intent and its
+//! outcome (`critical.rs`). A crash between the two is settled by [`reconcile`] on the next run:
+//! the key is looked up, and a `reconciled` record says whether it was deleted. Nothing here
+//! runs in dry-run mode; `plan` never approves an action then.
+//!
+//! This module deletes and records (audit, revocation count), nothing else: it never composes
+//! or queues a notice and never writes a finding. What a deletion means for findings and people
+//! is the sweep's and `notify`'s, told through [`RevocationResult`] and `reconcile`'s hook.
+
+mod context;
+mod critical;
+mod execute;
+mod outcome;
+mod reconcile;
+
+pub use context::Context;
+pub use critical::drain_in_flight;
+pub use execute::execute;
+pub use outcome::{Outcome, RevocationResult};
+pub use reconcile::{InterruptedDelete, reconcile};

@@ -1,0 +1,168 @@
+//! Reconciliation: settles DELETE intents that a crash or kill left without an outcome.
+//!
+//! For each such intent the key is looked up (GET): gone means the delete went through
+//! (a `reconciled` record with `deleted: true`, the revocation counted), present means it did
+//! not (`deleted: false`). It must never send a DELETE: an interrupted delete is never repeated
+//! blindly, and the next sweep decides afresh. What else follows from a delete that went
+//! through (the finding closed, the owner told) is the caller's, written in the same
+//! transaction as the `reconciled` record through the `on_deleted` hook.
+
+use serde_json::json;
+
+use crate::notify::alert::EnforcerAlert;
+use crate::openai::AdminClient;
+use crate::state::audit::{self, AuditKind, AuditRecord, AuditRow};
+use crate::state::{self, StateError};
+
+use super::context::Context;
+
+/// A delete that a crash interrupted and that reconciliation found to have gone through.
+#[derive(Debug, Clone, Copy)]
+pub struct InterruptedDelete<'a> {
+    /// The sequence number of its `intent` record.
+    pub intent_seq: i64,
+    pub organization: &'a str,
+    pub project_id: &'a str,
+    pub key_id: &'a str,
+    /// The intent's policies, comma-separated (its findings are these policies on this key).
+    policies: Option<&'a str>,
+}
+
+impl<'a> InterruptedDelete<'a> {
+    /// The policies whose findings on this key the delete answered.
+    pub fn policies(&self) -> impl Iterator<Item = &'a str> {
+        self.policies
+            .unwrap_or("")
+            .split(',')
+            .filter(|p| !p.is_empty())
+    }
+}
+
+/// Settles every DELETE intent that has no outcome. For each one that went through, `on_deleted`
+/// runs inside the transaction that records it. Returns an alert per intent that could not be
+/// checked yet: the operators must know a delete's fate is unknown.
+pub async fn reconcile(
+    ctx: &Context<'_>,
+    mut on_deleted: impl FnMut(
+        &rusqlite::Transaction<'_>,
+        &InterruptedDelete<'_>,
+    ) -> Result<(), StateError>,
+) -> Result<Vec<EnforcerAlert>, StateError> {
+    let pending = ctx.store.with_conn(audit::unmatched_intents)?;
+    let mut unsettled = Vec::new();
+    for row in &pending {
+        let r = &row.record;
+        let (Some(org), Some(project_id), Some(key_id)) =
+            (&r.organization, &r.project_id, &r.key_id)
+        else {
+            continue;
+        };
+        let Some(client) = ctx.client(org) else {
+            continue;
+        };
+        let interrupted = InterruptedDelete {
+            intent_seq: row.seq,
+            organization: org,
+            project_id,
+            key_id,
+            policies: r.policy.as_deref(),
+        };
+        match is_gone(ctx, client, &interrupted).await {
+            Ok(gone) => settle(ctx, row, &interrupted, gone, &mut on_deleted)?,
+            Err(alert) => unsettled.push(alert),
+        }
+    }
+    Ok(unsettled)
+}
+
+/// Looks the key up: `Ok(true)` = gone. An answer that settles nothing is the alert it deserves.
+async fn is_gone(
+    ctx: &Context<'_>,
+    client: &AdminClient,
+    d: &InterruptedDelete<'_>,
+) -> Result<bool, EnforcerAlert> {
+    match client.retrieve_key(d.project_id, d.key_id).await {
+        Ok(found) => Ok(found.is_none()),
+        Err(e) => {
+            tracing::warn!(run_id = ctx.run_id, organization = %d.organization, key_id = %d.key_id, error = %e, "cannot reconcile an unfinished delete yet");
+            Err(EnforcerAlert::RevocationFailed {
+                organization: d.organization.to_string(),
+                project_id: d.project_id.to_string(),
+                key_id: d.key_id.to_string(),
+                error: format!("an interrupted delete could not be checked yet: {e}"),
+            })
+        }
+    }
+}
+
+/// Records what became of one interrupted delete: the `reconciled` record, and when the key is
+/// gone the revocation it counts and whatever `on_deleted` writes, in one transaction.
+fn settle(
+    ctx: &Context<'_>,
+    row: &AuditRow,
+    d: &InterruptedDelete<'_>,
+    gone: bool,
+    on_deleted: &mut impl FnMut(
+        &rusqlite::Transaction<'_>,
+        &InterruptedDelete<'_>,
+    ) -> Result<(), StateError>,
+) -> Result<(), StateError> {
+    let r = &row.record;
+    let message = if gone {
+        "reconciled: the key is gone, the interrupted delete went through"
+    } else {
+        "reconciled: the key still exists, the interrupted delete did not happen"
+    };
+    let rec = AuditRecord {
+        organization: r.organization.clone(),
+        project_id: r.project_id.clone(),
+        key_id: r.key_id.clone(),
+        key_name: r.key_name.clone(),
+        redacted_value: r.redacted_value.clone(),
+        owner: r.owner.clone(),
+        policy: r.policy.clone(),
+        response: json!({ "deleted": gone }),
+        ..ctx.record(AuditKind::Reconciled, message)
+    }
+    .refers_to(row.seq);
+    ctx.store.tx(|tx| {
+        audit::append(tx, &rec)?;
+        if gone {
+            state::revocations::record_revocation(
+                tx,
+                ctx.now,
+                d.organization,
+                d.project_id,
+                d.key_id,
+                ctx.run_id,
+            )?;
+            on_deleted(tx, d)?;
+        }
+        Ok(())
+    })?;
+    tracing::warn!(run_id = ctx.run_id, organization = %d.organization, key_id = %d.key_id, deleted = gone, "reconciled an interrupted delete");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_interrupted_delete_answers_every_policy_of_its_intent() {
+        let d = |policies| InterruptedDelete {
+            intent_seq: 7,
+            organization: "acme",
+            project_id: "proj_1",
+            key_id: "key_1",
+            policies,
+        };
+        fn all(d: InterruptedDelete<'_>) -> Vec<&str> {
+            d.policies().collect()
+        }
+        assert_eq!(all(d(Some("max-age,unused"))), vec!["max-age", "unused"]);
+        assert_eq!(all(d(Some("max-age"))), vec!["max-age"]);
+        assert!(all(d(Some(""))).is_empty());
+        assert!(all(d(None)).is_empty());
+    }
+}

@@ -1,0 +1,291 @@
+//! Phase 3, advance findings: every (key, policy) finding takes its lifecycle step (pure),
+//! including the open findings whose key a complete listing no longer has (gone). A sweep and
+//! `scan`'s preview both go through [`advance_findings`], so what `scan` previews is what a
+//! sweep does. Pure: no I/O and no clock; nothing is written until the commit phase.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::inventory::{Inventory, Key, KeyTally, OrgInventory};
+use crate::policy::finding::{FindingId, Notice, NoticeKind, Stage};
+use crate::policy::lifecycle::{self, Transition};
+use crate::policy::plan::Candidate;
+
+use super::evaluate::{Evaluator, OpenFindings, Step};
+use super::listing::Evaluated;
+use super::report::FindingView;
+use super::run::Run;
+
+/// One organisation's evaluation, ready to advance.
+pub(super) struct OrgEvaluation<'a> {
+    /// Its open findings before this sweep.
+    pub open: &'a OpenFindings,
+    /// The projects whose listing is complete (and whose keys were all evaluated): the only
+    /// ones whose absent keys are gone.
+    pub complete: HashSet<&'a str>,
+    /// What its listed keys said.
+    pub step: Step,
+}
+
+/// Where every finding of the sweep goes next.
+#[derive(Default)]
+pub(super) struct Advanced {
+    /// Every finding touched this sweep, open or closed.
+    pub findings: Vec<FindingView>,
+    /// The findings to write, with their audit records.
+    pub changes: Vec<Change>,
+    /// The notices due now, in the order they must be queued.
+    pub notices: Vec<Notice>,
+    /// The findings whose revocation is due: the plan's input.
+    pub candidates: Vec<Candidate>,
+    /// Keys an active exemption covers: (key, reason).
+    pub exempted: Vec<(Key, String)>,
+    /// Exemptions that matched but have expired: (key, reason, until).
+    pub expired: Vec<(Key, String, Option<i64>)>,
+}
+
+/// A finding this sweep writes. A finding may change twice (a decision, then the dry-run
+/// note); the later write wins.
+pub(super) struct Change {
+    /// Its index in [`Advanced::findings`]: a first sweep of a large organisation changes tens
+    /// of thousands, and a second copy of each would double the sweep's memory.
+    pub at: usize,
+    /// What its audit record says; `None` for a rewrite that is not a decision (the dry-run
+    /// "would be revoked" note).
+    pub decision: Option<Decision>,
+}
+
+/// A decision on a finding, as its audit record tells it.
+pub(super) struct Decision {
+    /// The stage before (`None`: a new finding).
+    pub before: Option<Stage>,
+    /// The notices it sent.
+    pub notices: Vec<NoticeKind>,
+}
+
+/// Advances the findings of every organisation. `dry_run` marks the notices "would be revoked".
+pub(super) fn advance_findings<'a>(
+    evaluator: &Evaluator,
+    orgs: impl IntoIterator<Item = OrgEvaluation<'a>>,
+    dry_run: bool,
+) -> Advanced {
+    let mut out = Advanced::default();
+    for org in orgs {
+        let mut step = org.step;
+        evaluator.gone(org.open, &org.complete, &mut step);
+        for (before, t) in std::mem::take(&mut step.transitions) {
+            out.take_step(before, t, dry_run);
+        }
+        out.exempted.extend(step.exempted);
+        out.expired.extend(step.expired);
+        out.candidates.extend(step.candidates);
+    }
+    out
+}
+
+impl Advanced {
+    /// One finding's transition: its notices, its new state, and whether it must be written.
+    fn take_step(&mut self, before: Option<Stage>, t: Transition, dry_run: bool) {
+        self.notices.extend(t.notices(dry_run));
+        let Some(next) = t.next else { return };
+        if before.is_none_or(|s| s != next.stage) || !t.notices.is_empty() {
+            self.changes.push(Change {
+                at: self.findings.len(),
+                decision: Some(Decision {
+                    before,
+                    notices: t.notices,
+                }),
+            });
+        }
+        self.findings.push(FindingView {
+            plan: String::new(),
+            finding: next,
+        });
+    }
+
+    /// Dry-run: a due revocation is announced once, as "would be revoked". Indexed: with 100k
+    /// due keys a linear search per candidate made this step quadratic.
+    pub(super) fn note_dry_run(&mut self, now: i64) {
+        let mut index: HashMap<&FindingId, usize> = HashMap::new();
+        for (i, v) in self.findings.iter().enumerate() {
+            index.entry(&v.finding.id).or_insert(i);
+        }
+        let due: Vec<usize> = self
+            .candidates
+            .iter()
+            .filter_map(|c| index.get(&c.finding).copied())
+            .collect();
+        for i in due {
+            let f = &mut self.findings[i].finding;
+            if f.dry_run_noted_at.is_none() {
+                f.dry_run_noted_at = Some(now);
+                self.notices.push(lifecycle::revoked_notice(f, true));
+                self.changes.push(Change {
+                    at: i,
+                    decision: None,
+                });
+            }
+        }
+    }
+}
+
+impl Run<'_> {
+    /// The sweep's side of [`advance_findings`]: the recorder's evaluation of each organisation,
+    /// closed as gone only in projects both listed completely and evaluated by the recorder.
+    pub(super) fn advance_findings(
+        &self,
+        inventory: &Inventory<KeyTally>,
+        evaluated: Evaluated,
+    ) -> Advanced {
+        let orgs = inventory
+            .orgs
+            .iter()
+            .zip(evaluated.recorded)
+            .zip(&evaluated.open)
+            .map(|((org, recorded), open)| OrgEvaluation {
+                open,
+                // Complete by the listing *and* evaluated by the recorder: a project whose keys
+                // the recorder did not see must not have its findings closed as gone.
+                complete: complete_projects(org)
+                    .into_iter()
+                    .filter(|p| recorded.complete.contains(*p))
+                    .collect(),
+                step: recorded.step,
+            });
+        advance_findings(&self.sweeper.evaluator(self.now()), orgs, self.dry_run())
+    }
+}
+
+/// The projects of `org` whose listing is complete: the only ones whose missing keys are gone.
+pub(super) fn complete_projects<K>(org: &OrgInventory<K>) -> HashSet<&str> {
+    org.projects
+        .iter()
+        .filter(|p| p.listing.is_complete())
+        .map(|p| p.project.id.as_str())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Action;
+    use crate::inventory::{Owner, OwnerAccess, OwnerType};
+    use crate::policy::finding::Finding;
+
+    fn key() -> Key {
+        Key {
+            organization: "acme".into(),
+            project_id: "proj_1".into(),
+            project_name: None,
+            id: "key_1".into(),
+            name: "ci".into(),
+            redacted_value: "sk-...abcd".into(),
+            created_at: 0,
+            last_used_at: None,
+            owner: Owner {
+                kind: OwnerType::User,
+                id: None,
+                name: None,
+                email: None,
+            },
+            owner_access: OwnerAccess::Active,
+        }
+    }
+
+    fn finding(stage: Stage) -> Finding {
+        Finding {
+            id: FindingId {
+                organization: "acme".into(),
+                project_id: "proj_1".into(),
+                key_id: "key_1".into(),
+                policy: "max-age".into(),
+            },
+            project_name: None,
+            key_name: "ci".into(),
+            redacted_value: "sk-...abcd".into(),
+            owner_type: OwnerType::User,
+            owner: "user_1".into(),
+            owner_email: None,
+            created_at: 0,
+            last_used_at: None,
+            action: Action::Revoke,
+            reason: "older than 90d".into(),
+            stage,
+            detected_at: 0,
+            deadline: 100,
+            warned_at: None,
+            final_notice_at: None,
+            last_notified_at: None,
+            closed_at: None,
+            resolution: None,
+            dry_run_noted_at: None,
+        }
+    }
+
+    fn step(next: Finding, notices: Vec<NoticeKind>) -> Transition {
+        Transition {
+            next: Some(next),
+            notices,
+            revoke_due: false,
+        }
+    }
+
+    #[test]
+    fn a_finding_is_written_only_when_its_stage_moves_or_it_sends_a_notice() {
+        let mut advanced = Advanced::default();
+        // New, with a warning: written with its decision.
+        advanced.take_step(
+            None,
+            step(finding(Stage::Warned), vec![NoticeKind::Warning]),
+            false,
+        );
+        // Unchanged and silent: reported, not written.
+        advanced.take_step(
+            Some(Stage::Warned),
+            step(finding(Stage::Warned), vec![]),
+            false,
+        );
+        // Moved without a notice (closed): written.
+        advanced.take_step(
+            Some(Stage::Warned),
+            step(finding(Stage::Resolved), vec![]),
+            false,
+        );
+        assert_eq!(advanced.findings.len(), 3);
+        let written: Vec<(usize, Option<Stage>)> = advanced
+            .changes
+            .iter()
+            .map(|c| (c.at, c.decision.as_ref().and_then(|d| d.before)))
+            .collect();
+        assert_eq!(written, vec![(0, None), (2, Some(Stage::Warned))]);
+        assert_eq!(advanced.notices.len(), 1);
+        assert_eq!(advanced.notices[0].kind, NoticeKind::Warning);
+        assert!(!advanced.notices[0].dry_run);
+    }
+
+    #[test]
+    fn a_dry_run_announces_a_due_revocation_once_without_a_decision_record() {
+        let mut advanced = Advanced::default();
+        advanced.take_step(
+            Some(Stage::FinalNotice),
+            step(finding(Stage::FinalNotice), vec![]),
+            true,
+        );
+        advanced.candidates.push(Candidate {
+            finding: finding(Stage::FinalNotice).id,
+            key: key(),
+            deadline: 100,
+        });
+        advanced.note_dry_run(200);
+        assert_eq!(advanced.findings[0].finding.dry_run_noted_at, Some(200));
+        assert_eq!(advanced.notices.len(), 1);
+        assert_eq!(advanced.notices[0].kind, NoticeKind::Revoked);
+        assert!(advanced.notices[0].dry_run);
+        assert_eq!(advanced.changes.len(), 1);
+        assert!(advanced.changes[0].decision.is_none());
+        // Noted once: the next note (the same finding due again) says nothing more.
+        advanced.note_dry_run(300);
+        assert_eq!(advanced.findings[0].finding.dry_run_noted_at, Some(200));
+        assert_eq!(advanced.notices.len(), 1);
+        assert_eq!(advanced.changes.len(), 1);
+    }
+}

@@ -1,0 +1,107 @@
+//! Phases 6 and 7, deliver and enforce. Delivery runs before enforcement so that final notices
+//! reach people before the delete they announce. Enforcement hands the approved revocations to
+//! `revoke` (which re-reads every key before deleting it), then commits the revoked findings
+//! with their `revoked` notices (composed by `notify`) and the failures' alerts, and delivers
+//! again. Nothing is deleted once the sweep is cancelled, nor from here: only `revoke` deletes.
+
+use crate::notify::alert::EnforcerAlert;
+use crate::notify::compose;
+use crate::notify::{DeliveryReport, NotifySettings};
+use crate::policy::finding::Finding;
+use crate::policy::lifecycle;
+use crate::policy::plan::Plan;
+use crate::revoke::{self, RevocationResult};
+use crate::state;
+
+use super::report::{FindingView, SweepError};
+use super::run::Run;
+
+/// What enforcement did; empty when nothing was due or the sweep was cancelled.
+#[derive(Default)]
+pub(super) struct Enforced {
+    pub revocations: Vec<RevocationResult>,
+    /// Failed revocations' alerts that were raised.
+    pub alerts: Vec<EnforcerAlert>,
+    /// Messages composed for the outbox: the owners' `revoked` notices and the alerts.
+    pub notices_queued: usize,
+    /// The delivery after the revocations, if any.
+    pub delivery: Option<DeliveryReport>,
+}
+
+impl Run<'_> {
+    /// Sends what is due (unless the options say to leave it in the outbox).
+    pub(super) async fn deliver(&self) -> Result<DeliveryReport, SweepError> {
+        if !self.opts.deliver {
+            return Ok(DeliveryReport::default());
+        }
+        let sweeper = self.sweeper;
+        Ok(sweeper
+            .notifier
+            .deliver_due(
+                &self.store,
+                &NotifySettings::from(&*sweeper.config),
+                self.now(),
+            )
+            .await?)
+    }
+
+    /// Executes the plan's approved revocations and marks the revoked `findings`.
+    pub(super) async fn enforce(
+        &self,
+        plan: &Plan,
+        findings: &mut [FindingView],
+    ) -> Result<Enforced, SweepError> {
+        if self.opts.cancel.is_cancelled() || plan.revoke.is_empty() {
+            return Ok(Enforced::default());
+        }
+        let results = revoke::execute(&self.revoke_context(), &plan.revoke).await?;
+        let (revoked, alerts) = self.absorb(&results, findings);
+        let alerts = self.dedup_alerts(alerts)?;
+        let now = self.now();
+        let notices_queued = self.enqueue(
+            |tx| state::findings::upsert_findings(tx, &revoked, now),
+            &compose::revoked_notices(&revoked),
+            &alerts,
+            Vec::new(),
+        )?;
+        let delivery = if self.opts.deliver {
+            Some(self.deliver().await?)
+        } else {
+            None
+        };
+        Ok(Enforced {
+            revocations: results,
+            alerts,
+            notices_queued,
+            delivery,
+        })
+    }
+
+    /// Counts each result, marks the findings of each deletion revoked and returns them, with
+    /// the alerts of the failures. A key found changed or gone at the re-check closes or keeps
+    /// its finding as the re-read says; the next sweep re-evaluates it from a fresh listing.
+    fn absorb(
+        &self,
+        results: &[RevocationResult],
+        findings: &mut [FindingView],
+    ) -> (Vec<Finding>, Vec<EnforcerAlert>) {
+        let mut revoked = Vec::new();
+        let mut alerts = Vec::new();
+        for r in results {
+            self.sweeper
+                .metrics
+                .revocation(r.organization(), r.outcome_label());
+            if r.deleted() {
+                for id in r.findings() {
+                    if let Some(v) = findings.iter_mut().find(|v| &v.finding.id == id) {
+                        v.finding = lifecycle::mark_revoked(&v.finding, self.now());
+                        revoked.push(v.finding.clone());
+                    }
+                }
+            } else if let Some(alert) = r.alert() {
+                alerts.push(alert);
+            }
+        }
+        (revoked, alerts)
+    }
+}

@@ -1,0 +1,154 @@
+//! Phase 4, plan: which due revocations go ahead under the rails (mode, kill switch, caps,
+//! service-account rule; `policy::plan`), the alerts for what the caps and the kill switch
+//! withheld, and a `skipped` audit record per withheld key. Planned before the commit, so those
+//! alerts go out with this sweep's notices. Decides only: it never deletes or writes.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde_json::json;
+
+use crate::config::{Action, Config};
+use crate::inventory::{Inventory, KeyTally};
+use crate::notify::alert::EnforcerAlert;
+use crate::policy::finding::{FindingId, Stage};
+use crate::policy::plan::{Plan, Withheld};
+use crate::state::audit::{AuditKind, AuditRecord};
+
+use super::advance::Advanced;
+use super::report::{FindingView, SweepError, fmt_time};
+use super::run::Run;
+
+/// The plan, and what it raised.
+pub(super) struct Planned {
+    pub plan: Plan,
+    /// One per cap (or the kill switch) that withheld something.
+    pub alerts: Vec<EnforcerAlert>,
+    /// A `skipped` audit record per withheld key.
+    pub withheld: Vec<AuditRecord>,
+}
+
+impl Run<'_> {
+    /// In dry-run, first announces what would be revoked (see [`Advanced::note_dry_run`]).
+    pub(super) fn plan(
+        &self,
+        inventory: &Inventory<KeyTally>,
+        advanced: &mut Advanced,
+    ) -> Result<Planned, SweepError> {
+        if self.dry_run() {
+            advanced.note_dry_run(self.now());
+        }
+        let sweeper = self.sweeper;
+        let plan =
+            sweeper.plan_revocations(&advanced.candidates, inventory, self.mode, self.now())?;
+        let alerts = plan_alerts(&plan, &sweeper.config);
+        for w in &plan.withheld {
+            sweeper.metrics.revocations_withheld(
+                w.action.organization(),
+                w.reason.as_str(),
+                u64::from(w.action.revocations()),
+            );
+        }
+        let withheld = plan
+            .withheld
+            .iter()
+            .flat_map(|w| {
+                w.action.keys().iter().map(move |k| {
+                    self.record(
+                        AuditKind::Skipped,
+                        format!("revocation withheld: {}", w.reason.as_str()),
+                    )
+                    .with_key(k)
+                    .with_response(
+                        json!({ "withheld": w.reason.as_str(), "action": w.action.describe() }),
+                    )
+                })
+            })
+            .collect();
+        Ok(Planned {
+            plan,
+            alerts,
+            withheld,
+        })
+    }
+}
+
+/// Cap and kill-switch alerts: one per cap that withheld something.
+fn plan_alerts(plan: &Plan, config: &Config) -> Vec<EnforcerAlert> {
+    let mut by_reason: BTreeMap<&'static str, u64> = BTreeMap::new();
+    for w in &plan.withheld {
+        if w.reason.is_cap() || w.reason == Withheld::KillSwitch {
+            *by_reason.entry(w.reason.as_str()).or_default() += u64::from(w.action.revocations());
+        }
+    }
+    by_reason
+        .into_iter()
+        .map(|(reason, withheld)| {
+            if reason == Withheld::KillSwitch.as_str() {
+                EnforcerAlert::KillSwitchOn {
+                    path: config
+                        .safety
+                        .kill_switch_file
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default(),
+                    withheld,
+                }
+            } else {
+                let limit = match reason {
+                    r if r == Withheld::CapPerRun.as_str() => {
+                        u64::from(config.safety.max_revocations_per_run)
+                    }
+                    r if r == Withheld::CapPerDay.as_str() => {
+                        u64::from(config.safety.max_revocations_per_day)
+                    }
+                    _ => u64::from(config.safety.max_revocations_per_project_percent),
+                };
+                EnforcerAlert::CapExceeded {
+                    cap: reason.to_string(),
+                    limit,
+                    withheld,
+                }
+            }
+        })
+        .collect()
+}
+
+/// Fills each finding's `plan` column from the plan and its stage.
+pub(super) fn annotate_plan(findings: &mut [FindingView], plan: &Plan) {
+    // First action naming each finding, as a linear `find` would pick it, but indexed: a
+    // dry-run plan withholds every due key, and findings × withheld was quadratic.
+    let mut revoke: HashMap<&FindingId, usize> = HashMap::new();
+    for (i, a) in plan.revoke.iter().enumerate() {
+        for id in &a.findings {
+            revoke.entry(id).or_insert(i);
+        }
+    }
+    let mut withheld: HashMap<&FindingId, usize> = HashMap::new();
+    for (i, w) in plan.withheld.iter().enumerate() {
+        for id in &w.action.findings {
+            withheld.entry(id).or_insert(i);
+        }
+    }
+    for v in findings {
+        let id = &v.finding.id;
+        v.plan = if let Some(a) = revoke.get(id).map(|&i| &plan.revoke[i]) {
+            format!("revoke now ({})", a.describe())
+        } else if let Some(w) = withheld.get(id).map(|&i| &plan.withheld[i]) {
+            format!("due, withheld: {}", w.reason.as_str())
+        } else {
+            match (v.finding.stage, v.finding.action) {
+                (Stage::Revoked, _) => "revoked".into(),
+                (Stage::Resolved, _) => format!(
+                    "resolved: {}",
+                    v.finding.resolution.as_deref().unwrap_or("")
+                ),
+                (Stage::Exempted, _) => format!(
+                    "exempted: {}",
+                    v.finding.resolution.as_deref().unwrap_or("")
+                ),
+                (_, Action::Revoke) => format!("revoke on {}", fmt_time(v.finding.deadline)),
+                (_, Action::Notify) => "notify".into(),
+            }
+        };
+    }
+}

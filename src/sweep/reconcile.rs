@@ -1,0 +1,71 @@
+//! Phase 1, reconcile: a crash between a DELETE's intent and its outcome is settled before
+//! anything else (`revoke::reconcile` looks the key up and records what it finds). A delete
+//! that went through closes its findings as revoked and tells their owners, in the transaction
+//! that records it. This phase never deletes and never repeats a DELETE.
+
+use crate::config::Config;
+use crate::notify::NotifySettings;
+use crate::notify::alert::EnforcerAlert;
+use crate::notify::compose::{self, Composed};
+use crate::policy::finding::FindingId;
+use crate::policy::lifecycle;
+use crate::revoke::{self, InterruptedDelete};
+use crate::state::{self, StateError};
+
+use super::report::SweepError;
+use super::run::Run;
+
+/// What reconciliation left open.
+pub(super) struct Reconciled {
+    /// One alert per interrupted delete that could not be checked yet.
+    pub unsettled: Vec<EnforcerAlert>,
+}
+
+impl Run<'_> {
+    pub(super) async fn reconcile(&self) -> Result<Reconciled, SweepError> {
+        let config = &self.sweeper.config;
+        let now = self.now();
+        let unsettled = revoke::reconcile(&self.revoke_context(), |tx, deleted| {
+            close_as_revoked(tx, deleted, config, now)
+        })
+        .await?;
+        Ok(Reconciled { unsettled })
+    }
+}
+
+/// Closes the open findings an interrupted delete answered and queues their `revoked` notices.
+fn close_as_revoked(
+    tx: &rusqlite::Transaction<'_>,
+    deleted: &InterruptedDelete<'_>,
+    config: &Config,
+    now: i64,
+) -> Result<(), StateError> {
+    let mut revoked = Vec::new();
+    for policy in deleted.policies() {
+        let id = FindingId {
+            organization: deleted.organization.to_string(),
+            project_id: deleted.project_id.to_string(),
+            key_id: deleted.key_id.to_string(),
+            policy: policy.to_string(),
+        };
+        if let Some(f) = state::findings::get_finding(tx, &id)?
+            && f.stage.is_open()
+        {
+            let closed = lifecycle::mark_revoked(&f, now);
+            state::findings::upsert_finding(tx, &closed, now)?;
+            revoked.push(closed);
+        }
+    }
+    // The owner hears of this revocation like of any other, committed with it. The run id is
+    // per intent: a run's own `revoked` digest must not share its ids.
+    let run_id = format!("reconciled/{}", deleted.intent_seq);
+    Composed::new(
+        &compose::revoked_notices(&revoked),
+        &[],
+        &NotifySettings::from(config),
+        &run_id,
+        now,
+    )
+    .queue(tx, now)?;
+    Ok(())
+}

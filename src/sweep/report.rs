@@ -1,0 +1,75 @@
+//! What a sweep says: its report ([`SweepReport`], one [`FindingView`] per finding touched),
+//! its error, and how times are written in messages. Plain data: it must never do I/O.
+
+use crate::config::Mode;
+use crate::inventory::{Inventory, Key, KeyTally};
+use crate::notify::{self, alert::EnforcerAlert};
+use crate::policy::finding::Finding;
+use crate::policy::plan::Plan;
+use crate::revoke;
+use crate::state;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    #[error("state database")]
+    State(#[from] state::StateError),
+    #[error("notification outbox")]
+    Notify(#[from] notify::NotifyError),
+    #[error("policy")]
+    Policy(#[from] crate::policy::PolicyError),
+    #[error("recording the listing: {0}")]
+    Recorder(String),
+    #[error("Admin API client for organisation {organization}")]
+    Client {
+        organization: String,
+        #[source]
+        source: Box<crate::openai::Error>,
+    },
+}
+
+/// What became of one key in this sweep.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FindingView {
+    pub finding: Finding,
+    /// What the plan says about it: "warn", "revoke now", "withheld: cap-per-run", …
+    pub plan: String,
+}
+
+/// The outcome of a sweep (or a preview).
+#[derive(Debug, Default)]
+pub struct SweepReport {
+    pub run_id: String,
+    pub mode: Option<Mode>,
+    /// What was listed: every organisation and project with its listing status and a tally of
+    /// its keys (a sweep does not keep the keys themselves).
+    pub inventory: Inventory<KeyTally>,
+    /// Every finding touched this sweep, open or closed.
+    pub findings: Vec<FindingView>,
+    /// Keys an active exemption covers: (key, reason).
+    pub exempted: Vec<(Key, String)>,
+    /// Exemptions that matched but have expired: (key, reason, until).
+    pub expired_exemptions: Vec<(Key, String, Option<i64>)>,
+    pub plan: Plan,
+    pub revocations: Vec<revoke::RevocationResult>,
+    pub alerts: Vec<EnforcerAlert>,
+    pub notices_queued: usize,
+    pub delivery: notify::DeliveryReport,
+}
+
+impl SweepReport {
+    /// Every listing complete and every organisation reachable.
+    pub fn complete(&self) -> bool {
+        self.inventory.is_complete()
+    }
+
+    pub fn revoked_count(&self) -> usize {
+        self.revocations.iter().filter(|r| r.deleted()).count()
+    }
+}
+
+/// RFC 3339 in UTC, for messages.
+pub fn fmt_time(ts: i64) -> String {
+    chrono::DateTime::from_timestamp(ts, 0)
+        .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+        .unwrap_or_else(|| ts.to_string())
+}

@@ -1,0 +1,120 @@
+//! What the phases of one sweep share: the sweep's options, store, clients and mode, and its
+//! clock (`now` for every decision, an `Instant` for the timings). Begins a sweep; decides
+//! nothing itself.
+
+use std::time::Instant;
+
+use crate::config::Mode;
+use crate::openai::AdminClient;
+use crate::revoke;
+use crate::state::audit::{AuditKind, AuditRecord};
+use crate::state::{self, Store};
+
+use super::report::SweepError;
+use super::sweeper::{SweepOptions, Sweeper};
+
+/// The log target of a sweep's first and last line.
+pub(super) const SWEEP_TARGET: &str = "keysweep::sweep";
+
+/// One sweep in progress.
+pub(super) struct Run<'a> {
+    pub sweeper: &'a Sweeper,
+    pub opts: &'a SweepOptions,
+    pub store: Store,
+    /// The clients of the organisations this sweep covers.
+    pub clients: Vec<AdminClient>,
+    /// `mode`, or dry-run when `--dry-run` says so.
+    pub mode: Mode,
+    pub started: Instant,
+}
+
+/// Seconds since the sweep started at the end of each long phase, for the last log line.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Timings {
+    pub listed_secs: f64,
+    pub recorded_secs: f64,
+    pub committed_secs: f64,
+}
+
+impl<'a> Run<'a> {
+    /// Starts a sweep: its `sweeps` rows (one per organisation) and its first log line.
+    pub(super) fn begin(
+        sweeper: &'a Sweeper,
+        opts: &'a SweepOptions,
+    ) -> Result<Run<'a>, SweepError> {
+        let Some(store) = sweeper.store().cloned() else {
+            return Err(SweepError::State(state::StateError::Missing {
+                path: sweeper.config.state_path.clone(),
+            }));
+        };
+        let run = Run {
+            sweeper,
+            opts,
+            store,
+            clients: sweeper.clients_for(opts.organizations.as_deref()),
+            mode: sweeper.mode(opts),
+            started: Instant::now(),
+        };
+        run.store.tx(|tx| {
+            for c in &run.clients {
+                state::sweeps::sweep_started(tx, run.run_id(), c.org_name(), run.now())?;
+            }
+            Ok(())
+        })?;
+        // The start and end of a sweep are logged under `keysweep::sweep`, whichever file the
+        // phase lives in: the daemon's tests and log queries pair them by that target.
+        tracing::info!(
+            target: SWEEP_TARGET,
+            run_id = run.run_id(),
+            mode = run.mode.as_str(),
+            organizations = run.clients.len(),
+            "sweep started"
+        );
+        Ok(run)
+    }
+}
+
+impl Run<'_> {
+    pub fn now(&self) -> i64 {
+        self.opts.now
+    }
+
+    pub fn run_id(&self) -> &str {
+        &self.opts.run_id
+    }
+
+    pub fn dry_run(&self) -> bool {
+        self.mode == Mode::DryRun
+    }
+
+    /// Seconds since the sweep started.
+    pub fn elapsed(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    /// An audit record of this sweep.
+    pub fn record(&self, kind: AuditKind, message: impl Into<String>) -> AuditRecord {
+        AuditRecord::new(
+            self.now(),
+            self.run_id(),
+            kind,
+            self.mode,
+            &self.sweeper.config.hash,
+            message,
+        )
+    }
+
+    /// What `revoke` needs, for reconciliation and enforcement.
+    pub fn revoke_context(&self) -> revoke::Context<'_> {
+        revoke::Context {
+            store: &self.store,
+            config: &self.sweeper.config,
+            policies: &self.sweeper.policies,
+            clients: &self.clients,
+            mode: self.mode,
+            run_id: self.run_id(),
+            now: self.now(),
+            cancel: &self.opts.cancel,
+        }
+    }
+}

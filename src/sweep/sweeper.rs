@@ -1,0 +1,170 @@
+//! The long-lived sweep machinery ([`Sweeper`]: clients, compiled policies, store, notifier,
+//! metrics) and what one call asks of it ([`SweepOptions`]). The phases reach the store, the
+//! open findings, the evaluator and the plan through it. It never runs a phase itself.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, Mode};
+use crate::inventory::{Inventory, KeyTally};
+use crate::metrics::Metrics;
+use crate::notify::Notifier;
+use crate::openai::{AdminClient, ClientShared};
+use crate::policy::Policies;
+use crate::policy::plan::{self, Candidate, Plan, PlanInput};
+use crate::state::{self, Store};
+
+use super::evaluate::{Evaluator, OpenFindings};
+use super::report::SweepError;
+
+/// What one call to [`Sweeper::run_once`] should do.
+#[derive(Debug, Clone)]
+pub struct SweepOptions {
+    /// Evaluation time (Unix seconds): the wall clock, or `--now`.
+    pub now: i64,
+    /// `--dry-run`: never delete, whatever `mode` says.
+    pub force_dry_run: bool,
+    pub run_id: String,
+    /// Only these organisations (the daemon sweeps one at a time); `None` = all.
+    pub organizations: Option<Vec<String>>,
+    /// Stop before the next deletion when cancelled (SIGTERM); the current step completes.
+    pub cancel: CancellationToken,
+    /// Send due messages; `false` leaves them in the outbox (`keysweep demo`).
+    pub deliver: bool,
+}
+
+impl SweepOptions {
+    pub fn new(now: i64) -> SweepOptions {
+        SweepOptions {
+            now,
+            force_dry_run: false,
+            run_id: new_run_id(),
+            organizations: None,
+            cancel: CancellationToken::new(),
+            deliver: true,
+        }
+    }
+}
+
+/// A sortable, unique run id: `20261125T231500Z-1a2b3c4d`.
+pub fn new_run_id() -> String {
+    let now = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+    let rand = uuid::Uuid::new_v4().simple().to_string();
+    format!("{now}-{}", &rand[..8])
+}
+
+/// Long-lived sweep machinery: clients, compiled policies, store, notifier, metrics.
+pub struct Sweeper {
+    pub config: Arc<Config>,
+    pub(super) policies: Arc<Policies>,
+    clients: Vec<AdminClient>,
+    store: Option<Store>,
+    pub(super) notifier: Notifier,
+    pub(super) metrics: Metrics,
+}
+
+impl Sweeper {
+    /// `store` is `None` only for read-only previews (`scan` without a state file).
+    pub fn new(
+        config: Arc<Config>,
+        store: Option<Store>,
+        metrics: Metrics,
+    ) -> Result<Sweeper, SweepError> {
+        let policies = Arc::new(Policies::compile(&config.policies, &config.exemptions)?);
+        let shared = ClientShared::new(metrics.clone(), &config.limits);
+        let clients = config
+            .organizations
+            .iter()
+            .map(|org| {
+                AdminClient::new(org, &config.limits, shared.clone()).map_err(|source| {
+                    SweepError::Client {
+                        organization: org.name.clone(),
+                        source: Box::new(source),
+                    }
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Sweeper {
+            config,
+            policies,
+            clients,
+            store,
+            notifier: Notifier::new()?.with_metrics(metrics.clone()),
+            metrics,
+        })
+    }
+
+    pub fn store(&self) -> Option<&Store> {
+        self.store.as_ref()
+    }
+
+    pub(super) fn clients_for(&self, only: Option<&[String]>) -> Vec<AdminClient> {
+        self.clients
+            .iter()
+            .filter(|c| only.is_none_or(|o| o.iter().any(|n| n == c.org_name())))
+            .cloned()
+            .collect()
+    }
+
+    pub(super) fn mode(&self, opts: &SweepOptions) -> Mode {
+        if opts.force_dry_run {
+            Mode::DryRun
+        } else {
+            self.config.mode
+        }
+    }
+
+    /// Every key of every organisation, without evaluating anything.
+    pub async fn list(&self) -> Inventory {
+        crate::openai::collect_inventory(&self.config, &self.clients, None).await
+    }
+
+    pub(super) fn evaluator(&self, now: i64) -> Evaluator {
+        Evaluator {
+            policies: self.policies.clone(),
+            now,
+            repeat: i64::try_from(self.config.notifications.repeat_interval.as_secs())
+                .unwrap_or(i64::MAX),
+        }
+    }
+
+    /// The organisation's open findings (none without a state file).
+    pub(super) fn open_findings(&self, organization: &str) -> Result<OpenFindings, SweepError> {
+        Ok(OpenFindings::new(match &self.store {
+            Some(s) => s.with_conn(|c| state::findings::open_findings(c, organization))?,
+            None => Vec::new(),
+        }))
+    }
+
+    fn kill_switch_on(&self) -> bool {
+        self.config
+            .safety
+            .kill_switch_file
+            .as_ref()
+            .is_some_and(|p| p.exists())
+    }
+
+    /// The plan for `candidates` under the rails: mode, kill switch, caps (with the revocations
+    /// of the last 24 hours; none without a state file), the service-account rule.
+    pub(super) fn plan_revocations(
+        &self,
+        candidates: &[Candidate],
+        inventory: &Inventory<KeyTally>,
+        mode: Mode,
+        now: i64,
+    ) -> Result<Plan, SweepError> {
+        let revoked_24h = match &self.store {
+            Some(s) => s.with_conn(|c| state::revocations::revocations_since(c, now - 86400))?,
+            None => 0,
+        };
+        Ok(plan::plan(&PlanInput {
+            candidates,
+            projects: &plan::project_facts(inventory),
+            mode,
+            safety: &self.config.safety,
+            revoked_last_24h: u32::try_from(revoked_24h).unwrap_or(u32::MAX),
+            kill_switch: self.kill_switch_on(),
+        }))
+    }
+}

@@ -1,0 +1,497 @@
+//! Delivery over real sockets: e-mail over STARTTLS with AUTH, the HTTP channels with their
+//! signatures, receivers down and back (same ids), dead letters and their alert, and
+//! `notify test`. Never talks to anything but loopback receivers.
+
+use super::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_over_starttls_with_auth_lists_every_key_and_no_secret() {
+    let pki = TestPki::new();
+    let smtp = smtp_server::start(&pki, 0, SMTP_USER, SMTP_PASSWORD);
+    let rx = Receiver::start().await;
+    let cfg = config(&Endpoints {
+        smtp_port: smtp.port,
+        ca_file: Some(pki.ca_pem.clone()),
+        http: rx.url(""),
+    });
+    let (_dir, db, msgs, report) = deliver_warnings(&cfg).await;
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert_eq!(report.dead, 0);
+    assert_eq!(report.sent as usize, msgs.len());
+
+    let received = smtp.messages();
+    assert_eq!(
+        received.len(),
+        3,
+        "team digest + one per owner with an e-mail"
+    );
+    assert_eq!(
+        smtp.logins.lock().unwrap().len(),
+        3,
+        "AUTH on every connection"
+    );
+    let team_id = by(&msgs, "sec-email")
+        .into_iter()
+        .find(|m| m.recipient == "security@example.com")
+        .unwrap()
+        .message_id;
+    let mut saw_team = false;
+    for r in &received {
+        let raw = String::from_utf8_lossy(&r.data);
+        assert_no_secret("raw e-mail", &raw);
+        let parsed = mail_parser::MessageParser::default()
+            .parse(&r.data[..])
+            .unwrap();
+        assert!(r.from.contains("keysweep@example.com"));
+        let text = parsed.body_text(0).unwrap().to_string();
+        let html = parsed.body_html(0).unwrap().to_string();
+        if r.to == vec!["security@example.com".to_string()] {
+            saw_team = true;
+            assert_eq!(
+                parsed.subject().unwrap(),
+                "[keysweep] 3 API keys violate policy and will be revoked"
+            );
+            assert_eq!(parsed.message_id().unwrap(), format!("{team_id}@keysweep"));
+            assert_lists_max_age_keys("the team mail's text", &text);
+            assert_lists_max_age_keys("the team mail's HTML", &html);
+            assert!(text.contains("2026-03-15T09:00:00Z"));
+        } else {
+            assert_eq!(r.to.len(), 1);
+            let owner = &r.to[0];
+            assert!(owner == "alice@example.com" || owner == "bob@example.com");
+            let to = parsed.to().unwrap().first().unwrap().address().unwrap();
+            assert_eq!(to, owner);
+        }
+    }
+    assert!(saw_team);
+    assert_outbox_clean(&db);
+    let depth = with_db(&db, outbox::depth).unwrap();
+    assert_eq!(depth.pending, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_down_then_back_delivers_once_with_the_same_message_id() {
+    let pki = TestPki::new();
+    let port = free_port();
+    let rx = Receiver::start().await;
+    let cfg = config_with(
+        &Endpoints {
+            smtp_port: port,
+            ca_file: Some(pki.ca_pem.clone()),
+            http: rx.url(""),
+        },
+        &Tweaks {
+            max_attempts: 10,
+            ..Tweaks::default()
+        },
+    );
+    let (_dir, db) = open_db();
+    let notifier = Notifier::new().unwrap();
+    let only_team: Vec<OutboxMessage> = compose(&warnings(), &[], &(&cfg).into(), RUN, NOW)
+        .into_iter()
+        .filter(|m| m.recipient == "security@example.com")
+        .collect();
+    assert_eq!(only_team.len(), 1);
+    with_db(&db, |c| outbox::enqueue(c, &only_team, NOW)).unwrap();
+
+    // Nothing listens: the attempt fails and is scheduled for later.
+    let r1 = notifier
+        .deliver_due(&db, &(&cfg).into(), NOW)
+        .await
+        .unwrap();
+    assert_eq!((r1.sent, r1.failed, r1.dead), (0, 1, 0));
+    let row = with_db(&db, |c| outbox::get(c, &only_team[0].message_id))
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.attempts, 1);
+    assert!(row.next_attempt_at > NOW);
+    assert_no_secret("smtp error", row.last_error.as_deref().unwrap());
+
+    // The same sweep composed again (e.g. after a restart) does not add a second message.
+    let again: Vec<OutboxMessage> = compose(&warnings(), &[], &(&cfg).into(), RUN, NOW)
+        .into_iter()
+        .filter(|m| m.recipient == "security@example.com")
+        .collect();
+    assert_eq!(again, only_team);
+    assert_eq!(
+        with_db(&db, |c| outbox::enqueue(c, &again, NOW)).unwrap(),
+        0
+    );
+    assert_eq!(
+        with_db(&db, outbox::all)
+            .unwrap()
+            .iter()
+            .filter(|m| m.recipient == "security@example.com")
+            .count(),
+        1
+    );
+
+    // The server comes back; before the backoff expires nothing is sent.
+    let smtp = smtp_server::start(&pki, port, SMTP_USER, SMTP_PASSWORD);
+    let early = notifier
+        .deliver_due(&db, &(&cfg).into(), row.next_attempt_at - 1)
+        .await
+        .unwrap();
+    assert_eq!(early.sent, 0);
+    assert!(smtp.messages().is_empty());
+
+    let later = row.next_attempt_at;
+    let r2 = notifier
+        .deliver_due(&db, &(&cfg).into(), later)
+        .await
+        .unwrap();
+    assert!(r2.sent >= 1, "{r2:?}");
+    let team: Vec<_> = smtp
+        .messages()
+        .into_iter()
+        .filter(|m| m.to == vec!["security@example.com".to_string()])
+        .collect();
+    assert_eq!(team.len(), 1, "delivered exactly once");
+    let parsed = mail_parser::MessageParser::default()
+        .parse(&team[0].data[..])
+        .unwrap();
+    assert_eq!(
+        parsed.message_id().unwrap(),
+        format!("{}@keysweep", only_team[0].message_id)
+    );
+
+    // A further run sends nothing more.
+    let r3 = notifier
+        .deliver_due(&db, &(&cfg).into(), later + 7200)
+        .await
+        .unwrap();
+    assert_eq!(r3.sent, 0);
+    assert_eq!(
+        smtp.messages()
+            .iter()
+            .filter(|m| m.to == vec!["security@example.com".to_string()])
+            .count(),
+        1
+    );
+    assert_outbox_clean(&db);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_refuses_an_untrusted_relay_and_reports_bad_credentials() {
+    let pki = TestPki::new();
+    let smtp = smtp_server::start(&pki, 0, SMTP_USER, "another-password");
+    let ep = Endpoints {
+        smtp_port: smtp.port,
+        ca_file: None,
+        http: "http://127.0.0.1:9".into(),
+    };
+    let notifier = Notifier::new().unwrap();
+
+    // Without `smtp_ca_file` the private CA is not trusted: nothing is sent in clear.
+    let untrusted = email_channel(&ep);
+    let err = notifier
+        .send_test(&untrusted, NOW)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    assert_no_secret("tls error", &err);
+
+    // Trusted relay, wrong password: refused by the server, and the error holds no password.
+    let ep = Endpoints {
+        ca_file: Some(pki.ca_pem.clone()),
+        ..ep
+    };
+    let wrong = email_channel(&ep);
+    let err = notifier
+        .send_test(&wrong, NOW)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("535"), "{err}");
+    assert_no_secret("auth error", &err);
+    assert!(smtp.messages().is_empty());
+    assert!(smtp.logins.lock().unwrap().is_empty());
+
+    // Plain SMTP is refused for anything but a loopback host.
+    let mut plain = email_channel(&ep);
+    if let ChannelKind::Email(e) = &mut plain.kind {
+        e.smtp_tls = SmtpTls::None;
+        e.smtp_host = "mail.example.com".into();
+    }
+    let err = notifier
+        .send_test(&plain, NOW)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("loopback"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_channels_receive_complete_payloads_and_valid_signatures() {
+    let rx = Receiver::start().await;
+    // E-mail is covered elsewhere; keep this test to the HTTP channels.
+    let cfg = config_with(
+        &http_only(&rx),
+        &Tweaks {
+            max_age_notify: &["slack", "pd", "hook"],
+            ..Tweaks::default()
+        },
+    );
+    let (_dir, db, msgs, report) = deliver_warnings(&cfg).await;
+    assert_eq!(report.sent as usize, msgs.len(), "{report:?}");
+
+    // Slack: Block Kit listing every key by name and redacted value.
+    let slack = rx.requests(SLACK_PATH);
+    assert_eq!(slack.len(), 1);
+    let body = slack[0].json();
+    assert!(body["blocks"].as_array().unwrap().len() <= SLACK_MAX_BLOCKS);
+    let s = body.to_string();
+    for red in [
+        "sk-proj-***a1b2",
+        "sk-proj-***c3d4",
+        "sk-svcacct-***e5f6",
+        "sk-proj-***g7h8",
+    ] {
+        assert!(s.contains(red), "slack lacks {red}");
+    }
+
+    // PagerDuty: routing key added at send time, dedup keys per finding.
+    let pd = rx.requests("/pd/enqueue");
+    assert_eq!(pd.len(), 3);
+    for r in &pd {
+        let e = r.json();
+        assert_eq!(e["routing_key"], ROUTING_KEY);
+        assert_eq!(e["event_action"], "trigger");
+        assert!(e["dedup_key"].as_str().unwrap().starts_with("acme/"));
+        assert!(e["payload"]["summary"].as_str().unwrap().contains("sk-"));
+    }
+
+    // Webhooks: every request verifies with an implementation that is not ours.
+    let verifier = standardwebhooks::Webhook::new(&webhook_secret()).unwrap();
+    for path in ["/hook", "/payments", "/fallback"] {
+        let reqs = rx.requests(path);
+        assert_eq!(reqs.len(), 1, "{path}");
+        let r = &reqs[0];
+        verifier.verify(&r.body, &r.headers).unwrap();
+        let id = r.header("webhook-id").unwrap();
+        assert!(msgs.iter().any(|m| m.message_id == id));
+        let v = r.json();
+        assert_eq!(v["type"], "keysweep.notices.warning");
+        assert_eq!(v["run_id"], RUN);
+        assert_eq!(v["generated_at"], "2026-03-01T09:00:00Z");
+        for n in v["notices"].as_array().unwrap() {
+            for field in [
+                "project_id",
+                "project_name",
+                "key_name",
+                "redacted_value",
+                "owner",
+                "policy",
+                "reason",
+            ] {
+                assert!(n[field].is_string(), "{field} missing in {n}");
+            }
+            assert_eq!(n["deadline"], "2026-03-15T09:00:00Z");
+        }
+    }
+    assert_eq!(
+        rx.requests("/hook")[0].json()["notices"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    assert_outbox_clean(&db);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receivers_down_then_back_get_the_same_ids() {
+    let rx = Receiver::start().await;
+    // Slack refuses connections (nothing listens), the webhook answers 500, PagerDuty 429.
+    let dead_port = free_port();
+    let cfg = config_with(
+        &http_only(&rx),
+        &Tweaks {
+            max_attempts: 10,
+            max_age_notify: &["hook", "pd", "slack"],
+            routing: false,
+            slack_url: Some(format!("http://127.0.0.1:{dead_port}{SLACK_PATH}")),
+        },
+    );
+    rx.set_status("/hook", 500);
+    rx.set_status("/pd", 429);
+
+    let (_dir, db) = open_db();
+    let notices = vec![notice(NoticeKind::Warning, alice_key())];
+    let msgs = compose(&notices, &[], &(&cfg).into(), RUN, NOW);
+    assert_eq!(msgs.len(), 3);
+    with_db(&db, |c| outbox::enqueue(c, &msgs, NOW)).unwrap();
+    let notifier = Notifier::new().unwrap();
+    let r1 = notifier
+        .deliver_due(&db, &(&cfg).into(), NOW)
+        .await
+        .unwrap();
+    assert_eq!((r1.sent, r1.failed), (0, 3), "{r1:?}");
+    for row in with_db(&db, outbox::all).unwrap() {
+        let e = row.last_error.unwrap();
+        assert_no_secret("delivery error", &e);
+        assert!(!e.contains("/services/"), "{e}");
+    }
+
+    // Receivers come back (Slack on a fresh receiver at the same port).
+    rx.set_status("/hook", 200);
+    rx.set_status("/pd", 202);
+    let slack_rx = Receiver::start_on(dead_port).await;
+    let next = with_db(&db, outbox::all)
+        .unwrap()
+        .iter()
+        .map(|m| m.next_attempt_at)
+        .max()
+        .unwrap();
+    let r2 = notifier
+        .deliver_due(&db, &(&cfg).into(), next)
+        .await
+        .unwrap();
+    assert_eq!((r2.sent, r2.failed, r2.dead), (3, 0, 0), "{r2:?}");
+
+    let hooks = rx.requests("/hook");
+    assert_eq!(hooks.len(), 2, "one failed attempt, one accepted");
+    let verifier = standardwebhooks::Webhook::new(&webhook_secret()).unwrap();
+    for h in &hooks {
+        verifier.verify(&h.body, &h.headers).unwrap();
+    }
+    assert_eq!(hooks[0].header("webhook-id"), hooks[1].header("webhook-id"));
+    let pd = rx.requests("/pd");
+    assert_eq!(pd.len(), 2);
+    assert_eq!(pd[0].json()["dedup_key"], pd[1].json()["dedup_key"]);
+    assert_eq!(slack_rx.requests(SLACK_PATH).len(), 1);
+    assert_eq!(with_db(&db, outbox::depth).unwrap().pending, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_after_max_attempts_raises_one_alert_without_looping() {
+    let rx = Receiver::start().await;
+    let cfg = config_with(
+        &http_only(&rx),
+        &Tweaks {
+            max_attempts: 3,
+            max_age_notify: &["hook"],
+            routing: false,
+            slack_url: None,
+        },
+    );
+    rx.set_status("/hook", 503);
+
+    let (_dir, db) = open_db();
+    let msgs = compose(
+        &[notice(NoticeKind::Warning, alice_key())],
+        &[],
+        &(&cfg).into(),
+        RUN,
+        NOW,
+    );
+    assert_eq!(msgs.len(), 1);
+    with_db(&db, |c| outbox::enqueue(c, &msgs, NOW)).unwrap();
+    let notifier = Notifier::new().unwrap();
+
+    let mut now = NOW;
+    let mut reports = Vec::new();
+    for _ in 0..3 {
+        let r = notifier
+            .deliver_due(&db, &(&cfg).into(), now)
+            .await
+            .unwrap();
+        reports.push(r);
+        now += 3601;
+    }
+    assert_eq!(reports[0].failed, 1);
+    assert_eq!(reports[1].failed, 1);
+    assert_eq!(reports[2].dead, 1, "{:?}", reports[2]);
+    assert_eq!(rx.requests("/hook").len(), 3);
+    let alerts = &reports[2].alerts;
+    assert_eq!(alerts.len(), 1);
+    match &alerts[0] {
+        EnforcerAlert::DeliveryFailed {
+            channel,
+            message_id,
+            attempts,
+            error,
+        } => {
+            assert_eq!(channel, "hook");
+            assert_eq!(message_id, &msgs[0].message_id);
+            assert_eq!(*attempts, 3);
+            assert!(error.contains("503"), "{error}");
+        }
+        other => panic!("unexpected alert {other:?}"),
+    }
+    // The alert reached the ops channel in the same delivery run.
+    let ops = rx.requests("/ops");
+    assert_eq!(ops.len(), 1);
+    let body = ops[0].json();
+    assert_eq!(body["type"], "keysweep.alerts");
+    assert_eq!(body["alerts"][0]["alert"], "delivery_failed");
+    assert_eq!(body["alerts"][0]["message_id"], msgs[0].message_id.as_str());
+    assert_eq!(with_db(&db, outbox::depth).unwrap().dead, 1);
+
+    // If the ops channel is dead too, its delivery alert is dead-lettered without raising
+    // another alert.
+    rx.set_status("/ops", 500);
+    let more = compose(
+        &[notice(NoticeKind::Warning, bob_key())],
+        &[],
+        &(&cfg).into(),
+        "run-2",
+        now,
+    );
+    with_db(&db, |c| outbox::enqueue(c, &more, now)).unwrap();
+    let mut raised = 0;
+    let mut dead = 0;
+    for _ in 0..8 {
+        let r = notifier
+            .deliver_due(&db, &(&cfg).into(), now)
+            .await
+            .unwrap();
+        raised += r.alerts.len();
+        dead += r.dead;
+        now += 3601;
+    }
+    assert_eq!(raised, 1, "only the notice's dead letter raises an alert");
+    assert_eq!(dead, 2, "the notice and its delivery alert");
+    assert_eq!(with_db(&db, outbox::depth).unwrap().pending, 0);
+    assert_outbox_clean(&db);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_test_reports_success_and_scrubbed_failure() {
+    let rx = Receiver::start().await;
+    let cfg = config(&http_only(&rx));
+    let notifier = Notifier::new().unwrap();
+    notifier
+        .send_test(cfg.channel("hook").unwrap(), NOW)
+        .await
+        .unwrap();
+    let r = &rx.requests("/hook")[0];
+    standardwebhooks::Webhook::new(&webhook_secret())
+        .unwrap()
+        .verify(&r.body, &r.headers)
+        .unwrap();
+    assert_eq!(r.json()["type"], "keysweep.test");
+    notifier
+        .send_test(cfg.channel("slack").unwrap(), NOW)
+        .await
+        .unwrap();
+    assert_eq!(rx.requests(SLACK_PATH).len(), 1);
+
+    rx.set_status(SLACK_PATH, 404);
+    let err = notifier
+        .send_test(cfg.channel("slack").unwrap(), NOW)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("404"), "{err}");
+    assert_no_secret("send_test error", &err);
+    // SMTP with nothing listening: an error naming the channel, without the password.
+    let err = notifier
+        .send_test(cfg.channel("sec-email").unwrap(), NOW)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("sec-email"), "{err}");
+    assert_no_secret("send_test error", &err);
+}
