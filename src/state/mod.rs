@@ -344,47 +344,47 @@ mod tests {
         assert_eq!(v, schema::MIGRATIONS.len() as i64);
     }
 
+    fn insert_revocation(c: &Connection) -> Result<(), StateError> {
+        c.execute(
+            "INSERT INTO revocations (at, organization, project_id, key_id, run_id) \
+             VALUES (1, 'o', 'p', 'k', 'r')",
+            [],
+        )?;
+        Ok(())
+    }
+
+    fn revocations(store: &Store) -> i64 {
+        store
+            .with_conn(|c| Ok(c.query_row("SELECT count(*) FROM revocations", [], |r| r.get(0))?))
+            .unwrap()
+    }
+
+    fn failure() -> Result<(), StateError> {
+        Err(StateError::Missing {
+            path: PathBuf::from("x"),
+        })
+    }
+
     #[test]
     fn tx_rolls_back_on_error() {
         let store = Store::open_in_memory().unwrap();
         let res: Result<(), StateError> = store.tx(|tx| {
-            tx.execute(
-                "INSERT INTO revocations (at, organization, project_id, key_id, run_id) \
-                 VALUES (1, 'o', 'p', 'k', 'r')",
-                [],
-            )?;
-            Err(StateError::Missing {
-                path: PathBuf::from("x"),
-            })
+            insert_revocation(tx)?;
+            failure()
         });
         assert!(res.is_err());
-        let n: i64 = store
-            .with_conn(|c| Ok(c.query_row("SELECT count(*) FROM revocations", [], |r| r.get(0))?))
-            .unwrap();
-        assert_eq!(n, 0);
+        assert_eq!(revocations(&store), 0);
     }
 
     #[test]
     fn in_tx_joins_an_open_transaction() {
         let store = Store::open_in_memory().unwrap();
         let res: Result<(), StateError> = store.tx(|tx| {
-            in_tx(tx, |c| {
-                c.execute(
-                    "INSERT INTO revocations (at, organization, project_id, key_id, run_id) \
-                     VALUES (1, 'o', 'p', 'k', 'r')",
-                    [],
-                )?;
-                Ok(())
-            })?;
+            in_tx(tx, insert_revocation)?;
             // The outer transaction decides: rolling it back undoes the inner write too.
-            Err(StateError::Missing {
-                path: PathBuf::from("x"),
-            })
+            failure()
         });
         assert!(res.is_err());
-        let n: i64 = store
-            .with_conn(|c| Ok(c.query_row("SELECT count(*) FROM revocations", [], |r| r.get(0))?))
-            .unwrap();
-        assert_eq!(n, 0);
+        assert_eq!(revocations(&store), 0);
     }
 }

@@ -6,7 +6,7 @@ use crate::config::Action;
 use crate::inventory::Key;
 use crate::policy::finding::{Finding, NoticeKind, Stage};
 use crate::policy::lifecycle::{
-    Observation, advance, initial_deadline, mark_revoked, revoked_notice,
+    Observation, Transition, advance, initial_deadline, mark_revoked, revoked_notice,
 };
 use crate::policy::rules::Violation;
 
@@ -89,6 +89,11 @@ fn run(
         out.push(prev.clone());
     }
     out
+}
+
+/// One step of a pair that violates, with reminders every day.
+fn violating(prev: Option<&Finding>, now: i64, key: &Key, violation: &Violation) -> Transition {
+    advance(prev, now, Observation::Violating { key, violation }, DAY)
 }
 
 #[test]
@@ -256,17 +261,7 @@ fn a_key_that_violates_again_after_resolution_starts_a_new_finding() {
 fn revoked_findings_stay_closed() {
     let k = key("k1");
     let v = violation(Action::Revoke, 14 * DAY, DAY);
-    let open = advance(
-        None,
-        100 * DAY,
-        Observation::Violating {
-            key: &k,
-            violation: &v,
-        },
-        DAY,
-    )
-    .next
-    .unwrap();
+    let open = violating(None, 100 * DAY, &k, &v).next.unwrap();
     let revoked = mark_revoked(&open, 120 * DAY);
     assert_eq!(revoked.stage, Stage::Revoked);
     assert_eq!(revoked.closed_at, Some(120 * DAY));
@@ -286,28 +281,10 @@ fn escalation_from_notify_to_revoke_rewarns_and_only_moves_the_deadline_later() 
     let k = key("k1");
     let notify = violation(Action::Notify, 14 * DAY, DAY);
     let revoke = violation(Action::Revoke, 14 * DAY, DAY);
-    let f = advance(
-        None,
-        100 * DAY,
-        Observation::Violating {
-            key: &k,
-            violation: &notify,
-        },
-        DAY,
-    )
-    .next
-    .unwrap();
+    let f = violating(None, 100 * DAY, &k, &notify).next.unwrap();
     assert_eq!(f.deadline, 114 * DAY);
     // Policy switched to revoke at 130d: past the old deadline, but nobody was told a date.
-    let t = advance(
-        Some(&f),
-        130 * DAY,
-        Observation::Violating {
-            key: &k,
-            violation: &revoke,
-        },
-        DAY,
-    );
+    let t = violating(Some(&f), 130 * DAY, &k, &revoke);
     assert_eq!(t.notices, vec![NoticeKind::Warning]);
     assert!(!t.revoke_due);
     let f = t.next.unwrap();
@@ -318,27 +295,11 @@ fn escalation_from_notify_to_revoke_rewarns_and_only_moves_the_deadline_later() 
     assert_eq!(f.detected_at, 100 * DAY);
 
     // Back to notify: re-warned (changed finding), deadline untouched, never due.
-    let t = advance(
-        Some(&f),
-        150 * DAY,
-        Observation::Violating {
-            key: &k,
-            violation: &notify,
-        },
-        DAY,
-    );
+    let t = violating(Some(&f), 150 * DAY, &k, &notify);
     assert_eq!(t.notices, vec![NoticeKind::Warning]);
     let f = t.next.unwrap();
     assert_eq!((f.action, f.deadline), (Action::Notify, 144 * DAY));
-    let t = advance(
-        Some(&f),
-        151 * DAY,
-        Observation::Violating {
-            key: &k,
-            violation: &notify,
-        },
-        DAY,
-    );
+    let t = violating(Some(&f), 151 * DAY, &k, &notify);
     assert!(!t.revoke_due);
 }
 
@@ -346,54 +307,20 @@ fn escalation_from_notify_to_revoke_rewarns_and_only_moves_the_deadline_later() 
 fn a_finding_stored_without_warning_is_warned_before_anything_else() {
     let k = key("k1");
     let v = violation(Action::Revoke, 14 * DAY, DAY);
-    let mut f = advance(
-        None,
-        100 * DAY,
-        Observation::Violating {
-            key: &k,
-            violation: &v,
-        },
-        DAY,
-    )
-    .next
-    .unwrap();
+    let mut f = violating(None, 100 * DAY, &k, &v).next.unwrap();
     f.stage = Stage::Detected;
     f.warned_at = None;
     f.last_notified_at = None;
     // Far past the deadline: still only the warning now, and the warning period from now.
-    let t = advance(
-        Some(&f),
-        200 * DAY,
-        Observation::Violating {
-            key: &k,
-            violation: &v,
-        },
-        DAY,
-    );
+    let t = violating(Some(&f), 200 * DAY, &k, &v);
     assert_eq!(t.notices, vec![NoticeKind::Warning]);
     assert!(!t.revoke_due);
     let f = t.next.unwrap();
-    let t = advance(
-        Some(&f),
-        201 * DAY,
-        Observation::Violating {
-            key: &k,
-            violation: &v,
-        },
-        DAY,
-    );
+    let t = violating(Some(&f), 201 * DAY, &k, &v);
     assert_eq!(t.notices, vec![NoticeKind::FinalNotice]);
     assert!(!t.revoke_due, "warned at 200d, warn_before 14d");
     let f = t.next.unwrap();
-    let t = advance(
-        Some(&f),
-        214 * DAY,
-        Observation::Violating {
-            key: &k,
-            violation: &v,
-        },
-        DAY,
-    );
+    let t = violating(Some(&f), 214 * DAY, &k, &v);
     assert!(t.revoke_due);
 }
 
@@ -414,17 +341,7 @@ fn zero_repeat_interval_turns_reminders_off() {
 fn the_deadline_ignores_later_changes_of_the_violation_inputs() {
     let mut k = key("k1");
     let v = violation(Action::Revoke, 14 * DAY, DAY);
-    let f = advance(
-        None,
-        100 * DAY,
-        Observation::Violating {
-            key: &k,
-            violation: &v,
-        },
-        DAY,
-    )
-    .next
-    .unwrap();
+    let f = violating(None, 100 * DAY, &k, &v).next.unwrap();
     // Later sweeps see a longer warn_before and a later start (e.g. an `owner_lost_access`
     // condition whose start is "now"), and a renamed key.
     let later = Violation {
@@ -434,41 +351,17 @@ fn the_deadline_ignores_later_changes_of_the_violation_inputs() {
         ..v.clone()
     };
     k.name = "renamed".to_string();
-    let t = advance(
-        Some(&f),
-        110 * DAY,
-        Observation::Violating {
-            key: &k,
-            violation: &later,
-        },
-        DAY,
-    );
+    let t = violating(Some(&f), 110 * DAY, &k, &later);
     let f2 = t.next.unwrap();
     assert_eq!(f2.deadline, 114 * DAY);
     assert_eq!(f2.key_name, "renamed");
     assert_eq!(f2.reason, "changed");
     // The longer warn_before of the current config still holds the revocation back.
-    let t = advance(
-        Some(&f2),
-        114 * DAY,
-        Observation::Violating {
-            key: &k,
-            violation: &later,
-        },
-        DAY,
-    );
+    let t = violating(Some(&f2), 114 * DAY, &k, &later);
     assert_eq!(t.notices, vec![NoticeKind::FinalNotice]);
     assert!(!t.revoke_due, "warned 100d + 30d > 114d");
     let f3 = t.next.unwrap();
-    let t = advance(
-        Some(&f3),
-        130 * DAY,
-        Observation::Violating {
-            key: &k,
-            violation: &later,
-        },
-        DAY,
-    );
+    let t = violating(Some(&f3), 130 * DAY, &k, &later);
     assert!(t.revoke_due);
     assert_eq!(t.next.unwrap().deadline, 114 * DAY);
 }
@@ -478,39 +371,13 @@ fn a_rewarning_step_is_never_revoke_due_even_with_zero_warn_before() {
     let k = key("k1");
     let notify = violation(Action::Notify, 0, 0);
     let revoke = violation(Action::Revoke, 0, 0);
-    let f = advance(
-        None,
-        100 * DAY,
-        Observation::Violating {
-            key: &k,
-            violation: &notify,
-        },
-        DAY,
-    )
-    .next
-    .unwrap();
+    let f = violating(None, 100 * DAY, &k, &notify).next.unwrap();
     // Escalation: everything else would allow revocation now, but the owner only just heard.
-    let t = advance(
-        Some(&f),
-        130 * DAY,
-        Observation::Violating {
-            key: &k,
-            violation: &revoke,
-        },
-        DAY,
-    );
+    let t = violating(Some(&f), 130 * DAY, &k, &revoke);
     assert_eq!(t.notices, vec![NoticeKind::Warning]);
     assert!(!t.revoke_due);
     let f = t.next.unwrap();
-    let t = advance(
-        Some(&f),
-        130 * DAY + 1,
-        Observation::Violating {
-            key: &k,
-            violation: &revoke,
-        },
-        DAY,
-    );
+    let t = violating(Some(&f), 130 * DAY + 1, &k, &revoke);
     assert_eq!(t.notices, vec![NoticeKind::FinalNotice]);
     assert!(t.revoke_due);
 
@@ -518,15 +385,7 @@ fn a_rewarning_step_is_never_revoke_due_even_with_zero_warn_before() {
     let mut legacy = t.next.unwrap();
     legacy.warned_at = None;
     legacy.final_notice_at = Some(100 * DAY);
-    let t = advance(
-        Some(&legacy),
-        140 * DAY,
-        Observation::Violating {
-            key: &k,
-            violation: &revoke,
-        },
-        DAY,
-    );
+    let t = violating(Some(&legacy), 140 * DAY, &k, &revoke);
     assert_eq!(t.notices, vec![NoticeKind::Warning]);
     assert!(!t.revoke_due);
 }
