@@ -6,6 +6,13 @@
 //! this module knows nothing about the API, policies or state; it must never run two sweeps of
 //! the same organisation at once and never abandon a sweep before `shutdown_grace` has passed.
 //!
+//! The parts: `hooks.rs` (the injected functions and what a sweep is asked and answers),
+//! `supervisor.rs` (the configuration in force, one loop per organisation, reloads, the
+//! shutdown sequence), `org_loop.rs` (one organisation's loop: wait, sweep inline, count skipped
+//! slots), `schedule.rs` (cron, pure), `control.rs` and `signals.rs` (what shutdown and reload
+//! requests travel through) and `error.rs`. Children never name this file's items, so the
+//! dependencies between them run one way.
+//!
 //! # Why not tokio-cron-scheduler
 //!
 //! The design named tokio-cron-scheduler, but its current release (0.15.1) fails four of our

@@ -2,7 +2,7 @@
 //! a configuration reload.
 //!
 //! This module only forwards; what a shutdown or a reload does is decided in one place, the
-//! supervisor in `daemon/mod.rs`. It must never exit the process itself.
+//! supervisor in `daemon/supervisor.rs`. It must never exit the process itself.
 
 use std::io;
 
