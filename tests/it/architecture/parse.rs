@@ -380,7 +380,12 @@ fn parse_use_tree(
                         *i += 1;
                         continue;
                     }
+                    let before = *i;
                     parse_use_tree(tokens, i, path.clone(), leaf);
+                    if *i == before {
+                        // Something this reader does not know: skip it rather than loop.
+                        *i += 1;
+                    }
                 }
                 return;
             }
