@@ -31,17 +31,21 @@
 //! The admin key it accepts is a secret like any other: it is never echoed in a response, never
 //! logged, and `SimOptions`'s `Debug` redacts it.
 
+mod body;
 mod cli;
+mod clock;
 mod conn;
+mod control;
 mod faults;
 mod generate;
+mod handlers;
 mod model;
+mod options;
+mod respond;
 mod server;
+mod shared;
 mod state;
 mod wire;
-
-use std::path::PathBuf;
-use std::time::Duration;
 
 pub use cli::{SimulateArgs, run};
 pub use faults::{Fault, FaultBook, FaultId, FaultKind, FaultRoute, SimEffect};
@@ -49,73 +53,6 @@ pub use model::{
     FORMAT_VERSION, SimAccess, SimAdminKey, SimKey, SimMember, SimOrg, SimOwnerRef, SimProject,
     SimServiceAccount, SimUser,
 };
+pub use options::{SimError, SimOptions};
 pub use server::SimServer;
 pub use state::SimKeySnapshot;
-
-/// How the simulator behaves at run time (the organisation is separate: [`SimOrg`]).
-#[derive(Clone)]
-pub struct SimOptions {
-    /// The only Bearer token accepted (change it live with [`SimServer::set_admin_key`]).
-    pub admin_key: String,
-    /// Added to every request with a tokio sleep (concurrent requests overlap).
-    pub latency: Duration,
-    /// Probability in `0..=1` that a GET answers 500 (seeded: same seed, same sequence).
-    pub fail_rate: f64,
-    /// Requests per second allowed (token bucket, one second of burst); excess gets 429.
-    pub rate_limit: Option<f64>,
-    /// Seed of the random failures.
-    pub seed: u64,
-}
-
-impl SimOptions {
-    /// No latency, no random failures, no rate limit.
-    pub fn new(admin_key: impl Into<String>) -> Self {
-        SimOptions {
-            admin_key: admin_key.into(),
-            latency: Duration::ZERO,
-            fail_rate: 0.0,
-            rate_limit: None,
-            seed: 0,
-        }
-    }
-}
-
-impl std::fmt::Debug for SimOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SimOptions")
-            .field("admin_key", &"[REDACTED]")
-            .field("latency", &self.latency)
-            .field("fail_rate", &self.fail_rate)
-            .field("rate_limit", &self.rate_limit)
-            .field("seed", &self.seed)
-            .finish()
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum SimError {
-    #[error("cannot read organisation file {}: {source}", .path.display())]
-    ReadOrg {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("invalid organisation file {}: {message}", display_path(.path.as_ref()))]
-    ParseOrg {
-        path: Option<PathBuf>,
-        message: String,
-    },
-    #[error("invalid organisation: {0}")]
-    InvalidOrg(String),
-    #[error("unknown project {0}")]
-    UnknownProject(String),
-    #[error("unknown key {key} in project {project}")]
-    UnknownKey { project: String, key: String },
-    #[error("{owner} is not a member or service account of project {project}")]
-    UnknownOwner { project: String, owner: String },
-    #[error("a key with id {0} already exists")]
-    DuplicateKey(String),
-}
-
-fn display_path(path: Option<&PathBuf>) -> String {
-    path.map_or_else(|| "(text)".to_string(), |p| p.display().to_string())
-}

@@ -86,6 +86,8 @@ pub(crate) fn org(now: i64) -> SimOrg {
             created_at: day(created),
             last_used_at: used.map(day),
             owner,
+            expires_at: None,
+            scopes: Vec::new(),
         };
     let alice = || SimOwnerRef::User {
         id: "user_alice".into(),

@@ -217,6 +217,8 @@ async fn objects_have_the_spec_fields_and_nullability() {
         "last_used_at",
         "id",
         "owner_project_access",
+        // November 2026: every key says when it expires (null: never).
+        "expires_at",
         "owner",
     ]);
     let (mut users, mut sas, mut never) = (0, 0, 0);
@@ -226,6 +228,7 @@ async fn objects_have_the_spec_fields_and_nullability() {
         assert!(k["id"].as_str().unwrap().starts_with("key_"));
         assert!(k["created_at"].is_i64());
         assert!(k["last_used_at"].is_i64() || k["last_used_at"].is_null());
+        assert!(k["expires_at"].is_i64() || k["expires_at"].is_null());
         never += usize::from(k["last_used_at"].is_null());
         let access = k["owner_project_access"].as_str().unwrap();
         assert!(access == "active" || access == "inactive");
@@ -542,7 +545,13 @@ async fn archived_projects_are_hidden_unless_asked_for() {
 #[tokio::test]
 async fn delete_removes_user_keys_refuses_service_account_keys_and_sa_delete_cascades() {
     let org = SimOrg::generate(1, 60, 11, NOW);
-    let sim = start(org.clone()).await;
+    // The August 2026 API, where a service-account key could not be deleted on its own
+    // (the November 2026 default deletes it: tests/it/sim_nov2026.rs).
+    let opts = SimOptions {
+        refuse_service_account_key_delete: true,
+        ..SimOptions::new(ADMIN)
+    };
+    let sim = start_with(org.clone(), opts).await;
     let project = org.projects.iter().find(|p| !p.is_archived()).unwrap();
     let p = project.id.as_str();
     let user_key = project
@@ -647,6 +656,8 @@ async fn hooks_change_what_the_api_answers() {
         created_at: NOW - 100,
         last_used_at: None,
         owner: SimOwnerRef::User { id: owner },
+        expires_at: None,
+        scopes: Vec::new(),
     };
     sim.add_key(project, added.clone()).unwrap();
     assert!(sim.add_key(project, added).is_err(), "duplicate id");
