@@ -14,5 +14,6 @@ mod openai;
 mod receivers;
 mod report;
 mod sim;
+mod sim_nov2026;
 mod smtp_server;
 mod state;

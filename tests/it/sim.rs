@@ -174,12 +174,27 @@ async fn pagination_counts_every_key_once_and_stats_count_every_page() {
     assert!(sim.stats().is_empty());
 }
 
+/// `ProjectApiKey`'s fields, as the simulator always sends them.
+fn spec_key_fields() -> BTreeSet<&'static str> {
+    names(&[
+        "object",
+        "redacted_value",
+        "name",
+        "created_at",
+        "last_used_at",
+        "id",
+        "owner_project_access",
+        // November 2026: every key says when it expires (null: never).
+        "expires_at",
+        "owner",
+    ])
+}
+
 #[tokio::test]
-async fn objects_have_the_spec_fields_and_nullability() {
+async fn projects_have_the_spec_fields() {
     let org = SimOrg::generate(2, 120, 5, NOW);
     let sim = start(org.clone()).await;
     let list_fields = names(&["object", "data", "first_id", "last_id", "has_more"]);
-
     let (_, projects) = get(&sim, "/organization/projects?limit=100").await;
     assert_eq!(field_names(&projects), list_fields);
     assert_eq!(projects["object"], "list");
@@ -201,6 +216,13 @@ async fn objects_have_the_spec_fields_and_nullability() {
         assert!(p["archived_at"].is_null() && p["external_key_id"].is_null());
         assert!(p["id"].as_str().unwrap().starts_with("proj_"));
     }
+}
+
+#[tokio::test]
+async fn objects_have_the_spec_fields_and_nullability() {
+    let org = SimOrg::generate(2, 120, 5, NOW);
+    let sim = start(org.clone()).await;
+    let list_fields = names(&["object", "data", "first_id", "last_id", "has_more"]);
 
     let project = active_projects(&org)[0];
     let (_, page) = get(
@@ -209,18 +231,7 @@ async fn objects_have_the_spec_fields_and_nullability() {
     )
     .await;
     assert_eq!(field_names(&page), list_fields);
-    let key_fields = names(&[
-        "object",
-        "redacted_value",
-        "name",
-        "created_at",
-        "last_used_at",
-        "id",
-        "owner_project_access",
-        // November 2026: every key says when it expires (null: never).
-        "expires_at",
-        "owner",
-    ]);
+    let key_fields = spec_key_fields();
     let (mut users, mut sas, mut never) = (0, 0, 0);
     for k in page["data"].as_array().unwrap() {
         assert_eq!(field_names(k), key_fields, "{k}");
@@ -283,7 +294,14 @@ async fn objects_have_the_spec_fields_and_nullability() {
     .await;
     assert_eq!(status, 200);
     assert_eq!(&one, first);
+}
 
+#[tokio::test]
+async fn service_accounts_and_users_have_the_spec_fields() {
+    let org = SimOrg::generate(2, 120, 5, NOW);
+    let sim = start(org.clone()).await;
+    let list_fields = names(&["object", "data", "first_id", "last_id", "has_more"]);
+    let project = active_projects(&org)[0];
     let (_, sas_page) = get(
         &sim,
         &format!("/organization/projects/{project}/service_accounts?limit=2"),
@@ -317,7 +335,12 @@ async fn objects_have_the_spec_fields_and_nullability() {
             names(&["object", "id", "name", "email", "role", "added_at"])
         );
     }
+}
 
+#[tokio::test]
+async fn admin_keys_have_the_spec_fields_and_page_both_ways() {
+    let org = SimOrg::generate(2, 120, 5, NOW);
+    let sim = start(org.clone()).await;
     // Admin keys: paged with limit/after/order, `expires_at` always present.
     let (_, admin) = get(&sim, "/organization/admin_api_keys?limit=100").await;
     let all = admin["data"].as_array().unwrap();
