@@ -32,9 +32,6 @@ use super::model::{
 };
 use super::wire;
 
-pub(crate) use pages::KeyFilter;
-pub(crate) use write::{KeyUpdate, MintRequest};
-
 /// A key as a test sees it through [`crate::sim::SimServer::keys`] (and, as JSON, through
 /// `GET /_sim/projects/{project_id}/api_keys/{api_key_id}`): the stored truth, scopes included.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -85,6 +82,32 @@ impl AccessFilter {
             AccessFilter::Inactive => access == SimAccess::Inactive,
         }
     }
+}
+
+/// Which keys a key list admits: the owner-access filter, and the clock that decides which keys
+/// have expired (they drop out only when expired keys are hidden).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KeyFilter {
+    pub access: AccessFilter,
+    pub now: i64,
+}
+
+/// A validated body of `POST …/api_keys/{api_key_id}`: at least one field is `Some`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct KeyUpdate {
+    /// Positive; the key expires this many seconds after the request.
+    pub expires_in_seconds: Option<i64>,
+    /// Replaces the key's scope restrictions.
+    pub scopes: Option<Vec<String>>,
+}
+
+/// A validated body of `POST …/service_accounts/{id}/api_keys`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct MintRequest {
+    pub name: Option<String>,
+    pub scopes: Vec<String>,
+    /// Positive, or `None` for a key that never expires.
+    pub expires_in_seconds: Option<i64>,
 }
 
 /// How a list page must be distorted (cursor faults are decided before selection).

@@ -3,7 +3,7 @@
 //!
 //! Nothing here changes the organisation.
 
-use super::{AccessFilter, OrgState, PageQuery, PageTwist, Refusal, sa_wire};
+use super::{KeyFilter, OrgState, PageQuery, PageTwist, Refusal, sa_wire};
 use crate::sim::model::{SimAccess, SimAdminKey, SimKey};
 use crate::sim::wire;
 
@@ -101,14 +101,6 @@ fn cursor<'a>(q: &'a PageQuery, last: Option<&'a str>, has_more: bool) -> (Optio
         PageTwist::CursorLoop => (q.after.as_deref(), true),
         PageTwist::None | PageTwist::DuplicateIds => (last, has_more),
     }
-}
-
-/// Which keys a key list admits: the owner-access filter, and the clock that decides which keys
-/// have expired (they drop out only when expired keys are hidden).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct KeyFilter {
-    pub access: AccessFilter,
-    pub now: i64,
 }
 
 impl OrgState {

@@ -8,27 +8,9 @@
 use rand::Rng;
 use rand::distr::Alphanumeric;
 
-use super::{OrgState, Refusal};
+use super::{KeyUpdate, MintRequest, OrgState, Refusal};
 use crate::sim::model::{SimKey, SimOwnerRef};
 use crate::sim::wire;
-
-/// A validated body of `POST …/api_keys/{api_key_id}`: at least one field is `Some`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct KeyUpdate {
-    /// Positive; the key expires this many seconds after the request.
-    pub expires_in_seconds: Option<i64>,
-    /// Replaces the key's scope restrictions.
-    pub scopes: Option<Vec<String>>,
-}
-
-/// A validated body of `POST …/service_accounts/{id}/api_keys`.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub(crate) struct MintRequest {
-    pub name: Option<String>,
-    pub scopes: Vec<String>,
-    /// Positive, or `None` for a key that never expires.
-    pub expires_in_seconds: Option<i64>,
-}
 
 /// A minted key's plaintext: `sk-svcacct-` and 64 random characters. It exists only in the one
 /// response that returns it; the organisation keeps the redacted form.
