@@ -7,19 +7,52 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, RawQuery, State};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::http::request::Parts;
+use axum::response::Response;
 
 use super::body::{ListParams, key_update, mint_request, parse_list};
 use super::conn::ConnCtl;
 use super::faults::{FaultKind, FaultRequest, FaultRoute, Fired};
-use super::respond::{answer, json, refusal};
+use super::respond::{BadParam, answer, bad_param, json, refusal};
 use super::shared::Shared;
-use super::state::{KeyFilter, PageQuery, PageTwist};
+use super::state::{KeyFilter, KeyUpdate, MintRequest, PageQuery, PageTwist};
 
 type S = Arc<Shared>;
 type Conn = ConnectInfo<ConnCtl>;
+
+/// A list's query, refused with OpenAI's 400 before the handler runs.
+impl<St: Send + Sync> FromRequestParts<St> for ListParams {
+    type Rejection = BadParam;
+
+    async fn from_request_parts(parts: &mut Parts, _: &St) -> Result<Self, BadParam> {
+        parse_list(parts.uri.query())
+    }
+}
+
+async fn body_bytes<St: Send + Sync>(req: Request, state: &St) -> Result<Bytes, BadParam> {
+    Bytes::from_request(req, state)
+        .await
+        .map_err(|e| bad_param("body", format!("Could not read the request body: {e}")))
+}
+
+/// The update's body, validated before any fault or lookup, as OpenAI validates first.
+impl<St: Send + Sync> FromRequest<St> for KeyUpdate {
+    type Rejection = BadParam;
+
+    async fn from_request(req: Request, state: &St) -> Result<Self, BadParam> {
+        key_update(&body_bytes(req, state).await?)
+    }
+}
+
+impl<St: Send + Sync> FromRequest<St> for MintRequest {
+    type Rejection = BadParam;
+
+    async fn from_request(req: Request, state: &St) -> Result<Self, BadParam> {
+        mint_request(&body_bytes(req, state).await?)
+    }
+}
 
 impl ListParams {
     fn query(&self, fired: Option<&Fired>) -> PageQuery {
@@ -65,12 +98,8 @@ fn object_request<'a>(route: FaultRoute, project: &'a str, object: &'a str) -> F
 pub(crate) async fn list_projects(
     State(s): State<S>,
     ConnectInfo(conn): Conn,
-    RawQuery(raw): RawQuery,
+    p: ListParams,
 ) -> Response {
-    let p = match parse_list(raw.as_deref()) {
-        Ok(p) => p,
-        Err(bad) => return bad.into_response(),
-    };
     let req = list_request(&s, FaultRoute::ListProjects, None, || {
         s.org
             .projects_page_number(p.include_archived, &p.query(None))
@@ -99,12 +128,8 @@ pub(crate) async fn list_keys(
     State(s): State<S>,
     ConnectInfo(conn): Conn,
     Path(project): Path<String>,
-    RawQuery(raw): RawQuery,
+    p: ListParams,
 ) -> Response {
-    let p = match parse_list(raw.as_deref()) {
-        Ok(p) => p,
-        Err(bad) => return bad.into_response(),
-    };
     let filter = KeyFilter {
         access: p.access,
         now: s.clock.now(),
@@ -142,18 +167,13 @@ pub(crate) async fn delete_key(
     .await
 }
 
-/// `POST …/api_keys/{api_key_id}` (November 2026): a malformed body is refused before any
-/// fault or lookup, as OpenAI validates the request first.
+/// `POST …/api_keys/{api_key_id}` (November 2026).
 pub(crate) async fn update_key(
     State(s): State<S>,
     ConnectInfo(conn): Conn,
     Path((project, key)): Path<(String, String)>,
-    body: Bytes,
+    update: KeyUpdate,
 ) -> Response {
-    let update = match key_update(&body) {
-        Ok(u) => u,
-        Err(bad) => return bad.into_response(),
-    };
     let req = object_request(FaultRoute::UpdateKey, &project, &key);
     answer(&s, &conn, req, |_| {
         s.org.update_key(&project, &key, &update, s.clock.now())
@@ -165,12 +185,8 @@ pub(crate) async fn list_service_accounts(
     State(s): State<S>,
     ConnectInfo(conn): Conn,
     Path(project): Path<String>,
-    RawQuery(raw): RawQuery,
+    p: ListParams,
 ) -> Response {
-    let p = match parse_list(raw.as_deref()) {
-        Ok(p) => p,
-        Err(bad) => return bad.into_response(),
-    };
     let req = list_request(&s, FaultRoute::ListServiceAccounts, Some(&project), || {
         s.org.service_accounts_page_number(&project, &p.query(None))
     });
@@ -208,12 +224,8 @@ pub(crate) async fn create_service_account_key(
     State(s): State<S>,
     ConnectInfo(conn): Conn,
     Path((project, sa)): Path<(String, String)>,
-    body: Bytes,
+    mint: MintRequest,
 ) -> Response {
-    let mint = match mint_request(&body) {
-        Ok(m) => m,
-        Err(bad) => return bad.into_response(),
-    };
     let req = object_request(FaultRoute::CreateServiceAccountKey, &project, &sa);
     answer(&s, &conn, req, |_| {
         s.org
@@ -226,12 +238,8 @@ pub(crate) async fn list_users(
     State(s): State<S>,
     ConnectInfo(conn): Conn,
     Path(project): Path<String>,
-    RawQuery(raw): RawQuery,
+    p: ListParams,
 ) -> Response {
-    let p = match parse_list(raw.as_deref()) {
-        Ok(p) => p,
-        Err(bad) => return bad.into_response(),
-    };
     let req = list_request(&s, FaultRoute::ListUsers, Some(&project), || {
         s.org.users_page_number(&project, &p.query(None))
     });
@@ -241,12 +249,8 @@ pub(crate) async fn list_users(
 pub(crate) async fn list_admin_keys(
     State(s): State<S>,
     ConnectInfo(conn): Conn,
-    RawQuery(raw): RawQuery,
+    p: ListParams,
 ) -> Response {
-    let p = match parse_list(raw.as_deref()) {
-        Ok(p) => p,
-        Err(bad) => return bad.into_response(),
-    };
     let req = list_request(&s, FaultRoute::ListAdminKeys, None, || {
         s.org.admin_keys_page_number(p.desc, &p.query(None))
     });
