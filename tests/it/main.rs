@@ -16,4 +16,5 @@ mod notify;
 mod openai;
 mod report;
 mod sim;
+mod sim_nov2026;
 mod state;
