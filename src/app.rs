@@ -15,7 +15,7 @@ use crate::cli::{
 };
 use crate::config::{self, Config};
 use crate::metrics::Metrics;
-use crate::report::{self, FindingRow};
+use crate::report;
 use crate::state::Store;
 use crate::sweep::{SweepOptions, SweepReport, Sweeper};
 
@@ -164,61 +164,12 @@ fn print_report(
     now: i64,
     format: report::Format,
 ) -> Result<()> {
-    let rows = finding_rows(report);
+    let rows = report::finding_rows(report);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     report::render(inventory, &rows, now, format, &mut out)?;
     out.flush()?;
     Ok(())
-}
-
-/// Findings, exemptions and the plan as report rows.
-pub fn finding_rows(report: &SweepReport) -> Vec<FindingRow> {
-    let mut rows: Vec<FindingRow> = report
-        .findings
-        .iter()
-        .map(|v| FindingRow {
-            organization: v.finding.id.organization.clone(),
-            project_id: v.finding.id.project_id.clone(),
-            key_id: v.finding.id.key_id.clone(),
-            key_name: v.finding.key_name.clone(),
-            policy: v.finding.id.policy.clone(),
-            action: match v.finding.action {
-                config::Action::Notify => "notify".into(),
-                config::Action::Revoke => "revoke".into(),
-            },
-            state: v.finding.stage.as_str().into(),
-            deadline: (v.finding.action == config::Action::Revoke).then_some(v.finding.deadline),
-            note: format!("{} — {}", v.finding.reason, v.plan),
-        })
-        .collect();
-    for (key, reason) in &report.exempted {
-        rows.push(FindingRow {
-            organization: key.organization.clone(),
-            project_id: key.project_id.clone(),
-            key_id: key.id.clone(),
-            key_name: key.name.clone(),
-            policy: "-".into(),
-            action: "none".into(),
-            state: "exempted".into(),
-            deadline: None,
-            note: format!("exempted: {reason}"),
-        });
-    }
-    for (key, reason, until) in &report.expired_exemptions {
-        rows.push(FindingRow {
-            organization: key.organization.clone(),
-            project_id: key.project_id.clone(),
-            key_id: key.id.clone(),
-            key_name: key.name.clone(),
-            policy: "-".into(),
-            action: "none".into(),
-            state: "exemption_expired".into(),
-            deadline: *until,
-            note: format!("exemption expired: {reason}"),
-        });
-    }
-    rows
 }
 
 /// Exit 0 only when every listing was complete; otherwise say which were not.

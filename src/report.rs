@@ -1,6 +1,7 @@
 //! Rendering of `keysweep scan`: the inventory (and any findings) as a table, JSON or CSV.
 //!
-//! Pure formatting over `Inventory` and [`FindingRow`]: no I/O besides the writer it is given,
+//! Pure formatting over `Inventory` and [`FindingRow`] (built from a sweep's report by
+//! [`finding_rows`], for `scan` and the demo alike): no I/O besides the writer it is given,
 //! no clock (the caller passes `now`), no network. It only ever shows a key's `redacted_value`,
 //! never a secret (none reaches it). Text that comes from the API (key and project names,
 //! e-mails) is untrusted: control characters are neutralised in the table so a key name cannot
@@ -10,7 +11,9 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
+use crate::config::Action;
 use crate::inventory::{Inventory, Key, OwnerAccess};
+use crate::sweep::SweepReport;
 
 /// Output format of `keysweep scan`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,7 +24,7 @@ pub enum Format {
 }
 
 /// One line of the findings / plan section: what policy matched which key and what keysweep
-/// will do (or did) about it. Built by the caller from the policy engine's findings.
+/// will do (or did) about it. Built by [`finding_rows`] from a sweep's findings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FindingRow {
     pub organization: String,
@@ -36,6 +39,56 @@ pub struct FindingRow {
     /// Unix seconds at which the action falls due, if scheduled.
     pub deadline: Option<i64>,
     pub note: String,
+}
+
+/// Findings, exemptions and the plan of a sweep as report rows.
+pub fn finding_rows(report: &SweepReport) -> Vec<FindingRow> {
+    let mut rows: Vec<FindingRow> = report
+        .findings
+        .iter()
+        .map(|v| FindingRow {
+            organization: v.finding.id.organization.clone(),
+            project_id: v.finding.id.project_id.clone(),
+            key_id: v.finding.id.key_id.clone(),
+            key_name: v.finding.key_name.clone(),
+            policy: v.finding.id.policy.clone(),
+            action: match v.finding.action {
+                Action::Notify => "notify".into(),
+                Action::Revoke => "revoke".into(),
+            },
+            state: v.finding.stage.as_str().into(),
+            deadline: (v.finding.action == Action::Revoke).then_some(v.finding.deadline),
+            note: format!("{} — {}", v.finding.reason, v.plan),
+        })
+        .collect();
+    for (key, reason) in &report.exempted {
+        rows.push(exemption_row(
+            key,
+            "exempted",
+            None,
+            format!("exempted: {reason}"),
+        ));
+    }
+    for (key, reason, until) in &report.expired_exemptions {
+        let note = format!("exemption expired: {reason}");
+        rows.push(exemption_row(key, "exemption_expired", *until, note));
+    }
+    rows
+}
+
+/// A key that no policy acts on because of an exemption (current or lapsed).
+fn exemption_row(key: &Key, state: &str, deadline: Option<i64>, note: String) -> FindingRow {
+    FindingRow {
+        organization: key.organization.clone(),
+        project_id: key.project_id.clone(),
+        key_id: key.id.clone(),
+        key_name: key.name.clone(),
+        policy: "-".into(),
+        action: "none".into(),
+        state: state.into(),
+        deadline,
+        note,
+    }
 }
 
 const DAY: i64 = 86_400;

@@ -5,7 +5,10 @@
 //! structs stay private to `types.rs`. It must never log, print or put into an error the admin
 //! key, and it never deletes anything on its own initiative: `delete_*` are called by `revoke`.
 //!
-//! - `client.rs`: [`AdminClient`], one per organisation (requests, retries, pagination).
+//! - `client.rs`: [`AdminClient`], one per organisation: the endpoints, in the crate's terms.
+//! - `transport.rs`: sending one request (pacing, bearer header, bounded body, retries, the
+//!   checked DELETE) and mapping answers to [`Error`]; the only place the admin key is exposed.
+//! - `pager.rs`: the cursor pager every listing uses, and [`KeyPages`].
 //! - `retry.rs`: the retry policy (pure).
 //! - `ratelimit.rs`: the shared requests-per-second ceiling.
 //! - `collect.rs`: [`collect_inventory`], the concurrent listing of every configured project.
@@ -14,17 +17,21 @@
 mod client;
 mod collect;
 mod error;
+mod pager;
 mod ratelimit;
 mod retry;
+mod transport;
 mod types;
 
 #[cfg(test)]
 mod fuzz;
 
-pub use client::{AdminClient, ClientShared, DeleteOutcome, KeyPages, endpoint};
+pub use client::{AdminClient, endpoint};
 pub use collect::{KeySink, ProjectSelector, collect_inventory, collect_with};
 pub use error::{ApiErrorBody, Error, RequestContext};
+pub use pager::KeyPages;
 pub use ratelimit::RateLimiter;
+pub use transport::{ClientShared, DeleteOutcome};
 
 /// A project's service account (`GET …/service_accounts`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
