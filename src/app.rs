@@ -347,7 +347,10 @@ async fn notify_test(config: Config, channel: &str) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            eprintln!("error: test message through channel {channel:?} failed: {e}");
+            eprintln!(
+                "error: test message through channel {channel:?} failed: {}",
+                crate::error_chain(&e)
+            );
             Ok(ExitCode::from(EXIT_INCOMPLETE))
         }
     }

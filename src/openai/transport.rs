@@ -11,7 +11,6 @@
 //! to remove it from every text the server sends back. It must never reach an error, a log line
 //! or a `Debug` output. It knows no endpoint and no path: the client builds the URLs.
 
-use std::error::Error as _;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -146,9 +145,12 @@ impl Transport {
             }
             builder = builder.tls_certs_merge(certs);
         }
-        let http = builder
-            .build()
-            .map_err(|e| setup(format!("cannot build the HTTP client: {}", chain(&e))))?;
+        let http = builder.build().map_err(|e| {
+            setup(format!(
+                "cannot build the HTTP client: {}",
+                crate::error_chain(&e)
+            ))
+        })?;
         Ok(Self {
             org: org.name.clone(),
             admin_key: org.admin_key.clone(),
@@ -322,9 +324,9 @@ impl Transport {
         if e.is_timeout() {
             AttemptFailure::Timeout
         } else if e.is_connect() {
-            AttemptFailure::Connect(self.scrub(&chain(e)))
+            AttemptFailure::Connect(self.scrub(&crate::error_chain(e)))
         } else {
-            AttemptFailure::Other(self.scrub(&chain(e)))
+            AttemptFailure::Other(self.scrub(&crate::error_chain(e)))
         }
     }
 
@@ -513,16 +515,4 @@ struct Retry {
     retryable: bool,
     delay: Duration,
     err: Error,
-}
-
-/// An error and its sources, `: `-joined (reqwest's own Display hides the cause).
-fn chain(e: &reqwest::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }

@@ -8,6 +8,7 @@ mod daemon;
 mod daemon_bin;
 mod deploy;
 mod enforce;
+mod errors;
 mod faults;
 mod notify;
 mod openai;
