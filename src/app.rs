@@ -394,7 +394,6 @@ fn notify_retry_dead(config: Config, channel: Option<&str>) -> Result<ExitCode> 
 
 /// The daemon: wires `sweep::Sweeper` into `daemon::run` (schedules, signals, ops endpoints).
 async fn serve(config: Config, path: PathBuf, force_dry_run: bool) -> Result<()> {
-    use crate::daemon::{DaemonDeps, SweepRequest, SweepResult};
     let store = open_for_sweeps(&config)?;
     let metrics = Metrics::new();
     tracing::info!(
@@ -403,95 +402,94 @@ async fn serve(config: Config, path: PathBuf, force_dry_run: bool) -> Result<()>
         config_hash = %config.hash,
         "keysweep daemon starting"
     );
-    // One Sweeper per configuration: a SIGHUP reload brings a new config (and hash), and the
-    // next sweep builds new clients and policies from it.
-    let cache: Arc<tokio::sync::Mutex<Option<Arc<Sweeper>>>> =
-        Arc::new(tokio::sync::Mutex::new(None));
-    let sweep = {
-        let store = store.clone();
-        let metrics = metrics.clone();
-        Arc::new(move |req: SweepRequest| {
+    let deps = crate::daemon::DaemonDeps {
+        sweep: daemon_sweep(store.clone(), metrics.clone(), force_dry_run),
+        reload: Arc::new(move || config::load(&path).map_err(|e| e.to_string())),
+        metrics,
+        db_ready: {
             let store = store.clone();
-            let metrics = metrics.clone();
-            let cache = cache.clone();
-            Box::pin(async move {
-                let sweeper = {
-                    let mut slot = cache.lock().await;
-                    match slot.as_ref().filter(|s| s.config.hash == req.config.hash) {
-                        Some(s) => s.clone(),
-                        None => match Sweeper::new(req.config.clone(), Some(store), metrics) {
-                            Ok(s) => {
-                                let s = Arc::new(s);
-                                *slot = Some(s.clone());
-                                s
-                            }
-                            Err(e) => {
-                                return SweepResult::Failed {
-                                    reason: format!("{e:#}"),
-                                };
-                            }
-                        },
-                    }
-                };
-                let opts = SweepOptions {
-                    now: chrono::Utc::now().timestamp(),
-                    force_dry_run,
-                    run_id: req.run_id.clone(),
-                    organizations: Some(vec![req.organization.clone()]),
-                    cancel: req.cancel.clone(),
-                    deliver: true,
-                };
-                match sweeper.run_once(&opts).await {
-                    Err(e) => SweepResult::Failed {
-                        reason: format!("{:#}", anyhow::Error::from(e)),
-                    },
-                    Ok(_) if req.cancel.is_cancelled() => SweepResult::Cancelled,
-                    Ok(report) => sweep_result(&report),
-                }
-            }) as crate::daemon::BoxFuture<SweepResult>
-        })
-    };
-    let reload = {
-        let path = path.clone();
-        Arc::new(move || config::load(&path).map_err(|e| e.to_string()))
-    };
-    let db_ready = {
-        let store = store.clone();
-        Arc::new(move || {
-            store
-                .with_conn(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
-                .is_ok()
-        })
-    };
-    let on_shutdown: crate::daemon::ShutdownHook = {
-        let store = store.clone();
-        let config = config.clone();
-        Box::new(move || {
-            Box::pin(async move {
-                // Flush what the outbox can within the grace period; the rest waits for the
-                // next start (it is in the database).
-                if let Ok(n) = crate::notify::Notifier::new() {
-                    let _ = n
-                        .deliver_due(&store, &config, chrono::Utc::now().timestamp())
-                        .await;
-                }
+            Arc::new(move || {
+                store
+                    .with_conn(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
+                    .is_ok()
             })
-        })
-    };
-    crate::daemon::run(
-        config,
-        DaemonDeps {
-            sweep,
-            reload,
-            metrics,
-            db_ready,
-            on_shutdown: Some(on_shutdown),
         },
-    )
-    .await?;
+        on_shutdown: Some(flush_outbox(store, config.clone())),
+    };
+    crate::daemon::run(config, deps).await?;
     // A delete whose sweep was dropped at the end of the grace still writes its outcome.
     crate::revoke::drain_in_flight().await;
     Ok(())
+}
+
+/// The last sweeper built, reused while the configuration (its hash) stays the same.
+type SweeperCache = Arc<tokio::sync::Mutex<Option<Arc<Sweeper>>>>;
+
+/// How the daemon sweeps one organisation: with the sweeper of the request's configuration (a
+/// SIGHUP reload brings a new config and hash, and the next sweep builds new clients and
+/// policies from it), delivering the outbox as it goes.
+fn daemon_sweep(store: Store, metrics: Metrics, force_dry_run: bool) -> crate::daemon::SweepFn {
+    use crate::daemon::SweepResult;
+    let cache: SweeperCache = Arc::new(tokio::sync::Mutex::new(None));
+    Arc::new(move |req: crate::daemon::SweepRequest| {
+        let store = store.clone();
+        let metrics = metrics.clone();
+        let cache = cache.clone();
+        Box::pin(async move {
+            let sweeper = match sweeper_for(&cache, &req.config, store, metrics).await {
+                Ok(s) => s,
+                Err(reason) => return SweepResult::Failed { reason },
+            };
+            let opts = SweepOptions {
+                now: chrono::Utc::now().timestamp(),
+                force_dry_run,
+                run_id: req.run_id.clone(),
+                organizations: Some(vec![req.organization.clone()]),
+                cancel: req.cancel.clone(),
+                deliver: true,
+            };
+            match sweeper.run_once(&opts).await {
+                Err(e) => SweepResult::Failed {
+                    reason: crate::error_chain(&e),
+                },
+                Ok(_) if req.cancel.is_cancelled() => SweepResult::Cancelled,
+                Ok(report) => sweep_result(&report),
+            }
+        }) as crate::daemon::BoxFuture<SweepResult>
+    })
+}
+
+/// The cached sweeper if it was built from `config`, else a new one, cached in its place.
+/// `Err` is why it could not be built, with its cause.
+async fn sweeper_for(
+    cache: &SweeperCache,
+    config: &Arc<Config>,
+    store: Store,
+    metrics: Metrics,
+) -> Result<Arc<Sweeper>, String> {
+    let mut slot = cache.lock().await;
+    if let Some(s) = slot.as_ref().filter(|s| s.config.hash == config.hash) {
+        return Ok(s.clone());
+    }
+    let sweeper =
+        Sweeper::new(config.clone(), Some(store), metrics).map_err(|e| crate::error_chain(&e))?;
+    let sweeper = Arc::new(sweeper);
+    *slot = Some(sweeper.clone());
+    Ok(sweeper)
+}
+
+/// At shutdown, flushes what the outbox can within the grace period; the rest waits for the
+/// next start (it is in the database).
+fn flush_outbox(store: Store, config: Config) -> crate::daemon::ShutdownHook {
+    Box::new(move || {
+        Box::pin(async move {
+            if let Ok(n) = crate::notify::Notifier::new() {
+                let _ = n
+                    .deliver_due(&store, &config, chrono::Utc::now().timestamp())
+                    .await;
+            }
+        })
+    })
 }
 
 /// How the daemon should judge a finished sweep.

@@ -223,30 +223,7 @@ fn render_table(
     write_aligned(out, &rows)?;
 
     let projects: usize = inv.orgs.iter().map(|o| o.projects.len()).sum();
-    let incomplete: Vec<(String, String)> = inv
-        .orgs
-        .iter()
-        .flat_map(|o| {
-            let org_err = o
-                .error
-                .as_ref()
-                .map(|e| (format!("{} (organization)", o.organization), e.clone()));
-            org_err
-                .into_iter()
-                .chain(o.projects.iter().filter_map(|p| match &p.listing {
-                    crate::inventory::Listing::Complete => None,
-                    crate::inventory::Listing::Incomplete(reason) => Some((
-                        format!(
-                            "{} / {} ({})",
-                            o.organization,
-                            p.project.id,
-                            p.project.display_name()
-                        ),
-                        reason.clone(),
-                    )),
-                }))
-        })
-        .collect();
+    let incomplete = incomplete_listings(inv);
     writeln!(out)?;
     writeln!(
         out,
@@ -270,44 +247,72 @@ fn render_table(
     if !findings.is_empty() {
         writeln!(out)?;
         writeln!(out, "Findings:")?;
-        let mut rows: Vec<Vec<String>> = vec![
-            [
-                "ORGANIZATION",
-                "PROJECT",
-                "KEY",
-                "NAME",
-                "POLICY",
-                "ACTION",
-                "STATE",
-                "DEADLINE",
-                "NOTE",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-        ];
-        for f in findings {
-            let deadline = f.deadline.map(rfc3339).unwrap_or_else(|| "-".to_string());
-            rows.push(
-                [
-                    f.organization.as_str(),
-                    &f.project_id,
-                    &f.key_id,
-                    &f.key_name,
-                    &f.policy,
-                    &f.action,
-                    &f.state,
-                    &deadline,
-                    &f.note,
-                ]
-                .iter()
-                .map(|s| clean(s))
-                .collect(),
-            );
-        }
-        write_aligned(out, &rows)?;
+        write_findings_table(out, findings)?;
     }
     Ok(())
+}
+
+/// What was not listed in full, and why: failed organisations first, then their incomplete
+/// projects.
+fn incomplete_listings(inv: &Inventory) -> Vec<(String, String)> {
+    inv.orgs
+        .iter()
+        .flat_map(|o| {
+            let org_err = o
+                .error
+                .as_ref()
+                .map(|e| (format!("{} (organization)", o.organization), e.clone()));
+            org_err
+                .into_iter()
+                .chain(o.projects.iter().filter_map(|p| match &p.listing {
+                    crate::inventory::Listing::Complete => None,
+                    crate::inventory::Listing::Incomplete(reason) => Some((
+                        format!(
+                            "{} / {} ({})",
+                            o.organization,
+                            p.project.id,
+                            p.project.display_name()
+                        ),
+                        reason.clone(),
+                    )),
+                }))
+        })
+        .collect()
+}
+
+fn write_findings_table(out: &mut dyn Write, findings: &[FindingRow]) -> io::Result<()> {
+    let header = [
+        "ORGANIZATION",
+        "PROJECT",
+        "KEY",
+        "NAME",
+        "POLICY",
+        "ACTION",
+        "STATE",
+        "DEADLINE",
+        "NOTE",
+    ];
+    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
+    for f in findings {
+        let deadline = f.deadline.map(rfc3339).unwrap_or_else(|| "-".to_string());
+        rows.push(
+            [
+                f.organization.as_str(),
+                &f.project_id,
+                &f.key_id,
+                &f.key_name,
+                &f.policy,
+                &f.action,
+                &f.state,
+                &deadline,
+                &f.note,
+            ]
+            .iter()
+            .map(|s| clean(s))
+            .collect(),
+        );
+    }
+    write_aligned(out, &rows)
 }
 
 // ---- JSON --------------------------------------------------------------------------------------
