@@ -252,14 +252,7 @@ fn print_summary(report: &SweepReport, now: i64) -> Result<()> {
             r.organization, r.project_id, r.target
         )?;
     }
-    for w in &report.plan.withheld {
-        writeln!(
-            out,
-            "  withheld ({}): {}",
-            w.reason.as_str(),
-            w.action.describe()
-        )?;
-    }
+    report::write_withheld(&mut out, &report.plan)?;
     let open = report
         .findings
         .iter()

@@ -177,14 +177,7 @@ impl Demo {
                 rev.target, rev.organization, rev.project_id, rev.outcome
             )?;
         }
-        for w in &r.plan.withheld {
-            writeln!(
-                out,
-                "  withheld ({}): {}",
-                w.reason.as_str(),
-                w.action.describe()
-            )?;
-        }
+        report::write_withheld(out, &r.plan)?;
         self.print_messages(out)
     }
 

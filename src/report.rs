@@ -1,4 +1,5 @@
-//! Rendering of `keysweep scan`: the inventory (and any findings) as a table, JSON or CSV.
+//! Rendering of `keysweep scan`: the inventory (and any findings) as a table, JSON or CSV; and
+//! the lines `scan`, `run --once` and the demo share (findings as rows, withheld revocations).
 //!
 //! Pure formatting over `Inventory` and [`FindingRow`] (built from a sweep's report by
 //! [`finding_rows`], for `scan` and the demo alike): no I/O besides the writer it is given,
@@ -13,6 +14,7 @@ use serde::Serialize;
 
 use crate::config::Action;
 use crate::inventory::{Inventory, Key, OwnerAccess};
+use crate::policy::Plan;
 use crate::sweep::SweepReport;
 
 /// Output format of `keysweep scan`.
@@ -74,6 +76,20 @@ pub fn finding_rows(report: &SweepReport) -> Vec<FindingRow> {
         rows.push(exemption_row(key, "exemption_expired", *until, note));
     }
     rows
+}
+
+/// One line per revocation the plan withheld, with the safety rail that withheld it (for
+/// `run --once` and the demo).
+pub fn write_withheld(out: &mut dyn Write, plan: &Plan) -> io::Result<()> {
+    for w in &plan.withheld {
+        writeln!(
+            out,
+            "  withheld ({}): {}",
+            w.reason.as_str(),
+            w.action.describe()
+        )?;
+    }
+    Ok(())
 }
 
 /// A key that no policy acts on because of an exemption (current or lapsed).

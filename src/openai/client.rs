@@ -171,15 +171,8 @@ impl AdminClient {
     /// Deletes a project key (permanent). A 400 (the key belongs to a service account) is
     /// [`Error::Refused`]; a 2xx without `deleted: true` is [`Error::NotDeleted`].
     pub async fn delete_key(&self, project_id: &str, key_id: &str) -> Result<DeleteOutcome, Error> {
-        let segs = ["organization", "projects", project_id, "api_keys", key_id];
-        let (delete, check) = (endpoint::DELETE_KEY, endpoint::GET_KEY);
-        let req = DeleteRequest {
-            delete: (delete, self.url(&segs, delete, Some(project_id))?),
-            check: (check, self.url(&segs, check, Some(project_id))?),
-            project_id,
-            object_id: key_id,
-        };
-        self.transport().delete_checked(req).await
+        let eps = (endpoint::DELETE_KEY, endpoint::GET_KEY);
+        self.delete(eps, project_id, "api_keys", key_id).await
     }
 
     /// Deletes a project service account, and with it every key it owns (permanent).
@@ -188,24 +181,12 @@ impl AdminClient {
         project_id: &str,
         service_account_id: &str,
     ) -> Result<DeleteOutcome, Error> {
-        let segs = [
-            "organization",
-            "projects",
-            project_id,
-            "service_accounts",
-            service_account_id,
-        ];
-        let (delete, check) = (
+        let eps = (
             endpoint::DELETE_SERVICE_ACCOUNT,
             endpoint::GET_SERVICE_ACCOUNT,
         );
-        let req = DeleteRequest {
-            delete: (delete, self.url(&segs, delete, Some(project_id))?),
-            check: (check, self.url(&segs, check, Some(project_id))?),
-            project_id,
-            object_id: service_account_id,
-        };
-        self.transport().delete_checked(req).await
+        self.delete(eps, project_id, "service_accounts", service_account_id)
+            .await
     }
 
     /// The project's service accounts (all pages).
@@ -270,6 +251,31 @@ impl AdminClient {
         each: impl FnMut(W),
     ) -> Result<(), Error> {
         pager::list_all(self.transport(), self.ctx(ep, project), url, each).await
+    }
+
+    /// Deletes `…/projects/{project_id}/{collection}/{object_id}`, checking on it with the GET
+    /// of the same path after an ambiguous failure (`eps`: the DELETE's and the GET's templates).
+    async fn delete(
+        &self,
+        (delete, check): (&'static str, &'static str),
+        project_id: &str,
+        collection: &str,
+        object_id: &str,
+    ) -> Result<DeleteOutcome, Error> {
+        let segs = [
+            "organization",
+            "projects",
+            project_id,
+            collection,
+            object_id,
+        ];
+        let req = DeleteRequest {
+            delete: (delete, self.url(&segs, delete, Some(project_id))?),
+            check: (check, self.url(&segs, check, Some(project_id))?),
+            project_id,
+            object_id,
+        };
+        self.transport().delete_checked(req).await
     }
 
     /// `base_url` + path segments, each percent-encoded (an id can never add a path level).
