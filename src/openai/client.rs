@@ -16,14 +16,13 @@ use serde::de::DeserializeOwned;
 use url::Url;
 
 use crate::config::{Limits, OrgConfig};
-use crate::inventory::{AdminKeyInfo, Key, ProjectRef};
+use crate::inventory::{AdminKeyInfo, Key, ProjectRef, ProjectUser, ServiceAccount};
 use crate::openai::error::{Error, RequestContext};
 use crate::openai::pager::{self, KeyPages};
 use crate::openai::transport::{ClientShared, DeleteOutcome, DeleteRequest, RetryMode, Transport};
 use crate::openai::types::{
     HasId, WireAdminKey, WireKey, WireProject, WireProjectUser, WireServiceAccount,
 };
-use crate::openai::{ProjectUser, ServiceAccount};
 
 /// Route templates, used for metrics labels and error messages.
 pub mod endpoint {
