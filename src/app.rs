@@ -132,7 +132,7 @@ async fn scan(config: Config, args: &ScanArgs) -> Result<ExitCode> {
     let now = parse_now(args.now.as_deref())?;
     // Read-only: an existing state file gives real deadlines; none is created.
     let store = if config.state_path.exists() {
-        Some(Store::open_existing(&config.state_path).context("opening the state database")?)
+        Some(open_existing(&config.state_path)?)
     } else {
         None
     };
@@ -274,8 +274,7 @@ fn print_summary(report: &SweepReport, now: i64) -> Result<()> {
 /// Opens the state database for a command that sweeps, and marks sweeps a previous process left
 /// `running` (crash, SIGKILL) as interrupted, so history and readiness do not show them running.
 fn open_for_sweeps(config: &Config) -> Result<Store> {
-    let store = Store::open(&config.state_path)
-        .with_context(|| format!("opening the state database {}", config.state_path.display()))?;
+    let store = named(&config.state_path, Store::open(&config.state_path))?;
     let cut_short = store
         .tx(|tx| crate::state::sweeps::mark_interrupted(tx, chrono::Utc::now().timestamp()))?;
     for s in &cut_short {
@@ -310,8 +309,21 @@ fn audit(cli: &Cli, args: &AuditArgs) -> Result<ExitCode> {
 }
 
 fn open_existing(path: &Path) -> Result<Store> {
-    Store::open_existing(path)
-        .with_context(|| format!("opening the state database {}", path.display()))
+    named(path, Store::open_existing(path))
+}
+
+/// The result of opening the state database at `path`, its error naming the file once: most
+/// `StateError`s of an open name it themselves (it is not said again), the others (a failed
+/// migration, SQLite itself) get it in front.
+fn named(path: &Path, opened: Result<Store, crate::state::StateError>) -> Result<Store> {
+    opened.map_err(|e| {
+        let file = path.display().to_string();
+        if e.to_string().contains(&file) {
+            anyhow::Error::new(e)
+        } else {
+            anyhow::Error::new(e).context(file)
+        }
+    })
 }
 
 /// `--since` takes a date (midnight UTC) or an RFC 3339 time.
@@ -366,8 +378,7 @@ fn notify_retry_dead(config: Config, channel: Option<&str>) -> Result<ExitCode> 
     if let Some(name) = channel {
         named_channel(&config, name)?;
     }
-    let store = Store::open_existing(&config.state_path)
-        .with_context(|| format!("opening the state database {}", config.state_path.display()))?;
+    let store = open_existing(&config.state_path)?;
     let requeued = store.tx(|tx| {
         crate::notify::outbox::requeue_dead(tx, channel).map_err(crate::state::StateError::from)
     })?;
