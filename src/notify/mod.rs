@@ -110,9 +110,9 @@ pub struct OutboxMessage {
 /// Errors of the notify module. Messages never contain a secret (see `scrub`).
 #[derive(Debug, thiserror::Error)]
 pub enum NotifyError {
-    #[error("outbox database: {0}")]
+    #[error("outbox database")]
     Db(#[from] rusqlite::Error),
-    #[error("outbox payload of message {message_id} is not valid JSON: {source}")]
+    #[error("outbox payload of message {message_id} is not valid JSON")]
     Payload {
         message_id: String,
         source: serde_json::Error,

@@ -75,7 +75,7 @@ impl std::fmt::Debug for SimOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
-    #[error("cannot read organisation file {}: {source}", .path.display())]
+    #[error("cannot read organisation file {}", .path.display())]
     ReadOrg {
         path: PathBuf,
         source: std::io::Error,

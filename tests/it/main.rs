@@ -11,6 +11,7 @@ mod daemon;
 mod daemon_bin;
 mod deploy;
 mod enforce;
+mod errors;
 mod faults;
 mod notify;
 mod openai;
