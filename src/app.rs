@@ -15,7 +15,7 @@ use crate::cli::{
 };
 use crate::config::{self, Config};
 use crate::metrics::Metrics;
-use crate::report::{self, FindingRow};
+use crate::report;
 use crate::state::Store;
 use crate::sweep::{SweepOptions, SweepReport, Sweeper};
 
@@ -132,7 +132,7 @@ async fn scan(config: Config, args: &ScanArgs) -> Result<ExitCode> {
     let now = parse_now(args.now.as_deref())?;
     // Read-only: an existing state file gives real deadlines; none is created.
     let store = if config.state_path.exists() {
-        Some(Store::open_existing(&config.state_path).context("opening the state database")?)
+        Some(open_existing(&config.state_path)?)
     } else {
         None
     };
@@ -164,61 +164,12 @@ fn print_report(
     now: i64,
     format: report::Format,
 ) -> Result<()> {
-    let rows = finding_rows(report);
+    let rows = report::finding_rows(report);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     report::render(inventory, &rows, now, format, &mut out)?;
     out.flush()?;
     Ok(())
-}
-
-/// Findings, exemptions and the plan as report rows.
-pub fn finding_rows(report: &SweepReport) -> Vec<FindingRow> {
-    let mut rows: Vec<FindingRow> = report
-        .findings
-        .iter()
-        .map(|v| FindingRow {
-            organization: v.finding.id.organization.clone(),
-            project_id: v.finding.id.project_id.clone(),
-            key_id: v.finding.id.key_id.clone(),
-            key_name: v.finding.key_name.clone(),
-            policy: v.finding.id.policy.clone(),
-            action: match v.finding.action {
-                config::Action::Notify => "notify".into(),
-                config::Action::Revoke => "revoke".into(),
-            },
-            state: v.finding.stage.as_str().into(),
-            deadline: (v.finding.action == config::Action::Revoke).then_some(v.finding.deadline),
-            note: format!("{} — {}", v.finding.reason, v.plan),
-        })
-        .collect();
-    for (key, reason) in &report.exempted {
-        rows.push(FindingRow {
-            organization: key.organization.clone(),
-            project_id: key.project_id.clone(),
-            key_id: key.id.clone(),
-            key_name: key.name.clone(),
-            policy: "-".into(),
-            action: "none".into(),
-            state: "exempted".into(),
-            deadline: None,
-            note: format!("exempted: {reason}"),
-        });
-    }
-    for (key, reason, until) in &report.expired_exemptions {
-        rows.push(FindingRow {
-            organization: key.organization.clone(),
-            project_id: key.project_id.clone(),
-            key_id: key.id.clone(),
-            key_name: key.name.clone(),
-            policy: "-".into(),
-            action: "none".into(),
-            state: "exemption_expired".into(),
-            deadline: *until,
-            note: format!("exemption expired: {reason}"),
-        });
-    }
-    rows
 }
 
 /// Exit 0 only when every listing was complete; otherwise say which were not.
@@ -301,14 +252,7 @@ fn print_summary(report: &SweepReport, now: i64) -> Result<()> {
             r.organization, r.project_id, r.target
         )?;
     }
-    for w in &report.plan.withheld {
-        writeln!(
-            out,
-            "  withheld ({}): {}",
-            w.reason.as_str(),
-            w.action.describe()
-        )?;
-    }
+    report::write_withheld(&mut out, &report.plan)?;
     let open = report
         .findings
         .iter()
@@ -330,8 +274,7 @@ fn print_summary(report: &SweepReport, now: i64) -> Result<()> {
 /// Opens the state database for a command that sweeps, and marks sweeps a previous process left
 /// `running` (crash, SIGKILL) as interrupted, so history and readiness do not show them running.
 fn open_for_sweeps(config: &Config) -> Result<Store> {
-    let store = Store::open(&config.state_path)
-        .with_context(|| format!("opening the state database {}", config.state_path.display()))?;
+    let store = named(&config.state_path, Store::open(&config.state_path))?;
     let cut_short = store
         .tx(|tx| crate::state::sweeps::mark_interrupted(tx, chrono::Utc::now().timestamp()))?;
     for s in &cut_short {
@@ -366,8 +309,21 @@ fn audit(cli: &Cli, args: &AuditArgs) -> Result<ExitCode> {
 }
 
 fn open_existing(path: &Path) -> Result<Store> {
-    Store::open_existing(path)
-        .with_context(|| format!("opening the state database {}", path.display()))
+    named(path, Store::open_existing(path))
+}
+
+/// The result of opening the state database at `path`, its error naming the file once: most
+/// `StateError`s of an open name it themselves (it is not said again), the others (a failed
+/// migration, SQLite itself) get it in front.
+fn named(path: &Path, opened: Result<Store, crate::state::StateError>) -> Result<Store> {
+    opened.map_err(|e| {
+        let file = path.display().to_string();
+        if e.to_string().contains(&file) {
+            anyhow::Error::new(e)
+        } else {
+            anyhow::Error::new(e).context(file)
+        }
+    })
 }
 
 /// `--since` takes a date (midnight UTC) or an RFC 3339 time.
@@ -396,7 +352,10 @@ async fn notify_test(config: Config, channel: &str) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            eprintln!("error: test message through channel {channel:?} failed: {e}");
+            eprintln!(
+                "error: test message through channel {channel:?} failed: {}",
+                crate::error_chain(&e)
+            );
             Ok(ExitCode::from(EXIT_INCOMPLETE))
         }
     }
@@ -419,8 +378,7 @@ fn notify_retry_dead(config: Config, channel: Option<&str>) -> Result<ExitCode> 
     if let Some(name) = channel {
         named_channel(&config, name)?;
     }
-    let store = Store::open_existing(&config.state_path)
-        .with_context(|| format!("opening the state database {}", config.state_path.display()))?;
+    let store = open_existing(&config.state_path)?;
     let requeued = store.tx(|tx| crate::notify::outbox::requeue_dead(tx, channel))?;
     tracing::info!(
         requeued,
@@ -438,7 +396,6 @@ fn notify_retry_dead(config: Config, channel: Option<&str>) -> Result<ExitCode> 
 
 /// The daemon: wires `sweep::Sweeper` into `daemon::run` (schedules, signals, ops endpoints).
 async fn serve(config: Config, path: PathBuf, force_dry_run: bool) -> Result<()> {
-    use crate::daemon::{DaemonDeps, SweepRequest, SweepResult};
     let store = open_for_sweeps(&config)?;
     let metrics = Metrics::new();
     tracing::info!(
@@ -447,95 +404,92 @@ async fn serve(config: Config, path: PathBuf, force_dry_run: bool) -> Result<()>
         config_hash = %config.hash,
         "keysweep daemon starting"
     );
-    // One Sweeper per configuration: a SIGHUP reload brings a new config (and hash), and the
-    // next sweep builds new clients and policies from it.
-    let cache: Arc<tokio::sync::Mutex<Option<Arc<Sweeper>>>> =
-        Arc::new(tokio::sync::Mutex::new(None));
-    let sweep = {
-        let store = store.clone();
-        let metrics = metrics.clone();
-        Arc::new(move |req: SweepRequest| {
+    let deps = crate::daemon::DaemonDeps {
+        sweep: daemon_sweep(store.clone(), metrics.clone(), force_dry_run),
+        reload: Arc::new(move || config::load(&path).map_err(|e| e.to_string())),
+        metrics,
+        db_ready: {
             let store = store.clone();
-            let metrics = metrics.clone();
-            let cache = cache.clone();
-            Box::pin(async move {
-                let sweeper = {
-                    let mut slot = cache.lock().await;
-                    match slot.as_ref().filter(|s| s.config.hash == req.config.hash) {
-                        Some(s) => s.clone(),
-                        None => match Sweeper::new(req.config.clone(), Some(store), metrics) {
-                            Ok(s) => {
-                                let s = Arc::new(s);
-                                *slot = Some(s.clone());
-                                s
-                            }
-                            Err(e) => {
-                                return SweepResult::Failed {
-                                    reason: format!("{e:#}"),
-                                };
-                            }
-                        },
-                    }
-                };
-                let opts = SweepOptions {
-                    now: chrono::Utc::now().timestamp(),
-                    force_dry_run,
-                    run_id: req.run_id.clone(),
-                    organizations: Some(vec![req.organization.clone()]),
-                    cancel: req.cancel.clone(),
-                    deliver: true,
-                };
-                match sweeper.run_once(&opts).await {
-                    Err(e) => SweepResult::Failed {
-                        reason: format!("{:#}", anyhow::Error::from(e)),
-                    },
-                    Ok(_) if req.cancel.is_cancelled() => SweepResult::Cancelled,
-                    Ok(report) => sweep_result(&report),
-                }
-            }) as crate::daemon::BoxFuture<SweepResult>
-        })
-    };
-    let reload = {
-        let path = path.clone();
-        Arc::new(move || config::load(&path).map_err(|e| e.to_string()))
-    };
-    let db_ready = {
-        let store = store.clone();
-        Arc::new(move || store.ping().is_ok())
-    };
-    let on_shutdown: crate::daemon::ShutdownHook = {
-        let store = store.clone();
-        let config = config.clone();
-        Box::new(move || {
-            Box::pin(async move {
-                // Flush what the outbox can within the grace period; the rest waits for the
-                // next start (it is in the database).
-                if let Ok(n) = crate::notify::Notifier::new() {
-                    let _ = n
-                        .deliver_due(
-                            &store,
-                            &crate::notify::NotifySettings::from(&config),
-                            chrono::Utc::now().timestamp(),
-                        )
-                        .await;
-                }
-            })
-        })
-    };
-    crate::daemon::run(
-        config,
-        DaemonDeps {
-            sweep,
-            reload,
-            metrics,
-            db_ready,
-            on_shutdown: Some(on_shutdown),
+            Arc::new(move || store.ping().is_ok())
         },
-    )
-    .await?;
+        on_shutdown: Some(flush_outbox(store, config.clone())),
+    };
+    crate::daemon::run(config, deps).await?;
     // A delete whose sweep was dropped at the end of the grace still writes its outcome.
     crate::revoke::drain_in_flight().await;
     Ok(())
+}
+
+/// The last sweeper built, reused while the configuration (its hash) stays the same.
+type SweeperCache = Arc<tokio::sync::Mutex<Option<Arc<Sweeper>>>>;
+
+/// How the daemon sweeps one organisation: with the sweeper of the request's configuration (a
+/// SIGHUP reload brings a new config and hash, and the next sweep builds new clients and
+/// policies from it), delivering the outbox as it goes.
+fn daemon_sweep(store: Store, metrics: Metrics, force_dry_run: bool) -> crate::daemon::SweepFn {
+    use crate::daemon::SweepResult;
+    let cache: SweeperCache = Arc::new(tokio::sync::Mutex::new(None));
+    Arc::new(move |req: crate::daemon::SweepRequest| {
+        let store = store.clone();
+        let metrics = metrics.clone();
+        let cache = cache.clone();
+        Box::pin(async move {
+            let sweeper = match sweeper_for(&cache, &req.config, store, metrics).await {
+                Ok(s) => s,
+                Err(reason) => return SweepResult::Failed { reason },
+            };
+            let opts = SweepOptions {
+                now: chrono::Utc::now().timestamp(),
+                force_dry_run,
+                run_id: req.run_id.clone(),
+                organizations: Some(vec![req.organization.clone()]),
+                cancel: req.cancel.clone(),
+                deliver: true,
+            };
+            match sweeper.run_once(&opts).await {
+                Err(e) => SweepResult::Failed {
+                    reason: crate::error_chain(&e),
+                },
+                Ok(_) if req.cancel.is_cancelled() => SweepResult::Cancelled,
+                Ok(report) => sweep_result(&report),
+            }
+        }) as crate::daemon::BoxFuture<SweepResult>
+    })
+}
+
+/// The cached sweeper if it was built from `config`, else a new one, cached in its place.
+/// `Err` is why it could not be built, with its cause.
+async fn sweeper_for(
+    cache: &SweeperCache,
+    config: &Arc<Config>,
+    store: Store,
+    metrics: Metrics,
+) -> Result<Arc<Sweeper>, String> {
+    let mut slot = cache.lock().await;
+    if let Some(s) = slot.as_ref().filter(|s| s.config.hash == config.hash) {
+        return Ok(s.clone());
+    }
+    let sweeper =
+        Sweeper::new(config.clone(), Some(store), metrics).map_err(|e| crate::error_chain(&e))?;
+    let sweeper = Arc::new(sweeper);
+    *slot = Some(sweeper.clone());
+    Ok(sweeper)
+}
+
+/// At shutdown, flushes what the outbox can within the grace period; the rest waits for the
+/// next start (it is in the database). Delivery gets notify's settings, never the whole
+/// configuration.
+fn flush_outbox(store: Store, config: Config) -> crate::daemon::ShutdownHook {
+    let settings = crate::notify::NotifySettings::from(&config);
+    Box::new(move || {
+        Box::pin(async move {
+            if let Ok(n) = crate::notify::Notifier::new() {
+                let _ = n
+                    .deliver_due(&store, &settings, chrono::Utc::now().timestamp())
+                    .await;
+            }
+        })
+    })
 }
 
 /// How the daemon should judge a finished sweep.

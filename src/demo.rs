@@ -30,42 +30,64 @@ pub const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
 
 const DAY: i64 = 86400;
 
+/// The demo's later days with `--enforce`: what each shows, and how long after day 0 it is.
+const ENFORCE_DAYS: [(&str, i64); 3] = [
+    (
+        "Day 7 — the orphaned keys' deadline: final notices are due, then revocation",
+        7 * DAY + 60,
+    ),
+    (
+        "Day 13 — one day before the rotate-90d deadline: final notices",
+        13 * DAY + 60,
+    ),
+    (
+        "Day 14 — the deadline: revocations (each key re-read just before its DELETE)",
+        14 * DAY + 120,
+    ),
+];
+
+/// Everything one demo run works with: its folder, its simulator and keysweep's parts.
+struct Demo {
+    dir: PathBuf,
+    outbox_dir: PathBuf,
+    sim: SimServer,
+    store: Store,
+    sweeper: Sweeper,
+    /// Outbox messages already printed (and the kinds whose full text was shown).
+    seen: Vec<String>,
+}
+
 pub async fn run(args: &DemoArgs) -> Result<ExitCode> {
     let now = chrono::Utc::now().timestamp();
-    let dir = match &args.dir {
-        Some(d) => d.clone(),
-        None => {
-            std::env::temp_dir().join(format!("keysweep-demo-{}", uuid::Uuid::new_v4().simple()))
-        }
-    };
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    // The simulator's admin key is made up on the spot: the demo needs no secret of yours.
-    let admin_key = format!("sk-admin-demo-{}", uuid::Uuid::new_v4().simple());
-    let sim = SimServer::start(
-        "127.0.0.1:0".parse()?,
-        SimOrg::demo(now),
-        SimOptions::new(admin_key.clone()),
-    )
-    .await
-    .context("starting the simulated Administration API")?;
-
-    let db = dir.join("keysweep-demo.db");
-    let text = DEMO_CONFIG
-        .replace("http://127.0.0.1:8089/v1", &sim.base_url())
-        .replace(
-            "\"keysweep-demo.db\"",
-            &format!("{:?}", db.display().to_string()),
-        );
-    let mut config = config::load_from_str(&text, &[("OPENAI_ADMIN_KEY".into(), admin_key)])?;
-    if args.enforce {
-        config.mode = Mode::Enforce;
-    }
-    let store = Store::open(&db)?;
-    let sweeper = Sweeper::new(Arc::new(config), Some(store.clone()), Metrics::new())?;
-    let outbox_dir = dir.join("outbox");
-
+    let mut demo = Demo::start(args, now).await?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
+    print_intro(&mut out, &demo.sim, args.enforce)?;
+    let first = demo.day_zero(&mut out, now).await?;
+    if !args.enforce {
+        writeln!(out)?;
+        writeln!(
+            out,
+            "Nothing was deleted (dry-run). Run `keysweep demo --enforce` to watch the warning period pass,"
+        )?;
+        writeln!(
+            out,
+            "the final notice go out and the revocation happen, with the audit trail."
+        )?;
+        writeln!(out, "State and rendered messages: {}", demo.dir.display())?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (label, after) in ENFORCE_DAYS {
+        demo.later_day(&mut out, label, now + after).await?;
+    }
+    demo.aftermath(&mut out, now, &first).await?;
+    writeln!(out, "State and rendered messages: {}", demo.dir.display())?;
+    drop(out);
+    demo.sim.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_intro(out: &mut dyn Write, sim: &SimServer, enforce: bool) -> std::io::Result<()> {
     writeln!(
         out,
         "keysweep demo — a simulated organisation \"acme\" at {}",
@@ -78,55 +100,76 @@ pub async fn run(args: &DemoArgs) -> Result<ExitCode> {
     writeln!(
         out,
         "exemption: break-glass-* (SEC-142). Mode: {}.",
-        if args.enforce { "enforce" } else { "dry-run" }
+        if enforce { "enforce" } else { "dry-run" }
     )?;
-    writeln!(out)?;
+    writeln!(out)
+}
 
-    section(
-        &mut out,
-        &format!("Day 0 — {}: inventory, findings and plan", fmt_time(now)),
-    )?;
-    // The sweep keeps only a tally of the keys; the table lists them all.
-    let listed = sweeper.list().await;
-    let first = sweep(&sweeper, now).await?;
-    print_report(&mut out, &listed, &first, now)?;
-    section(
-        &mut out,
-        "Messages queued by this sweep (one digest per channel and recipient)",
-    )?;
-    let mut seen = Vec::new();
-    print_messages(&mut out, &store, &outbox_dir, &mut seen)?;
+impl Demo {
+    /// Creates the demo's folder, starts the simulator with the sample organisation, and builds
+    /// keysweep from `config/demo.toml` pointed at them.
+    async fn start(args: &DemoArgs, now: i64) -> Result<Demo> {
+        let dir = match &args.dir {
+            Some(d) => d.clone(),
+            None => std::env::temp_dir()
+                .join(format!("keysweep-demo-{}", uuid::Uuid::new_v4().simple())),
+        };
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        // The simulator's admin key is made up on the spot: the demo needs no secret of yours.
+        let admin_key = format!("sk-admin-demo-{}", uuid::Uuid::new_v4().simple());
+        let sim = SimServer::start(
+            "127.0.0.1:0".parse()?,
+            SimOrg::demo(now),
+            SimOptions::new(admin_key.clone()),
+        )
+        .await
+        .context("starting the simulated Administration API")?;
 
-    if !args.enforce {
-        writeln!(out)?;
-        writeln!(
-            out,
-            "Nothing was deleted (dry-run). Run `keysweep demo --enforce` to watch the warning period pass,"
-        )?;
-        writeln!(
-            out,
-            "the final notice go out and the revocation happen, with the audit trail."
-        )?;
-        writeln!(out, "State and rendered messages: {}", dir.display())?;
-        return Ok(ExitCode::SUCCESS);
+        let db = dir.join("keysweep-demo.db");
+        let text = DEMO_CONFIG
+            .replace("http://127.0.0.1:8089/v1", &sim.base_url())
+            .replace(
+                "\"keysweep-demo.db\"",
+                &format!("{:?}", db.display().to_string()),
+            );
+        let mut config = config::load_from_str(&text, &[("OPENAI_ADMIN_KEY".into(), admin_key)])?;
+        if args.enforce {
+            config.mode = Mode::Enforce;
+        }
+        let store = Store::open(&db)?;
+        let sweeper = Sweeper::new(Arc::new(config), Some(store.clone()), Metrics::new())?;
+        Ok(Demo {
+            outbox_dir: dir.join("outbox"),
+            dir,
+            sim,
+            store,
+            sweeper,
+            seen: Vec::new(),
+        })
     }
 
-    for (label, t) in [
-        (
-            "Day 7 — the orphaned keys' deadline: final notices are due, then revocation",
-            now + 7 * DAY + 60,
-        ),
-        (
-            "Day 13 — one day before the rotate-90d deadline: final notices",
-            now + 13 * DAY + 60,
-        ),
-        (
-            "Day 14 — the deadline: revocations (each key re-read just before its DELETE)",
-            now + 14 * DAY + 120,
-        ),
-    ] {
-        section(&mut out, &format!("{label} — {}", fmt_time(t)))?;
-        let r = sweep(&sweeper, t).await?;
+    /// The first sweep: the inventory, the findings and the plan, and the messages it queued.
+    async fn day_zero(&mut self, out: &mut dyn Write, now: i64) -> Result<SweepReport> {
+        section(
+            out,
+            &format!("Day 0 — {}: inventory, findings and plan", fmt_time(now)),
+        )?;
+        // The sweep keeps only a tally of the keys; the table lists them all.
+        let listed = self.sweeper.list().await;
+        let first = sweep(&self.sweeper, now).await?;
+        print_report(out, &listed, &first, now)?;
+        section(
+            out,
+            "Messages queued by this sweep (one digest per channel and recipient)",
+        )?;
+        self.print_messages(out)?;
+        Ok(first)
+    }
+
+    /// A sweep at `t`: its revocations, what the limits withheld, and the new messages.
+    async fn later_day(&mut self, out: &mut dyn Write, label: &str, t: i64) -> Result<()> {
+        section(out, &format!("{label} — {}", fmt_time(t)))?;
+        let r = sweep(&self.sweeper, t).await?;
         for rev in &r.revocations {
             writeln!(
                 out,
@@ -134,41 +177,37 @@ pub async fn run(args: &DemoArgs) -> Result<ExitCode> {
                 rev.target, rev.organization, rev.project_id, rev.outcome
             )?;
         }
-        for w in &r.plan.withheld {
-            writeln!(
-                out,
-                "  withheld ({}): {}",
-                w.reason.as_str(),
-                w.action.describe()
-            )?;
-        }
-        print_messages(&mut out, &store, &outbox_dir, &mut seen)?;
+        report::write_withheld(out, &r.plan)?;
+        self.print_messages(out)
     }
 
-    section(&mut out, "What is left in the simulated organisation")?;
-    let after = sweeper.preview(now + 14 * DAY + 180, None).await?;
-    writeln!(
-        out,
-        "  {} keys remain (of {} at day 0)",
-        after.0.inventory.key_count(),
-        first.inventory.key_count()
-    )?;
+    /// What is left in the organisation after the deadlines, and the audit trail, verified.
+    async fn aftermath(&self, out: &mut dyn Write, now: i64, first: &SweepReport) -> Result<()> {
+        section(out, "What is left in the simulated organisation")?;
+        let after = self.sweeper.preview(now + 14 * DAY + 180, None).await?;
+        writeln!(
+            out,
+            "  {} keys remain (of {} at day 0)",
+            after.0.inventory.key_count(),
+            first.inventory.key_count()
+        )?;
+        section(
+            out,
+            "Audit trail (hash-chained; `keysweep audit verify` checks it)",
+        )?;
+        crate::state::cli::audit_list(
+            &self.store,
+            None,
+            crate::state::cli::AuditFormat::Table,
+            out,
+        )?;
+        crate::state::cli::audit_verify(&self.store, out)?;
+        Ok(())
+    }
 
-    section(
-        &mut out,
-        "Audit trail (hash-chained; `keysweep audit verify` checks it)",
-    )?;
-    crate::state::cli::audit_list(
-        &store,
-        None,
-        crate::state::cli::AuditFormat::Table,
-        &mut out,
-    )?;
-    crate::state::cli::audit_verify(&store, &mut out).map_err(|e| anyhow::anyhow!("{e}"))?;
-    writeln!(out, "State and rendered messages: {}", dir.display())?;
-    drop(out);
-    sim.shutdown().await;
-    Ok(ExitCode::SUCCESS)
+    fn print_messages(&mut self, out: &mut dyn Write) -> Result<()> {
+        print_messages(out, &self.store, &self.outbox_dir, &mut self.seen)
+    }
 }
 
 fn section(out: &mut dyn Write, title: &str) -> std::io::Result<()> {
@@ -189,7 +228,7 @@ fn print_report(
     r: &SweepReport,
     now: i64,
 ) -> Result<()> {
-    let rows = crate::app::finding_rows(r);
+    let rows = report::finding_rows(r);
     report::render(listed, &rows, now, report::Format::Table, out)?;
     Ok(())
 }

@@ -299,3 +299,25 @@ impl AgeBand {
         }
     }
 }
+
+/// A project's service account (`GET …/service_accounts`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ServiceAccount {
+    /// `svc_acct_…`.
+    pub id: String,
+    pub name: String,
+    /// `owner`, `member` or `none`.
+    pub role: String,
+    pub created_at: i64,
+}
+
+/// A project's user (`GET …/users`). `name` and `email` may be missing.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ProjectUser {
+    /// `user_…`.
+    pub id: String,
+    pub name: Option<String>,
+    pub email: Option<String>,
+    /// `owner` or `member`.
+    pub role: String,
+}

@@ -24,3 +24,17 @@ pub mod sim;
 pub mod state;
 pub mod sweep;
 pub mod telemetry;
+
+/// `e` and its sources, `: `-joined, as anyhow's `{:#}` prints them. An error's own message
+/// never repeats its source, so wherever an error is shown other than through anyhow (a log
+/// field, a stored reason, a line of output) this is how the whole cause is said, once.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,6 +1,8 @@
-//! Rendering of `keysweep scan`: the inventory (and any findings) as a table, JSON or CSV.
+//! Rendering of `keysweep scan`: the inventory (and any findings) as a table, JSON or CSV; and
+//! the lines `scan`, `run --once` and the demo share (findings as rows, withheld revocations).
 //!
-//! Pure formatting over `Inventory` and [`FindingRow`]: no I/O besides the writer it is given,
+//! Pure formatting over `Inventory` and [`FindingRow`] (built from a sweep's report by
+//! [`finding_rows`], for `scan` and the demo alike): no I/O besides the writer it is given,
 //! no clock (the caller passes `now`), no network. It only ever shows a key's `redacted_value`,
 //! never a secret (none reaches it). Text that comes from the API (key and project names,
 //! e-mails) is untrusted: control characters are neutralised in the table so a key name cannot
@@ -10,7 +12,10 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
+use crate::config::Action;
 use crate::inventory::{Inventory, Key, OwnerAccess};
+use crate::policy::Plan;
+use crate::sweep::SweepReport;
 
 /// Output format of `keysweep scan`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,7 +26,7 @@ pub enum Format {
 }
 
 /// One line of the findings / plan section: what policy matched which key and what keysweep
-/// will do (or did) about it. Built by the caller from the policy engine's findings.
+/// will do (or did) about it. Built by [`finding_rows`] from a sweep's findings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FindingRow {
     pub organization: String,
@@ -36,6 +41,70 @@ pub struct FindingRow {
     /// Unix seconds at which the action falls due, if scheduled.
     pub deadline: Option<i64>,
     pub note: String,
+}
+
+/// Findings, exemptions and the plan of a sweep as report rows.
+pub fn finding_rows(report: &SweepReport) -> Vec<FindingRow> {
+    let mut rows: Vec<FindingRow> = report
+        .findings
+        .iter()
+        .map(|v| FindingRow {
+            organization: v.finding.id.organization.clone(),
+            project_id: v.finding.id.project_id.clone(),
+            key_id: v.finding.id.key_id.clone(),
+            key_name: v.finding.key_name.clone(),
+            policy: v.finding.id.policy.clone(),
+            action: match v.finding.action {
+                Action::Notify => "notify".into(),
+                Action::Revoke => "revoke".into(),
+            },
+            state: v.finding.stage.as_str().into(),
+            deadline: (v.finding.action == Action::Revoke).then_some(v.finding.deadline),
+            note: format!("{} — {}", v.finding.reason, v.plan),
+        })
+        .collect();
+    for (key, reason) in &report.exempted {
+        rows.push(exemption_row(
+            key,
+            "exempted",
+            None,
+            format!("exempted: {reason}"),
+        ));
+    }
+    for (key, reason, until) in &report.expired_exemptions {
+        let note = format!("exemption expired: {reason}");
+        rows.push(exemption_row(key, "exemption_expired", *until, note));
+    }
+    rows
+}
+
+/// One line per revocation the plan withheld, with the safety rail that withheld it (for
+/// `run --once` and the demo).
+pub fn write_withheld(out: &mut dyn Write, plan: &Plan) -> io::Result<()> {
+    for w in &plan.withheld {
+        writeln!(
+            out,
+            "  withheld ({}): {}",
+            w.reason.as_str(),
+            w.action.describe()
+        )?;
+    }
+    Ok(())
+}
+
+/// A key that no policy acts on because of an exemption (current or lapsed).
+fn exemption_row(key: &Key, state: &str, deadline: Option<i64>, note: String) -> FindingRow {
+    FindingRow {
+        organization: key.organization.clone(),
+        project_id: key.project_id.clone(),
+        key_id: key.id.clone(),
+        key_name: key.name.clone(),
+        policy: "-".into(),
+        action: "none".into(),
+        state: state.into(),
+        deadline,
+        note,
+    }
 }
 
 const DAY: i64 = 86_400;
@@ -170,30 +239,7 @@ fn render_table(
     write_aligned(out, &rows)?;
 
     let projects: usize = inv.orgs.iter().map(|o| o.projects.len()).sum();
-    let incomplete: Vec<(String, String)> = inv
-        .orgs
-        .iter()
-        .flat_map(|o| {
-            let org_err = o
-                .error
-                .as_ref()
-                .map(|e| (format!("{} (organization)", o.organization), e.clone()));
-            org_err
-                .into_iter()
-                .chain(o.projects.iter().filter_map(|p| match &p.listing {
-                    crate::inventory::Listing::Complete => None,
-                    crate::inventory::Listing::Incomplete(reason) => Some((
-                        format!(
-                            "{} / {} ({})",
-                            o.organization,
-                            p.project.id,
-                            p.project.display_name()
-                        ),
-                        reason.clone(),
-                    )),
-                }))
-        })
-        .collect();
+    let incomplete = incomplete_listings(inv);
     writeln!(out)?;
     writeln!(
         out,
@@ -217,44 +263,72 @@ fn render_table(
     if !findings.is_empty() {
         writeln!(out)?;
         writeln!(out, "Findings:")?;
-        let mut rows: Vec<Vec<String>> = vec![
-            [
-                "ORGANIZATION",
-                "PROJECT",
-                "KEY",
-                "NAME",
-                "POLICY",
-                "ACTION",
-                "STATE",
-                "DEADLINE",
-                "NOTE",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-        ];
-        for f in findings {
-            let deadline = f.deadline.map(rfc3339).unwrap_or_else(|| "-".to_string());
-            rows.push(
-                [
-                    f.organization.as_str(),
-                    &f.project_id,
-                    &f.key_id,
-                    &f.key_name,
-                    &f.policy,
-                    &f.action,
-                    &f.state,
-                    &deadline,
-                    &f.note,
-                ]
-                .iter()
-                .map(|s| clean(s))
-                .collect(),
-            );
-        }
-        write_aligned(out, &rows)?;
+        write_findings_table(out, findings)?;
     }
     Ok(())
+}
+
+/// What was not listed in full, and why: failed organisations first, then their incomplete
+/// projects.
+fn incomplete_listings(inv: &Inventory) -> Vec<(String, String)> {
+    inv.orgs
+        .iter()
+        .flat_map(|o| {
+            let org_err = o
+                .error
+                .as_ref()
+                .map(|e| (format!("{} (organization)", o.organization), e.clone()));
+            org_err
+                .into_iter()
+                .chain(o.projects.iter().filter_map(|p| match &p.listing {
+                    crate::inventory::Listing::Complete => None,
+                    crate::inventory::Listing::Incomplete(reason) => Some((
+                        format!(
+                            "{} / {} ({})",
+                            o.organization,
+                            p.project.id,
+                            p.project.display_name()
+                        ),
+                        reason.clone(),
+                    )),
+                }))
+        })
+        .collect()
+}
+
+fn write_findings_table(out: &mut dyn Write, findings: &[FindingRow]) -> io::Result<()> {
+    let header = [
+        "ORGANIZATION",
+        "PROJECT",
+        "KEY",
+        "NAME",
+        "POLICY",
+        "ACTION",
+        "STATE",
+        "DEADLINE",
+        "NOTE",
+    ];
+    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
+    for f in findings {
+        let deadline = f.deadline.map(rfc3339).unwrap_or_else(|| "-".to_string());
+        rows.push(
+            [
+                f.organization.as_str(),
+                &f.project_id,
+                &f.key_id,
+                &f.key_name,
+                &f.policy,
+                &f.action,
+                &f.state,
+                &deadline,
+                &f.note,
+            ]
+            .iter()
+            .map(|s| clean(s))
+            .collect(),
+        );
+    }
+    write_aligned(out, &rows)
 }
 
 // ---- JSON --------------------------------------------------------------------------------------

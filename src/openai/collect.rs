@@ -178,17 +178,41 @@ pub async fn collect_inventory(
 pub async fn collect_with<S: KeySink>(
     config: &Config,
     clients: &[AdminClient],
-    mut sink_for: impl FnMut(&ProjectRef) -> S,
+    sink_for: impl FnMut(&ProjectRef) -> S,
     progress: Option<&(dyn Fn(usize, usize) + Send + Sync)>,
 ) -> Inventory<S::Kept> {
     let concurrency = config.limits.concurrency.max(1);
     let (tx, mut rx) = mpsc::unbounded_channel::<Discovery>();
-    let mut discovery = JoinSet::new();
-    let mut orgs: Vec<OrgInventory<S::Kept>> = Vec::with_capacity(clients.len());
-    // Projects in listing order per organisation; filled as their tasks finish.
-    let mut slots: Vec<Vec<Option<ProjectInventory<S::Kept>>>> =
-        (0..clients.len()).map(|_| Vec::new()).collect();
+    let mut collector = Collector::new(clients, sink_for, progress);
+    // Dropping the set would abort the discovery tasks: it lives until the collection ends.
+    let _discovery = spawn_discovery(config, clients, &tx);
+    drop(tx);
+    let mut discovery_open = true;
+    loop {
+        tokio::select! {
+            // Finishing work first frees window slots sooner.
+            biased;
+            Some(joined) = collector.running.join_next_with_id(), if !collector.running.is_empty() => {
+                collector.project_done(joined);
+            }
+            msg = rx.recv(), if discovery_open && collector.running.len() < concurrency => match msg {
+                Some(found) => collector.discovered(found),
+                None => discovery_open = false,
+            },
+            else => break,
+        }
+    }
+    collector.finish()
+}
 
+/// Starts one discovery task per organisation, each with the project selector of its
+/// `config.organizations` entry (every project when there is none).
+fn spawn_discovery(
+    config: &Config,
+    clients: &[AdminClient],
+    tx: &mpsc::UnboundedSender<Discovery>,
+) -> JoinSet<()> {
+    let mut discovery = JoinSet::new();
     for (i, client) in clients.iter().enumerate() {
         let selector = config
             .organizations
@@ -196,116 +220,178 @@ pub async fn collect_with<S: KeySink>(
             .find(|o| o.name == client.org_name())
             .map(ProjectSelector::from_org)
             .unwrap_or_else(|| ProjectSelector::new(&[], &[]));
-        orgs.push(OrgInventory {
-            organization: client.org_name().to_string(),
-            projects: Vec::new(),
-            error: None,
-            unauthorized: false,
-            admin_keys: Vec::new(),
-        });
         // Spawned tasks do not inherit the caller's span: carry it (the sweep's run id) along.
         discovery.spawn(discover(i, client.clone(), selector, tx.clone()).in_current_span());
     }
-    drop(tx);
+    discovery
+}
 
-    // Whether each organisation's discovery task reported (it could only fail to by panicking).
-    let mut finished = vec![false; clients.len()];
-    let mut running: JoinSet<ProjectResult<S::Kept>> = JoinSet::new();
-    // Which project a task lists, to account for a task that panicked.
-    let mut running_ids: HashMap<tokio::task::Id, (usize, usize, ProjectRef)> = HashMap::new();
-    let mut discovery_open = true;
-    let (mut done, mut known) = (0usize, 0usize);
-    let report = |done: usize, known: usize| {
-        if let Some(p) = progress {
-            p(done, known);
+/// The collection in progress: the organisations' inventories, the projects found so far in
+/// listing order, and the window of running project listings.
+struct Collector<'c, S: KeySink, F> {
+    clients: &'c [AdminClient],
+    sink_for: F,
+    progress: Option<&'c (dyn Fn(usize, usize) + Send + Sync)>,
+    orgs: Vec<OrgInventory<S::Kept>>,
+    /// Projects in listing order per organisation; filled as their tasks finish.
+    slots: Vec<Vec<Option<ProjectInventory<S::Kept>>>>,
+    /// Whether each organisation's discovery task reported (it could only fail to by panicking).
+    finished: Vec<bool>,
+    running: JoinSet<ProjectResult<S::Kept>>,
+    /// Which project a task lists, to account for a task that panicked.
+    running_ids: HashMap<tokio::task::Id, (usize, usize, ProjectRef)>,
+    done: usize,
+    known: usize,
+}
+
+impl<'c, S: KeySink, F: FnMut(&ProjectRef) -> S> Collector<'c, S, F> {
+    fn new(
+        clients: &'c [AdminClient],
+        sink_for: F,
+        progress: Option<&'c (dyn Fn(usize, usize) + Send + Sync)>,
+    ) -> Self {
+        let orgs = clients
+            .iter()
+            .map(|client| OrgInventory {
+                organization: client.org_name().to_string(),
+                projects: Vec::new(),
+                error: None,
+                unauthorized: false,
+                admin_keys: Vec::new(),
+            })
+            .collect();
+        Self {
+            clients,
+            sink_for,
+            progress,
+            orgs,
+            slots: (0..clients.len()).map(|_| Vec::new()).collect(),
+            finished: vec![false; clients.len()],
+            running: JoinSet::new(),
+            running_ids: HashMap::new(),
+            done: 0,
+            known: 0,
         }
-    };
+    }
 
-    loop {
-        tokio::select! {
-            // Finishing work first frees window slots sooner.
-            biased;
-            Some(joined) = running.join_next_with_id(), if !running.is_empty() => {
-                let (org, pos, result) = match joined {
-                    Ok((id, r)) => {
-                        let Some((org, pos, _)) = running_ids.remove(&id) else { continue };
-                        (org, pos, r)
-                    }
-                    Err(e) => {
-                        let Some((org, pos, project)) = running_ids.remove(&e.id()) else { continue };
-                        tracing::error!(project = %project.id, error = %e, "project listing task failed");
-                        (org, pos, ProjectResult {
-                            inventory: ProjectInventory {
-                                project,
-                                keys: S::Kept::default(),
-                                listing: Listing::Incomplete(format!("internal error: {e}")),
-                            },
-                            unauthorized: None,
-                        })
-                    }
+    fn report(&self) {
+        if let Some(p) = self.progress {
+            p(self.done, self.known);
+        }
+    }
+
+    /// A project task ended, normally or not: its project takes its place in the inventory.
+    fn project_done(
+        &mut self,
+        joined: Result<(tokio::task::Id, ProjectResult<S::Kept>), tokio::task::JoinError>,
+    ) {
+        let (org, pos, result) = match joined {
+            Ok((id, r)) => {
+                let Some((org, pos, _)) = self.running_ids.remove(&id) else {
+                    return;
                 };
-                if let Some(reason) = result.unauthorized
-                    && orgs[org].error.is_none()
-                {
-                    orgs[org].error = Some(reason);
-                    orgs[org].unauthorized = true;
-                }
-                if let Some(slot) = slots[org].get_mut(pos) {
-                    *slot = Some(result.inventory);
-                }
-                done += 1;
-                report(done, known);
+                (org, pos, r)
             }
-            msg = rx.recv(), if discovery_open && running.len() < concurrency => match msg {
-                Some(Discovery::Project { org, project }) => {
-                    let pos = slots[org].len();
-                    slots[org].push(None);
-                    let client = clients[org].clone();
-                    let sink = sink_for(&project);
-                    let p = project.clone();
-                    let handle = running.spawn(list_project(client, p, sink).in_current_span());
-                    running_ids.insert(handle.id(), (org, pos, project));
-                    known += 1;
-                    report(done, known);
+            Err(e) => {
+                let Some((org, pos, project)) = self.running_ids.remove(&e.id()) else {
+                    return;
+                };
+                tracing::error!(project = %project.id, error = %e, "project listing task failed");
+                let inventory = ProjectInventory {
+                    project,
+                    keys: S::Kept::default(),
+                    listing: Listing::Incomplete(format!("internal error: {e}")),
+                };
+                let unauthorized = None;
+                (
+                    org,
+                    pos,
+                    ProjectResult {
+                        inventory,
+                        unauthorized,
+                    },
+                )
+            }
+        };
+        if let Some(reason) = result.unauthorized
+            && self.orgs[org].error.is_none()
+        {
+            self.orgs[org].error = Some(reason);
+            self.orgs[org].unauthorized = true;
+        }
+        if let Some(slot) = self.slots[org].get_mut(pos) {
+            *slot = Some(result.inventory);
+        }
+        self.done += 1;
+        self.report();
+    }
+
+    fn discovered(&mut self, found: Discovery) {
+        match found {
+            Discovery::Project { org, project } => self.start_project(org, project),
+            Discovery::Missing { org, project_id } => self.missing_project(org, project_id),
+            Discovery::Done {
+                org,
+                error,
+                admin_keys,
+            } => {
+                // A failed project list says more than a refusal seen by a project task.
+                if let Some((reason, unauthorized)) = error {
+                    self.orgs[org].error = Some(reason);
+                    self.orgs[org].unauthorized |= unauthorized;
                 }
-                Some(Discovery::Missing { org, project_id }) => {
-                    tracing::warn!(organization = %orgs[org].organization, project = %project_id,
-                        "configured project not found in the organisation's project list");
-                    slots[org].push(Some(ProjectInventory {
-                        project: ProjectRef {
-                            organization: orgs[org].organization.clone(),
-                            id: project_id,
-                            name: None,
-                            archived: false,
-                        },
-                        keys: S::Kept::default(),
-                        listing: Listing::Incomplete(
-                            "configured project not found in the project list (archived? then set include_archived)".to_string(),
-                        ),
-                    }));
-                }
-                Some(Discovery::Done { org, error, admin_keys }) => {
-                    // A failed project list says more than a refusal seen by a project task.
-                    if let Some((reason, unauthorized)) = error {
-                        orgs[org].error = Some(reason);
-                        orgs[org].unauthorized |= unauthorized;
-                    }
-                    finished[org] = true;
-                    orgs[org].admin_keys = admin_keys;
-                }
-                None => discovery_open = false,
-            },
-            else => break,
+                self.finished[org] = true;
+                self.orgs[org].admin_keys = admin_keys;
+            }
         }
     }
 
-    for ((org, slots), finished) in orgs.iter_mut().zip(slots).zip(finished) {
-        if !finished && org.error.is_none() {
-            org.error = Some("internal error: the project listing did not finish".to_string());
-        }
-        org.projects = slots.into_iter().flatten().collect();
+    /// Starts listing a selected project's keys; its place in the listing order is kept.
+    fn start_project(&mut self, org: usize, project: ProjectRef) {
+        let pos = self.slots[org].len();
+        self.slots[org].push(None);
+        let client = self.clients[org].clone();
+        let sink = (self.sink_for)(&project);
+        let p = project.clone();
+        let handle = self
+            .running
+            .spawn(list_project(client, p, sink).in_current_span());
+        self.running_ids.insert(handle.id(), (org, pos, project));
+        self.known += 1;
+        self.report();
     }
-    Inventory { orgs }
+
+    /// A configured project id the listing did not return: an incomplete project, so the
+    /// sweep cannot be taken as complete.
+    fn missing_project(&mut self, org: usize, project_id: String) {
+        let organization = self.orgs[org].organization.clone();
+        tracing::warn!(organization = %organization, project = %project_id,
+            "configured project not found in the organisation's project list");
+        self.slots[org].push(Some(ProjectInventory {
+            project: ProjectRef {
+                organization,
+                id: project_id,
+                name: None,
+                archived: false,
+            },
+            keys: S::Kept::default(),
+            listing: Listing::Incomplete(
+                "configured project not found in the project list (archived? then set include_archived)".to_string(),
+            ),
+        }));
+    }
+
+    /// The inventory, projects in listing order; an organisation whose discovery never
+    /// reported is marked failed.
+    fn finish(mut self) -> Inventory<S::Kept> {
+        for ((org, slots), finished) in self.orgs.iter_mut().zip(self.slots).zip(self.finished) {
+            if !finished && org.error.is_none() {
+                org.error = Some("internal error: the project listing did not finish".to_string());
+            }
+            org.projects = slots.into_iter().flatten().collect();
+        }
+        Inventory { orgs: self.orgs }
+    }
 }
 
 /// Lists one organisation's projects (feeding each selected one to the collector at once) and,

@@ -1,11 +1,14 @@
 //! The OpenAI Administration API: the client, its wire types, and the inventory collector.
 //!
 //! This is the only module that knows the wire format or holds an admin key. Everything it hands
-//! out is in the crate's own terms (`crate::inventory` types and the small structs below); wire
-//! structs stay private to `types.rs`. It must never log, print or put into an error the admin
+//! out is in the crate's own terms (`crate::inventory` types, [`ProjectUser`] and
+//! [`ServiceAccount`] included); wire structs stay private to `types.rs`. It must never log, print or put into an error the admin
 //! key, and it never deletes anything on its own initiative: `delete_*` are called by `revoke`.
 //!
-//! - `client.rs`: [`AdminClient`], one per organisation (requests, retries, pagination).
+//! - `client.rs`: [`AdminClient`], one per organisation: the endpoints, in the crate's terms.
+//! - `transport.rs`: sending one request (pacing, bearer header, bounded body, retries, the
+//!   checked DELETE) and mapping answers to [`Error`]; the only place the admin key is exposed.
+//! - `pager.rs`: the cursor pager every listing uses, and [`KeyPages`].
 //! - `retry.rs`: the retry policy (pure).
 //! - `ratelimit.rs`: the shared requests-per-second ceiling.
 //! - `collect.rs`: [`collect_inventory`], the concurrent listing of every configured project.
@@ -14,36 +17,20 @@
 mod client;
 mod collect;
 mod error;
+mod pager;
 mod ratelimit;
 mod retry;
+mod transport;
 mod types;
 
 #[cfg(test)]
 mod fuzz;
 
-pub use client::{AdminClient, ClientShared, DeleteOutcome, KeyPages, endpoint};
+pub use client::{AdminClient, endpoint};
 pub use collect::{KeySink, ProjectSelector, collect_inventory, collect_with};
 pub use error::{ApiErrorBody, Error, RequestContext};
+// Defined with the other domain types; re-exported where the endpoints that return them are.
+pub use crate::inventory::{ProjectUser, ServiceAccount};
+pub use pager::KeyPages;
 pub use ratelimit::RateLimiter;
-
-/// A project's service account (`GET …/service_accounts`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct ServiceAccount {
-    /// `svc_acct_…`.
-    pub id: String,
-    pub name: String,
-    /// `owner`, `member` or `none`.
-    pub role: String,
-    pub created_at: i64,
-}
-
-/// A project's user (`GET …/users`). `name` and `email` may be missing.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct ProjectUser {
-    /// `user_…`.
-    pub id: String,
-    pub name: Option<String>,
-    pub email: Option<String>,
-    /// `owner` or `member`.
-    pub role: String,
-}
+pub use transport::{ClientShared, DeleteOutcome};

@@ -12,8 +12,9 @@
 use serde::Deserialize;
 use serde::de::{DeserializeOwned, Deserializer};
 
-use crate::inventory::{AdminKeyInfo, Key, Owner, OwnerAccess, OwnerType, ProjectRef};
-use crate::openai::{ProjectUser, ServiceAccount};
+use crate::inventory::{
+    AdminKeyInfo, Key, Owner, OwnerAccess, OwnerType, ProjectRef, ProjectUser, ServiceAccount,
+};
 
 /// A body that could not be decoded: malformed, truncated, or of the wrong shape.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -38,7 +38,7 @@ pub enum PolicyError {
     EmptyName { index: usize },
     #[error("policies[{index}]: duplicate policy name {name:?}")]
     DuplicateName { index: usize, name: String },
-    #[error("policies[{index}] ({name}).match.{field}: invalid glob {pattern:?}: {source}")]
+    #[error("policies[{index}] ({name}).match.{field}: invalid glob {pattern:?}")]
     PolicyGlob {
         index: usize,
         name: String,
@@ -50,7 +50,7 @@ pub enum PolicyError {
     /// An exemption naming nothing would exempt every key and silently disable enforcement.
     #[error("exemptions[{index}]: names no key_id, key_name or project; it would exempt every key")]
     EmptyExemption { index: usize },
-    #[error("exemptions[{index}].{field}: invalid glob {pattern:?}: {source}")]
+    #[error("exemptions[{index}].{field}: invalid glob {pattern:?}")]
     ExemptionGlob {
         index: usize,
         field: &'static str,

@@ -13,7 +13,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 
-use super::{SimOptions, SimOrg, SimServer};
+use super::model::SimOrg;
+use super::options::SimOptions;
+use super::server::SimServer;
 
 /// Flags of `keysweep simulate`.
 #[derive(Clone, clap::Args)]
@@ -48,9 +50,25 @@ pub struct SimulateArgs {
     /// Requests per second before answering 429 with Retry-After.
     #[arg(long)]
     pub rate_limit: Option<f64>,
-    /// The clock the organisation's ages are relative to (RFC 3339; default: now).
+    /// The clock the organisation's ages are relative to, and where the simulator's clock
+    /// starts (RFC 3339; default: now). The clock then runs with real time unless frozen, and
+    /// `POST /_sim/clock` sets or advances it.
     #[arg(long, value_parser = parse_rfc3339)]
     pub now: Option<DateTime<Utc>>,
+    /// Keep the simulator's clock still (until `POST /_sim/clock` moves it).
+    #[arg(long)]
+    pub freeze_clock: bool,
+    /// The organisation's expiry limit (e.g. `90d`): a key update or mint asking for a longer
+    /// `expires_in_seconds` gets 400.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub max_key_lifetime: Option<Duration>,
+    /// Expired keys drop out of listings and answer 404 (default: listed with their past
+    /// `expires_at`, and refused for updates with 400).
+    #[arg(long)]
+    pub hide_expired_keys: bool,
+    /// Answer DELETE of a service-account key with 400, as the August 2026 API did.
+    #[arg(long)]
+    pub refuse_service_account_key_delete: bool,
     /// Write the organisation being served to this JSON file (then serve it).
     #[arg(long)]
     pub dump_org: Option<PathBuf>,
@@ -70,6 +88,13 @@ impl std::fmt::Debug for SimulateArgs {
             .field("fail_rate", &self.fail_rate)
             .field("rate_limit", &self.rate_limit)
             .field("now", &self.now)
+            .field("freeze_clock", &self.freeze_clock)
+            .field("max_key_lifetime", &self.max_key_lifetime)
+            .field("hide_expired_keys", &self.hide_expired_keys)
+            .field(
+                "refuse_service_account_key_delete",
+                &self.refuse_service_account_key_delete,
+            )
             .field("dump_org", &self.dump_org)
             .finish()
     }
@@ -97,6 +122,9 @@ pub async fn run(args: SimulateArgs, shutdown: impl Future<Output = ()>) -> anyh
     {
         bail!("--rate-limit must be a positive number of requests per second, got {r}");
     }
+    if args.max_key_lifetime.is_some_and(|d| d.as_secs() == 0) {
+        bail!("--max-key-lifetime must be at least one second");
+    }
     let now = args.now.unwrap_or_else(Utc::now).timestamp();
     let org = if let Some(path) = &args.org_file {
         SimOrg::from_json_file(path)?
@@ -117,6 +145,11 @@ pub async fn run(args: SimulateArgs, shutdown: impl Future<Output = ()>) -> anyh
         fail_rate: args.fail_rate,
         rate_limit: args.rate_limit,
         seed: args.seed,
+        now: Some(now),
+        freeze_clock: args.freeze_clock,
+        max_key_lifetime: args.max_key_lifetime,
+        hide_expired_keys: args.hide_expired_keys,
+        refuse_service_account_key_delete: args.refuse_service_account_key_delete,
     };
     let server = SimServer::start(args.listen, org, opts)
         .await

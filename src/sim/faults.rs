@@ -15,8 +15,9 @@
 //! Page numbers are 1-based and counted per project from the request's `after` cursor and
 //! `limit` (`page = position of the first item returned / limit + 1`), so a retry of page 3 is
 //! still page 3. Faults are checked in the order they were added; the first match fires.
-//! A fault fires *before* the request has any effect (a faulted DELETE deletes nothing) unless
-//! armed with [`Fault::after_effect`], which models "deleted, but the answer was lost".
+//! A fault fires *before* the request has any effect (a faulted DELETE deletes nothing, a
+//! faulted update changes nothing, a faulted mint mints nothing) unless armed with
+//! [`Fault::after_effect`], which models "deleted (updated, minted), but the answer was lost".
 //!
 //! One kind is not a misbehaviour of the server but of the world around it:
 //! [`FaultKind::Apply`] changes the organisation (a [`SimEffect`]: a key used, renamed or deleted
@@ -50,7 +51,11 @@ pub enum FaultRoute {
     ListKeys,
     GetKey,
     DeleteKey,
+    /// `POST …/api_keys/{api_key_id}` (November 2026); the object is the key.
+    UpdateKey,
     ListServiceAccounts,
+    /// `POST …/service_accounts/{id}/api_keys` (November 2026); the object is the account.
+    CreateServiceAccountKey,
     DeleteServiceAccount,
     ListUsers,
     ListAdminKeys,
@@ -110,6 +115,12 @@ pub enum SimEffect {
     },
     /// The key was deleted by its owner (in the dashboard, behind the API's back).
     RemoveKey { project: String, key: String },
+    /// The key's expiry was moved (or removed: `None`) in the dashboard.
+    SetExpiresAt {
+        project: String,
+        key: String,
+        at: Option<i64>,
+    },
 }
 
 impl SimEffect {
@@ -134,6 +145,18 @@ impl SimEffect {
             project: project.into(),
             key: key.into(),
             name: name.into(),
+        }
+    }
+
+    pub fn set_expires_at(
+        project: impl Into<String>,
+        key: impl Into<String>,
+        at: Option<i64>,
+    ) -> Self {
+        SimEffect::SetExpiresAt {
+            project: project.into(),
+            key: key.into(),
+            at,
         }
     }
 
@@ -194,6 +217,21 @@ impl Fault {
     /// `DELETE …/{project}/api_keys/{key}`.
     pub fn on_delete_key(project: impl Into<String>, key: impl Into<String>) -> Self {
         Self::on(FaultRoute::DeleteKey).project(project).object(key)
+    }
+
+    /// `POST …/{project}/api_keys/{key}`: the update of a key's expiry or scopes.
+    pub fn on_update_key(project: impl Into<String>, key: impl Into<String>) -> Self {
+        Self::on(FaultRoute::UpdateKey).project(project).object(key)
+    }
+
+    /// `POST …/{project}/service_accounts/{service_account}/api_keys`: minting a key.
+    pub fn on_create_service_account_key(
+        project: impl Into<String>,
+        service_account: impl Into<String>,
+    ) -> Self {
+        Self::on(FaultRoute::CreateServiceAccountKey)
+            .project(project)
+            .object(service_account)
     }
 
     /// `DELETE …/{project}/service_accounts/{service_account}`.

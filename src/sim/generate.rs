@@ -211,6 +211,9 @@ impl IdMint {
 
 struct Generator {
     rng: Rng,
+    /// A separate stream for the November 2026 fields (`expires_at`), so that adding them left
+    /// every older field of a seeded organisation exactly as it was.
+    expiry_rng: Rng,
     now: i64,
     project_ids: IdMint,
     key_ids: IdMint,
@@ -222,6 +225,7 @@ impl Generator {
     fn new(seed: u64, now: i64) -> Self {
         Generator {
             rng: Rng::new(seed),
+            expiry_rng: Rng::new(mix64(seed ^ 0x5EED_0E59_1E55_2026)),
             now,
             project_ids: IdMint::new("proj_", seed, 1, 29),
             key_ids: IdMint::new("key_", seed, 2, 20),
@@ -405,6 +409,8 @@ impl Generator {
                 created_at,
                 last_used_at,
                 owner: SimOwnerRef::ServiceAccount { id: sa.id.clone() },
+                expires_at: self.expiry(created_at, last_used_at),
+                scopes: Vec::new(),
             };
         }
         // 0.07 / 0.8: the share of user keys that must go to inactive owners for ~7% overall.
@@ -430,6 +436,23 @@ impl Generator {
             owner: SimOwnerRef::User {
                 id: member.user_id.clone(),
             },
+            expires_at: self.expiry(created_at, last_used_at),
+            scopes: Vec::new(),
+        }
+    }
+
+    /// About 70% of keys never expire, 20% expire within the next 180 days and 10% have already
+    /// expired (after their creation and their last use: an expired key cannot be used).
+    fn expiry(&mut self, created_at: i64, last_used_at: Option<i64>) -> Option<i64> {
+        let roll = self.expiry_rng.unit();
+        if roll < 0.7 {
+            None
+        } else if roll < 0.9 {
+            Some(self.now + self.expiry_rng.range_i64(DAY, 180 * DAY))
+        } else {
+            let after = last_used_at.unwrap_or(created_at).max(created_at) + 1;
+            // A key used at this very second cannot have expired yet: it never expires instead.
+            (after < self.now).then(|| self.expiry_rng.range_i64(after, self.now))
         }
     }
 
@@ -484,53 +507,98 @@ fn stable_id(prefix: &str, label: &str, len: usize) -> String {
 }
 
 fn demo_org(now: i64) -> SimOrg {
-    let day = |d: i64| now - d * DAY;
-    let person = |first: &str, last: &str, created_days: i64| SimUser {
-        id: stable_id("user_", first, 29),
-        name: format!("{first} {last}"),
-        email: format!(
-            "{}.{}@example.com",
-            first.to_lowercase(),
-            last.to_lowercase()
-        ),
-        created_at: day(created_days),
-    };
-    let users = vec![
-        person("Alice", "Martin", 900),
-        person("Bob", "Nguyen", 800),
-        person("Carol", "Okafor", 700),
-        person("Dave", "Schmidt", 600),
-        person("Erin", "Rossi", 500),
-        person("Frank", "Tanaka", 450),
-        person("Grace", "Kowalski", 400),
-        person("Heidi", "Silva", 350),
-        person("Ivan", "Haddad", 340),
-        person("Olivia", "Larsen", 1000),
-    ];
-    let uid = |first: &str| stable_id("user_", first, 29);
-    let member = |first: &str, role: &str, access: SimAccess| SimMember {
-        user_id: uid(first),
-        role: role.to_string(),
-        added_at: day(330),
-        access,
-    };
-    let sa = |project: &str, name: &str, created_days: i64| SimServiceAccount {
-        id: stable_id("svc_acct_", &format!("{project}/{name}"), 33),
-        name: name.to_string(),
-        role: "member".to_string(),
-        created_at: day(created_days),
-        access: SimAccess::Active,
-    };
-    // (name, owner, created days ago, last used days ago or None for never)
-    type Spec<'a> = (&'a str, Owner<'a>, i64, Option<i64>);
-    enum Owner<'a> {
-        User(&'a str),
-        Sa(&'a str),
+    let d = Demo { now };
+    let mut projects = vec![d.payments(), d.data_science(), d.support(), d.legacy()];
+    projects.sort_by(|a, b| a.id.cmp(&b.id));
+    SimOrg {
+        format: FORMAT_VERSION,
+        generated_at: now,
+        admin_api_keys: vec![SimAdminKey {
+            id: stable_id("key_", "admin/keysweep", 20),
+            name: Some("keysweep (demo)".to_string()),
+            redacted_value: "sk-admin-****dEm0".to_string(),
+            created_at: d.day(78),
+            expires_at: Some(now + 12 * DAY),
+            last_used_at: Some(now - 3600),
+            owner_user_id: uid("Olivia"),
+        }],
+        users: d.users(),
+        projects,
     }
-    let keys = |project: &str, sas: &[SimServiceAccount], specs: &[Spec<'_>]| {
+}
+
+/// Who owns a demo key: a member by first name, or a service account by name.
+enum Owner<'a> {
+    User(&'a str),
+    Sa(&'a str),
+}
+
+/// One demo key: name, owner, created days ago, last used days ago (`None`: never), and
+/// expiry in days from now (`None`: never; negative: already expired).
+type Spec<'a> = (&'a str, Owner<'a>, i64, Option<i64>, Option<i64>);
+
+fn uid(first: &str) -> String {
+    stable_id("user_", first, 29)
+}
+
+/// The demo organisation's parts, each with ages relative to `now`.
+struct Demo {
+    now: i64,
+}
+
+impl Demo {
+    fn day(&self, d: i64) -> i64 {
+        self.now - d * DAY
+    }
+
+    fn users(&self) -> Vec<SimUser> {
+        let person = |first: &str, last: &str, created_days: i64| SimUser {
+            id: uid(first),
+            name: format!("{first} {last}"),
+            email: format!(
+                "{}.{}@example.com",
+                first.to_lowercase(),
+                last.to_lowercase()
+            ),
+            created_at: self.day(created_days),
+        };
+        vec![
+            person("Alice", "Martin", 900),
+            person("Bob", "Nguyen", 800),
+            person("Carol", "Okafor", 700),
+            person("Dave", "Schmidt", 600),
+            person("Erin", "Rossi", 500),
+            person("Frank", "Tanaka", 450),
+            person("Grace", "Kowalski", 400),
+            person("Heidi", "Silva", 350),
+            person("Ivan", "Haddad", 340),
+            person("Olivia", "Larsen", 1000),
+        ]
+    }
+
+    fn member(&self, first: &str, role: &str, access: SimAccess) -> SimMember {
+        SimMember {
+            user_id: uid(first),
+            role: role.to_string(),
+            added_at: self.day(330),
+            access,
+        }
+    }
+
+    fn sa(&self, project: &str, name: &str, created_days: i64) -> SimServiceAccount {
+        SimServiceAccount {
+            id: stable_id("svc_acct_", &format!("{project}/{name}"), 33),
+            name: name.to_string(),
+            role: "member".to_string(),
+            created_at: self.day(created_days),
+            access: SimAccess::Active,
+        }
+    }
+
+    fn keys(&self, project: &str, sas: &[SimServiceAccount], specs: &[Spec<'_>]) -> Vec<SimKey> {
         let mut out: Vec<SimKey> = specs
             .iter()
-            .map(|(name, owner, created, used)| {
+            .map(|(name, owner, created, used, expires)| {
                 let id = stable_id("key_", &format!("{project}/{name}"), 20);
                 let tail = &id[id.len() - 4..];
                 let (owner, redacted_value) = match owner {
@@ -554,131 +622,135 @@ fn demo_org(now: i64) -> SimOrg {
                     name: (*name).to_string(),
                     redacted_value,
                     // A few hours past the day boundary so "older than 90d" is unambiguous.
-                    created_at: day(*created) - 3600,
-                    last_used_at: used.map(|d| day(d) - 1800),
+                    created_at: self.day(*created) - 3600,
+                    last_used_at: used.map(|d| self.day(d) - 1800),
                     owner,
+                    expires_at: expires.map(|d| self.now + d * DAY),
+                    scopes: Vec::new(),
                 }
             })
             .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
         out
-    };
+    }
 
-    let pay_sas = vec![sa("payments", "payments-backend", 420)];
-    let payments = SimProject {
-        id: stable_id("proj_", "payments", 29),
-        name: Some("Payments API".to_string()),
-        created_at: day(950),
-        archived_at: None,
-        external_key_id: None,
-        members: vec![
-            member("Olivia", "owner", SimAccess::Active),
-            member("Alice", "member", SimAccess::Active),
-            member("Bob", "member", SimAccess::Active),
-            member("Carol", "member", SimAccess::Inactive),
-            member("Dave", "member", SimAccess::Active),
-        ],
-        keys: keys(
-            "payments",
-            &pay_sas,
-            &[
-                (
-                    "payments-prod-backend",
-                    Owner::Sa("payments-backend"),
-                    400,
-                    Some(0),
-                ),
-                ("break-glass-prod", Owner::User("Olivia"), 500, None),
-                ("alice-laptop", Owner::User("Alice"), 200, Some(120)),
-                ("ci-deploy", Owner::User("Bob"), 30, Some(0)),
-                ("carol-notebook", Owner::User("Carol"), 60, Some(50)),
-                ("webhook-relay", Owner::User("Dave"), 10, None),
-            ],
-        ),
-        service_accounts: pay_sas,
-    };
-    let ds_sas = vec![sa("data-science", "nightly-evals", 300)];
-    let data_science = SimProject {
-        id: stable_id("proj_", "data-science", 29),
-        name: Some("Data Science".to_string()),
-        created_at: day(800),
-        archived_at: None,
-        external_key_id: None,
-        members: vec![
-            member("Alice", "member", SimAccess::Active),
-            member("Erin", "owner", SimAccess::Active),
-            member("Frank", "member", SimAccess::Active),
-            member("Grace", "member", SimAccess::Inactive),
-        ],
-        keys: keys(
-            "data-science",
-            &ds_sas,
-            &[
-                ("eval-runner", Owner::Sa("nightly-evals"), 20, Some(0)),
-                ("erin-jupyter", Owner::User("Erin"), 150, Some(2)),
-                ("frank-experiments", Owner::User("Frank"), 95, None),
-                ("old-scraper", Owner::User("Alice"), 700, Some(400)),
-                ("gpu-batch", Owner::User("Grace"), 45, Some(44)),
-                ("erin-colab", Owner::User("Erin"), 5, Some(1)),
-            ],
-        ),
-        service_accounts: ds_sas,
-    };
-    let sup_sas = vec![sa("support", "support-agent", 100)];
-    let support = SimProject {
-        id: stable_id("proj_", "support", 29),
-        name: Some("Support Bot".to_string()),
-        created_at: day(500),
-        archived_at: None,
-        external_key_id: None,
-        members: vec![
-            member("Bob", "owner", SimAccess::Active),
-            member("Heidi", "member", SimAccess::Active),
-            member("Ivan", "member", SimAccess::Active),
-        ],
-        keys: keys(
-            "support",
-            &sup_sas,
-            &[
-                ("support-bot-prod", Owner::Sa("support-agent"), 60, Some(0)),
-                ("support-staging", Owner::User("Bob"), 89, Some(10)),
-                ("heidi-test", Owner::User("Heidi"), 91, Some(46)),
-                ("zendesk-sync", Owner::User("Heidi"), 14, Some(0)),
-                ("ivan-temp", Owner::User("Ivan"), 300, None),
-            ],
-        ),
-        service_accounts: sup_sas,
-    };
-    let legacy = SimProject {
-        id: stable_id("proj_", "legacy", 29),
-        name: Some("Legacy Prototype".to_string()),
-        created_at: day(1100),
-        archived_at: Some(day(200)),
-        external_key_id: None,
-        members: vec![member("Alice", "owner", SimAccess::Active)],
-        service_accounts: Vec::new(),
-        keys: keys(
-            "legacy",
-            &[],
-            &[("legacy-demo", Owner::User("Alice"), 800, Some(210))],
-        ),
-    };
-    let mut projects = vec![payments, data_science, support, legacy];
-    projects.sort_by(|a, b| a.id.cmp(&b.id));
-    SimOrg {
-        format: FORMAT_VERSION,
-        generated_at: now,
-        admin_api_keys: vec![SimAdminKey {
-            id: stable_id("key_", "admin/keysweep", 20),
-            name: Some("keysweep (demo)".to_string()),
-            redacted_value: "sk-admin-****dEm0".to_string(),
-            created_at: day(78),
-            expires_at: Some(now + 12 * DAY),
-            last_used_at: Some(now - 3600),
-            owner_user_id: uid("Olivia"),
-        }],
-        users,
-        projects,
+    fn project(
+        &self,
+        label: &str,
+        name: &str,
+        created_days: i64,
+        members: Vec<SimMember>,
+        service_accounts: Vec<SimServiceAccount>,
+        specs: &[Spec<'_>],
+    ) -> SimProject {
+        SimProject {
+            id: stable_id("proj_", label, 29),
+            name: Some(name.to_string()),
+            created_at: self.day(created_days),
+            archived_at: None,
+            external_key_id: None,
+            members,
+            keys: self.keys(label, &service_accounts, specs),
+            service_accounts,
+        }
+    }
+
+    fn payments(&self) -> SimProject {
+        use SimAccess::{Active, Inactive};
+        let members = vec![
+            self.member("Olivia", "owner", Active),
+            self.member("Alice", "member", Active),
+            self.member("Bob", "member", Active),
+            self.member("Carol", "member", Inactive),
+            self.member("Dave", "member", Active),
+        ];
+        let sas = vec![self.sa("payments", "payments-backend", 420)];
+        let specs = [
+            (
+                "payments-prod-backend",
+                Owner::Sa("payments-backend"),
+                400,
+                Some(0),
+                None,
+            ),
+            ("break-glass-prod", Owner::User("Olivia"), 500, None, None),
+            ("alice-laptop", Owner::User("Alice"), 200, Some(120), None),
+            ("ci-deploy", Owner::User("Bob"), 30, Some(0), Some(60)),
+            ("carol-notebook", Owner::User("Carol"), 60, Some(50), None),
+            ("webhook-relay", Owner::User("Dave"), 10, None, None),
+        ];
+        self.project("payments", "Payments API", 950, members, sas, &specs)
+    }
+
+    fn data_science(&self) -> SimProject {
+        use SimAccess::{Active, Inactive};
+        let members = vec![
+            self.member("Alice", "member", Active),
+            self.member("Erin", "owner", Active),
+            self.member("Frank", "member", Active),
+            self.member("Grace", "member", Inactive),
+        ];
+        let sas = vec![self.sa("data-science", "nightly-evals", 300)];
+        let specs = [
+            (
+                "eval-runner",
+                Owner::Sa("nightly-evals"),
+                20,
+                Some(0),
+                Some(70),
+            ),
+            ("erin-jupyter", Owner::User("Erin"), 150, Some(2), None),
+            ("frank-experiments", Owner::User("Frank"), 95, None, None),
+            (
+                "old-scraper",
+                Owner::User("Alice"),
+                700,
+                Some(400),
+                Some(-30),
+            ),
+            ("gpu-batch", Owner::User("Grace"), 45, Some(44), None),
+            ("erin-colab", Owner::User("Erin"), 5, Some(1), Some(25)),
+        ];
+        self.project("data-science", "Data Science", 800, members, sas, &specs)
+    }
+
+    fn support(&self) -> SimProject {
+        let members = vec![
+            self.member("Bob", "owner", SimAccess::Active),
+            self.member("Heidi", "member", SimAccess::Active),
+            self.member("Ivan", "member", SimAccess::Active),
+        ];
+        let sas = vec![self.sa("support", "support-agent", 100)];
+        let specs = [
+            (
+                "support-bot-prod",
+                Owner::Sa("support-agent"),
+                60,
+                Some(0),
+                None,
+            ),
+            ("support-staging", Owner::User("Bob"), 89, Some(10), None),
+            ("heidi-test", Owner::User("Heidi"), 91, Some(46), None),
+            ("zendesk-sync", Owner::User("Heidi"), 14, Some(0), None),
+            ("ivan-temp", Owner::User("Ivan"), 300, None, Some(-5)),
+        ];
+        self.project("support", "Support Bot", 500, members, sas, &specs)
+    }
+
+    fn legacy(&self) -> SimProject {
+        let members = vec![self.member("Alice", "owner", SimAccess::Active)];
+        let specs = [("legacy-demo", Owner::User("Alice"), 800, Some(210), None)];
+        SimProject {
+            archived_at: Some(self.day(200)),
+            ..self.project(
+                "legacy",
+                "Legacy Prototype",
+                1100,
+                members,
+                Vec::new(),
+                &specs,
+            )
+        }
     }
 }
 

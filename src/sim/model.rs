@@ -28,14 +28,17 @@
 //!                            "created_at": 1700000000, "access": "active"}],
 //!      "keys": [{"id": "key_…", "name": "ci-deploy", "redacted_value": "sk-proj-****Ab12",
 //!                "created_at": 1710000000, "last_used_at": null,
-//!                "owner": {"type": "user", "id": "user_…"}}]}
+//!                "owner": {"type": "user", "id": "user_…"},
+//!                "expires_at": 1790000000, "scopes": ["api.all.read"]}]}
 //!   ]
 //! }
 //! ```
 //!
 //! A project is archived when `archived_at` is not null. A key's `owner_project_access` on the
 //! wire is the `access` of its owner's membership (`members[].access` or
-//! `service_accounts[].access`). Unknown fields in the file are rejected so that a typo does not
+//! `service_accounts[].access`). A key's `expires_at` (null: never expires) and `scopes` (the
+//! restrictions the update endpoint sets; `[]` means all permissions) may be left out of a file
+//! and default to never-expiring and unrestricted. Unknown fields in the file are rejected so that a typo does not
 //! silently produce a different organisation.
 //!
 //! This module never talks to the network and never holds a real secret: every value in the
@@ -46,7 +49,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::SimError;
+use super::options::SimError;
 
 /// Current version of the JSON file format.
 pub const FORMAT_VERSION: u32 = 1;
@@ -146,6 +149,22 @@ pub struct SimKey {
     /// `None` is served as `"last_used_at": null` (never used).
     pub last_used_at: Option<i64>,
     pub owner: SimOwnerRef,
+    /// When the key stops working (`None`: never; served as `"expires_at": null`). A key whose
+    /// `expires_at` is at or before the simulator's clock is expired. Optional in the file, so
+    /// organisations written before November 2026 still load.
+    #[serde(default)]
+    pub expires_at: Option<i64>,
+    /// The key's scope restrictions (`[]`: all permissions). Never on the wire's key object, as
+    /// on OpenAI; visible through `GET /_sim/projects/{project_id}/api_keys/{api_key_id}`.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+impl SimKey {
+    /// Whether the key has expired by `now` (an expiry at `now` has taken effect).
+    pub fn is_expired(&self, now: i64) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
 }
 
 /// Who owns a key: a project member or a project service account, by id.
@@ -274,53 +293,66 @@ impl SimOrg {
             if !projects.insert(p.id.as_str()) {
                 return invalid(format!("projects[{pi}].id: duplicate id {}", p.id));
             }
-            let mut members = HashSet::new();
-            for (mi, m) in p.members.iter().enumerate() {
-                if !users.contains(m.user_id.as_str()) {
-                    return invalid(format!(
-                        "projects[{pi}].members[{mi}].user_id: unknown user {}",
-                        m.user_id
-                    ));
-                }
-                if !members.insert(m.user_id.as_str()) {
-                    return invalid(format!(
-                        "projects[{pi}].members[{mi}].user_id: duplicate member {}",
-                        m.user_id
-                    ));
-                }
-            }
-            let mut sas = HashSet::new();
-            for (si, s) in p.service_accounts.iter().enumerate() {
-                if !sas.insert(s.id.as_str()) {
-                    return invalid(format!(
-                        "projects[{pi}].service_accounts[{si}].id: duplicate id {}",
-                        s.id
-                    ));
-                }
-            }
-            for (ki, k) in p.keys.iter().enumerate() {
-                if k.id.is_empty() {
-                    return invalid(format!("projects[{pi}].keys[{ki}].id: empty"));
-                }
-                if !keys.insert(k.id.as_str()) {
-                    return invalid(format!(
-                        "projects[{pi}].keys[{ki}].id: duplicate id {}",
-                        k.id
-                    ));
-                }
-                let known = match &k.owner {
-                    SimOwnerRef::User { id } => members.contains(id.as_str()),
-                    SimOwnerRef::ServiceAccount { id } => sas.contains(id.as_str()),
-                };
-                if !known {
-                    return invalid(format!(
-                        "projects[{pi}].keys[{ki}].owner: {} is not a member or service account of {}",
-                        k.owner.id(),
-                        p.id
-                    ));
-                }
-            }
+            validate_project(pi, p, &users, &mut keys)?;
         }
         Ok(())
     }
+}
+
+/// One project's members, service accounts and keys: ids unique (keys across the whole
+/// organisation, hence `keys`), every reference resolves.
+fn validate_project<'a>(
+    pi: usize,
+    p: &'a SimProject,
+    users: &HashSet<&str>,
+    keys: &mut HashSet<&'a str>,
+) -> Result<(), SimError> {
+    let invalid = |msg: String| Err(SimError::InvalidOrg(msg));
+    let mut members = HashSet::new();
+    for (mi, m) in p.members.iter().enumerate() {
+        if !users.contains(m.user_id.as_str()) {
+            return invalid(format!(
+                "projects[{pi}].members[{mi}].user_id: unknown user {}",
+                m.user_id
+            ));
+        }
+        if !members.insert(m.user_id.as_str()) {
+            return invalid(format!(
+                "projects[{pi}].members[{mi}].user_id: duplicate member {}",
+                m.user_id
+            ));
+        }
+    }
+    let mut sas = HashSet::new();
+    for (si, s) in p.service_accounts.iter().enumerate() {
+        if !sas.insert(s.id.as_str()) {
+            return invalid(format!(
+                "projects[{pi}].service_accounts[{si}].id: duplicate id {}",
+                s.id
+            ));
+        }
+    }
+    for (ki, k) in p.keys.iter().enumerate() {
+        if k.id.is_empty() {
+            return invalid(format!("projects[{pi}].keys[{ki}].id: empty"));
+        }
+        if !keys.insert(k.id.as_str()) {
+            return invalid(format!(
+                "projects[{pi}].keys[{ki}].id: duplicate id {}",
+                k.id
+            ));
+        }
+        let known = match &k.owner {
+            SimOwnerRef::User { id } => members.contains(id.as_str()),
+            SimOwnerRef::ServiceAccount { id } => sas.contains(id.as_str()),
+        };
+        if !known {
+            return invalid(format!(
+                "projects[{pi}].keys[{ki}].owner: {} is not a member or service account of {}",
+                k.owner.id(),
+                p.id
+            ));
+        }
+    }
+    Ok(())
 }

@@ -1,8 +1,11 @@
 //! The simulator's own rendering of OpenAI's wire objects, written from
-//! `openapi-admin.yaml` (spec commit f85dbe2) field by field.
+//! `openapi-admin.yaml` (spec commit f85dbe2, plus the November 2026 additions taken from
+//! openai-python 3.51.0: `ProjectApiKey.expires_at` and `ServiceAccountApiKeyBody`) field by
+//! field, in the spec's order.
 //!
 //! Required-and-nullable fields (`last_used_at`, `first_id`, `last_id`, `expires_at`, the
-//! error's `param` and `code`) are always present, as `null` when empty; optional fields that
+//! error's `param` and `code`) are always present, as `null` when empty; so is the optional but
+//! nullable `expires_at` of keys (null: never expires), as OpenAI sends it; optional fields that
 //! do not apply (`owner.user` of a service-account key) are left out. These structs borrow from
 //! the server state so that a page is serialised straight from it, without copies.
 //!
@@ -44,7 +47,21 @@ pub struct ProjectApiKey<'a> {
     pub last_used_at: Option<i64>,
     pub id: &'a str,
     pub owner_project_access: &'static str,
+    /// Unix seconds, or null when the key never expires (November 2026).
+    pub expires_at: Option<i64>,
     pub owner: KeyOwner<'a>,
+}
+
+/// `ServiceAccountApiKeyBody`: a minted service-account key with its plaintext `value`. No
+/// `Debug`: the value is a secret and must never reach a log.
+#[derive(Serialize)]
+pub struct ServiceAccountApiKey<'a> {
+    pub object: &'static str,
+    pub value: &'a str,
+    pub name: &'a str,
+    pub created_at: i64,
+    pub id: &'a str,
+    pub expires_at: Option<i64>,
 }
 
 /// `ProjectApiKey.owner`: `type` plus the one matching sub-object.
@@ -150,6 +167,7 @@ pub const OBJ_PROJECT: &str = "organization.project";
 pub const OBJ_KEY: &str = "organization.project.api_key";
 pub const OBJ_KEY_DELETED: &str = "organization.project.api_key.deleted";
 pub const OBJ_SA: &str = "organization.project.service_account";
+pub const OBJ_SA_KEY: &str = "organization.project.service_account.api_key";
 pub const OBJ_SA_DELETED: &str = "organization.project.service_account.deleted";
 pub const OBJ_PROJECT_USER: &str = "organization.project.user";
 pub const OBJ_ADMIN_KEY: &str = "organization.admin_api_key";

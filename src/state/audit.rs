@@ -279,7 +279,7 @@ pub enum AuditError {
     Broken { seq: i64, reason: String },
     /// The database could not be read (e.g. "database disk image is malformed"). For an audit
     /// log this is a failed verification too.
-    #[error("audit log unreadable: {0}")]
+    #[error("audit log unreadable")]
     Unreadable(#[from] StateError),
 }
 

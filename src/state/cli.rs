@@ -69,7 +69,9 @@ pub fn audit_verify(store: &Store, out: &mut dyn Write) -> Result<VerifyReport, 
         Err(AuditError::Broken { seq, reason }) => {
             format!("audit chain BROKEN at record {seq}: {reason}")
         }
-        Err(AuditError::Unreadable(e)) => format!("audit chain UNREADABLE: {e}"),
+        Err(AuditError::Unreadable(e)) => {
+            format!("audit chain UNREADABLE: {}", crate::error_chain(e))
+        }
     };
     writeln!(out, "{line}")
         .and_then(|()| out.flush())

@@ -38,16 +38,17 @@ use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Errors of the state database. Messages name the file or the row; they never contain a secret
-/// because nothing stored here is one.
+/// because nothing stored here is one. A message never repeats its source: print the chain
+/// (`{:#}`, or [`crate::error_chain`]) to see the cause.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("cannot create the state directory {path}: {source}")]
+    #[error("cannot create the state directory {path}")]
     CreateDir {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot create the state database {path}: {source}")]
+    #[error("cannot create the state database {path}")]
     CreateFile {
         path: PathBuf,
         #[source]
@@ -55,7 +56,7 @@ pub enum StateError {
     },
     #[error("the state database {path} does not exist")]
     Missing { path: PathBuf },
-    #[error("cannot open the state database {path}: {source}")]
+    #[error("cannot open the state database {path}")]
     Open {
         path: PathBuf,
         #[source]
@@ -71,30 +72,30 @@ pub enum StateError {
         found: i64,
         known: usize,
     },
-    #[error("state database migration to version {version} failed: {source}")]
+    #[error("state database migration to version {version} failed")]
     Migration {
         version: usize,
         #[source]
         source: rusqlite::Error,
     },
-    #[error("state database error: {0}")]
+    #[error("state database error")]
     Sqlite(#[from] rusqlite::Error),
     /// A stored JSON column did not decode: the row was written by something else or damaged.
-    #[error("corrupt {table} row {row}: {source}")]
+    #[error("corrupt {table} row {row}")]
     Corrupt {
         table: &'static str,
         row: String,
         #[source]
         source: serde_json::Error,
     },
-    #[error("cannot encode {what} as JSON: {source}")]
+    #[error("cannot encode {what} as JSON")]
     Encode {
         what: &'static str,
         #[source]
         source: serde_json::Error,
     },
     /// Writing a command's output failed (e.g. a closed pipe).
-    #[error("cannot write output: {0}")]
+    #[error("cannot write output")]
     Output(#[source] std::io::Error),
 }
 

@@ -101,6 +101,8 @@ fn sim_key(id: &str, created_at: i64) -> SimKey {
         owner: SimOwnerRef::User {
             id: "user_dana".into(),
         },
+        expires_at: None,
+        scopes: Vec::new(),
     }
 }
 

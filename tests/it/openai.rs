@@ -649,7 +649,12 @@ async fn retrieve_and_list_single_objects() {
 async fn delete_key_outcomes() {
     let org = SimOrg::generate(2, 40, 4, NOW);
     let (project, users, sa_key, sa) = pick(&org);
-    let sim = sim(org).await;
+    // The August 2026 refusal of a service-account key's DELETE, which the client must report.
+    let opts = SimOptions {
+        refuse_service_account_key_delete: true,
+        ..SimOptions::new(ADMIN_KEY)
+    };
+    let sim = start_sim_with(org, opts).await;
     let s = setup(&sim, limits(), |_| {});
     let c = &s.clients[0];
 

@@ -10,9 +10,9 @@ use keysweep::sim::{
     SimulateArgs,
 };
 use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::sim::{start_sim, start_sim_with};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const ADMIN: &str = "sk-admin-sim-test-5EcReT";
 const NOW: i64 = 1_767_225_600; // 2026-01-01T00:00:00Z
@@ -167,35 +167,28 @@ async fn pagination_counts_every_key_once_and_stats_count_every_page() {
     assert!(sim.stats().is_empty());
 }
 
-const LIST_FIELDS: [&str; 5] = ["object", "data", "first_id", "last_id", "has_more"];
-
-#[tokio::test]
-async fn objects_have_the_spec_fields_and_nullability() {
-    let org = SimOrg::generate(2, 120, 5, NOW);
-    let sim = start(org.clone()).await;
-    assert_projects_have_spec_fields(&sim).await;
-    let project = active_projects(&org)[0];
-    let page = assert_keys_have_spec_fields(&sim, project).await;
-    // Retrieve answers the same object as the list.
-    let first = &page["data"][0];
-    let (status, one) = get(
-        &sim,
-        &format!(
-            "/organization/projects/{project}/api_keys/{}",
-            first["id"].as_str().unwrap()
-        ),
-    )
-    .await;
-    assert_eq!(status, 200);
-    assert_eq!(&one, first);
-
-    assert_members_have_spec_fields(&sim, &org, project).await;
-    assert_admin_keys_have_spec_fields(&sim, &org).await;
+/// `ProjectApiKey`'s fields, as the simulator always sends them.
+fn spec_key_fields() -> BTreeSet<&'static str> {
+    names(&[
+        "object",
+        "redacted_value",
+        "name",
+        "created_at",
+        "last_used_at",
+        "id",
+        "owner_project_access",
+        // November 2026: every key says when it expires (null: never).
+        "expires_at",
+        "owner",
+    ])
 }
 
-async fn assert_projects_have_spec_fields(sim: &SimServer) {
-    let list_fields = names(&LIST_FIELDS);
-    let (_, projects) = get(sim, "/organization/projects?limit=100").await;
+#[tokio::test]
+async fn projects_have_the_spec_fields() {
+    let org = SimOrg::generate(2, 120, 5, NOW);
+    let sim = start(org.clone()).await;
+    let list_fields = names(&["object", "data", "first_id", "last_id", "has_more"]);
+    let (_, projects) = get(&sim, "/organization/projects?limit=100").await;
     assert_eq!(field_names(&projects), list_fields);
     assert_eq!(projects["object"], "list");
     for p in projects["data"].as_array().unwrap() {
@@ -218,26 +211,20 @@ async fn assert_projects_have_spec_fields(sim: &SimServer) {
     }
 }
 
-/// One page of `project`'s keys: every key has the spec's fields, and the page has user keys,
-/// service-account keys and never-used keys. Returns the page.
-async fn assert_keys_have_spec_fields(sim: &SimServer, project: &str) -> Value {
-    let list_fields = names(&LIST_FIELDS);
+#[tokio::test]
+async fn objects_have_the_spec_fields_and_nullability() {
+    let org = SimOrg::generate(2, 120, 5, NOW);
+    let sim = start(org.clone()).await;
+    let list_fields = names(&["object", "data", "first_id", "last_id", "has_more"]);
+
+    let project = active_projects(&org)[0];
     let (_, page) = get(
-        sim,
+        &sim,
         &keys_path(project, "limit=100&owner_project_access=any"),
     )
     .await;
     assert_eq!(field_names(&page), list_fields);
-    let key_fields = names(&[
-        "object",
-        "redacted_value",
-        "name",
-        "created_at",
-        "last_used_at",
-        "id",
-        "owner_project_access",
-        "owner",
-    ]);
+    let key_fields = spec_key_fields();
     let (mut users, mut sas, mut never) = (0, 0, 0);
     for k in page["data"].as_array().unwrap() {
         assert_eq!(field_names(k), key_fields, "{k}");
@@ -245,6 +232,7 @@ async fn assert_keys_have_spec_fields(sim: &SimServer, project: &str) -> Value {
         assert!(k["id"].as_str().unwrap().starts_with("key_"));
         assert!(k["created_at"].is_i64());
         assert!(k["last_used_at"].is_i64() || k["last_used_at"].is_null());
+        assert!(k["expires_at"].is_i64() || k["expires_at"].is_null());
         never += usize::from(k["last_used_at"].is_null());
         let access = k["owner_project_access"].as_str().unwrap();
         assert!(access == "active" || access == "inactive");
@@ -287,13 +275,28 @@ async fn assert_keys_have_spec_fields(sim: &SimServer, project: &str) -> Value {
     }
     assert!(users > 0 && sas > 0 && never > 0, "{users} {sas} {never}");
 
-    page
+    // Retrieve answers the same object as the list.
+    let first = &page["data"][0];
+    let (status, one) = get(
+        &sim,
+        &format!(
+            "/organization/projects/{project}/api_keys/{}",
+            first["id"].as_str().unwrap()
+        ),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(&one, first);
 }
 
-async fn assert_members_have_spec_fields(sim: &SimServer, org: &SimOrg, project: &str) {
-    let list_fields = names(&LIST_FIELDS);
+#[tokio::test]
+async fn service_accounts_and_users_have_the_spec_fields() {
+    let org = SimOrg::generate(2, 120, 5, NOW);
+    let sim = start(org.clone()).await;
+    let list_fields = names(&["object", "data", "first_id", "last_id", "has_more"]);
+    let project = active_projects(&org)[0];
     let (_, sas_page) = get(
-        sim,
+        &sim,
         &format!("/organization/projects/{project}/service_accounts?limit=2"),
     )
     .await;
@@ -307,7 +310,7 @@ async fn assert_members_have_spec_fields(sim: &SimServer, org: &SimOrg, project:
     }
 
     let (_, users_page) = get(
-        sim,
+        &sim,
         &format!("/organization/projects/{project}/users?limit=100"),
     )
     .await;
@@ -327,9 +330,12 @@ async fn assert_members_have_spec_fields(sim: &SimServer, org: &SimOrg, project:
     }
 }
 
-/// Admin keys: paged with limit/after/order, `expires_at` always present.
-async fn assert_admin_keys_have_spec_fields(sim: &SimServer, org: &SimOrg) {
-    let (_, admin) = get(sim, "/organization/admin_api_keys?limit=100").await;
+#[tokio::test]
+async fn admin_keys_have_the_spec_fields_and_page_both_ways() {
+    let org = SimOrg::generate(2, 120, 5, NOW);
+    let sim = start(org.clone()).await;
+    // Admin keys: paged with limit/after/order, `expires_at` always present.
+    let (_, admin) = get(&sim, "/organization/admin_api_keys?limit=100").await;
     let all = admin["data"].as_array().unwrap();
     assert_eq!(all.len(), org.admin_api_keys.len());
     assert!(
@@ -354,12 +360,12 @@ async fn assert_admin_keys_have_spec_fields(sim: &SimServer, org: &SimOrg) {
         assert!(k["expires_at"].is_null() || k["expires_at"].is_i64());
     }
     assert!(all.iter().any(|k| k["expires_at"].is_i64()));
-    let (_, desc1) = get(sim, "/organization/admin_api_keys?limit=1&order=desc").await;
+    let (_, desc1) = get(&sim, "/organization/admin_api_keys?limit=1&order=desc").await;
     assert_eq!(desc1["has_more"], true);
     assert_eq!(desc1["data"][0]["id"], all.last().unwrap()["id"]);
     let after = desc1["last_id"].as_str().unwrap();
     let (_, desc2) = get(
-        sim,
+        &sim,
         &format!("/organization/admin_api_keys?limit=1&order=desc&after={after}"),
     )
     .await;
@@ -555,7 +561,13 @@ async fn archived_projects_are_hidden_unless_asked_for() {
 #[tokio::test]
 async fn delete_removes_user_keys_refuses_service_account_keys_and_sa_delete_cascades() {
     let org = SimOrg::generate(1, 60, 11, NOW);
-    let sim = start(org.clone()).await;
+    // The August 2026 API, where a service-account key could not be deleted on its own
+    // (the November 2026 default deletes it: tests/it/sim_nov2026.rs).
+    let opts = SimOptions {
+        refuse_service_account_key_delete: true,
+        ..SimOptions::new(ADMIN)
+    };
+    let sim = start_sim_with(org.clone(), opts).await;
     let project = org.projects.iter().find(|p| !p.is_archived()).unwrap();
     let p = project.id.as_str();
     let user_key = project
@@ -660,6 +672,8 @@ async fn hooks_change_what_the_api_answers() {
         created_at: NOW - 100,
         last_used_at: None,
         owner: SimOwnerRef::User { id: owner },
+        expires_at: None,
+        scopes: Vec::new(),
     };
     sim.add_key(project, added.clone()).unwrap();
     assert!(sim.add_key(project, added).is_err(), "duplicate id");
@@ -1079,7 +1093,11 @@ async fn simulate_command_serves_dumps_and_reloads_an_org() {
 
     let dir = tempfile::tempdir().unwrap();
     let dump = dir.path().join("org.json");
-    let port = crate::support::net::free_port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let listen = format!("127.0.0.1:{port}");
     let cli = Cli::try_parse_from([
         "simulate",

@@ -555,6 +555,8 @@ fn add_service_account(
             created_at: NOW - age * DAY,
             last_used_at: Some(NOW - DAY),
             owner: SimOwnerRef::ServiceAccount { id: sa_id.clone() },
+            expires_at: None,
+            scopes: Vec::new(),
         });
         keys.push(id);
     }

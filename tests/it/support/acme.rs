@@ -114,6 +114,8 @@ impl Ages {
             redacted_value: k.3.into(),
             created_at: self.day(created),
             last_used_at: used.map(|d| self.day(d)),
+            expires_at: None,
+            scopes: Vec::new(),
             owner,
         }
     }
