@@ -48,8 +48,8 @@ fn assert_email_digests(msgs: &[OutboxMessage]) {
 
 #[test]
 fn routing_sends_one_digest_per_channel_and_recipient() {
-    let cfg = config(&offline_endpoints());
-    let msgs = compose(&warnings(), &[], &(&cfg).into(), RUN, NOW);
+    let cfg = NotifySettings::from(&config(&offline_endpoints()));
+    let msgs = compose(&warnings(), &[], &cfg, RUN, NOW);
 
     assert_email_digests(&msgs);
 
@@ -101,12 +101,12 @@ fn routing_sends_one_digest_per_channel_and_recipient() {
     assert!(by(&msgs, "ops-hook").is_empty());
     let ids: BTreeSet<&str> = msgs.iter().map(|m| m.message_id.as_str()).collect();
     assert_eq!(ids.len(), msgs.len());
-    assert_eq!(compose(&warnings(), &[], &(&cfg).into(), RUN, NOW), msgs);
+    assert_eq!(compose(&warnings(), &[], &cfg, RUN, NOW), msgs);
 }
 
 #[test]
 fn each_notice_kind_gets_its_own_message_and_dry_run_says_so() {
-    let cfg = config(&offline_endpoints());
+    let cfg = NotifySettings::from(&config(&offline_endpoints()));
     let mut final_alice = alice_key();
     final_alice.stage = Stage::FinalNotice;
     let mut revoked_bob = bob_key();
@@ -124,7 +124,7 @@ fn each_notice_kind_gets_its_own_message_and_dry_run_says_so() {
         },
         notice(NoticeKind::Resolved, resolved_bot),
     ];
-    let msgs = compose(&notices, &[], &(&cfg).into(), RUN, NOW);
+    let msgs = compose(&notices, &[], &cfg, RUN, NOW);
     let team: Vec<&OutboxMessage> = msgs
         .iter()
         .filter(|m| m.recipient == "security@example.com")
@@ -186,7 +186,7 @@ fn each_notice_kind_gets_its_own_message_and_dry_run_says_so() {
 
 #[test]
 fn enforcer_alerts_go_to_ops_channels_only() {
-    let cfg = config(&offline_endpoints());
+    let cfg = NotifySettings::from(&config(&offline_endpoints()));
     let alerts = vec![
         EnforcerAlert::IncompleteListing {
             organization: "acme".into(),
@@ -198,7 +198,7 @@ fn enforcer_alerts_go_to_ops_channels_only() {
             withheld: 2,
         },
     ];
-    let msgs = compose(&[], &alerts, &(&cfg).into(), RUN, NOW);
+    let msgs = compose(&[], &alerts, &cfg, RUN, NOW);
     assert_eq!(msgs.len(), 1);
     assert_eq!(msgs[0].channel, "ops-hook");
     assert_eq!(msgs[0].kind, MessageKind::Alert);
@@ -214,7 +214,7 @@ fn enforcer_alerts_go_to_ops_channels_only() {
 
 #[test]
 fn slack_split_keeps_every_key_and_stays_within_limits() {
-    let cfg = config(&offline_endpoints());
+    let cfg = NotifySettings::from(&config(&offline_endpoints()));
     let mut notices = Vec::new();
     for p in 0..7 {
         for k in 0..60 {
@@ -234,7 +234,7 @@ fn slack_split_keeps_every_key_and_stays_within_limits() {
             notices.push(notice(NoticeKind::Warning, f));
         }
     }
-    let msgs = compose(&notices, &[], &(&cfg).into(), RUN, NOW);
+    let msgs = compose(&notices, &[], &cfg, RUN, NOW);
     let slack = by(&msgs, "slack");
     assert!(slack.len() > 1, "420 long lines must be split");
     let mut seen = Vec::new();
@@ -325,10 +325,10 @@ fn assert_each_key_once(channel: &str, recipient: &str, parts: &[&OutboxMessage]
 
 #[test]
 fn large_digests_go_out_in_parts_that_keep_every_key_once() {
-    let cfg = config(&offline_endpoints());
+    let cfg = NotifySettings::from(&config(&offline_endpoints()));
     let n = 2 * MAX_NOTICES_PER_DIGEST + 7;
     let notices = many_warnings(n);
-    let msgs = compose(&notices, &[], &(&cfg).into(), RUN, NOW);
+    let msgs = compose(&notices, &[], &cfg, RUN, NOW);
     let mut groups: std::collections::BTreeMap<(String, String), Vec<&OutboxMessage>> =
         Default::default();
     for m in msgs
@@ -379,14 +379,14 @@ fn large_digests_go_out_in_parts_that_keep_every_key_once() {
 
 #[test]
 fn rendered_payloads_never_carry_secrets() {
-    let cfg = config(&offline_endpoints());
+    let cfg = NotifySettings::from(&config(&offline_endpoints()));
     let alerts = vec![EnforcerAlert::AdminKeyExpiring {
         organization: "acme".into(),
         key_id: "key_admin".into(),
         redacted_value: "sk-admin-***zz".into(),
         expires_at: NOW + 5 * DAY,
     }];
-    for m in compose(&warnings(), &alerts, &(&cfg).into(), RUN, NOW) {
+    for m in compose(&warnings(), &alerts, &cfg, RUN, NOW) {
         let s: String = m.payload.to_string();
         assert_no_secret("payload", &s);
         assert!(!s.contains("/services/"));

@@ -9,11 +9,11 @@ async fn email_over_starttls_with_auth_lists_every_key_and_no_secret() {
     let pki = TestPki::new();
     let smtp = smtp_server::start(&pki, 0, SMTP_USER, SMTP_PASSWORD);
     let rx = Receiver::start().await;
-    let cfg = config(&Endpoints {
+    let cfg = NotifySettings::from(&config(&Endpoints {
         smtp_port: smtp.port,
         ca_file: Some(pki.ca_pem.clone()),
         http: rx.url(""),
-    });
+    }));
     let (_dir, db, msgs, report) = deliver_warnings(&cfg).await;
     assert_eq!(report.failed, 0, "{report:?}");
     assert_eq!(report.dead, 0);
@@ -74,7 +74,7 @@ async fn smtp_down_then_back_delivers_once_with_the_same_message_id() {
     let pki = TestPki::new();
     let port = free_port();
     let rx = Receiver::start().await;
-    let cfg = config_with(
+    let cfg = NotifySettings::from(&config_with(
         &Endpoints {
             smtp_port: port,
             ca_file: Some(pki.ca_pem.clone()),
@@ -84,10 +84,10 @@ async fn smtp_down_then_back_delivers_once_with_the_same_message_id() {
             max_attempts: 10,
             ..Tweaks::default()
         },
-    );
+    ));
     let (_dir, db) = open_db();
     let notifier = Notifier::new().unwrap();
-    let only_team: Vec<OutboxMessage> = compose(&warnings(), &[], &(&cfg).into(), RUN, NOW)
+    let only_team: Vec<OutboxMessage> = compose(&warnings(), &[], &cfg, RUN, NOW)
         .into_iter()
         .filter(|m| m.recipient == "security@example.com")
         .collect();
@@ -95,10 +95,7 @@ async fn smtp_down_then_back_delivers_once_with_the_same_message_id() {
     with_db(&db, |c| outbox::enqueue(c, &only_team, NOW)).unwrap();
 
     // Nothing listens: the attempt fails and is scheduled for later.
-    let r1 = notifier
-        .deliver_due(&db, &(&cfg).into(), NOW)
-        .await
-        .unwrap();
+    let r1 = notifier.deliver_due(&db, &cfg, NOW).await.unwrap();
     assert_eq!((r1.sent, r1.failed, r1.dead), (0, 1, 0));
     let row = with_db(&db, |c| outbox::get(c, &only_team[0].message_id))
         .unwrap()
@@ -108,7 +105,7 @@ async fn smtp_down_then_back_delivers_once_with_the_same_message_id() {
     assert_no_secret("smtp error", row.last_error.as_deref().unwrap());
 
     // The same sweep composed again (e.g. after a restart) does not add a second message.
-    let again: Vec<OutboxMessage> = compose(&warnings(), &[], &(&cfg).into(), RUN, NOW)
+    let again: Vec<OutboxMessage> = compose(&warnings(), &[], &cfg, RUN, NOW)
         .into_iter()
         .filter(|m| m.recipient == "security@example.com")
         .collect();
@@ -129,17 +126,14 @@ async fn smtp_down_then_back_delivers_once_with_the_same_message_id() {
     // The server comes back; before the backoff expires nothing is sent.
     let smtp = smtp_server::start(&pki, port, SMTP_USER, SMTP_PASSWORD);
     let early = notifier
-        .deliver_due(&db, &(&cfg).into(), row.next_attempt_at - 1)
+        .deliver_due(&db, &cfg, row.next_attempt_at - 1)
         .await
         .unwrap();
     assert_eq!(early.sent, 0);
     assert!(smtp.messages().is_empty());
 
     let later = row.next_attempt_at;
-    let r2 = notifier
-        .deliver_due(&db, &(&cfg).into(), later)
-        .await
-        .unwrap();
+    let r2 = notifier.deliver_due(&db, &cfg, later).await.unwrap();
     assert!(r2.sent >= 1, "{r2:?}");
     let team: Vec<_> = smtp
         .messages()
@@ -156,10 +150,7 @@ async fn smtp_down_then_back_delivers_once_with_the_same_message_id() {
     );
 
     // A further run sends nothing more.
-    let r3 = notifier
-        .deliver_due(&db, &(&cfg).into(), later + 7200)
-        .await
-        .unwrap();
+    let r3 = notifier.deliver_due(&db, &cfg, later + 7200).await.unwrap();
     assert_eq!(r3.sent, 0);
     assert_eq!(
         smtp.messages()
@@ -226,13 +217,13 @@ async fn email_refuses_an_untrusted_relay_and_reports_bad_credentials() {
 async fn http_channels_receive_complete_payloads_and_valid_signatures() {
     let rx = Receiver::start().await;
     // E-mail is covered elsewhere; keep this test to the HTTP channels.
-    let cfg = config_with(
+    let cfg = NotifySettings::from(&config_with(
         &http_only(&rx),
         &Tweaks {
             max_age_notify: &["slack", "pd", "hook"],
             ..Tweaks::default()
         },
-    );
+    ));
     let (_dir, db, msgs, report) = deliver_warnings(&cfg).await;
     assert_eq!(report.sent as usize, msgs.len(), "{report:?}");
 
@@ -305,7 +296,7 @@ async fn receivers_down_then_back_get_the_same_ids() {
     let rx = Receiver::start().await;
     // Slack refuses connections (nothing listens), the webhook answers 500, PagerDuty 429.
     let dead_port = free_port();
-    let cfg = config_with(
+    let cfg = NotifySettings::from(&config_with(
         &http_only(&rx),
         &Tweaks {
             max_attempts: 10,
@@ -313,20 +304,17 @@ async fn receivers_down_then_back_get_the_same_ids() {
             routing: false,
             slack_url: Some(format!("http://127.0.0.1:{dead_port}{SLACK_PATH}")),
         },
-    );
+    ));
     rx.set_status("/hook", 500);
     rx.set_status("/pd", 429);
 
     let (_dir, db) = open_db();
     let notices = vec![notice(NoticeKind::Warning, alice_key())];
-    let msgs = compose(&notices, &[], &(&cfg).into(), RUN, NOW);
+    let msgs = compose(&notices, &[], &cfg, RUN, NOW);
     assert_eq!(msgs.len(), 3);
     with_db(&db, |c| outbox::enqueue(c, &msgs, NOW)).unwrap();
     let notifier = Notifier::new().unwrap();
-    let r1 = notifier
-        .deliver_due(&db, &(&cfg).into(), NOW)
-        .await
-        .unwrap();
+    let r1 = notifier.deliver_due(&db, &cfg, NOW).await.unwrap();
     assert_eq!((r1.sent, r1.failed), (0, 3), "{r1:?}");
     for row in with_db(&db, outbox::all).unwrap() {
         let e = row.last_error.unwrap();
@@ -344,10 +332,7 @@ async fn receivers_down_then_back_get_the_same_ids() {
         .map(|m| m.next_attempt_at)
         .max()
         .unwrap();
-    let r2 = notifier
-        .deliver_due(&db, &(&cfg).into(), next)
-        .await
-        .unwrap();
+    let r2 = notifier.deliver_due(&db, &cfg, next).await.unwrap();
     assert_eq!((r2.sent, r2.failed, r2.dead), (3, 0, 0), "{r2:?}");
 
     let hooks = rx.requests("/hook");
@@ -367,7 +352,7 @@ async fn receivers_down_then_back_get_the_same_ids() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letter_after_max_attempts_raises_one_alert_without_looping() {
     let rx = Receiver::start().await;
-    let cfg = config_with(
+    let cfg = NotifySettings::from(&config_with(
         &http_only(&rx),
         &Tweaks {
             max_attempts: 3,
@@ -375,14 +360,14 @@ async fn dead_letter_after_max_attempts_raises_one_alert_without_looping() {
             routing: false,
             slack_url: None,
         },
-    );
+    ));
     rx.set_status("/hook", 503);
 
     let (_dir, db) = open_db();
     let msgs = compose(
         &[notice(NoticeKind::Warning, alice_key())],
         &[],
-        &(&cfg).into(),
+        &cfg,
         RUN,
         NOW,
     );
@@ -393,10 +378,7 @@ async fn dead_letter_after_max_attempts_raises_one_alert_without_looping() {
     let mut now = NOW;
     let mut reports = Vec::new();
     for _ in 0..3 {
-        let r = notifier
-            .deliver_due(&db, &(&cfg).into(), now)
-            .await
-            .unwrap();
+        let r = notifier.deliver_due(&db, &cfg, now).await.unwrap();
         reports.push(r);
         now += 3601;
     }
@@ -435,7 +417,7 @@ async fn dead_letter_after_max_attempts_raises_one_alert_without_looping() {
     let more = compose(
         &[notice(NoticeKind::Warning, bob_key())],
         &[],
-        &(&cfg).into(),
+        &cfg,
         "run-2",
         now,
     );
@@ -443,10 +425,7 @@ async fn dead_letter_after_max_attempts_raises_one_alert_without_looping() {
     let mut raised = 0;
     let mut dead = 0;
     for _ in 0..8 {
-        let r = notifier
-            .deliver_due(&db, &(&cfg).into(), now)
-            .await
-            .unwrap();
+        let r = notifier.deliver_due(&db, &cfg, now).await.unwrap();
         raised += r.alerts.len();
         dead += r.dead;
         now += 3601;
@@ -460,7 +439,7 @@ async fn dead_letter_after_max_attempts_raises_one_alert_without_looping() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notify_test_reports_success_and_scrubbed_failure() {
     let rx = Receiver::start().await;
-    let cfg = config(&http_only(&rx));
+    let cfg = NotifySettings::from(&config(&http_only(&rx)));
     let notifier = Notifier::new().unwrap();
     notifier
         .send_test(cfg.channel("hook").unwrap(), NOW)

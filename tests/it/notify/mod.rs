@@ -19,7 +19,7 @@ use keysweep::notify::alert::EnforcerAlert;
 use keysweep::notify::outbox;
 use keysweep::notify::render::{SLACK_MAX_BLOCKS, SLACK_MAX_TEXT};
 use keysweep::notify::route::MAX_NOTICES_PER_DIGEST;
-use keysweep::notify::{MessageKind, Notifier, OutboxMessage, compose};
+use keysweep::notify::{MessageKind, Notifier, NotifySettings, OutboxMessage, compose};
 use keysweep::policy::finding::{Finding, FindingId, Notice, NoticeKind, Stage};
 use rusqlite::Connection;
 use serde_json::Value;
@@ -437,9 +437,11 @@ fn by(msgs: &[OutboxMessage], channel: &str) -> Vec<OutboxMessage> {
         .collect()
 }
 
-/// Composes the standard warnings, queues them in a fresh outbox and delivers them once.
+/// Composes the standard warnings, queues them in a fresh outbox and delivers them once. Like
+/// every test here, it hands notify its own settings (`NotifySettings::from(&config)`), never
+/// the whole configuration.
 async fn deliver_warnings(
-    cfg: &Config,
+    cfg: &NotifySettings,
 ) -> (
     tempfile::TempDir,
     Mutex<Connection>,
@@ -447,11 +449,11 @@ async fn deliver_warnings(
     keysweep::notify::DeliveryReport,
 ) {
     let (dir, db) = open_db();
-    let msgs = compose(&warnings(), &[], &cfg.into(), RUN, NOW);
+    let msgs = compose(&warnings(), &[], cfg, RUN, NOW);
     with_db(&db, |c| outbox::enqueue(c, &msgs, NOW)).unwrap();
     let report = Notifier::new()
         .unwrap()
-        .deliver_due(&db, &cfg.into(), NOW)
+        .deliver_due(&db, cfg, NOW)
         .await
         .unwrap();
     (dir, db, msgs, report)
