@@ -8,7 +8,9 @@
 //! - `/metrics` renders [`Metrics`] in the OpenMetrics text format.
 //!
 //! This module never mutates state and never shows a secret: readiness reasons carry
-//! organisation names and the sweep's own (secret-free) failure summary, nothing more.
+//! organisation names and the sweep's own (secret-free) failure summary, nothing more. Of the
+//! configuration it sees only each organisation's effective schedule ([`OrgSchedule`], through
+//! [`Schedules`]), never the configuration itself or the admin keys in it.
 //!
 //! # Staleness and "no sweep yet"
 //!
