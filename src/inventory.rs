@@ -202,6 +202,9 @@ impl KeyCount for Vec<Key> {
 pub struct KeyTally {
     pub keys: usize,
     pub by_owner_age: BTreeMap<(OwnerType, AgeBand), u64>,
+    /// Keys by owner type and expiry state, and those expiring within [`EXPIRING_SOON`].
+    pub by_owner_expiry: BTreeMap<(OwnerType, ExpiryState), u64>,
+    pub expiring_soon: BTreeMap<OwnerType, u64>,
     /// Service-account id → ids of its keys in the project.
     pub service_accounts: BTreeMap<String, BTreeSet<String>>,
 }
@@ -214,6 +217,14 @@ impl KeyTally {
                 .by_owner_age
                 .entry((k.owner.kind, AgeBand::of(k.created_at, now)))
                 .or_default() += 1;
+            let expiry = ExpiryState::of(k.expires_at, now);
+            *self
+                .by_owner_expiry
+                .entry((k.owner.kind, expiry))
+                .or_default() += 1;
+            if ExpiryState::expires_soon(k.expires_at, now) {
+                *self.expiring_soon.entry(k.owner.kind).or_default() += 1;
+            }
             if k.owner.kind == OwnerType::ServiceAccount
                 && let Some(sa) = &k.owner.id
             {
@@ -366,6 +377,56 @@ impl AgeBand {
             180..365 => AgeBand::From180To365d,
             _ => AgeBand::Over365d,
         }
+    }
+}
+
+/// How far ahead `keysweep_keys_expiring_within_7d` looks: 7 days.
+pub const EXPIRING_SOON: i64 = 7 * 86_400;
+
+/// Where a key stands with its expiry at a moment: the `expiry` label of
+/// `keysweep_keys_by_expiry` and the `expiry_state` of `scan`'s JSON and CSV.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum ExpiryState {
+    /// `expires_at: null`: OpenAI never ends the key.
+    None,
+    /// An expiry still ahead.
+    Set,
+    /// An expiry at or before the moment (the key may stay listed).
+    Expired,
+    /// The API's answer did not carry the field (an older version).
+    Unknown,
+}
+
+impl ExpiryState {
+    pub const ALL: [ExpiryState; 4] = [
+        ExpiryState::None,
+        ExpiryState::Set,
+        ExpiryState::Expired,
+        ExpiryState::Unknown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExpiryState::None => "none",
+            ExpiryState::Set => "set",
+            ExpiryState::Expired => "expired",
+            ExpiryState::Unknown => "unknown",
+        }
+    }
+
+    pub fn of(e: Expiry, now: i64) -> ExpiryState {
+        match e {
+            Expiry::Unknown => ExpiryState::Unknown,
+            Expiry::Never => ExpiryState::None,
+            Expiry::At(_) if e.is_expired(now) => ExpiryState::Expired,
+            Expiry::At(_) => ExpiryState::Set,
+        }
+    }
+
+    /// Whether `e` falls after `now` and within [`EXPIRING_SOON`] of it.
+    pub fn expires_soon(e: Expiry, now: i64) -> bool {
+        e.at()
+            .is_some_and(|at| at > now && at <= now.saturating_add(EXPIRING_SOON))
     }
 }
 
