@@ -63,6 +63,7 @@ fn finding(project: &str, key_id: &str, policy: &str, stage: Stage, deadline: i6
         owner_email: Some("alice@example.com".into()),
         created_at: T0 - 100 * DAY,
         last_used_at: None,
+        expires_at: keysweep::inventory::Expiry::Unknown,
         action: Action::Revoke,
         reason: "older than 90d".into(),
         stage,
