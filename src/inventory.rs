@@ -203,7 +203,7 @@ pub struct KeyTally {
     pub keys: usize,
     pub by_owner_age: BTreeMap<(OwnerType, AgeBand), u64>,
     /// Keys by owner type and expiry state, and those expiring within [`EXPIRING_SOON`].
-    pub by_owner_expiry: BTreeMap<(OwnerType, ExpiryState), u64>,
+    pub by_owner_expiry: BTreeMap<(OwnerType, ExpiryStatus), u64>,
     pub expiring_soon: BTreeMap<OwnerType, u64>,
     /// Service-account id → ids of its keys in the project.
     pub service_accounts: BTreeMap<String, BTreeSet<String>>,
@@ -217,12 +217,12 @@ impl KeyTally {
                 .by_owner_age
                 .entry((k.owner.kind, AgeBand::of(k.created_at, now)))
                 .or_default() += 1;
-            let expiry = ExpiryState::of(k.expires_at, now);
+            let expiry = ExpiryStatus::of(k.expires_at, now);
             *self
                 .by_owner_expiry
                 .entry((k.owner.kind, expiry))
                 .or_default() += 1;
-            if ExpiryState::expires_soon(k.expires_at, now) {
+            if ExpiryStatus::expires_soon(k.expires_at, now) {
                 *self.expiring_soon.entry(k.owner.kind).or_default() += 1;
             }
             if k.owner.kind == OwnerType::ServiceAccount
@@ -386,7 +386,7 @@ pub const EXPIRING_SOON: i64 = 7 * 86_400;
 /// Where a key stands with its expiry at a moment: the `expiry` label of
 /// `keysweep_keys_by_expiry` and the `expiry_state` of `scan`'s JSON and CSV.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub enum ExpiryState {
+pub enum ExpiryStatus {
     /// `expires_at: null`: OpenAI never ends the key.
     None,
     /// An expiry still ahead.
@@ -397,29 +397,29 @@ pub enum ExpiryState {
     Unknown,
 }
 
-impl ExpiryState {
-    pub const ALL: [ExpiryState; 4] = [
-        ExpiryState::None,
-        ExpiryState::Set,
-        ExpiryState::Expired,
-        ExpiryState::Unknown,
+impl ExpiryStatus {
+    pub const ALL: [ExpiryStatus; 4] = [
+        ExpiryStatus::None,
+        ExpiryStatus::Set,
+        ExpiryStatus::Expired,
+        ExpiryStatus::Unknown,
     ];
 
     pub fn as_str(self) -> &'static str {
         match self {
-            ExpiryState::None => "none",
-            ExpiryState::Set => "set",
-            ExpiryState::Expired => "expired",
-            ExpiryState::Unknown => "unknown",
+            ExpiryStatus::None => "none",
+            ExpiryStatus::Set => "set",
+            ExpiryStatus::Expired => "expired",
+            ExpiryStatus::Unknown => "unknown",
         }
     }
 
-    pub fn of(e: Expiry, now: i64) -> ExpiryState {
+    pub fn of(e: Expiry, now: i64) -> ExpiryStatus {
         match e {
-            Expiry::Unknown => ExpiryState::Unknown,
-            Expiry::Never => ExpiryState::None,
-            Expiry::At(_) if e.is_expired(now) => ExpiryState::Expired,
-            Expiry::At(_) => ExpiryState::Set,
+            Expiry::Unknown => ExpiryStatus::Unknown,
+            Expiry::Never => ExpiryStatus::None,
+            Expiry::At(_) if e.is_expired(now) => ExpiryStatus::Expired,
+            Expiry::At(_) => ExpiryStatus::Set,
         }
     }
 

@@ -21,7 +21,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
 pub use crate::inventory::AgeBand;
-use crate::inventory::{ExpiryState, KeyTally, OwnerType, ProjectInventory};
+use crate::inventory::{ExpiryStatus, KeyTally, OwnerType, ProjectInventory};
 use crate::policy::finding::Stage;
 
 /// Outcome label of `keysweep_notifications_total`.
@@ -408,7 +408,7 @@ impl Metrics {
             let owners: HashSet<OwnerType> =
                 p.keys.by_owner_expiry.keys().map(|&(o, _)| o).collect();
             for owner in owners {
-                for state in ExpiryState::ALL {
+                for state in ExpiryStatus::ALL {
                     let n = p
                         .keys
                         .by_owner_expiry

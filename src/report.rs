@@ -18,7 +18,7 @@ use std::io::{self, Write};
 use serde::Serialize;
 
 use crate::config::Action;
-use crate::inventory::{Expiry, ExpiryState, Inventory, Key, OwnerAccess};
+use crate::inventory::{Expiry, ExpiryStatus, Inventory, Key, OwnerAccess};
 use crate::policy::Plan;
 use crate::sweep::SweepReport;
 
@@ -467,7 +467,7 @@ fn render_json(
                 age_days: days_since(k.created_at, now),
                 idle_days: k.last_used_at.map(|t| days_since(t, now)),
                 expires_at: k.expires_at,
-                expiry_state: ExpiryState::of(k.expires_at, now).as_str(),
+                expiry_state: ExpiryStatus::of(k.expires_at, now).as_str(),
             })
             .collect(),
         findings,
@@ -532,7 +532,7 @@ fn render_csv(inv: &Inventory, now: i64, out: &mut dyn Write) -> io::Result<()> 
             &last_used,
             &idle,
             &expires,
-            ExpiryState::of(k.expires_at, now).as_str(),
+            ExpiryStatus::of(k.expires_at, now).as_str(),
         ])?;
     }
     w.flush()

@@ -47,7 +47,7 @@
 use serde_json::{Value, json};
 
 use crate::config::Action;
-use crate::inventory::ExpiryState;
+use crate::inventory::ExpiryStatus;
 use crate::notify::alert::EnforcerAlert;
 use crate::notify::digest::{
     Body, Digest, ProjectGroup, alert_text, deadline_text, expiry_text, rfc3339, status_text,
@@ -402,7 +402,7 @@ pub fn notice_json(n: &Notice, now: i64) -> Value {
         let at = f.expires_at.at();
         m.insert("expires_at".into(), json!(at.map(rfc3339)));
         m.insert("expires_at_unix".into(), json!(at));
-        let state = ExpiryState::of(f.expires_at, now).as_str();
+        let state = ExpiryStatus::of(f.expires_at, now).as_str();
         m.insert("expiry_state".into(), json!(state));
     }
     v

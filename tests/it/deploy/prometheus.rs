@@ -153,7 +153,7 @@ fn rules_and_dashboard_query_only_metrics_the_daemon_exports() {
     }
     // Expiry states queried exist as the states the metrics export.
     let expiry_re = regex::Regex::new(r#"\bexpiry\s*(?:=~|=|!~|!=)\s*"([^"]+)""#).unwrap();
-    let states: Vec<&str> = keysweep::inventory::ExpiryState::ALL
+    let states: Vec<&str> = keysweep::inventory::ExpiryStatus::ALL
         .iter()
         .map(|s| s.as_str())
         .collect();
