@@ -88,6 +88,75 @@ pub struct Key {
     pub last_used_at: Option<i64>,
     pub owner: Owner,
     pub owner_access: OwnerAccess,
+    /// When OpenAI ends the key. Serialized as the API gives it (Unix seconds, or `null` for
+    /// never) and left out when unknown, so JSON keeps the three cases apart.
+    #[serde(skip_serializing_if = "Expiry::is_unknown")]
+    pub expires_at: Expiry,
+}
+
+/// A key's `expires_at`, keeping apart the API's three answers. Absent (older responses) is
+/// [`Expiry::Unknown`]: never a reason to write, since the key may well have an expiry we cannot
+/// see. `null` is [`Expiry::Never`]; a number is [`Expiry::At`] that Unix second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Expiry {
+    #[default]
+    Unknown,
+    Never,
+    At(i64),
+}
+
+impl Expiry {
+    /// From a field that may be absent (outer `None`) or `null` (`Some(None)`).
+    pub fn from_wire(field: Option<Option<i64>>) -> Expiry {
+        match field {
+            None => Expiry::Unknown,
+            Some(None) => Expiry::Never,
+            Some(Some(at)) => Expiry::At(at),
+        }
+    }
+
+    /// The Unix second the key ends, when known to end.
+    pub fn at(self) -> Option<i64> {
+        match self {
+            Expiry::At(at) => Some(at),
+            Expiry::Never | Expiry::Unknown => None,
+        }
+    }
+
+    pub fn is_unknown(&self) -> bool {
+        matches!(self, Expiry::Unknown)
+    }
+
+    /// Whether the key has ended at `now` (an expiry at `now` itself counts, as in the API).
+    pub fn is_expired(self, now: i64) -> bool {
+        self.at().is_some_and(|at| at <= now)
+    }
+
+    /// Whether the key ends at or before `deadline` (within [`EXPIRY_TOLERANCE`], since the
+    /// server times an update itself): then nothing needs writing to meet that deadline.
+    pub fn ends_by(self, deadline: i64) -> bool {
+        self.at()
+            .is_some_and(|at| at <= deadline.saturating_add(EXPIRY_TOLERANCE))
+    }
+}
+
+/// How far apart two expiries may be and still count as the same (seconds). The server computes
+/// `expires_at` from `expires_in_seconds` against its own clock at its own moment, so the expiry
+/// read back differs from the one aimed at by the request's latency and the clocks' skew.
+pub const EXPIRY_TOLERANCE: i64 = 120;
+
+/// Whether an expiry read back matches `target` within [`EXPIRY_TOLERANCE`].
+pub fn expiry_matches(found: Expiry, target: i64) -> bool {
+    found
+        .at()
+        .is_some_and(|at| at.abs_diff(target) <= EXPIRY_TOLERANCE.unsigned_abs())
+}
+
+impl Serialize for Expiry {
+    /// Unix seconds, or `null` (never, and unknown when a caller does not skip it).
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.at().serialize(s)
+    }
 }
 
 /// Whether a project's listing can be trusted as the whole truth. Only a complete listing may
@@ -133,6 +202,9 @@ impl KeyCount for Vec<Key> {
 pub struct KeyTally {
     pub keys: usize,
     pub by_owner_age: BTreeMap<(OwnerType, AgeBand), u64>,
+    /// Keys by owner type and expiry state, and those expiring within [`EXPIRING_SOON`].
+    pub by_owner_expiry: BTreeMap<(OwnerType, ExpiryStatus), u64>,
+    pub expiring_soon: BTreeMap<OwnerType, u64>,
     /// Service-account id → ids of its keys in the project.
     pub service_accounts: BTreeMap<String, BTreeSet<String>>,
 }
@@ -145,6 +217,14 @@ impl KeyTally {
                 .by_owner_age
                 .entry((k.owner.kind, AgeBand::of(k.created_at, now)))
                 .or_default() += 1;
+            let expiry = ExpiryStatus::of(k.expires_at, now);
+            *self
+                .by_owner_expiry
+                .entry((k.owner.kind, expiry))
+                .or_default() += 1;
+            if ExpiryStatus::expires_soon(k.expires_at, now) {
+                *self.expiring_soon.entry(k.owner.kind).or_default() += 1;
+            }
             if k.owner.kind == OwnerType::ServiceAccount
                 && let Some(sa) = &k.owner.id
             {
@@ -300,6 +380,56 @@ impl AgeBand {
     }
 }
 
+/// How far ahead `keysweep_keys_expiring_within_7d` looks: 7 days.
+pub const EXPIRING_SOON: i64 = 7 * 86_400;
+
+/// Where a key stands with its expiry at a moment: the `expiry` label of
+/// `keysweep_keys_by_expiry` and the `expiry_state` of `scan`'s JSON and CSV.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum ExpiryStatus {
+    /// `expires_at: null`: OpenAI never ends the key.
+    None,
+    /// An expiry still ahead.
+    Set,
+    /// An expiry at or before the moment (the key may stay listed).
+    Expired,
+    /// The API's answer did not carry the field (an older version).
+    Unknown,
+}
+
+impl ExpiryStatus {
+    pub const ALL: [ExpiryStatus; 4] = [
+        ExpiryStatus::None,
+        ExpiryStatus::Set,
+        ExpiryStatus::Expired,
+        ExpiryStatus::Unknown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExpiryStatus::None => "none",
+            ExpiryStatus::Set => "set",
+            ExpiryStatus::Expired => "expired",
+            ExpiryStatus::Unknown => "unknown",
+        }
+    }
+
+    pub fn of(e: Expiry, now: i64) -> ExpiryStatus {
+        match e {
+            Expiry::Unknown => ExpiryStatus::Unknown,
+            Expiry::Never => ExpiryStatus::None,
+            Expiry::At(_) if e.is_expired(now) => ExpiryStatus::Expired,
+            Expiry::At(_) => ExpiryStatus::Set,
+        }
+    }
+
+    /// Whether `e` falls after `now` and within [`EXPIRING_SOON`] of it.
+    pub fn expires_soon(e: Expiry, now: i64) -> bool {
+        e.at()
+            .is_some_and(|at| at > now && at <= now.saturating_add(EXPIRING_SOON))
+    }
+}
+
 /// A project's service account (`GET …/service_accounts`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ServiceAccount {
@@ -320,4 +450,24 @@ pub struct ProjectUser {
     pub email: Option<String>,
     /// `owner` or `member`.
     pub role: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_tolerance_is_two_minutes_either_way() {
+        let t = 1_800_000_000;
+        assert!(expiry_matches(Expiry::At(t + 120), t));
+        assert!(expiry_matches(Expiry::At(t - 120), t));
+        assert!(!expiry_matches(Expiry::At(t + 121), t));
+        assert!(!expiry_matches(Expiry::At(t - 121), t));
+        assert!(!expiry_matches(Expiry::Never, t));
+        assert!(!expiry_matches(Expiry::Unknown, t));
+        assert!(Expiry::At(t + 120).ends_by(t));
+        assert!(!Expiry::At(t + 121).ends_by(t));
+        assert!(!Expiry::Never.ends_by(t));
+        assert!(!Expiry::Unknown.ends_by(t));
+    }
 }

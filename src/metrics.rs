@@ -5,11 +5,12 @@
 //! encoder.
 //!
 //! Labels never carry a secret or a key name: only organisation, project id, owner type, age
-//! band, policy, stage, outcome, channel name, endpoint template, status and admin-key id. The
+//! band, expiry state, policy, stage, outcome, channel name, endpoint template, status and admin-key id. The
 //! setters take typed values (`OwnerType`, `Stage`, `&'static str` templates) where they can, so a
 //! free-form string cannot slip into a label by accident.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -20,7 +21,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
 pub use crate::inventory::AgeBand;
-use crate::inventory::{KeyTally, OwnerType, ProjectInventory};
+use crate::inventory::{ExpiryStatus, KeyTally, OwnerType, ProjectInventory};
 use crate::policy::finding::Stage;
 
 /// Outcome label of `keysweep_notifications_total`.
@@ -53,6 +54,8 @@ struct Inner {
     registry: Registry,
     keys: Family<KeyLabels, Gauge>,
     keys_by_age: Family<AgeLabels, Gauge>,
+    keys_by_expiry: Family<ExpiryLabels, Gauge>,
+    keys_expiring_soon: Family<KeyLabels, Gauge>,
     findings: Family<FindingLabels, Gauge>,
     revocations: Family<OrgOutcome, Counter>,
     revocations_withheld: Family<OrgReason, Counter>,
@@ -74,6 +77,8 @@ struct Inner {
 struct Snapshots {
     keys: HashMap<String, HashSet<KeyLabels>>,
     findings: HashMap<String, HashSet<FindingLabels>>,
+    keys_by_expiry: HashMap<String, HashSet<ExpiryLabels>>,
+    keys_expiring_soon: HashMap<String, HashSet<KeyLabels>>,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -93,6 +98,14 @@ struct AgeLabels {
     organization: String,
     owner_type: &'static str,
     age: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ExpiryLabels {
+    organization: String,
+    project: String,
+    owner_type: &'static str,
+    expiry: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -176,6 +189,18 @@ impl Metrics {
             "Project API keys seen in the last sweep, by creation-age band",
             keys_by_age.clone(),
         );
+        let keys_by_expiry = Family::<ExpiryLabels, Gauge>::default();
+        registry.register(
+            "keys_by_expiry",
+            "Project API keys seen in the last sweep, by organisation, project, owner type and expiry state (none: never expires, set, expired, unknown: the API did not say)",
+            keys_by_expiry.clone(),
+        );
+        let keys_expiring_soon = Family::<KeyLabels, Gauge>::default();
+        registry.register(
+            "keys_expiring_within_7d",
+            "Project API keys seen in the last sweep whose expiry falls within the next 7 days, by organisation, project and owner type",
+            keys_expiring_soon.clone(),
+        );
         let findings = Family::<FindingLabels, Gauge>::default();
         registry.register(
             "findings",
@@ -258,6 +283,8 @@ impl Metrics {
                 registry,
                 keys,
                 keys_by_age,
+                keys_by_expiry,
+                keys_expiring_soon,
                 findings,
                 revocations,
                 revocations_withheld,
@@ -367,6 +394,60 @@ impl Metrics {
                 self.set_keys_by_age(org, owner, band, n);
             }
         }
+        self.observe_expiry(org, projects);
+    }
+
+    /// Replaces the organisation's expiry gauges (`keys_by_expiry`, `keys_expiring_within_7d`).
+    /// Every (project, owner type) that has keys gets all four states, zeros included, so a
+    /// state that empties reads 0 rather than its last value; series of projects or owner types
+    /// no longer seen are removed.
+    fn observe_expiry(&self, org: &str, projects: &[ProjectInventory<KeyTally>]) {
+        let mut by_expiry: HashMap<ExpiryLabels, u64> = HashMap::new();
+        let mut soon: HashMap<KeyLabels, u64> = HashMap::new();
+        for p in projects {
+            let owners: HashSet<OwnerType> =
+                p.keys.by_owner_expiry.keys().map(|&(o, _)| o).collect();
+            for owner in owners {
+                for state in ExpiryStatus::ALL {
+                    let n = p
+                        .keys
+                        .by_owner_expiry
+                        .get(&(owner, state))
+                        .copied()
+                        .unwrap_or(0);
+                    let labels = ExpiryLabels {
+                        organization: org.to_string(),
+                        project: p.project.id.clone(),
+                        owner_type: owner.as_str(),
+                        expiry: state.as_str(),
+                    };
+                    *by_expiry.entry(labels).or_default() += n;
+                }
+                let n = p.keys.expiring_soon.get(&owner).copied().unwrap_or(0);
+                let labels = KeyLabels {
+                    organization: org.to_string(),
+                    project: p.project.id.clone(),
+                    owner_type: owner.as_str(),
+                };
+                *soon.entry(labels).or_default() += n;
+            }
+        }
+        let Ok(mut snaps) = self.inner.snapshots.lock() else {
+            return;
+        };
+        let snaps = &mut *snaps;
+        replace_series(
+            &self.inner.keys_by_expiry,
+            &mut snaps.keys_by_expiry,
+            org,
+            by_expiry,
+        );
+        replace_series(
+            &self.inner.keys_expiring_soon,
+            &mut snaps.keys_expiring_soon,
+            org,
+            soon,
+        );
     }
 
     /// Number of open findings of one policy in one stage.
@@ -524,6 +605,25 @@ impl Metrics {
     }
 }
 
+/// Sets `family` to `fresh` for `org` and removes the series `org` had last time (`last`) and
+/// no longer has.
+fn replace_series<L: Clone + Hash + Eq>(
+    family: &Family<L, Gauge>,
+    last: &mut HashMap<String, HashSet<L>>,
+    org: &str,
+    fresh: HashMap<L, u64>,
+) {
+    let labels: HashSet<L> = fresh.keys().cloned().collect();
+    if let Some(old) = last.insert(org.to_string(), labels) {
+        for stale in old.iter().filter(|l| !fresh.contains_key(*l)) {
+            family.remove(stale);
+        }
+    }
+    for (l, n) in fresh {
+        family.get_or_create(&l).set(gauge(n));
+    }
+}
+
 /// Gauges hold i64; counts beyond that are not a real case, so saturate.
 fn gauge(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
@@ -532,7 +632,7 @@ fn gauge(n: u64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inventory::{Key, Listing, Owner, OwnerAccess, ProjectRef};
+    use crate::inventory::{Expiry, Key, Listing, Owner, OwnerAccess, ProjectRef};
 
     fn key(project: &str, owner: OwnerType, created_at: i64) -> Key {
         Key {
@@ -551,6 +651,7 @@ mod tests {
                 email: Some("someone@example.com".into()),
             },
             owner_access: OwnerAccess::Active,
+            expires_at: Expiry::Unknown,
         }
     }
 
@@ -618,6 +719,82 @@ mod tests {
         let text = m.encode();
         assert!(!text.contains("proj_b"), "{text}");
         assert!(text.trim_end().ends_with("# EOF"));
+    }
+
+    fn expiring(project: &str, owner: OwnerType, expires_at: Expiry) -> Key {
+        Key {
+            expires_at,
+            ..key(project, owner, NOW - 10 * 86_400)
+        }
+    }
+
+    #[test]
+    fn expiry_gauges_count_every_state_and_the_next_7_days() {
+        let m = Metrics::new();
+        let d = 86_400;
+        m.observe_inventory(
+            "acme",
+            &[
+                inv(
+                    "proj_a",
+                    vec![
+                        expiring("proj_a", OwnerType::User, Expiry::Never),
+                        expiring("proj_a", OwnerType::User, Expiry::Never),
+                        expiring("proj_a", OwnerType::User, Expiry::At(NOW + 7 * d)),
+                        expiring("proj_a", OwnerType::User, Expiry::At(NOW + 7 * d + 1)),
+                        expiring("proj_a", OwnerType::User, Expiry::At(NOW)),
+                        expiring("proj_a", OwnerType::User, Expiry::Unknown),
+                    ],
+                ),
+                inv(
+                    "proj_b",
+                    vec![expiring("proj_b", OwnerType::ServiceAccount, Expiry::Never)],
+                ),
+            ],
+        );
+        let text = m.encode();
+        let series =
+            |labels: &str| format!("keysweep_keys_by_expiry{{organization=\"acme\",{labels}}}");
+        for (labels, n) in [
+            (r#"project="proj_a",owner_type="user",expiry="none""#, 2),
+            (r#"project="proj_a",owner_type="user",expiry="set""#, 2),
+            // An expiry at this very second has taken effect.
+            (r#"project="proj_a",owner_type="user",expiry="expired""#, 1),
+            (r#"project="proj_a",owner_type="user",expiry="unknown""#, 1),
+            (
+                r#"project="proj_b",owner_type="service_account",expiry="none""#,
+                1,
+            ),
+            // Every state of a (project, owner type) with keys, zeros included.
+            (
+                r#"project="proj_b",owner_type="service_account",expiry="set""#,
+                0,
+            ),
+        ] {
+            let want = format!("{} {n}\n", series(labels));
+            assert!(text.contains(&want), "missing {want} in\n{text}");
+        }
+        let soon = r#"keysweep_keys_expiring_within_7d{organization="acme",project="proj_a",owner_type="user"} 1"#;
+        assert!(text.contains(soon), "{text}");
+
+        // A project that vanishes takes its series with it; a state that empties reads 0.
+        m.observe_inventory(
+            "acme",
+            &[inv(
+                "proj_a",
+                vec![expiring("proj_a", OwnerType::User, Expiry::At(NOW + d))],
+            )],
+        );
+        let text = m.encode();
+        assert!(!text.contains("proj_b"), "{text}");
+        assert!(text.contains(&format!(
+            "{} 0\n",
+            series(r#"project="proj_a",owner_type="user",expiry="none""#)
+        )));
+        assert!(text.contains(&format!(
+            "{} 1\n",
+            series(r#"project="proj_a",owner_type="user",expiry="set""#)
+        )));
     }
 
     #[test]

@@ -7,13 +7,18 @@
 //! never a secret (none reaches it). Text that comes from the API (key and project names,
 //! e-mails) is untrusted: control characters are neutralised in the table so a key name cannot
 //! drive the terminal, and CSV cells that a spreadsheet would run as a formula are defused.
+//!
+//! A key's expiry: the table's EXPIRES (date and days left, `never`, `expired (date)`, or
+//! `unknown` when the API's answer lacked the field); CSV `expires_at` (RFC 3339, empty when
+//! none) and `expiry_state`; JSON `expires_at` as the API gives it (seconds or `null`, left out
+//! when unknown) and `expiry_state` (`none`, `set`, `expired`, `unknown`).
 
 use std::io::{self, Write};
 
 use serde::Serialize;
 
 use crate::config::Action;
-use crate::inventory::{Inventory, Key, OwnerAccess};
+use crate::inventory::{Expiry, ExpiryStatus, Inventory, Key, OwnerAccess};
 use crate::policy::Plan;
 use crate::sweep::SweepReport;
 
@@ -143,6 +148,17 @@ fn days_since(ts: i64, now: i64) -> i64 {
     now.saturating_sub(ts).div_euclid(DAY)
 }
 
+/// The EXPIRES cell: the date and how far off it is, `never`, `expired (date)`, or `unknown`
+/// when the API's answer did not carry the field (an older API version).
+fn expires_cell(e: Expiry, now: i64) -> String {
+    match e {
+        Expiry::Never => "never".to_string(),
+        Expiry::Unknown => "unknown".to_string(),
+        Expiry::At(at) if e.is_expired(now) => format!("expired ({})", date(at)),
+        Expiry::At(at) => format!("{} (in {}d)", date(at), days_since(now, at)),
+    }
+}
+
 fn access_str(a: OwnerAccess) -> &'static str {
     match a {
         OwnerAccess::Active => "active",
@@ -203,6 +219,7 @@ fn key_row(k: &Key, now: i64) -> Vec<String> {
         Some(t) => format!("{} ({}d idle)", date(t), days_since(t, now)),
         None => "never".to_string(),
     };
+    let expires = expires_cell(k.expires_at, now);
     [
         k.organization.as_str(),
         &project,
@@ -212,6 +229,7 @@ fn key_row(k: &Key, now: i64) -> Vec<String> {
         &owner,
         &created,
         &last_used,
+        &expires,
     ]
     .iter()
     .map(|s| clean(s))
@@ -233,6 +251,7 @@ fn render_table(
         "OWNER",
         "CREATED (AGE)",
         "LAST USED",
+        "EXPIRES",
     ];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
     rows.extend(inv.keys().map(|k| key_row(k, now)));
@@ -383,6 +402,13 @@ struct JsonKey<'a> {
     last_used_at: Option<i64>,
     age_days: i64,
     idle_days: Option<i64>,
+    /// Unix seconds, `null` when the key never expires: as the API gives it. Left out when the
+    /// API's answer did not carry the field (an older version), so `null` keeps meaning "never".
+    #[serde(skip_serializing_if = "Expiry::is_unknown")]
+    expires_at: Expiry,
+    /// `none`, `set`, `expired` or `unknown` at `generated_at` (the metrics' words): says
+    /// outright what a reader that takes a missing field for `null` (jq does) would confuse.
+    expiry_state: &'static str,
 }
 
 fn render_json(
@@ -440,6 +466,8 @@ fn render_json(
                 last_used_at: k.last_used_at,
                 age_days: days_since(k.created_at, now),
                 idle_days: k.last_used_at.map(|t| days_since(t, now)),
+                expires_at: k.expires_at,
+                expiry_state: ExpiryStatus::of(k.expires_at, now).as_str(),
             })
             .collect(),
         findings,
@@ -476,6 +504,8 @@ fn render_csv(inv: &Inventory, now: i64, out: &mut dyn Write) -> io::Result<()> 
         "age_days",
         "last_used_at",
         "idle_days",
+        "expires_at",
+        "expiry_state",
     ])?;
     for k in inv.keys() {
         let age = days_since(k.created_at, now).to_string();
@@ -484,6 +514,8 @@ fn render_csv(inv: &Inventory, now: i64, out: &mut dyn Write) -> io::Result<()> 
             None => (String::new(), String::new()),
         };
         let created = rfc3339(k.created_at);
+        // Empty when the key has no expiry (never, or unknown); `expiry_state` tells which.
+        let expires = k.expires_at.at().map(rfc3339).unwrap_or_default();
         w.write_record([
             defuse(&k.organization).as_ref(),
             &defuse(&k.project_id),
@@ -499,6 +531,8 @@ fn render_csv(inv: &Inventory, now: i64, out: &mut dyn Write) -> io::Result<()> 
             &age,
             &last_used,
             &idle,
+            &expires,
+            ExpiryStatus::of(k.expires_at, now).as_str(),
         ])?;
     }
     w.flush()
@@ -525,6 +559,7 @@ mod tests {
             last_used_at: last_used,
             owner,
             owner_access: OwnerAccess::Active,
+            expires_at: Expiry::Never,
         }
     }
 
@@ -619,7 +654,11 @@ mod tests {
         }
         let k2 = lines[2];
         assert!(k2.contains("batch-bot (service_account, active)"), "{k2}");
-        assert!(k2.ends_with("never"), "{k2}");
+        // Never used, and never expires.
+        assert!(
+            k2.contains("(400d)  never  ") && k2.ends_with("  never"),
+            "{k2}"
+        );
         // The escape character never reaches the terminal.
         assert!(!t.contains('\x1b'));
         assert!(t.contains("2 keys in 2 projects of 1 organizations; 1 INCOMPLETE"));
@@ -687,6 +726,84 @@ mod tests {
         assert_eq!(&rows[0][col("idle_days")], "3");
         assert_eq!(&rows[1][col("last_used_at")], "");
         assert!(rows[1][col("name")].starts_with("'="));
+    }
+
+    /// `inventory()` with proj_1's keys expiring in every way: key_1 in 10 days, key_2 never,
+    /// key_3 expired yesterday, key_4 unknown (an answer without the field).
+    fn expiry_inventory() -> Inventory {
+        let mut inv = inventory();
+        let keys = &mut inv.orgs[0].projects[0].keys;
+        keys[0].expires_at = Expiry::At(NOW + 10 * DAY + 3600);
+        keys.push(Key {
+            expires_at: Expiry::At(NOW - DAY),
+            ..key("key_3", "expired", user(), None)
+        });
+        keys.push(Key {
+            expires_at: Expiry::Unknown,
+            ..key("key_4", "old-api", user(), None)
+        });
+        inv
+    }
+
+    fn expiry_rendered(format: Format) -> String {
+        let mut buf = Vec::new();
+        render(&expiry_inventory(), &[], NOW, format, &mut buf).unwrap();
+        String::from_utf8(buf).unwrap()
+    }
+
+    #[test]
+    fn table_shows_each_keys_expiry() {
+        let t = expiry_rendered(Format::Table);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].ends_with("  EXPIRES"), "{}", lines[0]);
+        for (i, want) in [
+            "2026-01-11 (in 10d)",
+            "never",
+            "expired (2025-12-31)",
+            "unknown",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let line = lines[i + 1];
+            assert!(line.ends_with(&format!("  {want}")), "{want}: {line}");
+        }
+    }
+
+    #[test]
+    fn json_gives_expires_at_as_the_api_does_and_omits_it_when_unknown() {
+        let v: serde_json::Value = serde_json::from_str(&expiry_rendered(Format::Json)).unwrap();
+        let keys = v["keys"].as_array().unwrap();
+        assert_eq!(keys[0]["expires_at"], NOW + 10 * DAY + 3600);
+        assert_eq!(keys[0]["expiry_state"], "set");
+        assert!(keys[1]["expires_at"].is_null() && keys[1].get("expires_at").is_some());
+        assert_eq!(keys[1]["expiry_state"], "none");
+        assert_eq!(keys[2]["expires_at"], NOW - DAY);
+        assert_eq!(keys[2]["expiry_state"], "expired");
+        assert!(keys[3].get("expires_at").is_none(), "{}", keys[3]);
+        assert_eq!(keys[3]["expiry_state"], "unknown");
+    }
+
+    #[test]
+    fn csv_gives_rfc3339_or_empty_and_the_state() {
+        let text = expiry_rendered(Format::Csv);
+        let mut r = csv::Reader::from_reader(text.as_bytes());
+        let headers = r.headers().unwrap().clone();
+        let col = |name: &str| headers.iter().position(|h| h == name).unwrap();
+        let rows: Vec<csv::StringRecord> = r.records().map(Result::unwrap).collect();
+        let got: Vec<(&str, &str)> = rows
+            .iter()
+            .map(|r| (&r[col("expires_at")], &r[col("expiry_state")]))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("2026-01-11T01:00:00Z", "set"),
+                ("", "none"),
+                ("2025-12-31T00:00:00Z", "expired"),
+                ("", "unknown"),
+            ]
+        );
     }
 
     #[test]

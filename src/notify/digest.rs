@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, SecondsFormat, Utc};
 
 use crate::config::Action;
+use crate::inventory::Expiry;
 use crate::notify::MessageKind;
 use crate::notify::alert::EnforcerAlert;
 use crate::policy::finding::{Notice, NoticeKind};
@@ -255,6 +256,18 @@ pub fn deadline_text(n: &Notice) -> String {
     match n.finding.action {
         Action::Revoke => rfc3339(n.finding.deadline),
         Action::Notify => "none (notify only)".to_string(),
+    }
+}
+
+/// The key's own expiry as last listed, as of `now`: its date, `never`, `expired at …`, or
+/// `unknown` when the API's answer did not carry it (an older API version, or a finding stored
+/// before keysweep read expiries).
+pub fn expiry_text(n: &Notice, now: i64) -> String {
+    match n.finding.expires_at {
+        Expiry::Never => "never".to_string(),
+        Expiry::Unknown => "unknown".to_string(),
+        Expiry::At(at) if at <= now => format!("expired at {}", rfc3339(at)),
+        Expiry::At(at) => rfc3339(at),
     }
 }
 

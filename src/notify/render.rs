@@ -1,8 +1,8 @@
 //! Rendering: a [`Digest`] becomes channel-ready JSON stored in the outbox.
 //!
 //! Every renderer lists every key (project name and id, key name, redacted value, owner,
-//! policy, reason, deadline/status); counts only ever appear next to the list, never instead of
-//! it. Renderers are pure and never see a secret: the PagerDuty routing key and the webhook
+//! policy, reason, deadline/status, the key's own expiry); counts only ever appear next to the
+//! list, never instead of it. Renderers are pure and never see a secret: the PagerDuty routing key and the webhook
 //! signature are added by the senders at send time.
 //!
 //! # Webhook payload (schema version 1)
@@ -28,6 +28,9 @@
 //!     "deadline": "2026-03-01T09:00:00Z" | null,   // null for notify-only policies
 //!     "deadline_unix": 1772355600,
 //!     "created_at": "…", "last_used_at": "…" | null, "detected_at": "…",
+//!     "expires_at": "…" | null,          // the key's own expiry; null: never or unknown
+//!     "expires_at_unix": 1772355600 | null,
+//!     "expiry_state": "none" | "set" | "expired" | "unknown",  // at generated_at
 //!     "resolution": "…" | null,
 //!     "dedup_key": "org/project/key/policy"
 //!   }],
@@ -44,9 +47,10 @@
 use serde_json::{Value, json};
 
 use crate::config::Action;
+use crate::inventory::ExpiryStatus;
 use crate::notify::alert::EnforcerAlert;
 use crate::notify::digest::{
-    Body, Digest, ProjectGroup, alert_text, deadline_text, rfc3339, status_text,
+    Body, Digest, ProjectGroup, alert_text, deadline_text, expiry_text, rfc3339, status_text,
 };
 use crate::policy::finding::{Notice, NoticeKind};
 
@@ -88,7 +92,7 @@ pub fn email_text(d: &Digest) -> String {
                 s.push_str(&"-".repeat(72));
                 s.push('\n');
                 for n in &g.notices {
-                    for (label, value) in key_fields(g, n) {
+                    for (label, value) in key_fields(g, n, d.generated_at) {
                         s.push_str(&format!("  {label:<15} {value}\n"));
                     }
                     s.push('\n');
@@ -137,7 +141,7 @@ pub fn email_html(d: &Digest) -> String {
                 s.push_str("</tr>\n");
                 for n in &g.notices {
                     s.push_str("<tr>");
-                    for (_, value) in key_fields(g, n) {
+                    for (_, value) in key_fields(g, n, d.generated_at) {
                         s.push_str(&format!("<td>{}</td>", esc(&value)));
                     }
                     s.push_str("</tr>\n");
@@ -186,8 +190,7 @@ pub fn slack(d: &Digest) -> Vec<Value> {
                 );
                 content.push((Tag::ProjectHeader, section(&head)));
                 project_headers.push(head);
-                let lines: Vec<String> = g.notices.iter().map(slack_key_line).collect();
-                for text in pack(&lines, SLACK_MAX_TEXT) {
+                for text in pack(&slack_key_lines(g, d.generated_at), SLACK_MAX_TEXT) {
                     content.push((Tag::Keys(idx), section(&text)));
                 }
             }
@@ -294,7 +297,7 @@ pub fn pagerduty_notice(n: &Notice, now: i64) -> Value {
                     "component": f.id.project_id,
                     "group": f.id.organization,
                     "class": f.id.policy,
-                    "custom_details": notice_json(n),
+                    "custom_details": notice_json(n, now),
                 },
             })
         }
@@ -343,7 +346,7 @@ pub fn webhook(d: &Digest) -> Value {
             groups
                 .iter()
                 .flat_map(|g| g.notices.iter())
-                .map(notice_json)
+                .map(|n| notice_json(n, d.generated_at))
                 .collect::<Vec<_>>(),
             Vec::new(),
         ),
@@ -366,10 +369,11 @@ pub fn webhook(d: &Digest) -> Value {
     })
 }
 
-/// All fields of one notice, for webhooks and PagerDuty `custom_details`.
-pub fn notice_json(n: &Notice) -> Value {
+/// All fields of one notice, for webhooks and PagerDuty `custom_details`; `now` (the message's
+/// time) decides whether the key's expiry has passed.
+pub fn notice_json(n: &Notice, now: i64) -> Value {
     let f = &n.finding;
-    json!({
+    let mut v = json!({
         "kind": n.kind.as_str(),
         "dry_run": n.dry_run,
         "organization": f.id.organization,
@@ -393,7 +397,15 @@ pub fn notice_json(n: &Notice) -> Value {
         "detected_at": rfc3339(f.detected_at),
         "resolution": f.resolution,
         "dedup_key": f.id.dedup_key(),
-    })
+    });
+    if let Value::Object(m) = &mut v {
+        let at = f.expires_at.at();
+        m.insert("expires_at".into(), json!(at.map(rfc3339)));
+        m.insert("expires_at_unix".into(), json!(at));
+        let state = ExpiryStatus::of(f.expires_at, now).as_str();
+        m.insert("expiry_state".into(), json!(state));
+    }
+    v
 }
 
 fn alert_json(a: &EnforcerAlert) -> Value {
@@ -406,7 +418,7 @@ fn alert_json(a: &EnforcerAlert) -> Value {
 }
 
 /// Labels of the fields shown for every key, in display order (see `key_fields`).
-const KEY_LABELS: [&str; 9] = [
+const KEY_LABELS: [&str; 10] = [
     "Key",
     "Redacted value",
     "Project",
@@ -415,11 +427,12 @@ const KEY_LABELS: [&str; 9] = [
     "Reason",
     "Deadline",
     "Status",
+    "Expires",
     "Key id",
 ];
 
-/// Label/value pairs shown for every key, in display order.
-fn key_fields(g: &ProjectGroup, n: &Notice) -> Vec<(&'static str, String)> {
+/// Label/value pairs shown for every key, in display order; `now` is the message's time.
+fn key_fields(g: &ProjectGroup, n: &Notice, now: i64) -> Vec<(&'static str, String)> {
     let f = &n.finding;
     let values = [
         f.key_name.clone(),
@@ -430,15 +443,21 @@ fn key_fields(g: &ProjectGroup, n: &Notice) -> Vec<(&'static str, String)> {
         f.reason.clone(),
         deadline_text(n),
         status_text(n),
+        expiry_text(n, now),
         f.id.key_id.clone(),
     ];
     KEY_LABELS.into_iter().zip(values).collect()
 }
 
-fn slack_key_line(n: &Notice) -> String {
+/// One Slack line per key of the group; `now` is the message's time.
+fn slack_key_lines(g: &ProjectGroup, now: i64) -> Vec<String> {
+    g.notices.iter().map(|n| slack_key_line(n, now)).collect()
+}
+
+fn slack_key_line(n: &Notice, now: i64) -> String {
     let f = &n.finding;
     let line = format!(
-        "• *{}* `{}` — owner: {} — policy: {}\n      reason: {}\n      deadline: {} — {}",
+        "• *{}* `{}` — owner: {} — policy: {}\n      reason: {}\n      deadline: {} — {}\n      expires: {}",
         slack_esc(&f.key_name),
         slack_esc(&f.redacted_value),
         slack_esc(&f.owner),
@@ -446,6 +465,7 @@ fn slack_key_line(n: &Notice) -> String {
         slack_esc(&f.reason),
         deadline_text(n),
         slack_esc(&status_text(n)),
+        expiry_text(n, now),
     );
     truncate(&line, SLACK_MAX_TEXT)
 }

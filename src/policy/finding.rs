@@ -5,10 +5,10 @@
 //! detected and never moves silently. These are plain data: `policy::lifecycle` decides the
 //! transitions, `state` persists them, `notify` renders the notices.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::config::Action;
-use crate::inventory::OwnerType;
+use crate::inventory::{Expiry, OwnerType};
 
 /// Lifecycle stage of a finding: detected → warned → final notice → revoked, or closed early as
 /// resolved / exempted.
@@ -88,6 +88,15 @@ pub struct Finding {
     /// Inputs the decision was made on.
     pub created_at: i64,
     pub last_used_at: Option<i64>,
+    /// The key's own expiry as last listed, for the notices. Stored as the API gives it
+    /// (seconds, `null`: never) and left out when unknown; a finding stored before keysweep
+    /// read expiries reads back as unknown until the next sweep refreshes it.
+    #[serde(
+        default,
+        skip_serializing_if = "Expiry::is_unknown",
+        deserialize_with = "expiry_from_json"
+    )]
+    pub expires_at: Expiry,
     pub action: Action,
     /// Human-readable reason, e.g. "older than 90d (created 2025-01-02, 412 days ago)".
     pub reason: String,
@@ -106,6 +115,12 @@ pub struct Finding {
     /// Dry-run only: when the "would be revoked" notice was queued, so it is sent once.
     #[serde(default)]
     pub dry_run_noted_at: Option<i64>,
+}
+
+/// Reads back what `Expiry` writes: seconds, or `null` for never (a missing field is unknown,
+/// through `#[serde(default)]`).
+fn expiry_from_json<'de, D: Deserializer<'de>>(d: D) -> Result<Expiry, D::Error> {
+    Ok(Option::<i64>::deserialize(d)?.map_or(Expiry::Never, Expiry::At))
 }
 
 /// What a notice says about a finding.

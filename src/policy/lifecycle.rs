@@ -151,6 +151,7 @@ fn detect(key: &Key, v: &Violation, now: i64) -> Transition {
         owner_email: key.owner.email.clone(),
         created_at: key.created_at,
         last_used_at: key.last_used_at,
+        expires_at: key.expires_at,
         action: v.action,
         reason: v.reason.clone(),
         stage: Stage::Warned,
@@ -181,6 +182,7 @@ fn progress(f: &Finding, key: &Key, v: &Violation, now: i64, repeat_interval: i6
     next.owner_email = key.owner.email.clone();
     next.created_at = key.created_at;
     next.last_used_at = key.last_used_at;
+    next.expires_at = key.expires_at;
     next.reason = v.reason.clone();
 
     let mut notices = Vec::new();

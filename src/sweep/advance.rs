@@ -188,6 +188,7 @@ mod tests {
                 email: None,
             },
             owner_access: OwnerAccess::Active,
+            expires_at: crate::inventory::Expiry::Unknown,
         }
     }
 
@@ -207,6 +208,7 @@ mod tests {
             owner_email: None,
             created_at: 0,
             last_used_at: None,
+            expires_at: crate::inventory::Expiry::Unknown,
             action: Action::Revoke,
             reason: "older than 90d".into(),
             stage,

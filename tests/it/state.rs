@@ -42,6 +42,7 @@ fn key(project: &str, id: &str, created_at: i64) -> Key {
             email: Some("alice@example.com".into()),
         },
         owner_access: OwnerAccess::Active,
+        expires_at: keysweep::inventory::Expiry::Unknown,
     }
 }
 
@@ -62,6 +63,7 @@ fn finding(project: &str, key_id: &str, policy: &str, stage: Stage, deadline: i6
         owner_email: Some("alice@example.com".into()),
         created_at: T0 - 100 * DAY,
         last_used_at: None,
+        expires_at: keysweep::inventory::Expiry::Unknown,
         action: Action::Revoke,
         reason: "older than 90d".into(),
         stage,

@@ -62,6 +62,8 @@ fn grafana_dashboard_is_well_formed_and_covers_the_metrics() {
     for needle in [
         "keysweep_keys_by_age",
         "keysweep_keys{",
+        "keysweep_keys_by_expiry",
+        "keysweep_keys_expiring_within_7d",
         "keysweep_findings",
         "stage=\"final_notice\"",
         "keysweep_revocations_total",
@@ -74,4 +76,92 @@ fn grafana_dashboard_is_well_formed_and_covers_the_metrics() {
             "the dashboard shows nothing of {needle}"
         );
     }
+}
+
+/// The panel for keys that never expire queries the series the daemon exports for such a key:
+/// a sweep's tally of one never-expiring key, through the real `Metrics`, yields a sample whose
+/// name and `expiry` label the panel's query selects.
+#[test]
+fn grafana_shows_keys_that_never_expire_from_an_exported_series() {
+    let d = dashboard();
+    let panels: Vec<&serde_json::Value> = d["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["type"] != "row")
+        .filter(|p| {
+            p["title"]
+                .as_str()
+                .unwrap_or_default()
+                .to_lowercase()
+                .contains("never expire")
+        })
+        .collect();
+    assert!(!panels.is_empty(), "no panel shows keys that never expire");
+
+    let exported = never_expiring_key_metrics();
+    let selector = regex::Regex::new(r"(keysweep_[a-z0-9_]+)\{([^}]*)\}").unwrap();
+    for p in panels {
+        let title = p["title"].as_str().unwrap_or_default();
+        for t in p["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap_or_default();
+            let caps = selector
+                .captures(expr)
+                .unwrap_or_else(|| panic!("{title}: no metric selector in {expr}"));
+            let (name, matchers) = (&caps[1], &caps[2]);
+            assert!(
+                matchers.contains(r#"expiry="none""#),
+                "{title}: {expr} does not select keys without expiry"
+            );
+            let sample = exported
+                .lines()
+                .find(|l| l.starts_with(&format!("{name}{{")) && l.contains(r#"expiry="none""#))
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{title}: the daemon exports no {name} with expiry=\"none\":\n{exported}"
+                    )
+                });
+            assert!(sample.ends_with(" 1"), "{title}: {sample}");
+        }
+    }
+}
+
+/// `/metrics` as a sweep leaves it after listing one project with one key that never expires.
+fn never_expiring_key_metrics() -> String {
+    use keysweep::inventory::{
+        Expiry, Key, KeyTally, Listing, Owner, OwnerAccess, OwnerType, ProjectInventory, ProjectRef,
+    };
+    let key = Key {
+        organization: "acme".into(),
+        project_id: "proj_1".into(),
+        project_name: None,
+        id: "key_1".into(),
+        name: "ci".into(),
+        redacted_value: "sk-...abcd".into(),
+        created_at: 0,
+        last_used_at: None,
+        owner: Owner {
+            kind: OwnerType::User,
+            id: None,
+            name: None,
+            email: None,
+        },
+        owner_access: OwnerAccess::Active,
+        expires_at: Expiry::Never,
+    };
+    let m = keysweep::metrics::Metrics::new();
+    m.observe_inventory(
+        "acme",
+        &[ProjectInventory {
+            project: ProjectRef {
+                organization: "acme".into(),
+                id: "proj_1".into(),
+                name: None,
+                archived: false,
+            },
+            keys: KeyTally::of(&[key], 86_400),
+            listing: Listing::Complete,
+        }],
+    );
+    m.encode()
 }

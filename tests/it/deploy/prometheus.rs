@@ -30,7 +30,43 @@ fn populated_metrics() -> keysweep::metrics::Metrics {
     m.schedule_skipped("org", 1);
     m.set_admin_key_expiry("org", "key_admin", 1);
     m.incomplete_listing("org");
+    m.observe_inventory("org", &[expiring_project()]);
     m
+}
+
+/// A project with one key expiring within 7 days, for the expiry families.
+fn expiring_project() -> keysweep::inventory::ProjectInventory<keysweep::inventory::KeyTally> {
+    use keysweep::inventory::{
+        Expiry, Key, KeyTally, Listing, Owner, OwnerAccess, OwnerType, ProjectInventory, ProjectRef,
+    };
+    let key = Key {
+        organization: "org".into(),
+        project_id: "proj".into(),
+        project_name: None,
+        id: "key".into(),
+        name: "key".into(),
+        redacted_value: "sk-...".into(),
+        created_at: 0,
+        last_used_at: None,
+        owner: Owner {
+            kind: OwnerType::User,
+            id: None,
+            name: None,
+            email: None,
+        },
+        owner_access: OwnerAccess::Active,
+        expires_at: Expiry::At(86_400),
+    };
+    ProjectInventory {
+        project: ProjectRef {
+            organization: "org".into(),
+            id: "proj".into(),
+            name: None,
+            archived: false,
+        },
+        keys: KeyTally::of(&[key], 3_600),
+        listing: Listing::Complete,
+    }
 }
 
 /// The sample names `/metrics` can carry, from the `# TYPE` lines of a registry with every
@@ -112,6 +148,19 @@ fn rules_and_dashboard_query_only_metrics_the_daemon_exports() {
                     keysweep::policy::finding::Stage::parse(stage).is_some(),
                     "{what}: no finding stage {stage:?}"
                 );
+            }
+        }
+    }
+    // Expiry states queried exist as the states the metrics export.
+    let expiry_re = regex::Regex::new(r#"\bexpiry\s*(?:=~|=|!~|!=)\s*"([^"]+)""#).unwrap();
+    let states: Vec<&str> = keysweep::inventory::ExpiryStatus::ALL
+        .iter()
+        .map(|s| s.as_str())
+        .collect();
+    for (what, expr) in rule_exprs.iter().chain(&dash_exprs) {
+        for cap in expiry_re.captures_iter(expr) {
+            for state in cap[1].split('|') {
+                assert!(states.contains(&state), "{what}: no expiry state {state:?}");
             }
         }
     }

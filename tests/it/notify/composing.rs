@@ -395,3 +395,65 @@ fn rendered_payloads_never_carry_secrets() {
         }
     }
 }
+
+/// Every channel shows each key's own expiry: its date, `never`, `expired at …` (as of the
+/// message's time) or `unknown`; webhooks and PagerDuty carry it as data too.
+#[test]
+fn every_channel_shows_each_keys_expiry() {
+    let cfg = NotifySettings::from(&config(&offline_endpoints()));
+    let msgs = compose(&warnings(), &[], &cfg, RUN, NOW);
+    let later = "2026-03-04T09:00:00Z";
+    let expired = "expired at 2026-02-28T09:00:00Z";
+
+    let email = by(&msgs, "sec-email");
+    let team = email
+        .iter()
+        .find(|m| m.recipient == "security@example.com")
+        .unwrap();
+    let text = team.payload["text"].as_str().unwrap();
+    // Each key's block: its name first, its expiry among its lines.
+    for (name, want) in [
+        ("ci-deploy", "never"),
+        ("old-batch", later),
+        ("svc-bot", expired),
+    ] {
+        let block = text
+            .split("\n\n")
+            .find(|b| b.contains(&format!("Key             {name}\n")))
+            .unwrap_or_else(|| panic!("no block for {name}:\n{text}"));
+        assert!(
+            block.contains(&format!("\n  Expires         {want}\n")),
+            "{name}:\n{block}"
+        );
+    }
+    let html = team.payload["html"].as_str().unwrap();
+    assert!(html.contains("<th>Expires</th>") && html.contains(&format!("<td>{expired}</td>")));
+
+    let slack = by(&msgs, "slack")[0].payload.to_string();
+    for want in ["never", later, expired, "unknown"] {
+        assert!(
+            slack.contains(&format!("expires: {want}")),
+            "{want}: {slack}"
+        );
+    }
+
+    let hook = by(&msgs, "hook");
+    let notices = hook[0].payload["notices"].as_array().unwrap();
+    let notice = |key: &str| notices.iter().find(|n| n["key_id"] == key).unwrap();
+    assert!(notice("key_alice")["expires_at"].is_null());
+    assert_eq!(notice("key_alice")["expiry_state"], "none");
+    assert_eq!(notice("key_bob")["expires_at"], later);
+    assert_eq!(notice("key_bob")["expires_at_unix"], NOW + 3 * DAY);
+    assert_eq!(notice("key_bob")["expiry_state"], "set");
+    assert_eq!(notice("key_bot")["expiry_state"], "expired");
+
+    let pd = by(&msgs, "pd");
+    let bot = pd
+        .iter()
+        .find(|m| m.payload["dedup_key"] == "acme/proj_web/key_bot/max-age")
+        .unwrap();
+    assert_eq!(
+        bot.payload["payload"]["custom_details"]["expiry_state"],
+        "expired"
+    );
+}

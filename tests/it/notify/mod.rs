@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use std::sync::Mutex;
 
 use keysweep::config::{Action, ChannelConfig, ChannelKind, Config, SmtpTls};
-use keysweep::inventory::OwnerType;
+use keysweep::inventory::{Expiry, OwnerType};
 use keysweep::notify::alert::EnforcerAlert;
 use keysweep::notify::outbox;
 use keysweep::notify::render::{SLACK_MAX_BLOCKS, SLACK_MAX_TEXT};
@@ -86,6 +86,7 @@ fn finding(
         owner_email: owner.2.map(str::to_string),
         created_at: NOW - 400 * DAY,
         last_used_at: Some(NOW - 3 * DAY),
+        expires_at: Expiry::Unknown,
         action,
         reason: format!("older than 90d (created 400 days ago) [{policy}]"),
         stage,
@@ -118,8 +119,9 @@ fn max_age_warned(
     )
 }
 
+/// Never expires.
 fn alice_key() -> Finding {
-    max_age_warned(
+    let f = max_age_warned(
         PAY,
         ("key_alice", "ci-deploy", "sk-proj-***a1b2"),
         (
@@ -127,25 +129,40 @@ fn alice_key() -> Finding {
             "alice@example.com",
             Some("alice@example.com"),
         ),
-    )
+    );
+    Finding {
+        expires_at: Expiry::Never,
+        ..f
+    }
 }
 
+/// Expires in 3 days.
 fn bob_key() -> Finding {
-    max_age_warned(
+    let f = max_age_warned(
         PAY,
         ("key_bob", "old-batch", "sk-proj-***c3d4"),
         (OwnerType::User, "bob@example.com", Some("bob@example.com")),
-    )
+    );
+    Finding {
+        expires_at: Expiry::At(NOW + 3 * DAY),
+        ..f
+    }
 }
 
+/// Expired a day ago.
 fn bot_key() -> Finding {
-    max_age_warned(
+    let f = max_age_warned(
         WEB,
         ("key_bot", "svc-bot", "sk-svcacct-***e5f6"),
         (OwnerType::ServiceAccount, "svc_acct_1", None),
-    )
+    );
+    Finding {
+        expires_at: Expiry::At(NOW - DAY),
+        ..f
+    }
 }
 
+/// Its expiry is unknown (an API answer without the field).
 fn idle_key() -> Finding {
     finding(
         WEB,
