@@ -16,6 +16,7 @@ mod errors;
 mod faults;
 mod notify;
 mod openai;
+mod openai_expiry;
 mod report;
 mod sim;
 mod sim_nov2026;
