@@ -205,6 +205,26 @@ impl AdminClient {
         }
     }
 
+    /// [`Self::retrieve_key`], read once more after `wait` when the first answer is not yet
+    /// `settled` (e.g. its expiry is not the one just written): OpenAI may answer a read right
+    /// after an update with the old expiry. Whatever the second read shows is the answer; the
+    /// caller decides what a still unsettled key means (an alert, never a second write in a loop).
+    pub async fn reread_key(
+        &self,
+        project_id: &str,
+        key_id: &str,
+        wait: std::time::Duration,
+        settled: impl Fn(&Key) -> bool,
+    ) -> Result<Option<Key>, Error> {
+        match self.retrieve_key(project_id, key_id).await? {
+            Some(k) if !settled(&k) => {
+                tokio::time::sleep(wait).await;
+                self.retrieve_key(project_id, key_id).await
+            }
+            other => Ok(other),
+        }
+    }
+
     /// Deletes a project key (permanent). A 400 (the key belongs to a service account) is
     /// [`Error::Refused`]; a 2xx without `deleted: true` is [`Error::NotDeleted`].
     pub async fn delete_key(&self, project_id: &str, key_id: &str) -> Result<DeleteOutcome, Error> {

@@ -14,7 +14,7 @@ use keysweep::config::Limits;
 use keysweep::inventory::{EXPIRY_TOLERANCE, Expiry, OwnerType, expiry_matches};
 use keysweep::openai::{AdminClient, DeleteOutcome, Error, KeyUpdate, MintRequest};
 use keysweep::sim::{
-    FORMAT_VERSION, Fault, FaultKind, SimAccess, SimKey, SimMember, SimOptions, SimOrg,
+    FORMAT_VERSION, Fault, FaultKind, SimAccess, SimEffect, SimKey, SimMember, SimOptions, SimOrg,
     SimOwnerRef, SimProject, SimServer, SimServiceAccount, SimUser,
 };
 use secrecy::ExposeSecret;
@@ -34,6 +34,7 @@ const SA: &str = "svc_acct_bot";
 /// Two keys of the service account `SA`.
 const SA_KEYS: [&str; 2] = ["key_sa_one", "key_sa_two"];
 const UPDATE: &str = "POST /v1/organization/projects/{project_id}/api_keys/{api_key_id}";
+const GET_KEY: &str = "GET /v1/organization/projects/{project_id}/api_keys/{api_key_id}";
 const MINT: &str =
     "POST /v1/organization/projects/{project_id}/service_accounts/{service_account_id}/api_keys";
 
@@ -232,6 +233,46 @@ async fn update_sets_the_expiry_to_the_target_and_the_scopes() {
     assert_eq!(snap.scopes, scopes);
     assert_on_target(snap.expires_at, target);
     assert_eq!(stat(&sim, UPDATE), 4);
+}
+
+#[tokio::test]
+async fn a_re_read_that_lags_behind_the_update_is_read_once_more() {
+    let (sim, c) = start(|_| {}, limits()).await;
+    let target = wall_now() + 5 * DAY;
+    c.set_key_expiry(PROJ, NEVER, target).await.unwrap();
+    let written = sim_expiry(&sim, NEVER);
+    // The first read after the update still shows the old expiry; the world then catches up.
+    sim.set_expires_at(PROJ, NEVER, None).unwrap();
+    sim.faults().add(
+        Fault::on_get_key(PROJ, NEVER)
+            .once()
+            .after_effect()
+            .respond(FaultKind::Apply(SimEffect::set_expires_at(
+                PROJ, NEVER, written,
+            ))),
+    );
+    let settled = |k: &keysweep::inventory::Key| expiry_matches(k.expires_at, target);
+    let k = c
+        .reread_key(PROJ, NEVER, Duration::from_millis(50), settled)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(expiry_matches(k.expires_at, target), "{:?}", k.expires_at);
+    assert_eq!(stat(&sim, GET_KEY), 2);
+    // Settled at once: one read.
+    c.reread_key(PROJ, NEVER, Duration::from_millis(50), settled)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stat(&sim, GET_KEY), 3);
+    // Gone: no second read.
+    assert_eq!(
+        c.reread_key(PROJ, "key_nope", Duration::ZERO, settled)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(stat(&sim, GET_KEY), 4);
 }
 
 #[tokio::test]
