@@ -201,7 +201,7 @@ impl AdminClient {
                 Ok(Some(wire.into_domain(&self.bare_project(project_id))))
             }
             Err(Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e),
+            Err(e) => Err(e.into_key_ended_if_expired()),
         }
     }
 
@@ -225,11 +225,15 @@ impl AdminClient {
         }
     }
 
-    /// Deletes a project key (permanent). A 400 (the key belongs to a service account) is
-    /// [`Error::Refused`]; a 2xx without `deleted: true` is [`Error::NotDeleted`].
+    /// Deletes a project key (permanent), service-account keys included (November 2026: only
+    /// that key goes). A 400 saying the key has expired is [`Error::KeyEnded`]; any other 400
+    /// (the August 2026 API refused service-account keys) is [`Error::Refused`]; a 2xx without
+    /// `deleted: true` is [`Error::NotDeleted`].
     pub async fn delete_key(&self, project_id: &str, key_id: &str) -> Result<DeleteOutcome, Error> {
         let eps = (endpoint::DELETE_KEY, endpoint::GET_KEY);
-        self.delete(eps, project_id, "api_keys", key_id).await
+        self.delete(eps, project_id, "api_keys", key_id)
+            .await
+            .map_err(Error::into_key_ended_if_expired)
     }
 
     /// Deletes a project service account, and with it every key it owns (permanent).

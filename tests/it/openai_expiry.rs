@@ -517,6 +517,22 @@ async fn deleting_a_service_account_key_removes_only_that_key() {
     );
 }
 
+#[tokio::test]
+async fn an_expired_key_deleted_listed_or_hidden() {
+    // Listed: the DELETE goes through like any other.
+    let (sim, c) = start(|_| {}, limits()).await;
+    let out = c.delete_key(PROJ, EXPIRED).await.unwrap();
+    assert!(matches!(out, DeleteOutcome::Deleted { .. }), "{out:?}");
+    assert!(!sim.key_exists(PROJ, EXPIRED));
+    // Hidden: 404, which a delete reads as already gone.
+    let (sim, c) = start(|o| o.hide_expired_keys = true, limits()).await;
+    assert_eq!(
+        c.delete_key(PROJ, EXPIRED).await.unwrap(),
+        DeleteOutcome::AlreadyGone
+    );
+    assert!(sim.key_exists(PROJ, EXPIRED), "hidden, not deleted");
+}
+
 #[test]
 fn tolerance_is_two_minutes() {
     assert_eq!(EXPIRY_TOLERANCE, 120);
