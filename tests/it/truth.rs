@@ -1,0 +1,181 @@
+//! Issue 13: what keysweep says is what a reader downstream gets. Each test runs the real binary
+//! and reads its output as a person or a log pipeline would: JSON log lines parsed with a parser
+//! that refuses a repeated field name (serde_json and `jq` keep the last one silently), commands
+//! run with the environment an auditor has (no admin key), errors read for the name of their
+//! cause, the audit head compared with what a sweep published.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::Value;
+
+use crate::support::process::{self, Simulator, keysweep_blocking as bin};
+use crate::support::secrets::assert_no_secret;
+
+const ADMIN_KEY: &str = "sk-admin-TRUTHTEST-5a4b3c2d1e0f99887766";
+
+/// A JSON value read with every object's field names checked for repeats, at every depth.
+struct Strict(Value);
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Strict, D::Error> {
+        d.deserialize_any(StrictVisitor)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Strict;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Strict, E> {
+        Ok(Strict(Value::Bool(v)))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Strict, E> {
+        Ok(Strict(Value::from(v)))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Strict, E> {
+        Ok(Strict(Value::from(v)))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Strict, E> {
+        Ok(Strict(Value::from(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Strict, E> {
+        Ok(Strict(Value::String(v.to_string())))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Strict, E> {
+        Ok(Strict(Value::String(v)))
+    }
+    fn visit_unit<E>(self) -> Result<Strict, E> {
+        Ok(Strict(Value::Null))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Strict, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Strict(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Strict(Value::Array(items)))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Strict, A::Error> {
+        let mut fields = serde_json::Map::new();
+        while let Some(name) = map.next_key::<String>()? {
+            let Strict(v) = map.next_value()?;
+            if fields.insert(name.clone(), v).is_some() {
+                return Err(de::Error::custom(format!("field {name:?} appears twice")));
+            }
+        }
+        Ok(Strict(Value::Object(fields)))
+    }
+}
+
+/// One JSON log line, refused if it is not JSON or repeats a field name.
+fn strict_record(line: &str) -> Result<Value, String> {
+    serde_json::from_str::<Strict>(line)
+        .map(|Strict(v)| v)
+        .map_err(|e| format!("{e}: {line}"))
+}
+
+#[test]
+fn the_strict_reader_refuses_a_repeated_field() {
+    // The line issue 13 quotes, shortened: the reader must see what jq hides.
+    let line = r#"{"level":"WARN","target":"key key_1","target":"keysweep::revoke"}"#;
+    assert!(
+        strict_record(line)
+            .unwrap_err()
+            .contains("\"target\" appears twice")
+    );
+    assert!(strict_record(r#"{"a":{"b":1,"c":[{"b":2}]},"b":3}"#).is_ok());
+    assert!(strict_record(r#"{"a":[{"b":1,"b":2}]}"#).is_err());
+}
+
+fn simulator(args: &[&str]) -> Simulator {
+    Simulator::start(args, ADMIN_KEY)
+}
+
+/// A configuration for the simulator on `port`, its state in `dir`, `extra` at the top level.
+fn write_config(dir: &Path, port: u16, extra: &str) -> PathBuf {
+    let path = dir.join("keysweep.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "state_path = {:?}\n{extra}\n[[organizations]]\nname = \"acme\"\nbase_url = \"http://127.0.0.1:{port}/v1\"\nadmin_key_env = \"OPENAI_ADMIN_KEY\"\n",
+            dir.join("keysweep.db").display().to_string()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+const ENFORCE: &str = "mode = \"enforce\"\n[log]\nformat = \"json\"\n[safety]\nmax_revocations_per_run = 1000\nmax_revocations_per_project_percent = 100\nmax_revocations_per_day = 1000\n[[policies]]\nname = \"rotate-90d\"\nmax_age = \"90d\"\naction = \"revoke\"\nwarn_before = \"14d\"\n";
+
+fn with_key(cmd: &mut Command) -> Output {
+    let out = cmd.env("OPENAI_ADMIN_KEY", ADMIN_KEY).output().unwrap();
+    assert_no_secret("the output", &process::combined(&out), &[ADMIN_KEY]);
+    out
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Every stderr line of `out` as a strict JSON record.
+fn log_records(out: &Output) -> Vec<Value> {
+    stderr(out)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| strict_record(l).unwrap_or_else(|e| panic!("a log line a SIEM misreads: {e}")))
+        .collect()
+}
+
+/// A warning sweep, then one 15 days later that revokes: (config, the revoking run's output).
+fn sweep_that_revokes(dir: &Path, sim: &Simulator) -> (PathBuf, Output) {
+    let config = write_config(dir, sim.port, ENFORCE);
+    let first = with_key(
+        bin()
+            .args(["run", "--once", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info"),
+    );
+    assert!(first.status.success(), "{}", process::describe(&first));
+    let later = (chrono::Utc::now() + chrono::Duration::days(15)).to_rfc3339();
+    let second = with_key(
+        bin()
+            .args(["run", "--once", "--now", &later, "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info"),
+    );
+    assert!(second.status.success(), "{}", process::describe(&second));
+    log_records(&first);
+    (config, second)
+}
+
+#[test]
+fn every_json_log_line_of_a_revoking_sweep_has_unique_field_names_and_names_the_key() {
+    let sim = simulator(&["--projects", "2", "--keys-per-project", "20", "--seed", "5"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (_, out) = sweep_that_revokes(dir.path(), &sim);
+    let records = log_records(&out);
+    let revoked: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["message"] == "revoked")
+        .collect();
+    assert!(!revoked.is_empty(), "the sweep revoked: {}", stderr(&out));
+    let summary = stdout(&out);
+    for r in revoked {
+        // The key a SIEM needs is in the record, and `target` is tracing's own field again.
+        let key = r["key_id"].as_str().unwrap_or_else(|| panic!("{r}"));
+        assert!(key.starts_with("key_") || key.starts_with("sk-"), "{r}");
+        assert!(summary.contains(key), "the summary names {key}: {summary}");
+        assert_eq!(r["target"], "keysweep::revoke::critical", "{r}");
+        assert_eq!(r["organization"], "acme", "{r}");
+    }
+}
