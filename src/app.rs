@@ -56,7 +56,17 @@ fn config_path(cli: &Cli) -> PathBuf {
 /// Loads the configuration and starts telemetry with its log settings; load warnings are logged
 /// once telemetry is up.
 fn load(cli: &Cli) -> Result<Config> {
-    let config = config::load(&config_path(cli))?;
+    load_with(cli, config::load)
+}
+
+/// [`load`] for the commands that never call the Administration API (`audit`, `notify`): the
+/// admin keys are not read, so an auditor needs none.
+fn load_without_admin_keys(cli: &Cli) -> Result<Config> {
+    load_with(cli, config::load_without_admin_keys)
+}
+
+fn load_with(cli: &Cli, read: fn(&Path) -> Result<Config, config::LoadError>) -> Result<Config> {
+    let config = read(&config_path(cli))?;
     // The daemon and `run --once` log their progress; the other commands speak through their
     // output and log only warnings unless RUST_LOG says otherwise.
     let default = if matches!(cli.command, Command::Run(_)) {
@@ -95,9 +105,11 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Run(args) => run(load(&cli)?, args, config_path(&cli)).await,
         Command::Audit(args) => audit(&cli, args),
         Command::Notify(args) => match &args.command {
-            NotifyCommand::Test { channel } => notify_test(load(&cli)?, channel).await,
+            NotifyCommand::Test { channel } => {
+                notify_test(load_without_admin_keys(&cli)?, channel).await
+            }
             NotifyCommand::RetryDead { channel } => {
-                notify_retry_dead(load(&cli)?, channel.as_deref())
+                notify_retry_dead(load_without_admin_keys(&cli)?, channel.as_deref())
             }
         },
         Command::Demo(args) => {
@@ -286,7 +298,7 @@ fn open_for_sweeps(config: &Config) -> Result<Store> {
 fn audit(cli: &Cli, args: &AuditArgs) -> Result<ExitCode> {
     let path = match &args.state {
         Some(p) => p.clone(),
-        None => load(cli)?.state_path,
+        None => load_without_admin_keys(cli)?.state_path,
     };
     let store = open_existing(&path)?;
     let stdout = std::io::stdout();

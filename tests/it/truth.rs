@@ -179,3 +179,69 @@ fn every_json_log_line_of_a_revoking_sweep_has_unique_field_names_and_names_the_
         assert_eq!(r["organization"], "acme", "{r}");
     }
 }
+
+/// `keysweep ARGS` as an auditor runs it: no admin key anywhere in its environment.
+async fn without_admin_key(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = process::keysweep(args, env);
+    cmd.env_remove("OPENAI_ADMIN_KEY");
+    process::output(cmd).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_audit_verify_and_notify_test_run_without_the_admin_key() {
+    let sim = simulator(&["--projects", "1", "--keys-per-project", "10", "--seed", "5"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _) = tokio::task::block_in_place(|| sweep_that_revokes(dir.path(), &sim));
+    let hook = crate::support::receivers::Receiver::start().await;
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "\n[[channels]]\nname = \"hook\"\ntype = \"webhook\"\nurl = {:?}\nsecret_env = \"HOOK_SECRET\"\n",
+        hook.url("/hook")
+    ));
+    std::fs::write(&config, text).unwrap();
+    let config = config.to_str().unwrap();
+    let secret = crate::support::secrets::whsec(b"truth-test-webhook-secret");
+    let env = [("HOOK_SECRET", secret.as_str())];
+
+    let list = without_admin_key(&["audit", "--config", config], &env).await;
+    assert!(list.status.success(), "{}", process::describe(&list));
+    assert!(stdout(&list).contains("outcome"), "{}", stdout(&list));
+
+    let verify = without_admin_key(&["audit", "verify", "--config", config], &env).await;
+    assert!(verify.status.success(), "{}", process::describe(&verify));
+    assert!(
+        stdout(&verify).contains("audit chain OK"),
+        "{}",
+        stdout(&verify)
+    );
+
+    let test = without_admin_key(
+        &["notify", "test", "--channel", "hook", "--config", config],
+        &env,
+    )
+    .await;
+    assert!(test.status.success(), "{}", process::describe(&test));
+    assert_eq!(hook.requests("/hook").len(), 1, "the test message arrived");
+
+    // The channel's secret is still read: without it, `notify test` says which variable.
+    let no_secret = without_admin_key(
+        &["notify", "test", "--channel", "hook", "--config", config],
+        &[],
+    )
+    .await;
+    assert!(!no_secret.status.success());
+    let said = stderr(&no_secret);
+    assert!(
+        said.contains("HOOK_SECRET") && !said.contains("OPENAI_ADMIN_KEY"),
+        "{said}"
+    );
+
+    // A command that calls the API still needs the key, and says so.
+    let scan = without_admin_key(&["scan", "--config", config], &env).await;
+    assert!(!scan.status.success());
+    assert!(
+        stderr(&scan).contains("OPENAI_ADMIN_KEY"),
+        "{}",
+        stderr(&scan)
+    );
+}

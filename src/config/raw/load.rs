@@ -27,21 +27,41 @@ pub fn default_config_path() -> PathBuf {
     PathBuf::from("/etc/keysweep/keysweep.toml")
 }
 
+/// Which secrets a load reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Secrets {
+    All,
+    /// Every secret but the organisations' admin keys (see [`load_without_admin_keys`]).
+    ExceptAdminKeys,
+}
+
 /// Loads `path`, applies `KEYSWEEP__…` overrides from the process environment and validates.
 pub fn load(path: &Path) -> Result<Config, LoadError> {
+    load_path(path, Secrets::All)
+}
+
+/// [`load`] for the commands that never call the Administration API (`audit`, `notify`): the
+/// organisations' admin keys are not read, so an auditor needs none. Every other secret (a
+/// channel's, which `notify test` needs) is read as usual. The admin keys of the result are
+/// empty and their source says so: it must never be given to an API client.
+pub fn load_without_admin_keys(path: &Path) -> Result<Config, LoadError> {
+    load_path(path, Secrets::ExceptAdminKeys)
+}
+
+fn load_path(path: &Path, secrets: Secrets) -> Result<Config, LoadError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| LoadError::File {
         file: file.clone(),
         message: format!("cannot read configuration: {e}"),
     })?;
     let env: Vec<(String, String)> = std::env::vars().collect();
-    load_inner(&text, &file, &env, Some(path))
+    load_inner(&text, &file, &env, Some(path), secrets)
 }
 
 /// Loads from a string with an explicit environment (tests, the demo). Secrets named by
 /// `*_env` keys are looked up in `env`.
 pub fn load_from_str(toml: &str, env: &[(String, String)]) -> Result<Config, LoadError> {
-    load_inner(toml, "<inline>", env, None)
+    load_inner(toml, "<inline>", env, None, Secrets::All)
 }
 
 fn load_inner(
@@ -49,6 +69,7 @@ fn load_inner(
     file: &str,
     env: &[(String, String)],
     source: Option<&Path>,
+    secrets: Secrets,
 ) -> Result<Config, LoadError> {
     let layered = layer(text, file, env)?;
     let mut raw: RawConfig = typed(file, "", layered)?;
@@ -58,7 +79,12 @@ fn load_inner(
         .map(|(i, value)| read_channel(file, i, value))
         .collect::<Result<Vec<_>, _>>()?;
     let env_map: BTreeMap<&str, &str> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    validate::config(Context::new(file, &env_map), raw, channels, source)
+    let cx = Context::new(file, &env_map);
+    let cx = match secrets {
+        Secrets::All => cx,
+        Secrets::ExceptAdminKeys => cx.without_admin_keys(),
+    };
+    validate::config(cx, raw, channels, source)
 }
 
 /// The file with the `KEYSWEEP__…` variables of `env` on top.
