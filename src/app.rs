@@ -227,7 +227,7 @@ async fn run(config: Config, args: &RunArgs, path: PathBuf) -> Result<ExitCode> 
     }
     let now = parse_now(args.now.as_deref())?;
     let store = open_for_sweeps(&config)?;
-    let sweeper = Sweeper::new(Arc::new(config), Some(store), Metrics::new())?;
+    let sweeper = Sweeper::new(Arc::new(config), Some(store.clone()), Metrics::new())?;
     let mut opts = SweepOptions::new(now);
     opts.force_dry_run = args.dry_run;
     let cancel = opts.cancel.clone();
@@ -236,6 +236,7 @@ async fn run(config: Config, args: &RunArgs, path: PathBuf) -> Result<ExitCode> 
         cancel.cancel();
     });
     let report = sweeper.run_once(&opts).await?;
+    publish_audit_head(&store, None);
     print_summary(&report, now)?;
     Ok(finish(&report))
 }
@@ -283,6 +284,34 @@ fn print_summary(report: &SweepReport, now: i64) -> Result<()> {
     Ok(())
 }
 
+/// Publishes the audit chain's head after a sweep (and at daemon start): a log line with its
+/// hash and `seq`, and the `seq` as the `keysweep_audit_head_seq` gauge. The hash goes to the
+/// log only: as a metric label it would be a new series per sweep. Shipped off the host, the
+/// line is what `audit verify --expect-head` checks the database against; a `seq` that goes
+/// down between scrapes is a rewound log. A head that cannot be read is a warning: the sweep
+/// itself is done.
+fn publish_audit_head(store: &Store, metrics: Option<&Metrics>) {
+    match store.with_conn(crate::state::audit::head) {
+        Ok(head) => {
+            let (seq, hash) = head
+                .map_or((0, crate::state::audit::GENESIS_HASH.to_string()), |h| {
+                    (h.seq, h.hash)
+                });
+            tracing::info!(
+                audit_seq = seq,
+                audit_head = %hash,
+                "audit chain head (keep it elsewhere; check with `keysweep audit verify --expect-head`)"
+            );
+            if let Some(m) = metrics {
+                m.set_audit_head_seq(seq);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %crate::error_chain(&e), "cannot read the audit chain head")
+        }
+    }
+}
+
 /// Opens the state database for a command that sweeps, and marks sweeps a previous process left
 /// `running` (crash, SIGKILL) as interrupted, so history and readiness do not show them running.
 fn open_for_sweeps(config: &Config) -> Result<Store> {
@@ -304,10 +333,15 @@ fn audit(cli: &Cli, args: &AuditArgs) -> Result<ExitCode> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     match args.command {
-        Some(AuditCommand::Verify) => match crate::state::cli::audit_verify(&store, &mut out) {
-            Ok(_) => Ok(ExitCode::SUCCESS),
-            Err(_) => Ok(ExitCode::from(EXIT_INCOMPLETE)),
-        },
+        Some(AuditCommand::Verify { ref expect_head }) => {
+            let expected = expect_head
+                .as_deref()
+                .map(|h| h.trim().to_ascii_lowercase());
+            match crate::state::cli::audit_verify_anchored(&store, expected.as_deref(), &mut out) {
+                Ok(_) => Ok(ExitCode::SUCCESS),
+                Err(_) => Ok(ExitCode::from(EXIT_INCOMPLETE)),
+            }
+        }
         None => {
             let since = args.since.as_deref().map(parse_since).transpose()?;
             let format = match args.format {
@@ -410,6 +444,7 @@ fn notify_retry_dead(config: Config, channel: Option<&str>) -> Result<ExitCode> 
 async fn serve(config: Config, path: PathBuf, force_dry_run: bool) -> Result<()> {
     let store = open_for_sweeps(&config)?;
     let metrics = Metrics::new();
+    publish_audit_head(&store, Some(&metrics));
     tracing::info!(
         config = %path.display(),
         mode = if force_dry_run { "dry-run" } else { config.mode.as_str() },
@@ -446,10 +481,11 @@ fn daemon_sweep(store: Store, metrics: Metrics, force_dry_run: bool) -> crate::d
         let metrics = metrics.clone();
         let cache = cache.clone();
         Box::pin(async move {
-            let sweeper = match sweeper_for(&cache, &req.config, store, metrics).await {
-                Ok(s) => s,
-                Err(reason) => return SweepResult::Failed { reason },
-            };
+            let sweeper =
+                match sweeper_for(&cache, &req.config, store.clone(), metrics.clone()).await {
+                    Ok(s) => s,
+                    Err(reason) => return SweepResult::Failed { reason },
+                };
             let opts = SweepOptions {
                 now: chrono::Utc::now().timestamp(),
                 force_dry_run,
@@ -458,7 +494,9 @@ fn daemon_sweep(store: Store, metrics: Metrics, force_dry_run: bool) -> crate::d
                 cancel: req.cancel.clone(),
                 deliver: true,
             };
-            match sweeper.run_once(&opts).await {
+            let swept = sweeper.run_once(&opts).await;
+            publish_audit_head(&store, Some(&metrics));
+            match swept {
                 Err(e) => SweepResult::Failed {
                     reason: crate::error_chain(&e),
                 },

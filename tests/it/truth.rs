@@ -245,3 +245,98 @@ async fn audit_audit_verify_and_notify_test_run_without_the_admin_key() {
         stderr(&scan)
     );
 }
+
+/// The last `audit chain head` line a run logged: (seq, hash).
+fn published_head(out: &Output) -> (i64, String) {
+    let line = log_records(out)
+        .into_iter()
+        .rev()
+        .find(|r| {
+            r["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("audit chain head"))
+        })
+        .unwrap_or_else(|| panic!("no audit chain head line: {}", stderr(out)));
+    (
+        line["audit_seq"].as_i64().unwrap(),
+        line["audit_head"].as_str().unwrap().to_string(),
+    )
+}
+
+fn verify_with(db: &Path, expect: Option<&str>) -> Output {
+    let mut cmd = bin();
+    cmd.args(["audit", "verify", "--state"]).arg(db);
+    if let Some(h) = expect {
+        cmd.args(["--expect-head", h]);
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn a_sweep_publishes_the_audit_head_and_verify_expect_head_catches_a_cut_and_rewound_tail() {
+    let sim = simulator(&["--projects", "1", "--keys-per-project", "10", "--seed", "5"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (config, revoking) = sweep_that_revokes(dir.path(), &sim);
+    let db = dir.path().join("keysweep.db");
+    let (seq, head) = published_head(&revoking);
+    assert_eq!(head.len(), 64, "{head}");
+
+    let ok = verify_with(&db, Some(&head));
+    assert!(ok.status.success(), "{}", process::describe(&ok));
+    assert!(
+        stdout(&ok).contains(&format!("head {head} (record {seq}) is the expected head")),
+        "{}",
+        stdout(&ok)
+    );
+
+    // The log grows after the publication: the older anchor still holds, and says by how much.
+    let later = (chrono::Utc::now() + chrono::Duration::days(16)).to_rfc3339();
+    let next = with_key(
+        bin()
+            .args(["run", "--once", "--now", &later, "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info"),
+    );
+    let (new_seq, new_head) = published_head(&next);
+    assert!(new_seq > seq);
+    let grown = verify_with(&db, Some(&head));
+    assert!(grown.status.success(), "{}", process::describe(&grown));
+    assert!(
+        stdout(&grown).contains(&format!(
+            "the expected head is record {seq}, {} record(s) were appended after it",
+            new_seq - seq
+        )),
+        "{}",
+        stdout(&grown)
+    );
+
+    // Someone with the file cuts the last record and rewinds sqlite_sequence: the chain alone
+    // still verifies (the documented gap) …
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch(&format!(
+        "DROP TRIGGER audit_no_delete; DELETE FROM audit WHERE seq = {new_seq}; \
+         UPDATE sqlite_sequence SET seq = {} WHERE name = 'audit';",
+        new_seq - 1
+    ))
+    .unwrap();
+    drop(conn);
+    let unanchored = verify_with(&db, None);
+    assert!(
+        unanchored.status.success(),
+        "{}",
+        process::describe(&unanchored)
+    );
+    // … but not against the head the sweep published.
+    let caught = verify_with(&db, Some(&new_head.to_uppercase()));
+    assert_eq!(
+        caught.status.code(),
+        Some(1),
+        "{}",
+        process::describe(&caught)
+    );
+    let said = stdout(&caught);
+    assert!(
+        said.contains("BROKEN") && said.contains(&new_head),
+        "{said}"
+    );
+}
