@@ -340,3 +340,81 @@ fn a_sweep_publishes_the_audit_head_and_verify_expect_head_catches_a_cut_and_rew
         "{said}"
     );
 }
+
+/// `keysweep check-config` on a one-organisation file, with `env` on top: (ok, stdout, stderr).
+fn check_config_with(env: &[(&str, &str)]) -> (bool, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ks.toml");
+    std::fs::write(
+        &path,
+        "[[organizations]]\nname = \"acme\"\nbase_url = \"http://127.0.0.1:8089/v1\"\n",
+    )
+    .unwrap();
+    let out = bin()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .env("OPENAI_ADMIN_KEY", ADMIN_KEY)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (out.status.success(), stdout(&out), stderr(&out))
+}
+
+#[test]
+fn an_error_caused_by_an_environment_variable_names_the_variable_not_the_file() {
+    for (var, value, key) in [
+        ("KEYSWEEP__SAFTY__MAX_REVOCATIONS_PER_RUN", "5", "safty"),
+        (
+            "KEYSWEEP__LIMITS__CONCURRENCY",
+            "many",
+            "limits.concurrency",
+        ),
+        ("KEYSWEEP__LIMITS__CONCURRENCY", "0", "limits.concurrency"),
+        (
+            "KEYSWEEP__ORGANIZATIONS__0__BASE_URL",
+            "ftp://x",
+            "organizations[0].base_url",
+        ),
+    ] {
+        let (ok, _, err) = check_config_with(&[(var, value)]);
+        assert!(!ok, "{var}={value}");
+        assert!(
+            err.contains(&format!("error: environment variable {var}: {key}: ")),
+            "{var}={value}: {err}"
+        );
+        assert!(!err.contains("ks.toml"), "the file is not to blame: {err}");
+    }
+}
+
+#[test]
+fn an_entry_of_a_list_is_overridden_by_its_index_and_an_index_past_the_file_is_refused() {
+    let (ok, shown, err) = check_config_with(&[(
+        "KEYSWEEP__ORGANIZATIONS__0__BASE_URL",
+        "http://127.0.0.1:9999/v1",
+    )]);
+    assert!(ok, "{err}");
+    assert!(shown.contains("http://127.0.0.1:9999/v1"), "{shown}");
+    assert!(!shown.contains("8089"), "{shown}");
+
+    let (ok, _, err) = check_config_with(&[(
+        "KEYSWEEP__ORGANIZATIONS__1__BASE_URL",
+        "http://127.0.0.1:9999/v1",
+    )]);
+    assert!(!ok);
+    assert!(
+        err.contains(
+            "environment variable KEYSWEEP__ORGANIZATIONS__1__BASE_URL: organizations[1]:"
+        ) && err.contains("has 1 organizations entry (index 0 to 0)")
+            && err.contains("not add one"),
+        "{err}"
+    );
+
+    let (ok, _, err) = check_config_with(&[("KEYSWEEP__LIMITS__0__X", "1")]);
+    assert!(!ok);
+    assert!(
+        err.contains(
+            "environment variable KEYSWEEP__LIMITS__0__X: limits: is not a list of entries"
+        ),
+        "{err}"
+    );
+}
