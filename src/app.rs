@@ -39,12 +39,23 @@ pub fn main() -> ExitCode {
     };
     match runtime.block_on(dispatch(cli)) {
         Ok(code) => code,
+        // The reader went away (`keysweep scan | head`): there is no one left to tell, so no
+        // message; the shell's status for a process killed by SIGPIPE.
+        Err(e) if is_broken_pipe(&e) => ExitCode::from(141),
         Err(e) => {
             // `{:#}` prints the whole cause chain on one line: reported once, here.
             eprintln!("error: {e:#}");
             ExitCode::from(EXIT_CONFIG)
         }
     }
+}
+
+/// Whether `e` was caused by writing to a closed pipe.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn config_path(cli: &Cli) -> PathBuf {

@@ -418,3 +418,74 @@ fn an_entry_of_a_list_is_overridden_by_its_index_and_an_index_past_the_file_is_r
         "{err}"
     );
 }
+
+#[test]
+fn a_missing_configuration_file_says_how_to_name_one() {
+    let out = bin()
+        .args(["check-config", "--config", "/nonexistent/keysweep/ks.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("/nonexistent/keysweep/ks.toml")
+            && err.contains("--config FILE")
+            && err.contains("KEYSWEEP_CONFIG"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_bare_number_as_a_duration_suggests_days() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ks.toml");
+    std::fs::write(
+        &path,
+        "[[organizations]]\nname = \"acme\"\n[[policies]]\nname = \"old\"\nmax_age = \"90\"\n",
+    )
+    .unwrap();
+    let out = bin()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .env("OPENAI_ADMIN_KEY", ADMIN_KEY)
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("policies[0].max_age") && err.contains("write \"90d\" for 90 days"),
+        "{err}"
+    );
+    assert!(!err.contains("90sec"), "{err}");
+}
+
+#[test]
+fn notify_test_explains_its_channel_option() {
+    let out = bin().args(["notify", "test", "--help"]).output().unwrap();
+    let help = stdout(&out);
+    assert!(
+        help.contains("--channel <NAME>") && help.contains("[[channels]]"),
+        "{help}"
+    );
+}
+
+#[test]
+fn a_reader_that_goes_away_gets_no_error_message() {
+    use std::io::BufRead;
+    let mut child = bin()
+        .arg("demo")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.contains("keysweep demo"), "{first}");
+    // The reader is dropped here, as `| head -1` closes the pipe.
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(141), "{err}");
+    assert!(!err.to_lowercase().contains("broken pipe"), "{err}");
+}

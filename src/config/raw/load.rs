@@ -52,7 +52,15 @@ fn load_path(path: &Path, secrets: Secrets) -> Result<Config, LoadError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| LoadError::File {
         file: file.clone(),
-        message: format!("cannot read configuration: {e}"),
+        message: if e.kind() == std::io::ErrorKind::NotFound {
+            format!(
+                "cannot read configuration: {e}; name the file with --config FILE or the \
+                 KEYSWEEP_CONFIG variable (default {})",
+                default_config_path().display()
+            )
+        } else {
+            format!("cannot read configuration: {e}")
+        },
     })?;
     let env: Vec<(String, String)> = std::env::vars().collect();
     load_inner(&text, &file, &env, Some(path), secrets)
