@@ -39,12 +39,23 @@ pub fn main() -> ExitCode {
     };
     match runtime.block_on(dispatch(cli)) {
         Ok(code) => code,
+        // The reader went away (`keysweep scan | head`): there is no one left to tell, so no
+        // message; the shell's status for a process killed by SIGPIPE.
+        Err(e) if is_broken_pipe(&e) => ExitCode::from(141),
         Err(e) => {
             // `{:#}` prints the whole cause chain on one line: reported once, here.
             eprintln!("error: {e:#}");
             ExitCode::from(EXIT_CONFIG)
         }
     }
+}
+
+/// Whether `e` was caused by writing to a closed pipe.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn config_path(cli: &Cli) -> PathBuf {
@@ -56,7 +67,17 @@ fn config_path(cli: &Cli) -> PathBuf {
 /// Loads the configuration and starts telemetry with its log settings; load warnings are logged
 /// once telemetry is up.
 fn load(cli: &Cli) -> Result<Config> {
-    let config = config::load(&config_path(cli))?;
+    load_with(cli, config::load)
+}
+
+/// [`load`] for the commands that never call the Administration API (`audit`, `notify`): the
+/// admin keys are not read, so an auditor needs none.
+fn load_without_admin_keys(cli: &Cli) -> Result<Config> {
+    load_with(cli, config::load_without_admin_keys)
+}
+
+fn load_with(cli: &Cli, read: fn(&Path) -> Result<Config, config::LoadError>) -> Result<Config> {
+    let config = read(&config_path(cli))?;
     // The daemon and `run --once` log their progress; the other commands speak through their
     // output and log only warnings unless RUST_LOG says otherwise.
     let default = if matches!(cli.command, Command::Run(_)) {
@@ -95,9 +116,11 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Run(args) => run(load(&cli)?, args, config_path(&cli)).await,
         Command::Audit(args) => audit(&cli, args),
         Command::Notify(args) => match &args.command {
-            NotifyCommand::Test { channel } => notify_test(load(&cli)?, channel).await,
+            NotifyCommand::Test { channel } => {
+                notify_test(load_without_admin_keys(&cli)?, channel).await
+            }
             NotifyCommand::RetryDead { channel } => {
-                notify_retry_dead(load(&cli)?, channel.as_deref())
+                notify_retry_dead(load_without_admin_keys(&cli)?, channel.as_deref())
             }
         },
         Command::Demo(args) => {
@@ -215,7 +238,7 @@ async fn run(config: Config, args: &RunArgs, path: PathBuf) -> Result<ExitCode> 
     }
     let now = parse_now(args.now.as_deref())?;
     let store = open_for_sweeps(&config)?;
-    let sweeper = Sweeper::new(Arc::new(config), Some(store), Metrics::new())?;
+    let sweeper = Sweeper::new(Arc::new(config), Some(store.clone()), Metrics::new())?;
     let mut opts = SweepOptions::new(now);
     opts.force_dry_run = args.dry_run;
     let cancel = opts.cancel.clone();
@@ -224,6 +247,7 @@ async fn run(config: Config, args: &RunArgs, path: PathBuf) -> Result<ExitCode> 
         cancel.cancel();
     });
     let report = sweeper.run_once(&opts).await?;
+    publish_audit_head(&store, None);
     print_summary(&report, now)?;
     Ok(finish(&report))
 }
@@ -271,6 +295,34 @@ fn print_summary(report: &SweepReport, now: i64) -> Result<()> {
     Ok(())
 }
 
+/// Publishes the audit chain's head after a sweep (and at daemon start): a log line with its
+/// hash and `seq`, and the `seq` as the `keysweep_audit_head_seq` gauge. The hash goes to the
+/// log only: as a metric label it would be a new series per sweep. Shipped off the host, the
+/// line is what `audit verify --expect-head` checks the database against; a `seq` that goes
+/// down between scrapes is a rewound log. A head that cannot be read is a warning: the sweep
+/// itself is done.
+fn publish_audit_head(store: &Store, metrics: Option<&Metrics>) {
+    match store.with_conn(crate::state::audit::head) {
+        Ok(head) => {
+            let (seq, hash) = head
+                .map_or((0, crate::state::audit::GENESIS_HASH.to_string()), |h| {
+                    (h.seq, h.hash)
+                });
+            tracing::info!(
+                audit_seq = seq,
+                audit_head = %hash,
+                "audit chain head (keep it elsewhere; check with `keysweep audit verify --expect-head`)"
+            );
+            if let Some(m) = metrics {
+                m.set_audit_head_seq(seq);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %crate::error_chain(&e), "cannot read the audit chain head")
+        }
+    }
+}
+
 /// Opens the state database for a command that sweeps, and marks sweeps a previous process left
 /// `running` (crash, SIGKILL) as interrupted, so history and readiness do not show them running.
 fn open_for_sweeps(config: &Config) -> Result<Store> {
@@ -286,16 +338,21 @@ fn open_for_sweeps(config: &Config) -> Result<Store> {
 fn audit(cli: &Cli, args: &AuditArgs) -> Result<ExitCode> {
     let path = match &args.state {
         Some(p) => p.clone(),
-        None => load(cli)?.state_path,
+        None => load_without_admin_keys(cli)?.state_path,
     };
     let store = open_existing(&path)?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     match args.command {
-        Some(AuditCommand::Verify) => match crate::state::cli::audit_verify(&store, &mut out) {
-            Ok(_) => Ok(ExitCode::SUCCESS),
-            Err(_) => Ok(ExitCode::from(EXIT_INCOMPLETE)),
-        },
+        Some(AuditCommand::Verify { ref expect_head }) => {
+            let expected = expect_head
+                .as_deref()
+                .map(|h| h.trim().to_ascii_lowercase());
+            match crate::state::cli::audit_verify_anchored(&store, expected.as_deref(), &mut out) {
+                Ok(_) => Ok(ExitCode::SUCCESS),
+                Err(_) => Ok(ExitCode::from(EXIT_INCOMPLETE)),
+            }
+        }
         None => {
             let since = args.since.as_deref().map(parse_since).transpose()?;
             let format = match args.format {
@@ -398,6 +455,7 @@ fn notify_retry_dead(config: Config, channel: Option<&str>) -> Result<ExitCode> 
 async fn serve(config: Config, path: PathBuf, force_dry_run: bool) -> Result<()> {
     let store = open_for_sweeps(&config)?;
     let metrics = Metrics::new();
+    publish_audit_head(&store, Some(&metrics));
     tracing::info!(
         config = %path.display(),
         mode = if force_dry_run { "dry-run" } else { config.mode.as_str() },
@@ -434,10 +492,11 @@ fn daemon_sweep(store: Store, metrics: Metrics, force_dry_run: bool) -> crate::d
         let metrics = metrics.clone();
         let cache = cache.clone();
         Box::pin(async move {
-            let sweeper = match sweeper_for(&cache, &req.config, store, metrics).await {
-                Ok(s) => s,
-                Err(reason) => return SweepResult::Failed { reason },
-            };
+            let sweeper =
+                match sweeper_for(&cache, &req.config, store.clone(), metrics.clone()).await {
+                    Ok(s) => s,
+                    Err(reason) => return SweepResult::Failed { reason },
+                };
             let opts = SweepOptions {
                 now: chrono::Utc::now().timestamp(),
                 force_dry_run,
@@ -446,7 +505,9 @@ fn daemon_sweep(store: Store, metrics: Metrics, force_dry_run: bool) -> crate::d
                 cancel: req.cancel.clone(),
                 deliver: true,
             };
-            match sweeper.run_once(&opts).await {
+            let swept = sweeper.run_once(&opts).await;
+            publish_audit_head(&store, Some(&metrics));
+            match swept {
                 Err(e) => SweepResult::Failed {
                     reason: crate::error_chain(&e),
                 },

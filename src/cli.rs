@@ -88,8 +88,8 @@ pub struct AuditArgs {
     pub since: Option<String>,
     #[arg(long, value_enum, default_value = "table")]
     pub format: AuditFormatArg,
-    /// The state database to read (default: `state_path` from the configuration, which then
-    /// does not need its secrets). Accepted before or after `verify`.
+    /// The state database to read (default: `state_path` from the configuration; no admin key
+    /// is read for `audit`, so an auditor needs none). Accepted before or after `verify`.
     #[arg(long, value_name = "FILE", global = true)]
     pub state: Option<PathBuf>,
 }
@@ -103,7 +103,13 @@ pub enum AuditFormatArg {
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Check the hash chain; exits non-zero if any record was changed, removed or reordered.
-    Verify,
+    Verify {
+        /// A head hash published earlier (the `audit chain head` log line of a sweep, kept
+        /// away from this host): fail unless that record is still in the chain. Catches a
+        /// cut-off tail with a rewound `sqlite_sequence` and a rebuilt log.
+        #[arg(long, value_name = "HASH")]
+        expect_head: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -116,7 +122,8 @@ pub struct NotifyArgs {
 pub enum NotifyCommand {
     /// Send a test message through one channel and report the outcome.
     Test {
-        #[arg(long)]
+        /// The channel's `name` in `[[channels]]`.
+        #[arg(long, value_name = "NAME")]
         channel: String,
     },
     /// Put dead-lettered messages back in the outbox (after fixing their channel); the daemon,

@@ -68,6 +68,7 @@ struct Inner {
     skipped: Family<OrgLabels, Counter>,
     admin_key_expiry: Family<AdminKeyLabels, Gauge>,
     incomplete_listings: Family<OrgLabels, Counter>,
+    audit_head_seq: Gauge,
     /// Which snapshot series each organisation set last time, so a project or policy that
     /// disappears stops being reported instead of freezing at its last value.
     snapshots: Mutex<Snapshots>,
@@ -278,6 +279,12 @@ impl Metrics {
             "Project key listings that could not be completed (no revocation acts on them)",
             incomplete_listings.clone(),
         );
+        let audit_head_seq = Gauge::default();
+        registry.register(
+            "audit_head_seq",
+            "Sequence number of the audit log's last record (its hash is logged after each sweep); it never goes down",
+            audit_head_seq.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -297,6 +304,7 @@ impl Metrics {
                 skipped,
                 admin_key_expiry,
                 incomplete_listings,
+                audit_head_seq,
                 snapshots: Mutex::new(Snapshots::default()),
             }),
         }
@@ -591,6 +599,11 @@ impl Metrics {
             .incomplete_listings
             .get_or_create(&org_labels(org))
             .inc();
+    }
+
+    /// `seq` of the audit log's head, published after each sweep.
+    pub fn set_audit_head_seq(&self, seq: i64) {
+        self.inner.audit_head_seq.set(seq);
     }
 
     /// The registry in OpenMetrics text format, ending with `# EOF`.

@@ -21,7 +21,9 @@ use secrecy::SecretString;
 
 pub use effective::render as render_effective;
 pub use raw::LoadError;
-pub use raw::load::{ENV_PREFIX, default_config_path, load, load_from_str};
+pub use raw::load::{
+    ENV_PREFIX, default_config_path, load, load_from_str, load_without_admin_keys,
+};
 pub use values::{parse_duration, validate_cron};
 
 /// Conservative safety defaults: a misconfigured policy can delete at most this much.

@@ -18,7 +18,14 @@ use super::is_loopback_host;
 
 /// Human durations: `90d`, `36h`, `1h 30m`, `45s`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
+    let t = s.trim();
+    // humantime's own advice for a bare number is "90sec or 90ms"; policy durations are days.
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "{s:?} has no unit: write \"{t}d\" for {t} days (or \"{t}h\", \"{t}m\", \"{t}s\")"
+        ));
+    }
+    humantime::parse_duration(t)
         .map_err(|e| format!("{s:?} is not a duration like \"90d\" or \"36h\": {e}"))
 }
 

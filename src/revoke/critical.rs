@@ -107,10 +107,10 @@ impl CriticalDelete {
     fn log(&self, outcome: &Outcome) {
         match outcome {
             Outcome::Deleted => {
-                tracing::warn!(run_id = %self.run_id, organization = %self.organization, project_id = %self.project_id, target = %self.target, "revoked")
+                tracing::warn!(run_id = %self.run_id, organization = %self.organization, project_id = %self.project_id, key_id = %self.key_id, key_ids = %self.key_ids.join(","), subject = %self.target, "revoked")
             }
             Outcome::Failed { error } => {
-                tracing::error!(run_id = %self.run_id, organization = %self.organization, project_id = %self.project_id, target = %self.target, %error, "revocation failed")
+                tracing::error!(run_id = %self.run_id, organization = %self.organization, project_id = %self.project_id, key_id = %self.key_id, key_ids = %self.key_ids.join(","), subject = %self.target, %error, "revocation failed")
             }
             _ => {}
         }

@@ -87,7 +87,7 @@ async fn revoke_one(
     };
     if let Some(reason) = recheck_all(ctx, client, action, &doomed.keys).await {
         record_skipped(ctx, &doomed.keys, &reason)?;
-        tracing::info!(run_id = ctx.run_id, target = %result.target, %reason, "revocation skipped after re-check");
+        tracing::info!(run_id = ctx.run_id, key_ids = %result.key_ids.join(","), subject = %result.target, %reason, "revocation skipped after re-check");
         result.outcome = Outcome::SkippedAfterRecheck { reason };
         return Ok(result);
     }

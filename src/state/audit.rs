@@ -281,6 +281,10 @@ pub enum AuditError {
     /// log this is a failed verification too.
     #[error("audit log unreadable")]
     Unreadable(#[from] StateError),
+    /// The chain holds, but no record has the head hash published earlier (`--expect-head`):
+    /// records up to it were cut off or the whole log was rebuilt.
+    #[error("the expected head {expected} is not in the audit log")]
+    HeadNotFound { expected: String },
 }
 
 impl From<rusqlite::Error> for AuditError {
@@ -332,7 +336,8 @@ pub fn append_durable(store: &Store, record: &AuditRecord) -> Result<AuditEntry,
     store.tx(|tx| append(tx, record))
 }
 
-/// The current head of the chain, if any record exists.
+/// The current head of the chain, if any record exists. Not verified: it is what a sweep
+/// publishes (a log line, a metric) so that a later `audit verify --expect-head` is anchored.
 pub fn head(conn: &Connection) -> Result<Option<AuditEntry>, StateError> {
     Ok(conn
         .prepare_cached("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")?
@@ -448,6 +453,22 @@ fn check_tail(conn: &Connection, last_seq: i64) -> Result<(), AuditError> {
         });
     }
     Ok(())
+}
+
+/// The `seq` of the record whose hash is `hash` (0 for [`GENESIS_HASH`]), if any. Meaningful
+/// only after [`verify`] passed: then every stored hash is the one the chain computes, so a
+/// published head found here is still part of the chain.
+pub fn seq_of_hash(conn: &Connection, hash: &str) -> Result<Option<i64>, StateError> {
+    if hash == GENESIS_HASH {
+        return Ok(Some(0));
+    }
+    Ok(conn
+        .query_row(
+            "SELECT seq FROM audit WHERE hash = ?1 ORDER BY seq LIMIT 1",
+            params![hash],
+            |r| r.get(0),
+        )
+        .optional()?)
 }
 
 /// Calls `f` for every record at or after `since` (Unix seconds), in chain order, without

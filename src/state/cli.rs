@@ -58,17 +58,56 @@ pub fn audit_list(
 /// `keysweep audit verify`: recomputes the chain and prints a one-line verdict. `Err` means the
 /// log is broken or unreadable; the CLI exits non-zero on it.
 pub fn audit_verify(store: &Store, out: &mut dyn Write) -> Result<VerifyReport, AuditError> {
+    audit_verify_anchored(store, None, out)
+}
+
+/// `keysweep audit verify [--expect-head HASH]`: [`audit_verify`], and when `expect_head` is
+/// given (a head a sweep published earlier, kept where the database cannot rewrite it), the
+/// chain must still contain that record: the head itself, or a record that later ones follow
+/// (the log grows between the publication and the check). A cut-off tail with a rewound
+/// `sqlite_sequence`, or a rebuilt log, no longer holds it.
+pub fn audit_verify_anchored(
+    store: &Store,
+    expect_head: Option<&str>,
+    out: &mut dyn Write,
+) -> Result<VerifyReport, AuditError> {
     let result = store
-        .with_conn(|conn| Ok(audit::verify(conn)))
+        .with_conn(|conn| {
+            Ok(audit::verify(conn).and_then(|report| match expect_head {
+                None => Ok((report, None)),
+                Some(expected) => match audit::seq_of_hash(conn, expected)? {
+                    Some(seq) => Ok((report, Some(seq))),
+                    None => Err(AuditError::HeadNotFound {
+                        expected: expected.to_string(),
+                    }),
+                },
+            }))
+        })
         .unwrap_or_else(|e| Err(AuditError::Unreadable(e)));
     let line = match &result {
-        Ok(report) => format!(
+        Ok((report, None)) => format!(
             "audit chain OK: {} records, head {}",
             report.records, report.last_hash
+        ),
+        Ok((report, Some(seq))) if *seq == report.last_seq => format!(
+            "audit chain OK: {} records, head {} (record {seq}) is the expected head",
+            report.records, report.last_hash
+        ),
+        Ok((report, Some(seq))) => format!(
+            "audit chain OK: {} records, head {} (record {}); the expected head is record {seq}, \
+             {} record(s) were appended after it",
+            report.records,
+            report.last_hash,
+            report.last_seq,
+            report.last_seq - seq
         ),
         Err(AuditError::Broken { seq, reason }) => {
             format!("audit chain BROKEN at record {seq}: {reason}")
         }
+        Err(AuditError::HeadNotFound { expected }) => format!(
+            "audit chain BROKEN: no record has the expected head {expected}; records up to it \
+             were removed or the log was rebuilt"
+        ),
         Err(AuditError::Unreadable(e)) => {
             format!("audit chain UNREADABLE: {}", crate::error_chain(e))
         }
@@ -76,7 +115,7 @@ pub fn audit_verify(store: &Store, out: &mut dyn Write) -> Result<VerifyReport, 
     writeln!(out, "{line}")
         .and_then(|()| out.flush())
         .map_err(|e| AuditError::Unreadable(StateError::Output(e)))?;
-    result
+    result.map(|(report, _)| report)
 }
 
 fn write_row(out: &mut dyn Write, row: &AuditRow) -> std::io::Result<()> {

@@ -356,6 +356,11 @@ async fn the_daemon_sweeps_on_schedule_serves_its_endpoints_and_logs_run_ids() {
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["ready"], true);
 
     assert_metrics_move(&d).await;
+    let head_seq = d.metrics().await.sum("keysweep_audit_head_seq", &[]);
+    assert!(
+        head_seq >= 1.0,
+        "the audit head's seq is published: {head_seq}"
+    );
 
     // The simulator saw one project listing per sweep at least.
     let listed = sim
@@ -387,7 +392,33 @@ async fn the_daemon_sweeps_on_schedule_serves_its_endpoints_and_logs_run_ids() {
         );
     }
     assert!(assert_no_overlap(&log) >= 4);
+    assert_published_heads_are_in_the_chain(&d, &log);
     d.proc.assert_no_secret(&[ADMIN_KEY]);
+}
+
+/// Issue 13 item 9: every sweep logs the audit head (hash and seq), and that record is in the
+/// chain; the gauge carries the seq, never the hash.
+fn assert_published_heads_are_in_the_chain(d: &Daemon, log: &[Value]) {
+    let heads: Vec<(i64, String)> = log
+        .iter()
+        .filter(|r| message(r).starts_with("audit chain head"))
+        .map(|r| {
+            (
+                r["audit_seq"].as_i64().unwrap(),
+                r["audit_head"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    // One at start, one after each sweep.
+    assert!(heads.len() >= 5, "{heads:?}");
+    assert!(heads.windows(2).all(|w| w[0].0 <= w[1].0), "{heads:?}");
+    let conn = rusqlite::Connection::open(&d.state).unwrap();
+    for (seq, hash) in heads.iter().filter(|(seq, _)| *seq > 0) {
+        let stored: String = conn
+            .query_row("SELECT hash FROM audit WHERE seq = ?1", [seq], |r| r.get(0))
+            .unwrap();
+        assert_eq!(&stored, hash, "record {seq}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,3 +22,4 @@ mod report;
 mod sim;
 mod sim_nov2026;
 mod state;
+mod truth;

@@ -16,6 +16,9 @@ use super::LoadError;
 pub(super) struct Context<'a> {
     file: &'a str,
     env: &'a BTreeMap<&'a str, &'a str>,
+    /// Whether the organisations' admin keys are read. Off for the commands that never call the
+    /// Administration API (`audit`, `notify`): an auditor must not need the admin key.
+    admin_keys: bool,
     pub(super) warnings: Vec<String>,
 }
 
@@ -24,8 +27,22 @@ impl<'a> Context<'a> {
         Context {
             file,
             env,
+            admin_keys: true,
             warnings: Vec::new(),
         }
+    }
+
+    /// This context, reading every secret except the organisations' admin keys.
+    pub(super) fn without_admin_keys(self) -> Self {
+        Context {
+            admin_keys: false,
+            ..self
+        }
+    }
+
+    /// Whether the admin keys are read (see [`Context::without_admin_keys`]).
+    pub(super) fn resolves_admin_keys(&self) -> bool {
+        self.admin_keys
     }
 
     /// The error for the value at `key`.

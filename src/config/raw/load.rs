@@ -27,21 +27,49 @@ pub fn default_config_path() -> PathBuf {
     PathBuf::from("/etc/keysweep/keysweep.toml")
 }
 
+/// Which secrets a load reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Secrets {
+    All,
+    /// Every secret but the organisations' admin keys (see [`load_without_admin_keys`]).
+    ExceptAdminKeys,
+}
+
 /// Loads `path`, applies `KEYSWEEP__…` overrides from the process environment and validates.
 pub fn load(path: &Path) -> Result<Config, LoadError> {
+    load_path(path, Secrets::All)
+}
+
+/// [`load`] for the commands that never call the Administration API (`audit`, `notify`): the
+/// organisations' admin keys are not read, so an auditor needs none. Every other secret (a
+/// channel's, which `notify test` needs) is read as usual. The admin keys of the result are
+/// empty and their source says so: it must never be given to an API client.
+pub fn load_without_admin_keys(path: &Path) -> Result<Config, LoadError> {
+    load_path(path, Secrets::ExceptAdminKeys)
+}
+
+fn load_path(path: &Path, secrets: Secrets) -> Result<Config, LoadError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| LoadError::File {
         file: file.clone(),
-        message: format!("cannot read configuration: {e}"),
+        message: if e.kind() == std::io::ErrorKind::NotFound {
+            format!(
+                "cannot read configuration: {e}; name the file with --config FILE or the \
+                 KEYSWEEP_CONFIG variable (default {})",
+                default_config_path().display()
+            )
+        } else {
+            format!("cannot read configuration: {e}")
+        },
     })?;
     let env: Vec<(String, String)> = std::env::vars().collect();
-    load_inner(&text, &file, &env, Some(path))
+    load_inner(&text, &file, &env, Some(path), secrets)
 }
 
 /// Loads from a string with an explicit environment (tests, the demo). Secrets named by
 /// `*_env` keys are looked up in `env`.
 pub fn load_from_str(toml: &str, env: &[(String, String)]) -> Result<Config, LoadError> {
-    load_inner(toml, "<inline>", env, None)
+    load_inner(toml, "<inline>", env, None, Secrets::All)
 }
 
 fn load_inner(
@@ -49,52 +77,162 @@ fn load_inner(
     file: &str,
     env: &[(String, String)],
     source: Option<&Path>,
+    secrets: Secrets,
 ) -> Result<Config, LoadError> {
-    let layered = layer(text, file, env)?;
-    let mut raw: RawConfig = typed(file, "", layered)?;
+    let (layered, overrides) = layer(text, file, env)?;
+    let blamed = |e| blame(e, &overrides);
+    let mut raw: RawConfig = typed(file, "", layered).map_err(blamed)?;
     let channels = std::mem::take(&mut raw.channels)
         .into_iter()
         .enumerate()
         .map(|(i, value)| read_channel(file, i, value))
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(blamed)?;
     let env_map: BTreeMap<&str, &str> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    validate::config(Context::new(file, &env_map), raw, channels, source)
+    let cx = Context::new(file, &env_map);
+    let cx = match secrets {
+        Secrets::All => cx,
+        Secrets::ExceptAdminKeys => cx.without_admin_keys(),
+    };
+    validate::config(cx, raw, channels, source).map_err(blamed)
 }
 
-/// The file with the `KEYSWEEP__…` variables of `env` on top.
-fn layer(text: &str, file: &str, env: &[(String, String)]) -> Result<config::Config, LoadError> {
+/// One `KEYSWEEP__…` variable and the key it overrides (`organizations[0].base_url`), so an
+/// error at that key names the variable instead of the file.
+struct Override {
+    var: String,
+    key: String,
+}
+
+/// The file with the `KEYSWEEP__…` variables of `env` on top, and which variable set which key.
+///
+/// A variable names a key by its sections, `__` between them: `KEYSWEEP__SAFETY__KILL_SWITCH_FILE`.
+/// A number indexes a list of entries the file has (`KEYSWEEP__ORGANIZATIONS__0__BASE_URL` is
+/// `organizations[0].base_url`); a variable can change a key of an entry, never add an entry,
+/// so an index past the file's entries is refused, naming the variable and the entries there are.
+fn layer(
+    text: &str,
+    file: &str,
+    env: &[(String, String)],
+) -> Result<(config::Config, Vec<Override>), LoadError> {
     let prefix = format!("{ENV_PREFIX}__");
-    let overrides: config::Map<String, String> = env
-        .iter()
-        .filter(|(k, _)| k.starts_with(&prefix))
-        .cloned()
-        .collect();
-    // `KEYSWEEP__` or `KEYSWEEP__LIMITS____X` name no key: config-rs would report an unknown
-    // field `` against the file, naming neither the key nor the variable. Name the variable.
-    if let Some(var) = overrides.keys().find(|k| {
-        k.strip_prefix(&prefix)
-            .is_some_and(|rest| rest.split("__").any(str::is_empty))
-    }) {
-        return Err(LoadError::Invalid {
-            file: file.to_string(),
-            key: var.clone(),
-            message: format!(
-                "environment variable {var} names no configuration key (expected {ENV_PREFIX}__SECTION__KEY)"
-            ),
+    let mut vars: Vec<&(String, String)> =
+        env.iter().filter(|(k, _)| k.starts_with(&prefix)).collect();
+    vars.sort();
+    let file_err = |e: ConfigError| LoadError::File {
+        file: file.to_string(),
+        message: scrub(&e.to_string()),
+    };
+    let source = || config::File::from_str(text, config::FileFormat::Toml);
+    let alone = config::Config::builder()
+        .add_source(source())
+        .build()
+        .map_err(file_err)?;
+    let mut builder = config::Config::builder().add_source(source());
+    let mut overrides = Vec::new();
+    for (var, value) in vars {
+        let key = override_key(&alone, file, var, &var[prefix.len()..])?;
+        builder = builder
+            .set_override(&key, value.clone())
+            .map_err(|e| var_error(var, &key, message(e)))?;
+        overrides.push(Override {
+            var: var.clone(),
+            key,
         });
     }
-    config::Config::builder()
-        .add_source(config::File::from_str(text, config::FileFormat::Toml))
-        .add_source(
-            config::Environment::with_prefix(ENV_PREFIX)
-                .separator("__")
-                .source(Some(overrides)),
-        )
-        .build()
-        .map_err(|e| LoadError::File {
-            file: file.to_string(),
-            message: scrub(&e.to_string()),
-        })
+    let layered = builder.build().map_err(|e| match overrides.as_slice() {
+        // Only variables can make a file that built alone fail to build.
+        [one] => var_error(&one.var, &one.key, message(e)),
+        _ => file_err(e),
+    })?;
+    Ok((layered, overrides))
+}
+
+/// The key path a variable names (`organizations[0].base_url` for `ORGANIZATIONS__0__BASE_URL`),
+/// checked against the file alone: every index must be one of its entries.
+fn override_key(
+    alone: &config::Config,
+    file: &str,
+    var: &str,
+    rest: &str,
+) -> Result<String, LoadError> {
+    let mut key = String::new();
+    for (i, part) in rest.split("__").enumerate() {
+        // `KEYSWEEP__` or `KEYSWEEP__LIMITS____X` name no key: config-rs would report an unknown
+        // field `` against the file, naming neither the key nor the variable.
+        if part.is_empty() {
+            return Err(LoadError::Invalid {
+                file: file.to_string(),
+                key: var.to_string(),
+                message: format!(
+                    "environment variable {var} names no configuration key (expected \
+                     {ENV_PREFIX}__SECTION__KEY)"
+                ),
+            });
+        }
+        let part = part.to_ascii_lowercase();
+        if part.bytes().all(|b| b.is_ascii_digit()) && i > 0 {
+            let entries = alone.get_array(&key).map(|a| a.len()).map_err(|_| {
+                var_error(
+                    var,
+                    &key,
+                    format!(
+                        "is not a list of entries in {file}, so {part} cannot index it; a number \
+                         in a variable indexes [[organizations]], [[policies]], [[exemptions]], \
+                         [[channels]] or [[routes]] entries the file has"
+                    ),
+                )
+            })?;
+            match part.parse::<usize>() {
+                Ok(n) if n < entries => key.push_str(&format!("[{n}]")),
+                _ => {
+                    return Err(var_error(
+                        var,
+                        &format!("{key}[{part}]"),
+                        format!(
+                            "{file} has {entries} {key} entr{} (index 0 to {}); a variable can \
+                             override a key of an entry the file has, not add one",
+                            if entries == 1 { "y" } else { "ies" },
+                            entries.saturating_sub(1)
+                        ),
+                    ));
+                }
+            }
+        } else if key.is_empty() {
+            key = part;
+        } else {
+            key.push('.');
+            key.push_str(&part);
+        }
+    }
+    Ok(key)
+}
+
+/// An error caused by the environment variable `var`, which sets `key`.
+fn var_error(var: &str, key: &str, message: String) -> LoadError {
+    LoadError::Invalid {
+        file: format!("environment variable {var}"),
+        key: key.to_string(),
+        message,
+    }
+}
+
+/// `e`, blamed on the variable that set its key (or a key above or below it) if one did.
+fn blame(e: LoadError, overrides: &[Override]) -> LoadError {
+    let LoadError::Invalid { file, key, message } = e else {
+        return e;
+    };
+    let related = |a: &str, b: &str| {
+        a.strip_prefix(b)
+            .is_some_and(|r| r.is_empty() || r.starts_with('.') || r.starts_with('['))
+    };
+    match overrides
+        .iter()
+        .find(|o| related(&key, &o.key) || related(&o.key, &key))
+    {
+        Some(o) => var_error(&o.var, &key, message),
+        None => LoadError::Invalid { file, key, message },
+    }
 }
 
 /// Reads `value` (found at key path `prefix`) into `T`, naming the full key of any error.
