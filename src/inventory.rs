@@ -88,6 +88,75 @@ pub struct Key {
     pub last_used_at: Option<i64>,
     pub owner: Owner,
     pub owner_access: OwnerAccess,
+    /// When OpenAI ends the key. Serialized as the API gives it (Unix seconds, or `null` for
+    /// never) and left out when unknown, so JSON keeps the three cases apart.
+    #[serde(skip_serializing_if = "Expiry::is_unknown")]
+    pub expires_at: Expiry,
+}
+
+/// A key's `expires_at`, keeping apart the API's three answers. Absent (older responses) is
+/// [`Expiry::Unknown`]: never a reason to write, since the key may well have an expiry we cannot
+/// see. `null` is [`Expiry::Never`]; a number is [`Expiry::At`] that Unix second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Expiry {
+    #[default]
+    Unknown,
+    Never,
+    At(i64),
+}
+
+impl Expiry {
+    /// From a field that may be absent (outer `None`) or `null` (`Some(None)`).
+    pub fn from_wire(field: Option<Option<i64>>) -> Expiry {
+        match field {
+            None => Expiry::Unknown,
+            Some(None) => Expiry::Never,
+            Some(Some(at)) => Expiry::At(at),
+        }
+    }
+
+    /// The Unix second the key ends, when known to end.
+    pub fn at(self) -> Option<i64> {
+        match self {
+            Expiry::At(at) => Some(at),
+            Expiry::Never | Expiry::Unknown => None,
+        }
+    }
+
+    pub fn is_unknown(&self) -> bool {
+        matches!(self, Expiry::Unknown)
+    }
+
+    /// Whether the key has ended at `now` (an expiry at `now` itself counts, as in the API).
+    pub fn is_expired(self, now: i64) -> bool {
+        self.at().is_some_and(|at| at <= now)
+    }
+
+    /// Whether the key ends at or before `deadline` (within [`EXPIRY_TOLERANCE`], since the
+    /// server times an update itself): then nothing needs writing to meet that deadline.
+    pub fn ends_by(self, deadline: i64) -> bool {
+        self.at()
+            .is_some_and(|at| at <= deadline.saturating_add(EXPIRY_TOLERANCE))
+    }
+}
+
+/// How far apart two expiries may be and still count as the same (seconds). The server computes
+/// `expires_at` from `expires_in_seconds` against its own clock at its own moment, so the expiry
+/// read back differs from the one aimed at by the request's latency and the clocks' skew.
+pub const EXPIRY_TOLERANCE: i64 = 120;
+
+/// Whether an expiry read back matches `target` within [`EXPIRY_TOLERANCE`].
+pub fn expiry_matches(found: Expiry, target: i64) -> bool {
+    found
+        .at()
+        .is_some_and(|at| at.abs_diff(target) <= EXPIRY_TOLERANCE.unsigned_abs())
+}
+
+impl Serialize for Expiry {
+    /// Unix seconds, or `null` (never, and unknown when a caller does not skip it).
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.at().serialize(s)
+    }
 }
 
 /// Whether a project's listing can be trusted as the whole truth. Only a complete listing may
@@ -320,4 +389,24 @@ pub struct ProjectUser {
     pub email: Option<String>,
     /// `owner` or `member`.
     pub role: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_tolerance_is_two_minutes_either_way() {
+        let t = 1_800_000_000;
+        assert!(expiry_matches(Expiry::At(t + 120), t));
+        assert!(expiry_matches(Expiry::At(t - 120), t));
+        assert!(!expiry_matches(Expiry::At(t + 121), t));
+        assert!(!expiry_matches(Expiry::At(t - 121), t));
+        assert!(!expiry_matches(Expiry::Never, t));
+        assert!(!expiry_matches(Expiry::Unknown, t));
+        assert!(Expiry::At(t + 120).ends_by(t));
+        assert!(!Expiry::At(t + 121).ends_by(t));
+        assert!(!Expiry::Never.ends_by(t));
+        assert!(!Expiry::Unknown.ends_by(t));
+    }
 }

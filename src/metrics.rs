@@ -551,6 +551,7 @@ mod tests {
                 email: Some("someone@example.com".into()),
             },
             owner_access: OwnerAccess::Active,
+            expires_at: crate::inventory::Expiry::Unknown,
         }
     }
 

@@ -526,6 +526,7 @@ mod tests {
             last_used_at: last_used,
             owner,
             owner_access: OwnerAccess::Active,
+            expires_at: crate::inventory::Expiry::Unknown,
         }
     }
 

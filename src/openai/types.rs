@@ -13,7 +13,8 @@ use serde::Deserialize;
 use serde::de::{DeserializeOwned, Deserializer};
 
 use crate::inventory::{
-    AdminKeyInfo, Key, Owner, OwnerAccess, OwnerType, ProjectRef, ProjectUser, ServiceAccount,
+    AdminKeyInfo, Expiry, Key, Owner, OwnerAccess, OwnerType, ProjectRef, ProjectUser,
+    ServiceAccount,
 };
 
 /// A body that could not be decoded: malformed, truncated, or of the wrong shape.
@@ -153,6 +154,10 @@ pub(crate) struct WireKey {
     /// Required in the spec, but none of its sub-fields is; tolerate its absence too.
     #[serde(default)]
     pub owner: Option<WireOwner>,
+    /// November 2026. Outer `None`: absent (older answers: unknown); `Some(None)`: `null`
+    /// (never expires). The two must stay apart: only a known "never" may lead to a write.
+    #[serde(default, deserialize_with = "missing_or_null")]
+    pub expires_at: Option<Option<i64>>,
 }
 
 impl HasId for WireKey {
@@ -266,6 +271,7 @@ impl WireKey {
             last_used_at: self.last_used_at.flatten(),
             owner: self.owner.unwrap_or_default().into_domain(),
             owner_access,
+            expires_at: Expiry::from_wire(self.expires_at),
         }
     }
 }
@@ -419,6 +425,54 @@ mod tests {
         let k: WireKey = decode(used.as_bytes()).unwrap();
         assert_eq!(k.last_used_at, Some(Some(1_736_000_000)));
         assert_eq!(k.into_domain(&project()).last_used_at, Some(1_736_000_000));
+    }
+
+    #[test]
+    fn key_expiry_absent_null_number_stay_apart() {
+        // KEY has no `expires_at`: an older answer, so the expiry is unknown.
+        let key = decode::<WireKey>(KEY.as_bytes())
+            .unwrap()
+            .into_domain(&project());
+        assert_eq!(key.expires_at, Expiry::Unknown);
+        let json = serde_json::to_value(&key).unwrap();
+        assert!(json.get("expires_at").is_none(), "{json}");
+
+        let null = KEY.replace(
+            r#""created_at":1735689600,"#,
+            r#""created_at":1735689600,"expires_at":null,"#,
+        );
+        let key = decode::<WireKey>(null.as_bytes())
+            .unwrap()
+            .into_domain(&project());
+        assert_eq!(key.expires_at, Expiry::Never);
+        assert!(!key.expires_at.is_expired(i64::MAX));
+        let json = serde_json::to_value(&key).unwrap();
+        assert_eq!(json.get("expires_at"), Some(&serde_json::Value::Null));
+
+        let at = KEY.replace(
+            r#""created_at":1735689600,"#,
+            r#""created_at":1735689600,"expires_at":1790000000,"#,
+        );
+        let key = decode::<WireKey>(at.as_bytes())
+            .unwrap()
+            .into_domain(&project());
+        assert_eq!(key.expires_at, Expiry::At(1_790_000_000));
+        assert!(key.expires_at.is_expired(1_790_000_000));
+        assert!(!key.expires_at.is_expired(1_789_999_999));
+        let json = serde_json::to_value(&key).unwrap();
+        assert_eq!(
+            json.get("expires_at"),
+            Some(&serde_json::json!(1_790_000_000))
+        );
+
+        let wrong = KEY.replace(
+            r#""created_at":1735689600,"#,
+            r#""created_at":1735689600,"expires_at":"soon","#,
+        );
+        assert_eq!(
+            decode::<WireKey>(wrong.as_bytes()).unwrap_err().path,
+            "expires_at"
+        );
     }
 
     #[test]

@@ -196,6 +196,7 @@ mod tests {
                 email: None,
             },
             owner_access: OwnerAccess::Active,
+            expires_at: crate::inventory::Expiry::Unknown,
         }
     }
 

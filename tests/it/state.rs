@@ -42,6 +42,7 @@ fn key(project: &str, id: &str, created_at: i64) -> Key {
             email: Some("alice@example.com".into()),
         },
         owner_access: OwnerAccess::Active,
+        expires_at: keysweep::inventory::Expiry::Unknown,
     }
 }
 

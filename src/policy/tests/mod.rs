@@ -36,6 +36,7 @@ pub(super) fn key(id: &str) -> Key {
             email: Some("alice@example.com".to_string()),
         },
         owner_access: OwnerAccess::Active,
+        expires_at: crate::inventory::Expiry::Unknown,
     }
 }
 

@@ -250,6 +250,7 @@ fn build_key(i: usize, s: &KeySpec) -> Key {
             OwnerAccess::Inactive,
             OwnerAccess::Unknown,
         ][s.access],
+        expires_at: crate::inventory::Expiry::Unknown,
     }
 }
 
