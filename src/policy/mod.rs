@@ -21,8 +21,8 @@ pub mod rules;
 
 pub use lifecycle::{Observation, Transition, advance, mark_revoked, revoked_notice};
 pub use plan::{
-    Candidate, Plan, PlanInput, PlannedAction, ProjectFacts, Target, Withheld, WithheldAction, Write,
-    default_safety, plan, project_facts,
+    Candidate, Plan, PlanInput, PlannedAction, ProjectFacts, Target, Withheld, WithheldAction,
+    Write, default_safety, plan, project_facts,
 };
 pub use rules::{Evaluation, ExemptionHit, Policies, PolicyError, Violation};
 

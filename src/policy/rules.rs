@@ -357,32 +357,13 @@ impl CompiledPolicy {
             }
             // A rename is invisible to us, so the start is unknown too: count from now.
             since = since.max(now);
-            reasons.push(format!(
-                "name {:?} does not match /{}/",
-                key.name,
-                re.as_str()
-            ));
+            reasons.push(format!("name {:?} does not match /{}/", key.name, re));
         }
 
         if let Some(max_lifetime) = p.max_lifetime {
-            let max_lifetime = secs(max_lifetime);
-            let limit = key.created_at.saturating_add(max_lifetime);
-            let expiry = match key.expires_at {
-                // Unknown is never a reason to act: the key may well expire in time.
-                Expiry::Unknown => return None,
-                Expiry::At(t) if t <= limit.saturating_add(EXPIRY_TOLERANCE) => return None,
-                Expiry::At(t) => format!("expires {}", fmt_date(t)),
-                Expiry::Never => "never expires".to_string(),
-            };
-            // The key was meant to end at `limit`: the deadline counts from then (and never
-            // before the warning period), so a key older than max_lifetime gets the warning
-            // period and no less.
-            since = since.max(limit);
-            reasons.push(format!(
-                "{expiry}, later than {} after its creation ({})",
-                fmt_duration(max_lifetime),
-                fmt_date(key.created_at)
-            ));
+            let (start, reason) = lifetime_condition(key, secs(max_lifetime))?;
+            since = since.max(start);
+            reasons.push(reason);
         }
 
         // `compile` rejects condition-less policies; this keeps `judge` total anyway.
@@ -399,6 +380,29 @@ impl CompiledPolicy {
             ends_by_expiry: p.max_lifetime.is_some(),
         })
     }
+}
+
+/// `max_lifetime`: holds when the key never expires or expires later than `created_at +
+/// max_lifetime`; then `(when the key was meant to end, reason)`. The key was meant to end at
+/// that limit, so the deadline counts from it (and never before the warning period): a key
+/// older than max_lifetime gets the warning period and no less.
+fn lifetime_condition(key: &Key, max_lifetime: i64) -> Option<(i64, String)> {
+    let limit = key.created_at.saturating_add(max_lifetime);
+    let expiry = match key.expires_at {
+        // Unknown is never a reason to act: the key may well expire in time.
+        Expiry::Unknown => return None,
+        Expiry::At(t) if t <= limit.saturating_add(EXPIRY_TOLERANCE) => return None,
+        Expiry::At(t) => format!("expires {}", fmt_date(t)),
+        Expiry::Never => "never expires".to_string(),
+    };
+    Some((
+        limit,
+        format!(
+            "{expiry}, later than {} after its creation ({})",
+            fmt_duration(max_lifetime),
+            fmt_date(key.created_at)
+        ),
+    ))
 }
 
 #[derive(Debug, Clone)]

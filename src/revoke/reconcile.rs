@@ -54,7 +54,9 @@ impl InterruptedExpiry {
             _ => return None,
         };
         Some(InterruptedExpiry {
-            to: inputs.get("expires_at").and_then(serde_json::Value::as_i64)?,
+            to: inputs
+                .get("expires_at")
+                .and_then(serde_json::Value::as_i64)?,
             previous: inputs
                 .get("previous_expires_at")
                 .and_then(serde_json::Value::as_i64),

@@ -6,9 +6,9 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::inventory::{Inventory, Key, KeyTally, OrgInventory};
+use crate::policy::expiry::PlannedRestore;
 use crate::policy::finding::{FindingId, Notice, NoticeKind, Stage};
 use crate::policy::lifecycle::{self, Transition};
-use crate::policy::expiry::PlannedRestore;
 use crate::policy::plan::{Candidate, Write};
 
 use super::evaluate::{Evaluator, OpenFindings, Step};
@@ -227,7 +227,7 @@ mod tests {
             closed_at: None,
             resolution: None,
             dry_run_noted_at: None,
-        expiry: Default::default(),
+            expiry: Default::default(),
         }
     }
 

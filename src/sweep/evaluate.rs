@@ -123,7 +123,12 @@ impl Evaluator {
                 policy: policy.to_string(),
             };
             let prev = before.map(|(_, f)| f);
-            let t = lifecycle::advance(prev, now, observe(&eval, key, policy, prev, now), self.repeat);
+            let t = lifecycle::advance(
+                prev,
+                now,
+                observe(&eval, key, policy, prev, now),
+                self.repeat,
+            );
             self.writes(key, &id, prev, &t, step);
             if let Some((i, _)) = before {
                 step.touched.push(i);

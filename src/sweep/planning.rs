@@ -141,10 +141,9 @@ pub(super) fn annotate_plan(findings: &mut [FindingView], plan: &Plan) {
         } else {
             match (v.finding.stage, v.finding.action) {
                 (Stage::Revoked, _) => "revoked".into(),
-                (Stage::Expired, _) => format!(
-                    "expired: {}",
-                    v.finding.resolution.as_deref().unwrap_or("")
-                ),
+                (Stage::Expired, _) => {
+                    format!("expired: {}", v.finding.resolution.as_deref().unwrap_or(""))
+                }
                 (Stage::Resolved, _) => format!(
                     "resolved: {}",
                     v.finding.resolution.as_deref().unwrap_or("")

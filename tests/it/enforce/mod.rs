@@ -855,62 +855,42 @@ async fn service_account_keys_are_only_reported_under_notify_only() {
 }
 
 #[tokio::test]
-async fn a_service_account_is_deleted_only_when_every_key_of_it_is_due() {
+async fn service_account_keys_are_deleted_one_by_one_under_enforce() {
     let o = sa_org();
     let sim = start_sim(o.org.clone()).await;
     let dir = tempfile::tempdir().unwrap();
     let tables = format!(
         "{ISSUE_3_POLICIES}{}",
-        lifted("service_accounts = \"delete-service-account\"")
+        lifted("service_account_keys = \"enforce\"")
     );
     let (s, r2) = two_sweeps(&sim, &dir.path().join("s.db"), &tables).await;
 
-    assert!(!sim.service_account_exists(&o.project, &o.all_old.0));
-    for k in &o.all_old.1 {
+    // Every due key goes, each on its own; the accounts and their compliant key stay.
+    for k in o.all_old.1.iter().chain(&o.mixed.1[..2]) {
         assert!(
             !sim.key_exists(&o.project, k),
-            "{k} should be gone with its account"
+            "{k} is due and should be gone"
         );
     }
+    assert!(sim.key_exists(&o.project, &o.mixed.1[2]));
+    assert!(sim.service_account_exists(&o.project, &o.all_old.0));
     assert!(sim.service_account_exists(&o.project, &o.mixed.0));
-    for k in &o.mixed.1 {
-        assert!(sim.key_exists(&o.project, k), "{k}");
-    }
     assert!(!sim.key_exists(&o.project, &o.user_key));
-    assert_eq!(
-        withheld_keys(&r2, Withheld::ServiceAccountHasCompliantKeys),
-        o.mixed.1[..2].iter().cloned().collect()
-    );
-    let sa_delete = r2
-        .revocations
-        .iter()
-        .find(|r| r.target.contains(&o.all_old.0))
-        .unwrap();
-    assert!(sa_delete.deleted());
-    assert_eq!(
-        sa_delete.key_ids.iter().cloned().collect::<BTreeSet<_>>(),
-        o.all_old.1.iter().cloned().collect()
-    );
-    // The intent names the account and its collateral.
+    assert!(withheld_keys(&r2, Withheld::ServiceAccountNotifyOnly).is_empty());
+    for r in &r2.revocations {
+        assert_eq!(r.key_ids.len(), 1, "one key per delete: {r:?}");
+        assert!(r.target.starts_with("key "), "{}", r.target);
+    }
+    // Every intent names one key and has its outcome.
     let rows = audit_rows(s.store().unwrap());
-    let intent = rows
-        .iter()
-        .find(|r| {
-            r.record.kind == AuditKind::Intent
-                && r.record.inputs["service_account_id"] == o.all_old.0.as_str()
-        })
-        .unwrap();
-    let collateral: BTreeSet<String> = intent.record.inputs["collateral"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(collateral, o.all_old.1.iter().cloned().collect());
-    assert!(
-        rows.iter()
-            .any(|r| r.record.kind == AuditKind::Outcome && r.record.refers_to == Some(intent.seq))
-    );
+    for intent in rows.iter().filter(|r| r.record.kind == AuditKind::Intent) {
+        assert!(intent.record.inputs.get("service_account_id").is_none());
+        assert!(
+            rows.iter()
+                .any(|r| r.record.kind == AuditKind::Outcome
+                    && r.record.refers_to == Some(intent.seq))
+        );
+    }
     verify(s.store().unwrap()).unwrap();
 }
 
