@@ -10,6 +10,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use reqwest::Method;
 use serde::de::DeserializeOwned;
@@ -19,9 +20,12 @@ use crate::config::{Limits, OrgConfig};
 use crate::inventory::{AdminKeyInfo, Key, ProjectRef, ProjectUser, ServiceAccount};
 use crate::openai::error::{Error, RequestContext};
 use crate::openai::pager::{self, KeyPages};
-use crate::openai::transport::{ClientShared, DeleteOutcome, DeleteRequest, RetryMode, Transport};
+use crate::openai::transport::{
+    BodyFn, ClientShared, DeleteOutcome, DeleteRequest, RetryMode, Transport,
+};
 use crate::openai::types::{
-    HasId, WireAdminKey, WireKey, WireProject, WireProjectUser, WireServiceAccount,
+    HasId, MintedKey, WireAdminKey, WireKey, WireKeyUpdate, WireMintRequest, WireMintedKey,
+    WireProject, WireProjectUser, WireServiceAccount,
 };
 
 /// Route templates, used for metrics labels and error messages.
@@ -30,6 +34,9 @@ pub mod endpoint {
     pub const LIST_KEYS: &str = "GET /organization/projects/{project_id}/api_keys";
     pub const GET_KEY: &str = "GET /organization/projects/{project_id}/api_keys/{api_key_id}";
     pub const DELETE_KEY: &str = "DELETE /organization/projects/{project_id}/api_keys/{api_key_id}";
+    pub const UPDATE_KEY: &str = "POST /organization/projects/{project_id}/api_keys/{api_key_id}";
+    pub const CREATE_SERVICE_ACCOUNT_KEY: &str =
+        "POST /organization/projects/{project_id}/service_accounts/{service_account_id}/api_keys";
     pub const LIST_SERVICE_ACCOUNTS: &str =
         "GET /organization/projects/{project_id}/service_accounts";
     pub const GET_SERVICE_ACCOUNT: &str =
@@ -38,6 +45,40 @@ pub mod endpoint {
         "DELETE /organization/projects/{project_id}/service_accounts/{service_account_id}";
     pub const LIST_PROJECT_USERS: &str = "GET /organization/projects/{project_id}/users";
     pub const LIST_ADMIN_KEYS: &str = "GET /organization/admin_api_keys";
+}
+
+/// A change to one key (`POST …/api_keys/{api_key_id}`). At least one field must be set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyUpdate {
+    /// The ABSOLUTE moment (Unix seconds, wall clock) the key must expire. The request carries
+    /// `expires_in_seconds = ceil(expires_at − wall-clock now)`, recomputed at every attempt, so
+    /// a retry lands on the same moment. `--now` never enters this: the real clock does.
+    pub expires_at: Option<i64>,
+    /// Replaces the key's scopes (`[]` means all permissions, not none).
+    pub scopes: Option<Vec<String>>,
+}
+
+/// A service-account key to mint. Every field is optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MintRequest {
+    pub name: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    /// Absolute expiry (Unix seconds, wall clock), sent as seconds from now as for an update.
+    pub expires_at: Option<i64>,
+}
+
+/// `ceil(target − now)` in whole seconds, or `None` when that is not positive (the target has
+/// passed, or is less than a second away in the past). Pure: the caller reads the clock.
+pub fn expires_in_seconds(target: i64, now: SystemTime) -> Option<i64> {
+    let now_ms = match now.duration_since(UNIX_EPOCH) {
+        Ok(d) => i128::try_from(d.as_millis()).unwrap_or(i128::MAX),
+        Err(e) => -i128::try_from(e.duration().as_millis()).unwrap_or(i128::MAX),
+    };
+    let left_ms = i128::from(target) * 1000 - now_ms;
+    // Ceiling division of a positive number: a key never expires before its target.
+    (left_ms > 0)
+        .then(|| (left_ms + 999) / 1000)
+        .and_then(|s| i64::try_from(s).ok())
 }
 
 /// Client for one organisation. Cheap to clone (shared inner state).
@@ -138,7 +179,10 @@ impl AdminClient {
         ))
     }
 
-    /// One key, or `None` when the API answers 404. The key's `project_name` is not known here.
+    /// One key (its `expires_at` included), or `None` when the API answers 404 (deleted, or
+    /// expired where the API hides expired keys). The key's `project_name` is not known here.
+    /// Right after an update it may still show the old expiry: a caller checking an expiry
+    /// it wrote allows one re-read after a short wait before concluding.
     pub async fn retrieve_key(&self, project_id: &str, key_id: &str) -> Result<Option<Key>, Error> {
         let ep = endpoint::GET_KEY;
         let url = self.url(
@@ -154,13 +198,7 @@ impl AdminClient {
         {
             Ok(ans) => {
                 let wire: WireKey = self.transport().decode(&ctx, &ans)?;
-                let project = ProjectRef {
-                    organization: self.org_name().to_string(),
-                    id: project_id.to_string(),
-                    name: None,
-                    archived: false,
-                };
-                Ok(Some(wire.into_domain(&project)))
+                Ok(Some(wire.into_domain(&self.bare_project(project_id))))
             }
             Err(Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
@@ -186,6 +224,123 @@ impl AdminClient {
         );
         self.delete(eps, project_id, "service_accounts", service_account_id)
             .await
+    }
+
+    /// Updates a key's expiry and/or scopes and answers with the key as the API returns it
+    /// (whose `expires_at` may lag; re-read with [`Self::retrieve_key`] to check). Retried like
+    /// a GET: given the absolute target, sending it twice lands on the same expiry.
+    ///
+    /// Errors of their own: [`Error::ExpiryRefused`] (the expiry policy),
+    /// [`Error::KeyEnded`] (expired, or 404), [`Error::ExpiryPassed`] (target already past,
+    /// nothing sent).
+    pub async fn update_key(
+        &self,
+        project_id: &str,
+        key_id: &str,
+        update: &KeyUpdate,
+    ) -> Result<Key, Error> {
+        let ep = endpoint::UPDATE_KEY;
+        let url = self.url(
+            &["organization", "projects", project_id, "api_keys", key_id],
+            ep,
+            Some(project_id),
+        )?;
+        let ctx = self.ctx(ep, Some(project_id));
+        let scopes = update.scopes.as_deref();
+        let body = |now| {
+            let secs = update
+                .expires_at
+                .map(|target| {
+                    expires_in_seconds(target, now).ok_or_else(|| Error::ExpiryPassed {
+                        ctx: ctx.clone(),
+                        target,
+                    })
+                })
+                .transpose()?;
+            Ok(serde_json::to_vec(&WireKeyUpdate {
+                expires_in_seconds: secs,
+                scopes,
+            })
+            .unwrap_or_default())
+        };
+        let body = move || body(SystemTime::now());
+        let ans = self
+            .transport()
+            .call_with_body(Method::POST, &url, &ctx, RetryMode::Idempotent, Some(&body))
+            .await
+            .map_err(Error::into_expiry_error)?;
+        let wire: WireKey = self.transport().decode(&ctx, &ans)?;
+        Ok(wire.into_domain(&self.bare_project(project_id)))
+    }
+
+    /// Moves a key's expiry to `target` (Unix seconds, wall clock): [`Self::update_key`] with
+    /// only the expiry.
+    pub async fn set_key_expiry(
+        &self,
+        project_id: &str,
+        key_id: &str,
+        target: i64,
+    ) -> Result<Key, Error> {
+        let update = KeyUpdate {
+            expires_at: Some(target),
+            scopes: None,
+        };
+        self.update_key(project_id, key_id, &update).await
+    }
+
+    /// Mints a key for a service account. Its `value` is answered once: it is returned in a
+    /// `SecretString` and never logged. Not idempotent (a second request mints a second key),
+    /// so it is re-sent only when the first surely never reached the server; after a timeout or
+    /// a 5xx a key may have been minted all the same (list the account's keys to know).
+    pub async fn mint_service_account_key(
+        &self,
+        project_id: &str,
+        service_account_id: &str,
+        req: &MintRequest,
+    ) -> Result<MintedKey, Error> {
+        let ep = endpoint::CREATE_SERVICE_ACCOUNT_KEY;
+        let segs = [
+            "organization",
+            "projects",
+            project_id,
+            "service_accounts",
+            service_account_id,
+            "api_keys",
+        ];
+        let url = self.url(&segs, ep, Some(project_id))?;
+        let ctx = self.ctx(ep, Some(project_id));
+        let body = || {
+            let secs = req
+                .expires_at
+                .map(|target| {
+                    expires_in_seconds(target, SystemTime::now()).ok_or_else(|| {
+                        Error::ExpiryPassed {
+                            ctx: ctx.clone(),
+                            target,
+                        }
+                    })
+                })
+                .transpose()?;
+            Ok(serde_json::to_vec(&WireMintRequest {
+                name: req.name.as_deref(),
+                scopes: req.scopes.as_deref(),
+                expires_in_seconds: secs,
+            })
+            .unwrap_or_default())
+        };
+        let body: BodyFn<'_> = &body;
+        let ans = self
+            .transport()
+            .call_with_body(Method::POST, &url, &ctx, RetryMode::ConnectOnly, Some(body))
+            .await
+            // Only a 400 is read as an expiry refusal: a 404 here is the account or the
+            // project, not a key, and stays a plain `NotFound`.
+            .map_err(|e| match e {
+                Error::Refused { .. } => e.into_expiry_error(),
+                other => other,
+            })?;
+        let wire: WireMintedKey = self.transport().decode(&ctx, &ans)?;
+        Ok(wire.into_domain())
     }
 
     /// The project's service accounts (all pages).
@@ -232,6 +387,16 @@ impl AdminClient {
     }
 
     // ---- internals -------------------------------------------------------------------------
+
+    /// The project of a single-key answer, whose name the endpoint does not give.
+    fn bare_project(&self, project_id: &str) -> ProjectRef {
+        ProjectRef {
+            organization: self.org_name().to_string(),
+            id: project_id.to_string(),
+            name: None,
+            archived: false,
+        }
+    }
 
     fn transport(&self) -> &Transport {
         &self.inner.transport
@@ -300,5 +465,32 @@ impl AdminClient {
             path.pop_if_empty().extend(segments);
         }
         Ok(url)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn at(secs: u64, ms: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn expires_in_seconds_rounds_up_and_refuses_the_past() {
+        assert_eq!(expires_in_seconds(1_000, at(900, 0)), Some(100));
+        // 99.5 s left: 100, so the key never expires before its target.
+        assert_eq!(expires_in_seconds(1_000, at(900, 500)), Some(100));
+        assert_eq!(expires_in_seconds(1_000, at(999, 999)), Some(1));
+        assert_eq!(expires_in_seconds(1_000, at(1_000, 0)), None);
+        assert_eq!(expires_in_seconds(1_000, at(1_000, 1)), None);
+        assert_eq!(expires_in_seconds(i64::MIN, at(0, 0)), None);
+        assert_eq!(
+            expires_in_seconds(i64::MAX, at(0, 0)),
+            Some(i64::MAX),
+            "no overflow"
+        );
     }
 }

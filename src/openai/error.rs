@@ -35,6 +35,8 @@ pub struct ApiErrorBody {
     pub error_type: Option<String>,
     pub message: Option<String>,
     pub code: Option<String>,
+    /// The request field the error is about, when the API names one.
+    pub param: Option<String>,
 }
 
 impl fmt::Display for ApiErrorBody {
@@ -89,13 +91,35 @@ pub enum Error {
     },
     /// Any other 4xx: the API refused the request (e.g. 400 when deleting a key owned by a
     /// service account). Never retried.
-    #[error("{ctx}: HTTP {status}: refused{}", fmt_api(.error_type, .message))]
+    #[error("{ctx}: HTTP {status}: refused{api}")]
     Refused {
         ctx: RequestContext,
         status: u16,
-        error_type: Option<String>,
+        /// OpenAI's error, its `param` (the request field blamed) included.
+        api: Box<ApiErrorBody>,
+    },
+    /// An update (or a mint) asked for an expiry the organisation's or project's expiry policy
+    /// does not allow (HTTP 400 about `expires_in_seconds`). Never retried; `message` is the
+    /// API's own wording (the limit itself is not visible through the API).
+    #[error("{ctx}: HTTP {status}: the expiry policy refused the expiry{}", fmt_api(&None, .message))]
+    ExpiryRefused {
+        ctx: RequestContext,
+        status: u16,
         message: Option<String>,
     },
+    /// An update found the key ended: 400 says it has expired ("Expired keys cannot be
+    /// updated"); 404 says it is gone — deleted, or expired where the API hides expired keys (the
+    /// API documents neither, so both end here and `status` tells which was seen).
+    #[error("{ctx}: HTTP {status}: the key has expired or is gone{}", fmt_api(&None, .message))]
+    KeyEnded {
+        ctx: RequestContext,
+        status: u16,
+        message: Option<String>,
+    },
+    /// An expiry's absolute target had already passed when a request was about to be sent
+    /// (`expires_in_seconds` would not be positive): nothing was sent.
+    #[error("{ctx}: the expiry target {target} (Unix seconds) has already passed; nothing sent")]
+    ExpiryPassed { ctx: RequestContext, target: i64 },
     /// Connection refused or reset, DNS failure, TLS failure, broken body stream.
     #[error("{ctx}: transport error: {detail}")]
     Transport { ctx: RequestContext, detail: String },
@@ -131,11 +155,30 @@ pub enum Error {
     },
 }
 
+/// What a 400 on an expiry write was about.
+#[derive(Debug, PartialEq, Eq)]
+enum ExpiryRefusal {
+    KeyExpired,
+    Policy,
+}
+
+fn expiry_refusal(message: Option<&str>, param: Option<&str>) -> Option<ExpiryRefusal> {
+    let text = message.unwrap_or("").to_ascii_lowercase();
+    let about_expiry = param == Some("expires_in_seconds");
+    if !about_expiry && text.contains("expired") {
+        return Some(ExpiryRefusal::KeyExpired);
+    }
+    let policy_words = ["polic", "maximum", "lifetime", "exceed", "longer"];
+    (about_expiry || (text.contains("expir") && policy_words.iter().any(|w| text.contains(w))))
+        .then_some(ExpiryRefusal::Policy)
+}
+
 fn fmt_api(error_type: &Option<String>, message: &Option<String>) -> String {
     ApiErrorBody {
         error_type: error_type.clone(),
         message: message.clone(),
         code: None,
+        param: None,
     }
     .to_string()
 }
@@ -154,6 +197,8 @@ impl Error {
             Error::Unauthorized { status, .. }
             | Error::Server { status, .. }
             | Error::Refused { status, .. }
+            | Error::ExpiryRefused { status, .. }
+            | Error::KeyEnded { status, .. }
             | Error::Decode { status, .. }
             | Error::NotDeleted { status, .. } => Some(*status),
             Error::NotFound { .. } => Some(404),
@@ -167,6 +212,52 @@ impl Error {
         matches!(self, Error::Unauthorized { .. })
     }
 
+    /// Reads an update's (or a mint's) failure in the terms of an expiry write: a 400 about the
+    /// expiry becomes [`Error::ExpiryRefused`], a 400 saying the key expired or a 404 becomes
+    /// [`Error::KeyEnded`]; anything else is returned unchanged.
+    ///
+    /// The API's wording is not documented, so this reads the error's `param` first (the field
+    /// blamed: keysweep only ever sends a positive whole number, so a 400 about
+    /// `expires_in_seconds` can only be the policy) and falls back to the message. A key
+    /// expired message ("has expired", "Expired keys cannot be updated") is told apart from a
+    /// policy message ("expiry policy", "maximum … lifetime") by the word "expired".
+    pub fn into_expiry_error(self) -> Error {
+        match self {
+            Error::Refused {
+                ctx,
+                status: 400,
+                api,
+            } => match expiry_refusal(api.message.as_deref(), api.param.as_deref()) {
+                Some(ExpiryRefusal::KeyExpired) => Error::KeyEnded {
+                    ctx,
+                    status: 400,
+                    message: api.message,
+                },
+                Some(ExpiryRefusal::Policy) => Error::ExpiryRefused {
+                    ctx,
+                    status: 400,
+                    message: api.message,
+                },
+                None => Error::Refused {
+                    ctx,
+                    status: 400,
+                    api,
+                },
+            },
+            Error::NotFound { ctx, api } => Error::KeyEnded {
+                ctx,
+                status: 404,
+                message: api.message,
+            },
+            other => other,
+        }
+    }
+
+    /// True when an update found the key expired or gone ([`Error::KeyEnded`]).
+    pub fn is_key_ended(&self) -> bool {
+        matches!(self, Error::KeyEnded { .. })
+    }
+
     pub fn context(&self) -> Option<&RequestContext> {
         match self {
             Error::Setup { .. } => None,
@@ -175,6 +266,9 @@ impl Error {
             | Error::RateLimited { ctx, .. }
             | Error::Server { ctx, .. }
             | Error::Refused { ctx, .. }
+            | Error::ExpiryRefused { ctx, .. }
+            | Error::KeyEnded { ctx, .. }
+            | Error::ExpiryPassed { ctx, .. }
             | Error::Transport { ctx, .. }
             | Error::Timeout { ctx, .. }
             | Error::Decode { ctx, .. }
@@ -208,6 +302,7 @@ mod tests {
                 error_type: Some("invalid_request_error".into()),
                 message: Some("Incorrect API key provided".into()),
                 code: Some("invalid_api_key".into()),
+                param: None,
             }),
         };
         assert_eq!(
@@ -219,8 +314,12 @@ mod tests {
         let e = Error::Refused {
             ctx: ctx(),
             status: 400,
-            error_type: Some("invalid_request_error".into()),
-            message: Some("service account key".into()),
+            api: Box::new(ApiErrorBody {
+                error_type: Some("invalid_request_error".into()),
+                message: Some("service account key".into()),
+                code: None,
+                param: None,
+            }),
         };
         assert!(
             e.to_string()
@@ -236,5 +335,78 @@ mod tests {
                 .ends_with("HTTP 429 rate limited (server asked to wait 300s)")
         );
         assert_eq!(e.status(), Some(429));
+    }
+
+    #[test]
+    fn expiry_refusals_are_told_apart() {
+        use ExpiryRefusal::*;
+        let cases = [
+            // The simulator's wordings.
+            (
+                "Invalid 'expires_in_seconds': 999 exceeds the organization's maximum API key \
+                 lifetime of 10 seconds.",
+                Some("expires_in_seconds"),
+                Some(Policy),
+            ),
+            (
+                "API key 'key_1' has expired. Expired keys cannot be updated.",
+                None,
+                Some(KeyExpired),
+            ),
+            // The API's documented phrase, without a param.
+            (
+                "The expiry must comply with the organization and project expiry policies.",
+                None,
+                Some(Policy),
+            ),
+            ("Expired keys cannot be updated.", None, Some(KeyExpired)),
+            ("Invalid request.", None, None),
+            (
+                "Provide at least one of 'expires_in_seconds' or 'scopes'.",
+                None,
+                None,
+            ),
+        ];
+        for (message, param, want) in cases {
+            assert_eq!(expiry_refusal(Some(message), param), want, "{message}");
+        }
+        let refused = |message: &str, param: Option<&str>| Error::Refused {
+            ctx: ctx(),
+            status: 400,
+            api: Box::new(ApiErrorBody {
+                error_type: Some("invalid_request_error".into()),
+                message: Some(message.into()),
+                code: None,
+                param: param.map(str::to_string),
+            }),
+        };
+        assert!(matches!(
+            refused("x", Some("expires_in_seconds")).into_expiry_error(),
+            Error::ExpiryRefused { status: 400, .. }
+        ));
+        assert!(
+            refused("API key has expired.", None)
+                .into_expiry_error()
+                .is_key_ended()
+        );
+        assert!(matches!(
+            refused("Invalid request.", Some("scopes")).into_expiry_error(),
+            Error::Refused { ref api, .. } if api.error_type.is_some() && api.param.is_some()
+        ));
+        let gone = Error::NotFound {
+            ctx: ctx(),
+            api: Box::default(),
+        }
+        .into_expiry_error();
+        assert!(
+            matches!(gone, Error::KeyEnded { status: 404, .. }),
+            "{gone}"
+        );
+        let server = Error::Server {
+            ctx: ctx(),
+            status: 503,
+            api: Box::default(),
+        };
+        assert!(matches!(server.into_expiry_error(), Error::Server { .. }));
     }
 }

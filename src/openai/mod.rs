@@ -26,9 +26,10 @@ mod types;
 #[cfg(test)]
 mod fuzz;
 
-pub use client::{AdminClient, endpoint};
+pub use client::{AdminClient, KeyUpdate, MintRequest, endpoint, expires_in_seconds};
 pub use collect::{KeySink, ProjectSelector, collect_inventory, collect_with};
 pub use error::{ApiErrorBody, Error, RequestContext};
+pub use types::MintedKey;
 // Defined with the other domain types; re-exported where the endpoints that return them are.
 pub use crate::inventory::{ProjectUser, ServiceAccount};
 pub use pager::KeyPages;

@@ -107,6 +107,11 @@ pub(super) enum RetryMode {
     ConnectOnly,
 }
 
+/// A request body, built afresh for each attempt: an expiry update recomputes
+/// `expires_in_seconds` from its absolute target at every attempt, so a retry can never push the
+/// deadline. `Err` stops the request before it is sent (the target has passed meanwhile).
+pub(super) type BodyFn<'a> = &'a (dyn Fn() -> Result<Vec<u8>, Error> + Sync);
+
 /// One DELETE and the GET that checks on it after an ambiguous failure.
 pub(super) struct DeleteRequest<'a> {
     pub(super) delete: (&'static str, Url),
@@ -208,6 +213,7 @@ impl Transport {
                     serde_json::Value::String(s) => Some(self.scrub(&s)),
                     other => Some(self.scrub(&other.to_string())),
                 }),
+                param: env.error.param.map(|p| self.scrub(&p)),
             },
             Err(_) => ApiErrorBody::default(),
         }
@@ -240,8 +246,7 @@ impl Transport {
             s => Error::Refused {
                 ctx,
                 status: s,
-                error_type: api.error_type,
-                message: api.message,
+                api,
             },
         }
     }
@@ -252,18 +257,21 @@ impl Transport {
         method: &Method,
         url: &Url,
         ctx: &RequestContext,
+        body: Option<Vec<u8>>,
     ) -> Result<Answer, AttemptFailure> {
         if let Some(rate) = &self.shared.rate {
             rate.acquire().await;
         }
         let metrics = &self.shared.metrics;
-        let sent = self
+        let mut req = self
             .http
             .request(method.clone(), url.clone())
             .bearer_auth(self.admin_key.expose_secret())
-            .header("accept", "application/json")
-            .send()
-            .await;
+            .header("accept", "application/json");
+        if let Some(body) = body {
+            req = req.header("content-type", "application/json").body(body);
+        }
+        let sent = req.send().await;
         let resp = match sent {
             Ok(r) => r,
             Err(e) => {
@@ -338,9 +346,22 @@ impl Transport {
         ctx: &RequestContext,
         mode: RetryMode,
     ) -> Result<Answer, Error> {
+        self.call_with_body(method, url, ctx, mode, None).await
+    }
+
+    /// [`Self::call`] with a JSON body built by `body` before each attempt (retries included).
+    pub(super) async fn call_with_body(
+        &self,
+        method: Method,
+        url: &Url,
+        ctx: &RequestContext,
+        mode: RetryMode,
+        body: Option<BodyFn<'_>>,
+    ) -> Result<Answer, Error> {
         let mut retries: u32 = 0;
         loop {
-            let failure = match self.attempt(&method, url, ctx).await {
+            let bytes = body.map(|b| b()).transpose()?;
+            let failure = match self.attempt(&method, url, ctx, bytes).await {
                 Ok(ans) if (200..300).contains(&ans.status) => return Ok(ans),
                 Ok(ans) => self.judge_answer(ctx, &ans, retries, mode)?,
                 Err(AttemptFailure::Fatal(e)) => return Err(e),

@@ -6,11 +6,12 @@
 //! `deny_unknown_fields`), distinguish a missing `last_used_at` from `null`, and treat optional
 //! owner sub-objects as optional. Parsing must never panic on hostile input: every body goes
 //! through [`decode`], which turns any failure into a [`DecodeError`] naming the JSON path.
-//! This module must never hold or print a secret: no field here carries one (the API never
-//! returns a project key's value on the endpoints we call).
+//! This module must never print a secret. Only one field carries one: a minted service-account
+//! key's `value`, decoded straight into a `SecretString` (never `Debug`, never logged).
 
-use serde::Deserialize;
+use secrecy::SecretString;
 use serde::de::{DeserializeOwned, Deserializer};
+use serde::{Deserialize, Serialize};
 
 use crate::inventory::{
     AdminKeyInfo, Expiry, Key, Owner, OwnerAccess, OwnerType, ProjectRef, ProjectUser,
@@ -276,6 +277,74 @@ impl WireKey {
     }
 }
 
+/// `UpdateProjectApiKeyBody` (November 2026): at least one field, neither ever null (the API
+/// refuses a null expiry: an expiry can be moved, never removed).
+#[derive(Debug, Serialize)]
+pub(crate) struct WireKeyUpdate<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_in_seconds: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<&'a [String]>,
+}
+
+/// The body of `POST …/service_accounts/{id}/api_keys`: every field optional.
+#[derive(Debug, Serialize)]
+pub(crate) struct WireMintRequest<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_in_seconds: Option<i64>,
+}
+
+/// `ServiceAccountApiKeyBody`: a minted key, with its plaintext `value` (returned once). No
+/// `Debug`: the value is a secret; it goes straight into a `SecretString`.
+#[derive(Deserialize)]
+pub(crate) struct WireMintedKey {
+    pub id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    pub created_at: i64,
+    pub value: SecretString,
+    #[serde(default, deserialize_with = "missing_or_null")]
+    pub expires_at: Option<Option<i64>>,
+}
+
+impl WireMintedKey {
+    pub fn into_domain(self) -> MintedKey {
+        MintedKey {
+            id: self.id,
+            name: self.name.unwrap_or_default(),
+            created_at: self.created_at,
+            expires_at: Expiry::from_wire(self.expires_at),
+            value: self.value,
+        }
+    }
+}
+
+/// A freshly minted service-account key. `value` is the key's secret, shown by the API this
+/// once: keysweep hands it to the caller and never logs, prints or stores it (`Debug` redacts it).
+pub struct MintedKey {
+    pub id: String,
+    pub name: String,
+    pub created_at: i64,
+    pub expires_at: Expiry,
+    pub value: SecretString,
+}
+
+impl std::fmt::Debug for MintedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MintedKey")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("created_at", &self.created_at)
+            .field("expires_at", &self.expires_at)
+            .field("value", &"[REDACTED]")
+            .finish()
+    }
+}
+
 /// `ProjectApiKeyDeleteResponse` and `ProjectServiceAccountDeleteResponse`: all three fields
 /// are required.
 #[derive(Debug, Deserialize)]
@@ -393,6 +462,18 @@ pub(crate) struct WireError {
     pub message: Option<String>,
     #[serde(default)]
     pub code: Option<serde_json::Value>,
+    /// The request field the error is about (`expires_in_seconds` for an expiry refused by
+    /// the organisation's policy). A non-string is ignored rather than failing the envelope.
+    #[serde(default, deserialize_with = "string_or_none")]
+    pub param: Option<String>,
+}
+
+/// A string, or `None` for `null` or any other JSON value.
+fn string_or_none<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => Some(s),
+        _ => None,
+    })
 }
 
 #[cfg(test)]
