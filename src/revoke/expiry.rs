@@ -23,7 +23,7 @@ use tracing::Instrument;
 use crate::config::Mode;
 use crate::inventory::{Expiry, Key, expiry_matches};
 use crate::notify::alert::EnforcerAlert;
-use crate::openai::AdminClient;
+use crate::openai::{AdminClient, Error as OpenAiError};
 use crate::policy::expiry::{PlannedRestore, fmt_expiry};
 use crate::policy::finding::FindingId;
 use crate::policy::plan::{PlannedAction, Write};
@@ -461,14 +461,16 @@ struct UpdateError {
     message: String,
 }
 
-/// The update, through the client (the one place that knows its error types).
+/// The update, through the client (the one place that knows its error types). The client
+/// turns the absolute target into `expires_in_seconds` against the wall clock at each attempt.
 async fn update(client: &AdminClient, key: &Key, to: i64) -> Result<Expiry, UpdateError> {
-    // TODO(h-client): AdminClient::update_key_expiry lands with "openai: update and mint".
-    let _ = (client, key, to);
-    Err(UpdateError {
-        refused: false,
-        expired: false,
-        status: None,
-        message: "the client cannot update keys yet".into(),
-    })
+    match client.set_key_expiry(&key.project_id, &key.id, to).await {
+        Ok(updated) => Ok(updated.expires_at),
+        Err(e) => Err(UpdateError {
+            refused: matches!(e, OpenAiError::ExpiryRefused { .. }),
+            expired: matches!(e, OpenAiError::KeyEnded { .. }),
+            status: e.status(),
+            message: e.to_string(),
+        }),
+    }
 }

@@ -123,13 +123,13 @@ impl Evaluator {
                 policy: policy.to_string(),
             };
             let prev = before.map(|(_, f)| f);
-            let t = lifecycle::advance(
+            let mut t = lifecycle::advance(
                 prev,
                 now,
                 observe(&eval, key, policy, prev, now),
                 self.repeat,
             );
-            self.writes(key, &id, prev, &t, step);
+            self.writes(key, &id, prev, &mut t, step);
             if let Some((i, _)) = before {
                 step.touched.push(i);
             }
@@ -144,10 +144,10 @@ impl Evaluator {
         key: &Key,
         id: &FindingId,
         prev: Option<&Finding>,
-        t: &lifecycle::Transition,
+        t: &mut lifecycle::Transition,
         step: &mut Step,
     ) {
-        let Some(f) = &t.next else { return };
+        let Some(f) = &mut t.next else { return };
         if t.revoke_due && f.action == Action::Revoke {
             step.candidates.push(Candidate {
                 finding: id.clone(),
@@ -168,6 +168,14 @@ impl Evaluator {
             && let Some(restore) = expiry::restore_due(prev, f, key, self.now, self.restore_expiry)
             && !self.expiry_is_what_complies(key, &id.policy)
         {
+            // The resolved notice and the audit record say so: the API cannot remove an expiry.
+            let to = restore.targets(self.now).first().copied();
+            let said = format!(
+                "; the expiry keysweep set ({}) moves back out to {}",
+                expiry::fmt_expiry(restore.from),
+                to.map_or_else(|| "a later date".to_string(), expiry::fmt_expiry)
+            );
+            f.resolution = Some(format!("{}{said}", f.resolution.as_deref().unwrap_or("")));
             step.restores.push(PlannedRestore {
                 finding: id.clone(),
                 key: key.clone(),

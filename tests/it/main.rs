@@ -13,6 +13,7 @@ mod daemon_bin;
 mod deploy;
 mod enforce;
 mod errors;
+mod expire;
 mod faults;
 mod notify;
 mod openai;
