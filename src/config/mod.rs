@@ -11,6 +11,8 @@ mod effective;
 #[cfg(test)]
 mod fuzz;
 mod raw;
+#[cfg(test)]
+mod tests_expiry;
 mod values;
 
 use std::net::SocketAddr;
