@@ -97,9 +97,10 @@ pub struct PlannedRestore {
     pub restore: Restore,
 }
 
-/// The restore a finding needs after this step: it was open (`before`), it closes now
-/// (`after`) as resolved or exempted before its deadline, keysweep set the key's expiry, and the
-/// key still has that expiry.
+/// The restore a finding needs after this step: it was an open `expire` finding (`before`), it
+/// is withdrawn now (`after`: closed as resolved or exempted, or its policy relaxed to another
+/// action) before its deadline, keysweep set the key's expiry, and the key still has that
+/// expiry.
 pub fn restore_due(
     before: &Finding,
     after: &Finding,
@@ -108,8 +109,11 @@ pub fn restore_due(
     restore_expiry: i64,
 ) -> Option<Restore> {
     let set = before.expiry.set?;
+    let closed = matches!(after.stage, Stage::Resolved | Stage::Exempted);
+    let relaxed = after.stage.is_open() && after.action != Action::Expire;
     let withdrawn = before.stage.is_open()
-        && matches!(after.stage, Stage::Resolved | Stage::Exempted)
+        && before.action == Action::Expire
+        && (closed || relaxed)
         && now < before.deadline;
     if !withdrawn || !expiry_matches(key.expires_at, set.to) {
         return None;

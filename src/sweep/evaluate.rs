@@ -175,7 +175,9 @@ impl Evaluator {
                 expiry::fmt_expiry(restore.from),
                 to.map_or_else(|| "a later date".to_string(), expiry::fmt_expiry)
             );
-            f.resolution = Some(format!("{}{said}", f.resolution.as_deref().unwrap_or("")));
+            if !f.stage.is_open() {
+                f.resolution = Some(format!("{}{said}", f.resolution.as_deref().unwrap_or("")));
+            }
             step.restores.push(PlannedRestore {
                 finding: id.clone(),
                 key: key.clone(),

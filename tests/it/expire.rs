@@ -374,6 +374,37 @@ async fn enforce_sets_the_deadline_as_expiry_never_shortens_and_moves_it_back_ou
 }
 
 #[tokio::test]
+async fn a_policy_relaxed_to_notify_moves_the_expiry_back_out() {
+    let t = wall_now();
+    let (o, keys) = org(t);
+    let sim = start(o, |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let tables = format!("{}{}", expire_policy(), safety(""));
+    sweep(&sweeper(&config_text(&sim, &db, "enforce", &tables)), t).await;
+    assert!(lands_on(
+        expires_at(&sim, &keys.never).unwrap(),
+        t + 7 * DAY
+    ));
+    let relaxed = tables.replace("action = \"expire\"", "action = \"notify\"");
+    let s = sweeper(&config_text(&sim, &db, "enforce", &relaxed));
+    let now = t + DAY;
+    sweep(&s, now).await;
+    assert!(lands_on(
+        expires_at(&sim, &keys.never).unwrap(),
+        now + 365 * DAY
+    ));
+    assert!(lands_on(
+        expires_at(&sim, &keys.later).unwrap(),
+        t + 60 * DAY
+    ));
+    // Moved out once: the next sweep leaves it.
+    sweep(&s, now + DAY).await;
+    assert_eq!(intents_for(&s, &keys.never), 2);
+    assert_verifies(&s);
+}
+
+#[tokio::test]
 async fn at_its_expiry_a_finding_ends_as_expired_whether_or_not_the_api_lists_the_key() {
     for hide in [false, true] {
         let t = wall_now();

@@ -128,10 +128,13 @@ fn active_keys(org: &SimOrg) -> impl Iterator<Item = (&str, &SimKey)> {
         .flat_map(|p| p.keys.iter().map(move |k| (p.id.as_str(), k)))
 }
 
-/// User keys of active projects created before `cutoff`.
-fn user_keys_created_before(org: &SimOrg, cutoff: i64) -> BTreeSet<KeyRef> {
+/// User keys of active projects created before `cutoff` and not expired at `alive_at`: a key
+/// that has reached its expiry has ended, and its finding ends as `expired` instead.
+fn user_keys_created_before(org: &SimOrg, cutoff: i64, alive_at: i64) -> BTreeSet<KeyRef> {
     active_keys(org)
-        .filter(|(_, k)| !k.owner.is_service_account() && k.created_at < cutoff)
+        .filter(|(_, k)| {
+            !k.owner.is_service_account() && k.created_at < cutoff && !k.is_expired(alive_at)
+        })
         .map(|(p, k)| (p.to_string(), k.id.clone()))
         .collect()
 }
@@ -166,8 +169,8 @@ struct Expected {
 impl Expected {
     fn new(org: &SimOrg, before: i64, after: i64) -> Expected {
         let e = Expected {
-            certain: user_keys_created_before(org, before - 90 * DAY),
-            possible: user_keys_created_before(org, after + 1 - 90 * DAY),
+            certain: user_keys_created_before(org, before - 90 * DAY, after),
+            possible: user_keys_created_before(org, after + 1 - 90 * DAY, before),
         };
         assert!(!e.certain.is_empty());
         e
@@ -395,7 +398,7 @@ async fn done_when_exempted_keys_are_kept() {
     // Exempt two of the keys that would go: one by id, one by its (unique) name.
     let generated_at = chrono::Utc::now().timestamp();
     let org = SimOrg::generate(5, 120, 3, generated_at);
-    let old = user_keys_created_before(&org, generated_at - 100 * DAY);
+    let old = user_keys_created_before(&org, generated_at - 100 * DAY, generated_at + 10 * DAY);
     let names: HashMap<&str, usize> = active_keys(&org).fold(HashMap::new(), |mut m, (_, k)| {
         *m.entry(k.name.as_str()).or_default() += 1;
         m
@@ -497,6 +500,7 @@ fn quiet_org(projects: usize, keys: usize, seed: u64) -> SimOrg {
         for k in &mut p.keys {
             k.created_at = NOW - 10 * DAY;
             k.last_used_at = Some(NOW - DAY);
+            k.expires_at = None;
         }
     }
     org
@@ -522,6 +526,7 @@ fn age_user_keys(org: &mut SimOrg, project: &str, n: usize, days: i64) -> Vec<St
     {
         k.created_at = NOW - days * DAY;
         k.last_used_at = Some(NOW - days * DAY);
+        k.expires_at = None;
         out.push(k.id.clone());
     }
     assert_eq!(out.len(), n, "not enough user keys in {project}");
