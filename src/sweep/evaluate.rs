@@ -190,12 +190,13 @@ impl Evaluator {
     /// finding met by the expiry keysweep set): that is the finding's success, not its
     /// withdrawal, and the expiry must stay.
     fn expiry_is_what_complies(&self, key: &Key, policy: &str) -> bool {
+        let with = self.policies.evaluate(key, self.now);
         let without = Key {
             expires_at: Expiry::Never,
             ..key.clone()
         };
-        let eval = self.policies.evaluate(&without, self.now);
-        !eval.is_exempt() && eval.violation(policy).is_some()
+        let without = self.policies.evaluate(&without, self.now);
+        !with.is_exempt() && with.violation(policy).is_none() && without.violation(policy).is_some()
     }
 
     /// Closes the open findings whose key was absent from a complete listing of its project
