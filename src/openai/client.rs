@@ -201,15 +201,39 @@ impl AdminClient {
                 Ok(Some(wire.into_domain(&self.bare_project(project_id))))
             }
             Err(Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e),
+            Err(e) => Err(e.into_key_ended_if_expired()),
         }
     }
 
-    /// Deletes a project key (permanent). A 400 (the key belongs to a service account) is
-    /// [`Error::Refused`]; a 2xx without `deleted: true` is [`Error::NotDeleted`].
+    /// [`Self::retrieve_key`], read once more after `wait` when the first answer is not yet
+    /// `settled` (e.g. its expiry is not the one just written): OpenAI may answer a read right
+    /// after an update with the old expiry. Whatever the second read shows is the answer; the
+    /// caller decides what a still unsettled key means (an alert, never a second write in a loop).
+    pub async fn reread_key(
+        &self,
+        project_id: &str,
+        key_id: &str,
+        wait: std::time::Duration,
+        settled: impl Fn(&Key) -> bool,
+    ) -> Result<Option<Key>, Error> {
+        match self.retrieve_key(project_id, key_id).await? {
+            Some(k) if !settled(&k) => {
+                tokio::time::sleep(wait).await;
+                self.retrieve_key(project_id, key_id).await
+            }
+            other => Ok(other),
+        }
+    }
+
+    /// Deletes a project key (permanent), service-account keys included (November 2026: only
+    /// that key goes). A 400 saying the key has expired is [`Error::KeyEnded`]; any other 400
+    /// (the August 2026 API refused service-account keys) is [`Error::Refused`]; a 2xx without
+    /// `deleted: true` is [`Error::NotDeleted`].
     pub async fn delete_key(&self, project_id: &str, key_id: &str) -> Result<DeleteOutcome, Error> {
         let eps = (endpoint::DELETE_KEY, endpoint::GET_KEY);
-        self.delete(eps, project_id, "api_keys", key_id).await
+        self.delete(eps, project_id, "api_keys", key_id)
+            .await
+            .map_err(Error::into_key_ended_if_expired)
     }
 
     /// Deletes a project service account, and with it every key it owns (permanent).

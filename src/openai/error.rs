@@ -253,6 +253,28 @@ impl Error {
         }
     }
 
+    /// For a read or a DELETE of a key: a 400 saying the key has expired becomes
+    /// [`Error::KeyEnded`] (the API documents neither this answer nor 404 nor 200 for an
+    /// expired key, so all three must be handled); anything else is returned unchanged.
+    pub fn into_key_ended_if_expired(self) -> Error {
+        match self {
+            Error::Refused {
+                ctx,
+                status: 400,
+                api,
+            } if expiry_refusal(api.message.as_deref(), api.param.as_deref())
+                == Some(ExpiryRefusal::KeyExpired) =>
+            {
+                Error::KeyEnded {
+                    ctx,
+                    status: 400,
+                    message: api.message,
+                }
+            }
+            other => other,
+        }
+    }
+
     /// True when an update found the key expired or gone ([`Error::KeyEnded`]).
     pub fn is_key_ended(&self) -> bool {
         matches!(self, Error::KeyEnded { .. })
@@ -402,6 +424,18 @@ mod tests {
             matches!(gone, Error::KeyEnded { status: 404, .. }),
             "{gone}"
         );
+        let expired_delete = refused("API key 'key_1' has expired.", None);
+        assert!(expired_delete.into_key_ended_if_expired().is_key_ended());
+        let sa_delete = refused("API key 'k' belongs to a service account", None);
+        assert!(matches!(
+            sa_delete.into_key_ended_if_expired(),
+            Error::Refused { status: 400, .. }
+        ));
+        let policy = refused("x", Some("expires_in_seconds"));
+        assert!(matches!(
+            policy.into_key_ended_if_expired(),
+            Error::Refused { .. }
+        ));
         let server = Error::Server {
             ctx: ctx(),
             status: 503,

@@ -5,10 +5,11 @@
 use proptest::prelude::*;
 use serde_json::Value;
 
+use crate::inventory::Expiry;
 use crate::inventory::ProjectRef;
 use crate::openai::types::{
-    DecodeError, ListPage, WireAdminKey, WireDeleted, WireErrorEnvelope, WireKey, WireProject,
-    WireProjectUser, WireServiceAccount, decode,
+    DecodeError, ListPage, WireAdminKey, WireDeleted, WireErrorEnvelope, WireKey, WireMintedKey,
+    WireProject, WireProjectUser, WireServiceAccount, decode,
 };
 
 const CASES: u32 = 10_000;
@@ -23,6 +24,10 @@ const VALID: &[&str] = &[
     r#"{"error":{"type":"invalid_request_error","message":"Incorrect API key provided","param":null,"code":"invalid_api_key"}}"#,
     r#"{"object":"list","data":[{"object":"organization.project.service_account","id":"svc_acct_1","name":"bot","role":"member","created_at":1}],"has_more":false}"#,
     r#"{"object":"list","data":[{"object":"organization.project.user","id":"user_1","name":null,"email":"a@b.c","role":"owner","added_at":1}],"has_more":false}"#,
+    // November 2026: keys with `expires_at` (a number, null) and a minted service-account key.
+    r#"{"object":"list","data":[{"object":"organization.project.api_key","id":"key_1","name":"ci","redacted_value":"sk-a...b","created_at":1735689600,"last_used_at":null,"owner_project_access":"active","expires_at":1790000000,"owner":{"type":"user","user":{"id":"user_1","email":"a@b.c"}}},{"object":"organization.project.api_key","id":"key_2","name":"bot","redacted_value":"sk-c...d","created_at":1735689601,"owner_project_access":"active","expires_at":null,"owner":{"type":"service_account","service_account":{"id":"svc_acct_1","name":"batch"}}}],"has_more":false}"#,
+    r#"{"object":"organization.project.service_account.api_key","id":"key_m","name":"deploy","created_at":1,"value":"sk-svcacct-fuzzseed","expires_at":null}"#,
+    r#"{"error":{"type":"invalid_request_error","message":"Invalid 'expires_in_seconds': too long","param":"expires_in_seconds","code":null}}"#,
 ];
 
 fn check(r: Result<(), DecodeError>) -> Result<(), TestCaseError> {
@@ -76,6 +81,9 @@ fn feed_all(bytes: &[u8]) -> Result<(), TestCaseError> {
             let _ = x.into_domain();
         }
     }))?;
+    check(decode::<WireMintedKey>(bytes).map(|k| {
+        let _ = k.into_domain();
+    }))?;
     Ok(())
 }
 
@@ -86,7 +94,8 @@ fn field_name() -> impl Strategy<Value = String> {
             "object", "data", "has_more", "first_id", "last_id", "id", "name", "redacted_value",
             "created_at", "last_used_at", "owner_project_access", "owner", "type", "user",
             "service_account", "email", "role", "deleted", "expires_at", "error", "message",
-            "code", "param", "status", "archived_at", "added_at",
+            "code", "param", "status", "archived_at", "added_at", "value", "scopes",
+            "expires_in_seconds",
         ])
         .prop_map(str::to_string),
         1 => "[a-z_]{0,8}",
@@ -233,6 +242,41 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
+
+    /// `expires_at` absent, null or any number: the key decodes, and into the matching case.
+    #[test]
+    fn expires_at_keeps_its_three_cases(field in prop::option::of(prop::option::of(any::<i64>()))) {
+        let mut key: Value = serde_json::from_str(VALID[2]).unwrap();
+        if let Some(v) = field {
+            key["expires_at"] = serde_json::to_value(v).unwrap();
+        }
+        let project = ProjectRef {
+            organization: "acme".into(),
+            id: "proj_1".into(),
+            name: None,
+            archived: false,
+        };
+        let k = decode::<WireKey>(&serde_json::to_vec(&key).unwrap()).unwrap().into_domain(&project);
+        let want = match field {
+            None => Expiry::Unknown,
+            Some(None) => Expiry::Never,
+            Some(Some(at)) => Expiry::At(at),
+        };
+        prop_assert_eq!(k.expires_at, want);
+    }
+
+    /// An error's `param` of any JSON type never hides the envelope.
+    #[test]
+    fn error_param_of_any_type_is_tolerated(param in json_value()) {
+        let mut env: Value = serde_json::from_str(VALID[5]).unwrap();
+        env["error"]["param"] = param.clone();
+        let e = decode::<WireErrorEnvelope>(&serde_json::to_vec(&env).unwrap()).unwrap();
+        prop_assert_eq!(e.error.param, param.as_str().map(str::to_string));
+    }
+}
+
 #[test]
 fn valid_bodies_decode() {
     // The mutation tests only mean something if the seeds themselves are valid.
@@ -244,4 +288,10 @@ fn valid_bodies_decode() {
     assert!(decode::<WireErrorEnvelope>(VALID[5].as_bytes()).is_ok());
     assert!(decode::<ListPage<WireServiceAccount>>(VALID[6].as_bytes()).is_ok());
     assert!(decode::<ListPage<WireProjectUser>>(VALID[7].as_bytes()).is_ok());
+    let keys = decode::<ListPage<WireKey>>(VALID[8].as_bytes()).unwrap();
+    assert_eq!(keys.data[0].expires_at, Some(Some(1_790_000_000)));
+    assert_eq!(keys.data[1].expires_at, Some(None));
+    assert!(decode::<WireMintedKey>(VALID[9].as_bytes()).is_ok());
+    let err = decode::<WireErrorEnvelope>(VALID[10].as_bytes()).unwrap();
+    assert_eq!(err.error.param.as_deref(), Some("expires_in_seconds"));
 }

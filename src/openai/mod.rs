@@ -3,7 +3,10 @@
 //! This is the only module that knows the wire format or holds an admin key. Everything it hands
 //! out is in the crate's own terms (`crate::inventory` types, [`ProjectUser`] and
 //! [`ServiceAccount`] included); wire structs stay private to `types.rs`. It must never log, print or put into an error the admin
-//! key, and it never deletes anything on its own initiative: `delete_*` are called by `revoke`.
+//! key or a minted key's value, and it never writes on its own initiative: `delete_*`, `update_key`
+//! and `mint_service_account_key` are called by their callers (`revoke`, the enforcer). An expiry
+//! is always written against the wall clock (`expires_in_seconds = ceil(target − now)` at each
+//! attempt), never against `--now`.
 //!
 //! - `client.rs`: [`AdminClient`], one per organisation: the endpoints, in the crate's terms.
 //! - `transport.rs`: sending one request (pacing, bearer header, bounded body, retries, the
@@ -12,7 +15,8 @@
 //! - `retry.rs`: the retry policy (pure).
 //! - `ratelimit.rs`: the shared requests-per-second ceiling.
 //! - `collect.rs`: [`collect_inventory`], the concurrent listing of every configured project.
-//! - `error.rs`: [`Error`].
+//! - `error.rs`: [`Error`], with the expiry writes' own refusals (`ExpiryRefused`, `KeyEnded`).
+//! - `types.rs`: the wire types, and [`MintedKey`] (the one domain type that holds a secret).
 
 mod client;
 mod collect;

@@ -5,7 +5,9 @@
 //! `Content-Length` claims, one metrics record per attempt, and the retry policy of `retry.rs`.
 //! GETs are retried blindly; a DELETE is re-sent directly only when it surely never reached the
 //! server (connect error), otherwise [`Transport::delete_checked`] looks the object up first and
-//! a 404 means it is gone.
+//! a 404 means it is gone. A POST carries a body rebuilt at every attempt ([`BodyFn`]): an
+//! expiry update is retried like a GET because its body names an absolute moment, a mint only
+//! when surely unsent.
 //!
 //! This is the only place the admin key is exposed: to `bearer_auth`, and to [`Transport::scrub`]
 //! to remove it from every text the server sends back. It must never reach an error, a log line

@@ -17,6 +17,7 @@ mod expire;
 mod faults;
 mod notify;
 mod openai;
+mod openai_expiry;
 mod report;
 mod sim;
 mod sim_nov2026;
