@@ -299,6 +299,7 @@ async fn recheck(
     let mut fresh = match client.retrieve_key(&listed.project_id, &listed.id).await {
         Ok(Some(fresh)) => fresh,
         Ok(None) => return Err("the key is already gone".into()),
+        Err(OpenAiError::KeyEnded { .. }) => return Err("the key has already expired".into()),
         Err(e) => return Err(format!("re-read failed, not writing: {e}")),
     };
     // The retrieve endpoint does not carry the project name; keep the listing's for selectors.
