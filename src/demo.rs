@@ -3,8 +3,10 @@
 //! Starts the simulated Administration API in-process with a sample organisation (stale, idle,
 //! orphaned, service-account and exempted keys), runs keysweep against it with
 //! `config/demo.toml`, and prints the inventory, the findings and the plan, and the messages
-//! that would go out. With `--enforce` it then lets time pass — the warning period, the final
-//! notice, the deadline — and shows the revocations and the audit trail.
+//! that would go out. With `--enforce` it sets the expiries of the `expire` policy's keys on day
+//! 0, then lets time pass (the simulator's clock with it) — the warning period, the final notice,
+//! the deadline, where OpenAI ends the expiring keys and keysweep deletes the `revoke` ones — and
+//! shows the expiries, the revocations and the audit trail.
 //!
 //! The demo never delivers a message: rendered messages stay in the demo's outbox (and are
 //! written as text files under its `outbox/` folder). It only ever talks to its own simulator.
@@ -41,7 +43,7 @@ const ENFORCE_DAYS: [(&str, i64); 3] = [
         13 * DAY + 60,
     ),
     (
-        "Day 14 — the deadline: revocations (each key re-read just before its DELETE)",
+        "Day 14 — the rotate-90d deadline: OpenAI ends those keys at the expiry set on day 0",
         14 * DAY + 120,
     ),
 ];
@@ -95,7 +97,7 @@ fn print_intro(out: &mut dyn Write, sim: &SimServer, enforce: bool) -> std::io::
     )?;
     writeln!(
         out,
-        "policies: rotate-90d (revoke, warn 14d ahead), idle-45d (notify), orphaned (revoke, warn 7d ahead)"
+        "policies: rotate-90d (expire: the expiry is set to the deadline, warn 14d ahead), idle-45d (notify), orphaned (revoke, warn 7d ahead)"
     )?;
     writeln!(
         out,
@@ -158,6 +160,7 @@ impl Demo {
         let listed = self.sweeper.list().await;
         let first = sweep(&self.sweeper, now).await?;
         print_report(out, &listed, &first, now)?;
+        print_expiries(out, &first)?;
         section(
             out,
             "Messages queued by this sweep (one digest per channel and recipient)",
@@ -169,7 +172,10 @@ impl Demo {
     /// A sweep at `t`: its revocations, what the limits withheld, and the new messages.
     async fn later_day(&mut self, out: &mut dyn Write, label: &str, t: i64) -> Result<()> {
         section(out, &format!("{label} — {}", fmt_time(t)))?;
+        // The simulated OpenAI lives through the same days: keys reach their expiry.
+        self.sim.set_clock(t);
         let r = sweep(&self.sweeper, t).await?;
+        print_expiries(out, &r)?;
         for rev in &r.revocations {
             writeln!(
                 out,
@@ -208,6 +214,24 @@ impl Demo {
     fn print_messages(&mut self, out: &mut dyn Write) -> Result<()> {
         print_messages(out, &self.store, &self.outbox_dir, &mut self.seen)
     }
+}
+
+/// The expiry writes of a sweep, one line each.
+fn print_expiries(out: &mut dyn Write, r: &SweepReport) -> std::io::Result<()> {
+    for e in &r.expiries {
+        let what = match &e.outcome {
+            crate::revoke::expiry::ExpiryOutcome::Set { to, .. } => {
+                format!("expiry set to {}", fmt_time(*to))
+            }
+            other => format!("{other:?}"),
+        };
+        writeln!(
+            out,
+            "  key {} {}/{}: {what}",
+            e.key_id, e.organization, e.project_id
+        )?;
+    }
+    Ok(())
 }
 
 fn section(out: &mut dyn Write, title: &str) -> std::io::Result<()> {

@@ -62,9 +62,10 @@ pub fn finding_rows(report: &SweepReport) -> Vec<FindingRow> {
             action: match v.finding.action {
                 Action::Notify => "notify".into(),
                 Action::Revoke => "revoke".into(),
+                Action::Expire => "expire".into(),
             },
             state: v.finding.stage.as_str().into(),
-            deadline: (v.finding.action == Action::Revoke).then_some(v.finding.deadline),
+            deadline: v.finding.action.enforces().then_some(v.finding.deadline),
             note: format!("{} — {}", v.finding.reason, v.plan),
         })
         .collect();

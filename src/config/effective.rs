@@ -14,7 +14,7 @@ use serde::{Serialize, Serializer};
 
 use super::{
     Action, ChannelConfig, ChannelKind, Config, EmailChannel, ExemptionConfig, LogFormat, Mode,
-    OrgConfig, OwnerTypeSelector, PolicyConfig, ServiceAccountRule, SmtpTls,
+    OrgConfig, OwnerTypeSelector, PolicyConfig, ServiceAccountKeys, SmtpTls,
 };
 
 const REDACTED: &str = "[redacted]";
@@ -198,6 +198,8 @@ struct PolicyView<'a> {
     max_age: Option<Duration>,
     #[serde(serialize_with = "opt_dur", skip_serializing_if = "Option::is_none")]
     max_idle: Option<Duration>,
+    #[serde(serialize_with = "opt_dur", skip_serializing_if = "Option::is_none")]
+    max_lifetime: Option<Duration>,
     name: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     name_pattern: Option<&'a str>,
@@ -235,6 +237,7 @@ impl<'a> PolicyView<'a> {
             },
             max_age: p.max_age,
             max_idle: p.max_idle,
+            max_lifetime: p.max_lifetime,
             name: &p.name,
             name_pattern: p.name_pattern.as_ref().map(regex::Regex::as_str),
             never_used_grace: p.max_idle.map(|idle| p.never_used_grace.unwrap_or(idle)),
@@ -280,7 +283,9 @@ struct SafetyView<'a> {
     max_revocations_per_day: u32,
     max_revocations_per_project_percent: u32,
     max_revocations_per_run: u32,
-    service_accounts: ServiceAccountRule,
+    #[serde(serialize_with = "dur")]
+    restore_expiry: Duration,
+    service_account_keys: ServiceAccountKeys,
 }
 
 impl<'a> SafetyView<'a> {
@@ -291,7 +296,8 @@ impl<'a> SafetyView<'a> {
             max_revocations_per_day: s.max_revocations_per_day,
             max_revocations_per_project_percent: s.max_revocations_per_project_percent,
             max_revocations_per_run: s.max_revocations_per_run,
-            service_accounts: s.service_accounts,
+            restore_expiry: s.restore_expiry,
+            service_account_keys: s.service_account_keys,
         }
     }
 }
@@ -483,7 +489,7 @@ max_revocations_per_run = 3
 max_revocations_per_project_percent = 100
 max_revocations_per_day = 7
 kill_switch_file = "/run/kill"
-service_accounts = "delete-service-account"
+service_account_keys = "enforce"
 [[channels]]
 name = "m"
 type = "email"

@@ -11,6 +11,8 @@ mod effective;
 #[cfg(test)]
 mod fuzz;
 mod raw;
+#[cfg(test)]
+mod tests_expiry;
 mod values;
 
 use std::net::SocketAddr;
@@ -135,7 +137,19 @@ pub struct Selector {
 #[serde(rename_all = "snake_case")]
 pub enum Action {
     Notify,
+    /// DELETE the key at the deadline.
     Revoke,
+    /// Set the key's expiry to the deadline in the sweep that first warns: OpenAI then ends the
+    /// key at the promised moment even if keysweep is down.
+    Expire,
+}
+
+impl Action {
+    /// True for the actions that write to a key (`revoke`, `expire`): they are the ones the
+    /// safety rails (mode, caps, kill switch, service-account rule) apply to.
+    pub fn enforces(self) -> bool {
+        matches!(self, Action::Revoke | Action::Expire)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -149,6 +163,9 @@ pub struct PolicyConfig {
     pub owner_lost_access: bool,
     /// Key names must match this regex; a key whose name does not match violates the policy.
     pub name_pattern: Option<regex::Regex>,
+    /// Every key must expire within this long of its creation: a key without an expiry, or
+    /// with one later than `created_at + max_lifetime`, violates.
+    pub max_lifetime: Option<Duration>,
     pub action: Action,
     pub warn_before: Duration,
     pub final_notice: Duration,
@@ -167,11 +184,15 @@ pub struct ExemptionConfig {
     pub until: Option<i64>,
 }
 
+/// `[safety] service_account_keys`: service-account keys usually run production workloads, so
+/// they are only reported unless the operator opts in. (`service_accounts = "notify-only"` is
+/// the old spelling of the default; `"delete-service-account"` was removed: keys are enforced
+/// one by one now, never a whole account.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum ServiceAccountRule {
+pub enum ServiceAccountKeys {
     NotifyOnly,
-    DeleteServiceAccount,
+    Enforce,
 }
 
 #[derive(Debug, Clone)]
@@ -180,7 +201,10 @@ pub struct Safety {
     pub max_revocations_per_project_percent: u32,
     pub max_revocations_per_day: u32,
     pub kill_switch_file: Option<PathBuf>,
-    pub service_accounts: ServiceAccountRule,
+    pub service_account_keys: ServiceAccountKeys,
+    /// Where an expiry keysweep set is moved back out to when its finding is withdrawn and the
+    /// key had no expiry of its own (the API cannot remove an expiry). Default 365 days.
+    pub restore_expiry: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -22,7 +22,7 @@ use super::values::{
     BaseUrl, CronExpr, Glob, HttpUrl, HumanDuration, ListenAddr, Mailbox, NamePattern, NonEmpty,
     TimeZone, Until, choice, opt_choice,
 };
-use super::{Action, LogFormat, Mode, OwnerTypeSelector, ServiceAccountRule, SmtpTls};
+use super::{Action, LogFormat, Mode, OwnerTypeSelector, ServiceAccountKeys, SmtpTls};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -133,6 +133,7 @@ struct RawPolicy {
     #[serde(default)]
     owner_lost_access: bool,
     name_pattern: Option<NamePattern>,
+    max_lifetime: Option<HumanDuration>,
     #[serde(default, deserialize_with = "opt_choice")]
     action: Option<Action>,
     warn_before: Option<HumanDuration>,
@@ -158,8 +159,12 @@ struct RawSafety {
     max_revocations_per_project_percent: Option<u32>,
     max_revocations_per_day: Option<u32>,
     kill_switch_file: Option<PathBuf>,
+    /// The removed key: read as text so that `"delete-service-account"` gets an error saying
+    /// what replaced it rather than "unknown variant".
+    service_accounts: Option<String>,
     #[serde(default, deserialize_with = "opt_choice")]
-    service_accounts: Option<ServiceAccountRule>,
+    service_account_keys: Option<ServiceAccountKeys>,
+    restore_expiry: Option<HumanDuration>,
 }
 
 /// What every `[[channels]]` entry has: a name and a `type`, which picks the struct the other

@@ -52,6 +52,14 @@ pub enum EnforcerAlert {
         key_id: String,
         error: String,
     },
+    /// An expiry write needs a person: refused by the expiry policy, moved later outside
+    /// keysweep and set back, or moved back out to a shorter distance than configured.
+    Expiry {
+        organization: String,
+        project_id: String,
+        key_id: String,
+        message: String,
+    },
 }
 
 /// The `alerts` table remembers raised alerts through this; `state` never names this type.
@@ -95,6 +103,16 @@ impl EnforcerAlert {
                 ..
             } => {
                 format!("revocation-failed/{organization}/{project_id}/{key_id}")
+            }
+            EnforcerAlert::Expiry {
+                organization,
+                project_id,
+                key_id,
+                message,
+            } => {
+                // The message is part of the identity: a key's expiry set back twice for the
+                // same reason alerts once per repeat interval, a different event alerts anew.
+                format!("expiry/{organization}/{project_id}/{key_id}/{message}")
             }
         }
     }

@@ -242,7 +242,7 @@ impl Digest {
             Body::Notices(g) => g
                 .iter()
                 .flat_map(|g| g.notices.iter())
-                .filter(|n| n.finding.action == Action::Revoke)
+                .filter(|n| n.finding.action.enforces())
                 .fold((0, 0), |(all, dry), n| {
                     (all + 1, dry + usize::from(n.dry_run))
                 }),
@@ -254,7 +254,7 @@ impl Digest {
 /// The deadline column: the exact revocation date for `revoke` findings.
 pub fn deadline_text(n: &Notice) -> String {
     match n.finding.action {
-        Action::Revoke => rfc3339(n.finding.deadline),
+        Action::Revoke | Action::Expire => rfc3339(n.finding.deadline),
         Action::Notify => "none (notify only)".to_string(),
     }
 }
@@ -280,6 +280,7 @@ pub fn status_text(n: &Notice) -> String {
                 format!("would be revoked (dry-run) at {}", rfc3339(f.deadline))
             }
             Action::Revoke => format!("will be revoked at {}", rfc3339(f.deadline)),
+            Action::Expire => expire_status(n),
             Action::Notify => "notification only; keysweep will not revoke this key".to_string(),
         },
         NoticeKind::Revoked if n.dry_run => {
@@ -295,6 +296,29 @@ pub fn status_text(n: &Notice) -> String {
                 .as_deref()
                 .unwrap_or("no longer violates policy")
         ),
+    }
+}
+
+/// What an open `expire` finding tells its owner about the key's expiry.
+fn expire_status(n: &Notice) -> String {
+    let f = &n.finding;
+    let deadline = rfc3339(f.deadline);
+    if let Some(refused) = &f.expiry.refused {
+        return format!(
+            "the organisation's expiry policy refused the expiry ({refused}); rotate the key \
+             before {deadline}"
+        );
+    }
+    if let Some(set) = f.expiry.set {
+        return format!(
+            "the expiry is already set to {}: OpenAI ends the key then",
+            rfc3339(set.to)
+        );
+    }
+    match f.expiry.key_expires_at {
+        Some(at) if at <= f.deadline => format!("the key already expires at {}", rfc3339(at)),
+        _ if n.dry_run => format!("would set the expiry to {deadline} (dry-run)"),
+        _ => format!("the expiry is set to {deadline}: OpenAI ends the key then"),
     }
 }
 
@@ -350,6 +374,12 @@ pub fn alert_text(a: &EnforcerAlert) -> String {
         } => format!(
             "Revocation of key {key_id} in project {project_id} ({organization}) failed or is unconfirmed: {error}"
         ),
+        EnforcerAlert::Expiry {
+            organization,
+            project_id,
+            key_id,
+            message,
+        } => format!("Expiry of key {key_id} in project {project_id} ({organization}): {message}"),
     }
 }
 

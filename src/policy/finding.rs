@@ -10,8 +10,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::config::Action;
 use crate::inventory::{Expiry, OwnerType};
 
-/// Lifecycle stage of a finding: detected → warned → final notice → revoked, or closed early as
-/// resolved / exempted.
+/// Lifecycle stage of a finding: detected → warned → final notice → revoked (or, for `expire`,
+/// expired: OpenAI ended the key at the expiry keysweep set), or closed early as resolved /
+/// exempted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
@@ -21,6 +22,8 @@ pub enum Stage {
     Revoked,
     Resolved,
     Exempted,
+    /// The key reached the expiry at its deadline (an `expire` finding's end).
+    Expired,
 }
 
 impl Stage {
@@ -32,6 +35,7 @@ impl Stage {
             Stage::Revoked => "revoked",
             Stage::Resolved => "resolved",
             Stage::Exempted => "exempted",
+            Stage::Expired => "expired",
         }
     }
 
@@ -43,6 +47,7 @@ impl Stage {
             "revoked" => Stage::Revoked,
             "resolved" => Stage::Resolved,
             "exempted" => Stage::Exempted,
+            "expired" => Stage::Expired,
             _ => return None,
         })
     }
@@ -115,6 +120,34 @@ pub struct Finding {
     /// Dry-run only: when the "would be revoked" notice was queued, so it is sent once.
     #[serde(default)]
     pub dry_run_noted_at: Option<i64>,
+    /// What the finding knows of the key's expiry, and what keysweep wrote to it.
+    #[serde(default)]
+    pub expiry: ExpiryState,
+}
+
+/// A finding's view of its key's expiry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExpiryState {
+    /// The key's `expires_at` as last seen (Unix seconds; `None` when it never expires or is
+    /// unknown), so notices can say when OpenAI ends the key.
+    pub key_expires_at: Option<i64>,
+    /// `expire` findings: the expiry keysweep set on the key, and what the key had before.
+    pub set: Option<ExpirySet>,
+    /// `expire` findings the organisation's expiry policy refused: kept as notice-only (their
+    /// deadline stands, nothing more is written). The API's words.
+    pub refused: Option<String>,
+}
+
+/// An expiry keysweep set on a key for a finding: what to check later sweeps against, and what to
+/// move it back out to if the finding is withdrawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExpirySet {
+    /// The expiry set (the finding's deadline), Unix seconds.
+    pub to: i64,
+    /// The key's own expiry before keysweep's first write; `None` when it never expired.
+    pub previous: Option<i64>,
+    /// When it was (last) set.
+    pub at: i64,
 }
 
 /// Reads back what `Expiry` writes: seconds, or `null` for never (a missing field is unknown,

@@ -33,10 +33,13 @@
 //!   earlier, and announced by that warning.
 //! - `notify` findings never become revoke-due and get no final notice (there is nothing to be
 //!   final about).
+//! - `expire` findings get the same warning, final notice and deadline as `revoke` ones but are
+//!   never revoke-due: the expiry set on the key (`policy::expiry`) ends the key at the deadline,
+//!   and the finding then closes as `expired` ([`Observation::Expired`]).
 
 use crate::config::Action;
 use crate::inventory::Key;
-use crate::policy::finding::{Finding, FindingId, Notice, NoticeKind, Stage};
+use crate::policy::finding::{ExpiryState, Finding, FindingId, Notice, NoticeKind, Stage};
 pub use crate::policy::observation::Observation;
 use crate::policy::observation::Violation;
 
@@ -102,6 +105,21 @@ pub fn advance(
         (Some(f), Observation::Exempted { reason }) => {
             close(f, now, Stage::Exempted, &format!("exempted: {reason}"))
         }
+        (Some(f), Observation::Expired { at }) => {
+            let when = at.map_or_else(String::new, |t| {
+                format!(" at {}", crate::policy::expiry::fmt_expiry(t))
+            });
+            let mut t = close(
+                f,
+                now,
+                Stage::Expired,
+                &format!("expired: OpenAI ended the key{when}"),
+            );
+            if let Some(next) = &mut t.next {
+                next.expiry.key_expires_at = at.or(next.expiry.key_expires_at);
+            }
+            t
+        }
     }
 }
 
@@ -163,6 +181,11 @@ fn detect(key: &Key, v: &Violation, now: i64) -> Transition {
         closed_at: None,
         resolution: None,
         dry_run_noted_at: None,
+        expiry: ExpiryState {
+            key_expires_at: key.expires_at.at(),
+            set: None,
+            refused: None,
+        },
     };
     Transition {
         next: Some(finding),
@@ -184,12 +207,17 @@ fn progress(f: &Finding, key: &Key, v: &Violation, now: i64, repeat_interval: i6
     next.last_used_at = key.last_used_at;
     next.expires_at = key.expires_at;
     next.reason = v.reason.clone();
+    if !key.expires_at.is_unknown() {
+        next.expiry.key_expires_at = key.expires_at.at();
+    }
 
     let mut notices = Vec::new();
     let warn_before = v.warn_before.max(0);
 
     if next.action != v.action {
-        if v.action == Action::Revoke {
+        // To an action that writes (revoke or expire): the deadline is announced now, so it
+        // can only move later. Between the two it stays as it was promised.
+        if v.action.enforces() && !next.action.enforces() {
             next.deadline = next
                 .deadline
                 .max(v.violating_since)
@@ -210,7 +238,7 @@ fn progress(f: &Finding, key: &Key, v: &Violation, now: i64, repeat_interval: i6
     let warned_now = !notices.is_empty();
 
     if !warned_now
-        && next.action == Action::Revoke
+        && next.action.enforces()
         && next.final_notice_at.is_none()
         && now >= next.deadline.saturating_sub(v.final_notice.max(0))
     {

@@ -2,6 +2,7 @@
 //!
 //! - [`rules`]: the configured policies and exemptions, compiled once; judges one key at a time.
 //! - [`lifecycle`]: one (key, policy) finding advanced by one sweep: notices due, revoke due.
+//! - [`expiry`]: the `expire` action: which expiry to set on a key, which to move back out.
 //! - [`observation`]: what the rules hand the lifecycle (a violation, an observation).
 //! - [`plan`](mod@plan): the safety rails (service-account rule, incomplete listings, caps, kill switch,
 //!   dry-run) applied to this sweep's revoke-due findings.
@@ -11,6 +12,7 @@
 //! seconds) or is async. That is what lets the property tests replay weeks of sweeps in
 //! milliseconds and lets `scan --now` rehearse a policy before it is enabled.
 
+pub mod expiry;
 pub mod finding;
 pub mod lifecycle;
 pub mod observation;
@@ -20,7 +22,7 @@ pub mod rules;
 pub use lifecycle::{Observation, Transition, advance, mark_revoked, revoked_notice};
 pub use plan::{
     Candidate, Plan, PlanInput, PlannedAction, ProjectFacts, Target, Withheld, WithheldAction,
-    default_safety, plan, project_facts,
+    Write, default_safety, plan, project_facts,
 };
 pub use rules::{Evaluation, ExemptionHit, Policies, PolicyError, Violation};
 

@@ -25,6 +25,9 @@ pub struct Violation {
     pub warn_before: i64,
     /// Seconds before the deadline at which the final notice goes out.
     pub final_notice: i64,
+    /// The policy has a `max_lifetime` condition: an expiry at or before the finding's deadline
+    /// ends the violation (the key is then expiring, not violating).
+    pub ends_by_expiry: bool,
 }
 
 /// What one sweep saw of a (key, policy) pair.
@@ -42,4 +45,7 @@ pub enum Observation<'a> {
     /// The key is absent from a **complete** listing of its project. Callers must never report
     /// `Gone` from an incomplete listing: that would close findings for keys that still exist.
     Gone,
+    /// The key has reached its expiry (listed with a past `expires_at`, or absent from a complete
+    /// listing once the expiry keysweep set has passed): OpenAI ended it.
+    Expired { at: Option<i64> },
 }

@@ -8,16 +8,15 @@
 //! and re-evaluates each planned key right before its DELETE) and never reads a clock.
 //!
 //! Gates, in the order that decides the reported reason:
-//! 1. service-account rule: `notify-only` keys are never revoked; `delete-service-account`
-//!    becomes one action for the whole service account, and only when **every** key of that
-//!    service account in that project is revoke-due (its keys are listed as collateral);
+//! 1. service-account rule: service-account keys are acted on one by one like user keys, and
+//!    only under `service_account_keys = "enforce"` (under `notify-only` they are withheld);
 //! 2. the project's listing must be complete (a project missing from the facts counts as
 //!    incomplete);
 //! 3. caps, in action order (earliest deadline first, then by id): per run, per project
 //!    (`floor(pct × keys_in_project / 100)`, at least 1 when `pct > 0`), per rolling day. An
 //!    action that would exceed a cap is withheld whole, and an action counts one revocation per
-//!    key it destroys (a service account with 3 keys counts 3). Later, smaller actions may still
-//!    fit: no cap is ever exceeded;
+//!    key it writes to: a DELETE and the setting of an expiry count alike. Later, smaller actions
+//!    may still fit: no cap is ever exceeded;
 //! 4. the kill switch;
 //! 5. dry-run.
 //!
@@ -26,13 +25,17 @@
 //!
 //! Conservative defaults for `[safety]` (used by the config loader, see [`default_safety`]):
 //! `max_revocations_per_run = 10`, `max_revocations_per_project_percent = 25`,
-//! `max_revocations_per_day = 50`, no kill-switch file, `service_accounts = "notify-only"`.
+//! `max_revocations_per_day = 50`, no kill-switch file, `service_account_keys = "notify-only"`,
+//! `restore_expiry = 365d`.
+//!
+//! Moving an expiry back out (a withdrawn `expire` finding) is not planned here: it undoes a
+//! write, so no cap and no kill switch may stand in its way.
 //! They bound the damage of a wrong policy to a handful of keys per run while still letting a
 //! correct policy clean up a backlog within days.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::config::{Mode, Safety, ServiceAccountRule};
+use crate::config::{Mode, Safety, ServiceAccountKeys};
 use crate::inventory::{Inventory, Key, KeyTally, OwnerType};
 use crate::policy::finding::FindingId;
 
@@ -50,7 +53,8 @@ pub fn default_safety() -> Safety {
         max_revocations_per_project_percent: DEFAULT_MAX_REVOCATIONS_PER_PROJECT_PERCENT,
         max_revocations_per_day: DEFAULT_MAX_REVOCATIONS_PER_DAY,
         kill_switch_file: None,
-        service_accounts: ServiceAccountRule::NotifyOnly,
+        service_account_keys: ServiceAccountKeys::NotifyOnly,
+        restore_expiry: std::time::Duration::from_secs(365 * 86400),
     }
 }
 
@@ -99,6 +103,18 @@ pub struct Candidate {
     pub key: Key,
     /// The finding's fixed deadline: earlier deadlines are revoked first when a cap bites.
     pub deadline: i64,
+    /// What the finding asks to be written to the key.
+    pub write: Write,
+}
+
+/// The write a due finding asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write {
+    /// `action = "revoke"` at its deadline: DELETE the key.
+    Delete,
+    /// `action = "expire"`: set the key's expiry to `to` (Unix seconds; the finding's deadline,
+    /// never earlier), because it expires later or never.
+    SetExpiry { to: i64 },
 }
 
 /// Everything the planner looks at; a struct rather than seven positional arguments so a call
@@ -116,27 +132,20 @@ pub struct PlanInput<'a> {
     pub kill_switch: bool,
 }
 
-/// What one planned action destroys.
+/// What one planned action writes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
-    /// One project API key (the key endpoint refuses service-account keys, so this never has
-    /// collateral).
+    /// One project API key, user or service account: the API deletes and updates service-account
+    /// keys one by one, so an action never has collateral.
     Key(Key),
-    /// A whole service account of one project; every one of its keys goes with it.
-    ServiceAccount {
-        organization: String,
-        project_id: String,
-        service_account_id: String,
-        name: Option<String>,
-        /// All keys of the service account in the project, each of them revoke-due.
-        collateral: Vec<Key>,
-    },
 }
 
 /// One deletion the sweep may perform (or, when withheld, would have).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlannedAction {
     pub target: Target,
+    /// DELETE, or set the expiry.
+    pub write: Write,
     /// Every revoke-due finding this action closes (a key may violate several policies).
     pub findings: Vec<FindingId>,
     /// The earliest deadline among those findings: the action's place in the queue.
@@ -146,26 +155,26 @@ pub struct PlannedAction {
 impl PlannedAction {
     /// The organisation the action acts in (audit records and per-project caps need it).
     pub fn organization(&self) -> &str {
-        match &self.target {
-            Target::Key(k) => &k.organization,
-            Target::ServiceAccount { organization, .. } => organization,
-        }
+        let Target::Key(k) = &self.target;
+        &k.organization
     }
 
     /// The project the action acts in; an action never spans projects.
     pub fn project_id(&self) -> &str {
-        match &self.target {
-            Target::Key(k) => &k.project_id,
-            Target::ServiceAccount { project_id, .. } => project_id,
-        }
+        let Target::Key(k) = &self.target;
+        &k.project_id
     }
 
-    /// The keys this action destroys.
+    /// The keys this action writes to (always one).
     pub fn keys(&self) -> &[Key] {
-        match &self.target {
-            Target::Key(k) => std::slice::from_ref(k),
-            Target::ServiceAccount { collateral, .. } => collateral,
-        }
+        let Target::Key(k) = &self.target;
+        std::slice::from_ref(k)
+    }
+
+    /// The key this action writes to.
+    pub fn key(&self) -> &Key {
+        let Target::Key(k) = &self.target;
+        k
     }
 
     /// How many revocations the action counts for against the caps: one per destroyed key.
@@ -175,37 +184,30 @@ impl PlannedAction {
 
     /// One line for plans and logs, e.g. `delete key key_1 ("ci") in proj_a`.
     pub fn describe(&self) -> String {
-        match &self.target {
-            Target::Key(k) => format!(
+        let k = self.key();
+        match self.write {
+            Write::Delete => format!(
                 "delete key {} ({:?}, {}) in {}",
                 k.id, k.name, k.redacted_value, k.project_id
             ),
-            Target::ServiceAccount {
-                project_id,
-                service_account_id,
-                name,
-                collateral,
-                ..
-            } => {
-                let ids: Vec<&str> = collateral.iter().map(|k| k.id.as_str()).collect();
-                format!(
-                    "delete service account {service_account_id} ({}) in {project_id}, \
-                     destroying keys {}",
-                    name.as_deref().unwrap_or("unnamed"),
-                    ids.join(", ")
-                )
-            }
+            Write::SetExpiry { to } => format!(
+                "set the expiry of key {} ({:?}, {}) in {} to {}",
+                k.id,
+                k.name,
+                k.redacted_value,
+                k.project_id,
+                crate::policy::expiry::fmt_expiry(to)
+            ),
         }
     }
 
     fn sort_key(&self) -> (i64, &str, &str, &str) {
-        let id = match &self.target {
-            Target::Key(k) => k.id.as_str(),
-            Target::ServiceAccount {
-                service_account_id, ..
-            } => service_account_id.as_str(),
-        };
-        (self.deadline, self.organization(), self.project_id(), id)
+        (
+            self.deadline,
+            self.organization(),
+            self.project_id(),
+            self.key().id.as_str(),
+        )
     }
 }
 
@@ -225,13 +227,9 @@ pub enum Withheld {
     CapPerProjectPercent,
     /// `max_revocations_per_day` (rolling 24 h) reached.
     CapPerDay,
-    /// `service_accounts = "notify-only"`: service-account keys are reported, never revoked.
+    /// `service_account_keys = "notify-only"`: service-account keys are reported, never
+    /// written to.
     ServiceAccountNotifyOnly,
-    /// `delete-service-account`, but some key of the account is not revoke-due.
-    ServiceAccountHasCompliantKeys,
-    /// The key's owner is a service account whose id the API did not give, so it cannot be
-    /// addressed.
-    ServiceAccountUnknown,
 }
 
 impl Withheld {
@@ -245,8 +243,6 @@ impl Withheld {
             Withheld::CapPerProjectPercent => "cap_per_project_percent",
             Withheld::CapPerDay => "cap_per_day",
             Withheld::ServiceAccountNotifyOnly => "service_account_notify_only",
-            Withheld::ServiceAccountHasCompliantKeys => "service_account_has_compliant_keys",
-            Withheld::ServiceAccountUnknown => "service_account_unknown",
         }
     }
 
@@ -359,53 +355,29 @@ pub fn project_cap(pct: u64, key_count: usize) -> u64 {
     (pct.saturating_mul(keys) / 100).max(1)
 }
 
-/// Turns candidates into ordered actions: one per key (however many policies it violates), or
-/// one per service account under `delete-service-account`. Structurally impossible actions
-/// (service-account rules) go straight to `withheld`.
+/// Turns candidates into ordered actions, one per key (however many policies it violates).
+/// Service-account keys under `notify-only` go straight to `withheld`.
 fn group(input: &PlanInput<'_>, withheld: &mut Vec<WithheldAction>) -> Vec<PlannedAction> {
     let mut actions = Vec::new();
-    // (org, project, service account id) → the due per-key actions of that account.
-    let mut per_sa: BTreeMap<(String, String, String), Vec<PlannedAction>> = BTreeMap::new();
     for mut action in per_key_actions(input.candidates) {
         action.findings.sort();
-        let Target::Key(key) = &action.target else {
-            continue;
-        };
-        if key.owner.kind != OwnerType::ServiceAccount {
-            // User keys and keys of unknown owner type go through the key endpoint, which
-            // refuses service-account keys: at worst a harmless 400, never collateral.
-            actions.push(action);
+        let enforce_sa = input.safety.service_account_keys == ServiceAccountKeys::Enforce;
+        if action.key().owner.kind == OwnerType::ServiceAccount && !enforce_sa {
+            withheld.push(WithheldAction {
+                action,
+                reason: Withheld::ServiceAccountNotifyOnly,
+            });
             continue;
         }
-        let reason = match (input.safety.service_accounts, &key.owner.id) {
-            (ServiceAccountRule::NotifyOnly, _) => Withheld::ServiceAccountNotifyOnly,
-            (ServiceAccountRule::DeleteServiceAccount, None) => Withheld::ServiceAccountUnknown,
-            (ServiceAccountRule::DeleteServiceAccount, Some(sa)) => {
-                per_sa
-                    .entry((key.organization.clone(), key.project_id.clone(), sa.clone()))
-                    .or_default()
-                    .push(action);
-                continue;
-            }
-        };
-        withheld.push(WithheldAction { action, reason });
+        actions.push(action);
     }
-
-    for ((organization, project_id, sa), due) in per_sa {
-        match service_account_verdict(input, &organization, &project_id, &sa, &due) {
-            Err(reason) => withheld.extend(
-                due.into_iter()
-                    .map(|action| WithheldAction { action, reason }),
-            ),
-            Ok(()) => actions.push(service_account_action(organization, project_id, sa, due)),
-        }
-    }
-
     actions.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
     actions
 }
 
-/// One action per key, however many policies it violates, with the earliest deadline.
+/// One action per key, however many policies it violates, with the earliest deadline. A DELETE
+/// due for the key supersedes setting its expiry; of several expiries, the earliest is set
+/// (each is some finding's deadline, so none is earlier than a promise made).
 fn per_key_actions(candidates: &[Candidate]) -> Vec<PlannedAction> {
     // (org, project, key id) → action for that key.
     let mut per_key: BTreeMap<(&str, &str, &str), PlannedAction> = BTreeMap::new();
@@ -415,75 +387,20 @@ fn per_key_actions(candidates: &[Candidate]) -> Vec<PlannedAction> {
             .entry((&k.organization, &k.project_id, &k.id))
             .or_insert_with(|| PlannedAction {
                 target: Target::Key(k.clone()),
+                write: c.write,
                 findings: Vec::new(),
                 deadline: c.deadline,
             });
         entry.deadline = entry.deadline.min(c.deadline);
+        entry.write = match (entry.write, c.write) {
+            (Write::Delete, _) | (_, Write::Delete) => Write::Delete,
+            (Write::SetExpiry { to: a }, Write::SetExpiry { to: b }) => {
+                Write::SetExpiry { to: a.min(b) }
+            }
+        };
         if !entry.findings.contains(&c.finding) {
             entry.findings.push(c.finding.clone());
         }
     }
     per_key.into_values().collect()
-}
-
-/// A service account may be deleted only when its project's listing is complete and every one
-/// of its keys is due.
-fn service_account_verdict(
-    input: &PlanInput<'_>,
-    organization: &str,
-    project_id: &str,
-    sa: &str,
-    due: &[PlannedAction],
-) -> Result<(), Withheld> {
-    let facts = input
-        .projects
-        .get(&(organization.to_string(), project_id.to_string()));
-    let due_ids: BTreeSet<&str> = due
-        .iter()
-        .flat_map(|a| a.keys().iter().map(|k| k.id.as_str()))
-        .collect();
-    let all_ids = facts.and_then(|f| f.service_accounts.get(sa));
-    match (facts, all_ids) {
-        (Some(f), _) if !f.complete => Err(Withheld::IncompleteListing),
-        // The listing does not know this account: we cannot see its other keys.
-        (_, None) => Err(Withheld::IncompleteListing),
-        (_, Some(all)) if all.iter().any(|id| !due_ids.contains(id.as_str())) => {
-            Err(Withheld::ServiceAccountHasCompliantKeys)
-        }
-        (_, Some(_)) => Ok(()),
-    }
-}
-
-/// The one action that deletes a service account, its due keys as the collateral.
-fn service_account_action(
-    organization: String,
-    project_id: String,
-    sa: String,
-    due: Vec<PlannedAction>,
-) -> PlannedAction {
-    let deadline = due.iter().map(|a| a.deadline).min().unwrap_or(i64::MAX);
-    let mut findings: Vec<FindingId> = due
-        .iter()
-        .flat_map(|a| a.findings.iter().cloned())
-        .collect();
-    findings.sort();
-    let collateral: Vec<Key> = due
-        .into_iter()
-        .flat_map(|a| match a.target {
-            Target::Key(k) => vec![k],
-            Target::ServiceAccount { collateral, .. } => collateral,
-        })
-        .collect();
-    let name = collateral.first().and_then(|k| k.owner.name.clone());
-    PlannedAction {
-        target: Target::ServiceAccount {
-            organization,
-            project_id,
-            service_account_id: sa,
-            name,
-            collateral,
-        },
-        findings,
-        deadline,
-    }
 }

@@ -18,7 +18,7 @@ use std::time::Duration;
 use globset::{GlobBuilder, GlobMatcher};
 
 use crate::config::{ExemptionConfig, OwnerTypeSelector, PolicyConfig, Selector};
-use crate::inventory::{Key, OwnerAccess, OwnerType};
+use crate::inventory::{EXPIRY_TOLERANCE, Expiry, Key, OwnerAccess, OwnerType};
 use crate::policy::observation::Observation;
 pub use crate::policy::observation::Violation;
 
@@ -30,7 +30,7 @@ pub enum PolicyError {
     /// operator meant, and with `action = "revoke"` it would be a mass deletion.
     #[error(
         "policies[{index}] ({name}): no condition; set at least one of max_age, max_idle, \
-         owner_lost_access, name_pattern"
+         owner_lost_access, name_pattern, max_lifetime"
     )]
     NoCondition { index: usize, name: String },
     /// Policy names identify findings in state and alerts, so they must be present and unique.
@@ -209,6 +209,7 @@ impl CompiledPolicy {
     fn new(index: usize, p: &PolicyConfig) -> Result<CompiledPolicy, PolicyError> {
         let has_condition = p.max_age.is_some()
             || p.max_idle.is_some()
+            || p.max_lifetime.is_some()
             || p.owner_lost_access
             || p.name_pattern.is_some();
         if !has_condition {
@@ -356,11 +357,13 @@ impl CompiledPolicy {
             }
             // A rename is invisible to us, so the start is unknown too: count from now.
             since = since.max(now);
-            reasons.push(format!(
-                "name {:?} does not match /{}/",
-                key.name,
-                re.as_str()
-            ));
+            reasons.push(format!("name {:?} does not match /{}/", key.name, re));
+        }
+
+        if let Some(max_lifetime) = p.max_lifetime {
+            let (start, reason) = lifetime_condition(key, secs(max_lifetime))?;
+            since = since.max(start);
+            reasons.push(reason);
         }
 
         // `compile` rejects condition-less policies; this keeps `judge` total anyway.
@@ -374,8 +377,32 @@ impl CompiledPolicy {
             violating_since: since,
             warn_before: secs(p.warn_before),
             final_notice: secs(p.final_notice),
+            ends_by_expiry: p.max_lifetime.is_some(),
         })
     }
+}
+
+/// `max_lifetime`: holds when the key never expires or expires later than `created_at +
+/// max_lifetime`; then `(when the key was meant to end, reason)`. The key was meant to end at
+/// that limit, so the deadline counts from it (and never before the warning period): a key
+/// older than max_lifetime gets the warning period and no less.
+fn lifetime_condition(key: &Key, max_lifetime: i64) -> Option<(i64, String)> {
+    let limit = key.created_at.saturating_add(max_lifetime);
+    let expiry = match key.expires_at {
+        // Unknown is never a reason to act: the key may well expire in time.
+        Expiry::Unknown => return None,
+        Expiry::At(t) if t <= limit.saturating_add(EXPIRY_TOLERANCE) => return None,
+        Expiry::At(t) => format!("expires {}", fmt_date(t)),
+        Expiry::Never => "never expires".to_string(),
+    };
+    Some((
+        limit,
+        format!(
+            "{expiry}, later than {} after its creation ({})",
+            fmt_duration(max_lifetime),
+            fmt_date(key.created_at)
+        ),
+    ))
 }
 
 #[derive(Debug, Clone)]

@@ -32,7 +32,6 @@ pub(super) struct CriticalDelete {
     pub intent: AuditRecord,
     pub outcome_base: AuditRecord,
     pub key_id: String,
-    pub service_account: Option<String>,
     pub organization: String,
     pub project_id: String,
     pub key_ids: Vec<String>,
@@ -44,14 +43,7 @@ pub(super) struct CriticalDelete {
 impl CriticalDelete {
     pub(super) async fn run(self) -> Result<Outcome, state::StateError> {
         let entry = audit::append_durable(&self.store, &self.intent)?;
-        let answer = match &self.service_account {
-            None => self.client.delete_key(&self.project_id, &self.key_id).await,
-            Some(sa) => {
-                self.client
-                    .delete_service_account(&self.project_id, sa)
-                    .await
-            }
-        };
+        let answer = self.client.delete_key(&self.project_id, &self.key_id).await;
         let (outcome, response) = match answer {
             Ok(DeleteOutcome::Deleted { status, body }) => {
                 (Outcome::Deleted, json!({ "status": status, "body": body }))

@@ -9,7 +9,7 @@ use tracing::Instrument;
 use crate::config::Mode;
 use crate::inventory::Key;
 use crate::openai::AdminClient;
-use crate::policy::plan::{PlannedAction, Target};
+use crate::policy::plan::{PlannedAction, Write};
 use crate::state;
 use crate::state::audit::{self, AuditKind, AuditRecord};
 
@@ -23,41 +23,26 @@ pub async fn execute(
     actions: &[PlannedAction],
 ) -> Result<Vec<RevocationResult>, state::StateError> {
     let mut results = Vec::with_capacity(actions.len());
-    for action in actions {
+    // Only deletions: expiries are `expiry.rs`'s.
+    for action in actions.iter().filter(|a| a.write == Write::Delete) {
         results.push(revoke_one(ctx, action).await?);
     }
     Ok(results)
 }
 
-/// What one action destroys.
+/// What one action destroys: one key (service-account keys are deleted one by one too).
 struct Doomed {
-    /// The key, or every key of the service account.
     keys: Vec<Key>,
-    /// `key key_…` or `service account svc_acct_… (N keys)`.
+    /// `key key_…`.
     target: String,
-    service_account: Option<String>,
 }
 
 impl Doomed {
     fn of(action: &PlannedAction) -> Doomed {
-        match &action.target {
-            Target::Key(k) => Doomed {
-                keys: vec![k.clone()],
-                target: format!("key {}", k.id),
-                service_account: None,
-            },
-            Target::ServiceAccount {
-                service_account_id,
-                collateral,
-                ..
-            } => Doomed {
-                keys: collateral.clone(),
-                target: format!(
-                    "service account {service_account_id} ({} keys)",
-                    collateral.len()
-                ),
-                service_account: Some(service_account_id.clone()),
-            },
+        let k = action.key();
+        Doomed {
+            keys: vec![k.clone()],
+            target: format!("key {}", k.id),
         }
     }
 }
@@ -163,10 +148,6 @@ async fn delete(
             .collect::<Vec<_>>()
             .join(","),
     );
-    if let Some(sa) = &doomed.service_account {
-        intent.inputs["service_account_id"] = json!(sa);
-        intent.inputs["collateral"] = json!(result.key_ids);
-    }
     let critical = CriticalDelete {
         store: ctx.store.clone(),
         client: client.clone(),
@@ -175,7 +156,6 @@ async fn delete(
             .record(AuditKind::Outcome, String::new())
             .with_key(primary),
         key_id: primary.id.clone(),
-        service_account: doomed.service_account.clone(),
         organization: result.organization.clone(),
         project_id: result.project_id.clone(),
         key_ids: result.key_ids.clone(),

@@ -1,4 +1,5 @@
-//! Revocation: the only code that deletes anything, and the rails right around the DELETE.
+//! Revocation: the only code that deletes anything or writes a key's expiry, and the rails
+//! right around each write.
 //!
 //! For every approved action, in order:
 //! 1. re-read each key (GET) and re-evaluate it against the policies: a key that is gone, was
@@ -12,6 +13,9 @@
 //! the key is looked up, and a `reconciled` record says whether it was deleted. Nothing here
 //! runs in dry-run mode; `plan` never approves an action then.
 //!
+//! [`expiry`] does the same for `action = "expire"`: it sets a key's expiry (re-read, intent,
+//! update, outcome) and moves an expiry keysweep set back out.
+//!
 //! This module deletes and records (audit, revocation count), nothing else: it never composes
 //! or queues a notice and never writes a finding. What a deletion means for findings and people
 //! is the sweep's and `notify`'s, told through [`RevocationResult`] and `reconcile`'s hook.
@@ -19,6 +23,7 @@
 mod context;
 mod critical;
 mod execute;
+pub mod expiry;
 mod outcome;
 mod reconcile;
 
@@ -26,4 +31,4 @@ pub use context::Context;
 pub use critical::drain_in_flight;
 pub use execute::execute;
 pub use outcome::{Outcome, RevocationResult};
-pub use reconcile::{InterruptedDelete, reconcile};
+pub use reconcile::{InterruptedDelete, InterruptedExpiry, reconcile};

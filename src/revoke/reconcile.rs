@@ -1,4 +1,9 @@
-//! Reconciliation: settles DELETE intents that a crash or kill left without an outcome.
+//! Reconciliation: settles DELETE and expiry-update intents that a crash or kill left without
+//! an outcome.
+//!
+//! An expiry intent (`inputs.write` = `set_expiry` / `restore_expiry`) is settled the same way:
+//! the key is read back, and its expiry matching the intent's target (within the tolerance)
+//! means the update went through (`expiry_set: true`; a set expiry counts against the caps).
 //!
 //! For each such intent the key is looked up (GET): gone means the delete went through
 //! (a `reconciled` record with `deleted: true`, the revocation counted), present means it did
@@ -26,6 +31,38 @@ pub struct InterruptedDelete<'a> {
     pub key_id: &'a str,
     /// The intent's policies, comma-separated (its findings are these policies on this key).
     policies: Option<&'a str>,
+    /// For an expiry update: what it aimed at. `None`: a DELETE.
+    pub expiry: Option<InterruptedExpiry>,
+}
+
+/// An interrupted expiry update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InterruptedExpiry {
+    /// The target expiry (Unix seconds).
+    pub to: i64,
+    /// The key's expiry before the update (`None`: never or unknown).
+    pub previous: Option<i64>,
+    /// True for a move back out (not counted against the caps), false for a set.
+    pub restore: bool,
+}
+
+impl InterruptedExpiry {
+    fn of(inputs: &serde_json::Value) -> Option<InterruptedExpiry> {
+        let restore = match inputs.get("write").and_then(|w| w.as_str()) {
+            Some("set_expiry") => false,
+            Some("restore_expiry") => true,
+            _ => return None,
+        };
+        Some(InterruptedExpiry {
+            to: inputs
+                .get("expires_at")
+                .and_then(serde_json::Value::as_i64)?,
+            previous: inputs
+                .get("previous_expires_at")
+                .and_then(serde_json::Value::as_i64),
+            restore,
+        })
+    }
 }
 
 impl<'a> InterruptedDelete<'a> {
@@ -38,7 +75,8 @@ impl<'a> InterruptedDelete<'a> {
     }
 }
 
-/// Settles every DELETE intent that has no outcome. For each one that went through, `on_deleted`
+/// Settles every DELETE or expiry intent that has no outcome. For each one that went through,
+/// `on_deleted` (which must look at [`InterruptedDelete::expiry`])
 /// runs inside the transaction that records it. Returns an alert per intent that could not be
 /// checked yet: the operators must know a delete's fate is unknown.
 pub async fn reconcile(
@@ -66,23 +104,29 @@ pub async fn reconcile(
             project_id,
             key_id,
             policies: r.policy.as_deref(),
+            expiry: InterruptedExpiry::of(&r.inputs),
         };
-        match is_gone(ctx, client, &interrupted).await {
-            Ok(gone) => settle(ctx, row, &interrupted, gone, &mut on_deleted)?,
+        match took_effect(ctx, client, &interrupted).await {
+            Ok(done) => settle(ctx, row, &interrupted, done, &mut on_deleted)?,
             Err(alert) => unsettled.push(alert),
         }
     }
     Ok(unsettled)
 }
 
-/// Looks the key up: `Ok(true)` = gone. An answer that settles nothing is the alert it deserves.
-async fn is_gone(
+/// Looks the key up: `Ok(true)` = the write took effect (a DELETE: the key is gone; an expiry
+/// update: the key has the target expiry). An answer that settles nothing is the alert it
+/// deserves.
+async fn took_effect(
     ctx: &Context<'_>,
     client: &AdminClient,
     d: &InterruptedDelete<'_>,
 ) -> Result<bool, EnforcerAlert> {
     match client.retrieve_key(d.project_id, d.key_id).await {
-        Ok(found) => Ok(found.is_none()),
+        Ok(found) => Ok(match d.expiry {
+            None => found.is_none(),
+            Some(e) => found.is_some_and(|k| crate::inventory::expiry_matches(k.expires_at, e.to)),
+        }),
         Err(e) => {
             tracing::warn!(run_id = ctx.run_id, organization = %d.organization, key_id = %d.key_id, error = %e, "cannot reconcile an unfinished delete yet");
             Err(EnforcerAlert::RevocationFailed {
@@ -108,10 +152,23 @@ fn settle(
     ) -> Result<(), StateError>,
 ) -> Result<(), StateError> {
     let r = &row.record;
-    let message = if gone {
-        "reconciled: the key is gone, the interrupted delete went through"
-    } else {
-        "reconciled: the key still exists, the interrupted delete did not happen"
+    let (message, response) = match (d.expiry, gone) {
+        (None, true) => (
+            "reconciled: the key is gone, the interrupted delete went through",
+            json!({ "deleted": true }),
+        ),
+        (None, false) => (
+            "reconciled: the key still exists, the interrupted delete did not happen",
+            json!({ "deleted": false }),
+        ),
+        (Some(e), true) => (
+            "reconciled: the key has the expiry, the interrupted update went through",
+            json!({ "expiry_set": true, "expires_at": e.to }),
+        ),
+        (Some(e), false) => (
+            "reconciled: the key does not have the expiry, the interrupted update did not happen",
+            json!({ "expiry_set": false, "expires_at": e.to }),
+        ),
     };
     let rec = AuditRecord {
         organization: r.organization.clone(),
@@ -121,13 +178,13 @@ fn settle(
         redacted_value: r.redacted_value.clone(),
         owner: r.owner.clone(),
         policy: r.policy.clone(),
-        response: json!({ "deleted": gone }),
+        response,
         ..ctx.record(AuditKind::Reconciled, message)
     }
     .refers_to(row.seq);
     ctx.store.tx(|tx| {
         audit::append(tx, &rec)?;
-        if gone {
+        if gone && d.expiry.is_none_or(|e| !e.restore) {
             state::revocations::record_revocation(
                 tx,
                 ctx.now,
@@ -136,6 +193,8 @@ fn settle(
                 d.key_id,
                 ctx.run_id,
             )?;
+        }
+        if gone {
             on_deleted(tx, d)?;
         }
         Ok(())
@@ -156,6 +215,7 @@ mod tests {
             project_id: "proj_1",
             key_id: "key_1",
             policies,
+            expiry: None,
         };
         fn all(d: InterruptedDelete<'_>) -> Vec<&str> {
             d.policies().collect()

@@ -6,9 +6,10 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::inventory::{Inventory, Key, KeyTally, OrgInventory};
+use crate::policy::expiry::PlannedRestore;
 use crate::policy::finding::{FindingId, Notice, NoticeKind, Stage};
 use crate::policy::lifecycle::{self, Transition};
-use crate::policy::plan::Candidate;
+use crate::policy::plan::{Candidate, Write};
 
 use super::evaluate::{Evaluator, OpenFindings, Step};
 use super::listing::Evaluated;
@@ -35,8 +36,11 @@ pub(super) struct Advanced {
     pub changes: Vec<Change>,
     /// The notices due now, in the order they must be queued.
     pub notices: Vec<Notice>,
-    /// The findings whose revocation is due: the plan's input.
+    /// The findings whose revocation is due or whose expiry must be set: the plan's input.
     pub candidates: Vec<Candidate>,
+    /// Expiries to move back out for withdrawn findings: never capped, never stopped by the kill
+    /// switch (they undo a write), but not written in dry-run.
+    pub restores: Vec<PlannedRestore>,
     /// Keys an active exemption covers: (key, reason).
     pub exempted: Vec<(Key, String)>,
     /// Exemptions that matched but have expired: (key, reason, until).
@@ -78,6 +82,7 @@ pub(super) fn advance_findings<'a>(
         out.exempted.extend(step.exempted);
         out.expired.extend(step.expired);
         out.candidates.extend(step.candidates);
+        out.restores.extend(step.restores);
     }
     out
 }
@@ -109,9 +114,12 @@ impl Advanced {
         for (i, v) in self.findings.iter().enumerate() {
             index.entry(&v.finding.id).or_insert(i);
         }
+        // Only deletions: an expiry that would be set is told in the warning itself ("would set
+        // the expiry to …").
         let due: Vec<usize> = self
             .candidates
             .iter()
+            .filter(|c| c.write == Write::Delete)
             .filter_map(|c| index.get(&c.finding).copied())
             .collect();
         for i in due {
@@ -220,6 +228,7 @@ mod tests {
             closed_at: None,
             resolution: None,
             dry_run_noted_at: None,
+            expiry: Default::default(),
         }
     }
 
@@ -276,6 +285,7 @@ mod tests {
             finding: finding(Stage::FinalNotice).id,
             key: key(),
             deadline: 100,
+            write: Write::Delete,
         });
         advanced.note_dry_run(200);
         assert_eq!(advanced.findings[0].finding.dry_run_noted_at, Some(200));

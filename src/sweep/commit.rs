@@ -155,6 +155,7 @@ impl Run<'_> {
         let kind = match f.stage {
             Stage::Resolved => AuditKind::Resolved,
             Stage::Exempted => AuditKind::Exempted,
+            Stage::Expired => AuditKind::Resolved,
             _ if before.is_none() => AuditKind::Decision,
             _ => AuditKind::Notice,
         };
@@ -166,10 +167,11 @@ impl Run<'_> {
                 f.reason,
                 match f.action {
                     Action::Revoke => format!("revocation deadline {}", fmt_time(f.deadline)),
+                    Action::Expire => format!("expiry deadline {}", fmt_time(f.deadline)),
                     Action::Notify => "notify only".to_string(),
                 }
             ),
-            (_, Stage::Resolved | Stage::Exempted) => {
+            (_, Stage::Resolved | Stage::Exempted | Stage::Expired) => {
                 format!(
                     "finding closed: {}",
                     f.resolution.as_deref().unwrap_or("resolved")

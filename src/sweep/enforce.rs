@@ -7,9 +7,11 @@
 use crate::notify::alert::EnforcerAlert;
 use crate::notify::compose;
 use crate::notify::{DeliveryReport, NotifySettings};
-use crate::policy::finding::Finding;
+use crate::policy::expiry::PlannedRestore;
+use crate::policy::finding::{ExpirySet, Finding};
 use crate::policy::lifecycle;
-use crate::policy::plan::Plan;
+use crate::policy::plan::{Plan, Write};
+use crate::revoke::expiry::{ExpiryOutcome, ExpiryResult};
 use crate::revoke::{self, RevocationResult};
 use crate::state;
 
@@ -20,6 +22,7 @@ use super::run::Run;
 #[derive(Default)]
 pub(super) struct Enforced {
     pub revocations: Vec<RevocationResult>,
+    pub expiries: Vec<ExpiryResult>,
     /// Failed revocations' alerts that were raised.
     pub alerts: Vec<EnforcerAlert>,
     /// Messages composed for the outbox: the owners' `revoked` notices and the alerts.
@@ -45,22 +48,44 @@ impl Run<'_> {
             .await?)
     }
 
-    /// Executes the plan's approved revocations and marks the revoked `findings`.
+    /// Executes the plan's approved revocations and expiries and the restores, and marks the
+    /// `findings` they answer.
     pub(super) async fn enforce(
         &self,
         plan: &Plan,
+        restores: &[PlannedRestore],
         findings: &mut [FindingView],
     ) -> Result<Enforced, SweepError> {
-        if self.opts.cancel.is_cancelled() || plan.revoke.is_empty() {
+        if self.opts.cancel.is_cancelled() || (plan.revoke.is_empty() && restores.is_empty()) {
             return Ok(Enforced::default());
         }
-        let results = revoke::execute(&self.revoke_context(), &plan.revoke).await?;
-        let (revoked, alerts) = self.absorb(&results, findings);
+        let ctx = self.revoke_context();
+        let results = revoke::execute(&ctx, &plan.revoke).await?;
+        let expiries = {
+            let was_set = |id: &_| {
+                findings
+                    .iter()
+                    .any(|v| &v.finding.id == id && v.finding.expiry.set.is_some())
+            };
+            let setting: Vec<_> = plan
+                .revoke
+                .iter()
+                .filter(|a| a.write != Write::Delete)
+                .cloned()
+                .collect();
+            let mut out = revoke::expiry::set_expiries(&ctx, &setting, was_set).await?;
+            out.extend(revoke::expiry::restore_expiries(&ctx, restores).await?);
+            out
+        };
+        let (mut revoked, mut alerts) = self.absorb(&results, findings);
+        let expired_writes = self.absorb_expiries(&expiries, findings, &mut alerts);
         let alerts = self.dedup_alerts(alerts)?;
         let now = self.now();
+        let notices = compose::revoked_notices(&revoked);
+        revoked.extend(expired_writes);
         let notices_queued = self.enqueue(
             |tx| state::findings::upsert_findings(tx, &revoked, now),
-            &compose::revoked_notices(&revoked),
+            &notices,
             &alerts,
             Vec::new(),
         )?;
@@ -71,6 +96,7 @@ impl Run<'_> {
         };
         Ok(Enforced {
             revocations: results,
+            expiries,
             alerts,
             notices_queued,
             delivery,
@@ -103,5 +129,52 @@ impl Run<'_> {
             }
         }
         (revoked, alerts)
+    }
+}
+
+impl Run<'_> {
+    /// Records what each expiry write did on its findings (the expiry set and what the key had
+    /// before, a refusal that makes the finding notice-only, the expiry a restore left) and
+    /// collects the alerts. Returns the findings to write.
+    fn absorb_expiries(
+        &self,
+        results: &[ExpiryResult],
+        findings: &mut [FindingView],
+        alerts: &mut Vec<EnforcerAlert>,
+    ) -> Vec<Finding> {
+        let now = self.now();
+        let mut changed = Vec::new();
+        for r in results {
+            self.sweeper
+                .metrics
+                .revocation(&r.organization, r.outcome_label());
+            alerts.extend(r.alert());
+            for id in &r.finding_ids {
+                let Some(v) = findings.iter_mut().find(|v| &v.finding.id == id) else {
+                    continue;
+                };
+                let e = &mut v.finding.expiry;
+                match &r.outcome {
+                    ExpiryOutcome::Set { to, previous, .. } => {
+                        e.set = Some(ExpirySet {
+                            to: *to,
+                            // The key's own expiry is the one before keysweep's first write.
+                            previous: e.set.map_or(*previous, |s| s.previous),
+                            at: now,
+                        });
+                        e.key_expires_at = Some(*to);
+                    }
+                    ExpiryOutcome::AlreadyEnds { at } | ExpiryOutcome::Restored { to: at, .. } => {
+                        e.key_expires_at = Some(*at);
+                    }
+                    ExpiryOutcome::Refused { error } if r.write == "set" => {
+                        e.refused = Some(error.clone());
+                    }
+                    _ => continue,
+                }
+                changed.push(v.finding.clone());
+            }
+        }
+        changed
     }
 }

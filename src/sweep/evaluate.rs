@@ -10,10 +10,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::config::Action;
-use crate::inventory::Key;
+use crate::inventory::{EXPIRY_TOLERANCE, Expiry, Key};
+use crate::policy::expiry::{self, PlannedRestore};
 use crate::policy::finding::{Finding, FindingId, Stage};
 use crate::policy::lifecycle::{self, Observation};
-use crate::policy::plan::Candidate;
+use crate::policy::plan::{Candidate, Write};
 use crate::policy::{Evaluation, Policies};
 
 /// An organisation's open findings, indexed by (project, key): a per-key scan of every open
@@ -55,6 +56,8 @@ pub(crate) struct Step {
     /// (stage before, transition), one per (key, policy) that is or was violating.
     pub transitions: Vec<(Option<Stage>, lifecycle::Transition)>,
     pub candidates: Vec<Candidate>,
+    /// Expiries keysweep set that withdrawn findings move back out.
+    pub restores: Vec<PlannedRestore>,
     /// Keys an active exemption covers: (key, reason).
     pub exempted: Vec<(Key, String)>,
     /// Exemptions that matched but have expired: (key, reason, until).
@@ -67,6 +70,7 @@ impl Step {
     pub(crate) fn absorb(&mut self, other: Step) {
         self.transitions.extend(other.transitions);
         self.candidates.extend(other.candidates);
+        self.restores.extend(other.restores);
         self.exempted.extend(other.exempted);
         self.expired.extend(other.expired);
         self.touched.extend(other.touched);
@@ -80,6 +84,8 @@ pub(crate) struct Evaluator {
     pub now: i64,
     /// `notifications.repeat_interval` in seconds.
     pub repeat: i64,
+    /// `safety.restore_expiry` in seconds.
+    pub restore_expiry: i64,
 }
 
 impl Evaluator {
@@ -116,27 +122,81 @@ impl Evaluator {
                 key_id: key.id.clone(),
                 policy: policy.to_string(),
             };
-            let t = lifecycle::advance(
-                before.map(|(_, f)| f),
+            let prev = before.map(|(_, f)| f);
+            let mut t = lifecycle::advance(
+                prev,
                 now,
-                eval.observation(key, policy),
+                observe(&eval, key, policy, prev, now),
                 self.repeat,
             );
-            if t.revoke_due
-                && let Some(f) = &t.next
-                && f.action == Action::Revoke
-            {
-                step.candidates.push(Candidate {
-                    finding: id,
-                    key: key.clone(),
-                    deadline: f.deadline,
-                });
-            }
+            self.writes(key, &id, prev, &mut t, step);
             if let Some((i, _)) = before {
                 step.touched.push(i);
             }
             step.transitions.push((before.map(|(_, f)| f.stage), t));
         }
+    }
+
+    /// What the finding's step asks to write: a DELETE due, an expiry to set, or an expiry to
+    /// move back out.
+    fn writes(
+        &self,
+        key: &Key,
+        id: &FindingId,
+        prev: Option<&Finding>,
+        t: &mut lifecycle::Transition,
+        step: &mut Step,
+    ) {
+        let Some(f) = &mut t.next else { return };
+        if t.revoke_due && f.action == Action::Revoke {
+            step.candidates.push(Candidate {
+                finding: id.clone(),
+                key: key.clone(),
+                deadline: f.deadline,
+                write: Write::Delete,
+            });
+        }
+        if let Some(set) = expiry::set_due(f, key) {
+            step.candidates.push(Candidate {
+                finding: id.clone(),
+                key: key.clone(),
+                deadline: f.deadline,
+                write: Write::SetExpiry { to: set.to },
+            });
+        }
+        if let Some(prev) = prev
+            && let Some(restore) = expiry::restore_due(prev, f, key, self.now, self.restore_expiry)
+            && !self.expiry_is_what_complies(key, &id.policy)
+        {
+            // The resolved notice and the audit record say so: the API cannot remove an expiry.
+            let to = restore.targets(self.now).first().copied();
+            let said = format!(
+                "; the expiry keysweep set ({}) moves back out to {}",
+                expiry::fmt_expiry(restore.from),
+                to.map_or_else(|| "a later date".to_string(), expiry::fmt_expiry)
+            );
+            if !f.stage.is_open() {
+                f.resolution = Some(format!("{}{said}", f.resolution.as_deref().unwrap_or("")));
+            }
+            step.restores.push(PlannedRestore {
+                finding: id.clone(),
+                key: key.clone(),
+                restore,
+            });
+        }
+    }
+
+    /// True when the key complies with `policy` only because of its expiry (a `max_lifetime`
+    /// finding met by the expiry keysweep set): that is the finding's success, not its
+    /// withdrawal, and the expiry must stay.
+    fn expiry_is_what_complies(&self, key: &Key, policy: &str) -> bool {
+        let with = self.policies.evaluate(key, self.now);
+        let without = Key {
+            expires_at: Expiry::Never,
+            ..key.clone()
+        };
+        let without = self.policies.evaluate(&without, self.now);
+        !with.is_exempt() && with.violation(policy).is_none() && without.violation(policy).is_some()
     }
 
     /// Closes the open findings whose key was absent from a complete listing of its project
@@ -158,7 +218,15 @@ impl Evaluator {
             if !complete_projects.contains(f.id.project_id.as_str()) {
                 continue;
             }
-            let observed = if self.policies.names().any(|n| n == f.id.policy) {
+            // A key past the expiry it was last seen with has ended, whether the listing still
+            // shows it or not (the API may drop expired keys).
+            let ended = f
+                .expiry
+                .key_expires_at
+                .filter(|&at| at <= self.now.saturating_add(EXPIRY_TOLERANCE));
+            let observed = if let Some(at) = ended {
+                Observation::Expired { at: Some(at) }
+            } else if self.policies.names().any(|n| n == f.id.policy) {
                 Observation::Gone
             } else {
                 Observation::Compliant
@@ -167,4 +235,29 @@ impl Evaluator {
             step.transitions.push((Some(f.stage), t));
         }
     }
+}
+
+/// What the sweep tells the lifecycle about (`key`, `policy`): the key's end first (an expired
+/// key is over, whatever the policies say), then the rules' verdict, where an expiry at or before
+/// an open `max_lifetime` finding's deadline ends the violation.
+fn observe<'a>(
+    eval: &'a Evaluation,
+    key: &'a Key,
+    policy: &str,
+    open: Option<&Finding>,
+    now: i64,
+) -> Observation<'a> {
+    if key.expires_at.is_expired(now) {
+        return Observation::Expired {
+            at: key.expires_at.at(),
+        };
+    }
+    let observed = eval.observation(key, policy);
+    if let Observation::Violating { violation, .. } = observed
+        && violation.ends_by_expiry
+        && open.is_some_and(|f| key.expires_at.ends_by(f.deadline))
+    {
+        return Observation::Compliant;
+    }
+    observed
 }

@@ -73,6 +73,14 @@ impl Run<'_> {
             "keys": org.projects.iter().map(|p| p.keys.keys).sum::<usize>(),
             "error": org.error,
             "revoked": revoked,
+            "expiries_set": report
+                .expiries
+                .iter()
+                .filter(|e| {
+                    e.organization == org.organization
+                        && matches!(e.outcome, crate::revoke::expiry::ExpiryOutcome::Set { .. })
+                })
+                .count(),
             "seconds": elapsed,
         });
         state::sweeps::sweep_finished(

@@ -20,9 +20,10 @@
 //!    audit records in ONE transaction, so a crash never sends a notice twice or forgets one;
 //! 6. **deliver** (`enforce.rs` → `DeliveryReport`) what is due, so the final notice goes out
 //!    before the delete that follows it;
-//! 7. **enforce** (`enforce.rs` → `Enforced`): hand the approved revocations to `revoke`, which
-//!    re-reads every key before deleting it; commit the revoked findings and their notices,
-//!    deliver again;
+//! 7. **enforce** (`enforce.rs` → `Enforced`): hand the approved revocations and expiries to
+//!    `revoke`, which re-reads every key before writing to it, and the withdrawn findings'
+//!    expiries to move back out; commit the revoked findings and their notices, the expiries
+//!    set and their alerts, deliver again;
 //! 8. **record the sweep** (`finish.rs` → the [`SweepReport`]): its status per organisation,
 //!    audit record, metrics and log line.
 //!
@@ -118,7 +119,9 @@ impl Sweeper {
         let alerts = [reconciled.unsettled, listed.alerts, planned.alerts].concat();
         let committed = run.commit(&mut advanced, alerts, planned.withheld)?;
         let delivery = run.deliver().await?;
-        let enforced = run.enforce(&planned.plan, &mut advanced.findings).await?;
+        let enforced = run
+            .enforce(&planned.plan, &advanced.restores, &mut advanced.findings)
+            .await?;
         let timings = Timings {
             committed_secs: committed.seconds,
             ..listed.timings
@@ -165,6 +168,7 @@ fn report(
         expired_exemptions: advanced.expired,
         plan,
         revocations: enforced.revocations,
+        expiries: enforced.expiries,
         alerts,
         notices_queued: committed.notices_queued + enforced.notices_queued,
         delivery,

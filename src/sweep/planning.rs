@@ -11,7 +11,7 @@ use crate::config::{Action, Config};
 use crate::inventory::{Inventory, KeyTally};
 use crate::notify::alert::EnforcerAlert;
 use crate::policy::finding::{FindingId, Stage};
-use crate::policy::plan::{Plan, Withheld};
+use crate::policy::plan::{Plan, Withheld, Write};
 use crate::state::audit::{AuditKind, AuditRecord};
 
 use super::advance::Advanced;
@@ -132,12 +132,18 @@ pub(super) fn annotate_plan(findings: &mut [FindingView], plan: &Plan) {
     for v in findings {
         let id = &v.finding.id;
         v.plan = if let Some(a) = revoke.get(id).map(|&i| &plan.revoke[i]) {
-            format!("revoke now ({})", a.describe())
+            match a.write {
+                Write::Delete => format!("revoke now ({})", a.describe()),
+                Write::SetExpiry { .. } => format!("expire now ({})", a.describe()),
+            }
         } else if let Some(w) = withheld.get(id).map(|&i| &plan.withheld[i]) {
             format!("due, withheld: {}", w.reason.as_str())
         } else {
             match (v.finding.stage, v.finding.action) {
                 (Stage::Revoked, _) => "revoked".into(),
+                (Stage::Expired, _) => {
+                    format!("expired: {}", v.finding.resolution.as_deref().unwrap_or(""))
+                }
                 (Stage::Resolved, _) => format!(
                     "resolved: {}",
                     v.finding.resolution.as_deref().unwrap_or("")
@@ -147,6 +153,10 @@ pub(super) fn annotate_plan(findings: &mut [FindingView], plan: &Plan) {
                     v.finding.resolution.as_deref().unwrap_or("")
                 ),
                 (_, Action::Revoke) => format!("revoke on {}", fmt_time(v.finding.deadline)),
+                (_, Action::Expire) => match v.finding.expiry.set {
+                    Some(set) => format!("expires {} (set by keysweep)", fmt_time(set.to)),
+                    None => format!("expire on {}", fmt_time(v.finding.deadline)),
+                },
                 (_, Action::Notify) => "notify".into(),
             }
         };

@@ -7,9 +7,9 @@ use crate::config::Config;
 use crate::notify::NotifySettings;
 use crate::notify::alert::EnforcerAlert;
 use crate::notify::compose::{self, Composed};
-use crate::policy::finding::FindingId;
+use crate::policy::finding::{ExpirySet, FindingId};
 use crate::policy::lifecycle;
-use crate::revoke::{self, InterruptedDelete};
+use crate::revoke::{self, InterruptedDelete, InterruptedExpiry};
 use crate::state::{self, StateError};
 
 use super::report::SweepError;
@@ -25,12 +25,44 @@ impl Run<'_> {
     pub(super) async fn reconcile(&self) -> Result<Reconciled, SweepError> {
         let config = &self.sweeper.config;
         let now = self.now();
-        let unsettled = revoke::reconcile(&self.revoke_context(), |tx, deleted| {
-            close_as_revoked(tx, deleted, config, now)
+        let unsettled = revoke::reconcile(&self.revoke_context(), |tx, done| match done.expiry {
+            None => close_as_revoked(tx, done, config, now),
+            Some(e) => note_expiry(tx, done, e, now),
         })
         .await?;
         Ok(Reconciled { unsettled })
     }
+}
+
+/// Records on the open findings of an interrupted expiry update that went through what it set,
+/// as the sweep would have had it finished (the restore of a closed finding has nothing to
+/// record there).
+fn note_expiry(
+    tx: &rusqlite::Transaction<'_>,
+    done: &InterruptedDelete<'_>,
+    e: InterruptedExpiry,
+    now: i64,
+) -> Result<(), StateError> {
+    for policy in done.policies() {
+        let id = FindingId {
+            organization: done.organization.to_string(),
+            project_id: done.project_id.to_string(),
+            key_id: done.key_id.to_string(),
+            policy: policy.to_string(),
+        };
+        if let Some(mut f) = state::findings::get_finding(tx, &id)? {
+            f.expiry.key_expires_at = Some(e.to);
+            if !e.restore && f.stage.is_open() {
+                f.expiry.set = Some(ExpirySet {
+                    to: e.to,
+                    previous: f.expiry.set.map_or(e.previous, |s| s.previous),
+                    at: now,
+                });
+            }
+            state::findings::upsert_finding(tx, &f, now)?;
+        }
+    }
+    Ok(())
 }
 
 /// Closes the open findings an interrupted delete answered and queues their `revoked` notices.

@@ -51,6 +51,8 @@ pub struct SweepReport {
     pub expired_exemptions: Vec<(Key, String, Option<i64>)>,
     pub plan: Plan,
     pub revocations: Vec<revoke::RevocationResult>,
+    /// Expiries set, found already set, moved back out, refused or failed.
+    pub expiries: Vec<revoke::expiry::ExpiryResult>,
     pub alerts: Vec<EnforcerAlert>,
     pub notices_queued: usize,
     pub delivery: notify::DeliveryReport,

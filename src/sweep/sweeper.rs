@@ -126,6 +126,8 @@ impl Sweeper {
             now,
             repeat: i64::try_from(self.config.notifications.repeat_interval.as_secs())
                 .unwrap_or(i64::MAX),
+            restore_expiry: i64::try_from(self.config.safety.restore_expiry.as_secs())
+                .unwrap_or(i64::MAX),
         }
     }
 

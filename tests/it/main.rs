@@ -13,6 +13,7 @@ mod daemon_bin;
 mod deploy;
 mod enforce;
 mod errors;
+mod expire;
 mod expiry_display;
 mod faults;
 mod notify;

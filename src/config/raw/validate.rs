@@ -18,7 +18,7 @@ use super::super::{
     Action, ChannelConfig, Config, DEFAULT_MAX_REVOCATIONS_PER_DAY,
     DEFAULT_MAX_REVOCATIONS_PER_PROJECT_PERCENT, DEFAULT_MAX_REVOCATIONS_PER_RUN, ExemptionConfig,
     Limits, LogConfig, Mode, NotificationSettings, OrgConfig, PolicyConfig, RouteConfig, Safety,
-    Schedule, Selector, ServerConfig, ServiceAccountRule,
+    Schedule, Selector, ServerConfig, ServiceAccountKeys,
 };
 use super::channel::channel;
 use super::context::Context;
@@ -331,13 +331,24 @@ fn policy(
         return Err(cx.err(k("never_used_grace"), "only applies together with max_idle"));
     }
     let name_pattern = p.name_pattern.map(|r| r.0);
-    if max_age.is_none() && max_idle.is_none() && !p.owner_lost_access && name_pattern.is_none() {
+    let max_lifetime = p.max_lifetime.map(|d| d.0);
+    if max_age.is_none()
+        && max_idle.is_none()
+        && !p.owner_lost_access
+        && name_pattern.is_none()
+        && max_lifetime.is_none()
+    {
         return Err(cx.err(
             k("name"),
-            "a policy needs at least one condition: max_age, max_idle, owner_lost_access or name_pattern",
+            "a policy needs at least one condition: max_age, max_idle, owner_lost_access, \
+             name_pattern or max_lifetime",
         ));
     }
-    for (key, d) in [("max_age", max_age), ("max_idle", max_idle)] {
+    for (key, d) in [
+        ("max_age", max_age),
+        ("max_idle", max_idle),
+        ("max_lifetime", max_lifetime),
+    ] {
         if d.is_some_and(|d| d.is_zero()) {
             return Err(cx.err(k(key), "must be greater than zero"));
         }
@@ -361,6 +372,7 @@ fn policy(
         never_used_grace,
         owner_lost_access: p.owner_lost_access,
         name_pattern,
+        max_lifetime,
         action: p.action.unwrap_or(Action::Notify),
         warn_before,
         final_notice,
@@ -408,8 +420,52 @@ fn safety(cx: &Context<'_>, s: RawSafety) -> Result<Safety, LoadError> {
             .max_revocations_per_day
             .unwrap_or(DEFAULT_MAX_REVOCATIONS_PER_DAY),
         kill_switch_file: s.kill_switch_file,
-        service_accounts: s.service_accounts.unwrap_or(ServiceAccountRule::NotifyOnly),
+        service_account_keys: service_account_keys(cx, s.service_accounts, s.service_account_keys)?,
+        restore_expiry: match s.restore_expiry {
+            None => Duration::from_secs(365 * 86400),
+            // The API refuses anything shorter than the 30 days keysweep falls back to.
+            Some(d) if d.0 < Duration::from_secs(MIN_RESTORE_EXPIRY_DAYS * 86400) => {
+                return Err(cx.err(
+                    "safety.restore_expiry",
+                    format!("must be at least {MIN_RESTORE_EXPIRY_DAYS}d"),
+                ));
+            }
+            Some(d) => d.0,
+        },
     })
+}
+
+/// The shortest distance an expiry is moved back out to (`restore_expiry` and its fallbacks).
+const MIN_RESTORE_EXPIRY_DAYS: u64 = 30;
+
+/// `service_account_keys`, or its old spelling `service_accounts = "notify-only"`; the removed
+/// `"delete-service-account"` is an error that says what replaced it.
+fn service_account_keys(
+    cx: &Context<'_>,
+    old: Option<String>,
+    new: Option<ServiceAccountKeys>,
+) -> Result<ServiceAccountKeys, LoadError> {
+    match (old.as_deref(), new) {
+        (None, new) => Ok(new.unwrap_or(ServiceAccountKeys::NotifyOnly)),
+        (Some(_), Some(_)) => Err(cx.err(
+            "safety.service_accounts",
+            "is the old spelling of safety.service_account_keys; set only service_account_keys",
+        )),
+        (Some("notify-only"), None) => Ok(ServiceAccountKeys::NotifyOnly),
+        (Some("delete-service-account"), None) => Err(cx.err(
+            "safety.service_accounts",
+            "\"delete-service-account\" was removed: keysweep no longer deletes whole service \
+             accounts; service-account keys are expired or deleted one by one like user keys \
+             when safety.service_account_keys = \"enforce\" (default \"notify-only\")",
+        )),
+        (Some(other), None) => Err(cx.err(
+            "safety.service_accounts",
+            format!(
+                "{other:?} is not \"notify-only\"; this key was replaced by \
+                 safety.service_account_keys = \"notify-only\" | \"enforce\""
+            ),
+        )),
+    }
 }
 
 fn routes(

@@ -47,6 +47,7 @@ fn violation(action: Action, warn_before: i64, final_notice: i64) -> Violation {
         violating_since: 90 * DAY,
         warn_before,
         final_notice,
+        ends_by_expiry: false,
     }
 }
 

@@ -63,6 +63,7 @@ pub(super) fn policy(name: &str) -> PolicyConfig {
         never_used_grace: None,
         owner_lost_access: false,
         name_pattern: None,
+        max_lifetime: None,
         action: Action::Notify,
         warn_before: dur(7 * DAY),
         final_notice: dur(DAY),

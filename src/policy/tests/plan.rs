@@ -3,13 +3,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{key, sa_key};
-use crate::config::{Mode, Safety, ServiceAccountRule};
+use crate::config::{Mode, Safety, ServiceAccountKeys};
 use crate::inventory::{
     Inventory, Key, KeyTally, Listing, OrgInventory, OwnerType, ProjectInventory, ProjectRef,
 };
 use crate::policy::finding::FindingId;
 use crate::policy::plan::{
-    Candidate, Plan, PlanInput, ProjectFacts, ProjectKey, Target, Withheld, default_safety, plan,
+    Candidate, Plan, PlanInput, ProjectFacts, ProjectKey, Withheld, Write, default_safety, plan,
     project_cap, project_facts,
 };
 
@@ -32,6 +32,14 @@ fn candidate(k: &Key, policy: &str, deadline: i64) -> Candidate {
         },
         key: k.clone(),
         deadline,
+        write: Write::Delete,
+    }
+}
+
+fn expire_candidate(k: &Key, policy: &str, deadline: i64) -> Candidate {
+    Candidate {
+        write: Write::SetExpiry { to: deadline },
+        ..candidate(k, policy, deadline)
     }
 }
 
@@ -96,7 +104,8 @@ fn default_safety_is_conservative_and_documented() {
     assert_eq!(s.max_revocations_per_run, 10);
     assert_eq!(s.max_revocations_per_project_percent, 25);
     assert_eq!(s.max_revocations_per_day, 50);
-    assert_eq!(s.service_accounts, ServiceAccountRule::NotifyOnly);
+    assert_eq!(s.service_account_keys, ServiceAccountKeys::NotifyOnly);
+    assert_eq!(s.restore_expiry.as_secs(), 365 * 86_400);
     assert!(s.kill_switch_file.is_none());
 }
 
@@ -271,99 +280,90 @@ fn service_account_keys_are_notify_only_by_default() {
 }
 
 #[test]
-fn service_account_is_deleted_only_when_all_its_keys_are_due() {
+fn service_account_keys_are_enforced_one_by_one_under_enforce() {
     let safety = Safety {
-        service_accounts: ServiceAccountRule::DeleteServiceAccount,
+        service_account_keys: ServiceAccountKeys::Enforce,
         ..lifted()
     };
     let s1 = sa_key("s1", "proj_a", "svc_1");
     let s2 = sa_key("s2", "proj_a", "svc_1");
-    let s3 = sa_key("s3", "proj_a", "svc_2");
-    let s4 = sa_key("s4", "proj_a", "svc_2");
-    let all = [s1.clone(), s2.clone(), s3.clone(), s4.clone()];
-    // svc_1: both keys due. svc_2: only s3 due, s4 is compliant.
-    let cands = vec![
-        candidate(&s1, "rotate", 7),
-        candidate(&s2, "rotate", 3),
-        candidate(&s3, "rotate", 1),
-    ];
-    let p = run(&cands, &facts(&all, 0), &safety, Mode::Enforce, 0, false);
-    assert_eq!(p.revoke.len(), 1);
-    let action = &p.revoke[0];
-    match &action.target {
-        Target::ServiceAccount {
-            service_account_id,
-            collateral,
-            name,
-            ..
-        } => {
-            assert_eq!(service_account_id, "svc_1");
-            assert_eq!(name.as_deref(), Some("bot-svc_1"));
-            let ids: BTreeSet<&str> = collateral.iter().map(|k| k.id.as_str()).collect();
-            assert_eq!(ids, BTreeSet::from(["s1", "s2"]));
-        }
-        other => panic!("expected a service-account action, got {other:?}"),
-    }
-    assert_eq!(action.revocations(), 2);
-    assert_eq!(action.deadline, 3);
-    assert_eq!(action.findings.len(), 2);
-    assert!(
-        action.describe().contains("destroying keys s1, s2"),
-        "{}",
-        action.describe()
-    );
-    assert_eq!(
-        withheld_ids(&p, Withheld::ServiceAccountHasCompliantKeys),
-        vec!["s3"]
-    );
-
-    // An account the listing does not know cannot be judged complete.
-    let mut f = facts(&all, 0);
-    f.values_mut().for_each(|f| f.service_accounts.clear());
-    let p = run(&cands, &f, &safety, Mode::Enforce, 0, false);
-    assert!(p.revoke.is_empty());
-    assert_eq!(withheld_ids(&p, Withheld::IncompleteListing).len(), 3);
-
-    // No service-account id: cannot be addressed.
-    let mut anon = sa_key("s9", "proj_a", "x");
-    anon.owner.id = None;
+    let all = [s1.clone(), s2.clone()];
+    // Only s1 is due: it is deleted alone; its account and s2 are not touched.
     let p = run(
-        &[candidate(&anon, "rotate", 1)],
-        &facts(&[], 0),
+        &[candidate(&s1, "rotate", 1)],
+        &facts(&all, 0),
         &safety,
         Mode::Enforce,
         0,
         false,
     );
-    assert_eq!(
-        withheld_ids(&p, Withheld::ServiceAccountUnknown),
-        vec!["s9"]
+    assert_eq!(revoked_ids(&p), vec!["s1"]);
+    assert_eq!(p.revoke[0].revocations(), 1);
+    assert!(p.revoke[0].describe().starts_with("delete key s1"));
+    // A service-account key without an account id is still addressable by its key id.
+    let mut anon = sa_key("s9", "proj_a", "x");
+    anon.owner.id = None;
+    let p = run(
+        &[expire_candidate(&anon, "rotate", 5)],
+        // Same project as `anon` (whose missing account id the facts builder cannot file).
+        &facts(&[key("u1")], 1),
+        &safety,
+        Mode::Enforce,
+        0,
+        false,
     );
+    assert_eq!(revoked_ids(&p), vec!["s9"]);
+    assert_eq!(p.revoke[0].write, Write::SetExpiry { to: 5 });
 }
 
 #[test]
-fn a_service_account_counts_one_revocation_per_key_against_the_caps() {
+fn setting_an_expiry_counts_against_the_caps_like_a_delete() {
     let safety = Safety {
-        service_accounts: ServiceAccountRule::DeleteServiceAccount,
         max_revocations_per_run: 2,
         ..lifted()
     };
-    let sas: Vec<Key> = (0..3)
-        .map(|i| sa_key(&format!("s{i}"), "proj_a", "svc_1"))
+    let keys: Vec<Key> = (0..3).map(|i| key(&format!("k{i}"))).collect();
+    let cands: Vec<Candidate> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| expire_candidate(k, "rotate", i as i64))
         .collect();
-    let u = key("u1");
-    let mut cands: Vec<Candidate> = sas.iter().map(|k| candidate(k, "rotate", 1)).collect();
-    cands.push(candidate(&u, "rotate", 2));
-    let mut all = sas.clone();
-    all.push(u);
-    let p = run(&cands, &facts(&all, 0), &safety, Mode::Enforce, 0, false);
-    // The 3-key account does not fit into 2; the later single key does.
-    assert_eq!(revoked_ids(&p), vec!["u1"]);
-    assert_eq!(
-        withheld_ids(&p, Withheld::CapPerRun),
-        vec!["s0", "s1", "s2"]
+    let p = run(&cands, &facts(&keys, 0), &safety, Mode::Enforce, 0, false);
+    assert_eq!(revoked_ids(&p), vec!["k0", "k1"]);
+    assert_eq!(withheld_ids(&p, Withheld::CapPerRun), vec!["k2"]);
+    // The kill switch and dry-run stop them too.
+    let p = run(&cands, &facts(&keys, 0), &lifted(), Mode::Enforce, 0, true);
+    assert_eq!(withheld_ids(&p, Withheld::KillSwitch).len(), 3);
+    let p = run(&cands, &facts(&keys, 0), &lifted(), Mode::DryRun, 0, false);
+    assert_eq!(withheld_ids(&p, Withheld::DryRun).len(), 3);
+}
+
+#[test]
+fn one_key_gets_one_write_a_delete_before_an_expiry_and_the_earliest_expiry() {
+    let k = key("k1");
+    let both = [expire_candidate(&k, "a", 50), expire_candidate(&k, "b", 30)];
+    let p = run(
+        &both,
+        &facts(std::slice::from_ref(&k), 0),
+        &lifted(),
+        Mode::Enforce,
+        0,
+        false,
     );
-    assert_eq!(p.revocation_count(), 1);
+    assert_eq!(p.revoke.len(), 1);
+    assert_eq!(p.revoke[0].write, Write::SetExpiry { to: 30 });
+    assert_eq!(p.revoke[0].findings.len(), 2);
+    let mixed = [expire_candidate(&k, "a", 10), candidate(&k, "b", 40)];
+    let p = run(
+        &mixed,
+        &facts(std::slice::from_ref(&k), 0),
+        &lifted(),
+        Mode::Enforce,
+        0,
+        false,
+    );
+    assert_eq!(p.revoke.len(), 1);
+    assert_eq!(p.revoke[0].write, Write::Delete);
 }
 
 #[test]

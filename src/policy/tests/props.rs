@@ -13,7 +13,7 @@ use proptest::sample::select;
 use super::{DAY, HOUR, dur};
 use crate::config::{
     Action, ExemptionConfig, Mode, OwnerTypeSelector, PolicyConfig, Safety, Selector,
-    ServiceAccountRule,
+    ServiceAccountKeys,
 };
 use crate::inventory::{Key, Owner, OwnerAccess, OwnerType};
 use crate::policy::finding::{Finding, FindingId, NoticeKind};
@@ -275,6 +275,7 @@ fn build_policy(i: usize, s: &PolicySpec) -> PolicyConfig {
         max_idle: s.max_idle.map(dur),
         never_used_grace: s.grace.map(dur),
         owner_lost_access: s.lost_access,
+        max_lifetime: None,
         name_pattern: s
             .prefix
             .map(|j| regex::Regex::new(&format!("^{}", NAME_PREFIXES[j])).unwrap()),
@@ -341,7 +342,6 @@ struct OKey {
     owner: usize,
     email: Option<&'static str>,
     inactive: bool,
-    service_account: Option<&'static str>,
 }
 
 fn okey(i: usize, s: &KeySpec) -> OKey {
@@ -356,11 +356,6 @@ fn okey(i: usize, s: &KeySpec) -> OKey {
         owner: s.owner,
         email: if s.owner == 1 { None } else { EMAILS[s.email] },
         inactive: s.access == 1,
-        service_account: if s.owner == 1 {
-            SERVICE_ACCOUNTS[s.service_account]
-        } else {
-            None
-        },
     }
 }
 
@@ -569,7 +564,7 @@ struct World {
     repeat: i64,
     mode: Mode,
     kill_switch: bool,
-    rule: ServiceAccountRule,
+    rule: ServiceAccountKeys,
 }
 
 fn world() -> impl Strategy<Value = World> {
@@ -583,8 +578,8 @@ fn world() -> impl Strategy<Value = World> {
         select(vec![Mode::Enforce, Mode::Enforce, Mode::DryRun]),
         prop::bool::weighted(0.1),
         select(vec![
-            ServiceAccountRule::NotifyOnly,
-            ServiceAccountRule::DeleteServiceAccount,
+            ServiceAccountKeys::NotifyOnly,
+            ServiceAccountKeys::Enforce,
         ]),
     )
         .prop_map(
@@ -609,12 +604,12 @@ type StepLog = (
     BTreeSet<String>,
 );
 
-fn lifted(rule: ServiceAccountRule) -> Safety {
+fn lifted(rule: ServiceAccountKeys) -> Safety {
     Safety {
         max_revocations_per_run: 100_000,
         max_revocations_per_project_percent: 100,
         max_revocations_per_day: 100_000,
-        service_accounts: rule,
+        service_account_keys: rule,
         ..default_safety()
     }
 }
@@ -674,6 +669,7 @@ fn run_system(w: &World) -> Vec<StepLog> {
                         finding: next.id.clone(),
                         key: keys[i].clone(),
                         deadline: next.deadline,
+                        write: crate::policy::plan::Write::Delete,
                     });
                 }
                 if !tr.notices.is_empty() || tr.revoke_due {
@@ -839,7 +835,7 @@ fn run_oracle(w: &World) -> Vec<StepLog> {
         }
 
         // Which due keys are deleted.
-        let deleted_idx = oracle_deleted(w, &step.complete, &keys, &gone, &due);
+        let deleted_idx = oracle_deleted(w, &step.complete, &keys, &due);
         for &(i, j) in &due_pairs {
             if deleted_idx.contains(&i) {
                 open.remove(&(i, j));
@@ -903,12 +899,11 @@ fn oracle_pair(
 }
 
 /// The oracle's deletion rule: enforce mode, no kill switch, a complete project, and for a
-/// service-account key every key of the account due.
+/// service-account key `service_account_keys = "enforce"`.
 fn oracle_deleted(
     w: &World,
     complete: &[bool],
     keys: &[OKey],
-    gone: &[bool],
     due: &BTreeSet<usize>,
 ) -> BTreeSet<usize> {
     let mut deleted_idx = BTreeSet::new();
@@ -924,21 +919,8 @@ fn oracle_deleted(
         if !complete[pidx] {
             continue;
         }
-        let ok = match k.owner {
-            1 => {
-                w.rule == ServiceAccountRule::DeleteServiceAccount
-                    && k.service_account.is_some()
-                    && (0..keys.len()).all(|m| {
-                        gone[m]
-                            || keys[m].owner != 1
-                            || keys[m].org != k.org
-                            || keys[m].project_id != k.project_id
-                            || keys[m].service_account != k.service_account
-                            || due.contains(&m)
-                    })
-            }
-            _ => true,
-        };
+        // Service-account keys are deleted one by one, only under `enforce`.
+        let ok = k.owner != 1 || w.rule == ServiceAccountKeys::Enforce;
         if ok {
             deleted_idx.insert(i);
         }
@@ -981,7 +963,7 @@ struct PlanWorld {
     revoked_last_24h: u32,
     mode: Mode,
     kill_switch: bool,
-    rule: ServiceAccountRule,
+    rule: ServiceAccountKeys,
 }
 
 fn plan_world() -> impl Strategy<Value = PlanWorld> {
@@ -997,8 +979,8 @@ fn plan_world() -> impl Strategy<Value = PlanWorld> {
         select(vec![Mode::Enforce, Mode::Enforce, Mode::DryRun]),
         prop::bool::weighted(0.1),
         select(vec![
-            ServiceAccountRule::NotifyOnly,
-            ServiceAccountRule::DeleteServiceAccount,
+            ServiceAccountKeys::NotifyOnly,
+            ServiceAccountKeys::Enforce,
         ]),
     )
         .prop_map(
@@ -1058,6 +1040,7 @@ proptest! {
                     },
                     key: k.clone(),
                     deadline: w.deadlines[i],
+                    write: crate::policy::plan::Write::Delete,
                 });
             }
         }
@@ -1091,7 +1074,7 @@ proptest! {
             max_revocations_per_run: per_run,
             max_revocations_per_project_percent: pct,
             max_revocations_per_day: per_day,
-            service_accounts: w.rule,
+            service_account_keys: w.rule,
             ..default_safety()
         };
         let p = plan(&PlanInput {
@@ -1132,16 +1115,11 @@ proptest! {
             prop_assert!(p.revoke.is_empty());
         }
         for a in &p.revoke {
-            match &a.target {
-                Target::Key(k) => prop_assert_ne!(k.owner.kind, OwnerType::ServiceAccount),
-                Target::ServiceAccount { organization, project_id, service_account_id, collateral, .. } => {
-                    prop_assert_eq!(w.rule, ServiceAccountRule::DeleteServiceAccount);
-                    let all = &facts[&(organization.clone(), project_id.clone())]
-                        .service_accounts[service_account_id];
-                    let got: BTreeSet<String> = collateral.iter().map(|k| k.id.clone()).collect();
-                    prop_assert_eq!(&got, all, "collateral is the whole account, all due");
-                }
+            let Target::Key(k) = &a.target;
+            if k.owner.kind == OwnerType::ServiceAccount {
+                prop_assert_eq!(w.rule, ServiceAccountKeys::Enforce);
             }
+            prop_assert_eq!(a.keys().len(), 1, "one key per action, never collateral");
         }
         // A cap withholds an action only when adding it to everything that passed the caps
         // (revoked, or withheld later by the kill switch / dry-run) would exceed that cap.

@@ -128,10 +128,13 @@ fn active_keys(org: &SimOrg) -> impl Iterator<Item = (&str, &SimKey)> {
         .flat_map(|p| p.keys.iter().map(move |k| (p.id.as_str(), k)))
 }
 
-/// User keys of active projects created before `cutoff`.
-fn user_keys_created_before(org: &SimOrg, cutoff: i64) -> BTreeSet<KeyRef> {
+/// User keys of active projects created before `cutoff` and not expired at `alive_at`: a key
+/// that has reached its expiry has ended, and its finding ends as `expired` instead.
+fn user_keys_created_before(org: &SimOrg, cutoff: i64, alive_at: i64) -> BTreeSet<KeyRef> {
     active_keys(org)
-        .filter(|(_, k)| !k.owner.is_service_account() && k.created_at < cutoff)
+        .filter(|(_, k)| {
+            !k.owner.is_service_account() && k.created_at < cutoff && !k.is_expired(alive_at)
+        })
         .map(|(p, k)| (p.to_string(), k.id.clone()))
         .collect()
 }
@@ -166,8 +169,9 @@ struct Expected {
 impl Expected {
     fn new(org: &SimOrg, before: i64, after: i64) -> Expected {
         let e = Expected {
-            certain: user_keys_created_before(org, before - 90 * DAY),
-            possible: user_keys_created_before(org, after + 1 - 90 * DAY),
+            // The second sweep runs 15 days on: a key expired by then has ended on its own.
+            certain: user_keys_created_before(org, before - 90 * DAY, after + 16 * DAY),
+            possible: user_keys_created_before(org, after + 1 - 90 * DAY, before),
         };
         assert!(!e.certain.is_empty());
         e
@@ -395,7 +399,7 @@ async fn done_when_exempted_keys_are_kept() {
     // Exempt two of the keys that would go: one by id, one by its (unique) name.
     let generated_at = chrono::Utc::now().timestamp();
     let org = SimOrg::generate(5, 120, 3, generated_at);
-    let old = user_keys_created_before(&org, generated_at - 100 * DAY);
+    let old = user_keys_created_before(&org, generated_at - 100 * DAY, generated_at + 10 * DAY);
     let names: HashMap<&str, usize> = active_keys(&org).fold(HashMap::new(), |mut m, (_, k)| {
         *m.entry(k.name.as_str()).or_default() += 1;
         m
@@ -497,6 +501,7 @@ fn quiet_org(projects: usize, keys: usize, seed: u64) -> SimOrg {
         for k in &mut p.keys {
             k.created_at = NOW - 10 * DAY;
             k.last_used_at = Some(NOW - DAY);
+            k.expires_at = None;
         }
     }
     org
@@ -522,6 +527,7 @@ fn age_user_keys(org: &mut SimOrg, project: &str, n: usize, days: i64) -> Vec<St
     {
         k.created_at = NOW - days * DAY;
         k.last_used_at = Some(NOW - days * DAY);
+        k.expires_at = None;
         out.push(k.id.clone());
     }
     assert_eq!(out.len(), n, "not enough user keys in {project}");
@@ -855,62 +861,42 @@ async fn service_account_keys_are_only_reported_under_notify_only() {
 }
 
 #[tokio::test]
-async fn a_service_account_is_deleted_only_when_every_key_of_it_is_due() {
+async fn service_account_keys_are_deleted_one_by_one_under_enforce() {
     let o = sa_org();
     let sim = start_sim(o.org.clone()).await;
     let dir = tempfile::tempdir().unwrap();
     let tables = format!(
         "{ISSUE_3_POLICIES}{}",
-        lifted("service_accounts = \"delete-service-account\"")
+        lifted("service_account_keys = \"enforce\"")
     );
     let (s, r2) = two_sweeps(&sim, &dir.path().join("s.db"), &tables).await;
 
-    assert!(!sim.service_account_exists(&o.project, &o.all_old.0));
-    for k in &o.all_old.1 {
+    // Every due key goes, each on its own; the accounts and their compliant key stay.
+    for k in o.all_old.1.iter().chain(&o.mixed.1[..2]) {
         assert!(
             !sim.key_exists(&o.project, k),
-            "{k} should be gone with its account"
+            "{k} is due and should be gone"
         );
     }
+    assert!(sim.key_exists(&o.project, &o.mixed.1[2]));
+    assert!(sim.service_account_exists(&o.project, &o.all_old.0));
     assert!(sim.service_account_exists(&o.project, &o.mixed.0));
-    for k in &o.mixed.1 {
-        assert!(sim.key_exists(&o.project, k), "{k}");
-    }
     assert!(!sim.key_exists(&o.project, &o.user_key));
-    assert_eq!(
-        withheld_keys(&r2, Withheld::ServiceAccountHasCompliantKeys),
-        o.mixed.1[..2].iter().cloned().collect()
-    );
-    let sa_delete = r2
-        .revocations
-        .iter()
-        .find(|r| r.target.contains(&o.all_old.0))
-        .unwrap();
-    assert!(sa_delete.deleted());
-    assert_eq!(
-        sa_delete.key_ids.iter().cloned().collect::<BTreeSet<_>>(),
-        o.all_old.1.iter().cloned().collect()
-    );
-    // The intent names the account and its collateral.
+    assert!(withheld_keys(&r2, Withheld::ServiceAccountNotifyOnly).is_empty());
+    for r in &r2.revocations {
+        assert_eq!(r.key_ids.len(), 1, "one key per delete: {r:?}");
+        assert!(r.target.starts_with("key "), "{}", r.target);
+    }
+    // Every intent names one key and has its outcome.
     let rows = audit_rows(s.store().unwrap());
-    let intent = rows
-        .iter()
-        .find(|r| {
-            r.record.kind == AuditKind::Intent
-                && r.record.inputs["service_account_id"] == o.all_old.0.as_str()
-        })
-        .unwrap();
-    let collateral: BTreeSet<String> = intent.record.inputs["collateral"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(collateral, o.all_old.1.iter().cloned().collect());
-    assert!(
-        rows.iter()
-            .any(|r| r.record.kind == AuditKind::Outcome && r.record.refers_to == Some(intent.seq))
-    );
+    for intent in rows.iter().filter(|r| r.record.kind == AuditKind::Intent) {
+        assert!(intent.record.inputs.get("service_account_id").is_none());
+        assert!(
+            rows.iter()
+                .any(|r| r.record.kind == AuditKind::Outcome
+                    && r.record.refers_to == Some(intent.seq))
+        );
+    }
     verify(s.store().unwrap()).unwrap();
 }
 

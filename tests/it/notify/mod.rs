@@ -72,6 +72,7 @@ fn finding(
 ) -> Finding {
     Finding {
         dry_run_noted_at: None,
+        expiry: Default::default(),
         id: FindingId {
             organization: "acme".into(),
             project_id: project.0.into(),

@@ -1,0 +1,166 @@
+//! The `expire` action's decisions: when an expiry must be set on a key, and when and where an
+//! expiry keysweep set must be moved back out.
+//!
+//! Rules (issue 12, item 3):
+//! - An open `expire` finding wants its key to end at the finding's deadline. When the key
+//!   never expires, or expires later than the deadline (beyond [`EXPIRY_TOLERANCE`]), the
+//!   expiry is set to the deadline: never earlier than the promised deadline, and never shorter
+//!   than an expiry the key already has (a key that ends earlier is left as it is).
+//! - The same check runs every sweep, so an expiry moved later outside keysweep is set back; the
+//!   sweep raises an enforcer alert for it ([`SetExpiry::reset`]).
+//! - An `Unknown` expiry (the API did not say) is never a reason to write.
+//! - A finding refused by the organisation's expiry policy stays notice-only: nothing more is
+//!   written for it.
+//! - A finding withdrawn before its deadline for any reason other than the key's end (exemption,
+//!   policy removed or relaxed) moves the expiry keysweep set back out: to the key's own previous
+//!   expiry, else to `restore_expiry` from now; when the organisation refuses that distance,
+//!   shorter ones are tried down to [`MIN_RESTORE_DAYS`] days ([`Restore::targets`]). An expiry
+//!   the owner changed since keysweep set it is theirs and is left alone.
+//!
+//! Pure like all of `policy/`: no I/O, no clock (`now` is passed in). It decides targets as
+//! absolute Unix seconds; the client turns a target into `expires_in_seconds` against the wall
+//! clock at each attempt.
+
+use crate::config::Action;
+use crate::inventory::{EXPIRY_TOLERANCE, Expiry, Key, expiry_matches};
+use crate::policy::finding::{Finding, FindingId, Stage};
+
+/// The shortest distance an expiry is moved back out to when the organisation refuses longer
+/// ones.
+pub const MIN_RESTORE_DAYS: i64 = 30;
+
+/// The distances tried, longest first, after the configured one is refused (days).
+const RESTORE_LADDER_DAYS: [i64; 4] = [180, 90, 60, MIN_RESTORE_DAYS];
+
+/// An expiry to set on a key for an open `expire` finding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SetExpiry {
+    /// The target expiry: the finding's deadline.
+    pub to: i64,
+    /// True when keysweep had set it before and the key now expires later: it was moved outside
+    /// keysweep (an enforcer alert is due once the write is done).
+    pub reset: bool,
+}
+
+/// The expiry an open `expire` finding needs written on its key, if any.
+pub fn set_due(f: &Finding, key: &Key) -> Option<SetExpiry> {
+    if f.action != Action::Expire || !f.stage.is_open() || f.expiry.refused.is_some() {
+        return None;
+    }
+    match key.expires_at {
+        Expiry::Unknown => None,
+        e if e.ends_by(f.deadline) => None,
+        Expiry::Never | Expiry::At(_) => Some(SetExpiry {
+            to: f.deadline,
+            reset: f.expiry.set.is_some(),
+        }),
+    }
+}
+
+/// Moving an expiry keysweep set back out, for a withdrawn finding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Restore {
+    /// The expiry keysweep set (what the key has now).
+    pub from: i64,
+    /// The key's own expiry before keysweep set one, if it had one.
+    pub previous: Option<i64>,
+    /// Seconds from now when there is no previous expiry (`restore_expiry`).
+    pub distance: i64,
+}
+
+impl Restore {
+    /// The expiries to try, in order: the previous one (or now + `restore_expiry`), then
+    /// shorter distances from now down to [`MIN_RESTORE_DAYS`]. Each is later than the expiry
+    /// keysweep set (otherwise it would not move it out) and later than now.
+    pub fn targets(&self, now: i64) -> Vec<i64> {
+        let first = match self.previous {
+            Some(p) if p > now.saturating_add(EXPIRY_TOLERANCE) => p,
+            _ => now.saturating_add(self.distance),
+        };
+        let mut out = vec![first];
+        for days in RESTORE_LADDER_DAYS {
+            let t = now.saturating_add(days.saturating_mul(86_400));
+            if t < first && out.last().is_some_and(|&l| t < l) {
+                out.push(t);
+            }
+        }
+        out.retain(|&t| t > self.from.saturating_add(EXPIRY_TOLERANCE));
+        out
+    }
+}
+
+/// A restore the sweep performs: the finding withdrawn, the key as listed, where to move it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedRestore {
+    pub finding: FindingId,
+    pub key: Key,
+    pub restore: Restore,
+}
+
+/// The restore a finding needs after this step: it was an open `expire` finding (`before`), it
+/// is withdrawn now (`after`: closed as resolved or exempted, or its policy relaxed to another
+/// action) before its deadline, keysweep set the key's expiry, and the key still has that
+/// expiry.
+pub fn restore_due(
+    before: &Finding,
+    after: &Finding,
+    key: &Key,
+    now: i64,
+    restore_expiry: i64,
+) -> Option<Restore> {
+    let set = before.expiry.set?;
+    let closed = matches!(after.stage, Stage::Resolved | Stage::Exempted);
+    let relaxed = after.stage.is_open() && after.action != Action::Expire;
+    let withdrawn = before.stage.is_open()
+        && before.action == Action::Expire
+        && (closed || relaxed)
+        && now < before.deadline;
+    if !withdrawn || !expiry_matches(key.expires_at, set.to) {
+        return None;
+    }
+    Some(Restore {
+        from: set.to,
+        previous: set.previous,
+        distance: restore_expiry.max(MIN_RESTORE_DAYS * 86_400),
+    })
+}
+
+/// `2026-03-01T09:00:00Z`, for reasons, plans and audit messages.
+pub fn fmt_expiry(ts: i64) -> String {
+    chrono::DateTime::<chrono::Utc>::from_timestamp(ts, 0)
+        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_else(|| format!("@{ts}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: i64 = 86_400;
+
+    #[test]
+    fn restore_targets_start_at_the_previous_expiry_or_the_distance_and_shrink_to_30_days() {
+        let now = 1_000 * DAY;
+        let r = Restore {
+            from: now + 7 * DAY,
+            previous: None,
+            distance: 365 * DAY,
+        };
+        let t: Vec<i64> = r.targets(now).iter().map(|t| (t - now) / DAY).collect();
+        assert_eq!(t, vec![365, 180, 90, 60, 30]);
+        let r = Restore {
+            previous: Some(now + 100 * DAY),
+            ..r
+        };
+        let t: Vec<i64> = r.targets(now).iter().map(|t| (t - now) / DAY).collect();
+        assert_eq!(t, vec![100, 90, 60, 30]);
+        // Never a target at or before the expiry keysweep set: that would not move it out.
+        let r = Restore {
+            from: now + 70 * DAY,
+            previous: None,
+            distance: 365 * DAY,
+        };
+        let t: Vec<i64> = r.targets(now).iter().map(|t| (t - now) / DAY).collect();
+        assert_eq!(t, vec![365, 180, 90]);
+    }
+}

@@ -1,0 +1,777 @@
+//! Issue 12 end to end: `action = "expire"` (the fail-safe deadline), service-account keys one
+//! by one, `max_lifetime`, and the faults of the new write, against the simulated Administration
+//! API over HTTP with a real SQLite state file.
+//!
+//! The simulator runs on the wall clock here and every sweep evaluates at (or after) the wall
+//! clock: an expiry is always written against the wall clock (`expires_in_seconds = ceil(target −
+//! now)`), so a deadline in the wall-clock past could not be written at all. What is checked is
+//! what an operator would see: the keys' `expires_at` in the simulator, that no key was deleted,
+//! the findings, the alerts, and the audit log (which must verify).
+//!
+//! These tests talk only to loopback.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use keysweep::metrics::Metrics;
+use keysweep::notify::alert::EnforcerAlert;
+use keysweep::policy::finding::{Finding, FindingId, Stage};
+use keysweep::sim::{
+    Fault, FaultKind, SimAccess, SimEffect, SimKey, SimOptions, SimOrg, SimOwnerRef, SimServer,
+    SimServiceAccount,
+};
+use keysweep::state::audit::{self, AuditKind, AuditRecord};
+use keysweep::state::{self, Store};
+use keysweep::sweep::{SweepOptions, SweepReport, Sweeper};
+
+use crate::support::config::config_from_toml;
+use crate::support::time::DAY;
+
+const ADMIN_KEY: &str = "sk-admin-EXPIRE-7f3a9c20bb-DO-NOT-LEAK";
+const KEY_ENV: &str = "KEYSWEEP_IT_EXPIRE_ADMIN_KEY";
+const ORG: &str = "acme";
+const PROJECT: &str = "proj_expire";
+const SA: &str = "svc_acct_expire_bot";
+const POLICY: &str = "rotate-90d";
+/// How far the simulator's `expires_at` may land after the target: the server times the
+/// request itself, a moment after the client computed `expires_in_seconds`.
+const SLACK: i64 = 5;
+
+/// Whether an expiry read back is the target: at most [`SLACK`] later, and at most one second
+/// earlier, because the simulator's clock counts whole seconds from its start and so may be
+/// up to a second behind the wall clock the client computed against.
+fn lands_on(at: i64, target: i64) -> bool {
+    (target - 1..=target + SLACK).contains(&at)
+}
+
+fn wall_now() -> i64 {
+    i64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    )
+    .unwrap()
+}
+
+/// The keys of the test organisation, by role.
+struct Keys {
+    /// Old user key that never expires: gets the deadline.
+    never: String,
+    /// Old user key that expires in 3 days, before the deadline: left alone.
+    earlier: String,
+    /// Old user key that expires in 60 days, after the deadline: moved to the deadline.
+    later: String,
+    /// New user key without an expiry: compliant under max_age.
+    fresh: String,
+    /// Old service-account key that never expires.
+    sa_old: String,
+}
+
+fn key(id: &str, owner: SimOwnerRef, created_at: i64, expires_at: Option<i64>) -> SimKey {
+    SimKey {
+        id: id.to_string(),
+        name: format!("name of {id}"),
+        redacted_value: format!("sk-proj-****{}", &id[id.len() - 4..]),
+        created_at,
+        last_used_at: Some(created_at + DAY),
+        owner,
+        expires_at,
+        scopes: Vec::new(),
+    }
+}
+
+/// One project: the five keys of [`Keys`], owned by a generated user and a service account.
+fn org(now: i64) -> (SimOrg, Keys) {
+    let mut org = SimOrg::generate(1, 2, 12, now);
+    let p = org.projects.iter_mut().find(|p| !p.is_archived()).unwrap();
+    p.id = PROJECT.to_string();
+    let user = p.members[0].user_id.clone();
+    p.service_accounts.push(SimServiceAccount {
+        id: SA.into(),
+        name: "expire-bot".into(),
+        role: "member".into(),
+        created_at: now - 400 * DAY,
+        access: SimAccess::Active,
+    });
+    let u = || SimOwnerRef::User { id: user.clone() };
+    let old = now - 200 * DAY;
+    p.keys = vec![
+        key("key_exp_never", u(), old, None),
+        key("key_exp_early", u(), old, Some(now + 3 * DAY)),
+        key("key_exp_later", u(), old, Some(now + 60 * DAY)),
+        key("key_exp_fresh", u(), now - 10 * DAY, None),
+        key(
+            "key_exp_sabot",
+            SimOwnerRef::ServiceAccount { id: SA.into() },
+            old,
+            None,
+        ),
+    ];
+    org.projects.retain(|p| p.id == PROJECT);
+    let keys = Keys {
+        never: "key_exp_never".into(),
+        earlier: "key_exp_early".into(),
+        later: "key_exp_later".into(),
+        fresh: "key_exp_fresh".into(),
+        sa_old: "key_exp_sabot".into(),
+    };
+    (org, keys)
+}
+
+async fn start(org: SimOrg, tune: impl FnOnce(&mut SimOptions)) -> SimServer {
+    let mut opts = SimOptions::new(ADMIN_KEY);
+    tune(&mut opts);
+    crate::support::sim::start_sim_with(org, opts).await
+}
+
+/// The `rotate-90d` policy with `action = "expire"`.
+fn expire_policy() -> String {
+    format!(
+        "[[policies]]\nname = \"{POLICY}\"\nmax_age = \"90d\"\naction = \"expire\"\n\
+         warn_before = \"7d\"\nfinal_notice = \"1d\"\n"
+    )
+}
+
+/// `[safety]` with the caps lifted (the caps are tested with deletes and in the plan's tests),
+/// plus `extra` lines.
+fn safety(extra: &str) -> String {
+    format!(
+        "\n[safety]\nmax_revocations_per_run = 1000\nmax_revocations_per_project_percent = 100\n\
+         max_revocations_per_day = 1000\n{extra}\n"
+    )
+}
+
+fn config_text(sim: &SimServer, db: &std::path::Path, mode: &str, tables: &str) -> String {
+    format!(
+        r#"mode = "{mode}"
+state_path = "{state}"
+
+[[organizations]]
+name = "{ORG}"
+base_url = "{base}"
+admin_key_env = "{KEY_ENV}"
+
+[limits]
+max_retries = 1
+request_timeout = "2s"
+
+{tables}"#,
+        state = db.display(),
+        base = sim.base_url(),
+    )
+}
+
+fn sweeper(text: &str) -> Sweeper {
+    let config = config_from_toml(text, &[(KEY_ENV, ADMIN_KEY)]);
+    let store = Store::open(&config.state_path).unwrap();
+    Sweeper::new(Arc::new(config), Some(store), Metrics::new()).unwrap()
+}
+
+async fn sweep(s: &Sweeper, now: i64) -> SweepReport {
+    s.run_once(&SweepOptions::new(now)).await.unwrap()
+}
+
+fn expires_at(sim: &SimServer, key: &str) -> Option<i64> {
+    sim.key(PROJECT, key).unwrap().expires_at
+}
+
+fn finding(s: &Sweeper, key: &str, policy: &str) -> Finding {
+    let id = FindingId {
+        organization: ORG.into(),
+        project_id: PROJECT.into(),
+        key_id: key.into(),
+        policy: policy.into(),
+    };
+    s.store()
+        .unwrap()
+        .with_conn(|c| state::findings::get_finding(c, &id))
+        .unwrap()
+        .unwrap()
+}
+
+fn records(s: &Sweeper) -> Vec<(i64, AuditRecord)> {
+    s.store()
+        .unwrap()
+        .with_conn(|c| audit::list(c, None))
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.seq, r.record))
+        .collect()
+}
+
+fn intents_for(s: &Sweeper, key: &str) -> usize {
+    records(s)
+        .iter()
+        .filter(|(_, r)| r.kind == AuditKind::Intent && r.key_id.as_deref() == Some(key))
+        .count()
+}
+
+fn assert_verifies(s: &Sweeper) {
+    let report = s
+        .store()
+        .unwrap()
+        .with_conn(|c| Ok(audit::verify(c)))
+        .unwrap();
+    assert!(report.is_ok(), "audit verify: {report:?}");
+}
+
+fn assert_nothing_deleted(sim: &SimServer, keys: &Keys) {
+    for k in [
+        &keys.never,
+        &keys.earlier,
+        &keys.later,
+        &keys.fresh,
+        &keys.sa_old,
+    ] {
+        assert!(sim.key_exists(PROJECT, k), "{k} was deleted");
+    }
+    assert!(
+        sim.stats()
+            .iter()
+            .all(|(k, &n)| !k.contains("DELETE") || n == 0),
+        "a DELETE was sent: {:?}",
+        sim.stats()
+    );
+}
+
+fn expiry_alerts(r: &SweepReport) -> Vec<String> {
+    r.alerts
+        .iter()
+        .filter_map(|a| match a {
+            EnforcerAlert::Expiry {
+                key_id, message, ..
+            } => Some(format!("{key_id}: {message}")),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The first enforcing sweep of [`org`] under `rotate-90d` with `expire`, and what it must have
+/// done; returns the findings' deadline.
+async fn first_expire_sweep(s: &Sweeper, sim: &SimServer, keys: &Keys, t: i64) -> i64 {
+    let r1 = sweep(s, t).await;
+    assert!(r1.complete());
+    let deadline = finding(s, &keys.never, POLICY).deadline;
+    assert_eq!(deadline, t + 7 * DAY);
+    // Set on every violating user key that expires later or never; exactly the deadline (never
+    // earlier: the client rounds up and the server counts from a later moment).
+    for k in [&keys.never, &keys.later] {
+        let at = expires_at(sim, k).unwrap();
+        assert!(lands_on(at, deadline), "{k}: {at} vs {deadline}");
+        let f = finding(s, k, POLICY);
+        assert_eq!(f.expiry.set.map(|e| e.to), Some(deadline), "{k}");
+        assert_eq!(intents_for(s, k), 1, "{k}");
+    }
+    assert_eq!(
+        finding(s, &keys.later, POLICY).expiry.set.unwrap().previous,
+        Some(t + 60 * DAY)
+    );
+    // Never shortened: the key that ends earlier keeps its own expiry, with no write at all.
+    assert_eq!(expires_at(sim, &keys.earlier), Some(t + 3 * DAY));
+    assert_eq!(intents_for(s, &keys.earlier), 0);
+    // Compliant keys and (notify-only by default) service-account keys are not touched.
+    assert_eq!(expires_at(sim, &keys.fresh), None);
+    assert_eq!(expires_at(sim, &keys.sa_old), None);
+    assert_eq!(intents_for(s, &keys.sa_old), 0);
+    assert_nothing_deleted(sim, keys);
+    // Each intent has its outcome, and a set counts against the caps like a delete.
+    let rows = records(s);
+    for (seq, _) in rows.iter().filter(|(_, r)| r.kind == AuditKind::Intent) {
+        assert!(
+            rows.iter()
+                .any(|(_, r)| r.kind == AuditKind::Outcome && r.refers_to == Some(*seq))
+        );
+    }
+    let counted = s
+        .store()
+        .unwrap()
+        .with_conn(|c| state::revocations::revocations_since(c, t - 1))
+        .unwrap();
+    assert_eq!(counted, 2);
+
+    deadline
+}
+
+#[tokio::test]
+async fn enforce_sets_the_deadline_as_expiry_never_shortens_and_moves_it_back_out_on_exemption() {
+    let t = wall_now();
+    let (o, keys) = org(t);
+    let sim = start(o, |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let s = sweeper(&config_text(
+        &sim,
+        &db,
+        "enforce",
+        &format!("{}{}", expire_policy(), safety("")),
+    ));
+
+    let deadline = first_expire_sweep(&s, &sim, &keys, t).await;
+
+    // A later sweep finds the expiries in place and writes nothing.
+    let r2 = sweep(&s, t + DAY).await;
+    assert!(expiry_alerts(&r2).is_empty(), "{:?}", expiry_alerts(&r2));
+    assert_eq!(intents_for(&s, &keys.never), 1);
+
+    // Moved later outside keysweep (no exemption): set back, with an enforcer alert.
+    sim.set_expires_at(PROJECT, &keys.later, None).unwrap();
+    let r3 = sweep(&s, t + 2 * DAY).await;
+    let at = expires_at(&sim, &keys.later).unwrap();
+    assert!(lands_on(at, deadline), "set back: {at}");
+    let alerts = expiry_alerts(&r3);
+    assert!(
+        alerts
+            .iter()
+            .any(|a| a.starts_with(&keys.later) && a.contains("set back")),
+        "{alerts:?}"
+    );
+    assert_eq!(
+        finding(&s, &keys.later, POLICY)
+            .expiry
+            .set
+            .unwrap()
+            .previous,
+        Some(t + 60 * DAY)
+    );
+
+    // An exemption added later withdraws the findings: the expiries move back out, to the key's
+    // own previous expiry, else `restore_expiry` (365d) from now. Never stopped by the kill
+    // switch.
+    let kill = dir.path().join("kill");
+    std::fs::write(&kill, "").unwrap();
+    let tables = format!(
+        "{}\n[[exemptions]]\nkey_id = \"{}\"\nreason = \"migration\"\n[[exemptions]]\nkey_id = \
+         \"{}\"\nreason = \"migration\"\n{}",
+        expire_policy(),
+        keys.never,
+        keys.later,
+        safety(&format!("kill_switch_file = \"{}\"", kill.display()))
+    );
+    let s2 = sweeper(&config_text(&sim, &db, "enforce", &tables));
+    let now = t + 3 * DAY;
+    sweep(&s2, now).await;
+    let never = expires_at(&sim, &keys.never).unwrap();
+    assert!(lands_on(never, now + 365 * DAY), "{never}");
+    let later = expires_at(&sim, &keys.later).unwrap();
+    assert!(lands_on(later, t + 60 * DAY), "{later}");
+    for k in [&keys.never, &keys.later] {
+        let f = finding(&s2, k, POLICY);
+        assert_eq!(f.stage, Stage::Exempted);
+        assert!(
+            f.resolution.as_deref().unwrap_or("").contains("expiry"),
+            "the resolved notice says the expiry moves back out: {:?}",
+            f.resolution
+        );
+    }
+    let restored = records(&s2)
+        .into_iter()
+        .filter(|(_, r)| r.kind == AuditKind::Outcome && r.message.starts_with("expiry of key"))
+        .count();
+    assert_eq!(restored, 5, "2 sets, 1 set back, 2 moved back out");
+    assert_nothing_deleted(&sim, &keys);
+    assert_verifies(&s2);
+}
+
+#[tokio::test]
+async fn a_policy_relaxed_to_notify_moves_the_expiry_back_out() {
+    let t = wall_now();
+    let (o, keys) = org(t);
+    let sim = start(o, |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let tables = format!("{}{}", expire_policy(), safety(""));
+    sweep(&sweeper(&config_text(&sim, &db, "enforce", &tables)), t).await;
+    assert!(lands_on(
+        expires_at(&sim, &keys.never).unwrap(),
+        t + 7 * DAY
+    ));
+    let relaxed = tables.replace("action = \"expire\"", "action = \"notify\"");
+    let s = sweeper(&config_text(&sim, &db, "enforce", &relaxed));
+    let now = t + DAY;
+    sweep(&s, now).await;
+    assert!(lands_on(
+        expires_at(&sim, &keys.never).unwrap(),
+        now + 365 * DAY
+    ));
+    assert!(lands_on(
+        expires_at(&sim, &keys.later).unwrap(),
+        t + 60 * DAY
+    ));
+    // Moved out once: the next sweep leaves it.
+    sweep(&s, now + DAY).await;
+    assert_eq!(intents_for(&s, &keys.never), 2);
+    assert_verifies(&s);
+}
+
+#[tokio::test]
+async fn at_its_expiry_a_finding_ends_as_expired_whether_or_not_the_api_lists_the_key() {
+    for hide in [false, true] {
+        let t = wall_now();
+        let (o, keys) = org(t);
+        let sim = start(o, |o| o.hide_expired_keys = hide).await;
+        let dir = tempfile::tempdir().unwrap();
+        let s = sweeper(&config_text(
+            &sim,
+            &dir.path().join("s.db"),
+            "enforce",
+            &format!("{}{}", expire_policy(), safety("")),
+        ));
+        sweep(&s, t).await;
+        // Eight days on, on both clocks: OpenAI has ended the key at its deadline.
+        sim.advance_clock(8 * DAY);
+        let r = sweep(&s, t + 8 * DAY).await;
+        assert!(r.complete());
+        for k in [&keys.never, &keys.later, &keys.earlier] {
+            let f = finding(&s, k, POLICY);
+            assert_eq!(
+                f.stage,
+                Stage::Expired,
+                "hide={hide} {k}: {:?}",
+                f.resolution
+            );
+        }
+        assert_eq!(intents_for(&s, &keys.never), 1, "no write after the expiry");
+        assert!(r.revocations.is_empty());
+        assert_verifies(&s);
+    }
+}
+
+#[tokio::test]
+async fn dry_run_writes_no_expiry_and_says_it_would() {
+    let t = wall_now();
+    let (o, keys) = org(t);
+    let before = o.clone();
+    let sim = start(o, |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = sweeper(&config_text(
+        &sim,
+        &dir.path().join("s.db"),
+        "dry-run",
+        &format!("{}{}", expire_policy(), safety("")),
+    ));
+    let r = sweep(&s, t).await;
+    sweep(&s, t + 8 * DAY).await;
+    let sorted = |mut keys: Vec<SimKey>| {
+        keys.sort_by(|a, b| a.id.cmp(&b.id));
+        keys
+    };
+    assert_eq!(
+        sorted(sim.org().projects[0].keys.clone()),
+        sorted(before.projects[0].keys.clone()),
+        "nothing changed"
+    );
+    assert!(records(&s).iter().all(|(_, r)| r.kind != AuditKind::Intent));
+    assert!(
+        r.findings
+            .iter()
+            .any(|v| v.finding.id.key_id == keys.never && v.plan.contains("dry_run")),
+        "{:?}",
+        r.findings.iter().map(|v| &v.plan).collect::<Vec<_>>()
+    );
+    let notice = keysweep::policy::finding::Notice {
+        kind: keysweep::policy::finding::NoticeKind::Warning,
+        finding: finding(&s, &keys.never, POLICY),
+        dry_run: true,
+    };
+    let text = keysweep::notify::digest::status_text(&notice);
+    assert!(text.starts_with("would set the expiry to "), "{text}");
+    assert_verifies(&s);
+}
+
+#[tokio::test]
+async fn service_account_keys_get_an_expiry_only_under_service_account_keys_enforce() {
+    let t = wall_now();
+    let (o, keys) = org(t);
+    let sim = start(o, |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let tables = format!(
+        "{}{}",
+        expire_policy(),
+        safety("service_account_keys = \"enforce\"")
+    );
+    let s = sweeper(&config_text(
+        &sim,
+        &dir.path().join("s.db"),
+        "enforce",
+        &tables,
+    ));
+    sweep(&s, t).await;
+    let at = expires_at(&sim, &keys.sa_old).unwrap();
+    assert!(lands_on(at, t + 7 * DAY));
+    assert!(sim.service_account_exists(PROJECT, SA));
+    assert_nothing_deleted(&sim, &keys);
+    assert_verifies(&s);
+}
+
+#[tokio::test]
+async fn a_max_lifetime_policy_gives_every_key_without_an_expiry_one() {
+    let t = wall_now();
+    let (o, keys) = org(t);
+    let sim = start(o, |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let tables = format!(
+        "[[policies]]\nname = \"lifetime\"\nmax_lifetime = \"90d\"\naction = \"expire\"\n\
+         warn_before = \"7d\"\nfinal_notice = \"1d\"\n{}",
+        safety("service_account_keys = \"enforce\"")
+    );
+    let s = sweeper(&config_text(
+        &sim,
+        &dir.path().join("s.db"),
+        "enforce",
+        &tables,
+    ));
+    sweep(&s, t).await;
+    // Old keys get their warning period; the new key its 90 days from creation.
+    for k in [&keys.never, &keys.later, &keys.sa_old] {
+        let at = expires_at(&sim, k).unwrap();
+        assert!(lands_on(at, t + 7 * DAY), "{k}");
+    }
+    let fresh_target = t - 10 * DAY + 90 * DAY;
+    let at = expires_at(&sim, &keys.fresh).unwrap();
+    assert!(lands_on(at, fresh_target), "{at}");
+    assert_eq!(expires_at(&sim, &keys.earlier), Some(t + 3 * DAY));
+    // The next sweep: the new key now ends by its deadline, so it no longer violates; that is
+    // the policy met, not withdrawn, and its expiry stays.
+    sweep(&s, t + DAY).await;
+    assert_eq!(finding(&s, &keys.fresh, "lifetime").stage, Stage::Resolved);
+    assert_eq!(expires_at(&sim, &keys.fresh), Some(at));
+    assert_eq!(intents_for(&s, &keys.fresh), 1);
+    assert_nothing_deleted(&sim, &keys);
+    assert_verifies(&s);
+}
+
+#[tokio::test]
+async fn a_restore_beyond_the_organisations_limit_tries_shorter_distances_and_says_which() {
+    let t = wall_now();
+    let (o, keys) = org(t);
+    let sim = start(o, |o| {
+        o.max_key_lifetime = Some(Duration::from_secs(100 * 86_400))
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let s = sweeper(&config_text(
+        &sim,
+        &db,
+        "enforce",
+        &format!("{}{}", expire_policy(), safety("")),
+    ));
+    sweep(&s, t).await;
+    let tables = format!(
+        "{}\n[[exemptions]]\nkey_id = \"{}\"\nreason = \"migration\"\n{}",
+        expire_policy(),
+        keys.never,
+        safety("")
+    );
+    let s2 = sweeper(&config_text(&sim, &db, "enforce", &tables));
+    let r = sweep(&s2, t + DAY).await;
+    // 365 and 180 days are refused by the 100-day limit; 90 days is accepted.
+    let at = expires_at(&sim, &keys.never).unwrap();
+    let want = t + DAY + 90 * DAY;
+    assert!(lands_on(at, want), "{at} vs {want}");
+    let alerts = expiry_alerts(&r);
+    assert!(
+        alerts
+            .iter()
+            .any(|a| a.starts_with(&keys.never) && a.contains("moved back out to")),
+        "{alerts:?}"
+    );
+    assert_verifies(&s2);
+}
+
+// ---- faults of the new write ---------------------------------------------------------------
+
+#[tokio::test]
+async fn fault_an_expiry_refused_by_policy_alerts_and_leaves_the_finding_notice_only() {
+    let t = wall_now();
+    let (o, keys) = org(t);
+    // The organisation allows 5 days at most: the 7-day deadline is refused.
+    let sim = start(o, |o| {
+        o.max_key_lifetime = Some(Duration::from_secs(5 * 86_400))
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = sweeper(&config_text(
+        &sim,
+        &dir.path().join("s.db"),
+        "enforce",
+        &format!("{}{}", expire_policy(), safety("")),
+    ));
+    let r = sweep(&s, t).await;
+    assert_eq!(expires_at(&sim, &keys.never), None);
+    let alerts = expiry_alerts(&r);
+    assert!(
+        alerts
+            .iter()
+            .any(|a| a.starts_with(&keys.never) && a.contains("notice-only")),
+        "{alerts:?}"
+    );
+    let f = finding(&s, &keys.never, POLICY);
+    assert!(f.expiry.refused.is_some());
+    assert_eq!(f.deadline, t + 7 * DAY, "the deadline stands");
+    assert!(f.stage.is_open());
+    // Notice-only: the next sweep writes nothing more.
+    sweep(&s, t + DAY).await;
+    assert_eq!(intents_for(&s, &keys.never), 1);
+    assert_nothing_deleted(&sim, &keys);
+    assert_verifies(&s);
+}
+
+#[tokio::test]
+async fn fault_an_update_on_a_key_that_expired_meanwhile_is_recorded_and_the_finding_ends_expired()
+{
+    let t = wall_now();
+    let (o, keys) = org(t);
+    let sim = start(o, |_| {}).await;
+    sim.faults().add(
+        Fault::on_update_key(PROJECT, &keys.never)
+            .respond(FaultKind::Apply(SimEffect::SetExpiresAt {
+                project: PROJECT.into(),
+                key: keys.never.clone(),
+                at: Some(t - 60),
+            }))
+            .once(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let s = sweeper(&config_text(
+        &sim,
+        &dir.path().join("s.db"),
+        "enforce",
+        &format!("{}{}", expire_policy(), safety("")),
+    ));
+    let r = sweep(&s, t).await;
+    let outcome = r.expiries.iter().find(|e| e.key_id == keys.never).unwrap();
+    assert_eq!(outcome.outcome_label(), "key_expired");
+    assert_eq!(expires_at(&sim, &keys.never), Some(t - 60));
+    sweep(&s, t + DAY).await;
+    assert_eq!(finding(&s, &keys.never, POLICY).stage, Stage::Expired);
+    assert_nothing_deleted(&sim, &keys);
+    assert_verifies(&s);
+}
+
+#[tokio::test]
+async fn fault_5xx_and_timeouts_during_an_update_alert_and_the_next_sweep_sets_it() {
+    for kind in [
+        FaultKind::Status(503),
+        FaultKind::Delay(Duration::from_secs(3)),
+    ] {
+        let t = wall_now();
+        let (o, keys) = org(t);
+        let sim = start(o, |_| {}).await;
+        let fault = sim
+            .faults()
+            .add(Fault::on_update_key(PROJECT, &keys.never).respond(kind.clone()));
+        let dir = tempfile::tempdir().unwrap();
+        let s = sweeper(&config_text(
+            &sim,
+            &dir.path().join("s.db"),
+            "enforce",
+            &format!("{}{}", expire_policy(), safety("")),
+        ));
+        let r = sweep(&s, t).await;
+        assert!(sim.faults().hits(fault) >= 2, "{kind:?}: retried");
+        let alerts = expiry_alerts(&r);
+        assert!(
+            alerts
+                .iter()
+                .any(|a| a.starts_with(&keys.never) && a.contains("failed")),
+            "{kind:?}: {alerts:?}"
+        );
+        assert!(finding(&s, &keys.never, POLICY).expiry.set.is_none());
+        // The other key was not held up.
+        assert!(expires_at(&sim, &keys.later).unwrap() <= t + 7 * DAY + SLACK);
+        sim.faults().clear();
+        sweep(&s, t + 60).await;
+        let at = expires_at(&sim, &keys.never).unwrap();
+        assert!(lands_on(at, t + 7 * DAY), "{kind:?}: {at}");
+        assert_eq!(
+            finding(&s, &keys.never, POLICY).expiry.set.map(|e| e.to),
+            Some(t + 7 * DAY)
+        );
+        assert_nothing_deleted(&sim, &keys);
+        assert_verifies(&s);
+    }
+}
+
+#[tokio::test]
+async fn fault_a_crash_between_intent_and_outcome_is_reconciled_by_reading_the_expiry_back() {
+    let t = wall_now();
+    let (o, keys) = org(t);
+    let sim = start(o, |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let s = sweeper(&config_text(
+        &sim,
+        &db,
+        "enforce",
+        &format!("{}{}", expire_policy(), safety("")),
+    ));
+    // A first sweep with every update failing: findings open, nothing set.
+    sim.faults()
+        .add(Fault::on_update_key(PROJECT, &keys.never).respond(FaultKind::Status(500)));
+    sim.faults()
+        .add(Fault::on_update_key(PROJECT, &keys.later).respond(FaultKind::Status(500)));
+    sweep(&s, t).await;
+    sim.faults().clear();
+    let deadline = t + 7 * DAY;
+    // What a crash leaves: an intent committed, the update applied by the server, no outcome.
+    // (For `later`, the update never arrived.)
+    for (k, applied) in [(&keys.never, true), (&keys.later, false)] {
+        let snapshot = sim.key(PROJECT, k).unwrap();
+        let mut intent = AuditRecord::new(
+            t + 10,
+            "crashed-run",
+            AuditKind::Intent,
+            keysweep::config::Mode::Enforce,
+            "hash",
+            format!("setting the expiry of key {k}"),
+        );
+        intent.organization = Some(ORG.into());
+        intent.project_id = Some(PROJECT.into());
+        intent.key_id = Some(k.to_string());
+        intent.policy = Some(POLICY.into());
+        intent.inputs = serde_json::json!({
+            "write": "set_expiry",
+            "expires_at": deadline,
+            "previous_expires_at": snapshot.expires_at,
+        });
+        audit::append_durable(s.store().unwrap(), &intent).unwrap();
+        if applied {
+            sim.set_expires_at(PROJECT, k, Some(deadline)).unwrap();
+        }
+    }
+    // Stop the second key being written again in this sweep, to see what reconcile decided.
+    sim.faults()
+        .add(Fault::on_update_key(PROJECT, &keys.later).respond(FaultKind::Status(500)));
+    sweep(&s, t + 20).await;
+    let rows = records(&s);
+    let reconciled: Vec<&AuditRecord> = rows
+        .iter()
+        .map(|(_, r)| r)
+        .filter(|r| r.kind == AuditKind::Reconciled)
+        .collect();
+    assert_eq!(reconciled.len(), 2);
+    let of = |k: &str| {
+        reconciled
+            .iter()
+            .find(|r| r.key_id.as_deref() == Some(k))
+            .unwrap()
+            .response["expiry_set"]
+            .as_bool()
+    };
+    assert_eq!(of(&keys.never), Some(true));
+    assert_eq!(of(&keys.later), Some(false));
+    // The applied one is recorded on its finding, as if the sweep had finished.
+    assert_eq!(
+        finding(&s, &keys.never, POLICY).expiry.set.map(|e| e.to),
+        Some(deadline)
+    );
+    assert_eq!(
+        intents_for(&s, &keys.never),
+        2,
+        "the crashed intent; no second update"
+    );
+    assert_nothing_deleted(&sim, &keys);
+    assert_verifies(&s);
+}
