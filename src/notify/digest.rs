@@ -315,7 +315,7 @@ fn expire_status(n: &Notice) -> String {
             rfc3339(set.to)
         );
     }
-    match f.expiry.key_expires_at {
+    match f.expires_at.at() {
         Some(at) if at <= f.deadline => format!("the key already expires at {}", rfc3339(at)),
         _ if n.dry_run => format!("would set the expiry to {deadline} (dry-run)"),
         _ => format!("the expiry is set to {deadline}: OpenAI ends the key then"),

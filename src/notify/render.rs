@@ -391,7 +391,6 @@ pub fn notice_json(n: &Notice, now: i64) -> Value {
         "stage": f.stage.as_str(),
         "status": status_text(n),
         "deadline": match f.action { Action::Revoke | Action::Expire => Value::String(rfc3339(f.deadline)), Action::Notify => Value::Null },
-        "expires_at": f.expiry.key_expires_at,
         "expiry_set_by_keysweep": f.expiry.set.map(|s| rfc3339(s.to)),
         "deadline_unix": f.deadline,
         "created_at": rfc3339(f.created_at),

@@ -128,9 +128,6 @@ pub struct Finding {
 /// A finding's view of its key's expiry.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExpiryState {
-    /// The key's `expires_at` as last seen (Unix seconds; `None` when it never expires or is
-    /// unknown), so notices can say when OpenAI ends the key.
-    pub key_expires_at: Option<i64>,
     /// `expire` findings: the expiry keysweep set on the key, and what the key had before.
     pub set: Option<ExpirySet>,
     /// `expire` findings the organisation's expiry policy refused: kept as notice-only (their

@@ -38,7 +38,7 @@
 //!   and the finding then closes as `expired` ([`Observation::Expired`]).
 
 use crate::config::Action;
-use crate::inventory::Key;
+use crate::inventory::{Expiry, Key};
 use crate::policy::finding::{ExpiryState, Finding, FindingId, Notice, NoticeKind, Stage};
 pub use crate::policy::observation::Observation;
 use crate::policy::observation::Violation;
@@ -116,7 +116,7 @@ pub fn advance(
                 &format!("expired: OpenAI ended the key{when}"),
             );
             if let Some(next) = &mut t.next {
-                next.expiry.key_expires_at = at.or(next.expiry.key_expires_at);
+                next.expires_at = at.map_or(next.expires_at, Expiry::At);
             }
             t
         }
@@ -182,7 +182,6 @@ fn detect(key: &Key, v: &Violation, now: i64) -> Transition {
         resolution: None,
         dry_run_noted_at: None,
         expiry: ExpiryState {
-            key_expires_at: key.expires_at.at(),
             set: None,
             refused: None,
         },
@@ -205,11 +204,11 @@ fn progress(f: &Finding, key: &Key, v: &Violation, now: i64, repeat_interval: i6
     next.owner_email = key.owner.email.clone();
     next.created_at = key.created_at;
     next.last_used_at = key.last_used_at;
-    next.expires_at = key.expires_at;
-    next.reason = v.reason.clone();
+    // An answer without `expires_at` says nothing new: keep the expiry last seen.
     if !key.expires_at.is_unknown() {
-        next.expiry.key_expires_at = key.expires_at.at();
+        next.expires_at = key.expires_at;
     }
+    next.reason = v.reason.clone();
 
     let mut notices = Vec::new();
     let warn_before = v.warn_before.max(0);

@@ -4,6 +4,7 @@
 //! with their `revoked` notices (composed by `notify`) and the failures' alerts, and delivers
 //! again. Nothing is deleted once the sweep is cancelled, nor from here: only `revoke` deletes.
 
+use crate::inventory::Expiry;
 use crate::notify::alert::EnforcerAlert;
 use crate::notify::compose;
 use crate::notify::{DeliveryReport, NotifySettings};
@@ -153,22 +154,22 @@ impl Run<'_> {
                 let Some(v) = findings.iter_mut().find(|v| &v.finding.id == id) else {
                     continue;
                 };
-                let e = &mut v.finding.expiry;
+                let f = &mut v.finding;
                 match &r.outcome {
                     ExpiryOutcome::Set { to, previous, .. } => {
-                        e.set = Some(ExpirySet {
+                        f.expiry.set = Some(ExpirySet {
                             to: *to,
                             // The key's own expiry is the one before keysweep's first write.
-                            previous: e.set.map_or(*previous, |s| s.previous),
+                            previous: f.expiry.set.map_or(*previous, |s| s.previous),
                             at: now,
                         });
-                        e.key_expires_at = Some(*to);
+                        f.expires_at = Expiry::At(*to);
                     }
                     ExpiryOutcome::AlreadyEnds { at } | ExpiryOutcome::Restored { to: at, .. } => {
-                        e.key_expires_at = Some(*at);
+                        f.expires_at = Expiry::At(*at);
                     }
                     ExpiryOutcome::Refused { error } if r.write == "set" => {
-                        e.refused = Some(error.clone());
+                        f.expiry.refused = Some(error.clone());
                     }
                     _ => continue,
                 }

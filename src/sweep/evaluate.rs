@@ -221,8 +221,8 @@ impl Evaluator {
             // A key past the expiry it was last seen with has ended, whether the listing still
             // shows it or not (the API may drop expired keys).
             let ended = f
-                .expiry
-                .key_expires_at
+                .expires_at
+                .at()
                 .filter(|&at| at <= self.now.saturating_add(EXPIRY_TOLERANCE));
             let observed = if let Some(at) = ended {
                 Observation::Expired { at: Some(at) }

@@ -4,6 +4,7 @@
 //! that records it. This phase never deletes and never repeats a DELETE.
 
 use crate::config::Config;
+use crate::inventory::Expiry;
 use crate::notify::NotifySettings;
 use crate::notify::alert::EnforcerAlert;
 use crate::notify::compose::{self, Composed};
@@ -51,7 +52,7 @@ fn note_expiry(
             policy: policy.to_string(),
         };
         if let Some(mut f) = state::findings::get_finding(tx, &id)? {
-            f.expiry.key_expires_at = Some(e.to);
+            f.expires_at = Expiry::At(e.to);
             if !e.restore && f.stage.is_open() {
                 f.expiry.set = Some(ExpirySet {
                     to: e.to,
