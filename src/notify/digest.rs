@@ -168,26 +168,34 @@ impl Digest {
         let dry = self.all_dry_run();
         match self.kind {
             MessageKind::Warning => {
-                let (revoke, revoke_dry) = self.revoke_counts();
+                let (revoke, revoke_dry) = self.action_counts(Action::Revoke);
+                let (expire, expire_dry) = self.action_counts(Action::Expire);
                 let will = if revoke > 0 && revoke == revoke_dry {
                     "would be revoked (dry-run)"
                 } else {
                     "will be revoked"
                 };
-                if revoke == 0 {
-                    format!("{keys} {violate} policy")
-                } else if revoke == n {
-                    format!("{keys} {violate} policy and {will}")
+                // An `expire` finding is not revoked: OpenAI ends the key at its expiry.
+                let expiring = if expire > 0 && expire == expire_dry {
+                    "would get an expiry at the deadline (dry-run)"
                 } else {
-                    format!("{keys} {violate} policy; {revoke} {will}")
+                    "get an expiry at the deadline"
+                };
+                match (revoke, expire) {
+                    (0, 0) => format!("{keys} {violate} policy"),
+                    (r, 0) if r == n => format!("{keys} {violate} policy and {will}"),
+                    (r, 0) => format!("{keys} {violate} policy; {r} {will}"),
+                    (0, e) => format!("{keys} {violate} policy; {e} {expiring}"),
+                    (r, e) => format!("{keys} {violate} policy; {r} {will}, {e} {expiring}"),
                 }
             }
             MessageKind::Reminder => format!("Reminder: {keys} still {violate} policy"),
             MessageKind::FinalNotice => {
-                if dry {
-                    format!("Final notice: {keys} would be revoked (dry-run)")
-                } else {
-                    format!("Final notice: {keys} will be revoked")
+                let (revoke, _) = self.action_counts(Action::Revoke);
+                match (dry, revoke) {
+                    (_, 0) => format!("Final notice: {keys} end at the deadline"),
+                    (true, _) => format!("Final notice: {keys} would be revoked (dry-run)"),
+                    (false, _) => format!("Final notice: {keys} will be revoked"),
                 }
             }
             MessageKind::Revoked => {
@@ -219,6 +227,9 @@ impl Digest {
             MessageKind::Reminder => {
                 "The API keys below still violate a key policy. Rotate or delete them before the deadline shown."
             }
+            MessageKind::FinalNotice if self.action_counts(Action::Revoke).0 == 0 => {
+                "Last notice: OpenAI ends the API keys below at the deadline shown, their expiry. Rotate them before then."
+            }
             MessageKind::FinalNotice => {
                 "Last notice: the API keys below will be revoked at the deadline shown. Revocation is permanent."
             }
@@ -236,13 +247,13 @@ impl Digest {
         }
     }
 
-    /// (notices of `revoke` findings, of which dry-run).
-    fn revoke_counts(&self) -> (usize, usize) {
+    /// (notices of findings with this action, of which dry-run).
+    fn action_counts(&self, action: Action) -> (usize, usize) {
         match &self.body {
             Body::Notices(g) => g
                 .iter()
                 .flat_map(|g| g.notices.iter())
-                .filter(|n| n.finding.action.enforces())
+                .filter(|n| n.finding.action == action)
                 .fold((0, 0), |(all, dry), n| {
                     (all + 1, dry + usize::from(n.dry_run))
                 }),
@@ -263,6 +274,11 @@ pub fn deadline_text(n: &Notice) -> String {
 /// `unknown` when the API's answer did not carry it (an older API version, or a finding stored
 /// before keysweep read expiries).
 pub fn expiry_text(n: &Notice, now: i64) -> String {
+    // An open `expire` finding's status says which expiry keysweep sets in this sweep (the
+    // message is composed before the write): the key's line must say the same date.
+    if let Some(to) = expiry_being_set(n) {
+        return rfc3339(to);
+    }
     match n.finding.expires_at {
         Expiry::Never => "never".to_string(),
         Expiry::Unknown => "unknown".to_string(),
@@ -296,6 +312,26 @@ pub fn status_text(n: &Notice) -> String {
                 .as_deref()
                 .unwrap_or("no longer violates policy")
         ),
+    }
+}
+
+/// The expiry an open `expire` finding's notice announces as set (not in dry-run, not refused):
+/// the one keysweep set earlier, or the deadline it sets in this sweep.
+fn expiry_being_set(n: &Notice) -> Option<i64> {
+    let f = &n.finding;
+    let open = matches!(
+        n.kind,
+        NoticeKind::Warning | NoticeKind::Reminder | NoticeKind::FinalNotice
+    );
+    if !open || f.action != Action::Expire || n.dry_run || f.expiry.refused.is_some() {
+        return None;
+    }
+    if let Some(set) = f.expiry.set {
+        return Some(set.to);
+    }
+    match f.expires_at.at() {
+        Some(at) if at <= f.deadline => None,
+        _ => Some(f.deadline),
     }
 }
 

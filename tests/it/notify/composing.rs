@@ -457,3 +457,37 @@ fn every_channel_shows_each_keys_expiry() {
         "expired"
     );
 }
+
+/// An `expire` finding is not revoked: the warning's subject says the keys get an expiry at
+/// the deadline, and the key's "Expires" line shows the expiry its status announces, not the
+/// "never" the key was listed with before keysweep's write.
+#[test]
+fn expire_warnings_say_expiry_not_revocation_and_agree_with_their_status() {
+    let cfg = NotifySettings::from(&config(&offline_endpoints()));
+    let mut alice = alice_key();
+    alice.action = Action::Expire;
+    let deadline = alice.deadline;
+    let msgs = compose(&[notice(NoticeKind::Warning, alice)], &[], &cfg, RUN, NOW);
+    let mail = msgs
+        .iter()
+        .find(|m| m.recipient == "alice@example.com")
+        .unwrap();
+    let subject = mail.payload["subject"].as_str().unwrap();
+    assert!(!subject.contains("revoked"), "{subject}");
+    assert!(
+        subject.contains("get an expiry at the deadline"),
+        "{subject}"
+    );
+    let text = mail.payload["text"].as_str().unwrap();
+    let date = keysweep::notify::digest::rfc3339(deadline);
+    assert!(
+        text.contains(&format!("the expiry is set to {date}")),
+        "{text}"
+    );
+    let expires_line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("Expires"))
+        .unwrap();
+    assert!(expires_line.contains(&date), "{expires_line}");
+    assert!(!expires_line.contains("never"), "{expires_line}");
+}
