@@ -18,16 +18,8 @@ fn simulator(args: &[&str]) -> Simulator {
 }
 
 fn write_config(dir: &Path, port: u16, extra: &str) -> std::path::PathBuf {
-    let path = dir.join("keysweep.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "state_path = {:?}\n{extra}\n[[organizations]]\nname = \"acme\"\nbase_url = \"http://127.0.0.1:{port}/v1\"\nadmin_key_env = \"OPENAI_ADMIN_KEY\"\n",
-            dir.join("keysweep.db").display().to_string()
-        ),
-    )
-    .unwrap();
-    path
+    let base_url = format!("http://127.0.0.1:{port}/v1");
+    crate::support::config::write_config_file(dir, &base_url, "OPENAI_ADMIN_KEY", extra)
 }
 
 fn run(cmd: &mut Command) -> Output {

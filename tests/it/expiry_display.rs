@@ -72,17 +72,8 @@ async fn start(now: i64) -> SimServer {
 }
 
 fn write_config(dir: &Path, sim: &SimServer, extra: &str) -> std::path::PathBuf {
-    let path = dir.join("keysweep.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "mode = \"dry-run\"\nstate_path = {:?}\n{extra}\n[[organizations]]\nname = \"acme\"\nbase_url = \"{}\"\nadmin_key_env = \"{ADMIN_KEY_ENV}\"\n",
-            dir.join("keysweep.db").display().to_string(),
-            sim.base_url(),
-        ),
-    )
-    .unwrap();
-    path
+    let extra = format!("mode = \"dry-run\"\n{extra}");
+    crate::support::config::write_config_file(dir, &sim.base_url(), ADMIN_KEY_ENV, &extra)
 }
 
 /// `keysweep scan --format <format> --now <now>`: its stdout, after checking it succeeded and

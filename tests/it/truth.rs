@@ -99,16 +99,8 @@ fn simulator(args: &[&str]) -> Simulator {
 
 /// A configuration for the simulator on `port`, its state in `dir`, `extra` at the top level.
 fn write_config(dir: &Path, port: u16, extra: &str) -> PathBuf {
-    let path = dir.join("keysweep.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "state_path = {:?}\n{extra}\n[[organizations]]\nname = \"acme\"\nbase_url = \"http://127.0.0.1:{port}/v1\"\nadmin_key_env = \"OPENAI_ADMIN_KEY\"\n",
-            dir.join("keysweep.db").display().to_string()
-        ),
-    )
-    .unwrap();
-    path
+    let base_url = format!("http://127.0.0.1:{port}/v1");
+    crate::support::config::write_config_file(dir, &base_url, "OPENAI_ADMIN_KEY", extra)
 }
 
 const ENFORCE: &str = "mode = \"enforce\"\n[log]\nformat = \"json\"\n[safety]\nmax_revocations_per_run = 1000\nmax_revocations_per_project_percent = 100\nmax_revocations_per_day = 1000\n[[policies]]\nname = \"rotate-90d\"\nmax_age = \"90d\"\naction = \"revoke\"\nwarn_before = \"14d\"\n";

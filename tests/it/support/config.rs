@@ -28,3 +28,21 @@ name = "idle-45d"
 max_idle = "45d"
 action = "notify"
 "#;
+
+/// Writes `dir/keysweep.toml`: `extra` at the top level, the state in `dir`, and one
+/// organisation `acme` at `base_url` whose admin key is read from `admin_key_env`. Returns the
+/// file's path, for the binary's `--config`.
+pub fn write_config_file(
+    dir: &std::path::Path,
+    base_url: &str,
+    admin_key_env: &str,
+    extra: &str,
+) -> std::path::PathBuf {
+    let path = dir.join("keysweep.toml");
+    let state = dir.join("keysweep.db").display().to_string();
+    let text = format!(
+        "state_path = {state:?}\n{extra}\n[[organizations]]\nname = \"acme\"\nbase_url = \"{base_url}\"\nadmin_key_env = \"{admin_key_env}\"\n"
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
