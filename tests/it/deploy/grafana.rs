@@ -128,40 +128,13 @@ fn grafana_shows_keys_that_never_expire_from_an_exported_series() {
 
 /// `/metrics` as a sweep leaves it after listing one project with one key that never expires.
 fn never_expiring_key_metrics() -> String {
-    use keysweep::inventory::{
-        Expiry, Key, KeyTally, Listing, Owner, OwnerAccess, OwnerType, ProjectInventory, ProjectRef,
-    };
-    let key = Key {
-        organization: "acme".into(),
-        project_id: "proj_1".into(),
-        project_name: None,
-        id: "key_1".into(),
-        name: "ci".into(),
-        redacted_value: "sk-...abcd".into(),
-        created_at: 0,
-        last_used_at: None,
-        owner: Owner {
-            kind: OwnerType::User,
-            id: None,
-            name: None,
-            email: None,
-        },
-        owner_access: OwnerAccess::Active,
-        expires_at: Expiry::Never,
-    };
     let m = keysweep::metrics::Metrics::new();
     m.observe_inventory(
         "acme",
-        &[ProjectInventory {
-            project: ProjectRef {
-                organization: "acme".into(),
-                id: "proj_1".into(),
-                name: None,
-                archived: false,
-            },
-            keys: KeyTally::of(&[key], 86_400),
-            listing: Listing::Complete,
-        }],
+        &[super::kit::one_key_project(
+            keysweep::inventory::Expiry::Never,
+            86_400,
+        )],
     );
     m.encode()
 }

@@ -312,3 +312,42 @@ pub(super) fn listen_on_all_interfaces(config: &toml::Table, what: &str) -> std:
     );
     listen
 }
+
+/// A project `proj_1` of `acme` with one user key `key_1` that expires as given, tallied as a
+/// sweep tallies it at `now`: what the metrics families are fed in the deploy checks.
+pub fn one_key_project(
+    expires_at: keysweep::inventory::Expiry,
+    now: i64,
+) -> keysweep::inventory::ProjectInventory<keysweep::inventory::KeyTally> {
+    use keysweep::inventory::{
+        Key, KeyTally, Listing, Owner, OwnerAccess, OwnerType, ProjectInventory, ProjectRef,
+    };
+    let key = Key {
+        organization: "acme".into(),
+        project_id: "proj_1".into(),
+        project_name: None,
+        id: "key_1".into(),
+        name: "ci".into(),
+        redacted_value: "sk-...abcd".into(),
+        created_at: 0,
+        last_used_at: None,
+        owner: Owner {
+            kind: OwnerType::User,
+            id: None,
+            name: None,
+            email: None,
+        },
+        owner_access: OwnerAccess::Active,
+        expires_at,
+    };
+    ProjectInventory {
+        project: ProjectRef {
+            organization: "acme".into(),
+            id: "proj_1".into(),
+            name: None,
+            archived: false,
+        },
+        keys: KeyTally::of(&[key], now),
+        listing: Listing::Complete,
+    }
+}

@@ -36,37 +36,7 @@ fn populated_metrics() -> keysweep::metrics::Metrics {
 
 /// A project with one key expiring within 7 days, for the expiry families.
 fn expiring_project() -> keysweep::inventory::ProjectInventory<keysweep::inventory::KeyTally> {
-    use keysweep::inventory::{
-        Expiry, Key, KeyTally, Listing, Owner, OwnerAccess, OwnerType, ProjectInventory, ProjectRef,
-    };
-    let key = Key {
-        organization: "org".into(),
-        project_id: "proj".into(),
-        project_name: None,
-        id: "key".into(),
-        name: "key".into(),
-        redacted_value: "sk-...".into(),
-        created_at: 0,
-        last_used_at: None,
-        owner: Owner {
-            kind: OwnerType::User,
-            id: None,
-            name: None,
-            email: None,
-        },
-        owner_access: OwnerAccess::Active,
-        expires_at: Expiry::At(86_400),
-    };
-    ProjectInventory {
-        project: ProjectRef {
-            organization: "org".into(),
-            id: "proj".into(),
-            name: None,
-            archived: false,
-        },
-        keys: KeyTally::of(&[key], 3_600),
-        listing: Listing::Complete,
-    }
+    super::kit::one_key_project(keysweep::inventory::Expiry::At(86_400), 3_600)
 }
 
 /// The sample names `/metrics` can carry, from the `# TYPE` lines of a registry with every
