@@ -22,8 +22,8 @@
 //! clock at each attempt.
 
 use crate::config::Action;
-use crate::inventory::{EXPIRY_TOLERANCE, Expiry, Key, expiry_matches};
-use crate::policy::finding::{Finding, FindingId, Stage};
+use crate::inventory::{EXPIRY_TOLERANCE, Expiry, Key, Owner, OwnerAccess, expiry_matches};
+use crate::policy::finding::{ExpirySet, Finding, FindingId, Stage};
 
 /// The shortest distance an expiry is moved back out to when the organisation refuses longer
 /// ones.
@@ -111,17 +111,55 @@ pub fn restore_due(
     let set = before.expiry.set?;
     let closed = matches!(after.stage, Stage::Resolved | Stage::Exempted);
     let relaxed = after.stage.is_open() && after.action != Action::Expire;
-    let withdrawn = before.stage.is_open()
-        && before.action == Action::Expire
-        && (closed || relaxed)
-        && now < before.deadline;
+    // Withdrawn in this step, or withdrawn earlier with a restore that failed and is retried.
+    let first = before.stage.is_open() && before.action == Action::Expire;
+    let withdrawn =
+        (first || before.expiry.restore_pending) && (closed || relaxed) && now < before.deadline;
     if !withdrawn || !expiry_matches(key.expires_at, set.to) {
         return None;
     }
-    Some(Restore {
+    Some(restore_of(set, restore_expiry))
+}
+
+fn restore_of(set: ExpirySet, restore_expiry: i64) -> Restore {
+    Restore {
         from: set.to,
         previous: set.previous,
         distance: restore_expiry.max(MIN_RESTORE_DAYS * 86_400),
+    }
+}
+
+/// The retry of a failed restore for a closed finding (`expiry.restore_pending`), which no
+/// listing step sees any more. The key is rebuilt from the finding's snapshot: the restore
+/// re-reads it before writing, and leaves an expiry the owner changed alone. A finding that
+/// reopened as an `expire` finding wants its expiry, not a restore.
+pub fn restore_retry(f: &Finding, restore_expiry: i64) -> Option<PlannedRestore> {
+    let set = f.expiry.set?;
+    if !f.expiry.restore_pending || (f.stage.is_open() && f.action == Action::Expire) {
+        return None;
+    }
+    let key = Key {
+        organization: f.id.organization.clone(),
+        project_id: f.id.project_id.clone(),
+        project_name: f.project_name.clone(),
+        id: f.id.key_id.clone(),
+        name: f.key_name.clone(),
+        redacted_value: f.redacted_value.clone(),
+        created_at: f.created_at,
+        last_used_at: f.last_used_at,
+        owner: Owner {
+            kind: f.owner_type,
+            id: None,
+            name: Some(f.owner.clone()),
+            email: f.owner_email.clone(),
+        },
+        owner_access: OwnerAccess::Unknown,
+        expires_at: f.expires_at,
+    };
+    Some(PlannedRestore {
+        finding: f.id.clone(),
+        key,
+        restore: restore_of(set, restore_expiry),
     })
 }
 
