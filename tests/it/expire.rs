@@ -856,3 +856,67 @@ async fn fault_a_failed_restore_is_retried_by_later_sweeps_until_the_expiry_move
         assert_verifies(&s);
     }
 }
+
+#[tokio::test]
+async fn fault_a_crashed_expiry_intent_whose_key_ended_meanwhile_settles_without_an_alert() {
+    // Listed past its expiry (the default) or answering 404 (hidden): either way the key has
+    // ended, so the intent is settled and the finding ends on the sweep's normal path.
+    for hide in [false, true] {
+        let t = wall_now();
+        let (o, keys) = org(t);
+        let sim = start(o, |o| o.hide_expired_keys = hide).await;
+        let dir = tempfile::tempdir().unwrap();
+        let s = sweeper(&config_text(
+            &sim,
+            &dir.path().join("s.db"),
+            "enforce",
+            &format!("{}{}", expire_policy(), safety("")),
+        ));
+        let deadline = first_expire_sweep(&s, &sim, &keys, t).await;
+        // A crash after the intent of a set; meanwhile the key expired.
+        let mut intent = AuditRecord::new(
+            t + 10,
+            "crashed-run",
+            AuditKind::Intent,
+            keysweep::config::Mode::Enforce,
+            "hash",
+            format!("setting the expiry of key {}", keys.never),
+        );
+        intent.organization = Some(ORG.into());
+        intent.project_id = Some(PROJECT.into());
+        intent.key_id = Some(keys.never.clone());
+        intent.policy = Some(POLICY.into());
+        intent.inputs = serde_json::json!({
+            "write": "set_expiry",
+            "expires_at": deadline + DAY,
+            "previous_expires_at": null,
+        });
+        audit::append_durable(s.store().unwrap(), &intent).unwrap();
+        sim.set_expires_at(PROJECT, &keys.never, Some(t - 60))
+            .unwrap();
+        let r = sweep(&s, t + 20).await;
+        let unsettled: Vec<_> = r
+            .alerts
+            .iter()
+            .filter(|a| matches!(a, EnforcerAlert::RevocationFailed { .. }))
+            .collect();
+        assert!(unsettled.is_empty(), "hide={hide}: {unsettled:?}");
+        let rows = records(&s);
+        let reconciled: Vec<&AuditRecord> = rows
+            .iter()
+            .map(|(_, r)| r)
+            .filter(|r| r.kind == AuditKind::Reconciled)
+            .collect();
+        assert_eq!(reconciled.len(), 1, "hide={hide}");
+        assert_eq!(reconciled[0].response["expiry_set"].as_bool(), Some(false));
+        assert_eq!(reconciled[0].response["key_ended"].as_bool(), Some(true));
+        let stage = finding(&s, &keys.never, POLICY).stage;
+        assert!(
+            matches!(stage, Stage::Expired | Stage::Resolved),
+            "hide={hide}: {stage:?}"
+        );
+        assert!(!stage.is_open());
+        assert_nothing_deleted(&sim, &keys);
+        assert_verifies(&s);
+    }
+}
