@@ -173,8 +173,77 @@ pub fn fmt_expiry(ts: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::inventory::OwnerType;
 
     const DAY: i64 = 86_400;
+
+    /// An `expire` finding closed as exempted, whose expiry keysweep set (at 7 days) could not
+    /// be moved back out.
+    fn owed(now: i64) -> Finding {
+        Finding {
+            id: FindingId {
+                organization: "acme".into(),
+                project_id: "proj_a".into(),
+                key_id: "key_1".into(),
+                policy: "rotate".into(),
+            },
+            project_name: None,
+            key_name: "k".into(),
+            redacted_value: "sk-...1".into(),
+            owner_type: OwnerType::User,
+            owner: "alice".into(),
+            owner_email: None,
+            created_at: 0,
+            last_used_at: None,
+            expires_at: Expiry::At(now + 7 * DAY),
+            action: Action::Expire,
+            reason: "old".into(),
+            stage: Stage::Exempted,
+            detected_at: now - DAY,
+            deadline: now + 7 * DAY,
+            warned_at: None,
+            final_notice_at: None,
+            last_notified_at: None,
+            closed_at: Some(now),
+            resolution: None,
+            dry_run_noted_at: None,
+            expiry: crate::policy::finding::ExpiryState {
+                set: Some(ExpirySet {
+                    to: now + 7 * DAY,
+                    previous: None,
+                    at: now - DAY,
+                }),
+                refused: None,
+                restore_pending: true,
+            },
+        }
+    }
+
+    #[test]
+    fn a_failed_restore_is_retried_only_while_owed_and_not_once_the_finding_reopened() {
+        let now = 1_000 * DAY;
+        let f = owed(now);
+        let r = restore_retry(&f, 365 * DAY).unwrap();
+        assert_eq!(r.restore.from, now + 7 * DAY);
+        assert_eq!(r.key.id, "key_1");
+        assert_eq!(r.key.expires_at, Expiry::At(now + 7 * DAY));
+        let mut done = f.clone();
+        done.expiry.restore_pending = false;
+        assert!(restore_retry(&done, 365 * DAY).is_none());
+        let mut reopened = f.clone();
+        reopened.stage = Stage::Warned;
+        assert!(restore_retry(&reopened, 365 * DAY).is_none());
+        // A relaxed (open, notify) finding still owes it: its listing step retries it.
+        let mut relaxed = f;
+        relaxed.stage = Stage::Warned;
+        relaxed.action = Action::Notify;
+        let mut key = r.key.clone();
+        key.expires_at = Expiry::At(now + 7 * DAY);
+        assert!(restore_due(&relaxed, &relaxed, &key, now, 365 * DAY).is_some());
+        // Not once the owner moved the expiry.
+        key.expires_at = Expiry::At(now + 20 * DAY);
+        assert!(restore_due(&relaxed, &relaxed, &key, now, 365 * DAY).is_none());
+    }
 
     #[test]
     fn restore_targets_start_at_the_previous_expiry_or_the_distance_and_shrink_to_30_days() {
