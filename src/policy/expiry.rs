@@ -22,8 +22,8 @@
 //! clock at each attempt.
 
 use crate::config::Action;
-use crate::inventory::{EXPIRY_TOLERANCE, Expiry, Key, expiry_matches};
-use crate::policy::finding::{Finding, FindingId, Stage};
+use crate::inventory::{EXPIRY_TOLERANCE, Expiry, Key, Owner, OwnerAccess, expiry_matches};
+use crate::policy::finding::{ExpirySet, Finding, FindingId, Stage};
 
 /// The shortest distance an expiry is moved back out to when the organisation refuses longer
 /// ones.
@@ -111,17 +111,55 @@ pub fn restore_due(
     let set = before.expiry.set?;
     let closed = matches!(after.stage, Stage::Resolved | Stage::Exempted);
     let relaxed = after.stage.is_open() && after.action != Action::Expire;
-    let withdrawn = before.stage.is_open()
-        && before.action == Action::Expire
-        && (closed || relaxed)
-        && now < before.deadline;
+    // Withdrawn in this step, or withdrawn earlier with a restore that failed and is retried.
+    let first = before.stage.is_open() && before.action == Action::Expire;
+    let withdrawn =
+        (first || before.expiry.restore_pending) && (closed || relaxed) && now < before.deadline;
     if !withdrawn || !expiry_matches(key.expires_at, set.to) {
         return None;
     }
-    Some(Restore {
+    Some(restore_of(set, restore_expiry))
+}
+
+fn restore_of(set: ExpirySet, restore_expiry: i64) -> Restore {
+    Restore {
         from: set.to,
         previous: set.previous,
         distance: restore_expiry.max(MIN_RESTORE_DAYS * 86_400),
+    }
+}
+
+/// The retry of a failed restore for a closed finding (`expiry.restore_pending`), which no
+/// listing step sees any more. The key is rebuilt from the finding's snapshot: the restore
+/// re-reads it before writing, and leaves an expiry the owner changed alone. A finding that
+/// reopened as an `expire` finding wants its expiry, not a restore.
+pub fn restore_retry(f: &Finding, restore_expiry: i64) -> Option<PlannedRestore> {
+    let set = f.expiry.set?;
+    if !f.expiry.restore_pending || (f.stage.is_open() && f.action == Action::Expire) {
+        return None;
+    }
+    let key = Key {
+        organization: f.id.organization.clone(),
+        project_id: f.id.project_id.clone(),
+        project_name: f.project_name.clone(),
+        id: f.id.key_id.clone(),
+        name: f.key_name.clone(),
+        redacted_value: f.redacted_value.clone(),
+        created_at: f.created_at,
+        last_used_at: f.last_used_at,
+        owner: Owner {
+            kind: f.owner_type,
+            id: None,
+            name: Some(f.owner.clone()),
+            email: f.owner_email.clone(),
+        },
+        owner_access: OwnerAccess::Unknown,
+        expires_at: f.expires_at,
+    };
+    Some(PlannedRestore {
+        finding: f.id.clone(),
+        key,
+        restore: restore_of(set, restore_expiry),
     })
 }
 
@@ -135,8 +173,77 @@ pub fn fmt_expiry(ts: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::inventory::OwnerType;
 
     const DAY: i64 = 86_400;
+
+    /// An `expire` finding closed as exempted, whose expiry keysweep set (at 7 days) could not
+    /// be moved back out.
+    fn owed(now: i64) -> Finding {
+        Finding {
+            id: FindingId {
+                organization: "acme".into(),
+                project_id: "proj_a".into(),
+                key_id: "key_1".into(),
+                policy: "rotate".into(),
+            },
+            project_name: None,
+            key_name: "k".into(),
+            redacted_value: "sk-...1".into(),
+            owner_type: OwnerType::User,
+            owner: "alice".into(),
+            owner_email: None,
+            created_at: 0,
+            last_used_at: None,
+            expires_at: Expiry::At(now + 7 * DAY),
+            action: Action::Expire,
+            reason: "old".into(),
+            stage: Stage::Exempted,
+            detected_at: now - DAY,
+            deadline: now + 7 * DAY,
+            warned_at: None,
+            final_notice_at: None,
+            last_notified_at: None,
+            closed_at: Some(now),
+            resolution: None,
+            dry_run_noted_at: None,
+            expiry: crate::policy::finding::ExpiryState {
+                set: Some(ExpirySet {
+                    to: now + 7 * DAY,
+                    previous: None,
+                    at: now - DAY,
+                }),
+                refused: None,
+                restore_pending: true,
+            },
+        }
+    }
+
+    #[test]
+    fn a_failed_restore_is_retried_only_while_owed_and_not_once_the_finding_reopened() {
+        let now = 1_000 * DAY;
+        let f = owed(now);
+        let r = restore_retry(&f, 365 * DAY).unwrap();
+        assert_eq!(r.restore.from, now + 7 * DAY);
+        assert_eq!(r.key.id, "key_1");
+        assert_eq!(r.key.expires_at, Expiry::At(now + 7 * DAY));
+        let mut done = f.clone();
+        done.expiry.restore_pending = false;
+        assert!(restore_retry(&done, 365 * DAY).is_none());
+        let mut reopened = f.clone();
+        reopened.stage = Stage::Warned;
+        assert!(restore_retry(&reopened, 365 * DAY).is_none());
+        // A relaxed (open, notify) finding still owes it: its listing step retries it.
+        let mut relaxed = f;
+        relaxed.stage = Stage::Warned;
+        relaxed.action = Action::Notify;
+        let mut key = r.key.clone();
+        key.expires_at = Expiry::At(now + 7 * DAY);
+        assert!(restore_due(&relaxed, &relaxed, &key, now, 365 * DAY).is_some());
+        // Not once the owner moved the expiry.
+        key.expires_at = Expiry::At(now + 20 * DAY);
+        assert!(restore_due(&relaxed, &relaxed, &key, now, 365 * DAY).is_none());
+    }
 
     #[test]
     fn restore_targets_start_at_the_previous_expiry_or_the_distance_and_shrink_to_30_days() {

@@ -133,6 +133,12 @@ pub struct ExpiryState {
     /// `expire` findings the organisation's expiry policy refused: kept as notice-only (their
     /// deadline stands, nothing more is written). The API's words.
     pub refused: Option<String>,
+    /// A withdrawn finding whose restore (moving keysweep's expiry back out) failed
+    /// transiently: later sweeps retry it, even once the finding is closed, until it is done,
+    /// the key has ended, or the owner changed the expiry. Without it OpenAI would end a key
+    /// that was exempted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub restore_pending: bool,
 }
 
 /// An expiry keysweep set on a key for a finding: what to check later sweeps against, and what to

@@ -181,10 +181,7 @@ fn detect(key: &Key, v: &Violation, now: i64) -> Transition {
         closed_at: None,
         resolution: None,
         dry_run_noted_at: None,
-        expiry: ExpiryState {
-            set: None,
-            refused: None,
-        },
+        expiry: ExpiryState::default(),
     };
     Transition {
         next: Some(finding),

@@ -127,7 +127,8 @@ impl ExpiryResult {
                 format!("setting the expiry failed or is unconfirmed: {error}")
             }
             (ExpiryOutcome::Failed { error }, _) => format!(
-                "moving the expiry back out failed: {error}; the key keeps the expiry keysweep set"
+                "moving the expiry back out failed: {error}; the key keeps the expiry keysweep set \
+                 until a later sweep retries it"
             ),
             _ => return None,
         };
@@ -257,7 +258,16 @@ async fn restore_one(
     let fresh = match client.retrieve_key(&r.key.project_id, &r.key.id).await {
         Ok(Some(fresh)) => fresh,
         Ok(None) => return skipped(ctx, &r.key, "the key is already gone".into()),
-        Err(e) => return skipped(ctx, &r.key, format!("re-read failed, not writing: {e}")),
+        Err(OpenAiError::KeyEnded { .. }) => {
+            return skipped(ctx, &r.key, "the key has already ended".into());
+        }
+        Err(e) => {
+            // Transient: the restore stays owed and a later sweep retries it.
+            skipped(ctx, &r.key, format!("re-read failed, not writing: {e}"))?;
+            return Ok(ExpiryOutcome::Failed {
+                error: format!("re-read failed: {e}"),
+            });
+        }
     };
     // The owner may have moved it since: then it is theirs, and stays.
     if !expiry_matches(fresh.expires_at, r.restore.from) {

@@ -4,6 +4,9 @@
 //! An expiry intent (`inputs.write` = `set_expiry` / `restore_expiry`) is settled the same way:
 //! the key is read back, and its expiry matching the intent's target (within the tolerance)
 //! means the update went through (`expiry_set: true`; a set expiry counts against the caps).
+//! A key that has ended meanwhile (past its expiry, gone, or a GET answering "expired") settles
+//! it too (`expiry_set: false, key_ended: true`): nothing is left to check, and the sweep's
+//! normal path ends the finding as expired or gone.
 //!
 //! For each such intent the key is looked up (GET): gone means the delete went through
 //! (a `reconciled` record with `deleted: true`, the revocation counted), present means it did
@@ -15,7 +18,7 @@
 use serde_json::json;
 
 use crate::notify::alert::EnforcerAlert;
-use crate::openai::AdminClient;
+use crate::openai::{AdminClient, Error as OpenAiError};
 use crate::state::audit::{self, AuditKind, AuditRecord, AuditRow};
 use crate::state::{self, StateError};
 
@@ -107,26 +110,45 @@ pub async fn reconcile(
             expiry: InterruptedExpiry::of(&r.inputs),
         };
         match took_effect(ctx, client, &interrupted).await {
-            Ok(done) => settle(ctx, row, &interrupted, done, &mut on_deleted)?,
+            Ok(found) => settle(ctx, row, &interrupted, found, &mut on_deleted)?,
             Err(alert) => unsettled.push(alert),
         }
     }
     Ok(unsettled)
 }
 
-/// Looks the key up: `Ok(true)` = the write took effect (a DELETE: the key is gone; an expiry
-/// update: the key has the target expiry). An answer that settles nothing is the alert it
-/// deserves.
+/// What the look-up found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Found {
+    /// The write took effect (a DELETE: the key is gone; an expiry update: the key has the
+    /// target expiry).
+    Took,
+    /// It did not.
+    DidNot,
+    /// An expiry update's key has ended (expired, or gone): nothing is left to check, and the
+    /// sweep's normal path ends its finding as expired or gone.
+    KeyEnded,
+}
+
+/// Looks the key up. An answer that settles nothing is the alert it deserves.
 async fn took_effect(
     ctx: &Context<'_>,
     client: &AdminClient,
     d: &InterruptedDelete<'_>,
-) -> Result<bool, EnforcerAlert> {
+) -> Result<Found, EnforcerAlert> {
+    let took = |yes: bool| if yes { Found::Took } else { Found::DidNot };
     match client.retrieve_key(d.project_id, d.key_id).await {
         Ok(found) => Ok(match d.expiry {
-            None => found.is_none(),
-            Some(e) => found.is_some_and(|k| crate::inventory::expiry_matches(k.expires_at, e.to)),
+            None => took(found.is_none()),
+            Some(e) => match found {
+                Some(k) if crate::inventory::expiry_matches(k.expires_at, e.to) => Found::Took,
+                // Listed but past its expiry (the API may keep expired keys listed), or gone.
+                Some(k) if k.expires_at.is_expired(ctx.now) => Found::KeyEnded,
+                Some(_) => Found::DidNot,
+                None => Found::KeyEnded,
+            },
         }),
+        Err(OpenAiError::KeyEnded { .. }) if d.expiry.is_some() => Ok(Found::KeyEnded),
         Err(e) => {
             tracing::warn!(run_id = ctx.run_id, organization = %d.organization, key_id = %d.key_id, error = %e, "cannot reconcile an unfinished delete yet");
             Err(EnforcerAlert::RevocationFailed {
@@ -145,14 +167,20 @@ fn settle(
     ctx: &Context<'_>,
     row: &AuditRow,
     d: &InterruptedDelete<'_>,
-    gone: bool,
+    found: Found,
     on_deleted: &mut impl FnMut(
         &rusqlite::Transaction<'_>,
         &InterruptedDelete<'_>,
     ) -> Result<(), StateError>,
 ) -> Result<(), StateError> {
     let r = &row.record;
+    let gone = found == Found::Took;
     let (message, response) = match (d.expiry, gone) {
+        (Some(e), _) if found == Found::KeyEnded => (
+            "reconciled: the key has ended (expired or gone), the interrupted update no longer \
+             matters",
+            json!({ "expiry_set": false, "key_ended": true, "expires_at": e.to }),
+        ),
         (None, true) => (
             "reconciled: the key is gone, the interrupted delete went through",
             json!({ "deleted": true }),

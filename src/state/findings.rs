@@ -72,6 +72,19 @@ pub fn open_findings(conn: &Connection, organization: &str) -> Result<Vec<Findin
     collect(stmt.query(params![organization])?)
 }
 
+/// The closed findings of one organisation that still owe a restore (`expiry.restore_pending`):
+/// the sweep retries moving their expiry back out. Few rows; the JSON is only read for closed
+/// findings of that organisation.
+pub fn pending_restores(conn: &Connection, organization: &str) -> Result<Vec<Finding>, StateError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT organization, project_id, key_id, policy, data FROM findings
+         WHERE organization = ?1 AND stage NOT IN ('detected', 'warned', 'final_notice')
+           AND json_extract(data, '$.expiry.restore_pending') = 1
+         ORDER BY project_id, key_id, policy",
+    )?;
+    collect(stmt.query(params![organization])?)
+}
+
 /// One finding by its identity.
 pub fn get_finding(conn: &Connection, id: &FindingId) -> Result<Option<Finding>, StateError> {
     let mut stmt = conn.prepare_cached(

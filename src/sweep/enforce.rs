@@ -4,6 +4,7 @@
 //! with their `revoked` notices (composed by `notify`) and the failures' alerts, and delivers
 //! again. Nothing is deleted once the sweep is cancelled, nor from here: only `revoke` deletes.
 
+use crate::config::Mode;
 use crate::inventory::Expiry;
 use crate::notify::alert::EnforcerAlert;
 use crate::notify::compose;
@@ -57,7 +58,19 @@ impl Run<'_> {
         restores: &[PlannedRestore],
         findings: &mut [FindingView],
     ) -> Result<Enforced, SweepError> {
-        if self.opts.cancel.is_cancelled() || (plan.revoke.is_empty() && restores.is_empty()) {
+        if self.opts.cancel.is_cancelled() {
+            return Ok(Enforced::default());
+        }
+        let mut retried = self.pending_restores(findings)?;
+        let restores: Vec<PlannedRestore> = {
+            let distance = self.sweeper.config.safety.restore_expiry.as_secs();
+            let distance = i64::try_from(distance).unwrap_or(i64::MAX);
+            let retries = retried
+                .iter()
+                .filter_map(|f| crate::policy::expiry::restore_retry(f, distance));
+            restores.iter().cloned().chain(retries).collect()
+        };
+        if plan.revoke.is_empty() && restores.is_empty() {
             return Ok(Enforced::default());
         }
         let ctx = self.revoke_context();
@@ -75,11 +88,11 @@ impl Run<'_> {
                 .cloned()
                 .collect();
             let mut out = revoke::expiry::set_expiries(&ctx, &setting, was_set).await?;
-            out.extend(revoke::expiry::restore_expiries(&ctx, restores).await?);
+            out.extend(revoke::expiry::restore_expiries(&ctx, &restores).await?);
             out
         };
         let (mut revoked, mut alerts) = self.absorb(&results, findings);
-        let expired_writes = self.absorb_expiries(&expiries, findings, &mut alerts);
+        let expired_writes = self.absorb_expiries(&expiries, findings, &mut retried, &mut alerts);
         let alerts = self.dedup_alerts(alerts)?;
         let now = self.now();
         let notices = compose::revoked_notices(&revoked);
@@ -134,6 +147,27 @@ impl Run<'_> {
 }
 
 impl Run<'_> {
+    /// The closed findings whose failed restore later sweeps retry, in enforce mode only, of the
+    /// organisations this sweep covers, leaving out those this sweep stepped (a reopened finding
+    /// wants its expiry; a relaxed open one is retried by its listing step).
+    fn pending_restores(&self, findings: &[FindingView]) -> Result<Vec<Finding>, SweepError> {
+        if self.mode != Mode::Enforce {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for c in &self.clients {
+            let pending = self
+                .store
+                .with_conn(|conn| state::findings::pending_restores(conn, c.org_name()))?;
+            out.extend(
+                pending
+                    .into_iter()
+                    .filter(|f| !findings.iter().any(|v| v.finding.id == f.id)),
+            );
+        }
+        Ok(out)
+    }
+
     /// Records what each expiry write did on its findings (the expiry set and what the key had
     /// before, a refusal that makes the finding notice-only, the expiry a restore left) and
     /// collects the alerts. Returns the findings to write.
@@ -141,6 +175,7 @@ impl Run<'_> {
         &self,
         results: &[ExpiryResult],
         findings: &mut [FindingView],
+        retried: &mut [Finding],
         alerts: &mut Vec<EnforcerAlert>,
     ) -> Vec<Finding> {
         let now = self.now();
@@ -151,31 +186,49 @@ impl Run<'_> {
                 .revocation(&r.organization, r.outcome_label());
             alerts.extend(r.alert());
             for id in &r.finding_ids {
-                let Some(v) = findings.iter_mut().find(|v| &v.finding.id == id) else {
-                    continue;
+                let f = match findings.iter_mut().find(|v| &v.finding.id == id) {
+                    Some(v) => &mut v.finding,
+                    None => match retried.iter_mut().find(|f| &f.id == id) {
+                        Some(f) => f,
+                        None => continue,
+                    },
                 };
-                let f = &mut v.finding;
-                match &r.outcome {
-                    ExpiryOutcome::Set { to, previous, .. } => {
-                        f.expiry.set = Some(ExpirySet {
-                            to: *to,
-                            // The key's own expiry is the one before keysweep's first write.
-                            previous: f.expiry.set.map_or(*previous, |s| s.previous),
-                            at: now,
-                        });
-                        f.expires_at = Expiry::At(*to);
-                    }
-                    ExpiryOutcome::AlreadyEnds { at } | ExpiryOutcome::Restored { to: at, .. } => {
-                        f.expires_at = Expiry::At(*at);
-                    }
-                    ExpiryOutcome::Refused { error } if r.write == "set" => {
-                        f.expiry.refused = Some(error.clone());
-                    }
-                    _ => continue,
+                if record_expiry(f, r, now) {
+                    changed.push(f.clone());
                 }
-                changed.push(v.finding.clone());
             }
         }
         changed
     }
+}
+
+/// Records one expiry write on its finding; false when the finding did not change.
+fn record_expiry(f: &mut Finding, r: &ExpiryResult, now: i64) -> bool {
+    let mut changed = true;
+    match &r.outcome {
+        ExpiryOutcome::Set { to, previous, .. } => {
+            f.expiry.set = Some(ExpirySet {
+                to: *to,
+                // The key's own expiry is the one before keysweep's first write.
+                previous: f.expiry.set.map_or(*previous, |s| s.previous),
+                at: now,
+            });
+            f.expires_at = Expiry::At(*to);
+        }
+        ExpiryOutcome::AlreadyEnds { at } | ExpiryOutcome::Restored { to: at, .. } => {
+            f.expires_at = Expiry::At(*at);
+        }
+        ExpiryOutcome::Refused { error } if r.write == "set" => {
+            f.expiry.refused = Some(error.clone());
+        }
+        _ => changed = false,
+    }
+    // A restore that failed is retried by later sweeps until one settles it (done, the key
+    // ended, the owner's expiry, refused at every distance); a cancelled one was not tried.
+    if r.write == "restore" && r.outcome != ExpiryOutcome::Cancelled {
+        let pending = matches!(r.outcome, ExpiryOutcome::Failed { .. });
+        changed |= f.expiry.restore_pending != pending;
+        f.expiry.restore_pending = pending;
+    }
+    changed
 }

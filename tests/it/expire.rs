@@ -775,3 +775,148 @@ async fn fault_a_crash_between_intent_and_outcome_is_reconciled_by_reading_the_e
     assert_nothing_deleted(&sim, &keys);
     assert_verifies(&s);
 }
+
+#[tokio::test]
+async fn fault_a_failed_restore_is_retried_by_later_sweeps_until_the_expiry_moves_back_out() {
+    // Withdrawn by an exemption (the finding closes) or by relaxing the policy (it stays open
+    // as notify-only): either way a 503 on the move back out leaves it owed, not forgotten.
+    for exempt in [true, false] {
+        let t = wall_now();
+        let (o, keys) = org(t);
+        let sim = start(o, |_| {}).await;
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("s.db");
+        let tables = format!("{}{}", expire_policy(), safety(""));
+        let s = sweeper(&config_text(&sim, &db, "enforce", &tables));
+        let deadline = first_expire_sweep(&s, &sim, &keys, t).await;
+
+        let withdrawn = if exempt {
+            format!(
+                "{}\n[[exemptions]]\nkey_id = \"{}\"\nreason = \"migration\"\n{}",
+                expire_policy(),
+                keys.never,
+                safety("")
+            )
+        } else {
+            tables.replace("action = \"expire\"", "action = \"notify\"")
+        };
+        let s = sweeper(&config_text(&sim, &db, "enforce", &withdrawn));
+        let fault = sim
+            .faults()
+            .add(Fault::on_update_key(PROJECT, &keys.never).respond(FaultKind::Status(503)));
+        // Two sweeps fail: the first withdraws the finding, the second retries from the
+        // marker alone (for the exemption, from a closed finding no listing step sees).
+        for (i, now) in [t + DAY, t + 2 * DAY].into_iter().enumerate() {
+            let r = sweep(&s, now).await;
+            let alerts = expiry_alerts(&r);
+            assert!(
+                alerts
+                    .iter()
+                    .any(|a| a.starts_with(&keys.never) && a.contains("retries")),
+                "exempt={exempt} sweep {i}: {alerts:?}"
+            );
+            let at = expires_at(&sim, &keys.never).unwrap();
+            assert!(lands_on(at, deadline), "still the deadline: {at}");
+            let f = finding(&s, &keys.never, POLICY);
+            assert!(f.expiry.restore_pending, "exempt={exempt} sweep {i}: {f:?}");
+            assert_eq!(f.stage == Stage::Exempted, exempt);
+        }
+        assert!(
+            sim.faults().hits(fault) >= 4,
+            "both sweeps tried (with a retry)"
+        );
+        assert_eq!(
+            intents_for(&s, &keys.never),
+            3,
+            "one set, two restore attempts"
+        );
+
+        sim.faults().clear();
+        let now = t + 3 * DAY;
+        sweep(&s, now).await;
+        let at = expires_at(&sim, &keys.never).unwrap();
+        assert!(
+            lands_on(at, now + 365 * DAY),
+            "exempt={exempt}: moved out: {at}"
+        );
+        assert!(!finding(&s, &keys.never, POLICY).expiry.restore_pending);
+        // Done: later sweeps leave it.
+        sweep(&s, now + DAY).await;
+        assert_eq!(intents_for(&s, &keys.never), 4, "exempt={exempt}");
+        // Each attempt has its intent and outcome.
+        let rows = records(&s);
+        for (seq, _) in rows.iter().filter(|(_, r)| r.kind == AuditKind::Intent) {
+            assert!(
+                rows.iter()
+                    .any(|(_, r)| r.kind == AuditKind::Outcome && r.refers_to == Some(*seq)),
+                "intent {seq} has no outcome"
+            );
+        }
+        assert_nothing_deleted(&sim, &keys);
+        assert_verifies(&s);
+    }
+}
+
+#[tokio::test]
+async fn fault_a_crashed_expiry_intent_whose_key_ended_meanwhile_settles_without_an_alert() {
+    // Listed past its expiry (the default) or answering 404 (hidden): either way the key has
+    // ended, so the intent is settled and the finding ends on the sweep's normal path.
+    for hide in [false, true] {
+        let t = wall_now();
+        let (o, keys) = org(t);
+        let sim = start(o, |o| o.hide_expired_keys = hide).await;
+        let dir = tempfile::tempdir().unwrap();
+        let s = sweeper(&config_text(
+            &sim,
+            &dir.path().join("s.db"),
+            "enforce",
+            &format!("{}{}", expire_policy(), safety("")),
+        ));
+        let deadline = first_expire_sweep(&s, &sim, &keys, t).await;
+        // A crash after the intent of a set; meanwhile the key expired.
+        let mut intent = AuditRecord::new(
+            t + 10,
+            "crashed-run",
+            AuditKind::Intent,
+            keysweep::config::Mode::Enforce,
+            "hash",
+            format!("setting the expiry of key {}", keys.never),
+        );
+        intent.organization = Some(ORG.into());
+        intent.project_id = Some(PROJECT.into());
+        intent.key_id = Some(keys.never.clone());
+        intent.policy = Some(POLICY.into());
+        intent.inputs = serde_json::json!({
+            "write": "set_expiry",
+            "expires_at": deadline + DAY,
+            "previous_expires_at": null,
+        });
+        audit::append_durable(s.store().unwrap(), &intent).unwrap();
+        sim.set_expires_at(PROJECT, &keys.never, Some(t - 60))
+            .unwrap();
+        let r = sweep(&s, t + 20).await;
+        let unsettled: Vec<_> = r
+            .alerts
+            .iter()
+            .filter(|a| matches!(a, EnforcerAlert::RevocationFailed { .. }))
+            .collect();
+        assert!(unsettled.is_empty(), "hide={hide}: {unsettled:?}");
+        let rows = records(&s);
+        let reconciled: Vec<&AuditRecord> = rows
+            .iter()
+            .map(|(_, r)| r)
+            .filter(|r| r.kind == AuditKind::Reconciled)
+            .collect();
+        assert_eq!(reconciled.len(), 1, "hide={hide}");
+        assert_eq!(reconciled[0].response["expiry_set"].as_bool(), Some(false));
+        assert_eq!(reconciled[0].response["key_ended"].as_bool(), Some(true));
+        let stage = finding(&s, &keys.never, POLICY).stage;
+        assert!(
+            matches!(stage, Stage::Expired | Stage::Resolved),
+            "hide={hide}: {stage:?}"
+        );
+        assert!(!stage.is_open());
+        assert_nothing_deleted(&sim, &keys);
+        assert_verifies(&s);
+    }
+}
