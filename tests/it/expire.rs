@@ -162,6 +162,12 @@ request_timeout = "2s"
     )
 }
 
+/// A sweeper in `mode` with the `expire` policy and caps lifted (the usual setup here).
+fn expire_sweeper(sim: &SimServer, db: &std::path::Path, mode: &str) -> Sweeper {
+    let tables = format!("{}{}", expire_policy(), safety(""));
+    sweeper(&config_text(sim, db, mode, &tables))
+}
+
 fn sweeper(text: &str) -> Sweeper {
     let config = config_from_toml(text, &[(KEY_ENV, ADMIN_KEY)]);
     let store = Store::open(&config.state_path).unwrap();
@@ -300,12 +306,7 @@ async fn enforce_sets_the_deadline_as_expiry_never_shortens_and_moves_it_back_ou
     let sim = start(o, |_| {}).await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("s.db");
-    let s = sweeper(&config_text(
-        &sim,
-        &db,
-        "enforce",
-        &format!("{}{}", expire_policy(), safety("")),
-    ));
+    let s = expire_sweeper(&sim, &db, "enforce");
 
     let deadline = first_expire_sweep(&s, &sim, &keys, t).await;
 
@@ -411,12 +412,7 @@ async fn at_its_expiry_a_finding_ends_as_expired_whether_or_not_the_api_lists_th
         let (o, keys) = org(t);
         let sim = start(o, |o| o.hide_expired_keys = hide).await;
         let dir = tempfile::tempdir().unwrap();
-        let s = sweeper(&config_text(
-            &sim,
-            &dir.path().join("s.db"),
-            "enforce",
-            &format!("{}{}", expire_policy(), safety("")),
-        ));
+        let s = expire_sweeper(&sim, &dir.path().join("s.db"), "enforce");
         sweep(&s, t).await;
         // Eight days on, on both clocks: OpenAI has ended the key at its deadline.
         sim.advance_clock(8 * DAY);
@@ -444,12 +440,7 @@ async fn dry_run_writes_no_expiry_and_says_it_would() {
     let before = o.clone();
     let sim = start(o, |_| {}).await;
     let dir = tempfile::tempdir().unwrap();
-    let s = sweeper(&config_text(
-        &sim,
-        &dir.path().join("s.db"),
-        "dry-run",
-        &format!("{}{}", expire_policy(), safety("")),
-    ));
+    let s = expire_sweeper(&sim, &dir.path().join("s.db"), "dry-run");
     let r = sweep(&s, t).await;
     sweep(&s, t + 8 * DAY).await;
     let sorted = |mut keys: Vec<SimKey>| {
@@ -551,12 +542,7 @@ async fn a_restore_beyond_the_organisations_limit_tries_shorter_distances_and_sa
     .await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("s.db");
-    let s = sweeper(&config_text(
-        &sim,
-        &db,
-        "enforce",
-        &format!("{}{}", expire_policy(), safety("")),
-    ));
+    let s = expire_sweeper(&sim, &db, "enforce");
     sweep(&s, t).await;
     let tables = format!(
         "{}\n[[exemptions]]\nkey_id = \"{}\"\nreason = \"migration\"\n{}",
@@ -592,12 +578,7 @@ async fn fault_an_expiry_refused_by_policy_alerts_and_leaves_the_finding_notice_
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let s = sweeper(&config_text(
-        &sim,
-        &dir.path().join("s.db"),
-        "enforce",
-        &format!("{}{}", expire_policy(), safety("")),
-    ));
+    let s = expire_sweeper(&sim, &dir.path().join("s.db"), "enforce");
     let r = sweep(&s, t).await;
     assert_eq!(expires_at(&sim, &keys.never), None);
     let alerts = expiry_alerts(&r);
@@ -634,12 +615,7 @@ async fn fault_an_update_on_a_key_that_expired_meanwhile_is_recorded_and_the_fin
             .once(),
     );
     let dir = tempfile::tempdir().unwrap();
-    let s = sweeper(&config_text(
-        &sim,
-        &dir.path().join("s.db"),
-        "enforce",
-        &format!("{}{}", expire_policy(), safety("")),
-    ));
+    let s = expire_sweeper(&sim, &dir.path().join("s.db"), "enforce");
     let r = sweep(&s, t).await;
     let outcome = r.expiries.iter().find(|e| e.key_id == keys.never).unwrap();
     assert_eq!(outcome.outcome_label(), "key_expired");
@@ -663,12 +639,7 @@ async fn fault_5xx_and_timeouts_during_an_update_alert_and_the_next_sweep_sets_i
             .faults()
             .add(Fault::on_update_key(PROJECT, &keys.never).respond(kind.clone()));
         let dir = tempfile::tempdir().unwrap();
-        let s = sweeper(&config_text(
-            &sim,
-            &dir.path().join("s.db"),
-            "enforce",
-            &format!("{}{}", expire_policy(), safety("")),
-        ));
+        let s = expire_sweeper(&sim, &dir.path().join("s.db"), "enforce");
         let r = sweep(&s, t).await;
         assert!(sim.faults().hits(fault) >= 2, "{kind:?}: retried");
         let alerts = expiry_alerts(&r);
@@ -701,12 +672,7 @@ async fn fault_a_crash_between_intent_and_outcome_is_reconciled_by_reading_the_e
     let sim = start(o, |_| {}).await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("s.db");
-    let s = sweeper(&config_text(
-        &sim,
-        &db,
-        "enforce",
-        &format!("{}{}", expire_policy(), safety("")),
-    ));
+    let s = expire_sweeper(&sim, &db, "enforce");
     // A first sweep with every update failing: findings open, nothing set.
     sim.faults()
         .add(Fault::on_update_key(PROJECT, &keys.never).respond(FaultKind::Status(500)));
@@ -866,12 +832,7 @@ async fn fault_a_crashed_expiry_intent_whose_key_ended_meanwhile_settles_without
         let (o, keys) = org(t);
         let sim = start(o, |o| o.hide_expired_keys = hide).await;
         let dir = tempfile::tempdir().unwrap();
-        let s = sweeper(&config_text(
-            &sim,
-            &dir.path().join("s.db"),
-            "enforce",
-            &format!("{}{}", expire_policy(), safety("")),
-        ));
+        let s = expire_sweeper(&sim, &dir.path().join("s.db"), "enforce");
         let deadline = first_expire_sweep(&s, &sim, &keys, t).await;
         // A crash after the intent of a set; meanwhile the key expired.
         let mut intent = AuditRecord::new(
