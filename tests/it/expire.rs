@@ -168,6 +168,18 @@ fn expire_sweeper(sim: &SimServer, db: &std::path::Path, mode: &str) -> Sweeper 
     sweeper(&config_text(sim, db, mode, &tables))
 }
 
+/// Every `intent` audit record has an `outcome` record referring to it.
+fn assert_every_intent_has_an_outcome(s: &Sweeper) {
+    let rows = records(s);
+    for (seq, _) in rows.iter().filter(|(_, r)| r.kind == AuditKind::Intent) {
+        assert!(
+            rows.iter()
+                .any(|(_, r)| r.kind == AuditKind::Outcome && r.refers_to == Some(*seq)),
+            "intent {seq} has no outcome"
+        );
+    }
+}
+
 fn sweeper(text: &str) -> Sweeper {
     let config = config_from_toml(text, &[(KEY_ENV, ADMIN_KEY)]);
     let store = Store::open(&config.state_path).unwrap();
@@ -282,13 +294,7 @@ async fn first_expire_sweep(s: &Sweeper, sim: &SimServer, keys: &Keys, t: i64) -
     assert_eq!(intents_for(s, &keys.sa_old), 0);
     assert_nothing_deleted(sim, keys);
     // Each intent has its outcome, and a set counts against the caps like a delete.
-    let rows = records(s);
-    for (seq, _) in rows.iter().filter(|(_, r)| r.kind == AuditKind::Intent) {
-        assert!(
-            rows.iter()
-                .any(|(_, r)| r.kind == AuditKind::Outcome && r.refers_to == Some(*seq))
-        );
-    }
+    assert_every_intent_has_an_outcome(s);
     let counted = s
         .store()
         .unwrap()
@@ -752,8 +758,8 @@ async fn fault_a_failed_restore_is_retried_by_later_sweeps_until_the_expiry_move
         let sim = start(o, |_| {}).await;
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("s.db");
+        let s = expire_sweeper(&sim, &db, "enforce");
         let tables = format!("{}{}", expire_policy(), safety(""));
-        let s = sweeper(&config_text(&sim, &db, "enforce", &tables));
         let deadline = first_expire_sweep(&s, &sim, &keys, t).await;
 
         let withdrawn = if exempt {
@@ -810,14 +816,7 @@ async fn fault_a_failed_restore_is_retried_by_later_sweeps_until_the_expiry_move
         sweep(&s, now + DAY).await;
         assert_eq!(intents_for(&s, &keys.never), 4, "exempt={exempt}");
         // Each attempt has its intent and outcome.
-        let rows = records(&s);
-        for (seq, _) in rows.iter().filter(|(_, r)| r.kind == AuditKind::Intent) {
-            assert!(
-                rows.iter()
-                    .any(|(_, r)| r.kind == AuditKind::Outcome && r.refers_to == Some(*seq)),
-                "intent {seq} has no outcome"
-            );
-        }
+        assert_every_intent_has_an_outcome(&s);
         assert_nothing_deleted(&sim, &keys);
         assert_verifies(&s);
     }
