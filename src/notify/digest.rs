@@ -253,7 +253,7 @@ impl Digest {
             Body::Notices(g) => g
                 .iter()
                 .flat_map(|g| g.notices.iter())
-                .filter(|n| n.finding.action == action)
+                .filter(|n| n.finding.action == action && !n.not_enforced)
                 .fold((0, 0), |(all, dry), n| {
                     (all + 1, dry + usize::from(n.dry_run))
                 }),
@@ -292,6 +292,11 @@ pub fn status_text(n: &Notice) -> String {
     let f = &n.finding;
     match n.kind {
         NoticeKind::Warning | NoticeKind::Reminder | NoticeKind::FinalNotice => match f.action {
+            Action::Revoke | Action::Expire if n.not_enforced => format!(
+                "notification only: service-account keys are not enforced ([safety] \
+                 service_account_keys = \"notify-only\"); rotate the key before {}",
+                rfc3339(f.deadline)
+            ),
             Action::Revoke if n.dry_run => {
                 format!("would be revoked (dry-run) at {}", rfc3339(f.deadline))
             }
@@ -323,7 +328,12 @@ fn expiry_being_set(n: &Notice) -> Option<i64> {
         n.kind,
         NoticeKind::Warning | NoticeKind::Reminder | NoticeKind::FinalNotice
     );
-    if !open || f.action != Action::Expire || n.dry_run || f.expiry.refused.is_some() {
+    if !open
+        || f.action != Action::Expire
+        || n.dry_run
+        || n.not_enforced
+        || f.expiry.refused.is_some()
+    {
         return None;
     }
     if let Some(set) = f.expiry.set {

@@ -195,4 +195,9 @@ pub struct Notice {
     pub finding: Finding,
     /// True in dry-run: a `Revoked` notice then means "would have been revoked".
     pub dry_run: bool,
+    /// True when the current rules forbid keysweep to write to this key at all (a
+    /// service-account key under `service_account_keys = "notify-only"`): the notice must not
+    /// announce an expiry or a revocation.
+    #[serde(default)]
+    pub not_enforced: bool,
 }

@@ -69,6 +69,7 @@ impl Transition {
                 kind,
                 finding: finding.clone(),
                 dry_run,
+                not_enforced: false,
             })
             .collect()
     }
@@ -142,6 +143,7 @@ pub fn revoked_notice(f: &Finding, dry_run: bool) -> Notice {
         kind: NoticeKind::Revoked,
         finding: f.clone(),
         dry_run,
+        not_enforced: false,
     }
 }
 

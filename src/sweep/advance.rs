@@ -5,7 +5,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::inventory::{Inventory, Key, KeyTally, OrgInventory};
+use crate::config::ServiceAccountKeys;
+use crate::inventory::{Inventory, Key, KeyTally, OrgInventory, OwnerType};
 use crate::policy::expiry::PlannedRestore;
 use crate::policy::finding::{FindingId, Notice, NoticeKind, Stage};
 use crate::policy::lifecycle::{self, Transition};
@@ -66,11 +67,14 @@ pub(super) struct Decision {
     pub notices: Vec<NoticeKind>,
 }
 
-/// Advances the findings of every organisation. `dry_run` marks the notices "would be revoked".
+/// Advances the findings of every organisation. `dry_run` marks the notices "would be revoked";
+/// `sa_keys_enforced` is `[safety] service_account_keys = "enforce"`: without it, a
+/// service-account key's notices are marked `not_enforced`, so they announce no write.
 pub(super) fn advance_findings<'a>(
     evaluator: &Evaluator,
     orgs: impl IntoIterator<Item = OrgEvaluation<'a>>,
     dry_run: bool,
+    sa_keys_enforced: bool,
 ) -> Advanced {
     let mut out = Advanced::default();
     for org in orgs {
@@ -84,10 +88,19 @@ pub(super) fn advance_findings<'a>(
         out.candidates.extend(step.candidates);
         out.restores.extend(step.restores);
     }
+    out.mark_not_enforced(sa_keys_enforced);
     out
 }
 
 impl Advanced {
+    /// Without `[safety] service_account_keys = "enforce"`, keysweep writes to no
+    /// service-account key: their notices must say so rather than announce a write.
+    fn mark_not_enforced(&mut self, sa_keys_enforced: bool) {
+        for n in &mut self.notices {
+            n.not_enforced = !sa_keys_enforced && n.finding.owner_type == OwnerType::ServiceAccount;
+        }
+    }
+
     /// One finding's transition: its notices, its new state, and whether it must be written.
     fn take_step(&mut self, before: Option<Stage>, t: Transition, dry_run: bool) {
         self.notices.extend(t.notices(dry_run));
@@ -159,7 +172,14 @@ impl Run<'_> {
                     .collect(),
                 step: recorded.step,
             });
-        advance_findings(&self.sweeper.evaluator(self.now()), orgs, self.dry_run())
+        let sa_keys_enforced =
+            self.sweeper.config.safety.service_account_keys == ServiceAccountKeys::Enforce;
+        advance_findings(
+            &self.sweeper.evaluator(self.now()),
+            orgs,
+            self.dry_run(),
+            sa_keys_enforced,
+        )
     }
 }
 
@@ -271,6 +291,24 @@ mod tests {
         assert_eq!(advanced.notices.len(), 1);
         assert_eq!(advanced.notices[0].kind, NoticeKind::Warning);
         assert!(!advanced.notices[0].dry_run);
+    }
+
+    #[test]
+    fn service_account_notices_announce_no_write_unless_those_keys_are_enforced() {
+        for enforced in [false, true] {
+            let mut advanced = Advanced::default();
+            let mut sa = finding(Stage::Warned);
+            sa.owner_type = OwnerType::ServiceAccount;
+            advanced.take_step(None, step(sa, vec![NoticeKind::Warning]), false);
+            advanced.take_step(
+                None,
+                step(finding(Stage::Warned), vec![NoticeKind::Warning]),
+                false,
+            );
+            advanced.mark_not_enforced(enforced);
+            let marks: Vec<bool> = advanced.notices.iter().map(|n| n.not_enforced).collect();
+            assert_eq!(marks, vec![!enforced, false], "enforced={enforced}");
+        }
     }
 
     #[test]

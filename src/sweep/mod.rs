@@ -32,7 +32,7 @@
 //! (`Sweeper::preview`) and keeps every key, because it prints them. This module never deletes
 //! (that is `revoke`'s) and never renders a message (that is `notify`'s).
 
-use crate::config::Mode;
+use crate::config::{Mode, ServiceAccountKeys};
 use crate::inventory::{Inventory, KeyTally};
 use crate::notify::DeliveryReport;
 use crate::policy::plan::Plan;
@@ -89,8 +89,12 @@ impl Sweeper {
                 step,
             }
         });
-        let advanced =
-            advance::advance_findings(&evaluator, orgs, self.config.mode == Mode::DryRun);
+        let advanced = advance::advance_findings(
+            &evaluator,
+            orgs,
+            self.config.mode == Mode::DryRun,
+            self.config.safety.service_account_keys == ServiceAccountKeys::Enforce,
+        );
         let tally = inventory.map_keys(|keys| KeyTally::of(keys, now));
         let plan = self.plan_revocations(&advanced.candidates, &tally, self.config.mode, now)?;
         let mut findings = advanced.findings;

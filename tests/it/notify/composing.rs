@@ -121,6 +121,7 @@ fn each_notice_kind_gets_its_own_message_and_dry_run_says_so() {
             kind: NoticeKind::Revoked,
             finding: revoked_bob,
             dry_run: true,
+            not_enforced: false,
         },
         notice(NoticeKind::Resolved, resolved_bot),
     ];
@@ -490,4 +491,37 @@ fn expire_warnings_say_expiry_not_revocation_and_agree_with_their_status() {
         .unwrap();
     assert!(expires_line.contains(&date), "{expires_line}");
     assert!(!expires_line.contains("never"), "{expires_line}");
+}
+
+/// A service-account key under `service_account_keys = "notify-only"` is never written to: its
+/// `expire` warning names the rule instead of announcing an expiry, its "Expires" line shows the
+/// key's own expiry, and the subject counts it among neither revocations nor expiries.
+#[test]
+fn a_not_enforced_key_announces_no_expiry() {
+    let cfg = NotifySettings::from(&config(&offline_endpoints()));
+    let mut alice = alice_key();
+    alice.action = Action::Expire;
+    let mut n = notice(NoticeKind::Warning, alice);
+    n.not_enforced = true;
+    let msgs = compose(&[n], &[], &cfg, RUN, NOW);
+    let mail = msgs
+        .iter()
+        .find(|m| m.recipient == "alice@example.com")
+        .unwrap();
+    let subject = mail.payload["subject"].as_str().unwrap();
+    assert!(
+        !subject.contains("expiry") && !subject.contains("revoked"),
+        "{subject}"
+    );
+    let text = mail.payload["text"].as_str().unwrap();
+    assert!(
+        text.contains("notification only: service-account keys are not enforced"),
+        "{text}"
+    );
+    assert!(!text.contains("the expiry is set"), "{text}");
+    let expires_line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("Expires"))
+        .unwrap();
+    assert!(expires_line.contains("never"), "{expires_line}");
 }
