@@ -8,7 +8,6 @@ use std::collections::HashSet;
 use serde_json::json;
 
 use crate::config::Action;
-use crate::notify::NotifySettings;
 use crate::notify::alert::EnforcerAlert;
 use crate::notify::compose::Composed;
 use crate::notify::digest::alert_text;
@@ -117,13 +116,7 @@ impl Run<'_> {
         mut records: Vec<AuditRecord>,
     ) -> Result<usize, SweepError> {
         let now = self.now();
-        let composed = Composed::new(
-            notices,
-            alerts,
-            &NotifySettings::from(&*self.sweeper.config),
-            self.run_id(),
-            now,
-        );
+        let composed = Composed::new(notices, alerts, &self.sweeper.notify, self.run_id(), now);
         for a in alerts {
             tracing::warn!(run_id = self.run_id(), alert = %a.dedup_key(), "enforcer alert: {}", alert_text(a));
             records.push(

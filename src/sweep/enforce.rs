@@ -6,9 +6,9 @@
 
 use crate::config::Mode;
 use crate::inventory::Expiry;
+use crate::notify::DeliveryReport;
 use crate::notify::alert::EnforcerAlert;
 use crate::notify::compose;
-use crate::notify::{DeliveryReport, NotifySettings};
 use crate::policy::expiry::PlannedRestore;
 use crate::policy::finding::{ExpirySet, Finding};
 use crate::policy::lifecycle;
@@ -42,11 +42,7 @@ impl Run<'_> {
         let sweeper = self.sweeper;
         Ok(sweeper
             .notifier
-            .deliver_due(
-                &self.store,
-                &NotifySettings::from(&*sweeper.config),
-                self.now(),
-            )
+            .deliver_due(&self.store, &sweeper.notify, self.now())
             .await?)
     }
 

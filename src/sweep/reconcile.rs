@@ -3,7 +3,6 @@
 //! that went through closes its findings as revoked and tells their owners, in the transaction
 //! that records it. This phase never deletes and never repeats a DELETE.
 
-use crate::config::Config;
 use crate::inventory::Expiry;
 use crate::notify::NotifySettings;
 use crate::notify::alert::EnforcerAlert;
@@ -24,10 +23,10 @@ pub(super) struct Reconciled {
 
 impl Run<'_> {
     pub(super) async fn reconcile(&self) -> Result<Reconciled, SweepError> {
-        let config = &self.sweeper.config;
+        let settings = &self.sweeper.notify;
         let now = self.now();
         let unsettled = revoke::reconcile(&self.revoke_context(), |tx, done| match done.expiry {
-            None => close_as_revoked(tx, done, config, now),
+            None => close_as_revoked(tx, done, settings, now),
             Some(e) => note_expiry(tx, done, e, now),
         })
         .await?;
@@ -70,7 +69,7 @@ fn note_expiry(
 fn close_as_revoked(
     tx: &rusqlite::Transaction<'_>,
     deleted: &InterruptedDelete<'_>,
-    config: &Config,
+    settings: &NotifySettings,
     now: i64,
 ) -> Result<(), StateError> {
     let mut revoked = Vec::new();
@@ -95,7 +94,7 @@ fn close_as_revoked(
     Composed::new(
         &compose::revoked_notices(&revoked),
         &[],
-        &NotifySettings::from(config),
+        settings,
         &run_id,
         now,
     )

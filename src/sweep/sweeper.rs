@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, Mode};
 use crate::inventory::{Inventory, KeyTally};
 use crate::metrics::Metrics;
-use crate::notify::Notifier;
+use crate::notify::{Notifier, NotifySettings};
 use crate::openai::{AdminClient, ClientShared};
 use crate::policy::Policies;
 use crate::policy::plan::{self, Candidate, Plan, PlanInput};
@@ -61,6 +61,8 @@ pub struct Sweeper {
     clients: Vec<AdminClient>,
     store: Option<Store>,
     pub(super) notifier: Notifier,
+    /// notify's part of `config`, cut out once: every phase that composes or delivers uses it.
+    pub(super) notify: NotifySettings,
     pub(super) metrics: Metrics,
 }
 
@@ -86,6 +88,7 @@ impl Sweeper {
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Sweeper {
+            notify: NotifySettings::from(&*config),
             config,
             policies,
             clients,
