@@ -90,6 +90,13 @@ pub enum FaultKind {
     OmitLastUsed,
     /// Adds unknown fields to the envelope, each object and each key owner.
     ExtraFields,
+    /// Answers with this 3xx status and a `Location` header (resolved against the request's
+    /// URL by the client), and no effect: a misbehaving API or a hijacked path that tries to
+    /// make the client re-send its request (a DELETE, with the admin key) elsewhere.
+    Redirect { status: u16, location: String },
+    /// Merges these fields into the answer's object(s) (each item of a list): an `id` or an
+    /// `owner` other than the real one, e.g. a re-read answering for another key.
+    Patch(serde_json::Value),
     /// Changes the organisation first (before the request's own effect, or after it with
     /// [`Fault::after_effect`]), then answers normally: someone else acted between two of the
     /// client's requests. Arm it with [`Fault::once`] unless it should repeat.

@@ -205,6 +205,14 @@ async fn interrupt(s: &Shared, kind: &FaultKind, conn: &ConnCtl) -> Option<Respo
             );
             Some(resp)
         }
+        FaultKind::Redirect { status, location } => {
+            let code = StatusCode::from_u16(*status).unwrap_or(StatusCode::TEMPORARY_REDIRECT);
+            let mut resp = code.into_response();
+            if let Ok(v) = HeaderValue::from_str(location) {
+                resp.headers_mut().insert(header::LOCATION, v);
+            }
+            Some(resp)
+        }
         FaultKind::ConnectionReset => {
             conn.kill();
             Some(StatusCode::INTERNAL_SERVER_ERROR.into_response())
@@ -266,6 +274,17 @@ fn distort(kind: &FaultKind, body: Vec<u8>) -> Vec<u8> {
             out.extend_from_slice(b"\",");
             out.extend_from_slice(body.get(1..).unwrap_or_default());
             out
+        }
+        FaultKind::Patch(fields) => {
+            let (Ok(mut v), Some(fields)) =
+                (serde_json::from_slice::<Value>(&body), fields.as_object())
+            else {
+                return body;
+            };
+            for_each_object(&mut v, |o| {
+                o.extend(fields.iter().map(|(k, f)| (k.clone(), f.clone())));
+            });
+            serde_json::to_vec(&v).unwrap_or(body)
         }
         FaultKind::WrongTypes | FaultKind::OmitLastUsed | FaultKind::ExtraFields => {
             let Ok(mut v) = serde_json::from_slice::<Value>(&body) else {
