@@ -198,6 +198,13 @@ impl AdminClient {
         {
             Ok(ans) => {
                 let wire: WireKey = self.transport().decode(&ctx, &ans)?;
+                if wire.id != key_id {
+                    return Err(Error::UnexpectedId {
+                        ctx,
+                        expected: key_id.to_string(),
+                        got: self.transport().scrub(&wire.id),
+                    });
+                }
                 Ok(Some(wire.into_domain(&self.bare_project(project_id))))
             }
             Err(Error::NotFound { .. }) => Ok(None),

@@ -89,6 +89,10 @@ pub enum Error {
         status: u16,
         api: Box<ApiErrorBody>,
     },
+    /// A 3xx: redirects are refused (never followed, never retried), since following one would
+    /// re-send the request, a DELETE and the admin key included, somewhere else.
+    #[error("{ctx}: HTTP {status}: the API answered with a redirect, and redirects are refused")]
+    Redirected { ctx: RequestContext, status: u16 },
     /// Any other 4xx: the API refused the request (e.g. 400 when deleting a key owned by a
     /// service account). Never retried.
     #[error("{ctx}: HTTP {status}: refused{api}")]
@@ -138,6 +142,17 @@ pub enum Error {
     /// The pager's cursor did not advance or came back a second time.
     #[error("{ctx}: pagination cursor loops (cursor {cursor:?} seen before)")]
     CursorLoop { ctx: RequestContext, cursor: String },
+    /// An id (of a listed object, or of a key's owner) is not `^[A-Za-z0-9_-]{1,128}$`: it could
+    /// turn into another path when a URL is built from it, so the listing is incomplete.
+    #[error("{ctx}: malformed id {id:?} (ids must be 1 to 128 of A-Z a-z 0-9 _ -)")]
+    BadId { ctx: RequestContext, id: String },
+    /// A single-object read answered for another object than the one asked for.
+    #[error("{ctx}: asked for {expected:?}, the API answered with id {got:?}")]
+    UnexpectedId {
+        ctx: RequestContext,
+        expected: String,
+        got: String,
+    },
     /// The same object id came back twice in one listing.
     #[error("{ctx}: id {id:?} listed twice")]
     DuplicateIds { ctx: RequestContext, id: String },
@@ -200,7 +215,8 @@ impl Error {
             | Error::ExpiryRefused { status, .. }
             | Error::KeyEnded { status, .. }
             | Error::Decode { status, .. }
-            | Error::NotDeleted { status, .. } => Some(*status),
+            | Error::NotDeleted { status, .. }
+            | Error::Redirected { status, .. } => Some(*status),
             Error::NotFound { .. } => Some(404),
             Error::RateLimited { .. } => Some(429),
             _ => None,
@@ -288,6 +304,9 @@ impl Error {
             | Error::RateLimited { ctx, .. }
             | Error::Server { ctx, .. }
             | Error::Refused { ctx, .. }
+            | Error::Redirected { ctx, .. }
+            | Error::BadId { ctx, .. }
+            | Error::UnexpectedId { ctx, .. }
             | Error::ExpiryRefused { ctx, .. }
             | Error::KeyEnded { ctx, .. }
             | Error::ExpiryPassed { ctx, .. }

@@ -15,12 +15,16 @@
 //! - `retry.rs`: the retry policy (pure).
 //! - `ratelimit.rs`: the shared requests-per-second ceiling.
 //! - `collect.rs`: [`collect_inventory`], the concurrent listing of every configured project.
+//! - `identity.rs`: the shape every id must have (`^[A-Za-z0-9_-]{1,128}$`, checked by the
+//!   pager on every listed object and owner) and [`identity_changed`], the re-check's "is this
+//!   still the listed key" (same id, same owner).
 //! - `error.rs`: [`Error`], with the expiry writes' own refusals (`ExpiryRefused`, `KeyEnded`).
 //! - `types.rs`: the wire types, and [`MintedKey`] (the one domain type that holds a secret).
 
 mod client;
 mod collect;
 mod error;
+mod identity;
 mod pager;
 mod ratelimit;
 mod retry;
@@ -33,6 +37,7 @@ mod fuzz;
 pub use client::{AdminClient, KeyUpdate, MintRequest, endpoint, expires_in_seconds};
 pub use collect::{KeySink, ProjectSelector, collect_inventory, collect_with};
 pub use error::{ApiErrorBody, Error, RequestContext};
+pub use identity::{identity_changed, is_valid_id};
 pub use types::MintedKey;
 // Defined with the other domain types; re-exported where the endpoints that return them are.
 pub use crate::inventory::{ProjectUser, ServiceAccount};

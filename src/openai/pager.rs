@@ -2,9 +2,9 @@
 //!
 //! Sends `limit=100` and `after=<cursor>`, where the cursor is `last_id` (or the last item's id
 //! when `last_id` is absent); ends on `has_more = false`. A cursor that does not advance or comes
-//! back, an id listed twice, an empty page claiming more, or an endless chain of pages is an
-//! error, and after any error the listing is over: it must never look finished when a page is
-//! missing.
+//! back, an id listed twice or not of the shape every id has (`identity.rs`; a key's owner id
+//! included), an empty page claiming more, or an endless chain of pages is an error, and after
+//! any error the listing is over: it must never look finished when a page is missing.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -15,6 +15,7 @@ use url::Url;
 
 use crate::inventory::{Key, ProjectRef};
 use crate::openai::error::{Error, RequestContext};
+use crate::openai::identity::is_valid_id;
 use crate::openai::transport::{RetryMode, Transport};
 use crate::openai::types::{HasId, ListPage, WireKey};
 
@@ -141,6 +142,15 @@ impl<W: DeserializeOwned + HasId> Pager<W> {
         // reported as the cursor loop it is rather than as duplicate ids.
         let next = self.next_cursor(transport, &page)?;
         for item in &page.data {
+            if let Some(bad) = std::iter::once(item.id())
+                .chain(item.other_ids())
+                .find(|id| !is_valid_id(id))
+            {
+                return Err(Error::BadId {
+                    ctx: self.ctx.clone(),
+                    id: transport.scrub(bad),
+                });
+            }
             if !self.ids_seen.insert(item.id().to_string()) {
                 return Err(Error::DuplicateIds {
                     ctx: self.ctx.clone(),

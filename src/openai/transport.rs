@@ -124,8 +124,11 @@ pub(super) struct DeleteRequest<'a> {
 
 impl Transport {
     /// reqwest with rustls, `limits.request_timeout` per request, 5 s to connect, user agent
-    /// `keysweep/<version>`, system proxies (`HTTPS_PROXY`, `NO_PROXY`), and `org.ca_file` (PEM,
-    /// one or more certificates) added to the trusted roots.
+    /// `keysweep/<version>`, no redirects (a 3xx is [`Error::Redirected`]: a redirect followed
+    /// would re-send a DELETE, admin key included, to another path), system proxies
+    /// (`HTTPS_PROXY`, `NO_PROXY`) except for a loopback `base_url` (the admin key must not cross
+    /// a proxy to reach this host), and `org.ca_file` (PEM, one or more certificates) added to
+    /// the trusted roots.
     pub(super) fn new(
         org: &OrgConfig,
         limits: &Limits,
@@ -138,7 +141,15 @@ impl Transport {
         let mut builder = reqwest::Client::builder()
             .timeout(limits.request_timeout)
             .connect_timeout(CONNECT_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("keysweep/", env!("CARGO_PKG_VERSION")));
+        if org
+            .base_url
+            .host_str()
+            .is_some_and(crate::config::is_loopback_host)
+        {
+            builder = builder.no_proxy();
+        }
         if let Some(path) = &org.ca_file {
             let pem = std::fs::read(path)
                 .map_err(|e| setup(format!("cannot read ca_file {}: {e}", path.display())))?;
@@ -232,6 +243,10 @@ impl Transport {
                 api,
             },
             404 => Error::NotFound { ctx, api },
+            300..=399 => Error::Redirected {
+                ctx,
+                status: ans.status,
+            },
             429 => Error::RateLimited {
                 ctx,
                 retry_after: match delay {
@@ -402,6 +417,10 @@ impl Transport {
     ) -> Result<Retry, Error> {
         let delay = retry::server_delay(&ans.headers, SystemTime::now());
         let err = self.status_error(ctx, ans, delay);
+        if matches!(err, Error::Redirected { .. }) {
+            // Never retried, whatever the server's headers ask: nothing is re-sent after a 3xx.
+            return Err(err);
+        }
         let wanted = retry::should_retry_override(&ans.headers)
             .unwrap_or_else(|| retry::is_retryable_status(ans.status));
         let delay = match delay {

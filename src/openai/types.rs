@@ -104,6 +104,11 @@ pub(crate) struct ListPage<T> {
 /// Objects that have an id, used by the pager for cursors and duplicate detection.
 pub(crate) trait HasId {
     fn id(&self) -> &str;
+
+    /// Other ids the object carries that a URL may later be built from (a key's owner).
+    fn other_ids(&self) -> Vec<&str> {
+        Vec::new()
+    }
 }
 
 /// `Project` (`organization.project`).
@@ -164,6 +169,15 @@ pub(crate) struct WireKey {
 impl HasId for WireKey {
     fn id(&self) -> &str {
         &self.id
+    }
+
+    fn other_ids(&self) -> Vec<&str> {
+        let Some(owner) = &self.owner else {
+            return Vec::new();
+        };
+        let user = owner.user.as_ref().and_then(|u| u.id.as_deref());
+        let account = owner.service_account.as_ref().and_then(|s| s.id.as_deref());
+        user.into_iter().chain(account).collect()
     }
 }
 

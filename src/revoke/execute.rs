@@ -183,6 +183,9 @@ async fn recheck(
         return Ok(Some("the key is already gone".into()));
     };
     let mut fresh = fresh;
+    if let Some(reason) = crate::openai::identity_changed(listed, &fresh) {
+        return Ok(Some(reason));
+    }
     // The retrieve endpoint does not carry the project name; keep the listing's for selectors.
     if fresh.project_name.is_none() {
         fresh.project_name = listed.project_name.clone();

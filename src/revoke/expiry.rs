@@ -312,6 +312,9 @@ async fn recheck(
         Err(OpenAiError::KeyEnded { .. }) => return Err("the key has already expired".into()),
         Err(e) => return Err(format!("re-read failed, not writing: {e}")),
     };
+    if let Some(reason) = crate::openai::identity_changed(listed, &fresh) {
+        return Err(reason);
+    }
     // The retrieve endpoint does not carry the project name; keep the listing's for selectors.
     if fresh.project_name.is_none() {
         fresh.project_name = listed.project_name.clone();
