@@ -7,6 +7,9 @@
 //!   carry a JSON body `{"ready": bool, "reasons": [..]}` naming every failed check.
 //! - `/metrics` renders [`Metrics`] in the OpenMetrics text format.
 //!
+//! The server is HTTP/1.1 only, with a connection limit, a header-read timeout and a maximum
+//! connection age (see [`serve`]): a slow or greedy client cannot exhaust file descriptors.
+//!
 //! This module never mutates state and never shows a secret: readiness reasons carry
 //! organisation names and the sweep's own (secret-free) failure summary, nothing more. Of the
 //! configuration it sees only each organisation's effective schedule ([`OrgSchedule`], through
@@ -27,6 +30,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -35,10 +39,21 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::{DateTime, Utc};
 use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::daemon::schedule::{CronSchedule, OrgSchedule};
 use crate::metrics::Metrics;
+
+/// Most connections served at once; the next one waits in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 64;
+/// A request's headers must arrive within this, or the connection is closed (slow clients).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection is closed after its request in flight once it is this old.
+pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(60);
+/// Pause after a failed `accept` (e.g. no file descriptor left).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Content type of `/metrics` (OpenMetrics 1.0 text, which Prometheus scrapes natively).
 pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -221,15 +236,79 @@ pub async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Serves until `shutdown` is cancelled, then lets in-flight requests finish.
+/// Serves HTTP/1.1 until `shutdown` is cancelled, then lets in-flight requests finish.
+///
+/// Hardened against slow or many clients (a scraper is the only expected one): at most
+/// [`MAX_CONNECTIONS`] at once (the next waits in the kernel's backlog until one ends), a
+/// request's headers must arrive within [`HEADER_READ_TIMEOUT`], and a connection is closed
+/// (gracefully, after its request in flight) once it is [`MAX_CONNECTION_AGE`] old, so idle
+/// keep-alive connections cannot hold every slot either.
 pub async fn serve(
     listener: TcpListener,
     state: OpsState,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    let app = router(state);
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let connections = TaskTracker::new();
+    loop {
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => break,
+            p = slots.clone().acquire_owned() => p.map_err(io::Error::other)?,
+        };
+        let stream = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little rather than spin.
+                    tracing::warn!(error = %e, "ops server: cannot accept a connection");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        connections.spawn(serve_connection(
+            stream,
+            app.clone(),
+            shutdown.clone(),
+            permit,
+        ));
+    }
+    connections.close();
+    connections.wait().await;
+    Ok(())
+}
+
+/// One connection, holding its slot until it ends.
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    app: Router,
+    shutdown: CancellationToken,
+    _slot: OwnedSemaphorePermit,
+) {
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    let mut conn = std::pin::pin!(conn);
+    let ended = tokio::select! {
+        r = conn.as_mut() => Some(r),
+        () = shutdown.cancelled() => None,
+        () = tokio::time::sleep(MAX_CONNECTION_AGE) => None,
+    };
+    let result = match ended {
+        Some(r) => r,
+        None => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "ops server: connection ended with an error");
+    }
 }
 
 async fn healthz() -> &'static str {

@@ -7,7 +7,9 @@
 //! in `send_timeout`, because lettre can hang while the network is down.
 //!
 //! The `Message-ID` is `<outbox message id@keysweep>`, so a retried digest carries the same id.
-//! Never logs or returns the SMTP password: every error text is scrubbed.
+//! Never logs or returns the SMTP password or user name: every error text is scrubbed of both,
+//! and lettre's `tracing` feature (which logs the session, `AUTH PLAIN` and its base64
+//! credentials included) is off in `Cargo.toml`.
 
 use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::authentication::Credentials;
@@ -22,7 +24,14 @@ use crate::notify::scrub;
 
 /// Sends one rendered e-mail payload (`{to, subject, text, html}`).
 pub async fn send(ch: &EmailChannel, message_id: &str, payload: &Value) -> Result<(), SendFailure> {
-    let secrets: Vec<&str> = ch.smtp_password.iter().map(|p| p.expose_secret()).collect();
+    // The user name is scrubbed too: a relay may echo it in a refusal, and it came from the
+    // environment like the password.
+    let secrets: Vec<&str> = ch
+        .smtp_password
+        .iter()
+        .chain(ch.smtp_username.iter())
+        .map(|p| p.expose_secret())
+        .collect();
     let fail = |retryable: bool, e: &dyn std::fmt::Display| SendFailure {
         error: scrub(&e.to_string(), &secrets),
         retryable,

@@ -2,7 +2,8 @@
 //! and no redirects, and the mapping of answers to delivery outcomes.
 //!
 //! 2xx = accepted; 408/429/5xx and transport errors = retry later; any other status = rejected
-//! (still retried until `max_attempts`, since a receiver may be fixed meanwhile). Error texts
+//! (still retried until `max_attempts`, since a receiver may be fixed meanwhile). An error
+//! answer's body is read at most 4 KiB, chunk by chunk, never whole. Error texts
 //! never include the URL (reqwest's `without_url`) and are scrubbed of the given secrets.
 
 use std::time::Duration;
@@ -12,6 +13,8 @@ use crate::notify::{NotifyError, scrub};
 
 /// Longest part of a receiver's error body kept in the error text.
 const MAX_BODY_IN_ERROR: usize = 200;
+/// Most bytes of a receiver's error body ever read (the rest is never downloaded).
+const MAX_ERROR_BODY_READ: usize = 4096;
 
 /// A client with connect and total timeouts. Redirects are refused: a receiver that redirects
 /// could make us re-post a signed body or a routing key elsewhere.
@@ -33,7 +36,7 @@ pub async fn send(req: reqwest::RequestBuilder, secrets: &[&str]) -> Result<(), 
             if status.is_success() {
                 return Ok(());
             }
-            let body = resp.text().await.unwrap_or_default();
+            let body = bounded_body(resp).await;
             let body: String = body.chars().take(MAX_BODY_IN_ERROR).collect();
             let retryable = status.is_server_error()
                 || status == reqwest::StatusCode::TOO_MANY_REQUESTS
@@ -48,6 +51,23 @@ pub async fn send(req: reqwest::RequestBuilder, secrets: &[&str]) -> Result<(), 
             retryable: true,
         }),
     }
+}
+
+/// At most [`MAX_ERROR_BODY_READ`] bytes of an error answer's body, read chunk by chunk: a
+/// receiver's huge (or endless) error body is never read whole nor waited for past that. A read
+/// error ends it with what arrived. The connection is dropped with the response.
+async fn bounded_body(mut resp: reqwest::Response) -> String {
+    let mut body = Vec::new();
+    while body.len() < MAX_ERROR_BODY_READ {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = MAX_ERROR_BODY_READ - body.len();
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&body).into_owned()
 }
 
 /// reqwest's Display omits the cause ("error sending request"); add the chain.

@@ -324,7 +324,8 @@ fn assert_service(objects: &[(String, Yaml)], dep: &Yaml, port: u64, port_name: 
     }
 }
 
-/// NetworkPolicy: ingress only to the metrics port; egress only DNS, HTTPS, SMTP.
+/// NetworkPolicy: ingress only to the metrics port, only from Prometheus in the monitoring
+/// namespace; egress only DNS, HTTPS, SMTP.
 fn assert_network_policy(objects: &[(String, Yaml)], dep: &Yaml, cron: &Yaml, port: u64) {
     let pod_labels = at(dep, "spec.template.metadata.labels");
     let np = k8s_object(objects, "NetworkPolicy", "keysweep");
@@ -349,6 +350,7 @@ fn assert_network_policy(objects: &[(String, Yaml)], dep: &Yaml, cron: &Yaml, po
         ports(yaml_seq(np, "spec.ingress")),
         BTreeSet::from([(port, "TCP".to_string())])
     );
+    assert_ingress_only_from_monitoring(np);
     assert_eq!(
         ports(yaml_seq(np, "spec.egress")),
         BTreeSet::from([
@@ -370,6 +372,37 @@ fn assert_network_policy(objects: &[(String, Yaml)], dep: &Yaml, cron: &Yaml, po
             v,
             "NetworkPolicy misses the CronJob"
         );
+    }
+}
+
+/// Every ingress rule names its peers, and each peer is a Prometheus pod (a podSelector with
+/// labels) in the monitoring namespace (a namespaceSelector on its name) — both in one peer, so
+/// both must match. A rule without `from`, an empty selector or an `ipBlock` would admit pods
+/// (or addresses) other than the scraper. Checked statically: no cluster runs in the tests.
+fn assert_ingress_only_from_monitoring(np: &Yaml) {
+    let rules = yaml_seq(np, "spec.ingress");
+    assert!(!rules.is_empty(), "no ingress rule at all");
+    for rule in rules {
+        let peers = rule["from"]
+            .as_sequence()
+            .unwrap_or_else(|| panic!("an ingress rule without `from` admits every pod: {rule:?}"));
+        assert!(!peers.is_empty(), "an empty `from` admits every pod");
+        for peer in peers {
+            assert!(peer["ipBlock"].is_null(), "an ipBlock peer: {peer:?}");
+            let ns = &peer["namespaceSelector"]["matchLabels"];
+            assert_eq!(
+                ns["kubernetes.io/metadata.name"].as_str(),
+                Some("monitoring"),
+                "peer not limited to the monitoring namespace: {peer:?}"
+            );
+            let pods = peer["podSelector"]["matchLabels"]
+                .as_mapping()
+                .unwrap_or_else(|| panic!("peer not limited to Prometheus pods: {peer:?}"));
+            assert!(
+                !pods.is_empty(),
+                "an empty podSelector admits every pod of the namespace"
+            );
+        }
     }
 }
 
