@@ -1,5 +1,6 @@
 //! The effective configuration as TOML, every default filled in and every secret replaced by
-//! where it comes from. `keysweep check-config` prints it and its SHA-256 is the config hash
+//! where it comes from, and every URL without its user-info, query and fragment (webhook URLs
+//! often carry tokens there). `keysweep check-config` prints it and its SHA-256 is the config hash
 //! written into audit records. It must never contain a secret value.
 //!
 //! It is a `Serialize` view of the validated [`Config`]: one struct per section, borrowing from
@@ -18,11 +19,32 @@ use super::{
 };
 
 const REDACTED: &str = "[redacted]";
+/// The part of a URL that was removed (user-info, query, fragment), URL-safe.
+const REDACTED_PART: &str = "redacted";
 
 /// Renders `config` as TOML with secrets redacted.
 pub fn render(config: &Config) -> String {
     toml::to_string_pretty(&View::of(config))
         .unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+}
+
+/// A URL as it may be shown: user-info, query and fragment (where tokens travel: `user:pass@`,
+/// `?token=…`) replaced by `redacted`; scheme, host, port and path kept. A Slack webhook URL,
+/// whose path is the secret, is never shown at all (see [`ChannelView`]).
+fn redact_url(u: &url::Url) -> String {
+    let mut v = u.clone();
+    if !v.username().is_empty() || v.password().is_some() {
+        // Fails only for URLs that cannot have user-info, which then have none.
+        let _ = v.set_password(None);
+        let _ = v.set_username(REDACTED_PART);
+    }
+    if v.query().is_some() {
+        v.set_query(Some(REDACTED_PART));
+    }
+    if v.fragment().is_some() {
+        v.set_fragment(Some(REDACTED_PART));
+    }
+    v.to_string()
 }
 
 /// A duration in the largest unit that divides it (`90d`, `36h`, `90s`), so it reads like the
@@ -133,7 +155,7 @@ impl<'a> View<'a> {
 #[derive(Serialize)]
 struct OrgView<'a> {
     admin_key: String,
-    base_url: &'a str,
+    base_url: String,
     #[serde(serialize_with = "opt_path", skip_serializing_if = "Option::is_none")]
     ca_file: Option<&'a Path>,
     exclude_projects: &'a [String],
@@ -151,7 +173,7 @@ impl<'a> OrgView<'a> {
     fn of(o: &'a OrgConfig) -> Self {
         OrgView {
             admin_key: format!("{REDACTED} (from {})", o.admin_key_source),
-            base_url: o.base_url.as_str(),
+            base_url: redact_url(&o.base_url),
             ca_file: o.ca_file.as_deref(),
             exclude_projects: &o.exclude_projects,
             include_archived: o.include_archived,
@@ -318,14 +340,14 @@ enum ChannelView<'a> {
         routing_key: &'static str,
         #[serde(rename = "type")]
         kind: &'static str,
-        url: &'a str,
+        url: String,
     },
     Webhook {
         name: &'a str,
         secret: &'static str,
         #[serde(rename = "type")]
         kind: &'static str,
-        url: &'a str,
+        url: String,
     },
 }
 
@@ -365,13 +387,13 @@ impl<'a> ChannelView<'a> {
                 name,
                 routing_key: REDACTED,
                 kind,
-                url: p.url.as_str(),
+                url: redact_url(&p.url),
             },
             ChannelKind::Webhook(w) => ChannelView::Webhook {
                 name,
                 secret: REDACTED,
                 kind,
-                url: w.url.as_str(),
+                url: redact_url(&w.url),
             },
         }
     }

@@ -1,13 +1,14 @@
 //! One `[[channels]]` entry, already read into its type's struct, checked as a whole and turned
 //! into a [`ChannelConfig`] with its secrets resolved: the SMTP rules (no plain SMTP off
-//! loopback, never credentials without TLS), the Standard Webhooks secret format, defaults.
+//! loopback, never credentials without TLS), Slack webhook URLs over https only (http to
+//! loopback excepted), the Standard Webhooks secret format, defaults.
 //!
 //! Keys of another channel type never get here: the type's struct refuses them by name when
 //! the entry is read (`raw/load.rs`). No error built here may contain a secret value.
 
 use std::time::Duration;
 
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 
 use super::super::values::{is_standard_webhooks_secret, strings};
 use super::super::{
@@ -29,7 +30,7 @@ pub(super) fn channel(
     let kind = match entry.kind {
         RawChannelKind::Email(e) => ChannelKind::Email(email(cx, &k, e)?),
         RawChannelKind::Slack(s) => ChannelKind::Slack(SlackChannel {
-            webhook_url: cx.env_secret(&k("webhook_url_env"), &s.webhook_url_env)?,
+            webhook_url: slack_url(cx, &k, &s.webhook_url_env)?,
         }),
         RawChannelKind::PagerDuty(p) => ChannelKind::PagerDuty(pagerduty(cx, &k, p)?),
         RawChannelKind::Webhook(w) => ChannelKind::Webhook(webhook(cx, &k, w)?),
@@ -38,6 +39,38 @@ pub(super) fn channel(
         name: entry.name.0,
         kind,
     })
+}
+
+/// The Slack webhook URL from `var`: it is itself the secret, so it must travel over
+/// `https://`; `http://` is allowed only to a loopback host (a local relay, the tests). The
+/// error names the key and the variable, never the URL.
+fn slack_url(
+    cx: &Context<'_>,
+    k: &dyn Fn(&str) -> String,
+    var: &str,
+) -> Result<SecretString, LoadError> {
+    let key = k("webhook_url_env");
+    let secret = cx.env_secret(&key, var)?;
+    let refuse = |what: &str| {
+        cx.err(
+            k("webhook_url"),
+            format!(
+                "the Slack webhook URL in {var} (from {key}) {what}: it must be https:// \
+                 (http:// only to a loopback host)"
+            ),
+        )
+    };
+    let url = url::Url::parse(secret.expose_secret()).map_err(|_| refuse("is not a URL"))?;
+    match url.scheme() {
+        "https" => {}
+        "http" if url.host_str().is_some_and(is_loopback_host) => {}
+        "http" => return Err(refuse("is http:// to a host that is not loopback")),
+        _ => return Err(refuse("is not an http(s) URL")),
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(refuse("has no host"));
+    }
+    Ok(secret)
 }
 
 fn email(
