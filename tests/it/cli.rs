@@ -356,41 +356,63 @@ fn recording_proxy() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
     (port, seen)
 }
 
+/// `HTTPS_PROXY` is honoured for a remote `base_url` (the request asks the proxy for a tunnel,
+/// so the admin key only travels inside TLS) unless `NO_PROXY` exempts the host; a loopback
+/// `base_url` is never proxied (issue 14: the admin key would cross the proxy in clear).
 #[test]
 fn proxy_environment_is_honoured() {
     let (proxy, seen) = recording_proxy();
-    let dead = free_port(); // nothing listens here: only the proxy can answer
+    let proxy_url = format!("http://127.0.0.1:{proxy}");
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), dead, "");
-    let proxied = run(bin()
-        .args(["scan", "--format", "json", "--config"])
-        .arg(&config)
-        .env("HTTP_PROXY", format!("http://127.0.0.1:{proxy}"))
-        .env_remove("NO_PROXY")
-        .env_remove("no_proxy"));
-    assert!(
-        proxied.status.success(),
-        "{}",
-        String::from_utf8_lossy(&proxied.stderr)
+    let remote = "https://api.keysweep-proxy-test.invalid/v1";
+    let no_retries = "[limits]\nmax_retries = 0\n";
+    let config = crate::support::config::write_config_file(
+        dir.path(),
+        remote,
+        "OPENAI_ADMIN_KEY",
+        no_retries,
     );
+    let scan = |no_proxy: Option<&str>, config: &Path| {
+        let mut cmd = bin();
+        cmd.args(["scan", "--format", "json", "--config"])
+            .arg(config)
+            .env("HTTP_PROXY", &proxy_url)
+            .env("HTTPS_PROXY", &proxy_url)
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy");
+        if let Some(n) = no_proxy {
+            cmd.env("NO_PROXY", n);
+        }
+        run(&mut cmd)
+    };
+    // The proxy is asked for a tunnel (it answers no TLS, so the scan itself fails).
+    scan(None, &config);
     let lines = seen.lock().unwrap().clone();
     assert!(
         lines
             .iter()
-            .any(|l| l.starts_with("GET http://127.0.0.1:")
-                && l.contains("/v1/organization/projects")),
+            .any(|l| l.starts_with("CONNECT api.keysweep-proxy-test.invalid:443")),
         "the request did not go through the proxy: {lines:?}"
     );
-    // NO_PROXY exempts the host: the request goes direct, to a port where nothing listens.
+    // NO_PROXY exempts the host: the request goes direct (and cannot resolve).
     let before = seen.lock().unwrap().len();
-    let direct = run(bin()
-        .args(["scan", "--format", "json", "--config"])
-        .arg(&config)
-        .env("HTTP_PROXY", format!("http://127.0.0.1:{proxy}"))
-        .env("NO_PROXY", "127.0.0.1"));
+    let direct = scan(Some("api.keysweep-proxy-test.invalid"), &config);
+    assert!(
+        !direct.status.success(),
+        "an unresolvable host cannot succeed"
+    );
+    assert_eq!(seen.lock().unwrap().len(), before, "NO_PROXY was ignored");
+    // A loopback base_url goes direct whatever the proxy variables say: to a port where
+    // nothing listens, so only the proxy could have answered.
+    let loopback = write_config(dir.path(), free_port(), no_retries);
+    let direct = scan(None, &loopback);
     assert!(
         !direct.status.success(),
         "a direct request to a dead port cannot succeed"
     );
-    assert_eq!(seen.lock().unwrap().len(), before, "NO_PROXY was ignored");
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        before,
+        "a loopback base_url went through the proxy"
+    );
 }
