@@ -52,6 +52,8 @@ pub const MAX_CONNECTIONS: usize = 64;
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection is closed after its request in flight once it is this old.
 pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(60);
+/// How long a connection being closed (age, shutdown) may take to finish its answer.
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
 /// Pause after a failed `accept` (e.g. no file descriptor left).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -241,8 +243,9 @@ pub async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 /// Hardened against slow or many clients (a scraper is the only expected one): at most
 /// [`MAX_CONNECTIONS`] at once (the next waits in the kernel's backlog until one ends), a
 /// request's headers must arrive within [`HEADER_READ_TIMEOUT`], and a connection is closed
-/// (gracefully, after its request in flight) once it is [`MAX_CONNECTION_AGE`] old, so idle
-/// keep-alive connections cannot hold every slot either.
+/// (gracefully, after its request in flight, which gets [`CLOSE_GRACE`] more) once it is
+/// [`MAX_CONNECTION_AGE`] old, so idle keep-alive connections and clients that never read their
+/// answer cannot hold every slot either.
 pub async fn serve(
     listener: TcpListener,
     state: OpsState,
@@ -303,7 +306,11 @@ async fn serve_connection(
         Some(r) => r,
         None => {
             conn.as_mut().graceful_shutdown();
-            conn.await
+            // A client that never reads its answer must not hold the slot (or the shutdown).
+            match tokio::time::timeout(CLOSE_GRACE, conn).await {
+                Ok(r) => r,
+                Err(_) => return,
+            }
         }
     };
     if let Err(e) = result {

@@ -47,20 +47,19 @@ pub fn with_base64_forms<S: AsRef<str>>(secrets: &[S]) -> Vec<String> {
         .collect()
 }
 
-/// `text` (described by `what`) contains none of `secrets`.
+/// `text` (described by `what`) contains none of `secrets`, nor any base64 form of one
+/// ([`base64_forms`]).
 pub fn assert_no_secret<S: AsRef<str>>(what: &str, text: &str, secrets: &[S]) {
-    for s in secrets {
-        assert!(
-            !text.contains(s.as_ref()),
-            "{what} contains a secret: {text}"
-        );
+    for s in with_base64_forms(secrets) {
+        assert!(!text.contains(&s), "{what} contains a secret: {text}");
     }
 }
 
-/// The raw bytes of a file (e.g. the state database) contain none of `secrets`.
+/// The raw bytes of a file (e.g. the state database) contain none of `secrets`, nor any base64
+/// form of one.
 pub fn assert_no_secret_in_bytes<S: AsRef<str>>(what: &str, bytes: &[u8], secrets: &[S]) {
-    for s in secrets {
-        let s = s.as_ref().as_bytes();
+    for s in with_base64_forms(secrets) {
+        let s = s.as_bytes();
         assert!(
             !bytes.windows(s.len()).any(|w| w == s),
             "{what} holds a secret"
