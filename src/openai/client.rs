@@ -19,6 +19,7 @@ use url::Url;
 use crate::config::{Limits, OrgConfig};
 use crate::inventory::{AdminKeyInfo, Key, ProjectRef, ProjectUser, ServiceAccount};
 use crate::openai::error::{Error, RequestContext};
+use crate::openai::identity::is_valid_id;
 use crate::openai::pager::{self, KeyPages};
 use crate::openai::transport::{
     BodyFn, ClientShared, DeleteOutcome, DeleteRequest, RetryMode, Transport,
@@ -473,13 +474,22 @@ impl AdminClient {
         self.transport().delete_checked(req).await
     }
 
-    /// `base_url` + path segments, each percent-encoded (an id can never add a path level).
+    /// `base_url` + path segments, each percent-encoded (an id can never add a path level). A
+    /// segment that is not of an id's shape (`..`, `.`, a control character: URL building would
+    /// drop or normalise it into another path) is refused, wherever the id came from (the API,
+    /// the state database, the configuration).
     fn url(
         &self,
         segments: &[&str],
         endpoint: &'static str,
         project: Option<&str>,
     ) -> Result<Url, Error> {
+        if let Some(bad) = segments.iter().find(|s| !is_valid_id(s)) {
+            return Err(Error::BadId {
+                ctx: self.ctx(endpoint, project.filter(|p| is_valid_id(p))),
+                id: self.transport().scrub(bad),
+            });
+        }
         let mut url = self.inner.base.clone();
         url.set_query(None);
         url.set_fragment(None);

@@ -343,6 +343,44 @@ async fn the_recheck_skips_a_key_whose_reread_has_another_id_or_owner() {
     assert!(!sim.key_exists("proj_a", "key_plain"));
 }
 
+/// Whatever an id's source (the state database, the configuration), the client refuses to
+/// build a URL from one that is not of an id's shape: nothing is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_sends_nothing_for_an_id_of_the_wrong_shape() {
+    use keysweep::openai::{AdminClient, ClientShared, Error};
+    let sim = crate::support::sim::start_sim(
+        org(vec![project("proj_a", vec![key("key_a", 400)])]),
+        ADMIN_KEY,
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config: Config = config_from_toml(
+        &enforce_toml(&sim.base_url(), &dir.path().join("state.db")),
+        &[(KEY_ENV, ADMIN_KEY)],
+    );
+    let shared = ClientShared::new(Metrics::new(), &config.limits);
+    let client = AdminClient::new(&config.organizations[0], &config.limits, shared).unwrap();
+    for bad in HOSTILE_KEY_IDS {
+        let read = client.retrieve_key("proj_a", bad).await;
+        assert!(
+            matches!(read, Err(Error::BadId { .. })),
+            "{bad:?}: {read:?}"
+        );
+        let delete = client.delete_key("proj_a", bad).await;
+        assert!(
+            matches!(delete, Err(Error::BadId { .. })),
+            "{bad:?}: {delete:?}"
+        );
+        let delete = client.delete_key(bad, "key_a").await;
+        assert!(
+            matches!(delete, Err(Error::BadId { .. })),
+            "{bad:?}: {delete:?}"
+        );
+    }
+    assert!(sim.stats().is_empty(), "{:?}", sim.stats());
+    assert!(sim.key_exists("proj_a", "key_a"));
+}
+
 // ---- the binary ----------------------------------------------------------------------------
 
 /// A configuration file in `dir`: dry-run, one organisation at `base`, a `max_age` policy that
