@@ -39,7 +39,9 @@
 //! `service_accounts[].access`). A key's `expires_at` (null: never expires) and `scopes` (the
 //! restrictions the update endpoint sets; `[]` means all permissions) may be left out of a file
 //! and default to never-expiring and unrestricted. Unknown fields in the file are rejected so that a typo does not
-//! silently produce a different organisation.
+//! silently produce a different organisation. Ids need only be non-empty and unique: a file may
+//! hold ids no real API would send (`..`, `key_b\n`, `proj/x`), which the simulator serves as
+//! they are, so clients can be tested against hostile answers.
 //!
 //! This module never talks to the network and never holds a real secret: every value in the
 //! model is made up (`redacted_value` is all there is of a key).
