@@ -343,6 +343,58 @@ async fn the_recheck_skips_a_key_whose_reread_has_another_id_or_owner() {
     assert!(!sim.key_exists("proj_a", "key_plain"));
 }
 
+/// The same for an expiry: the re-read before the update answers with another owner than the
+/// listing, so no expiry is written to that key, while the plain key beside it gets its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_expiry_recheck_skips_a_key_whose_reread_has_another_owner() {
+    use keysweep::revoke::expiry::ExpiryOutcome;
+    let sim = crate::support::sim::start_sim(
+        org(vec![project(
+            "proj_a",
+            vec![key("key_owner_swap", 400), key("key_plain", 400)],
+        )]),
+        ADMIN_KEY,
+    )
+    .await;
+    sim.faults().add(
+        Fault::on_get_key("proj_a", "key_owner_swap").respond(FaultKind::Patch(json!({
+            "owner": {"type": "user", "user": {
+                "id": "user_mallory", "name": "Mallory", "email": "user_mallory@example.com",
+                "role": "member", "created_at": NOW - 900 * DAY
+            }}
+        }))),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let text = enforce_toml(&sim.base_url(), &dir.path().join("state.db"))
+        .replace(r#"action = "revoke""#, r#"action = "expire""#);
+    let config: Config = config_from_toml(&text, &[(KEY_ENV, ADMIN_KEY)]);
+    let store = Store::open(&config.state_path).unwrap();
+    let s = Sweeper::new(Arc::new(config), Some(store), Metrics::new()).unwrap();
+    // Expiries are written against the wall clock: sweep at the wall clock.
+    let now = chrono::Utc::now().timestamp();
+    let r = s.run_once(&SweepOptions::new(now)).await.unwrap();
+    let outcome = |k: &str| {
+        r.expiries
+            .iter()
+            .find(|e| e.key_id == k)
+            .map(|e| e.outcome.clone())
+            .unwrap_or_else(|| panic!("no expiry result for {k}: {:?}", r.expiries))
+    };
+    match outcome("key_owner_swap") {
+        ExpiryOutcome::Skipped { reason } => assert!(
+            reason.contains("owner changed") && reason.contains("user_mallory"),
+            "{reason}"
+        ),
+        other => panic!("expected a skip, got {other:?}"),
+    }
+    assert!(matches!(outcome("key_plain"), ExpiryOutcome::Set { .. }));
+    assert_eq!(
+        sim.key("proj_a", "key_owner_swap").unwrap().expires_at,
+        None
+    );
+    assert!(sim.key("proj_a", "key_plain").unwrap().expires_at.is_some());
+}
+
 /// Whatever an id's source (the state database, the configuration), the client refuses to
 /// build a URL from one that is not of an id's shape: nothing is sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
