@@ -177,8 +177,27 @@ async fn scan(config: Config, args: &ScanArgs) -> Result<ExitCode> {
         None if std::io::stdout().is_terminal() => report::Format::Table,
         None => report::Format::Json,
     };
-    print_report(&report, &inventory, now, format)?;
-    Ok(finish(&report))
+    let ctx = plan_context(&sweeper.config, &report, now, true, false);
+    print_report(&report, &inventory, now, format, &ctx)?;
+    Ok(finish(&report, true))
+}
+
+/// What the plan needs besides the report: the rules in force, the kill switch as it is now,
+/// and the exemption entries that cover the report's exempted keys.
+fn plan_context(
+    config: &Config,
+    report: &SweepReport,
+    now: i64,
+    read_only: bool,
+    force_dry_run: bool,
+) -> report::PlanContext {
+    let mut ctx = report::PlanContext::from_config(config, read_only, force_dry_run);
+    ctx.kill_switch_on = config
+        .safety
+        .kill_switch_file
+        .as_ref()
+        .is_some_and(|p| p.exists());
+    ctx.with_exemptions(config, report, now)
 }
 
 fn print_report(
@@ -186,8 +205,9 @@ fn print_report(
     inventory: &crate::inventory::Inventory,
     now: i64,
     format: report::Format,
+    ctx: &report::PlanContext,
 ) -> Result<()> {
-    let rows = report::finding_rows(report);
+    let rows = report::finding_rows(report, ctx, now);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     report::render(inventory, &rows, now, format, &mut out)?;
@@ -195,8 +215,10 @@ fn print_report(
     Ok(())
 }
 
-/// Exit 0 only when every listing was complete; otherwise say which were not.
-fn finish(report: &SweepReport) -> ExitCode {
+/// Exit 0 only when every listing was complete; otherwise say which were not, and what that
+/// means: for a sweep, nothing was revoked there; for `scan` (which never revokes), the plan
+/// leaves those projects out.
+fn finish(report: &SweepReport, read_only: bool) -> ExitCode {
     let mut clean = true;
     for org in &report.inventory.orgs {
         if let Some(e) = &org.error {
@@ -225,7 +247,13 @@ fn finish(report: &SweepReport) -> ExitCode {
     if clean {
         ExitCode::SUCCESS
     } else {
-        eprintln!("keysweep: incomplete — nothing was revoked in the projects listed above");
+        if read_only {
+            eprintln!(
+                "keysweep: incomplete — the plan leaves out the keys of the projects listed above; no sweep acts in them until they list completely"
+            );
+        } else {
+            eprintln!("keysweep: incomplete — nothing was revoked in the projects listed above");
+        }
         ExitCode::from(EXIT_INCOMPLETE)
     }
 }
@@ -249,7 +277,7 @@ async fn run(config: Config, args: &RunArgs, path: PathBuf) -> Result<ExitCode> 
     let report = sweeper.run_once(&opts).await?;
     publish_audit_head(&store, None);
     print_summary(&report, now)?;
-    Ok(finish(&report))
+    Ok(finish(&report, false))
 }
 
 /// What `run --once` prints: the plan's outcome, one line per action, then the totals.

@@ -159,7 +159,7 @@ impl Demo {
         // The sweep keeps only a tally of the keys; the table lists them all.
         let listed = self.sweeper.list().await;
         let first = sweep(&self.sweeper, now).await?;
-        print_report(out, &listed, &first, now)?;
+        print_report(out, &listed, &first, now, &self.sweeper.config)?;
         print_expiries(out, &first)?;
         section(
             out,
@@ -251,8 +251,11 @@ fn print_report(
     listed: &crate::inventory::Inventory,
     r: &SweepReport,
     now: i64,
+    config: &config::Config,
 ) -> Result<()> {
-    let rows = report::finding_rows(r);
+    let ctx =
+        report::PlanContext::from_config(config, false, false).with_exemptions(config, r, now);
+    let rows = report::finding_rows(r, &ctx, now);
     report::render(listed, &rows, now, report::Format::Table, out)?;
     Ok(())
 }
