@@ -91,6 +91,14 @@ impl PlanContext {
     }
 }
 
+/// UTC, RFC 3339 with seconds: `2026-12-15T00:00:00Z` (this file's own, so it imports nothing
+/// from the renderer that uses it).
+fn rfc3339(ts: i64) -> String {
+    chrono::DateTime::from_timestamp(ts, 0)
+        .map(|d| d.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_else(|| ts.to_string())
+}
+
 fn secs(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
 }
@@ -145,7 +153,7 @@ pub struct NextStep {
 
 fn ser_time<S: serde::Serializer>(t: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
     match t {
-        Some(t) => s.serialize_str(&super::rfc3339(*t)),
+        Some(t) => s.serialize_str(&rfc3339(*t)),
         None => s.serialize_none(),
     }
 }
@@ -189,12 +197,9 @@ pub fn next_step(f: &Finding, planned: Planned, ctx: &PlanContext, now: i64) -> 
         Planned::Withheld(w, rail) => {
             let (verb, _) = written(w, now);
             let why = match w {
-                Write::Delete => format!(
-                    "due since {}: would revoke it now",
-                    super::rfc3339(f.deadline)
-                ),
+                Write::Delete => format!("due since {}: would revoke it now", rfc3339(f.deadline)),
                 Write::SetExpiry { to } => {
-                    format!("would set the expiry to {} now", super::rfc3339(to))
+                    format!("would set the expiry to {} now", rfc3339(to))
                 }
             };
             // A cap or an incomplete listing only postpones it; the other rails stop it.
@@ -256,7 +261,7 @@ struct Ending {
 }
 
 fn ending(f: &Finding, ctx: &PlanContext) -> Ending {
-    let deadline = super::rfc3339(f.deadline);
+    let deadline = rfc3339(f.deadline);
     let would = match f.action {
         Action::Notify => ("rotate", None),
         Action::Revoke => ("revoke", Some(f.deadline)),

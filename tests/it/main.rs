@@ -7,6 +7,7 @@ mod support;
 mod alerts_e2e;
 mod architecture;
 mod cli;
+mod cli_truth;
 mod config;
 mod daemon;
 mod daemon_bin;
