@@ -94,6 +94,22 @@ impl Run<'_> {
         if org.error.is_some() {
             return None;
         }
+        let own = match self.own_admin_key(org)? {
+            Ok(k) => k,
+            Err(why) => {
+                warn_once(&org.organization, &why);
+                return None;
+            }
+        };
+        admin_key_alert(&org.organization, own, self.now())
+    }
+
+    /// keysweep's own admin key among `org`'s (see [`own_admin_key`]); `None` when the sweep
+    /// has no client for the organisation.
+    fn own_admin_key<'o>(
+        &self,
+        org: &'o OrgInventory<KeyTally>,
+    ) -> Option<Result<&'o AdminKeyInfo, String>> {
         let client = self
             .clients
             .iter()
@@ -105,16 +121,9 @@ impl Run<'_> {
             .iter()
             .find(|o| o.name == org.organization)
             .and_then(|o| o.admin_key_id.as_deref());
-        let own = match own_admin_key(&org.admin_keys, configured, |r| {
+        Some(own_admin_key(&org.admin_keys, configured, |r| {
             client.admin_key_matches_redacted(r)
-        }) {
-            Ok(k) => k,
-            Err(why) => {
-                warn_once(&org.organization, &why);
-                return None;
-            }
-        };
-        admin_key_alert(&org.organization, own, self.now())
+        }))
     }
 
     /// Metrics and warnings of one organisation's listing.
@@ -125,10 +134,11 @@ impl Run<'_> {
             tracing::warn!(run_id = self.run_id(), organization = %org.organization, project_id = %p.project.id, "listing incomplete; nothing in this project will be revoked");
             metrics.incomplete_listing(&org.organization);
         }
-        for k in &org.admin_keys {
-            if let Some(exp) = k.expires_at {
-                metrics.set_admin_key_expiry(&org.organization, &k.id, exp);
-            }
+        // keysweep's own key only: the metric's alerts are about the key keysweep runs with.
+        if let Some(Ok(k)) = self.own_admin_key(org)
+            && let Some(exp) = k.expires_at
+        {
+            metrics.set_admin_key_expiry(&org.organization, &k.id, exp);
         }
     }
 }

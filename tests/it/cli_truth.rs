@@ -340,6 +340,21 @@ async fn the_daemon_logs_json_on_stderr_with_one_run_id_format_and_says_unidenti
             .count()
     };
     eventually("three sweeps", || finished(&daemon.log()) >= 3).await;
+    // keysweep cannot tell which admin key is its own: no admin key's expiry is published as
+    // its own (the Prometheus rules alert on it), the expired one of someone else least of all.
+    let metrics = crate::support::net::http()
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("keysweep_sweeps"), "{metrics}");
+    assert!(
+        !metrics.contains("keysweep_admin_key_expiry_timestamp_seconds{"),
+        "{metrics}"
+    );
     daemon.signal("-TERM");
     let (status, _) = daemon.wait().await;
     assert!(status.success());
