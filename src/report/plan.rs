@@ -191,8 +191,18 @@ pub fn next_step(f: &Finding, planned: Planned, ctx: &PlanContext, now: i64) -> 
     match planned {
         Planned::Now(w) => {
             let (verb, then_at) = written(w, now);
-            let why = format!("due: the {} sweep writes it", sweep_word(ctx));
-            step(state, verb, Some(now), (verb, then_at), None, why)
+            let what = match w {
+                Write::Delete => "revokes the key".to_string(),
+                Write::SetExpiry { to } => format!("sets the expiry to {}", rfc3339(to)),
+            };
+            if ctx.read_only {
+                let why = format!("due: the next sweep {what}");
+                step(state, verb, Some(now), (verb, then_at), None, why)
+            } else {
+                // This sweep made the write; its outcome is among the sweep's results.
+                let why = format!("this sweep {what}");
+                step(state, verb, then_at, (verb, then_at), None, why)
+            }
         }
         Planned::Withheld(w, rail) => {
             let (verb, _) = written(w, now);
@@ -344,10 +354,6 @@ fn written(w: Write, now: i64) -> (&'static str, Option<i64>) {
         Write::Delete => ("revoke", Some(now)),
         Write::SetExpiry { to } => ("expire", Some(to)),
     }
-}
-
-fn sweep_word(ctx: &PlanContext) -> &'static str {
-    if ctx.read_only { "next" } else { "this" }
 }
 
 /// A step where nothing happens to the key, for `withheld_by` (if any) and `why`.
