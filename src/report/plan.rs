@@ -189,44 +189,8 @@ pub fn next_step(f: &Finding, planned: Planned, ctx: &PlanContext, now: i64) -> 
     }
     let end = ending(f, ctx);
     match planned {
-        Planned::Now(w) => {
-            let (verb, then_at) = written(w, now);
-            let what = match w {
-                Write::Delete => "revokes the key".to_string(),
-                Write::SetExpiry { to } => format!("sets the expiry to {}", rfc3339(to)),
-            };
-            if ctx.read_only {
-                let why = format!("due: the next sweep {what}");
-                step(state, verb, Some(now), (verb, then_at), None, why)
-            } else {
-                // This sweep made the write; its outcome is among the sweep's results.
-                let why = format!("this sweep {what}");
-                step(state, verb, then_at, (verb, then_at), None, why)
-            }
-        }
-        Planned::Withheld(w, rail) => {
-            let (verb, _) = written(w, now);
-            let why = match w {
-                Write::Delete => format!("due since {}: would revoke it now", rfc3339(f.deadline)),
-                Write::SetExpiry { to } => {
-                    format!("would set the expiry to {} now", rfc3339(to))
-                }
-            };
-            // A cap or an incomplete listing only postpones it; the other rails stop it.
-            let stops = matches!(
-                rail,
-                Withheld::DryRun | Withheld::KillSwitch | Withheld::ServiceAccountNotifyOnly
-            );
-            let then = if stops { "nothing" } else { verb };
-            step(
-                state,
-                verb,
-                Some(now),
-                (then, None),
-                Some(rail_key(rail).into()),
-                why,
-            )
-        }
+        Planned::Now(w) => due_step(f, w, None, ctx, now, state),
+        Planned::Withheld(w, rail) => due_step(f, w, Some(rail), ctx, now, state),
         Planned::NotDue => {
             let new = ctx.read_only && f.detected_at == now && f.warned_at == Some(now);
             let fn_secs = ctx.final_notice.get(&f.id.policy).copied().unwrap_or(0);
@@ -258,6 +222,49 @@ pub fn next_step(f: &Finding, planned: Planned, ctx: &PlanContext, now: i64) -> 
             )
         }
     }
+}
+
+/// A due write: made by this sweep (`scan`: due for the next one), or withheld by `rail`.
+fn due_step(
+    f: &Finding,
+    w: Write,
+    rail: Option<Withheld>,
+    ctx: &PlanContext,
+    now: i64,
+    state: String,
+) -> NextStep {
+    let (verb, then_at) = written(w, now);
+    let Some(rail) = rail else {
+        let what = match w {
+            Write::Delete => "revokes the key".to_string(),
+            Write::SetExpiry { to } => format!("sets the expiry to {}", rfc3339(to)),
+        };
+        if ctx.read_only {
+            let why = format!("due: the next sweep {what}");
+            return step(state, verb, Some(now), (verb, then_at), None, why);
+        }
+        // This sweep made the write; its outcome is among the sweep's results.
+        return step(
+            state,
+            verb,
+            then_at,
+            (verb, then_at),
+            None,
+            format!("this sweep {what}"),
+        );
+    };
+    let why = match w {
+        Write::Delete => format!("due since {}: would revoke it now", rfc3339(f.deadline)),
+        Write::SetExpiry { to } => format!("would set the expiry to {} now", rfc3339(to)),
+    };
+    // A cap or an incomplete listing only postpones it; the other rails stop it.
+    let stops = matches!(
+        rail,
+        Withheld::DryRun | Withheld::KillSwitch | Withheld::ServiceAccountNotifyOnly
+    );
+    let then = if stops { "nothing" } else { verb };
+    let by = Some(rail_key(rail).to_string());
+    step(state, verb, Some(now), (then, None), by, why)
 }
 
 /// How an open finding's key ends if nothing changes.
