@@ -191,6 +191,11 @@ fn clean(s: &str) -> String {
         .collect()
 }
 
+/// `1 key`, `2 keys`.
+fn counted(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 // ---- table -------------------------------------------------------------------------------------
 
 fn write_aligned(out: &mut dyn Write, rows: &[Vec<String>]) -> io::Result<()> {
@@ -278,10 +283,10 @@ fn render_table(
     writeln!(out)?;
     writeln!(
         out,
-        "{} keys in {} projects of {} organizations; {}",
-        inv.keys().count(),
-        projects,
-        inv.orgs.len(),
+        "{} in {} of {}; {}",
+        counted(inv.keys().count(), "key", "keys"),
+        counted(projects, "project", "projects"),
+        counted(inv.orgs.len(), "organization", "organizations"),
         if incomplete.is_empty() {
             "every listing complete".to_string()
         } else {
@@ -324,7 +329,8 @@ fn render_table(
                 ))
             })
             .count();
-        writeln!(out, "{others} other keys: nothing planned.")?;
+        let others = counted(others, "other key", "other keys");
+        writeln!(out, "{others}: nothing planned.")?;
     }
     Ok(())
 }
@@ -839,7 +845,7 @@ mod tests {
         );
         // The escape character never reaches the terminal.
         assert!(!t.contains('\x1b'));
-        assert!(t.contains("2 keys in 2 projects of 1 organizations; 1 INCOMPLETE"));
+        assert!(t.contains("2 keys in 2 projects of 1 organization; 1 INCOMPLETE"));
         assert!(t.contains("acme / proj_2 (proj_2): HTTP 500 server error"));
         assert!(t.contains("Plan (what the next sweeps do"));
         let plan = t.lines().find(|l| l.contains("max-age")).unwrap();
@@ -850,7 +856,7 @@ mod tests {
             assert!(plan.contains(part), "{part:?} missing from {plan:?}");
         }
         assert!(!t.contains("service_account_notify_only"));
-        assert!(t.contains("1 other keys: nothing planned."));
+        assert!(t.contains("1 other key: nothing planned."));
     }
 
     #[test]

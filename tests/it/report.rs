@@ -87,7 +87,7 @@ async fn every_key_once_in_every_format_and_incomplete_projects_reported() {
     let table = render_to_string(&inv, &[finding], Format::Table);
     let key_lines = table.lines().skip(1).take_while(|l| !l.is_empty()).count();
     assert_eq!(key_lines, 240);
-    assert!(table.contains("240 keys in 3 projects of 1 organizations; 1 INCOMPLETE"));
+    assert!(table.contains("240 keys in 3 projects of 1 organization; 1 INCOMPLETE"));
     assert!(table.contains(&format!("acme / {}", projects[2])));
     assert!(table.contains("Plan (what the next sweeps do"));
 }

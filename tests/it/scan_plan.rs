@@ -52,7 +52,7 @@ fn plan_rows(table: &str) -> Vec<Vec<String>> {
     let mut lines = table.lines().skip_while(|l| !l.starts_with("Plan ("));
     lines.next().expect("a plan section");
     lines
-        .take_while(|l| !l.is_empty() && !l.contains("other keys: nothing planned"))
+        .take_while(|l| !l.is_empty() && !l.contains(": nothing planned."))
         .skip(1)
         .map(|l| {
             l.split("  ")
@@ -93,7 +93,8 @@ async fn a_first_scan_is_a_plan_named_by_configuration_keys() {
         .find(|r| r.contains(&"safety.service_account_keys".to_string()))
         .unwrap();
     assert!(sa.contains(&"nothing".to_string()), "{sa:?}");
-    assert!(!table.contains("not a clean scan"));
+    // Counts agree with their nouns.
+    assert!(table.contains(" projects of 1 organization; "), "{table}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,6 +224,25 @@ async fn a_due_revocation_over_the_cap_names_the_cap_it_waits_for() {
     assert!(!table.contains("cap_per_run"), "{table}");
     // Read-only: the stored stage is shown, never one the preview only imagined.
     assert!(orphaned.iter().all(|r| r[5] == "warned"), "{table}");
+    // The sweep itself names the same configuration key for what it withholds.
+    let (status, out, err) = run_to_end(
+        &[
+            "run",
+            "--once",
+            "--now",
+            &later,
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &enforce,
+    )
+    .await;
+    assert!(status.success(), "{out}\n{err}");
+    assert!(
+        out.contains("withheld (safety.max_revocations_per_run): "),
+        "{out}"
+    );
+    assert!(!out.contains("cap_per_run"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
