@@ -412,3 +412,133 @@ fn shown_state(f: &Finding, ctx: &PlanContext, now: i64) -> String {
         _ => Stage::Warned.as_str().into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::finding::{ExpiryState, FindingId};
+
+    const NOW: i64 = 1_796_000_000;
+    const DAY: i64 = 86_400;
+
+    /// A `revoke` finding on a user key, warned 3 days ago, due in 4.
+    fn warned() -> Finding {
+        Finding {
+            id: FindingId {
+                organization: "acme".into(),
+                project_id: "proj_1".into(),
+                key_id: "key_1".into(),
+                policy: "old".into(),
+            },
+            project_name: None,
+            key_name: "ci".into(),
+            redacted_value: "sk-…abc".into(),
+            owner_type: OwnerType::User,
+            owner: "dana@example.com".into(),
+            owner_email: None,
+            created_at: NOW - 400 * DAY,
+            last_used_at: None,
+            expires_at: Expiry::Never,
+            action: Action::Revoke,
+            reason: "older than 90d".into(),
+            stage: Stage::Warned,
+            detected_at: NOW - 3 * DAY,
+            deadline: NOW + 4 * DAY,
+            warned_at: Some(NOW - 3 * DAY),
+            final_notice_at: None,
+            last_notified_at: Some(NOW - 3 * DAY),
+            closed_at: None,
+            resolution: None,
+            dry_run_noted_at: None,
+            expiry: ExpiryState::default(),
+        }
+    }
+
+    fn ctx(read_only: bool, dry_run: bool) -> PlanContext {
+        PlanContext {
+            read_only,
+            dry_run,
+            final_notice: [("old".to_string(), DAY)].into(),
+            repeat_interval: DAY,
+            ..PlanContext::default()
+        }
+    }
+
+    #[test]
+    fn a_new_finding_in_a_scan_is_new_and_the_next_sweep_warns() {
+        let f = Finding {
+            detected_at: NOW,
+            warned_at: Some(NOW),
+            ..warned()
+        };
+        let s = next_step(&f, Planned::NotDue, &ctx(true, false), NOW);
+        assert_eq!(
+            (s.state.as_str(), s.next, s.next_at),
+            ("new", "warn", Some(NOW))
+        );
+        assert_eq!((s.then, s.then_at), ("revoke", Some(f.deadline)));
+        assert_eq!(s.withheld_by, None);
+    }
+
+    #[test]
+    fn the_final_notice_comes_first_then_the_revocation_unless_a_rail_stops_it() {
+        let s = next_step(&warned(), Planned::NotDue, &ctx(true, false), NOW);
+        assert_eq!((s.next, s.next_at), ("final-notice", Some(NOW + 3 * DAY)));
+        assert_eq!(s.then, "revoke");
+        let s = next_step(&warned(), Planned::NotDue, &ctx(true, true), NOW);
+        assert_eq!(
+            (s.then, s.withheld_by.as_deref()),
+            ("nothing", Some("mode"))
+        );
+        let sa = Finding {
+            owner_type: OwnerType::ServiceAccount,
+            ..warned()
+        };
+        let s = next_step(&sa, Planned::NotDue, &ctx(true, false), NOW);
+        assert_eq!(
+            s.withheld_by.as_deref(),
+            Some("safety.service_account_keys")
+        );
+        assert_eq!(s.then, "nothing");
+    }
+
+    #[test]
+    fn a_due_revocation_over_a_cap_is_postponed_not_stopped() {
+        let f = Finding {
+            final_notice_at: Some(NOW - DAY),
+            deadline: NOW - 60,
+            ..warned()
+        };
+        let capped = Planned::Withheld(Write::Delete, Withheld::CapPerRun);
+        let s = next_step(&f, capped, &ctx(true, false), NOW);
+        assert_eq!(s.next, "revoke");
+        assert_eq!(s.then, "revoke");
+        assert_eq!(
+            s.withheld_by.as_deref(),
+            Some("safety.max_revocations_per_run")
+        );
+        let s = next_step(&f, Planned::Now(Write::Delete), &ctx(true, false), NOW);
+        assert_eq!(
+            (s.next, s.next_at, s.withheld_by),
+            ("revoke", Some(NOW), None)
+        );
+    }
+
+    #[test]
+    fn an_exempted_finding_names_its_exemption_entry() {
+        let f = Finding {
+            stage: Stage::Exempted,
+            closed_at: Some(NOW),
+            resolution: Some("exempted: SEC-142".into()),
+            ..warned()
+        };
+        let mut c = ctx(true, false);
+        c.exemptions
+            .insert(("acme".into(), "proj_1".into(), "key_1".into()), 2);
+        let s = next_step(&f, Planned::NotDue, &c, NOW);
+        assert_eq!(s.next, "nothing");
+        assert_eq!(s.withheld_by.as_deref(), Some("exemptions[2]"));
+        // A scan shows the stage the finding has until the next sweep closes it.
+        assert_eq!(s.state, "warned");
+    }
+}
