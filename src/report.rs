@@ -58,12 +58,16 @@ pub struct FindingRow {
 
 /// Findings, exemptions and the plan of a sweep as report rows, each with its [`NextStep`].
 pub fn finding_rows(report: &SweepReport, ctx: &PlanContext, now: i64) -> Vec<FindingRow> {
+    let planned = Planned::index(&report.plan);
     let mut rows: Vec<FindingRow> = report
         .findings
         .iter()
         .map(|v| {
-            let step = next_step(&v.finding, Planned::of(&report.plan, &v.finding), ctx, now);
-            finding_row(v, step)
+            let word = planned
+                .get(&v.finding.id)
+                .copied()
+                .unwrap_or(Planned::NotDue);
+            finding_row(v, next_step(&v.finding, word, ctx, now))
         })
         .collect();
     for (key, reason) in &report.exempted {

@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::config::{Action, Config, Mode, ServiceAccountKeys};
 use crate::inventory::{Expiry, OwnerType};
-use crate::policy::finding::{Finding, Stage};
+use crate::policy::finding::{Finding, FindingId, Stage};
 use crate::policy::plan::{Plan, Withheld, Write};
 use crate::policy::rules::Policies;
 
@@ -115,17 +115,22 @@ pub enum Planned {
 }
 
 impl Planned {
-    /// The plan's word on the finding `f` (its first action naming it).
-    pub fn of(plan: &Plan, f: &Finding) -> Planned {
-        if let Some(a) = plan.revoke.iter().find(|a| a.findings.contains(&f.id)) {
-            return Planned::Now(a.write);
+    /// The plan's word on each finding it names (the first action naming it), indexed: a
+    /// dry-run plan withholds every due key, and a search per finding would be quadratic.
+    pub fn index(plan: &Plan) -> HashMap<&FindingId, Planned> {
+        let mut out = HashMap::new();
+        for a in &plan.revoke {
+            for id in &a.findings {
+                out.entry(id).or_insert(Planned::Now(a.write));
+            }
         }
-        plan.withheld
-            .iter()
-            .find(|w| w.action.findings.contains(&f.id))
-            .map_or(Planned::NotDue, |w| {
-                Planned::Withheld(w.action.write, w.reason)
-            })
+        for w in &plan.withheld {
+            for id in &w.action.findings {
+                out.entry(id)
+                    .or_insert(Planned::Withheld(w.action.write, w.reason));
+            }
+        }
+        out
     }
 }
 
@@ -416,7 +421,7 @@ fn shown_state(f: &Finding, ctx: &PlanContext, now: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::finding::{ExpiryState, FindingId};
+    use crate::policy::finding::ExpiryState;
 
     const NOW: i64 = 1_796_000_000;
     const DAY: i64 = 86_400;
