@@ -91,7 +91,9 @@ impl Run<'_> {
     /// The alert about keysweep's own admin key of `org`, if it has expired or expires within
     /// 14 days. Other admin keys are inventory (`scan` lists them), not an alert.
     fn own_admin_key_alert(&self, org: &OrgInventory<KeyTally>) -> Option<EnforcerAlert> {
-        if org.error.is_some() {
+        // No admin key listed: the listing of admin keys failed (an organisation always has
+        // keysweep's own), which the collector has logged already.
+        if org.error.is_some() || org.admin_keys.is_empty() {
             return None;
         }
         let own = match self.own_admin_key(org)? {
