@@ -112,6 +112,9 @@ async fn csv_has_one_row_per_key_and_finding_with_the_plan_and_json_keeps_its_fi
     assert!(v["generated_at"].is_i64());
     assert_eq!(v["generated_at_rfc3339"], "2026-11-30T00:53:20Z");
     let mut per_key: HashMap<String, usize> = HashMap::new();
+    // A first, read-only scan sent nothing: no finding says `warned`.
+    assert!(findings.iter().all(|f| f["state"] != "warned"), "{json}");
+    assert!(findings.iter().any(|f| f["state"] == "new"), "{json}");
     for f in findings {
         *per_key
             .entry(f["key_id"].as_str().unwrap().into())
