@@ -89,6 +89,15 @@ fn load_with(cli: &Cli, read: fn(&Path) -> Result<Config, config::LoadError>) ->
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
+    // What a valid configuration silently leaves out, said by the commands that look at keys.
+    if matches!(
+        cli.command,
+        Command::CheckConfig | Command::Scan(_) | Command::Run(_)
+    ) {
+        for gap in config::gaps(&config) {
+            tracing::warn!("{gap}");
+        }
+    }
     Ok(config)
 }
 
@@ -124,6 +133,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             }
         },
         Command::Demo(args) => {
+            refuse_demo_config(&cli)?;
             crate::telemetry::init_with_default(None, "warn").ok();
             crate::demo::run(args).await
         }
@@ -132,6 +142,20 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             crate::sim::run(args.clone(), shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// `demo` runs with its own configuration (`config/demo.toml`) against its own simulator: a
+/// `--config` on its command line would be silently ignored, so it is refused. A
+/// `KEYSWEEP_CONFIG` in the environment is for the other commands and does not stop the demo.
+fn refuse_demo_config(cli: &Cli) -> Result<()> {
+    let from_env = std::env::var_os("KEYSWEEP_CONFIG").map(PathBuf::from);
+    match &cli.config {
+        Some(path) if from_env.as_ref() != Some(path) => bail!(
+            "demo does not take --config: it runs its own configuration (config/demo.toml) against a simulated organisation; to try {} use `keysweep check-config --config {0}` and `keysweep scan --config {0}`",
+            path.display()
+        ),
+        _ => Ok(()),
     }
 }
 
@@ -177,8 +201,27 @@ async fn scan(config: Config, args: &ScanArgs) -> Result<ExitCode> {
         None if std::io::stdout().is_terminal() => report::Format::Table,
         None => report::Format::Json,
     };
-    print_report(&report, &inventory, now, format)?;
-    Ok(finish(&report))
+    let ctx = plan_context(&sweeper.config, &report, now, true, false);
+    print_report(&report, &inventory, now, format, &ctx)?;
+    Ok(finish(&report, &sweeper.config, true))
+}
+
+/// What the plan needs besides the report: the rules in force, the kill switch as it is now,
+/// and the exemption entries that cover the report's exempted keys.
+fn plan_context(
+    config: &Config,
+    report: &SweepReport,
+    now: i64,
+    read_only: bool,
+    force_dry_run: bool,
+) -> report::PlanContext {
+    let mut ctx = report::PlanContext::from_config(config, read_only, force_dry_run);
+    ctx.kill_switch_on = config
+        .safety
+        .kill_switch_file
+        .as_ref()
+        .is_some_and(|p| p.exists());
+    ctx.with_exemptions(config, report, now)
 }
 
 fn print_report(
@@ -186,8 +229,9 @@ fn print_report(
     inventory: &crate::inventory::Inventory,
     now: i64,
     format: report::Format,
+    ctx: &report::PlanContext,
 ) -> Result<()> {
-    let rows = report::finding_rows(report);
+    let rows = report::finding_rows(report, ctx, now);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     report::render(inventory, &rows, now, format, &mut out)?;
@@ -195,12 +239,14 @@ fn print_report(
     Ok(())
 }
 
-/// Exit 0 only when every listing was complete; otherwise say which were not.
-fn finish(report: &SweepReport) -> ExitCode {
+/// Exit 0 only when every listing was complete; otherwise say which were not, and what that
+/// means: for a sweep, nothing was revoked there; for `scan` (which never revokes), the plan
+/// leaves those projects out.
+fn finish(report: &SweepReport, config: &Config, read_only: bool) -> ExitCode {
     let mut clean = true;
     for org in &report.inventory.orgs {
         if let Some(e) = &org.error {
-            eprintln!("error: organisation {}: {e}", org.organization);
+            eprintln!("error: {}", org_error(org, e, config));
             clean = false;
         }
         for p in &org.projects {
@@ -225,7 +271,13 @@ fn finish(report: &SweepReport) -> ExitCode {
     if clean {
         ExitCode::SUCCESS
     } else {
-        eprintln!("keysweep: incomplete — nothing was revoked in the projects listed above");
+        if read_only {
+            eprintln!(
+                "keysweep: incomplete — the plan leaves out the keys of the projects listed above; no sweep acts in them until they list completely"
+            );
+        } else {
+            eprintln!("keysweep: incomplete — nothing was revoked in the projects listed above");
+        }
         ExitCode::from(EXIT_INCOMPLETE)
     }
 }
@@ -239,6 +291,7 @@ async fn run(config: Config, args: &RunArgs, path: PathBuf) -> Result<ExitCode> 
     let now = parse_now(args.now.as_deref())?;
     let store = open_for_sweeps(&config)?;
     let sweeper = Sweeper::new(Arc::new(config), Some(store.clone()), Metrics::new())?;
+    let config_of_sweeper = sweeper.config.clone();
     let mut opts = SweepOptions::new(now);
     opts.force_dry_run = args.dry_run;
     let cancel = opts.cancel.clone();
@@ -248,12 +301,48 @@ async fn run(config: Config, args: &RunArgs, path: PathBuf) -> Result<ExitCode> 
     });
     let report = sweeper.run_once(&opts).await?;
     publish_audit_head(&store, None);
-    print_summary(&report, now)?;
-    Ok(finish(&report))
+    print_summary(&report, &store, now)?;
+    Ok(finish(&report, &config_of_sweeper, false))
+}
+
+/// An organisation's listing error, naming the organisation once (the client's errors start
+/// with it already) and, when the admin key was refused, where that key came from.
+fn org_error(
+    org: &crate::inventory::OrgInventory<crate::inventory::KeyTally>,
+    e: &str,
+    config: &Config,
+) -> String {
+    let named = if e.starts_with(&format!("organization {}", org.organization)) {
+        e.to_string()
+    } else {
+        format!("organisation {}: {e}", org.organization)
+    };
+    let source = config
+        .organizations
+        .iter()
+        .position(|o| o.name == org.organization)
+        .map(|i| (i, &config.organizations[i].admin_key_source));
+    match source {
+        Some((i, source)) if org.unauthorized => format!(
+            "{named} (the admin key of organizations[{i}] was read from {}; check that it is the right, unexpired key)",
+            source.replace("env ", "environment variable ")
+        ),
+        _ => named,
+    }
+}
+
+/// Open findings in the state after a sweep, whatever this sweep touched.
+fn open_findings_in_state(store: &Store) -> Result<u64> {
+    let by_stage = store.with_conn(crate::state::findings::findings_by_stage)?;
+    Ok(by_stage
+        .iter()
+        .filter(|(stage, _)| stage.is_open())
+        .map(|(_, n)| n)
+        .sum())
 }
 
 /// What `run --once` prints: the plan's outcome, one line per action, then the totals.
-fn print_summary(report: &SweepReport, now: i64) -> Result<()> {
+fn print_summary(report: &SweepReport, store: &Store, now: i64) -> Result<()> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mode = report.mode.map(|m| m.as_str()).unwrap_or("?");
@@ -277,11 +366,9 @@ fn print_summary(report: &SweepReport, now: i64) -> Result<()> {
         )?;
     }
     report::write_withheld(&mut out, &report.plan)?;
-    let open = report
-        .findings
-        .iter()
-        .filter(|v| v.finding.stage.is_open())
-        .count();
+    // Counted in the state: a finding this sweep did not touch (its organisation could not be
+    // listed, its project was incomplete) is still open.
+    let open = open_findings_in_state(store)?;
     writeln!(
         out,
         "keys: {}, open findings: {open}, revoked: {}, withheld: {}, notifications queued: {}, delivered: {}, alerts: {}",

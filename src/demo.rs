@@ -116,9 +116,12 @@ impl Demo {
             None => std::env::temp_dir()
                 .join(format!("keysweep-demo-{}", uuid::Uuid::new_v4().simple())),
         };
+        refuse_previous_run(&dir)?;
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         // The simulator's admin key is made up on the spot: the demo needs no secret of yours.
-        let admin_key = format!("sk-admin-demo-{}", uuid::Uuid::new_v4().simple());
+        // It ends like the demo organisation's admin key (`sk-admin-****dEm0`), which is how
+        // keysweep recognises its own key among the organisation's admin keys.
+        let admin_key = format!("sk-admin-demo-{}dEm0", uuid::Uuid::new_v4().simple());
         let sim = SimServer::start(
             "127.0.0.1:0".parse()?,
             SimOrg::demo(now),
@@ -159,7 +162,7 @@ impl Demo {
         // The sweep keeps only a tally of the keys; the table lists them all.
         let listed = self.sweeper.list().await;
         let first = sweep(&self.sweeper, now).await?;
-        print_report(out, &listed, &first, now)?;
+        print_report(out, &listed, &first, now, &self.sweeper.config)?;
         print_expiries(out, &first)?;
         section(
             out,
@@ -216,6 +219,24 @@ impl Demo {
     }
 }
 
+/// A `--dir` that already holds a demo run is refused: its state would make this run's first
+/// sweep a later one, and its messages would be listed as this run's.
+fn refuse_previous_run(dir: &Path) -> Result<()> {
+    let db = dir.join("keysweep-demo.db");
+    if db.exists() || dir.join("outbox").exists() {
+        anyhow::bail!(
+            "{} already holds a previous demo run ({}); choose an empty folder, or remove it first",
+            dir.display(),
+            if db.exists() {
+                "keysweep-demo.db"
+            } else {
+                "outbox/"
+            }
+        );
+    }
+    Ok(())
+}
+
 /// The expiry writes of a sweep, one line each.
 fn print_expiries(out: &mut dyn Write, r: &SweepReport) -> std::io::Result<()> {
     for e in &r.expiries {
@@ -251,8 +272,11 @@ fn print_report(
     listed: &crate::inventory::Inventory,
     r: &SweepReport,
     now: i64,
+    config: &config::Config,
 ) -> Result<()> {
-    let rows = report::finding_rows(r);
+    let ctx =
+        report::PlanContext::from_config(config, false, false).with_exemptions(config, r, now);
+    let rows = report::finding_rows(r, &ctx, now);
     report::render(listed, &rows, now, report::Format::Table, out)?;
     Ok(())
 }

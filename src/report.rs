@@ -22,6 +22,10 @@ use crate::inventory::{Expiry, ExpiryStatus, Inventory, Key, OwnerAccess};
 use crate::policy::Plan;
 use crate::sweep::SweepReport;
 
+pub mod plan;
+
+pub use plan::{NextStep, PlanContext, Planned, next_step};
+
 /// Output format of `keysweep scan`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -41,47 +45,61 @@ pub struct FindingRow {
     pub policy: String,
     /// `notify`, `revoke`, …
     pub action: String,
-    /// `warned`, `final-notice`, `due`, `revoked`, `exempt`, …
+    /// `new` (read-only scan: no sweep has warned yet), `warned`, `final_notice`, `revoked`,
+    /// `exempted`, …
     pub state: String,
     /// Unix seconds at which the action falls due, if scheduled.
     pub deadline: Option<i64>,
+    /// Why the key violates (or is exempt).
     pub note: String,
+    /// What happens next to the key, and what withholds it (see [`plan`]).
+    pub plan: Option<NextStep>,
 }
 
-/// Findings, exemptions and the plan of a sweep as report rows.
-pub fn finding_rows(report: &SweepReport) -> Vec<FindingRow> {
+/// Findings, exemptions and the plan of a sweep as report rows, each with its [`NextStep`].
+pub fn finding_rows(report: &SweepReport, ctx: &PlanContext, now: i64) -> Vec<FindingRow> {
+    let planned = Planned::index(&report.plan);
     let mut rows: Vec<FindingRow> = report
         .findings
         .iter()
-        .map(|v| FindingRow {
-            organization: v.finding.id.organization.clone(),
-            project_id: v.finding.id.project_id.clone(),
-            key_id: v.finding.id.key_id.clone(),
-            key_name: v.finding.key_name.clone(),
-            policy: v.finding.id.policy.clone(),
-            action: match v.finding.action {
-                Action::Notify => "notify".into(),
-                Action::Revoke => "revoke".into(),
-                Action::Expire => "expire".into(),
-            },
-            state: v.finding.stage.as_str().into(),
-            deadline: v.finding.action.enforces().then_some(v.finding.deadline),
-            note: format!("{} — {}", v.finding.reason, v.plan),
+        .map(|v| {
+            let word = planned
+                .get(&v.finding.id)
+                .copied()
+                .unwrap_or(Planned::NotDue);
+            finding_row(v, next_step(&v.finding, word, ctx, now))
         })
         .collect();
     for (key, reason) in &report.exempted {
-        rows.push(exemption_row(
-            key,
-            "exempted",
-            None,
-            format!("exempted: {reason}"),
-        ));
+        let rail = ctx.exemption_key(&key.organization, &key.project_id, &key.id);
+        let step = plan::nothing("exempted", Some(rail), format!("exempted: {reason}"));
+        rows.push(exemption_row(key, "exempted", None, step));
     }
     for (key, reason, until) in &report.expired_exemptions {
-        let note = format!("exemption expired: {reason}");
-        rows.push(exemption_row(key, "exemption_expired", *until, note));
+        let why = format!("exemption expired ({reason}): the key's findings proceed");
+        let step = plan::nothing("exemption_expired", None, why);
+        rows.push(exemption_row(key, "exemption_expired", *until, step));
     }
     rows
+}
+
+fn finding_row(v: &crate::sweep::FindingView, step: NextStep) -> FindingRow {
+    FindingRow {
+        organization: v.finding.id.organization.clone(),
+        project_id: v.finding.id.project_id.clone(),
+        key_id: v.finding.id.key_id.clone(),
+        key_name: v.finding.key_name.clone(),
+        policy: v.finding.id.policy.clone(),
+        action: match v.finding.action {
+            Action::Notify => "notify".into(),
+            Action::Revoke => "revoke".into(),
+            Action::Expire => "expire".into(),
+        },
+        state: step.state.clone(),
+        deadline: v.finding.action.enforces().then_some(v.finding.deadline),
+        note: v.finding.reason.clone(),
+        plan: Some(step),
+    }
 }
 
 /// One line per revocation the plan withheld, with the safety rail that withheld it (for
@@ -91,7 +109,7 @@ pub fn write_withheld(out: &mut dyn Write, plan: &Plan) -> io::Result<()> {
         writeln!(
             out,
             "  withheld ({}): {}",
-            w.reason.as_str(),
+            plan::rail_key(w.reason),
             w.action.describe()
         )?;
     }
@@ -99,7 +117,7 @@ pub fn write_withheld(out: &mut dyn Write, plan: &Plan) -> io::Result<()> {
 }
 
 /// A key that no policy acts on because of an exemption (current or lapsed).
-fn exemption_row(key: &Key, state: &str, deadline: Option<i64>, note: String) -> FindingRow {
+fn exemption_row(key: &Key, state: &str, deadline: Option<i64>, step: NextStep) -> FindingRow {
     FindingRow {
         organization: key.organization.clone(),
         project_id: key.project_id.clone(),
@@ -109,7 +127,8 @@ fn exemption_row(key: &Key, state: &str, deadline: Option<i64>, note: String) ->
         action: "none".into(),
         state: state.into(),
         deadline,
-        note,
+        note: step.why.clone(),
+        plan: Some(step),
     }
 }
 
@@ -126,7 +145,7 @@ pub fn render(
     match format {
         Format::Table => render_table(inv, findings, now, out),
         Format::Json => render_json(inv, findings, now, out),
-        Format::Csv => render_csv(inv, now, out),
+        Format::Csv => render_csv(inv, findings, now, out),
     }
 }
 
@@ -174,6 +193,11 @@ fn clean(s: &str) -> String {
     s.chars()
         .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
         .collect()
+}
+
+/// `1 key`, `2 keys`.
+fn counted(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 // ---- table -------------------------------------------------------------------------------------
@@ -263,10 +287,10 @@ fn render_table(
     writeln!(out)?;
     writeln!(
         out,
-        "{} keys in {} projects of {} organizations; {}",
-        inv.keys().count(),
-        projects,
-        inv.orgs.len(),
+        "{} in {} of {}; {}",
+        counted(inv.keys().count(), "key", "keys"),
+        counted(projects, "project", "projects"),
+        counted(inv.orgs.len(), "organization", "organizations"),
         if incomplete.is_empty() {
             "every listing complete".to_string()
         } else {
@@ -280,10 +304,37 @@ fn render_table(
             writeln!(out, "  {}: {}", clean(what), clean(reason))?;
         }
     }
-    if !findings.is_empty() {
-        writeln!(out)?;
-        writeln!(out, "Findings:")?;
-        write_findings_table(out, findings)?;
+    writeln!(out)?;
+    if findings.is_empty() {
+        writeln!(out, "Plan: nothing; no key violates a policy.")?;
+    } else {
+        writeln!(
+            out,
+            "Plan (what the next sweeps do to each key with a finding, and what withholds it):"
+        )?;
+        write_plan_table(out, findings)?;
+        let planned: std::collections::HashSet<(&str, &str, &str)> = findings
+            .iter()
+            .map(|f| {
+                (
+                    f.organization.as_str(),
+                    f.project_id.as_str(),
+                    f.key_id.as_str(),
+                )
+            })
+            .collect();
+        let others = inv
+            .keys()
+            .filter(|k| {
+                !planned.contains(&(
+                    k.organization.as_str(),
+                    k.project_id.as_str(),
+                    k.id.as_str(),
+                ))
+            })
+            .count();
+        let others = counted(others, "other key", "other keys");
+        writeln!(out, "{others}: nothing planned.")?;
     }
     Ok(())
 }
@@ -316,21 +367,41 @@ fn incomplete_listings(inv: &Inventory) -> Vec<(String, String)> {
         .collect()
 }
 
-fn write_findings_table(out: &mut dyn Write, findings: &[FindingRow]) -> io::Result<()> {
+fn time_or_dash(t: Option<i64>) -> String {
+    t.map(rfc3339).unwrap_or_else(|| "-".to_string())
+}
+
+fn write_plan_table(out: &mut dyn Write, findings: &[FindingRow]) -> io::Result<()> {
     let header = [
         "ORGANIZATION",
         "PROJECT",
         "KEY",
         "NAME",
         "POLICY",
-        "ACTION",
         "STATE",
         "DEADLINE",
-        "NOTE",
+        "NEXT",
+        "WHEN",
+        "THEN",
+        "WITHHELD BY",
+        "WHY",
     ];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
     for f in findings {
-        let deadline = f.deadline.map(rfc3339).unwrap_or_else(|| "-".to_string());
+        let deadline = time_or_dash(f.deadline);
+        let (next, when, then, withheld_by, why) = match &f.plan {
+            Some(p) => (
+                p.next,
+                time_or_dash(p.next_at),
+                match p.then_at {
+                    Some(t) => format!("{} {}", p.then, rfc3339(t)),
+                    None => p.then.to_string(),
+                },
+                p.withheld_by.clone().unwrap_or_else(|| "-".into()),
+                p.why.clone(),
+            ),
+            None => ("-", "-".into(), "-".into(), "-".into(), f.note.clone()),
+        };
         rows.push(
             [
                 f.organization.as_str(),
@@ -338,10 +409,13 @@ fn write_findings_table(out: &mut dyn Write, findings: &[FindingRow]) -> io::Res
                 &f.key_id,
                 &f.key_name,
                 &f.policy,
-                &f.action,
                 &f.state,
                 &deadline,
-                &f.note,
+                next,
+                &when,
+                &then,
+                &withheld_by,
+                &why,
             ]
             .iter()
             .map(|s| clean(s))
@@ -356,11 +430,22 @@ fn write_findings_table(out: &mut dyn Write, findings: &[FindingRow]) -> io::Res
 #[derive(Serialize)]
 struct JsonReport<'a> {
     generated_at: i64,
+    /// `generated_at` in RFC 3339.
+    generated_at_rfc3339: String,
     complete: bool,
     organizations: Vec<JsonOrg<'a>>,
     projects: Vec<JsonProject<'a>>,
     keys: Vec<JsonKey<'a>>,
-    findings: &'a [FindingRow],
+    findings: Vec<JsonFinding<'a>>,
+}
+
+/// A finding as JSON: the row's fields as they always were (`deadline` in Unix seconds), its
+/// RFC 3339 companion, and the `plan` (times in RFC 3339).
+#[derive(Serialize)]
+struct JsonFinding<'a> {
+    #[serde(flatten)]
+    row: &'a FindingRow,
+    deadline_rfc3339: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -420,6 +505,7 @@ fn render_json(
 ) -> io::Result<()> {
     let report = JsonReport {
         generated_at: now,
+        generated_at_rfc3339: rfc3339(now),
         complete: inv.is_complete(),
         organizations: inv
             .orgs
@@ -471,7 +557,13 @@ fn render_json(
                 expiry_state: ExpiryStatus::of(k.expires_at, now).as_str(),
             })
             .collect(),
-        findings,
+        findings: findings
+            .iter()
+            .map(|row| JsonFinding {
+                row,
+                deadline_rfc3339: row.deadline.map(rfc3339),
+            })
+            .collect(),
     };
     serde_json::to_writer_pretty(&mut *out, &report).map_err(io::Error::other)?;
     writeln!(out)
@@ -488,55 +580,141 @@ fn defuse(s: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-fn render_csv(inv: &Inventory, now: i64, out: &mut dyn Write) -> io::Result<()> {
+const CSV_HEADER: [&str; 27] = [
+    "organization",
+    "project_id",
+    "project_name",
+    "key_id",
+    "name",
+    "redacted_value",
+    "owner_type",
+    "owner",
+    "owner_email",
+    "owner_project_access",
+    "created_at",
+    "age_days",
+    "last_used_at",
+    "idle_days",
+    "expires_at",
+    "expiry_state",
+    "policy",
+    "action",
+    "state",
+    "deadline",
+    "reason",
+    "next_action",
+    "next_at",
+    "then",
+    "then_at",
+    "withheld_by",
+    "why",
+];
+
+/// One row per key and finding; a key without findings has one row with empty finding columns
+/// (and `next_action` = `nothing`). Findings of keys no longer listed (closed as gone) follow.
+fn render_csv(
+    inv: &Inventory,
+    findings: &[FindingRow],
+    now: i64,
+    out: &mut dyn Write,
+) -> io::Result<()> {
+    let mut by_key: std::collections::HashMap<(&str, &str, &str), Vec<&FindingRow>> =
+        std::collections::HashMap::new();
+    for f in findings {
+        by_key
+            .entry((&f.organization, &f.project_id, &f.key_id))
+            .or_default()
+            .push(f);
+    }
     let mut w = csv::Writer::from_writer(out);
-    w.write_record([
-        "organization",
-        "project_id",
-        "project_name",
-        "key_id",
-        "name",
-        "redacted_value",
-        "owner_type",
-        "owner",
-        "owner_email",
-        "owner_project_access",
-        "created_at",
-        "age_days",
-        "last_used_at",
-        "idle_days",
-        "expires_at",
-        "expiry_state",
-    ])?;
+    w.write_record(CSV_HEADER)?;
     for k in inv.keys() {
-        let age = days_since(k.created_at, now).to_string();
-        let (last_used, idle) = match k.last_used_at {
-            Some(t) => (rfc3339(t), days_since(t, now).to_string()),
-            None => (String::new(), String::new()),
-        };
-        let created = rfc3339(k.created_at);
-        // Empty when the key has no expiry (never, or unknown); `expiry_state` tells which.
-        let expires = k.expires_at.at().map(rfc3339).unwrap_or_default();
-        w.write_record([
-            defuse(&k.organization).as_ref(),
-            &defuse(&k.project_id),
-            &defuse(k.project_name.as_deref().unwrap_or("")),
-            &defuse(&k.id),
-            &defuse(&k.name),
-            &defuse(&k.redacted_value),
-            k.owner.kind.as_str(),
-            &defuse(k.owner.display()),
-            &defuse(k.owner.email.as_deref().unwrap_or("")),
-            access_str(k.owner_access),
-            &created,
-            &age,
-            &last_used,
-            &idle,
-            &expires,
-            ExpiryStatus::of(k.expires_at, now).as_str(),
-        ])?;
+        let key = key_cells(k, now);
+        match by_key.remove(&(
+            k.organization.as_str(),
+            k.project_id.as_str(),
+            k.id.as_str(),
+        )) {
+            Some(rows) => {
+                for f in rows {
+                    w.write_record(key.iter().cloned().chain(finding_cells(Some(f))))?;
+                }
+            }
+            None => w.write_record(key.iter().cloned().chain(finding_cells(None)))?,
+        }
+    }
+    // Findings whose key the listing no longer has, in the order they came.
+    for f in findings {
+        if by_key.contains_key(&(
+            f.organization.as_str(),
+            f.project_id.as_str(),
+            f.key_id.as_str(),
+        )) {
+            let mut key = vec![String::new(); 16];
+            key[0] = defuse(&f.organization).into_owned();
+            key[1] = defuse(&f.project_id).into_owned();
+            key[3] = defuse(&f.key_id).into_owned();
+            key[4] = defuse(&f.key_name).into_owned();
+            w.write_record(key.into_iter().chain(finding_cells(Some(f))))?;
+        }
     }
     w.flush()
+}
+
+/// The 16 inventory columns of a key.
+fn key_cells(k: &Key, now: i64) -> Vec<String> {
+    let (last_used, idle) = match k.last_used_at {
+        Some(t) => (rfc3339(t), days_since(t, now).to_string()),
+        None => (String::new(), String::new()),
+    };
+    vec![
+        defuse(&k.organization).into_owned(),
+        defuse(&k.project_id).into_owned(),
+        defuse(k.project_name.as_deref().unwrap_or("")).into_owned(),
+        defuse(&k.id).into_owned(),
+        defuse(&k.name).into_owned(),
+        defuse(&k.redacted_value).into_owned(),
+        k.owner.kind.as_str().to_string(),
+        defuse(k.owner.display()).into_owned(),
+        defuse(k.owner.email.as_deref().unwrap_or("")).into_owned(),
+        access_str(k.owner_access).to_string(),
+        rfc3339(k.created_at),
+        days_since(k.created_at, now).to_string(),
+        last_used,
+        idle,
+        // Empty when the key has no expiry (never, or unknown); `expiry_state` tells which.
+        k.expires_at.at().map(rfc3339).unwrap_or_default(),
+        ExpiryStatus::of(k.expires_at, now).as_str().to_string(),
+    ]
+}
+
+/// The 11 finding and plan columns: empty but `next_action` = `nothing` without a finding.
+fn finding_cells(f: Option<&FindingRow>) -> Vec<String> {
+    let Some(f) = f else {
+        let mut cells = vec![String::new(); 11];
+        cells[5] = "nothing".into();
+        return cells;
+    };
+    let time = |t: Option<i64>| t.map(rfc3339).unwrap_or_default();
+    let mut cells = vec![
+        defuse(&f.policy).into_owned(),
+        f.action.clone(),
+        f.state.clone(),
+        time(f.deadline),
+        defuse(&f.note).into_owned(),
+    ];
+    match &f.plan {
+        Some(p) => cells.extend([
+            p.next.to_string(),
+            time(p.next_at),
+            p.then.to_string(),
+            time(p.then_at),
+            p.withheld_by.clone().unwrap_or_default(),
+            defuse(&p.why).into_owned(),
+        ]),
+        None => cells.extend(std::iter::repeat_n(String::new(), 6)),
+    }
+    cells
 }
 
 #[cfg(test)]
@@ -626,6 +804,15 @@ mod tests {
             state: "warned".into(),
             deadline: Some(NOW + 7 * DAY),
             note: "older than 365d".into(),
+            plan: Some(NextStep {
+                state: "warned".into(),
+                next: "final-notice",
+                next_at: Some(NOW + 6 * DAY),
+                then: "nothing",
+                then_at: None,
+                withheld_by: Some("safety.service_account_keys".into()),
+                why: "would revoke, but a service-account key is only reported".into(),
+            }),
         }
     }
 
@@ -662,17 +849,24 @@ mod tests {
         );
         // The escape character never reaches the terminal.
         assert!(!t.contains('\x1b'));
-        assert!(t.contains("2 keys in 2 projects of 1 organizations; 1 INCOMPLETE"));
+        assert!(t.contains("2 keys in 2 projects of 1 organization; 1 INCOMPLETE"));
         assert!(t.contains("acme / proj_2 (proj_2): HTTP 500 server error"));
-        assert!(t.contains("Findings:"));
-        assert!(t.contains("max-age"));
-        assert!(t.contains("2026-01-08T00:00:00Z"));
+        assert!(t.contains("Plan (what the next sweeps do"));
+        let plan = t.lines().find(|l| l.contains("max-age")).unwrap();
+        for part in [
+            "2026-01-08T00:00:00Z",
+            "final-notice  2026-01-07T00:00:00Z  nothing  safety.service_account_keys",
+        ] {
+            assert!(plan.contains(part), "{part:?} missing from {plan:?}");
+        }
+        assert!(!t.contains("service_account_notify_only"));
+        assert!(t.contains("1 other key: nothing planned."));
     }
 
     #[test]
-    fn table_without_findings_has_no_findings_section() {
+    fn table_without_findings_says_nothing_is_planned() {
         let t = rendered(Format::Table, &[]);
-        assert!(!t.contains("Findings:"));
+        assert!(t.contains("Plan: nothing; no key violates a policy."));
     }
 
     #[test]
@@ -710,6 +904,33 @@ mod tests {
         assert_eq!(keys[1]["owner"], "batch-bot");
         assert_eq!(v["findings"][0]["policy"], "max-age");
         assert_eq!(v["findings"][0]["deadline"], NOW + 7 * DAY);
+        assert_eq!(v["findings"][0]["deadline_rfc3339"], "2026-01-08T00:00:00Z");
+        assert_eq!(v["generated_at_rfc3339"], "2026-01-01T00:00:00Z");
+        let plan = &v["findings"][0]["plan"];
+        assert_eq!(plan["next"], "final-notice");
+        assert_eq!(plan["next_at"], "2026-01-07T00:00:00Z");
+        assert!(plan["then_at"].is_null());
+        assert_eq!(plan["withheld_by"], "safety.service_account_keys");
+    }
+
+    #[test]
+    fn csv_one_row_per_key_and_finding_with_the_plan() {
+        let text = rendered(Format::Csv, &[finding(), finding()]);
+        let mut r = csv::Reader::from_reader(text.as_bytes());
+        let headers = r.headers().unwrap().clone();
+        let col = |name: &str| headers.iter().position(|h| h == name).unwrap();
+        let rows: Vec<csv::StringRecord> = r.records().map(Result::unwrap).collect();
+        // key_1 has two findings, key_2 none.
+        assert_eq!(rows.len(), 3);
+        assert_eq!(&rows[0][col("key_id")], "key_1");
+        assert_eq!(&rows[1][col("key_id")], "key_1");
+        assert_eq!(&rows[0][col("deadline")], "2026-01-08T00:00:00Z");
+        assert_eq!(&rows[0][col("next_action")], "final-notice");
+        assert_eq!(&rows[0][col("next_at")], "2026-01-07T00:00:00Z");
+        assert_eq!(&rows[0][col("withheld_by")], "safety.service_account_keys");
+        assert_eq!(&rows[2][col("key_id")], "key_2");
+        assert_eq!(&rows[2][col("policy")], "");
+        assert_eq!(&rows[2][col("next_action")], "nothing");
     }
 
     #[test]

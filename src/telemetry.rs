@@ -100,6 +100,14 @@ pub fn init_with_default(format: Option<LogFormat>, default: &str) -> Result<(),
     Ok(())
 }
 
+/// A new sweep's `run_id`, one format everywhere (the daemon's log span, `run --once`, the
+/// audit trail): `20261201T235829Z-ab850f9d`, its start in UTC and 8 random hex digits.
+pub fn new_run_id() -> String {
+    let now = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+    let rand = uuid::Uuid::new_v4().simple().to_string();
+    format!("{now}-{}", &rand[..8])
+}
+
 /// The formatting layer for `format`, writing to `writer`.
 fn fmt_layer<S, W>(format: LogFormat, writer: W) -> Box<dyn Layer<S> + Send + Sync>
 where

@@ -47,21 +47,33 @@ fn redact_url(u: &url::Url) -> String {
     v.to_string()
 }
 
-/// A duration in the largest unit that divides it (`90d`, `36h`, `90s`), so it reads like the
-/// configuration it came from (humantime would print `90d` as `2months 29days …`).
+/// A duration as the configuration would write it, in days, hours, minutes and seconds (`90d`,
+/// `36h`, `91d 7h 28s`), never a count of seconds a person must divide (humantime would print
+/// `90d` as `2months 29days …`). Loads back to the same duration.
 fn duration_text(d: Duration) -> String {
     let secs = d.as_secs();
     if d.subsec_nanos() != 0 {
-        format!("{}ms", d.as_millis())
-    } else if secs == 0 {
-        "0s".to_string()
-    } else {
-        [(86400, "d"), (3600, "h"), (60, "m"), (1, "s")]
-            .iter()
-            .find(|(unit, _)| secs.is_multiple_of(*unit))
-            .map(|(unit, suffix)| format!("{}{suffix}", secs / unit))
-            .unwrap_or_else(|| format!("{secs}s"))
+        return format!("{}ms", d.as_millis());
     }
+    if secs == 0 {
+        return "0s".to_string();
+    }
+    // One unit when it reads at a glance (`90d`, `36h`, `90s`), as the configuration wrote it.
+    let whole = [(86400, "d"), (3600, "h"), (60, "m"), (1, "s")]
+        .into_iter()
+        .find(|(unit, _)| secs.is_multiple_of(*unit) && secs / unit < 1000);
+    if let Some((unit, suffix)) = whole {
+        return format!("{}{suffix}", secs / unit);
+    }
+    let mut left = secs;
+    let mut parts = Vec::new();
+    for (unit, suffix) in [(86400, "d"), (3600, "h"), (60, "m"), (1, "s")] {
+        if left >= unit {
+            parts.push(format!("{}{suffix}", left / unit));
+            left %= unit;
+        }
+    }
+    parts.join(" ")
 }
 
 fn dur<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -155,6 +167,8 @@ impl<'a> View<'a> {
 #[derive(Serialize)]
 struct OrgView<'a> {
     admin_key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    admin_key_id: Option<&'a str>,
     base_url: String,
     #[serde(serialize_with = "opt_path", skip_serializing_if = "Option::is_none")]
     ca_file: Option<&'a Path>,
@@ -173,6 +187,7 @@ impl<'a> OrgView<'a> {
     fn of(o: &'a OrgConfig) -> Self {
         OrgView {
             admin_key: format!("{REDACTED} (from {})", o.admin_key_source),
+            admin_key_id: o.admin_key_id.as_deref(),
             base_url: redact_url(&o.base_url),
             ca_file: o.ca_file.as_deref(),
             exclude_projects: &o.exclude_projects,
@@ -607,6 +622,30 @@ format = "json"
             assert!(
                 shown.contains(&format!("\n{key} = \"[redacted]")),
                 "{key}: {shown}"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod duration_text_tests {
+    use super::duration_text;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_read_as_days_hours_minutes_and_seconds() {
+        let s = Duration::from_secs;
+        assert_eq!(duration_text(s(90 * 86400)), "90d");
+        assert_eq!(duration_text(s(90)), "90s");
+        assert_eq!(duration_text(s(36 * 3600)), "36h");
+        assert_eq!(duration_text(s(7_890_048)), "91d 7h 40m 48s");
+        assert_eq!(duration_text(s(91 * 86400 + 7 * 3600)), "91d 7h");
+        for secs in [7_890_048, 91 * 86400 + 7 * 3600, 1001] {
+            let text = duration_text(s(secs));
+            assert_eq!(
+                crate::config::parse_duration(&text).ok(),
+                Some(s(secs)),
+                "{text}"
             );
         }
     }

@@ -363,6 +363,7 @@ const KEYS: &[(Place, &[&str])] = &[
             "admin_key_env",
             "admin_key_file",
             "admin_key_credential",
+            "admin_key_id",
             "projects",
             "exclude_projects",
             "include_archived",

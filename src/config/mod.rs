@@ -10,6 +10,7 @@
 mod effective;
 #[cfg(test)]
 mod fuzz;
+mod gaps;
 mod raw;
 #[cfg(test)]
 mod tests_expiry;
@@ -22,6 +23,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 
 pub use effective::render as render_effective;
+pub use gaps::gaps;
 pub use raw::LoadError;
 pub use raw::load::{
     ENV_PREFIX, default_config_path, load, load_from_str, load_without_admin_keys,
@@ -94,6 +96,9 @@ pub struct OrgConfig {
     pub admin_key: SecretString,
     /// Where the admin key came from (`env OPENAI_ADMIN_KEY`, `file …`), for `check-config`.
     pub admin_key_source: String,
+    /// The id of keysweep's own admin key, when configured: the admin-key expiry alert is about
+    /// that key only. Without it, keysweep recognises its key by the redacted value's suffix.
+    pub admin_key_id: Option<String>,
     /// Project ids or name globs; empty means every active project.
     pub projects: Vec<String>,
     pub exclude_projects: Vec<String>,

@@ -85,6 +85,8 @@ struct RawOrg {
     admin_key_env: Option<String>,
     admin_key_file: Option<PathBuf>,
     admin_key_credential: Option<String>,
+    /// The id of keysweep's own admin key (`key_…`), for the admin-key expiry alert.
+    admin_key_id: Option<NonEmpty>,
     #[serde(default)]
     projects: Vec<Glob>,
     #[serde(default)]

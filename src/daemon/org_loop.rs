@@ -243,7 +243,7 @@ async fn sweep_once(
     trigger: Trigger,
     slot: DateTime<Utc>,
 ) -> SweepResult {
-    let run_id = uuid::Uuid::new_v4().to_string();
+    let run_id = crate::telemetry::new_run_id();
     let span = tracing::info_span!("sweep", organization = %org, run_id = %run_id);
     let started = Utc::now();
     shared.board.sweep_started(org, started);

@@ -38,7 +38,14 @@ pub enum EnforcerAlert {
         attempts: u32,
         error: String,
     },
-    /// An admin key expires within 14 days.
+    /// keysweep's own admin key has passed its expiry (OpenAI refuses it from then on).
+    AdminKeyExpired {
+        organization: String,
+        key_id: String,
+        redacted_value: String,
+        expired_at: i64,
+    },
+    /// keysweep's own admin key expires within 14 days.
     AdminKeyExpiring {
         organization: String,
         key_id: String,
@@ -95,6 +102,13 @@ impl EnforcerAlert {
                 ..
             } => {
                 format!("admin-key-expiring/{organization}/{key_id}")
+            }
+            EnforcerAlert::AdminKeyExpired {
+                organization,
+                key_id,
+                ..
+            } => {
+                format!("admin-key-expired/{organization}/{key_id}")
             }
             EnforcerAlert::RevocationFailed {
                 organization,

@@ -409,8 +409,17 @@ pub fn alert_text(a: &EnforcerAlert) -> String {
             redacted_value,
             expires_at,
         } => format!(
-            "Admin key {key_id} ({redacted_value}) of {organization} expires at {}",
+            "keysweep's admin key {key_id} ({redacted_value}) of {organization} expires at {}",
             rfc3339(*expires_at)
+        ),
+        EnforcerAlert::AdminKeyExpired {
+            organization,
+            key_id,
+            redacted_value,
+            expired_at,
+        } => format!(
+            "keysweep's admin key {key_id} ({redacted_value}) of {organization} expired at {}",
+            rfc3339(*expired_at)
         ),
         EnforcerAlert::RevocationFailed {
             organization,

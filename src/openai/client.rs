@@ -128,6 +128,17 @@ impl AdminClient {
         self.transport().org()
     }
 
+    /// Whether an admin key's `redacted_value` (e.g. `sk-admin-****dEm0`, `sk-abc...def`) could
+    /// be this client's own admin key: its visible suffix — what follows the last `*` or `.` —
+    /// is non-empty and ends this client's key. Only the suffix is compared; the key itself
+    /// never leaves the transport.
+    pub fn admin_key_matches_redacted(&self, redacted_value: &str) -> bool {
+        let suffix = redacted_value.rsplit(['*', '.']).next().unwrap_or_default();
+        suffix.len() >= 3
+            && redacted_value.len() > suffix.len()
+            && self.transport().key_ends_with(suffix)
+    }
+
     /// Every project of the organisation (archived ones too when `include_archived`), pages of
     /// 100.
     pub async fn list_projects(&self) -> Result<Vec<ProjectRef>, Error> {

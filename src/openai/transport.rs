@@ -184,6 +184,12 @@ impl Transport {
         &self.org
     }
 
+    /// Whether the admin key ends with `suffix` (a redacted value's visible end): the one
+    /// question about the key answered outside this file, and never the key itself.
+    pub(super) fn key_ends_with(&self, suffix: &str) -> bool {
+        self.admin_key.expose_secret().ends_with(suffix)
+    }
+
     pub(super) fn ctx(&self, endpoint: &'static str, project: Option<&str>) -> RequestContext {
         RequestContext {
             organization: self.org.clone(),

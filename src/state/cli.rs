@@ -43,13 +43,19 @@ pub fn audit_list(
             w(out.flush())
         }
         AuditFormat::Table => {
-            w(writeln!(
-                out,
-                "{:>6}  {:<20}  {:<10}  {:<8}  {:<14}  {:<20}  {:<24}  {:<20}  {:<14}  {:<16}  MESSAGE",
-                "SEQ", "TIME (UTC)", "KIND", "MODE", "ORG", "PROJECT", "KEY", "NAME",
-                "REDACTED", "POLICY"
-            ))?;
-            audit::for_each(conn, since, |row| w(write_row(out, &row)))?;
+            // Two passes over the log, so every column is as wide as its widest cell without
+            // holding the log in memory.
+            let mut widths = HEADER.map(|h| h.chars().count());
+            audit::for_each(conn, since, |row| {
+                for (width, cell) in widths.iter_mut().zip(cells(&row)) {
+                    *width = (*width).max(cell.chars().count());
+                }
+                Ok(())
+            })?;
+            w(write_cells(out, &HEADER.map(str::to_string), &widths))?;
+            audit::for_each(conn, since, |row| {
+                w(write_cells(out, &cells(&row), &widths))
+            })?;
             w(out.flush())
         }
     })
@@ -118,19 +124,32 @@ pub fn audit_verify_anchored(
     result.map(|(report, _)| report)
 }
 
-fn write_row(out: &mut dyn Write, row: &AuditRow) -> std::io::Result<()> {
+const HEADER: [&str; 11] = [
+    "SEQ",
+    "TIME (UTC)",
+    "KIND",
+    "MODE",
+    "ORG",
+    "PROJECT",
+    "KEY",
+    "NAME",
+    "REDACTED",
+    "POLICY",
+    "MESSAGE",
+];
+
+/// One record's cells, in [`HEADER`]'s order; the message on one line.
+fn cells(row: &AuditRow) -> [String; 11] {
     let r = &row.record;
     let time = chrono::DateTime::from_timestamp(r.at, 0)
         .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
         .unwrap_or_else(|| r.at.to_string());
     let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_string());
-    writeln!(
-        out,
-        "{:>6}  {:<20}  {:<10}  {:<8}  {:<14}  {:<20}  {:<24}  {:<20}  {:<14}  {:<16}  {}",
-        row.seq,
+    [
+        row.seq.to_string(),
         time,
-        r.kind.as_str(),
-        r.mode.as_str(),
+        r.kind.as_str().to_string(),
+        r.mode.as_str().to_string(),
         dash(&r.organization),
         dash(&r.project_id),
         dash(&r.key_id),
@@ -139,5 +158,35 @@ fn write_row(out: &mut dyn Write, row: &AuditRow) -> std::io::Result<()> {
         dash(&r.policy),
         // One record per line, whatever the message holds.
         r.message.replace(['\n', '\r'], " "),
-    )
+    ]
+    .map(|c| {
+        c.chars()
+            .map(|ch| if ch.is_control() { ' ' } else { ch })
+            .collect()
+    })
+}
+
+/// A line of cells padded to `widths` (SEQ right-aligned, the message last and unpadded).
+fn write_cells(
+    out: &mut dyn Write,
+    cells: &[String; 11],
+    widths: &[usize; 11],
+) -> std::io::Result<()> {
+    let mut line = String::new();
+    for (i, (cell, width)) in cells.iter().zip(widths).enumerate() {
+        let pad = width.saturating_sub(cell.chars().count());
+        if i == 0 {
+            line.extend(std::iter::repeat_n(' ', pad));
+            line.push_str(cell);
+        } else if i + 1 == cells.len() {
+            line.push_str(cell);
+        } else {
+            line.push_str(cell);
+            line.extend(std::iter::repeat_n(' ', pad));
+        }
+        if i + 1 < cells.len() {
+            line.push_str("  ");
+        }
+    }
+    writeln!(out, "{}", line.trim_end())
 }

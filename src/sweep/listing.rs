@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use crate::inventory::{Inventory, KeyTally, Listing, OrgInventory, ProjectRef};
+use crate::inventory::{AdminKeyInfo, Inventory, KeyTally, Listing, OrgInventory, ProjectRef};
 use crate::notify::alert::EnforcerAlert;
 
 use super::evaluate::OpenFindings;
@@ -67,7 +67,11 @@ impl Run<'_> {
         let alerts = inventory
             .orgs
             .iter()
-            .flat_map(|org| org_alerts(org, self.now()))
+            .flat_map(|org| {
+                let mut alerts = org_alerts(org);
+                alerts.extend(self.own_admin_key_alert(org));
+                alerts
+            })
             .collect();
         Ok(Listed {
             inventory,
@@ -84,6 +88,46 @@ impl Run<'_> {
         })
     }
 
+    /// The alert about keysweep's own admin key of `org`, if it has expired or expires within
+    /// 14 days. Other admin keys are inventory (`scan` lists them), not an alert.
+    fn own_admin_key_alert(&self, org: &OrgInventory<KeyTally>) -> Option<EnforcerAlert> {
+        // No admin key listed: the listing of admin keys failed (an organisation always has
+        // keysweep's own), which the collector has logged already.
+        if org.error.is_some() || org.admin_keys.is_empty() {
+            return None;
+        }
+        let own = match self.own_admin_key(org)? {
+            Ok(k) => k,
+            Err(why) => {
+                warn_once(&org.organization, &why);
+                return None;
+            }
+        };
+        admin_key_alert(&org.organization, own, self.now())
+    }
+
+    /// keysweep's own admin key among `org`'s (see [`own_admin_key`]); `None` when the sweep
+    /// has no client for the organisation.
+    fn own_admin_key<'o>(
+        &self,
+        org: &'o OrgInventory<KeyTally>,
+    ) -> Option<Result<&'o AdminKeyInfo, String>> {
+        let client = self
+            .clients
+            .iter()
+            .find(|c| c.org_name() == org.organization)?;
+        let configured = self
+            .sweeper
+            .config
+            .organizations
+            .iter()
+            .find(|o| o.name == org.organization)
+            .and_then(|o| o.admin_key_id.as_deref());
+        Some(own_admin_key(&org.admin_keys, configured, |r| {
+            client.admin_key_matches_redacted(r)
+        }))
+    }
+
     /// Metrics and warnings of one organisation's listing.
     fn observe(&self, org: &OrgInventory<KeyTally>) {
         let metrics = &self.sweeper.metrics;
@@ -92,17 +136,18 @@ impl Run<'_> {
             tracing::warn!(run_id = self.run_id(), organization = %org.organization, project_id = %p.project.id, "listing incomplete; nothing in this project will be revoked");
             metrics.incomplete_listing(&org.organization);
         }
-        for k in &org.admin_keys {
-            if let Some(exp) = k.expires_at {
-                metrics.set_admin_key_expiry(&org.organization, &k.id, exp);
-            }
+        // keysweep's own key only: the metric's alerts are about the key keysweep runs with.
+        if let Some(Ok(k)) = self.own_admin_key(org)
+            && let Some(exp) = k.expires_at
+        {
+            metrics.set_admin_key_expiry(&org.organization, &k.id, exp);
         }
     }
 }
 
-/// Enforcer alerts that a listing produces: auth failure, unreachable org, incomplete projects,
-/// admin keys about to expire.
-fn org_alerts<K>(org: &OrgInventory<K>, now: i64) -> Vec<EnforcerAlert> {
+/// Enforcer alerts that a listing produces: auth failure, unreachable org, incomplete projects
+/// (keysweep's own admin key: [`Run::own_admin_key_alert`]).
+fn org_alerts<K>(org: &OrgInventory<K>) -> Vec<EnforcerAlert> {
     let mut out = Vec::new();
     if let Some(err) = &org.error {
         if org.unauthorized {
@@ -126,17 +171,66 @@ fn org_alerts<K>(org: &OrgInventory<K>, now: i64) -> Vec<EnforcerAlert> {
             });
         }
     }
-    for k in &org.admin_keys {
-        if let Some(exp) = k.expires_at
-            && exp - now <= ADMIN_KEY_EXPIRY_WARNING_SECS
-        {
-            out.push(EnforcerAlert::AdminKeyExpiring {
-                organization: org.organization.clone(),
-                key_id: k.id.clone(),
-                redacted_value: k.redacted_value.clone(),
-                expires_at: exp,
-            });
-        }
-    }
     out
+}
+
+/// keysweep's own admin key among `keys`: the one with the configured `admin_key_id`, else the
+/// only one whose redacted value `matches` keysweep's key. `Err` says why it cannot tell.
+fn own_admin_key<'k>(
+    keys: &'k [AdminKeyInfo],
+    configured: Option<&str>,
+    matches: impl Fn(&str) -> bool,
+) -> Result<&'k AdminKeyInfo, String> {
+    if let Some(id) = configured {
+        return keys.iter().find(|k| k.id == id).ok_or_else(|| {
+            format!(
+                "admin_key_id {id:?} is not among the organisation's {} admin key(s); no alert about keysweep's own admin key can be raised",
+                keys.len()
+            )
+        });
+    }
+    let found: Vec<&AdminKeyInfo> = keys.iter().filter(|k| matches(&k.redacted_value)).collect();
+    match found.as_slice() {
+        [one] => Ok(one),
+        others => Err(format!(
+            "cannot tell which admin key is keysweep's own: {} of the organisation's {} admin key(s) end like it; set admin_key_id to get its expiry alert",
+            others.len(),
+            keys.len()
+        )),
+    }
+}
+
+/// The alert about keysweep's own admin key `k` at `now`: expired, or expiring within 14 days.
+fn admin_key_alert(organization: &str, k: &AdminKeyInfo, now: i64) -> Option<EnforcerAlert> {
+    let exp = k.expires_at?;
+    if exp <= now {
+        Some(EnforcerAlert::AdminKeyExpired {
+            organization: organization.to_string(),
+            key_id: k.id.clone(),
+            redacted_value: k.redacted_value.clone(),
+            expired_at: exp,
+        })
+    } else if exp - now <= ADMIN_KEY_EXPIRY_WARNING_SECS {
+        Some(EnforcerAlert::AdminKeyExpiring {
+            organization: organization.to_string(),
+            key_id: k.id.clone(),
+            redacted_value: k.redacted_value.clone(),
+            expires_at: exp,
+        })
+    } else {
+        None
+    }
+}
+
+/// Logs `why` once per organisation and process: a daemon says it at its first sweep, not at
+/// every sweep.
+fn warn_once(organization: &str, why: &str) {
+    static SAID: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut said = SAID
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !said.iter().any(|o| o == organization) {
+        said.push(organization.to_string());
+        tracing::warn!(organization, "{why}");
+    }
 }

@@ -49,9 +49,7 @@ impl SweepOptions {
 
 /// A sortable, unique run id: `20261125T231500Z-1a2b3c4d`.
 pub fn new_run_id() -> String {
-    let now = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
-    let rand = uuid::Uuid::new_v4().simple().to_string();
-    format!("{now}-{}", &rand[..8])
+    crate::telemetry::new_run_id()
 }
 
 /// Long-lived sweep machinery: clients, compiled policies, store, notifier, metrics.

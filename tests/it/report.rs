@@ -51,6 +51,7 @@ async fn every_key_once_in_every_format_and_incomplete_projects_reported() {
         state: "open".into(),
         deadline: None,
         note: String::new(),
+        plan: None,
     };
 
     // JSON: the documented shape, every key once.
@@ -74,7 +75,7 @@ async fn every_key_once_in_every_format_and_incomplete_projects_reported() {
     assert!(failed["error"].as_str().unwrap().contains("HTTP 500"));
     assert_eq!(v["findings"].as_array().unwrap().len(), 1);
 
-    // CSV: one row per key.
+    // CSV: one row per key (none of them has a finding here).
     let csv_text = render_to_string(&inv, &[], Format::Csv);
     let mut r = csv::Reader::from_reader(csv_text.as_bytes());
     let rows: Vec<csv::StringRecord> = r.records().map(Result::unwrap).collect();
@@ -86,7 +87,7 @@ async fn every_key_once_in_every_format_and_incomplete_projects_reported() {
     let table = render_to_string(&inv, &[finding], Format::Table);
     let key_lines = table.lines().skip(1).take_while(|l| !l.is_empty()).count();
     assert_eq!(key_lines, 240);
-    assert!(table.contains("240 keys in 3 projects of 1 organizations; 1 INCOMPLETE"));
+    assert!(table.contains("240 keys in 3 projects of 1 organization; 1 INCOMPLETE"));
     assert!(table.contains(&format!("acme / {}", projects[2])));
-    assert!(table.contains("Findings:"));
+    assert!(table.contains("Plan (what the next sweeps do"));
 }

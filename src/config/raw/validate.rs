@@ -169,6 +169,7 @@ fn org(
         base_url,
         admin_key,
         admin_key_source,
+        admin_key_id: o.admin_key_id.map(|id| id.0),
         projects: strings(o.projects),
         exclude_projects: strings(o.exclude_projects),
         include_archived: o.include_archived,

@@ -32,6 +32,7 @@ pub fn limits() -> Limits {
 
 pub fn org_cfg(name: &str, base_url: &str, key: &str) -> OrgConfig {
     OrgConfig {
+        admin_key_id: None,
         admin_key_source: "test".into(),
         name: name.to_string(),
         base_url: base_url.parse().unwrap(),
