@@ -21,6 +21,7 @@ pub mod policy;
 pub mod report;
 pub mod revoke;
 pub mod sim;
+pub mod sink;
 pub mod state;
 pub mod sweep;
 pub mod telemetry;
