@@ -20,6 +20,7 @@ pub mod ops;
 pub mod policy;
 pub mod report;
 pub mod revoke;
+pub mod rotate;
 pub mod sim;
 pub mod sink;
 pub mod state;

@@ -20,6 +20,7 @@ mod notify;
 mod openai;
 mod openai_expiry;
 mod report;
+mod rotate;
 mod sim;
 mod sim_nov2026;
 mod state;
