@@ -226,6 +226,22 @@ async fn a_due_rotation_hands_the_new_key_to_a_file_sink_and_the_old_key_expires
 {
     let w = world(FILE_SINK, SCOPES, ENFORCE_SA).await;
     first_warning(&w).await;
+    // `scan` shows the planned rotation: deadline − overlap.
+    let scan = keysweep(
+        &[
+            "--config",
+            w.config.to_str().unwrap(),
+            "scan",
+            "--now",
+            &rfc3339(w.base + 3600),
+        ],
+        &[(KEY_ENV, ADMIN_KEY)],
+    );
+    let scan = combined(&output(scan).await);
+    let start = rfc3339(w.base + 6 * DAY);
+    assert!(scan.contains("rotate at"), "{scan}");
+    assert!(scan.contains(&start[..10]), "{start} not in\n{scan}");
+    assert_eq!(w.mints(), 0, "scan minted");
 
     let before = unix_now();
     let out = w.run(due(&w)).await;
