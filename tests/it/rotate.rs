@@ -497,3 +497,47 @@ async fn a_sigkill_while_the_sink_runs_leaves_the_new_key_for_a_person_and_mints
     );
     w.assert_state_clean(&secret);
 }
+
+/// A mint answered with a 503 after it took effect (the client does not re-send a mint): the
+/// orphan is found by its nonce and deleted in the same run, the old key is untouched, and the
+/// next run rotates. Another policy's `expire` never gives the key an earlier expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mint_answered_5xx_after_its_effect_is_cleaned_up_at_once_and_the_next_run_rotates() {
+    let also_expire = format!(
+        "{SCOPES}\n\n[[policies]]\nname = \"expire-60d\"\nmax_age = \"60d\"\naction = \"expire\"\n"
+    );
+    let w = world(FILE_SINK, &also_expire, ENFORCE_SA).await;
+    // `first_warning` also checks the service-account key got no expiry from `expire-60d`.
+    first_warning(&w).await;
+    w.sim.faults().add(
+        Fault::on(FaultRoute::CreateServiceAccountKey)
+            .once()
+            .after_effect()
+            .respond(FaultKind::Status(503)),
+    );
+    let out = w.run(due(&w)).await;
+    assert_eq!(w.mints(), 1, "{out}");
+    assert_eq!(
+        w.sa_keys()
+            .iter()
+            .map(|k| k.id.as_str())
+            .collect::<Vec<_>>(),
+        [OLD],
+        "the key minted behind the 503 was left:\n{out}"
+    );
+    assert_eq!(w.sim.key(PROJECT, OLD).unwrap().expires_at, None, "{out}");
+    assert!(out.contains("minting the new key failed"), "{out}");
+    assert!(!w.sink_file().exists());
+
+    let out = w.run(due(&w) + 600).await;
+    assert_eq!(w.mints(), 2, "{out}");
+    let secret = std::fs::read_to_string(w.sink_file()).unwrap();
+    assert_eq!(w.sa_keys().len(), 2);
+    assert!(
+        w.sim.key(PROJECT, OLD).unwrap().expires_at.is_some(),
+        "{out}"
+    );
+    let statuses: Vec<String> = w.rotation_rows().into_iter().map(|r| r.status).collect();
+    assert_eq!(statuses, ["abandoned", "done"]);
+    w.assert_state_clean(secret.trim());
+}
