@@ -38,7 +38,9 @@ pub(super) async fn reconcile(ctx: &Context<'_>) -> Result<Vec<RotationResult>, 
             let outcome = match row.status.as_str() {
                 "minting" => settle_minting(ctx, client, row.id).await?,
                 "minted" => settle_minted(ctx, client, &row).await?,
-                "delivered" => settle_delivered(ctx, client, &row).await?,
+                // Setting an expiry waits while the kill switch is on; deleting keysweep's own
+                // keys does not.
+                "delivered" if !ctx.kill_switch => settle_delivered(ctx, client, &row).await?,
                 "cleanup_pending" => settle_cleanup(ctx, client, &row).await?,
                 _ => None,
             };

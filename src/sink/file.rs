@@ -48,7 +48,15 @@ pub(super) fn target(template: &str, meta: &KeyMeta) -> PathBuf {
 /// The file's content in `format`, in a buffer zeroed on drop.
 fn content(format: SinkFormat, meta: &KeyMeta, secret: &SecretString) -> Zeroizing<String> {
     let value = secret.expose_secret();
-    let mut out = Zeroizing::new(String::with_capacity(value.len() + 256));
+    // Room for everything up front: a `String` that grows leaves its old buffer unzeroed.
+    let room = 2 * value.len()
+        + 6 * (meta.key_id.len()
+            + meta.key_name.len()
+            + meta.organization.len()
+            + meta.project_id.len()
+            + meta.service_account_id.len())
+        + 256;
+    let mut out = Zeroizing::new(String::with_capacity(room));
     match format {
         SinkFormat::Raw => {
             out.push_str(value);
