@@ -24,6 +24,8 @@ pub struct PlannedRotation {
     pub start_at: i64,
     /// True when the rotation is due in this sweep.
     pub due: bool,
+    /// The project's name as listed (the key's GET does not carry it; selectors may need it).
+    pub project_name: Option<String>,
 }
 
 /// The rotations of service-account keys under a `rotate` policy, one per key.
@@ -68,6 +70,7 @@ pub fn planned_rotations(
             deadline: d,
             start_at,
             due: warned_before && now >= start_at,
+            project_name: f.project_name.clone(),
         };
         out.entry(k).or_insert(planned);
     }
@@ -130,7 +133,52 @@ pub fn minted_with(name: &str, nonce: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+
+    const DAY: i64 = 86_400;
+
+    fn finding(key: &str, policy: &str, owner_type: &str, deadline: i64, warned: i64) -> Finding {
+        serde_json::from_value(serde_json::json!({
+            "id": { "organization": "o", "project_id": "p", "key_id": key, "policy": policy },
+            "key_name": "k", "redacted_value": "sk-...abcd", "owner_type": owner_type,
+            "owner": "bot", "created_at": 0, "action": "expire", "reason": "old",
+            "stage": "warned", "detected_at": warned, "deadline": deadline, "warned_at": warned,
+        }))
+        .unwrap()
+    }
+
+    fn rotate(policy: &str) -> RotateConfig {
+        RotateConfig {
+            policy: policy.into(),
+            sink: "s".into(),
+            overlap: Duration::from_secs(86_400),
+            scopes: Some(vec![]),
+        }
+    }
+
+    #[test]
+    fn due_at_deadline_minus_overlap_never_in_the_first_warning_and_the_earliest_deadline_wins() {
+        let rot = [rotate("rot")];
+        let t0 = 100 * DAY;
+        let sa = finding("k1", "rot", "service_account", t0 + 7 * DAY, t0);
+        let other = finding("k1", "exp", "service_account", t0 + 3 * DAY, t0);
+        let user = finding("k2", "rot", "user", t0 + 7 * DAY, t0);
+        let all = [&sa, &other, &user];
+        // The sweep that first warns: planned, not due, even past the start.
+        let p = planned_rotations(
+            &[&finding("k1", "rot", "service_account", t0, t0)],
+            &rot,
+            t0,
+        );
+        assert!(!p[0].due);
+        let p = planned_rotations(&all, &rot, t0 + DAY);
+        assert_eq!(p.len(), 1, "user keys are not rotated: {p:?}");
+        assert_eq!((p[0].deadline, p[0].start_at), (t0 + 3 * DAY, t0 + 2 * DAY));
+        assert!(!p[0].due);
+        assert!(planned_rotations(&all, &rot, t0 + 2 * DAY)[0].due);
+    }
 
     #[test]
     fn names_keep_the_old_name_and_carry_the_nonce() {

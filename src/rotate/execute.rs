@@ -37,6 +37,9 @@ async fn recheck(
         Err(e) => return Err(format!("re-read failed, not rotating: {e}")),
     };
     fresh.organization.clone_from(&id.organization);
+    if fresh.project_name.is_none() {
+        fresh.project_name.clone_from(&p.project_name);
+    }
     if fresh.owner.kind != OwnerType::ServiceAccount || fresh.owner.id.is_none() {
         return Err("the key is not a service account's".into());
     }
