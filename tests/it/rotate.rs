@@ -224,7 +224,8 @@ fn due(w: &World) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_due_rotation_hands_the_new_key_to_a_file_sink_and_the_old_key_expires_after_the_overlap()
 {
-    let w = world(FILE_SINK, SCOPES, ENFORCE_SA).await;
+    let policy = format!("{SCOPES}\nmax_lifetime = \"180d\"");
+    let w = world(FILE_SINK, &policy, ENFORCE_SA).await;
     first_warning(&w).await;
     // `scan` shows the planned rotation: deadline − overlap.
     let scan = keysweep(
@@ -255,6 +256,12 @@ async fn a_due_rotation_hands_the_new_key_to_a_file_sink_and_the_old_key_expires
         new.name
     );
     assert_eq!(new.scopes, vec!["api.model.read".to_string()]);
+    // The policy's max_lifetime gives the new key its expiry.
+    let new_expiry = new.expires_at.expect("the new key has no expiry");
+    assert!(
+        new_expiry >= before + 180 * DAY - SLACK && new_expiry <= unix_now() + 180 * DAY + SLACK,
+        "new key expires at {new_expiry}"
+    );
     // The sink holds the new key's secret, mode 0600.
     let secret = std::fs::read_to_string(w.sink_file()).unwrap();
     let secret = secret.trim();
