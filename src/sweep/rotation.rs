@@ -99,21 +99,17 @@ impl Run<'_> {
     }
 }
 
-/// Marks each planned rotation in its finding's plan column: `rotate at …`, or `rotate now`.
+/// Marks each planned rotation in its finding's plan column: `rotate at …` (when the rotation
+/// starts, past or not: whether it has happened is in the alerts and the `rotations` table).
 pub(super) fn annotate_rotations(findings: &mut [FindingView], planned: &[PlannedRotation]) {
     for v in findings.iter_mut() {
-        let Some(p) = planned.iter().find(|p| p.finding == v.finding.id) else {
-            continue;
-        };
-        v.plan = if p.due {
-            format!("rotate now (deadline {})", fmt_time(p.deadline))
-        } else {
-            format!(
+        if let Some(p) = planned.iter().find(|p| p.finding == v.finding.id) {
+            v.plan = format!(
                 "rotate at {} (deadline {})",
                 fmt_time(p.start_at),
                 fmt_time(p.deadline)
-            )
-        };
+            );
+        }
     }
 }
 
