@@ -15,7 +15,8 @@ use serde::{Serialize, Serializer};
 
 use super::{
     Action, ChannelConfig, ChannelKind, Config, EmailChannel, ExemptionConfig, LogFormat, Mode,
-    OrgConfig, OwnerTypeSelector, PolicyConfig, ServiceAccountKeys, SmtpTls,
+    OrgConfig, OwnerTypeSelector, PolicyConfig, RotateConfig, ServiceAccountKeys, SinkConfig,
+    SinkFormat, SinkKind, SmtpTls,
 };
 
 const REDACTED: &str = "[redacted]";
@@ -119,6 +120,9 @@ struct View<'a> {
     server: ServerView,
     #[serde(serialize_with = "dur")]
     shutdown_grace: Duration,
+    /// Left out when there are none, so configurations without sinks keep their hash.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    sinks: Vec<SinkView<'a>>,
     #[serde(serialize_with = "path")]
     state_path: &'a Path,
     timezone: &'static str,
@@ -144,7 +148,9 @@ impl<'a> View<'a> {
             ops_channels: &c.ops_channels,
             organizations: c.organizations.iter().map(OrgView::of).collect(),
             owner_fallback: &c.owner_fallback,
-            policies: c.policies.iter().map(PolicyView::of).collect(),
+            policies: (c.policies.iter())
+                .map(|p| PolicyView::of(p, c.rotation(&p.name)))
+                .collect(),
             routes: (c.routes.iter())
                 .map(|r| RouteView {
                     channels: &r.channels,
@@ -158,6 +164,7 @@ impl<'a> View<'a> {
                 listen: c.server.listen.to_string(),
             },
             shutdown_grace: c.shutdown_grace,
+            sinks: c.sinks.iter().map(SinkView::of).collect(),
             state_path: &c.state_path,
             timezone: c.schedule.timezone.name(),
         }
@@ -224,9 +231,65 @@ impl LimitsView {
     }
 }
 
+/// An `[[sinks]]` entry; an exec sink's `env` lists names only (keysweep passes their values).
+#[derive(Serialize)]
+struct SinkView<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    command: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    env: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    format: Option<SinkFormat>,
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path: Option<&'a str>,
+    #[serde(serialize_with = "opt_dur", skip_serializing_if = "Option::is_none")]
+    timeout: Option<Duration>,
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+impl<'a> SinkView<'a> {
+    fn of(s: &'a SinkConfig) -> Self {
+        let mut v = SinkView {
+            command: None,
+            env: None,
+            format: None,
+            name: &s.name,
+            path: None,
+            timeout: None,
+            kind: s.kind.type_name(),
+        };
+        match &s.kind {
+            SinkKind::File { path, format } => {
+                v.path = Some(path);
+                v.format = Some(*format);
+            }
+            SinkKind::Exec {
+                command,
+                env,
+                timeout,
+            } => {
+                v.command = Some(command);
+                v.env = Some(env);
+                v.timeout = Some(*timeout);
+            }
+        }
+        v
+    }
+}
+
+/// `action` as written: `rotate` policies read `Expire` in [`PolicyConfig`].
+#[derive(Serialize)]
+#[serde(untagged)]
+enum ActionView {
+    Action(Action),
+    Rotate(&'static str),
+}
+
 #[derive(Serialize)]
 struct PolicyView<'a> {
-    action: Action,
+    action: ActionView,
     #[serde(serialize_with = "dur")]
     final_notice: Duration,
     #[serde(rename = "match")]
@@ -244,7 +307,14 @@ struct PolicyView<'a> {
     #[serde(serialize_with = "opt_dur", skip_serializing_if = "Option::is_none")]
     never_used_grace: Option<Duration>,
     notify: &'a [String],
+    /// `action = "rotate"` only.
+    #[serde(serialize_with = "opt_dur", skip_serializing_if = "Option::is_none")]
+    overlap: Option<Duration>,
     owner_lost_access: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scopes: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sink: Option<&'a str>,
     #[serde(serialize_with = "dur")]
     warn_before: Duration,
 }
@@ -260,10 +330,16 @@ struct MatchView<'a> {
 }
 
 impl<'a> PolicyView<'a> {
-    fn of(p: &'a PolicyConfig) -> Self {
+    fn of(p: &'a PolicyConfig, rotate: Option<&'a RotateConfig>) -> Self {
         let s = &p.selector;
         PolicyView {
-            action: p.action,
+            action: match rotate {
+                Some(_) => ActionView::Rotate("rotate"),
+                None => ActionView::Action(p.action),
+            },
+            overlap: rotate.map(|r| r.overlap),
+            scopes: rotate.and_then(|r| r.scopes.as_deref()),
+            sink: rotate.map(|r| r.sink.as_str()),
             final_notice: p.final_notice,
             selector: MatchView {
                 key_name: &s.key_name,

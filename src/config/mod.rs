@@ -14,6 +14,8 @@ mod gaps;
 mod raw;
 #[cfg(test)]
 mod tests_expiry;
+#[cfg(test)]
+mod tests_sinks;
 mod values;
 
 use std::net::SocketAddr;
@@ -80,11 +82,25 @@ pub struct Config {
     /// Non-fatal problems found while loading (e.g. a secret file readable by others); logged
     /// once telemetry is up.
     pub warnings: Vec<String>,
+    /// `[[sinks]]`: where `action = "rotate"` hands a freshly minted key.
+    pub sinks: Vec<SinkConfig>,
+    /// The policies with `action = "rotate"`, and their settings.
+    pub rotations: Vec<RotateConfig>,
 }
 
 impl Config {
     pub fn channel(&self, name: &str) -> Option<&ChannelConfig> {
         self.channels.iter().find(|c| c.name == name)
+    }
+
+    /// The `[[sinks]]` entry named `name`.
+    pub fn sink(&self, name: &str) -> Option<&SinkConfig> {
+        self.sinks.iter().find(|s| s.name == name)
+    }
+
+    /// The rotation settings of policy `name`, when its action is `rotate`.
+    pub fn rotation(&self, policy: &str) -> Option<&RotateConfig> {
+        self.rotations.iter().find(|r| r.policy == policy)
     }
 }
 
@@ -176,6 +192,70 @@ pub struct PolicyConfig {
     pub final_notice: Duration,
     /// Channel names that receive this policy's findings.
     pub notify: Vec<String>,
+}
+
+/// A policy's `action = "rotate"` settings (`Config::rotations`). Such a policy's `action`
+/// reads `Expire`: that is the fallback for user keys, which cannot be minted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RotateConfig {
+    /// The policy's name.
+    pub policy: String,
+    /// The `[[sinks]]` entry that receives the new key (checked at load).
+    pub sink: String,
+    /// How long the old key keeps working once the new one is handed over (default 24 h).
+    pub overlap: Duration,
+    /// The new key's scopes; `Some(vec![])` is All permissions, said explicitly; `None`: not
+    /// configured, so keysweep does not rotate (it never mints All permissions by default).
+    pub scopes: Option<Vec<String>>,
+}
+
+/// The default `overlap` of `action = "rotate"`.
+pub const DEFAULT_ROTATE_OVERLAP: Duration = Duration::from_secs(24 * 3600);
+
+/// One `[[sinks]]` entry.
+#[derive(Debug, Clone)]
+pub struct SinkConfig {
+    pub name: String,
+    pub kind: SinkKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum SinkKind {
+    /// Write the key to a file (atomically, mode 0600).
+    File {
+        /// Path template: `{organization}`, `{project_id}`, `{service_account_id}`.
+        path: String,
+        format: SinkFormat,
+    },
+    /// Run a program without a shell, the key on its stdin; exit 0 confirms.
+    Exec {
+        /// Program and arguments.
+        command: Vec<String>,
+        /// Variables passed on from keysweep's environment besides `PATH`.
+        env: Vec<String>,
+        timeout: Duration,
+    },
+}
+
+impl SinkKind {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            SinkKind::File { .. } => "file",
+            SinkKind::Exec { .. } => "exec",
+        }
+    }
+}
+
+/// How a file sink writes the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkFormat {
+    /// The secret alone, with a trailing newline.
+    Raw,
+    /// `OPENAI_API_KEY=…` plus `OPENAI_API_KEY_ID=…`.
+    Env,
+    /// A JSON object with the key's id, name, project, service account and value.
+    Json,
 }
 
 #[derive(Debug, Clone)]

@@ -12,6 +12,7 @@
 mod channel;
 mod context;
 pub(super) mod load;
+mod sinks;
 mod validate;
 
 use std::path::PathBuf;
@@ -22,7 +23,7 @@ use super::values::{
     BaseUrl, CronExpr, Glob, HttpUrl, HumanDuration, ListenAddr, Mailbox, NamePattern, NonEmpty,
     TimeZone, Until, choice, opt_choice,
 };
-use super::{Action, LogFormat, Mode, OwnerTypeSelector, ServiceAccountKeys, SmtpTls};
+use super::{Action, LogFormat, Mode, OwnerTypeSelector, ServiceAccountKeys, SinkFormat, SmtpTls};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -75,6 +76,9 @@ struct RawConfig {
     server: RawServer,
     #[serde(default)]
     log: RawLog,
+    /// Where `action = "rotate"` hands a freshly minted key (`[[sinks]]`).
+    #[serde(default)]
+    sinks: Vec<RawSink>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -137,11 +141,67 @@ struct RawPolicy {
     name_pattern: Option<NamePattern>,
     max_lifetime: Option<HumanDuration>,
     #[serde(default, deserialize_with = "opt_choice")]
-    action: Option<Action>,
+    action: Option<RawAction>,
     warn_before: Option<HumanDuration>,
     final_notice: Option<HumanDuration>,
     #[serde(default)]
     notify: Vec<String>,
+    /// `action = "rotate"`: the `[[sinks]]` entry that receives the new key.
+    sink: Option<String>,
+    /// `action = "rotate"`: how long the old key keeps working after the new one is handed over.
+    overlap: Option<HumanDuration>,
+    /// `action = "rotate"`: the new key's scopes (`[]`: All permissions, said explicitly).
+    scopes: Option<Vec<String>>,
+}
+
+/// `action` as written: the config's [`Action`] plus `rotate`, which is read as `expire` with
+/// rotation settings (user keys cannot be minted, so for them rotation falls back to expiry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum RawAction {
+    Notify,
+    Revoke,
+    Expire,
+    Rotate,
+}
+
+impl RawAction {
+    fn action(self) -> Action {
+        match self {
+            RawAction::Notify => Action::Notify,
+            RawAction::Revoke => Action::Revoke,
+            RawAction::Expire | RawAction::Rotate => Action::Expire,
+        }
+    }
+}
+
+/// One `[[sinks]]` entry. Which keys apply depends on `type`; `validate` names a key set for
+/// the other type.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSink {
+    name: NonEmpty,
+    #[serde(rename = "type", deserialize_with = "choice")]
+    kind: SinkType,
+    /// `type = "file"`: path template with `{organization}`, `{project_id}`,
+    /// `{service_account_id}`.
+    path: Option<String>,
+    #[serde(default, deserialize_with = "opt_choice")]
+    format: Option<SinkFormat>,
+    /// `type = "exec"`: program and arguments, run without a shell.
+    #[serde(default)]
+    command: Vec<String>,
+    /// `type = "exec"`: names of variables passed on from keysweep's environment (besides PATH).
+    #[serde(default)]
+    env: Vec<String>,
+    timeout: Option<HumanDuration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum SinkType {
+    File,
+    Exec,
 }
 
 #[derive(Debug, Deserialize)]

@@ -17,6 +17,7 @@ pub mod finding;
 pub mod lifecycle;
 pub mod observation;
 pub mod plan;
+pub mod rotation;
 pub mod rules;
 
 pub use lifecycle::{Observation, Transition, advance, mark_revoked, revoked_notice};

@@ -101,6 +101,12 @@ pub async fn reconcile(
         let Some(client) = ctx.client(org) else {
             continue;
         };
+        // A rotation's writes (`rotate_…`) are settled by `rotate` from its own table.
+        if (r.inputs.get("write").and_then(|w| w.as_str()))
+            .is_some_and(|w| w.starts_with("rotate_"))
+        {
+            continue;
+        }
         let interrupted = InterruptedDelete {
             intent_seq: row.seq,
             organization: org,

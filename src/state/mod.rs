@@ -24,6 +24,7 @@ pub mod findings;
 pub mod observations;
 pub mod outbox;
 pub mod revocations;
+pub mod rotations;
 pub mod schema;
 pub mod sweeps;
 

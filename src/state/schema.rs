@@ -2,7 +2,8 @@
 //! `PRAGMA user_version`. Append new steps; never edit a released one.
 
 /// Migration `i` brings the database from `user_version = i` to `i + 1`.
-pub const MIGRATIONS: &[&str] = &[r#"
+pub const MIGRATIONS: &[&str] = &[
+    r#"
 -- Every key seen in a listing (first/last seen), for "gone" detection and history.
 CREATE TABLE key_observations (
     organization   TEXT NOT NULL,
@@ -101,4 +102,29 @@ CREATE TABLE sweeps (
     summary      TEXT,
     PRIMARY KEY (run_id, organization)
 );
-"#];
+"#,
+    // Issue 17: one row per rotation of a service-account key (`state::rotations`). The row
+    // is written with the mint's intent, before the request, and carries the random nonce
+    // put into the new key's name, so a key minted just before a crash is found again.
+    r#"
+CREATE TABLE rotations (
+    id                 INTEGER PRIMARY KEY,
+    organization       TEXT NOT NULL,
+    project_id         TEXT NOT NULL,
+    service_account_id TEXT NOT NULL,
+    old_key_id         TEXT NOT NULL,
+    policy             TEXT NOT NULL,
+    nonce              TEXT NOT NULL UNIQUE,
+    new_key_id         TEXT,
+    new_redacted_value TEXT,
+    status             TEXT NOT NULL,
+    intent_seq         INTEGER,
+    started_at         INTEGER NOT NULL,
+    updated_at         INTEGER NOT NULL,
+    old_expires_at     INTEGER,
+    detail             TEXT
+);
+CREATE INDEX rotations_old_key ON rotations (organization, project_id, old_key_id);
+CREATE INDEX rotations_status ON rotations (status);
+"#,
+];

@@ -47,6 +47,7 @@ mod planning;
 mod reconcile;
 mod record;
 mod report;
+mod rotation;
 mod run;
 mod sweeper;
 
@@ -99,6 +100,8 @@ impl Sweeper {
         let plan = self.plan_revocations(&advanced.candidates, &tally, self.config.mode, now)?;
         let mut findings = advanced.findings;
         planning::annotate_plan(&mut findings, &plan);
+        let rotations = rotation::planned_of(&findings, &self.config, now);
+        rotation::annotate_rotations(&mut findings, &rotations);
         let report = SweepReport {
             run_id: "scan".into(),
             mode: Some(self.config.mode),
@@ -123,8 +126,10 @@ impl Sweeper {
         let alerts = [reconciled.unsettled, listed.alerts, planned.alerts].concat();
         let committed = run.commit(&mut advanced, alerts, planned.withheld)?;
         let delivery = run.deliver().await?;
-        let enforced = run
+        let mut enforced = run
             .enforce(&planned.plan, &advanced.restores, &mut advanced.findings)
+            .await?;
+        run.rotate(&planned.plan, &advanced.findings, &mut enforced)
             .await?;
         let timings = Timings {
             committed_secs: committed.seconds,
@@ -155,6 +160,8 @@ fn report(
 ) -> SweepReport {
     let mut findings = advanced.findings;
     planning::annotate_plan(&mut findings, &plan);
+    let rotations = rotation::planned_of(&findings, &run.sweeper.config, run.now());
+    rotation::annotate_rotations(&mut findings, &rotations);
     if let Some(more) = enforced.delivery {
         delivery.sent += more.sent;
         delivery.failed += more.failed;

@@ -161,6 +161,11 @@ impl Sweeper {
             Some(s) => s.with_conn(|c| state::revocations::revocations_since(c, now - 86400))?,
             None => 0,
         };
+        // A service-account key under a `rotate` policy gets its expiry from the rotation
+        // only, once the sink confirmed (`sweep/rotation.rs`), not from the `expire` path.
+        let candidates =
+            crate::policy::rotation::without_rotated_expiries(candidates, &self.config.rotations);
+        let candidates = &candidates[..];
         Ok(plan::plan(&PlanInput {
             candidates,
             projects: &plan::project_facts(inventory),

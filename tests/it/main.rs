@@ -21,6 +21,7 @@ mod notify;
 mod openai;
 mod openai_expiry;
 mod report;
+mod rotate;
 mod scan_plan;
 mod sim;
 mod sim_nov2026;

@@ -49,6 +49,9 @@ pub(super) fn config(
         run_on_start: raw.run_on_start.unwrap_or(true),
         jitter: or(raw.jitter, Duration::ZERO),
     };
+    let secret_vars = super::sinks::secret_vars(&raw.organizations, &channels);
+    let sinks = super::sinks::sinks(&cx, raw.sinks, &secret_vars)?;
+    let rotations = super::sinks::rotations(&cx, &raw.policies, &sinks)?;
     let organizations = organizations(&mut cx, raw.organizations, &schedule)?;
     let limits = limits(&cx, raw.limits)?;
     let channels = channels_of(&cx, channels)?;
@@ -92,6 +95,8 @@ pub(super) fn config(
         },
         shutdown_grace: or(raw.shutdown_grace, Duration::from_secs(30)),
         warnings: std::mem::take(&mut cx.warnings),
+        sinks,
+        rotations,
     };
     let effective = super::super::effective::render(&config);
     config.hash = hex::encode(Sha256::digest(effective.as_bytes()));
@@ -374,7 +379,7 @@ fn policy(
         owner_lost_access: p.owner_lost_access,
         name_pattern,
         max_lifetime,
-        action: p.action.unwrap_or(Action::Notify),
+        action: p.action.map_or(Action::Notify, |a| a.action()),
         warn_before,
         final_notice,
         notify: p.notify,

@@ -1,0 +1,195 @@
+//! The `rotate` action, pure: which service-account keys are due for rotation in this sweep,
+//! when each rotation is planned, and the names keysweep gives the keys it mints.
+//!
+//! A key under a `rotate` policy is rotated at `deadline − overlap`, where the deadline is the
+//! earliest of all its open enforcing findings (the earliest promised deadline wins), or in the
+//! first sweep after that — never in the sweep that sends the first warning. Nothing here does
+//! I/O or reads a clock; the rotation itself is `rotate/`'s.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::config::RotateConfig;
+use crate::inventory::OwnerType;
+use crate::policy::finding::{Finding, FindingId};
+use crate::policy::plan::{Candidate, Write};
+
+/// A service-account key whose rotation is planned (and, when `due`, due in this sweep).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedRotation {
+    /// The rotate policy's finding on the key (the first by policy name if several).
+    pub finding: FindingId,
+    /// The earliest deadline among the key's open enforcing findings.
+    pub deadline: i64,
+    /// `deadline − overlap`: when keysweep mints the new key.
+    pub start_at: i64,
+    /// True when the rotation is due in this sweep.
+    pub due: bool,
+    /// The project's name as listed (the key's GET does not carry it; selectors may need it).
+    pub project_name: Option<String>,
+}
+
+/// The rotations of service-account keys under a `rotate` policy, one per key.
+pub fn planned_rotations(
+    findings: &[&Finding],
+    rotations: &[RotateConfig],
+    now: i64,
+) -> Vec<PlannedRotation> {
+    let rotate_of = |f: &Finding| rotations.iter().find(|r| r.policy == f.id.policy);
+    // Earliest open enforcing deadline per key.
+    let mut deadline: BTreeMap<(&str, &str, &str), i64> = BTreeMap::new();
+    for f in findings
+        .iter()
+        .filter(|f| f.stage.is_open() && f.action.enforces())
+    {
+        let k = (
+            f.id.organization.as_str(),
+            f.id.project_id.as_str(),
+            f.id.key_id.as_str(),
+        );
+        let d = deadline.entry(k).or_insert(f.deadline);
+        *d = (*d).min(f.deadline);
+    }
+    let mut out: BTreeMap<(&str, &str, &str), PlannedRotation> = BTreeMap::new();
+    for f in findings {
+        let Some(r) = rotate_of(f) else { continue };
+        if !f.stage.is_open() || f.owner_type != OwnerType::ServiceAccount {
+            continue;
+        }
+        let k = (
+            f.id.organization.as_str(),
+            f.id.project_id.as_str(),
+            f.id.key_id.as_str(),
+        );
+        let d = deadline.get(&k).copied().unwrap_or(f.deadline);
+        let overlap = i64::try_from(r.overlap.as_secs()).unwrap_or(i64::MAX);
+        let start_at = d.saturating_sub(overlap);
+        // Never in the sweep that sends the first warning: the warning comes first.
+        let warned_before = f.warned_at.is_some_and(|w| w < now);
+        let planned = PlannedRotation {
+            finding: f.id.clone(),
+            deadline: d,
+            start_at,
+            due: warned_before && now >= start_at,
+            project_name: f.project_name.clone(),
+        };
+        out.entry(k).or_insert(planned);
+    }
+    out.into_values().collect()
+}
+
+/// The candidates without the expiries of service-account keys under a `rotate` policy: such a
+/// key gets its expiry from the rotation only, once the sink confirmed, and no earlier one from
+/// another policy's `expire` (the earliest deadline starts the rotation instead). A DELETE
+/// stays.
+pub fn without_rotated_expiries(
+    candidates: &[Candidate],
+    rotations: &[RotateConfig],
+) -> Vec<Candidate> {
+    let rotated: BTreeSet<(&str, &str, &str)> = candidates
+        .iter()
+        .filter(|c| c.key.owner.kind == OwnerType::ServiceAccount)
+        .filter(|c| rotations.iter().any(|r| r.policy == c.finding.policy))
+        .map(|c| {
+            (
+                c.key.organization.as_str(),
+                c.key.project_id.as_str(),
+                c.key.id.as_str(),
+            )
+        })
+        .collect();
+    candidates
+        .iter()
+        .filter(|c| {
+            c.write == Write::Delete
+                || !rotated.contains(&(
+                    c.key.organization.as_str(),
+                    c.key.project_id.as_str(),
+                    c.key.id.as_str(),
+                ))
+        })
+        .cloned()
+        .collect()
+}
+
+/// The longest part of the old key's name kept in the new one.
+const NAME_PREFIX_CHARS: usize = 40;
+
+/// The new key's name: the old one (cut to 40 characters) plus `-ks-` and the nonce, e.g.
+/// `ci-bot-ks-3fa94c1e`. The nonce is what finds the key again after a crash.
+pub fn new_key_name(old: &str, nonce: &str) -> String {
+    let base: String = old.trim().chars().take(NAME_PREFIX_CHARS).collect();
+    let base = base.trim_end_matches(|c: char| c == '-' || c.is_whitespace());
+    if base.is_empty() {
+        format!("ks-{nonce}")
+    } else {
+        format!("{base}-ks-{nonce}")
+    }
+}
+
+/// Whether `name` is the name keysweep gave a key minted with `nonce`.
+pub fn minted_with(name: &str, nonce: &str) -> bool {
+    !nonce.is_empty() && (name.ends_with(&format!("-ks-{nonce}")) || name == format!("ks-{nonce}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    const DAY: i64 = 86_400;
+
+    fn finding(key: &str, policy: &str, owner_type: &str, deadline: i64, warned: i64) -> Finding {
+        serde_json::from_value(serde_json::json!({
+            "id": { "organization": "o", "project_id": "p", "key_id": key, "policy": policy },
+            "key_name": "k", "redacted_value": "sk-...abcd", "owner_type": owner_type,
+            "owner": "bot", "created_at": 0, "action": "expire", "reason": "old",
+            "stage": "warned", "detected_at": warned, "deadline": deadline, "warned_at": warned,
+        }))
+        .unwrap()
+    }
+
+    fn rotate(policy: &str) -> RotateConfig {
+        RotateConfig {
+            policy: policy.into(),
+            sink: "s".into(),
+            overlap: Duration::from_secs(86_400),
+            scopes: Some(vec![]),
+        }
+    }
+
+    #[test]
+    fn due_at_deadline_minus_overlap_never_in_the_first_warning_and_the_earliest_deadline_wins() {
+        let rot = [rotate("rot")];
+        let t0 = 100 * DAY;
+        let sa = finding("k1", "rot", "service_account", t0 + 7 * DAY, t0);
+        let other = finding("k1", "exp", "service_account", t0 + 3 * DAY, t0);
+        let user = finding("k2", "rot", "user", t0 + 7 * DAY, t0);
+        let all = [&sa, &other, &user];
+        // The sweep that first warns: planned, not due, even past the start.
+        let p = planned_rotations(
+            &[&finding("k1", "rot", "service_account", t0, t0)],
+            &rot,
+            t0,
+        );
+        assert!(!p[0].due);
+        let p = planned_rotations(&all, &rot, t0 + DAY);
+        assert_eq!(p.len(), 1, "user keys are not rotated: {p:?}");
+        assert_eq!((p[0].deadline, p[0].start_at), (t0 + 3 * DAY, t0 + 2 * DAY));
+        assert!(!p[0].due);
+        assert!(planned_rotations(&all, &rot, t0 + 2 * DAY)[0].due);
+    }
+
+    #[test]
+    fn names_keep_the_old_name_and_carry_the_nonce() {
+        assert_eq!(new_key_name("ci-bot", "3fa94c1e"), "ci-bot-ks-3fa94c1e");
+        let long = "x".repeat(100);
+        let n = new_key_name(&long, "00000000");
+        assert_eq!(n.len(), 40 + 12);
+        assert!(minted_with(&n, "00000000"));
+        assert!(!minted_with(&n, "00000001"));
+        assert_eq!(new_key_name("  ", "ab"), "ks-ab");
+        assert!(minted_with("ks-ab", "ab"));
+        assert!(!minted_with("ci-bot", ""));
+    }
+}

@@ -1,0 +1,301 @@
+//! One rotation: re-read the old key, durable intent + `rotations` row (with a random nonce in
+//! the new key's name), mint, durable outcome with the new key's id, hand the secret to the
+//! sink, and only once the sink confirmed give the old key its expiry (now + overlap).
+//!
+//! The minted secret lives in a `SecretString` here and in the sink, nowhere else: never in an
+//! audit record, the state, a log line, a message or an error. A sink that fails gets the new
+//! key deleted again; the old key is never touched before the sink confirmed.
+
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde_json::json;
+
+use crate::config::RotateConfig;
+use crate::inventory::{Key, OwnerType};
+use crate::openai::{AdminClient, Error as OpenAiError, MintRequest};
+use crate::policy::rotation::{PlannedRotation, new_key_name};
+use crate::sink::{self, KeyMeta};
+use crate::state::StateError;
+use crate::state::audit::{self, AuditKind};
+use crate::state::rotations::{self, NewRotation, RotationUpdate};
+
+use super::types::{Context, RotationOutcome};
+use super::writes::{delete_minted, finish, set_status, wall_now};
+
+/// The old key as re-read, or why it is not rotated.
+async fn recheck(
+    ctx: &Context<'_>,
+    client: &AdminClient,
+    p: &PlannedRotation,
+) -> Result<Key, String> {
+    let id = &p.finding;
+    let mut fresh = match client.retrieve_key(&id.project_id, &id.key_id).await {
+        Ok(Some(k)) => k,
+        Ok(None) => return Err("the key is already gone".into()),
+        Err(OpenAiError::KeyEnded { .. }) => return Err("the key has already ended".into()),
+        Err(e) => return Err(format!("re-read failed, not rotating: {e}")),
+    };
+    fresh.organization.clone_from(&id.organization);
+    if fresh.project_name.is_none() {
+        fresh.project_name.clone_from(&p.project_name);
+    }
+    if fresh.owner.kind != OwnerType::ServiceAccount || fresh.owner.id.is_none() {
+        return Err("the key is not a service account's".into());
+    }
+    let eval = ctx.policies.evaluate(&fresh, ctx.now);
+    if let Some(hit) = &eval.exemption {
+        return Err(format!("the key is now exempted: {}", hit.reason));
+    }
+    if eval.violation(&id.policy).is_none() {
+        return Err(format!("the key no longer violates {}", id.policy));
+    }
+    Ok(fresh)
+}
+
+/// Rotates one key whose rotation is due and allowed (the caller applied the rails).
+pub(super) async fn rotate_one(
+    ctx: &Context<'_>,
+    p: &PlannedRotation,
+    rot: &RotateConfig,
+) -> Result<RotationOutcome, StateError> {
+    let Some(client) = ctx.client(&p.finding.organization) else {
+        return Ok(RotationOutcome::Skipped {
+            reason: "no client for the organisation".into(),
+        });
+    };
+    let Some(scopes) = rot.scopes.clone() else {
+        return Ok(RotationOutcome::NoScopes);
+    };
+    let old = match recheck(ctx, client, p).await {
+        Ok(k) => k,
+        Err(reason) => return skipped(ctx, p, reason),
+    };
+    let sa = old.owner.id.clone().unwrap_or_default();
+    if let Some(waiting) = awaiting_confirmation(ctx, &old, &sa)? {
+        return skipped(
+            ctx,
+            p,
+            format!("key {waiting} of the same service account awaits a person's confirmation"),
+        );
+    }
+    let nonce = format!("{:08x}", rand::random::<u32>());
+    let name = new_key_name(&old.name, &nonce);
+    let lifetime = ctx
+        .config
+        .policies
+        .iter()
+        .find(|q| q.name == rot.policy)
+        .and_then(|q| q.max_lifetime);
+    let started = wall_now();
+    let row = begin(ctx, &old, &sa, rot, &nonce, &name, started)?;
+    let req = MintRequest {
+        name: Some(name),
+        scopes: Some(scopes),
+        expires_at: lifetime.map(|l| started + i64::try_from(l.as_secs()).unwrap_or(i64::MAX)),
+    };
+    let minted = client
+        .mint_service_account_key(&old.project_id, &sa, &req)
+        .await;
+    let minted = match minted {
+        Ok(m) => m,
+        Err(e) => return mint_failed(ctx, client, &old, row, &e.to_string()).await,
+    };
+    let redacted = match client.retrieve_key(&old.project_id, &minted.id).await {
+        Ok(Some(k)) => k.redacted_value,
+        _ => "(not yet listed)".to_string(),
+    };
+    minted_recorded(ctx, &old, row, &minted.id, &redacted)?;
+    let meta = KeyMeta {
+        organization: old.organization.clone(),
+        project_id: old.project_id.clone(),
+        service_account_id: sa,
+        key_id: minted.id.clone(),
+        key_name: minted.name.clone(),
+        redacted_value: redacted.clone(),
+        old_key_id: old.id.clone(),
+        expires_at: minted.expires_at.at(),
+    };
+    let secret: SecretString = minted.value;
+    hand_over(ctx, client, &old, row, rot, &meta, &secret).await
+}
+
+/// The sink step and what follows it. The secret is dropped (zeroed) when this returns.
+async fn hand_over(
+    ctx: &Context<'_>,
+    client: &AdminClient,
+    old: &Key,
+    row: i64,
+    rot: &RotateConfig,
+    meta: &KeyMeta,
+    secret: &SecretString,
+) -> Result<RotationOutcome, StateError> {
+    let Some(sink_config) = ctx.config.sink(&rot.sink) else {
+        return Ok(RotationOutcome::Skipped {
+            reason: format!("no sink named {:?}", rot.sink),
+        });
+    };
+    let new = (
+        old.organization.as_str(),
+        old.project_id.as_str(),
+        meta.key_id.as_str(),
+    );
+    if let Err(e) = sink::deliver(sink_config, meta, secret).await {
+        let error = e.to_string();
+        let cleaned = delete_minted(ctx, client, new, &error).await?;
+        let status = if cleaned {
+            "sink_failed"
+        } else {
+            "cleanup_pending"
+        };
+        set_status(ctx, row, status, None, Some(&error))?;
+        tracing::error!(run_id = ctx.run_id, key_id = %old.id, new_key_id = %meta.key_id, %error, "rotation: the sink did not confirm");
+        return Ok(RotationOutcome::SinkFailed { error, cleaned });
+    }
+    let overlap = i64::try_from(rot.overlap.as_secs()).unwrap_or(i64::MAX);
+    let to = wall_now().saturating_add(overlap);
+    set_status(ctx, row, "delivered", Some(to), None)?;
+    finish(ctx, client, old, row, to, &rot.sink, meta).await
+}
+
+/// The mint's durable intent record and the `rotations` row, in one transaction.
+fn begin(
+    ctx: &Context<'_>,
+    old: &Key,
+    sa: &str,
+    rot: &RotateConfig,
+    nonce: &str,
+    name: &str,
+    started: i64,
+) -> Result<i64, StateError> {
+    let mut intent = ctx
+        .record(
+            AuditKind::Intent,
+            (&old.organization, &old.project_id, &old.id),
+            "",
+        )
+        .with_key(old);
+    intent.message = format!(
+        "minting key {name:?} for service account {sa} to replace {}",
+        old.id
+    );
+    intent.policy = Some(rot.policy.clone());
+    intent.inputs = json!({
+        "write": "rotate_mint",
+        "service_account_id": sa,
+        "nonce": nonce,
+        "name": name,
+        "scopes": rot.scopes,
+        "sink": rot.sink,
+    });
+    ctx.store.tx(|tx| {
+        let entry = audit::append(tx, &intent)?;
+        rotations::begin(
+            tx,
+            &NewRotation {
+                organization: &old.organization,
+                project_id: &old.project_id,
+                service_account_id: sa,
+                old_key_id: &old.id,
+                policy: &rot.policy,
+                nonce,
+                intent_seq: entry.seq,
+                started_at: started,
+            },
+        )
+    })
+}
+
+/// The mint's outcome record with the new key's id, and the row moved to `minted`, together.
+fn minted_recorded(
+    ctx: &Context<'_>,
+    old: &Key,
+    row: i64,
+    new_id: &str,
+    redacted: &str,
+) -> Result<(), StateError> {
+    let intent_seq = ctx
+        .store
+        .with_conn(|c| rotations::get(c, row))?
+        .and_then(|r| r.intent_seq);
+    let mut out = ctx
+        .record(
+            AuditKind::Outcome,
+            (&old.organization, &old.project_id, &old.id),
+            "",
+        )
+        .with_key(old)
+        .with_response(json!({ "new_key_id": new_id, "new_redacted_value": redacted }));
+    out.message = format!("minted key {new_id} ({redacted}) to replace {}", old.id);
+    out.refers_to = intent_seq;
+    let update = RotationUpdate {
+        status: "minted",
+        new_key_id: Some(new_id),
+        new_redacted_value: Some(redacted),
+        ..RotationUpdate::default()
+    };
+    ctx.store.tx(|tx| {
+        audit::append(tx, &out)?;
+        rotations::update(tx, row, &update, wall_now())
+    })
+}
+
+/// A failed mint: its outcome, then a look for a key it may have made all the same.
+async fn mint_failed(
+    ctx: &Context<'_>,
+    client: &AdminClient,
+    old: &Key,
+    row: i64,
+    error: &str,
+) -> Result<RotationOutcome, StateError> {
+    let out = ctx
+        .record(
+            AuditKind::Outcome,
+            (&old.organization, &old.project_id, &old.id),
+            format!("minting a key to replace {} failed", old.id),
+        )
+        .with_response(json!({ "error": error }));
+    audit::append_durable(ctx.store, &out)?;
+    // After a timeout or a 5xx a key may exist: reconciliation finds it by its nonce. Give the
+    // API a moment so a key minted late is listed.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    super::reconcile::settle_minting(ctx, client, row).await?;
+    Ok(RotationOutcome::MintFailed {
+        error: error.to_string(),
+    })
+}
+
+fn skipped(
+    ctx: &Context<'_>,
+    p: &PlannedRotation,
+    reason: String,
+) -> Result<RotationOutcome, StateError> {
+    let id = &p.finding;
+    let rec = ctx
+        .record(
+            AuditKind::Skipped,
+            (&id.organization, &id.project_id, &id.key_id),
+            format!("rotation not started after re-check: {reason}"),
+        )
+        .with_response(json!({ "recheck": reason }));
+    audit::append_durable(ctx.store, &rec)?;
+    Ok(RotationOutcome::Skipped { reason })
+}
+
+/// A key of the same service account whose hand-over a crash interrupted (`minted`), if any:
+/// no further key is minted for the account while it exists.
+fn awaiting_confirmation(
+    ctx: &Context<'_>,
+    old: &Key,
+    sa: &str,
+) -> Result<Option<String>, StateError> {
+    let rows = ctx
+        .store
+        .with_conn(|c| rotations::unsettled(c, &old.organization))?;
+    Ok(rows
+        .into_iter()
+        .find(|r| {
+            r.status == "minted" && r.project_id == old.project_id && r.service_account_id == sa
+        })
+        .map(|r| r.new_key_id.unwrap_or_default()))
+}

@@ -1,0 +1,219 @@
+//! Settling rotations a crash (or a failure) left unfinished, at the start of every enforce
+//! sweep, from the `rotations` table:
+//!
+//! - `minting` (no key id recorded): the project's keys are listed and a key of the same service
+//!   account whose name carries the row's random nonce, created within the intent's time window,
+//!   is keysweep's orphan — never found by a name alone. It is deleted (not withheld by caps or
+//!   the kill switch: it undoes keysweep's own write) and the rotation starts afresh;
+//! - `minted` (a crash while the sink ran): the new key stays, someone may have it; while it
+//!   exists an alert asks a person to confirm and no further key is minted for the account;
+//! - `delivered`: the old key's owed expiry is set; `cleanup_pending`: the new key is deleted.
+
+use serde_json::json;
+
+use crate::inventory::{Key, OwnerType, ProjectRef};
+use crate::openai::{AdminClient, Error as OpenAiError};
+use crate::policy::rotation::minted_with;
+use crate::sink::KeyMeta;
+use crate::state::StateError;
+use crate::state::audit::{self, AuditKind};
+use crate::state::rotations::{self, RotationRow, RotationUpdate};
+
+use super::types::{Context, RotationOutcome, RotationResult};
+use super::writes::{delete_minted, wall_now};
+
+/// How far around the intent's time a key counts as minted by it (the server's clock and the
+/// request's duration): from 10 minutes before to an hour after.
+const WINDOW_BEFORE: i64 = 600;
+const WINDOW_AFTER: i64 = 3600;
+
+/// Settles every unfinished rotation of the organisations this sweep covers.
+pub(super) async fn reconcile(ctx: &Context<'_>) -> Result<Vec<RotationResult>, StateError> {
+    let mut out = Vec::new();
+    for client in ctx.clients {
+        let rows = ctx
+            .store
+            .with_conn(|c| rotations::unsettled(c, client.org_name()))?;
+        for row in rows {
+            let outcome = match row.status.as_str() {
+                "minting" => settle_minting(ctx, client, row.id).await?,
+                "minted" => settle_minted(ctx, client, &row).await?,
+                // Setting an expiry waits while the kill switch is on; deleting keysweep's own
+                // keys does not.
+                "delivered" if !ctx.kill_switch => settle_delivered(ctx, client, &row).await?,
+                "cleanup_pending" => settle_cleanup(ctx, client, &row).await?,
+                _ => None,
+            };
+            out.extend(outcome.map(|outcome| RotationResult {
+                organization: row.organization.clone(),
+                project_id: row.project_id.clone(),
+                key_id: row.old_key_id.clone(),
+                outcome,
+            }));
+        }
+    }
+    Ok(out)
+}
+
+/// A `minting` row: finds and deletes the key(s) minted with its nonce, then abandons the row.
+/// `None` when nothing had been minted, or the listing failed (the row stays for later).
+pub(super) async fn settle_minting(
+    ctx: &Context<'_>,
+    client: &AdminClient,
+    id: i64,
+) -> Result<Option<RotationOutcome>, StateError> {
+    let Some(row) = ctx.store.with_conn(|c| rotations::get(c, id))? else {
+        return Ok(None);
+    };
+    let project = ProjectRef {
+        organization: row.organization.clone(),
+        id: row.project_id.clone(),
+        name: None,
+        archived: false,
+    };
+    let Ok(keys) = client.list_project_keys(&project).await else {
+        return Ok(None);
+    };
+    let orphans: Vec<Key> = keys.into_iter().filter(|k| is_orphan(k, &row)).collect();
+    let mut deleted = Vec::new();
+    for k in &orphans {
+        let at = (
+            row.organization.as_str(),
+            row.project_id.as_str(),
+            k.id.as_str(),
+        );
+        if delete_minted(ctx, client, at, "minted by an interrupted rotation").await? {
+            deleted.push(k.id.clone());
+        }
+    }
+    if deleted.len() < orphans.len() {
+        return Ok(None);
+    }
+    let detail = format!("interrupted before the new key was recorded; deleted: {deleted:?}");
+    abandon(ctx, &row, &detail, json!({ "orphans_deleted": deleted }))?;
+    Ok((!deleted.is_empty()).then_some(RotationOutcome::OrphanDeleted { keys: deleted }))
+}
+
+/// A key of the row's service account, named with its nonce, created in its time window.
+fn is_orphan(k: &Key, row: &RotationRow) -> bool {
+    k.owner.kind == OwnerType::ServiceAccount
+        && k.owner.id.as_deref() == Some(row.service_account_id.as_str())
+        && minted_with(&k.name, &row.nonce)
+        && (row.started_at - WINDOW_BEFORE..=row.started_at + WINDOW_AFTER).contains(&k.created_at)
+}
+
+/// Closes a row as abandoned, with a `reconciled` record answering its mint intent.
+fn abandon(
+    ctx: &Context<'_>,
+    row: &RotationRow,
+    detail: &str,
+    response: serde_json::Value,
+) -> Result<(), StateError> {
+    let at = (
+        row.organization.as_str(),
+        row.project_id.as_str(),
+        row.old_key_id.as_str(),
+    );
+    let mut rec = ctx
+        .record(
+            AuditKind::Reconciled,
+            at,
+            format!("rotation abandoned: {detail}"),
+        )
+        .with_response(response);
+    rec.policy = Some(row.policy.clone());
+    rec.refers_to = row.intent_seq;
+    let u = RotationUpdate {
+        status: "abandoned",
+        detail: Some(detail),
+        ..RotationUpdate::default()
+    };
+    ctx.store.tx(|tx| {
+        audit::append(tx, &rec)?;
+        rotations::update(tx, row.id, &u, wall_now())
+    })
+}
+
+/// A `minted` row left by a crash: the new key gone means a person removed it (rotate afresh);
+/// present, a person must confirm.
+async fn settle_minted(
+    ctx: &Context<'_>,
+    client: &AdminClient,
+    row: &RotationRow,
+) -> Result<Option<RotationOutcome>, StateError> {
+    let new_id = row.new_key_id.clone().unwrap_or_default();
+    match client.retrieve_key(&row.project_id, &new_id).await {
+        Ok(None) | Err(OpenAiError::KeyEnded { .. }) => {
+            abandon(
+                ctx,
+                row,
+                "the new key is gone",
+                json!({ "new_key_id": new_id }),
+            )?;
+            Ok(None)
+        }
+        Ok(Some(_)) => Ok(Some(RotationOutcome::AwaitingConfirmation {
+            new_key_id: new_id,
+            sink: ctx
+                .config
+                .rotation(&row.policy)
+                .map(|r| r.sink.clone())
+                .unwrap_or_default(),
+        })),
+        Err(_) => Ok(None),
+    }
+}
+
+/// A `delivered` row: the sink has the new key; the old key's expiry is still owed.
+async fn settle_delivered(
+    ctx: &Context<'_>,
+    client: &AdminClient,
+    row: &RotationRow,
+) -> Result<Option<RotationOutcome>, StateError> {
+    let Ok(Some(mut old)) = client.retrieve_key(&row.project_id, &row.old_key_id).await else {
+        return Ok(None);
+    };
+    old.organization.clone_from(&row.organization);
+    let meta = KeyMeta {
+        organization: row.organization.clone(),
+        project_id: row.project_id.clone(),
+        service_account_id: row.service_account_id.clone(),
+        key_id: row.new_key_id.clone().unwrap_or_default(),
+        key_name: String::new(),
+        redacted_value: row.new_redacted_value.clone().unwrap_or_default(),
+        old_key_id: row.old_key_id.clone(),
+        expires_at: None,
+    };
+    let to = row.old_expires_at.unwrap_or_else(wall_now);
+    let sink = ctx
+        .config
+        .rotation(&row.policy)
+        .map(|r| r.sink.clone())
+        .unwrap_or_default();
+    super::writes::finish(ctx, client, &old, row.id, to, &sink, &meta)
+        .await
+        .map(Some)
+}
+
+/// A `cleanup_pending` row: the sink failed and deleting the new key failed too; try again.
+async fn settle_cleanup(
+    ctx: &Context<'_>,
+    client: &AdminClient,
+    row: &RotationRow,
+) -> Result<Option<RotationOutcome>, StateError> {
+    let new_id = row.new_key_id.clone().unwrap_or_default();
+    let at = (
+        row.organization.as_str(),
+        row.project_id.as_str(),
+        new_id.as_str(),
+    );
+    if delete_minted(ctx, client, at, "its sink did not confirm").await? {
+        let u = RotationUpdate {
+            status: "sink_failed",
+            ..RotationUpdate::default()
+        };
+        ctx.store
+            .tx(|tx| rotations::update(tx, row.id, &u, wall_now()))?;
+    }
+    Ok(None)
+}

@@ -1,0 +1,171 @@
+//! What the rotation steps share: their context (store, clients, rails) and what one rotation
+//! did ([`RotationResult`], with the alert or announcement it deserves). Plain data; it never
+//! sees a secret.
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, Mode};
+use crate::notify::alert::EnforcerAlert;
+use crate::openai::AdminClient;
+use crate::policy::Policies;
+use crate::policy::expiry::fmt_expiry;
+use crate::state::Store;
+use crate::state::audit::{AuditKind, AuditRecord};
+
+/// Everything a rotation needs.
+pub struct Context<'a> {
+    pub store: &'a Store,
+    pub config: &'a Config,
+    pub policies: &'a Policies,
+    pub clients: &'a [AdminClient],
+    pub mode: Mode,
+    pub run_id: &'a str,
+    pub now: i64,
+    pub cancel: &'a CancellationToken,
+    /// The kill-switch file exists: no rotation starts (deleting keysweep's own orphans still
+    /// happens).
+    pub kill_switch: bool,
+    /// Rotations the caps still allow in this sweep (each counts like an expiry set).
+    pub cap_left: u32,
+}
+
+impl Context<'_> {
+    pub(super) fn client(&self, org: &str) -> Option<&AdminClient> {
+        self.clients.iter().find(|c| c.org_name() == org)
+    }
+
+    /// An audit record of this sweep about one key.
+    pub(super) fn record(
+        &self,
+        kind: AuditKind,
+        (org, project, key): (&str, &str, &str),
+        message: impl Into<String>,
+    ) -> AuditRecord {
+        let mut r = AuditRecord::new(
+            self.now,
+            self.run_id,
+            kind,
+            self.mode,
+            &self.config.hash,
+            message,
+        );
+        r.organization = Some(org.to_string());
+        r.project_id = Some(project.to_string());
+        r.key_id = Some(key.to_string());
+        r
+    }
+}
+
+/// What one rotation (or its reconciliation) did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RotationResult {
+    pub organization: String,
+    pub project_id: String,
+    /// The key being replaced.
+    pub key_id: String,
+    pub outcome: RotationOutcome,
+}
+
+/// The outcome of one rotation step.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum RotationOutcome {
+    /// New key minted, handed to the sink and confirmed; the old key expires at `old_expires_at`.
+    Rotated {
+        new_key_id: String,
+        new_redacted_value: String,
+        sink: String,
+        old_expires_at: i64,
+    },
+    /// Dry-run or `service_account_keys = "notify-only"`: announced, not performed.
+    WouldRotate { reason: String },
+    /// The kill switch or a cap withheld it.
+    Withheld { reason: String },
+    /// The re-check found a reason not to rotate (gone, exempted, no longer violating, …).
+    Skipped { reason: String },
+    /// No scopes configured: keysweep never mints All permissions unless told `scopes = []`.
+    NoScopes,
+    /// The mint failed; any key it may have made was looked for and deleted.
+    MintFailed { error: String },
+    /// The sink did not confirm; the new key was deleted (`cleaned`) and the old one left alone.
+    SinkFailed { error: String, cleaned: bool },
+    /// A crash interrupted the hand-over: the new key stays, a person must confirm.
+    AwaitingConfirmation { new_key_id: String, sink: String },
+    /// A key keysweep minted before a crash, never recorded, was found by its nonce and deleted.
+    OrphanDeleted { keys: Vec<String> },
+    /// The sink confirmed but the old key's expiry could not be set (a later sweep retries).
+    OldExpiryFailed { error: String },
+}
+
+impl RotationResult {
+    /// Metric and report label.
+    pub fn outcome_label(&self) -> &'static str {
+        match self.outcome {
+            RotationOutcome::Rotated { .. } => "rotated",
+            RotationOutcome::WouldRotate { .. } => "would_rotate",
+            RotationOutcome::Withheld { .. } => "withheld",
+            RotationOutcome::Skipped { .. } => "skipped",
+            RotationOutcome::NoScopes => "no_scopes",
+            RotationOutcome::MintFailed { .. } => "mint_failed",
+            RotationOutcome::SinkFailed { .. } => "sink_failed",
+            RotationOutcome::AwaitingConfirmation { .. } => "awaiting_confirmation",
+            RotationOutcome::OrphanDeleted { .. } => "orphan_deleted",
+            RotationOutcome::OldExpiryFailed { .. } => "old_expiry_failed",
+        }
+    }
+
+    /// The message to the ops channels: the "rotated" announcement, or what needs a person.
+    pub fn alert(&self) -> Option<EnforcerAlert> {
+        let message = match &self.outcome {
+            RotationOutcome::Rotated {
+                new_key_id,
+                new_redacted_value,
+                sink,
+                old_expires_at,
+            } => format!(
+                "rotated: new key {new_key_id} ({new_redacted_value}) was handed to sink \
+                 {sink:?}; the old key stops working at {}",
+                fmt_expiry(*old_expires_at)
+            ),
+            RotationOutcome::NoScopes => "not rotated: the policy configures no scopes and \
+                 keysweep never mints a key with All permissions unless the policy says \
+                 scopes = []"
+                .to_string(),
+            RotationOutcome::MintFailed { error } => {
+                format!(
+                    "rotation failed: minting the new key failed ({error}); the old key is untouched"
+                )
+            }
+            RotationOutcome::SinkFailed { error, cleaned } => format!(
+                "rotation failed: {error}; {}; the old key is untouched",
+                if *cleaned {
+                    "the new key was deleted again"
+                } else {
+                    "deleting the new key failed too (a later sweep retries it)"
+                }
+            ),
+            RotationOutcome::AwaitingConfirmation { new_key_id, sink } => format!(
+                "a crash interrupted handing new key {new_key_id} to sink {sink:?}: a person must \
+                 confirm whether the sink holds it; the old key is untouched and no further key \
+                 is minted for this service account until key {new_key_id} is gone (delete it to \
+                 have keysweep rotate again)"
+            ),
+            RotationOutcome::OrphanDeleted { keys } => format!(
+                "key(s) {} minted by an interrupted rotation and never handed to a sink were \
+                 deleted",
+                keys.join(", ")
+            ),
+            RotationOutcome::OldExpiryFailed { error } => format!(
+                "the new key is in the sink, but setting the old key's expiry failed ({error}); \
+                 a later sweep retries it"
+            ),
+            _ => return None,
+        };
+        Some(EnforcerAlert::Expiry {
+            organization: self.organization.clone(),
+            project_id: self.project_id.clone(),
+            key_id: self.key_id.clone(),
+            message,
+        })
+    }
+}

@@ -1,0 +1,550 @@
+//! Issue 17: `action = "rotate"` through the real binary (`keysweep run --once`) against the
+//! simulated Administration API: a due service-account key is replaced by a new key of the same
+//! account, handed to a sink, and the old key then expires after the overlap; a failing sink
+//! leaves no new key and the old one untouched; a SIGKILL while the mint's answer is lost leaves
+//! an orphan the next run deletes before rotating; a SIGKILL while the sink runs leaves the new
+//! key for a person to confirm. The minted secret appears in no output, log or database byte.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use keysweep::sim::{
+    Fault, FaultKind, FaultRoute, SimAccess, SimKey, SimOptions, SimOrg, SimOwnerRef, SimServer,
+    SimServiceAccount,
+};
+use keysweep::state::{Store, audit, rotations};
+
+use crate::support::process::{combined, keysweep, output};
+use crate::support::secrets::{assert_no_secret, assert_no_secret_in_bytes};
+use crate::support::time::{DAY, rfc3339, unix_now};
+use crate::support::wait::{PATIENCE, eventually};
+
+const ADMIN_KEY: &str = "sk-admin-ROTATE-5e1d77a0c4-DO-NOT-LEAK";
+const KEY_ENV: &str = "KEYSWEEP_IT_ROTATE_ADMIN_KEY";
+const PROJECT: &str = "proj_rotate";
+const SA: &str = "svc_acct_rotate_bot";
+const OLD: &str = "key_rot_sa_old";
+const USER_KEY: &str = "key_rot_user";
+/// The server times a write itself: an expiry lands within a few seconds of the target.
+const SLACK: i64 = 10;
+
+struct World {
+    sim: SimServer,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    base: i64,
+}
+
+fn key(id: &str, owner: SimOwnerRef, created_at: i64) -> SimKey {
+    SimKey {
+        id: id.to_string(),
+        name: format!("{id}-name"),
+        redacted_value: format!("sk-proj-****{}", &id[id.len() - 4..]),
+        created_at,
+        last_used_at: Some(created_at + DAY),
+        owner,
+        expires_at: None,
+        scopes: Vec::new(),
+    }
+}
+
+fn org(now: i64) -> SimOrg {
+    let mut org = SimOrg::generate(1, 2, 17, now);
+    let p = org.projects.iter_mut().find(|p| !p.is_archived()).unwrap();
+    p.id = PROJECT.to_string();
+    let user = p.members[0].user_id.clone();
+    p.service_accounts.push(SimServiceAccount {
+        id: SA.into(),
+        name: "rotate-bot".into(),
+        role: "member".into(),
+        created_at: now - 400 * DAY,
+        access: SimAccess::Active,
+    });
+    p.keys = vec![
+        key(
+            OLD,
+            SimOwnerRef::ServiceAccount { id: SA.into() },
+            now - 200 * DAY,
+        ),
+        key(USER_KEY, SimOwnerRef::User { id: user }, now - 200 * DAY),
+    ];
+    org.projects.retain(|p| p.id == PROJECT);
+    org
+}
+
+/// A world whose rotate policy uses `sink` (a `[[sinks]]` body without its name) and sets
+/// `policy_extra` (e.g. `scopes`), under `safety_extra`.
+async fn world(sink: &str, policy_extra: &str, safety_extra: &str) -> World {
+    let base = unix_now();
+    let sim = crate::support::sim::start_sim_with(org(base), SimOptions::new(ADMIN_KEY)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = sink.replace("$DIR", dir.path().to_str().unwrap());
+    let extra = format!(
+        r#"mode = "enforce"
+
+[limits]
+max_retries = 1
+request_timeout = "5s"
+
+[[policies]]
+name = "rotate-90d"
+max_age = "90d"
+action = "rotate"
+sink = "store"
+overlap = "24h"
+warn_before = "7d"
+final_notice = "1d"
+{policy_extra}
+
+[[sinks]]
+name = "store"
+{sink}
+
+[safety]
+max_revocations_per_run = 100
+max_revocations_per_project_percent = 100
+max_revocations_per_day = 100
+{safety_extra}
+"#
+    );
+    let config =
+        crate::support::config::write_config_file(dir.path(), &sim.base_url(), KEY_ENV, &extra);
+    World {
+        sim,
+        dir,
+        config,
+        base,
+    }
+}
+
+const FILE_SINK: &str =
+    "type = \"file\"\npath = \"$DIR/{project_id}-{service_account_id}.key\"\nformat = \"raw\"\n";
+const SCOPES: &str = "scopes = [\"api.model.read\"]";
+const ENFORCE_SA: &str = "service_account_keys = \"enforce\"";
+
+impl World {
+    fn cmd(&self, now: i64) -> tokio::process::Command {
+        let mut c = keysweep(
+            &[
+                "--config",
+                self.config.to_str().unwrap(),
+                "run",
+                "--once",
+                "--now",
+                &rfc3339(now),
+            ],
+            &[(KEY_ENV, ADMIN_KEY)],
+        );
+        c.env("RUST_LOG", "info");
+        c
+    }
+
+    /// `run --once --now now` to its end: its combined output, which holds no admin key.
+    async fn run(&self, now: i64) -> String {
+        let out = output(self.cmd(now)).await;
+        let text = combined(&out);
+        assert_no_secret("keysweep output", &text, &[ADMIN_KEY]);
+        assert!(out.status.success(), "{text}");
+        text
+    }
+
+    fn sink_file(&self) -> PathBuf {
+        self.dir.path().join(format!("{PROJECT}-{SA}.key"))
+    }
+
+    /// The service account's keys in the simulator.
+    fn sa_keys(&self) -> Vec<keysweep::sim::SimKeySnapshot> {
+        self.sim
+            .keys(PROJECT)
+            .into_iter()
+            .filter(|k| matches!(&k.owner, SimOwnerRef::ServiceAccount { id } if id == SA))
+            .collect()
+    }
+
+    fn mints(&self) -> u64 {
+        self.sim
+            .stats()
+            .iter()
+            .filter(|(k, _)| {
+                k.starts_with("POST")
+                    && k.ends_with("/service_accounts/{service_account_id}/api_keys")
+            })
+            .map(|(_, n)| *n)
+            .sum()
+    }
+
+    fn rotation_rows(&self) -> Vec<rotations::RotationRow> {
+        let store = Store::open(&self.dir.path().join("keysweep.db")).unwrap();
+        store.with_conn(rotations::all).unwrap()
+    }
+
+    /// The audit chain verifies, and no byte of the state files holds `secret`.
+    fn assert_state_clean(&self, secret: &str) {
+        let store = Store::open(&self.dir.path().join("keysweep.db")).unwrap();
+        let report = store.with_conn(|c| Ok(audit::verify(c))).unwrap();
+        assert!(report.is_ok(), "audit verify: {report:?}");
+        drop(store);
+        for entry in std::fs::read_dir(self.dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if name.starts_with("keysweep.db") {
+                let bytes = std::fs::read(&path).unwrap();
+                assert_no_secret_in_bytes(&name, &bytes, &[secret]);
+            }
+        }
+    }
+}
+
+/// The sweep that first warns about the key never rotates it, and sets the user key's fallback
+/// expiry; the rotation is planned for `deadline − overlap`.
+async fn first_warning(w: &World) {
+    let out = w.run(w.base).await;
+    assert_eq!(w.mints(), 0, "minted in the sweep that first warns:\n{out}");
+    let old = w.sim.key(PROJECT, OLD).unwrap();
+    assert_eq!(
+        old.expires_at, None,
+        "the old key got an expiry before rotation"
+    );
+    // User keys cannot be minted: rotate falls back to expire (deadline = first warning + 7d).
+    let user = w.sim.key(PROJECT, USER_KEY).unwrap();
+    let to = user
+        .expires_at
+        .expect("the user key got no fallback expiry");
+    assert!(
+        (to - (w.base + 7 * DAY)).abs() <= SLACK,
+        "user key expiry {to}"
+    );
+}
+
+/// When the rotation is due: an hour past `deadline − overlap`.
+fn due(w: &World) -> i64 {
+    w.base + 6 * DAY + 3600
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_due_rotation_hands_the_new_key_to_a_file_sink_and_the_old_key_expires_after_the_overlap()
+{
+    let policy = format!("{SCOPES}\nmax_lifetime = \"180d\"");
+    let w = world(FILE_SINK, &policy, ENFORCE_SA).await;
+    first_warning(&w).await;
+    // `scan` shows the planned rotation: deadline − overlap.
+    let scan = keysweep(
+        &[
+            "--config",
+            w.config.to_str().unwrap(),
+            "scan",
+            "--now",
+            &rfc3339(w.base + 3600),
+        ],
+        &[(KEY_ENV, ADMIN_KEY)],
+    );
+    let scan = combined(&output(scan).await);
+    let start = rfc3339(w.base + 6 * DAY);
+    assert!(scan.contains("rotate at"), "{scan}");
+    assert!(scan.contains(&start[..10]), "{start} not in\n{scan}");
+    assert_eq!(w.mints(), 0, "scan minted");
+
+    let before = unix_now();
+    let out = w.run(due(&w)).await;
+    assert_eq!(w.mints(), 1, "{out}");
+    let keys = w.sa_keys();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    let new = keys.iter().find(|k| k.id != OLD).unwrap();
+    assert!(
+        new.name.starts_with(&format!("{OLD}-name-ks-")),
+        "{}",
+        new.name
+    );
+    assert_eq!(new.scopes, vec!["api.model.read".to_string()]);
+    // The policy's max_lifetime gives the new key its expiry.
+    let new_expiry = new.expires_at.expect("the new key has no expiry");
+    assert!(
+        new_expiry >= before + 180 * DAY - SLACK && new_expiry <= unix_now() + 180 * DAY + SLACK,
+        "new key expires at {new_expiry}"
+    );
+    // The sink holds the new key's secret, mode 0600.
+    let secret = std::fs::read_to_string(w.sink_file()).unwrap();
+    let secret = secret.trim();
+    assert!(secret.len() > 8, "{secret}");
+    let last4 = &secret[secret.len() - 4..];
+    assert!(
+        new.redacted_value.ends_with(last4),
+        "{} vs ..{last4}",
+        new.redacted_value
+    );
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(w.sink_file())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    // Only then the old key got now + overlap (wall clock).
+    let old = w.sim.key(PROJECT, OLD).unwrap();
+    let at = old.expires_at.expect("the old key got no expiry");
+    assert!(
+        at >= before + DAY - SLACK && at <= unix_now() + DAY + SLACK,
+        "old key expires at {at}, rotation at {before}"
+    );
+    assert!(out.contains("rotated: new key"), "{out}");
+    assert_no_secret("keysweep output", &out, &[secret]);
+    let rows = w.rotation_rows();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].status, "done");
+    assert_eq!(rows[0].new_key_id.as_deref(), Some(new.id.as_str()));
+
+    // A later sweep mints nothing more.
+    let later = w.run(due(&w) + 3600).await;
+    assert_eq!(w.mints(), 1, "{later}");
+    assert_no_secret("keysweep output", &later, &[secret]);
+    w.assert_state_clean(secret);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exec_sink_that_exits_non_zero_leaves_no_new_key_and_the_old_key_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("store-key.sh");
+    // Reads the key, says something about it on stderr, and fails.
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nread -r k\necho \"refused $k\" >&2\nprintf '%s' \"$k\" > {}/got\nexit 3\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let sink = format!(
+        "type = \"exec\"\ncommand = [{:?}]\ntimeout = \"20s\"\n",
+        script.display().to_string()
+    );
+    let w = world(&sink, SCOPES, ENFORCE_SA).await;
+    first_warning(&w).await;
+
+    let out = w.run(due(&w)).await;
+    assert_eq!(w.mints(), 1, "{out}");
+    let secret = std::fs::read_to_string(dir.path().join("got")).unwrap();
+    assert!(secret.len() > 8);
+    let keys = w.sa_keys();
+    assert_eq!(
+        keys.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(),
+        [OLD],
+        "the new key was left"
+    );
+    assert_eq!(
+        w.sim.key(PROJECT, OLD).unwrap().expires_at,
+        None,
+        "the old key was touched"
+    );
+    assert!(out.contains("rotation failed"), "{out}");
+    assert!(out.contains("exit status: 3"), "{out}");
+    assert_no_secret("keysweep output", &out, &[secret.as_str()]);
+    assert_eq!(w.rotation_rows()[0].status, "sink_failed");
+    w.assert_state_clean(&secret);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_scopes_under_notify_only_or_in_dry_run_nothing_is_minted() {
+    // No scopes configured: never All permissions by default; an alert says why.
+    let w = world(FILE_SINK, "", ENFORCE_SA).await;
+    first_warning(&w).await;
+    let out = w.run(due(&w)).await;
+    assert_eq!(w.mints(), 0, "{out}");
+    assert!(
+        out.contains("not rotated: the policy configures no scopes"),
+        "{out}"
+    );
+
+    // service_account_keys = "notify-only" (the default): announced, not performed.
+    let w = world(FILE_SINK, SCOPES, "").await;
+    first_warning(&w).await;
+    let out = w.run(due(&w)).await;
+    assert_eq!(w.mints(), 0, "{out}");
+    assert!(out.contains("service_account_notify_only"), "{out}");
+    assert_eq!(w.sim.key(PROJECT, OLD).unwrap().expires_at, None);
+    assert!(!w.sink_file().exists());
+
+    // --dry-run: "would rotate", nothing written.
+    let w = world(FILE_SINK, SCOPES, ENFORCE_SA).await;
+    first_warning(&w).await;
+    let mut cmd = w.cmd(due(&w));
+    cmd.arg("--dry-run");
+    let out = combined(&output(cmd).await);
+    assert_eq!(w.mints(), 0, "{out}");
+    assert!(out.contains("would rotate"), "{out}");
+    assert!(!w.sink_file().exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkill_while_the_mints_answer_is_lost_leaves_an_orphan_that_the_next_run_deletes() {
+    let w = world(FILE_SINK, SCOPES, ENFORCE_SA).await;
+    first_warning(&w).await;
+    // The mint takes effect, then its answer hangs: keysweep never learns the new key's id.
+    let id = w.sim.faults().add(
+        Fault::on(FaultRoute::CreateServiceAccountKey)
+            .once()
+            .after_effect()
+            .respond(FaultKind::Delay(Duration::from_secs(120))),
+    );
+    let mut child = w.cmd(due(&w)).spawn().unwrap();
+    eventually("the mint", || w.sim.faults().hits(id) > 0).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    child.start_kill().unwrap();
+    let status = tokio::time::timeout(PATIENCE, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!status.success(), "the child was not killed");
+    let orphans: Vec<String> = w
+        .sa_keys()
+        .into_iter()
+        .map(|k| k.id)
+        .filter(|k| k != OLD)
+        .collect();
+    assert_eq!(
+        orphans.len(),
+        1,
+        "the mint did not take effect before the kill"
+    );
+    assert_eq!(w.rotation_rows()[0].status, "minting");
+
+    // The next run finds the orphan by its nonce, deletes it and rotates afresh.
+    let out = w.run(due(&w) + 600).await;
+    assert!(
+        !w.sim.key_exists(PROJECT, &orphans[0]),
+        "the orphan is still there:\n{out}"
+    );
+    assert!(out.contains("never handed to a sink were deleted"), "{out}");
+    let keys = w.sa_keys();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    let new = keys.iter().find(|k| k.id != OLD).unwrap();
+    let secret = std::fs::read_to_string(w.sink_file()).unwrap();
+    let secret = secret.trim();
+    assert!(new.redacted_value.ends_with(&secret[secret.len() - 4..]));
+    assert!(
+        w.sim.key(PROJECT, OLD).unwrap().expires_at.is_some(),
+        "rotation not done"
+    );
+    let statuses: Vec<String> = w.rotation_rows().into_iter().map(|r| r.status).collect();
+    assert_eq!(statuses, ["abandoned", "done"]);
+    assert_no_secret("keysweep output", &out, &[secret]);
+    w.assert_state_clean(secret);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkill_while_the_sink_runs_leaves_the_new_key_for_a_person_and_mints_no_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("slow-store.sh");
+    // Takes the key, then hangs (as a slow secret store would) until the test ends it.
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho $$ > {d}/pid\nread -r k\nprintf '%s' \"$k\" > {d}/got\nexec sleep 60\n",
+            d = dir.path().display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let sink = format!(
+        "type = \"exec\"\ncommand = [{:?}]\ntimeout = \"90s\"\n",
+        script.display().to_string()
+    );
+    let w = world(&sink, SCOPES, ENFORCE_SA).await;
+    first_warning(&w).await;
+
+    let mut child = w.cmd(due(&w)).spawn().unwrap();
+    let got = dir.path().join("got");
+    eventually("the sink to get the key", || got.exists()).await;
+    child.start_kill().unwrap();
+    let _ = tokio::time::timeout(PATIENCE, child.wait()).await.unwrap();
+    let pid = std::fs::read_to_string(dir.path().join("pid")).unwrap();
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", pid.trim()])
+        .status();
+    let secret = std::fs::read_to_string(&got).unwrap();
+    let new: Vec<String> = w
+        .sa_keys()
+        .into_iter()
+        .map(|k| k.id)
+        .filter(|k| k != OLD)
+        .collect();
+    assert_eq!(new.len(), 1);
+    assert_eq!(w.rotation_rows()[0].status, "minted");
+
+    // The next run: the new key stays (someone may have it), the old one is untouched, a person
+    // is asked to confirm, and no further key is minted for the account.
+    let out = w.run(due(&w) + 600).await;
+    assert_eq!(w.mints(), 1, "{out}");
+    assert!(w.sim.key_exists(PROJECT, &new[0]));
+    assert_eq!(w.sim.key(PROJECT, OLD).unwrap().expires_at, None);
+    assert!(out.contains("a person must confirm"), "{out}");
+    assert_no_secret("keysweep output", &out, &[secret.as_str()]);
+
+    // Once a person deleted the new key, the next run rotates afresh (here the sink hangs no
+    // more: it is replaced by a file sink).
+    w.sim.faults().clear();
+    let text = std::fs::read_to_string(&w.config).unwrap();
+    let start = text.find("[[sinks]]").unwrap();
+    let end = text.find("[safety]").unwrap();
+    let file_sink = FILE_SINK.replace("$DIR", w.dir.path().to_str().unwrap());
+    let text = format!(
+        "{}[[sinks]]\nname = \"store\"\n{file_sink}\n{}",
+        &text[..start],
+        &text[end..]
+    );
+    std::fs::write(&w.config, text).unwrap();
+    w.sim.remove_key(PROJECT, &new[0]).unwrap();
+    let out = w.run(due(&w) + 1200).await;
+    assert_eq!(w.mints(), 2, "{out}");
+    assert!(
+        w.sim.key(PROJECT, OLD).unwrap().expires_at.is_some(),
+        "{out}"
+    );
+    w.assert_state_clean(&secret);
+}
+
+/// A mint answered with a 503 after it took effect (the client does not re-send a mint): the
+/// orphan is found by its nonce and deleted in the same run, the old key is untouched, and the
+/// next run rotates. Another policy's `expire` never gives the key an earlier expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mint_answered_5xx_after_its_effect_is_cleaned_up_at_once_and_the_next_run_rotates() {
+    let also_expire = format!(
+        "{SCOPES}\n\n[[policies]]\nname = \"expire-60d\"\nmax_age = \"60d\"\naction = \"expire\"\n"
+    );
+    let w = world(FILE_SINK, &also_expire, ENFORCE_SA).await;
+    // `first_warning` also checks the service-account key got no expiry from `expire-60d`.
+    first_warning(&w).await;
+    w.sim.faults().add(
+        Fault::on(FaultRoute::CreateServiceAccountKey)
+            .once()
+            .after_effect()
+            .respond(FaultKind::Status(503)),
+    );
+    let out = w.run(due(&w)).await;
+    assert_eq!(w.mints(), 1, "{out}");
+    assert_eq!(
+        w.sa_keys()
+            .iter()
+            .map(|k| k.id.as_str())
+            .collect::<Vec<_>>(),
+        [OLD],
+        "the key minted behind the 503 was left:\n{out}"
+    );
+    assert_eq!(w.sim.key(PROJECT, OLD).unwrap().expires_at, None, "{out}");
+    assert!(out.contains("minting the new key failed"), "{out}");
+    assert!(!w.sink_file().exists());
+
+    let out = w.run(due(&w) + 600).await;
+    assert_eq!(w.mints(), 2, "{out}");
+    let secret = std::fs::read_to_string(w.sink_file()).unwrap();
+    assert_eq!(w.sa_keys().len(), 2);
+    assert!(
+        w.sim.key(PROJECT, OLD).unwrap().expires_at.is_some(),
+        "{out}"
+    );
+    let statuses: Vec<String> = w.rotation_rows().into_iter().map(|r| r.status).collect();
+    assert_eq!(statuses, ["abandoned", "done"]);
+    w.assert_state_clean(secret.trim());
+}
