@@ -34,10 +34,11 @@ pub fn audit_list(
             audit::for_each(conn, since, |row| {
                 w(out.write_all(if first { b"\n  " } else { b",\n  " }))?;
                 first = false;
-                serde_json::to_writer(&mut *out, &row).map_err(|source| StateError::Encode {
+                let doc = serde_json::to_string(&row).map_err(|source| StateError::Encode {
                     what: "audit record",
                     source,
-                })
+                })?;
+                w(out.write_all(crate::text::json(&doc).as_bytes()))
             })?;
             w(out.write_all(if first { b"]\n" } else { b"\n]\n" }))?;
             w(out.flush())
@@ -123,7 +124,10 @@ fn write_row(out: &mut dyn Write, row: &AuditRow) -> std::io::Result<()> {
     let time = chrono::DateTime::from_timestamp(r.at, 0)
         .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
         .unwrap_or_else(|| r.at.to_string());
-    let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_string());
+    let dash = |v: &Option<String>| {
+        v.as_deref()
+            .map_or_else(|| "-".to_string(), crate::text::terminal)
+    };
     writeln!(
         out,
         "{:>6}  {:<20}  {:<10}  {:<8}  {:<14}  {:<20}  {:<24}  {:<20}  {:<14}  {:<16}  {}",
@@ -138,6 +142,6 @@ fn write_row(out: &mut dyn Write, row: &AuditRow) -> std::io::Result<()> {
         dash(&r.redacted_value),
         dash(&r.policy),
         // One record per line, whatever the message holds.
-        r.message.replace(['\n', '\r'], " "),
+        crate::text::terminal(&r.message.replace(['\n', '\r'], " ")),
     )
 }
