@@ -165,6 +165,7 @@ struct RawSafety {
     #[serde(default, deserialize_with = "opt_choice")]
     service_account_keys: Option<ServiceAccountKeys>,
     restore_expiry: Option<HumanDuration>,
+    max_recheck_skips: Option<u32>,
 }
 
 /// What every `[[channels]]` entry has: a name and a `type`, which picks the struct the other

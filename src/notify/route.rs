@@ -325,6 +325,10 @@ fn has_owner_email(n: &Notice) -> bool {
 
 /// A project pattern matches the id exactly, or is a glob over the name or the id.
 pub fn project_matches(pattern: &str, project_id: &str, project_name: Option<&str>) -> bool {
+    // A project id matches the id only, never a name its owner chose to look like it.
+    if crate::config::is_project_id_pattern(pattern) {
+        return pattern == project_id;
+    }
     if pattern == project_id || Some(pattern) == project_name {
         return true;
     }

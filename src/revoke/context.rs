@@ -7,6 +7,7 @@ use std::path::Path;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Mode};
+use crate::notify::alert::EnforcerAlert;
 use crate::openai::AdminClient;
 use crate::policy::Policies;
 use crate::state::Store;
@@ -35,6 +36,37 @@ impl Context<'_> {
     pub(super) fn kill_switch(&self) -> Option<String> {
         let path = self.config.safety.kill_switch_file.as_deref()?;
         kill_switch_engaged(Some(path)).then(|| kill_switch_reason(path))
+    }
+
+    /// The alert owed when the re-check kept the same key `max_recheck_skips` times in a row,
+    /// this time for `reason` (already recorded as `skipped`). The kill switch is no re-check.
+    pub(super) fn recheck_alert(
+        &self,
+        organization: &str,
+        project_id: &str,
+        key_id: &str,
+        reason: &str,
+    ) -> Result<Option<EnforcerAlert>, crate::state::StateError> {
+        let max = self.config.max_recheck_skips;
+        if max == 0 || is_kill_switch_reason(reason) {
+            return Ok(None);
+        }
+        let skips = self.store.with_conn(|c| {
+            crate::state::findings::consecutive_recheck_skips(
+                c,
+                organization,
+                project_id,
+                key_id,
+                |message| message.contains(KILL_SWITCH_REASON),
+            )
+        })?;
+        Ok((skips >= max).then(|| EnforcerAlert::RecheckSkips {
+            organization: organization.to_string(),
+            project_id: project_id.to_string(),
+            key_id: key_id.to_string(),
+            skips,
+            reason: reason.to_string(),
+        }))
     }
 
     /// An audit record of this sweep.

@@ -48,6 +48,9 @@ pub struct ExpiryResult {
     /// `set` or `restore`.
     pub write: &'static str,
     pub outcome: ExpiryOutcome,
+    /// When the re-check kept this key `max_recheck_skips` times in a row.
+    #[serde(skip)]
+    pub recheck_alert: Option<EnforcerAlert>,
 }
 
 /// The outcome of one expiry write.
@@ -94,6 +97,9 @@ impl ExpiryResult {
 
     /// The enforcer alert the outcome deserves, if any.
     pub fn alert(&self) -> Option<EnforcerAlert> {
+        if let Some(alert) = &self.recheck_alert {
+            return Some(alert.clone());
+        }
         let message = match (&self.outcome, self.write) {
             (
                 ExpiryOutcome::Set {
@@ -161,10 +167,15 @@ pub async fn set_expiries(
             finding_ids: action.findings.clone(),
             write: "set",
             outcome: ExpiryOutcome::Cancelled,
+            recheck_alert: None,
         };
         if !ctx.cancel.is_cancelled() && ctx.mode == Mode::Enforce {
             let was_set = action.findings.iter().any(&reset);
             result.outcome = set_one(ctx, action, to, was_set).await?;
+            if let ExpiryOutcome::Skipped { reason } = &result.outcome {
+                result.recheck_alert =
+                    ctx.recheck_alert(&key.organization, &key.project_id, &key.id, reason)?;
+            }
         }
         out.push(result);
     }
@@ -244,6 +255,7 @@ pub async fn restore_expiries(
             finding_ids: vec![r.finding.clone()],
             write: "restore",
             outcome: ExpiryOutcome::Cancelled,
+            recheck_alert: None,
         };
         if !ctx.cancel.is_cancelled() && ctx.mode == Mode::Enforce {
             result.outcome = restore_one(ctx, r).await?;

@@ -14,8 +14,8 @@ use keysweep::config::Config;
 use keysweep::metrics::Metrics;
 use keysweep::notify::alert::EnforcerAlert;
 use keysweep::sim::{
-    Fault, FaultKind, SimAccess, SimKey, SimMember, SimOrg, SimOwnerRef, SimProject, SimServer,
-    SimUser,
+    Fault, FaultKind, SimAccess, SimEffect, SimKey, SimMember, SimOrg, SimOwnerRef, SimProject,
+    SimServer, SimUser,
 };
 use keysweep::state::Store;
 use keysweep::state::audit::{self, AuditKind};
@@ -238,6 +238,164 @@ async fn a_kill_switch_that_cannot_be_read_counts_as_on() {
                 .any(|a| matches!(a, EnforcerAlert::KillSwitchOn { .. })),
             "{case}: {:?}",
             r2.alerts
+        );
+    }
+}
+
+// ---- row 4: re-check skips ----------------------------------------------------------------
+
+fn recheck_alerts(r: &SweepReport) -> Vec<(String, u32)> {
+    r.alerts
+        .iter()
+        .filter_map(|a| match a {
+            EnforcerAlert::RecheckSkips { key_id, skips, .. } => Some((key_id.clone(), *skips)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A member renames a due key back and forth between each listing and its re-check: it is
+/// kept every time, and the third consecutive skip raises an alert naming the key and why.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_renamed_back_and_forth_is_kept_but_alerted_after_three_skips() {
+    let sim = start(org(1, 1)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = sweeper(config(&sim, dir.path(), "", ""));
+    sweep(&s, NOW).await;
+    for (i, name) in ["key-00-b", "key-00", "key-00-b"].iter().enumerate() {
+        sim.faults().add(
+            Fault::on_get_key(PROJECT, "key_00")
+                .once()
+                .respond(FaultKind::Apply(SimEffect::rename(
+                    PROJECT, "key_00", *name,
+                ))),
+        );
+        let r = sweep(&s, NOW + (8 + i as i64) * DAY).await;
+        assert!(sim.key_exists(PROJECT, "key_00"), "sweep {i}: kept");
+        let alerts = recheck_alerts(&r);
+        if i < 2 {
+            assert!(alerts.is_empty(), "sweep {i}: {alerts:?}");
+        } else {
+            assert_eq!(alerts, vec![("key_00".to_string(), 3)], "{:?}", r.alerts);
+            let text = format!("{:?}", r.alerts);
+            assert!(text.contains("renamed"), "{text}");
+        }
+    }
+}
+
+/// Under `max_age`, a key used between its listing and its re-check is still revoked: use is
+/// no reason to keep an old key. Under `max_idle` it is (the key is no longer idle).
+#[tokio::test(flavor = "multi_thread")]
+async fn under_max_age_a_use_since_the_listing_does_not_save_the_key() {
+    let sim = start(org(1, 1)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = sweeper(config(&sim, dir.path(), "", ""));
+    sweep(&s, NOW).await;
+    let later = NOW + 8 * DAY;
+    sim.faults().add(
+        Fault::on_get_key(PROJECT, "key_00")
+            .once()
+            .respond(FaultKind::Apply(SimEffect::set_last_used(
+                PROJECT,
+                "key_00",
+                Some(later - 60),
+            ))),
+    );
+    let r = sweep(&s, later).await;
+    assert!(!sim.key_exists(PROJECT, "key_00"), "{:?}", r.revocations);
+    assert_eq!(r.revocations.iter().filter(|r| r.deleted()).count(), 1);
+}
+
+// ---- row 1: ids, not names ------------------------------------------------------------------
+
+/// Two projects: `proj_k` (its keys due) is exempted by id, and `proj_x`, whose owner named it
+/// "proj_k" to ride on that exemption. Only the real `proj_k` is exempted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_project_named_after_an_exempted_project_id_is_not_exempted() {
+    let mut o = org(1, 1);
+    let mut other = o.projects[0].clone();
+    other.id = "proj_x".into();
+    other.name = Some(PROJECT.into());
+    other.keys[0].id = "key_x".into();
+    o.projects.push(other);
+    let sim = start(o).await;
+    let dir = tempfile::tempdir().unwrap();
+    let exemption =
+        format!("\n[[exemptions]]\nproject = \"{PROJECT}\"\nreason = \"break-glass project\"\n");
+    let s = sweeper(config(&sim, dir.path(), "", &exemption));
+    sweep(&s, NOW).await;
+    let r = sweep(&s, NOW + 8 * DAY).await;
+    assert!(
+        sim.key_exists(PROJECT, "key_00"),
+        "the exempted project's key stays"
+    );
+    assert!(
+        !sim.key_exists("proj_x", "key_x"),
+        "a project named like an exempted id is not exempted: {:?}",
+        r.revocations
+    );
+}
+
+/// `check-config` (the real binary) warns about every selector that matches names members
+/// control, naming the configuration key, and says nothing about id selectors.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_config_warns_about_selectors_that_match_names_members_control() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keysweep.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"[[organizations]]
+name = "acme"
+base_url = "http://127.0.0.1:9/v1"
+admin_key_env = "{KEY_ENV}"
+projects = ["proj_a", "payments-*"]
+exclude_projects = ["sandbox"]
+
+[[policies]]
+name = "p"
+max_age = "90d"
+match = {{ projects = ["proj_a"], key_name = ["ci-*"] }}
+
+[[exemptions]]
+key_name = "break-glass-*"
+reason = "emergency"
+
+[[exemptions]]
+key_id = "key_abc"
+reason = "by id"
+
+[[exemptions]]
+project = "proj_b"
+reason = "by id"
+"#
+        ),
+    )
+    .unwrap();
+    let (status, out, err) = crate::support::process::run_to_end(
+        &["check-config", "--config", file.to_str().unwrap()],
+        &[(KEY_ENV, ADMIN_KEY)],
+    )
+    .await;
+    assert!(status.success(), "{out}\n{err}");
+    let all = format!("{out}\n{err}");
+    for key in [
+        "organizations[0].projects: \\\"payments-*\\\"",
+        "organizations[0].exclude_projects",
+        "policies[0].match.key_name",
+        "exemptions[0].key_name",
+    ] {
+        assert!(all.contains(key), "no warning for {key}:\n{all}");
+    }
+    for quiet in [
+        "\\\"proj_a\\\"",
+        "exemptions[1]",
+        "exemptions[2]",
+        "policies[0].match.projects",
+    ] {
+        assert!(
+            !all.contains(quiet),
+            "an id selector was warned about ({quiet}):\n{all}"
         );
     }
 }
