@@ -243,6 +243,9 @@ pub struct SlackChannel {
 pub struct PagerDutyChannel {
     pub routing_key: SecretString,
     pub url: url::Url,
+    /// At most this many notice messages per sweep (default 50); the rest are rolled up into
+    /// one summary message.
+    pub max_messages_per_sweep: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -250,6 +253,25 @@ pub struct WebhookChannel {
     pub url: url::Url,
     /// Standard Webhooks secret, `whsec_<base64>`.
     pub secret: SecretString,
+    /// At most this many notice messages per sweep (default 50); the rest are rolled up into
+    /// one summary message.
+    pub max_messages_per_sweep: u32,
+}
+
+/// `max_messages_per_sweep` of PagerDuty and webhook channels by default.
+pub const DEFAULT_MAX_MESSAGES_PER_SWEEP: u32 = 50;
+
+impl ChannelConfig {
+    /// How many notice messages this channel takes per sweep (`None`: digests only, which are
+    /// already one per recipient and kind).
+    pub fn max_messages_per_sweep(&self) -> Option<usize> {
+        let cap = match &self.kind {
+            ChannelKind::PagerDuty(p) => p.max_messages_per_sweep,
+            ChannelKind::Webhook(w) => w.max_messages_per_sweep,
+            ChannelKind::Email(_) | ChannelKind::Slack(_) => return None,
+        };
+        Some(usize::try_from(cap).unwrap_or(usize::MAX))
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -242,6 +242,7 @@ struct RawSlack {
 struct RawPagerDuty {
     routing_key_env: String,
     url: Option<HttpUrl>,
+    max_messages_per_sweep: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -249,6 +250,7 @@ struct RawPagerDuty {
 struct RawWebhook {
     url: HttpUrl,
     secret_env: String,
+    max_messages_per_sweep: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -307,6 +307,51 @@ pub fn pagerduty_notice(n: &Notice, now: i64) -> Value {
     }
 }
 
+/// The one PagerDuty event for the notices over a channel's `max_messages_per_sweep`: a
+/// `trigger` whose `custom_details.findings` lists every one of them.
+pub fn pagerduty_overflow(notices: &[&Notice], cap: usize, run_id: &str, now: i64) -> Value {
+    let summary = format!(
+        "keysweep: {} more findings in this sweep than this channel's max_messages_per_sweep \
+         ({cap}); every one is listed in custom_details.findings",
+        notices.len()
+    );
+    json!({
+        "event_action": "trigger",
+        "dedup_key": format!("keysweep/overflow/{run_id}"),
+        "client": "keysweep",
+        "payload": {
+            "summary": truncate(&summary, PD_MAX_SUMMARY),
+            "source": "keysweep",
+            "severity": "warning",
+            "timestamp": rfc3339(now),
+            "class": "overflow",
+            "custom_details": {
+                "max_messages_per_sweep": cap,
+                "count": notices.len(),
+                "findings": notices.iter().map(|n| notice_json(n, now)).collect::<Vec<_>>(),
+            },
+        },
+    })
+}
+
+/// The one webhook body for the notices over a channel's `max_messages_per_sweep`
+/// (`type` = `keysweep.notices.overflow`), listing every one of them.
+pub fn webhook_overflow(notices: &[&Notice], cap: usize, run_id: &str, now: i64) -> Value {
+    json!({
+        "type": "keysweep.notices.overflow",
+        "version": 1,
+        "run_id": run_id,
+        "generated_at": rfc3339(now),
+        "title": format!(
+            "{} more notices in this sweep than this channel's max_messages_per_sweep ({cap})",
+            notices.len()
+        ),
+        "dry_run": notices.iter().all(|n| n.dry_run),
+        "notices": notices.iter().map(|n| notice_json(n, now)).collect::<Vec<_>>(),
+        "alerts": [],
+    })
+}
+
 /// PagerDuty Events v2 body for an enforcer alert (always `trigger`).
 pub fn pagerduty_alert(a: &EnforcerAlert, now: i64) -> Value {
     json!({

@@ -22,6 +22,7 @@ use keysweep::state::audit::{self, AuditKind};
 use keysweep::sweep::{SweepOptions, SweepReport, Sweeper};
 
 use crate::support::config::config_from_toml;
+use crate::support::receivers::Receiver;
 use crate::support::time::DAY;
 use crate::support::wait::PATIENCE;
 
@@ -30,6 +31,7 @@ const KEY_ENV: &str = "KS_HARDENING_NAMES_ADMIN_KEY";
 /// 2026-01-01T00:00:00Z.
 const NOW: i64 = 1_767_225_600;
 const PROJECT: &str = "proj_k";
+const PD_KEY_ENV: &str = "KS_HARDENING_NAMES_PD_KEY";
 
 /// `n` user keys `key_00…`, all 400 days old and never used, in one project; users
 /// `user_0…` own them in turn (`owners` of them), every membership active.
@@ -118,7 +120,10 @@ max_revocations_per_day = 1000
         state = dir.join("state.db").display(),
         base = sim.base_url(),
     );
-    config_from_toml(&text, &[(KEY_ENV, ADMIN_KEY)])
+    config_from_toml(
+        &text,
+        &[(KEY_ENV, ADMIN_KEY), (PD_KEY_ENV, "pd-routing-key-hn")],
+    )
 }
 
 fn sweeper(config: Config) -> Sweeper {
@@ -398,4 +403,57 @@ reason = "by id"
             "an id selector was warned about ({quiet}):\n{all}"
         );
     }
+}
+
+// ---- row 9: a cap per channel and sweep -----------------------------------------------------
+
+/// 60 keys break a policy routed to PagerDuty: the receiver gets 50 events and ONE summary
+/// that lists the other 10; no finding is dropped.
+#[tokio::test(flavor = "multi_thread")]
+async fn sixty_findings_reach_pagerduty_as_fifty_events_and_one_summary_of_the_rest() {
+    const N: usize = 60;
+    let sim = start(org(N, 3)).await;
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let channels = format!(
+        r#"
+[[channels]]
+name = "pd"
+type = "pagerduty"
+routing_key_env = "{PD_KEY_ENV}"
+url = "{url}"
+
+[[routes]]
+projects = ["{PROJECT}"]
+channels = ["pd"]
+"#,
+        url = rx.url("/pd/enqueue"),
+    );
+    let s = sweeper(config(&sim, dir.path(), "", &channels));
+    let r = sweep(&s, NOW).await;
+    assert_eq!(r.findings.len(), N);
+    let got = rx.requests("/pd");
+    assert_eq!(got.len(), 51, "50 events and one summary");
+    let mut keys = std::collections::BTreeSet::new();
+    let mut summaries = 0;
+    for req in &got {
+        let body = req.json();
+        if body["payload"]["class"] == "overflow" {
+            summaries += 1;
+            let listed = body["payload"]["custom_details"]["findings"]
+                .as_array()
+                .unwrap();
+            assert_eq!(listed.len(), N - 50);
+            for f in listed {
+                keys.insert(f["key_id"].as_str().unwrap().to_string());
+            }
+        } else {
+            let k = body["payload"]["custom_details"]["key_id"]
+                .as_str()
+                .unwrap();
+            keys.insert(k.to_string());
+        }
+    }
+    assert_eq!(summaries, 1);
+    assert_eq!(keys.len(), N, "every finding is in exactly one message");
 }
