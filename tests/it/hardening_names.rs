@@ -23,6 +23,8 @@ use keysweep::sweep::{SweepOptions, SweepReport, Sweeper};
 
 use crate::support::config::config_from_toml;
 use crate::support::receivers::Receiver;
+use crate::support::secrets::whsec;
+use crate::support::smtp_server::{self, TestPki};
 use crate::support::time::DAY;
 use crate::support::wait::PATIENCE;
 
@@ -456,4 +458,97 @@ channels = ["pd"]
     }
     assert_eq!(summaries, 1);
     assert_eq!(keys.len(), N, "every finding is in exactly one message");
+}
+
+// ---- row 14: owner mail only to owners with access ------------------------------------------
+
+/// Two owners; one has lost access to the project. Owner mail (real SMTP) reaches only the one
+/// with access; the other's keys go to `owner_fallback` (a real webhook receiver).
+#[tokio::test(flavor = "multi_thread")]
+async fn owner_mail_skips_owners_who_lost_project_access_and_their_keys_go_to_the_fallback() {
+    let mut o = org(4, 2);
+    o.projects[0].members[1].access = SimAccess::Inactive;
+    let sim = start(o).await;
+    let pki = TestPki::new();
+    let smtp = smtp_server::start(&pki, 0, "hn-mailer", "hn-Pa55");
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"mode = "dry-run"
+state_path = "{state}"
+owner_fallback = ["fallback"]
+
+[[organizations]]
+name = "acme"
+base_url = "{base}"
+admin_key_env = "{KEY_ENV}"
+
+[[policies]]
+name = "max-age"
+max_age = "90d"
+action = "revoke"
+notify = ["mail"]
+
+[[channels]]
+name = "mail"
+type = "email"
+smtp_host = "127.0.0.1"
+smtp_port = {port}
+smtp_tls = "starttls"
+smtp_ca_file = "{ca}"
+smtp_username_env = "KS_HN_SMTP_USER"
+smtp_password_env = "KS_HN_SMTP_PASSWORD"
+from = "keysweep <keysweep@example.com>"
+owner = true
+
+[[channels]]
+name = "fallback"
+type = "webhook"
+url = "{hook}"
+secret_env = "KS_HN_WEBHOOK_SECRET"
+"#,
+        state = dir.path().join("state.db").display(),
+        base = sim.base_url(),
+        port = smtp.port,
+        ca = pki.ca_pem.display(),
+        hook = rx.url("/fallback"),
+    );
+    let secret = whsec(b"hardening-names-webhook-key-0001");
+    let config = config_from_toml(
+        &text,
+        &[
+            (KEY_ENV, ADMIN_KEY),
+            ("KS_HN_SMTP_USER", "hn-mailer"),
+            ("KS_HN_SMTP_PASSWORD", "hn-Pa55"),
+            ("KS_HN_WEBHOOK_SECRET", secret.as_str()),
+        ],
+    );
+    let s = sweeper(config);
+    let r = sweep(&s, NOW).await;
+    assert_eq!(r.findings.len(), 4);
+
+    let mails = smtp.messages();
+    let to: Vec<&String> = mails.iter().flat_map(|m| m.to.iter()).collect();
+    assert!(to.iter().any(|t| t.contains("user0@example.com")), "{to:?}");
+    assert!(
+        !to.iter().any(|t| t.contains("user1@example.com")),
+        "mail to an owner without access: {to:?}"
+    );
+    let fallback: Vec<String> = rx
+        .requests("/fallback")
+        .iter()
+        .flat_map(|r| {
+            r.json()["notices"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n["key_id"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(
+        fallback,
+        vec!["key_01", "key_03"],
+        "the fallback gets their keys"
+    );
 }
