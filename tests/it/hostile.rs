@@ -124,7 +124,7 @@ max_age = "90d"
 action = "revoke"
 warn_before = "14d"
 final_notice = "2d"
-notify = ["mail", "slack", "hook"]
+notify = ["mail", "slack", "hook", "pd"]
 
 [[channels]]
 name = "mail"
@@ -144,6 +144,12 @@ send_timeout = "20s"
 name = "slack"
 type = "slack"
 webhook_url_env = "KS_HOSTILE_SLACK_URL"
+
+[[channels]]
+name = "pd"
+type = "pagerduty"
+routing_key_env = "KS_HOSTILE_PD_KEY"
+url = "{http}/pd/enqueue"
 
 [[channels]]
 name = "hook"
@@ -195,6 +201,7 @@ async fn a_hostile_organisation_reaches_no_terminal_spreadsheet_slack_or_mail_ra
         ("KS_HOSTILE_SMTP_USER", SMTP_USER.to_string()),
         ("KS_HOSTILE_SMTP_PASSWORD", SMTP_PASSWORD.to_string()),
         ("KS_HOSTILE_SLACK_URL", rx.url(SLACK_PATH)),
+        ("KS_HOSTILE_PD_KEY", "hostile-routing-key-0001".to_string()),
         (
             "KS_HOSTILE_WEBHOOK_SECRET",
             whsec(b"hostile-webhook-signing-key-0001"),
@@ -224,6 +231,7 @@ async fn a_hostile_organisation_reaches_no_terminal_spreadsheet_slack_or_mail_ra
 
     check_slack(&rx);
     check_webhook(&rx);
+    check_pagerduty(&rx);
     check_mail(&smtp.messages());
 
     for format in ["table", "json"] {
@@ -325,6 +333,17 @@ fn check_webhook(rx: &Receiver) {
         for h in HOSTILE {
             assert!(names.contains(&h), "{h:?} not in {names:?}");
         }
+    }
+}
+
+fn check_pagerduty(rx: &Receiver) {
+    let reqs = rx.requests("/pd");
+    assert_eq!(reqs.len(), HOSTILE.len(), "one event per key");
+    for r in reqs {
+        let body = r.json();
+        let summary = body["payload"]["summary"].as_str().unwrap();
+        assert_inert("PagerDuty summary", summary);
+        assert_no_live_link("PagerDuty summary", summary);
     }
 }
 
