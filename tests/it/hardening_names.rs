@@ -93,7 +93,16 @@ async fn start(org: SimOrg) -> SimServer {
 /// Enforce mode, one `max_age = 90d` revoking policy (7 days' warning), caps lifted; `extra`
 /// is appended (tables such as `[[channels]]`, or lines of `[safety]` after `safety_extra`).
 fn config(sim: &SimServer, dir: &std::path::Path, safety_extra: &str, extra: &str) -> Config {
-    let text = format!(
+    let text = config_text(sim, dir, &format!("{safety_extra}\n{extra}"));
+    config_from_toml(
+        &text,
+        &[(KEY_ENV, ADMIN_KEY), (PD_KEY_ENV, "pd-routing-key-hn")],
+    )
+}
+
+/// The configuration text of [`config`]; `extra` follows the `[safety]` table's caps.
+fn config_text(sim: &SimServer, dir: &std::path::Path, extra: &str) -> String {
+    format!(
         r#"mode = "enforce"
 state_path = "{state}"
 
@@ -117,14 +126,9 @@ final_notice = "1d"
 max_revocations_per_run = 1000
 max_revocations_per_project_percent = 100
 max_revocations_per_day = 1000
-{safety_extra}
 {extra}"#,
         state = dir.join("state.db").display(),
         base = sim.base_url(),
-    );
-    config_from_toml(
-        &text,
-        &[(KEY_ENV, ADMIN_KEY), (PD_KEY_ENV, "pd-routing-key-hn")],
     )
 }
 
@@ -550,5 +554,58 @@ secret_env = "KS_HN_WEBHOOK_SECRET"
         fallback,
         vec!["key_01", "key_03"],
         "the fallback gets their keys"
+    );
+}
+
+/// A webhook channel with `max_messages_per_sweep = 1` gets two kinds of notice in one sweep (a
+/// final notice and a new key's warning): the first message, then ONE summary
+/// (`keysweep.notices.overflow`) that lists the notices of the other.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_webhook_over_its_cap_gets_one_summary_of_the_rest() {
+    let sim = start(org(1, 1)).await;
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let channels = format!(
+        r#"
+[[channels]]
+name = "hook"
+type = "webhook"
+url = "{url}"
+secret_env = "KS_HN_HOOK_SECRET"
+max_messages_per_sweep = 1
+
+[[routes]]
+projects = ["{PROJECT}"]
+channels = ["hook"]
+"#,
+        url = rx.url("/hook"),
+    );
+    let text = config_text(&sim, dir.path(), &channels);
+    let secret = whsec(b"hardening-names-webhook-key-0002");
+    let s = sweeper(config_from_toml(
+        &text,
+        &[(KEY_ENV, ADMIN_KEY), ("KS_HN_HOOK_SECRET", secret.as_str())],
+    ));
+    sweep(&s, NOW).await;
+    assert_eq!(rx.requests("/hook").len(), 1, "the first sweep's warning");
+    let mut fresh = org(2, 1).projects[0].keys[1].clone();
+    fresh.id = "key_new".into();
+    sim.add_key(PROJECT, fresh).unwrap();
+    sweep(&s, NOW + 6 * DAY + 3600).await;
+    let got: Vec<serde_json::Value> = rx.requests("/hook").iter().map(|r| r.json()).collect();
+    assert_eq!(got.len(), 3, "one message and one summary: {got:?}");
+    let types: Vec<&str> = got[1..]
+        .iter()
+        .map(|v| v["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types[1], "keysweep.notices.overflow", "{types:?}");
+    let listed: Vec<&str> = got[1..]
+        .iter()
+        .flat_map(|v| v["notices"].as_array().unwrap())
+        .map(|n| n["key_id"].as_str().unwrap())
+        .collect();
+    assert!(
+        listed.contains(&"key_00") && listed.contains(&"key_new"),
+        "{listed:?}"
     );
 }
