@@ -576,5 +576,6 @@ pub fn preview(payload: &Value) -> String {
         let subject = payload["subject"].as_str().unwrap_or_default();
         return format!("Subject: {subject}\n\n{text}");
     }
-    serde_json::to_string_pretty(payload).unwrap_or_default()
+    // Shown on a terminal: what serde leaves raw in the names is escaped.
+    text::json(&serde_json::to_string_pretty(payload).unwrap_or_default())
 }
