@@ -26,6 +26,7 @@ pub mod sink;
 pub mod state;
 pub mod sweep;
 pub mod telemetry;
+pub mod text;
 
 /// `e` and its sources, `: `-joined, as anyhow's `{:#}` prints them. An error's own message
 /// never repeats its source, so wherever an error is shown other than through anyhow (a log

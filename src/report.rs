@@ -190,9 +190,7 @@ fn access_str(a: OwnerAccess) -> &'static str {
 /// Replaces control characters (ANSI escapes, newlines, …) so API-supplied text stays on its
 /// line and cannot drive the terminal.
 fn clean(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
-        .collect()
+    crate::text::terminal(s)
 }
 
 /// `1 key`, `2 keys`.
@@ -565,19 +563,15 @@ fn render_json(
             })
             .collect(),
     };
-    serde_json::to_writer_pretty(&mut *out, &report).map_err(io::Error::other)?;
-    writeln!(out)
+    let doc = serde_json::to_string_pretty(&report).map_err(io::Error::other)?;
+    writeln!(out, "{}", crate::text::json(&doc))
 }
 
 // ---- CSV ---------------------------------------------------------------------------------------
 
 /// A cell a spreadsheet would evaluate as a formula gets a leading `'`.
 fn defuse(s: &str) -> std::borrow::Cow<'_, str> {
-    if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
-        format!("'{s}").into()
-    } else {
-        s.into()
-    }
+    crate::text::csv(s).into()
 }
 
 const CSV_HEADER: [&str; 27] = [

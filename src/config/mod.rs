@@ -86,6 +86,10 @@ pub struct Config {
     pub sinks: Vec<SinkConfig>,
     /// The policies with `action = "rotate"`, and their settings.
     pub rotations: Vec<RotateConfig>,
+    /// `[safety] max_recheck_skips` (default 3): after this many consecutive re-check skips of
+    /// the same key an enforcer alert says which key and why (0: never). Kept here rather than
+    /// in `Safety`, whose literals the plan's tests build.
+    pub max_recheck_skips: u32,
 }
 
 impl Config {
@@ -324,6 +328,9 @@ pub struct SlackChannel {
 pub struct PagerDutyChannel {
     pub routing_key: SecretString,
     pub url: url::Url,
+    /// At most this many notice messages per sweep (default 50); the rest are rolled up into
+    /// one summary message.
+    pub max_messages_per_sweep: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -331,6 +338,25 @@ pub struct WebhookChannel {
     pub url: url::Url,
     /// Standard Webhooks secret, `whsec_<base64>`.
     pub secret: SecretString,
+    /// At most this many notice messages per sweep (default 50); the rest are rolled up into
+    /// one summary message.
+    pub max_messages_per_sweep: u32,
+}
+
+/// `max_messages_per_sweep` of PagerDuty and webhook channels by default.
+pub const DEFAULT_MAX_MESSAGES_PER_SWEEP: u32 = 50;
+
+impl ChannelConfig {
+    /// How many notice messages this channel takes per sweep (`None`: digests only, which are
+    /// already one per recipient and kind).
+    pub fn max_messages_per_sweep(&self) -> Option<usize> {
+        let cap = match &self.kind {
+            ChannelKind::PagerDuty(p) => p.max_messages_per_sweep,
+            ChannelKind::Webhook(w) => w.max_messages_per_sweep,
+            ChannelKind::Email(_) | ChannelKind::Slack(_) => return None,
+        };
+        Some(usize::try_from(cap).unwrap_or(usize::MAX))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -413,4 +439,71 @@ pub fn is_loopback_host(host: &str) -> bool {
     h.parse::<std::net::IpAddr>()
         .map(|ip| ip.is_loopback())
         .unwrap_or(false)
+}
+
+/// Whether a project selector entry is a project id (`proj_…`, no glob character) rather than a
+/// name glob. An id entry matches the project id only, never a project's name: a project owner
+/// chooses the name, and could otherwise name a project after another's id to be selected,
+/// routed or exempted like it (issue 14, row 1).
+pub fn is_project_id_pattern(pattern: &str) -> bool {
+    pattern.starts_with("proj_") && !pattern.contains(['*', '?', '[', ']', '{', '}', '\\'])
+}
+
+/// The warnings `check-config` (and every command) gives for selectors that match names, which
+/// organisation members choose: key-name globs (any member renames a key) and project-name
+/// patterns (project owners rename projects). Each names its configuration key.
+pub fn name_selector_warnings(c: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    let project = |key: String, patterns: &[String], out: &mut Vec<String>| {
+        for p in patterns.iter().filter(|p| !is_project_id_pattern(p)) {
+            out.push(format!(
+                "{key}: {p:?} matches project names, which project owners choose and can change \
+                 (renaming a project into or out of it); match by project id (proj_…) instead"
+            ));
+        }
+    };
+    let key_name = |key: String, p: &str, out: &mut Vec<String>| {
+        out.push(format!(
+            "{key}: {p:?} matches key names, which any member of the organisation chooses and \
+             can change; match by key id (key_…) instead"
+        ));
+    };
+    for (i, o) in c.organizations.iter().enumerate() {
+        project(
+            format!("organizations[{i}].projects"),
+            &o.projects,
+            &mut out,
+        );
+        project(
+            format!("organizations[{i}].exclude_projects"),
+            &o.exclude_projects,
+            &mut out,
+        );
+    }
+    for (i, p) in c.policies.iter().enumerate() {
+        project(
+            format!("policies[{i}].match.projects"),
+            &p.selector.projects,
+            &mut out,
+        );
+        for k in &p.selector.key_name {
+            key_name(format!("policies[{i}].match.key_name"), k, &mut out);
+        }
+    }
+    for (i, e) in c.exemptions.iter().enumerate() {
+        if let Some(p) = &e.project {
+            project(
+                format!("exemptions[{i}].project"),
+                std::slice::from_ref(p),
+                &mut out,
+            );
+        }
+        if let Some(k) = &e.key_name {
+            key_name(format!("exemptions[{i}].key_name"), k, &mut out);
+        }
+    }
+    for (i, r) in c.routes.iter().enumerate() {
+        project(format!("routes[{i}].projects"), &r.projects, &mut out);
+    }
+    out
 }

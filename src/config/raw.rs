@@ -227,6 +227,7 @@ struct RawSafety {
     #[serde(default, deserialize_with = "opt_choice")]
     service_account_keys: Option<ServiceAccountKeys>,
     restore_expiry: Option<HumanDuration>,
+    max_recheck_skips: Option<u32>,
 }
 
 /// What every `[[channels]]` entry has: a name and a `type`, which picks the struct the other
@@ -303,6 +304,7 @@ struct RawSlack {
 struct RawPagerDuty {
     routing_key_env: String,
     url: Option<HttpUrl>,
+    max_messages_per_sweep: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -310,6 +312,7 @@ struct RawPagerDuty {
 struct RawWebhook {
     url: HttpUrl,
     secret_env: String,
+    max_messages_per_sweep: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

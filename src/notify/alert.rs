@@ -67,6 +67,16 @@ pub enum EnforcerAlert {
         key_id: String,
         message: String,
     },
+    /// The re-check before a write kept the same due key in `skips` consecutive sweeps
+    /// (`[safety] max_recheck_skips`); `reason` is the last one. A key renamed back and forth
+    /// would otherwise be kept forever without anyone hearing of it.
+    RecheckSkips {
+        organization: String,
+        project_id: String,
+        key_id: String,
+        skips: u32,
+        reason: String,
+    },
 }
 
 /// The `alerts` table remembers raised alerts through this; `state` never names this type.
@@ -128,6 +138,12 @@ impl EnforcerAlert {
                 // same reason alerts once per repeat interval, a different event alerts anew.
                 format!("expiry/{organization}/{project_id}/{key_id}/{message}")
             }
+            EnforcerAlert::RecheckSkips {
+                organization,
+                project_id,
+                key_id,
+                ..
+            } => format!("recheck-skips/{organization}/{project_id}/{key_id}"),
         }
     }
 }

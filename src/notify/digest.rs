@@ -435,6 +435,15 @@ pub fn alert_text(a: &EnforcerAlert) -> String {
             key_id,
             message,
         } => format!("Expiry of key {key_id} in project {project_id} ({organization}): {message}"),
+        EnforcerAlert::RecheckSkips {
+            organization,
+            project_id,
+            key_id,
+            skips,
+            reason,
+        } => format!(
+            "Key {key_id} in project {project_id} ({organization}) is due but was kept by the re-check {skips} times in a row; last: {reason}"
+        ),
     }
 }
 

@@ -53,6 +53,7 @@ use crate::notify::digest::{
     Body, Digest, ProjectGroup, alert_text, deadline_text, expiry_text, rfc3339, status_text,
 };
 use crate::policy::finding::{Notice, NoticeKind};
+use crate::text;
 
 /// Slack accepts at most 50 blocks per message.
 pub const SLACK_MAX_BLOCKS: usize = 50;
@@ -67,13 +68,14 @@ const PD_MAX_SUMMARY: usize = 1024;
 pub fn email(d: &Digest, to: &[String]) -> Value {
     json!({
         "to": to,
-        "subject": format!("[keysweep] {}", d.title()),
+        "subject": format!("[keysweep] {}", text::mail_text(&d.title())),
         "text": email_text(d),
         "html": email_html(d),
     })
 }
 
-/// The plain-text part: every key with all its fields, grouped by project.
+/// The plain-text part: every key with all its fields, grouped by project. Every value that
+/// names something is one line (`text::mail_text`): a name cannot forge a line or a link.
 pub fn email_text(d: &Digest) -> String {
     let mut s = String::new();
     s.push_str(&d.title());
@@ -85,14 +87,15 @@ pub fn email_text(d: &Digest) -> String {
             for g in groups {
                 s.push_str(&format!(
                     "Project {} — organization {} — {}\n",
-                    g.label(),
-                    g.organization,
+                    text::mail_text(&g.label()),
+                    text::mail_text(&g.organization),
                     count_keys(g.notices.len())
                 ));
                 s.push_str(&"-".repeat(72));
                 s.push('\n');
                 for n in &g.notices {
                     for (label, value) in key_fields(g, n, d.generated_at) {
+                        let value = text::mail_text(&value);
                         s.push_str(&format!("  {label:<15} {value}\n"));
                     }
                     s.push('\n');
@@ -101,7 +104,7 @@ pub fn email_text(d: &Digest) -> String {
         }
         Body::Alerts(alerts) => {
             for a in alerts {
-                s.push_str(&format!("- {}\n", alert_text(a)));
+                s.push_str(&format!("- {}\n", text::mail_text(&alert_text(a))));
             }
             s.push('\n');
         }
@@ -109,7 +112,7 @@ pub fn email_text(d: &Digest) -> String {
     }
     s.push_str(&format!(
         "Run {} at {}. Sent by keysweep.\n",
-        d.run_id,
+        text::mail_text(&d.run_id),
         rfc3339(d.generated_at)
     ));
     s
@@ -122,27 +125,27 @@ pub fn email_html(d: &Digest) -> String {
     );
     s.push_str(&format!(
         "<h2>{}</h2>\n<p>{}</p>\n",
-        esc(&d.title()),
-        esc(d.intro())
+        text::mail_html(&d.title()),
+        text::mail_html(d.intro())
     ));
     match &d.body {
         Body::Notices(groups) => {
             for g in groups {
                 s.push_str(&format!(
                     "<h3>Project {} &mdash; organization {} &mdash; {}</h3>\n",
-                    esc(&g.label()),
-                    esc(&g.organization),
+                    text::mail_html(&g.label()),
+                    text::mail_html(&g.organization),
                     count_keys(g.notices.len())
                 ));
                 s.push_str("<table border=\"1\" cellpadding=\"4\" cellspacing=\"0\">\n<tr>");
                 for label in KEY_LABELS {
-                    s.push_str(&format!("<th>{}</th>", esc(label)));
+                    s.push_str(&format!("<th>{}</th>", text::mail_html(label)));
                 }
                 s.push_str("</tr>\n");
                 for n in &g.notices {
                     s.push_str("<tr>");
                     for (_, value) in key_fields(g, n, d.generated_at) {
-                        s.push_str(&format!("<td>{}</td>", esc(&value)));
+                        s.push_str(&format!("<td>{}</td>", text::mail_html(&value)));
                     }
                     s.push_str("</tr>\n");
                 }
@@ -152,7 +155,7 @@ pub fn email_html(d: &Digest) -> String {
         Body::Alerts(alerts) => {
             s.push_str("<ul>\n");
             for a in alerts {
-                s.push_str(&format!("<li>{}</li>\n", esc(&alert_text(a))));
+                s.push_str(&format!("<li>{}</li>\n", text::mail_html(&alert_text(a))));
             }
             s.push_str("</ul>\n");
         }
@@ -160,7 +163,7 @@ pub fn email_html(d: &Digest) -> String {
     }
     s.push_str(&format!(
         "<p style=\"color:#666\">Run {} at {}. Sent by keysweep.</p>\n</body></html>\n",
-        esc(&d.run_id),
+        text::mail_html(&d.run_id),
         rfc3339(d.generated_at)
     ));
     s
@@ -184,8 +187,8 @@ pub fn slack(d: &Digest) -> Vec<Value> {
                 let idx = project_headers.len();
                 let head = format!(
                     "*Project {}* — organization `{}` — {}",
-                    slack_esc(&g.label()),
-                    slack_esc(&g.organization),
+                    text::slack(&g.label()),
+                    text::slack(&g.organization),
                     count_keys(g.notices.len())
                 );
                 content.push((Tag::ProjectHeader, section(&head)));
@@ -198,7 +201,7 @@ pub fn slack(d: &Digest) -> Vec<Value> {
         Body::Alerts(alerts) => {
             let lines: Vec<String> = alerts
                 .iter()
-                .map(|a| format!("• {}", slack_esc(&alert_text(a))))
+                .map(|a| format!("• {}", text::slack(&alert_text(a))))
                 .collect();
             for text in pack(&lines, SLACK_MAX_TEXT) {
                 content.push((Tag::Other, section(&text)));
@@ -243,9 +246,9 @@ pub fn slack(d: &Digest) -> Vec<Value> {
             let mut all = vec![
                 json!({"type": "header", "text": {"type": "plain_text", "text": truncate(&head, SLACK_MAX_HEADER), "emoji": false}}),
                 json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!(
-                    "run `{}` · {} · {}", slack_esc(&d.run_id), rfc3339(d.generated_at),
-                    if d.all_dry_run() { "dry-run: nothing is deleted" } else { "keysweep" })}]}),
-                section(&slack_esc(d.intro())),
+                    "run `{}` · {} · {}", text::slack(&d.run_id), rfc3339(d.generated_at),
+                    if d.all_dry_run() { "dry-run: nothing is deleted" } else { "keysweep" }), "verbatim": true}]}),
+                section(&text::slack(d.intro())),
             ];
             all.extend(blocks);
             json!({ "text": truncate(&head, SLACK_MAX_TEXT), "blocks": all })
@@ -290,7 +293,7 @@ pub fn pagerduty_notice(n: &Notice, now: i64) -> Value {
                 "dedup_key": dedup_key,
                 "client": "keysweep",
                 "payload": {
-                    "summary": truncate(&summary, PD_MAX_SUMMARY),
+                    "summary": truncate(&text::summary(&summary), PD_MAX_SUMMARY),
                     "source": format!("keysweep/{}", f.id.organization),
                     "severity": if matches!(n.kind, NoticeKind::FinalNotice | NoticeKind::Revoked) { "error" } else { "warning" },
                     "timestamp": rfc3339(now),
@@ -304,6 +307,51 @@ pub fn pagerduty_notice(n: &Notice, now: i64) -> Value {
     }
 }
 
+/// The one PagerDuty event for the notices over a channel's `max_messages_per_sweep`: a
+/// `trigger` whose `custom_details.findings` lists every one of them.
+pub fn pagerduty_overflow(notices: &[&Notice], cap: usize, run_id: &str, now: i64) -> Value {
+    let summary = format!(
+        "keysweep: {} more findings in this sweep than this channel's max_messages_per_sweep \
+         ({cap}); every one is listed in custom_details.findings",
+        notices.len()
+    );
+    json!({
+        "event_action": "trigger",
+        "dedup_key": format!("keysweep/overflow/{run_id}"),
+        "client": "keysweep",
+        "payload": {
+            "summary": truncate(&summary, PD_MAX_SUMMARY),
+            "source": "keysweep",
+            "severity": "warning",
+            "timestamp": rfc3339(now),
+            "class": "overflow",
+            "custom_details": {
+                "max_messages_per_sweep": cap,
+                "count": notices.len(),
+                "findings": notices.iter().map(|n| notice_json(n, now)).collect::<Vec<_>>(),
+            },
+        },
+    })
+}
+
+/// The one webhook body for the notices over a channel's `max_messages_per_sweep`
+/// (`type` = `keysweep.notices.overflow`), listing every one of them.
+pub fn webhook_overflow(notices: &[&Notice], cap: usize, run_id: &str, now: i64) -> Value {
+    json!({
+        "type": "keysweep.notices.overflow",
+        "version": 1,
+        "run_id": run_id,
+        "generated_at": rfc3339(now),
+        "title": format!(
+            "{} more notices in this sweep than this channel's max_messages_per_sweep ({cap})",
+            notices.len()
+        ),
+        "dry_run": notices.iter().all(|n| n.dry_run),
+        "notices": notices.iter().map(|n| notice_json(n, now)).collect::<Vec<_>>(),
+        "alerts": [],
+    })
+}
+
 /// PagerDuty Events v2 body for an enforcer alert (always `trigger`).
 pub fn pagerduty_alert(a: &EnforcerAlert, now: i64) -> Value {
     json!({
@@ -311,7 +359,7 @@ pub fn pagerduty_alert(a: &EnforcerAlert, now: i64) -> Value {
         "dedup_key": format!("keysweep/{}", a.dedup_key()),
         "client": "keysweep",
         "payload": {
-            "summary": truncate(&format!("keysweep: {}", alert_text(a)), PD_MAX_SUMMARY),
+            "summary": truncate(&text::summary(&format!("keysweep: {}", alert_text(a))), PD_MAX_SUMMARY),
             "source": "keysweep",
             "severity": "error",
             "timestamp": rfc3339(now),
@@ -362,7 +410,7 @@ pub fn webhook(d: &Digest) -> Value {
         "version": 1,
         "run_id": d.run_id,
         "generated_at": rfc3339(d.generated_at),
-        "title": d.title(),
+        "title": text::summary(&d.title()),
         "dry_run": d.all_dry_run(),
         "notices": notices,
         "alerts": alerts,
@@ -459,13 +507,13 @@ fn slack_key_line(n: &Notice, now: i64) -> String {
     let f = &n.finding;
     let line = format!(
         "• *{}* `{}` — owner: {} — policy: {}\n      reason: {}\n      deadline: {} — {}\n      expires: {}",
-        slack_esc(&f.key_name),
-        slack_esc(&f.redacted_value),
-        slack_esc(&f.owner),
-        slack_esc(&f.id.policy),
-        slack_esc(&f.reason),
+        text::slack(&f.key_name),
+        text::slack(&f.redacted_value),
+        text::slack(&f.owner),
+        text::slack(&f.id.policy),
+        text::slack(&f.reason),
         deadline_text(n),
-        slack_esc(&status_text(n)),
+        text::slack(&status_text(n)),
         expiry_text(n, now),
     );
     truncate(&line, SLACK_MAX_TEXT)
@@ -495,8 +543,10 @@ fn pack(lines: &[String], max: usize) -> Vec<String> {
     out
 }
 
+/// A mrkdwn section, `verbatim`: Slack neither links URLs nor turns `@here`/`#channel` words
+/// into mentions in it (the text is also neutralised by `text::slack`).
 fn section(text: &str) -> Value {
-    json!({"type": "section", "text": {"type": "mrkdwn", "text": text}})
+    json!({"type": "section", "text": {"type": "mrkdwn", "text": text, "verbatim": true}})
 }
 
 fn count_keys(n: usize) -> String {
@@ -505,20 +555,6 @@ fn count_keys(n: usize) -> String {
     } else {
         format!("{n} keys")
     }
-}
-
-/// Slack's mrkdwn needs only these three escaped.
-fn slack_esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -540,5 +576,6 @@ pub fn preview(payload: &Value) -> String {
         let subject = payload["subject"].as_str().unwrap_or_default();
         return format!("Subject: {subject}\n\n{text}");
     }
-    serde_json::to_string_pretty(payload).unwrap_or_default()
+    // Shown on a terminal: what serde leaves raw in the names is escaped.
+    text::json(&serde_json::to_string_pretty(payload).unwrap_or_default())
 }

@@ -12,6 +12,11 @@
 //! - One message per (channel, recipient, kind): digests grouped by project; each notice kind
 //!   in its own message. Slack digests may be split into parts. PagerDuty gets one event per
 //!   finding (or alert), keyed by its dedup key, instead of a digest.
+//! - PagerDuty and webhook channels take at most `max_messages_per_sweep` notice messages per
+//!   composition (default 50): the notices over it go out in ONE summary message listing every
+//!   one of them, never dropped. A member who creates 1,000 keys breaking a policy opens 51
+//!   incidents, not 1,000. Enforcer alerts are never capped and are composed first, so the
+//!   outbox sends them before any notice.
 //!
 //! Message ids are derived from run id, channel, recipient, kind and part, so composing the same
 //! sweep twice yields the same ids and the outbox ignores the duplicates.
@@ -43,7 +48,7 @@ pub fn compose(
     run_id: &str,
     now: i64,
 ) -> Vec<OutboxMessage> {
-    let mut out = compose_notices(notices, settings, run_id, now);
+    let mut out = Vec::new();
     if !alerts.is_empty() {
         let (delivery, other): (Vec<&EnforcerAlert>, Vec<&EnforcerAlert>) = alerts
             .iter()
@@ -58,7 +63,69 @@ pub fn compose(
             out.extend(compose_alerts(kind, &list, settings, run_id, now));
         }
     }
+    out.extend(compose_notices(notices, settings, run_id, now));
     out
+}
+
+/// Notice messages per channel within its `max_messages_per_sweep`, and the notices over it.
+#[derive(Default)]
+struct Caps<'a> {
+    used: BTreeMap<String, usize>,
+    over: BTreeMap<String, Vec<&'a Notice>>,
+}
+
+impl<'a> Caps<'a> {
+    /// Takes `msg` (carrying `notices`) if the channel has room; otherwise keeps its notices
+    /// for the channel's summary.
+    fn admit(
+        &mut self,
+        ch: &ChannelConfig,
+        msg: OutboxMessage,
+        notices: &[&'a Notice],
+        out: &mut Vec<OutboxMessage>,
+    ) {
+        let Some(cap) = ch.max_messages_per_sweep() else {
+            out.push(msg);
+            return;
+        };
+        let used = self.used.entry(ch.name.clone()).or_default();
+        if *used < cap {
+            *used += 1;
+            out.push(msg);
+        } else {
+            self.over
+                .entry(ch.name.clone())
+                .or_default()
+                .extend(notices);
+        }
+    }
+
+    /// One summary message per channel that went over its cap, listing every notice over it.
+    fn summaries(
+        self,
+        settings: &NotifySettings,
+        run_id: &str,
+        now: i64,
+        out: &mut Vec<OutboxMessage>,
+    ) {
+        for (channel, list) in self.over {
+            let (Some(ch), Some(first)) = (settings.channel(&channel), list.first()) else {
+                continue;
+            };
+            let cap = ch.max_messages_per_sweep().unwrap_or(0);
+            let payload = match &ch.kind {
+                ChannelKind::PagerDuty(_) => render::pagerduty_overflow(&list, cap, run_id, now),
+                _ => render::webhook_overflow(&list, cap, run_id, now),
+            };
+            out.push(OutboxMessage {
+                message_id: message_id(&[run_id, &channel, CHANNEL_RECIPIENT, "overflow"]),
+                channel,
+                recipient: CHANNEL_RECIPIENT.to_string(),
+                kind: MessageKind::from_notice(first.kind),
+                payload,
+            });
+        }
+    }
 }
 
 /// Notices grouped by (channel, recipient, kind), with each e-mail recipient's `to` list.
@@ -99,15 +166,16 @@ fn compose_notices(
     now: i64,
 ) -> Vec<OutboxMessage> {
     let mut out = Vec::new();
+    let mut caps = Caps::default();
     let buckets = bucket(notices, settings);
     for ((channel, recipient, kind), list) in buckets.notices {
         let Some(ch) = settings.channel(&channel) else {
             continue;
         };
         if let ChannelKind::PagerDuty(_) = &ch.kind {
-            out.extend(pagerduty_events(
-                &channel, &recipient, kind, list, run_id, now,
-            ));
+            for (n, msg) in pagerduty_events(&channel, &recipient, kind, list, run_id, now) {
+                caps.admit(ch, msg, &[n], &mut out);
+            }
             continue;
         }
         let to = buckets
@@ -130,21 +198,24 @@ fn compose_notices(
                 0 => run_id.to_string(),
                 i => format!("{run_id}/part-{i}"),
             };
-            out.extend(render_digest(ch, &recipient, &to, &digest, &scope));
+            for msg in render_digest(ch, &recipient, &to, &digest, &scope) {
+                caps.admit(ch, msg, part, &mut out);
+            }
         }
     }
+    caps.summaries(settings, run_id, now, &mut out);
     out
 }
 
 /// One PagerDuty event per finding; a finding routed twice to the channel is sent once.
-fn pagerduty_events(
+fn pagerduty_events<'a>(
     channel: &str,
     recipient: &str,
     kind: MessageKind,
-    list: Vec<&Notice>,
+    list: Vec<&'a Notice>,
     run_id: &str,
     now: i64,
-) -> Vec<OutboxMessage> {
+) -> Vec<(&'a Notice, OutboxMessage)> {
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
     for n in list {
@@ -152,13 +223,14 @@ fn pagerduty_events(
         if !seen.insert(dedup.clone()) {
             continue;
         }
-        out.push(OutboxMessage {
+        let msg = OutboxMessage {
             message_id: message_id(&[run_id, channel, recipient, kind.as_str(), &dedup]),
             channel: channel.to_string(),
             recipient: recipient.to_string(),
             kind,
             payload: render::pagerduty_notice(n, now),
-        });
+        };
+        out.push((n, msg));
     }
     out
 }
@@ -325,6 +397,10 @@ fn has_owner_email(n: &Notice) -> bool {
 
 /// A project pattern matches the id exactly, or is a glob over the name or the id.
 pub fn project_matches(pattern: &str, project_id: &str, project_name: Option<&str>) -> bool {
+    // A project id matches the id only, never a name its owner chose to look like it.
+    if crate::config::is_project_id_pattern(pattern) {
+        return pattern == project_id;
+    }
     if pattern == project_id || Some(pattern) == project_name {
         return true;
     }

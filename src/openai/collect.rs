@@ -88,6 +88,10 @@ impl Pattern {
     }
 
     fn matches(&self, p: &ProjectRef) -> bool {
+        // A project id matches the id only, never a name its owner chose (issue 14, row 1).
+        if crate::config::is_project_id_pattern(&self.text) {
+            return self.text == p.id;
+        }
         if self.text == p.id || p.name.as_deref() == Some(self.text.as_str()) {
             return true;
         }

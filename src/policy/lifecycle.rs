@@ -155,6 +155,15 @@ pub fn initial_deadline(violation: &Violation, detected_at: i64) -> i64 {
         .max(detected_at.saturating_add(violation.warn_before.max(0)))
 }
 
+/// The owner's e-mail for owner mail: none when the owner's project access is inactive (they
+/// left the project), so their keys go to `owner_fallback` instead (issue 14, row 14).
+fn reachable_owner_email(key: &Key) -> Option<String> {
+    match key.owner_access {
+        crate::inventory::OwnerAccess::Inactive => None,
+        _ => key.owner.email.clone(),
+    }
+}
+
 fn detect(key: &Key, v: &Violation, now: i64) -> Transition {
     let finding = Finding {
         id: FindingId {
@@ -168,7 +177,7 @@ fn detect(key: &Key, v: &Violation, now: i64) -> Transition {
         redacted_value: key.redacted_value.clone(),
         owner_type: key.owner.kind,
         owner: key.owner.display().to_string(),
-        owner_email: key.owner.email.clone(),
+        owner_email: reachable_owner_email(key),
         created_at: key.created_at,
         last_used_at: key.last_used_at,
         expires_at: key.expires_at,
@@ -200,7 +209,7 @@ fn progress(f: &Finding, key: &Key, v: &Violation, now: i64, repeat_interval: i6
     next.redacted_value = key.redacted_value.clone();
     next.owner_type = key.owner.kind;
     next.owner = key.owner.display().to_string();
-    next.owner_email = key.owner.email.clone();
+    next.owner_email = reachable_owner_email(key);
     next.created_at = key.created_at;
     next.last_used_at = key.last_used_at;
     // An answer without `expires_at` says nothing new: keep the expiry last seen.

@@ -161,6 +161,14 @@ impl Policies {
         self.policies.iter().map(|p| p.config.name.as_str())
     }
 
+    /// Whether `policy` looks at when a key was last used (`max_idle`, with its grace for
+    /// never-used keys): only then is a use since the listing a reason to keep a due key.
+    pub fn depends_on_use(&self, policy: &str) -> bool {
+        self.policies
+            .iter()
+            .any(|p| p.config.name == policy && p.config.max_idle.is_some())
+    }
+
     /// Judges one key as of `now` (Unix seconds). Pure: the same inputs give the same answer.
     pub fn evaluate(&self, key: &Key, now: i64) -> Evaluation {
         let mut exemption = None;
@@ -478,9 +486,15 @@ impl ProjectMatcher {
         self.entries.is_empty()
     }
 
+    /// A project id entry matches the id only; anything else globs the project's name (which
+    /// its owner chooses: `check-config` warns about such entries).
     fn matches(&self, key: &Key) -> bool {
         self.entries.iter().any(|(raw, g)| {
-            *raw == key.project_id || key.project_name.as_deref().is_some_and(|n| g.is_match(n))
+            if crate::config::is_project_id_pattern(raw) {
+                *raw == key.project_id
+            } else {
+                *raw == key.project_id || key.project_name.as_deref().is_some_and(|n| g.is_match(n))
+            }
         })
     }
 }

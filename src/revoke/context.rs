@@ -1,9 +1,13 @@
 //! What every step of a revocation shares: the store, the clients, the policies for the
 //! re-check, the sweep's mode, run id, clock and cancellation. Plain data; it never deletes.
 
+use std::io::ErrorKind;
+use std::path::Path;
+
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Mode};
+use crate::notify::alert::EnforcerAlert;
 use crate::openai::AdminClient;
 use crate::policy::Policies;
 use crate::state::Store;
@@ -27,6 +31,44 @@ impl Context<'_> {
         self.clients.iter().find(|c| c.org_name() == org)
     }
 
+    /// `Some(reason)` when the kill switch is on right now (see [`kill_switch_engaged`]):
+    /// checked again before every write that ends or shortens a key.
+    pub(super) fn kill_switch(&self) -> Option<String> {
+        let path = self.config.safety.kill_switch_file.as_deref()?;
+        kill_switch_engaged(Some(path)).then(|| kill_switch_reason(path))
+    }
+
+    /// The alert owed when the re-check kept the same key `max_recheck_skips` times in a row,
+    /// this time for `reason` (already recorded as `skipped`). The kill switch is no re-check.
+    pub(super) fn recheck_alert(
+        &self,
+        organization: &str,
+        project_id: &str,
+        key_id: &str,
+        reason: &str,
+    ) -> Result<Option<EnforcerAlert>, crate::state::StateError> {
+        let max = self.config.max_recheck_skips;
+        if max == 0 || is_kill_switch_reason(reason) {
+            return Ok(None);
+        }
+        let skips = self.store.with_conn(|c| {
+            crate::state::findings::consecutive_recheck_skips(
+                c,
+                organization,
+                project_id,
+                key_id,
+                |message| message.contains(KILL_SWITCH_REASON),
+            )
+        })?;
+        Ok((skips >= max).then(|| EnforcerAlert::RecheckSkips {
+            organization: organization.to_string(),
+            project_id: project_id.to_string(),
+            key_id: key_id.to_string(),
+            skips,
+            reason: reason.to_string(),
+        }))
+    }
+
     /// An audit record of this sweep.
     pub(super) fn record(&self, kind: AuditKind, message: impl Into<String>) -> AuditRecord {
         AuditRecord::new(
@@ -37,5 +79,32 @@ impl Context<'_> {
             &self.config.hash,
             message,
         )
+    }
+}
+
+/// The start of every reason a write was withheld for the kill switch.
+pub const KILL_SWITCH_REASON: &str = "the kill switch is on";
+
+/// Why a write was withheld: the kill switch at `path`.
+pub fn kill_switch_reason(path: &Path) -> String {
+    format!("{KILL_SWITCH_REASON} ({})", path.display())
+}
+
+/// Whether `reason` says a write was withheld for the kill switch (not a re-check).
+pub fn is_kill_switch_reason(reason: &str) -> bool {
+    reason.starts_with(KILL_SWITCH_REASON)
+}
+
+/// Whether the kill switch at `path` is on. Fails closed: anything at the path (a file, a
+/// directory, a symbolic link even when dangling) is ON, and so is a path that cannot be
+/// examined (permission denied, a component that is not a directory, any error other than
+/// "not found"). Only a path that certainly does not exist is OFF.
+pub fn kill_switch_engaged(path: Option<&Path>) -> bool {
+    let Some(path) = path else {
+        return false;
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(_) => true,
+        Err(e) => e.kind() != ErrorKind::NotFound,
     }
 }

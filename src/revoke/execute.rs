@@ -60,6 +60,7 @@ async fn revoke_one(
         key_ids: doomed.keys.iter().map(|k| k.id.clone()).collect(),
         finding_ids: action.findings.clone(),
         outcome: Outcome::Cancelled,
+        recheck_alert: None,
     };
     if ctx.cancel.is_cancelled() || ctx.mode != Mode::Enforce {
         return Ok(result);
@@ -70,8 +71,23 @@ async fn revoke_one(
         };
         return Ok(result);
     };
-    if let Some(reason) = recheck_all(ctx, client, action, &doomed.keys).await {
+    // The kill switch is read again before each DELETE, before and after the re-check (which
+    // takes a request), so a switch turned on mid-sweep stops the remaining deletions.
+    let reason = match ctx.kill_switch() {
+        Some(reason) => Some(reason),
+        None => match recheck_all(ctx, client, action, &doomed.keys).await {
+            Some(reason) => Some(reason),
+            None => ctx.kill_switch(),
+        },
+    };
+    if let Some(reason) = reason {
         record_skipped(ctx, &doomed.keys, &reason)?;
+        result.recheck_alert = ctx.recheck_alert(
+            &result.organization,
+            &result.project_id,
+            &result.key_ids.join(","),
+            &reason,
+        )?;
         tracing::info!(run_id = ctx.run_id, key_ids = %result.key_ids.join(","), subject = %result.target, %reason, "revocation skipped after re-check");
         result.outcome = Outcome::SkippedAfterRecheck { reason };
         return Ok(result);
@@ -190,11 +206,21 @@ async fn recheck(
     if fresh.project_name.is_none() {
         fresh.project_name = listed.project_name.clone();
     }
-    if fresh.last_used_at != listed.last_used_at {
+    // A use since the listing matters only to a policy about use (`max_idle`): under
+    // `max_age` a key in use is exactly what the policy is about.
+    if fresh.last_used_at != listed.last_used_at
+        && policies.iter().any(|p| ctx.policies.depends_on_use(p))
+    {
         return Ok(Some("the key was used since it was listed".into()));
     }
     if fresh.name != listed.name {
-        return Ok(Some(format!("the key was renamed to {:?}", fresh.name)));
+        return Ok(Some(format!(
+            "the key was renamed to {:?}",
+            crate::text::log_field(&fresh.name)
+        )));
+    }
+    if fresh.owner.id != listed.owner.id || fresh.owner.kind != listed.owner.kind {
+        return Ok(Some("the key's owner changed since it was listed".into()));
     }
     let eval = ctx.policies.evaluate(&fresh, ctx.now);
     if let Some(hit) = &eval.exemption {

@@ -48,6 +48,9 @@ pub struct ExpiryResult {
     /// `set` or `restore`.
     pub write: &'static str,
     pub outcome: ExpiryOutcome,
+    /// When the re-check kept this key `max_recheck_skips` times in a row.
+    #[serde(skip)]
+    pub recheck_alert: Option<EnforcerAlert>,
 }
 
 /// The outcome of one expiry write.
@@ -94,6 +97,9 @@ impl ExpiryResult {
 
     /// The enforcer alert the outcome deserves, if any.
     pub fn alert(&self) -> Option<EnforcerAlert> {
+        if let Some(alert) = &self.recheck_alert {
+            return Some(alert.clone());
+        }
         let message = match (&self.outcome, self.write) {
             (
                 ExpiryOutcome::Set {
@@ -161,10 +167,15 @@ pub async fn set_expiries(
             finding_ids: action.findings.clone(),
             write: "set",
             outcome: ExpiryOutcome::Cancelled,
+            recheck_alert: None,
         };
         if !ctx.cancel.is_cancelled() && ctx.mode == Mode::Enforce {
             let was_set = action.findings.iter().any(&reset);
             result.outcome = set_one(ctx, action, to, was_set).await?;
+            if let ExpiryOutcome::Skipped { reason } = &result.outcome {
+                result.recheck_alert =
+                    ctx.recheck_alert(&key.organization, &key.project_id, &key.id, reason)?;
+            }
         }
         out.push(result);
     }
@@ -185,6 +196,9 @@ async fn set_one(
             error: "no client for organisation".into(),
         });
     };
+    if let Some(reason) = ctx.kill_switch() {
+        return skipped(ctx, listed, reason);
+    }
     let policies: Vec<&str> = action.findings.iter().map(|f| f.policy.as_str()).collect();
     let mut fresh = match recheck(ctx, client, listed, &policies).await {
         Err(reason) => return skipped(ctx, listed, reason),
@@ -207,6 +221,10 @@ async fn set_one(
             });
         }
         _ => {}
+    }
+    // Read again right before the write: setting an expiry shortens the key.
+    if let Some(reason) = ctx.kill_switch() {
+        return skipped(ctx, listed, reason);
     }
     let previous = fresh.expires_at.at();
     let outcome = write(ctx, client, &fresh, &policies, to, "set_expiry").await?;
@@ -237,6 +255,7 @@ pub async fn restore_expiries(
             finding_ids: vec![r.finding.clone()],
             write: "restore",
             outcome: ExpiryOutcome::Cancelled,
+            recheck_alert: None,
         };
         if !ctx.cancel.is_cancelled() && ctx.mode == Mode::Enforce {
             result.outcome = restore_one(ctx, r).await?;

@@ -28,6 +28,9 @@ pub struct RevocationResult {
     #[serde(skip)]
     pub finding_ids: Vec<FindingId>,
     pub outcome: Outcome,
+    /// When the re-check kept this key `max_recheck_skips` times in a row.
+    #[serde(skip)]
+    pub recheck_alert: Option<EnforcerAlert>,
 }
 
 impl RevocationResult {
@@ -62,6 +65,7 @@ impl RevocationResult {
                 key_id: self.key_ids.join(","),
                 error: error.clone(),
             }),
+            Outcome::SkippedAfterRecheck { .. } => self.recheck_alert.clone(),
             _ => None,
         }
     }

@@ -34,10 +34,11 @@ pub fn audit_list(
             audit::for_each(conn, since, |row| {
                 w(out.write_all(if first { b"\n  " } else { b",\n  " }))?;
                 first = false;
-                serde_json::to_writer(&mut *out, &row).map_err(|source| StateError::Encode {
+                let doc = serde_json::to_string(&row).map_err(|source| StateError::Encode {
                     what: "audit record",
                     source,
-                })
+                })?;
+                w(out.write_all(crate::text::json(&doc).as_bytes()))
             })?;
             w(out.write_all(if first { b"]\n" } else { b"\n]\n" }))?;
             w(out.flush())
@@ -144,7 +145,7 @@ fn cells(row: &AuditRow) -> [String; 11] {
     let time = chrono::DateTime::from_timestamp(r.at, 0)
         .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
         .unwrap_or_else(|| r.at.to_string());
-    let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_string());
+    let dash = |v: &Option<String>| v.as_deref().map_or_else(|| "-".to_string(), crate::text::terminal);
     [
         row.seq.to_string(),
         time,
@@ -159,11 +160,7 @@ fn cells(row: &AuditRow) -> [String; 11] {
         // One record per line, whatever the message holds.
         r.message.replace(['\n', '\r'], " "),
     ]
-    .map(|c| {
-        c.chars()
-            .map(|ch| if ch.is_control() { ' ' } else { ch })
-            .collect()
-    })
+    .map(|c| crate::text::terminal(&c))
 }
 
 /// A line of cells padded to `widths` (SEQ right-aligned, the message last and unpadded).

@@ -62,6 +62,41 @@ pub fn upsert_findings(
     })
 }
 
+/// How many of a key's latest write decisions in a row were re-check skips: its `skipped`
+/// audit records since its last `intent` or `reconciled` record, leaving out the skipped
+/// records for which `ignore(message)` holds (the kill switch's: they neither count nor end
+/// the run). The count lives in the audit log, which already holds every skip with its key, so
+/// no schema change is needed.
+pub fn consecutive_recheck_skips(
+    conn: &Connection,
+    organization: &str,
+    project_id: &str,
+    key_id: &str,
+    ignore: impl Fn(&str) -> bool,
+) -> Result<u32, StateError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT kind, json_extract(record, '$.message') FROM audit
+         WHERE kind IN ('skipped', 'intent', 'reconciled')
+           AND json_extract(record, '$.key_id') = ?3
+           AND json_extract(record, '$.project_id') = ?2
+           AND json_extract(record, '$.organization') = ?1
+         ORDER BY seq DESC",
+    )?;
+    let mut rows = stmt.query(params![organization, project_id, key_id])?;
+    let mut skips = 0u32;
+    while let Some(row) = rows.next()? {
+        let kind: String = row.get(0)?;
+        let message: Option<String> = row.get(1)?;
+        if kind != "skipped" {
+            break;
+        }
+        if !ignore(message.as_deref().unwrap_or_default()) {
+            skips = skips.saturating_add(1);
+        }
+    }
+    Ok(skips)
+}
+
 /// The open findings (detected, warned, final notice) of one organisation, ordered by deadline.
 pub fn open_findings(conn: &Connection, organization: &str) -> Result<Vec<Finding>, StateError> {
     let mut stmt = conn.prepare_cached(

@@ -89,6 +89,7 @@ impl Run<'_> {
         };
         let (mut revoked, mut alerts) = self.absorb(&results, findings);
         let expired_writes = self.absorb_expiries(&expiries, findings, &mut retried, &mut alerts);
+        alerts.extend(self.kill_switch_alert(&results, &expiries));
         let alerts = self.dedup_alerts(alerts)?;
         let now = self.now();
         let notices = compose::revoked_notices(&revoked);
@@ -143,6 +144,33 @@ impl Run<'_> {
 }
 
 impl Run<'_> {
+    /// The alert for the writes a kill switch turned on during enforcement withheld (the
+    /// planning phase says so itself when it was on before).
+    fn kill_switch_alert(
+        &self,
+        results: &[RevocationResult],
+        expiries: &[ExpiryResult],
+    ) -> Option<EnforcerAlert> {
+        let deletes = results.iter().filter(|r| {
+            matches!(&r.outcome, revoke::Outcome::SkippedAfterRecheck { reason } if revoke::is_kill_switch_reason(reason))
+        });
+        let sets = expiries.iter().filter(|e| {
+            matches!(&e.outcome, ExpiryOutcome::Skipped { reason } if revoke::is_kill_switch_reason(reason))
+        });
+        let withheld = u64::try_from(deletes.count() + sets.count()).unwrap_or(u64::MAX);
+        (withheld > 0).then(|| EnforcerAlert::KillSwitchOn {
+            path: self
+                .sweeper
+                .config
+                .safety
+                .kill_switch_file
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            withheld,
+        })
+    }
+
     /// The closed findings whose failed restore later sweeps retry, in enforce mode only, of the
     /// organisations this sweep covers, leaving out those this sweep stepped (a reopened finding
     /// wants its expiry; a relaxed open one is retried by its listing step).

@@ -140,12 +140,9 @@ impl Sweeper {
         }))
     }
 
+    /// Fails closed: see `revoke::kill_switch_engaged`.
     fn kill_switch_on(&self) -> bool {
-        self.config
-            .safety
-            .kill_switch_file
-            .as_ref()
-            .is_some_and(|p| p.exists())
+        crate::revoke::kill_switch_engaged(self.config.safety.kill_switch_file.as_deref())
     }
 
     /// The plan for `candidates` under the rails: mode, kill switch, caps (with the revocations

@@ -17,6 +17,8 @@ mod errors;
 mod expire;
 mod expiry_display;
 mod faults;
+mod hardening_names;
+mod hostile;
 mod notify;
 mod openai;
 mod openai_expiry;

@@ -143,7 +143,11 @@ fn pagerduty(
         None => url::Url::parse(DEFAULT_PAGERDUTY_URL)
             .map_err(|e| cx.err(k("url"), format!("default URL: {e}")))?,
     };
-    Ok(PagerDutyChannel { routing_key, url })
+    Ok(PagerDutyChannel {
+        routing_key,
+        url,
+        max_messages_per_sweep: max_messages(cx, k, p.max_messages_per_sweep)?,
+    })
 }
 
 fn webhook(
@@ -162,5 +166,19 @@ fn webhook(
     Ok(WebhookChannel {
         url: w.url.0,
         secret,
+        max_messages_per_sweep: max_messages(cx, k, w.max_messages_per_sweep)?,
     })
+}
+
+/// `max_messages_per_sweep`: at least 1 (the summary of the rest needs a message before it).
+fn max_messages(
+    cx: &Context<'_>,
+    k: &dyn Fn(&str) -> String,
+    v: Option<u32>,
+) -> Result<u32, LoadError> {
+    match v {
+        None => Ok(super::super::DEFAULT_MAX_MESSAGES_PER_SWEEP),
+        Some(0) => Err(cx.err(k("max_messages_per_sweep"), "must be at least 1")),
+        Some(n) => Ok(n),
+    }
 }

@@ -62,6 +62,10 @@ pub(super) fn config(
         .enumerate()
         .map(|(i, e)| exemption(&cx, i, e))
         .collect::<Result<Vec<_>, _>>()?;
+    let max_recheck_skips = raw
+        .safety
+        .max_recheck_skips
+        .unwrap_or(DEFAULT_MAX_RECHECK_SKIPS);
     let safety = safety(&cx, raw.safety)?;
     let routes = routes(&cx, raw.routes, &channels)?;
     names_channels(&cx, "ops_channels", &raw.ops_channels, &channels)?;
@@ -97,7 +101,10 @@ pub(super) fn config(
         warnings: std::mem::take(&mut cx.warnings),
         sinks,
         rotations,
+        max_recheck_skips,
     };
+    let names = super::super::name_selector_warnings(&config);
+    config.warnings.extend(names);
     let effective = super::super::effective::render(&config);
     config.hash = hex::encode(Sha256::digest(effective.as_bytes()));
     Ok(config)
@@ -440,6 +447,9 @@ fn safety(cx: &Context<'_>, s: RawSafety) -> Result<Safety, LoadError> {
         },
     })
 }
+
+/// `[safety] max_recheck_skips` by default.
+const DEFAULT_MAX_RECHECK_SKIPS: u32 = 3;
 
 /// The shortest distance an expiry is moved back out to (`restore_expiry` and its fallbacks).
 const MIN_RESTORE_EXPIRY_DAYS: u64 = 30;
