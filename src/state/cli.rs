@@ -145,7 +145,10 @@ fn cells(row: &AuditRow) -> [String; 11] {
     let time = chrono::DateTime::from_timestamp(r.at, 0)
         .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
         .unwrap_or_else(|| r.at.to_string());
-    let dash = |v: &Option<String>| v.as_deref().map_or_else(|| "-".to_string(), crate::text::terminal);
+    let dash = |v: &Option<String>| {
+        v.as_deref()
+            .map_or_else(|| "-".to_string(), crate::text::terminal)
+    };
     [
         row.seq.to_string(),
         time,
