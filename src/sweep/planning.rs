@@ -1,7 +1,9 @@
 //! Phase 4, plan: which due revocations go ahead under the rails (mode, kill switch, caps,
 //! service-account rule; `policy::plan`), the alerts for what the caps and the kill switch
 //! withheld, and a `skipped` audit record per withheld key. Planned before the commit, so those
-//! alerts go out with this sweep's notices. Decides only: it never deletes or writes.
+//! alerts go out with this sweep's notices, and so the notices say what the plan does (each
+//! notice's `policy::verdict`; `postponed` notices for what a safety limit held back). Decides
+//! only: it never deletes or writes.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -12,6 +14,7 @@ use crate::inventory::{Inventory, KeyTally};
 use crate::notify::alert::EnforcerAlert;
 use crate::policy::finding::{FindingId, Stage};
 use crate::policy::plan::{Plan, Withheld, Write};
+use crate::policy::verdict::Rules;
 use crate::state::audit::{AuditKind, AuditRecord};
 
 use super::advance::Advanced;
@@ -34,12 +37,13 @@ impl Run<'_> {
         inventory: &Inventory<KeyTally>,
         advanced: &mut Advanced,
     ) -> Result<Planned, SweepError> {
-        if self.dry_run() {
-            advanced.note_dry_run(self.now());
-        }
         let sweeper = self.sweeper;
         let plan =
             sweeper.plan_revocations(&advanced.candidates, inventory, self.mode, self.now())?;
+        if self.dry_run() {
+            advanced.note_dry_run(self.now(), &plan);
+        }
+        advanced.apply_plan(&plan, &self.verdict_rules(), self.now());
         let alerts = plan_alerts(&plan, &sweeper.config);
         for w in &plan.withheld {
             sweeper.metrics.revocations_withheld(
@@ -69,6 +73,18 @@ impl Run<'_> {
             alerts,
             withheld,
         })
+    }
+}
+
+impl Run<'_> {
+    /// What the verdicts of this sweep's notices depend on besides the plan.
+    pub(super) fn verdict_rules(&self) -> Rules {
+        let safety = &self.sweeper.config.safety;
+        Rules {
+            mode: self.mode,
+            service_account_keys: safety.service_account_keys,
+            kill_switch: safety.kill_switch_file.as_ref().is_some_and(|p| p.exists()),
+        }
     }
 }
 
