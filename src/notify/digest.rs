@@ -324,10 +324,14 @@ fn rank(v: Verdict) -> u8 {
     match v {
         Verdict::Revoke => 0,
         Verdict::Expire => 1,
-        Verdict::Postponed { .. } => 2,
-        Verdict::WouldRevoke => 3,
-        Verdict::WouldExpire => 4,
-        Verdict::NotifyOnly { .. } => 5,
+        Verdict::Ends => 2,
+        Verdict::Postponed { .. } => 3,
+        Verdict::WouldRevoke => 4,
+        Verdict::WouldExpire => 5,
+        Verdict::NotifyOnly {
+            by: NotifyOnlyBy::PolicyAction,
+        } => 7,
+        Verdict::NotifyOnly { .. } => 6,
     }
 }
 
@@ -338,8 +342,14 @@ fn verdict_phrase(v: Verdict, n: usize) -> &'static str {
         Verdict::Revoke => "will be revoked",
         Verdict::Expire if one => "gets an expiry at the deadline",
         Verdict::Expire => "get an expiry at the deadline",
+        Verdict::Ends if one => "ends at its own expiry before the deadline",
+        Verdict::Ends => "end at their own expiry before the deadline",
         Verdict::WouldRevoke => "would be revoked (dry-run)",
         Verdict::WouldExpire => "would get an expiry at the deadline (dry-run)",
+        // A notify policy speaks only for itself: another policy may still act on the key.
+        Verdict::NotifyOnly {
+            by: NotifyOnlyBy::PolicyAction,
+        } => "under a notify-only policy",
         Verdict::NotifyOnly { .. } if one => "is only reported",
         Verdict::NotifyOnly { .. } => "are only reported",
         Verdict::Postponed { .. } if one => "is postponed by a safety limit",
@@ -427,6 +437,11 @@ fn verdict_status(n: &Notice) -> String {
         Verdict::Revoke => format!("will be revoked at {deadline}"),
         Verdict::WouldRevoke => format!("would be revoked (dry-run) at {deadline}"),
         Verdict::Expire | Verdict::WouldExpire => expire_status(n),
+        Verdict::Ends => format!(
+            "the key already expires at {}, before the deadline: OpenAI ends it then and \
+             keysweep writes nothing to it",
+            f.expires_at.at().map_or_else(|| "?".to_string(), rfc3339)
+        ),
         Verdict::NotifyOnly {
             by: NotifyOnlyBy::PolicyAction,
         } => "notification only; keysweep will not revoke this key".to_string(),

@@ -248,7 +248,8 @@ impl Plan {
 /// the key's due write (`None`: not due, or planned to be written now).
 ///
 /// In this order: the policy's action `notify`, an expiry the organisation refused and the
-/// service-account rule make a key notify-only (keysweep never writes to it); a cap or an
+/// service-account rule make a key notify-only (keysweep never writes to it); a key whose own
+/// expiry comes first ends then without a write; a cap or an
 /// incomplete listing that withheld it in this sweep, or the kill switch, postpone the write;
 /// dry-run turns the write into "would"; otherwise keysweep revokes or expires it.
 pub fn verdict(f: &Finding, rules: &Rules, this_sweep: Option<Withheld>) -> Verdict {
@@ -268,6 +269,13 @@ pub fn verdict(f: &Finding, rules: &Rules, this_sweep: Option<Withheld>) -> Verd
         return Verdict::NotifyOnly {
             by: NotifyOnlyBy::ServiceAccountKeys,
         };
+    }
+    let own_expiry_first = f
+        .expires_at
+        .at()
+        .is_some_and(|at| at <= f.deadline && f.expiry.set.is_none());
+    if own_expiry_first {
+        return Verdict::Ends;
     }
     match this_sweep {
         Some(by @ (Withheld::CapPerRun | Withheld::CapPerProjectPercent | Withheld::CapPerDay)) => {

@@ -99,6 +99,9 @@ pub enum Verdict {
     /// `action = "expire"` in enforce mode: the key's expiry is (or is set to) the deadline and
     /// OpenAI ends the key then.
     Expire,
+    /// The key's own expiry comes before the deadline: OpenAI ends it then, and keysweep
+    /// writes nothing to it (a DELETE or an expiry would only repeat what happens anyway).
+    Ends,
     /// Dry-run: keysweep would delete the key at the deadline, but deletes nothing.
     WouldRevoke,
     /// Dry-run: keysweep would set the key's expiry to the deadline, but writes nothing.
@@ -117,6 +120,7 @@ impl Verdict {
         match self {
             Verdict::Revoke => "revoke",
             Verdict::Expire => "expire",
+            Verdict::Ends => "ends",
             Verdict::WouldRevoke => "would_revoke",
             Verdict::WouldExpire => "would_expire",
             Verdict::NotifyOnly { .. } => "notify_only",
@@ -130,7 +134,7 @@ impl Verdict {
             Verdict::NotifyOnly { by } => Some(by.config_key()),
             Verdict::Postponed { by } => Some(withheld_config_key(by)),
             Verdict::WouldRevoke | Verdict::WouldExpire => Some("mode"),
-            Verdict::Revoke | Verdict::Expire => None,
+            Verdict::Revoke | Verdict::Expire | Verdict::Ends => None,
         }
     }
 

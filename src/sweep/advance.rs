@@ -184,11 +184,19 @@ impl Advanced {
                 withheld.entry(id).or_insert(w.reason);
             }
         }
-        let deleted_now: HashSet<&FindingId> = plan
+        // By key, not by finding: a key deleted under one policy gets no reminder under another.
+        let deleted_now: HashSet<(&str, &str, &str)> = plan
             .revoke
             .iter()
             .filter(|a| a.write == Write::Delete)
-            .flat_map(|a| a.findings.iter())
+            .map(|a| {
+                let k = a.key();
+                (
+                    k.organization.as_str(),
+                    k.project_id.as_str(),
+                    k.id.as_str(),
+                )
+            })
             .collect();
         let mut told: HashSet<FindingId> = HashSet::new();
         let mut dropped: HashSet<FindingId> = HashSet::new();
@@ -198,7 +206,12 @@ impl Advanced {
             let v = verdict(&n.finding, rules, withheld.get(id).copied());
             n.verdict = Some(v);
             let postponed = matches!(v, Verdict::Postponed { .. }) && withheld.contains_key(id);
-            let drop = n.kind == NoticeKind::Reminder && (deleted_now.contains(id) || postponed);
+            let key = (
+                id.organization.as_str(),
+                id.project_id.as_str(),
+                id.key_id.as_str(),
+            );
+            let drop = n.kind == NoticeKind::Reminder && (deleted_now.contains(&key) || postponed);
             if drop {
                 dropped.insert(id.clone());
             } else if postponed {

@@ -19,6 +19,7 @@ mod faults;
 mod notify;
 mod openai;
 mod openai_expiry;
+mod replay;
 mod report;
 mod sim;
 mod sim_nov2026;
