@@ -50,6 +50,8 @@ struct Message {
     keys: BTreeSet<(String, String)>,
     /// The keys listed with the status each got (a key may be listed under two policies).
     statuses: Vec<((String, String), String)>,
+    /// E-mail only: each project header's key count, and the keys listed under it.
+    headers: Vec<(usize, usize)>,
 }
 
 /// What the sweeps did to a key, seen in the simulator after each sweep.
@@ -221,6 +223,7 @@ impl Replay {
                 title: body["title"].as_str().unwrap().to_string(),
                 keys: BTreeSet::new(),
                 statuses: Vec::new(),
+                headers: Vec::new(),
             };
             for n in notices {
                 let id = (
@@ -272,18 +275,16 @@ fn mail_message(sweep: usize, subject: &str, text: &str) -> Message {
         title: subject.trim_start_matches("[keysweep] ").to_string(),
         keys: BTreeSet::new(),
         statuses: Vec::new(),
+        headers: Vec::new(),
     };
     let mut header: Option<(usize, BTreeSet<String>)> = None;
     let mut project = String::new();
     let mut status = String::new();
-    let check = |h: &Option<(usize, BTreeSet<String>)>| {
-        if let Some((n, keys)) = h {
-            assert_eq!(*n, keys.len(), "a project header counts its keys: {text}");
-        }
-    };
     for line in text.lines() {
         if line.starts_with("Project ") && line.contains(" — organization ") {
-            check(&header);
+            if let Some((n, keys)) = header.take() {
+                m.headers.push((n, keys.len()));
+            }
             let count = line.rsplit(" — ").next().unwrap();
             let n: usize = count.split(' ').next().unwrap().parse().unwrap();
             header = Some((n, BTreeSet::new()));
@@ -311,8 +312,17 @@ fn mail_message(sweep: usize, subject: &str, text: &str) -> Message {
             m.statuses.push(((project.clone(), key), status.clone()));
         }
     }
-    check(&header);
+    if let Some((n, keys)) = header.take() {
+        m.headers.push((n, keys.len()));
+    }
     m
+}
+
+/// A title of a warning, reminder or final notice (the ones that announce).
+fn is_notice_title(title: &str) -> bool {
+    ["violate", "Final notice", "Reminder"]
+        .iter()
+        .any(|w| title.contains(w))
 }
 
 /// What a title claims: (how many keys, verb), the verb as the reader reads it.
@@ -357,6 +367,9 @@ impl Replay {
         for t in &self.told {
             self.check_told(t);
         }
+        for m in &self.messages {
+            self.check_count(m);
+        }
         self.check_no_contradiction();
         // Every key keysweep deleted was announced as "will be revoked" before, in a warning
         // or a final notice.
@@ -382,20 +395,10 @@ impl Replay {
     /// The title counts distinct keys, and each verb's count is the number of listed keys the
     /// sweeps then treated that way.
     fn check_message(&self, m: &Message) {
-        let notice_title = ["violate", "Final notice", "Reminder"]
-            .iter()
-            .any(|w| m.title.contains(w));
-        if !notice_title {
+        if !is_notice_title(&m.title) {
             return;
         }
-        let (n, claims) = title_claims(&m.title);
-        assert_eq!(
-            n,
-            m.keys.len(),
-            "{:?} counts its keys: {:?}",
-            m.title,
-            m.keys
-        );
+        let (_, claims) = title_claims(&m.title);
         for (count, verb) in claims {
             let actual = m
                 .keys
@@ -420,6 +423,29 @@ impl Replay {
                 actual >= count && (verb != "revoke" || count == self.revoke_told(m)),
                 "sweep {}: {:?} claims {count} {verb}, but {actual} listed keys were: {fates:#?}",
                 m.sweep,
+                m.title
+            );
+        }
+    }
+
+    /// The title's count is the number of distinct keys listed (the project headers' counts
+    /// are checked as the e-mails are read).
+    fn check_count(&self, m: &Message) {
+        if !is_notice_title(&m.title) {
+            return;
+        }
+        let (n, _) = title_claims(&m.title);
+        assert_eq!(
+            n,
+            m.keys.len(),
+            "{:?} counts its keys: {:?}",
+            m.title,
+            m.keys
+        );
+        for (said, listed) in &m.headers {
+            assert_eq!(
+                said, listed,
+                "{:?}: a project header counts its keys",
                 m.title
             );
         }
