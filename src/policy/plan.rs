@@ -228,6 +228,9 @@ pub struct Plan {
     pub revoke: Vec<PlannedAction>,
     /// Everything revoke-due that is not performed, with the reason.
     pub withheld: Vec<WithheldAction>,
+    /// The rules the plan was made under, for each finding's [`verdict`] (`None` only for a
+    /// plan built by hand).
+    pub rules: Option<Rules>,
 }
 
 impl Plan {
@@ -303,7 +306,14 @@ pub fn verdict(f: &Finding, rules: &Rules, this_sweep: Option<Withheld>) -> Verd
 
 /// Decides which revoke-due candidates are revoked in this sweep and why the others are not.
 pub fn plan(input: &PlanInput<'_>) -> Plan {
-    let mut out = Plan::default();
+    let mut out = Plan {
+        rules: Some(Rules {
+            mode: input.mode,
+            service_account_keys: input.safety.service_account_keys,
+            kill_switch: input.kill_switch,
+        }),
+        ..Plan::default()
+    };
     let actions = group(input, &mut out.withheld);
 
     let safety = input.safety;

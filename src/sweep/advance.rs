@@ -469,10 +469,12 @@ mod tests {
             Some(reason) => Plan {
                 revoke: vec![],
                 withheld: vec![WithheldAction { action, reason }],
+                rules: None,
             },
             None => Plan {
                 revoke: vec![action],
                 withheld: vec![],
+                rules: None,
             },
         }
     }

@@ -50,8 +50,10 @@ async fn email_over_starttls_with_auth_lists_every_key_and_no_secret() {
             assert_eq!(
                 parsed.subject().unwrap(),
                 // The service-account key is only reported (`service_account_keys` =
-                // "notify-only"): the subject must not count it among the revocations.
-                "[keysweep] 3 API keys violate policy; 2 will be revoked, 1 is only reported"
+                // "notify-only") and bob's key expires before the deadline: the subject counts
+                // neither among the revocations.
+                "[keysweep] 3 API keys violate policy; 1 will be revoked, 1 ends at its own \
+                 expiry before the deadline, 1 is only reported"
             );
             assert_eq!(parsed.message_id().unwrap(), format!("{team_id}@keysweep"));
             assert_lists_max_age_keys("the team mail's text", &text);
