@@ -200,7 +200,12 @@ impl Digest {
             },
             MessageKind::FinalNotice => match self.verdict_summary().as_deref() {
                 None => format!("Final notice: {keys} {violate} policy"),
-                Some(s) => format!("Final notice: {keys}{s}"),
+                // " and will be revoked" → " will be revoked"; "; 2 will …" → ": 2 will …".
+                Some(s) => match (s.strip_prefix(" and "), s.strip_prefix("; ")) {
+                    (Some(one), _) => format!("Final notice: {keys} {one}"),
+                    (_, Some(many)) => format!("Final notice: {keys}: {many}"),
+                    _ => format!("Final notice: {keys}{s}"),
+                },
             },
             MessageKind::Revoked => {
                 if dry {
@@ -282,14 +287,14 @@ impl Digest {
             MessageKind::Reminder => {
                 "The API keys below still violate a key policy. Rotate or delete them before the deadline shown. Each key's status says what keysweep will do to it."
             }
-            MessageKind::FinalNotice if self.any_verdict(Verdict::Revoke) => {
-                "Last notice: the API keys below whose status says \"will be revoked\" are deleted at the deadline shown. Revocation is permanent."
+            MessageKind::FinalNotice if self.all_verdict(Verdict::Revoke) => {
+                "Last notice: the API keys below will be revoked at the deadline shown. Revocation is permanent."
             }
-            MessageKind::FinalNotice if self.any_verdict(Verdict::Expire) => {
+            MessageKind::FinalNotice if self.all_verdict(Verdict::Expire) => {
                 "Last notice: OpenAI ends the API keys below at the deadline shown, their expiry. Rotate them before then."
             }
             MessageKind::FinalNotice => {
-                "Last notice before the deadline shown. Each key's status says what keysweep will do to it."
+                "Last notice before the deadline shown. Each key's status says what keysweep will do to it; a revocation is permanent."
             }
             MessageKind::Revoked => {
                 "The API keys below were revoked because they violated a key policy (in dry-run: they would have been)."
@@ -308,12 +313,13 @@ impl Digest {
         }
     }
 
-    fn any_verdict(&self, v: Verdict) -> bool {
+    /// True when every notice's verdict is `v` (and there is one).
+    fn all_verdict(&self, v: Verdict) -> bool {
         match &self.body {
-            Body::Notices(g) => g
-                .iter()
-                .flat_map(|g| g.notices.iter())
-                .any(|n| notice_verdict(n) == v),
+            Body::Notices(g) => {
+                let mut it = g.iter().flat_map(|g| g.notices.iter()).peekable();
+                it.peek().is_some() && it.all(|n| notice_verdict(n) == v)
+            }
             _ => false,
         }
     }

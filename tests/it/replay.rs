@@ -347,7 +347,7 @@ fn title_claims(title: &str) -> (usize, Vec<(usize, &'static str)>) {
         }
     };
     let mut claims = Vec::new();
-    if let Some((_, list)) = rest.split_once("; ") {
+    if let Some((_, list)) = rest.split_once("; ").or_else(|| rest.split_once(": ")) {
         for part in list.split(", ") {
             let count: usize = part.split(' ').next().unwrap().parse().unwrap();
             claims.extend(verb(part).map(|v| (count, v)));
