@@ -619,3 +619,37 @@ async fn replay_a_generated_organisation_under_a_small_cap_postpones_and_says_so
     );
     r.check();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_under_the_kill_switch_nothing_is_announced_as_revoked_and_nothing_is() {
+    let now = unix_now();
+    let switch = tempfile::tempdir().unwrap();
+    let file = switch.path().join("STOP");
+    std::fs::write(&file, "stop").unwrap();
+    let safety = format!(
+        "[safety]\nmax_revocations_per_run = 1000\nmax_revocations_per_project_percent = 100\n\
+         max_revocations_per_day = 1000\nkill_switch_file = {:?}\n",
+        file.display().to_string()
+    );
+    let mut r = Replay::start(SimOrg::generate(2, 10, 29, now), Some(&safety), true).await;
+    for t in schedule(now, &[0, 6, 7, 8, 14, 15]) {
+        r.sweep(t).await;
+    }
+    assert!(r.fates.values().all(|f| f.deleted_in.is_none()));
+    let said: Vec<&Told> = r
+        .told
+        .iter()
+        .filter(|t| t.status.contains("will be revoked") || t.status.contains("revoked at"))
+        .collect();
+    assert!(
+        said.is_empty(),
+        "announced revocations under the kill switch: {said:#?}"
+    );
+    assert!(
+        r.told
+            .iter()
+            .any(|t| t.status.contains("safety.kill_switch_file")),
+        "no status names the kill switch"
+    );
+    r.check();
+}
