@@ -9,11 +9,14 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
-use crate::config::Action;
+use crate::config::{Action, Mode, ServiceAccountKeys};
 use crate::inventory::Expiry;
 use crate::notify::MessageKind;
 use crate::notify::alert::EnforcerAlert;
 use crate::policy::finding::{Notice, NoticeKind};
+use crate::policy::plan::Withheld;
+use crate::policy::plan::verdict;
+use crate::policy::verdict::{NotifyOnlyBy, Rules, Verdict, withheld_config_key};
 
 /// One message's content.
 #[derive(Debug, Clone)]
@@ -46,6 +49,18 @@ pub struct ProjectGroup {
 }
 
 impl ProjectGroup {
+    /// Distinct keys in the group (a key violating two policies has two notices).
+    pub fn key_count(&self) -> usize {
+        let mut ids: Vec<&str> = self
+            .notices
+            .iter()
+            .map(|n| n.finding.id.key_id.as_str())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids.len()
+    }
+
     /// `name (id)`, or the id alone when the name is unknown.
     pub fn label(&self) -> String {
         match &self.project_name {
@@ -131,12 +146,20 @@ impl Digest {
         }
     }
 
-    /// Number of keys (notices) or alerts listed.
+    /// Number of distinct keys (a key with two findings is one key) or alerts listed.
     pub fn count(&self) -> usize {
         match &self.body {
-            Body::Notices(g) => g.iter().map(|g| g.notices.len()).sum(),
+            Body::Notices(g) => g.iter().map(ProjectGroup::key_count).sum(),
             Body::Alerts(a) => a.len(),
             Body::Test => 0,
+        }
+    }
+
+    /// Number of notices (findings: one per key and policy) listed.
+    pub fn finding_count(&self) -> usize {
+        match &self.body {
+            Body::Notices(g) => g.iter().map(|g| g.notices.len()).sum(),
+            _ => 0,
         }
     }
 
@@ -167,43 +190,32 @@ impl Digest {
         let violate = if n == 1 { "violates" } else { "violate" };
         let dry = self.all_dry_run();
         match self.kind {
-            MessageKind::Warning => {
-                let (revoke, revoke_dry) = self.action_counts(Action::Revoke);
-                let (expire, expire_dry) = self.action_counts(Action::Expire);
-                let will = if revoke > 0 && revoke == revoke_dry {
-                    "would be revoked (dry-run)"
-                } else {
-                    "will be revoked"
-                };
-                // An `expire` finding is not revoked: OpenAI ends the key at its expiry.
-                let expiring = if expire > 0 && expire == expire_dry {
-                    "would get an expiry at the deadline (dry-run)"
-                } else {
-                    "get an expiry at the deadline"
-                };
-                match (revoke, expire) {
-                    (0, 0) => format!("{keys} {violate} policy"),
-                    (r, 0) if r == n => format!("{keys} {violate} policy and {will}"),
-                    (r, 0) => format!("{keys} {violate} policy; {r} {will}"),
-                    (0, e) => format!("{keys} {violate} policy; {e} {expiring}"),
-                    (r, e) => format!("{keys} {violate} policy; {r} {will}, {e} {expiring}"),
-                }
-            }
-            MessageKind::Reminder => format!("Reminder: {keys} still {violate} policy"),
-            MessageKind::FinalNotice => {
-                let (revoke, _) = self.action_counts(Action::Revoke);
-                match (dry, revoke) {
-                    (_, 0) => format!("Final notice: {keys} end at the deadline"),
-                    (true, _) => format!("Final notice: {keys} would be revoked (dry-run)"),
-                    (false, _) => format!("Final notice: {keys} will be revoked"),
-                }
-            }
+            MessageKind::Warning => match self.verdict_summary().as_deref() {
+                None => format!("{keys} {violate} policy"),
+                Some(s) => format!("{keys} {violate} policy{s}"),
+            },
+            MessageKind::Reminder => match self.verdict_summary().as_deref() {
+                None => format!("Reminder: {keys} still {violate} policy"),
+                Some(s) => format!("Reminder: {keys} still {violate} policy{s}"),
+            },
+            MessageKind::FinalNotice => match self.verdict_summary().as_deref() {
+                None => format!("Final notice: {keys} {violate} policy"),
+                // " and will be revoked" → " will be revoked"; "; 2 will …" → ": 2 will …".
+                Some(s) => match (s.strip_prefix(" and "), s.strip_prefix("; ")) {
+                    (Some(one), _) => format!("Final notice: {keys} {one}"),
+                    (_, Some(many)) => format!("Final notice: {keys}: {many}"),
+                    _ => format!("Final notice: {keys}{s}"),
+                },
+            },
             MessageKind::Revoked => {
                 if dry {
                     format!("{keys} would be revoked (dry-run)")
                 } else {
                     format!("{keys} revoked")
                 }
+            }
+            MessageKind::Postponed => {
+                format!("Postponed: {keys} not revoked or expired in this sweep (safety limit)")
             }
             MessageKind::Resolved => format!("Resolved: {}", plural(n, "finding", "findings")),
             MessageKind::Alert => format!(
@@ -218,23 +230,77 @@ impl Digest {
         }
     }
 
+    /// What happens to the listed keys, counted per key from each notice's verdict: `" and will
+    /// be revoked"` when one verdict covers every key, `"; 2 will be revoked, 1 is only
+    /// reported"` otherwise; `None` when nothing is written to any of them under `action = "notify"`.
+    fn verdict_summary(&self) -> Option<String> {
+        let Body::Notices(groups) = &self.body else {
+            return None;
+        };
+        // One verdict per key: the strongest of its findings' (a key revoked under one policy
+        // is revoked, whatever another policy only notifies about).
+        let mut per_key: BTreeMap<(&str, &str, &str), Verdict> = BTreeMap::new();
+        for n in groups.iter().flat_map(|g| g.notices.iter()) {
+            let id = &n.finding.id;
+            let v = notice_verdict(n);
+            per_key
+                .entry((&id.organization, &id.project_id, &id.key_id))
+                .and_modify(|cur| {
+                    if rank(v) < rank(*cur) {
+                        *cur = v;
+                    }
+                })
+                .or_insert(v);
+        }
+        let mut counts: BTreeMap<u8, (Verdict, usize)> = BTreeMap::new();
+        for v in per_key.values() {
+            counts.entry(rank(*v)).or_insert((*v, 0)).1 += 1;
+        }
+        let groups: Vec<(Verdict, usize)> = counts.into_values().collect();
+        match groups.as_slice() {
+            [] => None,
+            [
+                (
+                    Verdict::NotifyOnly {
+                        by: NotifyOnlyBy::PolicyAction,
+                    },
+                    _,
+                ),
+            ] => None,
+            [(v, n)] => Some(format!(" and {}", verdict_phrase(*v, *n))),
+            many => Some(format!(
+                "; {}",
+                many.iter()
+                    .map(|(v, n)| format!("{n} {}", verdict_phrase(*v, *n)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+
     /// One sentence under the title saying what the reader should do.
     pub fn intro(&self) -> &'static str {
         match self.kind {
             MessageKind::Warning => {
-                "The API keys below violate a key policy. Rotate or delete them before the deadline shown, or ask for an exemption."
+                "The API keys below violate a key policy. Rotate or delete them before the deadline shown, or ask for an exemption. Each key's status says what keysweep will do to it."
             }
             MessageKind::Reminder => {
-                "The API keys below still violate a key policy. Rotate or delete them before the deadline shown."
+                "The API keys below still violate a key policy. Rotate or delete them before the deadline shown. Each key's status says what keysweep will do to it."
             }
-            MessageKind::FinalNotice if self.action_counts(Action::Revoke).0 == 0 => {
+            MessageKind::FinalNotice if self.all_verdict(Verdict::Revoke) => {
+                "Last notice: the API keys below will be revoked at the deadline shown. Revocation is permanent."
+            }
+            MessageKind::FinalNotice if self.all_verdict(Verdict::Expire) => {
                 "Last notice: OpenAI ends the API keys below at the deadline shown, their expiry. Rotate them before then."
             }
             MessageKind::FinalNotice => {
-                "Last notice: the API keys below will be revoked at the deadline shown. Revocation is permanent."
+                "Last notice before the deadline shown. Each key's status says what keysweep will do to it; a revocation is permanent."
             }
             MessageKind::Revoked => {
                 "The API keys below were revoked because they violated a key policy (in dry-run: they would have been)."
+            }
+            MessageKind::Postponed => {
+                "The revocation or expiry of the API keys below was due in this sweep, but a safety limit held it back. Each key's status names the setting and when keysweep tries again."
             }
             MessageKind::Resolved => "The findings below are closed; nothing more is needed.",
             MessageKind::Alert => "keysweep itself needs attention.",
@@ -247,19 +313,72 @@ impl Digest {
         }
     }
 
-    /// (notices of findings with this action, of which dry-run).
-    fn action_counts(&self, action: Action) -> (usize, usize) {
+    /// True when every notice's verdict is `v` (and there is one).
+    fn all_verdict(&self, v: Verdict) -> bool {
         match &self.body {
-            Body::Notices(g) => g
-                .iter()
-                .flat_map(|g| g.notices.iter())
-                .filter(|n| n.finding.action == action && !n.not_enforced)
-                .fold((0, 0), |(all, dry), n| {
-                    (all + 1, dry + usize::from(n.dry_run))
-                }),
-            _ => (0, 0),
+            Body::Notices(g) => {
+                let mut it = g.iter().flat_map(|g| g.notices.iter()).peekable();
+                it.peek().is_some() && it.all(|n| notice_verdict(n) == v)
+            }
+            _ => false,
         }
     }
+}
+
+/// The order in which a key's verdicts win, and in which a title lists them.
+fn rank(v: Verdict) -> u8 {
+    match v {
+        Verdict::Revoke => 0,
+        Verdict::Expire => 1,
+        Verdict::Ends => 2,
+        Verdict::Postponed { .. } => 3,
+        Verdict::WouldRevoke => 4,
+        Verdict::WouldExpire => 5,
+        Verdict::NotifyOnly {
+            by: NotifyOnlyBy::PolicyAction,
+        } => 7,
+        Verdict::NotifyOnly { .. } => 6,
+    }
+}
+
+/// `n` keys' verdict as a predicate: "will be revoked", "are notification only", …
+fn verdict_phrase(v: Verdict, n: usize) -> &'static str {
+    let one = n == 1;
+    match v {
+        Verdict::Revoke => "will be revoked",
+        Verdict::Expire if one => "gets an expiry at the deadline",
+        Verdict::Expire => "get an expiry at the deadline",
+        Verdict::Ends if one => "ends at its own expiry before the deadline",
+        Verdict::Ends => "end at their own expiry before the deadline",
+        Verdict::WouldRevoke => "would be revoked (dry-run)",
+        Verdict::WouldExpire => "would get an expiry at the deadline (dry-run)",
+        // A notify policy speaks only for itself: another policy may still act on the key.
+        Verdict::NotifyOnly {
+            by: NotifyOnlyBy::PolicyAction,
+        } => "under a notify-only policy",
+        Verdict::NotifyOnly { .. } if one => "is only reported",
+        Verdict::NotifyOnly { .. } => "are only reported",
+        Verdict::Postponed { .. } if one => "is postponed by a safety limit",
+        Verdict::Postponed { .. } => "are postponed by a safety limit",
+    }
+}
+
+/// The notice's verdict, as the sweep decided it. A notice composed outside a sweep (no plan,
+/// no configuration at hand) gets the verdict of the conservative defaults: enforce unless the
+/// notice is a dry-run one, service-account keys notify-only, no kill switch.
+pub fn notice_verdict(n: &Notice) -> Verdict {
+    n.verdict.unwrap_or_else(|| {
+        let rules = Rules {
+            mode: if n.dry_run {
+                Mode::DryRun
+            } else {
+                Mode::Enforce
+            },
+            service_account_keys: ServiceAccountKeys::NotifyOnly,
+            kill_switch: false,
+        };
+        verdict(&n.finding, &rules, None)
+    })
 }
 
 /// The deadline column: the exact revocation date for `revoke` findings.
@@ -287,23 +406,14 @@ pub fn expiry_text(n: &Notice, now: i64) -> String {
     }
 }
 
-/// What will happen / happened to the key, in words.
+/// What will happen / happened to the key, in words: for an open finding, its verdict.
 pub fn status_text(n: &Notice) -> String {
     let f = &n.finding;
     match n.kind {
-        NoticeKind::Warning | NoticeKind::Reminder | NoticeKind::FinalNotice => match f.action {
-            Action::Revoke | Action::Expire if n.not_enforced => format!(
-                "notification only: service-account keys are not enforced ([safety] \
-                 service_account_keys = \"notify-only\"); rotate the key before {}",
-                rfc3339(f.deadline)
-            ),
-            Action::Revoke if n.dry_run => {
-                format!("would be revoked (dry-run) at {}", rfc3339(f.deadline))
-            }
-            Action::Revoke => format!("will be revoked at {}", rfc3339(f.deadline)),
-            Action::Expire => expire_status(n),
-            Action::Notify => "notification only; keysweep will not revoke this key".to_string(),
-        },
+        NoticeKind::Warning
+        | NoticeKind::Reminder
+        | NoticeKind::FinalNotice
+        | NoticeKind::Postponed => verdict_status(n),
         NoticeKind::Revoked if n.dry_run => {
             "would be revoked (dry-run); the key was not deleted".to_string()
         }
@@ -320,6 +430,62 @@ pub fn status_text(n: &Notice) -> String {
     }
 }
 
+/// An open finding's status: what its verdict says keysweep will do, and by when.
+fn verdict_status(n: &Notice) -> String {
+    let f = &n.finding;
+    let deadline = rfc3339(f.deadline);
+    let write = if f.action == Action::Expire {
+        "setting the expiry"
+    } else {
+        "the revocation"
+    };
+    match notice_verdict(n) {
+        Verdict::Revoke => format!("will be revoked at {deadline}"),
+        Verdict::WouldRevoke => format!("would be revoked (dry-run) at {deadline}"),
+        Verdict::Expire | Verdict::WouldExpire => expire_status(n),
+        Verdict::Ends => format!(
+            "the key already expires at {}, before the deadline: OpenAI ends it then and \
+             keysweep writes nothing to it",
+            f.expires_at.at().map_or_else(|| "?".to_string(), rfc3339)
+        ),
+        Verdict::NotifyOnly {
+            by: NotifyOnlyBy::PolicyAction,
+        } => "notification only; keysweep will not revoke this key".to_string(),
+        Verdict::NotifyOnly {
+            by: NotifyOnlyBy::ServiceAccountKeys,
+        } => format!(
+            "notification only: service-account keys are not enforced ([safety] \
+             service_account_keys = \"notify-only\"); keysweep will not revoke or expire this \
+             key; rotate it before {deadline}"
+        ),
+        Verdict::NotifyOnly {
+            by: NotifyOnlyBy::ExpiryRefused,
+        } => format!(
+            "notification only: the organisation's expiry policy refused the expiry ({}); \
+             rotate the key before {deadline}",
+            f.expiry.refused.as_deref().unwrap_or("refused")
+        ),
+        Verdict::Postponed {
+            by: Withheld::KillSwitch,
+        } => format!(
+            "postponed: the kill switch ({}) is on, so keysweep revokes and expires nothing \
+             while it exists; deadline {deadline}",
+            withheld_config_key(Withheld::KillSwitch)
+        ),
+        Verdict::Postponed {
+            by: Withheld::IncompleteListing,
+        } => format!(
+            "postponed: the project's listing was incomplete in this sweep, so {write} is \
+             postponed to the next sweep; deadline {deadline}"
+        ),
+        Verdict::Postponed { by } => format!(
+            "postponed: {write} was due but {} was reached in this sweep; keysweep tries \
+             again at the next sweep; deadline {deadline}",
+            withheld_config_key(by)
+        ),
+    }
+}
+
 /// The expiry an open `expire` finding's notice announces as set (not in dry-run, not refused):
 /// the one keysweep set earlier, or the deadline it sets in this sweep.
 fn expiry_being_set(n: &Notice) -> Option<i64> {
@@ -328,12 +494,7 @@ fn expiry_being_set(n: &Notice) -> Option<i64> {
         n.kind,
         NoticeKind::Warning | NoticeKind::Reminder | NoticeKind::FinalNotice
     );
-    if !open
-        || f.action != Action::Expire
-        || n.dry_run
-        || n.not_enforced
-        || f.expiry.refused.is_some()
-    {
+    if !open || f.action != Action::Expire || notice_verdict(n) != Verdict::Expire {
         return None;
     }
     if let Some(set) = f.expiry.set {
@@ -363,7 +524,9 @@ fn expire_status(n: &Notice) -> String {
     }
     match f.expires_at.at() {
         Some(at) if at <= f.deadline => format!("the key already expires at {}", rfc3339(at)),
-        _ if n.dry_run => format!("would set the expiry to {deadline} (dry-run)"),
+        _ if notice_verdict(n) == Verdict::WouldExpire => {
+            format!("would set the expiry to {deadline} (dry-run)")
+        }
         _ => format!("the expiry is set to {deadline}: OpenAI ends the key then"),
     }
 }

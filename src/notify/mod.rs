@@ -49,6 +49,8 @@ pub enum MessageKind {
     FinalNotice,
     Revoked,
     Resolved,
+    /// A due revocation or expiry a safety limit held back in this sweep.
+    Postponed,
     /// Enforcer alerts for `ops_channels`.
     Alert,
     /// `DeliveryFailed` alerts only. Kept apart so a dead-lettered delivery alert never raises
@@ -66,6 +68,7 @@ impl MessageKind {
             MessageKind::FinalNotice => "final_notice",
             MessageKind::Revoked => "revoked",
             MessageKind::Resolved => "resolved",
+            MessageKind::Postponed => "postponed",
             MessageKind::Alert => "alert",
             MessageKind::DeliveryAlert => "delivery_alert",
             MessageKind::Test => "test",
@@ -79,6 +82,7 @@ impl MessageKind {
             "final_notice" => MessageKind::FinalNotice,
             "revoked" => MessageKind::Revoked,
             "resolved" => MessageKind::Resolved,
+            "postponed" => MessageKind::Postponed,
             "alert" => MessageKind::Alert,
             "delivery_alert" => MessageKind::DeliveryAlert,
             "test" => MessageKind::Test,
@@ -93,6 +97,7 @@ impl MessageKind {
             NoticeKind::FinalNotice => MessageKind::FinalNotice,
             NoticeKind::Revoked => MessageKind::Revoked,
             NoticeKind::Resolved => MessageKind::Resolved,
+            NoticeKind::Postponed => MessageKind::Postponed,
         }
     }
 }
@@ -188,6 +193,7 @@ mod tests {
             MessageKind::FinalNotice,
             MessageKind::Revoked,
             MessageKind::Resolved,
+            MessageKind::Postponed,
             MessageKind::Alert,
             MessageKind::DeliveryAlert,
             MessageKind::Test,

@@ -12,7 +12,7 @@
 //! ```json
 //! {
 //!   "type": "keysweep.notices.warning",   // keysweep.notices.{warning,reminder,final_notice,
-//!                                         //   revoked,resolved} | keysweep.alerts | keysweep.test
+//!                                         //   revoked,resolved,postponed} | keysweep.alerts | keysweep.test
 //!   "version": 1,
 //!   "run_id": "…",                        // the sweep that produced it
 //!   "generated_at": "2026-03-01T09:00:00Z",
@@ -25,6 +25,8 @@
 //!     "owner": "…", "owner_type": "user" | "service_account" | "unknown", "owner_email": "…" | null,
 //!     "policy": "…", "action": "notify" | "revoke", "reason": "…", "stage": "…",
 //!     "status": "will be revoked at 2026-03-01T09:00:00Z",
+//!     "verdict": "revoke" | "expire" | "would_revoke" | "would_expire" | "notify_only" | "postponed",
+//!     "withheld_by": "safety.service_account_keys" | … | null,  // the setting that withholds it
 //!     "deadline": "2026-03-01T09:00:00Z" | null,   // null for notify-only policies
 //!     "deadline_unix": 1772355600,
 //!     "created_at": "…", "last_used_at": "…" | null, "detected_at": "…",
@@ -50,7 +52,8 @@ use crate::config::Action;
 use crate::inventory::ExpiryStatus;
 use crate::notify::alert::EnforcerAlert;
 use crate::notify::digest::{
-    Body, Digest, ProjectGroup, alert_text, deadline_text, expiry_text, rfc3339, status_text,
+    Body, Digest, ProjectGroup, alert_text, deadline_text, expiry_text, notice_verdict, rfc3339,
+    status_text,
 };
 use crate::policy::finding::{Notice, NoticeKind};
 use crate::text;
@@ -89,7 +92,7 @@ pub fn email_text(d: &Digest) -> String {
                     "Project {} — organization {} — {}\n",
                     text::mail_text(&g.label()),
                     text::mail_text(&g.organization),
-                    count_keys(g.notices.len())
+                    count_keys(g.key_count())
                 ));
                 s.push_str(&"-".repeat(72));
                 s.push('\n');
@@ -135,7 +138,7 @@ pub fn email_html(d: &Digest) -> String {
                     "<h3>Project {} &mdash; organization {} &mdash; {}</h3>\n",
                     text::mail_html(&g.label()),
                     text::mail_html(&g.organization),
-                    count_keys(g.notices.len())
+                    count_keys(g.key_count())
                 ));
                 s.push_str("<table border=\"1\" cellpadding=\"4\" cellspacing=\"0\">\n<tr>");
                 for label in KEY_LABELS {
@@ -189,7 +192,7 @@ pub fn slack(d: &Digest) -> Vec<Value> {
                     "*Project {}* — organization `{}` — {}",
                     text::slack(&g.label()),
                     text::slack(&g.organization),
-                    count_keys(g.notices.len())
+                    count_keys(g.key_count())
                 );
                 content.push((Tag::ProjectHeader, section(&head)));
                 project_headers.push(head);
@@ -274,11 +277,13 @@ pub fn pagerduty_notice(n: &Notice, now: i64) -> Value {
         NoticeKind::Warning
         | NoticeKind::Reminder
         | NoticeKind::FinalNotice
+        | NoticeKind::Postponed
         | NoticeKind::Revoked => {
             let summary = format!(
                 "{}API key {} ({}) in project {}: {} — {}",
                 match n.kind {
                     NoticeKind::FinalNotice => "Final notice: ",
+                    NoticeKind::Postponed => "Postponed: ",
                     NoticeKind::Revoked => "Past its deadline (dry-run, not revoked): ",
                     _ => "",
                 },
@@ -438,6 +443,8 @@ pub fn notice_json(n: &Notice, now: i64) -> Value {
         "reason": f.reason,
         "stage": f.stage.as_str(),
         "status": status_text(n),
+        "verdict": notice_verdict(n).as_str(),
+        "withheld_by": notice_verdict(n).withheld_by(),
         "deadline": match f.action { Action::Revoke | Action::Expire => Value::String(rfc3339(f.deadline)), Action::Notify => Value::Null },
         "expiry_set_by_keysweep": f.expiry.set.map(|s| rfc3339(s.to)),
         "deadline_unix": f.deadline,

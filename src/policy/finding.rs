@@ -173,6 +173,9 @@ pub enum NoticeKind {
     Revoked,
     /// The finding closed without revocation (rotated, deleted by owner, exempted, fixed).
     Resolved,
+    /// The revocation or expiry was due in this sweep but a safety rail (a cap, the kill switch,
+    /// an incomplete listing) held it back: postponed, why, and to when.
+    Postponed,
 }
 
 impl NoticeKind {
@@ -183,6 +186,7 @@ impl NoticeKind {
             NoticeKind::FinalNotice => "final_notice",
             NoticeKind::Revoked => "revoked",
             NoticeKind::Resolved => "resolved",
+            NoticeKind::Postponed => "postponed",
         }
     }
 }
@@ -195,9 +199,9 @@ pub struct Notice {
     pub finding: Finding,
     /// True in dry-run: a `Revoked` notice then means "would have been revoked".
     pub dry_run: bool,
-    /// True when the current rules forbid keysweep to write to this key at all (a
-    /// service-account key under `service_account_keys = "notify-only"`): the notice must not
-    /// announce an expiry or a revocation.
+    /// What keysweep will actually do to the key (`policy::verdict`), decided by the sweep from
+    /// its mode, the per-key rules and its plan; every status line and count reads it. `None`
+    /// only for a notice composed outside a sweep (a closed finding's notice needs none).
     #[serde(default)]
-    pub not_enforced: bool,
+    pub verdict: Option<crate::policy::verdict::Verdict>,
 }

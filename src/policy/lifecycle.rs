@@ -69,7 +69,7 @@ impl Transition {
                 kind,
                 finding: finding.clone(),
                 dry_run,
-                not_enforced: false,
+                verdict: None,
             })
             .collect()
     }
@@ -143,7 +143,7 @@ pub fn revoked_notice(f: &Finding, dry_run: bool) -> Notice {
         kind: NoticeKind::Revoked,
         finding: f.clone(),
         dry_run,
-        not_enforced: false,
+        verdict: None,
     }
 }
 

@@ -6,6 +6,8 @@
 //! - [`observation`]: what the rules hand the lifecycle (a violation, an observation).
 //! - [`plan`](mod@plan): the safety rails (service-account rule, incomplete listings, caps, kill switch,
 //!   dry-run) applied to this sweep's revoke-due findings.
+//! - [`verdict`]: what keysweep will actually do to a finding's key (mode, per-key rules,
+//!   this sweep's plan); every notice, count and plan line reads it.
 //! - [`finding`]: the persisted lifecycle records, shared with `state` and `notify`.
 //!
 //! Invariant: nothing under `policy/` does I/O, reads a clock (`now` is always passed in, Unix
@@ -19,6 +21,7 @@ pub mod observation;
 pub mod plan;
 pub mod rotation;
 pub mod rules;
+pub mod verdict;
 
 pub use lifecycle::{Observation, Transition, advance, mark_revoked, revoked_notice};
 pub use plan::{

@@ -35,9 +35,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::config::Action;
 use crate::config::{Mode, Safety, ServiceAccountKeys};
 use crate::inventory::{Inventory, Key, KeyTally, OwnerType};
-use crate::policy::finding::FindingId;
+use crate::policy::finding::{Finding, FindingId};
+pub use crate::policy::verdict::Withheld;
+use crate::policy::verdict::{NotifyOnlyBy, Rules, Verdict};
 
 // The defaults are defined once, next to the config loader that applies them.
 pub use crate::config::{
@@ -211,50 +214,6 @@ impl PlannedAction {
     }
 }
 
-/// Why a revoke-due action is not performed in this sweep.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Withheld {
-    /// `mode = "dry-run"` (or `--dry-run`): would have been revoked.
-    DryRun,
-    /// The project's listing in this sweep was incomplete.
-    IncompleteListing,
-    /// The kill-switch file exists.
-    KillSwitch,
-    /// `max_revocations_per_run` reached.
-    CapPerRun,
-    /// `max_revocations_per_project_percent` reached for this project.
-    CapPerProjectPercent,
-    /// `max_revocations_per_day` (rolling 24 h) reached.
-    CapPerDay,
-    /// `service_account_keys = "notify-only"`: service-account keys are reported, never
-    /// written to.
-    ServiceAccountNotifyOnly,
-}
-
-impl Withheld {
-    /// Stable snake_case name for JSON, metrics and audit records.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Withheld::DryRun => "dry_run",
-            Withheld::IncompleteListing => "incomplete_listing",
-            Withheld::KillSwitch => "kill_switch",
-            Withheld::CapPerRun => "cap_per_run",
-            Withheld::CapPerProjectPercent => "cap_per_project_percent",
-            Withheld::CapPerDay => "cap_per_day",
-            Withheld::ServiceAccountNotifyOnly => "service_account_notify_only",
-        }
-    }
-
-    /// Caps hit raise an enforcer alert ("a sweep would exceed a cap").
-    pub fn is_cap(self) -> bool {
-        matches!(
-            self,
-            Withheld::CapPerRun | Withheld::CapPerProjectPercent | Withheld::CapPerDay
-        )
-    }
-}
-
 /// A planned action and the rail that stopped it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WithheldAction {
@@ -269,6 +228,9 @@ pub struct Plan {
     pub revoke: Vec<PlannedAction>,
     /// Everything revoke-due that is not performed, with the reason.
     pub withheld: Vec<WithheldAction>,
+    /// The rules the plan was made under, for each finding's [`verdict`] (`None` only for a
+    /// plan built by hand).
+    pub rules: Option<Rules>,
 }
 
 impl Plan {
@@ -285,9 +247,73 @@ impl Plan {
     }
 }
 
+/// What keysweep will do to `f`'s key. `this_sweep` is the reason this sweep's plan withheld
+/// the key's due write (`None`: not due, or planned to be written now).
+///
+/// In this order: the policy's action `notify`, an expiry the organisation refused and the
+/// service-account rule make a key notify-only (keysweep never writes to it); a key whose own
+/// expiry comes first ends then without a write; a cap or an
+/// incomplete listing that withheld it in this sweep, or the kill switch, postpone the write;
+/// dry-run turns the write into "would"; otherwise keysweep revokes or expires it.
+pub fn verdict(f: &Finding, rules: &Rules, this_sweep: Option<Withheld>) -> Verdict {
+    if f.action == Action::Notify {
+        return Verdict::NotifyOnly {
+            by: NotifyOnlyBy::PolicyAction,
+        };
+    }
+    if f.action == Action::Expire && f.expiry.refused.is_some() {
+        return Verdict::NotifyOnly {
+            by: NotifyOnlyBy::ExpiryRefused,
+        };
+    }
+    if f.owner_type == OwnerType::ServiceAccount
+        && rules.service_account_keys != ServiceAccountKeys::Enforce
+    {
+        return Verdict::NotifyOnly {
+            by: NotifyOnlyBy::ServiceAccountKeys,
+        };
+    }
+    let own_expiry_first = f
+        .expires_at
+        .at()
+        .is_some_and(|at| at <= f.deadline && f.expiry.set.is_none());
+    if own_expiry_first {
+        return Verdict::Ends;
+    }
+    match this_sweep {
+        Some(by @ (Withheld::CapPerRun | Withheld::CapPerProjectPercent | Withheld::CapPerDay)) => {
+            return Verdict::Postponed { by };
+        }
+        Some(Withheld::IncompleteListing) => {
+            return Verdict::Postponed {
+                by: Withheld::IncompleteListing,
+            };
+        }
+        _ => {}
+    }
+    if rules.kill_switch || this_sweep == Some(Withheld::KillSwitch) {
+        return Verdict::Postponed {
+            by: Withheld::KillSwitch,
+        };
+    }
+    match (rules.mode, f.action) {
+        (Mode::DryRun, Action::Expire) => Verdict::WouldExpire,
+        (Mode::DryRun, _) => Verdict::WouldRevoke,
+        (Mode::Enforce, Action::Expire) => Verdict::Expire,
+        (Mode::Enforce, _) => Verdict::Revoke,
+    }
+}
+
 /// Decides which revoke-due candidates are revoked in this sweep and why the others are not.
 pub fn plan(input: &PlanInput<'_>) -> Plan {
-    let mut out = Plan::default();
+    let mut out = Plan {
+        rules: Some(Rules {
+            mode: input.mode,
+            service_account_keys: input.safety.service_account_keys,
+            kill_switch: input.kill_switch,
+        }),
+        ..Plan::default()
+    };
     let actions = group(input, &mut out.withheld);
 
     let safety = input.safety;

@@ -5,12 +5,14 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::config::ServiceAccountKeys;
-use crate::inventory::{Inventory, Key, KeyTally, OrgInventory, OwnerType};
+use crate::config::{Mode, ServiceAccountKeys};
+use crate::inventory::{Inventory, Key, KeyTally, OrgInventory};
 use crate::policy::expiry::PlannedRestore;
 use crate::policy::finding::{FindingId, Notice, NoticeKind, Stage};
 use crate::policy::lifecycle::{self, Transition};
-use crate::policy::plan::{Candidate, Write};
+use crate::policy::plan::verdict;
+use crate::policy::plan::{Candidate, Plan, Withheld, Write};
+use crate::policy::verdict::{Rules, Verdict};
 
 use super::evaluate::{Evaluator, OpenFindings, Step};
 use super::listing::Evaluated;
@@ -88,16 +90,27 @@ pub(super) fn advance_findings<'a>(
         out.candidates.extend(step.candidates);
         out.restores.extend(step.restores);
     }
-    out.mark_not_enforced(sa_keys_enforced);
+    out.mark_not_enforced(sa_keys_enforced, dry_run);
     out
 }
 
 impl Advanced {
-    /// Without `[safety] service_account_keys = "enforce"`, keysweep writes to no
-    /// service-account key: their notices must say so rather than announce a write.
-    fn mark_not_enforced(&mut self, sa_keys_enforced: bool) {
+    /// Every notice gets the verdict the mode and the per-key rules give before the plan is
+    /// known (`Run::plan` refines it with the plan: caps, kill switch). Without `[safety]
+    /// service_account_keys = "enforce"`, keysweep writes to no service-account key, so their
+    /// notices announce no write.
+    fn mark_not_enforced(&mut self, sa_keys_enforced: bool, dry_run: bool) {
+        let rules = Rules {
+            mode: if dry_run { Mode::DryRun } else { Mode::Enforce },
+            service_account_keys: if sa_keys_enforced {
+                ServiceAccountKeys::Enforce
+            } else {
+                ServiceAccountKeys::NotifyOnly
+            },
+            kill_switch: false,
+        };
         for n in &mut self.notices {
-            n.not_enforced = !sa_keys_enforced && n.finding.owner_type == OwnerType::ServiceAccount;
+            n.verdict = Some(verdict(&n.finding, &rules, None));
         }
     }
 
@@ -120,30 +133,152 @@ impl Advanced {
         });
     }
 
-    /// Dry-run: a due revocation is announced once, as "would be revoked". Indexed: with 100k
-    /// due keys a linear search per candidate made this step quadratic.
-    pub(super) fn note_dry_run(&mut self, now: i64) {
-        let mut index: HashMap<&FindingId, usize> = HashMap::new();
-        for (i, v) in self.findings.iter().enumerate() {
-            index.entry(&v.finding.id).or_insert(i);
-        }
+    /// Dry-run: a due revocation the plan withholds only because of dry-run is announced once,
+    /// as "would be revoked" (a service-account key under `notify-only` or a key a cap holds
+    /// back would not be revoked by enforcement either). Indexed: with 100k due keys a linear
+    /// search per action made this step quadratic.
+    pub(super) fn note_dry_run(&mut self, now: i64, plan: &Plan) {
+        let index = self.index();
         // Only deletions: an expiry that would be set is told in the warning itself ("would set
         // the expiry to …").
-        let due: Vec<usize> = self
-            .candidates
+        let due: Vec<usize> = plan
+            .withheld
             .iter()
-            .filter(|c| c.write == Write::Delete)
-            .filter_map(|c| index.get(&c.finding).copied())
+            .filter(|w| w.reason == Withheld::DryRun && w.action.write == Write::Delete)
+            .flat_map(|w| w.action.findings.iter())
+            .filter_map(|id| index.get(id).copied())
             .collect();
         for i in due {
             let f = &mut self.findings[i].finding;
             if f.dry_run_noted_at.is_none() {
                 f.dry_run_noted_at = Some(now);
-                self.notices.push(lifecycle::revoked_notice(f, true));
+                let mut n = lifecycle::revoked_notice(f, true);
+                n.verdict = Some(Verdict::WouldRevoke);
+                self.notices.push(n);
                 self.changes.push(Change {
                     at: i,
                     decision: None,
                 });
+            }
+        }
+    }
+
+    /// Each finding's index in [`Advanced::findings`].
+    fn index(&self) -> HashMap<FindingId, usize> {
+        let mut index = HashMap::new();
+        for (i, v) in self.findings.iter().enumerate() {
+            index.entry(v.finding.id.clone()).or_insert(i);
+        }
+        index
+    }
+
+    /// Makes this sweep's notices say what the plan does: each notice gets its final verdict
+    /// (`policy::verdict`); a reminder is not sent for a key deleted in this sweep (its
+    /// `revoked` notice follows) nor for one a safety limit holds back, which gets a
+    /// `postponed` notice instead (unless this sweep's warning or final notice already carries
+    /// the postponement).
+    pub(super) fn apply_plan(&mut self, plan: &Plan, rules: &Rules, now: i64) {
+        let mut withheld: HashMap<&FindingId, Withheld> = HashMap::new();
+        for w in &plan.withheld {
+            for id in &w.action.findings {
+                withheld.entry(id).or_insert(w.reason);
+            }
+        }
+        // By key, not by finding: a key deleted under one policy gets no reminder under another.
+        let deleted_now: HashSet<(&str, &str, &str)> = plan
+            .revoke
+            .iter()
+            .filter(|a| a.write == Write::Delete)
+            .map(|a| {
+                let k = a.key();
+                (
+                    k.organization.as_str(),
+                    k.project_id.as_str(),
+                    k.id.as_str(),
+                )
+            })
+            .collect();
+        let mut told: HashSet<FindingId> = HashSet::new();
+        let mut dropped: HashSet<FindingId> = HashSet::new();
+        let mut notices = std::mem::take(&mut self.notices);
+        notices.retain_mut(|n| {
+            let id = &n.finding.id;
+            let v = verdict(&n.finding, rules, withheld.get(id).copied());
+            n.verdict = Some(v);
+            let postponed = matches!(v, Verdict::Postponed { .. }) && withheld.contains_key(id);
+            let key = (
+                id.organization.as_str(),
+                id.project_id.as_str(),
+                id.key_id.as_str(),
+            );
+            let drop = n.kind == NoticeKind::Reminder && (deleted_now.contains(&key) || postponed);
+            if drop {
+                dropped.insert(id.clone());
+            } else if postponed {
+                told.insert(id.clone());
+            }
+            !drop
+        });
+        self.notices = notices;
+        self.forget_dropped(&dropped);
+        self.postpone(&withheld, rules, &told, now);
+    }
+
+    /// The decision records no longer list the reminders [`Advanced::apply_plan`] dropped.
+    fn forget_dropped(&mut self, dropped: &HashSet<FindingId>) {
+        for c in &mut self.changes {
+            let id = &self.findings[c.at].finding.id;
+            if let (true, Some(d)) = (dropped.contains(id), c.decision.as_mut()) {
+                d.notices.retain(|k| *k != NoticeKind::Reminder);
+            }
+        }
+    }
+
+    /// A `postponed` notice for every due finding a cap, the kill switch or an incomplete
+    /// listing held back, unless `told` already says so.
+    fn postpone(
+        &mut self,
+        withheld: &HashMap<&FindingId, Withheld>,
+        rules: &Rules,
+        told: &HashSet<FindingId>,
+        now: i64,
+    ) {
+        let index = self.index();
+        let mut due: Vec<(usize, Withheld)> = withheld
+            .iter()
+            .filter(|(id, _)| !told.contains(**id))
+            .filter_map(|(id, w)| index.get(*id).map(|&i| (i, *w)))
+            .collect();
+        due.sort_unstable_by_key(|(i, _)| *i);
+        for (i, w) in due {
+            let f = &self.findings[i].finding;
+            let v = verdict(f, rules, Some(w));
+            if !matches!(v, Verdict::Postponed { .. }) || !f.stage.is_open() {
+                continue;
+            }
+            let before = Some(f.stage);
+            let f = &mut self.findings[i].finding;
+            f.last_notified_at = Some(now);
+            self.notices.push(Notice {
+                kind: NoticeKind::Postponed,
+                finding: f.clone(),
+                dry_run: rules.mode == Mode::DryRun,
+                verdict: Some(v),
+            });
+            let decided = self
+                .changes
+                .iter_mut()
+                .find(|c| c.at == i)
+                .and_then(|c| c.decision.as_mut());
+            match decided {
+                Some(d) => d.notices.push(NoticeKind::Postponed),
+                None => self.changes.push(Change {
+                    at: i,
+                    decision: Some(Decision {
+                        before,
+                        notices: vec![NoticeKind::Postponed],
+                    }),
+                }),
             }
         }
     }
@@ -305,9 +440,50 @@ mod tests {
                 step(finding(Stage::Warned), vec![NoticeKind::Warning]),
                 false,
             );
-            advanced.mark_not_enforced(enforced);
-            let marks: Vec<bool> = advanced.notices.iter().map(|n| n.not_enforced).collect();
+            advanced.mark_not_enforced(enforced, false);
+            let marks: Vec<bool> = advanced
+                .notices
+                .iter()
+                .map(|n| {
+                    matches!(
+                        n.verdict,
+                        Some(Verdict::NotifyOnly {
+                            by: crate::policy::verdict::NotifyOnlyBy::ServiceAccountKeys
+                        })
+                    )
+                })
+                .collect();
             assert_eq!(marks, vec![!enforced, false], "enforced={enforced}");
+        }
+    }
+
+    fn plan_with(withheld: Option<Withheld>) -> Plan {
+        use crate::policy::plan::{PlannedAction, Target, WithheldAction};
+        let action = PlannedAction {
+            target: Target::Key(key()),
+            write: Write::Delete,
+            findings: vec![finding(Stage::FinalNotice).id],
+            deadline: 100,
+        };
+        match withheld {
+            Some(reason) => Plan {
+                revoke: vec![],
+                withheld: vec![WithheldAction { action, reason }],
+                rules: None,
+            },
+            None => Plan {
+                revoke: vec![action],
+                withheld: vec![],
+                rules: None,
+            },
+        }
+    }
+
+    fn rules(mode: Mode) -> Rules {
+        Rules {
+            mode,
+            service_account_keys: ServiceAccountKeys::NotifyOnly,
+            kill_switch: false,
         }
     }
 
@@ -319,13 +495,8 @@ mod tests {
             step(finding(Stage::FinalNotice), vec![]),
             true,
         );
-        advanced.candidates.push(Candidate {
-            finding: finding(Stage::FinalNotice).id,
-            key: key(),
-            deadline: 100,
-            write: Write::Delete,
-        });
-        advanced.note_dry_run(200);
+        let plan = plan_with(Some(Withheld::DryRun));
+        advanced.note_dry_run(200, &plan);
         assert_eq!(advanced.findings[0].finding.dry_run_noted_at, Some(200));
         assert_eq!(advanced.notices.len(), 1);
         assert_eq!(advanced.notices[0].kind, NoticeKind::Revoked);
@@ -333,9 +504,61 @@ mod tests {
         assert_eq!(advanced.changes.len(), 1);
         assert!(advanced.changes[0].decision.is_none());
         // Noted once: the next note (the same finding due again) says nothing more.
-        advanced.note_dry_run(300);
+        advanced.note_dry_run(300, &plan);
         assert_eq!(advanced.findings[0].finding.dry_run_noted_at, Some(200));
         assert_eq!(advanced.notices.len(), 1);
+        assert_eq!(advanced.changes.len(), 1);
+    }
+
+    #[test]
+    fn a_dry_run_does_not_announce_what_enforcement_would_withhold_too() {
+        let mut advanced = Advanced::default();
+        advanced.take_step(
+            Some(Stage::FinalNotice),
+            step(finding(Stage::FinalNotice), vec![]),
+            true,
+        );
+        advanced.note_dry_run(200, &plan_with(Some(Withheld::ServiceAccountNotifyOnly)));
+        assert!(advanced.notices.is_empty());
+    }
+
+    #[test]
+    fn no_reminder_for_a_key_deleted_in_the_same_sweep() {
+        let mut advanced = Advanced::default();
+        advanced.take_step(
+            Some(Stage::FinalNotice),
+            step(finding(Stage::FinalNotice), vec![NoticeKind::Reminder]),
+            false,
+        );
+        advanced.apply_plan(&plan_with(None), &rules(Mode::Enforce), 200);
+        assert!(advanced.notices.is_empty());
+        let d = advanced.changes[0].decision.as_ref().unwrap();
+        assert!(d.notices.is_empty(), "the audit record claims no reminder");
+    }
+
+    #[test]
+    fn a_key_held_back_by_a_cap_is_told_postponed_instead_of_reminded() {
+        let mut advanced = Advanced::default();
+        advanced.take_step(
+            Some(Stage::FinalNotice),
+            step(finding(Stage::FinalNotice), vec![NoticeKind::Reminder]),
+            false,
+        );
+        advanced.apply_plan(
+            &plan_with(Some(Withheld::CapPerRun)),
+            &rules(Mode::Enforce),
+            200,
+        );
+        let kinds: Vec<NoticeKind> = advanced.notices.iter().map(|n| n.kind).collect();
+        assert_eq!(kinds, vec![NoticeKind::Postponed]);
+        assert_eq!(
+            advanced.notices[0].verdict,
+            Some(Verdict::Postponed {
+                by: Withheld::CapPerRun
+            })
+        );
+        let d = advanced.changes[0].decision.as_ref().unwrap();
+        assert_eq!(d.notices, vec![NoticeKind::Postponed]);
         assert_eq!(advanced.changes.len(), 1);
     }
 }

@@ -1,17 +1,20 @@
 //! Phase 4, plan: which due revocations go ahead under the rails (mode, kill switch, caps,
 //! service-account rule; `policy::plan`), the alerts for what the caps and the kill switch
 //! withheld, and a `skipped` audit record per withheld key. Planned before the commit, so those
-//! alerts go out with this sweep's notices. Decides only: it never deletes or writes.
+//! alerts go out with this sweep's notices, and so the notices say what the plan does (each
+//! notice's `policy::verdict`; `postponed` notices for what a safety limit held back). Decides
+//! only: it never deletes or writes.
 
 use std::collections::{BTreeMap, HashMap};
 
 use serde_json::json;
 
-use crate::config::{Action, Config};
+use crate::config::Config;
 use crate::inventory::{Inventory, KeyTally};
 use crate::notify::alert::EnforcerAlert;
-use crate::policy::finding::{FindingId, Stage};
-use crate::policy::plan::{Plan, Withheld, Write};
+use crate::policy::finding::{Finding, FindingId, Stage};
+use crate::policy::plan::{Plan, Withheld, Write, verdict};
+use crate::policy::verdict::{Rules, Verdict};
 use crate::state::audit::{AuditKind, AuditRecord};
 
 use super::advance::Advanced;
@@ -34,12 +37,13 @@ impl Run<'_> {
         inventory: &Inventory<KeyTally>,
         advanced: &mut Advanced,
     ) -> Result<Planned, SweepError> {
-        if self.dry_run() {
-            advanced.note_dry_run(self.now());
-        }
         let sweeper = self.sweeper;
         let plan =
             sweeper.plan_revocations(&advanced.candidates, inventory, self.mode, self.now())?;
+        if self.dry_run() {
+            advanced.note_dry_run(self.now(), &plan);
+        }
+        advanced.apply_plan(&plan, &self.verdict_rules(), self.now());
         let alerts = plan_alerts(&plan, &sweeper.config);
         for w in &plan.withheld {
             sweeper.metrics.revocations_withheld(
@@ -55,7 +59,15 @@ impl Run<'_> {
                 w.action.keys().iter().map(move |k| {
                     self.record(
                         AuditKind::Skipped,
-                        format!("revocation withheld: {}", w.reason.as_str()),
+                        format!(
+                            "{} withheld by {} ({})",
+                            match w.action.write {
+                                Write::Delete => "revocation",
+                                Write::SetExpiry { .. } => "expiry",
+                            },
+                            crate::policy::verdict::withheld_config_key(w.reason),
+                            w.reason.as_str()
+                        ),
                     )
                     .with_key(k)
                     .with_response(
@@ -69,6 +81,43 @@ impl Run<'_> {
             alerts,
             withheld,
         })
+    }
+}
+
+impl Run<'_> {
+    /// What the verdicts of this sweep's notices depend on besides the plan.
+    pub(super) fn verdict_rules(&self) -> Rules {
+        let safety = &self.sweeper.config.safety;
+        Rules {
+            mode: self.mode,
+            service_account_keys: safety.service_account_keys,
+            kill_switch: safety.kill_switch_file.as_ref().is_some_and(|p| p.exists()),
+        }
+    }
+}
+
+/// What happens next to an open finding not due in this sweep, as its verdict says.
+fn open_plan(f: &Finding, rules: Rules) -> String {
+    let deadline = fmt_time(f.deadline);
+    match verdict(f, &rules, None) {
+        Verdict::Revoke => format!("revoke on {deadline}"),
+        Verdict::WouldRevoke => format!("would revoke on {deadline} (dry-run)"),
+        Verdict::Expire | Verdict::WouldExpire => match f.expiry.set {
+            Some(set) => format!("expires {} (set by keysweep)", fmt_time(set.to)),
+            None if rules.mode == crate::config::Mode::DryRun => {
+                format!("would expire on {deadline} (dry-run)")
+            }
+            None => format!("expire on {deadline}"),
+        },
+        Verdict::Ends => match f.expires_at.at() {
+            Some(at) => format!("ends at its own expiry {}", fmt_time(at)),
+            None => "ends at its own expiry".into(),
+        },
+        Verdict::NotifyOnly { by } => format!("notify only ({})", by.config_key()),
+        Verdict::Postponed { by } => format!(
+            "postponed by {} (deadline {deadline})",
+            crate::policy::verdict::withheld_config_key(by)
+        ),
     }
 }
 
@@ -113,8 +162,14 @@ fn plan_alerts(plan: &Plan, config: &Config) -> Vec<EnforcerAlert> {
         .collect()
 }
 
-/// Fills each finding's `plan` column from the plan and its stage.
+/// Fills each finding's `plan` column from the plan and its stage; an open finding's from its
+/// verdict (`policy::plan::verdict`), so the table says what the notices say.
 pub(super) fn annotate_plan(findings: &mut [FindingView], plan: &Plan) {
+    let rules = plan.rules.unwrap_or(Rules {
+        mode: crate::config::Mode::DryRun,
+        service_account_keys: crate::config::ServiceAccountKeys::NotifyOnly,
+        kill_switch: false,
+    });
     // First action naming each finding, as a linear `find` would pick it, but indexed: a
     // dry-run plan withholds every due key, and findings × withheld was quadratic.
     let mut revoke: HashMap<&FindingId, usize> = HashMap::new();
@@ -137,27 +192,25 @@ pub(super) fn annotate_plan(findings: &mut [FindingView], plan: &Plan) {
                 Write::SetExpiry { .. } => format!("expire now ({})", a.describe()),
             }
         } else if let Some(w) = withheld.get(id).map(|&i| &plan.withheld[i]) {
-            format!("due, withheld: {}", w.reason.as_str())
+            format!(
+                "due, withheld by {}",
+                crate::policy::verdict::withheld_config_key(w.reason)
+            )
         } else {
-            match (v.finding.stage, v.finding.action) {
-                (Stage::Revoked, _) => "revoked".into(),
-                (Stage::Expired, _) => {
+            match v.finding.stage {
+                Stage::Revoked => "revoked".into(),
+                Stage::Expired => {
                     format!("expired: {}", v.finding.resolution.as_deref().unwrap_or(""))
                 }
-                (Stage::Resolved, _) => format!(
+                Stage::Resolved => format!(
                     "resolved: {}",
                     v.finding.resolution.as_deref().unwrap_or("")
                 ),
-                (Stage::Exempted, _) => format!(
+                Stage::Exempted => format!(
                     "exempted: {}",
                     v.finding.resolution.as_deref().unwrap_or("")
                 ),
-                (_, Action::Revoke) => format!("revoke on {}", fmt_time(v.finding.deadline)),
-                (_, Action::Expire) => match v.finding.expiry.set {
-                    Some(set) => format!("expires {} (set by keysweep)", fmt_time(set.to)),
-                    None => format!("expire on {}", fmt_time(v.finding.deadline)),
-                },
-                (_, Action::Notify) => "notify".into(),
+                _ => open_plan(&v.finding, rules),
             }
         };
     }

@@ -64,8 +64,41 @@ impl SweepReport {
         self.inventory.is_complete()
     }
 
+    /// Keys deleted in this sweep.
     pub fn revoked_count(&self) -> usize {
         self.revocations.iter().filter(|r| r.deleted()).count()
+    }
+
+    /// Distinct keys among the findings touched (a key violating two policies is two findings
+    /// and one key): what a message that says "keys" counts.
+    pub fn finding_key_count(&self) -> usize {
+        let keys: std::collections::HashSet<(&str, &str, &str)> = self
+            .findings
+            .iter()
+            .map(|v| {
+                let id = &v.finding.id;
+                (
+                    id.organization.as_str(),
+                    id.project_id.as_str(),
+                    id.key_id.as_str(),
+                )
+            })
+            .collect();
+        keys.len()
+    }
+
+    /// Keys whose expiry this sweep set.
+    pub fn expiries_set_count(&self) -> usize {
+        self.expiries
+            .iter()
+            .filter(|e| matches!(e.outcome, revoke::expiry::ExpiryOutcome::Set { .. }))
+            .count()
+    }
+
+    /// Keys whose due revocation or expiry the plan withheld (each action is one key), all
+    /// rails together: dry-run, the service-account rule, caps, the kill switch.
+    pub fn withheld_key_count(&self) -> usize {
+        self.plan.withheld.len()
     }
 }
 

@@ -462,7 +462,7 @@ async fn dry_run_writes_no_expiry_and_says_it_would() {
     assert!(
         r.findings
             .iter()
-            .any(|v| v.finding.id.key_id == keys.never && v.plan.contains("dry_run")),
+            .any(|v| v.finding.id.key_id == keys.never && v.plan.contains("withheld by mode")),
         "{:?}",
         r.findings.iter().map(|v| &v.plan).collect::<Vec<_>>()
     );
@@ -470,7 +470,7 @@ async fn dry_run_writes_no_expiry_and_says_it_would() {
         kind: keysweep::policy::finding::NoticeKind::Warning,
         finding: finding(&s, &keys.never, POLICY),
         dry_run: true,
-        not_enforced: false,
+        verdict: None,
     };
     let text = keysweep::notify::digest::status_text(&notice);
     assert!(text.starts_with("would set the expiry to "), "{text}");

@@ -23,6 +23,7 @@ mod hostile;
 mod notify;
 mod openai;
 mod openai_expiry;
+mod replay;
 mod report;
 mod rotate;
 mod scan_plan;

@@ -5,6 +5,7 @@ mod lifecycle;
 mod plan;
 mod props;
 mod rules;
+mod verdict;
 
 use std::time::Duration;
 

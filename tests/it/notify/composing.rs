@@ -3,6 +3,7 @@
 //! secret in any rendered payload.
 
 use super::*;
+use keysweep::policy::verdict::{NotifyOnlyBy, Verdict};
 
 /// E-mail: the channel's list gets every max-age key; owners get their own keys; the service
 /// account (no e-mail) has no owner mail.
@@ -121,7 +122,7 @@ fn each_notice_kind_gets_its_own_message_and_dry_run_says_so() {
             kind: NoticeKind::Revoked,
             finding: revoked_bob,
             dry_run: true,
-            not_enforced: false,
+            verdict: None,
         },
         notice(NoticeKind::Resolved, resolved_bot),
     ];
@@ -476,7 +477,7 @@ fn expire_warnings_say_expiry_not_revocation_and_agree_with_their_status() {
     let subject = mail.payload["subject"].as_str().unwrap();
     assert!(!subject.contains("revoked"), "{subject}");
     assert!(
-        subject.contains("get an expiry at the deadline"),
+        subject.contains("gets an expiry at the deadline"),
         "{subject}"
     );
     let text = mail.payload["text"].as_str().unwrap();
@@ -502,7 +503,9 @@ fn a_not_enforced_key_announces_no_expiry() {
     let mut alice = alice_key();
     alice.action = Action::Expire;
     let mut n = notice(NoticeKind::Warning, alice);
-    n.not_enforced = true;
+    n.verdict = Some(Verdict::NotifyOnly {
+        by: NotifyOnlyBy::ServiceAccountKeys,
+    });
     let msgs = compose(&[n], &[], &cfg, RUN, NOW);
     let mail = msgs
         .iter()

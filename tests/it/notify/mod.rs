@@ -201,7 +201,7 @@ fn notice(kind: NoticeKind, f: Finding) -> Notice {
         kind,
         finding: f,
         dry_run: false,
-        not_enforced: false,
+        verdict: None,
     }
 }
 
