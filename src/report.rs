@@ -67,7 +67,12 @@ pub fn finding_rows(report: &SweepReport, ctx: &PlanContext, now: i64) -> Vec<Fi
                 .get(&v.finding.id)
                 .copied()
                 .unwrap_or(Planned::NotDue);
-            finding_row(v, next_step(&v.finding, word, ctx, now))
+            let step = next_step(&v.finding, word, ctx, now);
+            let step = match v.rotation {
+                Some((start, deadline)) => plan::rotation_step(step, start, deadline),
+                None => step,
+            };
+            finding_row(v, step)
         })
         .collect();
     for (key, reason) in &report.exempted {

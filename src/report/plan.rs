@@ -14,10 +14,10 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use crate::config::{Action, Config, Mode, ServiceAccountKeys};
-use crate::inventory::{Expiry, OwnerType};
 use crate::policy::finding::{Finding, FindingId, Stage};
-use crate::policy::plan::{Plan, Withheld, Write};
+use crate::policy::plan::{Plan, Withheld, Write, verdict};
 use crate::policy::rules::Policies;
+use crate::policy::verdict::{NotifyOnlyBy, Rules, Verdict, withheld_config_key};
 
 /// What the plan knows besides the finding: the rules in force and whether this is a read-only
 /// preview (`scan`), where nothing the preview decided has been sent or written yet.
@@ -40,6 +40,23 @@ pub struct PlanContext {
 }
 
 impl PlanContext {
+    /// The rules the verdict reads, as this context sees them.
+    pub fn rules(&self) -> Rules {
+        Rules {
+            mode: if self.dry_run {
+                Mode::DryRun
+            } else {
+                Mode::Enforce
+            },
+            service_account_keys: if self.service_account_keys_enforced {
+                ServiceAccountKeys::Enforce
+            } else {
+                ServiceAccountKeys::NotifyOnly
+            },
+            kill_switch: self.kill_switch_on,
+        }
+    }
+
     /// The context of `config`; `force_dry_run` is `--dry-run`.
     pub fn from_config(config: &Config, read_only: bool, force_dry_run: bool) -> PlanContext {
         PlanContext {
@@ -309,55 +326,54 @@ fn ending(f: &Finding, ctx: &PlanContext) -> Ending {
     } else {
         "expire"
     };
-    let rail = if f.owner_type == OwnerType::ServiceAccount && !ctx.service_account_keys_enforced {
-        Some((
-            "safety.service_account_keys",
-            "a service-account key is only reported",
-        ))
-    } else if ctx.kill_switch_on {
-        Some(("safety.kill_switch_file", "the kill switch is on"))
-    } else if ctx.dry_run {
-        Some(("mode", "dry-run only announces it"))
-    } else {
-        None
-    };
-    if let Some((key, what)) = rail {
-        return end(
+    // The verdict is the one decision notices and counts read; the plan only words it.
+    let rail = |key: &str, what: &str| {
+        end(
             "nothing",
             None,
             Some(key),
             format!("would {verb} at {deadline}, but {what}"),
-        );
-    }
-    if let Some(refused) = &f.expiry.refused {
-        return end(
-            "rotate",
-            None,
-            None,
-            format!("the organisation refused the expiry ({refused}): rotate before {deadline}"),
-        );
-    }
-    if let Some(set) = f.expiry.set {
-        return end(
+        )
+    };
+    match verdict(f, &ctx.rules(), None) {
+        Verdict::NotifyOnly {
+            by: NotifyOnlyBy::ExpiryRefused,
+        } => {
+            let refused = f.expiry.refused.as_deref().unwrap_or("refused");
+            end(
+                "rotate",
+                None,
+                None,
+                format!(
+                    "the organisation refused the expiry ({refused}): rotate before {deadline}"
+                ),
+            )
+        }
+        Verdict::NotifyOnly { by } => {
+            rail(by.config_key(), "a service-account key is only reported")
+        }
+        Verdict::Postponed { by } => rail(withheld_config_key(by), "the kill switch is on"),
+        Verdict::WouldRevoke | Verdict::WouldExpire => rail("mode", "dry-run only announces it"),
+        Verdict::Ends => end(
             "expire",
-            Some(set.to),
-            None,
-            "expiry set by keysweep: OpenAI ends the key then".into(),
-        );
-    }
-    match f.expires_at {
-        Expiry::At(at) if at <= f.deadline => end(
-            "expire",
-            Some(at),
+            f.expires_at.at(),
             None,
             "the key's own expiry ends it first".into(),
         ),
-        _ => end(
-            verb,
-            Some(f.deadline),
-            None,
-            format!("{verb} at the deadline unless rotated first"),
-        ),
+        Verdict::Expire | Verdict::Revoke => match f.expiry.set {
+            Some(set) => end(
+                "expire",
+                Some(set.to),
+                None,
+                "expiry set by keysweep: OpenAI ends the key then".into(),
+            ),
+            None => end(
+                verb,
+                Some(f.deadline),
+                None,
+                format!("{verb} at the deadline unless rotated first"),
+            ),
+        },
     }
 }
 
@@ -365,6 +381,32 @@ fn written(w: Write, now: i64) -> (&'static str, Option<i64>) {
     match w {
         Write::Delete => ("revoke", Some(now)),
         Write::SetExpiry { to } => ("expire", Some(to)),
+    }
+}
+
+/// `step` for a key under `action = "rotate"` whose rotation starts at `start` (deadline −
+/// overlap): a new key goes to the sink, then the old key expires at `deadline`. The rails the
+/// verdict named (mode, the service-account rule, the kill switch) still hold it back.
+pub fn rotation_step(step: NextStep, start: i64, deadline: i64) -> NextStep {
+    let when = format!(
+        "rotate at {} (deadline {})",
+        rfc3339(start),
+        rfc3339(deadline)
+    );
+    if step.next == "nothing" || step.withheld_by.is_some() {
+        let why = match &step.withheld_by {
+            Some(by) => format!("would {when}, but {by} withholds it"),
+            None => format!("{when}: {}", step.why),
+        };
+        return NextStep { why, ..step };
+    }
+    NextStep {
+        next: "rotate",
+        next_at: Some(start),
+        then: "expire",
+        then_at: Some(deadline),
+        why: format!("{when}: a new key goes to the sink, then the old key expires"),
+        ..step
     }
 }
 
@@ -421,6 +463,7 @@ fn shown_state(f: &Finding, ctx: &PlanContext, now: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::inventory::{Expiry, OwnerType};
     use crate::policy::finding::ExpiryState;
 
     const NOW: i64 = 1_796_000_000;

@@ -129,6 +129,7 @@ impl Advanced {
         }
         self.findings.push(FindingView {
             plan: String::new(),
+            rotation: None,
             finding: next,
         });
     }

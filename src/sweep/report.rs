@@ -33,6 +33,8 @@ pub struct FindingView {
     pub finding: Finding,
     /// What the plan says about it: "warn", "revoke now", "withheld: cap-per-run", …
     pub plan: String,
+    /// A planned rotation (`action = "rotate"`): when it starts and the deadline it keeps.
+    pub rotation: Option<(i64, i64)>,
 }
 
 /// The outcome of a sweep (or a preview).

@@ -104,6 +104,7 @@ impl Run<'_> {
 pub(super) fn annotate_rotations(findings: &mut [FindingView], planned: &[PlannedRotation]) {
     for v in findings.iter_mut() {
         if let Some(p) = planned.iter().find(|p| p.finding == v.finding.id) {
+            v.rotation = Some((p.start_at, p.deadline));
             v.plan = format!(
                 "rotate at {} (deadline {})",
                 fmt_time(p.start_at),
