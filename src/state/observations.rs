@@ -1,8 +1,12 @@
 //! Key observations: every key seen in a listing, with when it was first and last seen and when
 //! it disappeared. A sweep writes only the rows whose key changed ([`record_changed`]) and,
-//! after a complete listing, advances `last_seen` of every present key ([`touch_listed`]); so
-//! `last_seen` is the last complete listing that showed the key (or the last one that changed
-//! it, if later listings were partial).
+//! after a complete listing, records when the project was listed ([`touch_listed`], one row of
+//! `project_listings`) instead of rewriting every present key. A present key's `last_seen` is
+//! read as the later of its row's `last_seen` (the last listing that wrote it) and its
+//! project's `last_listed`; [`mark_gone`] writes that value into the row of a key that
+//! disappears, before the project's time moves on. So `last_seen` is still the last complete
+//! listing that showed the key (or the last one that changed it, if later listings were
+//! partial), and every reader goes through [`get_observation`] / [`project_observations`].
 //!
 //! "Gone" is only ever concluded from a *complete* listing: `mark_gone` must not be called for a
 //! project whose listing was incomplete, or keys that merely were not returned would be recorded
@@ -32,6 +36,8 @@ pub struct Observation {
     pub created_at: i64,
     pub last_used_at: Option<i64>,
     pub first_seen: i64,
+    /// The last listing that showed the key: the row's own time, or for a present key its
+    /// project's last complete listing if that is later (see the module docs).
     pub last_seen: i64,
     /// When a complete listing first lacked the key; cleared if it shows up again.
     pub gone_at: Option<i64>,
@@ -168,8 +174,9 @@ pub fn record_changed(
     Ok(changed.len())
 }
 
-/// After a *complete* listing and [`mark_gone`]: every key of the project still present was
-/// listed at `now`.
+/// After a *complete* listing and [`mark_gone`] (which reads the previous time, so call it
+/// first): every key of the project still present was listed at `now`. One row, whatever the
+/// number of keys.
 pub fn touch_listed(
     conn: &Connection,
     organization: &str,
@@ -177,15 +184,31 @@ pub fn touch_listed(
     now: i64,
 ) -> Result<(), StateError> {
     conn.prepare_cached(
-        "UPDATE key_observations SET last_seen = ?3
-          WHERE organization = ?1 AND project_id = ?2 AND gone_at IS NULL AND last_seen <> ?3",
+        "INSERT INTO project_listings (organization, project_id, last_listed) VALUES (?1, ?2, ?3)
+         ON CONFLICT (organization, project_id) DO UPDATE SET last_listed = excluded.last_listed",
     )?
     .execute(params![organization, project_id, now])?;
     Ok(())
 }
 
+/// When the project was last listed completely, if it ever was since `project_listings`
+/// exists (schema version 3).
+pub fn last_listed(
+    conn: &Connection,
+    organization: &str,
+    project_id: &str,
+) -> Result<Option<i64>, StateError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT last_listed FROM project_listings WHERE organization = ?1 AND project_id = ?2",
+        )?
+        .query_row(params![organization, project_id], |r| r.get(0))
+        .optional()?)
+}
+
 /// After a *complete* listing of the project: marks every key not in `present` and not yet
-/// gone as gone at `now`. Returns the ids newly marked, sorted.
+/// gone as gone at `now`, and keeps in its row when it was last seen (the project's previous
+/// `last_listed`, if later than the row's own). Returns the ids newly marked, sorted.
 pub fn mark_gone(
     conn: &Connection,
     organization: &str,
@@ -208,12 +231,13 @@ pub fn mark_gone(
         }
         drop(rows);
         gone.sort();
+        let listed = last_listed(conn, organization, project_id)?;
         let mut update = conn.prepare_cached(
-            "UPDATE key_observations SET gone_at = ?4
+            "UPDATE key_observations SET gone_at = ?4, last_seen = MAX(last_seen, COALESCE(?5, last_seen))
              WHERE organization = ?1 AND project_id = ?2 AND key_id = ?3",
         )?;
         for id in &gone {
-            update.execute(params![organization, project_id, id, now])?;
+            update.execute(params![organization, project_id, id, now, listed])?;
         }
         Ok(gone)
     })
@@ -227,8 +251,8 @@ pub fn get_observation(
     key_id: &str,
 ) -> Result<Option<Observation>, StateError> {
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM key_observations
-         WHERE organization = ?1 AND project_id = ?2 AND key_id = ?3"
+        "SELECT {COLUMNS} FROM {FROM}
+         WHERE o.organization = ?1 AND o.project_id = ?2 AND o.key_id = ?3"
     ))?;
     Ok(stmt
         .query_row(params![organization, project_id, key_id], from_row)
@@ -242,15 +266,23 @@ pub fn project_observations(
     project_id: &str,
 ) -> Result<Vec<Observation>, StateError> {
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM key_observations
-         WHERE organization = ?1 AND project_id = ?2 ORDER BY key_id"
+        "SELECT {COLUMNS} FROM {FROM}
+         WHERE o.organization = ?1 AND o.project_id = ?2 ORDER BY o.key_id"
     ))?;
     let rows = stmt.query_map(params![organization, project_id], from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-const COLUMNS: &str = "organization, project_id, key_id, key_name, redacted_value, owner, \
-                       owner_type, created_at, last_used_at, first_seen, last_seen, gone_at";
+/// The row's columns, with `last_seen` of a present key raised to its project's `last_listed`
+/// (see the module docs). A gone key keeps the `last_seen` that `mark_gone` wrote.
+const COLUMNS: &str = "o.organization, o.project_id, o.key_id, o.key_name, o.redacted_value, \
+    o.owner, o.owner_type, o.created_at, o.last_used_at, o.first_seen, \
+    CASE WHEN o.gone_at IS NULL AND l.last_listed > o.last_seen THEN l.last_listed \
+         ELSE o.last_seen END, \
+    o.gone_at";
+
+const FROM: &str = "key_observations o LEFT JOIN project_listings l \
+    ON l.organization = o.organization AND l.project_id = o.project_id";
 
 fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Observation> {
     Ok(Observation {

@@ -1,0 +1,261 @@
+//! Issue 15: the upgrade of a state database written at schema version 2 (before the
+//! per-project `project_listings` table) to version 3, by the real sweep against the simulator.
+//!
+//! The version-2 database is built from the released migration steps (`MIGRATIONS[..2]`) and
+//! filled with the rows a version-2 sweep writes: for a first sweep those are the same rows as
+//! today's (every key inserted with `first_seen = last_seen = now`; findings, audit records and
+//! outbox rows in unchanged tables), so they are copied from a first sweep, plus one row written
+//! by hand for a key deleted since. Then the new code sweeps it twice and the test checks that
+//! nothing was lost, that "gone" is still concluded (with the right `last_seen`, including one
+//! that only `project_listings` knew), and that `keysweep audit verify` passes on the file that
+//! crossed the migration. Loopback and a temporary directory only; nothing is timed.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use keysweep::metrics::Metrics;
+use keysweep::policy::finding::Finding;
+use keysweep::sim::{SimOrg, SimServer};
+use keysweep::state::audit::{self, AuditRow};
+use keysweep::state::observations::{self, Observation};
+use keysweep::state::{self, Store, schema};
+use keysweep::sweep::{SweepOptions, Sweeper};
+
+use crate::support::config::{ISSUE_3_POLICIES, config_from_toml};
+use crate::support::process::{describe, keysweep, output};
+use crate::support::time::DAY;
+
+const ADMIN_KEY: &str = "sk-admin-MIGRATION-0c41d7e9b2-DO-NOT-LEAK";
+const KEY_ENV: &str = "KEYSWEEP_IT_MIGRATION_ADMIN_KEY";
+const ORG: &str = "acme";
+/// 2026-01-01T00:00:00Z, the first sweep (written at version 2).
+const T0: i64 = 1_767_225_600;
+/// The first sweep after the upgrade.
+const T1: i64 = T0 + DAY;
+/// The second.
+const T2: i64 = T0 + 2 * DAY;
+/// A key the version-2 database knows and the API no longer has.
+const GHOST: &str = "key_ghostDeletedBeforeUpgrade01";
+
+/// Two projects of 120 keys, recently used; every 10th key is 200 days old, so `rotate-90d`
+/// opens findings (dry-run: nothing is deleted).
+fn org() -> SimOrg {
+    let mut org = SimOrg::generate(2, 120, 15, T0);
+    for p in org.projects.iter_mut().filter(|p| !p.is_archived()) {
+        for (i, k) in p.keys.iter_mut().enumerate() {
+            k.created_at = if i % 10 == 0 {
+                T0 - 200 * DAY
+            } else {
+                T0 - 10 * DAY
+            };
+            k.last_used_at = Some(T0 - DAY);
+            k.expires_at = None;
+        }
+    }
+    org
+}
+
+fn sweeper(sim: &SimServer, db: &Path) -> Sweeper {
+    let text = format!(
+        r#"mode = "dry-run"
+state_path = "{state}"
+
+[[organizations]]
+name = "{ORG}"
+base_url = "{base}"
+admin_key_env = "{KEY_ENV}"
+
+[limits]
+max_retries = 1
+request_timeout = "10s"
+{ISSUE_3_POLICIES}"#,
+        state = db.display(),
+        base = sim.base_url(),
+    );
+    let config = config_from_toml(&text, &[(KEY_ENV, ADMIN_KEY)]);
+    let store = Store::open(&config.state_path).unwrap();
+    Sweeper::new(Arc::new(config), Some(store), Metrics::new()).unwrap()
+}
+
+async fn sweep(s: &Sweeper, now: i64) {
+    let report = s.run_once(&SweepOptions::new(now)).await.unwrap();
+    assert!(report.complete(), "sweep at {now} incomplete");
+}
+
+/// The tables of schema version 2, in the order they are copied.
+const V2_TABLES: &[&str] = &[
+    "key_observations",
+    "findings",
+    "revocations",
+    "audit",
+    "outbox",
+    "alerts",
+    "sweeps",
+    "rotations",
+];
+
+/// Writes `v2` as a version-2 database: the released steps only, then the rows of `seed` (a
+/// database after one first sweep), then the ghost key's row as version 2 wrote it.
+fn build_v2(seed: &Path, v2: &Path, ghost_project: &str) {
+    let conn = rusqlite::Connection::open(v2).unwrap();
+    for step in &schema::MIGRATIONS[..2] {
+        conn.execute_batch(step).unwrap();
+    }
+    conn.pragma_update(None, "user_version", 2).unwrap();
+    conn.execute("ATTACH DATABASE ?1 AS seed", [seed.to_str().unwrap()])
+        .unwrap();
+    for table in V2_TABLES {
+        conn.execute_batch(&format!(
+            "INSERT INTO main.{table} SELECT * FROM seed.{table}"
+        ))
+        .unwrap();
+    }
+    conn.execute_batch("DETACH DATABASE seed").unwrap();
+    conn.execute(
+        "INSERT INTO key_observations VALUES (?1, ?2, ?3, 'ghost', 'sk-...host', \
+         'ghost@example.com', 'user', ?4, NULL, ?4, ?5, NULL)",
+        rusqlite::params![ORG, ghost_project, GHOST, T0 - 30 * DAY, T0],
+    )
+    .unwrap();
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 2);
+}
+
+fn user_version(store: &Store) -> i64 {
+    store
+        .with_conn(|c| Ok(c.query_row("PRAGMA user_version", [], |r| r.get(0))?))
+        .unwrap()
+}
+
+fn observations_of(store: &Store, projects: &[String]) -> BTreeMap<String, Observation> {
+    let mut out = BTreeMap::new();
+    for p in projects {
+        let rows = store
+            .with_conn(|c| observations::project_observations(c, ORG, p))
+            .unwrap();
+        out.extend(rows.into_iter().map(|o| (o.key_id.clone(), o)));
+    }
+    out
+}
+
+fn findings(store: &Store) -> BTreeMap<String, Finding> {
+    store
+        .with_conn(|c| state::findings::open_findings(c, ORG))
+        .unwrap()
+        .into_iter()
+        .map(|f| (format!("{}/{}", f.id.key_id, f.id.policy), f))
+        .collect()
+}
+
+fn audit_rows(store: &Store) -> Vec<AuditRow> {
+    store.with_conn(|c| audit::list(c, None)).unwrap()
+}
+
+/// The upgrade keeps every row and the chain, and gone-detection works across it: a key the
+/// version-2 rows knew is last seen at its row's time, a key that disappears later at the
+/// project's last complete listing, which only `project_listings` records.
+#[tokio::test]
+async fn a_version_2_database_upgrades_keeps_its_rows_and_still_detects_gone_keys() {
+    let org = org();
+    let projects: Vec<String> = org
+        .projects
+        .iter()
+        .filter(|p| !p.is_archived())
+        .map(|p| p.id.clone())
+        .collect();
+    let sim = crate::support::sim::start_sim(org, ADMIN_KEY).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (seed, db) = (dir.path().join("seed.db"), dir.path().join("state.db"));
+
+    // What a version-2 keysweep wrote after its first sweep at T0.
+    {
+        let s = sweeper(&sim, &seed);
+        sweep(&s, T0).await;
+    }
+    build_v2(&seed, &db, &projects[0]);
+    let raw = Store::open_existing(&seed).unwrap();
+    let audit_v2 = audit_rows(&raw);
+    let findings_v2 = findings(&raw);
+    let keys_v2 = observations_of(&raw, &projects).len();
+    drop(raw);
+    assert!(!findings_v2.is_empty() && !audit_v2.is_empty());
+
+    let ids: Vec<String> = sim.keys(&projects[1]).into_iter().map(|k| k.id).collect();
+    let (removed_t1, removed_t2, kept) = (&ids[3], &ids[4], &ids[5]);
+    sim.remove_key(&projects[1], removed_t1).unwrap();
+
+    // The new code opens it (step 3 runs) and sweeps at T1.
+    let s = sweeper(&sim, &db);
+    let store = s.store().unwrap().clone();
+    assert_eq!(user_version(&store), schema::MIGRATIONS.len() as i64);
+    assert_eq!(user_version(&store), 3);
+    sweep(&s, T1).await;
+
+    // Nothing was lost: the chain written at version 2 is a prefix of today's, every open
+    // finding is the same finding (detected at T0, not opened again), every key is still known.
+    let audit_t1 = audit_rows(&store);
+    assert_eq!(&audit_t1[..audit_v2.len()], &audit_v2[..]);
+    let findings_t1 = findings(&store);
+    for (id, f) in &findings_v2 {
+        let now = findings_t1.get(id).unwrap_or_else(|| panic!("{id} lost"));
+        assert_eq!(
+            (now.detected_at, now.deadline),
+            (f.detected_at, f.deadline),
+            "{id}"
+        );
+    }
+    let obs = observations_of(&store, &projects);
+    assert_eq!(
+        obs.len(),
+        keys_v2 + 1,
+        "the ghost row and every key survive"
+    );
+    // Gone from the first listing after the upgrade: last seen as the version-2 rows said.
+    for gone in [GHOST, removed_t1.as_str()] {
+        let o = &obs[gone];
+        assert_eq!((o.gone_at, o.last_seen), (Some(T1), T0), "{gone}");
+    }
+    assert_eq!(obs[GHOST].first_seen, T0 - 30 * DAY);
+    for (id, o) in obs.iter().filter(|(_, o)| o.gone_at.is_none()) {
+        assert_eq!((o.first_seen, o.last_seen), (T0, T1), "{id}");
+    }
+
+    sim.remove_key(&projects[1], removed_t2).unwrap();
+    sweep(&s, T2).await;
+    let obs = observations_of(&store, &projects);
+    // Its row was last written at T0; the listing at T1 that showed it is in project_listings.
+    assert_eq!(
+        (obs[removed_t2].gone_at, obs[removed_t2].last_seen),
+        (Some(T2), T1)
+    );
+    assert_eq!((obs[kept].gone_at, obs[kept].last_seen), (None, T2));
+    assert_eq!(
+        (obs[GHOST].gone_at, obs[GHOST].last_seen),
+        (Some(T1), T0),
+        "a gone key keeps its time"
+    );
+    // An unchanged key's row is not rewritten: its stored column still says T0.
+    let stored: i64 = store
+        .with_conn(|c| {
+            Ok(c.query_row(
+                "SELECT last_seen FROM key_observations WHERE key_id = ?1",
+                [kept],
+                |r| r.get(0),
+            )?)
+        })
+        .unwrap();
+    assert_eq!(stored, T0);
+    drop(s);
+
+    let out = output(keysweep(
+        &["audit", "verify", "--state", db.to_str().unwrap()],
+        &[("RUST_LOG", "warn")],
+    ))
+    .await;
+    assert!(out.status.success(), "{}", describe(&out));
+    let verified = store.with_conn(|c| Ok(audit::verify(c))).unwrap().unwrap();
+    assert!(verified.records > audit_v2.len() as u64);
+}
