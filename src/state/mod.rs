@@ -19,6 +19,7 @@
 
 pub mod alerts;
 pub mod audit;
+mod batch;
 pub mod cli;
 pub mod findings;
 pub mod observations;

@@ -38,13 +38,13 @@ const T2: i64 = T0 + 2 * DAY;
 /// A key the version-2 database knows and the API no longer has.
 const GHOST: &str = "key_ghostDeletedBeforeUpgrade01";
 
-/// Two projects of 120 keys, recently used; every 10th key is 200 days old, so `rotate-90d`
+/// Two projects of 600 keys, recently used; every 4th key is 200 days old, so `rotate-90d`
 /// opens findings (dry-run: nothing is deleted).
 fn org() -> SimOrg {
-    let mut org = SimOrg::generate(2, 120, 15, T0);
+    let mut org = SimOrg::generate(2, 600, 15, T0);
     for p in org.projects.iter_mut().filter(|p| !p.is_archived()) {
         for (i, k) in p.keys.iter_mut().enumerate() {
-            k.created_at = if i % 10 == 0 {
+            k.created_at = if i.is_multiple_of(4) {
                 T0 - 200 * DAY
             } else {
                 T0 - 10 * DAY
@@ -154,9 +154,63 @@ fn audit_rows(store: &Store) -> Vec<AuditRow> {
     store.with_conn(|c| audit::list(c, None)).unwrap()
 }
 
-/// The upgrade keeps every row and the chain, and gone-detection works across it: a key the
-/// version-2 rows knew is last seen at its row's time, a key that disappears later at the
-/// project's last complete listing, which only `project_listings` records.
+/// What the version-2 database held, to compare with after the upgrade.
+struct Before {
+    audit: Vec<AuditRow>,
+    findings: BTreeMap<String, Finding>,
+    keys: usize,
+}
+
+/// Nothing was lost at T1: the chain written at version 2 is a prefix of today's, every open
+/// finding is the same finding (detected at T0, not opened again), every key is still known;
+/// and the keys gone from the first listing after the upgrade were last seen at T0, as their
+/// version-2 rows said.
+fn assert_kept_at_t1(store: &Store, projects: &[String], before: &Before, removed: &str) {
+    let audit_t1 = audit_rows(store);
+    assert_eq!(&audit_t1[..before.audit.len()], &before.audit[..]);
+    let findings_t1 = findings(store);
+    for (id, f) in &before.findings {
+        let now = findings_t1.get(id).unwrap_or_else(|| panic!("{id} lost"));
+        let (was, is) = ((f.detected_at, f.deadline), (now.detected_at, now.deadline));
+        assert_eq!(was, is, "{id}");
+    }
+    let obs = observations_of(store, projects);
+    assert_eq!(obs.len(), before.keys + 1, "the ghost row and every key");
+    for gone in [GHOST, removed] {
+        let o = &obs[gone];
+        assert_eq!((o.gone_at, o.last_seen), (Some(T1), T0), "{gone}");
+    }
+    assert_eq!(obs[GHOST].first_seen, T0 - 30 * DAY);
+    for (id, o) in obs.iter().filter(|(_, o)| o.gone_at.is_none()) {
+        assert_eq!((o.first_seen, o.last_seen), (T0, T1), "{id}");
+    }
+}
+
+/// At T2: the key removed since T1 was last seen at T1, which its row (written at T0) does not
+/// say and only `project_listings` knew; an unchanged key's row was not rewritten.
+fn assert_gone_at_t2(store: &Store, projects: &[String], removed: &str, kept: &str) {
+    let obs = observations_of(store, projects);
+    assert_eq!(
+        (obs[removed].gone_at, obs[removed].last_seen),
+        (Some(T2), T1)
+    );
+    assert_eq!((obs[kept].gone_at, obs[kept].last_seen), (None, T2));
+    let ghost = (obs[GHOST].gone_at, obs[GHOST].last_seen);
+    assert_eq!(ghost, (Some(T1), T0), "a gone key keeps its time");
+    let stored: i64 = store
+        .with_conn(|c| {
+            Ok(c.query_row(
+                "SELECT last_seen FROM key_observations WHERE key_id = ?1",
+                [kept],
+                |r| r.get(0),
+            )?)
+        })
+        .unwrap();
+    assert_eq!(stored, T0, "the stored column of an unchanged key");
+}
+
+/// The upgrade keeps every row and the chain, gone-detection works across it, and
+/// `keysweep audit verify` passes on the file that crossed it.
 #[tokio::test]
 async fn a_version_2_database_upgrades_keeps_its_rows_and_still_detects_gone_keys() {
     let org = org();
@@ -171,83 +225,32 @@ async fn a_version_2_database_upgrades_keeps_its_rows_and_still_detects_gone_key
     let (seed, db) = (dir.path().join("seed.db"), dir.path().join("state.db"));
 
     // What a version-2 keysweep wrote after its first sweep at T0.
-    {
-        let s = sweeper(&sim, &seed);
-        sweep(&s, T0).await;
-    }
+    sweep(&sweeper(&sim, &seed), T0).await;
     build_v2(&seed, &db, &projects[0]);
     let raw = Store::open_existing(&seed).unwrap();
-    let audit_v2 = audit_rows(&raw);
-    let findings_v2 = findings(&raw);
-    let keys_v2 = observations_of(&raw, &projects).len();
+    let before = Before {
+        audit: audit_rows(&raw),
+        findings: findings(&raw),
+        keys: observations_of(&raw, &projects).len(),
+    };
     drop(raw);
-    assert!(!findings_v2.is_empty() && !audit_v2.is_empty());
+    // More than one multi-row batch of findings and decision records.
+    assert!(before.findings.len() > 256, "{}", before.findings.len());
 
     let ids: Vec<String> = sim.keys(&projects[1]).into_iter().map(|k| k.id).collect();
     let (removed_t1, removed_t2, kept) = (&ids[3], &ids[4], &ids[5]);
     sim.remove_key(&projects[1], removed_t1).unwrap();
 
-    // The new code opens it (step 3 runs) and sweeps at T1.
+    // The new code opens it (step 3 runs) and sweeps at T1, then at T2.
     let s = sweeper(&sim, &db);
     let store = s.store().unwrap().clone();
-    assert_eq!(user_version(&store), schema::MIGRATIONS.len() as i64);
     assert_eq!(user_version(&store), 3);
+    assert_eq!(user_version(&store), schema::MIGRATIONS.len() as i64);
     sweep(&s, T1).await;
-
-    // Nothing was lost: the chain written at version 2 is a prefix of today's, every open
-    // finding is the same finding (detected at T0, not opened again), every key is still known.
-    let audit_t1 = audit_rows(&store);
-    assert_eq!(&audit_t1[..audit_v2.len()], &audit_v2[..]);
-    let findings_t1 = findings(&store);
-    for (id, f) in &findings_v2 {
-        let now = findings_t1.get(id).unwrap_or_else(|| panic!("{id} lost"));
-        assert_eq!(
-            (now.detected_at, now.deadline),
-            (f.detected_at, f.deadline),
-            "{id}"
-        );
-    }
-    let obs = observations_of(&store, &projects);
-    assert_eq!(
-        obs.len(),
-        keys_v2 + 1,
-        "the ghost row and every key survive"
-    );
-    // Gone from the first listing after the upgrade: last seen as the version-2 rows said.
-    for gone in [GHOST, removed_t1.as_str()] {
-        let o = &obs[gone];
-        assert_eq!((o.gone_at, o.last_seen), (Some(T1), T0), "{gone}");
-    }
-    assert_eq!(obs[GHOST].first_seen, T0 - 30 * DAY);
-    for (id, o) in obs.iter().filter(|(_, o)| o.gone_at.is_none()) {
-        assert_eq!((o.first_seen, o.last_seen), (T0, T1), "{id}");
-    }
-
+    assert_kept_at_t1(&store, &projects, &before, removed_t1);
     sim.remove_key(&projects[1], removed_t2).unwrap();
     sweep(&s, T2).await;
-    let obs = observations_of(&store, &projects);
-    // Its row was last written at T0; the listing at T1 that showed it is in project_listings.
-    assert_eq!(
-        (obs[removed_t2].gone_at, obs[removed_t2].last_seen),
-        (Some(T2), T1)
-    );
-    assert_eq!((obs[kept].gone_at, obs[kept].last_seen), (None, T2));
-    assert_eq!(
-        (obs[GHOST].gone_at, obs[GHOST].last_seen),
-        (Some(T1), T0),
-        "a gone key keeps its time"
-    );
-    // An unchanged key's row is not rewritten: its stored column still says T0.
-    let stored: i64 = store
-        .with_conn(|c| {
-            Ok(c.query_row(
-                "SELECT last_seen FROM key_observations WHERE key_id = ?1",
-                [kept],
-                |r| r.get(0),
-            )?)
-        })
-        .unwrap();
-    assert_eq!(stored, T0);
+    assert_gone_at_t2(&store, &projects, removed_t2, kept);
     drop(s);
 
     let out = output(keysweep(
@@ -257,5 +260,5 @@ async fn a_version_2_database_upgrades_keeps_its_rows_and_still_detects_gone_key
     .await;
     assert!(out.status.success(), "{}", describe(&out));
     let verified = store.with_conn(|c| Ok(audit::verify(c))).unwrap().unwrap();
-    assert!(verified.records > audit_v2.len() as u64);
+    assert!(verified.records > before.audit.len() as u64);
 }
