@@ -128,7 +128,8 @@ impl Run<'_> {
                     .with_response(serde_json::to_value(a).unwrap_or_default()),
             );
         }
-        self.store.tx(|tx| {
+        // A first sweep's commit dirties tens of MiB: `bulk_tx` sizes the page cache for it.
+        self.store.bulk_tx(|tx| {
             findings(tx)?;
             composed.queue(tx, now)?;
             for a in alerts {
