@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use keysweep::metrics::Metrics;
 use keysweep::policy::finding::Finding;
-use keysweep::sim::{SimOrg, SimServer};
+use keysweep::sim::{Fault, FaultKind, SimOrg, SimServer};
 use keysweep::state::audit::{self, AuditRow};
 use keysweep::state::observations::{self, Observation};
 use keysweep::state::{self, Store, schema};
@@ -79,8 +79,15 @@ request_timeout = "10s"
 }
 
 async fn sweep(s: &Sweeper, now: i64) {
-    let report = s.run_once(&SweepOptions::new(now)).await.unwrap();
-    assert!(report.complete(), "sweep at {now} incomplete");
+    assert!(sweep_once(s, now).await, "sweep at {now} incomplete");
+}
+
+/// One sweep; whether its listing was complete.
+async fn sweep_once(s: &Sweeper, now: i64) -> bool {
+    s.run_once(&SweepOptions::new(now))
+        .await
+        .unwrap()
+        .complete()
 }
 
 /// The tables of schema version 2, in the order they are copied.
@@ -261,4 +268,57 @@ async fn a_version_2_database_upgrades_keeps_its_rows_and_still_detects_gone_key
     assert!(out.status.success(), "{}", describe(&out));
     let verified = store.with_conn(|c| Ok(audit::verify(c))).unwrap().unwrap();
     assert!(verified.records > before.audit.len() as u64);
+}
+
+/// After the upgrade, a partial listing concludes nothing: the broken project's time is not
+/// advanced, so its keys (one of them deleted meanwhile) keep the last complete listing's
+/// `last_seen` and none is marked gone; the next complete listing marks the deleted one gone,
+/// last seen at that earlier listing.
+#[tokio::test]
+async fn a_partial_listing_moves_no_last_seen_and_marks_nothing_gone() {
+    let org = org();
+    let projects: Vec<String> = org
+        .projects
+        .iter()
+        .filter(|p| !p.is_archived())
+        .map(|p| p.id.clone())
+        .collect();
+    let sim = crate::support::sim::start_sim(org, ADMIN_KEY).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = sweeper(&sim, &dir.path().join("state.db"));
+    let store = s.store().unwrap().clone();
+    sweep(&s, T0).await;
+    sweep(&s, T1).await;
+
+    let broken = &projects[1];
+    let deleted = sim.keys(broken)[7].id.clone();
+    sim.remove_key(broken, &deleted).unwrap();
+    sim.faults().add(
+        Fault::on_list_keys(broken)
+            .page(2)
+            .respond(FaultKind::Status(500)),
+    );
+    assert!(!sweep_once(&s, T2).await, "the listing should be partial");
+    let listed = |p: &str| {
+        store
+            .with_conn(|c| observations::last_listed(c, ORG, p))
+            .unwrap()
+    };
+    assert_eq!((listed(&projects[0]), listed(broken)), (Some(T2), Some(T1)));
+    let obs = observations_of(&store, std::slice::from_ref(broken));
+    for (id, o) in &obs {
+        assert_eq!((o.gone_at, o.last_seen), (None, T1), "{id}");
+    }
+
+    sim.faults().clear();
+    let t3 = T2 + DAY;
+    sweep(&s, t3).await;
+    let obs = observations_of(&store, std::slice::from_ref(broken));
+    assert_eq!(
+        (obs[&deleted].gone_at, obs[&deleted].last_seen),
+        (Some(t3), T1)
+    );
+    let present = obs.values().filter(|o| o.gone_at.is_none());
+    assert!(present.clone().count() > 500);
+    assert!(present.into_iter().all(|o| o.last_seen == t3));
 }
