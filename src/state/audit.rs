@@ -304,7 +304,7 @@ pub fn chain_hash(prev_hash: &[u8], record: &[u8]) -> String {
 
 /// Appends records after the current head in multi-row statements (see [`append_batched`]).
 pub struct Appender<'c> {
-    insert: MultiInsert<'c>,
+    insert: MultiInsert<'c, 'static>,
     seq: i64,
     prev_hash: String,
 }

@@ -8,7 +8,7 @@
 //! before anything else writes to its table: it never commits, and rows still buffered when it
 //! is dropped are not written. Callers wrap it so that finishing cannot be forgotten.
 
-use rusqlite::types::Value;
+use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 use rusqlite::{Connection, params_from_iter};
 
 use crate::state::StateError;
@@ -18,19 +18,20 @@ use crate::state::StateError;
 /// once, one VM run, one trip through the b-tree cursor set-up) to under 1% per row.
 pub(crate) const BATCH_ROWS: usize = 128;
 
-/// Buffers rows of `width` values for `INSERT … VALUES (…), (…) …`.
-pub(crate) struct MultiInsert<'c> {
+/// Buffers rows of `width` values for `INSERT … VALUES (…), (…) …`. Values are owned, or
+/// borrowed for `'v` from rows that outlive the insert (no copy of a listed key's strings).
+pub(crate) struct MultiInsert<'c, 'v> {
     conn: &'c Connection,
     head: &'static str,
-    tail: &'static str,
     width: usize,
-    /// The SQL of a full batch, built once.
+    /// The SQL of a full batch and of one row, built once.
     full_sql: String,
-    values: Vec<Value>,
+    row_sql: String,
+    values: Vec<ToSqlOutput<'v>>,
     changed: usize,
 }
 
-impl<'c> MultiInsert<'c> {
+impl<'c, 'v> MultiInsert<'c, 'v> {
     /// `head`: `INSERT … (columns) VALUES`; `tail`: what follows the rows (an `ON CONFLICT`
     /// clause, or nothing); `width`: values per row.
     pub(crate) fn new(
@@ -38,20 +39,23 @@ impl<'c> MultiInsert<'c> {
         head: &'static str,
         width: usize,
         tail: &'static str,
-    ) -> MultiInsert<'c> {
+    ) -> MultiInsert<'c, 'v> {
         MultiInsert {
             conn,
             head,
-            tail,
             width,
             full_sql: sql(head, width, BATCH_ROWS, tail),
+            row_sql: sql(head, width, 1, tail),
             values: Vec::with_capacity(width * BATCH_ROWS),
             changed: 0,
         }
     }
 
     /// Adds one row (exactly `width` values); writes the batch once it is full.
-    pub(crate) fn push<const N: usize>(&mut self, row: [Value; N]) -> Result<(), StateError> {
+    pub(crate) fn push<const N: usize>(
+        &mut self,
+        row: [ToSqlOutput<'v>; N],
+    ) -> Result<(), StateError> {
         debug_assert_eq!(N, self.width, "row width of {}", self.head);
         self.values.extend(row);
         if self.values.len() >= self.width * BATCH_ROWS {
@@ -72,15 +76,18 @@ impl<'c> MultiInsert<'c> {
         if rows == 0 {
             return Ok(());
         }
-        let values = params_from_iter(self.values.drain(..));
-        self.changed += if rows == BATCH_ROWS {
-            self.conn.prepare_cached(&self.full_sql)?.execute(values)?
-        } else {
-            // The last, shorter batch: not cached, so its varying sizes do not evict the
-            // statements that are reused.
-            let sql = sql(self.head, self.width, rows, self.tail);
-            self.conn.prepare(&sql)?.execute(values)?
-        };
+        if rows == BATCH_ROWS {
+            let values = params_from_iter(self.values.drain(..));
+            self.changed += self.conn.prepare_cached(&self.full_sql)?.execute(values)?;
+            return Ok(());
+        }
+        // The last, shorter batch: row by row with the cached one-row statement, so that no
+        // statement of a varying size is parsed (or evicts the reused ones from the cache).
+        let mut stmt = self.conn.prepare_cached(&self.row_sql)?;
+        let mut values = self.values.drain(..);
+        for _ in 0..rows {
+            self.changed += stmt.execute(params_from_iter(values.by_ref().take(self.width)))?;
+        }
         Ok(())
     }
 }
@@ -101,14 +108,19 @@ fn sql(head: &str, width: usize, rows: usize, tail: &str) -> String {
     out
 }
 
-/// A text value.
-pub(crate) fn text(s: impl Into<String>) -> Value {
-    Value::Text(s.into())
+/// A text value, owned.
+pub(crate) fn text(s: impl Into<String>) -> ToSqlOutput<'static> {
+    ToSqlOutput::Owned(Value::Text(s.into()))
+}
+
+/// A text value borrowed for the insert's lifetime.
+pub(crate) fn text_ref(s: &str) -> ToSqlOutput<'_> {
+    ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes()))
 }
 
 /// An integer value, or NULL.
-pub(crate) fn int(i: impl Into<Option<i64>>) -> Value {
-    i.into().map_or(Value::Null, Value::Integer)
+pub(crate) fn int(i: impl Into<Option<i64>>) -> ToSqlOutput<'static> {
+    ToSqlOutput::Owned(i.into().map_or(Value::Null, Value::Integer))
 }
 
 #[cfg(test)]
@@ -144,7 +156,7 @@ mod tests {
         }
         let mut insert = MultiInsert::new(&many, head, 2, tail);
         for (k, v) in &input {
-            insert.push([int(*k), text(v.as_str())]).unwrap();
+            insert.push([int(*k), text_ref(v)]).unwrap();
         }
         assert_eq!(insert.finish().unwrap(), 300);
         assert_eq!(rows(&one), rows(&many));

@@ -74,11 +74,11 @@ pub fn upsert_findings<'f>(
                 source,
             })?;
             insert.push([
-                batch::text(f.id.organization.as_str()),
-                batch::text(f.id.project_id.as_str()),
-                batch::text(f.id.key_id.as_str()),
-                batch::text(f.id.policy.as_str()),
-                batch::text(f.stage.as_str()),
+                batch::text_ref(&f.id.organization),
+                batch::text_ref(&f.id.project_id),
+                batch::text_ref(&f.id.key_id),
+                batch::text_ref(&f.id.policy),
+                batch::text_ref(f.stage.as_str()),
                 batch::int(f.deadline),
                 batch::text(data),
                 batch::int(now),

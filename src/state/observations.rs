@@ -20,6 +20,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
 use crate::inventory::Key;
+use crate::state::batch::{self, MultiInsert};
 use crate::state::{StateError, in_tx};
 
 /// One row of `key_observations`.
@@ -48,42 +49,100 @@ pub struct Observation {
 /// and clears their `gone_at`.
 pub fn record_observations<'k>(
     conn: &Connection,
-    organization: &str,
-    project_id: &str,
+    organization: &'k str,
+    project_id: &'k str,
     keys: impl IntoIterator<Item = &'k Key>,
     now: i64,
 ) -> Result<(), StateError> {
-    in_tx(conn, |conn| {
-        let mut stmt = conn.prepare_cached(
-            "INSERT INTO key_observations (organization, project_id, key_id, key_name,
-                 redacted_value, owner, owner_type, created_at, last_used_at, first_seen,
-                 last_seen, gone_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, NULL)
-             ON CONFLICT (organization, project_id, key_id) DO UPDATE SET
-                 key_name = excluded.key_name,
-                 redacted_value = excluded.redacted_value,
-                 owner = excluded.owner,
-                 owner_type = excluded.owner_type,
-                 created_at = excluded.created_at,
-                 last_used_at = excluded.last_used_at,
-                 last_seen = excluded.last_seen,
-                 gone_at = NULL",
-        )?;
+    observe_batched(conn, now, |w| {
         for key in keys {
-            stmt.execute(params![
-                organization,
-                project_id,
-                key.id,
-                key.name,
-                key.redacted_value,
-                key.owner.display(),
-                key.owner.kind.as_str(),
-                key.created_at,
-                key.last_used_at,
-                now,
-            ])?;
+            w.push(organization, project_id, key)?;
         }
         Ok(())
+    })
+}
+
+/// Writes observation rows in multi-row statements (`state::batch`), across pages and
+/// projects, the keys' strings borrowed rather than copied. Rows are written as the batches
+/// fill and the rest when [`observe_batched`] returns, so the caller must not read
+/// `key_observations` for a project whose rows it has pushed before then.
+pub struct ObservationWriter<'c, 'k> {
+    insert: MultiInsert<'c, 'k>,
+    now: i64,
+}
+
+impl<'k> ObservationWriter<'_, 'k> {
+    /// The row of one key listed at `now` (see [`record_observations`]).
+    pub fn push(
+        &mut self,
+        organization: &'k str,
+        project_id: &'k str,
+        key: &'k Key,
+    ) -> Result<(), StateError> {
+        self.insert.push([
+            batch::text_ref(organization),
+            batch::text_ref(project_id),
+            batch::text_ref(&key.id),
+            batch::text_ref(&key.name),
+            batch::text_ref(&key.redacted_value),
+            batch::text_ref(key.owner.display()),
+            batch::text_ref(key.owner.kind.as_str()),
+            batch::int(key.created_at),
+            batch::int(key.last_used_at),
+            batch::int(self.now),
+            batch::int(self.now),
+            batch::int(None),
+        ])
+    }
+
+    /// Like [`record_changed`]: pushes the keys whose snapshot differs from `known`, and
+    /// returns how many.
+    pub fn record_changed(
+        &mut self,
+        organization: &'k str,
+        project_id: &'k str,
+        keys: &'k [Key],
+        known: &Fingerprints,
+    ) -> Result<usize, StateError> {
+        let mut changed = 0;
+        for k in keys.iter().filter(|k| is_changed(k, known)) {
+            self.push(organization, project_id, k)?;
+            changed += 1;
+        }
+        Ok(changed)
+    }
+}
+
+/// Runs `f` with an [`ObservationWriter`] for rows listed at `now`, then writes what it still
+/// holds. Joins the caller's transaction if one is open (else runs in its own).
+pub fn observe_batched<'k, T>(
+    conn: &Connection,
+    now: i64,
+    f: impl FnOnce(&mut ObservationWriter<'_, 'k>) -> Result<T, StateError>,
+) -> Result<T, StateError> {
+    in_tx(conn, |conn| {
+        let mut writer = ObservationWriter {
+            insert: MultiInsert::new(
+                conn,
+                "INSERT INTO key_observations (organization, project_id, key_id, key_name,
+                     redacted_value, owner, owner_type, created_at, last_used_at, first_seen,
+                     last_seen, gone_at) VALUES",
+                12,
+                "ON CONFLICT (organization, project_id, key_id) DO UPDATE SET
+                     key_name = excluded.key_name,
+                     redacted_value = excluded.redacted_value,
+                     owner = excluded.owner,
+                     owner_type = excluded.owner_type,
+                     created_at = excluded.created_at,
+                     last_used_at = excluded.last_used_at,
+                     last_seen = excluded.last_seen,
+                     gone_at = NULL",
+            ),
+            now,
+        };
+        let value = f(&mut writer)?;
+        writer.insert.finish()?;
+        Ok(value)
     })
 }
 
@@ -156,22 +215,21 @@ pub fn record_changed(
     known: &Fingerprints,
     now: i64,
 ) -> Result<usize, StateError> {
-    let changed: Vec<&Key> = keys
-        .iter()
-        .filter(|k| {
-            let snapshot = hash_snapshot(
-                &k.name,
-                &k.redacted_value,
-                k.owner.display(),
-                k.owner.kind.as_str(),
-                k.created_at,
-                k.last_used_at,
-            );
-            known.get(&hash_id(&k.id)) != Some(&snapshot)
-        })
-        .collect();
-    record_observations(conn, organization, project_id, changed.iter().copied(), now)?;
-    Ok(changed.len())
+    observe_batched(conn, now, |w| {
+        w.record_changed(organization, project_id, keys, known)
+    })
+}
+
+fn is_changed(k: &Key, known: &Fingerprints) -> bool {
+    let snapshot = hash_snapshot(
+        &k.name,
+        &k.redacted_value,
+        k.owner.display(),
+        k.owner.kind.as_str(),
+        k.created_at,
+        k.last_used_at,
+    );
+    known.get(&hash_id(&k.id)) != Some(&snapshot)
 }
 
 /// After a *complete* listing and [`mark_gone`] (which reads the previous time, so call it
