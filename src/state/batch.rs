@@ -1,8 +1,9 @@
-//! Multi-row INSERT statements for the tables a sweep's commit appends to in bulk (audit
-//! records, findings, outbox rows): rows are buffered and written [`BATCH_ROWS`] at a time with
-//! one prepared statement each, so a first sweep's 22k findings cost ~170 statements instead of
-//! 22k. The rows, their order and the resulting table contents are exactly those of one INSERT
-//! per row (SQLite applies a multi-row VALUES list row by row, in order, conflicts included).
+//! Multi-row INSERT statements for the tables a sweep writes in bulk (key observations, and in
+//! its commit audit records, findings, outbox rows): rows are buffered and written
+//! [`BATCH_ROWS`] at a time with one cached prepared statement, so a first sweep's 22k findings
+//! cost ~170 statements instead of 22k. The rows, their order and the resulting table contents
+//! are exactly those of one INSERT per row (SQLite applies a multi-row VALUES list row by row,
+//! in order, conflicts included).
 //!
 //! A [`MultiInsert`] must be used inside a transaction and finished ([`MultiInsert::finish`])
 //! before anything else writes to its table: it never commits, and rows still buffered when it
@@ -13,9 +14,10 @@ use rusqlite::{Connection, params_from_iter};
 
 use crate::state::StateError;
 
-/// Rows per statement. 128 rows of up to 8 columns stay far below SQLite's limit of 32,766
-/// parameters, and a statement of this size already amortises the per-statement cost (parse
-/// once, one VM run, one trip through the b-tree cursor set-up) to under 1% per row.
+/// Rows per statement (the issue asked for 64–256). 128 rows of up to 12 columns are 1,536
+/// parameters, far below SQLite's limit of 32,766; the per-statement cost (a step, a reset,
+/// the bindings' bookkeeping) is then paid once per 128 rows. Not measured on a quiet machine
+/// yet: see `benches/README.md`.
 pub(crate) const BATCH_ROWS: usize = 128;
 
 /// Buffers rows of `width` values for `INSERT … VALUES (…), (…) …`. Values are owned, or

@@ -46,8 +46,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// writes again each one it dirties after that. A first sweep's commit dirties about 2.1 KiB
 /// per new finding (its row and primary-key index entry, its decision record with the `at` and
 /// `kind` index entries; `dbstat` after 300 findings: 630 KiB), so the 22k findings of a
-/// 200k-key first sweep are about 46 MiB, and the 11k of a 100k-key one about 23 MiB, before
-/// the outbox's digest payloads. 64 MiB holds the former with room for the digests.
+/// 200k-key first sweep are about 46 MiB, and the 11k of a 100k-key one about 23 MiB, plus
+/// the outbox's digest payloads (not measured). 64 MiB holds the former with some room left.
 ///
 /// The figure is a limit, not an allocation: pages are allocated as they are dirtied or read,
 /// so a steady-state commit that writes little costs little, and afterwards the cache is set
