@@ -124,7 +124,7 @@ impl Drop for Recorder {
 #[derive(Default)]
 struct Pending {
     step: Step,
-    ids: HashSet<String>,
+    ids: state::observations::ListedIds,
 }
 
 enum Write {
@@ -136,7 +136,7 @@ enum Write {
     Gone {
         org: usize,
         project_id: Arc<str>,
-        ids: HashSet<String>,
+        ids: state::observations::ListedIds,
     },
 }
 
@@ -222,7 +222,7 @@ impl Books {
                     let p = self.pending.entry((org, project_id.clone())).or_default();
                     for k in &keys {
                         self.evaluator.key(k, open, &mut p.step);
-                        p.ids.insert(k.id.clone());
+                        p.ids.insert(state::observations::listed_id(&k.id));
                     }
                     writes.push(Write::Observe {
                         org,
@@ -380,7 +380,7 @@ fn gone(
     } = w
     {
         let org_name = &names[*org];
-        obs::mark_gone(tx, org_name, project_id, ids, now)?;
+        obs::mark_gone_unlisted(tx, org_name, project_id, ids, now)?;
         // Every key still present was in this complete listing.
         obs::touch_listed(tx, org_name, project_id, now)?;
         known.remove(&(*org, project_id.clone()));
