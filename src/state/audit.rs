@@ -42,6 +42,7 @@ use sha2::{Digest, Sha256};
 use crate::config::Mode;
 use crate::inventory::Key;
 use crate::policy::finding::Finding;
+use crate::state::batch::{self, MultiInsert};
 use crate::state::{StateError, Store, in_tx};
 
 /// `prev_hash` of the first record.
@@ -299,6 +300,76 @@ pub fn chain_hash(prev_hash: &[u8], record: &[u8]) -> String {
     hasher.update(prev_hash);
     hasher.update(record);
     hex::encode(hasher.finalize())
+}
+
+/// Appends records after the current head in multi-row statements (see [`append_batched`]).
+pub struct Appender<'c> {
+    insert: MultiInsert<'c, 'static>,
+    seq: i64,
+    prev_hash: String,
+}
+
+impl Appender<'_> {
+    /// Appends `record` (written with the batch it falls in) and returns its position: the
+    /// same `seq` and `hash` that [`append`] would give it at this point of the chain.
+    pub fn push(&mut self, record: &AuditRecord) -> Result<AuditEntry, StateError> {
+        let json = record.canonical_json()?;
+        let seq = self.seq + 1;
+        let hash = chain_hash(self.prev_hash.as_bytes(), json.as_bytes());
+        let prev_hash = std::mem::replace(&mut self.prev_hash, hash.clone());
+        self.insert.push([
+            batch::int(seq),
+            batch::int(record.at),
+            batch::text(record.kind.as_str()),
+            batch::text(json),
+            batch::text(prev_hash),
+            batch::text(hash.as_str()),
+        ])?;
+        self.seq = seq;
+        Ok(AuditEntry { seq, hash })
+    }
+}
+
+/// Runs `f` with an [`Appender`] positioned after the current head, then writes what is still
+/// buffered. The records, their order and their hashes are exactly those of one [`append`] per
+/// record, in `BATCH_ROWS`-row INSERTs. Joins the caller's transaction if one is open (else runs
+/// in its own); `f` must not write audit records any other way while it runs.
+pub fn append_batched<T>(
+    conn: &Connection,
+    f: impl FnOnce(&mut Appender<'_>) -> Result<T, StateError>,
+) -> Result<T, StateError> {
+    in_tx(conn, |conn| {
+        let (seq, prev_hash) = match head(conn)? {
+            Some(h) => (h.seq, h.hash),
+            None => (0, GENESIS_HASH.to_string()),
+        };
+        let mut appender = Appender {
+            insert: MultiInsert::new(
+                conn,
+                "INSERT INTO audit (seq, at, kind, record, prev_hash, hash) VALUES",
+                6,
+                "",
+            ),
+            seq,
+            prev_hash,
+        };
+        let value = f(&mut appender)?;
+        appender.insert.finish()?;
+        Ok(value)
+    })
+}
+
+/// Appends `records` in order with [`append_batched`].
+pub fn append_all<'r>(
+    conn: &Connection,
+    records: impl IntoIterator<Item = &'r AuditRecord>,
+) -> Result<(), StateError> {
+    append_batched(conn, |log| {
+        for r in records {
+            log.push(r)?;
+        }
+        Ok(())
+    })
 }
 
 /// Appends `record` after the current head and returns its position.
@@ -585,6 +656,63 @@ mod tests {
         // Declaration order: `at` first, `refers_to` last.
         assert!(json.starts_with("{\"at\":10,\"run_id\":\"run-1\",\"kind\":\"decision\""));
         assert!(json.ends_with(",\"refers_to\":null}"));
+    }
+
+    /// The chain written in batches (after a head written row by row, with a short last
+    /// batch) is the chain written one `append` at a time: same rows, same hashes, and the
+    /// sequence the tail check reads.
+    #[test]
+    fn batched_appends_write_the_chain_that_single_appends_write() {
+        let records: Vec<AuditRecord> = (0..300_i64)
+            .map(|i| rec(i, AuditKind::Decision, &format!("k{i}")))
+            .collect();
+        let one = Store::open_in_memory().unwrap();
+        for r in &records {
+            one.tx(|tx| append(tx, r)).unwrap();
+        }
+        let many = Store::open_in_memory().unwrap();
+        many.tx(|tx| append(tx, &records[0])).unwrap();
+        let entries = many
+            .tx(|tx| {
+                append_batched(tx, |log| {
+                    records[1..]
+                        .iter()
+                        .map(|r| log.push(r))
+                        .collect::<Result<Vec<_>, _>>()
+                })
+            })
+            .unwrap();
+        let rows = |s: &Store| s.with_conn(|c| list(c, None)).unwrap();
+        assert_eq!(rows(&one), rows(&many));
+        let last = rows(&one).pop().unwrap();
+        assert_eq!(
+            entries.last().map(|e| (e.seq, e.hash.clone())),
+            Some((last.seq, last.hash))
+        );
+        let report = many.with_conn(|c| Ok(verify(c))).unwrap().unwrap();
+        assert_eq!(report.records, 300);
+        // And the next single append continues the batched chain.
+        many.tx(|tx| append(tx, &records[0])).unwrap();
+        assert_eq!(
+            many.with_conn(|c| Ok(verify(c))).unwrap().unwrap().records,
+            301
+        );
+    }
+
+    /// A failure inside the closure writes nothing, batches already flushed included.
+    #[test]
+    fn a_failed_batch_appends_nothing() {
+        let store = Store::open_in_memory().unwrap();
+        let res = store.tx(|tx| {
+            append_batched(tx, |log| {
+                for i in 0..200 {
+                    log.push(&rec(i, AuditKind::Decision, "k"))?;
+                }
+                Err::<(), _>(StateError::Missing { path: "x".into() })
+            })
+        });
+        assert!(res.is_err());
+        assert_eq!(store.with_conn(head).unwrap(), None);
     }
 
     #[test]

@@ -8,6 +8,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
 use crate::policy::finding::{Finding, FindingId, Stage};
+use crate::state::batch::{self, MultiInsert};
 use crate::state::{StateError, in_tx};
 
 /// Number of findings in one (organisation, policy, stage), for reports and metrics.
@@ -48,16 +49,42 @@ pub fn upsert_finding(conn: &Connection, finding: &Finding, now: i64) -> Result<
     Ok(())
 }
 
-/// Upserts many findings in one transaction (the caller's, if one is open).
-pub fn upsert_findings(
+/// Upserts many findings in one transaction (the caller's, if one is open), in multi-row
+/// statements: the rows written are those of one [`upsert_finding`] per finding, in order.
+pub fn upsert_findings<'f>(
     conn: &Connection,
-    findings: &[Finding],
+    findings: impl IntoIterator<Item = &'f Finding>,
     now: i64,
 ) -> Result<(), StateError> {
     in_tx(conn, |conn| {
-        for finding in findings {
-            upsert_finding(conn, finding, now)?;
+        let mut insert = MultiInsert::new(
+            conn,
+            "INSERT INTO findings (organization, project_id, key_id, policy, stage, deadline, \
+                                   data, updated_at) VALUES",
+            8,
+            "ON CONFLICT (organization, project_id, key_id, policy) DO UPDATE SET
+                 stage = excluded.stage,
+                 deadline = excluded.deadline,
+                 data = excluded.data,
+                 updated_at = excluded.updated_at",
+        );
+        for f in findings {
+            let data = serde_json::to_string(f).map_err(|source| StateError::Encode {
+                what: "finding",
+                source,
+            })?;
+            insert.push([
+                batch::text_ref(&f.id.organization),
+                batch::text_ref(&f.id.project_id),
+                batch::text_ref(&f.id.key_id),
+                batch::text_ref(&f.id.policy),
+                batch::text_ref(f.stage.as_str()),
+                batch::int(f.deadline),
+                batch::text(data),
+                batch::int(now),
+            ])?;
         }
+        insert.finish()?;
         Ok(())
     })
 }
@@ -218,4 +245,88 @@ fn decode(row: &str, data: &str) -> Result<Finding, StateError> {
         row: row.to_string(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Action;
+    use crate::inventory::{Expiry, OwnerType};
+    use crate::state::Store;
+
+    fn finding(i: usize) -> Finding {
+        Finding {
+            dry_run_noted_at: None,
+            expiry: Default::default(),
+            id: FindingId {
+                organization: "org".into(),
+                project_id: format!("p{}", i % 170 % 3),
+                // Ids repeat: later rows update earlier ones, within a statement and across.
+                key_id: format!("k{}", i % 170),
+                policy: "rotate-90d".into(),
+            },
+            project_name: None,
+            key_name: format!("key {i}"),
+            redacted_value: "sk-…abcd".into(),
+            owner_type: OwnerType::User,
+            owner: "alice@example.com".into(),
+            owner_email: None,
+            created_at: 1,
+            last_used_at: None,
+            expires_at: Expiry::Unknown,
+            action: Action::Revoke,
+            reason: "old".into(),
+            stage: if i.is_multiple_of(2) {
+                Stage::Detected
+            } else {
+                Stage::Warned
+            },
+            detected_at: 2,
+            deadline: i as i64,
+            warned_at: None,
+            final_notice_at: None,
+            last_notified_at: None,
+            closed_at: None,
+            resolution: None,
+        }
+    }
+
+    fn table(store: &Store) -> Vec<(String, String, String, String, i64, String, i64)> {
+        store
+            .with_conn(|c| {
+                let mut s = c.prepare(
+                    "SELECT project_id, key_id, policy, stage, deadline, data, updated_at
+                       FROM findings ORDER BY rowid",
+                )?;
+                let rows = s.query_map([], |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                    ))
+                })?;
+                Ok(rows.collect::<Result<_, _>>()?)
+            })
+            .unwrap()
+    }
+
+    /// The multi-row upsert leaves the table as one upsert per finding does, rowids included.
+    #[test]
+    fn batched_upserts_write_what_single_upserts_write() {
+        let all: Vec<Finding> = (0..400).map(finding).collect();
+        let (one, many) = (
+            Store::open_in_memory().unwrap(),
+            Store::open_in_memory().unwrap(),
+        );
+        for f in &all {
+            one.with_conn(|c| upsert_finding(c, f, 9)).unwrap();
+        }
+        many.tx(|tx| upsert_findings(tx, &all, 9)).unwrap();
+        assert_eq!(table(&one), table(&many));
+        assert_eq!(table(&many).len(), 170);
+    }
 }

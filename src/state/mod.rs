@@ -19,6 +19,7 @@
 
 pub mod alerts;
 pub mod audit;
+mod batch;
 pub mod cli;
 pub mod findings;
 pub mod observations;
@@ -37,6 +38,24 @@ use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 /// How long a writer waits for another process (the CLI next to the daemon) to release the
 /// database before giving up with "database is locked".
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The page cache of a [`Store::bulk_tx`] (a sweep's commit), in KiB: 64 MiB.
+///
+/// SQLite's default is 2 MiB (`cache_size = -2000`). A transaction that dirties more than its
+/// cache holds spills dirty pages to the WAL mid-transaction (`pagerStress` in a profile), and
+/// writes again each one it dirties after that. A first sweep's commit dirties about 2.1 KiB
+/// per new finding (its row and primary-key index entry, its decision record with the `at` and
+/// `kind` index entries; `dbstat` after 300 findings: 630 KiB), so the 22k findings of a
+/// 200k-key first sweep are about 46 MiB, and the 11k of a 100k-key one about 23 MiB, plus
+/// the outbox's digest payloads (not measured). 64 MiB holds the former with some room left.
+///
+/// The figure is a limit, not an allocation: pages are allocated as they are dirtied or read,
+/// so a steady-state commit that writes little costs little, and afterwards the cache is set
+/// back and its memory released, so the daemon does not keep it between sweeps. The cost is
+/// that a large commit's dirty pages are resident while it runs: if a measurement puts the
+/// peak RSS of a 100k-key first sweep above its 64 MiB target, lower this figure (the commit
+/// then spills again, and only its surplus).
+pub const BULK_CACHE_KIB: i64 = 64 * 1024;
 
 /// Errors of the state database. Messages name the file or the row; they never contain a secret
 /// because nothing stored here is one. A message never repeats its source: print the chain
@@ -185,11 +204,30 @@ impl Store {
         &self,
         f: impl FnOnce(&Transaction<'_>) -> Result<T, StateError>,
     ) -> Result<T, StateError> {
+        immediate_tx(&mut self.lock(), f)
+    }
+
+    /// Like [`Store::tx`], for a transaction that writes many rows (a sweep's commit): the page
+    /// cache is raised to [`BULK_CACHE_KIB`] for it, so its dirty pages stay in memory until
+    /// the commit instead of spilling to the WAL mid-transaction, then set back to what it was
+    /// and its memory released (`PRAGMA shrink_memory`).
+    pub fn bulk_tx<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, StateError>,
+    ) -> Result<T, StateError> {
         let mut conn = self.lock();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let value = f(&tx)?;
-        tx.commit()?;
-        Ok(value)
+        let before: i64 = conn.query_row("PRAGMA cache_size", [], |r| r.get(0))?;
+        conn.pragma_update(None, "cache_size", -BULK_CACHE_KIB)?;
+        let result = immediate_tx(&mut conn, f);
+        // The transaction is over either way; failing to shrink the cache again only costs
+        // memory, and must not turn a committed sweep into a failed one.
+        let restored = conn
+            .pragma_update(None, "cache_size", before)
+            .and_then(|()| conn.execute_batch("PRAGMA shrink_memory"));
+        if let Err(e) = restored {
+            tracing::warn!(error = %e, "cannot shrink the state database's page cache again");
+        }
+        result
     }
 
     /// Runs `f` on the connection without opening a transaction: for reads, and for the
@@ -216,6 +254,16 @@ impl Store {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+fn immediate_tx<T>(
+    conn: &mut Connection,
+    f: impl FnOnce(&Transaction<'_>) -> Result<T, StateError>,
+) -> Result<T, StateError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let value = f(&tx)?;
+    tx.commit()?;
+    Ok(value)
 }
 
 /// Runs `f` inside a transaction: the caller's if one is open, else a new `IMMEDIATE` one that is
@@ -376,6 +424,53 @@ mod tests {
         });
         assert!(res.is_err());
         assert_eq!(revocations(&store), 0);
+    }
+
+    /// On a new database: writes 8 MiB of rows in one transaction and returns how much the
+    /// WAL file grew before the commit.
+    fn wal_growth_before_commit(bulk: bool) -> u64 {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        let wal = dir.path().join("s.db-wal");
+        let size = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        let before = size();
+        let write = |tx: &Transaction<'_>| {
+            for i in 0..8 * 256 {
+                tx.execute(
+                    "INSERT INTO outbox (message_id, channel, recipient, kind, payload, \
+                     created_at, next_attempt_at) VALUES (?1, 'c', 'r', 'k', ?2, 0, 0)",
+                    rusqlite::params![format!("m{i}"), "x".repeat(4000)],
+                )?;
+            }
+            Ok(size() - before)
+        };
+        if bulk {
+            store.bulk_tx(write)
+        } else {
+            store.tx(write)
+        }
+        .unwrap()
+    }
+
+    /// A bulk transaction keeps its dirty pages until the commit (nothing reaches the WAL
+    /// before it), where an ordinary one spills them; the cache is set back afterwards.
+    #[test]
+    fn a_bulk_transaction_does_not_spill_before_its_commit() {
+        assert!(
+            wal_growth_before_commit(false) > 4 << 20,
+            "the ordinary cache spills"
+        );
+        assert_eq!(wal_growth_before_commit(true), 0, "the bulk commit spilled");
+        let store = Store::open_in_memory().unwrap();
+        let cache = |s: &Store| {
+            s.with_conn(|c| Ok(c.query_row("PRAGMA cache_size", [], |r| r.get::<_, i64>(0))?))
+                .unwrap()
+        };
+        let default = cache(&store);
+        let inside =
+            store.bulk_tx(|tx| Ok(tx.query_row("PRAGMA cache_size", [], |r| r.get::<_, i64>(0))?));
+        assert_eq!(inside.unwrap(), -BULK_CACHE_KIB);
+        assert_eq!(cache(&store), default);
     }
 
     #[test]

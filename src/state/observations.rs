@@ -1,8 +1,12 @@
 //! Key observations: every key seen in a listing, with when it was first and last seen and when
 //! it disappeared. A sweep writes only the rows whose key changed ([`record_changed`]) and,
-//! after a complete listing, advances `last_seen` of every present key ([`touch_listed`]); so
-//! `last_seen` is the last complete listing that showed the key (or the last one that changed
-//! it, if later listings were partial).
+//! after a complete listing, records when the project was listed ([`touch_listed`], one row of
+//! `project_listings`) instead of rewriting every present key. A present key's `last_seen` is
+//! read as the later of its row's `last_seen` (the last listing that wrote it) and its
+//! project's `last_listed`; [`mark_gone`] writes that value into the row of a key that
+//! disappears, before the project's time moves on. So `last_seen` is still the last complete
+//! listing that showed the key (or the last one that changed it, if later listings were
+//! partial), and every reader goes through [`get_observation`] / [`project_observations`].
 //!
 //! "Gone" is only ever concluded from a *complete* listing: `mark_gone` must not be called for a
 //! project whose listing was incomplete, or keys that merely were not returned would be recorded
@@ -12,10 +16,12 @@
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 
+use rusqlite::types::Type;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
 use crate::inventory::Key;
+use crate::state::batch::{self, MultiInsert};
 use crate::state::{StateError, in_tx};
 
 /// One row of `key_observations`.
@@ -32,6 +38,8 @@ pub struct Observation {
     pub created_at: i64,
     pub last_used_at: Option<i64>,
     pub first_seen: i64,
+    /// The last listing that showed the key: the row's own time, or for a present key its
+    /// project's last complete listing if that is later (see the module docs).
     pub last_seen: i64,
     /// When a complete listing first lacked the key; cleared if it shows up again.
     pub gone_at: Option<i64>,
@@ -42,42 +50,100 @@ pub struct Observation {
 /// and clears their `gone_at`.
 pub fn record_observations<'k>(
     conn: &Connection,
-    organization: &str,
-    project_id: &str,
+    organization: &'k str,
+    project_id: &'k str,
     keys: impl IntoIterator<Item = &'k Key>,
     now: i64,
 ) -> Result<(), StateError> {
-    in_tx(conn, |conn| {
-        let mut stmt = conn.prepare_cached(
-            "INSERT INTO key_observations (organization, project_id, key_id, key_name,
-                 redacted_value, owner, owner_type, created_at, last_used_at, first_seen,
-                 last_seen, gone_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, NULL)
-             ON CONFLICT (organization, project_id, key_id) DO UPDATE SET
-                 key_name = excluded.key_name,
-                 redacted_value = excluded.redacted_value,
-                 owner = excluded.owner,
-                 owner_type = excluded.owner_type,
-                 created_at = excluded.created_at,
-                 last_used_at = excluded.last_used_at,
-                 last_seen = excluded.last_seen,
-                 gone_at = NULL",
-        )?;
+    observe_batched(conn, now, |w| {
         for key in keys {
-            stmt.execute(params![
-                organization,
-                project_id,
-                key.id,
-                key.name,
-                key.redacted_value,
-                key.owner.display(),
-                key.owner.kind.as_str(),
-                key.created_at,
-                key.last_used_at,
-                now,
-            ])?;
+            w.push(organization, project_id, key)?;
         }
         Ok(())
+    })
+}
+
+/// Writes observation rows in multi-row statements (`state::batch`), across pages and
+/// projects, the keys' strings borrowed rather than copied. Rows are written as the batches
+/// fill and the rest when [`observe_batched`] returns, so the caller must not read
+/// `key_observations` for a project whose rows it has pushed before then.
+pub struct ObservationWriter<'c, 'k> {
+    insert: MultiInsert<'c, 'k>,
+    now: i64,
+}
+
+impl<'k> ObservationWriter<'_, 'k> {
+    /// The row of one key listed at `now` (see [`record_observations`]).
+    pub fn push(
+        &mut self,
+        organization: &'k str,
+        project_id: &'k str,
+        key: &'k Key,
+    ) -> Result<(), StateError> {
+        self.insert.push([
+            batch::text_ref(organization),
+            batch::text_ref(project_id),
+            batch::text_ref(&key.id),
+            batch::text_ref(&key.name),
+            batch::text_ref(&key.redacted_value),
+            batch::text_ref(key.owner.display()),
+            batch::text_ref(key.owner.kind.as_str()),
+            batch::int(key.created_at),
+            batch::int(key.last_used_at),
+            batch::int(self.now),
+            batch::int(self.now),
+            batch::int(None),
+        ])
+    }
+
+    /// Like [`record_changed`]: pushes the keys whose snapshot differs from `known`, and
+    /// returns how many.
+    pub fn record_changed(
+        &mut self,
+        organization: &'k str,
+        project_id: &'k str,
+        keys: &'k [Key],
+        known: &Fingerprints,
+    ) -> Result<usize, StateError> {
+        let mut changed = 0;
+        for k in keys.iter().filter(|k| is_changed(k, known)) {
+            self.push(organization, project_id, k)?;
+            changed += 1;
+        }
+        Ok(changed)
+    }
+}
+
+/// Runs `f` with an [`ObservationWriter`] for rows listed at `now`, then writes what it still
+/// holds. Joins the caller's transaction if one is open (else runs in its own).
+pub fn observe_batched<'k, T>(
+    conn: &Connection,
+    now: i64,
+    f: impl FnOnce(&mut ObservationWriter<'_, 'k>) -> Result<T, StateError>,
+) -> Result<T, StateError> {
+    in_tx(conn, |conn| {
+        let mut writer = ObservationWriter {
+            insert: MultiInsert::new(
+                conn,
+                "INSERT INTO key_observations (organization, project_id, key_id, key_name,
+                     redacted_value, owner, owner_type, created_at, last_used_at, first_seen,
+                     last_seen, gone_at) VALUES",
+                12,
+                "ON CONFLICT (organization, project_id, key_id) DO UPDATE SET
+                     key_name = excluded.key_name,
+                     redacted_value = excluded.redacted_value,
+                     owner = excluded.owner,
+                     owner_type = excluded.owner_type,
+                     created_at = excluded.created_at,
+                     last_used_at = excluded.last_used_at,
+                     last_seen = excluded.last_seen,
+                     gone_at = NULL",
+            ),
+            now,
+        };
+        let value = f(&mut writer)?;
+        writer.insert.finish()?;
+        Ok(value)
     })
 }
 
@@ -150,26 +216,26 @@ pub fn record_changed(
     known: &Fingerprints,
     now: i64,
 ) -> Result<usize, StateError> {
-    let changed: Vec<&Key> = keys
-        .iter()
-        .filter(|k| {
-            let snapshot = hash_snapshot(
-                &k.name,
-                &k.redacted_value,
-                k.owner.display(),
-                k.owner.kind.as_str(),
-                k.created_at,
-                k.last_used_at,
-            );
-            known.get(&hash_id(&k.id)) != Some(&snapshot)
-        })
-        .collect();
-    record_observations(conn, organization, project_id, changed.iter().copied(), now)?;
-    Ok(changed.len())
+    observe_batched(conn, now, |w| {
+        w.record_changed(organization, project_id, keys, known)
+    })
 }
 
-/// After a *complete* listing and [`mark_gone`]: every key of the project still present was
-/// listed at `now`.
+fn is_changed(k: &Key, known: &Fingerprints) -> bool {
+    let snapshot = hash_snapshot(
+        &k.name,
+        &k.redacted_value,
+        k.owner.display(),
+        k.owner.kind.as_str(),
+        k.created_at,
+        k.last_used_at,
+    );
+    known.get(&hash_id(&k.id)) != Some(&snapshot)
+}
+
+/// After a *complete* listing and [`mark_gone`] (which reads the previous time, so call it
+/// first): every key of the project still present was listed at `now`. One row, whatever the
+/// number of keys.
 pub fn touch_listed(
     conn: &Connection,
     organization: &str,
@@ -177,20 +243,79 @@ pub fn touch_listed(
     now: i64,
 ) -> Result<(), StateError> {
     conn.prepare_cached(
-        "UPDATE key_observations SET last_seen = ?3
-          WHERE organization = ?1 AND project_id = ?2 AND gone_at IS NULL AND last_seen <> ?3",
+        "INSERT INTO project_listings (organization, project_id, last_listed) VALUES (?1, ?2, ?3)
+         ON CONFLICT (organization, project_id) DO UPDATE SET last_listed = excluded.last_listed",
     )?
     .execute(params![organization, project_id, now])?;
     Ok(())
 }
 
+/// When the project was last listed completely, if it ever was since `project_listings`
+/// exists (schema version 3).
+pub fn last_listed(
+    conn: &Connection,
+    organization: &str,
+    project_id: &str,
+) -> Result<Option<i64>, StateError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT last_listed FROM project_listings WHERE organization = ?1 AND project_id = ?2",
+        )?
+        .query_row(params![organization, project_id], |r| r.get(0))
+        .optional()?)
+}
+
+/// A listing's key ids as [`mark_gone_unlisted`] takes them: a 64-bit hash of each id
+/// ([`listed_id`]), 8 bytes a key where the id's `String` took about 50.
+pub type ListedIds = HashSet<u64>;
+
+/// The entry of `key_id` in [`ListedIds`].
+pub fn listed_id(key_id: &str) -> u64 {
+    hash_id(key_id)
+}
+
 /// After a *complete* listing of the project: marks every key not in `present` and not yet
-/// gone as gone at `now`. Returns the ids newly marked, sorted.
+/// gone as gone at `now`, and keeps in its row when it was last seen (the project's previous
+/// `last_listed`, if later than the row's own). Returns the ids newly marked, sorted.
 pub fn mark_gone(
     conn: &Connection,
     organization: &str,
     project_id: &str,
     present: &HashSet<String>,
+    now: i64,
+) -> Result<Vec<String>, StateError> {
+    mark_gone_where(
+        conn,
+        organization,
+        project_id,
+        |id| present.contains(id),
+        now,
+    )
+}
+
+/// [`mark_gone`] with the listing's ids as [`ListedIds`]. A key whose id hashes like a listed
+/// one (2^-64 per pair) is not marked gone: the safe direction, nothing is concluded for it.
+pub fn mark_gone_unlisted(
+    conn: &Connection,
+    organization: &str,
+    project_id: &str,
+    listed: &ListedIds,
+    now: i64,
+) -> Result<Vec<String>, StateError> {
+    mark_gone_where(
+        conn,
+        organization,
+        project_id,
+        |id| listed.contains(&hash_id(id)),
+        now,
+    )
+}
+
+fn mark_gone_where(
+    conn: &Connection,
+    organization: &str,
+    project_id: &str,
+    present: impl Fn(&str) -> bool,
     now: i64,
 ) -> Result<Vec<String>, StateError> {
     in_tx(conn, |conn| {
@@ -201,19 +326,23 @@ pub fn mark_gone(
         let mut gone = Vec::new();
         let mut rows = known.query(params![organization, project_id])?;
         while let Some(row) = rows.next()? {
-            let id: String = row.get(0)?;
-            if !present.contains(&id) {
-                gone.push(id);
+            // Borrowed: no String for the thousands of keys that are still there.
+            let id = row.get_ref(0)?.as_str().map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(0, Type::Text, Box::new(e))
+            })?;
+            if !present(id) {
+                gone.push(id.to_string());
             }
         }
         drop(rows);
         gone.sort();
+        let listed = last_listed(conn, organization, project_id)?;
         let mut update = conn.prepare_cached(
-            "UPDATE key_observations SET gone_at = ?4
+            "UPDATE key_observations SET gone_at = ?4, last_seen = MAX(last_seen, COALESCE(?5, last_seen))
              WHERE organization = ?1 AND project_id = ?2 AND key_id = ?3",
         )?;
         for id in &gone {
-            update.execute(params![organization, project_id, id, now])?;
+            update.execute(params![organization, project_id, id, now, listed])?;
         }
         Ok(gone)
     })
@@ -227,8 +356,8 @@ pub fn get_observation(
     key_id: &str,
 ) -> Result<Option<Observation>, StateError> {
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM key_observations
-         WHERE organization = ?1 AND project_id = ?2 AND key_id = ?3"
+        "SELECT {COLUMNS} FROM {FROM}
+         WHERE o.organization = ?1 AND o.project_id = ?2 AND o.key_id = ?3"
     ))?;
     Ok(stmt
         .query_row(params![organization, project_id, key_id], from_row)
@@ -242,15 +371,23 @@ pub fn project_observations(
     project_id: &str,
 ) -> Result<Vec<Observation>, StateError> {
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM key_observations
-         WHERE organization = ?1 AND project_id = ?2 ORDER BY key_id"
+        "SELECT {COLUMNS} FROM {FROM}
+         WHERE o.organization = ?1 AND o.project_id = ?2 ORDER BY o.key_id"
     ))?;
     let rows = stmt.query_map(params![organization, project_id], from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-const COLUMNS: &str = "organization, project_id, key_id, key_name, redacted_value, owner, \
-                       owner_type, created_at, last_used_at, first_seen, last_seen, gone_at";
+/// The row's columns, with `last_seen` of a present key raised to its project's `last_listed`
+/// (see the module docs). A gone key keeps the `last_seen` that `mark_gone` wrote.
+const COLUMNS: &str = "o.organization, o.project_id, o.key_id, o.key_name, o.redacted_value, \
+    o.owner, o.owner_type, o.created_at, o.last_used_at, o.first_seen, \
+    CASE WHEN o.gone_at IS NULL AND l.last_listed > o.last_seen THEN l.last_listed \
+         ELSE o.last_seen END, \
+    o.gone_at";
+
+const FROM: &str = "key_observations o LEFT JOIN project_listings l \
+    ON l.organization = o.organization AND l.project_id = o.project_id";
 
 fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Observation> {
     Ok(Observation {

@@ -11,7 +11,8 @@ use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::state::{StateError, Store};
+use crate::state::batch::{self, MultiInsert};
+use crate::state::{StateError, Store, in_tx};
 
 /// Access to the state database's connection for the delivery loop.
 ///
@@ -94,6 +95,39 @@ pub fn insert(conn: &Connection, row: &NewOutboxRow<'_>, now: i64) -> Result<usi
         row.payload,
         now
     ])?)
+}
+
+/// Like [`insert`] for many rows, in multi-row statements inside one transaction (the
+/// caller's, if one is open): the same rows, ids and counts as one [`insert`] per row, in order.
+/// Returns how many rows were inserted.
+pub fn insert_all<'a>(
+    conn: &Connection,
+    rows: impl IntoIterator<Item = NewOutboxRow<'a>>,
+    now: i64,
+) -> Result<usize, StateError> {
+    in_tx(conn, |conn| {
+        let mut insert = MultiInsert::new(
+            conn,
+            "INSERT OR IGNORE INTO outbox (message_id, channel, recipient, kind, payload, \
+                 created_at, attempts, next_attempt_at, status) VALUES",
+            9,
+            "",
+        );
+        for row in rows {
+            insert.push([
+                batch::text(row.message_id),
+                batch::text(row.channel),
+                batch::text(row.recipient),
+                batch::text(row.kind),
+                batch::text(row.payload),
+                batch::int(now),
+                batch::int(0),
+                batch::int(now),
+                batch::text("pending"),
+            ])?;
+        }
+        insert.finish()
+    })
 }
 
 /// Pending rows whose next attempt is due, oldest first.
@@ -214,6 +248,26 @@ mod tests {
             kind: "warning",
             payload: "{}",
         }
+    }
+
+    /// Batched inserts give the rows, ids and counts of one insert per row, duplicates
+    /// ignored (within a statement and against earlier rows).
+    #[test]
+    fn batched_inserts_write_what_single_inserts_write() {
+        let ids: Vec<String> = (0..300).map(|i| format!("m{}", i % 200)).collect();
+        let (one, many) = (
+            Store::open_in_memory().unwrap(),
+            Store::open_in_memory().unwrap(),
+        );
+        let single: usize = ids
+            .iter()
+            .map(|id| one.with(|c| insert(c, &new_row(id), 7)).unwrap())
+            .sum();
+        let batched = many
+            .with(|c| insert_all(c, ids.iter().map(|id| new_row(id)), 7))
+            .unwrap();
+        assert_eq!((single, batched), (200, 200));
+        assert_eq!(one.with(all).unwrap(), many.with(all).unwrap());
     }
 
     #[test]

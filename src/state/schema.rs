@@ -127,4 +127,18 @@ CREATE TABLE rotations (
 CREATE INDEX rotations_old_key ON rotations (organization, project_id, old_key_id);
 CREATE INDEX rotations_status ON rotations (status);
 "#,
+    // Issue 15: when each project's keys were last listed completely. A sweep no longer
+    // rewrites `key_observations.last_seen` of every unchanged key (10,000 row updates per deep
+    // project per sweep): a present key (`gone_at IS NULL`) was last seen at the later of its
+    // row's `last_seen` (the last listing that wrote it) and its project's `last_listed`, and
+    // `mark_gone` writes that into the row when the key disappears. Rows written before this
+    // step already carry their own `last_seen`, so nothing is backfilled.
+    r#"
+CREATE TABLE project_listings (
+    organization TEXT NOT NULL,
+    project_id   TEXT NOT NULL,
+    last_listed  INTEGER NOT NULL,
+    PRIMARY KEY (organization, project_id)
+);
+"#,
 ];

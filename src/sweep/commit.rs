@@ -72,14 +72,18 @@ impl Run<'_> {
         changes: &[Change],
     ) -> Result<(), StateError> {
         let now = self.now();
-        for change in changes {
-            let f = &findings[change.at].finding;
-            state::findings::upsert_finding(tx, f, now)?;
-            if let Some(d) = &change.decision {
-                audit::append(tx, &self.decision_record(f, d.before, &d.notices))?;
+        // Multi-row statements (`state::batch`): the findings, then their decision records in
+        // the order of `changes`, so the chain is the one one `append` per change writes.
+        state::findings::upsert_findings(tx, changes.iter().map(|c| &findings[c.at].finding), now)?;
+        audit::append_batched(tx, |log| {
+            for change in changes {
+                if let Some(d) = &change.decision {
+                    let f = &findings[change.at].finding;
+                    log.push(&self.decision_record(f, d.before, &d.notices))?;
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Alerts already raised within the repeat interval are not raised again.
@@ -124,16 +128,14 @@ impl Run<'_> {
                     .with_response(serde_json::to_value(a).unwrap_or_default()),
             );
         }
-        self.store.tx(|tx| {
+        // A first sweep's commit dirties tens of MiB: `bulk_tx` sizes the page cache for it.
+        self.store.bulk_tx(|tx| {
             findings(tx)?;
             composed.queue(tx, now)?;
             for a in alerts {
                 state::alerts::record_raised(tx, a, now)?;
             }
-            for r in &records {
-                audit::append(tx, r)?;
-            }
-            Ok(())
+            audit::append_all(tx, &records)
         })?;
         Ok(composed.len())
     }

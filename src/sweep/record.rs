@@ -124,7 +124,7 @@ impl Drop for Recorder {
 #[derive(Default)]
 struct Pending {
     step: Step,
-    ids: HashSet<String>,
+    ids: state::observations::ListedIds,
 }
 
 enum Write {
@@ -136,7 +136,7 @@ enum Write {
     Gone {
         org: usize,
         project_id: Arc<str>,
-        ids: HashSet<String>,
+        ids: state::observations::ListedIds,
     },
 }
 
@@ -222,7 +222,7 @@ impl Books {
                     let p = self.pending.entry((org, project_id.clone())).or_default();
                     for k in &keys {
                         self.evaluator.key(k, open, &mut p.step);
-                        p.ids.insert(k.id.clone());
+                        p.ids.insert(state::observations::listed_id(&k.id));
                     }
                     writes.push(Write::Observe {
                         org,
@@ -254,9 +254,19 @@ impl Books {
             }
         }
         let now = self.evaluator.now;
+        let (names, known) = (&self.names, &mut self.known);
         store.tx(|tx| {
+            // Every page's changed rows first, in multi-row statements across projects; then
+            // the ends of the projects listed completely. A project's pages come before its
+            // end, so its end reads its rows written.
+            state::observations::observe_batched(tx, now, |rows| {
+                for w in &writes {
+                    observe(tx, rows, w, names, known)?;
+                }
+                Ok(())
+            })?;
             for w in &writes {
-                write(tx, w, &self.names, &mut self.known, now)?;
+                gone(tx, w, names, known, now)?;
             }
             Ok(())
         })
@@ -327,7 +337,35 @@ async fn finish_batch(
 /// Stored snapshots of the projects being listed, by (organisation, project).
 type Known = HashMap<(usize, Arc<str>), state::observations::Fingerprints>;
 
-fn write(
+/// The changed rows of a page (`Write::Observe`), compared with the project's stored
+/// snapshots (loaded at its first page, before any of its rows is pushed).
+fn observe<'k>(
+    tx: &rusqlite::Connection,
+    rows: &mut state::observations::ObservationWriter<'_, 'k>,
+    w: &'k Write,
+    names: &'k [String],
+    known: &mut Known,
+) -> Result<(), state::StateError> {
+    use state::observations as obs;
+    if let Write::Observe {
+        org,
+        project_id,
+        keys,
+    } = w
+    {
+        let org_name = &names[*org];
+        let prints = match known.entry((*org, project_id.clone())) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(obs::fingerprints(tx, org_name, project_id)?),
+        };
+        rows.record_changed(org_name, project_id, keys, prints)?;
+    }
+    Ok(())
+}
+
+/// The end of a complete listing (`Write::Gone`): absent keys marked gone, then the
+/// project's listing time advanced.
+fn gone(
     tx: &rusqlite::Connection,
     w: &Write,
     names: &[String],
@@ -335,30 +373,17 @@ fn write(
     now: i64,
 ) -> Result<(), state::StateError> {
     use state::observations as obs;
-    match w {
-        Write::Observe {
-            org,
-            project_id,
-            keys,
-        } => {
-            let org_name = &names[*org];
-            let prints = match known.entry((*org, project_id.clone())) {
-                Entry::Occupied(e) => e.into_mut(),
-                Entry::Vacant(e) => e.insert(obs::fingerprints(tx, org_name, project_id)?),
-            };
-            obs::record_changed(tx, org_name, project_id, keys, prints, now)?;
-        }
-        Write::Gone {
-            org,
-            project_id,
-            ids,
-        } => {
-            let org_name = &names[*org];
-            obs::mark_gone(tx, org_name, project_id, ids, now)?;
-            // Every key still present was in this complete listing.
-            obs::touch_listed(tx, org_name, project_id, now)?;
-            known.remove(&(*org, project_id.clone()));
-        }
+    if let Write::Gone {
+        org,
+        project_id,
+        ids,
+    } = w
+    {
+        let org_name = &names[*org];
+        obs::mark_gone_unlisted(tx, org_name, project_id, ids, now)?;
+        // Every key still present was in this complete listing.
+        obs::touch_listed(tx, org_name, project_id, now)?;
+        known.remove(&(*org, project_id.clone()));
     }
     Ok(())
 }

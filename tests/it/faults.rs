@@ -1093,6 +1093,8 @@ async fn state_database_refusing_writes_mid_listing_fails_the_sweep_before_any_d
                 "CREATE TEMP TRIGGER refuse_insert BEFORE INSERT ON main.key_observations
                  BEGIN SELECT RAISE(ABORT, 'disk I/O error (injected)'); END;
                  CREATE TEMP TRIGGER refuse_update BEFORE UPDATE ON main.key_observations
+                 BEGIN SELECT RAISE(ABORT, 'disk I/O error (injected)'); END;
+                 CREATE TEMP TRIGGER refuse_listed BEFORE INSERT ON main.project_listings
                  BEGIN SELECT RAISE(ABORT, 'disk I/O error (injected)'); END;",
             )?)
         })
@@ -1125,7 +1127,8 @@ async fn state_database_refusing_writes_mid_listing_fails_the_sweep_before_any_d
     store
         .with_conn(|c| {
             Ok(c.execute_batch(
-                "DROP TRIGGER temp.refuse_insert; DROP TRIGGER temp.refuse_update;",
+                "DROP TRIGGER temp.refuse_insert; DROP TRIGGER temp.refuse_update;
+                 DROP TRIGGER temp.refuse_listed;",
             )?)
         })
         .unwrap();

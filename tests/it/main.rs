@@ -31,3 +31,4 @@ mod sim;
 mod sim_nov2026;
 mod state;
 mod truth;
+mod migration;
