@@ -52,8 +52,9 @@ pub mod endpoint {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KeyUpdate {
     /// The ABSOLUTE moment (Unix seconds, wall clock) the key must expire. The request carries
-    /// `expires_in_seconds = ceil(expires_at − wall-clock now)`, recomputed at every attempt, so
-    /// a retry lands on the same moment. `--now` never enters this: the real clock does.
+    /// `expires_in_seconds = ceil(expires_at − the API's now)`, recomputed at every attempt, so
+    /// a retry lands on the same moment. `--now` never enters this: the API's clock does (the
+    /// wall clock moved by what the last answer's `Date` header showed; see `Transport::api_now`).
     pub expires_at: Option<i64>,
     /// Replaces the key's scopes (`[]` means all permissions, not none).
     pub scopes: Option<Vec<String>>,
@@ -306,7 +307,7 @@ impl AdminClient {
             })
             .unwrap_or_default())
         };
-        let body = move || body(SystemTime::now());
+        let body = move || body(self.transport().api_now());
         let ans = self
             .transport()
             .call_with_body(Method::POST, &url, &ctx, RetryMode::Idempotent, Some(&body))
@@ -356,7 +357,7 @@ impl AdminClient {
             let secs = req
                 .expires_at
                 .map(|target| {
-                    expires_in_seconds(target, SystemTime::now()).ok_or_else(|| {
+                    expires_in_seconds(target, self.transport().api_now()).ok_or_else(|| {
                         Error::ExpiryPassed {
                             ctx: ctx.clone(),
                             target,

@@ -14,7 +14,8 @@
 //! or a `Debug` output. It knows no endpoint and no path: the client builds the URLs.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reqwest::Method;
 use reqwest::header::HeaderMap;
@@ -80,6 +81,9 @@ pub(super) struct Transport {
     max_body: usize,
     timeout: Duration,
     shared: ClientShared,
+    /// The API's clock minus ours, in milliseconds, from the last answer's `Date` header
+    /// (see [`Transport::api_now`]).
+    api_clock_offset_ms: AtomicI64,
 }
 
 /// A response that arrived in full (any status).
@@ -177,7 +181,41 @@ impl Transport {
             max_body: limits.max_response_bytes,
             timeout: limits.request_timeout,
             shared,
+            api_clock_offset_ms: AtomicI64::new(0),
         })
+    }
+
+    /// The API's "now": the wall clock moved by the offset the last answer's `Date` header
+    /// showed. An expiry is sent as seconds from now and the API adds them to *its* clock, so
+    /// this is the clock `expires_in_seconds` must count from; with an API clock ahead of ours
+    /// by a minute, counting from ours would end the key a minute before its deadline. `Date`
+    /// has one-second resolution and is truncated, so a matching clock reads up to a second
+    /// behind: the expiry lands up to a second later, never earlier. Before any answer: ours.
+    pub(super) fn api_now(&self) -> SystemTime {
+        let offset = self.api_clock_offset_ms.load(Ordering::Relaxed);
+        let now = SystemTime::now();
+        let by = Duration::from_millis(offset.unsigned_abs());
+        if offset >= 0 {
+            now.checked_add(by).unwrap_or(now)
+        } else {
+            now.checked_sub(by).unwrap_or(UNIX_EPOCH)
+        }
+    }
+
+    /// Records the API's clock from an answer's `Date` header (absent or unreadable: kept).
+    fn observe_date(&self, headers: &HeaderMap) {
+        let Some(date) = headers
+            .get(reqwest::header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| chrono::DateTime::parse_from_rfc2822(v).ok())
+        else {
+            return;
+        };
+        let ours = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let offset = date.timestamp_millis().saturating_sub(ours);
+        self.api_clock_offset_ms.store(offset, Ordering::Relaxed);
     }
 
     pub(super) fn org(&self) -> &str {
@@ -305,6 +343,7 @@ impl Transport {
         let status = resp.status().as_u16();
         metrics.api_request(&self.org, ctx.endpoint, status);
         let headers = resp.headers().clone();
+        self.observe_date(&headers);
         let body = self.read_body(resp, ctx).await?;
         Ok(Answer {
             status,

@@ -253,7 +253,8 @@ fn router(shared: S) -> Router {
         .route_layer(middleware::from_fn_with_state(shared.clone(), auth))
         .route_layer(middleware::from_fn_with_state(shared.clone(), rate_limit))
         .route_layer(middleware::from_fn_with_state(shared.clone(), latency))
-        .route_layer(middleware::from_fn_with_state(shared.clone(), count));
+        .route_layer(middleware::from_fn_with_state(shared.clone(), count))
+        .route_layer(middleware::from_fn_with_state(shared.clone(), date));
     let control = Router::new()
         .route("/_sim/stats", get(control::stats))
         .route("/_sim/reset-stats", post(control::reset_stats))
@@ -269,6 +270,18 @@ fn router(shared: S) -> Router {
         .fallback(unknown_route)
         .method_not_allowed_fallback(unknown_route)
         .with_state(shared)
+}
+
+/// Every answer's `Date` is the simulated clock, as the real API's is its own: a client that
+/// counts expiries from the API's clock then lands them where the simulator's rules expect.
+async fn date(State(s): State<S>, req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    let text = chrono::DateTime::from_timestamp(s.clock.now(), 0)
+        .map(|t| t.format("%a, %d %b %Y %H:%M:%S GMT").to_string());
+    if let Some(v) = text.and_then(|t| header::HeaderValue::from_str(&t).ok()) {
+        resp.headers_mut().insert(header::DATE, v);
+    }
+    resp
 }
 
 async fn count(State(s): State<S>, req: Request, next: Next) -> Response {

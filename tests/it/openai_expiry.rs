@@ -235,6 +235,21 @@ async fn update_sets_the_expiry_to_the_target_and_the_scopes() {
     assert_eq!(stat(&sim, UPDATE), 4);
 }
 
+/// The API adds `expires_in_seconds` to its own clock: an API whose clock is 40 days ahead of
+/// ours (the simulator's, moved) must still end the key at the target, not 40 days after it.
+/// The client reads the API's clock from the `Date` of the answers before the write.
+#[tokio::test]
+async fn the_expiry_is_counted_from_the_apis_clock_as_its_date_header_shows() {
+    let (sim, c) = start(|_| {}, limits()).await;
+    let ahead = wall_now() + 40 * DAY;
+    sim.set_clock(ahead);
+    // Any answer carries the API's `Date`; the sweep's re-read is the usual one.
+    c.retrieve_key(PROJ, NEVER).await.unwrap();
+    let target = ahead + 10 * DAY;
+    c.set_key_expiry(PROJ, NEVER, target).await.unwrap();
+    assert_on_target(sim_expiry(&sim, NEVER), target);
+}
+
 #[tokio::test]
 async fn a_re_read_that_lags_behind_the_update_is_read_once_more() {
     let (sim, c) = start(|_| {}, limits()).await;
