@@ -42,6 +42,7 @@
 //! The admin key it accepts is a secret like any other: it is never echoed in a response, never
 //! logged, and `SimOptions`'s `Debug` redacts it.
 
+mod audit_log;
 mod body;
 mod cli;
 mod clock;
@@ -50,16 +51,20 @@ mod control;
 mod faults;
 mod generate;
 mod handlers;
+mod history;
+mod intel_handlers;
 mod model;
 mod options;
 mod respond;
 mod server;
 mod shared;
 mod state;
+mod usage;
 mod wire;
 
 pub use cli::{SimulateArgs, run};
 pub use faults::{Fault, FaultBook, FaultId, FaultKind, FaultRoute, SimEffect};
+pub use history::{SimHistory, SimKeyHistory, SimUsage};
 pub use model::{
     FORMAT_VERSION, SimAccess, SimAdminKey, SimKey, SimMember, SimOrg, SimOwnerRef, SimProject,
     SimServiceAccount, SimUser,

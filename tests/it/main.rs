@@ -30,3 +30,4 @@ mod sim;
 mod sim_nov2026;
 mod state;
 mod truth;
+mod sim_audit_log;
