@@ -25,7 +25,6 @@ use serde::{Deserialize, Serialize};
 
 use super::generate::mix64;
 use super::model::{SimAccess, SimKey, SimOrg, SimOwnerRef, SimProject};
-use super::options::SimError;
 
 /// What an organisation file says about its past (see the module doc).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -64,17 +63,11 @@ pub struct SimUsage {
 
 impl SimHistory {
     /// The `"history"` object of an organisation file's JSON, if any (the rest is `SimOrg`'s).
-    pub fn from_org_json(text: &str) -> Result<Self, SimError> {
-        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| SimError::ParseOrg {
-            path: None,
-            message: e.to_string(),
-        })?;
+    pub fn from_org_json(text: &str) -> Result<Self, serde_json::Error> {
+        let v: serde_json::Value = serde_json::from_str(text)?;
         match v.get("history") {
             None | Some(serde_json::Value::Null) => Ok(SimHistory::default()),
-            Some(h) => serde_json::from_value(h.clone()).map_err(|e| SimError::ParseOrg {
-                path: None,
-                message: format!("history: {e}"),
-            }),
+            Some(h) => serde_json::from_value(h.clone()),
         }
     }
 }
@@ -214,4 +207,36 @@ pub(crate) fn emails(org: &SimOrg) -> HashMap<String, String> {
         .iter()
         .map(|u| (u.id.clone(), u.email.clone()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_org_file_with_a_history_loads_both_parts() {
+        let org = SimOrg::generate(1, 3, 1, 1_796_083_200);
+        let key = org.projects[0].keys[0].id.clone();
+        let mut v: serde_json::Value = serde_json::from_str(&org.to_json_pretty()).unwrap();
+        v["history"] = serde_json::json!({"keys": {key.clone(): {
+            "created_by": org.users[0].id, "scopes_logged": false,
+            "usage": [{"at": 1_796_000_000, "requests": 3, "cost_usd": 0.5}]}}});
+        let text = v.to_string();
+        assert_eq!(SimOrg::from_json_str(&text).unwrap(), org);
+        let h = SimHistory::from_org_json(&text).unwrap();
+        assert_eq!(h.keys[&key].scopes_logged, Some(false));
+        assert_eq!(h.keys[&key].usage.as_ref().unwrap()[0].requests, 3);
+        let (creations, usage) = derive(&org, &h);
+        let c = creations.iter().find(|c| c.key == key).unwrap();
+        assert_eq!(
+            (c.creator.as_str(), c.scopes.as_ref()),
+            (org.users[0].id.as_str(), None)
+        );
+        let mine: Vec<_> = usage.iter().filter(|u| u.key == key).collect();
+        assert_eq!(mine.len(), 1);
+        assert_eq!(mine[0].cost_micros, 500_000);
+        // A typo in the history is refused, as in the rest of the file.
+        v["history"]["keys"][&key]["created_bye"] = serde_json::json!("x");
+        assert!(SimHistory::from_org_json(&v.to_string()).is_err());
+    }
 }

@@ -31,3 +31,4 @@ mod sim_nov2026;
 mod state;
 mod truth;
 mod sim_audit_log;
+mod intel;
