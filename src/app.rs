@@ -202,8 +202,23 @@ async fn scan(config: Config, args: &ScanArgs) -> Result<ExitCode> {
         None => report::Format::Json,
     };
     let ctx = plan_context(&sweeper.config, &report, now, true, false);
-    print_report(&report, &inventory, now, format, &ctx)?;
+    let intel = scan_intel(&sweeper.config, now).await;
+    print_report(&report, &inventory, now, format, &ctx, Some(&intel))?;
     Ok(finish(&report, &sweeper.config, true))
+}
+
+/// The audit log's creators and scopes and each key's usage (issue 16), read with clients of
+/// their own; what cannot be read is said once on stderr and shown as null, never an error.
+async fn scan_intel(config: &Config, now: i64) -> crate::intel::Intel {
+    let shared = crate::openai::ClientShared::new(Metrics::new(), &config.limits);
+    let clients: Vec<_> = (config.organizations.iter())
+        .filter_map(|o| crate::openai::AdminClient::new(o, &config.limits, shared.clone()).ok())
+        .collect();
+    let intel = crate::intel::gather(&clients, config.intel, now).await;
+    for line in intel.missing() {
+        eprintln!("note: {line}");
+    }
+    intel
 }
 
 /// What the plan needs besides the report: the rules in force, the kill switch as it is now,
@@ -230,11 +245,12 @@ fn print_report(
     now: i64,
     format: report::Format,
     ctx: &report::PlanContext,
+    intel: Option<&crate::intel::Intel>,
 ) -> Result<()> {
     let rows = report::finding_rows(report, ctx, now);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    report::render(inventory, &rows, now, format, &mut out)?;
+    report::render_with_intel(inventory, &rows, now, format, intel, &mut out)?;
     out.flush()?;
     Ok(())
 }

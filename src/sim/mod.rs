@@ -19,6 +19,8 @@
 //! | `POST …/service_accounts/{id}/api_keys` | mints a key: `{name?, scopes?, expires_in_seconds?\|null}` → `value` once |
 //! | `GET …/{project_id}/users` | members with access; archived project → 400 |
 //! | `GET /organization/admin_api_keys` | `after`, `limit`, `order=asc\|desc` |
+//! | `GET /organization/audit_logs` | `api_key.*`, `service_account.*`, `user.added`; filters, `after`/`before`; 403 with logging off (`audit_log`) |
+//! | `GET /organization/usage/completions`, `GET /organization/costs` | daily (or hourly, minute) buckets per key or project, `page` (`usage`) |
 //!
 //! Every key has `expires_at` (null: never). An expired key (`expires_at` ≤ the simulator's
 //! clock) stays listed and readable by default; with `hide_expired_keys` it drops out and answers

@@ -4,11 +4,18 @@
 
 use std::collections::HashMap;
 
+use serde_json::Value;
+
 use keysweep::openai::{IntelError, KeyEventKind};
 use keysweep::sim::{SimHistory, SimKeyHistory, SimOptions, SimOrg, SimUsage};
 
+use crate::support::config::write_config_file;
 use crate::support::listing::{ADMIN_KEY, limits, setup};
+use crate::support::process::run_to_end;
 use crate::support::sim::start_sim_with;
+use crate::support::time::rfc3339;
+
+const ADMIN_KEY_ENV: &str = "KS_INTEL_ADMIN_KEY";
 
 /// 2026-12-01T00:00:00Z.
 const NOW: i64 = 1_796_083_200;
@@ -166,4 +173,210 @@ async fn a_disabled_audit_log_is_unavailable_and_usage_still_answers() {
         other => panic!("expected unavailable, got {other:?}"),
     }
     assert!(s.clients[0].usage_by_key(NOW - 30 * DAY, NOW).await.is_ok());
+}
+
+/// `keysweep scan --format <format> --now NOW` against `sim` (with `extra` configuration):
+/// (exit status success, stdout, stderr).
+async fn scan(sim: &keysweep::sim::SimServer, format: &str, extra: &str) -> (bool, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config_file(dir.path(), &sim.base_url(), ADMIN_KEY_ENV, extra);
+    let now = rfc3339(NOW);
+    let args = [
+        "scan",
+        "--format",
+        format,
+        "--now",
+        &now,
+        "--config",
+        config.to_str().unwrap(),
+    ];
+    let (status, out, err) = run_to_end(&args, &[(ADMIN_KEY_ENV, ADMIN_KEY)]).await;
+    (status.success(), out, err)
+}
+
+/// The simulator's own log, read over HTTP: key id → (creator e-mail, `data.scopes`).
+async fn sim_log(sim: &keysweep::sim::SimServer) -> HashMap<String, (Value, Value)> {
+    let mut out = HashMap::new();
+    let mut after = String::new();
+    loop {
+        let url = format!(
+            "{}/organization/audit_logs?limit=100&event_types[]=api_key.created{after}",
+            sim.base_url()
+        );
+        let page: Value = reqwest::Client::new()
+            .get(url)
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for e in page["data"].as_array().unwrap() {
+            let d = &e["api_key.created"];
+            let email = e["actor"]["session"]["user"]["email"].clone();
+            let scopes = d["data"]["scopes"].clone();
+            out.insert(d["id"].as_str().unwrap().to_string(), (email, scopes));
+        }
+        if page["has_more"] != true {
+            return out;
+        }
+        after = format!("&after={}", page["last_id"].as_str().unwrap());
+    }
+}
+
+/// With the default backfill (90 days) only the keys created since have a creator; the others
+/// are null, never guessed.
+async fn default_backfill_knows_only_recent_keys(
+    sim: &keysweep::sim::SimServer,
+    log: &HashMap<String, (Value, Value)>,
+) {
+    let (ok, out, _) = scan(sim, "json", "").await;
+    assert!(ok);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let (mut recent, mut old) = (0, 0);
+    for k in v["keys"].as_array().unwrap() {
+        if k["created_at"].as_i64().unwrap() >= NOW - 90 * DAY {
+            recent += 1;
+            assert_eq!(k["created_by"], log[k["id"].as_str().unwrap()].0, "{k}");
+        } else {
+            old += 1;
+            assert!(k["created_by"].is_null() && k["scopes"].is_null(), "{k}");
+        }
+    }
+    assert!(recent > 0 && old > 0, "{recent} recent, {old} old");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scan_json_shows_created_by_scopes_and_usage_as_the_simulator_records_them() {
+    let org = SimOrg::generate(2, 12, 21, NOW);
+    let p = org.projects.iter().find(|p| !p.is_archived()).unwrap();
+    let (quiet, busy) = (&p.keys[0], &p.keys[1]);
+    let mut history = SimHistory::default();
+    let unlogged = SimKeyHistory {
+        scopes_logged: Some(false),
+        ..SimKeyHistory::default()
+    };
+    history.keys.insert(quiet.id.clone(), unlogged);
+    let usage = vec![
+        SimUsage {
+            at: NOW - 5 * DAY,
+            requests: 1_200,
+            cost_usd: 3.0,
+        },
+        SimUsage {
+            at: NOW - DAY,
+            requests: 40,
+            cost_usd: 0.1,
+        },
+    ];
+    let used = SimKeyHistory {
+        usage: Some(usage),
+        ..SimKeyHistory::default()
+    };
+    history.keys.insert(busy.id.clone(), used);
+    let sim = start_sim_with(
+        org.clone(),
+        SimOptions {
+            history,
+            ..options()
+        },
+    )
+    .await;
+    let log = sim_log(&sim).await;
+    // Back far enough for every key's creation (the generated keys are up to years old).
+    let (ok, out, err) = scan(&sim, "json", "[audit_log]\nbackfill = \"3650d\"\n").await;
+    assert!(ok, "{err}");
+    assert!(!err.contains("unavailable"), "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let keys = v["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), org.key_count());
+    let mut service_account_keys = 0;
+    for k in keys {
+        let id = k["id"].as_str().unwrap();
+        let (email, scopes) = &log[id];
+        assert_eq!(&k["created_by"], email, "{id}");
+        assert!(k["created_by"].is_string(), "{id}");
+        assert_eq!(&k["scopes"], scopes, "{id}");
+        assert_eq!(k["usage"]["window_days"], 30, "{id}");
+        if k["owner_type"] == "service_account" {
+            service_account_keys += 1;
+        }
+    }
+    assert!(service_account_keys > 0);
+    let by_id = |id: &str| keys.iter().find(|k| k["id"] == id).unwrap().clone();
+    assert!(
+        by_id(&quiet.id)["scopes"].is_null(),
+        "unknown scopes are null, never []"
+    );
+    let busy = by_id(&busy.id);
+    assert_eq!(busy["usage"]["requests"], 1_240);
+    assert_eq!(busy["usage"]["cost_usd"], 3.1);
+
+    default_backfill_knows_only_recent_keys(&sim, &log).await;
+
+    // The table has a CREATED BY column with the same e-mails.
+    let (ok, table, _) = scan(&sim, "table", "[audit_log]\nbackfill = \"3650d\"\n").await;
+    assert!(ok);
+    let header = table.lines().next().unwrap();
+    assert!(header.contains("CREATED BY"), "{header}");
+    let line = table
+        .lines()
+        .find(|l| l.contains(quiet.id.as_str()))
+        .unwrap();
+    assert!(line.contains(log[&quiet.id].0.as_str().unwrap()), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_audit_logging_off_scan_completes_and_says_once_what_is_missing() {
+    let org = SimOrg::generate(1, 10, 8, NOW);
+    let opts = SimOptions {
+        audit_logging: false,
+        ..options()
+    };
+    let sim = start_sim_with(org.clone(), opts).await;
+    let (ok, out, err) = scan(&sim, "json", "[usage]\nwindow = \"7d\"\n").await;
+    assert!(ok, "{err}");
+    assert_eq!(err.matches("audit log is unavailable").count(), 1, "{err}");
+    assert!(err.contains("403"), "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let keys = v["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), org.key_count());
+    for k in keys {
+        assert!(k["created_by"].is_null() && k["scopes"].is_null(), "{k}");
+        assert_eq!(k["usage"]["window_days"], 7, "{k}");
+    }
+}
+
+#[test]
+fn usage_window_and_audit_backfill_are_read_checked_and_hash_neutral_at_their_defaults() {
+    let base = "[[organizations]]\nname = \"acme\"\nbase_url = \"http://127.0.0.1:1/v1\"\n";
+    let env = [("OPENAI_ADMIN_KEY", "sk-admin-test")];
+    let load = |extra: &str| {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        keysweep::config::load_from_str(&format!("{extra}\n{base}"), &env)
+    };
+    let plain = load("").unwrap();
+    assert_eq!(plain.intel.window_days(), 30);
+    assert_eq!(plain.intel.audit_backfill.as_secs(), 90 * DAY as u64);
+    let same = load("[usage]\nwindow = \"30d\"\n[audit_log]\nbackfill = \"90d\"\n").unwrap();
+    assert_eq!(
+        same.hash, plain.hash,
+        "the defaults written out keep the hash"
+    );
+    let set = load("[usage]\nwindow = \"7d\"\n[audit_log]\nbackfill = \"30d\"\n").unwrap();
+    assert_eq!(set.intel.window_days(), 7);
+    assert_ne!(set.hash, plain.hash);
+    for bad in [
+        "[usage]\nwindow = \"12h\"\n",
+        "[usage]\nwindow = \"400d\"\n",
+        "[audit_log]\nbackfill = \"1h\"\n",
+        "[usage]\nwindw = \"7d\"\n",
+    ] {
+        let e = load(bad).unwrap_err().to_string();
+        assert!(e.contains("usage") || e.contains("audit_log"), "{bad}: {e}");
+    }
 }
