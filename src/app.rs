@@ -190,7 +190,7 @@ async fn scan(config: Config, args: &ScanArgs) -> Result<ExitCode> {
             eprint!("\rlisting projects: {done}/{known}   ");
         }
     };
-    let (report, inventory) = sweeper.preview(now, Some(&progress)).await?;
+    let (report, mut inventory) = sweeper.preview(now, Some(&progress)).await?;
     if tty {
         eprint!("\r{:40}\r", "");
     }
@@ -203,8 +203,26 @@ async fn scan(config: Config, args: &ScanArgs) -> Result<ExitCode> {
     };
     let ctx = plan_context(&sweeper.config, &report, now, true, false);
     let intel = scan_intel(&sweeper.config, now).await;
-    print_report(&report, &inventory, now, format, &ctx, Some(&intel))?;
+    if args.unrestricted {
+        keep_unrestricted(&mut inventory, &intel);
+    }
+    let intel = (Some(&intel), args.unrestricted);
+    print_report(&report, &inventory, now, format, &ctx, intel)?;
     Ok(finish(&report, &sweeper.config, true))
+}
+
+/// `scan --unrestricted`: only the keys known to have All permissions.
+fn keep_unrestricted(inventory: &mut crate::inventory::Inventory, intel: &crate::intel::Intel) {
+    for org in &mut inventory.orgs {
+        for p in &mut org.projects {
+            p.keys.retain(|k| {
+                intel
+                    .key(&k.organization, &k.id)
+                    .scopes
+                    .is_some_and(<[_]>::is_empty)
+            });
+        }
+    }
 }
 
 /// The audit log's creators and scopes and each key's usage (issue 16), read with clients of
@@ -245,9 +263,16 @@ fn print_report(
     now: i64,
     format: report::Format,
     ctx: &report::PlanContext,
-    intel: Option<&crate::intel::Intel>,
+    (intel, narrowed): (Option<&crate::intel::Intel>, bool),
 ) -> Result<()> {
-    let rows = report::finding_rows(report, ctx, now);
+    let mut rows = report::finding_rows(report, ctx, now);
+    if narrowed {
+        // `scan --unrestricted` narrowed the keys: findings follow them.
+        let shown: std::collections::HashSet<(&str, &str)> = (inventory.keys())
+            .map(|k| (k.organization.as_str(), k.id.as_str()))
+            .collect();
+        rows.retain(|r| shown.contains(&(r.organization.as_str(), r.key_id.as_str())));
+    }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     report::render_with_intel(inventory, &rows, now, format, intel, &mut out)?;

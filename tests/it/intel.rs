@@ -178,10 +178,19 @@ async fn a_disabled_audit_log_is_unavailable_and_usage_still_answers() {
 /// `keysweep scan --format <format> --now NOW` against `sim` (with `extra` configuration):
 /// (exit status success, stdout, stderr).
 async fn scan(sim: &keysweep::sim::SimServer, format: &str, extra: &str) -> (bool, String, String) {
+    scan_with(sim, format, extra, &[]).await
+}
+
+async fn scan_with(
+    sim: &keysweep::sim::SimServer,
+    format: &str,
+    extra: &str,
+    more: &[&str],
+) -> (bool, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config_file(dir.path(), &sim.base_url(), ADMIN_KEY_ENV, extra);
     let now = rfc3339(NOW);
-    let args = [
+    let mut args = vec![
         "scan",
         "--format",
         format,
@@ -190,6 +199,7 @@ async fn scan(sim: &keysweep::sim::SimServer, format: &str, extra: &str) -> (boo
         "--config",
         config.to_str().unwrap(),
     ];
+    args.extend_from_slice(more);
     let (status, out, err) = run_to_end(&args, &[(ADMIN_KEY_ENV, ADMIN_KEY)]).await;
     (status.success(), out, err)
 }
@@ -378,5 +388,60 @@ fn usage_window_and_audit_backfill_are_read_checked_and_hash_neutral_at_their_de
     ] {
         let e = load(bad).unwrap_err().to_string();
         assert!(e.contains("usage") || e.contains("audit_log"), "{bad}: {e}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scan_unrestricted_lists_only_keys_known_to_have_all_permissions() {
+    let mut org = SimOrg::generate(2, 15, 31, NOW);
+    // Generated keys have All permissions; restrict two of them.
+    let pi = org.projects.iter().position(|p| !p.is_archived()).unwrap();
+    org.projects[pi].keys[1].scopes = vec!["api.all.read".into()];
+    org.projects[pi].keys[2].scopes = vec!["api.model.request".into()];
+    let p = &org.projects[pi];
+    // One unrestricted key whose creation carried no scopes: unknown, so not listed.
+    let hidden = p.keys.iter().find(|k| k.scopes.is_empty()).unwrap();
+    let mut history = SimHistory::default();
+    let unlogged = SimKeyHistory {
+        scopes_logged: Some(false),
+        ..SimKeyHistory::default()
+    };
+    history.keys.insert(hidden.id.clone(), unlogged);
+    let sim = start_sim_with(
+        org.clone(),
+        SimOptions {
+            history,
+            ..options()
+        },
+    )
+    .await;
+    let extra = "[audit_log]\nbackfill = \"3650d\"\n";
+    let (ok, out, err) = scan_with(&sim, "json", extra, &["--unrestricted"]).await;
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let got: Vec<&str> = (v["keys"].as_array().unwrap().iter())
+        .map(|k| k["id"].as_str().unwrap())
+        .collect();
+    let mut want: Vec<&str> = (org.projects.iter().filter(|p| !p.is_archived()))
+        .flat_map(|p| &p.keys)
+        .filter(|k| k.scopes.is_empty() && k.id != hidden.id)
+        .map(|k| k.id.as_str())
+        .collect();
+    let mut got_sorted = got.clone();
+    got_sorted.sort_unstable();
+    want.sort_unstable();
+    assert!(!want.is_empty());
+    assert_eq!(got_sorted, want);
+    let restricted = org
+        .projects
+        .iter()
+        .flat_map(|p| &p.keys)
+        .filter(|k| !k.scopes.is_empty());
+    assert!(
+        restricted.count() > 0,
+        "the organisation has no restricted key to leave out"
+    );
+    for k in v["keys"].as_array().unwrap() {
+        assert_eq!(k["scopes"], serde_json::json!([]), "{k}");
     }
 }
