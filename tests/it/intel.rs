@@ -445,3 +445,31 @@ async fn scan_unrestricted_lists_only_keys_known_to_have_all_permissions() {
         assert_eq!(k["scopes"], serde_json::json!([]), "{k}");
     }
 }
+
+#[tokio::test]
+async fn server_errors_and_oversized_answers_are_failures_not_unavailable() {
+    let org = SimOrg::generate(1, 30, 6, NOW);
+    // Every GET answers 500: retried, then a failure (not a property of the organisation).
+    let failing = SimOptions {
+        fail_rate: 1.0,
+        ..options()
+    };
+    let sim = start_sim_with(org.clone(), failing).await;
+    let s = setup(&sim, limits(), |_| {});
+    let got = s.clients[0].key_events(0).await;
+    assert!(matches!(got, Err(IntelError::Failed(_))), "{got:?}");
+    let got = s.clients[0].usage_by_key(NOW - 30 * DAY, NOW).await;
+    assert!(matches!(got, Err(IntelError::Failed(_))), "{got:?}");
+    let stats = sim.stats();
+    assert_eq!(stats["GET /v1/organization/audit_logs"], 3, "{stats:?}");
+    // The body cap applies: a page of 100 events is far over 2 KiB.
+    let sim = start_sim_with(org, options()).await;
+    let mut small = limits();
+    small.max_response_bytes = 2048;
+    let s = setup(&sim, small, |_| {});
+    let got = s.clients[0].key_events(0).await;
+    match got {
+        Err(IntelError::Failed(e)) => assert!(e.to_string().contains("limit"), "{e}"),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
