@@ -473,3 +473,55 @@ async fn server_errors_and_oversized_answers_are_failures_not_unavailable() {
         other => panic!("expected a failure, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulate_binary_reads_an_org_files_history_and_turns_logging_off() {
+    let org = SimOrg::generate(1, 4, 3, NOW);
+    let key = &org.projects[0].keys[0];
+    let mut v: Value = serde_json::from_str(&org.to_json_pretty()).unwrap();
+    v["history"] = serde_json::json!({"keys": {key.id.clone(): {
+        "created_by": org.users[0].id, "usage": [{"at": NOW - DAY, "requests": 7, "cost_usd": 0.5}]}}});
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("org.json");
+    std::fs::write(&file, v.to_string()).unwrap();
+    let now = rfc3339(NOW);
+    let file = file.to_str().unwrap();
+    let base = ["--org-file", file, "--now", &now, "--freeze-clock"];
+    let get = |port: u16, path: String| async move {
+        let resp = reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{port}/v1{path}"))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .unwrap();
+        (
+            resp.status().as_u16(),
+            resp.json::<Value>().await.unwrap_or(Value::Null),
+        )
+    };
+    let sim = crate::support::process::Simulator::start(&base, ADMIN_KEY);
+    let path = format!("/organization/audit_logs?resource_ids[]={}", key.id);
+    let (status, log) = get(sim.port, path).await;
+    assert_eq!(status, 200);
+    let actor = &log["data"][0]["actor"]["session"]["user"]["email"];
+    assert_eq!(actor, org.users[0].email.as_str());
+    let q = format!(
+        "/organization/usage/completions?start_time={}&group_by[]=api_key_id",
+        NOW - 7 * DAY
+    );
+    let (_, usage) = get(sim.port, q).await;
+    let results: Vec<&Value> = (usage["data"].as_array().unwrap().iter())
+        .flat_map(|b| b["results"].as_array().unwrap())
+        .filter(|r| r["api_key_id"] == key.id.as_str())
+        .collect();
+    assert_eq!(results.len(), 1);
+    assert_eq!(results[0]["num_model_requests"], 7);
+    drop(sim);
+    let mut off = base.to_vec();
+    off.push("--audit-logging-off");
+    let sim = crate::support::process::Simulator::start(&off, ADMIN_KEY);
+    assert_eq!(
+        get(sim.port, "/organization/audit_logs".into()).await.0,
+        403
+    );
+}
