@@ -32,7 +32,7 @@ use super::conn::{ConnCtl, SimListener};
 use super::control;
 use super::faults::FaultBook;
 use super::handlers as h;
-use super::history::{Creation, SimUsage, UsageRecord, micros};
+use super::history::{Creation, SimUsage, UsageRecord, derived_creator, micros, org_owner};
 use super::intel_handlers as intel;
 use super::model::{SimAccess, SimKey, SimOrg};
 use super::options::{SimError, SimOptions};
@@ -188,9 +188,23 @@ impl SimServer {
         self.shared.org.rename_key(project, key, name)
     }
 
-    /// Adds a key owned by an existing member or service account of the project.
+    /// Adds a key owned by an existing member or service account of the project, and its
+    /// `api_key.created` event (by its derived creator, with its scopes) to the audit log.
     pub fn add_key(&self, project: &str, key: SimKey) -> Result<(), SimError> {
-        self.shared.org.add_key(project, key)
+        let id = key.id.clone();
+        self.shared.org.add_key(project, key)?;
+        let org = self.shared.org.snapshot();
+        let owner = org_owner(&org);
+        let Some(p) = org.project(project) else {
+            return Ok(());
+        };
+        if let Some(k) = p.keys.iter().find(|k| k.id == id)
+            && let Some(creator) = derived_creator(p, k, owner.as_deref())
+        {
+            let scopes = Some(k.scopes.clone());
+            self.log_key_created(project, &id, &creator, scopes, k.created_at);
+        }
+        Ok(())
     }
 
     /// Removes a key behind the API's back (as if deleted in the dashboard).

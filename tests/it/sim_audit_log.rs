@@ -516,3 +516,39 @@ async fn the_usage_endpoints_check_their_parameters_and_page() {
     assert_eq!(last["has_more"], false);
     assert!(last["next_page"].is_null());
 }
+
+#[tokio::test]
+async fn a_key_added_through_the_test_hook_is_logged_and_log_only_keys_can_be_made() {
+    let org = SimOrg::generate(1, 4, 6, NOW);
+    let sim = start_sim_with(org.clone(), options()).await;
+    let p = &org.projects[0];
+    let mut key = p.keys[0].clone();
+    key.id = "key_added_by_hook".into();
+    key.created_at = NOW - 60;
+    key.scopes = vec!["api.all.read".into()];
+    sim.add_key(&p.id, key.clone()).unwrap();
+    // A key the log knows that the listing does not return (an inventory gap).
+    let owner = &org.admin_api_keys[0].owner_user_id;
+    sim.log_key_created(&p.id, "key_ghost", owner, None, NOW - 30);
+    sim.log_key_deleted(&p.id, &p.keys[1].id, owner, NOW - 10);
+    let recent = all_events(&sim, &format!("&effective_at[gte]={}", NOW - 60), 10).await;
+    assert_eq!(recent.len(), 3, "{recent:?}");
+    assert_eq!(recent[0]["api_key.deleted"]["id"], p.keys[1].id.as_str());
+    assert_eq!(
+        recent[0]["actor"]["session"]["user"]["email"],
+        email_of(&org, owner).as_str()
+    );
+    assert_eq!(recent[1]["api_key.created"]["id"], "key_ghost");
+    assert!(recent[1]["api_key.created"].get("data").is_none());
+    assert_eq!(recent[2]["api_key.created"]["id"], "key_added_by_hook");
+    assert_eq!(
+        recent[2]["api_key.created"]["data"]["scopes"],
+        serde_json::json!(["api.all.read"])
+    );
+    let creator = recent[2]["actor"]["session"]["user"]["email"]
+        .as_str()
+        .unwrap();
+    if !key.owner.is_service_account() {
+        assert_eq!(creator, email_of(&org, key.owner.id()));
+    }
+}
