@@ -203,6 +203,9 @@ async fn scan(config: Config, args: &ScanArgs) -> Result<ExitCode> {
     };
     let ctx = plan_context(&sweeper.config, &report, now, true, false);
     let intel = scan_intel(&sweeper.config, now).await;
+    for line in intel.gap_notes(&inventory, now) {
+        eprintln!("warning: {line}");
+    }
     if args.unrestricted {
         keep_unrestricted(&mut inventory, &intel);
     }

@@ -10,11 +10,12 @@
 //! module never writes, never fails a scan or a sweep, and never sees the admin key (the
 //! clients hold it).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Serialize;
 
 use crate::config::IntelSettings;
+use crate::inventory::Inventory;
 use crate::openai::{AdminClient, KeyEvent, KeyEventKind, KeyUsage};
 
 /// One key's creator and scopes, as the log tells them.
@@ -27,6 +28,12 @@ pub struct KeyHistory {
     pub scopes: Option<Vec<String>>,
     /// An `api_key.deleted` event was seen.
     pub deleted: bool,
+    /// When its `api_key.created` says it was created (`None`: not in the log read).
+    pub created_at: Option<i64>,
+    /// The project of its creation.
+    pub project_id: Option<String>,
+    /// The expiry the latest update with `expires_in_seconds` set (`effective_at` + seconds).
+    pub ends_at: Option<i64>,
 }
 
 /// A key's usage over the window, as `scan --format json` shows it.
@@ -74,11 +81,20 @@ pub fn rebuild(events: &[KeyEvent]) -> HashMap<String, KeyHistory> {
             KeyEventKind::Created { scopes } => {
                 h.created_by.clone_from(&e.actor.email);
                 h.scopes.clone_from(scopes);
+                h.created_at = Some(e.effective_at);
+                h.project_id.clone_from(&e.project_id);
             }
             KeyEventKind::Updated {
-                scopes: Some(scopes),
-            } => h.scopes = Some(scopes.clone()),
-            KeyEventKind::Updated { scopes: None } => {}
+                scopes,
+                expires_in_seconds,
+            } => {
+                if let Some(scopes) = scopes {
+                    h.scopes = Some(scopes.clone());
+                }
+                if let Some(secs) = expires_in_seconds {
+                    h.ends_at = Some(e.effective_at.saturating_add(*secs));
+                }
+            }
             KeyEventKind::Deleted => h.deleted = true,
         }
     }
@@ -123,6 +139,94 @@ impl Intel {
                 out.push(format!(
                     "organisation {}: usage is unavailable, so usage is null: {why}",
                     o.organization
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// What the log says exists and the listing did not return.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Gaps {
+    /// Key ids created (per the log) before the listing began, never deleted, not ended by an
+    /// expiry the log shows, in a watched, unarchived project whose listing completed, and yet
+    /// not listed.
+    pub missing: Vec<String>,
+    /// Log entries whose key id does not have a key id's shape (`key_…`): they cannot be
+    /// matched to any key, so they are counted, never reported as gaps.
+    pub unmatched: usize,
+}
+
+/// The inventory gaps of one organisation. `listed`: every key id the listing returned;
+/// `complete_project`: whether a project is watched, not archived and completely listed;
+/// `listing_began`: keys created since may be missing for that reason alone.
+pub fn gaps(
+    history: &HashMap<String, KeyHistory>,
+    listed: &HashSet<&str>,
+    complete_project: impl Fn(&str) -> bool,
+    listing_began: i64,
+    now: i64,
+) -> Gaps {
+    let mut g = Gaps::default();
+    for (id, h) in history {
+        let Some(created) = h.created_at else {
+            continue;
+        };
+        if h.deleted || listed.contains(id.as_str()) || created >= listing_began {
+            continue;
+        }
+        if h.ends_at.is_some_and(|t| t <= now) {
+            continue;
+        }
+        if !(id.starts_with("key_") && crate::openai::is_valid_id(id)) {
+            g.unmatched += 1;
+            continue;
+        }
+        if h.project_id.as_deref().is_some_and(&complete_project) {
+            g.missing.push(id.clone());
+        }
+    }
+    g.missing.sort();
+    g
+}
+
+impl Intel {
+    /// One line per organisation whose log shows keys the listing lacks (see [`gaps`]).
+    pub fn gap_notes(&self, inv: &Inventory, now: i64) -> Vec<String> {
+        let mut out = Vec::new();
+        for org in &inv.orgs {
+            let Some(Ok(history)) = (self.orgs.iter())
+                .find(|o| o.organization == org.organization)
+                .map(|o| o.history.as_ref())
+            else {
+                continue;
+            };
+            let listed: HashSet<&str> = org
+                .projects
+                .iter()
+                .flat_map(|p| p.keys.iter().map(|k| k.id.as_str()))
+                .collect();
+            let complete = |project: &str| {
+                org.is_complete()
+                    && (org.projects.iter()).any(|p| {
+                        p.project.id == project && !p.project.archived && p.listing.is_complete()
+                    })
+            };
+            let g = gaps(history, &listed, complete, now, now);
+            if !g.missing.is_empty() {
+                out.push(format!(
+                    "organisation {}: inventory gap: the audit log shows {} key(s) created and \
+                     not deleted that the listing did not return: {}",
+                    org.organization,
+                    g.missing.len(),
+                    g.missing.join(", ")
+                ));
+            }
+            if g.unmatched > 0 {
+                out.push(format!(
+                    "organisation {}: {} audit-log key id(s) could not be matched to a key",
+                    org.organization, g.unmatched
                 ));
             }
         }
@@ -177,7 +281,10 @@ mod tests {
                 "e4",
                 40,
                 "key_a",
-                KeyEventKind::Updated { scopes: None },
+                KeyEventKind::Updated {
+                    scopes: None,
+                    expires_in_seconds: None,
+                },
                 None,
             ),
             ev(
@@ -186,6 +293,7 @@ mod tests {
                 "key_a",
                 KeyEventKind::Updated {
                     scopes: s(&["api.all.read"]),
+                    expires_in_seconds: None,
                 },
                 None,
             ),
@@ -250,5 +358,39 @@ mod tests {
         let missing = intel.missing();
         assert_eq!(missing.len(), 1);
         assert!(missing[0].contains("acme") && missing[0].contains("HTTP 403"));
+    }
+
+    #[test]
+    fn gaps_are_created_not_deleted_not_listed_keys_of_complete_projects() {
+        let h = |created: i64, project: &str| KeyHistory {
+            created_at: Some(created),
+            project_id: Some(project.to_string()),
+            ..KeyHistory::default()
+        };
+        let mut history = HashMap::new();
+        history.insert("key_gap".to_string(), h(10, "proj_a"));
+        history.insert("key_listed".to_string(), h(10, "proj_a"));
+        history.insert("key_new".to_string(), h(100, "proj_a"));
+        history.insert("key_other".to_string(), h(10, "proj_unwatched"));
+        history.insert("tracking-7".to_string(), h(10, "proj_a"));
+        let deleted = KeyHistory {
+            deleted: true,
+            ..h(10, "proj_a")
+        };
+        history.insert("key_deleted".to_string(), deleted);
+        let expired = KeyHistory {
+            ends_at: Some(50),
+            ..h(10, "proj_a")
+        };
+        history.insert("key_expired".to_string(), expired);
+        // Known only from an update (its creation is older than the log read): not a gap.
+        history.insert("key_updated_only".to_string(), KeyHistory::default());
+        let listed: HashSet<&str> = ["key_listed"].into_iter().collect();
+        let g = gaps(&history, &listed, |p| p == "proj_a", 100, 100);
+        assert_eq!(g.missing, vec!["key_gap".to_string()]);
+        assert_eq!(g.unmatched, 1);
+        // A project whose listing is not complete (or archived, or unwatched) has no gaps.
+        let g = gaps(&history, &listed, |_| false, 100, 100);
+        assert!(g.missing.is_empty());
     }
 }

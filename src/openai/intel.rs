@@ -82,9 +82,11 @@ pub enum KeyEventKind {
     Created {
         scopes: Option<Vec<String>>,
     },
-    /// `scopes`: `changes_requested.scopes` when the update changed them.
+    /// `scopes`: `changes_requested.scopes` when the update changed them;
+    /// `expires_in_seconds`: the expiry it set (from `effective_at`).
     Updated {
         scopes: Option<Vec<String>>,
+        expires_in_seconds: Option<i64>,
     },
     Deleted,
 }
@@ -198,6 +200,8 @@ struct WireKeyDetails {
 struct WireScopes {
     #[serde(default)]
     scopes: Option<Vec<String>>,
+    #[serde(default)]
+    expires_in_seconds: Option<i64>,
 }
 
 impl WireEvent {
@@ -210,8 +214,14 @@ impl WireEvent {
             }
             "api_key.updated" => {
                 let d = self.updated?;
-                let scopes = d.changes_requested.as_ref().and_then(|s| s.scopes.clone());
-                (d, KeyEventKind::Updated { scopes })
+                let changes = d.changes_requested.as_ref();
+                let scopes = changes.and_then(|s| s.scopes.clone());
+                let expires_in_seconds = changes.and_then(|s| s.expires_in_seconds);
+                let kind = KeyEventKind::Updated {
+                    scopes,
+                    expires_in_seconds,
+                };
+                (d, kind)
             }
             "api_key.deleted" => (self.deleted?, KeyEventKind::Deleted),
             _ => return None,
@@ -428,7 +438,11 @@ mod tests {
                 "api_key.updated":{"id":"key_b","changes_requested":{"expires_in_seconds":9}}}"#,
         )
         .unwrap();
-        assert_eq!(upd.kind, KeyEventKind::Updated { scopes: None });
+        let want = KeyEventKind::Updated {
+            scopes: None,
+            expires_in_seconds: Some(9),
+        };
+        assert_eq!(upd.kind, want);
         assert_eq!(upd.project_id.as_deref(), Some("proj_1"));
         assert_eq!(upd.actor.kind, "api_key");
         assert_eq!(upd.actor.api_key_id.as_deref(), Some("key_adm"));

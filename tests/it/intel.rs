@@ -525,3 +525,48 @@ async fn the_simulate_binary_reads_an_org_files_history_and_turns_logging_off() 
         403
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scan_warns_of_keys_the_log_shows_that_the_listing_did_not_return() {
+    let org = SimOrg::generate(3, 8, 14, NOW);
+    assert!(
+        org.projects
+            .iter()
+            .any(|p| p.is_archived() && !p.keys.is_empty())
+    );
+    let sim = start_sim_with(org.clone(), options()).await;
+    let p = org.projects.iter().find(|p| !p.is_archived()).unwrap();
+    let owner = &org.admin_api_keys[0].owner_user_id;
+    // Gone from the listing with no deletion on record: a gap.
+    let vanished = &p.keys[0].id;
+    sim.remove_key(&p.id, vanished).unwrap();
+    // Deleted in the dashboard, on record: not a gap.
+    sim.log_key_deleted(&p.id, &p.keys[1].id, owner, NOW - 10);
+    sim.remove_key(&p.id, &p.keys[1].id).unwrap();
+    // Created per the log, never listed: a gap; an id of another shape: unmatched.
+    sim.log_key_created(&p.id, "key_ghost", owner, None, NOW - 30);
+    sim.log_key_created(&p.id, "trk-7", owner, None, NOW - 30);
+    let (ok, _, err) = scan(&sim, "json", "[audit_log]\nbackfill = \"3650d\"\n").await;
+    assert!(ok, "{err}");
+    let mut want = [vanished.as_str(), "key_ghost"];
+    want.sort_unstable();
+    let line = err
+        .lines()
+        .find(|l| l.contains("inventory gap"))
+        .unwrap_or_else(|| panic!("no gap warning: {err}"));
+    assert!(line.contains("2 key(s)"), "{line}");
+    assert!(line.ends_with(&want.join(", ")), "{line}");
+    assert_eq!(err.matches("inventory gap").count(), 1, "{err}");
+    assert!(
+        err.contains("1 audit-log key id(s) could not be matched"),
+        "{err}"
+    );
+    // Nothing missing, nothing said.
+    let clean = start_sim_with(org, options()).await;
+    let (ok, _, err) = scan(&clean, "json", "[audit_log]\nbackfill = \"3650d\"\n").await;
+    assert!(ok);
+    assert!(
+        !err.contains("inventory gap") && !err.contains("matched"),
+        "{err}"
+    );
+}
