@@ -12,17 +12,22 @@
 //! cursor paging with `limit` (1–100, default 20), `after`, `before`, `first_id`/`last_id`,
 //! `has_more`. With audit logging off every request answers 403.
 //!
+//! The past is derived from the organisation at the first read of the log (so a large
+//! organisation that is never asked pays nothing): a key deleted through the API before that
+//! read has its deletion in the log but not its creation, like a key older than the log.
+//! `SimServer::remove_key` derives it first, so the removed key's creation stays.
+//!
 //! It never imports `crate::openai`, holds no lock across an `.await`, and never reads the
 //! clock (handlers pass `now`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::{Value, json};
 
+use super::history::SimHistory;
 use super::history::{Creation, derive, emails, org_owner};
-use super::history::{SimHistory, UsageRecord};
 use super::model::SimOrg;
 use super::respond::{BadParam, bad_param};
 
@@ -38,6 +43,18 @@ struct Event {
     json: Value,
 }
 
+/// (effective_at, type, project, resource id, actor, the type's details object).
+type EventArgs<'a> = (i64, &'a str, &'a str, &'a str, &'a Actor<'a>, Value);
+
+/// `api_key.created`'s details: the id, and `data.scopes` when the history logs them.
+fn created_details(c: &Creation) -> Value {
+    let mut details = json!({"id": c.key});
+    if let Some(scopes) = &c.scopes {
+        details["data"] = json!({"scopes": scopes});
+    }
+    details
+}
+
 /// Who acted: a person in the dashboard, or an API key.
 pub(crate) enum Actor<'a> {
     Session { user: &'a str },
@@ -46,13 +63,27 @@ pub(crate) enum Actor<'a> {
 
 pub(crate) struct AuditLog {
     enabled: AtomicBool,
-    /// Sorted by `(effective_at, seq)`, oldest first.
-    events: Mutex<Vec<Event>>,
+    book: Mutex<Book>,
+    /// The organisation file's explicit history, applied when the past is first read.
+    history: SimHistory,
     emails: HashMap<String, String>,
     /// The admin key that acts for keysweep: (its id, its owner's user id).
     admin: (String, String),
     owner: Option<String>,
     projects: HashMap<String, Option<String>>,
+}
+
+/// The events. The past (memberships, service accounts, every listed key's creation) is
+/// derived from the organisation the first time the log is read, not at start: a benchmark
+/// organisation of a million keys that never reads the log pays nothing for it.
+#[derive(Default)]
+struct Book {
+    seeded: bool,
+    /// Sorted by `(effective_at, seq)`, oldest first.
+    events: Vec<Event>,
+    next_seq: u64,
+    /// Keys whose creation was logged live (hooks, mints) before the past was derived.
+    created_live: HashSet<String>,
 }
 
 /// The parsed query of a list request.
@@ -73,18 +104,18 @@ pub(crate) struct AuditQuery {
 }
 
 impl AuditLog {
-    /// The log of `org`'s past (see `history`), and its usage records for `usage`.
-    pub fn new(org: &SimOrg, h: &SimHistory, enabled: bool) -> (Self, Vec<UsageRecord>) {
-        let (creations, usage) = derive(org, h);
+    /// The log of `org` (its past is derived at the first read, see [`Book`]).
+    pub fn new(org: &SimOrg, history: SimHistory, enabled: bool) -> Self {
         let admin = org
             .admin_api_keys
             .iter()
             .min_by_key(|k| (k.created_at, k.id.clone()))
             .map(|k| (k.id.clone(), k.owner_user_id.clone()))
             .unwrap_or_else(|| ("key_admin".to_string(), String::new()));
-        let log = AuditLog {
+        AuditLog {
             enabled: AtomicBool::new(enabled),
-            events: Mutex::new(Vec::new()),
+            book: Mutex::new(Book::default()),
+            history,
             emails: emails(org),
             admin,
             owner: org_owner(org),
@@ -93,42 +124,73 @@ impl AuditLog {
                 .iter()
                 .map(|p| (p.id.clone(), p.name.clone()))
                 .collect(),
-        };
-        log.seed(org, &creations);
-        (log, usage)
+        }
     }
 
-    fn seed(&self, org: &SimOrg, creations: &[Creation]) {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Book> {
+        self.book.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Derives the past from `org` (the organisation now) unless done already.
+    pub fn seed_with(&self, org: impl FnOnce() -> SimOrg) {
+        if self.lock().seeded {
+            return;
+        }
+        let org = org();
+        let (creations, _) = derive(&org, &self.history);
         let owner = self.owner.clone().unwrap_or_default();
+        let session = Actor::Session { user: &owner };
+        let mut book = self.lock();
+        if book.seeded {
+            return;
+        }
+        let mut past = Vec::new();
         for p in &org.projects {
             for m in &p.members {
                 let data = json!({"id": m.user_id, "data": {"role": m.role}});
-                let actor = Actor::Session { user: &owner };
-                self.push(
+                let e = (
                     m.added_at,
                     "user.added",
-                    Some(&p.id),
-                    &m.user_id,
-                    &actor,
+                    p.id.as_str(),
+                    m.user_id.as_str(),
+                    &session,
                     data,
                 );
+                past.push(self.event(&mut book, e));
             }
-            for s in &p.service_accounts {
-                let data = json!({"id": s.id, "data": {"role": s.role}});
-                let actor = Actor::Session { user: &owner };
-                self.push(
-                    s.created_at,
-                    "service_account.created",
-                    Some(&p.id),
-                    &s.id,
-                    &actor,
+            for sa in &p.service_accounts {
+                let data = json!({"id": sa.id, "data": {"role": sa.role}});
+                let kind = "service_account.created";
+                let e = (
+                    sa.created_at,
+                    kind,
+                    p.id.as_str(),
+                    sa.id.as_str(),
+                    &session,
                     data,
                 );
+                past.push(self.event(&mut book, e));
             }
         }
-        for c in creations {
-            self.key_created(c, &Actor::Session { user: &c.creator });
+        let fresh: Vec<&Creation> = (creations.iter())
+            .filter(|c| !book.created_live.contains(&c.key))
+            .collect();
+        for c in fresh {
+            let actor = Actor::Session { user: &c.creator };
+            let details = created_details(c);
+            let e = (
+                c.at,
+                "api_key.created",
+                c.project.as_str(),
+                c.key.as_str(),
+                &actor,
+                details,
+            );
+            past.push(self.event(&mut book, e));
         }
+        book.events.append(&mut past);
+        book.events.sort_by_key(|e| (e.effective_at, e.seq));
+        book.seeded = true;
     }
 
     pub fn set_enabled(&self, on: bool) {
@@ -160,58 +222,49 @@ impl AuditLog {
         }
     }
 
-    /// Appends an event at `at` (kept in order even when the clock was moved back).
-    pub fn push(
-        &self,
-        at: i64,
-        kind: &str,
-        project: Option<&str>,
-        resource: &str,
-        actor: &Actor<'_>,
-        details: Value,
-    ) {
+    /// Builds an event with the next sequence number.
+    fn event(&self, book: &mut Book, e: EventArgs<'_>) -> Event {
+        let (at, kind, project, resource, actor, details) = e;
         let (actor_json, actor_id, actor_email) = self.actor_json(actor);
-        let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
-        let seq = events.iter().map(|e| e.seq).max().map_or(1, |s| s + 1);
+        book.next_seq += 1;
+        let seq = book.next_seq;
         let id = format!("audit_log-{seq:08}");
         let mut obj = json!({"id": id, "type": kind, "effective_at": at, "actor": actor_json});
-        if let Some(p) = project {
-            let name = self.projects.get(p).cloned().flatten();
-            obj["project"] = json!({"id": p, "name": name});
-        }
+        let name = self.projects.get(project).cloned().flatten();
+        obj["project"] = json!({"id": project, "name": name});
         obj[kind] = details;
-        let pos = events.partition_point(|e| (e.effective_at, e.seq) <= (at, seq));
-        let event = Event {
+        Event {
             seq,
             effective_at: at,
             kind: kind.to_string(),
-            project: project.map(str::to_string),
+            project: Some(project.to_string()),
             resource: resource.to_string(),
             actor_id,
             actor_email,
             json: obj,
-        };
-        events.insert(pos, event);
+        }
+    }
+
+    /// Appends an event at `at` (kept in order even when the clock was moved back).
+    fn push(&self, e: EventArgs<'_>) {
+        let mut book = self.lock();
+        if e.1 == "api_key.created" && !book.seeded {
+            book.created_live.insert(e.3.to_string());
+        }
+        let event = self.event(&mut book, e);
+        let pos = (book.events)
+            .partition_point(|x| (x.effective_at, x.seq) <= (event.effective_at, event.seq));
+        book.events.insert(pos, event);
     }
 
     pub fn key_created(&self, c: &Creation, actor: &Actor<'_>) {
-        let mut details = json!({"id": c.key});
-        if let Some(scopes) = &c.scopes {
-            details["data"] = json!({"scopes": scopes});
-        }
-        self.push(
-            c.at,
-            "api_key.created",
-            Some(&c.project),
-            &c.key,
-            actor,
-            details,
-        );
+        let details = created_details(c);
+        self.push((c.at, "api_key.created", &c.project, &c.key, actor, details));
     }
 
     pub fn key_deleted(&self, at: i64, project: &str, key: &str, actor: &Actor<'_>) {
         let details = json!({"id": key});
-        self.push(at, "api_key.deleted", Some(project), key, actor, details);
+        self.push((at, "api_key.deleted", project, key, actor, details));
     }
 
     pub fn key_updated(
@@ -230,32 +283,20 @@ impl AuditLog {
             changes["scopes"] = json!(s);
         }
         let details = json!({"id": key, "changes_requested": changes});
-        self.push(
-            at,
-            "api_key.updated",
-            Some(project),
-            key,
-            &Actor::AdminKey,
-            details,
-        );
+        let actor = Actor::AdminKey;
+        self.push((at, "api_key.updated", project, key, &actor, details));
     }
 
     pub fn service_account_deleted(&self, at: i64, project: &str, sa: &str) {
         let details = json!({"id": sa});
         let actor = Actor::AdminKey;
-        self.push(
-            at,
-            "service_account.deleted",
-            Some(project),
-            sa,
-            &actor,
-            details,
-        );
+        self.push((at, "service_account.deleted", project, sa, &actor, details));
     }
 
     /// One page as `ListAuditLogsResponse` JSON, or the cursor that matched nothing.
     pub fn page(&self, q: &AuditQuery) -> Result<Vec<u8>, BadParam> {
-        let events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        let book = self.lock();
+        let events = &book.events;
         // Newest first.
         let matching: Vec<&Event> = events.iter().rev().filter(|e| q.admits(e)).collect();
         let position = |id: &str, param: &'static str| {

@@ -92,6 +92,7 @@ pub(crate) async fn audit_logs(State(s): State<S>, RawQuery(raw): RawQuery) -> R
             None,
         );
     }
+    s.audit.seed_with(|| s.org.snapshot());
     match AuditQuery::parse(raw.as_deref()).and_then(|q| s.audit.page(&q)) {
         Ok(body) => json(StatusCode::OK, body),
         Err(bad) => bad.into_response(),
@@ -100,7 +101,10 @@ pub(crate) async fn audit_logs(State(s): State<S>, RawQuery(raw): RawQuery) -> R
 
 async fn usage(s: &Shared, kind: UsageKind, raw: Option<&str>) -> Response {
     match UsageQuery::parse(kind, raw, s.clock.now()) {
-        Ok(q) => json(StatusCode::OK, s.usage.page(kind, &q)),
+        Ok(q) => {
+            s.usage.seed_with(|| s.org.snapshot());
+            json(StatusCode::OK, s.usage.page(kind, &q))
+        }
         Err(bad) => bad.into_response(),
     }
 }

@@ -208,7 +208,13 @@ impl SimServer {
     }
 
     /// Removes a key behind the API's back (as if deleted in the dashboard).
+    /// The audit log keeps the key's creation and records no deletion: a key gone from the
+    /// listing without a trace (an inventory gap), unless the test logs one
+    /// ([`Self::log_key_deleted`]).
     pub fn remove_key(&self, project: &str, key: &str) -> Result<(), SimError> {
+        // The log's past is derived at its first read: derive it now, while the key is here.
+        self.shared.audit.seed_with(|| self.shared.org.snapshot());
+        self.shared.usage.seed_with(|| self.shared.org.snapshot());
         self.shared.org.remove_key(project, key)
     }
 

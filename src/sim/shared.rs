@@ -58,7 +58,7 @@ impl Shared {
             audit_logging,
             history,
         } = opts;
-        let (audit, records) = AuditLog::new(&org, &history, audit_logging);
+        let audit = AuditLog::new(&org, history.clone(), audit_logging);
         let rules = Rules {
             hide_expired: hide_expired_keys,
             max_key_lifetime: max_key_lifetime
@@ -68,7 +68,7 @@ impl Shared {
         Shared {
             org: OrgState::new(org, rules),
             audit,
-            usage: UsageBook::new(records),
+            usage: UsageBook::new(history),
             clock: SimClock::new(now, freeze_clock),
             admin_key: RwLock::new(admin_key),
             faults: FaultBook::default(),

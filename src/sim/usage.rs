@@ -19,7 +19,8 @@ use std::sync::Mutex;
 
 use serde_json::{Value, json};
 
-use super::history::UsageRecord;
+use super::history::{SimHistory, UsageRecord, derive};
+use super::model::SimOrg;
 use super::respond::{BadParam, bad_param};
 
 /// Which endpoint is asked.
@@ -33,7 +34,9 @@ pub(crate) enum UsageKind {
 type Group<'a> = (Option<&'a str>, Option<&'a str>);
 
 pub(crate) struct UsageBook {
-    records: Mutex<Vec<UsageRecord>>,
+    /// The organisation file's explicit history, applied when usage is first read.
+    history: SimHistory,
+    book: Mutex<(bool, Vec<UsageRecord>)>,
 }
 
 /// A parsed usage query.
@@ -50,22 +53,40 @@ pub(crate) struct UsageQuery {
 }
 
 impl UsageBook {
-    pub fn new(records: Vec<UsageRecord>) -> Self {
+    /// Usage derived from the organisation at the first read (as the audit log's past), plus
+    /// what hooks add meanwhile.
+    pub fn new(history: SimHistory) -> Self {
         UsageBook {
-            records: Mutex::new(records),
+            history,
+            book: Mutex::new((false, Vec::new())),
         }
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, (bool, Vec<UsageRecord>)> {
+        self.book.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn record(&self, r: UsageRecord) {
-        self.records
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(r);
+        self.lock().1.push(r);
+    }
+
+    /// Derives each key's past usage from `org` (the organisation now) unless done already.
+    pub fn seed_with(&self, org: impl FnOnce() -> SimOrg) {
+        if self.lock().0 {
+            return;
+        }
+        let (_, mut past) = derive(&org(), &self.history);
+        let mut book = self.lock();
+        if !book.0 {
+            book.1.append(&mut past);
+            book.0 = true;
+        }
     }
 
     /// One page of buckets as the API's `page` object.
     pub fn page(&self, kind: UsageKind, q: &UsageQuery) -> Vec<u8> {
-        let records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        let book = self.lock();
+        let records = &book.1;
         let mut data = Vec::new();
         let mut start = q.start;
         while start < q.end && data.len() < usize::try_from(q.limit).unwrap_or(usize::MAX) {
