@@ -190,7 +190,7 @@ async fn scan(config: Config, args: &ScanArgs) -> Result<ExitCode> {
             eprint!("\rlisting projects: {done}/{known}   ");
         }
     };
-    let (report, inventory) = sweeper.preview(now, Some(&progress)).await?;
+    let (report, mut inventory) = sweeper.preview(now, Some(&progress)).await?;
     if tty {
         eprint!("\r{:40}\r", "");
     }
@@ -202,8 +202,44 @@ async fn scan(config: Config, args: &ScanArgs) -> Result<ExitCode> {
         None => report::Format::Json,
     };
     let ctx = plan_context(&sweeper.config, &report, now, true, false);
-    print_report(&report, &inventory, now, format, &ctx)?;
+    let intel = scan_intel(&sweeper.config, now).await;
+    for line in intel.gap_notes(&inventory, now) {
+        eprintln!("warning: {line}");
+    }
+    if args.unrestricted {
+        keep_unrestricted(&mut inventory, &intel);
+    }
+    let intel = (Some(&intel), args.unrestricted);
+    print_report(&report, &inventory, now, format, &ctx, intel)?;
     Ok(finish(&report, &sweeper.config, true))
+}
+
+/// `scan --unrestricted`: only the keys known to have All permissions.
+fn keep_unrestricted(inventory: &mut crate::inventory::Inventory, intel: &crate::intel::Intel) {
+    for org in &mut inventory.orgs {
+        for p in &mut org.projects {
+            p.keys.retain(|k| {
+                intel
+                    .key(&k.organization, &k.id)
+                    .scopes
+                    .is_some_and(<[_]>::is_empty)
+            });
+        }
+    }
+}
+
+/// The audit log's creators and scopes and each key's usage (issue 16), read with clients of
+/// their own; what cannot be read is said once on stderr and shown as null, never an error.
+async fn scan_intel(config: &Config, now: i64) -> crate::intel::Intel {
+    let shared = crate::openai::ClientShared::new(Metrics::new(), &config.limits);
+    let clients: Vec<_> = (config.organizations.iter())
+        .filter_map(|o| crate::openai::AdminClient::new(o, &config.limits, shared.clone()).ok())
+        .collect();
+    let intel = crate::intel::gather(&clients, config.intel, now).await;
+    for line in intel.missing() {
+        eprintln!("note: {line}");
+    }
+    intel
 }
 
 /// What the plan needs besides the report: the rules in force, the kill switch as it is now,
@@ -230,11 +266,19 @@ fn print_report(
     now: i64,
     format: report::Format,
     ctx: &report::PlanContext,
+    (intel, narrowed): (Option<&crate::intel::Intel>, bool),
 ) -> Result<()> {
-    let rows = report::finding_rows(report, ctx, now);
+    let mut rows = report::finding_rows(report, ctx, now);
+    if narrowed {
+        // `scan --unrestricted` narrowed the keys: findings follow them.
+        let shown: std::collections::HashSet<(&str, &str)> = (inventory.keys())
+            .map(|k| (k.organization.as_str(), k.id.as_str()))
+            .collect();
+        rows.retain(|r| shown.contains(&(r.organization.as_str(), r.key_id.as_str())));
+    }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    report::render(inventory, &rows, now, format, &mut out)?;
+    report::render_with_intel(inventory, &rows, now, format, intel, &mut out)?;
     out.flush()?;
     Ok(())
 }

@@ -64,6 +64,10 @@ pub struct ScanArgs {
     /// Evaluate as of this moment (RFC 3339) instead of now.
     #[arg(long, value_name = "RFC3339")]
     pub now: Option<String>,
+    /// Show only the keys the audit log says have All permissions (scopes `[]`); keys whose
+    /// scopes are unknown are left out.
+    #[arg(long)]
+    pub unrestricted: bool,
 }
 
 #[derive(Debug, Args)]

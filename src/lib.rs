@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod intel;
 pub mod inventory;
 pub mod metrics;
 pub mod notify;

@@ -18,6 +18,7 @@ use std::io::{self, Write};
 use serde::Serialize;
 
 use crate::config::Action;
+use crate::intel::{Intel, UsageSummary};
 use crate::inventory::{Expiry, ExpiryStatus, Inventory, Key, OwnerAccess};
 use crate::policy::Plan;
 use crate::sweep::SweepReport;
@@ -147,9 +148,23 @@ pub fn render(
     format: Format,
     out: &mut dyn Write,
 ) -> io::Result<()> {
+    render_with_intel(inv, findings, now, format, None, out)
+}
+
+/// [`render`], with what the audit log and usage said of each key (`scan`): JSON's
+/// `created_by`, `scopes` and `usage` (null when unknown, as without `intel`), and the table's
+/// CREATED BY column (only when `intel` is given).
+pub fn render_with_intel(
+    inv: &Inventory,
+    findings: &[FindingRow],
+    now: i64,
+    format: Format,
+    intel: Option<&Intel>,
+    out: &mut dyn Write,
+) -> io::Result<()> {
     match format {
-        Format::Table => render_table(inv, findings, now, out),
-        Format::Json => render_json(inv, findings, now, out),
+        Format::Table => render_table(inv, findings, now, intel, out),
+        Format::Json => render_json(inv, findings, now, intel, out),
         Format::Csv => render_csv(inv, findings, now, out),
     }
 }
@@ -268,6 +283,7 @@ fn render_table(
     inv: &Inventory,
     findings: &[FindingRow],
     now: i64,
+    intel: Option<&Intel>,
     out: &mut dyn Write,
 ) -> io::Result<()> {
     let header = [
@@ -283,6 +299,14 @@ fn render_table(
     ];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
     rows.extend(inv.keys().map(|k| key_row(k, now)));
+    if let Some(intel) = intel {
+        // After OWNER: who created the key, per the audit log (`-`: unknown).
+        rows[0].insert(6, "CREATED BY".to_string());
+        for (row, k) in rows.iter_mut().skip(1).zip(inv.keys()) {
+            let by = intel.key(&k.organization, &k.id).created_by.unwrap_or("-");
+            row.insert(6, clean(by));
+        }
+    }
     write_aligned(out, &rows)?;
 
     let projects: usize = inv.orgs.iter().map(|o| o.projects.len()).sum();
@@ -498,14 +522,23 @@ struct JsonKey<'a> {
     /// `none`, `set`, `expired` or `unknown` at `generated_at` (the metrics' words): says
     /// outright what a reader that takes a missing field for `null` (jq does) would confuse.
     expiry_state: &'static str,
+    /// The e-mail of whoever created the key, per the audit log; `null` when unknown.
+    created_by: Option<&'a str>,
+    /// The key's scopes rebuilt from the audit log (`[]`: all permissions); `null` when unknown.
+    scopes: Option<&'a [String]>,
+    /// `{window_days, requests, cost_usd}` from the usage endpoints; `null` when unavailable.
+    usage: Option<UsageSummary>,
 }
 
 fn render_json(
     inv: &Inventory,
     findings: &[FindingRow],
     now: i64,
+    intel: Option<&Intel>,
     out: &mut dyn Write,
 ) -> io::Result<()> {
+    let no_intel = Intel::default();
+    let intel = intel.unwrap_or(&no_intel);
     let report = JsonReport {
         generated_at: now,
         generated_at_rfc3339: rfc3339(now),
@@ -558,6 +591,9 @@ fn render_json(
                 idle_days: k.last_used_at.map(|t| days_since(t, now)),
                 expires_at: k.expires_at,
                 expiry_state: ExpiryStatus::of(k.expires_at, now).as_str(),
+                created_by: intel.key(&k.organization, &k.id).created_by,
+                scopes: intel.key(&k.organization, &k.id).scopes,
+                usage: intel.key(&k.organization, &k.id).usage,
             })
             .collect(),
         findings: findings

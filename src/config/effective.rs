@@ -126,6 +126,18 @@ struct View<'a> {
     #[serde(serialize_with = "path")]
     state_path: &'a Path,
     timezone: &'static str,
+    /// `[usage]` and `[audit_log]`: left out at their defaults, so configurations that do not
+    /// set them keep their hash.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<IntelView>,
+}
+
+#[derive(Serialize)]
+struct IntelView {
+    #[serde(serialize_with = "dur")]
+    window: Duration,
+    #[serde(serialize_with = "dur")]
+    audit_log_backfill: Duration,
 }
 
 impl<'a> View<'a> {
@@ -167,6 +179,10 @@ impl<'a> View<'a> {
             sinks: c.sinks.iter().map(SinkView::of).collect(),
             state_path: &c.state_path,
             timezone: c.schedule.timezone.name(),
+            usage: (!c.intel.is_default()).then_some(IntelView {
+                window: c.intel.usage_window,
+                audit_log_backfill: c.intel.audit_backfill,
+            }),
         }
     }
 }

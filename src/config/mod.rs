@@ -90,6 +90,43 @@ pub struct Config {
     /// the same key an enforcer alert says which key and why (0: never). Kept here rather than
     /// in `Safety`, whose literals the plan's tests build.
     pub max_recheck_skips: u32,
+    /// `[usage]` and `[audit_log]`: the audit log and usage readers' settings.
+    pub intel: IntelSettings,
+}
+
+/// `[usage] window` (default 30 d: each key's requests and cost are summed over it) and
+/// `[audit_log] backfill` (default 90 d: how far back the first read of the audit log goes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IntelSettings {
+    pub usage_window: Duration,
+    pub audit_backfill: Duration,
+}
+
+impl IntelSettings {
+    pub const DEFAULT_USAGE_WINDOW: Duration = Duration::from_secs(30 * 86_400);
+    pub const DEFAULT_AUDIT_BACKFILL: Duration = Duration::from_secs(90 * 86_400);
+
+    /// Whether both are the defaults (the effective configuration leaves them out then, so
+    /// configurations that do not set them keep their hash).
+    pub fn is_default(&self) -> bool {
+        *self == IntelSettings::default()
+    }
+
+    /// The usage window in whole days (at least 1).
+    pub fn window_days(&self) -> u32 {
+        u32::try_from(self.usage_window.as_secs() / 86_400)
+            .unwrap_or(u32::MAX)
+            .max(1)
+    }
+}
+
+impl Default for IntelSettings {
+    fn default() -> Self {
+        IntelSettings {
+            usage_window: Self::DEFAULT_USAGE_WINDOW,
+            audit_backfill: Self::DEFAULT_AUDIT_BACKFILL,
+        }
+    }
 }
 
 impl Config {

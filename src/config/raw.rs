@@ -79,6 +79,24 @@ struct RawConfig {
     /// Where `action = "rotate"` hands a freshly minted key (`[[sinks]]`).
     #[serde(default)]
     sinks: Vec<RawSink>,
+    /// `[usage] window`: how far back each key's requests and cost are summed.
+    #[serde(default)]
+    usage: RawUsage,
+    /// `[audit_log] backfill`: how far back the first read of the audit log goes.
+    #[serde(default)]
+    audit_log: RawAuditLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUsage {
+    window: Option<HumanDuration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuditLog {
+    backfill: Option<HumanDuration>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -442,16 +442,16 @@ impl AdminClient {
         }
     }
 
-    fn transport(&self) -> &Transport {
+    pub(super) fn transport(&self) -> &Transport {
         &self.inner.transport
     }
 
-    fn ctx(&self, endpoint: &'static str, project: Option<&str>) -> RequestContext {
+    pub(super) fn ctx(&self, endpoint: &'static str, project: Option<&str>) -> RequestContext {
         self.transport().ctx(endpoint, project)
     }
 
     /// Every item of a listing, handed to `each` in order.
-    async fn list_all<W: DeserializeOwned + HasId>(
+    pub(super) async fn list_all<W: DeserializeOwned + HasId>(
         &self,
         ep: &'static str,
         project: Option<&str>,
@@ -490,7 +490,7 @@ impl AdminClient {
     /// segment that is not of an id's shape (`..`, `.`, a control character: URL building would
     /// drop or normalise it into another path) is refused, wherever the id came from (the API,
     /// the state database, the configuration).
-    fn url(
+    pub(super) fn url(
         &self,
         segments: &[&str],
         endpoint: &'static str,

@@ -19,12 +19,16 @@
 //!   pager on every listed object and owner) and [`identity_changed`], the re-check's "is this
 //!   still the listed key" (same id, same owner).
 //! - `error.rs`: [`Error`], with the expiry writes' own refusals (`ExpiryRefused`, `KeyEnded`).
+//! - `intel.rs`: the audit log's `api_key.*` events and each key's usage and cost
+//!   ([`AdminClient::key_events`], [`AdminClient::usage_by_key`]); a 4xx there is
+//!   [`IntelError::Unavailable`], never a sweep failure.
 //! - `types.rs`: the wire types, and [`MintedKey`] (the one domain type that holds a secret).
 
 mod client;
 mod collect;
 mod error;
 mod identity;
+mod intel;
 mod pager;
 mod ratelimit;
 mod retry;
@@ -38,6 +42,7 @@ pub use client::{AdminClient, KeyUpdate, MintRequest, endpoint, expires_in_secon
 pub use collect::{KeySink, ProjectSelector, collect_inventory, collect_with};
 pub use error::{ApiErrorBody, Error, RequestContext};
 pub use identity::{identity_changed, is_valid_id};
+pub use intel::{Actor, IntelError, KeyEvent, KeyEventKind, KeyUsage};
 pub use types::MintedKey;
 // Defined with the other domain types; re-exported where the endpoints that return them are.
 pub use crate::inventory::{ProjectUser, ServiceAccount};

@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 
+use super::history::SimHistory;
 use super::model::SimOrg;
 use super::options::SimOptions;
 use super::server::SimServer;
@@ -72,6 +73,9 @@ pub struct SimulateArgs {
     /// Write the organisation being served to this JSON file (then serve it).
     #[arg(long)]
     pub dump_org: Option<PathBuf>,
+    /// The organisation's audit logging is off: `GET /organization/audit_logs` answers 403.
+    #[arg(long)]
+    pub audit_logging_off: bool,
 }
 
 impl std::fmt::Debug for SimulateArgs {
@@ -96,6 +100,7 @@ impl std::fmt::Debug for SimulateArgs {
                 &self.refuse_service_account_key_delete,
             )
             .field("dump_org", &self.dump_org)
+            .field("audit_logging_off", &self.audit_logging_off)
             .finish()
     }
 }
@@ -126,6 +131,13 @@ pub async fn run(args: SimulateArgs, shutdown: impl Future<Output = ()>) -> anyh
         bail!("--max-key-lifetime must be at least one second");
     }
     let now = args.now.unwrap_or_else(Utc::now).timestamp();
+    let history = match &args.org_file {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(anyhow::Error::from)
+            .and_then(|text| Ok(SimHistory::from_org_json(&text)?))
+            .with_context(|| format!("cannot read the history of {}", path.display()))?,
+        None => SimHistory::default(),
+    };
     let org = if let Some(path) = &args.org_file {
         SimOrg::from_json_file(path)?
     } else if args.demo {
@@ -150,6 +162,8 @@ pub async fn run(args: SimulateArgs, shutdown: impl Future<Output = ()>) -> anyh
         max_key_lifetime: args.max_key_lifetime,
         hide_expired_keys: args.hide_expired_keys,
         refuse_service_account_key_delete: args.refuse_service_account_key_delete,
+        audit_logging: !args.audit_logging_off,
+        history,
     };
     let server = SimServer::start(args.listen, org, opts)
         .await

@@ -15,6 +15,7 @@ use axum::response::Response;
 use super::body::{ListParams, key_update, mint_request, parse_list};
 use super::conn::ConnCtl;
 use super::faults::{FaultKind, FaultRequest, FaultRoute, Fired};
+use super::intel_handlers::{Write, log_write};
 use super::respond::{BadParam, answer, bad_param, json, refusal};
 use super::shared::Shared;
 use super::state::{KeyFilter, KeyUpdate, MintRequest, PageQuery, PageTwist};
@@ -162,7 +163,13 @@ pub(crate) async fn delete_key(
 ) -> Response {
     let req = object_request(FaultRoute::DeleteKey, &project, &key);
     answer(&s, &conn, req, |_| {
-        s.org.delete_key(&project, &key, s.clock.now())
+        let now = s.clock.now();
+        let r = s.org.delete_key(&project, &key, now);
+        if r.is_ok() {
+            let (project, key) = (project.as_str(), key.as_str());
+            log_write(&s, now, &Write::KeyDeleted { project, key });
+        }
+        r
     })
     .await
 }
@@ -176,7 +183,18 @@ pub(crate) async fn update_key(
 ) -> Response {
     let req = object_request(FaultRoute::UpdateKey, &project, &key);
     answer(&s, &conn, req, |_| {
-        s.org.update_key(&project, &key, &update, s.clock.now())
+        let now = s.clock.now();
+        let r = s.org.update_key(&project, &key, &update, now);
+        if r.is_ok() {
+            let w = Write::KeyUpdated {
+                project: &project,
+                key: &key,
+                expires_in_seconds: update.expires_in_seconds,
+                scopes: update.scopes.as_deref(),
+            };
+            log_write(&s, now, &w);
+        }
+        r
     })
     .await
 }
@@ -213,7 +231,20 @@ pub(crate) async fn delete_service_account(
 ) -> Response {
     let req = object_request(FaultRoute::DeleteServiceAccount, &project, &sa);
     answer(&s, &conn, req, |_| {
-        s.org.delete_service_account(&project, &sa)
+        let keys: Vec<String> = (s.org.keys(&project).into_iter())
+            .filter(|k| k.owner.is_service_account() && k.owner.id() == sa)
+            .map(|k| k.id)
+            .collect();
+        let r = s.org.delete_service_account(&project, &sa);
+        if r.is_ok() {
+            let (project, sa, keys) = (project.as_str(), sa.as_str(), keys.as_slice());
+            log_write(
+                &s,
+                s.clock.now(),
+                &Write::ServiceAccountDeleted { project, sa, keys },
+            );
+        }
+        r
     })
     .await
 }
@@ -228,8 +259,17 @@ pub(crate) async fn create_service_account_key(
 ) -> Response {
     let req = object_request(FaultRoute::CreateServiceAccountKey, &project, &sa);
     answer(&s, &conn, req, |_| {
-        s.org
-            .mint_service_account_key(&project, &sa, &mint, s.clock.now())
+        let now = s.clock.now();
+        let r = s.org.mint_service_account_key(&project, &sa, &mint, now);
+        if let Ok(body) = &r {
+            let w = Write::KeyMinted {
+                project: &project,
+                body,
+                scopes: &mint.scopes,
+            };
+            log_write(&s, now, &w);
+        }
+        r
     })
     .await
 }

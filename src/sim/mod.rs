@@ -19,6 +19,8 @@
 //! | `POST …/service_accounts/{id}/api_keys` | mints a key: `{name?, scopes?, expires_in_seconds?\|null}` → `value` once |
 //! | `GET …/{project_id}/users` | members with access; archived project → 400 |
 //! | `GET /organization/admin_api_keys` | `after`, `limit`, `order=asc\|desc` |
+//! | `GET /organization/audit_logs` | `api_key.*`, `service_account.*`, `user.added`; filters, `after`/`before`; 403 with logging off (`audit_log`) |
+//! | `GET /organization/usage/completions`, `GET /organization/costs` | daily (or hourly, minute) buckets per key or project, `page` (`usage`) |
 //!
 //! Every key has `expires_at` (null: never). An expired key (`expires_at` ≤ the simulator's
 //! clock) stays listed and readable by default; with `hide_expired_keys` it drops out and answers
@@ -42,6 +44,7 @@
 //! The admin key it accepts is a secret like any other: it is never echoed in a response, never
 //! logged, and `SimOptions`'s `Debug` redacts it.
 
+mod audit_log;
 mod body;
 mod cli;
 mod clock;
@@ -50,16 +53,20 @@ mod control;
 mod faults;
 mod generate;
 mod handlers;
+mod history;
+mod intel_handlers;
 mod model;
 mod options;
 mod respond;
 mod server;
 mod shared;
 mod state;
+mod usage;
 mod wire;
 
 pub use cli::{SimulateArgs, run};
 pub use faults::{Fault, FaultBook, FaultId, FaultKind, FaultRoute, SimEffect};
+pub use history::{SimHistory, SimKeyHistory, SimUsage};
 pub use model::{
     FORMAT_VERSION, SimAccess, SimAdminKey, SimKey, SimMember, SimOrg, SimOwnerRef, SimProject,
     SimServiceAccount, SimUser,

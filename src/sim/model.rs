@@ -224,11 +224,20 @@ impl SimOrg {
 
     /// Parses and validates an organisation from JSON text.
     pub fn from_json_str(text: &str) -> Result<Self, SimError> {
-        let de = &mut serde_json::Deserializer::from_str(text);
-        let org: SimOrg = serde_path_to_error::deserialize(de).map_err(|e| SimError::ParseOrg {
-            path: None,
-            message: format!("{}: {}", e.path(), e.inner()),
-        })?;
+        // The optional `"history"` object is `SimHistory`'s (sim/history.rs), not the model's.
+        let mut value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| SimError::ParseOrg {
+                path: None,
+                message: e.to_string(),
+            })?;
+        if let Some(obj) = value.as_object_mut() {
+            obj.remove("history");
+        }
+        let org: SimOrg =
+            serde_path_to_error::deserialize(value).map_err(|e| SimError::ParseOrg {
+                path: None,
+                message: format!("{}: {}", e.path(), e.inner()),
+            })?;
         org.validate()?;
         Ok(org)
     }

@@ -32,6 +32,10 @@ pub struct SimOptions {
     pub hide_expired_keys: bool,
     /// The August 2026 API: DELETE of a service-account key answers 400 instead of deleting it.
     pub refuse_service_account_key_delete: bool,
+    /// The organisation's audit logging is on (off: `GET /organization/audit_logs` answers 403).
+    pub audit_logging: bool,
+    /// What the organisation file says of its past (creators, logged scopes, usage).
+    pub history: super::history::SimHistory,
 }
 
 impl SimOptions {
@@ -49,6 +53,8 @@ impl SimOptions {
             max_key_lifetime: None,
             hide_expired_keys: false,
             refuse_service_account_key_delete: false,
+            audit_logging: true,
+            history: super::history::SimHistory::default(),
         }
     }
 }
@@ -69,7 +75,8 @@ impl std::fmt::Debug for SimOptions {
                 "refuse_service_account_key_delete",
                 &self.refuse_service_account_key_delete,
             )
-            .finish()
+            .field("audit_logging", &self.audit_logging)
+            .finish_non_exhaustive()
     }
 }
 

@@ -27,10 +27,13 @@ use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use super::audit_log::Actor;
 use super::conn::{ConnCtl, SimListener};
 use super::control;
 use super::faults::FaultBook;
 use super::handlers as h;
+use super::history::{Creation, SimUsage, UsageRecord, derived_creator, micros, org_owner};
+use super::intel_handlers as intel;
 use super::model::{SimAccess, SimKey, SimOrg};
 use super::options::{SimError, SimOptions};
 use super::respond::{error, status_error, too_many_requests};
@@ -119,22 +122,99 @@ impl SimServer {
             .unwrap_or_else(|e| e.into_inner()) = new.into();
     }
 
-    /// Marks a key as used at `ts` (`None`: never used).
+    /// Marks a key as used at `ts` (`None`: never used); a use also adds one request (no cost)
+    /// at `ts` to the usage records, so the usage endpoints agree.
     pub fn set_last_used(&self, project: &str, key: &str, ts: Option<i64>) -> Result<(), SimError> {
-        self.shared.org.set_last_used(project, key, ts)
+        self.shared.org.set_last_used(project, key, ts)?;
+        if let Some(at) = ts {
+            self.add_usage(
+                project,
+                key,
+                &SimUsage {
+                    at,
+                    requests: 1,
+                    cost_usd: 0.0,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Adds usage of a key (what the usage endpoints sum into their buckets).
+    pub fn add_usage(&self, project: &str, key: &str, u: &SimUsage) {
+        self.shared.usage.record(UsageRecord {
+            project: project.to_string(),
+            key: key.to_string(),
+            at: u.at,
+            requests: u.requests,
+            cost_micros: micros(u.cost_usd),
+        });
+    }
+
+    /// Turns the organisation's audit logging on or off (off: the audit log answers 403).
+    pub fn set_audit_logging(&self, on: bool) {
+        self.shared.audit.set_enabled(on);
+    }
+
+    /// Adds an `api_key.created` event at `at` by the user `creator` (a session), with
+    /// `data.scopes` when `scopes` is `Some`: a key the log knows, whether or not it is listed.
+    pub fn log_key_created(
+        &self,
+        project: &str,
+        key: &str,
+        creator: &str,
+        scopes: Option<Vec<String>>,
+        at: i64,
+    ) {
+        let c = Creation {
+            project: project.to_string(),
+            key: key.to_string(),
+            at,
+            creator: creator.to_string(),
+            scopes,
+        };
+        self.shared
+            .audit
+            .key_created(&c, &Actor::Session { user: creator });
+    }
+
+    /// Adds an `api_key.deleted` event at `at` by the user `by` (a session).
+    pub fn log_key_deleted(&self, project: &str, key: &str, by: &str, at: i64) {
+        let actor = Actor::Session { user: by };
+        self.shared.audit.key_deleted(at, project, key, &actor);
     }
 
     pub fn rename_key(&self, project: &str, key: &str, name: &str) -> Result<(), SimError> {
         self.shared.org.rename_key(project, key, name)
     }
 
-    /// Adds a key owned by an existing member or service account of the project.
+    /// Adds a key owned by an existing member or service account of the project, and its
+    /// `api_key.created` event (by its derived creator, with its scopes) to the audit log.
     pub fn add_key(&self, project: &str, key: SimKey) -> Result<(), SimError> {
-        self.shared.org.add_key(project, key)
+        let id = key.id.clone();
+        self.shared.org.add_key(project, key)?;
+        let org = self.shared.org.snapshot();
+        let owner = org_owner(&org);
+        let Some(p) = org.project(project) else {
+            return Ok(());
+        };
+        if let Some(k) = p.keys.iter().find(|k| k.id == id)
+            && let Some(creator) = derived_creator(p, k, owner.as_deref())
+        {
+            let scopes = Some(k.scopes.clone());
+            self.log_key_created(project, &id, &creator, scopes, k.created_at);
+        }
+        Ok(())
     }
 
     /// Removes a key behind the API's back (as if deleted in the dashboard).
+    /// The audit log keeps the key's creation and records no deletion: a key gone from the
+    /// listing without a trace (an inventory gap), unless the test logs one
+    /// ([`Self::log_key_deleted`]).
     pub fn remove_key(&self, project: &str, key: &str) -> Result<(), SimError> {
+        // The log's past is derived at its first read: derive it now, while the key is here.
+        self.shared.audit.seed_with(|| self.shared.org.snapshot());
+        self.shared.usage.seed_with(|| self.shared.org.snapshot());
         self.shared.org.remove_key(project, key)
     }
 
@@ -227,6 +307,9 @@ const P_SA_KEYS: &str =
     "/v1/organization/projects/{project_id}/service_accounts/{service_account_id}/api_keys";
 const P_USERS: &str = "/v1/organization/projects/{project_id}/users";
 const P_ADMIN_KEYS: &str = "/v1/organization/admin_api_keys";
+const P_AUDIT_LOGS: &str = "/v1/organization/audit_logs";
+const P_USAGE_COMPLETIONS: &str = "/v1/organization/usage/completions";
+const P_COSTS: &str = "/v1/organization/costs";
 
 fn router(shared: S) -> Router {
     let api = Router::new()
@@ -245,6 +328,9 @@ fn router(shared: S) -> Router {
         .route(P_SA_KEYS, post(h::create_service_account_key))
         .route(P_USERS, get(h::list_users))
         .route(P_ADMIN_KEYS, get(h::list_admin_keys))
+        .route(P_AUDIT_LOGS, get(intel::audit_logs))
+        .route(P_USAGE_COMPLETIONS, get(intel::usage_completions))
+        .route(P_COSTS, get(intel::costs))
         // Innermost first: each route_layer wraps the ones added before it.
         .route_layer(middleware::from_fn_with_state(
             shared.clone(),

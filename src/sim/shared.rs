@@ -13,16 +13,21 @@ use std::time::{Duration, Instant};
 use axum::http::{HeaderValue, Method};
 use tokio_util::sync::CancellationToken;
 
+use super::audit_log::AuditLog;
 use super::clock::SimClock;
 use super::faults::{FaultBook, SimEffect};
 use super::generate::mix64;
 use super::model::SimOrg;
 use super::options::SimOptions;
 use super::state::{OrgState, Rules};
+use super::usage::UsageBook;
 
 /// Everything the handlers and middleware share, behind one `Arc`.
 pub(crate) struct Shared {
     pub org: OrgState,
+    /// The audit log (`audit_log`) and the usage records (`usage`).
+    pub audit: AuditLog,
+    pub usage: UsageBook,
     pub clock: SimClock,
     pub admin_key: RwLock<String>,
     pub faults: FaultBook,
@@ -50,7 +55,10 @@ impl Shared {
             max_key_lifetime,
             hide_expired_keys,
             refuse_service_account_key_delete,
+            audit_logging,
+            history,
         } = opts;
+        let audit = AuditLog::new(&org, history.clone(), audit_logging);
         let rules = Rules {
             hide_expired: hide_expired_keys,
             max_key_lifetime: max_key_lifetime
@@ -59,6 +67,8 @@ impl Shared {
         };
         Shared {
             org: OrgState::new(org, rules),
+            audit,
+            usage: UsageBook::new(history),
             clock: SimClock::new(now, freeze_clock),
             admin_key: RwLock::new(admin_key),
             faults: FaultBook::default(),

@@ -32,3 +32,5 @@ mod sim;
 mod sim_nov2026;
 mod state;
 mod truth;
+mod sim_audit_log;
+mod intel;

@@ -131,6 +131,25 @@ def check_delete(admin, project_id, sa_id, doomed, survivors):
         check(k in listed, f"the account's other key {k} went too")
 
 
+def check_intel(admin, project_id, deleted):
+    """The audit log (with the writes above, by the admin key) and usage/costs per key."""
+    events = list(admin.audit_logs.list(event_types=["api_key.deleted"], limit=3))
+    check(any(e.api_key_deleted and e.api_key_deleted.id == deleted for e in events), "delete logged")
+    mine = next(e for e in events if e.api_key_deleted and e.api_key_deleted.id == deleted)
+    check(mine.actor.type == "api_key" and mine.actor.api_key.id, "the admin key acted")
+    created = list(admin.audit_logs.list(event_types=["api_key.created"], project_ids=[project_id], limit=7))
+    check(created and all(e.api_key_created.id for e in created), "creations listed")
+    start = NOW - 30 * 86400
+    usage = admin.usage.completions(start_time=start, bucket_width="1d", group_by=["api_key_id"], limit=31)
+    check(usage.object == "page" and len(usage.data) == 30, f"usage buckets: {len(usage.data)}")
+    results = [r for b in usage.data for r in b.results]
+    check(results and all(r.api_key_id and r.num_model_requests > 0 for r in results), "usage results")
+    costs = admin.usage.costs(start_time=start, group_by=["api_key_id"], limit=7)
+    check(costs.has_more and costs.next_page, "costs paged")
+    more = admin.usage.costs(start_time=start, group_by=["api_key_id"], limit=7, page=costs.next_page)
+    check(more.data[0].start_time == costs.data[-1].end_time, "costs next page")
+
+
 def main():
     base_url = sys.argv[1]
     client = OpenAI(base_url=base_url, api_key="unused", max_retries=0, _strict_response_validation=True)
@@ -145,6 +164,7 @@ def main():
     sa_keys = admin.projects.service_accounts.api_keys
     minted = check_mint(sa_keys, admin.projects.api_keys, base_url, project_id, sa_id)
     check_delete(admin, project_id, sa_id, target, [k.id for k in live[1:]] + [minted])
+    check_intel(admin, project_id, target)
     print(f"sdk check ok (openai {openai.__version__})")
 
 

@@ -17,8 +17,8 @@ use super::super::values::{HumanDuration, strings};
 use super::super::{
     Action, ChannelConfig, Config, DEFAULT_MAX_REVOCATIONS_PER_DAY,
     DEFAULT_MAX_REVOCATIONS_PER_PROJECT_PERCENT, DEFAULT_MAX_REVOCATIONS_PER_RUN, ExemptionConfig,
-    Limits, LogConfig, Mode, NotificationSettings, OrgConfig, PolicyConfig, RouteConfig, Safety,
-    Schedule, Selector, ServerConfig, ServiceAccountKeys,
+    IntelSettings, Limits, LogConfig, Mode, NotificationSettings, OrgConfig, PolicyConfig,
+    RouteConfig, Safety, Schedule, Selector, ServerConfig, ServiceAccountKeys,
 };
 use super::channel::channel;
 use super::context::Context;
@@ -70,6 +70,7 @@ pub(super) fn config(
     let routes = routes(&cx, raw.routes, &channels)?;
     names_channels(&cx, "ops_channels", &raw.ops_channels, &channels)?;
     names_channels(&cx, "owner_fallback", &raw.owner_fallback, &channels)?;
+    let intel = intel(&cx, &raw.usage, &raw.audit_log)?;
     let mut config = Config {
         source: source.map(Path::to_path_buf),
         hash: String::new(),
@@ -102,12 +103,42 @@ pub(super) fn config(
         sinks,
         rotations,
         max_recheck_skips,
+        intel,
     };
     let names = super::super::name_selector_warnings(&config);
     config.warnings.extend(names);
     let effective = super::super::effective::render(&config);
     config.hash = hex::encode(Sha256::digest(effective.as_bytes()));
     Ok(config)
+}
+
+/// `[usage] window` (whole days, 1 to 366) and `[audit_log] backfill` (at least a day).
+fn intel(
+    cx: &Context<'_>,
+    usage: &super::RawUsage,
+    audit: &super::RawAuditLog,
+) -> Result<IntelSettings, LoadError> {
+    let d = IntelSettings::default();
+    let window = usage.window.as_ref().map_or(d.usage_window, |w| w.0);
+    let days = window.as_secs() / 86_400;
+    if !window.as_secs().is_multiple_of(86_400) || !(1..=366).contains(&days) {
+        return Err(cx.err(
+            "usage.window".to_string(),
+            "must be a whole number of days from 1d to 366d (usage comes in daily buckets)"
+                .to_string(),
+        ));
+    }
+    let backfill = audit.backfill.as_ref().map_or(d.audit_backfill, |b| b.0);
+    if backfill.as_secs() < 86_400 {
+        return Err(cx.err(
+            "audit_log.backfill".to_string(),
+            "must be at least 1d".to_string(),
+        ));
+    }
+    Ok(IntelSettings {
+        usage_window: window,
+        audit_backfill: backfill,
+    })
 }
 
 /// Names in `section` (`organizations`, `channels`) must be unique: names the first repeat.

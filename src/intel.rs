@@ -1,0 +1,396 @@
+//! What the audit log and the usage endpoints add to the key listing (issue 16): each key's
+//! creator (`created_by`), its scopes rebuilt from its events, and its requests and cost over
+//! `[usage] window`.
+//!
+//! [`gather`] reads, per organisation, the `api_key.*` events back to `[audit_log] backfill` and
+//! the usage and costs grouped by key; [`rebuild`] (pure) turns the events into each key's
+//! creator and scopes. Either source may be unavailable (audit logging off, a key without the
+//! scope, an error): then its fields are null (unknown, never "no creator" or "all
+//! permissions") and [`Intel::missing`] says once, per organisation, what is missing. This
+//! module never writes, never fails a scan or a sweep, and never sees the admin key (the
+//! clients hold it).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::Serialize;
+
+use crate::config::IntelSettings;
+use crate::inventory::Inventory;
+use crate::openai::{AdminClient, KeyEvent, KeyEventKind, KeyUsage};
+
+/// One key's creator and scopes, as the log tells them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyHistory {
+    /// The e-mail of the actor of `api_key.created` (`None`: not in the log, or no e-mail).
+    pub created_by: Option<String>,
+    /// The key's scopes: `data.scopes` of its creation, replaced by each update that sets
+    /// scopes. `None`: unknown (no event carried them). `Some([])`: all permissions.
+    pub scopes: Option<Vec<String>>,
+    /// An `api_key.deleted` event was seen.
+    pub deleted: bool,
+    /// When its `api_key.created` says it was created (`None`: not in the log read).
+    pub created_at: Option<i64>,
+    /// The project of its creation.
+    pub project_id: Option<String>,
+    /// The expiry the latest update with `expires_in_seconds` set (`effective_at` + seconds).
+    pub ends_at: Option<i64>,
+}
+
+/// A key's usage over the window, as `scan --format json` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UsageSummary {
+    pub window_days: u32,
+    pub requests: u64,
+    pub cost_usd: f64,
+}
+
+/// What one organisation's log and usage said (or why they could not be read).
+#[derive(Debug, Clone)]
+pub struct OrgIntel {
+    pub organization: String,
+    /// By the log's key id. `Err`: why the log could not be read.
+    pub history: Result<HashMap<String, KeyHistory>, String>,
+    /// By `api_key_id`. `Err`: why usage could not be read.
+    pub usage: Result<BTreeMap<String, KeyUsage>, String>,
+    pub window_days: u32,
+}
+
+/// Every organisation's [`OrgIntel`].
+#[derive(Debug, Clone, Default)]
+pub struct Intel {
+    pub orgs: Vec<OrgIntel>,
+}
+
+/// What the report shows for one key.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KeyIntel<'a> {
+    pub created_by: Option<&'a str>,
+    pub scopes: Option<&'a [String]>,
+    pub usage: Option<UsageSummary>,
+}
+
+/// Each key's creator and scopes from its events, in any order (sorted here, oldest first).
+pub fn rebuild(events: &[KeyEvent]) -> HashMap<String, KeyHistory> {
+    let mut sorted: Vec<&KeyEvent> = events.iter().collect();
+    sorted.sort_by(|a, b| (a.effective_at, &a.id).cmp(&(b.effective_at, &b.id)));
+    let mut out: HashMap<String, KeyHistory> = HashMap::new();
+    for e in sorted {
+        let Some(key) = &e.key_id else { continue };
+        let h = out.entry(key.clone()).or_default();
+        match &e.kind {
+            KeyEventKind::Created { scopes } => {
+                h.created_by.clone_from(&e.actor.email);
+                h.scopes.clone_from(scopes);
+                h.created_at = Some(e.effective_at);
+                h.project_id.clone_from(&e.project_id);
+            }
+            KeyEventKind::Updated {
+                scopes,
+                expires_in_seconds,
+            } => {
+                if let Some(scopes) = scopes {
+                    h.scopes = Some(scopes.clone());
+                }
+                if let Some(secs) = expires_in_seconds {
+                    h.ends_at = Some(e.effective_at.saturating_add(*secs));
+                }
+            }
+            KeyEventKind::Deleted => h.deleted = true,
+        }
+    }
+    out
+}
+
+impl Intel {
+    /// What is known of `key_id` in `organization`.
+    pub fn key(&self, organization: &str, key_id: &str) -> KeyIntel<'_> {
+        let Some(o) = self.orgs.iter().find(|o| o.organization == organization) else {
+            return KeyIntel::default();
+        };
+        let h = o.history.as_ref().ok().and_then(|m| m.get(key_id));
+        let usage = o.usage.as_ref().ok().map(|m| {
+            let u = m.get(key_id).cloned().unwrap_or_default();
+            UsageSummary {
+                window_days: o.window_days,
+                requests: u.requests,
+                // Whole cents' precision is what a reader needs; sums of floats drift below it.
+                cost_usd: (u.cost_usd * 10_000.0).round() / 10_000.0,
+            }
+        });
+        KeyIntel {
+            created_by: h.and_then(|h| h.created_by.as_deref()),
+            scopes: h.and_then(|h| h.scopes.as_deref()),
+            usage,
+        }
+    }
+
+    /// One line per organisation and missing source: what is unknown and why.
+    pub fn missing(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for o in &self.orgs {
+            if let Err(why) = &o.history {
+                out.push(format!(
+                    "organisation {}: the audit log is unavailable, so created_by and scopes are \
+                     null: {why}",
+                    o.organization
+                ));
+            }
+            if let Err(why) = &o.usage {
+                out.push(format!(
+                    "organisation {}: usage is unavailable, so usage is null: {why}",
+                    o.organization
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// What the log says exists and the listing did not return.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Gaps {
+    /// Key ids created (per the log) before the listing began, never deleted, not ended by an
+    /// expiry the log shows, in a watched, unarchived project whose listing completed, and yet
+    /// not listed.
+    pub missing: Vec<String>,
+    /// Log entries whose key id does not have a key id's shape (`key_…`): they cannot be
+    /// matched to any key, so they are counted, never reported as gaps.
+    pub unmatched: usize,
+}
+
+/// The inventory gaps of one organisation. `listed`: every key id the listing returned;
+/// `complete_project`: whether a project is watched, not archived and completely listed;
+/// `listing_began`: keys created since may be missing for that reason alone.
+pub fn gaps(
+    history: &HashMap<String, KeyHistory>,
+    listed: &HashSet<&str>,
+    complete_project: impl Fn(&str) -> bool,
+    listing_began: i64,
+    now: i64,
+) -> Gaps {
+    let mut g = Gaps::default();
+    for (id, h) in history {
+        let Some(created) = h.created_at else {
+            continue;
+        };
+        if h.deleted || listed.contains(id.as_str()) || created >= listing_began {
+            continue;
+        }
+        if h.ends_at.is_some_and(|t| t <= now) {
+            continue;
+        }
+        if !(id.starts_with("key_") && crate::openai::is_valid_id(id)) {
+            g.unmatched += 1;
+            continue;
+        }
+        if h.project_id.as_deref().is_some_and(&complete_project) {
+            g.missing.push(id.clone());
+        }
+    }
+    g.missing.sort();
+    g
+}
+
+impl Intel {
+    /// One line per organisation whose log shows keys the listing lacks (see [`gaps`]).
+    pub fn gap_notes(&self, inv: &Inventory, now: i64) -> Vec<String> {
+        let mut out = Vec::new();
+        for org in &inv.orgs {
+            let Some(Ok(history)) = (self.orgs.iter())
+                .find(|o| o.organization == org.organization)
+                .map(|o| o.history.as_ref())
+            else {
+                continue;
+            };
+            let listed: HashSet<&str> = org
+                .projects
+                .iter()
+                .flat_map(|p| p.keys.iter().map(|k| k.id.as_str()))
+                .collect();
+            let complete = |project: &str| {
+                org.is_complete()
+                    && (org.projects.iter()).any(|p| {
+                        p.project.id == project && !p.project.archived && p.listing.is_complete()
+                    })
+            };
+            let g = gaps(history, &listed, complete, now, now);
+            if !g.missing.is_empty() {
+                out.push(format!(
+                    "organisation {}: inventory gap: the audit log shows {} key(s) created and \
+                     not deleted that the listing did not return: {}",
+                    org.organization,
+                    g.missing.len(),
+                    g.missing.join(", ")
+                ));
+            }
+            if g.unmatched > 0 {
+                out.push(format!(
+                    "organisation {}: {} audit-log key id(s) could not be matched to a key",
+                    org.organization, g.unmatched
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// Reads the log back to `now − backfill` and the usage over `[now − window, now)` for every
+/// client. Never fails: what cannot be read is an `Err` in its [`OrgIntel`].
+pub async fn gather(clients: &[AdminClient], settings: IntelSettings, now: i64) -> Intel {
+    let secs = |d: std::time::Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+    let since = now.saturating_sub(secs(settings.audit_backfill));
+    let start = now.saturating_sub(secs(settings.usage_window));
+    let mut orgs = Vec::new();
+    for c in clients {
+        let (events, usage) = tokio::join!(c.key_events(since), c.usage_by_key(start, now));
+        orgs.push(OrgIntel {
+            organization: c.org_name().to_string(),
+            history: events.map(|e| rebuild(&e)).map_err(|e| e.to_string()),
+            usage: usage.map_err(|e| e.to_string()),
+            window_days: settings.window_days(),
+        });
+    }
+    Intel { orgs }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::openai::Actor;
+
+    fn ev(id: &str, at: i64, key: &str, kind: KeyEventKind, email: Option<&str>) -> KeyEvent {
+        KeyEvent {
+            id: id.into(),
+            effective_at: at,
+            key_id: Some(key.into()),
+            project_id: None,
+            kind,
+            actor: Actor {
+                email: email.map(str::to_string),
+                ..Actor::default()
+            },
+        }
+    }
+
+    #[test]
+    fn scopes_follow_creation_then_updates_and_stay_unknown_without_them() {
+        let s = |v: &[&str]| Some(v.iter().map(|x| (*x).to_string()).collect::<Vec<_>>());
+        // Newest first, as the log lists them.
+        let events = vec![
+            ev(
+                "e4",
+                40,
+                "key_a",
+                KeyEventKind::Updated {
+                    scopes: None,
+                    expires_in_seconds: None,
+                },
+                None,
+            ),
+            ev(
+                "e3",
+                30,
+                "key_a",
+                KeyEventKind::Updated {
+                    scopes: s(&["api.all.read"]),
+                    expires_in_seconds: None,
+                },
+                None,
+            ),
+            ev(
+                "e2",
+                20,
+                "key_b",
+                KeyEventKind::Created { scopes: None },
+                Some("b@x"),
+            ),
+            ev(
+                "e1",
+                10,
+                "key_a",
+                KeyEventKind::Created { scopes: s(&[]) },
+                Some("a@x"),
+            ),
+            ev("e5", 50, "key_c", KeyEventKind::Deleted, Some("c@x")),
+        ];
+        let h = rebuild(&events);
+        assert_eq!(h["key_a"].created_by.as_deref(), Some("a@x"));
+        assert_eq!(h["key_a"].scopes, s(&["api.all.read"]));
+        assert_eq!(
+            h["key_b"].scopes, None,
+            "a missing data.scopes is unknown, never all"
+        );
+        assert_eq!(h["key_c"].created_by, None);
+        assert!(h["key_c"].deleted);
+        let only_created = rebuild(&events[3..4]);
+        assert_eq!(
+            only_created["key_a"].scopes,
+            Some(vec![]),
+            "[] is all permissions"
+        );
+    }
+
+    #[test]
+    fn an_unavailable_source_is_null_and_said_once() {
+        let mut usage = BTreeMap::new();
+        usage.insert(
+            "key_a".to_string(),
+            KeyUsage {
+                requests: 1240,
+                cost_usd: 3.1000000000000005,
+                last_used_bucket: Some(5),
+            },
+        );
+        let intel = Intel {
+            orgs: vec![OrgIntel {
+                organization: "acme".into(),
+                history: Err("HTTP 403".into()),
+                usage: Ok(usage),
+                window_days: 30,
+            }],
+        };
+        let k = intel.key("acme", "key_a");
+        assert_eq!((k.created_by, k.scopes), (None, None));
+        let u = k.usage.unwrap();
+        assert_eq!((u.window_days, u.requests, u.cost_usd), (30, 1240, 3.1));
+        assert_eq!(intel.key("acme", "key_unused").usage.unwrap().requests, 0);
+        assert_eq!(intel.key("globex", "key_a"), KeyIntel::default());
+        let missing = intel.missing();
+        assert_eq!(missing.len(), 1);
+        assert!(missing[0].contains("acme") && missing[0].contains("HTTP 403"));
+    }
+
+    #[test]
+    fn gaps_are_created_not_deleted_not_listed_keys_of_complete_projects() {
+        let h = |created: i64, project: &str| KeyHistory {
+            created_at: Some(created),
+            project_id: Some(project.to_string()),
+            ..KeyHistory::default()
+        };
+        let mut history = HashMap::new();
+        history.insert("key_gap".to_string(), h(10, "proj_a"));
+        history.insert("key_listed".to_string(), h(10, "proj_a"));
+        history.insert("key_new".to_string(), h(100, "proj_a"));
+        history.insert("key_other".to_string(), h(10, "proj_unwatched"));
+        history.insert("tracking-7".to_string(), h(10, "proj_a"));
+        let deleted = KeyHistory {
+            deleted: true,
+            ..h(10, "proj_a")
+        };
+        history.insert("key_deleted".to_string(), deleted);
+        let expired = KeyHistory {
+            ends_at: Some(50),
+            ..h(10, "proj_a")
+        };
+        history.insert("key_expired".to_string(), expired);
+        // Known only from an update (its creation is older than the log read): not a gap.
+        history.insert("key_updated_only".to_string(), KeyHistory::default());
+        let listed: HashSet<&str> = ["key_listed"].into_iter().collect();
+        let g = gaps(&history, &listed, |p| p == "proj_a", 100, 100);
+        assert_eq!(g.missing, vec!["key_gap".to_string()]);
+        assert_eq!(g.unmatched, 1);
+        // A project whose listing is not complete (or archived, or unwatched) has no gaps.
+        let g = gaps(&history, &listed, |_| false, 100, 100);
+        assert!(g.missing.is_empty());
+    }
+}
