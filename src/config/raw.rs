@@ -41,6 +41,7 @@ pub enum LoadError {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "a configuration table")]
 struct RawConfig {
     #[serde(default, deserialize_with = "opt_choice")]
     mode: Option<Mode>,
@@ -89,18 +90,21 @@ struct RawConfig {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "the [usage] table")]
 struct RawUsage {
     window: Option<HumanDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "the [audit_log] table")]
 struct RawAuditLog {
     backfill: Option<HumanDuration>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "an [[organizations]] table")]
 struct RawOrg {
     name: NonEmpty,
     base_url: Option<BaseUrl>,
@@ -122,6 +126,7 @@ struct RawOrg {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "the [limits] table")]
 struct RawLimits {
     concurrency: Option<usize>,
     requests_per_second: Option<f64>,
@@ -132,6 +137,7 @@ struct RawLimits {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "a table such as { projects = [\"proj_…\"] }")]
 struct RawSelector {
     #[serde(default)]
     organizations: Vec<String>,
@@ -147,6 +153,7 @@ struct RawSelector {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "a [[policies]] table")]
 struct RawPolicy {
     name: NonEmpty,
     #[serde(rename = "match", default)]
@@ -197,6 +204,7 @@ impl RawAction {
 /// the other type.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "a [[sinks]] table")]
 struct RawSink {
     name: NonEmpty,
     #[serde(rename = "type", deserialize_with = "choice")]
@@ -224,6 +232,7 @@ enum SinkType {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "an [[exemptions]] table")]
 struct RawExemption {
     key_id: Option<String>,
     key_name: Option<Glob>,
@@ -234,6 +243,7 @@ struct RawExemption {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "the [safety] table")]
 struct RawSafety {
     max_revocations_per_run: Option<u32>,
     max_revocations_per_project_percent: Option<u32>,
@@ -251,6 +261,7 @@ struct RawSafety {
 /// What every `[[channels]]` entry has: a name and a `type`, which picks the struct the other
 /// keys are read into. Read first; the rest of the entry is checked by that struct.
 #[derive(Debug, Deserialize)]
+#[serde(expecting = "a [[channels]] table")]
 struct RawChannelHead {
     name: NonEmpty,
     #[serde(rename = "type", deserialize_with = "choice")]
@@ -295,6 +306,7 @@ enum RawChannelKind {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "a [[channels]] table")]
 struct RawEmail {
     smtp_host: NonEmpty,
     smtp_port: Option<u16>,
@@ -313,12 +325,14 @@ struct RawEmail {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "a [[channels]] table")]
 struct RawSlack {
     webhook_url_env: String,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "a [[channels]] table")]
 struct RawPagerDuty {
     routing_key_env: String,
     url: Option<HttpUrl>,
@@ -327,6 +341,7 @@ struct RawPagerDuty {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "a [[channels]] table")]
 struct RawWebhook {
     url: HttpUrl,
     secret_env: String,
@@ -335,6 +350,7 @@ struct RawWebhook {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "a [[routes]] table")]
 struct RawRoute {
     #[serde(default)]
     projects: Vec<Glob>,
@@ -344,6 +360,7 @@ struct RawRoute {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "the [notifications] table")]
 struct RawNotifications {
     repeat_interval: Option<HumanDuration>,
     max_attempts: Option<u32>,
@@ -352,12 +369,14 @@ struct RawNotifications {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "the [server] table")]
 struct RawServer {
     listen: Option<ListenAddr>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "the [log] table")]
 struct RawLog {
     #[serde(default, deserialize_with = "opt_choice")]
     format: Option<LogFormat>,

@@ -300,3 +300,32 @@ fn admin_key_file_is_read_and_loose_permissions_warned() {
             .is_empty()
     );
 }
+
+/// A table given as something else names what was expected in the file's terms, never one of
+/// our internal type names (`expected struct RawSelector`).
+#[test]
+fn a_wrong_type_for_a_table_says_what_the_file_should_hold() {
+    let cases = [
+        (
+            format!("{MINIMAL}[[policies]]\nname = \"p\"\nmax_age = \"90d\"\nmatch = 5\n"),
+            "policies[0].match",
+        ),
+        (format!("policies = [5]\n{MINIMAL}"), "policies[0]"),
+        (format!("safety = 5\n{MINIMAL}"), "safety"),
+        (
+            format!(
+                "{MINIMAL}[[exemptions]]\nkey_id = \"key_a\"\nreason = \"x\"\n[exemptions.until]\n"
+            ),
+            "exemptions[0]",
+        ),
+    ];
+    for (toml, key) in cases {
+        let err = config::load_from_str(&toml, &env()).unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains(key), "{key} not named: {text}");
+        assert!(
+            !text.contains("Raw"),
+            "an internal type name reached the user: {text}"
+        );
+    }
+}
