@@ -137,7 +137,9 @@ pub(super) struct HttpUrl(pub url::Url);
 
 impl FromText for HttpUrl {
     fn parse(s: String) -> Result<Self, String> {
-        let u = url::Url::parse(&s).map_err(|e| format!("{s:?} is not a URL: {e}"))?;
+        // Never echo the text: webhook URLs carry their tokens, and this error reaches stderr.
+        let u = url::Url::parse(&s)
+            .map_err(|e| format!("is not a URL ({e}); not shown, it may hold a token"))?;
         match u.scheme() {
             "https" => Ok(HttpUrl(u)),
             "http" if u.host_str().is_some_and(is_loopback_host) => Ok(HttpUrl(u)),

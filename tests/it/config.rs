@@ -329,3 +329,20 @@ fn a_wrong_type_for_a_table_says_what_the_file_should_hold() {
         );
     }
 }
+
+/// A mistyped webhook or PagerDuty URL is not echoed: it carries its token.
+#[test]
+fn a_url_that_does_not_parse_is_not_echoed() {
+    for (kind, secret) in [("webhook", "secret_env"), ("pagerduty", "routing_key_env")] {
+        let toml = format!(
+            "{MINIMAL}[[channels]]\nname = \"c\"\ntype = \"{kind}\"\nurl = \"hooks.example.com/tok-SECRET-123\"\n{secret} = \"OPENAI_ADMIN_KEY\"\n"
+        );
+        let err = config::load_from_str(&toml, &env()).unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains("channels[0].url"), "{text}");
+        assert!(
+            !text.contains("tok-SECRET"),
+            "the URL's token reached the error: {text}"
+        );
+    }
+}
