@@ -409,6 +409,10 @@ impl<'a> ExemptionView<'a> {
 struct SafetyView<'a> {
     #[serde(serialize_with = "opt_path", skip_serializing_if = "Option::is_none")]
     kill_switch_file: Option<&'a Path>,
+    /// Shown only when not the default, so the hash of every configuration that leaves it
+    /// alone is what it was before the key existed.
+    #[serde(skip_serializing_if = "is_default_recheck_skips")]
+    max_recheck_skips: u32,
     max_revocations_per_day: u32,
     max_revocations_per_project_percent: u32,
     max_revocations_per_run: u32,
@@ -422,6 +426,7 @@ impl<'a> SafetyView<'a> {
         let s = &c.safety;
         SafetyView {
             kill_switch_file: s.kill_switch_file.as_deref(),
+            max_recheck_skips: c.max_recheck_skips,
             max_revocations_per_day: s.max_revocations_per_day,
             max_revocations_per_project_percent: s.max_revocations_per_project_percent,
             max_revocations_per_run: s.max_revocations_per_run,
@@ -429,6 +434,14 @@ impl<'a> SafetyView<'a> {
             service_account_keys: s.service_account_keys,
         }
     }
+}
+
+fn is_default_recheck_skips(n: &u32) -> bool {
+    *n == super::DEFAULT_MAX_RECHECK_SKIPS
+}
+
+fn is_default_max_messages(n: &u32) -> bool {
+    *n == super::DEFAULT_MAX_MESSAGES_PER_SWEEP
 }
 
 /// A channel: the keys of its type, secrets as [`REDACTED`] markers.
@@ -443,6 +456,9 @@ enum ChannelView<'a> {
         webhook_url: &'static str,
     },
     PagerDuty {
+        /// Shown only when not the default (the hash of configurations without it is unchanged).
+        #[serde(skip_serializing_if = "is_default_max_messages")]
+        max_messages_per_sweep: u32,
         name: &'a str,
         routing_key: &'static str,
         #[serde(rename = "type")]
@@ -450,6 +466,8 @@ enum ChannelView<'a> {
         url: String,
     },
     Webhook {
+        #[serde(skip_serializing_if = "is_default_max_messages")]
+        max_messages_per_sweep: u32,
         name: &'a str,
         secret: &'static str,
         #[serde(rename = "type")]
@@ -491,12 +509,14 @@ impl<'a> ChannelView<'a> {
                 webhook_url: REDACTED,
             },
             ChannelKind::PagerDuty(p) => ChannelView::PagerDuty {
+                max_messages_per_sweep: p.max_messages_per_sweep,
                 name,
                 routing_key: REDACTED,
                 kind,
                 url: redact_url(&p.url),
             },
             ChannelKind::Webhook(w) => ChannelView::Webhook {
+                max_messages_per_sweep: w.max_messages_per_sweep,
                 name,
                 secret: REDACTED,
                 kind,

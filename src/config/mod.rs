@@ -380,6 +380,9 @@ pub struct WebhookChannel {
     pub max_messages_per_sweep: u32,
 }
 
+/// `[safety] max_recheck_skips` by default.
+pub const DEFAULT_MAX_RECHECK_SKIPS: u32 = 3;
+
 /// `max_messages_per_sweep` of PagerDuty and webhook channels by default.
 pub const DEFAULT_MAX_MESSAGES_PER_SWEEP: u32 = 50;
 

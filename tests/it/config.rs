@@ -346,3 +346,38 @@ fn a_url_that_does_not_parse_is_not_echoed() {
         );
     }
 }
+
+/// `check-config` shows the re-check and per-channel caps when they are set, and leaves them
+/// out at their defaults (so the hash of a configuration that does not set them is unchanged).
+#[test]
+fn the_effective_view_shows_recheck_skips_and_channel_caps_when_set() {
+    let channel = "[[channels]]\nname = \"w\"\ntype = \"webhook\"\nurl = \"https://example.com/h\"\nsecret_env = \"WHSEC\"\n";
+    let env = vec![
+        ("OPENAI_ADMIN_KEY".to_string(), ADMIN_KEY.to_string()),
+        (
+            "WHSEC".to_string(),
+            "whsec_dGVzdHRlc3R0ZXN0dGVzdHRlc3R0ZXN0dGVzdA==".to_string(),
+        ),
+    ];
+    let plain = config::load_from_str(&format!("{MINIMAL}{channel}"), &env).unwrap();
+    let set = config::load_from_str(
+        &format!("[safety]\nmax_recheck_skips = 5\n{MINIMAL}{channel}max_messages_per_sweep = 7\n"),
+        &env,
+    )
+    .unwrap();
+    let (plain_view, set_view) = (
+        config::render_effective(&plain),
+        config::render_effective(&set),
+    );
+    assert!(!plain_view.contains("max_recheck_skips"), "{plain_view}");
+    assert!(
+        !plain_view.contains("max_messages_per_sweep"),
+        "{plain_view}"
+    );
+    assert!(set_view.contains("max_recheck_skips = 5"), "{set_view}");
+    assert!(
+        set_view.contains("max_messages_per_sweep = 7"),
+        "{set_view}"
+    );
+    assert_ne!(plain.hash, set.hash);
+}

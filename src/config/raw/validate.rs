@@ -65,7 +65,7 @@ pub(super) fn config(
     let max_recheck_skips = raw
         .safety
         .max_recheck_skips
-        .unwrap_or(DEFAULT_MAX_RECHECK_SKIPS);
+        .unwrap_or(crate::config::DEFAULT_MAX_RECHECK_SKIPS);
     let safety = safety(&cx, raw.safety)?;
     let routes = routes(&cx, raw.routes, &channels)?;
     names_channels(&cx, "ops_channels", &raw.ops_channels, &channels)?;
@@ -478,9 +478,6 @@ fn safety(cx: &Context<'_>, s: RawSafety) -> Result<Safety, LoadError> {
         },
     })
 }
-
-/// `[safety] max_recheck_skips` by default.
-const DEFAULT_MAX_RECHECK_SKIPS: u32 = 3;
 
 /// The shortest distance an expiry is moved back out to (`restore_expiry` and its fallbacks).
 const MIN_RESTORE_EXPIRY_DAYS: u64 = 30;
