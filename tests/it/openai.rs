@@ -535,14 +535,20 @@ async fn requests_per_second_ceiling_holds_across_clients_and_retries() {
         .collect();
 
     // Sample the simulator's counters while the sweep runs.
-    let samples: Arc<Mutex<Vec<(Instant, u64)>>> = Arc::default();
+    // (before, after, count): the count was read somewhere between the two instants, so a
+    // sampler delayed by a loaded machine widens the window instead of faking a burst.
+    let samples: Arc<Mutex<Vec<(Instant, Instant, u64)>>> = Arc::default();
     let stop = tokio_util::sync::CancellationToken::new();
     let sampler = {
         let (sim, samples, stop) = (sim.clone(), samples.clone(), stop.clone());
         tokio::spawn(async move {
             while !stop.is_cancelled() {
+                let before = Instant::now();
                 let total: u64 = sim.stats().values().sum();
-                samples.lock().unwrap().push((Instant::now(), total));
+                samples
+                    .lock()
+                    .unwrap()
+                    .push((before, Instant::now(), total));
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         })
@@ -563,15 +569,12 @@ async fn requests_per_second_ceiling_holds_across_clients_and_retries() {
     // And no window of the run saw more than its share (+1 for the window's edge, +1 for a
     // request in flight while a sample was taken).
     let samples = samples.lock().unwrap();
-    for (i, (t1, c1)) in samples.iter().enumerate() {
-        for (t2, c2) in &samples[i + 1..] {
-            let allowed = (t2.duration_since(*t1).as_secs_f64() * RPS).floor() as u64 + 2;
-            assert!(
-                c2 - c1 <= allowed,
-                "{} requests in {:?}",
-                c2 - c1,
-                t2.duration_since(*t1)
-            );
+    for (i, (t1, _, c1)) in samples.iter().enumerate() {
+        for (_, t2, c2) in &samples[i + 1..] {
+            // The requests between the two reads all fell within [t1, t2].
+            let window = t2.duration_since(*t1);
+            let allowed = (window.as_secs_f64() * RPS).floor() as u64 + 2;
+            assert!(c2 - c1 <= allowed, "{} requests in {window:?}", c2 - c1);
         }
     }
 }
