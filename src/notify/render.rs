@@ -25,7 +25,8 @@
 //!     "owner": "…", "owner_type": "user" | "service_account" | "unknown", "owner_email": "…" | null,
 //!     "policy": "…", "action": "notify" | "revoke", "reason": "…", "stage": "…",
 //!     "status": "will be revoked at 2026-03-01T09:00:00Z",
-//!     "verdict": "revoke" | "expire" | "would_revoke" | "would_expire" | "notify_only" | "postponed",
+//!     "verdict": "revoke" | "expire" | "would_revoke" | "would_expire" | "notify_only" | "postponed"
+//!                                         //   | "rotate" | "would_rotate",
 //!     "withheld_by": "safety.service_account_keys" | … | null,  // the setting that withholds it
 //!     "deadline": "2026-03-01T09:00:00Z" | null,   // null for notify-only policies
 //!     "deadline_unix": 1772355600,

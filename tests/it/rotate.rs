@@ -21,18 +21,20 @@ use crate::support::wait::{PATIENCE, eventually};
 
 const ADMIN_KEY: &str = "sk-admin-ROTATE-5e1d77a0c4-DO-NOT-LEAK";
 const KEY_ENV: &str = "KEYSWEEP_IT_ROTATE_ADMIN_KEY";
-const PROJECT: &str = "proj_rotate";
-const SA: &str = "svc_acct_rotate_bot";
-const OLD: &str = "key_rot_sa_old";
+pub(crate) const PROJECT: &str = "proj_rotate";
+pub(crate) const SA: &str = "svc_acct_rotate_bot";
+pub(crate) const OLD: &str = "key_rot_sa_old";
 const USER_KEY: &str = "key_rot_user";
 /// The server times a write itself: an expiry lands within a few seconds of the target.
 const SLACK: i64 = 10;
 
-struct World {
-    sim: SimServer,
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    base: i64,
+pub(crate) struct World {
+    pub(crate) sim: SimServer,
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) config: PathBuf,
+    pub(crate) base: i64,
+    /// Environment variables the binary gets besides the admin key (channel secrets).
+    pub(crate) env: Vec<(String, String)>,
 }
 
 fn key(id: &str, owner: SimOwnerRef, created_at: i64) -> SimKey {
@@ -75,12 +77,24 @@ fn org(now: i64) -> SimOrg {
 /// A world whose rotate policy uses `sink` (a `[[sinks]]` body without its name) and sets
 /// `policy_extra` (e.g. `scopes`), under `safety_extra`.
 async fn world(sink: &str, policy_extra: &str, safety_extra: &str) -> World {
+    world_with("", sink, policy_extra, safety_extra).await
+}
+
+/// [`world`] with `top` (top-level keys and whole tables, e.g. `owner_fallback` and
+/// `[[channels]]`) added to the configuration.
+pub(crate) async fn world_with(
+    top: &str,
+    sink: &str,
+    policy_extra: &str,
+    safety_extra: &str,
+) -> World {
     let base = unix_now();
     let sim = crate::support::sim::start_sim_with(org(base), SimOptions::new(ADMIN_KEY)).await;
     let dir = tempfile::tempdir().unwrap();
     let sink = sink.replace("$DIR", dir.path().to_str().unwrap());
     let extra = format!(
         r#"mode = "enforce"
+{top}
 
 [limits]
 max_retries = 1
@@ -114,13 +128,14 @@ max_revocations_per_day = 100
         dir,
         config,
         base,
+        env: Vec::new(),
     }
 }
 
-const FILE_SINK: &str =
+pub(crate) const FILE_SINK: &str =
     "type = \"file\"\npath = \"$DIR/{project_id}-{service_account_id}.key\"\nformat = \"raw\"\n";
-const SCOPES: &str = "scopes = [\"api.model.read\"]";
-const ENFORCE_SA: &str = "service_account_keys = \"enforce\"";
+pub(crate) const SCOPES: &str = "scopes = [\"api.model.read\"]";
+pub(crate) const ENFORCE_SA: &str = "service_account_keys = \"enforce\"";
 
 impl World {
     fn cmd(&self, now: i64) -> tokio::process::Command {
@@ -136,11 +151,14 @@ impl World {
             &[(KEY_ENV, ADMIN_KEY)],
         );
         c.env("RUST_LOG", "info");
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
         c
     }
 
     /// `run --once --now now` to its end: its combined output, which holds no admin key.
-    async fn run(&self, now: i64) -> String {
+    pub(crate) async fn run(&self, now: i64) -> String {
         let out = output(self.cmd(now)).await;
         let text = combined(&out);
         assert_no_secret("keysweep output", &text, &[ADMIN_KEY]);
@@ -148,12 +166,12 @@ impl World {
         text
     }
 
-    fn sink_file(&self) -> PathBuf {
+    pub(crate) fn sink_file(&self) -> PathBuf {
         self.dir.path().join(format!("{PROJECT}-{SA}.key"))
     }
 
     /// The service account's keys in the simulator.
-    fn sa_keys(&self) -> Vec<keysweep::sim::SimKeySnapshot> {
+    pub(crate) fn sa_keys(&self) -> Vec<keysweep::sim::SimKeySnapshot> {
         self.sim
             .keys(PROJECT)
             .into_iter()
@@ -161,7 +179,7 @@ impl World {
             .collect()
     }
 
-    fn mints(&self) -> u64 {
+    pub(crate) fn mints(&self) -> u64 {
         self.sim
             .stats()
             .iter()
@@ -217,7 +235,7 @@ async fn first_warning(w: &World) {
 }
 
 /// When the rotation is due: an hour past `deadline − overlap`.
-fn due(w: &World) -> i64 {
+pub(crate) fn due(w: &World) -> i64 {
     w.base + 6 * DAY + 3600
 }
 
