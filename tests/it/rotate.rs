@@ -566,3 +566,67 @@ async fn a_mint_answered_5xx_after_its_effect_is_cleaned_up_at_once_and_the_next
     assert_eq!(statuses, ["abandoned", "done"]);
     w.assert_state_clean(secret.trim());
 }
+
+/// The exec sink fails and deleting the new key fails too (500s on every DELETE): the row stays
+/// `cleanup_pending`, the new key is left and the old one untouched. The next run, the faults
+/// gone and the sink working, first deletes that key, then rotates afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_cleanup_after_a_failed_sink_is_retried_by_the_next_sweep() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("store-key.sh");
+    let write_script = |exit: u8, file: &str| {
+        let body = format!(
+            "#!/bin/sh\nread -r k\nprintf '%s' \"$k\" > {}/{file}\nexit {exit}\n",
+            dir.path().display()
+        );
+        std::fs::write(&script, body).unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o700)).unwrap();
+    };
+    write_script(3, "first");
+    let sink = format!(
+        "type = \"exec\"\ncommand = [{:?}]\ntimeout = \"20s\"\n",
+        script.display().to_string()
+    );
+    let w = world(&sink, SCOPES, ENFORCE_SA).await;
+    first_warning(&w).await;
+    w.sim.faults().add(
+        Fault::on(FaultRoute::DeleteKey)
+            .project(PROJECT)
+            .times(50)
+            .respond(FaultKind::Status(500)),
+    );
+    let out = w.run(due(&w)).await;
+    assert_eq!(w.mints(), 1, "{out}");
+    let first = std::fs::read_to_string(dir.path().join("first")).unwrap();
+    let keys = w.sa_keys();
+    assert_eq!(keys.len(), 2, "the new key is not left: {keys:?}\n{out}");
+    let stranded = keys.iter().find(|k| k.id != OLD).unwrap().id.clone();
+    assert_eq!(w.sim.key(PROJECT, OLD).unwrap().expires_at, None, "{out}");
+    assert!(out.contains("deleting the new key failed too"), "{out}");
+    assert_eq!(w.rotation_rows()[0].status, "cleanup_pending");
+    assert_no_secret("keysweep output", &out, &[first.as_str()]);
+
+    w.sim.faults().clear();
+    write_script(0, "second");
+    let out = w.run(due(&w) + 600).await;
+    assert!(
+        w.sim.key(PROJECT, &stranded).is_none(),
+        "the stranded key was not deleted:\n{out}"
+    );
+    assert_eq!(w.mints(), 2, "{out}");
+    let second = std::fs::read_to_string(dir.path().join("second")).unwrap();
+    let keys = w.sa_keys();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    let new = keys.iter().find(|k| k.id != OLD).unwrap();
+    assert!(new.redacted_value.ends_with(&second[second.len() - 4..]));
+    assert!(
+        w.sim.key(PROJECT, OLD).unwrap().expires_at.is_some(),
+        "{out}"
+    );
+    let statuses: Vec<String> = w.rotation_rows().into_iter().map(|r| r.status).collect();
+    assert_eq!(statuses, ["sink_failed", "done"], "{out}");
+    assert_no_secret("keysweep output", &out, &[first.as_str(), second.as_str()]);
+    w.assert_state_clean(&first);
+    w.assert_state_clean(&second);
+}
