@@ -218,6 +218,7 @@ impl Digest {
                 format!("Postponed: {keys} not revoked or expired in this sweep (safety limit)")
             }
             MessageKind::Resolved => format!("Resolved: {}", plural(n, "finding", "findings")),
+            MessageKind::Rotated => format!("Rotated: {keys} replaced by a new key in its sink"),
             MessageKind::Alert => format!(
                 "Enforcer alert: {} attention",
                 plural(n, "problem needs", "problems need")
@@ -303,6 +304,9 @@ impl Digest {
                 "The revocation or expiry of the API keys below was due in this sweep, but a safety limit held it back. Each key's status names the setting and when keysweep tries again."
             }
             MessageKind::Resolved => "The findings below are closed; nothing more is needed.",
+            MessageKind::Rotated => {
+                "keysweep rotated the API keys below: a new key of the same service account is in the sink named, and the old key stops working at the time given. Make sure the workload reads the new key by then."
+            }
             MessageKind::Alert => "keysweep itself needs attention.",
             MessageKind::DeliveryAlert => {
                 "keysweep gave up delivering the notifications below after its last retry."
@@ -447,6 +451,16 @@ pub fn status_text(n: &Notice) -> String {
         NoticeKind::Revoked => match f.closed_at {
             Some(t) => format!("revoked at {}", rfc3339(t)),
             None => "revoked".to_string(),
+        },
+        NoticeKind::Rotated => match &n.rotated {
+            Some(r) => format!(
+                "rotated: new key {} ({}) was handed to sink {:?}; this key stops working at {}",
+                r.new_key_id,
+                r.new_redacted_value,
+                r.sink,
+                rfc3339(r.old_expires_at)
+            ),
+            None => "rotated".to_string(),
         },
         NoticeKind::Resolved => format!(
             "resolved: {}",

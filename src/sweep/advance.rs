@@ -278,6 +278,7 @@ impl Advanced {
                 finding: f.clone(),
                 dry_run: rules.mode == Mode::DryRun,
                 verdict: Some(v),
+                rotated: None,
             });
             let decided = self
                 .changes

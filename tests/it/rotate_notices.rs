@@ -5,9 +5,9 @@
 //! that the rotation is only announced; never that "the expiry is set". These tests must never
 //! see or print a minted secret beyond comparing it with the sink's file.
 
-use crate::rotate::{ENFORCE_SA, FILE_SINK, OLD, SCOPES, World, world_with};
+use crate::rotate::{ENFORCE_SA, FILE_SINK, OLD, PROJECT, SCOPES, World, due, world_with};
 use crate::support::receivers::Receiver;
-use crate::support::secrets::whsec;
+use crate::support::secrets::{assert_no_secret, whsec};
 use crate::support::time::{DAY, rfc3339};
 
 const HOOK_ENV: &str = "KEYSWEEP_IT_ROTATE_HOOK_SECRET";
@@ -82,4 +82,35 @@ async fn under_notify_only_the_warning_says_the_rotation_is_only_announced() {
     assert!(status.contains(&rfc3339(deadline)), "{status}");
     assert!(!status.contains("expiry is set"), "{status}");
     assert_eq!(w.mints(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_route_gets_a_rotated_notice_with_the_new_key_but_never_its_secret() {
+    let rx = Receiver::start().await;
+    let w = hooked(&rx, ENFORCE_SA).await;
+    w.run(w.base).await;
+    assert!(old_key_notices(&rx, "keysweep.notices.rotated").is_empty());
+    let out = w.run(due(&w)).await;
+    assert_eq!(w.mints(), 1, "{out}");
+    let secret = std::fs::read_to_string(w.sink_file()).unwrap();
+    let secret = secret.trim();
+    let new = (w.sa_keys().into_iter())
+        .find(|k| k.id != OLD)
+        .expect("no new key");
+    let old_expiry = w.sim.key(PROJECT, OLD).unwrap().expires_at.unwrap();
+    let rotated = old_key_notices(&rx, "keysweep.notices.rotated");
+    assert_eq!(rotated.len(), 1, "{rotated:?}\n{out}");
+    let status = rotated[0]["status"].as_str().unwrap();
+    assert!(status.contains(&new.id), "{status}");
+    assert!(status.contains(&new.redacted_value), "{status}");
+    assert!(status.contains("\"store\""), "{status}");
+    // When the old key stops working: the expiry keysweep set (the server times it itself).
+    let said = rfc3339(old_expiry);
+    assert!(
+        status.contains(&said[..16]) || status.contains(&rfc3339(old_expiry - 1)[..16]),
+        "{said} not in {status}"
+    );
+    for r in rx.requests("/hook") {
+        assert_no_secret("webhook body", &r.json().to_string(), &[secret]);
+    }
 }
