@@ -13,7 +13,7 @@ use crate::config::{Action, Mode, ServiceAccountKeys};
 use crate::inventory::Expiry;
 use crate::notify::MessageKind;
 use crate::notify::alert::EnforcerAlert;
-use crate::policy::finding::{Notice, NoticeKind};
+use crate::policy::finding::{Finding, Notice, NoticeKind};
 use crate::policy::plan::Withheld;
 use crate::policy::plan::verdict;
 use crate::policy::verdict::{NotifyOnlyBy, Rules, Verdict, withheld_config_key};
@@ -218,6 +218,7 @@ impl Digest {
                 format!("Postponed: {keys} not revoked or expired in this sweep (safety limit)")
             }
             MessageKind::Resolved => format!("Resolved: {}", plural(n, "finding", "findings")),
+            MessageKind::Rotated => format!("Rotated: {keys} replaced by a new key in its sink"),
             MessageKind::Alert => format!(
                 "Enforcer alert: {} attention",
                 plural(n, "problem needs", "problems need")
@@ -303,6 +304,9 @@ impl Digest {
                 "The revocation or expiry of the API keys below was due in this sweep, but a safety limit held it back. Each key's status names the setting and when keysweep tries again."
             }
             MessageKind::Resolved => "The findings below are closed; nothing more is needed.",
+            MessageKind::Rotated => {
+                "keysweep rotated the API keys below: a new key of the same service account is in the sink named, and the old key stops working at the time given. Make sure the workload reads the new key by then."
+            }
             MessageKind::Alert => "keysweep itself needs attention.",
             MessageKind::DeliveryAlert => {
                 "keysweep gave up delivering the notifications below after its last retry."
@@ -338,6 +342,8 @@ fn rank(v: Verdict) -> u8 {
             by: NotifyOnlyBy::PolicyAction,
         } => 7,
         Verdict::NotifyOnly { .. } => 6,
+        Verdict::Rotate { .. } => 1,
+        Verdict::WouldRotate { .. } => 5,
     }
 }
 
@@ -360,6 +366,31 @@ fn verdict_phrase(v: Verdict, n: usize) -> &'static str {
         Verdict::NotifyOnly { .. } => "are only reported",
         Verdict::Postponed { .. } if one => "is postponed by a safety limit",
         Verdict::Postponed { .. } => "are postponed by a safety limit",
+        Verdict::Rotate { .. } => "will be rotated before the deadline",
+        Verdict::WouldRotate { .. } => "would be rotated (the rotation is only announced)",
+    }
+}
+
+/// The status line of a key under a `rotate` policy: when the new key goes to the sink and when
+/// the old one ends, or that the rotation is only announced (dry-run, `notify-only`).
+fn rotate_status(f: &Finding, v: Verdict, overlap: i64) -> String {
+    let deadline = rfc3339(f.deadline);
+    let start = rfc3339(f.deadline.saturating_sub(overlap));
+    match v {
+        Verdict::WouldRotate {
+            by: Withheld::ServiceAccountNotifyOnly,
+            ..
+        } => format!(
+            "would be rotated at {start}: the rotation is only announced, service-account keys              are not enforced ([safety] service_account_keys = \"notify-only\"); keysweep will              not mint a new key nor expire this one; rotate it before {deadline}"
+        ),
+        Verdict::WouldRotate { .. } => format!(
+            "would be rotated (dry-run) at {start}: the rotation is only announced; this key \
+             would end at {deadline}"
+        ),
+        _ => format!(
+            "will be rotated: at {start} keysweep mints a new key and hands it to the sink, and \
+             this key ends at {deadline}"
+        ),
     }
 }
 
@@ -421,6 +452,16 @@ pub fn status_text(n: &Notice) -> String {
             Some(t) => format!("revoked at {}", rfc3339(t)),
             None => "revoked".to_string(),
         },
+        NoticeKind::Rotated => match &n.rotated {
+            Some(r) => format!(
+                "rotated: new key {} ({}) was handed to sink {:?}; this key stops working at {}",
+                r.new_key_id,
+                r.new_redacted_value,
+                r.sink,
+                rfc3339(r.old_expires_at)
+            ),
+            None => "rotated".to_string(),
+        },
         NoticeKind::Resolved => format!(
             "resolved: {}",
             f.resolution
@@ -443,6 +484,9 @@ fn verdict_status(n: &Notice) -> String {
         Verdict::Revoke => format!("will be revoked at {deadline}"),
         Verdict::WouldRevoke => format!("would be revoked (dry-run) at {deadline}"),
         Verdict::Expire | Verdict::WouldExpire => expire_status(n),
+        Verdict::Rotate { overlap } | Verdict::WouldRotate { overlap, .. } => {
+            rotate_status(f, notice_verdict(n), overlap)
+        }
         Verdict::Ends => format!(
             "the key already expires at {}, before the deadline: OpenAI ends it then and \
              keysweep writes nothing to it",

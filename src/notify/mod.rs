@@ -51,6 +51,8 @@ pub enum MessageKind {
     Resolved,
     /// A due revocation or expiry a safety limit held back in this sweep.
     Postponed,
+    /// A key was rotated: the new key is in its sink (issue 17).
+    Rotated,
     /// Enforcer alerts for `ops_channels`.
     Alert,
     /// `DeliveryFailed` alerts only. Kept apart so a dead-lettered delivery alert never raises
@@ -69,6 +71,7 @@ impl MessageKind {
             MessageKind::Revoked => "revoked",
             MessageKind::Resolved => "resolved",
             MessageKind::Postponed => "postponed",
+            MessageKind::Rotated => "rotated",
             MessageKind::Alert => "alert",
             MessageKind::DeliveryAlert => "delivery_alert",
             MessageKind::Test => "test",
@@ -83,6 +86,7 @@ impl MessageKind {
             "revoked" => MessageKind::Revoked,
             "resolved" => MessageKind::Resolved,
             "postponed" => MessageKind::Postponed,
+            "rotated" => MessageKind::Rotated,
             "alert" => MessageKind::Alert,
             "delivery_alert" => MessageKind::DeliveryAlert,
             "test" => MessageKind::Test,
@@ -98,6 +102,7 @@ impl MessageKind {
             NoticeKind::Revoked => MessageKind::Revoked,
             NoticeKind::Resolved => MessageKind::Resolved,
             NoticeKind::Postponed => MessageKind::Postponed,
+            NoticeKind::Rotated => MessageKind::Rotated,
         }
     }
 }
@@ -194,6 +199,7 @@ mod tests {
             MessageKind::Revoked,
             MessageKind::Resolved,
             MessageKind::Postponed,
+            MessageKind::Rotated,
             MessageKind::Alert,
             MessageKind::DeliveryAlert,
             MessageKind::Test,

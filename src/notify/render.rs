@@ -12,7 +12,7 @@
 //! ```json
 //! {
 //!   "type": "keysweep.notices.warning",   // keysweep.notices.{warning,reminder,final_notice,
-//!                                         //   revoked,resolved,postponed} | keysweep.alerts | keysweep.test
+//!                                         //   revoked,resolved,postponed,rotated} | keysweep.alerts | keysweep.test
 //!   "version": 1,
 //!   "run_id": "…",                        // the sweep that produced it
 //!   "generated_at": "2026-03-01T09:00:00Z",
@@ -25,7 +25,8 @@
 //!     "owner": "…", "owner_type": "user" | "service_account" | "unknown", "owner_email": "…" | null,
 //!     "policy": "…", "action": "notify" | "revoke", "reason": "…", "stage": "…",
 //!     "status": "will be revoked at 2026-03-01T09:00:00Z",
-//!     "verdict": "revoke" | "expire" | "would_revoke" | "would_expire" | "notify_only" | "postponed",
+//!     "verdict": "revoke" | "expire" | "would_revoke" | "would_expire" | "notify_only" | "postponed"
+//!                                         //   | "rotate" | "would_rotate",
 //!     "withheld_by": "safety.service_account_keys" | … | null,  // the setting that withholds it
 //!     "deadline": "2026-03-01T09:00:00Z" | null,   // null for notify-only policies
 //!     "deadline_unix": 1772355600,
@@ -278,12 +279,14 @@ pub fn pagerduty_notice(n: &Notice, now: i64) -> Value {
         | NoticeKind::Reminder
         | NoticeKind::FinalNotice
         | NoticeKind::Postponed
+        | NoticeKind::Rotated
         | NoticeKind::Revoked => {
             let summary = format!(
                 "{}API key {} ({}) in project {}: {} — {}",
                 match n.kind {
                     NoticeKind::FinalNotice => "Final notice: ",
                     NoticeKind::Postponed => "Postponed: ",
+                    NoticeKind::Rotated => "Rotated: ",
                     NoticeKind::Revoked => "Past its deadline (dry-run, not revoked): ",
                     _ => "",
                 },

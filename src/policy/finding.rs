@@ -176,6 +176,9 @@ pub enum NoticeKind {
     /// The revocation or expiry was due in this sweep but a safety rail (a cap, the kill switch,
     /// an incomplete listing) held it back: postponed, why, and to when.
     Postponed,
+    /// The key was rotated: a new key is in the sink and this one stops working after the
+    /// overlap (`Notice::rotated` says which and when; never the secret).
+    Rotated,
 }
 
 impl NoticeKind {
@@ -187,6 +190,7 @@ impl NoticeKind {
             NoticeKind::Revoked => "revoked",
             NoticeKind::Resolved => "resolved",
             NoticeKind::Postponed => "postponed",
+            NoticeKind::Rotated => "rotated",
         }
     }
 }
@@ -204,4 +208,18 @@ pub struct Notice {
     /// only for a notice composed outside a sweep (a closed finding's notice needs none).
     #[serde(default)]
     pub verdict: Option<crate::policy::verdict::Verdict>,
+    /// For a [`NoticeKind::Rotated`] notice: the new key and when the old one stops working.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotated: Option<RotatedNote>,
+}
+
+/// What a "rotated" notice tells the key's owner: never the secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotatedNote {
+    pub new_key_id: String,
+    pub new_redacted_value: String,
+    /// The `[[sinks]]` entry that holds the new key.
+    pub sink: String,
+    /// When the old key stops working (Unix seconds).
+    pub old_expires_at: i64,
 }

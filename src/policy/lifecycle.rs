@@ -70,6 +70,7 @@ impl Transition {
                 finding: finding.clone(),
                 dry_run,
                 verdict: None,
+                rotated: None,
             })
             .collect()
     }
@@ -144,6 +145,7 @@ pub fn revoked_notice(f: &Finding, dry_run: bool) -> Notice {
         finding: f.clone(),
         dry_run,
         verdict: None,
+        rotated: None,
     }
 }
 

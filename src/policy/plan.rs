@@ -304,6 +304,37 @@ pub fn verdict(f: &Finding, rules: &Rules, this_sweep: Option<Withheld>) -> Verd
     }
 }
 
+/// [`verdict`] for a finding whose policy is a `rotate` policy (`overlap`: its overlap, in
+/// seconds; `None` for any other policy). `action = "rotate"` reads as `expire` plus a rotation,
+/// so on a service-account key the expiry verdicts become rotation verdicts, and the
+/// service-account rule (`notify-only`) announces the rotation instead of only reporting.
+pub fn verdict_rotating(
+    f: &Finding,
+    rules: &Rules,
+    this_sweep: Option<Withheld>,
+    overlap: Option<i64>,
+) -> Verdict {
+    let v = verdict(f, rules, this_sweep);
+    let Some(overlap) = overlap else { return v };
+    if f.owner_type != OwnerType::ServiceAccount || f.action != Action::Expire {
+        return v;
+    }
+    match v {
+        Verdict::Expire => Verdict::Rotate { overlap },
+        Verdict::WouldExpire => Verdict::WouldRotate {
+            overlap,
+            by: Withheld::DryRun,
+        },
+        Verdict::NotifyOnly {
+            by: NotifyOnlyBy::ServiceAccountKeys,
+        } => Verdict::WouldRotate {
+            overlap,
+            by: Withheld::ServiceAccountNotifyOnly,
+        },
+        other => other,
+    }
+}
+
 /// Decides which revoke-due candidates are revoked in this sweep and why the others are not.
 pub fn plan(input: &PlanInput<'_>) -> Plan {
     let mut out = Plan {

@@ -112,6 +112,13 @@ pub enum Verdict {
     /// postponed to the next sweep (a cap, an incomplete listing) or for as long as the kill
     /// switch exists. `by` names the rail.
     Postponed { by: Withheld },
+    /// `action = "rotate"` in enforce mode on a service-account key: at `deadline − overlap`
+    /// keysweep mints a new key and hands it to the sink, then the old key ends at the deadline.
+    /// `overlap` is in seconds.
+    Rotate { overlap: i64 },
+    /// A rotation keysweep only announces: `by` is [`Withheld::DryRun`] or
+    /// [`Withheld::ServiceAccountNotifyOnly`]. `overlap` is in seconds.
+    WouldRotate { overlap: i64, by: Withheld },
 }
 
 impl Verdict {
@@ -125,6 +132,8 @@ impl Verdict {
             Verdict::WouldExpire => "would_expire",
             Verdict::NotifyOnly { .. } => "notify_only",
             Verdict::Postponed { .. } => "postponed",
+            Verdict::Rotate { .. } => "rotate",
+            Verdict::WouldRotate { .. } => "would_rotate",
         }
     }
 
@@ -134,7 +143,8 @@ impl Verdict {
             Verdict::NotifyOnly { by } => Some(by.config_key()),
             Verdict::Postponed { by } => Some(withheld_config_key(by)),
             Verdict::WouldRevoke | Verdict::WouldExpire => Some("mode"),
-            Verdict::Revoke | Verdict::Expire | Verdict::Ends => None,
+            Verdict::WouldRotate { by, .. } => Some(withheld_config_key(by)),
+            Verdict::Revoke | Verdict::Expire | Verdict::Ends | Verdict::Rotate { .. } => None,
         }
     }
 

@@ -360,7 +360,11 @@ fn ending(f: &Finding, ctx: &PlanContext) -> Ending {
             None,
             "the key's own expiry ends it first".into(),
         ),
-        Verdict::Expire | Verdict::Revoke => match f.expiry.set {
+        // `verdict` never gives these (`verdict_rotating` does): an expire, as the plan sees it.
+        Verdict::Expire
+        | Verdict::Revoke
+        | Verdict::Rotate { .. }
+        | Verdict::WouldRotate { .. } => match f.expiry.set {
             Some(set) => end(
                 "expire",
                 Some(set.to),

@@ -8,9 +8,10 @@ use std::collections::{HashMap, HashSet};
 use crate::config::{Mode, ServiceAccountKeys};
 use crate::inventory::{Inventory, Key, KeyTally, OrgInventory};
 use crate::policy::expiry::PlannedRestore;
+use crate::policy::finding::Finding;
 use crate::policy::finding::{FindingId, Notice, NoticeKind, Stage};
 use crate::policy::lifecycle::{self, Transition};
-use crate::policy::plan::verdict;
+use crate::policy::plan::verdict_rotating;
 use crate::policy::plan::{Candidate, Plan, Withheld, Write};
 use crate::policy::verdict::{Rules, Verdict};
 
@@ -44,6 +45,9 @@ pub(super) struct Advanced {
     /// Expiries to move back out for withdrawn findings: never capped, never stopped by the kill
     /// switch (they undo a write), but not written in dry-run.
     pub restores: Vec<PlannedRestore>,
+    /// The `rotate` policies' overlaps (policy name → seconds): their findings' verdicts are
+    /// rotations (`policy::plan::verdict_rotating`).
+    pub rotation_overlaps: HashMap<String, i64>,
     /// Keys an active exemption covers: (key, reason).
     pub exempted: Vec<(Key, String)>,
     /// Exemptions that matched but have expired: (key, reason, until).
@@ -109,9 +113,16 @@ impl Advanced {
             },
             kill_switch: false,
         };
+        let overlaps = &self.rotation_overlaps;
         for n in &mut self.notices {
-            n.verdict = Some(verdict(&n.finding, &rules, None));
+            let overlap = overlaps.get(&n.finding.id.policy).copied();
+            n.verdict = Some(verdict_rotating(&n.finding, &rules, None, overlap));
         }
+    }
+
+    /// The overlap of `f`'s policy when it is a `rotate` policy.
+    fn overlap_of(&self, f: &Finding) -> Option<i64> {
+        self.rotation_overlaps.get(&f.id.policy).copied()
     }
 
     /// One finding's transition: its notices, its new state, and whether it must be written.
@@ -202,9 +213,11 @@ impl Advanced {
         let mut told: HashSet<FindingId> = HashSet::new();
         let mut dropped: HashSet<FindingId> = HashSet::new();
         let mut notices = std::mem::take(&mut self.notices);
+        let overlaps = &self.rotation_overlaps;
         notices.retain_mut(|n| {
             let id = &n.finding.id;
-            let v = verdict(&n.finding, rules, withheld.get(id).copied());
+            let overlap = overlaps.get(&id.policy).copied();
+            let v = verdict_rotating(&n.finding, rules, withheld.get(id).copied(), overlap);
             n.verdict = Some(v);
             let postponed = matches!(v, Verdict::Postponed { .. }) && withheld.contains_key(id);
             let key = (
@@ -253,7 +266,7 @@ impl Advanced {
         due.sort_unstable_by_key(|(i, _)| *i);
         for (i, w) in due {
             let f = &self.findings[i].finding;
-            let v = verdict(f, rules, Some(w));
+            let v = verdict_rotating(f, rules, Some(w), self.overlap_of(f));
             if !matches!(v, Verdict::Postponed { .. }) || !f.stage.is_open() {
                 continue;
             }
@@ -265,6 +278,7 @@ impl Advanced {
                 finding: f.clone(),
                 dry_run: rules.mode == Mode::DryRun,
                 verdict: Some(v),
+                rotated: None,
             });
             let decided = self
                 .changes
@@ -310,12 +324,22 @@ impl Run<'_> {
             });
         let sa_keys_enforced =
             self.sweeper.config.safety.service_account_keys == ServiceAccountKeys::Enforce;
-        advance_findings(
+        let mut out = advance_findings(
             &self.sweeper.evaluator(self.now()),
             orgs,
             self.dry_run(),
             sa_keys_enforced,
-        )
+        );
+        out.rotation_overlaps = (self.sweeper.config.rotations.iter())
+            .map(|r| {
+                let secs = i64::try_from(r.overlap.as_secs()).unwrap_or(i64::MAX);
+                (r.policy.clone(), secs)
+            })
+            .collect();
+        if !out.rotation_overlaps.is_empty() {
+            out.mark_not_enforced(sa_keys_enforced, self.dry_run());
+        }
+        out
     }
 }
 

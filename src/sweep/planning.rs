@@ -109,6 +109,11 @@ fn open_plan(f: &Finding, rules: Rules) -> String {
             }
             None => format!("expire on {deadline}"),
         },
+        Verdict::Rotate { overlap } => format!("rotate before {deadline} (overlap {overlap}s)"),
+        Verdict::WouldRotate { by, .. } => format!(
+            "would rotate before {deadline} ({})",
+            crate::policy::verdict::withheld_config_key(by)
+        ),
         Verdict::Ends => match f.expires_at.at() {
             Some(at) => format!("ends at its own expiry {}", fmt_time(at)),
             None => "ends at its own expiry".into(),

@@ -7,7 +7,7 @@
 
 use serde_json::json;
 
-use crate::policy::finding::Finding;
+use crate::policy::finding::{Finding, Notice, NoticeKind, RotatedNote};
 use crate::policy::plan::Plan;
 use crate::policy::rotation::{PlannedRotation, planned_rotations};
 use crate::rotate::{self, RotationOutcome};
@@ -64,10 +64,11 @@ impl Run<'_> {
             }
         }
         let alerts = self.dedup_alerts(results.iter().filter_map(|r| r.alert()).collect())?;
-        if alerts.is_empty() && records.is_empty() {
+        let notices = rotated_notices(&results, &planned, findings);
+        if alerts.is_empty() && records.is_empty() && notices.is_empty() {
             return Ok(());
         }
-        enforced.notices_queued += self.enqueue(|_| Ok(()), &[], &alerts, records)?;
+        enforced.notices_queued += self.enqueue(|_| Ok(()), &notices, &alerts, records)?;
         enforced.alerts.extend(alerts);
         if self.opts.deliver {
             let more = self.deliver().await?;
@@ -97,6 +98,50 @@ impl Run<'_> {
             .saturating_sub(used)
             .min(safety.max_revocations_per_day.saturating_sub(day)))
     }
+}
+
+/// A "rotated" notice for each performed rotation, to the key's owner routes like its other
+/// notices (for a service-account key: `owner_fallback` and the routes): the new key's id and
+/// redacted value, the sink and when the old key stops working. Never the secret.
+fn rotated_notices(
+    results: &[rotate::RotationResult],
+    planned: &[PlannedRotation],
+    findings: &[FindingView],
+) -> Vec<Notice> {
+    let mut out = Vec::new();
+    for r in results {
+        let RotationOutcome::Rotated {
+            new_key_id,
+            new_redacted_value,
+            sink,
+            old_expires_at,
+        } = &r.outcome
+        else {
+            continue;
+        };
+        let finding = planned
+            .iter()
+            .filter(|p| {
+                p.finding.organization == r.organization
+                    && p.finding.project_id == r.project_id
+                    && p.finding.key_id == r.key_id
+            })
+            .find_map(|p| findings.iter().find(|v| v.finding.id == p.finding));
+        let Some(view) = finding else { continue };
+        out.push(Notice {
+            kind: NoticeKind::Rotated,
+            finding: view.finding.clone(),
+            dry_run: false,
+            verdict: None,
+            rotated: Some(RotatedNote {
+                new_key_id: new_key_id.clone(),
+                new_redacted_value: new_redacted_value.clone(),
+                sink: sink.clone(),
+                old_expires_at: *old_expires_at,
+            }),
+        });
+    }
+    out
 }
 
 /// Marks each planned rotation in its finding's plan column: `rotate at …` (when the rotation

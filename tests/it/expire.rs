@@ -471,6 +471,7 @@ async fn dry_run_writes_no_expiry_and_says_it_would() {
         finding: finding(&s, &keys.never, POLICY),
         dry_run: true,
         verdict: None,
+        rotated: None,
     };
     let text = keysweep::notify::digest::status_text(&notice);
     assert!(text.starts_with("would set the expiry to "), "{text}");

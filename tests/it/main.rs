@@ -28,6 +28,7 @@ mod openai_expiry;
 mod replay;
 mod report;
 mod rotate;
+mod rotate_notices;
 mod scan_plan;
 mod sim;
 mod sim_audit_log;

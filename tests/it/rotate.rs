@@ -21,18 +21,20 @@ use crate::support::wait::{PATIENCE, eventually};
 
 const ADMIN_KEY: &str = "sk-admin-ROTATE-5e1d77a0c4-DO-NOT-LEAK";
 const KEY_ENV: &str = "KEYSWEEP_IT_ROTATE_ADMIN_KEY";
-const PROJECT: &str = "proj_rotate";
-const SA: &str = "svc_acct_rotate_bot";
-const OLD: &str = "key_rot_sa_old";
+pub(crate) const PROJECT: &str = "proj_rotate";
+pub(crate) const SA: &str = "svc_acct_rotate_bot";
+pub(crate) const OLD: &str = "key_rot_sa_old";
 const USER_KEY: &str = "key_rot_user";
 /// The server times a write itself: an expiry lands within a few seconds of the target.
 const SLACK: i64 = 10;
 
-struct World {
-    sim: SimServer,
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    base: i64,
+pub(crate) struct World {
+    pub(crate) sim: SimServer,
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) config: PathBuf,
+    pub(crate) base: i64,
+    /// Environment variables the binary gets besides the admin key (channel secrets).
+    pub(crate) env: Vec<(String, String)>,
 }
 
 fn key(id: &str, owner: SimOwnerRef, created_at: i64) -> SimKey {
@@ -75,12 +77,24 @@ fn org(now: i64) -> SimOrg {
 /// A world whose rotate policy uses `sink` (a `[[sinks]]` body without its name) and sets
 /// `policy_extra` (e.g. `scopes`), under `safety_extra`.
 async fn world(sink: &str, policy_extra: &str, safety_extra: &str) -> World {
+    world_with("", sink, policy_extra, safety_extra).await
+}
+
+/// [`world`] with `top` (top-level keys and whole tables, e.g. `owner_fallback` and
+/// `[[channels]]`) added to the configuration.
+pub(crate) async fn world_with(
+    top: &str,
+    sink: &str,
+    policy_extra: &str,
+    safety_extra: &str,
+) -> World {
     let base = unix_now();
     let sim = crate::support::sim::start_sim_with(org(base), SimOptions::new(ADMIN_KEY)).await;
     let dir = tempfile::tempdir().unwrap();
     let sink = sink.replace("$DIR", dir.path().to_str().unwrap());
     let extra = format!(
         r#"mode = "enforce"
+{top}
 
 [limits]
 max_retries = 1
@@ -114,13 +128,14 @@ max_revocations_per_day = 100
         dir,
         config,
         base,
+        env: Vec::new(),
     }
 }
 
-const FILE_SINK: &str =
+pub(crate) const FILE_SINK: &str =
     "type = \"file\"\npath = \"$DIR/{project_id}-{service_account_id}.key\"\nformat = \"raw\"\n";
-const SCOPES: &str = "scopes = [\"api.model.read\"]";
-const ENFORCE_SA: &str = "service_account_keys = \"enforce\"";
+pub(crate) const SCOPES: &str = "scopes = [\"api.model.read\"]";
+pub(crate) const ENFORCE_SA: &str = "service_account_keys = \"enforce\"";
 
 impl World {
     fn cmd(&self, now: i64) -> tokio::process::Command {
@@ -136,11 +151,14 @@ impl World {
             &[(KEY_ENV, ADMIN_KEY)],
         );
         c.env("RUST_LOG", "info");
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
         c
     }
 
     /// `run --once --now now` to its end: its combined output, which holds no admin key.
-    async fn run(&self, now: i64) -> String {
+    pub(crate) async fn run(&self, now: i64) -> String {
         let out = output(self.cmd(now)).await;
         let text = combined(&out);
         assert_no_secret("keysweep output", &text, &[ADMIN_KEY]);
@@ -148,12 +166,12 @@ impl World {
         text
     }
 
-    fn sink_file(&self) -> PathBuf {
+    pub(crate) fn sink_file(&self) -> PathBuf {
         self.dir.path().join(format!("{PROJECT}-{SA}.key"))
     }
 
     /// The service account's keys in the simulator.
-    fn sa_keys(&self) -> Vec<keysweep::sim::SimKeySnapshot> {
+    pub(crate) fn sa_keys(&self) -> Vec<keysweep::sim::SimKeySnapshot> {
         self.sim
             .keys(PROJECT)
             .into_iter()
@@ -161,7 +179,7 @@ impl World {
             .collect()
     }
 
-    fn mints(&self) -> u64 {
+    pub(crate) fn mints(&self) -> u64 {
         self.sim
             .stats()
             .iter()
@@ -217,7 +235,7 @@ async fn first_warning(w: &World) {
 }
 
 /// When the rotation is due: an hour past `deadline − overlap`.
-fn due(w: &World) -> i64 {
+pub(crate) fn due(w: &World) -> i64 {
     w.base + 6 * DAY + 3600
 }
 
@@ -547,4 +565,68 @@ async fn a_mint_answered_5xx_after_its_effect_is_cleaned_up_at_once_and_the_next
     let statuses: Vec<String> = w.rotation_rows().into_iter().map(|r| r.status).collect();
     assert_eq!(statuses, ["abandoned", "done"]);
     w.assert_state_clean(secret.trim());
+}
+
+/// The exec sink fails and deleting the new key fails too (500s on every DELETE): the row stays
+/// `cleanup_pending`, the new key is left and the old one untouched. The next run, the faults
+/// gone and the sink working, first deletes that key, then rotates afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_cleanup_after_a_failed_sink_is_retried_by_the_next_sweep() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("store-key.sh");
+    let write_script = |exit: u8, file: &str| {
+        let body = format!(
+            "#!/bin/sh\nread -r k\nprintf '%s' \"$k\" > {}/{file}\nexit {exit}\n",
+            dir.path().display()
+        );
+        std::fs::write(&script, body).unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o700)).unwrap();
+    };
+    write_script(3, "first");
+    let sink = format!(
+        "type = \"exec\"\ncommand = [{:?}]\ntimeout = \"20s\"\n",
+        script.display().to_string()
+    );
+    let w = world(&sink, SCOPES, ENFORCE_SA).await;
+    first_warning(&w).await;
+    w.sim.faults().add(
+        Fault::on(FaultRoute::DeleteKey)
+            .project(PROJECT)
+            .times(50)
+            .respond(FaultKind::Status(500)),
+    );
+    let out = w.run(due(&w)).await;
+    assert_eq!(w.mints(), 1, "{out}");
+    let first = std::fs::read_to_string(dir.path().join("first")).unwrap();
+    let keys = w.sa_keys();
+    assert_eq!(keys.len(), 2, "the new key is not left: {keys:?}\n{out}");
+    let stranded = keys.iter().find(|k| k.id != OLD).unwrap().id.clone();
+    assert_eq!(w.sim.key(PROJECT, OLD).unwrap().expires_at, None, "{out}");
+    assert!(out.contains("deleting the new key failed too"), "{out}");
+    assert_eq!(w.rotation_rows()[0].status, "cleanup_pending");
+    assert_no_secret("keysweep output", &out, &[first.as_str()]);
+
+    w.sim.faults().clear();
+    write_script(0, "second");
+    let out = w.run(due(&w) + 600).await;
+    assert!(
+        w.sim.key(PROJECT, &stranded).is_none(),
+        "the stranded key was not deleted:\n{out}"
+    );
+    assert_eq!(w.mints(), 2, "{out}");
+    let second = std::fs::read_to_string(dir.path().join("second")).unwrap();
+    let keys = w.sa_keys();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    let new = keys.iter().find(|k| k.id != OLD).unwrap();
+    assert!(new.redacted_value.ends_with(&second[second.len() - 4..]));
+    assert!(
+        w.sim.key(PROJECT, OLD).unwrap().expires_at.is_some(),
+        "{out}"
+    );
+    let statuses: Vec<String> = w.rotation_rows().into_iter().map(|r| r.status).collect();
+    assert_eq!(statuses, ["sink_failed", "done"], "{out}");
+    assert_no_secret("keysweep output", &out, &[first.as_str(), second.as_str()]);
+    w.assert_state_clean(&first);
+    w.assert_state_clean(&second);
 }

@@ -97,3 +97,41 @@ fn a_withheld_verdict_names_the_configuration_key() {
     assert_eq!(sa.withheld_by(), Some("safety.service_account_keys"));
     assert_eq!(Verdict::Revoke.withheld_by(), None);
 }
+
+#[test]
+fn a_rotate_policy_turns_the_expiry_verdicts_of_service_account_keys_into_rotations() {
+    use crate::policy::plan::verdict_rotating;
+    use ServiceAccountKeys::{Enforce as SaOn, NotifyOnly as SaOff};
+    let sa = finding(Action::Expire, OwnerType::ServiceAccount);
+    let user = finding(Action::Expire, OwnerType::User);
+    let on = |mode| rules(mode, SaOn, false);
+    let rot = |f: &Finding, r: Rules, o| verdict_rotating(f, &r, None, o);
+    let day = Some(86_400);
+    assert_eq!(
+        rot(&sa, on(Mode::Enforce), day),
+        Verdict::Rotate { overlap: 86_400 }
+    );
+    assert_eq!(
+        rot(&sa, on(Mode::DryRun), day),
+        Verdict::WouldRotate {
+            overlap: 86_400,
+            by: Withheld::DryRun
+        }
+    );
+    assert_eq!(
+        rot(&sa, rules(Mode::Enforce, SaOff, false), day),
+        Verdict::WouldRotate {
+            overlap: 86_400,
+            by: Withheld::ServiceAccountNotifyOnly
+        }
+    );
+    // Not a rotate policy, a user key (cannot be minted: expire), a rail: unchanged.
+    assert_eq!(rot(&sa, on(Mode::Enforce), None), Verdict::Expire);
+    assert_eq!(rot(&user, on(Mode::Enforce), day), Verdict::Expire);
+    assert_eq!(
+        verdict_rotating(&sa, &on(Mode::Enforce), Some(Withheld::CapPerRun), day),
+        Verdict::Postponed {
+            by: Withheld::CapPerRun
+        }
+    );
+}

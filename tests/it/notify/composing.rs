@@ -123,6 +123,7 @@ fn each_notice_kind_gets_its_own_message_and_dry_run_says_so() {
             finding: revoked_bob,
             dry_run: true,
             verdict: None,
+            rotated: None,
         },
         notice(NoticeKind::Resolved, resolved_bot),
     ];

@@ -202,6 +202,7 @@ fn notice(kind: NoticeKind, f: Finding) -> Notice {
         finding: f,
         dry_run: false,
         verdict: None,
+        rotated: None,
     }
 }
 
