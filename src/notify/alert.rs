@@ -77,6 +77,13 @@ pub enum EnforcerAlert {
         skips: u32,
         reason: String,
     },
+    /// The audit log or usage of an organisation could not be read (issue 16): the sweep went
+    /// on with what the key listing gives; `source` is `audit log` or `usage`.
+    IntelUnavailable {
+        organization: String,
+        source: String,
+        message: String,
+    },
 }
 
 /// The `alerts` table remembers raised alerts through this; `state` never names this type.
@@ -87,6 +94,22 @@ impl crate::state::alerts::RaisedAlert for EnforcerAlert {
 }
 
 impl EnforcerAlert {
+    /// The text of an alert about the audit log, usage or what they show (issue 16); `None`
+    /// for the others (`digest::alert_text` says those).
+    pub fn intel_text(&self) -> Option<String> {
+        match self {
+            EnforcerAlert::IntelUnavailable {
+                organization,
+                source,
+                message,
+            } => Some(format!(
+                "The {source} of {organization} is unavailable; the sweep went on with the key \
+                 listing alone: {message}"
+            )),
+            _ => None,
+        }
+    }
+
     /// Stable identity for de-duplicating repeated alerts across sweeps.
     pub fn dedup_key(&self) -> String {
         match self {
@@ -144,6 +167,11 @@ impl EnforcerAlert {
                 key_id,
                 ..
             } => format!("recheck-skips/{organization}/{project_id}/{key_id}"),
+            EnforcerAlert::IntelUnavailable {
+                organization,
+                source,
+                ..
+            } => format!("intel-unavailable/{organization}/{source}"),
         }
     }
 }

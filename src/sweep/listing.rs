@@ -6,8 +6,10 @@
 
 use std::sync::Arc;
 
+use crate::intel::Intel;
 use crate::inventory::{AdminKeyInfo, Inventory, KeyTally, Listing, OrgInventory, ProjectRef};
 use crate::notify::alert::EnforcerAlert;
+use crate::openai::AdminClient;
 
 use super::evaluate::OpenFindings;
 use super::record::{Recorded, Recorder};
@@ -64,7 +66,7 @@ impl Run<'_> {
         for org in &inventory.orgs {
             self.observe(org);
         }
-        let alerts = inventory
+        let mut alerts: Vec<EnforcerAlert> = inventory
             .orgs
             .iter()
             .flat_map(|org| {
@@ -73,6 +75,8 @@ impl Run<'_> {
                 alerts
             })
             .collect();
+        let intel = self.gather_intel(&inventory).await;
+        alerts.extend(intel_alerts(&intel));
         Ok(Listed {
             inventory,
             evaluated: Evaluated {
@@ -86,6 +90,18 @@ impl Run<'_> {
                 committed_secs: 0.0,
             },
         })
+    }
+
+    /// The audit log and usage (issue 16) of the organisations whose listing did not fail
+    /// (a failed one has its alert already). Never fails: what cannot be read is an `Err`.
+    async fn gather_intel(&self, inventory: &Inventory<KeyTally>) -> Intel {
+        let listed: Vec<AdminClient> = (self.clients.iter())
+            .filter(|c| {
+                (inventory.orgs.iter()).any(|o| o.organization == c.org_name() && o.error.is_none())
+            })
+            .cloned()
+            .collect();
+        crate::intel::gather(&listed, self.sweeper.config.intel, self.now()).await
     }
 
     /// The alert about keysweep's own admin key of `org`, if it has expired or expires within
@@ -169,6 +185,28 @@ fn org_alerts<K>(org: &OrgInventory<K>) -> Vec<EnforcerAlert> {
                 project_id: p.project.id.clone(),
                 reason: reason.clone(),
             });
+        }
+    }
+    out
+}
+
+/// One alert per organisation and source (audit log, usage) that could not be read: the
+/// sweep goes on without it.
+fn intel_alerts(intel: &Intel) -> Vec<EnforcerAlert> {
+    let mut out = Vec::new();
+    for o in &intel.orgs {
+        let sources = [
+            ("audit log", o.history.as_ref().err()),
+            ("usage", o.usage.as_ref().err()),
+        ];
+        for (source, why) in sources {
+            if let Some(why) = why {
+                out.push(EnforcerAlert::IntelUnavailable {
+                    organization: o.organization.clone(),
+                    source: source.to_string(),
+                    message: why.clone(),
+                });
+            }
         }
     }
     out

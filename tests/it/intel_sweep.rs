@@ -1,0 +1,122 @@
+//! Issue 16 in the sweep: `keysweep run --once` (the real binary) against the simulator over
+//! HTTP, its ops alerts caught by a real webhook receiver. An unavailable audit log or usage
+//! never fails a sweep: one enforcer alert says what is missing, once, not at every sweep.
+//! These tests never assert on timings.
+
+use keysweep::sim::{SimOptions, SimOrg};
+
+use crate::support::config::write_config_file;
+use crate::support::listing::ADMIN_KEY;
+use crate::support::process::run_to_end;
+use crate::support::receivers::Receiver;
+use crate::support::sim::start_sim_with;
+use crate::support::time::rfc3339;
+
+const ADMIN_KEY_ENV: &str = "KS_INTEL_SWEEP_ADMIN_KEY";
+const SECRET_ENV: &str = "KS_INTEL_SWEEP_HOOK_SECRET";
+const SECRET: &str = "whsec_aW50ZWxzd2VlcHRlc3RzZWNyZXQxMjM0NQ==";
+
+/// 2026-12-01T00:00:00Z.
+const NOW: i64 = 1_796_083_200;
+const HOUR: i64 = 3_600;
+
+/// The ops channel is a webhook to `rx`'s `/ops`; one policy that finds nothing soon.
+fn extra(rx: &Receiver) -> String {
+    format!(
+        "ops_channels = [\"ops\"]\n\
+         [[channels]]\nname = \"ops\"\ntype = \"webhook\"\nurl = \"{}\"\nsecret_env = \"{SECRET_ENV}\"\n\
+         [[policies]]\nname = \"old\"\nmax_age = \"3650d\"\n",
+        rx.url("/ops")
+    )
+}
+
+/// `run --once` at `at`; returns (success, stdout, stderr).
+async fn sweep(config: &std::path::Path, at: i64) -> (bool, String, String) {
+    let now = rfc3339(at);
+    let args = [
+        "run",
+        "--once",
+        "--now",
+        &now,
+        "--config",
+        config.to_str().unwrap(),
+    ];
+    let env = [(ADMIN_KEY_ENV, ADMIN_KEY), (SECRET_ENV, SECRET)];
+    let (status, out, err) = run_to_end(&args, &env).await;
+    (status.success(), out, err)
+}
+
+/// The bodies received on `/ops` that mention `what`.
+fn ops_mentioning(rx: &Receiver, what: &str) -> Vec<String> {
+    rx.requests("/ops")
+        .iter()
+        .map(|r| r.json().to_string())
+        .filter(|b| b.contains(what))
+        .collect()
+}
+
+#[tokio::test]
+async fn with_audit_logging_off_the_sweep_completes_and_one_alert_says_so_once() {
+    let org = SimOrg::generate(2, 3, 16, NOW);
+    let sim = start_sim_with(
+        org,
+        SimOptions {
+            now: Some(NOW),
+            freeze_clock: true,
+            ..SimOptions::new(ADMIN_KEY)
+        },
+    )
+    .await;
+    sim.set_audit_logging(false);
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config_file(dir.path(), &sim.base_url(), ADMIN_KEY_ENV, &extra(&rx));
+
+    let (ok, out, err) = sweep(&config, NOW).await;
+    assert!(ok, "{out}\n{err}");
+    let alerts = ops_mentioning(&rx, "audit log of acme is unavailable");
+    assert_eq!(alerts.len(), 1, "{:?}", rx.requests("/ops"));
+    assert!(
+        ops_mentioning(&rx, "usage of acme").is_empty(),
+        "usage is available: {alerts:?}"
+    );
+
+    // The next sweep completes too, and does not say it again.
+    let (ok, out, err) = sweep(&config, NOW + HOUR).await;
+    assert!(ok, "{out}\n{err}");
+    assert_eq!(
+        ops_mentioning(&rx, "audit log of acme is unavailable").len(),
+        1,
+        "{:?}",
+        rx.requests("/ops")
+    );
+}
+
+#[tokio::test]
+async fn with_the_audit_log_on_the_sweep_raises_no_intel_alert() {
+    let org = SimOrg::generate(2, 3, 17, NOW);
+    let sim = start_sim_with(
+        org,
+        SimOptions {
+            now: Some(NOW),
+            freeze_clock: true,
+            ..SimOptions::new(ADMIN_KEY)
+        },
+    )
+    .await;
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config_file(dir.path(), &sim.base_url(), ADMIN_KEY_ENV, &extra(&rx));
+    let (ok, out, err) = sweep(&config, NOW).await;
+    assert!(ok, "{out}\n{err}");
+    assert!(
+        ops_mentioning(&rx, "unavailable").is_empty(),
+        "{:?}",
+        rx.requests("/ops")
+    );
+    let stats = sim.stats();
+    assert!(
+        stats.keys().any(|k| k.contains("audit_logs")),
+        "the sweep reads the log: {stats:?}"
+    );
+}
