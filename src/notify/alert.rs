@@ -78,7 +78,8 @@ pub enum EnforcerAlert {
         reason: String,
     },
     /// The audit log or usage of an organisation could not be read (issue 16): the sweep went
-    /// on with what the key listing gives; `source` is `audit log` or `usage`.
+    /// on with what the key listing gives. One alert per organisation: `source` is `audit log`,
+    /// `usage` or `audit log and usage`, `message` why each could not be read.
     IntelUnavailable {
         organization: String,
         source: String,
@@ -103,8 +104,8 @@ impl EnforcerAlert {
                 source,
                 message,
             } => Some(format!(
-                "The {source} of {organization} is unavailable; the sweep went on with the key \
-                 listing alone: {message}"
+                "{organization}: the {source} could not be read; the sweep went on with the \
+                 key listing alone ({message})"
             )),
             _ => None,
         }

@@ -190,8 +190,8 @@ fn org_alerts<K>(org: &OrgInventory<K>) -> Vec<EnforcerAlert> {
     out
 }
 
-/// One alert per organisation and source (audit log, usage) that could not be read: the
-/// sweep goes on without it.
+/// One alert per organisation whose audit log or usage (or both) could not be read, saying
+/// which and why: the sweep goes on without them.
 fn intel_alerts(intel: &Intel) -> Vec<EnforcerAlert> {
     let mut out = Vec::new();
     for o in &intel.orgs {
@@ -199,15 +199,19 @@ fn intel_alerts(intel: &Intel) -> Vec<EnforcerAlert> {
             ("audit log", o.history.as_ref().err()),
             ("usage", o.usage.as_ref().err()),
         ];
-        for (source, why) in sources {
-            if let Some(why) = why {
-                out.push(EnforcerAlert::IntelUnavailable {
-                    organization: o.organization.clone(),
-                    source: source.to_string(),
-                    message: why.clone(),
-                });
-            }
+        let missing: Vec<(&str, &String)> = (sources.into_iter())
+            .filter_map(|(s, why)| why.map(|w| (s, w)))
+            .collect();
+        if missing.is_empty() {
+            continue;
         }
+        let names: Vec<&str> = missing.iter().map(|(s, _)| *s).collect();
+        let whys: Vec<String> = missing.iter().map(|(s, w)| format!("{s}: {w}")).collect();
+        out.push(EnforcerAlert::IntelUnavailable {
+            organization: o.organization.clone(),
+            source: names.join(" and "),
+            message: whys.join("; "),
+        });
     }
     out
 }
