@@ -91,6 +91,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawUsage {
     window: Option<HumanDuration>,
+    wake_after: Option<HumanDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -85,6 +85,15 @@ pub enum EnforcerAlert {
         source: String,
         message: String,
     },
+    /// A key idle at least `[usage] wake_after` (since `idle_since`: its last use, or its
+    /// creation) was used again at `last_used_at`: what a leaked key looks like.
+    KeyWokeUp {
+        organization: String,
+        project_id: String,
+        key_id: String,
+        idle_since: i64,
+        last_used_at: i64,
+    },
 }
 
 /// The `alerts` table remembers raised alerts through this; `state` never names this type.
@@ -106,6 +115,20 @@ impl EnforcerAlert {
             } => Some(format!(
                 "{organization}: the {source} could not be read; the sweep went on with the \
                  key listing alone ({message})"
+            )),
+            EnforcerAlert::KeyWokeUp {
+                organization,
+                project_id,
+                key_id,
+                idle_since,
+                last_used_at,
+            } => Some(format!(
+                "Key {key_id} in project {project_id} ({organization}) woke up: idle {} day(s) \
+                 since {}, then used at {}. A dormant key used again is what a leaked key \
+                 looks like: check who uses it.",
+                last_used_at.saturating_sub(*idle_since) / 86_400,
+                super::digest::rfc3339(*idle_since),
+                super::digest::rfc3339(*last_used_at)
             )),
             _ => None,
         }
@@ -173,6 +196,13 @@ impl EnforcerAlert {
                 source,
                 ..
             } => format!("intel-unavailable/{organization}/{source}"),
+            EnforcerAlert::KeyWokeUp {
+                organization,
+                project_id,
+                key_id,
+                last_used_at,
+                ..
+            } => format!("woke/{organization}/{project_id}/{key_id}/{last_used_at}"),
         }
     }
 }

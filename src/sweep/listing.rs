@@ -52,6 +52,7 @@ impl Run<'_> {
             sweeper.evaluator(self.now()),
             open,
             (4 * sweeper.config.limits.concurrency).clamp(16, 256),
+            i64::try_from(sweeper.config.intel.wake_after.as_secs()).unwrap_or(i64::MAX),
         );
         let inventory = crate::openai::collect_with(
             &sweeper.config,
@@ -77,6 +78,7 @@ impl Run<'_> {
             .collect();
         let intel = self.gather_intel(&inventory).await;
         alerts.extend(intel_alerts(&intel));
+        alerts.extend(woke_alerts(&self.clients, &recorded));
         Ok(Listed {
             inventory,
             evaluated: Evaluated {
@@ -214,6 +216,22 @@ fn intel_alerts(intel: &Intel) -> Vec<EnforcerAlert> {
         });
     }
     out
+}
+
+/// One alert per dormant key used again (the recorder's `woke`), per organisation in the
+/// order of the sweep's clients.
+fn woke_alerts(clients: &[AdminClient], recorded: &[Recorded]) -> Vec<EnforcerAlert> {
+    (clients.iter().zip(recorded))
+        .flat_map(|(c, r)| {
+            r.woke.iter().map(|w| EnforcerAlert::KeyWokeUp {
+                organization: c.org_name().to_string(),
+                project_id: w.project_id.clone(),
+                key_id: w.key_id.clone(),
+                idle_since: w.idle_since,
+                last_used_at: w.last_used_at,
+            })
+        })
+        .collect()
 }
 
 /// keysweep's own admin key among `keys`: the one with the configured `admin_key_id`, else the

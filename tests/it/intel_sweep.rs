@@ -1,12 +1,13 @@
 //! Issue 16 in the sweep: `keysweep run --once` (the real binary) against the simulator over
 //! HTTP, its ops alerts caught by a real webhook receiver. An unavailable audit log or usage
-//! never fails a sweep: one enforcer alert says what is missing, once, not at every sweep.
+//! never fails a sweep: one enforcer alert says what is missing, once, not at every sweep. A key
+//! idle for `[usage] wake_after` and used again raises one alert in the next sweep.
 //! These tests never assert on timings.
 
 use keysweep::sim::{SimOptions, SimOrg};
 
 use crate::support::config::write_config_file;
-use crate::support::listing::ADMIN_KEY;
+use crate::support::listing::{ADMIN_KEY, active_projects};
 use crate::support::process::run_to_end;
 use crate::support::receivers::Receiver;
 use crate::support::sim::start_sim_with;
@@ -119,4 +120,114 @@ async fn with_the_audit_log_on_the_sweep_raises_no_intel_alert() {
         stats.keys().any(|k| k.contains("audit_logs")),
         "the sweep reads the log: {stats:?}"
     );
+}
+
+const DAY: i64 = 86_400;
+
+#[tokio::test]
+async fn a_key_idle_sixty_days_then_used_raises_the_wake_up_alert_in_the_next_sweep_once() {
+    let org = SimOrg::generate(2, 3, 18, NOW);
+    let active = active_projects(&org);
+    let (project, key) = (org.projects.iter())
+        .filter(|p| active.contains(&p.id))
+        .find_map(|p| {
+            (p.keys.iter())
+                .find(|k| k.created_at < NOW - 61 * DAY)
+                .map(|k| (p.id.clone(), k.id.clone()))
+        })
+        .expect("a key older than 61 days");
+    let sim = start_sim_with(
+        org,
+        SimOptions {
+            now: Some(NOW),
+            freeze_clock: true,
+            ..SimOptions::new(ADMIN_KEY)
+        },
+    )
+    .await;
+    sim.set_last_used(&project, &key, Some(NOW - 60 * DAY))
+        .unwrap();
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config_file(dir.path(), &sim.base_url(), ADMIN_KEY_ENV, &extra(&rx));
+
+    // First sighting: idle, nothing woke.
+    let (ok, out, err) = sweep(&config, NOW).await;
+    assert!(ok, "{out}\n{err}");
+    assert!(
+        ops_mentioning(&rx, "woke up").is_empty(),
+        "{:?}",
+        rx.requests("/ops")
+    );
+
+    // Used again after 60 idle days: the next sweep says so, at once, to the ops channel.
+    sim.set_last_used(&project, &key, Some(NOW)).unwrap();
+    let (ok, out, err) = sweep(&config, NOW + HOUR).await;
+    assert!(ok, "{out}\n{err}");
+    let woke = ops_mentioning(&rx, "woke up");
+    assert_eq!(woke.len(), 1, "{:?}", rx.requests("/ops"));
+    assert!(
+        woke[0].contains(&key) && woke[0].contains("idle 60 day"),
+        "{woke:?}"
+    );
+
+    // Nothing new: not said again.
+    let (ok, out, err) = sweep(&config, NOW + 2 * HOUR).await;
+    assert!(ok, "{out}\n{err}");
+    assert_eq!(ops_mentioning(&rx, "woke up").len(), 1);
+}
+
+#[tokio::test]
+async fn a_key_used_within_wake_after_raises_nothing() {
+    let org = SimOrg::generate(1, 3, 19, NOW);
+    let active = active_projects(&org);
+    let p = (org.projects.iter())
+        .find(|p| active.contains(&p.id))
+        .unwrap();
+    let (project, key) = (p.id.clone(), p.keys[0].id.clone());
+    let sim = start_sim_with(
+        org,
+        SimOptions {
+            now: Some(NOW),
+            freeze_clock: true,
+            ..SimOptions::new(ADMIN_KEY)
+        },
+    )
+    .await;
+    sim.set_last_used(&project, &key, Some(NOW - 20 * DAY))
+        .unwrap();
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config_file(dir.path(), &sim.base_url(), ADMIN_KEY_ENV, &extra(&rx));
+    let (ok, out, err) = sweep(&config, NOW).await;
+    assert!(ok, "{out}\n{err}");
+    sim.set_last_used(&project, &key, Some(NOW)).unwrap();
+    let (ok, out, err) = sweep(&config, NOW + HOUR).await;
+    assert!(ok, "{out}\n{err}");
+    assert!(
+        ops_mentioning(&rx, "woke up").is_empty(),
+        "{:?}",
+        rx.requests("/ops")
+    );
+}
+
+#[test]
+fn wake_after_is_read_checked_and_hash_neutral_at_its_default() {
+    let base = "[[organizations]]\nname = \"acme\"\nbase_url = \"http://127.0.0.1:1/v1\"\n";
+    let env = vec![("OPENAI_ADMIN_KEY".to_string(), "sk-admin-test".to_string())];
+    let load = |extra: &str| keysweep::config::load_from_str(&format!("{extra}\n{base}"), &env);
+    let plain = load("").unwrap();
+    assert_eq!(plain.intel.wake_after.as_secs(), 30 * DAY as u64);
+    let same = load("[usage]\nwake_after = \"30d\"\n").unwrap();
+    assert_eq!(
+        same.hash, plain.hash,
+        "the default written out keeps the hash"
+    );
+    let set = load("[usage]\nwake_after = \"7d\"\n").unwrap();
+    assert_eq!(set.intel.wake_after.as_secs(), 7 * DAY as u64);
+    assert_ne!(set.hash, plain.hash);
+    let e = load("[usage]\nwake_after = \"12h\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("usage.wake_after"), "{e}");
 }
