@@ -94,6 +94,13 @@ pub enum EnforcerAlert {
         idle_since: i64,
         last_used_at: i64,
     },
+    /// The audit log shows keys created and not deleted that a complete listing did not
+    /// return (not counting keys created after the listing began, in archived or unwatched
+    /// projects, or expired).
+    InventoryGap {
+        organization: String,
+        key_ids: Vec<String>,
+    },
 }
 
 /// The `alerts` table remembers raised alerts through this; `state` never names this type.
@@ -129,6 +136,15 @@ impl EnforcerAlert {
                 last_used_at.saturating_sub(*idle_since) / 86_400,
                 super::digest::rfc3339(*idle_since),
                 super::digest::rfc3339(*last_used_at)
+            )),
+            EnforcerAlert::InventoryGap {
+                organization,
+                key_ids,
+            } => Some(format!(
+                "Inventory gap in {organization}: the audit log shows {} key(s) created and not \
+                 deleted that the listing did not return: {}",
+                key_ids.len(),
+                key_ids.join(", ")
             )),
             _ => None,
         }
@@ -203,6 +219,10 @@ impl EnforcerAlert {
                 last_used_at,
                 ..
             } => format!("woke/{organization}/{project_id}/{key_id}/{last_used_at}"),
+            EnforcerAlert::InventoryGap {
+                organization,
+                key_ids,
+            } => format!("inventory-gap/{organization}/{}", key_ids.join(",")),
         }
     }
 }

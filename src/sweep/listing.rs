@@ -79,6 +79,7 @@ impl Run<'_> {
         let intel = self.gather_intel(&inventory).await;
         alerts.extend(intel_alerts(&intel));
         alerts.extend(woke_alerts(&self.clients, &recorded));
+        alerts.extend(self.gap_alerts(&intel, &inventory)?);
         Ok(Listed {
             inventory,
             evaluated: Evaluated {
@@ -104,6 +105,51 @@ impl Run<'_> {
             .cloned()
             .collect();
         crate::intel::gather(&listed, self.sweeper.config.intel, self.now()).await
+    }
+
+    /// One `InventoryGap` alert per organisation whose log shows keys (see `intel::gaps`) that
+    /// its complete listing did not return: a key counts as listed when the recorder left its
+    /// observation present (a complete listing marks every absent key gone).
+    fn gap_alerts(
+        &self,
+        intel: &Intel,
+        inventory: &Inventory<KeyTally>,
+    ) -> Result<Vec<EnforcerAlert>, SweepError> {
+        let mut out = Vec::new();
+        for org in &inventory.orgs {
+            let Some(Ok(history)) = (intel.orgs.iter())
+                .find(|o| o.organization == org.organization)
+                .map(|o| o.history.as_ref())
+            else {
+                continue;
+            };
+            let complete = |project: &str| {
+                org.is_complete()
+                    && (org.projects.iter()).any(|p| {
+                        p.project.id == project && !p.project.archived && p.listing.is_complete()
+                    })
+            };
+            let none = std::collections::HashSet::new();
+            let logged = crate::intel::gaps(history, &none, complete, self.now(), self.now());
+            let mut missing = Vec::new();
+            for id in logged.missing {
+                let project = (history.get(&id)).and_then(|h| h.project_id.clone());
+                let project = project.unwrap_or_default();
+                let seen = self.store.with_conn(|c| {
+                    crate::state::observations::get_observation(c, &org.organization, &project, &id)
+                })?;
+                if seen.is_none_or(|o| o.gone_at.is_some()) {
+                    missing.push(id);
+                }
+            }
+            if !missing.is_empty() {
+                out.push(EnforcerAlert::InventoryGap {
+                    organization: org.organization.clone(),
+                    key_ids: missing,
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// The alert about keysweep's own admin key of `org`, if it has expired or expires within

@@ -1,7 +1,8 @@
 //! Issue 16 in the sweep: `keysweep run --once` (the real binary) against the simulator over
 //! HTTP, its ops alerts caught by a real webhook receiver. An unavailable audit log or usage
 //! never fails a sweep: one enforcer alert says what is missing, once, not at every sweep. A key
-//! idle for `[usage] wake_after` and used again raises one alert in the next sweep.
+//! idle for `[usage] wake_after` and used again raises one alert in the next sweep; a key in the
+//! log but hidden from the listing raises the inventory-gap alert.
 //! These tests never assert on timings.
 
 use keysweep::sim::{SimOptions, SimOrg};
@@ -230,4 +231,54 @@ fn wake_after_is_read_checked_and_hash_neutral_at_its_default() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("usage.wake_after"), "{e}");
+}
+
+#[tokio::test]
+async fn a_key_in_the_log_but_hidden_from_the_listing_raises_the_inventory_gap_alert_once() {
+    let org = SimOrg::generate(2, 3, 20, NOW);
+    let active = active_projects(&org);
+    let project = active[0].clone();
+    let archived = (org.projects.iter())
+        .find(|p| !active.contains(&p.id))
+        .map(|p| p.id.clone());
+    let creator = org.users[0].id.clone();
+    let sim = start_sim_with(
+        org,
+        SimOptions {
+            now: Some(NOW),
+            freeze_clock: true,
+            ..SimOptions::new(ADMIN_KEY)
+        },
+    )
+    .await;
+    let hidden = "key_HiddenFromList01";
+    sim.log_key_created(&project, hidden, &creator, None, NOW - 10 * DAY);
+    // Not gaps: deleted, created after the listing began, or in a project not listed.
+    sim.log_key_created(
+        &project,
+        "key_DeletedLater0001",
+        &creator,
+        None,
+        NOW - 9 * DAY,
+    );
+    sim.log_key_deleted(&project, "key_DeletedLater0001", &creator, NOW - 8 * DAY);
+    sim.log_key_created(&project, "key_CreatedAfter0001", &creator, None, NOW + 600);
+    if let Some(a) = &archived {
+        sim.log_key_created(a, "key_ArchivedProj0001", &creator, None, NOW - 9 * DAY);
+    }
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config_file(dir.path(), &sim.base_url(), ADMIN_KEY_ENV, &extra(&rx));
+    let (ok, out, err) = sweep(&config, NOW + 120).await;
+    assert!(ok, "{out}\n{err}");
+    let gaps = ops_mentioning(&rx, "Inventory gap in acme");
+    assert_eq!(gaps.len(), 1, "{:?}", rx.requests("/ops"));
+    assert!(gaps[0].contains(hidden), "{gaps:?}");
+    for not_gap in ["DeletedLater", "CreatedAfter", "ArchivedProj"] {
+        assert!(!gaps[0].contains(not_gap), "{not_gap}: {gaps:?}");
+    }
+    // The same gap next sweep (still before the later key's creation): not said again.
+    let (ok, out, err) = sweep(&config, NOW + 300).await;
+    assert!(ok, "{out}\n{err}");
+    assert_eq!(ops_mentioning(&rx, "Inventory gap in acme").len(), 1);
 }
