@@ -134,8 +134,8 @@ impl EnforcerAlert {
                  since {}, then used at {}. A dormant key used again is what a leaked key \
                  looks like: check who uses it.",
                 last_used_at.saturating_sub(*idle_since) / 86_400,
-                super::digest::rfc3339(*idle_since),
-                super::digest::rfc3339(*last_used_at)
+                utc(*idle_since),
+                utc(*last_used_at)
             )),
             EnforcerAlert::InventoryGap {
                 organization,
@@ -225,4 +225,12 @@ impl EnforcerAlert {
             } => format!("inventory-gap/{organization}/{}", key_ids.join(",")),
         }
     }
+}
+
+/// UTC, RFC 3339 with seconds (as `digest::rfc3339`, which this module cannot name: digest
+/// names the alerts).
+fn utc(ts: i64) -> String {
+    chrono::DateTime::<chrono::Utc>::from_timestamp(ts, 0)
+        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_else(|| format!("@{ts}"))
 }
