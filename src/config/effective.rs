@@ -138,6 +138,8 @@ struct IntelView {
     window: Duration,
     #[serde(serialize_with = "dur")]
     audit_log_backfill: Duration,
+    #[serde(serialize_with = "dur")]
+    wake_after: Duration,
 }
 
 impl<'a> View<'a> {
@@ -182,6 +184,7 @@ impl<'a> View<'a> {
             usage: (!c.intel.is_default()).then_some(IntelView {
                 window: c.intel.usage_window,
                 audit_log_backfill: c.intel.audit_backfill,
+                wake_after: c.intel.wake_after,
             }),
         }
     }

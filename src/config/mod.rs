@@ -100,11 +100,15 @@ pub struct Config {
 pub struct IntelSettings {
     pub usage_window: Duration,
     pub audit_backfill: Duration,
+    /// `[usage] wake_after` (default 30 d): a key idle at least this long that is used again
+    /// raises an enforcer alert at once (what a leaked key looks like).
+    pub wake_after: Duration,
 }
 
 impl IntelSettings {
     pub const DEFAULT_USAGE_WINDOW: Duration = Duration::from_secs(30 * 86_400);
     pub const DEFAULT_AUDIT_BACKFILL: Duration = Duration::from_secs(90 * 86_400);
+    pub const DEFAULT_WAKE_AFTER: Duration = Duration::from_secs(30 * 86_400);
 
     /// Whether both are the defaults (the effective configuration leaves them out then, so
     /// configurations that do not set them keep their hash).
@@ -125,6 +129,7 @@ impl Default for IntelSettings {
         IntelSettings {
             usage_window: Self::DEFAULT_USAGE_WINDOW,
             audit_backfill: Self::DEFAULT_AUDIT_BACKFILL,
+            wake_after: Self::DEFAULT_WAKE_AFTER,
         }
     }
 }

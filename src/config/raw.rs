@@ -93,6 +93,7 @@ struct RawConfig {
 #[serde(expecting = "the [usage] table")]
 struct RawUsage {
     window: Option<HumanDuration>,
+    wake_after: Option<HumanDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -77,6 +77,30 @@ pub enum EnforcerAlert {
         skips: u32,
         reason: String,
     },
+    /// The audit log or usage of an organisation could not be read (issue 16): the sweep went
+    /// on with what the key listing gives. One alert per organisation: `source` is `audit log`,
+    /// `usage` or `audit log and usage`, `message` why each could not be read.
+    IntelUnavailable {
+        organization: String,
+        source: String,
+        message: String,
+    },
+    /// A key idle at least `[usage] wake_after` (since `idle_since`: its last use, or its
+    /// creation) was used again at `last_used_at`: what a leaked key looks like.
+    KeyWokeUp {
+        organization: String,
+        project_id: String,
+        key_id: String,
+        idle_since: i64,
+        last_used_at: i64,
+    },
+    /// The audit log shows keys created and not deleted that a complete listing did not
+    /// return (not counting keys created after the listing began, in archived or unwatched
+    /// projects, or expired).
+    InventoryGap {
+        organization: String,
+        key_ids: Vec<String>,
+    },
 }
 
 /// The `alerts` table remembers raised alerts through this; `state` never names this type.
@@ -87,6 +111,45 @@ impl crate::state::alerts::RaisedAlert for EnforcerAlert {
 }
 
 impl EnforcerAlert {
+    /// The text of an alert about the audit log, usage or what they show (issue 16); `None`
+    /// for the others (`digest::alert_text` says those).
+    pub fn intel_text(&self) -> Option<String> {
+        match self {
+            EnforcerAlert::IntelUnavailable {
+                organization,
+                source,
+                message,
+            } => Some(format!(
+                "{organization}: the {source} could not be read; the sweep went on with the \
+                 key listing alone ({message})"
+            )),
+            EnforcerAlert::KeyWokeUp {
+                organization,
+                project_id,
+                key_id,
+                idle_since,
+                last_used_at,
+            } => Some(format!(
+                "Key {key_id} in project {project_id} ({organization}) woke up: idle {} day(s) \
+                 since {}, then used at {}. A dormant key used again is what a leaked key \
+                 looks like: check who uses it.",
+                last_used_at.saturating_sub(*idle_since) / 86_400,
+                utc(*idle_since),
+                utc(*last_used_at)
+            )),
+            EnforcerAlert::InventoryGap {
+                organization,
+                key_ids,
+            } => Some(format!(
+                "Inventory gap in {organization}: the audit log shows {} key(s) created and not \
+                 deleted that the listing did not return: {}",
+                key_ids.len(),
+                key_ids.join(", ")
+            )),
+            _ => None,
+        }
+    }
+
     /// Stable identity for de-duplicating repeated alerts across sweeps.
     pub fn dedup_key(&self) -> String {
         match self {
@@ -144,6 +207,30 @@ impl EnforcerAlert {
                 key_id,
                 ..
             } => format!("recheck-skips/{organization}/{project_id}/{key_id}"),
+            EnforcerAlert::IntelUnavailable {
+                organization,
+                source,
+                ..
+            } => format!("intel-unavailable/{organization}/{source}"),
+            EnforcerAlert::KeyWokeUp {
+                organization,
+                project_id,
+                key_id,
+                last_used_at,
+                ..
+            } => format!("woke/{organization}/{project_id}/{key_id}/{last_used_at}"),
+            EnforcerAlert::InventoryGap {
+                organization,
+                key_ids,
+            } => format!("inventory-gap/{organization}/{}", key_ids.join(",")),
         }
     }
+}
+
+/// UTC, RFC 3339 with seconds (as `digest::rfc3339`, which this module cannot name: digest
+/// names the alerts).
+fn utc(ts: i64) -> String {
+    chrono::DateTime::<chrono::Utc>::from_timestamp(ts, 0)
+        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_else(|| format!("@{ts}"))
 }

@@ -651,6 +651,9 @@ pub fn alert_text(a: &EnforcerAlert) -> String {
         } => format!(
             "Key {key_id} in project {project_id} ({organization}) is due but was kept by the re-check {skips} times in a row; last: {reason}"
         ),
+        EnforcerAlert::IntelUnavailable { .. }
+        | EnforcerAlert::KeyWokeUp { .. }
+        | EnforcerAlert::InventoryGap { .. } => a.intel_text().unwrap_or_default(),
     }
 }
 

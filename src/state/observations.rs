@@ -221,7 +221,8 @@ pub fn record_changed(
     })
 }
 
-fn is_changed(k: &Key, known: &Fingerprints) -> bool {
+/// Whether `k` differs from its stored snapshot in `known` (or is not there).
+pub fn is_changed(k: &Key, known: &Fingerprints) -> bool {
     let snapshot = hash_snapshot(
         &k.name,
         &k.redacted_value,

@@ -6,8 +6,10 @@
 
 use std::sync::Arc;
 
+use crate::intel::Intel;
 use crate::inventory::{AdminKeyInfo, Inventory, KeyTally, Listing, OrgInventory, ProjectRef};
 use crate::notify::alert::EnforcerAlert;
+use crate::openai::AdminClient;
 
 use super::evaluate::OpenFindings;
 use super::record::{Recorded, Recorder};
@@ -50,6 +52,7 @@ impl Run<'_> {
             sweeper.evaluator(self.now()),
             open,
             (4 * sweeper.config.limits.concurrency).clamp(16, 256),
+            i64::try_from(sweeper.config.intel.wake_after.as_secs()).unwrap_or(i64::MAX),
         );
         let inventory = crate::openai::collect_with(
             &sweeper.config,
@@ -64,7 +67,7 @@ impl Run<'_> {
         for org in &inventory.orgs {
             self.observe(org);
         }
-        let alerts = inventory
+        let mut alerts: Vec<EnforcerAlert> = inventory
             .orgs
             .iter()
             .flat_map(|org| {
@@ -73,6 +76,10 @@ impl Run<'_> {
                 alerts
             })
             .collect();
+        let intel = self.gather_intel(&inventory).await;
+        alerts.extend(intel_alerts(&intel));
+        alerts.extend(woke_alerts(&self.clients, &recorded));
+        alerts.extend(self.gap_alerts(&intel, &inventory)?);
         Ok(Listed {
             inventory,
             evaluated: Evaluated {
@@ -86,6 +93,63 @@ impl Run<'_> {
                 committed_secs: 0.0,
             },
         })
+    }
+
+    /// The audit log and usage (issue 16) of the organisations whose listing did not fail
+    /// (a failed one has its alert already). Never fails: what cannot be read is an `Err`.
+    async fn gather_intel(&self, inventory: &Inventory<KeyTally>) -> Intel {
+        let listed: Vec<AdminClient> = (self.clients.iter())
+            .filter(|c| {
+                (inventory.orgs.iter()).any(|o| o.organization == c.org_name() && o.error.is_none())
+            })
+            .cloned()
+            .collect();
+        crate::intel::gather(&listed, self.sweeper.config.intel, self.now()).await
+    }
+
+    /// One `InventoryGap` alert per organisation whose log shows keys (see `intel::gaps`) that
+    /// its complete listing did not return: a key counts as listed when the recorder left its
+    /// observation present (a complete listing marks every absent key gone).
+    fn gap_alerts(
+        &self,
+        intel: &Intel,
+        inventory: &Inventory<KeyTally>,
+    ) -> Result<Vec<EnforcerAlert>, SweepError> {
+        let mut out = Vec::new();
+        for org in &inventory.orgs {
+            let Some(Ok(history)) = (intel.orgs.iter())
+                .find(|o| o.organization == org.organization)
+                .map(|o| o.history.as_ref())
+            else {
+                continue;
+            };
+            let complete = |project: &str| {
+                org.is_complete()
+                    && (org.projects.iter()).any(|p| {
+                        p.project.id == project && !p.project.archived && p.listing.is_complete()
+                    })
+            };
+            let none = std::collections::HashSet::new();
+            let logged = crate::intel::gaps(history, &none, complete, self.now(), self.now());
+            let mut missing = Vec::new();
+            for id in logged.missing {
+                let project = (history.get(&id)).and_then(|h| h.project_id.clone());
+                let project = project.unwrap_or_default();
+                let seen = self.store.with_conn(|c| {
+                    crate::state::observations::get_observation(c, &org.organization, &project, &id)
+                })?;
+                if seen.is_none_or(|o| o.gone_at.is_some()) {
+                    missing.push(id);
+                }
+            }
+            if !missing.is_empty() {
+                out.push(EnforcerAlert::InventoryGap {
+                    organization: org.organization.clone(),
+                    key_ids: missing,
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// The alert about keysweep's own admin key of `org`, if it has expired or expires within
@@ -172,6 +236,48 @@ fn org_alerts<K>(org: &OrgInventory<K>) -> Vec<EnforcerAlert> {
         }
     }
     out
+}
+
+/// One alert per organisation whose audit log or usage (or both) could not be read, saying
+/// which and why: the sweep goes on without them.
+fn intel_alerts(intel: &Intel) -> Vec<EnforcerAlert> {
+    let mut out = Vec::new();
+    for o in &intel.orgs {
+        let sources = [
+            ("audit log", o.history.as_ref().err()),
+            ("usage", o.usage.as_ref().err()),
+        ];
+        let missing: Vec<(&str, &String)> = (sources.into_iter())
+            .filter_map(|(s, why)| why.map(|w| (s, w)))
+            .collect();
+        if missing.is_empty() {
+            continue;
+        }
+        let names: Vec<&str> = missing.iter().map(|(s, _)| *s).collect();
+        let whys: Vec<String> = missing.iter().map(|(s, w)| format!("{s}: {w}")).collect();
+        out.push(EnforcerAlert::IntelUnavailable {
+            organization: o.organization.clone(),
+            source: names.join(" and "),
+            message: whys.join("; "),
+        });
+    }
+    out
+}
+
+/// One alert per dormant key used again (the recorder's `woke`), per organisation in the
+/// order of the sweep's clients.
+fn woke_alerts(clients: &[AdminClient], recorded: &[Recorded]) -> Vec<EnforcerAlert> {
+    (clients.iter().zip(recorded))
+        .flat_map(|(c, r)| {
+            r.woke.iter().map(|w| EnforcerAlert::KeyWokeUp {
+                organization: c.org_name().to_string(),
+                project_id: w.project_id.clone(),
+                key_id: w.key_id.clone(),
+                idle_since: w.idle_since,
+                last_used_at: w.last_used_at,
+            })
+        })
+        .collect()
 }
 
 /// keysweep's own admin key among `keys`: the one with the configured `admin_key_id`, else the

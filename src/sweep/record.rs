@@ -5,7 +5,9 @@
 //! dropped) to one recorder task. It evaluates each page (pure, `evaluate.rs`) and writes the
 //! keys' observations in batches, one transaction per batch on a blocking thread, while the
 //! next batch gathers. A project's evaluation is kept only if its listing completes, and only
-//! then are its absent keys marked gone. This module never deletes, notifies or writes a
+//! then are its absent keys marked gone. Before a changed key's row is overwritten, its stored
+//! `last_used_at` tells whether a dormant key woke up (`Recorded::woke`, issue 16). This
+//! module never deletes, notifies or writes a
 //! finding: that waits until the whole listing is in.
 
 use std::collections::hash_map::Entry;
@@ -101,6 +103,17 @@ impl KeySink for Sink {
 pub(crate) struct Recorded {
     pub step: Step,
     pub complete: HashSet<String>,
+    /// Keys idle at least `[usage] wake_after` whose `last_used_at` moved past that gap.
+    pub woke: Vec<Woke>,
+}
+
+/// A dormant key used again (issue 16): its previous and new `last_used_at`.
+pub(crate) struct Woke {
+    pub project_id: String,
+    pub key_id: String,
+    /// The stored `last_used_at`, or its `created_at` when it had never been used.
+    pub idle_since: i64,
+    pub last_used_at: i64,
 }
 
 /// The running recorder of one sweep. Dropping it (a sweep aborted at shutdown) stops the task
@@ -148,12 +161,19 @@ impl Recorder {
         evaluator: Evaluator,
         orgs: Vec<(String, Arc<OpenFindings>)>,
         capacity: usize,
+        wake_after: i64,
     ) -> Recorder {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let names: Vec<String> = orgs.iter().map(|(n, _)| n.clone()).collect();
         let now = evaluator.now;
         let open: Vec<Arc<OpenFindings>> = orgs.into_iter().map(|(_, o)| o).collect();
-        let task = tokio::spawn(record(rx, store, evaluator, open, names.clone()));
+        let task = tokio::spawn(record(
+            rx,
+            store,
+            (evaluator, wake_after),
+            open,
+            names.clone(),
+        ));
         Recorder {
             tx,
             names,
@@ -196,6 +216,8 @@ impl Recorder {
 /// responses are waiting to be polled there).
 struct Books {
     evaluator: Evaluator,
+    /// `[usage] wake_after` in seconds.
+    wake_after: i64,
     open: Vec<Arc<OpenFindings>>,
     names: Vec<String>,
     accepted: Vec<Recorded>,
@@ -254,13 +276,15 @@ impl Books {
             }
         }
         let now = self.evaluator.now;
-        let (names, known) = (&self.names, &mut self.known);
-        store.tx(|tx| {
+        let (names, known, wake_after) = (&self.names, &mut self.known, self.wake_after);
+        let woke = store.tx(|tx| {
+            let mut woke = Vec::new();
             // Every page's changed rows first, in multi-row statements across projects; then
             // the ends of the projects listed completely. A project's pages come before its
             // end, so its end reads its rows written.
             state::observations::observe_batched(tx, now, |rows| {
                 for w in &writes {
+                    woke.extend(woken(tx, w, names, known, wake_after)?);
                     observe(tx, rows, w, names, known)?;
                 }
                 Ok(())
@@ -268,15 +292,21 @@ impl Books {
             for w in &writes {
                 gone(tx, w, names, known, now)?;
             }
-            Ok(())
-        })
+            Ok(woke)
+        })?;
+        for (org, w) in woke {
+            if let Some(into) = self.accepted.get_mut(org) {
+                into.woke.push(w);
+            }
+        }
+        Ok(())
     }
 }
 
 async fn record(
     mut rx: mpsc::Receiver<Msg>,
     store: Store,
-    evaluator: Evaluator,
+    (evaluator, wake_after): (Evaluator, i64),
     open: Vec<Arc<OpenFindings>>,
     names: Vec<String>,
 ) -> Result<Vec<Recorded>, SweepError> {
@@ -284,6 +314,7 @@ async fn record(
     let mut books = Some(Books {
         accepted: open.iter().map(|_| Recorded::default()).collect(),
         evaluator,
+        wake_after,
         open,
         names,
         pending: HashMap::new(),
@@ -361,6 +392,52 @@ fn observe<'k>(
         rows.record_changed(org_name, project_id, keys, prints)?;
     }
     Ok(())
+}
+
+/// The keys of a page (`Write::Observe`) that woke up: changed since the stored snapshot
+/// (read before the page's rows are written), seen before, idle at least `wake_after`
+/// since their stored `last_used_at` (or creation), and used after that gap.
+fn woken(
+    tx: &rusqlite::Connection,
+    w: &Write,
+    names: &[String],
+    known: &mut Known,
+    wake_after: i64,
+) -> Result<Vec<(usize, Woke)>, state::StateError> {
+    use state::observations as obs;
+    let Write::Observe {
+        org,
+        project_id,
+        keys,
+    } = w
+    else {
+        return Ok(Vec::new());
+    };
+    let org_name = &names[*org];
+    let prints = match known.entry((*org, project_id.clone())) {
+        Entry::Occupied(e) => e.into_mut(),
+        Entry::Vacant(e) => e.insert(obs::fingerprints(tx, org_name, project_id)?),
+    };
+    let mut out = Vec::new();
+    for k in keys.iter().filter(|k| obs::is_changed(k, prints)) {
+        let Some(used) = k.last_used_at else { continue };
+        let Some(o) = obs::get_observation(tx, org_name, project_id, &k.id)? else {
+            continue;
+        };
+        let idle_since = o.last_used_at.unwrap_or(o.created_at);
+        if o.gone_at.is_none() && used.saturating_sub(idle_since) >= wake_after {
+            out.push((
+                *org,
+                Woke {
+                    project_id: project_id.to_string(),
+                    key_id: k.id.clone(),
+                    idle_since,
+                    last_used_at: used,
+                },
+            ));
+        }
+    }
+    Ok(out)
 }
 
 /// The end of a complete listing (`Write::Gone`): absent keys marked gone, then the

@@ -135,9 +135,17 @@ fn intel(
             "must be at least 1d".to_string(),
         ));
     }
+    let wake_after = usage.wake_after.as_ref().map_or(d.wake_after, |w| w.0);
+    if wake_after.as_secs() < 86_400 {
+        return Err(cx.err(
+            "usage.wake_after".to_string(),
+            "must be at least 1d".to_string(),
+        ));
+    }
     Ok(IntelSettings {
         usage_window: window,
         audit_backfill: backfill,
+        wake_after,
     })
 }
 
