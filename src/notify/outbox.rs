@@ -50,22 +50,26 @@ pub fn enqueue(
     messages: &[OutboxMessage],
     now: i64,
 ) -> Result<usize, StateError> {
-    let mut inserted = 0;
-    for m in messages {
-        let payload = serde_json::to_string(&m.payload).map_err(|source| StateError::Encode {
-            what: "outbox payload",
-            source,
-        })?;
-        let row = NewOutboxRow {
+    let payloads = messages
+        .iter()
+        .map(|m| {
+            serde_json::to_string(&m.payload).map_err(|source| StateError::Encode {
+                what: "outbox payload",
+                source,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let rows = messages
+        .iter()
+        .zip(&payloads)
+        .map(|(m, payload)| NewOutboxRow {
             message_id: &m.message_id,
             channel: &m.channel,
             recipient: &m.recipient,
             kind: m.kind.as_str(),
-            payload: &payload,
-        };
-        inserted += rows::insert(conn, &row, now)?;
-    }
-    Ok(inserted)
+            payload,
+        });
+    rows::insert_all(conn, rows, now)
 }
 
 /// Pending messages whose next attempt is due, oldest first.

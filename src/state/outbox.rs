@@ -80,7 +80,9 @@ const COLUMNS: &str = "id, message_id, channel, recipient, kind, payload, create
                        next_attempt_at, status, last_error, sent_at";
 
 /// Writes a message as `pending`, due at `now`. A message id already present is ignored, so
-/// inserting is idempotent. Returns how many rows were inserted (0 or 1).
+/// inserting is idempotent. Returns how many rows were inserted (0 or 1). The sweep writes
+/// through [`insert_all`]; this one-row form is the reference the tests hold it to.
+#[cfg(test)]
 pub fn insert(conn: &Connection, row: &NewOutboxRow<'_>, now: i64) -> Result<usize, StateError> {
     let mut stmt = conn.prepare_cached(
         "INSERT OR IGNORE INTO outbox
