@@ -470,7 +470,11 @@ pub fn notice_json(n: &Notice, now: i64) -> Value {
 fn alert_json(a: &EnforcerAlert) -> Value {
     let mut v = serde_json::to_value(a).unwrap_or_else(|_| json!({}));
     if let Value::Object(m) = &mut v {
-        m.insert("summary".into(), Value::String(alert_text(a)));
+        // One clean line like every other summary: alert texts carry key names (a renamed key).
+        m.insert(
+            "summary".into(),
+            Value::String(text::summary(&alert_text(a))),
+        );
         m.insert("dedup_key".into(), Value::String(a.dedup_key()));
     }
     v
