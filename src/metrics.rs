@@ -269,7 +269,7 @@ impl Metrics {
         let admin_key_expiry = Family::<AdminKeyLabels, Gauge>::default();
         registry.register_with_unit(
             "admin_key_expiry_timestamp",
-            "Unix time at which an organisation's admin key expires",
+            "Unix time at which keysweep's own admin key of the organisation expires",
             Unit::Seconds,
             admin_key_expiry.clone(),
         );
@@ -581,8 +581,9 @@ impl Metrics {
         self.inner.skipped.get_or_create(&org_labels(org)).inc_by(n);
     }
 
-    /// Expiry (Unix seconds) of one admin key of the organisation. `admin_key_id` is the key's
-    /// id (`key_…`), never its value or name.
+    /// Expiry (Unix seconds) of keysweep's own admin key of the organisation (the one
+    /// `admin_key_id` names, or whose redacted suffix matches). `admin_key_id` is the key's id
+    /// (`key_…`), never its value or name.
     pub fn set_admin_key_expiry(&self, org: &str, admin_key_id: &str, unix_secs: i64) {
         self.inner
             .admin_key_expiry
