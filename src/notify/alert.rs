@@ -29,7 +29,8 @@ pub enum EnforcerAlert {
         limit: u64,
         withheld: u64,
     },
-    /// The kill switch file exists; nothing was deleted.
+    /// Something is at the kill-switch path, or the path cannot be examined (fails closed):
+    /// nothing more was deleted and no expiry set.
     KillSwitchOn { path: String, withheld: u64 },
     /// A message was dead-lettered after its last attempt.
     DeliveryFailed {
