@@ -13,7 +13,6 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use super::rfc3339;
 use crate::config::{Action, Config, Mode, ServiceAccountKeys};
 use crate::policy::finding::{Finding, FindingId, Stage};
 use crate::policy::plan::{Plan, Withheld, Write, verdict};
@@ -111,6 +110,12 @@ impl PlanContext {
 
 /// UTC, RFC 3339 with seconds: `2026-12-15T00:00:00Z` (this file's own, so it imports nothing
 /// from the renderer that uses it).
+fn rfc3339(ts: i64) -> String {
+    chrono::DateTime::from_timestamp(ts, 0)
+        .map(|d| d.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_else(|| ts.to_string())
+}
+
 fn secs(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
 }
