@@ -28,6 +28,8 @@ pub struct KeyHistory {
     pub scopes: Option<Vec<String>>,
     /// An `api_key.deleted` event was seen.
     pub deleted: bool,
+    /// The e-mail of that deletion's actor (`None`: no deletion seen, or no e-mail).
+    pub deleted_by: Option<String>,
     /// When its `api_key.created` says it was created (`None`: not in the log read).
     pub created_at: Option<i64>,
     /// The project of its creation.
@@ -95,7 +97,10 @@ pub fn rebuild(events: &[KeyEvent]) -> HashMap<String, KeyHistory> {
                     h.ends_at = Some(e.effective_at.saturating_add(*secs));
                 }
             }
-            KeyEventKind::Deleted => h.deleted = true,
+            KeyEventKind::Deleted => {
+                h.deleted = true;
+                h.deleted_by.clone_from(&e.actor.email);
+            }
         }
     }
     out
@@ -322,6 +327,7 @@ mod tests {
         );
         assert_eq!(h["key_c"].created_by, None);
         assert!(h["key_c"].deleted);
+        assert_eq!(h["key_c"].deleted_by.as_deref(), Some("c@x"));
         let only_created = rebuild(&events[3..4]);
         assert_eq!(
             only_created["key_a"].scopes,

@@ -1,6 +1,7 @@
 //! Enforcer alerts: what the on-call team must hear about keysweep itself.
 //!
-//! They go to `ops_channels`, never to key owners.
+//! They go to `ops_channels`; the one exception is [`EnforcerAlert::KeyWokeUp`], which also
+//! reaches the key's owner at once (its `owner` route, issue 16).
 
 use serde::{Deserialize, Serialize};
 
@@ -94,6 +95,14 @@ pub enum EnforcerAlert {
         key_id: String,
         idle_since: i64,
         last_used_at: i64,
+        /// The key's name at the sweep that saw it wake (set by the sweep; `None`: unknown).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key_name: Option<String>,
+        /// Who is told at once besides `ops_channels`: the key's owner (a service-account
+        /// key's creator, else the project's owners), or `owner_fallback`. Set by the sweep;
+        /// `None`: the ops channels only.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<crate::policy::finding::OwnerRoute>,
     },
     /// The audit log shows keys created and not deleted that a complete listing did not
     /// return (not counting keys created after the listing began, in archived or unwatched
@@ -130,10 +139,15 @@ impl EnforcerAlert {
                 key_id,
                 idle_since,
                 last_used_at,
+                key_name,
+                ..
             } => Some(format!(
-                "Key {key_id} in project {project_id} ({organization}) woke up: idle {} day(s) \
-                 since {}, then used at {}. A dormant key used again is what a leaked key \
-                 looks like: check who uses it.",
+                "Key {} in project {project_id} ({organization}) woke up: idle {} \
+                 day(s) since {}, then used at {}. A dormant key used again is what a leaked \
+                 key looks like: check who uses it.",
+                key_name
+                    .as_deref()
+                    .map_or_else(|| key_id.clone(), |n| format!("{n} ({key_id})")),
                 last_used_at.saturating_sub(*idle_since) / 86_400,
                 utc(*idle_since),
                 utc(*last_used_at)

@@ -223,6 +223,10 @@ impl Digest {
                 "Enforcer alert: {} attention",
                 plural(n, "problem needs", "problems need")
             ),
+            MessageKind::WokeUp => format!(
+                "{} used again after a long idle time: was it you?",
+                plural(n, "dormant API key", "dormant API keys")
+            ),
             MessageKind::DeliveryAlert => format!(
                 "Enforcer alert: {} could not be delivered",
                 plural(n, "notification", "notifications")
@@ -308,6 +312,9 @@ impl Digest {
                 "keysweep rotated the API keys below: a new key of the same service account is in the sink named, and the old key stops working at the time given. Make sure the workload reads the new key by then."
             }
             MessageKind::Alert => "keysweep itself needs attention.",
+            MessageKind::WokeUp => {
+                "An API key you are responsible for was used again after a long idle time. A dormant key used again is what a leaked key looks like: if this use is not yours or your workload's, rotate or delete the key now and tell your security team."
+            }
             MessageKind::DeliveryAlert => {
                 "keysweep gave up delivering the notifications below after its last retry."
             }
@@ -657,6 +664,46 @@ pub fn alert_text(a: &EnforcerAlert) -> String {
     }
 }
 
+/// What revoking the key would stop (issue 16): "1,240 requests and $3.10 in the last 30
+/// days", or "usage unknown" when usage could not be read (or the notice was composed outside
+/// a sweep).
+pub fn usage_text(n: &Notice) -> String {
+    let Some(u) = n.intel.as_ref().and_then(|i| i.usage) else {
+        return "usage unknown".to_string();
+    };
+    let requests = match u.requests {
+        1 => "1 request".to_string(),
+        r => format!("{} requests", thousands(r)),
+    };
+    let days = match u.window_days {
+        1 => "the last day".to_string(),
+        d => format!("the last {d} days"),
+    };
+    match u.cost_micros {
+        Some(m) => format!("{requests} and {} in {days}", dollars(m)),
+        None => format!("{requests} in {days} (cost unknown)"),
+    }
+}
+
+/// `1240` → `1,240`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Millionths of a dollar as dollars and cents, rounded half up: `3_104_000` → `$3.10`.
+fn dollars(micros: u64) -> String {
+    let cents = micros.saturating_add(5_000) / 10_000;
+    format!("${}.{:02}", thousands(cents / 100), cents % 100)
+}
+
 /// UTC, RFC 3339 date and time with seconds: `2026-03-01T09:00:00Z`.
 pub fn rfc3339(ts: i64) -> String {
     DateTime::<Utc>::from_timestamp(ts, 0)
@@ -675,6 +722,49 @@ fn plural(n: usize, one: &str, many: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usage_reads_as_what_a_revocation_would_stop() {
+        use crate::policy::finding::{NoticeIntel, UsageNote};
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_240), "1,240");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+        assert_eq!(dollars(3_104_000), "$3.10");
+        assert_eq!(dollars(3_105_000), "$3.11");
+        assert_eq!(dollars(0), "$0.00");
+        assert_eq!(dollars(1_234_567_890_000), "$1,234,567.89");
+        let f: Finding =
+            serde_json::from_value(serde_json::json!({"id": {"organization": "o", "project_id": "p", "key_id": "k", "policy": "x"}, "project_name": null, "key_name": "k", "redacted_value": "sk-…", "owner_type": "user", "owner": "o", "owner_email": null, "created_at": 0, "last_used_at": null, "action": "notify", "reason": "r", "stage": "warned", "detected_at": 0, "deadline": 0, "warned_at": null, "final_notice_at": null, "last_notified_at": null, "closed_at": null, "resolution": null}))
+                .unwrap();
+        let mut n = Notice {
+            kind: NoticeKind::Warning,
+            finding: f,
+            dry_run: false,
+            verdict: None,
+            rotated: None,
+            intel: None,
+        };
+        assert_eq!(usage_text(&n), "usage unknown");
+        let usage = |requests, cost_micros| NoticeIntel {
+            usage: Some(UsageNote {
+                window_days: 30,
+                requests,
+                cost_micros,
+            }),
+            route: None,
+        };
+        n.intel = Some(usage(1_240, Some(3_100_000)));
+        assert_eq!(
+            usage_text(&n),
+            "1,240 requests and $3.10 in the last 30 days"
+        );
+        n.intel = Some(usage(1, None));
+        assert_eq!(
+            usage_text(&n),
+            "1 request in the last 30 days (cost unknown)"
+        );
+    }
 
     #[test]
     fn rfc3339_is_utc_with_seconds() {

@@ -55,6 +55,9 @@ pub enum MessageKind {
     Rotated,
     /// Enforcer alerts for `ops_channels`.
     Alert,
+    /// A dormant key used again, told to its owner at once (one message per key; the ops
+    /// channels get it as an [`alert::EnforcerAlert::KeyWokeUp`] among the `Alert`s).
+    WokeUp,
     /// `DeliveryFailed` alerts only. Kept apart so a dead-lettered delivery alert never raises
     /// another one (no alert loop).
     DeliveryAlert,
@@ -73,6 +76,7 @@ impl MessageKind {
             MessageKind::Postponed => "postponed",
             MessageKind::Rotated => "rotated",
             MessageKind::Alert => "alert",
+            MessageKind::WokeUp => "woke_up",
             MessageKind::DeliveryAlert => "delivery_alert",
             MessageKind::Test => "test",
         }
@@ -88,6 +92,7 @@ impl MessageKind {
             "postponed" => MessageKind::Postponed,
             "rotated" => MessageKind::Rotated,
             "alert" => MessageKind::Alert,
+            "woke_up" => MessageKind::WokeUp,
             "delivery_alert" => MessageKind::DeliveryAlert,
             "test" => MessageKind::Test,
             _ => return None,
@@ -201,6 +206,7 @@ mod tests {
             MessageKind::Postponed,
             MessageKind::Rotated,
             MessageKind::Alert,
+            MessageKind::WokeUp,
             MessageKind::DeliveryAlert,
             MessageKind::Test,
         ] {

@@ -12,7 +12,8 @@
 //! ```json
 //! {
 //!   "type": "keysweep.notices.warning",   // keysweep.notices.{warning,reminder,final_notice,
-//!                                         //   revoked,resolved,postponed,rotated} | keysweep.alerts | keysweep.test
+//!                                         //   revoked,resolved,postponed,rotated} | keysweep.alerts
+//!                                         //   | keysweep.woke_up (an owner's own alert) | keysweep.test
 //!   "version": 1,
 //!   "run_id": "…",                        // the sweep that produced it
 //!   "generated_at": "2026-03-01T09:00:00Z",
@@ -34,6 +35,8 @@
 //!     "expires_at": "…" | null,          // the key's own expiry; null: never or unknown
 //!     "expires_at_unix": 1772355600 | null,
 //!     "expiry_state": "none" | "set" | "expired" | "unknown",  // at generated_at
+//!     "usage": {"window_days": 30, "requests": 1240, "cost_usd": 3.1 | null} | null,
+//!                                         // over [usage] window; null: usage unknown
 //!     "resolution": "…" | null,
 //!     "dedup_key": "org/project/key/policy"
 //!   }],
@@ -51,10 +54,11 @@ use serde_json::{Value, json};
 
 use crate::config::Action;
 use crate::inventory::ExpiryStatus;
+use crate::notify::MessageKind;
 use crate::notify::alert::EnforcerAlert;
 use crate::notify::digest::{
     Body, Digest, ProjectGroup, alert_text, deadline_text, expiry_text, notice_verdict, rfc3339,
-    status_text,
+    status_text, usage_text,
 };
 use crate::policy::finding::{Notice, NoticeKind};
 use crate::text;
@@ -407,7 +411,10 @@ pub fn webhook(d: &Digest) -> Value {
             Vec::new(),
         ),
         Body::Alerts(a) => (
-            "keysweep.alerts".to_string(),
+            match d.kind {
+                MessageKind::WokeUp => "keysweep.woke_up".to_string(),
+                _ => "keysweep.alerts".to_string(),
+            },
             Vec::new(),
             a.iter().map(alert_json).collect(),
         ),
@@ -463,6 +470,10 @@ pub fn notice_json(n: &Notice, now: i64) -> Value {
         m.insert("expires_at_unix".into(), json!(at));
         let state = ExpiryStatus::of(f.expires_at, now).as_str();
         m.insert("expiry_state".into(), json!(state));
+        let usage = n.intel.as_ref().and_then(|i| i.usage).map(|u| {
+            json!({"window_days": u.window_days, "requests": u.requests, "cost_usd": u.cost_usd()})
+        });
+        m.insert("usage".into(), json!(usage));
     }
     v
 }
@@ -481,7 +492,7 @@ fn alert_json(a: &EnforcerAlert) -> Value {
 }
 
 /// Labels of the fields shown for every key, in display order (see `key_fields`).
-const KEY_LABELS: [&str; 10] = [
+const KEY_LABELS: [&str; 11] = [
     "Key",
     "Redacted value",
     "Project",
@@ -491,6 +502,7 @@ const KEY_LABELS: [&str; 10] = [
     "Deadline",
     "Status",
     "Expires",
+    "Usage",
     "Key id",
 ];
 
@@ -507,6 +519,7 @@ fn key_fields(g: &ProjectGroup, n: &Notice, now: i64) -> Vec<(&'static str, Stri
         deadline_text(n),
         status_text(n),
         expiry_text(n, now),
+        usage_text(n),
         f.id.key_id.clone(),
     ];
     KEY_LABELS.into_iter().zip(values).collect()
@@ -520,7 +533,7 @@ fn slack_key_lines(g: &ProjectGroup, now: i64) -> Vec<String> {
 fn slack_key_line(n: &Notice, now: i64) -> String {
     let f = &n.finding;
     let line = format!(
-        "• *{}* `{}` — owner: {} — policy: {}\n      reason: {}\n      deadline: {} — {}\n      expires: {}",
+        "• *{}* `{}` — owner: {} — policy: {}\n      reason: {}\n      deadline: {} — {}\n      expires: {}\n      usage: {}",
         text::slack(&f.key_name),
         text::slack(&f.redacted_value),
         text::slack(&f.owner),
@@ -529,6 +542,7 @@ fn slack_key_line(n: &Notice, now: i64) -> String {
         deadline_text(n),
         text::slack(&status_text(n)),
         expiry_text(n, now),
+        text::slack(&usage_text(n)),
     );
     truncate(&line, SLACK_MAX_TEXT)
 }

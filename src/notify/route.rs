@@ -7,7 +7,12 @@
 //!   an address) also goes to `owner_fallback`, because nobody can be told personally.
 //! - An e-mail channel sends to its `to` list; with `owner = true` it also mails each owner
 //!   their own keys (one message per owner address).
-//! - Enforcer alerts go to `ops_channels` only. `DeliveryFailed` alerts travel in their own
+//! - A service-account key's owner mail (e-mail channels with `owner = true`) goes to the route
+//!   the sweep resolved from the audit log (`Notice::intel`): the key's creator while they are
+//!   still a user of the project, else the project's owners; when neither can be told, the
+//!   notice goes to `owner_fallback` ([`service_account_route`]). User keys: their owner.
+//! - Enforcer alerts go to `ops_channels` only; a key that woke up is also told at once to its
+//!   owner (the alert's `owner` route), in a message of its own. `DeliveryFailed` alerts travel in their own
 //!   `delivery_alert` messages so a failing alert can never raise another (no loop).
 //! - One message per (channel, recipient, kind): digests grouped by project; each notice kind
 //!   in its own message. Slack digests may be split into parts. PagerDuty gets one event per
@@ -30,7 +35,7 @@ use crate::notify::alert::EnforcerAlert;
 use crate::notify::digest::Digest;
 use crate::notify::settings::NotifySettings;
 use crate::notify::{MessageKind, OutboxMessage, render};
-use crate::policy::finding::Notice;
+use crate::policy::finding::{Notice, OwnerRoute};
 
 /// The `recipient` of messages to non-e-mail channels (the channel itself).
 pub const CHANNEL_RECIPIENT: &str = "channel";
@@ -62,8 +67,58 @@ pub fn compose(
             }
             out.extend(compose_alerts(kind, &list, settings, run_id, now));
         }
+        out.extend(compose_woke_up(alerts, settings, run_id, now));
     }
     out.extend(compose_notices(notices, settings, run_id, now));
+    out
+}
+
+/// The owner's own message about each key that woke up (issue 16), besides the ops channels'
+/// alert: at once, one message per key, never a digest line. It goes to the alert's `owner`
+/// route on every e-mail channel with `owner = true` (one message per address), or to
+/// `owner_fallback` when the route names nobody or no channel mails owners.
+fn compose_woke_up(
+    alerts: &[EnforcerAlert],
+    settings: &NotifySettings,
+    run_id: &str,
+    now: i64,
+) -> Vec<OutboxMessage> {
+    let owner_mail: Vec<&ChannelConfig> = (settings.channels.iter())
+        .filter(|c| matches!(&c.kind, ChannelKind::Email(e) if e.owner))
+        .collect();
+    let mut out = Vec::new();
+    for a in alerts {
+        let EnforcerAlert::KeyWokeUp {
+            owner: Some(route), ..
+        } = a
+        else {
+            continue;
+        };
+        let digest = Digest::alerts(MessageKind::WokeUp, run_id, now, &[a]);
+        let scope = format!("{run_id}/{}", a.dedup_key());
+        let emails = route.emails();
+        if !emails.is_empty() && !owner_mail.is_empty() {
+            for ch in &owner_mail {
+                for addr in &emails {
+                    let to = [(*addr).to_string()];
+                    out.extend(render_digest(ch, addr, &to, &digest, &scope));
+                }
+            }
+            continue;
+        }
+        for channel in unique(&settings.owner_fallback) {
+            let Some(ch) = settings.channel(&channel) else {
+                continue;
+            };
+            match &ch.kind {
+                ChannelKind::Email(e) if e.to.is_empty() => {}
+                ChannelKind::Email(e) => {
+                    out.extend(render_digest(ch, &e.to.join(", "), &e.to, &digest, &scope));
+                }
+                _ => out.extend(render_digest(ch, CHANNEL_RECIPIENT, &[], &digest, &scope)),
+            }
+        }
+    }
     out
 }
 
@@ -357,7 +412,7 @@ pub fn channels_for(n: &Notice, settings: &NotifySettings) -> Vec<String> {
             names.extend(r.channels.iter().cloned());
         }
     }
-    if !has_owner_email(n) {
+    if personal_emails(n).is_empty() {
         names.extend(settings.owner_fallback.iter().cloned());
     }
     unique(&names)
@@ -371,11 +426,12 @@ fn recipients(ch: &ChannelConfig, n: &Notice) -> Vec<(String, Vec<String>)> {
             if !e.to.is_empty() {
                 out.push((e.to.join(", "), e.to.clone()));
             }
-            if e.owner
-                && let Some(addr) = owner_email(n)
-                && !e.to.iter().any(|t| t.eq_ignore_ascii_case(addr))
-            {
-                out.push((addr.to_string(), vec![addr.to_string()]));
+            if e.owner {
+                for addr in personal_emails(n) {
+                    if !e.to.iter().any(|t| t.eq_ignore_ascii_case(addr)) {
+                        out.push((addr.to_string(), vec![addr.to_string()]));
+                    }
+                }
             }
             out
         }
@@ -383,16 +439,88 @@ fn recipients(ch: &ChannelConfig, n: &Notice) -> Vec<(String, Vec<String>)> {
     }
 }
 
-fn owner_email(n: &Notice) -> Option<&str> {
-    n.finding
-        .owner_email
-        .as_deref()
+/// Who is told about `n` in person (owner mail): the route the sweep resolved for a
+/// service-account key (its creator, else the project's owners; none: the fallback), else the
+/// owner's own e-mail.
+fn personal_emails(n: &Notice) -> Vec<&str> {
+    let route = n.intel.as_ref().and_then(|i| i.route.as_ref());
+    let emails = match route {
+        Some(r) => r.emails(),
+        None => n.finding.owner_email.as_deref().into_iter().collect(),
+    };
+    let mut out: Vec<&str> = Vec::new();
+    for e in emails
+        .into_iter()
         .map(str::trim)
         .filter(|e| e.contains('@'))
+    {
+        if !out.iter().any(|o| o.eq_ignore_ascii_case(e)) {
+            out.push(e);
+        }
+    }
+    out
 }
 
-fn has_owner_email(n: &Notice) -> bool {
-    owner_email(n).is_some()
+/// Who is told in person about a service-account key (issue 16): its creator (`created_by`,
+/// the actor's e-mail on its `api_key.created`) while the creator is still a user of the
+/// project, else the project's owners (users with role `owner`), else nobody (the fallback).
+/// `users`: the project's users, `None` when they could not be listed (then nobody's access
+/// can be confirmed, so the fallback is told).
+pub fn service_account_route(
+    created_by: Option<&str>,
+    users: Option<&[crate::inventory::ProjectUser]>,
+) -> OwnerRoute {
+    let Some(users) = users else {
+        return OwnerRoute::Fallback;
+    };
+    let email = |u: &crate::inventory::ProjectUser| {
+        u.email
+            .as_deref()
+            .map(str::trim)
+            .filter(|e| e.contains('@'))
+            .map(str::to_string)
+    };
+    if let Some(creator) = created_by.map(str::trim).filter(|c| c.contains('@'))
+        && let Some(addr) = (users.iter())
+            .filter_map(email)
+            .find(|e| e.eq_ignore_ascii_case(creator))
+    {
+        return OwnerRoute::Person { email: addr };
+    }
+    let mut owners: Vec<String> = (users.iter())
+        .filter(|u| u.role.eq_ignore_ascii_case("owner"))
+        .filter_map(email)
+        .collect();
+    owners.sort();
+    owners.dedup();
+    if owners.is_empty() {
+        OwnerRoute::Fallback
+    } else {
+        OwnerRoute::ProjectOwners { emails: owners }
+    }
+}
+
+/// A user key's owner told in person about its key: their e-mail while they are a user of the
+/// project (`users`, `None` when they could not be listed: the fallback).
+pub fn user_route(
+    owner_email: Option<&str>,
+    users: Option<&[crate::inventory::ProjectUser]>,
+) -> OwnerRoute {
+    let active = |e: &str| {
+        users.is_some_and(|us| {
+            us.iter().any(|u| {
+                u.email
+                    .as_deref()
+                    .is_some_and(|m| m.trim().eq_ignore_ascii_case(e))
+            })
+        })
+    };
+    match owner_email.map(str::trim).filter(|e| e.contains('@')) {
+        Some(e) if active(e) => OwnerRoute::Person {
+            email: e.to_string(),
+        },
+        _ => OwnerRoute::Fallback,
+    }
 }
 
 /// A project pattern matches the id exactly, or is a glob over the name or the id.

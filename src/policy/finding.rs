@@ -211,6 +211,64 @@ pub struct Notice {
     /// For a [`NoticeKind::Rotated`] notice: the new key and when the old one stops working.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotated: Option<RotatedNote>,
+    /// What the audit log and usage add (issue 16), set by the sweep before composing; `None`
+    /// outside a sweep (the notice then says "usage unknown" and is routed as any key's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intel: Option<NoticeIntel>,
+}
+
+/// What the audit log and usage tell the reader of a notice about its key (issue 16).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NoticeIntel {
+    /// The key's requests and cost over `[usage] window`; `None`: usage unknown.
+    pub usage: Option<UsageNote>,
+    /// Who is told in person about a service-account key (its creator, else the project's
+    /// owners, else `owner_fallback`); `None`: as any key, by the owner's own e-mail.
+    pub route: Option<OwnerRoute>,
+}
+
+/// A key's usage over a window, as notices show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageNote {
+    pub window_days: u32,
+    pub requests: u64,
+    /// The cost in millionths of a US dollar; `None`: the cost is unknown.
+    pub cost_micros: Option<u64>,
+}
+
+impl UsageNote {
+    /// The cost in US dollars (`None`: unknown).
+    pub fn cost_usd(&self) -> Option<f64> {
+        // Exact below 2^53 micro-dollars: far beyond any key's bill.
+        #[allow(clippy::cast_precision_loss)]
+        self.cost_micros.map(|m| m as f64 / 1_000_000.0)
+    }
+}
+
+/// Who is told in person about a key whose owner has no e-mail of its own (a service-account
+/// key) or who needs to hear at once (a key that woke up).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "to", rename_all = "snake_case")]
+pub enum OwnerRoute {
+    /// One person with active access to the project: a service-account key's creator (the
+    /// actor of its `api_key.created`), or a user key's owner.
+    Person { email: String },
+    /// The project's owners (project users with role `owner`): the creator is unknown or no
+    /// longer has access to the project.
+    ProjectOwners { emails: Vec<String> },
+    /// Nobody in the project can be told: `owner_fallback`.
+    Fallback,
+}
+
+impl OwnerRoute {
+    /// The e-mail addresses told in person (none for [`OwnerRoute::Fallback`]).
+    pub fn emails(&self) -> Vec<&str> {
+        match self {
+            OwnerRoute::Person { email } => vec![email.as_str()],
+            OwnerRoute::ProjectOwners { emails } => emails.iter().map(String::as_str).collect(),
+            OwnerRoute::Fallback => Vec::new(),
+        }
+    }
 }
 
 /// What a "rotated" notice tells the key's owner: never the secret.

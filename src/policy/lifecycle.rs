@@ -43,6 +43,10 @@ use crate::policy::finding::{ExpiryState, Finding, FindingId, Notice, NoticeKind
 pub use crate::policy::observation::Observation;
 use crate::policy::observation::Violation;
 
+/// The resolution of a finding whose key a complete listing no longer has. The sweep adds who
+/// deleted it when the audit log says (`sweep/owners.rs`).
+pub const KEY_DELETED: &str = "key deleted";
+
 /// The outcome of one step for one (key, policy) pair.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transition {
@@ -71,6 +75,7 @@ impl Transition {
                 dry_run,
                 verdict: None,
                 rotated: None,
+                intel: None,
             })
             .collect()
     }
@@ -103,7 +108,7 @@ pub fn advance(
             progress(f, key, violation, now, repeat_interval)
         }
         (Some(f), Observation::Compliant) => close(f, now, Stage::Resolved, "no longer violates"),
-        (Some(f), Observation::Gone) => close(f, now, Stage::Resolved, "key deleted"),
+        (Some(f), Observation::Gone) => close(f, now, Stage::Resolved, KEY_DELETED),
         (Some(f), Observation::Exempted { reason }) => {
             close(f, now, Stage::Exempted, &format!("exempted: {reason}"))
         }
@@ -146,6 +151,7 @@ pub fn revoked_notice(f: &Finding, dry_run: bool) -> Notice {
         dry_run,
         verdict: None,
         rotated: None,
+        intel: None,
     }
 }
 

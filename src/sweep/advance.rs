@@ -279,6 +279,7 @@ impl Advanced {
                 dry_run: rules.mode == Mode::DryRun,
                 verdict: Some(v),
                 rotated: None,
+                intel: None,
             });
             let decided = self
                 .changes

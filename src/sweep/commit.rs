@@ -120,6 +120,18 @@ impl Run<'_> {
         mut records: Vec<AuditRecord>,
     ) -> Result<usize, SweepError> {
         let now = self.now();
+        // The notices of later phases (revoked, rotated) get what this sweep noted of their
+        // keys (`owners.rs`): usage, and a service-account key's route.
+        let noted;
+        let notices = match self.key_notes.get() {
+            Some(k) if k.would_annotate(notices) => {
+                let mut all = notices.to_vec();
+                k.annotate(&mut all);
+                noted = all;
+                &noted[..]
+            }
+            _ => notices,
+        };
         let composed = Composed::new(notices, alerts, &self.sweeper.notify, self.run_id(), now);
         for a in alerts {
             tracing::warn!(run_id = self.run_id(), alert = %a.dedup_key(), "enforcer alert: {}", alert_text(a));

@@ -27,6 +27,8 @@ pub(super) struct Listed {
     /// Auth failures, unreachable organisations, incomplete projects, expiring admin keys.
     pub alerts: Vec<EnforcerAlert>,
     pub timings: Timings,
+    /// The audit log and usage (issue 16), for the notices (`owners.rs`).
+    pub intel: Intel,
 }
 
 /// What the recorder evaluated, per organisation in the order of the sweep's clients.
@@ -92,6 +94,7 @@ impl Run<'_> {
                 recorded_secs,
                 committed_secs: 0.0,
             },
+            intel,
         })
     }
 
@@ -275,6 +278,8 @@ fn woke_alerts(clients: &[AdminClient], recorded: &[Recorded]) -> Vec<EnforcerAl
                 key_id: w.key_id.clone(),
                 idle_since: w.idle_since,
                 last_used_at: w.last_used_at,
+                key_name: None,
+                owner: None,
             })
         })
         .collect()

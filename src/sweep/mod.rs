@@ -43,6 +43,8 @@ mod enforce;
 mod evaluate;
 mod finish;
 mod listing;
+mod notes;
+mod owners;
 mod planning;
 mod reconcile;
 mod record;
@@ -123,7 +125,9 @@ impl Sweeper {
         let listed = run.list_and_record().await?;
         let mut advanced = run.advance_findings(&listed.inventory, listed.evaluated);
         let planned = run.plan(&listed.inventory, &mut advanced)?;
-        let alerts = [reconciled.unsettled, listed.alerts, planned.alerts].concat();
+        let mut alerts = [reconciled.unsettled, listed.alerts, planned.alerts].concat();
+        run.note_intel(&listed.intel, &planned.plan, &mut advanced, &mut alerts)
+            .await?;
         let committed = run.commit(&mut advanced, alerts, planned.withheld)?;
         let delivery = run.deliver().await?;
         let mut enforced = run

@@ -139,6 +139,7 @@ fn rotated_notices(
                 sink: sink.clone(),
                 old_expires_at: *old_expires_at,
             }),
+            intel: None,
         });
     }
     out

@@ -26,6 +26,8 @@ pub(super) struct Run<'a> {
     /// `mode`, or dry-run when `--dry-run` says so.
     pub mode: Mode,
     pub started: Instant,
+    /// What the audit log and usage add to this sweep's notices, once noted (`owners.rs`).
+    pub key_notes: std::sync::OnceLock<super::notes::KeyNotes>,
 }
 
 /// Seconds since the sweep started at the end of each long phase, for the last log line.
@@ -54,6 +56,7 @@ impl<'a> Run<'a> {
             clients: sweeper.clients_for(opts.organizations.as_deref()),
             mode: sweeper.mode(opts),
             started: Instant::now(),
+            key_notes: std::sync::OnceLock::new(),
         };
         run.store.tx(|tx| {
             for c in &run.clients {

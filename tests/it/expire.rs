@@ -472,6 +472,7 @@ async fn dry_run_writes_no_expiry_and_says_it_would() {
         dry_run: true,
         verdict: None,
         rotated: None,
+        intel: None,
     };
     let text = keysweep::notify::digest::status_text(&notice);
     assert!(text.starts_with("would set the expiry to "), "{text}");

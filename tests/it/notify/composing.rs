@@ -124,6 +124,7 @@ fn each_notice_kind_gets_its_own_message_and_dry_run_says_so() {
             dry_run: true,
             verdict: None,
             rotated: None,
+            intel: None,
         },
         notice(NoticeKind::Resolved, resolved_bot),
     ];

@@ -203,6 +203,7 @@ fn notice(kind: NoticeKind, f: Finding) -> Notice {
         dry_run: false,
         verdict: None,
         rotated: None,
+        intel: None,
     }
 }
 

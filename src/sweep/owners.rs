@@ -1,0 +1,260 @@
+//! Between plan and commit: what the audit log and usage (issue 16) add to what this sweep tells
+//! people. Each notice gets its key's usage over `[usage] window`; a service-account key's
+//! notices get their route (its creator while still a user of the project, else the project's
+//! owners, else `owner_fallback`: `notify::route::service_account_route`); a key that woke up
+//! gets its owner's route, so its alert reaches that person at once; a finding closed because
+//! its key was deleted outside keysweep says who deleted it (the actor of the key's
+//! `api_key.deleted`, or "unknown").
+//!
+//! The only requests it makes are reads of the users of the projects whose service-account
+//! keys (or woken keys) are told about in this sweep. It never writes to the API, never
+//! composes a message (notify's) and never decides a finding's step (policy's): it annotates.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use crate::intel::{Intel, UsageSummary};
+use crate::inventory::{OwnerType, ProjectUser};
+use crate::notify::alert::EnforcerAlert;
+use crate::notify::route::{service_account_route, user_route};
+use crate::policy::finding::{NoticeIntel, NoticeKind, OwnerRoute, Stage, UsageNote};
+use crate::policy::lifecycle::KEY_DELETED;
+use crate::policy::plan::Plan;
+
+use super::advance::Advanced;
+use super::notes::{KeyNotes, KeyRef};
+use super::report::SweepError;
+use super::run::Run;
+
+/// A usage summary as notices carry it (cost in millionths of a dollar).
+fn usage_note(u: UsageSummary) -> UsageNote {
+    // A cost is never negative and far below 2^64 micro-dollars.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let micros = (u.cost_usd.max(0.0) * 1_000_000.0).round() as u64;
+    UsageNote {
+        window_days: u.window_days,
+        requests: u.requests,
+        cost_micros: u.cost_usd.is_finite().then_some(micros),
+    }
+}
+
+/// Who deleted `key_id` of `organization`, as the audit log says (`None`: it does not say).
+fn deleted_by<'i>(intel: &'i Intel, organization: &str, key_id: &str) -> Option<&'i str> {
+    let o = intel.orgs.iter().find(|o| o.organization == organization)?;
+    let h = o.history.as_ref().ok()?.get(key_id)?;
+    h.deleted_by.as_deref().filter(|_| h.deleted)
+}
+
+/// The resolution of a finding closed because its key was deleted outside keysweep.
+fn deleted_resolution(by: Option<&str>) -> String {
+    match by {
+        Some(who) => format!("{KEY_DELETED} by {who}"),
+        None => format!("{KEY_DELETED} by unknown (the audit log does not say who)"),
+    }
+}
+
+impl Run<'_> {
+    /// Annotates this sweep's findings, notices and woke-up alerts with what `intel` says (see
+    /// the module docs), and keeps each key's notes for the notices of later phases.
+    pub(super) async fn note_intel(
+        &self,
+        intel: &Intel,
+        plan: &Plan,
+        advanced: &mut Advanced,
+        alerts: &mut [EnforcerAlert],
+    ) -> Result<(), SweepError> {
+        self.note_deleted_by(intel, advanced);
+        let routed = self.routed_keys(plan, advanced);
+        let mut projects: BTreeSet<(String, String)> = (routed.iter())
+            .map(|(o, p, _)| (o.clone(), p.clone()))
+            .collect();
+        for a in alerts.iter() {
+            if let EnforcerAlert::KeyWokeUp {
+                organization,
+                project_id,
+                ..
+            } = a
+            {
+                projects.insert((organization.clone(), project_id.clone()));
+            }
+        }
+        let users = self.project_users(&projects).await;
+        let users_of = |o: &str, p: &str| {
+            (users.get(&(o.to_string(), p.to_string()))).and_then(|u| u.as_deref())
+        };
+        let mut notes = KeyNotes::default();
+        for v in &advanced.findings {
+            let id = &v.finding.id;
+            let k = intel.key(&id.organization, &id.key_id);
+            let key = (
+                id.organization.clone(),
+                id.project_id.clone(),
+                id.key_id.clone(),
+            );
+            let route = routed.contains(&key).then(|| {
+                service_account_route(k.created_by, users_of(&id.organization, &id.project_id))
+            });
+            let note = NoticeIntel {
+                usage: k.usage.map(usage_note),
+                route,
+            };
+            notes.insert(key, note);
+        }
+        notes.annotate(&mut advanced.notices);
+        for a in alerts.iter_mut() {
+            self.route_woke_up(intel, a, &users_of)?;
+        }
+        // A sweep notes once; a second call (never made) would keep the first notes.
+        let _ = self.key_notes.set(notes);
+        Ok(())
+    }
+
+    /// A finding closed in this sweep because its key was deleted says who deleted it, in its
+    /// resolution (so in its closing audit record and its `resolved` notice) and a log line.
+    fn note_deleted_by(&self, intel: &Intel, advanced: &mut Advanced) {
+        let now = self.now();
+        let closed_now = |stage: Stage, resolution: Option<&str>, closed_at: Option<i64>| {
+            stage == Stage::Resolved && resolution == Some(KEY_DELETED) && closed_at == Some(now)
+        };
+        for v in &mut advanced.findings {
+            let f = &mut v.finding;
+            if !closed_now(f.stage, f.resolution.as_deref(), f.closed_at) {
+                continue;
+            }
+            let by = deleted_by(intel, &f.id.organization, &f.id.key_id);
+            tracing::info!(
+                run_id = self.run_id(),
+                organization = %f.id.organization,
+                project_id = %f.id.project_id,
+                key_id = %f.id.key_id,
+                policy = %f.id.policy,
+                deleted_by = by.unwrap_or("unknown"),
+                "finding closed: the key was deleted outside keysweep"
+            );
+            f.resolution = Some(deleted_resolution(by));
+        }
+        for n in &mut advanced.notices {
+            let f = &mut n.finding;
+            if n.kind == NoticeKind::Resolved
+                && closed_now(f.stage, f.resolution.as_deref(), f.closed_at)
+            {
+                let by = deleted_by(intel, &f.id.organization, &f.id.key_id);
+                f.resolution = Some(deleted_resolution(by));
+            }
+        }
+    }
+
+    /// The service-account keys whose route this sweep needs: those with a notice now, a
+    /// write planned now, or an open finding under a `rotate` policy (its `rotated` notice).
+    fn routed_keys(&self, plan: &Plan, advanced: &Advanced) -> HashSet<KeyRef> {
+        let rotating: HashSet<&str> = (self.sweeper.config.rotations.iter())
+            .map(|r| r.policy.as_str())
+            .collect();
+        let told: HashSet<_> = advanced.notices.iter().map(|n| &n.finding.id).collect();
+        let written: HashSet<_> = plan.revoke.iter().flat_map(|a| &a.findings).collect();
+        (advanced.findings.iter())
+            .map(|v| &v.finding)
+            .filter(|f| f.owner_type == OwnerType::ServiceAccount)
+            .filter(|f| {
+                told.contains(&f.id)
+                    || written.contains(&f.id)
+                    || (f.stage.is_open() && rotating.contains(f.id.policy.as_str()))
+            })
+            .map(|f| {
+                (
+                    f.id.organization.clone(),
+                    f.id.project_id.clone(),
+                    f.id.key_id.clone(),
+                )
+            })
+            .collect()
+    }
+
+    /// The users of each project (`None`: they could not be listed; said once in the log).
+    async fn project_users(
+        &self,
+        projects: &BTreeSet<(String, String)>,
+    ) -> BTreeMap<(String, String), Option<Vec<ProjectUser>>> {
+        let mut out = BTreeMap::new();
+        for (org, project) in projects {
+            let Some(client) = self.clients.iter().find(|c| c.org_name() == org) else {
+                out.insert((org.clone(), project.clone()), None);
+                continue;
+            };
+            let users = match client.list_project_users(project).await {
+                Ok(u) => Some(u),
+                Err(e) => {
+                    tracing::warn!(run_id = self.run_id(), organization = %org, project_id = %project,
+                        error = %e, "cannot list the project's users: its service-account keys' notices go to owner_fallback");
+                    None
+                }
+            };
+            out.insert((org.clone(), project.clone()), users);
+        }
+        out
+    }
+
+    /// Gives a `KeyWokeUp` alert its key's name and owner route: a service-account key's
+    /// creator (else the project's owners), a user key's owner while a user of the project;
+    /// else the fallback.
+    fn route_woke_up<'u>(
+        &self,
+        intel: &Intel,
+        alert: &mut EnforcerAlert,
+        users_of: &impl Fn(&str, &str) -> Option<&'u [ProjectUser]>,
+    ) -> Result<(), SweepError> {
+        let EnforcerAlert::KeyWokeUp {
+            organization,
+            project_id,
+            key_id,
+            key_name,
+            owner,
+            ..
+        } = alert
+        else {
+            return Ok(());
+        };
+        let seen = self.store.with_conn(|c| {
+            crate::state::observations::get_observation(c, organization, project_id, key_id)
+        })?;
+        let users = users_of(organization, project_id);
+        let route = match &seen {
+            Some(o) if o.owner_type == OwnerType::ServiceAccount.as_str() => {
+                service_account_route(intel.key(organization, key_id).created_by, users)
+            }
+            Some(o) if o.owner_type == OwnerType::User.as_str() => {
+                user_route(Some(&o.owner), users)
+            }
+            _ => OwnerRoute::Fallback,
+        };
+        *key_name = seen.map(|o| o.key_name);
+        *owner = Some(route);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deleted_key_says_who_deleted_it_or_unknown() {
+        assert_eq!(
+            deleted_resolution(Some("bob@example.com")),
+            "key deleted by bob@example.com"
+        );
+        assert!(deleted_resolution(None).starts_with("key deleted by unknown"));
+    }
+
+    #[test]
+    fn usage_is_kept_in_micro_dollars() {
+        let u = usage_note(UsageSummary {
+            window_days: 30,
+            requests: 1_240,
+            cost_usd: 3.1,
+        });
+        assert_eq!(
+            (u.window_days, u.requests, u.cost_micros),
+            (30, 1_240, Some(3_100_000))
+        );
+    }
+}
