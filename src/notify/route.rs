@@ -477,10 +477,10 @@ pub fn service_account_route(
         u.email
             .as_deref()
             .map(str::trim)
-            .filter(|e| e.contains('@'))
+            .filter(|e| plain_address(e))
             .map(str::to_string)
     };
-    if let Some(creator) = created_by.map(str::trim).filter(|c| c.contains('@'))
+    if let Some(creator) = created_by.map(str::trim).filter(|c| plain_address(c))
         && let Some(addr) = (users.iter())
             .filter_map(email)
             .find(|e| e.eq_ignore_ascii_case(creator))
@@ -500,6 +500,17 @@ pub fn service_account_route(
     }
 }
 
+/// An address a message may be sent to as it is: one `@`, no blank, control or list character
+/// (an e-mail the audit log or a project listing gave is never trusted to be well formed).
+fn plain_address(e: &str) -> bool {
+    e.matches('@').count() == 1
+        && !e.starts_with('@')
+        && !e.ends_with('@')
+        && e.chars().all(|c| {
+            !c.is_whitespace() && !c.is_control() && !matches!(c, ',' | ';' | '<' | '>' | '"')
+        })
+}
+
 /// A user key's owner told in person about its key: their e-mail while they are a user of the
 /// project (`users`, `None` when they could not be listed: the fallback).
 pub fn user_route(
@@ -515,7 +526,7 @@ pub fn user_route(
             })
         })
     };
-    match owner_email.map(str::trim).filter(|e| e.contains('@')) {
+    match owner_email.map(str::trim).filter(|e| plain_address(e)) {
         Some(e) if active(e) => OwnerRoute::Person {
             email: e.to_string(),
         },
@@ -567,4 +578,67 @@ pub fn message_id(parts: &[&str]) -> String {
     }
     let digest = h.finalize();
     format!("ks-{}", &hex::encode(digest)[..32])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::ProjectUser;
+
+    fn u(email: &str, role: &str) -> ProjectUser {
+        ProjectUser {
+            id: format!("user_{}", email.len()),
+            name: None,
+            email: Some(email.to_string()),
+            role: role.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_service_account_key_goes_to_its_creator_then_the_owners_then_the_fallback() {
+        let users = [u("Alice@x.com", "member"), u("olga@x.com", "owner")];
+        let person = |e: &str| OwnerRoute::Person { email: e.into() };
+        // The address as the project lists it, whatever case the log wrote.
+        assert_eq!(
+            service_account_route(Some("alice@x.com"), Some(&users)),
+            person("Alice@x.com")
+        );
+        let owners = OwnerRoute::ProjectOwners {
+            emails: vec!["olga@x.com".into()],
+        };
+        assert_eq!(
+            service_account_route(Some("gone@x.com"), Some(&users)),
+            owners
+        );
+        assert_eq!(service_account_route(None, Some(&users)), owners);
+        assert_eq!(
+            service_account_route(Some("alice@x.com"), Some(&users[..1])),
+            person("Alice@x.com")
+        );
+        assert_eq!(
+            service_account_route(Some("gone@x.com"), Some(&users[..1])),
+            OwnerRoute::Fallback
+        );
+        assert_eq!(
+            service_account_route(Some("alice@x.com"), None),
+            OwnerRoute::Fallback,
+            "access cannot be confirmed"
+        );
+        let hostile = [
+            u("a@x.com, evil@y.com", "owner"),
+            u("b@x.com\r\nBcc: e@y", "owner"),
+        ];
+        assert_eq!(
+            service_account_route(Some("a@x.com, evil@y.com"), Some(&hostile)),
+            OwnerRoute::Fallback
+        );
+        assert_eq!(
+            user_route(Some("Alice@x.com"), Some(&users)),
+            person("Alice@x.com")
+        );
+        assert_eq!(
+            user_route(Some("gone@x.com"), Some(&users)),
+            OwnerRoute::Fallback
+        );
+    }
 }

@@ -134,7 +134,7 @@ impl Run<'_> {
         };
         let composed = Composed::new(notices, alerts, &self.sweeper.notify, self.run_id(), now);
         for a in alerts {
-            tracing::warn!(run_id = self.run_id(), alert = %a.dedup_key(), "enforcer alert: {}", alert_text(a));
+            tracing::warn!(run_id = self.run_id(), alert = %a.dedup_key(), "enforcer alert: {}", crate::text::log_field(&alert_text(a)));
             records.push(
                 self.record(AuditKind::Alert, alert_text(a))
                     .with_response(serde_json::to_value(a).unwrap_or_default()),

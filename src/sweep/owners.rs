@@ -127,7 +127,7 @@ impl Run<'_> {
                 project_id = %f.id.project_id,
                 key_id = %f.id.key_id,
                 policy = %f.id.policy,
-                deleted_by = by.unwrap_or("unknown"),
+                deleted_by = %crate::text::log_field(by.unwrap_or("unknown")),
                 "finding closed: the key was deleted outside keysweep"
             );
             f.resolution = Some(deleted_resolution(by));
