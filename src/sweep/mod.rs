@@ -16,6 +16,9 @@
 //!    lifecycle step (pure); `scan`'s preview goes through the same phase;
 //! 4. **plan** (`planning.rs` → `Planned`): the revocations under the rails (mode, kill switch,
 //!    caps, service-account rule); in dry-run, due revocations are announced instead;
+//!    Then **note intel** (`owners.rs`): what the audit log and usage add to the notices
+//!    (usage, a service-account key's creator or project owners, a woken key's owner, who
+//!    deleted a key that is gone), kept (`notes.rs`) for the notices of later phases;
 //! 5. **commit** (`commit.rs` → `Committed`): findings, their notices (outbox), alerts and
 //!    audit records in ONE transaction, so a crash never sends a notice twice or forgets one;
 //! 6. **deliver** (`enforce.rs` → `DeliveryReport`) what is due, so the final notice goes out
