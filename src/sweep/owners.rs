@@ -169,28 +169,47 @@ impl Run<'_> {
             .collect()
     }
 
-    /// The users of each project (`None`: they could not be listed; said once in the log).
+    /// The users of each project (`None`: they could not be listed; said in the log), read
+    /// `[limits] concurrency` projects at a time.
     async fn project_users(
         &self,
         projects: &BTreeSet<(String, String)>,
     ) -> BTreeMap<(String, String), Option<Vec<ProjectUser>>> {
+        let limit = self.sweeper.config.limits.concurrency.max(1);
+        let mut queue = projects.iter().cloned();
+        let mut running = tokio::task::JoinSet::new();
         let mut out = BTreeMap::new();
-        for (org, project) in projects {
-            let Some(client) = self.clients.iter().find(|c| c.org_name() == org) else {
-                out.insert((org.clone(), project.clone()), None);
+        loop {
+            while running.len() < limit {
+                let Some((org, project)) = queue.next() else {
+                    break;
+                };
+                let client = self.clients.iter().find(|c| c.org_name() == org).cloned();
+                running.spawn(async move {
+                    let users = match client {
+                        Some(c) => c
+                            .list_project_users(&project)
+                            .await
+                            .map_err(|e| e.to_string()),
+                        None => Err("no client for the organisation".to_string()),
+                    };
+                    (org, project, users)
+                });
+            }
+            let Some(done) = running.join_next().await else {
+                return out;
+            };
+            let Ok((org, project, users)) = done else {
                 continue;
             };
-            let users = match client.list_project_users(project).await {
-                Ok(u) => Some(u),
-                Err(e) => {
+            let users = users
+                .inspect_err(|e| {
                     tracing::warn!(run_id = self.run_id(), organization = %org, project_id = %project,
                         error = %e, "cannot list the project's users: its service-account keys' notices go to owner_fallback");
-                    None
-                }
-            };
-            out.insert((org.clone(), project.clone()), users);
+                })
+                .ok();
+            out.insert((org, project), users);
         }
-        out
     }
 
     /// Gives a `KeyWokeUp` alert its key's name and owner route: a service-account key's

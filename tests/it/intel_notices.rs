@@ -680,3 +680,70 @@ async fn every_service_account_keys_warning_reaches_its_creator_as_the_audit_log
     }
     assert!(by_creator >= 1, "some creators are still in their project");
 }
+
+/// A member-controlled key name in the new lines (the woke-up message to the owner and the ops
+/// alert) and an actor's e-mail in a closing notice go through the same neutralisers as every
+/// other name: one line, links defanged, never a forged `Status:` line.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_names_in_woke_up_and_deleted_by_lines_are_neutralised() {
+    let (mut o, history) = org(Some(NOW - 60 * DAY));
+    o.users.push(SimUser {
+        email: "mallory@evil.example".into(),
+        ..user("mallory")
+    });
+    let w = world(o, history, SA_POLICY).await;
+    w.sweep(NOW).await;
+
+    let hostile = "prod\nStatus: revoked https://evil.example/x @here";
+    w.sim
+        .rename_key("proj_alpha", "key_sa_alice", hostile)
+        .unwrap();
+    w.sim
+        .set_last_used("proj_alpha", "key_sa_alice", Some(NOW + HOUR))
+        .unwrap();
+    w.sim.remove_key("proj_alpha", "key_sa_carol").unwrap();
+    w.sim
+        .log_key_deleted("proj_alpha", "key_sa_carol", "user_mallory", NOW + 60);
+    let before = w.mails().len();
+    w.sweep(NOW + 2 * HOUR).await;
+
+    let mails = w.mails();
+    let woke = (mails[before..].iter())
+        .find(|m| m.to("alice@example.com") && m.subject.contains("used again"))
+        .unwrap();
+    for body in [&woke.text, &woke.html] {
+        assert!(!body.contains("https://evil.example"), "{body}");
+        assert!(body.contains("hxxps://evil[.]example"), "{body}");
+    }
+    assert!(
+        !woke
+            .text
+            .lines()
+            .any(|l| l.trim_start().starts_with("Status:")),
+        "{}",
+        woke.text
+    );
+    let ops = w.rx.requests("/ops");
+    let alert = (ops.iter().map(|r| r.json()))
+        .flat_map(|b| b["alerts"].as_array().cloned().unwrap_or_default())
+        .find(|a| a["alert"] == "key_woke_up")
+        .unwrap();
+    let summary = alert["summary"].as_str().unwrap();
+    assert!(!summary.contains('\n') && !summary.contains("https://evil.example"));
+    assert_eq!(
+        alert["key_name"], hostile,
+        "structured fields carry the name as it is"
+    );
+
+    // The resolved notice names the actor, neutralised in the mail like any name.
+    let resolved = (mails[before..].iter())
+        .find(|m| m.subject.contains("Resolved") && m.text.contains("key_sa_carol"))
+        .unwrap();
+    assert!(
+        resolved
+            .text
+            .contains("key deleted by mallory@evil[.]example"),
+        "{}",
+        resolved.text
+    );
+}
