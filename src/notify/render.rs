@@ -37,6 +37,8 @@
 //!     "expiry_state": "none" | "set" | "expired" | "unknown",  // at generated_at
 //!     "usage": {"window_days": 30, "requests": 1240, "cost_usd": 3.1 | null} | null,
 //!                                         // over [usage] window; null: usage unknown
+//!     "owner_route": {"to": "person", "email": "…"} | {"to": "project_owners", "emails": […]}
+//!       | {"to": "fallback"} | null,       // who is told in person about a service-account key
 //!     "resolution": "…" | null,
 //!     "dedup_key": "org/project/key/policy"
 //!   }],
@@ -60,7 +62,7 @@ use crate::notify::digest::{
     Body, Digest, ProjectGroup, alert_text, deadline_text, expiry_text, notice_verdict, rfc3339,
     status_text, usage_text,
 };
-use crate::policy::finding::{Notice, NoticeKind};
+use crate::policy::finding::{Notice, NoticeKind, OwnerRoute};
 use crate::text;
 
 /// Slack accepts at most 50 blocks per message.
@@ -474,6 +476,8 @@ pub fn notice_json(n: &Notice, now: i64) -> Value {
             json!({"window_days": u.window_days, "requests": u.requests, "cost_usd": u.cost_usd()})
         });
         m.insert("usage".into(), json!(usage));
+        let route = n.intel.as_ref().and_then(|i| i.route.as_ref());
+        m.insert("owner_route".into(), json!(route));
     }
     v
 }
@@ -513,7 +517,7 @@ fn key_fields(g: &ProjectGroup, n: &Notice, now: i64) -> Vec<(&'static str, Stri
         f.key_name.clone(),
         f.redacted_value.clone(),
         g.label(),
-        format!("{} ({})", f.owner, f.owner_type.as_str()),
+        owner_text(n),
         f.id.policy.clone(),
         f.reason.clone(),
         deadline_text(n),
@@ -523,6 +527,24 @@ fn key_fields(g: &ProjectGroup, n: &Notice, now: i64) -> Vec<(&'static str, Stri
         f.id.key_id.clone(),
     ];
     KEY_LABELS.into_iter().zip(values).collect()
+}
+
+/// The key's owner and its type; for a key the sweep routed (a service-account key), who is
+/// told in person and why: "payments-bot (service_account; told: its creator alice@x.com)".
+fn owner_text(n: &Notice) -> String {
+    let f = &n.finding;
+    let told = match n.intel.as_ref().and_then(|i| i.route.as_ref()) {
+        None => String::new(),
+        Some(OwnerRoute::Person { email }) => format!("; told: its creator {email}"),
+        Some(OwnerRoute::ProjectOwners { emails }) => format!(
+            "; told: the project's owners {} (its creator is unknown or left the project)",
+            emails.join(", ")
+        ),
+        Some(OwnerRoute::Fallback) => {
+            "; told: owner_fallback (no creator or owner in the project to tell)".to_string()
+        }
+    };
+    format!("{} ({}{told})", f.owner, f.owner_type.as_str())
 }
 
 /// One Slack line per key of the group; `now` is the message's time.
@@ -536,7 +558,7 @@ fn slack_key_line(n: &Notice, now: i64) -> String {
         "• *{}* `{}` — owner: {} — policy: {}\n      reason: {}\n      deadline: {} — {}\n      expires: {}\n      usage: {}",
         text::slack(&f.key_name),
         text::slack(&f.redacted_value),
-        text::slack(&f.owner),
+        text::slack(&owner_text(n)),
         text::slack(&f.id.policy),
         text::slack(&f.reason),
         deadline_text(n),

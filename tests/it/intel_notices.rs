@@ -454,6 +454,24 @@ async fn service_account_notices_go_to_the_creator_then_the_owners_then_the_fall
         set(&["key_sa_beta"]),
         "no owner in proj_beta"
     );
+    // Each reader sees why they are told; webhooks carry the route.
+    let alice = mails.iter().find(|m| m.to("alice@example.com")).unwrap();
+    assert!(
+        alice.text.contains("told: its creator alice@example"),
+        "{}",
+        alice.text
+    );
+    let hook = w.notices("/hook");
+    let route = |k: &str| hook.iter().find(|n| n["key_id"] == k).unwrap()["owner_route"].clone();
+    assert_eq!(
+        route("key_sa_alice"),
+        serde_json::json!({"to": "person", "email": "alice@example.com"})
+    );
+    assert_eq!(
+        route("key_sa_carol"),
+        serde_json::json!({"to": "project_owners", "emails": ["olga@example.com"]})
+    );
+    assert_eq!(route("key_sa_beta"), serde_json::json!({"to": "fallback"}));
 
     // Alice leaves proj_alpha: the next reminder about her key goes to the project's owner.
     w.sim
