@@ -26,6 +26,55 @@ pub struct PlannedRotation {
     pub due: bool,
     /// The project's name as listed (the key's GET does not carry it; selectors may need it).
     pub project_name: Option<String>,
+    /// The old key's scopes as the audit log tells them (`Some([])`: All permissions; `None`:
+    /// unknown). `planned_rotations` leaves it `None`; the sweep fills it in from the log.
+    pub logged_scopes: Option<Vec<String>>,
+}
+
+/// Where the new key's scopes come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScopesFrom {
+    /// The old key's scopes, as the audit log tells them.
+    AuditLog,
+    /// The policy's `scopes`.
+    Policy,
+}
+
+impl ScopesFrom {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScopesFrom::AuditLog => "audit_log",
+            ScopesFrom::Policy => "policy",
+        }
+    }
+}
+
+/// Why no scopes can be given to the new key: keysweep never mints All permissions unless the
+/// policy says `scopes = []`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoScopes {
+    /// The log does not know the old key's scopes and the policy configures none.
+    Unknown,
+    /// The log says the old key has All permissions and the policy configures no scopes.
+    LoggedAll,
+}
+
+/// The new key's scopes: the old key's when the audit log knows them, else the policy's.
+///
+/// - the log knows specific scopes: those (the new key can do what the old one could);
+/// - the log says All permissions (`[]`): only a policy with `scopes = []` mints All; a policy
+///   with scopes gives those; a policy without `scopes` does not rotate (`LoggedAll`);
+/// - the log does not know: the policy's `scopes`, or no rotation (`Unknown`).
+pub fn new_key_scopes(
+    logged: Option<&[String]>,
+    configured: Option<&[String]>,
+) -> Result<(Vec<String>, ScopesFrom), NoScopes> {
+    match (logged, configured) {
+        (Some(l), _) if !l.is_empty() => Ok((l.to_vec(), ScopesFrom::AuditLog)),
+        (_, Some(c)) => Ok((c.to_vec(), ScopesFrom::Policy)),
+        (Some(_), None) => Err(NoScopes::LoggedAll),
+        (None, None) => Err(NoScopes::Unknown),
+    }
 }
 
 /// The rotations of service-account keys under a `rotate` policy, one per key.
@@ -71,6 +120,7 @@ pub fn planned_rotations(
             start_at,
             due: warned_before && now >= start_at,
             project_name: f.project_name.clone(),
+            logged_scopes: None,
         };
         out.entry(k).or_insert(planned);
     }
@@ -178,6 +228,36 @@ mod tests {
         assert_eq!((p[0].deadline, p[0].start_at), (t0 + 3 * DAY, t0 + 2 * DAY));
         assert!(!p[0].due);
         assert!(planned_rotations(&all, &rot, t0 + 2 * DAY)[0].due);
+    }
+
+    #[test]
+    fn the_logged_scopes_win_and_all_permissions_need_the_policys_scopes_empty() {
+        let v = |x: &[&str]| x.iter().map(|s| (*s).to_string()).collect::<Vec<_>>();
+        let (read, write) = (v(&["api.model.read"]), v(&["api.responses.write"]));
+        let all: Vec<String> = Vec::new();
+        assert_eq!(
+            new_key_scopes(Some(&read), Some(&write)),
+            Ok((read.clone(), ScopesFrom::AuditLog))
+        );
+        assert_eq!(
+            new_key_scopes(Some(&read), None),
+            Ok((read.clone(), ScopesFrom::AuditLog))
+        );
+        assert_eq!(
+            new_key_scopes(None, Some(&write)),
+            Ok((write.clone(), ScopesFrom::Policy))
+        );
+        assert_eq!(new_key_scopes(None, None), Err(NoScopes::Unknown));
+        // The log says All permissions: never All unless the policy says `scopes = []`.
+        assert_eq!(new_key_scopes(Some(&all), None), Err(NoScopes::LoggedAll));
+        assert_eq!(
+            new_key_scopes(Some(&all), Some(&write)),
+            Ok((write, ScopesFrom::Policy))
+        );
+        assert_eq!(
+            new_key_scopes(Some(&all), Some(&all)),
+            Ok((Vec::new(), ScopesFrom::Policy))
+        );
     }
 
     #[test]

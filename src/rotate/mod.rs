@@ -18,6 +18,26 @@ mod writes;
 
 pub use types::{Context, RotationOutcome, RotationResult};
 
+/// Rotations whose mint → sink → expiry section is running. Each runs on a task of its own so
+/// that a shutdown that drops the sweep never cuts a hand-over short (which would leave the new
+/// key with the sink and the old key without its expiry); [`drain_in_flight`] waits for them.
+static IN_FLIGHT: std::sync::LazyLock<tokio_util::task::TaskTracker> =
+    std::sync::LazyLock::new(tokio_util::task::TaskTracker::new);
+
+/// Waits for every rotation in flight to finish its hand-over and set the old key's expiry
+/// (bounded by the sink's timeout and the requests' timeouts). Called once on shutdown, after the
+/// scheduler stopped; no rotation starts a new mint once the sweep's token is cancelled.
+pub async fn drain_in_flight() {
+    IN_FLIGHT.close();
+    if !IN_FLIGHT.is_empty() {
+        tracing::info!(
+            rotations = IN_FLIGHT.len(),
+            "waiting for the rotations in flight to finish their hand-over"
+        );
+    }
+    IN_FLIGHT.wait().await;
+}
+
 use crate::config::{Mode, ServiceAccountKeys};
 use crate::policy::rotation::PlannedRotation;
 use crate::state::StateError;
@@ -25,7 +45,7 @@ use crate::state::rotations;
 
 /// Settles unfinished rotations, then performs (or announces) every due rotation in `planned`.
 pub async fn run(
-    ctx: &Context<'_>,
+    ctx: &Context,
     planned: &[PlannedRotation],
 ) -> Result<Vec<RotationResult>, StateError> {
     let mut out = Vec::new();
@@ -64,7 +84,7 @@ pub async fn run(
 
 /// The rail that stops a rotation in this sweep, in the order dry-run, service-account rule,
 /// kill switch, caps.
-fn withheld(ctx: &Context<'_>, cap_left: u32) -> Option<RotationOutcome> {
+fn withheld(ctx: &Context, cap_left: u32) -> Option<RotationOutcome> {
     if ctx.mode != Mode::Enforce {
         return Some(RotationOutcome::WouldRotate {
             reason: "dry_run".into(),
@@ -87,7 +107,7 @@ fn withheld(ctx: &Context<'_>, cap_left: u32) -> Option<RotationOutcome> {
 
 /// True when the key needs no new rotation: it was rotated already (its old key now expires),
 /// or a rotation of it is unfinished (`reconcile` settles it first).
-fn busy(ctx: &Context<'_>, p: &PlannedRotation) -> Result<bool, StateError> {
+fn busy(ctx: &Context, p: &PlannedRotation) -> Result<bool, StateError> {
     let id = &p.finding;
     let latest = ctx.store.with_conn(|c| {
         rotations::latest_for_key(c, &id.organization, &id.project_id, &id.key_id)

@@ -27,6 +27,8 @@ pub(super) struct Listed {
     /// Auth failures, unreachable organisations, incomplete projects, expiring admin keys.
     pub alerts: Vec<EnforcerAlert>,
     pub timings: Timings,
+    /// What the audit log and usage said (the rotation phase reads the old keys' scopes).
+    pub intel: Intel,
 }
 
 /// What the recorder evaluated, per organisation in the order of the sweep's clients.
@@ -92,6 +94,7 @@ impl Run<'_> {
                 recorded_secs,
                 committed_secs: 0.0,
             },
+            intel,
         })
     }
 

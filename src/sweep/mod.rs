@@ -129,8 +129,13 @@ impl Sweeper {
         let mut enforced = run
             .enforce(&planned.plan, &advanced.restores, &mut advanced.findings)
             .await?;
-        run.rotate(&planned.plan, &advanced.findings, &mut enforced)
-            .await?;
+        run.rotate(
+            &planned.plan,
+            &advanced.findings,
+            &listed.intel,
+            &mut enforced,
+        )
+        .await?;
         let timings = Timings {
             committed_secs: committed.seconds,
             ..listed.timings

@@ -7,6 +7,7 @@
 
 use serde_json::json;
 
+use crate::intel::Intel;
 use crate::policy::finding::{Finding, Notice, NoticeKind, RotatedNote};
 use crate::policy::plan::Plan;
 use crate::policy::rotation::{PlannedRotation, planned_rotations};
@@ -20,10 +21,12 @@ use super::run::Run;
 
 impl Run<'_> {
     /// Performs (or announces) the due rotations and adds what they raised to `enforced`.
+    /// `intel`: what the audit log says of the keys (the old key's scopes).
     pub(super) async fn rotate(
         &self,
         plan: &Plan,
         findings: &[FindingView],
+        intel: &Intel,
         enforced: &mut Enforced,
     ) -> Result<(), SweepError> {
         let config = &self.sweeper.config;
@@ -31,16 +34,20 @@ impl Run<'_> {
             return Ok(());
         }
         let all: Vec<&Finding> = findings.iter().map(|v| &v.finding).collect();
-        let planned = planned_rotations(&all, &config.rotations, self.now());
+        let mut planned = planned_rotations(&all, &config.rotations, self.now());
+        for p in &mut planned {
+            let id = &p.finding;
+            p.logged_scopes = (intel.key(&id.organization, &id.key_id).scopes).map(<[_]>::to_vec);
+        }
         let ctx = rotate::Context {
-            store: &self.store,
-            config,
-            policies: &self.sweeper.policies,
-            clients: &self.clients,
+            store: self.store.clone(),
+            config: config.clone(),
+            policies: self.sweeper.policies.clone(),
+            clients: self.clients.clone(),
             mode: self.mode,
-            run_id: self.run_id(),
+            run_id: self.run_id().to_string(),
             now: self.now(),
-            cancel: &self.opts.cancel,
+            cancel: self.opts.cancel.clone(),
             kill_switch: (config.safety.kill_switch_file.as_ref()).is_some_and(|p| p.exists()),
             cap_left: self.rotation_cap_left(plan)?,
         };
