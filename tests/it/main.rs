@@ -36,3 +36,4 @@ mod sim_audit_log;
 mod sim_nov2026;
 mod state;
 mod truth;
+mod rotate_more;

@@ -1,0 +1,256 @@
+//! Issue 17, what rotation still lacked, through the real binary against the simulator: the new
+//! key gets the old key's scopes as the audit log tells them (never All permissions unless the
+//! policy says `scopes = []`); rotations count against every cap, the per-project percentage
+//! included; a SIGTERM to the daemon while a sink runs lets the hand-over finish and the old key
+//! get its expiry; an old key's expiry that fails after the sink confirmed is set by the next
+//! sweep at the promised time; PagerDuty resolves, never pages, on a rotated notice; a warning's
+//! "rotates at" time is the planner's (the earliest deadline of the key's findings).
+//!
+//! These tests must never print a minted secret, and never assert on how long anything took.
+
+use keysweep::sim::{Fault, FaultKind, FaultRoute, SimOrg};
+
+use crate::rotate::{
+    ADMIN_KEY, ENFORCE_SA, FILE_SINK, KEY_ENV, OLD, PROJECT, SCOPES, World, due, first_warning,
+    world_of, world_with,
+};
+use crate::support::net::http;
+use crate::support::secrets::assert_no_secret;
+use crate::support::time::{DAY, unix_now};
+
+/// The server times a write itself: an expiry lands within a few seconds of the target.
+const SLACK: i64 = 10;
+
+/// Reads the audit log back far enough to see the old key's creation (200 days ago).
+const BACKFILL: &str = "[audit_log]\nbackfill = \"365d\"\n";
+
+/// Gives the old key `scopes` (the simulator's log tells them in its creation event).
+fn old_scopes(scopes: &[&str]) -> impl FnOnce(&mut SimOrg) + use<> {
+    let scopes: Vec<String> = scopes.iter().map(|s| (*s).to_string()).collect();
+    move |org: &mut SimOrg| {
+        for p in &mut org.projects {
+            for k in p.keys.iter_mut().filter(|k| k.id == OLD) {
+                k.scopes.clone_from(&scopes);
+            }
+        }
+    }
+}
+
+/// A key's scopes as the simulator stores them (`GET /_sim/projects/{p}/api_keys/{k}`).
+async fn stored_scopes(w: &World, key: &str) -> Vec<String> {
+    let base = w.sim.base_url().trim_end_matches("/v1").to_string();
+    let url = format!("{base}/_sim/projects/{PROJECT}/api_keys/{key}");
+    let v: serde_json::Value = http().get(url).send().await.unwrap().json().await.unwrap();
+    serde_json::from_value(v["scopes"].clone()).unwrap_or_else(|e| panic!("{e}: {v}"))
+}
+
+fn new_key(w: &World) -> keysweep::sim::SimKeySnapshot {
+    w.sa_keys()
+        .into_iter()
+        .find(|k| k.id != OLD)
+        .expect("no new key")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_new_key_gets_the_old_keys_scopes_from_the_audit_log_not_the_policys() {
+    let logged = ["api.model.read", "api.files.write"];
+    let policy = "scopes = [\"api.responses.write\"]";
+    let w = world_of(old_scopes(&logged), BACKFILL, FILE_SINK, policy, ENFORCE_SA).await;
+    first_warning(&w).await;
+    let out = w.run(due(&w)).await;
+    assert_eq!(w.mints(), 1, "{out}");
+    let new = new_key(&w);
+    assert_eq!(stored_scopes(&w, &new.id).await, logged, "{out}");
+    assert_eq!(stored_scopes(&w, OLD).await, logged);
+    assert!(
+        w.sim.key(PROJECT, OLD).unwrap().expires_at.is_some(),
+        "{out}"
+    );
+    let secret = std::fs::read_to_string(w.sink_file()).unwrap();
+    assert_no_secret("keysweep output", &out, &[secret.trim()]);
+    w.assert_state_clean(secret.trim());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logged_all_permissions_key_is_never_rotated_into_all_permissions_by_default() {
+    // The log says All permissions (`[]`) and the policy has no scopes: no rotation, an alert.
+    let w = world_of(old_scopes(&[]), BACKFILL, FILE_SINK, "", ENFORCE_SA).await;
+    first_warning(&w).await;
+    let out = w.run(due(&w)).await;
+    assert_eq!(w.mints(), 0, "{out}");
+    assert!(
+        out.contains("not rotated: the policy configures no scopes and the audit log says the old key has All permissions"),
+        "{out}"
+    );
+    assert_eq!(w.sim.key(PROJECT, OLD).unwrap().expires_at, None, "{out}");
+
+    // The same with the policy's scopes: those, never All permissions.
+    let w = world_of(old_scopes(&[]), BACKFILL, FILE_SINK, SCOPES, ENFORCE_SA).await;
+    first_warning(&w).await;
+    let out = w.run(due(&w)).await;
+    assert_eq!(w.mints(), 1, "{out}");
+    let new = new_key(&w);
+    assert_eq!(
+        stored_scopes(&w, &new.id).await,
+        ["api.model.read"],
+        "{out}"
+    );
+
+    // `scopes = []` says All permissions explicitly: the new key has them.
+    let w = world_of(
+        old_scopes(&[]),
+        BACKFILL,
+        FILE_SINK,
+        "scopes = []",
+        ENFORCE_SA,
+    )
+    .await;
+    first_warning(&w).await;
+    let out = w.run(due(&w)).await;
+    assert_eq!(w.mints(), 1, "{out}");
+    let new = new_key(&w);
+    assert!(stored_scopes(&w, &new.id).await.is_empty(), "{out}");
+}
+
+/// The old key's expiry fails after the sink confirmed (500 on every update): the row stays
+/// `delivered`, an alert says so, and the next sweep sets the expiry at the promised time
+/// without a second mint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_old_key_expiry_after_the_sink_confirmed_is_set_by_the_next_sweep_at_the_promised_time()
+ {
+    let w = world_with("", FILE_SINK, SCOPES, ENFORCE_SA).await;
+    first_warning(&w).await;
+    let fault = w.sim.faults().add(
+        Fault::on(FaultRoute::UpdateKey)
+            .project(PROJECT)
+            .object(OLD)
+            .times(50)
+            .respond(FaultKind::Status(500)),
+    );
+    let before = unix_now();
+    let out = w.run(due(&w)).await;
+    assert_eq!(w.mints(), 1, "{out}");
+    assert!(
+        w.sim.faults().hits(fault) > 0,
+        "the update was never tried:\n{out}"
+    );
+    let secret = std::fs::read_to_string(w.sink_file()).unwrap();
+    let secret = secret.trim().to_string();
+    assert_eq!(w.sim.key(PROJECT, OLD).unwrap().expires_at, None, "{out}");
+    assert!(
+        out.contains("setting the old key's expiry failed"),
+        "no alert:\n{out}"
+    );
+    let rows = w.rotation_rows();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].status, "delivered", "{out}");
+    let promised = rows[0].old_expires_at.expect("no promised expiry");
+    assert!(
+        promised >= before + DAY && promised <= unix_now() + DAY,
+        "promised {promised}"
+    );
+    assert_eq!(w.sa_keys().len(), 2, "the new key must stay: {out}");
+
+    w.sim.faults().clear();
+    let out = w.run(due(&w) + 600).await;
+    assert_eq!(w.mints(), 1, "a second mint:\n{out}");
+    let at = w.sim.key(PROJECT, OLD).unwrap().expires_at;
+    let at = at.expect("the old key still has no expiry");
+    assert!(
+        (at - promised).abs() <= SLACK,
+        "expiry {at}, promised {promised}\n{out}"
+    );
+    assert_eq!(w.rotation_rows()[0].status, "done");
+    assert!(out.contains("rotated: new key"), "{out}");
+    assert_no_secret("keysweep output", &out, &[secret.as_str()]);
+    w.assert_state_clean(&secret);
+}
+
+/// The daemon gets SIGTERM while an exec sink holds the new key, and the sink confirms only
+/// after the shutdown grace (1 s) ran out and the daemon dropped the sweep: the hand-over
+/// finishes, the old key gets now + overlap, no alert and no orphan, and the daemon exits 0.
+/// The next sweep announces the rotation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_the_sink_runs_lets_the_hand_over_finish_and_the_old_key_expire() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("slow-store.sh");
+    // Takes the key, says so, then takes its time (a slow secret store): it confirms once the
+    // test releases it.
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nread -r k\nprintf '%s' \"$k\" > {d}/got.tmp\nmv {d}/got.tmp {d}/got\n\
+             while [ ! -e {d}/release ]; do sleep 0.1; done\nexit 0\n",
+            d = dir.path().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let sink = format!(
+        "type = \"exec\"\ncommand = [{:?}]\ntimeout = \"60s\"\n",
+        script.display().to_string()
+    );
+    let port = crate::support::net::free_port();
+    let top = format!(
+        "schedule = \"0 0 1 1 *\"\nrun_on_start = true\nshutdown_grace = \"1s\"\n\n[server]\nlisten = \"127.0.0.1:{port}\"\n"
+    );
+    let w = world_with(&top, &sink, SCOPES, ENFORCE_SA).await;
+    // Warned 6 days and 2 hours ago: the rotation (deadline − 24 h) is due now, by the wall
+    // clock the daemon sweeps on.
+    let warned = unix_now() - 6 * DAY - 7200;
+    w.run(warned).await;
+    assert_eq!(w.mints(), 0);
+
+    let mut proc = crate::support::process::Proc::spawn(crate::support::process::keysweep(
+        &["--config", w.config.to_str().unwrap(), "run"],
+        &[(KEY_ENV, ADMIN_KEY)],
+    ));
+    let got = dir.path().join("got");
+    crate::support::wait::eventually("the sink to get the key", || got.exists()).await;
+    let sent = unix_now();
+    proc.signal("-TERM");
+    // The grace runs out while the sink still holds on: the daemon drops the sweep.
+    crate::support::wait::eventually("the grace to run out", || {
+        proc.stderr()
+            .iter()
+            .any(|l| l.contains("shutdown grace expired"))
+    })
+    .await;
+    std::fs::write(dir.path().join("release"), "").unwrap();
+    let (status, _) = proc.wait().await;
+    let log = format!("{:#?}{:#?}", proc.stdout(), proc.stderr());
+    assert_eq!(status.code(), Some(0), "{log}");
+    let secret = std::fs::read_to_string(&got).unwrap();
+    proc.assert_no_secret(&[secret.as_str(), ADMIN_KEY]);
+    let terminated = unix_now();
+
+    assert_eq!(w.mints(), 1, "{log}");
+    let keys = w.sa_keys();
+    assert_eq!(
+        keys.len(),
+        2,
+        "an orphan, or the new key deleted: {keys:?}\n{log}"
+    );
+    let new = new_key(&w);
+    assert!(new.redacted_value.ends_with(&secret[secret.len() - 4..]));
+    let at = w.sim.key(PROJECT, OLD).unwrap().expires_at;
+    let at = at.expect("the old key got no expiry");
+    assert!(
+        at >= sent + DAY - SLACK && at <= terminated + DAY + SLACK,
+        "old key expires at {at}, SIGTERM at {terminated}\n{log}"
+    );
+    assert!(!log.contains("a person must confirm"), "{log}");
+    assert!(!log.contains("rotation failed"), "{log}");
+    let statuses: Vec<String> = w.rotation_rows().into_iter().map(|r| r.status).collect();
+    assert_eq!(statuses, ["unannounced"], "{log}");
+
+    // The next sweep announces it, mints nothing, and settles the row.
+    let out = w.run(unix_now()).await;
+    assert_eq!(w.mints(), 1, "{out}");
+    assert!(out.contains("rotated: new key"), "{out}");
+    let statuses: Vec<String> = w.rotation_rows().into_iter().map(|r| r.status).collect();
+    assert_eq!(statuses, ["done"], "{out}");
+    assert_no_secret("keysweep output", &out, &[secret.as_str()]);
+    w.assert_state_clean(&secret);
+}
