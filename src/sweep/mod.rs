@@ -123,6 +123,12 @@ impl Sweeper {
         let listed = run.list_and_record().await?;
         let mut advanced = run.advance_findings(&listed.inventory, listed.evaluated);
         let planned = run.plan(&listed.inventory, &mut advanced)?;
+        rotation::align_notice_deadlines(
+            &mut advanced.notices,
+            &advanced.findings,
+            &run.sweeper.config,
+            run.now(),
+        );
         let alerts = [reconciled.unsettled, listed.alerts, planned.alerts].concat();
         let committed = run.commit(&mut advanced, alerts, planned.withheld)?;
         let delivery = run.deliver().await?;

@@ -166,6 +166,39 @@ pub(super) fn annotate_rotations(findings: &mut [FindingView], planned: &[Planne
     }
 }
 
+/// Gives the notices of each key under a `rotate` policy the deadline its rotation keeps: the
+/// earliest of the key's open enforcing findings, which the planner starts the rotation
+/// `overlap` before. A notice of the rotate policy's own finding would otherwise say the new
+/// key is minted `overlap` before its own, later deadline, while `scan` and the planner say
+/// otherwise. Only the notices' snapshots change; the stored findings keep their deadlines.
+pub(super) fn align_notice_deadlines(
+    notices: &mut [Notice],
+    findings: &[FindingView],
+    config: &crate::config::Config,
+    now: i64,
+) {
+    if config.rotations.is_empty() {
+        return;
+    }
+    let planned = planned_of(findings, config, now);
+    for n in notices.iter_mut() {
+        let id = &n.finding.id;
+        if config.rotation(&id.policy).is_none() {
+            continue;
+        }
+        let earliest = (planned.iter())
+            .find(|p| {
+                p.finding.organization == id.organization
+                    && p.finding.project_id == id.project_id
+                    && p.finding.key_id == id.key_id
+            })
+            .map(|p| p.deadline);
+        if let Some(d) = earliest.filter(|d| *d < n.finding.deadline) {
+            n.finding.deadline = d;
+        }
+    }
+}
+
 /// The planned rotations among `findings` (for the annotation).
 pub(super) fn planned_of(
     findings: &[FindingView],

@@ -15,8 +15,10 @@ use crate::rotate::{
     world_of, world_with,
 };
 use crate::support::net::http;
-use crate::support::secrets::assert_no_secret;
-use crate::support::time::{DAY, unix_now};
+use crate::support::process::{combined, keysweep, output};
+use crate::support::receivers::Receiver;
+use crate::support::secrets::{assert_no_secret, whsec};
+use crate::support::time::{DAY, rfc3339, unix_now};
 
 /// The server times a write itself: an expiry lands within a few seconds of the target.
 const SLACK: i64 = 10;
@@ -253,4 +255,139 @@ async fn sigterm_while_the_sink_runs_lets_the_hand_over_finish_and_the_old_key_e
     assert_eq!(statuses, ["done"], "{out}");
     assert_no_secret("keysweep output", &out, &[secret.as_str()]);
     w.assert_state_clean(&secret);
+}
+
+const HOOK_ENV: &str = "KEYSWEEP_IT_ROTATE_MORE_HOOK";
+const PD_ENV: &str = "KEYSWEEP_IT_ROTATE_MORE_PD";
+
+/// `top` for a world whose `owner_fallback` (a service-account key's notice route) is a webhook
+/// and a PagerDuty channel on `rx`, and whose ops channel is the webhook.
+fn channels(rx: &Receiver) -> String {
+    format!(
+        "owner_fallback = [\"hook\", \"pd\"]\nops_channels = [\"hook\"]\n\n[[channels]]\nname = \
+         \"hook\"\ntype = \"webhook\"\nurl = \"{}\"\nsecret_env = \"{HOOK_ENV}\"\n\n[[channels]]\n\
+         name = \"pd\"\ntype = \"pagerduty\"\nrouting_key_env = \"{PD_ENV}\"\nurl = \"{}\"\n",
+        rx.url("/hook"),
+        rx.url("/pd/enqueue")
+    )
+}
+
+fn with_channel_secrets(w: &mut World) {
+    w.env
+        .push((HOOK_ENV.into(), whsec(b"rotate-more-webhook-key-00000001")));
+    w.env
+        .push((PD_ENV.into(), "R0UT1NGKEYROTATEMORE000000000000".into()));
+}
+
+/// The webhook notices of `kind` about the old key under `policy`.
+fn notices(rx: &Receiver, kind: &str, policy: &str) -> Vec<serde_json::Value> {
+    rx.requests("/hook")
+        .iter()
+        .map(|r| r.json())
+        .filter(|m| m["type"] == kind)
+        .flat_map(|m| m["notices"].as_array().cloned().unwrap_or_default())
+        .filter(|n| n["key_id"] == OLD && n["policy"] == policy)
+        .collect()
+}
+
+/// A key under a `rotate` policy and an `expire` policy with an earlier deadline: the warning
+/// says the new key is minted `overlap` before the EARLIER deadline and the key ends then, as
+/// `scan` and the planner say, and the rotation happens then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warnings_rotation_time_is_the_earliest_deadline_of_the_keys_findings_as_scan_says() {
+    let rx = Receiver::start().await;
+    let policies = format!(
+        "{SCOPES}\n\n[[policies]]\nname = \"expire-60d\"\nmax_age = \"60d\"\naction = \
+         \"expire\"\nwarn_before = \"3d\"\nfinal_notice = \"1d\"\n"
+    );
+    let mut w = world_with(&channels(&rx), FILE_SINK, &policies, ENFORCE_SA).await;
+    with_channel_secrets(&mut w);
+    let out = w.run(w.base).await;
+    let earliest = w.base + 3 * DAY;
+    let warnings = notices(&rx, "keysweep.notices.warning", "rotate-90d");
+    assert_eq!(warnings.len(), 1, "{warnings:?}\n{out}");
+    let status = warnings[0]["status"].as_str().unwrap();
+    assert!(status.contains("will be rotated"), "{status}");
+    assert!(
+        status.contains(&format!("at {} keysweep mints", rfc3339(earliest - DAY))),
+        "{status}"
+    );
+    assert!(status.contains(&rfc3339(earliest)), "{status}");
+    assert!(!status.contains(&rfc3339(w.base + 6 * DAY)), "{status}");
+
+    // `scan` says the same time.
+    let mut scan = keysweep(
+        &[
+            "--config",
+            w.config.to_str().unwrap(),
+            "scan",
+            "--format",
+            "json",
+            "--now",
+            &rfc3339(w.base + 3600),
+        ],
+        &[(KEY_ENV, ADMIN_KEY)],
+    );
+    scan.envs(w.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let scan = combined(&output(scan).await);
+    assert!(
+        scan.contains(&format!("rotate at {}", rfc3339(earliest - DAY))),
+        "{scan}"
+    );
+
+    // And the rotation happens then.
+    let out = w.run(earliest - DAY + 600).await;
+    assert_eq!(w.mints(), 1, "{out}");
+    assert!(
+        w.sim.key(PROJECT, OLD).unwrap().expires_at.is_some(),
+        "{out}"
+    );
+}
+
+/// PagerDuty never pages for a rotation: the rotated notice resolves the finding's incident
+/// under its dedup key (the warning triggered it), and no event says "Rotated".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pagerduty_resolves_the_findings_incident_on_a_rotated_notice_and_never_pages() {
+    let rx = Receiver::start().await;
+    let mut w = world_with(&channels(&rx), FILE_SINK, SCOPES, ENFORCE_SA).await;
+    with_channel_secrets(&mut w);
+    first_warning(&w).await;
+    let events = |rx: &Receiver| -> Vec<serde_json::Value> {
+        rx.requests("/pd/enqueue")
+            .iter()
+            .map(|r| r.json())
+            .collect()
+    };
+    let old_events = |rx: &Receiver| -> Vec<serde_json::Value> {
+        events(rx)
+            .into_iter()
+            .filter(|e| e["dedup_key"].as_str().is_some_and(|k| k.contains(OLD)))
+            .collect()
+    };
+    let warned = old_events(&rx);
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert_eq!(warned[0]["event_action"], "trigger");
+    let dedup = warned[0]["dedup_key"].clone();
+
+    let out = w.run(due(&w)).await;
+    assert_eq!(w.mints(), 1, "{out}");
+    // The webhook got the rotated notice: the same sweep's PagerDuty event is about it.
+    assert_eq!(
+        notices(&rx, "keysweep.notices.rotated", "rotate-90d").len(),
+        1
+    );
+    let after: Vec<serde_json::Value> = old_events(&rx).into_iter().skip(1).collect();
+    assert!(
+        after
+            .iter()
+            .any(|e| e["event_action"] == "resolve" && e["dedup_key"] == dedup),
+        "no resolve under {dedup}: {after:?}\n{out}"
+    );
+    for e in events(&rx) {
+        let text = e.to_string();
+        assert!(
+            !(e["event_action"] == "trigger" && text.contains("Rotated")),
+            "paged for a rotation: {text}"
+        );
+    }
 }
