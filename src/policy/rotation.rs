@@ -8,10 +8,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::config::RotateConfig;
-use crate::inventory::OwnerType;
+use crate::config::{RotateConfig, Safety};
+use crate::inventory::{Key, Owner, OwnerAccess, OwnerType};
 use crate::policy::finding::{Finding, FindingId};
-use crate::policy::plan::{Candidate, Write};
+use crate::policy::plan::{
+    Candidate, Plan, PlannedAction, ProjectFacts, ProjectKey, Target, Withheld, WithheldAction,
+    Write, project_cap,
+};
 
 /// A service-account key whose rotation is planned (and, when `due`, due in this sweep).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,6 +162,97 @@ pub fn without_rotated_expiries(
         })
         .cloned()
         .collect()
+}
+
+/// The rails of the plan that also hold a due rotation back: an incomplete listing of its
+/// project, and the caps. A rotation counts as one revocation (it ends the old key) against the
+/// per-run, per-project-percentage and rolling-day caps, after the plan's own writes, earliest
+/// deadline first — as every write the plan lets through the caps counts, whether or not the
+/// kill switch or dry-run then holds it. `due`: the due rotations keysweep would start (not
+/// those already done or unfinished), each with its finding. Returns the withheld ones, to be
+/// added to the plan's `withheld` (so the notices say "postponed", `scan` says which cap, and
+/// the cap alert counts them); the rotation phase starts none of them.
+pub fn withheld_rotations(
+    due: &[(&PlannedRotation, &Finding)],
+    plan: &Plan,
+    projects: &BTreeMap<ProjectKey, ProjectFacts>,
+    safety: &Safety,
+    revoked_last_24h: u32,
+) -> Vec<WithheldAction> {
+    let passed_caps = plan.revoke.iter().chain(
+        (plan.withheld.iter())
+            .filter(|w| matches!(w.reason, Withheld::DryRun | Withheld::KillSwitch))
+            .map(|w| &w.action),
+    );
+    let mut run_used = 0u64;
+    let mut per_project: BTreeMap<ProjectKey, u64> = BTreeMap::new();
+    for a in passed_caps {
+        let n = u64::from(a.revocations());
+        run_used += n;
+        *per_project
+            .entry((a.organization().to_string(), a.project_id().to_string()))
+            .or_default() += n;
+    }
+    let run_cap = u64::from(safety.max_revocations_per_run);
+    let day_left =
+        u64::from(safety.max_revocations_per_day).saturating_sub(u64::from(revoked_last_24h));
+    let pct = u64::from(safety.max_revocations_per_project_percent);
+    let mut sorted: Vec<&(&PlannedRotation, &Finding)> = due.iter().collect();
+    sorted.sort_by_key(|(p, _)| (p.deadline, p.finding.clone()));
+    let mut out = Vec::new();
+    for (p, f) in sorted {
+        let project = (p.finding.organization.clone(), p.finding.project_id.clone());
+        let used = per_project.get(&project).copied().unwrap_or(0);
+        let reason = match projects.get(&project).filter(|f| f.complete) {
+            None => Some(Withheld::IncompleteListing),
+            Some(_) if run_used + 1 > run_cap => Some(Withheld::CapPerRun),
+            Some(facts) if used + 1 > project_cap(pct, facts.key_count) => {
+                Some(Withheld::CapPerProjectPercent)
+            }
+            Some(_) if run_used + 1 > day_left => Some(Withheld::CapPerDay),
+            Some(_) => None,
+        };
+        match reason {
+            Some(reason) => out.push(WithheldAction {
+                action: rotation_action(p, f),
+                reason,
+            }),
+            None => {
+                run_used += 1;
+                per_project.insert(project, used + 1);
+            }
+        }
+    }
+    out
+}
+
+/// A due rotation as a plan action: the old key (as its finding describes it) gets its expiry
+/// at the deadline the rotation keeps.
+fn rotation_action(p: &PlannedRotation, f: &Finding) -> PlannedAction {
+    let key = Key {
+        organization: f.id.organization.clone(),
+        project_id: f.id.project_id.clone(),
+        project_name: f.project_name.clone(),
+        id: f.id.key_id.clone(),
+        name: f.key_name.clone(),
+        redacted_value: f.redacted_value.clone(),
+        created_at: f.created_at,
+        last_used_at: f.last_used_at,
+        owner: Owner {
+            kind: f.owner_type,
+            id: None,
+            name: Some(f.owner.clone()),
+            email: f.owner_email.clone(),
+        },
+        owner_access: OwnerAccess::Unknown,
+        expires_at: f.expires_at,
+    };
+    PlannedAction {
+        target: Target::Key(key),
+        write: Write::SetExpiry { to: p.deadline },
+        findings: vec![p.finding.clone()],
+        deadline: p.deadline,
+    }
 }
 
 /// The longest part of the old key's name kept in the new one.

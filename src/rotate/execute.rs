@@ -23,7 +23,7 @@ use crate::state::StateError;
 use crate::state::audit::{self, AuditKind};
 use crate::state::rotations::{self, NewRotation, RotationUpdate};
 
-use super::IN_FLIGHT;
+use super::in_flight::IN_FLIGHT;
 use super::types::{Context, RotationOutcome};
 use super::writes::{delete_minted, finish, set_status, wall_now};
 

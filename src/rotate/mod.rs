@@ -4,39 +4,22 @@
 //! only once the sink confirmed, gives the old key an expiry of now + `overlap`.
 //!
 //! The rails: `[safety] service_account_keys = "notify-only"` and dry-run announce the rotation
-//! ("would rotate") and perform nothing; the kill switch and the caps withhold it (a rotation
-//! counts like an expiry set); keysweep never mints a key with All permissions unless the
+//! ("would rotate") and perform nothing; the kill switch withholds it, and the plan's caps and
+//! an incomplete listing hold it back before it gets here (a rotation counts like a revocation
+//! against every cap); keysweep never mints a key with All permissions unless the
 //! policy says `scopes = []`. Unfinished rotations are settled first (`reconcile.rs`): an
 //! orphan minted before a crash is deleted (caps and the kill switch never withhold that), a
 //! crash during the hand-over waits for a person. This module never composes a notice, never
 //! writes a finding, and never puts a secret anywhere but the sink.
 
 mod execute;
+mod in_flight;
 mod reconcile;
 mod types;
 mod writes;
 
+pub use in_flight::drain_in_flight;
 pub use types::{Context, RotationOutcome, RotationResult};
-
-/// Rotations whose mint → sink → expiry section is running. Each runs on a task of its own so
-/// that a shutdown that drops the sweep never cuts a hand-over short (which would leave the new
-/// key with the sink and the old key without its expiry); [`drain_in_flight`] waits for them.
-static IN_FLIGHT: std::sync::LazyLock<tokio_util::task::TaskTracker> =
-    std::sync::LazyLock::new(tokio_util::task::TaskTracker::new);
-
-/// Waits for every rotation in flight to finish its hand-over and set the old key's expiry
-/// (bounded by the sink's timeout and the requests' timeouts). Called once on shutdown, after the
-/// scheduler stopped; no rotation starts a new mint once the sweep's token is cancelled.
-pub async fn drain_in_flight() {
-    IN_FLIGHT.close();
-    if !IN_FLIGHT.is_empty() {
-        tracing::info!(
-            rotations = IN_FLIGHT.len(),
-            "waiting for the rotations in flight to finish their hand-over"
-        );
-    }
-    IN_FLIGHT.wait().await;
-}
 
 use crate::config::{Mode, ServiceAccountKeys};
 use crate::policy::rotation::PlannedRotation;
@@ -52,7 +35,6 @@ pub async fn run(
     if ctx.mode == Mode::Enforce && !ctx.cancel.is_cancelled() {
         out.extend(reconcile::reconcile(ctx).await?);
     }
-    let mut left = ctx.cap_left;
     for p in planned.iter().filter(|p| p.due) {
         if ctx.cancel.is_cancelled() {
             break;
@@ -63,14 +45,9 @@ pub async fn run(
         if busy(ctx, p)? {
             continue;
         }
-        let outcome = if let Some(reason) = withheld(ctx, left) {
-            reason
-        } else {
-            let o = execute::rotate_one(ctx, p, rot).await?;
-            if matches!(o, RotationOutcome::Rotated { .. }) {
-                left = left.saturating_sub(1);
-            }
-            o
+        let outcome = match withheld(ctx) {
+            Some(reason) => reason,
+            None => execute::rotate_one(ctx, p, rot).await?,
         };
         out.push(RotationResult {
             organization: p.finding.organization.clone(),
@@ -83,8 +60,9 @@ pub async fn run(
 }
 
 /// The rail that stops a rotation in this sweep, in the order dry-run, service-account rule,
-/// kill switch, caps.
-fn withheld(ctx: &Context, cap_left: u32) -> Option<RotationOutcome> {
+/// kill switch. (The caps and an incomplete listing are the plan's: a rotation they hold back
+/// is not `due` here.)
+fn withheld(ctx: &Context) -> Option<RotationOutcome> {
     if ctx.mode != Mode::Enforce {
         return Some(RotationOutcome::WouldRotate {
             reason: "dry_run".into(),
@@ -95,13 +73,8 @@ fn withheld(ctx: &Context, cap_left: u32) -> Option<RotationOutcome> {
             reason: "service_account_notify_only".into(),
         });
     }
-    if ctx.kill_switch {
-        return Some(RotationOutcome::Withheld {
-            reason: "kill_switch".into(),
-        });
-    }
-    (cap_left == 0).then(|| RotationOutcome::Withheld {
-        reason: "cap".into(),
+    ctx.kill_switch.then(|| RotationOutcome::Withheld {
+        reason: "kill_switch".into(),
     })
 }
 

@@ -30,8 +30,6 @@ pub struct Context {
     /// The kill-switch file exists: no rotation starts (deleting keysweep's own orphans still
     /// happens).
     pub kill_switch: bool,
-    /// Rotations the caps still allow in this sweep (each counts like an expiry set).
-    pub cap_left: u32,
 }
 
 impl Context {

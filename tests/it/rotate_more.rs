@@ -391,3 +391,93 @@ async fn pagerduty_resolves_the_findings_incident_on_a_rotated_notice_and_never_
         );
     }
 }
+
+const OLD2: &str = "key_rot_sa_old2";
+
+/// A second key of the same service account, as old as the first.
+fn second_old_key(org: &mut SimOrg) {
+    for p in org.projects.iter_mut().filter(|p| p.id == PROJECT) {
+        let mut k = p.keys.iter().find(|k| k.id == OLD).cloned().unwrap();
+        k.id = OLD2.into();
+        k.name = format!("{OLD2}-name");
+        k.redacted_value = "sk-proj-****old2".into();
+        p.keys.push(k);
+    }
+}
+
+/// Two service-account keys due for rotation in one project of three keys under
+/// `max_revocations_per_project_percent = 25` (one write per sweep): the first rotates, the
+/// second is postponed by that cap — the owner is told so, the run and `scan` name the cap —
+/// and the next sweep rotates it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotations_count_against_the_per_project_percentage_cap_and_the_rest_is_postponed() {
+    let rx = Receiver::start().await;
+    let safety = format!("{ENFORCE_SA}\n");
+    let mut w = world_of(second_old_key, &channels(&rx), FILE_SINK, SCOPES, &safety).await;
+    with_channel_secrets(&mut w);
+    let text = std::fs::read_to_string(&w.config).unwrap();
+    let text = text.replace(
+        "max_revocations_per_project_percent = 100",
+        "max_revocations_per_project_percent = 25",
+    );
+    std::fs::write(&w.config, text).unwrap();
+    first_warning(&w).await;
+
+    // `scan` at the due time: one rotation goes ahead, the other waits for the cap.
+    let mut scan = keysweep(
+        &[
+            "--config",
+            w.config.to_str().unwrap(),
+            "scan",
+            "--format",
+            "json",
+            "--now",
+            &rfc3339(due(&w)),
+        ],
+        &[(KEY_ENV, ADMIN_KEY)],
+    );
+    scan.envs(w.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let scan = combined(&output(scan).await);
+    assert!(
+        scan.contains("but safety.max_revocations_per_project_percent withholds it"),
+        "{scan}"
+    );
+
+    let out = w.run(due(&w)).await;
+    assert_eq!(w.mints(), 1, "{out}");
+    assert!(
+        w.sim.key(PROJECT, OLD).unwrap().expires_at.is_some(),
+        "{out}"
+    );
+    assert_eq!(w.sim.key(PROJECT, OLD2).unwrap().expires_at, None, "{out}");
+    assert!(
+        out.contains("withheld (safety.max_revocations_per_project_percent)"),
+        "{out}"
+    );
+    // The owner is told (here by the final notice, due in the same sweep, which carries it).
+    let postponed: Vec<serde_json::Value> = (rx.requests("/hook").iter())
+        .map(|r| r.json())
+        .filter(|m| {
+            m["type"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("keysweep.notices."))
+        })
+        .flat_map(|m| m["notices"].as_array().cloned().unwrap_or_default())
+        .filter(|n| n["key_id"] == OLD2 && n["verdict"] == "postponed")
+        .collect();
+    assert_eq!(postponed.len(), 1, "{postponed:?}\n{out}");
+    assert_eq!(
+        postponed[0]["withheld_by"], "safety.max_revocations_per_project_percent",
+        "{postponed:?}"
+    );
+    let status = postponed[0]["status"].as_str().unwrap_or_default();
+    assert!(status.contains("postponed"), "{status}");
+
+    // The next sweep: the cap allows one write again, and the first key's rotation is done.
+    let out = w.run(due(&w) + 600).await;
+    assert_eq!(w.mints(), 2, "{out}");
+    assert!(
+        w.sim.key(PROJECT, OLD2).unwrap().expires_at.is_some(),
+        "{out}"
+    );
+}
