@@ -355,6 +355,55 @@ mod tests {
     }
 
     #[test]
+    fn due_rotations_count_against_the_caps_after_the_plans_own_writes() {
+        let t0 = 100 * DAY;
+        let a = finding("k1", "rot", "service_account", t0 + 7 * DAY, t0);
+        let b = finding("k2", "rot", "service_account", t0 + 7 * DAY, t0);
+        let planned = planned_rotations(&[&a, &b], &[rotate("rot")], t0 + 6 * DAY + 1);
+        assert!(planned.iter().all(|p| p.due), "{planned:?}");
+        let due: Vec<(&PlannedRotation, &Finding)> = vec![(&planned[0], &a), (&planned[1], &b)];
+        let facts = |complete, key_count| {
+            let mut m = BTreeMap::new();
+            m.insert(
+                ("o".to_string(), "p".to_string()),
+                ProjectFacts {
+                    complete,
+                    key_count,
+                    ..ProjectFacts::default()
+                },
+            );
+            m
+        };
+        let safety = |run, pct, day| Safety {
+            max_revocations_per_run: run,
+            max_revocations_per_project_percent: pct,
+            max_revocations_per_day: day,
+            ..crate::policy::plan::default_safety()
+        };
+        let reasons = |w: Vec<WithheldAction>| {
+            w.iter()
+                .map(|w| (w.action.findings[0].key_id.clone(), w.reason))
+                .collect::<Vec<_>>()
+        };
+        let plan = Plan::default();
+        // 25 % of 4 keys: one rotation in the project; the later key waits.
+        let w = withheld_rotations(&due, &plan, &facts(true, 4), &safety(10, 25, 50), 0);
+        assert_eq!(
+            reasons(w),
+            [("k2".to_string(), Withheld::CapPerProjectPercent)]
+        );
+        let w = withheld_rotations(&due, &plan, &facts(true, 4), &safety(1, 100, 50), 0);
+        assert_eq!(reasons(w), [("k2".to_string(), Withheld::CapPerRun)]);
+        let w = withheld_rotations(&due, &plan, &facts(true, 4), &safety(10, 100, 50), 49);
+        assert_eq!(reasons(w), [("k2".to_string(), Withheld::CapPerDay)]);
+        let w = withheld_rotations(&due, &plan, &facts(false, 4), &safety(10, 100, 50), 0);
+        assert_eq!(w.len(), 2);
+        assert!(w.iter().all(|w| w.reason == Withheld::IncompleteListing));
+        let w = withheld_rotations(&due, &plan, &facts(true, 4), &safety(10, 100, 50), 0);
+        assert!(w.is_empty());
+    }
+
+    #[test]
     fn names_keep_the_old_name_and_carry_the_nonce() {
         assert_eq!(new_key_name("ci-bot", "3fa94c1e"), "ci-bot-ks-3fa94c1e");
         let long = "x".repeat(100);
