@@ -172,8 +172,14 @@ async fn settle_delivered(
     client: &AdminClient,
     row: &RotationRow,
 ) -> Result<Option<RotationOutcome>, StateError> {
-    let Ok(Some(mut old)) = client.retrieve_key(&row.project_id, &row.old_key_id).await else {
-        return Ok(None);
+    let mut old = match client.retrieve_key(&row.project_id, &row.old_key_id).await {
+        Ok(Some(k)) => k,
+        // The old key ended on its own meanwhile: nothing is owed any more.
+        Ok(None) | Err(OpenAiError::KeyEnded { .. }) => {
+            super::writes::set_status(ctx, row.id, "done", None, Some("the old key ended"))?;
+            return Ok(None);
+        }
+        Err(_) => return Ok(None),
     };
     old.organization.clone_from(&row.organization);
     let meta = KeyMeta {
