@@ -168,46 +168,95 @@ async fn a_failed_old_key_expiry_after_the_sink_confirmed_is_set_by_the_next_swe
     w.assert_state_clean(&secret);
 }
 
+/// An exec sink that takes the key, says so (`dir/got`), then holds on like a slow secret store
+/// until the test releases it (`dir/release`), and confirms.
+fn slow_sink(dir: &std::path::Path) -> String {
+    use std::os::unix::fs::PermissionsExt as _;
+    let script = dir.join("slow-store.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nread -r k\nprintf '%s' \"$k\" > {d}/got.tmp\nmv {d}/got.tmp {d}/got\n\
+             while [ ! -e {d}/release ]; do sleep 0.1; done\nexit 0\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o700)).unwrap();
+    format!(
+        "type = \"exec\"\ncommand = [{:?}]\ntimeout = \"60s\"\n",
+        script.display().to_string()
+    )
+}
+
+/// A world for the daemon (`keysweep run`): one sweep at start, `grace` to shut down, the
+/// rotation due now by the wall clock (the keys were warned 6 days and 2 hours ago).
+async fn daemon_world(tweak: impl FnOnce(&mut SimOrg), grace: &str, sink: &str) -> World {
+    let port = crate::support::net::free_port();
+    let top = format!(
+        "schedule = \"0 0 1 1 *\"\nrun_on_start = true\nshutdown_grace = \"{grace}\"\n\n[server]\n\
+         listen = \"127.0.0.1:{port}\"\n"
+    );
+    let w = world_of(tweak, &top, sink, SCOPES, ENFORCE_SA).await;
+    w.run(unix_now() - 6 * DAY - 7200).await;
+    assert_eq!(w.mints(), 0);
+    w
+}
+
+fn daemon(w: &World) -> crate::support::process::Proc {
+    crate::support::process::Proc::spawn(crate::support::process::keysweep(
+        &["--config", w.config.to_str().unwrap(), "run"],
+        &[(KEY_ENV, ADMIN_KEY)],
+    ))
+}
+
+/// SIGTERM while the first of two due rotations is in its sink, the grace long enough for
+/// it: the hand-over finishes and is announced in its sweep, no second mint starts, and the
+/// daemon exits 0; the next run rotates the other key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_starts_no_new_mint_and_the_hand_over_in_flight_finishes_within_the_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = daemon_world(second_old_key, "30s", &slow_sink(dir.path())).await;
+    let mut proc = daemon(&w);
+    let got = dir.path().join("got");
+    crate::support::wait::eventually("the sink to get the key", || got.exists()).await;
+    proc.signal("-TERM");
+    crate::support::wait::eventually("the shutdown to begin", || {
+        proc.stderr().iter().any(|l| l.contains("shutting down"))
+    })
+    .await;
+    std::fs::write(dir.path().join("release"), "").unwrap();
+    let (status, _) = proc.wait().await;
+    let log = format!("{:#?}{:#?}", proc.stdout(), proc.stderr());
+    assert_eq!(status.code(), Some(0), "{log}");
+    let secret = std::fs::read_to_string(&got).unwrap();
+    proc.assert_no_secret(&[secret.as_str(), ADMIN_KEY]);
+    assert_eq!(w.mints(), 1, "a new mint after SIGTERM:\n{log}");
+    assert!(
+        w.sim.key(PROJECT, OLD).unwrap().expires_at.is_some(),
+        "{log}"
+    );
+    assert_eq!(w.sim.key(PROJECT, OLD2).unwrap().expires_at, None, "{log}");
+    let statuses: Vec<String> = w.rotation_rows().into_iter().map(|r| r.status).collect();
+    assert_eq!(statuses, ["done"], "{log}");
+
+    let out = w.run(unix_now()).await;
+    assert_eq!(w.mints(), 2, "{out}");
+    assert!(
+        w.sim.key(PROJECT, OLD2).unwrap().expires_at.is_some(),
+        "{out}"
+    );
+}
+
 /// The daemon gets SIGTERM while an exec sink holds the new key, and the sink confirms only
 /// after the shutdown grace (1 s) ran out and the daemon dropped the sweep: the hand-over
 /// finishes, the old key gets now + overlap, no alert and no orphan, and the daemon exits 0.
 /// The next sweep announces the rotation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_while_the_sink_runs_lets_the_hand_over_finish_and_the_old_key_expire() {
-    use std::os::unix::fs::PermissionsExt as _;
     let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("slow-store.sh");
-    // Takes the key, says so, then takes its time (a slow secret store): it confirms once the
-    // test releases it.
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\nread -r k\nprintf '%s' \"$k\" > {d}/got.tmp\nmv {d}/got.tmp {d}/got\n\
-             while [ ! -e {d}/release ]; do sleep 0.1; done\nexit 0\n",
-            d = dir.path().display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let sink = format!(
-        "type = \"exec\"\ncommand = [{:?}]\ntimeout = \"60s\"\n",
-        script.display().to_string()
-    );
-    let port = crate::support::net::free_port();
-    let top = format!(
-        "schedule = \"0 0 1 1 *\"\nrun_on_start = true\nshutdown_grace = \"1s\"\n\n[server]\nlisten = \"127.0.0.1:{port}\"\n"
-    );
-    let w = world_with(&top, &sink, SCOPES, ENFORCE_SA).await;
-    // Warned 6 days and 2 hours ago: the rotation (deadline − 24 h) is due now, by the wall
-    // clock the daemon sweeps on.
-    let warned = unix_now() - 6 * DAY - 7200;
-    w.run(warned).await;
-    assert_eq!(w.mints(), 0);
-
-    let mut proc = crate::support::process::Proc::spawn(crate::support::process::keysweep(
-        &["--config", w.config.to_str().unwrap(), "run"],
-        &[(KEY_ENV, ADMIN_KEY)],
-    ));
+    let w = daemon_world(|_| {}, "1s", &slow_sink(dir.path())).await;
+    let mut proc = daemon(&w);
     let got = dir.path().join("got");
     crate::support::wait::eventually("the sink to get the key", || got.exists()).await;
     let sent = unix_now();
