@@ -606,6 +606,8 @@ async fn serve(config: Config, path: PathBuf, force_dry_run: bool) -> Result<()>
     crate::daemon::run(config, deps).await?;
     // A delete whose sweep was dropped at the end of the grace still writes its outcome.
     crate::revoke::drain_in_flight().await;
+    // So does a rotation's hand-over: the sink finishes, then the old key gets its expiry.
+    crate::rotate::drain_in_flight().await;
     Ok(())
 }
 

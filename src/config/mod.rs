@@ -250,8 +250,10 @@ pub struct RotateConfig {
     pub sink: String,
     /// How long the old key keeps working once the new one is handed over (default 24 h).
     pub overlap: Duration,
-    /// The new key's scopes; `Some(vec![])` is All permissions, said explicitly; `None`: not
-    /// configured, so keysweep does not rotate (it never mints All permissions by default).
+    /// The new key's scopes when the audit log does not know the old key's (or says it has
+    /// All permissions); `Some(vec![])` is All permissions, said explicitly; `None`: not
+    /// configured, so such a key is not rotated (keysweep never mints All permissions by
+    /// default).
     pub scopes: Option<Vec<String>>,
 }
 

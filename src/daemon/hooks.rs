@@ -40,7 +40,8 @@ pub struct SweepRequest {
     /// The configuration in force when the sweep started (a reload does not change it midway).
     pub config: Arc<Config>,
     /// Cancelled on shutdown: finish the current step (never between a delete's intent and its
-    /// outcome record), then return [`SweepResult::Cancelled`].
+    /// outcome record, nor inside a rotation's hand-over; start no new mint), then return
+    /// [`SweepResult::Cancelled`].
     pub cancel: CancellationToken,
     /// Why this sweep runs.
     pub trigger: Trigger,

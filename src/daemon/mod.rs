@@ -45,7 +45,11 @@
 //! - SIGTERM / SIGINT: no new slots are taken; the in-flight sweeps get their cancellation
 //!   token and may finish their current step within `shutdown_grace`; then the shutdown hook runs
 //!   (outbox flush) with what remains of the grace, the ops server stops and [`run`] returns
-//!   `Ok` (exit 0). A sweep still running after the grace is dropped.
+//!   `Ok` (exit 0). A sweep still running after the grace is dropped; the writes it had in
+//!   flight are not (a DELETE's intent → outcome, a rotation's mint → sink → old key's expiry:
+//!   each runs on a task of its own, which the caller waits for once [`run`] returned, with
+//!   `revoke::drain_in_flight` and `rotate::drain_in_flight`). No rotation starts a new mint
+//!   once the token is cancelled.
 
 pub mod schedule;
 

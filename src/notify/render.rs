@@ -267,7 +267,8 @@ pub fn slack(d: &Digest) -> Vec<Value> {
 }
 
 /// PagerDuty Events v2 body for one notice, without `routing_key` (added at send time).
-/// `trigger` while the finding is open, `resolve` once the key is revoked or the finding closed.
+/// `trigger` while the finding is open, `resolve` once the key is revoked or rotated, or the
+/// finding closed.
 /// A dry-run "would be revoked" keeps the incident open: the key still exists.
 pub fn pagerduty_notice(n: &Notice, now: i64) -> Value {
     let f = &n.finding;
@@ -277,7 +278,9 @@ pub fn pagerduty_notice(n: &Notice, now: i64) -> Value {
             "event_action": "resolve",
             "dedup_key": dedup_key,
         }),
-        NoticeKind::Revoked if !n.dry_run => json!({
+        // A rotation is good news: the key was replaced and its old self ends at the promised
+        // deadline, so the finding's incident is resolved, never paged.
+        NoticeKind::Revoked | NoticeKind::Rotated if !n.dry_run => json!({
             "event_action": "resolve",
             "dedup_key": dedup_key,
         }),

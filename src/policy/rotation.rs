@@ -8,10 +8,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::config::RotateConfig;
-use crate::inventory::OwnerType;
+use crate::config::{RotateConfig, Safety};
+use crate::inventory::{Key, Owner, OwnerAccess, OwnerType};
 use crate::policy::finding::{Finding, FindingId};
-use crate::policy::plan::{Candidate, Write};
+use crate::policy::plan::{
+    Candidate, Plan, PlannedAction, ProjectFacts, ProjectKey, Target, Withheld, WithheldAction,
+    Write, project_cap,
+};
 
 /// A service-account key whose rotation is planned (and, when `due`, due in this sweep).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +29,55 @@ pub struct PlannedRotation {
     pub due: bool,
     /// The project's name as listed (the key's GET does not carry it; selectors may need it).
     pub project_name: Option<String>,
+    /// The old key's scopes as the audit log tells them (`Some([])`: All permissions; `None`:
+    /// unknown). `planned_rotations` leaves it `None`; the sweep fills it in from the log.
+    pub logged_scopes: Option<Vec<String>>,
+}
+
+/// Where the new key's scopes come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScopesFrom {
+    /// The old key's scopes, as the audit log tells them.
+    AuditLog,
+    /// The policy's `scopes`.
+    Policy,
+}
+
+impl ScopesFrom {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScopesFrom::AuditLog => "audit_log",
+            ScopesFrom::Policy => "policy",
+        }
+    }
+}
+
+/// Why no scopes can be given to the new key: keysweep never mints All permissions unless the
+/// policy says `scopes = []`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoScopes {
+    /// The log does not know the old key's scopes and the policy configures none.
+    Unknown,
+    /// The log says the old key has All permissions and the policy configures no scopes.
+    LoggedAll,
+}
+
+/// The new key's scopes: the old key's when the audit log knows them, else the policy's.
+///
+/// - the log knows specific scopes: those (the new key can do what the old one could);
+/// - the log says All permissions (`[]`): only a policy with `scopes = []` mints All; a policy
+///   with scopes gives those; a policy without `scopes` does not rotate (`LoggedAll`);
+/// - the log does not know: the policy's `scopes`, or no rotation (`Unknown`).
+pub fn new_key_scopes(
+    logged: Option<&[String]>,
+    configured: Option<&[String]>,
+) -> Result<(Vec<String>, ScopesFrom), NoScopes> {
+    match (logged, configured) {
+        (Some(l), _) if !l.is_empty() => Ok((l.to_vec(), ScopesFrom::AuditLog)),
+        (_, Some(c)) => Ok((c.to_vec(), ScopesFrom::Policy)),
+        (Some(_), None) => Err(NoScopes::LoggedAll),
+        (None, None) => Err(NoScopes::Unknown),
+    }
 }
 
 /// The rotations of service-account keys under a `rotate` policy, one per key.
@@ -71,6 +123,7 @@ pub fn planned_rotations(
             start_at,
             due: warned_before && now >= start_at,
             project_name: f.project_name.clone(),
+            logged_scopes: None,
         };
         out.entry(k).or_insert(planned);
     }
@@ -109,6 +162,97 @@ pub fn without_rotated_expiries(
         })
         .cloned()
         .collect()
+}
+
+/// The rails of the plan that also hold a due rotation back: an incomplete listing of its
+/// project, and the caps. A rotation counts as one revocation (it ends the old key) against the
+/// per-run, per-project-percentage and rolling-day caps, after the plan's own writes, earliest
+/// deadline first — as every write the plan lets through the caps counts, whether or not the
+/// kill switch or dry-run then holds it. `due`: the due rotations keysweep would start (not
+/// those already done or unfinished), each with its finding. Returns the withheld ones, to be
+/// added to the plan's `withheld` (so the notices say "postponed", `scan` says which cap, and
+/// the cap alert counts them); the rotation phase starts none of them.
+pub fn withheld_rotations(
+    due: &[(&PlannedRotation, &Finding)],
+    plan: &Plan,
+    projects: &BTreeMap<ProjectKey, ProjectFacts>,
+    safety: &Safety,
+    revoked_last_24h: u32,
+) -> Vec<WithheldAction> {
+    let passed_caps = plan.revoke.iter().chain(
+        (plan.withheld.iter())
+            .filter(|w| matches!(w.reason, Withheld::DryRun | Withheld::KillSwitch))
+            .map(|w| &w.action),
+    );
+    let mut run_used = 0u64;
+    let mut per_project: BTreeMap<ProjectKey, u64> = BTreeMap::new();
+    for a in passed_caps {
+        let n = u64::from(a.revocations());
+        run_used += n;
+        *per_project
+            .entry((a.organization().to_string(), a.project_id().to_string()))
+            .or_default() += n;
+    }
+    let run_cap = u64::from(safety.max_revocations_per_run);
+    let day_left =
+        u64::from(safety.max_revocations_per_day).saturating_sub(u64::from(revoked_last_24h));
+    let pct = u64::from(safety.max_revocations_per_project_percent);
+    let mut sorted: Vec<&(&PlannedRotation, &Finding)> = due.iter().collect();
+    sorted.sort_by_key(|(p, _)| (p.deadline, p.finding.clone()));
+    let mut out = Vec::new();
+    for (p, f) in sorted {
+        let project = (p.finding.organization.clone(), p.finding.project_id.clone());
+        let used = per_project.get(&project).copied().unwrap_or(0);
+        let reason = match projects.get(&project).filter(|f| f.complete) {
+            None => Some(Withheld::IncompleteListing),
+            Some(_) if run_used + 1 > run_cap => Some(Withheld::CapPerRun),
+            Some(facts) if used + 1 > project_cap(pct, facts.key_count) => {
+                Some(Withheld::CapPerProjectPercent)
+            }
+            Some(_) if run_used + 1 > day_left => Some(Withheld::CapPerDay),
+            Some(_) => None,
+        };
+        match reason {
+            Some(reason) => out.push(WithheldAction {
+                action: rotation_action(p, f),
+                reason,
+            }),
+            None => {
+                run_used += 1;
+                per_project.insert(project, used + 1);
+            }
+        }
+    }
+    out
+}
+
+/// A due rotation as a plan action: the old key (as its finding describes it) gets its expiry
+/// at the deadline the rotation keeps.
+fn rotation_action(p: &PlannedRotation, f: &Finding) -> PlannedAction {
+    let key = Key {
+        organization: f.id.organization.clone(),
+        project_id: f.id.project_id.clone(),
+        project_name: f.project_name.clone(),
+        id: f.id.key_id.clone(),
+        name: f.key_name.clone(),
+        redacted_value: f.redacted_value.clone(),
+        created_at: f.created_at,
+        last_used_at: f.last_used_at,
+        owner: Owner {
+            kind: f.owner_type,
+            id: None,
+            name: Some(f.owner.clone()),
+            email: f.owner_email.clone(),
+        },
+        owner_access: OwnerAccess::Unknown,
+        expires_at: f.expires_at,
+    };
+    PlannedAction {
+        target: Target::Key(key),
+        write: Write::SetExpiry { to: p.deadline },
+        findings: vec![p.finding.clone()],
+        deadline: p.deadline,
+    }
 }
 
 /// The longest part of the old key's name kept in the new one.
@@ -178,6 +322,85 @@ mod tests {
         assert_eq!((p[0].deadline, p[0].start_at), (t0 + 3 * DAY, t0 + 2 * DAY));
         assert!(!p[0].due);
         assert!(planned_rotations(&all, &rot, t0 + 2 * DAY)[0].due);
+    }
+
+    #[test]
+    fn the_logged_scopes_win_and_all_permissions_need_the_policys_scopes_empty() {
+        let v = |x: &[&str]| x.iter().map(|s| (*s).to_string()).collect::<Vec<_>>();
+        let (read, write) = (v(&["api.model.read"]), v(&["api.responses.write"]));
+        let all: Vec<String> = Vec::new();
+        assert_eq!(
+            new_key_scopes(Some(&read), Some(&write)),
+            Ok((read.clone(), ScopesFrom::AuditLog))
+        );
+        assert_eq!(
+            new_key_scopes(Some(&read), None),
+            Ok((read.clone(), ScopesFrom::AuditLog))
+        );
+        assert_eq!(
+            new_key_scopes(None, Some(&write)),
+            Ok((write.clone(), ScopesFrom::Policy))
+        );
+        assert_eq!(new_key_scopes(None, None), Err(NoScopes::Unknown));
+        // The log says All permissions: never All unless the policy says `scopes = []`.
+        assert_eq!(new_key_scopes(Some(&all), None), Err(NoScopes::LoggedAll));
+        assert_eq!(
+            new_key_scopes(Some(&all), Some(&write)),
+            Ok((write, ScopesFrom::Policy))
+        );
+        assert_eq!(
+            new_key_scopes(Some(&all), Some(&all)),
+            Ok((Vec::new(), ScopesFrom::Policy))
+        );
+    }
+
+    #[test]
+    fn due_rotations_count_against_the_caps_after_the_plans_own_writes() {
+        let t0 = 100 * DAY;
+        let a = finding("k1", "rot", "service_account", t0 + 7 * DAY, t0);
+        let b = finding("k2", "rot", "service_account", t0 + 7 * DAY, t0);
+        let planned = planned_rotations(&[&a, &b], &[rotate("rot")], t0 + 6 * DAY + 1);
+        assert!(planned.iter().all(|p| p.due), "{planned:?}");
+        let due: Vec<(&PlannedRotation, &Finding)> = vec![(&planned[0], &a), (&planned[1], &b)];
+        let facts = |complete, key_count| {
+            let mut m = BTreeMap::new();
+            m.insert(
+                ("o".to_string(), "p".to_string()),
+                ProjectFacts {
+                    complete,
+                    key_count,
+                    ..ProjectFacts::default()
+                },
+            );
+            m
+        };
+        let safety = |run, pct, day| Safety {
+            max_revocations_per_run: run,
+            max_revocations_per_project_percent: pct,
+            max_revocations_per_day: day,
+            ..crate::policy::plan::default_safety()
+        };
+        let reasons = |w: Vec<WithheldAction>| {
+            w.iter()
+                .map(|w| (w.action.findings[0].key_id.clone(), w.reason))
+                .collect::<Vec<_>>()
+        };
+        let plan = Plan::default();
+        // 25 % of 4 keys: one rotation in the project; the later key waits.
+        let w = withheld_rotations(&due, &plan, &facts(true, 4), &safety(10, 25, 50), 0);
+        assert_eq!(
+            reasons(w),
+            [("k2".to_string(), Withheld::CapPerProjectPercent)]
+        );
+        let w = withheld_rotations(&due, &plan, &facts(true, 4), &safety(1, 100, 50), 0);
+        assert_eq!(reasons(w), [("k2".to_string(), Withheld::CapPerRun)]);
+        let w = withheld_rotations(&due, &plan, &facts(true, 4), &safety(10, 100, 50), 49);
+        assert_eq!(reasons(w), [("k2".to_string(), Withheld::CapPerDay)]);
+        let w = withheld_rotations(&due, &plan, &facts(false, 4), &safety(10, 100, 50), 0);
+        assert_eq!(w.len(), 2);
+        assert!(w.iter().all(|w| w.reason == Withheld::IncompleteListing));
+        let w = withheld_rotations(&due, &plan, &facts(true, 4), &safety(10, 100, 50), 0);
+        assert!(w.is_empty());
     }
 
     #[test]

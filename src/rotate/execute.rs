@@ -10,25 +10,25 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 use serde_json::json;
+use tracing::Instrument as _;
 
 use crate::config::RotateConfig;
 use crate::inventory::{Key, OwnerType};
 use crate::openai::{AdminClient, Error as OpenAiError, MintRequest};
-use crate::policy::rotation::{PlannedRotation, new_key_name};
+use crate::policy::rotation::{
+    NoScopes, PlannedRotation, ScopesFrom, new_key_name, new_key_scopes,
+};
 use crate::sink::{self, KeyMeta};
 use crate::state::StateError;
 use crate::state::audit::{self, AuditKind};
 use crate::state::rotations::{self, NewRotation, RotationUpdate};
 
+use super::in_flight::IN_FLIGHT;
 use super::types::{Context, RotationOutcome};
 use super::writes::{delete_minted, finish, set_status, wall_now};
 
 /// The old key as re-read, or why it is not rotated.
-async fn recheck(
-    ctx: &Context<'_>,
-    client: &AdminClient,
-    p: &PlannedRotation,
-) -> Result<Key, String> {
+async fn recheck(ctx: &Context, client: &AdminClient, p: &PlannedRotation) -> Result<Key, String> {
     let id = &p.finding;
     let mut fresh = match client.retrieve_key(&id.project_id, &id.key_id).await {
         Ok(Some(k)) => k,
@@ -55,7 +55,7 @@ async fn recheck(
 
 /// Rotates one key whose rotation is due and allowed (the caller applied the rails).
 pub(super) async fn rotate_one(
-    ctx: &Context<'_>,
+    ctx: &Context,
     p: &PlannedRotation,
     rot: &RotateConfig,
 ) -> Result<RotationOutcome, StateError> {
@@ -64,8 +64,13 @@ pub(super) async fn rotate_one(
             reason: "no client for the organisation".into(),
         });
     };
-    let Some(scopes) = rot.scopes.clone() else {
-        return Ok(RotationOutcome::NoScopes);
+    let scopes = match new_key_scopes(p.logged_scopes.as_deref(), rot.scopes.as_deref()) {
+        Ok(s) => s,
+        Err(why) => {
+            return Ok(RotationOutcome::NoScopes {
+                logged_all: why == NoScopes::LoggedAll,
+            });
+        }
     };
     let old = match recheck(ctx, client, p).await {
         Ok(k) => k,
@@ -79,50 +84,124 @@ pub(super) async fn rotate_one(
             format!("key {waiting} of the same service account awaits a person's confirmation"),
         );
     }
-    let nonce = format!("{:08x}", rand::random::<u32>());
-    let name = new_key_name(&old.name, &nonce);
-    let lifetime = ctx
-        .config
-        .policies
-        .iter()
-        .find(|q| q.name == rot.policy)
-        .and_then(|q| q.max_lifetime);
-    let started = wall_now();
-    let row = begin(ctx, &old, &sa, rot, &nonce, &name, started)?;
-    let req = MintRequest {
-        name: Some(name),
-        scopes: Some(scopes),
-        expires_at: lifetime.map(|l| started + i64::try_from(l.as_secs()).unwrap_or(i64::MAX)),
+    // Shutdown came during the re-check: no new mint starts.
+    if ctx.cancel.is_cancelled() {
+        return Ok(RotationOutcome::Withheld {
+            reason: "shutdown".into(),
+        });
+    }
+    let section = Section {
+        ctx: ctx.clone(),
+        client: client.clone(),
+        old,
+        sa,
+        rot: rot.clone(),
+        scopes,
     };
-    let minted = client
-        .mint_service_account_key(&old.project_id, &sa, &req)
-        .await;
-    let minted = match minted {
-        Ok(m) => m,
-        Err(e) => return mint_failed(ctx, client, &old, row, &e.to_string()).await,
-    };
-    let redacted = match client.retrieve_key(&old.project_id, &minted.id).await {
-        Ok(Some(k)) => k.redacted_value,
-        _ => "(not yet listed)".to_string(),
-    };
-    minted_recorded(ctx, &old, row, &minted.id, &redacted)?;
-    let meta = KeyMeta {
-        organization: old.organization.clone(),
-        project_id: old.project_id.clone(),
-        service_account_id: sa,
-        key_id: minted.id.clone(),
-        key_name: minted.name.clone(),
-        redacted_value: redacted.clone(),
-        old_key_id: old.id.clone(),
-        expires_at: minted.expires_at.at(),
-    };
-    let secret: SecretString = minted.value;
-    hand_over(ctx, client, &old, row, rot, &meta, &secret).await
+    section.spawn().await
+}
+
+/// The rotation's mint → sink → old key's expiry, owned, so it runs on a task of its own: a
+/// shutdown whose grace runs out drops the sweep, never this (`drain_in_flight` waits for it,
+/// bounded by the sink's timeout and the requests' timeouts).
+struct Section {
+    ctx: Context,
+    client: AdminClient,
+    old: Key,
+    sa: String,
+    rot: RotateConfig,
+    scopes: (Vec<String>, ScopesFrom),
+}
+
+impl Section {
+    /// Runs the section on a task of [`IN_FLIGHT`] and waits for it. When the sweep is gone by
+    /// the time it ends (dropped at the end of the shutdown grace), a performed rotation is left
+    /// `unannounced`: the next sweep sends its "rotated" messages.
+    async fn spawn(self) -> Result<RotationOutcome, StateError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let ctx = self.ctx.clone();
+        let task = async move {
+            let (row, result) = self.run().await;
+            if let Err(Ok(RotationOutcome::Rotated { .. })) = tx.send(result)
+                && let Some(row) = row
+            {
+                tracing::warn!(run_id = %ctx.run_id, "rotated after its sweep was dropped by shutdown; the next sweep announces it");
+                let _ = set_status(&ctx, row, rotations::UNANNOUNCED, None, None);
+            }
+        };
+        IN_FLIGHT.spawn(task.in_current_span());
+        match rx.await {
+            Ok(result) => result,
+            Err(_) => Ok(RotationOutcome::MintFailed {
+                error: "the rotation's task ended without an answer".into(),
+            }),
+        }
+    }
+
+    /// The section itself; the `rotations` row (once written) and what became of it.
+    async fn run(self) -> (Option<i64>, Result<RotationOutcome, StateError>) {
+        let (ctx, client, old, rot) = (&self.ctx, &self.client, &self.old, &self.rot);
+        let nonce = format!("{:08x}", rand::random::<u32>());
+        let name = new_key_name(&old.name, &nonce);
+        let lifetime = (ctx.config.policies.iter())
+            .find(|q| q.name == rot.policy)
+            .and_then(|q| q.max_lifetime);
+        let started = wall_now();
+        let row = match begin(
+            ctx,
+            (old, &self.sa),
+            rot,
+            &self.scopes,
+            &nonce,
+            &name,
+            started,
+        ) {
+            Ok(row) => row,
+            Err(e) => return (None, Err(e)),
+        };
+        let req = MintRequest {
+            name: Some(name),
+            scopes: Some(self.scopes.0.clone()),
+            expires_at: lifetime.map(|l| started + i64::try_from(l.as_secs()).unwrap_or(i64::MAX)),
+        };
+        let minted = client
+            .mint_service_account_key(&old.project_id, &self.sa, &req)
+            .await;
+        let minted = match minted {
+            Ok(m) => m,
+            Err(e) => {
+                return (
+                    Some(row),
+                    mint_failed(ctx, client, old, row, &e.to_string()).await,
+                );
+            }
+        };
+        let redacted = match client.retrieve_key(&old.project_id, &minted.id).await {
+            Ok(Some(k)) => k.redacted_value,
+            _ => "(not yet listed)".to_string(),
+        };
+        if let Err(e) = minted_recorded(ctx, old, row, &minted.id, &redacted) {
+            return (Some(row), Err(e));
+        }
+        let meta = KeyMeta {
+            organization: old.organization.clone(),
+            project_id: old.project_id.clone(),
+            service_account_id: self.sa.clone(),
+            key_id: minted.id.clone(),
+            key_name: minted.name.clone(),
+            redacted_value: redacted,
+            old_key_id: old.id.clone(),
+            expires_at: minted.expires_at.at(),
+        };
+        let secret: SecretString = minted.value;
+        let result = hand_over(ctx, client, old, row, rot, &meta, &secret).await;
+        (Some(row), result)
+    }
 }
 
 /// The sink step and what follows it. The secret is dropped (zeroed) when this returns.
 async fn hand_over(
-    ctx: &Context<'_>,
+    ctx: &Context,
     client: &AdminClient,
     old: &Key,
     row: i64,
@@ -149,7 +228,7 @@ async fn hand_over(
             "cleanup_pending"
         };
         set_status(ctx, row, status, None, Some(&error))?;
-        tracing::error!(run_id = ctx.run_id, key_id = %old.id, new_key_id = %meta.key_id, %error, "rotation: the sink did not confirm");
+        tracing::error!(run_id = %ctx.run_id, key_id = %old.id, new_key_id = %meta.key_id, %error, "rotation: the sink did not confirm");
         return Ok(RotationOutcome::SinkFailed { error, cleaned });
     }
     let overlap = i64::try_from(rot.overlap.as_secs()).unwrap_or(i64::MAX);
@@ -160,10 +239,10 @@ async fn hand_over(
 
 /// The mint's durable intent record and the `rotations` row, in one transaction.
 fn begin(
-    ctx: &Context<'_>,
-    old: &Key,
-    sa: &str,
+    ctx: &Context,
+    (old, sa): (&Key, &str),
     rot: &RotateConfig,
+    (scopes, from): &(Vec<String>, ScopesFrom),
     nonce: &str,
     name: &str,
     started: i64,
@@ -185,7 +264,8 @@ fn begin(
         "service_account_id": sa,
         "nonce": nonce,
         "name": name,
-        "scopes": rot.scopes,
+        "scopes": scopes,
+        "scopes_from": from.as_str(),
         "sink": rot.sink,
     });
     ctx.store.tx(|tx| {
@@ -208,7 +288,7 @@ fn begin(
 
 /// The mint's outcome record with the new key's id, and the row moved to `minted`, together.
 fn minted_recorded(
-    ctx: &Context<'_>,
+    ctx: &Context,
     old: &Key,
     row: i64,
     new_id: &str,
@@ -242,7 +322,7 @@ fn minted_recorded(
 
 /// A failed mint: its outcome, then a look for a key it may have made all the same.
 async fn mint_failed(
-    ctx: &Context<'_>,
+    ctx: &Context,
     client: &AdminClient,
     old: &Key,
     row: i64,
@@ -255,7 +335,7 @@ async fn mint_failed(
             format!("minting a key to replace {} failed", old.id),
         )
         .with_response(json!({ "error": error }));
-    audit::append_durable(ctx.store, &out)?;
+    audit::append_durable(&ctx.store, &out)?;
     // After a timeout or a 5xx a key may exist: reconciliation finds it by its nonce. Give the
     // API a moment so a key minted late is listed.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -266,7 +346,7 @@ async fn mint_failed(
 }
 
 fn skipped(
-    ctx: &Context<'_>,
+    ctx: &Context,
     p: &PlannedRotation,
     reason: String,
 ) -> Result<RotationOutcome, StateError> {
@@ -278,17 +358,13 @@ fn skipped(
             format!("rotation not started after re-check: {reason}"),
         )
         .with_response(json!({ "recheck": reason }));
-    audit::append_durable(ctx.store, &rec)?;
+    audit::append_durable(&ctx.store, &rec)?;
     Ok(RotationOutcome::Skipped { reason })
 }
 
 /// A key of the same service account whose hand-over a crash interrupted (`minted`), if any:
 /// no further key is minted for the account while it exists.
-fn awaiting_confirmation(
-    ctx: &Context<'_>,
-    old: &Key,
-    sa: &str,
-) -> Result<Option<String>, StateError> {
+fn awaiting_confirmation(ctx: &Context, old: &Key, sa: &str) -> Result<Option<String>, StateError> {
     let rows = ctx
         .store
         .with_conn(|c| rotations::unsettled(c, &old.organization))?;

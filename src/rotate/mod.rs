@@ -4,18 +4,21 @@
 //! only once the sink confirmed, gives the old key an expiry of now + `overlap`.
 //!
 //! The rails: `[safety] service_account_keys = "notify-only"` and dry-run announce the rotation
-//! ("would rotate") and perform nothing; the kill switch and the caps withhold it (a rotation
-//! counts like an expiry set); keysweep never mints a key with All permissions unless the
+//! ("would rotate") and perform nothing; the kill switch withholds it, and the plan's caps and
+//! an incomplete listing hold it back before it gets here (a rotation counts like a revocation
+//! against every cap); keysweep never mints a key with All permissions unless the
 //! policy says `scopes = []`. Unfinished rotations are settled first (`reconcile.rs`): an
 //! orphan minted before a crash is deleted (caps and the kill switch never withhold that), a
 //! crash during the hand-over waits for a person. This module never composes a notice, never
 //! writes a finding, and never puts a secret anywhere but the sink.
 
 mod execute;
+mod in_flight;
 mod reconcile;
 mod types;
 mod writes;
 
+pub use in_flight::drain_in_flight;
 pub use types::{Context, RotationOutcome, RotationResult};
 
 use crate::config::{Mode, ServiceAccountKeys};
@@ -25,14 +28,13 @@ use crate::state::rotations;
 
 /// Settles unfinished rotations, then performs (or announces) every due rotation in `planned`.
 pub async fn run(
-    ctx: &Context<'_>,
+    ctx: &Context,
     planned: &[PlannedRotation],
 ) -> Result<Vec<RotationResult>, StateError> {
     let mut out = Vec::new();
     if ctx.mode == Mode::Enforce && !ctx.cancel.is_cancelled() {
         out.extend(reconcile::reconcile(ctx).await?);
     }
-    let mut left = ctx.cap_left;
     for p in planned.iter().filter(|p| p.due) {
         if ctx.cancel.is_cancelled() {
             break;
@@ -43,14 +45,9 @@ pub async fn run(
         if busy(ctx, p)? {
             continue;
         }
-        let outcome = if let Some(reason) = withheld(ctx, left) {
-            reason
-        } else {
-            let o = execute::rotate_one(ctx, p, rot).await?;
-            if matches!(o, RotationOutcome::Rotated { .. }) {
-                left = left.saturating_sub(1);
-            }
-            o
+        let outcome = match withheld(ctx) {
+            Some(reason) => reason,
+            None => execute::rotate_one(ctx, p, rot).await?,
         };
         out.push(RotationResult {
             organization: p.finding.organization.clone(),
@@ -63,8 +60,9 @@ pub async fn run(
 }
 
 /// The rail that stops a rotation in this sweep, in the order dry-run, service-account rule,
-/// kill switch, caps.
-fn withheld(ctx: &Context<'_>, cap_left: u32) -> Option<RotationOutcome> {
+/// kill switch. (The caps and an incomplete listing are the plan's: a rotation they hold back
+/// is not `due` here.)
+fn withheld(ctx: &Context) -> Option<RotationOutcome> {
     if ctx.mode != Mode::Enforce {
         return Some(RotationOutcome::WouldRotate {
             reason: "dry_run".into(),
@@ -75,19 +73,14 @@ fn withheld(ctx: &Context<'_>, cap_left: u32) -> Option<RotationOutcome> {
             reason: "service_account_notify_only".into(),
         });
     }
-    if ctx.kill_switch {
-        return Some(RotationOutcome::Withheld {
-            reason: "kill_switch".into(),
-        });
-    }
-    (cap_left == 0).then(|| RotationOutcome::Withheld {
-        reason: "cap".into(),
+    ctx.kill_switch.then(|| RotationOutcome::Withheld {
+        reason: "kill_switch".into(),
     })
 }
 
 /// True when the key needs no new rotation: it was rotated already (its old key now expires),
 /// or a rotation of it is unfinished (`reconcile` settles it first).
-fn busy(ctx: &Context<'_>, p: &PlannedRotation) -> Result<bool, StateError> {
+fn busy(ctx: &Context, p: &PlannedRotation) -> Result<bool, StateError> {
     let id = &p.finding;
     let latest = ctx.store.with_conn(|c| {
         rotations::latest_for_key(c, &id.organization, &id.project_id, &id.key_id)

@@ -7,7 +7,8 @@
 //!   the kill switch: it undoes keysweep's own write) and the rotation starts afresh;
 //! - `minted` (a crash while the sink ran): the new key stays, someone may have it; while it
 //!   exists an alert asks a person to confirm and no further key is minted for the account;
-//! - `delivered`: the old key's owed expiry is set; `cleanup_pending`: the new key is deleted.
+//! - `delivered`: the old key's owed expiry is set; `cleanup_pending`: the new key is deleted;
+//! - `unannounced` (rotated after a shutdown dropped its sweep): announced now, then `done`.
 
 use serde_json::json;
 
@@ -28,9 +29,9 @@ const WINDOW_BEFORE: i64 = 600;
 const WINDOW_AFTER: i64 = 3600;
 
 /// Settles every unfinished rotation of the organisations this sweep covers.
-pub(super) async fn reconcile(ctx: &Context<'_>) -> Result<Vec<RotationResult>, StateError> {
+pub(super) async fn reconcile(ctx: &Context) -> Result<Vec<RotationResult>, StateError> {
     let mut out = Vec::new();
-    for client in ctx.clients {
+    for client in &ctx.clients {
         let rows = ctx
             .store
             .with_conn(|c| rotations::unsettled(c, client.org_name()))?;
@@ -42,6 +43,7 @@ pub(super) async fn reconcile(ctx: &Context<'_>) -> Result<Vec<RotationResult>, 
                 // keys does not.
                 "delivered" if !ctx.kill_switch => settle_delivered(ctx, client, &row).await?,
                 "cleanup_pending" => settle_cleanup(ctx, client, &row).await?,
+                rotations::UNANNOUNCED => announce(ctx, &row)?,
                 _ => None,
             };
             out.extend(outcome.map(|outcome| RotationResult {
@@ -58,7 +60,7 @@ pub(super) async fn reconcile(ctx: &Context<'_>) -> Result<Vec<RotationResult>, 
 /// A `minting` row: finds and deletes the key(s) minted with its nonce, then abandons the row.
 /// `None` when nothing had been minted, or the listing failed (the row stays for later).
 pub(super) async fn settle_minting(
-    ctx: &Context<'_>,
+    ctx: &Context,
     client: &AdminClient,
     id: i64,
 ) -> Result<Option<RotationOutcome>, StateError> {
@@ -104,7 +106,7 @@ fn is_orphan(k: &Key, row: &RotationRow) -> bool {
 
 /// Closes a row as abandoned, with a `reconciled` record answering its mint intent.
 fn abandon(
-    ctx: &Context<'_>,
+    ctx: &Context,
     row: &RotationRow,
     detail: &str,
     response: serde_json::Value,
@@ -137,7 +139,7 @@ fn abandon(
 /// A `minted` row left by a crash: the new key gone means a person removed it (rotate afresh);
 /// present, a person must confirm.
 async fn settle_minted(
-    ctx: &Context<'_>,
+    ctx: &Context,
     client: &AdminClient,
     row: &RotationRow,
 ) -> Result<Option<RotationOutcome>, StateError> {
@@ -166,12 +168,18 @@ async fn settle_minted(
 
 /// A `delivered` row: the sink has the new key; the old key's expiry is still owed.
 async fn settle_delivered(
-    ctx: &Context<'_>,
+    ctx: &Context,
     client: &AdminClient,
     row: &RotationRow,
 ) -> Result<Option<RotationOutcome>, StateError> {
-    let Ok(Some(mut old)) = client.retrieve_key(&row.project_id, &row.old_key_id).await else {
-        return Ok(None);
+    let mut old = match client.retrieve_key(&row.project_id, &row.old_key_id).await {
+        Ok(Some(k)) => k,
+        // The old key ended on its own meanwhile: nothing is owed any more.
+        Ok(None) | Err(OpenAiError::KeyEnded { .. }) => {
+            super::writes::set_status(ctx, row.id, "done", None, Some("the old key ended"))?;
+            return Ok(None);
+        }
+        Err(_) => return Ok(None),
     };
     old.organization.clone_from(&row.organization);
     let meta = KeyMeta {
@@ -197,7 +205,7 @@ async fn settle_delivered(
 
 /// A `cleanup_pending` row: the sink failed and deleting the new key failed too; try again.
 async fn settle_cleanup(
-    ctx: &Context<'_>,
+    ctx: &Context,
     client: &AdminClient,
     row: &RotationRow,
 ) -> Result<Option<RotationOutcome>, StateError> {
@@ -216,4 +224,25 @@ async fn settle_cleanup(
             .tx(|tx| rotations::update(tx, row.id, &u, wall_now()))?;
     }
     Ok(None)
+}
+
+/// An `unannounced` row: the rotation was performed after its sweep was dropped by a shutdown;
+/// this sweep sends its "rotated" messages.
+fn announce(ctx: &Context, row: &RotationRow) -> Result<Option<RotationOutcome>, StateError> {
+    let u = RotationUpdate {
+        status: "done",
+        ..RotationUpdate::default()
+    };
+    ctx.store
+        .tx(|tx| rotations::update(tx, row.id, &u, wall_now()))?;
+    Ok(Some(RotationOutcome::Rotated {
+        new_key_id: row.new_key_id.clone().unwrap_or_default(),
+        new_redacted_value: row.new_redacted_value.clone().unwrap_or_default(),
+        sink: ctx
+            .config
+            .rotation(&row.policy)
+            .map(|r| r.sink.clone())
+            .unwrap_or_default(),
+        old_expires_at: row.old_expires_at.unwrap_or_default(),
+    }))
 }

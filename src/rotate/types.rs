@@ -2,6 +2,8 @@
 //! did ([`RotationResult`], with the alert or announcement it deserves). Plain data; it never
 //! sees a secret.
 
+use std::sync::Arc;
+
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Mode};
@@ -12,24 +14,25 @@ use crate::policy::expiry::fmt_expiry;
 use crate::state::Store;
 use crate::state::audit::{AuditKind, AuditRecord};
 
-/// Everything a rotation needs.
-pub struct Context<'a> {
-    pub store: &'a Store,
-    pub config: &'a Config,
-    pub policies: &'a Policies,
-    pub clients: &'a [AdminClient],
+/// Everything a rotation needs, owned: a rotation's mint → sink → expiry section runs on a task
+/// of its own (see `execute.rs`), which a shutdown that drops the sweep does not cut short.
+#[derive(Clone)]
+pub struct Context {
+    pub store: Store,
+    pub config: Arc<Config>,
+    pub policies: Arc<Policies>,
+    pub clients: Vec<AdminClient>,
     pub mode: Mode,
-    pub run_id: &'a str,
+    pub run_id: String,
     pub now: i64,
-    pub cancel: &'a CancellationToken,
+    /// Cancelled on shutdown (SIGTERM): no rotation starts a new mint once it is.
+    pub cancel: CancellationToken,
     /// The kill-switch file exists: no rotation starts (deleting keysweep's own orphans still
     /// happens).
     pub kill_switch: bool,
-    /// Rotations the caps still allow in this sweep (each counts like an expiry set).
-    pub cap_left: u32,
 }
 
-impl Context<'_> {
+impl Context {
     pub(super) fn client(&self, org: &str) -> Option<&AdminClient> {
         self.clients.iter().find(|c| c.org_name() == org)
     }
@@ -43,7 +46,7 @@ impl Context<'_> {
     ) -> AuditRecord {
         let mut r = AuditRecord::new(
             self.now,
-            self.run_id,
+            &self.run_id,
             kind,
             self.mode,
             &self.config.hash,
@@ -83,8 +86,10 @@ pub enum RotationOutcome {
     Withheld { reason: String },
     /// The re-check found a reason not to rotate (gone, exempted, no longer violating, …).
     Skipped { reason: String },
-    /// No scopes configured: keysweep never mints All permissions unless told `scopes = []`.
-    NoScopes,
+    /// No scopes configured and none (or All permissions) in the audit log: keysweep never
+    /// mints All permissions unless told `scopes = []`. `logged_all`: the log says the old key
+    /// has All permissions.
+    NoScopes { logged_all: bool },
     /// The mint failed; any key it may have made was looked for and deleted.
     MintFailed { error: String },
     /// The sink did not confirm; the new key was deleted (`cleaned`) and the old one left alone.
@@ -105,7 +110,7 @@ impl RotationResult {
             RotationOutcome::WouldRotate { .. } => "would_rotate",
             RotationOutcome::Withheld { .. } => "withheld",
             RotationOutcome::Skipped { .. } => "skipped",
-            RotationOutcome::NoScopes => "no_scopes",
+            RotationOutcome::NoScopes { .. } => "no_scopes",
             RotationOutcome::MintFailed { .. } => "mint_failed",
             RotationOutcome::SinkFailed { .. } => "sink_failed",
             RotationOutcome::AwaitingConfirmation { .. } => "awaiting_confirmation",
@@ -127,10 +132,15 @@ impl RotationResult {
                  {sink:?}; the old key stops working at {}",
                 fmt_expiry(*old_expires_at)
             ),
-            RotationOutcome::NoScopes => "not rotated: the policy configures no scopes and \
-                 keysweep never mints a key with All permissions unless the policy says \
-                 scopes = []"
-                .to_string(),
+            RotationOutcome::NoScopes { logged_all } => format!(
+                "not rotated: the policy configures no scopes and {}; keysweep never mints a key \
+                 with All permissions unless the policy says scopes = []",
+                if *logged_all {
+                    "the audit log says the old key has All permissions"
+                } else {
+                    "the audit log does not know the old key's scopes"
+                }
+            ),
             RotationOutcome::MintFailed { error } => {
                 format!(
                     "rotation failed: minting the new key failed ({error}); the old key is untouched"

@@ -31,7 +31,7 @@ pub(super) fn wall_now() -> i64 {
 /// Deletes a key keysweep minted (`why` says which): intent, DELETE, outcome. `Ok(true)` when
 /// the key is gone afterwards.
 pub(super) async fn delete_minted(
-    ctx: &Context<'_>,
+    ctx: &Context,
     client: &AdminClient,
     (org, project, key_id): (&str, &str, &str),
     why: &str,
@@ -42,7 +42,7 @@ pub(super) async fn delete_minted(
         format!("deleting key {key_id} that keysweep minted: {why}"),
     );
     intent.inputs = json!({ "write": "rotate_delete_minted", "why": why });
-    let entry = audit::append_durable(ctx.store, &intent)?;
+    let entry = audit::append_durable(&ctx.store, &intent)?;
     let (gone, response) = match client.delete_key(project, key_id).await {
         Ok(DeleteOutcome::Deleted { status, .. }) => (true, json!({ "status": status })),
         Ok(DeleteOutcome::AlreadyGone) => (true, json!({ "status": 404, "already_gone": true })),
@@ -63,14 +63,14 @@ pub(super) async fn delete_minted(
         )
         .with_response(response)
         .refers_to(entry.seq);
-    audit::append_durable(ctx.store, &out)?;
+    audit::append_durable(&ctx.store, &out)?;
     Ok(gone)
 }
 
 /// Gives the old key the expiry `to` (unless it already ends by then): intent, update, outcome,
 /// and the revocation count of the rolling cap. `Ok(Err(message))` when the update failed.
 pub(super) async fn expire_old(
-    ctx: &Context<'_>,
+    ctx: &Context,
     client: &AdminClient,
     (org, project, key_id): (&str, &str, &str),
     current: Expiry,
@@ -92,7 +92,7 @@ pub(super) async fn expire_old(
         "expires_at": to,
         "previous_expires_at": current.at(),
     });
-    let entry = audit::append_durable(ctx.store, &intent)?;
+    let entry = audit::append_durable(&ctx.store, &intent)?;
     let answer = client.set_key_expiry(project, key_id, to).await;
     let response = match &answer {
         Ok(k) => json!({ "expires_at": k.expires_at.at(), "target": to }),
@@ -114,7 +114,7 @@ pub(super) async fn expire_old(
     ctx.store.tx(|tx| {
         audit::append(tx, &out)?;
         if done {
-            state::revocations::record_revocation(tx, ctx.now, org, project, key_id, ctx.run_id)?;
+            state::revocations::record_revocation(tx, ctx.now, org, project, key_id, &ctx.run_id)?;
         }
         Ok(())
     })?;
@@ -123,7 +123,7 @@ pub(super) async fn expire_old(
 
 /// Gives the old key its expiry and marks the rotation done.
 pub(super) async fn finish(
-    ctx: &Context<'_>,
+    ctx: &Context,
     client: &AdminClient,
     old: &Key,
     row: i64,
@@ -139,7 +139,7 @@ pub(super) async fn finish(
     match expire_old(ctx, client, at, old.expires_at, to).await? {
         Ok(at) => {
             set_status(ctx, row, "done", Some(at), None)?;
-            tracing::warn!(run_id = ctx.run_id, organization = %old.organization, key_id = %old.id, new_key_id = %meta.key_id, old_expires_at = at, "rotated");
+            tracing::warn!(run_id = %ctx.run_id, organization = %old.organization, key_id = %old.id, new_key_id = %meta.key_id, old_expires_at = at, "rotated");
             Ok(RotationOutcome::Rotated {
                 new_key_id: meta.key_id.clone(),
                 new_redacted_value: meta.redacted_value.clone(),
@@ -153,7 +153,7 @@ pub(super) async fn finish(
 
 /// Moves rotation `row` to `status`, with what became known.
 pub(super) fn set_status(
-    ctx: &Context<'_>,
+    ctx: &Context,
     row: i64,
     status: &str,
     old_expires_at: Option<i64>,

@@ -5,6 +5,7 @@
 //! Statuses: `minting` (intent written, the key may or may not exist: a crash here leaves an
 //! orphan that the nonce finds), `minted` (the new key's id recorded; the secret may be with the
 //! sink), `delivered` (the sink confirmed; the old key's expiry is owed), `done`,
+//! `unannounced` (done, but its sweep was dropped by a shutdown before it could say so),
 //! `cleanup_pending` (the sink failed and deleting the new key failed too), `sink_failed` (the
 //! new key deleted again), `abandoned` (an orphan deleted, or the new key gone). Plain rows:
 //! this module decides nothing.
@@ -49,8 +50,18 @@ pub struct NewRotation<'a> {
     pub started_at: i64,
 }
 
+/// A rotation performed (the old key has its expiry) whose sweep was gone by then (dropped at
+/// the end of a shutdown's grace): the next sweep sends its "rotated" messages and marks it done.
+pub const UNANNOUNCED: &str = "unannounced";
+
 /// Statuses under which a rotation is not finished and needs a later sweep's attention.
-pub const UNSETTLED: [&str; 4] = ["minting", "minted", "delivered", "cleanup_pending"];
+pub const UNSETTLED: [&str; 5] = [
+    "minting",
+    "minted",
+    "delivered",
+    "cleanup_pending",
+    UNANNOUNCED,
+];
 
 const COLUMNS: &str = "id, organization, project_id, service_account_id, old_key_id, policy, nonce, \
      new_key_id, new_redacted_value, status, intent_seq, started_at, updated_at, old_expires_at, \
@@ -138,7 +149,8 @@ pub fn update(
 pub fn unsettled(conn: &Connection, org: &str) -> Result<Vec<RotationRow>, StateError> {
     let sql = format!(
         "SELECT {COLUMNS} FROM rotations WHERE organization = ?1
-         AND status IN ('minting', 'minted', 'delivered', 'cleanup_pending') ORDER BY id"
+         AND status IN ('minting', 'minted', 'delivered', 'cleanup_pending', 'unannounced')
+         ORDER BY id"
     );
     let mut stmt = conn.prepare_cached(&sql)?;
     let rows = stmt.query_map(params![org], decode)?;

@@ -27,7 +27,8 @@ pub(super) struct Listed {
     /// Auth failures, unreachable organisations, incomplete projects, expiring admin keys.
     pub alerts: Vec<EnforcerAlert>,
     pub timings: Timings,
-    /// The audit log and usage (issue 16), for the notices (`owners.rs`).
+    /// The audit log and usage (issue 16): for the notices (`owners.rs`) and the old keys'
+    /// scopes the rotation phase reads.
     pub intel: Intel,
 }
 

@@ -102,7 +102,9 @@ impl Sweeper {
             self.config.safety.service_account_keys == ServiceAccountKeys::Enforce,
         );
         let tally = inventory.map_keys(|keys| KeyTally::of(keys, now));
-        let plan = self.plan_revocations(&advanced.candidates, &tally, self.config.mode, now)?;
+        let mut plan =
+            self.plan_revocations(&advanced.candidates, &tally, self.config.mode, now)?;
+        self.withhold_rotations(&mut plan, &advanced.findings, &tally, now)?;
         let mut findings = advanced.findings;
         planning::annotate_plan(&mut findings, &plan);
         let rotations = rotation::planned_of(&findings, &self.config, now);
@@ -128,6 +130,12 @@ impl Sweeper {
         let listed = run.list_and_record().await?;
         let mut advanced = run.advance_findings(&listed.inventory, listed.evaluated);
         let planned = run.plan(&listed.inventory, &mut advanced)?;
+        rotation::align_notice_deadlines(
+            &mut advanced.notices,
+            &advanced.findings,
+            &run.sweeper.config,
+            run.now(),
+        );
         let mut alerts = [reconciled.unsettled, listed.alerts, planned.alerts].concat();
         run.note_intel(&listed.intel, &planned.plan, &mut advanced, &mut alerts)
             .await?;
@@ -136,8 +144,13 @@ impl Sweeper {
         let mut enforced = run
             .enforce(&planned.plan, &advanced.restores, &mut advanced.findings)
             .await?;
-        run.rotate(&planned.plan, &advanced.findings, &mut enforced)
-            .await?;
+        run.rotate(
+            &planned.plan,
+            &advanced.findings,
+            &listed.intel,
+            &mut enforced,
+        )
+        .await?;
         let timings = Timings {
             committed_secs: committed.seconds,
             ..listed.timings

@@ -38,8 +38,9 @@ impl Run<'_> {
         advanced: &mut Advanced,
     ) -> Result<Planned, SweepError> {
         let sweeper = self.sweeper;
-        let plan =
+        let mut plan =
             sweeper.plan_revocations(&advanced.candidates, inventory, self.mode, self.now())?;
+        sweeper.withhold_rotations(&mut plan, &advanced.findings, inventory, self.now())?;
         if self.dry_run() {
             advanced.note_dry_run(self.now(), &plan);
         }

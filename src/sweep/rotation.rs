@@ -1,29 +1,102 @@
 //! Phase 7b, rotate: after enforcement, the `rotate` policies' service-account keys whose
 //! rotation is due are handed to `rotate` (which settles unfinished rotations first), under the
-//! rails the plan used (dry-run, service-account rule, kill switch, caps: a rotation counts like
-//! an expiry set, after the plan's own writes). Its announcements and alerts are queued and
-//! delivered like enforcement's. Also marks the planned rotations in the findings' plan column
-//! ("rotate at …"), for `scan` and `run --once`. Never mints, deletes or writes a key itself.
+//! rails the plan used (dry-run, service-account rule, kill switch). The caps and an incomplete
+//! listing are applied at plan time ([`Sweeper::withhold_rotations`], phase 4: a rotation counts
+//! like a revocation against every cap, after the plan's own writes), so the notices, the cap
+//! alert and `scan` say what holds a rotation back. Its announcements and alerts are queued and
+//! delivered like enforcement's; the old keys' logged scopes come from the listing's audit-log
+//! read. Also marks the planned rotations in the findings' plan column ("rotate at …") and
+//! aligns the deadline a rotated key's notices tell. Never mints, deletes or writes a key itself.
 
 use serde_json::json;
 
-use crate::policy::finding::{Finding, Notice, NoticeKind, RotatedNote};
-use crate::policy::plan::Plan;
-use crate::policy::rotation::{PlannedRotation, planned_rotations};
+use std::collections::HashSet;
+
+use crate::config::ServiceAccountKeys;
+use crate::intel::Intel;
+use crate::inventory::{Inventory, KeyTally};
+use crate::policy::finding::{Finding, FindingId, Notice, NoticeKind, RotatedNote};
+use crate::policy::plan::{Plan, Withheld, project_facts};
+use crate::policy::rotation::{PlannedRotation, planned_rotations, withheld_rotations};
 use crate::rotate::{self, RotationOutcome};
 use crate::state;
 use crate::state::audit::AuditKind;
+use crate::state::rotations;
 
 use super::enforce::Enforced;
 use super::report::{FindingView, SweepError, fmt_time};
 use super::run::Run;
+use super::sweeper::Sweeper;
+
+impl Sweeper {
+    /// Adds to `plan.withheld` the due rotations that an incomplete listing or a cap holds back
+    /// (`policy::rotation::withheld_rotations`: a rotation counts like a revocation against
+    /// every cap, after the plan's own writes), so the notices say "postponed", `scan` names the
+    /// cap and the cap's alert counts them. Under `service_account_keys = "notify-only"` no
+    /// rotation is performed, so none counts. Rotations already done or unfinished do not count.
+    pub(super) fn withhold_rotations(
+        &self,
+        plan: &mut Plan,
+        findings: &[FindingView],
+        inventory: &Inventory<KeyTally>,
+        now: i64,
+    ) -> Result<(), SweepError> {
+        let config = &self.config;
+        if config.rotations.is_empty()
+            || config.safety.service_account_keys != ServiceAccountKeys::Enforce
+        {
+            return Ok(());
+        }
+        let planned = planned_of(findings, config, now);
+        let mut due = Vec::new();
+        for p in planned.iter().filter(|p| p.due) {
+            let Some(v) = findings.iter().find(|v| v.finding.id == p.finding) else {
+                continue;
+            };
+            if !self.rotation_started(&p.finding)? {
+                due.push((p, &v.finding));
+            }
+        }
+        if due.is_empty() {
+            return Ok(());
+        }
+        let revoked_24h = match self.store() {
+            Some(s) => s.with_conn(|c| state::revocations::revocations_since(c, now - 86400))?,
+            None => 0,
+        };
+        let held = withheld_rotations(
+            &due,
+            plan,
+            &project_facts(inventory),
+            &config.safety,
+            u32::try_from(revoked_24h).unwrap_or(u32::MAX),
+        );
+        plan.withheld.extend(held);
+        Ok(())
+    }
+
+    /// Whether the key of `id` was rotated already, or its rotation is unfinished.
+    fn rotation_started(&self, id: &FindingId) -> Result<bool, SweepError> {
+        let Some(store) = self.store() else {
+            return Ok(false);
+        };
+        let latest = store.with_conn(|c| {
+            rotations::latest_for_key(c, &id.organization, &id.project_id, &id.key_id)
+        })?;
+        Ok(latest.is_some_and(|r| {
+            r.status == "done" || rotations::UNSETTLED.contains(&r.status.as_str())
+        }))
+    }
+}
 
 impl Run<'_> {
     /// Performs (or announces) the due rotations and adds what they raised to `enforced`.
+    /// `intel`: what the audit log says of the keys (the old key's scopes).
     pub(super) async fn rotate(
         &self,
         plan: &Plan,
         findings: &[FindingView],
+        intel: &Intel,
         enforced: &mut Enforced,
     ) -> Result<(), SweepError> {
         let config = &self.sweeper.config;
@@ -31,18 +104,27 @@ impl Run<'_> {
             return Ok(());
         }
         let all: Vec<&Finding> = findings.iter().map(|v| &v.finding).collect();
-        let planned = planned_rotations(&all, &config.rotations, self.now());
+        let mut planned = planned_rotations(&all, &config.rotations, self.now());
+        // What the plan held back (a cap, an incomplete listing) does not start here.
+        let held: HashSet<&FindingId> = (plan.withheld.iter())
+            .filter(|w| w.reason.is_cap() || w.reason == Withheld::IncompleteListing)
+            .flat_map(|w| w.action.findings.iter())
+            .collect();
+        for p in &mut planned {
+            let id = &p.finding;
+            p.logged_scopes = (intel.key(&id.organization, &id.key_id).scopes).map(<[_]>::to_vec);
+            p.due &= !held.contains(id);
+        }
         let ctx = rotate::Context {
-            store: &self.store,
-            config,
-            policies: &self.sweeper.policies,
-            clients: &self.clients,
+            store: self.store.clone(),
+            config: config.clone(),
+            policies: self.sweeper.policies.clone(),
+            clients: self.clients.clone(),
             mode: self.mode,
-            run_id: self.run_id(),
+            run_id: self.run_id().to_string(),
             now: self.now(),
-            cancel: &self.opts.cancel,
+            cancel: self.opts.cancel.clone(),
             kill_switch: (config.safety.kill_switch_file.as_ref()).is_some_and(|p| p.exists()),
-            cap_left: self.rotation_cap_left(plan)?,
         };
         let results = rotate::run(&ctx, &planned).await?;
         let mut records = Vec::new();
@@ -83,20 +165,6 @@ impl Run<'_> {
             }
         }
         Ok(())
-    }
-
-    /// Rotations the caps still allow after the plan's own writes (per run and rolling day).
-    fn rotation_cap_left(&self, plan: &Plan) -> Result<u32, SweepError> {
-        let safety = &self.sweeper.config.safety;
-        let day = self
-            .store
-            .with_conn(|c| state::revocations::revocations_since(c, self.now() - 86400))?;
-        let day = u32::try_from(day).unwrap_or(u32::MAX);
-        let used = plan.revocation_count();
-        Ok(safety
-            .max_revocations_per_run
-            .saturating_sub(used)
-            .min(safety.max_revocations_per_day.saturating_sub(day)))
     }
 }
 
@@ -156,6 +224,39 @@ pub(super) fn annotate_rotations(findings: &mut [FindingView], planned: &[Planne
                 fmt_time(p.start_at),
                 fmt_time(p.deadline)
             );
+        }
+    }
+}
+
+/// Gives the notices of each key under a `rotate` policy the deadline its rotation keeps: the
+/// earliest of the key's open enforcing findings, which the planner starts the rotation
+/// `overlap` before. A notice of the rotate policy's own finding would otherwise say the new
+/// key is minted `overlap` before its own, later deadline, while `scan` and the planner say
+/// otherwise. Only the notices' snapshots change; the stored findings keep their deadlines.
+pub(super) fn align_notice_deadlines(
+    notices: &mut [Notice],
+    findings: &[FindingView],
+    config: &crate::config::Config,
+    now: i64,
+) {
+    if config.rotations.is_empty() {
+        return;
+    }
+    let planned = planned_of(findings, config, now);
+    for n in notices.iter_mut() {
+        let id = &n.finding.id;
+        if config.rotation(&id.policy).is_none() {
+            continue;
+        }
+        let earliest = (planned.iter())
+            .find(|p| {
+                p.finding.organization == id.organization
+                    && p.finding.project_id == id.project_id
+                    && p.finding.key_id == id.key_id
+            })
+            .map(|p| p.deadline);
+        if let Some(d) = earliest.filter(|d| *d < n.finding.deadline) {
+            n.finding.deadline = d;
         }
     }
 }

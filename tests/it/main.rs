@@ -30,6 +30,7 @@ mod openai_expiry;
 mod replay;
 mod report;
 mod rotate;
+mod rotate_more;
 mod rotate_notices;
 mod scan_plan;
 mod sim;

@@ -19,8 +19,8 @@ use crate::support::secrets::{assert_no_secret, assert_no_secret_in_bytes};
 use crate::support::time::{DAY, rfc3339, unix_now};
 use crate::support::wait::{PATIENCE, eventually};
 
-const ADMIN_KEY: &str = "sk-admin-ROTATE-5e1d77a0c4-DO-NOT-LEAK";
-const KEY_ENV: &str = "KEYSWEEP_IT_ROTATE_ADMIN_KEY";
+pub(crate) const ADMIN_KEY: &str = "sk-admin-ROTATE-5e1d77a0c4-DO-NOT-LEAK";
+pub(crate) const KEY_ENV: &str = "KEYSWEEP_IT_ROTATE_ADMIN_KEY";
 pub(crate) const PROJECT: &str = "proj_rotate";
 pub(crate) const SA: &str = "svc_acct_rotate_bot";
 pub(crate) const OLD: &str = "key_rot_sa_old";
@@ -88,8 +88,22 @@ pub(crate) async fn world_with(
     policy_extra: &str,
     safety_extra: &str,
 ) -> World {
+    world_of(|_| {}, top, sink, policy_extra, safety_extra).await
+}
+
+/// [`world_with`] whose simulated organisation `tweak` changes first (e.g. the old key's scopes,
+/// which the simulator's audit log then tells).
+pub(crate) async fn world_of(
+    tweak: impl FnOnce(&mut SimOrg),
+    top: &str,
+    sink: &str,
+    policy_extra: &str,
+    safety_extra: &str,
+) -> World {
     let base = unix_now();
-    let sim = crate::support::sim::start_sim_with(org(base), SimOptions::new(ADMIN_KEY)).await;
+    let mut org = org(base);
+    tweak(&mut org);
+    let sim = crate::support::sim::start_sim_with(org, SimOptions::new(ADMIN_KEY)).await;
     let dir = tempfile::tempdir().unwrap();
     let sink = sink.replace("$DIR", dir.path().to_str().unwrap());
     let extra = format!(
@@ -138,7 +152,7 @@ pub(crate) const SCOPES: &str = "scopes = [\"api.model.read\"]";
 pub(crate) const ENFORCE_SA: &str = "service_account_keys = \"enforce\"";
 
 impl World {
-    fn cmd(&self, now: i64) -> tokio::process::Command {
+    pub(crate) fn cmd(&self, now: i64) -> tokio::process::Command {
         let mut c = keysweep(
             &[
                 "--config",
@@ -191,13 +205,13 @@ impl World {
             .sum()
     }
 
-    fn rotation_rows(&self) -> Vec<rotations::RotationRow> {
+    pub(crate) fn rotation_rows(&self) -> Vec<rotations::RotationRow> {
         let store = Store::open(&self.dir.path().join("keysweep.db")).unwrap();
         store.with_conn(rotations::all).unwrap()
     }
 
     /// The audit chain verifies, and no byte of the state files holds `secret`.
-    fn assert_state_clean(&self, secret: &str) {
+    pub(crate) fn assert_state_clean(&self, secret: &str) {
         let store = Store::open(&self.dir.path().join("keysweep.db")).unwrap();
         let report = store.with_conn(|c| Ok(audit::verify(c))).unwrap();
         assert!(report.is_ok(), "audit verify: {report:?}");
@@ -215,7 +229,7 @@ impl World {
 
 /// The sweep that first warns about the key never rotates it, and sets the user key's fallback
 /// expiry; the rotation is planned for `deadline − overlap`.
-async fn first_warning(w: &World) {
+pub(crate) async fn first_warning(w: &World) {
     let out = w.run(w.base).await;
     assert_eq!(w.mints(), 0, "minted in the sweep that first warns:\n{out}");
     let old = w.sim.key(PROJECT, OLD).unwrap();

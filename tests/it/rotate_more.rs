@@ -1,0 +1,532 @@
+//! Issue 17, what rotation still lacked, through the real binary against the simulator: the new
+//! key gets the old key's scopes as the audit log tells them (never All permissions unless the
+//! policy says `scopes = []`); rotations count against every cap, the per-project percentage
+//! included; a SIGTERM to the daemon while a sink runs lets the hand-over finish and the old key
+//! get its expiry; an old key's expiry that fails after the sink confirmed is set by the next
+//! sweep at the promised time; PagerDuty resolves, never pages, on a rotated notice; a warning's
+//! "rotates at" time is the planner's (the earliest deadline of the key's findings).
+//!
+//! These tests must never print a minted secret, and never assert on how long anything took.
+
+use keysweep::sim::{Fault, FaultKind, FaultRoute, SimOrg};
+
+use crate::rotate::{
+    ADMIN_KEY, ENFORCE_SA, FILE_SINK, KEY_ENV, OLD, PROJECT, SCOPES, World, due, first_warning,
+    world_of, world_with,
+};
+use crate::support::net::http;
+use crate::support::process::{combined, keysweep, output};
+use crate::support::receivers::Receiver;
+use crate::support::secrets::{assert_no_secret, whsec};
+use crate::support::time::{DAY, rfc3339, unix_now};
+
+/// The server times a write itself: an expiry lands within a few seconds of the target.
+const SLACK: i64 = 10;
+
+/// Reads the audit log back far enough to see the old key's creation (200 days ago).
+const BACKFILL: &str = "[audit_log]\nbackfill = \"365d\"\n";
+
+/// Gives the old key `scopes` (the simulator's log tells them in its creation event).
+fn old_scopes(scopes: &[&str]) -> impl FnOnce(&mut SimOrg) + use<> {
+    let scopes: Vec<String> = scopes.iter().map(|s| (*s).to_string()).collect();
+    move |org: &mut SimOrg| {
+        for p in &mut org.projects {
+            for k in p.keys.iter_mut().filter(|k| k.id == OLD) {
+                k.scopes.clone_from(&scopes);
+            }
+        }
+    }
+}
+
+/// A key's scopes as the simulator stores them (`GET /_sim/projects/{p}/api_keys/{k}`).
+async fn stored_scopes(w: &World, key: &str) -> Vec<String> {
+    let base = w.sim.base_url().trim_end_matches("/v1").to_string();
+    let url = format!("{base}/_sim/projects/{PROJECT}/api_keys/{key}");
+    let v: serde_json::Value = http().get(url).send().await.unwrap().json().await.unwrap();
+    serde_json::from_value(v["scopes"].clone()).unwrap_or_else(|e| panic!("{e}: {v}"))
+}
+
+fn new_key(w: &World) -> keysweep::sim::SimKeySnapshot {
+    w.sa_keys()
+        .into_iter()
+        .find(|k| k.id != OLD)
+        .expect("no new key")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_new_key_gets_the_old_keys_scopes_from_the_audit_log_not_the_policys() {
+    let logged = ["api.model.read", "api.files.write"];
+    let policy = "scopes = [\"api.responses.write\"]";
+    let w = world_of(old_scopes(&logged), BACKFILL, FILE_SINK, policy, ENFORCE_SA).await;
+    first_warning(&w).await;
+    let out = w.run(due(&w)).await;
+    assert_eq!(w.mints(), 1, "{out}");
+    let new = new_key(&w);
+    assert_eq!(stored_scopes(&w, &new.id).await, logged, "{out}");
+    assert_eq!(stored_scopes(&w, OLD).await, logged);
+    assert!(
+        w.sim.key(PROJECT, OLD).unwrap().expires_at.is_some(),
+        "{out}"
+    );
+    let secret = std::fs::read_to_string(w.sink_file()).unwrap();
+    assert_no_secret("keysweep output", &out, &[secret.trim()]);
+    w.assert_state_clean(secret.trim());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logged_all_permissions_key_is_never_rotated_into_all_permissions_by_default() {
+    // The log says All permissions (`[]`) and the policy has no scopes: no rotation, an alert.
+    let w = world_of(old_scopes(&[]), BACKFILL, FILE_SINK, "", ENFORCE_SA).await;
+    first_warning(&w).await;
+    let out = w.run(due(&w)).await;
+    assert_eq!(w.mints(), 0, "{out}");
+    assert!(
+        out.contains("not rotated: the policy configures no scopes and the audit log says the old key has All permissions"),
+        "{out}"
+    );
+    assert_eq!(w.sim.key(PROJECT, OLD).unwrap().expires_at, None, "{out}");
+
+    // The same with the policy's scopes: those, never All permissions.
+    let w = world_of(old_scopes(&[]), BACKFILL, FILE_SINK, SCOPES, ENFORCE_SA).await;
+    first_warning(&w).await;
+    let out = w.run(due(&w)).await;
+    assert_eq!(w.mints(), 1, "{out}");
+    let new = new_key(&w);
+    assert_eq!(
+        stored_scopes(&w, &new.id).await,
+        ["api.model.read"],
+        "{out}"
+    );
+
+    // `scopes = []` says All permissions explicitly: the new key has them.
+    let w = world_of(
+        old_scopes(&[]),
+        BACKFILL,
+        FILE_SINK,
+        "scopes = []",
+        ENFORCE_SA,
+    )
+    .await;
+    first_warning(&w).await;
+    let out = w.run(due(&w)).await;
+    assert_eq!(w.mints(), 1, "{out}");
+    let new = new_key(&w);
+    assert!(stored_scopes(&w, &new.id).await.is_empty(), "{out}");
+}
+
+/// The old key's expiry fails after the sink confirmed (500 on every update): the row stays
+/// `delivered`, an alert says so, and the next sweep sets the expiry at the promised time
+/// without a second mint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_old_key_expiry_after_the_sink_confirmed_is_set_by_the_next_sweep_at_the_promised_time()
+ {
+    let w = world_with("", FILE_SINK, SCOPES, ENFORCE_SA).await;
+    first_warning(&w).await;
+    let fault = w.sim.faults().add(
+        Fault::on(FaultRoute::UpdateKey)
+            .project(PROJECT)
+            .object(OLD)
+            .times(50)
+            .respond(FaultKind::Status(500)),
+    );
+    let before = unix_now();
+    let out = w.run(due(&w)).await;
+    assert_eq!(w.mints(), 1, "{out}");
+    assert!(
+        w.sim.faults().hits(fault) > 0,
+        "the update was never tried:\n{out}"
+    );
+    let secret = std::fs::read_to_string(w.sink_file()).unwrap();
+    let secret = secret.trim().to_string();
+    assert_eq!(w.sim.key(PROJECT, OLD).unwrap().expires_at, None, "{out}");
+    assert!(
+        out.contains("setting the old key's expiry failed"),
+        "no alert:\n{out}"
+    );
+    let rows = w.rotation_rows();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].status, "delivered", "{out}");
+    let promised = rows[0].old_expires_at.expect("no promised expiry");
+    assert!(
+        promised >= before + DAY && promised <= unix_now() + DAY,
+        "promised {promised}"
+    );
+    assert_eq!(w.sa_keys().len(), 2, "the new key must stay: {out}");
+
+    w.sim.faults().clear();
+    let out = w.run(due(&w) + 600).await;
+    assert_eq!(w.mints(), 1, "a second mint:\n{out}");
+    let at = w.sim.key(PROJECT, OLD).unwrap().expires_at;
+    let at = at.expect("the old key still has no expiry");
+    assert!(
+        (at - promised).abs() <= SLACK,
+        "expiry {at}, promised {promised}\n{out}"
+    );
+    assert_eq!(w.rotation_rows()[0].status, "done");
+    assert!(out.contains("rotated: new key"), "{out}");
+    assert_no_secret("keysweep output", &out, &[secret.as_str()]);
+    w.assert_state_clean(&secret);
+}
+
+/// An exec sink that takes the key, says so (`dir/got`), then holds on like a slow secret store
+/// until the test releases it (`dir/release`), and confirms.
+fn slow_sink(dir: &std::path::Path) -> String {
+    use std::os::unix::fs::PermissionsExt as _;
+    let script = dir.join("slow-store.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nread -r k\nprintf '%s' \"$k\" > {d}/got.tmp\nmv {d}/got.tmp {d}/got\n\
+             while [ ! -e {d}/release ]; do sleep 0.1; done\nexit 0\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o700)).unwrap();
+    format!(
+        "type = \"exec\"\ncommand = [{:?}]\ntimeout = \"60s\"\n",
+        script.display().to_string()
+    )
+}
+
+/// A world for the daemon (`keysweep run`): one sweep at start, `grace` to shut down, the
+/// rotation due now by the wall clock (the keys were warned 6 days and 2 hours ago).
+async fn daemon_world(tweak: impl FnOnce(&mut SimOrg), grace: &str, sink: &str) -> World {
+    let port = crate::support::net::free_port();
+    let top = format!(
+        "schedule = \"0 0 1 1 *\"\nrun_on_start = true\nshutdown_grace = \"{grace}\"\n\n[server]\n\
+         listen = \"127.0.0.1:{port}\"\n"
+    );
+    let w = world_of(tweak, &top, sink, SCOPES, ENFORCE_SA).await;
+    w.run(unix_now() - 6 * DAY - 7200).await;
+    assert_eq!(w.mints(), 0);
+    w
+}
+
+fn daemon(w: &World) -> crate::support::process::Proc {
+    crate::support::process::Proc::spawn(crate::support::process::keysweep(
+        &["--config", w.config.to_str().unwrap(), "run"],
+        &[(KEY_ENV, ADMIN_KEY)],
+    ))
+}
+
+/// SIGTERM while the first of two due rotations is in its sink, the grace long enough for
+/// it: the hand-over finishes and is announced in its sweep, no second mint starts, and the
+/// daemon exits 0; the next run rotates the other key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_starts_no_new_mint_and_the_hand_over_in_flight_finishes_within_the_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = daemon_world(second_old_key, "30s", &slow_sink(dir.path())).await;
+    let mut proc = daemon(&w);
+    let got = dir.path().join("got");
+    crate::support::wait::eventually("the sink to get the key", || got.exists()).await;
+    proc.signal("-TERM");
+    crate::support::wait::eventually("the shutdown to begin", || {
+        proc.stderr().iter().any(|l| l.contains("shutting down"))
+    })
+    .await;
+    std::fs::write(dir.path().join("release"), "").unwrap();
+    let (status, _) = proc.wait().await;
+    let log = format!("{:#?}{:#?}", proc.stdout(), proc.stderr());
+    assert_eq!(status.code(), Some(0), "{log}");
+    let secret = std::fs::read_to_string(&got).unwrap();
+    proc.assert_no_secret(&[secret.as_str(), ADMIN_KEY]);
+    assert_eq!(w.mints(), 1, "a new mint after SIGTERM:\n{log}");
+    assert!(
+        w.sim.key(PROJECT, OLD).unwrap().expires_at.is_some(),
+        "{log}"
+    );
+    assert_eq!(w.sim.key(PROJECT, OLD2).unwrap().expires_at, None, "{log}");
+    let statuses: Vec<String> = w.rotation_rows().into_iter().map(|r| r.status).collect();
+    assert_eq!(statuses, ["done"], "{log}");
+
+    let out = w.run(unix_now()).await;
+    assert_eq!(w.mints(), 2, "{out}");
+    assert!(
+        w.sim.key(PROJECT, OLD2).unwrap().expires_at.is_some(),
+        "{out}"
+    );
+}
+
+/// The daemon gets SIGTERM while an exec sink holds the new key, and the sink confirms only
+/// after the shutdown grace (1 s) ran out and the daemon dropped the sweep: the hand-over
+/// finishes, the old key gets now + overlap, no alert and no orphan, and the daemon exits 0.
+/// The next sweep announces the rotation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_the_sink_runs_lets_the_hand_over_finish_and_the_old_key_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = daemon_world(|_| {}, "1s", &slow_sink(dir.path())).await;
+    let mut proc = daemon(&w);
+    let got = dir.path().join("got");
+    crate::support::wait::eventually("the sink to get the key", || got.exists()).await;
+    let sent = unix_now();
+    proc.signal("-TERM");
+    // The grace runs out while the sink still holds on: the daemon drops the sweep.
+    crate::support::wait::eventually("the grace to run out", || {
+        proc.stderr()
+            .iter()
+            .any(|l| l.contains("shutdown grace expired"))
+    })
+    .await;
+    std::fs::write(dir.path().join("release"), "").unwrap();
+    let (status, _) = proc.wait().await;
+    let log = format!("{:#?}{:#?}", proc.stdout(), proc.stderr());
+    assert_eq!(status.code(), Some(0), "{log}");
+    let secret = std::fs::read_to_string(&got).unwrap();
+    proc.assert_no_secret(&[secret.as_str(), ADMIN_KEY]);
+    let terminated = unix_now();
+
+    assert_eq!(w.mints(), 1, "{log}");
+    let keys = w.sa_keys();
+    assert_eq!(
+        keys.len(),
+        2,
+        "an orphan, or the new key deleted: {keys:?}\n{log}"
+    );
+    let new = new_key(&w);
+    assert!(new.redacted_value.ends_with(&secret[secret.len() - 4..]));
+    let at = w.sim.key(PROJECT, OLD).unwrap().expires_at;
+    let at = at.expect("the old key got no expiry");
+    assert!(
+        at >= sent + DAY - SLACK && at <= terminated + DAY + SLACK,
+        "old key expires at {at}, SIGTERM at {terminated}\n{log}"
+    );
+    assert!(!log.contains("a person must confirm"), "{log}");
+    assert!(!log.contains("rotation failed"), "{log}");
+    let statuses: Vec<String> = w.rotation_rows().into_iter().map(|r| r.status).collect();
+    assert_eq!(statuses, ["unannounced"], "{log}");
+
+    // The next sweep announces it, mints nothing, and settles the row.
+    let out = w.run(unix_now()).await;
+    assert_eq!(w.mints(), 1, "{out}");
+    assert!(out.contains("rotated: new key"), "{out}");
+    let statuses: Vec<String> = w.rotation_rows().into_iter().map(|r| r.status).collect();
+    assert_eq!(statuses, ["done"], "{out}");
+    assert_no_secret("keysweep output", &out, &[secret.as_str()]);
+    w.assert_state_clean(&secret);
+}
+
+const HOOK_ENV: &str = "KEYSWEEP_IT_ROTATE_MORE_HOOK";
+const PD_ENV: &str = "KEYSWEEP_IT_ROTATE_MORE_PD";
+
+/// `top` for a world whose `owner_fallback` (a service-account key's notice route) is a webhook
+/// and a PagerDuty channel on `rx`, and whose ops channel is the webhook.
+fn channels(rx: &Receiver) -> String {
+    format!(
+        "owner_fallback = [\"hook\", \"pd\"]\nops_channels = [\"hook\"]\n\n[[channels]]\nname = \
+         \"hook\"\ntype = \"webhook\"\nurl = \"{}\"\nsecret_env = \"{HOOK_ENV}\"\n\n[[channels]]\n\
+         name = \"pd\"\ntype = \"pagerduty\"\nrouting_key_env = \"{PD_ENV}\"\nurl = \"{}\"\n",
+        rx.url("/hook"),
+        rx.url("/pd/enqueue")
+    )
+}
+
+fn with_channel_secrets(w: &mut World) {
+    w.env
+        .push((HOOK_ENV.into(), whsec(b"rotate-more-webhook-key-00000001")));
+    w.env
+        .push((PD_ENV.into(), "R0UT1NGKEYROTATEMORE000000000000".into()));
+}
+
+/// The webhook notices of `kind` about the old key under `policy`.
+fn notices(rx: &Receiver, kind: &str, policy: &str) -> Vec<serde_json::Value> {
+    rx.requests("/hook")
+        .iter()
+        .map(|r| r.json())
+        .filter(|m| m["type"] == kind)
+        .flat_map(|m| m["notices"].as_array().cloned().unwrap_or_default())
+        .filter(|n| n["key_id"] == OLD && n["policy"] == policy)
+        .collect()
+}
+
+/// A key under a `rotate` policy and an `expire` policy with an earlier deadline: the warning
+/// says the new key is minted `overlap` before the EARLIER deadline and the key ends then, as
+/// `scan` and the planner say, and the rotation happens then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warnings_rotation_time_is_the_earliest_deadline_of_the_keys_findings_as_scan_says() {
+    let rx = Receiver::start().await;
+    let policies = format!(
+        "{SCOPES}\n\n[[policies]]\nname = \"expire-60d\"\nmax_age = \"60d\"\naction = \
+         \"expire\"\nwarn_before = \"3d\"\nfinal_notice = \"1d\"\n"
+    );
+    let mut w = world_with(&channels(&rx), FILE_SINK, &policies, ENFORCE_SA).await;
+    with_channel_secrets(&mut w);
+    let out = w.run(w.base).await;
+    let earliest = w.base + 3 * DAY;
+    let warnings = notices(&rx, "keysweep.notices.warning", "rotate-90d");
+    assert_eq!(warnings.len(), 1, "{warnings:?}\n{out}");
+    let status = warnings[0]["status"].as_str().unwrap();
+    assert!(status.contains("will be rotated"), "{status}");
+    assert!(
+        status.contains(&format!("at {} keysweep mints", rfc3339(earliest - DAY))),
+        "{status}"
+    );
+    assert!(status.contains(&rfc3339(earliest)), "{status}");
+    assert!(!status.contains(&rfc3339(w.base + 6 * DAY)), "{status}");
+
+    // `scan` says the same time.
+    let mut scan = keysweep(
+        &[
+            "--config",
+            w.config.to_str().unwrap(),
+            "scan",
+            "--format",
+            "json",
+            "--now",
+            &rfc3339(w.base + 3600),
+        ],
+        &[(KEY_ENV, ADMIN_KEY)],
+    );
+    scan.envs(w.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let scan = combined(&output(scan).await);
+    assert!(
+        scan.contains(&format!("rotate at {}", rfc3339(earliest - DAY))),
+        "{scan}"
+    );
+
+    // And the rotation happens then.
+    let out = w.run(earliest - DAY + 600).await;
+    assert_eq!(w.mints(), 1, "{out}");
+    assert!(
+        w.sim.key(PROJECT, OLD).unwrap().expires_at.is_some(),
+        "{out}"
+    );
+}
+
+/// PagerDuty never pages for a rotation: the rotated notice resolves the finding's incident
+/// under its dedup key (the warning triggered it), and no event says "Rotated".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pagerduty_resolves_the_findings_incident_on_a_rotated_notice_and_never_pages() {
+    let rx = Receiver::start().await;
+    let mut w = world_with(&channels(&rx), FILE_SINK, SCOPES, ENFORCE_SA).await;
+    with_channel_secrets(&mut w);
+    first_warning(&w).await;
+    let events = |rx: &Receiver| -> Vec<serde_json::Value> {
+        rx.requests("/pd/enqueue")
+            .iter()
+            .map(|r| r.json())
+            .collect()
+    };
+    let old_events = |rx: &Receiver| -> Vec<serde_json::Value> {
+        events(rx)
+            .into_iter()
+            .filter(|e| e["dedup_key"].as_str().is_some_and(|k| k.contains(OLD)))
+            .collect()
+    };
+    let warned = old_events(&rx);
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert_eq!(warned[0]["event_action"], "trigger");
+    let dedup = warned[0]["dedup_key"].clone();
+
+    let out = w.run(due(&w)).await;
+    assert_eq!(w.mints(), 1, "{out}");
+    // The webhook got the rotated notice: the same sweep's PagerDuty event is about it.
+    assert_eq!(
+        notices(&rx, "keysweep.notices.rotated", "rotate-90d").len(),
+        1
+    );
+    let after: Vec<serde_json::Value> = old_events(&rx).into_iter().skip(1).collect();
+    assert!(
+        after
+            .iter()
+            .any(|e| e["event_action"] == "resolve" && e["dedup_key"] == dedup),
+        "no resolve under {dedup}: {after:?}\n{out}"
+    );
+    for e in events(&rx) {
+        let text = e.to_string();
+        assert!(
+            !(e["event_action"] == "trigger" && text.contains("Rotated")),
+            "paged for a rotation: {text}"
+        );
+    }
+}
+
+const OLD2: &str = "key_rot_sa_old2";
+
+/// A second key of the same service account, as old as the first.
+fn second_old_key(org: &mut SimOrg) {
+    for p in org.projects.iter_mut().filter(|p| p.id == PROJECT) {
+        let mut k = p.keys.iter().find(|k| k.id == OLD).cloned().unwrap();
+        k.id = OLD2.into();
+        k.name = format!("{OLD2}-name");
+        k.redacted_value = "sk-proj-****old2".into();
+        p.keys.push(k);
+    }
+}
+
+/// Two service-account keys due for rotation in one project of three keys under
+/// `max_revocations_per_project_percent = 25` (one write per sweep): the first rotates, the
+/// second is postponed by that cap — the owner is told so, the run and `scan` name the cap —
+/// and the next sweep rotates it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotations_count_against_the_per_project_percentage_cap_and_the_rest_is_postponed() {
+    let rx = Receiver::start().await;
+    let safety = format!("{ENFORCE_SA}\n");
+    let mut w = world_of(second_old_key, &channels(&rx), FILE_SINK, SCOPES, &safety).await;
+    with_channel_secrets(&mut w);
+    let text = std::fs::read_to_string(&w.config).unwrap();
+    let text = text.replace(
+        "max_revocations_per_project_percent = 100",
+        "max_revocations_per_project_percent = 25",
+    );
+    std::fs::write(&w.config, text).unwrap();
+    first_warning(&w).await;
+
+    // `scan` at the due time: one rotation goes ahead, the other waits for the cap.
+    let mut scan = keysweep(
+        &[
+            "--config",
+            w.config.to_str().unwrap(),
+            "scan",
+            "--format",
+            "json",
+            "--now",
+            &rfc3339(due(&w)),
+        ],
+        &[(KEY_ENV, ADMIN_KEY)],
+    );
+    scan.envs(w.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let scan = combined(&output(scan).await);
+    assert!(
+        scan.contains("but safety.max_revocations_per_project_percent withholds it"),
+        "{scan}"
+    );
+
+    let out = w.run(due(&w)).await;
+    assert_eq!(w.mints(), 1, "{out}");
+    assert!(
+        w.sim.key(PROJECT, OLD).unwrap().expires_at.is_some(),
+        "{out}"
+    );
+    assert_eq!(w.sim.key(PROJECT, OLD2).unwrap().expires_at, None, "{out}");
+    assert!(
+        out.contains("withheld (safety.max_revocations_per_project_percent)"),
+        "{out}"
+    );
+    // The owner is told (here by the final notice, due in the same sweep, which carries it).
+    let postponed: Vec<serde_json::Value> = (rx.requests("/hook").iter())
+        .map(|r| r.json())
+        .filter(|m| {
+            m["type"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("keysweep.notices."))
+        })
+        .flat_map(|m| m["notices"].as_array().cloned().unwrap_or_default())
+        .filter(|n| n["key_id"] == OLD2 && n["verdict"] == "postponed")
+        .collect();
+    assert_eq!(postponed.len(), 1, "{postponed:?}\n{out}");
+    assert_eq!(
+        postponed[0]["withheld_by"], "safety.max_revocations_per_project_percent",
+        "{postponed:?}"
+    );
+    let status = postponed[0]["status"].as_str().unwrap_or_default();
+    assert!(status.contains("postponed"), "{status}");
+
+    // The next sweep: the cap allows one write again, and the first key's rotation is done.
+    let out = w.run(due(&w) + 600).await;
+    assert_eq!(w.mints(), 2, "{out}");
+    assert!(
+        w.sim.key(PROJECT, OLD2).unwrap().expires_at.is_some(),
+        "{out}"
+    );
+}
