@@ -105,13 +105,16 @@ fn systemd_unit_is_hardened_and_matches_its_config() {
         Path::new(state).starts_with("/var/lib/keysweep"),
         "state_path {state} is outside StateDirectory=keysweep"
     );
-    // Stop waits longer than the configuration's shutdown grace.
+    // Stop waits longer than the configuration's shutdown grace plus an exec sink's default
+    // timeout (60 s): a rotation handing its key to a sink runs to its end on SIGTERM.
     let grace = duration_secs(config["shutdown_grace"].as_str().unwrap_or("30s"));
     let stop = duration_secs(unit_values(&d, "TimeoutStopSec")[0]);
     assert!(
-        stop > grace,
-        "TimeoutStopSec {stop}s must exceed shutdown_grace {grace}s"
+        stop > grace + 60,
+        "TimeoutStopSec {stop}s must exceed shutdown_grace {grace}s plus a sink's 60s timeout"
     );
+    // Only keysweep gets the SIGTERM: an exec sink signalled too would fail its hand-over.
+    assert_eq!(unit_values(&d, "KillMode"), ["mixed"], "KillMode must be mixed");
     // The unit reads the file this config is installed as.
     assert!(unit.contains("--config /etc/keysweep/keysweep.toml"));
 
