@@ -35,7 +35,7 @@ impl Run<'_> {
         let ctx = rotate::Context {
             store: &self.store,
             config,
-            policies: &self.sweeper.policies,
+            policies: self.policies(),
             clients: &self.clients,
             mode: self.mode,
             run_id: self.run_id(),
