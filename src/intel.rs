@@ -548,6 +548,98 @@ mod tests {
     }
 
     #[test]
+    fn a_late_event_never_overrides_a_newer_one_and_applying_twice_changes_nothing() {
+        let s = |v: &[&str]| Some(v.iter().map(|x| (*x).to_string()).collect::<Vec<_>>());
+        let created = ev(
+            "e1",
+            10,
+            "key_a",
+            KeyEventKind::Created { scopes: s(&[]) },
+            Some("a@x"),
+        );
+        let restricted = ev(
+            "e2",
+            20,
+            "key_a",
+            KeyEventKind::Updated {
+                scopes: s(&["api.model.read"]),
+                expires_in_seconds: Some(100),
+            },
+            None,
+        );
+        let deleted = ev("e3", 30, "key_a", KeyEventKind::Deleted, Some("d@x"));
+        // In order, then the creation arriving late (the log lags), then everything again.
+        let mut h = KeyHistory::default();
+        for e in [
+            &restricted,
+            &deleted,
+            &created,
+            &created,
+            &restricted,
+            &deleted,
+        ] {
+            h.apply(e);
+        }
+        assert_eq!(h.created_by.as_deref(), Some("a@x"));
+        assert_eq!(
+            h.scopes,
+            s(&["api.model.read"]),
+            "the late creation's [] lost"
+        );
+        assert_eq!((h.ends_at, h.ends_set_at), (Some(120), Some(20)));
+        assert_eq!(
+            (h.deleted_at, h.deleted_by.as_deref()),
+            (Some(30), Some("d@x"))
+        );
+        let (id, back) = KeyHistory::from_row(h.to_row("key_a"));
+        assert_eq!((id.as_str(), back), ("key_a", h));
+    }
+
+    #[test]
+    fn facts_know_only_live_keys_with_all_permissions_and_usage_to_the_buckets_end() {
+        let mut history = HashMap::new();
+        history.insert(
+            "key_all".to_string(),
+            KeyHistory {
+                scopes: Some(vec![]),
+                ..KeyHistory::default()
+            },
+        );
+        history.insert(
+            "key_gone".to_string(),
+            KeyHistory {
+                scopes: Some(vec![]),
+                deleted: true,
+                ..KeyHistory::default()
+            },
+        );
+        let mut usage = BTreeMap::new();
+        usage.insert(
+            "key_all".to_string(),
+            KeyUsage {
+                requests: 1,
+                cost_usd: 0.0,
+                last_used_bucket: Some(1_000),
+            },
+        );
+        let intel = Intel {
+            orgs: vec![OrgIntel {
+                organization: "acme".into(),
+                history: Ok(history),
+                usage: Ok(usage),
+                window_days: 30,
+            }],
+        };
+        let f = intel.facts(200_000);
+        use crate::policy::Scopes;
+        assert_eq!(f.scopes("acme", "key_all"), Scopes::Unrestricted);
+        assert_eq!(f.scopes("acme", "key_gone"), Scopes::NotKnownUnrestricted);
+        assert_eq!(f.scopes("globex", "key_all"), Scopes::Undecided);
+        assert_eq!(f.used_at("acme", "key_all"), Some(1_000 + BUCKET_SECS));
+        assert_eq!(intel.facts(2_000).used_at("acme", "key_all"), Some(2_000));
+    }
+
+    #[test]
     fn an_unavailable_source_is_null_and_said_once() {
         let mut usage = BTreeMap::new();
         usage.insert(

@@ -422,3 +422,164 @@ async fn later_sweeps_read_only_what_is_new_and_keep_what_earlier_reads_learnt()
     sweep(&config, NOW + 4 * DAY).await;
     assert!(!open_findings(dir.path(), "all-perms").contains(&t.all));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_stays_ready_with_audit_logging_off_and_the_alert_is_sent_once() {
+    use crate::support::net::{free_port, http, poll_readyz};
+    use crate::support::process::{Proc, keysweep};
+    use crate::support::state_file::audit_records;
+    use crate::support::time::unix_now;
+    use crate::support::wait::eventually;
+
+    let now = unix_now();
+    let sim = start_sim_with(
+        SimOrg::generate(1, 3, 36, now),
+        SimOptions {
+            now: Some(now),
+            ..SimOptions::new(ADMIN_KEY)
+        },
+    )
+    .await;
+    sim.set_audit_logging(false);
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let extra = format!(
+        "schedule = \"* * * * * *\"\nrun_on_start = true\n{}\
+         [server]\nlisten = \"127.0.0.1:{port}\"\n\
+         [[policies]]\nname = \"old\"\nmax_age = \"3650d\"\n",
+        ops(&rx)
+    );
+    let config = write_config_file(dir.path(), &sim.base_url(), ADMIN_KEY_ENV, &extra);
+    let state = dir.path().join("keysweep.db");
+    let mut daemon = Proc::spawn(keysweep(
+        &["run", "--config", config.to_str().unwrap()],
+        &[(ADMIN_KEY_ENV, ADMIN_KEY), (SECRET_ENV, SECRET)],
+    ));
+    let sweeps = || {
+        (audit_records(&state).into_iter())
+            .filter(|r| r["kind"] == "sweep")
+            .count()
+    };
+    eventually("three sweeps", || state.exists() && sweeps() >= 3).await;
+    let base = format!("http://127.0.0.1:{port}");
+    let body = poll_readyz(&http(), &base, 200, "\"ready\":true").await;
+    assert!(!body.contains("audit"), "{body}");
+    eventually("the intel alert", || {
+        ops_mentioning(&rx, "the audit log could not be read") >= 1
+    })
+    .await;
+    assert_eq!(
+        ops_mentioning(&rx, "the audit log could not be read"),
+        1,
+        "once, not at every sweep: {:?}",
+        rx.requests("/ops")
+    );
+    assert!(daemon.is_running());
+    daemon.signal("-TERM");
+    let (status, _) = daemon.wait().await;
+    assert_eq!(status.code(), Some(0), "{:#?}", daemon.stderr());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unrestricted_revoke_policy_deletes_at_its_deadline_and_never_on_an_unreadable_log() {
+    // Every key scoped and without an expiry, but one user key with All permissions.
+    let mut org = SimOrg::generate(2, 6, 37, NOW);
+    let project = active_projects(&org)[0].clone();
+    for p in &mut org.projects {
+        for k in &mut p.keys {
+            k.scopes = vec!["api.model.read".to_string()];
+            k.expires_at = None;
+        }
+    }
+    let p = (org.projects.iter_mut()).find(|p| p.id == project).unwrap();
+    let all = (p.keys.iter_mut())
+        .find(|k| !k.owner.is_service_account())
+        .unwrap();
+    all.scopes = Vec::new();
+    let all = all.id.clone();
+    let sim = sim_of(org, SimHistory::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let policy = UNRESTRICTED.replace(
+        "unrestricted = true",
+        "unrestricted = true\naction = \"revoke\"",
+    );
+    let extra = format!("mode = \"enforce\"\n{policy}");
+    let config = write_config_file(dir.path(), &sim.base_url(), ADMIN_KEY_ENV, &extra);
+
+    sweep(&config, NOW).await;
+    assert_eq!(open_findings(dir.path(), "all-perms"), vec![all.clone()]);
+    sweep(&config, NOW + 6 * DAY + HOUR).await;
+    // At the deadline, the log unreadable: nothing is deleted on what cannot be known now.
+    sim.faults()
+        .add(Fault::on_audit_logs().respond(FaultKind::Status(503)));
+    sweep(&config, NOW + 8 * DAY).await;
+    assert!(sim.key_exists(&project, &all));
+    assert_eq!(open_findings(dir.path(), "all-perms"), vec![all.clone()]);
+    // Readable again: the re-check before the DELETE judges with the same facts, and deletes.
+    sim.faults().clear();
+    sweep(&config, NOW + 8 * DAY + HOUR).await;
+    assert!(!sim.key_exists(&project, &all), "deleted at its deadline");
+    assert!(open_findings(dir.path(), "all-perms").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_3_state_database_is_upgraded_and_then_keeps_the_audit_logs_history() {
+    use keysweep::state::schema::MIGRATIONS;
+    let (sim, t) = three_keys(38).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("keysweep.db");
+    // A database as version 3 left it: the released steps and a row of a key seen before.
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        for step in &MIGRATIONS[..3] {
+            conn.execute_batch(step).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 3).unwrap();
+        conn.execute(
+            "INSERT INTO key_observations VALUES ('acme', ?1, 'key_seenBeforeUpgrade1', 'old', \
+             'sk-...ade1', 'a@example.com', 'user', ?2, NULL, ?2, ?2, ?2)",
+            rusqlite::params![t.project, NOW - 30 * DAY],
+        )
+        .unwrap();
+    }
+    let config = write_config_file(dir.path(), &sim.base_url(), ADMIN_KEY_ENV, UNRESTRICTED);
+    sweep(&config, NOW).await;
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let one = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+    assert_eq!(one("PRAGMA user_version"), MIGRATIONS.len() as i64);
+    assert_eq!(MIGRATIONS.len(), 4);
+    assert_eq!(
+        one("SELECT count(*) FROM key_observations WHERE key_id = 'key_seenBeforeUpgrade1'"),
+        1,
+        "nothing lost"
+    );
+    assert_eq!(
+        one("SELECT read_to FROM intel_marks WHERE organization = 'acme'"),
+        NOW
+    );
+    let scopes: Option<String> = conn
+        .query_row(
+            "SELECT scopes FROM key_history WHERE key_id = ?1",
+            [&t.all],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(scopes.as_deref(), Some("[]"));
+    let unknown: Option<String> = conn
+        .query_row(
+            "SELECT scopes FROM key_history WHERE key_id = ?1",
+            [&t.unknown],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(unknown, None, "unknown stays unknown in the state");
+    assert!(one("SELECT count(*) FROM key_history WHERE created_by IS NOT NULL") > 0);
+    drop(conn);
+    let (ok, out, err) = run_to_end(
+        &["audit", "verify", "--state", db.to_str().unwrap()],
+        &[("X", "y")],
+    )
+    .await;
+    assert!(ok.success(), "{out}\n{err}");
+}
