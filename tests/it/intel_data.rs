@@ -202,11 +202,23 @@ async fn an_unreadable_log_decides_nothing_and_leaves_unrestricted_findings_as_t
         "{:?}",
         rx.requests("/ops")
     );
+    // A truncated page of the log: the same (a partial log is no log).
+    sim.faults().clear();
+    sim.faults()
+        .add(Fault::on_audit_logs().page(1).respond(FaultKind::Truncated));
+    sweep(&config, NOW + 2 * HOUR).await;
+    assert_eq!(open_findings(dir.path(), "all-perms"), before);
     // Audit logging off (403): the same.
     sim.faults().clear();
     sim.set_audit_logging(false);
-    sweep(&config, NOW + 2 * HOUR).await;
+    sweep(&config, NOW + 3 * HOUR).await;
     assert_eq!(open_findings(dir.path(), "all-perms"), before);
+    assert_eq!(
+        ops_mentioning(&rx, "the audit log could not be read"),
+        1,
+        "the same source missing is said once: {:?}",
+        rx.requests("/ops")
+    );
 }
 
 #[tokio::test]
