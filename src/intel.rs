@@ -453,7 +453,9 @@ async fn org_history(
         let read = stored::ReadResult {
             changed: rows.iter().collect(),
             applied,
-            read_to: now,
+            // Never later than the wall clock: a rehearsal with `--now` in the future must
+            // not make later sweeps skip what happens until then.
+            read_to: now.min(chrono::Utc::now().timestamp()),
             forget_seen_before: now.saturating_sub(AUDIT_LOG_MARGIN),
             forget_deleted_before: horizon,
         };
