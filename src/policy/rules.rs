@@ -174,11 +174,6 @@ impl Policies {
         }
     }
 
-    /// Whether any policy has the `unrestricted` condition (only then do scopes matter).
-    pub fn reads_scopes(&self) -> bool {
-        self.policies.iter().any(|p| p.config.unrestricted)
-    }
-
     /// Policy names in config order (the sweep uses them to find findings whose policy was
     /// removed from the configuration).
     pub fn names(&self) -> impl Iterator<Item = &str> {

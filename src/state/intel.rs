@@ -6,7 +6,7 @@
 //! Plain rows: `intel` decides what they mean and when to advance the mark. Nothing here may
 //! hold a secret (ids, e-mails and scope names only).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use rusqlite::{Connection, OptionalExtension as _, params};
 
@@ -151,15 +151,4 @@ pub fn record_read(
         params![organization, r.read_to],
     )?;
     Ok(())
-}
-
-/// The stored histories by key id.
-pub fn histories_by_key(
-    conn: &Connection,
-    organization: &str,
-) -> Result<HashMap<String, KeyHistoryRow>, StateError> {
-    Ok(histories(conn, organization)?
-        .into_iter()
-        .map(|h| (h.key_id.clone(), h))
-        .collect())
 }
