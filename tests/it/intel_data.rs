@@ -595,3 +595,17 @@ async fn a_version_3_state_database_is_upgraded_and_then_keeps_the_audit_logs_hi
     .await;
     assert!(ok.success(), "{out}\n{err}");
 }
+
+#[test]
+fn unrestricted_false_keeps_the_configuration_hash() {
+    let base = "[[organizations]]\nname = \"acme\"\nbase_url = \"http://127.0.0.1:1/v1\"\n\
+                [[policies]]\nname = \"p\"\nmax_age = \"90d\"\n";
+    let env = vec![("OPENAI_ADMIN_KEY".to_string(), "sk-admin-test".to_string())];
+    let load = |extra: &str| keysweep::config::load_from_str(&format!("{base}{extra}"), &env);
+    let plain = load("").unwrap();
+    assert!(!plain.policies[0].unrestricted);
+    assert_eq!(load("unrestricted = false\n").unwrap().hash, plain.hash);
+    let set = load("unrestricted = true\n").unwrap();
+    assert!(set.policies[0].unrestricted);
+    assert_ne!(set.hash, plain.hash);
+}
