@@ -190,7 +190,11 @@ async fn scan(config: Config, args: &ScanArgs) -> Result<ExitCode> {
             eprint!("\rlisting projects: {done}/{known}   ");
         }
     };
-    let (report, mut inventory) = sweeper.preview(now, Some(&progress)).await?;
+    let intel = sweeper.intel(now).await;
+    for line in intel.missing() {
+        eprintln!("note: {line}");
+    }
+    let (report, mut inventory) = sweeper.preview_with(now, Some(&progress), &intel).await?;
     if tty {
         eprint!("\r{:40}\r", "");
     }
@@ -202,7 +206,6 @@ async fn scan(config: Config, args: &ScanArgs) -> Result<ExitCode> {
         None => report::Format::Json,
     };
     let ctx = plan_context(&sweeper.config, &report, now, true, false);
-    let intel = scan_intel(&sweeper.config, now).await;
     for line in intel.gap_notes(&inventory, now) {
         eprintln!("warning: {line}");
     }
@@ -226,20 +229,6 @@ fn keep_unrestricted(inventory: &mut crate::inventory::Inventory, intel: &crate:
             });
         }
     }
-}
-
-/// The audit log's creators and scopes and each key's usage (issue 16), read with clients of
-/// their own; what cannot be read is said once on stderr and shown as null, never an error.
-async fn scan_intel(config: &Config, now: i64) -> crate::intel::Intel {
-    let shared = crate::openai::ClientShared::new(Metrics::new(), &config.limits);
-    let clients: Vec<_> = (config.organizations.iter())
-        .filter_map(|o| crate::openai::AdminClient::new(o, &config.limits, shared.clone()).ok())
-        .collect();
-    let intel = crate::intel::gather(&clients, config.intel, now).await;
-    for line in intel.missing() {
-        eprintln!("note: {line}");
-    }
-    intel
 }
 
 /// What the plan needs besides the report: the rules in force, the kill switch as it is now,

@@ -4,19 +4,35 @@
 //!
 //! [`gather`] reads, per organisation, the `api_key.*` events back to `[audit_log] backfill` and
 //! the usage and costs grouped by key; [`rebuild`] (pure) turns the events into each key's
-//! creator and scopes. Either source may be unavailable (audit logging off, a key without the
+//! creator and scopes. With a state store, the log's history is kept between sweeps
+//! (`state::intel`): the first read goes back to `[audit_log] backfill`, each later one only to
+//! [`AUDIT_LOG_MARGIN`] before the last successful read, events already applied are skipped by
+//! id, and a failed read does not advance the mark. [`Intel::facts`] hands the rules what they
+//! judge by (keys known to have All permissions, the last usage bucket). Either source may be unavailable (audit logging off, a key without the
 //! scope, an error): then its fields are null (unknown, never "no creator" or "all
 //! permissions") and [`Intel::missing`] says once, per organisation, what is missing. This
-//! module never writes, never fails a scan or a sweep, and never sees the admin key (the
-//! clients hold it).
+//! module writes only its own history tables (and only when asked to persist: never for
+//! `scan`), never fails a scan or a sweep, and never sees the admin key (the clients hold it).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use serde::Serialize;
 
 use crate::config::IntelSettings;
 use crate::inventory::Inventory;
 use crate::openai::{AdminClient, KeyEvent, KeyEventKind, KeyUsage};
+use crate::policy::{KeyFacts, OrgFacts};
+use crate::state::Store;
+use crate::state::intel::{self as stored, KeyHistoryRow};
+
+/// How far before the last successful read each later read of the audit log starts again:
+/// the log lags (an event can appear after later ones, and OpenAI gives no figure), so the
+/// last six hours are read twice; an event already applied is recognised by its id.
+pub const AUDIT_LOG_MARGIN: i64 = 6 * 3600;
+
+/// Seconds in a usage bucket (`bucket_width = "1d"`).
+const BUCKET_SECS: i64 = 86_400;
 
 /// One key's creator and scopes, as the log tells them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -28,14 +44,94 @@ pub struct KeyHistory {
     pub scopes: Option<Vec<String>>,
     /// An `api_key.deleted` event was seen.
     pub deleted: bool,
-    /// The e-mail of that deletion's actor (`None`: no deletion seen, or no e-mail).
-    pub deleted_by: Option<String>,
     /// When its `api_key.created` says it was created (`None`: not in the log read).
     pub created_at: Option<i64>,
     /// The project of its creation.
     pub project_id: Option<String>,
     /// The expiry the latest update with `expires_in_seconds` set (`effective_at` + seconds).
     pub ends_at: Option<i64>,
+    /// The `effective_at` of the event that set `scopes` (a late, older event never
+    /// overrides a newer one).
+    pub scopes_at: Option<i64>,
+    /// The `effective_at` of the update that set `ends_at`.
+    pub ends_set_at: Option<i64>,
+    /// When its `api_key.deleted` took effect, and the e-mail of who deleted it.
+    pub deleted_at: Option<i64>,
+    pub deleted_by: Option<String>,
+}
+
+impl KeyHistory {
+    /// Folds one event in. Commutative up to ties: a value is replaced only by an event at
+    /// least as recent as the one that set it, so events may arrive late and be applied again.
+    pub fn apply(&mut self, e: &KeyEvent) {
+        let newer = |at: Option<i64>| at.is_none_or(|at| e.effective_at >= at);
+        match &e.kind {
+            KeyEventKind::Created { scopes } => {
+                self.created_by.clone_from(&e.actor.email);
+                self.created_at = Some(e.effective_at);
+                if e.project_id.is_some() {
+                    self.project_id.clone_from(&e.project_id);
+                }
+                if newer(self.scopes_at) {
+                    self.scopes.clone_from(scopes);
+                    self.scopes_at = Some(e.effective_at);
+                }
+            }
+            KeyEventKind::Updated {
+                scopes,
+                expires_in_seconds,
+            } => {
+                if let Some(scopes) = scopes
+                    && newer(self.scopes_at)
+                {
+                    self.scopes = Some(scopes.clone());
+                    self.scopes_at = Some(e.effective_at);
+                }
+                if let Some(secs) = expires_in_seconds
+                    && newer(self.ends_set_at)
+                {
+                    self.ends_at = Some(e.effective_at.saturating_add(*secs));
+                    self.ends_set_at = Some(e.effective_at);
+                }
+            }
+            KeyEventKind::Deleted => {
+                self.deleted = true;
+                self.deleted_at = Some(e.effective_at);
+                self.deleted_by.clone_from(&e.actor.email);
+            }
+        }
+    }
+
+    fn from_row(r: KeyHistoryRow) -> (String, KeyHistory) {
+        let h = KeyHistory {
+            created_by: r.created_by,
+            scopes: r.scopes,
+            deleted: r.deleted_at.is_some(),
+            created_at: r.created_at,
+            project_id: r.project_id,
+            ends_at: r.ends_at,
+            scopes_at: r.scopes_at,
+            ends_set_at: r.ends_set_at,
+            deleted_at: r.deleted_at,
+            deleted_by: r.deleted_by,
+        };
+        (r.key_id, h)
+    }
+
+    fn to_row(&self, key_id: &str) -> KeyHistoryRow {
+        KeyHistoryRow {
+            key_id: key_id.to_string(),
+            project_id: self.project_id.clone(),
+            created_at: self.created_at,
+            created_by: self.created_by.clone(),
+            scopes: self.scopes.clone(),
+            scopes_at: self.scopes_at,
+            ends_at: self.ends_at,
+            ends_set_at: self.ends_set_at,
+            deleted_at: self.deleted_at,
+            deleted_by: self.deleted_by.clone(),
+        }
+    }
 }
 
 /// A key's usage over the window, as `scan --format json` shows it.
@@ -69,6 +165,9 @@ pub struct KeyIntel<'a> {
     pub created_by: Option<&'a str>,
     pub scopes: Option<&'a [String]>,
     pub usage: Option<UsageSummary>,
+    /// When the log says the key was deleted, and the e-mail of who deleted it.
+    pub deleted_at: Option<i64>,
+    pub deleted_by: Option<&'a str>,
 }
 
 /// Each key's creator and scopes from its events, in any order (sorted here, oldest first).
@@ -78,30 +177,7 @@ pub fn rebuild(events: &[KeyEvent]) -> HashMap<String, KeyHistory> {
     let mut out: HashMap<String, KeyHistory> = HashMap::new();
     for e in sorted {
         let Some(key) = &e.key_id else { continue };
-        let h = out.entry(key.clone()).or_default();
-        match &e.kind {
-            KeyEventKind::Created { scopes } => {
-                h.created_by.clone_from(&e.actor.email);
-                h.scopes.clone_from(scopes);
-                h.created_at = Some(e.effective_at);
-                h.project_id.clone_from(&e.project_id);
-            }
-            KeyEventKind::Updated {
-                scopes,
-                expires_in_seconds,
-            } => {
-                if let Some(scopes) = scopes {
-                    h.scopes = Some(scopes.clone());
-                }
-                if let Some(secs) = expires_in_seconds {
-                    h.ends_at = Some(e.effective_at.saturating_add(*secs));
-                }
-            }
-            KeyEventKind::Deleted => {
-                h.deleted = true;
-                h.deleted_by.clone_from(&e.actor.email);
-            }
-        }
+        out.entry(key.clone()).or_default().apply(e);
     }
     out
 }
@@ -126,7 +202,41 @@ impl Intel {
             created_by: h.and_then(|h| h.created_by.as_deref()),
             scopes: h.and_then(|h| h.scopes.as_deref()),
             usage,
+            deleted_at: h.and_then(|h| h.deleted_at),
+            deleted_by: h.and_then(|h| h.deleted_by.as_deref()),
         }
+    }
+
+    /// What the rules judge by (`policy::KeyFacts`): per organisation, the keys the log shows
+    /// with All permissions (none known when the log could not be read: the `unrestricted`
+    /// condition is then undecided), and when usage last saw each key used: the end of its
+    /// last daily bucket with requests, capped at `now` (the API says only the day, so the
+    /// key counts as used as late as that day allows). Unavailable usage gives no use at all,
+    /// so `max_idle` falls back to `last_used_at`.
+    pub fn facts(&self, now: i64) -> Arc<KeyFacts> {
+        let mut f = KeyFacts::default();
+        for o in &self.orgs {
+            let unrestricted = o.history.as_ref().ok().map(|h| {
+                (h.iter())
+                    .filter(|(_, h)| !h.deleted && h.scopes.as_ref().is_some_and(Vec::is_empty))
+                    .map(|(id, _)| id.clone())
+                    .collect()
+            });
+            let used_at = (o.usage.as_ref().ok().into_iter().flatten())
+                .filter_map(|(id, u)| {
+                    let end = u.last_used_bucket?.saturating_add(BUCKET_SECS).min(now);
+                    Some((id.clone(), end))
+                })
+                .collect();
+            f.insert(
+                o.organization.clone(),
+                OrgFacts {
+                    unrestricted,
+                    used_at,
+                },
+            );
+        }
+        Arc::new(f)
     }
 
     /// One line per organisation and missing source: what is unknown and why.
@@ -239,23 +349,127 @@ impl Intel {
     }
 }
 
+/// Where the audit log's history is kept between reads.
+#[derive(Clone, Copy)]
+pub struct Kept<'a> {
+    pub store: &'a Store,
+    /// Record this read (a sweep); `false` reads the stored history without changing it
+    /// (`scan`, which never writes).
+    pub persist: bool,
+}
+
 /// Reads the log back to `now − backfill` and the usage over `[now − window, now)` for every
-/// client. Never fails: what cannot be read is an `Err` in its [`OrgIntel`].
+/// client, with no history kept. Never fails: what cannot be read is an `Err` in its
+/// [`OrgIntel`].
 pub async fn gather(clients: &[AdminClient], settings: IntelSettings, now: i64) -> Intel {
+    gather_kept(clients, settings, now, None).await
+}
+
+/// [`gather`], with the log's history kept in `kept`: only the events since the last
+/// successful read (less [`AUDIT_LOG_MARGIN`], never before the backfill) are read, on top of
+/// the stored history.
+pub async fn gather_kept(
+    clients: &[AdminClient],
+    settings: IntelSettings,
+    now: i64,
+    kept: Option<Kept<'_>>,
+) -> Intel {
     let secs = |d: std::time::Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
-    let since = now.saturating_sub(secs(settings.audit_backfill));
+    let horizon = now.saturating_sub(secs(settings.audit_backfill));
     let start = now.saturating_sub(secs(settings.usage_window));
     let mut orgs = Vec::new();
     for c in clients {
-        let (events, usage) = tokio::join!(c.key_events(since), c.usage_by_key(start, now));
+        let (history, usage) = tokio::join!(
+            org_history(c, horizon, now, kept),
+            c.usage_by_key(start, now)
+        );
         orgs.push(OrgIntel {
             organization: c.org_name().to_string(),
-            history: events.map(|e| rebuild(&e)).map_err(|e| e.to_string()),
+            history,
             usage: usage.map_err(|e| e.to_string()),
             window_days: settings.window_days(),
         });
     }
     Intel { orgs }
+}
+
+/// What the stored history of an organisation holds.
+#[derive(Default)]
+struct Stored {
+    mark: Option<i64>,
+    history: HashMap<String, KeyHistory>,
+    seen: HashSet<String>,
+}
+
+fn load(store: &Store, organization: &str) -> Result<Stored, crate::state::StateError> {
+    store.with_conn(|c| {
+        Ok(Stored {
+            mark: stored::mark(c, organization)?,
+            history: (stored::histories(c, organization)?.into_iter())
+                .map(KeyHistory::from_row)
+                .collect(),
+            seen: stored::seen_events(c, organization)?,
+        })
+    })
+}
+
+/// One organisation's key histories: the stored ones and the events read since the mark.
+async fn org_history(
+    c: &AdminClient,
+    horizon: i64,
+    now: i64,
+    kept: Option<Kept<'_>>,
+) -> Result<HashMap<String, KeyHistory>, String> {
+    let org = c.org_name();
+    let mut st = match kept {
+        Some(k) => load(k.store, org).map_err(|e| {
+            format!(
+                "the stored audit-log history cannot be read: {}",
+                crate::error_chain(&e)
+            )
+        })?,
+        None => Stored::default(),
+    };
+    let since = st
+        .mark
+        .map_or(horizon, |m| m.saturating_sub(AUDIT_LOG_MARGIN).max(horizon));
+    let mut events = c.key_events(since).await.map_err(|e| e.to_string())?;
+    events.sort_by(|a, b| (a.effective_at, &a.id).cmp(&(b.effective_at, &b.id)));
+    let mut changed: HashSet<&str> = HashSet::new();
+    let mut applied = Vec::new();
+    for e in &events {
+        let Some(key) = &e.key_id else { continue };
+        if !st.seen.insert(e.id.clone()) {
+            continue;
+        }
+        st.history.entry(key.clone()).or_default().apply(e);
+        changed.insert(key);
+        applied.push((e.id.as_str(), e.effective_at));
+    }
+    if let Some(k) = kept.filter(|k| k.persist) {
+        let rows: Vec<KeyHistoryRow> = (changed.iter())
+            .filter_map(|id| st.history.get(*id).map(|h| h.to_row(id)))
+            .collect();
+        let read = stored::ReadResult {
+            changed: rows.iter().collect(),
+            applied,
+            // Never later than the wall clock: a rehearsal with `--now` in the future must
+            // not make later sweeps skip what happens until then.
+            read_to: now.min(chrono::Utc::now().timestamp()),
+            forget_seen_before: now.saturating_sub(AUDIT_LOG_MARGIN),
+            forget_deleted_before: horizon,
+        };
+        // The history read is true whether or not it could be kept: the next sweep then reads
+        // from the previous mark again.
+        if let Err(e) = k.store.tx(|tx| stored::record_read(tx, org, &read)) {
+            tracing::warn!(
+                organization = org,
+                "cannot keep the audit log's history: {}",
+                crate::error_chain(&e)
+            );
+        }
+    }
+    Ok(st.history)
 }
 
 #[cfg(test)]
@@ -334,6 +548,98 @@ mod tests {
             Some(vec![]),
             "[] is all permissions"
         );
+    }
+
+    #[test]
+    fn a_late_event_never_overrides_a_newer_one_and_applying_twice_changes_nothing() {
+        let s = |v: &[&str]| Some(v.iter().map(|x| (*x).to_string()).collect::<Vec<_>>());
+        let created = ev(
+            "e1",
+            10,
+            "key_a",
+            KeyEventKind::Created { scopes: s(&[]) },
+            Some("a@x"),
+        );
+        let restricted = ev(
+            "e2",
+            20,
+            "key_a",
+            KeyEventKind::Updated {
+                scopes: s(&["api.model.read"]),
+                expires_in_seconds: Some(100),
+            },
+            None,
+        );
+        let deleted = ev("e3", 30, "key_a", KeyEventKind::Deleted, Some("d@x"));
+        // In order, then the creation arriving late (the log lags), then everything again.
+        let mut h = KeyHistory::default();
+        for e in [
+            &restricted,
+            &deleted,
+            &created,
+            &created,
+            &restricted,
+            &deleted,
+        ] {
+            h.apply(e);
+        }
+        assert_eq!(h.created_by.as_deref(), Some("a@x"));
+        assert_eq!(
+            h.scopes,
+            s(&["api.model.read"]),
+            "the late creation's [] lost"
+        );
+        assert_eq!((h.ends_at, h.ends_set_at), (Some(120), Some(20)));
+        assert_eq!(
+            (h.deleted_at, h.deleted_by.as_deref()),
+            (Some(30), Some("d@x"))
+        );
+        let (id, back) = KeyHistory::from_row(h.to_row("key_a"));
+        assert_eq!((id.as_str(), back), ("key_a", h));
+    }
+
+    #[test]
+    fn facts_know_only_live_keys_with_all_permissions_and_usage_to_the_buckets_end() {
+        let mut history = HashMap::new();
+        history.insert(
+            "key_all".to_string(),
+            KeyHistory {
+                scopes: Some(vec![]),
+                ..KeyHistory::default()
+            },
+        );
+        history.insert(
+            "key_gone".to_string(),
+            KeyHistory {
+                scopes: Some(vec![]),
+                deleted: true,
+                ..KeyHistory::default()
+            },
+        );
+        let mut usage = BTreeMap::new();
+        usage.insert(
+            "key_all".to_string(),
+            KeyUsage {
+                requests: 1,
+                cost_usd: 0.0,
+                last_used_bucket: Some(1_000),
+            },
+        );
+        let intel = Intel {
+            orgs: vec![OrgIntel {
+                organization: "acme".into(),
+                history: Ok(history),
+                usage: Ok(usage),
+                window_days: 30,
+            }],
+        };
+        let f = intel.facts(200_000);
+        use crate::policy::Scopes;
+        assert_eq!(f.scopes("acme", "key_all"), Scopes::Unrestricted);
+        assert_eq!(f.scopes("acme", "key_gone"), Scopes::NotKnownUnrestricted);
+        assert_eq!(f.scopes("globex", "key_all"), Scopes::Undecided);
+        assert_eq!(f.used_at("acme", "key_all"), Some(1_000 + BUCKET_SECS));
+        assert_eq!(intel.facts(2_000).used_at("acme", "key_all"), Some(2_000));
     }
 
     #[test]

@@ -334,6 +334,9 @@ struct PolicyView<'a> {
     scopes: Option<&'a [String]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     sink: Option<&'a str>,
+    /// Shown only when set, so configurations without it keep their hash.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    unrestricted: bool,
     #[serde(serialize_with = "dur")]
     warn_before: Duration,
 }
@@ -375,6 +378,7 @@ impl<'a> PolicyView<'a> {
             never_used_grace: p.max_idle.map(|idle| p.never_used_grace.unwrap_or(idle)),
             notify: &p.notify,
             owner_lost_access: p.owner_lost_access,
+            unrestricted: p.unrestricted,
             warn_before: p.warn_before,
         }
     }

@@ -395,6 +395,7 @@ const KEYS: &[(Place, &[&str])] = &[
             "owner_lost_access",
             "name_pattern",
             "max_lifetime",
+            "unrestricted",
             "action",
             "warn_before",
             "final_notice",

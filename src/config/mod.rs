@@ -233,6 +233,9 @@ pub struct PolicyConfig {
     /// Every key must expire within this long of its creation: a key without an expiry, or
     /// with one later than `created_at + max_lifetime`, violates.
     pub max_lifetime: Option<Duration>,
+    /// `unrestricted = true` (issue 16): the key is known, from the audit log, to have All
+    /// permissions (its scopes are `[]`); unknown scopes never match.
+    pub unrestricted: bool,
     pub action: Action,
     pub warn_before: Duration,
     pub final_notice: Duration,

@@ -166,6 +166,9 @@ struct RawPolicy {
     owner_lost_access: bool,
     name_pattern: Option<NamePattern>,
     max_lifetime: Option<HumanDuration>,
+    /// Issue 16: keys the audit log shows with All permissions.
+    #[serde(default)]
+    unrestricted: bool,
     #[serde(default, deserialize_with = "opt_choice")]
     action: Option<RawAction>,
     warn_before: Option<HumanDuration>,

@@ -3,6 +3,7 @@
 //! - [`rules`]: the configured policies and exemptions, compiled once; judges one key at a time.
 //! - [`lifecycle`]: one (key, policy) finding advanced by one sweep: notices due, revoke due.
 //! - [`expiry`]: the `expire` action: which expiry to set on a key, which to move back out.
+//! - [`facts`]: what the audit log and usage say about keys (issue 16), as the rules read it.
 //! - [`observation`]: what the rules hand the lifecycle (a violation, an observation).
 //! - [`plan`](mod@plan): the safety rails (service-account rule, incomplete listings, caps, kill switch,
 //!   dry-run) applied to this sweep's revoke-due findings.
@@ -15,6 +16,7 @@
 //! milliseconds and lets `scan --now` rehearse a policy before it is enabled.
 
 pub mod expiry;
+pub mod facts;
 pub mod finding;
 pub mod lifecycle;
 pub mod observation;
@@ -23,6 +25,7 @@ pub mod rotation;
 pub mod rules;
 pub mod verdict;
 
+pub use facts::{KeyFacts, OrgFacts, Scopes};
 pub use lifecycle::{Observation, Transition, advance, mark_revoked, revoked_notice};
 pub use plan::{
     Candidate, Plan, PlanInput, PlannedAction, ProjectFacts, Target, Withheld, WithheldAction,

@@ -13,12 +13,14 @@
 //! a principal.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use globset::{GlobBuilder, GlobMatcher};
 
 use crate::config::{ExemptionConfig, OwnerTypeSelector, PolicyConfig, Selector};
 use crate::inventory::{EXPIRY_TOLERANCE, Expiry, Key, OwnerAccess, OwnerType};
+use crate::policy::facts::{KeyFacts, Scopes};
 use crate::policy::observation::Observation;
 pub use crate::policy::observation::Violation;
 
@@ -30,7 +32,7 @@ pub enum PolicyError {
     /// operator meant, and with `action = "revoke"` it would be a mass deletion.
     #[error(
         "policies[{index}] ({name}): no condition; set at least one of max_age, max_idle, \
-         owner_lost_access, name_pattern, max_lifetime"
+         owner_lost_access, name_pattern, max_lifetime, unrestricted"
     )]
     NoCondition { index: usize, name: String },
     /// Policy names identify findings in state and alerts, so they must be present and unique.
@@ -66,6 +68,8 @@ pub enum PolicyError {
 pub struct Policies {
     policies: Vec<CompiledPolicy>,
     exemptions: Vec<CompiledExemption>,
+    /// What the audit log and usage say (issue 16); empty unless [`Policies::with_facts`].
+    facts: Arc<KeyFacts>,
 }
 
 /// The verdict on one key: what it violates and whether that may be acted on.
@@ -83,6 +87,10 @@ pub struct Evaluation {
     /// One entry per policy that selects the key and whose every condition holds, in config
     /// order.
     pub violations: Vec<Violation>,
+    /// Policies that select the key and whose every other condition holds, but whose
+    /// `unrestricted` condition cannot be judged (the audit log could not be read): neither
+    /// violating nor compliant. A finding of such a policy is left as it is.
+    pub undecided: Vec<String>,
 }
 
 /// An exemption that matched a key.
@@ -152,7 +160,18 @@ impl Policies {
         Ok(Policies {
             policies: compiled,
             exemptions,
+            facts: Arc::default(),
         })
+    }
+
+    /// The same policies judging with `facts` (the audit log's scopes and the usage buckets of
+    /// one sweep). Cheap: the compiled matchers are shared.
+    #[must_use]
+    pub fn with_facts(&self, facts: Arc<KeyFacts>) -> Policies {
+        Policies {
+            facts,
+            ..self.clone()
+        }
     }
 
     /// Policy names in config order (the sweep uses them to find findings whose policy was
@@ -190,16 +209,20 @@ impl Policies {
                 exemption = Some(hit);
             }
         }
-        let violations = self
-            .policies
-            .iter()
-            .filter(|p| p.selects(key))
-            .filter_map(|p| p.judge(key, now))
-            .collect();
+        let mut violations = Vec::new();
+        let mut undecided = Vec::new();
+        for p in self.policies.iter().filter(|p| p.selects(key)) {
+            match p.judge(key, &self.facts, now) {
+                Judged::Violates(v) => violations.push(v),
+                Judged::Undecided => undecided.push(p.config.name.clone()),
+                Judged::Complies => {}
+            }
+        }
         Evaluation {
             exemption,
             expired_exemptions,
             violations,
+            undecided,
         }
     }
 }
@@ -219,7 +242,8 @@ impl CompiledPolicy {
             || p.max_idle.is_some()
             || p.max_lifetime.is_some()
             || p.owner_lost_access
-            || p.name_pattern.is_some();
+            || p.name_pattern.is_some()
+            || p.unrestricted;
         if !has_condition {
             return Err(PolicyError::NoCondition {
                 index,
@@ -295,7 +319,43 @@ impl CompiledPolicy {
     }
 
     /// Every configured condition must hold; the violation starts when the last of them began.
-    fn judge(&self, key: &Key, now: i64) -> Option<Violation> {
+    /// `unrestricted` is judged last: when every other condition holds and the scopes are
+    /// unknowable (the log could not be read), the policy is undecided for the key.
+    fn judge(&self, key: &Key, facts: &KeyFacts, now: i64) -> Judged {
+        let p = &self.config;
+        let Some((mut since, mut reasons)) = self.judge_listed(key, facts, now) else {
+            return Judged::Complies;
+        };
+        if p.unrestricted {
+            match facts.scopes(&key.organization, &key.id) {
+                Scopes::Unrestricted => {
+                    // The log's creation or update that gave All permissions may be older than
+                    // what was read: count from detection, like a name.
+                    since = since.max(now);
+                    reasons.push("has All permissions (scopes [] in the audit log)".to_string());
+                }
+                Scopes::NotKnownUnrestricted => return Judged::Complies,
+                Scopes::Undecided => return Judged::Undecided,
+            }
+        }
+        // `compile` rejects condition-less policies; this keeps `judge` total anyway.
+        if reasons.is_empty() {
+            return Judged::Complies;
+        }
+        Judged::Violates(Violation {
+            policy: p.name.clone(),
+            action: p.action,
+            reason: reasons.join("; "),
+            violating_since: since,
+            warn_before: secs(p.warn_before),
+            final_notice: secs(p.final_notice),
+            ends_by_expiry: p.max_lifetime.is_some(),
+        })
+    }
+
+    /// The conditions on what the listing (and usage) says: `None` as soon as one fails, else
+    /// when the last of them began and their reasons.
+    fn judge_listed(&self, key: &Key, facts: &KeyFacts, now: i64) -> Option<(i64, Vec<String>)> {
         let p = &self.config;
         let mut since = i64::MIN;
         let mut reasons = Vec::new();
@@ -316,37 +376,10 @@ impl CompiledPolicy {
         }
 
         if let Some(max_idle) = p.max_idle {
-            let max_idle = secs(max_idle);
-            match key.last_used_at {
-                Some(last) => {
-                    let idle = now.saturating_sub(last);
-                    if idle <= max_idle {
-                        return None;
-                    }
-                    since = since.max(last.saturating_add(max_idle));
-                    reasons.push(format!(
-                        "unused for more than {} (last used {}, {} ago)",
-                        fmt_duration(max_idle),
-                        fmt_date(last),
-                        fmt_days(idle)
-                    ));
-                }
-                None => {
-                    // Never used: idle since creation, once the grace for new keys is over.
-                    let grace = p.never_used_grace.map_or(max_idle, secs);
-                    let age = now.saturating_sub(key.created_at);
-                    if age <= grace {
-                        return None;
-                    }
-                    since = since.max(key.created_at.saturating_add(grace));
-                    reasons.push(format!(
-                        "never used in the {} since creation (created {}, grace {})",
-                        fmt_days(age),
-                        fmt_date(key.created_at),
-                        fmt_duration(grace)
-                    ));
-                }
-            }
+            let used = facts.used_at(&key.organization, &key.id);
+            let (start, reason) = idle_condition(key, used, secs(max_idle), p, now)?;
+            since = since.max(start);
+            reasons.push(reason);
         }
 
         if p.owner_lost_access {
@@ -373,21 +406,63 @@ impl CompiledPolicy {
             since = since.max(start);
             reasons.push(reason);
         }
+        Some((since, reasons))
+    }
+}
 
-        // `compile` rejects condition-less policies; this keeps `judge` total anyway.
-        if reasons.is_empty() {
+/// What one policy says of one key.
+enum Judged {
+    Violates(Violation),
+    Complies,
+    /// Every condition the listing can answer holds, and `unrestricted` cannot be answered.
+    Undecided,
+}
+
+/// `max_idle`: the key was last used at the later of its `last_used_at` and `usage` (when the
+/// usage endpoints last saw it used); a key used neither way is idle since its creation, once
+/// the grace for new keys is over. Then `(when it became idle too long, reason)`.
+fn idle_condition(
+    key: &Key,
+    usage: Option<i64>,
+    max_idle: i64,
+    p: &PolicyConfig,
+    now: i64,
+) -> Option<(i64, String)> {
+    let last = match (key.last_used_at, usage) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
+    let Some(last) = last else {
+        let grace = p.never_used_grace.map_or(max_idle, secs);
+        let age = now.saturating_sub(key.created_at);
+        if age <= grace {
             return None;
         }
-        Some(Violation {
-            policy: p.name.clone(),
-            action: p.action,
-            reason: reasons.join("; "),
-            violating_since: since,
-            warn_before: secs(p.warn_before),
-            final_notice: secs(p.final_notice),
-            ends_by_expiry: p.max_lifetime.is_some(),
-        })
+        return Some((
+            key.created_at.saturating_add(grace),
+            format!(
+                "never used in the {} since creation (created {}, grace {})",
+                fmt_days(age),
+                fmt_date(key.created_at),
+                fmt_duration(grace)
+            ),
+        ));
+    };
+    let idle = now.saturating_sub(last);
+    if idle <= max_idle {
+        return None;
     }
+    let by_usage = usage.is_some_and(|u| key.last_used_at.is_none_or(|l| u > l));
+    Some((
+        last.saturating_add(max_idle),
+        format!(
+            "unused for more than {} (last used {}{}, {} ago)",
+            fmt_duration(max_idle),
+            fmt_date(last),
+            if by_usage { " per its usage" } else { "" },
+            fmt_days(idle)
+        ),
+    ))
 }
 
 /// `max_lifetime`: holds when the key never expires or expires later than `created_at +

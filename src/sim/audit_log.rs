@@ -71,6 +71,8 @@ pub(crate) struct AuditLog {
     admin: (String, String),
     owner: Option<String>,
     projects: HashMap<String, Option<String>>,
+    /// Every query string the audit-log route received, in order (tests read them).
+    queries: Mutex<Vec<String>>,
 }
 
 /// The events. The past (memberships, service accounts, every listed key's creation) is
@@ -124,7 +126,22 @@ impl AuditLog {
                 .iter()
                 .map(|p| (p.id.clone(), p.name.clone()))
                 .collect(),
+            queries: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Records one request's query string.
+    pub fn record_query(&self, raw: &str) {
+        let mut q = self.queries.lock().unwrap_or_else(|e| e.into_inner());
+        q.push(raw.to_string());
+    }
+
+    /// Every query string received so far.
+    pub fn queries(&self) -> Vec<String> {
+        self.queries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Book> {

@@ -59,6 +59,13 @@ pub enum FaultRoute {
     DeleteServiceAccount,
     ListUsers,
     ListAdminKeys,
+    /// `GET /organization/audit_logs` (issue 16). Page 1 is the request without a cursor;
+    /// every later page (any `after` or `before`) is page 2.
+    AuditLogs,
+    /// `GET /organization/usage/completions`; page 1 without `page`, page 2 with one.
+    UsageCompletions,
+    /// `GET /organization/costs`; page 1 without `page`, page 2 with one.
+    Costs,
 }
 
 /// What a fired fault does to the response.
@@ -254,6 +261,21 @@ impl Fault {
     /// `GET /organization/admin_api_keys`.
     pub fn on_list_admin_keys() -> Self {
         Self::on(FaultRoute::ListAdminKeys)
+    }
+
+    /// `GET /organization/audit_logs`.
+    pub fn on_audit_logs() -> Self {
+        Self::on(FaultRoute::AuditLogs)
+    }
+
+    /// `GET /organization/usage/completions`.
+    pub fn on_usage_completions() -> Self {
+        Self::on(FaultRoute::UsageCompletions)
+    }
+
+    /// `GET /organization/costs`.
+    pub fn on_costs() -> Self {
+        Self::on(FaultRoute::Costs)
     }
 
     /// Only requests for this project.

@@ -2,16 +2,21 @@
 //! audit events of the API's writes (`handlers` calls [`log_write`] after each write succeeded).
 //!
 //! Auth, latency, rate limit and random failures apply as for every route (the router's
-//! layers); scripted faults do not. Never holds a lock across an `.await`.
+//! layers), and so do scripted faults ([`FaultRoute::AuditLogs`], [`FaultRoute::UsageCompletions`],
+//! [`FaultRoute::Costs`]; page 1 is the request without a cursor, page 2 any later one). Every
+//! audit-log query string is recorded, so tests can see what a client asked for
+//! (`SimServer::audit_log_queries`). Never holds a lock across an `.await`.
 
 use std::sync::Arc;
 
-use axum::extract::{RawQuery, State};
+use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use super::audit_log::{Actor, AuditQuery};
-use super::respond::{error, json};
+use super::conn::ConnCtl;
+use super::faults::{FaultRequest, FaultRoute};
+use super::respond::{answer, error};
 use super::shared::Shared;
 use super::usage::{UsageKind, UsageQuery};
 
@@ -80,8 +85,25 @@ pub(crate) fn log_write(s: &Shared, now: i64, w: &Write<'_>) {
     }
 }
 
+/// A fault request on an intel route: page 1 without a cursor, page 2 with one.
+fn fault_request(route: FaultRoute, raw: Option<&str>, cursors: &[&str]) -> FaultRequest<'static> {
+    let later = url::form_urlencoded::parse(raw.unwrap_or("").as_bytes())
+        .any(|(k, v)| cursors.contains(&&*k) && !v.is_empty());
+    FaultRequest {
+        route,
+        project: None,
+        object: None,
+        page: if later { 2 } else { 1 },
+    }
+}
+
 /// `GET /organization/audit_logs`.
-pub(crate) async fn audit_logs(State(s): State<S>, RawQuery(raw): RawQuery) -> Response {
+pub(crate) async fn audit_logs(
+    State(s): State<S>,
+    ConnectInfo(conn): ConnectInfo<ConnCtl>,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    s.audit.record_query(raw.as_deref().unwrap_or(""));
     if !s.audit.enabled() {
         return error(
             StatusCode::FORBIDDEN,
@@ -93,28 +115,46 @@ pub(crate) async fn audit_logs(State(s): State<S>, RawQuery(raw): RawQuery) -> R
         );
     }
     s.audit.seed_with(|| s.org.snapshot());
-    match AuditQuery::parse(raw.as_deref()).and_then(|q| s.audit.page(&q)) {
-        Ok(body) => json(StatusCode::OK, body),
+    let req = fault_request(FaultRoute::AuditLogs, raw.as_deref(), &["after", "before"]);
+    let q = match AuditQuery::parse(raw.as_deref()) {
+        Ok(q) => q,
+        Err(bad) => return bad.into_response(),
+    };
+    match s.audit.page(&q) {
+        Ok(body) => answer(&s, &conn, req, |_| Ok(body)).await,
         Err(bad) => bad.into_response(),
     }
 }
 
-async fn usage(s: &Shared, kind: UsageKind, raw: Option<&str>) -> Response {
+async fn usage(s: &Shared, conn: &ConnCtl, kind: UsageKind, raw: Option<&str>) -> Response {
+    let route = match kind {
+        UsageKind::Completions => FaultRoute::UsageCompletions,
+        UsageKind::Costs => FaultRoute::Costs,
+    };
     match UsageQuery::parse(kind, raw, s.clock.now()) {
         Ok(q) => {
             s.usage.seed_with(|| s.org.snapshot());
-            json(StatusCode::OK, s.usage.page(kind, &q))
+            let body = s.usage.page(kind, &q);
+            answer(s, conn, fault_request(route, raw, &["page"]), |_| Ok(body)).await
         }
         Err(bad) => bad.into_response(),
     }
 }
 
 /// `GET /organization/usage/completions`.
-pub(crate) async fn usage_completions(State(s): State<S>, RawQuery(raw): RawQuery) -> Response {
-    usage(&s, UsageKind::Completions, raw.as_deref()).await
+pub(crate) async fn usage_completions(
+    State(s): State<S>,
+    ConnectInfo(conn): ConnectInfo<ConnCtl>,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    usage(&s, &conn, UsageKind::Completions, raw.as_deref()).await
 }
 
 /// `GET /organization/costs`.
-pub(crate) async fn costs(State(s): State<S>, RawQuery(raw): RawQuery) -> Response {
-    usage(&s, UsageKind::Costs, raw.as_deref()).await
+pub(crate) async fn costs(
+    State(s): State<S>,
+    ConnectInfo(conn): ConnectInfo<ConnCtl>,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    usage(&s, &conn, UsageKind::Costs, raw.as_deref()).await
 }

@@ -151,6 +151,12 @@ impl SimServer {
         });
     }
 
+    /// Every query string `GET /organization/audit_logs` received, in order (issue 16: what a
+    /// client asked the log for, e.g. its `effective_at[gte]`).
+    pub fn audit_log_queries(&self) -> Vec<String> {
+        self.shared.audit.queries()
+    }
+
     /// Turns the organisation's audit logging on or off (off: the audit log answers 403).
     pub fn set_audit_logging(&self, on: bool) {
         self.shared.audit.set_enabled(on);

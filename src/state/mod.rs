@@ -22,6 +22,7 @@ pub mod audit;
 mod batch;
 pub mod cli;
 pub mod findings;
+pub mod intel;
 pub mod observations;
 pub mod outbox;
 pub mod revocations;

@@ -141,4 +141,36 @@ CREATE TABLE project_listings (
     PRIMARY KEY (organization, project_id)
 );
 "#,
+    // Issue 16: what the audit log said about keys, kept between sweeps (`state::intel`), so a
+    // sweep reads only the events since the last successful read (less a safety margin) and
+    // still knows each key's creator, scopes and deletion from the earlier reads.
+    // `intel_marks.read_to`: the sweep time of the organisation's last successful read.
+    // `audit_events_seen`: the ids of the events inside the re-read margin, so an event read
+    // twice is applied once.
+    r#"
+CREATE TABLE intel_marks (
+    organization TEXT PRIMARY KEY,
+    read_to      INTEGER NOT NULL
+);
+CREATE TABLE key_history (
+    organization TEXT NOT NULL,
+    key_id       TEXT NOT NULL,
+    project_id   TEXT,
+    created_at   INTEGER,
+    created_by   TEXT,
+    scopes       TEXT,
+    scopes_at    INTEGER,
+    ends_at      INTEGER,
+    ends_set_at  INTEGER,
+    deleted_at   INTEGER,
+    deleted_by   TEXT,
+    PRIMARY KEY (organization, key_id)
+);
+CREATE TABLE audit_events_seen (
+    organization TEXT NOT NULL,
+    event_id     TEXT NOT NULL,
+    effective_at INTEGER NOT NULL,
+    PRIMARY KEY (organization, event_id)
+);
+"#,
 ];

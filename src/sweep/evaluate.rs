@@ -116,6 +116,14 @@ impl Evaluator {
                 .iter()
                 .map(|&i| (i, &open.findings[i]))
                 .find(|(_, f)| f.id.policy == policy);
+            if eval.undecided.iter().any(|u| u == policy) {
+                // Undecidable in this sweep (issue 16: the audit log could not be read): the
+                // finding stays as it is, neither advanced nor closed.
+                if let Some((i, _)) = before {
+                    step.touched.push(i);
+                }
+                continue;
+            }
             let id = FindingId {
                 organization: key.organization.clone(),
                 project_id: key.project_id.clone(),

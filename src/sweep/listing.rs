@@ -50,9 +50,14 @@ impl Run<'_> {
             ));
         }
         let open_by_org: Vec<Arc<OpenFindings>> = open.iter().map(|(_, o)| o.clone()).collect();
+        // The audit log and usage first: the recorder judges each page as it arrives, so the
+        // rules (`unrestricted`, `max_idle`'s usage buckets) need them before the first one.
+        let intel = self.gather_intel().await;
+        let mut evaluator = sweeper.evaluator(self.now());
+        evaluator.policies = self.with_facts(intel.facts(self.now()));
         let recorder = Recorder::start(
             self.store.clone(),
-            sweeper.evaluator(self.now()),
+            evaluator,
             open,
             (4 * sweeper.config.limits.concurrency).clamp(16, 256),
             i64::try_from(sweeper.config.intel.wake_after.as_secs()).unwrap_or(i64::MAX),
@@ -79,8 +84,7 @@ impl Run<'_> {
                 alerts
             })
             .collect();
-        let intel = self.gather_intel(&inventory).await;
-        alerts.extend(intel_alerts(&intel));
+        alerts.extend(intel_alerts(&intel, &inventory));
         alerts.extend(woke_alerts(&self.clients, &recorded));
         alerts.extend(self.gap_alerts(&intel, &inventory)?);
         Ok(Listed {
@@ -99,16 +103,16 @@ impl Run<'_> {
         })
     }
 
-    /// The audit log and usage (issue 16) of the organisations whose listing did not fail
-    /// (a failed one has its alert already). Never fails: what cannot be read is an `Err`.
-    async fn gather_intel(&self, inventory: &Inventory<KeyTally>) -> Intel {
-        let listed: Vec<AdminClient> = (self.clients.iter())
-            .filter(|c| {
-                (inventory.orgs.iter()).any(|o| o.organization == c.org_name() && o.error.is_none())
-            })
-            .cloned()
-            .collect();
-        crate::intel::gather(&listed, self.sweeper.config.intel, self.now()).await
+    /// The audit log (only what is new since the last sweep, on top of the stored history)
+    /// and usage (issue 16) of every organisation of the sweep. Never fails: what cannot be
+    /// read is an `Err`.
+    async fn gather_intel(&self) -> Intel {
+        let kept = crate::intel::Kept {
+            store: &self.store,
+            persist: true,
+        };
+        let settings = self.sweeper.config.intel;
+        crate::intel::gather_kept(&self.clients, settings, self.now(), Some(kept)).await
     }
 
     /// One `InventoryGap` alert per organisation whose log shows keys (see `intel::gaps`) that
@@ -243,10 +247,13 @@ fn org_alerts<K>(org: &OrgInventory<K>) -> Vec<EnforcerAlert> {
 }
 
 /// One alert per organisation whose audit log or usage (or both) could not be read, saying
-/// which and why: the sweep goes on without them.
-fn intel_alerts(intel: &Intel) -> Vec<EnforcerAlert> {
+/// which and why: the sweep goes on without them. An organisation whose listing failed has its
+/// own alert already.
+fn intel_alerts(intel: &Intel, inventory: &Inventory<KeyTally>) -> Vec<EnforcerAlert> {
     let mut out = Vec::new();
-    for o in &intel.orgs {
+    let listed =
+        |org: &str| (inventory.orgs.iter()).any(|o| o.organization == org && o.error.is_none());
+    for o in intel.orgs.iter().filter(|o| listed(&o.organization)) {
         let sources = [
             ("audit log", o.history.as_ref().err()),
             ("usage", o.usage.as_ref().err()),

@@ -74,9 +74,33 @@ impl Sweeper {
         now: i64,
         progress: Option<&(dyn Fn(usize, usize) + Send + Sync)>,
     ) -> Result<(SweepReport, Inventory), SweepError> {
+        let intel = self.intel(now).await;
+        self.preview_with(now, progress, &intel).await
+    }
+
+    /// The audit log and usage (issue 16) as a sweep would read them, on top of the stored
+    /// history, without recording anything: what `scan` judges by and shows.
+    pub async fn intel(&self, now: i64) -> crate::intel::Intel {
+        let kept = (self.store()).map(|store| crate::intel::Kept {
+            store,
+            persist: false,
+        });
+        let clients = self.clients_for(None);
+        crate::intel::gather_kept(&clients, self.config.intel, now, kept).await
+    }
+
+    /// [`Sweeper::preview`] with the audit log and usage already read: the rules judge with
+    /// them (`unrestricted`, `max_idle`'s usage buckets) as a sweep's do.
+    pub async fn preview_with(
+        &self,
+        now: i64,
+        progress: Option<&(dyn Fn(usize, usize) + Send + Sync)>,
+        intel: &crate::intel::Intel,
+    ) -> Result<(SweepReport, Inventory), SweepError> {
         let clients = self.clients_for(None);
         let inventory = crate::openai::collect_inventory(&self.config, &clients, progress).await;
-        let evaluator = self.evaluator(now);
+        let mut evaluator = self.evaluator(now);
+        evaluator.policies = std::sync::Arc::new(self.policies.with_facts(intel.facts(now)));
         let open = inventory
             .orgs
             .iter()

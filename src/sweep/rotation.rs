@@ -118,7 +118,7 @@ impl Run<'_> {
         let ctx = rotate::Context {
             store: self.store.clone(),
             config: config.clone(),
-            policies: self.sweeper.policies.clone(),
+            policies: self.policies().clone(),
             clients: self.clients.clone(),
             mode: self.mode,
             run_id: self.run_id().to_string(),

@@ -2,10 +2,12 @@
 //! clock (`now` for every decision, an `Instant` for the timings). Begins a sweep; decides
 //! nothing itself.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use crate::config::Mode;
 use crate::openai::AdminClient;
+use crate::policy::{KeyFacts, Policies};
 use crate::revoke;
 use crate::state::audit::{AuditKind, AuditRecord};
 use crate::state::{self, Store};
@@ -28,6 +30,9 @@ pub(super) struct Run<'a> {
     pub started: Instant,
     /// What the audit log and usage add to this sweep's notices, once noted (`owners.rs`).
     pub key_notes: std::sync::OnceLock<super::notes::KeyNotes>,
+    /// The policies judging with this sweep's audit log and usage (issue 16), once gathered;
+    /// the re-checks before a write judge with the same.
+    pub policies: OnceLock<Arc<Policies>>,
 }
 
 /// Seconds since the sweep started at the end of each long phase, for the last log line.
@@ -57,6 +62,7 @@ impl<'a> Run<'a> {
             mode: sweeper.mode(opts),
             started: Instant::now(),
             key_notes: std::sync::OnceLock::new(),
+            policies: OnceLock::new(),
         };
         run.store.tx(|tx| {
             for c in &run.clients {
@@ -95,6 +101,18 @@ impl Run<'_> {
         self.started.elapsed().as_secs_f64()
     }
 
+    /// The policies of this sweep: with its facts once gathered, else the configured ones.
+    pub fn policies(&self) -> &Arc<Policies> {
+        self.policies.get().unwrap_or(&self.sweeper.policies)
+    }
+
+    /// Sets this sweep's facts (once; a second call keeps the first) and returns its policies.
+    pub fn with_facts(&self, facts: Arc<KeyFacts>) -> Arc<Policies> {
+        (self.policies)
+            .get_or_init(|| Arc::new(self.sweeper.policies.with_facts(facts)))
+            .clone()
+    }
+
     /// An audit record of this sweep.
     pub fn record(&self, kind: AuditKind, message: impl Into<String>) -> AuditRecord {
         AuditRecord::new(
@@ -112,7 +130,7 @@ impl Run<'_> {
         revoke::Context {
             store: &self.store,
             config: &self.sweeper.config,
-            policies: &self.sweeper.policies,
+            policies: self.policies(),
             clients: &self.clients,
             mode: self.mode,
             run_id: self.run_id(),

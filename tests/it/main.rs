@@ -21,6 +21,7 @@ mod hardening_names;
 mod hardening_net;
 mod hostile;
 mod intel;
+mod intel_data;
 mod intel_notices;
 mod intel_sweep;
 mod migration;

@@ -389,11 +389,12 @@ fn policy(
         && !p.owner_lost_access
         && name_pattern.is_none()
         && max_lifetime.is_none()
+        && !p.unrestricted
     {
         return Err(cx.err(
             k("name"),
             "a policy needs at least one condition: max_age, max_idle, owner_lost_access, \
-             name_pattern or max_lifetime",
+             name_pattern, max_lifetime or unrestricted",
         ));
     }
     for (key, d) in [
@@ -425,6 +426,7 @@ fn policy(
         owner_lost_access: p.owner_lost_access,
         name_pattern,
         max_lifetime,
+        unrestricted: p.unrestricted,
         action: p.action.map_or(Action::Notify, |a| a.action()),
         warn_before,
         final_notice,

@@ -65,6 +65,7 @@ pub(super) fn policy(name: &str) -> PolicyConfig {
         owner_lost_access: false,
         name_pattern: None,
         max_lifetime: None,
+        unrestricted: false,
         action: Action::Notify,
         warn_before: dur(7 * DAY),
         final_notice: dur(DAY),

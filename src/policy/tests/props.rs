@@ -276,6 +276,7 @@ fn build_policy(i: usize, s: &PolicySpec) -> PolicyConfig {
         never_used_grace: s.grace.map(dur),
         owner_lost_access: s.lost_access,
         max_lifetime: None,
+        unrestricted: false,
         name_pattern: s
             .prefix
             .map(|j| regex::Regex::new(&format!("^{}", NAME_PREFIXES[j])).unwrap()),

@@ -3,6 +3,7 @@
 use super::{DAY, dur, exemption, key, policy};
 use crate::config::{Action, OwnerTypeSelector};
 use crate::inventory::{Key, OwnerAccess, OwnerType};
+use crate::policy::facts::{KeyFacts, OrgFacts};
 use crate::policy::lifecycle::Observation;
 use crate::policy::rules::{Policies, PolicyError, Violation};
 
@@ -433,4 +434,84 @@ fn example_policies_from_the_issue_evaluate_as_written() {
     let ev = policies.evaluate(&k, 100 * DAY);
     let names: Vec<_> = ev.violations.iter().map(|v| v.policy.as_str()).collect();
     assert_eq!(names, vec!["rotate-90d", "idle-45d"]);
+}
+
+fn facts(unrestricted: Option<&[&str]>, used: &[(&str, i64)]) -> std::sync::Arc<KeyFacts> {
+    let mut f = KeyFacts::default();
+    f.insert(
+        "acme",
+        OrgFacts {
+            unrestricted: unrestricted.map(|ids| ids.iter().map(|i| (*i).to_string()).collect()),
+            used_at: used.iter().map(|(k, at)| ((*k).to_string(), *at)).collect(),
+        },
+    );
+    std::sync::Arc::new(f)
+}
+
+#[test]
+fn unrestricted_matches_only_keys_known_to_have_all_permissions() {
+    let mut p = policy("all-perms");
+    p.unrestricted = true;
+    let compiled = Policies::compile(&[p.clone()], &[]).unwrap();
+    let with = compiled.with_facts(facts(Some(&["k_all"]), &[]));
+    let v = with.evaluate(&key("k_all"), 5 * DAY);
+    assert_eq!(v.violations.len(), 1);
+    assert_eq!(
+        v.violations[0].violating_since,
+        5 * DAY,
+        "counts from detection"
+    );
+    assert!(v.violations[0].reason.contains("All permissions"));
+    // Other scopes, or scopes the log does not carry: not known to be unrestricted.
+    let v = with.evaluate(&key("k_scoped"), 5 * DAY);
+    assert!(v.violations.is_empty() && v.undecided.is_empty());
+    // The log unreadable (or no facts at all): undecided, never a violation or compliance.
+    for unknown in [compiled.with_facts(facts(None, &[])), compiled.clone()] {
+        let v = unknown.evaluate(&key("k_all"), 5 * DAY);
+        assert!(v.violations.is_empty());
+        assert_eq!(v.undecided, vec!["all-perms".to_string()]);
+    }
+    // Another condition that fails decides without the log.
+    p.max_age = Some(dur(30 * DAY));
+    let v = Policies::compile(&[p], &[])
+        .unwrap()
+        .with_facts(facts(None, &[]))
+        .evaluate(&key("k_all"), 5 * DAY);
+    assert!(v.violations.is_empty() && v.undecided.is_empty());
+}
+
+#[test]
+fn unrestricted_alone_is_a_condition() {
+    let mut p = policy("all-perms");
+    p.unrestricted = true;
+    assert!(Policies::compile(&[p], &[]).is_ok());
+}
+
+#[test]
+fn max_idle_counts_the_later_of_last_used_at_and_the_last_usage_bucket() {
+    let mut p = policy("idle");
+    p.max_idle = Some(dur(30 * DAY));
+    let compiled = Policies::compile(&[p], &[]).unwrap();
+    let now = 100 * DAY;
+    // Stale last_used_at, recent usage: not idle.
+    let mut stale = key("k_stale");
+    stale.last_used_at = Some(10 * DAY);
+    let f = facts(Some(&[]), &[("k_stale", 95 * DAY), ("k_fresh", 20 * DAY)]);
+    let with = compiled.with_facts(f);
+    assert!(with.evaluate(&stale, now).violations.is_empty());
+    assert_eq!(compiled.evaluate(&stale, now).violations.len(), 1);
+    // Recent last_used_at, old usage bucket: not idle either (the later one counts).
+    let mut fresh = key("k_fresh");
+    fresh.last_used_at = Some(90 * DAY);
+    assert!(with.evaluate(&fresh, now).violations.is_empty());
+    // Both old: idle since the later one, and the reason says usage saw it.
+    let mut old = key("k_fresh");
+    old.last_used_at = Some(5 * DAY);
+    let v = with.evaluate(&old, now).violations.pop().unwrap();
+    assert_eq!(v.violating_since, 50 * DAY);
+    assert!(v.reason.contains("per its usage"), "{}", v.reason);
+    // Never used per last_used_at, used per usage: counts as used.
+    let mut never = key("k_stale");
+    never.created_at = 0;
+    assert!(with.evaluate(&never, now).violations.is_empty());
 }

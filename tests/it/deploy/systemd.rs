@@ -114,7 +114,11 @@ fn systemd_unit_is_hardened_and_matches_its_config() {
         "TimeoutStopSec {stop}s must exceed shutdown_grace {grace}s plus a sink's 60s timeout"
     );
     // Only keysweep gets the SIGTERM: an exec sink signalled too would fail its hand-over.
-    assert_eq!(unit_values(&d, "KillMode"), ["mixed"], "KillMode must be mixed");
+    assert_eq!(
+        unit_values(&d, "KillMode"),
+        ["mixed"],
+        "KillMode must be mixed"
+    );
     // The unit reads the file this config is installed as.
     assert!(unit.contains("--config /etc/keysweep/keysweep.toml"));
 
