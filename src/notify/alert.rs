@@ -69,6 +69,17 @@ pub enum EnforcerAlert {
         key_id: String,
         message: String,
     },
+    /// A rotation (`action = "rotate"`) and what came of it. `pages`: a person must act (a
+    /// failed rotation, a hand-over a crash interrupted, an owed expiry); `false` for news —
+    /// the key was rotated, keysweep's own orphan deleted — which PagerDuty does not page for
+    /// and every other ops channel still gets.
+    Rotation {
+        organization: String,
+        project_id: String,
+        key_id: String,
+        message: String,
+        pages: bool,
+    },
     /// The re-check before a write kept the same due key in `skips` consecutive sweeps
     /// (`[safety] max_recheck_skips`); `reason` is the last one. A key renamed back and forth
     /// would otherwise be kept forever without anyone hearing of it.
@@ -166,6 +177,11 @@ impl EnforcerAlert {
     }
 
     /// Stable identity for de-duplicating repeated alerts across sweeps.
+    /// Whether PagerDuty pages for it: every alert but a rotation's good news.
+    pub fn pages(&self) -> bool {
+        !matches!(self, EnforcerAlert::Rotation { pages: false, .. })
+    }
+
     pub fn dedup_key(&self) -> String {
         match self {
             EnforcerAlert::IncompleteListing {
@@ -216,6 +232,13 @@ impl EnforcerAlert {
                 // same reason alerts once per repeat interval, a different event alerts anew.
                 format!("expiry/{organization}/{project_id}/{key_id}/{message}")
             }
+            EnforcerAlert::Rotation {
+                organization,
+                project_id,
+                key_id,
+                message,
+                ..
+            } => format!("rotation/{organization}/{project_id}/{key_id}/{message}"),
             EnforcerAlert::RecheckSkips {
                 organization,
                 project_id,

@@ -649,6 +649,15 @@ pub fn alert_text(a: &EnforcerAlert) -> String {
             key_id,
             message,
         } => format!("Expiry of key {key_id} in project {project_id} ({organization}): {message}"),
+        EnforcerAlert::Rotation {
+            organization,
+            project_id,
+            key_id,
+            message,
+            ..
+        } => {
+            format!("Rotation of key {key_id} in project {project_id} ({organization}): {message}")
+        }
         EnforcerAlert::RecheckSkips {
             organization,
             project_id,

@@ -306,7 +306,7 @@ fn compose_alerts(
         };
         match &ch.kind {
             ChannelKind::PagerDuty(_) => {
-                for a in alerts {
+                for a in alerts.iter().filter(|a| a.pages()) {
                     let dedup = a.dedup_key();
                     out.push(OutboxMessage {
                         message_id: message_id(&[
@@ -368,6 +368,7 @@ pub(crate) fn render_digest(
         ChannelKind::PagerDuty(_) => match &digest.body {
             crate::notify::digest::Body::Alerts(alerts) => alerts
                 .iter()
+                .filter(|a| a.pages())
                 .map(|a| {
                     msg(
                         base(&a.dedup_key()),

@@ -171,11 +171,16 @@ impl RotationResult {
             ),
             _ => return None,
         };
-        Some(EnforcerAlert::Expiry {
+        let pages = !matches!(
+            self.outcome,
+            RotationOutcome::Rotated { .. } | RotationOutcome::OrphanDeleted { .. }
+        );
+        Some(EnforcerAlert::Rotation {
             organization: self.organization.clone(),
             project_id: self.project_id.clone(),
             key_id: self.key_id.clone(),
             message,
+            pages,
         })
     }
 }

@@ -12,12 +12,15 @@ use serde_json::json;
 
 use std::collections::HashSet;
 
+use crate::config::Action;
 use crate::config::ServiceAccountKeys;
 use crate::intel::Intel;
+use crate::inventory::OwnerType;
 use crate::inventory::{Inventory, KeyTally};
 use crate::policy::finding::{Finding, FindingId, Notice, NoticeKind, RotatedNote};
-use crate::policy::plan::{Plan, Withheld, project_facts};
+use crate::policy::plan::{Plan, Withheld, as_rotation, project_facts};
 use crate::policy::rotation::{PlannedRotation, planned_rotations, withheld_rotations};
+use crate::policy::verdict::Verdict;
 use crate::rotate::{self, RotationOutcome};
 use crate::state;
 use crate::state::audit::AuditKind;
@@ -146,7 +149,7 @@ impl Run<'_> {
             }
         }
         let alerts = self.dedup_alerts(results.iter().filter_map(|r| r.alert()).collect())?;
-        let notices = rotated_notices(&results, &planned, findings);
+        let notices = rotated_notices(&results, &planned, findings, config);
         if alerts.is_empty() && records.is_empty() && notices.is_empty() {
             return Ok(());
         }
@@ -175,6 +178,7 @@ fn rotated_notices(
     results: &[rotate::RotationResult],
     planned: &[PlannedRotation],
     findings: &[FindingView],
+    config: &crate::config::Config,
 ) -> Vec<Notice> {
     let mut out = Vec::new();
     for r in results {
@@ -196,11 +200,15 @@ fn rotated_notices(
             })
             .find_map(|p| findings.iter().find(|v| v.finding.id == p.finding));
         let Some(view) = finding else { continue };
+        // What keysweep did, not what the defaults would say of a service-account key.
+        let overlap = (config.rotation(&view.finding.id.policy)).map_or(0, |r| {
+            i64::try_from(r.overlap.as_secs()).unwrap_or(i64::MAX)
+        });
         out.push(Notice {
             kind: NoticeKind::Rotated,
             finding: view.finding.clone(),
             dry_run: false,
-            verdict: None,
+            verdict: Some(Verdict::Rotate { overlap }),
             rotated: Some(RotatedNote {
                 new_key_id: new_key_id.clone(),
                 new_redacted_value: new_redacted_value.clone(),
@@ -245,18 +253,28 @@ pub(super) fn align_notice_deadlines(
     let planned = planned_of(findings, config, now);
     for n in notices.iter_mut() {
         let id = &n.finding.id;
-        if config.rotation(&id.policy).is_none() {
+        let rotate_policy = config.rotation(&id.policy).is_some();
+        // An `expire` policy's finding on a key being rotated gets no expiry of its own
+        // (`without_rotated_expiries`): the rotation ends the key, so its notice says so.
+        let replaced_expiry = !rotate_policy
+            && n.finding.action == Action::Expire
+            && n.finding.owner_type == OwnerType::ServiceAccount;
+        if !rotate_policy && !replaced_expiry {
             continue;
         }
-        let earliest = (planned.iter())
-            .find(|p| {
-                p.finding.organization == id.organization
-                    && p.finding.project_id == id.project_id
-                    && p.finding.key_id == id.key_id
-            })
-            .map(|p| p.deadline);
-        if let Some(d) = earliest.filter(|d| *d < n.finding.deadline) {
-            n.finding.deadline = d;
+        let Some(p) = (planned.iter()).find(|p| {
+            p.finding.organization == id.organization
+                && p.finding.project_id == id.project_id
+                && p.finding.key_id == id.key_id
+        }) else {
+            continue;
+        };
+        if p.deadline < n.finding.deadline {
+            n.finding.deadline = p.deadline;
+        }
+        if replaced_expiry && let Some(r) = config.rotation(&p.finding.policy) {
+            let overlap = i64::try_from(r.overlap.as_secs()).unwrap_or(i64::MAX);
+            n.verdict = n.verdict.map(|v| as_rotation(v, overlap));
         }
     }
 }

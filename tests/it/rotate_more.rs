@@ -363,6 +363,14 @@ async fn a_warnings_rotation_time_is_the_earliest_deadline_of_the_keys_findings_
     );
     assert!(status.contains(&rfc3339(earliest)), "{status}");
     assert!(!status.contains(&rfc3339(w.base + 6 * DAY)), "{status}");
+    // The expire policy's own warning on that key announces the rotation too: the rotation
+    // replaces its expiry, so "the expiry is set to …" would be a write that never happens.
+    let expire = notices(&rx, "keysweep.notices.warning", "expire-60d");
+    assert_eq!(expire.len(), 1, "{expire:?}\n{out}");
+    let status = expire[0]["status"].as_str().unwrap();
+    assert!(status.contains("will be rotated"), "{status}");
+    assert!(!status.contains("expiry is set"), "{status}");
+    assert_eq!(expire[0]["verdict"], warnings[0]["verdict"], "{expire:?}");
 
     // `scan` says the same time.
     let mut scan = keysweep(
@@ -398,7 +406,12 @@ async fn a_warnings_rotation_time_is_the_earliest_deadline_of_the_keys_findings_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pagerduty_resolves_the_findings_incident_on_a_rotated_notice_and_never_pages() {
     let rx = Receiver::start().await;
-    let mut w = world_with(&channels(&rx), FILE_SINK, SCOPES, ENFORCE_SA).await;
+    // PagerDuty is an ops channel too: the ops "rotated" announcement must not page either.
+    let chans = channels(&rx).replace(
+        "ops_channels = [\"hook\"]",
+        "ops_channels = [\"hook\", \"pd\"]",
+    );
+    let mut w = world_with(&chans, FILE_SINK, SCOPES, ENFORCE_SA).await;
     with_channel_secrets(&mut w);
     first_warning(&w).await;
     let events = |rx: &Receiver| -> Vec<serde_json::Value> {
@@ -421,10 +434,11 @@ async fn pagerduty_resolves_the_findings_incident_on_a_rotated_notice_and_never_
     let out = w.run(due(&w)).await;
     assert_eq!(w.mints(), 1, "{out}");
     // The webhook got the rotated notice: the same sweep's PagerDuty event is about it.
-    assert_eq!(
-        notices(&rx, "keysweep.notices.rotated", "rotate-90d").len(),
-        1
-    );
+    let rotated = notices(&rx, "keysweep.notices.rotated", "rotate-90d");
+    assert_eq!(rotated.len(), 1);
+    // It says what keysweep did, not "notification only".
+    assert_eq!(rotated[0]["verdict"], "rotate", "{rotated:?}");
+    assert!(rotated[0]["withheld_by"].is_null(), "{rotated:?}");
     let after: Vec<serde_json::Value> = old_events(&rx).into_iter().skip(1).collect();
     assert!(
         after
@@ -438,7 +452,18 @@ async fn pagerduty_resolves_the_findings_incident_on_a_rotated_notice_and_never_
             !(e["event_action"] == "trigger" && text.contains("Rotated")),
             "paged for a rotation: {text}"
         );
+        assert!(
+            !text.contains("rotated: new key"),
+            "paged for a rotation: {text}"
+        );
     }
+    // The other ops channel still hears of it, as a rotation, not as an expiry problem.
+    let hook: Vec<String> = (rx.requests("/hook").iter())
+        .map(|r| r.json().to_string())
+        .filter(|t| t.contains("rotated: new key") && t.contains("\"alert\":\"rotation\""))
+        .collect();
+    assert_eq!(hook.len(), 1, "{hook:?}\n{out}");
+    assert!(hook[0].contains("Rotation of key"), "{hook:?}");
 }
 
 const OLD2: &str = "key_rot_sa_old2";
