@@ -635,6 +635,20 @@ pub fn alert_text(a: &EnforcerAlert) -> String {
             "keysweep's admin key {key_id} ({redacted_value}) of {organization} expired at {}",
             rfc3339(*expired_at)
         ),
+        EnforcerAlert::RevocationFailed { .. }
+        | EnforcerAlert::Expiry { .. }
+        | EnforcerAlert::Rotation { .. }
+        | EnforcerAlert::RecheckSkips { .. } => key_alert_text(a),
+        EnforcerAlert::IntelUnavailable { .. }
+        | EnforcerAlert::KeyWokeUp { .. }
+        | EnforcerAlert::InventoryGap { .. } => a.intel_text().unwrap_or_default(),
+    }
+}
+
+/// The text of an alert about a write to one key (a revocation, an expiry, a rotation, the
+/// re-check that keeps a due key).
+fn key_alert_text(a: &EnforcerAlert) -> String {
+    match a {
         EnforcerAlert::RevocationFailed {
             organization,
             project_id,
@@ -667,9 +681,7 @@ pub fn alert_text(a: &EnforcerAlert) -> String {
         } => format!(
             "Key {key_id} in project {project_id} ({organization}) is due but was kept by the re-check {skips} times in a row; last: {reason}"
         ),
-        EnforcerAlert::IntelUnavailable { .. }
-        | EnforcerAlert::KeyWokeUp { .. }
-        | EnforcerAlert::InventoryGap { .. } => a.intel_text().unwrap_or_default(),
+        _ => String::new(),
     }
 }
 
