@@ -151,6 +151,11 @@ pub struct OrgIntel {
     /// By `api_key_id`. `Err`: why usage could not be read.
     pub usage: Result<BTreeMap<String, KeyUsage>, String>,
     pub window_days: u32,
+    /// When this sweep's log read failed: each key's creator as the stored history from earlier
+    /// sweeps knows it (key id → e-mail). A creator never changes, so a log outage need not
+    /// send a service-account key's notices past its creator; scopes and deletions, which do
+    /// change, are not taken from it.
+    pub creators_kept: HashMap<String, String>,
 }
 
 /// Every organisation's [`OrgIntel`].
@@ -198,8 +203,9 @@ impl Intel {
                 cost_usd: (u.cost_usd * 10_000.0).round() / 10_000.0,
             }
         });
+        let kept = || o.creators_kept.get(key_id).map(String::as_str);
         KeyIntel {
-            created_by: h.and_then(|h| h.created_by.as_deref()),
+            created_by: h.and_then(|h| h.created_by.as_deref()).or_else(kept),
             scopes: h.and_then(|h| h.scopes.as_deref()),
             usage,
             deleted_at: h.and_then(|h| h.deleted_at),
@@ -383,11 +389,16 @@ pub async fn gather_kept(
             org_history(c, horizon, now, kept),
             c.usage_by_key(start, now)
         );
+        let (history, creators_kept) = match history {
+            Ok(h) => (Ok(h), HashMap::new()),
+            Err(f) => (Err(f.message), f.creators),
+        };
         orgs.push(OrgIntel {
             organization: c.org_name().to_string(),
             history,
             usage: usage.map_err(|e| e.to_string()),
             window_days: settings.window_days(),
+            creators_kept,
         });
     }
     Intel { orgs }
@@ -413,13 +424,29 @@ fn load(store: &Store, organization: &str) -> Result<Stored, crate::state::State
     })
 }
 
+/// Why an organisation's history could not be read this sweep, and the creators the stored
+/// history still knows.
+struct HistoryFailed {
+    message: String,
+    creators: HashMap<String, String>,
+}
+
+impl From<String> for HistoryFailed {
+    fn from(message: String) -> Self {
+        HistoryFailed {
+            message,
+            creators: HashMap::new(),
+        }
+    }
+}
+
 /// One organisation's key histories: the stored ones and the events read since the mark.
 async fn org_history(
     c: &AdminClient,
     horizon: i64,
     now: i64,
     kept: Option<Kept<'_>>,
-) -> Result<HashMap<String, KeyHistory>, String> {
+) -> Result<HashMap<String, KeyHistory>, HistoryFailed> {
     let org = c.org_name();
     let mut st = match kept {
         Some(k) => load(k.store, org).map_err(|e| {
@@ -433,7 +460,18 @@ async fn org_history(
     let since = st
         .mark
         .map_or(horizon, |m| m.saturating_sub(AUDIT_LOG_MARGIN).max(horizon));
-    let mut events = c.key_events(since).await.map_err(|e| e.to_string())?;
+    let mut events = match c.key_events(since).await {
+        Ok(events) => events,
+        Err(e) => {
+            let creators = (st.history.into_iter())
+                .filter_map(|(id, h)| h.created_by.map(|by| (id, by)))
+                .collect();
+            return Err(HistoryFailed {
+                message: e.to_string(),
+                creators,
+            });
+        }
+    };
     events.sort_by(|a, b| (a.effective_at, &a.id).cmp(&(b.effective_at, &b.id)));
     let mut changed: HashSet<&str> = HashSet::new();
     let mut applied = Vec::new();
@@ -631,6 +669,7 @@ mod tests {
                 history: Ok(history),
                 usage: Ok(usage),
                 window_days: 30,
+                creators_kept: HashMap::new(),
             }],
         };
         let f = intel.facts(200_000);
@@ -659,6 +698,7 @@ mod tests {
                 history: Err("HTTP 403".into()),
                 usage: Ok(usage),
                 window_days: 30,
+                creators_kept: HashMap::new(),
             }],
         };
         let k = intel.key("acme", "key_a");

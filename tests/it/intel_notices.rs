@@ -765,3 +765,32 @@ async fn hostile_names_in_woke_up_and_deleted_by_lines_are_neutralised() {
         resolved.text
     );
 }
+
+/// A log outage keeps the creator: the history kept from earlier sweeps still sends a
+/// service-account key's notices to the person who created it (a creator never changes), and
+/// the ops channel hears that the log could not be read.
+#[tokio::test(flavor = "multi_thread")]
+async fn during_an_audit_log_outage_the_creator_known_from_earlier_sweeps_is_still_told() {
+    let (o, history) = org(None);
+    let w = world(o, history, SA_POLICY).await;
+    w.sweep(NOW).await;
+    let first = mailed(&w.mails(), &SA_KEYS);
+    assert!(first.contains_key("alice@example.com"), "{first:?}");
+
+    w.sim.set_audit_logging(false);
+    let before = w.mails().len();
+    let err = w.sweep(NOW + 25 * HOUR).await;
+    let got = mailed(&w.mails()[before..], &SA_KEYS);
+    assert_eq!(
+        got.get("alice@example.com"),
+        Some(&set(&["key_sa_alice"])),
+        "{got:?}\n{err}"
+    );
+    let ops: Vec<String> = (w.rx.requests("/ops").iter())
+        .map(|r| r.json().to_string())
+        .collect();
+    assert!(
+        ops.iter().any(|m| m.contains("intel_unavailable")),
+        "{ops:?}"
+    );
+}
