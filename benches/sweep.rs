@@ -1,10 +1,12 @@
 //! `cargo bench --bench sweep -- [SCENARIO…] [--projects N] [--keys K|MIN-MAX] [--concurrency C]
-//! [--latency-ms MS] [--rps R] [--eval-rounds N] [--policies light|demo]`: a full keysweep sweep
-//! against the simulated Administration API, measured against the physical bound.
+//! [--latency-ms MS] [--rps R] [--eval-rounds N] [--policies light|demo|expire] [--steady N]
+//! [--intel] [--no-listing]`: a full keysweep sweep against the simulated Administration API,
+//! measured against the physical bound.
 //!
 //! Scenarios: `quick` (the default, CI-sized), `small` (10 × 100), `wide` (1,000 × 100–300),
 //! `deep` (100 × 10,000), `deep100k` (10 × 10,000, the 100k-key memory target), `ceiling`
-//! (a requests-per-second ceiling), `idle` (RSS of an idle `keysweep run` daemon), `all`.
+//! (a requests-per-second ceiling), `scale` (100, 1,000 and 5,000 projects × 100–300 keys, with
+//! per-key costs), `idle` (RSS of an idle `keysweep run` daemon), `all`.
 //! Flags after the scenario names override its parameters. See `benches/README.md` for what
 //! each figure means and the recorded results.
 //!
@@ -22,7 +24,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -67,13 +69,24 @@ struct Args {
     /// Rounds of policy evaluation over the whole inventory.
     #[arg(long)]
     eval_rounds: Option<u32>,
-    /// Policy set: `light` (two policies, few findings) or `demo` (the demo's three, many).
+    /// Policy set: `light` (two policies, few findings), `demo` (the demo's three, many) or
+    /// `expire` (`light` with `action = "expire"`, in enforce mode: the simulator takes the writes).
     #[arg(long)]
     policies: Option<String>,
+    /// Steady-state sweeps after the first (each with its own peak RSS).
+    #[arg(long)]
+    steady: Option<u32>,
+    /// Set `[usage]` and `[audit_log]` in the configuration (issue 16's reads); their requests
+    /// are reported apart from the inventory minimum in every run.
+    #[arg(long)]
+    intel: bool,
+    /// Skip the "listing alone" phase and the evaluation rounds (which hold every key).
+    #[arg(long)]
+    no_listing: bool,
     /// Seed of the generated organisation.
     #[arg(long, default_value_t = 7)]
     seed: u64,
-    /// Skip the second (steady-state) sweep.
+    /// Skip the steady-state sweeps (`--steady 0`).
     #[arg(long)]
     no_second_sweep: bool,
     /// Passed by `cargo bench`; ignored.
@@ -91,6 +104,9 @@ struct Args {
     /// Internal: scenario name, for the report.
     #[arg(long, hide = true)]
     name: Option<String>,
+    /// Internal: where the sweeper writes its figures as JSON, for the summary table.
+    #[arg(long, hide = true)]
+    summary: Option<PathBuf>,
 }
 
 /// One measured configuration.
@@ -105,7 +121,11 @@ struct Scenario {
     rps: Option<f64>,
     eval_rounds: u32,
     policies: String,
-    second_sweep: bool,
+    /// Steady-state sweeps after the first.
+    steady: u32,
+    intel: bool,
+    /// Run the "listing alone" phase and the evaluation rounds.
+    listing: bool,
 }
 
 impl Scenario {
@@ -120,15 +140,29 @@ impl Scenario {
             rps,
             eval_rounds,
             policies: "light".to_string(),
-            second_sweep: true,
+            steady: 3,
+            intel: false,
+            listing: true,
+        };
+        // The scaling series: one steady-state sweep, no listing-alone phase (it holds every key).
+        let scale = |projects| Scenario {
+            steady: 1,
+            listing: false,
+            ..s(projects, 100, 300, 32, None, 0)
         };
         Some(match name {
             "quick" => s(10, 100, 100, 16, None, 20),
             "small" => s(10, 100, 100, 16, None, 50),
             "wide" => s(1000, 100, 300, 128, None, 5),
-            "deep" => s(100, 10_000, 10_000, 100, None, 2),
+            "deep" => Scenario {
+                steady: 1,
+                ..s(100, 10_000, 10_000, 100, None, 2)
+            },
             "deep100k" => s(10, 10_000, 10_000, 10, None, 10),
             "ceiling" => s(100, 100, 300, 32, Some(50.0), 10),
+            "scale-100" => scale(100),
+            "scale-1000" => scale(1000),
+            "scale-5000" => scale(5000),
             _ => return None,
         })
     }
@@ -156,14 +190,21 @@ impl Scenario {
         if let Some(p) = &a.policies {
             self.policies = p.clone();
         }
+        if let Some(n) = a.steady {
+            self.steady = n;
+        }
         if a.no_second_sweep {
-            self.second_sweep = false;
+            self.steady = 0;
+        }
+        self.intel |= a.intel;
+        if a.no_listing {
+            self.listing = false;
         }
         if !(1..=256).contains(&self.concurrency) {
             bail!("--concurrency must be between 1 and 256");
         }
-        if !matches!(self.policies.as_str(), "light" | "demo") {
-            bail!("--policies must be light or demo");
+        if !matches!(self.policies.as_str(), "light" | "demo" | "expire") {
+            bail!("--policies must be light, demo or expire");
         }
         Ok(self)
     }
@@ -197,13 +238,18 @@ impl Scenario {
             self.eval_rounds.to_string(),
             "--policies".into(),
             self.policies.clone(),
+            "--steady".into(),
+            self.steady.to_string(),
         ];
         if let Some(r) = self.rps {
             v.push("--rps".into());
             v.push(r.to_string());
         }
-        if !self.second_sweep {
-            v.push("--no-second-sweep".into());
+        if self.intel {
+            v.push("--intel".into());
+        }
+        if !self.listing {
+            v.push("--no-listing".into());
         }
         v
     }
@@ -231,7 +277,11 @@ fn main() -> Result<()> {
             .with_overrides(&args)?;
         let scenario = Scenario { name, ..base };
         let rt = tokio::runtime::Runtime::new()?;
-        return rt.block_on(run_sweeper(&scenario));
+        let summary = rt.block_on(run_sweeper(&scenario))?;
+        if let Some(path) = &args.summary {
+            std::fs::write(path, serde_json::to_vec(&summary)?)?;
+        }
+        return Ok(());
     }
 
     let mut names: Vec<String> = if args.scenarios.is_empty() {
@@ -244,7 +294,20 @@ fn main() -> Result<()> {
             .map(String::from)
             .to_vec();
     }
+    let names: Vec<String> = (names.into_iter())
+        .flat_map(|n| {
+            if n == "scale" {
+                ["scale-100", "scale-1000", "scale-5000"]
+                    .map(String::from)
+                    .to_vec()
+            } else {
+                vec![n]
+            }
+        })
+        .collect();
     print_machine();
+    let dir = tempfile::tempdir()?;
+    let mut summaries = Vec::new();
     for name in &names {
         if name == "idle" {
             let rt = tokio::runtime::Runtime::new()?;
@@ -253,20 +316,26 @@ fn main() -> Result<()> {
         }
         let Some(preset) = Scenario::preset(name) else {
             bail!(
-                "unknown scenario {name:?} (quick, small, wide, deep, deep100k, ceiling, idle, all)"
+                "unknown scenario {name:?} (quick, small, wide, deep, deep100k, ceiling, scale, idle, all)"
             );
         };
         let scenario = preset.with_overrides(&args)?;
+        let summary_path = dir.path().join(format!("{name}.json"));
         // A fresh process per scenario: its peak RSS is this scenario's alone.
         let status = Command::new(std::env::current_exe()?)
             .arg("--sweeper")
             .args(scenario.to_args())
+            .arg("--summary")
+            .arg(&summary_path)
             .status()
             .context("running the sweeper process")?;
         if !status.success() {
             bail!("scenario {name} failed ({status})");
         }
+        let text = std::fs::read(&summary_path).context("reading the sweeper's figures")?;
+        summaries.push(serde_json::from_slice::<Summary>(&text)?);
     }
+    print_summaries(&summaries);
     Ok(())
 }
 
@@ -600,7 +669,7 @@ notify = ["security-team"]
 [[policies]]
 name = "rotate-700d"
 max_age = "700d"
-action = "revoke"
+action = "ACTION"
 warn_before = "14d"
 notify = ["security-team"]
 
@@ -611,9 +680,20 @@ action = "notify"
 notify = ["security-team"]
 "#
     };
+    // `expire`: the `light` set with its max-age policy setting expiries, in enforce mode.
+    let (policies, mode) = if s.policies == "expire" {
+        (policies.replace("ACTION", "expire"), "enforce")
+    } else {
+        (policies.replace("ACTION", "revoke"), "dry-run")
+    };
+    let intel = if s.intel {
+        "\n[usage]\nwindow = \"30d\"\n\n[audit_log]\nbackfill = \"90d\"\n"
+    } else {
+        ""
+    };
     format!(
         r#"
-mode = "dry-run"
+mode = "{mode}"
 state_path = {db:?}
 ops_channels = ["security-team"]
 owner_fallback = ["security-team"]
@@ -626,6 +706,7 @@ base_url = "{base_url}"
 concurrency = {concurrency}
 {rps}
 {policies}
+{intel}
 
 [[channels]]
 name = "security-team"
@@ -688,12 +769,102 @@ impl Start {
     }
 }
 
-/// A sweep as measured: its cost and what it found.
-struct SweepRun {
-    cost: Cost,
+/// Requests of one phase by kind, from the simulator's per-route counters.
+#[derive(Debug, Default, Clone, Copy, Serialize, Deserialize)]
+struct Requests {
+    /// Project and key list pages (and owner look-ups): what the minimum describes.
+    inventory: u64,
+    /// The admin-key page (the expiry warning of keysweep's own key).
+    admin: u64,
+    /// Audit-log, usage and cost pages (issue 16).
+    intel: u64,
+    /// Writes (anything but GET): expiries set, keys deleted.
+    writes: u64,
+    /// Any other read (enforcement's re-reads of single keys, …).
+    other: u64,
+}
+
+impl Requests {
+    fn of(map: &BTreeMap<String, u64>) -> Requests {
+        let mut r = Requests::default();
+        for (route, &n) in map {
+            let (method, path) = route.split_once(' ').unwrap_or(("GET", route));
+            let slot = if method != "GET" {
+                &mut r.writes
+            } else if path.ends_with("/admin_api_keys") {
+                &mut r.admin
+            } else if path.contains("/audit_logs")
+                || path.contains("/usage/")
+                || path.ends_with("/costs")
+            {
+                &mut r.intel
+            } else if path.ends_with("/organization/projects")
+                || path.ends_with("/api_keys")
+                || path.ends_with("/users")
+            {
+                &mut r.inventory
+            } else {
+                &mut r.other
+            };
+            *slot += n;
+        }
+        r
+    }
+
+    fn total(&self) -> u64 {
+        self.inventory + self.admin + self.intel + self.writes + self.other
+    }
+
+    /// `inventory + admin + intel + writes + other`, the non-zero terms named.
+    fn text(&self) -> String {
+        let mut parts = vec![format!("{} inventory", group(self.inventory))];
+        for (n, what) in [
+            (self.admin, "admin-key"),
+            (self.intel, "intel (audit log, usage, costs)"),
+            (self.writes, "writes"),
+            (self.other, "other reads"),
+        ] {
+            if n > 0 {
+                parts.push(format!("{} {what}", group(n)));
+            }
+        }
+        format!("{} = {}", group(self.total()), parts.join(" + "))
+    }
+}
+
+/// One sweep as measured: its cost and what it found.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SweepFig {
+    wall: f64,
+    /// CPU seconds (user + sys) of the sweeping process and of the simulator.
+    cpu: f64,
+    sim_cpu: f64,
+    rss_before_kib: Option<u64>,
+    /// `VmHWM`, reset just before the sweep.
+    peak_kib: Option<u64>,
+    requests: Requests,
     listed_keys: usize,
     findings: usize,
+    /// Expiries this sweep set (`--policies expire`).
+    expiries_set: usize,
+    /// Keys whose due write the plan withheld (dry-run, caps, the service-account rule).
+    withheld: usize,
     complete: bool,
+}
+
+/// What the sweeper hands the orchestrator for the summary table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Summary {
+    name: String,
+    projects: usize,
+    keys: u64,
+    minimum: u64,
+    /// The issue's bound and the dependency bound, in seconds.
+    bound: f64,
+    best_bound: f64,
+    /// Sweep 1, then the steady-state sweeps.
+    sweeps: Vec<SweepFig>,
+    listing_wall: Option<f64>,
 }
 
 /// The listing alone, and policy evaluation over what it listed.
@@ -706,24 +877,33 @@ struct ListingRun {
     policies: usize,
 }
 
-/// One dry-run sweep without delivery at `now`, measured.
+/// One sweep without delivery at `now`, measured from a reset peak RSS. Dry-run unless the
+/// scenario enforces (`--policies expire`).
 async fn measure_sweep(
+    s: &Scenario,
     sweeper: &Sweeper,
     sim: &mut SimChild,
     now: i64,
-    reset_peak: bool,
-) -> Result<SweepRun> {
+) -> Result<SweepFig> {
     let opts = SweepOptions {
-        force_dry_run: true,
+        force_dry_run: s.policies != "expire",
         deliver: false,
         ..SweepOptions::new(now)
     };
-    let start = Start::now(sim, reset_peak)?;
+    let start = Start::now(sim, true)?;
     let report = sweeper.run_once(&opts).await?;
-    Ok(SweepRun {
-        cost: start.cost(sim)?,
+    let cost = start.cost(sim)?;
+    Ok(SweepFig {
+        wall: cost.wall.as_secs_f64(),
+        cpu: cost.cpu,
+        sim_cpu: cost.sim_cpu,
+        rss_before_kib: cost.rss_before,
+        peak_kib: cost.peak,
+        requests: Requests::of(&cost.requests),
         listed_keys: report.inventory.key_count(),
         findings: report.findings.len(),
+        expiries_set: report.expiries_set_count(),
+        withheld: report.withheld_key_count(),
         complete: report.complete(),
     })
 }
@@ -767,7 +947,7 @@ async fn measure_listing(
     })
 }
 
-async fn run_sweeper(s: &Scenario) -> Result<()> {
+async fn run_sweeper(s: &Scenario) -> Result<Summary> {
     let admin_key = format!("sk-admin-bench-{}", uuid::Uuid::new_v4().simple());
     let now = chrono::Utc::now().timestamp();
     let mut sim = SimChild::start(s, &admin_key, now)?;
@@ -781,39 +961,41 @@ async fn run_sweeper(s: &Scenario) -> Result<()> {
     let store = Store::open(&db)?;
     let sweeper = Sweeper::new(config.clone(), Some(store.clone()), Metrics::new())?;
 
-    // Sweep 1: the first sweep of this organisation (every key new, every finding new).
-    let first = measure_sweep(&sweeper, &mut sim, now, true).await?;
-    let listing = measure_listing(s, &config, &mut sim, now).await?;
-    // Sweep 2: steady state (observations and findings already stored); the peak RSS is
-    // not reset, so it covers everything since the listing.
-    let second = if s.second_sweep {
-        Some(measure_sweep(&sweeper, &mut sim, now + 60, false).await?)
+    // Sweep 1: the first sweep of this organisation (every key new, every finding new). Then
+    // the steady state against the same state database (observations and findings stored),
+    // each sweep with its own peak RSS; then the listing alone, which holds every key.
+    let mut sweeps = vec![measure_sweep(s, &sweeper, &mut sim, now).await?];
+    for i in 1..=s.steady {
+        sweeps.push(measure_sweep(s, &sweeper, &mut sim, now + 60 * i64::from(i)).await?);
+    }
+    let listing = if s.listing {
+        Some(measure_listing(s, &config, &mut sim, now).await?)
     } else {
         None
     };
-    let peak_second = proc_status_kib("VmHWM");
     let window = sim.window()?;
 
     let bounds = Bounds::new(s, &sim.ready.key_counts);
+    let keys: u64 = sim.ready.key_counts.iter().map(|&k| k as u64).sum();
     print_scenario(s, &sim.ready);
-    print_first_sweep(s, &bounds, &first, &listing);
-    if let Some(r2) = &second {
-        println!(
-            "sweep 2             {}  (steady state: same keys, findings open; {} requests; {}; CPU keysweep {:.2} s, simulator {:.2} s)",
-            secs(r2.cost.wall),
-            group(r2.cost.requests.values().sum::<u64>()),
-            if r2.complete {
-                "complete"
-            } else {
-                "INCOMPLETE"
-            },
-            r2.cost.cpu,
-            r2.cost.sim_cpu,
-        );
+    print_first_sweep(s, &bounds, &sweeps[0], listing.as_ref());
+    for (i, r) in sweeps.iter().enumerate().skip(1) {
+        print_steady(i + 1, r, &bounds);
     }
-    print_resources(s, &first, &listing, peak_second, &window);
+    print_resources(s, keys, &sweeps, listing.as_ref(), &window);
     drop(sim);
-    Ok(())
+    Ok(Summary {
+        name: s.name.clone(),
+        projects: s.projects,
+        keys,
+        minimum: bounds.minimum(),
+        bound: bounds.issue.as_secs_f64(),
+        best_bound: bounds
+            .best(Duration::from_millis(s.latency_ms))
+            .as_secs_f64(),
+        sweeps,
+        listing_wall: listing.map(|l| l.cost.wall.as_secs_f64()),
+    })
 }
 
 fn print_scenario(s: &Scenario, ready: &Ready) {
@@ -821,7 +1003,7 @@ fn print_scenario(s: &Scenario, ready: &Ready) {
     let keys_total: usize = counts.iter().sum();
     println!();
     println!(
-        "== {}: {} projects × {} keys, latency {} ms, concurrency {}{}, policies {} ==",
+        "== {}: {} projects × {} keys, latency {} ms, concurrency {}{}, policies {}{} ==",
         s.name,
         group(counts.len() as u64),
         s.keys_text(),
@@ -831,6 +1013,7 @@ fn print_scenario(s: &Scenario, ready: &Ready) {
             .map(|r| format!(", ceiling {r} requests/s"))
             .unwrap_or_default(),
         s.policies,
+        if s.intel { ", intel" } else { "" },
     );
     println!(
         "organisation        {} keys in {} listed projects (+{} archived, not listed); generated in {:.2} s",
@@ -841,53 +1024,104 @@ fn print_scenario(s: &Scenario, ready: &Ready) {
     );
 }
 
+fn complete_text(complete: bool) -> &'static str {
+    if complete { "complete" } else { "INCOMPLETE" }
+}
+
 /// Sweep 1 and the listing alone against the request floor and the wall-time floors.
-fn print_first_sweep(s: &Scenario, bounds: &Bounds, first: &SweepRun, listing: &ListingRun) {
-    let req1 = &first.cost.requests;
-    let admin_pages = req1
-        .get("GET /v1/organization/admin_api_keys")
-        .copied()
-        .unwrap_or(0);
-    let total1: u64 = req1.values().sum();
-    let inventory1 = total1 - admin_pages;
-    let minimum = bounds.minimum();
+fn print_first_sweep(
+    s: &Scenario,
+    bounds: &Bounds,
+    first: &SweepFig,
+    listing: Option<&ListingRun>,
+) {
+    let r = &first.requests;
     println!(
-        "sweep 1             {}  (list + evaluate + commit; dry-run; SQLite; {} keys listed, {} findings, {})",
-        secs(first.cost.wall),
+        "sweep 1             {:.3} s  (list + evaluate + commit; {}; SQLite; {} keys listed, {} findings, {})",
+        first.wall,
+        if s.policies == "expire" {
+            "enforce"
+        } else {
+            "dry-run"
+        },
         group(first.listed_keys as u64),
         group(first.findings as u64),
-        if first.complete {
-            "complete"
-        } else {
-            "INCOMPLETE"
-        },
+        complete_text(first.complete),
     );
     println!(
-        "requests            {} = {} inventory + {} admin-key page; minimum {} ({} project + {} key pages) + 1 admin-key page: {}",
-        group(total1),
-        group(inventory1),
-        admin_pages,
-        group(minimum),
+        "requests            {}; minimum {} ({} project + {} key pages) + 1 admin-key page: {}",
+        r.text(),
+        group(bounds.minimum()),
         group(bounds.project_pages),
         group(bounds.key_pages),
-        verdict(inventory1 == minimum && admin_pages == 1),
+        verdict(r.inventory == bounds.minimum() && r.admin == 1),
     );
-    print_other_routes(req1);
+    if r.intel > 0 {
+        println!(
+            "                    intel: {} audit-log/usage/cost pages, outside the minimum{}",
+            group(r.intel),
+            if s.intel {
+                " (--intel)"
+            } else {
+                " (not asked for with --intel: this build reads them anyway)"
+            },
+        );
+    }
+    if s.policies == "expire" {
+        print_writes(first);
+    }
+    let Some(listing) = listing else {
+        print_bounds(s, bounds, Duration::from_secs_f64(first.wall), None);
+        return;
+    };
     println!(
         "listing alone       {}  ({} requests, {})",
         secs(listing.cost.wall),
         group(listing.cost.requests.values().sum::<u64>()),
-        if listing.complete {
-            "complete"
-        } else {
-            "INCOMPLETE"
-        },
+        complete_text(listing.complete),
     );
-    print_bounds(s, bounds, first.cost.wall, listing.cost.wall);
+    print_bounds(
+        s,
+        bounds,
+        Duration::from_secs_f64(first.wall),
+        Some(listing.cost.wall),
+    );
+}
+
+/// `--policies expire`: the writes against their bound, one update per expiry set (the plan's
+/// caps already applied), and the single-key re-reads that precede them.
+fn print_writes(r: &SweepFig) {
+    println!(
+        "writes              {} updates for {} expiries set ({} due writes withheld by a rail); re-reads {}: {}",
+        group(r.requests.writes),
+        group(r.expiries_set as u64),
+        group(r.withheld as u64),
+        group(r.requests.other),
+        verdict(r.requests.writes == r.expiries_set as u64),
+    );
+}
+
+/// A steady-state sweep: wall, CPU, requests, peak RSS.
+fn print_steady(n: usize, r: &SweepFig, bounds: &Bounds) {
+    println!(
+        "sweep {n}             {:.3} s  (steady state; {}; {} findings; requests {}: {}; CPU keysweep {:.2} s, simulator {:.2} s; peak RSS {} from {})",
+        r.wall,
+        complete_text(r.complete),
+        group(r.findings as u64),
+        r.requests.text(),
+        verdict(r.requests.inventory == bounds.minimum()),
+        r.cpu,
+        r.sim_cpu,
+        mib(r.peak_kib),
+        mib(r.rss_before_kib),
+    );
+    if r.requests.writes > 0 || r.expiries_set > 0 {
+        print_writes(r);
+    }
 }
 
 /// The issue's lower bound, the dependency bound, and how close sweep and listing came.
-fn print_bounds(s: &Scenario, bounds: &Bounds, wall1: Duration, list_wall: Duration) {
+fn print_bounds(s: &Scenario, bounds: &Bounds, wall1: Duration, list_wall: Option<Duration>) {
     let best = bounds.best(Duration::from_millis(s.latency_ms));
     println!(
         "lower bound         {} = max({} pages × {} ms, {} × {} ms / {}) (issue formula)",
@@ -913,50 +1147,64 @@ fn print_bounds(s: &Scenario, bounds: &Bounds, wall1: Duration, list_wall: Durat
     } else {
         ""
     };
+    let listing = |b: Duration| {
+        list_wall.map_or_else(String::new, |l| format!("listing {:.2} / ", ratio(l, b)))
+    };
     println!(
-        "ratio               listing {:.2} / sweep {:.2} of the issue bound{target}; listing {:.2} / sweep {:.2} of the dependency bound",
-        ratio(list_wall, bounds.issue),
+        "ratio               {}sweep {:.2} of the issue bound{target}; {}sweep {:.2} of the dependency bound",
+        listing(bounds.issue),
         ratio(wall1, bounds.issue),
-        ratio(list_wall, best),
+        listing(best),
         ratio(wall1, best),
     );
 }
 
-/// CPU, peak RSS, policy evaluation throughput and the request rate.
+/// CPU, peak RSS and the per-key figures, policy evaluation throughput and the request rate.
 fn print_resources(
     s: &Scenario,
-    first: &SweepRun,
-    listing: &ListingRun,
-    peak_second: Option<u64>,
+    keys: u64,
+    sweeps: &[SweepFig],
+    listing: Option<&ListingRun>,
     window: &Window,
 ) {
+    let first = &sweeps[0];
     println!(
-        "CPU during sweep 1  keysweep {:.2} s, simulator {:.2} s (wall {:.2} s); listing alone: keysweep {:.2} s, simulator {:.2} s",
-        first.cost.cpu,
-        first.cost.sim_cpu,
-        first.cost.wall.as_secs_f64(),
-        listing.cost.cpu,
-        listing.cost.sim_cpu,
+        "CPU during sweep 1  keysweep {:.2} s, simulator {:.2} s (wall {:.2} s)",
+        first.cpu, first.sim_cpu, first.wall,
     );
     println!(
         "peak RSS            {} during sweep 1 (VmRSS before {}) — the sweeping process only",
-        mib(first.cost.peak),
-        mib(first.cost.rss_before),
+        mib(first.peak_kib),
+        mib(first.rss_before_kib),
     );
-    println!(
-        "                    {} during the listing alone (VmRSS before {}); {} up to the end of sweep 2",
-        mib(listing.cost.peak),
-        mib(listing.cost.rss_before),
-        mib(peak_second),
-    );
-    println!(
-        "policy evaluation   {} keys/s ({} rounds × {} keys, {} policies, {:.2} s)",
-        group((listing.evaluated as f64 / listing.eval.as_secs_f64().max(1e-9)) as u64),
-        s.eval_rounds,
-        group(listing.eval_keys as u64),
-        listing.policies,
-        listing.eval.as_secs_f64(),
-    );
+    if sweeps.len() > 1 {
+        let peaks: Vec<String> = sweeps[1..].iter().map(|r| mib(r.peak_kib)).collect();
+        println!(
+            "                    {} in the steady-state sweeps 2–{} (each reset before it)",
+            peaks.join(", "),
+            sweeps.len(),
+        );
+    }
+    for (i, r) in sweeps.iter().enumerate() {
+        println!("per key, sweep {}    {}", i + 1, per_key(r, keys));
+    }
+    if let Some(listing) = listing {
+        println!(
+            "listing alone       CPU keysweep {:.2} s, simulator {:.2} s; peak RSS {} (VmRSS before {})",
+            listing.cost.cpu,
+            listing.cost.sim_cpu,
+            mib(listing.cost.peak),
+            mib(listing.cost.rss_before),
+        );
+        println!(
+            "policy evaluation   {} keys/s ({} rounds × {} keys, {} policies, {:.2} s)",
+            group((listing.evaluated as f64 / listing.eval.as_secs_f64().max(1e-9)) as u64),
+            s.eval_rounds,
+            group(listing.eval_keys as u64),
+            listing.policies,
+            listing.eval.as_secs_f64(),
+        );
+    }
     match s.rps {
         Some(r) => println!(
             "request rate        at most {} requests in any 1 s window (ceiling {r}; {} sampled): {}",
@@ -971,18 +1219,68 @@ fn print_resources(
     }
 }
 
-fn print_other_routes(req: &std::collections::BTreeMap<String, u64>) {
-    let other: Vec<String> = req
-        .iter()
-        .filter(|(k, _)| {
-            !k.ends_with("/organization/projects")
-                && !k.ends_with("/api_keys")
-                && !k.ends_with("/admin_api_keys")
-        })
-        .map(|(k, v)| format!("{k}: {v}"))
-        .collect();
-    if !other.is_empty() {
-        println!("other requests      {}", other.join(", "));
+/// µs of CPU per key (keysweep, simulator) and bytes of peak RSS per key (all of it, and the
+/// part above the RSS the sweep started from).
+fn per_key(r: &SweepFig, keys: u64) -> String {
+    let k = keys.max(1) as f64;
+    let bytes = |kib: Option<u64>| kib.map_or(0.0, |v| v as f64 * 1024.0 / k);
+    let growth = match (r.peak_kib, r.rss_before_kib) {
+        (Some(p), Some(b)) => Some(p.saturating_sub(b)),
+        _ => None,
+    };
+    format!(
+        "{:.2} µs CPU (simulator {:.2} µs); peak RSS {:.0} B ({:.0} B above the RSS before the sweep)",
+        r.cpu * 1e6 / k,
+        r.sim_cpu * 1e6 / k,
+        bytes(r.peak_kib),
+        bytes(growth),
+    )
+}
+
+/// One line per sweep of every scenario run: what `benches/README.md`'s tables are made from.
+fn print_summaries(summaries: &[Summary]) {
+    if summaries.is_empty() {
+        return;
+    }
+    println!();
+    println!("== summary ==");
+    println!(
+        "| scenario | keys | sweep | wall | ratio (issue / dep.) | CPU keysweep | CPU simulator | µs CPU/key | requests (inventory / min, admin, intel, writes) | peak RSS | B RSS/key |"
+    );
+    println!("| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- | ---: | ---: |");
+    for s in summaries {
+        for (i, r) in s.sweeps.iter().enumerate() {
+            let k = s.keys.max(1) as f64;
+            println!(
+                "| {} | {} | {} | {:.3} s | {:.2} / {:.2} | {:.2} s | {:.2} s | {:.2} | {} / {}, {}, {}, {} | {} | {:.0} |",
+                s.name,
+                group(s.keys),
+                i + 1,
+                r.wall,
+                r.wall / s.bound.max(1e-9),
+                r.wall / s.best_bound.max(1e-9),
+                r.cpu,
+                r.sim_cpu,
+                r.cpu * 1e6 / k,
+                group(r.requests.inventory),
+                group(s.minimum),
+                r.requests.admin,
+                group(r.requests.intel),
+                group(r.requests.writes),
+                mib(r.peak_kib),
+                r.peak_kib.map_or(0.0, |v| v as f64 * 1024.0 / k),
+            );
+        }
+        if let Some(l) = s.listing_wall {
+            println!(
+                "| {} | {} | listing alone | {:.3} s | {:.2} / {:.2} | | | | | | |",
+                s.name,
+                group(s.keys),
+                l,
+                l / s.bound.max(1e-9),
+                l / s.best_bound.max(1e-9),
+            );
+        }
     }
 }
 

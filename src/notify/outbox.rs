@@ -13,7 +13,7 @@ use rusqlite::Connection;
 
 use crate::notify::{MessageKind, OutboxMessage, scrub};
 use crate::state::StateError;
-use crate::state::outbox::{self as rows, NewOutboxRow, OutboxRow};
+use crate::state::outbox::{self as rows, MadeOutboxRow, OutboxRow};
 
 pub use crate::state::outbox::{OutboxDb, OutboxDepth};
 
@@ -50,26 +50,21 @@ pub fn enqueue(
     messages: &[OutboxMessage],
     now: i64,
 ) -> Result<usize, StateError> {
-    let payloads = messages
-        .iter()
-        .map(|m| {
-            serde_json::to_string(&m.payload).map_err(|source| StateError::Encode {
-                what: "outbox payload",
-                source,
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let rows = messages
-        .iter()
-        .zip(&payloads)
-        .map(|(m, payload)| NewOutboxRow {
+    // Each payload is serialised on its way in, not all of them first (see `insert_made`).
+    let rows = messages.iter().map(|m| {
+        let payload = serde_json::to_string(&m.payload).map_err(|source| StateError::Encode {
+            what: "outbox payload",
+            source,
+        })?;
+        Ok(MadeOutboxRow {
             message_id: &m.message_id,
             channel: &m.channel,
             recipient: &m.recipient,
             kind: m.kind.as_str(),
             payload,
-        });
-    rows::insert_all(conn, rows, now)
+        })
+    });
+    rows::insert_made(conn, rows, now)
 }
 
 /// Pending messages whose next attempt is due, oldest first.

@@ -40,7 +40,7 @@ use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 /// database before giving up with "database is locked".
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The page cache of a [`Store::bulk_tx`] (a sweep's commit), in KiB: 64 MiB.
+/// The page cache of a [`Store::bulk_tx`] (a sweep's commit), in KiB: 16 MiB (was 64 MiB).
 ///
 /// SQLite's default is 2 MiB (`cache_size = -2000`). A transaction that dirties more than its
 /// cache holds spills dirty pages to the WAL mid-transaction (`pagerStress` in a profile), and
@@ -55,8 +55,11 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// back and its memory released, so the daemon does not keep it between sweeps. The cost is
 /// that a large commit's dirty pages are resident while it runs: if a measurement puts the
 /// peak RSS of a 100k-key first sweep above its 64 MiB target, lower this figure (the commit
-/// then spills again, and only its surplus).
-pub const BULK_CACHE_KIB: i64 = 64 * 1024;
+/// then spills again, and only its surplus). Measured (issue 15, `benches/README.md`): at
+/// 100k keys the 64 MiB cache held 25 MB at the commit's heap peak (massif), with the sweep's
+/// peak RSS above 100 MiB; 16 MiB keeps most of a 100k-key first sweep's dirty pages and
+/// spills the surplus.
+pub const BULK_CACHE_KIB: i64 = 16 * 1024;
 
 /// Errors of the state database. Messages name the file or the row; they never contain a secret
 /// because nothing stored here is one. A message never repeats its source: print the chain

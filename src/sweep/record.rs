@@ -419,7 +419,12 @@ fn woken(
         Entry::Vacant(e) => e.insert(obs::fingerprints(tx, org_name, project_id)?),
     };
     let mut out = Vec::new();
-    for k in keys.iter().filter(|k| obs::is_changed(k, prints)) {
+    // A key without a stored row that is not gone (every key of a first sweep) cannot have
+    // woken: it is not read back, one query per key.
+    let stored = keys
+        .iter()
+        .filter(|k| obs::is_known(&k.id, prints) && obs::is_changed(k, prints));
+    for k in stored {
         let Some(used) = k.last_used_at else { continue };
         let Some(o) = obs::get_observation(tx, org_name, project_id, &k.id)? else {
             continue;
