@@ -686,10 +686,12 @@ notify = ["security-team"]
     } else {
         (policies.replace("ACTION", "revoke"), "dry-run")
     };
+    // Issue 15 measures the sweep without the audit-log and usage reads (issue 16), which are
+    // on by default: `--intel` turns them on and counts their requests apart.
     let intel = if s.intel {
         "\n[usage]\nwindow = \"30d\"\n\n[audit_log]\nbackfill = \"90d\"\n"
     } else {
-        ""
+        "\n[usage]\nenabled = false\n\n[audit_log]\nenabled = false\n"
     };
     format!(
         r#"

@@ -158,6 +158,10 @@ pub struct OrgIntel {
     pub creators_kept: HashMap<String, String>,
 }
 
+/// The `Err` of a source the configuration turns off (`[audit_log] enabled = false`,
+/// `[usage] enabled = false`): unknown like an unreadable one, but not missing — no alert.
+pub const OFF: &str = "turned off by the configuration";
+
 /// Every organisation's [`OrgIntel`].
 #[derive(Debug, Clone, Default)]
 pub struct Intel {
@@ -249,14 +253,18 @@ impl Intel {
     pub fn missing(&self) -> Vec<String> {
         let mut out = Vec::new();
         for o in &self.orgs {
-            if let Err(why) = &o.history {
+            if let Err(why) = o.history.as_ref().map_err(String::as_str)
+                && why != OFF
+            {
                 out.push(format!(
                     "organisation {}: the audit log is unavailable, so created_by and scopes are \
                      null: {why}",
                     o.organization
                 ));
             }
-            if let Err(why) = &o.usage {
+            if let Err(why) = o.usage.as_ref().map_err(String::as_str)
+                && why != OFF
+            {
                 out.push(format!(
                     "organisation {}: usage is unavailable, so usage is null: {why}",
                     o.organization
@@ -385,10 +393,21 @@ pub async fn gather_kept(
     let start = now.saturating_sub(secs(settings.usage_window));
     let mut orgs = Vec::new();
     for c in clients {
-        let (history, usage) = tokio::join!(
-            org_history(c, horizon, now, kept),
-            c.usage_by_key(start, now)
-        );
+        let read_history = async {
+            if settings.audit_log_enabled {
+                org_history(c, horizon, now, kept).await
+            } else {
+                Err(HistoryFailed::from(OFF.to_string()))
+            }
+        };
+        let read_usage = async {
+            if settings.usage_enabled {
+                c.usage_by_key(start, now).await.map_err(|e| e.to_string())
+            } else {
+                Err(OFF.to_string())
+            }
+        };
+        let (history, usage) = tokio::join!(read_history, read_usage);
         let (history, creators_kept) = match history {
             Ok(h) => (Ok(h), HashMap::new()),
             Err(f) => (Err(f.message), f.creators),
@@ -396,7 +415,7 @@ pub async fn gather_kept(
         orgs.push(OrgIntel {
             organization: c.org_name().to_string(),
             history,
-            usage: usage.map_err(|e| e.to_string()),
+            usage,
             window_days: settings.window_days(),
             creators_kept,
         });

@@ -134,12 +134,22 @@ struct View<'a> {
 
 #[derive(Serialize)]
 struct IntelView {
+    // Shown only when off, so configurations written before the switches keep their hash.
+    #[serde(skip_serializing_if = "is_true")]
+    audit_log_enabled: bool,
+    #[serde(skip_serializing_if = "is_true")]
+    usage_enabled: bool,
     #[serde(serialize_with = "dur")]
     window: Duration,
     #[serde(serialize_with = "dur")]
     audit_log_backfill: Duration,
     #[serde(serialize_with = "dur")]
     wake_after: Duration,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 impl<'a> View<'a> {
@@ -182,6 +192,8 @@ impl<'a> View<'a> {
             state_path: &c.state_path,
             timezone: c.schedule.timezone.name(),
             usage: (!c.intel.is_default()).then_some(IntelView {
+                audit_log_enabled: c.intel.audit_log_enabled,
+                usage_enabled: c.intel.usage_enabled,
                 window: c.intel.usage_window,
                 audit_log_backfill: c.intel.audit_backfill,
                 wake_after: c.intel.wake_after,

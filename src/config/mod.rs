@@ -98,6 +98,11 @@ pub struct Config {
 /// `[audit_log] backfill` (default 90 d: how far back the first read of the audit log goes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IntelSettings {
+    /// `[audit_log] enabled` (default true): false reads no audit log at all (no creators,
+    /// scopes or gap check, and no alert for their absence).
+    pub audit_log_enabled: bool,
+    /// `[usage] enabled` (default true): false reads neither usage nor costs.
+    pub usage_enabled: bool,
     pub usage_window: Duration,
     pub audit_backfill: Duration,
     /// `[usage] wake_after` (default 30 d): a key idle at least this long that is used again
@@ -127,6 +132,8 @@ impl IntelSettings {
 impl Default for IntelSettings {
     fn default() -> Self {
         IntelSettings {
+            audit_log_enabled: true,
+            usage_enabled: true,
             usage_window: Self::DEFAULT_USAGE_WINDOW,
             audit_backfill: Self::DEFAULT_AUDIT_BACKFILL,
             wake_after: Self::DEFAULT_WAKE_AFTER,

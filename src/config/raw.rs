@@ -92,6 +92,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 #[serde(expecting = "the [usage] table")]
 struct RawUsage {
+    enabled: Option<bool>,
     window: Option<HumanDuration>,
     wake_after: Option<HumanDuration>,
 }
@@ -100,6 +101,7 @@ struct RawUsage {
 #[serde(deny_unknown_fields)]
 #[serde(expecting = "the [audit_log] table")]
 struct RawAuditLog {
+    enabled: Option<bool>,
     backfill: Option<HumanDuration>,
 }
 

@@ -260,6 +260,7 @@ fn intel_alerts(intel: &Intel, inventory: &Inventory<KeyTally>) -> Vec<EnforcerA
         ];
         let missing: Vec<(&str, &String)> = (sources.into_iter())
             .filter_map(|(s, why)| why.map(|w| (s, w)))
+            .filter(|(_, why)| why.as_str() != crate::intel::OFF)
             .collect();
         if missing.is_empty() {
             continue;

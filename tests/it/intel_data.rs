@@ -609,3 +609,55 @@ fn unrestricted_false_keeps_the_configuration_hash() {
     assert!(set.policies[0].unrestricted);
     assert_ne!(set.hash, plain.hash);
 }
+
+/// `[audit_log] enabled = false` and `[usage] enabled = false`: no request reaches the log,
+/// usage or costs, the sweep completes, and no alert calls them missing (turned off is not
+/// unavailable); an `unrestricted` policy without the log is refused, naming file and key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sources_turned_off_are_never_read_and_never_alerted_and_unrestricted_needs_the_log() {
+    let (sim, _) = three_keys(7).await;
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let off = "[audit_log]\nenabled = false\n[usage]\nenabled = false\n";
+    let extra = format!(
+        "{}{off}[[policies]]\nname = \"old\"\nmax_age = \"1d\"\n",
+        ops(&rx)
+    );
+    let config = write_config_file(dir.path(), &sim.base_url(), ADMIN_KEY_ENV, &extra);
+    sim.reset_stats();
+    sweep(&config, NOW).await;
+    let stats = sim.stats();
+    let intel: Vec<_> = (stats.iter())
+        .filter(|(route, _)| {
+            ["audit_logs", "usage", "costs"]
+                .iter()
+                .any(|r| route.contains(r))
+        })
+        .collect();
+    assert!(intel.is_empty(), "read although turned off: {intel:?}");
+    assert!(
+        stats.keys().any(|r| r.contains("api_keys")),
+        "the keys were listed: {stats:?}"
+    );
+    assert_eq!(
+        ops_mentioning(&rx, "could not be read"),
+        0,
+        "{:?}",
+        rx.requests("/ops")
+    );
+    let (v, _) = scan(&config, NOW).await;
+    assert!(
+        !flagged(&v, "old").is_empty(),
+        "the sweep still judges: {v}"
+    );
+
+    let bad = format!("{off}[[policies]]\nname = \"all-perms\"\nunrestricted = true\n");
+    let bad = write_config_file(dir.path(), &sim.base_url(), ADMIN_KEY_ENV, &bad);
+    let (ok, _, err) = ks(&bad, &["check-config"]).await;
+    assert!(!ok, "{err}");
+    assert!(err.contains("keysweep.toml"), "names the file: {err}");
+    assert!(
+        err.contains("policies[0].unrestricted"),
+        "names the key: {err}"
+    );
+}

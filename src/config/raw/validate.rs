@@ -71,6 +71,14 @@ pub(super) fn config(
     names_channels(&cx, "ops_channels", &raw.ops_channels, &channels)?;
     names_channels(&cx, "owner_fallback", &raw.owner_fallback, &channels)?;
     let intel = intel(&cx, &raw.usage, &raw.audit_log)?;
+    if let Some(i) = (policies.iter()).position(|p| p.unrestricted && !intel.audit_log_enabled) {
+        return Err(cx.err(
+            format!("policies[{i}].unrestricted"),
+            "needs the audit log (a key's scopes are known only from it), which [audit_log] \
+             enabled = false turns off"
+                .to_string(),
+        ));
+    }
     let mut config = Config {
         source: source.map(Path::to_path_buf),
         hash: String::new(),
@@ -143,6 +151,8 @@ fn intel(
         ));
     }
     Ok(IntelSettings {
+        audit_log_enabled: audit.enabled.unwrap_or(true),
+        usage_enabled: usage.enabled.unwrap_or(true),
         usage_window: window,
         audit_backfill: backfill,
         wake_after,
