@@ -774,8 +774,11 @@ impl Start {
 /// Requests of one phase by kind, from the simulator's per-route counters.
 #[derive(Debug, Default, Clone, Copy, Serialize, Deserialize)]
 struct Requests {
-    /// Project and key list pages (and owner look-ups): what the minimum describes.
+    /// Project and key list pages: what the minimum describes.
     inventory: u64,
+    /// Project-user pages: owner e-mails the key objects lack, and the routes of
+    /// service-account keys' notices (creator, project owners; issue 16), outside the minimum.
+    routing: u64,
     /// The admin-key page (the expiry warning of keysweep's own key).
     admin: u64,
     /// Audit-log, usage and cost pages (issue 16).
@@ -800,10 +803,9 @@ impl Requests {
                 || path.ends_with("/costs")
             {
                 &mut r.intel
-            } else if path.ends_with("/organization/projects")
-                || path.ends_with("/api_keys")
-                || path.ends_with("/users")
-            {
+            } else if path.ends_with("/users") {
+                &mut r.routing
+            } else if path.ends_with("/organization/projects") || path.ends_with("/api_keys") {
                 &mut r.inventory
             } else {
                 &mut r.other
@@ -814,7 +816,7 @@ impl Requests {
     }
 
     fn total(&self) -> u64 {
-        self.inventory + self.admin + self.intel + self.writes + self.other
+        self.inventory + self.routing + self.admin + self.intel + self.writes + self.other
     }
 
     /// `inventory + admin + intel + writes + other`, the non-zero terms named.
@@ -822,6 +824,7 @@ impl Requests {
         let mut parts = vec![format!("{} inventory", group(self.inventory))];
         for (n, what) in [
             (self.admin, "admin-key"),
+            (self.routing, "project-user (routing)"),
             (self.intel, "intel (audit log, usage, costs)"),
             (self.writes, "writes"),
             (self.other, "other reads"),
@@ -1247,14 +1250,14 @@ fn print_summaries(summaries: &[Summary]) {
     println!();
     println!("== summary ==");
     println!(
-        "| scenario | keys | sweep | wall | ratio (issue / dep.) | CPU keysweep | CPU simulator | µs CPU/key | requests (inventory / min, admin, intel, writes) | peak RSS | B RSS/key |"
+        "| scenario | keys | sweep | wall | ratio (issue / dep.) | CPU keysweep | CPU simulator | µs CPU/key | requests (inventory / min, admin, routing, intel, writes) | peak RSS | B RSS/key |"
     );
     println!("| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- | ---: | ---: |");
     for s in summaries {
         for (i, r) in s.sweeps.iter().enumerate() {
             let k = s.keys.max(1) as f64;
             println!(
-                "| {} | {} | {} | {:.3} s | {:.2} / {:.2} | {:.2} s | {:.2} s | {:.2} | {} / {}, {}, {}, {} | {} | {:.0} |",
+                "| {} | {} | {} | {:.3} s | {:.2} / {:.2} | {:.2} s | {:.2} s | {:.2} | {} / {}, {}, {}, {}, {} | {} | {:.0} |",
                 s.name,
                 group(s.keys),
                 i + 1,
@@ -1267,6 +1270,7 @@ fn print_summaries(summaries: &[Summary]) {
                 group(r.requests.inventory),
                 group(s.minimum),
                 r.requests.admin,
+                group(r.requests.routing),
                 group(r.requests.intel),
                 group(r.requests.writes),
                 mib(r.peak_kib),
