@@ -72,7 +72,10 @@ impl KeyHistory {
                 if e.project_id.is_some() {
                     self.project_id.clone_from(&e.project_id);
                 }
-                if newer(self.scopes_at) {
+                // A key's creation is its first event: it never overrides scopes an update set,
+                // even one in the same second (event ids are random, so their order decides
+                // nothing, and an update there narrowed what the creation set).
+                if self.scopes_at.is_none() {
                     self.scopes.clone_from(scopes);
                     self.scopes_at = Some(e.effective_at);
                 }
@@ -605,6 +608,42 @@ mod tests {
             Some(vec![]),
             "[] is all permissions"
         );
+    }
+
+    #[test]
+    fn an_update_in_the_creations_second_keeps_its_scopes_whatever_the_event_ids() {
+        let s = |v: &[&str]| Some(v.iter().map(|x| (*x).to_string()).collect::<Vec<_>>());
+        let created = |id| {
+            ev(
+                id,
+                10,
+                "key_a",
+                KeyEventKind::Created { scopes: s(&[]) },
+                None,
+            )
+        };
+        let narrowed = |id| {
+            let kind = KeyEventKind::Updated {
+                scopes: s(&["api.model.read"]),
+                expires_in_seconds: None,
+            };
+            ev(id, 10, "key_a", kind, None)
+        };
+        // Both orders of the ids (the sort key within a second) and both orders of arrival.
+        for (c, u) in [("e1", "e2"), ("e2", "e1")] {
+            for creation_first in [true, false] {
+                let mut h = KeyHistory::default();
+                let (a, b) = (created(c), narrowed(u));
+                if creation_first {
+                    h.apply(&a);
+                    h.apply(&b);
+                } else {
+                    h.apply(&b);
+                    h.apply(&a);
+                }
+                assert_eq!(h.scopes, s(&["api.model.read"]), "{c} {u} {creation_first}");
+            }
+        }
     }
 
     #[test]

@@ -175,6 +175,21 @@ pub fn latest_for_key(
         .optional()?)
 }
 
+/// The old key a rotation replaced with `new_key_id`, if keysweep minted that key.
+pub fn replaced_by(
+    conn: &Connection,
+    org: &str,
+    new_key_id: &str,
+) -> Result<Option<String>, StateError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT old_key_id FROM rotations WHERE organization = ?1 AND new_key_id = ?2
+             ORDER BY id DESC LIMIT 1",
+        )?
+        .query_row(params![org, new_key_id], |r| r.get(0))
+        .optional()?)
+}
+
 /// Every rotation row (tests, `scan`).
 pub fn all(conn: &Connection) -> Result<Vec<RotationRow>, StateError> {
     let sql = format!("SELECT {COLUMNS} FROM rotations ORDER BY id");

@@ -139,8 +139,21 @@ impl Run<'_> {
             };
             let none = std::collections::HashSet::new();
             let logged = crate::intel::gaps(history, &none, complete, self.now(), self.now());
+            // Keys created since the last completed sweep (less the log's lag margin): one
+            // created before it was listed then or alerted then; the history kept between
+            // sweeps would otherwise alert forever for a key that left the listing with no
+            // deletion event (an expiry the creation event does not carry).
+            let since = (self.store)
+                .with_conn(|c| crate::state::sweeps::last_completed_sweep(c, &org.organization))?
+                .map(|s| s.started_at.saturating_sub(crate::intel::AUDIT_LOG_MARGIN));
             let mut missing = Vec::new();
             for id in logged.missing {
+                let created = history.get(&id).and_then(|h| h.created_at);
+                if let (Some(since), Some(created)) = (since, created)
+                    && created < since
+                {
+                    continue;
+                }
                 let project = (history.get(&id)).and_then(|h| h.project_id.clone());
                 let project = project.unwrap_or_default();
                 let seen = self.store.with_conn(|c| {

@@ -91,7 +91,8 @@ impl Run<'_> {
                 id.key_id.clone(),
             );
             let route = routed.contains(&key).then(|| {
-                service_account_route(k.created_by, users_of(&id.organization, &id.project_id))
+                let creator = self.creator(intel, &id.organization, &id.key_id);
+                service_account_route(creator, users_of(&id.organization, &id.project_id))
             });
             let note = NoticeIntel {
                 usage: k.usage.map(usage_note),
@@ -232,13 +233,24 @@ impl Run<'_> {
         else {
             return Ok(());
         };
-        let seen = self.store.with_conn(|c| {
+        // A lookup that fails names no owner: the fallback is told, and the sweep goes on
+        // (this runs before the commit, which must not be lost for one wake-up message).
+        let seen = (self.store.with_conn(|c| {
             crate::state::observations::get_observation(c, organization, project_id, key_id)
-        })?;
+        }))
+        .unwrap_or_else(|e| {
+            tracing::warn!(
+                organization = %organization,
+                key_id = %key_id,
+                "cannot read the woken key's observation: {}",
+                crate::error_chain(&e)
+            );
+            None
+        });
         let users = users_of(organization, project_id);
         let route = match &seen {
             Some(o) if o.owner_type == OwnerType::ServiceAccount.as_str() => {
-                service_account_route(intel.key(organization, key_id).created_by, users)
+                service_account_route(self.creator(intel, organization, key_id), users)
             }
             Some(o) if o.owner_type == OwnerType::User.as_str() => {
                 user_route(Some(&o.owner), users)
@@ -248,6 +260,35 @@ impl Run<'_> {
         *key_name = seen.map(|o| o.key_name);
         *owner = Some(route);
         Ok(())
+    }
+}
+
+impl Run<'_> {
+    /// Who created a service-account key, as the log says. A key keysweep minted in a
+    /// rotation was created by keysweep's admin key, whose owner is nobody the key's notices
+    /// are for: such a key is followed back to the key it replaced, whose creator is the
+    /// person behind the service account (a few hops at most; a failed lookup stops there).
+    fn creator<'i>(&self, intel: &'i Intel, organization: &str, key_id: &str) -> Option<&'i str> {
+        let mut key = key_id.to_string();
+        for _ in 0..8 {
+            let replaced = self
+                .store
+                .with_conn(|c| crate::state::rotations::replaced_by(c, organization, &key));
+            match replaced {
+                Ok(Some(old)) => key = old,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(
+                        organization = %organization,
+                        key_id = %key_id,
+                        "cannot read the rotation that minted the key: {}",
+                        crate::error_chain(&e)
+                    );
+                    return None;
+                }
+            }
+        }
+        intel.key(organization, &key).created_by
     }
 }
 

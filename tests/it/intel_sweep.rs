@@ -281,4 +281,13 @@ async fn a_key_in_the_log_but_hidden_from_the_listing_raises_the_inventory_gap_a
     let (ok, out, err) = sweep(&config, NOW + 300).await;
     assert!(ok, "{out}\n{err}");
     assert_eq!(ops_mentioning(&rx, "Inventory gap in acme").len(), 1);
+    // Much later, past any repeat interval: the key created since the last sweep (and still
+    // not listed) is a gap; the one said before, created before that sweep, is not said again
+    // (the history kept between sweeps would otherwise repeat it for as long as it is kept).
+    let (ok, out, err) = sweep(&config, NOW + 30 * DAY).await;
+    assert!(ok, "{out}\n{err}");
+    let gaps = ops_mentioning(&rx, "Inventory gap in acme");
+    assert_eq!(gaps.len(), 2, "{gaps:?}");
+    assert!(gaps[1].contains("key_CreatedAfter0001"), "{gaps:?}");
+    assert!(!gaps[1].contains(hidden), "{gaps:?}");
 }

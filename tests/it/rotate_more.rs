@@ -555,3 +555,36 @@ async fn rotations_count_against_the_per_project_percentage_cap_and_the_rest_is_
         "{out}"
     );
 }
+
+/// A key keysweep minted was created, as the audit log says, by keysweep's admin key: its
+/// notices go where the key it replaced had its go (that key's creator), not to the admin
+/// key's owner nor past the person behind the service account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minted_keys_notices_go_to_the_creator_of_the_key_it_replaced() {
+    let rx = Receiver::start().await;
+    // The log read back far enough to know who created the 200-day-old key.
+    let top = format!("{}\n[audit_log]\nbackfill = \"3650d\"\n", channels(&rx));
+    // The webhook hears every notice of the policy, with the route the owner's copy took.
+    let policy = format!("{SCOPES}\nnotify = [\"hook\"]");
+    let mut w = world_with(&top, FILE_SINK, &policy, ENFORCE_SA).await;
+    with_channel_secrets(&mut w);
+    first_warning(&w).await;
+    let old_route =
+        notices(&rx, "keysweep.notices.warning", "rotate-90d")[0]["owner_route"].clone();
+    assert_eq!(old_route["to"], "person", "{old_route}");
+    let out = w.run(due(&w)).await;
+    assert_eq!(w.mints(), 1, "{out}");
+    let rows = w.rotation_rows();
+    let new_key = rows[0].new_key_id.clone().unwrap();
+
+    // The new key is old enough for its own warning 100 days later.
+    let out = w.run(w.base + 100 * DAY).await;
+    let warned: Vec<serde_json::Value> = (rx.requests("/hook").iter())
+        .map(|r| r.json())
+        .filter(|m| m["type"] == "keysweep.notices.warning")
+        .flat_map(|m| m["notices"].as_array().cloned().unwrap_or_default())
+        .filter(|n| n["key_id"] == new_key.as_str())
+        .collect();
+    assert_eq!(warned.len(), 1, "{warned:?}\n{out}");
+    assert_eq!(warned[0]["owner_route"], old_route, "{warned:?}");
+}
