@@ -34,6 +34,10 @@ pub async fn run(
     let mut out = Vec::new();
     if ctx.mode == Mode::Enforce && !ctx.cancel.is_cancelled() {
         out.extend(reconcile::reconcile(ctx).await?);
+    } else if !ctx.cancel.is_cancelled() {
+        // A rotation a shutdown left unannounced really happened: its "rotated" messages are
+        // owed whatever the mode (announcing writes nothing to the API).
+        out.extend(reconcile::announce_owed(ctx)?);
     }
     for p in planned.iter().filter(|p| p.due) {
         if ctx.cancel.is_cancelled() {

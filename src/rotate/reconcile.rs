@@ -57,6 +57,26 @@ pub(super) async fn reconcile(ctx: &Context) -> Result<Vec<RotationResult>, Stat
     Ok(out)
 }
 
+/// Announces every rotation a shutdown left `unannounced` (the only settling that writes
+/// nothing to the API, so dry-run does it too).
+pub(super) fn announce_owed(ctx: &Context) -> Result<Vec<RotationResult>, StateError> {
+    let mut out = Vec::new();
+    for client in &ctx.clients {
+        let rows = ctx
+            .store
+            .with_conn(|c| rotations::unsettled(c, client.org_name()))?;
+        for row in rows.iter().filter(|r| r.status == rotations::UNANNOUNCED) {
+            out.extend(announce(ctx, row)?.map(|outcome| RotationResult {
+                organization: row.organization.clone(),
+                project_id: row.project_id.clone(),
+                key_id: row.old_key_id.clone(),
+                outcome,
+            }));
+        }
+    }
+    Ok(out)
+}
+
 /// A `minting` row: finds and deletes the key(s) minted with its nonce, then abandons the row.
 /// `None` when nothing had been minted, or the listing failed (the row stays for later).
 pub(super) async fn settle_minting(
