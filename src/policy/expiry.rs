@@ -22,7 +22,7 @@
 //! clock at each attempt.
 
 use crate::config::Action;
-use crate::inventory::{EXPIRY_TOLERANCE, Expiry, Key, Owner, OwnerAccess, expiry_matches};
+use crate::inventory::{EXPIRY_TOLERANCE, Expiry, Key, expiry_matches};
 use crate::policy::finding::{ExpirySet, Finding, FindingId, Stage};
 
 /// The shortest distance an expiry is moved back out to when the organisation refuses longer
@@ -138,24 +138,7 @@ pub fn restore_retry(f: &Finding, restore_expiry: i64) -> Option<PlannedRestore>
     if !f.expiry.restore_pending || (f.stage.is_open() && f.action == Action::Expire) {
         return None;
     }
-    let key = Key {
-        organization: f.id.organization.clone(),
-        project_id: f.id.project_id.clone(),
-        project_name: f.project_name.clone(),
-        id: f.id.key_id.clone(),
-        name: f.key_name.clone(),
-        redacted_value: f.redacted_value.clone(),
-        created_at: f.created_at,
-        last_used_at: f.last_used_at,
-        owner: Owner {
-            kind: f.owner_type,
-            id: None,
-            name: Some(f.owner.clone()),
-            email: f.owner_email.clone(),
-        },
-        owner_access: OwnerAccess::Unknown,
-        expires_at: f.expires_at,
-    };
+    let key = f.snapshot_key();
     Some(PlannedRestore {
         finding: f.id.clone(),
         key,

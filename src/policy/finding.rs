@@ -8,7 +8,7 @@
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::config::Action;
-use crate::inventory::{Expiry, OwnerType};
+use crate::inventory::{Expiry, Key, Owner, OwnerAccess, OwnerType};
 
 /// Lifecycle stage of a finding: detected → warned → final notice → revoked (or, for `expire`,
 /// expired: OpenAI ended the key at the expiry keysweep set), or closed early as resolved /
@@ -123,6 +123,31 @@ pub struct Finding {
     /// What the finding knows of the key's expiry, and what keysweep wrote to it.
     #[serde(default)]
     pub expiry: ExpiryState,
+}
+
+impl Finding {
+    /// The key as this finding last saw it, for a write the listing does not drive (a
+    /// rotation, the retry of a restore): the write re-reads the key before acting on it.
+    pub fn snapshot_key(&self) -> Key {
+        Key {
+            organization: self.id.organization.clone(),
+            project_id: self.id.project_id.clone(),
+            project_name: self.project_name.clone(),
+            id: self.id.key_id.clone(),
+            name: self.key_name.clone(),
+            redacted_value: self.redacted_value.clone(),
+            created_at: self.created_at,
+            last_used_at: self.last_used_at,
+            owner: Owner {
+                kind: self.owner_type,
+                id: None,
+                name: Some(self.owner.clone()),
+                email: self.owner_email.clone(),
+            },
+            owner_access: OwnerAccess::Unknown,
+            expires_at: self.expires_at,
+        }
+    }
 }
 
 /// A finding's view of its key's expiry.

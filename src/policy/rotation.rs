@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::{RotateConfig, Safety};
-use crate::inventory::{Key, Owner, OwnerAccess, OwnerType};
+use crate::inventory::OwnerType;
 use crate::policy::finding::{Finding, FindingId};
 use crate::policy::plan::{
     Candidate, Plan, PlannedAction, ProjectFacts, ProjectKey, Target, Withheld, WithheldAction,
@@ -229,24 +229,7 @@ pub fn withheld_rotations(
 /// A due rotation as a plan action: the old key (as its finding describes it) gets its expiry
 /// at the deadline the rotation keeps.
 fn rotation_action(p: &PlannedRotation, f: &Finding) -> PlannedAction {
-    let key = Key {
-        organization: f.id.organization.clone(),
-        project_id: f.id.project_id.clone(),
-        project_name: f.project_name.clone(),
-        id: f.id.key_id.clone(),
-        name: f.key_name.clone(),
-        redacted_value: f.redacted_value.clone(),
-        created_at: f.created_at,
-        last_used_at: f.last_used_at,
-        owner: Owner {
-            kind: f.owner_type,
-            id: None,
-            name: Some(f.owner.clone()),
-            email: f.owner_email.clone(),
-        },
-        owner_access: OwnerAccess::Unknown,
-        expires_at: f.expires_at,
-    };
+    let key = f.snapshot_key();
     PlannedAction {
         target: Target::Key(key),
         write: Write::SetExpiry { to: p.deadline },
