@@ -175,19 +175,15 @@ pub fn latest_for_key(
         .optional()?)
 }
 
-/// The old key a rotation replaced with `new_key_id`, if keysweep minted that key.
-pub fn replaced_by(
+/// Every key keysweep minted, as (organisation, new key id) → the old key it replaced.
+pub fn replacements(
     conn: &Connection,
-    org: &str,
-    new_key_id: &str,
-) -> Result<Option<String>, StateError> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT old_key_id FROM rotations WHERE organization = ?1 AND new_key_id = ?2
-             ORDER BY id DESC LIMIT 1",
-        )?
-        .query_row(params![org, new_key_id], |r| r.get(0))
-        .optional()?)
+) -> Result<std::collections::HashMap<(String, String), String>, StateError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT organization, new_key_id, old_key_id FROM rotations WHERE new_key_id IS NOT NULL",
+    )?;
+    let rows = stmt.query_map([], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// Every rotation row (tests, `scan`).

@@ -64,6 +64,7 @@ impl Run<'_> {
     ) -> Result<(), SweepError> {
         self.note_deleted_by(intel, advanced);
         let routed = self.routed_keys(plan, advanced);
+        let replaced = self.replacements();
         let mut projects: BTreeSet<(String, String)> = (routed.iter())
             .map(|(o, p, _)| (o.clone(), p.clone()))
             .collect();
@@ -91,7 +92,7 @@ impl Run<'_> {
                 id.key_id.clone(),
             );
             let route = routed.contains(&key).then(|| {
-                let creator = self.creator(intel, &id.organization, &id.key_id);
+                let creator = creator(intel, &replaced, &id.organization, &id.key_id);
                 service_account_route(creator, users_of(&id.organization, &id.project_id))
             });
             let note = NoticeIntel {
@@ -102,7 +103,7 @@ impl Run<'_> {
         }
         notes.annotate(&mut advanced.notices);
         for a in alerts.iter_mut() {
-            self.route_woke_up(intel, a, &users_of)?;
+            self.route_woke_up(intel, &replaced, a, &users_of);
         }
         // A sweep notes once; a second call (never made) would keep the first notes.
         let _ = self.key_notes.set(notes);
@@ -219,9 +220,10 @@ impl Run<'_> {
     fn route_woke_up<'u>(
         &self,
         intel: &Intel,
+        replaced: &Replacements,
         alert: &mut EnforcerAlert,
         users_of: &impl Fn(&str, &str) -> Option<&'u [ProjectUser]>,
-    ) -> Result<(), SweepError> {
+    ) {
         let EnforcerAlert::KeyWokeUp {
             organization,
             project_id,
@@ -231,7 +233,7 @@ impl Run<'_> {
             ..
         } = alert
         else {
-            return Ok(());
+            return;
         };
         // A lookup that fails names no owner: the fallback is told, and the sweep goes on
         // (this runs before the commit, which must not be lost for one wake-up message).
@@ -250,7 +252,7 @@ impl Run<'_> {
         let users = users_of(organization, project_id);
         let route = match &seen {
             Some(o) if o.owner_type == OwnerType::ServiceAccount.as_str() => {
-                service_account_route(self.creator(intel, organization, key_id), users)
+                service_account_route(creator(intel, replaced, organization, key_id), users)
             }
             Some(o) if o.owner_type == OwnerType::User.as_str() => {
                 user_route(Some(&o.owner), users)
@@ -259,36 +261,43 @@ impl Run<'_> {
         };
         *key_name = seen.map(|o| o.key_name);
         *owner = Some(route);
-        Ok(())
     }
 }
 
-impl Run<'_> {
-    /// Who created a service-account key, as the log says. A key keysweep minted in a
-    /// rotation was created by keysweep's admin key, whose owner is nobody the key's notices
-    /// are for: such a key is followed back to the key it replaced, whose creator is the
-    /// person behind the service account (a few hops at most; a failed lookup stops there).
-    fn creator<'i>(&self, intel: &'i Intel, organization: &str, key_id: &str) -> Option<&'i str> {
-        let mut key = key_id.to_string();
-        for _ in 0..8 {
-            let replaced = self
-                .store
-                .with_conn(|c| crate::state::rotations::replaced_by(c, organization, &key));
-            match replaced {
-                Ok(Some(old)) => key = old,
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::warn!(
-                        organization = %organization,
-                        key_id = %key_id,
-                        "cannot read the rotation that minted the key: {}",
-                        crate::error_chain(&e)
-                    );
-                    return None;
-                }
-            }
+/// (organisation, key id) → the key it replaced, for every key keysweep minted.
+type Replacements = std::collections::HashMap<(String, String), String>;
+
+/// Who created a service-account key, as the log says. A key keysweep minted in a rotation was
+/// created by keysweep's admin key, whose owner is nobody the key's notices are for: such a key
+/// is followed back to the key it replaced, whose creator is the person behind the service
+/// account (a few hops at most).
+fn creator<'i>(
+    intel: &'i Intel,
+    replaced: &Replacements,
+    organization: &str,
+    key_id: &str,
+) -> Option<&'i str> {
+    let mut key = key_id;
+    for _ in 0..8 {
+        match replaced.get(&(organization.to_string(), key.to_string())) {
+            Some(old) => key = old,
+            None => break,
         }
-        intel.key(organization, &key).created_by
+    }
+    intel.key(organization, key).created_by
+}
+
+impl Run<'_> {
+    /// [`Replacements`], read once per sweep; a failed read routes minted keys by their own
+    /// creator (their project's owners, then the fallback), as before rotations existed.
+    fn replacements(&self) -> Replacements {
+        (self.store.with_conn(crate::state::rotations::replacements)).unwrap_or_else(|e| {
+            tracing::warn!(
+                "cannot read which keys keysweep minted: {}",
+                crate::error_chain(&e)
+            );
+            Replacements::new()
+        })
     }
 }
 
