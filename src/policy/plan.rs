@@ -325,7 +325,7 @@ pub fn verdict_rotating(
 /// An expiry verdict of a service-account key read as the rotation that replaces it: the key
 /// also falls under a `rotate` policy, which gives it no expiry of its own until the sink has
 /// the new key (`policy::rotation::without_rotated_expiries`). Any other verdict is unchanged.
-pub fn as_rotation(v: Verdict, overlap: i64) -> Verdict {
+fn as_rotation(v: Verdict, overlap: i64) -> Verdict {
     match v {
         Verdict::Expire => Verdict::Rotate { overlap },
         Verdict::WouldExpire => Verdict::WouldRotate {

@@ -5,8 +5,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::config::{Mode, ServiceAccountKeys};
-use crate::inventory::{Inventory, Key, KeyTally, OrgInventory};
+use crate::config::{Action, Mode, ServiceAccountKeys};
+use crate::inventory::{Inventory, Key, KeyTally, OrgInventory, OwnerType};
 use crate::policy::expiry::PlannedRestore;
 use crate::policy::finding::Finding;
 use crate::policy::finding::{FindingId, Notice, NoticeKind, Stage};
@@ -48,6 +48,10 @@ pub(super) struct Advanced {
     /// The `rotate` policies' overlaps (policy name → seconds): their findings' verdicts are
     /// rotations (`policy::plan::verdict_rotating`).
     pub rotation_overlaps: HashMap<String, i64>,
+    /// Service-account keys with an open finding of a `rotate` policy, and its overlap: the
+    /// rotation replaces any expiry another policy would set (`without_rotated_expiries`), so
+    /// those findings' verdicts are the rotation too.
+    pub rotating_keys: HashMap<(String, String, String), i64>,
     /// Keys an active exemption covers: (key, reason).
     pub exempted: Vec<(Key, String)>,
     /// Exemptions that matched but have expired: (key, reason, until).
@@ -113,16 +117,43 @@ impl Advanced {
             },
             kill_switch: false,
         };
-        let overlaps = &self.rotation_overlaps;
-        for n in &mut self.notices {
-            let overlap = overlaps.get(&n.finding.id.policy).copied();
+        self.rotating_keys = (self.findings.iter())
+            .map(|v| &v.finding)
+            .filter(|f| f.stage.is_open() && f.owner_type == OwnerType::ServiceAccount)
+            .filter_map(|f| {
+                let overlap = self.rotation_overlaps.get(&f.id.policy)?;
+                let id = &f.id;
+                let key = (
+                    id.organization.clone(),
+                    id.project_id.clone(),
+                    id.key_id.clone(),
+                );
+                Some((key, *overlap))
+            })
+            .collect();
+        let mut notices = std::mem::take(&mut self.notices);
+        for n in &mut notices {
+            let overlap = self.overlap_of(&n.finding);
             n.verdict = Some(verdict_rotating(&n.finding, &rules, None, overlap));
         }
+        self.notices = notices;
     }
 
-    /// The overlap of `f`'s policy when it is a `rotate` policy.
+    /// The overlap of the rotation that ends `f`'s key: its own policy's when that is a
+    /// `rotate` policy; for an `expire` finding, that of a `rotate` finding on the same key.
     fn overlap_of(&self, f: &Finding) -> Option<i64> {
-        self.rotation_overlaps.get(&f.id.policy).copied()
+        let own = self.rotation_overlaps.get(&f.id.policy).copied();
+        own.or_else(|| {
+            let id = &f.id;
+            let key = (
+                id.organization.clone(),
+                id.project_id.clone(),
+                id.key_id.clone(),
+            );
+            (f.action == Action::Expire)
+                .then(|| self.rotating_keys.get(&key).copied())
+                .flatten()
+        })
     }
 
     /// One finding's transition: its notices, its new state, and whether it must be written.
@@ -213,10 +244,9 @@ impl Advanced {
         let mut told: HashSet<FindingId> = HashSet::new();
         let mut dropped: HashSet<FindingId> = HashSet::new();
         let mut notices = std::mem::take(&mut self.notices);
-        let overlaps = &self.rotation_overlaps;
         notices.retain_mut(|n| {
             let id = &n.finding.id;
-            let overlap = overlaps.get(&id.policy).copied();
+            let overlap = self.overlap_of(&n.finding);
             let v = verdict_rotating(&n.finding, rules, withheld.get(id).copied(), overlap);
             n.verdict = Some(v);
             let postponed = matches!(v, Verdict::Postponed { .. }) && withheld.contains_key(id);

@@ -10,7 +10,7 @@
 
 use serde_json::json;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use crate::config::Action;
 use crate::config::ServiceAccountKeys;
@@ -18,7 +18,7 @@ use crate::intel::Intel;
 use crate::inventory::OwnerType;
 use crate::inventory::{Inventory, KeyTally};
 use crate::policy::finding::{Finding, FindingId, Notice, NoticeKind, RotatedNote};
-use crate::policy::plan::{Plan, Withheld, as_rotation, project_facts};
+use crate::policy::plan::{Plan, Withheld, project_facts};
 use crate::policy::rotation::{PlannedRotation, planned_rotations, withheld_rotations};
 use crate::policy::verdict::Verdict;
 use crate::rotate::{self, RotationOutcome};
@@ -251,30 +251,36 @@ pub(super) fn align_notice_deadlines(
         return;
     }
     let planned = planned_of(findings, config, now);
+    let deadline: HashMap<(&str, &str, &str), i64> = (planned.iter())
+        .map(|p| {
+            let id = &p.finding;
+            let key = (
+                id.organization.as_str(),
+                id.project_id.as_str(),
+                id.key_id.as_str(),
+            );
+            (key, p.deadline)
+        })
+        .collect();
     for n in notices.iter_mut() {
         let id = &n.finding.id;
-        let rotate_policy = config.rotation(&id.policy).is_some();
         // An `expire` policy's finding on a key being rotated gets no expiry of its own
-        // (`without_rotated_expiries`): the rotation ends the key, so its notice says so.
-        let replaced_expiry = !rotate_policy
-            && n.finding.action == Action::Expire
-            && n.finding.owner_type == OwnerType::ServiceAccount;
-        if !rotate_policy && !replaced_expiry {
+        // (`without_rotated_expiries`): the rotation ends the key, at the rotation's deadline
+        // (its verdict says so already: `Advanced::overlap_of`).
+        let replaced_expiry =
+            n.finding.action == Action::Expire && n.finding.owner_type == OwnerType::ServiceAccount;
+        if config.rotation(&id.policy).is_none() && !replaced_expiry {
             continue;
         }
-        let Some(p) = (planned.iter()).find(|p| {
-            p.finding.organization == id.organization
-                && p.finding.project_id == id.project_id
-                && p.finding.key_id == id.key_id
-        }) else {
-            continue;
-        };
-        if p.deadline < n.finding.deadline {
-            n.finding.deadline = p.deadline;
-        }
-        if replaced_expiry && let Some(r) = config.rotation(&p.finding.policy) {
-            let overlap = i64::try_from(r.overlap.as_secs()).unwrap_or(i64::MAX);
-            n.verdict = n.verdict.map(|v| as_rotation(v, overlap));
+        let key = (
+            id.organization.as_str(),
+            id.project_id.as_str(),
+            id.key_id.as_str(),
+        );
+        if let Some(&d) = deadline.get(&key)
+            && d < n.finding.deadline
+        {
+            n.finding.deadline = d;
         }
     }
 }
