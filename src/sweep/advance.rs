@@ -143,17 +143,16 @@ impl Advanced {
     /// `rotate` policy; for an `expire` finding, that of a `rotate` finding on the same key.
     fn overlap_of(&self, f: &Finding) -> Option<i64> {
         let own = self.rotation_overlaps.get(&f.id.policy).copied();
-        own.or_else(|| {
-            let id = &f.id;
-            let key = (
-                id.organization.clone(),
-                id.project_id.clone(),
-                id.key_id.clone(),
-            );
-            (f.action == Action::Expire)
-                .then(|| self.rotating_keys.get(&key).copied())
-                .flatten()
-        })
+        if own.is_some() || f.action != Action::Expire || self.rotating_keys.is_empty() {
+            return own;
+        }
+        let id = &f.id;
+        let key = (
+            id.organization.clone(),
+            id.project_id.clone(),
+            id.key_id.clone(),
+        );
+        self.rotating_keys.get(&key).copied()
     }
 
     /// One finding's transition: its notices, its new state, and whether it must be written.
