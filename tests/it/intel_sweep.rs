@@ -5,13 +5,13 @@
 //! log but hidden from the listing raises the inventory-gap alert.
 //! These tests never assert on timings.
 
-use keysweep::sim::{SimOptions, SimOrg};
+use keysweep::sim::SimOrg;
 
 use crate::support::config::write_config_file;
 use crate::support::listing::{ADMIN_KEY, active_projects};
 use crate::support::process::run_to_end;
 use crate::support::receivers::Receiver;
-use crate::support::sim::start_sim_with;
+use crate::support::sim::start_frozen;
 use crate::support::time::rfc3339;
 
 const ADMIN_KEY_ENV: &str = "KS_INTEL_SWEEP_ADMIN_KEY";
@@ -60,15 +60,7 @@ fn ops_mentioning(rx: &Receiver, what: &str) -> Vec<String> {
 #[tokio::test]
 async fn with_audit_logging_off_the_sweep_completes_and_one_alert_says_so_once() {
     let org = SimOrg::generate(2, 3, 16, NOW);
-    let sim = start_sim_with(
-        org,
-        SimOptions {
-            now: Some(NOW),
-            freeze_clock: true,
-            ..SimOptions::new(ADMIN_KEY)
-        },
-    )
-    .await;
+    let sim = start_frozen(org, NOW, ADMIN_KEY).await;
     sim.set_audit_logging(false);
     let rx = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -97,15 +89,7 @@ async fn with_audit_logging_off_the_sweep_completes_and_one_alert_says_so_once()
 #[tokio::test]
 async fn with_the_audit_log_on_the_sweep_raises_no_intel_alert() {
     let org = SimOrg::generate(2, 3, 17, NOW);
-    let sim = start_sim_with(
-        org,
-        SimOptions {
-            now: Some(NOW),
-            freeze_clock: true,
-            ..SimOptions::new(ADMIN_KEY)
-        },
-    )
-    .await;
+    let sim = start_frozen(org, NOW, ADMIN_KEY).await;
     let rx = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config_file(dir.path(), &sim.base_url(), ADMIN_KEY_ENV, &extra(&rx));
@@ -137,15 +121,7 @@ async fn a_key_idle_sixty_days_then_used_raises_the_wake_up_alert_in_the_next_sw
                 .map(|k| (p.id.clone(), k.id.clone()))
         })
         .expect("a key older than 61 days");
-    let sim = start_sim_with(
-        org,
-        SimOptions {
-            now: Some(NOW),
-            freeze_clock: true,
-            ..SimOptions::new(ADMIN_KEY)
-        },
-    )
-    .await;
+    let sim = start_frozen(org, NOW, ADMIN_KEY).await;
     sim.set_last_used(&project, &key, Some(NOW - 60 * DAY))
         .unwrap();
     let rx = Receiver::start().await;
@@ -186,15 +162,7 @@ async fn a_key_used_within_wake_after_raises_nothing() {
         .find(|p| active.contains(&p.id))
         .unwrap();
     let (project, key) = (p.id.clone(), p.keys[0].id.clone());
-    let sim = start_sim_with(
-        org,
-        SimOptions {
-            now: Some(NOW),
-            freeze_clock: true,
-            ..SimOptions::new(ADMIN_KEY)
-        },
-    )
-    .await;
+    let sim = start_frozen(org, NOW, ADMIN_KEY).await;
     sim.set_last_used(&project, &key, Some(NOW - 20 * DAY))
         .unwrap();
     let rx = Receiver::start().await;
@@ -242,15 +210,7 @@ async fn a_key_in_the_log_but_hidden_from_the_listing_raises_the_inventory_gap_a
         .find(|p| !active.contains(&p.id))
         .map(|p| p.id.clone());
     let creator = org.users[0].id.clone();
-    let sim = start_sim_with(
-        org,
-        SimOptions {
-            now: Some(NOW),
-            freeze_clock: true,
-            ..SimOptions::new(ADMIN_KEY)
-        },
-    )
-    .await;
+    let sim = start_frozen(org, NOW, ADMIN_KEY).await;
     let hidden = "key_HiddenFromList01";
     sim.log_key_created(&project, hidden, &creator, None, NOW - 10 * DAY);
     // Not gaps: deleted, created after the listing began, or in a project not listed.

@@ -14,3 +14,14 @@ pub async fn start_sim_with(org: SimOrg, opts: SimOptions) -> SimServer {
         .await
         .unwrap()
 }
+
+/// The simulator with its clock frozen at `now`, so sweeps run with `--now` and the simulated
+/// time (the audit log's and usage's) agree.
+pub async fn start_frozen(org: SimOrg, now: i64, admin_key: &str) -> SimServer {
+    let opts = SimOptions {
+        now: Some(now),
+        freeze_clock: true,
+        ..SimOptions::new(admin_key)
+    };
+    start_sim_with(org, opts).await
+}
