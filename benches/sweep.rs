@@ -271,6 +271,13 @@ fn main() -> Result<()> {
         return serve(&args);
     }
     if args.sweeper {
+        // The sweep's own log (phase timings in its `sweep finished` line), on request.
+        if let Ok(filter) = std::env::var("KEYSWEEP_BENCH_LOG") {
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .init();
+        }
         let name = args.name.clone().unwrap_or_else(|| "custom".into());
         let base = Scenario::preset("quick")
             .context("quick preset")?

@@ -300,6 +300,12 @@ pub fn mark_gone(
     )
 }
 
+/// Whether every key of `known` (a project's stored snapshots, read before its listing wrote
+/// any row) is in `listed`: then [`mark_gone_unlisted`] would mark nothing, and need not scan.
+pub fn all_listed(known: &Fingerprints, listed: &ListedIds) -> bool {
+    known.keys().all(|id| listed.contains(id))
+}
+
 /// [`mark_gone`] with the listing's ids as [`ListedIds`]. A key whose id hashes like a listed
 /// one (2^-64 per pair) is not marked gone: the safe direction, nothing is concluded for it.
 pub fn mark_gone_unlisted(
@@ -428,6 +434,16 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Observation> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_listing_that_returned_every_stored_key_has_none_gone() {
+        let known: Fingerprints = [(hash_id("key_a"), 1), (hash_id("key_b"), 2)].into();
+        let both: ListedIds = [listed_id("key_a"), listed_id("key_b"), listed_id("key_c")].into();
+        let one: ListedIds = [listed_id("key_a"), listed_id("key_c")].into();
+        assert!(all_listed(&known, &both));
+        assert!(!all_listed(&known, &one));
+        assert!(all_listed(&Fingerprints::new(), &ListedIds::new()));
+    }
 
     /// `get_observation` is prepared once, not at every call (the statement cache clears the
     /// bindings of a statement it takes back, which re-prepares one whose plan looked at them).
