@@ -72,6 +72,13 @@ fn starts_a_formula(s: &str) -> bool {
 /// webhook title): line breaks and tabs become spaces, other unsafe characters U+FFFD, and
 /// links are defanged (see [`defang`]).
 pub fn mail_text(s: &str) -> String {
+    // Most names need nothing but the defanging: no second copy for them.
+    if !s
+        .chars()
+        .any(|c| is_line_break(c) || c == '\t' || is_unsafe(c))
+    {
+        return defang(s).into_owned();
+    }
     let one_line: String = s
         .chars()
         .map(|c| {

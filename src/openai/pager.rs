@@ -85,7 +85,8 @@ struct Pager<W> {
     url: Url,
     cursor: Option<String>,
     cursors_seen: HashSet<String>,
-    ids_seen: HashSet<String>,
+    /// foldhash: one insert per listed item.
+    ids_seen: foldhash::HashSet<String>,
     pages: usize,
     state: PagerState,
     _item: std::marker::PhantomData<fn() -> W>,
@@ -108,7 +109,7 @@ impl<W: DeserializeOwned + HasId> Pager<W> {
             url,
             cursor: None,
             cursors_seen: HashSet::new(),
-            ids_seen: HashSet::new(),
+            ids_seen: foldhash::HashSet::default(),
             pages: 0,
             state: PagerState::Open,
             _item: std::marker::PhantomData,

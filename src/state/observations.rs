@@ -14,7 +14,7 @@
 //! 100k keys costs one commit, not 100k.
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{Hash, Hasher};
+use std::hash::BuildHasher;
 
 use rusqlite::types::Type;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -149,13 +149,19 @@ pub fn observe_batched<'k, T>(
 
 /// What a steady-state sweep compares instead of rewriting every row: for each key of the
 /// project that is not gone, a hash of its id → a hash of the snapshot columns.
-pub type Fingerprints = HashMap<u64, u64>;
+pub type Fingerprints = HashMap<u64, u64, foldhash::fast::RandomState>;
+
+/// The hasher of ids and snapshots: foldhash (a fraction of SipHash's cost, which was 6% of a
+/// sweep's instructions), seeded at random once per process. The hashes are only compared
+/// within the process (never stored), and a seed nobody knows keeps a key name chosen to
+/// collide with another snapshot from being crafted.
+fn hasher() -> &'static foldhash::quality::RandomState {
+    static STATE: std::sync::OnceLock<foldhash::quality::RandomState> = std::sync::OnceLock::new();
+    STATE.get_or_init(foldhash::quality::RandomState::default)
+}
 
 fn hash_id(key_id: &str) -> u64 {
-    // SipHash with fixed keys: the same value for the same text in every process.
-    let mut h = std::hash::DefaultHasher::new();
-    key_id.hash(&mut h);
-    h.finish()
+    hasher().hash_one(key_id)
 }
 
 fn hash_snapshot(
@@ -166,17 +172,14 @@ fn hash_snapshot(
     created_at: i64,
     last_used_at: Option<i64>,
 ) -> u64 {
-    let mut h = std::hash::DefaultHasher::new();
-    (
+    hasher().hash_one((
         key_name,
         redacted_value,
         owner,
         owner_type,
         created_at,
         last_used_at,
-    )
-        .hash(&mut h);
-    h.finish()
+    ))
 }
 
 /// The fingerprints of the project's keys that are not gone.
@@ -191,14 +194,17 @@ pub fn fingerprints(
           WHERE organization = ?1 AND project_id = ?2 AND gone_at IS NULL",
     )?;
     let mut rows = stmt.query(params![organization, project_id])?;
-    let mut out = Fingerprints::new();
+    let mut out = Fingerprints::default();
+    // Borrowed: no String for the thousands of rows of a deep project.
     while let Some(r) = rows.next()? {
-        let id: String = r.get(0)?;
-        let (name, redacted, owner, kind): (String, String, String, String) =
-            (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
+        let s = |i: usize| -> Result<&str, StateError> {
+            Ok(r.get_ref(i)?.as_str().map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(i, Type::Text, Box::new(e))
+            })?)
+        };
         out.insert(
-            hash_id(&id),
-            hash_snapshot(&name, &redacted, &owner, &kind, r.get(5)?, r.get(6)?),
+            hash_id(s(0)?),
+            hash_snapshot(s(1)?, s(2)?, s(3)?, s(4)?, r.get(5)?, r.get(6)?),
         );
     }
     Ok(out)
@@ -274,7 +280,7 @@ pub fn last_listed(
 
 /// A listing's key ids as [`mark_gone_unlisted`] takes them: a 64-bit hash of each id
 /// ([`listed_id`]), 8 bytes a key where the id's `String` took about 50.
-pub type ListedIds = HashSet<u64>;
+pub type ListedIds = HashSet<u64, foldhash::fast::RandomState>;
 
 /// The entry of `key_id` in [`ListedIds`].
 pub fn listed_id(key_id: &str) -> u64 {
@@ -437,12 +443,17 @@ mod tests {
 
     #[test]
     fn a_listing_that_returned_every_stored_key_has_none_gone() {
-        let known: Fingerprints = [(hash_id("key_a"), 1), (hash_id("key_b"), 2)].into();
-        let both: ListedIds = [listed_id("key_a"), listed_id("key_b"), listed_id("key_c")].into();
-        let one: ListedIds = [listed_id("key_a"), listed_id("key_c")].into();
+        let known: Fingerprints = [(hash_id("key_a"), 1), (hash_id("key_b"), 2)]
+            .into_iter()
+            .collect();
+        let both: ListedIds = ["key_a", "key_b", "key_c"]
+            .map(listed_id)
+            .into_iter()
+            .collect();
+        let one: ListedIds = ["key_a", "key_c"].map(listed_id).into_iter().collect();
         assert!(all_listed(&known, &both));
         assert!(!all_listed(&known, &one));
-        assert!(all_listed(&Fingerprints::new(), &ListedIds::new()));
+        assert!(all_listed(&Fingerprints::default(), &ListedIds::default()));
     }
 
     /// `get_observation` is prepared once, not at every call (the statement cache clears the

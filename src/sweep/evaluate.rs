@@ -6,7 +6,7 @@
 //! that a key is gone from a listing that was not complete: that is the caller's
 //! `complete_projects`, and a project it does not name keeps its open findings untouched.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::config::Action;
@@ -23,14 +23,16 @@ use crate::policy::{Evaluation, Policies};
 pub(crate) struct OpenFindings {
     findings: Vec<Finding>,
     /// project id → key id → indices into `findings`.
-    by_key: HashMap<String, HashMap<String, Vec<usize>>>,
+    /// foldhash: two lookups per listed key.
+    by_key: foldhash::HashMap<String, foldhash::HashMap<String, Vec<usize>>>,
 }
 
 impl OpenFindings {
     /// `findings` in the order the store returns them (deadline first), which is the order
     /// their transitions are reported in.
     pub(crate) fn new(findings: Vec<Finding>) -> OpenFindings {
-        let mut by_key: HashMap<String, HashMap<String, Vec<usize>>> = HashMap::new();
+        let mut by_key: foldhash::HashMap<String, foldhash::HashMap<String, Vec<usize>>> =
+            foldhash::HashMap::default();
         for (i, f) in findings.iter().enumerate() {
             by_key
                 .entry(f.id.project_id.clone())

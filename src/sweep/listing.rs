@@ -10,23 +10,11 @@ use crate::intel::Intel;
 use crate::inventory::{AdminKeyInfo, Inventory, KeyTally, Listing, OrgInventory, ProjectRef};
 use crate::notify::alert::EnforcerAlert;
 use crate::openai::AdminClient;
-use crate::state::Store;
 
 use super::evaluate::OpenFindings;
 use super::record::{Recorded, Recorder};
 use super::report::SweepError;
 use super::run::{Run, Timings};
-
-/// Every organisation's open findings, in the order of `names`.
-fn load_open(store: &Store, names: &[String]) -> Result<Vec<Arc<OpenFindings>>, SweepError> {
-    names
-        .iter()
-        .map(|name| {
-            let open = store.with_conn(|c| crate::state::findings::open_findings(c, name))?;
-            Ok(Arc::new(OpenFindings::new(open)))
-        })
-        .collect()
-}
 
 /// Admin keys expiring within this window raise an enforcer alert.
 const ADMIN_KEY_EXPIRY_WARNING_SECS: i64 = 14 * 86400;
@@ -54,14 +42,14 @@ pub(super) struct Evaluated {
 impl Run<'_> {
     pub(super) async fn list_and_record(&self) -> Result<Listed, SweepError> {
         let sweeper = self.sweeper;
-        let names: Vec<String> = (self.clients.iter())
-            .map(|c| c.org_name().to_string())
-            .collect();
-        // Loaded while the first pages are requested; the recorder waits for them.
-        let open = {
-            let (store, names) = (self.store.clone(), names.clone());
-            tokio::task::spawn_blocking(move || load_open(&store, &names))
-        };
+        let mut open = Vec::with_capacity(self.clients.len());
+        for c in &self.clients {
+            open.push((
+                c.org_name().to_string(),
+                Arc::new(sweeper.open_findings(c.org_name())?),
+            ));
+        }
+        let open_by_org: Vec<Arc<OpenFindings>> = open.iter().map(|(_, o)| o.clone()).collect();
         // The audit log and usage first: the recorder judges each page as it arrives, so the
         // rules (`unrestricted`, `max_idle`'s usage buckets) need them before the first one.
         let intel = self.gather_intel().await;
@@ -70,7 +58,6 @@ impl Run<'_> {
         let recorder = Recorder::start(
             self.store.clone(),
             evaluator,
-            names,
             open,
             (4 * sweeper.config.limits.concurrency).clamp(16, 256),
             i64::try_from(sweeper.config.intel.wake_after.as_secs()).unwrap_or(i64::MAX),
@@ -83,7 +70,7 @@ impl Run<'_> {
         )
         .await;
         let listed_secs = self.elapsed();
-        let (open, recorded) = recorder.finish().await?;
+        let recorded = recorder.finish().await?;
         let recorded_secs = self.elapsed();
         for org in &inventory.orgs {
             self.observe(org);
@@ -102,7 +89,10 @@ impl Run<'_> {
         alerts.extend(self.gap_alerts(&intel, &inventory)?);
         Ok(Listed {
             inventory,
-            evaluated: Evaluated { open, recorded },
+            evaluated: Evaluated {
+                open: open_by_org,
+                recorded,
+            },
             alerts,
             timings: Timings {
                 listed_secs,

@@ -116,19 +116,13 @@ pub(crate) struct Woke {
     pub last_used_at: i64,
 }
 
-/// The load of every organisation's open findings, on a blocking thread.
-pub(crate) type OpenLoad = JoinHandle<Result<Vec<Arc<OpenFindings>>, SweepError>>;
-
-/// What the recorder returns: per organisation, its open findings and its evaluation.
-pub(crate) type Finished = (Vec<Arc<OpenFindings>>, Vec<Recorded>);
-
 /// The running recorder of one sweep. Dropping it (a sweep aborted at shutdown) stops the task
 /// after the batch being written.
 pub(crate) struct Recorder {
     tx: mpsc::Sender<Msg>,
     names: Vec<String>,
     now: i64,
-    task: Option<JoinHandle<Result<Finished, SweepError>>>,
+    task: Option<JoinHandle<Result<Vec<Recorded>, SweepError>>>,
 }
 
 impl Drop for Recorder {
@@ -160,20 +154,19 @@ enum Write {
 }
 
 impl Recorder {
-    /// `names`: every organisation being swept, in the order the sinks will name them; `open`
-    /// loads their open findings, in the same order: the recorder waits for it before it
-    /// evaluates the first page, so the load overlaps the listing's first requests.
-    /// `capacity`: pages that may wait in the channel.
+    /// `orgs`: (name, open findings) of every organisation being swept, in the order the sinks
+    /// will name them. `capacity`: pages that may wait in the channel.
     pub(crate) fn start(
         store: Store,
         evaluator: Evaluator,
-        names: Vec<String>,
-        open: OpenLoad,
+        orgs: Vec<(String, Arc<OpenFindings>)>,
         capacity: usize,
         wake_after: i64,
     ) -> Recorder {
         let (tx, rx) = mpsc::channel(capacity.max(1));
+        let names: Vec<String> = orgs.iter().map(|(n, _)| n.clone()).collect();
         let now = evaluator.now;
+        let open: Vec<Arc<OpenFindings>> = orgs.into_iter().map(|(_, o)| o).collect();
         let task = tokio::spawn(record(
             rx,
             store,
@@ -205,10 +198,9 @@ impl Recorder {
         }
     }
 
-    /// Waits for everything sent to be recorded; returns, per organisation, its open findings
-    /// as loaded before the first page and the evaluation of its completely listed projects.
-    /// Call it once every sink is gone.
-    pub(crate) async fn finish(mut self) -> Result<Finished, SweepError> {
+    /// Waits for everything sent to be recorded; returns, per organisation, the evaluation of its
+    /// completely listed projects. Call it once every sink is gone.
+    pub(crate) async fn finish(mut self) -> Result<Vec<Recorded>, SweepError> {
         let Some(task) = self.task.take() else {
             return Err(SweepError::Recorder("finished twice".to_string()));
         };
@@ -315,12 +307,9 @@ async fn record(
     mut rx: mpsc::Receiver<Msg>,
     store: Store,
     (evaluator, wake_after): (Evaluator, i64),
-    open: OpenLoad,
+    open: Vec<Arc<OpenFindings>>,
     names: Vec<String>,
-) -> Result<Finished, SweepError> {
-    let open = open
-        .await
-        .map_err(|e| SweepError::Recorder(e.to_string()))??;
+) -> Result<Vec<Recorded>, SweepError> {
     // With the blocking task of the batch being written while the next one gathers.
     let mut books = Some(Books {
         accepted: open.iter().map(|_| Recorded::default()).collect(),
@@ -361,8 +350,7 @@ async fn record(
         books = Some(finish_batch(prev).await?);
     }
     // A project whose task died never ended: its evaluation is dropped with `pending`.
-    let books = books.ok_or_else(lost)?;
-    Ok((books.open, books.accepted))
+    Ok(books.ok_or_else(lost)?.accepted)
 }
 
 fn lost() -> SweepError {
