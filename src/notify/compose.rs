@@ -21,8 +21,8 @@ pub struct Composed {
 }
 
 impl Composed {
-    /// Composes `notices` and `alerts`. Pure: a sweep's commit runs it on a thread of its own
-    /// beside the transaction's first writes (`sweep/commit.rs`).
+    /// Composes `notices` and `alerts`. Done before the transaction opens, so composing a large
+    /// digest never holds the state database's lock.
     pub fn new(
         notices: &[Notice],
         alerts: &[EnforcerAlert],

@@ -132,6 +132,7 @@ impl Run<'_> {
             }
             _ => notices,
         };
+        let composed = Composed::new(notices, alerts, &self.sweeper.notify, self.run_id(), now);
         for a in alerts {
             tracing::warn!(run_id = self.run_id(), alert = %a.dedup_key(), "enforcer alert: {}", crate::text::log_field(&alert_text(a)));
             records.push(
@@ -139,28 +140,16 @@ impl Run<'_> {
                     .with_response(serde_json::to_value(a).unwrap_or_default()),
             );
         }
-        let (settings, run_id) = (&self.sweeper.notify, self.run_id());
-        // The messages are composed (digests rendered) on a thread of their own while this one
-        // writes the findings and their audit records: a first sweep's commit is the two, one
-        // after the other, on an otherwise idle machine. The transaction waits for the messages
-        // only to queue them, after the findings; what it writes is the same, in the same order.
-        std::thread::scope(|s| {
-            let composing = s.spawn(|| Composed::new(notices, alerts, settings, run_id, now));
-            // A first sweep's commit dirties tens of MiB: `bulk_tx` sizes the page cache for it.
-            self.store.bulk_tx(|tx| {
-                findings(tx)?;
-                let composed = composing
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-                composed.queue(tx, now)?;
-                for a in alerts {
-                    state::alerts::record_raised(tx, a, now)?;
-                }
-                audit::append_all(tx, &records)?;
-                Ok(composed.len())
-            })
-        })
-        .map_err(SweepError::from)
+        // A first sweep's commit dirties tens of MiB: `bulk_tx` sizes the page cache for it.
+        self.store.bulk_tx(|tx| {
+            findings(tx)?;
+            composed.queue(tx, now)?;
+            for a in alerts {
+                state::alerts::record_raised(tx, a, now)?;
+            }
+            audit::append_all(tx, &records)
+        })?;
+        Ok(composed.len())
     }
 
     /// A decision's audit record: what was found, closed or told.
