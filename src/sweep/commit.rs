@@ -140,7 +140,7 @@ impl Run<'_> {
                     .with_response(serde_json::to_value(a).unwrap_or_default()),
             );
         }
-        // A first sweep's commit dirties tens of MiB: `bulk_tx` sizes the page cache for it.
+        // A first sweep's commit dirties tens of MiB: `bulk_tx` releases its page cache after.
         self.store.bulk_tx(|tx| {
             findings(tx)?;
             composed.queue(tx, now)?;
