@@ -13,13 +13,9 @@ use crate::support::config::write_config_file;
 use crate::support::listing::{ADMIN_KEY, limits, setup};
 use crate::support::process::run_to_end;
 use crate::support::sim::start_sim_with;
-use crate::support::time::rfc3339;
+use crate::support::time::{DAY, DEC_1_2026 as NOW, rfc3339};
 
 const ADMIN_KEY_ENV: &str = "KS_INTEL_ADMIN_KEY";
-
-/// 2026-12-01T00:00:00Z.
-const NOW: i64 = 1_796_083_200;
-const DAY: i64 = 86_400;
 
 fn options() -> SimOptions {
     SimOptions {

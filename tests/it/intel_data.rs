@@ -19,16 +19,11 @@ use crate::support::listing::{ADMIN_KEY, active_projects};
 use crate::support::process::run_to_end;
 use crate::support::receivers::Receiver;
 use crate::support::sim::start_sim_with;
-use crate::support::time::rfc3339;
+use crate::support::time::{DAY, DEC_1_2026 as NOW, HOUR, rfc3339};
 
 const ADMIN_KEY_ENV: &str = "KS_INTEL_DATA_ADMIN_KEY";
 const SECRET_ENV: &str = "KS_INTEL_DATA_HOOK_SECRET";
 const SECRET: &str = "whsec_aW50ZWxkYXRhdGVzdHNlY3JldDEyMzQ1Ng==";
-
-/// 2026-12-01T00:00:00Z.
-const NOW: i64 = 1_796_083_200;
-const HOUR: i64 = 3_600;
-const DAY: i64 = 86_400;
 
 /// The unrestricted policy, a log read back far enough for every generated key.
 const UNRESTRICTED: &str = "[audit_log]\nbackfill = \"3650d\"\n\

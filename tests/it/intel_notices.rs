@@ -20,17 +20,13 @@ use crate::support::receivers::Receiver;
 use crate::support::secrets::whsec;
 use crate::support::sim::start_sim_with;
 use crate::support::smtp_server::{self, SmtpServer, TestPki};
-use crate::support::time::rfc3339;
+use crate::support::time::{DAY, DEC_1_2026 as NOW, HOUR, rfc3339};
 
 const KEY_ENV: &str = "KS_INTEL_NOTICES_ADMIN_KEY";
 const HOOK_ENV: &str = "KS_INTEL_NOTICES_HOOK_SECRET";
 const SLACK_ENV: &str = "KS_INTEL_NOTICES_SLACK_URL";
 const SMTP_USER: &str = "in-mailer";
 const SMTP_PASSWORD: &str = "in-Pa55word";
-/// 2026-12-01T00:00:00Z.
-const NOW: i64 = 1_796_083_200;
-const HOUR: i64 = 3_600;
-const DAY: i64 = 86_400;
 
 /// The receivers of one test.
 struct World {

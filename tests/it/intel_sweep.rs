@@ -12,15 +12,11 @@ use crate::support::listing::{ADMIN_KEY, active_projects};
 use crate::support::process::run_to_end;
 use crate::support::receivers::Receiver;
 use crate::support::sim::start_frozen;
-use crate::support::time::rfc3339;
+use crate::support::time::{DAY, DEC_1_2026 as NOW, HOUR, rfc3339};
 
 const ADMIN_KEY_ENV: &str = "KS_INTEL_SWEEP_ADMIN_KEY";
 const SECRET_ENV: &str = "KS_INTEL_SWEEP_HOOK_SECRET";
 const SECRET: &str = "whsec_aW50ZWxzd2VlcHRlc3RzZWNyZXQxMjM0NQ==";
-
-/// 2026-12-01T00:00:00Z.
-const NOW: i64 = 1_796_083_200;
-const HOUR: i64 = 3_600;
 
 /// The ops channel is a webhook to `rx`'s `/ops`; one policy that finds nothing soon.
 fn extra(rx: &Receiver) -> String {
@@ -106,8 +102,6 @@ async fn with_the_audit_log_on_the_sweep_raises_no_intel_alert() {
         "the sweep reads the log: {stats:?}"
     );
 }
-
-const DAY: i64 = 86_400;
 
 #[tokio::test]
 async fn a_key_idle_sixty_days_then_used_raises_the_wake_up_alert_in_the_next_sweep_once() {

@@ -9,11 +9,9 @@ use keysweep::sim::{SimHistory, SimKeyHistory, SimOptions, SimOrg, SimServer, Si
 use serde_json::Value;
 
 use crate::support::sim::start_sim_with;
+use crate::support::time::{DAY, DEC_1_2026 as NOW};
 
 const ADMIN: &str = "sk-admin-intel-5EcReT";
-/// 2026-12-01T00:00:00Z.
-const NOW: i64 = 1_796_083_200;
-const DAY: i64 = 86_400;
 
 fn options() -> SimOptions {
     SimOptions {
