@@ -42,8 +42,6 @@ pub struct KeyHistory {
     /// The key's scopes: `data.scopes` of its creation, replaced by each update that sets
     /// scopes. `None`: unknown (no event carried them). `Some([])`: all permissions.
     pub scopes: Option<Vec<String>>,
-    /// An `api_key.deleted` event was seen.
-    pub deleted: bool,
     /// When its `api_key.created` says it was created (`None`: not in the log read).
     pub created_at: Option<i64>,
     /// The project of its creation.
@@ -61,6 +59,11 @@ pub struct KeyHistory {
 }
 
 impl KeyHistory {
+    /// An `api_key.deleted` event was seen.
+    pub fn is_deleted(&self) -> bool {
+        self.deleted_at.is_some()
+    }
+
     /// Folds one event in. Commutative up to ties: a value is replaced only by an event at
     /// least as recent as the one that set it, so events may arrive late and be applied again.
     pub fn apply(&mut self, e: &KeyEvent) {
@@ -98,7 +101,6 @@ impl KeyHistory {
                 }
             }
             KeyEventKind::Deleted => {
-                self.deleted = true;
                 self.deleted_at = Some(e.effective_at);
                 self.deleted_by.clone_from(&e.actor.email);
             }
@@ -109,7 +111,6 @@ impl KeyHistory {
         let h = KeyHistory {
             created_by: r.created_by,
             scopes: r.scopes,
-            deleted: r.deleted_at.is_some(),
             created_at: r.created_at,
             project_id: r.project_id,
             ends_at: r.ends_at,
@@ -177,8 +178,7 @@ pub struct KeyIntel<'a> {
     pub created_by: Option<&'a str>,
     pub scopes: Option<&'a [String]>,
     pub usage: Option<UsageSummary>,
-    /// When the log says the key was deleted, and the e-mail of who deleted it.
-    pub deleted_at: Option<i64>,
+    /// The e-mail of who deleted the key, when the log says it was deleted.
     pub deleted_by: Option<&'a str>,
 }
 
@@ -215,8 +215,9 @@ impl Intel {
             created_by: h.and_then(|h| h.created_by.as_deref()).or_else(kept),
             scopes: h.and_then(|h| h.scopes.as_deref()),
             usage,
-            deleted_at: h.and_then(|h| h.deleted_at),
-            deleted_by: h.and_then(|h| h.deleted_by.as_deref()),
+            deleted_by: h
+                .filter(|h| h.is_deleted())
+                .and_then(|h| h.deleted_by.as_deref()),
         }
     }
 
@@ -231,7 +232,9 @@ impl Intel {
         for o in &self.orgs {
             let unrestricted = o.history.as_ref().ok().map(|h| {
                 (h.iter())
-                    .filter(|(_, h)| !h.deleted && h.scopes.as_ref().is_some_and(Vec::is_empty))
+                    .filter(|(_, h)| {
+                        !h.is_deleted() && h.scopes.as_ref().is_some_and(Vec::is_empty)
+                    })
                     .map(|(id, _)| id.clone())
                     .collect()
             });
@@ -305,7 +308,7 @@ pub fn gaps(
         let Some(created) = h.created_at else {
             continue;
         };
-        if h.deleted || listed.contains(id.as_str()) || created >= listing_began {
+        if h.is_deleted() || listed.contains(id.as_str()) || created >= listing_began {
             continue;
         }
         if h.ends_at.is_some_and(|t| t <= now) {
@@ -600,7 +603,7 @@ mod tests {
             "a missing data.scopes is unknown, never all"
         );
         assert_eq!(h["key_c"].created_by, None);
-        assert!(h["key_c"].deleted);
+        assert!(h["key_c"].is_deleted());
         assert_eq!(h["key_c"].deleted_by.as_deref(), Some("c@x"));
         let only_created = rebuild(&events[3..4]);
         assert_eq!(
@@ -708,7 +711,7 @@ mod tests {
             "key_gone".to_string(),
             KeyHistory {
                 scopes: Some(vec![]),
-                deleted: true,
+                deleted_at: Some(20),
                 ..KeyHistory::default()
             },
         );
@@ -784,7 +787,7 @@ mod tests {
         history.insert("key_other".to_string(), h(10, "proj_unwatched"));
         history.insert("tracking-7".to_string(), h(10, "proj_a"));
         let deleted = KeyHistory {
-            deleted: true,
+            deleted_at: Some(20),
             ..h(10, "proj_a")
         };
         history.insert("key_deleted".to_string(), deleted);

@@ -73,10 +73,8 @@ fn starts_a_formula(s: &str) -> bool {
 /// links are defanged (see [`defang`]).
 pub fn mail_text(s: &str) -> String {
     // Most names need nothing but the defanging: no second copy for them.
-    if !s
-        .chars()
-        .any(|c| is_line_break(c) || c == '\t' || is_unsafe(c))
-    {
+    // `is_unsafe` covers line breaks and tabs (control characters).
+    if !s.chars().any(is_unsafe) {
         return defang(s).into_owned();
     }
     let one_line: String = s

@@ -39,9 +39,7 @@ fn usage_note(u: UsageSummary) -> UsageNote {
 
 /// Who deleted `key_id` of `organization`, as the audit log says (`None`: it does not say).
 fn deleted_by<'i>(intel: &'i Intel, organization: &str, key_id: &str) -> Option<&'i str> {
-    let o = intel.orgs.iter().find(|o| o.organization == organization)?;
-    let h = o.history.as_ref().ok()?.get(key_id)?;
-    h.deleted_by.as_deref().filter(|_| h.deleted)
+    intel.key(organization, key_id).deleted_by
 }
 
 /// The resolution of a finding closed because its key was deleted outside keysweep.
