@@ -51,13 +51,18 @@ impl Sweeper {
             return Ok(());
         }
         let planned = planned_of(findings, config, now);
+        // Indexed: a linear search per due rotation is quadratic in a first sweep.
+        let mut by_id: HashMap<&FindingId, &Finding> = HashMap::new();
+        for v in findings {
+            by_id.entry(&v.finding.id).or_insert(&v.finding);
+        }
         let mut due = Vec::new();
         for p in planned.iter().filter(|p| p.due) {
-            let Some(v) = findings.iter().find(|v| v.finding.id == p.finding) else {
+            let Some(&f) = by_id.get(&p.finding) else {
                 continue;
             };
             if !self.rotation_started(&p.finding)? {
-                due.push((p, &v.finding));
+                due.push((p, f));
             }
         }
         if due.is_empty() {
