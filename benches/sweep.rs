@@ -89,6 +89,10 @@ struct Args {
     /// Skip the steady-state sweeps (`--steady 0`).
     #[arg(long)]
     no_second_sweep: bool,
+    /// Leave glibc's mmap threshold rising as blocks are freed, as before `keysweep::malloc`
+    /// (for comparison: the binary and the sweeper fix it).
+    #[arg(long)]
+    glibc_dynamic_threshold: bool,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -265,30 +269,39 @@ fn parse_keys(s: &str) -> Result<(usize, usize)> {
     Ok((a, b))
 }
 
+/// `--sweeper`: one scenario, in this process.
+fn sweeper(args: &Args) -> Result<()> {
+    // As the binary's `main` does, first (why: `keysweep::malloc`).
+    if !args.glibc_dynamic_threshold {
+        keysweep::malloc::fix_mmap_threshold();
+    }
+    // The sweep's own log (phase timings in its `sweep finished` line), on request.
+    if let Ok(filter) = std::env::var("KEYSWEEP_BENCH_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let name = args.name.clone().unwrap_or_else(|| "custom".into());
+    let base = Scenario::preset("quick")
+        .context("quick preset")?
+        .with_overrides(args)?;
+    let scenario = Scenario { name, ..base };
+    let rt = tokio::runtime::Runtime::new()?;
+    let summary = rt.block_on(run_sweeper(&scenario))?;
+    if let Some(path) = &args.summary {
+        std::fs::write(path, serde_json::to_vec(&summary)?)?;
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     if args.serve {
         return serve(&args);
     }
     if args.sweeper {
-        // The sweep's own log (phase timings in its `sweep finished` line), on request.
-        if let Ok(filter) = std::env::var("KEYSWEEP_BENCH_LOG") {
-            tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_writer(std::io::stderr)
-                .init();
-        }
-        let name = args.name.clone().unwrap_or_else(|| "custom".into());
-        let base = Scenario::preset("quick")
-            .context("quick preset")?
-            .with_overrides(&args)?;
-        let scenario = Scenario { name, ..base };
-        let rt = tokio::runtime::Runtime::new()?;
-        let summary = rt.block_on(run_sweeper(&scenario))?;
-        if let Some(path) = &args.summary {
-            std::fs::write(path, serde_json::to_vec(&summary)?)?;
-        }
-        return Ok(());
+        return sweeper(&args);
     }
 
     let mut names: Vec<String> = if args.scenarios.is_empty() {
@@ -332,6 +345,10 @@ fn main() -> Result<()> {
         let status = Command::new(std::env::current_exe()?)
             .arg("--sweeper")
             .args(scenario.to_args())
+            .args(
+                args.glibc_dynamic_threshold
+                    .then_some("--glibc-dynamic-threshold"),
+            )
             .arg("--summary")
             .arg(&summary_path)
             .status()

@@ -26,6 +26,8 @@ pub const EXIT_INCOMPLETE: u8 = 1;
 pub const EXIT_CONFIG: u8 = 2;
 
 pub fn main() -> ExitCode {
+    // Before any thread or large block exists (why: `malloc.rs`).
+    crate::malloc::fix_mmap_threshold();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

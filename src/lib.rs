@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod demo;
 pub mod intel;
 pub mod inventory;
+pub mod malloc;
 pub mod metrics;
 pub mod notify;
 pub mod openai;

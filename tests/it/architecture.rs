@@ -12,6 +12,7 @@
 //! - `policy/` names nothing in `state/`, `notify/`, `openai/`, `sweep/`, `revoke.rs` or
 //!   `daemon/`; `state/` nothing in `notify/`, `openai/`, `sweep/` or `revoke.rs`; `notify/`
 //!   nothing in `openai/`, `sweep/` or `revoke.rs`;
+//! - `unsafe` only in `malloc.rs` (one FFI call);
 //! - no import cycle between two files;
 //! - no production source file over 800 lines.
 //!
@@ -110,6 +111,14 @@ fn dependencies_go_one_way() {
     assert_holds(
         "forbidden dependencies",
         rules::forbidden_dependencies(&sources()),
+    );
+}
+
+#[test]
+fn unsafe_code_only_in_malloc() {
+    assert_holds(
+        "unsafe only in malloc.rs",
+        rules::unsafe_only_in_malloc(&sources()),
     );
 }
 

@@ -242,6 +242,29 @@ pub fn sql_only_in_state(c: &Crate) -> Vec<String> {
     out
 }
 
+/// The one file allowed `unsafe` code: one FFI call to glibc's `mallopt`.
+const UNSAFE_FILE: &str = "malloc.rs";
+
+/// `unsafe` (a block, a function, an impl or the lint allowed by name) appears only in
+/// [`UNSAFE_FILE`]: the crate denies `unsafe_code`, and an `allow` anywhere else would pass it.
+pub fn unsafe_only_in_malloc(c: &Crate) -> Vec<String> {
+    let mut out = Vec::new();
+    for (fi, f) in c.files.iter().enumerate() {
+        if f.rel == UNSAFE_FILE {
+            continue;
+        }
+        for t in &f.tokens {
+            if t.is_ident("unsafe") || t.is_ident("unsafe_code") {
+                out.push(format!(
+                    "{}: unsafe outside src/{UNSAFE_FILE}",
+                    at(c, fi, t.line)
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// No production source file is longer than [`MAX_PRODUCTION_LINES`]. Test-only code does not
 /// count: files declared under `#[cfg(test)]` (the `tests/` folders, `fuzz.rs`) and inline
 /// `#[cfg(test)]` modules.

@@ -176,6 +176,26 @@ fn exposing_the_admin_key_outside_openai_is_found() {
 }
 
 #[test]
+fn unsafe_outside_malloc_is_found() {
+    for bad in [
+        "fn f() { unsafe { g() } }",
+        "unsafe fn f() {}",
+        "#[allow(unsafe_code)]\nfn f() {}",
+    ] {
+        let c = krate(&[("lib.rs", "pub mod sink;"), ("sink.rs", bad)]);
+        assert!(
+            !rules::unsafe_only_in_malloc(&c).is_empty(),
+            "not caught: {bad}"
+        );
+        let c = krate(&[("lib.rs", "pub mod malloc;"), ("malloc.rs", bad)]);
+        assert!(rules::unsafe_only_in_malloc(&c).is_empty(), "{bad}");
+    }
+    let ok = "// unsafe in a comment\nfn f() -> &'static str { \"unsafe\" }";
+    let c = krate(&[("sink.rs", ok)]);
+    assert!(rules::unsafe_only_in_malloc(&c).is_empty());
+}
+
+#[test]
 fn sql_outside_state_is_found() {
     for bad in [
         "fn f(c: &Connection) { c.execute(\"UPDATE outbox SET status = 'sent' WHERE id = ?1\", []); }",
