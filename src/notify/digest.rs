@@ -760,7 +760,7 @@ mod tests {
                 .unwrap();
         let mut n = Notice {
             kind: NoticeKind::Warning,
-            finding: f,
+            finding: std::sync::Arc::new(f),
             dry_run: false,
             verdict: None,
             rotated: None,

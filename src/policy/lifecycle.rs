@@ -37,6 +37,8 @@
 //!   never revoke-due: the expiry set on the key (`policy::expiry`) ends the key at the deadline,
 //!   and the finding then closes as `expired` ([`Observation::Expired`]).
 
+use std::sync::Arc;
+
 use crate::config::Action;
 use crate::inventory::{Expiry, Key};
 use crate::policy::finding::{ExpiryState, Finding, FindingId, Notice, NoticeKind, Stage};
@@ -67,16 +69,9 @@ impl Transition {
         let Some(finding) = &self.next else {
             return Vec::new();
         };
-        self.notices
-            .iter()
-            .map(|&kind| Notice {
-                kind,
-                finding: finding.clone(),
-                dry_run,
-                verdict: None,
-                rotated: None,
-                intel: None,
-            })
+        let finding = Arc::new(finding.clone());
+        (self.notices.iter())
+            .map(|&kind| Notice::of(kind, Arc::clone(&finding), dry_run))
             .collect()
     }
 
@@ -145,14 +140,7 @@ pub fn mark_revoked(f: &Finding, now: i64) -> Finding {
 /// The `Revoked` notice for a finding: after [`mark_revoked`] in enforce mode, or for an open
 /// finding with `dry_run = true` ("would have been revoked").
 pub fn revoked_notice(f: &Finding, dry_run: bool) -> Notice {
-    Notice {
-        kind: NoticeKind::Revoked,
-        finding: f.clone(),
-        dry_run,
-        verdict: None,
-        rotated: None,
-        intel: None,
-    }
+    Notice::of(NoticeKind::Revoked, Arc::new(f.clone()), dry_run)
 }
 
 /// The deadline a new finding gets: never before the condition started and never before the

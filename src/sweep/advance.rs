@@ -4,13 +4,14 @@
 //! sweep does. Pure: no I/O and no clock; nothing is written until the commit phase.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use crate::config::{Action, Mode, ServiceAccountKeys};
 use crate::inventory::{Inventory, Key, KeyTally, OrgInventory, OwnerType};
 use crate::policy::expiry::PlannedRestore;
 use crate::policy::finding::Finding;
 use crate::policy::finding::{FindingId, Notice, NoticeKind, Stage};
-use crate::policy::lifecycle::{self, Transition};
+use crate::policy::lifecycle::Transition;
 use crate::policy::plan::verdict_rotating;
 use crate::policy::plan::{Candidate, Plan, Withheld, Write};
 use crate::policy::verdict::{Rules, Verdict};
@@ -157,8 +158,12 @@ impl Advanced {
 
     /// One finding's transition: its notices, its new state, and whether it must be written.
     fn take_step(&mut self, before: Option<Stage>, t: Transition, dry_run: bool) {
-        self.notices.extend(t.notices(dry_run));
+        // No finding, no notice (`Transition::notices`).
         let Some(next) = t.next else { return };
+        // One copy of the finding, shared by its view and its notices.
+        let next = Arc::new(next);
+        (self.notices)
+            .extend((t.notices.iter()).map(|&kind| Notice::of(kind, Arc::clone(&next), dry_run)));
         if before.is_none_or(|s| s != next.stage) || !t.notices.is_empty() {
             self.changes.push(Change {
                 at: self.findings.len(),
@@ -191,10 +196,10 @@ impl Advanced {
             .filter_map(|id| index.get(id).copied())
             .collect();
         for i in due {
-            let f = &mut self.findings[i].finding;
-            if f.dry_run_noted_at.is_none() {
-                f.dry_run_noted_at = Some(now);
-                let mut n = lifecycle::revoked_notice(f, true);
+            if self.findings[i].finding.dry_run_noted_at.is_none() {
+                let view = &mut self.findings[i].finding;
+                Arc::make_mut(view).dry_run_noted_at = Some(now);
+                let mut n = Notice::of(NoticeKind::Revoked, Arc::clone(view), true);
                 n.verdict = Some(Verdict::WouldRevoke);
                 self.notices.push(n);
                 self.changes.push(Change {
@@ -300,15 +305,15 @@ impl Advanced {
                 continue;
             }
             let before = Some(f.stage);
-            let f = &mut self.findings[i].finding;
-            f.last_notified_at = Some(now);
+            let view = &mut self.findings[i].finding;
+            Arc::make_mut(view).last_notified_at = Some(now);
             self.notices.push(Notice {
-                kind: NoticeKind::Postponed,
-                finding: f.clone(),
-                dry_run: rules.mode == Mode::DryRun,
                 verdict: Some(v),
-                rotated: None,
-                intel: None,
+                ..Notice::of(
+                    NoticeKind::Postponed,
+                    Arc::clone(view),
+                    rules.mode == Mode::DryRun,
+                )
             });
             let decided = self
                 .changes

@@ -54,7 +54,7 @@ impl Run<'_> {
         let findings = &advanced.findings;
         let notices_queued = self.enqueue(
             |tx| self.write_changes(tx, findings, &changes),
-            &notices,
+            notices,
             &alerts,
             records,
         )?;
@@ -74,7 +74,11 @@ impl Run<'_> {
         let now = self.now();
         // Multi-row statements (`state::batch`): the findings, then their decision records in
         // the order of `changes`, so the chain is the one one `append` per change writes.
-        state::findings::upsert_findings(tx, changes.iter().map(|c| &findings[c.at].finding), now)?;
+        state::findings::upsert_findings(
+            tx,
+            changes.iter().map(|c| &*findings[c.at].finding),
+            now,
+        )?;
         audit::append_batched(tx, |log| {
             for change in changes {
                 if let Some(d) = &change.decision {
@@ -111,28 +115,23 @@ impl Run<'_> {
 
     /// Composes the messages of `notices` and `alerts` (`notify::compose`) and writes them in
     /// one transaction with what `findings` writes, the alerts and `records`. Returns how many
-    /// messages were composed.
+    /// messages were composed. The notices are dropped once composed, before the transaction:
+    /// a first sweep's are megabytes that the commit does not need.
     pub(super) fn enqueue(
         &self,
         findings: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<(), StateError>,
-        notices: &[Notice],
+        mut notices: Vec<Notice>,
         alerts: &[EnforcerAlert],
         mut records: Vec<AuditRecord>,
     ) -> Result<usize, SweepError> {
         let now = self.now();
         // The notices of later phases (revoked, rotated) get what this sweep noted of their
         // keys (`owners.rs`): usage, and a service-account key's route.
-        let noted;
-        let notices = match self.key_notes.get() {
-            Some(k) if k.would_annotate(notices) => {
-                let mut all = notices.to_vec();
-                k.annotate(&mut all);
-                noted = all;
-                &noted[..]
-            }
-            _ => notices,
-        };
-        let composed = Composed::new(notices, alerts, &self.sweeper.notify, self.run_id(), now);
+        if let Some(k) = self.key_notes.get() {
+            k.annotate(&mut notices);
+        }
+        let composed = Composed::new(&notices, alerts, &self.sweeper.notify, self.run_id(), now);
+        drop(notices);
         for a in alerts {
             tracing::warn!(run_id = self.run_id(), alert = %a.dedup_key(), "enforcer alert: {}", crate::text::log_field(&alert_text(a)));
             records.push(

@@ -4,6 +4,8 @@
 //! with their `revoked` notices (composed by `notify`) and the failures' alerts, and delivers
 //! again. Nothing is deleted once the sweep is cancelled, nor from here: only `revoke` deletes.
 
+use std::sync::Arc;
+
 use crate::config::Mode;
 use crate::inventory::Expiry;
 use crate::notify::DeliveryReport;
@@ -96,7 +98,7 @@ impl Run<'_> {
         revoked.extend(expired_writes);
         let notices_queued = self.enqueue(
             |tx| state::findings::upsert_findings(tx, &revoked, now),
-            &notices,
+            notices,
             &alerts,
             Vec::new(),
         )?;
@@ -131,8 +133,9 @@ impl Run<'_> {
             if r.deleted() {
                 for id in r.findings() {
                     if let Some(v) = findings.iter_mut().find(|v| &v.finding.id == id) {
-                        v.finding = lifecycle::mark_revoked(&v.finding, self.now());
-                        revoked.push(v.finding.clone());
+                        let closed = lifecycle::mark_revoked(&v.finding, self.now());
+                        revoked.push(closed.clone());
+                        v.finding = Arc::new(closed);
                     }
                 }
             } else if let Some(alert) = r.alert() {
@@ -211,7 +214,7 @@ impl Run<'_> {
             alerts.extend(r.alert());
             for id in &r.finding_ids {
                 let f = match findings.iter_mut().find(|v| &v.finding.id == id) {
-                    Some(v) => &mut v.finding,
+                    Some(v) => Arc::make_mut(&mut v.finding),
                     None => match retried.iter_mut().find(|f| &f.id == id) {
                         Some(f) => f,
                         None => continue,

@@ -19,6 +19,9 @@ pub(super) struct KeyNotes {
 impl KeyNotes {
     /// Sets the intel of every notice that has none and whose key this sweep knows.
     pub fn annotate(&self, notices: &mut [Notice]) {
+        if self.notes.is_empty() {
+            return;
+        }
         for n in notices.iter_mut().filter(|n| n.intel.is_none()) {
             let id = &n.finding.id;
             let key = (
@@ -28,11 +31,6 @@ impl KeyNotes {
             );
             n.intel = self.notes.get(&key).cloned();
         }
-    }
-
-    /// True when `annotate` would change something in `notices`.
-    pub fn would_annotate(&self, notices: &[Notice]) -> bool {
-        !self.notes.is_empty() && notices.iter().any(|n| n.intel.is_none())
     }
 }
 

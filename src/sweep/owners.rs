@@ -11,6 +11,7 @@
 //! composes a message (notify's) and never decides a finding's step (policy's): it annotates.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
 
 use crate::intel::{Intel, UsageSummary};
 use crate::inventory::{OwnerType, ProjectUser};
@@ -116,7 +117,7 @@ impl Run<'_> {
             stage == Stage::Resolved && resolution == Some(KEY_DELETED) && closed_at == Some(now)
         };
         for v in &mut advanced.findings {
-            let f = &mut v.finding;
+            let f = &v.finding;
             if !closed_now(f.stage, f.resolution.as_deref(), f.closed_at) {
                 continue;
             }
@@ -130,15 +131,15 @@ impl Run<'_> {
                 deleted_by = %crate::text::log_field(by.unwrap_or("unknown")),
                 "finding closed: the key was deleted outside keysweep"
             );
-            f.resolution = Some(deleted_resolution(by));
+            Arc::make_mut(&mut v.finding).resolution = Some(deleted_resolution(by));
         }
         for n in &mut advanced.notices {
-            let f = &mut n.finding;
+            let f = &n.finding;
             if n.kind == NoticeKind::Resolved
                 && closed_now(f.stage, f.resolution.as_deref(), f.closed_at)
             {
                 let by = deleted_by(intel, &f.id.organization, &f.id.key_id);
-                f.resolution = Some(deleted_resolution(by));
+                Arc::make_mut(&mut n.finding).resolution = Some(deleted_resolution(by));
             }
         }
     }

@@ -1,6 +1,8 @@
 //! What a sweep says: its report ([`SweepReport`], one [`FindingView`] per finding touched),
 //! its error, and how times are written in messages. Plain data: it must never do I/O.
 
+use std::sync::Arc;
+
 use crate::config::Mode;
 use crate::inventory::{Inventory, Key, KeyTally};
 use crate::notify::{self, alert::EnforcerAlert};
@@ -30,7 +32,9 @@ pub enum SweepError {
 /// What became of one key in this sweep.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct FindingView {
-    pub finding: Finding,
+    /// Shared with the sweep's notices about it (`Notice::finding`); changed through
+    /// `Arc::make_mut`, which copies it only while a notice still holds the old state.
+    pub finding: Arc<Finding>,
     /// What the plan says about it: "warn", "revoke now", "withheld: cap-per-run", …
     pub plan: String,
     /// A planned rotation (`action = "rotate"`): when it starts and the deadline it keeps.

@@ -11,6 +11,7 @@
 use serde_json::json;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use crate::config::Action;
 use crate::config::ServiceAccountKeys;
@@ -111,7 +112,7 @@ impl Run<'_> {
         if config.rotations.is_empty() || self.opts.cancel.is_cancelled() {
             return Ok(());
         }
-        let all: Vec<&Finding> = findings.iter().map(|v| &v.finding).collect();
+        let all: Vec<&Finding> = findings.iter().map(|v| &*v.finding).collect();
         let mut planned = planned_rotations(&all, &config.rotations, self.now());
         // What the plan held back (a cap, an incomplete listing) does not start here.
         let held: HashSet<&FindingId> = (plan.withheld.iter())
@@ -158,7 +159,7 @@ impl Run<'_> {
         if alerts.is_empty() && records.is_empty() && notices.is_empty() {
             return Ok(());
         }
-        enforced.notices_queued += self.enqueue(|_| Ok(()), &notices, &alerts, records)?;
+        enforced.notices_queued += self.enqueue(|_| Ok(()), notices, &alerts, records)?;
         enforced.alerts.extend(alerts);
         if self.opts.deliver {
             let more = self.deliver().await?;
@@ -285,7 +286,7 @@ pub(super) fn align_notice_deadlines(
         if let Some(&d) = deadline.get(&key)
             && d < n.finding.deadline
         {
-            n.finding.deadline = d;
+            Arc::make_mut(&mut n.finding).deadline = d;
         }
     }
 }
@@ -296,6 +297,6 @@ pub(super) fn planned_of(
     config: &crate::config::Config,
     now: i64,
 ) -> Vec<PlannedRotation> {
-    let all: Vec<&Finding> = findings.iter().map(|v| &v.finding).collect();
+    let all: Vec<&Finding> = findings.iter().map(|v| &*v.finding).collect();
     planned_rotations(&all, &config.rotations, now)
 }

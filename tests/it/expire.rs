@@ -468,7 +468,7 @@ async fn dry_run_writes_no_expiry_and_says_it_would() {
     );
     let notice = keysweep::policy::finding::Notice {
         kind: keysweep::policy::finding::NoticeKind::Warning,
-        finding: finding(&s, &keys.never, POLICY),
+        finding: std::sync::Arc::new(finding(&s, &keys.never, POLICY)),
         dry_run: true,
         verdict: None,
         rotated: None,

@@ -85,7 +85,7 @@ fn run(
         }
         let built = t.notices(true);
         assert_eq!(built.len(), t.notices.len());
-        assert!(built.iter().all(|n| n.dry_run && n.finding == next));
+        assert!(built.iter().all(|n| n.dry_run && *n.finding == next));
         prev = Some(next);
         out.push(prev.clone());
     }

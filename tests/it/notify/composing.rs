@@ -120,7 +120,7 @@ fn each_notice_kind_gets_its_own_message_and_dry_run_says_so() {
         notice(NoticeKind::FinalNotice, final_alice),
         Notice {
             kind: NoticeKind::Revoked,
-            finding: revoked_bob,
+            finding: std::sync::Arc::new(revoked_bob),
             dry_run: true,
             verdict: None,
             rotated: None,

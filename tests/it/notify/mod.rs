@@ -199,7 +199,7 @@ fn assert_lists_max_age_keys(what: &str, text: &str) {
 fn notice(kind: NoticeKind, f: Finding) -> Notice {
     Notice {
         kind,
-        finding: f,
+        finding: std::sync::Arc::new(f),
         dry_run: false,
         verdict: None,
         rotated: None,
