@@ -7,6 +7,7 @@
 //! any error the listing is over: it must never look finished when a page is missing.
 
 use std::collections::HashSet;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use reqwest::Method;
@@ -85,8 +86,12 @@ struct Pager<W> {
     url: Url,
     cursor: Option<String>,
     cursors_seen: HashSet<String>,
-    /// foldhash: one insert per listed item.
-    ids_seen: foldhash::HashSet<String>,
+    /// Every item's id, as a 64-bit hash under a seed of this listing's own: 8 bytes per key
+    /// instead of a copy of its id (5 MB at 100k keys). Two ids that collide (2^-64 a pair,
+    /// and no one can aim at a seed nobody knows) look like a duplicate: the listing fails
+    /// and nothing in it is acted on, the safe way to be wrong.
+    ids_seen: foldhash::HashSet<u64>,
+    id_hasher: foldhash::quality::RandomState,
     pages: usize,
     state: PagerState,
     _item: std::marker::PhantomData<fn() -> W>,
@@ -110,6 +115,7 @@ impl<W: DeserializeOwned + HasId> Pager<W> {
             cursor: None,
             cursors_seen: HashSet::new(),
             ids_seen: foldhash::HashSet::default(),
+            id_hasher: foldhash::quality::RandomState::default(),
             pages: 0,
             state: PagerState::Open,
             _item: std::marker::PhantomData,
@@ -152,7 +158,7 @@ impl<W: DeserializeOwned + HasId> Pager<W> {
                     id: transport.scrub(bad),
                 });
             }
-            if !self.ids_seen.insert(item.id().to_string()) {
+            if !self.ids_seen.insert(self.id_hasher.hash_one(item.id())) {
                 return Err(Error::DuplicateIds {
                     ctx: self.ctx.clone(),
                     id: transport.scrub(item.id()),
