@@ -154,9 +154,10 @@ pub(crate) struct WireKey {
     /// Outer `None`: absent (older API); `Some(None)`: `null`. Both mean "no usage recorded".
     #[serde(default, deserialize_with = "missing_or_null")]
     pub last_used_at: Option<Option<i64>>,
-    /// Required in the current spec, absent from older answers and mocks.
+    /// Required in the current spec, absent from older answers and mocks. Read into an enum,
+    /// not a `String`: one allocation less per listed key.
     #[serde(default)]
-    pub owner_project_access: Option<String>,
+    pub owner_project_access: Option<WireOwnerAccess>,
     /// Required in the spec, but none of its sub-fields is; tolerate its absence too.
     #[serde(default)]
     pub owner: Option<WireOwner>,
@@ -181,10 +182,53 @@ impl HasId for WireKey {
     }
 }
 
+/// `owner_project_access`: a string, `active` or `inactive` in the current spec; any other
+/// string is kept as not known (never as active).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum WireOwnerAccess {
+    Active,
+    Inactive,
+    #[serde(other)]
+    Other,
+}
+
+/// `owner.type`: a string, `user` or `service_account`; any other string is an owner of a
+/// kind keysweep does not know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum WireOwnerKind {
+    User,
+    ServiceAccount,
+    #[serde(other)]
+    Other,
+}
+
+/// A string field the client checks is a string but does not keep (an owner's `role`):
+/// decoded without an allocation.
+#[derive(Debug)]
+pub(crate) struct UnkeptString;
+
+impl<'de> Deserialize<'de> for UnkeptString {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Check;
+        impl serde::de::Visitor<'_> for Check {
+            type Value = UnkeptString;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<UnkeptString, E> {
+                Ok(UnkeptString)
+            }
+        }
+        d.deserialize_str(Check)
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct WireOwner {
     #[serde(default, rename = "type")]
-    pub kind: Option<String>,
+    pub kind: Option<WireOwnerKind>,
     #[serde(default)]
     pub user: Option<WireOwnerUser>,
     #[serde(default)]
@@ -194,7 +238,7 @@ pub(crate) struct WireOwner {
 /// `ProjectApiKeyOwnerUser`. The spec requires all five fields, but a missing e-mail is a case
 /// the collector handles (it fills it from the project's users), so every field is optional here
 /// rather than failing the whole page.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub(crate) struct WireOwnerUser {
     #[serde(default)]
     pub id: Option<String>,
@@ -207,11 +251,11 @@ pub(crate) struct WireOwnerUser {
     pub created_at: Option<i64>,
     #[serde(default)]
     #[allow(dead_code)]
-    pub role: Option<String>,
+    pub role: Option<UnkeptString>,
 }
 
 /// `ProjectApiKeyOwnerServiceAccount`; see [`WireOwnerUser`] for why fields are optional.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub(crate) struct WireOwnerServiceAccount {
     #[serde(default)]
     pub id: Option<String>,
@@ -222,17 +266,17 @@ pub(crate) struct WireOwnerServiceAccount {
     pub created_at: Option<i64>,
     #[serde(default)]
     #[allow(dead_code)]
-    pub role: Option<String>,
+    pub role: Option<UnkeptString>,
 }
 
 impl WireOwner {
     /// Decides on `owner.type` and reads the matching sub-object (mocks may send both with a
     /// `type` that does not match). Without a type, a lone sub-object decides.
     fn into_domain(self) -> Owner {
-        let kind = match self.kind.as_deref() {
-            Some("user") => OwnerType::User,
-            Some("service_account") => OwnerType::ServiceAccount,
-            Some(_) => OwnerType::Unknown,
+        let kind = match self.kind {
+            Some(WireOwnerKind::User) => OwnerType::User,
+            Some(WireOwnerKind::ServiceAccount) => OwnerType::ServiceAccount,
+            Some(WireOwnerKind::Other) => OwnerType::Unknown,
             None => match (&self.user, &self.service_account) {
                 (Some(_), None) => OwnerType::User,
                 (None, Some(_)) => OwnerType::ServiceAccount,
@@ -241,20 +285,20 @@ impl WireOwner {
         };
         match kind {
             OwnerType::User => {
-                let u = self.user;
+                let u = self.user.unwrap_or_default();
                 Owner {
                     kind,
-                    id: u.as_ref().and_then(|u| u.id.clone()),
-                    name: u.as_ref().and_then(|u| u.name.clone()),
-                    email: u.and_then(|u| u.email).filter(|e| !e.is_empty()),
+                    id: u.id,
+                    name: u.name,
+                    email: u.email.filter(|e| !e.is_empty()),
                 }
             }
             OwnerType::ServiceAccount => {
-                let s = self.service_account;
+                let s = self.service_account.unwrap_or_default();
                 Owner {
                     kind,
-                    id: s.as_ref().and_then(|s| s.id.clone()),
-                    name: s.and_then(|s| s.name),
+                    id: s.id,
+                    name: s.name,
                     email: None,
                 }
             }
@@ -270,10 +314,10 @@ impl WireOwner {
 
 impl WireKey {
     pub fn into_domain(self, project: &ProjectRef) -> Key {
-        let owner_access = match self.owner_project_access.as_deref() {
-            Some("active") => OwnerAccess::Active,
-            Some("inactive") => OwnerAccess::Inactive,
-            _ => OwnerAccess::Unknown,
+        let owner_access = match self.owner_project_access {
+            Some(WireOwnerAccess::Active) => OwnerAccess::Active,
+            Some(WireOwnerAccess::Inactive) => OwnerAccess::Inactive,
+            Some(WireOwnerAccess::Other) | None => OwnerAccess::Unknown,
         };
         Key {
             organization: project.organization.clone(),
@@ -593,6 +637,39 @@ mod tests {
         assert_eq!(key.owner.id.as_deref(), Some("svc_acct_1"));
         assert_eq!(key.owner.email, None);
         assert_eq!(key.owner_access, OwnerAccess::Unknown);
+    }
+
+    /// The enums and the unkept `role` keep the strings' strictness: an unknown word is an
+    /// unknown owner or access (never active), a value that is not a string fails the page.
+    #[test]
+    fn unknown_words_are_unknown_and_non_strings_fail() {
+        let body = r#"{"id":"key_1","name":"n","redacted_value":"sk-...","created_at":1,
+            "owner_project_access":"suspended",
+            "owner":{"type":"robot","user":{"id":"user_1","role":"owner"}}}"#;
+        let key = decode::<WireKey>(body.as_bytes())
+            .unwrap()
+            .into_domain(&project());
+        assert_eq!(key.owner.kind, OwnerType::Unknown);
+        assert_eq!(key.owner.id, None);
+        assert_eq!(key.owner_access, OwnerAccess::Unknown);
+        for (bad, path) in [
+            (r#""owner_project_access":1"#, "owner_project_access"),
+            (r#""owner":{"type":7}"#, "owner.type"),
+            (
+                r#""owner":{"type":"user","user":{"role":{}}}"#,
+                "owner.user.role",
+            ),
+            (
+                r#""owner":{"type":"service_account","service_account":{"role":false}}"#,
+                "owner.service_account.role",
+            ),
+        ] {
+            let body = format!(
+                r#"{{"id":"key_1","name":"n","redacted_value":"sk","created_at":1,{bad}}}"#
+            );
+            let err = decode::<WireKey>(body.as_bytes()).unwrap_err();
+            assert_eq!(err.path, path, "{bad}");
+        }
     }
 
     #[test]
