@@ -11,7 +11,8 @@ use std::time::Duration;
 pub struct SimOptions {
     /// The only Bearer token accepted (change it live with `SimServer::set_admin_key`).
     pub admin_key: String,
-    /// Added to every request with a tokio sleep (concurrent requests overlap).
+    /// Added to every request, to within tens of microseconds (a tokio sleep, its last 2 ms on
+    /// a blocking thread; concurrent requests overlap).
     pub latency: Duration,
     /// Probability in `0..=1` that a GET answers 500 (seeded: same seed, same sequence).
     pub fail_rate: f64,
