@@ -69,10 +69,18 @@ impl Transition {
         let Some(finding) = &self.next else {
             return Vec::new();
         };
-        let finding = Arc::new(finding.clone());
-        (self.notices.iter())
-            .map(|&kind| Notice::of(kind, Arc::clone(&finding), dry_run))
+        self.notices_about(&Arc::new(finding.clone()), dry_run)
             .collect()
+    }
+
+    /// The notices of [`Transition::notices`] about `finding`, this transition's `next` as the
+    /// caller keeps it: every notice shares it instead of holding a copy.
+    pub fn notices_about<'a>(
+        &'a self,
+        finding: &'a Arc<Finding>,
+        dry_run: bool,
+    ) -> impl Iterator<Item = Notice> + 'a {
+        (self.notices.iter()).map(move |&kind| Notice::of(kind, Arc::clone(finding), dry_run))
     }
 
     fn unchanged(prev: Option<&Finding>) -> Transition {

@@ -157,13 +157,12 @@ impl Advanced {
     }
 
     /// One finding's transition: its notices, its new state, and whether it must be written.
-    fn take_step(&mut self, before: Option<Stage>, t: Transition, dry_run: bool) {
+    fn take_step(&mut self, before: Option<Stage>, mut t: Transition, dry_run: bool) {
         // No finding, no notice (`Transition::notices`).
-        let Some(next) = t.next else { return };
+        let Some(next) = t.next.take() else { return };
         // One copy of the finding, shared by its view and its notices.
         let next = Arc::new(next);
-        (self.notices)
-            .extend((t.notices.iter()).map(|&kind| Notice::of(kind, Arc::clone(&next), dry_run)));
+        self.notices.extend(t.notices_about(&next, dry_run));
         if before.is_none_or(|s| s != next.stage) || !t.notices.is_empty() {
             self.changes.push(Change {
                 at: self.findings.len(),

@@ -86,6 +86,11 @@ fn run(
         let built = t.notices(true);
         assert_eq!(built.len(), t.notices.len());
         assert!(built.iter().all(|n| n.dry_run && *n.finding == next));
+        // The sweep's way: every notice shares the one copy it keeps.
+        let kept = std::sync::Arc::new(next.clone());
+        let shared: Vec<_> = t.notices_about(&kept, false).collect();
+        assert_eq!(shared.len(), t.notices.len());
+        assert!((shared.iter()).all(|n| !n.dry_run && std::sync::Arc::ptr_eq(&n.finding, &kept)));
         prev = Some(next);
         out.push(prev.clone());
     }
