@@ -184,16 +184,18 @@ impl Advanced {
     /// back would not be revoked by enforcement either). Indexed: with 100k due keys a linear
     /// search per action made this step quadratic.
     pub(super) fn note_dry_run(&mut self, now: i64, plan: &Plan) {
-        let index = self.index();
         // Only deletions: an expiry that would be set is told in the warning itself ("would set
         // the expiry to …").
-        let due: Vec<usize> = plan
-            .withheld
-            .iter()
+        let mut ids = (plan.withheld.iter())
             .filter(|w| w.reason == Withheld::DryRun && w.action.write == Write::Delete)
             .flat_map(|w| w.action.findings.iter())
-            .filter_map(|id| index.get(id).copied())
-            .collect();
+            .peekable();
+        if ids.peek().is_none() {
+            return;
+        }
+        let index = self.index();
+        let due: Vec<usize> = ids.filter_map(|id| index.get(id).copied()).collect();
+        drop(index);
         for i in due {
             if self.findings[i].finding.dry_run_noted_at.is_none() {
                 let view = &mut self.findings[i].finding;
@@ -210,10 +212,10 @@ impl Advanced {
     }
 
     /// Each finding's index in [`Advanced::findings`].
-    fn index(&self) -> HashMap<FindingId, usize> {
-        let mut index = HashMap::new();
+    fn index(&self) -> HashMap<&FindingId, usize> {
+        let mut index = HashMap::with_capacity(self.findings.len());
         for (i, v) in self.findings.iter().enumerate() {
-            index.entry(v.finding.id.clone()).or_insert(i);
+            index.entry(&v.finding.id).or_insert(i);
         }
         index
     }
@@ -290,13 +292,24 @@ impl Advanced {
         told: &HashSet<FindingId>,
         now: i64,
     ) {
+        if withheld.is_empty() {
+            return;
+        }
         let index = self.index();
         let mut due: Vec<(usize, Withheld)> = withheld
             .iter()
             .filter(|(id, _)| !told.contains(**id))
             .filter_map(|(id, w)| index.get(*id).map(|&i| (i, *w)))
             .collect();
+        drop(index);
         due.sort_unstable_by_key(|(i, _)| *i);
+        // Each finding's first change, by finding: a search per postponed finding was quadratic
+        // when a cap holds back thousands. A finding appears once in `due`, so the changes
+        // pushed below need no entry.
+        let mut decided: HashMap<usize, usize> = HashMap::new();
+        for (k, c) in self.changes.iter().enumerate() {
+            decided.entry(c.at).or_insert(k);
+        }
         for (i, w) in due {
             let f = &self.findings[i].finding;
             let v = verdict_rotating(f, rules, Some(w), self.overlap_of(f));
@@ -314,12 +327,10 @@ impl Advanced {
                     rules.mode == Mode::DryRun,
                 )
             });
-            let decided = self
-                .changes
-                .iter_mut()
-                .find(|c| c.at == i)
+            let decision = (decided.get(&i))
+                .and_then(|&k| self.changes.get_mut(k))
                 .and_then(|c| c.decision.as_mut());
-            match decided {
+            match decision {
                 Some(d) => d.notices.push(NoticeKind::Postponed),
                 None => self.changes.push(Change {
                     at: i,
