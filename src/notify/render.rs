@@ -105,8 +105,16 @@ pub fn email_text(d: &Digest) -> String {
                 s.push('\n');
                 for n in &g.notices {
                     for (label, value) in key_fields(g, n, d.generated_at) {
-                        let value = text::mail_text(&value);
-                        s.push_str(&format!("  {label:<15} {value}\n"));
+                        // Into the message itself: a `format!` per line was a copy per field.
+                        s.push_str("  ");
+                        s.push_str(label);
+                        s.extend(std::iter::repeat_n(
+                            ' ',
+                            15usize.saturating_sub(label.chars().count()),
+                        ));
+                        s.push(' ');
+                        s.push_str(&text::mail_text(&value));
+                        s.push('\n');
                     }
                     s.push('\n');
                 }
@@ -155,7 +163,9 @@ pub fn email_html(d: &Digest) -> String {
                 for n in &g.notices {
                     s.push_str("<tr>");
                     for (_, value) in key_fields(g, n, d.generated_at) {
-                        s.push_str(&format!("<td>{}</td>", text::mail_html(&value)));
+                        s.push_str("<td>");
+                        s.push_str(&text::mail_html(&value));
+                        s.push_str("</td>");
                     }
                     s.push_str("</tr>\n");
                 }

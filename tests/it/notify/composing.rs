@@ -41,6 +41,9 @@ fn assert_email_digests(msgs: &[OutboxMessage]) {
         .unwrap();
     let atext = alice.payload["text"].as_str().unwrap();
     assert!(atext.contains("ci-deploy") && !atext.contains("old-batch"));
+    // One field a line, its label padded to 15 columns.
+    assert!(atext.contains("\n  Key             ci-deploy\n"), "{atext}");
+    assert!(atext.contains("\n  Redacted value  sk-"), "{atext}");
     assert_eq!(
         alice.payload["to"],
         serde_json::json!(["alice@example.com"])
