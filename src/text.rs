@@ -72,9 +72,8 @@ fn starts_a_formula(s: &str) -> bool {
 /// webhook title): line breaks and tabs become spaces, other unsafe characters U+FFFD, and
 /// links are defanged (see [`defang`]).
 pub fn mail_text(s: &str) -> String {
-    // Most names need nothing but the defanging: no second copy for them.
-    // `is_unsafe` covers line breaks and tabs (control characters).
-    // ASCII without control characters (almost every name) has nothing unsafe.
+    // Most names need nothing but the defanging: no second copy for them. Printable ASCII
+    // (almost every name) has nothing unsafe; otherwise `is_unsafe` covers line breaks and tabs.
     let plain_ascii = s.bytes().all(|b| (0x20..0x7f).contains(&b));
     if plain_ascii || !s.chars().any(is_unsafe) {
         return defang(s).into_owned();
@@ -200,16 +199,20 @@ fn is_dot(c: char) -> bool {
     matches!(c, '.' | '\u{3002}' | '\u{FF0E}' | '\u{FF61}')
 }
 
-/// Whether `s` has a dot that [`defang_all`] brackets: after a letter, digit, `-` or `_` and
-/// before a letter.
+/// Whether `c`, between `before` and `after`, is a dot that joins two labels of a domain
+/// (after a letter, digit, `-` or `_` and before a letter): the dots [`defang`] brackets.
+fn joins_labels(before: Option<char>, c: char, after: Option<char>) -> bool {
+    is_dot(c)
+        && before.is_some_and(|b| b.is_alphanumeric() || b == '-' || b == '_')
+        && after.is_some_and(char::is_alphabetic)
+}
+
+/// Whether `s` has a dot that [`defang_all`] brackets.
 fn has_defangable_dot(s: &str) -> bool {
     let mut before: Option<char> = None;
     let mut chars = s.chars().peekable();
     while let Some(c) = chars.next() {
-        if is_dot(c)
-            && before.is_some_and(|b| b.is_alphanumeric() || b == '-' || b == '_')
-            && chars.peek().is_some_and(|a| a.is_alphabetic())
-        {
+        if joins_labels(before, c, chars.peek().copied()) {
             return true;
         }
         before = Some(c);
@@ -247,11 +250,7 @@ fn defang_all(s: &str) -> Cow<'_, str> {
             continue;
         }
         let before = i.checked_sub(1).map(|j| chars[j]);
-        let after = chars.get(i + 1).copied();
-        if is_dot(c)
-            && before.is_some_and(|b| b.is_alphanumeric() || b == '-' || b == '_')
-            && after.is_some_and(char::is_alphabetic)
-        {
+        if joins_labels(before, c, chars.get(i + 1).copied()) {
             out.push_str("[.]");
         } else {
             out.push(c);

@@ -52,6 +52,8 @@
 //! The body is signed per Standard Webhooks 1.0 (`webhook-id` = the outbox message id, stable
 //! across retries; `webhook-timestamp`; `webhook-signature: v1,<base64>`), see `webhook.rs`.
 
+use std::fmt::Write as _;
+
 use serde_json::{Value, json};
 
 use crate::config::Action;
@@ -105,16 +107,9 @@ pub fn email_text(d: &Digest) -> String {
                 s.push('\n');
                 for n in &g.notices {
                     for (label, value) in key_fields(g, n, d.generated_at) {
-                        // Into the message itself: a `format!` per line was a copy per field.
-                        s.push_str("  ");
-                        s.push_str(label);
-                        s.extend(std::iter::repeat_n(
-                            ' ',
-                            15usize.saturating_sub(label.chars().count()),
-                        ));
-                        s.push(' ');
-                        s.push_str(&text::mail_text(&value));
-                        s.push('\n');
+                        // Into the message itself (writing to a `String` cannot fail): a
+                        // `format!` per line was a copy per field.
+                        let _ = writeln!(s, "  {label:<15} {}", text::mail_text(&value));
                     }
                     s.push('\n');
                 }
@@ -163,9 +158,7 @@ pub fn email_html(d: &Digest) -> String {
                 for n in &g.notices {
                     s.push_str("<tr>");
                     for (_, value) in key_fields(g, n, d.generated_at) {
-                        s.push_str("<td>");
-                        s.push_str(&text::mail_html(&value));
-                        s.push_str("</td>");
+                        let _ = write!(s, "<td>{}</td>", text::mail_html(&value));
                     }
                     s.push_str("</tr>\n");
                 }

@@ -10,10 +10,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-/// How much of a simulated latency is slept precisely rather than on tokio's timer (whose
-/// granularity is a millisecond, rounded up): at most this long, uncancelled.
-const FINE_SLEEP: Duration = Duration::from_millis(2);
-
 use axum::http::{HeaderValue, Method};
 use tokio_util::sync::CancellationToken;
 
@@ -25,6 +21,10 @@ use super::model::SimOrg;
 use super::options::SimOptions;
 use super::state::{OrgState, Rules};
 use super::usage::UsageBook;
+
+/// How much of a simulated latency is slept precisely rather than on tokio's timer (whose
+/// granularity is a millisecond, rounded up): at most this long, uncancelled.
+const FINE_SLEEP: Duration = Duration::from_millis(2);
 
 /// Everything the handlers and middleware share, behind one `Arc`.
 pub(crate) struct Shared {

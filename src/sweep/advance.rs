@@ -195,7 +195,6 @@ impl Advanced {
         }
         let index = self.index();
         let due: Vec<usize> = ids.filter_map(|id| index.get(id).copied()).collect();
-        drop(index);
         for i in due {
             if self.findings[i].finding.dry_run_noted_at.is_none() {
                 let view = &mut self.findings[i].finding;
@@ -301,7 +300,6 @@ impl Advanced {
             .filter(|(id, _)| !told.contains(**id))
             .filter_map(|(id, w)| index.get(*id).map(|&i| (i, *w)))
             .collect();
-        drop(index);
         due.sort_unstable_by_key(|(i, _)| *i);
         // Each finding's first change, by finding: a search per postponed finding was quadratic
         // when a cap holds back thousands. A finding appears once in `due`, so the changes
