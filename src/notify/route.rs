@@ -399,24 +399,51 @@ pub(crate) fn render_digest(
 /// `owner_fallback`. Deduplicated, in a stable order.
 pub fn channels_for(n: &Notice, settings: &NotifySettings) -> Vec<String> {
     let f = &n.finding;
-    let mut names: Vec<String> = Vec::new();
-    if let Some(channels) = settings.policy_channels.get(&f.id.policy) {
-        names.extend(channels.iter().cloned());
-    } else {
+    if !settings.policy_channels.contains_key(&f.id.policy) {
         tracing::warn!(policy = %f.id.policy, "notice for a policy no longer configured");
     }
-    for r in &settings.routes {
-        if r.projects
-            .iter()
-            .any(|pat| project_matches(pat, &f.id.project_id, f.project_name.as_deref()))
-        {
-            names.extend(r.channels.iter().cloned());
-        }
-    }
+    let mut names: Vec<&String> = named_channels(
+        settings,
+        &f.id.policy,
+        &f.id.project_id,
+        f.project_name.as_deref(),
+    )
+    .collect();
     if personal_emails(n).is_empty() {
-        names.extend(settings.owner_fallback.iter().cloned());
+        names.extend(settings.owner_fallback.iter());
     }
-    unique(&names)
+    unique(names)
+}
+
+/// The channels a finding of `policy` in this project is told to by name: the policy's
+/// `notify` channels, then those of every matching `[[routes]]` entry (not `owner_fallback`).
+fn named_channels<'s>(
+    settings: &'s NotifySettings,
+    policy: &str,
+    project_id: &'s str,
+    project_name: Option<&'s str>,
+) -> impl Iterator<Item = &'s String> {
+    let routed = (settings.routes.iter())
+        .filter(move |r| (r.projects.iter()).any(|p| project_matches(p, project_id, project_name)))
+        .flat_map(|r| r.channels.iter());
+    (settings.policy_channels.get(policy).into_iter().flatten()).chain(routed)
+}
+
+/// Whether a notice about a finding of `policy` in this project reaches anyone in person: one
+/// of its named channels is an e-mail channel with `owner = true`. Only then is a
+/// service-account key's route (who is told in person, a read of its project's users) worth
+/// resolving; without one, nobody is told in person and the notice goes to `owner_fallback`.
+pub fn mails_owners(
+    settings: &NotifySettings,
+    policy: &str,
+    project_id: &str,
+    project_name: Option<&str>,
+) -> bool {
+    named_channels(settings, policy, project_id, project_name).any(|name| {
+        settings
+            .channel(name)
+            .is_some_and(|c| matches!(&c.kind, ChannelKind::Email(e) if e.owner))
+    })
 }
 
 /// (recipient, envelope `to`) pairs for one notice on one channel.
@@ -561,10 +588,9 @@ fn dedup_notices(list: Vec<&Notice>) -> Vec<&Notice> {
         .collect()
 }
 
-fn unique(names: &[String]) -> Vec<String> {
+fn unique<'n>(names: impl IntoIterator<Item = &'n String>) -> Vec<String> {
     let mut seen = BTreeSet::new();
-    names
-        .iter()
+    (names.into_iter())
         .filter(|n| seen.insert(n.as_str()))
         .cloned()
         .collect()

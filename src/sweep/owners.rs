@@ -16,7 +16,7 @@ use std::sync::Arc;
 use crate::intel::{Intel, UsageSummary};
 use crate::inventory::{OwnerType, ProjectUser};
 use crate::notify::alert::EnforcerAlert;
-use crate::notify::route::{service_account_route, user_route};
+use crate::notify::route::{mails_owners, service_account_route, user_route};
 use crate::policy::finding::{NoticeIntel, NoticeKind, OwnerRoute, Stage, UsageNote};
 use crate::policy::lifecycle::KEY_DELETED;
 use crate::policy::plan::Plan;
@@ -145,8 +145,11 @@ impl Run<'_> {
     }
 
     /// The service-account keys whose route this sweep needs: those with a notice now, a
-    /// write planned now, or an open finding under a `rotate` policy (its `rotated` notice).
+    /// write planned now, or an open finding under a `rotate` policy (its `rotated` notice),
+    /// whose notices an e-mail channel mails to owners. Without such a channel nobody is told
+    /// in person (the notice goes to `owner_fallback`), so their projects' users are not read.
     fn routed_keys(&self, plan: &Plan, advanced: &Advanced) -> HashSet<KeyRef> {
+        let notify = &self.sweeper.notify;
         let rotating: HashSet<&str> = (self.sweeper.config.rotations.iter())
             .map(|r| r.policy.as_str())
             .collect();
@@ -159,6 +162,14 @@ impl Run<'_> {
                 told.contains(&f.id)
                     || written.contains(&f.id)
                     || (f.stage.is_open() && rotating.contains(f.id.policy.as_str()))
+            })
+            .filter(|f| {
+                mails_owners(
+                    notify,
+                    &f.id.policy,
+                    &f.id.project_id,
+                    f.project_name.as_deref(),
+                )
             })
             .map(|f| {
                 (

@@ -42,6 +42,14 @@ struct World {
 /// `policy` is the `[[policies]]` table; its notices go to `mail` (owner mail), `hook` and
 /// `slack`; `owner_fallback` is the webhook `/fallback`, `ops_channels` the webhook `/ops`.
 async fn world(org: SimOrg, history: SimHistory, policy: &str) -> World {
+    world_with(org, history, policy, true).await
+}
+
+/// The `mail` channel's recipients: a team mailbox, or (`owner = true`) each owner.
+const MAIL_TO: [&str; 2] = ["to = [\"team@example.com\"]", "owner = true"];
+
+/// [`world`], with `owner = true` on the `mail` channel or not (then no channel mails owners).
+async fn world_with(org: SimOrg, history: SimHistory, policy: &str, owner_mail: bool) -> World {
     let sim = start_sim_with(
         org,
         SimOptions {
@@ -80,7 +88,7 @@ smtp_ca_file = "{ca}"
 smtp_username_env = "KS_IN_SMTP_USER"
 smtp_password_env = "KS_IN_SMTP_PASSWORD"
 from = "keysweep <keysweep@example.com>"
-owner = true
+{mail_to}
 
 [[channels]]
 name = "slack"
@@ -112,6 +120,7 @@ secret_env = "{HOOK_ENV}"
         hook = rx.url("/hook"),
         fallback = rx.url("/fallback"),
         ops = rx.url("/ops"),
+        mail_to = MAIL_TO[usize::from(owner_mail)],
     );
     let config = dir.path().join("keysweep.toml");
     std::fs::write(&config, text).unwrap();
@@ -496,6 +505,41 @@ async fn service_account_notices_go_to_the_creator_then_the_owners_then_the_fall
         .map(|n| n["key_id"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(late, set(&SA_KEYS));
+}
+
+/// With no channel that mails owners nobody is told in person: a service-account key's notice
+/// goes to `owner_fallback`, says nobody was told in person, and its project's users are not
+/// read (that read only serves owner mail).
+#[tokio::test(flavor = "multi_thread")]
+async fn without_owner_mail_service_account_notices_go_to_the_fallback_and_no_users_are_read() {
+    let (o, history) = org(None);
+    let w = world_with(o, history, SA_POLICY, false).await;
+    w.sweep(NOW).await;
+
+    let users_read = w
+        .sim
+        .stats()
+        .get("GET /v1/organization/projects/{project_id}/users")
+        .copied();
+    assert_eq!(users_read.unwrap_or(0), 0, "{:?}", w.sim.stats());
+    assert_eq!(fallback_keys(&w), set(&SA_KEYS));
+    let hook = w.notices("/hook");
+    for k in SA_KEYS {
+        let n = hook.iter().find(|n| n["key_id"] == k).unwrap();
+        assert_eq!(n["owner_route"], Value::Null, "{k}: {n}");
+    }
+    // The team's mailbox alone gets them, and no message claims anyone was told in person.
+    let mails = w.mails();
+    let got = mailed(&mails, &SA_KEYS);
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        ["team@example.com"],
+        "{got:?}"
+    );
+    assert_eq!(got["team@example.com"], set(&SA_KEYS));
+    for m in &mails {
+        assert!(!m.text.contains("told:"), "{}", m.text);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

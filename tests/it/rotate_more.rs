@@ -327,6 +327,11 @@ fn channels(rx: &Receiver) -> String {
     )
 }
 
+/// An e-mail channel that mails owners, on a port where no server listens.
+const OWNER_MAIL: &str = "[[channels]]\nname = \"mail\"\ntype = \"email\"\nsmtp_host = \
+                          \"127.0.0.1\"\nsmtp_port = 9\nsmtp_tls = \"none\"\nfrom = \
+                          \"keysweep@example.com\"\nowner = true\n";
+
 fn with_channel_secrets(w: &mut World) {
     w.env
         .push((HOOK_ENV.into(), whsec(b"rotate-more-webhook-key-00000001")));
@@ -569,9 +574,14 @@ async fn rotations_count_against_the_per_project_percentage_cap_and_the_rest_is_
 async fn a_minted_keys_notices_go_to_the_creator_of_the_key_it_replaced() {
     let rx = Receiver::start().await;
     // The log read back far enough to know who created the 200-day-old key.
-    let top = format!("{}\n[audit_log]\nbackfill = \"3650d\"\n", channels(&rx));
+    // An e-mail channel that mails owners (its server absent: the mail waits in the outbox),
+    // else nobody is told in person and no route is resolved.
+    let top = format!(
+        "{}\n{OWNER_MAIL}\n[audit_log]\nbackfill = \"3650d\"\n",
+        channels(&rx)
+    );
     // The webhook hears every notice of the policy, with the route the owner's copy took.
-    let policy = format!("{SCOPES}\nnotify = [\"hook\"]");
+    let policy = format!("{SCOPES}\nnotify = [\"hook\", \"mail\"]");
     let mut w = world_with(&top, FILE_SINK, &policy, ENFORCE_SA).await;
     with_channel_secrets(&mut w);
     first_warning(&w).await;
