@@ -227,6 +227,12 @@ proptest! {
             apply(&mut bytes, m);
         }
         feed_all(&bytes)?;
+        // `decode` checks UTF-8 once and parses text: it must accept exactly what serde_json
+        // accepts from the bytes, invalid UTF-8 inside a string included.
+        prop_assert_eq!(
+            decode::<ListPage<WireKey>>(&bytes).is_ok(),
+            serde_json::from_slice::<ListPage<WireKey>>(&bytes).is_ok()
+        );
     }
 
     #[test]

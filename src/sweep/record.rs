@@ -13,6 +13,7 @@
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -59,6 +60,7 @@ pub(crate) struct Sink {
     now: i64,
     tally: KeyTally,
     tx: mpsc::Sender<Msg>,
+    waits: Arc<AtomicU64>,
 }
 
 impl KeySink for Sink {
@@ -66,16 +68,22 @@ impl KeySink for Sink {
 
     async fn page(&mut self, keys: Vec<Key>) -> bool {
         self.tally.add(&keys, self.now);
+        let msg = Msg::Page {
+            org: self.org,
+            project_id: self.project_id.clone(),
+            keys,
+        };
         // A send fails only when the recorder has stopped on an error, which then fails the
         // sweep before anything is planned: stop listing, there is nothing to list for.
-        self.tx
-            .send(Msg::Page {
-                org: self.org,
-                project_id: self.project_id.clone(),
-                keys,
-            })
-            .await
-            .is_ok()
+        match self.tx.try_send(msg) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(mpsc::error::TrySendError::Full(msg)) => {
+                // The listing waits for the recorder: counted, for the sweep's log.
+                self.waits.fetch_add(1, Ordering::Relaxed);
+                self.tx.send(msg).await.is_ok()
+            }
+        }
     }
 
     async fn finish(self, listing: &Listing) -> KeyTally {
@@ -122,6 +130,8 @@ pub(crate) struct Recorder {
     tx: mpsc::Sender<Msg>,
     names: Vec<String>,
     now: i64,
+    /// Pages that found the channel full: how often the recorder held the listing back.
+    waits: Arc<AtomicU64>,
     task: Option<JoinHandle<Result<Vec<Recorded>, SweepError>>>,
 }
 
@@ -178,6 +188,7 @@ impl Recorder {
             tx,
             names,
             now,
+            waits: Arc::default(),
             task: Some(task),
         }
     }
@@ -195,6 +206,7 @@ impl Recorder {
             now: self.now,
             tally: KeyTally::default(),
             tx: self.tx.clone(),
+            waits: self.waits.clone(),
         }
     }
 
@@ -204,6 +216,8 @@ impl Recorder {
         let Some(task) = self.task.take() else {
             return Err(SweepError::Recorder("finished twice".to_string()));
         };
+        let waits = self.waits.load(Ordering::Relaxed);
+        tracing::debug!(pages = waits, "pages that waited for the recorder");
         // The recorder's loop ends when every sender is gone: the sinks are, this is the last.
         drop(self);
         task.await
