@@ -12,15 +12,13 @@ use std::sync::Arc;
 
 use reqwest::Method;
 use serde::de::DeserializeOwned;
-use tokio_util::task::AbortOnDropHandle;
-use tracing::Instrument;
 use url::Url;
 
 use crate::inventory::{Key, ProjectRef};
 use crate::openai::error::{Error, RequestContext};
 use crate::openai::identity::is_valid_id;
-use crate::openai::transport::{Answer, RetryMode, Transport};
-use crate::openai::types::{HasId, ListPage, PageCursor, WireKey};
+use crate::openai::transport::{RetryMode, Transport};
+use crate::openai::types::{HasId, ListPage, WireKey};
 
 /// Page size: the documented maximum.
 const PAGE_LIMIT: &str = "100";
@@ -35,7 +33,7 @@ pub(super) async fn list_all<W: DeserializeOwned + HasId>(
     mut each: impl FnMut(W),
 ) -> Result<(), Error> {
     let mut pager = Pager::new(ctx, url);
-    while let Some(page) = pager.next(transport, None).await? {
+    while let Some(page) = pager.next(transport).await? {
         page.into_iter().for_each(&mut each);
     }
     Ok(())
@@ -71,11 +69,7 @@ impl KeyPages {
     /// The next page of keys, or `None` after the last one. After an error the listing is over:
     /// the keys handed out so far are not the whole project.
     pub async fn next_page(&mut self) -> Result<Option<Vec<Key>>, Error> {
-        let Some(page) = self
-            .pager
-            .next(&self.transport, Some(&self.transport))
-            .await?
-        else {
+        let Some(page) = self.pager.next(&self.transport).await? else {
             return Ok(None);
         };
         Ok(Some(
@@ -100,20 +94,7 @@ struct Pager<W> {
     id_hasher: foldhash::quality::RandomState,
     pages: usize,
     state: PagerState,
-    /// The next page's request, already sent while this page is decoded (key listings only).
-    ahead: Option<Ahead>,
     _item: std::marker::PhantomData<fn() -> W>,
-}
-
-/// The request for the next page, sent as soon as the page before it named its cursor (its
-/// envelope's `last_id`), while that page is still being decoded and checked: a project's
-/// chain of pages then waits for the network, not for the decoding. It is the very request the
-/// pager sends next, with the same cursor, so the requests made are the same. It is used only
-/// if the checked page leads to that cursor; otherwise (a failed page, another cursor) it is
-/// dropped, which aborts it.
-struct Ahead {
-    cursor: String,
-    answer: AbortOnDropHandle<Result<Answer, Error>>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -137,18 +118,11 @@ impl<W: DeserializeOwned + HasId> Pager<W> {
             id_hasher: foldhash::quality::RandomState::default(),
             pages: 0,
             state: PagerState::Open,
-            ahead: None,
             _item: std::marker::PhantomData,
         }
     }
 
-    /// The next page, checked. With `read_ahead`, the page after it is asked for while this
-    /// one is decoded (see [`Ahead`]).
-    async fn next(
-        &mut self,
-        transport: &Transport,
-        read_ahead: Option<&Arc<Transport>>,
-    ) -> Result<Option<Vec<W>>, Error> {
+    async fn next(&mut self, transport: &Transport) -> Result<Option<Vec<W>>, Error> {
         match self.state {
             PagerState::Failed => {
                 return Err(self.inconsistent("an earlier page of this listing failed".into()));
@@ -162,65 +136,15 @@ impl<W: DeserializeOwned + HasId> Pager<W> {
             return Err(self.inconsistent(format!("more than {MAX_PAGES} pages")));
         }
         self.pages += 1;
-        let ans = match self.ahead.take() {
-            Some(a) if self.cursor.as_deref() == Some(a.cursor.as_str()) => match a.answer.await {
-                Ok(answer) => answer?,
-                // The task died before answering: ask as if it had never been sent.
-                Err(_) => self.fetch(transport).await?,
-            },
-            _ => self.fetch(transport).await?,
-        };
-        if let Some(t) = read_ahead {
-            self.read_ahead(t, &ans);
-        }
-        let accepted = self.accept(transport, &ans);
-        // Only a page that leads on to the cursor asked for ahead keeps that request.
-        if accepted.is_err()
-            || self.state != PagerState::Open
-            || self.ahead.as_ref().map(|a| a.cursor.as_str()) != self.cursor.as_deref()
-        {
-            self.ahead = None;
-        }
-        accepted
-    }
-
-    /// This page's request, sent now.
-    async fn fetch(&self, transport: &Transport) -> Result<Answer, Error> {
-        let url = self.page_url(self.cursor.as_deref());
-        (transport.call(Method::GET, &url, &self.ctx, RetryMode::Idempotent)).await
-    }
-
-    /// Sends the next page's request if `ans`'s envelope names a cursor the checks of
-    /// [`Self::next_cursor`] would accept; the full decode decides whether it is used.
-    fn read_ahead(&mut self, transport: &Arc<Transport>, ans: &Answer) {
-        let Some(envelope) = PageCursor::read(ans.body()) else {
-            return;
-        };
-        let Some(next) = envelope.last_id.filter(|c| !c.is_empty()) else {
-            return;
-        };
-        if !envelope.has_more
-            || self.pages == MAX_PAGES
-            || self.cursor.as_deref() == Some(next.as_str())
-            || self.cursors_seen.contains(&next)
-        {
-            return;
-        }
-        let (t, url, ctx) = (
-            transport.clone(),
-            self.page_url(Some(&next)),
-            self.ctx.clone(),
-        );
-        let call = async move { (t.call(Method::GET, &url, &ctx, RetryMode::Idempotent)).await };
-        self.ahead = Some(Ahead {
-            cursor: next,
-            answer: AbortOnDropHandle::new(tokio::spawn(call.in_current_span())),
-        });
-    }
-
-    /// Decodes and checks one page's answer; the pager's state says what comes next.
-    fn accept(&mut self, transport: &Transport, ans: &Answer) -> Result<Option<Vec<W>>, Error> {
-        let page: ListPage<W> = transport.decode(&self.ctx, ans)?;
+        let ans = transport
+            .call(
+                Method::GET,
+                &self.page_url(),
+                &self.ctx,
+                RetryMode::Idempotent,
+            )
+            .await?;
+        let page: ListPage<W> = transport.decode(&self.ctx, &ans)?;
         // Decide the next cursor before looking at the items, so a page served twice is
         // reported as the cursor loop it is rather than as duplicate ids.
         let next = self.next_cursor(transport, &page)?;
@@ -250,13 +174,13 @@ impl<W: DeserializeOwned + HasId> Pager<W> {
         Ok(Some(page.data))
     }
 
-    /// The listing's URL with the page size and `cursor`.
-    fn page_url(&self, cursor: Option<&str>) -> Url {
+    /// The listing's URL with the page size and the cursor.
+    fn page_url(&self) -> Url {
         let mut page_url = self.url.clone();
         {
             let mut q = page_url.query_pairs_mut();
             q.append_pair("limit", PAGE_LIMIT);
-            if let Some(c) = cursor {
+            if let Some(c) = &self.cursor {
                 q.append_pair("after", c);
             }
         }

@@ -93,12 +93,6 @@ pub(super) struct Answer {
     body: Vec<u8>,
 }
 
-impl Answer {
-    pub(super) fn body(&self) -> &[u8] {
-        &self.body
-    }
-}
-
 /// How one attempt failed before a full answer arrived.
 enum AttemptFailure {
     /// Connection refused, DNS, TLS handshake: the request surely never reached the server.

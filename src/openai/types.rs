@@ -106,23 +106,6 @@ pub(crate) struct ListPage<T> {
     pub last_id: Option<String>,
 }
 
-/// A list page's envelope without its items, read before the page is decoded so that the
-/// next page can be asked for meanwhile (`pager.rs`). Its fields mean what [`ListPage`]'s do;
-/// a body it cannot read just gets no read-ahead.
-#[derive(Debug, Deserialize)]
-pub(crate) struct PageCursor {
-    pub has_more: bool,
-    #[serde(default)]
-    pub last_id: Option<String>,
-}
-
-impl PageCursor {
-    /// The envelope of `body`, if it is one. Not a validation: the full decode still decides.
-    pub(crate) fn read(body: &[u8]) -> Option<PageCursor> {
-        serde_json::from_str(std::str::from_utf8(body).ok()?).ok()
-    }
-}
-
 /// Objects that have an id, used by the pager for cursors and duplicate detection.
 pub(crate) trait HasId {
     fn id(&self) -> &str;

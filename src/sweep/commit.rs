@@ -19,6 +19,9 @@ use super::advance::{Advanced, Change};
 use super::report::{FindingView, SweepError, fmt_time};
 use super::run::Run;
 
+/// From this many notices on, the commit composes them on a thread of its own.
+const COMPOSE_APART: usize = 256;
+
 /// What the commit queued.
 pub(super) struct Committed {
     /// Messages composed for the outbox.
@@ -115,8 +118,8 @@ impl Run<'_> {
 
     /// Composes the messages of `notices` and `alerts` (`notify::compose`) and writes them in
     /// one transaction with what `findings` writes, the alerts and `records`. Returns how many
-    /// messages were composed. The notices are dropped once composed, before the transaction:
-    /// a first sweep's are megabytes that the commit does not need.
+    /// messages were composed. The notices share their findings with the sweep's view
+    /// (`Arc<Finding>`), so keeping them until the messages are queued costs little.
     pub(super) fn enqueue(
         &self,
         findings: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<(), StateError>,
@@ -130,8 +133,6 @@ impl Run<'_> {
         if let Some(k) = self.key_notes.get() {
             k.annotate(&mut notices);
         }
-        let composed = Composed::new(&notices, alerts, &self.sweeper.notify, self.run_id(), now);
-        drop(notices);
         for a in alerts {
             tracing::warn!(run_id = self.run_id(), alert = %a.dedup_key(), "enforcer alert: {}", crate::text::log_field(&alert_text(a)));
             records.push(
@@ -139,16 +140,30 @@ impl Run<'_> {
                     .with_response(serde_json::to_value(a).unwrap_or_default()),
             );
         }
-        // A first sweep's commit dirties tens of MiB: `bulk_tx` releases its page cache after.
-        self.store.bulk_tx(|tx| {
-            findings(tx)?;
-            composed.queue(tx, now)?;
-            for a in alerts {
-                state::alerts::record_raised(tx, a, now)?;
-            }
-            audit::append_all(tx, &records)
+        let compose = || Composed::new(&notices, alerts, &self.sweeper.notify, self.run_id(), now);
+        // Many notices (a first sweep's) are composed on a thread of their own while this one
+        // writes the findings and their audit records: the two are independent until the
+        // messages are queued, in the same transaction.
+        let queued = std::thread::scope(|scope| {
+            let mut composing = (notices.len() >= COMPOSE_APART).then(|| scope.spawn(compose));
+            // A first sweep's commit dirties tens of MiB: `bulk_tx` releases its page cache after.
+            self.store.bulk_tx(|tx| {
+                findings(tx)?;
+                for a in alerts {
+                    state::alerts::record_raised(tx, a, now)?;
+                }
+                audit::append_all(tx, &records)?;
+                let composed = match composing.take() {
+                    // Composing is pure: a panic there is a bug, re-raised here as it would
+                    // have been without the thread.
+                    Some(h) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+                    None => compose(),
+                };
+                composed.queue(tx, now)?;
+                Ok(composed.len())
+            })
         })?;
-        Ok(composed.len())
+        Ok(queued)
     }
 
     /// A decision's audit record: what was found, closed or told.

@@ -233,6 +233,61 @@ fn run_once_enforces_and_audit_verifies() {
     assert_audit_shows_the_deletions(&dir.path().join("keysweep.db"), &config);
 }
 
+/// A first sweep with hundreds of notices, which the commit composes on a thread of its own
+/// beside the findings' writes: every key with a finding is named exactly once in the queued
+/// digests (their server is down, so they wait in the outbox), each finding has its decision
+/// record, and `audit verify` passes.
+#[test]
+fn a_first_sweep_of_many_notices_queues_each_key_once_beside_its_finding() {
+    let sim = simulator(&[
+        "--projects",
+        "1",
+        "--keys-per-project",
+        "700",
+        "--seed",
+        "9",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let policy = format!(
+        "[[policies]]\nname = \"any-age\"\nmax_age = \"1d\"\naction = \"notify\"\n\
+         notify = [\"team\"]\n\n[[channels]]\nname = \"team\"\ntype = \"email\"\n\
+         smtp_host = \"127.0.0.1\"\nsmtp_port = {}\nsmtp_tls = \"none\"\n\
+         from = \"keysweep@example.com\"\nto = [\"team@example.com\"]\n",
+        free_port()
+    );
+    let config = write_config(dir.path(), sim.port, &policy);
+    let out = run(bin().args(["run", "--once", "--config"]).arg(&config));
+    assert!(out.status.success(), "{}", process::combined(&out));
+
+    let db = dir.path().join("keysweep.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let findings = keysweep::state::findings::all_findings(&conn).unwrap();
+    // Well over the commit's threshold for composing apart (256).
+    assert!(findings.len() > 600, "{} findings", findings.len());
+    let texts: Vec<String> = (keysweep::notify::outbox::all(&conn).unwrap().iter())
+        .map(|m| m.payload["text"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        texts.len() > 1,
+        "a digest of {} keys in parts",
+        findings.len()
+    );
+    for f in &findings {
+        let named: usize = texts.iter().map(|t| t.matches(&*f.id.key_id).count()).sum();
+        assert_eq!(named, 1, "{} named {named} times", f.id.key_id);
+    }
+    let decisions: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM audit WHERE kind = 'decision'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(decisions as usize, findings.len());
+    let verify = run(bin().args(["audit", "verify", "--state"]).arg(&db));
+    assert!(verify.status.success(), "{}", process::combined(&verify));
+}
+
 /// `audit verify` passes on the state `db`, every intent has its outcome, and `audit` lists
 /// them by state path and by configuration, filtered by `--since`.
 fn assert_audit_shows_the_deletions(db: &Path, config: &Path) {

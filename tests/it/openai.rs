@@ -342,38 +342,6 @@ async fn persistent_failure_leaves_only_that_project_incomplete() {
     assert_others_complete(&inv, &sim, &[&projects[2]]);
 }
 
-/// The next page is asked for while the caller still holds this one (read-ahead), and it is the
-/// same request the caller's next call would make: 3 pages, 3 requests, every key once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn key_pages_ask_for_the_next_page_before_the_caller_does_and_never_twice() {
-    let org = SimOrg::generate(1, 250, 15, NOW);
-    let projects = active_projects(&org);
-    let sim = sim(org).await;
-    let s = setup(&sim, limits(), |_| {});
-    let project = scan(&s).await.orgs[0].projects[0].project.clone();
-    sim.reset_stats();
-    let mut pages = s.clients[0].key_pages(&project).unwrap();
-    let mut ids = Vec::new();
-    let first = pages.next_page().await.unwrap().expect("page 1");
-    ids.extend(first.iter().map(|k| k.id.clone()));
-    // Page 2 is requested without a second call (polled, not timed: it fails after 10 s).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while stat(&sim, LIST_KEYS) < 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "page 2 was never read ahead"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    while let Some(page) = pages.next_page().await.unwrap() {
-        ids.extend(page.iter().map(|k| k.id.clone()));
-    }
-    assert_eq!(stat(&sim, LIST_KEYS), 3, "{:?}", sim.stats());
-    let unique: std::collections::HashSet<&String> = ids.iter().collect();
-    assert_eq!((ids.len(), unique.len()), (250, 250));
-    assert_eq!(projects[0], project.id);
-}
-
 /// Page by page: the first page arrives, the second fails, and every later call fails too; a
 /// listing that failed can never look finished.
 #[tokio::test]
