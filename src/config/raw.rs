@@ -21,7 +21,7 @@ use serde::Deserialize;
 
 use super::values::{
     BaseUrl, CronExpr, Glob, HttpUrl, HumanDuration, ListenAddr, Mailbox, NamePattern, NonEmpty,
-    TimeZone, Until, choice, opt_choice,
+    TimeZone, Until, choice, flag, opt_choice, opt_flag,
 };
 use super::{Action, LogFormat, Mode, OwnerTypeSelector, ServiceAccountKeys, SinkFormat, SmtpTls};
 
@@ -70,6 +70,7 @@ struct RawConfig {
     notifications: RawNotifications,
     schedule: Option<CronExpr>,
     timezone: Option<TimeZone>,
+    #[serde(default, deserialize_with = "opt_flag")]
     run_on_start: Option<bool>,
     jitter: Option<HumanDuration>,
     shutdown_grace: Option<HumanDuration>,
@@ -92,6 +93,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 #[serde(expecting = "the [usage] table")]
 struct RawUsage {
+    #[serde(default, deserialize_with = "opt_flag")]
     enabled: Option<bool>,
     window: Option<HumanDuration>,
     wake_after: Option<HumanDuration>,
@@ -101,6 +103,7 @@ struct RawUsage {
 #[serde(deny_unknown_fields)]
 #[serde(expecting = "the [audit_log] table")]
 struct RawAuditLog {
+    #[serde(default, deserialize_with = "opt_flag")]
     enabled: Option<bool>,
     backfill: Option<HumanDuration>,
 }
@@ -120,7 +123,7 @@ struct RawOrg {
     projects: Vec<Glob>,
     #[serde(default)]
     exclude_projects: Vec<Glob>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "flag")]
     include_archived: bool,
     ca_file: Option<PathBuf>,
     schedule: Option<CronExpr>,
@@ -164,12 +167,12 @@ struct RawPolicy {
     max_age: Option<HumanDuration>,
     max_idle: Option<HumanDuration>,
     never_used_grace: Option<HumanDuration>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "flag")]
     owner_lost_access: bool,
     name_pattern: Option<NamePattern>,
     max_lifetime: Option<HumanDuration>,
     /// Issue 16: keys the audit log shows with All permissions.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "flag")]
     unrestricted: bool,
     #[serde(default, deserialize_with = "opt_choice")]
     action: Option<RawAction>,
@@ -324,7 +327,7 @@ struct RawEmail {
     from: Mailbox,
     #[serde(default)]
     to: Vec<Mailbox>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "flag")]
     owner: bool,
     send_timeout: Option<HumanDuration>,
 }

@@ -281,6 +281,38 @@ where
     choice(d).map(Some)
 }
 
+/// A boolean key: `true` or `false` (in a `KEYSWEEP__…` variable, the text `true` or `false`).
+///
+/// config-rs reads `"yes"`, `"on"`, `"1"` and any non-zero number as true: a typo such as
+/// `enabled = "no"` or `owner = 0.5` would then switch a rail on or off without a word. A
+/// security tool refuses it, naming the key.
+pub(super) fn flag<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    struct Flag;
+    impl serde::de::Visitor<'_> for Flag {
+        type Value = bool;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("true or false")
+        }
+        fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<bool, E> {
+            Ok(v)
+        }
+        // Environment variables are text.
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<bool, E> {
+            match v {
+                "true" => Ok(true),
+                "false" => Ok(false),
+                _ => Err(E::invalid_value(serde::de::Unexpected::Str(v), &self)),
+            }
+        }
+    }
+    d.deserialize_any(Flag)
+}
+
+/// [`flag`] for an optional key (use with `#[serde(default)]`).
+pub(super) fn opt_flag<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    flag(d).map(Some)
+}
+
 /// The Standard Webhooks secret format, `whsec_<base64>` with a non-empty key. The secret itself
 /// comes from the environment (the file names the variable), so this checks the resolved value.
 pub(super) fn is_standard_webhooks_secret(s: &str) -> bool {

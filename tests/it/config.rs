@@ -192,6 +192,84 @@ fn errors_name_the_key() {
     }
 }
 
+/// Every boolean key takes `true` or `false` and nothing config-rs would bend into one (`"yes"`,
+/// `"no"`, `1`, `7`, `0.5`): the error names the file's key, or the variable that set it.
+#[test]
+fn boolean_keys_take_true_or_false_only() {
+    let email = "[[channels]]\nname = \"m\"\ntype = \"email\"\nsmtp_host = \"127.0.0.1\"\n\
+                 from = \"k@example.com\"\nto = [\"t@example.com\"]\n";
+    let keys: [(&str, String, &str); 7] = [
+        (
+            "run_on_start",
+            format!("run_on_start = V\n{MINIMAL}"),
+            "run_on_start",
+        ),
+        (
+            "usage",
+            format!("{MINIMAL}[usage]\nenabled = V\n"),
+            "usage.enabled",
+        ),
+        (
+            "audit_log",
+            format!("{MINIMAL}[audit_log]\nenabled = V\n"),
+            "audit_log.enabled",
+        ),
+        (
+            "org",
+            format!("{MINIMAL}include_archived = V\n"),
+            "organizations[0].include_archived",
+        ),
+        (
+            "policy",
+            format!(
+                "{MINIMAL}[[policies]]\nname = \"p\"\nmax_age = \"90d\"\nowner_lost_access = V\n"
+            ),
+            "policies[0].owner_lost_access",
+        ),
+        (
+            "policy",
+            format!(
+                "{MINIMAL}[audit_log]\nenabled = true\n[[policies]]\nname = \"p\"\nmax_age = \"90d\"\nunrestricted = V\n"
+            ),
+            "policies[0].unrestricted",
+        ),
+        (
+            "channel",
+            format!("{MINIMAL}{email}owner = V\n"),
+            "channels[0].owner",
+        ),
+    ];
+    for (what, toml, key) in &keys {
+        for good in ["true", "false"] {
+            let text = toml.replace(" V\n", &format!(" {good}\n"));
+            let loaded = config::load_from_str(&text, &env());
+            assert!(loaded.is_ok(), "{what} = {good}: {:?}", loaded.err());
+        }
+        for bad in ["\"yes\"", "\"no\"", "\"on\"", "1", "7", "0.5"] {
+            let text = toml.replace(" V\n", &format!(" {bad}\n"));
+            let err = config::load_from_str(&text, &env()).expect_err(&text);
+            assert!(
+                err.to_string().contains("true or false"),
+                "{what} = {bad}: {err}"
+            );
+            assert_eq!(key_of(err), *key, "{what} = {bad}");
+        }
+    }
+    // A variable is text: `true` and `false` only.
+    let mut e = env();
+    e.push(("KEYSWEEP__RUN_ON_START".into(), "false".into()));
+    assert!(
+        !config::load_from_str(MINIMAL, &e)
+            .unwrap()
+            .schedule
+            .run_on_start
+    );
+    let mut e = env();
+    e.push(("KEYSWEEP__RUN_ON_START".into(), "yes".into()));
+    let err = config::load_from_str(MINIMAL, &e).unwrap_err().to_string();
+    assert!(err.contains("KEYSWEEP__RUN_ON_START"), "{err}");
+}
+
 /// Channels are read by type in a second step (ARCHITECTURE.md, "Configuration read once"):
 /// errors inside an entry still name the full key, and a value is never accepted in a shape
 /// config-rs would bend (a one-key table for an enum).
