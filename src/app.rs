@@ -460,7 +460,8 @@ fn open_for_sweeps(config: &Config) -> Result<Store> {
 fn audit(cli: &Cli, args: &AuditArgs) -> Result<ExitCode> {
     let path = match &args.state {
         Some(p) => p.clone(),
-        None => load_without_admin_keys(cli)?.state_path,
+        // The trail needs no secret: none is read (`state_path_of`).
+        None => config::state_path_of(&config_path(cli))?,
     };
     let store = open_existing(&path)?;
     let stdout = std::io::stdout();

@@ -28,7 +28,7 @@ pub use effective::render as render_effective;
 pub use gaps::gaps;
 pub use raw::LoadError;
 pub use raw::load::{
-    ENV_PREFIX, default_config_path, load, load_from_str, load_without_admin_keys,
+    ENV_PREFIX, default_config_path, load, load_from_str, load_without_admin_keys, state_path_of,
 };
 pub use values::{parse_duration, validate_cron};
 

@@ -288,6 +288,57 @@ fn a_first_sweep_of_many_notices_queues_each_key_once_beside_its_finding() {
     assert!(verify.status.success(), "{}", process::combined(&verify));
 }
 
+/// `audit --config` reads where the trail is and nothing else: neither the admin key nor a
+/// channel's secret need be in its environment (an auditor holds none), and a bad key is still
+/// refused with the file and the key named.
+#[test]
+fn audit_with_a_config_needs_no_secret() {
+    const HOOK_ENV: &str = "KS_CLI_AUDIT_HOOK_SECRET";
+    let sim = simulator(&["--projects", "1", "--keys-per-project", "5", "--seed", "3"]);
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "[[policies]]\nname = \"old\"\nmax_age = \"1d\"\naction = \"notify\"\n\
+         notify = [\"hook\"]\n\n[[channels]]\nname = \"hook\"\ntype = \"webhook\"\n\
+         url = \"http://127.0.0.1:{}/hook\"\nsecret_env = \"{HOOK_ENV}\"\n",
+        free_port()
+    );
+    let config = write_config(dir.path(), sim.port, &extra);
+    let secret = crate::support::secrets::whsec(b"cli-audit-webhook-key-000000001");
+    let first = run(bin()
+        .args(["run", "--once", "--config"])
+        .arg(&config)
+        .env(HOOK_ENV, &secret));
+    assert!(first.status.success(), "{}", process::combined(&first));
+
+    let audit = bin()
+        .args(["audit", "--format", "json", "--config"])
+        .arg(&config)
+        .env_remove("OPENAI_ADMIN_KEY")
+        .env_remove(HOOK_ENV)
+        .output()
+        .unwrap();
+    assert!(audit.status.success(), "{}", process::combined(&audit));
+    let records: serde_json::Value = serde_json::from_slice(&audit.stdout).unwrap();
+    let kinds: Vec<&str> = (records.as_array().unwrap().iter())
+        .filter_map(|r| r["kind"].as_str())
+        .collect();
+    assert!(kinds.contains(&"decision"), "{kinds:?}");
+    assert_no_secret("audit", &process::combined(&audit), &[&secret, ADMIN_KEY]);
+
+    std::fs::write(&config, format!("mode = \"yolo\"\n{extra}")).unwrap();
+    let bad = bin()
+        .args(["audit", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let said = process::combined(&bad);
+    assert!(
+        said.contains("keysweep.toml") && said.contains("mode: unknown variant"),
+        "{said}"
+    );
+}
+
 /// `audit verify` passes on the state `db`, every intent has its outcome, and `audit` lists
 /// them by state path and by configuration, filtered by `--since`.
 fn assert_audit_shows_the_deletions(db: &Path, config: &Path) {

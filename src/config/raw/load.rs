@@ -48,10 +48,24 @@ pub fn load_without_admin_keys(path: &Path) -> Result<Config, LoadError> {
     load_path(path, Secrets::ExceptAdminKeys)
 }
 
-fn load_path(path: &Path, secrets: Secrets) -> Result<Config, LoadError> {
+/// The state file `path` names (`state_path`, with its `KEYSWEEP__…` override), for `audit`,
+/// which reads the trail and nothing else: the file is read and type-checked, but no secret
+/// (an admin key, a channel's) is looked up, so an auditor needs none of them in the
+/// environment and the process never holds one.
+pub fn state_path_of(path: &Path) -> Result<PathBuf, LoadError> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| LoadError::File {
-        file: file.clone(),
+    let text = read_file(path, &file)?;
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let (layered, overrides) = layer(&text, &file, &env)?;
+    let raw: RawConfig = typed(&file, "", layered).map_err(|e| blame(e, &overrides))?;
+    Ok(raw
+        .state_path
+        .unwrap_or_else(|| PathBuf::from(validate::DEFAULT_STATE_PATH)))
+}
+
+fn read_file(path: &Path, file: &str) -> Result<String, LoadError> {
+    std::fs::read_to_string(path).map_err(|e| LoadError::File {
+        file: file.to_string(),
         message: if e.kind() == std::io::ErrorKind::NotFound {
             format!(
                 "cannot read configuration: {e}; name the file with --config FILE or the \
@@ -61,7 +75,12 @@ fn load_path(path: &Path, secrets: Secrets) -> Result<Config, LoadError> {
         } else {
             format!("cannot read configuration: {e}")
         },
-    })?;
+    })
+}
+
+fn load_path(path: &Path, secrets: Secrets) -> Result<Config, LoadError> {
+    let file = path.display().to_string();
+    let text = read_file(path, &file)?;
     let env: Vec<(String, String)> = std::env::vars().collect();
     load_inner(&text, &file, &env, Some(path), secrets)
 }

@@ -30,6 +30,9 @@ use super::{
 const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
 const DEFAULT_SCHEDULE: &str = "0 */6 * * *";
 
+/// `state_path` when the file sets none.
+pub(super) const DEFAULT_STATE_PATH: &str = "keysweep.db";
+
 fn or(d: Option<HumanDuration>, default: Duration) -> Duration {
     d.map_or(default, |d| d.0)
 }
@@ -85,7 +88,7 @@ pub(super) fn config(
         mode: raw.mode.unwrap_or(Mode::DryRun),
         state_path: raw
             .state_path
-            .unwrap_or_else(|| PathBuf::from("keysweep.db")),
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_PATH)),
         organizations,
         limits,
         policies,
