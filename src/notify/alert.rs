@@ -114,6 +114,11 @@ pub enum EnforcerAlert {
         /// `None`: the ops channels only.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         owner: Option<crate::policy::finding::OwnerRoute>,
+        /// The owner as the listing gave it (kind, and the API's e-mail for a user): what the
+        /// sweep routes `owner` by, never a name the owner chose. Not part of the alert's
+        /// payload.
+        #[serde(skip)]
+        listed_owner: Option<(crate::inventory::OwnerType, Option<String>)>,
     },
     /// The audit log shows keys created and not deleted that a complete listing did not
     /// return (not counting keys created after the listing began, in archived or unwatched

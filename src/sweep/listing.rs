@@ -300,8 +300,9 @@ fn woke_alerts(clients: &[AdminClient], recorded: &[Recorded]) -> Vec<EnforcerAl
                 key_id: w.key_id.clone(),
                 idle_since: w.idle_since,
                 last_used_at: w.last_used_at,
-                key_name: None,
+                key_name: Some(w.key_name.clone()),
                 owner: None,
+                listed_owner: Some((w.owner_kind, w.owner_email.clone())),
             })
         })
         .collect()

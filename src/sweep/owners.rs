@@ -224,9 +224,9 @@ impl Run<'_> {
         }
     }
 
-    /// Gives a `KeyWokeUp` alert its key's name and owner route: a service-account key's
-    /// creator (else the project's owners), a user key's owner while a user of the project;
-    /// else the fallback.
+    /// Gives a `KeyWokeUp` alert its owner route: a service-account key's creator (else the
+    /// project's owners), a user key's owner (the API's e-mail for them) while a user of the
+    /// project; else the fallback.
     fn route_woke_up<'u>(
         &self,
         intel: &Intel,
@@ -238,38 +238,23 @@ impl Run<'_> {
             organization,
             project_id,
             key_id,
-            key_name,
             owner,
+            listed_owner,
             ..
         } = alert
         else {
             return;
         };
-        // A lookup that fails names no owner: the fallback is told, and the sweep goes on
-        // (this runs before the commit, which must not be lost for one wake-up message).
-        let seen = (self.store.with_conn(|c| {
-            crate::state::observations::get_observation(c, organization, project_id, key_id)
-        }))
-        .unwrap_or_else(|e| {
-            tracing::warn!(
-                organization = %organization,
-                key_id = %key_id,
-                "cannot read the woken key's observation: {}",
-                crate::error_chain(&e)
-            );
-            None
-        });
+        // By the owner's kind and the API's e-mail as this listing gave them: a display name
+        // is the owner's own choice and may read like another member's address.
         let users = users_of(organization, project_id);
-        let route = match &seen {
-            Some(o) if o.owner_type == OwnerType::ServiceAccount.as_str() => {
+        let route = match listed_owner {
+            Some((OwnerType::ServiceAccount, _)) => {
                 service_account_route(creator(intel, replaced, organization, key_id), users)
             }
-            Some(o) if o.owner_type == OwnerType::User.as_str() => {
-                user_route(Some(&o.owner), users)
-            }
+            Some((OwnerType::User, email)) => user_route(email.as_deref(), users),
             _ => OwnerRoute::Fallback,
         };
-        *key_name = seen.map(|o| o.key_name);
         *owner = Some(route);
     }
 }

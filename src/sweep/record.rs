@@ -122,6 +122,11 @@ pub(crate) struct Woke {
     /// The stored `last_used_at`, or its `created_at` when it had never been used.
     pub idle_since: i64,
     pub last_used_at: i64,
+    /// The key's name and owner as this listing gave them: the owner's kind and the API's
+    /// e-mail for them (never a display name, which the owner chooses), to route the alert by.
+    pub key_name: String,
+    pub owner_kind: crate::inventory::OwnerType,
+    pub owner_email: Option<String>,
 }
 
 /// The running recorder of one sweep. Dropping it (a sweep aborted at shutdown) stops the task
@@ -452,6 +457,9 @@ fn woken(
                     key_id: k.id.clone(),
                     idle_since,
                     last_used_at: used,
+                    key_name: k.name.clone(),
+                    owner_kind: k.owner.kind,
+                    owner_email: k.owner.email.clone(),
                 },
             ));
         }
