@@ -397,8 +397,9 @@ pub async fn gather_kept(
     let secs = |d: std::time::Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
     let horizon = now.saturating_sub(secs(settings.audit_backfill));
     let start = now.saturating_sub(secs(settings.usage_window));
-    let mut orgs = Vec::new();
-    for c in clients {
+    // Every organisation at once: each is a handful of paged requests, and the listing waits
+    // for all of them (its rules need the facts before its first page).
+    let reads = clients.iter().map(|c| async move {
         let read_history = async {
             if settings.audit_log_enabled {
                 org_history(c, horizon, now, kept).await
@@ -418,14 +419,15 @@ pub async fn gather_kept(
             Ok(h) => (Ok(h), HashMap::new()),
             Err(f) => (Err(f.message), f.creators),
         };
-        orgs.push(OrgIntel {
+        OrgIntel {
             organization: c.org_name().to_string(),
             history,
             usage,
             window_days: settings.window_days(),
             creators_kept,
-        });
-    }
+        }
+    });
+    let orgs = futures_util::future::join_all(reads).await;
     Intel { orgs }
 }
 

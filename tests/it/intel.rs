@@ -3,11 +3,12 @@
 //! disabled log read as "unavailable", never as a failure.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use keysweep::openai::{IntelError, KeyEventKind};
-use keysweep::sim::{SimHistory, SimKeyHistory, SimOptions, SimOrg, SimUsage};
+use keysweep::sim::{Fault, FaultKind, SimHistory, SimKeyHistory, SimOptions, SimOrg, SimUsage};
 
 use crate::support::config::write_config_file;
 use crate::support::listing::{ADMIN_KEY, limits, setup};
@@ -169,6 +170,33 @@ async fn a_disabled_audit_log_is_unavailable_and_usage_still_answers() {
         other => panic!("expected unavailable, got {other:?}"),
     }
     assert!(s.clients[0].usage_by_key(NOW - 30 * DAY, NOW).await.is_ok());
+}
+
+/// Every organisation's log and usage are read at once, not one organisation after another:
+/// the second organisation's log is asked for while the first's answer is still seconds away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_organisations_log_and_usage_are_read_at_once() {
+    const AUDIT_LOGS: &str = "GET /v1/organization/audit_logs";
+    let a = start_sim_with(SimOrg::generate(1, 5, 2, NOW), options()).await;
+    let b = start_sim_with(SimOrg::generate(1, 5, 3, NOW), options()).await;
+    a.faults()
+        .add(Fault::on_audit_logs().respond(FaultKind::Delay(Duration::from_secs(20))));
+    let sa = setup(&a, limits(), |_| {});
+    let sb = setup(&b, limits(), |o| o.name = "beta".into());
+    let clients = vec![sa.clients[0].clone(), sb.clients[0].clone()];
+    let settings = sa.config.intel;
+    let reading =
+        tokio::spawn(async move { keysweep::intel::gather(&clients, settings, NOW).await });
+    // Polled, not timed: read one after the other, `beta` would wait the 20 s of `acme`.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let asked = |sim: &keysweep::sim::SimServer| sim.stats().get(AUDIT_LOGS).copied().unwrap_or(0);
+    while asked(&b) == 0 {
+        assert!(Instant::now() < deadline, "beta's log waited for acme's");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(asked(&a), 1, "acme's log is being answered");
+    assert!(!reading.is_finished());
+    reading.abort();
 }
 
 /// `keysweep scan --format <format> --now NOW` against `sim` (with `extra` configuration):
