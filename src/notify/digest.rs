@@ -681,7 +681,20 @@ fn key_alert_text(a: &EnforcerAlert) -> String {
         } => format!(
             "Key {key_id} in project {project_id} ({organization}) is due but was kept by the re-check {skips} times in a row; last: {reason}"
         ),
-        _ => String::new(),
+        // Not about a write to one key: `alert_text` words these itself and never comes here.
+        // Listed, not `_`, so that a new kind of alert must be placed on one side or the other
+        // (and not `alert_text(a)`, which would loop if it ever sent one of them here).
+        EnforcerAlert::IncompleteListing { .. }
+        | EnforcerAlert::AuthenticationFailed { .. }
+        | EnforcerAlert::OrganizationUnavailable { .. }
+        | EnforcerAlert::CapExceeded { .. }
+        | EnforcerAlert::KillSwitchOn { .. }
+        | EnforcerAlert::DeliveryFailed { .. }
+        | EnforcerAlert::AdminKeyExpired { .. }
+        | EnforcerAlert::AdminKeyExpiring { .. }
+        | EnforcerAlert::IntelUnavailable { .. }
+        | EnforcerAlert::KeyWokeUp { .. }
+        | EnforcerAlert::InventoryGap { .. } => String::new(),
     }
 }
 
