@@ -153,6 +153,7 @@ impl Sweeper {
         let reconciled = run.reconcile().await?;
         let listed = run.list_and_record().await?;
         let mut advanced = run.advance_findings(&listed.inventory, listed.evaluated);
+        run.phase_done("advance");
         let planned = run.plan(&listed.inventory, &mut advanced)?;
         rotation::align_notice_deadlines(
             &mut advanced.notices,
@@ -160,14 +161,19 @@ impl Sweeper {
             &run.sweeper.config,
             run.now(),
         );
+        run.phase_done("plan");
         let mut alerts = [reconciled.unsettled, listed.alerts, planned.alerts].concat();
         run.note_intel(&listed.intel, &planned.plan, &mut advanced, &mut alerts)
             .await?;
+        run.phase_done("note intel");
         let committed = run.commit(&mut advanced, alerts, planned.withheld)?;
+        run.phase_done("commit");
         let delivery = run.deliver().await?;
+        run.phase_done("deliver");
         let mut enforced = run
             .enforce(&planned.plan, &advanced.restores, &mut advanced.findings)
             .await?;
+        run.phase_done("enforce");
         run.rotate(
             &planned.plan,
             &advanced.findings,
@@ -175,6 +181,7 @@ impl Sweeper {
             &mut enforced,
         )
         .await?;
+        run.phase_done("rotate");
         let timings = Timings {
             committed_secs: committed.seconds,
             ..listed.timings
@@ -188,6 +195,7 @@ impl Sweeper {
             delivery,
             enforced,
         );
+        run.phase_done("report");
         run.record_sweep(report, timings)
     }
 }

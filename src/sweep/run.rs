@@ -101,6 +101,17 @@ impl Run<'_> {
         self.started.elapsed().as_secs_f64()
     }
 
+    /// A debug line at the end of each phase after the listing, with the seconds since the
+    /// sweep started: where a slow sweep spends its time, without a profiler.
+    pub(super) fn phase_done(&self, phase: &'static str) {
+        tracing::debug!(
+            run_id = self.run_id(),
+            phase,
+            secs = self.elapsed(),
+            "sweep phase done"
+        );
+    }
+
     /// The policies of this sweep: with its facts once gathered, else the configured ones.
     pub fn policies(&self) -> &Arc<Policies> {
         self.policies.get().unwrap_or(&self.sweeper.policies)

@@ -288,6 +288,44 @@ fn a_first_sweep_of_many_notices_queues_each_key_once_beside_its_finding() {
     assert!(verify.status.success(), "{}", process::combined(&verify));
 }
 
+/// At `RUST_LOG=keysweep::sweep=debug` a sweep says when each phase after the listing ended, in
+/// the pipeline's order, with the seconds since it started: where a slow sweep spends its time.
+#[test]
+fn a_sweep_logs_each_phase_at_debug_in_order() {
+    let sim = simulator(&["--projects", "2", "--keys-per-project", "30", "--seed", "4"]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        sim.port,
+        "[log]\nformat = \"json\"\n[[policies]]\nname = \"old\"\nmax_age = \"1d\"\naction = \"notify\"\n",
+    );
+    let out = run(bin()
+        .args(["run", "--once", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "keysweep::sweep=debug"));
+    assert!(out.status.success(), "{}", process::combined(&out));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|v: &serde_json::Value| v["message"] == "sweep phase done")
+        .collect();
+    let phases: Vec<&str> = lines.iter().filter_map(|v| v["phase"].as_str()).collect();
+    let expected = [
+        "advance",
+        "plan",
+        "note intel",
+        "commit",
+        "deliver",
+        "enforce",
+        "rotate",
+        "report",
+    ];
+    assert_eq!(phases, expected, "{lines:?}");
+    let secs: Vec<f64> = lines.iter().filter_map(|v| v["secs"].as_f64()).collect();
+    assert_eq!(secs.len(), expected.len());
+    assert!(secs.windows(2).all(|w| w[0] <= w[1]), "{secs:?}");
+}
+
 /// `audit --config` reads where the trail is and nothing else: neither the admin key nor a
 /// channel's secret need be in its environment (an auditor holds none), and a bad key is still
 /// refused with the file and the key named.
