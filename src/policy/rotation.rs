@@ -86,6 +86,11 @@ pub fn planned_rotations(
     rotations: &[RotateConfig],
     now: i64,
 ) -> Vec<PlannedRotation> {
+    // No `rotate` policy, no rotation: the deadlines below are for rotated keys only, and a
+    // sweep asks for them every time (its report), with every open finding.
+    if rotations.is_empty() {
+        return Vec::new();
+    }
     let rotate_of = |f: &Finding| rotations.iter().find(|r| r.policy == f.id.policy);
     // Earliest open enforcing deadline per key.
     let mut deadline: BTreeMap<(&str, &str, &str), i64> = BTreeMap::new();

@@ -230,8 +230,17 @@ fn rotated_notices(
 /// Marks each planned rotation in its finding's plan column: `rotate at …` (when the rotation
 /// starts, past or not: whether it has happened is in the alerts and the `rotations` table).
 pub(super) fn annotate_rotations(findings: &mut [FindingView], planned: &[PlannedRotation]) {
+    if planned.is_empty() {
+        return;
+    }
+    // Indexed: a search of every planned rotation per finding is quadratic when thousands of
+    // service-account keys rotate. The first planned rotation of a finding wins, as before.
+    let mut by_finding: HashMap<&FindingId, &PlannedRotation> = HashMap::new();
+    for p in planned {
+        by_finding.entry(&p.finding).or_insert(p);
+    }
     for v in findings.iter_mut() {
-        if let Some(p) = planned.iter().find(|p| p.finding == v.finding.id) {
+        if let Some(p) = by_finding.get(&v.finding.id) {
             v.rotation = Some((p.start_at, p.deadline));
             v.plan = format!(
                 "rotate at {} (deadline {})",
