@@ -49,15 +49,15 @@ pub fn load_without_admin_keys(path: &Path) -> Result<Config, LoadError> {
 }
 
 /// The state file `path` names (`state_path`, with its `KEYSWEEP__…` override), for `audit`,
-/// which reads the trail and nothing else: the file is read and type-checked, but no secret
+/// which reads the trail and nothing else: the file is read and its keys type-checked (the
+/// `[[channels]]` entries only as tables: their fields are read by a full load), but no secret
 /// (an admin key, a channel's) is looked up, so an auditor needs none of them in the
 /// environment and the process never holds one.
 pub fn state_path_of(path: &Path) -> Result<PathBuf, LoadError> {
     let file = path.display().to_string();
     let text = read_file(path, &file)?;
     let env: Vec<(String, String)> = std::env::vars().collect();
-    let (layered, overrides) = layer(&text, &file, &env)?;
-    let raw: RawConfig = typed(&file, "", layered).map_err(|e| blame(e, &overrides))?;
+    let (raw, _) = raw_config(&text, &file, &env)?;
     Ok(raw
         .state_path
         .unwrap_or_else(|| PathBuf::from(validate::DEFAULT_STATE_PATH)))
@@ -98,9 +98,8 @@ fn load_inner(
     source: Option<&Path>,
     secrets: Secrets,
 ) -> Result<Config, LoadError> {
-    let (layered, overrides) = layer(text, file, env)?;
+    let (mut raw, overrides) = raw_config(text, file, env)?;
     let blamed = |e| blame(e, &overrides);
-    let mut raw: RawConfig = typed(file, "", layered).map_err(blamed)?;
     let channels = std::mem::take(&mut raw.channels)
         .into_iter()
         .enumerate()
@@ -114,6 +113,18 @@ fn load_inner(
         Secrets::ExceptAdminKeys => cx.without_admin_keys(),
     };
     validate::config(cx, raw, channels, source).map_err(blamed)
+}
+
+/// The file with its variables on top, read into [`RawConfig`] (types and key names checked,
+/// nothing validated or resolved), and which variable set which key.
+fn raw_config(
+    text: &str,
+    file: &str,
+    env: &[(String, String)],
+) -> Result<(RawConfig, Vec<Override>), LoadError> {
+    let (layered, overrides) = layer(text, file, env)?;
+    let raw = typed(file, "", layered).map_err(|e| blame(e, &overrides))?;
+    Ok((raw, overrides))
 }
 
 /// One `KEYSWEEP__…` variable and the key it overrides (`organizations[0].base_url`), so an
