@@ -404,6 +404,11 @@ pub const DEFAULT_MAX_RECHECK_SKIPS: u32 = 3;
 pub const DEFAULT_MAX_MESSAGES_PER_SWEEP: u32 = 50;
 
 impl ChannelConfig {
+    /// An e-mail channel with `owner = true`: the only kind that tells anyone in person.
+    pub fn mails_owners(&self) -> bool {
+        matches!(&self.kind, ChannelKind::Email(e) if e.owner)
+    }
+
     /// How many notice messages this channel takes per sweep (`None`: digests only, which are
     /// already one per recipient and kind).
     pub fn max_messages_per_sweep(&self) -> Option<usize> {

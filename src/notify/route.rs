@@ -84,7 +84,7 @@ fn compose_woke_up(
     now: i64,
 ) -> Vec<OutboxMessage> {
     let owner_mail: Vec<&ChannelConfig> = (settings.channels.iter())
-        .filter(|c| matches!(&c.kind, ChannelKind::Email(e) if e.owner))
+        .filter(|c| c.mails_owners())
         .collect();
     let mut out = Vec::new();
     for a in alerts {
@@ -442,7 +442,7 @@ pub fn mails_owners(
     named_channels(settings, policy, project_id, project_name).any(|name| {
         settings
             .channel(name)
-            .is_some_and(|c| matches!(&c.kind, ChannelKind::Email(e) if e.owner))
+            .is_some_and(ChannelConfig::mails_owners)
     })
 }
 
