@@ -92,8 +92,9 @@ pub struct AuditArgs {
     pub since: Option<String>,
     #[arg(long, value_enum, default_value = "table")]
     pub format: AuditFormatArg,
-    /// The state database to read (default: `state_path` from the configuration; no admin key
-    /// is read for `audit`, so an auditor needs none). Accepted before or after `verify`.
+    /// The state database to read (default: `state_path` from the configuration, of which
+    /// nothing else is used: no secret is read for `audit`, so an auditor needs none). Accepted
+    /// before or after `verify`.
     #[arg(long, value_name = "FILE", global = true)]
     pub state: Option<PathBuf>,
 }
