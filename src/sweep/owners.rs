@@ -67,7 +67,11 @@ impl Run<'_> {
         let mut projects: BTreeSet<(String, String)> = (routed.iter())
             .map(|(o, p, _)| (o.clone(), p.clone()))
             .collect();
-        for a in alerts.iter() {
+        // A woke-up alert is mailed in person only through an e-mail channel with
+        // `owner = true` (`notify::route`); without one its owner route is the fallback, and
+        // no project's users are read for it.
+        let woke_mailed = self.woke_up_mailed();
+        for a in alerts.iter().filter(|_| woke_mailed) {
             if let EnforcerAlert::KeyWokeUp {
                 organization,
                 project_id,
@@ -102,7 +106,7 @@ impl Run<'_> {
         }
         notes.annotate(&mut advanced.notices);
         for a in alerts.iter_mut() {
-            self.route_woke_up(intel, &replaced, a, &users_of);
+            self.route_woke_up(intel, &replaced, a, &users_of, woke_mailed);
         }
         // A sweep notes once; a second call (never made) would keep the first notes.
         let _ = self.key_notes.set(notes);
@@ -224,15 +228,22 @@ impl Run<'_> {
         }
     }
 
+    /// Whether a woke-up alert can be mailed to anyone in person: some channel is an e-mail
+    /// channel with `owner = true`.
+    fn woke_up_mailed(&self) -> bool {
+        (self.sweeper.notify.channels.iter()).any(crate::config::ChannelConfig::mails_owners)
+    }
+
     /// Gives a `KeyWokeUp` alert its owner route: a service-account key's creator (else the
     /// project's owners), a user key's owner (the API's e-mail for them) while a user of the
-    /// project; else the fallback.
+    /// project; else, and whenever no channel mails owners (`mailed` false), the fallback.
     fn route_woke_up<'u>(
         &self,
         intel: &Intel,
         replaced: &Replacements,
         alert: &mut EnforcerAlert,
         users_of: &impl Fn(&str, &str) -> Option<&'u [ProjectUser]>,
+        mailed: bool,
     ) {
         let EnforcerAlert::KeyWokeUp {
             organization,
@@ -249,6 +260,7 @@ impl Run<'_> {
         // is the owner's own choice and may read like another member's address.
         let users = users_of(organization, project_id);
         let route = match listed_owner {
+            _ if !mailed => OwnerRoute::Fallback,
             Some((OwnerType::ServiceAccount, _)) => {
                 service_account_route(creator(intel, replaced, organization, key_id), users)
             }

@@ -642,6 +642,53 @@ async fn a_key_that_woke_up_is_told_to_its_owner_at_once_in_a_message_of_its_own
     assert_eq!(w.mails().len(), before);
 }
 
+/// With no e-mail channel that mails owners, nobody can be told of a woke-up key in person:
+/// its alert names no person, goes to the fallback, and no project's users are read for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_owner_mail_a_woke_up_key_goes_to_the_fallback_and_no_users_are_read() {
+    let (o, history) = org(Some(NOW - 60 * DAY));
+    let w = world_with(
+        o,
+        history,
+        "[[policies]]\nname = \"ancient\"\nmax_age = \"3650d\"",
+        false,
+    )
+    .await;
+    w.sweep(NOW).await;
+    let woke = ["key_sa_alice", "key_alice_laptop", "key_sa_beta"];
+    for (p, k) in [
+        ("proj_alpha", woke[0]),
+        ("proj_alpha", woke[1]),
+        ("proj_beta", woke[2]),
+    ] {
+        w.sim.set_last_used(p, k, Some(NOW + HOUR)).unwrap();
+    }
+    w.sim.reset_stats();
+    w.sweep(NOW + 2 * HOUR).await;
+
+    let users_read = (w.sim.stats())
+        .get("GET /v1/organization/projects/{project_id}/users")
+        .copied();
+    assert_eq!(users_read.unwrap_or(0), 0, "{:?}", w.sim.stats());
+    let fallback: Vec<Value> = (w.rx.requests("/fallback").iter().map(|r| r.json()))
+        .filter(|b| b["type"] == "keysweep.woke_up")
+        .collect();
+    let told: BTreeSet<&str> = (fallback.iter())
+        .flat_map(|b| b["alerts"].as_array().unwrap())
+        .map(|a| a["key_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(told, woke.into_iter().collect(), "{fallback:?}");
+    let ops: Vec<Value> = (w.rx.requests("/ops").iter().map(|r| r.json()))
+        .flat_map(|b| b["alerts"].as_array().cloned().unwrap_or_default())
+        .filter(|a| a["alert"] == "key_woke_up")
+        .collect();
+    assert_eq!(ops.len(), 3, "{ops:?}");
+    for a in &ops {
+        assert_eq!(a["owner"], serde_json::json!({"to": "fallback"}), "{a}");
+    }
+    assert!(w.mails().is_empty(), "nobody is mailed in person");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_key_deleted_outside_keysweep_closes_its_finding_with_who_deleted_it() {
     let (o, history) = org(None);
