@@ -5,7 +5,9 @@
 //!
 //! Middleware order, outermost first: count → latency → rate limit → auth → random 5xx →
 //! handler (→ scripted fault). So every request that reaches a route is counted, 401s and 429s
-//! included, and the latency applies to every answer. Latency and `Delay` faults are plain tokio
+//! included, and the latency applies to every answer: it is the least time from a request to
+//! its answer (the handler runs at once, a `Delay` fault's sleep included, and the answer waits
+//! for the rest), so a state change is made when the request arrives. Latency and `Delay` faults are plain tokio
 //! sleeps taken while holding no lock, so concurrent requests overlap exactly as they would on a
 //! real server.
 //!
@@ -383,9 +385,15 @@ async fn count(State(s): State<S>, req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
+/// The answer leaves `latency` after the request arrived, or when it is ready if that is
+/// later: the latency is the whole time a request takes, the server's work included, as on a
+/// real API whose servers are not the client's. Rendering after the sleep instead put the
+/// simulator's own CPU time (on the client's cores, in tests and the benchmark) on top of it.
 async fn latency(State(s): State<S>, req: Request, next: Next) -> Response {
-    s.sleep(s.latency).await;
-    next.run(req).await
+    let end = std::time::Instant::now() + s.latency;
+    let resp = next.run(req).await;
+    s.sleep_until(end).await;
+    resp
 }
 
 async fn rate_limit(State(s): State<S>, req: Request, next: Next) -> Response {

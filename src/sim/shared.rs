@@ -107,7 +107,16 @@ impl Shared {
         if d.is_zero() {
             return;
         }
-        let end = Instant::now() + d;
+        self.sleep_until(Instant::now() + d).await;
+    }
+
+    /// Sleeps until `end` (not at all if it has passed), but returns early when the server
+    /// shuts down.
+    pub async fn sleep_until(&self, end: Instant) {
+        let d = end.saturating_duration_since(Instant::now());
+        if d.is_zero() {
+            return;
+        }
         tokio::select! {
             () = tokio::time::sleep(d.saturating_sub(FINE_SLEEP)) => {}
             () = self.cancel.cancelled() => return,
