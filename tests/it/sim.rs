@@ -1061,6 +1061,46 @@ async fn latency_does_not_serialise_requests() {
     let _ = slow.await;
 }
 
+/// The latency is the whole time a request takes: the handler runs when the request arrives
+/// (so a write is made then, as a real server makes it before its answer travels back) and
+/// the answer waits for the rest.
+#[tokio::test]
+async fn a_write_is_made_when_its_request_arrives_and_answered_after_the_latency() {
+    let org = SimOrg::generate(1, 3, 4, NOW);
+    let mut opts = SimOptions::new(ADMIN);
+    opts.latency = Duration::from_secs(2);
+    let sim = start_sim_with(org.clone(), opts).await;
+    let project = active_projects(&org)[0].to_string();
+    let key = sim.keys(&project)[0].id.clone();
+    let url = format!(
+        "{}/organization/projects/{project}/api_keys/{key}",
+        sim.base_url()
+    );
+    let started = Instant::now();
+    let delete = tokio::spawn(async move { client().delete(url).bearer_auth(ADMIN).send().await });
+    let mut gone_at = None;
+    while started.elapsed() < Duration::from_secs(5) {
+        if !sim.key_exists(&project, &key) {
+            gone_at = Some(started.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let gone_at = gone_at.expect("the key is deleted");
+    // Made on arrival, not at the end of the 2 s (a generous margin for a loaded machine).
+    assert!(gone_at < Duration::from_secs(1), "deleted at {gone_at:?}");
+    assert!(
+        !delete.is_finished(),
+        "deleted at {gone_at:?}, before the answer"
+    );
+    let answer = delete.await.unwrap().unwrap();
+    assert_eq!(answer.status(), 200);
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "latency applied"
+    );
+}
+
 #[tokio::test]
 async fn generated_orgs_are_deterministic_over_the_wire() {
     let a = SimOrg::generate(3, 40, 123, NOW);
