@@ -42,7 +42,8 @@ pub struct SimulateArgs {
     /// Serve the small curated organisation of `keysweep demo`.
     #[arg(long)]
     pub demo: bool,
-    /// Latency added to every request, in milliseconds.
+    /// Latency of every request, in milliseconds: its answer leaves this long after it arrived
+    /// (or when ready, if later).
     #[arg(long, default_value_t = 0)]
     pub latency_ms: u64,
     /// Probability (0 to 1) that a GET answers 500.

@@ -11,8 +11,10 @@ use std::time::Duration;
 pub struct SimOptions {
     /// The only Bearer token accepted (change it live with `SimServer::set_admin_key`).
     pub admin_key: String,
-    /// Added to every request, to within tens of microseconds (a tokio sleep, its last 2 ms on
-    /// a blocking thread; concurrent requests overlap).
+    /// The least time from a request's arrival to its answer, the server's work included (the
+    /// handler runs at once and the answer waits for the rest): to within a few hundred
+    /// microseconds (a tokio sleep, its last 2 ms on a blocking thread; concurrent requests
+    /// overlap).
     pub latency: Duration,
     /// Probability in `0..=1` that a GET answers 500 (seeded: same seed, same sequence).
     pub fail_rate: f64,
