@@ -20,6 +20,7 @@
 pub mod alerts;
 pub mod audit;
 mod batch;
+mod checkpoint;
 pub mod cli;
 pub mod findings;
 pub mod intel;
@@ -199,18 +200,45 @@ impl Store {
     /// atomic. Raising the cache for the commit (64, then 16 MiB) was measured (issue 15,
     /// `benches/README.md`): it made the commit no faster, and every sweep's peak RSS 12–22 MiB
     /// larger (at 100k keys: 79 → 65 MiB in a first sweep).
+    ///
+    /// Its WAL checkpoint is taken on a thread of its own (`checkpoint.rs`), not inside the
+    /// commit: the sweep goes on meanwhile.
     pub fn bulk_tx<T>(
         &self,
         f: impl FnOnce(&Transaction<'_>) -> Result<T, StateError>,
     ) -> Result<T, StateError> {
+        self.bulk_tx_checkpointed(f).map(|(value, _)| value)
+    }
+
+    /// [`Store::bulk_tx`], with the checkpoint's thread (if one was started) for tests to wait on.
+    fn bulk_tx_checkpointed<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, StateError>,
+    ) -> Result<(T, Option<std::thread::JoinHandle<()>>), StateError> {
         let mut conn = self.lock();
+        // An in-memory database has no WAL and no second connection.
+        let threshold = (self.path.is_some())
+            .then(|| conn.query_row("PRAGMA wal_autocheckpoint", [], |r| r.get::<_, i64>(0)))
+            .and_then(Result::ok)
+            .filter(|_| (conn.pragma_update(None, "wal_autocheckpoint", 0_i64)).is_ok());
         let result = immediate_tx(&mut conn, f);
-        // The transaction is over either way; failing to release the cache only costs memory,
-        // and must not turn a committed sweep into a failed one.
+        // The transaction is over either way; failing to restore the threshold or to release
+        // the cache costs only time or memory, and must not turn a committed sweep into a
+        // failed one.
+        if let Some(pages) = threshold
+            && let Err(e) = conn.pragma_update(None, "wal_autocheckpoint", pages)
+        {
+            tracing::warn!(error = %e, "cannot restore the state database's checkpoints");
+        }
         if let Err(e) = conn.execute_batch("PRAGMA shrink_memory") {
             tracing::warn!(error = %e, "cannot release the state database's page cache");
         }
-        result
+        drop(conn);
+        let value = result?;
+        let checkpoint = (self.path.as_deref())
+            .filter(|_| threshold.is_some())
+            .and_then(checkpoint::start);
+        Ok((value, checkpoint))
     }
 
     /// Runs `f` on the connection without opening a transaction: for reads, and for the
@@ -457,6 +485,48 @@ mod tests {
             store.bulk_tx(|tx| Ok(tx.query_row("PRAGMA cache_size", [], |r| r.get::<_, i64>(0))?));
         assert_eq!(inside.unwrap(), default);
         assert_eq!(cache(&store), default);
+    }
+
+    /// A bulk transaction's checkpoint is not taken by its commit (the rows stay in the WAL)
+    /// but by a thread of its own, after which the rows are in the database file; the
+    /// connection's own threshold is left as it was.
+    #[test]
+    fn a_bulk_transactions_checkpoint_is_taken_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let store = Store::open(&path).unwrap();
+        let threshold = |s: &Store| {
+            s.with_conn(|c| {
+                Ok(c.query_row("PRAGMA wal_autocheckpoint", [], |r| r.get::<_, i64>(0))?)
+            })
+            .unwrap()
+        };
+        let before = threshold(&store);
+        let db_size = || std::fs::metadata(&path).unwrap().len();
+        let small = db_size();
+        let ((), checkpoint) = store
+            .bulk_tx_checkpointed(|tx| {
+                for i in 0..8 * 256 {
+                    tx.execute(
+                        "INSERT INTO outbox (message_id, channel, recipient, kind, payload, \
+                         created_at, next_attempt_at) VALUES (?1, 'c', 'r', 'k', ?2, 0, 0)",
+                        rusqlite::params![format!("m{i}"), "x".repeat(4000)],
+                    )?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        let checkpoint = checkpoint.expect("a checkpoint thread");
+        checkpoint.join().unwrap();
+        assert!(
+            db_size() > small + (8 << 20),
+            "the rows reached the database file ({small} → {} bytes)",
+            db_size()
+        );
+        assert_eq!(threshold(&store), before);
+        // An in-memory store has nothing to checkpoint.
+        let mem = Store::open_in_memory().unwrap();
+        assert!(mem.bulk_tx_checkpointed(|_| Ok(())).unwrap().1.is_none());
     }
 
     #[test]
