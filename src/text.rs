@@ -189,7 +189,7 @@ pub fn json(json: &str) -> String {
 pub fn defang(s: &str) -> Cow<'_, str> {
     // Most text has dots that join nothing (`sk-...abcd`, `v1.2`): it comes back as it is,
     // without the copy and the per-character pass of `defang_all` (a digest line's cost).
-    if !s.contains("://") && !has_defangable_dot(s) {
+    if !needs_defang(s) {
         return Cow::Borrowed(s);
     }
     defang_all(s)
@@ -207,15 +207,30 @@ fn joins_labels(before: Option<char>, c: char, after: Option<char>) -> bool {
         && after.is_some_and(char::is_alphabetic)
 }
 
-/// Whether `s` has a dot that [`defang_all`] brackets.
-fn has_defangable_dot(s: &str) -> bool {
-    let mut before: Option<char> = None;
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if joins_labels(before, c, chars.peek().copied()) {
+/// Whether [`defang_all`] changes anything in `s`: it has a `://`, or a dot between a label and
+/// a letter. Only the bytes that can start one are looked at (a digest renders every name
+/// twice, and most names have neither): `:`, `.`, and the lead byte of U+3002 (`E3`) or of
+/// U+FF0E and U+FF61 (`EF`). A lead byte is never inside another character's encoding, so
+/// each hit starts a character.
+fn needs_defang(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    let mut from = 0;
+    while let Some(at) = (bytes.get(from..).unwrap_or_default().iter())
+        .position(|&b| matches!(b, b':' | b'.' | 0xE3 | 0xEF))
+        .map(|off| from + off)
+    {
+        if bytes.get(at..at + 3) == Some(b"://".as_slice()) {
             return true;
         }
-        before = Some(c);
+        let mut after = s.get(at..).unwrap_or_default().chars();
+        let Some(c) = after.next() else {
+            return false;
+        };
+        let before = s.get(..at).and_then(|b| b.chars().next_back());
+        if joins_labels(before, c, after.next()) {
+            return true;
+        }
+        from = at + c.len_utf8();
     }
     false
 }
