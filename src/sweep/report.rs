@@ -110,7 +110,43 @@ impl SweepReport {
 
 /// RFC 3339 in UTC, for messages.
 pub fn fmt_time(ts: i64) -> String {
-    chrono::DateTime::from_timestamp(ts, 0)
-        .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
-        .unwrap_or_else(|| ts.to_string())
+    use chrono::{Datelike, Timelike};
+    match chrono::DateTime::from_timestamp(ts, 0) {
+        // Written out rather than through a format string, which chrono parses on every call
+        // (a first sweep writes one per finding); `%Y` pads years 0–9999 to four digits.
+        Some(t) if (0..=9999).contains(&t.year()) => format!(
+            "{:04}-{:02}-{:02} {:02}:{:02} UTC",
+            t.year(),
+            t.month(),
+            t.day(),
+            t.hour(),
+            t.minute()
+        ),
+        Some(t) => t.format("%Y-%m-%d %H:%M UTC").to_string(),
+        None => ts.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The written-out form is chrono's `%Y-%m-%d %H:%M UTC`, at every time chrono knows.
+        #[test]
+        fn fmt_time_is_the_format_string(ts in proptest::num::i64::ANY) {
+            let expected = chrono::DateTime::from_timestamp(ts, 0)
+                .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+                .unwrap_or_else(|| ts.to_string());
+            prop_assert_eq!(super::fmt_time(ts), expected);
+        }
+
+        #[test]
+        fn fmt_time_is_the_format_string_in_this_era(ts in -100_000_000_000_i64..300_000_000_000) {
+            let expected = chrono::DateTime::from_timestamp(ts, 0)
+                .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+                .unwrap_or_else(|| ts.to_string());
+            prop_assert_eq!(super::fmt_time(ts), expected);
+        }
+    }
 }
