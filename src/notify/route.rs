@@ -424,7 +424,7 @@ fn named_channels<'s>(
     project_name: Option<&'s str>,
 ) -> impl Iterator<Item = &'s String> {
     let routed = (settings.routes.iter())
-        .filter(move |r| (r.projects.iter()).any(|p| project_matches(p, project_id, project_name)))
+        .filter(move |r| (r.projects.iter()).any(|p| p.matches(project_id, project_name)))
         .flat_map(|r| r.channels.iter());
     (settings.policy_channels.get(policy).into_iter().flatten()).chain(routed)
 }
@@ -559,24 +559,6 @@ pub fn user_route(
             email: e.to_string(),
         },
         _ => OwnerRoute::Fallback,
-    }
-}
-
-/// A project pattern matches the id exactly, or is a glob over the name or the id.
-pub fn project_matches(pattern: &str, project_id: &str, project_name: Option<&str>) -> bool {
-    // A project id matches the id only, never a name its owner chose to look like it.
-    if crate::config::is_project_id_pattern(pattern) {
-        return pattern == project_id;
-    }
-    if pattern == project_id || Some(pattern) == project_name {
-        return true;
-    }
-    match globset::Glob::new(pattern) {
-        Ok(g) => {
-            let m = g.compile_matcher();
-            m.is_match(project_id) || project_name.is_some_and(|n| m.is_match(n))
-        }
-        Err(_) => false,
     }
 }
 
