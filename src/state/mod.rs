@@ -215,28 +215,19 @@ impl Store {
         &self,
         f: impl FnOnce(&Transaction<'_>) -> Result<T, StateError>,
     ) -> Result<(T, Option<std::thread::JoinHandle<()>>), StateError> {
-        let mut conn = self.lock();
-        // An in-memory database has no WAL and no second connection.
-        let threshold = (self.path.is_some())
-            .then(|| conn.query_row("PRAGMA wal_autocheckpoint", [], |r| r.get::<_, i64>(0)))
-            .and_then(Result::ok)
-            .filter(|_| (conn.pragma_update(None, "wal_autocheckpoint", 0_i64)).is_ok());
-        let result = immediate_tx(&mut conn, f);
-        // The transaction is over either way; failing to restore the threshold or to release
-        // the cache costs only time or memory, and must not turn a committed sweep into a
-        // failed one.
-        if let Some(pages) = threshold
-            && let Err(e) = conn.pragma_update(None, "wal_autocheckpoint", pages)
-        {
-            tracing::warn!(error = %e, "cannot restore the state database's checkpoints");
-        }
-        if let Err(e) = conn.execute_batch("PRAGMA shrink_memory") {
+        let mut held = Paused::new(self.lock(), self.path.is_some());
+        let result = immediate_tx(&mut held.conn, f);
+        // The transaction is over either way; failing to release the cache costs only memory,
+        // and must not turn a committed sweep into a failed one.
+        if let Err(e) = held.conn.execute_batch("PRAGMA shrink_memory") {
             tracing::warn!(error = %e, "cannot release the state database's page cache");
         }
-        drop(conn);
+        let paused = held.pages.is_some();
+        // Restores the threshold (as a panic in `f` would, unwinding) and releases the lock.
+        drop(held);
         let value = result?;
         let checkpoint = (self.path.as_deref())
-            .filter(|_| threshold.is_some())
+            .filter(|_| paused)
             .and_then(checkpoint::start);
         Ok((value, checkpoint))
     }
@@ -264,6 +255,37 @@ impl Store {
         self.conn
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The connection with its automatic checkpoints paused (a file database's; an in-memory one
+/// has no WAL and no second connection to checkpoint it), until this is dropped, a panic
+/// included: a connection left paused would let its WAL grow until the process ends.
+struct Paused<'a> {
+    conn: MutexGuard<'a, Connection>,
+    /// The threshold to restore (`None`: nothing was paused).
+    pages: Option<i64>,
+}
+
+impl<'a> Paused<'a> {
+    fn new(conn: MutexGuard<'a, Connection>, file: bool) -> Paused<'a> {
+        let pages = file
+            .then(|| conn.query_row("PRAGMA wal_autocheckpoint", [], |r| r.get::<_, i64>(0)))
+            .and_then(Result::ok)
+            .filter(|_| (conn.pragma_update(None, "wal_autocheckpoint", 0_i64)).is_ok());
+        Paused { conn, pages }
+    }
+}
+
+impl Drop for Paused<'_> {
+    fn drop(&mut self) {
+        // Failing to restore costs time (the WAL is checkpointed at close, or by the next
+        // bulk transaction's thread), never data.
+        if let Some(pages) = self.pages
+            && let Err(e) = self.conn.pragma_update(None, "wal_autocheckpoint", pages)
+        {
+            tracing::warn!(error = %e, "cannot restore the state database's checkpoints");
+        }
     }
 }
 
@@ -523,6 +545,12 @@ mod tests {
             "the rows reached the database file ({small} → {} bytes)",
             db_size()
         );
+        assert_eq!(threshold(&store), before);
+        // A panic inside the transaction leaves the threshold as it was too.
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            store.bulk_tx(|_| -> Result<(), StateError> { panic!("inside the transaction") })
+        }));
+        assert!(panicked.is_err());
         assert_eq!(threshold(&store), before);
         // An in-memory store has nothing to checkpoint.
         let mem = Store::open_in_memory().unwrap();
