@@ -3,11 +3,12 @@
 //! counting, latency, rate limit, Bearer auth, random failures). Faults are rendered by
 //! `respond`; the shared state is `shared`.
 //!
-//! Middleware order, outermost first: count → latency → rate limit → auth → random 5xx →
-//! handler (→ scripted fault). So every request that reaches a route is counted, 401s and 429s
-//! included, and the latency applies to every answer: it is the least time from a request to
-//! its answer (the handler runs at once, a `Delay` fault's sleep included, and the answer waits
-//! for the rest), so a state change is made when the request arrives. Latency and `Delay` faults are plain tokio
+//! Middleware order, outermost first: date → count → latency → rate limit → auth → random 5xx
+//! → handler (→ scripted fault). So every request that reaches a route is counted, 401s and
+//! 429s included, and the latency applies to every answer: it is the least time from a request
+//! to its answer. Everything inside it acts when the request arrives (the rate limit, auth, a
+//! state change, a `ConnectionReset` fault) and the answer waits for the rest of the latency; a
+//! `Delay` fault's sleep counts within it (the answer comes after the longer of the two). Latency and `Delay` faults are plain tokio
 //! sleeps taken while holding no lock, so concurrent requests overlap exactly as they would on a
 //! real server.
 //!

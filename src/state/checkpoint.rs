@@ -6,8 +6,10 @@
 //! committing call: at 200k keys that was 0.13–0.2 s of a first sweep's 0.7 s commit, spent
 //! before any notice could be delivered or any key acted on. A checkpoint adds nothing to
 //! durability (a committed transaction is in the WAL, fsync'd: `synchronous = FULL`), so it
-//! can come later; if the process ends first, the next connection to open the file, or to
-//! commit past the threshold, takes it.
+//! can come later; if the process ends first, the next commit past the threshold, or the last
+//! connection's close, takes it. The store's own connection gets its threshold back as soon as
+//! the transaction ends, so a small commit of the sweep's that reaches the checkpoint lock
+//! before this thread does takes the checkpoint inline (nothing is lost, only the time).
 //!
 //! This must never touch the store's own connection, never wait for a reader or a writer
 //! (`PASSIVE`), and never turn a failure into anything but a log line.
@@ -45,6 +47,9 @@ fn checkpoint(path: &Path) -> Result<(), rusqlite::Error> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(Duration::from_secs(10))?;
+    // A checkpoint syncs the database file as its own connection's setting says: the store's
+    // (`state::configure`), never a weaker default, before the WAL may be reused.
+    conn.pragma_update(None, "synchronous", "FULL")?;
     // (busy, WAL frames, frames checkpointed): a passive checkpoint that could not copy every
     // frame (a reader holds an older snapshot) leaves the rest to the next one.
     let _: (i64, i64, i64) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {

@@ -207,13 +207,16 @@ impl Store {
         &self,
         f: impl FnOnce(&Transaction<'_>) -> Result<T, StateError>,
     ) -> Result<T, StateError> {
-        self.bulk_tx_checkpointed(f).map(|(value, _)| value)
+        self.bulk_tx_then(f, checkpoint::start)
+            .map(|(value, _)| value)
     }
 
-    /// [`Store::bulk_tx`], with the checkpoint's thread (if one was started) for tests to wait on.
-    fn bulk_tx_checkpointed<T>(
+    /// [`Store::bulk_tx`], with the checkpoint started by `checkpoint` (tests look at the file
+    /// first) and its thread returned, if one was started, for tests to wait on.
+    fn bulk_tx_then<T>(
         &self,
         f: impl FnOnce(&Transaction<'_>) -> Result<T, StateError>,
+        checkpoint: impl FnOnce(&Path) -> Option<std::thread::JoinHandle<()>>,
     ) -> Result<(T, Option<std::thread::JoinHandle<()>>), StateError> {
         let mut held = Paused::new(self.lock(), self.path.is_some());
         let result = immediate_tx(&mut held.conn, f);
@@ -228,7 +231,7 @@ impl Store {
         let value = result?;
         let checkpoint = (self.path.as_deref())
             .filter(|_| paused)
-            .and_then(checkpoint::start);
+            .and_then(checkpoint);
         Ok((value, checkpoint))
     }
 
@@ -467,7 +470,7 @@ mod tests {
         let wal = dir.path().join("s.db-wal");
         let size = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
         let before = size();
-        let result = store.bulk_tx(|tx| {
+        let write = |tx: &Transaction<'_>| {
             for i in 0..8 * 256 {
                 tx.execute(
                     "INSERT INTO outbox (message_id, channel, recipient, kind, payload, \
@@ -481,6 +484,13 @@ mod tests {
                 return Err(rusqlite::Error::InvalidQuery.into());
             }
             Ok(grown)
+        };
+        // The checkpoint's thread is waited for: the directory goes when this returns.
+        let result = (store.bulk_tx_then(write, checkpoint::start)).map(|(grown, thread)| {
+            if let Some(t) = thread {
+                t.join().unwrap();
+            }
+            grown
         });
         let rows = store
             .with_conn(|c| Ok(c.query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))?))
@@ -527,21 +537,28 @@ mod tests {
         let db_size = || std::fs::metadata(&path).unwrap().len();
         let small = db_size();
         let ((), checkpoint) = store
-            .bulk_tx_checkpointed(|tx| {
-                for i in 0..8 * 256 {
-                    tx.execute(
-                        "INSERT INTO outbox (message_id, channel, recipient, kind, payload, \
-                         created_at, next_attempt_at) VALUES (?1, 'c', 'r', 'k', ?2, 0, 0)",
-                        rusqlite::params![format!("m{i}"), "x".repeat(4000)],
-                    )?;
-                }
-                Ok(())
-            })
+            .bulk_tx_then(
+                |tx| {
+                    for i in 0..8 * 256 {
+                        tx.execute(
+                            "INSERT INTO outbox (message_id, channel, recipient, kind, payload, \
+                             created_at, next_attempt_at) VALUES (?1, 'c', 'r', 'k', ?2, 0, 0)",
+                            rusqlite::params![format!("m{i}"), "x".repeat(4000)],
+                        )?;
+                    }
+                    Ok(())
+                },
+                |p| {
+                    // Committed, and still all in the WAL: the commit did not checkpoint.
+                    assert_eq!(db_size(), small, "the commit checkpointed by itself");
+                    checkpoint::start(p)
+                },
+            )
             .unwrap();
         let checkpoint = checkpoint.expect("a checkpoint thread");
         checkpoint.join().unwrap();
         assert!(
-            db_size() > small + (8 << 20),
+            db_size() > small + (4 << 20),
             "the rows reached the database file ({small} → {} bytes)",
             db_size()
         );
@@ -554,7 +571,8 @@ mod tests {
         assert_eq!(threshold(&store), before);
         // An in-memory store has nothing to checkpoint.
         let mem = Store::open_in_memory().unwrap();
-        assert!(mem.bulk_tx_checkpointed(|_| Ok(())).unwrap().1.is_none());
+        let started = mem.bulk_tx_then(|_| Ok(()), checkpoint::start).unwrap().1;
+        assert!(started.is_none());
     }
 
     #[test]

@@ -1,13 +1,14 @@
 //! Between plan and commit: what the audit log and usage (issue 16) add to what this sweep tells
 //! people. Each notice gets its key's usage over `[usage] window`; a service-account key's
 //! notices get their route (its creator while still a user of the project, else the project's
-//! owners, else `owner_fallback`: `notify::route::service_account_route`); a key that woke up
-//! gets its owner's route, so its alert reaches that person at once; a finding closed because
+//! owners, else `owner_fallback`: `notify::route::service_account_route`) when one of their
+//! channels mails owners; a key that woke up gets its owner's route when some e-mail channel has
+//! `owner = true` (else the fallback), so its alert reaches that person at once; a finding closed because
 //! its key was deleted outside keysweep says who deleted it (the actor of the key's
 //! `api_key.deleted`, or "unknown").
 //!
 //! The only requests it makes are reads of the users of the projects whose service-account
-//! keys (or woken keys) are told about in this sweep. It never writes to the API, never
+//! keys (or woken keys) are told about in person in this sweep. It never writes to the API, never
 //! composes a message (notify's) and never decides a finding's step (policy's): it annotates.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};

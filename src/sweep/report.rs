@@ -108,7 +108,7 @@ impl SweepReport {
     }
 }
 
-/// RFC 3339 in UTC, for messages.
+/// `YYYY-MM-DD HH:MM UTC`, for messages.
 pub fn fmt_time(ts: i64) -> String {
     use chrono::{Datelike, Timelike};
     match chrono::DateTime::from_timestamp(ts, 0) {
