@@ -112,6 +112,9 @@ pub enum StateError {
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
     path: Option<PathBuf>,
+    /// Whether the file is in WAL mode (a file system may refuse it): only then is a bulk
+    /// transaction's checkpoint taken apart.
+    wal: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -148,11 +151,13 @@ impl Store {
     /// A private in-memory database, for unit tests.
     pub fn open_in_memory() -> Result<Store, StateError> {
         let mut conn = Connection::open_in_memory()?;
-        configure(&conn).map_err(StateError::Sqlite)?;
+        // "memory": no WAL, and no second connection could see this database anyway.
+        let wal = configure(&conn).map_err(StateError::Sqlite)?;
         migrate(&mut conn, Path::new(":memory:"))?;
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
             path: None,
+            wal,
         })
     }
 
@@ -165,12 +170,13 @@ impl Store {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let mut conn = Connection::open_with_flags(path, flags).map_err(open_err)?;
         // The first statement that reads the file is where "file is not a database" surfaces.
-        configure(&conn).map_err(open_err)?;
+        let wal = configure(&conn).map_err(open_err)?;
         migrate(&mut conn, path)?;
         warn_if_readable_by_others(path);
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
             path: Some(path.to_path_buf()),
+            wal,
         })
     }
 
@@ -218,7 +224,7 @@ impl Store {
         f: impl FnOnce(&Transaction<'_>) -> Result<T, StateError>,
         checkpoint: impl FnOnce(&Path) -> Option<std::thread::JoinHandle<()>>,
     ) -> Result<(T, Option<std::thread::JoinHandle<()>>), StateError> {
-        let mut held = Paused::new(self.lock(), self.path.is_some());
+        let mut held = Paused::new(self.lock(), self.wal && self.path.is_some());
         let result = immediate_tx(&mut held.conn, f);
         // The transaction is over either way; failing to release the cache costs only memory,
         // and must not turn a committed sweep into a failed one.
@@ -261,9 +267,10 @@ impl Store {
     }
 }
 
-/// The connection with its automatic checkpoints paused (a file database's; an in-memory one
-/// has no WAL and no second connection to checkpoint it), until this is dropped, a panic
-/// included: a connection left paused would let its WAL grow until the process ends.
+/// The connection with its automatic checkpoints paused (a file database's in WAL mode; an
+/// in-memory one, or a file whose file system refused WAL, has no WAL to checkpoint apart),
+/// until this is dropped, a panic included: a connection left paused would let its WAL grow
+/// until the process ends.
 struct Paused<'a> {
     conn: MutexGuard<'a, Connection>,
     /// The threshold to restore (`None`: nothing was paused).
@@ -271,8 +278,8 @@ struct Paused<'a> {
 }
 
 impl<'a> Paused<'a> {
-    fn new(conn: MutexGuard<'a, Connection>, file: bool) -> Paused<'a> {
-        let pages = file
+    fn new(conn: MutexGuard<'a, Connection>, wal_file: bool) -> Paused<'a> {
+        let pages = wal_file
             .then(|| conn.query_row("PRAGMA wal_autocheckpoint", [], |r| r.get::<_, i64>(0)))
             .and_then(Result::ok)
             .filter(|_| (conn.pragma_update(None, "wal_autocheckpoint", 0_i64)).is_ok());
@@ -318,13 +325,14 @@ pub(crate) fn in_tx<T>(
     Ok(value)
 }
 
-fn configure(conn: &Connection) -> Result<(), rusqlite::Error> {
+/// Sets the connection up; returns whether it is in WAL mode.
+fn configure(conn: &Connection) -> Result<bool, rusqlite::Error> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
     // `journal_mode` answers with the mode in effect ("memory" for an in-memory database).
-    let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
-    Ok(())
+    Ok(mode.eq_ignore_ascii_case("wal"))
 }
 
 /// Applies the missing steps of [`schema::MIGRATIONS`] in one transaction. The version is read
@@ -572,6 +580,15 @@ mod tests {
         // An in-memory store has nothing to checkpoint.
         let mem = Store::open_in_memory().unwrap();
         let started = mem.bulk_tx_then(|_| Ok(()), checkpoint::start).unwrap().1;
+        assert!(started.is_none());
+        // Nor has a file whose file system refused WAL.
+        assert!(store.wal, "a file store is in WAL mode here");
+        let mut refused = Store::open(&dir.path().join("d.db")).unwrap();
+        refused.wal = false;
+        let started = refused
+            .bulk_tx_then(|_| Ok(()), checkpoint::start)
+            .unwrap()
+            .1;
         assert!(started.is_none());
     }
 
