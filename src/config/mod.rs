@@ -511,6 +511,49 @@ pub fn is_project_id_pattern(pattern: &str) -> bool {
     pattern.starts_with("proj_") && !pattern.contains(['*', '?', '[', ']', '{', '}', '\\'])
 }
 
+/// A project selector entry (an organisation's `projects`/`exclude_projects`, a route's
+/// `projects`), compiled once: a project id entry matches that id only
+/// ([`is_project_id_pattern`]); anything else matches the id or the name exactly, or as a glob
+/// (case-sensitive) over either.
+#[derive(Debug, Clone)]
+pub struct ProjectPattern {
+    text: String,
+    /// `None`: not a valid glob (the loader validates them), so it matches exactly only.
+    glob: Option<globset::GlobMatcher>,
+}
+
+impl ProjectPattern {
+    pub fn new(text: &str) -> ProjectPattern {
+        ProjectPattern {
+            text: text.to_string(),
+            glob: globset::Glob::new(text).ok().map(|g| g.compile_matcher()),
+        }
+    }
+
+    /// The entry as configured.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    pub fn matches(&self, project_id: &str, project_name: Option<&str>) -> bool {
+        // A project id matches the id only, never a name its owner chose (issue 14, row 1).
+        if is_project_id_pattern(&self.text) {
+            return self.text == project_id;
+        }
+        if self.text == project_id || project_name == Some(self.text.as_str()) {
+            return true;
+        }
+        self.glob
+            .as_ref()
+            .is_some_and(|g| g.is_match(project_id) || project_name.is_some_and(|n| g.is_match(n)))
+    }
+
+    /// A plain project id (no glob characters): it must exist, or the sweep is incomplete.
+    pub fn is_literal_id(&self) -> bool {
+        self.text.starts_with("proj_") && !self.text.contains(['*', '?', '[', '{'])
+    }
+}
+
 /// The warnings `check-config` (and every command) gives for selectors that match names, which
 /// organisation members choose: key-name globs (any member renames a key) and project-name
 /// patterns (project owners rename projects). Each names its configuration key.
@@ -568,4 +611,29 @@ pub fn name_selector_warnings(c: &Config) -> Vec<String> {
         project(format!("routes[{i}].projects"), &r.projects, &mut out);
     }
     out
+}
+
+#[cfg(test)]
+mod project_pattern_tests {
+    use super::ProjectPattern;
+
+    #[test]
+    fn project_patterns_match_ids_exactly_and_globs_over_either() {
+        let id = ProjectPattern::new("proj_abc");
+        assert!(id.matches("proj_abc", None));
+        // A name chosen to look like another project's id matches nothing.
+        assert!(!id.matches("proj_other", Some("proj_abc")));
+        let glob = ProjectPattern::new("prod-*");
+        assert!(glob.matches("proj_1", Some("prod-eu")));
+        assert!(!glob.matches("proj_1", Some("staging")));
+        assert!(!glob.matches("proj_1", None));
+        let over_ids = ProjectPattern::new("proj_a*");
+        assert!(over_ids.matches("proj_abc", Some("x")));
+        let exact = ProjectPattern::new("Team [a");
+        assert!(
+            exact.matches("proj_1", Some("Team [a")),
+            "an invalid glob is exact"
+        );
+        assert!(!exact.matches("proj_1", Some("Team a")));
+    }
 }

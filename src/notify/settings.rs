@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::{ChannelConfig, Config, NotificationSettings, RouteConfig};
+use crate::config::{ChannelConfig, Config, NotificationSettings, ProjectPattern, RouteConfig};
 
 #[derive(Debug, Clone)]
 pub struct NotifySettings {
@@ -31,45 +31,6 @@ pub struct NotifySettings {
 pub struct Route {
     pub projects: Vec<ProjectPattern>,
     pub channels: Vec<String>,
-}
-
-/// One of a route's `projects`: a project id matches that id only, never a name its owner chose
-/// to look like it; anything else matches the id or the name exactly, or as a glob over either.
-#[derive(Debug, Clone)]
-pub enum ProjectPattern {
-    Id(String),
-    Other {
-        text: String,
-        /// `None`: not a valid glob, so it matches exactly only.
-        glob: Option<globset::GlobMatcher>,
-    },
-}
-
-impl ProjectPattern {
-    pub fn new(pattern: &str) -> ProjectPattern {
-        if crate::config::is_project_id_pattern(pattern) {
-            return ProjectPattern::Id(pattern.to_string());
-        }
-        ProjectPattern::Other {
-            text: pattern.to_string(),
-            glob: globset::Glob::new(pattern)
-                .ok()
-                .map(|g| g.compile_matcher()),
-        }
-    }
-
-    pub fn matches(&self, project_id: &str, project_name: Option<&str>) -> bool {
-        match self {
-            ProjectPattern::Id(id) => id == project_id,
-            ProjectPattern::Other { text, glob } => {
-                text == project_id
-                    || Some(text.as_str()) == project_name
-                    || glob.as_ref().is_some_and(|m| {
-                        m.is_match(project_id) || project_name.is_some_and(|n| m.is_match(n))
-                    })
-            }
-        }
-    }
 }
 
 impl From<&RouteConfig> for Route {
@@ -101,30 +62,5 @@ impl From<&Config> for NotifySettings {
                 .map(|p| (p.name.clone(), p.notify.clone()))
                 .collect(),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::ProjectPattern;
-
-    #[test]
-    fn route_patterns_match_ids_exactly_and_globs_over_either() {
-        let id = ProjectPattern::new("proj_abc");
-        assert!(id.matches("proj_abc", None));
-        // A name chosen to look like another project's id matches nothing.
-        assert!(!id.matches("proj_other", Some("proj_abc")));
-        let glob = ProjectPattern::new("prod-*");
-        assert!(glob.matches("proj_1", Some("prod-eu")));
-        assert!(!glob.matches("proj_1", Some("staging")));
-        assert!(!glob.matches("proj_1", None));
-        let over_ids = ProjectPattern::new("proj_a*");
-        assert!(over_ids.matches("proj_abc", Some("x")));
-        let exact = ProjectPattern::new("Team [a");
-        assert!(
-            exact.matches("proj_1", Some("Team [a")),
-            "an invalid glob is exact"
-        );
-        assert!(!exact.matches("proj_1", Some("Team a")));
     }
 }

@@ -15,12 +15,11 @@
 
 use std::collections::{HashMap, HashSet};
 
-use globset::{Glob, GlobMatcher};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::config::{Config, OrgConfig};
+use crate::config::{Config, OrgConfig, ProjectPattern};
 use crate::inventory::{
     AdminKeyInfo, Inventory, Key, Listing, OrgInventory, OwnerType, ProjectInventory, ProjectRef,
 };
@@ -68,50 +67,15 @@ impl KeySink for Vec<Key> {
 /// (case-sensitive), matches the name or the id.
 #[derive(Debug, Clone)]
 pub struct ProjectSelector {
-    include: Vec<Pattern>,
-    exclude: Vec<Pattern>,
-}
-
-#[derive(Debug, Clone)]
-struct Pattern {
-    text: String,
-    glob: Option<GlobMatcher>,
-}
-
-impl Pattern {
-    fn new(text: &str) -> Self {
-        // An invalid glob (the loader validates them) degrades to an exact comparison.
-        Self {
-            text: text.to_string(),
-            glob: Glob::new(text).ok().map(|g| g.compile_matcher()),
-        }
-    }
-
-    fn matches(&self, p: &ProjectRef) -> bool {
-        // A project id matches the id only, never a name its owner chose (issue 14, row 1).
-        if crate::config::is_project_id_pattern(&self.text) {
-            return self.text == p.id;
-        }
-        if self.text == p.id || p.name.as_deref() == Some(self.text.as_str()) {
-            return true;
-        }
-        match &self.glob {
-            Some(g) => g.is_match(&p.id) || p.name.as_deref().is_some_and(|n| g.is_match(n)),
-            None => false,
-        }
-    }
-
-    /// A plain project id (no glob characters): it must exist, or the sweep is incomplete.
-    fn is_literal_id(&self) -> bool {
-        self.text.starts_with("proj_") && !self.text.contains(['*', '?', '[', '{'])
-    }
+    include: Vec<ProjectPattern>,
+    exclude: Vec<ProjectPattern>,
 }
 
 impl ProjectSelector {
     pub fn new(projects: &[String], exclude: &[String]) -> Self {
         Self {
-            include: projects.iter().map(|s| Pattern::new(s)).collect(),
-            exclude: exclude.iter().map(|s| Pattern::new(s)).collect(),
+            include: projects.iter().map(|s| ProjectPattern::new(s)).collect(),
+            exclude: exclude.iter().map(|s| ProjectPattern::new(s)).collect(),
         }
     }
 
@@ -120,17 +84,18 @@ impl ProjectSelector {
     }
 
     pub fn selects(&self, p: &ProjectRef) -> bool {
-        let included = self.include.is_empty() || self.include.iter().any(|pat| pat.matches(p));
-        included && !self.exclude.iter().any(|pat| pat.matches(p))
+        let matches = |pat: &ProjectPattern| pat.matches(&p.id, p.name.as_deref());
+        let included = self.include.is_empty() || self.include.iter().any(matches);
+        included && !self.exclude.iter().any(matches)
     }
 
     /// Configured plain ids that matched none of `seen` and are not excluded.
     fn missing_ids(&self, seen: &HashSet<String>) -> Vec<String> {
         self.include
             .iter()
-            .filter(|pat| pat.is_literal_id() && !seen.contains(&pat.text))
-            .filter(|pat| !self.exclude.iter().any(|x| x.text == pat.text))
-            .map(|pat| pat.text.clone())
+            .filter(|pat| pat.is_literal_id() && !seen.contains(pat.text()))
+            .filter(|pat| !self.exclude.iter().any(|x| x.text() == pat.text()))
+            .map(|pat| pat.text().to_string())
             .collect()
     }
 }
