@@ -83,9 +83,7 @@ fn compose_woke_up(
     run_id: &str,
     now: i64,
 ) -> Vec<OutboxMessage> {
-    let owner_mail: Vec<&ChannelConfig> = (settings.channels.iter())
-        .filter(|c| c.mails_owners())
-        .collect();
+    let owner_mail: Vec<&ChannelConfig> = woke_up_channels(settings).collect();
     let mut out = Vec::new();
     for a in alerts {
         let EnforcerAlert::KeyWokeUp {
@@ -120,6 +118,19 @@ fn compose_woke_up(
         }
     }
     out
+}
+
+/// The channels a woke-up alert is mailed on in person: every e-mail channel with
+/// `owner = true`, whatever its policies.
+fn woke_up_channels(settings: &NotifySettings) -> impl Iterator<Item = &ChannelConfig> {
+    (settings.channels.iter()).filter(|c| c.mails_owners())
+}
+
+/// Whether a woke-up alert can reach anyone in person ([`compose_woke_up`]): only then is its
+/// owner route worth resolving (a read of its project's users); without one it goes to
+/// `owner_fallback`.
+pub fn woke_up_mailed(settings: &NotifySettings) -> bool {
+    woke_up_channels(settings).next().is_some()
 }
 
 /// Notice messages per channel within its `max_messages_per_sweep`, and the notices over it.

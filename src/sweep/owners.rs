@@ -2,14 +2,15 @@
 //! people. Each notice gets its key's usage over `[usage] window`; a service-account key's
 //! notices get their route (its creator while still a user of the project, else the project's
 //! owners, else `owner_fallback`: `notify::route::service_account_route`) when one of their
-//! channels mails owners; a key that woke up gets its owner's route when some e-mail channel has
-//! `owner = true` (else the fallback), so its alert reaches that person at once; a finding closed because
-//! its key was deleted outside keysweep says who deleted it (the actor of the key's
-//! `api_key.deleted`, or "unknown").
+//! channels mails owners; a key that woke up gets its owner's route when some e-mail channel
+//! has `owner = true` (else the fallback), so its alert reaches that person at once; a finding
+//! closed because its key was deleted outside keysweep says who deleted it (the actor of the
+//! key's `api_key.deleted`, or "unknown").
 //!
 //! The only requests it makes are reads of the users of the projects whose service-account
-//! keys (or woken keys) are told about in person in this sweep. It never writes to the API, never
-//! composes a message (notify's) and never decides a finding's step (policy's): it annotates.
+//! keys (or woken keys) are told about in person in this sweep. It never writes to the API,
+//! never composes a message (notify's) and never decides a finding's step (policy's): it
+//! annotates.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use std::sync::Arc;
 use crate::intel::{Intel, UsageSummary};
 use crate::inventory::{OwnerType, ProjectUser};
 use crate::notify::alert::EnforcerAlert;
-use crate::notify::route::{mails_owners, service_account_route, user_route};
+use crate::notify::route::{mails_owners, service_account_route, user_route, woke_up_mailed};
 use crate::policy::finding::{NoticeIntel, NoticeKind, OwnerRoute, Stage, UsageNote};
 use crate::policy::lifecycle::KEY_DELETED;
 use crate::policy::plan::Plan;
@@ -68,16 +69,16 @@ impl Run<'_> {
         let mut projects: BTreeSet<(String, String)> = (routed.iter())
             .map(|(o, p, _)| (o.clone(), p.clone()))
             .collect();
-        // A woke-up alert is mailed in person only through an e-mail channel with
-        // `owner = true` (`notify::route`); without one its owner route is the fallback, and
-        // no project's users are read for it.
-        let woke_mailed = self.woke_up_mailed();
-        for a in alerts.iter().filter(|_| woke_mailed) {
+        // Without a channel that mails a woke-up alert in person, its route is the fallback
+        // and no project's users are read for it.
+        let woke_mailed = woke_up_mailed(&self.sweeper.notify);
+        for a in alerts.iter() {
             if let EnforcerAlert::KeyWokeUp {
                 organization,
                 project_id,
                 ..
             } = a
+                && woke_mailed
             {
                 projects.insert((organization.clone(), project_id.clone()));
             }
@@ -227,12 +228,6 @@ impl Run<'_> {
                 .ok();
             out.insert((org, project), users);
         }
-    }
-
-    /// Whether a woke-up alert can be mailed to anyone in person: some channel is an e-mail
-    /// channel with `owner = true`.
-    fn woke_up_mailed(&self) -> bool {
-        (self.sweeper.notify.channels.iter()).any(crate::config::ChannelConfig::mails_owners)
     }
 
     /// Gives a `KeyWokeUp` alert its owner route: a service-account key's creator (else the
