@@ -15,9 +15,6 @@
 //! (`PASSIVE`), and never turn a failure into anything but a log line.
 
 use std::path::Path;
-use std::time::Duration;
-
-use rusqlite::{Connection, OpenFlags};
 
 /// Starts the checkpoint of the database at `path` on a thread of its own. Returns the thread,
 /// for tests to wait on; a thread that cannot be started leaves the checkpoint to the next
@@ -44,12 +41,9 @@ pub(super) fn start(path: &Path) -> Option<std::thread::JoinHandle<()>> {
 }
 
 fn checkpoint(path: &Path) -> Result<(), rusqlite::Error> {
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = Connection::open_with_flags(path, flags)?;
-    conn.busy_timeout(Duration::from_secs(10))?;
-    // A checkpoint syncs the database file as its own connection's setting says: the store's
-    // (`state::configure`), never a weaker default, before the WAL may be reused.
-    conn.pragma_update(None, "synchronous", "FULL")?;
+    // Set up as the store's own (a checkpoint syncs the database file as its connection's
+    // `synchronous` says: never a weaker default, before the WAL may be reused).
+    let (conn, _) = super::connect(path)?;
     // (busy, WAL frames, frames checkpointed): a passive checkpoint that could not copy every
     // frame (a reader holds an older snapshot) leaves the rest to the next one.
     let _: (i64, i64, i64) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {

@@ -166,11 +166,7 @@ impl Store {
             path: path.to_path_buf(),
             source,
         };
-        // No CREATE flag: `open` created the file with the right mode; `open_existing` must not.
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let mut conn = Connection::open_with_flags(path, flags).map_err(open_err)?;
-        // The first statement that reads the file is where "file is not a database" surfaces.
-        let wal = configure(&conn).map_err(open_err)?;
+        let (mut conn, wal) = connect(path).map_err(open_err)?;
         migrate(&mut conn, path)?;
         warn_if_readable_by_others(path);
         Ok(Store {
@@ -224,7 +220,8 @@ impl Store {
         f: impl FnOnce(&Transaction<'_>) -> Result<T, StateError>,
         checkpoint: impl FnOnce(&Path) -> Option<std::thread::JoinHandle<()>>,
     ) -> Result<(T, Option<std::thread::JoinHandle<()>>), StateError> {
-        let mut held = Paused::new(self.lock(), self.wal && self.path.is_some());
+        // An in-memory store is never in WAL mode.
+        let mut held = Paused::new(self.lock(), self.wal);
         let result = immediate_tx(&mut held.conn, f);
         // The transaction is over either way; failing to release the cache costs only memory,
         // and must not turn a committed sweep into a failed one.
@@ -323,6 +320,17 @@ pub(crate) fn in_tx<T>(
     let value = f(&tx)?;
     tx.commit()?;
     Ok(value)
+}
+
+/// A connection to the existing file at `path`, set up ([`configure`]); and whether it is in
+/// WAL mode. The store's own connection, and the checkpoint's (`checkpoint.rs`).
+fn connect(path: &Path) -> Result<(Connection, bool), rusqlite::Error> {
+    // No CREATE flag: `open` created the file with the right mode; `open_existing` must not.
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)?;
+    // The first statement that reads the file is where "file is not a database" surfaces.
+    let wal = configure(&conn)?;
+    Ok((conn, wal))
 }
 
 /// Sets the connection up; returns whether it is in WAL mode.
@@ -472,6 +480,18 @@ mod tests {
 
     /// On a new database: writes 8 MiB of rows in one bulk transaction that then returns
     /// `fail` or `Ok`, and returns how much the WAL grew before the end and the rows after it.
+    /// 8 × 256 outbox rows of 4,000 bytes: more than the page cache holds.
+    fn write_rows(tx: &Transaction<'_>) -> Result<(), StateError> {
+        for i in 0..8 * 256 {
+            tx.execute(
+                "INSERT INTO outbox (message_id, channel, recipient, kind, payload, \
+                 created_at, next_attempt_at) VALUES (?1, 'c', 'r', 'k', ?2, 0, 0)",
+                rusqlite::params![format!("m{i}"), "x".repeat(4000)],
+            )?;
+        }
+        Ok(())
+    }
+
     fn bulk_write(fail: bool) -> (u64, i64) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("s.db")).unwrap();
@@ -479,13 +499,7 @@ mod tests {
         let size = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
         let before = size();
         let write = |tx: &Transaction<'_>| {
-            for i in 0..8 * 256 {
-                tx.execute(
-                    "INSERT INTO outbox (message_id, channel, recipient, kind, payload, \
-                     created_at, next_attempt_at) VALUES (?1, 'c', 'r', 'k', ?2, 0, 0)",
-                    rusqlite::params![format!("m{i}"), "x".repeat(4000)],
-                )?;
-            }
+            write_rows(tx)?;
             let grown = size() - before;
             if fail {
                 // Any error ends the transaction the same way.
@@ -545,23 +559,11 @@ mod tests {
         let db_size = || std::fs::metadata(&path).unwrap().len();
         let small = db_size();
         let ((), checkpoint) = store
-            .bulk_tx_then(
-                |tx| {
-                    for i in 0..8 * 256 {
-                        tx.execute(
-                            "INSERT INTO outbox (message_id, channel, recipient, kind, payload, \
-                             created_at, next_attempt_at) VALUES (?1, 'c', 'r', 'k', ?2, 0, 0)",
-                            rusqlite::params![format!("m{i}"), "x".repeat(4000)],
-                        )?;
-                    }
-                    Ok(())
-                },
-                |p| {
-                    // Committed, and still all in the WAL: the commit did not checkpoint.
-                    assert_eq!(db_size(), small, "the commit checkpointed by itself");
-                    checkpoint::start(p)
-                },
-            )
+            .bulk_tx_then(write_rows, |p| {
+                // Committed, and still all in the WAL: the commit did not checkpoint.
+                assert_eq!(db_size(), small, "the commit checkpointed by itself");
+                checkpoint::start(p)
+            })
             .unwrap();
         let checkpoint = checkpoint.expect("a checkpoint thread");
         checkpoint.join().unwrap();
