@@ -131,22 +131,23 @@ pub fn fmt_time(ts: i64) -> String {
 mod tests {
     use proptest::prelude::*;
 
+    /// What `fmt_time` wrote before: chrono's format string.
+    fn through_the_format_string(ts: i64) -> String {
+        chrono::DateTime::from_timestamp(ts, 0)
+            .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+            .unwrap_or_else(|| ts.to_string())
+    }
+
     proptest! {
         /// The written-out form is chrono's `%Y-%m-%d %H:%M UTC`, at every time chrono knows.
         #[test]
         fn fmt_time_is_the_format_string(ts in proptest::num::i64::ANY) {
-            let expected = chrono::DateTime::from_timestamp(ts, 0)
-                .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
-                .unwrap_or_else(|| ts.to_string());
-            prop_assert_eq!(super::fmt_time(ts), expected);
+            prop_assert_eq!(super::fmt_time(ts), through_the_format_string(ts));
         }
 
         #[test]
         fn fmt_time_is_the_format_string_in_this_era(ts in -100_000_000_000_i64..300_000_000_000) {
-            let expected = chrono::DateTime::from_timestamp(ts, 0)
-                .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
-                .unwrap_or_else(|| ts.to_string());
-            prop_assert_eq!(super::fmt_time(ts), expected);
+            prop_assert_eq!(super::fmt_time(ts), through_the_format_string(ts));
         }
     }
 }

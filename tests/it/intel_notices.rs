@@ -579,6 +579,20 @@ async fn every_notice_shows_what_a_revocation_would_stop_in_mail_slack_and_webho
     assert_eq!(usage("key_sa_carol")["requests"], 0);
 }
 
+/// Keys of [`org`] the woke-up tests wake: (project, key).
+const WOKEN: [(&str, &str); 3] = [
+    ("proj_alpha", "key_sa_alice"),
+    ("proj_alpha", "key_alice_laptop"),
+    ("proj_beta", "key_sa_beta"),
+];
+
+/// Uses each of [`WOKEN`] an hour after `NOW`: each wakes up at the next sweep.
+fn wake(w: &World) {
+    for (p, k) in WOKEN {
+        w.sim.set_last_used(p, k, Some(NOW + HOUR)).unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_key_that_woke_up_is_told_to_its_owner_at_once_in_a_message_of_its_own() {
     let (o, history) = org(Some(NOW - 60 * DAY));
@@ -591,13 +605,7 @@ async fn a_key_that_woke_up_is_told_to_its_owner_at_once_in_a_message_of_its_own
     w.sweep(NOW).await;
     assert!(w.mails().is_empty(), "nothing to tell yet");
 
-    for (p, k) in [
-        ("proj_alpha", "key_sa_alice"),
-        ("proj_alpha", "key_alice_laptop"),
-        ("proj_beta", "key_sa_beta"),
-    ] {
-        w.sim.set_last_used(p, k, Some(NOW + HOUR)).unwrap();
-    }
+    wake(&w);
     w.sweep(NOW + 2 * HOUR).await;
 
     // Alice created the service-account key and owns the user key: one message per key.
@@ -655,14 +663,8 @@ async fn without_owner_mail_a_woke_up_key_goes_to_the_fallback_and_no_users_are_
     )
     .await;
     w.sweep(NOW).await;
-    let woke = ["key_sa_alice", "key_alice_laptop", "key_sa_beta"];
-    for (p, k) in [
-        ("proj_alpha", woke[0]),
-        ("proj_alpha", woke[1]),
-        ("proj_beta", woke[2]),
-    ] {
-        w.sim.set_last_used(p, k, Some(NOW + HOUR)).unwrap();
-    }
+    let woke = WOKEN.map(|(_, k)| k);
+    wake(&w);
     w.sim.reset_stats();
     w.sweep(NOW + 2 * HOUR).await;
 

@@ -1037,12 +1037,17 @@ async fn random_failures_are_seeded_and_only_on_gets() {
     assert!(a.contains(&500) && a.contains(&200), "{a:?}");
 }
 
+/// `org` served with `latency` on every request.
+async fn start_with_latency(org: &SimOrg, latency: Duration) -> SimServer {
+    let mut opts = SimOptions::new(ADMIN);
+    opts.latency = latency;
+    start_sim_with(org.clone(), opts).await
+}
+
 #[tokio::test]
 async fn latency_does_not_serialise_requests() {
     let org = SimOrg::generate(2, 3, 4, NOW);
-    let mut opts = SimOptions::new(ADMIN);
-    opts.latency = Duration::from_millis(50);
-    let sim = start_sim_with(org.clone(), opts).await;
+    let sim = start_with_latency(&org, Duration::from_millis(50)).await;
     let projects = active_projects(&org);
     // The first request is held by a long delay; the second must still be answered meanwhile.
     sim.faults()
@@ -1067,9 +1072,7 @@ async fn latency_does_not_serialise_requests() {
 #[tokio::test]
 async fn a_write_is_made_when_its_request_arrives_and_answered_after_the_latency() {
     let org = SimOrg::generate(1, 3, 4, NOW);
-    let mut opts = SimOptions::new(ADMIN);
-    opts.latency = Duration::from_secs(2);
-    let sim = start_sim_with(org.clone(), opts).await;
+    let sim = start_with_latency(&org, Duration::from_secs(2)).await;
     let project = active_projects(&org)[0].to_string();
     let key = sim.keys(&project)[0].id.clone();
     let url = format!(
