@@ -8,9 +8,9 @@
 //! 429s included, and the latency applies to every answer: it is the least time from a request
 //! to its answer. Everything inside it acts when the request arrives (the rate limit, auth, a
 //! state change, a `ConnectionReset` fault) and the answer waits for the rest of the latency; a
-//! `Delay` fault's sleep counts within it (the answer comes after the longer of the two). Latency and `Delay` faults are plain tokio
-//! sleeps taken while holding no lock, so concurrent requests overlap exactly as they would on a
-//! real server.
+//! `Delay` fault's sleep counts within it (the answer comes after the longer of the two).
+//! Latency and `Delay` faults are plain tokio sleeps taken while holding no lock, so concurrent
+//! requests overlap exactly as they would on a real server.
 //!
 //! Invariants: the admin key is never echoed (not in errors, not in logs, not in `Debug`); no
 //! lock is held across an `.await`.
