@@ -43,7 +43,7 @@ pub(super) fn start(path: &Path) -> Option<std::thread::JoinHandle<()>> {
 fn checkpoint(path: &Path) -> Result<(), rusqlite::Error> {
     // Set up as the store's own (a checkpoint syncs the database file as its connection's
     // `synchronous` says: never a weaker default, before the WAL may be reused).
-    let (conn, _) = super::connect(path)?;
+    let (conn, _) = super::conn::connect(path)?;
     // (busy, WAL frames, frames checkpointed): a passive checkpoint that could not copy every
     // frame (a reader holds an older snapshot) leaves the rest to the next one.
     let _: (i64, i64, i64) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {

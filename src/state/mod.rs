@@ -22,6 +22,7 @@ pub mod audit;
 mod batch;
 mod checkpoint;
 pub mod cli;
+mod conn;
 pub mod findings;
 pub mod intel;
 pub mod observations;
@@ -33,13 +34,8 @@ pub mod sweeps;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
-
-/// How long a writer waits for another process (the CLI next to the daemon) to release the
-/// database before giving up with "database is locked".
-const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+use rusqlite::{Connection, Transaction, TransactionBehavior};
 
 /// Errors of the state database. Messages name the file or the row; they never contain a secret
 /// because nothing stored here is one. A message never repeats its source: print the chain
@@ -152,7 +148,7 @@ impl Store {
     pub fn open_in_memory() -> Result<Store, StateError> {
         let mut conn = Connection::open_in_memory()?;
         // "memory": no WAL, and no second connection could see this database anyway.
-        let wal = configure(&conn).map_err(StateError::Sqlite)?;
+        let wal = conn::configure(&conn).map_err(StateError::Sqlite)?;
         migrate(&mut conn, Path::new(":memory:"))?;
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
@@ -166,7 +162,7 @@ impl Store {
             path: path.to_path_buf(),
             source,
         };
-        let (mut conn, wal) = connect(path).map_err(open_err)?;
+        let (mut conn, wal) = conn::connect(path).map_err(open_err)?;
         migrate(&mut conn, path)?;
         warn_if_readable_by_others(path);
         Ok(Store {
@@ -320,27 +316,6 @@ pub(crate) fn in_tx<T>(
     let value = f(&tx)?;
     tx.commit()?;
     Ok(value)
-}
-
-/// A connection to the existing file at `path`, set up ([`configure`]); and whether it is in
-/// WAL mode. The store's own connection, and the checkpoint's (`checkpoint.rs`).
-fn connect(path: &Path) -> Result<(Connection, bool), rusqlite::Error> {
-    // No CREATE flag: `open` created the file with the right mode; `open_existing` must not.
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = Connection::open_with_flags(path, flags)?;
-    // The first statement that reads the file is where "file is not a database" surfaces.
-    let wal = configure(&conn)?;
-    Ok((conn, wal))
-}
-
-/// Sets the connection up; returns whether it is in WAL mode.
-fn configure(conn: &Connection) -> Result<bool, rusqlite::Error> {
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    // `journal_mode` answers with the mode in effect ("memory" for an in-memory database).
-    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.pragma_update(None, "foreign_keys", "ON")?;
-    Ok(mode.eq_ignore_ascii_case("wal"))
 }
 
 /// Applies the missing steps of [`schema::MIGRATIONS`] in one transaction. The version is read
