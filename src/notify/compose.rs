@@ -8,31 +8,35 @@
 //! (delivery is `deliver.rs`'s) nor decide what is due (that is `policy`'s).
 
 use crate::notify::alert::EnforcerAlert;
+use crate::notify::outbox::{self, PackedMessage};
 use crate::notify::settings::NotifySettings;
-use crate::notify::{OutboxMessage, outbox};
 use crate::policy::finding::{Finding, Notice};
 use crate::policy::lifecycle;
 use crate::state::StateError;
 
-/// The messages composed for one commit, not yet queued.
+/// The messages composed for one commit, not yet queued, their payloads already in the form
+/// they are stored in (`outbox::pack`).
 #[derive(Debug)]
 pub struct Composed {
-    messages: Vec<OutboxMessage>,
+    messages: Vec<PackedMessage>,
 }
 
 impl Composed {
-    /// Composes `notices` and `alerts`. Done before the transaction opens, so composing a large
-    /// digest never holds the state database's lock.
+    /// Composes `notices` and `alerts` and packs their payloads. Done before the transaction
+    /// opens (or on a thread of its own while it runs), so composing a large digest never holds
+    /// the state database's lock.
     pub fn new(
         notices: &[Notice],
         alerts: &[EnforcerAlert],
         settings: &NotifySettings,
         run_id: &str,
         now: i64,
-    ) -> Composed {
-        Composed {
-            messages: super::route::compose(notices, alerts, settings, run_id, now),
-        }
+    ) -> Result<Composed, StateError> {
+        let messages = super::route::compose(notices, alerts, settings, run_id, now)
+            .into_iter()
+            .map(outbox::pack)
+            .collect::<Result<_, _>>()?;
+        Ok(Composed { messages })
     }
 
     /// How many messages were composed (some may already be in the outbox: a re-run of the
@@ -47,7 +51,7 @@ impl Composed {
 
     /// Writes the messages to the outbox inside the caller's transaction.
     pub fn queue(&self, tx: &rusqlite::Transaction<'_>, now: i64) -> Result<usize, StateError> {
-        outbox::enqueue(tx, &self.messages, now)
+        outbox::enqueue_packed(tx, &self.messages, now)
     }
 }
 

@@ -13,7 +13,7 @@ use rusqlite::Connection;
 
 use crate::notify::{MessageKind, OutboxMessage, scrub};
 use crate::state::StateError;
-use crate::state::outbox::{self as rows, MadeOutboxRow, OutboxRow};
+use crate::state::outbox::{self as rows, MadeOutboxRow, NewOutboxRow, OutboxRow, Payload};
 
 pub use crate::state::outbox::{OutboxDb, OutboxDepth};
 
@@ -50,21 +50,63 @@ pub fn enqueue(
     messages: &[OutboxMessage],
     now: i64,
 ) -> Result<usize, StateError> {
-    // Each payload is serialised on its way in, not all of them first (see `insert_made`).
+    // Each payload is made on its way in, not all of them first (see `insert_made`).
     let rows = messages.iter().map(|m| {
-        let payload = serde_json::to_string(&m.payload).map_err(|source| StateError::Encode {
-            what: "outbox payload",
-            source,
-        })?;
         Ok(MadeOutboxRow {
             message_id: &m.message_id,
             channel: &m.channel,
             recipient: &m.recipient,
             kind: m.kind.as_str(),
-            payload,
+            payload: payload(&m.payload)?,
         })
     });
     rows::insert_made(conn, rows, now)
+}
+
+/// A message whose payload is in its stored form already ([`pack`]): made by the thread that
+/// composed it, so the transaction that queues it only writes it.
+#[derive(Debug)]
+pub struct PackedMessage {
+    message_id: String,
+    channel: String,
+    recipient: String,
+    kind: MessageKind,
+    payload: Payload,
+}
+
+/// Serialises (and, if large, packs) `m`'s payload: see `state::outbox::Payload`.
+pub fn pack(m: OutboxMessage) -> Result<PackedMessage, StateError> {
+    Ok(PackedMessage {
+        payload: payload(&m.payload)?,
+        message_id: m.message_id,
+        channel: m.channel,
+        recipient: m.recipient,
+        kind: m.kind,
+    })
+}
+
+/// [`enqueue`] for packed messages.
+pub fn enqueue_packed(
+    conn: &Connection,
+    messages: &[PackedMessage],
+    now: i64,
+) -> Result<usize, StateError> {
+    let rows = messages.iter().map(|m| NewOutboxRow {
+        message_id: &m.message_id,
+        channel: &m.channel,
+        recipient: &m.recipient,
+        kind: m.kind.as_str(),
+        payload: &m.payload,
+    });
+    rows::insert_all(conn, rows, now)
+}
+
+fn payload(value: &serde_json::Value) -> Result<Payload, StateError> {
+    let json = serde_json::to_string(value).map_err(|source| StateError::Encode {
+        what: "outbox payload",
+        source,
+    })?;
+    Ok(Payload::new(json))
 }
 
 /// Pending messages whose next attempt is due, oldest first.

@@ -1,14 +1,21 @@
 //! The outbox table: every message is written here before it is sent, with its delivery state
 //! (attempts, next attempt, last error, sent/dead), so retries and backoff survive restarts.
 //!
-//! This file holds the outbox's SQL and nothing else: rows go in and out as plain strings and
-//! numbers. What a message is (its kind, its JSON payload), when to retry and how to scrub an
-//! error belong to `notify`, which converts to and from these rows; this module must never name
-//! a `notify` type. Nothing stored here may contain a secret: the caller hands in payloads
-//! rendered without secrets and error texts already scrubbed.
+//! This file holds the outbox's SQL and how a payload is stored, and nothing else: rows go in
+//! and out as plain strings and numbers. What a message is (its kind, its JSON payload), when to
+//! retry and how to scrub an error belong to `notify`, which converts to and from these rows;
+//! this module must never name a `notify` type. Nothing stored here may contain a secret: the
+//! caller hands in payloads rendered without secrets and error texts already scrubbed.
+//!
+//! A large payload (a first sweep's digest part: ~450 KB of text and HTML for 500 keys) is
+//! stored lz4-compressed, as a BLOB in the same column ([`Payload`]): a first sweep's commit
+//! then writes ~1 MB of messages instead of ~9 MB at 100k keys (issue 15). Reading gives the
+//! JSON text back either way; a packed value that does not unpack is an error, never a
+//! truncated message.
 
 use std::sync::Mutex;
 
+use rusqlite::types::{FromSqlError, ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::state::batch::{self, MultiInsert};
@@ -40,14 +47,103 @@ impl OutboxDb for Store {
     }
 }
 
-/// A message to insert. `payload` is its JSON text.
+/// Payloads of this many bytes of JSON or more are stored packed. Alerts and a steady sweep's
+/// notices stay below it, and stay readable with `sqlite3`.
+const PACK_FROM: usize = 16 * 1024;
+/// What a packed payload starts with, before the JSON's length (u32, little-endian) and the lz4
+/// block. A BLOB without it is not ours.
+const PACKED_MAGIC: &[u8; 4] = b"ksz\x01";
+/// The largest JSON a packed payload may claim to hold. A digest part is under 1 MB; a
+/// corrupted length must not make the delivery loop allocate gigabytes.
+const MAX_UNPACKED: usize = 64 << 20;
+
+/// A message's JSON payload, in the form it is stored in (see the module docs). Packing is
+/// done by whoever makes the payload (a sweep's compose thread), so a transaction only
+/// writes it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Payload(Stored);
+
+#[derive(Clone, PartialEq, Eq)]
+enum Stored {
+    Text(String),
+    Packed(Vec<u8>),
+}
+
+impl Payload {
+    /// Stores `json` as it is, or packed from [`PACK_FROM`] bytes on.
+    pub fn new(json: String) -> Payload {
+        if json.len() < PACK_FROM || json.len() > MAX_UNPACKED {
+            return Payload(Stored::Text(json));
+        }
+        let len = u32::try_from(json.len()).unwrap_or(u32::MAX);
+        let block = lz4_flex::block::compress(json.as_bytes());
+        let mut packed = Vec::with_capacity(PACKED_MAGIC.len() + 4 + block.len());
+        packed.extend_from_slice(PACKED_MAGIC);
+        packed.extend_from_slice(&len.to_le_bytes());
+        packed.extend_from_slice(&block);
+        Payload(Stored::Packed(packed))
+    }
+
+    /// Bytes written to the database.
+    pub fn stored_len(&self) -> usize {
+        match &self.0 {
+            Stored::Text(t) => t.len(),
+            Stored::Packed(p) => p.len(),
+        }
+    }
+
+    fn value(&self) -> ToSqlOutput<'_> {
+        match &self.0 {
+            Stored::Text(t) => ToSqlOutput::Borrowed(ValueRef::Text(t.as_bytes())),
+            Stored::Packed(p) => ToSqlOutput::Borrowed(ValueRef::Blob(p)),
+        }
+    }
+}
+
+/// Only the size: a payload is a message for someone, and `Debug` ends up in logs.
+impl std::fmt::Debug for Payload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Stored::Text(t) => write!(f, "Payload({} bytes of JSON)", t.len()),
+            Stored::Packed(p) => write!(f, "Payload({} bytes packed)", p.len()),
+        }
+    }
+}
+
+/// The JSON text of a stored payload: a TEXT value as it is, a BLOB unpacked.
+fn unpack(value: ValueRef<'_>) -> Result<String, FromSqlError> {
+    let bad = |why: &str| FromSqlError::Other(format!("outbox payload: {why}").into());
+    let bytes = match value {
+        ValueRef::Text(t) => return String::from_utf8(t.to_vec()).map_err(|_| bad("not UTF-8")),
+        ValueRef::Blob(b) => b,
+        _ => return Err(FromSqlError::InvalidType),
+    };
+    let rest = bytes
+        .strip_prefix(PACKED_MAGIC.as_slice())
+        .ok_or_else(|| bad("a BLOB that keysweep did not pack"))?;
+    let (len, block) = rest
+        .split_first_chunk::<4>()
+        .ok_or_else(|| bad("packed payload cut short"))?;
+    let len = usize::try_from(u32::from_le_bytes(*len)).unwrap_or(usize::MAX);
+    if len > MAX_UNPACKED {
+        return Err(bad("packed payload claims more than 64 MiB"));
+    }
+    let mut json = vec![0; len];
+    match lz4_flex::block::decompress_into(block, &mut json) {
+        Ok(n) if n == len => {}
+        _ => return Err(bad("packed payload does not unpack to its length")),
+    }
+    String::from_utf8(json).map_err(|_| bad("unpacked payload is not UTF-8"))
+}
+
+/// A message to insert.
 #[derive(Debug, Clone, Copy)]
 pub struct NewOutboxRow<'a> {
     pub message_id: &'a str,
     pub channel: &'a str,
     pub recipient: &'a str,
     pub kind: &'a str,
-    pub payload: &'a str,
+    pub payload: &'a Payload,
 }
 
 /// One row of the outbox, as stored.
@@ -58,7 +154,7 @@ pub struct OutboxRow {
     pub channel: String,
     pub recipient: String,
     pub kind: String,
-    /// JSON text.
+    /// JSON text (unpacked).
     pub payload: String,
     pub created_at: i64,
     /// Failed attempts so far.
@@ -94,7 +190,7 @@ pub fn insert(conn: &Connection, row: &NewOutboxRow<'_>, now: i64) -> Result<usi
         row.channel,
         row.recipient,
         row.kind,
-        row.payload,
+        row.payload.value(),
         now
     ])?)
 }
@@ -115,14 +211,14 @@ pub fn insert_all<'a>(
             9,
             "",
         );
-        // The strings are bound by reference: a digest's payload is not copied to be written.
+        // The values are bound by reference: a digest's payload is not copied to be written.
         for row in rows {
             insert.push([
                 batch::text_ref(row.message_id),
                 batch::text_ref(row.channel),
                 batch::text_ref(row.recipient),
                 batch::text_ref(row.kind),
-                batch::text_ref(row.payload),
+                row.payload.value(),
                 batch::int(now),
                 batch::int(0),
                 batch::int(now),
@@ -136,13 +232,13 @@ pub fn insert_all<'a>(
 /// Payload bytes [`insert_made`] holds before it writes them.
 const MADE_CHUNK_BYTES: usize = 1 << 20;
 
-/// A row whose payload was made (serialised) for it: see [`insert_made`].
+/// A row whose payload was made (serialised, and packed if large) for it: see [`insert_made`].
 pub struct MadeOutboxRow<'a> {
     pub message_id: &'a str,
     pub channel: &'a str,
     pub recipient: &'a str,
     pub kind: &'a str,
-    pub payload: String,
+    pub payload: Payload,
 }
 
 impl MadeOutboxRow<'_> {
@@ -173,7 +269,7 @@ pub fn insert_made<'a>(
         let mut bytes = 0;
         for row in rows {
             let row = row?;
-            bytes += row.payload.len();
+            bytes += row.payload.stored_len();
             chunk.push(row);
             if bytes >= MADE_CHUNK_BYTES {
                 inserted += insert_all(conn, chunk.iter().map(MadeOutboxRow::as_new), now)?;
@@ -282,7 +378,12 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxRow> {
         channel: r.get(2)?,
         recipient: r.get(3)?,
         kind: r.get(4)?,
-        payload: r.get(5)?,
+        payload: {
+            let stored = r.get_ref(5)?;
+            let kind = stored.data_type();
+            unpack(stored)
+                .map_err(|e| rusqlite::Error::FromSqlConversionFailure(5, kind, Box::new(e)))?
+        },
         created_at: r.get(6)?,
         attempts: u32::try_from(attempts).unwrap_or(0),
         next_attempt_at: r.get(8)?,
@@ -296,13 +397,110 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxRow> {
 mod tests {
     use super::*;
 
-    fn new_row(id: &str) -> NewOutboxRow<'_> {
+    fn new_row<'a>(id: &'a str, payload: &'a Payload) -> NewOutboxRow<'a> {
         NewOutboxRow {
             message_id: id,
             channel: "ops",
             recipient: "channel",
             kind: "warning",
-            payload: "{}",
+            payload,
+        }
+    }
+
+    fn empty() -> Payload {
+        Payload::new("{}".to_string())
+    }
+
+    /// A digest-like JSON payload of about `bytes` bytes: many similar table rows.
+    fn digest_json(bytes: usize) -> String {
+        let mut html = String::new();
+        let mut i = 0;
+        while html.len() < bytes {
+            html.push_str(&format!(
+                "<tr><td>key-{i}</td><td>sk-proj-****{:04}</td><td>older than 700d</td></tr>\n",
+                i * 7919 % 10_000
+            ));
+            i += 1;
+        }
+        serde_json::json!({ "subject": "digest", "html": html }).to_string()
+    }
+
+    fn stored(c: &Connection, id: &str) -> (String, i64) {
+        c.query_row(
+            "SELECT typeof(payload), length(CAST(payload AS BLOB)) FROM outbox WHERE message_id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap()
+    }
+
+    /// A large payload is stored packed (a BLOB several times smaller) and read back as the
+    /// same JSON text; a small one is stored as its text.
+    #[test]
+    fn large_payloads_are_packed_and_read_back_whole() {
+        let store = Store::open_in_memory().unwrap();
+        let big = digest_json(200_000);
+        let small = digest_json(1_000);
+        let (p_big, p_small) = (Payload::new(big.clone()), Payload::new(small.clone()));
+        store.with(|c| {
+            insert_all(c, [new_row("big", &p_big), new_row("small", &p_small)], 5).unwrap();
+            let (kind, len) = stored(c, "big");
+            assert_eq!(kind, "blob");
+            assert!(
+                len * 4 < big.len() as i64,
+                "{len} bytes stored for {}",
+                big.len()
+            );
+            assert_eq!(stored(c, "small"), ("text".to_string(), small.len() as i64));
+            assert_eq!(get(c, "big").unwrap().unwrap().payload, big);
+            assert_eq!(get(c, "small").unwrap().unwrap().payload, small);
+            assert_eq!(due(c, 5, 10).unwrap()[0].payload, big);
+        });
+    }
+
+    /// A stored BLOB that does not unpack to exactly what it claims is an error when read,
+    /// never a shortened or empty message, and a huge claimed length is refused before any
+    /// allocation.
+    #[test]
+    fn a_damaged_packed_payload_is_an_error() {
+        let big = digest_json(50_000);
+        let Payload(Stored::Packed(good)) = Payload::new(big) else {
+            panic!("not packed");
+        };
+        let mut cut = good.clone();
+        cut.truncate(good.len() / 2);
+        let mut huge = good.clone();
+        huge[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+        let mut longer = good.clone();
+        let claimed = u32::from_le_bytes([good[4], good[5], good[6], good[7]]) + 1;
+        longer[4..8].copy_from_slice(&claimed.to_le_bytes());
+        let mut foreign = good.clone();
+        foreign[0] = b'X';
+        for (name, blob) in [
+            ("cut", cut),
+            ("huge", huge),
+            ("longer", longer),
+            ("foreign", foreign),
+            ("short", PACKED_MAGIC.to_vec()),
+        ] {
+            let store = Store::open_in_memory().unwrap();
+            store.with(|c| {
+                c.execute(
+                    "INSERT INTO outbox (message_id, channel, recipient, kind, payload, \
+                     created_at, next_attempt_at) VALUES ('m', 'ops', 'channel', 'warning', ?1, 1, 1)",
+                    [&blob],
+                )
+                .unwrap();
+                let err = get(c, "m").unwrap_err();
+                let mut chain = err.to_string();
+                let mut source = std::error::Error::source(&err);
+                while let Some(e) = source {
+                    chain = format!("{chain}: {e}");
+                    source = e.source();
+                }
+                assert!(chain.contains("outbox payload: "), "{name}: {chain}");
+                assert!(due(c, 1, 10).is_err(), "{name}");
+            });
         }
     }
 
@@ -315,12 +513,13 @@ mod tests {
             Store::open_in_memory().unwrap(),
             Store::open_in_memory().unwrap(),
         );
+        let p = empty();
         let single: usize = ids
             .iter()
-            .map(|id| one.with(|c| insert(c, &new_row(id), 7)).unwrap())
+            .map(|id| one.with(|c| insert(c, &new_row(id, &p), 7)).unwrap())
             .sum();
         let batched = many
-            .with(|c| insert_all(c, ids.iter().map(|id| new_row(id)), 7))
+            .with(|c| insert_all(c, ids.iter().map(|id| new_row(id, &p)), 7))
             .unwrap();
         assert_eq!((single, batched), (200, 200));
         assert_eq!(one.with(all).unwrap(), many.with(all).unwrap());
@@ -329,10 +528,11 @@ mod tests {
     #[test]
     fn rows_go_in_once_and_come_out_due_in_order() {
         let store = Store::open_in_memory().unwrap();
+        let p = empty();
         store.with(|c| {
-            assert_eq!(insert(c, &new_row("a"), 100).unwrap(), 1);
-            assert_eq!(insert(c, &new_row("b"), 100).unwrap(), 1);
-            assert_eq!(insert(c, &new_row("a"), 200).unwrap(), 0);
+            assert_eq!(insert(c, &new_row("a", &p), 100).unwrap(), 1);
+            assert_eq!(insert(c, &new_row("b", &p), 100).unwrap(), 1);
+            assert_eq!(insert(c, &new_row("a", &p), 200).unwrap(), 0);
             let due_now = due(c, 100, 10).unwrap();
             assert_eq!(due_now.len(), 2);
             assert_eq!(due_now[0].message_id, "a");

@@ -173,4 +173,12 @@ CREATE TABLE audit_events_seen (
     PRIMARY KEY (organization, event_id)
 );
 "#,
+    // Issue 15: a large `outbox.payload` is stored lz4-packed, as a BLOB in its TEXT column
+    // (`state::outbox::Payload`; SQLite keeps a BLOB as it is whatever the column's affinity).
+    // Nothing changes in the tables: this step only raises the version, so an older keysweep,
+    // which would fail on every packed row it tried to deliver, refuses the file at start
+    // instead ("written by a newer keysweep").
+    r#"
+-- outbox.payload: JSON text, or a packed BLOB (state::outbox).
+"#,
 ];

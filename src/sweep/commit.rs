@@ -158,7 +158,7 @@ impl Run<'_> {
                     // have been without the thread.
                     Some(h) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
                     None => compose(),
-                };
+                }?;
                 composed.queue(tx, now)?;
                 Ok(composed.len())
             })

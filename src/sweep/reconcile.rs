@@ -97,7 +97,7 @@ fn close_as_revoked(
         settings,
         &run_id,
         now,
-    )
+    )?
     .queue(tx, now)?;
     Ok(())
 }

@@ -280,27 +280,6 @@ fn slack_split_keeps_every_key_and_stays_within_limits() {
 }
 
 /// `n` warnings of revoking findings, spread over three projects, with key ids `kid00000z`….
-fn many_warnings(n: usize) -> Vec<Notice> {
-    (0..n)
-        .map(|i| {
-            let p = i % 3;
-            let f = finding(
-                (&format!("proj_{p}"), &format!("project-{p}")),
-                (
-                    &format!("kid{i:05}z"),
-                    &format!("name-{i}"),
-                    &format!("sk-proj-***{i:05}"),
-                ),
-                (OwnerType::User, "dev@example.com", Some("dev@example.com")),
-                "max-age",
-                Action::Revoke,
-                Stage::Warned,
-            );
-            notice(NoticeKind::Warning, f)
-        })
-        .collect()
-}
-
 /// Across the parts of one digest, every one of the `n` keys is named exactly once, and no part
 /// names more than [`MAX_NOTICES_PER_DIGEST`].
 fn assert_each_key_once(channel: &str, recipient: &str, parts: &[&OutboxMessage], n: usize) {

@@ -73,6 +73,80 @@ async fn email_over_starttls_with_auth_lists_every_key_and_no_secret() {
     assert_eq!(depth.pending, 0);
 }
 
+/// A first sweep's digest is large: it is stored packed, as a BLOB a fraction of its JSON's
+/// size, and the e-mail delivered from it over a real SMTP server still names every key once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_digest_is_stored_packed_and_delivered_whole() {
+    const N: usize = 300;
+    let pki = TestPki::new();
+    let smtp = smtp_server::start(&pki, 0, SMTP_USER, SMTP_PASSWORD);
+    let rx = Receiver::start().await;
+    let cfg = NotifySettings::from(&config(&Endpoints {
+        smtp_port: smtp.port,
+        ca_file: Some(pki.ca_pem.clone()),
+        http: rx.url(""),
+    }));
+    let (_dir, db) = open_db();
+    let msgs = compose(&many_warnings(N), &[], &cfg, RUN, NOW);
+    with_db(&db, |c| outbox::enqueue(c, &msgs, NOW)).unwrap();
+    let team: Vec<OutboxMessage> = by(&msgs, "sec-email")
+        .into_iter()
+        .filter(|m| m.recipient == "security@example.com")
+        .collect();
+    assert!(!team.is_empty());
+    for m in &team {
+        let (kind, stored): (String, i64) = with_db(&db, |c| {
+            c.query_row(
+                "SELECT typeof(payload), length(CAST(payload AS BLOB)) FROM outbox \
+                 WHERE message_id = ?1",
+                [&m.message_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+        })
+        .unwrap();
+        let json = m.payload.to_string().len() as i64;
+        assert_eq!(kind, "blob", "{}", m.message_id);
+        assert!(
+            stored * 4 < json,
+            "{stored} bytes stored for {json} of JSON"
+        );
+    }
+    // What comes out of the outbox is what went in.
+    let stored = with_db(&db, outbox::all).unwrap();
+    for m in &msgs {
+        let back = stored
+            .iter()
+            .find(|s| s.message_id == m.message_id)
+            .unwrap();
+        assert_eq!(back.payload, m.payload, "{}", m.message_id);
+    }
+
+    let report = Notifier::new()
+        .unwrap()
+        .deliver_due(&db, &cfg, NOW)
+        .await
+        .unwrap();
+    assert_eq!((report.failed, report.dead), (0, 0), "{report:?}");
+    assert_eq!(report.sent as usize, msgs.len());
+    let mut seen = vec![0usize; N];
+    for r in smtp.messages() {
+        if r.to != vec!["security@example.com".to_string()] {
+            continue;
+        }
+        let parsed = mail_parser::MessageParser::default()
+            .parse(&r.data[..])
+            .unwrap();
+        let text = parsed.body_text(0).unwrap().to_string();
+        for (i, count) in seen.iter_mut().enumerate() {
+            *count += text.matches(&format!("kid{i:05}z")).count();
+        }
+    }
+    assert!(
+        seen.iter().all(|&c| c == 1),
+        "a key is missing from or repeated in the team's mail"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smtp_down_then_back_delivers_once_with_the_same_message_id() {
     let pki = TestPki::new();

@@ -438,6 +438,28 @@ fn offline_endpoints() -> Endpoints {
     }
 }
 
+/// `n` warnings about max-age keys `kid00000z`, `kid00001z`, … in three projects.
+fn many_warnings(n: usize) -> Vec<Notice> {
+    (0..n)
+        .map(|i| {
+            let p = i % 3;
+            let f = finding(
+                (&format!("proj_{p}"), &format!("project-{p}")),
+                (
+                    &format!("kid{i:05}z"),
+                    &format!("name-{i}"),
+                    &format!("sk-proj-***{i:05}"),
+                ),
+                (OwnerType::User, "dev@example.com", Some("dev@example.com")),
+                "max-age",
+                Action::Revoke,
+                Stage::Warned,
+            );
+            notice(NoticeKind::Warning, f)
+        })
+        .collect()
+}
+
 /// A fresh state database file with the real schema.
 fn open_db() -> (tempfile::TempDir, Mutex<Connection>) {
     let dir = tempfile::tempdir().unwrap();
