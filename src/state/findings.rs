@@ -185,12 +185,13 @@ pub fn findings_by_stage(conn: &Connection) -> Result<Vec<(Stage, u64)>, StateEr
     Ok(out)
 }
 
+/// Read from the index `findings_open` alone (schema step 6).
+const FINDING_COUNTS: &str = "SELECT organization, policy, stage, count(*) FROM findings
+     GROUP BY organization, policy, stage ORDER BY organization, policy, stage";
+
 /// Number of findings per (organisation, policy, stage), for the metrics and dashboards.
 pub fn finding_counts(conn: &Connection) -> Result<Vec<FindingCount>, StateError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT organization, policy, stage, count(*) FROM findings
-         GROUP BY organization, policy, stage ORDER BY organization, policy, stage",
-    )?;
+    let mut stmt = conn.prepare_cached(FINDING_COUNTS)?;
     let mut rows = stmt.query([])?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
@@ -253,6 +254,25 @@ mod tests {
     use crate::config::Action;
     use crate::inventory::{Expiry, OwnerType};
     use crate::state::Store;
+
+    /// The findings' gauges are counted from the index alone (schema step 6), not by looking
+    /// up every finding's row and JSON after each sweep.
+    #[test]
+    fn finding_counts_read_the_index_alone() {
+        let store = Store::open_in_memory().unwrap();
+        let plan: Vec<String> = store
+            .with_conn(|c| {
+                let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {FINDING_COUNTS}"))?;
+                let rows = st.query_map([], |r| r.get::<_, String>(3))?;
+                Ok(rows.collect::<Result<_, _>>()?)
+            })
+            .unwrap();
+        assert!(
+            plan.iter()
+                .any(|p| p.contains("COVERING INDEX findings_open")),
+            "{plan:?}"
+        );
+    }
 
     fn finding(i: usize) -> Finding {
         Finding {

@@ -181,4 +181,12 @@ CREATE TABLE audit_events_seen (
     r#"
 -- outbox.payload: JSON text, or a packed BLOB (state::outbox).
 "#,
+    // Issue 15: the findings' gauges (`findings::finding_counts`, after every sweep) count the
+    // findings by organisation, policy and stage. With `policy` in the index the count reads
+    // the index alone; before, it looked up every row it counted, with its JSON (35 ms at 20k
+    // findings). The look-ups by (organization, stage) use it as before.
+    r#"
+DROP INDEX findings_open;
+CREATE INDEX findings_open ON findings (organization, stage, policy);
+"#,
 ];

@@ -555,7 +555,7 @@ async fn a_version_3_state_database_is_upgraded_and_then_keeps_the_audit_logs_hi
     let conn = rusqlite::Connection::open(&db).unwrap();
     let one = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
     assert_eq!(one("PRAGMA user_version"), MIGRATIONS.len() as i64);
-    assert_eq!(MIGRATIONS.len(), 5);
+    assert_eq!(MIGRATIONS.len(), 6);
     assert_eq!(
         one("SELECT count(*) FROM key_observations WHERE key_id = 'key_seenBeforeUpgrade1'"),
         1,

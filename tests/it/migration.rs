@@ -251,7 +251,7 @@ async fn a_version_2_database_upgrades_keeps_its_rows_and_still_detects_gone_key
     // The new code opens it (step 3 runs) and sweeps at T1, then at T2.
     let s = sweeper(&sim, &db);
     let store = s.store().unwrap().clone();
-    assert_eq!(user_version(&store), 5);
+    assert_eq!(user_version(&store), 6);
     assert_eq!(user_version(&store), schema::MIGRATIONS.len() as i64);
     sweep(&s, T1).await;
     assert_kept_at_t1(&store, &projects, &before, removed_t1);
