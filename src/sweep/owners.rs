@@ -90,7 +90,16 @@ impl Run<'_> {
         let mut notes = KeyNotes::default();
         for v in &advanced.findings {
             let id = &v.finding.id;
-            let k = intel.key(&id.organization, &id.key_id);
+            let usage = intel
+                .key(&id.organization, &id.key_id)
+                .usage
+                .map(usage_note);
+            // Only what says something is noted: a notice without a note reads "usage unknown"
+            // and is routed as any key's, exactly as with an empty one, and a steady sweep at
+            // 1,000 projects has 20k findings with nothing to note (the `[usage]` reads off).
+            if usage.is_none() && routed.is_empty() {
+                continue;
+            }
             let key = (
                 id.organization.clone(),
                 id.project_id.clone(),
@@ -100,11 +109,9 @@ impl Run<'_> {
                 let creator = creator(intel, &replaced, &id.organization, &id.key_id);
                 service_account_route(creator, users_of(&id.organization, &id.project_id))
             });
-            let note = NoticeIntel {
-                usage: k.usage.map(usage_note),
-                route,
-            };
-            notes.insert(key, note);
+            if usage.is_some() || route.is_some() {
+                notes.insert(key, NoticeIntel { usage, route });
+            }
         }
         notes.annotate(&mut advanced.notices);
         for a in alerts.iter_mut() {
