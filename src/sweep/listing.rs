@@ -15,6 +15,7 @@ use super::evaluate::OpenFindings;
 use super::record::{Recorded, Recorder};
 use super::report::SweepError;
 use super::run::{Run, Timings};
+use super::sweeper::load_open_findings;
 
 /// Admin keys expiring within this window raise an enforcer alert.
 const ADMIN_KEY_EXPIRY_WARNING_SECS: i64 = 14 * 86400;
@@ -34,7 +35,7 @@ pub(super) struct Listed {
 
 /// What the recorder evaluated, per organisation in the order of the sweep's clients.
 pub(super) struct Evaluated {
-    /// The organisation's open findings as loaded before the listing.
+    /// The organisation's open findings as loaded at the start of the listing.
     pub open: Vec<Arc<OpenFindings>>,
     pub recorded: Vec<Recorded>,
 }
@@ -42,14 +43,19 @@ pub(super) struct Evaluated {
 impl Run<'_> {
     pub(super) async fn list_and_record(&self) -> Result<Listed, SweepError> {
         let sweeper = self.sweeper;
-        let mut open = Vec::with_capacity(self.clients.len());
-        for c in &self.clients {
-            open.push((
-                c.org_name().to_string(),
-                Arc::new(sweeper.open_findings(c.org_name())?),
-            ));
-        }
-        let open_by_org: Vec<Arc<OpenFindings>> = open.iter().map(|(_, o)| o.clone()).collect();
+        let names: Vec<String> = (self.clients.iter())
+            .map(|c| c.org_name().to_string())
+            .collect();
+        // The open findings load while the intel is gathered and the listing starts; the
+        // recorder awaits them before it evaluates the first page.
+        let open = {
+            let (store, names) = (self.store.clone(), names.clone());
+            tokio::task::spawn_blocking(move || {
+                (names.iter())
+                    .map(|n| load_open_findings(&store, n).map(Arc::new))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+        };
         // The audit log and usage first: the recorder judges each page as it arrives, so the
         // rules (`unrestricted`, `max_idle`'s usage buckets) need them before the first one.
         let intel = self.gather_intel().await;
@@ -58,6 +64,7 @@ impl Run<'_> {
         let recorder = Recorder::start(
             self.store.clone(),
             evaluator,
+            names,
             open,
             (4 * sweeper.config.limits.concurrency).clamp(16, 256),
             i64::try_from(sweeper.config.intel.wake_after.as_secs()).unwrap_or(i64::MAX),
@@ -70,7 +77,7 @@ impl Run<'_> {
         )
         .await;
         let listed_secs = self.elapsed();
-        let recorded = recorder.finish().await?;
+        let (recorded, open_by_org) = recorder.finish().await?;
         let recorded_secs = self.elapsed();
         for org in &inventory.orgs {
             self.observe(org);

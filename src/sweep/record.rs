@@ -137,7 +137,7 @@ pub(crate) struct Recorder {
     now: i64,
     /// Pages that found the channel full: how often the recorder held the listing back.
     waits: Arc<AtomicU64>,
-    task: Option<JoinHandle<Result<Vec<Recorded>, SweepError>>>,
+    task: Option<JoinHandle<Result<Finished, SweepError>>>,
 }
 
 impl Drop for Recorder {
@@ -168,20 +168,28 @@ enum Write {
     },
 }
 
+/// Each organisation's open findings, in the order of the recorder's names, being loaded (on a
+/// blocking thread) while the listing starts: a steady sweep at 1,000 projects has 20k of them,
+/// 50 ms of JSON that used to come before the first request.
+pub(crate) type OpenLoad = JoinHandle<Result<Vec<Arc<OpenFindings>>, SweepError>>;
+
+/// Per organisation: the evaluation of its completely listed projects, and its open findings.
+pub(crate) type Finished = (Vec<Recorded>, Vec<Arc<OpenFindings>>);
+
 impl Recorder {
-    /// `orgs`: (name, open findings) of every organisation being swept, in the order the sinks
-    /// will name them. `capacity`: pages that may wait in the channel.
+    /// `names`: every organisation being swept, in the order the sinks will name them; `open`:
+    /// their open findings, awaited before the first page is evaluated (pages wait in the
+    /// channel meanwhile). `capacity`: pages that may wait in the channel.
     pub(crate) fn start(
         store: Store,
         evaluator: Evaluator,
-        orgs: Vec<(String, Arc<OpenFindings>)>,
+        names: Vec<String>,
+        open: OpenLoad,
         capacity: usize,
         wake_after: i64,
     ) -> Recorder {
         let (tx, rx) = mpsc::channel(capacity.max(1));
-        let names: Vec<String> = orgs.iter().map(|(n, _)| n.clone()).collect();
         let now = evaluator.now;
-        let open: Vec<Arc<OpenFindings>> = orgs.into_iter().map(|(_, o)| o).collect();
         let task = tokio::spawn(record(
             rx,
             store,
@@ -216,8 +224,8 @@ impl Recorder {
     }
 
     /// Waits for everything sent to be recorded; returns, per organisation, the evaluation of its
-    /// completely listed projects. Call it once every sink is gone.
-    pub(crate) async fn finish(mut self) -> Result<Vec<Recorded>, SweepError> {
+    /// completely listed projects, and its open findings. Call it once every sink is gone.
+    pub(crate) async fn finish(mut self) -> Result<Finished, SweepError> {
         let Some(task) = self.task.take() else {
             return Err(SweepError::Recorder("finished twice".to_string()));
         };
@@ -326,9 +334,13 @@ async fn record(
     mut rx: mpsc::Receiver<Msg>,
     store: Store,
     (evaluator, wake_after): (Evaluator, i64),
-    open: Vec<Arc<OpenFindings>>,
+    open: OpenLoad,
     names: Vec<String>,
-) -> Result<Vec<Recorded>, SweepError> {
+) -> Result<Finished, SweepError> {
+    // On an error the receiver is dropped: the sinks' sends fail and the listing stops.
+    let open = open
+        .await
+        .map_err(|e| SweepError::Recorder(e.to_string()))??;
     // With the blocking task of the batch being written while the next one gathers.
     let mut books = Some(Books {
         accepted: open.iter().map(|_| Recorded::default()).collect(),
@@ -369,7 +381,8 @@ async fn record(
         books = Some(finish_batch(prev).await?);
     }
     // A project whose task died never ended: its evaluation is dropped with `pending`.
-    Ok(books.ok_or_else(lost)?.accepted)
+    let books = books.ok_or_else(lost)?;
+    Ok((books.accepted, books.open))
 }
 
 fn lost() -> SweepError {

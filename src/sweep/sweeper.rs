@@ -134,10 +134,10 @@ impl Sweeper {
 
     /// The organisation's open findings (none without a state file).
     pub(super) fn open_findings(&self, organization: &str) -> Result<OpenFindings, SweepError> {
-        Ok(OpenFindings::new(match &self.store {
-            Some(s) => s.with_conn(|c| state::findings::open_findings(c, organization))?,
-            None => Vec::new(),
-        }))
+        match &self.store {
+            Some(s) => load_open_findings(s, organization),
+            None => Ok(OpenFindings::new(Vec::new())),
+        }
     }
 
     /// Fails closed: see `revoke::kill_switch_engaged`.
@@ -172,4 +172,14 @@ impl Sweeper {
             kill_switch: self.kill_switch_on(),
         }))
     }
+}
+
+/// `organization`'s open findings in `store`, indexed for the evaluation.
+pub(super) fn load_open_findings(
+    store: &Store,
+    organization: &str,
+) -> Result<OpenFindings, SweepError> {
+    Ok(OpenFindings::new(store.with_conn(|c| {
+        state::findings::open_findings(c, organization)
+    })?))
 }

@@ -735,6 +735,69 @@ async fn transient_fault(knobs: Knobs, fault: Fault, hits: u32) -> (World, Sweep
 }
 
 // ---------------------------------------------------------------------------------------------
+// The state file
+
+/// An open finding whose stored JSON is damaged fails the sweep (its error names the table),
+/// and nothing is written to any organisation: no key deleted, no intent recorded, even though
+/// the findings are read while the listing runs. The next sweep, on a repaired file, revokes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_open_finding_fails_the_sweep_before_any_write() {
+    let w = World::new(Knobs::default()).await;
+    warn_first(&w).await;
+    let conn = rusqlite::Connection::open(w.state_path()).unwrap();
+    let good: String = conn
+        .query_row(
+            "SELECT data FROM findings WHERE key_id = ?1",
+            [DUE_G],
+            |r| r.get(0),
+        )
+        .unwrap();
+    conn.execute(
+        "UPDATE findings SET data = '{\"id\": 7' WHERE key_id = ?1",
+        [DUE_G],
+    )
+    .unwrap();
+    // Requests other than GETs, to either organisation.
+    let writes = |w: &World| -> u64 {
+        [&w.acme, &w.globex]
+            .iter()
+            .flat_map(|sim| sim.stats())
+            .filter(|(route, _)| !route.starts_with("GET "))
+            .map(|(_, n)| n)
+            .sum()
+    };
+    let before = writes(&w);
+    let err = tokio::time::timeout(PATIENCE, w.sweeper.run_once(&SweepOptions::new(T2)))
+        .await
+        .expect("the sweep hung")
+        .expect_err("a sweep on a damaged finding returned a report");
+    let mut chain = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(e) = source {
+        chain = format!("{chain}: {e}");
+        source = e.source();
+    }
+    assert!(chain.contains("findings"), "{chain}");
+    assert_eq!(writes(&w), before, "the API was written to");
+    for (org, project, key) in World::due_keys() {
+        assert!(w.exists(org, project, key), "{key} was deleted");
+    }
+    assert!(
+        !w.audit()
+            .iter()
+            .any(|row| row.record.kind == AuditKind::Intent),
+        "an intent was recorded"
+    );
+    conn.execute(
+        "UPDATE findings SET data = ?1 WHERE key_id = ?2",
+        [good.as_str(), DUE_G],
+    )
+    .unwrap();
+    drop(conn);
+    recovers(&w).await;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Rate limiting
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
