@@ -339,14 +339,24 @@ impl Metrics {
             project: project_id.to_string(),
             owner_type: owner_type.as_str(),
         };
+        // Set under the snapshots' lock, so an inventory being observed meanwhile cannot
+        // leave the registry and the snapshot disagreeing (a series it then thinks unchanged).
+        let mut snaps = self.snapshots();
         self.inner.keys.get_or_create(&labels).set(gauge(n));
-        if let Ok(mut snaps) = self.inner.snapshots.lock() {
-            snaps
-                .keys
-                .entry(org.to_string())
-                .or_default()
-                .insert(labels, n);
-        }
+        snaps
+            .keys
+            .entry(org.to_string())
+            .or_default()
+            .insert(labels, n);
+    }
+
+    /// The series last set per organisation. A panic elsewhere while it was held leaves it
+    /// usable (a map of labels and counts), and gauges must keep being written.
+    fn snapshots(&self) -> std::sync::MutexGuard<'_, Snapshots> {
+        self.inner
+            .snapshots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Number of keys of one organisation and owner type in one age band.
@@ -378,9 +388,12 @@ impl Metrics {
                 *by_age.entry((owner, band)).or_default() += n;
             }
         }
-        if let Ok(mut snaps) = self.inner.snapshots.lock() {
-            replace_series(&self.inner.keys, &mut snaps.keys, org, by_project);
-        }
+        replace_series(
+            &self.inner.keys,
+            &mut self.snapshots().keys,
+            org,
+            by_project,
+        );
         // Every band of every owner type is written (zeros included) so a band that empties
         // reads 0 rather than its last value.
         for owner in [
@@ -435,9 +448,7 @@ impl Metrics {
                 *soon.entry(labels).or_default() += n;
             }
         }
-        let Ok(mut snaps) = self.inner.snapshots.lock() else {
-            return;
-        };
+        let mut snaps = self.snapshots();
         let snaps = &mut *snaps;
         replace_series(
             &self.inner.keys_by_expiry,
