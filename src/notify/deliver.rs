@@ -107,9 +107,13 @@ impl Notifier {
             }
             for m in batch {
                 handled += 1;
-                let outcome = match settings.channel(&m.channel) {
-                    Some(ch) => self.send(ch, &m.message_id, &m.payload).await,
-                    None => Err(SendFailure {
+                let outcome = match (settings.channel(&m.channel), &m.unreadable) {
+                    (_, Some(why)) => Err(SendFailure {
+                        error: format!("the stored message cannot be read: {why}"),
+                        retryable: false,
+                    }),
+                    (Some(ch), None) => self.send(ch, &m.message_id, &m.payload).await,
+                    (None, None) => Err(SendFailure {
                         error: format!("channel {:?} is no longer configured", m.channel),
                         retryable: false,
                     }),
@@ -129,7 +133,8 @@ impl Notifier {
     }
 
     /// Records a failed attempt: another try later with backoff, or, after the last attempt
-    /// (or for a channel no longer configured), a dead letter and its alert.
+    /// (or for a channel no longer configured, or a stored message that cannot be read), a dead
+    /// letter and its alert.
     fn failed<D: OutboxDb>(
         &self,
         db: &D,
@@ -142,7 +147,7 @@ impl Notifier {
         let attempts = m.attempts + 1;
         let max_attempts = settings.notifications.max_attempts.max(1);
         let unknown_channel = settings.channel(&m.channel).is_none();
-        if attempts < max_attempts && !unknown_channel {
+        if attempts < max_attempts && !unknown_channel && m.unreadable.is_none() {
             let next = now + outbox::backoff_secs(attempts, &mut rand::rng());
             db.with(|c| outbox::mark_failed(c, m.id, &f.error, next))?;
             tracing::warn!(message_id = %m.message_id, channel = %m.channel, attempts, retryable = f.retryable, next_attempt_at = next, error = %f.error, "notification failed; will retry");

@@ -1,10 +1,12 @@
 //! Notifications: digests per channel and recipient, the outbox, and delivery.
 //!
 //! The flow is `compose` (pure: notices + alerts + [`NotifySettings`] → [`OutboxMessage`]s, rendered and
-//! channel-ready) → `outbox::enqueue` (written to the state database, through `state::outbox`,
-//! before anything is sent) →
+//! channel-ready) → `outbox::enqueue`, or for a sweep `compose::Composed` (payloads packed on
+//! the compose thread) and `outbox::enqueue_packed` (written to the state database, through
+//! `state::outbox`, before anything is sent) →
 //! `deliver::deliver_due` (sends what is due, records the outcome, retries with backoff across
-//! restarts, dead-letters after `max_attempts` and raises an [`alert::EnforcerAlert`]).
+//! restarts, dead-letters after `max_attempts`, or at once a stored message that cannot be
+//! read, and raises an [`alert::EnforcerAlert`]).
 //!
 //! notify sees only [`NotifySettings`] (channels, routes, ops channels, the owner fallback, the
 //! notification settings, each policy's channels), built from `Config` at the edge: never an

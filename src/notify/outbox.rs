@@ -33,7 +33,11 @@ pub struct StoredMessage {
     pub channel: String,
     pub recipient: String,
     pub kind: MessageKind,
+    /// `Null` when the stored payload cannot be read (see `unreadable`).
     pub payload: serde_json::Value,
+    /// Why the stored payload cannot be read (a damaged row): delivery dead-letters the message
+    /// at once, with its alert, and goes on with the others.
+    pub unreadable: Option<String>,
     pub created_at: i64,
     /// Failed attempts so far.
     pub attempts: u32,
@@ -111,20 +115,20 @@ fn payload(value: &serde_json::Value) -> Result<Payload, StateError> {
 
 /// Pending messages whose next attempt is due, oldest first.
 pub fn due(conn: &Connection, now: i64, limit: usize) -> Result<Vec<StoredMessage>, StateError> {
-    rows::due(conn, now, limit)?
+    Ok(rows::due(conn, now, limit)?
         .into_iter()
         .map(from_row)
-        .collect()
+        .collect())
 }
 
 /// One message by its stable id (for tests, `keysweep demo` and diagnostics).
 pub fn get(conn: &Connection, message_id: &str) -> Result<Option<StoredMessage>, StateError> {
-    rows::get(conn, message_id)?.map(from_row).transpose()
+    Ok(rows::get(conn, message_id)?.map(from_row))
 }
 
 /// Every message, oldest first (diagnostics and tests).
 pub fn all(conn: &Connection) -> Result<Vec<StoredMessage>, StateError> {
-    rows::all(conn)?.into_iter().map(from_row).collect()
+    Ok(rows::all(conn)?.into_iter().map(from_row).collect())
 }
 
 /// The receiver accepted the message.
@@ -180,28 +184,31 @@ fn clean_error(error: &str) -> String {
     }
 }
 
-fn from_row(r: OutboxRow) -> Result<StoredMessage, StateError> {
-    let payload = serde_json::from_str(&r.payload).map_err(|source| StateError::Corrupt {
-        table: "outbox",
-        row: r.message_id.clone(),
-        source,
-    })?;
+fn from_row(r: OutboxRow) -> StoredMessage {
+    let read = r.payload.and_then(|text| {
+        serde_json::from_str(&text).map_err(|e| format!("outbox payload: not JSON: {e}"))
+    });
+    let (payload, unreadable) = match read {
+        Ok(payload) => (payload, None),
+        Err(why) => (serde_json::Value::Null, Some(why)),
+    };
     // An unknown kind (written by a newer version) is delivered like an alert digest.
     let kind = MessageKind::parse(&r.kind).unwrap_or(MessageKind::Alert);
-    Ok(StoredMessage {
+    StoredMessage {
         id: r.id,
         message_id: r.message_id,
         channel: r.channel,
         recipient: r.recipient,
         kind,
         payload,
+        unreadable,
         created_at: r.created_at,
         attempts: r.attempts,
         next_attempt_at: r.next_attempt_at,
         status: r.status,
         last_error: r.last_error,
         sent_at: r.sent_at,
-    })
+    }
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! (attempts, next attempt, last error, sent/dead), so retries and backoff survive restarts.
 //!
 //! This file holds the outbox's SQL and how a payload is stored, and nothing else: rows go in
-//! and out as plain strings and numbers. What a message is (its kind, its JSON payload), when to
+//! and out as plain strings and numbers, and payloads as [`Payload`] (in) and JSON text (out). What a message is (its kind, its JSON payload), when to
 //! retry and how to scrub an error belong to `notify`, which converts to and from these rows;
 //! this module must never name a `notify` type. Nothing stored here may contain a secret: the
 //! caller hands in payloads rendered without secrets and error texts already scrubbed.
@@ -154,8 +154,9 @@ pub struct OutboxRow {
     pub channel: String,
     pub recipient: String,
     pub kind: String,
-    /// JSON text (unpacked).
-    pub payload: String,
+    /// The JSON text (unpacked), or why the stored value could not be read (a damaged packed
+    /// row): such a row is returned, not an error, so one damaged row cannot stop the others.
+    pub payload: Result<String, String>,
     pub created_at: i64,
     /// Failed attempts so far.
     pub attempts: u32,
@@ -255,7 +256,7 @@ impl MadeOutboxRow<'_> {
 
 /// Like [`insert_all`] for rows whose payloads are made as they are taken from `rows`: they are
 /// written (in order, in one transaction, the caller's if one is open) each time about 1 MiB of
-/// payload has gathered, and dropped. A first sweep's digest parts are large: serialising all of
+/// stored (packed) payload has gathered, and dropped. A first sweep's digest parts are large: serialising all of
 /// them before writing the first was a fifth of its commit's peak heap at 100k keys. The first
 /// `Err` from `rows` stops it and is returned (the transaction is then not committed here).
 pub fn insert_made<'a>(
@@ -378,12 +379,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxRow> {
         channel: r.get(2)?,
         recipient: r.get(3)?,
         kind: r.get(4)?,
-        payload: {
-            let stored = r.get_ref(5)?;
-            let kind = stored.data_type();
-            unpack(stored)
-                .map_err(|e| rusqlite::Error::FromSqlConversionFailure(5, kind, Box::new(e)))?
-        },
+        payload: unpack(r.get_ref(5)?).map_err(|e| e.to_string()),
         created_at: r.get(6)?,
         attempts: u32::try_from(attempts).unwrap_or(0),
         next_attempt_at: r.get(8)?,
@@ -452,17 +448,17 @@ mod tests {
                 big.len()
             );
             assert_eq!(stored(c, "small"), ("text".to_string(), small.len() as i64));
-            assert_eq!(get(c, "big").unwrap().unwrap().payload, big);
-            assert_eq!(get(c, "small").unwrap().unwrap().payload, small);
-            assert_eq!(due(c, 5, 10).unwrap()[0].payload, big);
+            assert_eq!(get(c, "big").unwrap().unwrap().payload, Ok(big.clone()));
+            assert_eq!(get(c, "small").unwrap().unwrap().payload, Ok(small));
+            assert_eq!(due(c, 5, 10).unwrap()[0].payload, Ok(big));
         });
     }
 
-    /// A stored BLOB that does not unpack to exactly what it claims is an error when read,
-    /// never a shortened or empty message, and a huge claimed length is refused before any
-    /// allocation.
+    /// A stored BLOB that does not unpack to exactly what it claims is read as a reason, never
+    /// as a shortened or empty message, and a huge claimed length is refused before any
+    /// allocation. The row comes back (with its reason), so the rows after it still do.
     #[test]
-    fn a_damaged_packed_payload_is_an_error() {
+    fn a_damaged_packed_payload_is_read_as_a_reason() {
         let big = digest_json(50_000);
         let Payload(Stored::Packed(good)) = Payload::new(big) else {
             panic!("not packed");
@@ -476,14 +472,15 @@ mod tests {
         longer[4..8].copy_from_slice(&claimed.to_le_bytes());
         let mut foreign = good.clone();
         foreign[0] = b'X';
-        for (name, blob) in [
-            ("cut", cut),
-            ("huge", huge),
-            ("longer", longer),
-            ("foreign", foreign),
-            ("short", PACKED_MAGIC.to_vec()),
+        for (name, blob, why) in [
+            ("cut", cut, "does not unpack to its length"),
+            ("huge", huge, "claims more than 64 MiB"),
+            ("longer", longer, "does not unpack to its length"),
+            ("foreign", foreign, "did not pack"),
+            ("short", PACKED_MAGIC.to_vec(), "cut short"),
         ] {
             let store = Store::open_in_memory().unwrap();
+            let after = empty();
             store.with(|c| {
                 c.execute(
                     "INSERT INTO outbox (message_id, channel, recipient, kind, payload, \
@@ -491,21 +488,16 @@ mod tests {
                     [&blob],
                 )
                 .unwrap();
-                let err = get(c, "m").unwrap_err();
-                let mut chain = err.to_string();
-                let mut source = std::error::Error::source(&err);
-                while let Some(e) = source {
-                    chain = format!("{chain}: {e}");
-                    source = e.source();
-                }
-                assert!(chain.contains("outbox payload: "), "{name}: {chain}");
-                assert!(due(c, 1, 10).is_err(), "{name}");
+                insert_all(c, [new_row("after", &after)], 1).unwrap();
+                let err = get(c, "m").unwrap().unwrap().payload.unwrap_err();
+                assert!(err.contains(why), "{name}: {err}");
+                let due = due(c, 1, 10).unwrap();
+                assert_eq!(due.len(), 2, "{name}");
+                assert_eq!(due[1].payload, Ok("{}".to_string()), "{name}");
             });
         }
     }
 
-    /// Batched inserts give the rows, ids and counts of one insert per row, duplicates
-    /// ignored (within a statement and against earlier rows).
     #[test]
     fn batched_inserts_write_what_single_inserts_write() {
         let ids: Vec<String> = (0..300).map(|i| format!("m{}", i % 200)).collect();

@@ -738,8 +738,9 @@ async fn transient_fault(knobs: Knobs, fault: Fault, hits: u32) -> (World, Sweep
 // The state file
 
 /// An open finding whose stored JSON is damaged fails the sweep (its error names the table),
-/// and nothing is written to any organisation: no key deleted, no intent recorded, even though
-/// the findings are read while the listing runs. The next sweep, on a repaired file, revokes.
+/// and nothing is written to any organisation's API: no key deleted, no intent recorded. The
+/// findings are read while the listing runs, so the sweep has read (GET) and may have saved
+/// the audit log's history before it fails. The next sweep, on a repaired file, revokes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_open_finding_fails_the_sweep_before_any_write() {
     let w = World::new(Knobs::default()).await;

@@ -87,8 +87,16 @@ async fn a_large_digest_is_stored_packed_and_delivered_whole() {
         http: rx.url(""),
     }));
     let (_dir, db) = open_db();
-    let msgs = compose(&many_warnings(N), &[], &cfg, RUN, NOW);
-    with_db(&db, |c| outbox::enqueue(c, &msgs, NOW)).unwrap();
+    // Queued as a sweep queues them: composed and packed first, then written in a transaction.
+    let warnings = many_warnings(N);
+    let composed = Composed::new(&warnings, &[], &cfg, RUN, NOW).unwrap();
+    {
+        let mut conn = db.lock().unwrap();
+        let tx = conn.transaction().unwrap();
+        assert_eq!(composed.queue(&tx, NOW).unwrap(), composed.len());
+        tx.commit().unwrap();
+    }
+    let msgs = compose(&warnings, &[], &cfg, RUN, NOW);
     let team: Vec<OutboxMessage> = by(&msgs, "sec-email")
         .into_iter()
         .filter(|m| m.recipient == "security@example.com")
@@ -145,6 +153,62 @@ async fn a_large_digest_is_stored_packed_and_delivered_whole() {
         seen.iter().all(|&c| c == 1),
         "a key is missing from or repeated in the team's mail"
     );
+}
+
+/// A stored message that cannot be read (its packed payload damaged on disk) is dead-lettered
+/// at once with its alert, and the messages after it are still delivered: one damaged row never
+/// stops the outbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_stored_message_is_dead_lettered_and_the_rest_still_go_out() {
+    let pki = TestPki::new();
+    let smtp = smtp_server::start(&pki, 0, SMTP_USER, SMTP_PASSWORD);
+    let rx = Receiver::start().await;
+    let cfg = NotifySettings::from(&config(&Endpoints {
+        smtp_port: smtp.port,
+        ca_file: Some(pki.ca_pem.clone()),
+        http: rx.url(""),
+    }));
+    let (_dir, db) = open_db();
+    let msgs = compose(&many_warnings(300), &[], &cfg, RUN, NOW);
+    with_db(&db, |c| outbox::enqueue(c, &msgs, NOW)).unwrap();
+    // The first packed row (the oldest due) loses the second half of its bytes.
+    let damaged: String = with_db(&db, |c| {
+        let id: String = c
+            .query_row(
+                "SELECT message_id FROM outbox WHERE typeof(payload) = 'blob' ORDER BY id LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        c.execute(
+            "UPDATE outbox SET payload = substr(payload, 1, length(payload) / 2) \
+             WHERE message_id = ?1",
+            [&id],
+        )
+        .unwrap();
+        id
+    });
+    let report = Notifier::new()
+        .unwrap()
+        .deliver_due(&db, &cfg, NOW)
+        .await
+        .unwrap();
+    assert_eq!(report.dead, 1, "{report:?}");
+    assert_eq!(report.failed, 0, "{report:?}");
+    // Every other message, and the alert about the dead one, went out.
+    assert_eq!(report.sent as usize, msgs.len() - 1 + report.alerts.len());
+    assert!(
+        report.alerts.iter().any(|a| matches!(a,
+            EnforcerAlert::DeliveryFailed { message_id, .. } if *message_id == damaged)),
+        "{:?}",
+        report.alerts
+    );
+    let dead = with_db(&db, |c| outbox::get(c, &damaged)).unwrap().unwrap();
+    assert_eq!(dead.status, "dead");
+    assert!(dead.unreadable.is_some());
+    let error = dead.last_error.unwrap_or_default();
+    assert!(error.contains("cannot be read"), "{error}");
+    assert_eq!(with_db(&db, outbox::depth).unwrap().pending, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,6 +16,7 @@ use std::sync::Mutex;
 use keysweep::config::{Action, ChannelConfig, ChannelKind, Config, SmtpTls};
 use keysweep::inventory::{Expiry, OwnerType};
 use keysweep::notify::alert::EnforcerAlert;
+use keysweep::notify::compose::Composed;
 use keysweep::notify::outbox;
 use keysweep::notify::render::{SLACK_MAX_BLOCKS, SLACK_MAX_TEXT};
 use keysweep::notify::route::MAX_NOTICES_PER_DIGEST;
