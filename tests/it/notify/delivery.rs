@@ -6,27 +6,21 @@ use super::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn email_over_starttls_with_auth_lists_every_key_and_no_secret() {
-    let pki = TestPki::new();
-    let smtp = smtp_server::start(&pki, 0, SMTP_USER, SMTP_PASSWORD);
-    let rx = Receiver::start().await;
-    let cfg = NotifySettings::from(&config(&Endpoints {
-        smtp_port: smtp.port,
-        ca_file: Some(pki.ca_pem.clone()),
-        http: rx.url(""),
-    }));
-    let (_dir, db, msgs, report) = deliver_warnings(&cfg).await;
+    let live = Live::start().await;
+    let cfg = &live.cfg;
+    let (_dir, db, msgs, report) = deliver_warnings(cfg).await;
     assert_eq!(report.failed, 0, "{report:?}");
     assert_eq!(report.dead, 0);
     assert_eq!(report.sent as usize, msgs.len());
 
-    let received = smtp.messages();
+    let received = live.smtp.messages();
     assert_eq!(
         received.len(),
         3,
         "team digest + one per owner with an e-mail"
     );
     assert_eq!(
-        smtp.logins.lock().unwrap().len(),
+        live.smtp.logins.lock().unwrap().len(),
         3,
         "AUTH on every connection"
     );
@@ -78,25 +72,19 @@ async fn email_over_starttls_with_auth_lists_every_key_and_no_secret() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_digest_is_stored_packed_and_delivered_whole() {
     const N: usize = 300;
-    let pki = TestPki::new();
-    let smtp = smtp_server::start(&pki, 0, SMTP_USER, SMTP_PASSWORD);
-    let rx = Receiver::start().await;
-    let cfg = NotifySettings::from(&config(&Endpoints {
-        smtp_port: smtp.port,
-        ca_file: Some(pki.ca_pem.clone()),
-        http: rx.url(""),
-    }));
+    let live = Live::start().await;
+    let cfg = &live.cfg;
     let (_dir, db) = open_db();
     // Queued as a sweep queues them: composed and packed first, then written in a transaction.
     let warnings = many_warnings(N);
-    let composed = Composed::new(&warnings, &[], &cfg, RUN, NOW).unwrap();
+    let composed = Composed::new(&warnings, &[], cfg, RUN, NOW).unwrap();
     {
         let mut conn = db.lock().unwrap();
         let tx = conn.transaction().unwrap();
         assert_eq!(composed.queue(&tx, NOW).unwrap(), composed.len());
         tx.commit().unwrap();
     }
-    let msgs = compose(&warnings, &[], &cfg, RUN, NOW);
+    let msgs = compose(&warnings, &[], cfg, RUN, NOW);
     let team: Vec<OutboxMessage> = by(&msgs, "sec-email")
         .into_iter()
         .filter(|m| m.recipient == "security@example.com")
@@ -131,13 +119,13 @@ async fn a_large_digest_is_stored_packed_and_delivered_whole() {
 
     let report = Notifier::new()
         .unwrap()
-        .deliver_due(&db, &cfg, NOW)
+        .deliver_due(&db, cfg, NOW)
         .await
         .unwrap();
     assert_eq!((report.failed, report.dead), (0, 0), "{report:?}");
     assert_eq!(report.sent as usize, msgs.len());
     let mut seen = vec![0usize; N];
-    for r in smtp.messages() {
+    for r in live.smtp.messages() {
         if r.to != vec!["security@example.com".to_string()] {
             continue;
         }
@@ -160,16 +148,10 @@ async fn a_large_digest_is_stored_packed_and_delivered_whole() {
 /// stops the outbox.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_stored_message_is_dead_lettered_and_the_rest_still_go_out() {
-    let pki = TestPki::new();
-    let smtp = smtp_server::start(&pki, 0, SMTP_USER, SMTP_PASSWORD);
-    let rx = Receiver::start().await;
-    let cfg = NotifySettings::from(&config(&Endpoints {
-        smtp_port: smtp.port,
-        ca_file: Some(pki.ca_pem.clone()),
-        http: rx.url(""),
-    }));
+    let live = Live::start().await;
+    let cfg = &live.cfg;
     let (_dir, db) = open_db();
-    let msgs = compose(&many_warnings(300), &[], &cfg, RUN, NOW);
+    let msgs = compose(&many_warnings(300), &[], cfg, RUN, NOW);
     with_db(&db, |c| outbox::enqueue(c, &msgs, NOW)).unwrap();
     // The first packed row (the oldest due) loses the second half of its bytes.
     let damaged: String = with_db(&db, |c| {
@@ -190,7 +172,7 @@ async fn a_damaged_stored_message_is_dead_lettered_and_the_rest_still_go_out() {
     });
     let report = Notifier::new()
         .unwrap()
-        .deliver_due(&db, &cfg, NOW)
+        .deliver_due(&db, cfg, NOW)
         .await
         .unwrap();
     assert_eq!(report.dead, 1, "{report:?}");

@@ -461,6 +461,33 @@ fn many_warnings(n: usize) -> Vec<Notice> {
         .collect()
 }
 
+/// A real SMTP server (STARTTLS + AUTH) and HTTP receiver, and notify's settings for them.
+struct Live {
+    smtp: smtp_server::SmtpServer,
+    cfg: NotifySettings,
+    _pki: TestPki,
+    _rx: Receiver,
+}
+
+impl Live {
+    async fn start() -> Live {
+        let pki = TestPki::new();
+        let smtp = smtp_server::start(&pki, 0, SMTP_USER, SMTP_PASSWORD);
+        let rx = Receiver::start().await;
+        let cfg = NotifySettings::from(&config(&Endpoints {
+            smtp_port: smtp.port,
+            ca_file: Some(pki.ca_pem.clone()),
+            http: rx.url(""),
+        }));
+        Live {
+            smtp,
+            cfg,
+            _pki: pki,
+            _rx: rx,
+        }
+    }
+}
+
 /// A fresh state database file with the real schema.
 fn open_db() -> (tempfile::TempDir, Mutex<Connection>) {
     let dir = tempfile::tempdir().unwrap();
