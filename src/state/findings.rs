@@ -90,10 +90,11 @@ pub fn upsert_findings<'f>(
 }
 
 /// How many of a key's latest write decisions in a row were re-check skips: its `skipped`
-/// audit records since its last `intent` or `reconciled` record, leaving out the skipped
-/// records for which `ignore(message)` holds (the kill switch's: they neither count nor end
-/// the run). The count lives in the audit log, which already holds every skip with its key, so
-/// no schema change is needed.
+/// audit records of a re-check (their response names the `recheck`) since its last `intent` or
+/// `reconciled` record, leaving out those for which `ignore(message)` holds (the kill
+/// switch's). Neither those nor the plan's withholdings (dry-run, caps: `skipped` records
+/// without a `recheck`, written before any re-check) count or end the run. The count lives in
+/// the audit log, which already holds every skip with its key, so no schema change is needed.
 pub fn consecutive_recheck_skips(
     conn: &Connection,
     organization: &str,
@@ -102,7 +103,8 @@ pub fn consecutive_recheck_skips(
     ignore: impl Fn(&str) -> bool,
 ) -> Result<u32, StateError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT kind, json_extract(record, '$.message') FROM audit
+        "SELECT kind, json_extract(record, '$.message'),
+                json_extract(record, '$.response.recheck') IS NOT NULL FROM audit
          WHERE kind IN ('skipped', 'intent', 'reconciled')
            AND json_extract(record, '$.key_id') = ?3
            AND json_extract(record, '$.project_id') = ?2
@@ -114,10 +116,11 @@ pub fn consecutive_recheck_skips(
     while let Some(row) = rows.next()? {
         let kind: String = row.get(0)?;
         let message: Option<String> = row.get(1)?;
+        let recheck: bool = row.get(2)?;
         if kind != "skipped" {
             break;
         }
-        if !ignore(message.as_deref().unwrap_or_default()) {
+        if recheck && !ignore(message.as_deref().unwrap_or_default()) {
             skips = skips.saturating_add(1);
         }
     }

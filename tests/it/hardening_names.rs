@@ -294,6 +294,49 @@ async fn a_key_renamed_back_and_forth_is_kept_but_alerted_after_three_skips() {
     }
 }
 
+/// A due key the plan held back (here by dry-run, two sweeps) was never re-checked: those
+/// `skipped` records do not count toward `max_recheck_skips` (3), so the one re-check skip that
+/// follows raises no alert, and the count then goes on from the re-check skips alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn withholdings_by_the_plan_are_not_counted_as_recheck_skips() {
+    let sim = start(org(1, 1)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = sweeper(config(&sim, dir.path(), "", ""));
+    sweep(&s, NOW).await;
+    for day in [8, 9] {
+        let opts = SweepOptions {
+            force_dry_run: true,
+            ..SweepOptions::new(NOW + day * DAY)
+        };
+        s.run_once(&opts).await.unwrap();
+    }
+    let store = s.store().unwrap();
+    let withheld = store
+        .with_conn(|c| audit::list(c, None))
+        .unwrap()
+        .iter()
+        .filter(|r| r.record.kind == AuditKind::Skipped && r.record.message.contains("withheld"))
+        .count();
+    assert_eq!(withheld, 2, "one `skipped` record per dry-run sweep");
+    for (i, name) in ["key-00-b", "key-00", "key-00-b"].iter().enumerate() {
+        sim.faults().add(
+            Fault::on_get_key(PROJECT, "key_00")
+                .once()
+                .respond(FaultKind::Apply(SimEffect::rename(
+                    PROJECT, "key_00", *name,
+                ))),
+        );
+        let r = sweep(&s, NOW + (10 + i as i64) * DAY).await;
+        assert!(sim.key_exists(PROJECT, "key_00"), "sweep {i}: kept");
+        let alerts = recheck_alerts(&r);
+        if i < 2 {
+            assert!(alerts.is_empty(), "re-check skip {}: {alerts:?}", i + 1);
+        } else {
+            assert_eq!(alerts, vec![("key_00".to_string(), 3)], "{:?}", r.alerts);
+        }
+    }
+}
+
 /// Under `max_age`, a key used between its listing and its re-check is still revoked: use is
 /// no reason to keep an old key. Under `max_idle` it is (the key is no longer idle).
 #[tokio::test(flavor = "multi_thread")]
