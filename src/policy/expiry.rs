@@ -190,6 +190,7 @@ mod tests {
             closed_at: Some(now),
             resolution: None,
             dry_run_noted_at: None,
+            withheld: None,
             expiry: crate::policy::finding::ExpiryState {
                 set: Some(ExpirySet {
                     to: now + 7 * DAY,

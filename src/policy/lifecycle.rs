@@ -196,6 +196,7 @@ fn detect(key: &Key, v: &Violation, now: i64) -> Transition {
         closed_at: None,
         resolution: None,
         dry_run_noted_at: None,
+        withheld: None,
         expiry: ExpiryState::default(),
     };
     Transition {

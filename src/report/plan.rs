@@ -502,6 +502,7 @@ mod tests {
             closed_at: None,
             resolution: None,
             dry_run_noted_at: None,
+            withheld: None,
             expiry: ExpiryState::default(),
         }
     }

@@ -280,6 +280,7 @@ mod tests {
     fn finding(i: usize) -> Finding {
         Finding {
             dry_run_noted_at: None,
+            withheld: None,
             expiry: Default::default(),
             id: FindingId {
                 organization: "org".into(),

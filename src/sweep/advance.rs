@@ -272,6 +272,36 @@ impl Advanced {
         self.postpone(&withheld, rules, &told, now);
     }
 
+    /// Keeps on each finding why the plan holds it back ([`Finding::withheld`]) and returns the
+    /// findings the plan holds back for the same reason as in the last sweep: their `skipped`
+    /// audit record is already written. A finding no longer held back forgets its reason. Each
+    /// finding whose mark changes is written (a change without a decision record).
+    pub(super) fn mark_withheld(&mut self, plan: &Plan) -> HashSet<FindingId> {
+        let mut reasons: HashMap<&FindingId, &'static str> = HashMap::new();
+        for w in &plan.withheld {
+            for id in &w.action.findings {
+                reasons.entry(id).or_insert(w.reason.as_str());
+            }
+        }
+        let mut recorded = HashSet::new();
+        for i in 0..self.findings.len() {
+            let f = &self.findings[i].finding;
+            let reason = reasons.get(&f.id).copied();
+            if f.withheld.as_deref() == reason {
+                if reason.is_some() {
+                    recorded.insert(f.id.clone());
+                }
+                continue;
+            }
+            Arc::make_mut(&mut self.findings[i].finding).withheld = reason.map(str::to_string);
+            self.changes.push(Change {
+                at: i,
+                decision: None,
+            });
+        }
+        recorded
+    }
+
     /// The decision records no longer list the reminders [`Advanced::apply_plan`] dropped.
     fn forget_dropped(&mut self, dropped: &HashSet<FindingId>) {
         for c in &mut self.changes {
@@ -451,6 +481,7 @@ mod tests {
             closed_at: None,
             resolution: None,
             dry_run_noted_at: None,
+            withheld: None,
             expiry: Default::default(),
         }
     }

@@ -45,6 +45,7 @@ impl Run<'_> {
             advanced.note_dry_run(self.now(), &plan);
         }
         advanced.apply_plan(&plan, &self.verdict_rules(), self.now());
+        let recorded = advanced.mark_withheld(&plan);
         let alerts = plan_alerts(&plan, &sweeper.config);
         for w in &plan.withheld {
             sweeper.metrics.revocations_withheld(
@@ -53,9 +54,17 @@ impl Run<'_> {
                 u64::from(w.action.revocations()),
             );
         }
+        // One record per spell and reason, not per sweep: an action all of whose findings
+        // were held back for the same reason in the last sweep already has its records
+        // (`Advanced::mark_withheld`). One this sweep cannot remember (a finding it did not
+        // advance) is recorded again.
         let withheld = plan
             .withheld
             .iter()
+            .filter(|w| {
+                w.action.findings.is_empty()
+                    || !w.action.findings.iter().all(|id| recorded.contains(id))
+            })
             .flat_map(|w| {
                 w.action.keys().iter().map(move |k| {
                     self.record(

@@ -73,6 +73,7 @@ fn finding(
 ) -> Finding {
     Finding {
         dry_run_noted_at: None,
+        withheld: None,
         expiry: Default::default(),
         id: FindingId {
             organization: "acme".into(),
