@@ -125,10 +125,10 @@ pub struct Finding {
     /// What the finding knows of the key's expiry, and what keysweep wrote to it.
     #[serde(default)]
     pub expiry: ExpiryState,
-    /// Why the plan held this due finding back in the last sweep that planned it (`Withheld`'s
-    /// name: `dry_run`, `cap_per_run`, …), so the `skipped` audit record is written once per
-    /// spell and reason, not once per sweep (thousands per sweep in a dry-run of a large
-    /// organisation). Cleared by the first sweep that does not hold it back.
+    /// Why the plan held this due finding back in the last sweep that advanced it, and which
+    /// write (`dry_run/delete`, `cap_per_run/expiry`, …), so the `skipped` audit record is
+    /// written once per spell, reason and write, not once per sweep (thousands per sweep in a
+    /// dry-run of a large organisation). Cleared by the first sweep that does not hold it back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub withheld: Option<String>,
 }

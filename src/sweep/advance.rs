@@ -13,7 +13,7 @@ use crate::policy::finding::Finding;
 use crate::policy::finding::{FindingId, Notice, NoticeKind, Stage};
 use crate::policy::lifecycle::Transition;
 use crate::policy::plan::verdict_rotating;
-use crate::policy::plan::{Candidate, Plan, Withheld, Write};
+use crate::policy::plan::{Candidate, Plan, Withheld, WithheldAction, Write};
 use crate::policy::verdict::{Rules, Verdict};
 
 use super::evaluate::{Evaluator, OpenFindings, Step};
@@ -272,28 +272,29 @@ impl Advanced {
         self.postpone(&withheld, rules, &told, now);
     }
 
-    /// Keeps on each finding why the plan holds it back ([`Finding::withheld`]) and returns the
-    /// findings the plan holds back for the same reason as in the last sweep: their `skipped`
-    /// audit record is already written. A finding no longer held back forgets its reason. Each
-    /// finding whose mark changes is written (a change without a decision record).
-    pub(super) fn mark_withheld(&mut self, plan: &Plan) -> HashSet<FindingId> {
-        let mut reasons: HashMap<&FindingId, &'static str> = HashMap::new();
+    /// Keeps on each finding why the plan holds it back and which write ([`Finding::withheld`],
+    /// [`withheld_mark`]) and returns, for the findings held back as in the last sweep, that
+    /// mark: their `skipped` audit record is already written. A finding no longer held back
+    /// forgets its mark. Each finding whose mark changes is written (a change without a
+    /// decision record). Called before any notice shares the findings, so nothing is copied.
+    pub(super) fn mark_withheld(&mut self, plan: &Plan) -> HashMap<FindingId, String> {
+        let mut marks: HashMap<&FindingId, String> = HashMap::new();
         for w in &plan.withheld {
             for id in &w.action.findings {
-                reasons.entry(id).or_insert(w.reason.as_str());
+                marks.entry(id).or_insert_with(|| withheld_mark(w));
             }
         }
-        let mut recorded = HashSet::new();
+        let mut recorded = HashMap::new();
         for i in 0..self.findings.len() {
             let f = &self.findings[i].finding;
-            let reason = reasons.get(&f.id).copied();
-            if f.withheld.as_deref() == reason {
-                if reason.is_some() {
-                    recorded.insert(f.id.clone());
+            let mark = marks.get(&f.id);
+            if f.withheld.as_ref() == mark {
+                if let Some(m) = mark {
+                    recorded.insert(f.id.clone(), m.clone());
                 }
                 continue;
             }
-            Arc::make_mut(&mut self.findings[i].finding).withheld = reason.map(str::to_string);
+            Arc::make_mut(&mut self.findings[i].finding).withheld = mark.cloned();
             self.changes.push(Change {
                 at: i,
                 decision: None,
@@ -370,6 +371,16 @@ impl Advanced {
             }
         }
     }
+}
+
+/// What a finding remembers of the plan holding it back: the reason and the write held back
+/// (`dry_run/delete`, `cap_per_run/expiry`, …), so a change of either is recorded again.
+pub(super) fn withheld_mark(w: &WithheldAction) -> String {
+    let write = match w.action.write {
+        Write::Delete => "delete",
+        Write::SetExpiry { .. } => "expiry",
+    };
+    format!("{}/{write}", w.reason.as_str())
 }
 
 impl Run<'_> {

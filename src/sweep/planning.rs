@@ -1,6 +1,7 @@
 //! Phase 4, plan: which due revocations go ahead under the rails (mode, kill switch, caps,
 //! service-account rule; `policy::plan`), the alerts for what the caps and the kill switch
-//! withheld, and a `skipped` audit record per withheld key. Planned before the commit, so those
+//! withheld, and a `skipped` audit record per withheld key, once per spell of being held back
+//! for the same reason and write (`Advanced::mark_withheld`). Planned before the commit, so those
 //! alerts go out with this sweep's notices, and so the notices say what the plan does (each
 //! notice's `policy::verdict`; `postponed` notices for what a safety limit held back). Decides
 //! only: it never deletes or writes.
@@ -17,7 +18,7 @@ use crate::policy::plan::{Plan, Withheld, Write, verdict};
 use crate::policy::verdict::{Rules, Verdict};
 use crate::state::audit::{AuditKind, AuditRecord};
 
-use super::advance::Advanced;
+use super::advance::{Advanced, withheld_mark};
 use super::report::{FindingView, SweepError, fmt_time};
 use super::run::Run;
 
@@ -26,7 +27,7 @@ pub(super) struct Planned {
     pub plan: Plan,
     /// One per cap (or the kill switch) that withheld something.
     pub alerts: Vec<EnforcerAlert>,
-    /// A `skipped` audit record per withheld key.
+    /// A `skipped` audit record per key withheld anew (or for another reason or write).
     pub withheld: Vec<AuditRecord>,
 }
 
@@ -41,11 +42,11 @@ impl Run<'_> {
         let mut plan =
             sweeper.plan_revocations(&advanced.candidates, inventory, self.mode, self.now())?;
         sweeper.withhold_rotations(&mut plan, &advanced.findings, inventory, self.now())?;
+        let recorded = advanced.mark_withheld(&plan);
         if self.dry_run() {
             advanced.note_dry_run(self.now(), &plan);
         }
         advanced.apply_plan(&plan, &self.verdict_rules(), self.now());
-        let recorded = advanced.mark_withheld(&plan);
         let alerts = plan_alerts(&plan, &sweeper.config);
         for w in &plan.withheld {
             sweeper.metrics.revocations_withheld(
@@ -62,8 +63,9 @@ impl Run<'_> {
             .withheld
             .iter()
             .filter(|w| {
+                let mark = withheld_mark(w);
                 w.action.findings.is_empty()
-                    || !w.action.findings.iter().all(|id| recorded.contains(id))
+                    || !(w.action.findings.iter()).all(|id| recorded.get(id) == Some(&mark))
             })
             .flat_map(|w| {
                 w.action.keys().iter().map(move |k| {
