@@ -772,12 +772,7 @@ async fn a_damaged_open_finding_fails_the_sweep_before_any_write() {
         .await
         .expect("the sweep hung")
         .expect_err("a sweep on a damaged finding returned a report");
-    let mut chain = err.to_string();
-    let mut source = std::error::Error::source(&err);
-    while let Some(e) = source {
-        chain = format!("{chain}: {e}");
-        source = e.source();
-    }
+    let chain = keysweep::error_chain(&err);
     assert!(chain.contains("findings"), "{chain}");
     assert_eq!(writes(&w), before, "the API was written to");
     for (org, project, key) in World::due_keys() {

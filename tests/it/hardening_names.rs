@@ -273,17 +273,8 @@ async fn a_key_renamed_back_and_forth_is_kept_but_alerted_after_three_skips() {
     let dir = tempfile::tempdir().unwrap();
     let s = sweeper(config(&sim, dir.path(), "", ""));
     sweep(&s, NOW).await;
-    for (i, name) in ["key-00-b", "key-00", "key-00-b"].iter().enumerate() {
-        sim.faults().add(
-            Fault::on_get_key(PROJECT, "key_00")
-                .once()
-                .respond(FaultKind::Apply(SimEffect::rename(
-                    PROJECT, "key_00", *name,
-                ))),
-        );
-        let r = sweep(&s, NOW + (8 + i as i64) * DAY).await;
-        assert!(sim.key_exists(PROJECT, "key_00"), "sweep {i}: kept");
-        let alerts = recheck_alerts(&r);
+    for (i, r) in renamed_back_and_forth(&sim, &s, 8).await.iter().enumerate() {
+        let alerts = recheck_alerts(r);
         if i < 2 {
             assert!(alerts.is_empty(), "sweep {i}: {alerts:?}");
         } else {
@@ -292,6 +283,25 @@ async fn a_key_renamed_back_and_forth_is_kept_but_alerted_after_three_skips() {
             assert!(text.contains("renamed"), "{text}");
         }
     }
+}
+
+/// Three sweeps, from day `first_day` on, in each of which a member renames the due `key_00`
+/// between its listing and its re-check (back and forth): each keeps the key.
+async fn renamed_back_and_forth(sim: &SimServer, s: &Sweeper, first_day: i64) -> Vec<SweepReport> {
+    let mut reports = Vec::new();
+    for (i, name) in ["key-00-b", "key-00", "key-00-b"].iter().enumerate() {
+        sim.faults().add(
+            Fault::on_get_key(PROJECT, "key_00")
+                .once()
+                .respond(FaultKind::Apply(SimEffect::rename(
+                    PROJECT, "key_00", *name,
+                ))),
+        );
+        let r = sweep(s, NOW + (first_day + i as i64) * DAY).await;
+        assert!(sim.key_exists(PROJECT, "key_00"), "sweep {i}: kept");
+        reports.push(r);
+    }
+    reports
 }
 
 /// The plan's holding back of a due key is recorded once per spell and reason, not every
@@ -380,17 +390,12 @@ async fn withholdings_by_the_plan_are_not_counted_as_recheck_skips() {
         .filter(|r| r.record.kind == AuditKind::Skipped && r.record.message.contains("withheld"))
         .count();
     assert_eq!(withheld, 1, "one `skipped` record for the spell");
-    for (i, name) in ["key-00-b", "key-00", "key-00-b"].iter().enumerate() {
-        sim.faults().add(
-            Fault::on_get_key(PROJECT, "key_00")
-                .once()
-                .respond(FaultKind::Apply(SimEffect::rename(
-                    PROJECT, "key_00", *name,
-                ))),
-        );
-        let r = sweep(&s, NOW + (10 + i as i64) * DAY).await;
-        assert!(sim.key_exists(PROJECT, "key_00"), "sweep {i}: kept");
-        let alerts = recheck_alerts(&r);
+    for (i, r) in renamed_back_and_forth(&sim, &s, 10)
+        .await
+        .iter()
+        .enumerate()
+    {
+        let alerts = recheck_alerts(r);
         if i < 2 {
             assert!(alerts.is_empty(), "re-check skip {}: {alerts:?}", i + 1);
         } else {
