@@ -13,7 +13,7 @@ use rusqlite::Connection;
 
 use crate::notify::{MessageKind, OutboxMessage, scrub};
 use crate::state::StateError;
-use crate::state::outbox::{self as rows, MadeOutboxRow, NewOutboxRow, OutboxRow, Payload};
+use crate::state::outbox::{self as rows, NewOutboxRow, OutboxRow, Payload};
 
 pub use crate::state::outbox::{OutboxDb, OutboxDepth};
 
@@ -48,23 +48,19 @@ pub struct StoredMessage {
 }
 
 /// Writes messages as `pending`, due now. A message id already present (same sweep composed
-/// twice) is ignored, so enqueueing is idempotent. Returns how many rows were inserted.
+/// twice) is ignored, so enqueueing is idempotent. Returns how many rows were inserted. For
+/// the few messages made outside a sweep (a dead letter's alert); a sweep packs its messages
+/// on the thread that composed them (`compose::Composed`) and queues them with
+/// [`enqueue_packed`].
 pub fn enqueue(
     conn: &Connection,
     messages: &[OutboxMessage],
     now: i64,
 ) -> Result<usize, StateError> {
-    // Each payload is made on its way in, not all of them first (see `insert_made`).
-    let rows = messages.iter().map(|m| {
-        Ok(MadeOutboxRow {
-            message_id: &m.message_id,
-            channel: &m.channel,
-            recipient: &m.recipient,
-            kind: m.kind.as_str(),
-            payload: payload(&m.payload)?,
-        })
-    });
-    rows::insert_made(conn, rows, now)
+    let packed = (messages.iter().cloned())
+        .map(pack)
+        .collect::<Result<Vec<_>, _>>()?;
+    enqueue_packed(conn, &packed, now)
 }
 
 /// A message whose payload is in its stored form already ([`pack`]): made by the thread that

@@ -230,59 +230,6 @@ pub fn insert_all<'a>(
     })
 }
 
-/// Payload bytes [`insert_made`] holds before it writes them.
-const MADE_CHUNK_BYTES: usize = 1 << 20;
-
-/// A row whose payload was made (serialised, and packed if large) for it: see [`insert_made`].
-pub struct MadeOutboxRow<'a> {
-    pub message_id: &'a str,
-    pub channel: &'a str,
-    pub recipient: &'a str,
-    pub kind: &'a str,
-    pub payload: Payload,
-}
-
-impl MadeOutboxRow<'_> {
-    fn as_new(&self) -> NewOutboxRow<'_> {
-        NewOutboxRow {
-            message_id: self.message_id,
-            channel: self.channel,
-            recipient: self.recipient,
-            kind: self.kind,
-            payload: &self.payload,
-        }
-    }
-}
-
-/// Like [`insert_all`] for rows whose payloads are made as they are taken from `rows`: they are
-/// written (in order, in one transaction, the caller's if one is open) each time about 1 MiB of
-/// stored (packed) payload has gathered, and dropped. A first sweep's digest parts are large: serialising all of
-/// them before writing the first was a fifth of its commit's peak heap at 100k keys. The first
-/// `Err` from `rows` stops it and is returned (the transaction is then not committed here).
-pub fn insert_made<'a>(
-    conn: &Connection,
-    rows: impl IntoIterator<Item = Result<MadeOutboxRow<'a>, StateError>>,
-    now: i64,
-) -> Result<usize, StateError> {
-    in_tx(conn, |conn| {
-        let mut inserted = 0;
-        let mut chunk: Vec<MadeOutboxRow<'a>> = Vec::new();
-        let mut bytes = 0;
-        for row in rows {
-            let row = row?;
-            bytes += row.payload.stored_len();
-            chunk.push(row);
-            if bytes >= MADE_CHUNK_BYTES {
-                inserted += insert_all(conn, chunk.iter().map(MadeOutboxRow::as_new), now)?;
-                chunk.clear();
-                bytes = 0;
-            }
-        }
-        inserted += insert_all(conn, chunk.iter().map(MadeOutboxRow::as_new), now)?;
-        Ok(inserted)
-    })
-}
-
 /// Pending rows whose next attempt is due, oldest first.
 pub fn due(conn: &Connection, now: i64, limit: usize) -> Result<Vec<OutboxRow>, StateError> {
     let mut stmt = conn.prepare_cached(&format!(
