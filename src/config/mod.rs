@@ -548,9 +548,11 @@ impl ProjectPattern {
             .is_some_and(|g| g.is_match(project_id) || project_name.is_some_and(|n| g.is_match(n)))
     }
 
-    /// A plain project id (no glob characters): it must exist, or the sweep is incomplete.
+    /// A plain project id: it must exist, or the sweep is incomplete. The same test as the one
+    /// [`ProjectPattern::matches`] makes, so an entry that is required to exist is also one
+    /// that matches the id alone (they used to disagree on `]`, `}` and `\`).
     pub fn is_literal_id(&self) -> bool {
-        self.text.starts_with("proj_") && !self.text.contains(['*', '?', '[', '{'])
+        is_project_id_pattern(&self.text)
     }
 }
 
@@ -635,5 +637,33 @@ mod project_pattern_tests {
             "an invalid glob is exact"
         );
         assert!(!exact.matches("proj_1", Some("Team a")));
+    }
+
+    #[test]
+    fn an_entry_is_a_required_id_exactly_when_it_matches_ids_alone() {
+        for text in [
+            "proj_abc",
+            "proj_a]b",
+            "proj_a}b",
+            "proj_a\\b",
+            "proj_a*",
+            "proj_a?",
+            "proj_[ab]",
+            "proj_{a,b}",
+            "prod",
+            "Proj_abc",
+        ] {
+            let p = ProjectPattern::new(text);
+            // A required id that a project's name could also match would let its owner stand
+            // in for the missing project; a name pattern required to exist would fail every
+            // sweep.
+            let by_name = p.matches("proj_zzz", Some(text));
+            assert_eq!(p.is_literal_id(), !by_name, "{text:?}");
+            assert_eq!(
+                p.is_literal_id(),
+                super::is_project_id_pattern(text),
+                "{text:?}"
+            );
+        }
     }
 }
