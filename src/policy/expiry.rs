@@ -191,6 +191,7 @@ mod tests {
             resolution: None,
             dry_run_noted_at: None,
             withheld: None,
+            rotation_withheld: None,
             expiry: crate::policy::finding::ExpiryState {
                 set: Some(ExpirySet {
                     to: now + 7 * DAY,

@@ -70,6 +70,12 @@ pub struct FindingId {
 }
 
 impl FindingId {
+    /// The key this finding is about, (organisation, project id, key id): what the findings of
+    /// one key under several policies share.
+    pub fn key_ref(&self) -> (&str, &str, &str) {
+        (&self.organization, &self.project_id, &self.key_id)
+    }
+
     /// `org/project/key/policy`: the PagerDuty `dedup_key` and a stable log field.
     pub fn dedup_key(&self) -> String {
         format!(
@@ -131,6 +137,12 @@ pub struct Finding {
     /// dry-run of a large organisation). Cleared by the first sweep that does not hold it back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub withheld: Option<String>,
+    /// Why the rotation phase held this finding's due rotation back in the last sweep that ran
+    /// it (`dry_run`, `service_account_notify_only`, `kill_switch`, `shutdown`), so its `skipped`
+    /// record is written once per spell and reason, like [`Finding::withheld`]'s. Cleared by
+    /// the first rotation phase that does not hold it back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_withheld: Option<String>,
 }
 
 impl Finding {

@@ -197,6 +197,7 @@ fn detect(key: &Key, v: &Violation, now: i64) -> Transition {
         resolution: None,
         dry_run_noted_at: None,
         withheld: None,
+        rotation_withheld: None,
         expiry: ExpiryState::default(),
     };
     Transition {

@@ -98,11 +98,7 @@ pub fn planned_rotations(
         .iter()
         .filter(|f| f.stage.is_open() && f.action.enforces())
     {
-        let k = (
-            f.id.organization.as_str(),
-            f.id.project_id.as_str(),
-            f.id.key_id.as_str(),
-        );
+        let k = f.id.key_ref();
         let d = deadline.entry(k).or_insert(f.deadline);
         *d = (*d).min(f.deadline);
     }
@@ -112,11 +108,7 @@ pub fn planned_rotations(
         if !f.stage.is_open() || f.owner_type != OwnerType::ServiceAccount {
             continue;
         }
-        let k = (
-            f.id.organization.as_str(),
-            f.id.project_id.as_str(),
-            f.id.key_id.as_str(),
-        );
+        let k = f.id.key_ref();
         let d = deadline.get(&k).copied().unwrap_or(f.deadline);
         let overlap = i64::try_from(r.overlap.as_secs()).unwrap_or(i64::MAX);
         let start_at = d.saturating_sub(overlap);

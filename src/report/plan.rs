@@ -503,6 +503,7 @@ mod tests {
             resolution: None,
             dry_run_noted_at: None,
             withheld: None,
+            rotation_withheld: None,
             expiry: ExpiryState::default(),
         }
     }

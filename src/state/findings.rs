@@ -281,6 +281,7 @@ mod tests {
         Finding {
             dry_run_noted_at: None,
             withheld: None,
+            rotation_withheld: None,
             expiry: Default::default(),
             id: FindingId {
                 organization: "org".into(),

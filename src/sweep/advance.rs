@@ -254,11 +254,7 @@ impl Advanced {
             let v = verdict_rotating(&n.finding, rules, withheld.get(id).copied(), overlap);
             n.verdict = Some(v);
             let postponed = matches!(v, Verdict::Postponed { .. }) && withheld.contains_key(id);
-            let key = (
-                id.organization.as_str(),
-                id.project_id.as_str(),
-                id.key_id.as_str(),
-            );
+            let key = id.key_ref();
             let drop = n.kind == NoticeKind::Reminder && (deleted_now.contains(&key) || postponed);
             if drop {
                 dropped.insert(id.clone());
@@ -493,6 +489,7 @@ mod tests {
             resolution: None,
             dry_run_noted_at: None,
             withheld: None,
+            rotation_withheld: None,
             expiry: Default::default(),
         }
     }

@@ -83,11 +83,7 @@ impl SweepReport {
             .iter()
             .map(|v| {
                 let id = &v.finding.id;
-                (
-                    id.organization.as_str(),
-                    id.project_id.as_str(),
-                    id.key_id.as_str(),
-                )
+                id.key_ref()
             })
             .collect();
         keys.len()

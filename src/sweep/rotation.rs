@@ -5,8 +5,11 @@
 //! like a revocation against every cap, after the plan's own writes), so the notices, the cap
 //! alert and `scan` say what holds a rotation back. Its announcements and alerts are queued and
 //! delivered like enforcement's; the old keys' logged scopes come from the listing's audit-log
-//! read. Also marks the planned rotations in the findings' plan column ("rotate at …") and
-//! aligns the deadline a rotated key's notices tell. Never mints, deletes or writes a key itself.
+//! read. A rotation a rail holds back gets one `skipped` record per spell and reason: the
+//! rotate policy's finding remembers the reason (`Finding::rotation_withheld`), written in the
+//! same transaction as the records. Also marks the planned rotations in the findings' plan
+//! column ("rotate at …") and aligns the deadline a rotated key's notices tell. Never mints,
+//! deletes or writes a key itself.
 
 use serde_json::json;
 
@@ -24,7 +27,7 @@ use crate::policy::rotation::{PlannedRotation, planned_rotations, withheld_rotat
 use crate::policy::verdict::Verdict;
 use crate::rotate::{self, RotationOutcome};
 use crate::state;
-use crate::state::audit::AuditKind;
+use crate::state::audit::{AuditKind, AuditRecord};
 use crate::state::rotations;
 
 use super::enforce::Enforced;
@@ -136,30 +139,24 @@ impl Run<'_> {
             kill_switch: (config.safety.kill_switch_file.as_ref()).is_some_and(|p| p.exists()),
         };
         let results = rotate::run(&ctx, &planned).await?;
-        let mut records = Vec::new();
         for r in &results {
             self.sweeper
                 .metrics
                 .revocation(&r.organization, r.outcome_label());
-            if let RotationOutcome::WouldRotate { reason } | RotationOutcome::Withheld { reason } =
-                &r.outcome
-            {
-                let mut rec = self
-                    .record(AuditKind::Skipped, format!("rotation withheld: {reason}"))
-                    .with_response(json!({ "withheld": reason, "action": "rotate" }));
-                rec.organization = Some(r.organization.clone());
-                rec.project_id = Some(r.project_id.clone());
-                rec.key_id = Some(r.key_id.clone());
-                records.push(rec);
-                tracing::info!(run_id = self.run_id(), key_id = %r.key_id, %reason, "would rotate");
-            }
         }
+        let (marked, records) = self.held_back(&results, &planned, findings);
         let alerts = self.dedup_alerts(results.iter().filter_map(|r| r.alert()).collect())?;
         let notices = rotated_notices(&results, &planned, findings, config);
-        if alerts.is_empty() && records.is_empty() && notices.is_empty() {
+        if alerts.is_empty() && records.is_empty() && notices.is_empty() && marked.is_empty() {
             return Ok(());
         }
-        enforced.notices_queued += self.enqueue(|_| Ok(()), notices, &alerts, records)?;
+        let now = self.now();
+        enforced.notices_queued += self.enqueue(
+            |tx| state::findings::upsert_findings(tx, &marked, now),
+            notices,
+            &alerts,
+            records,
+        )?;
         enforced.alerts.extend(alerts);
         if self.opts.deliver {
             let more = self.deliver().await?;
@@ -175,6 +172,86 @@ impl Run<'_> {
         }
         Ok(())
     }
+}
+
+impl Run<'_> {
+    /// The rotations a rail held back this sweep: the findings whose mark changes
+    /// ([`rotation_marks`]), and a `skipped` record for each one not held back for the same
+    /// reason in the last sweep.
+    fn held_back(
+        &self,
+        results: &[rotate::RotationResult],
+        planned: &[PlannedRotation],
+        findings: &[FindingView],
+    ) -> (Vec<Finding>, Vec<AuditRecord>) {
+        // The rotate policy's finding of each key: where a held-back rotation is remembered.
+        let finding_of: HashMap<(&str, &str, &str), &FindingId> = (planned.iter())
+            .map(|p| {
+                let id = &p.finding;
+                let key = id.key_ref();
+                (key, id)
+            })
+            .collect();
+        let held: Vec<(&rotate::RotationResult, &str, Option<&FindingId>)> = (results.iter())
+            .filter_map(|r| match &r.outcome {
+                RotationOutcome::WouldRotate { reason } | RotationOutcome::Withheld { reason } => {
+                    let key = (
+                        r.organization.as_str(),
+                        r.project_id.as_str(),
+                        r.key_id.as_str(),
+                    );
+                    Some((r, reason.as_str(), finding_of.get(&key).copied()))
+                }
+                _ => None,
+            })
+            .collect();
+        let held_now: HashMap<&FindingId, &str> = (held.iter())
+            .filter_map(|(_, reason, id)| id.map(|id| (id, *reason)))
+            .collect();
+        let (marked, recorded) = rotation_marks(findings, &held_now);
+        let mut records = Vec::new();
+        for (r, reason, id) in held {
+            tracing::info!(run_id = self.run_id(), key_id = %r.key_id, %reason, "would rotate");
+            // Once per spell and reason: the last sweep held it back for the same one.
+            if id.is_some_and(|id| recorded.contains(id)) {
+                continue;
+            }
+            let mut rec = self
+                .record(AuditKind::Skipped, format!("rotation withheld: {reason}"))
+                .with_response(json!({ "withheld": reason, "action": "rotate" }));
+            rec.organization = Some(r.organization.clone());
+            rec.project_id = Some(r.project_id.clone());
+            rec.key_id = Some(r.key_id.clone());
+            records.push(rec);
+        }
+        (marked, records)
+    }
+}
+
+/// The findings whose rotation mark ([`Finding::rotation_withheld`]) changes with what the
+/// rotation phase held back this sweep (`held_now`: finding → reason), marked or cleared, to be
+/// written; and those held back for the same reason as in the last sweep, whose `skipped`
+/// record is already written.
+fn rotation_marks<'a>(
+    findings: &'a [FindingView],
+    held_now: &HashMap<&FindingId, &str>,
+) -> (Vec<Finding>, HashSet<&'a FindingId>) {
+    let mut marked = Vec::new();
+    let mut recorded = HashSet::new();
+    for v in findings {
+        let f = &*v.finding;
+        let now = held_now.get(&f.id).copied();
+        if f.rotation_withheld.as_deref() == now {
+            if now.is_some() {
+                recorded.insert(&f.id);
+            }
+            continue;
+        }
+        let mut changed = f.clone();
+        changed.rotation_withheld = now.map(str::to_string);
+        marked.push(changed);
+    }
+    (marked, recorded)
 }
 
 /// A "rotated" notice for each performed rotation, to the key's owner routes like its other
@@ -269,11 +346,7 @@ pub(super) fn align_notice_deadlines(
     let deadline: HashMap<(&str, &str, &str), i64> = (planned.iter())
         .map(|p| {
             let id = &p.finding;
-            let key = (
-                id.organization.as_str(),
-                id.project_id.as_str(),
-                id.key_id.as_str(),
-            );
+            let key = id.key_ref();
             (key, p.deadline)
         })
         .collect();
@@ -287,11 +360,7 @@ pub(super) fn align_notice_deadlines(
         if config.rotation(&id.policy).is_none() && !replaced_expiry {
             continue;
         }
-        let key = (
-            id.organization.as_str(),
-            id.project_id.as_str(),
-            id.key_id.as_str(),
-        );
+        let key = id.key_ref();
         if let Some(&d) = deadline.get(&key)
             && d < n.finding.deadline
         {

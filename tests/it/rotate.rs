@@ -644,3 +644,62 @@ async fn a_failed_cleanup_after_a_failed_sink_is_retried_by_the_next_sweep() {
     w.assert_state_clean(&first);
     w.assert_state_clean(&second);
 }
+
+/// A due rotation held back is recorded once per spell and reason
+/// (`Finding::rotation_withheld`), not every sweep: two dry-runs write one `skipped` record,
+/// two sweeps under the kill switch (another reason) one more; once nothing holds it back the
+/// key is rotated and its finding forgets the mark.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_back_rotation_is_recorded_once_per_spell_and_reason() {
+    let stop = tempfile::tempdir().unwrap();
+    let switch = stop.path().join("stop");
+    let safety = format!(
+        "{ENFORCE_SA}\nkill_switch_file = {:?}",
+        switch.to_str().unwrap()
+    );
+    let w = world(FILE_SINK, SCOPES, &safety).await;
+    first_warning(&w).await;
+    let store = || Store::open(&w.dir.path().join("keysweep.db")).unwrap();
+    let withheld = || {
+        (store()
+            .with_conn(|c| audit::list(c, None))
+            .unwrap()
+            .into_iter())
+        .filter(|r| r.record.key_id.as_deref() == Some(OLD))
+        .filter(|r| r.record.message.starts_with("rotation withheld"))
+        .map(|r| r.record.message)
+        .collect::<Vec<_>>()
+    };
+    let mark = || {
+        let all = store().with_conn(keysweep::state::findings::all_findings);
+        (all.unwrap().into_iter())
+            .find(|f| f.id.key_id == OLD)
+            .and_then(|f| f.rotation_withheld)
+    };
+    for hour in [0, 1] {
+        let mut cmd = w.cmd(due(&w) + hour * 3600);
+        cmd.arg("--dry-run");
+        let out = output(cmd).await;
+        assert!(out.status.success(), "{}", combined(&out));
+    }
+    assert_eq!(withheld(), ["rotation withheld: dry_run"]);
+    assert_eq!(mark().as_deref(), Some("dry_run"));
+    std::fs::write(&switch, "on").unwrap();
+    for hour in [2, 3] {
+        let out = combined(&output(w.cmd(due(&w) + hour * 3600)).await);
+        assert!(out.contains("kill_switch"), "{out}");
+    }
+    assert_eq!(
+        withheld(),
+        [
+            "rotation withheld: dry_run",
+            "rotation withheld: kill_switch"
+        ]
+    );
+    assert_eq!(w.mints(), 0);
+    std::fs::remove_file(&switch).unwrap();
+    w.run(due(&w) + 4 * 3600).await;
+    assert_eq!(w.mints(), 1, "rotated once nothing holds it back");
+    assert_eq!(withheld().len(), 2);
+    assert_eq!(mark(), None, "the spell is over");
+}

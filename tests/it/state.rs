@@ -50,6 +50,7 @@ fn finding(project: &str, key_id: &str, policy: &str, stage: Stage, deadline: i6
     Finding {
         dry_run_noted_at: None,
         withheld: None,
+        rotation_withheld: None,
         expiry: Default::default(),
         id: FindingId {
             organization: "org-a".into(),

@@ -74,6 +74,7 @@ fn finding(
     Finding {
         dry_run_noted_at: None,
         withheld: None,
+        rotation_withheld: None,
         expiry: Default::default(),
         id: FindingId {
             organization: "acme".into(),
