@@ -668,4 +668,44 @@ mod tests {
         assert_eq!(d.notices, vec![NoticeKind::Postponed]);
         assert_eq!(advanced.changes.len(), 1);
     }
+
+    #[test]
+    fn a_withheld_mark_is_kept_per_reason_and_write_and_forgotten_when_the_plan_lets_it_go() {
+        let mut advanced = Advanced::default();
+        advanced.take_step(
+            Some(Stage::FinalNotice),
+            step(finding(Stage::FinalNotice), vec![]),
+            false,
+        );
+        let id = advanced.findings[0].finding.id.clone();
+        let mark = |a: &Advanced| a.findings[0].finding.withheld.clone();
+        // Held back anew: marked and written, and not yet recorded.
+        let recorded = advanced.mark_withheld(&plan_with(Some(Withheld::DryRun)));
+        assert!(recorded.is_empty());
+        assert_eq!(mark(&advanced).as_deref(), Some("dry_run/delete"));
+        assert_eq!(advanced.changes.len(), 1);
+        // The same reason and write again: recorded already, nothing more to write.
+        let recorded = advanced.mark_withheld(&plan_with(Some(Withheld::DryRun)));
+        assert_eq!(
+            recorded.get(&id).map(String::as_str),
+            Some("dry_run/delete")
+        );
+        assert_eq!(advanced.changes.len(), 1);
+        // Another reason: a new mark, written, to be recorded again.
+        let recorded = advanced.mark_withheld(&plan_with(Some(Withheld::CapPerRun)));
+        assert!(recorded.is_empty());
+        assert_eq!(mark(&advanced).as_deref(), Some("cap_per_run/delete"));
+        assert_eq!(advanced.changes.len(), 2);
+        // Another write under the same reason: the same.
+        let mut expiry = plan_with(Some(Withheld::CapPerRun));
+        expiry.withheld[0].action.write = Write::SetExpiry { to: 100 };
+        assert!(advanced.mark_withheld(&expiry).is_empty());
+        assert_eq!(mark(&advanced).as_deref(), Some("cap_per_run/expiry"));
+        assert_eq!(advanced.changes.len(), 3);
+        // Let through: the spell is over, and the cleared mark is written.
+        assert!(advanced.mark_withheld(&plan_with(None)).is_empty());
+        assert_eq!(mark(&advanced), None);
+        assert_eq!(advanced.changes.len(), 4);
+        assert!(advanced.changes.iter().all(|c| c.decision.is_none()));
+    }
 }
