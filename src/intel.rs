@@ -34,53 +34,127 @@ pub const AUDIT_LOG_MARGIN: i64 = 6 * 3600;
 /// Seconds in a usage bucket (`bucket_width = "1d"`).
 const BUCKET_SECS: i64 = 86_400;
 
-/// One key's creator and scopes, as the log tells them.
+/// Each key's history by key id: what a sweep holds of the log through the whole sweep, a row
+/// per key the log has shown since the backfill (100k at a large organisation).
+pub type History = HashMap<Box<str>, KeyHistory>;
+
+/// One key's creator and scopes, as the log tells them. Its strings are shared through a
+/// [`Pool`]: 100k keys' histories name a few thousand creators, a few hundred projects and a
+/// handful of scope lists, and each copied into every row made the history of a 100k-key
+/// organisation with a long backfill 45 MiB (`benches/README.md`, eleventh session).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KeyHistory {
     /// The e-mail of the actor of `api_key.created` (`None`: not in the log, or no e-mail).
-    pub created_by: Option<String>,
+    pub created_by: Option<Arc<str>>,
     /// The key's scopes: `data.scopes` of its creation, replaced by each update that sets
     /// scopes. `None`: unknown (no event carried them). `Some([])`: all permissions.
-    pub scopes: Option<Vec<String>>,
+    pub scopes: Option<Arc<[String]>>,
     /// When its `api_key.created` says it was created (`None`: not in the log read).
-    pub created_at: Option<i64>,
+    pub created_at: Stamp,
     /// The project of its creation.
-    pub project_id: Option<String>,
+    pub project_id: Option<Arc<str>>,
     /// The expiry the latest update with `expires_in_seconds` set (`effective_at` + seconds).
-    pub ends_at: Option<i64>,
+    pub ends_at: Stamp,
     /// The `effective_at` of the event that set `scopes` (a late, older event never
     /// overrides a newer one).
-    pub scopes_at: Option<i64>,
+    pub scopes_at: Stamp,
     /// The `effective_at` of the update that set `ends_at`.
-    pub ends_set_at: Option<i64>,
+    pub ends_set_at: Stamp,
     /// When its `api_key.deleted` took effect, and the e-mail of who deleted it.
-    pub deleted_at: Option<i64>,
-    pub deleted_by: Option<String>,
+    pub deleted_at: Stamp,
+    pub deleted_by: Option<Arc<str>>,
+}
+
+/// A moment the log may not have told (`get` is `None`), in 8 bytes where an `Option<i64>` takes
+/// 16: five per key in a history of 100k keys. `i64::MIN` is no time the API gives; a value
+/// that is would read as unknown.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Stamp(i64);
+
+impl Stamp {
+    pub const NONE: Stamp = Stamp(i64::MIN);
+
+    pub fn get(self) -> Option<i64> {
+        (self != Stamp::NONE).then_some(self.0)
+    }
+
+    pub fn is_none(self) -> bool {
+        self == Stamp::NONE
+    }
+}
+
+impl Default for Stamp {
+    fn default() -> Self {
+        Stamp::NONE
+    }
+}
+
+impl From<Option<i64>> for Stamp {
+    fn from(t: Option<i64>) -> Self {
+        t.map_or(Stamp::NONE, Stamp)
+    }
+}
+
+impl std::fmt::Debug for Stamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.get().fmt(f)
+    }
+}
+
+/// The strings and scope lists of one organisation's histories, each kept once and shared.
+#[derive(Default)]
+pub struct Pool {
+    strs: HashSet<Arc<str>>,
+    scopes: HashSet<Arc<[String]>>,
+}
+
+impl Pool {
+    pub fn str(&mut self, s: &str) -> Arc<str> {
+        if let Some(kept) = self.strs.get(s) {
+            return kept.clone();
+        }
+        let new: Arc<str> = Arc::from(s);
+        self.strs.insert(new.clone());
+        new
+    }
+
+    fn opt(&mut self, s: Option<&str>) -> Option<Arc<str>> {
+        s.map(|s| self.str(s))
+    }
+
+    pub fn scopes(&mut self, s: &[String]) -> Arc<[String]> {
+        if let Some(kept) = self.scopes.get(s) {
+            return kept.clone();
+        }
+        let new: Arc<[String]> = Arc::from(s);
+        self.scopes.insert(new.clone());
+        new
+    }
 }
 
 impl KeyHistory {
     /// An `api_key.deleted` event was seen.
     pub fn is_deleted(&self) -> bool {
-        self.deleted_at.is_some()
+        !self.deleted_at.is_none()
     }
 
     /// Folds one event in. Commutative up to ties: a value is replaced only by an event at
     /// least as recent as the one that set it, so events may arrive late and be applied again.
-    pub fn apply(&mut self, e: &KeyEvent) {
-        let newer = |at: Option<i64>| at.is_none_or(|at| e.effective_at >= at);
+    pub fn apply(&mut self, e: &KeyEvent, pool: &mut Pool) {
+        let newer = |at: Stamp| at.get().is_none_or(|at| e.effective_at >= at);
         match &e.kind {
             KeyEventKind::Created { scopes } => {
-                self.created_by.clone_from(&e.actor.email);
-                self.created_at = Some(e.effective_at);
-                if e.project_id.is_some() {
-                    self.project_id.clone_from(&e.project_id);
+                self.created_by = pool.opt(e.actor.email.as_deref());
+                self.created_at = Stamp(e.effective_at);
+                if let Some(p) = &e.project_id {
+                    self.project_id = Some(pool.str(p));
                 }
                 // A key's creation is its first event: it never overrides scopes an update set,
                 // even one in the same second (event ids are random, so their order decides
                 // nothing, and an update there narrowed what the creation set).
                 if self.scopes_at.is_none() {
-                    self.scopes.clone_from(scopes);
-                    self.scopes_at = Some(e.effective_at);
+                    self.scopes = scopes.as_deref().map(|s| pool.scopes(s));
+                    self.scopes_at = Stamp(e.effective_at);
                 }
             }
             KeyEventKind::Updated {
@@ -90,50 +164,50 @@ impl KeyHistory {
                 if let Some(scopes) = scopes
                     && newer(self.scopes_at)
                 {
-                    self.scopes = Some(scopes.clone());
-                    self.scopes_at = Some(e.effective_at);
+                    self.scopes = Some(pool.scopes(scopes));
+                    self.scopes_at = Stamp(e.effective_at);
                 }
                 if let Some(secs) = expires_in_seconds
                     && newer(self.ends_set_at)
                 {
-                    self.ends_at = Some(e.effective_at.saturating_add(*secs));
-                    self.ends_set_at = Some(e.effective_at);
+                    self.ends_at = Stamp(e.effective_at.saturating_add(*secs));
+                    self.ends_set_at = Stamp(e.effective_at);
                 }
             }
             KeyEventKind::Deleted => {
-                self.deleted_at = Some(e.effective_at);
-                self.deleted_by.clone_from(&e.actor.email);
+                self.deleted_at = Stamp(e.effective_at);
+                self.deleted_by = pool.opt(e.actor.email.as_deref());
             }
         }
     }
 
-    fn from_row(r: KeyHistoryRow) -> (String, KeyHistory) {
+    fn from_row(r: KeyHistoryRow, pool: &mut Pool) -> (Box<str>, KeyHistory) {
         let h = KeyHistory {
-            created_by: r.created_by,
-            scopes: r.scopes,
-            created_at: r.created_at,
-            project_id: r.project_id,
-            ends_at: r.ends_at,
-            scopes_at: r.scopes_at,
-            ends_set_at: r.ends_set_at,
-            deleted_at: r.deleted_at,
-            deleted_by: r.deleted_by,
+            created_by: pool.opt(r.created_by.as_deref()),
+            scopes: r.scopes.as_deref().map(|s| pool.scopes(s)),
+            created_at: r.created_at.into(),
+            project_id: pool.opt(r.project_id.as_deref()),
+            ends_at: r.ends_at.into(),
+            scopes_at: r.scopes_at.into(),
+            ends_set_at: r.ends_set_at.into(),
+            deleted_at: r.deleted_at.into(),
+            deleted_by: pool.opt(r.deleted_by.as_deref()),
         };
-        (r.key_id, h)
+        (r.key_id.into_boxed_str(), h)
     }
 
     fn to_row(&self, key_id: &str) -> KeyHistoryRow {
         KeyHistoryRow {
             key_id: key_id.to_string(),
-            project_id: self.project_id.clone(),
-            created_at: self.created_at,
-            created_by: self.created_by.clone(),
-            scopes: self.scopes.clone(),
-            scopes_at: self.scopes_at,
-            ends_at: self.ends_at,
-            ends_set_at: self.ends_set_at,
-            deleted_at: self.deleted_at,
-            deleted_by: self.deleted_by.clone(),
+            project_id: self.project_id.as_deref().map(str::to_string),
+            created_at: self.created_at.get(),
+            created_by: self.created_by.as_deref().map(str::to_string),
+            scopes: self.scopes.as_deref().map(<[String]>::to_vec),
+            scopes_at: self.scopes_at.get(),
+            ends_at: self.ends_at.get(),
+            ends_set_at: self.ends_set_at.get(),
+            deleted_at: self.deleted_at.get(),
+            deleted_by: self.deleted_by.as_deref().map(str::to_string),
         }
     }
 }
@@ -151,7 +225,7 @@ pub struct UsageSummary {
 pub struct OrgIntel {
     pub organization: String,
     /// By the log's key id. `Err`: why the log could not be read.
-    pub history: Result<HashMap<String, KeyHistory>, String>,
+    pub history: Result<History, String>,
     /// By `api_key_id`. `Err`: why usage could not be read.
     pub usage: Result<BTreeMap<String, KeyUsage>, String>,
     pub window_days: u32,
@@ -183,13 +257,16 @@ pub struct KeyIntel<'a> {
 }
 
 /// Each key's creator and scopes from its events, in any order (sorted here, oldest first).
-pub fn rebuild(events: &[KeyEvent]) -> HashMap<String, KeyHistory> {
+pub fn rebuild(events: &[KeyEvent]) -> History {
     let mut sorted: Vec<&KeyEvent> = events.iter().collect();
     sorted.sort_by(|a, b| (a.effective_at, &a.id).cmp(&(b.effective_at, &b.id)));
-    let mut out: HashMap<String, KeyHistory> = HashMap::new();
+    let mut out = History::new();
+    let mut pool = Pool::default();
     for e in sorted {
         let Some(key) = &e.key_id else { continue };
-        out.entry(key.clone()).or_default().apply(e);
+        out.entry(key.as_str().into())
+            .or_default()
+            .apply(e, &mut pool);
     }
     out
 }
@@ -227,15 +304,19 @@ impl Intel {
     /// last daily bucket with requests, capped at `now` (the API says only the day, so the
     /// key counts as used as late as that day allows). Unavailable usage gives no use at all,
     /// so `max_idle` falls back to `last_used_at`.
-    pub fn facts(&self, now: i64) -> Arc<KeyFacts> {
+    ///
+    /// `scopes`: whether any policy judges `unrestricted`. Without one, no key's scopes are
+    /// collected (`None`, as if unknown, which no rule then reads): at 100k keys that had All
+    /// permissions the set took 7 MiB of every sweep for nothing.
+    pub fn facts(&self, now: i64, scopes: bool) -> Arc<KeyFacts> {
         let mut f = KeyFacts::default();
         for o in &self.orgs {
-            let unrestricted = o.history.as_ref().ok().map(|h| {
+            let unrestricted = o.history.as_ref().ok().filter(|_| scopes).map(|h| {
                 (h.iter())
                     .filter(|(_, h)| {
-                        !h.is_deleted() && h.scopes.as_ref().is_some_and(Vec::is_empty)
+                        !h.is_deleted() && h.scopes.as_ref().is_some_and(|s| s.is_empty())
                     })
-                    .map(|(id, _)| id.clone())
+                    .map(|(id, _)| id.to_string())
                     .collect()
             });
             let used_at = (o.usage.as_ref().ok().into_iter().flatten())
@@ -297,7 +378,7 @@ pub struct Gaps {
 /// `complete_project`: whether a project is watched, not archived and completely listed;
 /// `listing_began`: keys created since may be missing for that reason alone.
 pub fn gaps(
-    history: &HashMap<String, KeyHistory>,
+    history: &History,
     listed: &HashSet<&str>,
     complete_project: impl Fn(&str) -> bool,
     listing_began: i64,
@@ -305,13 +386,13 @@ pub fn gaps(
 ) -> Gaps {
     let mut g = Gaps::default();
     for (id, h) in history {
-        let Some(created) = h.created_at else {
+        let Some(created) = h.created_at.get() else {
             continue;
         };
-        if h.is_deleted() || listed.contains(id.as_str()) || created >= listing_began {
+        if h.is_deleted() || listed.contains(&**id) || created >= listing_began {
             continue;
         }
-        if h.ends_at.is_some_and(|t| t <= now) {
+        if h.ends_at.get().is_some_and(|t| t <= now) {
             continue;
         }
         if !(id.starts_with("key_") && crate::openai::is_valid_id(id)) {
@@ -319,7 +400,7 @@ pub fn gaps(
             continue;
         }
         if h.project_id.as_deref().is_some_and(&complete_project) {
-            g.missing.push(id.clone());
+            g.missing.push(id.to_string());
         }
     }
     g.missing.sort();
@@ -431,23 +512,29 @@ pub async fn gather_kept(
     Intel { orgs }
 }
 
-/// What the stored history of an organisation holds.
+/// What the stored history of an organisation holds, and the pool its strings are shared in.
 #[derive(Default)]
 struct Stored {
     mark: Option<i64>,
-    history: HashMap<String, KeyHistory>,
+    history: History,
     seen: HashSet<String>,
+    pool: Pool,
 }
 
 fn load(store: &Store, organization: &str) -> Result<Stored, crate::state::StateError> {
     store.with_conn(|c| {
-        Ok(Stored {
+        let mut st = Stored {
             mark: stored::mark(c, organization)?,
-            history: (stored::histories(c, organization)?.into_iter())
-                .map(KeyHistory::from_row)
-                .collect(),
             seen: stored::seen_events(c, organization)?,
-        })
+            ..Stored::default()
+        };
+        // Sized once: a map that doubles as it fills holds both tables while it moves.
+        st.history.reserve(stored::history_count(c, organization)?);
+        stored::each_history(c, organization, |row| {
+            let (id, h) = KeyHistory::from_row(row, &mut st.pool);
+            st.history.insert(id, h);
+        })?;
+        Ok(st)
     })
 }
 
@@ -473,7 +560,7 @@ async fn org_history(
     horizon: i64,
     now: i64,
     kept: Option<Kept<'_>>,
-) -> Result<HashMap<String, KeyHistory>, HistoryFailed> {
+) -> Result<History, HistoryFailed> {
     let org = c.org_name();
     let mut st = match kept {
         Some(k) => load(k.store, org).map_err(|e| {
@@ -491,7 +578,7 @@ async fn org_history(
         Ok(events) => events,
         Err(e) => {
             let creators = (st.history.into_iter())
-                .filter_map(|(id, h)| h.created_by.map(|by| (id, by)))
+                .filter_map(|(id, h)| Some((id.into_string(), h.created_by?.to_string())))
                 .collect();
             return Err(HistoryFailed {
                 message: e.to_string(),
@@ -507,16 +594,14 @@ async fn org_history(
         if !st.seen.insert(e.id.clone()) {
             continue;
         }
-        st.history.entry(key.clone()).or_default().apply(e);
+        (st.history.entry(key.as_str().into()).or_default()).apply(e, &mut st.pool);
         changed.insert(key);
         applied.push((e.id.as_str(), e.effective_at));
     }
     if let Some(k) = kept.filter(|k| k.persist) {
-        let rows: Vec<KeyHistoryRow> = (changed.iter())
-            .filter_map(|id| st.history.get(*id).map(|h| h.to_row(id)))
-            .collect();
+        // Made one at a time as they are written: a first read changes every key's.
+        let rows = (changed.iter()).filter_map(|id| st.history.get(*id).map(|h| h.to_row(id)));
         let read = stored::ReadResult {
-            changed: rows.iter().collect(),
             applied,
             // Never later than the wall clock: a rehearsal with `--now` in the future must
             // not make later sweeps skip what happens until then.
@@ -526,7 +611,7 @@ async fn org_history(
         };
         // The history read is true whether or not it could be kept: the next sweep then reads
         // from the previous mark again.
-        if let Err(e) = k.store.tx(|tx| stored::record_read(tx, org, &read)) {
+        if let Err(e) = k.store.tx(|tx| stored::record_read(tx, org, rows, &read)) {
             tracing::warn!(
                 organization = org,
                 "cannot keep the audit log's history: {}",
@@ -599,7 +684,10 @@ mod tests {
         ];
         let h = rebuild(&events);
         assert_eq!(h["key_a"].created_by.as_deref(), Some("a@x"));
-        assert_eq!(h["key_a"].scopes, s(&["api.all.read"]));
+        assert_eq!(
+            h["key_a"].scopes.as_deref(),
+            s(&["api.all.read"]).as_deref()
+        );
         assert_eq!(
             h["key_b"].scopes, None,
             "a missing data.scopes is unknown, never all"
@@ -609,8 +697,8 @@ mod tests {
         assert_eq!(h["key_c"].deleted_by.as_deref(), Some("c@x"));
         let only_created = rebuild(&events[3..4]);
         assert_eq!(
-            only_created["key_a"].scopes,
-            Some(vec![]),
+            only_created["key_a"].scopes.as_deref(),
+            Some(&[][..]),
             "[] is all permissions"
         );
     }
@@ -637,16 +725,21 @@ mod tests {
         // Both orders of the ids (the sort key within a second) and both orders of arrival.
         for (c, u) in [("e1", "e2"), ("e2", "e1")] {
             for creation_first in [true, false] {
-                let mut h = KeyHistory::default();
+                let (mut h, mut pool) = (KeyHistory::default(), Pool::default());
                 let (a, b) = (created(c), narrowed(u));
                 if creation_first {
-                    h.apply(&a);
-                    h.apply(&b);
+                    h.apply(&a, &mut pool);
+                    h.apply(&b, &mut pool);
                 } else {
-                    h.apply(&b);
-                    h.apply(&a);
+                    h.apply(&b, &mut pool);
+                    h.apply(&a, &mut pool);
                 }
-                assert_eq!(h.scopes, s(&["api.model.read"]), "{c} {u} {creation_first}");
+                let want = s(&["api.model.read"]);
+                assert_eq!(
+                    h.scopes.as_deref(),
+                    want.as_deref(),
+                    "{c} {u} {creation_first}"
+                );
             }
         }
     }
@@ -673,7 +766,7 @@ mod tests {
         );
         let deleted = ev("e3", 30, "key_a", KeyEventKind::Deleted, Some("d@x"));
         // In order, then the creation arriving late (the log lags), then everything again.
-        let mut h = KeyHistory::default();
+        let (mut h, mut pool) = (KeyHistory::default(), Pool::default());
         for e in [
             &restricted,
             &deleted,
@@ -682,38 +775,45 @@ mod tests {
             &restricted,
             &deleted,
         ] {
-            h.apply(e);
+            h.apply(e, &mut pool);
         }
         assert_eq!(h.created_by.as_deref(), Some("a@x"));
         assert_eq!(
-            h.scopes,
-            s(&["api.model.read"]),
+            h.scopes.as_deref(),
+            s(&["api.model.read"]).as_deref(),
             "the late creation's [] lost"
         );
-        assert_eq!((h.ends_at, h.ends_set_at), (Some(120), Some(20)));
         assert_eq!(
-            (h.deleted_at, h.deleted_by.as_deref()),
+            (h.ends_at.get(), h.ends_set_at.get()),
+            (Some(120), Some(20))
+        );
+        assert_eq!(
+            (h.deleted_at.get(), h.deleted_by.as_deref()),
             (Some(30), Some("d@x"))
         );
-        let (id, back) = KeyHistory::from_row(h.to_row("key_a"));
-        assert_eq!((id.as_str(), back), ("key_a", h));
+        let (id, back) = KeyHistory::from_row(h.to_row("key_a"), &mut pool);
+        assert_eq!((&*id, &back), ("key_a", &h));
+        // Read back through the same pool, its strings are the pool's, not copies.
+        let (by, back_by) = (h.created_by.unwrap(), back.created_by.unwrap());
+        assert!(Arc::ptr_eq(&by, &back_by));
+        assert!(Arc::ptr_eq(&h.scopes.unwrap(), &back.scopes.unwrap()));
     }
 
     #[test]
     fn facts_know_only_live_keys_with_all_permissions_and_usage_to_the_buckets_end() {
-        let mut history = HashMap::new();
+        let mut history = History::new();
         history.insert(
-            "key_all".to_string(),
+            "key_all".into(),
             KeyHistory {
-                scopes: Some(vec![]),
+                scopes: Some(Arc::from([])),
                 ..KeyHistory::default()
             },
         );
         history.insert(
-            "key_gone".to_string(),
+            "key_gone".into(),
             KeyHistory {
-                scopes: Some(vec![]),
-                deleted_at: Some(20),
+                scopes: Some(Arc::from([])),
+                deleted_at: Stamp(20),
                 ..KeyHistory::default()
             },
         );
@@ -735,13 +835,23 @@ mod tests {
                 creators_kept: HashMap::new(),
             }],
         };
-        let f = intel.facts(200_000);
+        let f = intel.facts(200_000, true);
         use crate::policy::Scopes;
         assert_eq!(f.scopes("acme", "key_all"), Scopes::Unrestricted);
         assert_eq!(f.scopes("acme", "key_gone"), Scopes::NotKnownUnrestricted);
         assert_eq!(f.scopes("globex", "key_all"), Scopes::Undecided);
         assert_eq!(f.used_at("acme", "key_all"), Some(1_000 + BUCKET_SECS));
-        assert_eq!(intel.facts(2_000).used_at("acme", "key_all"), Some(2_000));
+        assert_eq!(
+            intel.facts(2_000, true).used_at("acme", "key_all"),
+            Some(2_000)
+        );
+        // No policy judges scopes: none are collected, and nothing reads them as a fact.
+        let without = intel.facts(200_000, false);
+        assert_eq!(without.scopes("acme", "key_all"), Scopes::Undecided);
+        assert_eq!(
+            without.used_at("acme", "key_all"),
+            Some(1_000 + BUCKET_SECS)
+        );
     }
 
     #[test]
@@ -778,28 +888,28 @@ mod tests {
     #[test]
     fn gaps_are_created_not_deleted_not_listed_keys_of_complete_projects() {
         let h = |created: i64, project: &str| KeyHistory {
-            created_at: Some(created),
-            project_id: Some(project.to_string()),
+            created_at: Stamp(created),
+            project_id: Some(Arc::from(project)),
             ..KeyHistory::default()
         };
-        let mut history = HashMap::new();
-        history.insert("key_gap".to_string(), h(10, "proj_a"));
-        history.insert("key_listed".to_string(), h(10, "proj_a"));
-        history.insert("key_new".to_string(), h(100, "proj_a"));
-        history.insert("key_other".to_string(), h(10, "proj_unwatched"));
-        history.insert("tracking-7".to_string(), h(10, "proj_a"));
+        let mut history = History::new();
+        history.insert("key_gap".into(), h(10, "proj_a"));
+        history.insert("key_listed".into(), h(10, "proj_a"));
+        history.insert("key_new".into(), h(100, "proj_a"));
+        history.insert("key_other".into(), h(10, "proj_unwatched"));
+        history.insert("tracking-7".into(), h(10, "proj_a"));
         let deleted = KeyHistory {
-            deleted_at: Some(20),
+            deleted_at: Stamp(20),
             ..h(10, "proj_a")
         };
-        history.insert("key_deleted".to_string(), deleted);
+        history.insert("key_deleted".into(), deleted);
         let expired = KeyHistory {
-            ends_at: Some(50),
+            ends_at: Stamp(50),
             ..h(10, "proj_a")
         };
-        history.insert("key_expired".to_string(), expired);
+        history.insert("key_expired".into(), expired);
         // Known only from an update (its creation is older than the log read): not a gap.
-        history.insert("key_updated_only".to_string(), KeyHistory::default());
+        history.insert("key_updated_only".into(), KeyHistory::default());
         let listed: HashSet<&str> = ["key_listed"].into_iter().collect();
         let g = gaps(&history, &listed, |p| p == "proj_a", 100, 100);
         assert_eq!(g.missing, vec!["key_gap".to_string()]);

@@ -20,7 +20,8 @@ pub struct KeyFacts {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OrgFacts {
     /// The keys known to have All permissions (their latest scopes in the log are `[]`).
-    /// `None`: the audit log could not be read in this sweep, so no key's scopes are known.
+    /// `None`: the audit log could not be read in this sweep, so no key's scopes are known
+    /// (or no policy judges `unrestricted`, and the sweep did not collect them).
     pub unrestricted: Option<HashSet<String>>,
     /// When each key was last seen used by the usage endpoints (Unix seconds). Empty when
     /// usage could not be read: then `last_used_at` alone says when a key was used.

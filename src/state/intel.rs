@@ -40,38 +40,45 @@ pub fn mark(conn: &Connection, organization: &str) -> Result<Option<i64>, StateE
         .optional()?)
 }
 
-/// Every stored key history of the organisation.
-pub fn histories(conn: &Connection, organization: &str) -> Result<Vec<KeyHistoryRow>, StateError> {
+/// How many key histories of the organisation are stored (to size what holds them).
+pub fn history_count(conn: &Connection, organization: &str) -> Result<usize, StateError> {
+    let n: i64 = conn.query_row(
+        "SELECT count(*) FROM key_history WHERE organization = ?1",
+        params![organization],
+        |r| r.get(0),
+    )?;
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
+/// Hands every stored key history of the organisation to `each`, one row at a time: 100k
+/// rows collected first would double what the caller keeps of them.
+pub fn each_history(
+    conn: &Connection,
+    organization: &str,
+    mut each: impl FnMut(KeyHistoryRow),
+) -> Result<(), StateError> {
     let mut stmt = conn.prepare(
         "SELECT key_id, project_id, created_at, created_by, scopes, scopes_at, ends_at, \
          ends_set_at, deleted_at, deleted_by FROM key_history WHERE organization = ?1",
     )?;
-    let rows = stmt.query_map(params![organization], |r| {
+    let mut rows = stmt.query(params![organization])?;
+    while let Some(r) = rows.next()? {
         let scopes: Option<String> = r.get(4)?;
-        Ok((
-            KeyHistoryRow {
-                key_id: r.get(0)?,
-                project_id: r.get(1)?,
-                created_at: r.get(2)?,
-                created_by: r.get(3)?,
-                scopes: None,
-                scopes_at: r.get(5)?,
-                ends_at: r.get(6)?,
-                ends_set_at: r.get(7)?,
-                deleted_at: r.get(8)?,
-                deleted_by: r.get(9)?,
-            },
-            scopes,
-        ))
-    })?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (mut h, scopes) = row?;
-        // A value that does not decode is unknown, never "All permissions".
-        h.scopes = scopes.and_then(|s| serde_json::from_str(&s).ok());
-        out.push(h);
+        each(KeyHistoryRow {
+            key_id: r.get(0)?,
+            project_id: r.get(1)?,
+            created_at: r.get(2)?,
+            created_by: r.get(3)?,
+            // A value that does not decode is unknown, never "All permissions".
+            scopes: scopes.and_then(|s| serde_json::from_str(&s).ok()),
+            scopes_at: r.get(5)?,
+            ends_at: r.get(6)?,
+            ends_set_at: r.get(7)?,
+            deleted_at: r.get(8)?,
+            deleted_by: r.get(9)?,
+        });
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The ids of the events already applied that are still inside the re-read margin.
@@ -82,22 +89,24 @@ pub fn seen_events(conn: &Connection, organization: &str) -> Result<HashSet<Stri
     Ok(ids.collect::<Result<_, _>>()?)
 }
 
-/// What one successful read adds: the changed histories, the events applied (id,
-/// `effective_at`), the new mark, and what to forget (seen events older than `forget_seen_before`,
-/// histories of keys deleted before `forget_deleted_before`).
+/// What one successful read adds besides the changed histories (which [`record_read`] takes
+/// one at a time): the events applied (id, `effective_at`), the new mark, and what to forget
+/// (seen events older than `forget_seen_before`, histories of keys deleted before
+/// `forget_deleted_before`).
 #[derive(Debug, Clone, Default)]
 pub struct ReadResult<'a> {
-    pub changed: Vec<&'a KeyHistoryRow>,
     pub applied: Vec<(&'a str, i64)>,
     pub read_to: i64,
     pub forget_seen_before: i64,
     pub forget_deleted_before: i64,
 }
 
-/// Records a successful read in one go (the caller's transaction).
+/// Records a successful read in one go (the caller's transaction): `changed`, the histories
+/// the read changed, made one at a time (a first read changes every key's), and `r`.
 pub fn record_read(
     conn: &Connection,
     organization: &str,
+    changed: impl IntoIterator<Item = KeyHistoryRow>,
     r: &ReadResult<'_>,
 ) -> Result<(), StateError> {
     let mut put = conn.prepare_cached(
@@ -105,7 +114,7 @@ pub fn record_read(
          created_by, scopes, scopes_at, ends_at, ends_set_at, deleted_at, deleted_by) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )?;
-    for h in &r.changed {
+    for h in changed {
         let scopes = match &h.scopes {
             Some(s) => Some(
                 serde_json::to_string(s).map_err(|source| StateError::Corrupt {

@@ -60,7 +60,8 @@ impl Run<'_> {
         // rules (`unrestricted`, `max_idle`'s usage buckets) need them before the first one.
         let intel = self.gather_intel().await;
         let mut evaluator = sweeper.evaluator(self.now());
-        evaluator.policies = self.with_facts(intel.facts(self.now()));
+        let scopes = (sweeper.config.policies.iter()).any(|p| p.unrestricted);
+        evaluator.policies = self.with_facts(intel.facts(self.now(), scopes));
         let recorder = Recorder::start(
             self.store.clone(),
             evaluator,
@@ -155,16 +156,16 @@ impl Run<'_> {
                 .map(|s| s.started_at.saturating_sub(crate::intel::AUDIT_LOG_MARGIN));
             let mut missing = Vec::new();
             for id in logged.missing {
-                let created = history.get(&id).and_then(|h| h.created_at);
+                let created = history.get(id.as_str()).and_then(|h| h.created_at.get());
                 if let (Some(since), Some(created)) = (since, created)
                     && created < since
                 {
                     continue;
                 }
-                let project = (history.get(&id)).and_then(|h| h.project_id.clone());
+                let project = (history.get(id.as_str())).and_then(|h| h.project_id.as_deref());
                 let project = project.unwrap_or_default();
                 let seen = self.store.with_conn(|c| {
-                    crate::state::observations::get_observation(c, &org.organization, &project, &id)
+                    crate::state::observations::get_observation(c, &org.organization, project, &id)
                 })?;
                 if seen.is_none_or(|o| o.gone_at.is_some()) {
                     missing.push(id);

@@ -100,7 +100,9 @@ impl Sweeper {
         let clients = self.clients_for(None);
         let inventory = crate::openai::collect_inventory(&self.config, &clients, progress).await;
         let mut evaluator = self.evaluator(now);
-        evaluator.policies = std::sync::Arc::new(self.policies.with_facts(intel.facts(now)));
+        let scopes = self.config.policies.iter().any(|p| p.unrestricted);
+        evaluator.policies =
+            std::sync::Arc::new(self.policies.with_facts(intel.facts(now, scopes)));
         let open = inventory
             .orgs
             .iter()
