@@ -289,6 +289,19 @@ impl AdminClient {
     /// Every `api_key.*` event with `effective_at >= since`, newest first as the log lists them.
     /// Events of other types, or without their details object, are skipped.
     pub async fn key_events(&self, since: i64) -> Result<Vec<KeyEvent>, IntelError> {
+        let mut out = Vec::new();
+        self.each_key_event(since, |e| out.push(e)).await?;
+        Ok(out)
+    }
+
+    /// [`AdminClient::key_events`], each event handed to `each` as its page is read, for a
+    /// caller that keeps less of it than the whole event (a first read of a large organisation
+    /// is 100k events).
+    pub async fn each_key_event(
+        &self,
+        since: i64,
+        mut each: impl FnMut(KeyEvent),
+    ) -> Result<(), IntelError> {
         let ep = AUDIT_LOGS;
         let mut url = self
             .url(&["organization", "audit_logs"], ep, None)
@@ -300,11 +313,11 @@ impl AdminClient {
             }
             q.append_pair("effective_at[gte]", &since.to_string());
         }
-        let mut out = Vec::new();
-        self.list_all::<WireEvent>(ep, None, url, |e| out.extend(e.into_domain()))
-            .await
-            .map_err(|e| IntelError::from_error(ep, e))?;
-        Ok(out)
+        self.list_all::<WireEvent>(ep, None, url, |e| {
+            e.into_domain().into_iter().for_each(&mut each)
+        })
+        .await
+        .map_err(|e| IntelError::from_error(ep, e))
     }
 
     /// Each key's requests (completions) and cost (costs) over `[start, end)`, daily buckets,
