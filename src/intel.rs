@@ -189,8 +189,9 @@ impl KeyHistory {
         !self.deleted_at.is_none()
     }
 
-    /// Folds one event in (see [`KeyHistory::fold`]).
-    pub fn apply(&mut self, e: &KeyEvent, pool: &mut Pool) {
+    /// Folds one event in, as a read does (the tests' way in).
+    #[cfg(test)]
+    fn apply(&mut self, e: &KeyEvent, pool: &mut Pool) {
         self.fold(&Folded::new(e.clone(), pool));
     }
 
@@ -224,7 +225,9 @@ impl KeyHistory {
                 if let Some(secs) = expires_in_seconds
                     && newer(self.ends_set_at)
                 {
-                    self.ends_at = Stamp(e.effective_at.saturating_add(*secs));
+                    // Never the unknown mark: an expiry far in the past is still one.
+                    let ends = e.effective_at.saturating_add(*secs).max(i64::MIN + 1);
+                    self.ends_at = Stamp(ends);
                     self.ends_set_at = Stamp(e.effective_at);
                 }
             }

@@ -178,7 +178,7 @@ impl Sweeper {
         run.phase_done("enforce");
         run.rotate(
             &planned.plan,
-            &advanced.findings,
+            &mut advanced.findings,
             &listed.intel,
             &mut enforced,
         )

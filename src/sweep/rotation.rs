@@ -107,7 +107,7 @@ impl Run<'_> {
     pub(super) async fn rotate(
         &self,
         plan: &Plan,
-        findings: &[FindingView],
+        findings: &mut [FindingView],
         intel: &Intel,
         enforced: &mut Enforced,
     ) -> Result<(), SweepError> {
@@ -144,11 +144,21 @@ impl Run<'_> {
                 .metrics
                 .revocation(&r.organization, r.outcome_label());
         }
-        let (marked, records) = self.held_back(&results, &planned, findings);
+        // A shutdown stopped the loop: the rotations after it were not looked at, so their
+        // marks stay (clearing them would record their spell again).
+        let clear = !self.opts.cancel.is_cancelled();
+        let (changes, records) = self.held_back(&results, &planned, findings, clear);
         let alerts = self.dedup_alerts(results.iter().filter_map(|r| r.alert()).collect())?;
         let notices = rotated_notices(&results, &planned, findings, config);
-        if alerts.is_empty() && records.is_empty() && notices.is_empty() && marked.is_empty() {
+        if alerts.is_empty() && records.is_empty() && notices.is_empty() && changes.is_empty() {
             return Ok(());
+        }
+        // The sweep's views (its report) carry the marks written.
+        let mut marked = Vec::with_capacity(changes.len());
+        for (at, mark) in changes {
+            let f = Arc::make_mut(&mut findings[at].finding);
+            f.rotation_withheld = mark;
+            marked.push(f.clone());
         }
         let now = self.now();
         enforced.notices_queued += self.enqueue(
@@ -176,14 +186,15 @@ impl Run<'_> {
 
 impl Run<'_> {
     /// The rotations a rail held back this sweep: the findings whose mark changes
-    /// ([`rotation_marks`]), and a `skipped` record for each one not held back for the same
-    /// reason in the last sweep.
+    /// ([`rotation_marks`]; `clear`: whether marks no longer held may be cleared), and a
+    /// `skipped` record for each one not held back for the same reason in the last sweep.
     fn held_back(
         &self,
         results: &[rotate::RotationResult],
         planned: &[PlannedRotation],
         findings: &[FindingView],
-    ) -> (Vec<Finding>, Vec<AuditRecord>) {
+        clear: bool,
+    ) -> (Vec<(usize, Option<String>)>, Vec<AuditRecord>) {
         // The rotate policy's finding of each key: where a held-back rotation is remembered.
         let finding_of: HashMap<(&str, &str, &str), &FindingId> = (planned.iter())
             .map(|p| {
@@ -208,7 +219,7 @@ impl Run<'_> {
         let held_now: HashMap<&FindingId, &str> = (held.iter())
             .filter_map(|(_, reason, id)| id.map(|id| (id, *reason)))
             .collect();
-        let (marked, recorded) = rotation_marks(findings, &held_now);
+        let (changes, recorded) = rotation_marks(findings, &held_now, clear);
         let mut records = Vec::new();
         for (r, reason, id) in held {
             tracing::info!(run_id = self.run_id(), key_id = %r.key_id, %reason, "would rotate");
@@ -224,21 +235,23 @@ impl Run<'_> {
             rec.key_id = Some(r.key_id.clone());
             records.push(rec);
         }
-        (marked, records)
+        (changes, records)
     }
 }
 
 /// The findings whose rotation mark ([`Finding::rotation_withheld`]) changes with what the
-/// rotation phase held back this sweep (`held_now`: finding → reason), marked or cleared, to be
-/// written; and those held back for the same reason as in the last sweep, whose `skipped`
+/// rotation phase held back this sweep (`held_now`: finding → reason), by their place in
+/// `findings` with the new mark, to be written (a mark no longer held is cleared only when
+/// `clear`); and those held back for the same reason as in the last sweep, whose `skipped`
 /// record is already written.
 fn rotation_marks<'a>(
     findings: &'a [FindingView],
     held_now: &HashMap<&FindingId, &str>,
-) -> (Vec<Finding>, HashSet<&'a FindingId>) {
-    let mut marked = Vec::new();
+    clear: bool,
+) -> (Vec<(usize, Option<String>)>, HashSet<&'a FindingId>) {
+    let mut changes = Vec::new();
     let mut recorded = HashSet::new();
-    for v in findings {
+    for (at, v) in findings.iter().enumerate() {
         let f = &*v.finding;
         let now = held_now.get(&f.id).copied();
         if f.rotation_withheld.as_deref() == now {
@@ -247,11 +260,11 @@ fn rotation_marks<'a>(
             }
             continue;
         }
-        let mut changed = f.clone();
-        changed.rotation_withheld = now.map(str::to_string);
-        marked.push(changed);
+        if now.is_some() || clear {
+            changes.push((at, now.map(str::to_string)));
+        }
     }
-    (marked, recorded)
+    (changes, recorded)
 }
 
 /// A "rotated" notice for each performed rotation, to the key's owner routes like its other
@@ -377,4 +390,64 @@ pub(super) fn planned_of(
 ) -> Vec<PlannedRotation> {
     let all: Vec<&Finding> = findings.iter().map(|v| &*v.finding).collect();
     planned_rotations(&all, &config.rotations, now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(key: &str, mark: Option<&str>) -> FindingView {
+        let mut f: Finding = serde_json::from_value(json!({
+            "id": { "organization": "o", "project_id": "p", "key_id": key, "policy": "rot" },
+            "key_name": "k", "redacted_value": "sk-...abcd", "owner_type": "service_account",
+            "owner": "bot", "created_at": 0, "action": "revoke", "reason": "old",
+            "stage": "warned", "detected_at": 0, "deadline": 100, "warned_at": 0,
+        }))
+        .unwrap();
+        f.rotation_withheld = mark.map(str::to_string);
+        FindingView {
+            finding: Arc::new(f),
+            plan: String::new(),
+            rotation: None,
+        }
+    }
+
+    #[test]
+    fn a_rotation_mark_is_set_kept_changed_and_cleared_only_when_the_phase_looked() {
+        let views = [
+            view("key_new", None),
+            view("key_same", Some("dry_run")),
+            view("key_other", Some("dry_run")),
+            view("key_let_go", Some("kill_switch")),
+            view("key_never", None),
+        ];
+        let ids: Vec<&FindingId> = views.iter().map(|v| &v.finding.id).collect();
+        let held: HashMap<&FindingId, &str> = [
+            (ids[0], "dry_run"),
+            (ids[1], "dry_run"),
+            (ids[2], "kill_switch"),
+        ]
+        .into_iter()
+        .collect();
+        let (changes, recorded) = rotation_marks(&views, &held, true);
+        assert_eq!(
+            changes,
+            [
+                (0, Some("dry_run".to_string())),
+                (2, Some("kill_switch".to_string())),
+                (3, None)
+            ]
+        );
+        // Only the one held back for the same reason as before has its record already.
+        assert_eq!(recorded, [ids[1]].into_iter().collect());
+        // After a shutdown stopped the phase, a mark it did not see is kept.
+        let (changes, _) = rotation_marks(&views, &held, false);
+        assert_eq!(
+            changes,
+            [
+                (0, Some("dry_run".to_string())),
+                (2, Some("kill_switch".to_string()))
+            ]
+        );
+    }
 }
