@@ -82,15 +82,9 @@ fn withheld(ctx: &Context) -> Option<RotationOutcome> {
     })
 }
 
-/// True when the key needs no new rotation: it was rotated already (its old key now expires),
-/// or a rotation of it is unfinished (`reconcile` settles it first).
+/// True when the key needs no new rotation (`rotations::in_hand`).
 fn busy(ctx: &Context, p: &PlannedRotation) -> Result<bool, StateError> {
     let id = &p.finding;
-    let latest = ctx.store.with_conn(|c| {
-        rotations::latest_for_key(c, &id.organization, &id.project_id, &id.key_id)
-    })?;
-    let Some(latest) = latest else {
-        return Ok(false);
-    };
-    Ok(latest.status == "done" || rotations::UNSETTLED.contains(&latest.status.as_str()))
+    ctx.store
+        .with_conn(|c| rotations::in_hand(c, &id.organization, &id.project_id, &id.key_id))
 }

@@ -175,6 +175,19 @@ pub fn latest_for_key(
         .optional()?)
 }
 
+/// Whether the old key needs no new rotation: its latest rotation is done (the old key now
+/// expires) or unfinished (see [`UNSETTLED`]; reconciliation settles it first). The planner's
+/// caps and the rotation phase ask the same question.
+pub fn in_hand(
+    conn: &Connection,
+    org: &str,
+    project_id: &str,
+    old_key_id: &str,
+) -> Result<bool, StateError> {
+    Ok(latest_for_key(conn, org, project_id, old_key_id)?
+        .is_some_and(|r| r.status == "done" || UNSETTLED.contains(&r.status.as_str())))
+}
+
 /// Every key keysweep minted, as (organisation, new key id) → the old key it replaced.
 pub fn replacements(
     conn: &Connection,
@@ -201,4 +214,49 @@ pub fn get(conn: &Connection, id: i64) -> Result<Option<RotationRow>, StateError
         .prepare_cached(&sql)?
         .query_row(params![id], decode)
         .optional()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Store;
+
+    #[test]
+    fn a_key_is_in_hand_while_its_latest_rotation_is_unfinished_or_done() {
+        let store = Store::open_in_memory().unwrap();
+        let in_hand = |key: &str| store.with_conn(|c| in_hand(c, "o", "p", key)).unwrap();
+        assert!(!in_hand("key_old"), "never rotated");
+        let id = store
+            .with_conn(|c| {
+                begin(
+                    c,
+                    &NewRotation {
+                        organization: "o",
+                        project_id: "p",
+                        service_account_id: "sa",
+                        old_key_id: "key_old",
+                        policy: "rot",
+                        nonce: "n1",
+                        intent_seq: 1,
+                        started_at: 10,
+                    },
+                )
+            })
+            .unwrap();
+        let set = |status: &str| {
+            let u = RotationUpdate {
+                status,
+                ..RotationUpdate::default()
+            };
+            store.with_conn(|c| update(c, id, &u, 20)).unwrap();
+        };
+        for status in UNSETTLED.into_iter().chain(["done"]) {
+            set(status);
+            assert!(in_hand("key_old"), "{status}");
+        }
+        // A failed rotation left nothing behind: the key is rotated again.
+        set("sink_failed");
+        assert!(!in_hand("key_old"));
+        assert!(!in_hand("key_other"), "another key");
+    }
 }

@@ -92,12 +92,8 @@ impl Sweeper {
         let Some(store) = self.store() else {
             return Ok(false);
         };
-        let latest = store.with_conn(|c| {
-            rotations::latest_for_key(c, &id.organization, &id.project_id, &id.key_id)
-        })?;
-        Ok(latest.is_some_and(|r| {
-            r.status == "done" || rotations::UNSETTLED.contains(&r.status.as_str())
-        }))
+        Ok(store
+            .with_conn(|c| rotations::in_hand(c, &id.organization, &id.project_id, &id.key_id))?)
     }
 }
 
