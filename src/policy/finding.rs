@@ -140,7 +140,7 @@ pub struct Finding {
     /// Why the rotation phase held this finding's due rotation back in the last sweep that ran
     /// it (`dry_run`, `service_account_notify_only`, `kill_switch`, `shutdown`), so its `skipped`
     /// record is written once per spell and reason, like [`Finding::withheld`]'s. Cleared by
-    /// the first rotation phase that does not hold it back.
+    /// the first rotation phase that runs to its end without holding it back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation_withheld: Option<String>,
 }
