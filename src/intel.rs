@@ -291,11 +291,6 @@ pub struct OrgIntel {
     /// send a service-account key's notices past its creator; scopes and deletions, which do
     /// change, are not taken from it.
     pub creators_kept: HashMap<String, String>,
-    /// The state file holds exactly `history` (this sweep's read was recorded there), so it
-    /// can be let go while the listing runs and read back after it ([`Intel::park`]).
-    pub recorded: bool,
-    /// `history` is let go until [`Intel::unpark`] reads it back: it is empty meanwhile.
-    pub parked: bool,
 }
 
 /// The `Err` of a source the configuration turns off (`[audit_log] enabled = false`,
@@ -558,9 +553,9 @@ pub async fn gather_kept(
             }
         };
         let (history, usage) = tokio::join!(read_history, read_usage);
-        let (history, creators_kept, recorded) = match history {
-            Ok((h, recorded)) => (Ok(h), HashMap::new(), recorded),
-            Err(f) => (Err(f.message), f.creators, false),
+        let (history, creators_kept) = match history {
+            Ok(h) => (Ok(h), HashMap::new()),
+            Err(f) => (Err(f.message), f.creators),
         };
         OrgIntel {
             organization: c.org_name().to_string(),
@@ -568,8 +563,6 @@ pub async fn gather_kept(
             usage,
             window_days: settings.window_days(),
             creators_kept,
-            recorded,
-            parked: false,
         }
     });
     let orgs = futures_util::future::join_all(reads).await;
@@ -592,50 +585,14 @@ fn load(store: &Store, organization: &str) -> Result<Stored, crate::state::State
             seen: stored::seen_events(c, organization)?,
             ..Stored::default()
         };
-        st.history = stored_history(c, organization, &mut st.pool)?;
+        // Sized once: a map that doubles as it fills holds both tables while it moves.
+        st.history.reserve(stored::history_count(c, organization)?);
+        stored::each_history(c, organization, |row| {
+            let (id, h) = KeyHistory::from_row(row, &mut st.pool);
+            st.history.insert(id, h);
+        })?;
         Ok(st)
     })
-}
-
-/// Every stored key history of the organisation, its strings in `pool`.
-fn stored_history(
-    c: &rusqlite::Connection,
-    organization: &str,
-    pool: &mut Pool,
-) -> Result<History, crate::state::StateError> {
-    // Sized once: a map that doubles as it fills holds both tables while it moves.
-    let mut history = History::with_capacity(stored::history_count(c, organization)?);
-    stored::each_history(c, organization, |row| {
-        let (id, h) = KeyHistory::from_row(row, pool);
-        history.insert(id, h);
-    })?;
-    Ok(history)
-}
-
-impl Intel {
-    /// Lets go of every history the state file holds exactly (`OrgIntel::recorded`) until
-    /// [`Intel::unpark`]: the rules judge the listing by the facts built before it, and nothing
-    /// else reads the history until the listing is over. At 100k keys it is 19 MiB that the
-    /// listing's peak no longer carries. [`Intel::key`] knows nothing of a parked history.
-    pub fn park(&mut self) {
-        for o in &mut self.orgs {
-            if let (true, Ok(h)) = (o.recorded, o.history.as_mut()) {
-                *h = History::new();
-                o.parked = true;
-            }
-        }
-    }
-
-    /// Reads back from the state file every history [`Intel::park`] let go.
-    pub fn unpark(&mut self, store: &Store) -> Result<(), crate::state::StateError> {
-        for o in self.orgs.iter_mut().filter(|o| o.parked) {
-            let history =
-                store.with_conn(|c| stored_history(c, &o.organization, &mut Pool::default()))?;
-            o.history = Ok(history);
-            o.parked = false;
-        }
-        Ok(())
-    }
 }
 
 /// Why an organisation's history could not be read this sweep, and the creators the stored
@@ -660,7 +617,7 @@ async fn org_history(
     horizon: i64,
     now: i64,
     kept: Option<Kept<'_>>,
-) -> Result<(History, bool), HistoryFailed> {
+) -> Result<History, HistoryFailed> {
     let org = c.org_name();
     let mut st = match kept {
         Some(k) => load(k.store, org).map_err(|e| {
@@ -707,7 +664,6 @@ async fn org_history(
         (st.history.entry(key.clone()).or_default()).fold(e);
         changed.insert(key);
     }
-    let mut recorded = false;
     if let Some(k) = kept.filter(|k| k.persist) {
         // Made one at a time as they are written: a first read changes every key's.
         let rows = (changed.iter()).filter_map(|id| st.history.get(*id).map(|h| h.to_row(id)));
@@ -721,21 +677,15 @@ async fn org_history(
         };
         // The history read is true whether or not it could be kept: the next sweep then reads
         // from the previous mark again.
-        match k.store.tx(|tx| stored::record_read(tx, org, rows, &read)) {
-            // The file now holds this history, less the keys deleted before the horizon that
-            // the read forgot: with one of those still here, the history stays in memory.
-            Ok(()) => {
-                recorded =
-                    !(st.history.values()).any(|h| h.deleted_at.get().is_some_and(|d| d < horizon));
-            }
-            Err(e) => tracing::warn!(
+        if let Err(e) = k.store.tx(|tx| stored::record_read(tx, org, rows, &read)) {
+            tracing::warn!(
                 organization = org,
                 "cannot keep the audit log's history: {}",
                 crate::error_chain(&e)
-            ),
+            );
         }
     }
-    Ok((st.history, recorded))
+    Ok(st.history)
 }
 
 #[cfg(test)]
@@ -949,8 +899,6 @@ mod tests {
                 usage: Ok(usage),
                 window_days: 30,
                 creators_kept: HashMap::new(),
-                recorded: false,
-                parked: false,
             }],
         };
         let f = intel.facts(200_000, true);
@@ -990,8 +938,6 @@ mod tests {
                 usage: Ok(usage),
                 window_days: 30,
                 creators_kept: HashMap::new(),
-                recorded: false,
-                parked: false,
             }],
         };
         let k = intel.key("acme", "key_a");
@@ -1037,58 +983,5 @@ mod tests {
         // A project whose listing is not complete (or archived, or unwatched) has no gaps.
         let g = gaps(&history, &listed, |_| false, 100, 100);
         assert!(g.missing.is_empty());
-    }
-
-    #[test]
-    fn a_parked_history_is_read_back_as_it_was_and_an_unrecorded_one_is_kept() {
-        let store = Store::open_in_memory().unwrap();
-        let events = vec![
-            ev(
-                "e1",
-                10,
-                "key_a",
-                KeyEventKind::Created { scopes: None },
-                Some("a@x"),
-            ),
-            ev(
-                "e2",
-                20,
-                "key_a",
-                KeyEventKind::Updated {
-                    scopes: Some(vec!["api.model.read".into()]),
-                    expires_in_seconds: Some(100),
-                },
-                None,
-            ),
-            ev("e3", 30, "key_b", KeyEventKind::Deleted, Some("b@x")),
-        ];
-        let history = rebuild(&events);
-        let rows: Vec<KeyHistoryRow> = (history.iter()).map(|(id, h)| h.to_row(id)).collect();
-        let read = stored::ReadResult::default();
-        store
-            .tx(|tx| stored::record_read(tx, "acme", rows, &read))
-            .unwrap();
-        let org = |name: &str, recorded| OrgIntel {
-            organization: name.into(),
-            history: Ok(history.clone()),
-            usage: Err(OFF.into()),
-            window_days: 30,
-            creators_kept: HashMap::new(),
-            recorded,
-            parked: false,
-        };
-        let mut intel = Intel {
-            orgs: vec![org("acme", true), org("globex", false)],
-        };
-        intel.park();
-        let held = |i: &Intel, n: usize| i.orgs[n].history.as_ref().map(|h| h.len()).unwrap();
-        assert_eq!((held(&intel, 0), held(&intel, 1)), (0, 2));
-        assert_eq!(intel.key("acme", "key_a").created_by, None, "let go");
-        intel.unpark(&store).unwrap();
-        assert_eq!(intel.orgs[0].history.as_ref().unwrap(), &history);
-        assert!(!intel.orgs[0].parked);
-        assert_eq!(intel.key("acme", "key_a").created_by, Some("a@x"));
-        assert_eq!(intel.key("acme", "key_b").deleted_by, Some("b@x"));
-        assert_eq!(intel.orgs[1].history.as_ref().unwrap(), &history);
     }
 }

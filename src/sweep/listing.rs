@@ -58,13 +58,10 @@ impl Run<'_> {
         };
         // The audit log and usage first: the recorder judges each page as it arrives, so the
         // rules (`unrestricted`, `max_idle`'s usage buckets) need them before the first one.
-        let mut intel = self.gather_intel().await;
+        let intel = self.gather_intel().await;
         let mut evaluator = sweeper.evaluator(self.now());
         let scopes = (sweeper.config.policies.iter()).any(|p| p.unrestricted);
         evaluator.policies = self.with_facts(intel.facts(self.now(), scopes));
-        // The recorder judges by those facts: the history is read back from the state file
-        // once the listing is over, so the listing's peak does not carry it.
-        intel.park();
         let recorder = Recorder::start(
             self.store.clone(),
             evaluator,
@@ -81,15 +78,7 @@ impl Run<'_> {
         )
         .await;
         let listed_secs = self.elapsed();
-        // Read back while the recorder writes its last batch.
-        let unparking = {
-            let store = self.store.clone();
-            tokio::task::spawn_blocking(move || intel.unpark(&store).map(|()| intel))
-        };
         let (recorded, open_by_org) = recorder.finish().await?;
-        let intel = unparking
-            .await
-            .map_err(|e| SweepError::Recorder(e.to_string()))??;
         let recorded_secs = self.elapsed();
         for org in &inventory.orgs {
             self.observe(org);
