@@ -37,6 +37,9 @@ pub const COSTS: &str = "GET /organization/costs";
 /// A usage listing longer than this many pages is treated as a runaway pager.
 const MAX_USAGE_PAGES: usize = 1_000;
 
+/// Daily buckets asked for per usage page at first: a month's window in one page.
+const USAGE_BUCKETS_PER_PAGE: u32 = 31;
+
 /// Why the audit log or the usage could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum IntelError {
@@ -360,6 +363,11 @@ impl AdminClient {
     }
 
     /// Pages through one usage endpoint, handing each grouped result to `each`.
+    ///
+    /// A page holds `limit` daily buckets, each with a result per key used that day: at 100k
+    /// keys a month in one page is 150 MB, far over `max_response_bytes`. A page refused as too
+    /// large is asked for again with half the buckets, down to one (which only a day's usage
+    /// over the cap still fails), and later pages keep the smaller size.
     async fn usage_pages(
         &self,
         ep: &'static str,
@@ -373,6 +381,7 @@ impl AdminClient {
         let ctx = self.ctx(ep, None);
         let mut page: Option<String> = None;
         let mut seen = HashSet::new();
+        let mut limit = USAGE_BUCKETS_PER_PAGE;
         for _ in 0..MAX_USAGE_PAGES {
             let mut url = base.clone();
             {
@@ -381,15 +390,22 @@ impl AdminClient {
                     .append_pair("end_time", &end.to_string())
                     .append_pair("bucket_width", "1d")
                     .append_pair("group_by[]", "api_key_id")
-                    .append_pair("limit", "31");
+                    .append_pair("limit", &limit.to_string());
                 if let Some(p) = &page {
                     q.append_pair("page", p);
                 }
             }
-            let ans = (self.transport())
+            let ans = match (self.transport())
                 .call(Method::GET, &url, &ctx, RetryMode::Idempotent)
                 .await
-                .map_err(fail)?;
+            {
+                Err(Error::BodyTooLarge { .. }) if limit > 1 => {
+                    limit /= 2;
+                    tracing::debug!(endpoint = ep, limit, "usage page too large; fewer buckets");
+                    continue;
+                }
+                other => other.map_err(fail)?,
+            };
             let body: WireUsagePage = self.transport().decode(&ctx, &ans).map_err(fail)?;
             for b in &body.data {
                 for r in &b.results {

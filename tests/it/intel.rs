@@ -595,3 +595,59 @@ async fn scan_warns_of_keys_the_log_shows_that_the_listing_did_not_return() {
         "{err}"
     );
 }
+
+/// A month of usage grouped by key is one page of 31 daily buckets; at a large organisation
+/// that page is far over `max_response_bytes` (150 MB at 100k keys against 16 MiB). The client
+/// asks again with fewer buckets per page and reads the same usage as from one page.
+#[tokio::test]
+async fn a_usage_page_over_the_body_cap_is_read_again_with_fewer_buckets() {
+    let org = SimOrg::generate(2, 150, 5, NOW);
+    let sim = start_sim_with(org, options()).await;
+    let (start, end) = (NOW - 30 * DAY, NOW);
+    let whole = setup(&sim, limits(), |_| {}).clients[0]
+        .usage_by_key(start, end)
+        .await
+        .unwrap();
+    assert!(whole.len() > 100, "{} keys with usage", whole.len());
+    let url = format!(
+        "{}/organization/usage/completions?start_time={start}&end_time={end}&bucket_width=1d\
+         &group_by[]=api_key_id&limit=31",
+        sim.base_url()
+    );
+    let one_page = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .len();
+    let asked =
+        |sim: &keysweep::sim::SimServer| sim.stats()["GET /v1/organization/usage/completions"];
+    let before = asked(&sim);
+    let mut small = limits();
+    small.max_response_bytes = one_page / 3;
+    let got = setup(&sim, small, |_| {}).clients[0]
+        .usage_by_key(start, end)
+        .await
+        .unwrap();
+    assert_eq!(got, whole);
+    // One refused page, then at least three smaller ones.
+    assert!(
+        asked(&sim) - before >= 4,
+        "{} requests",
+        asked(&sim) - before
+    );
+    // A cap no single day fits under still fails, and says why.
+    let mut tiny = limits();
+    tiny.max_response_bytes = 512;
+    let got = setup(&sim, tiny, |_| {}).clients[0]
+        .usage_by_key(start, end)
+        .await;
+    match got {
+        Err(IntelError::Failed(e)) => assert!(e.to_string().contains("limit"), "{e}"),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
