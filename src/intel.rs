@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::config::IntelSettings;
+use crate::config::{IntelSettings, PolicyConfig};
 use crate::inventory::Inventory;
 use crate::openai::{AdminClient, KeyEvent, KeyEventKind, KeyUsage};
 use crate::policy::{KeyFacts, OrgFacts};
@@ -297,6 +297,32 @@ pub struct OrgIntel {
 /// `[usage] enabled = false`): unknown like an unreadable one, but not missing — no alert.
 pub const OFF: &str = "turned off by the configuration";
 
+/// Which of the rules' facts some policy judges ([`Intel::facts`] collects only those).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wanted {
+    /// Some policy judges `unrestricted`. Else no key's scopes are collected: `None`, as if
+    /// the log were unknown, which no rule then reads.
+    pub scopes: bool,
+    /// Some policy judges `max_idle`. Else no key's last use is collected: none, as if usage
+    /// were unavailable, which no rule then reads.
+    pub last_use: bool,
+}
+
+impl Wanted {
+    pub const ALL: Wanted = Wanted {
+        scopes: true,
+        last_use: true,
+    };
+
+    /// What `policies` judge.
+    pub fn of(policies: &[PolicyConfig]) -> Wanted {
+        Wanted {
+            scopes: policies.iter().any(|p| p.unrestricted),
+            last_use: policies.iter().any(|p| p.max_idle.is_some()),
+        }
+    }
+}
+
 /// Every organisation's [`OrgIntel`].
 #[derive(Debug, Clone, Default)]
 pub struct Intel {
@@ -362,13 +388,12 @@ impl Intel {
     /// key counts as used as late as that day allows). Unavailable usage gives no use at all,
     /// so `max_idle` falls back to `last_used_at`.
     ///
-    /// `scopes`: whether any policy judges `unrestricted`. Without one, no key's scopes are
-    /// collected (`None`, as if unknown, which no rule then reads): at 100k keys that had All
-    /// permissions the set took 7 MiB of every sweep for nothing.
-    pub fn facts(&self, now: i64, scopes: bool) -> Arc<KeyFacts> {
+    /// Only the facts some policy judges are collected ([`Wanted`]): at 100k keys, each set
+    /// took 7 MiB of every sweep, for nothing without a policy that reads it.
+    pub fn facts(&self, now: i64, wanted: Wanted) -> Arc<KeyFacts> {
         let mut f = KeyFacts::default();
         for o in &self.orgs {
-            let unrestricted = o.history.as_ref().ok().filter(|_| scopes).map(|h| {
+            let unrestricted = o.history.as_ref().ok().filter(|_| wanted.scopes).map(|h| {
                 (h.iter())
                     .filter(|(_, h)| {
                         !h.is_deleted() && h.scopes.as_ref().is_some_and(|s| s.is_empty())
@@ -377,6 +402,7 @@ impl Intel {
                     .collect()
             });
             let used_at = (o.usage.as_ref().ok().into_iter().flatten())
+                .filter(|_| wanted.last_use)
                 .filter_map(|(id, u)| {
                     let end = u.last_used_bucket?.saturating_add(BUCKET_SECS).min(now);
                     Some((id.clone(), end))
@@ -901,23 +927,34 @@ mod tests {
                 creators_kept: HashMap::new(),
             }],
         };
-        let f = intel.facts(200_000, true);
+        let f = intel.facts(200_000, Wanted::ALL);
         use crate::policy::Scopes;
         assert_eq!(f.scopes("acme", "key_all"), Scopes::Unrestricted);
         assert_eq!(f.scopes("acme", "key_gone"), Scopes::NotKnownUnrestricted);
         assert_eq!(f.scopes("globex", "key_all"), Scopes::Undecided);
         assert_eq!(f.used_at("acme", "key_all"), Some(1_000 + BUCKET_SECS));
         assert_eq!(
-            intel.facts(2_000, true).used_at("acme", "key_all"),
+            intel.facts(2_000, Wanted::ALL).used_at("acme", "key_all"),
             Some(2_000)
         );
-        // No policy judges scopes: none are collected, and nothing reads them as a fact.
-        let without = intel.facts(200_000, false);
+        // What no policy judges is not collected, and nothing reads it as a fact.
+        let no_scopes = Wanted {
+            scopes: false,
+            last_use: true,
+        };
+        let without = intel.facts(200_000, no_scopes);
         assert_eq!(without.scopes("acme", "key_all"), Scopes::Undecided);
         assert_eq!(
             without.used_at("acme", "key_all"),
             Some(1_000 + BUCKET_SECS)
         );
+        let no_last_use = Wanted {
+            scopes: true,
+            last_use: false,
+        };
+        let without = intel.facts(200_000, no_last_use);
+        assert_eq!(without.scopes("acme", "key_all"), Scopes::Unrestricted);
+        assert_eq!(without.used_at("acme", "key_all"), None);
     }
 
     #[test]

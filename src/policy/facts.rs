@@ -24,7 +24,8 @@ pub struct OrgFacts {
     /// (or no policy judges `unrestricted`, and the sweep did not collect them).
     pub unrestricted: Option<HashSet<String>>,
     /// When each key was last seen used by the usage endpoints (Unix seconds). Empty when
-    /// usage could not be read: then `last_used_at` alone says when a key was used.
+    /// usage could not be read: then `last_used_at` alone says when a key was used (or when no
+    /// policy judges `max_idle`, and the sweep did not collect them).
     pub used_at: HashMap<String, i64>,
 }
 

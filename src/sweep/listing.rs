@@ -60,8 +60,8 @@ impl Run<'_> {
         // rules (`unrestricted`, `max_idle`'s usage buckets) need them before the first one.
         let intel = self.gather_intel().await;
         let mut evaluator = sweeper.evaluator(self.now());
-        let scopes = (sweeper.config.policies.iter()).any(|p| p.unrestricted);
-        evaluator.policies = self.with_facts(intel.facts(self.now(), scopes));
+        let wanted = crate::intel::Wanted::of(&sweeper.config.policies);
+        evaluator.policies = self.with_facts(intel.facts(self.now(), wanted));
         let recorder = Recorder::start(
             self.store.clone(),
             evaluator,

@@ -100,9 +100,9 @@ impl Sweeper {
         let clients = self.clients_for(None);
         let inventory = crate::openai::collect_inventory(&self.config, &clients, progress).await;
         let mut evaluator = self.evaluator(now);
-        let scopes = self.config.policies.iter().any(|p| p.unrestricted);
+        let wanted = crate::intel::Wanted::of(&self.config.policies);
         evaluator.policies =
-            std::sync::Arc::new(self.policies.with_facts(intel.facts(now, scopes)));
+            std::sync::Arc::new(self.policies.with_facts(intel.facts(now, wanted)));
         let open = inventory
             .orgs
             .iter()
