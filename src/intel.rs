@@ -154,39 +154,42 @@ impl Folded {
 
 /// The strings and scope lists of one organisation's histories, each kept once and shared.
 #[derive(Default)]
-pub struct Pool {
+struct Pool {
     strs: HashSet<Arc<str>>,
     scopes: HashSet<Arc<[String]>>,
 }
 
 impl Pool {
-    pub fn str(&mut self, s: &str) -> Arc<str> {
-        if let Some(kept) = self.strs.get(s) {
-            return kept.clone();
-        }
-        let new: Arc<str> = Arc::from(s);
-        self.strs.insert(new.clone());
-        new
+    fn str(&mut self, s: &str) -> Arc<str> {
+        intern(&mut self.strs, s)
     }
 
     fn opt(&mut self, s: Option<&str>) -> Option<Arc<str>> {
         s.map(|s| self.str(s))
     }
 
-    pub fn scopes(&mut self, s: &[String]) -> Arc<[String]> {
-        if let Some(kept) = self.scopes.get(s) {
-            return kept.clone();
-        }
-        let new: Arc<[String]> = Arc::from(s);
-        self.scopes.insert(new.clone());
-        new
+    fn scopes(&mut self, s: &[String]) -> Arc<[String]> {
+        intern(&mut self.scopes, s)
     }
+}
+
+/// The kept copy of `v` in `kept`, made and kept if there is none yet.
+fn intern<T: ?Sized + Eq + std::hash::Hash>(kept: &mut HashSet<Arc<T>>, v: &T) -> Arc<T>
+where
+    for<'a> Arc<T>: From<&'a T>,
+{
+    if let Some(k) = kept.get(v) {
+        return k.clone();
+    }
+    let new = Arc::from(v);
+    kept.insert(Arc::clone(&new));
+    new
 }
 
 impl KeyHistory {
     /// An `api_key.deleted` event was seen.
     pub fn is_deleted(&self) -> bool {
-        !self.deleted_at.is_none()
+        self.deleted_at.get().is_some()
     }
 
     /// Folds one event in, as a read does (the tests' way in).
@@ -401,8 +404,8 @@ impl Intel {
                     .map(|(id, _)| id.to_string())
                     .collect()
             });
-            let used_at = (o.usage.as_ref().ok().into_iter().flatten())
-                .filter(|_| wanted.last_use)
+            let used = o.usage.as_ref().ok().filter(|_| wanted.last_use);
+            let used_at = (used.into_iter().flatten())
                 .filter_map(|(id, u)| {
                     let end = u.last_used_bucket?.saturating_add(BUCKET_SECS).min(now);
                     Some((id.clone(), end))
