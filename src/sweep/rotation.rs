@@ -193,11 +193,7 @@ impl Run<'_> {
     ) -> (Vec<(usize, Option<String>)>, Vec<AuditRecord>) {
         // The rotate policy's finding of each key: where a held-back rotation is remembered.
         let finding_of: HashMap<(&str, &str, &str), &FindingId> = (planned.iter())
-            .map(|p| {
-                let id = &p.finding;
-                let key = id.key_ref();
-                (key, id)
-            })
+            .map(|p| (p.finding.key_ref(), &p.finding))
             .collect();
         let held: Vec<(&rotate::RotationResult, &str, Option<&FindingId>)> = (results.iter())
             .filter_map(|r| match &r.outcome {

@@ -614,7 +614,7 @@ async fn a_usage_page_over_the_body_cap_is_read_again_with_fewer_buckets() {
          &group_by[]=api_key_id&limit=31",
         sim.base_url()
     );
-    let one_page = reqwest::Client::new()
+    let one_page = crate::support::net::http()
         .get(url)
         .bearer_auth(ADMIN_KEY)
         .send()
