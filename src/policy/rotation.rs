@@ -6,6 +6,7 @@
 //! first sweep after that — never in the sweep that sends the first warning. Nothing here does
 //! I/O or reads a clock; the rotation itself is `rotate/`'s.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::{RotateConfig, Safety};
@@ -122,7 +123,23 @@ pub fn planned_rotations(
             project_name: f.project_name.clone(),
             logged_scopes: None,
         };
-        out.entry(k).or_insert(planned);
+        // A key under two `rotate` policies rotates once: by the one that starts it first (the
+        // larger overlap), then by policy name. Never by the findings' order, which follows
+        // the listing's and changes from sweep to sweep: the plan's finding carries the
+        // rotation's `skipped` mark, and a mark that moved would be recorded again.
+        match out.entry(k) {
+            Entry::Vacant(e) => {
+                e.insert(planned);
+            }
+            Entry::Occupied(mut e) => {
+                let kept = e.get();
+                if (planned.start_at, &planned.finding.policy)
+                    < (kept.start_at, &kept.finding.policy)
+                {
+                    e.insert(planned);
+                }
+            }
+        }
     }
     out.into_values().collect()
 }
@@ -302,6 +319,34 @@ mod tests {
         assert_eq!((p[0].deadline, p[0].start_at), (t0 + 3 * DAY, t0 + 2 * DAY));
         assert!(!p[0].due);
         assert!(planned_rotations(&all, &rot, t0 + 2 * DAY)[0].due);
+    }
+
+    #[test]
+    fn a_key_under_two_rotate_policies_rotates_by_the_earlier_start_whatever_the_order() {
+        let long = RotateConfig {
+            overlap: Duration::from_secs(3 * 86_400),
+            ..rotate("rot_long")
+        };
+        let t0 = 100 * DAY;
+        let a = finding("k1", "rot_b", "service_account", t0 + 7 * DAY, t0);
+        let b = finding("k1", "rot_a", "service_account", t0 + 7 * DAY, t0);
+        let c = finding("k1", "rot_long", "service_account", t0 + 7 * DAY, t0);
+        let same = [rotate("rot_b"), rotate("rot_a")];
+        for order in [[&a, &b], [&b, &a]] {
+            let p = planned_rotations(&order, &same, t0 + DAY);
+            assert_eq!(p.len(), 1, "{p:?}");
+            assert_eq!(
+                p[0].finding.policy, "rot_a",
+                "same start: the policy name decides"
+            );
+        }
+        let all = [rotate("rot_b"), rotate("rot_a"), long];
+        for order in [[&a, &b, &c], [&c, &b, &a], [&b, &c, &a]] {
+            let p = planned_rotations(&order, &all, t0 + DAY);
+            assert_eq!(p.len(), 1, "{p:?}");
+            assert_eq!(p[0].finding.policy, "rot_long", "the earlier start wins");
+            assert_eq!(p[0].start_at, t0 + 4 * DAY);
+        }
     }
 
     #[test]
