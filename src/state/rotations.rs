@@ -188,10 +188,11 @@ pub fn in_hand(
         .is_some_and(|r| r.status == "done" || UNSETTLED.contains(&r.status.as_str())))
 }
 
+/// (organisation, key id) → the key it replaced, for every key keysweep minted.
+pub type Replacements = std::collections::HashMap<(String, String), String>;
+
 /// Every key keysweep minted, as (organisation, new key id) → the old key it replaced.
-pub fn replacements(
-    conn: &Connection,
-) -> Result<std::collections::HashMap<(String, String), String>, StateError> {
+pub fn replacements(conn: &Connection) -> Result<Replacements, StateError> {
     let mut stmt = conn.prepare_cached(
         "SELECT organization, new_key_id, old_key_id FROM rotations WHERE new_key_id IS NOT NULL",
     )?;

@@ -44,6 +44,11 @@ impl OpenFindings {
         OpenFindings { findings, by_key }
     }
 
+    /// The key id of every open finding (a key with two findings, twice).
+    pub(crate) fn key_ids(&self) -> impl Iterator<Item = &str> {
+        self.findings.iter().map(|f| f.id.key_id.as_str())
+    }
+
     fn of_key(&self, project_id: &str, key_id: &str) -> &[usize] {
         self.by_key
             .get(project_id)

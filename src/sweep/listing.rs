@@ -95,6 +95,8 @@ impl Run<'_> {
         alerts.extend(intel_alerts(&intel, &inventory));
         alerts.extend(woke_alerts(&self.clients, &recorded));
         alerts.extend(self.gap_alerts(&intel, &inventory)?);
+        let mut intel = intel;
+        self.keep_intel_read_later(&mut intel, &open_by_org, &recorded);
         Ok(Listed {
             inventory,
             evaluated: Evaluated {

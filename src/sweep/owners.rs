@@ -22,9 +22,12 @@ use crate::notify::route::{mails_owners, service_account_route, user_route, woke
 use crate::policy::finding::{NoticeIntel, NoticeKind, OwnerRoute, Stage, UsageNote};
 use crate::policy::lifecycle::KEY_DELETED;
 use crate::policy::plan::Plan;
+use crate::state::rotations::Replacements;
 
 use super::advance::Advanced;
+use super::evaluate::OpenFindings;
 use super::notes::{KeyNotes, KeyRef};
+use super::record::Recorded;
 use super::report::SweepError;
 use super::run::Run;
 
@@ -106,7 +109,7 @@ impl Run<'_> {
                 id.key_id.clone(),
             );
             let route = routed.contains(&key).then(|| {
-                let creator = creator(intel, &replaced, &id.organization, &id.key_id);
+                let creator = creator(intel, replaced, &id.organization, &id.key_id);
                 service_account_route(creator, users_of(&id.organization, &id.project_id))
             });
             if usage.is_some() || route.is_some() {
@@ -115,7 +118,7 @@ impl Run<'_> {
         }
         notes.annotate(&mut advanced.notices);
         for a in alerts.iter_mut() {
-            self.route_woke_up(intel, &replaced, a, &users_of, woke_mailed);
+            self.route_woke_up(intel, replaced, a, &users_of, woke_mailed);
         }
         // A sweep notes once; a second call (never made) would keep the first notes.
         let _ = self.key_notes.set(notes);
@@ -274,9 +277,6 @@ impl Run<'_> {
     }
 }
 
-/// (organisation, key id) → the key it replaced, for every key keysweep minted.
-type Replacements = std::collections::HashMap<(String, String), String>;
-
 /// Who created a service-account key, as the log says. A key keysweep minted in a rotation was
 /// created by keysweep's admin key, whose owner is nobody the key's notices are for: such a key
 /// is followed back to the key it replaced, whose creator is the person behind the service
@@ -287,27 +287,71 @@ fn creator<'i>(
     organization: &str,
     key_id: &str,
 ) -> Option<&'i str> {
-    let mut key = key_id;
-    for _ in 0..8 {
-        match replaced.get(&(organization.to_string(), key.to_string())) {
-            Some(old) => key = old,
-            None => break,
-        }
-    }
-    intel.key(organization, key).created_by
+    let first = lineage(replaced, organization, key_id).last();
+    intel.key(organization, first.unwrap_or(key_id)).created_by
+}
+
+/// `key_id`, then the key it replaced, and so on back to a key keysweep did not mint (eight
+/// hops at most: a cycle in the table is a bug, never a hang).
+fn lineage<'a>(
+    replaced: &'a Replacements,
+    organization: &'a str,
+    key_id: &'a str,
+) -> impl Iterator<Item = &'a str> + 'a {
+    std::iter::successors(Some(key_id), move |k| {
+        (replaced.get(&(organization.to_string(), (*k).to_string()))).map(String::as_str)
+    })
+    .take(9)
 }
 
 impl Run<'_> {
-    /// [`Replacements`], read once per sweep; a failed read routes minted keys by their own
-    /// creator (their project's owners, then the fallback), as before rotations existed.
-    fn replacements(&self) -> Replacements {
-        (self.store.with_conn(crate::state::rotations::replacements)).unwrap_or_else(|e| {
-            tracing::warn!(
-                "cannot read which keys keysweep minted: {}",
-                crate::error_chain(&e)
-            );
-            Replacements::new()
+    /// [`Replacements`], read once per sweep (the intel kept after the listing and the routes
+    /// follow the same chains); a failed read routes minted keys by their own creator (their
+    /// project's owners, then the fallback), as before rotations existed.
+    fn replacements(&self) -> &Replacements {
+        self.replaced.get_or_init(|| {
+            (self.store.with_conn(crate::state::rotations::replacements)).unwrap_or_else(|e| {
+                tracing::warn!(
+                    "cannot read which keys keysweep minted: {}",
+                    crate::error_chain(&e)
+                );
+                Replacements::new()
+            })
         })
+    }
+
+    /// Gives back the audit log's history and usage of every key that no phase after the
+    /// listing reads. Those phases read only the keys of this sweep's findings (an open one or
+    /// a new one: the notices' usage and routes, who deleted a key, a rotation's logged
+    /// scopes), of its woken keys (their alerts' routes), and the keys each of those replaced
+    /// (a minted key is routed by its first predecessor's creator). Made after the gap alerts,
+    /// which read every key of the log.
+    pub(super) fn keep_intel_read_later(
+        &self,
+        intel: &mut Intel,
+        open: &[Arc<OpenFindings>],
+        recorded: &[Recorded],
+    ) {
+        let replaced = self.replacements();
+        let mut keys: HashSet<(&str, &str)> = HashSet::new();
+        for ((c, open), rec) in self.clients.iter().zip(open).zip(recorded) {
+            let org = c.org_name();
+            let new = (rec.step.transitions.iter())
+                .filter_map(|(_, t)| t.next.as_ref())
+                .map(|f| f.id.key_id.as_str());
+            let woke = rec.woke.iter().map(|w| w.key_id.as_str());
+            for key in open.key_ids().chain(new).chain(woke) {
+                keys.extend(lineage(replaced, org, key).map(|k| (org, k)));
+            }
+        }
+        let before = intel.history_len();
+        intel.retain_keys(|org, key| keys.contains(&(org, key)));
+        tracing::debug!(
+            run_id = self.run_id(),
+            kept = intel.history_len(),
+            of = before,
+            "audit-log history kept for the notices"
+        );
     }
 }
 

@@ -33,6 +33,8 @@ pub(super) struct Run<'a> {
     /// The policies judging with this sweep's audit log and usage (issue 16), once gathered;
     /// the re-checks before a write judge with the same.
     pub policies: OnceLock<Arc<Policies>>,
+    /// Which key each key keysweep minted replaced, read once (`owners.rs`).
+    pub replaced: OnceLock<state::rotations::Replacements>,
 }
 
 /// Seconds since the sweep started at the end of each long phase, for the last log line.
@@ -63,6 +65,7 @@ impl<'a> Run<'a> {
             started: Instant::now(),
             key_notes: std::sync::OnceLock::new(),
             policies: OnceLock::new(),
+            replaced: OnceLock::new(),
         };
         run.store.tx(|tx| {
             for c in &run.clients {

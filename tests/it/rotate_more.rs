@@ -9,6 +9,7 @@
 //! These tests must never print a minted secret, and never assert on how long anything took.
 
 use keysweep::sim::{Fault, FaultKind, FaultRoute, SimOrg};
+use keysweep::state::Store;
 
 use crate::rotate::{
     ADMIN_KEY, ENFORCE_SA, FILE_SINK, KEY_ENV, OLD, PROJECT, SCOPES, World, due, first_warning,
@@ -592,6 +593,19 @@ async fn a_minted_keys_notices_go_to_the_creator_of_the_key_it_replaced() {
     assert_eq!(w.mints(), 1, "{out}");
     let rows = w.rotation_rows();
     let new_key = rows[0].new_key_id.clone().unwrap();
+    // A sweep after the old key ended closes its finding: from then on the sweep's findings
+    // no longer name it, and only the chain back from the new key does.
+    let out = w.run(w.base + 30 * DAY).await;
+    let store = Store::open(&w.dir.path().join("keysweep.db")).unwrap();
+    let findings = store
+        .with_conn(keysweep::state::findings::all_findings)
+        .unwrap();
+    drop(store);
+    let old = (findings.iter()).find(|f| f.id.key_id == OLD);
+    assert!(
+        old.is_some_and(|f| !f.stage.is_open()),
+        "the old key's finding is still open: {old:?}\n{out}"
+    );
 
     // The new key is old enough for its own warning 100 days later.
     let out = w.run(w.base + 100 * DAY).await;
