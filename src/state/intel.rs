@@ -50,6 +50,27 @@ pub fn history_count(conn: &Connection, organization: &str) -> Result<usize, Sta
     Ok(usize::try_from(n).unwrap_or(0))
 }
 
+/// The columns [`history_row`] reads, in its order.
+const HISTORY_COLUMNS: &str = "key_id, project_id, created_at, created_by, scopes, scopes_at, \
+     ends_at, ends_set_at, deleted_at, deleted_by";
+
+fn history_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyHistoryRow> {
+    let scopes: Option<String> = r.get(4)?;
+    Ok(KeyHistoryRow {
+        key_id: r.get(0)?,
+        project_id: r.get(1)?,
+        created_at: r.get(2)?,
+        created_by: r.get(3)?,
+        // A value that does not decode is unknown, never "All permissions".
+        scopes: scopes.and_then(|s| serde_json::from_str(&s).ok()),
+        scopes_at: r.get(5)?,
+        ends_at: r.get(6)?,
+        ends_set_at: r.get(7)?,
+        deleted_at: r.get(8)?,
+        deleted_by: r.get(9)?,
+    })
+}
+
 /// Hands every stored key history of the organisation to `each`, one row at a time: 100k
 /// rows collected first would double what the caller keeps of them.
 pub fn each_history(
@@ -57,26 +78,33 @@ pub fn each_history(
     organization: &str,
     mut each: impl FnMut(KeyHistoryRow),
 ) -> Result<(), StateError> {
-    let mut stmt = conn.prepare(
-        "SELECT key_id, project_id, created_at, created_by, scopes, scopes_at, ends_at, \
-         ends_set_at, deleted_at, deleted_by FROM key_history WHERE organization = ?1",
-    )?;
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {HISTORY_COLUMNS} FROM key_history WHERE organization = ?1"
+    ))?;
     let mut rows = stmt.query(params![organization])?;
     while let Some(r) = rows.next()? {
-        let scopes: Option<String> = r.get(4)?;
-        each(KeyHistoryRow {
-            key_id: r.get(0)?,
-            project_id: r.get(1)?,
-            created_at: r.get(2)?,
-            created_by: r.get(3)?,
-            // A value that does not decode is unknown, never "All permissions".
-            scopes: scopes.and_then(|s| serde_json::from_str(&s).ok()),
-            scopes_at: r.get(5)?,
-            ends_at: r.get(6)?,
-            ends_set_at: r.get(7)?,
-            deleted_at: r.get(8)?,
-            deleted_by: r.get(9)?,
-        });
+        each(history_row(r)?);
+    }
+    Ok(())
+}
+
+/// The stored history of each of `key_ids` that has one, handed to `each`.
+pub fn histories_of<'k>(
+    conn: &Connection,
+    organization: &str,
+    key_ids: impl IntoIterator<Item = &'k str>,
+    mut each: impl FnMut(KeyHistoryRow),
+) -> Result<(), StateError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {HISTORY_COLUMNS} FROM key_history WHERE organization = ?1 AND key_id = ?2"
+    ))?;
+    for key_id in key_ids {
+        if let Some(row) = stmt
+            .query_row(params![organization, key_id], history_row)
+            .optional()?
+        {
+            each(row);
+        }
     }
     Ok(())
 }

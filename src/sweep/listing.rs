@@ -4,9 +4,10 @@
 //! the completely listed projects, and the alerts the listing raised; never the keys. It never
 //! writes a finding, queues a notice or deletes.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use crate::intel::Intel;
+use crate::intel::{Intel, Logged};
 use crate::inventory::{AdminKeyInfo, Inventory, KeyTally, Listing, OrgInventory, ProjectRef};
 use crate::notify::alert::EnforcerAlert;
 use crate::openai::AdminClient;
@@ -62,6 +63,16 @@ impl Run<'_> {
         let mut evaluator = sweeper.evaluator(self.now());
         let wanted = crate::intel::Wanted::of(&sweeper.config.policies);
         evaluator.policies = self.with_facts(intel.facts(self.now(), wanted));
+        // What the gap alerts read of the log is taken now; the rest of it waits in the state
+        // file while the keys are listed, and only the keys the later phases read come back.
+        let logged = self.logged_alive(&intel)?;
+        let mut intel = intel;
+        let parked = intel.park();
+        tracing::debug!(
+            run_id = self.run_id(),
+            parked,
+            "audit-log history let go while listing"
+        );
         let recorder = Recorder::start(
             self.store.clone(),
             evaluator,
@@ -92,11 +103,10 @@ impl Run<'_> {
                 alerts
             })
             .collect();
-        alerts.extend(intel_alerts(&intel, &inventory));
         alerts.extend(woke_alerts(&self.clients, &recorded));
-        alerts.extend(self.gap_alerts(&intel, &inventory)?);
-        let mut intel = intel;
+        alerts.extend(self.gap_alerts(logged, &inventory)?);
         self.keep_intel_read_later(&mut intel, &open_by_org, &recorded);
+        alerts.extend(intel_alerts(&intel, &inventory));
         Ok(Listed {
             inventory,
             evaluated: Evaluated {
@@ -125,20 +135,38 @@ impl Run<'_> {
         crate::intel::gather_kept(&self.clients, settings, self.now(), Some(kept)).await
     }
 
-    /// One `InventoryGap` alert per organisation whose log shows keys (see `intel::gaps`) that
-    /// its complete listing did not return: a key counts as listed when the recorder left its
-    /// observation present (a complete listing marks every absent key gone).
+    /// Per organisation whose log could be read, the keys it shows alive that a gap alert
+    /// could name (`intel::logged_alive`): only those created since the last completed sweep
+    /// (less the log's lag margin). One created before it was listed then or alerted then;
+    /// the history kept between sweeps would otherwise alert forever for a key that left the
+    /// listing with no deletion event (an expiry the creation event does not carry).
+    fn logged_alive(&self, intel: &Intel) -> Result<HashMap<String, Vec<Logged>>, SweepError> {
+        let mut out = HashMap::new();
+        for o in &intel.orgs {
+            let Ok(history) = &o.history else { continue };
+            let since = (self.store)
+                .with_conn(|c| crate::state::sweeps::last_completed_sweep(c, &o.organization))?
+                .map(|s| s.started_at.saturating_sub(crate::intel::AUDIT_LOG_MARGIN));
+            let none = HashSet::new();
+            let now = self.now();
+            let (alive, _) = crate::intel::logged_alive(history, &none, now, since, now);
+            out.insert(o.organization.clone(), alive);
+        }
+        Ok(out)
+    }
+
+    /// One `InventoryGap` alert per organisation whose log shows keys alive (`logged`, see
+    /// [`Run::logged_alive`]) in a project its complete listing covered, and yet did not
+    /// return them: a key counts as listed when the recorder left its observation present (a
+    /// complete listing marks every absent key gone).
     fn gap_alerts(
         &self,
-        intel: &Intel,
+        mut logged: HashMap<String, Vec<Logged>>,
         inventory: &Inventory<KeyTally>,
     ) -> Result<Vec<EnforcerAlert>, SweepError> {
         let mut out = Vec::new();
         for org in &inventory.orgs {
-            let Some(Ok(history)) = (intel.orgs.iter())
-                .find(|o| o.organization == org.organization)
-                .map(|o| o.history.as_ref())
-            else {
+            let Some(alive) = logged.remove(&org.organization) else {
                 continue;
             };
             let complete = |project: &str| {
@@ -147,30 +175,23 @@ impl Run<'_> {
                         p.project.id == project && !p.project.archived && p.listing.is_complete()
                     })
             };
-            let none = std::collections::HashSet::new();
-            let logged = crate::intel::gaps(history, &none, complete, self.now(), self.now());
-            // Keys created since the last completed sweep (less the log's lag margin): one
-            // created before it was listed then or alerted then; the history kept between
-            // sweeps would otherwise alert forever for a key that left the listing with no
-            // deletion event (an expiry the creation event does not carry).
-            let since = (self.store)
-                .with_conn(|c| crate::state::sweeps::last_completed_sweep(c, &org.organization))?
-                .map(|s| s.started_at.saturating_sub(crate::intel::AUDIT_LOG_MARGIN));
+            let mut candidates: Vec<Logged> = (alive.into_iter())
+                .filter(|l| l.project_id.as_deref().is_some_and(complete))
+                .collect();
+            candidates.sort_by(|a, b| a.key_id.cmp(&b.key_id));
             let mut missing = Vec::new();
-            for id in logged.missing {
-                let created = history.get(id.as_str()).and_then(|h| h.created_at.get());
-                if let (Some(since), Some(created)) = (since, created)
-                    && created < since
-                {
-                    continue;
-                }
-                let project = (history.get(id.as_str())).and_then(|h| h.project_id.as_deref());
-                let project = project.unwrap_or_default();
+            for l in candidates {
+                let project = l.project_id.as_deref().unwrap_or_default();
                 let seen = self.store.with_conn(|c| {
-                    crate::state::observations::get_observation(c, &org.organization, project, &id)
+                    crate::state::observations::get_observation(
+                        c,
+                        &org.organization,
+                        project,
+                        &l.key_id,
+                    )
                 })?;
                 if seen.is_none_or(|o| o.gone_at.is_some()) {
-                    missing.push(id);
+                    missing.push(l.key_id.into_string());
                 }
             }
             if !missing.is_empty() {

@@ -320,12 +320,13 @@ impl Run<'_> {
         })
     }
 
-    /// Gives back the audit log's history and usage of every key that no phase after the
-    /// listing reads. Those phases read only the keys of this sweep's findings (an open one or
-    /// a new one: the notices' usage and routes, who deleted a key, a rotation's logged
+    /// Keeps the audit log's history and usage of only the keys a phase after the listing
+    /// reads: reads them back where the history was let go while listing (`Intel::park`),
+    /// gives back the rest. Those phases read only the keys of this sweep's findings (an open
+    /// one or a new one: the notices' usage and routes, who deleted a key, a rotation's logged
     /// scopes), of its woken keys (their alerts' routes), and the keys each of those replaced
-    /// (a minted key is routed by its first predecessor's creator). Made after the gap alerts,
-    /// which read every key of the log.
+    /// (a minted key is routed by its first predecessor's creator). The gap alerts, which read
+    /// every key of the log, took what they need before the listing (`Run::logged_alive`).
     pub(super) fn keep_intel_read_later(
         &self,
         intel: &mut Intel,
@@ -344,12 +345,11 @@ impl Run<'_> {
                 keys.extend(lineage(replaced, org, key).map(|k| (org, k)));
             }
         }
-        let before = intel.history_len();
+        intel.unpark(&self.store, &keys);
         intel.retain_keys(|org, key| keys.contains(&(org, key)));
         tracing::debug!(
             run_id = self.run_id(),
             kept = intel.history_len(),
-            of = before,
             "audit-log history kept for the notices"
         );
     }
