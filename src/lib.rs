@@ -29,6 +29,7 @@ pub mod state;
 pub mod sweep;
 pub mod telemetry;
 pub mod text;
+pub mod timefmt;
 
 /// `e` and its sources, `: `-joined, as anyhow's `{:#}` prints them. An error's own message
 /// never repeats its source, so wherever an error is shown other than through anyhow (a log

@@ -22,6 +22,7 @@ use crate::intel::{Intel, UsageSummary};
 use crate::inventory::{Expiry, ExpiryStatus, Inventory, Key, OwnerAccess};
 use crate::policy::Plan;
 use crate::sweep::SweepReport;
+use crate::timefmt::rfc3339;
 
 pub mod plan;
 
@@ -174,12 +175,6 @@ pub fn render_with_intel(
 fn date(ts: i64) -> String {
     chrono::DateTime::from_timestamp(ts, 0)
         .map(|d| d.format("%Y-%m-%d").to_string())
-        .unwrap_or_else(|| ts.to_string())
-}
-
-fn rfc3339(ts: i64) -> String {
-    chrono::DateTime::from_timestamp(ts, 0)
-        .map(|d| d.format("%Y-%m-%dT%H:%M:%SZ").to_string())
         .unwrap_or_else(|| ts.to_string())
 }
 

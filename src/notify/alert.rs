@@ -165,8 +165,8 @@ impl EnforcerAlert {
                     .as_deref()
                     .map_or_else(|| key_id.clone(), |n| format!("{n} ({key_id})")),
                 last_used_at.saturating_sub(*idle_since) / 86_400,
-                utc(*idle_since),
-                utc(*last_used_at)
+                crate::timefmt::rfc3339(*idle_since),
+                crate::timefmt::rfc3339(*last_used_at)
             )),
             EnforcerAlert::InventoryGap {
                 organization,
@@ -268,12 +268,4 @@ impl EnforcerAlert {
             } => format!("inventory-gap/{organization}/{}", key_ids.join(",")),
         }
     }
-}
-
-/// UTC, RFC 3339 with seconds (as `digest::rfc3339`, which this module cannot name: digest
-/// names the alerts).
-fn utc(ts: i64) -> String {
-    chrono::DateTime::<chrono::Utc>::from_timestamp(ts, 0)
-        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-        .unwrap_or_else(|| format!("@{ts}"))
 }

@@ -7,8 +7,6 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, SecondsFormat, Utc};
-
 use crate::config::{Action, Mode, ServiceAccountKeys};
 use crate::inventory::Expiry;
 use crate::notify::MessageKind;
@@ -17,6 +15,7 @@ use crate::policy::finding::{Finding, Notice, NoticeKind};
 use crate::policy::plan::Withheld;
 use crate::policy::plan::verdict;
 use crate::policy::verdict::{NotifyOnlyBy, Rules, Verdict, withheld_config_key};
+use crate::timefmt::rfc3339;
 
 /// One message's content.
 #[derive(Debug, Clone)]
@@ -738,13 +737,6 @@ fn dollars(micros: u64) -> String {
     format!("${}.{:02}", thousands(cents / 100), cents % 100)
 }
 
-/// UTC, RFC 3339 date and time with seconds: `2026-03-01T09:00:00Z`.
-pub fn rfc3339(ts: i64) -> String {
-    DateTime::<Utc>::from_timestamp(ts, 0)
-        .map(|d| d.to_rfc3339_opts(SecondsFormat::Secs, true))
-        .unwrap_or_else(|| format!("@{ts}"))
-}
-
 fn plural(n: usize, one: &str, many: &str) -> String {
     if n == 1 {
         format!("1 {one}")
@@ -798,10 +790,5 @@ mod tests {
             usage_text(&n),
             "1 request in the last 30 days (cost unknown)"
         );
-    }
-
-    #[test]
-    fn rfc3339_is_utc_with_seconds() {
-        assert_eq!(rfc3339(1_772_355_600), "2026-03-01T09:00:00Z");
     }
 }

@@ -61,11 +61,12 @@ use crate::inventory::ExpiryStatus;
 use crate::notify::MessageKind;
 use crate::notify::alert::EnforcerAlert;
 use crate::notify::digest::{
-    Body, Digest, ProjectGroup, alert_text, deadline_text, expiry_text, notice_verdict, rfc3339,
+    Body, Digest, ProjectGroup, alert_text, deadline_text, expiry_text, notice_verdict,
     status_text, usage_text,
 };
 use crate::policy::finding::{Notice, NoticeKind, OwnerRoute};
 use crate::text;
+use crate::timefmt::rfc3339;
 
 /// Slack accepts at most 50 blocks per message.
 pub const SLACK_MAX_BLOCKS: usize = 50;

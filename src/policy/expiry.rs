@@ -146,13 +146,6 @@ pub fn restore_retry(f: &Finding, restore_expiry: i64) -> Option<PlannedRestore>
     })
 }
 
-/// `2026-03-01T09:00:00Z`, for reasons, plans and audit messages.
-pub fn fmt_expiry(ts: i64) -> String {
-    chrono::DateTime::<chrono::Utc>::from_timestamp(ts, 0)
-        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-        .unwrap_or_else(|| format!("@{ts}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

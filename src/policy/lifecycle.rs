@@ -117,7 +117,7 @@ pub fn advance(
         }
         (Some(f), Observation::Expired { at }) => {
             let when = at.map_or_else(String::new, |t| {
-                format!(" at {}", crate::policy::expiry::fmt_expiry(t))
+                format!(" at {}", crate::timefmt::rfc3339(t))
             });
             let mut t = close(
                 f,

@@ -199,7 +199,7 @@ impl PlannedAction {
                 k.name,
                 k.redacted_value,
                 k.project_id,
-                crate::policy::expiry::fmt_expiry(to)
+                crate::timefmt::rfc3339(to)
             ),
         }
     }

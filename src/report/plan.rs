@@ -18,6 +18,7 @@ use crate::policy::finding::{Finding, FindingId, Stage};
 use crate::policy::plan::{Plan, Withheld, Write, verdict};
 use crate::policy::rules::Policies;
 use crate::policy::verdict::{NotifyOnlyBy, Rules, Verdict, withheld_config_key};
+use crate::timefmt::rfc3339;
 
 /// What the plan knows besides the finding: the rules in force and whether this is a read-only
 /// preview (`scan`), where nothing the preview decided has been sent or written yet.
@@ -106,14 +107,6 @@ impl PlanContext {
             .get(&id)
             .map_or_else(|| "exemptions".to_string(), |i| format!("exemptions[{i}]"))
     }
-}
-
-/// UTC, RFC 3339 with seconds: `2026-12-15T00:00:00Z` (this file's own, so it imports nothing
-/// from the renderer that uses it).
-fn rfc3339(ts: i64) -> String {
-    chrono::DateTime::from_timestamp(ts, 0)
-        .map(|d| d.format("%Y-%m-%dT%H:%M:%SZ").to_string())
-        .unwrap_or_else(|| ts.to_string())
 }
 
 fn secs(d: std::time::Duration) -> i64 {

@@ -24,11 +24,12 @@ use crate::config::Mode;
 use crate::inventory::{Expiry, Key, expiry_matches};
 use crate::notify::alert::EnforcerAlert;
 use crate::openai::{AdminClient, Error as OpenAiError};
-use crate::policy::expiry::{PlannedRestore, fmt_expiry};
+use crate::policy::expiry::PlannedRestore;
 use crate::policy::finding::FindingId;
 use crate::policy::plan::{PlannedAction, Write};
 use crate::state::audit::{self, AuditKind, AuditRecord};
 use crate::state::{self, Store};
+use crate::timefmt::rfc3339;
 
 use super::context::Context;
 use super::critical::IN_FLIGHT;
@@ -108,7 +109,7 @@ impl ExpiryResult {
                 _,
             ) => format!(
                 "the expiry had been moved later outside keysweep; it was set back to {}",
-                fmt_expiry(*to)
+                rfc3339(*to)
             ),
             (ExpiryOutcome::Refused { error }, "set") => format!(
                 "the expiry policy refused the expiry ({error}); the finding keeps its deadline \
@@ -127,7 +128,7 @@ impl ExpiryResult {
             ) => format!(
                 "the organisation refused the configured distance; the expiry was moved back out \
                  to {} instead",
-                fmt_expiry(*to)
+                rfc3339(*to)
             ),
             (ExpiryOutcome::Failed { error }, "set") => {
                 format!("setting the expiry failed or is unconfirmed: {error}")
@@ -387,7 +388,7 @@ async fn write(
     let mut intent = ctx
         .record(
             AuditKind::Intent,
-            format!("setting the expiry of key {} to {}", key.id, fmt_expiry(to)),
+            format!("setting the expiry of key {} to {}", key.id, rfc3339(to)),
         )
         .with_key(key);
     intent.policy = Some(policies.join(","));
@@ -450,11 +451,7 @@ impl CriticalUpdate {
         let done = matches!(written, Written::Done);
         let out = AuditRecord {
             message: if done {
-                format!(
-                    "expiry of key {} set to {}",
-                    self.key.id,
-                    fmt_expiry(self.to)
-                )
+                format!("expiry of key {} set to {}", self.key.id, rfc3339(self.to))
             } else {
                 format!("setting the expiry of key {} failed", self.key.id)
             },

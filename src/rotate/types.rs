@@ -10,9 +10,9 @@ use crate::config::{Config, Mode};
 use crate::notify::alert::EnforcerAlert;
 use crate::openai::AdminClient;
 use crate::policy::Policies;
-use crate::policy::expiry::fmt_expiry;
 use crate::state::Store;
 use crate::state::audit::{AuditKind, AuditRecord};
+use crate::timefmt::rfc3339;
 
 /// Everything a rotation needs, owned: a rotation's mint → sink → expiry section runs on a task
 /// of its own (see `execute.rs`), which a shutdown that drops the sweep does not cut short.
@@ -130,7 +130,7 @@ impl RotationResult {
             } => format!(
                 "rotated: new key {new_key_id} ({new_redacted_value}) was handed to sink \
                  {sink:?}; the old key stops working at {}",
-                fmt_expiry(*old_expires_at)
+                rfc3339(*old_expires_at)
             ),
             RotationOutcome::NoScopes { logged_all } => format!(
                 "not rotated: the policy configures no scopes and {}; keysweep never mints a key \

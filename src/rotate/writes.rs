@@ -12,11 +12,11 @@ use serde_json::json;
 
 use crate::inventory::{Expiry, Key};
 use crate::openai::{AdminClient, DeleteOutcome};
-use crate::policy::expiry::fmt_expiry;
 use crate::sink::KeyMeta;
 use crate::state::audit::{self, AuditKind};
 use crate::state::rotations::{self, RotationUpdate};
 use crate::state::{self, StateError};
+use crate::timefmt::rfc3339;
 
 use super::types::{Context, RotationOutcome};
 
@@ -84,7 +84,7 @@ pub(super) async fn expire_old(
         (org, project, key_id),
         format!(
             "setting the expiry of replaced key {key_id} to {}",
-            fmt_expiry(to)
+            rfc3339(to)
         ),
     );
     intent.inputs = json!({
@@ -104,7 +104,7 @@ pub(super) async fn expire_old(
             AuditKind::Outcome,
             (org, project, key_id),
             if done {
-                format!("expiry of replaced key {key_id} set to {}", fmt_expiry(to))
+                format!("expiry of replaced key {key_id} set to {}", rfc3339(to))
             } else {
                 format!("setting the expiry of replaced key {key_id} failed")
             },

@@ -187,8 +187,8 @@ impl Evaluator {
             let to = restore.targets(self.now).first().copied();
             let said = format!(
                 "; the expiry keysweep set ({}) moves back out to {}",
-                expiry::fmt_expiry(restore.from),
-                to.map_or_else(|| "a later date".to_string(), expiry::fmt_expiry)
+                crate::timefmt::rfc3339(restore.from),
+                to.map_or_else(|| "a later date".to_string(), crate::timefmt::rfc3339)
             );
             if !f.stage.is_open() {
                 f.resolution = Some(format!("{}{said}", f.resolution.as_deref().unwrap_or("")));

@@ -465,7 +465,7 @@ fn expire_warnings_say_expiry_not_revocation_and_agree_with_their_status() {
         "{subject}"
     );
     let text = mail.payload["text"].as_str().unwrap();
-    let date = keysweep::notify::digest::rfc3339(deadline);
+    let date = keysweep::timefmt::rfc3339(deadline);
     assert!(
         text.contains(&format!("the expiry is set to {date}")),
         "{text}"
