@@ -93,6 +93,9 @@ struct Inner {
     base: Url,
     include_archived: bool,
     transport: Arc<Transport>,
+    /// Per usage endpoint, the daily buckets per page that last fitted under
+    /// `max_response_bytes` (`intel.rs`): a daemon's later sweeps start there.
+    usage_buckets: std::sync::Mutex<std::collections::HashMap<&'static str, u32>>,
 }
 
 impl fmt::Debug for AdminClient {
@@ -121,8 +124,21 @@ impl AdminClient {
                 base: org.base_url.clone(),
                 include_archived: org.include_archived,
                 transport: Arc::new(transport),
+                usage_buckets: std::sync::Mutex::default(),
             }),
         })
+    }
+
+    /// The daily buckets per page that last fitted for the usage endpoint `ep`, if any.
+    pub(super) fn usage_buckets(&self, ep: &'static str) -> Option<u32> {
+        let fit = (self.inner.usage_buckets.lock()).unwrap_or_else(|e| e.into_inner());
+        fit.get(ep).copied()
+    }
+
+    /// Remembers that `buckets` daily buckets per page fitted for the usage endpoint `ep`.
+    pub(super) fn set_usage_buckets(&self, ep: &'static str, buckets: u32) {
+        let mut fit = (self.inner.usage_buckets.lock()).unwrap_or_else(|e| e.into_inner());
+        fit.insert(ep, buckets);
     }
 
     pub fn org_name(&self) -> &str {

@@ -367,7 +367,11 @@ impl AdminClient {
     /// A page holds `limit` daily buckets, each with a result per key used that day: at 100k
     /// keys a month in one page is 150 MB, far over `max_response_bytes`. A page refused as too
     /// large is asked for again with half the buckets, down to one (which only a day's usage
-    /// over the cap still fails), and later pages keep the smaller size.
+    /// over the cap still fails), and later pages keep the smaller size. So do later reads by
+    /// the same client (a daemon's sweeps, until a reload builds new clients): a refused page
+    /// costs the server its whole answer and this process up to `max_response_bytes` read for
+    /// nothing (at 100k keys, 150 MB made three times each sweep). A smaller size is never
+    /// grown again; it only costs more pages of one request each.
     async fn usage_pages(
         &self,
         ep: &'static str,
@@ -381,7 +385,7 @@ impl AdminClient {
         let ctx = self.ctx(ep, None);
         let mut page: Option<String> = None;
         let mut seen = HashSet::new();
-        let mut limit = USAGE_BUCKETS_PER_PAGE;
+        let mut limit = self.usage_buckets(ep).unwrap_or(USAGE_BUCKETS_PER_PAGE);
         for _ in 0..MAX_USAGE_PAGES {
             let mut url = base.clone();
             {
@@ -417,7 +421,10 @@ impl AdminClient {
             match body.next_page.filter(|_| body.has_more) {
                 Some(next) if seen.insert(next.clone()) => page = Some(next),
                 Some(cursor) => return Err(fail(Error::CursorLoop { ctx, cursor })),
-                None => return Ok(()),
+                None => {
+                    self.set_usage_buckets(ep, limit);
+                    return Ok(());
+                }
             }
         }
         let cursor = page.unwrap_or_default();

@@ -629,16 +629,20 @@ async fn a_usage_page_over_the_body_cap_is_read_again_with_fewer_buckets() {
     let before = asked(&sim);
     let mut small = limits();
     small.max_response_bytes = one_page / 3;
-    let got = setup(&sim, small, |_| {}).clients[0]
-        .usage_by_key(start, end)
-        .await
-        .unwrap();
+    let capped = setup(&sim, small, |_| {});
+    let got = capped.clients[0].usage_by_key(start, end).await.unwrap();
     assert_eq!(got, whole);
     // One refused page, then at least three smaller ones.
+    let first = asked(&sim) - before;
+    assert!(first >= 4, "{first} requests");
+    // The same client's next read starts at the size that fitted: no page refused again.
+    let before = asked(&sim);
+    let again = capped.clients[0].usage_by_key(start, end).await.unwrap();
+    assert_eq!(again, whole);
+    let second = asked(&sim) - before;
     assert!(
-        asked(&sim) - before >= 4,
-        "{} requests",
-        asked(&sim) - before
+        second < first && second >= 3,
+        "{first} then {second} requests"
     );
     // A cap no single day fits under still fails, and says why.
     let mut tiny = limits();
