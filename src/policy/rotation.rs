@@ -20,7 +20,8 @@ use crate::policy::plan::{
 /// A service-account key whose rotation is planned (and, when `due`, due in this sweep).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlannedRotation {
-    /// The rotate policy's finding on the key (the first by policy name if several).
+    /// The rotate policy's finding on the key (if several: the one whose rotation starts first,
+    /// then the first by policy name).
     pub finding: FindingId,
     /// The earliest deadline among the key's open enforcing findings.
     pub deadline: i64,

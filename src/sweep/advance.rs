@@ -118,20 +118,26 @@ impl Advanced {
             },
             kill_switch: false,
         };
-        self.rotating_keys = (self.findings.iter())
+        // A key under two `rotate` policies rotates by the larger overlap (the earlier start:
+        // `policy::rotation::planned_rotations`), whatever the findings' order.
+        let mut rotating_keys: HashMap<(String, String, String), i64> = HashMap::new();
+        for f in (self.findings.iter())
             .map(|v| &v.finding)
             .filter(|f| f.stage.is_open() && f.owner_type == OwnerType::ServiceAccount)
-            .filter_map(|f| {
-                let overlap = self.rotation_overlaps.get(&f.id.policy)?;
-                let id = &f.id;
-                let key = (
-                    id.organization.clone(),
-                    id.project_id.clone(),
-                    id.key_id.clone(),
-                );
-                Some((key, *overlap))
-            })
-            .collect();
+        {
+            let Some(&overlap) = self.rotation_overlaps.get(&f.id.policy) else {
+                continue;
+            };
+            let id = &f.id;
+            let key = (
+                id.organization.clone(),
+                id.project_id.clone(),
+                id.key_id.clone(),
+            );
+            let o = rotating_keys.entry(key).or_insert(overlap);
+            *o = (*o).max(overlap);
+        }
+        self.rotating_keys = rotating_keys;
         let mut notices = std::mem::take(&mut self.notices);
         for n in &mut notices {
             let overlap = self.overlap_of(&n.finding);
@@ -499,6 +505,36 @@ mod tests {
             next: Some(next),
             notices,
             revoke_due: false,
+        }
+    }
+
+    #[test]
+    fn an_expire_finding_announces_the_larger_overlap_of_two_rotate_policies_in_any_order() {
+        let on_sa = |policy: &str, action: Action| {
+            let mut f = finding(Stage::Warned);
+            f.id.policy = policy.into();
+            f.owner_type = OwnerType::ServiceAccount;
+            f.action = action;
+            f
+        };
+        let expire = on_sa("expire-90d", Action::Expire);
+        for order in [["rot-small", "rot-big"], ["rot-big", "rot-small"]] {
+            let mut advanced = Advanced {
+                rotation_overlaps: [("rot-small", 86_400), ("rot-big", 3 * 86_400)]
+                    .map(|(p, o)| (p.to_string(), o))
+                    .into(),
+                ..Advanced::default()
+            };
+            for policy in order.into_iter().chain(["expire-90d"]) {
+                let action = if policy == "expire-90d" {
+                    Action::Expire
+                } else {
+                    Action::Revoke
+                };
+                advanced.take_step(None, step(on_sa(policy, action), vec![]), false);
+            }
+            advanced.mark_not_enforced(true, false);
+            assert_eq!(advanced.overlap_of(&expire), Some(3 * 86_400), "{order:?}");
         }
     }
 
