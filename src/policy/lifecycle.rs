@@ -63,8 +63,10 @@ pub struct Transition {
 }
 
 impl Transition {
-    /// The notices with the finding snapshot they describe, ready for the notifier's outbox.
+    /// The notices with the finding snapshot they describe, each with its own copy of it (the
+    /// lifecycle tests' view; a sweep shares one finding, [`Transition::notices_about`]).
     /// `dry_run` is carried so messages can say "would be revoked".
+    #[cfg(test)]
     pub fn notices(&self, dry_run: bool) -> Vec<Notice> {
         let Some(finding) = &self.next else {
             return Vec::new();
@@ -73,8 +75,9 @@ impl Transition {
             .collect()
     }
 
-    /// The notices of [`Transition::notices`] about `finding`, this transition's `next` as the
-    /// caller keeps it: every notice shares it instead of holding a copy.
+    /// The notices due with this transition, about `finding` (its `next` as the caller keeps
+    /// it): every notice shares it instead of holding a copy. `dry_run` is carried so messages
+    /// can say "would be revoked".
     pub fn notices_about<'a>(
         &'a self,
         finding: &'a Arc<Finding>,
