@@ -8,18 +8,20 @@
 //! key's `api_key.deleted`, or "unknown").
 //!
 //! The only requests it makes are reads of the users of the projects whose service-account
-//! keys (or woken keys) are told about in person in this sweep. It never writes to the API,
+//! keys (or woken keys) are told about in person in this sweep, and, before the reconcile
+//! phase, of the projects whose service-account key a crash left with a pending DELETE
+//! (`reconcile_routes`: its `revoked` notice is routed like the others). It never writes to the API,
 //! never composes a message (notify's) and never decides a finding's step (policy's): it
 //! annotates.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::intel::{Intel, UsageSummary};
 use crate::inventory::{OwnerType, ProjectUser};
 use crate::notify::alert::EnforcerAlert;
 use crate::notify::route::{mails_owners, service_account_route, user_route, woke_up_mailed};
-use crate::policy::finding::{NoticeIntel, NoticeKind, OwnerRoute, Stage, UsageNote};
+use crate::policy::finding::{FindingId, NoticeIntel, NoticeKind, OwnerRoute, Stage, UsageNote};
 use crate::policy::lifecycle::KEY_DELETED;
 use crate::policy::plan::Plan;
 use crate::state::rotations::Replacements;
@@ -195,6 +197,84 @@ impl Run<'_> {
                 )
             })
             .collect()
+    }
+
+    /// The owner routes of the service-account keys an interrupted write left pending, for the
+    /// `revoked` notices the reconcile phase queues when it finds the DELETE went through: they
+    /// are told in person like a sweep's, not only to `owner_fallback`. Read before the
+    /// reconcile, from what is stored (the creator as earlier sweeps' audit-log history knows
+    /// it, through the keys a minted key replaced) and the project's users. A creator never
+    /// changes, so the stored one is the sweep's. Empty when nothing is pending (no request).
+    pub(super) async fn reconcile_routes(&self) -> HashMap<KeyRef, OwnerRoute> {
+        let notify = &self.sweeper.notify;
+        let pending = self.store.with_conn(|c| {
+            let mut keys = BTreeSet::new();
+            for row in crate::state::audit::unmatched_intents(c)? {
+                let r = &row.record;
+                let (Some(org), Some(project), Some(key)) =
+                    (&r.organization, &r.project_id, &r.key_id)
+                else {
+                    continue;
+                };
+                for policy in
+                    (r.policy.as_deref().unwrap_or("").split(',')).filter(|p| !p.is_empty())
+                {
+                    let id = FindingId {
+                        organization: org.clone(),
+                        project_id: project.clone(),
+                        key_id: key.clone(),
+                        policy: policy.to_string(),
+                    };
+                    let told = crate::state::findings::get_finding(c, &id)?.is_some_and(|f| {
+                        f.owner_type == OwnerType::ServiceAccount
+                            && mails_owners(notify, policy, project, f.project_name.as_deref())
+                    });
+                    if told {
+                        keys.insert((org.clone(), project.clone(), key.clone()));
+                    }
+                }
+            }
+            Ok(keys)
+        });
+        let pending = pending.unwrap_or_else(|e| {
+            // The reconcile reads the same and fails with it; its notices then go to the
+            // fallback, as any without a route.
+            tracing::warn!(
+                "cannot read the pending writes' keys: {}",
+                crate::error_chain(&e)
+            );
+            BTreeSet::new()
+        });
+        if pending.is_empty() {
+            return HashMap::new();
+        }
+        let projects = (pending.iter())
+            .map(|(o, p, _)| (o.clone(), p.clone()))
+            .collect();
+        let users = self.project_users(&projects).await;
+        let replaced = self.replacements();
+        let mut routes = HashMap::new();
+        for (org, project, key) in pending {
+            let first = lineage(replaced, &org, &key).last().unwrap_or(&key);
+            let mut created_by = None;
+            let read = self.store.with_conn(|c| {
+                crate::state::intel::histories_of(c, &org, [first], |row| {
+                    created_by = row.created_by;
+                })
+            });
+            if let Err(e) = read {
+                tracing::warn!(
+                    organization = %org,
+                    key_id = %key,
+                    "cannot read the key's stored creator: {}",
+                    crate::error_chain(&e)
+                );
+            }
+            let users = (users.get(&(org.clone(), project.clone()))).and_then(|u| u.as_deref());
+            let route = service_account_route(created_by.as_deref(), users);
+            routes.insert((org, project, key), route);
+        }
+        routes
     }
 
     /// The users of each project (`None`: they could not be listed; said in the log), read

@@ -1,17 +1,21 @@
 //! Phase 1, reconcile: a crash between a DELETE's intent and its outcome is settled before
 //! anything else (`revoke::reconcile` looks the key up and records what it finds). A delete
 //! that went through closes its findings as revoked and tells their owners, in the transaction
-//! that records it. This phase never deletes and never repeats a DELETE.
+//! that records it (a service-account key's in person by the route `owners.rs` reads for it
+//! first, as a sweep's notices are). This phase never deletes and never repeats a DELETE.
+
+use std::collections::HashMap;
 
 use crate::inventory::Expiry;
 use crate::notify::NotifySettings;
 use crate::notify::alert::EnforcerAlert;
 use crate::notify::compose::{self, Composed};
-use crate::policy::finding::{ExpirySet, FindingId};
+use crate::policy::finding::{ExpirySet, FindingId, NoticeIntel, OwnerRoute};
 use crate::policy::lifecycle;
 use crate::revoke::{self, InterruptedDelete, InterruptedExpiry};
 use crate::state::{self, StateError};
 
+use super::notes::KeyRef;
 use super::report::SweepError;
 use super::run::Run;
 
@@ -25,8 +29,9 @@ impl Run<'_> {
     pub(super) async fn reconcile(&self) -> Result<Reconciled, SweepError> {
         let settings = &self.sweeper.notify;
         let now = self.now();
+        let routes = self.reconcile_routes().await;
         let unsettled = revoke::reconcile(&self.revoke_context(), |tx, done| match done.expiry {
-            None => close_as_revoked(tx, done, settings, now),
+            None => close_as_revoked(tx, done, settings, now, &routes),
             Some(e) => note_expiry(tx, done, e, now),
         })
         .await?;
@@ -71,6 +76,7 @@ fn close_as_revoked(
     deleted: &InterruptedDelete<'_>,
     settings: &NotifySettings,
     now: i64,
+    routes: &HashMap<KeyRef, OwnerRoute>,
 ) -> Result<(), StateError> {
     let mut revoked = Vec::new();
     for policy in deleted.policies() {
@@ -91,13 +97,21 @@ fn close_as_revoked(
     // The owner hears of this revocation like of any other, committed with it. The run id is
     // per intent: a run's own `revoked` digest must not share its ids.
     let run_id = format!("reconciled/{}", deleted.intent_seq);
-    Composed::new(
-        &compose::revoked_notices(&revoked),
-        &[],
-        settings,
-        &run_id,
-        now,
-    )?
-    .queue(tx, now)?;
+    let mut notices = compose::revoked_notices(&revoked);
+    for n in &mut notices {
+        let id = &n.finding.id;
+        let key = (
+            id.organization.clone(),
+            id.project_id.clone(),
+            id.key_id.clone(),
+        );
+        if let Some(route) = routes.get(&key) {
+            n.intel = Some(NoticeIntel {
+                usage: None,
+                route: Some(route.clone()),
+            });
+        }
+    }
+    Composed::new(&notices, &[], settings, &run_id, now)?.queue(tx, now)?;
     Ok(())
 }

@@ -618,3 +618,60 @@ async fn a_minted_keys_notices_go_to_the_creator_of_the_key_it_replaced() {
     assert_eq!(warned.len(), 1, "{warned:?}\n{out}");
     assert_eq!(warned[0]["owner_route"], old_route, "{warned:?}");
 }
+
+/// A service-account key's DELETE that went through while keysweep was killed is settled by the
+/// next run's reconcile phase, whose `revoked` notice goes where the key's warning went (its
+/// creator, in person), not only to `owner_fallback`: the reconcile phase reads the stored
+/// creator and the project's users first, as a sweep's notices are routed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconciled_revocation_of_a_service_account_key_is_told_to_its_creator() {
+    let rx = Receiver::start().await;
+    let top = format!(
+        "{}\n{OWNER_MAIL}\n[audit_log]\nbackfill = \"3650d\"\n\n[[policies]]\nname = \
+         \"revoke-180d\"\nmax_age = \"180d\"\naction = \"revoke\"\nwarn_before = \"7d\"\nnotify = \
+         [\"hook\", \"mail\"]\n",
+        channels(&rx)
+    );
+    // The rotate policy of this world looks at no project: the key is revoked, not rotated.
+    let neutered = "[policies.match]\nprojects = [\"no-such-project-*\"]";
+    let mut w = world_with(&top, FILE_SINK, neutered, ENFORCE_SA).await;
+    with_channel_secrets(&mut w);
+    w.run(w.base).await;
+    let warned = notices(&rx, "keysweep.notices.warning", "revoke-180d");
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    let route = warned[0]["owner_route"].clone();
+    assert_eq!(route["to"], "person", "{route}");
+    w.run(w.base + 6 * DAY + 12 * 3600).await;
+
+    // The DELETE takes effect, then its answer never comes: the run is killed meanwhile.
+    let fault = w.sim.faults().add(
+        Fault::on(FaultRoute::DeleteKey)
+            .once()
+            .after_effect()
+            .respond(FaultKind::Delay(std::time::Duration::from_secs(120))),
+    );
+    let mut child = w.cmd(w.base + 8 * DAY).spawn().unwrap();
+    crate::support::wait::eventually("the DELETE", || w.sim.faults().hits(fault) > 0).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    child.start_kill().unwrap();
+    let _ = child.wait().await;
+    assert!(
+        w.sim.key(PROJECT, OLD).is_none(),
+        "the DELETE did not go through"
+    );
+    let store = Store::open(&w.dir.path().join("keysweep.db")).unwrap();
+    let pending = (store.with_conn(keysweep::state::audit::unmatched_intents)).unwrap();
+    drop(store);
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert!(
+        notices(&rx, "keysweep.notices.revoked", "revoke-180d").is_empty(),
+        "told before the outcome was known"
+    );
+
+    w.sim.faults().clear();
+    let out = w.run(w.base + 8 * DAY).await;
+    let revoked = notices(&rx, "keysweep.notices.revoked", "revoke-180d");
+    assert_eq!(revoked.len(), 1, "{revoked:?}\n{out}");
+    assert_eq!(revoked[0]["owner_route"], route, "{revoked:?}");
+    w.assert_state_clean(ADMIN_KEY);
+}
