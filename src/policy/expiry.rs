@@ -32,26 +32,36 @@ pub const MIN_RESTORE_DAYS: i64 = 30;
 /// The distances tried, longest first, after the configured one is refused (days).
 const RESTORE_LADDER_DAYS: [i64; 4] = [180, 90, 60, MIN_RESTORE_DAYS];
 
+/// How far ahead of the sweep's clock an expiry is set when the finding's deadline has already
+/// passed (a policy moved from dry-run to enforce after its deadlines, a key that could not be
+/// written before): the API takes no expiry in the past, so the deadline is kept as closely as
+/// it can still be written, with room for the sweep to reach its enforce phase and the write
+/// to land.
+pub const PAST_DEADLINE_LEAD: i64 = 3600;
+
 /// An expiry to set on a key for an open `expire` finding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SetExpiry {
-    /// The target expiry: the finding's deadline.
+    /// The target expiry: the finding's deadline, or `now` + [`PAST_DEADLINE_LEAD`] once that
+    /// is later (never earlier than promised).
     pub to: i64,
     /// True when keysweep had set it before and the key now expires later: it was moved outside
     /// keysweep (an enforcer alert is due once the write is done).
     pub reset: bool,
 }
 
-/// The expiry an open `expire` finding needs written on its key, if any.
-pub fn set_due(f: &Finding, key: &Key) -> Option<SetExpiry> {
+/// The expiry an open `expire` finding needs written on its key at `now`, if any. A key that
+/// already ends by the target is left alone: an expiry is never moved later.
+pub fn set_due(f: &Finding, key: &Key, now: i64) -> Option<SetExpiry> {
     if f.action != Action::Expire || !f.stage.is_open() || f.expiry.refused.is_some() {
         return None;
     }
+    let to = f.deadline.max(now.saturating_add(PAST_DEADLINE_LEAD));
     match key.expires_at {
         Expiry::Unknown => None,
-        e if e.ends_by(f.deadline) => None,
+        e if e.ends_by(to) => None,
         Expiry::Never | Expiry::At(_) => Some(SetExpiry {
-            to: f.deadline,
+            to,
             reset: f.expiry.set.is_some(),
         }),
     }

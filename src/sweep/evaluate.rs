@@ -171,7 +171,7 @@ impl Evaluator {
                 write: Write::Delete,
             });
         }
-        if let Some(set) = expiry::set_due(f, key) {
+        if let Some(set) = expiry::set_due(f, key, self.now) {
             step.candidates.push(Candidate {
                 finding: id.clone(),
                 key: key.clone(),

@@ -439,6 +439,49 @@ async fn at_its_expiry_a_finding_ends_as_expired_whether_or_not_the_api_lists_th
     }
 }
 
+/// A team runs dry-run past its findings' deadlines, then turns enforce on: the API takes no
+/// expiry in the past, so each key gets one an hour from the sweep (the deadline kept as
+/// closely as it can still be written), not a failed write every sweep; a key that already
+/// ends sooner is left alone.
+#[tokio::test]
+async fn enforce_after_the_deadlines_passed_in_dry_run_sets_the_expiry_an_hour_ahead() {
+    let t = wall_now();
+    let (o, keys) = org(t);
+    let sim = start(o, |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    // Detected ten days ago in dry-run: the deadlines (warn_before 7d) passed three days ago.
+    let dry = expire_sweeper(&sim, &db, "dry-run");
+    sweep(&dry, t - 10 * DAY).await;
+    assert!(finding(&dry, &keys.never, POLICY).deadline < t - 2 * DAY);
+    drop(dry);
+    let s = expire_sweeper(&sim, &db, "enforce");
+    let r = sweep(&s, t).await;
+    let target = t + keysweep::policy::expiry::PAST_DEADLINE_LEAD;
+    let at = expires_at(&sim, &keys.never);
+    assert!(
+        at.is_some_and(|at| lands_on(at, target)),
+        "{at:?} vs {target}"
+    );
+    // A key ending in 3 days ends later than that: it is moved in to the same target.
+    let early = expires_at(&sim, &keys.earlier);
+    assert!(early.is_some_and(|at| lands_on(at, target)), "{early:?}");
+    assert!(expiry_alerts(&r).is_empty(), "{:?}", expiry_alerts(&r));
+    assert!(
+        !records(&s)
+            .iter()
+            .any(|(_, r)| r.kind == AuditKind::Outcome && r.message.contains("fail")),
+        "a write failed"
+    );
+    // The next sweep has nothing left to write.
+    let intents = intents_for(&s, &keys.never);
+    sweep(&s, t + 60).await;
+    assert_eq!(intents_for(&s, &keys.never), intents);
+    assert_nothing_deleted(&sim, &keys);
+    assert_every_intent_has_an_outcome(&s);
+    assert_verifies(&s);
+}
+
 #[tokio::test]
 async fn dry_run_writes_no_expiry_and_says_it_would() {
     let t = wall_now();
