@@ -77,7 +77,7 @@ fn withheld(ctx: &Context) -> Option<RotationOutcome> {
             reason: "service_account_notify_only".into(),
         });
     }
-    ctx.kill_switch.then(|| RotationOutcome::Withheld {
+    ctx.kill_switch().then(|| RotationOutcome::Withheld {
         reason: "kill_switch".into(),
     })
 }

@@ -41,7 +41,7 @@ pub(super) async fn reconcile(ctx: &Context) -> Result<Vec<RotationResult>, Stat
                 "minted" => settle_minted(ctx, client, &row).await?,
                 // Setting an expiry waits while the kill switch is on; deleting keysweep's own
                 // keys does not.
-                "delivered" if !ctx.kill_switch => settle_delivered(ctx, client, &row).await?,
+                "delivered" if !ctx.kill_switch() => settle_delivered(ctx, client, &row).await?,
                 "cleanup_pending" => settle_cleanup(ctx, client, &row).await?,
                 rotations::UNANNOUNCED => announce(ctx, &row)?,
                 _ => None,

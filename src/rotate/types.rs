@@ -27,12 +27,17 @@ pub struct Context {
     pub now: i64,
     /// Cancelled on shutdown (SIGTERM): no rotation starts a new mint once it is.
     pub cancel: CancellationToken,
-    /// The kill-switch file exists: no rotation starts (deleting keysweep's own orphans still
-    /// happens).
-    pub kill_switch: bool,
 }
 
 impl Context {
+    /// The kill switch is on right now (`revoke::kill_switch_engaged`: fails closed, so a path
+    /// that cannot be checked counts as on): no rotation starts, read before each one so a
+    /// switch set mid-sweep stops the rest (a hand-over in flight finishes, as at shutdown;
+    /// deleting keysweep's own orphans still happens).
+    pub(super) fn kill_switch(&self) -> bool {
+        crate::revoke::kill_switch_engaged(self.config.safety.kill_switch_file.as_deref())
+    }
+
     pub(super) fn client(&self, org: &str) -> Option<&AdminClient> {
         self.clients.iter().find(|c| c.org_name() == org)
     }

@@ -103,7 +103,7 @@ impl Run<'_> {
         Rules {
             mode: self.mode,
             service_account_keys: safety.service_account_keys,
-            kill_switch: safety.kill_switch_file.as_ref().is_some_and(|p| p.exists()),
+            kill_switch: crate::revoke::kill_switch_engaged(safety.kill_switch_file.as_deref()),
         }
     }
 }

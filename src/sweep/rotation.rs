@@ -132,7 +132,6 @@ impl Run<'_> {
             run_id: self.run_id().to_string(),
             now: self.now(),
             cancel: self.opts.cancel.clone(),
-            kill_switch: (config.safety.kill_switch_file.as_ref()).is_some_and(|p| p.exists()),
         };
         let results = rotate::run(&ctx, &planned).await?;
         for r in &results {

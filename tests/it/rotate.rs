@@ -703,3 +703,30 @@ async fn a_held_back_rotation_is_recorded_once_per_spell_and_reason() {
     assert_eq!(withheld().len(), 2);
     assert_eq!(mark(), None, "the spell is over");
 }
+
+/// The kill switch fails closed for rotations as for deletes: a switch file that is a dangling
+/// symlink (it exists, though `Path::exists` says no) holds every due rotation back, and no key
+/// is minted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_switch_that_is_a_dangling_symlink_holds_rotations_back() {
+    let stop = tempfile::tempdir().unwrap();
+    let switch = stop.path().join("stop");
+    let safety = format!(
+        "{ENFORCE_SA}\nkill_switch_file = {:?}",
+        switch.to_str().unwrap()
+    );
+    let w = world(FILE_SINK, SCOPES, &safety).await;
+    first_warning(&w).await;
+    std::os::unix::fs::symlink(stop.path().join("no-such-target"), &switch).unwrap();
+    assert!(!switch.exists(), "the symlink dangles");
+    let out = combined(&output(w.cmd(due(&w))).await);
+    assert_eq!(w.mints(), 0, "minted under the kill switch:\n{out}");
+    let store = Store::open(&w.dir.path().join("keysweep.db")).unwrap();
+    let held = (store
+        .with_conn(|c| audit::list(c, None))
+        .unwrap()
+        .into_iter())
+    .filter(|r| r.record.key_id.as_deref() == Some(OLD))
+    .any(|r| r.record.message == "rotation withheld: kill_switch");
+    assert!(held, "{out}");
+}
