@@ -24,8 +24,9 @@ use crate::notify::settings::NotifySettings;
 use crate::notify::{MessageKind, NotifyError, email, http, pagerduty, scrub, slack, webhook};
 use crate::state::StateError;
 
-/// Messages read from the outbox per batch.
-const BATCH: usize = 50;
+/// How long a message claimed for one attempt is kept from other deliverers: far longer than
+/// any send's timeouts, and the time after which a message whose deliverer died is due again.
+const CLAIM_LEASE_SECS: i64 = 600;
 /// Upper bound of messages handled by one `deliver_due` call (guards against any loop).
 const MAX_PER_CALL: usize = 10_000;
 
@@ -100,33 +101,33 @@ impl Notifier {
     ) -> Result<DeliveryReport, NotifyError> {
         let mut report = DeliveryReport::default();
         let mut handled = 0usize;
+        // One message at a time, each claimed as it is picked (`outbox::claim_due`): another
+        // organisation's sweep delivering at the same moment (the daemon sweeps organisations
+        // side by side), the shutdown flush or another process never sends it a second time.
         while handled < MAX_PER_CALL {
-            let batch = db.with(|c| outbox::due(c, now, BATCH))?;
-            if batch.is_empty() {
+            let Some(m) = db.with(|c| outbox::claim_due(c, now, now + CLAIM_LEASE_SECS))? else {
                 break;
-            }
-            for m in batch {
-                handled += 1;
-                let outcome = match (settings.channel(&m.channel), &m.unreadable) {
-                    (_, Some(why)) => Err(SendFailure {
-                        error: format!("the stored message cannot be read: {why}"),
-                        retryable: false,
-                    }),
-                    (Some(ch), None) => self.send(ch, &m.message_id, &m.payload).await,
-                    (None, None) => Err(SendFailure {
-                        error: format!("channel {:?} is no longer configured", m.channel),
-                        retryable: false,
-                    }),
-                };
-                match outcome {
-                    Ok(()) => {
-                        db.with(|c| outbox::mark_sent(c, m.id, now))?;
-                        tracing::info!(message_id = %m.message_id, channel = %m.channel, kind = m.kind.as_str(), "notification delivered");
-                        report.sent += 1;
-                        self.count(&m.channel, NotificationOutcome::Sent);
-                    }
-                    Err(f) => self.failed(db, settings, &m, &f, now, &mut report)?,
+            };
+            handled += 1;
+            let outcome = match (settings.channel(&m.channel), &m.unreadable) {
+                (_, Some(why)) => Err(SendFailure {
+                    error: format!("the stored message cannot be read: {why}"),
+                    retryable: false,
+                }),
+                (Some(ch), None) => self.send(ch, &m.message_id, &m.payload).await,
+                (None, None) => Err(SendFailure {
+                    error: format!("channel {:?} is no longer configured", m.channel),
+                    retryable: false,
+                }),
+            };
+            match outcome {
+                Ok(()) => {
+                    db.with(|c| outbox::mark_sent(c, m.id, now))?;
+                    tracing::info!(message_id = %m.message_id, channel = %m.channel, kind = m.kind.as_str(), "notification delivered");
+                    report.sent += 1;
+                    self.count(&m.channel, NotificationOutcome::Sent);
                 }
+                Err(f) => self.failed(db, settings, &m, &f, now, &mut report)?,
             }
         }
         Ok(report)

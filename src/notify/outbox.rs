@@ -117,6 +117,16 @@ pub fn due(conn: &Connection, now: i64, limit: usize) -> Result<Vec<StoredMessag
         .collect())
 }
 
+/// Claims the oldest due message for one delivery attempt, until `lease_until`
+/// (`state::outbox::claim_due`): two deliverers never send the same message at once.
+pub fn claim_due(
+    conn: &Connection,
+    now: i64,
+    lease_until: i64,
+) -> Result<Option<StoredMessage>, StateError> {
+    Ok(rows::claim_due(conn, now, lease_until)?.map(from_row))
+}
+
 /// One message by its stable id (for tests, `keysweep demo` and diagnostics).
 pub fn get(conn: &Connection, message_id: &str) -> Result<Option<StoredMessage>, StateError> {
     Ok(rows::get(conn, message_id)?.map(from_row))

@@ -243,6 +243,27 @@ pub fn due(conn: &Connection, now: i64, limit: usize) -> Result<Vec<OutboxRow>, 
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// Claims the oldest due pending row for one delivery attempt: its next attempt moves to
+/// `lease_until`, in the one statement that picks it, so no other deliverer (another
+/// organisation's sweep, the shutdown flush, another process) picks it up while this one sends.
+/// The attempt's outcome (`mark_sent`, `mark_failed`, `mark_dead`) replaces the lease; a
+/// deliverer that dies mid-send leaves the row due again at `lease_until`, never lost.
+pub fn claim_due(
+    conn: &Connection,
+    now: i64,
+    lease_until: i64,
+) -> Result<Option<OutboxRow>, StateError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "UPDATE outbox SET next_attempt_at = ?2
+          WHERE id = (SELECT id FROM outbox
+                       WHERE status = 'pending' AND next_attempt_at <= ?1
+                       ORDER BY next_attempt_at, id
+                       LIMIT 1)
+          RETURNING {COLUMNS}"
+    ))?;
+    Ok(stmt.query_row(params![now, lease_until], row).optional()?)
+}
+
 /// One row by its message id.
 pub fn get(conn: &Connection, message_id: &str) -> Result<Option<OutboxRow>, StateError> {
     Ok(conn
@@ -264,33 +285,36 @@ pub fn all(conn: &Connection) -> Result<Vec<OutboxRow>, StateError> {
 /// The receiver accepted the message.
 pub fn mark_sent(conn: &Connection, id: i64, now: i64) -> Result<(), StateError> {
     conn.execute(
-        "UPDATE outbox SET status = 'sent', sent_at = ?2, last_error = NULL WHERE id = ?1",
+        "UPDATE outbox SET status = 'sent', sent_at = ?2, last_error = NULL
+          WHERE id = ?1 AND status = 'pending'",
         params![id, now],
     )?;
     Ok(())
 }
 
 /// A failed attempt: counts it, keeps the error and schedules the next attempt. Returns the
-/// attempts made so far.
+/// attempts made so far (0: the row is no longer pending; another deliverer settled it).
 pub fn mark_failed(
     conn: &Connection,
     id: i64,
     error: &str,
     next_attempt_at: i64,
 ) -> Result<u32, StateError> {
-    let attempts: i64 = conn.query_row(
-        "UPDATE outbox SET attempts = attempts + 1, last_error = ?2, next_attempt_at = ?3
-          WHERE id = ?1 RETURNING attempts",
-        params![id, error, next_attempt_at],
-        |r| r.get(0),
-    )?;
-    Ok(u32::try_from(attempts).unwrap_or(u32::MAX))
+    let attempts: Option<i64> = conn
+        .query_row(
+            "UPDATE outbox SET attempts = attempts + 1, last_error = ?2, next_attempt_at = ?3
+              WHERE id = ?1 AND status = 'pending' RETURNING attempts",
+            params![id, error, next_attempt_at],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(attempts.map_or(0, |a| u32::try_from(a).unwrap_or(u32::MAX)))
 }
 
 /// Gives up on a message after its last attempt.
 pub fn mark_dead(conn: &Connection, id: i64, error: &str) -> Result<(), StateError> {
     conn.execute(
-        "UPDATE outbox SET status = 'dead', last_error = ?2 WHERE id = ?1",
+        "UPDATE outbox SET status = 'dead', last_error = ?2 WHERE id = ?1 AND status = 'pending'",
         params![id, error],
     )?;
     Ok(())

@@ -415,6 +415,52 @@ async fn http_channels_receive_complete_payloads_and_valid_signatures() {
     assert_outbox_clean(&db);
 }
 
+/// Two deliverers at once on one state file (the daemon's sweeps of two organisations, or a
+/// sweep and another process): each message is claimed by one of them, so a slow receiver
+/// gets every message exactly once and every row ends `sent`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_deliverers_at_once_send_each_message_once() {
+    let rx = Receiver::start().await;
+    rx.set_delay(std::time::Duration::from_millis(150));
+    let cfg = NotifySettings::from(&config_with(
+        &http_only(&rx),
+        &Tweaks {
+            max_attempts: 1,
+            max_age_notify: &["hook", "pd"],
+            routing: false,
+            slack_url: None,
+        },
+    ));
+    let (_dir, db) = open_db();
+    let notices = vec![
+        notice(NoticeKind::Warning, alice_key()),
+        notice(NoticeKind::FinalNotice, alice_key()),
+    ];
+    let msgs = compose(&notices, &[], &cfg, RUN, NOW);
+    assert!(msgs.len() >= 4, "{}", msgs.len());
+    with_db(&db, |c| outbox::enqueue(c, &msgs, NOW)).unwrap();
+    let (a, b) = (Notifier::new().unwrap(), Notifier::new().unwrap());
+    let (ra, rb) = tokio::join!(a.deliver_due(&db, &cfg, NOW), b.deliver_due(&db, &cfg, NOW));
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert_eq!((ra.sent + rb.sent) as usize, msgs.len(), "{ra:?} {rb:?}");
+    assert!(ra.sent > 0 && rb.sent > 0, "both delivered: {ra:?} {rb:?}");
+    // A message sent twice arrives twice with the same body.
+    let mut bodies: Vec<(String, Vec<u8>)> = (rx.requests("/").iter())
+        .map(|r| (r.path.clone(), r.body.to_vec()))
+        .collect();
+    let received = bodies.len();
+    bodies.sort();
+    bodies.dedup();
+    assert_eq!(received, bodies.len(), "a message was sent twice");
+    assert_eq!(received, msgs.len());
+    assert!(
+        with_db(&db, outbox::all)
+            .unwrap()
+            .iter()
+            .all(|m| m.status == "sent")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receivers_down_then_back_get_the_same_ids() {
     let rx = Receiver::start().await;

@@ -35,6 +35,8 @@ struct Inner {
     requests: Mutex<Vec<Request>>,
     /// Path prefix → status to answer; default 200.
     statuses: Mutex<HashMap<String, u16>>,
+    /// How long to hold every answer (a slow receiver), after recording the request.
+    delay: Mutex<std::time::Duration>,
 }
 
 #[derive(Clone)]
@@ -65,6 +67,11 @@ impl Receiver {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// Hold every answer this long after the request arrived (a slow receiver).
+    pub fn set_delay(&self, delay: std::time::Duration) {
+        *self.inner.delay.lock().unwrap() = delay;
     }
 
     /// Answer `status` to requests whose path starts with `prefix`.
@@ -110,5 +117,7 @@ async fn record(
         headers,
         body,
     });
+    let delay = *inner.delay.lock().unwrap();
+    tokio::time::sleep(delay).await;
     StatusCode::from_u16(status).unwrap()
 }
