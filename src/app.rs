@@ -585,17 +585,21 @@ async fn serve(config: Config, path: PathBuf, force_dry_run: bool) -> Result<()>
         config_hash = %config.hash,
         "keysweep daemon starting"
     );
+    let cache: SweeperCache = Arc::new(tokio::sync::Mutex::new(None));
+    let between = tokio::spawn(deliver_between_sweeps(cache.clone()));
     let deps = crate::daemon::DaemonDeps {
-        sweep: daemon_sweep(store.clone(), metrics.clone(), force_dry_run),
+        sweep: daemon_sweep(store.clone(), metrics.clone(), force_dry_run, cache.clone()),
         reload: Arc::new(move || config::load(&path).map_err(|e| e.to_string())),
         metrics,
         db_ready: {
             let store = store.clone();
             Arc::new(move || store.ping().is_ok())
         },
-        on_shutdown: Some(flush_outbox(store, config.clone())),
+        on_shutdown: Some(flush_outbox(store, config.clone(), cache)),
     };
-    crate::daemon::run(config, deps).await?;
+    let ran = crate::daemon::run(config, deps).await;
+    between.abort();
+    ran?;
     // A delete whose sweep was dropped at the end of the grace still writes its outcome.
     crate::revoke::drain_in_flight().await;
     // So does a rotation's hand-over: the sink finishes, then the old key gets its expiry.
@@ -609,9 +613,13 @@ type SweeperCache = Arc<tokio::sync::Mutex<Option<Arc<Sweeper>>>>;
 /// How the daemon sweeps one organisation: with the sweeper of the request's configuration (a
 /// SIGHUP reload brings a new config and hash, and the next sweep builds new clients and
 /// policies from it), delivering the outbox as it goes.
-fn daemon_sweep(store: Store, metrics: Metrics, force_dry_run: bool) -> crate::daemon::SweepFn {
+fn daemon_sweep(
+    store: Store,
+    metrics: Metrics,
+    force_dry_run: bool,
+    cache: SweeperCache,
+) -> crate::daemon::SweepFn {
     use crate::daemon::SweepResult;
-    let cache: SweeperCache = Arc::new(tokio::sync::Mutex::new(None));
     Arc::new(move |req: crate::daemon::SweepRequest| {
         let store = store.clone();
         let metrics = metrics.clone();
@@ -662,17 +670,44 @@ async fn sweeper_for(
     Ok(sweeper)
 }
 
+/// How often the daemon delivers what the outbox has due between sweeps.
+const DELIVERY_TICK: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Between sweeps, every [`DELIVERY_TICK`], delivers what the outbox has due with the last
+/// sweep's configuration (so a reload's channels): a failed message is retried on its own
+/// backoff (from 15 s), not when the next sweep runs, a day later on a daily schedule. Safe
+/// beside a sweep's own delivery: each message is claimed by one deliverer
+/// (`state::outbox::claim_due`). Nothing to deliver before the first sweep built a sweeper.
+async fn deliver_between_sweeps(cache: SweeperCache) {
+    let mut tick = tokio::time::interval(DELIVERY_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        let sweeper = cache.lock().await.clone();
+        let Some(sweeper) = sweeper else { continue };
+        if let Err(e) = sweeper.deliver_outbox(chrono::Utc::now().timestamp()).await {
+            tracing::warn!(
+                "cannot deliver the outbox between sweeps: {}",
+                crate::error_chain(&e)
+            );
+        }
+    }
+}
+
 /// At shutdown, flushes what the outbox can within the grace period; the rest waits for the
-/// next start (it is in the database). Delivery gets notify's settings, never the whole
-/// configuration.
-fn flush_outbox(store: Store, config: Config) -> crate::daemon::ShutdownHook {
+/// next start (it is in the database). With the last sweep's configuration (a reload's
+/// channels, not the ones the daemon started with), else the starting one. Delivery gets
+/// notify's settings, never the whole configuration.
+fn flush_outbox(store: Store, config: Config, cache: SweeperCache) -> crate::daemon::ShutdownHook {
     let settings = crate::notify::NotifySettings::from(&config);
     Box::new(move || {
         Box::pin(async move {
-            if let Ok(n) = crate::notify::Notifier::new() {
-                let _ = n
-                    .deliver_due(&store, &settings, chrono::Utc::now().timestamp())
-                    .await;
+            let now = chrono::Utc::now().timestamp();
+            let sweeper = cache.lock().await.clone();
+            if let Some(s) = sweeper {
+                let _ = s.deliver_outbox(now).await;
+            } else if let Ok(n) = crate::notify::Notifier::new() {
+                let _ = n.deliver_due(&store, &settings, now).await;
             }
         })
     })

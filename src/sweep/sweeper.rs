@@ -96,6 +96,19 @@ impl Sweeper {
         })
     }
 
+    /// Delivers what the outbox has due at `now` through this configuration's channels: the
+    /// daemon between sweeps (a failed message is retried on its own backoff, not only when the
+    /// next sweep runs) and at shutdown. Without a state store there is no outbox.
+    pub async fn deliver_outbox(
+        &self,
+        now: i64,
+    ) -> Result<crate::notify::DeliveryReport, crate::notify::NotifyError> {
+        match self.store() {
+            Some(store) => self.notifier.deliver_due(store, &self.notify, now).await,
+            None => Ok(crate::notify::DeliveryReport::default()),
+        }
+    }
+
     pub fn store(&self) -> Option<&Store> {
         self.store.as_ref()
     }

@@ -663,3 +663,80 @@ async fn sighup_with_a_broken_config_keeps_the_old_one_and_a_valid_one_takes_eff
     assert_no_overlap(&d.proc.log());
     d.proc.assert_no_secret(&[ADMIN_KEY]);
 }
+
+/// Between sweeps the daemon delivers what the outbox has due: a webhook that refused the first
+/// sweep's digest (500) gets it again on the message's own backoff, with no second sweep (the
+/// schedule's next slot is months away), under the same `webhook-id`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_retries_a_failed_delivery_between_sweeps() {
+    let sim = start_sim(unix_now()).await;
+    let rx = crate::support::receivers::Receiver::start().await;
+    rx.set_status("/hook", 500);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("keysweep.toml");
+    let state = dir.path().join("state.db");
+    let port = free_port();
+    let text = format!(
+        r#"mode = "dry-run"
+state_path = "{state}"
+schedule = "0 0 1 1 *"
+run_on_start = true
+
+[[organizations]]
+name = "acme"
+base_url = "{sim}"
+admin_key_env = "{ADMIN_KEY_ENV}"
+
+[[policies]]
+name = "max-age"
+max_age = "90d"
+action = "notify"
+notify = ["hook"]
+
+[[channels]]
+name = "hook"
+type = "webhook"
+url = "{hook}"
+secret_env = "KEYSWEEP_IT_DAEMON_HOOK"
+
+[server]
+listen = "127.0.0.1:{port}"
+
+[log]
+format = "json"
+"#,
+        state = state.display(),
+        sim = sim.base_url(),
+        hook = rx.url("/hook"),
+    );
+    std::fs::write(&config, text).unwrap();
+    let secret = crate::support::secrets::whsec(b"daemon-between-sweeps-key-000001");
+    let mut proc = Proc::spawn(keysweep(
+        &["run", "--config", config.to_str().unwrap()],
+        &[
+            (ADMIN_KEY_ENV, ADMIN_KEY),
+            ("KEYSWEEP_IT_DAEMON_HOOK", secret.as_str()),
+        ],
+    ));
+    eventually("the first sweep's delivery attempt", || {
+        !rx.requests("/hook").is_empty()
+    })
+    .await;
+    rx.set_status("/hook", 200);
+    let first = rx.requests("/hook")[0].header("webhook-id");
+    eventually("the retry between sweeps", || {
+        rx.requests("/hook").len() >= 2
+    })
+    .await;
+    let hooks = rx.requests("/hook");
+    assert_eq!(hooks[1].header("webhook-id"), first, "the same message");
+    let sweeps: BTreeSet<String> = (proc.log().iter())
+        .filter(|r| message(r) == "sweep finished")
+        .filter_map(|r| r["run_id"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(sweeps.len(), 1, "delivered by a second sweep: {sweeps:?}");
+    proc.signal("-TERM");
+    let (status, _) = proc.wait().await;
+    assert_eq!(status.code(), Some(0), "{:#?}", proc.stderr());
+    proc.assert_no_secret(&[ADMIN_KEY, secret.as_str()]);
+}
