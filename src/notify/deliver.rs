@@ -22,7 +22,6 @@ use crate::notify::outbox::{self, OutboxDb, StoredMessage};
 use crate::notify::route::{self, CHANNEL_RECIPIENT};
 use crate::notify::settings::NotifySettings;
 use crate::notify::{MessageKind, NotifyError, email, http, pagerduty, scrub, slack, webhook};
-use crate::state::StateError;
 
 /// How long a message claimed for one attempt is kept from other deliverers: far longer than
 /// any send's timeouts, and the time after which a message whose deliverer died is due again.
@@ -156,27 +155,28 @@ impl Notifier {
             self.count(&m.channel, NotificationOutcome::Failed);
             return Ok(());
         }
-        db.with(|c| -> Result<(), StateError> {
-            outbox::mark_failed(c, m.id, &f.error, now)?;
-            outbox::mark_dead(c, m.id, &f.error)
-        })?;
+        // A delivery alert that dies raises none (no loop).
+        let alert = (m.kind != MessageKind::DeliveryAlert).then(|| EnforcerAlert::DeliveryFailed {
+            channel: m.channel.clone(),
+            message_id: m.message_id.clone(),
+            attempts,
+            error: f.error.clone(),
+        });
+        // One run id per death: a message requeued (`notify retry-dead`) and dead again
+        // raises its alert again, while composing the same death twice stays one message.
+        let run_id = format!("dead-letter/{}/{now}", m.message_id);
+        let msgs = (alert.iter())
+            .flat_map(|a| route::compose(&[], std::slice::from_ref(a), settings, &run_id, now))
+            .collect::<Vec<_>>();
+        // The dead letter and its alert are written together; a message another deliverer
+        // settled meanwhile is left as it is.
+        if !db.with(|c| outbox::dead_letter(c, m.id, &f.error, &msgs, now))? {
+            return Ok(());
+        }
         tracing::error!(message_id = %m.message_id, channel = %m.channel, attempts, error = %f.error, "notification dead-lettered");
         report.dead += 1;
         self.count(&m.channel, NotificationOutcome::Dead);
-        if m.kind != MessageKind::DeliveryAlert {
-            let alert = EnforcerAlert::DeliveryFailed {
-                channel: m.channel.clone(),
-                message_id: m.message_id.clone(),
-                attempts,
-                error: f.error.clone(),
-            };
-            // Deterministic run id: re-raising for the same dead letter is a no-op in the
-            // outbox.
-            let run_id = format!("dead-letter/{}", m.message_id);
-            let msgs = route::compose(&[], std::slice::from_ref(&alert), settings, &run_id, now);
-            db.with(|c| outbox::enqueue(c, &msgs, now))?;
-            report.alerts.push(alert);
-        }
+        report.alerts.extend(alert);
         Ok(())
     }
 

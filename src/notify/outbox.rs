@@ -153,6 +153,27 @@ pub fn mark_failed(
     rows::mark_failed(conn, id, &clean_error(error), next_attempt_at)
 }
 
+/// Gives up on a message after its last attempt and queues its alert's messages, in one
+/// transaction: a crash between the two never leaves a dead letter whose alert is lost.
+/// Returns false (and writes nothing) when the message is no longer pending.
+pub fn dead_letter(
+    conn: &Connection,
+    id: i64,
+    error: &str,
+    alert: &[OutboxMessage],
+    now: i64,
+) -> Result<bool, StateError> {
+    let error = clean_error(error);
+    crate::state::in_tx(conn, |c| {
+        if rows::mark_failed(c, id, &error, now)? == 0 {
+            return Ok(false);
+        }
+        rows::mark_dead(c, id, &error)?;
+        enqueue(c, alert, now)?;
+        Ok(true)
+    })
+}
+
 /// Gives up on a message after its last attempt (the caller raises the enforcer alert).
 pub fn mark_dead(conn: &Connection, id: i64, error: &str) -> Result<(), StateError> {
     rows::mark_dead(conn, id, &clean_error(error))

@@ -519,6 +519,47 @@ async fn receivers_down_then_back_get_the_same_ids() {
     assert_eq!(with_db(&db, outbox::depth).unwrap().pending, 0);
 }
 
+/// A dead letter requeued (`notify retry-dead`) that dies again raises its alert again: each
+/// death is its own alert, written with the dead letter in one transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requeued_dead_letter_that_dies_again_raises_a_second_alert() {
+    let rx = Receiver::start().await;
+    let cfg = NotifySettings::from(&config_with(
+        &http_only(&rx),
+        &Tweaks {
+            max_attempts: 1,
+            max_age_notify: &["hook"],
+            routing: false,
+            slack_url: None,
+        },
+    ));
+    rx.set_status("/hook", 503);
+    let (_dir, db) = open_db();
+    let msgs = compose(
+        &[notice(NoticeKind::Warning, alice_key())],
+        &[],
+        &cfg,
+        RUN,
+        NOW,
+    );
+    with_db(&db, |c| outbox::enqueue(c, &msgs, NOW)).unwrap();
+    let notifier = Notifier::new().unwrap();
+    let first = notifier.deliver_due(&db, &cfg, NOW).await.unwrap();
+    assert_eq!((first.dead, first.alerts.len()), (1, 1), "{first:?}");
+    assert_eq!(
+        with_db(&db, |c| outbox::requeue_dead(c, Some("hook"))).unwrap(),
+        1
+    );
+    let second = notifier.deliver_due(&db, &cfg, NOW + 60).await.unwrap();
+    assert_eq!((second.dead, second.alerts.len()), (1, 1), "{second:?}");
+    // Both alerts reached the ops channel: the second was not taken for the first.
+    let alerts = (rx.requests("/ops").iter())
+        .filter(|r| r.json()["alerts"][0]["alert"] == "delivery_failed")
+        .count();
+    assert_eq!(alerts, 2);
+    assert_eq!(with_db(&db, outbox::depth).unwrap().dead, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letter_after_max_attempts_raises_one_alert_without_looping() {
     let rx = Receiver::start().await;
