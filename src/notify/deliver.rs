@@ -104,7 +104,10 @@ impl Notifier {
         // organisation's sweep delivering at the same moment (the daemon sweeps organisations
         // side by side), the shutdown flush or another process never sends it a second time.
         while handled < MAX_PER_CALL {
-            let Some(m) = db.with(|c| outbox::claim_due(c, now, now + CLAIM_LEASE_SECS))? else {
+            // From the later of the caller's clock and the wall clock: a `run --once --now` in
+            // the past must not claim for less than a lease of real time.
+            let lease = now.max(chrono::Utc::now().timestamp()) + CLAIM_LEASE_SECS;
+            let Some(m) = db.with(|c| outbox::claim_due(c, now, lease))? else {
                 break;
             };
             handled += 1;

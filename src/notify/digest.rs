@@ -550,9 +550,19 @@ fn expiry_being_set(n: &Notice) -> Option<i64> {
     if let Some(set) = f.expiry.set {
         return Some(set.to);
     }
+    let to = expiry_target(f);
     match f.expires_at.at() {
-        Some(at) if at <= f.deadline => None,
-        _ => Some(f.deadline),
+        Some(at) if at <= to => None,
+        _ => Some(to),
+    }
+}
+
+/// The expiry a sweep sets for `f` (`policy::expiry::target`), as of the sweep that queued its
+/// notice: the lifecycle stamps `last_notified_at` with that sweep's time.
+fn expiry_target(f: &Finding) -> i64 {
+    match f.last_notified_at {
+        Some(queued) => crate::policy::expiry::target(f.deadline, queued),
+        None => f.deadline,
     }
 }
 
@@ -572,12 +582,14 @@ fn expire_status(n: &Notice) -> String {
             rfc3339(set.to)
         );
     }
+    let to = expiry_target(f);
+    let target = rfc3339(to);
     match f.expires_at.at() {
-        Some(at) if at <= f.deadline => format!("the key already expires at {}", rfc3339(at)),
+        Some(at) if at <= to => format!("the key already expires at {}", rfc3339(at)),
         _ if notice_verdict(n) == Verdict::WouldExpire => {
-            format!("would set the expiry to {deadline} (dry-run)")
+            format!("would set the expiry to {target} (dry-run)")
         }
-        _ => format!("the expiry is set to {deadline}: OpenAI ends the key then"),
+        _ => format!("the expiry is set to {target}: OpenAI ends the key then"),
     }
 }
 
@@ -748,6 +760,41 @@ fn plural(n: usize, one: &str, many: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_expire_notice_past_its_deadline_says_the_expiry_the_sweep_sets() {
+        let day = 86_400;
+        let finding = |deadline: i64, expires_at: Option<i64>| -> Finding {
+            serde_json::from_value(serde_json::json!({"id": {"organization": "o", "project_id": "p", "key_id": "k", "policy": "x"}, "key_name": "k", "redacted_value": "sk-…", "owner_type": "user", "owner": "o", "created_at": 0, "expires_at": expires_at, "action": "expire", "reason": "r", "stage": "final_notice", "detected_at": 0, "deadline": deadline, "warned_at": 0, "last_notified_at": 10 * day}))
+                .unwrap()
+        };
+        let notice = |f: Finding| Notice {
+            kind: NoticeKind::FinalNotice,
+            finding: std::sync::Arc::new(f),
+            dry_run: false,
+            verdict: Some(Verdict::Expire),
+            rotated: None,
+            intel: None,
+        };
+        let set_at = 10 * day + crate::policy::expiry::PAST_DEADLINE_LEAD;
+        // The deadline (day 7) passed before the notice's sweep (day 10): an hour after it.
+        let past = notice(finding(7 * day, None));
+        assert_eq!(expiry_being_set(&past), Some(set_at));
+        assert_eq!(
+            expire_status(&past),
+            format!(
+                "the expiry is set to {}: OpenAI ends the key then",
+                rfc3339(set_at)
+            )
+        );
+        // A key that ends before that anyway is left alone, and said so.
+        let ending = notice(finding(7 * day, Some(10 * day + 60)));
+        assert_eq!(expiry_being_set(&ending), None);
+        assert!(expire_status(&ending).starts_with("the key already expires at"));
+        // A deadline still ahead is the expiry, as always.
+        let ahead = notice(finding(12 * day, None));
+        assert_eq!(expiry_being_set(&ahead), Some(12 * day));
+    }
 
     #[test]
     fn usage_reads_as_what_a_revocation_would_stop() {

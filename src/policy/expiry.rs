@@ -50,13 +50,20 @@ pub struct SetExpiry {
     pub reset: bool,
 }
 
+/// The expiry an `expire` finding with `deadline` sets at `now`: the deadline, or an hour
+/// from `now` once it has passed ([`PAST_DEADLINE_LEAD`]). What the write aims at and what its
+/// notices say.
+pub fn target(deadline: i64, now: i64) -> i64 {
+    deadline.max(now.saturating_add(PAST_DEADLINE_LEAD))
+}
+
 /// The expiry an open `expire` finding needs written on its key at `now`, if any. A key that
 /// already ends by the target is left alone: an expiry is never moved later.
 pub fn set_due(f: &Finding, key: &Key, now: i64) -> Option<SetExpiry> {
     if f.action != Action::Expire || !f.stage.is_open() || f.expiry.refused.is_some() {
         return None;
     }
-    let to = f.deadline.max(now.saturating_add(PAST_DEADLINE_LEAD));
+    let to = target(f.deadline, now);
     match key.expires_at {
         Expiry::Unknown => None,
         e if e.ends_by(to) => None,
