@@ -31,4 +31,4 @@ pub use context::{Context, is_kill_switch_reason, kill_switch_engaged};
 pub use critical::drain_in_flight;
 pub use execute::execute;
 pub use outcome::{Outcome, RevocationResult};
-pub use reconcile::{InterruptedDelete, InterruptedExpiry, reconcile};
+pub use reconcile::{InterruptedDelete, InterruptedExpiry, intent_policies, reconcile};

@@ -71,11 +71,13 @@ impl InterruptedExpiry {
 impl<'a> InterruptedDelete<'a> {
     /// The policies whose findings on this key the delete answered.
     pub fn policies(&self) -> impl Iterator<Item = &'a str> {
-        self.policies
-            .unwrap_or("")
-            .split(',')
-            .filter(|p| !p.is_empty())
+        intent_policies(self.policies)
     }
+}
+
+/// The policies an intent record's `policy` names (comma-separated): its findings on the key.
+pub fn intent_policies(policy: Option<&str>) -> impl Iterator<Item = &str> {
+    policy.unwrap_or("").split(',').filter(|p| !p.is_empty())
 }
 
 /// Settles every DELETE or expiry intent that has no outcome. For each one that went through,

@@ -216,9 +216,7 @@ impl Run<'_> {
                 else {
                     continue;
                 };
-                for policy in
-                    (r.policy.as_deref().unwrap_or("").split(',')).filter(|p| !p.is_empty())
-                {
+                for policy in crate::revoke::intent_policies(r.policy.as_deref()) {
                     let id = FindingId {
                         organization: org.clone(),
                         project_id: project.clone(),
