@@ -39,7 +39,8 @@ impl Context<'_> {
     }
 
     /// The alert owed when the re-check kept the same key `max_recheck_skips` times in a row,
-    /// this time for `reason` (already recorded as `skipped`). The kill switch is no re-check.
+    /// this time for `reason` (already recorded as `skipped`). The kill switch and the cap are
+    /// no re-check.
     pub(super) fn recheck_alert(
         &self,
         organization: &str,
@@ -48,7 +49,7 @@ impl Context<'_> {
         reason: &str,
     ) -> Result<Option<EnforcerAlert>, crate::state::StateError> {
         let max = self.config.max_recheck_skips;
-        if max == 0 || is_kill_switch_reason(reason) {
+        if max == 0 || is_kill_switch_reason(reason) || reason.starts_with(CAP_REACHED_REASON) {
             return Ok(None);
         }
         let skips = self.store.with_conn(|c| {
@@ -88,6 +89,18 @@ pub const KILL_SWITCH_REASON: &str = "the kill switch is on";
 /// Why a write was withheld: the kill switch at `path`.
 pub fn kill_switch_reason(path: &Path) -> String {
     format!("{KILL_SWITCH_REASON} ({})", path.display())
+}
+
+/// The start of every reason a write was withheld because the rolling-day cap was reached
+/// after the sweep planned it (by another sweep's writes: the plan counts the same cap).
+pub const CAP_REACHED_REASON: &str = "the rolling-day cap was reached";
+
+/// Why a write was withheld at its intent: no slot of the rolling-day cap left.
+pub fn cap_reached_reason(cap: u32) -> String {
+    format!(
+        "{CAP_REACHED_REASON} (safety.max_revocations_per_day = {cap}) by other sweeps since \
+         this one was planned; the key is due again at the next sweep"
+    )
 }
 
 /// Whether `reason` says a write was withheld for the kill switch (not a re-check).

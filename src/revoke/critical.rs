@@ -9,6 +9,7 @@ use serde_json::json;
 
 use crate::openai::{AdminClient, DeleteOutcome};
 use crate::state::audit::{self, AuditRecord};
+use crate::state::revocations::{self, Reservation};
 use crate::state::{self, Store};
 
 use super::outcome::Outcome;
@@ -38,11 +39,17 @@ pub(super) struct CriticalDelete {
     pub target: String,
     pub run_id: String,
     pub now: i64,
+    /// `[safety] max_revocations_per_day`: a slot is taken with the intent (`state::revocations`).
+    pub cap: u32,
 }
 
 impl CriticalDelete {
     pub(super) async fn run(self) -> Result<Outcome, state::StateError> {
-        let entry = audit::append_durable(&self.store, &self.intent)?;
+        let Some((entry, slots)) = self.reserve_and_intend()? else {
+            let reason = super::context::cap_reached_reason(self.cap);
+            tracing::info!(run_id = %self.run_id, organization = %self.organization, key_id = %self.key_id, %reason, "revocation withheld");
+            return Ok(Outcome::SkippedAfterRecheck { reason });
+        };
         let answer = self.client.delete_key(&self.project_id, &self.key_id).await;
         let (outcome, response) = match answer {
             Ok(DeleteOutcome::Deleted { status, body }) => {
@@ -71,25 +78,61 @@ impl CriticalDelete {
         }
         .with_response(response)
         .refers_to(entry.seq);
-        self.record_outcome(&out, deleted)?;
+        self.record_outcome(&out, deleted, slots)?;
         self.log(&outcome);
         Ok(outcome)
     }
 
-    /// The outcome record, and the revocations it counts (the rolling cap), in one transaction.
-    fn record_outcome(&self, out: &AuditRecord, deleted: bool) -> Result<(), state::StateError> {
+    /// The intent record and a slot of the rolling cap per key, in one transaction; `None` (and
+    /// a `skipped` record instead) when other sweeps took the last slots since this one planned.
+    fn reserve_and_intend(
+        &self,
+    ) -> Result<Option<(audit::AuditEntry, Vec<Reservation>)>, state::StateError> {
+        self.store.tx(|tx| {
+            let mut slots = Vec::with_capacity(self.key_ids.len());
+            for k in &self.key_ids {
+                let at = (
+                    self.organization.as_str(),
+                    self.project_id.as_str(),
+                    k.as_str(),
+                );
+                match revocations::reserve(tx, self.now, self.cap, at, &self.run_id)? {
+                    Some(slot) => slots.push(slot),
+                    None => {
+                        let reason = super::context::cap_reached_reason(self.cap);
+                        let withheld = AuditRecord {
+                            kind: audit::AuditKind::Skipped,
+                            message: format!("not deleted: {reason}"),
+                            policy: self.intent.policy.clone(),
+                            ..self.outcome_base.clone()
+                        }
+                        .with_response(json!({ "withheld": reason }));
+                        // Nothing of this transaction but the `skipped` record is kept.
+                        for slot in slots {
+                            revocations::release(tx, slot)?;
+                        }
+                        audit::append(tx, &withheld)?;
+                        return Ok(None);
+                    }
+                }
+            }
+            Ok(Some((audit::append(tx, &self.intent)?, slots)))
+        })
+    }
+
+    /// The outcome record, in one transaction with giving back the slots of a delete that
+    /// failed (a deleted key keeps the slot its intent took).
+    fn record_outcome(
+        &self,
+        out: &AuditRecord,
+        deleted: bool,
+        slots: Vec<Reservation>,
+    ) -> Result<(), state::StateError> {
         self.store.tx(|tx| {
             audit::append(tx, out)?;
-            if deleted {
-                for k in &self.key_ids {
-                    state::revocations::record_revocation(
-                        tx,
-                        self.now,
-                        &self.organization,
-                        &self.project_id,
-                        k,
-                        &self.run_id,
-                    )?;
+            if !deleted {
+                for slot in slots {
+                    revocations::release(tx, slot)?;
                 }
             }
             Ok(())

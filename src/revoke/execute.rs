@@ -178,6 +178,7 @@ async fn delete(
         target: result.target.clone(),
         run_id: ctx.run_id.to_string(),
         now: ctx.now,
+        cap: ctx.config.safety.max_revocations_per_day,
     };
     match IN_FLIGHT.spawn(critical.run().in_current_span()).await {
         Ok(outcome) => outcome,

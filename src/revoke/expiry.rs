@@ -28,6 +28,7 @@ use crate::policy::expiry::PlannedRestore;
 use crate::policy::finding::FindingId;
 use crate::policy::plan::{PlannedAction, Write};
 use crate::state::audit::{self, AuditKind, AuditRecord};
+use crate::state::revocations::{self, Reservation};
 use crate::state::{self, Store};
 use crate::timefmt::rfc3339;
 
@@ -238,6 +239,7 @@ async fn set_one(
         Written::Refused(error) => ExpiryOutcome::Refused { error },
         Written::KeyExpired => ExpiryOutcome::KeyExpired,
         Written::Failed(error) => ExpiryOutcome::Failed { error },
+        Written::Withheld(reason) => ExpiryOutcome::Skipped { reason },
     })
 }
 
@@ -311,6 +313,8 @@ async fn restore_one(
             Written::Refused(error) => last_refusal = error,
             Written::KeyExpired => return Ok(ExpiryOutcome::KeyExpired),
             Written::Failed(error) => return Ok(ExpiryOutcome::Failed { error }),
+            // A restore takes no slot.
+            Written::Withheld(reason) => return Ok(ExpiryOutcome::Skipped { reason }),
         }
     }
     Ok(ExpiryOutcome::Refused {
@@ -374,6 +378,8 @@ enum Written {
     Refused(String),
     KeyExpired,
     Failed(String),
+    /// Not sent: no slot of the rolling-day cap was left at the intent.
+    Withheld(String),
 }
 
 /// Intent → update → outcome for one target, on the revocations' task tracker.
@@ -402,7 +408,7 @@ async fn write(
         intent,
         key: key.clone(),
         to,
-        counts: kind == "set_expiry",
+        cap: (kind == "set_expiry").then_some(ctx.config.safety.max_revocations_per_day),
         run_id: ctx.run_id.to_string(),
         now: ctx.now,
     };
@@ -421,15 +427,20 @@ struct CriticalUpdate {
     outcome_base: AuditRecord,
     key: Key,
     to: i64,
-    /// Setting an expiry counts against the caps; moving it back out does not.
-    counts: bool,
+    /// Setting an expiry counts against the caps (`Some(max_revocations_per_day)`: a slot of
+    /// the rolling cap is taken with the intent); moving it back out does not.
+    cap: Option<u32>,
     run_id: String,
     now: i64,
 }
 
 impl CriticalUpdate {
     async fn run(self) -> Result<Written, state::StateError> {
-        let entry = audit::append_durable(&self.store, &self.intent)?;
+        let Some((entry, slot)) = self.reserve_and_intend()? else {
+            return Ok(Written::Withheld(super::context::cap_reached_reason(
+                self.cap.unwrap_or_default(),
+            )));
+        };
         let answer = update(&self.client, &self.key, self.to).await;
         let (written, response) = match answer {
             Ok(expires_at) => (
@@ -462,22 +473,54 @@ impl CriticalUpdate {
         .refers_to(entry.seq);
         self.store.tx(|tx| {
             audit::append(tx, &out)?;
-            if done && self.counts {
-                state::revocations::record_revocation(
-                    tx,
-                    self.now,
-                    &self.key.organization,
-                    &self.key.project_id,
-                    &self.key.id,
-                    &self.run_id,
-                )?;
+            match slot {
+                Some(slot) if !done => revocations::release(tx, slot),
+                _ => Ok(()),
             }
-            Ok(())
         })?;
         if done {
             tracing::warn!(run_id = %self.run_id, organization = %self.key.organization, key_id = %self.key.id, expires_at = self.to, "expiry set");
         }
         Ok(written)
+    }
+}
+
+impl CriticalUpdate {
+    /// The intent record, with a slot of the rolling cap for a set expiry, in one transaction;
+    /// `None` (and a `skipped` record instead) when other sweeps took the last slot since this
+    /// one planned.
+    fn reserve_and_intend(
+        &self,
+    ) -> Result<Option<(audit::AuditEntry, Option<Reservation>)>, state::StateError> {
+        self.store.tx(|tx| {
+            let slot = match self.cap {
+                None => None,
+                Some(cap) => {
+                    let k = &self.key;
+                    let at = (
+                        k.organization.as_str(),
+                        k.project_id.as_str(),
+                        k.id.as_str(),
+                    );
+                    match revocations::reserve(tx, self.now, cap, at, &self.run_id)? {
+                        Some(slot) => Some(slot),
+                        None => {
+                            let reason = super::context::cap_reached_reason(cap);
+                            let withheld = AuditRecord {
+                                kind: AuditKind::Skipped,
+                                message: format!("expiry not set: {reason}"),
+                                policy: self.intent.policy.clone(),
+                                ..self.outcome_base.clone()
+                            }
+                            .with_response(json!({ "withheld": reason }));
+                            audit::append(tx, &withheld)?;
+                            return Ok(None);
+                        }
+                    }
+                }
+            };
+            Ok(Some((audit::append(tx, &self.intent)?, slot)))
+        })
     }
 }
 

@@ -220,14 +220,15 @@ fn settle(
     .refers_to(row.seq);
     ctx.store.tx(|tx| {
         audit::append(tx, &rec)?;
-        if gone && d.expiry.is_none_or(|e| !e.restore) {
-            state::revocations::record_revocation(
+        // The intent took a slot of the rolling cap (a restore takes none): kept when the write
+        // went through, given back when it did not.
+        if d.expiry.is_none_or(|e| !e.restore) {
+            state::revocations::settle_interrupted(
                 tx,
+                gone,
                 ctx.now,
-                d.organization,
-                d.project_id,
-                d.key_id,
-                ctx.run_id,
+                (d.organization, d.project_id, d.key_id),
+                &r.run_id,
             )?;
         }
         if gone {

@@ -1,11 +1,72 @@
 //! The revocation counter behind the rolling `max_revocations_per_day` cap.
 //!
-//! A row is written for every *successful* revocation, in the same transaction as its outcome
-//! audit record, so the cap survives restarts. This module only counts; `revoke` enforces.
+//! A row stands for every write that ends or shortens a key (a DELETE, a set expiry, a
+//! rotation's expiry on the replaced key) that went through or may still be going through. It
+//! is taken as a *reservation* in the same transaction as the write's `intent` record, after
+//! counting the rows of the last 24 hours in that transaction: the transaction is `IMMEDIATE`,
+//! so the write lock is held from the count to the commit, and two sweeps (two organisations of
+//! one daemon, or a `run --once` beside it) can never both take the last slot. A write that
+//! failed gives its slot back in its outcome's transaction; one a crash interrupted is settled by
+//! reconciliation (kept if it went through, given back if not; a rotation's interrupted write
+//! keeps it, which can only hold back writes, never allow one too many). This module only
+//! counts; `revoke` and `rotate` enforce.
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::state::StateError;
+
+/// One slot of the rolling cap, taken by [`reserve`] (its row).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reservation(i64);
+
+/// Takes a slot of the rolling cap for a write of `key_id` about to be sent at `at`: counts the
+/// slots taken since `at - 24 h` and, when fewer than `cap`, writes one. `Ok(None)`: the cap is
+/// reached, nothing written. Must run in the transaction that writes the write's intent.
+pub fn reserve(
+    conn: &Connection,
+    at: i64,
+    cap: u32,
+    (organization, project_id, key_id): (&str, &str, &str),
+    run_id: &str,
+) -> Result<Option<Reservation>, StateError> {
+    if revocations_since(conn, at - 86400)? >= u64::from(cap) {
+        return Ok(None);
+    }
+    record_revocation(conn, at, organization, project_id, key_id, run_id)?;
+    Ok(Some(Reservation(conn.last_insert_rowid())))
+}
+
+/// Gives back the slot of a write that failed.
+pub fn release(conn: &Connection, reservation: Reservation) -> Result<(), StateError> {
+    conn.prepare_cached("DELETE FROM revocations WHERE rowid = ?1")?
+        .execute(params![reservation.0])?;
+    Ok(())
+}
+
+/// Settles the slot of a write of `key_id` by run `run_id` that a crash interrupted: `took`
+/// (it went through) keeps its reservation, or counts it at `at` when its intent was written
+/// before reservations existed; otherwise the reservation is given back.
+pub fn settle_interrupted(
+    conn: &Connection,
+    took: bool,
+    at: i64,
+    (organization, project_id, key_id): (&str, &str, &str),
+    run_id: &str,
+) -> Result<(), StateError> {
+    let reserved: Option<i64> = conn
+        .prepare_cached(
+            "SELECT rowid FROM revocations WHERE key_id = ?1 AND run_id = ?2 AND organization = ?3
+             ORDER BY rowid DESC LIMIT 1",
+        )?
+        .query_row(params![key_id, run_id, organization], |r| r.get(0))
+        .optional()?;
+    match (reserved, took) {
+        (Some(_), true) => Ok(()),
+        (None, true) => record_revocation(conn, at, organization, project_id, key_id, run_id),
+        (Some(rowid), false) => release(conn, Reservation(rowid)),
+        (None, false) => Ok(()),
+    }
+}
 
 /// Records one successful revocation at `at` (Unix seconds).
 pub fn record_revocation(
@@ -30,4 +91,71 @@ pub fn revocations_since(conn: &Connection, since: i64) -> Result<u64, StateErro
         .prepare_cached("SELECT count(*) FROM revocations WHERE at >= ?1")?
         .query_row(params![since], |r| r.get(0))?;
     Ok(n.max(0) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Store;
+
+    const DAY: i64 = 86400;
+
+    fn count(store: &Store, since: i64) -> u64 {
+        store.with_conn(|c| revocations_since(c, since)).unwrap()
+    }
+
+    #[test]
+    fn a_slot_is_taken_only_while_the_last_day_has_room_and_a_release_gives_it_back() {
+        let store = Store::open_in_memory().unwrap();
+        let take = |key: &str, at: i64| {
+            store
+                .tx(|tx| reserve(tx, at, 2, ("o", "p", key), "run-1"))
+                .unwrap()
+        };
+        let first = take("k1", 1_000_000).unwrap();
+        assert!(take("k2", 1_000_000).is_some());
+        assert_eq!(take("k3", 1_000_000), None, "the cap of 2 is reached");
+        assert_eq!(count(&store, 0), 2, "a refused slot writes nothing");
+        store.tx(|tx| release(tx, first)).unwrap();
+        assert!(take("k3", 1_000_000).is_some(), "the released slot is free");
+        // The day rolls: slots older than 24 hours no longer count.
+        assert_eq!(take("k4", 1_000_000 + DAY), None, "24 hours ago still counts");
+        assert!(take("k4", 1_000_000 + DAY + 1).is_some());
+        assert!(take("k5", 1_000_000 + DAY + 1).is_some());
+        assert_eq!(take("k6", 1_000_000 + DAY + 1), None);
+    }
+
+    #[test]
+    fn an_interrupted_write_keeps_its_slot_when_it_went_through_and_gives_it_back_when_not() {
+        let store = Store::open_in_memory().unwrap();
+        let at = 2_000_000;
+        store
+            .tx(|tx| {
+                reserve(tx, at, 10, ("o", "p", "went"), "run-1")?;
+                reserve(tx, at, 10, ("o", "p", "stayed"), "run-1")?;
+                Ok(())
+            })
+            .unwrap();
+        store
+            .tx(|tx| {
+                settle_interrupted(tx, true, at + 60, ("o", "p", "went"), "run-1")?;
+                settle_interrupted(tx, false, at + 60, ("o", "p", "stayed"), "run-1")?;
+                // An intent from before reservations: counted once it is known to have gone
+                // through, and nothing to give back when it did not.
+                settle_interrupted(tx, true, at + 60, ("o", "p", "older"), "run-0")?;
+                settle_interrupted(tx, false, at + 60, ("o", "p", "older2"), "run-0")
+            })
+            .unwrap();
+        let keys: Vec<(String, i64)> = store
+            .with_conn(|c| {
+                let mut s = c.prepare("SELECT key_id, at FROM revocations ORDER BY key_id")?;
+                let rows = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                Ok(rows.collect::<Result<_, _>>()?)
+            })
+            .unwrap();
+        assert_eq!(
+            keys,
+            vec![("older".to_string(), at + 60), ("went".to_string(), at)]
+        );
+    }
 }

@@ -69,12 +69,17 @@ fn lifted(extra: &str) -> String {
 /// `tables` (policies, exemptions, `[safety]`). Retries are kept low so that scripted 500s
 /// cost little time; the answer after retries is the same.
 fn config_text(sim: &SimServer, state: &Path, mode: &str, tables: &str) -> String {
+    org_config_text(sim, state, mode, tables, ORG)
+}
+
+/// [`config_text`] for the organisation named `org`.
+fn org_config_text(sim: &SimServer, state: &Path, mode: &str, tables: &str, org: &str) -> String {
     format!(
         r#"mode = "{mode}"
 state_path = "{state}"
 
 [[organizations]]
-name = "{ORG}"
+name = "{org}"
 base_url = "{base}"
 admin_key_env = "{KEY_ENV}"
 
@@ -955,6 +960,85 @@ async fn the_run_cap_withholds_the_excess_and_says_so_and_the_day_cap_persists()
         assert!(!sim.key_exists(&project, k));
     }
     verify(s.store().unwrap()).unwrap();
+}
+
+/// Two organisations swept at once into one state file (two daemons' organisations, or a
+/// `run --once` beside a daemon) share the rolling-day cap: each plan counts the day's
+/// revocations before the other wrote any, so only the slot taken with each intent keeps
+/// the two from deleting twice the cap between them.
+#[tokio::test]
+async fn two_sweeps_at_once_never_delete_more_than_the_day_cap_between_them() {
+    let (mut alpha, mut beta) = (quiet_org(1, 12, 31), quiet_org(1, 12, 32));
+    let pa = active_project_ids(&alpha)[0].clone();
+    let pb = active_project_ids(&beta)[0].clone();
+    let old_a = age_user_keys(&mut alpha, &pa, 3, 200);
+    let old_b = age_user_keys(&mut beta, &pb, 3, 200);
+    let (sim_a, sim_b) = (start_sim(alpha).await, start_sim(beta).await);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let tables = format!("{ISSUE_3_POLICIES}{}", safety(100, 100, 4, ""));
+    let a = sweeper(&org_config_text(&sim_a, &db, "enforce", &tables, "alpha"));
+    let b = sweeper(&org_config_text(&sim_b, &db, "enforce", &tables, "beta"));
+    sweep(&a, NOW).await;
+    sweep(&b, NOW).await;
+
+    // alpha's first re-check is held: alpha has planned its three deletions against an empty
+    // day by then, and beta plans and deletes its three meanwhile.
+    let held = sim_a.faults().add(
+        Fault::on(keysweep::sim::FaultRoute::GetKey)
+            .project(&pa)
+            .once()
+            .respond(FaultKind::Delay(std::time::Duration::from_secs(4))),
+    );
+    let due = NOW + 15 * DAY;
+    let alpha_sweep = tokio::spawn(async move {
+        let report = sweep(&a, due).await;
+        (a, report)
+    });
+    support::wait::eventually("alpha's re-check is held", || {
+        sim_a.faults().hits(held) == 1
+    })
+    .await;
+    let rb = sweep(&b, due).await;
+    assert_eq!(deleted_in(&rb).len(), 3, "beta planned and deleted first");
+    let (a, ra) = alpha_sweep.await.unwrap();
+
+    let gone_a: Vec<&String> = old_a.iter().filter(|k| !sim_a.key_exists(&pa, k)).collect();
+    let gone_b = old_b.iter().filter(|k| !sim_b.key_exists(&pb, k)).count();
+    assert_eq!(
+        (gone_a.len(), gone_b),
+        (1, 3),
+        "four deletions in all: the cap"
+    );
+    assert_eq!(deleted_in(&ra).len(), 1);
+    let withheld: Vec<&String> = ra
+        .revocations
+        .iter()
+        .filter_map(|r| match &r.outcome {
+            Outcome::SkippedAfterRecheck { reason } => Some(reason),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(withheld.len(), 2, "{:?}", ra.revocations);
+    for reason in &withheld {
+        assert!(
+            reason.contains("rolling-day cap") && reason.contains("= 4"),
+            "{reason}"
+        );
+    }
+    let store = a.store().unwrap().clone();
+    let counted = store
+        .with_conn(|c| state::revocations::revocations_since(c, due - DAY))
+        .unwrap();
+    assert_eq!(counted, 4);
+    // A withheld write is no re-check skip: the streak that raises an alert is not fed.
+    assert!(ra.revocations.iter().all(|r| r.recheck_alert.is_none()));
+    verify(&store).unwrap();
+
+    // A day later the day has room again, and alpha's other two go.
+    let r = sweep(&a, due + DAY + 60).await;
+    assert_eq!(deleted_in(&r).len(), 2);
+    assert!(old_a.iter().all(|k| !sim_a.key_exists(&pa, k)));
 }
 
 #[tokio::test]
