@@ -200,35 +200,7 @@ async fn recheck(
         return Ok(Some("the key is already gone".into()));
     };
     let mut fresh = fresh;
-    if let Some(reason) = crate::openai::identity_changed(listed, &fresh) {
-        return Ok(Some(reason));
-    }
-    // The retrieve endpoint does not carry the project name; keep the listing's for selectors.
-    if fresh.project_name.is_none() {
-        fresh.project_name = listed.project_name.clone();
-    }
-    // A use since the listing matters only to a policy about use (`max_idle`): under
-    // `max_age` a key in use is exactly what the policy is about.
-    if fresh.last_used_at != listed.last_used_at
-        && policies.iter().any(|p| ctx.policies.depends_on_use(p))
-    {
-        return Ok(Some("the key was used since it was listed".into()));
-    }
-    if fresh.name != listed.name {
-        return Ok(Some(format!(
-            "the key was renamed to {:?}",
-            crate::text::log_field(&fresh.name)
-        )));
-    }
-    if fresh.owner.id != listed.owner.id || fresh.owner.kind != listed.owner.kind {
-        return Ok(Some("the key's owner changed since it was listed".into()));
-    }
-    let eval = ctx.policies.evaluate(&fresh, ctx.now);
-    if let Some(hit) = &eval.exemption {
-        return Ok(Some(format!("the key is now exempted: {}", hit.reason)));
-    }
-    if let Some(p) = policies.iter().find(|p| eval.violation(p).is_none()) {
-        return Ok(Some(format!("the key no longer violates {p}")));
-    }
-    Ok(None)
+    Ok(super::recheck::reason_to_keep(
+        ctx, listed, &mut fresh, policies,
+    ))
 }

@@ -336,21 +336,8 @@ async fn recheck(
         Err(OpenAiError::KeyEnded { .. }) => return Err("the key has already expired".into()),
         Err(e) => return Err(format!("re-read failed, not writing: {e}")),
     };
-    if let Some(reason) = crate::openai::identity_changed(listed, &fresh) {
+    if let Some(reason) = super::recheck::reason_to_keep(ctx, listed, &mut fresh, policies) {
         return Err(reason);
-    }
-    // The retrieve endpoint does not carry the project name; keep the listing's for selectors.
-    if fresh.project_name.is_none() {
-        fresh.project_name = listed.project_name.clone();
-    }
-    let eval = ctx.policies.evaluate(&fresh, ctx.now);
-    if let Some(hit) = &eval.exemption {
-        return Err(format!("the key is now exempted: {}", hit.reason));
-    }
-    if let Some(p) = policies.iter().find(|p| eval.violation(p).is_none()) {
-        // A max_lifetime finding whose key now ends by its deadline reads as "no longer
-        // violates" too: either way nothing needs writing.
-        return Err(format!("the key no longer violates {p}"));
     }
     Ok(fresh)
 }

@@ -3,10 +3,13 @@
 //!
 //! For every approved action, in order:
 //! 1. re-read each key (GET) and re-evaluate it against the policies: a key that is gone, was
-//!    used since the listing, was renamed, is now exempted or no longer violates is NOT deleted;
-//! 2. write a durable `intent` audit record (committed before the request leaves);
+//!    used since the listing, was renamed, changed owner, is now exempted or no longer violates
+//!    is NOT deleted (`recheck.rs`, the same judgement before an expiry set);
+//! 2. write a durable `intent` audit record (committed before the request leaves), taking a
+//!    slot of the rolling-day cap in the same transaction (none left: skipped, not sent);
 //! 3. send the DELETE (the client never retries it blindly);
-//! 4. write a durable `outcome` audit record with the API's answer, and count the revocation.
+//! 4. write a durable `outcome` audit record with the API's answer (a failed DELETE gives its
+//!    slot back).
 //!
 //! Cancellation (SIGTERM) is honoured only between actions: never between an intent and its
 //! outcome (`critical.rs`). A crash between the two is settled by [`reconcile`] on the next run:
@@ -25,6 +28,7 @@ mod critical;
 mod execute;
 pub mod expiry;
 mod outcome;
+mod recheck;
 mod reconcile;
 
 pub use context::{Context, cap_reached_reason, is_kill_switch_reason, kill_switch_engaged};

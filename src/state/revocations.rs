@@ -119,7 +119,11 @@ mod tests {
         store.tx(|tx| release(tx, first)).unwrap();
         assert!(take("k3", 1_000_000).is_some(), "the released slot is free");
         // The day rolls: slots older than 24 hours no longer count.
-        assert_eq!(take("k4", 1_000_000 + DAY), None, "24 hours ago still counts");
+        assert_eq!(
+            take("k4", 1_000_000 + DAY),
+            None,
+            "24 hours ago still counts"
+        );
         assert!(take("k4", 1_000_000 + DAY + 1).is_some());
         assert!(take("k5", 1_000_000 + DAY + 1).is_some());
         assert_eq!(take("k6", 1_000_000 + DAY + 1), None);

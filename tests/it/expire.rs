@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use keysweep::metrics::Metrics;
 use keysweep::notify::alert::EnforcerAlert;
 use keysweep::policy::finding::{Finding, FindingId, Stage};
+use keysweep::revoke::expiry::ExpiryOutcome;
 use keysweep::sim::{
     Fault, FaultKind, SimAccess, SimEffect, SimKey, SimOptions, SimOrg, SimOwnerRef, SimServer,
     SimServiceAccount,
@@ -925,4 +926,43 @@ async fn fault_a_crashed_expiry_intent_whose_key_ended_meanwhile_settles_without
         assert_nothing_deleted(&sim, &keys);
         assert_verifies(&s);
     }
+}
+
+/// The re-check before an expiry set keeps a key for the same reasons as the one before a
+/// DELETE: a key renamed between the listing and the write is someone acting on it right now,
+/// so this sweep leaves it, and the next one decides on what it lists.
+#[tokio::test]
+async fn fault_a_key_renamed_between_listing_and_expiry_write_is_left_for_the_next_sweep() {
+    let t = wall_now();
+    let (o, keys) = org(t);
+    let sim = start(o, |_| {}).await;
+    sim.faults().add(
+        Fault::on_get_key(PROJECT, &keys.never)
+            .once()
+            .respond(FaultKind::Apply(SimEffect::rename(
+                PROJECT,
+                &keys.never,
+                "renamed\u{202e} by its owner",
+            ))),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let s = expire_sweeper(&sim, &dir.path().join("s.db"), "enforce");
+    let r = sweep(&s, t).await;
+    let outcome = r.expiries.iter().find(|e| e.key_id == keys.never).unwrap();
+    assert_eq!(outcome.outcome_label(), "skipped");
+    assert!(
+        matches!(&outcome.outcome, ExpiryOutcome::Skipped { reason }
+            if reason.contains("renamed") && !reason.contains('\u{202e}')),
+        "{:?}",
+        outcome.outcome
+    );
+    assert_eq!(expires_at(&sim, &keys.never), None);
+    assert_eq!(intents_for(&s, &keys.never), 0);
+    // The other key was written as usual, and the next sweep writes the renamed one.
+    assert!(expires_at(&sim, &keys.later).unwrap() <= t + 7 * DAY + SLACK);
+    sweep(&s, t + 60).await;
+    let at = expires_at(&sim, &keys.never).unwrap();
+    assert!(lands_on(at, t + 7 * DAY), "{at}");
+    assert_nothing_deleted(&sim, &keys);
+    assert_verifies(&s);
 }
