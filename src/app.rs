@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
+use tokio_util::sync::CancellationToken;
 
 use crate::cli::{
     AuditArgs, AuditCommand, AuditFormatArg, Cli, Command, NotifyCommand, OutputFormat, RunArgs,
@@ -586,7 +587,7 @@ async fn serve(config: Config, path: PathBuf, force_dry_run: bool) -> Result<()>
         "keysweep daemon starting"
     );
     let cache: SweeperCache = Arc::new(tokio::sync::Mutex::new(None));
-    let between = tokio::spawn(deliver_between_sweeps(cache.clone()));
+    let between = BetweenSweeps::start(cache.clone());
     let deps = crate::daemon::DaemonDeps {
         sweep: daemon_sweep(store.clone(), metrics.clone(), force_dry_run, cache.clone()),
         reload: Arc::new(move || config::load(&path).map_err(|e| e.to_string())),
@@ -595,10 +596,11 @@ async fn serve(config: Config, path: PathBuf, force_dry_run: bool) -> Result<()>
             let store = store.clone();
             Arc::new(move || store.ping().is_ok())
         },
-        on_shutdown: Some(flush_outbox(store, config.clone(), cache)),
+        on_shutdown: Some(flush_outbox(store, config.clone(), cache, between.clone())),
     };
     let ran = crate::daemon::run(config, deps).await;
-    between.abort();
+    // Already stopped by the shutdown hook, unless the daemon ended another way.
+    between.stop().await;
     ran?;
     // A delete whose sweep was dropped at the end of the grace still writes its outcome.
     crate::revoke::drain_in_flight().await;
@@ -678,11 +680,15 @@ const DELIVERY_TICK: std::time::Duration = std::time::Duration::from_secs(10);
 /// backoff (from 15 s), not when the next sweep runs, a day later on a daily schedule. Safe
 /// beside a sweep's own delivery: each message is claimed by one deliverer
 /// (`state::outbox::claim_due`). Nothing to deliver before the first sweep built a sweeper.
-async fn deliver_between_sweeps(cache: SweeperCache) {
+async fn deliver_between_sweeps(cache: SweeperCache, stop: CancellationToken) {
     let mut tick = tokio::time::interval(DELIVERY_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
-        tick.tick().await;
+        // Only the wait is cut short: a delivery under way finishes, and marks what it sent.
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
         let sweeper = cache.lock().await.clone();
         let Some(sweeper) = sweeper else { continue };
         if let Err(e) = sweeper.deliver_outbox(chrono::Utc::now().timestamp()).await {
@@ -694,14 +700,48 @@ async fn deliver_between_sweeps(cache: SweeperCache) {
     }
 }
 
-/// At shutdown, flushes what the outbox can within the grace period; the rest waits for the
-/// next start (it is in the database). With the last sweep's configuration (a reload's
-/// channels, not the ones the daemon started with), else the starting one. Delivery gets
-/// notify's settings, never the whole configuration.
-fn flush_outbox(store: Store, config: Config, cache: SweeperCache) -> crate::daemon::ShutdownHook {
+/// The task that delivers between sweeps, and how to stop it.
+#[derive(Clone)]
+struct BetweenSweeps {
+    stop: CancellationToken,
+    task: tokio_util::task::TaskTracker,
+}
+
+impl BetweenSweeps {
+    fn start(cache: SweeperCache) -> BetweenSweeps {
+        let (stop, task) = (
+            CancellationToken::new(),
+            tokio_util::task::TaskTracker::new(),
+        );
+        task.spawn(deliver_between_sweeps(cache, stop.clone()));
+        task.close();
+        BetweenSweeps { stop, task }
+    }
+
+    /// Stops claiming messages and waits for a delivery under way to finish and record its
+    /// outcome. Aborting it instead would leave its message claimed for ten minutes, and sent
+    /// again after the restart if the receiver had it already.
+    async fn stop(&self) {
+        self.stop.cancel();
+        self.task.wait().await;
+    }
+}
+
+/// At shutdown, stops the delivery between sweeps (letting a send under way finish), then
+/// flushes what the outbox can within the grace period; the rest waits for the next start (it
+/// is in the database). With the last sweep's configuration (a reload's channels, not the ones
+/// the daemon started with), else the starting one. Delivery gets notify's settings, never the
+/// whole configuration.
+fn flush_outbox(
+    store: Store,
+    config: Config,
+    cache: SweeperCache,
+    between: BetweenSweeps,
+) -> crate::daemon::ShutdownHook {
     let settings = crate::notify::NotifySettings::from(&config);
     Box::new(move || {
         Box::pin(async move {
+            between.stop().await;
             let now = chrono::Utc::now().timestamp();
             let sweeper = cache.lock().await.clone();
             if let Some(s) = sweeper {

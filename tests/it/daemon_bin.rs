@@ -668,7 +668,7 @@ async fn sighup_with_a_broken_config_keeps_the_old_one_and_a_valid_one_takes_eff
 /// sweep's digest (500) gets it again on the message's own backoff, with no second sweep (the
 /// schedule's next slot is months away), under the same `webhook-id`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_daemon_retries_a_failed_delivery_between_sweeps() {
+async fn the_daemon_retries_a_failed_delivery_between_sweeps_and_a_sigterm_lets_the_send_finish() {
     let sim = start_sim(unix_now()).await;
     let rx = crate::support::receivers::Receiver::start().await;
     rx.set_status("/hook", 500);
@@ -722,12 +722,15 @@ format = "json"
         !rx.requests("/hook").is_empty()
     })
     .await;
+    // The receiver accepts the retry, slowly: the daemon is stopped while it holds it.
+    rx.set_delay(std::time::Duration::from_secs(3));
     rx.set_status("/hook", 200);
     let first = rx.requests("/hook")[0].header("webhook-id");
     eventually("the retry between sweeps", || {
         rx.requests("/hook").len() >= 2
     })
     .await;
+    proc.signal("-TERM");
     let hooks = rx.requests("/hook");
     assert_eq!(hooks[1].header("webhook-id"), first, "the same message");
     let sweeps: BTreeSet<String> = (proc.log().iter())
@@ -735,8 +738,14 @@ format = "json"
         .filter_map(|r| r["run_id"].as_str().map(str::to_string))
         .collect();
     assert_eq!(sweeps.len(), 1, "delivered by a second sweep: {sweeps:?}");
-    proc.signal("-TERM");
     let (status, _) = proc.wait().await;
     assert_eq!(status.code(), Some(0), "{:#?}", proc.stderr());
+    // The send under way at SIGTERM finished and was recorded: not left claimed, to go out
+    // again after a restart.
+    let conn = rusqlite::Connection::open(&state).unwrap();
+    let rows = keysweep::notify::outbox::all(&conn).unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].status, "sent", "{:?}", rows[0].last_error);
+    assert_eq!(rx.requests("/hook").len(), 2, "sent twice");
     proc.assert_no_secret(&[ADMIN_KEY, secret.as_str()]);
 }
