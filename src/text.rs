@@ -78,8 +78,14 @@ pub fn mail_text(s: &str) -> String {
     if plain_ascii || !s.chars().any(is_unsafe) {
         return defang(s).into_owned();
     }
-    let one_line: String = s
-        .chars()
+    defang(&one_line(s)).into_owned()
+}
+
+/// One line of text from elsewhere (a receiver's or relay's error answer): line breaks and
+/// tabs become spaces, other unsafe characters U+FFFD. Safe in a log line, a terminal, an
+/// alert; nothing is defanged (error texts keep no URL: `notify::scrub` removed them).
+pub fn one_line(s: &str) -> String {
+    s.chars()
         .map(|c| {
             if is_line_break(c) || c == '\t' {
                 ' '
@@ -89,8 +95,7 @@ pub fn mail_text(s: &str) -> String {
                 c
             }
         })
-        .collect();
-    defang(&one_line).into_owned()
+        .collect()
 }
 
 /// For one-line summaries in JSON payloads (PagerDuty `summary`, webhook `title`): the same as

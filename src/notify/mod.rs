@@ -149,7 +149,9 @@ pub enum NotifyError {
 }
 
 /// Replaces every URL (a Slack webhook URL is a secret; other URLs may carry tokens) and every
-/// given secret value by a placeholder. Applied to every error text before it is stored,
+/// given secret value by a placeholder, and makes the text one safe line
+/// (`text::one_line`): a receiver's error body is anyone's text, and it reaches log lines,
+/// `last_error` and the operators' alerts. Applied to every error text before it is stored,
 /// returned or logged.
 pub fn scrub(text: &str, secrets: &[&str]) -> String {
     let mut out = String::with_capacity(text.len());
@@ -170,7 +172,7 @@ pub fn scrub(text: &str, secrets: &[&str]) -> String {
             out = out.replace(s, "<redacted>");
         }
     }
-    out
+    crate::text::one_line(&out)
 }
 
 fn find_url_start(s: &str) -> Option<usize> {
@@ -195,6 +197,13 @@ mod tests {
         assert!(!s.contains("XYZ"), "{s}");
         assert!(!s.contains("abcd1234"), "{s}");
         assert!(s.contains("refused"));
+    }
+
+    #[test]
+    fn scrub_leaves_one_line_without_controls_or_bidirectional_overrides() {
+        let s = scrub("550-denied\r\n550 \u{1b}[2J\u{202e}gnp.exe\u{200b}", &[]);
+        assert!(!s.chars().any(crate::text::is_unsafe), "{s:?}");
+        assert!(s.starts_with("550-denied  550 "), "{s:?}");
     }
 
     #[test]

@@ -477,6 +477,12 @@ async fn receivers_down_then_back_get_the_same_ids() {
     ));
     rx.set_status("/hook", 500);
     rx.set_status("/pd", 429);
+    // The receiver's error body is anyone's text: it must reach the log and the alerts as one
+    // harmless line.
+    rx.set_body(
+        "/hook",
+        "overloaded\r\nretry later \u{1b}[2J\u{202e}gnp.exe",
+    );
 
     let (_dir, db) = open_db();
     let notices = vec![notice(NoticeKind::Warning, alice_key())];
@@ -490,6 +496,13 @@ async fn receivers_down_then_back_get_the_same_ids() {
         let e = row.last_error.unwrap();
         assert_no_secret("delivery error", &e);
         assert!(!e.contains("/services/"), "{e}");
+        assert!(!e.chars().any(keysweep::text::is_unsafe), "{e:?}");
+        if row.channel == "hook" {
+            assert!(
+                e.contains("HTTP 500 Internal Server Error: overloaded  retry later"),
+                "{e}"
+            );
+        }
     }
 
     // Receivers come back (Slack on a fresh receiver at the same port).

@@ -35,6 +35,8 @@ struct Inner {
     requests: Mutex<Vec<Request>>,
     /// Path prefix → status to answer; default 200.
     statuses: Mutex<HashMap<String, u16>>,
+    /// Path prefix → body to answer with; default empty.
+    bodies: Mutex<HashMap<String, String>>,
     /// How long to hold every answer (a slow receiver), after recording the request.
     delay: Mutex<std::time::Duration>,
 }
@@ -83,6 +85,11 @@ impl Receiver {
             .insert(prefix.to_string(), status);
     }
 
+    /// Answer `body` to requests whose path starts with `prefix`.
+    pub fn set_body(&self, prefix: &str, body: &str) {
+        (self.inner.bodies.lock().unwrap()).insert(prefix.to_string(), body.to_string());
+    }
+
     /// Every request received so far whose path starts with `prefix`.
     pub fn requests(&self, prefix: &str) -> Vec<Request> {
         self.inner
@@ -101,17 +108,10 @@ async fn record(
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
-) -> StatusCode {
+) -> (StatusCode, String) {
     let path = uri.path().to_string();
-    let status = inner
-        .statuses
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|(p, _)| path.starts_with(p.as_str()))
-        .max_by_key(|(p, _)| p.len())
-        .map(|(_, s)| *s)
-        .unwrap_or(200);
+    let status = longest_prefix(&inner.statuses.lock().unwrap(), &path).unwrap_or(200);
+    let answer = longest_prefix(&inner.bodies.lock().unwrap(), &path).unwrap_or_default();
     inner.requests.lock().unwrap().push(Request {
         path,
         headers,
@@ -119,5 +119,13 @@ async fn record(
     });
     let delay = *inner.delay.lock().unwrap();
     tokio::time::sleep(delay).await;
-    StatusCode::from_u16(status).unwrap()
+    (StatusCode::from_u16(status).unwrap(), answer)
+}
+
+/// The value set for the longest prefix of `path`.
+fn longest_prefix<T: Clone>(set: &HashMap<String, T>, path: &str) -> Option<T> {
+    (set.iter())
+        .filter(|(p, _)| path.starts_with(p.as_str()))
+        .max_by_key(|(p, _)| p.len())
+        .map(|(_, v)| v.clone())
 }
