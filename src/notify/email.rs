@@ -3,8 +3,11 @@
 //! TLS modes: `starttls` (STARTTLS required; nothing goes out in clear if the server cannot
 //! upgrade), `tls` (implicit TLS) and `none` (plain, refused unless the host is loopback).
 //! `smtp_ca_file` adds a PEM root for relays with a private CA. Each send opens its own
-//! connection (no pool: pooled connections break after the server closes them) and is wrapped
-//! in `send_timeout`, because lettre can hang while the network is down.
+//! connection (no pool: pooled connections break after the server closes them). `send_timeout`
+//! bounds each answer of the relay; the whole session is bounded too, because lettre can hang
+//! while the network is down, but at [`SESSION_TIMEOUTS`] times that: a session is several
+//! commands, and cutting off a relay that is slow at each (one that scans a message after
+//! `DATA`) after it accepted the message would send the message again.
 //!
 //! The `Message-ID` is `<outbox message id@keysweep>`, so a retried digest carries the same id.
 //! Never logs or returns the SMTP password or user name: every error text is scrubbed of both,
@@ -21,6 +24,10 @@ use serde_json::Value;
 use crate::config::{EmailChannel, SmtpTls, is_loopback_host};
 use crate::notify::failure::SendFailure;
 use crate::notify::scrub;
+
+/// How many `send_timeout`s a whole SMTP session may take (greeting, EHLO, STARTTLS, AUTH,
+/// MAIL, RCPT, DATA and the message each wait for an answer).
+pub const SESSION_TIMEOUTS: u32 = 4;
 
 /// Sends one rendered e-mail payload (`{to, subject, text, html}`).
 pub async fn send(ch: &EmailChannel, message_id: &str, payload: &Value) -> Result<(), SendFailure> {
@@ -39,12 +46,13 @@ pub async fn send(ch: &EmailChannel, message_id: &str, payload: &Value) -> Resul
 
     let message = build_message(ch, message_id, payload).map_err(|e| fail(false, &e))?;
     let transport = transport(ch).await.map_err(|e| fail(false, &e))?;
-    match tokio::time::timeout(ch.send_timeout, transport.send(message)).await {
+    let session = ch.send_timeout.saturating_mul(SESSION_TIMEOUTS);
+    match tokio::time::timeout(session, transport.send(message)).await {
         Ok(Ok(_response)) => Ok(()),
         Ok(Err(e)) => Err(fail(!e.is_permanent(), &format!("smtp: {e}"))),
         Err(_) => Err(fail(
             true,
-            &format!("smtp: no answer within {:?}", ch.send_timeout),
+            &format!("smtp: the session did not end within {session:?}"),
         )),
     }
 }

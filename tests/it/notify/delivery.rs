@@ -193,6 +193,31 @@ async fn a_damaged_stored_message_is_dead_lettered_and_the_rest_still_go_out() {
     assert_eq!(with_db(&db, outbox::depth).unwrap().pending, 0);
 }
 
+/// `send_timeout` bounds each answer of the relay, not the whole session: a relay that is slow
+/// at the start and at the end of DATA (it scans the message) but answers each within the
+/// timeout gets the message once, not cut off after it accepted it and sent it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_slow_at_each_step_within_the_timeout_gets_the_message_once() {
+    let pki = TestPki::new();
+    let slow = std::time::Duration::from_millis(1300);
+    let smtp = smtp_server::start_slow(&pki, 0, (SMTP_USER, SMTP_PASSWORD), slow);
+    let ep = Endpoints {
+        smtp_port: smtp.port,
+        ca_file: Some(pki.ca_pem.clone()),
+        http: "http://127.0.0.1:9".into(),
+    };
+    let keysweep::config::ChannelKind::Email(mut ch) = email_channel(&ep).kind else {
+        panic!("not an e-mail channel");
+    };
+    ch.send_timeout = std::time::Duration::from_secs(2);
+    let payload = serde_json::json!({
+        "to": ["security@example.com"], "subject": "s", "text": "t", "html": "<p>t</p>"
+    });
+    let sent = keysweep::notify::email::send(&ch, "ks-slow-relay", &payload).await;
+    assert_eq!(sent, Ok(()));
+    assert_eq!(smtp.messages().len(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smtp_down_then_back_delivers_once_with_the_same_message_id() {
     let pki = TestPki::new();

@@ -98,6 +98,8 @@ struct RecordingHandler {
     username: String,
     password: String,
     current: Option<Received>,
+    /// Held before answering the start and the end of DATA (a relay that scans what it gets).
+    slow: std::time::Duration,
 }
 
 impl RecordingHandler {
@@ -113,6 +115,7 @@ impl RecordingHandler {
 
 impl Handler for RecordingHandler {
     fn data_start(&mut self, _domain: &str, from: &str, _is8bit: bool, to: &[String]) -> Response {
+        std::thread::sleep(self.slow);
         self.current = Some(Received {
             from: from.to_string(),
             to: to.to_vec(),
@@ -129,9 +132,11 @@ impl Handler for RecordingHandler {
     }
 
     fn data_end(&mut self) -> Response {
+        // Taken before the slow answer: a client that gives up now has sent the message anyway.
         if let Some(c) = self.current.take() {
             self.received.lock().unwrap().push(c);
         }
+        std::thread::sleep(self.slow);
         OK
     }
 
@@ -146,6 +151,16 @@ impl Handler for RecordingHandler {
 
 /// Starts the server on `port` (0 = any) with STARTTLS and AUTH PLAIN/LOGIN.
 pub fn start(pki: &TestPki, port: u16, username: &str, password: &str) -> SmtpServer {
+    start_slow(pki, port, (username, password), std::time::Duration::ZERO)
+}
+
+/// [`start`], answering the start and the end of each DATA only after `slow`.
+pub fn start_slow(
+    pki: &TestPki,
+    port: u16,
+    (username, password): (&str, &str),
+    slow: std::time::Duration,
+) -> SmtpServer {
     let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
     let port = listener.local_addr().unwrap().port();
     let received = Arc::new(Mutex::new(Vec::new()));
@@ -156,6 +171,7 @@ pub fn start(pki: &TestPki, port: u16, username: &str, password: &str) -> SmtpSe
         username: username.to_string(),
         password: password.to_string(),
         current: None,
+        slow,
     };
     let mut server = Server::new(handler);
     server
