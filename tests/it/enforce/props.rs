@@ -288,13 +288,7 @@ async fn run_case_async(c: &Case) -> Result<(), TestCaseError> {
         times.push(times.last().unwrap() + g);
     }
     let expected = oracle(&keys, &c.policies, &exempt_until(c, &keys), &times);
-    let revoke_policies: Vec<String> = c
-        .policies
-        .iter()
-        .enumerate()
-        .filter(|(_, p)| p.revoke)
-        .map(|(i, _)| format!("p{i}"))
-        .collect();
+    let revoke_policies = revoke_policy_names(c);
 
     let sim = start_sim(org.clone()).await;
     let dir = tempfile::tempdir().unwrap();
@@ -364,6 +358,14 @@ async fn run_case_async(c: &Case) -> Result<(), TestCaseError> {
     check_day_cap(c, &per_sweep)?;
     check_audit(c, &store, &test_intents)?;
     Ok(())
+}
+
+/// The names of the case's revoking policies.
+fn revoke_policy_names(c: &Case) -> Vec<String> {
+    (c.policies.iter().enumerate())
+        .filter(|(_, p)| p.revoke)
+        .map(|(i, _)| format!("p{i}"))
+        .collect()
 }
 
 /// The case's exemptions: (key id, until).
