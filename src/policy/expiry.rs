@@ -130,8 +130,11 @@ pub fn restore_due(
     let relaxed = after.stage.is_open() && after.action != Action::Expire;
     // Withdrawn in this step, or withdrawn earlier with a restore that failed and is retried.
     let first = before.stage.is_open() && before.action == Action::Expire;
-    let withdrawn =
-        (first || before.expiry.restore_pending) && (closed || relaxed) && now < before.deadline;
+    // While the key lives: until the expiry set, which is an hour past a deadline that had
+    // passed when it was written (`target`), not only until the deadline.
+    let withdrawn = (first || before.expiry.restore_pending)
+        && (closed || relaxed)
+        && now < before.deadline.max(set.to);
     if !withdrawn || !expiry_matches(key.expires_at, set.to) {
         return None;
     }
@@ -238,6 +241,29 @@ mod tests {
         // Not once the owner moved the expiry.
         key.expires_at = Expiry::At(now + 20 * DAY);
         assert!(restore_due(&relaxed, &relaxed, &key, now, 365 * DAY).is_none());
+    }
+
+    #[test]
+    fn a_finding_withdrawn_after_its_passed_deadline_but_before_the_expiry_set_is_restored() {
+        let now = 1_000 * DAY;
+        // Enforced after the deadline had passed in dry-run: the expiry went an hour ahead.
+        let mut before = owed(now);
+        before.stage = Stage::FinalNotice;
+        before.expiry.restore_pending = false;
+        before.deadline = now - DAY;
+        before.expiry.set = Some(ExpirySet {
+            to: now + 1800,
+            previous: None,
+            at: now - 1800,
+        });
+        let mut after = before.clone();
+        after.stage = Stage::Exempted;
+        let mut key = owed(now).snapshot_key();
+        key.expires_at = Expiry::At(now + 1800);
+        let r = restore_due(&before, &after, &key, now, 365 * DAY).unwrap();
+        assert_eq!(r.from, now + 1800);
+        // Once that expiry has passed there is nothing left to restore.
+        assert!(restore_due(&before, &after, &key, now + 1800, 365 * DAY).is_none());
     }
 
     #[test]
