@@ -325,6 +325,16 @@ async fn run(config: Config, args: &RunArgs, path: PathBuf) -> Result<ExitCode> 
             .map(|()| ExitCode::SUCCESS);
     }
     let now = parse_now(args.now.as_deref())?;
+    // A clock of one's choosing would make warned keys due early, or record revocations
+    // outside today's cap: it may drive writes only to a simulated API.
+    if let (Some(_), false, config::Mode::Enforce) = (&args.now, args.dry_run, config.mode)
+        && let Some((i, host)) = config.remote_organization()
+    {
+        bail!(
+            "--now rehearses a sweep at another time and never writes to a real API, but mode is \
+             \"enforce\" and organizations[{i}] is at {host}: add --dry-run"
+        );
+    }
     let store = open_for_sweeps(&config)?;
     let sweeper = Sweeper::new(Arc::new(config), Some(store.clone()), Metrics::new())?;
     let config_of_sweeper = sweeper.config.clone();

@@ -155,6 +155,14 @@ impl Config {
     pub fn rotation(&self, policy: &str) -> Option<&RotateConfig> {
         self.rotations.iter().find(|r| r.policy == policy)
     }
+
+    /// The first organisation (index, host) whose API is not on this machine: a real one,
+    /// not the simulator. `run --once --now` may write only when there is none.
+    pub fn remote_organization(&self) -> Option<(usize, &str)> {
+        (self.organizations.iter().enumerate())
+            .map(|(i, o)| (i, o.base_url.host_str().unwrap_or_default()))
+            .find(|(_, host)| !is_loopback_host(host))
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -233,6 +233,36 @@ fn run_once_enforces_and_audit_verifies() {
     assert_audit_shows_the_deletions(&dir.path().join("keysweep.db"), &config);
 }
 
+/// `--now` rehearses a sweep at another time: against a real API it may not write (a future
+/// clock would make warned keys due early, a past one would record revocations outside today's
+/// cap). An enforcing `run --once --now` whose organisation is not on this machine is refused
+/// before anything is opened or contacted.
+#[test]
+fn run_once_now_in_enforce_mode_is_refused_against_a_real_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = crate::support::config::write_config_file(
+        dir.path(),
+        "https://api.openai.com/v1",
+        "OPENAI_ADMIN_KEY",
+        "mode = \"enforce\"\n",
+    );
+    let later = (chrono::Utc::now() + chrono::Duration::days(15)).to_rfc3339();
+    let out = run(bin()
+        .args(["run", "--once", "--now", &later, "--config"])
+        .arg(&config));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for part in [
+        "--now",
+        "organizations[0]",
+        "api.openai.com",
+        "add --dry-run",
+    ] {
+        assert!(stderr.contains(part), "{part}: {stderr}");
+    }
+    assert!(!dir.path().join("keysweep.db").exists(), "nothing opened");
+}
+
 /// A first sweep with hundreds of notices, which the commit composes on a thread of its own
 /// beside the findings' writes: every key with a finding is named exactly once in the queued
 /// digests (their server is down, so they wait in the outbox), each finding has its decision
