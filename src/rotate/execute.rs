@@ -21,6 +21,7 @@ use crate::policy::rotation::{
 use crate::sink::{self, KeyMeta};
 use crate::state::StateError;
 use crate::state::audit::{self, AuditKind};
+use crate::state::revocations;
 use crate::state::rotations::{self, NewRotation, RotationUpdate};
 
 use super::in_flight::IN_FLIGHT;
@@ -156,7 +157,12 @@ impl Section {
             &name,
             started,
         ) {
-            Ok(row) => row,
+            Ok(Some(row)) => row,
+            Ok(None) => {
+                let reason =
+                    crate::revoke::cap_reached_reason(ctx.config.safety.max_revocations_per_day);
+                return (None, Ok(RotationOutcome::Withheld { reason }));
+            }
             Err(e) => return (None, Err(e)),
         };
         let req = MintRequest {
@@ -246,7 +252,7 @@ fn begin(
     nonce: &str,
     name: &str,
     started: i64,
-) -> Result<i64, StateError> {
+) -> Result<Option<i64>, StateError> {
     let mut intent = ctx
         .record(
             AuditKind::Intent,
@@ -268,7 +274,29 @@ fn begin(
         "scopes_from": from.as_str(),
         "sink": rot.sink,
     });
+    // The old key's expiry, which ends the rotation, takes its slot of the rolling cap here,
+    // before anything is minted: a rotation that mints always has its expiry's slot, and two
+    // sweeps at once cannot exceed the cap between them. The slot is kept whatever follows
+    // (it can only hold back later writes).
+    let cap = ctx.config.safety.max_revocations_per_day;
+    let at = (
+        old.organization.as_str(),
+        old.project_id.as_str(),
+        old.id.as_str(),
+    );
     ctx.store.tx(|tx| {
+        if revocations::reserve(tx, ctx.now, cap, at, &ctx.run_id)?.is_none() {
+            let reason = crate::revoke::cap_reached_reason(cap);
+            let withheld = ctx
+                .record(
+                    AuditKind::Skipped,
+                    at,
+                    format!("rotation not started: {reason}"),
+                )
+                .with_response(json!({ "withheld": reason }));
+            audit::append(tx, &withheld)?;
+            return Ok(None);
+        }
         let entry = audit::append(tx, &intent)?;
         rotations::begin(
             tx,
@@ -283,6 +311,7 @@ fn begin(
                 started_at: started,
             },
         )
+        .map(Some)
     })
 }
 

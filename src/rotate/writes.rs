@@ -15,7 +15,6 @@ use crate::openai::{AdminClient, DeleteOutcome};
 use crate::sink::KeyMeta;
 use crate::state::StateError;
 use crate::state::audit::{self, AuditKind};
-use crate::state::revocations;
 use crate::state::rotations::{self, RotationUpdate};
 use crate::timefmt::rfc3339;
 
@@ -68,8 +67,8 @@ pub(super) async fn delete_minted(
     Ok(gone)
 }
 
-/// Gives the old key the expiry `to` (unless it already ends by then): intent with a slot of
-/// the rolling cap, update, outcome (giving the slot back when the update failed). `Ok(Err(message))` when the update failed.
+/// Gives the old key the expiry `to` (unless it already ends by then): intent, update, outcome.
+/// It counts against the rolling cap from the rotation's start, not here. `Ok(Err(message))` when the update failed.
 pub(super) async fn expire_old(
     ctx: &Context,
     client: &AdminClient,
@@ -93,19 +92,9 @@ pub(super) async fn expire_old(
         "expires_at": to,
         "previous_expires_at": current.at(),
     });
-    // A slot of the rolling cap is taken with the intent, so concurrent sweeps cannot exceed it;
-    // none left: the rotation waits, like one whose update failed, for the next sweep.
-    let cap = ctx.config.safety.max_revocations_per_day;
-    let reserved = ctx.store.tx(|tx| {
-        let slot = revocations::reserve(tx, ctx.now, cap, (org, project, key_id), &ctx.run_id)?;
-        match slot {
-            Some(slot) => Ok(Some((audit::append(tx, &intent)?, slot))),
-            None => Ok(None),
-        }
-    })?;
-    let Some((entry, slot)) = reserved else {
-        return Ok(Err(crate::revoke::cap_reached_reason(cap)));
-    };
+    // Its slot of the rolling cap was taken when the rotation began (`execute::begin`): an
+    // expiry owed to a key already replaced is never refused for the cap.
+    let entry = audit::append_durable(&ctx.store, &intent)?;
     let answer = client.set_key_expiry(project, key_id, to).await;
     let response = match &answer {
         Ok(k) => json!({ "expires_at": k.expires_at.at(), "target": to }),
@@ -124,14 +113,7 @@ pub(super) async fn expire_old(
         )
         .with_response(response)
         .refers_to(entry.seq);
-    ctx.store.tx(|tx| {
-        audit::append(tx, &out)?;
-        if done {
-            Ok(())
-        } else {
-            revocations::release(tx, slot)
-        }
-    })?;
+    audit::append_durable(&ctx.store, &out)?;
     Ok(answer.map(|_| to).map_err(|e| e.to_string()))
 }
 

@@ -2,14 +2,16 @@
 //!
 //! A row stands for every write that ends or shortens a key (a DELETE, a set expiry, a
 //! rotation's expiry on the replaced key) that went through or may still be going through. It
-//! is taken as a *reservation* in the same transaction as the write's `intent` record, after
-//! counting the rows of the last 24 hours in that transaction: the transaction is `IMMEDIATE`,
-//! so the write lock is held from the count to the commit, and two sweeps (two organisations of
-//! one daemon, or a `run --once` beside it) can never both take the last slot. A write that
-//! failed gives its slot back in its outcome's transaction; one a crash interrupted is settled by
-//! reconciliation (kept if it went through, given back if not; a rotation's interrupted write
-//! keeps it, which can only hold back writes, never allow one too many). This module only
-//! counts; `revoke` and `rotate` enforce.
+//! is taken as a *reservation* in the same transaction as the write's `intent` record (for a
+//! rotation, the intent to mint: the expiry that ends it is owed once a key is minted, so its
+//! slot is taken before), after counting the rows of the last 24 hours in that transaction: the
+//! transaction is `IMMEDIATE`, so the write lock is held from the count to the commit, and two
+//! sweeps (two organisations of one daemon, or a `run --once` beside it) can never both take
+//! the last slot. A DELETE or expiry set that failed gives its slot back in its outcome's
+//! transaction; one a crash interrupted is settled by reconciliation (kept if it went through,
+//! given back if not). A rotation keeps its slot whatever follows, which can only hold back
+//! later writes, never allow one too many. This module only counts; `revoke` and `rotate`
+//! enforce.
 
 use rusqlite::{Connection, OptionalExtension, params};
 

@@ -730,3 +730,53 @@ async fn a_kill_switch_that_is_a_dangling_symlink_holds_rotations_back() {
     .any(|r| r.record.message == "rotation withheld: kill_switch");
     assert!(held, "{out}");
 }
+
+/// A rotation takes its old key's slot of the rolling-day cap when it begins, before anything
+/// is minted: when another process fills the day after this sweep planned the rotation, the
+/// rotation is withheld with that reason, nothing is minted, and no old key is left owing an
+/// expiry the cap would then refuse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_whose_day_was_filled_after_planning_mints_nothing() {
+    let w = world(FILE_SINK, SCOPES, ENFORCE_SA).await;
+    first_warning(&w).await;
+    let held = w.sim.faults().add(
+        Fault::on_get_key(PROJECT, OLD)
+            .once()
+            .respond(FaultKind::Delay(Duration::from_secs(3))),
+    );
+    let now = due(&w);
+    let run = tokio::spawn(output(w.cmd(now)));
+    eventually("the rotation's re-check is held", || {
+        w.sim.faults().hits(held) == 1
+    })
+    .await;
+    // Another process fills the day (the configuration's cap is 100).
+    let store = Store::open(&w.dir.path().join("keysweep.db")).unwrap();
+    store
+        .tx(|tx| {
+            for i in 0..100 {
+                let key = format!("key_elsewhere_{i}");
+                keysweep::state::revocations::record_revocation(
+                    tx, now, "other", "proj_x", &key, "run-x",
+                )?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    let out = combined(&run.await.unwrap());
+    assert_eq!(w.mints(), 0, "minted with the day full:\n{out}");
+    assert!(!w.sink_file().exists());
+    assert!(w.rotation_rows().is_empty());
+    let withheld = (store
+        .with_conn(|c| audit::list(c, None))
+        .unwrap()
+        .into_iter())
+    .filter(|r| r.record.key_id.as_deref() == Some(OLD))
+    .any(|r| {
+        r.record
+            .message
+            .starts_with("rotation not started: the rolling-day cap")
+    });
+    assert!(withheld, "{out}");
+    assert_eq!(w.sim.key(PROJECT, OLD).unwrap().expires_at, None);
+}
