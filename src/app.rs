@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use tokio_util::sync::CancellationToken;
 
 use crate::cli::{
     AuditArgs, AuditCommand, AuditFormatArg, Cli, Command, NotifyCommand, OutputFormat, RunArgs,
@@ -19,6 +18,9 @@ use crate::metrics::Metrics;
 use crate::report;
 use crate::state::Store;
 use crate::sweep::{SweepOptions, SweepReport, Sweeper};
+
+mod delivery;
+use delivery::{BETWEEN_SWEEPS_LAST_SEND, BetweenSweeps, SweeperCache, flush_outbox};
 
 /// Exit status for "the command ran but the result is not clean" (incomplete listing, broken
 /// audit chain, failed sweep).
@@ -609,8 +611,14 @@ async fn serve(config: Config, path: PathBuf, force_dry_run: bool) -> Result<()>
         on_shutdown: Some(flush_outbox(store, config.clone(), cache, between.clone())),
     };
     let ran = crate::daemon::run(config, deps).await;
-    // Already stopped by the shutdown hook, unless the daemon ended another way.
-    between.stop().await;
+    // Stopped by the shutdown hook, unless that ran out of grace or the daemon ended another
+    // way; a send still under way gets a few seconds more, then is cut off.
+    if tokio::time::timeout(BETWEEN_SWEEPS_LAST_SEND, between.stop())
+        .await
+        .is_err()
+    {
+        between.abort();
+    }
     ran?;
     // A delete whose sweep was dropped at the end of the grace still writes its outcome.
     crate::revoke::drain_in_flight().await;
@@ -618,9 +626,6 @@ async fn serve(config: Config, path: PathBuf, force_dry_run: bool) -> Result<()>
     crate::rotate::drain_in_flight().await;
     Ok(())
 }
-
-/// The last sweeper built, reused while the configuration (its hash) stays the same.
-type SweeperCache = Arc<tokio::sync::Mutex<Option<Arc<Sweeper>>>>;
 
 /// How the daemon sweeps one organisation: with the sweeper of the request's configuration (a
 /// SIGHUP reload brings a new config and hash, and the next sweep builds new clients and
@@ -680,87 +685,6 @@ async fn sweeper_for(
     let sweeper = Arc::new(sweeper);
     *slot = Some(sweeper.clone());
     Ok(sweeper)
-}
-
-/// How often the daemon delivers what the outbox has due between sweeps.
-const DELIVERY_TICK: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Between sweeps, every [`DELIVERY_TICK`], delivers what the outbox has due with the last
-/// sweep's configuration (so a reload's channels): a failed message is retried on its own
-/// backoff (from 15 s), not when the next sweep runs, a day later on a daily schedule. Safe
-/// beside a sweep's own delivery: each message is claimed by one deliverer
-/// (`state::outbox::claim_due`). Nothing to deliver before the first sweep built a sweeper.
-async fn deliver_between_sweeps(cache: SweeperCache, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(DELIVERY_TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        // Only the wait is cut short: a delivery under way finishes, and marks what it sent.
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let sweeper = cache.lock().await.clone();
-        let Some(sweeper) = sweeper else { continue };
-        if let Err(e) = sweeper.deliver_outbox(chrono::Utc::now().timestamp()).await {
-            tracing::warn!(
-                "cannot deliver the outbox between sweeps: {}",
-                crate::error_chain(&e)
-            );
-        }
-    }
-}
-
-/// The task that delivers between sweeps, and how to stop it.
-#[derive(Clone)]
-struct BetweenSweeps {
-    stop: CancellationToken,
-    task: tokio_util::task::TaskTracker,
-}
-
-impl BetweenSweeps {
-    fn start(cache: SweeperCache) -> BetweenSweeps {
-        let (stop, task) = (
-            CancellationToken::new(),
-            tokio_util::task::TaskTracker::new(),
-        );
-        task.spawn(deliver_between_sweeps(cache, stop.clone()));
-        task.close();
-        BetweenSweeps { stop, task }
-    }
-
-    /// Stops claiming messages and waits for a delivery under way to finish and record its
-    /// outcome. Aborting it instead would leave its message claimed for ten minutes, and sent
-    /// again after the restart if the receiver had it already.
-    async fn stop(&self) {
-        self.stop.cancel();
-        self.task.wait().await;
-    }
-}
-
-/// At shutdown, stops the delivery between sweeps (letting a send under way finish), then
-/// flushes what the outbox can within the grace period; the rest waits for the next start (it
-/// is in the database). With the last sweep's configuration (a reload's channels, not the ones
-/// the daemon started with), else the starting one. Delivery gets notify's settings, never the
-/// whole configuration.
-fn flush_outbox(
-    store: Store,
-    config: Config,
-    cache: SweeperCache,
-    between: BetweenSweeps,
-) -> crate::daemon::ShutdownHook {
-    let settings = crate::notify::NotifySettings::from(&config);
-    Box::new(move || {
-        Box::pin(async move {
-            between.stop().await;
-            let now = chrono::Utc::now().timestamp();
-            let sweeper = cache.lock().await.clone();
-            if let Some(s) = sweeper {
-                let _ = s.deliver_outbox(now).await;
-            } else if let Ok(n) = crate::notify::Notifier::new() {
-                let _ = n.deliver_due(&store, &settings, now).await;
-            }
-        })
-    })
 }
 
 /// How the daemon should judge a finished sweep.

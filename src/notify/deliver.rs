@@ -13,6 +13,8 @@
 use secrecy::ExposeSecret;
 use serde_json::Value;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::config::{ChannelConfig, ChannelKind};
 use crate::metrics::{Metrics, NotificationOutcome};
 use crate::notify::alert::EnforcerAlert;
@@ -98,12 +100,25 @@ impl Notifier {
         settings: &NotifySettings,
         now: i64,
     ) -> Result<DeliveryReport, NotifyError> {
+        self.deliver_due_until(db, settings, now, &CancellationToken::new())
+            .await
+    }
+
+    /// [`Notifier::deliver_due`] that claims no further message once `stop` is cancelled; the
+    /// send under way finishes and its outcome is recorded.
+    pub async fn deliver_due_until<D: OutboxDb + Sync>(
+        &self,
+        db: &D,
+        settings: &NotifySettings,
+        now: i64,
+        stop: &CancellationToken,
+    ) -> Result<DeliveryReport, NotifyError> {
         let mut report = DeliveryReport::default();
         let mut handled = 0usize;
         // One message at a time, each claimed as it is picked (`outbox::claim_due`): another
         // organisation's sweep delivering at the same moment (the daemon sweeps organisations
         // side by side), the shutdown flush or another process never sends it a second time.
-        while handled < MAX_PER_CALL {
+        while handled < MAX_PER_CALL && !stop.is_cancelled() {
             // From the later of the caller's clock and the wall clock: a `run --once --now` in
             // the past must not claim for less than a lease of real time.
             let lease = now.max(chrono::Utc::now().timestamp()) + CLAIM_LEASE_SECS;

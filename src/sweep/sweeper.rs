@@ -103,8 +103,22 @@ impl Sweeper {
         &self,
         now: i64,
     ) -> Result<crate::notify::DeliveryReport, crate::notify::NotifyError> {
+        self.deliver_outbox_until(now, &tokio_util::sync::CancellationToken::new())
+            .await
+    }
+
+    /// [`Sweeper::deliver_outbox`] that claims no further message once `stop` is cancelled.
+    pub async fn deliver_outbox_until(
+        &self,
+        now: i64,
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> Result<crate::notify::DeliveryReport, crate::notify::NotifyError> {
         match self.store() {
-            Some(store) => self.notifier.deliver_due(store, &self.notify, now).await,
+            Some(store) => {
+                (self.notifier)
+                    .deliver_due_until(store, &self.notify, now, stop)
+                    .await
+            }
             None => Ok(crate::notify::DeliveryReport::default()),
         }
     }

@@ -1,0 +1,106 @@
+//! The daemon's delivery around its sweeps: every 10 s between them, and the flush at
+//! shutdown, both with the last sweep's configuration. It sends only what the outbox holds and
+//! never composes a message; a send under way at shutdown is let finish, never cut off inside
+//! the grace.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::state::Store;
+use crate::sweep::Sweeper;
+
+/// The last sweeper built, reused while the configuration (its hash) stays the same.
+pub(super) type SweeperCache = Arc<tokio::sync::Mutex<Option<Arc<Sweeper>>>>;
+
+/// How often the daemon delivers what the outbox has due between sweeps.
+const DELIVERY_TICK: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Between sweeps, every [`DELIVERY_TICK`], delivers what the outbox has due with the last
+/// sweep's configuration (so a reload's channels): a failed message is retried on its own
+/// backoff (from 15 s), not when the next sweep runs, a day later on a daily schedule. Safe
+/// beside a sweep's own delivery: each message is claimed by one deliverer
+/// (`state::outbox::claim_due`). Nothing to deliver before the first sweep built a sweeper.
+async fn deliver_between_sweeps(cache: SweeperCache, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(DELIVERY_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        // Only the wait is cut short: a delivery under way finishes, and marks what it sent.
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let sweeper = cache.lock().await.clone();
+        let Some(sweeper) = sweeper else { continue };
+        let now = chrono::Utc::now().timestamp();
+        if let Err(e) = sweeper.deliver_outbox_until(now, &stop).await {
+            tracing::warn!(
+                "cannot deliver the outbox between sweeps: {}",
+                crate::error_chain(&e)
+            );
+        }
+    }
+}
+
+/// How long the delivery between sweeps may still take once the daemon has stopped.
+pub(super) const BETWEEN_SWEEPS_LAST_SEND: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The task that delivers between sweeps, and how to stop it.
+#[derive(Clone)]
+pub(super) struct BetweenSweeps {
+    stop: CancellationToken,
+    task: tokio_util::task::TaskTracker,
+    abort: tokio::task::AbortHandle,
+}
+
+impl BetweenSweeps {
+    pub(super) fn start(cache: SweeperCache) -> BetweenSweeps {
+        let (stop, task) = (
+            CancellationToken::new(),
+            tokio_util::task::TaskTracker::new(),
+        );
+        let abort = (task.spawn(deliver_between_sweeps(cache, stop.clone()))).abort_handle();
+        task.close();
+        BetweenSweeps { stop, task, abort }
+    }
+
+    /// Cuts a send under way off (its message stays claimed for ten minutes).
+    pub(super) fn abort(&self) {
+        self.abort.abort();
+    }
+
+    /// Stops claiming messages and waits for a delivery under way to finish and record its
+    /// outcome. Aborting it instead would leave its message claimed for ten minutes, and sent
+    /// again after the restart if the receiver had it already.
+    pub(super) async fn stop(&self) {
+        self.stop.cancel();
+        self.task.wait().await;
+    }
+}
+
+/// At shutdown, stops the delivery between sweeps (letting a send under way finish), then
+/// flushes what the outbox can within the grace period; the rest waits for the next start (it
+/// is in the database). With the last sweep's configuration (a reload's channels, not the ones
+/// the daemon started with), else the starting one. Delivery gets notify's settings, never the
+/// whole configuration.
+pub(super) fn flush_outbox(
+    store: Store,
+    config: Config,
+    cache: SweeperCache,
+    between: BetweenSweeps,
+) -> crate::daemon::ShutdownHook {
+    let settings = crate::notify::NotifySettings::from(&config);
+    Box::new(move || {
+        Box::pin(async move {
+            between.stop().await;
+            let now = chrono::Utc::now().timestamp();
+            let sweeper = cache.lock().await.clone();
+            if let Some(s) = sweeper {
+                let _ = s.deliver_outbox(now).await;
+            } else if let Ok(n) = crate::notify::Notifier::new() {
+                let _ = n.deliver_due(&store, &settings, now).await;
+            }
+        })
+    })
+}
