@@ -3,31 +3,34 @@
 //! TLS modes: `starttls` (STARTTLS required; nothing goes out in clear if the server cannot
 //! upgrade), `tls` (implicit TLS) and `none` (plain, refused unless the host is loopback).
 //! `smtp_ca_file` adds a PEM root for relays with a private CA. Each send opens its own
-//! connection (no pool: pooled connections break after the server closes them). `send_timeout`
-//! bounds each answer of the relay; the whole session is bounded too, because lettre can hang
-//! while the network is down, but at [`SESSION_TIMEOUTS`] times that: a session is several
-//! commands, and cutting off a relay that is slow at each (one that scans a message after
-//! `DATA`) after it accepted the message would send the message again.
+//! connection (no pool: pooled connections break after the server closes them).
+//!
+//! The session is driven step by step on lettre's `AsyncSmtpConnection`, not through its
+//! transport, whose timeout bounds only the TCP connect (lettre 0.11, tokio): `send_timeout`
+//! bounds each answer the relay owes (the greeting and EHLO, STARTTLS, AUTH, MAIL, each RCPT,
+//! DATA, the message). A relay slow at every step but within the timeout is never cut off after
+//! it accepted the message, which would send the message again; and once the message is
+//! accepted, delivery has succeeded whatever QUIT does.
 //!
 //! The `Message-ID` is `<outbox message id@keysweep>`, so a retried digest carries the same id.
 //! Never logs or returns the SMTP password or user name: every error text is scrubbed of both,
 //! and lettre's `tracing` feature (which logs the session, `AUTH PLAIN` and its base64
 //! credentials included) is off in `Cargo.toml`.
 
+use std::future::Future;
+use std::time::Duration;
+
+use lettre::Message;
 use lettre::message::{Mailbox, MultiPart};
-use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
+use lettre::transport::smtp::extension::ClientId;
 use secrecy::ExposeSecret;
 use serde_json::Value;
 
 use crate::config::{EmailChannel, SmtpTls, is_loopback_host};
 use crate::notify::failure::SendFailure;
 use crate::notify::scrub;
-
-/// How many `send_timeout`s a whole SMTP session may take (greeting, EHLO, STARTTLS, AUTH,
-/// MAIL, RCPT, DATA and the message each wait for an answer).
-pub const SESSION_TIMEOUTS: u32 = 4;
 
 /// Sends one rendered e-mail payload (`{to, subject, text, html}`).
 pub async fn send(ch: &EmailChannel, message_id: &str, payload: &Value) -> Result<(), SendFailure> {
@@ -45,17 +48,91 @@ pub async fn send(ch: &EmailChannel, message_id: &str, payload: &Value) -> Resul
     };
 
     let message = build_message(ch, message_id, payload).map_err(|e| fail(false, &e))?;
-    let transport = transport(ch).await.map_err(|e| fail(false, &e))?;
-    let session = ch.send_timeout.saturating_mul(SESSION_TIMEOUTS);
-    match tokio::time::timeout(session, transport.send(message)).await {
-        Ok(Ok(_response)) => Ok(()),
-        Ok(Err(e)) => Err(fail(!e.is_permanent(), &format!("smtp: {e}"))),
-        Err(_) => Err(fail(
+    let tls = tls(ch).await.map_err(|e| fail(false, &e))?;
+    session(ch, tls, &message).await.map_err(|e| match e {
+        Step::Smtp(e) => fail(!e.is_permanent(), &format!("smtp: {e}")),
+        Step::NoAnswer(step) => fail(
             true,
-            &format!("smtp: the session did not end within {session:?}"),
-        )),
+            &format!(
+                "smtp: no answer to {step} within {:?} per answer",
+                ch.send_timeout
+            ),
+        ),
+        Step::Refused(why) => fail(false, &format!("smtp: {why}")),
+    })
+}
+
+/// Why a session ended without the message accepted.
+enum Step {
+    Smtp(lettre::transport::smtp::Error),
+    /// The relay owed an answer to this step and gave none within `send_timeout`.
+    NoAnswer(&'static str),
+    Refused(String),
+}
+
+/// Each step under `send_timeout` (`answers`: how many answers it waits for).
+async fn timed<T>(
+    ch: &EmailChannel,
+    step: &'static str,
+    answers: u32,
+    f: impl Future<Output = Result<T, lettre::transport::smtp::Error>>,
+) -> Result<T, Step> {
+    match tokio::time::timeout(ch.send_timeout.saturating_mul(answers), f).await {
+        Ok(r) => r.map_err(Step::Smtp),
+        Err(_) => Err(Step::NoAnswer(step)),
     }
 }
+
+/// How the connection is secured.
+enum Security {
+    /// TLS from the first byte (`tls`).
+    Implicit(TlsParameters),
+    /// STARTTLS, required (`starttls`).
+    Upgrade(TlsParameters),
+    /// Plain, loopback only (`none`).
+    Plain,
+}
+
+/// One session: connect (and TLS), AUTH, the message; then QUIT, whose answer does not matter.
+async fn session(ch: &EmailChannel, tls: Security, message: &Message) -> Result<(), Step> {
+    let hello = ClientId::default();
+    let server = (ch.smtp_host.as_str(), ch.smtp_port);
+    let implicit = match &tls {
+        Security::Implicit(p) => Some(p.clone()),
+        _ => None,
+    };
+    // The TCP (and TLS) connect, the greeting and the EHLO answer.
+    let connect =
+        AsyncSmtpConnection::connect_tokio1(server, Some(ch.send_timeout), &hello, implicit, None);
+    let mut conn = timed(ch, "the connection", 3, connect).await?;
+    if let Security::Upgrade(params) = tls {
+        if !conn.can_starttls() {
+            return Err(Step::Refused(
+                "the relay does not offer STARTTLS, which smtp_tls = \"starttls\" requires".into(),
+            ));
+        }
+        // STARTTLS's answer, the handshake, EHLO's answer.
+        timed(ch, "STARTTLS", 3, conn.starttls(params, &hello)).await?;
+    }
+    if let (Some(user), Some(pass)) = (&ch.smtp_username, &ch.smtp_password) {
+        let credentials = Credentials::new(
+            user.expose_secret().to_string(),
+            pass.expose_secret().to_string(),
+        );
+        let mechanisms = [Mechanism::Plain, Mechanism::Login];
+        timed(ch, "AUTH", 3, conn.auth(&mechanisms, &credentials)).await?;
+    }
+    let envelope = message.envelope();
+    let answers = 3 + u32::try_from(envelope.to().len()).unwrap_or(u32::MAX);
+    let body = message.formatted();
+    timed(ch, "the message", answers, conn.send(envelope, &body)).await?;
+    // Accepted: whatever QUIT answers, or if it never does, the message went out.
+    let _ = tokio::time::timeout(ch.send_timeout.min(QUIT_WAIT), conn.abort()).await;
+    Ok(())
+}
+
+/// The longest wait for QUIT's answer once the message was accepted.
+const QUIT_WAIT: Duration = Duration::from_secs(5);
 
 /// Builds the multipart (text + HTML) message with a deterministic Message-ID.
 pub fn build_message(
@@ -93,9 +170,10 @@ pub fn build_message(
         .map_err(|e| format!("could not build the message: {e}"))
 }
 
-async fn transport(ch: &EmailChannel) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
+/// The channel's TLS mode, with its parameters (and `smtp_ca_file`'s root).
+async fn tls(ch: &EmailChannel) -> Result<Security, String> {
     let host = ch.smtp_host.as_str();
-    let tls_params = || async {
+    let params = || async {
         let mut b = TlsParameters::builder(host.to_string());
         if let Some(path) = &ch.smtp_ca_file {
             let pem = tokio::fs::read(path)
@@ -107,28 +185,14 @@ async fn transport(ch: &EmailChannel) -> Result<AsyncSmtpTransport<Tokio1Executo
         }
         b.build().map_err(|e| format!("tls parameters: {e}"))
     };
-    let builder = match ch.smtp_tls {
-        SmtpTls::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(host)
-            .map_err(|e| format!("smtp relay: {e}"))?
-            .tls(Tls::Required(tls_params().await?)),
-        SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(host)
-            .map_err(|e| format!("smtp relay: {e}"))?
-            .tls(Tls::Wrapper(tls_params().await?)),
+    Ok(match ch.smtp_tls {
+        SmtpTls::Starttls => Security::Upgrade(params().await?),
+        SmtpTls::Tls => Security::Implicit(params().await?),
+        SmtpTls::None if is_loopback_host(host) => Security::Plain,
         SmtpTls::None => {
-            if !is_loopback_host(host) {
-                return Err(format!(
-                    "smtp_tls = \"none\" is only allowed for loopback hosts, not {host}"
-                ));
-            }
-            AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host).tls(Tls::None)
+            return Err(format!(
+                "smtp_tls = \"none\" is only allowed for loopback hosts, not {host}"
+            ));
         }
-    };
-    let mut builder = builder.port(ch.smtp_port).timeout(Some(ch.send_timeout));
-    if let (Some(user), Some(pass)) = (&ch.smtp_username, &ch.smtp_password) {
-        builder = builder.credentials(Credentials::new(
-            user.expose_secret().to_string(),
-            pass.expose_secret().to_string(),
-        ));
-    }
-    Ok(builder.build())
+    })
 }

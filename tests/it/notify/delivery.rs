@@ -194,8 +194,9 @@ async fn a_damaged_stored_message_is_dead_lettered_and_the_rest_still_go_out() {
 }
 
 /// `send_timeout` bounds each answer of the relay, not the whole session: a relay that is slow
-/// at the start and at the end of DATA (it scans the message) but answers each within the
-/// timeout gets the message once, not cut off after it accepted it and sent it again.
+/// at every step (EHLO twice, AUTH, MAIL, RCPT, DATA, and the end of the message, which it
+/// scans) but answers each within the timeout gets the message once, not cut off after it
+/// accepted it and sent it again. The session takes over four timeouts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_slow_at_each_step_within_the_timeout_gets_the_message_once() {
     let pki = TestPki::new();
@@ -216,6 +217,20 @@ async fn a_relay_slow_at_each_step_within_the_timeout_gets_the_message_once() {
     let sent = keysweep::notify::email::send(&ch, "ks-slow-relay", &payload).await;
     assert_eq!(sent, Ok(()));
     assert_eq!(smtp.messages().len(), 1);
+
+    // A relay that takes the connection and never greets is given up, and retried later.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    ch.smtp_port = silent.local_addr().unwrap().port();
+    ch.send_timeout = std::time::Duration::from_millis(500);
+    let failed = keysweep::notify::email::send(&ch, "ks-silent-relay", &payload)
+        .await
+        .unwrap_err();
+    assert!(failed.retryable);
+    assert!(
+        failed.error.contains("no answer to the connection"),
+        "{}",
+        failed.error
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

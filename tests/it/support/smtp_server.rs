@@ -98,12 +98,14 @@ struct RecordingHandler {
     username: String,
     password: String,
     current: Option<Received>,
-    /// Held before answering the start and the end of DATA (a relay that scans what it gets).
+    /// Held before answering EHLO, MAIL, RCPT, AUTH and the start and the end of DATA (a relay
+    /// slow at every step, that scans what it gets).
     slow: std::time::Duration,
 }
 
 impl RecordingHandler {
     fn check(&mut self, user: &str, pass: &str) -> Response {
+        std::thread::sleep(self.slow);
         if user == self.username && pass == self.password {
             self.logins.lock().unwrap().push(user.to_string());
             AUTH_OK
@@ -114,6 +116,21 @@ impl RecordingHandler {
 }
 
 impl Handler for RecordingHandler {
+    fn helo(&mut self, _ip: std::net::IpAddr, _domain: &str) -> Response {
+        std::thread::sleep(self.slow);
+        OK
+    }
+
+    fn mail(&mut self, _ip: std::net::IpAddr, _domain: &str, _from: &str) -> Response {
+        std::thread::sleep(self.slow);
+        OK
+    }
+
+    fn rcpt(&mut self, _to: &str) -> Response {
+        std::thread::sleep(self.slow);
+        OK
+    }
+
     fn data_start(&mut self, _domain: &str, from: &str, _is8bit: bool, to: &[String]) -> Response {
         std::thread::sleep(self.slow);
         self.current = Some(Received {
@@ -154,7 +171,8 @@ pub fn start(pki: &TestPki, port: u16, username: &str, password: &str) -> SmtpSe
     start_slow(pki, port, (username, password), std::time::Duration::ZERO)
 }
 
-/// [`start`], answering the start and the end of each DATA only after `slow`.
+/// [`start`], answering EHLO, MAIL, RCPT, AUTH and the start and end of each DATA only after
+/// `slow`.
 pub fn start_slow(
     pki: &TestPki,
     port: u16,
