@@ -49,7 +49,7 @@ impl Context<'_> {
         reason: &str,
     ) -> Result<Option<EnforcerAlert>, crate::state::StateError> {
         let max = self.config.max_recheck_skips;
-        if max == 0 || is_kill_switch_reason(reason) || reason.starts_with(CAP_REACHED_REASON) {
+        if max == 0 || is_kill_switch_reason(reason) || is_cap_reached_reason(reason) {
             return Ok(None);
         }
         let skips = self.store.with_conn(|c| {
@@ -101,6 +101,11 @@ pub fn cap_reached_reason(cap: u32) -> String {
         "{CAP_REACHED_REASON} (safety.max_revocations_per_day = {cap}) by other sweeps since \
          this one was planned; the key is due again at the next sweep"
     )
+}
+
+/// Whether `reason` says a write was withheld at its intent for the rolling-day cap.
+pub fn is_cap_reached_reason(reason: &str) -> bool {
+    reason.starts_with(CAP_REACHED_REASON)
 }
 
 /// Whether `reason` says a write was withheld for the kill switch (not a re-check).

@@ -14,7 +14,7 @@ use crate::notify::compose;
 use crate::policy::expiry::PlannedRestore;
 use crate::policy::finding::{ExpirySet, Finding};
 use crate::policy::lifecycle;
-use crate::policy::plan::{Plan, Write};
+use crate::policy::plan::{Plan, Withheld, Write};
 use crate::revoke::expiry::{ExpiryOutcome, ExpiryResult};
 use crate::revoke::{self, RevocationResult};
 use crate::state;
@@ -92,6 +92,7 @@ impl Run<'_> {
         let (mut revoked, mut alerts) = self.absorb(&results, findings);
         let expired_writes = self.absorb_expiries(&expiries, findings, &mut retried, &mut alerts);
         alerts.extend(self.kill_switch_alert(&results, &expiries));
+        alerts.extend(self.cap_reached_alert(&results, &expiries));
         let alerts = self.dedup_alerts(alerts)?;
         let now = self.now();
         let notices = compose::revoked_notices(&revoked);
@@ -170,6 +171,27 @@ impl Run<'_> {
                 .as_ref()
                 .map(|p| p.display().to_string())
                 .unwrap_or_default(),
+            withheld,
+        })
+    }
+
+    /// The alert for the writes withheld at their intent because other sweeps filled the
+    /// rolling day after this one planned (the planning phase alerts on what it withheld).
+    fn cap_reached_alert(
+        &self,
+        results: &[RevocationResult],
+        expiries: &[ExpiryResult],
+    ) -> Option<EnforcerAlert> {
+        let deletes = results.iter().filter(|r| {
+            matches!(&r.outcome, revoke::Outcome::SkippedAfterRecheck { reason } if revoke::is_cap_reached_reason(reason))
+        });
+        let sets = expiries.iter().filter(|e| {
+            matches!(&e.outcome, ExpiryOutcome::Skipped { reason } if revoke::is_cap_reached_reason(reason))
+        });
+        let withheld = u64::try_from(deletes.count() + sets.count()).unwrap_or(u64::MAX);
+        (withheld > 0).then(|| EnforcerAlert::CapExceeded {
+            cap: Withheld::CapPerDay.as_str().to_string(),
+            limit: u64::from(self.sweeper.config.safety.max_revocations_per_day),
             withheld,
         })
     }

@@ -1031,8 +1031,16 @@ async fn two_sweeps_at_once_never_delete_more_than_the_day_cap_between_them() {
         .with_conn(|c| state::revocations::revocations_since(c, due - DAY))
         .unwrap();
     assert_eq!(counted, 4);
-    // A withheld write is no re-check skip: the streak that raises an alert is not fed.
+    // A withheld write is no re-check skip: the streak that raises an alert is not fed. The
+    // operators are told as for a cap the plan met.
     assert!(ra.revocations.iter().all(|r| r.recheck_alert.is_none()));
+    assert!(
+        ra.alerts.iter().any(|a| matches!(a,
+            keysweep::notify::alert::EnforcerAlert::CapExceeded { cap, limit: 4, withheld: 2 }
+                if cap == "cap_per_day")),
+        "{:?}",
+        ra.alerts
+    );
     verify(&store).unwrap();
 
     // A day later the day has room again, and alpha's other two go.
