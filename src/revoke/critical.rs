@@ -51,6 +51,9 @@ impl CriticalDelete {
             return Ok(Outcome::SkippedAfterRecheck { reason });
         };
         let answer = self.client.delete_key(&self.project_id, &self.key_id).await;
+        // A failure the API answered below 500 is a refusal: nothing was deleted. Any other
+        // (a timeout, a lost connection, a 5xx) may have deleted the key: its slot is kept.
+        let refused = matches!(&answer, Err(e) if e.status().is_some_and(|s| s < 500));
         let (outcome, response) = match answer {
             Ok(DeleteOutcome::Deleted { status, body }) => {
                 (Outcome::Deleted, json!({ "status": status, "body": body }))
@@ -78,7 +81,7 @@ impl CriticalDelete {
         }
         .with_response(response)
         .refers_to(entry.seq);
-        self.record_outcome(&out, deleted, slots)?;
+        self.record_outcome(&out, !refused, slots)?;
         self.log(&outcome);
         Ok(outcome)
     }
@@ -120,17 +123,17 @@ impl CriticalDelete {
         })
     }
 
-    /// The outcome record, in one transaction with giving back the slots of a delete that
-    /// failed (a deleted key keeps the slot its intent took).
+    /// The outcome record, in one transaction with giving back the slots of a delete the API
+    /// refused (one that went through, or may have, keeps the slot its intent took).
     fn record_outcome(
         &self,
         out: &AuditRecord,
-        deleted: bool,
+        keep: bool,
         slots: Vec<Reservation>,
     ) -> Result<(), state::StateError> {
         self.store.tx(|tx| {
             audit::append(tx, out)?;
-            if !deleted {
+            if !keep {
                 for slot in slots {
                     revocations::release(tx, slot)?;
                 }

@@ -429,12 +429,14 @@ impl CriticalUpdate {
             )));
         };
         let answer = update(&self.client, &self.key, self.to).await;
+        let mut ambiguous = false;
         let (written, response) = match answer {
             Ok(expires_at) => (
                 Written::Done,
                 json!({ "expires_at": expires_at.at(), "target": self.to }),
             ),
             Err(e) => {
+                ambiguous = e.status.is_none_or(|s| s >= 500);
                 let response = json!({ "status": e.status, "error": e.message });
                 let written = if e.refused {
                     Written::Refused(e.message)
@@ -447,6 +449,9 @@ impl CriticalUpdate {
             }
         };
         let done = matches!(written, Written::Done);
+        // Only an update that certainly did not happen gives its slot back: refused by the
+        // expiry policy, on a key already ended, or another answer below 500.
+        let keep = done || matches!(&written, Written::Failed(_)) && ambiguous;
         let out = AuditRecord {
             message: if done {
                 format!("expiry of key {} set to {}", self.key.id, rfc3339(self.to))
@@ -461,7 +466,7 @@ impl CriticalUpdate {
         self.store.tx(|tx| {
             audit::append(tx, &out)?;
             match slot {
-                Some(slot) if !done => revocations::release(tx, slot),
+                Some(slot) if !keep => revocations::release(tx, slot),
                 _ => Ok(()),
             }
         })?;

@@ -221,11 +221,11 @@ fn settle(
     ctx.store.tx(|tx| {
         audit::append(tx, &rec)?;
         // The intent took a slot of the rolling cap (a restore takes none): kept when the write
-        // went through, given back when it did not.
+        // went through or the key ended meanwhile (perhaps by it), given back when it did not.
         if d.expiry.is_none_or(|e| !e.restore) {
             state::revocations::settle_interrupted(
                 tx,
-                gone,
+                found != Found::DidNot,
                 ctx.now,
                 (d.organization, d.project_id, d.key_id),
                 &r.run_id,

@@ -7,8 +7,9 @@
 //! slot is taken before), after counting the rows of the last 24 hours in that transaction: the
 //! transaction is `IMMEDIATE`, so the write lock is held from the count to the commit, and two
 //! sweeps (two organisations of one daemon, or a `run --once` beside it) can never both take
-//! the last slot. A DELETE or expiry set that failed gives its slot back in its outcome's
-//! transaction; one a crash interrupted is settled by reconciliation (kept if it went through,
+//! the last slot. A DELETE or expiry set the API refused gives its slot back in its outcome's
+//! transaction (one that timed out or got a 5xx may have gone through, and keeps it); one a
+//! crash interrupted is settled by reconciliation (kept if it went through or the key ended,
 //! given back if not). A rotation keeps its slot whatever follows, which can only hold back
 //! later writes, never allow one too many. This module only counts; `revoke` and `rotate`
 //! enforce.
