@@ -147,6 +147,21 @@ impl Run<'_> {
     }
 }
 
+/// How many deletes and expiry sets were withheld for a reason `rail` recognises.
+fn withheld_for(
+    results: &[RevocationResult],
+    expiries: &[ExpiryResult],
+    rail: fn(&str) -> bool,
+) -> u64 {
+    let deletes = results.iter().filter(
+        |r| matches!(&r.outcome, revoke::Outcome::SkippedAfterRecheck { reason } if rail(reason)),
+    );
+    let sets = expiries
+        .iter()
+        .filter(|e| matches!(&e.outcome, ExpiryOutcome::Skipped { reason } if rail(reason)));
+    u64::try_from(deletes.count() + sets.count()).unwrap_or(u64::MAX)
+}
+
 impl Run<'_> {
     /// The alert for the writes a kill switch turned on during enforcement withheld (the
     /// planning phase says so itself when it was on before).
@@ -155,13 +170,7 @@ impl Run<'_> {
         results: &[RevocationResult],
         expiries: &[ExpiryResult],
     ) -> Option<EnforcerAlert> {
-        let deletes = results.iter().filter(|r| {
-            matches!(&r.outcome, revoke::Outcome::SkippedAfterRecheck { reason } if revoke::is_kill_switch_reason(reason))
-        });
-        let sets = expiries.iter().filter(|e| {
-            matches!(&e.outcome, ExpiryOutcome::Skipped { reason } if revoke::is_kill_switch_reason(reason))
-        });
-        let withheld = u64::try_from(deletes.count() + sets.count()).unwrap_or(u64::MAX);
+        let withheld = withheld_for(results, expiries, revoke::is_kill_switch_reason);
         (withheld > 0).then(|| EnforcerAlert::KillSwitchOn {
             path: self
                 .sweeper
@@ -182,13 +191,7 @@ impl Run<'_> {
         results: &[RevocationResult],
         expiries: &[ExpiryResult],
     ) -> Option<EnforcerAlert> {
-        let deletes = results.iter().filter(|r| {
-            matches!(&r.outcome, revoke::Outcome::SkippedAfterRecheck { reason } if revoke::is_cap_reached_reason(reason))
-        });
-        let sets = expiries.iter().filter(|e| {
-            matches!(&e.outcome, ExpiryOutcome::Skipped { reason } if revoke::is_cap_reached_reason(reason))
-        });
-        let withheld = u64::try_from(deletes.count() + sets.count()).unwrap_or(u64::MAX);
+        let withheld = withheld_for(results, expiries, revoke::is_cap_reached_reason);
         (withheld > 0).then(|| EnforcerAlert::CapExceeded {
             cap: Withheld::CapPerDay.as_str().to_string(),
             limit: u64::from(self.sweeper.config.safety.max_revocations_per_day),
