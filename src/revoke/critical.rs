@@ -119,7 +119,12 @@ impl CriticalDelete {
                     }
                 }
             }
-            Ok(Some((audit::append(tx, &self.intent)?, slots)))
+            // The slot is named in the intent, so reconciliation settles that very one.
+            let mut intent = self.intent.clone();
+            if let [slot] = slots[..] {
+                intent.inputs["slot"] = json!(slot.id());
+            }
+            Ok(Some((audit::append(tx, &intent)?, slots)))
         })
     }
 

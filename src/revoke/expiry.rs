@@ -511,7 +511,12 @@ impl CriticalUpdate {
                     }
                 }
             };
-            Ok(Some((audit::append(tx, &self.intent)?, slot)))
+            // The slot is named in the intent, so reconciliation settles that very one.
+            let mut intent = self.intent.clone();
+            if let Some(slot) = slot {
+                intent.inputs["slot"] = json!(slot.id());
+            }
+            Ok(Some((audit::append(tx, &intent)?, slot)))
         })
     }
 }

@@ -228,7 +228,10 @@ fn settle(
                 found != Found::DidNot,
                 ctx.now,
                 (d.organization, d.project_id, d.key_id),
-                &r.run_id,
+                (
+                    &r.run_id,
+                    r.inputs.get("slot").and_then(serde_json::Value::as_i64),
+                ),
             )?;
         }
         if gone {

@@ -22,6 +22,13 @@ use crate::state::StateError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reservation(i64);
 
+impl Reservation {
+    /// The slot's id, for the write's intent record: reconciliation settles that very slot.
+    pub fn id(self) -> i64 {
+        self.0
+    }
+}
+
 /// Takes a slot of the rolling cap for a write of `key_id` about to be sent at `at`: counts the
 /// slots taken since `at - 24 h` and, when fewer than `cap`, writes one. `Ok(None)`: the cap is
 /// reached, nothing written. Must run in the transaction that writes the write's intent.
@@ -48,21 +55,29 @@ pub fn release(conn: &Connection, reservation: Reservation) -> Result<(), StateE
 
 /// Settles the slot of a write of `key_id` by run `run_id` that a crash interrupted: `took`
 /// (it went through) keeps its reservation, or counts it at `at` when its intent was written
-/// before reservations existed; otherwise the reservation is given back.
+/// before reservations existed; otherwise the reservation is given back. `slot` is the id its
+/// intent recorded; an intent without one is matched by key and run.
 pub fn settle_interrupted(
     conn: &Connection,
     took: bool,
     at: i64,
     (organization, project_id, key_id): (&str, &str, &str),
-    run_id: &str,
+    (run_id, slot): (&str, Option<i64>),
 ) -> Result<(), StateError> {
-    let reserved: Option<i64> = conn
-        .prepare_cached(
-            "SELECT rowid FROM revocations WHERE key_id = ?1 AND run_id = ?2 AND organization = ?3
-             ORDER BY rowid DESC LIMIT 1",
-        )?
-        .query_row(params![key_id, run_id, organization], |r| r.get(0))
-        .optional()?;
+    let reserved: Option<i64> = match slot {
+        Some(id) => conn
+            .prepare_cached("SELECT rowid FROM revocations WHERE rowid = ?1")?
+            .query_row(params![id], |r| r.get(0))
+            .optional()?,
+        None => conn
+            .prepare_cached(
+                "SELECT rowid FROM revocations
+                 WHERE key_id = ?1 AND run_id = ?2 AND organization = ?3
+                 ORDER BY rowid DESC LIMIT 1",
+            )?
+            .query_row(params![key_id, run_id, organization], |r| r.get(0))
+            .optional()?,
+    };
     match (reserved, took) {
         (Some(_), true) => Ok(()),
         (None, true) => record_revocation(conn, at, organization, project_id, key_id, run_id),
@@ -140,17 +155,21 @@ mod tests {
             .tx(|tx| {
                 reserve(tx, at, 10, ("o", "p", "went"), "run-1")?;
                 reserve(tx, at, 10, ("o", "p", "stayed"), "run-1")?;
+                // Two writes of one key in one run: each intent names its own slot.
+                reserve(tx, at, 10, ("o", "p", "twice"), "run-1")?;
+                reserve(tx, at + 1, 10, ("o", "p", "twice"), "run-1")?;
                 Ok(())
             })
             .unwrap();
         store
             .tx(|tx| {
-                settle_interrupted(tx, true, at + 60, ("o", "p", "went"), "run-1")?;
-                settle_interrupted(tx, false, at + 60, ("o", "p", "stayed"), "run-1")?;
+                settle_interrupted(tx, true, at + 60, ("o", "p", "went"), ("run-1", None))?;
+                settle_interrupted(tx, false, at + 60, ("o", "p", "stayed"), ("run-1", Some(2)))?;
+                settle_interrupted(tx, false, at + 60, ("o", "p", "twice"), ("run-1", Some(3)))?;
                 // An intent from before reservations: counted once it is known to have gone
                 // through, and nothing to give back when it did not.
-                settle_interrupted(tx, true, at + 60, ("o", "p", "older"), "run-0")?;
-                settle_interrupted(tx, false, at + 60, ("o", "p", "older2"), "run-0")
+                settle_interrupted(tx, true, at + 60, ("o", "p", "older"), ("run-0", None))?;
+                settle_interrupted(tx, false, at + 60, ("o", "p", "older2"), ("run-0", None))
             })
             .unwrap();
         let keys: Vec<(String, i64)> = store
@@ -162,7 +181,11 @@ mod tests {
             .unwrap();
         assert_eq!(
             keys,
-            vec![("older".to_string(), at + 60), ("went".to_string(), at)]
+            vec![
+                ("older".to_string(), at + 60),
+                ("twice".to_string(), at + 1),
+                ("went".to_string(), at)
+            ]
         );
     }
 }
