@@ -10,7 +10,8 @@
 //! bounds each answer the relay owes (the greeting and EHLO, STARTTLS, AUTH, MAIL, each RCPT,
 //! DATA, the message). A relay slow at every step but within the timeout is never cut off after
 //! it accepted the message, which would send the message again; and once the message is
-//! accepted, delivery has succeeded whatever QUIT does.
+//! accepted, delivery has succeeded whatever QUIT does. The whole session stays under five
+//! minutes, within the outbox's ten-minute claim on the message.
 //!
 //! The `Message-ID` is `<outbox message id@keysweep>`, so a retried digest carries the same id.
 //! Never logs or returns the SMTP password or user name: every error text is scrubbed of both,
@@ -49,7 +50,14 @@ pub async fn send(ch: &EmailChannel, message_id: &str, payload: &Value) -> Resul
 
     let message = build_message(ch, message_id, payload).map_err(|e| fail(false, &e))?;
     let tls = tls(ch).await.map_err(|e| fail(false, &e))?;
-    session(ch, tls, &message).await.map_err(|e| match e {
+    let whole = tokio::time::timeout(SESSION_LIMIT, session(ch, tls, &message));
+    let Ok(ended) = whole.await else {
+        return Err(fail(
+            true,
+            &format!("smtp: the session did not end within {SESSION_LIMIT:?}"),
+        ));
+    };
+    ended.map_err(|e| match e {
         Step::Smtp(e) => fail(!e.is_permanent(), &format!("smtp: {e}")),
         Step::NoAnswer(step) => fail(
             true,
@@ -61,6 +69,10 @@ pub async fn send(ch: &EmailChannel, message_id: &str, payload: &Value) -> Resul
         Step::Refused(why) => fail(false, &format!("smtp: {why}")),
     })
 }
+
+/// The longest a whole session may take, however many steps and recipients: well within the
+/// outbox's claim on the message (ten minutes), so no other deliverer picks it up meanwhile.
+const SESSION_LIMIT: Duration = Duration::from_secs(300);
 
 /// Why a session ended without the message accepted.
 enum Step {

@@ -285,16 +285,8 @@ fn begin(
         old.id.as_str(),
     );
     ctx.store.tx(|tx| {
+        // Withheld: the sweep records it once per spell (`sweep/rotation.rs`).
         if revocations::reserve(tx, ctx.now, cap, at, &ctx.run_id)?.is_none() {
-            let reason = crate::revoke::cap_reached_reason(cap);
-            let withheld = ctx
-                .record(
-                    AuditKind::Skipped,
-                    at,
-                    format!("rotation not started: {reason}"),
-                )
-                .with_response(json!({ "withheld": reason }));
-            audit::append(tx, &withheld)?;
             return Ok(None);
         }
         let entry = audit::append(tx, &intent)?;

@@ -772,11 +772,13 @@ async fn a_rotation_whose_day_was_filled_after_planning_mints_nothing() {
         .unwrap()
         .into_iter())
     .filter(|r| r.record.key_id.as_deref() == Some(OLD))
-    .any(|r| {
-        r.record
-            .message
-            .starts_with("rotation not started: the rolling-day cap")
-    });
-    assert!(withheld, "{out}");
+    .filter(|r| r.record.message.contains("the rolling-day cap"))
+    .map(|r| r.record.message)
+    .collect::<Vec<_>>();
+    assert_eq!(withheld.len(), 1, "{withheld:?}\n{out}");
+    assert!(
+        withheld[0].starts_with("rotation withheld: "),
+        "{withheld:?}"
+    );
     assert_eq!(w.sim.key(PROJECT, OLD).unwrap().expires_at, None);
 }
