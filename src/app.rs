@@ -599,7 +599,10 @@ async fn serve(config: Config, path: PathBuf, force_dry_run: bool) -> Result<()>
         "keysweep daemon starting"
     );
     let cache: SweeperCache = Arc::new(tokio::sync::Mutex::new(None));
-    let between = BetweenSweeps::start(cache.clone());
+    // Shutdown stops the delivery between sweeps from claiming as it begins, not after the
+    // sweeps drained.
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let between = BetweenSweeps::start(cache.clone(), shutdown.clone());
     let deps = crate::daemon::DaemonDeps {
         sweep: daemon_sweep(store.clone(), metrics.clone(), force_dry_run, cache.clone()),
         reload: Arc::new(move || config::load(&path).map_err(|e| e.to_string())),
@@ -609,6 +612,7 @@ async fn serve(config: Config, path: PathBuf, force_dry_run: bool) -> Result<()>
             Arc::new(move || store.ping().is_ok())
         },
         on_shutdown: Some(flush_outbox(store, config.clone(), cache, between.clone())),
+        shutdown,
     };
     let ran = crate::daemon::run(config, deps).await;
     // Stopped by the shutdown hook, unless that ran out of grace or the daemon ended another

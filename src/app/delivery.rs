@@ -55,11 +55,9 @@ pub(super) struct BetweenSweeps {
 }
 
 impl BetweenSweeps {
-    pub(super) fn start(cache: SweeperCache) -> BetweenSweeps {
-        let (stop, task) = (
-            CancellationToken::new(),
-            tokio_util::task::TaskTracker::new(),
-        );
+    /// Starts the task; it claims no message once `stop` is cancelled.
+    pub(super) fn start(cache: SweeperCache, stop: CancellationToken) -> BetweenSweeps {
+        let task = tokio_util::task::TaskTracker::new();
         let abort = (task.spawn(deliver_between_sweeps(cache, stop.clone()))).abort_handle();
         task.close();
         BetweenSweeps { stop, task, abort }

@@ -94,4 +94,7 @@ pub struct DaemonDeps {
     /// Is the state database reachable? (for `/readyz`)
     pub db_ready: ReadyCheck,
     pub on_shutdown: Option<ShutdownHook>,
+    /// Cancelled the moment shutdown begins (SIGTERM), before the sweeps drain: work of the
+    /// caller's own (the delivery between sweeps) stops taking new work with them.
+    pub shutdown: CancellationToken,
 }

@@ -68,7 +68,6 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
-use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::ops::{self, OpsState, SweepBoard};
@@ -117,7 +116,7 @@ impl Daemon {
         tracing::info!(listen = %ops_addr, "ops server listening (/healthz, /readyz, /metrics)");
 
         let (config_tx, config_rx) = watch::channel(Arc::new(initial));
-        let shutdown = CancellationToken::new();
+        let shutdown = deps.shutdown.clone();
         let board = SweepBoard::new();
         let schedules = config_rx.clone();
         let ops_state = OpsState {
