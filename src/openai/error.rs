@@ -206,6 +206,24 @@ fn fmt_retry_after(d: Option<Duration>) -> String {
 }
 
 impl Error {
+    /// Whether a write that failed with this error certainly changed nothing: the API refused
+    /// it (401/403, 404, another 4xx, a redirect, the expiry policy, a key already ended), or it
+    /// was never sent. A timeout, a lost connection, a 5xx, a 429 after retries (an earlier
+    /// attempt may have applied) or an answer that cannot be read may have changed the key.
+    pub fn nothing_applied(&self) -> bool {
+        matches!(
+            self,
+            Error::Setup { .. }
+                | Error::Unauthorized { .. }
+                | Error::NotFound { .. }
+                | Error::Redirected { .. }
+                | Error::Refused { .. }
+                | Error::ExpiryRefused { .. }
+                | Error::KeyEnded { .. }
+                | Error::ExpiryPassed { .. }
+        )
+    }
+
     /// The HTTP status involved, or `None` for transport-level and client-side failures.
     pub fn status(&self) -> Option<u16> {
         match self {

@@ -51,9 +51,9 @@ impl CriticalDelete {
             return Ok(Outcome::SkippedAfterRecheck { reason });
         };
         let answer = self.client.delete_key(&self.project_id, &self.key_id).await;
-        // A failure the API answered below 500 is a refusal: nothing was deleted. Any other
-        // (a timeout, a lost connection, a 5xx) may have deleted the key: its slot is kept.
-        let refused = matches!(&answer, Err(e) if e.status().is_some_and(|s| s < 500));
+        // Only a refusal certainly deleted nothing; any other failure (a timeout, a lost
+        // connection, a 5xx, an unreadable answer) may have, and keeps its slot.
+        let refused = matches!(&answer, Err(e) if e.nothing_applied());
         let (outcome, response) = match answer {
             Ok(DeleteOutcome::Deleted { status, body }) => {
                 (Outcome::Deleted, json!({ "status": status, "body": body }))

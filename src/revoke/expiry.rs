@@ -436,7 +436,7 @@ impl CriticalUpdate {
                 json!({ "expires_at": expires_at.at(), "target": self.to }),
             ),
             Err(e) => {
-                ambiguous = e.status.is_none_or(|s| s >= 500);
+                ambiguous = !e.nothing_applied;
                 let response = json!({ "status": e.status, "error": e.message });
                 let written = if e.refused {
                     Written::Refused(e.message)
@@ -449,8 +449,8 @@ impl CriticalUpdate {
             }
         };
         let done = matches!(written, Written::Done);
-        // Only an update that certainly did not happen gives its slot back: refused by the
-        // expiry policy, on a key already ended, or another answer below 500.
+        // Only an update that certainly did not happen gives its slot back (see
+        // `openai::Error::nothing_applied`).
         let keep = done || matches!(&written, Written::Failed(_)) && ambiguous;
         let out = AuditRecord {
             message: if done {
@@ -529,6 +529,8 @@ struct UpdateError {
     expired: bool,
     status: Option<u16>,
     message: String,
+    /// The update certainly changed nothing (`openai::Error::nothing_applied`).
+    nothing_applied: bool,
 }
 
 /// The update, through the client (the one place that knows its error types). The client
@@ -541,6 +543,7 @@ async fn update(client: &AdminClient, key: &Key, to: i64) -> Result<Expiry, Upda
             expired: matches!(e, OpenAiError::KeyEnded { .. }),
             status: e.status(),
             message: e.to_string(),
+            nothing_applied: e.nothing_applied(),
         }),
     }
 }

@@ -1050,13 +1050,13 @@ async fn two_sweeps_at_once_never_delete_more_than_the_day_cap_between_them() {
 }
 
 /// A DELETE the API refused (a 4xx) certainly deleted nothing and gives its slot of the
-/// rolling-day cap back; one that got a 5xx may have deleted the key and keeps its slot, so the
-/// cap never lets one too many through.
+/// rolling-day cap back; one that got a 5xx, or an answer that cannot be read, may have deleted
+/// the key and keeps its slot, so the cap never lets one too many through.
 #[tokio::test]
 async fn a_refused_delete_gives_its_day_slot_back_and_an_ambiguous_one_keeps_it() {
     let mut org = quiet_org(1, 10, 41);
     let project = active_project_ids(&org)[0].clone();
-    let old = age_user_keys(&mut org, &project, 2, 200);
+    let old = age_user_keys(&mut org, &project, 3, 200);
     let sim = start_sim(org).await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("s.db");
@@ -1071,13 +1071,20 @@ async fn a_refused_delete_gives_its_day_slot_back_and_an_ambiguous_one_keeps_it(
         .add(Fault::on_delete_key(&project, &old[0]).respond(FaultKind::Status(503)));
     sim.faults()
         .add(Fault::on_delete_key(&project, &old[1]).respond(FaultKind::Status(403)));
+    // Deleted, but the answer cannot be read.
+    sim.faults().add(
+        Fault::on_delete_key(&project, &old[2])
+            .after_effect()
+            .respond(FaultKind::Malformed),
+    );
     let due = NOW + 15 * DAY;
     let r = sweep(&s, due).await;
     assert!(deleted_in(&r).is_empty());
+    assert!(!sim.key_exists(&project, &old[2]));
     let counted = (s.store().unwrap())
         .with_conn(|c| state::revocations::revocations_since(c, due - DAY))
         .unwrap();
-    assert_eq!(counted, 1, "the 503's slot only");
+    assert_eq!(counted, 2, "the 503's and the unreadable answer's slots");
 }
 
 #[tokio::test]
