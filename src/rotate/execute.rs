@@ -21,7 +21,7 @@ use crate::policy::rotation::{
 use crate::sink::{self, KeyMeta};
 use crate::state::StateError;
 use crate::state::audit::{self, AuditKind};
-use crate::state::revocations;
+use crate::state::revocations::{self, Reservation};
 use crate::state::rotations::{self, NewRotation, RotationUpdate};
 
 use super::in_flight::IN_FLIGHT;
@@ -148,7 +148,7 @@ impl Section {
             .find(|q| q.name == rot.policy)
             .and_then(|q| q.max_lifetime);
         let started = wall_now();
-        let row = match begin(
+        let (row, slot) = match begin(
             ctx,
             (old, &self.sa),
             rot,
@@ -157,7 +157,7 @@ impl Section {
             &name,
             started,
         ) {
-            Ok(Some(row)) => row,
+            Ok(Some(begun)) => begun,
             Ok(None) => {
                 let reason =
                     crate::revoke::cap_reached_reason(ctx.config.safety.max_revocations_per_day);
@@ -176,6 +176,13 @@ impl Section {
         let minted = match minted {
             Ok(m) => m,
             Err(e) => {
+                // A mint the API refused left nothing to expire: the slot goes back. One that
+                // may have happened keeps it (an orphan is looked for by its nonce).
+                if e.nothing_applied()
+                    && let Err(e) = ctx.store.tx(|tx| revocations::release(tx, slot))
+                {
+                    return (Some(row), Err(e));
+                }
                 return (
                     Some(row),
                     mint_failed(ctx, client, old, row, &e.to_string()).await,
@@ -200,7 +207,7 @@ impl Section {
             expires_at: minted.expires_at.at(),
         };
         let secret: SecretString = minted.value;
-        let result = hand_over(ctx, client, old, row, rot, &meta, &secret).await;
+        let result = hand_over(ctx, client, old, (row, slot), rot, &meta, &secret).await;
         (Some(row), result)
     }
 }
@@ -210,7 +217,7 @@ async fn hand_over(
     ctx: &Context,
     client: &AdminClient,
     old: &Key,
-    row: i64,
+    (row, slot): (i64, Reservation),
     rot: &RotateConfig,
     meta: &KeyMeta,
     secret: &SecretString,
@@ -234,6 +241,10 @@ async fn hand_over(
             "cleanup_pending"
         };
         set_status(ctx, row, status, None, Some(&error))?;
+        // The new key is gone again and the old one keeps its expiry: no write is owed.
+        if cleaned {
+            ctx.store.tx(|tx| revocations::release(tx, slot))?;
+        }
         tracing::error!(run_id = %ctx.run_id, key_id = %old.id, new_key_id = %meta.key_id, %error, "rotation: the sink did not confirm");
         return Ok(RotationOutcome::SinkFailed { error, cleaned });
     }
@@ -252,7 +263,7 @@ fn begin(
     nonce: &str,
     name: &str,
     started: i64,
-) -> Result<Option<i64>, StateError> {
+) -> Result<Option<(i64, Reservation)>, StateError> {
     let mut intent = ctx
         .record(
             AuditKind::Intent,
@@ -286,9 +297,9 @@ fn begin(
     );
     ctx.store.tx(|tx| {
         // Withheld: the sweep records it once per spell (`sweep/rotation.rs`).
-        if revocations::reserve(tx, ctx.now, cap, at, &ctx.run_id)?.is_none() {
+        let Some(slot) = revocations::reserve(tx, ctx.now, cap, at, &ctx.run_id)? else {
             return Ok(None);
-        }
+        };
         let entry = audit::append(tx, &intent)?;
         rotations::begin(
             tx,
@@ -303,7 +314,7 @@ fn begin(
                 started_at: started,
             },
         )
-        .map(Some)
+        .map(|row| Some((row, slot)))
     })
 }
 

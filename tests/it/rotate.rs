@@ -373,6 +373,13 @@ async fn an_exec_sink_that_exits_non_zero_leaves_no_new_key_and_the_old_key_unto
     assert!(out.contains("exit status: 3"), "{out}");
     assert_no_secret("keysweep output", &out, &[secret.as_str()]);
     assert_eq!(w.rotation_rows()[0].status, "sink_failed");
+    // The new key is gone again and no expiry is owed: the rotation's day slot went back.
+    let store = Store::open(&w.dir.path().join("keysweep.db")).unwrap();
+    let counted = store
+        .with_conn(|c| keysweep::state::revocations::revocations_since(c, due(&w) - DAY))
+        .unwrap();
+    assert_eq!(counted, 0);
+    drop(store);
     w.assert_state_clean(&secret);
 }
 
