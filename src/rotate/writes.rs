@@ -15,6 +15,7 @@ use crate::openai::{AdminClient, DeleteOutcome};
 use crate::sink::KeyMeta;
 use crate::state::StateError;
 use crate::state::audit::{self, AuditKind};
+use crate::state::revocations;
 use crate::state::rotations::{self, RotationUpdate};
 use crate::timefmt::rfc3339;
 
@@ -68,7 +69,8 @@ pub(super) async fn delete_minted(
 }
 
 /// Gives the old key the expiry `to` (unless it already ends by then): intent, update, outcome.
-/// It counts against the rolling cap from the rotation's start, not here. `Ok(Err(message))` when the update failed.
+/// It counts against the rolling cap from the rotation's start (again here only when that count
+/// has left the last 24 hours). `Ok(Err(message))` when the update failed.
 pub(super) async fn expire_old(
     ctx: &Context,
     client: &AdminClient,
@@ -93,8 +95,12 @@ pub(super) async fn expire_old(
         "previous_expires_at": current.at(),
     });
     // Its slot of the rolling cap was taken when the rotation began (`execute::begin`): an
-    // expiry owed to a key already replaced is never refused for the cap.
-    let entry = audit::append_durable(&ctx.store, &intent)?;
+    // expiry owed to a key already replaced is never refused for the cap, but is counted again
+    // when that slot has left the window (a retry a day later) or never existed.
+    let entry = ctx.store.tx(|tx| {
+        revocations::ensure_counted(tx, ctx.now, (org, project, key_id), &ctx.run_id)?;
+        audit::append(tx, &intent)
+    })?;
     let answer = client.set_key_expiry(project, key_id, to).await;
     let response = match &answer {
         Ok(k) => json!({ "expires_at": k.expires_at.at(), "target": to }),

@@ -10,8 +10,9 @@
 //! the last slot. A DELETE or expiry set the API refused gives its slot back in its outcome's
 //! transaction (one that timed out or got a 5xx may have gone through, and keeps it); one a
 //! crash interrupted is settled by reconciliation (kept if it went through or the key ended,
-//! given back if not). A rotation keeps its slot whatever follows, which can only hold back
-//! later writes, never allow one too many. This module only counts; `revoke` and `rotate`
+//! given back if not). A rotation keeps its slot unless its mint was refused or its new key was
+//! deleted again, and its owed expiry is counted again, uncapped ([`ensure_counted`]), when
+//! that slot has left the last 24 hours. This module only counts; `revoke` and `rotate`
 //! enforce.
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -44,6 +45,28 @@ pub fn reserve(
     }
     record_revocation(conn, at, organization, project_id, key_id, run_id)?;
     Ok(Some(Reservation(conn.last_insert_rowid())))
+}
+
+/// Makes sure a write of `key_id` about to be sent at `at` is counted in the last 24 hours,
+/// without the cap: for an expiry already owed (a rotation's old key), whose slot was taken when
+/// the rotation began, which may have left the window since, or never existed (a rotation an
+/// older release began).
+pub fn ensure_counted(
+    conn: &Connection,
+    at: i64,
+    (organization, project_id, key_id): (&str, &str, &str),
+    run_id: &str,
+) -> Result<(), StateError> {
+    let counted: i64 = conn
+        .prepare_cached(
+            "SELECT count(*) FROM revocations
+             WHERE key_id = ?1 AND organization = ?2 AND at >= ?3",
+        )?
+        .query_row(params![key_id, organization, at - 86400], |r| r.get(0))?;
+    if counted == 0 {
+        record_revocation(conn, at, organization, project_id, key_id, run_id)?;
+    }
+    Ok(())
 }
 
 /// Gives back the slot of a write that failed.
@@ -145,6 +168,21 @@ mod tests {
         assert!(take("k4", 1_000_000 + DAY + 1).is_some());
         assert!(take("k5", 1_000_000 + DAY + 1).is_some());
         assert_eq!(take("k6", 1_000_000 + DAY + 1), None);
+        // An owed expiry is counted once per day whatever the cap.
+        let owed = |at: i64| {
+            store
+                .tx(|tx| ensure_counted(tx, at, ("o", "p", "k6"), "run-2"))
+                .unwrap();
+        };
+        owed(1_000_000 + DAY + 1);
+        owed(1_000_000 + DAY + 2);
+        assert_eq!(count(&store, 1_000_000 + 2), 3, "k4, k5 and k6 once");
+        owed(1_000_000 + 2 * DAY + 2);
+        assert_eq!(
+            count(&store, 1_000_000 + DAY + 3),
+            1,
+            "k6 again, a day later"
+        );
     }
 
     #[test]
