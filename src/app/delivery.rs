@@ -89,15 +89,17 @@ pub(super) fn flush_outbox(
     between: BetweenSweeps,
 ) -> crate::daemon::ShutdownHook {
     let settings = crate::notify::NotifySettings::from(&config);
-    Box::new(move || {
+    // `stop` fires some time before the grace runs out: no message is claimed after it, so the
+    // one being sent can finish and be marked before the hook is dropped.
+    Box::new(move |stop| {
         Box::pin(async move {
             between.stop().await;
             let now = chrono::Utc::now().timestamp();
             let sweeper = cache.lock().await.clone();
             if let Some(s) = sweeper {
-                let _ = s.deliver_outbox(now).await;
+                let _ = s.deliver_outbox_until(now, &stop).await;
             } else if let Ok(n) = crate::notify::Notifier::new() {
-                let _ = n.deliver_due(&store, &settings, now).await;
+                let _ = n.deliver_due_until(&store, &settings, now, &stop).await;
             }
         })
     })

@@ -28,8 +28,10 @@ pub type SweepFn = Arc<dyn Fn(SweepRequest) -> BoxFuture<SweepResult> + Send + S
 pub type ReloadFn = Arc<dyn Fn() -> Result<Config, String> + Send + Sync>;
 
 /// Runs once at shutdown after the sweeps have drained, within what is left of the grace
-/// period (flush what the outbox can).
-pub type ShutdownHook = Box<dyn FnOnce() -> BoxFuture<()> + Send>;
+/// period (flush what the outbox can). Its token is cancelled some time before the grace runs
+/// out ([`crate::daemon::hook_stop_at`]): the hook should take no new work after it, so that
+/// what it has under way can finish before the hook is dropped.
+pub type ShutdownHook = Box<dyn FnOnce(CancellationToken) -> BoxFuture<()> + Send>;
 
 /// What one sweep is asked to do.
 #[derive(Debug, Clone)]

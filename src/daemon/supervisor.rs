@@ -190,7 +190,9 @@ impl Supervisor {
             self.loops.shutdown().await;
         }
         if let Some(hook) = self.on_shutdown.take()
-            && tokio::time::timeout_at(deadline, hook()).await.is_err()
+            && tokio::time::timeout_at(deadline, run_hook(hook, deadline))
+                .await
+                .is_err()
         {
             tracing::warn!("shutdown hook did not finish within the grace period");
         }
@@ -207,3 +209,32 @@ impl Supervisor {
         tracing::info!("shutdown complete");
     }
 }
+
+/// Runs the shutdown hook with a token cancelled at [`hook_stop_at`], so that it stops taking
+/// new work while what it has under way can still finish before `deadline` drops it.
+async fn run_hook(hook: ShutdownHook, deadline: tokio::time::Instant) {
+    let stop = CancellationToken::new();
+    let timer = {
+        let stop = stop.clone();
+        let at = hook_stop_at(tokio::time::Instant::now(), deadline);
+        tokio::spawn(async move {
+            tokio::time::sleep_until(at).await;
+            stop.cancel();
+        })
+    };
+    hook(stop).await;
+    timer.abort();
+}
+
+/// When a shutdown hook started at `now` should stop taking new work: half of what is left of
+/// the grace before `deadline`, and at most [`HOOK_MARGIN`] before it.
+pub fn hook_stop_at(
+    now: tokio::time::Instant,
+    deadline: tokio::time::Instant,
+) -> tokio::time::Instant {
+    let left = deadline.saturating_duration_since(now);
+    deadline - (left / 2).min(HOOK_MARGIN)
+}
+
+/// The most time kept back, before the grace runs out, for the hook's work under way.
+const HOOK_MARGIN: Duration = Duration::from_secs(10);

@@ -166,7 +166,7 @@ async fn shutdown_lets_the_in_flight_sweep_finish_its_step_then_returns_ok() {
     cfg.shutdown_grace = Duration::from_secs(20);
     let h = hook_ran.clone();
     let mut d = deps(sweep, no_reload(), Metrics::new());
-    d.on_shutdown = Some(Box::new(move || -> BoxFuture<()> {
+    d.on_shutdown = Some(Box::new(move |_stop| -> BoxFuture<()> {
         Box::pin(async move { h.store(true, Ordering::SeqCst) })
     }));
     let daemon = Daemon::start(cfg, d).await.unwrap();
@@ -191,6 +191,41 @@ async fn shutdown_lets_the_in_flight_sweep_finish_its_step_then_returns_ok() {
     assert!(
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "the ops server still accepts connections"
+    );
+}
+
+/// The shutdown hook is told to take no new work before the grace runs out (half of what is
+/// left, at most 10 s before the end), so what it has under way can finish before it is
+/// dropped: a hook that waits for that signal completes within a short grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shutdown_hook_is_told_to_stop_before_the_grace_runs_out() {
+    let now = tokio::time::Instant::now();
+    let stop_at = |left: u64| keysweep::daemon::hook_stop_at(now, now + Duration::from_secs(left));
+    assert_eq!(stop_at(60), now + Duration::from_secs(50));
+    assert_eq!(stop_at(4), now + Duration::from_secs(2));
+    assert_eq!(stop_at(0), now);
+
+    let told = Arc::new(AtomicBool::new(false));
+    let sweep = sweep_fn(|_req: SweepRequest| async { SweepResult::Success });
+    let mut cfg = config("0 0 1 1 *", &["acme"], "v1");
+    cfg.shutdown_grace = Duration::from_secs(2);
+    let mut d = deps(sweep, no_reload(), Metrics::new());
+    let t = told.clone();
+    d.on_shutdown = Some(Box::new(move |stop| -> BoxFuture<()> {
+        Box::pin(async move {
+            stop.cancelled().await;
+            t.store(true, Ordering::SeqCst);
+        })
+    }));
+    let daemon = Daemon::start(cfg, d).await.unwrap();
+    daemon.control().shutdown();
+    tokio::time::timeout(PATIENCE, daemon.wait())
+        .await
+        .expect("the daemon returned")
+        .unwrap();
+    assert!(
+        told.load(Ordering::SeqCst),
+        "the hook was dropped before it was told to stop"
     );
 }
 
