@@ -45,10 +45,21 @@ pub(super) struct CriticalDelete {
 
 impl CriticalDelete {
     pub(super) async fn run(self) -> Result<Outcome, state::StateError> {
-        let Some((entry, slots)) = self.reserve_and_intend()? else {
-            let reason = super::context::cap_reached_reason(self.cap);
-            tracing::info!(run_id = %self.run_id, organization = %self.organization, key_id = %self.key_id, %reason, "revocation withheld");
-            return Ok(Outcome::SkippedAfterRecheck { reason });
+        let key = (
+            self.organization.as_str(),
+            self.project_id.as_str(),
+            self.key_id.as_str(),
+        );
+        let intended = self.store.tx(|tx| {
+            let withheld = (&self.outcome_base, "not deleted");
+            intend_with_slot(tx, &self.intent, withheld, (self.now, self.cap, key))
+        })?;
+        let (entry, slot) = match intended {
+            Ok(taken) => taken,
+            Err(reason) => {
+                tracing::info!(run_id = %self.run_id, organization = %self.organization, key_id = %self.key_id, %reason, "revocation withheld");
+                return Ok(Outcome::SkippedAfterRecheck { reason });
+            }
         };
         let answer = self.client.delete_key(&self.project_id, &self.key_id).await;
         // Only a refusal certainly deleted nothing; any other failure (a timeout, a lost
@@ -81,67 +92,23 @@ impl CriticalDelete {
         }
         .with_response(response)
         .refers_to(entry.seq);
-        self.record_outcome(&out, !refused, slots)?;
+        self.record_outcome(&out, !refused, slot)?;
         self.log(&outcome);
         Ok(outcome)
     }
 
-    /// The intent record and a slot of the rolling cap per key, in one transaction; `None` (and
-    /// a `skipped` record instead) when other sweeps took the last slots since this one planned.
-    fn reserve_and_intend(
-        &self,
-    ) -> Result<Option<(audit::AuditEntry, Vec<Reservation>)>, state::StateError> {
-        self.store.tx(|tx| {
-            let mut slots = Vec::with_capacity(self.key_ids.len());
-            for k in &self.key_ids {
-                let at = (
-                    self.organization.as_str(),
-                    self.project_id.as_str(),
-                    k.as_str(),
-                );
-                match revocations::reserve(tx, self.now, self.cap, at, &self.run_id)? {
-                    Some(slot) => slots.push(slot),
-                    None => {
-                        let reason = super::context::cap_reached_reason(self.cap);
-                        let withheld = AuditRecord {
-                            kind: audit::AuditKind::Skipped,
-                            message: format!("not deleted: {reason}"),
-                            policy: self.intent.policy.clone(),
-                            ..self.outcome_base.clone()
-                        }
-                        .with_response(json!({ "withheld": reason }));
-                        // Nothing of this transaction but the `skipped` record is kept.
-                        for slot in slots {
-                            revocations::release(tx, slot)?;
-                        }
-                        audit::append(tx, &withheld)?;
-                        return Ok(None);
-                    }
-                }
-            }
-            // The slot is named in the intent, so reconciliation settles that very one.
-            let mut intent = self.intent.clone();
-            if let [slot] = slots[..] {
-                intent.inputs["slot"] = json!(slot.id());
-            }
-            Ok(Some((audit::append(tx, &intent)?, slots)))
-        })
-    }
-
-    /// The outcome record, in one transaction with giving back the slots of a delete the API
+    /// The outcome record, in one transaction with giving back the slot of a delete the API
     /// refused (one that went through, or may have, keeps the slot its intent took).
     fn record_outcome(
         &self,
         out: &AuditRecord,
         keep: bool,
-        slots: Vec<Reservation>,
+        slot: Reservation,
     ) -> Result<(), state::StateError> {
         self.store.tx(|tx| {
             audit::append(tx, out)?;
             if !keep {
-                for slot in slots {
-                    revocations::release(tx, slot)?;
-                }
+                revocations::release(tx, slot)?;
             }
             Ok(())
         })
@@ -158,4 +125,32 @@ impl CriticalDelete {
             _ => {}
         }
     }
+}
+
+/// Writes `intent` with a slot of the rolling-day cap (`cap`, counted at `now`) for `key`, and
+/// names the slot in it so reconciliation settles that very one; the caller's transaction makes
+/// the count and the intent one step. `Ok(Err(reason))` when other sweeps took the last slot
+/// since this one planned: then only a `skipped` record is written, from `base`, whose message
+/// starts with `what` ("not deleted").
+pub(super) fn intend_with_slot(
+    tx: &rusqlite::Transaction<'_>,
+    intent: &AuditRecord,
+    (base, what): (&AuditRecord, &str),
+    (now, cap, key): (i64, u32, (&str, &str, &str)),
+) -> Result<Result<(audit::AuditEntry, Reservation), String>, state::StateError> {
+    let Some(slot) = revocations::reserve(tx, now, cap, key, &intent.run_id)? else {
+        let reason = super::context::cap_reached_reason(cap);
+        let withheld = AuditRecord {
+            kind: audit::AuditKind::Skipped,
+            message: format!("{what}: {reason}"),
+            policy: intent.policy.clone(),
+            ..base.clone()
+        }
+        .with_response(json!({ "withheld": reason }));
+        audit::append(tx, &withheld)?;
+        return Ok(Err(reason));
+    };
+    let mut intent = intent.clone();
+    intent.inputs["slot"] = json!(slot.id());
+    Ok(Ok((audit::append(tx, &intent)?, slot)))
 }

@@ -33,7 +33,7 @@ use crate::state::{self, Store};
 use crate::timefmt::rfc3339;
 
 use super::context::Context;
-use super::critical::IN_FLIGHT;
+use super::critical::{IN_FLIGHT, intend_with_slot};
 
 /// How long to wait before reading a key again when a read may lag behind a write (the API
 /// does not promise read-after-write): one retry, then the read is believed.
@@ -423,10 +423,9 @@ struct CriticalUpdate {
 
 impl CriticalUpdate {
     async fn run(self) -> Result<Written, state::StateError> {
-        let Some((entry, slot)) = self.reserve_and_intend()? else {
-            return Ok(Written::Withheld(super::context::cap_reached_reason(
-                self.cap.unwrap_or_default(),
-            )));
+        let (entry, slot) = match self.intend()? {
+            Ok(intended) => intended,
+            Err(reason) => return Ok(Written::Withheld(reason)),
         };
         let answer = update(&self.client, &self.key, self.to).await;
         let mut ambiguous = false;
@@ -478,45 +477,24 @@ impl CriticalUpdate {
 }
 
 impl CriticalUpdate {
-    /// The intent record, with a slot of the rolling cap for a set expiry, in one transaction;
-    /// `None` (and a `skipped` record instead) when other sweeps took the last slot since this
-    /// one planned.
-    fn reserve_and_intend(
+    /// The intent record, with a slot of the rolling cap for a set expiry (`intend_with_slot`;
+    /// `Err(reason)` when the day is full); a restore takes none.
+    fn intend(
         &self,
-    ) -> Result<Option<(audit::AuditEntry, Option<Reservation>)>, state::StateError> {
-        self.store.tx(|tx| {
-            let slot = match self.cap {
-                None => None,
-                Some(cap) => {
-                    let k = &self.key;
-                    let at = (
-                        k.organization.as_str(),
-                        k.project_id.as_str(),
-                        k.id.as_str(),
-                    );
-                    match revocations::reserve(tx, self.now, cap, at, &self.run_id)? {
-                        Some(slot) => Some(slot),
-                        None => {
-                            let reason = super::context::cap_reached_reason(cap);
-                            let withheld = AuditRecord {
-                                kind: AuditKind::Skipped,
-                                message: format!("expiry not set: {reason}"),
-                                policy: self.intent.policy.clone(),
-                                ..self.outcome_base.clone()
-                            }
-                            .with_response(json!({ "withheld": reason }));
-                            audit::append(tx, &withheld)?;
-                            return Ok(None);
-                        }
-                    }
-                }
-            };
-            // The slot is named in the intent, so reconciliation settles that very one.
-            let mut intent = self.intent.clone();
-            if let Some(slot) = slot {
-                intent.inputs["slot"] = json!(slot.id());
+    ) -> Result<Result<(audit::AuditEntry, Option<Reservation>), String>, state::StateError> {
+        let k = &self.key;
+        let key = (
+            k.organization.as_str(),
+            k.project_id.as_str(),
+            k.id.as_str(),
+        );
+        self.store.tx(|tx| match self.cap {
+            None => Ok(Ok((audit::append(tx, &self.intent)?, None))),
+            Some(cap) => {
+                let withheld = (&self.outcome_base, "expiry not set");
+                let intended = intend_with_slot(tx, &self.intent, withheld, (self.now, cap, key))?;
+                Ok(intended.map(|(entry, slot)| (entry, Some(slot))))
             }
-            Ok(Some((audit::append(tx, &intent)?, slot)))
         })
     }
 }
