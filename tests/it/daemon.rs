@@ -63,6 +63,15 @@ fn deps(sweep: SweepFn, reload: ReloadFn, metrics: Metrics) -> DaemonDeps {
 }
 
 /// Sum of every sample of `family` (e.g. `keysweep_sweeps_total`) in an OpenMetrics text.
+/// Asks `daemon` to shut down and waits for it to return `Ok` (`what`: the expectation).
+async fn shut_down(daemon: Daemon, what: &str) {
+    daemon.control().shutdown();
+    tokio::time::timeout(PATIENCE, daemon.wait())
+        .await
+        .expect(what)
+        .unwrap();
+}
+
 fn sample_sum(text: &str, family: &str) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
@@ -175,11 +184,7 @@ async fn shutdown_lets_the_in_flight_sweep_finish_its_step_then_returns_ok() {
         .await
         .expect("the start-up sweep began");
 
-    daemon.control().shutdown();
-    tokio::time::timeout(PATIENCE, daemon.wait())
-        .await
-        .expect("the daemon returned")
-        .unwrap();
+    shut_down(daemon, "the daemon returned").await;
     assert!(
         step_finished.load(Ordering::SeqCst),
         "the in-flight step was cut short"
@@ -218,11 +223,7 @@ async fn the_shutdown_hook_is_told_to_stop_before_the_grace_runs_out() {
         })
     }));
     let daemon = Daemon::start(cfg, d).await.unwrap();
-    daemon.control().shutdown();
-    tokio::time::timeout(PATIENCE, daemon.wait())
-        .await
-        .expect("the daemon returned")
-        .unwrap();
+    shut_down(daemon, "the daemon returned").await;
     assert!(
         told.load(Ordering::SeqCst),
         "the hook was dropped before it was told to stop"
@@ -261,11 +262,7 @@ async fn a_sweep_that_ignores_cancellation_is_dropped_when_the_grace_expires() {
         .expect("the start-up sweep began");
 
     let asked = Instant::now();
-    daemon.control().shutdown();
-    tokio::time::timeout(PATIENCE, daemon.wait())
-        .await
-        .expect("the daemon returned despite a stuck sweep")
-        .unwrap();
+    shut_down(daemon, "the daemon returned despite a stuck sweep").await;
     assert!(asked.elapsed() >= grace, "returned before the grace period");
     // The task is aborted; its future is dropped on the worker soon after.
     eventually("the stuck sweep to be dropped", || {
