@@ -572,15 +572,22 @@ async fn receivers_down_then_back_get_the_same_ids() {
     assert_eq!(with_db(&db, outbox::depth).unwrap().pending, 0);
 }
 
-/// A dead letter requeued (`notify retry-dead`) that dies again raises its alert again: each
-/// death is its own alert, written with the dead letter in one transaction.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_requeued_dead_letter_that_dies_again_raises_a_second_alert() {
+/// A webhook channel `hook` whose receiver answers 503, given up after `max_attempts`, and
+/// one warning for it queued.
+struct RefusingHook {
+    rx: Receiver,
+    cfg: NotifySettings,
+    _dir: tempfile::TempDir,
+    db: Mutex<Connection>,
+    msgs: Vec<OutboxMessage>,
+}
+
+async fn refusing_hook(max_attempts: u32) -> RefusingHook {
     let rx = Receiver::start().await;
     let cfg = NotifySettings::from(&config_with(
         &http_only(&rx),
         &Tweaks {
-            max_attempts: 1,
+            max_attempts,
             max_age_notify: &["hook"],
             routing: false,
             slack_url: None,
@@ -596,6 +603,22 @@ async fn a_requeued_dead_letter_that_dies_again_raises_a_second_alert() {
         NOW,
     );
     with_db(&db, |c| outbox::enqueue(c, &msgs, NOW)).unwrap();
+    RefusingHook {
+        rx,
+        cfg,
+        _dir,
+        db,
+        msgs,
+    }
+}
+
+/// A dead letter requeued (`notify retry-dead`) that dies again raises its alert again: each
+/// death is its own alert, written with the dead letter in one transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requeued_dead_letter_that_dies_again_raises_a_second_alert() {
+    let RefusingHook {
+        rx, cfg, _dir, db, ..
+    } = refusing_hook(1).await;
     let notifier = Notifier::new().unwrap();
     let first = notifier.deliver_due(&db, &cfg, NOW).await.unwrap();
     assert_eq!((first.dead, first.alerts.len()), (1, 1), "{first:?}");
@@ -615,28 +638,14 @@ async fn a_requeued_dead_letter_that_dies_again_raises_a_second_alert() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letter_after_max_attempts_raises_one_alert_without_looping() {
-    let rx = Receiver::start().await;
-    let cfg = NotifySettings::from(&config_with(
-        &http_only(&rx),
-        &Tweaks {
-            max_attempts: 3,
-            max_age_notify: &["hook"],
-            routing: false,
-            slack_url: None,
-        },
-    ));
-    rx.set_status("/hook", 503);
-
-    let (_dir, db) = open_db();
-    let msgs = compose(
-        &[notice(NoticeKind::Warning, alice_key())],
-        &[],
-        &cfg,
-        RUN,
-        NOW,
-    );
+    let RefusingHook {
+        rx,
+        cfg,
+        _dir,
+        db,
+        msgs,
+    } = refusing_hook(3).await;
     assert_eq!(msgs.len(), 1);
-    with_db(&db, |c| outbox::enqueue(c, &msgs, NOW)).unwrap();
     let notifier = Notifier::new().unwrap();
 
     let mut now = NOW;
