@@ -129,6 +129,47 @@ impl std::fmt::Display for CronSchedule {
     }
 }
 
+/// An organisation's sweeps as the lifecycle and the plan need them: when the next one starts
+/// at the latest, and which one sends a final notice due at a given time. Times are Unix
+/// seconds.
+#[derive(Debug, Clone)]
+pub struct Cadence {
+    cron: CronSchedule,
+    tz: Tz,
+    /// The longest random delay of a slot (`jitter`), in seconds.
+    jitter: i64,
+}
+
+impl Cadence {
+    /// `None` only for an expression that does not parse, which loading refuses.
+    pub fn of(schedule: &Schedule) -> Option<Cadence> {
+        Some(Cadence {
+            cron: CronSchedule::parse(&schedule.cron).ok()?,
+            tz: schedule.timezone,
+            jitter: i64::try_from(schedule.jitter.as_secs()).unwrap_or(i64::MAX),
+        })
+    }
+
+    /// When the next scheduled sweep after `now` starts at the latest: its slot plus the
+    /// jitter. A final notice due before then goes out at `now` (`policy::lifecycle`).
+    pub fn next_sweep_by(&self, now: i64) -> Option<i64> {
+        let after = DateTime::from_timestamp(now, 0)?;
+        let slot = self.cron.next_fire(after, self.tz)?.timestamp();
+        Some(slot.saturating_add(self.jitter))
+    }
+
+    /// The scheduled sweep that sends a final notice due at `due` under that rule: the last slot
+    /// at or before `due - jitter`, whose next sweep may start after `due`. `due` itself when
+    /// the schedule has no such slot.
+    pub fn sweep_sending(&self, due: i64) -> i64 {
+        let last = DateTime::from_timestamp(due.saturating_sub(self.jitter), 0).and_then(|t| {
+            let local = t.with_timezone(&self.tz);
+            (self.cron.cron.find_previous_occurrence(&local, true)).ok()
+        });
+        last.map_or(due, |t| t.timestamp().min(due))
+    }
+}
+
 /// The schedule that applies to `org`: its own, else the global one.
 pub fn effective_schedule<'a>(config: &'a Config, org: &'a OrgConfig) -> &'a Schedule {
     org.schedule.as_ref().unwrap_or(&config.schedule)
@@ -311,5 +352,45 @@ mod tests {
                 t = next;
             }
         }
+    }
+
+    #[test]
+    fn a_cadence_knows_the_next_sweep_and_the_one_that_sends_a_final_notice() {
+        // Mondays at 00:00 UTC, up to an hour late.
+        let schedule = Schedule {
+            cron: "0 0 * * 1".into(),
+            timezone: Tz::UTC,
+            run_on_start: true,
+            jitter: std::time::Duration::from_secs(3600),
+        };
+        let c = Cadence::of(&schedule).unwrap();
+        let at = |s: &str| utc(s).timestamp();
+        // From a Wednesday: next Monday's slot, plus the jitter.
+        assert_eq!(
+            c.next_sweep_by(at("2026-12-02T10:00:00Z")),
+            Some(at("2026-12-07T01:00:00Z"))
+        );
+        // Due on a Thursday: the Monday before sends it.
+        assert_eq!(
+            c.sweep_sending(at("2026-12-10T12:00:00Z")),
+            at("2026-12-07T00:00:00Z")
+        );
+        // Due within the jitter after a slot: that slot's sweep may start after it, so the one
+        // a week before sends it.
+        assert_eq!(
+            c.sweep_sending(at("2026-12-07T00:30:00Z")),
+            at("2026-11-30T00:00:00Z")
+        );
+        // Due exactly an hour after a slot: that slot's sweep is the last one before.
+        assert_eq!(
+            c.sweep_sending(at("2026-12-07T01:00:00Z")),
+            at("2026-12-07T00:00:00Z")
+        );
+        // A bad expression (loading refuses it) gives no cadence.
+        let bad = Schedule {
+            cron: "nonsense".into(),
+            ..schedule
+        };
+        assert!(Cadence::of(&bad).is_none());
     }
 }

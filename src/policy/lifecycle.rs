@@ -13,8 +13,12 @@
 //!   afterwards (the one exception is a policy changed from `notify` to `revoke`, see below).
 //! - At most one of `Warning`, `FinalNotice`, `Reminder` is queued per finding and step, so an
 //!   owner never gets two messages about one finding from one sweep.
-//! - `FinalNotice` is queued once, for `revoke` findings, in the first step after the warning
-//!   where `now >= deadline - final_notice`.
+//! - `FinalNotice` is queued once, for `revoke` and `expire` findings, in the first step after
+//!   the warning where `now >= deadline - final_notice`, or earlier, in the last step before
+//!   then: the one whose next scheduled sweep (`next_sweep`, the schedule's next slot plus its
+//!   jitter) starts after `deadline - final_notice`. So a schedule coarser than `final_notice`
+//!   still gives the owner at least `final_notice` of warning when the sweeps come as scheduled
+//!   (an `expire` key ends at its deadline whether keysweep sweeps again or not).
 //! - A revocation is due when the action is `revoke`, `now >= deadline`, the warning was queued
 //!   in an *earlier* step at least `warn_before` ago, and the final notice has been queued. When
 //!   the final notice only becomes due in the same step as the deadline, it is queued in that
@@ -98,12 +102,15 @@ impl Transition {
 /// Advances one (key, policy) finding by one sweep at `now` (Unix seconds).
 ///
 /// `repeat_interval` (seconds) spaces reminders for unchanged open findings; zero or negative
-/// turns reminders off rather than repeating every sweep.
+/// turns reminders off rather than repeating every sweep. `next_sweep` is when the next
+/// scheduled sweep starts at the latest (`None`: not known, as for a `scan`), so a final notice
+/// it would bring too late goes out now.
 pub fn advance(
     prev: Option<&Finding>,
     now: i64,
     observed: Observation<'_>,
     repeat_interval: i64,
+    next_sweep: Option<i64>,
 ) -> Transition {
     let open = prev.filter(|f| f.stage.is_open());
     match (open, observed) {
@@ -111,7 +118,7 @@ pub fn advance(
         // Nothing open: closed findings stay closed and non-violations create nothing.
         (None, _) => Transition::unchanged(prev),
         (Some(f), Observation::Violating { key, violation }) => {
-            progress(f, key, violation, now, repeat_interval)
+            progress(f, key, violation, now, repeat_interval, next_sweep)
         }
         (Some(f), Observation::Compliant) => close(f, now, Stage::Resolved, "no longer violates"),
         (Some(f), Observation::Gone) => close(f, now, Stage::Resolved, KEY_DELETED),
@@ -210,7 +217,14 @@ fn detect(key: &Key, v: &Violation, now: i64) -> Transition {
     }
 }
 
-fn progress(f: &Finding, key: &Key, v: &Violation, now: i64, repeat_interval: i64) -> Transition {
+fn progress(
+    f: &Finding,
+    key: &Key,
+    v: &Violation,
+    now: i64,
+    repeat_interval: i64,
+    next_sweep: Option<i64>,
+) -> Transition {
     let mut next = f.clone();
     // Refresh what people read; the decision inputs (detection, deadline) stay as fixed.
     next.project_name = key.project_name.clone();
@@ -253,10 +267,13 @@ fn progress(f: &Finding, key: &Key, v: &Violation, now: i64, repeat_interval: i6
     }
     let warned_now = !notices.is_empty();
 
+    let final_due = next.deadline.saturating_sub(v.final_notice.max(0));
+    // The next sweep would come after the final notice is due: this is the last one before.
+    let last_before = next_sweep.is_some_and(|n| n > final_due);
     if !warned_now
         && next.action.enforces()
         && next.final_notice_at.is_none()
-        && now >= next.deadline.saturating_sub(v.final_notice.max(0))
+        && (now >= final_due || last_before)
     {
         next.final_notice_at = Some(now);
         next.stage = Stage::FinalNotice;

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use crate::config::{Action, Config, Mode, ServiceAccountKeys};
+use crate::daemon::schedule::{Cadence, effective_schedule};
 use crate::policy::finding::{Finding, FindingId, Stage};
 use crate::policy::plan::{Plan, Withheld, Write, verdict};
 use crate::policy::rules::Policies;
@@ -38,6 +39,8 @@ pub struct PlanContext {
     pub repeat_interval: i64,
     /// `(organization, project, key)` → the `[[exemptions]]` entry that covers the key.
     pub exemptions: HashMap<(String, String, String), usize>,
+    /// Each organisation's schedule: which sweep sends a final notice.
+    pub cadences: HashMap<String, Cadence>,
 }
 
 impl PlanContext {
@@ -73,7 +76,19 @@ impl PlanContext {
                 .collect(),
             repeat_interval: secs(config.notifications.repeat_interval),
             exemptions: HashMap::new(),
+            cadences: (config.organizations.iter())
+                .filter_map(|org| {
+                    let cadence = Cadence::of(effective_schedule(config, org))?;
+                    Some((org.name.clone(), cadence))
+                })
+                .collect(),
         }
+    }
+
+    /// When the final notice of `f`, due at `due`, goes out: in the last scheduled sweep
+    /// before a sweep would come too late (`policy::lifecycle`), else at `due`.
+    fn final_notice_at(&self, f: &Finding, due: i64) -> i64 {
+        (self.cadences.get(&f.id.organization)).map_or(due, |c| c.sweep_sending(due))
     }
 
     /// Records which `[[exemptions]]` entry covers each key the report found exempted, so the
@@ -214,10 +229,8 @@ pub fn next_step(f: &Finding, planned: Planned, ctx: &PlanContext, now: i64) -> 
             } else if f.action.enforces()
                 && (f.final_notice_at.is_none() || f.final_notice_at == Some(now) && ctx.read_only)
             {
-                (
-                    "final-notice",
-                    Some(f.deadline.saturating_sub(fn_secs).max(now)),
-                )
+                let due = f.deadline.saturating_sub(fn_secs);
+                ("final-notice", Some(ctx.final_notice_at(f, due).max(now)))
             } else if f.action == Action::Notify && ctx.repeat_interval > 0 {
                 let last = f.last_notified_at.or(f.warned_at).unwrap_or(f.detected_at);
                 (
@@ -547,6 +560,27 @@ mod tests {
             Some("safety.service_account_keys")
         );
         assert_eq!(s.then, "nothing");
+    }
+
+    #[test]
+    fn the_final_notice_is_shown_at_the_sweep_that_sends_it() {
+        // Daily sweeps at 00:00 UTC; NOW is 00:53:20, so the notice due at NOW + 3 days goes
+        // out in that day's 00:00 sweep: the next one, a day later, would bring it too late.
+        let mut c = ctx(true, false);
+        let daily = crate::config::Schedule {
+            cron: "0 0 * * *".into(),
+            timezone: chrono_tz::UTC,
+            run_on_start: true,
+            jitter: std::time::Duration::ZERO,
+        };
+        let cadence = Cadence::of(&daily).unwrap_or_else(|| unreachable!());
+        c.cadences.insert("acme".into(), cadence);
+        let s = next_step(&warned(), Planned::NotDue, &c, NOW);
+        assert_eq!(NOW % DAY, 3200);
+        assert_eq!(
+            (s.next, s.next_at),
+            ("final-notice", Some(NOW + 3 * DAY - 3200))
+        );
     }
 
     #[test]

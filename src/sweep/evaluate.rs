@@ -93,9 +93,17 @@ pub(crate) struct Evaluator {
     pub repeat: i64,
     /// `safety.restore_expiry` in seconds.
     pub restore_expiry: i64,
+    /// Each organisation's next scheduled sweep at the latest (`daemon::schedule::Cadence`),
+    /// for the final notices it would bring too late.
+    pub next_sweeps: Arc<[(String, i64)]>,
 }
 
 impl Evaluator {
+    /// When `organization`'s next scheduled sweep starts at the latest, if known.
+    fn next_sweep(&self, organization: &str) -> Option<i64> {
+        (self.next_sweeps.iter()).find_map(|(o, at)| (o == organization).then_some(*at))
+    }
+
     /// Evaluates one listed key against every policy that flags it and every open finding on it.
     pub(crate) fn key(&self, key: &Key, open: &OpenFindings, step: &mut Step) {
         let now = self.now;
@@ -143,6 +151,7 @@ impl Evaluator {
                 now,
                 observe(&eval, key, policy, prev, now),
                 self.repeat,
+                self.next_sweep(&key.organization),
             );
             self.writes(key, &id, prev, &mut t, step);
             if let Some((i, _)) = before {
@@ -246,7 +255,13 @@ impl Evaluator {
             } else {
                 Observation::Compliant
             };
-            let t = lifecycle::advance(Some(f), self.now, observed, self.repeat);
+            let t = lifecycle::advance(
+                Some(f),
+                self.now,
+                observed,
+                self.repeat,
+                self.next_sweep(&f.id.organization),
+            );
             step.transitions.push((Some(f.stage), t));
         }
     }

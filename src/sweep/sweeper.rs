@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Mode};
+use crate::daemon::schedule::{Cadence, effective_schedule};
 use crate::inventory::{Inventory, KeyTally};
 use crate::metrics::Metrics;
 use crate::notify::{Notifier, NotifySettings};
@@ -156,6 +157,12 @@ impl Sweeper {
                 .unwrap_or(i64::MAX),
             restore_expiry: i64::try_from(self.config.safety.restore_expiry.as_secs())
                 .unwrap_or(i64::MAX),
+            next_sweeps: (self.config.organizations.iter())
+                .filter_map(|org| {
+                    let cadence = Cadence::of(effective_schedule(&self.config, org))?;
+                    Some((org.name.clone(), cadence.next_sweep_by(now)?))
+                })
+                .collect(),
         }
     }
 

@@ -966,3 +966,43 @@ async fn fault_a_key_renamed_between_listing_and_expiry_write_is_left_for_the_ne
     assert_nothing_deleted(&sim, &keys);
     assert_verifies(&s);
 }
+
+/// Weekly sweeps (Mondays, 00:00 UTC) and a one-day final notice: the final notice goes out in
+/// the sweep a week before the expiry, because the next scheduled one would come after OpenAI
+/// ended the key. A run between them (an operator's `run --once`) leaves it for that sweep.
+#[tokio::test]
+async fn weekly_sweeps_send_the_final_notice_before_the_expiry_not_after_it() {
+    let now = wall_now();
+    let (org, keys) = org(now);
+    let sim = start(org, |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("state.db");
+    let policy = format!(
+        "[[policies]]\nname = \"{POLICY}\"\nmax_age = \"90d\"\naction = \"expire\"\n\
+         warn_before = \"14d\"\nfinal_notice = \"1d\"\n{}",
+        safety("")
+    );
+    let text = config_text(&sim, &db, "enforce", &policy).replacen(
+        "mode = ",
+        "schedule = \"0 0 * * 1\"\nmode = ",
+        1,
+    );
+    let s = sweeper(&text);
+    // The next Monday, 00:00 UTC (1970-01-01 was a Thursday).
+    let day = now / DAY + 1;
+    let monday = (day + (4 - day % 7 + 7) % 7) * DAY;
+    assert_eq!((monday / DAY + 3) % 7, 0, "{monday} is a Monday");
+
+    assert!(sweep(&s, monday).await.complete());
+    let f = finding(&s, &keys.never, POLICY);
+    assert_eq!((f.deadline, f.final_notice_at), (monday + 14 * DAY, None));
+    // Wednesday: the next sweep (Monday) is before the notice is due (Sunday): not yet.
+    assert!(sweep(&s, monday + 2 * DAY).await.complete());
+    assert_eq!(finding(&s, &keys.never, POLICY).final_notice_at, None);
+    // Monday: the next sweep comes at the deadline, after the notice is due: now.
+    assert!(sweep(&s, monday + 7 * DAY).await.complete());
+    let f = finding(&s, &keys.never, POLICY);
+    assert_eq!(f.final_notice_at, Some(monday + 7 * DAY));
+    assert_eq!(f.stage, Stage::FinalNotice);
+    assert_nothing_deleted(&sim, &keys);
+}

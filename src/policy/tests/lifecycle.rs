@@ -72,7 +72,7 @@ fn run(
             },
             Obs::Gone => Observation::Gone,
         };
-        let t = advance(prev.as_ref(), r.at, obs, repeat);
+        let t = advance(prev.as_ref(), r.at, obs, repeat, None);
         assert_eq!(t.notices, r.notices, "row {i} (t={}) notices", r.at);
         assert_eq!(t.revoke_due, r.due, "row {i} (t={}) revoke_due", r.at);
         let next = t
@@ -99,7 +99,13 @@ fn run(
 
 /// One step of a pair that violates, with reminders every day.
 fn violating(prev: Option<&Finding>, now: i64, key: &Key, violation: &Violation) -> Transition {
-    advance(prev, now, Observation::Violating { key, violation }, DAY)
+    advance(
+        prev,
+        now,
+        Observation::Violating { key, violation },
+        DAY,
+        None,
+    )
 }
 
 #[test]
@@ -234,7 +240,7 @@ fn non_violations_without_a_finding_create_nothing() {
         Observation::Gone,
         Observation::Exempted { reason: "r" },
     ] {
-        let t = advance(None, 100, obs, DAY);
+        let t = advance(None, 100, obs, DAY, None);
         assert_eq!(t.next, None);
         assert!(t.notices.is_empty() && !t.revoke_due);
         assert!(t.notices(false).is_empty());
@@ -277,7 +283,7 @@ fn revoked_findings_stay_closed() {
     assert_eq!(n.kind, NoticeKind::Revoked);
     assert!(!n.dry_run);
 
-    let t = advance(Some(&revoked), 121 * DAY, Observation::Gone, DAY);
+    let t = advance(Some(&revoked), 121 * DAY, Observation::Gone, DAY, None);
     assert_eq!(t.next.as_ref(), Some(&revoked));
     assert!(t.notices.is_empty() && !t.revoke_due);
 }
@@ -394,4 +400,44 @@ fn a_rewarning_step_is_never_revoke_due_even_with_zero_warn_before() {
     let t = violating(Some(&legacy), 140 * DAY, &k, &revoke);
     assert_eq!(t.notices, vec![NoticeKind::Warning]);
     assert!(!t.revoke_due);
+}
+
+/// Weekly sweeps, `final_notice` 1d: the final notice goes out in the last sweep before the
+/// next one would come after `deadline - final_notice`, not in a sweep after the key ended.
+#[test]
+fn a_final_notice_the_next_sweep_would_bring_too_late_goes_out_now() {
+    let k = key("k1");
+    for action in [Action::Expire, Action::Revoke] {
+        let v = violation(action, 14 * DAY, DAY);
+        let step = |prev: Option<&Finding>, at: i64, next: Option<i64>| {
+            let obs = Observation::Violating {
+                key: &k,
+                violation: &v,
+            };
+            advance(prev, at, obs, 30 * DAY, next)
+        };
+        let warned = step(None, 100 * DAY, Some(107 * DAY));
+        let f = warned.next.clone().unwrap_or_else(|| unreachable!());
+        assert_eq!(f.deadline, 114 * DAY);
+        // The next sweep (day 110) comes before the final notice is due (day 113): not yet.
+        let early = step(Some(&f), 103 * DAY, Some(110 * DAY));
+        assert!(early.notices.is_empty(), "{action:?}: {:?}", early.notices);
+        // The next sweep comes at day 114, after day 113: this one is the last before.
+        let last = step(Some(&f), 107 * DAY, Some(114 * DAY));
+        assert_eq!(last.notices, [Fin], "{action:?}");
+        let after = last.next.clone().unwrap_or_else(|| unreachable!());
+        assert_eq!(after.final_notice_at, Some(107 * DAY));
+        assert!(!last.revoke_due);
+        // Without a known schedule (a scan), only the due time counts, as before.
+        assert!(step(Some(&f), 107 * DAY, None).notices.is_empty());
+        // Once sent, never again.
+        assert!(
+            step(Some(&after), 110 * DAY, Some(114 * DAY))
+                .notices
+                .is_empty()
+        );
+        // A revoke finding is due at the deadline with the notice sent a week before.
+        let at_deadline = step(Some(&after), 114 * DAY, Some(121 * DAY));
+        assert_eq!(at_deadline.revoke_due, action == Action::Revoke);
+    }
 }

@@ -650,7 +650,7 @@ fn run_system(w: &World) -> Vec<StepLog> {
                     None if prev.is_some() => Observation::Gone,
                     None => continue,
                 };
-                let tr = advance(prev, t, obs, w.repeat);
+                let tr = advance(prev, t, obs, w.repeat, None);
                 let Some(next) = tr.next.clone() else {
                     assert!(tr.notices.is_empty() && !tr.revoke_due);
                     continue;

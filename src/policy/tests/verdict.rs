@@ -31,6 +31,7 @@ fn finding(action: Action, owner: OwnerType) -> Finding {
             violation: &v,
         },
         0,
+        None,
     );
     t.next.unwrap_or_else(|| unreachable!())
 }
