@@ -40,6 +40,14 @@ pub enum EnforcerAlert {
         attempts: u32,
         error: String,
     },
+    /// The relay took an e-mail for some recipients and refused it for good for these
+    /// (`recipients`, with its answers in `error`): they do not get it; the others did.
+    RecipientsRefused {
+        channel: String,
+        message_id: String,
+        recipients: Vec<String>,
+        error: String,
+    },
     /// keysweep's own admin key has passed its expiry (OpenAI refuses it from then on).
     AdminKeyExpired {
         organization: String,
@@ -205,6 +213,9 @@ impl EnforcerAlert {
             EnforcerAlert::CapExceeded { cap, .. } => format!("cap/{cap}"),
             EnforcerAlert::KillSwitchOn { .. } => "kill-switch".to_string(),
             EnforcerAlert::DeliveryFailed { message_id, .. } => format!("dead-letter/{message_id}"),
+            EnforcerAlert::RecipientsRefused { message_id, .. } => {
+                format!("recipients-refused/{message_id}")
+            }
             EnforcerAlert::AdminKeyExpiring {
                 organization,
                 key_id,

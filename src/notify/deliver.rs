@@ -19,11 +19,13 @@ use crate::config::{ChannelConfig, ChannelKind};
 use crate::metrics::{Metrics, NotificationOutcome};
 use crate::notify::alert::EnforcerAlert;
 use crate::notify::digest::Digest;
-pub use crate::notify::failure::SendFailure;
+pub use crate::notify::failure::{SendFailure, Undelivered};
 use crate::notify::outbox::{self, OutboxDb, StoredMessage};
 use crate::notify::route::{self, CHANNEL_RECIPIENT};
 use crate::notify::settings::NotifySettings;
-use crate::notify::{MessageKind, NotifyError, email, http, pagerduty, scrub, slack, webhook};
+use crate::notify::{
+    MessageKind, NotifyError, OutboxMessage, email, http, pagerduty, scrub, slack, webhook,
+};
 
 /// How long a message claimed for one attempt is kept from other deliverers: far longer than
 /// any send's timeouts, and the time after which a message whose deliverer died is due again.
@@ -72,24 +74,39 @@ impl Notifier {
         }
     }
 
-    /// Sends one rendered payload to a channel. Used by delivery and by `send_test`.
+    /// Sends one rendered payload to a channel. Used by delivery and by `send_test`. `Ok` with
+    /// the recipients it did not reach when the receiver took it for the others (e-mail).
     pub async fn send(
         &self,
         ch: &ChannelConfig,
         message_id: &str,
         payload: &Value,
-    ) -> Result<(), SendFailure> {
+    ) -> Result<Undelivered, SendFailure> {
+        let all = Undelivered::default;
         let result = match &ch.kind {
             ChannelKind::Email(e) => email::send(e, message_id, payload).await,
-            ChannelKind::Slack(s) => slack::send(&self.http, s, payload).await,
-            ChannelKind::PagerDuty(p) => pagerduty::send(&self.http, p, payload).await,
-            ChannelKind::Webhook(w) => webhook::send(&self.http, w, message_id, payload).await,
+            ChannelKind::Slack(s) => (slack::send(&self.http, s, payload).await).map(|()| all()),
+            ChannelKind::PagerDuty(p) => {
+                (pagerduty::send(&self.http, p, payload).await).map(|()| all())
+            }
+            ChannelKind::Webhook(w) => {
+                (webhook::send(&self.http, w, message_id, payload).await).map(|()| all())
+            }
         };
         // Belt and braces: every sender scrubs its own secrets; scrub all of them once more.
-        result.map_err(|f| SendFailure {
-            error: scrub(&f.error, &channel_secrets(ch)),
-            retryable: f.retryable,
-        })
+        let secrets = channel_secrets(ch);
+        result
+            .map(|mut u| {
+                for (_, why) in &mut u.refused {
+                    *why = scrub(why, &secrets);
+                }
+                u.deferred_error = u.deferred_error.map(|e| scrub(&e, &secrets));
+                u
+            })
+            .map_err(|f| SendFailure {
+                error: scrub(&f.error, &secrets),
+                retryable: f.retryable,
+            })
     }
 
     /// Sends every due message (including ones enqueued while running, such as the alerts
@@ -138,7 +155,10 @@ impl Notifier {
                 }),
             };
             match outcome {
-                Ok(()) => {
+                Ok(u) if !u.is_empty() => {
+                    self.sent_in_part(db, settings, &m, &u, now, &mut report)?
+                }
+                Ok(_) => {
                     db.with(|c| outbox::mark_sent(c, m.id, now))?;
                     tracing::info!(message_id = %m.message_id, channel = %m.channel, kind = m.kind.as_str(), "notification delivered");
                     report.sent += 1;
@@ -198,6 +218,67 @@ impl Notifier {
         Ok(())
     }
 
+    /// The relay took the message for some recipients only: it is sent. Those refused for now
+    /// get a copy of their own, tried again after the backoff and counting the attempts made;
+    /// those refused for good, and those refused for now at the last attempt, are named in a
+    /// `RecipientsRefused` alert (none for a delivery alert: no loop).
+    fn sent_in_part<D: OutboxDb>(
+        &self,
+        db: &D,
+        settings: &NotifySettings,
+        m: &StoredMessage,
+        u: &Undelivered,
+        now: i64,
+        report: &mut DeliveryReport,
+    ) -> Result<(), NotifyError> {
+        let attempts = m.attempts + 1;
+        let last = attempts >= settings.notifications.max_attempts.max(1);
+        let deferred_error = u.deferred_error.clone().unwrap_or_default();
+        let mut gone: Vec<(String, String)> = u.refused.clone();
+        let mut rest = None;
+        if !u.deferred.is_empty() && last {
+            gone.extend((u.deferred.iter()).map(|to| (to.clone(), deferred_error.clone())));
+        } else if !u.deferred.is_empty() {
+            let mut payload = m.payload.clone();
+            payload["to"] = Value::from(u.deferred.clone());
+            rest = Some(outbox::Deferred {
+                message: OutboxMessage {
+                    message_id: format!("{}/deferred-{attempts}", m.message_id),
+                    channel: m.channel.clone(),
+                    recipient: u.deferred.join(", "),
+                    kind: m.kind,
+                    payload,
+                },
+                attempts,
+                error: deferred_error,
+                next_attempt_at: now + outbox::backoff_secs(attempts, &mut rand::rng()),
+            });
+        }
+        let alert = (!gone.is_empty() && m.kind != MessageKind::DeliveryAlert).then(|| {
+            EnforcerAlert::RecipientsRefused {
+                channel: m.channel.clone(),
+                message_id: m.message_id.clone(),
+                recipients: gone.iter().map(|(to, _)| to.clone()).collect(),
+                error: (gone.iter())
+                    .map(|(to, why)| format!("{to}: {why}"))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            }
+        });
+        let run_id = format!("refused/{}/{now}", m.message_id);
+        let msgs = (alert.iter())
+            .flat_map(|a| route::compose(&[], std::slice::from_ref(a), settings, &run_id, now))
+            .collect::<Vec<_>>();
+        if !db.with(|c| outbox::sent_in_part(c, m.id, rest, &msgs, now))? {
+            return Ok(());
+        }
+        tracing::warn!(message_id = %m.message_id, channel = %m.channel, refused = gone.len(), deferred = u.deferred.len() * usize::from(!last), "notification delivered to some recipients only");
+        report.sent += 1;
+        self.count(&m.channel, NotificationOutcome::Sent);
+        report.alerts.extend(alert);
+        Ok(())
+    }
+
     /// `keysweep notify test --channel NAME`: renders a test message for the channel and sends
     /// it right away (not through the outbox). The error names the channel and is scrubbed.
     pub async fn send_test(&self, ch: &ChannelConfig, now: i64) -> Result<(), NotifyError> {
@@ -216,12 +297,21 @@ impl Notifier {
             _ => (CHANNEL_RECIPIENT.to_string(), Vec::new()),
         };
         for m in route::render_digest(ch, &recipient, &to, &digest, &run_id) {
-            self.send(ch, &m.message_id, &m.payload)
-                .await
-                .map_err(|f| NotifyError::Send {
-                    channel: ch.name.clone(),
-                    error: f.error,
-                })?;
+            let sent = self.send(ch, &m.message_id, &m.payload).await;
+            let error = match sent {
+                Ok(u) if u.is_empty() => continue,
+                Ok(u) => {
+                    let refused = (u.refused.iter()).map(|(to, why)| format!("{to} ({why})"));
+                    let deferred = (u.deferred.iter()).map(|to| format!("{to} (for now)"));
+                    let all = refused.chain(deferred).collect::<Vec<_>>().join("; ");
+                    format!("the others got it, but the relay refused {all}")
+                }
+                Err(f) => f.error,
+            };
+            return Err(NotifyError::Send {
+                channel: ch.name.clone(),
+                error,
+            });
         }
         Ok(())
     }

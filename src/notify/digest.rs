@@ -628,6 +628,17 @@ pub fn alert_text(a: &EnforcerAlert) -> String {
         } => format!(
             "Message {message_id} to channel {channel} was dead-lettered after {attempts} attempt(s): {error}"
         ),
+        EnforcerAlert::RecipientsRefused {
+            channel,
+            message_id,
+            recipients,
+            error,
+        } => format!(
+            "Message {message_id} to channel {channel} did not reach {} recipient(s) the relay \
+             refused for good, and is not sent to them again; the others got it. {}: {error}",
+            recipients.len(),
+            recipients.join(", ")
+        ),
         EnforcerAlert::AdminKeyExpiring {
             organization,
             key_id,
@@ -701,6 +712,7 @@ fn key_alert_text(a: &EnforcerAlert) -> String {
         | EnforcerAlert::CapExceeded { .. }
         | EnforcerAlert::KillSwitchOn { .. }
         | EnforcerAlert::DeliveryFailed { .. }
+        | EnforcerAlert::RecipientsRefused { .. }
         | EnforcerAlert::AdminKeyExpired { .. }
         | EnforcerAlert::AdminKeyExpiring { .. }
         | EnforcerAlert::IntelUnavailable { .. }

@@ -13,6 +13,11 @@
 //! accepted, delivery has succeeded whatever QUIT does. The whole session stays under five
 //! minutes, within the outbox's ten-minute claim on the message.
 //!
+//! Each recipient is asked for on its own (`RCPT`): one the relay refuses does not keep the
+//! message from the others. The session reports who did not get it ([`Undelivered`]): refused
+//! for good (5xx) or for now (4xx); delivery queues it again for the latter and raises an alert
+//! for the former. Only when no recipient is taken does the send fail.
+//!
 //! The `Message-ID` is `<outbox message id@keysweep>`, so a retried digest carries the same id.
 //! Never logs or returns the SMTP password or user name: every error text is scrubbed of both,
 //! and lettre's `tracing` feature (which logs the session, `AUTH PLAIN` and its base64
@@ -25,16 +30,22 @@ use lettre::Message;
 use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
-use lettre::transport::smtp::extension::ClientId;
+use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
+use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 use secrecy::ExposeSecret;
 use serde_json::Value;
 
 use crate::config::{EmailChannel, SmtpTls, is_loopback_host};
-use crate::notify::failure::SendFailure;
+use crate::notify::failure::{SendFailure, Undelivered};
 use crate::notify::scrub;
 
-/// Sends one rendered e-mail payload (`{to, subject, text, html}`).
-pub async fn send(ch: &EmailChannel, message_id: &str, payload: &Value) -> Result<(), SendFailure> {
+/// Sends one rendered e-mail payload (`{to, subject, text, html}`). `Ok` once the relay took
+/// it for at least one recipient, with those it did not take it for.
+pub async fn send(
+    ch: &EmailChannel,
+    message_id: &str,
+    payload: &Value,
+) -> Result<Undelivered, SendFailure> {
     // The user name is scrubbed too: a relay may echo it in a refusal, and it came from the
     // environment like the password.
     let secrets: Vec<&str> = ch
@@ -57,17 +68,27 @@ pub async fn send(ch: &EmailChannel, message_id: &str, payload: &Value) -> Resul
             &format!("smtp: the session did not end within {SESSION_LIMIT:?}"),
         ));
     };
-    ended.map_err(|e| match e {
-        Step::Smtp(e) => fail(!e.is_permanent(), &format!("smtp: {e}")),
-        Step::NoAnswer(step) => fail(
-            true,
-            &format!(
-                "smtp: no answer to {step} within {:?} per answer",
-                ch.send_timeout
+    let scrubbed = |e: &str| scrub(e, &secrets);
+    ended
+        .map(|mut undelivered| {
+            for (_, why) in &mut undelivered.refused {
+                *why = scrubbed(why.as_str());
+            }
+            undelivered.deferred_error = undelivered.deferred_error.as_deref().map(scrubbed);
+            undelivered
+        })
+        .map_err(|e| match e {
+            Step::Smtp(e) => fail(!e.is_permanent(), &format!("smtp: {e}")),
+            Step::NoAnswer(step) => fail(
+                true,
+                &format!(
+                    "smtp: no answer to {step} within {:?} per answer",
+                    ch.send_timeout
+                ),
             ),
-        ),
-        Step::Refused(why) => fail(false, &format!("smtp: {why}")),
-    })
+            Step::Refused(why) => fail(false, &format!("smtp: {why}")),
+            Step::NoRecipient { retryable, why } => fail(retryable, &format!("smtp: {why}")),
+        })
 }
 
 /// The longest a whole session may take, however many steps and recipients: well within the
@@ -80,6 +101,11 @@ enum Step {
     /// The relay owed an answer to this step and gave none within `send_timeout`.
     NoAnswer(&'static str),
     Refused(String),
+    /// Every `RCPT` was refused: for now (`retryable`) or for good.
+    NoRecipient {
+        retryable: bool,
+        why: String,
+    },
 }
 
 /// Each step under `send_timeout` (`answers`: how many answers it waits for).
@@ -106,7 +132,7 @@ enum Security {
 }
 
 /// One session: connect (and TLS), AUTH, the message; then QUIT, whose answer does not matter.
-async fn session(ch: &EmailChannel, tls: Security, message: &Message) -> Result<(), Step> {
+async fn session(ch: &EmailChannel, tls: Security, message: &Message) -> Result<Undelivered, Step> {
     let hello = ClientId::default();
     let server = (ch.smtp_host.as_str(), ch.smtp_port);
     let implicit = match &tls {
@@ -134,13 +160,78 @@ async fn session(ch: &EmailChannel, tls: Security, message: &Message) -> Result<
         let mechanisms = [Mechanism::Plain, Mechanism::Login];
         timed(ch, "AUTH", 3, conn.auth(&mechanisms, &credentials)).await?;
     }
-    let envelope = message.envelope();
-    let answers = 3 + u32::try_from(envelope.to().len()).unwrap_or(u32::MAX);
-    let body = message.formatted();
-    timed(ch, "the message", answers, conn.send(envelope, &body)).await?;
+    let undelivered = transaction(ch, &mut conn, message).await?;
     // Accepted: whatever QUIT answers, or if it never does, the message went out.
     let _ = tokio::time::timeout(ch.send_timeout.min(QUIT_WAIT), conn.abort()).await;
-    Ok(())
+    Ok(undelivered)
+}
+
+/// MAIL, one RCPT per recipient, DATA and the message (lettre's `send`, except that a refused
+/// recipient is noted instead of ending the transaction).
+async fn transaction(
+    ch: &EmailChannel,
+    conn: &mut AsyncSmtpConnection,
+    message: &Message,
+) -> Result<Undelivered, Step> {
+    let envelope = message.envelope();
+    let body = message.formatted();
+    let mut options = Vec::new();
+    let ascii = |a: &lettre::Address| AsRef::<str>::as_ref(a).is_ascii();
+    if !(envelope.from().is_none_or(ascii) && envelope.to().iter().all(ascii)) {
+        if !conn.server_info().supports_feature(Extension::SmtpUtfEight) {
+            return Err(Step::Refused(
+                "an address is not ASCII and the relay does not offer SMTPUTF8".into(),
+            ));
+        }
+        options.push(MailParameter::SmtpUtfEight);
+    }
+    if !body.is_ascii() {
+        if !conn.server_info().supports_feature(Extension::EightBitMime) {
+            return Err(Step::Refused(
+                "the message is not ASCII and the relay does not offer 8BITMIME".into(),
+            ));
+        }
+        options.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+    }
+    let from = envelope.from().cloned();
+    timed(ch, "MAIL", 1, conn.command(Mail::new(from, options))).await?;
+    let mut undelivered = Undelivered::default();
+    let mut taken = 0usize;
+    for to in envelope.to() {
+        match timed(
+            ch,
+            "RCPT",
+            1,
+            conn.command(Rcpt::new(to.clone(), Vec::new())),
+        )
+        .await
+        {
+            Ok(_) => taken += 1,
+            Err(Step::Smtp(e)) if e.is_permanent() => {
+                undelivered.refused.push((to.to_string(), e.to_string()));
+            }
+            Err(Step::Smtp(e)) if e.is_transient() => {
+                undelivered.deferred.push(to.to_string());
+                (undelivered.deferred_error).get_or_insert_with(|| e.to_string());
+            }
+            Err(other) => return Err(other),
+        }
+    }
+    if taken == 0 {
+        // Nobody to send it to. Tried again when any refusal was for now.
+        let refused = (undelivered.refused.iter()).map(|(to, why)| format!("{to} ({why})"));
+        let deferred = (undelivered.deferred.iter()).map(|to| format!("{to} (for now)"));
+        return Err(Step::NoRecipient {
+            retryable: !undelivered.deferred.is_empty(),
+            why: format!(
+                "the relay took none of the recipients: {}",
+                refused.chain(deferred).collect::<Vec<_>>().join("; ")
+            ),
+        });
+    }
+    timed(ch, "DATA", 1, conn.command(Data)).await?;
+    timed(ch, "the message", 1, conn.message(&body)).await?;
+    Ok(undelivered)
 }
 
 /// The longest wait for QUIT's answer once the message was accepted.

@@ -12,3 +12,24 @@ pub struct SendFailure {
     /// unavailable. Both are retried until `max_attempts`; this only informs logs.
     pub retryable: bool,
 }
+
+/// The recipients a message did not reach although the receiver took it for the others (SMTP
+/// refuses each `RCPT` on its own). Empty for every other channel and for a message everyone
+/// got.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Undelivered {
+    /// Refused for good (SMTP 5xx), each with the relay's answer, scrubbed: nothing is sent to
+    /// them again, and an alert names them.
+    pub refused: Vec<(String, String)>,
+    /// Refused for now (SMTP 4xx), with the relay's answer: the message is queued again for
+    /// them alone.
+    pub deferred: Vec<String>,
+    /// The relay's answer to the first deferred recipient, scrubbed.
+    pub deferred_error: Option<String>,
+}
+
+impl Undelivered {
+    pub fn is_empty(&self) -> bool {
+        self.refused.is_empty() && self.deferred.is_empty()
+    }
+}

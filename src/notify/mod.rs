@@ -60,8 +60,8 @@ pub enum MessageKind {
     /// A dormant key used again, told to its owner at once (one message per key; the ops
     /// channels get it as an [`alert::EnforcerAlert::KeyWokeUp`] among the `Alert`s).
     WokeUp,
-    /// `DeliveryFailed` alerts only. Kept apart so a dead-lettered delivery alert never raises
-    /// another one (no alert loop).
+    /// `DeliveryFailed` and `RecipientsRefused` alerts only. Kept apart so a delivery alert
+    /// that fails never raises another one (no alert loop).
     DeliveryAlert,
     /// `keysweep notify test`.
     Test,

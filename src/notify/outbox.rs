@@ -174,6 +174,49 @@ pub fn dead_letter(
     })
 }
 
+/// A copy of a message for the recipients a relay refused for now ([`sent_in_part`]).
+#[derive(Debug)]
+pub struct Deferred {
+    pub message: OutboxMessage,
+    /// Attempts made so far: the copy keeps counting towards `max_attempts`.
+    pub attempts: u32,
+    pub error: String,
+    pub next_attempt_at: i64,
+}
+
+/// The receiver took the message for some of its recipients (e-mail): marks it sent, and
+/// queues the copy for those refused for now and the alert's messages, in one transaction, so
+/// a crash never leaves a recipient without their copy. Returns false (and writes nothing) when
+/// the message is no longer pending.
+pub fn sent_in_part(
+    conn: &Connection,
+    id: i64,
+    rest: Option<Deferred>,
+    alert: &[OutboxMessage],
+    now: i64,
+) -> Result<bool, StateError> {
+    let rest = rest
+        .map(|d| Ok::<_, StateError>((pack(d.message)?, d.attempts, d.error, d.next_attempt_at)));
+    let rest = rest.transpose()?;
+    crate::state::in_tx(conn, |c| {
+        if !rows::mark_sent_if_pending(c, id, now)? {
+            return Ok(false);
+        }
+        if let Some((m, attempts, error, next)) = &rest {
+            let row = NewOutboxRow {
+                message_id: &m.message_id,
+                channel: &m.channel,
+                recipient: &m.recipient,
+                kind: m.kind.as_str(),
+                payload: &m.payload,
+            };
+            rows::insert_deferred(c, &row, *attempts, &clean_error(error), *next, now)?;
+        }
+        enqueue(c, alert, now)?;
+        Ok(true)
+    })
+}
+
 /// Gives up on a message after its last attempt (the caller raises the enforcer alert).
 pub fn mark_dead(conn: &Connection, id: i64, error: &str) -> Result<(), StateError> {
     rows::mark_dead(conn, id, &clean_error(error))

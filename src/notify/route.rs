@@ -55,9 +55,13 @@ pub fn compose(
 ) -> Vec<OutboxMessage> {
     let mut out = Vec::new();
     if !alerts.is_empty() {
-        let (delivery, other): (Vec<&EnforcerAlert>, Vec<&EnforcerAlert>) = alerts
-            .iter()
-            .partition(|a| matches!(a, EnforcerAlert::DeliveryFailed { .. }));
+        let (delivery, other): (Vec<&EnforcerAlert>, Vec<&EnforcerAlert>) =
+            alerts.iter().partition(|a| {
+                matches!(
+                    a,
+                    EnforcerAlert::DeliveryFailed { .. } | EnforcerAlert::RecipientsRefused { .. }
+                )
+            });
         for (kind, list) in [
             (MessageKind::Alert, other),
             (MessageKind::DeliveryAlert, delivery),

@@ -292,6 +292,47 @@ pub fn mark_sent(conn: &Connection, id: i64, now: i64) -> Result<(), StateError>
     Ok(())
 }
 
+/// [`mark_sent`] that says whether it marked the row (false: it is no longer pending; another
+/// deliverer settled it).
+pub fn mark_sent_if_pending(conn: &Connection, id: i64, now: i64) -> Result<bool, StateError> {
+    let changed = conn.execute(
+        "UPDATE outbox SET status = 'sent', sent_at = ?2, last_error = NULL
+          WHERE id = ?1 AND status = 'pending'",
+        params![id, now],
+    )?;
+    Ok(changed > 0)
+}
+
+/// A copy of a message for the recipients a relay refused for now: written as pending with
+/// the attempts made so far and the relay's answer, due at `next_attempt_at`. Ignored when its
+/// id is present already. Returns how many rows were inserted (0 or 1).
+pub fn insert_deferred(
+    conn: &Connection,
+    row: &NewOutboxRow<'_>,
+    attempts: u32,
+    last_error: &str,
+    next_attempt_at: i64,
+    now: i64,
+) -> Result<usize, StateError> {
+    Ok(conn.execute(
+        "INSERT OR IGNORE INTO outbox
+             (message_id, channel, recipient, kind, payload, created_at, attempts,
+              next_attempt_at, status, last_error)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?9)",
+        params![
+            row.message_id,
+            row.channel,
+            row.recipient,
+            row.kind,
+            row.payload.value(),
+            now,
+            attempts,
+            next_attempt_at,
+            last_error
+        ],
+    )?)
+}
+
 /// A failed attempt: counts it, keeps the error and schedules the next attempt. Returns the
 /// attempts made so far (0: the row is no longer pending; another deliverer settled it).
 pub fn mark_failed(

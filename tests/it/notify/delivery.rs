@@ -215,7 +215,7 @@ async fn a_relay_slow_at_each_step_within_the_timeout_gets_the_message_once() {
         "to": ["security@example.com"], "subject": "s", "text": "t", "html": "<p>t</p>"
     });
     let sent = keysweep::notify::email::send(&ch, "ks-slow-relay", &payload).await;
-    assert_eq!(sent, Ok(()));
+    assert_eq!(sent, Ok(Default::default()));
     assert_eq!(smtp.messages().len(), 1);
 
     // A relay that takes the connection and never greets is given up, and retried later.
@@ -231,6 +231,182 @@ async fn a_relay_slow_at_each_step_within_the_timeout_gets_the_message_once() {
         "{}",
         failed.error
     );
+}
+
+/// A relay that refuses `gone@` for good (550) and `grey@` for now (451), the ops webhook and
+/// an empty outbox.
+struct PickyRelay {
+    smtp: smtp_server::SmtpServer,
+    rx: Receiver,
+    cfg: NotifySettings,
+    _pki: TestPki,
+    _dir: tempfile::TempDir,
+    db: Mutex<Connection>,
+}
+
+const THREE: [&str; 3] = [
+    "security@example.com",
+    "gone@example.com",
+    "grey@example.com",
+];
+
+async fn picky_relay() -> PickyRelay {
+    let pki = TestPki::new();
+    let smtp = smtp_server::start(&pki, 0, SMTP_USER, SMTP_PASSWORD);
+    smtp.refuse("gone@example.com", 550);
+    smtp.refuse("grey@example.com", 451);
+    let rx = Receiver::start().await;
+    let ep = Endpoints {
+        smtp_port: smtp.port,
+        ca_file: Some(pki.ca_pem.clone()),
+        http: rx.url(""),
+    };
+    let cfg = NotifySettings::from(&config_with(&ep, &Tweaks::default()));
+    let (_dir, db) = open_db();
+    PickyRelay {
+        smtp,
+        rx,
+        cfg,
+        _pki: pki,
+        _dir,
+        db,
+    }
+}
+
+/// A warning e-mail on `sec-email` to `to`.
+fn mail_to(id: &str, to: &[&str]) -> OutboxMessage {
+    OutboxMessage {
+        message_id: id.into(),
+        channel: "sec-email".into(),
+        recipient: to.join(", "),
+        kind: MessageKind::Warning,
+        payload: serde_json::json!({"to": to, "subject": "s", "text": "t", "html": "<p>t</p>"}),
+    }
+}
+
+/// One address the relay refuses does not keep an e-mail from the others. Refused for good
+/// (550): the others get it and an alert names that address. Refused for now (451): it gets a
+/// copy of its own after the backoff.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_recipient_does_not_keep_an_email_from_the_others() {
+    let PickyRelay {
+        smtp,
+        rx,
+        cfg,
+        db,
+        _pki,
+        _dir,
+    } = picky_relay().await;
+    with_db(&db, |c| {
+        outbox::enqueue(c, &[mail_to("ks-three", &THREE)], NOW)
+    })
+    .unwrap();
+    let notifier = Notifier::new().unwrap();
+
+    let r = notifier.deliver_due(&db, &cfg, NOW).await.unwrap();
+    // The e-mail and the alert on the ops webhook.
+    assert_eq!((r.sent, r.failed, r.dead), (2, 0, 0), "{r:?}");
+    let got: Vec<Vec<String>> = smtp.messages().into_iter().map(|m| m.to).collect();
+    assert_eq!(got, [vec!["security@example.com".to_string()]]);
+    let [
+        EnforcerAlert::RecipientsRefused {
+            recipients, error, ..
+        },
+    ] = &r.alerts[..]
+    else {
+        panic!("{:?}", r.alerts);
+    };
+    assert_eq!(recipients, &["gone@example.com"]);
+    assert!(error.contains("550"), "{error}");
+    let ops = rx.requests("/ops");
+    assert_eq!(ops.len(), 1);
+    assert_eq!(ops[0].json()["alerts"][0]["alert"], "recipients_refused");
+    // The greylisted address has a copy of its own, waiting out the backoff.
+    let copy = with_db(&db, |c| outbox::get(c, "ks-three/deferred-1"))
+        .unwrap()
+        .unwrap();
+    assert_eq!((copy.status.as_str(), copy.attempts), ("pending", 1));
+    assert_eq!(copy.payload["to"], serde_json::json!(["grey@example.com"]));
+    assert!(
+        copy.last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("451")
+    );
+    assert!(copy.next_attempt_at > NOW);
+    let early = notifier.deliver_due(&db, &cfg, NOW + 1).await.unwrap();
+    assert_eq!(early.sent, 0);
+
+    smtp.accept("grey@example.com");
+    let later = notifier
+        .deliver_due(&db, &cfg, copy.next_attempt_at)
+        .await
+        .unwrap();
+    assert_eq!((later.sent, later.alerts.len()), (1, 0), "{later:?}");
+    let last = smtp.messages().pop().unwrap();
+    assert_eq!(last.to, ["grey@example.com"]);
+    let parsed = mail_parser::MessageParser::default()
+        .parse(&last.data[..])
+        .unwrap();
+    assert_eq!(parsed.message_id(), Some("ks-three/deferred-1@keysweep"));
+    assert_eq!(with_db(&db, outbox::depth).unwrap().pending, 0);
+}
+
+/// An e-mail the relay takes for nobody fails and is tried again like any other failure; the
+/// copy for a recipient still refused for now counts the attempts made before it and is
+/// dead-lettered, with its alert, at the last one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_email_no_recipient_is_taken_for_fails_and_the_last_deferral_is_named() {
+    let PickyRelay {
+        smtp,
+        cfg,
+        db,
+        _pki,
+        _dir,
+        ..
+    } = picky_relay().await;
+    let notifier = Notifier::new().unwrap();
+    with_db(&db, |c| {
+        outbox::enqueue(c, &[mail_to("ks-none", &THREE[1..])], NOW)
+    })
+    .unwrap();
+    let none = notifier.deliver_due(&db, &cfg, NOW).await.unwrap();
+    assert_eq!((none.sent, none.failed), (0, 1), "{none:?}");
+    let row = with_db(&db, |c| outbox::get(c, "ks-none"))
+        .unwrap()
+        .unwrap();
+    let why = row.last_error.unwrap_or_default();
+    assert!(
+        why.contains("took none of the recipients: gone@example.com"),
+        "{why}"
+    );
+    assert!(smtp.messages().is_empty());
+
+    // The second attempt reaches `gone@`; `grey@` gets its copy, and its last attempt (the
+    // third of `max_attempts`) fails too.
+    smtp.accept("gone@example.com");
+    let mut now = row.next_attempt_at;
+    let second = notifier.deliver_due(&db, &cfg, now).await.unwrap();
+    assert_eq!(second.sent, 1, "{second:?}");
+    let copy = with_db(&db, |c| outbox::get(c, "ks-none/deferred-2"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(copy.attempts, 2);
+    now = copy.next_attempt_at;
+    let r = notifier.deliver_due(&db, &cfg, now).await.unwrap();
+    assert_eq!((r.failed, r.dead), (0, 1), "{r:?}");
+    let [
+        EnforcerAlert::DeliveryFailed {
+            message_id, error, ..
+        },
+    ] = &r.alerts[..]
+    else {
+        panic!("{:?}", r.alerts);
+    };
+    assert_eq!(message_id, "ks-none/deferred-2");
+    assert!(error.contains("grey@example.com (for now)"), "{error}");
+    let got: Vec<Vec<String>> = smtp.messages().into_iter().map(|m| m.to).collect();
+    assert_eq!(got, [vec!["gone@example.com".to_string()]]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

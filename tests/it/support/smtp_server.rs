@@ -83,11 +83,28 @@ pub struct SmtpServer {
     pub received: Arc<Mutex<Vec<Received>>>,
     /// Usernames of successful logins.
     pub logins: Arc<Mutex<Vec<String>>>,
+    refusals: Refusals,
 }
+
+/// Recipients the server refuses at `RCPT`, with the reply code (550: for good, 451: for now).
+type Refusals = Arc<Mutex<Vec<(String, u16)>>>;
 
 impl SmtpServer {
     pub fn messages(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
+    }
+
+    /// Refuses `address` at `RCPT` with `code` from now on.
+    pub fn refuse(&self, address: &str, code: u16) {
+        self.refusals
+            .lock()
+            .unwrap()
+            .push((address.to_string(), code));
+    }
+
+    /// Takes `address` again.
+    pub fn accept(&self, address: &str) {
+        self.refusals.lock().unwrap().retain(|(a, _)| a != address);
     }
 }
 
@@ -101,6 +118,7 @@ struct RecordingHandler {
     /// Held before answering EHLO, MAIL, RCPT, AUTH and the start and the end of DATA (a relay
     /// slow at every step, that scans what it gets).
     slow: std::time::Duration,
+    refusals: Refusals,
 }
 
 impl RecordingHandler {
@@ -126,9 +144,13 @@ impl Handler for RecordingHandler {
         OK
     }
 
-    fn rcpt(&mut self, _to: &str) -> Response {
+    fn rcpt(&mut self, to: &str) -> Response {
         std::thread::sleep(self.slow);
-        OK
+        let refusals = self.refusals.lock().unwrap();
+        match refusals.iter().find(|(a, _)| a.eq_ignore_ascii_case(to)) {
+            Some((_, code)) => Response::custom(*code, format!("no mail for {to} today")),
+            None => OK,
+        }
     }
 
     fn data_start(&mut self, _domain: &str, from: &str, _is8bit: bool, to: &[String]) -> Response {
@@ -183,7 +205,9 @@ pub fn start_slow(
     let port = listener.local_addr().unwrap().port();
     let received = Arc::new(Mutex::new(Vec::new()));
     let logins = Arc::new(Mutex::new(Vec::new()));
+    let refusals = Refusals::default();
     let handler = RecordingHandler {
+        refusals: refusals.clone(),
         received: received.clone(),
         logins: logins.clone(),
         username: username.to_string(),
@@ -210,5 +234,6 @@ pub fn start_slow(
         port,
         received,
         logins,
+        refusals,
     }
 }
