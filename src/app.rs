@@ -94,6 +94,9 @@ fn load_with(cli: &Cli, read: fn(&Path) -> Result<Config, config::LoadError>) ->
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
+    for w in crate::daemon::schedule::final_notice_warnings(&config) {
+        tracing::warn!("{w}");
+    }
     // What a valid configuration silently leaves out, said by the commands that look at keys.
     if matches!(
         cli.command,

@@ -51,7 +51,7 @@ fn redact_url(u: &url::Url) -> String {
 /// A duration as the configuration would write it, in days, hours, minutes and seconds (`90d`,
 /// `36h`, `91d 7h 28s`), never a count of seconds a person must divide (humantime would print
 /// `90d` as `2months 29days …`). Loads back to the same duration.
-fn duration_text(d: Duration) -> String {
+pub(crate) fn duration_text(d: Duration) -> String {
     let secs = d.as_secs();
     if d.subsec_nanos() != 0 {
         return format!("{}ms", d.as_millis());

@@ -8,6 +8,7 @@
 //! leave as plain text: this module must never print, log or `Debug` a secret value.
 
 mod effective;
+pub(crate) use effective::duration_text;
 #[cfg(test)]
 mod fuzz;
 mod gaps;

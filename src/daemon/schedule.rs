@@ -19,7 +19,7 @@ use chrono_tz::Tz;
 use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
 
-use crate::config::{Config, OrgConfig, Schedule};
+use crate::config::{Config, OrgConfig, Schedule, duration_text};
 
 /// Why a schedule string was refused. Messages quote the expression (never a secret: cron
 /// strings are not secret) so `check-config` can show exactly what is wrong.
@@ -158,16 +158,97 @@ impl Cadence {
         Some(slot.saturating_add(self.jitter))
     }
 
-    /// The scheduled sweep that sends a final notice due at `due` under that rule: the last slot
-    /// at or before `due - jitter`, whose next sweep may start after `due`. `due` itself when
-    /// the schedule has no such slot.
-    pub fn sweep_sending(&self, due: i64) -> i64 {
+    /// The scheduled sweep after `now` that sends a final notice due at `due` under that rule:
+    /// the last slot at or before `due - jitter`, whose next sweep may start after `due`; the
+    /// next slot when that one is not after `now` (a sweep that warned could not also give it);
+    /// `due` itself when the schedule has no such slot.
+    pub fn sweep_sending(&self, due: i64, now: i64) -> i64 {
         let last = DateTime::from_timestamp(due.saturating_sub(self.jitter), 0).and_then(|t| {
             let local = t.with_timezone(&self.tz);
             (self.cron.cron.find_previous_occurrence(&local, true)).ok()
         });
-        last.map_or(due, |t| t.timestamp().min(due))
+        let slot = last.map_or(due, |t| t.timestamp().min(due));
+        if slot > now {
+            return slot;
+        }
+        self.next_slot(now).unwrap_or(due)
     }
+
+    /// The first slot after `now`.
+    fn next_slot(&self, now: i64) -> Option<i64> {
+        let after = DateTime::from_timestamp(now, 0)?;
+        Some(self.cron.next_fire(after, self.tz)?.timestamp())
+    }
+
+    /// The longest time from one sweep's slot to the next sweep's start: the longest gap between
+    /// two slots plus the jitter. Measured over a year of slots (at most [`GAP_SAMPLE`]) from a
+    /// fixed date, so it reads no clock.
+    pub fn longest_gap(&self) -> i64 {
+        let from =
+            DateTime::from_timestamp(GAP_FROM, 0).and_then(|t| self.cron.next_fire(t, self.tz));
+        let Some(mut slot) = from else {
+            return 0;
+        };
+        let end = slot.timestamp().saturating_add(400 * 86_400);
+        let mut longest = 0;
+        for _ in 0..GAP_SAMPLE {
+            let Some(next) = self.cron.next_fire(slot, self.tz) else {
+                break;
+            };
+            longest = longest.max((next - slot).num_seconds());
+            if next.timestamp() > end {
+                break;
+            }
+            slot = next;
+        }
+        longest.saturating_add(self.jitter)
+    }
+}
+
+/// 2026-01-01T00:00:00Z: where [`Cadence::longest_gap`] starts counting.
+const GAP_FROM: i64 = 1_767_225_600;
+
+/// How many slots [`Cadence::longest_gap`] looks at, at most: two days of a schedule every
+/// minute, three weeks of one every five minutes in working hours (weekends included).
+const GAP_SAMPLE: usize = 6_000;
+
+/// The start-up warnings for `revoke` and `expire` policies whose final notice a schedule can
+/// miss: the sweep that warns gives no final notice, so unless the next sweep comes at least
+/// `final_notice` before the deadline (`warn_before` after the warning), a key can end with no
+/// final notice. One line per policy and organisation it may apply to.
+pub fn final_notice_warnings(config: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    for org in &config.organizations {
+        let schedule = effective_schedule(config, org);
+        let Some(cadence) = Cadence::of(schedule) else {
+            continue;
+        };
+        let gap = cadence.longest_gap();
+        for p in (config.policies.iter()).filter(|p| p.action.enforces()) {
+            let applies = p.selector.organizations.is_empty()
+                || p.selector.organizations.iter().any(|o| o == &org.name);
+            let secs = |d: std::time::Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+            let needed = gap.saturating_add(secs(p.final_notice));
+            if !applies || secs(p.warn_before) >= needed {
+                continue;
+            }
+            let text = |s: i64| duration_text(std::time::Duration::from_secs(s.unsigned_abs()));
+            out.push(format!(
+                "policy {:?}: warn_before ({}) is shorter than the longest wait for the next sweep \
+                 of organization {:?} ({}: schedule {:?} plus jitter) plus final_notice ({}): \
+                 the sweep after a warning can come too late for the final notice, and a key can \
+                 end without one; make warn_before at least {}, or sweep more often",
+                p.name,
+                text(secs(p.warn_before)),
+                org.name,
+                text(gap),
+                schedule.cron,
+                text(secs(p.final_notice)),
+                text(needed),
+            ));
+        }
+    }
+    out
 }
 
 /// The schedule that applies to `org`: its own, else the global one.
@@ -370,27 +451,86 @@ mod tests {
             c.next_sweep_by(at("2026-12-02T10:00:00Z")),
             Some(at("2026-12-07T01:00:00Z"))
         );
+        let wed = at("2026-11-25T10:00:00Z");
         // Due on a Thursday: the Monday before sends it.
         assert_eq!(
-            c.sweep_sending(at("2026-12-10T12:00:00Z")),
+            c.sweep_sending(at("2026-12-10T12:00:00Z"), wed),
             at("2026-12-07T00:00:00Z")
         );
         // Due within the jitter after a slot: that slot's sweep may start after it, so the one
         // a week before sends it.
         assert_eq!(
-            c.sweep_sending(at("2026-12-07T00:30:00Z")),
+            c.sweep_sending(at("2026-12-07T00:30:00Z"), wed),
             at("2026-11-30T00:00:00Z")
         );
         // Due exactly an hour after a slot: that slot's sweep is the last one before.
         assert_eq!(
-            c.sweep_sending(at("2026-12-07T01:00:00Z")),
+            c.sweep_sending(at("2026-12-07T01:00:00Z"), wed),
             at("2026-12-07T00:00:00Z")
         );
+        // The sending slot is not after now (the sweep that warned could not send it): the
+        // next slot does, late.
+        assert_eq!(
+            c.sweep_sending(at("2026-12-03T00:00:00Z"), at("2026-11-30T00:00:00Z")),
+            at("2026-12-07T00:00:00Z")
+        );
+        // A week between slots, and an hour of jitter.
+        assert_eq!(c.longest_gap(), 7 * 86_400 + 3600);
         // A bad expression (loading refuses it) gives no cadence.
         let bad = Schedule {
             cron: "nonsense".into(),
             ..schedule
         };
         assert!(Cadence::of(&bad).is_none());
+    }
+
+    #[test]
+    fn longest_gaps_span_nights_weekends_and_short_months() {
+        let gap = |cron: &str| {
+            let schedule = Schedule {
+                cron: cron.into(),
+                timezone: Tz::UTC,
+                run_on_start: true,
+                jitter: std::time::Duration::ZERO,
+            };
+            Cadence::of(&schedule).unwrap().longest_gap() / 60
+        };
+        assert_eq!(gap("0 */6 * * *"), 6 * 60);
+        // Friday 17:55 to Monday 09:00.
+        assert_eq!(gap("*/5 9-17 * * 1-5"), 63 * 60 + 5);
+        // The 31st: from one to the next skips the months without one (March 31 to May 31).
+        assert_eq!(gap("0 0 31 * *"), 61 * 24 * 60);
+    }
+
+    #[test]
+    fn a_policy_whose_final_notice_the_schedule_can_miss_is_warned_about() {
+        let toml = |schedule: &str, warn_before: &str, action: &str| {
+            format!(
+                "schedule = \"{schedule}\"\n[[organizations]]\nname = \"acme\"\n\
+                 admin_key_env = \"K\"\n[[policies]]\nname = \"old\"\nmax_age = \"90d\"\n\
+                 action = \"{action}\"\nwarn_before = \"{warn_before}\"\n\
+                 final_notice = \"1d\"\n"
+            )
+        };
+        let env = [("K".to_string(), "sk-admin-test".to_string())];
+        let warnings = |schedule: &str, warn_before: &str, action: &str| {
+            let text = toml(schedule, warn_before, action);
+            let config = crate::config::load_from_str(&text, &env).unwrap();
+            final_notice_warnings(&config)
+        };
+        let weekly = warnings("0 0 * * 1", "7d", "expire");
+        assert_eq!(weekly.len(), 1, "{weekly:?}");
+        assert!(
+            weekly[0].contains("policy \"old\": warn_before (7d)")
+                && weekly[0].contains("(7d: schedule \"0 0 * * 1\" plus jitter)")
+                && weekly[0].contains("make warn_before at least 8d"),
+            "{}",
+            weekly[0]
+        );
+        assert_eq!(warnings("0 0 * * 1", "7d", "revoke").len(), 1);
+        // Room for a sweep between the warning and the final notice; or nothing to be final about.
+        assert!(warnings("0 0 * * 1", "8d", "expire").is_empty());
+        assert!(warnings("0 0 * * 1", "7d", "notify").is_empty());
+        assert!(warnings("0 */6 * * *", "7d", "expire").is_empty());
     }
 }

@@ -103,8 +103,10 @@ impl Transition {
 ///
 /// `repeat_interval` (seconds) spaces reminders for unchanged open findings; zero or negative
 /// turns reminders off rather than repeating every sweep. `next_sweep` is when the next
-/// scheduled sweep starts at the latest (`None`: not known, as for a `scan`), so a final notice
-/// it would bring too late goes out now.
+/// scheduled sweep starts at the latest (`None`: no schedule known), so a final notice it would
+/// bring too late goes out now. The sweep that first warns gives no final notice: a schedule no
+/// finer than `warn_before - final_notice` can still end a key without one (`keysweep` warns
+/// at start-up, `daemon::schedule::final_notice_warnings`).
 pub fn advance(
     prev: Option<&Finding>,
     now: i64,

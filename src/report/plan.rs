@@ -85,10 +85,10 @@ impl PlanContext {
         }
     }
 
-    /// When the final notice of `f`, due at `due`, goes out: in the last scheduled sweep
-    /// before a sweep would come too late (`policy::lifecycle`), else at `due`.
-    fn final_notice_at(&self, f: &Finding, due: i64) -> i64 {
-        (self.cadences.get(&f.id.organization)).map_or(due, |c| c.sweep_sending(due))
+    /// When the final notice of `f`, due at `due`, goes out after `now`: in the last scheduled
+    /// sweep before a sweep would come too late (`policy::lifecycle`), else at `due`.
+    fn final_notice_at(&self, f: &Finding, due: i64, now: i64) -> i64 {
+        (self.cadences.get(&f.id.organization)).map_or(due, |c| c.sweep_sending(due, now))
     }
 
     /// Records which `[[exemptions]]` entry covers each key the report found exempted, so the
@@ -230,7 +230,12 @@ pub fn next_step(f: &Finding, planned: Planned, ctx: &PlanContext, now: i64) -> 
                 && (f.final_notice_at.is_none() || f.final_notice_at == Some(now) && ctx.read_only)
             {
                 let due = f.deadline.saturating_sub(fn_secs);
-                ("final-notice", Some(ctx.final_notice_at(f, due).max(now)))
+                let at = if f.final_notice_at == Some(now) {
+                    now
+                } else {
+                    ctx.final_notice_at(f, due, now).max(now)
+                };
+                ("final-notice", Some(at))
             } else if f.action == Action::Notify && ctx.repeat_interval > 0 {
                 let last = f.last_notified_at.or(f.warned_at).unwrap_or(f.detected_at);
                 (

@@ -428,7 +428,7 @@ fn a_final_notice_the_next_sweep_would_bring_too_late_goes_out_now() {
         let after = last.next.clone().unwrap_or_else(|| unreachable!());
         assert_eq!(after.final_notice_at, Some(107 * DAY));
         assert!(!last.revoke_due);
-        // Without a known schedule (a scan), only the due time counts, as before.
+        // Without a known schedule, only the due time counts.
         assert!(step(Some(&f), 107 * DAY, None).notices.is_empty());
         // Once sent, never again.
         assert!(
