@@ -195,6 +195,16 @@ impl EnforcerAlert {
         !matches!(self, EnforcerAlert::Rotation { pages: false, .. })
     }
 
+    /// A count of what one sweep withheld (a cap, the kill switch), which the enforce phase
+    /// raises again with the whole count when writes were also withheld at their intent after
+    /// planning had raised it.
+    pub fn is_sweep_total(&self) -> bool {
+        matches!(
+            self,
+            EnforcerAlert::CapExceeded { .. } | EnforcerAlert::KillSwitchOn { .. }
+        )
+    }
+
     pub fn dedup_key(&self) -> String {
         match self {
             EnforcerAlert::IncompleteListing {

@@ -93,7 +93,10 @@ impl Run<'_> {
         })
     }
 
-    /// Alerts already raised within the repeat interval are not raised again.
+    /// Alerts already raised within the repeat interval are not raised again, except a sweep's
+    /// total that this very sweep raised a part of before
+    /// ([`EnforcerAlert::is_sweep_total`]): the enforce phase's cap and kill-switch alerts count
+    /// what planning withheld too, and go out again with the whole count.
     pub(super) fn dedup_alerts(
         &self,
         alerts: Vec<EnforcerAlert>,
@@ -106,10 +109,12 @@ impl Run<'_> {
             if !seen.insert(a.dedup_key()) {
                 continue;
             }
-            if self
-                .store
-                .with_conn(|c| state::alerts::should_raise(c, &a.dedup_key(), now, repeat))?
-            {
+            let key = a.dedup_key();
+            let raise = self.store.with_conn(|c| {
+                Ok(state::alerts::should_raise(c, &key, now, repeat)?
+                    || a.is_sweep_total() && state::alerts::raised_at(c, &key)? == Some(now))
+            })?;
+            if raise {
                 out.push(a);
             }
         }

@@ -91,8 +91,8 @@ impl Run<'_> {
         };
         let (mut revoked, mut alerts) = self.absorb(&results, findings);
         let expired_writes = self.absorb_expiries(&expiries, findings, &mut retried, &mut alerts);
-        alerts.extend(self.kill_switch_alert(&results, &expiries));
-        alerts.extend(self.cap_reached_alert(&results, &expiries));
+        alerts.extend(self.kill_switch_alert(plan, &results, &expiries));
+        alerts.extend(self.cap_reached_alert(plan, &results, &expiries));
         let alerts = self.dedup_alerts(alerts)?;
         let now = self.now();
         let notices = compose::revoked_notices(&revoked);
@@ -162,16 +162,24 @@ fn withheld_for(
     u64::try_from(deletes.count() + sets.count()).unwrap_or(u64::MAX)
 }
 
+/// How many revocations and expiries the plan withheld for `reason`, as its alert counts them.
+fn planned(plan: &Plan, reason: Withheld) -> u64 {
+    let n = plan.withheld.iter().filter(|w| w.reason == reason);
+    n.map(|w| u64::from(w.action.revocations())).sum()
+}
+
 impl Run<'_> {
-    /// The alert for the writes a kill switch turned on during enforcement withheld (the
-    /// planning phase says so itself when it was on before).
+    /// The alert for the writes a kill switch turned on during enforcement withheld, counting
+    /// those the plan withheld too (the planning phase alerted on those alone).
     fn kill_switch_alert(
         &self,
+        plan: &Plan,
         results: &[RevocationResult],
         expiries: &[ExpiryResult],
     ) -> Option<EnforcerAlert> {
-        let withheld = withheld_for(results, expiries, revoke::is_kill_switch_reason);
-        (withheld > 0).then(|| EnforcerAlert::KillSwitchOn {
+        let at_write = withheld_for(results, expiries, revoke::is_kill_switch_reason);
+        let withheld = at_write + planned(plan, Withheld::KillSwitch);
+        (at_write > 0).then(|| EnforcerAlert::KillSwitchOn {
             path: self
                 .sweeper
                 .config
@@ -185,14 +193,17 @@ impl Run<'_> {
     }
 
     /// The alert for the writes withheld at their intent because other sweeps filled the
-    /// rolling day after this one planned (the planning phase alerts on what it withheld).
+    /// rolling day after this one planned, counting those the plan withheld for the day too
+    /// (the planning phase alerted on those alone).
     fn cap_reached_alert(
         &self,
+        plan: &Plan,
         results: &[RevocationResult],
         expiries: &[ExpiryResult],
     ) -> Option<EnforcerAlert> {
-        let withheld = withheld_for(results, expiries, revoke::is_cap_reached_reason);
-        (withheld > 0).then(|| EnforcerAlert::CapExceeded {
+        let at_write = withheld_for(results, expiries, revoke::is_cap_reached_reason);
+        let withheld = at_write + planned(plan, Withheld::CapPerDay);
+        (at_write > 0).then(|| EnforcerAlert::CapExceeded {
             cap: Withheld::CapPerDay.as_str().to_string(),
             limit: u64::from(self.sweeper.config.safety.max_revocations_per_day),
             withheld,
