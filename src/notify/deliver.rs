@@ -42,7 +42,8 @@ pub struct DeliveryReport {
     pub failed: u32,
     /// Failed for the last time and dead-lettered.
     pub dead: u32,
-    /// The `DeliveryFailed` alerts raised (and enqueued to `ops_channels`) for dead letters.
+    /// The `DeliveryFailed` alerts raised (and enqueued to `ops_channels`) for dead letters,
+    /// and the `RecipientsRefused` ones for e-mails some recipients did not get.
     pub alerts: Vec<EnforcerAlert>,
 }
 
@@ -96,13 +97,7 @@ impl Notifier {
         // Belt and braces: every sender scrubs its own secrets; scrub all of them once more.
         let secrets = channel_secrets(ch);
         result
-            .map(|mut u| {
-                for (_, why) in &mut u.refused {
-                    *why = scrub(why, &secrets);
-                }
-                u.deferred_error = u.deferred_error.map(|e| scrub(&e, &secrets));
-                u
-            })
+            .map(|u| u.scrub_with(|why| scrub(why, &secrets)))
             .map_err(|f| SendFailure {
                 error: scrub(&f.error, &secrets),
                 retryable: f.retryable,
@@ -233,24 +228,28 @@ impl Notifier {
     ) -> Result<(), NotifyError> {
         let attempts = m.attempts + 1;
         let last = attempts >= settings.notifications.max_attempts.max(1);
-        let deferred_error = u.deferred_error.clone().unwrap_or_default();
         let mut gone: Vec<(String, String)> = u.refused.clone();
         let mut rest = None;
         if !u.deferred.is_empty() && last {
-            gone.extend((u.deferred.iter()).map(|to| (to.clone(), deferred_error.clone())));
+            let at_last = |(to, why): &(String, String)| {
+                (to.clone(), format!("{why} (for now, at the last attempt)"))
+            };
+            gone.extend(u.deferred.iter().map(at_last));
         } else if !u.deferred.is_empty() {
+            let to: Vec<&str> = u.deferred.iter().map(|(to, _)| to.as_str()).collect();
             let mut payload = m.payload.clone();
-            payload["to"] = Value::from(u.deferred.clone());
+            payload["to"] = Value::from(to.clone());
+            let why = (u.deferred.iter()).map(|(to, why)| format!("{to}: {why}"));
             rest = Some(outbox::Deferred {
                 message: OutboxMessage {
                     message_id: format!("{}/deferred-{attempts}", m.message_id),
                     channel: m.channel.clone(),
-                    recipient: u.deferred.join(", "),
+                    recipient: to.join(", "),
                     kind: m.kind,
                     payload,
                 },
                 attempts,
-                error: deferred_error,
+                error: why.collect::<Vec<_>>().join("; "),
                 next_attempt_at: now + outbox::backoff_secs(attempts, &mut rand::rng()),
             });
         }
@@ -272,7 +271,10 @@ impl Notifier {
         if !db.with(|c| outbox::sent_in_part(c, m.id, rest, &msgs, now))? {
             return Ok(());
         }
-        tracing::warn!(message_id = %m.message_id, channel = %m.channel, refused = gone.len(), deferred = u.deferred.len() * usize::from(!last), "notification delivered to some recipients only");
+        let given_up = (gone.iter())
+            .map(|(to, why)| format!("{to}: {why}"))
+            .collect::<Vec<_>>();
+        tracing::warn!(message_id = %m.message_id, channel = %m.channel, given_up = %crate::text::log_field(&given_up.join("; ")), deferred = u.deferred.len() * usize::from(!last), "notification delivered to some recipients only");
         report.sent += 1;
         self.count(&m.channel, NotificationOutcome::Sent);
         report.alerts.extend(alert);
@@ -302,9 +304,12 @@ impl Notifier {
                 Ok(u) if u.is_empty() => continue,
                 Ok(u) => {
                     let refused = (u.refused.iter()).map(|(to, why)| format!("{to} ({why})"));
-                    let deferred = (u.deferred.iter()).map(|to| format!("{to} (for now)"));
+                    let deferred =
+                        (u.deferred.iter()).map(|(to, why)| format!("{to} (for now: {why})"));
                     let all = refused.chain(deferred).collect::<Vec<_>>().join("; ");
-                    format!("the others got it, but the relay refused {all}")
+                    crate::text::terminal(&format!(
+                        "the others got it, but the relay refused {all}"
+                    ))
                 }
                 Err(f) => f.error,
             };

@@ -227,7 +227,7 @@ impl Digest {
                 plural(n, "dormant API key", "dormant API keys")
             ),
             MessageKind::DeliveryAlert => format!(
-                "Enforcer alert: {} could not be delivered",
+                "Enforcer alert: {} could not be delivered to every recipient",
                 plural(n, "notification", "notifications")
             ),
             MessageKind::Test => "Test message from keysweep".to_string(),
@@ -315,7 +315,7 @@ impl Digest {
                 "An API key you are responsible for was used again after a long idle time. A dormant key used again is what a leaked key looks like: if this use is not yours or your workload's, rotate or delete the key now and tell your security team."
             }
             MessageKind::DeliveryAlert => {
-                "keysweep gave up delivering the notifications below after its last retry."
+                "keysweep gave up delivering the notifications below, to some or all of their recipients, as each line says."
             }
             MessageKind::Test => {
                 "This is a test message sent by `keysweep notify test`. If you can read it, the channel works."
@@ -634,10 +634,10 @@ pub fn alert_text(a: &EnforcerAlert) -> String {
             recipients,
             error,
         } => format!(
-            "Message {message_id} to channel {channel} did not reach {} recipient(s) the relay \
-             refused for good, and is not sent to them again; the others got it. {}: {error}",
+            "Message {message_id} to channel {channel} did not reach {} recipient(s): the relay \
+             refused it for them (for good, or for now at the last attempt), and it is not sent \
+             to them again; the others got it. {error}",
             recipients.len(),
-            recipients.join(", ")
         ),
         EnforcerAlert::AdminKeyExpiring {
             organization,

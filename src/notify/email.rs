@@ -68,15 +68,8 @@ pub async fn send(
             &format!("smtp: the session did not end within {SESSION_LIMIT:?}"),
         ));
     };
-    let scrubbed = |e: &str| scrub(e, &secrets);
     ended
-        .map(|mut undelivered| {
-            for (_, why) in &mut undelivered.refused {
-                *why = scrubbed(why.as_str());
-            }
-            undelivered.deferred_error = undelivered.deferred_error.as_deref().map(scrubbed);
-            undelivered
-        })
+        .map(|undelivered| undelivered.scrub_with(|e| scrub(e, &secrets)))
         .map_err(|e| match e {
             Step::Smtp(e) => fail(!e.is_permanent(), &format!("smtp: {e}")),
             Step::NoAnswer(step) => fail(
@@ -160,10 +153,11 @@ async fn session(ch: &EmailChannel, tls: Security, message: &Message) -> Result<
         let mechanisms = [Mechanism::Plain, Mechanism::Login];
         timed(ch, "AUTH", 3, conn.auth(&mechanisms, &credentials)).await?;
     }
-    let undelivered = transaction(ch, &mut conn, message).await?;
-    // Accepted: whatever QUIT answers, or if it never does, the message went out.
+    let sent = transaction(ch, &mut conn, message).await;
+    // Accepted or not, QUIT (as lettre does after a refusal); its answer does not matter, and
+    // once the message is accepted it went out whatever QUIT does.
     let _ = tokio::time::timeout(ch.send_timeout.min(QUIT_WAIT), conn.abort()).await;
-    Ok(undelivered)
+    sent
 }
 
 /// MAIL, one RCPT per recipient, DATA and the message (lettre's `send`, except that a refused
@@ -176,13 +170,22 @@ async fn transaction(
     let envelope = message.envelope();
     let body = message.formatted();
     let mut options = Vec::new();
+    let mut undelivered = Undelivered::default();
     let ascii = |a: &lettre::Address| AsRef::<str>::as_ref(a).is_ascii();
-    if !(envelope.from().is_none_or(ascii) && envelope.to().iter().all(ascii)) {
-        if !conn.server_info().supports_feature(Extension::SmtpUtfEight) {
-            return Err(Step::Refused(
-                "an address is not ASCII and the relay does not offer SMTPUTF8".into(),
-            ));
-        }
+    let utf8 = conn.server_info().supports_feature(Extension::SmtpUtfEight);
+    if !envelope.from().is_none_or(ascii) && !utf8 {
+        return Err(Step::Refused(
+            "the `from` address is not ASCII and the relay does not offer SMTPUTF8".into(),
+        ));
+    }
+    // A recipient this relay cannot take is left out, not the message.
+    let (to, unsendable): (Vec<&lettre::Address>, Vec<&lettre::Address>) =
+        (envelope.to().iter()).partition(|a| utf8 || ascii(a));
+    for a in unsendable {
+        let why = "the address is not ASCII and the relay does not offer SMTPUTF8";
+        undelivered.refused.push((a.to_string(), why.to_string()));
+    }
+    if utf8 && !(envelope.from().is_none_or(ascii) && to.iter().all(|a| ascii(a))) {
         options.push(MailParameter::SmtpUtfEight);
     }
     if !body.is_ascii() {
@@ -195,24 +198,17 @@ async fn transaction(
     }
     let from = envelope.from().cloned();
     timed(ch, "MAIL", 1, conn.command(Mail::new(from, options))).await?;
-    let mut undelivered = Undelivered::default();
     let mut taken = 0usize;
-    for to in envelope.to() {
-        match timed(
-            ch,
-            "RCPT",
-            1,
-            conn.command(Rcpt::new(to.clone(), Vec::new())),
-        )
-        .await
-        {
+    for to in to {
+        let rcpt = conn.command(Rcpt::new(to.clone(), Vec::new()));
+        match timed(ch, "RCPT", 1, rcpt).await {
             Ok(_) => taken += 1,
+            // RFC 5321 4.5.3.1.10: a 552 to RCPT ("too many recipients") means "later".
+            Err(Step::Smtp(e)) if e.is_transient() || code(&e) == Some(552) => {
+                undelivered.deferred.push((to.to_string(), e.to_string()));
+            }
             Err(Step::Smtp(e)) if e.is_permanent() => {
                 undelivered.refused.push((to.to_string(), e.to_string()));
-            }
-            Err(Step::Smtp(e)) if e.is_transient() => {
-                undelivered.deferred.push(to.to_string());
-                (undelivered.deferred_error).get_or_insert_with(|| e.to_string());
             }
             Err(other) => return Err(other),
         }
@@ -220,7 +216,8 @@ async fn transaction(
     if taken == 0 {
         // Nobody to send it to. Tried again when any refusal was for now.
         let refused = (undelivered.refused.iter()).map(|(to, why)| format!("{to} ({why})"));
-        let deferred = (undelivered.deferred.iter()).map(|to| format!("{to} (for now)"));
+        let deferred =
+            (undelivered.deferred.iter()).map(|(to, why)| format!("{to} (for now: {why})"));
         return Err(Step::NoRecipient {
             retryable: !undelivered.deferred.is_empty(),
             why: format!(
@@ -230,8 +227,16 @@ async fn transaction(
         });
     }
     timed(ch, "DATA", 1, conn.command(Data)).await?;
-    timed(ch, "the message", 1, conn.message(&body)).await?;
+    // The upload and the relay's answer to it (it may scan the message first): two answers'
+    // time, and one more per MiB sent, so a large digest is not cut off after it was accepted.
+    let answers = 2 + u32::try_from(body.len() >> 20).unwrap_or(u32::MAX);
+    timed(ch, "the message", answers, conn.message(&body)).await?;
     Ok(undelivered)
+}
+
+/// The reply code of an SMTP refusal, if the error is one.
+fn code(e: &lettre::transport::smtp::Error) -> Option<u16> {
+    e.status().and_then(|c| c.to_string().parse().ok())
 }
 
 /// The longest wait for QUIT's answer once the message was accepted.

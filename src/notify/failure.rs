@@ -15,21 +15,27 @@ pub struct SendFailure {
 
 /// The recipients a message did not reach although the receiver took it for the others (SMTP
 /// refuses each `RCPT` on its own). Empty for every other channel and for a message everyone
-/// got.
+/// got. Each recipient comes with the relay's answer (or why it was not asked), scrubbed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Undelivered {
-    /// Refused for good (SMTP 5xx), each with the relay's answer, scrubbed: nothing is sent to
+    /// Refused for good (SMTP 5xx, or an address this relay cannot take): nothing is sent to
     /// them again, and an alert names them.
     pub refused: Vec<(String, String)>,
-    /// Refused for now (SMTP 4xx), with the relay's answer: the message is queued again for
-    /// them alone.
-    pub deferred: Vec<String>,
-    /// The relay's answer to the first deferred recipient, scrubbed.
-    pub deferred_error: Option<String>,
+    /// Refused for now (SMTP 4xx, and 552 "too many recipients"): the message is queued again
+    /// for them alone.
+    pub deferred: Vec<(String, String)>,
 }
 
 impl Undelivered {
     pub fn is_empty(&self) -> bool {
         self.refused.is_empty() && self.deferred.is_empty()
+    }
+
+    /// Scrubs every answer with `f`.
+    pub fn scrub_with(mut self, f: impl Fn(&str) -> String) -> Undelivered {
+        for (_, why) in self.refused.iter_mut().chain(self.deferred.iter_mut()) {
+            *why = f(why);
+        }
+        self
     }
 }

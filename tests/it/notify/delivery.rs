@@ -233,8 +233,8 @@ async fn a_relay_slow_at_each_step_within_the_timeout_gets_the_message_once() {
     );
 }
 
-/// A relay that refuses `gone@` for good (550) and `grey@` for now (451), the ops webhook and
-/// an empty outbox.
+/// A relay that refuses `gone@` for good (550), `grey@` for now (451) and `many@` as one too
+/// many (552, also for now), the ops webhook and an empty outbox.
 struct PickyRelay {
     smtp: smtp_server::SmtpServer,
     rx: Receiver,
@@ -250,18 +250,24 @@ const THREE: [&str; 3] = [
     "grey@example.com",
 ];
 
-async fn picky_relay() -> PickyRelay {
+async fn picky_relay(max_attempts: u32) -> PickyRelay {
     let pki = TestPki::new();
     let smtp = smtp_server::start(&pki, 0, SMTP_USER, SMTP_PASSWORD);
     smtp.refuse("gone@example.com", 550);
     smtp.refuse("grey@example.com", 451);
+    // "Too many recipients": later, whatever its first digit says (RFC 5321 4.5.3.1.10).
+    smtp.refuse("many@example.com", 552);
     let rx = Receiver::start().await;
     let ep = Endpoints {
         smtp_port: smtp.port,
         ca_file: Some(pki.ca_pem.clone()),
         http: rx.url(""),
     };
-    let cfg = NotifySettings::from(&config_with(&ep, &Tweaks::default()));
+    let tweaks = Tweaks {
+        max_attempts,
+        ..Tweaks::default()
+    };
+    let cfg = NotifySettings::from(&config_with(&ep, &tweaks));
     let (_dir, db) = open_db();
     PickyRelay {
         smtp,
@@ -296,7 +302,7 @@ async fn a_refused_recipient_does_not_keep_an_email_from_the_others() {
         db,
         _pki,
         _dir,
-    } = picky_relay().await;
+    } = picky_relay(3).await;
     with_db(&db, |c| {
         outbox::enqueue(c, &[mail_to("ks-three", &THREE)], NOW)
     })
@@ -364,7 +370,7 @@ async fn an_email_no_recipient_is_taken_for_fails_and_the_last_deferral_is_named
         _pki,
         _dir,
         ..
-    } = picky_relay().await;
+    } = picky_relay(3).await;
     let notifier = Notifier::new().unwrap();
     with_db(&db, |c| {
         outbox::enqueue(c, &[mail_to("ks-none", &THREE[1..])], NOW)
@@ -404,9 +410,51 @@ async fn an_email_no_recipient_is_taken_for_fails_and_the_last_deferral_is_named
         panic!("{:?}", r.alerts);
     };
     assert_eq!(message_id, "ks-none/deferred-2");
-    assert!(error.contains("grey@example.com (for now)"), "{error}");
+    assert!(error.contains("grey@example.com (for now: "), "{error}");
     let got: Vec<Vec<String>> = smtp.messages().into_iter().map(|m| m.to).collect();
     assert_eq!(got, [vec!["gone@example.com".to_string()]]);
+}
+
+/// With one attempt in all, recipients refused for now are given up with those refused for
+/// good, in the one alert, while the others get the message; a 552 to RCPT is "for now".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_last_attempt_recipients_refused_for_now_are_named_with_the_others() {
+    let PickyRelay {
+        smtp,
+        cfg,
+        db,
+        _pki,
+        _dir,
+        ..
+    } = picky_relay(1).await;
+    let to = [
+        "security@example.com",
+        "grey@example.com",
+        "many@example.com",
+    ];
+    with_db(&db, |c| outbox::enqueue(c, &[mail_to("ks-once", &to)], NOW)).unwrap();
+    let r = Notifier::new()
+        .unwrap()
+        .deliver_due(&db, &cfg, NOW)
+        .await
+        .unwrap();
+    let [
+        EnforcerAlert::RecipientsRefused {
+            recipients, error, ..
+        },
+    ] = &r.alerts[..]
+    else {
+        panic!("{:?}", r.alerts);
+    };
+    assert_eq!(recipients, &["grey@example.com", "many@example.com"]);
+    assert!(
+        error.contains("(451)") && error.contains("(552)") && error.contains("at the last attempt"),
+        "{error}"
+    );
+    let got: Vec<Vec<String>> = smtp.messages().into_iter().map(|m| m.to).collect();
+    assert_eq!(got, [vec!["security@example.com".to_string()]]);
+    let depth = with_db(&db, outbox::depth).unwrap();
+    assert_eq!((depth.pending, depth.dead), (0, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
