@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use crate::config::Mode;
-use crate::inventory::Expiry;
+use crate::inventory::{Expiry, Inventory, KeyTally};
 use crate::notify::DeliveryReport;
 use crate::notify::alert::EnforcerAlert;
 use crate::notify::compose;
@@ -48,18 +48,20 @@ impl Run<'_> {
             .await?)
     }
 
-    /// Executes the plan's approved revocations and expiries and the restores, and marks the
-    /// `findings` they answer.
+    /// Executes the plan's approved revocations and expiries and the restores (this sweep's,
+    /// and the owed ones of projects `inventory` listed completely), and marks the `findings`
+    /// they answer.
     pub(super) async fn enforce(
         &self,
         plan: &Plan,
         restores: &[PlannedRestore],
+        inventory: &Inventory<KeyTally>,
         findings: &mut [FindingView],
     ) -> Result<Enforced, SweepError> {
         if self.opts.cancel.is_cancelled() {
             return Ok(Enforced::default());
         }
-        let mut retried = self.pending_restores(findings)?;
+        let mut retried = self.pending_restores(findings, inventory)?;
         let restores: Vec<PlannedRestore> = {
             let distance = self.sweeper.config.safety.restore_expiry.as_secs();
             let distance = i64::try_from(distance).unwrap_or(i64::MAX);
@@ -212,8 +214,13 @@ impl Run<'_> {
 
     /// The closed findings whose failed restore later sweeps retry, in enforce mode only, of the
     /// organisations this sweep covers, leaving out those this sweep stepped (a reopened finding
-    /// wants its expiry; a relaxed open one is retried by its listing step).
-    fn pending_restores(&self, findings: &[FindingView]) -> Result<Vec<Finding>, SweepError> {
+    /// wants its expiry; a relaxed open one is retried by its listing step) and those of projects
+    /// `inventory` did not list completely: keysweep writes to nothing in such a project.
+    fn pending_restores(
+        &self,
+        findings: &[FindingView],
+        inventory: &Inventory<KeyTally>,
+    ) -> Result<Vec<Finding>, SweepError> {
         if self.mode != Mode::Enforce {
             return Ok(Vec::new());
         }
@@ -222,11 +229,14 @@ impl Run<'_> {
             let pending = self
                 .store
                 .with_conn(|conn| state::findings::pending_restores(conn, c.org_name()))?;
-            out.extend(
-                pending
-                    .into_iter()
-                    .filter(|f| !findings.iter().any(|v| v.finding.id == f.id)),
-            );
+            let complete = (inventory.orgs.iter())
+                .find(|o| o.organization == c.org_name())
+                .map(super::advance::complete_projects)
+                .unwrap_or_default();
+            out.extend(pending.into_iter().filter(|f| {
+                complete.contains(f.id.project_id.as_str())
+                    && !findings.iter().any(|v| v.finding.id == f.id)
+            }));
         }
         Ok(out)
     }

@@ -173,7 +173,12 @@ impl Sweeper {
         let delivery = run.deliver().await?;
         run.phase_done("deliver");
         let mut enforced = run
-            .enforce(&planned.plan, &advanced.restores, &mut advanced.findings)
+            .enforce(
+                &planned.plan,
+                &advanced.restores,
+                &listed.inventory,
+                &mut advanced.findings,
+            )
             .await?;
         run.phase_done("enforce");
         run.rotate(

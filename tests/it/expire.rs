@@ -851,6 +851,15 @@ async fn fault_a_failed_restore_is_retried_by_later_sweeps_until_the_expiry_move
         );
 
         sim.faults().clear();
+        // A sweep that cannot list the project writes nothing to it, an owed restore included.
+        let listing = sim
+            .faults()
+            .add(Fault::on_list_keys(PROJECT).respond(FaultKind::Status(500)));
+        let r = sweep(&s, t + 2 * DAY + 3600).await;
+        assert!(!r.complete() && sim.faults().hits(listing) >= 1);
+        assert_eq!(intents_for(&s, &keys.never), 3, "exempt={exempt}: no write");
+        assert!(finding(&s, &keys.never, POLICY).expiry.restore_pending);
+        sim.faults().clear();
         let now = t + 3 * DAY;
         sweep(&s, now).await;
         let at = expires_at(&sim, &keys.never).unwrap();
