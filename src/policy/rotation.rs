@@ -31,6 +31,11 @@ pub struct PlannedRotation {
     pub due: bool,
     /// The project's name as listed (the key's GET does not carry it; selectors may need it).
     pub project_name: Option<String>,
+    /// The key's name and last use as this sweep listed them: the re-check before the mint
+    /// leaves a key renamed since (someone is acting on it), or used since under a policy
+    /// about use, for the next sweep, as the re-check before a DELETE does.
+    pub key_name: String,
+    pub last_used_at: Option<i64>,
     /// The old key's scopes as the audit log tells them (`Some([])`: All permissions; `None`:
     /// unknown). `planned_rotations` leaves it `None`; the sweep fills it in from the log.
     pub logged_scopes: Option<Vec<String>>,
@@ -122,6 +127,8 @@ pub fn planned_rotations(
             start_at,
             due: warned_before && now >= start_at,
             project_name: f.project_name.clone(),
+            key_name: f.key_name.clone(),
+            last_used_at: f.last_used_at,
             logged_scopes: None,
         };
         // A key under two `rotate` policies rotates once: by the one that starts it first (the

@@ -44,6 +44,14 @@ async fn recheck(ctx: &Context, client: &AdminClient, p: &PlannedRotation) -> Re
     if fresh.owner.kind != OwnerType::ServiceAccount || fresh.owner.id.is_none() {
         return Err("the key is not a service account's".into());
     }
+    // Someone is acting on the key right now: the next sweep decides on what it then lists.
+    if fresh.name != p.key_name {
+        let name = crate::text::log_field(&fresh.name);
+        return Err(format!("the key was renamed to {name:?}"));
+    }
+    if fresh.last_used_at != p.last_used_at && ctx.policies.depends_on_use(&id.policy) {
+        return Err("the key was used since it was listed".into());
+    }
     let eval = ctx.policies.evaluate(&fresh, ctx.now);
     if let Some(hit) = &eval.exemption {
         return Err(format!("the key is now exempted: {}", hit.reason));

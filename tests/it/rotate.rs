@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use keysweep::sim::{
-    Fault, FaultKind, FaultRoute, SimAccess, SimKey, SimOptions, SimOrg, SimOwnerRef, SimServer,
-    SimServiceAccount,
+    Fault, FaultKind, FaultRoute, SimAccess, SimEffect, SimKey, SimOptions, SimOrg, SimOwnerRef,
+    SimServer, SimServiceAccount,
 };
 use keysweep::state::{Store, audit, rotations};
 
@@ -788,4 +788,40 @@ async fn a_rotation_whose_day_was_filled_after_planning_mints_nothing() {
         "{withheld:?}"
     );
     assert_eq!(w.sim.key(PROJECT, OLD).unwrap().expires_at, None);
+}
+
+/// A key renamed between the listing and the rotation's re-check is someone acting on it: no
+/// key is minted, and the next sweep, which lists the new name, rotates it.
+#[tokio::test]
+async fn a_key_renamed_before_its_rotation_is_left_for_the_next_sweep() {
+    let w = world(FILE_SINK, SCOPES, ENFORCE_SA).await;
+    first_warning(&w).await;
+    w.sim.faults().add(
+        Fault::on_get_key(PROJECT, OLD)
+            .once()
+            .respond(FaultKind::Apply(SimEffect::rename(
+                PROJECT,
+                OLD,
+                "renamed\u{202e} by its owner",
+            ))),
+    );
+    let now = due(&w);
+    let out = w.run(now).await;
+    assert_eq!(w.mints(), 0, "minted for a key renamed meanwhile:\n{out}");
+    assert!(!w.sink_file().exists());
+    let store = Store::open(&w.dir.path().join("keysweep.db")).unwrap();
+    let said = (store
+        .with_conn(|c| audit::list(c, None))
+        .unwrap()
+        .into_iter())
+    .filter(|r| r.record.key_id.as_deref() == Some(OLD))
+    .map(|r| serde_json::to_string(&r.record).unwrap())
+    .filter(|r| r.contains("renamed"))
+    .collect::<Vec<_>>();
+    assert!(!said.is_empty(), "{out}");
+    assert!(said.iter().all(|r| !r.contains('\u{202e}')), "{said:?}");
+
+    let out = w.run(now + 60).await;
+    assert_eq!(w.mints(), 1, "the next sweep rotates it:\n{out}");
+    assert!(w.sink_file().exists());
 }
