@@ -210,7 +210,12 @@ pub fn sent_in_part(
                 kind: m.kind.as_str(),
                 payload: &m.payload,
             };
-            rows::insert_deferred(c, &row, *attempts, &clean_error(error), *next, now)?;
+            let written =
+                rows::insert_deferred(c, &row, *attempts, &clean_error(error), *next, now)?;
+            if written == 0 {
+                // No path reuses a copy's id; if one ever did, say so rather than lose them.
+                tracing::error!(message_id = %m.message_id, channel = %m.channel, "the copy for recipients refused for now was not queued: its id is taken");
+            }
         }
         enqueue(c, alert, now)?;
         Ok(true)
