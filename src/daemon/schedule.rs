@@ -219,17 +219,22 @@ const GAP_SAMPLE: usize = 6_000;
 pub fn final_notice_warnings(config: &Config) -> Vec<String> {
     let mut out = Vec::new();
     for org in &config.organizations {
+        let enforcing: Vec<_> = (config.policies.iter())
+            .filter(|p| p.action.enforces())
+            .filter(|p| {
+                let orgs = &p.selector.organizations;
+                orgs.is_empty() || orgs.iter().any(|o| o == &org.name)
+            })
+            .collect();
         let schedule = effective_schedule(config, org);
-        let Some(cadence) = Cadence::of(schedule) else {
+        let Some(cadence) = Cadence::of(schedule).filter(|_| !enforcing.is_empty()) else {
             continue;
         };
         let gap = cadence.longest_gap();
-        for p in (config.policies.iter()).filter(|p| p.action.enforces()) {
-            let applies = p.selector.organizations.is_empty()
-                || p.selector.organizations.iter().any(|o| o == &org.name);
+        for p in enforcing {
             let secs = |d: std::time::Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
             let needed = gap.saturating_add(secs(p.final_notice));
-            if !applies || secs(p.warn_before) >= needed {
+            if secs(p.warn_before) >= needed {
                 continue;
             }
             let text = |s: i64| duration_text(std::time::Duration::from_secs(s.unsigned_abs()));
@@ -532,5 +537,26 @@ mod tests {
         assert!(warnings("0 0 * * 1", "8d", "expire").is_empty());
         assert!(warnings("0 0 * * 1", "7d", "notify").is_empty());
         assert!(warnings("0 */6 * * *", "7d", "expire").is_empty());
+        // Per organisation: its own schedule, and only the policies that select it.
+        let two = |selected: &str| {
+            let text = toml("0 */6 * * *", "7d", "expire")
+                .replace(
+                    "[[policies]]",
+                    "[[organizations]]\nname = \"weekly\"\nadmin_key_env = \"K\"\n\
+                     schedule = \"0 0 * * 1\"\n[[policies]]",
+                )
+                .replace(
+                    "max_age = \"90d\"",
+                    &format!("max_age = \"90d\"\nmatch = {{ organizations = [\"{selected}\"] }}"),
+                );
+            let config = crate::config::load_from_str(&text, &env).unwrap();
+            final_notice_warnings(&config)
+        };
+        let weekly = two("weekly");
+        assert!(
+            weekly.len() == 1 && weekly[0].contains("organization \"weekly\""),
+            "{weekly:?}"
+        );
+        assert!(two("acme").is_empty());
     }
 }

@@ -25,20 +25,15 @@ pub fn should_raise(
     now: i64,
     repeat_interval: Duration,
 ) -> Result<bool, StateError> {
-    let last = raised_at(conn, dedup_key)?;
+    let last: Option<i64> = conn
+        .prepare_cached("SELECT last_raised FROM alerts WHERE dedup_key = ?1")?
+        .query_row(params![dedup_key], |r| r.get(0))
+        .optional()?;
     let interval = i64::try_from(repeat_interval.as_secs()).unwrap_or(i64::MAX);
     Ok(match last {
         None => true,
         Some(last) => now.saturating_sub(last) >= interval,
     })
-}
-
-/// When an alert with `dedup_key` was last raised, if ever (until it cleared).
-pub fn raised_at(conn: &Connection, dedup_key: &str) -> Result<Option<i64>, StateError> {
-    Ok(conn
-        .prepare_cached("SELECT last_raised FROM alerts WHERE dedup_key = ?1")?
-        .query_row(params![dedup_key], |r| r.get(0))
-        .optional()?)
 }
 
 /// Records that `alert` was raised at `now` (keeps its first time, updates the last).

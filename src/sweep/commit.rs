@@ -94,9 +94,9 @@ impl Run<'_> {
     }
 
     /// Alerts already raised within the repeat interval are not raised again, except a sweep's
-    /// total that this very sweep raised a part of before
-    /// ([`EnforcerAlert::is_sweep_total`]): the enforce phase's cap and kill-switch alerts count
-    /// what planning withheld too, and go out again with the whole count.
+    /// total that this very sweep (not another one started in the same second) raised a part
+    /// of before ([`EnforcerAlert::is_sweep_total`]): the enforce phase's cap alert counts what
+    /// planning withheld too, and goes out again with the whole count.
     pub(super) fn dedup_alerts(
         &self,
         alerts: Vec<EnforcerAlert>,
@@ -110,11 +110,13 @@ impl Run<'_> {
                 continue;
             }
             let key = a.dedup_key();
-            let raise = self.store.with_conn(|c| {
-                Ok(state::alerts::should_raise(c, &key, now, repeat)?
-                    || a.is_sweep_total() && state::alerts::raised_at(c, &key)? == Some(now))
-            })?;
-            if raise {
+            let mut raised =
+                (self.raised.lock()).unwrap_or_else(std::sync::PoisonError::into_inner);
+            let update = a.is_sweep_total() && raised.contains(&key);
+            if update
+                || (self.store).with_conn(|c| state::alerts::should_raise(c, &key, now, repeat))?
+            {
+                raised.insert(key);
                 out.push(a);
             }
         }

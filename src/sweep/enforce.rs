@@ -4,6 +4,7 @@
 //! with their `revoked` notices (composed by `notify`) and the failures' alerts, and delivers
 //! again. Nothing is deleted once the sweep is cancelled, nor from here: only `revoke` deletes.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::config::Mode;
@@ -12,7 +13,7 @@ use crate::notify::DeliveryReport;
 use crate::notify::alert::EnforcerAlert;
 use crate::notify::compose;
 use crate::policy::expiry::PlannedRestore;
-use crate::policy::finding::{ExpirySet, Finding};
+use crate::policy::finding::{ExpirySet, Finding, FindingId};
 use crate::policy::lifecycle;
 use crate::policy::plan::{Plan, Withheld, Write};
 use crate::revoke::expiry::{ExpiryOutcome, ExpiryResult};
@@ -61,14 +62,17 @@ impl Run<'_> {
         if self.opts.cancel.is_cancelled() {
             return Ok(Enforced::default());
         }
-        let mut retried = self.pending_restores(findings, inventory)?;
+        let whole = listed_whole(inventory);
+        let in_whole = |id: &FindingId| whole.contains(&(&*id.organization, &*id.project_id));
+        let mut retried = self.pending_restores(findings, &in_whole)?;
         let restores: Vec<PlannedRestore> = {
             let distance = self.sweeper.config.safety.restore_expiry.as_secs();
             let distance = i64::try_from(distance).unwrap_or(i64::MAX);
             let retries = retried
                 .iter()
                 .filter_map(|f| crate::policy::expiry::restore_retry(f, distance));
-            restores.iter().cloned().chain(retries).collect()
+            let this_sweep = restores.iter().filter(|r| in_whole(&r.finding)).cloned();
+            this_sweep.chain(retries).collect()
         };
         if plan.revoke.is_empty() && restores.is_empty() {
             return Ok(Enforced::default());
@@ -164,6 +168,18 @@ fn withheld_for(
     u64::try_from(deletes.count() + sets.count()).unwrap_or(u64::MAX)
 }
 
+/// The (organisation, project) pairs `inventory` listed completely, in organisations whose
+/// listing did not fail: the only projects an expiry is moved back out in (incomplete means
+/// hands off, as the plan holds for the writes it plans).
+fn listed_whole(inventory: &Inventory<KeyTally>) -> HashSet<(&str, &str)> {
+    let orgs = (inventory.orgs.iter()).filter(|o| o.error.is_none());
+    orgs.flat_map(|o| {
+        let complete = super::advance::complete_projects(o);
+        complete.into_iter().map(|p| (o.organization.as_str(), p))
+    })
+    .collect()
+}
+
 /// How many revocations and expiries the plan withheld for `reason`, as its alert counts them.
 fn planned(plan: &Plan, reason: Withheld) -> u64 {
     let n = plan.withheld.iter().filter(|w| w.reason == reason);
@@ -219,7 +235,7 @@ impl Run<'_> {
     fn pending_restores(
         &self,
         findings: &[FindingView],
-        inventory: &Inventory<KeyTally>,
+        listed_whole: &dyn Fn(&FindingId) -> bool,
     ) -> Result<Vec<Finding>, SweepError> {
         if self.mode != Mode::Enforce {
             return Ok(Vec::new());
@@ -229,14 +245,14 @@ impl Run<'_> {
             let pending = self
                 .store
                 .with_conn(|conn| state::findings::pending_restores(conn, c.org_name()))?;
-            let complete = (inventory.orgs.iter())
-                .find(|o| o.organization == c.org_name())
-                .map(super::advance::complete_projects)
-                .unwrap_or_default();
-            out.extend(pending.into_iter().filter(|f| {
-                complete.contains(f.id.project_id.as_str())
-                    && !findings.iter().any(|v| v.finding.id == f.id)
-            }));
+            let (owed, waiting): (Vec<Finding>, Vec<Finding>) =
+                (pending.into_iter()).partition(|f| listed_whole(&f.id));
+            if !waiting.is_empty() {
+                tracing::warn!(run_id = self.run_id(), organization = %c.org_name(), waiting = waiting.len(), "owed expiry restores wait for a complete listing of their project");
+            }
+            out.extend(
+                (owed.into_iter()).filter(|f| !findings.iter().any(|v| v.finding.id == f.id)),
+            );
         }
         Ok(out)
     }
@@ -304,4 +320,49 @@ fn record_expiry(f: &mut Finding, r: &ExpiryResult, now: i64) -> bool {
         f.expiry.restore_pending = pending;
     }
     changed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::{Listing, OrgInventory, ProjectInventory, ProjectRef};
+
+    fn org(name: &str, error: Option<&str>, projects: &[(&str, bool)]) -> OrgInventory<KeyTally> {
+        OrgInventory {
+            organization: name.into(),
+            projects: (projects.iter())
+                .map(|&(id, complete)| ProjectInventory {
+                    project: ProjectRef {
+                        organization: name.into(),
+                        id: id.into(),
+                        name: None,
+                        archived: false,
+                    },
+                    keys: KeyTally::default(),
+                    listing: if complete {
+                        Listing::Complete
+                    } else {
+                        Listing::Incomplete("page 2 failed".into())
+                    },
+                })
+                .collect(),
+            error: error.map(String::from),
+            unauthorized: false,
+            admin_keys: Vec::new(),
+        }
+    }
+
+    /// Only complete projects of organisations listed without error are written to: a 401
+    /// part-way leaves the projects listed before it complete, and still hands off.
+    #[test]
+    fn only_complete_projects_of_organisations_listed_whole_are_written_to() {
+        let inventory = Inventory {
+            orgs: vec![
+                org("acme", None, &[("proj_a", true), ("proj_b", false)]),
+                org("beta", Some("401 part-way"), &[("proj_c", true)]),
+            ],
+        };
+        let whole = listed_whole(&inventory);
+        assert_eq!(whole, HashSet::from([("acme", "proj_a")]));
+    }
 }

@@ -35,6 +35,9 @@ pub(super) struct Run<'a> {
     pub policies: OnceLock<Arc<Policies>>,
     /// Which key each key keysweep minted replaced, read once (`owners.rs`).
     pub replaced: OnceLock<state::rotations::Replacements>,
+    /// The dedup keys of the alerts this sweep raised: a later phase's total of one of them
+    /// goes out although it was just raised (`commit.rs`, `dedup_alerts`).
+    pub raised: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// Seconds since the sweep started at the end of each long phase, for the last log line.
@@ -66,6 +69,7 @@ impl<'a> Run<'a> {
             key_notes: std::sync::OnceLock::new(),
             policies: OnceLock::new(),
             replaced: OnceLock::new(),
+            raised: std::sync::Mutex::default(),
         };
         run.store.tx(|tx| {
             for c in &run.clients {
