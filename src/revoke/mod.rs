@@ -32,7 +32,8 @@ mod recheck;
 mod reconcile;
 
 pub use context::{
-    Context, cap_reached_reason, is_cap_reached_reason, is_kill_switch_reason, kill_switch_engaged,
+    Context, KILL_SWITCH_REASON, cap_reached_reason, is_cap_reached_reason, is_kill_switch_reason,
+    kill_switch_engaged,
 };
 pub use critical::drain_in_flight;
 pub use execute::execute;

@@ -71,6 +71,7 @@ pub(super) async fn rotate_one(
     let Some(client) = ctx.client(&p.finding.organization) else {
         return Ok(RotationOutcome::Skipped {
             reason: "no client for the organisation".into(),
+            streak: None,
         });
     };
     let scopes = match new_key_scopes(p.logged_scopes.as_deref(), rot.scopes.as_deref()) {
@@ -233,6 +234,7 @@ async fn hand_over(
     let Some(sink_config) = ctx.config.sink(&rot.sink) else {
         return Ok(RotationOutcome::Skipped {
             reason: format!("no sink named {:?}", rot.sink),
+            streak: None,
         });
     };
     let new = (
@@ -399,7 +401,24 @@ fn skipped(
         )
         .with_response(json!({ "recheck": reason }));
     audit::append_durable(&ctx.store, &rec)?;
-    Ok(RotationOutcome::Skipped { reason })
+    // The same streak as the re-check before a DELETE or an expiry set counts: a key renamed
+    // back and forth is someone dodging enforcement, whichever write it dodges.
+    let max = ctx.config.max_recheck_skips;
+    let streak = if max == 0 {
+        None
+    } else {
+        let skips = ctx.store.with_conn(|c| {
+            crate::state::findings::consecutive_recheck_skips(
+                c,
+                &id.organization,
+                &id.project_id,
+                &id.key_id,
+                |message| message.contains(crate::revoke::KILL_SWITCH_REASON),
+            )
+        })?;
+        (skips >= max).then_some(skips)
+    };
+    Ok(RotationOutcome::Skipped { reason, streak })
 }
 
 /// A key of the same service account whose hand-over a crash interrupted (`minted`), if any:

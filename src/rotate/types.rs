@@ -90,7 +90,13 @@ pub enum RotationOutcome {
     /// The kill switch or a cap withheld it.
     Withheld { reason: String },
     /// The re-check found a reason not to rotate (gone, exempted, no longer violating, …).
-    Skipped { reason: String },
+    /// `streak`: the re-check has kept this key that many sweeps in a row, at least
+    /// `max_recheck_skips` (a `RecheckSkips` alert is owed, as for a DELETE).
+    Skipped {
+        reason: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        streak: Option<u32>,
+    },
     /// No scopes configured and none (or All permissions) in the audit log: keysweep never
     /// mints All permissions unless told `scopes = []`. `logged_all`: the log says the old key
     /// has All permissions.
@@ -126,6 +132,19 @@ impl RotationResult {
 
     /// The message to the ops channels: the "rotated" announcement, or what needs a person.
     pub fn alert(&self) -> Option<EnforcerAlert> {
+        if let RotationOutcome::Skipped {
+            reason,
+            streak: Some(skips),
+        } = &self.outcome
+        {
+            return Some(EnforcerAlert::RecheckSkips {
+                organization: self.organization.clone(),
+                project_id: self.project_id.clone(),
+                key_id: self.key_id.clone(),
+                skips: *skips,
+                reason: reason.clone(),
+            });
+        }
         let message = match &self.outcome {
             RotationOutcome::Rotated {
                 new_key_id,
