@@ -36,6 +36,9 @@ pub struct PlannedRotation {
     /// about use, for the next sweep, as the re-check before a DELETE does.
     pub key_name: String,
     pub last_used_at: Option<i64>,
+    /// The policies of the key's open enforcing findings, whose earliest deadline the rotation
+    /// keeps: a use since the listing stops the mint when any of them is about use.
+    pub policies: Vec<String>,
     /// The old key's scopes as the audit log tells them (`Some([])`: All permissions; `None`:
     /// unknown). `planned_rotations` leaves it `None`; the sweep fills it in from the log.
     pub logged_scopes: Option<Vec<String>>,
@@ -101,6 +104,7 @@ pub fn planned_rotations(
     let rotate_of = |f: &Finding| rotations.iter().find(|r| r.policy == f.id.policy);
     // Earliest open enforcing deadline per key.
     let mut deadline: BTreeMap<(&str, &str, &str), i64> = BTreeMap::new();
+    let mut enforcing: BTreeMap<(&str, &str, &str), Vec<String>> = BTreeMap::new();
     for f in findings
         .iter()
         .filter(|f| f.stage.is_open() && f.action.enforces())
@@ -108,6 +112,7 @@ pub fn planned_rotations(
         let k = f.id.key_ref();
         let d = deadline.entry(k).or_insert(f.deadline);
         *d = (*d).min(f.deadline);
+        enforcing.entry(k).or_default().push(f.id.policy.clone());
     }
     let mut out: BTreeMap<(&str, &str, &str), PlannedRotation> = BTreeMap::new();
     for f in findings {
@@ -129,6 +134,7 @@ pub fn planned_rotations(
             project_name: f.project_name.clone(),
             key_name: f.key_name.clone(),
             last_used_at: f.last_used_at,
+            policies: enforcing.get(&k).cloned().unwrap_or_default(),
             logged_scopes: None,
         };
         // A key under two `rotate` policies rotates once: by the one that starts it first (the
@@ -385,6 +391,19 @@ mod tests {
             new_key_scopes(Some(&all), Some(&all)),
             Ok((Vec::new(), ScopesFrom::Policy))
         );
+    }
+
+    #[test]
+    fn a_rotation_knows_every_enforcing_policy_whose_deadline_it_keeps() {
+        let t0 = 100 * DAY;
+        let rot = finding("k1", "rot", "service_account", t0 + 9 * DAY, t0);
+        let idle = finding("k1", "idle", "service_account", t0 + 7 * DAY, t0);
+        let planned = planned_rotations(&[&rot, &idle], &[rotate("rot")], t0 + DAY);
+        assert_eq!(planned.len(), 1);
+        assert_eq!(planned[0].deadline, t0 + 7 * DAY);
+        let mut policies = planned[0].policies.clone();
+        policies.sort();
+        assert_eq!(policies, ["idle", "rot"]);
     }
 
     #[test]

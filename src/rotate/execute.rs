@@ -49,7 +49,9 @@ async fn recheck(ctx: &Context, client: &AdminClient, p: &PlannedRotation) -> Re
         let name = crate::text::log_field(&fresh.name);
         return Err(format!("the key was renamed to {name:?}"));
     }
-    if fresh.last_used_at != p.last_used_at && ctx.policies.depends_on_use(&id.policy) {
+    if fresh.last_used_at != p.last_used_at
+        && (p.policies.iter()).any(|policy| ctx.policies.depends_on_use(policy))
+    {
         return Err("the key was used since it was listed".into());
     }
     let eval = ctx.policies.evaluate(&fresh, ctx.now);
