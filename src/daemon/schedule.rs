@@ -184,25 +184,59 @@ impl Cadence {
     /// two slots plus the jitter. Measured over a year of slots (at most [`GAP_SAMPLE`]) from a
     /// fixed date, so it reads no clock.
     pub fn longest_gap(&self) -> i64 {
+        self.slot_gaps().1.saturating_add(self.jitter)
+    }
+
+    /// The shortest and the longest time between two slots, over a year of slots (at most
+    /// [`GAP_SAMPLE`]) from a fixed date.
+    fn slot_gaps(&self) -> (i64, i64) {
         let from =
             DateTime::from_timestamp(GAP_FROM, 0).and_then(|t| self.cron.next_fire(t, self.tz));
         let Some(mut slot) = from else {
-            return 0;
+            return (0, 0);
         };
         let end = slot.timestamp().saturating_add(400 * 86_400);
-        let mut longest = 0;
+        let (mut shortest, mut longest) = (i64::MAX, 0);
         for _ in 0..GAP_SAMPLE {
             let Some(next) = self.cron.next_fire(slot, self.tz) else {
                 break;
             };
-            longest = longest.max((next - slot).num_seconds());
+            let gap = (next - slot).num_seconds();
+            (shortest, longest) = (shortest.min(gap), longest.max(gap));
             if next.timestamp() > end {
                 break;
             }
             slot = next;
         }
-        longest.saturating_add(self.jitter)
+        (shortest.min(longest), longest)
     }
+}
+
+/// The start-up warnings for schedules whose `jitter` is not shorter than the shortest time
+/// between two slots: a sweep delayed by it can run into the next slot, which is then skipped
+/// (and the final notices timed by the schedule, `Cadence`, assume every slot runs).
+pub fn jitter_warnings(config: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    for org in &config.organizations {
+        let schedule = effective_schedule(config, org);
+        let Some(cadence) = Cadence::of(schedule).filter(|c| c.jitter > 0) else {
+            continue;
+        };
+        let (shortest, _) = cadence.slot_gaps();
+        if cadence.jitter >= shortest {
+            let text = |s: i64| duration_text(std::time::Duration::from_secs(s.unsigned_abs()));
+            out.push(format!(
+                "organization {:?}: jitter ({}) is not shorter than the shortest time between two \
+                 slots of schedule {:?} ({}): a sweep it delays can run into the next slot, which \
+                 is then skipped; make jitter shorter",
+                org.name,
+                text(cadence.jitter),
+                schedule.cron,
+                text(shortest),
+            ));
+        }
+    }
+    out
 }
 
 /// 2026-01-01T00:00:00Z: where [`Cadence::longest_gap`] starts counting.
@@ -552,6 +586,18 @@ mod tests {
             let config = crate::config::load_from_str(&text, &env).unwrap();
             final_notice_warnings(&config)
         };
+        // A jitter as long as the time between slots.
+        let jittery = |jitter: &str| {
+            let text = format!(
+                "jitter = \"{jitter}\"\n{}",
+                toml("0 */6 * * *", "7d", "expire")
+            );
+            let config = crate::config::load_from_str(&text, &env).unwrap();
+            jitter_warnings(&config)
+        };
+        let six = jittery("6h");
+        assert!(six.len() == 1 && six[0].contains("jitter (6h)"), "{six:?}");
+        assert!(jittery("5h").is_empty());
         let weekly = two("weekly");
         assert!(
             weekly.len() == 1 && weekly[0].contains("organization \"weekly\""),
