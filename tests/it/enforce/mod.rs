@@ -1056,6 +1056,57 @@ async fn two_sweeps_at_once_never_delete_more_than_the_day_cap_between_them() {
     assert!(old_a.iter().all(|k| !sim_a.key_exists(&pa, k)));
 }
 
+/// Two organisations' sweeps that start in the same second against a full day: the cap alert
+/// goes out once, from the first; the second's is within `repeat_interval` of it, although it
+/// was raised "now" (only a sweep's own raised alerts are updated in the same sweep).
+#[tokio::test]
+async fn two_sweeps_in_the_same_second_raise_the_day_cap_alert_once() {
+    let (mut alpha, mut beta) = (quiet_org(1, 12, 51), quiet_org(1, 12, 52));
+    let pa = active_project_ids(&alpha)[0].clone();
+    let pb = active_project_ids(&beta)[0].clone();
+    age_user_keys(&mut alpha, &pa, 2, 200);
+    age_user_keys(&mut beta, &pb, 2, 200);
+    let (sim_a, sim_b) = (start_sim(alpha).await, start_sim(beta).await);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let tables = format!("{ISSUE_3_POLICIES}{}", safety(100, 100, 4, ""));
+    let a = sweeper(&org_config_text(&sim_a, &db, "enforce", &tables, "alpha"));
+    let b = sweeper(&org_config_text(&sim_b, &db, "enforce", &tables, "beta"));
+    sweep(&a, NOW).await;
+    sweep(&b, NOW).await;
+    let due = NOW + 15 * DAY;
+    let store = a.store().unwrap().clone();
+    store
+        .tx(|tx| {
+            for i in 0..4 {
+                let key = format!("key_elsewhere_{i}");
+                state::revocations::record_revocation(tx, due - 60, "other", "proj_x", &key, "r")?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    let caps = |r: &SweepReport| {
+        (r.alerts.iter())
+            .filter(|a| {
+                matches!(
+                    a,
+                    keysweep::notify::alert::EnforcerAlert::CapExceeded { .. }
+                )
+            })
+            .count()
+    };
+    let ra = sweep(&a, due).await;
+    let rb = sweep(&b, due).await;
+    assert_eq!((deleted_in(&ra).len(), deleted_in(&rb).len()), (0, 0));
+    assert_eq!(
+        (caps(&ra), caps(&rb)),
+        (1, 0),
+        "{:?} / {:?}",
+        ra.alerts,
+        rb.alerts
+    );
+}
+
 /// A DELETE the API refused (a 4xx) certainly deleted nothing and gives its slot of the
 /// rolling-day cap back; one that got a 5xx, or an answer that cannot be read, may have deleted
 /// the key and keeps its slot, so the cap never lets one too many through.
