@@ -457,6 +457,38 @@ async fn at_the_last_attempt_recipients_refused_for_now_are_named_with_the_other
     assert_eq!((depth.pending, depth.dead), (0, 0));
 }
 
+/// `notify test` on a channel whose `to` the relay partly refuses fails, naming each refused
+/// address with the relay's answer, and says that the others got it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_test_names_the_recipients_the_relay_refused() {
+    let PickyRelay {
+        smtp,
+        cfg,
+        _pki,
+        _dir,
+        ..
+    } = picky_relay(3).await;
+    let mut ch = cfg.channel("sec-email").unwrap().clone();
+    let ChannelKind::Email(e) = &mut ch.kind else {
+        panic!("not an e-mail channel");
+    };
+    e.to = vec!["security@example.com".into(), "gone@example.com".into()];
+    let err = Notifier::new()
+        .unwrap()
+        .send_test(&ch, NOW)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("the others got it, but the relay refused gone@example.com (")
+            && err.contains("550"),
+        "{err}"
+    );
+    assert_no_secret("notify test error", &err);
+    let got: Vec<Vec<String>> = smtp.messages().into_iter().map(|m| m.to).collect();
+    assert_eq!(got, [vec!["security@example.com".to_string()]]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smtp_down_then_back_delivers_once_with_the_same_message_id() {
     let pki = TestPki::new();
