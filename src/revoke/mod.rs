@@ -29,6 +29,7 @@ mod execute;
 pub mod expiry;
 mod outcome;
 mod recheck;
+pub(crate) use recheck::acted_on_since;
 mod reconcile;
 
 pub use context::{

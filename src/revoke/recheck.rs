@@ -23,19 +23,9 @@ pub(super) fn reason_to_keep(
     if fresh.project_name.is_none() {
         fresh.project_name = listed.project_name.clone();
     }
-    // A use since the listing matters only to a policy about use (`max_idle`): under
-    // `max_age` a key in use is exactly what the policy is about.
-    if fresh.last_used_at != listed.last_used_at
-        && policies.iter().any(|p| ctx.policies.depends_on_use(p))
-    {
-        return Some("the key was used since it was listed".into());
-    }
-    // Someone is acting on the key right now: the next sweep decides on what it then lists.
-    if fresh.name != listed.name {
-        return Some(format!(
-            "the key was renamed to {:?}",
-            crate::text::log_field(&fresh.name)
-        ));
+    let about_use = policies.iter().any(|p| ctx.policies.depends_on_use(p));
+    if let Some(reason) = acted_on_since(&listed.name, listed.last_used_at, fresh, about_use) {
+        return Some(reason);
     }
     let eval = ctx.policies.evaluate(fresh, ctx.now);
     if let Some(hit) = &eval.exemption {
@@ -45,6 +35,26 @@ pub(super) fn reason_to_keep(
     // longer violates" too: either way nothing needs writing.
     if let Some(p) = policies.iter().find(|p| eval.violation(p).is_none()) {
         return Some(format!("the key no longer violates {p}"));
+    }
+    None
+}
+
+/// Why `fresh` shows someone acting on the key since it was listed as `name`, last used at
+/// `last_used_at`: renamed (the next sweep decides on what it then lists), or used when a
+/// policy the write answers is about use (`about_use`: `max_idle`; under `max_age` a key in use
+/// is exactly what the policy is about). Shared by the re-check before a rotation's mint.
+pub(crate) fn acted_on_since(
+    name: &str,
+    last_used_at: Option<i64>,
+    fresh: &Key,
+    about_use: bool,
+) -> Option<String> {
+    if about_use && fresh.last_used_at != last_used_at {
+        return Some("the key was used since it was listed".into());
+    }
+    if fresh.name != name {
+        let name = crate::text::log_field(&fresh.name);
+        return Some(format!("the key was renamed to {name:?}"));
     }
     None
 }

@@ -18,6 +18,7 @@ use crate::openai::{AdminClient, Error as OpenAiError, MintRequest};
 use crate::policy::rotation::{
     NoScopes, PlannedRotation, ScopesFrom, new_key_name, new_key_scopes,
 };
+use crate::revoke::acted_on_since;
 use crate::sink::{self, KeyMeta};
 use crate::state::StateError;
 use crate::state::audit::{self, AuditKind};
@@ -44,15 +45,9 @@ async fn recheck(ctx: &Context, client: &AdminClient, p: &PlannedRotation) -> Re
     if fresh.owner.kind != OwnerType::ServiceAccount || fresh.owner.id.is_none() {
         return Err("the key is not a service account's".into());
     }
-    // Someone is acting on the key right now: the next sweep decides on what it then lists.
-    if fresh.name != p.key_name {
-        let name = crate::text::log_field(&fresh.name);
-        return Err(format!("the key was renamed to {name:?}"));
-    }
-    if fresh.last_used_at != p.last_used_at
-        && (p.policies.iter()).any(|policy| ctx.policies.depends_on_use(policy))
-    {
-        return Err("the key was used since it was listed".into());
+    let about_use = (p.policies.iter()).any(|policy| ctx.policies.depends_on_use(policy));
+    if let Some(reason) = acted_on_since(&p.key_name, p.last_used_at, &fresh, about_use) {
+        return Err(reason);
     }
     let eval = ctx.policies.evaluate(&fresh, ctx.now);
     if let Some(hit) = &eval.exemption {
