@@ -94,11 +94,7 @@ fn load_with(cli: &Cli, read: fn(&Path) -> Result<Config, config::LoadError>) ->
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
-    let schedule = crate::daemon::schedule::final_notice_warnings(&config);
-    for w in schedule
-        .into_iter()
-        .chain(crate::daemon::schedule::jitter_warnings(&config))
-    {
+    for w in crate::daemon::schedule::schedule_warnings(&config) {
         tracing::warn!("{w}");
     }
     // What a valid configuration silently leaves out, said by the commands that look at keys.

@@ -180,13 +180,6 @@ impl Cadence {
         Some(self.cron.next_fire(after, self.tz)?.timestamp())
     }
 
-    /// The longest time from one sweep's slot to the next sweep's start: the longest gap between
-    /// two slots plus the jitter. Measured over a year of slots (at most [`GAP_SAMPLE`]) from a
-    /// fixed date, so it reads no clock.
-    pub fn longest_gap(&self) -> i64 {
-        self.slot_gaps().1.saturating_add(self.jitter)
-    }
-
     /// The shortest and the longest time between two slots, over a year of slots (at most
     /// [`GAP_SAMPLE`]) from a fixed date.
     fn slot_gaps(&self) -> (i64, i64) {
@@ -212,19 +205,41 @@ impl Cadence {
     }
 }
 
-/// The start-up warnings for schedules whose `jitter` is not shorter than the shortest time
-/// between two slots: a sweep delayed by it can run into the next slot, which is then skipped
-/// (and the final notices timed by the schedule, `Cadence`, assume every slot runs).
-pub fn jitter_warnings(config: &Config) -> Vec<String> {
+/// 2026-01-01T00:00:00Z: where [`Cadence::slot_gaps`] starts counting.
+const GAP_FROM: i64 = 1_767_225_600;
+
+/// How many slots [`Cadence::slot_gaps`] looks at, at most: two days of a schedule every
+/// minute, three weeks of one every five minutes in working hours (weekends included).
+const GAP_SAMPLE: usize = 6_000;
+
+/// The start-up warnings a schedule deserves, one line each, from one look at each
+/// organisation's slots:
+/// - a `jitter` not shorter than the shortest time between two slots: a sweep it delays can
+///   run into the next slot, which is then skipped (and the final notices timed by [`Cadence`]
+///   assume every slot runs);
+/// - a `revoke` or `expire` policy whose final notice the schedule can miss: the sweep that
+///   warns gives no final notice, so unless the next sweep comes at least `final_notice` before
+///   the deadline (`warn_before` after the warning), a key can end with no final notice. One
+///   line per policy and organisation it may apply to.
+pub fn schedule_warnings(config: &Config) -> Vec<String> {
     let mut out = Vec::new();
+    let secs = |d: std::time::Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+    let text = |s: i64| duration_text(std::time::Duration::from_secs(s.unsigned_abs()));
     for org in &config.organizations {
+        let enforcing: Vec<_> = (config.policies.iter())
+            .filter(|p| p.action.enforces())
+            .filter(|p| {
+                let orgs = &p.selector.organizations;
+                orgs.is_empty() || orgs.iter().any(|o| o == &org.name)
+            })
+            .collect();
         let schedule = effective_schedule(config, org);
-        let Some(cadence) = Cadence::of(schedule).filter(|c| c.jitter > 0) else {
+        let cadence = Cadence::of(schedule).filter(|c| c.jitter > 0 || !enforcing.is_empty());
+        let Some(cadence) = cadence else {
             continue;
         };
-        let (shortest, _) = cadence.slot_gaps();
-        if cadence.jitter >= shortest {
-            let text = |s: i64| duration_text(std::time::Duration::from_secs(s.unsigned_abs()));
+        let (shortest, longest) = cadence.slot_gaps();
+        if cadence.jitter > 0 && cadence.jitter >= shortest {
             out.push(format!(
                 "organization {:?}: jitter ({}) is not shorter than the shortest time between two \
                  slots of schedule {:?} ({}): a sweep it delays can run into the next slot, which \
@@ -235,43 +250,12 @@ pub fn jitter_warnings(config: &Config) -> Vec<String> {
                 text(shortest),
             ));
         }
-    }
-    out
-}
-
-/// 2026-01-01T00:00:00Z: where [`Cadence::longest_gap`] starts counting.
-const GAP_FROM: i64 = 1_767_225_600;
-
-/// How many slots [`Cadence::longest_gap`] looks at, at most: two days of a schedule every
-/// minute, three weeks of one every five minutes in working hours (weekends included).
-const GAP_SAMPLE: usize = 6_000;
-
-/// The start-up warnings for `revoke` and `expire` policies whose final notice a schedule can
-/// miss: the sweep that warns gives no final notice, so unless the next sweep comes at least
-/// `final_notice` before the deadline (`warn_before` after the warning), a key can end with no
-/// final notice. One line per policy and organisation it may apply to.
-pub fn final_notice_warnings(config: &Config) -> Vec<String> {
-    let mut out = Vec::new();
-    for org in &config.organizations {
-        let enforcing: Vec<_> = (config.policies.iter())
-            .filter(|p| p.action.enforces())
-            .filter(|p| {
-                let orgs = &p.selector.organizations;
-                orgs.is_empty() || orgs.iter().any(|o| o == &org.name)
-            })
-            .collect();
-        let schedule = effective_schedule(config, org);
-        let Some(cadence) = Cadence::of(schedule).filter(|_| !enforcing.is_empty()) else {
-            continue;
-        };
-        let gap = cadence.longest_gap();
+        let gap = longest.saturating_add(cadence.jitter);
         for p in enforcing {
-            let secs = |d: std::time::Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
             let needed = gap.saturating_add(secs(p.final_notice));
             if secs(p.warn_before) >= needed {
                 continue;
             }
-            let text = |s: i64| duration_text(std::time::Duration::from_secs(s.unsigned_abs()));
             out.push(format!(
                 "policy {:?}: warn_before ({}) is shorter than the longest wait for the next sweep \
                  of organization {:?} ({}: schedule {:?} plus jitter) plus final_notice ({}): \
@@ -514,7 +498,7 @@ mod tests {
             at("2026-12-07T00:00:00Z")
         );
         // A week between slots, and an hour of jitter.
-        assert_eq!(c.longest_gap(), 7 * 86_400 + 3600);
+        assert_eq!(c.slot_gaps().1 + c.jitter, 7 * 86_400 + 3600);
         // A bad expression (loading refuses it) gives no cadence.
         let bad = Schedule {
             cron: "nonsense".into(),
@@ -532,7 +516,7 @@ mod tests {
                 run_on_start: true,
                 jitter: std::time::Duration::ZERO,
             };
-            Cadence::of(&schedule).unwrap().longest_gap() / 60
+            Cadence::of(&schedule).unwrap().slot_gaps().1 / 60
         };
         assert_eq!(gap("0 */6 * * *"), 6 * 60);
         // Friday 17:55 to Monday 09:00.
@@ -555,7 +539,7 @@ mod tests {
         let warnings = |schedule: &str, warn_before: &str, action: &str| {
             let text = toml(schedule, warn_before, action);
             let config = crate::config::load_from_str(&text, &env).unwrap();
-            final_notice_warnings(&config)
+            schedule_warnings(&config)
         };
         let weekly = warnings("0 0 * * 1", "7d", "expire");
         assert_eq!(weekly.len(), 1, "{weekly:?}");
@@ -584,7 +568,7 @@ mod tests {
                     &format!("max_age = \"90d\"\nmatch = {{ organizations = [\"{selected}\"] }}"),
                 );
             let config = crate::config::load_from_str(&text, &env).unwrap();
-            final_notice_warnings(&config)
+            schedule_warnings(&config)
         };
         // A jitter as long as the time between slots.
         let jittery = |jitter: &str| {
@@ -593,7 +577,7 @@ mod tests {
                 toml("0 */6 * * *", "7d", "expire")
             );
             let config = crate::config::load_from_str(&text, &env).unwrap();
-            jitter_warnings(&config)
+            schedule_warnings(&config)
         };
         let six = jittery("6h");
         assert!(six.len() == 1 && six[0].contains("jitter (6h)"), "{six:?}");

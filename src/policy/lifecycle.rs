@@ -106,7 +106,7 @@ impl Transition {
 /// scheduled sweep starts at the latest (`None`: no schedule known), so a final notice it would
 /// bring too late goes out now. The sweep that first warns gives no final notice: a schedule no
 /// finer than `warn_before - final_notice` can still end a key without one (`keysweep` warns
-/// at start-up, `daemon::schedule::final_notice_warnings`).
+/// at start-up, `daemon::schedule::schedule_warnings`).
 pub fn advance(
     prev: Option<&Finding>,
     now: i64,
