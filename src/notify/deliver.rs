@@ -188,19 +188,16 @@ impl Notifier {
             self.count(&m.channel, NotificationOutcome::Failed);
             return Ok(());
         }
-        // A delivery alert that dies raises none (no loop).
-        let alert = (m.kind != MessageKind::DeliveryAlert).then(|| EnforcerAlert::DeliveryFailed {
-            channel: m.channel.clone(),
-            message_id: m.message_id.clone(),
-            attempts,
-            error: f.error.clone(),
-        });
         // One run id per death: a message requeued (`notify retry-dead`) and dead again
         // raises its alert again, while composing the same death twice stays one message.
-        let run_id = format!("dead-letter/{}/{now}", m.message_id);
-        let msgs = (alert.iter())
-            .flat_map(|a| route::compose(&[], std::slice::from_ref(a), settings, &run_id, now))
-            .collect::<Vec<_>>();
+        let (alert, msgs) = alert_about(m, "dead-letter", settings, now, || {
+            EnforcerAlert::DeliveryFailed {
+                channel: m.channel.clone(),
+                message_id: m.message_id.clone(),
+                attempts,
+                error: f.error.clone(),
+            }
+        });
         // The dead letter and its alert are written together; a message another deliverer
         // settled meanwhile is left as it is.
         if !db.with(|c| outbox::dead_letter(c, m.id, &f.error, &msgs, now))? {
@@ -239,7 +236,6 @@ impl Notifier {
             let to: Vec<&str> = u.deferred.iter().map(|(to, _)| to.as_str()).collect();
             let mut payload = m.payload.clone();
             payload["to"] = Value::from(to.clone());
-            let why = (u.deferred.iter()).map(|(to, why)| format!("{to}: {why}"));
             rest = Some(outbox::Deferred {
                 message: OutboxMessage {
                     message_id: format!("{}/deferred-{attempts}", m.message_id),
@@ -249,32 +245,27 @@ impl Notifier {
                     payload,
                 },
                 attempts,
-                error: why.collect::<Vec<_>>().join("; "),
+                error: each_with_reason(&u.deferred),
                 next_attempt_at: now + outbox::backoff_secs(attempts, &mut rand::rng()),
             });
         }
-        let alert = (!gone.is_empty() && m.kind != MessageKind::DeliveryAlert).then(|| {
-            EnforcerAlert::RecipientsRefused {
-                channel: m.channel.clone(),
-                message_id: m.message_id.clone(),
-                recipients: gone.iter().map(|(to, _)| to.clone()).collect(),
-                error: (gone.iter())
-                    .map(|(to, why)| format!("{to}: {why}"))
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            }
-        });
-        let run_id = format!("refused/{}/{now}", m.message_id);
-        let msgs = (alert.iter())
-            .flat_map(|a| route::compose(&[], std::slice::from_ref(a), settings, &run_id, now))
-            .collect::<Vec<_>>();
+        let given_up = each_with_reason(&gone);
+        let (alert, msgs) = if gone.is_empty() {
+            (None, Vec::new())
+        } else {
+            alert_about(m, "refused", settings, now, || {
+                EnforcerAlert::RecipientsRefused {
+                    channel: m.channel.clone(),
+                    message_id: m.message_id.clone(),
+                    recipients: gone.iter().map(|(to, _)| to.clone()).collect(),
+                    error: given_up.clone(),
+                }
+            })
+        };
         if !db.with(|c| outbox::sent_in_part(c, m.id, rest, &msgs, now))? {
             return Ok(());
         }
-        let given_up = (gone.iter())
-            .map(|(to, why)| format!("{to}: {why}"))
-            .collect::<Vec<_>>();
-        tracing::warn!(message_id = %m.message_id, channel = %m.channel, given_up = %crate::text::log_field(&given_up.join("; ")), deferred = u.deferred.len() * usize::from(!last), "notification delivered to some recipients only");
+        tracing::warn!(message_id = %m.message_id, channel = %m.channel, given_up = %crate::text::log_field(&given_up), deferred = u.deferred.len() * usize::from(!last), "notification delivered to some recipients only");
         report.sent += 1;
         self.count(&m.channel, NotificationOutcome::Sent);
         report.alerts.extend(alert);
@@ -320,6 +311,31 @@ impl Notifier {
         }
         Ok(())
     }
+}
+
+/// The alert `raise` makes about message `m`, with its messages for the ops channels, composed
+/// under the run id `{what}/{message id}/{now}` (one per event). None for a message that is
+/// itself a delivery alert: a failing ops channel never raises another (no loop).
+fn alert_about(
+    m: &StoredMessage,
+    what: &str,
+    settings: &NotifySettings,
+    now: i64,
+    raise: impl FnOnce() -> EnforcerAlert,
+) -> (Option<EnforcerAlert>, Vec<OutboxMessage>) {
+    if m.kind == MessageKind::DeliveryAlert {
+        return (None, Vec::new());
+    }
+    let alert = raise();
+    let run_id = format!("{what}/{}/{now}", m.message_id);
+    let msgs = route::compose(&[], std::slice::from_ref(&alert), settings, &run_id, now);
+    (Some(alert), msgs)
+}
+
+/// `to: why; to: why`: recipients with the relay's answers, as the alert and the log say them.
+fn each_with_reason(pairs: &[(String, String)]) -> String {
+    let each = pairs.iter().map(|(to, why)| format!("{to}: {why}"));
+    each.collect::<Vec<_>>().join("; ")
 }
 
 /// [`Notifier::deliver_due`] with a fresh client (convenience for one-shot callers).
