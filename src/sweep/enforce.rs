@@ -97,8 +97,9 @@ impl Run<'_> {
         };
         let (mut revoked, mut alerts) = self.absorb(&results, findings);
         let expired_writes = self.absorb_expiries(&expiries, findings, &mut retried, &mut alerts);
-        alerts.extend(self.kill_switch_alert(plan, &results, &expiries));
-        alerts.extend(self.cap_reached_alert(plan, &results, &expiries));
+        for rail in [Withheld::KillSwitch, Withheld::CapPerDay] {
+            alerts.extend(self.rail_alert(rail, plan, &results, &expiries));
+        }
         let alerts = self.dedup_alerts(alerts)?;
         let now = self.now();
         let notices = compose::revoked_notices(&revoked);
@@ -187,45 +188,24 @@ fn planned(plan: &Plan, reason: Withheld) -> u64 {
 }
 
 impl Run<'_> {
-    /// The alert for the writes a kill switch turned on during enforcement withheld, counting
-    /// those the plan withheld too (the planning phase alerted on those alone).
-    fn kill_switch_alert(
+    /// The alert for the writes a rail withheld at their write (`rail`: the kill switch turned
+    /// on during enforcement, or the rolling day other sweeps filled after this one planned),
+    /// counting those the plan withheld for it too (the planning phase alerted on those alone).
+    fn rail_alert(
         &self,
+        rail: Withheld,
         plan: &Plan,
         results: &[RevocationResult],
         expiries: &[ExpiryResult],
     ) -> Option<EnforcerAlert> {
-        let at_write = withheld_for(results, expiries, revoke::is_kill_switch_reason);
-        let withheld = at_write + planned(plan, Withheld::KillSwitch);
-        (at_write > 0).then(|| EnforcerAlert::KillSwitchOn {
-            path: self
-                .sweeper
-                .config
-                .safety
-                .kill_switch_file
-                .as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default(),
-            withheld,
-        })
-    }
-
-    /// The alert for the writes withheld at their intent because other sweeps filled the
-    /// rolling day after this one planned, counting those the plan withheld for the day too
-    /// (the planning phase alerted on those alone).
-    fn cap_reached_alert(
-        &self,
-        plan: &Plan,
-        results: &[RevocationResult],
-        expiries: &[ExpiryResult],
-    ) -> Option<EnforcerAlert> {
-        let at_write = withheld_for(results, expiries, revoke::is_cap_reached_reason);
-        let withheld = at_write + planned(plan, Withheld::CapPerDay);
-        (at_write > 0).then(|| EnforcerAlert::CapExceeded {
-            cap: Withheld::CapPerDay.as_str().to_string(),
-            limit: u64::from(self.sweeper.config.safety.max_revocations_per_day),
-            withheld,
-        })
+        let is_rail = match rail {
+            Withheld::KillSwitch => revoke::is_kill_switch_reason,
+            _ => revoke::is_cap_reached_reason,
+        };
+        let at_write = withheld_for(results, expiries, is_rail);
+        let withheld = at_write + planned(plan, rail);
+        (at_write > 0)
+            .then(|| super::planning::withheld_alert(&self.sweeper.config, rail, withheld))
     }
 
     /// The closed findings whose failed restore later sweeps retry, in enforce mode only, of the

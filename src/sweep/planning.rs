@@ -140,43 +140,38 @@ fn open_plan(f: &Finding, rules: Rules) -> String {
 
 /// Cap and kill-switch alerts: one per cap that withheld something.
 fn plan_alerts(plan: &Plan, config: &Config) -> Vec<EnforcerAlert> {
-    let mut by_reason: BTreeMap<&'static str, u64> = BTreeMap::new();
+    // Keyed by name, so the alerts come in the order of their names.
+    let mut by_reason: BTreeMap<&'static str, (Withheld, u64)> = BTreeMap::new();
     for w in &plan.withheld {
         if w.reason.is_cap() || w.reason == Withheld::KillSwitch {
-            *by_reason.entry(w.reason.as_str()).or_default() += u64::from(w.action.revocations());
+            let entry = by_reason.entry(w.reason.as_str()).or_insert((w.reason, 0));
+            entry.1 += u64::from(w.action.revocations());
         }
     }
-    by_reason
-        .into_iter()
-        .map(|(reason, withheld)| {
-            if reason == Withheld::KillSwitch.as_str() {
-                EnforcerAlert::KillSwitchOn {
-                    path: config
-                        .safety
-                        .kill_switch_file
-                        .as_ref()
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_default(),
-                    withheld,
-                }
-            } else {
-                let limit = match reason {
-                    r if r == Withheld::CapPerRun.as_str() => {
-                        u64::from(config.safety.max_revocations_per_run)
-                    }
-                    r if r == Withheld::CapPerDay.as_str() => {
-                        u64::from(config.safety.max_revocations_per_day)
-                    }
-                    _ => u64::from(config.safety.max_revocations_per_project_percent),
-                };
-                EnforcerAlert::CapExceeded {
-                    cap: reason.to_string(),
-                    limit,
-                    withheld,
-                }
-            }
-        })
+    (by_reason.into_values())
+        .map(|(reason, withheld)| withheld_alert(config, reason, withheld))
         .collect()
+}
+
+/// The alert for `withheld` writes a cap or the kill switch (`reason`) held back in a sweep:
+/// the planning phase's, and the enforce phase's total when more were held back at their write.
+pub(super) fn withheld_alert(config: &Config, reason: Withheld, withheld: u64) -> EnforcerAlert {
+    let safety = &config.safety;
+    let limit = match reason {
+        Withheld::KillSwitch => {
+            let path = safety.kill_switch_file.as_ref();
+            let path = path.map(|p| p.display().to_string()).unwrap_or_default();
+            return EnforcerAlert::KillSwitchOn { path, withheld };
+        }
+        Withheld::CapPerRun => safety.max_revocations_per_run,
+        Withheld::CapPerDay => safety.max_revocations_per_day,
+        _ => safety.max_revocations_per_project_percent,
+    };
+    EnforcerAlert::CapExceeded {
+        cap: reason.as_str().to_string(),
+        limit: u64::from(limit),
+        withheld,
+    }
 }
 
 /// Fills each finding's `plan` column from the plan and its stage; an open finding's from its
