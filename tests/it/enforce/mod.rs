@@ -962,18 +962,27 @@ async fn the_run_cap_withholds_the_excess_and_says_so_and_the_day_cap_persists()
     verify(s.store().unwrap()).unwrap();
 }
 
-/// Two organisations swept at once into one state file (two daemons' organisations, or a
-/// `run --once` beside a daemon) share the rolling-day cap: each plan counts the day's
-/// revocations before the other wrote any, so only the slot taken with each intent keeps
-/// the two from deleting twice the cap between them. The cap alert counts what the plan
-/// withheld and what the intents found no room for.
-#[tokio::test]
-async fn two_sweeps_at_once_never_delete_more_than_the_day_cap_between_them() {
-    let (mut alpha, mut beta) = (quiet_org(1, 12, 31), quiet_org(1, 12, 32));
+/// Two organisations, `alpha` and `beta` (one project each, seeded `seed` and `seed + 1`, with
+/// `aged` user keys 200 days old), swept into one state file under the day cap of 4, each swept
+/// once at `NOW` (the warnings).
+struct TwoOrgs {
+    sim_a: SimServer,
+    sim_b: SimServer,
+    pa: String,
+    pb: String,
+    old_a: Vec<String>,
+    old_b: Vec<String>,
+    a: Sweeper,
+    b: Sweeper,
+    _dir: tempfile::TempDir,
+}
+
+async fn two_orgs(seed: u64, (aged_a, aged_b): (usize, usize)) -> TwoOrgs {
+    let (mut alpha, mut beta) = (quiet_org(1, 12, seed), quiet_org(1, 12, seed + 1));
     let pa = active_project_ids(&alpha)[0].clone();
     let pb = active_project_ids(&beta)[0].clone();
-    let old_a = age_user_keys(&mut alpha, &pa, 5, 200);
-    let old_b = age_user_keys(&mut beta, &pb, 3, 200);
+    let old_a = age_user_keys(&mut alpha, &pa, aged_a, 200);
+    let old_b = age_user_keys(&mut beta, &pb, aged_b, 200);
     let (sim_a, sim_b) = (start_sim(alpha).await, start_sim(beta).await);
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("s.db");
@@ -982,6 +991,37 @@ async fn two_sweeps_at_once_never_delete_more_than_the_day_cap_between_them() {
     let b = sweeper(&org_config_text(&sim_b, &db, "enforce", &tables, "beta"));
     sweep(&a, NOW).await;
     sweep(&b, NOW).await;
+    TwoOrgs {
+        sim_a,
+        sim_b,
+        pa,
+        pb,
+        old_a,
+        old_b,
+        a,
+        b,
+        _dir: dir,
+    }
+}
+
+/// Two organisations swept at once into one state file (two daemons' organisations, or a
+/// `run --once` beside a daemon) share the rolling-day cap: each plan counts the day's
+/// revocations before the other wrote any, so only the slot taken with each intent keeps
+/// the two from deleting twice the cap between them. The cap alert counts what the plan
+/// withheld and what the intents found no room for.
+#[tokio::test]
+async fn two_sweeps_at_once_never_delete_more_than_the_day_cap_between_them() {
+    let TwoOrgs {
+        sim_a,
+        sim_b,
+        pa,
+        pb,
+        old_a,
+        old_b,
+        a,
+        b,
+        _dir,
+    } = two_orgs(31, (5, 3)).await;
 
     // alpha's first re-check is held: alpha has planned four deletions (the cap; the fifth is
     // withheld) against an empty day by then, and beta plans and deletes its three meanwhile.
@@ -1061,19 +1101,15 @@ async fn two_sweeps_at_once_never_delete_more_than_the_day_cap_between_them() {
 /// was raised "now" (only a sweep's own raised alerts are updated in the same sweep).
 #[tokio::test]
 async fn two_sweeps_in_the_same_second_raise_the_day_cap_alert_once() {
-    let (mut alpha, mut beta) = (quiet_org(1, 12, 51), quiet_org(1, 12, 52));
-    let pa = active_project_ids(&alpha)[0].clone();
-    let pb = active_project_ids(&beta)[0].clone();
-    age_user_keys(&mut alpha, &pa, 2, 200);
-    age_user_keys(&mut beta, &pb, 2, 200);
-    let (sim_a, sim_b) = (start_sim(alpha).await, start_sim(beta).await);
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("s.db");
-    let tables = format!("{ISSUE_3_POLICIES}{}", safety(100, 100, 4, ""));
-    let a = sweeper(&org_config_text(&sim_a, &db, "enforce", &tables, "alpha"));
-    let b = sweeper(&org_config_text(&sim_b, &db, "enforce", &tables, "beta"));
-    sweep(&a, NOW).await;
-    sweep(&b, NOW).await;
+    // The simulators are kept: a sweep lists them.
+    let TwoOrgs {
+        a,
+        b,
+        _dir,
+        sim_a: _sim_a,
+        sim_b: _sim_b,
+        ..
+    } = two_orgs(51, (2, 2)).await;
     let due = NOW + 15 * DAY;
     let store = a.store().unwrap().clone();
     store
