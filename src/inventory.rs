@@ -84,8 +84,13 @@ pub struct Key {
     pub redacted_value: String,
     /// Unix seconds.
     pub created_at: i64,
-    /// Unix seconds; `None` when the API says `null` or omits it (never used / unknown).
+    /// Unix seconds; `None` when the API says `null` (no use recorded) or omits it.
     pub last_used_at: Option<i64>,
+    /// The API omitted `last_used_at`, a field the spec requires: when the key was last used is
+    /// unknown, so no policy about use decides anything from this listing of it (a malformed
+    /// answer never leads to a revocation). Serialized only when set.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub last_used_unknown: bool,
     pub owner: Owner,
     pub owner_access: OwnerAccess,
     /// When OpenAI ends the key. Serialized as the API gives it (Unix seconds, or `null` for

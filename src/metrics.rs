@@ -667,6 +667,7 @@ mod tests {
             redacted_value: "sk-...abcd".into(),
             created_at,
             last_used_at: None,
+            last_used_unknown: false,
             owner: Owner {
                 kind: owner,
                 id: None,

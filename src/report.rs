@@ -255,6 +255,7 @@ fn key_row(k: &Key, now: i64) -> Vec<String> {
     );
     let last_used = match k.last_used_at {
         Some(t) => format!("{} ({}d idle)", date(t), days_since(t, now)),
+        None if k.last_used_unknown => "unknown".to_string(),
         None => "never".to_string(),
     };
     let expires = expires_cell(k.expires_at, now);
@@ -506,8 +507,10 @@ struct JsonKey<'a> {
     owner_project_access: &'static str,
     /// Unix seconds.
     created_at: i64,
-    /// Unix seconds, `null` when never used (or unknown).
-    last_used_at: Option<i64>,
+    /// Unix seconds, `null` when no use is recorded. Left out when the API's answer omitted
+    /// the field (the key's last use is unknown), like `expires_at`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_used_at: Option<Option<i64>>,
     age_days: i64,
     idle_days: Option<i64>,
     /// Unix seconds, `null` when the key never expires: as the API gives it. Left out when the
@@ -581,7 +584,7 @@ fn render_json(
                 owner_email: k.owner.email.as_deref(),
                 owner_project_access: access_str(k.owner_access),
                 created_at: k.created_at,
-                last_used_at: k.last_used_at,
+                last_used_at: (!k.last_used_unknown).then_some(k.last_used_at),
                 age_days: days_since(k.created_at, now),
                 idle_days: k.last_used_at.map(|t| days_since(t, now)),
                 expires_at: k.expires_at,
@@ -695,6 +698,7 @@ fn render_csv(
 fn key_cells(k: &Key, now: i64) -> Vec<String> {
     let (last_used, idle) = match k.last_used_at {
         Some(t) => (rfc3339(t), days_since(t, now).to_string()),
+        None if k.last_used_unknown => ("unknown".to_string(), String::new()),
         None => (String::new(), String::new()),
     };
     vec![
@@ -766,6 +770,7 @@ mod tests {
             redacted_value: "sk-pro...Qx9".into(),
             created_at: NOW - 400 * DAY,
             last_used_at: last_used,
+            last_used_unknown: false,
             owner,
             owner_access: OwnerAccess::Active,
             expires_at: Expiry::Never,

@@ -156,7 +156,8 @@ pub(crate) struct WireKey {
     pub name: String,
     pub redacted_value: String,
     pub created_at: i64,
-    /// Outer `None`: absent (older API); `Some(None)`: `null`. Both mean "no usage recorded".
+    /// Outer `None`: absent (an older API, or a malformed answer: the spec requires it), which
+    /// is unknown; `Some(None)`: `null`, no use recorded.
     #[serde(default, deserialize_with = "missing_or_null")]
     pub last_used_at: Option<Option<i64>>,
     /// Required in the current spec, absent from older answers and mocks. Read into an enum,
@@ -332,6 +333,7 @@ impl WireKey {
             name: self.name,
             redacted_value: self.redacted_value,
             created_at: self.created_at,
+            last_used_unknown: self.last_used_at.is_none(),
             last_used_at: self.last_used_at.flatten(),
             owner: self.owner.unwrap_or_default().into_domain(),
             owner_access,

@@ -158,6 +158,7 @@ impl Finding {
             redacted_value: self.redacted_value.clone(),
             created_at: self.created_at,
             last_used_at: self.last_used_at,
+            last_used_unknown: false,
             owner: Owner {
                 kind: self.owner_type,
                 id: None,

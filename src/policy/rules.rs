@@ -323,7 +323,12 @@ impl CompiledPolicy {
     /// unknowable (the log could not be read), the policy is undecided for the key.
     fn judge(&self, key: &Key, facts: &KeyFacts, now: i64) -> Judged {
         let p = &self.config;
-        let Some((mut since, mut reasons)) = self.judge_listed(key, facts, now) else {
+        let Some(Listed {
+            mut since,
+            mut reasons,
+            use_unknown,
+        }) = self.judge_listed(key, facts, now)
+        else {
             return Judged::Complies;
         };
         if p.unrestricted {
@@ -337,6 +342,11 @@ impl CompiledPolicy {
                 Scopes::NotKnownUnrestricted => return Judged::Complies,
                 Scopes::Undecided => return Judged::Undecided,
             }
+        }
+        // Every other condition holds, and when the key was last used is unknown (the listing
+        // omitted `last_used_at` and usage did not see it): a malformed answer decides nothing.
+        if use_unknown {
+            return Judged::Undecided;
         }
         // `compile` rejects condition-less policies; this keeps `judge` total anyway.
         if reasons.is_empty() {
@@ -355,10 +365,11 @@ impl CompiledPolicy {
 
     /// The conditions on what the listing (and usage) says: `None` as soon as one fails, else
     /// when the last of them began and their reasons.
-    fn judge_listed(&self, key: &Key, facts: &KeyFacts, now: i64) -> Option<(i64, Vec<String>)> {
+    fn judge_listed(&self, key: &Key, facts: &KeyFacts, now: i64) -> Option<Listed> {
         let p = &self.config;
         let mut since = i64::MIN;
         let mut reasons = Vec::new();
+        let mut use_unknown = false;
 
         if let Some(max_age) = p.max_age {
             let max_age = secs(max_age);
@@ -377,9 +388,13 @@ impl CompiledPolicy {
 
         if let Some(max_idle) = p.max_idle {
             let used = facts.used_at(&key.organization, &key.id);
-            let (start, reason) = idle_condition(key, used, secs(max_idle), p, now)?;
-            since = since.max(start);
-            reasons.push(reason);
+            if key.last_used_unknown && used.is_none() {
+                use_unknown = true;
+            } else {
+                let (start, reason) = idle_condition(key, used, secs(max_idle), p, now)?;
+                since = since.max(start);
+                reasons.push(reason);
+            }
         }
 
         if p.owner_lost_access {
@@ -406,15 +421,28 @@ impl CompiledPolicy {
             since = since.max(start);
             reasons.push(reason);
         }
-        Some((since, reasons))
+        Some(Listed {
+            since,
+            reasons,
+            use_unknown,
+        })
     }
+}
+
+/// The conditions on what the listing says, all holding: when the last of them began, their
+/// reasons, and whether `max_idle` could not be answered (the key's last use is unknown).
+struct Listed {
+    since: i64,
+    reasons: Vec<String>,
+    use_unknown: bool,
 }
 
 /// What one policy says of one key.
 enum Judged {
     Violates(Violation),
     Complies,
-    /// Every condition the listing can answer holds, and `unrestricted` cannot be answered.
+    /// Every condition the listing can answer holds, and `unrestricted` (the audit log could not
+    /// be read) or `max_idle` (the listing omitted `last_used_at`) cannot be answered.
     Undecided,
 }
 

@@ -49,6 +49,9 @@ pub(crate) fn acted_on_since(
     fresh: &Key,
     about_use: bool,
 ) -> Option<String> {
+    if about_use && fresh.last_used_unknown {
+        return Some("the API did not say when the key was last used".into());
+    }
     if about_use && fresh.last_used_at != last_used_at {
         return Some("the key was used since it was listed".into());
     }

@@ -455,6 +455,7 @@ mod tests {
             redacted_value: "sk-...abcd".into(),
             created_at: 0,
             last_used_at: None,
+            last_used_unknown: false,
             owner: Owner {
                 kind: OwnerType::User,
                 id: None,

@@ -132,8 +132,9 @@ impl Evaluator {
                 .map(|&i| (i, &open.findings[i]))
                 .find(|(_, f)| f.id.policy == policy);
             if eval.undecided.iter().any(|u| u == policy) {
-                // Undecidable in this sweep (issue 16: the audit log could not be read): the
-                // finding stays as it is, neither advanced nor closed.
+                // Undecidable in this sweep (the audit log could not be read, or the listing
+                // omitted the key's last use): the finding stays as it is, neither advanced nor
+                // closed.
                 if let Some((i, _)) = before {
                     step.touched.push(i);
                 }

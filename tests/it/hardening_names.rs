@@ -427,6 +427,39 @@ async fn under_max_age_a_use_since_the_listing_does_not_save_the_key() {
     assert_eq!(r.revocations.iter().filter(|r| r.deleted()).count(), 1);
 }
 
+/// A listing that omits `last_used_at` (a field the spec requires) decides nothing under
+/// `max_idle`: the due key is neither revoked nor closed, and is revoked once the field is back.
+/// A re-read that omits it before the DELETE keeps the key too.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_whose_last_use_the_api_omitted_is_not_revoked_as_idle() {
+    let sim = start(org(1, 1)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = (config_text(&sim, dir.path(), "")).replace(
+        "name = \"max-age\"\nmax_age = \"90d\"",
+        "name = \"idle\"\nmax_idle = \"30d\"",
+    );
+    let s = sweeper(config_from_toml(&text, &[(KEY_ENV, ADMIN_KEY)]));
+    let first = sweep(&s, NOW).await;
+    assert_eq!(first.findings.len(), 1, "never used for 400 days: warned");
+    // Past the deadline, the listing omits the field: nothing is decided.
+    sim.faults()
+        .add(Fault::on_list_keys(PROJECT).respond(FaultKind::OmitLastUsed));
+    let r = sweep(&s, NOW + 8 * DAY).await;
+    assert!(sim.key_exists(PROJECT, "key_00"), "{:?}", r.revocations);
+    assert!(r.revocations.is_empty(), "{:?}", r.revocations);
+    // The listing says `null` again, but the re-read before the DELETE omits it: kept.
+    sim.faults().clear();
+    sim.faults()
+        .add(Fault::on_get_key(PROJECT, "key_00").respond(FaultKind::OmitLastUsed));
+    let r = sweep(&s, NOW + 9 * DAY).await;
+    assert!(sim.key_exists(PROJECT, "key_00"), "{:?}", r.revocations);
+    // Both answers whole: revoked, so the finding stayed open (closed, it would be warned
+    // again with a new deadline).
+    sim.faults().clear();
+    let r = sweep(&s, NOW + 10 * DAY).await;
+    assert!(!sim.key_exists(PROJECT, "key_00"), "{:?}", r.revocations);
+}
+
 // ---- row 1: ids, not names ------------------------------------------------------------------
 
 /// Two projects: `proj_k` (its keys due) is exempted by id, and `proj_x`, whose owner named it

@@ -201,6 +201,12 @@ async fn missing_last_used_and_unknown_fields_are_tolerated() {
     let p0 = &inv.orgs[0].projects[0];
     assert_eq!(p0.project.id, projects[0]);
     assert!(p0.keys.iter().all(|k| k.last_used_at.is_none()));
+    // Left out, not `null`: unknown, which `max_idle` never reads as "never used".
+    assert!(p0.keys.iter().all(|k| k.last_used_unknown));
+    assert!(
+        !(inv.orgs[0].projects[1].keys.iter()).any(|k| k.last_used_unknown),
+        "a `null` or a time is a known answer"
+    );
     // The other project still reports real usage.
     assert!(
         inv.orgs[0].projects[1]

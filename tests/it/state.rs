@@ -35,6 +35,7 @@ fn key(project: &str, id: &str, created_at: i64) -> Key {
         redacted_value: format!("sk-proj-…{}", &id[id.len().saturating_sub(4)..]),
         created_at,
         last_used_at: Some(created_at + DAY),
+        last_used_unknown: false,
         owner: Owner {
             kind: OwnerType::User,
             id: Some("user_1".into()),

@@ -30,6 +30,7 @@ pub(super) fn key(id: &str) -> Key {
         redacted_value: format!("sk-...{id}"),
         created_at: 0,
         last_used_at: None,
+        last_used_unknown: false,
         owner: Owner {
             kind: OwnerType::User,
             id: Some("user_1".to_string()),

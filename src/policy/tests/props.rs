@@ -244,6 +244,7 @@ fn build_key(i: usize, s: &KeySpec) -> Key {
         redacted_value: format!("sk-...{i}"),
         created_at,
         last_used_at: s.used_after_days.map(|d| created_at + d * DAY),
+        last_used_unknown: false,
         owner,
         owner_access: [
             OwnerAccess::Active,

@@ -515,3 +515,34 @@ fn max_idle_counts_the_later_of_last_used_at_and_the_last_usage_bucket() {
     never.created_at = 0;
     assert!(with.evaluate(&never, now).violations.is_empty());
 }
+
+/// A listing that omitted `last_used_at` (the spec requires it) leaves `max_idle` undecided:
+/// never "never used", which would revoke a key in daily use. Usage that saw the key decides;
+/// another condition that fails decides without it.
+#[test]
+fn max_idle_is_undecided_when_the_listing_omitted_the_last_use() {
+    let mut p = policy("idle");
+    p.max_idle = Some(dur(30 * DAY));
+    let compiled = Policies::compile(&[p.clone()], &[]).unwrap();
+    let now = 400 * DAY;
+    let mut omitted = key("k_omitted");
+    omitted.last_used_unknown = true;
+    let v = compiled.evaluate(&omitted, now);
+    assert!(v.violations.is_empty(), "{:?}", v.violations);
+    assert_eq!(v.undecided, vec!["idle".to_string()]);
+    // `null` is a known answer: no use recorded, idle since creation.
+    let v = compiled.evaluate(&key("k_null"), now);
+    assert_eq!(v.violations.len(), 1);
+    assert!(v.undecided.is_empty());
+    // Usage saw the key used 40 days ago: that decides.
+    let v = (compiled.with_facts(facts(None, &[("k_omitted", now - 40 * DAY)])))
+        .evaluate(&omitted, now);
+    assert_eq!(v.violations.len(), 1, "{:?}", v.undecided);
+    assert!(v.violations[0].reason.contains("per its usage"));
+    // A key younger than `max_age` complies whatever its use.
+    p.max_age = Some(dur(500 * DAY));
+    let v = Policies::compile(&[p], &[])
+        .unwrap()
+        .evaluate(&omitted, now);
+    assert!(v.violations.is_empty() && v.undecided.is_empty());
+}
