@@ -154,7 +154,7 @@ pub(super) async fn org_loop(
             trigger,
             at: slot,
         };
-        if !run_slot(&org, &shared, config.clone(), slot).await {
+        if !run_slot(&org, &shared, &config_rx, slot).await {
             return org;
         }
     }
@@ -194,9 +194,15 @@ struct Slot<'a> {
     at: DateTime<Utc>,
 }
 
-/// Runs a due slot: counts the slots missed while asleep, waits out the jitter, sweeps and
-/// counts the slots the sweep ran over. False when shutdown came meanwhile.
-async fn run_slot(org: &str, shared: &Shared, config: Arc<Config>, slot: Slot<'_>) -> bool {
+/// Runs a due slot: counts the slots missed while asleep, waits out the jitter, sweeps with the
+/// configuration in force then and counts the slots the sweep ran over. False when shutdown came
+/// meanwhile.
+async fn run_slot(
+    org: &str,
+    shared: &Shared,
+    config_rx: &watch::Receiver<Arc<Config>>,
+    slot: Slot<'_>,
+) -> bool {
     let tz = slot.schedule.timezone;
     // Slots that went by while we were not looking (host suspend, a stalled runtime).
     let woke = Utc::now();
@@ -216,6 +222,13 @@ async fn run_slot(org: &str, shared: &Shared, config: Arc<Config>, slot: Slot<'_
         }
     }
 
+    // A reload during the jitter wait (an exemption added, `mode = "dry-run"`) must reach this
+    // sweep: the configuration is read now, not when the slot came due. One that removed the
+    // organisation skips the slot; the loop then stops. Not marked seen: the loop re-reads it.
+    let config = config_rx.borrow().clone();
+    if !config.organizations.iter().any(|o| o.name == org) {
+        return true;
+    }
     sweep_once(org, shared, config, slot.trigger, slot.at).await;
     let finished = Utc::now();
     if shared.shutdown.is_cancelled() {

@@ -428,6 +428,60 @@ async fn a_broken_reload_keeps_the_old_configuration_and_a_good_one_takes_effect
     daemon.wait().await.unwrap();
 }
 
+/// A reload that lands while a slot waits out its `jitter` takes effect in that slot's sweep:
+/// an exemption or `mode = "dry-run"` added meanwhile must not meet a sweep on the old one.
+/// Several reloads, each 30 ms after a slot of a per-second schedule with up to 0.9 s of
+/// jitter: most land inside that slot's jitter wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_during_the_jitter_wait_reaches_that_slots_sweep() {
+    keysweep::telemetry::init_for_tests();
+    let seen: Arc<Mutex<Vec<(Instant, String)>>> = Arc::default();
+    let s = seen.clone();
+    let sweep = sweep_fn(move |req: SweepRequest| {
+        s.lock()
+            .unwrap()
+            .push((Instant::now(), req.config.hash.clone()));
+        async { SweepResult::Success }
+    });
+    let jittered = |hash: &str| {
+        let mut c = config("* * * * * *", &["acme"], hash);
+        c.schedule.jitter = Duration::from_millis(900);
+        c
+    };
+    let version = Arc::new(AtomicUsize::new(1));
+    let v = version.clone();
+    let reload: ReloadFn = Arc::new(move || {
+        let n = v.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut c = config("* * * * * *", &["acme"], &format!("v{n}"));
+        c.schedule.jitter = Duration::from_millis(900);
+        Ok(c)
+    });
+    let daemon = Daemon::start(jittered("v1"), deps(sweep, reload, Metrics::new()))
+        .await
+        .unwrap();
+    let control = daemon.control();
+    eventually("a first sweep", || !seen.lock().unwrap().is_empty()).await;
+    for _ in 0..6 {
+        // Just after the next slot: its jitter wait (up to 0.9 s) is then most likely running.
+        let into = u64::from(chrono::Utc::now().timestamp_subsec_millis());
+        tokio::time::sleep(Duration::from_millis(1_000 - into.min(999) + 30)).await;
+        control.reload().await.unwrap();
+        let reloaded = Instant::now();
+        let hash = daemon.config().hash.clone();
+        eventually("a sweep after the reload", || {
+            seen.lock().unwrap().iter().any(|(at, _)| *at > reloaded)
+        })
+        .await;
+        // A margin for the instant between reading the configuration and calling the sweep.
+        let late: Vec<String> = (seen.lock().unwrap().iter())
+            .filter(|(at, h)| *at > reloaded + Duration::from_millis(50) && *h != hash)
+            .map(|(_, h)| h.clone())
+            .collect();
+        assert!(late.is_empty(), "swept on {late:?} after {hash} was loaded");
+    }
+    shut_down(daemon, "the daemon to stop").await;
+}
+
 /// `run` end to end with real signals sent to this test process: SIGHUP reloads (a broken
 /// configuration is refused and sweeping goes on), SIGTERM drains and returns `Ok`. tokio's
 /// handlers catch the signals, so the test process itself is not terminated.
