@@ -16,7 +16,7 @@ use crate::cli::{
 use crate::config::{self, Config};
 use crate::metrics::Metrics;
 use crate::report;
-use crate::state::Store;
+use crate::state::{Store, SweepLock};
 use crate::sweep::{SweepOptions, SweepReport, Sweeper};
 
 mod delivery;
@@ -340,7 +340,7 @@ async fn run(config: Config, args: &RunArgs, path: PathBuf) -> Result<ExitCode> 
              \"enforce\" and organizations[{i}] is at {host}: add --dry-run"
         );
     }
-    let store = open_for_sweeps(&config)?;
+    let (store, _lock) = open_for_sweeps(&config)?;
     let sweeper = Sweeper::new(Arc::new(config), Some(store.clone()), Metrics::new())?;
     let config_of_sweeper = sweeper.config.clone();
     let mut opts = SweepOptions::new(now);
@@ -461,16 +461,19 @@ fn publish_audit_head(store: &Store, metrics: Option<&Metrics>) {
     }
 }
 
-/// Opens the state database for a command that sweeps, and marks sweeps a previous process left
-/// `running` (crash, SIGKILL) as interrupted, so history and readiness do not show them running.
-fn open_for_sweeps(config: &Config) -> Result<Store> {
+/// Opens the state database for a command that sweeps, once it holds the sweeping lock (one
+/// sweeping process per database: `state::SweepLock`; keep it as long as the process may sweep),
+/// and marks sweeps a previous process left `running` (crash, SIGKILL) as interrupted, so
+/// history and readiness do not show them running.
+fn open_for_sweeps(config: &Config) -> Result<(Store, SweepLock)> {
+    let lock = SweepLock::acquire(&config.state_path)?;
     let store = named(&config.state_path, Store::open(&config.state_path))?;
     let cut_short = store
         .tx(|tx| crate::state::sweeps::mark_interrupted(tx, chrono::Utc::now().timestamp()))?;
     for s in &cut_short {
         tracing::warn!(run_id = %s.run_id, organization = %s.organization, "a previous sweep was interrupted; unfinished deletes are reconciled by the next sweep");
     }
-    Ok(store)
+    Ok((store, lock))
 }
 
 fn audit(cli: &Cli, args: &AuditArgs) -> Result<ExitCode> {
@@ -592,7 +595,7 @@ fn notify_retry_dead(config: Config, channel: Option<&str>) -> Result<ExitCode> 
 
 /// The daemon: wires `sweep::Sweeper` into `daemon::run` (schedules, signals, ops endpoints).
 async fn serve(config: Config, path: PathBuf, force_dry_run: bool) -> Result<()> {
-    let store = open_for_sweeps(&config)?;
+    let (store, _lock) = open_for_sweeps(&config)?;
     let metrics = Metrics::new();
     publish_audit_head(&store, Some(&metrics));
     tracing::info!(
@@ -626,11 +629,12 @@ async fn serve(config: Config, path: PathBuf, force_dry_run: bool) -> Result<()>
     {
         between.abort();
     }
-    ran?;
-    // A delete whose sweep was dropped at the end of the grace still writes its outcome.
+    // A delete whose sweep was dropped at the end of the grace still writes its outcome, even
+    // when the daemon ended with an error.
     crate::revoke::drain_in_flight().await;
     // So does a rotation's hand-over: the sink finishes, then the old key gets its expiry.
     crate::rotate::drain_in_flight().await;
+    ran?;
     Ok(())
 }
 

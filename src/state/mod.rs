@@ -25,12 +25,15 @@ pub mod cli;
 mod conn;
 pub mod findings;
 pub mod intel;
+mod lock;
 pub mod observations;
 pub mod outbox;
 pub mod revocations;
 pub mod rotations;
 pub mod schema;
 pub mod sweeps;
+
+pub use lock::SweepLock;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -93,6 +96,19 @@ pub enum StateError {
         what: &'static str,
         #[source]
         source: serde_json::Error,
+    },
+    /// Another process sweeps with this state database ([`SweepLock`]).
+    #[error(
+        "another keysweep process is sweeping with this state database (it holds {path}): \
+         the daemon, or a `run --once`. Two at once would take each other's writes in flight \
+         for a crash's leftovers; stop the other one, or wait for it to finish"
+    )]
+    Busy { path: PathBuf },
+    #[error("cannot lock {path}")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
     },
     /// Writing a command's output failed (e.g. a closed pipe).
     #[error("cannot write output")]

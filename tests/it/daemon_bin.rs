@@ -749,3 +749,38 @@ format = "json"
     assert_eq!(rx.requests("/hook").len(), 2, "sent twice");
     proc.assert_no_secret(&[ADMIN_KEY, secret.as_str()]);
 }
+
+/// One sweeping process per state database: a `run --once` beside the running daemon is
+/// refused before it touches the database (it would take the daemon's writes in flight for a
+/// crash's leftovers), names the lock, and does not mark the daemon's sweeps interrupted. Once
+/// the daemon has exited, the same command sweeps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_once_beside_the_daemon_is_refused_and_runs_once_it_has_stopped() {
+    let sim = start_sim(unix_now()).await;
+    let mut d = Daemon::start(&sim, DaemonOpts::default()).await;
+    d.wait_for_sweeps("acme", 1).await;
+    let once = ["run", "--once", "--config", d.config.to_str().unwrap()];
+    let (status, out, err) = run_to_end(&once, &[(ADMIN_KEY_ENV, ADMIN_KEY)]).await;
+    assert_eq!(
+        status.code(),
+        Some(2),
+        "refused like a usage error: {out}{err}"
+    );
+    assert!(
+        err.contains("another keysweep process is sweeping") && err.contains("state.db.lock"),
+        "{err}"
+    );
+    let (status, _) = d.get("/readyz").await;
+    assert_eq!(status, 200, "the daemon sweeps on");
+    assert!(
+        !(d.proc.log().iter()).any(|r| message(r).starts_with("a previous sweep was interrupted")),
+        "the daemon's own sweeps are not taken for interrupted"
+    );
+
+    d.proc.signal("-TERM");
+    let (status, _) = d.proc.wait().await;
+    assert_eq!(status.code(), Some(0), "{:#?}", d.proc.stderr());
+    let (status, out, err) = run_to_end(&once, &[(ADMIN_KEY_ENV, ADMIN_KEY)]).await;
+    assert!(status.success(), "{out}{err}");
+    assert!(!err.contains("another keysweep process"), "{err}");
+}
