@@ -61,7 +61,8 @@ pub async fn send(
 
     let message = build_message(ch, message_id, payload).map_err(|e| fail(false, &e))?;
     let tls = tls(ch).await.map_err(|e| fail(false, &e))?;
-    let whole = tokio::time::timeout(SESSION_LIMIT, session(ch, tls, &message));
+    let end = tokio::time::Instant::now() + SESSION_LIMIT;
+    let whole = tokio::time::timeout_at(end, session(ch, tls, &message, end));
     let Ok(ended) = whole.await else {
         return Err(fail(
             true,
@@ -124,8 +125,14 @@ enum Security {
     Plain,
 }
 
-/// One session: connect (and TLS), AUTH, the message; then QUIT, whose answer does not matter.
-async fn session(ch: &EmailChannel, tls: Security, message: &Message) -> Result<Undelivered, Step> {
+/// One session: connect (and TLS), AUTH, the message; then QUIT, whose answer does not matter,
+/// and which never runs into `end` (the whole session's limit, where the caller gives up).
+async fn session(
+    ch: &EmailChannel,
+    tls: Security,
+    message: &Message,
+    end: tokio::time::Instant,
+) -> Result<Undelivered, Step> {
     let hello = ClientId::default();
     let server = (ch.smtp_host.as_str(), ch.smtp_port);
     let implicit = match &tls {
@@ -155,9 +162,24 @@ async fn session(ch: &EmailChannel, tls: Security, message: &Message) -> Result<
     }
     let sent = transaction(ch, &mut conn, message).await;
     // Accepted or not, QUIT (as lettre does after a refusal); its answer does not matter, and
-    // once the message is accepted it went out whatever QUIT does.
-    let _ = tokio::time::timeout(ch.send_timeout.min(QUIT_WAIT), conn.abort()).await;
+    // once the message is accepted it went out whatever QUIT does. So QUIT gives up before the
+    // session's limit: waiting into it would turn an accepted message into a failed send, and
+    // the message would go out again.
+    let wait = quit_wait(ch.send_timeout, tokio::time::Instant::now(), end);
+    let _ = tokio::time::timeout(wait, conn.abort()).await;
     sent
+}
+
+/// How long QUIT may wait at `now`: its own bound, and never past a second before `end`.
+fn quit_wait(
+    send_timeout: Duration,
+    now: tokio::time::Instant,
+    end: tokio::time::Instant,
+) -> Duration {
+    let room = end
+        .checked_sub(QUIT_MARGIN)
+        .map_or(Duration::ZERO, |by| by.saturating_duration_since(now));
+    send_timeout.min(QUIT_WAIT).min(room)
 }
 
 /// MAIL, one RCPT per recipient, DATA and the message (lettre's `send`, except that a refused
@@ -241,6 +263,8 @@ fn code(e: &lettre::transport::smtp::Error) -> Option<u16> {
 
 /// The longest wait for QUIT's answer once the message was accepted.
 const QUIT_WAIT: Duration = Duration::from_secs(5);
+/// QUIT ends at least this long before the session's limit.
+const QUIT_MARGIN: Duration = Duration::from_secs(1);
 
 /// Builds the multipart (text + HTML) message with a deterministic Message-ID.
 pub fn build_message(
@@ -303,4 +327,37 @@ async fn tls(ch: &EmailChannel) -> Result<Security, String> {
             ));
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A message accepted near the session's limit: QUIT gets only what is left before it (less
+    /// a second), and nothing once that is gone, so the accepted send is never timed out.
+    #[test]
+    fn quit_never_waits_into_the_sessions_limit() {
+        let now = tokio::time::Instant::now();
+        let end = now + SESSION_LIMIT;
+        let t = Duration::from_secs(30);
+        assert_eq!(
+            quit_wait(t, now, end),
+            QUIT_WAIT,
+            "far from the limit: its own bound"
+        );
+        assert_eq!(
+            quit_wait(Duration::from_secs(2), now, end),
+            Duration::from_secs(2)
+        );
+        let late = end - Duration::from_secs(3);
+        assert_eq!(quit_wait(t, late, end), Duration::from_secs(2));
+        assert_eq!(
+            quit_wait(t, end - Duration::from_millis(500), end),
+            Duration::ZERO
+        );
+        assert_eq!(
+            quit_wait(t, end + Duration::from_secs(1), end),
+            Duration::ZERO
+        );
+    }
 }

@@ -154,8 +154,11 @@ pub enum NotifyError {
 /// `last_error` and the operators' alerts. Applied to every error text before it is stored,
 /// returned or logged.
 pub fn scrub(text: &str, secrets: &[&str]) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
+    // A receiver that echoes the request as JSON escapes its slashes (`https:\/\/hooks…`): read
+    // them as slashes, so the URL and an exact secret are found either way.
+    let unescaped = text.replace("\\/", "/");
+    let mut out = String::with_capacity(unescaped.len());
+    let mut rest = unescaped.as_str();
     // Hand-rolled instead of a regex so this cannot fail at run time.
     while let Some(pos) = find_url_start(rest) {
         out.push_str(&rest[..pos]);

@@ -76,6 +76,8 @@ pub const SLACK_MAX_TEXT: usize = 3000;
 const SLACK_MAX_HEADER: usize = 150;
 /// PagerDuty's limit for `payload.summary`.
 const PD_MAX_SUMMARY: usize = 1024;
+/// PagerDuty's limit on `dedup_key`; a longer one is refused (400), so the event never lands.
+const PD_MAX_DEDUP_KEY: usize = 255;
 
 /// E-mail payload: `{to, subject, text, html}`. The sender adds From, Message-ID and Date.
 pub fn email(d: &Digest, to: &[String]) -> Value {
@@ -276,7 +278,7 @@ pub fn slack(d: &Digest) -> Vec<Value> {
 /// A dry-run "would be revoked" keeps the incident open: the key still exists.
 pub fn pagerduty_notice(n: &Notice, now: i64) -> Value {
     let f = &n.finding;
-    let dedup_key = f.id.dedup_key();
+    let dedup_key = pagerduty_dedup_key(f.id.dedup_key());
     match n.kind {
         NoticeKind::Resolved => json!({
             "event_action": "resolve",
@@ -377,7 +379,7 @@ pub fn webhook_overflow(notices: &[&Notice], cap: usize, run_id: &str, now: i64)
 pub fn pagerduty_alert(a: &EnforcerAlert, now: i64) -> Value {
     json!({
         "event_action": "trigger",
-        "dedup_key": format!("keysweep/{}", a.dedup_key()),
+        "dedup_key": pagerduty_dedup_key(format!("keysweep/{}", a.dedup_key())),
         "client": "keysweep",
         "payload": {
             "summary": truncate(&text::summary(&format!("keysweep: {}", alert_text(a))), PD_MAX_SUMMARY),
@@ -388,6 +390,27 @@ pub fn pagerduty_alert(a: &EnforcerAlert, now: i64) -> Value {
             "custom_details": alert_json(a),
         },
     })
+}
+
+/// `key` as PagerDuty takes it: as it is up to [`PD_MAX_DEDUP_KEY`] bytes; longer (an
+/// inventory gap naming many keys, a long policy name), its start and the SHA-256 of the whole,
+/// so the same alert or finding keeps one key (its trigger and resolve meet) and two never
+/// share one.
+fn pagerduty_dedup_key(key: String) -> String {
+    use sha2::{Digest, Sha256};
+    if key.len() <= PD_MAX_DEDUP_KEY {
+        return key;
+    }
+    let digest = Sha256::digest(key.as_bytes());
+    let mut cut = PD_MAX_DEDUP_KEY - 1 - 2 * digest.len();
+    while !key.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let mut out = format!("{}/", &key[..cut]);
+    for b in digest {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
 }
 
 /// PagerDuty body for `keysweep notify test`: an info event that is resolved right away by
@@ -635,4 +658,39 @@ pub fn preview(payload: &Value) -> String {
     }
     // Shown on a terminal: what serde leaves raw in the names is escaped.
     text::json(&serde_json::to_string_pretty(payload).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An inventory gap naming 40 keys has a dedup key far over PagerDuty's 255: it is sent
+    /// within the limit, the same every time, and apart from a gap naming other keys.
+    #[test]
+    fn a_pagerduty_dedup_key_stays_within_the_limit_and_apart() {
+        let gap = |first: usize| EnforcerAlert::InventoryGap {
+            organization: "acme".into(),
+            key_ids: (first..first + 40)
+                .map(|i| format!("key_{i:020}"))
+                .collect(),
+        };
+        let key = |a: &EnforcerAlert| {
+            pagerduty_alert(a, 0)["dedup_key"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        let (one, other) = (key(&gap(0)), key(&gap(1)));
+        assert!(
+            one.len() <= PD_MAX_DEDUP_KEY && other.len() <= PD_MAX_DEDUP_KEY,
+            "{one}"
+        );
+        assert!(one.starts_with("keysweep/inventory-gap/acme/"), "{one}");
+        assert_eq!(one, key(&gap(0)));
+        assert_ne!(one, other);
+        // A short one is left as it is; a cut never splits a character.
+        assert_eq!(pagerduty_dedup_key("keysweep/x".into()), "keysweep/x");
+        let long = pagerduty_dedup_key("é".repeat(200));
+        assert!(long.len() <= PD_MAX_DEDUP_KEY, "{long}");
+    }
 }

@@ -492,10 +492,12 @@ fn personal_emails(n: &Notice) -> Vec<&str> {
         None => n.finding.owner_email.as_deref().into_iter().collect(),
     };
     let mut out: Vec<&str> = Vec::new();
+    // Only a plain address: `Name <other@x>` would mail another address than the one shown,
+    // and a malformed one fails the whole message; either goes to the fallback instead.
     for e in emails
         .into_iter()
         .map(str::trim)
-        .filter(|e| e.contains('@'))
+        .filter(|e| plain_address(e))
     {
         if !out.iter().any(|o| o.eq_ignore_ascii_case(e)) {
             out.push(e);
@@ -615,6 +617,29 @@ mod tests {
             name: None,
             email: Some(email.to_string()),
             role: role.to_string(),
+        }
+    }
+
+    /// A user key's owner e-mail that is not one plain address is nobody to tell in person:
+    /// the notice goes to the fallback, never to the address inside `Name <…>`.
+    #[test]
+    fn an_owner_email_that_is_not_a_plain_address_is_not_mailed() {
+        let notice = |email: &str| {
+            let finding: crate::policy::finding::Finding = serde_json::from_value(serde_json::json!({"id": {"organization": "o", "project_id": "p", "key_id": "k", "policy": "x"}, "project_name": null, "key_name": "k", "redacted_value": "sk-…", "owner_type": "user", "owner": "o", "owner_email": email, "created_at": 0, "last_used_at": null, "action": "notify", "reason": "r", "stage": "warned", "detected_at": 0, "deadline": 0, "warned_at": null, "final_notice_at": null, "last_notified_at": null, "closed_at": null, "resolution": null})).unwrap();
+            Notice::of(
+                crate::policy::finding::NoticeKind::Warning,
+                std::sync::Arc::new(finding),
+                false,
+            )
+        };
+        assert_eq!(personal_emails(&notice(" ok@x.com ")), vec!["ok@x.com"]);
+        for bad in [
+            "Name <evil@y.com>",
+            "a@x.com, b@y.com",
+            "a@x.com;b@y.com",
+            "@x.com",
+        ] {
+            assert!(personal_emails(&notice(bad)).is_empty(), "{bad}");
         }
     }
 
