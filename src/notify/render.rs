@@ -76,6 +76,8 @@ pub const SLACK_MAX_TEXT: usize = 3000;
 const SLACK_MAX_HEADER: usize = 150;
 /// PagerDuty's limit for `payload.summary`.
 const PD_MAX_SUMMARY: usize = 1024;
+/// Findings an overflow event lists (about 1 KB each, within PagerDuty's 512 KB per event).
+const PD_OVERFLOW_LISTED: usize = 100;
 /// PagerDuty's limit on `dedup_key`; a longer one is refused (400), so the event never lands.
 const PD_MAX_DEDUP_KEY: usize = 255;
 
@@ -331,12 +333,19 @@ pub fn pagerduty_notice(n: &Notice, now: i64) -> Value {
 }
 
 /// The one PagerDuty event for the notices over a channel's `max_messages_per_sweep`: a
-/// `trigger` whose `custom_details.findings` lists every one of them.
+/// `trigger` whose `custom_details.findings` lists the [`PD_OVERFLOW_LISTED`] with the earliest
+/// deadlines, and counts the rest. PagerDuty refuses an event over 512 KB, and a first sweep's
+/// overflow of thousands of findings (about 1 KB each) would never land: none of it would reach
+/// PagerDuty. Every notice is still in the digests of the other channels and in the audit log.
 pub fn pagerduty_overflow(notices: &[&Notice], cap: usize, run_id: &str, now: i64) -> Value {
+    let mut urgent: Vec<&Notice> = notices.to_vec();
+    urgent.sort_by_key(|n| (n.finding.deadline, &n.finding.id));
+    urgent.truncate(PD_OVERFLOW_LISTED);
     let summary = format!(
         "keysweep: {} more findings in this sweep than this channel's max_messages_per_sweep \
-         ({cap}); every one is listed in custom_details.findings",
-        notices.len()
+         ({cap}); the {} with the earliest deadlines are listed in custom_details.findings",
+        notices.len(),
+        urgent.len()
     );
     json!({
         "event_action": "trigger",
@@ -351,7 +360,8 @@ pub fn pagerduty_overflow(notices: &[&Notice], cap: usize, run_id: &str, now: i6
             "custom_details": {
                 "max_messages_per_sweep": cap,
                 "count": notices.len(),
-                "findings": notices.iter().map(|n| notice_json(n, now)).collect::<Vec<_>>(),
+                "not_listed": notices.len() - urgent.len(),
+                "findings": urgent.iter().map(|n| notice_json(n, now)).collect::<Vec<_>>(),
             },
         },
     })

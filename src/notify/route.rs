@@ -244,7 +244,13 @@ fn compose_notices(
         };
         if let ChannelKind::PagerDuty(_) = &ch.kind {
             for (n, msg) in pagerduty_events(&channel, &recipient, kind, list, run_id, now) {
-                caps.admit(ch, msg, &[n], &mut out);
+                // A resolve pages nobody and closes an incident: never capped, never folded into
+                // the overflow's trigger (its incident would stay open for good).
+                if msg.payload["event_action"] == "resolve" {
+                    out.push(msg);
+                } else {
+                    caps.admit(ch, msg, &[n], &mut out);
+                }
             }
             continue;
         }

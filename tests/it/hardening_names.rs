@@ -607,6 +607,46 @@ channels = ["pd"]
     assert_eq!(keys.len(), N, "every finding is in exactly one message");
 }
 
+/// Over the cap, PagerDuty gets one overflow event that stays within PagerDuty's 512 KB (the
+/// 100 earliest deadlines listed, the rest counted), and every resolve goes out uncapped: the
+/// revoked keys' incidents are closed, none is folded into a trigger that would stay open.
+#[tokio::test(flavor = "multi_thread")]
+async fn pagerduty_overflow_is_bounded_and_resolves_are_never_capped() {
+    const N: usize = 160;
+    let sim = start(org(N, 3)).await;
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let channels = format!(
+        "\n[[channels]]\nname = \"pd\"\ntype = \"pagerduty\"\nrouting_key_env = \"{PD_KEY_ENV}\"\n\
+         url = \"{url}\"\n\n[[routes]]\nprojects = [\"{PROJECT}\"]\nchannels = [\"pd\"]\n",
+        url = rx.url("/pd/enqueue"),
+    );
+    let s = sweeper(config(&sim, dir.path(), "", &channels));
+    sweep(&s, NOW).await;
+    let got = rx.requests("/pd");
+    assert_eq!(got.len(), 51, "50 events and one summary");
+    let overflow: Vec<_> = (got.iter())
+        .filter(|r| r.json()["payload"]["class"] == "overflow")
+        .collect();
+    assert_eq!(overflow.len(), 1);
+    let details = &overflow[0].json()["payload"]["custom_details"];
+    assert_eq!(details["count"], N - 50);
+    assert_eq!(details["not_listed"], N - 50 - 100);
+    assert_eq!(details["findings"].as_array().unwrap().len(), 100);
+    assert!(
+        overflow[0].body.len() < 512 * 1024,
+        "{}",
+        overflow[0].body.len()
+    );
+
+    let r = sweep(&s, NOW + 8 * DAY).await;
+    assert_eq!(r.revocations.iter().filter(|r| r.deleted()).count(), N);
+    let resolves = (rx.requests("/pd").iter())
+        .filter(|r| r.json()["event_action"] == "resolve")
+        .count();
+    assert_eq!(resolves, N, "every revoked key's incident is resolved");
+}
+
 // ---- row 14: owner mail only to owners with access ------------------------------------------
 
 /// Two owners; one has lost access to the project. Owner mail (real SMTP) reaches only the one
