@@ -7,6 +7,7 @@
 //! Secrets are resolved at load (environment or credential file) into `SecretString` and never
 //! leave as plain text: this module must never print, log or `Debug` a secret value.
 
+pub mod cron;
 mod effective;
 pub(crate) use effective::duration_text;
 #[cfg(test)]

@@ -29,24 +29,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{s:?} is not a duration like \"90d\" or \"36h\": {e}"))
 }
 
-/// Checks a cron expression: 5 fields (minute precision) or 6 fields (with seconds).
+/// Checks a cron expression as the daemon will read it (`config::cron`): 5 fields (minute
+/// precision) or 6 (with seconds), and one that fires at all (`0 0 30 2 *` never does).
 pub fn validate_cron(expr: &str) -> Result<(), String> {
-    let fields = expr.split_whitespace().count();
-    let seconds = match fields {
-        5 => croner::parser::Seconds::Disallowed,
-        6 => croner::parser::Seconds::Required,
-        _ => {
-            return Err(format!(
-                "{expr:?} must have 5 fields (\"0 */6 * * *\") or 6 with seconds (\"*/30 * * * * *\")"
-            ));
-        }
-    };
-    croner::parser::CronParser::builder()
-        .seconds(seconds)
-        .build()
-        .parse(expr)
+    super::cron::CronSchedule::parse(expr)
         .map(|_| ())
-        .map_err(|e| format!("{expr:?} is not a valid cron expression: {e}"))
+        .map_err(|e| e.to_string())
 }
 
 /// A value read from its text form, checked by `parse`.

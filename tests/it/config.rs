@@ -146,6 +146,8 @@ fn errors_name_the_key() {
             "exemptions[0].until",
         ),
         (&format!("schedule = \"every hour\"\n{MINIMAL}"), "schedule"),
+        // Parses, but never fires: the daemon would never sweep, not even on start.
+        (&format!("schedule = \"0 0 30 2 *\"\n{MINIMAL}"), "schedule"),
         (
             &format!("timezone = \"Mars/Olympus\"\n{MINIMAL}"),
             "timezone",
