@@ -679,8 +679,10 @@ fn daemon_sweep(
     })
 }
 
-/// The cached sweeper if it was built from `config`, else a new one, cached in its place.
-/// `Err` is why it could not be built, with its cause.
+/// The cached sweeper if it was built from this very `config` (the one a reload put in
+/// force), else a new one, cached in its place. Compared by identity, not by hash: the hash
+/// leaves secrets out, and an admin key rotated in its file must reach the clients at the next
+/// SIGHUP. `Err` is why it could not be built, with its cause.
 async fn sweeper_for(
     cache: &SweeperCache,
     config: &Arc<Config>,
@@ -688,7 +690,7 @@ async fn sweeper_for(
     metrics: Metrics,
 ) -> Result<Arc<Sweeper>, String> {
     let mut slot = cache.lock().await;
-    if let Some(s) = slot.as_ref().filter(|s| s.config.hash == config.hash) {
+    if let Some(s) = slot.as_ref().filter(|s| Arc::ptr_eq(&s.config, config)) {
         return Ok(s.clone());
     }
     let sweeper =

@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::state::Store;
 use crate::sweep::Sweeper;
 
-/// The last sweeper built, reused while the configuration (its hash) stays the same.
+/// The last sweeper built, reused until a reload puts another configuration in force.
 pub(super) type SweeperCache = Arc<tokio::sync::Mutex<Option<Arc<Sweeper>>>>;
 
 /// How often the daemon delivers what the outbox has due between sweeps.

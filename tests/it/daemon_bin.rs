@@ -784,3 +784,46 @@ async fn run_once_beside_the_daemon_is_refused_and_runs_once_it_has_stopped() {
     assert!(status.success(), "{out}{err}");
     assert!(!err.contains("another keysweep process"), "{err}");
 }
+
+/// An admin key rotated in its file (a Kubernetes Secret updated in place) reaches the sweeps
+/// at the next SIGHUP, though the configuration, and so its hash, did not change: a reload
+/// always builds new clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_after_the_admin_key_file_changed_sweeps_with_the_new_key() {
+    use std::os::unix::fs::PermissionsExt;
+    const ROTATED: &str = "sk-admin-rotated-in-its-file-0002";
+    let sim = start_sim(unix_now()).await;
+    let mut d = Daemon::start(&sim, DaemonOpts::default()).await;
+    d.wait_for_sweeps("acme", 1).await;
+    let key_file = d.state.with_file_name("admin.key");
+    let write_key = |key: &str| {
+        std::fs::write(&key_file, key).unwrap();
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    };
+    write_key(ADMIN_KEY);
+    let text = daemon_toml(&d.sim_url, &d.state, d.port, &DaemonOpts::default()).replace(
+        &format!("admin_key_env = \"{ADMIN_KEY_ENV}\""),
+        &format!("admin_key_file = \"{}\"", key_file.display()),
+    );
+    std::fs::write(&d.config, text).unwrap();
+    let reloads = |d: &Daemon| {
+        (d.proc.log().iter())
+            .filter(|r| message(r) == "configuration reloaded")
+            .count()
+    };
+    d.proc.signal("-HUP");
+    eventually("the reload to the key file", || reloads(&d) == 1).await;
+    poll_readyz(&d, 200, "\"ready\":true").await;
+
+    sim.set_admin_key(ROTATED);
+    poll_readyz(&d, 503, "admin key was refused").await;
+    write_key(ROTATED);
+    d.proc.signal("-HUP");
+    eventually("the second reload", || reloads(&d) == 2).await;
+    poll_readyz(&d, 200, "\"ready\":true").await;
+
+    d.proc.signal("-TERM");
+    let (status, _) = d.proc.wait().await;
+    assert_eq!(status.code(), Some(0), "{:#?}", d.proc.stderr());
+    d.proc.assert_no_secret(&[ADMIN_KEY, ROTATED]);
+}
