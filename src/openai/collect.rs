@@ -86,7 +86,22 @@ impl ProjectSelector {
     pub fn selects(&self, p: &ProjectRef) -> bool {
         let matches = |pat: &ProjectPattern| pat.matches(&p.id, p.name.as_deref());
         let included = self.include.is_empty() || self.include.iter().any(matches);
-        included && !self.exclude.iter().any(matches)
+        if !included || self.exclude.iter().any(matches) {
+            return false;
+        }
+        // The API may answer a project's `name` as `null`. An exclusion by name cannot tell
+        // whether it meant that project, and reading "no name" as "not excluded" would sweep
+        // (and enforce on) a project the operator left out: it stays out, and says so.
+        if p.name.is_none() && self.exclude.iter().any(|x| !x.is_literal_id()) {
+            tracing::warn!(
+                organization = %p.organization,
+                project = %p.id,
+                "project has no name and exclude_projects matches names: left out of this \
+                 sweep (exclude it by id, or select it by id in projects, to decide)"
+            );
+            return false;
+        }
+        true
     }
 
     /// Configured plain ids that matched none of `seen` and are not excluded.
@@ -527,6 +542,18 @@ mod tests {
         let s = ProjectSelector::new(&[], &["proj_9".into()]);
         assert!(!s.selects(&p("proj_9", Some("x"))));
         assert!(s.selects(&p("proj_8", Some("x"))));
+    }
+
+    /// A project the API names `null` cannot be told apart from one an exclusion by name
+    /// meant: left out, unless every exclusion is by id.
+    #[test]
+    fn an_unnamed_project_is_left_out_when_exclusions_match_names() {
+        let by_name = ProjectSelector::new(&[], &["prod-*".into()]);
+        assert!(!by_name.selects(&p("proj_1", None)));
+        assert!(by_name.selects(&p("proj_2", Some("dev"))));
+        assert!(!by_name.selects(&p("proj_3", Some("prod-eu"))));
+        let by_id = ProjectSelector::new(&[], &["proj_9".into()]);
+        assert!(by_id.selects(&p("proj_1", None)));
     }
 
     #[test]
