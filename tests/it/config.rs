@@ -148,6 +148,8 @@ fn errors_name_the_key() {
         (&format!("schedule = \"every hour\"\n{MINIMAL}"), "schedule"),
         // Parses, but never fires: the daemon would never sweep, not even on start.
         (&format!("schedule = \"0 0 30 2 *\"\n{MINIMAL}"), "schedule"),
+        (&format!("jitter = \"400000000d\"\n{MINIMAL}"), "jitter"),
+        (&format!("shutdown_grace = \"0s\"\n{MINIMAL}"), "shutdown_grace"),
         (
             &format!("timezone = \"Mars/Olympus\"\n{MINIMAL}"),
             "timezone",

@@ -37,6 +37,11 @@ fn or(d: Option<HumanDuration>, default: Duration) -> Duration {
     d.map_or(default, |d| d.0)
 }
 
+/// The longest `jitter`.
+const MAX_JITTER: Duration = Duration::from_secs(86_400);
+/// The longest `shutdown_grace`.
+const MAX_SHUTDOWN_GRACE: Duration = Duration::from_secs(3_600);
+
 /// Checks `raw` (with its channels, read separately) as a whole and builds the [`Config`].
 pub(super) fn config(
     mut cx: Context<'_>,
@@ -44,6 +49,18 @@ pub(super) fn config(
     channels: Vec<ChannelEntry>,
     source: Option<&Path>,
 ) -> Result<Config, LoadError> {
+    // A jitter past a day is no spread of load but a schedule of its own (and one of centuries
+    // would overflow the time arithmetic); a grace of nothing aborts every sweep at SIGTERM and
+    // leaves the outbox's flush no time.
+    if raw.jitter.is_some_and(|j| j.0 > MAX_JITTER) {
+        return Err(cx.err("jitter", "must be at most 1d"));
+    }
+    if raw
+        .shutdown_grace
+        .is_some_and(|g| g.0 < Duration::from_secs(1) || g.0 > MAX_SHUTDOWN_GRACE)
+    {
+        return Err(cx.err("shutdown_grace", "must be between 1s and 1h"));
+    }
     let schedule = Schedule {
         cron: raw
             .schedule
