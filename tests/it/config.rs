@@ -149,7 +149,10 @@ fn errors_name_the_key() {
         // Parses, but never fires: the daemon would never sweep, not even on start.
         (&format!("schedule = \"0 0 30 2 *\"\n{MINIMAL}"), "schedule"),
         (&format!("jitter = \"400000000d\"\n{MINIMAL}"), "jitter"),
-        (&format!("shutdown_grace = \"0s\"\n{MINIMAL}"), "shutdown_grace"),
+        (
+            &format!("shutdown_grace = \"0s\"\n{MINIMAL}"),
+            "shutdown_grace",
+        ),
         (
             &format!("timezone = \"Mars/Olympus\"\n{MINIMAL}"),
             "timezone",

@@ -42,6 +42,20 @@ const MAX_JITTER: Duration = Duration::from_secs(86_400);
 /// The longest `shutdown_grace`.
 const MAX_SHUTDOWN_GRACE: Duration = Duration::from_secs(3_600);
 
+/// A jitter past a day is no spread of load but a schedule of its own (and one of centuries
+/// would overflow the time arithmetic); a grace of nothing aborts every sweep at SIGTERM and
+/// leaves the outbox's flush no time.
+fn bounds(cx: &Context<'_>, raw: &RawConfig) -> Result<(), LoadError> {
+    if raw.jitter.as_ref().is_some_and(|j| j.0 > MAX_JITTER) {
+        return Err(cx.err("jitter", "must be at most 1d"));
+    }
+    let grace = raw.shutdown_grace.as_ref().map(|g| g.0);
+    if grace.is_some_and(|g| g < Duration::from_secs(1) || g > MAX_SHUTDOWN_GRACE) {
+        return Err(cx.err("shutdown_grace", "must be between 1s and 1h"));
+    }
+    Ok(())
+}
+
 /// Checks `raw` (with its channels, read separately) as a whole and builds the [`Config`].
 pub(super) fn config(
     mut cx: Context<'_>,
@@ -49,18 +63,7 @@ pub(super) fn config(
     channels: Vec<ChannelEntry>,
     source: Option<&Path>,
 ) -> Result<Config, LoadError> {
-    // A jitter past a day is no spread of load but a schedule of its own (and one of centuries
-    // would overflow the time arithmetic); a grace of nothing aborts every sweep at SIGTERM and
-    // leaves the outbox's flush no time.
-    if raw.jitter.is_some_and(|j| j.0 > MAX_JITTER) {
-        return Err(cx.err("jitter", "must be at most 1d"));
-    }
-    if raw
-        .shutdown_grace
-        .is_some_and(|g| g.0 < Duration::from_secs(1) || g.0 > MAX_SHUTDOWN_GRACE)
-    {
-        return Err(cx.err("shutdown_grace", "must be between 1s and 1h"));
-    }
+    bounds(&cx, &raw)?;
     let schedule = Schedule {
         cron: raw
             .schedule
