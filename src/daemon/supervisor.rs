@@ -44,6 +44,23 @@ pub fn check_reload(current: &Config, loaded: Result<Config, String>) -> Result<
             "server.listen changed; the ops server keeps its address until restart"
         );
     }
+    if new.state_path != current.state_path {
+        tracing::warn!(
+            old = %current.state_path.display(),
+            new = %new.state_path.display(),
+            "state_path changed; the daemon keeps its state database until restart (`audit` \
+             and `notify` read the new path meanwhile)"
+        );
+    }
+    // What a start logs about a configuration, a reload logs too: an operator who fixes a
+    // file by SIGHUP must not lose its warnings (a secret file others can read, no policy,
+    // a schedule too coarse for a final notice).
+    for w in (new.warnings.iter().cloned())
+        .chain(crate::config::gaps(&new))
+        .chain(super::schedule::schedule_warnings(&new))
+    {
+        tracing::warn!("{w}");
+    }
     Ok(new)
 }
 

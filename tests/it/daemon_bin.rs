@@ -814,6 +814,11 @@ async fn sighup_after_the_admin_key_file_changed_sweeps_with_the_new_key() {
     d.proc.signal("-HUP");
     eventually("the reload to the key file", || reloads(&d) == 1).await;
     poll_readyz(&d, 200, "\"ready\":true").await;
+    // A reload warns about what a start warns about (here: no ops channel).
+    let gaps = (d.proc.log().iter())
+        .filter(|r| message(r).starts_with("ops_channels is empty") && r["level"] == "WARN")
+        .count();
+    assert_eq!(gaps, 2, "at start and at the reload");
 
     sim.set_admin_key(ROTATED);
     poll_readyz(&d, 503, "admin key was refused").await;
