@@ -421,12 +421,29 @@ impl Transport {
         body: Option<BodyFn<'_>>,
     ) -> Result<Answer, Error> {
         let mut retries: u32 = 0;
+        // A write's earlier attempt that may have applied (its answer lost, a 5xx): a later
+        // refusal then cannot say "nothing changed" (`Error::nothing_applied`).
+        let write = method != Method::GET;
+        let mut earlier: Option<Error> = None;
         loop {
-            let bytes = body.map(|b| b()).transpose()?;
-            let failure = match self.attempt(&method, url, ctx, bytes).await {
+            let bytes = match body.map(|b| b()).transpose() {
+                Ok(b) => b,
+                Err(e) => return Err(settle(e, earlier)),
+            };
+            let answer = self.attempt(&method, url, ctx, bytes).await;
+            // Whether this attempt may have changed something: it reached the server and its
+            // answer is lost or a server error. A connect error or a refusal changed nothing.
+            let reached = match &answer {
+                Ok(ans) => ans.status >= 500 || ans.status == 408,
+                Err(f) => matches!(f, AttemptFailure::Timeout | AttemptFailure::Other(_)),
+            };
+            let failure = match answer {
                 Ok(ans) if (200..300).contains(&ans.status) => return Ok(ans),
-                Ok(ans) => self.judge_answer(ctx, &ans, retries, mode)?,
-                Err(AttemptFailure::Fatal(e)) => return Err(e),
+                Ok(ans) => match self.judge_answer(ctx, &ans, retries, mode) {
+                    Ok(r) => r,
+                    Err(e) => return Err(settle(e, earlier)),
+                },
+                Err(AttemptFailure::Fatal(e)) => return Err(settle(e, earlier)),
                 Err(f) => self.judge_failure(ctx, f, retries, mode),
             };
             let Retry {
@@ -435,7 +452,7 @@ impl Transport {
                 err,
             } = failure;
             if !retryable || retries >= self.max_retries {
-                return Err(err);
+                return Err(settle(err, earlier));
             }
             retries += 1;
             tracing::warn!(
@@ -447,6 +464,9 @@ impl Transport {
                 error = %err,
                 "retrying Administration API request"
             );
+            if write && reached && earlier.is_none() {
+                earlier = Some(err);
+            }
             tokio::time::sleep(delay).await;
         }
     }
@@ -602,4 +622,22 @@ struct Retry {
     retryable: bool,
     delay: Duration,
     err: Error,
+}
+
+/// The error a write ends with: `last`, unless it says nothing changed while an `earlier`
+/// attempt may have applied (it reached the server: its answer lost, a 5xx), in which case the
+/// earlier one, so the
+/// caller treats the outcome as unknown and reads the key back instead of recording a failure.
+fn settle(last: Error, earlier: Option<Error>) -> Error {
+    match earlier {
+        Some(first) if last.nothing_applied() => {
+            tracing::warn!(
+                last = %last,
+                earlier = %first,
+                "a write was refused after an earlier attempt that may have applied; its outcome is unknown"
+            );
+            first
+        }
+        _ => last,
+    }
 }

@@ -358,6 +358,32 @@ async fn update_gives_up_after_persistent_5xx_with_a_server_error() {
     assert_eq!(sim_expiry(&sim, NEVER), None);
 }
 
+/// The first update takes effect but its answer is lost (503); the retry is refused (404).
+/// The refusal does not say "nothing changed": the expiry was set by the first attempt, so the
+/// error is the first attempt's, which may have applied (the write keeps its cap slot and is
+/// read back at the next sweep instead of being recorded as failed).
+#[tokio::test]
+async fn a_refusal_after_an_answer_lost_is_not_taken_for_nothing_applied() {
+    let (sim, c) = start(|_| {}, limits()).await;
+    sim.faults().add(
+        Fault::on_update_key(PROJ, NEVER)
+            .after_effect()
+            .once()
+            .respond(FaultKind::Status(503)),
+    );
+    sim.faults().add(
+        Fault::on_update_key(PROJ, NEVER)
+            .once()
+            .respond(FaultKind::Status(404)),
+    );
+    let target = wall_now() + 7 * DAY;
+    let err = c.set_key_expiry(PROJ, NEVER, target).await.unwrap_err();
+    assert_on_target(sim_expiry(&sim, NEVER), target);
+    assert!(!err.nothing_applied(), "{err}");
+    assert!(matches!(err, Error::Server { status: 503, .. }), "{err}");
+    assert_eq!(stat(&sim, UPDATE), 2);
+}
+
 #[tokio::test]
 async fn expiry_beyond_the_organisation_limit_is_refused_by_policy() {
     let (sim, c) = start(
