@@ -52,6 +52,10 @@ async fn wait_until(
     mut config: Option<&mut watch::Receiver<Arc<Config>>>,
 ) -> Wake {
     loop {
+        // Shutdown first: a slot that falls due as SIGTERM arrives starts no sweep.
+        if shutdown.is_cancelled() {
+            return Wake::Shutdown;
+        }
         let now = Utc::now();
         if now >= target {
             return Wake::Due;
@@ -305,4 +309,22 @@ async fn sweep_once(
         SweepResult::Cancelled => tracing::info!(seconds = secs, "sweep cancelled by shutdown"),
     });
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A slot already due when shutdown has begun starts no sweep.
+    #[tokio::test]
+    async fn shutdown_wins_over_a_slot_already_due() {
+        let shutdown = CancellationToken::new();
+        let due = Utc::now() - chrono::Duration::seconds(1);
+        assert!(matches!(wait_until(due, &shutdown, None).await, Wake::Due));
+        shutdown.cancel();
+        assert!(matches!(
+            wait_until(due, &shutdown, None).await,
+            Wake::Shutdown
+        ));
+    }
 }
