@@ -214,6 +214,19 @@ impl<W: DeserializeOwned + HasId> Pager<W> {
                 cursor: transport.scrub(&next),
             });
         }
+        // The cursor is the page's last item: a `last_id` naming another item would skip the
+        // keys between them, which would then be taken for gone.
+        if let (Some(last_id), Some(last)) = (
+            page.last_id.as_deref().filter(|s| !s.is_empty()),
+            page.data.last(),
+        ) && last_id != last.id()
+        {
+            return Err(self.inconsistent(format!(
+                "last_id {:?} is not the page's last item {:?}",
+                transport.scrub(last_id),
+                transport.scrub(last.id())
+            )));
+        }
         Ok(Some(next))
     }
 

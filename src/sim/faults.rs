@@ -87,6 +87,9 @@ pub enum FaultKind {
     /// Lists only: the first item is replaced by the last item of the previous page (on page 1,
     /// the second item repeats the first); the cursor still advances.
     DuplicateIds,
+    /// Lists only: `last_id` names the next page's first item instead of this page's last,
+    /// so a client that takes it for the cursor skips that item.
+    LastIdAhead,
     /// Valid JSON padded with an unknown string field until the body exceeds this many bytes.
     Oversized(usize),
     /// Waits this long, then answers normally (longer than the client's timeout, typically).

@@ -60,6 +60,7 @@ impl ListParams {
         let twist = match fired.map(|f| &f.kind) {
             Some(FaultKind::CursorLoop) => PageTwist::CursorLoop,
             Some(FaultKind::DuplicateIds) => PageTwist::DuplicateIds,
+            Some(FaultKind::LastIdAhead) => PageTwist::LastIdAhead,
             _ => PageTwist::None,
         };
         PageQuery {

@@ -116,6 +116,7 @@ pub(crate) enum PageTwist {
     None,
     CursorLoop,
     DuplicateIds,
+    LastIdAhead,
 }
 
 /// A page request after validation.

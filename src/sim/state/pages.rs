@@ -28,19 +28,23 @@ fn select<T>(
     };
     let mut out = Vec::with_capacity(q.limit.min(items.len()));
     let mut has_more = false;
+    let mut next = None;
     for (i, item) in items.iter().enumerate().skip(start) {
         if !admit(item) {
             continue;
         }
         if out.len() == q.limit {
             has_more = true;
+            next = Some(i);
             break;
         }
         out.push(i);
     }
-    let last = out.last().copied();
+    let mut last = out.last().copied();
     match q.twist {
         PageTwist::None | PageTwist::CursorLoop => {}
+        // The cursor names the next page's first item, which a client trusting it skips.
+        PageTwist::LastIdAhead => last = next.or(last),
         PageTwist::DuplicateIds => {
             let prev = items[..start].iter().rposition(&admit);
             match (prev, out.len()) {
@@ -99,7 +103,7 @@ fn list_json<T: serde::Serialize>(
 fn cursor<'a>(q: &'a PageQuery, last: Option<&'a str>, has_more: bool) -> (Option<&'a str>, bool) {
     match q.twist {
         PageTwist::CursorLoop => (q.after.as_deref(), true),
-        PageTwist::None | PageTwist::DuplicateIds => (last, has_more),
+        PageTwist::None | PageTwist::DuplicateIds | PageTwist::LastIdAhead => (last, has_more),
     }
 }
 
