@@ -85,6 +85,8 @@ struct Snapshots {
     findings: HashMap<String, HashSet<FindingLabels>>,
     keys_by_expiry: HashMap<String, Series<ExpiryLabels>>,
     keys_expiring_soon: HashMap<String, Series<KeyLabels>>,
+    /// The admin key ids each organisation's expiry gauge named.
+    admin_keys: HashMap<String, HashSet<String>>,
 }
 
 /// Each series of a family an organisation's inventory set, and the value it set.
@@ -591,6 +593,12 @@ impl Metrics {
     /// `admin_key_id` names, or whose redacted suffix matches). `admin_key_id` is the key's id
     /// (`key_…`), never its value or name.
     pub fn set_admin_key_expiry(&self, org: &str, admin_key_id: &str, unix_secs: i64) {
+        (self
+            .snapshots()
+            .admin_keys
+            .entry(org.to_string())
+            .or_default())
+        .insert(admin_key_id.to_string());
         self.inner
             .admin_key_expiry
             .get_or_create(&AdminKeyLabels {
@@ -598,6 +606,52 @@ impl Metrics {
                 admin_key_id: admin_key_id.to_string(),
             })
             .set(unix_secs);
+    }
+
+    /// Drops every gauge of an organisation that left the configuration: its last successful
+    /// sweep would otherwise freeze and keep the shipped "sweeps stale" alert firing until a
+    /// restart, and its admin key's expiry and inventory would still be reported. Counters
+    /// stay: they only ever count what happened.
+    pub fn forget_organization(&self, org: &str) {
+        let i = &self.inner;
+        i.last_success.remove(&org_labels(org));
+        for owner in [
+            OwnerType::User,
+            OwnerType::ServiceAccount,
+            OwnerType::Unknown,
+        ] {
+            for band in AgeBand::ALL {
+                i.keys_by_age.remove(&AgeLabels {
+                    organization: org.to_string(),
+                    owner_type: owner.as_str(),
+                    age: band.as_str(),
+                });
+            }
+        }
+        let mut snaps = self.snapshots();
+        for id in snaps.admin_keys.remove(org).unwrap_or_default() {
+            i.admin_key_expiry.remove(&AdminKeyLabels {
+                organization: org.to_string(),
+                admin_key_id: id,
+            });
+        }
+        for l in snaps.findings.remove(org).unwrap_or_default() {
+            i.findings.remove(&l);
+        }
+        for l in snaps.keys.remove(org).unwrap_or_default().keys() {
+            i.keys.remove(l);
+        }
+        for l in snaps
+            .keys_expiring_soon
+            .remove(org)
+            .unwrap_or_default()
+            .keys()
+        {
+            i.keys_expiring_soon.remove(l);
+        }
+        for l in snaps.keys_by_expiry.remove(org).unwrap_or_default().keys() {
+            i.keys_by_expiry.remove(l);
+        }
     }
 
     /// One project listing of the organisation ended incomplete.
@@ -656,6 +710,23 @@ fn gauge(n: u64) -> i64 {
 mod tests {
     use super::*;
     use crate::inventory::{Expiry, Key, Listing, Owner, OwnerAccess, ProjectRef};
+
+    /// An organisation removed from the configuration leaves no gauge behind; another one's
+    /// stay.
+    #[test]
+    fn a_forgotten_organisation_leaves_no_gauge() {
+        let m = Metrics::new();
+        for org in ["gone", "kept"] {
+            m.set_last_successful_sweep(org, 1_700_000_000);
+            m.set_admin_key_expiry(org, "key_admin", 1_800_000_000);
+            m.replace_findings(org, &[("p", Stage::Warned, 3)]);
+            m.set_keys_by_age(org, OwnerType::User, AgeBand::Over365d, 2);
+        }
+        m.forget_organization("gone");
+        let text = m.encode();
+        assert!(!text.contains("\"gone\""), "{text}");
+        assert!(text.contains("organization=\"kept\""), "{text}");
+    }
 
     fn key(project: &str, owner: OwnerType, created_at: i64) -> Key {
         Key {

@@ -126,6 +126,7 @@ pub(super) async fn org_loop(
         let Some(org_cfg) = config.organizations.iter().find(|o| o.name == org) else {
             tracing::info!(organization = %org, "organization left the configuration; its schedule stops");
             shared.board.forget(&org);
+            shared.metrics.forget_organization(&org);
             return org;
         };
         let sched = effective_schedule(&config, org_cfg).clone();

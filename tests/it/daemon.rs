@@ -428,6 +428,45 @@ async fn a_broken_reload_keeps_the_old_configuration_and_a_good_one_takes_effect
     daemon.wait().await.unwrap();
 }
 
+/// An organisation removed by a reload leaves no gauge behind: its last successful sweep would
+/// freeze and keep the shipped "sweeps stale" alert firing until a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_organisation_removed_by_a_reload_drops_its_gauges() {
+    keysweep::telemetry::init_for_tests();
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let s = seen.clone();
+    let sweep = sweep_fn(move |req: SweepRequest| {
+        s.lock().unwrap().push(req.organization.clone());
+        async { SweepResult::Success }
+    });
+    let reload: ReloadFn = Arc::new(|| Ok(config("* * * * * *", &["acme"], "v2")));
+    let metrics = Metrics::new();
+    let daemon = Daemon::start(
+        config("* * * * * *", &["acme", "globex"], "v1"),
+        deps(sweep, reload, metrics.clone()),
+    )
+    .await
+    .unwrap();
+    let last = |org: &str| {
+        let text = metrics.encode();
+        text.lines().any(|l| {
+            l.starts_with("keysweep_last_successful_sweep_timestamp")
+                && l.contains(&format!("organization=\"{org}\""))
+        })
+    };
+    eventually("both organisations to sweep", || {
+        last("acme") && last("globex")
+    })
+    .await;
+    daemon.control().reload().await.unwrap();
+    eventually("globex's gauge to go", || !last("globex")).await;
+    let n = seen.lock().unwrap().len();
+    eventually("acme to sweep on", || seen.lock().unwrap().len() > n + 1).await;
+    assert!(last("acme"));
+    assert!(!last("globex"), "no sweep of globex brought it back");
+    shut_down(daemon, "the daemon to stop").await;
+}
+
 /// A reload that lands while a slot waits out its `jitter` takes effect in that slot's sweep:
 /// an exemption or `mode = "dry-run"` added meanwhile must not meet a sweep on the old one.
 /// Several reloads, each 30 ms after a slot of a per-second schedule with up to 0.9 s of
