@@ -634,8 +634,11 @@ fn pack(lines: &[String], max: usize) -> Vec<String> {
 }
 
 /// A mrkdwn section, `verbatim`: Slack neither links URLs nor turns `@here`/`#channel` words
-/// into mentions in it (the text is also neutralised by `text::slack`).
+/// into mentions in it (the text is also neutralised by `text::slack`). Cut to Slack's 3000
+/// characters: one longer text (an alert naming hundreds of keys, a long project name escaped)
+/// makes Slack refuse the whole message, and with it every other alert in the digest.
 fn section(text: &str) -> Value {
+    let text = truncate(text, SLACK_MAX_TEXT);
     json!({"type": "section", "text": {"type": "mrkdwn", "text": text, "verbatim": true}})
 }
 
@@ -673,6 +676,23 @@ pub fn preview(payload: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An alert naming 300 keys is one line far over Slack's 3000 characters per text: every
+    /// section is cut to the limit, so Slack takes the message and the other alerts in it.
+    #[test]
+    fn every_slack_section_stays_within_3000_characters() {
+        let gap = EnforcerAlert::InventoryGap {
+            organization: "acme".into(),
+            key_ids: (0..300).map(|i| format!("key_{i:020}")).collect(),
+        };
+        let d = Digest::alerts(MessageKind::Alert, "run", 0, &[&gap]);
+        for message in slack(&d) {
+            for block in message["blocks"].as_array().unwrap() {
+                let text = block["text"]["text"].as_str().unwrap_or("");
+                assert!(text.chars().count() <= SLACK_MAX_TEXT, "{}", text.len());
+            }
+        }
+    }
 
     /// An inventory gap naming 40 keys has a dedup key far over PagerDuty's 255: it is sent
     /// within the limit, the same every time, and apart from a gap naming other keys.
