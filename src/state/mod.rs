@@ -260,9 +260,15 @@ impl Store {
         f(&conn)
     }
 
-    /// Whether the database answers a trivial query (for `/readyz`).
+    /// Whether the database answers a trivial query (for `/readyz`). A connection in use (a
+    /// sweep's commit, which can take seconds) is answering its user: reachable, without
+    /// waiting for it, so a readiness probe never queues behind a commit.
     pub fn ping(&self) -> Result<(), StateError> {
-        let conn = self.lock();
+        let conn = match self.conn.try_lock() {
+            Ok(conn) => conn,
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(()),
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+        };
         conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?;
         Ok(())
     }
@@ -595,5 +601,33 @@ mod tests {
         });
         assert!(res.is_err());
         assert_eq!(revocations(&store), 0);
+    }
+
+    /// A readiness ping while a long transaction holds the connection answers at once.
+    #[test]
+    fn ping_does_not_wait_for_a_transaction_in_progress() {
+        let store = Store::open_in_memory().unwrap();
+        let (held, release) = (std::sync::Barrier::new(2), std::sync::Barrier::new(2));
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                store
+                    .tx(|_| {
+                        held.wait();
+                        release.wait();
+                        Ok(())
+                    })
+                    .unwrap();
+            });
+            held.wait();
+            // The transaction ends only after this answer: a ping that waited for the
+            // connection would not answer within the time.
+            let (tx, rx) = std::sync::mpsc::channel();
+            let pinger = &store;
+            s.spawn(move || tx.send(pinger.ping().is_ok()));
+            let answer = rx.recv_timeout(std::time::Duration::from_secs(10));
+            release.wait();
+            assert_eq!(answer, Ok(true), "the ping waited for the transaction");
+        });
+        assert!(store.ping().is_ok());
     }
 }
