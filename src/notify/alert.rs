@@ -205,6 +205,20 @@ impl EnforcerAlert {
         )
     }
 
+    /// What groups this alert's PagerDuty events into one incident: its [`Self::dedup_key`],
+    /// except that a channel's dead letters and refused recipients share one incident per
+    /// channel. A relay down for hours dead-letters every queued message; one incident each
+    /// would page on-call a thousand times for one outage.
+    pub fn incident_key(&self) -> String {
+        match self {
+            EnforcerAlert::DeliveryFailed { channel, .. }
+            | EnforcerAlert::RecipientsRefused { channel, .. } => {
+                format!("undelivered/{channel}")
+            }
+            _ => self.dedup_key(),
+        }
+    }
+
     pub fn dedup_key(&self) -> String {
         match self {
             EnforcerAlert::IncompleteListing {

@@ -389,7 +389,7 @@ pub fn webhook_overflow(notices: &[&Notice], cap: usize, run_id: &str, now: i64)
 pub fn pagerduty_alert(a: &EnforcerAlert, now: i64) -> Value {
     json!({
         "event_action": "trigger",
-        "dedup_key": pagerduty_dedup_key(format!("keysweep/{}", a.dedup_key())),
+        "dedup_key": pagerduty_dedup_key(format!("keysweep/{}", a.incident_key())),
         "client": "keysweep",
         "payload": {
             "summary": truncate(&text::summary(&format!("keysweep: {}", alert_text(a))), PD_MAX_SUMMARY),
@@ -692,6 +692,21 @@ mod tests {
                 assert!(text.chars().count() <= SLACK_MAX_TEXT, "{}", text.len());
             }
         }
+    }
+
+    /// A channel's dead letters share one PagerDuty incident: a relay down for hours pages
+    /// once, not once per message.
+    #[test]
+    fn a_channels_dead_letters_share_one_pagerduty_incident() {
+        let dead = |channel: &str, message_id: &str| EnforcerAlert::DeliveryFailed {
+            channel: channel.into(),
+            message_id: message_id.into(),
+            attempts: 12,
+            error: "relay down".into(),
+        };
+        let key = |a: &EnforcerAlert| pagerduty_alert(a, 0)["dedup_key"].clone();
+        assert_eq!(key(&dead("mail", "ks-1")), key(&dead("mail", "ks-2")));
+        assert_ne!(key(&dead("mail", "ks-1")), key(&dead("owners", "ks-1")));
     }
 
     /// An inventory gap naming 40 keys has a dedup key far over PagerDuty's 255: it is sent
