@@ -197,35 +197,33 @@ impl<W: DeserializeOwned + HasId> Pager<W> {
         if !page.has_more {
             return Ok(None);
         }
-        let next = page
-            .last_id
-            .clone()
-            .filter(|s| !s.is_empty())
-            .or_else(|| page.data.last().map(|w| w.id().to_string()));
-        let Some(next) = next else {
-            return Err(self.inconsistent(
-                "has_more is true but the page is empty and has no last_id".to_string(),
-            ));
+        let last_id = page.last_id.as_deref().filter(|s| !s.is_empty());
+        let last_item = page.data.last().map(HasId::id);
+        let next = match (last_id, last_item) {
+            // The server says to go on from where this page started: a loop.
+            (Some(l), _) if self.cursor.as_deref() == Some(l) => l,
+            // The cursor is the id of the last item received (REFERENCE §3): a `last_id`
+            // naming another item would skip the keys between, which would then be taken for
+            // gone. Paging on from the last item skips nothing.
+            (Some(l), Some(item)) if l != item => {
+                tracing::debug!(last_id = %transport.scrub(l), last_item = %transport.scrub(item), "last_id is not the page's last item; paging on from the item");
+                item
+            }
+            (Some(l), _) => l,
+            (None, Some(item)) => item,
+            (None, None) => {
+                return Err(self.inconsistent(
+                    "has_more is true but the page is empty and has no last_id".to_string(),
+                ));
+            }
         };
+        let next = next.to_string();
         if self.cursor.as_deref() == Some(next.as_str()) || !self.cursors_seen.insert(next.clone())
         {
             return Err(Error::CursorLoop {
                 ctx: self.ctx.clone(),
                 cursor: transport.scrub(&next),
             });
-        }
-        // The cursor is the page's last item: a `last_id` naming another item would skip the
-        // keys between them, which would then be taken for gone.
-        if let (Some(last_id), Some(last)) = (
-            page.last_id.as_deref().filter(|s| !s.is_empty()),
-            page.data.last(),
-        ) && last_id != last.id()
-        {
-            return Err(self.inconsistent(format!(
-                "last_id {:?} is not the page's last item {:?}",
-                transport.scrub(last_id),
-                transport.scrub(last.id())
-            )));
         }
         Ok(Some(next))
     }

@@ -88,7 +88,8 @@ pub enum FaultKind {
     /// the second item repeats the first); the cursor still advances.
     DuplicateIds,
     /// Lists only: `last_id` names the next page's first item instead of this page's last,
-    /// so a client that takes it for the cursor skips that item.
+    /// so a client that takes it for the cursor (as the SDK does) skips that item; keysweep
+    /// pages on from the last item received.
     LastIdAhead,
     /// Valid JSON padded with an unknown string field until the body exceeds this many bytes.
     Oversized(usize),

@@ -1015,21 +1015,6 @@ async fn a_cursor_that_loops_leaves_the_project_incomplete() {
     .await;
 }
 
-/// Page 1's `last_id` names page 2's first key: taken for the cursor, it would skip that key,
-/// which would then be marked gone. The page is inconsistent instead.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_last_id_past_the_pages_last_key_leaves_the_project_incomplete() {
-    persistent_fault(
-        Knobs::default(),
-        Fault::on_list_keys(PROJ_F)
-            .page(1)
-            .respond(FaultKind::LastIdAhead),
-        1,
-        "is not the page's last item",
-    )
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_ids_across_pages_leave_the_project_incomplete() {
     persistent_fault(

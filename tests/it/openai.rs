@@ -410,6 +410,26 @@ async fn broken_bodies_make_projects_incomplete_never_panic() {
     assert_eq!(stat(&sim, LIST_KEYS), 12);
 }
 
+/// Page 1's `last_id` names page 2's first key instead of page 1's last: paging on from it
+/// would skip that key, which would then be taken for gone. The pager goes on from the last
+/// key received (REFERENCE §3): every key is listed, and the listing is complete.
+#[tokio::test]
+async fn a_last_id_past_the_pages_last_key_skips_nothing() {
+    let org = SimOrg::generate(1, 120, 5, NOW);
+    let p = active_projects(&org);
+    let sim = sim(org).await;
+    sim.faults().add(
+        Fault::on_list_keys(&p[0])
+            .page(1)
+            .respond(FaultKind::LastIdAhead),
+    );
+    let s = setup(&sim, limits(), |_| {});
+    let inv = scan(&s).await;
+    assert!(inv.is_complete(), "{inv:?}");
+    assert_eq!(inv.orgs[0].projects[0].keys.len(), 120);
+    assert_eq!(stat(&sim, LIST_KEYS), 2);
+}
+
 #[tokio::test]
 async fn cursor_loop_on_the_first_page_is_detected() {
     let org = SimOrg::generate(1, 30, 2, NOW);
