@@ -236,7 +236,10 @@ fn progress(
     next.owner = key.owner.display().to_string();
     next.owner_email = reachable_owner_email(key);
     next.created_at = key.created_at;
-    next.last_used_at = key.last_used_at;
+    // A listing that left the field out says nothing about the key's use.
+    if !key.last_used_unknown {
+        next.last_used_at = key.last_used_at;
+    }
     // An answer without `expires_at` says nothing new: keep the expiry last seen.
     if !key.expires_at.is_unknown() {
         next.expires_at = key.expires_at;

@@ -73,7 +73,9 @@ pub struct ObservationWriter<'c, 'k> {
 }
 
 impl<'k> ObservationWriter<'_, 'k> {
-    /// The row of one key listed at `now` (see [`record_observations`]).
+    /// The row of one key listed at `now` (see [`record_observations`]). A `last_used_at` the
+    /// listing did not give (`null`, or left out) keeps the one stored: a key once used stays
+    /// used, and a wake-up is judged against its real last use, never against its creation.
     pub fn push(
         &mut self,
         organization: &'k str,
@@ -135,7 +137,7 @@ pub fn observe_batched<'k, T>(
                      owner = excluded.owner,
                      owner_type = excluded.owner_type,
                      created_at = excluded.created_at,
-                     last_used_at = excluded.last_used_at,
+                     last_used_at = COALESCE(excluded.last_used_at, last_used_at),
                      last_seen = excluded.last_seen,
                      gone_at = NULL",
             ),

@@ -174,6 +174,42 @@ async fn a_key_used_within_wake_after_raises_nothing() {
     );
 }
 
+/// A listing that leaves `last_used_at` out says nothing about the key's use: the stored last
+/// use is kept, so the next listing (used yesterday, as every day) is no wake-up of a key
+/// "idle since its creation".
+#[tokio::test]
+async fn a_listing_without_last_used_at_raises_no_wake_up_after_it() {
+    let org = SimOrg::generate(1, 3, 19, NOW);
+    let active = active_projects(&org);
+    let p = (org.projects.iter())
+        .find(|p| active.contains(&p.id))
+        .unwrap();
+    let (project, key) = (p.id.clone(), p.keys[0].id.clone());
+    let sim = start_frozen(org, NOW, ADMIN_KEY).await;
+    sim.set_last_used(&project, &key, Some(NOW - DAY)).unwrap();
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config_file(dir.path(), &sim.base_url(), ADMIN_KEY_ENV, &extra(&rx));
+    let (ok, out, err) = sweep(&config, NOW).await;
+    assert!(ok, "{out}\n{err}");
+    let omit = sim.faults().add(
+        keysweep::sim::Fault::on_list_keys(&project)
+            .respond(keysweep::sim::FaultKind::OmitLastUsed),
+    );
+    let (ok, out, err) = sweep(&config, NOW + HOUR).await;
+    assert!(ok, "{out}\n{err}");
+    assert!(sim.faults().hits(omit) >= 1);
+    sim.faults().clear();
+    sim.set_last_used(&project, &key, Some(NOW + HOUR)).unwrap();
+    let (ok, out, err) = sweep(&config, NOW + 2 * HOUR).await;
+    assert!(ok, "{out}\n{err}");
+    assert!(
+        ops_mentioning(&rx, "woke up").is_empty(),
+        "{:?}",
+        rx.requests("/ops")
+    );
+}
+
 #[test]
 fn wake_after_is_read_checked_and_hash_neutral_at_its_default() {
     let base = "[[organizations]]\nname = \"acme\"\nbase_url = \"http://127.0.0.1:1/v1\"\n";
