@@ -92,12 +92,18 @@ impl ProjectSelector {
         // The API may answer a project's `name` as `null`. An exclusion by name cannot tell
         // whether it meant that project, and reading "no name" as "not excluded" would sweep
         // (and enforce on) a project the operator left out: it stays out, and says so.
-        if p.name.is_none() && self.exclude.iter().any(|x| !x.is_literal_id()) {
+        // A project the operator selected by its id is meant, whatever its name.
+        let by_id = self
+            .include
+            .iter()
+            .any(|x| x.is_literal_id() && x.text() == p.id);
+        if p.name.is_none() && !by_id && self.exclude.iter().any(|x| !x.is_literal_id()) {
             tracing::warn!(
                 organization = %p.organization,
                 project = %p.id,
                 "project has no name and exclude_projects matches names: left out of this \
-                 sweep (exclude it by id, or select it by id in projects, to decide)"
+                 sweep (name it by id in exclude_projects to leave it out, or in projects to \
+                 sweep it)"
             );
             return false;
         }
@@ -554,6 +560,10 @@ mod tests {
         assert!(!by_name.selects(&p("proj_3", Some("prod-eu"))));
         let by_id = ProjectSelector::new(&[], &["proj_9".into()]);
         assert!(by_id.selects(&p("proj_1", None)));
+        // Selected by its id: meant, whatever its name; selected by a glob: left out.
+        let named = ProjectSelector::new(&["proj_1".into(), "proj_*".into()], &["prod-*".into()]);
+        assert!(named.selects(&p("proj_1", None)));
+        assert!(!named.selects(&p("proj_2", None)));
     }
 
     #[test]
