@@ -593,28 +593,6 @@ fn expire_status(n: &Notice) -> String {
     }
 }
 
-/// A dead letter's alert, or (`more` > 0) a delivery pass's closing summary of the channel's
-/// dead letters after it.
-fn dead_letter_text(
-    channel: &str,
-    message_id: &str,
-    attempts: u32,
-    error: &str,
-    more: u32,
-) -> String {
-    if more == 0 {
-        return format!(
-            "Message {message_id} to channel {channel} was dead-lettered after {attempts} attempt(s): {error}"
-        );
-    }
-    format!(
-        "After message {message_id}, {more} more message(s) to channel {channel} were \
-         dead-lettered in the same delivery pass, with no alert of their own (the last after \
-         {attempts} attempt(s): {error}); `keysweep notify retry-dead` requeues them once the \
-         channel works"
-    )
-}
-
 /// A one-line description of an enforcer alert. Carries no secret: alerts hold only redacted
 /// values and scrubbed error texts.
 pub fn alert_text(a: &EnforcerAlert) -> String {
@@ -647,8 +625,22 @@ pub fn alert_text(a: &EnforcerAlert) -> String {
             message_id,
             attempts,
             error,
+            more: 0,
+        } => format!(
+            "Message {message_id} to channel {channel} was dead-lettered after {attempts} attempt(s): {error}"
+        ),
+        EnforcerAlert::DeliveryFailed {
+            channel,
+            message_id,
+            attempts,
+            error,
             more,
-        } => dead_letter_text(channel, message_id, *attempts, error, *more),
+        } => format!(
+            "After message {message_id}, {more} more message(s) to channel {channel} were \
+             dead-lettered in the same delivery pass, with no alert of their own (the last \
+             after {attempts} attempt(s): {error}); `keysweep notify retry-dead` requeues them \
+             once the channel works"
+        ),
         EnforcerAlert::RecipientsRefused {
             channel,
             message_id,

@@ -703,7 +703,6 @@ mod tests {
             message_id: message_id.into(),
             attempts: 12,
             error: "relay down".into(),
-            more: 0,
         };
         let key = |a: &EnforcerAlert| pagerduty_alert(a, 0)["dedup_key"].clone();
         assert_eq!(key(&dead("mail", "ks-1")), key(&dead("mail", "ks-2")));
