@@ -39,11 +39,6 @@ pub enum EnforcerAlert {
         message_id: String,
         attempts: u32,
         error: String,
-        /// In a delivery pass's closing summary: how many more messages of the channel were
-        /// dead-lettered in that pass after `message_id`, with no alert of their own (a relay
-        /// down for hours dead-letters every queued message: one alert each was a storm).
-        #[serde(default, skip_serializing_if = "is_zero")]
-        more: u32,
     },
     /// The relay took an e-mail for some recipients and refused it for good for these
     /// (`recipients`, with its answers in `error`): they do not get it; the others did.
@@ -308,8 +303,4 @@ impl EnforcerAlert {
             } => format!("inventory-gap/{organization}/{}", key_ids.join(",")),
         }
     }
-}
-
-fn is_zero(n: &u32) -> bool {
-    *n == 0
 }

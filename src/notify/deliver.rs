@@ -126,7 +126,6 @@ impl Notifier {
         stop: &CancellationToken,
     ) -> Result<DeliveryReport, NotifyError> {
         let mut report = DeliveryReport::default();
-        let mut storm = Storm::default();
         let mut handled = 0usize;
         // One message at a time, each claimed as it is picked (`outbox::claim_due`): another
         // organisation's sweep delivering at the same moment (the daemon sweeps organisations
@@ -136,15 +135,7 @@ impl Notifier {
             // the past must not claim for less than a lease of real time.
             let lease = now.max(chrono::Utc::now().timestamp()) + CLAIM_LEASE_SECS;
             let Some(m) = db.with(|c| outbox::claim_due(c, now, lease))? else {
-                // The pass's closing summary of the dead letters that raised no alert of their
-                // own, then what it queued is delivered too.
-                let (alerts, msgs) = storm.summaries(settings, now);
-                if alerts.is_empty() {
-                    break;
-                }
-                db.with(|c| outbox::enqueue(c, &msgs, now))?;
-                report.alerts.extend(alerts);
-                continue;
+                break;
             };
             handled += 1;
             let outcome = match (settings.channel(&m.channel), &m.unreadable) {
@@ -168,18 +159,8 @@ impl Notifier {
                     report.sent += 1;
                     self.count(&m.channel, NotificationOutcome::Sent);
                 }
-                Err(f) => {
-                    let ctx = (&mut report, &mut storm);
-                    self.failed(db, settings, &m, &f, now, ctx)?;
-                }
+                Err(f) => self.failed(db, settings, &m, &f, now, &mut report)?,
             }
-        }
-        // Stopped before the outbox ran dry (shutdown, the per-call bound): the summaries are
-        // queued all the same, for the next pass.
-        let (alerts, msgs) = storm.summaries(settings, now);
-        if !alerts.is_empty() {
-            db.with(|c| outbox::enqueue(c, &msgs, now))?;
-            report.alerts.extend(alerts);
         }
         Ok(report)
     }
@@ -194,7 +175,7 @@ impl Notifier {
         m: &StoredMessage,
         f: &SendFailure,
         now: i64,
-        (report, storm): (&mut DeliveryReport, &mut Storm),
+        report: &mut DeliveryReport,
     ) -> Result<(), NotifyError> {
         let attempts = m.attempts + 1;
         let max_attempts = settings.notifications.max_attempts.max(1);
@@ -208,21 +189,15 @@ impl Notifier {
             return Ok(());
         }
         // One run id per death: a message requeued (`notify retry-dead`) and dead again
-        // raises its alert again, while composing the same death twice stays one message. The
-        // channel's later deaths in this pass are counted for its closing summary instead.
-        let (alert, msgs) = if storm.first_of_pass(m, attempts, &f.error) {
-            alert_about(m, "dead-letter", settings, now, || {
-                EnforcerAlert::DeliveryFailed {
-                    channel: m.channel.clone(),
-                    message_id: m.message_id.clone(),
-                    attempts,
-                    error: f.error.clone(),
-                    more: 0,
-                }
-            })
-        } else {
-            (None, Vec::new())
-        };
+        // raises its alert again, while composing the same death twice stays one message.
+        let (alert, msgs) = alert_about(m, "dead-letter", settings, now, || {
+            EnforcerAlert::DeliveryFailed {
+                channel: m.channel.clone(),
+                message_id: m.message_id.clone(),
+                attempts,
+                error: f.error.clone(),
+            }
+        });
         // The dead letter and its alert are written together; a message another deliverer
         // settled meanwhile is left as it is.
         if !db.with(|c| outbox::dead_letter(c, m.id, &f.error, &msgs, now))? {
@@ -355,65 +330,6 @@ fn alert_about(
     let run_id = format!("{what}/{}/{now}", m.message_id);
     let msgs = route::compose(&[], std::slice::from_ref(&alert), settings, &run_id, now);
     (Some(alert), msgs)
-}
-
-/// The dead letters of one delivery pass, per channel: the first raises its alert with the
-/// dead letter, in one transaction; the later ones are counted, and the pass ends with one
-/// summary alert per channel that had any. A relay down for hours dead-letters every queued
-/// message at once: a thousand owner digests were a thousand alerts.
-#[derive(Default)]
-struct Storm {
-    /// Per channel: the first dead message's id, and (count, attempts, error) of the later.
-    channels: std::collections::BTreeMap<String, (String, u32, u32, String)>,
-}
-
-impl Storm {
-    /// Notes the dead letter of `m`; true when it is its channel's first in this pass (it
-    /// raises its own alert). A delivery alert's dead letter raises none: not counted.
-    fn first_of_pass(&mut self, m: &StoredMessage, attempts: u32, error: &str) -> bool {
-        if m.kind == MessageKind::DeliveryAlert {
-            return true;
-        }
-        match self.channels.get_mut(&m.channel) {
-            None => {
-                let first = (m.message_id.clone(), 0, attempts, String::new());
-                self.channels.insert(m.channel.clone(), first);
-                true
-            }
-            Some((_, more, last_attempts, last_error)) => {
-                *more += 1;
-                (*last_attempts, *last_error) = (attempts, error.to_string());
-                false
-            }
-        }
-    }
-
-    /// The summary alerts (and their messages) of the channels with uncounted dead letters;
-    /// each only once.
-    fn summaries(
-        &mut self,
-        settings: &NotifySettings,
-        now: i64,
-    ) -> (Vec<EnforcerAlert>, Vec<OutboxMessage>) {
-        let (mut alerts, mut msgs) = (Vec::new(), Vec::new());
-        for (channel, (first, more, attempts, error)) in &mut self.channels {
-            if *more == 0 {
-                continue;
-            }
-            let alert = EnforcerAlert::DeliveryFailed {
-                channel: channel.clone(),
-                message_id: first.clone(),
-                attempts: *attempts,
-                error: std::mem::take(error),
-                more: std::mem::take(more),
-            };
-            let run_id = format!("dead-letter-summary/{first}/{now}");
-            let slice = std::slice::from_ref(&alert);
-            msgs.extend(route::compose(&[], slice, settings, &run_id, now));
-            alerts.push(alert);
-        }
-        (alerts, msgs)
-    }
 }
 
 /// `to: why; to: why`: recipients with the relay's answers, as the alert and the log say them.

@@ -625,21 +625,8 @@ pub fn alert_text(a: &EnforcerAlert) -> String {
             message_id,
             attempts,
             error,
-            more: 0,
         } => format!(
             "Message {message_id} to channel {channel} was dead-lettered after {attempts} attempt(s): {error}"
-        ),
-        EnforcerAlert::DeliveryFailed {
-            channel,
-            message_id,
-            attempts,
-            error,
-            more,
-        } => format!(
-            "After message {message_id}, {more} more message(s) to channel {channel} were \
-             dead-lettered in the same delivery pass, with no alert of their own (the last \
-             after {attempts} attempt(s): {error}); `keysweep notify retry-dead` requeues them \
-             once the channel works"
         ),
         EnforcerAlert::RecipientsRefused {
             channel,

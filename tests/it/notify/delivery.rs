@@ -868,63 +868,6 @@ async fn refusing_hook(max_attempts: u32) -> RefusingHook {
     }
 }
 
-/// Three messages of one channel dead in one delivery pass (a relay down for hours): the first
-/// raises its alert with its dead letter, the pass ends with one summary of the other two, and
-/// the ops channel gets those two alerts, not three.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dead_letters_of_one_pass_raise_one_alert_and_one_summary() {
-    let RefusingHook {
-        rx,
-        cfg,
-        _dir,
-        db,
-        msgs,
-    } = refusing_hook(1).await;
-    for run in ["run-2", "run-3"] {
-        let more = compose(
-            &[notice(NoticeKind::Warning, alice_key())],
-            &[],
-            &cfg,
-            run,
-            NOW,
-        );
-        with_db(&db, |c| outbox::enqueue(c, &more, NOW)).unwrap();
-    }
-    let r = Notifier::new()
-        .unwrap()
-        .deliver_due(&db, &cfg, NOW)
-        .await
-        .unwrap();
-    assert_eq!(r.dead, 3, "{r:?}");
-    let [
-        EnforcerAlert::DeliveryFailed {
-            message_id: first,
-            more: 0,
-            ..
-        },
-        EnforcerAlert::DeliveryFailed {
-            message_id: summary,
-            more: 2,
-            ..
-        },
-    ] = &r.alerts[..]
-    else {
-        panic!("{:?}", r.alerts);
-    };
-    assert_eq!((first, summary), (&msgs[0].message_id, &msgs[0].message_id));
-    let alerts: Vec<serde_json::Value> = (rx.requests("/ops").iter())
-        .flat_map(|r| r.json()["alerts"].as_array().cloned().unwrap_or_default())
-        .filter(|a| a["alert"] == "delivery_failed")
-        .collect();
-    assert_eq!(alerts.len(), 2, "{alerts:?}");
-    assert!(
-        alerts[1]["summary"]
-            .as_str()
-            .unwrap()
-            .contains("2 more message(s)")
-    );
-}
-
 /// A dead letter requeued (`notify retry-dead`) that dies again raises its alert again: each
 /// death is its own alert, written with the dead letter in one transaction.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -980,7 +923,6 @@ async fn dead_letter_after_max_attempts_raises_one_alert_without_looping() {
             message_id,
             attempts,
             error,
-            ..
         } => {
             assert_eq!(channel, "hook");
             assert_eq!(message_id, &msgs[0].message_id);
