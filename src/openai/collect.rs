@@ -102,8 +102,8 @@ impl ProjectSelector {
                 organization = %p.organization,
                 project = %p.id,
                 "project has no name and exclude_projects matches names: left out of this \
-                 sweep (name it by id in exclude_projects to leave it out, or in projects to \
-                 sweep it)"
+                 sweep (write exclude_projects with project ids instead of name patterns, or \
+                 list the projects to sweep by id in projects)"
             );
             return false;
         }

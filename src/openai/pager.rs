@@ -1,7 +1,8 @@
 //! The pager every listing goes through, and [`KeyPages`], a project's keys one page at a time.
 //!
-//! Sends `limit=100` and `after=<cursor>`, where the cursor is `last_id` (or the last item's id
-//! when `last_id` is absent); ends on `has_more = false`. A cursor that does not advance or comes
+//! Sends `limit=100` and `after=<cursor>`, where the cursor is the last item's id (REFERENCE
+//! §3; `last_id` when the page is empty, and a `last_id` equal to the request's cursor is a
+//! loop); ends on `has_more = false`. A cursor that does not advance or comes
 //! back, an id listed twice or not of the shape every id has (`identity.rs`; a key's owner id
 //! included), an empty page claiming more, or an endless chain of pages is an error, and after
 //! any error the listing is over: it must never look finished when a page is missing.
