@@ -1004,8 +1004,8 @@ async fn two_orgs(seed: u64, (aged_a, aged_b): (usize, usize)) -> TwoOrgs {
     }
 }
 
-/// Two organisations swept at once into one state file (two daemons' organisations, or a
-/// `run --once` beside a daemon) share the rolling-day cap: each plan counts the day's
+/// Two organisations swept at once into one state file (a daemon's organisations) share the
+/// rolling-day cap: each plan counts the day's
 /// revocations before the other wrote any, so only the slot taken with each intent keeps
 /// the two from deleting twice the cap between them. The cap alert counts what the plan
 /// withheld and what the intents found no room for.
