@@ -330,6 +330,15 @@ impl AdminClient {
             .await
             .map_err(Error::into_expiry_error)?;
         let wire: WireKey = self.transport().decode(&ctx, &ans)?;
+        // An answer about another key confirms nothing about this one: the outcome is unknown
+        // (`UnexpectedId` is no "nothing applied"), and the caller reads the key back.
+        if wire.id != key_id {
+            return Err(Error::UnexpectedId {
+                ctx,
+                expected: key_id.to_string(),
+                got: self.transport().scrub(&wire.id),
+            });
+        }
         Ok(wire.into_domain(&self.bare_project(project_id)))
     }
 

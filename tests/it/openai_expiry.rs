@@ -358,6 +358,25 @@ async fn update_gives_up_after_persistent_5xx_with_a_server_error() {
     assert_eq!(sim_expiry(&sim, NEVER), None);
 }
 
+/// An update whose answer names another key confirms nothing about this one: an error that
+/// does not say "nothing applied" (the update did apply here), so the caller reads it back.
+#[tokio::test]
+async fn an_update_answered_for_another_key_is_not_taken_for_this_one() {
+    let (sim, c) = start(|_| {}, limits()).await;
+    sim.faults().add(
+        Fault::on_update_key(PROJ, NEVER)
+            .after_effect()
+            .respond(FaultKind::Patch(
+                serde_json::json!({"id": "key_someone_else"}),
+            )),
+    );
+    let target = wall_now() + 7 * DAY;
+    let err = c.set_key_expiry(PROJ, NEVER, target).await.unwrap_err();
+    assert!(matches!(err, Error::UnexpectedId { .. }), "{err}");
+    assert!(!err.nothing_applied(), "{err}");
+    assert_on_target(sim_expiry(&sim, NEVER), target);
+}
+
 /// The first update takes effect but its answer is lost (503); the retry is refused (404).
 /// The refusal does not say "nothing changed": the expiry was set by the first attempt, so the
 /// error is the first attempt's, which may have applied (the write keeps its cap slot and is
