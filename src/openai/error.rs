@@ -247,8 +247,8 @@ impl Error {
     }
 
     /// Reads an update's (or a mint's) failure in the terms of an expiry write: a 400 about the
-    /// expiry becomes [`Error::ExpiryRefused`], a 400 saying the key expired or a 404 becomes
-    /// [`Error::KeyEnded`]; anything else is returned unchanged.
+    /// expiry becomes [`Error::ExpiryRefused`], a 400 saying the key expired or a 404 about the
+    /// key becomes [`Error::KeyEnded`]; anything else is returned unchanged.
     ///
     /// The API's wording is not documented, so this reads the error's `param` first (the field
     /// blamed: keysweep only ever sends a positive whole number, so a 400 about
@@ -278,7 +278,10 @@ impl Error {
                     api,
                 },
             },
-            Error::NotFound { ctx, api } => Error::KeyEnded {
+            // A 404 about the route (an API without the November 2026 update endpoint answers
+            // "Invalid URL (POST …)") or about the project is no key that ended: the write was
+            // not possible, and saying the key ended would close its finding.
+            Error::NotFound { ctx, api } if !about_route_or_project(&api) => Error::KeyEnded {
                 ctx,
                 status: 404,
                 message: api.message,
@@ -340,9 +343,44 @@ impl Error {
     }
 }
 
+/// Whether a 404's body blames the route or the project rather than the key.
+fn about_route_or_project(api: &ApiErrorBody) -> bool {
+    api.param.as_deref() == Some("project_id")
+        || (api.message.as_deref()).is_some_and(|m| m.starts_with("Invalid URL"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An expiry update's 404: the key ended, unless the body blames the route (an API
+    /// without the update endpoint) or the project.
+    #[test]
+    fn an_update_404_is_a_key_that_ended_only_when_it_is_about_the_key() {
+        let not_found = |message: &str, param: Option<&str>| Error::NotFound {
+            ctx: ctx(),
+            api: Box::new(ApiErrorBody {
+                error_type: Some("invalid_request_error".into()),
+                message: Some(message.into()),
+                code: None,
+                param: param.map(str::to_string),
+            }),
+        };
+        let key = not_found("No API key found with id 'key_1'.", Some("api_key_id"));
+        assert!(matches!(key.into_expiry_error(), Error::KeyEnded { .. }));
+        let plain = not_found("Not found.", None);
+        assert!(matches!(plain.into_expiry_error(), Error::KeyEnded { .. }));
+        let route = not_found(
+            "Invalid URL (POST /v1/organization/projects/p/api_keys/k)",
+            None,
+        );
+        assert!(matches!(route.into_expiry_error(), Error::NotFound { .. }));
+        let project = not_found("No project found with id 'proj_1'.", Some("project_id"));
+        assert!(matches!(
+            project.into_expiry_error(),
+            Error::NotFound { .. }
+        ));
+    }
 
     fn ctx() -> RequestContext {
         RequestContext {
