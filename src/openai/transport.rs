@@ -594,7 +594,8 @@ impl Transport {
         }
     }
 
-    /// A 2xx answer to a DELETE: deleted only if the body says `deleted: true`.
+    /// A 2xx answer to a DELETE: deleted only if the body says `deleted: true` of this very
+    /// object (an answer about another id confirms nothing about this one).
     fn confirmed(
         &self,
         ctx: RequestContext,
@@ -602,7 +603,7 @@ impl Transport {
         object_id: &str,
     ) -> Result<DeleteOutcome, Error> {
         let confirmed: WireDeleted = self.decode(&ctx, ans)?;
-        if !confirmed.deleted {
+        if !confirmed.deleted || confirmed.id != object_id {
             return Err(Error::NotDeleted {
                 ctx,
                 status: ans.status,

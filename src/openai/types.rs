@@ -416,7 +416,6 @@ impl std::fmt::Debug for MintedKey {
 pub(crate) struct WireDeleted {
     #[allow(dead_code)]
     pub object: String,
-    #[allow(dead_code)]
     pub id: String,
     pub deleted: bool,
 }

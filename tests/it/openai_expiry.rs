@@ -577,6 +577,23 @@ async fn deleting_a_service_account_key_removes_only_that_key() {
     );
 }
 
+/// A DELETE answered `deleted: true` for another id confirms nothing about this key: not
+/// recorded as deleted (the sweep reads the key back instead).
+#[tokio::test]
+async fn a_delete_answered_for_another_key_is_not_a_confirmation() {
+    let (sim, c) = start(|_| {}, limits()).await;
+    sim.faults().add(
+        Fault::on_delete_key(PROJ, SA_KEYS[0])
+            .after_effect()
+            .respond(FaultKind::Patch(
+                serde_json::json!({"id": "key_someone_else"}),
+            )),
+    );
+    let err = c.delete_key(PROJ, SA_KEYS[0]).await.unwrap_err();
+    assert!(matches!(err, Error::NotDeleted { .. }), "{err}");
+    assert!(!err.nothing_applied(), "{err}");
+}
+
 #[tokio::test]
 async fn an_expired_key_deleted_listed_or_hidden() {
     // Listed: the DELETE goes through like any other.
