@@ -578,7 +578,7 @@ async fn deleting_a_service_account_key_removes_only_that_key() {
 }
 
 /// A DELETE answered `deleted: true` for another id confirms nothing about this key: not
-/// recorded as deleted (the sweep reads the key back instead).
+/// recorded as deleted (a failed delete that keeps its cap slot; the next listing decides).
 #[tokio::test]
 async fn a_delete_answered_for_another_key_is_not_a_confirmation() {
     let (sim, c) = start(|_| {}, limits()).await;
