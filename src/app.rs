@@ -91,20 +91,13 @@ fn load_with(cli: &Cli, read: fn(&Path) -> Result<Config, config::LoadError>) ->
         "warn"
     };
     crate::telemetry::init_with_default(config.log.format, default).ok();
-    for w in &config.warnings {
-        tracing::warn!("{w}");
-    }
-    for w in crate::daemon::schedule::schedule_warnings(&config) {
-        tracing::warn!("{w}");
-    }
-    // What a valid configuration silently leaves out, said by the commands that look at keys.
-    if matches!(
+    // What a valid configuration silently leaves out is said by the commands that look at keys.
+    let gaps = matches!(
         cli.command,
         Command::CheckConfig | Command::Scan(_) | Command::Run(_)
-    ) {
-        for gap in config::gaps(&config) {
-            tracing::warn!("{gap}");
-        }
+    );
+    for w in crate::daemon::config_warnings(&config, gaps) {
+        tracing::warn!("{w}");
     }
     Ok(config)
 }

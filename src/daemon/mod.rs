@@ -80,7 +80,7 @@ pub use hooks::{
     BoxFuture, DaemonDeps, ReloadFn, ShutdownHook, SweepFn, SweepRequest, SweepResult, Trigger,
 };
 pub use schedule::{effective_schedule, org_schedules};
-pub use supervisor::{check_reload, hook_stop_at, validate_schedules};
+pub use supervisor::{check_reload, config_warnings, hook_stop_at, validate_schedules};
 
 /// Runs the daemon until SIGTERM or SIGINT: installs the signal handlers, starts the ops server
 /// and the schedules, and drains on shutdown. Returns `Ok(())` after a clean shutdown (exit 0);

@@ -55,13 +55,22 @@ pub fn check_reload(current: &Config, loaded: Result<Config, String>) -> Result<
     // What a start logs about a configuration, a reload logs too: an operator who fixes a
     // file by SIGHUP must not lose its warnings (a secret file others can read, no policy,
     // a schedule too coarse for a final notice).
-    for w in (new.warnings.iter().cloned())
-        .chain(crate::config::gaps(&new))
-        .chain(super::schedule::schedule_warnings(&new))
-    {
+    for w in config_warnings(&new, true) {
         tracing::warn!("{w}");
     }
     Ok(new)
+}
+
+/// Every warning a configuration gives: its own (from loading), the schedule's
+/// (`schedule_warnings`) and, with `gaps`, what it silently leaves out (`config::gaps`). Logged
+/// by every command that loads it and by every reload.
+pub fn config_warnings(config: &Config, gaps: bool) -> Vec<String> {
+    let mut out = config.warnings.clone();
+    out.extend(super::schedule::schedule_warnings(config));
+    if gaps {
+        out.extend(crate::config::gaps(config));
+    }
+    out
 }
 
 /// Owns the configuration, the loops and the shutdown sequence: the one place that decides when

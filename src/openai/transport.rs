@@ -626,9 +626,8 @@ struct Retry {
 }
 
 /// The error a write ends with: `last`, unless it says nothing changed while an `earlier`
-/// attempt may have applied (it reached the server: its answer lost, a 5xx), in which case the
-/// earlier one, so the
-/// caller treats the outcome as unknown and reads the key back instead of recording a failure.
+/// attempt may have applied (it reached the server: its answer lost, a 5xx). Then the earlier
+/// one, so the caller treats the outcome as unknown instead of recording a refusal.
 fn settle(last: Error, earlier: Option<Error>) -> Error {
     match earlier {
         Some(first) if last.nothing_applied() => {
