@@ -148,8 +148,18 @@ async fn a_key_idle_sixty_days_then_used_raises_the_wake_up_alert_in_the_next_sw
     assert_eq!(ops_mentioning(&rx, "woke up").len(), 1);
 }
 
-#[tokio::test]
-async fn a_key_used_within_wake_after_raises_nothing() {
+/// One organisation whose first key was last used at `last_used`, its ops receiver and a
+/// configuration file: the set-up of the wake-up tests that watch one key.
+struct OneKey {
+    sim: keysweep::sim::SimServer,
+    rx: Receiver,
+    _dir: tempfile::TempDir,
+    config: std::path::PathBuf,
+    project: String,
+    key: String,
+}
+
+async fn one_key(last_used: i64) -> OneKey {
     let org = SimOrg::generate(1, 3, 19, NOW);
     let active = active_projects(&org);
     let p = (org.projects.iter())
@@ -157,11 +167,30 @@ async fn a_key_used_within_wake_after_raises_nothing() {
         .unwrap();
     let (project, key) = (p.id.clone(), p.keys[0].id.clone());
     let sim = start_frozen(org, NOW, ADMIN_KEY).await;
-    sim.set_last_used(&project, &key, Some(NOW - 20 * DAY))
-        .unwrap();
+    sim.set_last_used(&project, &key, Some(last_used)).unwrap();
     let rx = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config_file(dir.path(), &sim.base_url(), ADMIN_KEY_ENV, &extra(&rx));
+    OneKey {
+        sim,
+        rx,
+        _dir: dir,
+        config,
+        project,
+        key,
+    }
+}
+
+#[tokio::test]
+async fn a_key_used_within_wake_after_raises_nothing() {
+    let OneKey {
+        sim,
+        rx,
+        _dir,
+        config,
+        project,
+        key,
+    } = one_key(NOW - 20 * DAY).await;
     let (ok, out, err) = sweep(&config, NOW).await;
     assert!(ok, "{out}\n{err}");
     sim.set_last_used(&project, &key, Some(NOW)).unwrap();
@@ -179,17 +208,14 @@ async fn a_key_used_within_wake_after_raises_nothing() {
 /// "idle since its creation".
 #[tokio::test]
 async fn a_listing_without_last_used_at_raises_no_wake_up_after_it() {
-    let org = SimOrg::generate(1, 3, 19, NOW);
-    let active = active_projects(&org);
-    let p = (org.projects.iter())
-        .find(|p| active.contains(&p.id))
-        .unwrap();
-    let (project, key) = (p.id.clone(), p.keys[0].id.clone());
-    let sim = start_frozen(org, NOW, ADMIN_KEY).await;
-    sim.set_last_used(&project, &key, Some(NOW - DAY)).unwrap();
-    let rx = Receiver::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config_file(dir.path(), &sim.base_url(), ADMIN_KEY_ENV, &extra(&rx));
+    let OneKey {
+        sim,
+        rx,
+        _dir,
+        config,
+        project,
+        key,
+    } = one_key(NOW - DAY).await;
     let (ok, out, err) = sweep(&config, NOW).await;
     assert!(ok, "{out}\n{err}");
     let omit = sim.faults().add(
