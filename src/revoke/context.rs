@@ -58,7 +58,7 @@ impl Context<'_> {
                 organization,
                 project_id,
                 key_id,
-                |message| message.contains(KILL_SWITCH_REASON),
+                is_kill_switch_reason,
             )
         })?;
         Ok((skips >= max).then(|| EnforcerAlert::RecheckSkips {

@@ -33,8 +33,7 @@ pub(crate) use recheck::acted_on_since;
 mod reconcile;
 
 pub use context::{
-    Context, KILL_SWITCH_REASON, cap_reached_reason, is_cap_reached_reason, is_kill_switch_reason,
-    kill_switch_engaged,
+    Context, cap_reached_reason, is_cap_reached_reason, is_kill_switch_reason, kill_switch_engaged,
 };
 pub use critical::drain_in_flight;
 pub use execute::execute;

@@ -410,7 +410,7 @@ fn skipped(
                 &id.organization,
                 &id.project_id,
                 &id.key_id,
-                |message| message.contains(crate::revoke::KILL_SWITCH_REASON),
+                crate::revoke::is_kill_switch_reason,
             )
         })?;
         (skips >= max).then_some(skips)

@@ -91,7 +91,7 @@ pub fn upsert_findings<'f>(
 
 /// How many of a key's latest write decisions in a row were re-check skips: its `skipped`
 /// audit records of a re-check (their response names the `recheck`) since its last `intent` or
-/// `reconciled` record, leaving out those for which `ignore(message)` holds (the kill
+/// `reconciled` record, leaving out those whose re-check reason `ignore` holds for (the kill
 /// switch's). Neither those nor the plan's withholdings (dry-run, caps: `skipped` records
 /// without a `recheck`, written before any re-check) count or end the run. The count lives in
 /// the audit log, which already holds every skip with its key, so no schema change is needed.
@@ -103,8 +103,7 @@ pub fn consecutive_recheck_skips(
     ignore: impl Fn(&str) -> bool,
 ) -> Result<u32, StateError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT kind, json_extract(record, '$.message'),
-                json_extract(record, '$.response.recheck') IS NOT NULL FROM audit
+        "SELECT kind, json_extract(record, '$.response.recheck') FROM audit
          WHERE kind IN ('skipped', 'intent', 'reconciled')
            AND json_extract(record, '$.key_id') = ?3
            AND json_extract(record, '$.project_id') = ?2
@@ -115,12 +114,11 @@ pub fn consecutive_recheck_skips(
     let mut skips = 0u32;
     while let Some(row) = rows.next()? {
         let kind: String = row.get(0)?;
-        let message: Option<String> = row.get(1)?;
-        let recheck: bool = row.get(2)?;
+        let recheck: Option<String> = row.get(1)?;
         if kind != "skipped" {
             break;
         }
-        if recheck && !ignore(message.as_deref().unwrap_or_default()) {
+        if recheck.is_some_and(|reason| !ignore(&reason)) {
             skips = skips.saturating_add(1);
         }
     }

@@ -285,11 +285,35 @@ async fn a_key_renamed_back_and_forth_is_kept_but_alerted_after_three_skips() {
     }
 }
 
+/// A member names the key after the kill switch's reason: the renames still count as re-check
+/// skips (the streak reads the recorded reason, never the message the name is in), and the
+/// third raises the alert.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_named_after_the_kill_switch_reason_still_raises_the_skip_alert() {
+    let sim = start(org(1, 1)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = sweeper(config(&sim, dir.path(), "", ""));
+    sweep(&s, NOW).await;
+    let hostile = "x the kill switch is on";
+    let reports = renamed_to(&sim, &s, 8, [hostile, "key-00", hostile]).await;
+    assert_eq!(recheck_alerts(&reports[2]), vec![("key_00".to_string(), 3)]);
+}
+
 /// Three sweeps, from day `first_day` on, in each of which a member renames the due `key_00`
 /// between its listing and its re-check (back and forth): each keeps the key.
 async fn renamed_back_and_forth(sim: &SimServer, s: &Sweeper, first_day: i64) -> Vec<SweepReport> {
+    renamed_to(sim, s, first_day, ["key-00-b", "key-00", "key-00-b"]).await
+}
+
+/// [`renamed_back_and_forth`] with the three names given.
+async fn renamed_to(
+    sim: &SimServer,
+    s: &Sweeper,
+    first_day: i64,
+    names: [&str; 3],
+) -> Vec<SweepReport> {
     let mut reports = Vec::new();
-    for (i, name) in ["key-00-b", "key-00", "key-00-b"].iter().enumerate() {
+    for (i, name) in names.iter().enumerate() {
         sim.faults().add(
             Fault::on_get_key(PROJECT, "key_00")
                 .once()
