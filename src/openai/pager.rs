@@ -20,6 +20,7 @@ use crate::openai::error::{Error, RequestContext};
 use crate::openai::identity::is_valid_id;
 use crate::openai::transport::{RetryMode, Transport};
 use crate::openai::types::{HasId, ListPage, WireKey};
+use crate::text::log_field;
 
 /// Page size: the documented maximum.
 const PAGE_LIMIT: &str = "100";
@@ -207,7 +208,12 @@ impl<W: DeserializeOwned + HasId> Pager<W> {
             // naming another item would skip the keys between, which would then be taken for
             // gone. Paging on from the last item skips nothing.
             (Some(l), Some(item)) if l != item => {
-                tracing::debug!(last_id = %transport.scrub(l), last_item = %transport.scrub(item), "last_id is not the page's last item; paging on from the item");
+                // Not shape-checked yet: made safe for the log like any API text.
+                let (said, last) = (
+                    log_field(&transport.scrub(l)),
+                    log_field(&transport.scrub(item)),
+                );
+                tracing::debug!(last_id = %said, last_item = %last, "last_id is not the page's last item; paging on from the item");
                 item
             }
             (Some(l), _) => l,
