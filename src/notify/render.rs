@@ -32,6 +32,7 @@
 //!     "deadline": "2026-03-01T09:00:00Z" | null,   // null for notify-only policies
 //!     "deadline_unix": 1772355600,
 //!     "created_at": "…", "last_used_at": "…" | null, "detected_at": "…",
+//!     "last_used_unknown": true | false,  // the API left last_used_at out: null is not "never"
 //!     "expires_at": "…" | null,          // the key's own expiry; null: never or unknown
 //!     "expires_at_unix": 1772355600 | null,
 //!     "expiry_state": "none" | "set" | "expired" | "unknown",  // at generated_at
@@ -502,6 +503,7 @@ pub fn notice_json(n: &Notice, now: i64) -> Value {
         "deadline_unix": f.deadline,
         "created_at": rfc3339(f.created_at),
         "last_used_at": f.last_used_at.map(rfc3339),
+        "last_used_unknown": f.last_used_unknown,
         "detected_at": rfc3339(f.detected_at),
         "resolution": f.resolution,
         "dedup_key": f.id.dedup_key(),

@@ -191,6 +191,7 @@ mod tests {
             owner_email: None,
             created_at: 0,
             last_used_at: None,
+            last_used_unknown: false,
             expires_at: Expiry::At(now + 7 * DAY),
             action: Action::Expire,
             reason: "old".into(),

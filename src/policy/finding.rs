@@ -100,7 +100,12 @@ pub struct Finding {
     pub owner_email: Option<String>,
     /// Inputs the decision was made on.
     pub created_at: i64,
+    /// `None`: never used, unless [`Finding::last_used_unknown`].
     pub last_used_at: Option<i64>,
+    /// Every listing since the finding was opened left `last_used_at` out (the spec requires
+    /// it): `last_used_at` then says nothing, and no output may read it as "never used".
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub last_used_unknown: bool,
     /// The key's own expiry as last listed, for the notices. Stored as the API gives it
     /// (seconds, `null`: never) and left out when unknown; a finding stored before keysweep
     /// read expiries reads back as unknown until the next sweep refreshes it.
@@ -158,7 +163,7 @@ impl Finding {
             redacted_value: self.redacted_value.clone(),
             created_at: self.created_at,
             last_used_at: self.last_used_at,
-            last_used_unknown: false,
+            last_used_unknown: self.last_used_unknown,
             owner: Owner {
                 kind: self.owner_type,
                 id: None,

@@ -196,6 +196,7 @@ fn detect(key: &Key, v: &Violation, now: i64) -> Transition {
         owner_email: reachable_owner_email(key),
         created_at: key.created_at,
         last_used_at: key.last_used_at,
+        last_used_unknown: key.last_used_unknown,
         expires_at: key.expires_at,
         action: v.action,
         reason: v.reason.clone(),
@@ -239,6 +240,7 @@ fn progress(
     // A listing that left the field out says nothing about the key's use.
     if !key.last_used_unknown {
         next.last_used_at = key.last_used_at;
+        next.last_used_unknown = false;
     }
     // An answer without `expires_at` says nothing new: keep the expiry last seen.
     if !key.expires_at.is_unknown() {

@@ -501,6 +501,7 @@ mod tests {
             owner_email: None,
             created_at: NOW - 400 * DAY,
             last_used_at: None,
+            last_used_unknown: false,
             expires_at: Expiry::Never,
             action: Action::Revoke,
             reason: "older than 90d".into(),

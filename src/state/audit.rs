@@ -179,7 +179,7 @@ impl AuditRecord {
         ));
         self.merge_inputs([
             ("created_at", serde_json::json!(key.created_at)),
-            ("last_used_at", serde_json::json!(key.last_used_at)),
+            last_use_input(key.last_used_at, key.last_used_unknown),
             (
                 "owner_project_access",
                 serde_json::to_value(key.owner_access).unwrap_or(serde_json::Value::Null),
@@ -204,7 +204,7 @@ impl AuditRecord {
         self.policy = Some(finding.id.policy.clone());
         self.merge_inputs([
             ("created_at", serde_json::json!(finding.created_at)),
-            ("last_used_at", serde_json::json!(finding.last_used_at)),
+            last_use_input(finding.last_used_at, finding.last_used_unknown),
             ("action", serde_json::json!(finding.action)),
             ("stage", serde_json::json!(finding.stage)),
             ("detected_at", serde_json::json!(finding.detected_at)),
@@ -241,6 +241,16 @@ impl AuditRecord {
             what: "audit record",
             source,
         })
+    }
+}
+
+/// A key's last use as a decision input. `last_used_at: null` means "never used", so a listing
+/// that left the field out is recorded as `last_used_unknown: true` instead.
+fn last_use_input(at: Option<i64>, unknown: bool) -> (&'static str, serde_json::Value) {
+    if unknown {
+        ("last_used_unknown", serde_json::Value::Bool(true))
+    } else {
+        ("last_used_at", serde_json::json!(at))
     }
 }
 
@@ -423,7 +433,18 @@ pub fn head(conn: &Connection) -> Result<Option<AuditEntry>, StateError> {
 
 /// Recomputes the whole chain from the first record. Reads row by row, so memory stays flat for
 /// any log size.
+///
+/// The chain and `sqlite_sequence` are read in one read transaction: a sweep appending while
+/// `audit verify` runs must not make the log's end look cut off.
 pub fn verify(conn: &Connection) -> Result<VerifyReport, AuditError> {
+    let snapshot = conn.unchecked_transaction()?;
+    let report = verify_in(&snapshot);
+    // Read-only: ending the transaction cannot lose anything, and the report is what counts.
+    let _ = snapshot.rollback();
+    report
+}
+
+fn verify_in(conn: &Connection) -> Result<VerifyReport, AuditError> {
     let mut stmt =
         conn.prepare("SELECT seq, at, kind, record, prev_hash, hash FROM audit ORDER BY seq")?;
     let mut rows = stmt.query([])?;
@@ -512,6 +533,16 @@ fn check_tail(conn: &Connection, last_seq: i64) -> Result<(), AuditError> {
             |r| r.get(0),
         )
         .optional()?;
+    // AUTOINCREMENT writes the row with the first record and never removes it: a log with
+    // records and no such row had it deleted, which would hide a cut-off end.
+    if highest.is_none() && last_seq > 0 {
+        return Err(AuditError::Broken {
+            seq: last_seq + 1,
+            reason: "the log's highest seq (sqlite_sequence) was removed, so a cut-off end \
+                     cannot be ruled out"
+                .to_string(),
+        });
+    }
     if let Some(highest) = highest
         && highest > last_seq
     {
@@ -624,7 +655,9 @@ fn decode_row(row: &rusqlite::Row<'_>) -> Result<AuditRow, StateError> {
 /// surface as a hash mismatch, not as a conversion error.
 fn text_column<'r>(row: &'r rusqlite::Row<'_>, idx: usize) -> Result<&'r [u8], String> {
     match row.get_ref(idx) {
-        Ok(ValueRef::Text(b)) | Ok(ValueRef::Blob(b)) => Ok(b),
+        // keysweep writes these columns as TEXT only. A BLOB with the same bytes would pass
+        // the hash but match no `kind IN (…)` look-up (an intent never reconciled).
+        Ok(ValueRef::Text(b)) => Ok(b),
         Ok(other) => Err(format!("has type {:?}", other.data_type())),
         Err(e) => Err(format!("unreadable: {e}")),
     }

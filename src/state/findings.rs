@@ -296,6 +296,7 @@ mod tests {
             owner_email: None,
             created_at: 1,
             last_used_at: None,
+            last_used_unknown: false,
             expires_at: Expiry::Unknown,
             action: Action::Revoke,
             reason: "old".into(),

@@ -483,6 +483,7 @@ mod tests {
             owner_email: None,
             created_at: 0,
             last_used_at: None,
+            last_used_unknown: false,
             expires_at: crate::inventory::Expiry::Unknown,
             action: Action::Revoke,
             reason: "older than 90d".into(),

@@ -484,6 +484,52 @@ async fn a_key_whose_last_use_the_api_omitted_is_not_revoked_as_idle() {
     assert!(!sim.key_exists(PROJECT, "key_00"), "{:?}", r.revocations);
 }
 
+/// A finding opened on a listing that left `last_used_at` out never records the key as "never
+/// used": its decision record says the last use is unknown, and the stored finding takes the
+/// real value from the next whole listing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_finding_opened_without_last_used_at_records_it_as_unknown() {
+    let mut o = org(1, 1);
+    o.projects[0].keys[0].last_used_at = Some(NOW - 3 * DAY);
+    let sim = start(o).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = sweeper(config(&sim, dir.path(), "", ""));
+    sim.faults()
+        .add(Fault::on_list_keys(PROJECT).respond(FaultKind::OmitLastUsed));
+    assert_eq!(
+        sweep(&s, NOW).await.findings.len(),
+        1,
+        "400 days old: warned"
+    );
+    let state = dir.path().join("state.db");
+    let decision = crate::support::state_file::audit_records(&state)
+        .into_iter()
+        .find(|r| r["kind"] == "decision" && r["key_id"] == "key_00")
+        .expect("the finding's decision record");
+    assert_eq!(decision["inputs"]["last_used_unknown"], true, "{decision}");
+    assert!(
+        decision["inputs"].get("last_used_at").is_none(),
+        "{decision}"
+    );
+    let stored = |state: &std::path::Path| -> serde_json::Value {
+        let conn = rusqlite::Connection::open(state).unwrap();
+        let data: String = conn
+            .query_row(
+                "SELECT data FROM findings WHERE key_id = 'key_00'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        serde_json::from_str(&data).unwrap()
+    };
+    assert_eq!(stored(&state)["last_used_unknown"], true);
+    sim.faults().clear();
+    sweep(&s, NOW + DAY).await;
+    let f = stored(&state);
+    assert_eq!(f["last_used_at"], NOW - 3 * DAY, "{f}");
+    assert!(f.get("last_used_unknown").is_none(), "{f}");
+}
+
 // ---- row 1: ids, not names ------------------------------------------------------------------
 
 /// Two projects: `proj_k` (its keys due) is exempted by id, and `proj_x`, whose owner named it

@@ -67,6 +67,7 @@ fn finding(project: &str, key_id: &str, policy: &str, stage: Stage, deadline: i6
         owner_email: Some("alice@example.com".into()),
         created_at: T0 - 100 * DAY,
         last_used_at: None,
+        last_used_unknown: false,
         expires_at: keysweep::inventory::Expiry::Unknown,
         action: Action::Revoke,
         reason: "older than 90d".into(),
@@ -666,6 +667,88 @@ fn verify_fails_after_the_tail_is_cut_off() {
             assert!(reason.contains("records 3 to 4 are missing"), "{reason}");
         }
         other => panic!("expected a broken chain at 3, got {other:?}"),
+    }
+}
+
+/// Removing the tail and the `sqlite_sequence` row that remembers it leaves no hash to break:
+/// a log with records and no such row is broken too.
+#[test]
+fn verify_fails_after_the_tail_and_its_sequence_row_are_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    let store = Store::open(&path).unwrap();
+    append_n(&store, 4);
+    drop_triggers(&path)
+        .execute_batch(
+            "DELETE FROM audit WHERE seq >= 3; DELETE FROM sqlite_sequence WHERE name = 'audit';",
+        )
+        .unwrap();
+    match verify_line(&store).0 {
+        Err(AuditError::Broken { seq: 3, reason }) => {
+            assert!(reason.contains("sqlite_sequence"), "{reason}");
+        }
+        other => panic!("expected a broken chain at 3, got {other:?}"),
+    }
+}
+
+/// A `kind` re-typed as a BLOB keeps its bytes, and so the hash, but no look-up by kind finds
+/// the record again (an intent never reconciled): verify refuses it.
+#[test]
+fn verify_fails_when_a_column_is_retyped_as_a_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    let store = Store::open(&path).unwrap();
+    append_n(&store, 3);
+    drop_triggers(&path)
+        .execute(
+            "UPDATE audit SET kind = CAST(kind AS BLOB) WHERE seq = 2",
+            [],
+        )
+        .unwrap();
+    match verify_line(&store).0 {
+        Err(AuditError::Broken { seq: 2, .. }) => {}
+        other => panic!("expected a broken chain at 2, got {other:?}"),
+    }
+}
+
+/// `audit verify` while a sweep appends: the chain and the highest seq are read in one
+/// snapshot, so records appended meanwhile never look like a cut-off end.
+#[test]
+fn verify_while_records_are_appended_sees_one_consistent_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    let store = Store::open(&path).unwrap();
+    store
+        .tx(|tx| {
+            for i in 0..20_000 {
+                audit::append(tx, &record(T0 + i, AuditKind::Decision, "key_x", "bulk"))?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let appender = {
+        let (stop, path) = (stop.clone(), path.clone());
+        std::thread::spawn(move || {
+            let store = Store::open(&path).unwrap();
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = record(T0, AuditKind::Decision, "key_y", "during verify");
+                audit::append_durable(&store, &r).unwrap();
+                n += 1;
+            }
+            n
+        })
+    };
+    let conn = Connection::open(&path).unwrap();
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .unwrap();
+    let results: Vec<_> = (0..5).map(|_| audit::verify(&conn)).collect();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let appended = appender.join().unwrap();
+    assert!(appended > 0, "nothing was appended while verify ran");
+    for r in results {
+        assert!(r.is_ok(), "{r:?}");
     }
 }
 

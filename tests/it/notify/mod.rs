@@ -90,6 +90,7 @@ fn finding(
         owner_email: owner.2.map(str::to_string),
         created_at: NOW - 400 * DAY,
         last_used_at: Some(NOW - 3 * DAY),
+        last_used_unknown: false,
         expires_at: Expiry::Unknown,
         action,
         reason: format!("older than 90d (created 400 days ago) [{policy}]"),
