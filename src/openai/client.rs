@@ -145,6 +145,15 @@ impl AdminClient {
         self.transport().org()
     }
 
+    /// The API's clock now (Unix seconds), as its last answer's `Date` header put it: the
+    /// clock an expiry is counted against (`expires_in_seconds`).
+    pub fn api_now_secs(&self) -> i64 {
+        match self.transport().api_now().duration_since(UNIX_EPOCH) {
+            Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            Err(_) => 0,
+        }
+    }
+
     /// Whether an admin key's `redacted_value` (e.g. `sk-admin-****dEm0`, `sk-abc...def`) could
     /// be this client's own admin key: its visible suffix — what follows the last `*` or `.` —
     /// is non-empty and ends this client's key. Only the suffix is compared; the key itself
@@ -324,11 +333,18 @@ impl AdminClient {
             .unwrap_or_default())
         };
         let body = move || body(self.transport().api_now());
-        let ans = self
+        let ans = match self
             .transport()
             .call_with_body(Method::POST, &url, &ctx, RetryMode::Idempotent, Some(&body))
             .await
-            .map_err(Error::into_expiry_error)?;
+            .map_err(Error::into_expiry_error)
+        {
+            Ok(ans) => ans,
+            Err(e @ Error::KeyEnded { status: 404, .. }) => {
+                return Err(self.confirm_ended(project_id, key_id, e).await);
+            }
+            Err(e) => return Err(e),
+        };
         let wire: WireKey = self.transport().decode(&ctx, &ans)?;
         // An answer about another key confirms nothing about this one: the outcome is unknown
         // (`UnexpectedId` is no "nothing applied"), and the caller reads the key back.
@@ -340,6 +356,21 @@ impl AdminClient {
             });
         }
         Ok(wire.into_domain(&self.bare_project(project_id)))
+    }
+
+    /// An update's 404 (`ended`) stands as "the key ended" only when a read agrees: gone, or
+    /// listed with an expiry already past. A 404 from a gateway or an API without the update
+    /// route says nothing about the key, whatever its wording, and closing the finding of a
+    /// key that still exists would let it escape its deadline. Otherwise, and when the read
+    /// fails, it is a plain not-found failure: nothing was written, and the finding stays.
+    async fn confirm_ended(&self, project_id: &str, key_id: &str, ended: Error) -> Error {
+        let now = self.transport().api_now();
+        let past = |at: i64| expires_in_seconds(at, now).is_none();
+        match self.retrieve_key(project_id, key_id).await {
+            Ok(None) | Err(Error::KeyEnded { .. }) => ended,
+            Ok(Some(k)) if k.expires_at.at().is_some_and(past) => ended,
+            _ => ended.into_not_found(),
+        }
     }
 
     /// Moves a key's expiry to `target` (Unix seconds, wall clock): [`Self::update_key`] with

@@ -312,6 +312,25 @@ impl Error {
         }
     }
 
+    /// A [`Error::KeyEnded`] that a read did not confirm, as the plain 404 it was: the write
+    /// changed nothing, and says nothing about the key. Any other error is returned unchanged.
+    pub(super) fn into_not_found(self) -> Error {
+        match self {
+            Error::KeyEnded {
+                ctx,
+                status: 404,
+                message,
+            } => Error::NotFound {
+                ctx,
+                api: Box::new(ApiErrorBody {
+                    message,
+                    ..ApiErrorBody::default()
+                }),
+            },
+            other => other,
+        }
+    }
+
     /// True when an update found the key expired or gone ([`Error::KeyEnded`]).
     pub fn is_key_ended(&self) -> bool {
         matches!(self, Error::KeyEnded { .. })

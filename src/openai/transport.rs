@@ -236,7 +236,9 @@ impl Transport {
         }
     }
 
-    /// Replaces any occurrence of the admin key and bounds the length of a server-supplied text.
+    /// Replaces any occurrence of the admin key, makes a server-supplied text one inert line
+    /// (the API echoes the ids and names it was sent, and every error reaches logs, alerts and
+    /// terminals through `Display`), and bounds its length.
     pub(super) fn scrub(&self, text: &str) -> String {
         let key = self.admin_key.expose_secret();
         let cleaned = if key.len() >= 4 && text.contains(key) {
@@ -244,7 +246,7 @@ impl Transport {
         } else {
             text.to_string()
         };
-        types::truncate(&cleaned, MAX_API_TEXT)
+        types::truncate(&crate::text::one_line(&cleaned), MAX_API_TEXT)
     }
 
     pub(super) fn decode<T: DeserializeOwned>(

@@ -73,6 +73,9 @@ pub enum FaultRoute {
 pub enum FaultKind {
     /// This HTTP status with OpenAI's error envelope (`type`/`code` chosen like OpenAI's).
     Status(u16),
+    /// This HTTP status with OpenAI's error envelope carrying this message: the API's own
+    /// wording, which echoes the ids and names it was sent.
+    StatusMessage { status: u16, message: String },
     /// 429 with `Retry-After: <secs>` and `retry-after-ms`.
     RateLimited { retry_after_secs: u64 },
     /// The normal body cut in half: valid HTTP, broken JSON.

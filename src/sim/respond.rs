@@ -195,6 +195,13 @@ async fn before(s: &Shared, fired: Option<&Fired>, conn: &ConnCtl) -> Option<Res
 async fn interrupt(s: &Shared, kind: &FaultKind, conn: &ConnCtl) -> Option<Response> {
     match kind {
         FaultKind::Status(code) => Some(status_error(*code)),
+        FaultKind::StatusMessage { status, message } => Some(error(
+            StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST),
+            message,
+            "invalid_request_error",
+            None,
+            None,
+        )),
         FaultKind::RateLimited { retry_after_secs } => {
             let mut resp = status_error(429);
             let headers = resp.headers_mut();

@@ -988,6 +988,38 @@ async fn malformed_json_leaves_the_project_incomplete() {
     .await;
 }
 
+/// The API's error text echoes what it was sent, so it is hostile too: a refusal whose message
+/// carries a line break, a terminal escape and a bidirectional override leaves the project
+/// incomplete with a reason (and an alert) of one inert line, its words kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_error_text_reaches_the_report_and_alerts_as_one_inert_line() {
+    let w = World::new(Knobs::default()).await;
+    warn_first(&w).await;
+    let message = "No key 'k'\n2026-01-01 INFO forged line \u{1b}]52;c;AAAA\u{7} \u{202E}txet";
+    w.acme.faults().add(
+        Fault::on_list_keys(PROJ_F)
+            .page(1)
+            .respond(FaultKind::StatusMessage {
+                status: 400,
+                message: message.into(),
+            }),
+    );
+    let r = w.sweep(T2).await;
+    let Listing::Incomplete(why) = listing(&r, "acme", PROJ_F) else {
+        panic!("{PROJ_F} was reported complete despite the fault");
+    };
+    assert!(why.contains("forged line"), "{why}");
+    assert!(!why.chars().any(keysweep::text::is_unsafe), "{why:?}");
+    let alert = r
+        .alerts
+        .iter()
+        .find(|a| matches!(a, EnforcerAlert::IncompleteListing { .. }))
+        .expect("an incomplete-listing alert");
+    let text = keysweep::notify::digest::alert_text(alert);
+    assert!(text.contains("forged line"), "{text}");
+    assert!(!text.chars().any(keysweep::text::is_unsafe), "{text:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_field_types_leave_the_project_incomplete() {
     persistent_fault(

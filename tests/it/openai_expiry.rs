@@ -482,6 +482,28 @@ async fn update_of_an_expired_key_hidden_is_key_ended_404() {
     assert_on_target(sim_expiry(&sim, NEVER), target);
 }
 
+/// A 404 on an update whose wording blames neither the route nor the project (a gateway's page)
+/// is "the key ended" only if a read agrees. Here the key is still there: a plain not-found
+/// failure that changed nothing, so the caller's finding stays open.
+#[tokio::test]
+async fn an_update_404_that_a_read_does_not_confirm_is_no_key_ended() {
+    let (sim, c) = start(|_| {}, limits()).await;
+    sim.faults().add(
+        Fault::on_update_key(PROJ, NEVER).respond(FaultKind::StatusMessage {
+            status: 404,
+            message: "<html><body>404 Not Found</body></html>".into(),
+        }),
+    );
+    let err = c
+        .set_key_expiry(PROJ, NEVER, wall_now() + DAY)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NotFound { .. }), "{err}");
+    assert!(!err.is_key_ended() && err.nothing_applied(), "{err}");
+    assert_eq!(stat(&sim, GET_KEY), 1, "one read to check the 404");
+    assert_eq!(sim_expiry(&sim, NEVER), None);
+}
+
 // ---- service-account keys -----------------------------------------------------------------------
 
 #[tokio::test]
