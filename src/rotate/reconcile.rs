@@ -28,6 +28,10 @@ use super::writes::{delete_minted, wall_now};
 const WINDOW_BEFORE: i64 = 600;
 const WINDOW_AFTER: i64 = 3600;
 
+/// How far ahead an owed old-key expiry whose promised time has passed is set: enough for a
+/// clock that differs from the API's by minutes, and no longer than it takes.
+const LATE_EXPIRY_MARGIN: i64 = 900;
+
 /// Settles every unfinished rotation of the organisations this sweep covers.
 pub(super) async fn reconcile(ctx: &Context) -> Result<Vec<RotationResult>, StateError> {
     let mut out = Vec::new();
@@ -212,7 +216,11 @@ async fn settle_delivered(
         old_key_id: row.old_key_id.clone(),
         expires_at: None,
     };
-    let to = row.old_expires_at.unwrap_or_else(wall_now);
+    // The promised time may have passed while the expiry was owed (keysweep down, the kill
+    // switch on, an API outage longer than the overlap): a target in the past is never sent
+    // (`ExpiryPassed`), so the old key would live on. It ends as soon as it can instead.
+    let soonest = client.api_now_secs().saturating_add(LATE_EXPIRY_MARGIN);
+    let to = row.old_expires_at.map_or(soonest, |t| t.max(soonest));
     let sink = ctx
         .config
         .rotation(&row.policy)

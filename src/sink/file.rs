@@ -128,12 +128,20 @@ pub(super) fn write(
         uuid::Uuid::new_v4().simple()
     ));
     let body = content(format, meta, secret);
-    let written = write_new(&tmp, body.as_bytes())
-        .and_then(|()| fs::rename(&tmp, &path))
-        .and_then(|()| fs::File::open(&dir).and_then(|d| d.sync_all()));
+    let written = write_new(&tmp, body.as_bytes()).and_then(|()| fs::rename(&tmp, &path));
     if let Err(e) = written {
         let _ = fs::remove_file(&tmp);
         return Err(format!("cannot write {}: {e}", path.display()));
+    }
+    // Once renamed, readers see the new key and the old secret is gone from the file: an
+    // error now would have the rotation delete the key the file holds. Syncing the directory
+    // only makes the rename survive a power loss, so its failure (a directory that cannot be
+    // opened for reading, a file system without directory fsync) is logged, not returned.
+    if let Err(e) = fs::File::open(&dir).and_then(|d| d.sync_all()) {
+        tracing::warn!(
+            path = %crate::text::log_field(&path.display().to_string()),
+            "the key was written, but its directory could not be synced: {e}"
+        );
     }
     Ok(())
 }

@@ -176,8 +176,9 @@ pub fn latest_for_key(
 }
 
 /// Whether the old key needs no new rotation: its latest rotation is done (the old key now
-/// expires) or unfinished (see [`UNSETTLED`]; reconciliation settles it first). The planner's
-/// caps and the rotation phase ask the same question.
+/// expires) or unfinished (see [`UNSETTLED`]; reconciliation settles it first). The rotation
+/// phase asks it after reconciling; the planner's caps count unfinished rotations as due,
+/// since a settled one may start afresh in the same sweep.
 pub fn in_hand(
     conn: &Connection,
     org: &str,

@@ -65,7 +65,10 @@ impl Sweeper {
             let Some(&f) = by_id.get(&p.finding) else {
                 continue;
             };
-            if !self.rotation_started(&p.finding)? {
+            // A key whose rotation is unfinished counts too: reconciliation may settle it
+            // in this sweep's rotation phase, which then rotates it afresh, and that new
+            // rotation must meet the caps and the incomplete listing like any other.
+            if !self.rotation_done(&p.finding)? {
                 due.push((p, f));
             }
         }
@@ -87,13 +90,15 @@ impl Sweeper {
         Ok(())
     }
 
-    /// Whether the key of `id` was rotated already, or its rotation is unfinished.
-    fn rotation_started(&self, id: &FindingId) -> Result<bool, SweepError> {
+    /// Whether the key of `id` was rotated already (its latest rotation is done).
+    fn rotation_done(&self, id: &FindingId) -> Result<bool, SweepError> {
         let Some(store) = self.store() else {
             return Ok(false);
         };
-        Ok(store
-            .with_conn(|c| rotations::in_hand(c, &id.organization, &id.project_id, &id.key_id))?)
+        let latest = store.with_conn(|c| {
+            rotations::latest_for_key(c, &id.organization, &id.project_id, &id.key_id)
+        })?;
+        Ok(latest.is_some_and(|r| r.status == "done"))
     }
 }
 

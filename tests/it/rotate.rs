@@ -588,23 +588,23 @@ async fn a_mint_answered_5xx_after_its_effect_is_cleaned_up_at_once_and_the_next
     w.assert_state_clean(secret.trim());
 }
 
-/// The exec sink fails and deleting the new key fails too (500s on every DELETE): the row stays
-/// `cleanup_pending`, the new key is left and the old one untouched. The next run, the faults
-/// gone and the sink working, first deletes that key, then rotates afresh.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_cleanup_after_a_failed_sink_is_retried_by_the_next_sweep() {
+/// An exec sink script at `script` that stores the key it reads in `dir/file` and exits `exit`.
+fn write_store_script(script: &std::path::Path, dir: &std::path::Path, exit: u8, file: &str) {
     use std::os::unix::fs::PermissionsExt as _;
-    let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("store-key.sh");
-    let write_script = |exit: u8, file: &str| {
-        let body = format!(
-            "#!/bin/sh\nread -r k\nprintf '%s' \"$k\" > {}/{file}\nexit {exit}\n",
-            dir.path().display()
-        );
-        std::fs::write(&script, body).unwrap();
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o700)).unwrap();
-    };
-    write_script(3, "first");
+    let body = format!(
+        "#!/bin/sh\nread -r k\nprintf '%s' \"$k\" > {}/{file}\nexit {exit}\n",
+        dir.display()
+    );
+    std::fs::write(script, body).unwrap();
+    std::fs::set_permissions(script, std::fs::Permissions::from_mode(0o700)).unwrap();
+}
+
+/// A first run whose exec sink fails and whose every DELETE of the new key answers 500: the
+/// row stays `cleanup_pending`, the new key is left and the old one untouched. Returns the
+/// world, the stranded key's id and the secret the failed sink got.
+async fn stranded_by_a_failed_cleanup(dir: &std::path::Path) -> (World, String, String) {
+    let script = dir.join("store-key.sh");
+    write_store_script(&script, dir, 3, "first");
     let sink = format!(
         "type = \"exec\"\ncommand = [{:?}]\ntimeout = \"20s\"\n",
         script.display().to_string()
@@ -619,7 +619,7 @@ async fn a_failed_cleanup_after_a_failed_sink_is_retried_by_the_next_sweep() {
     );
     let out = w.run(due(&w)).await;
     assert_eq!(w.mints(), 1, "{out}");
-    let first = std::fs::read_to_string(dir.path().join("first")).unwrap();
+    let first = std::fs::read_to_string(dir.join("first")).unwrap();
     let keys = w.sa_keys();
     assert_eq!(keys.len(), 2, "the new key is not left: {keys:?}\n{out}");
     let stranded = keys.iter().find(|k| k.id != OLD).unwrap().id.clone();
@@ -627,9 +627,18 @@ async fn a_failed_cleanup_after_a_failed_sink_is_retried_by_the_next_sweep() {
     assert!(out.contains("deleting the new key failed too"), "{out}");
     assert_eq!(w.rotation_rows()[0].status, "cleanup_pending");
     assert_no_secret("keysweep output", &out, &[first.as_str()]);
-
     w.sim.faults().clear();
-    write_script(0, "second");
+    (w, stranded, first)
+}
+
+/// The exec sink fails and deleting the new key fails too (500s on every DELETE): the row stays
+/// `cleanup_pending`, the new key is left and the old one untouched. The next run, the faults
+/// gone and the sink working, first deletes that key, then rotates afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_cleanup_after_a_failed_sink_is_retried_by_the_next_sweep() {
+    let dir = tempfile::tempdir().unwrap();
+    let (w, stranded, first) = stranded_by_a_failed_cleanup(dir.path()).await;
+    write_store_script(&dir.path().join("store-key.sh"), dir.path(), 0, "second");
     let out = w.run(due(&w) + 600).await;
     assert!(
         w.sim.key(PROJECT, &stranded).is_none(),
@@ -650,6 +659,33 @@ async fn a_failed_cleanup_after_a_failed_sink_is_retried_by_the_next_sweep() {
     assert_no_secret("keysweep output", &out, &[first.as_str(), second.as_str()]);
     w.assert_state_clean(&first);
     w.assert_state_clean(&second);
+}
+
+/// The same stranded key, and the next run's caps allow no write: the run deletes the stranded
+/// key (undoing keysweep's own write is never held back), but the fresh rotation that settling
+/// allows is held back by the cap like any other, not started around it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settled_rotation_starts_afresh_only_within_the_caps() {
+    let dir = tempfile::tempdir().unwrap();
+    let (w, stranded, first) = stranded_by_a_failed_cleanup(dir.path()).await;
+    write_store_script(&dir.path().join("store-key.sh"), dir.path(), 0, "second");
+    let text = std::fs::read_to_string(&w.config).unwrap();
+    let capped = text.replace(
+        "max_revocations_per_run = 100",
+        "max_revocations_per_run = 0",
+    );
+    assert_ne!(text, capped);
+    std::fs::write(&w.config, capped).unwrap();
+    let out = w.run(due(&w) + 600).await;
+    assert!(
+        w.sim.key(PROJECT, &stranded).is_none(),
+        "the stranded key was not deleted:\n{out}"
+    );
+    assert_eq!(w.mints(), 1, "a key was minted past the cap:\n{out}");
+    assert_eq!(w.sim.key(PROJECT, OLD).unwrap().expires_at, None, "{out}");
+    let statuses: Vec<String> = w.rotation_rows().into_iter().map(|r| r.status).collect();
+    assert_eq!(statuses, ["sink_failed"], "{out}");
+    w.assert_state_clean(&first);
 }
 
 /// A due rotation held back is recorded once per spell and reason

@@ -178,6 +178,39 @@ async fn a_failed_old_key_expiry_after_the_sink_confirmed_is_set_by_the_next_swe
     w.assert_state_clean(&secret);
 }
 
+/// The old key's expiry is owed (500 on every update after the sink confirmed) and its promised
+/// time passes before the next sweep (keysweep down longer than the overlap): a target in the
+/// past cannot be sent, so the old key ends as soon as it can instead of living on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owed_old_key_expiry_whose_time_has_passed_ends_the_key_at_once() {
+    let w = world_with("", FILE_SINK, SCOPES, ENFORCE_SA).await;
+    first_warning(&w).await;
+    w.sim.faults().add(
+        Fault::on(FaultRoute::UpdateKey)
+            .project(PROJECT)
+            .object(OLD)
+            .times(50)
+            .respond(FaultKind::Status(500)),
+    );
+    let out = w.run(due(&w)).await;
+    assert_eq!(w.rotation_rows()[0].status, "delivered", "{out}");
+    let promised = w.rotation_rows()[0].old_expires_at.unwrap();
+    w.sim.faults().clear();
+    // Two days pass on the API's clock: the promised time is behind it.
+    w.sim.advance_clock(2 * DAY);
+    assert!(w.sim.now() > promised);
+    let out = w.run(due(&w) + 2 * DAY).await;
+    assert_eq!(w.mints(), 1, "a second mint:\n{out}");
+    let at = w.sim.key(PROJECT, OLD).unwrap().expires_at;
+    let at = at.expect("the old key still has no expiry");
+    let now = w.sim.now();
+    assert!(
+        at > now && at <= now + 900 + SLACK,
+        "expiry {at}, now {now}\n{out}"
+    );
+    assert_eq!(w.rotation_rows()[0].status, "done", "{out}");
+}
+
 /// An exec sink that takes the key, says so (`dir/got`), then holds on like a slow secret store
 /// until the test releases it (`dir/release`), and confirms.
 fn slow_sink(dir: &std::path::Path) -> String {
