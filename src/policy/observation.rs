@@ -25,9 +25,6 @@ pub struct Violation {
     pub warn_before: i64,
     /// Seconds before the deadline at which the final notice goes out.
     pub final_notice: i64,
-    /// The policy has a `max_lifetime` condition: an expiry at or before the finding's deadline
-    /// ends the violation (the key is then expiring, not violating).
-    pub ends_by_expiry: bool,
 }
 
 /// What one sweep saw of a (key, policy) pair.

@@ -359,7 +359,6 @@ impl CompiledPolicy {
             violating_since: since,
             warn_before: secs(p.warn_before),
             final_notice: secs(p.final_notice),
-            ends_by_expiry: p.max_lifetime.is_some(),
         })
     }
 

@@ -150,7 +150,7 @@ impl Evaluator {
             let mut t = lifecycle::advance(
                 prev,
                 now,
-                observe(&eval, key, policy, prev, now),
+                observe(&eval, key, policy, now),
                 self.repeat,
                 self.next_sweep(&key.organization),
             );
@@ -269,26 +269,18 @@ impl Evaluator {
 }
 
 /// What the sweep tells the lifecycle about (`key`, `policy`): the key's end first (an expired
-/// key is over, whatever the policies say), then the rules' verdict, where an expiry at or before
-/// an open `max_lifetime` finding's deadline ends the violation.
-fn observe<'a>(
-    eval: &'a Evaluation,
-    key: &'a Key,
-    policy: &str,
-    open: Option<&Finding>,
-    now: i64,
-) -> Observation<'a> {
+/// key is over, whatever the policies say), then the rules' verdict.
+///
+/// A `max_lifetime` finding whose key already ends by its deadline (the expiry keysweep set, or
+/// the owner's) stays open until the key ends: the key still violates the rule (a key older than
+/// its lifetime can never end by a limit that has passed), so closing it would open a new
+/// finding at the next sweep, and the close would move keysweep's expiry back out. The verdict
+/// of such a finding is that the key ends, and nothing is written to it.
+fn observe<'a>(eval: &'a Evaluation, key: &'a Key, policy: &str, now: i64) -> Observation<'a> {
     if key.expires_at.is_expired(now) {
         return Observation::Expired {
             at: key.expires_at.at(),
         };
     }
-    let observed = eval.observation(key, policy);
-    if let Observation::Violating { violation, .. } = observed
-        && violation.ends_by_expiry
-        && open.is_some_and(|f| key.expires_at.ends_by(f.deadline))
-    {
-        return Observation::Compliant;
-    }
-    observed
+    eval.observation(key, policy)
 }

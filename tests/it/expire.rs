@@ -585,6 +585,42 @@ async fn a_max_lifetime_policy_gives_every_key_without_an_expiry_one() {
     assert_verifies(&s);
 }
 
+/// A key already older than `max_lifetime` can never end by its limit, which has passed: the
+/// expiry keysweep sets at its deadline is what meets the policy. The sweeps after it keep that
+/// expiry (no restore moving it back out, no second write) until the key ends.
+#[tokio::test]
+async fn an_old_keys_expiry_under_max_lifetime_stays_until_it_ends() {
+    let t = wall_now();
+    let (o, keys) = org(t);
+    let sim = start(o, |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let tables = format!(
+        "[[policies]]\nname = \"lifetime\"\nmax_lifetime = \"90d\"\naction = \"expire\"\n\
+         warn_before = \"7d\"\nfinal_notice = \"1d\"\n{}",
+        safety("service_account_keys = \"enforce\"")
+    );
+    let s = sweeper(&config_text(
+        &sim,
+        &dir.path().join("s.db"),
+        "enforce",
+        &tables,
+    ));
+    sweep(&s, t).await;
+    let set = expires_at(&sim, &keys.never).unwrap();
+    assert!(lands_on(set, t + 7 * DAY), "{set}");
+    for day in 1..=3 {
+        sweep(&s, t + day * DAY).await;
+        assert_eq!(expires_at(&sim, &keys.never), Some(set), "day {day}");
+    }
+    assert_eq!(
+        intents_for(&s, &keys.never),
+        1,
+        "one write, never a restore"
+    );
+    assert_nothing_deleted(&sim, &keys);
+    assert_verifies(&s);
+}
+
 #[tokio::test]
 async fn a_restore_beyond_the_organisations_limit_tries_shorter_distances_and_says_which() {
     let t = wall_now();

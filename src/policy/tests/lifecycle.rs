@@ -47,7 +47,6 @@ fn violation(action: Action, warn_before: i64, final_notice: i64) -> Violation {
         violating_since: 90 * DAY,
         warn_before,
         final_notice,
-        ends_by_expiry: false,
     }
 }
 

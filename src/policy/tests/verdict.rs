@@ -21,7 +21,6 @@ fn finding(action: Action, owner: OwnerType) -> Finding {
         violating_since: 10,
         warn_before: 10,
         final_notice: 5,
-        ends_by_expiry: false,
     };
     let t = advance(
         None,
