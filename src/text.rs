@@ -22,9 +22,32 @@ pub fn is_bidi(c: char) -> bool {
     matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}')
 }
 
-/// Zero-width characters that hide text inside a word (`ht\u{200B}tp`) without showing.
+/// Characters that show nothing: zero-width ones that hide text inside a word
+/// (`ht\u{200B}tp`), fillers and invisible format characters that make two names look alike,
+/// and the tag characters and variation selectors that can carry a hidden text. U+FE0F (an
+/// emoji's presentation) is let through: alone it hides nothing, and names use it.
 fn is_invisible(c: char) -> bool {
-    matches!(c, '\u{200B}'..='\u{200D}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}')
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{115F}'
+            | '\u{1160}'
+            | '\u{17B4}'
+            | '\u{17B5}'
+            | '\u{180B}'..='\u{180E}'
+            | '\u{200B}'..='\u{200D}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{206A}'..='\u{206F}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0E}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{E0000}'..='\u{E007F}'
+            | '\u{E0100}'..='\u{E01EF}'
+    )
 }
 
 /// A line break of any kind: the C0/C1 ones and Unicode's line and paragraph separators.
@@ -178,8 +201,11 @@ pub fn json(json: &str) -> String {
     let mut out = String::with_capacity(json.len());
     for c in json.chars() {
         if is_unsafe(c) && !matches!(c, '\n' | '\r' | '\t') {
-            // Every unsafe character is in the Basic Multilingual Plane.
-            let _ = write!(out, "\\u{:04x}", u32::from(c));
+            // JSON escapes UTF-16 units: a character beyond the Basic Multilingual Plane (a
+            // tag character) is two of them.
+            for unit in c.encode_utf16(&mut [0; 2]) {
+                let _ = write!(out, "\\u{unit:04x}");
+            }
         } else {
             out.push(c);
         }
@@ -309,6 +335,12 @@ mod tests {
             "\u{FFFD}]52;c;ZXZpbA==\u{FFFD}x"
         );
         assert_eq!(terminal("a\u{202E}b\u{2066}c"), "a\u{FFFD}b\u{FFFD}c");
+        // Hidden text and look-alike fillers: tags, a soft hyphen, a Hangul filler, a
+        // variation selector; an emoji's U+FE0F stays.
+        assert_eq!(
+            terminal("a\u{E0041}\u{AD}b\u{3164}c\u{FE01}\u{2764}\u{FE0F}"),
+            "a\u{FFFD}\u{FFFD}b\u{FFFD}c\u{FFFD}\u{2764}\u{FE0F}"
+        );
         assert_eq!(csv("=1+1"), "'=1+1");
         assert_eq!(csv(" @SUM(A1)"), "' @SUM(A1)");
         assert_eq!(csv("\t=1"), "\u{FFFD}=1");

@@ -355,7 +355,7 @@ pub async fn send_test(channel: &ChannelConfig, now: i64) -> Result<(), NotifyEr
 fn channel_secrets(ch: &ChannelConfig) -> Vec<&str> {
     match &ch.kind {
         ChannelKind::Email(e) => e.smtp_password.iter().map(|p| p.expose_secret()).collect(),
-        ChannelKind::Slack(s) => vec![s.webhook_url.expose_secret()],
+        ChannelKind::Slack(s) => super::slack::secrets(s.webhook_url.expose_secret()),
         ChannelKind::PagerDuty(p) => vec![p.routing_key.expose_secret()],
         ChannelKind::Webhook(w) => vec![w.secret.expose_secret()],
     }

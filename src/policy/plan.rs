@@ -189,15 +189,19 @@ impl PlannedAction {
     pub fn describe(&self) -> String {
         let k = self.key();
         match self.write {
+            // The redacted value is the API's text too: neutralised like the name.
             Write::Delete => format!(
                 "delete key {} ({:?}, {}) in {}",
-                k.id, k.name, k.redacted_value, k.project_id
+                k.id,
+                k.name,
+                crate::text::terminal(&k.redacted_value),
+                k.project_id
             ),
             Write::SetExpiry { to } => format!(
                 "set the expiry of key {} ({:?}, {}) in {} to {}",
                 k.id,
                 k.name,
-                k.redacted_value,
+                crate::text::terminal(&k.redacted_value),
                 k.project_id,
                 crate::timefmt::rfc3339(to)
             ),

@@ -435,3 +435,21 @@ fn project_facts_from_an_inventory() {
     assert!(!f[&("acme".to_string(), "proj_b".to_string())].complete);
     assert!(!f[&("globex".to_string(), "proj_g".to_string())].complete);
 }
+
+#[test]
+fn a_plan_line_neutralises_the_apis_redacted_value_as_it_does_the_name() {
+    let mut k = key("k0");
+    k.name = "ci\u{1b}[2J".into();
+    k.redacted_value = "sk-\u{1b}]52;c;ZXZpbA==\u{7}\u{202E}abcd".into();
+    let p = run(
+        &[candidate(&k, "rotate", 10), expire_candidate(&k, "x", 10)],
+        &facts(std::slice::from_ref(&k), 0),
+        &lifted(),
+        Mode::Enforce,
+        0,
+        false,
+    );
+    let line = p.revoke[0].describe();
+    assert!(!line.chars().any(crate::text::is_unsafe), "{line:?}");
+    assert!(line.contains("ZXZpbA=="), "{line}");
+}

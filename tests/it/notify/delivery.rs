@@ -987,6 +987,8 @@ async fn notify_test_reports_success_and_scrubbed_failure() {
     assert_eq!(rx.requests(SLACK_PATH).len(), 1);
 
     rx.set_status(SLACK_PATH, 404);
+    // The receiver echoes the path it refused: the token in it is no URL, and still scrubbed.
+    rx.set_body(SLACK_PATH, &format!("Cannot POST {SLACK_PATH}"));
     let err = notifier
         .send_test(cfg.channel("slack").unwrap(), NOW)
         .await
