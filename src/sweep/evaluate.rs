@@ -203,6 +203,10 @@ impl Evaluator {
             if !f.stage.is_open() {
                 f.resolution = Some(format!("{}{said}", f.resolution.as_deref().unwrap_or("")));
             }
+            // Owed from now on, whatever becomes of this sweep's attempt: a dry-run, a
+            // shutdown, a crash or an incomplete organisation must not forget it (the key
+            // would end at its old deadline). The attempt's outcome settles it.
+            f.expiry.restore_pending = true;
             step.restores.push(PlannedRestore {
                 finding: id.clone(),
                 key: key.clone(),

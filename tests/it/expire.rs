@@ -306,6 +306,45 @@ async fn first_expire_sweep(s: &Sweeper, sim: &SimServer, keys: &Keys, t: i64) -
     deadline
 }
 
+/// An exemption added after keysweep set an expiry, first seen by a dry-run sweep (which writes
+/// nothing): the finding closes there, and the restore it owes is kept, so the next enforce
+/// sweep moves the expiry back out. Before, only a failed restore was remembered: the key ended
+/// at its old deadline despite the exemption, and its owner had been told otherwise.
+#[tokio::test]
+async fn a_restore_first_owed_in_a_dry_run_is_done_by_the_next_enforce_sweep() {
+    let t = wall_now();
+    let (o, keys) = org(t);
+    let sim = start(o, |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let s = expire_sweeper(&sim, &db, "enforce");
+    let deadline = first_expire_sweep(&s, &sim, &keys, t).await;
+    let tables = format!(
+        "{}\n[[exemptions]]\nkey_id = \"{}\"\nreason = \"migration\"\n{}",
+        expire_policy(),
+        keys.never,
+        safety("")
+    );
+    let dry = sweeper(&config_text(&sim, &db, "dry-run", &tables));
+    sweep(&dry, t + DAY).await;
+    assert_eq!(finding(&dry, &keys.never, POLICY).stage, Stage::Exempted);
+    assert!(lands_on(expires_at(&sim, &keys.never).unwrap(), deadline));
+    let enforce = sweeper(&config_text(&sim, &db, "enforce", &tables));
+    let now = t + 2 * DAY;
+    sweep(&enforce, now).await;
+    let at = expires_at(&sim, &keys.never).unwrap();
+    assert!(
+        lands_on(at, now + 365 * DAY),
+        "still {at}, the deadline was {deadline}"
+    );
+    assert!(
+        !finding(&enforce, &keys.never, POLICY)
+            .expiry
+            .restore_pending
+    );
+    assert_nothing_deleted(&sim, &keys);
+}
+
 #[tokio::test]
 async fn enforce_sets_the_deadline_as_expiry_never_shortens_and_moves_it_back_out_on_exemption() {
     let t = wall_now();
