@@ -8,7 +8,10 @@
 //!   than an expiry the key already has (a key that ends earlier is left as it is).
 //! - The same check runs every sweep, so an expiry moved later outside keysweep is set back; the
 //!   sweep raises an enforcer alert for it ([`SetExpiry::reset`]).
-//! - An `Unknown` expiry (the API did not say) is never a reason to write.
+//! - An `Unknown` expiry in the listing (the API did not say) is never a reason to write, nor to
+//!   leave the key alone: the write is planned, and the re-read before it decides (an expiry
+//!   still unknown there is a re-check skip, which `max_recheck_skips` turns into an alert).
+//!   Otherwise the notices would promise an expiry that nothing ever writes.
 //! - A finding refused by the organisation's expiry policy stays notice-only: nothing more is
 //!   written for it.
 //! - A finding withdrawn before its deadline for any reason other than the key's end (exemption,
@@ -65,9 +68,8 @@ pub fn set_due(f: &Finding, key: &Key, now: i64) -> Option<SetExpiry> {
     }
     let to = target(f.deadline, now);
     match key.expires_at {
-        Expiry::Unknown => None,
         e if e.ends_by(to) => None,
-        Expiry::Never | Expiry::At(_) => Some(SetExpiry {
+        Expiry::Unknown | Expiry::Never | Expiry::At(_) => Some(SetExpiry {
             to,
             reset: f.expiry.set.is_some(),
         }),

@@ -102,6 +102,8 @@ pub enum FaultKind {
     ConnectionReset,
     /// Leaves the `last_used_at` field out of every key object (older API versions).
     OmitLastUsed,
+    /// Leaves the `expires_at` field out of every key object (an API before November 2026).
+    OmitExpiresAt,
     /// Adds unknown fields to the envelope, each object and each key owner.
     ExtraFields,
     /// Answers with this 3xx status and a `Location` header (resolved against the request's

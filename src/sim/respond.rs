@@ -293,7 +293,10 @@ fn distort(kind: &FaultKind, body: Vec<u8>) -> Vec<u8> {
             });
             serde_json::to_vec(&v).unwrap_or(body)
         }
-        FaultKind::WrongTypes | FaultKind::OmitLastUsed | FaultKind::ExtraFields => {
+        FaultKind::WrongTypes
+        | FaultKind::OmitLastUsed
+        | FaultKind::OmitExpiresAt
+        | FaultKind::ExtraFields => {
             let Ok(mut v) = serde_json::from_slice::<Value>(&body) else {
                 return body;
             };
@@ -301,6 +304,9 @@ fn distort(kind: &FaultKind, body: Vec<u8>) -> Vec<u8> {
                 FaultKind::WrongTypes => wrong_types(&mut v),
                 FaultKind::OmitLastUsed => for_each_object(&mut v, |o| {
                     o.remove("last_used_at");
+                }),
+                FaultKind::OmitExpiresAt => for_each_object(&mut v, |o| {
+                    o.remove("expires_at");
                 }),
                 _ => extra_fields(&mut v),
             }

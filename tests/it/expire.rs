@@ -306,6 +306,35 @@ async fn first_expire_sweep(s: &Sweeper, sim: &SimServer, keys: &Keys, t: i64) -
     deadline
 }
 
+/// A listing that leaves `expires_at` out plans the expiry all the same, and the re-read before
+/// the write decides: here it gives the key's real expiry (never), so the deadline is set, as
+/// the notices promised. A re-read that leaves it out too writes nothing and says why.
+#[tokio::test]
+async fn an_expiry_the_listing_left_out_is_decided_by_the_re_read() {
+    let t = wall_now();
+    let (o, keys) = org(t);
+    let sim = start(o, |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = expire_sweeper(&sim, &dir.path().join("s.db"), "enforce");
+    sim.faults()
+        .add(Fault::on_list_keys(PROJECT).respond(FaultKind::OmitExpiresAt));
+    sim.faults()
+        .add(Fault::on_get_key(PROJECT, &keys.later).respond(FaultKind::OmitExpiresAt));
+    sweep(&s, t).await;
+    let deadline = finding(&s, &keys.never, POLICY).deadline;
+    let at = expires_at(&sim, &keys.never).expect("the expiry the notices promised");
+    assert!(lands_on(at, deadline), "{at}");
+    // `later` (60 days out) was re-read without its expiry: nothing written, and said so.
+    assert_eq!(expires_at(&sim, &keys.later), Some(t + 60 * DAY));
+    let skipped = records(&s).into_iter().any(|(_, r)| {
+        r.kind == AuditKind::Skipped
+            && r.key_id.as_deref() == Some(keys.later.as_str())
+            && r.message.contains("did not give the key's expiry")
+    });
+    assert!(skipped, "no skipped record for {}", keys.later);
+    assert_nothing_deleted(&sim, &keys);
+}
+
 /// An exemption added after keysweep set an expiry, first seen by a dry-run sweep (which writes
 /// nothing): the finding closes there, and the restore it owes is kept, so the next enforce
 /// sweep moves the expiry back out. Before, only a failed restore was remembered: the key ended
