@@ -191,7 +191,7 @@ impl Section {
                 }
                 return (
                     Some(row),
-                    mint_failed(ctx, client, old, row, &e.to_string()).await,
+                    mint_failed(ctx, client, old, row, &e.to_string(), e.nothing_applied()).await,
                 );
             }
         };
@@ -359,13 +359,15 @@ fn minted_recorded(
     })
 }
 
-/// A failed mint: its outcome, then a look for a key it may have made all the same.
+/// A failed mint: its outcome, then a look for a key it may have made all the same (`refused`:
+/// the API refused it, so it made none).
 async fn mint_failed(
     ctx: &Context,
     client: &AdminClient,
     old: &Key,
     row: i64,
     error: &str,
+    refused: bool,
 ) -> Result<RotationOutcome, StateError> {
     let out = ctx
         .record(
@@ -378,7 +380,14 @@ async fn mint_failed(
     // After a timeout or a 5xx a key may exist: reconciliation finds it by its nonce. Give the
     // API a moment so a key minted late is listed.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    super::reconcile::settle_minting(ctx, client, row).await?;
+    // A mint the API refused made nothing: the row is settled now. Otherwise a key may exist
+    // and show up late, and only a later sweep gives up looking for it.
+    let search = if refused {
+        super::reconcile::Search::Final
+    } else {
+        super::reconcile::Search::Early
+    };
+    super::reconcile::settle_minting(ctx, client, row, search).await?;
     Ok(RotationOutcome::MintFailed {
         error: error.to_string(),
     })

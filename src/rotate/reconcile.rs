@@ -23,10 +23,21 @@ use crate::state::rotations::{self, RotationRow, RotationUpdate};
 use super::types::{Context, RotationOutcome, RotationResult};
 use super::writes::{delete_minted, wall_now};
 
-/// How far around the intent's time a key counts as minted by it (the server's clock and the
-/// request's duration): from 10 minutes before to an hour after.
-const WINDOW_BEFORE: i64 = 600;
-const WINDOW_AFTER: i64 = 3600;
+/// How far around the intent's time (keysweep's clock) a key counts as minted by it (its
+/// `created_at` is the server's clock, which may differ by minutes or more, and the request
+/// takes its time): a day either way. The random nonce in the name and the service account
+/// are what identify the key; the window only keeps a nonce from matching a key of another era.
+const WINDOW_BEFORE: i64 = 86_400;
+const WINDOW_AFTER: i64 = 86_400;
+
+/// Which search for a failed mint's key this is (see [`settle_minting`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Search {
+    /// Right after the mint failed, in the same sweep.
+    Early,
+    /// A later sweep's reconciliation.
+    Final,
+}
 
 /// How far ahead an owed old-key expiry whose promised time has passed is set: enough for a
 /// clock that differs from the API's by minutes, and no longer than it takes.
@@ -41,7 +52,7 @@ pub(super) async fn reconcile(ctx: &Context) -> Result<Vec<RotationResult>, Stat
             .with_conn(|c| rotations::unsettled(c, client.org_name()))?;
         for row in rows {
             let outcome = match row.status.as_str() {
-                "minting" => settle_minting(ctx, client, row.id).await?,
+                "minting" => settle_minting(ctx, client, row.id, Search::Final).await?,
                 "minted" => settle_minted(ctx, client, &row).await?,
                 // Setting an expiry waits while the kill switch is on; deleting keysweep's own
                 // keys does not.
@@ -83,10 +94,17 @@ pub(super) fn announce_owed(ctx: &Context) -> Result<Vec<RotationResult>, StateE
 
 /// A `minting` row: finds and deletes the key(s) minted with its nonce, then abandons the row.
 /// `None` when nothing had been minted, or the listing failed (the row stays for later).
+///
+/// `Search::Early` is the look right after a mint failed: a key the server makes late, or a
+/// listing that lags, is not seen yet, and abandoning then would let the next sweep mint a
+/// second key beside a live one nobody holds. So only a later sweep's search (`Search::Final`)
+/// abandons a row whose key it cannot find; until then the row keeps the account's rotation in
+/// hand.
 pub(super) async fn settle_minting(
     ctx: &Context,
     client: &AdminClient,
     id: i64,
+    search: Search,
 ) -> Result<Option<RotationOutcome>, StateError> {
     let Some(row) = ctx.store.with_conn(|c| rotations::get(c, id))? else {
         return Ok(None);
@@ -112,7 +130,7 @@ pub(super) async fn settle_minting(
             deleted.push(k.id.clone());
         }
     }
-    if deleted.len() < orphans.len() {
+    if deleted.len() < orphans.len() || (orphans.is_empty() && search == Search::Early) {
         return Ok(None);
     }
     let detail = format!("interrupted before the new key was recorded; deleted: {deleted:?}");

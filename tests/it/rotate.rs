@@ -588,6 +588,28 @@ async fn a_mint_answered_5xx_after_its_effect_is_cleaned_up_at_once_and_the_next
     w.assert_state_clean(secret.trim());
 }
 
+/// The same lost mint with the API's clock 20 minutes behind keysweep's: the orphan's
+/// `created_at` (the API's clock) is still inside the window around the intent (keysweep's
+/// clock), so it is found by its nonce and deleted, not left alive beside the next mint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_mint_is_found_with_the_apis_clock_behind_keysweeps() {
+    let w = world(FILE_SINK, SCOPES, ENFORCE_SA).await;
+    first_warning(&w).await;
+    w.sim.advance_clock(-1200);
+    w.sim.faults().add(
+        Fault::on(FaultRoute::CreateServiceAccountKey)
+            .once()
+            .after_effect()
+            .respond(FaultKind::Status(503)),
+    );
+    let out = w.run(due(&w)).await;
+    assert_eq!(w.mints(), 1, "{out}");
+    let ids: Vec<String> = w.sa_keys().into_iter().map(|k| k.id).collect();
+    assert_eq!(ids, [OLD], "the key minted behind the 503 was left:\n{out}");
+    let statuses: Vec<String> = w.rotation_rows().into_iter().map(|r| r.status).collect();
+    assert_eq!(statuses, ["abandoned"], "{out}");
+}
+
 /// An exec sink script at `script` that stores the key it reads in `dir/file` and exits `exit`.
 fn write_store_script(script: &std::path::Path, dir: &std::path::Path, exit: u8, file: &str) {
     use std::os::unix::fs::PermissionsExt as _;
