@@ -126,6 +126,9 @@ impl Evaluator {
                 policies.push(p);
             }
         }
+        let first_transition = step.transitions.len();
+        let mut restores = Vec::new();
+        let mut undecided_ending = false;
         for policy in policies {
             let before = mine
                 .iter()
@@ -135,8 +138,9 @@ impl Evaluator {
                 // Undecidable in this sweep (the audit log could not be read, or the listing
                 // omitted the key's last use): the finding stays as it is, neither advanced nor
                 // closed.
-                if let Some((i, _)) = before {
+                if let Some((i, f)) = before {
                     step.touched.push(i);
+                    undecided_ending |= wants_the_key_to_end(f);
                 }
                 continue;
             }
@@ -147,32 +151,71 @@ impl Evaluator {
                 policy: policy.to_string(),
             };
             let prev = before.map(|(_, f)| f);
-            let mut t = lifecycle::advance(
+            let t = lifecycle::advance(
                 prev,
                 now,
                 observe(&eval, key, policy, now),
                 self.repeat,
                 self.next_sweep(&key.organization),
             );
-            self.writes(key, &id, prev, &mut t, step);
+            if let Some(r) = self.writes(key, &id, prev, &t, step) {
+                restores.push((step.transitions.len(), r));
+            }
             if let Some((i, _)) = before {
                 step.touched.push(i);
             }
             step.transitions.push((before.map(|(_, f)| f.stage), t));
         }
+        let ending = undecided_ending
+            || (step.transitions[first_transition..].iter())
+                .any(|(_, t)| t.next.as_ref().is_some_and(wants_the_key_to_end));
+        if !ending {
+            self.plan_restores(restores, step);
+        }
     }
 
-    /// What the finding's step asks to write: a DELETE due, an expiry to set, or an expiry to
-    /// move back out.
+    /// Plans the restores of a key's withdrawn findings; `restores` pairs each with the index
+    /// of its transition in `step`. Only when no other finding on the key still wants it to end
+    /// (the caller's check): the expiry keysweep set is theirs too, and moving it back out
+    /// would let the key outlive their deadline (and have the next sweep set it again).
+    fn plan_restores(&self, restores: Vec<(usize, PlannedRestore)>, step: &mut Step) {
+        for (at, r) in restores {
+            if let Some(f) = step
+                .transitions
+                .get_mut(at)
+                .and_then(|(_, t)| t.next.as_mut())
+            {
+                // The resolved notice and the audit record say so: the API cannot remove an
+                // expiry.
+                let to = r.restore.targets(self.now).first().copied();
+                let said = format!(
+                    "; the expiry keysweep set ({}) moves back out to {}",
+                    crate::timefmt::rfc3339(r.restore.from),
+                    to.map_or_else(|| "a later date".to_string(), crate::timefmt::rfc3339)
+                );
+                if !f.stage.is_open() {
+                    f.resolution = Some(format!("{}{said}", f.resolution.as_deref().unwrap_or("")));
+                }
+                // Owed from now on, whatever becomes of this sweep's attempt: a dry-run, a
+                // shutdown, a crash or an incomplete organisation must not forget it (the key
+                // would end at its old deadline). The attempt's outcome settles it.
+                f.expiry.restore_pending = true;
+            }
+            step.restores.push(r);
+        }
+    }
+
+    /// What the finding's step asks to write: a DELETE due or an expiry to set (added to
+    /// `step`), or an expiry to move back out (returned: [`Self::plan_restores`] decides).
     fn writes(
         &self,
         key: &Key,
         id: &FindingId,
         prev: Option<&Finding>,
-        t: &mut lifecycle::Transition,
+        t: &lifecycle::Transition,
         step: &mut Step,
-    ) {
-        let Some(f) = &mut t.next else { return };
+    ) -> Option<PlannedRestore> {
+        let f = t.next.as_ref()?;
         if t.revoke_due && f.action == Action::Revoke {
             step.candidates.push(Candidate {
                 finding: id.clone(),
@@ -189,30 +232,13 @@ impl Evaluator {
                 write: Write::SetExpiry { to: set.to },
             });
         }
-        if let Some(prev) = prev
-            && let Some(restore) = expiry::restore_due(prev, f, key, self.now, self.restore_expiry)
-            && !self.expiry_is_what_complies(key, &id.policy)
-        {
-            // The resolved notice and the audit record say so: the API cannot remove an expiry.
-            let to = restore.targets(self.now).first().copied();
-            let said = format!(
-                "; the expiry keysweep set ({}) moves back out to {}",
-                crate::timefmt::rfc3339(restore.from),
-                to.map_or_else(|| "a later date".to_string(), crate::timefmt::rfc3339)
-            );
-            if !f.stage.is_open() {
-                f.resolution = Some(format!("{}{said}", f.resolution.as_deref().unwrap_or("")));
-            }
-            // Owed from now on, whatever becomes of this sweep's attempt: a dry-run, a
-            // shutdown, a crash or an incomplete organisation must not forget it (the key
-            // would end at its old deadline). The attempt's outcome settles it.
-            f.expiry.restore_pending = true;
-            step.restores.push(PlannedRestore {
-                finding: id.clone(),
-                key: key.clone(),
-                restore,
-            });
-        }
+        let prev = prev?;
+        let restore = expiry::restore_due(prev, f, key, self.now, self.restore_expiry)?;
+        (!self.expiry_is_what_complies(key, &id.policy)).then(|| PlannedRestore {
+            finding: id.clone(),
+            key: key.clone(),
+            restore,
+        })
     }
 
     /// True when the key complies with `policy` only because of its expiry (a `max_lifetime`
@@ -270,6 +296,12 @@ impl Evaluator {
             step.transitions.push((Some(f.stage), t));
         }
     }
+}
+
+/// Whether an open finding still wants its key to end by an expiry (an `expire` finding the
+/// organisation's expiry policy did not refuse).
+fn wants_the_key_to_end(f: &Finding) -> bool {
+    f.stage.is_open() && f.action == Action::Expire && f.expiry.refused.is_none()
 }
 
 /// What the sweep tells the lifecycle about (`key`, `policy`): the key's end first (an expired

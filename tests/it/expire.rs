@@ -306,6 +306,41 @@ async fn first_expire_sweep(s: &Sweeper, sim: &SimServer, keys: &Keys, t: i64) -
     deadline
 }
 
+/// One key, two `expire` findings (too old, and idle) answered by one expiry. The key is used
+/// again: the idle finding closes, but the other still wants the key to end, so the expiry
+/// keysweep set stays (before, it moved back out, and the next sweep set it again with a false
+/// "moved outside keysweep" alert).
+#[tokio::test]
+async fn an_expiry_two_findings_share_stays_while_one_of_them_is_open() {
+    let t = wall_now();
+    let (o, keys) = org(t);
+    let sim = start(o, |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let tables = format!(
+        "{}[[policies]]\nname = \"idle-30d\"\nmax_idle = \"30d\"\naction = \"expire\"\n\
+         warn_before = \"7d\"\nfinal_notice = \"1d\"\n{}",
+        expire_policy(),
+        safety("")
+    );
+    let s = sweeper(&config_text(
+        &sim,
+        &dir.path().join("s.db"),
+        "enforce",
+        &tables,
+    ));
+    sweep(&s, t).await;
+    let set = expires_at(&sim, &keys.never).unwrap();
+    assert!(lands_on(set, t + 7 * DAY), "{set}");
+    sim.set_last_used(PROJECT, &keys.never, Some(t + DAY - 60))
+        .unwrap();
+    sweep(&s, t + DAY).await;
+    assert_eq!(finding(&s, &keys.never, "idle-30d").stage, Stage::Resolved);
+    assert!(finding(&s, &keys.never, POLICY).stage.is_open());
+    assert_eq!(expires_at(&sim, &keys.never), Some(set), "moved back out");
+    assert_eq!(intents_for(&s, &keys.never), 1, "one write");
+    assert_nothing_deleted(&sim, &keys);
+}
+
 /// A listing that leaves `expires_at` out plans the expiry all the same, and the re-read before
 /// the write decides: here it gives the key's real expiry (never), so the deadline is set, as
 /// the notices promised. A re-read that leaves it out too writes nothing and says why.
