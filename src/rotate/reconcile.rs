@@ -47,6 +47,7 @@ const LATE_EXPIRY_MARGIN: i64 = 900;
 pub(super) async fn reconcile(ctx: &Context) -> Result<Vec<RotationResult>, StateError> {
     let mut out = Vec::new();
     for client in &ctx.clients {
+        answer_interrupted(ctx, client).await?;
         let rows = ctx
             .store
             .with_conn(|c| rotations::unsettled(c, client.org_name()))?;
@@ -70,6 +71,57 @@ pub(super) async fn reconcile(ctx: &Context) -> Result<Vec<RotationResult>, Stat
         }
     }
     Ok(out)
+}
+
+/// Answers every DELETE of a minted key and every old-key expiry that a crash left with an
+/// intent and no outcome, from a read of the key, before the rows are settled: otherwise the
+/// audit log never says whether keysweep's own write happened (a minted key then reads as
+/// "gone", as if a person had removed it). The mint's own intent is answered by its row.
+/// A read that fails leaves the intent for a later sweep.
+async fn answer_interrupted(ctx: &Context, client: &AdminClient) -> Result<(), StateError> {
+    let pending = ctx.store.with_conn(audit::unmatched_intents)?;
+    for row in pending {
+        let r = &row.record;
+        let (Some(org), Some(project), Some(key_id)) = (&r.organization, &r.project_id, &r.key_id)
+        else {
+            continue;
+        };
+        if org != client.org_name() {
+            continue;
+        }
+        let write = r.inputs.get("write").and_then(|w| w.as_str()).unwrap_or("");
+        let target = r
+            .inputs
+            .get("expires_at")
+            .and_then(serde_json::Value::as_i64);
+        let read = match write {
+            "rotate_delete_minted" | "rotate_expire_old" => {
+                client.retrieve_key(project, key_id).await
+            }
+            _ => continue,
+        };
+        let (took, what) = match (write, read, target) {
+            (_, Err(e), _) if !e.is_key_ended() => continue,
+            ("rotate_delete_minted", Ok(None) | Err(_), _) => (true, "the key is gone"),
+            ("rotate_delete_minted", Ok(Some(_)), _) => (false, "the key still exists"),
+            (_, Ok(None) | Err(_), _) => (true, "the key has ended"),
+            (_, Ok(Some(k)), Some(to)) if k.expires_at.ends_by(to) => {
+                (true, "the key ends by the target")
+            }
+            _ => (false, "the key does not end by the target"),
+        };
+        let mut rec = ctx
+            .record(
+                AuditKind::Reconciled,
+                (org, project, key_id),
+                format!("interrupted {write} settled by a read: {what}"),
+            )
+            .with_response(json!({ "took_effect": took }))
+            .refers_to(row.seq);
+        rec.policy.clone_from(&r.policy);
+        audit::append_durable(&ctx.store, &rec)?;
+    }
+    Ok(())
 }
 
 /// Announces every rotation a shutdown left `unannounced` (the only settling that writes

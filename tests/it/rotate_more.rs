@@ -178,6 +178,56 @@ async fn a_failed_old_key_expiry_after_the_sink_confirmed_is_set_by_the_next_swe
     w.assert_state_clean(&secret);
 }
 
+/// The old key's expiry is set, then its answer never comes and the run is killed: the intent
+/// has no outcome. The next run answers it from a read of the key (the expiry is in place)
+/// before settling the rotation, so the audit log says the write happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_key_expiry_cut_short_by_a_crash_is_answered_in_the_audit_log() {
+    let w = world_with("", FILE_SINK, SCOPES, ENFORCE_SA).await;
+    first_warning(&w).await;
+    let fault = w.sim.faults().add(
+        Fault::on(FaultRoute::UpdateKey)
+            .project(PROJECT)
+            .object(OLD)
+            .once()
+            .after_effect()
+            .respond(FaultKind::Delay(std::time::Duration::from_secs(120))),
+    );
+    let mut child = w.cmd(due(&w)).spawn().unwrap();
+    crate::support::wait::eventually("the update", || w.sim.faults().hits(fault) > 0).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    child.start_kill().unwrap();
+    let _ = child.wait().await;
+    assert!(w.sim.key(PROJECT, OLD).unwrap().expires_at.is_some());
+    let db = w.dir.path().join("keysweep.db");
+    let unmatched = || {
+        let store = Store::open(&db).unwrap();
+        (store.with_conn(keysweep::state::audit::unmatched_intents)).unwrap()
+    };
+    let pending = unmatched();
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert_eq!(pending[0].record.inputs["write"], "rotate_expire_old");
+
+    w.sim.faults().clear();
+    let out = w.run(due(&w) + 600).await;
+    assert!(unmatched().is_empty(), "still unanswered:\n{out}");
+    let store = Store::open(&db).unwrap();
+    let rows = store
+        .with_conn(|c| keysweep::state::audit::list(c, None))
+        .unwrap();
+    let answer = rows
+        .iter()
+        .find(|r| r.record.refers_to == Some(pending[0].seq))
+        .expect("an answer to the intent");
+    assert_eq!(
+        answer.record.response["took_effect"], true,
+        "{:?}",
+        answer.record
+    );
+    assert_eq!(w.rotation_rows()[0].status, "done", "{out}");
+    assert_eq!(w.mints(), 1, "{out}");
+}
+
 /// The old key's expiry is owed (500 on every update after the sink confirmed) and its promised
 /// time passes before the next sweep (keysweep down longer than the overlap): a target in the
 /// past cannot be sent, so the old key ends as soon as it can instead of living on.
