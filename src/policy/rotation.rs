@@ -10,7 +10,7 @@ use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::{RotateConfig, Safety};
-use crate::inventory::OwnerType;
+use crate::inventory::{Expiry, OwnerType};
 use crate::policy::finding::{Finding, FindingId};
 use crate::policy::plan::{
     Candidate, Plan, PlannedAction, ProjectFacts, ProjectKey, Target, Withheld, WithheldAction,
@@ -36,6 +36,9 @@ pub struct PlannedRotation {
     /// about use, for the next sweep, as the re-check before a DELETE does.
     pub key_name: String,
     pub last_used_at: Option<i64>,
+    /// The key's expiry as this sweep listed it: after a finished rotation, the expiry that
+    /// rotation promised is kept (set back when it was moved later).
+    pub expires_at: Expiry,
     /// The policies of the key's open enforcing findings, whose earliest deadline the rotation
     /// keeps: a use since the listing stops the mint when any of them is about use.
     pub policies: Vec<String>,
@@ -134,6 +137,7 @@ pub fn planned_rotations(
             project_name: f.project_name.clone(),
             key_name: f.key_name.clone(),
             last_used_at: f.last_used_at,
+            expires_at: f.expires_at,
             policies: enforcing.get(&k).cloned().unwrap_or_default(),
             logged_scopes: None,
         };

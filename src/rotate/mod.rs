@@ -47,6 +47,14 @@ pub async fn run(
             continue;
         };
         if busy(ctx, p)? {
+            if let Some(outcome) = keep_promised_expiry(ctx, p).await? {
+                out.push(RotationResult {
+                    organization: p.finding.organization.clone(),
+                    project_id: p.finding.project_id.clone(),
+                    key_id: p.finding.key_id.clone(),
+                    outcome,
+                });
+            }
             continue;
         }
         let outcome = match withheld(ctx) {
@@ -80,6 +88,57 @@ fn withheld(ctx: &Context) -> Option<RotationOutcome> {
     ctx.kill_switch().then(|| RotationOutcome::Withheld {
         reason: "kill_switch".into(),
     })
+}
+
+/// A finished rotation promised that the old key stops working at its `old_expires_at`. When
+/// the listing shows that expiry moved later or removed (in the dashboard, by a person), it is
+/// set back after a re-read, as an `expire` finding's is, and an alert says so; before, a
+/// rotated key was never looked at again and could live on for good. Enforce mode only, and
+/// never with the kill switch on.
+async fn keep_promised_expiry(
+    ctx: &Context,
+    p: &PlannedRotation,
+) -> Result<Option<RotationOutcome>, StateError> {
+    if ctx.mode != Mode::Enforce || ctx.kill_switch() || p.expires_at.is_unknown() {
+        return Ok(None);
+    }
+    let id = &p.finding;
+    let row = ctx.store.with_conn(|c| {
+        rotations::latest_for_key(c, &id.organization, &id.project_id, &id.key_id)
+    })?;
+    let Some(promised) = row
+        .filter(|r| r.status == "done")
+        .and_then(|r| r.old_expires_at)
+    else {
+        return Ok(None);
+    };
+    if p.expires_at.ends_by(promised) {
+        return Ok(None);
+    }
+    let Some(client) = ctx.client(&id.organization) else {
+        return Ok(None);
+    };
+    let current = match client.retrieve_key(&id.project_id, &id.key_id).await {
+        Ok(Some(k)) if !k.expires_at.is_unknown() && !k.expires_at.ends_by(promised) => k,
+        // Gone, ended, back in place, unknown or unreadable: nothing to set back now.
+        _ => return Ok(None),
+    };
+    let to = promised.max(
+        client
+            .api_now_secs()
+            .saturating_add(reconcile::LATE_EXPIRY_MARGIN),
+    );
+    let at = (
+        id.organization.as_str(),
+        id.project_id.as_str(),
+        id.key_id.as_str(),
+    );
+    Ok(Some(
+        match writes::expire_old(ctx, client, at, current.expires_at, to).await? {
+            Ok(to) => RotationOutcome::OldExpirySetBack { to },
+            Err(error) => RotationOutcome::OldExpiryFailed { error },
+        },
+    ))
 }
 
 /// True when the key needs no new rotation (`rotations::in_hand`).

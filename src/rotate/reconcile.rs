@@ -41,7 +41,7 @@ pub(super) enum Search {
 
 /// How far ahead an owed old-key expiry whose promised time has passed is set: enough for a
 /// clock that differs from the API's by minutes, and no longer than it takes.
-const LATE_EXPIRY_MARGIN: i64 = 900;
+pub(super) const LATE_EXPIRY_MARGIN: i64 = 900;
 
 /// Settles every unfinished rotation of the organisations this sweep covers.
 pub(super) async fn reconcile(ctx: &Context) -> Result<Vec<RotationResult>, StateError> {

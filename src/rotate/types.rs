@@ -109,6 +109,10 @@ pub enum RotationOutcome {
     AwaitingConfirmation { new_key_id: String, sink: String },
     /// A key keysweep minted before a crash, never recorded, was found by its nonce and deleted.
     OrphanDeleted { keys: Vec<String> },
+    /// After a finished rotation, the old key's expiry had been moved later (or removed)
+    /// outside keysweep: it was set back to `to`, the time the rotation promised (or as soon
+    /// as it can be, once that passed).
+    OldExpirySetBack { to: i64 },
     /// The sink confirmed but the old key's expiry could not be set (a later sweep retries).
     OldExpiryFailed { error: String },
 }
@@ -127,6 +131,7 @@ impl RotationResult {
             RotationOutcome::AwaitingConfirmation { .. } => "awaiting_confirmation",
             RotationOutcome::OrphanDeleted { .. } => "orphan_deleted",
             RotationOutcome::OldExpiryFailed { .. } => "old_expiry_failed",
+            RotationOutcome::OldExpirySetBack { .. } => "old_expiry_set_back",
         }
     }
 
@@ -188,6 +193,11 @@ impl RotationResult {
                 "key(s) {} minted by an interrupted rotation and never handed to a sink were \
                  deleted",
                 keys.join(", ")
+            ),
+            RotationOutcome::OldExpirySetBack { to } => format!(
+                "the replaced key's expiry was moved later outside keysweep after its rotation; \
+                 set back: it stops working at {}",
+                rfc3339(*to)
             ),
             RotationOutcome::OldExpiryFailed { error } => format!(
                 "the new key is in the sink, but setting the old key's expiry failed ({error}); \

@@ -178,6 +178,31 @@ async fn a_failed_old_key_expiry_after_the_sink_confirmed_is_set_by_the_next_swe
     w.assert_state_clean(&secret);
 }
 
+/// A finished rotation promised that the old key stops at the end of the overlap. Someone then
+/// removes that expiry in the dashboard: the next sweep sets it back (an alert says so) instead
+/// of trusting the finished rotation for good, and mints nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_key_expiry_removed_after_its_rotation_is_set_back() {
+    let w = world_with("", FILE_SINK, SCOPES, ENFORCE_SA).await;
+    first_warning(&w).await;
+    let out = w.run(due(&w)).await;
+    assert_eq!(w.rotation_rows()[0].status, "done", "{out}");
+    let promised = w.rotation_rows()[0].old_expires_at.unwrap();
+    w.sim.set_expires_at(PROJECT, OLD, None).unwrap();
+    let out = w.run(due(&w) + 600).await;
+    let at = w.sim.key(PROJECT, OLD).unwrap().expires_at;
+    let at = at.expect("the old key's expiry was not set back");
+    assert!(
+        (at - promised).abs() <= SLACK,
+        "expiry {at}, promised {promised}\n{out}"
+    );
+    assert!(out.contains("set back"), "no alert:\n{out}");
+    assert_eq!(w.mints(), 1, "{out}");
+    // In place again: the next sweep writes nothing.
+    let out = w.run(due(&w) + 1200).await;
+    assert!(!out.contains("set back"), "{out}");
+}
+
 /// The old key's expiry is set, then its answer never comes and the run is killed: the intent
 /// has no outcome. The next run answers it from a read of the key (the expiry is in place)
 /// before settling the rotation, so the audit log says the write happened.
