@@ -12,7 +12,7 @@ use secrecy::SecretString;
 use serde_json::json;
 use tracing::Instrument as _;
 
-use crate::config::RotateConfig;
+use crate::config::{RotateConfig, SinkKind};
 use crate::inventory::{Key, OwnerType};
 use crate::openai::{AdminClient, Error as OpenAiError, MintRequest};
 use crate::policy::rotation::{
@@ -89,6 +89,18 @@ pub(super) async fn rotate_one(
             ctx,
             p,
             format!("key {waiting} of the same service account awaits a person's confirmation"),
+        );
+    }
+    if let Some(holder) = file_holds_another(ctx, client, &old, &sa, rot).await? {
+        return skipped(
+            ctx,
+            p,
+            format!(
+                "sink {:?} writes one file per service account, and it holds key {holder}, \
+                 the new key of another of this account's keys: rotating this one would \
+                 overwrite it (give the key a service account of its own, or use an exec sink)",
+                rot.sink
+            ),
         );
     }
     // Shutdown came during the re-check: no new mint starts.
@@ -429,6 +441,42 @@ fn skipped(
 
 /// A key of the same service account whose hand-over a crash interrupted (`minted`), if any:
 /// no further key is minted for the account while it exists.
+/// The key a file sink's target already holds for another of the service account's keys, if
+/// rotating `old` into `rot`'s sink would overwrite it. A file sink's path names the
+/// organisation, the project and the service account, never the key: two keys of one account
+/// share the file, and the second rotation would leave the first one's new key alive with
+/// nobody holding it. Not when the file holds `old` itself (a rotation of the key the last one
+/// minted), nor when the key it holds has ended.
+async fn file_holds_another(
+    ctx: &Context,
+    client: &AdminClient,
+    old: &Key,
+    sa: &str,
+    rot: &RotateConfig,
+) -> Result<Option<String>, StateError> {
+    let path_of = |sink: &str| match ctx.config.sink(sink).map(|s| &s.kind) {
+        Some(SinkKind::File { path, .. }) => Some(path.clone()),
+        _ => None,
+    };
+    let Some(path) = path_of(&rot.sink) else {
+        return Ok(None);
+    };
+    let last = ctx
+        .store
+        .with_conn(|c| rotations::latest_handed_over(c, &old.organization, &old.project_id, sa))?;
+    let Some((holder, policy)) = last.and_then(|r| r.new_key_id.map(|k| (k, r.policy))) else {
+        return Ok(None);
+    };
+    let same_file = (ctx.config.rotation(&policy)).and_then(|r| path_of(&r.sink)) == Some(path);
+    if holder == old.id || !same_file {
+        return Ok(None);
+    }
+    Ok(match client.retrieve_key(&old.project_id, &holder).await {
+        Ok(None) | Err(OpenAiError::KeyEnded { .. }) => None,
+        _ => Some(holder),
+    })
+}
+
 fn awaiting_confirmation(ctx: &Context, old: &Key, sa: &str) -> Result<Option<String>, StateError> {
     let rows = ctx
         .store

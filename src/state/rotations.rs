@@ -175,6 +175,27 @@ pub fn latest_for_key(
         .optional()?)
 }
 
+/// The latest rotation of a service account's keys in a project that handed its new key to a
+/// sink (`delivered`, `done`, `unannounced`): with a file sink, its new key is what the file
+/// holds now.
+pub fn latest_handed_over(
+    conn: &Connection,
+    org: &str,
+    project_id: &str,
+    service_account_id: &str,
+) -> Result<Option<RotationRow>, StateError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM rotations
+         WHERE organization = ?1 AND project_id = ?2 AND service_account_id = ?3
+           AND status IN ('delivered', 'done', 'unannounced') AND new_key_id IS NOT NULL
+         ORDER BY id DESC LIMIT 1"
+    );
+    Ok(conn
+        .prepare_cached(&sql)?
+        .query_row(params![org, project_id, service_account_id], decode)
+        .optional()?)
+}
+
 /// Whether the old key needs no new rotation: its latest rotation is done (the old key now
 /// expires) or unfinished (see [`UNSETTLED`]; reconciliation settles it first). The rotation
 /// phase asks it after reconciling; the planner's caps count unfinished rotations as due,

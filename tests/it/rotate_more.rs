@@ -178,6 +178,54 @@ async fn a_failed_old_key_expiry_after_the_sink_confirmed_is_set_by_the_next_swe
     w.assert_state_clean(&secret);
 }
 
+/// Two due keys of one service account and a file sink, whose path names the account, not the
+/// key: the first is rotated into the file, the second is not (rotating it would overwrite the
+/// first one's new key, leaving it alive with nobody holding it); the re-check says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_sink_takes_one_key_per_service_account() {
+    let w = world_of(
+        |o| {
+            let p = o.projects.iter_mut().find(|p| p.id == PROJECT).unwrap();
+            let mut twin = p.keys.iter().find(|k| k.id == OLD).unwrap().clone();
+            twin.id = "key_rot_sa_twin".into();
+            twin.name = "twin".into();
+            p.keys.push(twin);
+        },
+        "",
+        FILE_SINK,
+        SCOPES,
+        ENFORCE_SA,
+    )
+    .await;
+    first_warning(&w).await;
+    let out = w.run(due(&w)).await;
+    assert_eq!(w.mints(), 1, "both keys were rotated into one file:\n{out}");
+    let rows = w.rotation_rows();
+    assert_eq!(rows.len(), 1, "{out}");
+    let rotated = rows[0].old_key_id.clone();
+    let other = if rotated == OLD {
+        "key_rot_sa_twin"
+    } else {
+        OLD
+    };
+    assert_eq!(w.sim.key(PROJECT, other).unwrap().expires_at, None, "{out}");
+    let records = crate::support::state_file::audit_records(&w.dir.path().join("keysweep.db"));
+    let said = records.iter().any(|r| {
+        r["kind"] == "skipped"
+            && r["key_id"] == other
+            && (r["message"].as_str()).is_some_and(|m| m.contains("one file per service account"))
+    });
+    assert!(said, "no skipped record for {other}:\n{out}");
+    // The file still holds the new key: its last four characters match the new key's.
+    let secret = std::fs::read_to_string(w.sink_file()).unwrap();
+    let new = rows[0].new_key_id.clone().unwrap();
+    let new = w.sim.key(PROJECT, &new).unwrap();
+    assert!(
+        new.redacted_value
+            .ends_with(&secret.trim()[secret.trim().len() - 4..])
+    );
+}
+
 /// A finished rotation promised that the old key stops at the end of the overlap. Someone then
 /// removes that expiry in the dashboard: the next sweep sets it back (an alert says so) instead
 /// of trusting the finished rotation for good, and mints nothing.
@@ -616,7 +664,11 @@ fn second_old_key(org: &mut SimOrg) {
 async fn rotations_count_against_the_per_project_percentage_cap_and_the_rest_is_postponed() {
     let rx = Receiver::start().await;
     let safety = format!("{ENFORCE_SA}\n");
-    let mut w = world_of(second_old_key, &channels(&rx), FILE_SINK, SCOPES, &safety).await;
+    // An exec sink that stores each key by the key it replaces: a file sink holds one key per
+    // service account, and would not take the second (`a_file_sink_takes_one_key_per_…`).
+    let sink = "type = \"exec\"\ncommand = [\"/bin/sh\", \"-c\", \
+                \"cat > \\\"$DIR/$KEYSWEEP_OLD_KEY_ID.key\\\"\"]\ntimeout = \"20s\"\n";
+    let mut w = world_of(second_old_key, &channels(&rx), sink, SCOPES, &safety).await;
     with_channel_secrets(&mut w);
     let text = std::fs::read_to_string(&w.config).unwrap();
     let text = text.replace(
