@@ -10,8 +10,8 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 
 use crate::cli::{
-    AuditArgs, AuditCommand, AuditFormatArg, Cli, Command, NotifyCommand, OutputFormat, RunArgs,
-    ScanArgs,
+    AuditArgs, AuditCommand, AuditFormatArg, Cli, Command, NotifyCommand, OutputFormat,
+    RotationCommand, RunArgs, ScanArgs,
 };
 use crate::config::{self, Config};
 use crate::metrics::Metrics;
@@ -131,6 +131,11 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             }
             NotifyCommand::RetryDead { channel } => {
                 notify_retry_dead(load_without_admin_keys(&cli)?, channel.as_deref())
+            }
+        },
+        Command::Rotation(args) => match &args.command {
+            RotationCommand::Confirm { new_key_id } => {
+                rotation_confirm(load_without_admin_keys(&cli)?, new_key_id)
             }
         },
         Command::Demo(args) => {
@@ -584,6 +589,34 @@ fn notify_retry_dead(config: Config, channel: Option<&str>) -> Result<ExitCode> 
             .unwrap_or_default()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `rotation confirm`: a person says the sink holds the new key of an interrupted hand-over.
+/// Exits 2 when no rotation awaits a confirmation for that key.
+fn rotation_confirm(config: Config, new_key_id: &str) -> Result<ExitCode> {
+    let store = open_existing(&config.state_path)?;
+    let now = chrono::Utc::now().timestamp();
+    let shown = crate::text::terminal(new_key_id);
+    match crate::rotate::confirm(&store, &config, new_key_id, now)? {
+        Some(c) => {
+            println!(
+                "confirmed: the sink holds new key {shown}; old key {} (organization {}, project \
+                 {}) is owed an expiry at {}, set by the next enforce sweep",
+                c.old_key_id,
+                c.organization,
+                c.project_id,
+                crate::timefmt::rfc3339(c.old_expires_at)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            eprintln!(
+                "keysweep: no rotation awaits a confirmation for key {shown} (its hand-over was \
+                 not interrupted, it was settled already, or keysweep did not mint it)"
+            );
+            Ok(ExitCode::from(2))
+        }
+    }
 }
 
 /// The daemon: wires `sweep::Sweeper` into `daemon::run` (schedules, signals, ops endpoints).

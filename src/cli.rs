@@ -34,8 +34,28 @@ pub enum Command {
     Audit(AuditArgs),
     /// Notification tools.
     Notify(NotifyArgs),
+    /// Rotation tools.
+    Rotation(RotationArgs),
     /// Serve a simulated OpenAI Administration API (for tests, benchmarks and demos).
     Simulate(crate::sim::SimulateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RotationArgs {
+    #[command(subcommand)]
+    pub command: RotationCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RotationCommand {
+    /// Confirm that the sink holds a new key whose hand-over a crash interrupted (the
+    /// "a person must confirm" alert): the next enforce sweep then sets the old key's expiry
+    /// (now + the policy's overlap). The other way out is deleting the new key.
+    Confirm {
+        /// The new key's id, as the alert names it.
+        #[arg(value_name = "NEW_KEY_ID")]
+        new_key_id: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

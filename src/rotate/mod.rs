@@ -12,12 +12,14 @@
 //! crash during the hand-over waits for a person. This module never composes a notice, never
 //! writes a finding, and never puts a secret anywhere but the sink.
 
+mod confirm;
 mod execute;
 mod in_flight;
 mod reconcile;
 mod types;
 mod writes;
 
+pub use confirm::{Confirmed, confirm};
 pub use in_flight::drain_in_flight;
 pub use types::{Context, RotationOutcome, RotationResult};
 

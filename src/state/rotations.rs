@@ -196,6 +196,21 @@ pub fn latest_handed_over(
         .optional()?)
 }
 
+/// The rotation whose hand-over of `new_key_id` a crash interrupted (`minted`), if any.
+pub fn awaiting_confirmation(
+    conn: &Connection,
+    new_key_id: &str,
+) -> Result<Option<RotationRow>, StateError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM rotations WHERE status = 'minted' AND new_key_id = ?1
+         ORDER BY id DESC LIMIT 1"
+    );
+    Ok(conn
+        .prepare_cached(&sql)?
+        .query_row(params![new_key_id], decode)
+        .optional()?)
+}
+
 /// Whether the old key needs no new rotation: its latest rotation is done (the old key now
 /// expires) or unfinished (see [`UNSETTLED`]; reconciliation settles it first). The rotation
 /// phase asks it after reconciling; the planner's caps count unfinished rotations as due,

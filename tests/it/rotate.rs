@@ -521,6 +521,22 @@ async fn a_sigkill_while_the_sink_runs_leaves_the_new_key_for_a_person_and_mints
     assert!(out.contains("a person must confirm"), "{out}");
     assert_no_secret("keysweep output", &out, &[secret.as_str()]);
 
+    // `rotation confirm` of another key is refused, naming it.
+    let mut confirm = keysweep(
+        &[
+            "--config",
+            w.config.to_str().unwrap(),
+            "rotation",
+            "confirm",
+            OLD,
+        ],
+        &[(KEY_ENV, ADMIN_KEY)],
+    );
+    confirm.envs(w.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let refused = output(confirm).await;
+    assert_eq!(refused.status.code(), Some(2), "{}", combined(&refused));
+    assert_eq!(w.rotation_rows()[0].status, "minted");
+
     // Once a person deleted the new key, the next run rotates afresh (here the sink hangs no
     // more: it is replaced by a file sink).
     w.sim.faults().clear();
@@ -541,6 +557,82 @@ async fn a_sigkill_while_the_sink_runs_leaves_the_new_key_for_a_person_and_mints
         w.sim.key(PROJECT, OLD).unwrap().expires_at.is_some(),
         "{out}"
     );
+    w.assert_state_clean(&secret);
+}
+
+/// A crash while the sink ran, and a person confirms that the sink holds the new key
+/// (`rotation confirm`): the next run sets the old key's expiry at the end of the overlap from
+/// the confirmation, keeps the new key and mints nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_confirms_an_interrupted_hand_over_and_the_old_key_then_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("slow-store.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho $$ > {d}/pid\nread -r k\nprintf '%s' \"$k\" > {d}/got\nexec sleep 60\n",
+            d = dir.path().display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let sink = format!(
+        "type = \"exec\"\ncommand = [{:?}]\ntimeout = \"90s\"\n",
+        script.display().to_string()
+    );
+    let w = world(&sink, SCOPES, ENFORCE_SA).await;
+    first_warning(&w).await;
+    let mut child = w.cmd(due(&w)).spawn().unwrap();
+    let got = dir.path().join("got");
+    eventually("the sink to get the key", || got.exists()).await;
+    child.start_kill().unwrap();
+    let _ = tokio::time::timeout(PATIENCE, child.wait()).await.unwrap();
+    let pid = std::fs::read_to_string(dir.path().join("pid")).unwrap();
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", pid.trim()])
+        .status();
+    let secret = std::fs::read_to_string(&got).unwrap();
+    let new = w.rotation_rows()[0].new_key_id.clone().unwrap();
+    assert_eq!(w.rotation_rows()[0].status, "minted");
+
+    let before = unix_now();
+    let mut c = keysweep(
+        &[
+            "--config",
+            w.config.to_str().unwrap(),
+            "rotation",
+            "confirm",
+            &new,
+        ],
+        &[(KEY_ENV, ADMIN_KEY)],
+    );
+    c.envs(w.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let confirmed = output(c).await;
+    let text = combined(&confirmed);
+    assert!(confirmed.status.success(), "{text}");
+    assert!(text.contains("confirmed"), "{text}");
+    assert_eq!(w.rotation_rows()[0].status, "delivered");
+
+    let out = w.run(due(&w) + 600).await;
+    assert_eq!(w.mints(), 1, "{out}");
+    assert!(
+        w.sim.key_exists(PROJECT, &new),
+        "the confirmed key was deleted"
+    );
+    let at = w
+        .sim
+        .key(PROJECT, OLD)
+        .unwrap()
+        .expires_at
+        .expect("no expiry on the old key");
+    assert!(
+        at >= before + DAY - SLACK && at <= unix_now() + DAY + SLACK,
+        "old key's expiry {at}\n{out}"
+    );
+    assert_eq!(w.rotation_rows()[0].status, "done", "{out}");
+    assert_no_secret("keysweep output", &out, &[secret.as_str()]);
+    assert_no_secret("confirm output", &text, &[secret.as_str()]);
     w.assert_state_clean(&secret);
 }
 
