@@ -298,10 +298,16 @@ impl Evaluator {
     }
 }
 
-/// Whether an open finding still wants its key to end by an expiry (an `expire` finding the
-/// organisation's expiry policy did not refuse).
+/// Whether an open finding holds on to the expiry keysweep set on its key: an `expire` finding
+/// the organisation's expiry policy did not refuse, which recorded that expiry as its own
+/// (`expiry.set`), so that its own withdrawal later moves the expiry back out. One that did
+/// not (opened after the expiry was in place, a rotation) holds nothing: a restore waiting on
+/// it would never be made, and it sets its own expiry at the next sweep if it needs one.
 fn wants_the_key_to_end(f: &Finding) -> bool {
-    f.stage.is_open() && f.action == Action::Expire && f.expiry.refused.is_none()
+    f.stage.is_open()
+        && f.action == Action::Expire
+        && f.expiry.refused.is_none()
+        && f.expiry.set.is_some()
 }
 
 /// What the sweep tells the lifecycle about (`key`, `policy`): the key's end first (an expired

@@ -341,6 +341,41 @@ async fn an_expiry_two_findings_share_stays_while_one_of_them_is_open() {
     assert_nothing_deleted(&sim, &keys);
 }
 
+/// Policy P1 set the key's expiry; policy P2 opened later, the key already ending by its
+/// deadline, so P2 set nothing and holds nothing. P1 is removed: its restore is not held back by
+/// P2 (which would never make it), the expiry moves back out, and P2 then sets its own.
+#[tokio::test]
+async fn a_restore_is_not_held_back_by_a_finding_that_set_no_expiry() {
+    let t = wall_now();
+    let (o, keys) = org(t);
+    let sim = start(o, |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let idle = "[[policies]]\nname = \"idle-30d\"\nmax_idle = \"30d\"\naction = \"expire\"\n\
+                warn_before = \"7d\"\nfinal_notice = \"1d\"\n";
+    let s1 = expire_sweeper(&sim, &db, "enforce");
+    sweep(&s1, t).await;
+    let d1 = expires_at(&sim, &keys.never).unwrap();
+    assert!(lands_on(d1, t + 7 * DAY), "{d1}");
+    let both = format!("{}{idle}{}", expire_policy(), safety(""));
+    let s2 = sweeper(&config_text(&sim, &db, "enforce", &both));
+    sweep(&s2, t + DAY).await;
+    let p2 = finding(&s2, &keys.never, "idle-30d");
+    assert!(p2.stage.is_open() && p2.expiry.set.is_none(), "{p2:?}");
+    assert_eq!(expires_at(&sim, &keys.never), Some(d1));
+    let only_idle = format!("{idle}{}", safety(""));
+    let s3 = sweeper(&config_text(&sim, &db, "enforce", &only_idle));
+    sweep(&s3, t + 2 * DAY).await;
+    sweep(&s3, t + 3 * DAY).await;
+    let at = expires_at(&sim, &keys.never).unwrap();
+    assert!(
+        lands_on(at, p2.deadline),
+        "{at}: P2's deadline is {}",
+        p2.deadline
+    );
+    assert_nothing_deleted(&sim, &keys);
+}
+
 /// A listing that leaves `expires_at` out plans the expiry all the same, and the re-read before
 /// the write decides: here it gives the key's real expiry (never), so the deadline is set, as
 /// the notices promised. A re-read that leaves it out too writes nothing and says why.
