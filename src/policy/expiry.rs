@@ -67,7 +67,15 @@ pub fn set_due(f: &Finding, key: &Key, now: i64) -> Option<SetExpiry> {
         return None;
     }
     let to = target(f.deadline, now);
-    match key.expires_at {
+    // A listing without `expires_at` says nothing new: the expiry the finding last saw decides
+    // (a key keysweep already set is not written again, nor does it take a cap slot); never
+    // seen at all, the write is planned and the re-read before it decides.
+    let current = if key.expires_at.is_unknown() {
+        f.expires_at
+    } else {
+        key.expires_at
+    };
+    match current {
         e if e.ends_by(to) => None,
         Expiry::Unknown | Expiry::Never | Expiry::At(_) => Some(SetExpiry {
             to,

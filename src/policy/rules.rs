@@ -326,7 +326,7 @@ impl CompiledPolicy {
         let Some(Listed {
             mut since,
             mut reasons,
-            use_unknown,
+            input_unknown,
         }) = self.judge_listed(key, facts, now)
         else {
             return Judged::Complies;
@@ -343,9 +343,10 @@ impl CompiledPolicy {
                 Scopes::Undecided => return Judged::Undecided,
             }
         }
-        // Every other condition holds, and when the key was last used is unknown (the listing
-        // omitted `last_used_at` and usage did not see it): a malformed answer decides nothing.
-        if use_unknown {
+        // Every other condition holds, and when the key was last used or when it ends is
+        // unknown (the listing omitted `last_used_at`, and usage did not see the key, or
+        // `expires_at`): a malformed answer decides nothing.
+        if input_unknown {
             return Judged::Undecided;
         }
         // `compile` rejects condition-less policies; this keeps `judge` total anyway.
@@ -368,7 +369,7 @@ impl CompiledPolicy {
         let p = &self.config;
         let mut since = i64::MIN;
         let mut reasons = Vec::new();
-        let mut use_unknown = false;
+        let mut input_unknown = false;
 
         if let Some(max_age) = p.max_age {
             let max_age = secs(max_age);
@@ -388,7 +389,7 @@ impl CompiledPolicy {
         if let Some(max_idle) = p.max_idle {
             let used = facts.used_at(&key.organization, &key.id);
             if key.last_used_unknown && used.is_none() {
-                use_unknown = true;
+                input_unknown = true;
             } else {
                 let (start, reason) = idle_condition(key, used, secs(max_idle), p, now)?;
                 since = since.max(start);
@@ -416,14 +417,21 @@ impl CompiledPolicy {
         }
 
         if let Some(max_lifetime) = p.max_lifetime {
-            let (start, reason) = lifetime_condition(key, secs(max_lifetime))?;
-            since = since.max(start);
-            reasons.push(reason);
+            // A listing that left `expires_at` out says nothing about the key's end: neither a
+            // violation nor compliance (which would close an open finding, and let the next
+            // whole listing open a new one with a later deadline).
+            if key.expires_at.is_unknown() {
+                input_unknown = true;
+            } else {
+                let (start, reason) = lifetime_condition(key, secs(max_lifetime))?;
+                since = since.max(start);
+                reasons.push(reason);
+            }
         }
         Some(Listed {
             since,
             reasons,
-            use_unknown,
+            input_unknown,
         })
     }
 }
@@ -433,7 +441,7 @@ impl CompiledPolicy {
 struct Listed {
     since: i64,
     reasons: Vec<String>,
-    use_unknown: bool,
+    input_unknown: bool,
 }
 
 /// What one policy says of one key.

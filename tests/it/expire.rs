@@ -405,6 +405,23 @@ async fn an_expiry_the_listing_left_out_is_decided_by_the_re_read() {
     assert_nothing_deleted(&sim, &keys);
 }
 
+/// Expiries already set, then a listing that leaves `expires_at` out: the expiry each finding
+/// last saw stands, so nothing is planned again (no write, no cap slot, no re-read).
+#[tokio::test]
+async fn a_listing_without_expires_at_does_not_plan_expiries_already_set() {
+    let t = wall_now();
+    let (o, keys) = org(t);
+    let sim = start(o, |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = expire_sweeper(&sim, &dir.path().join("s.db"), "enforce");
+    first_expire_sweep(&s, &sim, &keys, t).await;
+    sim.faults()
+        .add(Fault::on_list_keys(PROJECT).respond(FaultKind::OmitExpiresAt));
+    let r = sweep(&s, t + DAY).await;
+    assert!(r.expiries.is_empty(), "{:?}", r.expiries);
+    assert_eq!(intents_for(&s, &keys.never), 1);
+}
+
 /// An exemption added after keysweep set an expiry, first seen by a dry-run sweep (which writes
 /// nothing): the finding closes there, and the restore it owes is kept, so the next enforce
 /// sweep moves the expiry back out. Before, only a failed restore was remembered: the key ended
@@ -721,6 +738,38 @@ async fn a_max_lifetime_policy_gives_every_key_without_an_expiry_one() {
     assert_eq!(intents_for(&s, &keys.fresh), 1);
     assert_nothing_deleted(&sim, &keys);
     assert_verifies(&s);
+}
+
+/// An open `max_lifetime` finding and a listing that leaves `expires_at` out: the answer says
+/// nothing about the key's end, so the finding stays as it was (before, it closed as "no longer
+/// violates", and the next whole listing opened a new one with a later deadline).
+#[tokio::test]
+async fn a_listing_without_expires_at_leaves_a_max_lifetime_finding_as_it_was() {
+    let t = wall_now();
+    let (o, keys) = org(t);
+    let sim = start(o, |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let tables = format!(
+        "[[policies]]\nname = \"lifetime\"\nmax_lifetime = \"90d\"\naction = \"expire\"\n\
+         warn_before = \"7d\"\nfinal_notice = \"1d\"\n{}",
+        safety("")
+    );
+    let s = sweeper(&config_text(
+        &sim,
+        &dir.path().join("s.db"),
+        "enforce",
+        &tables,
+    ));
+    sweep(&s, t).await;
+    let before = finding(&s, &keys.never, "lifetime");
+    assert!(before.stage.is_open());
+    sim.faults()
+        .add(Fault::on_list_keys(PROJECT).respond(FaultKind::OmitExpiresAt));
+    sweep(&s, t + DAY).await;
+    let after = finding(&s, &keys.never, "lifetime");
+    assert!(after.stage.is_open(), "{after:?}");
+    assert_eq!(after.detected_at, before.detected_at);
+    assert_eq!(after.deadline, before.deadline);
 }
 
 /// A key already older than `max_lifetime` can never end by its limit, which has passed: the
