@@ -101,16 +101,25 @@ async fn keep_promised_expiry(
     ctx: &Context,
     p: &PlannedRotation,
 ) -> Result<Option<RotationOutcome>, StateError> {
-    if ctx.mode != Mode::Enforce || ctx.kill_switch() || p.expires_at.is_unknown() {
+    // The plan's rails: a set-back counts against the caps and waits for a complete listing
+    // (`due` is false when they hold it back), and it is a write to a service account's key.
+    if !p.due
+        || ctx.mode != Mode::Enforce
+        || ctx.config.safety.service_account_keys != ServiceAccountKeys::Enforce
+        || ctx.kill_switch()
+        || p.expires_at.is_unknown()
+    {
         return Ok(None);
     }
     let id = &p.finding;
     let row = ctx.store.with_conn(|c| {
         rotations::latest_for_key(c, &id.organization, &id.project_id, &id.key_id)
     })?;
-    let Some(promised) = row
-        .filter(|r| r.status == "done")
-        .and_then(|r| r.old_expires_at)
+    // A rotation settled within the hour (its expiry just set, by this sweep's reconciliation
+    // perhaps) is not judged from a listing taken before that write.
+    let Some((row_id, promised)) = row
+        .filter(|r| r.status == "done" && ctx.now.saturating_sub(r.updated_at) >= 3600)
+        .and_then(|r| r.old_expires_at.map(|t| (r.id, t)))
     else {
         return Ok(None);
     };
@@ -137,7 +146,20 @@ async fn keep_promised_expiry(
     );
     Ok(Some(
         match writes::expire_old(ctx, client, at, current.expires_at, to).await? {
-            Ok(to) => RotationOutcome::OldExpirySetBack { to },
+            Ok(to) => {
+                // Past the promised time, the set-back ends the key later than promised: that is
+                // the time to keep from now on.
+                if to > promised {
+                    let u = rotations::RotationUpdate {
+                        status: "done",
+                        old_expires_at: Some(to),
+                        ..rotations::RotationUpdate::default()
+                    };
+                    ctx.store
+                        .tx(|tx| rotations::update(tx, row_id, &u, writes::wall_now()))?;
+                }
+                RotationOutcome::OldExpirySetBack { to }
+            }
             Err(error) => RotationOutcome::OldExpiryFailed { error },
         },
     ))

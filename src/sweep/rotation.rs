@@ -68,7 +68,7 @@ impl Sweeper {
             // A key whose rotation is unfinished counts too: reconciliation may settle it
             // in this sweep's rotation phase, which then rotates it afresh, and that new
             // rotation must meet the caps and the incomplete listing like any other.
-            if !self.rotation_done(&p.finding)? {
+            if self.rotation_writes(&p.finding, f)? {
                 due.push((p, f));
             }
         }
@@ -90,15 +90,22 @@ impl Sweeper {
         Ok(())
     }
 
-    /// Whether the key of `id` was rotated already (its latest rotation is done).
-    fn rotation_done(&self, id: &FindingId) -> Result<bool, SweepError> {
+    /// Whether the rotation phase may write for the key of finding `f`: unless its latest
+    /// rotation is done and the old key still ends by the time that rotation promised (a
+    /// finished rotation whose expiry was moved off is set back: a write like any other).
+    fn rotation_writes(&self, id: &FindingId, f: &Finding) -> Result<bool, SweepError> {
         let Some(store) = self.store() else {
-            return Ok(false);
+            return Ok(true);
         };
         let latest = store.with_conn(|c| {
             rotations::latest_for_key(c, &id.organization, &id.project_id, &id.key_id)
         })?;
-        Ok(latest.is_some_and(|r| r.status == "done"))
+        Ok(match latest {
+            Some(r) if r.status == "done" => r
+                .old_expires_at
+                .is_some_and(|to| !f.expires_at.is_unknown() && !f.expires_at.ends_by(to)),
+            _ => true,
+        })
     }
 }
 
