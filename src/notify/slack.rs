@@ -30,7 +30,7 @@ pub(super) fn secrets(url: &str) -> Vec<&str> {
     if let Some(path) = path.filter(|p| p.len() > 1) {
         out.push(path);
         // A token is long; a short last segment ("/x") would scrub ordinary words.
-        if let Some(last) = path.rsplit('/').find(|s| s.len() >= 8) {
+        if let Some(last) = path.rsplit('/').next().filter(|s| s.len() >= 8) {
             out.push(last);
         }
     }

@@ -437,6 +437,10 @@ pub fn head(conn: &Connection) -> Result<Option<AuditEntry>, StateError> {
 /// The chain and `sqlite_sequence` are read in one read transaction: a sweep appending while
 /// `audit verify` runs must not make the log's end look cut off.
 pub fn verify(conn: &Connection) -> Result<VerifyReport, AuditError> {
+    // A caller inside a transaction already reads one snapshot (and cannot open another).
+    if !conn.is_autocommit() {
+        return verify_in(conn);
+    }
     let snapshot = conn.unchecked_transaction()?;
     let report = verify_in(&snapshot);
     // Read-only: ending the transaction cannot lose anything, and the report is what counts.
