@@ -70,10 +70,10 @@ pub fn set_due(f: &Finding, key: &Key, now: i64) -> Option<SetExpiry> {
     // A listing without `expires_at` says nothing new: the expiry the finding last saw decides
     // (a key keysweep already set is not written again, nor does it take a cap slot); never
     // seen at all, the write is planned and the re-read before it decides.
-    let current = if key.expires_at.is_unknown() {
-        f.expires_at
-    } else {
-        key.expires_at
+    // A last-seen expiry already past proves nothing (the key is still listed): re-read.
+    let current = match (key.expires_at, f.expires_at.at()) {
+        (Expiry::Unknown, Some(at)) if at > now => f.expires_at,
+        (listed, _) => listed,
     };
     match current {
         e if e.ends_by(to) => None,

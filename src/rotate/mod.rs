@@ -139,6 +139,11 @@ async fn keep_promised_expiry(
             .api_now_secs()
             .saturating_add(reconcile::LATE_EXPIRY_MARGIN),
     );
+    // Ending by the soonest time keysweep could set (the promise passed or is minutes away):
+    // nothing to set back, and nothing to tell.
+    if current.expires_at.ends_by(to) {
+        return Ok(None);
+    }
     let at = (
         id.organization.as_str(),
         id.project_id.as_str(),

@@ -278,6 +278,21 @@ async fn settle_delivered(
         Err(_) => return Ok(None),
     };
     old.organization.clone_from(&row.organization);
+    // The old key ends only while its successor lives: a new key deleted since (a person's
+    // other answer to an interrupted hand-over, given after `rotation confirm`) would leave the
+    // service with no working key.
+    if let Some(new_id) = row.new_key_id.as_deref() {
+        match client.retrieve_key(&row.project_id, new_id).await {
+            Ok(Some(_)) => {}
+            Ok(None) | Err(OpenAiError::KeyEnded { .. }) => {
+                let why = "the new key is gone before the old key's expiry was set; the old key \
+                           is left as it is";
+                abandon(ctx, row, why, json!({ "new_key_id": new_id }))?;
+                return Ok(None);
+            }
+            Err(_) => return Ok(None),
+        }
+    }
     let meta = KeyMeta {
         organization: row.organization.clone(),
         project_id: row.project_id.clone(),

@@ -186,8 +186,9 @@ impl RotationResult {
             RotationOutcome::AwaitingConfirmation { new_key_id, sink } => format!(
                 "a crash interrupted handing new key {new_key_id} to sink {sink:?}: a person must \
                  confirm whether the sink holds it; the old key is untouched and no further key \
-                 is minted for this service account until key {new_key_id} is gone (delete it to \
-                 have keysweep rotate again)"
+                 is minted for this service account until a person answers: `keysweep rotation \
+                 confirm {new_key_id}` if the sink holds it (the old key then expires after the \
+                 overlap), else delete key {new_key_id} to have keysweep rotate again"
             ),
             RotationOutcome::OrphanDeleted { keys } => format!(
                 "key(s) {} minted by an interrupted rotation and never handed to a sink were \

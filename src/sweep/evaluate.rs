@@ -140,7 +140,7 @@ impl Evaluator {
                 // closed.
                 if let Some((i, f)) = before {
                     step.touched.push(i);
-                    undecided_ending |= wants_the_key_to_end(f);
+                    undecided_ending |= holds_the_expiry(f, key.expires_at);
                 }
                 continue;
             }
@@ -167,8 +167,9 @@ impl Evaluator {
             step.transitions.push((before.map(|(_, f)| f.stage), t));
         }
         let ending = undecided_ending
-            || (step.transitions[first_transition..].iter())
-                .any(|(_, t)| t.next.as_ref().is_some_and(wants_the_key_to_end));
+            || (step.transitions[first_transition..].iter()).any(|(_, t)| {
+                (t.next.as_ref()).is_some_and(|f| holds_the_expiry(f, key.expires_at))
+            });
         if !ending {
             self.plan_restores(restores, step);
         }
@@ -298,16 +299,17 @@ impl Evaluator {
     }
 }
 
-/// Whether an open finding holds on to the expiry keysweep set on its key: an `expire` finding
-/// the organisation's expiry policy did not refuse, which recorded that expiry as its own
-/// (`expiry.set`), so that its own withdrawal later moves the expiry back out. One that did
-/// not (opened after the expiry was in place, a rotation) holds nothing: a restore waiting on
-/// it would never be made, and it sets its own expiry at the next sweep if it needs one.
-fn wants_the_key_to_end(f: &Finding) -> bool {
+/// Whether an open finding holds on to the expiry the key has now (`current`): an `expire`
+/// finding the organisation's expiry policy did not refuse, which recorded that very expiry as
+/// its own (`expiry.set`), so that its own withdrawal later moves it back out. One that did not
+/// (opened after the expiry was in place, a rotation, one whose own expiry a later, earlier one
+/// replaced) holds nothing: a restore waiting on it would never be made, and it sets its own
+/// expiry at the next sweep if it needs one.
+fn holds_the_expiry(f: &Finding, current: Expiry) -> bool {
     f.stage.is_open()
         && f.action == Action::Expire
         && f.expiry.refused.is_none()
-        && f.expiry.set.is_some()
+        && (f.expiry.set).is_some_and(|s| crate::inventory::expiry_matches(current, s.to))
 }
 
 /// What the sweep tells the lifecycle about (`key`, `policy`): the key's end first (an expired

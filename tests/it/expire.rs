@@ -376,6 +376,35 @@ async fn a_restore_is_not_held_back_by_a_finding_that_set_no_expiry() {
     assert_nothing_deleted(&sim, &keys);
 }
 
+/// Policy B set the key's expiry; policy A, with an earlier deadline, then set an earlier one
+/// (B's expiry is A's "previous"). A is removed: B no longer holds the expiry the key has, so
+/// A's restore goes ahead, back to B's expiry, instead of leaving the key to end at A's.
+#[tokio::test]
+async fn a_restore_goes_back_to_the_expiry_another_finding_set() {
+    let t = wall_now();
+    let (o, keys) = org(t);
+    let sim = start(o, |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let b = "[[policies]]\nname = \"idle-30d\"\nmax_idle = \"30d\"\naction = \"expire\"\n\
+             warn_before = \"14d\"\nfinal_notice = \"1d\"\n";
+    let only_b = format!("{b}{}", safety(""));
+    let s1 = sweeper(&config_text(&sim, &db, "enforce", &only_b));
+    sweep(&s1, t).await;
+    let tb = expires_at(&sim, &keys.never).unwrap();
+    assert!(lands_on(tb, t + 14 * DAY), "{tb}");
+    let both = format!("{b}{}{}", expire_policy(), safety(""));
+    let s2 = sweeper(&config_text(&sim, &db, "enforce", &both));
+    sweep(&s2, t + DAY).await;
+    let ta = expires_at(&sim, &keys.never).unwrap();
+    assert!(lands_on(ta, t + 8 * DAY), "{ta}");
+    let s3 = sweeper(&config_text(&sim, &db, "enforce", &only_b));
+    sweep(&s3, t + 2 * DAY).await;
+    let at = expires_at(&sim, &keys.never).unwrap();
+    assert!((at - tb).abs() <= 120, "{at}: B set {tb}, A set {ta}");
+    assert_nothing_deleted(&sim, &keys);
+}
+
 /// A listing that leaves `expires_at` out plans the expiry all the same, and the re-read before
 /// the write decides: here it gives the key's real expiry (never), so the deadline is set, as
 /// the notices promised. A re-read that leaves it out too writes nothing and says why.
@@ -420,6 +449,26 @@ async fn a_listing_without_expires_at_does_not_plan_expiries_already_set() {
     let r = sweep(&s, t + DAY).await;
     assert!(r.expiries.is_empty(), "{:?}", r.expiries);
     assert_eq!(intents_for(&s, &keys.never), 1);
+}
+
+/// The last-seen expiry stands in for a listing without `expires_at` only while it is ahead:
+/// once it has passed and the key is still listed, the owner may have removed it, so the write
+/// is planned and the re-read decides (here: removed, so it is set again).
+#[tokio::test]
+async fn a_last_seen_expiry_that_has_passed_does_not_stand_in_for_the_listing() {
+    let t = wall_now();
+    let (o, keys) = org(t);
+    let sim = start(o, |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = expire_sweeper(&sim, &dir.path().join("s.db"), "enforce");
+    first_expire_sweep(&s, &sim, &keys, t).await;
+    sim.set_expires_at(PROJECT, &keys.never, None).unwrap();
+    sim.faults()
+        .add(Fault::on_list_keys(PROJECT).respond(FaultKind::OmitExpiresAt));
+    let now = t + 8 * DAY;
+    sweep(&s, now).await;
+    let at = expires_at(&sim, &keys.never).expect("the removed expiry was not set again");
+    assert!(lands_on(at, now + 3600), "{at}");
 }
 
 /// An exemption added after keysweep set an expiry, first seen by a dry-run sweep (which writes

@@ -560,18 +560,15 @@ async fn a_sigkill_while_the_sink_runs_leaves_the_new_key_for_a_person_and_mints
     w.assert_state_clean(&secret);
 }
 
-/// A crash while the sink ran, and a person confirms that the sink holds the new key
-/// (`rotation confirm`): the next run sets the old key's expiry at the end of the overlap from
-/// the confirmation, keeps the new key and mints nothing more.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_person_confirms_an_interrupted_hand_over_and_the_old_key_then_expires() {
-    let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("slow-store.sh");
+/// A run killed while its exec sink holds the new key: the row stays `minted`. Returns the
+/// world, the new key's id and the secret the sink got.
+async fn interrupted_hand_over(dir: &std::path::Path) -> (World, String, String) {
+    let script = dir.join("slow-store.sh");
     std::fs::write(
         &script,
         format!(
             "#!/bin/sh\necho $$ > {d}/pid\nread -r k\nprintf '%s' \"$k\" > {d}/got\nexec sleep 60\n",
-            d = dir.path().display()
+            d = dir.display()
         ),
     )
     .unwrap();
@@ -584,31 +581,45 @@ async fn a_person_confirms_an_interrupted_hand_over_and_the_old_key_then_expires
     let w = world(&sink, SCOPES, ENFORCE_SA).await;
     first_warning(&w).await;
     let mut child = w.cmd(due(&w)).spawn().unwrap();
-    let got = dir.path().join("got");
+    let got = dir.join("got");
     eventually("the sink to get the key", || got.exists()).await;
     child.start_kill().unwrap();
     let _ = tokio::time::timeout(PATIENCE, child.wait()).await.unwrap();
-    let pid = std::fs::read_to_string(dir.path().join("pid")).unwrap();
+    let pid = std::fs::read_to_string(dir.join("pid")).unwrap();
     let _ = std::process::Command::new("kill")
         .args(["-KILL", pid.trim()])
         .status();
     let secret = std::fs::read_to_string(&got).unwrap();
     let new = w.rotation_rows()[0].new_key_id.clone().unwrap();
     assert_eq!(w.rotation_rows()[0].status, "minted");
+    (w, new, secret)
+}
 
-    let before = unix_now();
+/// `keysweep rotation confirm NEW_KEY_ID` as a process: its output and status.
+async fn confirm(w: &World, new_key_id: &str) -> std::process::Output {
     let mut c = keysweep(
         &[
             "--config",
             w.config.to_str().unwrap(),
             "rotation",
             "confirm",
-            &new,
+            new_key_id,
         ],
         &[(KEY_ENV, ADMIN_KEY)],
     );
     c.envs(w.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    let confirmed = output(c).await;
+    output(c).await
+}
+
+/// A crash while the sink ran, and a person confirms that the sink holds the new key
+/// (`rotation confirm`): the next run sets the old key's expiry at the end of the overlap from
+/// the confirmation, keeps the new key and mints nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_confirms_an_interrupted_hand_over_and_the_old_key_then_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let (w, new, secret) = interrupted_hand_over(dir.path()).await;
+    let before = unix_now();
+    let confirmed = confirm(&w, &new).await;
     let text = combined(&confirmed);
     assert!(confirmed.status.success(), "{text}");
     assert!(text.contains("confirmed"), "{text}");
@@ -634,6 +645,27 @@ async fn a_person_confirms_an_interrupted_hand_over_and_the_old_key_then_expires
     assert_no_secret("keysweep output", &out, &[secret.as_str()]);
     assert_no_secret("confirm output", &text, &[secret.as_str()]);
     w.assert_state_clean(&secret);
+}
+
+/// Both answers given: someone deleted the new key, someone else confirmed it. The old key is
+/// the only one left working, so it gets no expiry: the rotation is abandoned instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confirmed_key_deleted_since_leaves_the_old_key_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let (w, new, _secret) = interrupted_hand_over(dir.path()).await;
+    w.sim.remove_key(PROJECT, &new).unwrap();
+    assert!(confirm(&w, &new).await.status.success());
+    // No fresh rotation in this run (the caps allow no write): only the settling is seen.
+    let text = std::fs::read_to_string(&w.config).unwrap();
+    let capped = text.replace(
+        "max_revocations_per_run = 100",
+        "max_revocations_per_run = 0",
+    );
+    assert_ne!(text, capped);
+    std::fs::write(&w.config, capped).unwrap();
+    let out = w.run(due(&w) + 600).await;
+    assert_eq!(w.sim.key(PROJECT, OLD).unwrap().expires_at, None, "{out}");
+    assert_eq!(w.rotation_rows()[0].status, "abandoned", "{out}");
 }
 
 /// A mint answered with a 503 after it took effect (the client does not re-send a mint): the

@@ -261,6 +261,9 @@ async fn an_old_key_expiry_removed_after_its_rotation_is_set_back() {
     );
     assert!(out.contains("set back"), "no alert:\n{out}");
     assert_eq!(w.mints(), 1, "{out}");
+    // In place again: the next sweep sets nothing back.
+    let out = w.run(due(&w) + 1200).await;
+    assert!(!out.contains("set back"), "{out}");
 }
 
 /// The old key's expiry is set, then its answer never comes and the run is killed: the intent
