@@ -164,6 +164,17 @@ request_timeout = "2s"
 }
 
 /// A sweeper in `mode` with the `expire` policy and caps lifted (the usual setup here).
+/// An enforce sweeper with one `max_lifetime = "90d"` expire policy (`lifetime`), its state in
+/// `dir`, and `safety_extra` in `[safety]`.
+fn lifetime_sweeper(sim: &SimServer, dir: &std::path::Path, safety_extra: &str) -> Sweeper {
+    let tables = format!(
+        "[[policies]]\nname = \"lifetime\"\nmax_lifetime = \"90d\"\naction = \"expire\"\n\
+         warn_before = \"7d\"\nfinal_notice = \"1d\"\n{}",
+        safety(safety_extra)
+    );
+    sweeper(&config_text(sim, &dir.join("s.db"), "enforce", &tables))
+}
+
 fn expire_sweeper(sim: &SimServer, db: &std::path::Path, mode: &str) -> Sweeper {
     let tables = format!("{}{}", expire_policy(), safety(""));
     sweeper(&config_text(sim, db, mode, &tables))
@@ -758,17 +769,7 @@ async fn a_max_lifetime_policy_gives_every_key_without_an_expiry_one() {
     let (o, keys) = org(t);
     let sim = start(o, |_| {}).await;
     let dir = tempfile::tempdir().unwrap();
-    let tables = format!(
-        "[[policies]]\nname = \"lifetime\"\nmax_lifetime = \"90d\"\naction = \"expire\"\n\
-         warn_before = \"7d\"\nfinal_notice = \"1d\"\n{}",
-        safety("service_account_keys = \"enforce\"")
-    );
-    let s = sweeper(&config_text(
-        &sim,
-        &dir.path().join("s.db"),
-        "enforce",
-        &tables,
-    ));
+    let s = lifetime_sweeper(&sim, dir.path(), "service_account_keys = \"enforce\"");
     sweep(&s, t).await;
     // Old keys get their warning period; the new key its 90 days from creation.
     for k in [&keys.never, &keys.later, &keys.sa_old] {
@@ -798,17 +799,7 @@ async fn a_listing_without_expires_at_leaves_a_max_lifetime_finding_as_it_was() 
     let (o, keys) = org(t);
     let sim = start(o, |_| {}).await;
     let dir = tempfile::tempdir().unwrap();
-    let tables = format!(
-        "[[policies]]\nname = \"lifetime\"\nmax_lifetime = \"90d\"\naction = \"expire\"\n\
-         warn_before = \"7d\"\nfinal_notice = \"1d\"\n{}",
-        safety("")
-    );
-    let s = sweeper(&config_text(
-        &sim,
-        &dir.path().join("s.db"),
-        "enforce",
-        &tables,
-    ));
+    let s = lifetime_sweeper(&sim, dir.path(), "");
     sweep(&s, t).await;
     let before = finding(&s, &keys.never, "lifetime");
     assert!(before.stage.is_open());
@@ -830,17 +821,7 @@ async fn an_old_keys_expiry_under_max_lifetime_stays_until_it_ends() {
     let (o, keys) = org(t);
     let sim = start(o, |_| {}).await;
     let dir = tempfile::tempdir().unwrap();
-    let tables = format!(
-        "[[policies]]\nname = \"lifetime\"\nmax_lifetime = \"90d\"\naction = \"expire\"\n\
-         warn_before = \"7d\"\nfinal_notice = \"1d\"\n{}",
-        safety("service_account_keys = \"enforce\"")
-    );
-    let s = sweeper(&config_text(
-        &sim,
-        &dir.path().join("s.db"),
-        "enforce",
-        &tables,
-    ));
+    let s = lifetime_sweeper(&sim, dir.path(), "service_account_keys = \"enforce\"");
     sweep(&s, t).await;
     let set = expires_at(&sim, &keys.never).unwrap();
     assert!(lands_on(set, t + 7 * DAY), "{set}");

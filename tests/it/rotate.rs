@@ -180,6 +180,20 @@ impl World {
         text
     }
 
+    /// Rewrites the configuration's `max_revocations_per_run` (100 in [`world`]) to `cap`.
+    pub(crate) fn cap_writes_per_run(&self, cap: u32) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let key = "max_revocations_per_run = ";
+        let lines: Vec<String> = (text.lines())
+            .map(|l| match l.starts_with(key) {
+                true => format!("{key}{cap}"),
+                false => l.to_string(),
+            })
+            .collect();
+        assert!(text.lines().any(|l| l.starts_with(key)), "{text}");
+        std::fs::write(&self.config, lines.join("\n") + "\n").unwrap();
+    }
+
     pub(crate) fn sink_file(&self) -> PathBuf {
         self.dir.path().join(format!("{PROJECT}-{SA}.key"))
     }
@@ -474,43 +488,12 @@ async fn a_sigkill_while_the_mints_answer_is_lost_leaves_an_orphan_that_the_next
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigkill_while_the_sink_runs_leaves_the_new_key_for_a_person_and_mints_no_other() {
     let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("slow-store.sh");
-    // Takes the key, then hangs (as a slow secret store would) until the test ends it.
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\necho $$ > {d}/pid\nread -r k\nprintf '%s' \"$k\" > {d}/got\nexec sleep 60\n",
-            d = dir.path().display()
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let sink = format!(
-        "type = \"exec\"\ncommand = [{:?}]\ntimeout = \"90s\"\n",
-        script.display().to_string()
-    );
-    let w = world(&sink, SCOPES, ENFORCE_SA).await;
-    first_warning(&w).await;
-
-    let mut child = w.cmd(due(&w)).spawn().unwrap();
-    let got = dir.path().join("got");
-    eventually("the sink to get the key", || got.exists()).await;
-    child.start_kill().unwrap();
-    let _ = tokio::time::timeout(PATIENCE, child.wait()).await.unwrap();
-    let pid = std::fs::read_to_string(dir.path().join("pid")).unwrap();
-    let _ = std::process::Command::new("kill")
-        .args(["-KILL", pid.trim()])
-        .status();
-    let secret = std::fs::read_to_string(&got).unwrap();
-    let new: Vec<String> = w
-        .sa_keys()
-        .into_iter()
-        .map(|k| k.id)
-        .filter(|k| k != OLD)
-        .collect();
-    assert_eq!(new.len(), 1);
-    assert_eq!(w.rotation_rows()[0].status, "minted");
+    // The sink takes the key, then hangs (as a slow secret store would) until it is killed.
+    let (w, new, secret) = interrupted_hand_over(dir.path()).await;
+    let new = [new];
+    let ids: Vec<String> = w.sa_keys().into_iter().map(|k| k.id).collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert!(ids.contains(&new[0]), "{ids:?}");
 
     // The next run: the new key stays (someone may have it), the old one is untouched, a person
     // is asked to confirm, and no further key is minted for the account.
@@ -522,18 +505,7 @@ async fn a_sigkill_while_the_sink_runs_leaves_the_new_key_for_a_person_and_mints
     assert_no_secret("keysweep output", &out, &[secret.as_str()]);
 
     // `rotation confirm` of another key is refused, naming it.
-    let mut confirm = keysweep(
-        &[
-            "--config",
-            w.config.to_str().unwrap(),
-            "rotation",
-            "confirm",
-            OLD,
-        ],
-        &[(KEY_ENV, ADMIN_KEY)],
-    );
-    confirm.envs(w.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    let refused = output(confirm).await;
+    let refused = confirm(&w, OLD).await;
     assert_eq!(refused.status.code(), Some(2), "{}", combined(&refused));
     assert_eq!(w.rotation_rows()[0].status, "minted");
 
@@ -656,13 +628,7 @@ async fn a_confirmed_key_deleted_since_leaves_the_old_key_working() {
     w.sim.remove_key(PROJECT, &new).unwrap();
     assert!(confirm(&w, &new).await.status.success());
     // No fresh rotation in this run (the caps allow no write): only the settling is seen.
-    let text = std::fs::read_to_string(&w.config).unwrap();
-    let capped = text.replace(
-        "max_revocations_per_run = 100",
-        "max_revocations_per_run = 0",
-    );
-    assert_ne!(text, capped);
-    std::fs::write(&w.config, capped).unwrap();
+    w.cap_writes_per_run(0);
     let out = w.run(due(&w) + 600).await;
     assert_eq!(w.sim.key(PROJECT, OLD).unwrap().expires_at, None, "{out}");
     assert_eq!(w.rotation_rows()[0].status, "abandoned", "{out}");
@@ -815,13 +781,7 @@ async fn a_settled_rotation_starts_afresh_only_within_the_caps() {
     let dir = tempfile::tempdir().unwrap();
     let (w, stranded, first) = stranded_by_a_failed_cleanup(dir.path()).await;
     write_store_script(&dir.path().join("store-key.sh"), dir.path(), 0, "second");
-    let text = std::fs::read_to_string(&w.config).unwrap();
-    let capped = text.replace(
-        "max_revocations_per_run = 100",
-        "max_revocations_per_run = 0",
-    );
-    assert_ne!(text, capped);
-    std::fs::write(&w.config, capped).unwrap();
+    w.cap_writes_per_run(0);
     let out = w.run(due(&w) + 600).await;
     assert!(
         w.sim.key(PROJECT, &stranded).is_none(),

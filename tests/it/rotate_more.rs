@@ -238,20 +238,14 @@ async fn an_old_key_expiry_removed_after_its_rotation_is_set_back() {
     assert_eq!(w.rotation_rows()[0].status, "done", "{out}");
     let promised = w.rotation_rows()[0].old_expires_at.unwrap();
     w.sim.set_expires_at(PROJECT, OLD, None).unwrap();
-    let text = std::fs::read_to_string(&w.config).unwrap();
-    let capped = text.replace(
-        "max_revocations_per_run = 100",
-        "max_revocations_per_run = 0",
-    );
-    assert_ne!(text, capped);
-    std::fs::write(&w.config, &capped).unwrap();
+    w.cap_writes_per_run(0);
     let out = w.run(due(&w) + 600).await;
     assert_eq!(
         w.sim.key(PROJECT, OLD).unwrap().expires_at,
         None,
         "past the cap:\n{out}"
     );
-    std::fs::write(&w.config, &text).unwrap();
+    w.cap_writes_per_run(100);
     let out = w.run(due(&w) + 900).await;
     let at = w.sim.key(PROJECT, OLD).unwrap().expires_at;
     let at = at.expect("the old key's expiry was not set back");
