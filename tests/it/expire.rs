@@ -164,6 +164,14 @@ request_timeout = "2s"
 }
 
 /// A sweeper in `mode` with the `expire` policy and caps lifted (the usual setup here).
+/// The `idle-30d` policy: `max_idle = "30d"`, `action = "expire"`, `warn_before` as given.
+fn idle_policy(warn_before: &str) -> String {
+    format!(
+        "[[policies]]\nname = \"idle-30d\"\nmax_idle = \"30d\"\naction = \"expire\"\n\
+         warn_before = \"{warn_before}\"\nfinal_notice = \"1d\"\n"
+    )
+}
+
 /// An enforce sweeper with one `max_lifetime = "90d"` expire policy (`lifetime`), its state in
 /// `dir`, and `safety_extra` in `[safety]`.
 fn lifetime_sweeper(sim: &SimServer, dir: &std::path::Path, safety_extra: &str) -> Sweeper {
@@ -327,12 +335,7 @@ async fn an_expiry_two_findings_share_stays_while_one_of_them_is_open() {
     let (o, keys) = org(t);
     let sim = start(o, |_| {}).await;
     let dir = tempfile::tempdir().unwrap();
-    let tables = format!(
-        "{}[[policies]]\nname = \"idle-30d\"\nmax_idle = \"30d\"\naction = \"expire\"\n\
-         warn_before = \"7d\"\nfinal_notice = \"1d\"\n{}",
-        expire_policy(),
-        safety("")
-    );
+    let tables = format!("{}{}{}", expire_policy(), idle_policy("7d"), safety(""));
     let s = sweeper(&config_text(
         &sim,
         &dir.path().join("s.db"),
@@ -362,8 +365,7 @@ async fn a_restore_is_not_held_back_by_a_finding_that_set_no_expiry() {
     let sim = start(o, |_| {}).await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("s.db");
-    let idle = "[[policies]]\nname = \"idle-30d\"\nmax_idle = \"30d\"\naction = \"expire\"\n\
-                warn_before = \"7d\"\nfinal_notice = \"1d\"\n";
+    let idle = idle_policy("7d");
     let s1 = expire_sweeper(&sim, &db, "enforce");
     sweep(&s1, t).await;
     let d1 = expires_at(&sim, &keys.never).unwrap();
@@ -397,8 +399,7 @@ async fn a_restore_goes_back_to_the_expiry_another_finding_set() {
     let sim = start(o, |_| {}).await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("s.db");
-    let b = "[[policies]]\nname = \"idle-30d\"\nmax_idle = \"30d\"\naction = \"expire\"\n\
-             warn_before = \"14d\"\nfinal_notice = \"1d\"\n";
+    let b = idle_policy("14d");
     let only_b = format!("{b}{}", safety(""));
     let s1 = sweeper(&config_text(&sim, &db, "enforce", &only_b));
     sweep(&s1, t).await;
