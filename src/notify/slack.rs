@@ -30,7 +30,8 @@ pub(super) fn secrets(url: &str) -> Vec<&str> {
     if let Some(path) = path.filter(|p| p.len() > 1) {
         out.push(path);
         // A token is long; a short last segment ("/x") would scrub ordinary words.
-        if let Some(last) = path.rsplit('/').next().filter(|s| s.len() >= 8) {
+        let token = path.trim_end_matches('/').rsplit('/').next();
+        if let Some(last) = token.filter(|s| s.len() >= 8) {
             out.push(last);
         }
     }
@@ -47,5 +48,8 @@ mod tests {
         let clean = crate::notify::scrub(echoed, &super::secrets(url));
         assert!(!clean.contains("slackTOKEN"), "{clean}");
         assert!(clean.contains("Cannot POST"), "{clean}");
+        // A URL written with a trailing slash: its token is still the secret.
+        let clean = crate::notify::scrub(echoed, &super::secrets(&format!("{url}/")));
+        assert!(!clean.contains("slackTOKEN"), "{clean}");
     }
 }
