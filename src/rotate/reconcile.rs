@@ -46,8 +46,10 @@ pub(super) const LATE_EXPIRY_MARGIN: i64 = 900;
 /// Settles every unfinished rotation of the organisations this sweep covers.
 pub(super) async fn reconcile(ctx: &Context) -> Result<Vec<RotationResult>, StateError> {
     let mut out = Vec::new();
+    // Read once for every organisation: it walks the whole log's intents and outcomes.
+    let interrupted = ctx.store.with_conn(audit::unmatched_intents)?;
     for client in &ctx.clients {
-        answer_interrupted(ctx, client).await?;
+        answer_interrupted(ctx, client, &interrupted).await?;
         let rows = ctx
             .store
             .with_conn(|c| rotations::unsettled(c, client.org_name()))?;
@@ -78,8 +80,11 @@ pub(super) async fn reconcile(ctx: &Context) -> Result<Vec<RotationResult>, Stat
 /// audit log never says whether keysweep's own write happened (a minted key then reads as
 /// "gone", as if a person had removed it). The mint's own intent is answered by its row.
 /// A read that fails leaves the intent for a later sweep.
-async fn answer_interrupted(ctx: &Context, client: &AdminClient) -> Result<(), StateError> {
-    let pending = ctx.store.with_conn(audit::unmatched_intents)?;
+async fn answer_interrupted(
+    ctx: &Context,
+    client: &AdminClient,
+    pending: &[audit::AuditRow],
+) -> Result<(), StateError> {
     for row in pending {
         let r = &row.record;
         let (Some(org), Some(project), Some(key_id)) = (&r.organization, &r.project_id, &r.key_id)
