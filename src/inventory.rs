@@ -143,6 +143,12 @@ impl Expiry {
         self.at()
             .is_some_and(|at| at <= deadline.saturating_add(EXPIRY_TOLERANCE))
     }
+
+    /// Whether the key is known to outlive `deadline`: it never ends, or ends later. Unknown is
+    /// neither this nor [`Expiry::ends_by`]: it is never a reason to write.
+    pub fn outlives(self, deadline: i64) -> bool {
+        !self.is_unknown() && !self.ends_by(deadline)
+    }
 }
 
 /// How far apart two expiries may be and still count as the same (seconds). The server computes

@@ -107,7 +107,6 @@ async fn keep_promised_expiry(
         || ctx.mode != Mode::Enforce
         || ctx.config.safety.service_account_keys != ServiceAccountKeys::Enforce
         || ctx.kill_switch()
-        || p.expires_at.is_unknown()
     {
         return Ok(None);
     }
@@ -123,22 +122,18 @@ async fn keep_promised_expiry(
     else {
         return Ok(None);
     };
-    if p.expires_at.ends_by(promised) {
+    if !p.expires_at.outlives(promised) {
         return Ok(None);
     }
     let Some(client) = ctx.client(&id.organization) else {
         return Ok(None);
     };
     let current = match client.retrieve_key(&id.project_id, &id.key_id).await {
-        Ok(Some(k)) if !k.expires_at.is_unknown() && !k.expires_at.ends_by(promised) => k,
+        Ok(Some(k)) if k.expires_at.outlives(promised) => k,
         // Gone, ended, back in place, unknown or unreadable: nothing to set back now.
         _ => return Ok(None),
     };
-    let to = promised.max(
-        client
-            .api_now_secs()
-            .saturating_add(reconcile::LATE_EXPIRY_MARGIN),
-    );
+    let to = reconcile::owed_target(client, Some(promised));
     // Ending by the soonest time keysweep could set (the promise passed or is minutes away):
     // nothing to set back, and nothing to tell.
     if current.expires_at.ends_by(to) {

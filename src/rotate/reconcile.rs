@@ -41,7 +41,16 @@ pub(super) enum Search {
 
 /// How far ahead an owed old-key expiry whose promised time has passed is set: enough for a
 /// clock that differs from the API's by minutes, and no longer than it takes.
-pub(super) const LATE_EXPIRY_MARGIN: i64 = 900;
+const LATE_EXPIRY_MARGIN: i64 = 900;
+
+/// Where an old key's owed expiry is set: the time its rotation `promised`, or, once that has
+/// passed (keysweep down, the kill switch on, an API outage longer than the overlap), as soon
+/// as it can be on the API's clock. A target in the past is never sent (`ExpiryPassed`), so
+/// the old key would live on.
+pub(super) fn owed_target(client: &AdminClient, promised: Option<i64>) -> i64 {
+    let soonest = client.api_now_secs().saturating_add(LATE_EXPIRY_MARGIN);
+    promised.map_or(soonest, |t| t.max(soonest))
+}
 
 /// Settles every unfinished rotation of the organisations this sweep covers.
 pub(super) async fn reconcile(ctx: &Context) -> Result<Vec<RotationResult>, StateError> {
@@ -308,11 +317,7 @@ async fn settle_delivered(
         old_key_id: row.old_key_id.clone(),
         expires_at: None,
     };
-    // The promised time may have passed while the expiry was owed (keysweep down, the kill
-    // switch on, an API outage longer than the overlap): a target in the past is never sent
-    // (`ExpiryPassed`), so the old key would live on. It ends as soon as it can instead.
-    let soonest = client.api_now_secs().saturating_add(LATE_EXPIRY_MARGIN);
-    let to = row.old_expires_at.map_or(soonest, |t| t.max(soonest));
+    let to = owed_target(client, row.old_expires_at);
     let sink = ctx
         .config
         .rotation(&row.policy)

@@ -101,9 +101,9 @@ impl Sweeper {
             rotations::latest_for_key(c, &id.organization, &id.project_id, &id.key_id)
         })?;
         Ok(match latest {
-            Some(r) if r.status == "done" => r
-                .old_expires_at
-                .is_some_and(|to| !f.expires_at.is_unknown() && !f.expires_at.ends_by(to)),
+            Some(r) if r.status == "done" => {
+                r.old_expires_at.is_some_and(|to| f.expires_at.outlives(to))
+            }
             _ => true,
         })
     }
