@@ -364,11 +364,10 @@ impl AdminClient {
     /// key that still exists would let it escape its deadline. Otherwise, and when the read
     /// fails, it is a plain not-found failure: nothing was written, and the finding stays.
     async fn confirm_ended(&self, project_id: &str, key_id: &str, ended: Error) -> Error {
-        let now = self.transport().api_now();
-        let past = |at: i64| expires_in_seconds(at, now).is_none();
+        let now = self.api_now_secs();
         match self.retrieve_key(project_id, key_id).await {
             Ok(None) | Err(Error::KeyEnded { .. }) => ended,
-            Ok(Some(k)) if k.expires_at.at().is_some_and(past) => ended,
+            Ok(Some(k)) if k.expires_at.is_expired(now) => ended,
             _ => ended.into_not_found(),
         }
     }

@@ -37,14 +37,12 @@ pub fn confirm(
         let Some(row) = rotations::awaiting_confirmation(tx, new_key_id)? else {
             return Ok(None);
         };
-        let overlap = config.rotation(&row.policy).map_or(DEFAULT_OVERLAP, |r| {
+        let rot = config.rotation(&row.policy);
+        let overlap = rot.map_or(DEFAULT_OVERLAP, |r| {
             i64::try_from(r.overlap.as_secs()).unwrap_or(i64::MAX)
         });
         let old_expires_at = now.saturating_add(overlap);
-        let sink = config
-            .rotation(&row.policy)
-            .map(|r| r.sink.clone())
-            .unwrap_or_default();
+        let sink = rot.map(|r| r.sink.as_str()).unwrap_or_default();
         let mut rec = AuditRecord::new(
             now,
             format!("confirm-{now}"),

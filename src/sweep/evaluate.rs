@@ -176,9 +176,9 @@ impl Evaluator {
     }
 
     /// Plans the restores of a key's withdrawn findings; `restores` pairs each with the index
-    /// of its transition in `step`. Only when no other finding on the key still wants it to end
-    /// (the caller's check): the expiry keysweep set is theirs too, and moving it back out
-    /// would let the key outlive their deadline (and have the next sweep set it again).
+    /// of its transition in `step`. Only when no other finding on the key holds the expiry it
+    /// has (the caller's check, [`holds_the_expiry`]): that expiry is theirs too, and moving it
+    /// back out would let the key outlive their deadline (and have the next sweep set it again).
     fn plan_restores(&self, restores: Vec<(usize, PlannedRestore)>, step: &mut Step) {
         for (at, r) in restores {
             if let Some(f) = step
