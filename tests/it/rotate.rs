@@ -349,22 +349,12 @@ async fn a_due_rotation_hands_the_new_key_to_a_file_sink_and_the_old_key_expires
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exec_sink_that_exits_non_zero_leaves_no_new_key_and_the_old_key_untouched() {
     let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("store-key.sh");
     // Reads the key, says something about it on stderr, and fails.
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\nread -r k\necho \"refused $k\" >&2\nprintf '%s' \"$k\" > {}/got\nexit 3\n",
-            dir.path().display()
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let sink = format!(
-        "type = \"exec\"\ncommand = [{:?}]\ntimeout = \"20s\"\n",
-        script.display().to_string()
+    let body = format!(
+        "read -r k\necho \"refused $k\" >&2\nprintf '%s' \"$k\" > {}/got\nexit 3\n",
+        dir.path().display()
     );
+    let sink = exec_sink(&dir.path().join("store-key.sh"), &body, "20s");
     let w = world(&sink, SCOPES, ENFORCE_SA).await;
     first_warning(&w).await;
 
@@ -535,21 +525,11 @@ async fn a_sigkill_while_the_sink_runs_leaves_the_new_key_for_a_person_and_mints
 /// A run killed while its exec sink holds the new key: the row stays `minted`. Returns the
 /// world, the new key's id and the secret the sink got.
 async fn interrupted_hand_over(dir: &std::path::Path) -> (World, String, String) {
-    let script = dir.join("slow-store.sh");
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\necho $$ > {d}/pid\nread -r k\nprintf '%s' \"$k\" > {d}/got\nexec sleep 60\n",
-            d = dir.display()
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let sink = format!(
-        "type = \"exec\"\ncommand = [{:?}]\ntimeout = \"90s\"\n",
-        script.display().to_string()
+    let body = format!(
+        "echo $$ > {d}/pid\nread -r k\nprintf '%s' \"$k\" > {d}/got\nexec sleep 60\n",
+        d = dir.display()
     );
+    let sink = exec_sink(&dir.join("slow-store.sh"), &body, "90s");
     let w = world(&sink, SCOPES, ENFORCE_SA).await;
     first_warning(&w).await;
     let mut child = w.cmd(due(&w)).spawn().unwrap();
@@ -700,15 +680,30 @@ async fn a_lost_mint_is_found_with_the_apis_clock_behind_keysweeps() {
     assert_eq!(statuses, ["abandoned"], "{out}");
 }
 
-/// An exec sink script at `script` that stores the key it reads in `dir/file` and exits `exit`.
-fn write_store_script(script: &std::path::Path, dir: &std::path::Path, exit: u8, file: &str) {
+/// Writes an executable `/bin/sh` script at `script` (`body` follows the `#!` line) and returns
+/// an exec sink's settings that run it with `timeout`.
+pub(crate) fn exec_sink(script: &std::path::Path, body: &str, timeout: &str) -> String {
     use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(script, format!("#!/bin/sh\n{body}")).unwrap();
+    std::fs::set_permissions(script, std::fs::Permissions::from_mode(0o700)).unwrap();
+    format!(
+        "type = \"exec\"\ncommand = [{:?}]\ntimeout = \"{timeout}\"\n",
+        script.display().to_string()
+    )
+}
+
+/// An exec sink script at `script` that stores the key it reads in `dir/file` and exits `exit`.
+fn write_store_script(
+    script: &std::path::Path,
+    dir: &std::path::Path,
+    exit: u8,
+    file: &str,
+) -> String {
     let body = format!(
-        "#!/bin/sh\nread -r k\nprintf '%s' \"$k\" > {}/{file}\nexit {exit}\n",
+        "read -r k\nprintf '%s' \"$k\" > {}/{file}\nexit {exit}\n",
         dir.display()
     );
-    std::fs::write(script, body).unwrap();
-    std::fs::set_permissions(script, std::fs::Permissions::from_mode(0o700)).unwrap();
+    exec_sink(script, &body, "20s")
 }
 
 /// A first run whose exec sink fails and whose every DELETE of the new key answers 500: the
@@ -716,11 +711,7 @@ fn write_store_script(script: &std::path::Path, dir: &std::path::Path, exit: u8,
 /// world, the stranded key's id and the secret the failed sink got.
 async fn stranded_by_a_failed_cleanup(dir: &std::path::Path) -> (World, String, String) {
     let script = dir.join("store-key.sh");
-    write_store_script(&script, dir, 3, "first");
-    let sink = format!(
-        "type = \"exec\"\ncommand = [{:?}]\ntimeout = \"20s\"\n",
-        script.display().to_string()
-    );
+    let sink = write_store_script(&script, dir, 3, "first");
     let w = world(&sink, SCOPES, ENFORCE_SA).await;
     first_warning(&w).await;
     w.sim.faults().add(

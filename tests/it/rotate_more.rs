@@ -346,22 +346,12 @@ async fn an_owed_old_key_expiry_whose_time_has_passed_ends_the_key_at_once() {
 /// An exec sink that takes the key, says so (`dir/got`), then holds on like a slow secret store
 /// until the test releases it (`dir/release`), and confirms.
 fn slow_sink(dir: &std::path::Path) -> String {
-    use std::os::unix::fs::PermissionsExt as _;
-    let script = dir.join("slow-store.sh");
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\nread -r k\nprintf '%s' \"$k\" > {d}/got.tmp\nmv {d}/got.tmp {d}/got\n\
-             while [ ! -e {d}/release ]; do sleep 0.1; done\nexit 0\n",
-            d = dir.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o700)).unwrap();
-    format!(
-        "type = \"exec\"\ncommand = [{:?}]\ntimeout = \"60s\"\n",
-        script.display().to_string()
-    )
+    let body = format!(
+        "read -r k\nprintf '%s' \"$k\" > {d}/got.tmp\nmv {d}/got.tmp {d}/got\n\
+         while [ ! -e {d}/release ]; do sleep 0.1; done\nexit 0\n",
+        d = dir.display()
+    );
+    crate::rotate::exec_sink(&dir.join("slow-store.sh"), &body, "60s")
 }
 
 /// A world for the daemon (`keysweep run`): one sweep at start, `grace` to shut down, the
