@@ -166,6 +166,10 @@ impl Evaluator {
             }
             step.transitions.push((before.map(|(_, f)| f.stage), t));
         }
+        // Almost every key has no restore: its transitions are not looked at again.
+        if restores.is_empty() {
+            return;
+        }
         let ending = undecided_ending
             || (step.transitions[first_transition..].iter()).any(|(_, t)| {
                 (t.next.as_ref()).is_some_and(|f| holds_the_expiry(f, key.expires_at))
