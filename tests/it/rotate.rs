@@ -625,12 +625,7 @@ async fn a_mint_answered_5xx_after_its_effect_is_cleaned_up_at_once_and_the_next
     let w = world(FILE_SINK, &also_expire, ENFORCE_SA).await;
     // `first_warning` also checks the service-account key got no expiry from `expire-60d`.
     first_warning(&w).await;
-    w.sim.faults().add(
-        Fault::on(FaultRoute::CreateServiceAccountKey)
-            .once()
-            .after_effect()
-            .respond(FaultKind::Status(503)),
-    );
+    answer_the_next_mint_503(&w);
     let out = w.run(due(&w)).await;
     assert_eq!(w.mints(), 1, "{out}");
     assert_eq!(
@@ -658,6 +653,17 @@ async fn a_mint_answered_5xx_after_its_effect_is_cleaned_up_at_once_and_the_next
     w.assert_state_clean(secret.trim());
 }
 
+/// Arms the simulator to answer the next mint with a 503 after it took effect: a key exists
+/// that keysweep never learns the id of.
+fn answer_the_next_mint_503(w: &World) {
+    w.sim.faults().add(
+        Fault::on(FaultRoute::CreateServiceAccountKey)
+            .once()
+            .after_effect()
+            .respond(FaultKind::Status(503)),
+    );
+}
+
 /// The same lost mint with the API's clock 20 minutes behind keysweep's: the orphan's
 /// `created_at` (the API's clock) is still inside the window around the intent (keysweep's
 /// clock), so it is found by its nonce and deleted, not left alive beside the next mint.
@@ -666,12 +672,7 @@ async fn a_lost_mint_is_found_with_the_apis_clock_behind_keysweeps() {
     let w = world(FILE_SINK, SCOPES, ENFORCE_SA).await;
     first_warning(&w).await;
     w.sim.advance_clock(-1200);
-    w.sim.faults().add(
-        Fault::on(FaultRoute::CreateServiceAccountKey)
-            .once()
-            .after_effect()
-            .respond(FaultKind::Status(503)),
-    );
+    answer_the_next_mint_503(&w);
     let out = w.run(due(&w)).await;
     assert_eq!(w.mints(), 1, "{out}");
     let ids: Vec<String> = w.sa_keys().into_iter().map(|k| k.id).collect();
