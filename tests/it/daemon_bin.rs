@@ -430,7 +430,18 @@ async fn slow_sweeps_never_overlap_and_the_skipped_slots_are_counted() {
     let mut d = Daemon::start(&sim, DaemonOpts::default()).await;
     d.wait_for_sweeps("acme", 3).await;
 
-    let m = d.metrics().await;
+    // A sweep's audit record is committed before the daemon counts the sweep: read the
+    // counters once they have caught up with the records.
+    let m = poll("3 counted sweeps of acme", async || {
+        let m = d.metrics().await;
+        let n = m.sum("keysweep_sweeps_total", &[("organization", "acme")]);
+        if n >= 3.0 {
+            Ok(m)
+        } else {
+            Err(format!("{n} counted"))
+        }
+    })
+    .await;
     let skipped = m.sum(
         "keysweep_schedule_skipped_total",
         &[("organization", "acme")],
