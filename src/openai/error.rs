@@ -70,11 +70,21 @@ pub enum Error {
         status: u16,
         api: Box<ApiErrorBody>,
     },
+    /// A 404 carrying OpenAI's `{"error": …}` envelope: the API itself says the object (or the
+    /// route) does not exist.
     #[error("{ctx}: HTTP 404 not found{api}")]
     NotFound {
         ctx: RequestContext,
         api: Box<ApiErrorBody>,
     },
+    /// A 404 without OpenAI's error envelope: a proxy, gateway or load balancer answered, not
+    /// the API, so it says nothing about the object. Never read as "gone" (that would record a
+    /// live key as deleted, or drop a restore it is owed); retried like a 5xx, and a write that
+    /// met it may or may not have landed.
+    #[error(
+        "{ctx}: HTTP 404 without OpenAI's error body (a proxy or gateway answered, not the API): nothing is known of the object"
+    )]
+    StrayNotFound { ctx: RequestContext },
     /// 429 after the retries ran out, or with a server-directed delay too long to wait.
     #[error("{ctx}: HTTP 429 rate limited{}{api}", fmt_retry_after(*.retry_after))]
     RateLimited {
@@ -235,7 +245,7 @@ impl Error {
             | Error::Decode { status, .. }
             | Error::NotDeleted { status, .. }
             | Error::Redirected { status, .. } => Some(*status),
-            Error::NotFound { .. } => Some(404),
+            Error::NotFound { .. } | Error::StrayNotFound { .. } => Some(404),
             Error::RateLimited { .. } => Some(429),
             _ => None,
         }
@@ -341,6 +351,7 @@ impl Error {
             Error::Setup { .. } => None,
             Error::Unauthorized { ctx, .. }
             | Error::NotFound { ctx, .. }
+            | Error::StrayNotFound { ctx }
             | Error::RateLimited { ctx, .. }
             | Error::Server { ctx, .. }
             | Error::Refused { ctx, .. }

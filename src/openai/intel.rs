@@ -60,6 +60,8 @@ pub enum IntelError {
 impl IntelError {
     fn from_error(endpoint: &'static str, e: Error) -> Self {
         match e.status() {
+            // A stray 404 is a glitch on the way, not the organisation's answer.
+            _ if matches!(e, Error::StrayNotFound { .. }) => IntelError::Failed(e),
             Some(status) if (400..500).contains(&status) && status != 429 => {
                 let message = match &e {
                     Error::Unauthorized { api, .. }

@@ -262,9 +262,9 @@ impl Transport {
     }
 
     /// OpenAI's error envelope, if the body is one.
-    fn api_error(&self, body: &[u8]) -> ApiErrorBody {
+    fn api_error(&self, body: &[u8]) -> Option<ApiErrorBody> {
         match types::decode::<WireErrorEnvelope>(body) {
-            Ok(env) => ApiErrorBody {
+            Ok(env) => Some(ApiErrorBody {
                 error_type: env.error.kind.map(|t| self.scrub(&t)),
                 message: env.error.message.map(|m| self.scrub(&m)),
                 code: env.error.code.and_then(|c| match c {
@@ -273,15 +273,19 @@ impl Transport {
                     other => Some(self.scrub(&other.to_string())),
                 }),
                 param: env.error.param.map(|p| self.scrub(&p)),
-            },
-            Err(_) => ApiErrorBody::default(),
+            }),
+            Err(_) => None,
         }
     }
 
     /// The error for a complete non-2xx answer.
     fn status_error(&self, ctx: &RequestContext, ans: &Answer, delay: ServerDelay) -> Error {
-        let api = Box::new(self.api_error(&ans.body));
+        let api = self.api_error(&ans.body);
         let ctx = ctx.clone();
+        if ans.status == 404 && api.is_none() {
+            return Error::StrayNotFound { ctx };
+        }
+        let api = Box::new(api.unwrap_or_default());
         match ans.status {
             401 | 403 => Error::Unauthorized {
                 ctx,
@@ -488,8 +492,10 @@ impl Transport {
             // Never retried, whatever the server's headers ask: nothing is re-sent after a 3xx.
             return Err(err);
         }
+        // A stray 404 is a glitch between us and the API, like a 502.
+        let stray = matches!(err, Error::StrayNotFound { .. });
         let wanted = retry::should_retry_override(&ans.headers)
-            .unwrap_or_else(|| retry::is_retryable_status(ans.status));
+            .unwrap_or_else(|| stray || retry::is_retryable_status(ans.status));
         let delay = match delay {
             // The server wants longer than we are willing to wait: give up now.
             ServerDelay::TooLong(_) => return Err(err),
@@ -567,6 +573,7 @@ impl Transport {
                 } => *d,
                 Error::RateLimited { .. }
                 | Error::Server { .. }
+                | Error::StrayNotFound { .. }
                 | Error::Timeout { .. }
                 | Error::Transport { .. } => retry::backoff(rounds, rand::random()),
                 _ => return Err(err),

@@ -76,6 +76,9 @@ pub enum FaultKind {
     /// This HTTP status with OpenAI's error envelope carrying this message: the API's own
     /// wording, which echoes the ids and names it was sent.
     StatusMessage { status: u16, message: String },
+    /// This HTTP status with a body that is not OpenAI's error envelope (a proxy's, gateway's
+    /// or load balancer's page): not the API's answer.
+    Foreign { status: u16, body: String },
     /// 429 with `Retry-After: <secs>` and `retry-after-ms`.
     RateLimited { retry_after_secs: u64 },
     /// The normal body cut in half: valid HTTP, broken JSON.

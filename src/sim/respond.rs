@@ -202,6 +202,13 @@ async fn interrupt(s: &Shared, kind: &FaultKind, conn: &ConnCtl) -> Option<Respo
             None,
             None,
         )),
+        FaultKind::Foreign { status, body } => {
+            let code = StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY);
+            let mut resp = (code, body.clone()).into_response();
+            resp.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
+            Some(resp)
+        }
         FaultKind::RateLimited { retry_after_secs } => {
             let mut resp = status_error(429);
             let headers = resp.headers_mut();

@@ -496,12 +496,7 @@ async fn a_restore_first_owed_in_a_dry_run_is_done_by_the_next_enforce_sweep() {
     let db = dir.path().join("s.db");
     let s = expire_sweeper(&sim, &db, "enforce");
     let deadline = first_expire_sweep(&s, &sim, &keys, t).await;
-    let tables = format!(
-        "{}\n[[exemptions]]\nkey_id = \"{}\"\nreason = \"migration\"\n{}",
-        expire_policy(),
-        keys.never,
-        safety("")
-    );
+    let tables = exempting(&keys.never);
     let dry = sweeper(&config_text(&sim, &db, "dry-run", &tables));
     sweep(&dry, t + DAY).await;
     assert_eq!(finding(&dry, &keys.never, POLICY).stage, Stage::Exempted);
@@ -519,6 +514,48 @@ async fn a_restore_first_owed_in_a_dry_run_is_done_by_the_next_enforce_sweep() {
             .expiry
             .restore_pending
     );
+    assert_nothing_deleted(&sim, &keys);
+}
+
+/// The expire policy with an exemption of `key`.
+fn exempting(key: &str) -> String {
+    format!(
+        "{}\n[[exemptions]]\nkey_id = \"{key}\"\nreason = \"migration\"\n{}",
+        expire_policy(),
+        safety("")
+    )
+}
+
+/// A gateway's 404 on the re-read before a restore is no key that ended: the restore stays
+/// owed, and the next sweep, the gateway mended, moves the expiry back out. Before, the 404
+/// read as "the key is already gone", the restore was dropped, and the exempted key would have
+/// ended at its old deadline.
+#[tokio::test]
+async fn a_restore_met_by_a_gateways_404_stays_owed() {
+    let t = wall_now();
+    let (o, keys) = org(t);
+    let sim = start(o, |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let deadline = first_expire_sweep(&expire_sweeper(&sim, &db, "enforce"), &sim, &keys, t).await;
+    let s = sweeper(&config_text(&sim, &db, "enforce", &exempting(&keys.never)));
+    let gateway = FaultKind::Foreign {
+        status: 404,
+        body: "<html><body>404 Not Found</body></html>".into(),
+    };
+    sim.faults()
+        .add(Fault::on_get_key(PROJECT, &keys.never).respond(gateway));
+    sweep(&s, t + DAY).await;
+    let f = finding(&s, &keys.never, POLICY);
+    assert_eq!(f.stage, Stage::Exempted);
+    assert!(f.expiry.restore_pending, "the restore was dropped");
+    assert!(lands_on(expires_at(&sim, &keys.never).unwrap(), deadline));
+    sim.faults().clear();
+    let now = t + 2 * DAY;
+    sweep(&s, now).await;
+    let at = expires_at(&sim, &keys.never).unwrap();
+    assert!(lands_on(at, now + 365 * DAY), "still {at}");
+    assert!(!finding(&s, &keys.never, POLICY).expiry.restore_pending);
     assert_nothing_deleted(&sim, &keys);
 }
 

@@ -771,6 +771,50 @@ async fn delete_key_outcomes() {
     );
 }
 
+/// A gateway's page for a 404 (no OpenAI error envelope) says nothing about the key: a read
+/// retries it like a 502, and a DELETE that meets it, with its check meeting it too, fails with
+/// its outcome unknown. Before, both read as "gone": a restore was dropped as done, and a
+/// revocation could be recorded for a key that still worked.
+#[tokio::test]
+async fn a_gateways_404_is_never_read_as_gone() {
+    let org = SimOrg::generate(2, 40, 4, NOW);
+    let (project, users, _, _) = pick(&org);
+    let sim = sim(org).await;
+    let s = setup(&sim, limits(), |_| {});
+    let c = &s.clients[0];
+    let page = || FaultKind::Foreign {
+        status: 404,
+        body: "<html><body><h1>404 Not Found</h1>nginx</body></html>".into(),
+    };
+    let key = &users[0];
+    sim.faults()
+        .add(Fault::on_get_key(&project, key).once().respond(page()));
+    let read = c.retrieve_key(&project, key).await.unwrap();
+    assert_eq!(read.map(|k| k.id).as_deref(), Some(key.as_str()));
+
+    sim.faults()
+        .add(Fault::on_get_key(&project, key).respond(page()));
+    let e = c.retrieve_key(&project, key).await.unwrap_err();
+    assert!(matches!(e, Error::StrayNotFound { .. }), "{e}");
+    assert!(!e.nothing_applied());
+    assert_error_clean(&e);
+
+    sim.faults()
+        .add(Fault::on_delete_key(&project, key).respond(page()));
+    let e = c.delete_key(&project, key).await.unwrap_err();
+    assert!(matches!(e, Error::StrayNotFound { .. }), "{e}");
+    assert!(sim.key_exists(&project, key));
+
+    // The API's own 404 still means gone.
+    sim.faults().clear();
+    sim.faults().add(
+        Fault::on_get_key(&project, key)
+            .once()
+            .respond(FaultKind::Status(404)),
+    );
+    assert!(c.retrieve_key(&project, key).await.unwrap().is_none());
+}
+
 #[tokio::test]
 async fn delete_with_unconfirmed_or_garbled_answer_is_an_error() {
     let org = SimOrg::generate(2, 40, 4, NOW);
