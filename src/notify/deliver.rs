@@ -7,8 +7,16 @@
 //! dead-lettered and an `EnforcerAlert::DeliveryFailed` is enqueued to `ops_channels` — except
 //! for messages that are themselves delivery alerts, so a dead ops channel cannot loop.
 //!
+//! A channel that fails in a way that says the channel itself is unwell (no connection, a
+//! timeout, a 5xx, a 429) is tried once per call: its other due messages wait, untried and with
+//! no attempt counted, until the failed one's next attempt. A dead receiver then costs one
+//! timeout per call, not one per message (40 digests to a blackholed Slack held a sweep for 13
+//! minutes), and its messages are not spent on an outage.
+//!
 //! The database is reached through [`OutboxDb`]; no lock is held across a network call.
 //! Secrets are read from the channel config only by the senders and scrubbed from every error.
+
+use std::collections::HashMap;
 
 use secrecy::ExposeSecret;
 use serde_json::Value;
@@ -42,9 +50,23 @@ pub struct DeliveryReport {
     pub failed: u32,
     /// Failed for the last time and dead-lettered.
     pub dead: u32,
+    /// Not tried: their channel had just failed in this call, so they wait for its next
+    /// attempt (no attempt counted).
+    pub postponed: u32,
     /// The `DeliveryFailed` alerts raised (and enqueued to `ops_channels`) for dead letters,
     /// and the `RecipientsRefused` ones for e-mails some recipients did not get.
     pub alerts: Vec<EnforcerAlert>,
+}
+
+impl DeliveryReport {
+    /// Adds a later delivery's figures to this one (one sweep delivers more than once).
+    pub fn absorb(&mut self, later: DeliveryReport) {
+        self.sent += later.sent;
+        self.failed += later.failed;
+        self.dead += later.dead;
+        self.postponed += later.postponed;
+        self.alerts.extend(later.alerts);
+    }
 }
 
 /// Holds the HTTP client (one per process: it pools connections) and, when given, the metrics
@@ -127,6 +149,8 @@ impl Notifier {
     ) -> Result<DeliveryReport, NotifyError> {
         let mut report = DeliveryReport::default();
         let mut handled = 0usize;
+        // Channels found unwell in this call, with when their messages are next due.
+        let mut unwell: HashMap<String, i64> = HashMap::new();
         // One message at a time, each claimed as it is picked (`outbox::claim_due`): another
         // organisation's sweep delivering at the same moment (the daemon sweeps organisations
         // side by side), the shutdown flush or another process never sends it a second time.
@@ -138,6 +162,12 @@ impl Notifier {
                 break;
             };
             handled += 1;
+            if let Some(&until) = unwell.get(&m.channel) {
+                if db.with(|c| outbox::postpone(c, m.id, until))? {
+                    report.postponed += 1;
+                }
+                continue;
+            }
             let outcome = match (settings.channel(&m.channel), &m.unreadable) {
                 (_, Some(why)) => Err(SendFailure {
                     error: format!("the stored message cannot be read: {why}"),
@@ -159,15 +189,23 @@ impl Notifier {
                     report.sent += 1;
                     self.count(&m.channel, NotificationOutcome::Sent);
                 }
-                Err(f) => self.failed(db, settings, &m, &f, now, &mut report)?,
+                Err(f) => {
+                    let next = self.failed(db, settings, &m, &f, now, &mut report)?;
+                    if f.retryable && settings.channel(&m.channel).is_some() {
+                        let until =
+                            next.unwrap_or_else(|| now + outbox::backoff_secs(1, &mut rand::rng()));
+                        tracing::warn!(channel = %m.channel, next_attempt_at = until, "channel failing; its other due messages wait for its next attempt, untried");
+                        unwell.insert(m.channel.clone(), until);
+                    }
+                }
             }
         }
         Ok(report)
     }
 
-    /// Records a failed attempt: another try later with backoff, or, after the last attempt
-    /// (or for a channel no longer configured, or a stored message that cannot be read), a dead
-    /// letter and its alert.
+    /// Records a failed attempt: another try later with backoff (`Some` of its time), or, after
+    /// the last attempt (or for a channel no longer configured, or a stored message that cannot
+    /// be read), a dead letter and its alert (`None`).
     fn failed<D: OutboxDb>(
         &self,
         db: &D,
@@ -176,7 +214,7 @@ impl Notifier {
         f: &SendFailure,
         now: i64,
         report: &mut DeliveryReport,
-    ) -> Result<(), NotifyError> {
+    ) -> Result<Option<i64>, NotifyError> {
         let attempts = m.attempts + 1;
         let max_attempts = settings.notifications.max_attempts.max(1);
         let unknown_channel = settings.channel(&m.channel).is_none();
@@ -186,7 +224,7 @@ impl Notifier {
             tracing::warn!(message_id = %m.message_id, channel = %m.channel, attempts, retryable = f.retryable, next_attempt_at = next, error = %f.error, "notification failed; will retry");
             report.failed += 1;
             self.count(&m.channel, NotificationOutcome::Failed);
-            return Ok(());
+            return Ok(Some(next));
         }
         // One run id per death: a message requeued (`notify retry-dead`) and dead again
         // raises its alert again, while composing the same death twice stays one message.
@@ -201,13 +239,13 @@ impl Notifier {
         // The dead letter and its alert are written together; a message another deliverer
         // settled meanwhile is left as it is.
         if !db.with(|c| outbox::dead_letter(c, m.id, &f.error, &msgs, now))? {
-            return Ok(());
+            return Ok(None);
         }
         tracing::error!(message_id = %m.message_id, channel = %m.channel, attempts, error = %f.error, "notification dead-lettered");
         report.dead += 1;
         self.count(&m.channel, NotificationOutcome::Dead);
         report.alerts.extend(alert);
-        Ok(())
+        Ok(None)
     }
 
     /// The relay took the message for some recipients only: it is sent. Those refused for now

@@ -352,6 +352,15 @@ pub fn mark_failed(
     Ok(attempts.map_or(0, |a| u32::try_from(a).unwrap_or(u32::MAX)))
 }
 
+/// Releases a claimed row untried, due at `until`; the attempts stay as they were.
+pub fn postpone(conn: &Connection, id: i64, until: i64) -> Result<bool, StateError> {
+    let n = conn.execute(
+        "UPDATE outbox SET next_attempt_at = ?2 WHERE id = ?1 AND status = 'pending'",
+        params![id, until],
+    )?;
+    Ok(n == 1)
+}
+
 /// Gives up on a message after its last attempt.
 pub fn mark_dead(conn: &Connection, id: i64, error: &str) -> Result<(), StateError> {
     conn.execute(

@@ -222,10 +222,7 @@ fn report(
     let rotations = rotation::planned_of(&findings, &run.sweeper.config, run.now());
     rotation::annotate_rotations(&mut findings, &rotations);
     if let Some(more) = enforced.delivery {
-        delivery.sent += more.sent;
-        delivery.failed += more.failed;
-        delivery.dead += more.dead;
-        delivery.alerts.extend(more.alerts);
+        delivery.absorb(more);
     }
     let mut alerts = enforced.alerts;
     alerts.extend(committed.alerts);

@@ -178,12 +178,7 @@ impl Run<'_> {
         if self.opts.deliver {
             let more = self.deliver().await?;
             match &mut enforced.delivery {
-                Some(d) => {
-                    d.sent += more.sent;
-                    d.failed += more.failed;
-                    d.dead += more.dead;
-                    d.alerts.extend(more.alerts);
-                }
+                Some(d) => d.absorb(more),
                 None => enforced.delivery = Some(more),
             }
         }

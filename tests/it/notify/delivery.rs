@@ -828,6 +828,58 @@ async fn receivers_down_then_back_get_the_same_ids() {
     assert_eq!(with_db(&db, outbox::depth).unwrap().pending, 0);
 }
 
+/// A channel whose receiver is down is tried once per delivery call: its other due messages
+/// wait, untried and with no attempt spent, for the failed one's next attempt, while another
+/// channel's messages go out in the same call. When the receiver is back, every one arrives.
+/// Before, each message was tried in turn (a blackholed receiver cost a timeout per message)
+/// and each spent its attempts on the outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_channel_is_tried_once_per_call_and_the_others_still_go_out() {
+    let rx = Receiver::start().await;
+    let cfg = NotifySettings::from(&config_with(
+        &http_only(&rx),
+        &Tweaks {
+            max_attempts: 3,
+            max_age_notify: &["hook", "pd"],
+            routing: false,
+            slack_url: None,
+        },
+    ));
+    rx.set_status("/hook", 503);
+    let (_dir, db) = open_db();
+    for run in ["run-1", "run-2", "run-3", "run-4"] {
+        let msgs = compose(
+            &[notice(NoticeKind::Warning, alice_key())],
+            &[],
+            &cfg,
+            run,
+            NOW,
+        );
+        with_db(&db, |c| outbox::enqueue(c, &msgs, NOW)).unwrap();
+    }
+    let notifier = Notifier::new().unwrap();
+    let r1 = notifier.deliver_due(&db, &cfg, NOW).await.unwrap();
+    assert_eq!(
+        (r1.sent, r1.failed, r1.postponed, r1.dead),
+        (4, 1, 3, 0),
+        "{r1:?}"
+    );
+    assert_eq!(rx.requests("/hook").len(), 1);
+    assert_eq!(rx.requests("/pd").len(), 4);
+    let rows = with_db(&db, outbox::all).unwrap();
+    let hook: Vec<_> = rows.iter().filter(|m| m.channel == "hook").collect();
+    let spent: Vec<u32> = hook.iter().map(|m| m.attempts).collect();
+    assert_eq!(spent.iter().sum::<u32>(), 1, "{spent:?}");
+    let next = hook.iter().map(|m| m.next_attempt_at).max().unwrap();
+    assert!(hook.iter().all(|m| m.next_attempt_at == next && next > NOW));
+
+    rx.set_status("/hook", 200);
+    let r2 = notifier.deliver_due(&db, &cfg, next).await.unwrap();
+    assert_eq!((r2.sent, r2.failed, r2.postponed), (4, 0, 0), "{r2:?}");
+    assert_eq!(rx.requests("/hook").len(), 5);
+    assert_eq!(with_db(&db, outbox::depth).unwrap().pending, 0);
+}
+
 /// A webhook channel `hook` whose receiver answers 503, given up after `max_attempts`, and
 /// one warning for it queued.
 struct RefusingHook {
