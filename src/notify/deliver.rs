@@ -122,7 +122,7 @@ impl Notifier {
             .map(|u| u.scrub_with(|why| scrub(why, &secrets)))
             .map_err(|f| SendFailure {
                 error: scrub(&f.error, &secrets),
-                retryable: f.retryable,
+                ..f
             })
     }
 
@@ -150,7 +150,8 @@ impl Notifier {
         let mut report = DeliveryReport::default();
         let mut handled = 0usize;
         // Channels found unwell in this call, with when their messages are next due.
-        let mut unwell: HashMap<String, i64> = HashMap::new();
+        let mut unwell: HashMap<String, (i64, String)> = HashMap::new();
+        let started = std::time::Instant::now();
         // One message at a time, each claimed as it is picked (`outbox::claim_due`): another
         // organisation's sweep delivering at the same moment (the daemon sweeps organisations
         // side by side), the shutdown flush or another process never sends it a second time.
@@ -162,8 +163,8 @@ impl Notifier {
                 break;
             };
             handled += 1;
-            if let Some(&until) = unwell.get(&m.channel) {
-                if db.with(|c| outbox::postpone(c, m.id, until))? {
+            if let (Some((until, why)), None) = (unwell.get(&m.channel), &m.unreadable) {
+                if db.with(|c| outbox::postpone(c, m.id, why, *until))? {
                     report.postponed += 1;
                 }
                 continue;
@@ -172,11 +173,13 @@ impl Notifier {
                 (_, Some(why)) => Err(SendFailure {
                     error: format!("the stored message cannot be read: {why}"),
                     retryable: false,
+                    channel_wide: false,
                 }),
                 (Some(ch), None) => self.send(ch, &m.message_id, &m.payload).await,
                 (None, None) => Err(SendFailure {
                     error: format!("channel {:?} is no longer configured", m.channel),
                     retryable: false,
+                    channel_wide: false,
                 }),
             };
             match outcome {
@@ -191,11 +194,16 @@ impl Notifier {
                 }
                 Err(f) => {
                     let next = self.failed(db, settings, &m, &f, now, &mut report)?;
-                    if f.retryable && settings.channel(&m.channel).is_some() {
-                        let until =
-                            next.unwrap_or_else(|| now + outbox::backoff_secs(1, &mut rand::rng()));
+                    if f.channel_wide && settings.channel(&m.channel).is_some() {
+                        // On the call's clock, plus the time this call has taken so far (a
+                        // timeout or two): otherwise the wait could be over at the next tick.
+                        let until = next
+                            .unwrap_or_else(|| now + outbox::backoff_secs(1, &mut rand::rng()))
+                            + i64::try_from(started.elapsed().as_secs()).unwrap_or(0);
                         tracing::warn!(channel = %m.channel, next_attempt_at = until, "channel failing; its other due messages wait for its next attempt, untried");
-                        unwell.insert(m.channel.clone(), until);
+                        let why =
+                            format!("not tried: the channel failed just before ({})", f.error);
+                        unwell.insert(m.channel.clone(), (until, why));
                     }
                 }
             }

@@ -54,9 +54,12 @@ pub async fn send(
         .chain(ch.smtp_username.iter())
         .map(|p| p.expose_secret())
         .collect();
+    // A failure that may pass is the relay's or the way to it (connect, TLS, a transient
+    // answer to the session, no answer), except when it is about the recipients.
     let fail = |retryable: bool, e: &dyn std::fmt::Display| SendFailure {
         error: scrub(&e.to_string(), &secrets),
         retryable,
+        channel_wide: retryable,
     };
 
     let message = build_message(ch, message_id, payload).map_err(|e| fail(false, &e))?;
@@ -81,7 +84,10 @@ pub async fn send(
                 ),
             ),
             Step::Refused(why) => fail(false, &format!("smtp: {why}")),
-            Step::NoRecipient { retryable, why } => fail(retryable, &format!("smtp: {why}")),
+            Step::NoRecipient { retryable, why } => SendFailure {
+                channel_wide: false,
+                ..fail(retryable, &format!("smtp: {why}"))
+            },
         })
 }
 

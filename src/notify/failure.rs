@@ -9,8 +9,13 @@
 pub struct SendFailure {
     pub error: String,
     /// False when the receiver rejected the message (4xx, SMTP 5xx) rather than being
-    /// unavailable. Both are retried until `max_attempts`; this only informs logs.
+    /// unavailable. Both are retried until `max_attempts`; this informs logs.
     pub retryable: bool,
+    /// The failure says the channel is unwell, not this message: no connection, a timeout, a
+    /// 5xx, a 429, a relay's transient refusal of the session. Delivery then tries the channel
+    /// once per call (its other messages wait). False for a refusal of this message or of its
+    /// recipients (an SMTP 4xx to `RCPT` is about one mailbox, not the relay).
+    pub channel_wide: bool,
 }
 
 /// The recipients a message did not reach although the receiver took it for the others (SMTP

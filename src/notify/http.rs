@@ -43,11 +43,13 @@ pub async fn send(req: reqwest::RequestBuilder, secrets: &[&str]) -> Result<(), 
             Err(SendFailure {
                 error: error_text(status, &body, secrets),
                 retryable,
+                channel_wide: retryable,
             })
         }
         Err(e) => Err(SendFailure {
             error: scrub(&error_chain(e.without_url()), secrets),
             retryable: true,
+            channel_wide: true,
         }),
     }
 }

@@ -153,10 +153,10 @@ pub fn mark_failed(
     rows::mark_failed(conn, id, &clean_error(error), next_attempt_at)
 }
 
-/// Hands a claimed message back untried, due at `until`: no attempt is counted. False when
-/// it is no longer pending.
-pub fn postpone(conn: &Connection, id: i64, until: i64) -> Result<bool, StateError> {
-    rows::postpone(conn, id, until)
+/// Hands a claimed message back untried, due at `until`, saying `why` in its last error: no
+/// attempt is counted. False when it is no longer pending.
+pub fn postpone(conn: &Connection, id: i64, why: &str, until: i64) -> Result<bool, StateError> {
+    rows::postpone(conn, id, &clean_error(why), until)
 }
 
 /// Gives up on a message after its last attempt and queues its alert's messages, in one

@@ -53,11 +53,13 @@ pub async fn send(
     let body = serde_json::to_vec(payload).map_err(|e| SendFailure {
         error: format!("payload: {e}"),
         retryable: false,
+        channel_wide: false,
     })?;
     let timestamp = chrono::Utc::now().timestamp();
     let signature = sign(secret, message_id, timestamp, &body).map_err(|e| SendFailure {
         error: e.to_string(),
         retryable: false,
+        channel_wide: false,
     })?;
     let req = client
         .post(ch.url.clone())

@@ -440,6 +440,8 @@ impl Transport {
             // Whether this attempt may have changed something: it reached the server and its
             // answer is lost or a server error. A connect error or a refusal changed nothing.
             let reached = match &answer {
+                // A gateway's 404 may come after the API applied the write, like a 502.
+                Ok(ans) if ans.status == 404 => self.api_error(&ans.body).is_none(),
                 Ok(ans) => ans.status >= 500 || ans.status == 408,
                 Err(f) => matches!(f, AttemptFailure::Timeout | AttemptFailure::Other(_)),
             };

@@ -352,11 +352,13 @@ pub fn mark_failed(
     Ok(attempts.map_or(0, |a| u32::try_from(a).unwrap_or(u32::MAX)))
 }
 
-/// Releases a claimed row untried, due at `until`; the attempts stay as they were.
-pub fn postpone(conn: &Connection, id: i64, until: i64) -> Result<bool, StateError> {
+/// Releases a claimed row untried, due at `until`, with `why` as its last error; the attempts
+/// stay as they were.
+pub fn postpone(conn: &Connection, id: i64, why: &str, until: i64) -> Result<bool, StateError> {
     let n = conn.execute(
-        "UPDATE outbox SET next_attempt_at = ?2 WHERE id = ?1 AND status = 'pending'",
-        params![id, until],
+        "UPDATE outbox SET next_attempt_at = ?3, last_error = ?2
+          WHERE id = ?1 AND status = 'pending'",
+        params![id, why, until],
     )?;
     Ok(n == 1)
 }

@@ -415,6 +415,33 @@ async fn an_email_no_recipient_is_taken_for_fails_and_the_last_deferral_is_named
     assert_eq!(got, [vec!["gone@example.com".to_string()]]);
 }
 
+/// A relay that refuses one message's every recipient for now (greylisting, a full mailbox)
+/// is not down: the channel's next message goes out in the same call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mailbox_refused_for_now_does_not_hold_back_the_channels_other_mail() {
+    let PickyRelay {
+        smtp,
+        cfg,
+        db,
+        _pki,
+        _dir,
+        ..
+    } = picky_relay(3).await;
+    let msgs = [
+        mail_to("ks-grey", &["grey@example.com"]),
+        mail_to("ks-team", &["security@example.com"]),
+    ];
+    with_db(&db, |c| outbox::enqueue(c, &msgs, NOW)).unwrap();
+    let r = Notifier::new()
+        .unwrap()
+        .deliver_due(&db, &cfg, NOW)
+        .await
+        .unwrap();
+    assert_eq!((r.sent, r.failed, r.postponed), (1, 1, 0), "{r:?}");
+    let got: Vec<Vec<String>> = smtp.messages().into_iter().map(|m| m.to).collect();
+    assert_eq!(got, [vec!["security@example.com".to_string()]]);
+}
+
 /// With one attempt in all, recipients refused for now are given up with those refused for
 /// good, in the one alert, while the others get the message; a 552 to RCPT is "for now".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -872,6 +899,13 @@ async fn a_failing_channel_is_tried_once_per_call_and_the_others_still_go_out() 
     assert_eq!(spent.iter().sum::<u32>(), 1, "{spent:?}");
     let next = hook.iter().map(|m| m.next_attempt_at).max().unwrap();
     assert!(hook.iter().all(|m| m.next_attempt_at == next && next > NOW));
+    for m in hook.iter().filter(|m| m.attempts == 0) {
+        let why = m.last_error.as_deref().unwrap_or_default();
+        assert!(
+            why.starts_with("not tried: the channel failed just before (HTTP 503"),
+            "{why}"
+        );
+    }
 
     rx.set_status("/hook", 200);
     let r2 = notifier.deliver_due(&db, &cfg, next).await.unwrap();
