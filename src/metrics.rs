@@ -32,6 +32,9 @@ pub enum NotificationOutcome {
     Failed,
     /// Attempts exhausted; the message is dead-lettered.
     Dead,
+    /// Not tried: its channel had just failed in the same delivery; it waits for that
+    /// message's next attempt, with no attempt counted.
+    Postponed,
 }
 
 impl NotificationOutcome {
@@ -40,6 +43,7 @@ impl NotificationOutcome {
             NotificationOutcome::Sent => "sent",
             NotificationOutcome::Failed => "failed",
             NotificationOutcome::Dead => "dead",
+            NotificationOutcome::Postponed => "postponed",
         }
     }
 }

@@ -166,6 +166,7 @@ impl Notifier {
             if let (Some((until, why)), None) = (unwell.get(&m.channel), &m.unreadable) {
                 if db.with(|c| outbox::postpone(c, m.id, why, *until))? {
                     report.postponed += 1;
+                    self.count(&m.channel, NotificationOutcome::Postponed);
                 }
                 continue;
             }
