@@ -32,9 +32,29 @@ impl Composed {
         run_id: &str,
         now: i64,
     ) -> Result<Composed, StateError> {
+        Self::in_phase(notices, alerts, settings, (run_id, 0), now)
+    }
+
+    /// [`Self::new`] for the `phase`-th queueing of run `run_id` (0 for the first). A message's
+    /// id is made of the run, the channel, the recipient and the kind, so an alert digest a
+    /// later phase queues (a failed DELETE after the commit's incomplete listing) would take
+    /// the first one's id and be ignored by the outbox: a later phase's ids are its own.
+    pub fn in_phase(
+        notices: &[Notice],
+        alerts: &[EnforcerAlert],
+        settings: &NotifySettings,
+        (run_id, phase): (&str, u32),
+        now: i64,
+    ) -> Result<Composed, StateError> {
+        let phase_text = phase.to_string();
         let messages = super::route::compose(notices, alerts, settings, run_id, now)
             .into_iter()
-            .map(outbox::pack)
+            .map(|mut m| {
+                if phase > 0 {
+                    m.message_id = super::route::message_id(&[&m.message_id, &phase_text]);
+                }
+                outbox::pack(m)
+            })
             .collect::<Result<_, _>>()?;
         Ok(Composed { messages })
     }

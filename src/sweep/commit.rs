@@ -147,7 +147,9 @@ impl Run<'_> {
                     .with_response(serde_json::to_value(a).unwrap_or_default()),
             );
         }
-        let compose = || Composed::new(&notices, alerts, &self.sweeper.notify, self.run_id(), now);
+        let phase = (self.enqueued).fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let scope = (self.run_id(), phase);
+        let compose = || Composed::in_phase(&notices, alerts, &self.sweeper.notify, scope, now);
         // Many notices (a first sweep's) are composed on a thread of their own while this one
         // writes the findings and their audit records: the two are independent until the
         // messages are queued, in the same transaction.

@@ -38,6 +38,9 @@ pub(super) struct Run<'a> {
     /// The dedup keys of the alerts this sweep raised: a later phase's total of one of them
     /// goes out although it was just raised (`commit.rs`, `dedup_alerts`).
     pub raised: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// How many times this sweep has queued messages (`commit.rs`, `enqueue`): each time's
+    /// message ids are its own.
+    pub enqueued: std::sync::atomic::AtomicU32,
 }
 
 /// Seconds since the sweep started at the end of each long phase, for the last log line.
@@ -70,6 +73,7 @@ impl<'a> Run<'a> {
             policies: OnceLock::new(),
             replaced: OnceLock::new(),
             raised: std::sync::Mutex::default(),
+            enqueued: std::sync::atomic::AtomicU32::new(0),
         };
         run.store.tx(|tx| {
             for c in &run.clients {

@@ -1082,6 +1082,33 @@ async fn a_body_over_the_size_limit_leaves_the_project_incomplete() {
 // ---------------------------------------------------------------------------------------------
 // The admin key revoked mid-sweep
 
+/// One sweep raises alerts in two phases: the incomplete listing when it commits, the failed
+/// DELETE when it enforces. Both reach the ops channels. Before, every phase composed its alert
+/// digest under the same message id, and the outbox kept only the first: the failed revocation
+/// was recorded as raised and never sent.
+#[tokio::test]
+async fn alerts_of_two_phases_of_one_sweep_both_reach_the_ops_channels() {
+    let w = World::new(Knobs::default()).await;
+    warn_first(&w).await;
+    w.acme
+        .faults()
+        .add(Fault::on_list_keys(PROJ_F).respond(FaultKind::Status(503)));
+    w.acme
+        .faults()
+        .add(Fault::on_delete_key(PROJ_A, DUE_A).respond(FaultKind::Status(400)));
+    let r2 = w.sweep(T2).await;
+    assert!(w.exists("acme", PROJ_A, DUE_A));
+    assert!(
+        r2.alerts.iter().any(|a| matches!(a,
+            EnforcerAlert::RevocationFailed { key_id, .. } if key_id == DUE_A)),
+        "{:?}",
+        r2.alerts
+    );
+    w.assert_alert_raised("incomplete_listing", PROJ_F);
+    w.assert_alert_raised("revocation_failed", DUE_A);
+    w.assert_every_message_delivered();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_key_revoked_mid_sweep_stops_that_organisation_only() {
     let w = World::new(Knobs::default()).await;
