@@ -4,8 +4,11 @@
 //! the next free slot, slots being `1/rps` apart, then sleeps until its slot. So no window of
 //! length `T` ever sees more than `⌊T·rps⌋ + 1` requests, whatever the concurrency. The
 //! reservation happens under a short synchronous lock and is never undone, which keeps
-//! `acquire` cancellation-safe (a dropped waiter merely leaves a gap). This module must never
-//! let a request through without a slot.
+//! `acquire` cancellation-safe (a dropped waiter merely leaves a gap). A waiter woken late (a
+//! runtime busy elsewhere) would go out together with those whose slots came after its own, so
+//! the gap is also kept on the times requests actually leave: one that finds the last request
+//! left less than `1/rps` ago takes a new slot. This module must never let a request through
+//! without a slot.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -17,6 +20,8 @@ use tokio::time::Instant;
 pub struct RateLimiter {
     interval: Duration,
     next: Mutex<Option<Instant>>,
+    /// When the last request was let through.
+    left: Mutex<Option<Instant>>,
 }
 
 impl RateLimiter {
@@ -30,6 +35,7 @@ impl RateLimiter {
             // Whole nanoseconds, rounded: exact for the usual rates (10 → 100 ms).
             interval: Duration::from_nanos((1e9 / rps).round() as u64),
             next: Mutex::new(None),
+            left: Mutex::new(None),
         })
     }
 
@@ -40,7 +46,20 @@ impl RateLimiter {
 
     /// Waits for this request's slot.
     pub async fn acquire(&self) {
-        let slot = {
+        loop {
+            tokio::time::sleep_until(self.reserve()).await;
+            let mut left = self.left.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            if left.is_none_or(|l| now >= l + self.interval) {
+                *left = Some(now);
+                return;
+            }
+        }
+    }
+
+    /// The next free slot, taken.
+    fn reserve(&self) -> Instant {
+        {
             // A poisoned lock only means another task panicked while holding a plain Instant;
             // the value is still meaningful, so keep pacing.
             let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
@@ -51,8 +70,7 @@ impl RateLimiter {
             };
             *next = Some(slot + self.interval);
             slot
-        };
-        tokio::time::sleep_until(slot).await;
+        }
     }
 }
 
@@ -70,6 +88,29 @@ mod tests {
             RateLimiter::new(4.0).unwrap().interval(),
             Duration::from_millis(250)
         );
+    }
+
+    /// Waiters whose slots passed while the runtime was busy (here: a blocking sleep on the
+    /// only thread) still leave `1/rps` apart; before, all three went out at once.
+    #[tokio::test(start_paused = true)]
+    async fn waiters_woken_late_still_leave_apart() {
+        let rl = Arc::new(RateLimiter::new(10.0).unwrap());
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..3 {
+            let rl = rl.clone();
+            set.spawn(async move {
+                rl.acquire().await;
+                Instant::now()
+            });
+        }
+        tokio::task::yield_now().await;
+        // Every slot (0, 100, 200 ms) passes while no task can run.
+        tokio::time::advance(Duration::from_millis(300)).await;
+        let mut times = set.join_all().await;
+        times.sort();
+        for w in times.windows(2) {
+            assert!(w[1] - w[0] >= Duration::from_millis(100), "{times:?}");
+        }
     }
 
     #[tokio::test(start_paused = true)]
