@@ -415,6 +415,30 @@ fn a_wrong_type_for_a_table_says_what_the_file_should_hold() {
     }
 }
 
+/// A TOML syntax error says where and why, never the line: here an unterminated webhook URL
+/// whose token the parser's own message would have printed.
+#[test]
+fn a_syntax_error_names_the_place_but_never_shows_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    let text = format!(
+        "{MINIMAL}[[channels]]\nname = \"c\"\ntype = \"webhook\"\nurl = \"https://hooks.example.com/x?token=tok-SECRET-123\nsecret_env = \"OPENAI_ADMIN_KEY\"\n"
+    );
+    std::fs::write(&bad, &text).unwrap();
+    let line = text.lines().position(|l| l.contains("tok-SECRET")).unwrap() + 1;
+    let out = check_config(&bad);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(!stderr.contains("tok-SECRET"), "{stderr}");
+    assert!(stderr.contains(&bad.display().to_string()), "{stderr}");
+    assert!(
+        stderr.contains(&format!("TOML syntax error at line {line}, column ")),
+        "{stderr}"
+    );
+    let err = config::load_from_str(&text, &env()).unwrap_err();
+    assert!(!format!("{err:#} {err:?}").contains("tok-SECRET"));
+}
+
 /// A mistyped webhook or PagerDuty URL is not echoed: it carries its token.
 #[test]
 fn a_url_that_does_not_parse_is_not_echoed() {

@@ -153,6 +153,14 @@ fn layer(
         file: file.to_string(),
         message: scrub(&e.to_string()),
     };
+    // The TOML parser's own error quotes the offending line, and that line may hold a secret
+    // (a webhook URL's token, a password written in place): only where, and why, is said.
+    if let Err(e) = text.parse::<toml::Table>() {
+        return Err(LoadError::File {
+            file: file.to_string(),
+            message: syntax_error(text, &e),
+        });
+    }
     let source = || config::File::from_str(text, config::FileFormat::Toml);
     let alone = config::Config::builder()
         .add_source(source())
@@ -352,6 +360,21 @@ fn read_channel(file: &str, i: usize, value: config::Value) -> Result<ChannelEnt
 
 /// config-rs errors can quote values; none of ours are secrets (secrets come from elsewhere),
 /// but cap the length so a pasted blob never floods a log.
+/// "TOML syntax error at line L, column C: reason", never the text of the line.
+fn syntax_error(text: &str, e: &toml::de::Error) -> String {
+    let reason = scrub(e.message().trim());
+    let Some(at) = e.span().map(|s| s.start.min(text.len())) else {
+        return format!("TOML syntax error: {reason}");
+    };
+    let before = &text[..text.floor_char_boundary(at)];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    format!(
+        "TOML syntax error at line {line}, column {column}: {reason} (the line is not shown: it \
+         may hold a secret)"
+    )
+}
+
 fn scrub(s: &str) -> String {
     if s.len() > 500 {
         format!("{}…", &s[..s.floor_char_boundary(500)])
