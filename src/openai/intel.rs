@@ -421,6 +421,12 @@ impl AdminClient {
                 }
             }
             match body.next_page.filter(|_| body.has_more) {
+                // More to come and no way to it: what was read is part of the usage, and a
+                // part would judge `max_idle` by the oldest days alone.
+                None if body.has_more => {
+                    let detail = "has_more without a next_page".to_string();
+                    return Err(fail(Error::Pagination { ctx, detail }));
+                }
                 Some(next) if seen.insert(next.clone()) => page = Some(next),
                 Some(cursor) => return Err(fail(Error::CursorLoop { ctx, cursor })),
                 None => {

@@ -310,10 +310,16 @@ async fn a_garbled_or_truncated_usage_page_is_no_usage_at_all_never_part_of_it()
         ADMIN_KEY_ENV,
         &format!("{}{IDLE}", ops(&rx)),
     );
-    for kind in [FaultKind::Truncated, FaultKind::Malformed] {
+    // The last: page 1 says there is more but gives no cursor to it.
+    let no_cursor = FaultKind::Patch(serde_json::json!({ "next_page": null }));
+    for (page, kind) in [
+        (2, FaultKind::Truncated),
+        (2, FaultKind::Malformed),
+        (1, no_cursor),
+    ] {
         sim.faults().clear();
         sim.faults()
-            .add(Fault::on_usage_completions().page(2).respond(kind));
+            .add(Fault::on_usage_completions().page(page).respond(kind));
         let (v, err) = scan(&config, NOW).await;
         assert!(err.contains("usage is unavailable"), "{err}");
         for k in v["keys"].as_array().unwrap() {
