@@ -335,21 +335,23 @@ impl Digest {
     }
 }
 
-/// The order in which a key's verdicts win, and in which a title lists them.
+/// The order in which a key's verdicts win, and in which a title lists them. One rank per
+/// verdict: the title counts keys by rank, so two verdicts sharing one would be counted under
+/// whichever came first ("2 will be rotated" for a rotated key and an expired one).
 fn rank(v: Verdict) -> u8 {
     match v {
         Verdict::Revoke => 0,
-        Verdict::Expire => 1,
-        Verdict::Ends => 2,
-        Verdict::Postponed { .. } => 3,
-        Verdict::WouldRevoke => 4,
-        Verdict::WouldExpire => 5,
+        Verdict::Rotate { .. } => 1,
+        Verdict::Expire => 2,
+        Verdict::Ends => 3,
+        Verdict::Postponed { .. } => 4,
+        Verdict::WouldRevoke => 5,
+        Verdict::WouldRotate { .. } => 6,
+        Verdict::WouldExpire => 7,
         Verdict::NotifyOnly {
             by: NotifyOnlyBy::PolicyAction,
-        } => 7,
-        Verdict::NotifyOnly { .. } => 6,
-        Verdict::Rotate { .. } => 1,
-        Verdict::WouldRotate { .. } => 5,
+        } => 9,
+        Verdict::NotifyOnly { .. } => 8,
     }
 }
 
@@ -806,6 +808,35 @@ mod tests {
         // A deadline still ahead is the expiry, as always.
         let ahead = notice(finding(12 * day, None));
         assert_eq!(expiry_being_set(&ahead), Some(12 * day));
+    }
+
+    /// A warning about a key being rotated and one getting an expiry counts each under its
+    /// own verdict; before, whichever came first named both.
+    #[test]
+    fn a_title_counts_rotated_and_expired_keys_apart() {
+        let warning = |key: &str, verdict: Verdict| {
+            Notice {
+            kind: NoticeKind::Warning,
+            finding: std::sync::Arc::new(
+                serde_json::from_value(serde_json::json!({"id": {"organization": "o", "project_id": "p", "key_id": key, "policy": "x"}, "key_name": key, "redacted_value": "sk-…", "owner_type": "user", "owner": "o", "created_at": 0, "action": "expire", "reason": "r", "stage": "warned", "detected_at": 0, "deadline": 86_400, "warned_at": 0}))
+                    .unwrap(),
+            ),
+            dry_run: false,
+            verdict: Some(verdict),
+            rotated: None,
+            intel: None,
+        }
+        };
+        let rotated = warning("k1", Verdict::Rotate { overlap: 3600 });
+        let expired = warning("k2", Verdict::Expire);
+        for pair in [[&rotated, &expired], [&expired, &rotated]] {
+            let title = Digest::notices(MessageKind::Warning, "run", 0, &pair).title();
+            assert!(
+                title.contains("1 will be rotated before the deadline")
+                    && title.contains("1 gets an expiry at the deadline"),
+                "{title}"
+            );
+        }
     }
 
     #[test]
