@@ -596,7 +596,11 @@ impl Metrics {
     /// Expiry (Unix seconds) of keysweep's own admin key of the organisation (the one
     /// `admin_key_id` names, or whose redacted suffix matches). `admin_key_id` is the key's id
     /// (`key_…`), never its value or name.
+    ///
+    /// It replaces the organisation's series: a key keysweep no longer runs with (rotated, and
+    /// the configuration reloaded) stops being reported, or its old expiry would keep paging.
     pub fn set_admin_key_expiry(&self, org: &str, admin_key_id: &str, unix_secs: i64) {
+        self.forget_admin_keys_but(org, Some(admin_key_id));
         (self
             .snapshots()
             .admin_keys
@@ -610,6 +614,25 @@ impl Metrics {
                 admin_key_id: admin_key_id.to_string(),
             })
             .set(unix_secs);
+    }
+
+    /// Drops the organisation's admin-key expiry series, but `keep`'s: keysweep's own key has
+    /// no expiry (`None`), or it is another key than before.
+    pub fn forget_admin_keys_but(&self, org: &str, keep: Option<&str>) {
+        let mut snaps = self.snapshots();
+        let Some(ids) = snaps.admin_keys.get_mut(org) else {
+            return;
+        };
+        ids.retain(|id| {
+            let stays = keep == Some(id.as_str());
+            if !stays {
+                self.inner.admin_key_expiry.remove(&AdminKeyLabels {
+                    organization: org.to_string(),
+                    admin_key_id: id.clone(),
+                });
+            }
+            stays
+        });
     }
 
     /// Drops every gauge of an organisation that left the configuration: its last successful
@@ -730,6 +753,30 @@ mod tests {
         let text = m.encode();
         assert!(!text.contains("\"gone\""), "{text}");
         assert!(text.contains("organization=\"kept\""), "{text}");
+    }
+
+    /// After the admin key is rotated, only the new key's expiry is published: the old one's
+    /// would keep the "admin key expiring" alert firing. A key without an expiry has none.
+    #[test]
+    fn the_admin_key_expiry_names_only_the_key_in_use() {
+        let m = Metrics::new();
+        let series = |m: &Metrics| -> Vec<String> {
+            (m.encode().lines())
+                .filter(|l| l.starts_with("keysweep_admin_key_expiry_timestamp_seconds{"))
+                .map(str::to_string)
+                .collect()
+        };
+        m.set_admin_key_expiry("acme", "key_old", 1_800_000_000);
+        m.set_admin_key_expiry("globex", "key_other", 1_800_000_000);
+        m.set_admin_key_expiry("acme", "key_new", 1_900_000_000);
+        let now = series(&m);
+        assert_eq!(now.len(), 2, "{now:?}");
+        assert!(now.iter().any(|l| l.contains("key_new")), "{now:?}");
+        assert!(!now.iter().any(|l| l.contains("key_old")), "{now:?}");
+        m.forget_admin_keys_but("acme", None);
+        let now = series(&m);
+        assert_eq!(now.len(), 1, "{now:?}");
+        assert!(now[0].contains("key_other"), "{now:?}");
     }
 
     fn key(project: &str, owner: OwnerType, created_at: i64) -> Key {

@@ -247,16 +247,22 @@ impl Run<'_> {
     /// Metrics and warnings of one organisation's listing.
     fn observe(&self, org: &OrgInventory<KeyTally>) {
         let metrics = &self.sweeper.metrics;
-        metrics.observe_inventory(&org.organization, &org.projects);
+        // Counts from a listing that failed or stopped short would read as keys gone (an alert
+        // on keys without an expiry resolving while the API is down): the gauges keep the last
+        // complete listing's, and `keysweep_incomplete_listings_total` says why.
+        if org.is_complete() {
+            metrics.observe_inventory(&org.organization, &org.projects);
+        }
         for p in org.projects.iter().filter(|p| !p.listing.is_complete()) {
             tracing::warn!(run_id = self.run_id(), organization = %org.organization, project_id = %p.project.id, "listing incomplete; nothing in this project will be revoked");
             metrics.incomplete_listing(&org.organization);
         }
         // keysweep's own key only: the metric's alerts are about the key keysweep runs with.
-        if let Some(Ok(k)) = self.own_admin_key(org)
-            && let Some(exp) = k.expires_at
-        {
-            metrics.set_admin_key_expiry(&org.organization, &k.id, exp);
+        if let Some(Ok(k)) = self.own_admin_key(org) {
+            match k.expires_at {
+                Some(exp) => metrics.set_admin_key_expiry(&org.organization, &k.id, exp),
+                None => metrics.forget_admin_keys_but(&org.organization, None),
+            }
         }
     }
 }

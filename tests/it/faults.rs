@@ -225,6 +225,7 @@ struct World {
     env: Vec<(String, String)>,
     config: Arc<Config>,
     sweeper: Sweeper,
+    metrics: Metrics,
 }
 
 /// Everything but the channels: enforce mode, both organisations, the limits under test, a
@@ -353,7 +354,8 @@ impl World {
         .collect();
         let config = Arc::new(keysweep::config::load_from_str(&toml, &env).unwrap());
         let store = Store::open(&state_path).unwrap();
-        let sweeper = Sweeper::new(config.clone(), Some(store), Metrics::new()).unwrap();
+        let metrics = Metrics::new();
+        let sweeper = Sweeper::new(config.clone(), Some(store), metrics.clone()).unwrap();
         World {
             dir,
             acme: Arc::new(acme),
@@ -367,6 +369,7 @@ impl World {
             env,
             config,
             sweeper,
+            metrics,
         }
     }
 
@@ -1081,6 +1084,36 @@ async fn a_body_over_the_size_limit_leaves_the_project_incomplete() {
 
 // ---------------------------------------------------------------------------------------------
 // The admin key revoked mid-sweep
+
+/// An organisation whose project list fails keeps the key gauges of its last complete
+/// listing: before, they read as no keys at all (and an alert on keys without an expiry
+/// resolved while the API was down). The other organisation's are updated as usual.
+#[tokio::test]
+async fn a_failed_listing_leaves_the_key_gauges_as_the_last_complete_one_set() {
+    let w = World::new(Knobs::default()).await;
+    warn_first(&w).await;
+    let gauges = |org: &str| -> Vec<String> {
+        let org = format!("organization=\"{org}\"");
+        (w.metrics.encode().lines())
+            .filter(|l| l.starts_with("keysweep_keys") && l.contains(&org))
+            .map(str::to_string)
+            .collect()
+    };
+    let before = gauges("acme");
+    assert!(
+        before
+            .iter()
+            .any(|l| l.starts_with("keysweep_keys_by_expiry{")),
+        "{before:?}"
+    );
+    w.acme
+        .faults()
+        .add(Fault::on_list_projects().respond(FaultKind::Status(503)));
+    let r2 = w.sweep(T2).await;
+    assert!(!r2.complete());
+    assert_eq!(gauges("acme"), before);
+    assert!(!gauges("globex").is_empty());
+}
 
 /// One sweep raises alerts in two phases: the incomplete listing when it commits, the failed
 /// DELETE when it enforces. Both reach the ops channels. Before, every phase composed its alert
