@@ -20,7 +20,7 @@ use crate::state::{Store, SweepLock};
 use crate::sweep::{SweepOptions, SweepReport, Sweeper};
 
 mod delivery;
-use delivery::{BETWEEN_SWEEPS_LAST_SEND, BetweenSweeps, SweeperCache, flush_outbox};
+use delivery::{BETWEEN_SWEEPS_LAST_SEND, BetweenSweeps, Deliverer, SweeperCache, flush_outbox};
 
 /// Exit status for "the command ran but the result is not clean" (incomplete listing, broken
 /// audit chain, failed sweep).
@@ -634,7 +634,15 @@ async fn serve(config: Config, path: PathBuf, force_dry_run: bool) -> Result<()>
     // Shutdown stops the delivery between sweeps from claiming as it begins, not after the
     // sweeps drained.
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let between = BetweenSweeps::start(cache.clone(), shutdown.clone());
+    // Until the daemon says which `Arc` is in force (at its start), the loaded configuration.
+    let (in_force_tx, in_force) = tokio::sync::watch::channel(Arc::new(config.clone()));
+    let deliverer = Deliverer {
+        cache: cache.clone(),
+        in_force,
+        store: store.clone(),
+        metrics: metrics.clone(),
+    };
+    let between = BetweenSweeps::start(deliverer.clone(), shutdown.clone());
     let deps = crate::daemon::DaemonDeps {
         sweep: daemon_sweep(store.clone(), metrics.clone(), force_dry_run, cache.clone()),
         reload: Arc::new(move || config::load(&path).map_err(|e| e.to_string())),
@@ -643,7 +651,10 @@ async fn serve(config: Config, path: PathBuf, force_dry_run: bool) -> Result<()>
             let store = store.clone();
             Arc::new(move || store.ping().is_ok())
         },
-        on_shutdown: Some(flush_outbox(store, config.clone(), cache, between.clone())),
+        on_shutdown: Some(flush_outbox(deliverer, between.clone())),
+        on_config: Some(Arc::new(move |c| {
+            in_force_tx.send_replace(c);
+        })),
         shutdown,
     };
     let ran = crate::daemon::run(config, deps).await;

@@ -1,13 +1,15 @@
 //! The daemon's delivery around its sweeps: every 10 s between them, and the flush at
-//! shutdown, both with the last sweep's configuration. It sends only what the outbox holds and
-//! never composes a message; a send under way at shutdown is let finish, never cut off inside
-//! the grace.
+//! shutdown, both with the configuration in force (a reload's channels from the moment it is
+//! accepted, before any sweep). It sends only what the outbox holds and never composes a
+//! message; a send under way at shutdown is let finish, never cut off inside the grace.
 
 use std::sync::Arc;
 
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::state::Store;
 use crate::sweep::Sweeper;
 
@@ -17,12 +19,43 @@ pub(super) type SweeperCache = Arc<tokio::sync::Mutex<Option<Arc<Sweeper>>>>;
 /// How often the daemon delivers what the outbox has due between sweeps.
 const DELIVERY_TICK: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Between sweeps, every [`DELIVERY_TICK`], delivers what the outbox has due with the last
-/// sweep's configuration (so a reload's channels): a failed message is retried on its own
-/// backoff (from 15 s), not when the next sweep runs, a day later on a daily schedule. Safe
-/// beside a sweep's own delivery: each message is claimed by one deliverer
-/// (`state::outbox::claim_due`). Nothing to deliver before the first sweep built a sweeper.
-async fn deliver_between_sweeps(cache: SweeperCache, stop: CancellationToken) {
+/// What the delivery around the sweeps works with: the sweeper cache the sweeps share, and
+/// what builds a sweeper for the configuration in force when the cache holds another.
+#[derive(Clone)]
+pub(super) struct Deliverer {
+    pub cache: SweeperCache,
+    pub in_force: watch::Receiver<Arc<Config>>,
+    pub store: Store,
+    pub metrics: Metrics,
+}
+
+impl Deliverer {
+    /// The sweeper of the configuration in force (the cached one, or built and cached). A
+    /// configuration a sweeper cannot be built from is said, and nothing is delivered with it.
+    async fn sweeper(&self) -> Option<Arc<Sweeper>> {
+        let config = self.in_force.borrow().clone();
+        let built = super::sweeper_for(
+            &self.cache,
+            &config,
+            self.store.clone(),
+            self.metrics.clone(),
+        );
+        match built.await {
+            Ok(s) => Some(s),
+            Err(reason) => {
+                tracing::warn!(%reason, "cannot deliver the outbox: no sweeper for the configuration in force");
+                None
+            }
+        }
+    }
+}
+
+/// Between sweeps, every [`DELIVERY_TICK`], delivers what the outbox has due with the
+/// configuration in force (a reload's channels at once, not at the next sweep, which on a daily
+/// schedule comes after the messages died on the old channel's backoff): a failed message is
+/// retried on its own backoff (from 15 s). Safe beside a sweep's own delivery: each message is
+/// claimed by one deliverer (`state::outbox::claim_due`).
+async fn deliver_between_sweeps(deliverer: Deliverer, stop: CancellationToken) {
     let mut tick = tokio::time::interval(DELIVERY_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
@@ -31,8 +64,9 @@ async fn deliver_between_sweeps(cache: SweeperCache, stop: CancellationToken) {
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let sweeper = cache.lock().await.clone();
-        let Some(sweeper) = sweeper else { continue };
+        let Some(sweeper) = deliverer.sweeper().await else {
+            continue;
+        };
         let now = chrono::Utc::now().timestamp();
         if let Err(e) = sweeper.deliver_outbox_until(now, &stop).await {
             tracing::warn!(
@@ -56,9 +90,9 @@ pub(super) struct BetweenSweeps {
 
 impl BetweenSweeps {
     /// Starts the task; it claims no message once `stop` is cancelled.
-    pub(super) fn start(cache: SweeperCache, stop: CancellationToken) -> BetweenSweeps {
+    pub(super) fn start(deliverer: Deliverer, stop: CancellationToken) -> BetweenSweeps {
         let task = tokio_util::task::TaskTracker::new();
-        let abort = (task.spawn(deliver_between_sweeps(cache, stop.clone()))).abort_handle();
+        let abort = (task.spawn(deliver_between_sweeps(deliverer, stop.clone()))).abort_handle();
         task.close();
         BetweenSweeps { stop, task, abort }
     }
@@ -78,28 +112,20 @@ impl BetweenSweeps {
 }
 
 /// At shutdown, stops the delivery between sweeps (letting a send under way finish), then
-/// flushes what the outbox can within the grace period; the rest waits for the next start (it
-/// is in the database). With the last sweep's configuration (a reload's channels, not the ones
-/// the daemon started with), else the starting one. Delivery gets notify's settings, never the
-/// whole configuration.
+/// flushes what the outbox can within the grace period, with the configuration in force; the
+/// rest waits for the next start (it is in the database).
 pub(super) fn flush_outbox(
-    store: Store,
-    config: Config,
-    cache: SweeperCache,
+    deliverer: Deliverer,
     between: BetweenSweeps,
 ) -> crate::daemon::ShutdownHook {
-    let settings = crate::notify::NotifySettings::from(&config);
     // `stop` fires some time before the grace runs out: no message is claimed after it, so the
     // one being sent can finish and be marked before the hook is dropped.
     Box::new(move |stop| {
         Box::pin(async move {
             between.stop().await;
             let now = chrono::Utc::now().timestamp();
-            let sweeper = cache.lock().await.clone();
-            if let Some(s) = sweeper {
+            if let Some(s) = deliverer.sweeper().await {
                 let _ = s.deliver_outbox_until(now, &stop).await;
-            } else if let Ok(n) = crate::notify::Notifier::new() {
-                let _ = n.deliver_due_until(&store, &settings, now, &stop).await;
             }
         })
     })

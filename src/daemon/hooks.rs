@@ -33,6 +33,10 @@ pub type ReloadFn = Arc<dyn Fn() -> Result<Config, String> + Send + Sync>;
 /// what it has under way can finish before the hook is dropped.
 pub type ShutdownHook = Box<dyn FnOnce(CancellationToken) -> BoxFuture<()> + Send>;
 
+/// Told the configuration in force: at start, and after every reload that was accepted (the
+/// very `Arc` the sweeps get). For the caller's own work between sweeps (delivery).
+pub type ConfigHook = Arc<dyn Fn(Arc<Config>) + Send + Sync>;
+
 /// What one sweep is asked to do.
 #[derive(Debug, Clone)]
 pub struct SweepRequest {
@@ -96,6 +100,7 @@ pub struct DaemonDeps {
     /// Is the state database reachable? (for `/readyz`)
     pub db_ready: ReadyCheck,
     pub on_shutdown: Option<ShutdownHook>,
+    pub on_config: Option<ConfigHook>,
     /// Cancelled the moment shutdown begins (SIGTERM), before the sweeps drain: work of the
     /// caller's own (the delivery between sweeps) stops taking new work with them.
     pub shutdown: CancellationToken,

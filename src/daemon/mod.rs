@@ -77,7 +77,8 @@ use supervisor::Supervisor;
 pub use control::DaemonControl;
 pub use error::{DaemonError, ReloadError};
 pub use hooks::{
-    BoxFuture, DaemonDeps, ReloadFn, ShutdownHook, SweepFn, SweepRequest, SweepResult, Trigger,
+    BoxFuture, ConfigHook, DaemonDeps, ReloadFn, ShutdownHook, SweepFn, SweepRequest, SweepResult,
+    Trigger,
 };
 pub use schedule::{effective_schedule, org_schedules};
 pub use supervisor::{check_reload, config_warnings, hook_stop_at, validate_schedules};
@@ -143,8 +144,12 @@ impl Daemon {
             running: HashSet::new(),
             loop_ids: HashMap::new(),
             on_shutdown: deps.on_shutdown,
+            on_config: deps.on_config,
             shutdown,
         };
+        if let Some(hook) = &supervisor.on_config {
+            hook(supervisor.config_tx.borrow().clone());
+        }
         let supervisor = tokio::spawn(supervisor.run(rx, ops_task));
         Ok(Daemon {
             ops_addr,

@@ -17,7 +17,7 @@ use tokio_util::task::AbortOnDropHandle;
 use crate::config::Config;
 use crate::daemon::control::Control;
 use crate::daemon::error::DaemonError;
-use crate::daemon::hooks::{ReloadFn, ShutdownHook};
+use crate::daemon::hooks::{ConfigHook, ReloadFn, ShutdownHook};
 use crate::daemon::org_loop::{Shared, org_loop};
 use crate::daemon::schedule::{CronSchedule, effective_schedule};
 
@@ -85,6 +85,7 @@ pub(super) struct Supervisor {
     pub(super) running: HashSet<String>,
     pub(super) loop_ids: HashMap<tokio::task::Id, String>,
     pub(super) on_shutdown: Option<ShutdownHook>,
+    pub(super) on_config: Option<ConfigHook>,
     pub(super) shutdown: CancellationToken,
 }
 
@@ -171,7 +172,11 @@ impl Supervisor {
                     organizations = new.organizations.len(),
                     "configuration reloaded"
                 );
-                self.config_tx.send_replace(Arc::new(new));
+                let new = Arc::new(new);
+                self.config_tx.send_replace(new.clone());
+                if let Some(hook) = &self.on_config {
+                    hook(new);
+                }
                 self.spawn_missing();
                 Ok(())
             }

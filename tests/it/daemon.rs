@@ -58,6 +58,7 @@ fn deps(sweep: SweepFn, reload: ReloadFn, metrics: Metrics) -> DaemonDeps {
         metrics,
         db_ready: Arc::new(|| true),
         on_shutdown: None,
+        on_config: None,
         shutdown: tokio_util::sync::CancellationToken::new(),
     }
 }

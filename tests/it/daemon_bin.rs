@@ -675,19 +675,10 @@ async fn sighup_with_a_broken_config_keeps_the_old_one_and_a_valid_one_takes_eff
     d.proc.assert_no_secret(&[ADMIN_KEY]);
 }
 
-/// Between sweeps the daemon delivers what the outbox has due: a webhook that refused the first
-/// sweep's digest (500) gets it again on the message's own backoff, with no second sweep (the
-/// schedule's next slot is months away), under the same `webhook-id`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_daemon_retries_a_failed_delivery_between_sweeps_and_a_sigterm_lets_the_send_finish() {
-    let sim = start_sim(unix_now()).await;
-    let rx = crate::support::receivers::Receiver::start().await;
-    rx.set_status("/hook", 500);
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("keysweep.toml");
-    let state = dir.path().join("state.db");
-    let port = free_port();
-    let text = format!(
+/// A daemon in dry-run that sweeps once at start (its next slot months away) and tells a
+/// webhook at `hook` about every key older than 90 days.
+fn yearly_webhook_config(state: &std::path::Path, sim: &SimServer, hook: &str) -> String {
+    format!(
         r#"mode = "dry-run"
 state_path = "{state}"
 schedule = "0 0 1 1 *"
@@ -718,8 +709,72 @@ format = "json"
 "#,
         state = state.display(),
         sim = sim.base_url(),
-        hook = rx.url("/hook"),
-    );
+        port = free_port(),
+    )
+}
+
+/// A channel fixed by a reload gets what failed on the old one between sweeps, with no sweep:
+/// before, delivery between sweeps used the last sweep's configuration, so on a daily schedule
+/// the messages kept failing on the old URL until they died.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_fixed_by_a_reload_gets_its_messages_before_the_next_sweep() {
+    let sim = start_sim(unix_now()).await;
+    let rx = crate::support::receivers::Receiver::start().await;
+    rx.set_status("/old", 404);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("keysweep.toml");
+    let state = dir.path().join("state.db");
+    std::fs::write(
+        &config,
+        yearly_webhook_config(&state, &sim, &rx.url("/old")),
+    )
+    .unwrap();
+    let secret = crate::support::secrets::whsec(b"daemon-reload-channel-key-000001");
+    let mut proc = Proc::spawn(keysweep(
+        &["run", "--config", config.to_str().unwrap()],
+        &[
+            (ADMIN_KEY_ENV, ADMIN_KEY),
+            ("KEYSWEEP_IT_DAEMON_HOOK", secret.as_str()),
+        ],
+    ));
+    eventually("the first attempt on the old URL", || {
+        !rx.requests("/old").is_empty()
+    })
+    .await;
+    let fixed = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(&rx.url("/old"), &rx.url("/new"));
+    std::fs::write(&config, fixed).unwrap();
+    proc.signal("-HUP");
+    eventually("the message on the new URL", || {
+        !rx.requests("/new").is_empty()
+    })
+    .await;
+    proc.signal("-TERM");
+    let (status, _) = proc.wait().await;
+    assert_eq!(status.code(), Some(0), "{:#?}", proc.stderr());
+    let first = rx.requests("/old")[0].header("webhook-id");
+    assert_eq!(rx.requests("/new")[0].header("webhook-id"), first);
+    let sweeps: BTreeSet<String> = (proc.log().iter())
+        .filter(|r| message(r) == "sweep finished")
+        .filter_map(|r| r["run_id"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(sweeps.len(), 1, "delivered by a second sweep: {sweeps:?}");
+    proc.assert_no_secret(&[ADMIN_KEY, secret.as_str()]);
+}
+
+/// Between sweeps the daemon delivers what the outbox has due: a webhook that refused the first
+/// sweep's digest (500) gets it again on the message's own backoff, with no second sweep (the
+/// schedule's next slot is months away), under the same `webhook-id`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_retries_a_failed_delivery_between_sweeps_and_a_sigterm_lets_the_send_finish() {
+    let sim = start_sim(unix_now()).await;
+    let rx = crate::support::receivers::Receiver::start().await;
+    rx.set_status("/hook", 500);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("keysweep.toml");
+    let state = dir.path().join("state.db");
+    let text = yearly_webhook_config(&state, &sim, &rx.url("/hook"));
     std::fs::write(&config, text).unwrap();
     let secret = crate::support::secrets::whsec(b"daemon-between-sweeps-key-000001");
     let mut proc = Proc::spawn(keysweep(
