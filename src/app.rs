@@ -118,6 +118,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
     match &cli.command {
         Command::CheckConfig => {
             let config = load(&cli)?;
+            usable(&config).map_err(|e| anyhow::anyhow!(e))?;
             print!("{}", config::render_effective(&config));
             println!("# config hash: {}", config.hash);
             Ok(ExitCode::SUCCESS)
@@ -645,7 +646,11 @@ async fn serve(config: Config, path: PathBuf, force_dry_run: bool) -> Result<()>
     let between = BetweenSweeps::start(deliverer.clone(), shutdown.clone());
     let deps = crate::daemon::DaemonDeps {
         sweep: daemon_sweep(store.clone(), metrics.clone(), force_dry_run, cache.clone()),
-        reload: Arc::new(move || config::load(&path).map_err(|e| e.to_string())),
+        reload: Arc::new(move || {
+            let c = config::load(&path).map_err(|e| e.to_string())?;
+            usable(&c)?;
+            Ok(c)
+        }),
         metrics,
         db_ready: {
             let store = store.clone();
@@ -714,6 +719,16 @@ fn daemon_sweep(
             }
         }) as crate::daemon::BoxFuture<SweepResult>
     })
+}
+
+/// Whether a sweep can be built from `config`: its clients (a `ca_file` that holds no
+/// certificate, a base URL the client refuses) and its policies. The loader checks what it
+/// reads, not what the clients make of it; a reload accepted without this would fail every
+/// sweep after it, the good configuration gone.
+fn usable(config: &Config) -> Result<(), String> {
+    Sweeper::new(Arc::new(config.clone()), None, Metrics::new())
+        .map(drop)
+        .map_err(|e| crate::error_chain(&e))
 }
 
 /// The cached sweeper if it was built from this very `config` (the one a reload put in

@@ -608,6 +608,40 @@ async fn sigterm_during_a_slow_sweep_exits_zero_with_a_consistent_state() {
     d.proc.assert_no_secret(&[ADMIN_KEY]);
 }
 
+/// A reload whose `ca_file` holds no certificate is refused, and the daemon sweeps on: the
+/// loader only checks that the file can be read, and before, the reload was accepted and every
+/// sweep after it failed to build its clients. `check-config` says so too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_whose_ca_file_holds_no_certificate_is_refused() {
+    let sim = start_sim(unix_now()).await;
+    let mut d = Daemon::start(&sim, DaemonOpts::default()).await;
+    d.wait_for_sweeps("acme", 1).await;
+    let bad = d.state.with_file_name("ca.pem");
+    std::fs::write(&bad, "half of a bundle, no certificate in it\n").unwrap();
+    let env_line = format!("admin_key_env = \"{ADMIN_KEY_ENV}\"");
+    let text = daemon_toml(&d.sim_url, &d.state, d.port, &DaemonOpts::default()).replace(
+        &env_line,
+        &format!("{env_line}\nca_file = \"{}\"", bad.display()),
+    );
+    std::fs::write(&d.config, text).unwrap();
+    d.proc.signal("-HUP");
+    let refused = |d: &Daemon| {
+        (d.proc.log().into_iter()).find(|r| message(r).starts_with("configuration reload refused"))
+    };
+    eventually("the refused reload", || refused(&d).is_some()).await;
+    let reason = refused(&d).unwrap()["reason"].to_string();
+    assert!(reason.contains("ca_file"), "{reason}");
+    let acme = d.audit_sweeps().len();
+    d.wait_for_sweeps("acme", acme + 1).await;
+    let check = ["check-config", "--config", d.config.to_str().unwrap()];
+    let (status, _, err) = run_to_end(&check, &[(ADMIN_KEY_ENV, ADMIN_KEY)]).await;
+    assert!(!status.success());
+    assert!(err.contains("ca_file"), "{err}");
+    d.proc.signal("-TERM");
+    let (status, _) = d.proc.wait().await;
+    assert_eq!(status.code(), Some(0));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_with_a_broken_config_keeps_the_old_one_and_a_valid_one_takes_effect() {
     let sim = start_sim(unix_now()).await;
