@@ -121,6 +121,9 @@ pub(super) async fn org_loop(
     mut run_now: bool,
 ) -> String {
     shared.board.track(&org, Utc::now());
+    // The last slot run: the next one comes after it even if the wall clock stepped back (NTP,
+    // a VM restored), or the same slot would be swept twice.
+    let mut last_slot: Option<DateTime<Utc>> = None;
     loop {
         let config = config_rx.borrow_and_update().clone();
         let Some(org_cfg) = config.organizations.iter().find(|o| o.name == org) else {
@@ -130,7 +133,8 @@ pub(super) async fn org_loop(
             return org;
         };
         let sched = effective_schedule(&config, org_cfg).clone();
-        let Some((cron, slot, trigger)) = next_slot(&org, &sched, run_now) else {
+        let after = not_before(Utc::now(), last_slot);
+        let Some((cron, slot, trigger)) = next_slot(&org, &sched, run_now, after) else {
             // Unreachable with a validated config; wait for a better one rather than spin.
             match wait_until(
                 DateTime::<Utc>::MAX_UTC,
@@ -153,6 +157,7 @@ pub(super) async fn org_loop(
             Wake::Shutdown => return org,
         }
         run_now = false;
+        last_slot = Some(slot);
         let slot = Slot {
             cron: &cron,
             schedule: &sched,
@@ -167,10 +172,17 @@ pub(super) async fn org_loop(
 
 /// The schedule, the next slot and why it runs; `None` (logged) when the schedule cannot be
 /// used or has no future slot.
+/// The instant the next slot is looked for after: now, or the last slot run if the clock is
+/// behind it.
+pub(super) fn not_before(now: DateTime<Utc>, last_slot: Option<DateTime<Utc>>) -> DateTime<Utc> {
+    last_slot.map_or(now, |l| l.max(now))
+}
+
 fn next_slot(
     org: &str,
     sched: &Schedule,
     run_now: bool,
+    after: DateTime<Utc>,
 ) -> Option<(CronSchedule, DateTime<Utc>, Trigger)> {
     let cron = match CronSchedule::parse(&sched.cron) {
         Ok(c) => c,
@@ -182,7 +194,7 @@ fn next_slot(
     if run_now {
         return Some((cron, Utc::now(), Trigger::Start));
     }
-    match cron.next_fire(Utc::now(), sched.timezone) {
+    match cron.next_fire(after, sched.timezone) {
         Some(t) => Some((cron, t, Trigger::Schedule)),
         None => {
             tracing::error!(organization = %org, schedule = %cron, "schedule has no future slot");
