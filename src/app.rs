@@ -20,7 +20,9 @@ use crate::state::{Store, SweepLock};
 use crate::sweep::{SweepOptions, SweepReport, Sweeper};
 
 mod delivery;
-use delivery::{BETWEEN_SWEEPS_LAST_SEND, BetweenSweeps, Deliverer, SweeperCache, flush_outbox};
+use delivery::{
+    BETWEEN_SWEEPS_LAST_SEND, BetweenSweeps, Deliverer, SweeperCache, flush_outbox, sweeper_for,
+};
 
 /// Exit status for "the command ran but the result is not clean" (incomplete listing, broken
 /// audit chain, failed sweep).
@@ -729,27 +731,6 @@ fn usable(config: &Config) -> Result<(), String> {
     Sweeper::new(Arc::new(config.clone()), None, Metrics::new())
         .map(drop)
         .map_err(|e| crate::error_chain(&e))
-}
-
-/// The cached sweeper if it was built from this very `config` (the one a reload put in
-/// force), else a new one, cached in its place. Compared by identity, not by hash: the hash
-/// leaves secrets out, and an admin key rotated in its file must reach the clients at the next
-/// SIGHUP. `Err` is why it could not be built, with its cause.
-async fn sweeper_for(
-    cache: &SweeperCache,
-    config: &Arc<Config>,
-    store: Store,
-    metrics: Metrics,
-) -> Result<Arc<Sweeper>, String> {
-    let mut slot = cache.lock().await;
-    if let Some(s) = slot.as_ref().filter(|s| Arc::ptr_eq(&s.config, config)) {
-        return Ok(s.clone());
-    }
-    let sweeper =
-        Sweeper::new(config.clone(), Some(store), metrics).map_err(|e| crate::error_chain(&e))?;
-    let sweeper = Arc::new(sweeper);
-    *slot = Some(sweeper.clone());
-    Ok(sweeper)
 }
 
 /// How the daemon should judge a finished sweep.

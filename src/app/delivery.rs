@@ -16,6 +16,27 @@ use crate::sweep::Sweeper;
 /// The last sweeper built, reused until a reload puts another configuration in force.
 pub(super) type SweeperCache = Arc<tokio::sync::Mutex<Option<Arc<Sweeper>>>>;
 
+/// The cached sweeper if it was built from this very `config` (the one a reload put in
+/// force), else a new one, cached in its place. Compared by identity, not by hash: the hash
+/// leaves secrets out, and an admin key rotated in its file must reach the clients at the next
+/// SIGHUP. `Err` is why it could not be built, with its cause.
+pub(super) async fn sweeper_for(
+    cache: &SweeperCache,
+    config: &Arc<Config>,
+    store: Store,
+    metrics: Metrics,
+) -> Result<Arc<Sweeper>, String> {
+    let mut slot = cache.lock().await;
+    if let Some(s) = slot.as_ref().filter(|s| Arc::ptr_eq(&s.config, config)) {
+        return Ok(s.clone());
+    }
+    let sweeper =
+        Sweeper::new(config.clone(), Some(store), metrics).map_err(|e| crate::error_chain(&e))?;
+    let sweeper = Arc::new(sweeper);
+    *slot = Some(sweeper.clone());
+    Ok(sweeper)
+}
+
 /// How often the daemon delivers what the outbox has due between sweeps.
 const DELIVERY_TICK: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -34,7 +55,7 @@ impl Deliverer {
     /// configuration a sweeper cannot be built from is said, and nothing is delivered with it.
     async fn sweeper(&self) -> Option<Arc<Sweeper>> {
         let config = self.in_force.borrow().clone();
-        let built = super::sweeper_for(
+        let built = sweeper_for(
             &self.cache,
             &config,
             self.store.clone(),

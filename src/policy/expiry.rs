@@ -214,6 +214,7 @@ mod tests {
             closed_at: Some(now),
             resolution: None,
             dry_run_noted_at: None,
+            warned_dry_run: false,
             withheld: None,
             rotation_withheld: None,
             expiry: crate::policy::finding::ExpiryState {

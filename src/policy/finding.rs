@@ -133,6 +133,10 @@ pub struct Finding {
     /// Dry-run only: when the "would be revoked" notice was queued, so it is sent once.
     #[serde(default)]
     pub dry_run_noted_at: Option<i64>,
+    /// The last warning was a dry-run's ("would be revoked"): the first sweep that enforces
+    /// warns again, for real, before it writes anything (`lifecycle::advance`).
+    #[serde(default)]
+    pub warned_dry_run: bool,
     /// What the finding knows of the key's expiry, and what keysweep wrote to it.
     #[serde(default)]
     pub expiry: ExpiryState,

@@ -113,15 +113,20 @@ pub fn advance(
     observed: Observation<'_>,
     repeat_interval: i64,
     next_sweep: Option<i64>,
+    dry_run: bool,
 ) -> Transition {
     let open = prev.filter(|f| f.stage.is_open());
+    let when = When {
+        now,
+        repeat_interval,
+        next_sweep,
+        dry_run,
+    };
     match (open, observed) {
-        (None, Observation::Violating { key, violation }) => detect(key, violation, now),
+        (None, Observation::Violating { key, violation }) => detect(key, violation, now, dry_run),
         // Nothing open: closed findings stay closed and non-violations create nothing.
         (None, _) => Transition::unchanged(prev),
-        (Some(f), Observation::Violating { key, violation }) => {
-            progress(f, key, violation, now, repeat_interval, next_sweep)
-        }
+        (Some(f), Observation::Violating { key, violation }) => progress(f, key, violation, &when),
         (Some(f), Observation::Compliant) => close(f, now, Stage::Resolved, "no longer violates"),
         (Some(f), Observation::Gone) => close(f, now, Stage::Resolved, KEY_DELETED),
         (Some(f), Observation::Exempted { reason }) => {
@@ -180,7 +185,16 @@ fn reachable_owner_email(key: &Key) -> Option<String> {
     }
 }
 
-fn detect(key: &Key, v: &Violation, now: i64) -> Transition {
+/// The sweep a finding advances in: its clock, the reminder interval, when the next sweep
+/// comes at the latest, and whether it writes nothing (dry-run).
+struct When {
+    now: i64,
+    repeat_interval: i64,
+    next_sweep: Option<i64>,
+    dry_run: bool,
+}
+
+fn detect(key: &Key, v: &Violation, now: i64, dry_run: bool) -> Transition {
     let finding = Finding {
         id: FindingId {
             organization: key.organization.clone(),
@@ -209,6 +223,7 @@ fn detect(key: &Key, v: &Violation, now: i64) -> Transition {
         closed_at: None,
         resolution: None,
         dry_run_noted_at: None,
+        warned_dry_run: dry_run,
         withheld: None,
         rotation_withheld: None,
         expiry: ExpiryState::default(),
@@ -220,16 +235,9 @@ fn detect(key: &Key, v: &Violation, now: i64) -> Transition {
     }
 }
 
-fn progress(
-    f: &Finding,
-    key: &Key,
-    v: &Violation,
-    now: i64,
-    repeat_interval: i64,
-    next_sweep: Option<i64>,
-) -> Transition {
-    let mut next = f.clone();
-    // Refresh what people read; the decision inputs (detection, deadline) stay as fixed.
+/// Refreshes what people read from the listing; the decision inputs (detection, deadline)
+/// stay as fixed.
+fn refresh(next: &mut Finding, key: &Key, v: &Violation) {
     next.project_name = key.project_name.clone();
     next.key_name = key.name.clone();
     next.redacted_value = key.redacted_value.clone();
@@ -247,6 +255,17 @@ fn progress(
         next.expires_at = key.expires_at;
     }
     next.reason = v.reason.clone();
+}
+
+fn progress(f: &Finding, key: &Key, v: &Violation, when: &When) -> Transition {
+    let When {
+        now,
+        repeat_interval,
+        next_sweep,
+        dry_run,
+    } = *when;
+    let mut next = f.clone();
+    refresh(&mut next, key, v);
 
     let mut notices = Vec::new();
     let warn_before = v.warn_before.max(0);
@@ -271,8 +290,20 @@ fn progress(
         next.warned_at = Some(now);
         next.stage = Stage::Warned;
         notices.push(NoticeKind::Warning);
+    } else if next.warned_dry_run && !dry_run && next.action.enforces() {
+        // Every warning so far said what keysweep *would* do. The first sweep that enforces
+        // says what it *will* do, with the whole warning period from now: a deadline that
+        // passed during the dry-run rollout would otherwise revoke (or end) the key at once.
+        next.deadline = next.deadline.max(now.saturating_add(warn_before));
+        next.final_notice_at = None;
+        next.warned_at = Some(now);
+        next.stage = Stage::Warned;
+        notices.push(NoticeKind::Warning);
     }
     let warned_now = !notices.is_empty();
+    if warned_now {
+        next.warned_dry_run = dry_run;
+    }
 
     let final_due = next.deadline.saturating_sub(v.final_notice.max(0));
     // The next sweep would come after the final notice is due: this is the last one before.

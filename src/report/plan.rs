@@ -514,6 +514,7 @@ mod tests {
             closed_at: None,
             resolution: None,
             dry_run_noted_at: None,
+            warned_dry_run: false,
             withheld: None,
             rotation_withheld: None,
             expiry: ExpiryState::default(),

@@ -278,6 +278,7 @@ mod tests {
     fn finding(i: usize) -> Finding {
         Finding {
             dry_run_noted_at: None,
+            warned_dry_run: false,
             withheld: None,
             rotation_withheld: None,
             expiry: Default::default(),

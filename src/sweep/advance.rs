@@ -411,7 +411,7 @@ impl Run<'_> {
         let sa_keys_enforced =
             self.sweeper.config.safety.service_account_keys == ServiceAccountKeys::Enforce;
         let mut out = advance_findings(
-            &self.sweeper.evaluator(self.now()),
+            &self.sweeper.evaluator(self.now(), self.dry_run()),
             orgs,
             self.dry_run(),
             sa_keys_enforced,
@@ -496,6 +496,7 @@ mod tests {
             closed_at: None,
             resolution: None,
             dry_run_noted_at: None,
+            warned_dry_run: false,
             withheld: None,
             rotation_withheld: None,
             expiry: Default::default(),

@@ -96,6 +96,8 @@ pub(crate) struct Evaluator {
     /// Each organisation's next scheduled sweep at the latest (`daemon::schedule::Cadence`),
     /// for the final notices it would bring too late.
     pub next_sweeps: Arc<[(String, i64)]>,
+    /// The sweep writes nothing: its warnings say what keysweep would do.
+    pub dry_run: bool,
 }
 
 impl Evaluator {
@@ -157,6 +159,7 @@ impl Evaluator {
                 observe(&eval, key, policy, now),
                 self.repeat,
                 self.next_sweep(&key.organization),
+                self.dry_run,
             );
             if let Some(r) = self.writes(key, &id, prev, &t, step) {
                 restores.push((step.transitions.len(), r));
@@ -297,6 +300,7 @@ impl Evaluator {
                 observed,
                 self.repeat,
                 self.next_sweep(&f.id.organization),
+                self.dry_run,
             );
             step.transitions.push((Some(f.stage), t));
         }

@@ -60,7 +60,7 @@ impl Run<'_> {
         // The audit log and usage first: the recorder judges each page as it arrives, so the
         // rules (`unrestricted`, `max_idle`'s usage buckets) need them before the first one.
         let intel = self.gather_intel().await;
-        let mut evaluator = sweeper.evaluator(self.now());
+        let mut evaluator = sweeper.evaluator(self.now(), self.dry_run());
         let wanted = crate::intel::Wanted::of(&sweeper.config.policies);
         evaluator.policies = self.with_facts(intel.facts(self.now(), wanted));
         // What the gap alerts read of the log is taken now; the rest of it waits in the state

@@ -99,7 +99,7 @@ impl Sweeper {
     ) -> Result<(SweepReport, Inventory), SweepError> {
         let clients = self.clients_for(None);
         let inventory = crate::openai::collect_inventory(&self.config, &clients, progress).await;
-        let mut evaluator = self.evaluator(now);
+        let mut evaluator = self.evaluator(now, self.config.mode == Mode::DryRun);
         let wanted = crate::intel::Wanted::of(&self.config.policies);
         evaluator.policies =
             std::sync::Arc::new(self.policies.with_facts(intel.facts(now, wanted)));

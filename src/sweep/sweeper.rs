@@ -149,8 +149,9 @@ impl Sweeper {
         crate::openai::collect_inventory(&self.config, &self.clients, None).await
     }
 
-    pub(super) fn evaluator(&self, now: i64) -> Evaluator {
+    pub(super) fn evaluator(&self, now: i64, dry_run: bool) -> Evaluator {
         Evaluator {
+            dry_run,
             policies: self.policies.clone(),
             now,
             repeat: i64::try_from(self.config.notifications.repeat_interval.as_secs())

@@ -693,12 +693,12 @@ async fn at_its_expiry_a_finding_ends_as_expired_whether_or_not_the_api_lists_th
     }
 }
 
-/// A team runs dry-run past its findings' deadlines, then turns enforce on: the API takes no
-/// expiry in the past, so each key gets one an hour from the sweep (the deadline kept as
-/// closely as it can still be written), not a failed write every sweep; a key that already
-/// ends sooner is left alone.
+/// A team runs dry-run past its findings' deadlines, then turns enforce on. Its owners have
+/// only read what keysweep *would* do, so the first enforce sweep warns them for real, with
+/// the whole warning period: each key's expiry is set a warning period ahead (not an hour, as
+/// before), and a key that already ends sooner is left alone.
 #[tokio::test]
-async fn enforce_after_the_deadlines_passed_in_dry_run_sets_the_expiry_an_hour_ahead() {
+async fn enforce_after_the_deadlines_passed_in_dry_run_warns_again_with_a_whole_warning_period() {
     let t = wall_now();
     let (o, keys) = org(t);
     let sim = start(o, |_| {}).await;
@@ -711,15 +711,19 @@ async fn enforce_after_the_deadlines_passed_in_dry_run_sets_the_expiry_an_hour_a
     drop(dry);
     let s = expire_sweeper(&sim, &db, "enforce");
     let r = sweep(&s, t).await;
-    let target = t + keysweep::policy::expiry::PAST_DEADLINE_LEAD;
+    let target = t + 7 * DAY;
+    let f = finding(&s, &keys.never, POLICY);
+    assert_eq!(
+        (f.deadline, f.warned_at, f.stage),
+        (target, Some(t), Stage::Warned)
+    );
     let at = expires_at(&sim, &keys.never);
     assert!(
         at.is_some_and(|at| lands_on(at, target)),
         "{at:?} vs {target}"
     );
-    // A key ending in 3 days ends later than that: it is moved in to the same target.
-    let early = expires_at(&sim, &keys.earlier);
-    assert!(early.is_some_and(|at| lands_on(at, target)), "{early:?}");
+    // A key ending in 3 days ends before the new deadline: left alone.
+    assert_eq!(expires_at(&sim, &keys.earlier), Some(t + 3 * DAY));
     assert!(expiry_alerts(&r).is_empty(), "{:?}", expiry_alerts(&r));
     assert!(
         !records(&s)

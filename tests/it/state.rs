@@ -50,6 +50,7 @@ fn key(project: &str, id: &str, created_at: i64) -> Key {
 fn finding(project: &str, key_id: &str, policy: &str, stage: Stage, deadline: i64) -> Finding {
     Finding {
         dry_run_noted_at: None,
+        warned_dry_run: false,
         withheld: None,
         rotation_withheld: None,
         expiry: Default::default(),

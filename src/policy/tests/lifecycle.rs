@@ -71,7 +71,7 @@ fn run(
             },
             Obs::Gone => Observation::Gone,
         };
-        let t = advance(prev.as_ref(), r.at, obs, repeat, None);
+        let t = advance(prev.as_ref(), r.at, obs, repeat, None, false);
         assert_eq!(t.notices, r.notices, "row {i} (t={}) notices", r.at);
         assert_eq!(t.revoke_due, r.due, "row {i} (t={}) revoke_due", r.at);
         let next = t
@@ -104,6 +104,7 @@ fn violating(prev: Option<&Finding>, now: i64, key: &Key, violation: &Violation)
         Observation::Violating { key, violation },
         DAY,
         None,
+        false,
     )
 }
 
@@ -143,6 +144,53 @@ fn staged_revocation_of_a_max_age_finding() {
     assert_eq!(closed.resolution.as_deref(), Some("key deleted"));
     assert_eq!(closed.closed_at, Some(116 * DAY));
     assert_eq!(closed.final_notice_at, Some(113 * DAY));
+}
+
+/// Warned, reminded and final-noticed in dry-run (each notice saying what keysweep *would*
+/// do), then the first sweep in enforce mode, long past the deadline: it warns for real, with
+/// the whole warning period from then, and revokes only after a final notice. Before, that
+/// sweep revoked at once, the owner having only ever read "would be revoked".
+#[test]
+fn the_first_enforce_sweep_after_a_dry_run_warns_for_real_before_it_revokes() {
+    let k = key("k1");
+    let v = violation(Action::Revoke, 14 * DAY, DAY);
+    let step = |prev: Option<&Finding>, at: i64, dry_run: bool| {
+        let obs = Observation::Violating {
+            key: &k,
+            violation: &v,
+        };
+        advance(prev, at, obs, 30 * DAY, None, dry_run)
+    };
+    let warned = step(None, 100 * DAY, true);
+    assert_eq!(warned.notices, [NoticeKind::Warning]);
+    let f = warned.next.unwrap();
+    assert!(f.warned_dry_run);
+    let fin = step(Some(&f), 113 * DAY, true);
+    assert_eq!(fin.notices, [NoticeKind::FinalNotice]);
+    let f = fin.next.unwrap();
+    // Enforce mode from day 130, 16 days past the deadline.
+    let real = step(Some(&f), 130 * DAY, false);
+    assert_eq!(real.notices, [NoticeKind::Warning]);
+    assert!(!real.revoke_due);
+    let f = real.next.unwrap();
+    assert_eq!((f.deadline, f.warned_at), (144 * DAY, Some(130 * DAY)));
+    assert_eq!(
+        (f.stage, f.final_notice_at, f.warned_dry_run),
+        (Stage::Warned, None, false)
+    );
+    let quiet = step(Some(&f), 131 * DAY, false);
+    assert!(quiet.notices.is_empty() && !quiet.revoke_due);
+    let fin = step(Some(&f), 143 * DAY, false);
+    assert_eq!(
+        (fin.notices.as_slice(), fin.revoke_due),
+        (&[NoticeKind::FinalNotice][..], false)
+    );
+    let due = step(fin.next.as_ref(), 144 * DAY, false);
+    assert!(due.revoke_due);
+    // A finding warned in enforce mode is not warned again.
+    let enforced = step(None, 100 * DAY, false).next.unwrap();
+    assert!(!enforced.warned_dry_run);
+    assert!(step(Some(&enforced), 101 * DAY, false).notices.is_empty());
 }
 
 #[test]
@@ -239,7 +287,7 @@ fn non_violations_without_a_finding_create_nothing() {
         Observation::Gone,
         Observation::Exempted { reason: "r" },
     ] {
-        let t = advance(None, 100, obs, DAY, None);
+        let t = advance(None, 100, obs, DAY, None, false);
         assert_eq!(t.next, None);
         assert!(t.notices.is_empty() && !t.revoke_due);
         assert!(t.notices(false).is_empty());
@@ -282,7 +330,14 @@ fn revoked_findings_stay_closed() {
     assert_eq!(n.kind, NoticeKind::Revoked);
     assert!(!n.dry_run);
 
-    let t = advance(Some(&revoked), 121 * DAY, Observation::Gone, DAY, None);
+    let t = advance(
+        Some(&revoked),
+        121 * DAY,
+        Observation::Gone,
+        DAY,
+        None,
+        false,
+    );
     assert_eq!(t.next.as_ref(), Some(&revoked));
     assert!(t.notices.is_empty() && !t.revoke_due);
 }
@@ -413,7 +468,7 @@ fn a_final_notice_the_next_sweep_would_bring_too_late_goes_out_now() {
                 key: &k,
                 violation: &v,
             };
-            advance(prev, at, obs, 30 * DAY, next)
+            advance(prev, at, obs, 30 * DAY, next, false)
         };
         let warned = step(None, 100 * DAY, Some(107 * DAY));
         let f = warned.next.clone().unwrap_or_else(|| unreachable!());

@@ -651,7 +651,7 @@ fn run_system(w: &World) -> Vec<StepLog> {
                     None if prev.is_some() => Observation::Gone,
                     None => continue,
                 };
-                let tr = advance(prev, t, obs, w.repeat, None);
+                let tr = advance(prev, t, obs, w.repeat, None, false);
                 let Some(next) = tr.next.clone() else {
                     assert!(tr.notices.is_empty() && !tr.revoke_due);
                     continue;

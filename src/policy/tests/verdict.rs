@@ -31,6 +31,7 @@ fn finding(action: Action, owner: OwnerType) -> Finding {
         },
         0,
         None,
+        false,
     );
     t.next.unwrap_or_else(|| unreachable!())
 }

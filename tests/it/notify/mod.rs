@@ -73,6 +73,7 @@ fn finding(
 ) -> Finding {
     Finding {
         dry_run_noted_at: None,
+        warned_dry_run: false,
         withheld: None,
         rotation_withheld: None,
         expiry: Default::default(),
