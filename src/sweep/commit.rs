@@ -138,7 +138,7 @@ impl Run<'_> {
         // The notices of later phases (revoked, rotated) get what this sweep noted of their
         // keys (`owners.rs`): usage, and a service-account key's route.
         if let Some(k) = self.key_notes.get() {
-            k.annotate(&mut notices);
+            k.annotate(&mut notices, &self.sweeper.notify);
         }
         for a in alerts {
             tracing::warn!(run_id = self.run_id(), alert = %a.dedup_key(), "enforcer alert: {}", crate::text::log_field(&alert_text(a)));

@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 
+use crate::notify::NotifySettings;
+use crate::notify::route::mails_owners;
 use crate::policy::finding::{Notice, NoticeIntel};
 
 /// (organisation, project id, key id).
@@ -17,19 +19,36 @@ pub(super) struct KeyNotes {
 }
 
 impl KeyNotes {
-    /// Sets the intel of every notice that has none and whose key this sweep knows.
-    pub fn annotate(&self, notices: &mut [Notice]) {
+    /// Sets the intel of every notice that has none and whose key this sweep knows. A key's
+    /// route (who is told in person) goes only on the notices of a policy whose channels mail
+    /// owners: another policy's notice about the same key tells nobody in person, and goes to
+    /// `owner_fallback` like any such notice.
+    pub fn annotate(&self, notices: &mut [Notice], settings: &NotifySettings) {
         if self.notes.is_empty() {
             return;
         }
         for n in notices.iter_mut().filter(|n| n.intel.is_none()) {
-            let id = &n.finding.id;
+            let f = &n.finding;
+            let id = &f.id;
             let key = (
                 id.organization.clone(),
                 id.project_id.clone(),
                 id.key_id.clone(),
             );
-            n.intel = self.notes.get(&key).cloned();
+            let Some(mut note) = self.notes.get(&key).cloned() else {
+                continue;
+            };
+            if note.route.is_some()
+                && !mails_owners(
+                    settings,
+                    &id.policy,
+                    &id.project_id,
+                    f.project_name.as_deref(),
+                )
+            {
+                note.route = None;
+            }
+            n.intel = (note.usage.is_some() || note.route.is_some()).then_some(note);
         }
     }
 }

@@ -118,7 +118,7 @@ impl Run<'_> {
                 notes.insert(key, NoticeIntel { usage, route });
             }
         }
-        notes.annotate(&mut advanced.notices);
+        notes.annotate(&mut advanced.notices, &self.sweeper.notify);
         for a in alerts.iter_mut() {
             self.route_woke_up(intel, replaced, a, &users_of, woke_mailed);
         }

@@ -507,6 +507,35 @@ async fn service_account_notices_go_to_the_creator_then_the_owners_then_the_fall
     assert_eq!(late, set(&SA_KEYS));
 }
 
+/// A service-account key under two policies, one told to the owner mail and one to Slack
+/// alone: only the first notice is routed to the key's creator. The Slack-only one tells
+/// nobody in person, so it goes to `owner_fallback` and claims no route. Before, the route of
+/// the first was applied to every notice of the key, and the second reached nobody in person.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_route_is_applied_only_to_the_notices_that_mail_owners() {
+    let (o, history) = org(None);
+    let slack_only = format!(
+        "[[policies]]\nname = \"sa-slack\"\nmax_age = \"20d\"\nmatch = {{ owner_type = \"service_account\" }}\naction = \"notify\"\nnotify = [\"slack\"]\n\n{SA_POLICY}"
+    );
+    let w = world(o, history, &slack_only).await;
+    w.sweep(NOW).await;
+    let got = mailed(&w.mails(), &SA_KEYS);
+    assert_eq!(
+        got.get("alice@example.com"),
+        Some(&set(&["key_sa_alice"])),
+        "{got:?}"
+    );
+    let fallback = w.notices("/fallback");
+    let slack_policy = |n: &&Value| n["policy"] == "sa-slack";
+    let told: BTreeSet<String> = (fallback.iter().filter(slack_policy))
+        .map(|n| n["key_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(told, set(&SA_KEYS), "{fallback:?}");
+    for n in fallback.iter().filter(slack_policy) {
+        assert_eq!(n["owner_route"], Value::Null, "{n}");
+    }
+}
+
 /// With no channel that mails owners nobody is told in person: a service-account key's notice
 /// goes to `owner_fallback`, says nobody was told in person, and its project's users are not
 /// read (that read only serves owner mail).
