@@ -215,6 +215,7 @@ mod tests {
             resolution: None,
             dry_run_noted_at: None,
             warned_dry_run: false,
+            final_notice_dry_run: false,
             withheld: None,
             rotation_withheld: None,
             expiry: crate::policy::finding::ExpiryState {

@@ -137,6 +137,9 @@ pub struct Finding {
     /// warns again, for real, before it writes anything (`lifecycle::advance`).
     #[serde(default)]
     pub warned_dry_run: bool,
+    /// The final notice was a dry-run's: the first sweep that can write sends a real one first.
+    #[serde(default)]
+    pub final_notice_dry_run: bool,
     /// What the finding knows of the key's expiry, and what keysweep wrote to it.
     #[serde(default)]
     pub expiry: ExpiryState,

@@ -106,7 +106,9 @@ impl Transition {
 /// scheduled sweep starts at the latest (`None`: no schedule known), so a final notice it would
 /// bring too late goes out now. The sweep that first warns gives no final notice: a schedule no
 /// finer than `warn_before - final_notice` can still end a key without one (`keysweep` warns
-/// at start-up, `daemon::schedule::schedule_warnings`).
+/// at start-up, `daemon::schedule::schedule_warnings`). `dry_run`: this sweep writes nothing
+/// to the key, so its notices say what keysweep *would* do (dry-run, or a service-account key
+/// under `service_account_keys = "notify-only"`); the first sweep that can write warns again.
 pub fn advance(
     prev: Option<&Finding>,
     now: i64,
@@ -186,7 +188,7 @@ fn reachable_owner_email(key: &Key) -> Option<String> {
 }
 
 /// The sweep a finding advances in: its clock, the reminder interval, when the next sweep
-/// comes at the latest, and whether it writes nothing (dry-run).
+/// comes at the latest, and whether it writes nothing to the key (see [`advance`]).
 struct When {
     now: i64,
     repeat_interval: i64,
@@ -224,6 +226,7 @@ fn detect(key: &Key, v: &Violation, now: i64, dry_run: bool) -> Transition {
         resolution: None,
         dry_run_noted_at: None,
         warned_dry_run: dry_run,
+        final_notice_dry_run: false,
         withheld: None,
         rotation_withheld: None,
         expiry: ExpiryState::default(),
@@ -290,15 +293,24 @@ fn progress(f: &Finding, key: &Key, v: &Violation, when: &When) -> Transition {
         next.warned_at = Some(now);
         next.stage = Stage::Warned;
         notices.push(NoticeKind::Warning);
-    } else if next.warned_dry_run && !dry_run && next.action.enforces() {
-        // Every warning so far said what keysweep *would* do. The first sweep that enforces
-        // says what it *will* do, with the whole warning period from now: a deadline that
-        // passed during the dry-run rollout would otherwise revoke (or end) the key at once.
+    }
+    let rewarn = f.warned_dry_run && !dry_run && v.action.enforces();
+    if rewarn {
+        // Every warning so far said what keysweep *would* do. The first sweep that can write
+        // says what it *will* do, with the whole warning period from now and a final notice
+        // to come: a deadline that passed during the rollout would otherwise revoke (or end)
+        // the key at once. Also when the action changed in the same sweep.
         next.deadline = next.deadline.max(now.saturating_add(warn_before));
         next.final_notice_at = None;
         next.warned_at = Some(now);
         next.stage = Stage::Warned;
-        notices.push(NoticeKind::Warning);
+        if notices.is_empty() {
+            notices.push(NoticeKind::Warning);
+        }
+    } else if f.final_notice_dry_run && !dry_run {
+        // The warning was real, the final notice a rehearsal's ("would be revoked"): a real
+        // one goes out first, in this sweep if it is due (before any write).
+        next.final_notice_at = None;
     }
     let warned_now = !notices.is_empty();
     if warned_now {
@@ -316,6 +328,7 @@ fn progress(f: &Finding, key: &Key, v: &Violation, when: &When) -> Transition {
         next.final_notice_at = Some(now);
         next.stage = Stage::FinalNotice;
         notices.push(NoticeKind::FinalNotice);
+        next.final_notice_dry_run = dry_run;
     }
 
     if notices.is_empty() && repeat_interval > 0 {

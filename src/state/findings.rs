@@ -279,6 +279,7 @@ mod tests {
         Finding {
             dry_run_noted_at: None,
             warned_dry_run: false,
+            final_notice_dry_run: false,
             withheld: None,
             rotation_withheld: None,
             expiry: Default::default(),

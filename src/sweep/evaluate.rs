@@ -98,9 +98,19 @@ pub(crate) struct Evaluator {
     pub next_sweeps: Arc<[(String, i64)]>,
     /// The sweep writes nothing: its warnings say what keysweep would do.
     pub dry_run: bool,
+    /// `safety.service_account_keys = "enforce"`: else nothing is written to those keys.
+    pub sa_keys_enforced: bool,
 }
 
 impl Evaluator {
+    /// Whether this sweep writes nothing to `key`, whatever its findings: its notices then say
+    /// what keysweep would do.
+    fn writes_nothing_to(&self, key: &Key) -> bool {
+        self.dry_run
+            || (key.owner.kind == crate::inventory::OwnerType::ServiceAccount
+                && !self.sa_keys_enforced)
+    }
+
     /// When `organization`'s next scheduled sweep starts at the latest, if known.
     fn next_sweep(&self, organization: &str) -> Option<i64> {
         (self.next_sweeps.iter()).find_map(|(o, at)| (o == organization).then_some(*at))
@@ -159,7 +169,7 @@ impl Evaluator {
                 observe(&eval, key, policy, now),
                 self.repeat,
                 self.next_sweep(&key.organization),
-                self.dry_run,
+                self.writes_nothing_to(key),
             );
             if let Some(r) = self.writes(key, &id, prev, &t, step) {
                 restores.push((step.transitions.len(), r));

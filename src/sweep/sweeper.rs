@@ -152,6 +152,8 @@ impl Sweeper {
     pub(super) fn evaluator(&self, now: i64, dry_run: bool) -> Evaluator {
         Evaluator {
             dry_run,
+            sa_keys_enforced: self.config.safety.service_account_keys
+                == crate::config::ServiceAccountKeys::Enforce,
             policies: self.policies.clone(),
             now,
             repeat: i64::try_from(self.config.notifications.repeat_interval.as_secs())

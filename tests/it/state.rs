@@ -51,6 +51,7 @@ fn finding(project: &str, key_id: &str, policy: &str, stage: Stage, deadline: i6
     Finding {
         dry_run_noted_at: None,
         warned_dry_run: false,
+        final_notice_dry_run: false,
         withheld: None,
         rotation_withheld: None,
         expiry: Default::default(),

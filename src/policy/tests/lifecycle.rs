@@ -191,6 +191,50 @@ fn the_first_enforce_sweep_after_a_dry_run_warns_for_real_before_it_revokes() {
     let enforced = step(None, 100 * DAY, false).next.unwrap();
     assert!(!enforced.warned_dry_run);
     assert!(step(Some(&enforced), 101 * DAY, false).notices.is_empty());
+    // A final notice a one-off `--dry-run` sent ("would be revoked") is no final notice: the
+    // next sweep that can write sends a real one first (here with the deadline, in one sweep:
+    // the notice is delivered before the DELETE), the deadline unchanged.
+    let would = step(Some(&enforced), 113 * DAY, true);
+    assert_eq!(would.notices, [NoticeKind::FinalNotice]);
+    let f = would.next.unwrap();
+    assert!(f.final_notice_dry_run && !f.warned_dry_run);
+    let again = step(Some(&f), 114 * DAY, false);
+    assert_eq!(again.notices, [NoticeKind::FinalNotice]);
+    assert!(again.revoke_due);
+    let f = again.next.unwrap();
+    assert_eq!(
+        (f.deadline, f.final_notice_at),
+        (114 * DAY, Some(114 * DAY))
+    );
+    assert!(!f.final_notice_dry_run);
+}
+
+/// The first enforce sweep after a dry-run that also changes the action (revoke → expire)
+/// warns for real with the whole warning period too: the action change alone kept the deadline
+/// that passed during the rollout, and the dry-run's final notice.
+#[test]
+fn an_action_changed_with_the_first_enforce_sweep_still_gets_the_whole_warning_period() {
+    let k = key("k1");
+    let revoke = violation(Action::Revoke, 14 * DAY, DAY);
+    let expire = violation(Action::Expire, 14 * DAY, DAY);
+    let step = |prev: Option<&Finding>, at: i64, v: &Violation, dry_run: bool| {
+        let obs = Observation::Violating {
+            key: &k,
+            violation: v,
+        };
+        advance(prev, at, obs, 30 * DAY, None, dry_run)
+    };
+    let f = step(None, 100 * DAY, &revoke, true).next.unwrap();
+    let f = step(Some(&f), 113 * DAY, &revoke, true).next.unwrap();
+    assert!(f.final_notice_at.is_some());
+    let t = step(Some(&f), 130 * DAY, &expire, false);
+    assert_eq!(t.notices, [NoticeKind::Warning]);
+    let f = t.next.unwrap();
+    assert_eq!(f.action, Action::Expire);
+    assert_eq!(
+        (f.deadline, f.final_notice_at, f.warned_dry_run),
+        (144 * DAY, None, false)
+    );
 }
 
 #[test]

@@ -74,6 +74,7 @@ fn finding(
     Finding {
         dry_run_noted_at: None,
         warned_dry_run: false,
+        final_notice_dry_run: false,
         withheld: None,
         rotation_withheld: None,
         expiry: Default::default(),
