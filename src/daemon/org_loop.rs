@@ -121,8 +121,8 @@ pub(super) async fn org_loop(
     mut run_now: bool,
 ) -> String {
     shared.board.track(&org, Utc::now());
-    // The last slot run: the next one comes after it even if the wall clock stepped back (NTP,
-    // a VM restored), or the same slot would be swept twice.
+    // The last slot run: the next one is another, even if the wall clock stepped back behind
+    // it (NTP, a VM restored).
     let mut last_slot: Option<DateTime<Utc>> = None;
     loop {
         let config = config_rx.borrow_and_update().clone();
@@ -133,8 +133,7 @@ pub(super) async fn org_loop(
             return org;
         };
         let sched = effective_schedule(&config, org_cfg).clone();
-        let after = not_before(Utc::now(), last_slot);
-        let Some((cron, slot, trigger)) = next_slot(&org, &sched, run_now, after) else {
+        let Some((cron, slot, trigger)) = next_slot(&org, &sched, run_now, last_slot) else {
             // Unreachable with a validated config; wait for a better one rather than spin.
             match wait_until(
                 DateTime::<Utc>::MAX_UTC,
@@ -170,19 +169,28 @@ pub(super) async fn org_loop(
     }
 }
 
-/// The schedule, the next slot and why it runs; `None` (logged) when the schedule cannot be
-/// used or has no future slot.
-/// The instant the next slot is looked for after: now, or the last slot run if the clock is
-/// behind it.
-pub(super) fn not_before(now: DateTime<Utc>, last_slot: Option<DateTime<Utc>>) -> DateTime<Utc> {
-    last_slot.map_or(now, |l| l.max(now))
+/// The first slot after `now` that is not `last_slot`, the one just run: a clock stepped back
+/// behind it would otherwise sweep it twice. Only that slot is skipped, so a clock that was far
+/// ahead and stepped back does not stall the schedule until then.
+pub(super) fn next_fire_not(
+    cron: &CronSchedule,
+    tz: chrono_tz::Tz,
+    now: DateTime<Utc>,
+    last_slot: Option<DateTime<Utc>>,
+) -> Option<DateTime<Utc>> {
+    match cron.next_fire(now, tz)? {
+        t if Some(t) == last_slot => cron.next_fire(t, tz),
+        t => Some(t),
+    }
 }
 
+/// The schedule, the next slot and why it runs; `None` (logged) when the schedule cannot be
+/// used or has no future slot.
 fn next_slot(
     org: &str,
     sched: &Schedule,
     run_now: bool,
-    after: DateTime<Utc>,
+    last_slot: Option<DateTime<Utc>>,
 ) -> Option<(CronSchedule, DateTime<Utc>, Trigger)> {
     let cron = match CronSchedule::parse(&sched.cron) {
         Ok(c) => c,
@@ -194,7 +202,7 @@ fn next_slot(
     if run_now {
         return Some((cron, Utc::now(), Trigger::Start));
     }
-    match cron.next_fire(after, sched.timezone) {
+    match next_fire_not(&cron, sched.timezone, Utc::now(), last_slot) {
         Some(t) => Some((cron, t, Trigger::Schedule)),
         None => {
             tracing::error!(organization = %org, schedule = %cron, "schedule has no future slot");

@@ -358,8 +358,6 @@ fn read_channel(file: &str, i: usize, value: config::Value) -> Result<ChannelEnt
     })
 }
 
-/// config-rs errors can quote values; none of ours are secrets (secrets come from elsewhere),
-/// but cap the length so a pasted blob never floods a log.
 /// "TOML syntax error at line L, column C: reason", never the text of the line.
 fn syntax_error(text: &str, e: &toml::de::Error) -> String {
     let reason = scrub(e.message().trim());
@@ -375,6 +373,8 @@ fn syntax_error(text: &str, e: &toml::de::Error) -> String {
     )
 }
 
+/// config-rs errors can quote values; none of ours are secrets (secrets come from elsewhere),
+/// but cap the length so a pasted blob never floods a log.
 fn scrub(s: &str) -> String {
     if s.len() > 500 {
         format!("{}…", &s[..s.floor_char_boundary(500)])
