@@ -8,7 +8,8 @@
 //! for messages that are themselves delivery alerts, so a dead ops channel cannot loop.
 //!
 //! A channel that fails in a way that says the channel itself is unwell (no connection, a
-//! timeout, a 5xx, a 429) is tried once per call: its other due messages wait, untried and with
+//! timeout, a 429, 502, 503 or 504, an SMTP 421; `SendFailure::channel_wide`) is tried once
+//! per call: its other due messages wait, untried and with
 //! no attempt counted, until the failed one's next attempt. A dead receiver then costs one
 //! timeout per call, not one per message (40 digests to a blackholed Slack held a sweep for 13
 //! minutes), and its messages are not spent on an outage.

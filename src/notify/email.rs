@@ -54,8 +54,9 @@ pub async fn send(
         .chain(ch.smtp_username.iter())
         .map(|p| p.expose_secret())
         .collect();
-    // A failure that may pass is the relay's or the way to it (connect, TLS, a transient
-    // answer to the session, no answer), except when it is about the recipients.
+    // A failure that may pass is the relay's or the way to it (connect, TLS, no answer, the
+    // session limit), except an answer about this message (a content filter's 451) or its
+    // recipients: only a 421 ("service not available") among the answers is the relay's.
     let fail = |retryable: bool, e: &dyn std::fmt::Display| SendFailure {
         error: scrub(&e.to_string(), &secrets),
         retryable,
@@ -75,7 +76,10 @@ pub async fn send(
     ended
         .map(|undelivered| undelivered.scrub_with(|e| scrub(e, &secrets)))
         .map_err(|e| match e {
-            Step::Smtp(e) => fail(!e.is_permanent(), &format!("smtp: {e}")),
+            Step::Smtp(e) => SendFailure {
+                channel_wide: !e.is_permanent() && code(&e).is_none_or(|c| c == 421),
+                ..fail(!e.is_permanent(), &format!("smtp: {e}"))
+            },
             Step::NoAnswer(step) => fail(
                 true,
                 &format!(

@@ -40,10 +40,13 @@ pub async fn send(req: reqwest::RequestBuilder, secrets: &[&str]) -> Result<(), 
             let retryable = status.is_server_error()
                 || status == reqwest::StatusCode::TOO_MANY_REQUESTS
                 || status == reqwest::StatusCode::REQUEST_TIMEOUT;
+            // Only what says the receiver (or the way to it) is down or pushing back: a 500 or a
+            // 408 may be about this one message, and must not hold the others back.
+            let channel_wide = matches!(status.as_u16(), 429 | 502 | 503 | 504);
             Err(SendFailure {
                 error: error_text(status, &body, secrets),
                 retryable,
-                channel_wide: retryable,
+                channel_wide,
             })
         }
         Err(e) => Err(SendFailure {
