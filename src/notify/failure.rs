@@ -12,9 +12,9 @@ pub struct SendFailure {
     /// unavailable. Both are retried until `max_attempts`; this informs logs.
     pub retryable: bool,
     /// The failure says the channel is unwell, not this message: no connection, a timeout, a
-    /// 5xx, a 429, a relay's transient refusal of the session. Delivery then tries the channel
-    /// once per call (its other messages wait). False for a refusal of this message or of its
-    /// recipients (an SMTP 4xx to `RCPT` is about one mailbox, not the relay).
+    /// 429, 502, 503 or 504, an SMTP 421. Delivery then tries the channel once per call (its
+    /// other messages wait). False for what may be about this message or its recipients (a
+    /// 500, an SMTP 451 to the message, a 4xx to `RCPT`).
     pub channel_wide: bool,
 }
 
