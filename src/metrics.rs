@@ -378,12 +378,21 @@ impl Metrics {
     }
 
     /// Replaces the organisation's key gauges (`keys`, `keys_by_age`) with what this inventory
-    /// holds, so projects that vanished stop being reported.
+    /// holds, so projects that vanished stop being reported. A project whose listing stopped
+    /// short keeps its last series (a partial count would read as keys gone), and the
+    /// organisation-wide `keys_by_age` is left as it was while any project is incomplete.
     pub fn observe_inventory(&self, org: &str, projects: &[ProjectInventory<KeyTally>]) {
+        let stale: HashSet<&str> = (projects.iter())
+            .filter(|p| !p.listing.is_complete())
+            .map(|p| p.project.id.as_str())
+            .collect();
+        let projects: Vec<&ProjectInventory<KeyTally>> = (projects.iter())
+            .filter(|p| !stale.contains(p.project.id.as_str()))
+            .collect();
         let mut by_project: Series<KeyLabels> =
             Series::with_capacity_and_hasher(2 * projects.len(), Default::default());
         let mut by_age: HashMap<(OwnerType, AgeBand), u64> = HashMap::new();
-        for p in projects {
+        for p in &projects {
             for (&(owner, band), &n) in &p.keys.by_owner_age {
                 let labels = KeyLabels {
                     organization: org.to_string(),
@@ -394,12 +403,17 @@ impl Metrics {
                 *by_age.entry((owner, band)).or_default() += n;
             }
         }
+        let kept = |l: &KeyLabels| stale.contains(l.project.as_str());
         replace_series(
             &self.inner.keys,
             &mut self.snapshots().keys,
             org,
-            by_project,
+            (by_project, &kept),
         );
+        self.observe_expiry(org, &projects, &stale);
+        if !stale.is_empty() {
+            return;
+        }
         // Every band of every owner type is written (zeros included) so a band that empties
         // reads 0 rather than its last value.
         for owner in [
@@ -412,14 +426,18 @@ impl Metrics {
                 self.set_keys_by_age(org, owner, band, n);
             }
         }
-        self.observe_expiry(org, projects);
     }
 
     /// Replaces the organisation's expiry gauges (`keys_by_expiry`, `keys_expiring_within_7d`).
     /// Every (project, owner type) that has keys gets all four states, zeros included, so a
     /// state that empties reads 0 rather than its last value; series of projects or owner types
     /// no longer seen are removed.
-    fn observe_expiry(&self, org: &str, projects: &[ProjectInventory<KeyTally>]) {
+    fn observe_expiry(
+        &self,
+        org: &str,
+        projects: &[&ProjectInventory<KeyTally>],
+        stale: &HashSet<&str>,
+    ) {
         let mut by_expiry: Series<ExpiryLabels> = Series::with_capacity_and_hasher(
             2 * ExpiryStatus::ALL.len() * projects.len(),
             Default::default(),
@@ -456,17 +474,19 @@ impl Metrics {
         }
         let mut snaps = self.snapshots();
         let snaps = &mut *snaps;
+        let kept = |l: &ExpiryLabels| stale.contains(l.project.as_str());
         replace_series(
             &self.inner.keys_by_expiry,
             &mut snaps.keys_by_expiry,
             org,
-            by_expiry,
+            (by_expiry, &kept),
         );
+        let kept = |l: &KeyLabels| stale.contains(l.project.as_str());
         replace_series(
             &self.inner.keys_expiring_soon,
             &mut snaps.keys_expiring_soon,
             org,
-            soon,
+            (soon, &kept),
         );
     }
 
@@ -708,13 +728,20 @@ impl Metrics {
 
 /// Sets `family` to `fresh` for `org` and removes the series `org` had last time (`last`) and
 /// no longer has.
+/// The new series of an organisation, and which of its old ones keep their last value (a
+/// project whose listing stopped short).
+type Fresh<'k, L> = (Series<L>, &'k dyn Fn(&L) -> bool);
+
 fn replace_series<L: Clone + Hash + Eq>(
     family: &Family<L, Gauge>,
     last: &mut HashMap<String, Series<L>>,
     org: &str,
-    fresh: Series<L>,
+    (mut fresh, kept): Fresh<'_, L>,
 ) {
     let old = last.remove(org).unwrap_or_default();
+    for (l, &n) in old.iter().filter(|(l, _)| kept(l)) {
+        fresh.entry(l.clone()).or_insert(n);
+    }
     for stale in old.keys().filter(|l| !fresh.contains_key(*l)) {
         family.remove(stale);
     }

@@ -247,10 +247,10 @@ impl Run<'_> {
     /// Metrics and warnings of one organisation's listing.
     fn observe(&self, org: &OrgInventory<KeyTally>) {
         let metrics = &self.sweeper.metrics;
-        // Counts from a listing that failed or stopped short would read as keys gone (an alert
-        // on keys without an expiry resolving while the API is down): the gauges keep the last
-        // complete listing's, and `keysweep_incomplete_listings_total` says why.
-        if org.is_complete() {
+        // Counts from a listing that failed would read as keys gone (an alert on keys without
+        // an expiry resolving while the API is down): the gauges keep the last listing's, and
+        // so does a project whose listing stopped short (`observe_inventory`).
+        if org.error.is_none() {
             metrics.observe_inventory(&org.organization, &org.projects);
         }
         for p in org.projects.iter().filter(|p| !p.listing.is_complete()) {

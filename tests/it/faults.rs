@@ -1113,6 +1113,27 @@ async fn a_failed_listing_leaves_the_key_gauges_as_the_last_complete_one_set() {
     assert!(!r2.complete());
     assert_eq!(gauges("acme"), before);
     assert!(!gauges("globex").is_empty());
+    // One project stops short: its series stay, the complete ones follow (a key revoked).
+    w.acme.faults().clear();
+    w.acme
+        .faults()
+        .add(Fault::on_list_keys(PROJ_F).respond(FaultKind::Status(503)));
+    let r3 = w.sweep(T2 + 60).await;
+    assert!(deleted_in(&r3, DUE_A));
+    // Counted by the listing after the DELETE.
+    w.sweep(T2 + 120).await;
+    let of = |lines: &[String], project: &str| -> Vec<String> {
+        let project = format!("project=\"{project}\"");
+        lines
+            .iter()
+            .filter(|l| l.contains(&project))
+            .cloned()
+            .collect()
+    };
+    let after = gauges("acme");
+    assert_eq!(of(&after, PROJ_F), of(&before, PROJ_F));
+    assert!(!of(&before, PROJ_F).is_empty());
+    assert_ne!(of(&after, PROJ_A), of(&before, PROJ_A));
 }
 
 /// One sweep raises alerts in two phases: the incomplete listing when it commits, the failed
