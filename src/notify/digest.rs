@@ -389,7 +389,9 @@ fn rotate_status(f: &Finding, v: Verdict, overlap: i64) -> String {
             by: Withheld::ServiceAccountNotifyOnly,
             ..
         } => format!(
-            "would be rotated at {start}: the rotation is only announced, service-account keys              are not enforced ([safety] service_account_keys = \"notify-only\"); keysweep will              not mint a new key nor expire this one; rotate it before {deadline}"
+            "would be rotated at {start}: the rotation is only announced, service-account keys \
+             are not enforced ([safety] service_account_keys = \"notify-only\"); keysweep will \
+             not mint a new key nor expire this one; rotate it before {deadline}"
         ),
         Verdict::WouldRotate { .. } => format!(
             "would be rotated (dry-run) at {start}: the rotation is only announced; this key \
@@ -836,6 +838,27 @@ mod tests {
                     && title.contains("1 gets an expiry at the deadline"),
                 "{title}"
             );
+        }
+    }
+
+    /// A status is one line of single spaces (a lost line continuation put runs of spaces in
+    /// the notify-only rotation's).
+    #[test]
+    fn a_would_rotate_status_has_no_runs_of_spaces() {
+        let finding: Finding = serde_json::from_value(serde_json::json!({"id": {"organization": "o", "project_id": "p", "key_id": "k", "policy": "x"}, "key_name": "k", "redacted_value": "sk-…", "owner_type": "service_account", "owner": "o", "created_at": 0, "action": "revoke", "reason": "r", "stage": "warned", "detected_at": 0, "deadline": 86_400, "warned_at": 0}))
+            .unwrap();
+        for by in [Withheld::ServiceAccountNotifyOnly, Withheld::DryRun] {
+            let n = Notice {
+                kind: NoticeKind::Warning,
+                finding: std::sync::Arc::new(finding.clone()),
+                dry_run: false,
+                verdict: Some(Verdict::WouldRotate { overlap: 3600, by }),
+                rotated: None,
+                intel: None,
+            };
+            let status = status_text(&n);
+            assert!(status.contains("would be rotated"), "{status}");
+            assert!(!status.contains("  "), "{status}");
         }
     }
 
