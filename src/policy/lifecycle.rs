@@ -260,6 +260,25 @@ fn refresh(next: &mut Finding, key: &Key, v: &Violation) {
     next.reason = v.reason.clone();
 }
 
+/// The policy's action changed: a new warning, with its deadline. To an action that writes
+/// (revoke or expire) the deadline is announced now, so it can only move later, and the final
+/// notice is owed again. Between the two as well: a DELETE waits `warn_before` from this
+/// warning, and the notice must not name an earlier date.
+fn change_action(next: &mut Finding, v: &Violation, now: i64, warn_before: i64) {
+    if v.action.enforces() {
+        let since = if next.action.enforces() {
+            next.deadline
+        } else {
+            next.deadline.max(v.violating_since)
+        };
+        next.deadline = since.max(now.saturating_add(warn_before));
+        next.final_notice_at = None;
+    }
+    next.action = v.action;
+    next.warned_at = Some(now);
+    next.stage = Stage::Warned;
+}
+
 fn progress(f: &Finding, key: &Key, v: &Violation, when: &When) -> Transition {
     let When {
         now,
@@ -274,18 +293,7 @@ fn progress(f: &Finding, key: &Key, v: &Violation, when: &When) -> Transition {
     let warn_before = v.warn_before.max(0);
 
     if next.action != v.action {
-        // To an action that writes (revoke or expire): the deadline is announced now, so it
-        // can only move later. Between the two it stays as it was promised.
-        if v.action.enforces() && !next.action.enforces() {
-            next.deadline = next
-                .deadline
-                .max(v.violating_since)
-                .max(now.saturating_add(warn_before));
-            next.final_notice_at = None;
-        }
-        next.action = v.action;
-        next.warned_at = Some(now);
-        next.stage = Stage::Warned;
+        change_action(&mut next, v, now, warn_before);
         notices.push(NoticeKind::Warning);
     } else if next.warned_at.is_none() {
         // A finding stored before it could be warned (e.g. a crash): warn now, and let the

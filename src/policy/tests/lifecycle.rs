@@ -209,6 +209,46 @@ fn the_first_enforce_sweep_after_a_dry_run_warns_for_real_before_it_revokes() {
     assert!(!f.final_notice_dry_run);
 }
 
+/// A change between the two actions that write (revoke → expire, expire → revoke) warns anew:
+/// the deadline moves to the whole warning period from then if it came sooner, and the final
+/// notice is owed again, so no notice names a date before the write.
+#[test]
+fn a_change_between_writing_actions_gives_a_new_deadline_and_final_notice() {
+    let k = key("k1");
+    for (from, to) in [
+        (Action::Revoke, Action::Expire),
+        (Action::Expire, Action::Revoke),
+    ] {
+        let before = violation(from, 14 * DAY, DAY);
+        let after = violation(to, 14 * DAY, DAY);
+        let step = |prev: Option<&Finding>, at: i64, v: &Violation| {
+            let obs = Observation::Violating {
+                key: &k,
+                violation: v,
+            };
+            advance(prev, at, obs, 30 * DAY, None, false)
+        };
+        let f = step(None, 100 * DAY, &before).next.unwrap();
+        let f = step(Some(&f), 113 * DAY, &before).next.unwrap();
+        assert!(f.final_notice_at.is_some());
+        let t = step(Some(&f), 113 * DAY + 1, &after);
+        assert_eq!(
+            (t.notices.as_slice(), t.revoke_due),
+            (&[NoticeKind::Warning][..], false)
+        );
+        let f = t.next.unwrap();
+        assert_eq!(
+            (f.deadline, f.final_notice_at),
+            (127 * DAY + 1, None),
+            "{from:?} → {to:?}"
+        );
+        let fin = step(Some(&f), 126 * DAY + 1, &after);
+        assert_eq!(fin.notices, [NoticeKind::FinalNotice]);
+        let due = step(fin.next.as_ref(), 127 * DAY + 1, &after);
+        assert_eq!(due.revoke_due, to == Action::Revoke);
+    }
+}
+
 /// The first enforce sweep after a dry-run that also changes the action (revoke → expire)
 /// warns for real with the whole warning period too: the action change alone kept the deadline
 /// that passed during the rollout, and the dry-run's final notice.
