@@ -726,12 +726,12 @@ impl Metrics {
     }
 }
 
-/// Sets `family` to `fresh` for `org` and removes the series `org` had last time (`last`) and
-/// no longer has.
 /// The new series of an organisation, and which of its old ones keep their last value (a
 /// project whose listing stopped short).
 type Fresh<'k, L> = (Series<L>, &'k dyn Fn(&L) -> bool);
 
+/// Sets `family` to `fresh` for `org` and removes the series `org` had last time (`last`) and
+/// no longer has, but those `fresh` says to keep.
 fn replace_series<L: Clone + Hash + Eq>(
     family: &Family<L, Gauge>,
     last: &mut HashMap<String, Series<L>>,

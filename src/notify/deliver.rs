@@ -152,6 +152,9 @@ impl Notifier {
         let mut handled = 0usize;
         // Channels found unwell in this call, with when their messages are next due.
         let mut unwell: HashMap<String, (i64, String)> = HashMap::new();
+        // Failures that may be about one message (a 500): a second one on the same channel in
+        // this call says it is the channel.
+        let mut suspect: HashMap<String, u32> = HashMap::new();
         let started = std::time::Instant::now();
         // One message at a time, each claimed as it is picked (`outbox::claim_due`): another
         // organisation's sweep delivering at the same moment (the daemon sweeps organisations
@@ -196,7 +199,10 @@ impl Notifier {
                 }
                 Err(f) => {
                     let next = self.failed(db, settings, &m, &f, now, &mut report)?;
-                    if f.channel_wide && settings.channel(&m.channel).is_some() {
+                    let seen = suspect.entry(m.channel.clone()).or_default();
+                    *seen += u32::from(f.retryable && !f.channel_wide);
+                    let channel_wide = f.channel_wide || *seen >= 2;
+                    if channel_wide && settings.channel(&m.channel).is_some() {
                         // On the call's clock, plus the time this call has taken so far (a
                         // timeout or two): otherwise the wait could be over at the next tick.
                         let until = next

@@ -56,7 +56,8 @@ pub async fn send(
         .collect();
     // A failure that may pass is the relay's or the way to it (connect, TLS, no answer, the
     // session limit), except an answer about this message (a content filter's 451) or its
-    // recipients: only a 421 ("service not available") among the answers is the relay's.
+    // recipients: among the answers, 421 (service not available), 452 (no storage) and 454
+    // (TLS or AUTH unavailable for now) are the relay's.
     let fail = |retryable: bool, e: &dyn std::fmt::Display| SendFailure {
         error: scrub(&e.to_string(), &secrets),
         retryable,
@@ -77,7 +78,8 @@ pub async fn send(
         .map(|undelivered| undelivered.scrub_with(|e| scrub(e, &secrets)))
         .map_err(|e| match e {
             Step::Smtp(e) => SendFailure {
-                channel_wide: !e.is_permanent() && code(&e).is_none_or(|c| c == 421),
+                channel_wide: !e.is_permanent()
+                    && code(&e).is_none_or(|c| matches!(c, 421 | 452 | 454)),
                 ..fail(!e.is_permanent(), &format!("smtp: {e}"))
             },
             Step::NoAnswer(step) => fail(

@@ -12,9 +12,10 @@ pub struct SendFailure {
     /// unavailable. Both are retried until `max_attempts`; this informs logs.
     pub retryable: bool,
     /// The failure says the channel is unwell, not this message: no connection, a timeout, a
-    /// 429, 502, 503 or 504, an SMTP 421. Delivery then tries the channel once per call (its
-    /// other messages wait). False for what may be about this message or its recipients (a
-    /// 500, an SMTP 451 to the message, a 4xx to `RCPT`).
+    /// 429, 502, 503 or 504, an SMTP 421, 452 or 454. Delivery then tries the channel once per
+    /// call (its other messages wait). False for what may be about this message or its
+    /// recipients (a 500, an SMTP 451 to the message, a 4xx to `RCPT`): a second such failure
+    /// on the channel in one call trips it all the same.
     pub channel_wide: bool,
 }
 
