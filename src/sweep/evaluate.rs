@@ -106,9 +106,12 @@ impl Evaluator {
     /// Whether this sweep writes nothing to `key`, whatever its findings: its notices then say
     /// what keysweep would do.
     fn writes_nothing_to(&self, key: &Key) -> bool {
-        self.dry_run
-            || (key.owner.kind == crate::inventory::OwnerType::ServiceAccount
-                && !self.sa_keys_enforced)
+        self.dry_run || self.sa_notify_only(key)
+    }
+
+    /// A service-account key under `service_account_keys = "notify-only"`.
+    fn sa_notify_only(&self, key: &Key) -> bool {
+        key.owner.kind == crate::inventory::OwnerType::ServiceAccount && !self.sa_keys_enforced
     }
 
     /// When `organization`'s next scheduled sweep starts at the latest, if known.
@@ -163,7 +166,7 @@ impl Evaluator {
                 policy: policy.to_string(),
             };
             let prev = before.map(|(_, f)| f);
-            let t = lifecycle::advance(
+            let mut t = lifecycle::advance(
                 prev,
                 now,
                 observe(&eval, key, policy, now),
@@ -171,6 +174,17 @@ impl Evaluator {
                 self.next_sweep(&key.organization),
                 self.writes_nothing_to(key),
             );
+            // Under `notify-only` every message about a service-account key says keysweep will
+            // not write to it (a reminder, a final notice too): once that is turned to
+            // `enforce`, the key is warned again before anything is written, whatever it was
+            // told before (a real warning, or a finding stored by an earlier release).
+            if self.sa_notify_only(key)
+                && let Some(f) = t.next.as_mut()
+                && f.stage.is_open()
+                && f.action.enforces()
+            {
+                f.warned_dry_run = true;
+            }
             if let Some(r) = self.writes(key, &id, prev, &t, step) {
                 restores.push((step.transitions.len(), r));
             }

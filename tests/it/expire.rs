@@ -805,6 +805,41 @@ async fn service_account_keys_get_an_expiry_only_under_service_account_keys_enfo
     assert_verifies(&s);
 }
 
+/// A service-account key is only reported under `service_account_keys = "notify-only"`, its
+/// deadline passing meanwhile. Turned to `"enforce"`, the first sweep warns its owner for real
+/// and sets the expiry a whole warning period ahead, not an hour: every message before said
+/// keysweep would not touch the key.
+#[tokio::test]
+async fn a_service_account_key_reported_only_is_warned_again_when_enforcement_turns_on() {
+    let t = wall_now();
+    let (o, keys) = org(t);
+    let sim = start(o, |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let only = sweeper(&config_text(
+        &sim,
+        &db,
+        "enforce",
+        &format!("{}{}", expire_policy(), safety("")),
+    ));
+    sweep(&only, t - 10 * DAY).await;
+    sweep(&only, t - 2 * DAY).await;
+    assert_eq!(expires_at(&sim, &keys.sa_old), None);
+    drop(only);
+    let tables = format!(
+        "{}{}",
+        expire_policy(),
+        safety("service_account_keys = \"enforce\"")
+    );
+    let s = sweeper(&config_text(&sim, &db, "enforce", &tables));
+    sweep(&s, t).await;
+    let f = finding(&s, &keys.sa_old, POLICY);
+    assert_eq!((f.deadline, f.warned_at), (t + 7 * DAY, Some(t)));
+    let at = expires_at(&sim, &keys.sa_old).unwrap();
+    assert!(lands_on(at, t + 7 * DAY), "{at}");
+    assert_nothing_deleted(&sim, &keys);
+}
+
 #[tokio::test]
 async fn a_max_lifetime_policy_gives_every_key_without_an_expiry_one() {
     let t = wall_now();
