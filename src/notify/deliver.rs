@@ -179,12 +179,14 @@ impl Notifier {
                     error: format!("the stored message cannot be read: {why}"),
                     retryable: false,
                     channel_wide: false,
+                    about_recipients: false,
                 }),
                 (Some(ch), None) => self.send(ch, &m.message_id, &m.payload).await,
                 (None, None) => Err(SendFailure {
                     error: format!("channel {:?} is no longer configured", m.channel),
                     retryable: false,
                     channel_wide: false,
+                    about_recipients: false,
                 }),
             };
             match outcome {
@@ -192,6 +194,8 @@ impl Notifier {
                     self.sent_in_part(db, settings, &m, &u, now, &mut report)?
                 }
                 Ok(_) => {
+                    // The channel works: earlier failures were about their messages.
+                    suspect.remove(&m.channel);
                     db.with(|c| outbox::mark_sent(c, m.id, now))?;
                     tracing::info!(message_id = %m.message_id, channel = %m.channel, kind = m.kind.as_str(), "notification delivered");
                     report.sent += 1;
@@ -200,13 +204,15 @@ impl Notifier {
                 Err(f) => {
                     let next = self.failed(db, settings, &m, &f, now, &mut report)?;
                     let seen = suspect.entry(m.channel.clone()).or_default();
-                    *seen += u32::from(f.retryable && !f.channel_wide);
-                    let channel_wide = f.channel_wide || *seen >= 2;
-                    if channel_wide && settings.channel(&m.channel).is_some() {
+                    *seen += u32::from(f.retryable && !f.channel_wide && !f.about_recipients);
+                    let suspected = !f.channel_wide && *seen >= 2;
+                    if (f.channel_wide || suspected) && settings.channel(&m.channel).is_some() {
                         // On the call's clock, plus the time this call has taken so far (a
                         // timeout or two): otherwise the wait could be over at the next tick.
-                        let until = next
-                            .unwrap_or_else(|| now + outbox::backoff_secs(1, &mut rand::rng()))
+                        // Tripped on suspicion, the others wait the shortest backoff, not the
+                        // failing message's own (an hour once it has failed often).
+                        let first = || now + outbox::backoff_secs(1, &mut rand::rng());
+                        let until = next.filter(|_| !suspected).unwrap_or_else(first)
                             + i64::try_from(started.elapsed().as_secs()).unwrap_or(0);
                         tracing::warn!(channel = %m.channel, next_attempt_at = until, "channel failing; its other due messages wait for its next attempt, untried");
                         let why =

@@ -62,6 +62,7 @@ pub async fn send(
         error: scrub(&e.to_string(), &secrets),
         retryable,
         channel_wide: retryable,
+        about_recipients: false,
     };
 
     let message = build_message(ch, message_id, payload).map_err(|e| fail(false, &e))?;
@@ -92,6 +93,7 @@ pub async fn send(
             Step::Refused(why) => fail(false, &format!("smtp: {why}")),
             Step::NoRecipient { retryable, why } => SendFailure {
                 channel_wide: false,
+                about_recipients: true,
                 ..fail(retryable, &format!("smtp: {why}"))
             },
         })

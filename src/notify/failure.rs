@@ -17,6 +17,9 @@ pub struct SendFailure {
     /// recipients (a 500, an SMTP 451 to the message, a 4xx to `RCPT`): a second such failure
     /// on the channel in one call trips it all the same.
     pub channel_wide: bool,
+    /// The relay refused the message's recipients (every `RCPT`), not the message: never a
+    /// sign that the channel is down, however many such failures one delivery sees.
+    pub about_recipients: bool,
 }
 
 /// The recipients a message did not reach although the receiver took it for the others (SMTP

@@ -47,12 +47,14 @@ pub async fn send(req: reqwest::RequestBuilder, secrets: &[&str]) -> Result<(), 
                 error: error_text(status, &body, secrets),
                 retryable,
                 channel_wide,
+                about_recipients: false,
             })
         }
         Err(e) => Err(SendFailure {
             error: scrub(&error_chain(e.without_url()), secrets),
             retryable: true,
             channel_wide: true,
+            about_recipients: false,
         }),
     }
 }

@@ -54,12 +54,14 @@ pub async fn send(
         error: format!("payload: {e}"),
         retryable: false,
         channel_wide: false,
+        about_recipients: false,
     })?;
     let timestamp = chrono::Utc::now().timestamp();
     let signature = sign(secret, message_id, timestamp, &body).map_err(|e| SendFailure {
         error: e.to_string(),
         retryable: false,
         channel_wide: false,
+        about_recipients: false,
     })?;
     let req = client
         .post(ch.url.clone())
