@@ -284,8 +284,11 @@ fn record_expiry(f: &mut Finding, r: &ExpiryResult, now: i64) -> bool {
             });
             f.expires_at = Expiry::At(*to);
         }
-        ExpiryOutcome::AlreadyEnds { at } | ExpiryOutcome::Restored { to: at, .. } => {
-            f.expires_at = Expiry::At(*at);
+        ExpiryOutcome::AlreadyEnds { at } => f.expires_at = Expiry::At(*at),
+        // The expiry keysweep set is gone: a later write is its first again, not a set-back.
+        ExpiryOutcome::Restored { to, .. } => {
+            f.expires_at = Expiry::At(*to);
+            f.expiry.set = None;
         }
         ExpiryOutcome::Refused { error } if r.write == "set" => {
             f.expiry.refused = Some(error.clone());

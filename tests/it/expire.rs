@@ -665,6 +665,33 @@ async fn a_policy_relaxed_to_notify_moves_the_expiry_back_out() {
     assert_verifies(&s);
 }
 
+/// Expire, relaxed to notify (the expiry moved back out), then expire again: the new expiry is
+/// keysweep's own first write of the round, with no alert. Before, the restored finding kept
+/// the old `expiry.set`, and the write after it raised a false "moved later outside keysweep".
+#[tokio::test]
+async fn an_expiry_set_again_after_its_restore_raises_no_alert() {
+    let t = wall_now();
+    let (o, keys) = org(t);
+    let sim = start(o, |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let tables = format!("{}{}", expire_policy(), safety(""));
+    let strict = sweeper(&config_text(&sim, &db, "enforce", &tables));
+    sweep(&strict, t).await;
+    let relaxed = tables.replace("action = \"expire\"", "action = \"notify\"");
+    sweep(
+        &sweeper(&config_text(&sim, &db, "enforce", &relaxed)),
+        t + DAY,
+    )
+    .await;
+    assert!(finding(&strict, &keys.never, POLICY).expiry.set.is_none());
+    let r = sweep(&strict, t + 2 * DAY).await;
+    assert!(expiry_alerts(&r).is_empty(), "{:?}", expiry_alerts(&r));
+    let at = expires_at(&sim, &keys.never).unwrap();
+    assert!(lands_on(at, t + 9 * DAY), "{at}");
+    assert_verifies(&strict);
+}
+
 #[tokio::test]
 async fn at_its_expiry_a_finding_ends_as_expired_whether_or_not_the_api_lists_the_key() {
     for hide in [false, true] {
