@@ -360,7 +360,8 @@ fn read_channel(file: &str, i: usize, value: config::Value) -> Result<ChannelEnt
 
 /// "TOML syntax error at line L, column C: reason", never the text of the line.
 fn syntax_error(text: &str, e: &toml::de::Error) -> String {
-    let reason = scrub(e.message().trim());
+    // The parser's reason can run over several lines: one line, for the log.
+    let reason = scrub(&crate::text::one_line(e.message().trim()));
     let Some(at) = e.span().map(|s| s.start.min(text.len())) else {
         return format!("TOML syntax error: {reason}");
     };
