@@ -27,6 +27,9 @@
 //!   schedule coarser than `final_notice` cannot postpone a revocation forever.
 //! - A revocation is never due in the step that first warns (even with `warn_before = 0`): the
 //!   warning must have been queued by an earlier sweep.
+//! - A final notice a dry-run sent ("would be revoked") is owed again by the first sweep that
+//!   can write, and a `revoke` deadline then moves to at least `final_notice` after it: the
+//!   owner's only real final notice must not come with the DELETE.
 //! - `Reminder` when nothing else was queued and `last_notified_at + repeat_interval <= now`.
 //! - An open finding closes with a `Resolved` notice when the key is gone, no longer violates, or
 //!   is exempted. Closed findings stay closed; a new violation opens a new finding with a new
@@ -317,8 +320,14 @@ fn progress(f: &Finding, key: &Key, v: &Violation, when: &When) -> Transition {
         }
     } else if f.final_notice_dry_run && !dry_run {
         // The warning was real, the final notice a rehearsal's ("would be revoked"): a real
-        // one goes out first, in this sweep if it is due (before any write).
+        // one goes out first, in this sweep if it is due. A DELETE then waits the whole
+        // `final_notice` from it: a notice delivered minutes before the key disappears gives
+        // its owner no time to act. An `expire` key keeps its date: the expiry set at the
+        // real warning ends it then whatever the notice says, so the notice names that date.
         next.final_notice_at = None;
+        if v.action == Action::Revoke {
+            next.deadline = (next.deadline).max(now.saturating_add(v.final_notice.max(0)));
+        }
     }
     let warned_now = !notices.is_empty();
     if warned_now {
