@@ -364,6 +364,7 @@ mod tests {
                 timezone: chrono_tz::Tz::UTC,
                 run_on_start: true,
                 jitter: std::time::Duration::ZERO,
+                retry_failed_after: crate::config::DEFAULT_RETRY_FAILED_AFTER,
             },
         }]
     }

@@ -105,6 +105,9 @@ struct View<'a> {
     exemptions: Vec<ExemptionView<'a>>,
     #[serde(serialize_with = "dur")]
     jitter: Duration,
+    /// Left out at its default, so configurations that do not set it keep their hash.
+    #[serde(serialize_with = "opt_dur", skip_serializing_if = "Option::is_none")]
+    retry_failed_after: Option<Duration>,
     limits: LimitsView,
     log: LogView,
     mode: Mode,
@@ -159,6 +162,8 @@ impl<'a> View<'a> {
             channels: c.channels.iter().map(ChannelView::of).collect(),
             exemptions: c.exemptions.iter().map(ExemptionView::of).collect(),
             jitter: c.schedule.jitter,
+            retry_failed_after: Some(c.schedule.retry_failed_after)
+                .filter(|r| *r != super::DEFAULT_RETRY_FAILED_AFTER),
             limits: LimitsView::of(c),
             log: LogView {
                 format: c.log.format,

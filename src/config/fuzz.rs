@@ -339,6 +339,7 @@ const KEYS: &[(Place, &[&str])] = &[
             "timezone",
             "run_on_start",
             "jitter",
+            "retry_failed_after",
             "shutdown_grace",
             "ops_channels",
             "owner_fallback",

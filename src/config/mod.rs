@@ -481,7 +481,14 @@ pub struct Schedule {
     pub timezone: chrono_tz::Tz,
     pub run_on_start: bool,
     pub jitter: Duration,
+    /// A sweep that failed (`SweepResult::Failed`) runs again this long after, then twice as
+    /// long after each further failure, until one succeeds or the next slot comes; zero: never.
+    pub retry_failed_after: Duration,
 }
+
+/// The default `retry_failed_after`: soon enough that a blip costs minutes, not a slot, and
+/// far enough that an API outage is not hammered (each retry is a whole listing).
+pub const DEFAULT_RETRY_FAILED_AFTER: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {

@@ -73,6 +73,7 @@ struct RawConfig {
     #[serde(default, deserialize_with = "opt_flag")]
     run_on_start: Option<bool>,
     jitter: Option<HumanDuration>,
+    retry_failed_after: Option<HumanDuration>,
     shutdown_grace: Option<HumanDuration>,
     #[serde(default)]
     server: RawServer,

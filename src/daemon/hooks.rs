@@ -51,7 +51,8 @@ pub struct SweepRequest {
     pub cancel: CancellationToken,
     /// Why this sweep runs.
     pub trigger: Trigger,
-    /// The slot it stands for (the start time for [`Trigger::Start`]).
+    /// The slot it stands for (the start time for [`Trigger::Start`], the time the retry was
+    /// due for [`Trigger::Retry`]).
     pub slot: DateTime<Utc>,
 }
 
@@ -61,6 +62,8 @@ pub enum Trigger {
     Start,
     /// A cron slot.
     Schedule,
+    /// Again after a failed sweep (`retry_failed_after`), before the next slot.
+    Retry,
 }
 
 /// How a sweep ended.

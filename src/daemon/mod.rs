@@ -38,6 +38,8 @@
 //!   random `[0, jitter]`.
 //! - A slot that comes while the organisation's sweep is still running is skipped, logged and
 //!   counted (`keysweep_schedule_skipped_total`); so are slots missed while the host slept.
+//! - A failed sweep ([`SweepResult::Failed`]) runs again after `retry_failed_after`, doubling,
+//!   until one succeeds, while the retry comes before the next slot ([`Trigger::Retry`]).
 //! - SIGHUP: the configuration is reloaded through [`ReloadFn`]. An invalid one is logged at
 //!   error level and the daemon keeps the old one; a valid one takes effect at once (schedules
 //!   are recomputed, new organisations start as on start-up, removed ones stop after their

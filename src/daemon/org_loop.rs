@@ -1,5 +1,7 @@
 //! One organisation's scheduler loop: wait for the slot (re-reading the wall clock, so a host
-//! suspend cannot make it drift), sweep inline, count the slots that were skipped, repeat.
+//! suspend cannot make it drift), sweep inline, count the slots that were skipped, repeat. A
+//! failed sweep runs again after `retry_failed_after`, doubling, while that comes before the
+//! next slot: a daily schedule would otherwise lose a day to one unreachable API.
 //!
 //! Sweeps run inline, so one organisation never has two at once. The loop must never hold a
 //! sweep past shutdown: it stops at the next step once the shutdown token fires.
@@ -124,6 +126,8 @@ pub(super) async fn org_loop(
     // The last slot run: the next one is another, even if the wall clock stepped back behind
     // it (NTP, a VM restored).
     let mut last_slot: Option<DateTime<Utc>> = None;
+    // The retry owed after a failed sweep; a slot that comes first takes its place.
+    let mut retry: Option<Retry> = None;
     loop {
         let config = config_rx.borrow_and_update().clone();
         let Some(org_cfg) = config.organizations.iter().find(|o| o.name == org) else {
@@ -133,7 +137,7 @@ pub(super) async fn org_loop(
             return org;
         };
         let sched = effective_schedule(&config, org_cfg).clone();
-        let Some((cron, slot, trigger)) = next_slot(&org, &sched, run_now, last_slot) else {
+        let Some((cron, next, trigger)) = next_slot(&org, &sched, run_now, last_slot) else {
             // Unreachable with a validated config; wait for a better one rather than spin.
             match wait_until(
                 DateTime::<Utc>::MAX_UTC,
@@ -146,26 +150,85 @@ pub(super) async fn org_loop(
                 _ => continue,
             }
         };
+        // A retry owed comes first unless the slot does (or a start sweep, after a reload).
+        let (at, trigger) = match retry {
+            Some(r) if trigger == Trigger::Schedule && r.at < next => (r.at, Trigger::Retry),
+            _ => (next, trigger),
+        };
         if trigger == Trigger::Schedule {
-            tracing::debug!(organization = %org, next = %slot.to_rfc3339(), "waiting for the next slot");
+            tracing::debug!(organization = %org, next = %at.to_rfc3339(), "waiting for the next slot");
         }
-        match wait_until(slot, &shared.shutdown, Some(&mut config_rx)).await {
+        match wait_until(at, &shared.shutdown, Some(&mut config_rx)).await {
             Wake::Due => {}
             // Recompute with the new schedule (and notice removal).
             Wake::ConfigChanged => continue,
             Wake::Shutdown => return org,
         }
         run_now = false;
-        last_slot = Some(slot);
+        // A retry stands for no slot: the slot ahead of it is still to come.
+        if trigger != Trigger::Retry {
+            last_slot = Some(at);
+        }
         let slot = Slot {
             cron: &cron,
             schedule: &sched,
             trigger,
-            at: slot,
+            at,
         };
-        if !run_slot(&org, &shared, &config_rx, slot).await {
-            return org;
+        let attempt = match (trigger, retry) {
+            (Trigger::Retry, Some(r)) => r.attempt.saturating_add(1),
+            _ => 0,
+        };
+        retry = match run_slot(&org, &shared, &config_rx, slot).await {
+            SlotEnd::Shutdown => return org,
+            SlotEnd::Skipped => None,
+            SlotEnd::Swept(result) => {
+                let upcoming = next_fire_not(&cron, sched.timezone, Utc::now(), last_slot);
+                let upcoming = upcoming.unwrap_or(DateTime::<Utc>::MAX_UTC);
+                Retry::after(&org, &result, &sched, attempt, upcoming)
+            }
+        };
+    }
+}
+
+/// A sweep owed again after a failed one.
+#[derive(Debug, Clone, Copy)]
+struct Retry {
+    at: DateTime<Utc>,
+    /// How many retries came before this one (its delay is `retry_failed_after · 2^attempt`).
+    attempt: u32,
+}
+
+impl Retry {
+    /// The retry a sweep's `result` calls for, if any: only a failed sweep is retried (a partial
+    /// one did its work where it could list; its gaps are usually one project's refusal, which
+    /// a whole listing again would only repeat). `slot` is the slot that was ahead of it, for
+    /// the log: a retry that would come after it is not made.
+    fn after(
+        org: &str,
+        result: &SweepResult,
+        sched: &Schedule,
+        attempt: u32,
+        slot: DateTime<Utc>,
+    ) -> Option<Retry> {
+        let SweepResult::Failed { .. } = result else {
+            return None;
+        };
+        let base = sched.retry_failed_after;
+        if base.is_zero() {
+            return None;
         }
+        // Doubling, but never beyond a day: the schedule's next slot comes first anyway.
+        let delay = base
+            .saturating_mul(1_u32.checked_shl(attempt.min(16)).unwrap_or(u32::MAX))
+            .min(Duration::from_secs(86_400));
+        let at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+        if at >= slot {
+            tracing::info!(organization = %org, next = %slot.to_rfc3339(), "the failed sweep is not retried: the next slot comes first");
+            return None;
+        }
+        tracing::warn!(organization = %org, retry_at = %at.to_rfc3339(), retry = attempt + 1, "the sweep failed; it runs again then, before the next slot");
+        Some(Retry { at, attempt })
     }
 }
 
@@ -219,15 +282,23 @@ struct Slot<'a> {
     at: DateTime<Utc>,
 }
 
-/// Runs a due slot: counts the slots missed while asleep, waits out the jitter, sweeps with the
-/// configuration in force then and counts the slots the sweep ran over. False when shutdown came
-/// meanwhile.
+/// How a due slot ended.
+enum SlotEnd {
+    /// Shutdown came meanwhile.
+    Shutdown,
+    /// The organisation left the configuration before the sweep began.
+    Skipped,
+    Swept(SweepResult),
+}
+
+/// Runs a due slot: counts the slots missed while asleep, waits out the jitter (a retry has
+/// none), sweeps with the configuration in force then and counts the slots the sweep ran over.
 async fn run_slot(
     org: &str,
     shared: &Shared,
     config_rx: &watch::Receiver<Arc<Config>>,
     slot: Slot<'_>,
-) -> bool {
+) -> SlotEnd {
     let tz = slot.schedule.timezone;
     // Slots that went by while we were not looking (host suspend, a stalled runtime).
     let woke = Utc::now();
@@ -238,12 +309,12 @@ async fn run_slot(
     }
 
     let jitter = slot.schedule.jitter;
-    if !jitter.is_zero() {
+    if !jitter.is_zero() && slot.trigger != Trigger::Retry {
         let max_ms = u64::try_from(jitter.as_millis()).unwrap_or(u64::MAX);
         let delay = Duration::from_millis(rand::rng().random_range(0..=max_ms));
         let until = woke + chrono::Duration::from_std(delay).unwrap_or_default();
         if let Wake::Shutdown = wait_until(until, &shared.shutdown, None).await {
-            return false;
+            return SlotEnd::Shutdown;
         }
     }
 
@@ -252,12 +323,12 @@ async fn run_slot(
     // organisation skips the slot; the loop then stops. Not marked seen: the loop re-reads it.
     let config = config_rx.borrow().clone();
     if !config.organizations.iter().any(|o| o.name == org) {
-        return true;
+        return SlotEnd::Skipped;
     }
-    sweep_once(org, shared, config, slot.trigger, slot.at).await;
+    let result = sweep_once(org, shared, config, slot.trigger, slot.at).await;
     let finished = Utc::now();
     if shared.shutdown.is_cancelled() {
-        return false;
+        return SlotEnd::Shutdown;
     }
 
     let skipped = slots_between(slot.cron, tz, woke, finished);
@@ -269,7 +340,7 @@ async fn run_slot(
         );
         shared.metrics.schedule_skipped(org, skipped);
     }
-    true
+    SlotEnd::Swept(result)
 }
 
 /// Runs one sweep in its own task (so a panic becomes a failed sweep, and dropping this future

@@ -346,6 +346,7 @@ mod tests {
             timezone: Tz::UTC,
             run_on_start: true,
             jitter: std::time::Duration::from_secs(3600),
+            retry_failed_after: crate::config::DEFAULT_RETRY_FAILED_AFTER,
         };
         let c = Cadence::of(&schedule).unwrap();
         let at = |s: &str| utc(s).timestamp();
@@ -395,6 +396,7 @@ mod tests {
                 timezone: Tz::UTC,
                 run_on_start: true,
                 jitter: std::time::Duration::ZERO,
+                retry_failed_after: crate::config::DEFAULT_RETRY_FAILED_AFTER,
             };
             Cadence::of(&schedule).unwrap().slot_gaps().1 / 60
         };

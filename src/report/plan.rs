@@ -580,6 +580,7 @@ mod tests {
             timezone: chrono_tz::UTC,
             run_on_start: true,
             jitter: std::time::Duration::ZERO,
+            retry_failed_after: crate::config::DEFAULT_RETRY_FAILED_AFTER,
         };
         let cadence = Cadence::of(&daily).unwrap_or_else(|| unreachable!());
         c.cadences.insert("acme".into(), cadence);

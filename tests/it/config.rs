@@ -150,6 +150,10 @@ fn errors_name_the_key() {
         (&format!("schedule = \"0 0 30 2 *\"\n{MINIMAL}"), "schedule"),
         (&format!("jitter = \"400000000d\"\n{MINIMAL}"), "jitter"),
         (
+            &format!("retry_failed_after = \"2d\"\n{MINIMAL}"),
+            "retry_failed_after",
+        ),
+        (
             &format!("shutdown_grace = \"0s\"\n{MINIMAL}"),
             "shutdown_grace",
         ),

@@ -109,6 +109,96 @@ async fn sweeps_repeatedly_on_a_per_second_schedule() {
     assert_eq!(ids.len(), seen.len(), "every sweep has its own run id");
 }
 
+/// Each sweep's trigger and start, as a scripted sweep function saw them.
+type Seen = Arc<Mutex<Vec<(Trigger, Instant)>>>;
+
+/// A sweep function that answers the n-th sweep (from 0) with `results[n]`, and the last entry
+/// after them; it records each sweep's trigger and start.
+fn scripted(results: Vec<SweepResult>) -> (SweepFn, Seen) {
+    let seen: Seen = Arc::default();
+    let s = seen.clone();
+    let sweep = sweep_fn(move |req: SweepRequest| {
+        let n = {
+            let mut seen = s.lock().unwrap();
+            seen.push((req.trigger, Instant::now()));
+            seen.len() - 1
+        };
+        let result = results[n.min(results.len() - 1)].clone();
+        async move { result }
+    });
+    (sweep, seen)
+}
+
+fn failed() -> SweepResult {
+    SweepResult::Failed {
+        reason: "organisation acme: the API could not be reached".to_string(),
+    }
+}
+
+/// A failed sweep runs again after `retry_failed_after`, then after twice that, until one
+/// succeeds; then nothing until the next slot (months away here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_sweep_is_retried_with_a_doubling_delay_until_it_succeeds() {
+    keysweep::telemetry::init_for_tests();
+    let (sweep, seen) = scripted(vec![failed(), failed(), SweepResult::Success]);
+    let mut c = config("0 0 1 1 *", &["acme"], "v1");
+    c.schedule.retry_failed_after = Duration::from_secs(1);
+    let metrics = Metrics::new();
+    let daemon = Daemon::start(c, deps(sweep, no_reload(), metrics.clone()))
+        .await
+        .unwrap();
+    eventually("two retries", || seen.lock().unwrap().len() >= 3).await;
+    // Long enough for a retry after the success at the base delay.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    shut_down(daemon, "the daemon stops").await;
+    let seen = seen.lock().unwrap();
+    let triggers: Vec<Trigger> = seen.iter().map(|(t, _)| *t).collect();
+    assert_eq!(triggers, [Trigger::Start, Trigger::Retry, Trigger::Retry]);
+    let gap = |i: usize| seen[i].1 - seen[i - 1].1;
+    assert!(gap(1) >= Duration::from_secs(1), "{:?}", gap(1));
+    assert!(gap(2) >= Duration::from_secs(2), "doubled: {:?}", gap(2));
+    let text = metrics.encode();
+    assert!(
+        text.contains("keysweep_sweeps_total{organization=\"acme\",outcome=\"failed\"} 2"),
+        "{text}"
+    );
+}
+
+/// A partial sweep is not retried (it did its work where it could list), and neither is a
+/// failed one whose retry would come after the next slot: the slot runs instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_retry_for_a_partial_sweep_nor_past_the_next_slot() {
+    keysweep::telemetry::init_for_tests();
+    let partial = SweepResult::Partial {
+        reason: "1 incomplete listing(s), 0 failed revocation(s)".to_string(),
+    };
+    let (sweep, seen) = scripted(vec![partial]);
+    let mut c = config("0 0 1 1 *", &["acme"], "v1");
+    c.schedule.retry_failed_after = Duration::from_secs(1);
+    let daemon = Daemon::start(c, deps(sweep, no_reload(), Metrics::new()))
+        .await
+        .unwrap();
+    eventually("the start sweep", || !seen.lock().unwrap().is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    shut_down(daemon, "the daemon stops").await;
+    assert_eq!(seen.lock().unwrap().len(), 1, "a partial sweep was retried");
+
+    let (sweep, seen) = scripted(vec![failed()]);
+    let mut c = config("* * * * * *", &["acme"], "v1");
+    c.schedule.retry_failed_after = Duration::from_secs(5);
+    let daemon = Daemon::start(c, deps(sweep, no_reload(), Metrics::new()))
+        .await
+        .unwrap();
+    eventually("three sweeps", || seen.lock().unwrap().len() >= 3).await;
+    shut_down(daemon, "the daemon stops").await;
+    let seen = seen.lock().unwrap();
+    assert!(
+        seen.iter().all(|(t, _)| *t != Trigger::Retry),
+        "{:?}",
+        seen.iter().map(|(t, _)| *t).collect::<Vec<_>>()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_sweep_never_overlaps_and_the_skipped_slots_are_counted() {
     keysweep::telemetry::init_for_tests();

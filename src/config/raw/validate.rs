@@ -49,6 +49,9 @@ fn bounds(cx: &Context<'_>, raw: &RawConfig) -> Result<(), LoadError> {
     if raw.jitter.as_ref().is_some_and(|j| j.0 > MAX_JITTER) {
         return Err(cx.err("jitter", "must be at most 1d"));
     }
+    if (raw.retry_failed_after.as_ref()).is_some_and(|r| r.0 > MAX_JITTER) {
+        return Err(cx.err("retry_failed_after", "must be at most 1d"));
+    }
     let grace = raw.shutdown_grace.as_ref().map(|g| g.0);
     if grace.is_some_and(|g| g < Duration::from_secs(1) || g > MAX_SHUTDOWN_GRACE) {
         return Err(cx.err("shutdown_grace", "must be between 1s and 1h"));
@@ -56,22 +59,29 @@ fn bounds(cx: &Context<'_>, raw: &RawConfig) -> Result<(), LoadError> {
     Ok(())
 }
 
+/// The global schedule: the top-level keys, taken out of `raw`.
+fn schedule(raw: &mut RawConfig) -> Schedule {
+    Schedule {
+        cron: (raw.schedule.take()).map_or_else(|| DEFAULT_SCHEDULE.to_string(), |c| c.0),
+        timezone: raw.timezone.take().map_or(chrono_tz::UTC, |t| t.0),
+        run_on_start: raw.run_on_start.unwrap_or(true),
+        jitter: or(raw.jitter.take(), Duration::ZERO),
+        retry_failed_after: or(
+            raw.retry_failed_after.take(),
+            crate::config::DEFAULT_RETRY_FAILED_AFTER,
+        ),
+    }
+}
+
 /// Checks `raw` (with its channels, read separately) as a whole and builds the [`Config`].
 pub(super) fn config(
     mut cx: Context<'_>,
-    raw: RawConfig,
+    mut raw: RawConfig,
     channels: Vec<ChannelEntry>,
     source: Option<&Path>,
 ) -> Result<Config, LoadError> {
     bounds(&cx, &raw)?;
-    let schedule = Schedule {
-        cron: raw
-            .schedule
-            .map_or_else(|| DEFAULT_SCHEDULE.to_string(), |c| c.0),
-        timezone: raw.timezone.map_or(chrono_tz::UTC, |t| t.0),
-        run_on_start: raw.run_on_start.unwrap_or(true),
-        jitter: or(raw.jitter, Duration::ZERO),
-    };
+    let schedule = schedule(&mut raw);
     let secret_vars = super::sinks::secret_vars(&raw.organizations, &channels);
     let sinks = super::sinks::sinks(&cx, raw.sinks, &secret_vars)?;
     let rotations = super::sinks::rotations(&cx, &raw.policies, &sinks)?;
@@ -247,6 +257,7 @@ fn org(
         timezone: o.timezone.map_or(global.timezone, |t| t.0),
         run_on_start: global.run_on_start,
         jitter: global.jitter,
+        retry_failed_after: global.retry_failed_after,
     });
     Ok(OrgConfig {
         name: o.name.0,
