@@ -29,6 +29,9 @@ struct DaemonOpts {
     grace: &'static str,
     /// Extra `[[organizations]]` appended (after the first, "acme").
     extra_orgs: Vec<&'static str>,
+    /// The cron schedule (default: every second).
+    schedule: &'static str,
+    retry_failed_after: &'static str,
 }
 
 impl Default for DaemonOpts {
@@ -36,6 +39,8 @@ impl Default for DaemonOpts {
         DaemonOpts {
             grace: "20s",
             extra_orgs: Vec::new(),
+            schedule: "* * * * * *",
+            retry_failed_after: "5m",
         }
     }
 }
@@ -50,8 +55,9 @@ fn daemon_toml(sim_url: &str, state: &Path, port: u16, opts: &DaemonOpts) -> Str
     format!(
         r#"mode = "dry-run"
 state_path = "{state}"
-schedule = "* * * * * *"
+schedule = "{schedule}"
 run_on_start = true
+retry_failed_after = "{retry}"
 shutdown_grace = "{grace}"
 
 {orgs}[limits]
@@ -71,6 +77,8 @@ format = "json"
 "#,
         state = state.display(),
         grace = opts.grace,
+        schedule = opts.schedule,
+        retry = opts.retry_failed_after,
     )
 }
 
@@ -525,6 +533,44 @@ async fn readyz_turns_unready_while_the_api_refuses_the_admin_key() {
         "the listing's error is not in the log"
     );
     sweep_records_carry_run_ids(&log);
+    d.proc.assert_no_secret(&[ADMIN_KEY]);
+}
+
+/// The start sweep fails (the project list answers 503 and `max_retries = 0`); with the next
+/// slot months away, the daemon sweeps again after `retry_failed_after` and is ready then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_sweep_is_retried_before_the_next_slot() {
+    let sim = start_sim(unix_now()).await;
+    sim.faults()
+        .add(Fault::on_list_projects().respond(FaultKind::Status(503)));
+    let opts = DaemonOpts {
+        schedule: "0 0 1 1 *",
+        retry_failed_after: "1s",
+        ..DaemonOpts::default()
+    };
+    let mut d = Daemon::start(&sim, opts).await;
+    poll_readyz(&d, 503, "last sweep failed").await;
+    sim.faults().clear();
+    poll_readyz(&d, 200, "\"ready\":true").await;
+    d.wait_for_sweeps("acme", 1).await;
+    let m = d.metrics().await;
+    let outcome = |o: &str| {
+        m.sum(
+            "keysweep_sweeps_total",
+            &[("organization", "acme"), ("outcome", o)],
+        )
+    };
+    assert!(outcome("failed") >= 1.0);
+    assert!((outcome("success") - 1.0).abs() < f64::EPSILON);
+    d.proc.signal("-TERM");
+    let (status, _) = d.proc.wait().await;
+    assert_eq!(status.code(), Some(0));
+    let log = d.proc.log();
+    let retry = log
+        .iter()
+        .find(|r| message(r).starts_with("the sweep failed; it runs again"))
+        .expect("the retry is announced");
+    assert_eq!(retry["level"], "WARN");
     d.proc.assert_no_secret(&[ADMIN_KEY]);
 }
 
