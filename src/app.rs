@@ -20,6 +20,7 @@ use crate::state::{Store, SweepLock};
 use crate::sweep::{SweepOptions, SweepReport, Sweeper};
 
 mod delivery;
+mod outcome;
 use delivery::{
     BETWEEN_SWEEPS_LAST_SEND, BetweenSweeps, Deliverer, SweeperCache, flush_outbox, sweeper_for,
 };
@@ -717,7 +718,7 @@ fn daemon_sweep(
                     reason: crate::error_chain(&e),
                 },
                 Ok(_) if req.cancel.is_cancelled() => SweepResult::Cancelled,
-                Ok(report) => sweep_result(&report),
+                Ok(report) => outcome::sweep_result(&report),
             }
         }) as crate::daemon::BoxFuture<SweepResult>
     })
@@ -731,37 +732,4 @@ fn usable(config: &Config) -> Result<(), String> {
     Sweeper::new(Arc::new(config.clone()), None, Metrics::new())
         .map(drop)
         .map_err(|e| crate::error_chain(&e))
-}
-
-/// How the daemon should judge a finished sweep.
-fn sweep_result(report: &SweepReport) -> crate::daemon::SweepResult {
-    use crate::daemon::SweepResult;
-    if let Some(org) = report.inventory.orgs.iter().find(|o| o.error.is_some()) {
-        return SweepResult::Failed {
-            reason: format!(
-                "organisation {}: {}",
-                org.organization,
-                org.error.as_deref().unwrap_or("")
-            ),
-        };
-    }
-    let incomplete = report
-        .inventory
-        .orgs
-        .iter()
-        .flat_map(|o| &o.projects)
-        .filter(|p| !p.listing.is_complete())
-        .count();
-    let failed = report
-        .revocations
-        .iter()
-        .filter(|r| matches!(r.outcome, crate::revoke::Outcome::Failed { .. }))
-        .count();
-    if incomplete > 0 || failed > 0 {
-        SweepResult::Partial {
-            reason: format!("{incomplete} incomplete listing(s), {failed} failed revocation(s)"),
-        }
-    } else {
-        SweepResult::Success
-    }
 }

@@ -137,6 +137,8 @@ pub(super) async fn org_loop(
             return org;
         };
         let sched = effective_schedule(&config, org_cfg).clone();
+        // A reload that turned retries off cancels the one owed.
+        retry = retry.filter(|_| !sched.retry_failed_after.is_zero());
         let Some((cron, next, trigger)) = next_slot(&org, &sched, run_now, last_slot) else {
             // Unreachable with a validated config; wait for a better one rather than spin.
             match wait_until(
@@ -164,6 +166,12 @@ pub(super) async fn org_loop(
             Wake::ConfigChanged => continue,
             Wake::Shutdown => return org,
         }
+        // A retry woken at or after the slot (the host slept) is that slot's sweep.
+        let (at, trigger) = if trigger == Trigger::Retry && Utc::now() >= next {
+            (next, Trigger::Schedule)
+        } else {
+            (at, trigger)
+        };
         run_now = false;
         // A retry stands for no slot: the slot ahead of it is still to come.
         if trigger != Trigger::Retry {
@@ -179,16 +187,29 @@ pub(super) async fn org_loop(
             (Trigger::Retry, Some(r)) => r.attempt.saturating_add(1),
             _ => 0,
         };
+        let started = Utc::now();
         retry = match run_slot(&org, &shared, &config_rx, slot).await {
             SlotEnd::Shutdown => return org,
             SlotEnd::Skipped => None,
             SlotEnd::Swept(result) => {
-                let upcoming = next_fire_not(&cron, sched.timezone, Utc::now(), last_slot);
-                let upcoming = upcoming.unwrap_or(DateTime::<Utc>::MAX_UTC);
-                Retry::after(&org, &result, &sched, attempt, upcoming)
+                let now = Utc::now();
+                let upcoming = next_fire_not(&cron, sched.timezone, now, last_slot);
+                let ends = Ends {
+                    now,
+                    took: now - started,
+                    slot: upcoming.unwrap_or(DateTime::<Utc>::MAX_UTC),
+                };
+                Retry::after(&org, &result, &sched, attempt, ends)
             }
         };
     }
+}
+
+/// When a sweep ended, how long it took and the slot ahead of it.
+struct Ends {
+    now: DateTime<Utc>,
+    took: chrono::Duration,
+    slot: DateTime<Utc>,
 }
 
 /// A sweep owed again after a failed one.
@@ -202,14 +223,14 @@ struct Retry {
 impl Retry {
     /// The retry a sweep's `result` calls for, if any: only a failed sweep is retried (a partial
     /// one did its work where it could list; its gaps are usually one project's refusal, which
-    /// a whole listing again would only repeat). `slot` is the slot that was ahead of it, for
-    /// the log: a retry that would come after it is not made.
+    /// a whole listing again would only repeat). No retry is made that would not end, taking
+    /// as long as the sweep before it, before the slot ahead: the slot would be skipped.
     fn after(
         org: &str,
         result: &SweepResult,
         sched: &Schedule,
         attempt: u32,
-        slot: DateTime<Utc>,
+        ends: Ends,
     ) -> Option<Retry> {
         let SweepResult::Failed { .. } = result else {
             return None;
@@ -219,11 +240,11 @@ impl Retry {
             return None;
         }
         // Doubling, but never beyond a day: the schedule's next slot comes first anyway.
-        let delay = base
-            .saturating_mul(1_u32.checked_shl(attempt.min(16)).unwrap_or(u32::MAX))
-            .min(Duration::from_secs(86_400));
-        let at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
-        if at >= slot {
+        let delay =
+            (base.saturating_mul(2_u32.saturating_pow(attempt))).min(Duration::from_secs(86_400));
+        let at = ends.now + chrono::Duration::from_std(delay).unwrap_or_default();
+        let slot = ends.slot;
+        if at + ends.took >= slot {
             tracing::info!(organization = %org, next = %slot.to_rfc3339(), "the failed sweep is not retried: the next slot comes first");
             return None;
         }

@@ -9,8 +9,9 @@
 //!
 //! Rules (issue 3, item 2, and issue 4, item 3):
 //! - First detection opens the finding in stage `Warned` and queues a `Warning` at once. The
-//!   deadline is fixed then: `max(violating_since, detected_at + warn_before)`, and never moves
-//!   afterwards (the one exception is a policy changed from `notify` to `revoke`, see below).
+//!   deadline is fixed then: `max(violating_since, detected_at + warn_before)`, and moves only
+//!   later, and only when the owner is told anew: an action changed (see below), the first
+//!   sweep that can write after warnings a dry-run sent, a real final notice after a dry-run's.
 //! - At most one of `Warning`, `FinalNotice`, `Reminder` is queued per finding and step, so an
 //!   owner never gets two messages about one finding from one sweep.
 //! - `FinalNotice` is queued once, for `revoke` and `expire` findings, in the first step after
@@ -313,6 +314,7 @@ fn progress(f: &Finding, key: &Key, v: &Violation, when: &When) -> Transition {
         // the key at once. Also when the action changed in the same sweep.
         next.deadline = next.deadline.max(now.saturating_add(warn_before));
         next.final_notice_at = None;
+        next.final_notice_dry_run = false;
         next.warned_at = Some(now);
         next.stage = Stage::Warned;
         if notices.is_empty() {

@@ -154,6 +154,10 @@ fn errors_name_the_key() {
             "retry_failed_after",
         ),
         (
+            &format!("retry_failed_after = \"5ms\"\n{MINIMAL}"),
+            "retry_failed_after",
+        ),
+        (
             &format!("shutdown_grace = \"0s\"\n{MINIMAL}"),
             "shutdown_grace",
         ),

@@ -164,6 +164,28 @@ async fn a_failed_sweep_is_retried_with_a_doubling_delay_until_it_succeeds() {
     );
 }
 
+/// A reload that sets `retry_failed_after = "0s"` cancels the retry already owed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_turns_retries_off_cancels_the_one_owed() {
+    keysweep::telemetry::init_for_tests();
+    let (sweep, seen) = scripted(vec![failed()]);
+    let mut c = config("0 0 1 1 *", &["acme"], "v1");
+    c.schedule.retry_failed_after = Duration::from_secs(2);
+    let reload: ReloadFn = Arc::new(|| {
+        let mut c = config("0 0 1 1 *", &["acme"], "v2");
+        c.schedule.retry_failed_after = Duration::ZERO;
+        Ok(c)
+    });
+    let daemon = Daemon::start(c, deps(sweep, reload, Metrics::new()))
+        .await
+        .unwrap();
+    eventually("the start sweep", || !seen.lock().unwrap().is_empty()).await;
+    daemon.control().reload().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    shut_down(daemon, "the daemon stops").await;
+    assert_eq!(seen.lock().unwrap().len(), 1, "the retry ran after all");
+}
+
 /// A partial sweep is not retried (it did its work where it could list), and neither is a
 /// failed one whose retry would come after the next slot: the slot runs instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

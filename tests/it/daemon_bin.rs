@@ -536,20 +536,22 @@ async fn readyz_turns_unready_while_the_api_refuses_the_admin_key() {
     d.proc.assert_no_secret(&[ADMIN_KEY]);
 }
 
-/// The start sweep fails (the project list answers 503 and `max_retries = 0`); with the next
-/// slot months away, the daemon sweeps again after `retry_failed_after` and is ready then.
+/// The start sweep lists no project's keys (every key list answers 503, `max_retries = 0`):
+/// a failed sweep, not a partial one, so the daemon is unready and, with the next slot months
+/// away, sweeps again after `retry_failed_after`, and is ready once that one succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_sweep_is_retried_before_the_next_slot() {
+async fn a_sweep_that_lists_no_project_fails_and_is_retried_before_the_next_slot() {
     let sim = start_sim(unix_now()).await;
     sim.faults()
-        .add(Fault::on_list_projects().respond(FaultKind::Status(503)));
+        .add(Fault::on_any_list_keys().respond(FaultKind::Status(503)));
     let opts = DaemonOpts {
         schedule: "0 0 1 1 *",
         retry_failed_after: "1s",
         ..DaemonOpts::default()
     };
     let mut d = Daemon::start(&sim, opts).await;
-    poll_readyz(&d, 503, "last sweep failed").await;
+    let body = poll_readyz(&d, 503, "no project could be listed").await;
+    assert!(body.contains("503"), "the first reason is given: {body}");
     sim.faults().clear();
     poll_readyz(&d, 200, "\"ready\":true").await;
     d.wait_for_sweeps("acme", 1).await;

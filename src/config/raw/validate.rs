@@ -49,8 +49,14 @@ fn bounds(cx: &Context<'_>, raw: &RawConfig) -> Result<(), LoadError> {
     if raw.jitter.as_ref().is_some_and(|j| j.0 > MAX_JITTER) {
         return Err(cx.err("jitter", "must be at most 1d"));
     }
-    if (raw.retry_failed_after.as_ref()).is_some_and(|r| r.0 > MAX_JITTER) {
-        return Err(cx.err("retry_failed_after", "must be at most 1d"));
+    // Under a second is a typo ("5ms" for "5m"), and whole listings back to back.
+    if (raw.retry_failed_after.as_ref())
+        .is_some_and(|r| r.0 > MAX_JITTER || (!r.0.is_zero() && r.0 < Duration::from_secs(1)))
+    {
+        return Err(cx.err(
+            "retry_failed_after",
+            "must be 0s (off) or between 1s and 1d",
+        ));
     }
     let grace = raw.shutdown_grace.as_ref().map(|g| g.0);
     if grace.is_some_and(|g| g < Duration::from_secs(1) || g > MAX_SHUTDOWN_GRACE) {
