@@ -10,8 +10,8 @@
 //! Rules (issue 3, item 2, and issue 4, item 3):
 //! - First detection opens the finding in stage `Warned` and queues a `Warning` at once. The
 //!   deadline is fixed then: `max(violating_since, detected_at + warn_before)`, and moves only
-//!   later, and only when the owner is told anew: an action changed (see below), the first
-//!   sweep that can write after warnings a dry-run sent, a real final notice after a dry-run's.
+//!   later, and only when the owner is warned anew: an action changed (see below), or the first
+//!   sweep that can write after warnings only a dry-run (or `notify-only`) sent.
 //! - At most one of `Warning`, `FinalNotice`, `Reminder` is queued per finding and step, so an
 //!   owner never gets two messages about one finding from one sweep.
 //! - `FinalNotice` is queued once, for `revoke` and `expire` findings, in the first step after
@@ -29,8 +29,8 @@
 //! - A revocation is never due in the step that first warns (even with `warn_before = 0`): the
 //!   warning must have been queued by an earlier sweep.
 //! - A final notice a dry-run sent ("would be revoked") is owed again by the first sweep that
-//!   can write, and a `revoke` deadline then moves to at least `final_notice` after it: the
-//!   owner's only real final notice must not come with the DELETE.
+//!   can write; the deadline stays, so a `--dry-run` preview never changes what the real run
+//!   then does.
 //! - `Reminder` when nothing else was queued and `last_notified_at + repeat_interval <= now`.
 //! - An open finding closes with a `Resolved` notice when the key is gone, no longer violates, or
 //!   is exempted. Closed findings stay closed; a new violation opens a new finding with a new
@@ -322,14 +322,11 @@ fn progress(f: &Finding, key: &Key, v: &Violation, when: &When) -> Transition {
         }
     } else if f.final_notice_dry_run && !dry_run {
         // The warning was real, the final notice a rehearsal's ("would be revoked"): a real
-        // one goes out first, in this sweep if it is due. A DELETE then waits the whole
-        // `final_notice` from it: a notice delivered minutes before the key disappears gives
-        // its owner no time to act. An `expire` key keeps its date: the expiry set at the
-        // real warning ends it then whatever the notice says, so the notice names that date.
+        // one goes out first, in this sweep if it is due (before any write). The deadline
+        // stays: a `--dry-run` preview must not change what the real run then does, and a
+        // sweep reaching the deadline with no final notice sent gives it with the DELETE
+        // anyway (the rule above, for schedules coarser than `final_notice`).
         next.final_notice_at = None;
-        if v.action == Action::Revoke {
-            next.deadline = (next.deadline).max(now.saturating_add(v.final_notice.max(0)));
-        }
     }
     let warned_now = !notices.is_empty();
     if warned_now {

@@ -192,45 +192,21 @@ fn the_first_enforce_sweep_after_a_dry_run_warns_for_real_before_it_revokes() {
     assert!(!enforced.warned_dry_run);
     assert!(step(Some(&enforced), 101 * DAY, false).notices.is_empty());
     // A final notice a one-off `--dry-run` sent ("would be revoked") is no final notice: the
-    // next sweep that can write sends a real one first, here at the deadline, and the DELETE
-    // waits the whole `final_notice` from it instead of following in the same sweep.
+    // next sweep that can write sends a real one first (here with the deadline, in one sweep:
+    // the notice is delivered before the DELETE), the deadline unchanged.
     let would = step(Some(&enforced), 113 * DAY, true);
     assert_eq!(would.notices, [NoticeKind::FinalNotice]);
     let f = would.next.unwrap();
     assert!(f.final_notice_dry_run && !f.warned_dry_run);
     let again = step(Some(&f), 114 * DAY, false);
     assert_eq!(again.notices, [NoticeKind::FinalNotice]);
-    assert!(!again.revoke_due);
+    assert!(again.revoke_due);
     let f = again.next.unwrap();
     assert_eq!(
         (f.deadline, f.final_notice_at),
-        (115 * DAY, Some(114 * DAY))
+        (114 * DAY, Some(114 * DAY))
     );
     assert!(!f.final_notice_dry_run);
-    assert!(!step(Some(&f), 115 * DAY - 1, false).revoke_due);
-    let due = step(Some(&f), 115 * DAY, false);
-    assert!(due.revoke_due && due.notices.is_empty());
-}
-
-/// An `expire` finding keeps its deadline when a dry-run's final notice is sent again for real:
-/// the expiry set at the real warning ends the key then, so the notice names that date.
-#[test]
-fn a_real_final_notice_after_a_dry_run_one_keeps_an_expire_deadline() {
-    let k = key("k1");
-    let v = violation(Action::Expire, 14 * DAY, DAY);
-    let step = |prev: Option<&Finding>, at: i64, dry_run: bool| {
-        let obs = Observation::Violating {
-            key: &k,
-            violation: &v,
-        };
-        advance(prev, at, obs, 30 * DAY, None, dry_run)
-    };
-    let f = step(None, 100 * DAY, false).next.unwrap();
-    let f = step(Some(&f), 113 * DAY, true).next.unwrap();
-    assert!(f.final_notice_dry_run);
-    let again = step(Some(&f), 114 * DAY - HOUR, false);
-    assert_eq!(again.notices, [NoticeKind::FinalNotice]);
-    assert_eq!(again.next.unwrap().deadline, 114 * DAY);
 }
 
 /// A change between the two actions that write (revoke → expire, expire → revoke) warns anew:

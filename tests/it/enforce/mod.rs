@@ -1181,65 +1181,6 @@ async fn a_refused_delete_gives_its_day_slot_back_and_an_ambiguous_one_keeps_it(
     assert_eq!(counted, 2, "the 503's and the unreadable answer's slots");
 }
 
-/// A one-off `--dry-run` sweep sent the final notice as "would be revoked". The next enforce
-/// sweep, past the deadline, sends it for real and deletes nothing: the DELETE waits the whole
-/// `final_notice` (1d) from that real notice, then happens.
-#[tokio::test]
-async fn a_final_notice_sent_by_a_one_off_dry_run_delays_the_delete_by_a_real_final_notice() {
-    let mut org = quiet_org(1, 10, 43);
-    let project = active_project_ids(&org)[0].clone();
-    let old = age_user_keys(&mut org, &project, 1, 200);
-    let sim = start_sim(org).await;
-    let dir = tempfile::tempdir().unwrap();
-    let tables = format!("{ISSUE_3_POLICIES}{}", lifted(""));
-    let s = sweeper(&config_text(
-        &sim,
-        &dir.path().join("s.db"),
-        "enforce",
-        &tables,
-    ));
-    let store = s.store().unwrap().clone();
-    let id = FindingId {
-        organization: ORG.into(),
-        project_id: project.clone(),
-        key_id: old[0].clone(),
-        policy: "rotate-90d".into(),
-    };
-    let stored = || {
-        (store.with_conn(|c| state::findings::get_finding(c, &id)))
-            .unwrap()
-            .unwrap()
-    };
-    sweep(&s, NOW).await;
-    assert_eq!(stored().deadline, NOW + 14 * DAY);
-    let rehearsal = SweepOptions {
-        force_dry_run: true,
-        ..SweepOptions::new(NOW + 13 * DAY + 60)
-    };
-    s.run_once(&rehearsal).await.unwrap();
-    assert!(stored().final_notice_dry_run);
-    let real = NOW + 14 * DAY + 60;
-    let r = sweep(&s, real).await;
-    assert!(
-        deleted_in(&r).is_empty(),
-        "deleted with its first real final notice"
-    );
-    assert!(sim.key_exists(&project, &old[0]));
-    let f = stored();
-    assert_eq!(
-        (
-            f.stage,
-            f.final_notice_at,
-            f.deadline,
-            f.final_notice_dry_run
-        ),
-        (Stage::FinalNotice, Some(real), real + DAY, false)
-    );
-    let r = sweep(&s, real + DAY).await;
-    assert_eq!(deleted_in(&r), old.iter().cloned().collect());
-    verify(&store).unwrap();
-}
-
 #[tokio::test]
 async fn the_kill_switch_stops_every_delete_until_it_is_removed() {
     let mut org = quiet_org(1, 20, 8);
