@@ -554,7 +554,7 @@ fn expiry_being_set(n: &Notice) -> Option<i64> {
     if let Some(set) = f.expiry.set {
         return Some(set.to);
     }
-    let to = expiry_target(f);
+    let to = n.key_expiry.unwrap_or_else(|| expiry_target(f));
     match f.expires_at.at() {
         Some(at) if at <= to => None,
         _ => Some(to),
@@ -586,14 +586,26 @@ fn expire_status(n: &Notice) -> String {
             rfc3339(set.to)
         );
     }
-    let to = expiry_target(f);
+    let to = n.key_expiry.unwrap_or_else(|| expiry_target(f));
     let target = rfc3339(to);
+    // Another policy's earlier deadline sets the key's one expiry.
+    let earlier = if n.key_expiry.is_some() {
+        format!("another policy's earlier deadline; this one's is {deadline}")
+    } else {
+        String::new()
+    };
     match f.expires_at.at() {
         Some(at) if at <= to => format!("the key already expires at {}", rfc3339(at)),
-        _ if notice_verdict(n) == Verdict::WouldExpire => {
+        _ if notice_verdict(n) == Verdict::WouldExpire && earlier.is_empty() => {
             format!("would set the expiry to {target} (dry-run)")
         }
-        _ => format!("the expiry is set to {target}: OpenAI ends the key then"),
+        _ if notice_verdict(n) == Verdict::WouldExpire => {
+            format!("would set the expiry to {target} (dry-run; {earlier})")
+        }
+        _ if earlier.is_empty() => {
+            format!("the expiry is set to {target}: OpenAI ends the key then")
+        }
+        _ => format!("the expiry is set to {target} ({earlier}): OpenAI ends the key then"),
     }
 }
 
@@ -791,6 +803,7 @@ mod tests {
             verdict: Some(Verdict::Expire),
             rotated: None,
             intel: None,
+            key_expiry: None,
         };
         let set_at = 10 * day + crate::policy::expiry::PAST_DEADLINE_LEAD;
         // The deadline (day 7) passed before the notice's sweep (day 10): an hour after it.
@@ -827,6 +840,7 @@ mod tests {
             verdict: Some(verdict),
             rotated: None,
             intel: None,
+            key_expiry: None,
         }
         };
         let rotated = warning("k1", Verdict::Rotate { overlap: 3600 });
@@ -855,6 +869,7 @@ mod tests {
                 verdict: Some(Verdict::WouldRotate { overlap: 3600, by }),
                 rotated: None,
                 intel: None,
+                key_expiry: None,
             };
             let status = status_text(&n);
             assert!(status.contains("would be rotated"), "{status}");
@@ -883,6 +898,7 @@ mod tests {
             verdict: None,
             rotated: None,
             intel: None,
+            key_expiry: None,
         };
         assert_eq!(usage_text(&n), "usage unknown");
         let usage = |requests, cost_micros| NoticeIntel {

@@ -275,6 +275,12 @@ pub struct Notice {
     /// outside a sweep (the notice then says "usage unknown" and is routed as any key's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub intel: Option<NoticeIntel>,
+    /// For an open `expire` finding's notice: the expiry the sweep's plan sets on the key when
+    /// another of its `expire` findings, with an earlier deadline, sets it before this one's
+    /// own target would (one write per key, the earliest: `policy::plan`). `None`: the
+    /// finding's own target is what the key gets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_expiry: Option<i64>,
 }
 
 impl Notice {
@@ -288,6 +294,7 @@ impl Notice {
             verdict: None,
             rotated: None,
             intel: None,
+            key_expiry: None,
         }
     }
 }

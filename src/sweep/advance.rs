@@ -103,6 +103,39 @@ pub(super) fn advance_findings<'a>(
     out
 }
 
+/// Tells each open `expire` notice the expiry its key really gets when the plan sets an
+/// earlier one for another `expire` finding of the key (one write per key, the earliest): the
+/// notice would otherwise name its own, later target.
+fn note_key_expiries(notices: &mut [Notice], plan: &Plan, now: i64) {
+    let actions = (plan.revoke.iter()).chain(plan.withheld.iter().map(|w| &w.action));
+    let planned: HashMap<(&str, &str, &str), i64> = actions
+        .filter_map(|a| match a.write {
+            Write::SetExpiry { to } => {
+                let k = a.key();
+                Some(((&*k.organization, &*k.project_id, &*k.id), to))
+            }
+            Write::Delete => None,
+        })
+        .collect();
+    if planned.is_empty() {
+        return;
+    }
+    for n in notices.iter_mut() {
+        let f = &n.finding;
+        let open = matches!(
+            n.kind,
+            NoticeKind::Warning | NoticeKind::Reminder | NoticeKind::FinalNotice
+        );
+        if !open || f.action != Action::Expire || f.expiry.set.is_some() {
+            continue;
+        }
+        let own = crate::policy::expiry::target(f.deadline, now);
+        if let Some(&to) = planned.get(&f.id.key_ref()) {
+            n.key_expiry = (to < own).then_some(to);
+        }
+    }
+}
+
 impl Advanced {
     /// Every notice gets the verdict the mode and the per-key rules give before the plan is
     /// known (`Run::plan` refines it with the plan: caps, kill switch). Without `[safety]
@@ -272,6 +305,7 @@ impl Advanced {
         self.notices = notices;
         self.forget_dropped(&dropped);
         self.postpone(&withheld, rules, &told, now);
+        note_key_expiries(&mut self.notices, plan, now);
     }
 
     /// Keeps on each finding why the plan holds it back and which write ([`Finding::withheld`],

@@ -310,6 +310,7 @@ fn rotated_notices(
                 old_expires_at: *old_expires_at,
             }),
             intel: None,
+            key_expiry: None,
         });
     }
     out

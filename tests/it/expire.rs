@@ -767,6 +767,65 @@ async fn enforce_after_the_deadlines_passed_in_dry_run_warns_again_with_a_whole_
     assert_verifies(&s);
 }
 
+/// Two `expire` policies on one old, idle key, with different warning periods: the plan sets
+/// the earlier deadline (one write per key), and the later policy's warning names the expiry
+/// the key gets, not its own deadline, in dry-run ("would set") and in enforce.
+#[tokio::test]
+async fn two_expire_policies_on_one_key_name_the_one_expiry_it_gets() {
+    let t = wall_now();
+    for mode in ["dry-run", "enforce"] {
+        let (o, keys) = org(t);
+        let sim = start(o, |_| {}).await;
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("s.db");
+        let policies = format!(
+            "[[policies]]\nname = \"{POLICY}\"\nmax_age = \"90d\"\naction = \"expire\"\n\
+             warn_before = \"7d\"\nnotify = [\"team\"]\n\
+             [[policies]]\nname = \"idle-30d\"\nmax_idle = \"30d\"\naction = \"expire\"\n\
+             warn_before = \"14d\"\nnotify = [\"team\"]\n\
+             [[channels]]\nname = \"team\"\ntype = \"email\"\nsmtp_host = \"127.0.0.1\"\n\
+             smtp_port = {port}\nsmtp_tls = \"none\"\nfrom = \"keysweep@example.com\"\n\
+             to = [\"team@example.com\"]\n",
+            port = crate::support::net::free_port()
+        );
+        let s = sweeper(&config_text(
+            &sim,
+            &db,
+            mode,
+            &format!("{policies}{}", safety("")),
+        ));
+        sweep(&s, t).await;
+        let idle = finding(&s, &keys.never, "idle-30d");
+        assert_eq!(idle.deadline, t + 14 * DAY);
+        let target = keysweep::timefmt::rfc3339(t + 7 * DAY);
+        if mode == "enforce" {
+            let set = expires_at(&sim, &keys.never).unwrap();
+            assert!(lands_on(set, t + 7 * DAY), "{set}");
+        }
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        let text: String = (keysweep::notify::outbox::all(&conn).unwrap().iter())
+            .map(|m| m.payload["text"].as_str().unwrap_or_default().to_string())
+            .collect();
+        let own = keysweep::timefmt::rfc3339(t + 14 * DAY);
+        let said = format!("another policy's earlier deadline; this one's is {own}");
+        let line = text
+            .lines()
+            .find(|l| l.contains(&said))
+            .unwrap_or_else(|| panic!("{mode}: no notice names the earlier expiry:\n{text}"));
+        assert!(line.contains(&target), "{mode}: {line}");
+        let verb = if mode == "enforce" {
+            "the expiry is set to"
+        } else {
+            "would set the expiry to"
+        };
+        assert!(line.contains(verb), "{mode}: {line}");
+        assert!(
+            !text.contains(&format!("expiry to {own}")),
+            "{mode}: a notice names the later deadline as the expiry:\n{text}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn dry_run_writes_no_expiry_and_says_it_would() {
     let t = wall_now();
@@ -801,6 +860,7 @@ async fn dry_run_writes_no_expiry_and_says_it_would() {
         verdict: None,
         rotated: None,
         intel: None,
+        key_expiry: None,
     };
     let text = keysweep::notify::digest::status_text(&notice);
     assert!(text.starts_with("would set the expiry to "), "{text}");

@@ -128,6 +128,7 @@ fn each_notice_kind_gets_its_own_message_and_dry_run_says_so() {
             verdict: None,
             rotated: None,
             intel: None,
+            key_expiry: None,
         },
         notice(NoticeKind::Resolved, resolved_bot),
     ];

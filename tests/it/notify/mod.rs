@@ -210,6 +210,7 @@ fn notice(kind: NoticeKind, f: Finding) -> Notice {
         verdict: None,
         rotated: None,
         intel: None,
+        key_expiry: None,
     }
 }
 
