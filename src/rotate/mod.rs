@@ -116,9 +116,9 @@ async fn keep_promised_expiry(
     })?;
     // A rotation settled within the hour (its expiry just set, by this sweep's reconciliation
     // perhaps) is not judged from a listing taken before that write.
-    let Some((row_id, promised)) = row
+    let Some((row_id, promised, new_key)) = row
         .filter(|r| r.status == "done" && ctx.now.saturating_sub(r.updated_at) >= 3600)
-        .and_then(|r| r.old_expires_at.map(|t| (r.id, t)))
+        .and_then(|r| r.old_expires_at.map(|t| (r.id, t, r.new_key_id)))
     else {
         return Ok(None);
     };
@@ -133,6 +133,34 @@ async fn keep_promised_expiry(
         // Gone, ended, back in place, unknown or unreadable: nothing to set back now.
         _ => return Ok(None),
     };
+    // The old key ends only while its successor lives: a person who deleted the new key (it
+    // did not work) and gave the old one more time has answered the rotation; setting the
+    // expiry back would leave the service with no working key.
+    if let Some(new_id) = new_key.as_deref() {
+        match client.retrieve_key(&id.project_id, new_id).await {
+            Ok(Some(_)) => {}
+            Ok(None) | Err(crate::openai::Error::KeyEnded { .. }) => {
+                let reason = format!(
+                    "the new key {new_id} is gone: the old key's expiry, moved later since the \
+                     rotation, is left as it is"
+                );
+                tracing::warn!(organization = %id.organization, project_id = %id.project_id, key_id = %id.key_id, "old key's expiry not set back: {reason}");
+                let rec = ctx
+                    .record(
+                        crate::state::audit::AuditKind::Skipped,
+                        (&id.organization, &id.project_id, &id.key_id),
+                        format!("old key's expiry not set back: {reason}"),
+                    )
+                    .with_response(serde_json::json!({ "new_key_id": new_id }));
+                crate::state::audit::append_durable(&ctx.store, &rec)?;
+                return Ok(Some(RotationOutcome::Skipped {
+                    reason,
+                    streak: None,
+                }));
+            }
+            Err(_) => return Ok(None),
+        }
+    }
     let to = reconcile::owed_target(client, Some(promised));
     // Ending by the soonest time keysweep could set (the promise passed or is minutes away):
     // nothing to set back, and nothing to tell.

@@ -260,6 +260,39 @@ async fn an_old_key_expiry_removed_after_its_rotation_is_set_back() {
     assert!(!out.contains("set back"), "{out}");
 }
 
+/// After a finished rotation a person deletes the new key (it did not work) and removes the
+/// old key's expiry to keep the service running. keysweep does not set that expiry back: the
+/// old key would end with no successor. It says why, and mints nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_key_whose_successor_was_deleted_keeps_the_expiry_a_person_gave_it() {
+    let w = world_with("", FILE_SINK, SCOPES, ENFORCE_SA).await;
+    first_warning(&w).await;
+    let out = w.run(due(&w)).await;
+    let row = w.rotation_rows()[0].clone();
+    assert_eq!(row.status, "done", "{out}");
+    let new_id = row.new_key_id.clone().unwrap();
+    w.sim.remove_key(PROJECT, &new_id).unwrap();
+    w.sim.set_expires_at(PROJECT, OLD, None).unwrap();
+    let out = w.run(due(&w) + 900).await;
+    assert_eq!(
+        w.sim.key(PROJECT, OLD).unwrap().expires_at,
+        None,
+        "set back with no successor:\n{out}"
+    );
+    assert!(!out.contains("set back: it stops working"), "{out}");
+    let store = Store::open(&w.dir.path().join("keysweep.db")).unwrap();
+    let rows = store
+        .with_conn(|c| keysweep::state::audit::list(c, None))
+        .unwrap();
+    assert!(
+        rows.iter().any(
+            |r| r.record.message.contains("not set back") && r.record.message.contains(&new_id)
+        ),
+        "the skip is not in the audit log:\n{out}"
+    );
+    assert_eq!(w.mints(), 1, "{out}");
+}
+
 /// The old key's expiry is set, then its answer never comes and the run is killed: the intent
 /// has no outcome. The next run answers it from a read of the key (the expiry is in place)
 /// before settling the rotation, so the audit log says the write happened.
