@@ -110,6 +110,17 @@ impl Sweeper {
 }
 
 impl Run<'_> {
+    /// True when an organisation of this sweep has a rotation not yet settled.
+    fn any_unsettled_rotation(&self) -> Result<bool, SweepError> {
+        for c in &self.clients {
+            let rows = (self.store).with_conn(|conn| rotations::unsettled(conn, c.org_name()))?;
+            if !rows.is_empty() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Performs (or announces) the due rotations and adds what they raised to `enforced`.
     /// `intel`: what the audit log says of the keys (the old key's scopes).
     pub(super) async fn rotate(
@@ -120,7 +131,12 @@ impl Run<'_> {
         enforced: &mut Enforced,
     ) -> Result<(), SweepError> {
         let config = &self.sweeper.config;
-        if config.rotations.is_empty() || self.opts.cancel.is_cancelled() {
+        if self.opts.cancel.is_cancelled() {
+            return Ok(());
+        }
+        // Without a rotate policy, the rotations begun under one are still settled: an orphan
+        // deleted, an owed old-key expiry set, a rotation announced.
+        if config.rotations.is_empty() && !self.any_unsettled_rotation()? {
             return Ok(());
         }
         let all: Vec<&Finding> = findings.iter().map(|v| &*v.finding).collect();

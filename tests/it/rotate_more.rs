@@ -178,6 +178,38 @@ async fn a_failed_old_key_expiry_after_the_sink_confirmed_is_set_by_the_next_swe
     w.assert_state_clean(&secret);
 }
 
+/// The old key's expiry fails after the sink confirmed, then the rotate policy is removed (its
+/// rotations failing, say): the rotation begun under it is still settled. The next sweep sets
+/// the owed expiry at the promised time and announces the rotation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_owed_an_expiry_is_settled_after_its_policy_is_removed() {
+    let w = world_with("", FILE_SINK, SCOPES, ENFORCE_SA).await;
+    first_warning(&w).await;
+    w.sim.faults().add(
+        Fault::on(FaultRoute::UpdateKey)
+            .project(PROJECT)
+            .object(OLD)
+            .times(50)
+            .respond(FaultKind::Status(500)),
+    );
+    let out = w.run(due(&w)).await;
+    let rows = w.rotation_rows();
+    assert_eq!(rows[0].status, "delivered", "{out}");
+    let promised = rows[0].old_expires_at.unwrap();
+    w.sim.faults().clear();
+    let text = std::fs::read_to_string(&w.config).unwrap();
+    let rotate = "action = \"rotate\"\nsink = \"store\"\noverlap = \"24h\"\n";
+    assert!(text.contains(rotate) && text.contains(SCOPES), "{text}");
+    let text = (text.replace(rotate, "action = \"notify\"\n")).replace(SCOPES, "");
+    std::fs::write(&w.config, text).unwrap();
+    let out = w.run(due(&w) + DAY + 600).await;
+    let at = w.sim.key(PROJECT, OLD).unwrap().expires_at;
+    let at = at.unwrap_or_else(|| panic!("the owed expiry was not set:\n{out}"));
+    assert!((at - promised).abs() <= SLACK, "{at} vs {promised}\n{out}");
+    assert_eq!(w.rotation_rows()[0].status, "done", "{out}");
+    assert_eq!(w.mints(), 1, "{out}");
+}
+
 /// Two due keys of one service account and a file sink, whose path names the account, not the
 /// key: the first is rotated into the file, the second is not (rotating it would overwrite the
 /// first one's new key, leaving it alive with nobody holding it); the re-check says why.
