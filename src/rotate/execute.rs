@@ -253,6 +253,18 @@ async fn hand_over(
     );
     if let Err(e) = sink::deliver(sink_config, meta, secret).await {
         let error = e.to_string();
+        if e.ambiguous {
+            // The sink may hold the key: deleting it could leave the store with a dead key and
+            // its readers with 401s. The row stays `minted`, as after a crash during the
+            // hand-over, and a person confirms or deletes the new key.
+            set_status(ctx, row, "minted", None, Some(&error))?;
+            tracing::error!(run_id = %ctx.run_id, key_id = %old.id, new_key_id = %meta.key_id, %error, "rotation: the sink gave no answer; a person must confirm");
+            return Ok(RotationOutcome::AwaitingConfirmation {
+                new_key_id: meta.key_id.clone(),
+                sink: rot.sink.clone(),
+                unanswered: Some(error),
+            });
+        }
         let cleaned = delete_minted(ctx, client, new, &error).await?;
         let status = if cleaned {
             "sink_failed"

@@ -266,6 +266,7 @@ async fn settle_minted(
         }
         Ok(Some(_)) => Ok(Some(RotationOutcome::AwaitingConfirmation {
             new_key_id: new_id,
+            unanswered: row.detail.clone(),
             sink: ctx
                 .config
                 .rotation(&row.policy)

@@ -105,8 +105,14 @@ pub enum RotationOutcome {
     MintFailed { error: String },
     /// The sink did not confirm; the new key was deleted (`cleaned`) and the old one left alone.
     SinkFailed { error: String, cleaned: bool },
-    /// A crash interrupted the hand-over: the new key stays, a person must confirm.
-    AwaitingConfirmation { new_key_id: String, sink: String },
+    /// A crash interrupted the hand-over, or the sink gave no answer (`unanswered`: an exec
+    /// sink killed at its timeout): the new key stays, a person must confirm.
+    AwaitingConfirmation {
+        new_key_id: String,
+        sink: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        unanswered: Option<String>,
+    },
     /// A key keysweep minted before a crash, never recorded, was found by its nonce and deleted.
     OrphanDeleted { keys: Vec<String> },
     /// After a finished rotation, the old key's expiry had been moved later (or removed)
@@ -183,13 +189,11 @@ impl RotationResult {
                     "deleting the new key failed too (a later sweep retries it)"
                 }
             ),
-            RotationOutcome::AwaitingConfirmation { new_key_id, sink } => format!(
-                "a crash interrupted handing new key {new_key_id} to sink {sink:?}: a person must \
-                 confirm whether the sink holds it; the old key is untouched and no further key \
-                 is minted for this service account until a person answers: `keysweep rotation \
-                 confirm {new_key_id}` if the sink holds it (the old key then expires after the \
-                 overlap), else delete key {new_key_id} to have keysweep rotate again"
-            ),
+            RotationOutcome::AwaitingConfirmation {
+                new_key_id,
+                sink,
+                unanswered,
+            } => awaiting_text(new_key_id, sink, unanswered.as_deref()),
             RotationOutcome::OrphanDeleted { keys } => format!(
                 "key(s) {} minted by an interrupted rotation and never handed to a sink were \
                  deleted",
@@ -218,4 +222,19 @@ impl RotationResult {
             pages,
         })
     }
+}
+
+/// The alert of a hand-over whose answer is unknown: what a person must do.
+fn awaiting_text(new_key_id: &str, sink: &str, unanswered: Option<&str>) -> String {
+    format!(
+        "{} handing new key {new_key_id} to sink {sink:?}: a person must confirm whether the \
+         sink holds it; the old key is untouched and no further key is minted for this service \
+         account until a person answers: `keysweep rotation confirm {new_key_id}` if the sink \
+         holds it (the old key then expires after the overlap), else delete key {new_key_id} to \
+         have keysweep rotate again",
+        match unanswered {
+            Some(why) => format!("the sink gave no answer ({why})"),
+            None => "a crash interrupted".to_string(),
+        }
+    )
 }

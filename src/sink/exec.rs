@@ -1,6 +1,7 @@
 //! The `exec` sink: the operator's program, run without a shell, the secret on its stdin, the
 //! key's metadata in `KEYSWEEP_*` variables, in a cleared environment (`PATH` and the names the
-//! sink's `env = [...]` lists, nothing else), killed at its timeout. Exit 0 confirms.
+//! sink's `env = [...]` lists, nothing else), killed at its timeout (an unknown answer:
+//! [`Unconfirmed::killed`]). Exit 0 confirms, any other status refuses.
 //!
 //! It must never pass keysweep's own environment on (the admin key, channel secrets), never put
 //! the secret in an argument or a variable (other users can read those in /proc), and never log
@@ -54,9 +55,9 @@ pub(super) async fn run(
     timeout: Duration,
     meta: &KeyMeta,
     secret: &SecretString,
-) -> Result<(), String> {
+) -> Result<(), Unconfirmed> {
     let Some((program, args)) = command.split_first() else {
-        return Err("no command".into());
+        return Err(String::from("no command").into());
     };
     let mut cmd = Command::new(program);
     cmd.args(args)
@@ -95,10 +96,13 @@ pub(super) async fn run(
         let _ = child.kill().await;
         stdout.abort();
         stderr.abort();
-        return Err(format!(
-            "{program:?} did not finish within {}s and was killed",
-            timeout.as_secs()
-        ));
+        return Err(Unconfirmed {
+            message: format!(
+                "{program:?} did not finish within {}s and was killed",
+                timeout.as_secs()
+            ),
+            killed: true,
+        });
     };
     // A program that left a child behind holding its output must not hold the sweep up.
     let settle = Duration::from_secs(2);
@@ -113,17 +117,36 @@ pub(super) async fn run(
     let status = status.map_err(|e| format!("cannot wait for {program:?}: {e}"))?;
     let printed = format!("printed {out} bytes on stdout and {err} on stderr, not shown");
     if !status.success() {
-        return Err(format!("{program:?} exited with {status}; {printed}"));
+        return Err(format!("{program:?} exited with {status}; {printed}").into());
     }
     match fed {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(format!(
             "{program:?} exited 0 but did not read the key from stdin ({e}); {printed}"
-        )),
+        )
+        .into()),
         Err(_) => Err(format!(
             "{program:?} did not read the key from stdin within {}s; {printed}",
             timeout.as_secs()
-        )),
+        )
+        .into()),
+    }
+}
+
+/// Why the program did not confirm.
+pub(super) struct Unconfirmed {
+    pub message: String,
+    /// It ran past its `timeout` and was killed: it may have stored the key before it hung
+    /// (a recipe that writes, then waits on something else), so its answer is unknown.
+    pub killed: bool,
+}
+
+impl From<String> for Unconfirmed {
+    fn from(message: String) -> Self {
+        Unconfirmed {
+            message,
+            killed: false,
+        }
     }
 }
 
@@ -155,13 +178,19 @@ mod tests {
         p.to_str().unwrap().to_string()
     }
 
-    async fn go(body: &str, env: &[String], timeout: Duration) -> (Result<(), String>, String) {
+    /// The run's result (the message, and whether it was killed) and what the script wrote.
+    async fn go(
+        body: &str,
+        env: &[String],
+        timeout: Duration,
+    ) -> (Result<(), (String, bool)>, String) {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
         let body = body.replace("$OUT", out.to_str().unwrap());
         let prog = script(dir.path(), &body);
         let secret = SecretString::from(SECRET.to_string());
-        let r = run("s", &[prog], env, timeout, &meta(), &secret).await;
+        let r = (run("s", &[prog], env, timeout, &meta(), &secret).await)
+            .map_err(|u| (u.message, u.killed));
         (r, std::fs::read_to_string(out).unwrap_or_default())
     }
 
@@ -190,7 +219,8 @@ mod tests {
             Duration::from_secs(20),
         )
         .await;
-        let e = r.unwrap_err();
+        let (e, killed) = r.unwrap_err();
+        assert!(!killed, "a refusal is an answer");
         assert!(e.contains("exit status: 3"), "{e}");
         assert!(e.contains("on stderr, not shown"), "{e}");
         assert!(!e.contains("EXECSECRET"), "{e}");
@@ -198,8 +228,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_program_past_its_timeout_is_killed() {
-        let (r, _) = go("sleep 30", &[], Duration::from_millis(500)).await;
-        let e = r.unwrap_err();
-        assert!(e.contains("killed") || e.contains("did not read"), "{e}");
+        let (r, _) = go("read -r k; sleep 30", &[], Duration::from_millis(500)).await;
+        let (e, killed) = r.unwrap_err();
+        assert!(e.contains("killed") && killed, "{e}");
     }
 }

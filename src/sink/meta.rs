@@ -24,4 +24,7 @@ pub struct SinkError {
     pub sink: String,
     pub kind: &'static str,
     pub message: String,
+    /// The sink may hold the key although it did not confirm (an exec sink killed at its
+    /// `timeout`): a person must say, as after a crash during the hand-over.
+    pub ambiguous: bool,
 }

@@ -27,16 +27,20 @@ pub async fn deliver(
     secret: &SecretString,
 ) -> Result<(), SinkError> {
     let result = match &sink.kind {
-        SinkKind::File { path, format } => file::write(path, *format, meta, secret),
+        // A file is in place or not: the rename is atomic.
+        SinkKind::File { path, format } => {
+            file::write(path, *format, meta, secret).map_err(exec::Unconfirmed::from)
+        }
         SinkKind::Exec {
             command,
             env,
             timeout,
         } => exec::run(&sink.name, command, env, *timeout, meta, secret).await,
     };
-    result.map_err(|message| SinkError {
+    result.map_err(|u| SinkError {
         sink: sink.name.clone(),
         kind: sink.kind.type_name(),
-        message,
+        message: u.message,
+        ambiguous: u.killed,
     })
 }

@@ -547,6 +547,45 @@ async fn interrupted_hand_over(dir: &std::path::Path) -> (World, String, String)
     (w, new, secret)
 }
 
+/// An exec sink that stores the key, then hangs past its timeout and is killed: it may hold
+/// the key, so keysweep keeps the new key (deleting it would leave the store with a dead key)
+/// and waits for a person, as after a crash during the hand-over; the old key is untouched.
+/// The person confirms, and the next run ends the old key after the overlap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_killed_at_its_timeout_keeps_the_new_key_for_a_person_to_confirm() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = format!(
+        "read -r k\nprintf '%s' \"$k\" > {d}/got\nexec sleep 30\n",
+        d = dir.path().display()
+    );
+    let sink = exec_sink(&dir.path().join("hanging-store.sh"), &body, "1s");
+    let w = world(&sink, SCOPES, ENFORCE_SA).await;
+    first_warning(&w).await;
+    let out = w.run(due(&w)).await;
+    let row = w.rotation_rows()[0].clone();
+    assert_eq!(row.status, "minted", "{out}");
+    let new = row.new_key_id.clone().unwrap();
+    assert!(w.sim.key_exists(PROJECT, &new), "deleted:\n{out}");
+    assert_eq!(w.sim.key(PROJECT, OLD).unwrap().expires_at, None, "{out}");
+    assert!(out.contains("the sink gave no answer"), "{out}");
+    assert!(out.contains("was killed"), "{out}");
+    let secret = std::fs::read_to_string(dir.path().join("got")).unwrap();
+    assert_no_secret("keysweep output", &out, &[secret.as_str()]);
+    // Still waiting in the next sweep: nothing minted, nothing deleted.
+    let out = w.run(due(&w) + 600).await;
+    assert_eq!(w.mints(), 1, "{out}");
+    assert!(w.sim.key_exists(PROJECT, &new), "{out}");
+    let confirmed = confirm(&w, &new).await;
+    assert!(confirmed.status.success(), "{}", combined(&confirmed));
+    let out = w.run(due(&w) + 1200).await;
+    assert!(
+        w.sim.key(PROJECT, OLD).unwrap().expires_at.is_some(),
+        "the old key has no expiry after the confirmation:\n{out}"
+    );
+    assert_eq!(w.rotation_rows()[0].status, "done", "{out}");
+    w.assert_state_clean(&secret);
+}
+
 /// `keysweep rotation confirm NEW_KEY_ID` as a process: its output and status.
 async fn confirm(w: &World, new_key_id: &str) -> std::process::Output {
     let mut c = keysweep(
