@@ -311,6 +311,15 @@ fn finish(report: &SweepReport, config: &Config, read_only: bool) -> ExitCode {
             clean = false;
         }
     }
+    for e in &report.expiries {
+        if let crate::revoke::expiry::ExpiryOutcome::Failed { error } = &e.outcome {
+            eprintln!(
+                "error: the expiry of key {} in {} could not be written ({}): {error}",
+                e.key_id, e.project_id, e.write
+            );
+            clean = false;
+        }
+    }
     if clean {
         ExitCode::SUCCESS
     } else {
@@ -319,7 +328,9 @@ fn finish(report: &SweepReport, config: &Config, read_only: bool) -> ExitCode {
                 "keysweep: incomplete — the plan leaves out the keys of the projects listed above; no sweep acts in them until they list completely"
             );
         } else {
-            eprintln!("keysweep: incomplete — nothing was revoked in the projects listed above");
+            eprintln!(
+                "keysweep: incomplete — nothing was revoked in the projects listed above, and the writes that failed are retried by the next sweep"
+            );
         }
         ExitCode::from(EXIT_INCOMPLETE)
     }
@@ -394,6 +405,28 @@ fn open_findings_in_state(store: &Store) -> Result<u64> {
         .sum())
 }
 
+/// One expiry write's outcome, as `run --once` prints it.
+fn expiry_line(o: &crate::revoke::expiry::ExpiryOutcome) -> String {
+    use crate::revoke::expiry::ExpiryOutcome as E;
+    let t = crate::sweep::fmt_time;
+    match o {
+        E::Set { to, reset, .. } if *reset => {
+            format!(
+                "EXPIRY SET BACK to {} (moved later outside keysweep)",
+                t(*to)
+            )
+        }
+        E::Set { to, .. } => format!("EXPIRY SET to {}", t(*to)),
+        E::AlreadyEnds { at } => format!("already ends at {}: nothing written", t(*at)),
+        E::Restored { to, .. } => format!("expiry moved back out to {}", t(*to)),
+        E::Skipped { reason } => format!("kept ({reason})"),
+        E::Refused { error } => format!("expiry REFUSED by the organisation ({error})"),
+        E::KeyExpired => "already expired: nothing written".to_string(),
+        E::Failed { error } => format!("FAILED ({error})"),
+        E::Cancelled => "not attempted (shutdown)".to_string(),
+    }
+}
+
 /// What `run --once` prints: the plan's outcome, one line per action, then the totals.
 fn print_summary(report: &SweepReport, store: &Store, now: i64) -> Result<()> {
     let stdout = std::io::stdout();
@@ -418,15 +451,26 @@ fn print_summary(report: &SweepReport, store: &Store, now: i64) -> Result<()> {
             r.organization, r.project_id, r.target
         )?;
     }
+    for e in &report.expiries {
+        writeln!(
+            out,
+            "  {}/{} key {}: {}",
+            e.organization,
+            e.project_id,
+            e.key_id,
+            expiry_line(&e.outcome)
+        )?;
+    }
     report::write_withheld(&mut out, &report.plan)?;
     // Counted in the state: a finding this sweep did not touch (its organisation could not be
     // listed, its project was incomplete) is still open.
     let open = open_findings_in_state(store)?;
     writeln!(
         out,
-        "keys: {}, open findings: {open}, revoked: {}, withheld: {}, notifications queued: {}, delivered: {}, alerts: {}",
+        "keys: {}, open findings: {open}, revoked: {}, expiries set: {}, withheld: {}, notifications queued: {}, delivered: {}, alerts: {}",
         report.inventory.key_count(),
         report.revoked_count(),
+        report.expiries_set_count(),
         report.plan.withheld.len(),
         report.notices_queued,
         report.delivery.sent,

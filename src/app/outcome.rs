@@ -4,6 +4,7 @@
 
 use crate::daemon::SweepResult;
 use crate::inventory::Listing;
+use crate::revoke::expiry::ExpiryOutcome;
 use crate::sweep::SweepReport;
 
 /// The daemon's judgement of `report`. A sweep in which no project could be listed is failed,
@@ -41,9 +42,15 @@ pub(super) fn sweep_result(report: &SweepReport) -> SweepResult {
         .iter()
         .filter(|r| matches!(r.outcome, crate::revoke::Outcome::Failed { .. }))
         .count();
-    if incomplete > 0 || failed > 0 {
+    let failed_expiries = (report.expiries.iter())
+        .filter(|e| matches!(e.outcome, ExpiryOutcome::Failed { .. }))
+        .count();
+    if incomplete > 0 || failed > 0 || failed_expiries > 0 {
         SweepResult::Partial {
-            reason: format!("{incomplete} incomplete listing(s), {failed} failed revocation(s)"),
+            reason: format!(
+                "{incomplete} incomplete listing(s), {failed} failed revocation(s), \
+                 {failed_expiries} failed expiry write(s)"
+            ),
         }
     } else {
         SweepResult::Success

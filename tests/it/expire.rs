@@ -826,6 +826,46 @@ async fn two_expire_policies_on_one_key_name_the_one_expiry_it_gets() {
     }
 }
 
+/// `run --once` as a process says what it wrote: one line per expiry set and their count. An
+/// expiry the API failed to take (500 on every try) is an error on stderr and exit status 1,
+/// like a failed revocation, not a clean run.
+#[tokio::test]
+async fn run_once_prints_each_expiry_it_sets_and_exits_1_when_one_fails() {
+    let t = wall_now();
+    let (o, keys) = org(t);
+    let sim = start(o, |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let tables = format!("{}{}", expire_policy(), safety(""));
+    let path = dir.path().join("keysweep.toml");
+    let text = config_text(&sim, &dir.path().join("s.db"), "enforce", &tables);
+    std::fs::write(&path, text).unwrap();
+    sim.faults().add(
+        keysweep::sim::Fault::on_update_key(PROJECT, &keys.later)
+            .respond(keysweep::sim::FaultKind::Status(500)),
+    );
+    let run = crate::support::process::keysweep(
+        &["--config", path.to_str().unwrap(), "run", "--once"],
+        &[(KEY_ENV, ADMIN_KEY)],
+    );
+    let out = crate::support::process::output(run).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    let set = (stdout.lines())
+        .find(|l| l.contains(&keys.never))
+        .unwrap_or_else(|| panic!("no line for the key set:\n{stdout}"));
+    assert!(set.contains("EXPIRY SET to"), "{set}");
+    let failed = (stdout.lines())
+        .find(|l| l.contains(&keys.later))
+        .unwrap_or_else(|| panic!("no line for the failed write:\n{stdout}"));
+    assert!(failed.contains("FAILED"), "{failed}");
+    assert!(stdout.contains("expiries set: 1,"), "{stdout}");
+    assert!(
+        stderr.contains(&format!("the expiry of key {} in", keys.later)),
+        "{stderr}"
+    );
+}
+
 #[tokio::test]
 async fn dry_run_writes_no_expiry_and_says_it_would() {
     let t = wall_now();
