@@ -363,7 +363,16 @@ async fn run(config: Config, args: &RunArgs, path: PathBuf) -> Result<ExitCode> 
         shutdown_signal().await;
         cancel.cancel();
     });
-    let report = sweeper.run_once(&opts).await?;
+    let report = match sweeper.run_once(&opts).await {
+        Ok(report) => report,
+        // The sweep began and could not go on (a damaged state row, a state file gone): exit 1,
+        // the run's failure, not 2, which says the configuration or the command is wrong.
+        Err(e) => {
+            publish_audit_head(&store, None);
+            eprintln!("error: the sweep failed: {}", crate::error_chain(&e));
+            return Ok(ExitCode::from(EXIT_INCOMPLETE));
+        }
+    };
     publish_audit_head(&store, None);
     print_summary(&report, &store, now)?;
     Ok(finish(&report, &config_of_sweeper, false))

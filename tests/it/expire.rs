@@ -864,6 +864,23 @@ async fn run_once_prints_each_expiry_it_sets_and_exits_1_when_one_fails() {
         stderr.contains(&format!("the expiry of key {} in", keys.later)),
         "{stderr}"
     );
+    // A sweep that cannot go on (a damaged finding in the state file) exits 1, not 2: the
+    // configuration is fine.
+    let conn = rusqlite::Connection::open(dir.path().join("s.db")).unwrap();
+    conn.execute(
+        "UPDATE findings SET data = '{\"id\": 7' WHERE key_id = ?1",
+        [&keys.never],
+    )
+    .unwrap();
+    drop(conn);
+    let run = crate::support::process::keysweep(
+        &["--config", path.to_str().unwrap(), "run", "--once"],
+        &[(KEY_ENV, ADMIN_KEY)],
+    );
+    let out = crate::support::process::output(run).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("the sweep failed"), "{stderr}");
 }
 
 #[tokio::test]
