@@ -347,30 +347,28 @@ fn ending(f: &Finding, ctx: &PlanContext) -> Ending {
         )
     };
     match verdict(f, &ctx.rules(), None) {
+        // Nothing is written at the deadline: what comes next is the owner's rotation.
         Verdict::NotifyOnly {
             by: NotifyOnlyBy::ExpiryRefused,
-        } => {
-            let refused = f.expiry.refused.as_deref().unwrap_or("refused");
-            end(
-                "rotate",
-                None,
-                None,
-                format!(
-                    "the organisation refused the expiry ({refused}): rotate before {deadline}"
-                ),
-            )
-        }
+        } => Ending {
+            would: ("rotate", None),
+            ..end("rotate", None, None, refused_why(f, &deadline))
+        },
         Verdict::NotifyOnly { by } => {
             rail(by.config_key(), "a service-account key is only reported")
         }
         Verdict::Postponed { by } => rail(withheld_config_key(by), "the kill switch is on"),
         Verdict::WouldRevoke | Verdict::WouldExpire => rail("mode", "dry-run only announces it"),
-        Verdict::Ends => end(
-            "expire",
-            f.expires_at.at(),
-            None,
-            "the key's own expiry ends it first".into(),
-        ),
+        // keysweep writes nothing: the key's own expiry, before the deadline, is what comes.
+        Verdict::Ends => Ending {
+            would: ("expire", f.expires_at.at()),
+            ..end(
+                "expire",
+                f.expires_at.at(),
+                None,
+                "the key's own expiry ends it first; keysweep writes nothing".into(),
+            )
+        },
         // `verdict` never gives these (`verdict_rotating` does): an expire, as the plan sees it.
         Verdict::Expire
         | Verdict::Revoke
@@ -390,6 +388,12 @@ fn ending(f: &Finding, ctx: &PlanContext) -> Ending {
             ),
         },
     }
+}
+
+/// Why a finding whose expiry the organisation refused ends with the owner's rotation.
+fn refused_why(f: &Finding, deadline: &str) -> String {
+    let refused = f.expiry.refused.as_deref().unwrap_or("refused");
+    format!("the organisation refused the expiry ({refused}): rotate before {deadline}")
 }
 
 fn written(w: Write, now: i64) -> (&'static str, Option<i64>) {
@@ -568,6 +572,30 @@ mod tests {
             Some("safety.service_account_keys")
         );
         assert_eq!(s.then, "nothing");
+    }
+
+    /// Past the final notice, NEXT names what really comes: never a write keysweep will not make
+    /// (a key whose own expiry comes first, an expiry the organisation refused).
+    #[test]
+    fn next_never_names_a_write_the_verdict_rules_out() {
+        let noticed = Finding {
+            final_notice_at: Some(NOW - DAY / 2),
+            ..warned()
+        };
+        let ends = Finding {
+            expires_at: Expiry::At(NOW + 2 * DAY),
+            ..noticed.clone()
+        };
+        let s = next_step(&ends, Planned::NotDue, &ctx(false, false), NOW);
+        assert_eq!((s.next, s.next_at), ("expire", Some(NOW + 2 * DAY)));
+        let mut refused = Finding {
+            action: Action::Expire,
+            ..noticed
+        };
+        refused.expiry.refused = Some("max 30 days".into());
+        let s = next_step(&refused, Planned::NotDue, &ctx(false, false), NOW);
+        assert_eq!((s.next, s.next_at), ("rotate", None));
+        assert_eq!(s.withheld_by, None);
     }
 
     #[test]
