@@ -328,8 +328,29 @@ fn render_table(
         }
     }
     writeln!(out)?;
-    if findings.is_empty() {
+    write_plan_section(out, inv, findings)
+}
+
+/// The plan under the inventory table: each key with a finding, then what the others get.
+fn write_plan_section(
+    out: &mut dyn Write,
+    inv: &Inventory,
+    findings: &[FindingRow],
+) -> io::Result<()> {
+    let unjudged = unjudged_projects(inv);
+    let in_gaps = (inv.keys())
+        .filter(|k| unjudged.contains(&(k.organization.as_str(), k.project_id.as_str())))
+        .count();
+    if findings.is_empty() && unjudged.is_empty() {
         writeln!(out, "Plan: nothing; no key violates a policy.")?;
+    } else if findings.is_empty() {
+        writeln!(
+            out,
+            "Plan: nothing in the projects listed completely; the keys of the incomplete \
+             listings above ({}) are not judged, and no sweep acts on them until they list \
+             completely.",
+            counted(in_gaps, "key listed", "keys listed")
+        )?;
     } else {
         writeln!(
             out,
@@ -353,13 +374,33 @@ fn render_table(
                     k.organization.as_str(),
                     k.project_id.as_str(),
                     k.id.as_str(),
-                ))
+                )) && !unjudged.contains(&(k.organization.as_str(), k.project_id.as_str()))
             })
             .count();
         let others = counted(others, "other key", "other keys");
         writeln!(out, "{others}: nothing planned.")?;
+        if in_gaps > 0 {
+            writeln!(
+                out,
+                "{} in the incomplete listings above: not judged (no sweep acts on them until \
+                 they list completely).",
+                counted(in_gaps, "key", "keys")
+            )?;
+        }
     }
     Ok(())
+}
+
+/// The (organisation, project) of every listing that stopped short: their keys are not judged,
+/// so no row may say "nothing" of them.
+fn unjudged_projects(inv: &Inventory) -> std::collections::HashSet<(&str, &str)> {
+    (inv.orgs.iter())
+        .flat_map(|o| {
+            (o.projects.iter())
+                .filter(|p| !p.listing.is_complete())
+                .map(move |p| (o.organization.as_str(), p.project.id.as_str()))
+        })
+        .collect()
 }
 
 /// What was not listed in full, and why: failed organisations first, then their incomplete
@@ -661,6 +702,7 @@ fn render_csv(
     }
     let mut w = csv::Writer::from_writer(out);
     w.write_record(CSV_HEADER)?;
+    let unjudged = unjudged_projects(inv);
     for k in inv.keys() {
         let key = key_cells(k, now);
         match by_key.remove(&(
@@ -672,6 +714,9 @@ fn render_csv(
                 for f in rows {
                     w.write_record(key.iter().cloned().chain(finding_cells(Some(f))))?;
                 }
+            }
+            None if unjudged.contains(&(k.organization.as_str(), k.project_id.as_str())) => {
+                w.write_record(key.iter().cloned().chain(unjudged_cells()))?;
             }
             None => w.write_record(key.iter().cloned().chain(finding_cells(None)))?,
         }
@@ -720,6 +765,18 @@ fn key_cells(k: &Key, now: i64) -> Vec<String> {
         k.expires_at.at().map(rfc3339).unwrap_or_default(),
         ExpiryStatus::of(k.expires_at, now).as_str().to_string(),
     ]
+}
+
+/// The 11 finding and plan columns of a key whose project's listing stopped short: nothing is
+/// known of it, and nothing is done to it until its project lists completely.
+fn unjudged_cells() -> Vec<String> {
+    let mut cells = vec![String::new(); 11];
+    cells[5] = "unknown".into();
+    cells[9] = "listing incomplete".into();
+    cells[10] = "the project's listing is incomplete: no sweep judges or acts on its keys until \
+                 it lists completely"
+        .into();
+    cells
 }
 
 /// The 11 finding and plan columns: empty but `next_action` = `nothing` without a finding.
@@ -900,8 +957,53 @@ mod tests {
 
     #[test]
     fn table_without_findings_says_nothing_is_planned() {
-        let t = rendered(Format::Table, &[]);
-        assert!(t.contains("Plan: nothing; no key violates a policy."));
+        let mut inv = inventory();
+        inv.orgs[0].projects.truncate(1);
+        let mut buf = Vec::new();
+        render(&inv, &[], NOW, Format::Table, &mut buf).unwrap();
+        let t = String::from_utf8(buf).unwrap();
+        assert!(
+            t.contains("Plan: nothing; no key violates a policy."),
+            "{t}"
+        );
+    }
+
+    /// A key of a project whose listing stopped short was not judged: no output says "nothing"
+    /// of it (the table counts it apart; CSV says `unknown`, withheld by the listing).
+    #[test]
+    fn keys_of_an_incomplete_listing_are_not_judged_in_any_format() {
+        let mut inv = inventory();
+        let mut k = inv.orgs[0].projects[0].keys.remove(1);
+        k.project_id = "proj_2".into();
+        let gap = k.id.clone();
+        inv.orgs[0].projects[1].keys.push(k);
+        let out = |format: Format, findings: &[FindingRow]| {
+            let mut buf = Vec::new();
+            render(&inv, findings, NOW, format, &mut buf).unwrap();
+            String::from_utf8(buf).unwrap()
+        };
+        let t = out(Format::Table, &[]);
+        assert!(!t.contains("no key violates"), "{t}");
+        assert!(
+            t.contains("incomplete listings above (1 key listed) are not judged"),
+            "{t}"
+        );
+        let t = out(Format::Table, &[finding()]);
+        assert!(t.contains("0 other keys: nothing planned."), "{t}");
+        assert!(
+            t.contains("1 key in the incomplete listings above: not judged"),
+            "{t}"
+        );
+        let text = out(Format::Csv, &[]);
+        let mut r = csv::Reader::from_reader(text.as_bytes());
+        let headers = r.headers().unwrap().clone();
+        let col = |name: &str| headers.iter().position(|h| h == name).unwrap();
+        let rows: Vec<csv::StringRecord> = r.records().map(Result::unwrap).collect();
+        let row = rows.iter().find(|r| r[col("key_id")] == *gap).unwrap();
+        assert_eq!(&row[col("next_action")], "unknown");
+        assert_eq!(&row[col("withheld_by")], "listing incomplete");
+        let complete = rows.iter().find(|r| &r[col("key_id")] == "key_1").unwrap();
+        assert_eq!(&complete[col("next_action")], "nothing");
     }
 
     #[test]
