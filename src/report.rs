@@ -71,7 +71,7 @@ pub fn finding_rows(report: &SweepReport, ctx: &PlanContext, now: i64) -> Vec<Fi
                 .unwrap_or(Planned::NotDue);
             let step = next_step(&v.finding, word, ctx, now);
             let step = match v.rotation {
-                Some((start, deadline)) => plan::rotation_step(step, start, deadline),
+                Some((start, deadline)) => plan::rotation_step(step, start, deadline, now),
                 None => step,
             };
             finding_row(v, step)

@@ -405,8 +405,10 @@ fn written(w: Write, now: i64) -> (&'static str, Option<i64>) {
 
 /// `step` for a key under `action = "rotate"` whose rotation starts at `start` (deadline −
 /// overlap): a new key goes to the sink, then the old key expires at `deadline`. The rails the
-/// verdict named (mode, the service-account rule, the kill switch) still hold it back.
-pub fn rotation_step(step: NextStep, start: i64, deadline: i64) -> NextStep {
+/// verdict named (mode, the service-account rule, the kill switch) still hold it back, and a
+/// warning or final notice due before `start` still comes first. A rotation already due is
+/// shown at `now`, the next sweep's, not at a start that has passed.
+pub fn rotation_step(step: NextStep, start: i64, deadline: i64, now: i64) -> NextStep {
     let when = format!(
         "rotate at {} (deadline {})",
         rfc3339(start),
@@ -418,6 +420,20 @@ pub fn rotation_step(step: NextStep, start: i64, deadline: i64) -> NextStep {
             None => format!("{when}: {}", step.why),
         };
         return NextStep { why, ..step };
+    }
+    let start = start.max(now);
+    let told_first = matches!(step.next, "warn" | "final-notice" | "remind")
+        && step.next_at.is_some_and(|at| at < start);
+    if told_first {
+        return NextStep {
+            then: "rotate",
+            then_at: Some(start),
+            why: format!(
+                "{} first, then {when}: a new key goes to the sink, then the old key expires",
+                step.next
+            ),
+            ..step
+        };
     }
     NextStep {
         next: "rotate",
@@ -618,6 +634,29 @@ mod tests {
             (s.next, s.next_at),
             ("final-notice", Some(NOW + 3 * DAY - 3200))
         );
+    }
+
+    /// A rotation row keeps the warning (or final notice) that comes before the rotation, and
+    /// shows a rotation already due at the next sweep, never at a start that has passed.
+    #[test]
+    fn a_rotation_comes_after_the_notices_due_before_it_and_never_in_the_past() {
+        let new = Finding {
+            detected_at: NOW,
+            warned_at: Some(NOW),
+            ..warned()
+        };
+        let s = next_step(&new, Planned::NotDue, &ctx(true, false), NOW);
+        let start = NOW + 3 * DAY;
+        let r = rotation_step(s, start, start + DAY, NOW);
+        assert_eq!((r.next, r.next_at), ("warn", Some(NOW)));
+        assert_eq!((r.then, r.then_at), ("rotate", Some(start)));
+        let noticed = Finding {
+            final_notice_at: Some(NOW - DAY),
+            ..warned()
+        };
+        let s = next_step(&noticed, Planned::NotDue, &ctx(false, false), NOW);
+        let r = rotation_step(s, NOW - DAY, NOW, NOW);
+        assert_eq!((r.next, r.next_at), ("rotate", Some(NOW)));
     }
 
     #[test]
