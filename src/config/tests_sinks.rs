@@ -71,7 +71,7 @@ fn a_configuration_without_sinks_keeps_its_hash() {
 #[test]
 fn bad_sinks_and_rotate_settings_name_the_key() {
     let rotate = "[[policies]]\nname = \"rot\"\nmax_age = \"90d\"\naction = \"rotate\"\n";
-    let cases: [(String, &str); 10] = [
+    let cases: [(String, &str); 12] = [
         (rotate.to_string(), "policies[0].sink: is required"),
         (format!("{rotate}sink = \"nope\"\n"), "policies[0].sink: no sink named \"nope\""),
         (
@@ -84,8 +84,16 @@ fn bad_sinks_and_rotate_settings_name_the_key() {
             "sinks[0].path: is required",
         ),
         (
-            "[[sinks]]\nname = \"f\"\ntype = \"file\"\npath = \"/k/{project}\"\n".into(),
+            "[[sinks]]\nname = \"f\"\ntype = \"file\"\npath = \"/k/{project}/{project_id}-{service_account_id}\"\n".into(),
             "sinks[0].path: {project} is not a placeholder",
+        ),
+        (
+            "[[sinks]]\nname = \"f\"\ntype = \"file\"\npath = \"/run/keys/openai.key\"\n".into(),
+            "sinks[0].path: \"/run/keys/openai.key\" must contain {project_id}",
+        ),
+        (
+            "[[sinks]]\nname = \"f\"\ntype = \"file\"\npath = \"/run/keys/{project_id}.key\"\n".into(),
+            "sinks[0].path: \"/run/keys/{project_id}.key\" must contain {service_account_id}",
         ),
         (
             "[[sinks]]\nname = \"f\"\ntype = \"file\"\npath = \"/k\"\ncommand = [\"x\"]\n".into(),

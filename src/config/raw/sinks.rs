@@ -133,8 +133,20 @@ fn sink(
     })
 }
 
-/// `{…}` in a path template must be one of [`PLACEHOLDERS`].
+/// `{…}` in a path template must be one of [`PLACEHOLDERS`], and the path must name the
+/// project and the service account: a file shared by two service accounts would have the
+/// second one's new key overwrite the first one's, which then lives on with nobody holding it
+/// (the overwrite guard knows one account's rotations, not another's), and hand the first
+/// account's workload a key that is not its own.
 fn check_template(path: &str) -> Result<(), String> {
+    for needed in ["{project_id}", "{service_account_id}"] {
+        if !path.contains(needed) {
+            return Err(format!(
+                "{path:?} must contain {needed}: one file per service account (two accounts \
+                 sharing a file would overwrite each other's new keys)"
+            ));
+        }
+    }
     let mut rest = path;
     while let Some(start) = rest.find('{') {
         let tail = &rest[start..];
