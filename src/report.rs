@@ -19,14 +19,18 @@ use serde::Serialize;
 
 use crate::config::Action;
 use crate::intel::{Intel, UsageSummary};
-use crate::inventory::{Expiry, ExpiryStatus, Inventory, Key, OwnerAccess};
+use crate::inventory::{Expiry, ExpiryStatus, Inventory, Key};
 use crate::policy::Plan;
 use crate::sweep::SweepReport;
 use crate::timefmt::rfc3339;
 
+mod csv_export;
 pub mod plan;
+mod rows;
 
 pub use plan::{NextStep, PlanContext, Planned, next_step};
+pub use rows::FindingRow;
+use rows::{access_str, days_since, unjudged_projects};
 
 /// Output format of `keysweep scan`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,28 +38,6 @@ pub enum Format {
     Table,
     Json,
     Csv,
-}
-
-/// One line of the findings / plan section: what policy matched which key and what keysweep
-/// will do (or did) about it. Built by [`finding_rows`] from a sweep's findings.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct FindingRow {
-    pub organization: String,
-    pub project_id: String,
-    pub key_id: String,
-    pub key_name: String,
-    pub policy: String,
-    /// `notify`, `revoke`, …
-    pub action: String,
-    /// `new` (read-only scan: no sweep has warned yet), `warned`, `final_notice`, `revoked`,
-    /// `exempted`, …
-    pub state: String,
-    /// Unix seconds at which the action falls due, if scheduled.
-    pub deadline: Option<i64>,
-    /// Why the key violates (or is exempt).
-    pub note: String,
-    /// What happens next to the key, and what withholds it (see [`plan`]).
-    pub plan: Option<NextStep>,
 }
 
 /// Findings, exemptions and the plan of a sweep as report rows, each with its [`NextStep`].
@@ -139,8 +121,6 @@ fn exemption_row(key: &Key, state: &str, deadline: Option<i64>, step: NextStep) 
     }
 }
 
-const DAY: i64 = 86_400;
-
 /// Writes the report for `inv` (and `findings`, if any) in `format`.
 pub fn render(
     inv: &Inventory,
@@ -166,7 +146,7 @@ pub fn render_with_intel(
     match format {
         Format::Table => render_table(inv, findings, now, intel, out),
         Format::Json => render_json(inv, findings, now, intel, out),
-        Format::Csv => render_csv(inv, findings, now, out),
+        Format::Csv => csv_export::render_csv(inv, findings, now, out),
     }
 }
 
@@ -178,11 +158,6 @@ fn date(ts: i64) -> String {
         .unwrap_or_else(|| ts.to_string())
 }
 
-/// Whole days from `ts` to `now` (negative if `ts` is in the future).
-fn days_since(ts: i64, now: i64) -> i64 {
-    now.saturating_sub(ts).div_euclid(DAY)
-}
-
 /// The EXPIRES cell: the date and how far off it is, `never`, `expired (date)`, or `unknown`
 /// when the API's answer did not carry the field (an older API version).
 fn expires_cell(e: Expiry, now: i64) -> String {
@@ -191,14 +166,6 @@ fn expires_cell(e: Expiry, now: i64) -> String {
         Expiry::Unknown => "unknown".to_string(),
         Expiry::At(at) if e.is_expired(now) => format!("expired ({})", date(at)),
         Expiry::At(at) => format!("{} (in {}d)", date(at), days_since(now, at)),
-    }
-}
-
-fn access_str(a: OwnerAccess) -> &'static str {
-    match a {
-        OwnerAccess::Active => "active",
-        OwnerAccess::Inactive => "inactive",
-        OwnerAccess::Unknown => "unknown",
     }
 }
 
@@ -389,18 +356,6 @@ fn write_plan_section(
         }
     }
     Ok(())
-}
-
-/// The (organisation, project) of every listing that stopped short: their keys are not judged,
-/// so no row may say "nothing" of them.
-fn unjudged_projects(inv: &Inventory) -> std::collections::HashSet<(&str, &str)> {
-    (inv.orgs.iter())
-        .flat_map(|o| {
-            (o.projects.iter())
-                .filter(|p| !p.listing.is_complete())
-                .map(move |p| (o.organization.as_str(), p.project.id.as_str()))
-        })
-        .collect()
 }
 
 /// What was not listed in full, and why: failed organisations first, then their incomplete
@@ -647,172 +602,12 @@ fn render_json(
     writeln!(out, "{}", crate::text::json(&doc))
 }
 
-// ---- CSV ---------------------------------------------------------------------------------------
-
-/// A cell a spreadsheet would evaluate as a formula gets a leading `'`.
-fn defuse(s: &str) -> std::borrow::Cow<'_, str> {
-    crate::text::csv(s).into()
-}
-
-const CSV_HEADER: [&str; 27] = [
-    "organization",
-    "project_id",
-    "project_name",
-    "key_id",
-    "name",
-    "redacted_value",
-    "owner_type",
-    "owner",
-    "owner_email",
-    "owner_project_access",
-    "created_at",
-    "age_days",
-    "last_used_at",
-    "idle_days",
-    "expires_at",
-    "expiry_state",
-    "policy",
-    "action",
-    "state",
-    "deadline",
-    "reason",
-    "next_action",
-    "next_at",
-    "then",
-    "then_at",
-    "withheld_by",
-    "why",
-];
-
-/// One row per key and finding; a key without findings has one row with empty finding columns
-/// (and `next_action` = `nothing`). Findings of keys no longer listed (closed as gone) follow.
-fn render_csv(
-    inv: &Inventory,
-    findings: &[FindingRow],
-    now: i64,
-    out: &mut dyn Write,
-) -> io::Result<()> {
-    let mut by_key: std::collections::HashMap<(&str, &str, &str), Vec<&FindingRow>> =
-        std::collections::HashMap::new();
-    for f in findings {
-        by_key
-            .entry((&f.organization, &f.project_id, &f.key_id))
-            .or_default()
-            .push(f);
-    }
-    let mut w = csv::Writer::from_writer(out);
-    w.write_record(CSV_HEADER)?;
-    let unjudged = unjudged_projects(inv);
-    for k in inv.keys() {
-        let key = key_cells(k, now);
-        match by_key.remove(&(
-            k.organization.as_str(),
-            k.project_id.as_str(),
-            k.id.as_str(),
-        )) {
-            Some(rows) => {
-                for f in rows {
-                    w.write_record(key.iter().cloned().chain(finding_cells(Some(f))))?;
-                }
-            }
-            None if unjudged.contains(&(k.organization.as_str(), k.project_id.as_str())) => {
-                w.write_record(key.iter().cloned().chain(unjudged_cells()))?;
-            }
-            None => w.write_record(key.iter().cloned().chain(finding_cells(None)))?,
-        }
-    }
-    // Findings whose key the listing no longer has, in the order they came.
-    for f in findings {
-        if by_key.contains_key(&(
-            f.organization.as_str(),
-            f.project_id.as_str(),
-            f.key_id.as_str(),
-        )) {
-            let mut key = vec![String::new(); 16];
-            key[0] = defuse(&f.organization).into_owned();
-            key[1] = defuse(&f.project_id).into_owned();
-            key[3] = defuse(&f.key_id).into_owned();
-            key[4] = defuse(&f.key_name).into_owned();
-            w.write_record(key.into_iter().chain(finding_cells(Some(f))))?;
-        }
-    }
-    w.flush()
-}
-
-/// The 16 inventory columns of a key.
-fn key_cells(k: &Key, now: i64) -> Vec<String> {
-    let (last_used, idle) = match k.last_used_at {
-        Some(t) => (rfc3339(t), days_since(t, now).to_string()),
-        None if k.last_used_unknown => ("unknown".to_string(), String::new()),
-        None => (String::new(), String::new()),
-    };
-    vec![
-        defuse(&k.organization).into_owned(),
-        defuse(&k.project_id).into_owned(),
-        defuse(k.project_name.as_deref().unwrap_or("")).into_owned(),
-        defuse(&k.id).into_owned(),
-        defuse(&k.name).into_owned(),
-        defuse(&k.redacted_value).into_owned(),
-        k.owner.kind.as_str().to_string(),
-        defuse(k.owner.display()).into_owned(),
-        defuse(k.owner.email.as_deref().unwrap_or("")).into_owned(),
-        access_str(k.owner_access).to_string(),
-        rfc3339(k.created_at),
-        days_since(k.created_at, now).to_string(),
-        last_used,
-        idle,
-        // Empty when the key has no expiry (never, or unknown); `expiry_state` tells which.
-        k.expires_at.at().map(rfc3339).unwrap_or_default(),
-        ExpiryStatus::of(k.expires_at, now).as_str().to_string(),
-    ]
-}
-
-/// The 11 finding and plan columns of a key whose project's listing stopped short: nothing is
-/// known of it, and nothing is done to it until its project lists completely.
-fn unjudged_cells() -> Vec<String> {
-    let mut cells = vec![String::new(); 11];
-    cells[5] = "unknown".into();
-    cells[9] = "listing incomplete".into();
-    cells[10] = "the project's listing is incomplete: no sweep judges or acts on its keys until \
-                 it lists completely"
-        .into();
-    cells
-}
-
-/// The 11 finding and plan columns: empty but `next_action` = `nothing` without a finding.
-fn finding_cells(f: Option<&FindingRow>) -> Vec<String> {
-    let Some(f) = f else {
-        let mut cells = vec![String::new(); 11];
-        cells[5] = "nothing".into();
-        return cells;
-    };
-    let time = |t: Option<i64>| t.map(rfc3339).unwrap_or_default();
-    let mut cells = vec![
-        defuse(&f.policy).into_owned(),
-        f.action.clone(),
-        f.state.clone(),
-        time(f.deadline),
-        defuse(&f.note).into_owned(),
-    ];
-    match &f.plan {
-        Some(p) => cells.extend([
-            p.next.to_string(),
-            time(p.next_at),
-            p.then.to_string(),
-            time(p.then_at),
-            p.withheld_by.clone().unwrap_or_default(),
-            defuse(&p.why).into_owned(),
-        ]),
-        None => cells.extend(std::iter::repeat_n(String::new(), 6)),
-    }
-    cells
-}
-
 #[cfg(test)]
 mod tests {
+    use super::rows::DAY;
     use super::*;
     use crate::inventory::{
-        Key, Listing, OrgInventory, Owner, OwnerType, ProjectInventory, ProjectRef,
+        Key, Listing, OrgInventory, Owner, OwnerAccess, OwnerType, ProjectInventory, ProjectRef,
     };
 
     const NOW: i64 = 1_767_225_600; // 2026-01-01T00:00:00Z
