@@ -193,14 +193,16 @@ impl PlannedAction {
             Write::Delete => format!(
                 "delete key {} ({:?}, {}) in {}",
                 k.id,
-                k.name,
+                crate::text::terminal(&k.name),
                 crate::text::terminal(&k.redacted_value),
                 k.project_id
             ),
+            // `{:?}` alone escapes control characters, not invisible ones (a Hangul filler
+            // makes two keys' names look alike): the name is neutralised first.
             Write::SetExpiry { to } => format!(
                 "set the expiry of key {} ({:?}, {}) in {} to {}",
                 k.id,
-                k.name,
+                crate::text::terminal(&k.name),
                 crate::text::terminal(&k.redacted_value),
                 k.project_id,
                 crate::timefmt::rfc3339(to)

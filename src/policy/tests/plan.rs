@@ -127,6 +127,23 @@ fn enforce_with_lifted_caps_revokes_every_user_key_once() {
         "{}",
         first.describe()
     );
+    // A hostile name's invisible characters never reach the line (Debug quoting alone keeps
+    // them).
+    let mut hostile = keys[1].clone();
+    hostile.name = "ci\u{3164}\u{202E}prod".into();
+    let p = run(
+        &[candidate(&hostile, "rotate", 10)],
+        &facts(&keys, 0),
+        &lifted(),
+        Mode::Enforce,
+        0,
+        false,
+    );
+    let line = p.revoke[0].describe();
+    assert!(
+        !line.contains('\u{3164}') && !line.contains('\u{202E}'),
+        "{line:?}"
+    );
 }
 
 #[test]
