@@ -415,7 +415,7 @@ fn open_findings_in_state(store: &Store) -> Result<u64> {
 }
 
 /// One expiry write's outcome, as `run --once` prints it.
-fn expiry_line(o: &crate::revoke::expiry::ExpiryOutcome) -> String {
+fn expiry_line(o: &crate::revoke::expiry::ExpiryOutcome, enforce: bool) -> String {
     use crate::revoke::expiry::ExpiryOutcome as E;
     let t = crate::sweep::fmt_time;
     match o {
@@ -432,6 +432,8 @@ fn expiry_line(o: &crate::revoke::expiry::ExpiryOutcome) -> String {
         E::Refused { error } => format!("expiry REFUSED by the organisation ({error})"),
         E::KeyExpired => "already expired: nothing written".to_string(),
         E::Failed { error } => format!("FAILED ({error})"),
+        // Outside enforce mode every write comes back not attempted.
+        E::Cancelled if !enforce => "not attempted (dry-run)".to_string(),
         E::Cancelled => "not attempted (shutdown)".to_string(),
     }
 }
@@ -467,7 +469,7 @@ fn print_summary(report: &SweepReport, store: &Store, now: i64) -> Result<()> {
             e.organization,
             e.project_id,
             e.key_id,
-            expiry_line(&e.outcome)
+            expiry_line(&e.outcome, report.mode == Some(config::Mode::Enforce))
         )?;
     }
     report::write_withheld(&mut out, &report.plan)?;

@@ -424,10 +424,12 @@ pub fn rotation_step(step: NextStep, start: i64, deadline: i64, now: i64) -> Nex
     let start = start.max(now);
     let told_first = matches!(step.next, "warn" | "final-notice" | "remind")
         && step.next_at.is_some_and(|at| at < start);
+    // THEN keeps how the key ends (its expiry at the deadline); `rotate` there would mean the
+    // owner must rotate, and keysweep does it here.
     if told_first {
         return NextStep {
-            then: "rotate",
-            then_at: Some(start),
+            then: "expire",
+            then_at: Some(deadline),
             why: format!(
                 "{} first, then {when}: a new key goes to the sink, then the old key expires",
                 step.next
@@ -649,7 +651,8 @@ mod tests {
         let start = NOW + 3 * DAY;
         let r = rotation_step(s, start, start + DAY, NOW);
         assert_eq!((r.next, r.next_at), ("warn", Some(NOW)));
-        assert_eq!((r.then, r.then_at), ("rotate", Some(start)));
+        assert_eq!((r.then, r.then_at), ("expire", Some(start + DAY)));
+        assert!(r.why.starts_with("warn first, then rotate at"), "{}", r.why);
         let noticed = Finding {
             final_notice_at: Some(NOW - DAY),
             ..warned()

@@ -407,7 +407,7 @@ async fn mint_failed(
     // A mint the API refused made nothing: the row is settled now. Otherwise a key may exist
     // and show up late, and only a later sweep gives up looking for it.
     let search = if refused {
-        super::reconcile::Search::Final
+        super::reconcile::Search::Refused
     } else {
         super::reconcile::Search::Early
     };

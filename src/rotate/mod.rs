@@ -116,12 +116,15 @@ async fn keep_promised_expiry(
     })?;
     // A rotation settled within the hour (its expiry just set, by this sweep's reconciliation
     // perhaps) is not judged from a listing taken before that write.
-    let Some((row_id, promised, new_key)) = row
-        .filter(|r| r.status == "done" && ctx.now.saturating_sub(r.updated_at) >= 3600)
-        .and_then(|r| r.old_expires_at.map(|t| (r.id, t, r.new_key_id)))
+    let Some(row) =
+        row.filter(|r| r.status == "done" && ctx.now.saturating_sub(r.updated_at) >= 3600)
     else {
         return Ok(None);
     };
+    let Some(promised) = row.old_expires_at else {
+        return Ok(None);
+    };
+    let (row_id, new_key) = (row.id, row.new_key_id.clone());
     if !p.expires_at.outlives(promised) {
         return Ok(None);
     }
@@ -140,21 +143,18 @@ async fn keep_promised_expiry(
         match client.retrieve_key(&id.project_id, new_id).await {
             Ok(Some(_)) => {}
             Ok(None) | Err(crate::openai::Error::KeyEnded { .. }) => {
-                let reason = format!(
-                    "the new key {new_id} is gone: the old key's expiry, moved later since the \
-                     rotation, is left as it is"
+                // The rotation is over, not done: the row lets go of the key, so the policy
+                // rotates it afresh (a new key, to the sink, then the old key's expiry) unless
+                // a person exempts it. Setting the expiry back now would leave no working key.
+                let why = format!(
+                    "the new key {new_id} is gone and the old key's expiry was moved later: \
+                     the old key is left as it is and rotated afresh"
                 );
-                tracing::warn!(organization = %id.organization, project_id = %id.project_id, key_id = %id.key_id, "old key's expiry not set back: {reason}");
-                let rec = ctx
-                    .record(
-                        crate::state::audit::AuditKind::Skipped,
-                        (&id.organization, &id.project_id, &id.key_id),
-                        format!("old key's expiry not set back: {reason}"),
-                    )
-                    .with_response(serde_json::json!({ "new_key_id": new_id }));
-                crate::state::audit::append_durable(&ctx.store, &rec)?;
+                tracing::warn!(organization = %id.organization, project_id = %id.project_id, key_id = %id.key_id, "rotation abandoned: {why}");
+                let new = serde_json::json!({ "new_key_id": new_id });
+                reconcile::abandon(ctx, &row, &why, new)?;
                 return Ok(Some(RotationOutcome::Skipped {
-                    reason,
+                    reason: why,
                     streak: None,
                 }));
             }

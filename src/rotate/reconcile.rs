@@ -35,9 +35,17 @@ const WINDOW_AFTER: i64 = 86_400;
 pub(super) enum Search {
     /// Right after the mint failed, in the same sweep.
     Early,
-    /// A later sweep's reconciliation.
+    /// Right after the API refused the mint: it made nothing, so nothing found is final.
+    Refused,
+    /// A later sweep's reconciliation: final once the mint is [`ORPHAN_SEARCH_MIN_AGE`] old.
     Final,
 }
+
+/// How old (wall clock) a lost mint must be before a search that finds no key gives it up: a
+/// restart right after a crash, or the daemon's retry, comes back within seconds, when a key
+/// the server made late or a listing that lags may not show yet; giving up then would let the
+/// same sweep mint a second key beside a live one nobody holds.
+pub(super) const ORPHAN_SEARCH_MIN_AGE: i64 = 900;
 
 /// How far ahead an owed old-key expiry whose promised time has passed is set: enough for a
 /// clock that differs from the API's by minutes, and no longer than it takes.
@@ -165,9 +173,10 @@ pub(super) fn announce_owed(ctx: &Context) -> Result<Vec<RotationResult>, StateE
 ///
 /// `Search::Early` is the look right after a mint failed: a key the server makes late, or a
 /// listing that lags, is not seen yet, and abandoning then would let the next sweep mint a
-/// second key beside a live one nobody holds. So only a later sweep's search (`Search::Final`)
-/// abandons a row whose key it cannot find; until then the row keeps the account's rotation in
-/// hand.
+/// second key beside a live one nobody holds. So only a later sweep's search (`Search::Final`),
+/// once the mint is [`ORPHAN_SEARCH_MIN_AGE`] old, abandons a row whose key it cannot find (or
+/// the same sweep, when the API refused the mint); until then the row keeps the account's
+/// rotation in hand.
 pub(super) async fn settle_minting(
     ctx: &Context,
     client: &AdminClient,
@@ -198,7 +207,12 @@ pub(super) async fn settle_minting(
             deleted.push(k.id.clone());
         }
     }
-    if deleted.len() < orphans.len() || (orphans.is_empty() && search == Search::Early) {
+    let give_up = match search {
+        Search::Early => false,
+        Search::Refused => true,
+        Search::Final => wall_now().saturating_sub(row.started_at) >= ORPHAN_SEARCH_MIN_AGE,
+    };
+    if deleted.len() < orphans.len() || (orphans.is_empty() && !give_up) {
         return Ok(None);
     }
     let detail = format!("interrupted before the new key was recorded; deleted: {deleted:?}");
@@ -215,7 +229,7 @@ fn is_orphan(k: &Key, row: &RotationRow) -> bool {
 }
 
 /// Closes a row as abandoned, with a `reconciled` record answering its mint intent.
-fn abandon(
+pub(super) fn abandon(
     ctx: &Context,
     row: &RotationRow,
     detail: &str,

@@ -107,16 +107,19 @@ pub(super) fn advance_findings<'a>(
 /// earlier one for another `expire` finding of the key (one write per key, the earliest): the
 /// notice would otherwise name its own, later target.
 fn note_key_expiries(notices: &mut [Notice], plan: &Plan, now: i64) {
-    let actions = (plan.revoke.iter()).chain(plan.withheld.iter().map(|w| &w.action));
-    let planned: HashMap<(&str, &str, &str), i64> = actions
-        .filter_map(|a| match a.write {
-            Write::SetExpiry { to } => {
-                let k = a.key();
-                Some(((&*k.organization, &*k.project_id, &*k.id), to))
-            }
-            Write::Delete => None,
-        })
-        .collect();
+    // The writes made, and those only dry-run holds back (what they would be); not what a cap
+    // postpones (its notice says so), nor a withheld rotation's (no expire write for its key).
+    let dry = (plan.withheld.iter())
+        .filter(|w| w.reason == Withheld::DryRun)
+        .map(|w| &w.action);
+    let mut planned: HashMap<(&str, &str, &str), i64> = HashMap::new();
+    for a in plan.revoke.iter().chain(dry) {
+        if let Write::SetExpiry { to } = a.write {
+            let k = a.key();
+            let at = planned.entry((&*k.organization, &*k.project_id, &*k.id));
+            at.and_modify(|t| *t = (*t).min(to)).or_insert(to);
+        }
+    }
     if planned.is_empty() {
         return;
     }

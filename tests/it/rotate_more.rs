@@ -294,7 +294,9 @@ async fn an_old_key_expiry_removed_after_its_rotation_is_set_back() {
 
 /// After a finished rotation a person deletes the new key (it did not work) and removes the
 /// old key's expiry to keep the service running. keysweep does not set that expiry back: the
-/// old key would end with no successor. It says why, and mints nothing.
+/// old key would end with no successor. The rotation is abandoned (the audit log says why), and
+/// the next sweep rotates the key afresh, as the policy says, instead of leaving it unrotated
+/// for good.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_old_key_whose_successor_was_deleted_keeps_the_expiry_a_person_gave_it() {
     let w = world_with("", FILE_SINK, SCOPES, ENFORCE_SA).await;
@@ -317,12 +319,18 @@ async fn an_old_key_whose_successor_was_deleted_keeps_the_expiry_a_person_gave_i
         .with_conn(|c| keysweep::state::audit::list(c, None))
         .unwrap();
     assert!(
-        rows.iter().any(
-            |r| r.record.message.contains("not set back") && r.record.message.contains(&new_id)
-        ),
-        "the skip is not in the audit log:\n{out}"
+        rows.iter()
+            .any(|r| r.record.message.contains("rotation abandoned")
+                && r.record.message.contains(&new_id)),
+        "the reason is not in the audit log:\n{out}"
     );
+    assert_eq!(w.rotation_rows()[0].status, "abandoned", "{out}");
     assert_eq!(w.mints(), 1, "{out}");
+    drop(store);
+    let out = w.run(due(&w) + 1200).await;
+    assert_eq!(w.mints(), 2, "not rotated afresh:\n{out}");
+    let statuses: Vec<String> = w.rotation_rows().into_iter().map(|r| r.status).collect();
+    assert_eq!(statuses, ["abandoned", "done"], "{out}");
 }
 
 /// The old key's expiry is set, then its answer never comes and the run is killed: the intent
