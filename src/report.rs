@@ -62,12 +62,14 @@ pub fn finding_rows(report: &SweepReport, ctx: &PlanContext, now: i64) -> Vec<Fi
     for (key, reason) in &report.exempted {
         let rail = ctx.exemption_key(&key.organization, &key.project_id, &key.id);
         let step = plan::nothing("exempted", Some(rail), format!("exempted: {reason}"));
-        rows.push(exemption_row(key, "exempted", None, step));
+        rows.push(exemption_row(key, "exempted", step));
     }
+    // The exemption's end goes in `why`, not in DEADLINE: no action falls due then.
     for (key, reason, until) in &report.expired_exemptions {
-        let why = format!("exemption expired ({reason}): the key's findings proceed");
+        let ended = until.map_or_else(String::new, |t| format!(" at {}", rfc3339(t)));
+        let why = format!("exemption expired{ended} ({reason}): the key's findings proceed");
         let step = plan::nothing("exemption_expired", None, why);
-        rows.push(exemption_row(key, "exemption_expired", *until, step));
+        rows.push(exemption_row(key, "exemption_expired", step));
     }
     rows
 }
@@ -106,7 +108,7 @@ pub fn write_withheld(out: &mut dyn Write, plan: &Plan) -> io::Result<()> {
 }
 
 /// A key that no policy acts on because of an exemption (current or lapsed).
-fn exemption_row(key: &Key, state: &str, deadline: Option<i64>, step: NextStep) -> FindingRow {
+fn exemption_row(key: &Key, state: &str, step: NextStep) -> FindingRow {
     FindingRow {
         organization: key.organization.clone(),
         project_id: key.project_id.clone(),
@@ -115,7 +117,7 @@ fn exemption_row(key: &Key, state: &str, deadline: Option<i64>, step: NextStep) 
         policy: "-".into(),
         action: "none".into(),
         state: state.into(),
-        deadline,
+        deadline: None,
         note: step.why.clone(),
         plan: Some(step),
     }

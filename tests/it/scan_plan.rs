@@ -64,6 +64,38 @@ fn plan_rows(table: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// An exemption that has ended is shown as such, with its end in `why`; its DEADLINE is empty:
+/// nothing falls due at the end of an exemption.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_exemption_has_no_deadline_and_says_when_it_ended() {
+    let org = SimOrg::demo(NOW);
+    let key = org
+        .projects
+        .iter()
+        .flat_map(|p| &p.keys)
+        .next()
+        .unwrap()
+        .id
+        .clone();
+    let sim = start_sim(org, ADMIN_KEY).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = demo_config(dir.path(), &sim);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "\n[[exemptions]]\nkey_id = \"{key}\"\nreason = \"migration\"\nuntil = \"2026-11-01\"\n"
+    ));
+    std::fs::write(&config, text).unwrap();
+    let (code, json, err) = scan(&config, "json", &[]).await;
+    assert!(code == 0 || code == 1, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let row = (v["findings"].as_array().unwrap().iter())
+        .find(|f| f["key_id"] == key.as_str() && f["state"] == "exemption_expired")
+        .unwrap_or_else(|| panic!("no expired exemption row:\n{json}"));
+    assert!(row["deadline"].is_null(), "{row}");
+    let why = row["plan"]["why"].as_str().unwrap();
+    assert!(why.contains("exemption expired at 2026-11-01"), "{why}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_first_scan_is_a_plan_named_by_configuration_keys() {
     let sim = start_sim(SimOrg::demo(NOW), ADMIN_KEY).await;
