@@ -95,8 +95,9 @@ fn withheld(ctx: &Context) -> Option<RotationOutcome> {
 /// A finished rotation promised that the old key stops working at its `old_expires_at`. When
 /// the listing shows that expiry moved later or removed (in the dashboard, by a person), it is
 /// set back after a re-read, as an `expire` finding's is, and an alert says so; before, a
-/// rotated key was never looked at again and could live on for good. Enforce mode only, and
-/// never with the kill switch on.
+/// rotated key was never looked at again and could live on for good. Unless the new key is
+/// gone: then the rotation is abandoned (an alert pages) and the next sweep rotates afresh.
+/// Enforce mode only, and never with the kill switch on.
 async fn keep_promised_expiry(
     ctx: &Context,
     p: &PlannedRotation,
@@ -148,15 +149,12 @@ async fn keep_promised_expiry(
                 // a person exempts it. Setting the expiry back now would leave no working key.
                 let why = format!(
                     "the new key {new_id} is gone and the old key's expiry was moved later: \
-                     the old key is left as it is and rotated afresh"
+                     the old key is left as it is"
                 );
                 tracing::warn!(organization = %id.organization, project_id = %id.project_id, key_id = %id.key_id, "rotation abandoned: {why}");
                 let new = serde_json::json!({ "new_key_id": new_id });
                 reconcile::abandon(ctx, &row, &why, new)?;
-                return Ok(Some(RotationOutcome::Skipped {
-                    reason: why,
-                    streak: None,
-                }));
+                return Ok(Some(RotationOutcome::Abandoned { reason: why }));
             }
             Err(_) => return Ok(None),
         }

@@ -210,7 +210,13 @@ pub(super) async fn settle_minting(
     let give_up = match search {
         Search::Early => false,
         Search::Refused => true,
-        Search::Final => wall_now().saturating_sub(row.started_at) >= ORPHAN_SEARCH_MIN_AGE,
+        // A wall clock stepped back since the mint makes the age negative: beyond a minute of
+        // slack that is no young mint, and waiting for the clock to catch up could hold the
+        // account's rotation for as long as the step was.
+        Search::Final => {
+            let age = wall_now().saturating_sub(row.started_at);
+            !(-60..ORPHAN_SEARCH_MIN_AGE).contains(&age)
+        }
     };
     if deleted.len() < orphans.len() || (orphans.is_empty() && !give_up) {
         return Ok(None);

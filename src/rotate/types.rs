@@ -121,6 +121,9 @@ pub enum RotationOutcome {
     OldExpirySetBack { to: i64 },
     /// The sink confirmed but the old key's expiry could not be set (a later sweep retries).
     OldExpiryFailed { error: String },
+    /// A finished rotation given up (its new key is gone): the old key is left as it is, and
+    /// the next sweep rotates it afresh unless a person exempts it.
+    Abandoned { reason: String },
 }
 
 impl RotationResult {
@@ -138,6 +141,7 @@ impl RotationResult {
             RotationOutcome::OrphanDeleted { .. } => "orphan_deleted",
             RotationOutcome::OldExpiryFailed { .. } => "old_expiry_failed",
             RotationOutcome::OldExpirySetBack { .. } => "old_expiry_set_back",
+            RotationOutcome::Abandoned { .. } => "abandoned",
         }
     }
 
@@ -156,7 +160,25 @@ impl RotationResult {
                 reason: reason.clone(),
             });
         }
-        let message = match &self.outcome {
+        let message = self.alert_message()?;
+        let pages = !matches!(
+            self.outcome,
+            RotationOutcome::Rotated { .. } | RotationOutcome::OrphanDeleted { .. }
+        );
+        Some(EnforcerAlert::Rotation {
+            organization: self.organization.clone(),
+            project_id: self.project_id.clone(),
+            key_id: self.key_id.clone(),
+            message,
+            pages,
+        })
+    }
+}
+
+impl RotationResult {
+    /// What the ops alert of this outcome says, for the outcomes that raise one.
+    fn alert_message(&self) -> Option<String> {
+        Some(match &self.outcome {
             RotationOutcome::Rotated {
                 new_key_id,
                 new_redacted_value,
@@ -208,18 +230,11 @@ impl RotationResult {
                 "the new key is in the sink, but setting the old key's expiry failed ({error}); \
                  a later sweep retries it"
             ),
+            RotationOutcome::Abandoned { reason } => format!(
+                "rotation abandoned: {reason}; the next sweep rotates the key afresh (a new key \
+                 to the sink, then this key's expiry) unless it is exempted"
+            ),
             _ => return None,
-        };
-        let pages = !matches!(
-            self.outcome,
-            RotationOutcome::Rotated { .. } | RotationOutcome::OrphanDeleted { .. }
-        );
-        Some(EnforcerAlert::Rotation {
-            organization: self.organization.clone(),
-            project_id: self.project_id.clone(),
-            key_id: self.key_id.clone(),
-            message,
-            pages,
         })
     }
 }

@@ -698,34 +698,37 @@ async fn a_mint_answered_5xx_after_its_effect_is_cleaned_up_at_once_and_the_next
 /// 15 minutes old a search that finds nothing gives it up, and the key is rotated afresh.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_mint_is_given_up_only_once_it_is_old_enough() {
-    let w = world(FILE_SINK, SCOPES, ENFORCE_SA).await;
-    first_warning(&w).await;
-    w.sim.faults().add(
-        Fault::on(FaultRoute::CreateServiceAccountKey)
-            .once()
-            .respond(FaultKind::Status(503)),
-    );
-    let out = w.run(due(&w)).await;
-    assert_eq!(w.sa_keys().len(), 1, "{out}");
-    assert_eq!(w.rotation_rows()[0].status, "minting", "{out}");
-    let mints = w.mints();
-    let out = w.run(due(&w) + 60).await;
-    assert_eq!(
-        w.mints(),
-        mints,
-        "minted beside a mint still searched for:\n{out}"
-    );
-    assert_eq!(w.rotation_rows()[0].status, "minting", "{out}");
-    // Twenty minutes of wall clock pass for the row.
-    let db = w.dir.path().join("keysweep.db");
-    let conn = rusqlite::Connection::open(&db).unwrap();
-    conn.execute("UPDATE rotations SET started_at = started_at - 1200", [])
-        .unwrap();
-    drop(conn);
-    let out = w.run(due(&w) + 120).await;
-    let statuses: Vec<String> = w.rotation_rows().into_iter().map(|r| r.status).collect();
-    assert_eq!(statuses, ["abandoned", "done"], "{out}");
-    assert_eq!(w.mints(), mints + 1, "{out}");
+    // Twenty minutes of wall clock pass for the row; or the clock stepped back a day since
+    // the mint (its start is then in the future): no young mint either.
+    for shift in [-1200, 86_400] {
+        let w = world(FILE_SINK, SCOPES, ENFORCE_SA).await;
+        first_warning(&w).await;
+        w.sim.faults().add(
+            Fault::on(FaultRoute::CreateServiceAccountKey)
+                .once()
+                .respond(FaultKind::Status(503)),
+        );
+        let out = w.run(due(&w)).await;
+        assert_eq!(w.sa_keys().len(), 1, "{out}");
+        assert_eq!(w.rotation_rows()[0].status, "minting", "{out}");
+        let mints = w.mints();
+        let out = w.run(due(&w) + 60).await;
+        assert_eq!(
+            w.mints(),
+            mints,
+            "minted beside a mint still searched for:\n{out}"
+        );
+        assert_eq!(w.rotation_rows()[0].status, "minting", "{out}");
+        let db = w.dir.path().join("keysweep.db");
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute("UPDATE rotations SET started_at = started_at + ?1", [shift])
+            .unwrap();
+        drop(conn);
+        let out = w.run(due(&w) + 120).await;
+        let statuses: Vec<String> = w.rotation_rows().into_iter().map(|r| r.status).collect();
+        assert_eq!(statuses, ["abandoned", "done"], "shift {shift}: {out}");
+        assert_eq!(w.mints(), mints + 1, "{out}");
+    }
 }
 
 /// Arms the simulator to answer the next mint with a 503 after it took effect: a key exists

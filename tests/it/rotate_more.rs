@@ -325,6 +325,7 @@ async fn an_old_key_whose_successor_was_deleted_keeps_the_expiry_a_person_gave_i
         "the reason is not in the audit log:\n{out}"
     );
     assert_eq!(w.rotation_rows()[0].status, "abandoned", "{out}");
+    assert!(out.contains("rotates the key afresh"), "no alert:\n{out}");
     assert_eq!(w.mints(), 1, "{out}");
     drop(store);
     let out = w.run(due(&w) + 1200).await;
