@@ -109,6 +109,13 @@ pub(super) async fn rotate_one(
             reason: "shutdown".into(),
         });
     }
+    // Read again at the last moment, as before a DELETE: a kill switch put in place during
+    // the re-check's round-trips stops the mint.
+    if ctx.kill_switch() {
+        return Ok(RotationOutcome::Withheld {
+            reason: "kill_switch".into(),
+        });
+    }
     let section = Section {
         ctx: ctx.clone(),
         client: client.clone(),

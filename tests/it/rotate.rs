@@ -923,6 +923,34 @@ async fn a_held_back_rotation_is_recorded_once_per_spell_and_reason() {
     assert_eq!(mark(), None, "the spell is over");
 }
 
+/// A kill switch put in place while the rotation re-reads the old key (its answer slow) stops
+/// the mint: it is read again at the last moment, as before a DELETE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_switch_put_in_place_during_the_recheck_stops_the_mint() {
+    let stop = tempfile::tempdir().unwrap();
+    let switch = stop.path().join("stop");
+    let safety = format!(
+        "{ENFORCE_SA}\nkill_switch_file = {:?}",
+        switch.to_str().unwrap()
+    );
+    let w = world(FILE_SINK, SCOPES, &safety).await;
+    first_warning(&w).await;
+    let slow = w.sim.faults().add(
+        Fault::on_get_key(PROJECT, OLD)
+            .once()
+            .respond(FaultKind::Delay(std::time::Duration::from_secs(2))),
+    );
+    let child = w.cmd(due(&w)).output();
+    let switched = async {
+        crate::support::wait::eventually("the re-check", || w.sim.faults().hits(slow) > 0).await;
+        std::fs::write(&switch, "incident").unwrap();
+    };
+    let (out, ()) = tokio::join!(child, switched);
+    let out = combined(&out.unwrap());
+    assert_eq!(w.mints(), 0, "minted past the kill switch:\n{out}");
+    assert!(out.contains("kill_switch"), "{out}");
+}
+
 /// The kill switch fails closed for rotations as for deletes: a switch file that is a dangling
 /// symlink (it exists, though `Path::exists` says no) holds every due rotation back, and no key
 /// is minted.
