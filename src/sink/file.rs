@@ -133,6 +133,7 @@ pub(super) fn write(
         let _ = fs::remove_file(&tmp);
         return Err(format!("cannot write {}: {e}", path.display()));
     }
+    remove_stale_temporaries(&dir, &name);
     // Once renamed, readers see the new key and the old secret is gone from the file: an
     // error now would have the rotation delete the key the file holds. Syncing the directory
     // only makes the rename survive a power loss, so its failure (a directory that cannot be
@@ -144,6 +145,30 @@ pub(super) fn write(
         );
     }
     Ok(())
+}
+
+/// Removes what a crash between a write and its rename left of earlier writes to the file
+/// `name`: temporary files that hold a secret nobody reads. Only regular files named as
+/// [`write`] names them; one sweeper writes at a time (the state file's lock), so none of them
+/// is a write under way. Failures are logged: the key is already in place.
+fn remove_stale_temporaries(dir: &Path, name: &str) {
+    let prefix = format!(".{name}.keysweep-");
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let stale = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(&prefix))
+            && entry.file_type().is_ok_and(|t| t.is_file());
+        if stale && let Err(e) = fs::remove_file(entry.path()) {
+            tracing::warn!(
+                path = %crate::text::log_field(&entry.path().display().to_string()),
+                "a temporary file an interrupted write left could not be removed: {e}"
+            );
+        }
+    }
 }
 
 /// Creates `path` (never an existing file) with mode 0600 and writes `bytes`, synced.
@@ -174,6 +199,32 @@ mod tests {
             old_key_id: "key_old".into(),
             expires_at: None,
         }
+    }
+
+    /// A crash between a write and its rename left a temporary file holding a secret: the next
+    /// write to the same file removes it, and nothing else.
+    #[test]
+    fn a_write_removes_the_temporaries_an_interrupted_one_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let stale = dir.path().join(".proj_1.key.keysweep-0123abcd");
+        let other = dir.path().join(".proj_2.key.keysweep-0123abcd");
+        fs::write(&stale, "sk-svcacct-OLDSECRET").unwrap();
+        fs::write(&other, "not ours to touch").unwrap();
+        let template = dir.path().join("{project_id}.key");
+        let secret = SecretString::from("sk-svcacct-TESTSECRET1234".to_string());
+        write(
+            template.to_str().unwrap(),
+            SinkFormat::Raw,
+            &meta(),
+            &secret,
+        )
+        .unwrap();
+        assert!(!stale.exists(), "the stale temporary is still there");
+        assert!(other.exists(), "another file's temporary was removed");
+        let names: Vec<String> = (fs::read_dir(dir.path()).unwrap())
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.contains(&"proj_1.key".to_string()), "{names:?}");
     }
 
     #[test]
