@@ -353,7 +353,14 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(512))]
+        // Failing seeds are kept beside this file (`text.regressions`) and replayed first: the
+        // default would put them in a directory at the top of the repository.
+        #![proptest_config(ProptestConfig {
+            failure_persistence: Some(Box::new(
+                proptest::test_runner::FileFailurePersistence::WithSource("regressions"),
+            )),
+            ..ProptestConfig::with_cases(512)
+        })]
 
         #[test]
         fn every_neutraliser_holds_its_promise(s in "\\PC*|(\\p{Any}|https?://|@here|<!channel>|=|\\.)*") {
