@@ -864,12 +864,9 @@ async fn a_settled_rotation_starts_afresh_only_within_the_caps() {
     w.assert_state_clean(&first);
 }
 
-/// A due rotation held back is recorded once per spell and reason
-/// (`Finding::rotation_withheld`), not every sweep: two dry-runs write one `skipped` record,
-/// two sweeps under the kill switch (another reason) one more; once nothing holds it back the
-/// key is rotated and its finding forgets the mark.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_held_back_rotation_is_recorded_once_per_spell_and_reason() {
+/// A warned world whose `[safety]` names a kill-switch file (not there yet): the world, the
+/// directory the file goes in, and the file's path.
+async fn kill_switch_world() -> (World, tempfile::TempDir, std::path::PathBuf) {
     let stop = tempfile::tempdir().unwrap();
     let switch = stop.path().join("stop");
     let safety = format!(
@@ -878,6 +875,16 @@ async fn a_held_back_rotation_is_recorded_once_per_spell_and_reason() {
     );
     let w = world(FILE_SINK, SCOPES, &safety).await;
     first_warning(&w).await;
+    (w, stop, switch)
+}
+
+/// A due rotation held back is recorded once per spell and reason
+/// (`Finding::rotation_withheld`), not every sweep: two dry-runs write one `skipped` record,
+/// two sweeps under the kill switch (another reason) one more; once nothing holds it back the
+/// key is rotated and its finding forgets the mark.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_back_rotation_is_recorded_once_per_spell_and_reason() {
+    let (w, _stop, switch) = kill_switch_world().await;
     let store = || Store::open(&w.dir.path().join("keysweep.db")).unwrap();
     let withheld = || {
         (store()
@@ -927,14 +934,7 @@ async fn a_held_back_rotation_is_recorded_once_per_spell_and_reason() {
 /// the mint: it is read again at the last moment, as before a DELETE.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_switch_put_in_place_during_the_recheck_stops_the_mint() {
-    let stop = tempfile::tempdir().unwrap();
-    let switch = stop.path().join("stop");
-    let safety = format!(
-        "{ENFORCE_SA}\nkill_switch_file = {:?}",
-        switch.to_str().unwrap()
-    );
-    let w = world(FILE_SINK, SCOPES, &safety).await;
-    first_warning(&w).await;
+    let (w, _stop, switch) = kill_switch_world().await;
     let slow = w.sim.faults().add(
         Fault::on_get_key(PROJECT, OLD)
             .once()
@@ -956,14 +956,7 @@ async fn a_kill_switch_put_in_place_during_the_recheck_stops_the_mint() {
 /// is minted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_switch_that_is_a_dangling_symlink_holds_rotations_back() {
-    let stop = tempfile::tempdir().unwrap();
-    let switch = stop.path().join("stop");
-    let safety = format!(
-        "{ENFORCE_SA}\nkill_switch_file = {:?}",
-        switch.to_str().unwrap()
-    );
-    let w = world(FILE_SINK, SCOPES, &safety).await;
-    first_warning(&w).await;
+    let (w, stop, switch) = kill_switch_world().await;
     std::os::unix::fs::symlink(stop.path().join("no-such-target"), &switch).unwrap();
     assert!(!switch.exists(), "the symlink dangles");
     let out = combined(&output(w.cmd(due(&w))).await);

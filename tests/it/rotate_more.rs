@@ -115,6 +115,17 @@ async fn a_logged_all_permissions_key_is_never_rotated_into_all_permissions_by_d
     assert!(stored_scopes(&w, &new.id).await.is_empty(), "{out}");
 }
 
+/// Answers every update of the old key 500: its expiry cannot be set after the sink confirmed.
+fn fail_old_key_updates(w: &World) -> keysweep::sim::FaultId {
+    w.sim.faults().add(
+        Fault::on(FaultRoute::UpdateKey)
+            .project(PROJECT)
+            .object(OLD)
+            .times(50)
+            .respond(FaultKind::Status(500)),
+    )
+}
+
 /// The old key's expiry fails after the sink confirmed (500 on every update): the row stays
 /// `delivered`, an alert says so, and the next sweep sets the expiry at the promised time
 /// without a second mint.
@@ -123,13 +134,7 @@ async fn a_failed_old_key_expiry_after_the_sink_confirmed_is_set_by_the_next_swe
  {
     let w = world_with("", FILE_SINK, SCOPES, ENFORCE_SA).await;
     first_warning(&w).await;
-    let fault = w.sim.faults().add(
-        Fault::on(FaultRoute::UpdateKey)
-            .project(PROJECT)
-            .object(OLD)
-            .times(50)
-            .respond(FaultKind::Status(500)),
-    );
+    let fault = fail_old_key_updates(&w);
     let before = unix_now();
     let out = w.run(due(&w)).await;
     assert_eq!(w.mints(), 1, "{out}");
@@ -185,13 +190,7 @@ async fn a_failed_old_key_expiry_after_the_sink_confirmed_is_set_by_the_next_swe
 async fn a_rotation_owed_an_expiry_is_settled_after_its_policy_is_removed() {
     let w = world_with("", FILE_SINK, SCOPES, ENFORCE_SA).await;
     first_warning(&w).await;
-    w.sim.faults().add(
-        Fault::on(FaultRoute::UpdateKey)
-            .project(PROJECT)
-            .object(OLD)
-            .times(50)
-            .respond(FaultKind::Status(500)),
-    );
+    fail_old_key_updates(&w);
     let out = w.run(due(&w)).await;
     let rows = w.rotation_rows();
     assert_eq!(rows[0].status, "delivered", "{out}");
@@ -391,13 +390,7 @@ async fn an_old_key_expiry_cut_short_by_a_crash_is_answered_in_the_audit_log() {
 async fn an_owed_old_key_expiry_whose_time_has_passed_ends_the_key_at_once() {
     let w = world_with("", FILE_SINK, SCOPES, ENFORCE_SA).await;
     first_warning(&w).await;
-    w.sim.faults().add(
-        Fault::on(FaultRoute::UpdateKey)
-            .project(PROJECT)
-            .object(OLD)
-            .times(50)
-            .respond(FaultKind::Status(500)),
-    );
+    fail_old_key_updates(&w);
     let out = w.run(due(&w)).await;
     assert_eq!(w.rotation_rows()[0].status, "delivered", "{out}");
     let promised = w.rotation_rows()[0].old_expires_at.unwrap();
