@@ -544,6 +544,15 @@ mod tests {
         }
     }
 
+    /// [`warned`] as a read-only scan sees a finding it detects now.
+    fn detected_now() -> Finding {
+        Finding {
+            detected_at: NOW,
+            warned_at: Some(NOW),
+            ..warned()
+        }
+    }
+
     fn ctx(read_only: bool, dry_run: bool) -> PlanContext {
         PlanContext {
             read_only,
@@ -556,11 +565,7 @@ mod tests {
 
     #[test]
     fn a_new_finding_in_a_scan_is_new_and_the_next_sweep_warns() {
-        let f = Finding {
-            detected_at: NOW,
-            warned_at: Some(NOW),
-            ..warned()
-        };
+        let f = detected_now();
         let s = next_step(&f, Planned::NotDue, &ctx(true, false), NOW);
         assert_eq!(
             (s.state.as_str(), s.next, s.next_at),
@@ -642,12 +647,7 @@ mod tests {
     /// shows a rotation already due at the next sweep, never at a start that has passed.
     #[test]
     fn a_rotation_comes_after_the_notices_due_before_it_and_never_in_the_past() {
-        let new = Finding {
-            detected_at: NOW,
-            warned_at: Some(NOW),
-            ..warned()
-        };
-        let s = next_step(&new, Planned::NotDue, &ctx(true, false), NOW);
+        let s = next_step(&detected_now(), Planned::NotDue, &ctx(true, false), NOW);
         let start = NOW + 3 * DAY;
         let r = rotation_step(s, start, start + DAY, NOW);
         assert_eq!((r.next, r.next_at), ("warn", Some(NOW)));
