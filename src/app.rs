@@ -418,6 +418,8 @@ fn open_findings_in_state(store: &Store) -> Result<u64> {
 fn expiry_line(o: &crate::revoke::expiry::ExpiryOutcome, enforce: bool) -> String {
     use crate::revoke::expiry::ExpiryOutcome as E;
     let t = crate::sweep::fmt_time;
+    // Reasons and errors can carry the API's text (a renamed key's name, an error message).
+    let clean = crate::text::terminal;
     match o {
         E::Set { to, reset, .. } if *reset => {
             format!(
@@ -428,10 +430,10 @@ fn expiry_line(o: &crate::revoke::expiry::ExpiryOutcome, enforce: bool) -> Strin
         E::Set { to, .. } => format!("EXPIRY SET to {}", t(*to)),
         E::AlreadyEnds { at } => format!("already ends at {}: nothing written", t(*at)),
         E::Restored { to, .. } => format!("expiry moved back out to {}", t(*to)),
-        E::Skipped { reason } => format!("kept ({reason})"),
-        E::Refused { error } => format!("expiry REFUSED by the organisation ({error})"),
+        E::Skipped { reason } => format!("kept ({})", clean(reason)),
+        E::Refused { error } => format!("expiry REFUSED by the organisation ({})", clean(error)),
         E::KeyExpired => "already expired: nothing written".to_string(),
-        E::Failed { error } => format!("FAILED ({error})"),
+        E::Failed { error } => format!("FAILED ({})", clean(error)),
         // Outside enforce mode every write comes back not attempted.
         E::Cancelled if !enforce => "not attempted (dry-run)".to_string(),
         E::Cancelled => "not attempted (shutdown)".to_string(),
@@ -452,8 +454,12 @@ fn print_summary(report: &SweepReport, store: &Store, now: i64) -> Result<()> {
     for r in &report.revocations {
         let what = match &r.outcome {
             crate::revoke::Outcome::Deleted => "REVOKED".to_string(),
-            crate::revoke::Outcome::SkippedAfterRecheck { reason } => format!("kept ({reason})"),
-            crate::revoke::Outcome::Failed { error } => format!("FAILED ({error})"),
+            crate::revoke::Outcome::SkippedAfterRecheck { reason } => {
+                format!("kept ({})", crate::text::terminal(reason))
+            }
+            crate::revoke::Outcome::Failed { error } => {
+                format!("FAILED ({})", crate::text::terminal(error))
+            }
             crate::revoke::Outcome::Cancelled => "not attempted (shutdown)".to_string(),
         };
         writeln!(
