@@ -38,4 +38,6 @@ pub use context::{
 pub use critical::drain_in_flight;
 pub use execute::execute;
 pub use outcome::{Outcome, RevocationResult};
-pub use reconcile::{InterruptedDelete, InterruptedExpiry, intent_policies, reconcile};
+pub use reconcile::{
+    InterruptedDelete, InterruptedExpiry, confirmed_deletes, intent_policies, reconcile,
+};

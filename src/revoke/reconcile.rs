@@ -73,11 +73,65 @@ impl<'a> InterruptedDelete<'a> {
     pub fn policies(&self) -> impl Iterator<Item = &'a str> {
         intent_policies(self.policies)
     }
+
+    /// The intent's policies as it names them (comma-separated), for [`intent_policies`].
+    pub fn policy_list(&self) -> Option<&'a str> {
+        self.policies
+    }
 }
 
 /// The policies an intent record's `policy` names (comma-separated): its findings on the key.
 pub fn intent_policies(policy: Option<&str>) -> impl Iterator<Item = &str> {
     policy.unwrap_or("").split(',').filter(|p| !p.is_empty())
+}
+
+/// The deletes among `rows` (`state::audit::writes_since`) that went through: the `outcome`
+/// without an error of a DELETE's intent (no `write` in its inputs: not an expiry update, not
+/// a rotation's), of an organisation at or after `since(organization)`.
+///
+/// A sweep closes a revoked key's findings and queues its owners' `revoked` notice once all its
+/// writes are done, so a kill, a crash or a failed commit in between leaves them open, and the
+/// next listing would close them as "key deleted" with nobody told that keysweep revoked the
+/// key. The caller closes them from these; the last finished sweep's own deletes are among
+/// them, so it must leave findings already closed alone.
+pub fn confirmed_deletes(
+    rows: &[AuditRow],
+    since: impl Fn(&str) -> i64,
+) -> Vec<InterruptedDelete<'_>> {
+    let mut intents = std::collections::HashMap::new();
+    let mut out = Vec::new();
+    for row in rows {
+        let r = &row.record;
+        match r.kind {
+            AuditKind::Intent if r.inputs.get("write").is_none() => {
+                intents.insert(row.seq, r);
+            }
+            AuditKind::Outcome if r.response.get("error").is_none() => {
+                let Some((intent_seq, intent)) =
+                    (r.refers_to).and_then(|seq| Some((seq, *intents.get(&seq)?)))
+                else {
+                    continue;
+                };
+                let (Some(org), Some(project_id), Some(key_id)) =
+                    (&intent.organization, &intent.project_id, &intent.key_id)
+                else {
+                    continue;
+                };
+                if r.at >= since(org) {
+                    out.push(InterruptedDelete {
+                        intent_seq,
+                        organization: org,
+                        project_id,
+                        key_id,
+                        policies: intent.policy.as_deref(),
+                        expiry: None,
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 /// Settles every DELETE or expiry intent that has no outcome. For each one that went through,

@@ -593,6 +593,21 @@ pub fn for_each(
     Ok(())
 }
 
+/// The `intent` and `outcome` records at or after `since` (Unix seconds), in chain order: the
+/// writes of the sweeps since then, read by `revoke::confirmed_deletes`.
+pub fn writes_since(conn: &Connection, since: i64) -> Result<Vec<AuditRow>, StateError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, hash, record FROM audit WHERE at >= ?1 AND kind IN ('intent', 'outcome')
+         ORDER BY seq",
+    )?;
+    let mut rows = stmt.query(params![since])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(decode_row(row)?);
+    }
+    Ok(out)
+}
+
 /// Every record at or after `since`, in chain order.
 pub fn list(conn: &Connection, since: Option<i64>) -> Result<Vec<AuditRow>, StateError> {
     let mut out = Vec::new();

@@ -129,6 +129,22 @@ pub fn last_completed_sweep(
     )
 }
 
+/// The most recently started sweep of `organization` that finished its work: `completed` or
+/// `incomplete` (a `failed` or `interrupted` one may have stopped between its writes and their
+/// commit).
+pub fn last_finished_sweep(
+    conn: &Connection,
+    organization: &str,
+) -> Result<Option<SweepRow>, StateError> {
+    query_one(
+        conn,
+        "SELECT run_id, organization, started_at, finished_at, status, summary FROM sweeps
+         WHERE organization = ?1 AND status IN ('completed', 'incomplete')
+         ORDER BY started_at DESC, rowid DESC LIMIT 1",
+        organization,
+    )
+}
+
 /// Marks every sweep still `running` as `interrupted` (call once at startup, before the first
 /// sweep of this process). Returns the affected rows so they can be reported.
 pub fn mark_interrupted(conn: &Connection, now: i64) -> Result<Vec<SweepRow>, StateError> {

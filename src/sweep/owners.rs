@@ -24,6 +24,7 @@ use crate::notify::route::{mails_owners, service_account_route, user_route, woke
 use crate::policy::finding::{FindingId, NoticeIntel, NoticeKind, OwnerRoute, Stage, UsageNote};
 use crate::policy::lifecycle::KEY_DELETED;
 use crate::policy::plan::Plan;
+use crate::revoke::InterruptedDelete;
 use crate::state::rotations::Replacements;
 
 use super::advance::Advanced;
@@ -199,24 +200,35 @@ impl Run<'_> {
             .collect()
     }
 
-    /// The owner routes of the service-account keys an interrupted write left pending, for the
+    /// The owner routes of the service-account keys an interrupted write left pending, and of
+    /// those of `left_open` (deletes whose findings a stopped sweep did not close), for the
     /// `revoked` notices the reconcile phase queues when it finds the DELETE went through: they
     /// are told in person like a sweep's, not only to `owner_fallback`. Read before the
     /// reconcile, from what is stored (the creator as earlier sweeps' audit-log history knows
     /// it, through the keys a minted key replaced) and the project's users. A creator never
     /// changes, so the stored one is the sweep's. Empty when nothing is pending (no request).
-    pub(super) async fn reconcile_routes(&self) -> HashMap<KeyRef, OwnerRoute> {
+    pub(super) async fn reconcile_routes(
+        &self,
+        left_open: &[InterruptedDelete<'_>],
+    ) -> HashMap<KeyRef, OwnerRoute> {
         let notify = &self.sweeper.notify;
         let pending = self.store.with_conn(|c| {
             let mut keys = BTreeSet::new();
-            for row in crate::state::audit::unmatched_intents(c)? {
+            let unmatched = crate::state::audit::unmatched_intents(c)?;
+            let unmatched = unmatched.iter().filter_map(|row| {
                 let r = &row.record;
-                let (Some(org), Some(project), Some(key)) =
-                    (&r.organization, &r.project_id, &r.key_id)
-                else {
-                    continue;
-                };
-                for policy in crate::revoke::intent_policies(r.policy.as_deref()) {
+                Some((
+                    r.organization.as_deref()?,
+                    r.project_id.as_deref()?,
+                    r.key_id.as_deref()?,
+                    r.policy.as_deref(),
+                ))
+            });
+            let closing = (left_open.iter())
+                .map(|d| (d.organization, d.project_id, d.key_id, d.policy_list()));
+            for (org, project, key, policies) in unmatched.chain(closing) {
+                let (org, project, key) = (org.to_string(), project.to_string(), key.to_string());
+                for policy in crate::revoke::intent_policies(policies) {
                     let id = FindingId {
                         organization: org.clone(),
                         project_id: project.clone(),
@@ -225,7 +237,7 @@ impl Run<'_> {
                     };
                     let told = crate::state::findings::get_finding(c, &id)?.is_some_and(|f| {
                         f.owner_type == OwnerType::ServiceAccount
-                            && mails_owners(notify, policy, project, f.project_name.as_deref())
+                            && mails_owners(notify, policy, &project, f.project_name.as_deref())
                     });
                     if told {
                         keys.insert((org.clone(), project.clone(), key.clone()));

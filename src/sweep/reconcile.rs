@@ -2,7 +2,11 @@
 //! anything else (`revoke::reconcile` looks the key up and records what it finds). A delete
 //! that went through closes its findings as revoked and tells their owners, in the transaction
 //! that records it (a service-account key's in person by the route `owners.rs` reads for it
-//! first, as a sweep's notices are). This phase never deletes and never repeats a DELETE.
+//! first, as a sweep's notices are). A delete whose outcome was recorded but whose findings
+//! the sweep that made it never closed (it was killed, or its commit failed, after the DELETE)
+//! is closed and told the same way: otherwise the next listing would close it as "key deleted"
+//! and its owner would never hear that keysweep revoked it. This phase never deletes and never
+//! repeats a DELETE.
 
 use std::collections::HashMap;
 
@@ -29,13 +33,79 @@ impl Run<'_> {
     pub(super) async fn reconcile(&self) -> Result<Reconciled, SweepError> {
         let settings = &self.sweeper.notify;
         let now = self.now();
-        let routes = self.reconcile_routes().await;
+        let writes = self.writes_since_last_finished()?;
+        let left_open = self.deletes_left_open(&writes)?;
+        let routes = self.reconcile_routes(&left_open).await;
         let unsettled = revoke::reconcile(&self.revoke_context(), |tx, done| match done.expiry {
             None => close_as_revoked(tx, done, settings, now, &routes),
             Some(e) => note_expiry(tx, done, e, now),
         })
         .await?;
+        for d in &left_open {
+            tracing::warn!(run_id = self.run_id(), organization = %d.organization, key_id = %d.key_id, "a key keysweep deleted still had open findings (the sweep that deleted it stopped before closing them): closed as revoked");
+            self.store
+                .tx(|tx| close_as_revoked(tx, d, settings, now, &routes))?;
+        }
         Ok(Reconciled { unsettled })
+    }
+
+    /// The DELETE intents and outcomes written since the oldest of this sweep's organisations'
+    /// last finished sweeps began (all of them if one has none), with each organisation's bound.
+    fn writes_since_last_finished(&self) -> Result<Writes, SweepError> {
+        let since = self.store.with_conn(|c| {
+            let mut since = HashMap::new();
+            for client in &self.clients {
+                let org = client.org_name();
+                let last = state::sweeps::last_finished_sweep(c, org)?;
+                since.insert(org.to_string(), last.map_or(i64::MIN, |s| s.started_at));
+            }
+            Ok(since)
+        })?;
+        let from = since.values().copied().min().unwrap_or(i64::MAX);
+        let rows = self
+            .store
+            .with_conn(|c| state::audit::writes_since(c, from))?;
+        Ok(Writes { rows, since })
+    }
+
+    /// The deletes since each organisation's last finished sweep that went through and left
+    /// a finding of their key open (`revoke::confirmed_deletes`).
+    fn deletes_left_open<'w>(
+        &self,
+        writes: &'w Writes,
+    ) -> Result<Vec<InterruptedDelete<'w>>, SweepError> {
+        let since = |org: &str| writes.since.get(org).copied().unwrap_or(i64::MAX);
+        let confirmed = revoke::confirmed_deletes(&writes.rows, since);
+        let open = self.store.with_conn(|c| {
+            let mut open = Vec::new();
+            for d in confirmed {
+                let mut any = false;
+                for policy in d.policies() {
+                    let id = finding_id(&d, policy);
+                    any |= state::findings::get_finding(c, &id)?.is_some_and(|f| f.stage.is_open());
+                }
+                if any {
+                    open.push(d);
+                }
+            }
+            Ok(open)
+        })?;
+        Ok(open)
+    }
+}
+
+/// The audit's writes since each organisation's last finished sweep (`since`, by name).
+struct Writes {
+    rows: Vec<state::audit::AuditRow>,
+    since: HashMap<String, i64>,
+}
+
+fn finding_id(d: &InterruptedDelete<'_>, policy: &str) -> FindingId {
+    FindingId {
+        organization: d.organization.to_string(),
+        project_id: d.project_id.to_string(),
+        key_id: d.key_id.to_string(),
+        policy: policy.to_string(),
     }
 }
 
@@ -49,12 +119,7 @@ fn note_expiry(
     now: i64,
 ) -> Result<(), StateError> {
     for policy in done.policies() {
-        let id = FindingId {
-            organization: done.organization.to_string(),
-            project_id: done.project_id.to_string(),
-            key_id: done.key_id.to_string(),
-            policy: policy.to_string(),
-        };
+        let id = finding_id(done, policy);
         if let Some(mut f) = state::findings::get_finding(tx, &id)? {
             f.expires_at = Expiry::At(e.to);
             if !e.restore && f.stage.is_open() {
@@ -80,12 +145,7 @@ fn close_as_revoked(
 ) -> Result<(), StateError> {
     let mut revoked = Vec::new();
     for policy in deleted.policies() {
-        let id = FindingId {
-            organization: deleted.organization.to_string(),
-            project_id: deleted.project_id.to_string(),
-            key_id: deleted.key_id.to_string(),
-            policy: policy.to_string(),
-        };
+        let id = finding_id(deleted, policy);
         if let Some(f) = state::findings::get_finding(tx, &id)?
             && f.stage.is_open()
         {

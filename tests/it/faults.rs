@@ -1740,3 +1740,82 @@ async fn sigkill_mid_sweep_leaves_an_intent_that_the_restart_reconciles() {
     w.assert_audit_verifies();
     w.assert_every_message_delivered();
 }
+
+/// `keysweep run --once` is killed (SIGKILL) while a DELETE hangs, after earlier deletes of
+/// the same sweep had their outcomes recorded: their keys are gone, but the sweep closes
+/// revoked findings and queues the owners' notices only once its writes are done, so their
+/// findings are still open. The restart closes them as revoked (not "key deleted", which the
+/// listing would say) and tells their owners.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_after_deletes_went_through_still_closes_their_findings_as_revoked() {
+    let w = World::new(Knobs::default()).await;
+    let (code, out) = run_once(&w, T1).await;
+    assert_eq!(code, Some(0), "{out}");
+
+    // acme deletes in (project, key) order: key_a0 and key_f000 go through, key_f100 hangs
+    // without taking effect.
+    let id = w.acme.faults().add(
+        Fault::on_delete_key(PROJ_F, DUE_F[1])
+            .once()
+            .respond(FaultKind::Delay(Duration::from_secs(120))),
+    );
+    let (stdout, _) = log_file(w.dir.path(), "killed.out");
+    let (stderr, _) = log_file(w.dir.path(), "killed.err");
+    let mut child = keysweep_cmd(&w)
+        .args(["run", "--once", "--now", &rfc3339(T2)])
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    wait_for_hits(&w.acme, id).await;
+    child.start_kill().unwrap();
+    let status = tokio::time::timeout(PATIENCE, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!status.success(), "the child was not killed");
+    let gone = [DUE_A, DUE_F[0]];
+    for key in gone {
+        assert!(
+            !w.exists("acme", key_project(key), key),
+            "{key} was not deleted"
+        );
+        let f = w
+            .findings()
+            .into_iter()
+            .find(|f| f.id.key_id == key)
+            .unwrap();
+        assert!(
+            f.stage.is_open(),
+            "{key}'s finding was closed before the kill"
+        );
+    }
+
+    w.acme.faults().clear();
+    let (code, out) = run_once(&w, T2).await;
+    assert_eq!(code, Some(0), "{out}");
+    let findings = w.findings();
+    let hook = w.hook.as_ref().unwrap();
+    let revoked_notices: Vec<String> = (hook.requests("/hook").iter())
+        .map(|r| r.json())
+        .filter(|v| v["type"] == "keysweep.notices.revoked")
+        .map(|v| v.to_string())
+        .collect();
+    for key in gone {
+        let f = findings.iter().find(|f| f.id.key_id == key).unwrap();
+        assert_eq!(f.stage.as_str(), "revoked", "{key}: {:?}", f.resolution);
+        assert!(
+            revoked_notices.iter().any(|n| n.contains(key)),
+            "no revoked notice for {key}"
+        );
+    }
+    for (org, project, key) in World::due_keys() {
+        assert!(!w.exists(org, project, key), "{key} survived the restart");
+    }
+    w.assert_audit_verifies();
+    w.assert_every_message_delivered();
+}
+
+fn key_project(key: &str) -> &'static str {
+    if key == DUE_A { PROJ_A } else { PROJ_F }
+}
