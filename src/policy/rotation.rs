@@ -165,20 +165,24 @@ pub fn planned_rotations(
 /// The candidates without the expiries of service-account keys under a `rotate` policy: such a
 /// key gets its expiry from the rotation only, once the sink confirmed, and no earlier one from
 /// another policy's `expire` (the earliest deadline starts the rotation instead). A DELETE
-/// stays.
-pub fn without_rotated_expiries(
+/// stays. A key is under a `rotate` policy when one of `findings` (the sweep's, as advanced)
+/// is an open finding of such a policy on a service-account key, whether or not that finding
+/// has a write of its own to ask for (the key's own expiry may come first, or the organisation
+/// may have refused the expiry).
+pub fn without_rotated_expiries<'f>(
     candidates: &[Candidate],
+    findings: impl IntoIterator<Item = &'f Finding>,
     rotations: &[RotateConfig],
 ) -> Vec<Candidate> {
-    let rotated: BTreeSet<(&str, &str, &str)> = candidates
-        .iter()
-        .filter(|c| c.key.owner.kind == OwnerType::ServiceAccount)
-        .filter(|c| rotations.iter().any(|r| r.policy == c.finding.policy))
-        .map(|c| {
+    let rotated: BTreeSet<(&str, &str, &str)> = findings
+        .into_iter()
+        .filter(|f| f.stage.is_open() && f.owner_type == OwnerType::ServiceAccount)
+        .filter(|f| rotations.iter().any(|r| r.policy == f.id.policy))
+        .map(|f| {
             (
-                c.key.organization.as_str(),
-                c.key.project_id.as_str(),
-                c.key.id.as_str(),
+                f.id.organization.as_str(),
+                f.id.project_id.as_str(),
+                f.id.key_id.as_str(),
             )
         })
         .collect();

@@ -128,8 +128,13 @@ impl Sweeper {
             self.config.safety.service_account_keys == ServiceAccountKeys::Enforce,
         );
         let tally = inventory.map_keys(|keys| KeyTally::of(keys, now));
-        let mut plan =
-            self.plan_revocations(&advanced.candidates, &tally, self.config.mode, now)?;
+        let mut plan = self.plan_revocations(
+            &advanced.candidates,
+            &advanced.findings,
+            &tally,
+            self.config.mode,
+            now,
+        )?;
         self.withhold_rotations(&mut plan, &advanced.findings, &tally, now)?;
         let mut findings = advanced.findings;
         planning::annotate_plan(&mut findings, &plan);

@@ -39,8 +39,13 @@ impl Run<'_> {
         advanced: &mut Advanced,
     ) -> Result<Planned, SweepError> {
         let sweeper = self.sweeper;
-        let mut plan =
-            sweeper.plan_revocations(&advanced.candidates, inventory, self.mode, self.now())?;
+        let mut plan = sweeper.plan_revocations(
+            &advanced.candidates,
+            &advanced.findings,
+            inventory,
+            self.mode,
+            self.now(),
+        )?;
         sweeper.withhold_rotations(&mut plan, &advanced.findings, inventory, self.now())?;
         let recorded = advanced.mark_withheld(&plan);
         if self.dry_run() {

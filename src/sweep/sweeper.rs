@@ -17,7 +17,7 @@ use crate::policy::plan::{self, Candidate, Plan, PlanInput};
 use crate::state::{self, Store};
 
 use super::evaluate::{Evaluator, OpenFindings};
-use super::report::SweepError;
+use super::report::{FindingView, SweepError};
 
 /// What one call to [`Sweeper::run_once`] should do.
 #[derive(Debug, Clone)]
@@ -187,6 +187,7 @@ impl Sweeper {
     pub(super) fn plan_revocations(
         &self,
         candidates: &[Candidate],
+        findings: &[FindingView],
         inventory: &Inventory<KeyTally>,
         mode: Mode,
         now: i64,
@@ -197,8 +198,11 @@ impl Sweeper {
         };
         // A service-account key under a `rotate` policy gets its expiry from the rotation
         // only, once the sink confirmed (`sweep/rotation.rs`), not from the `expire` path.
-        let candidates =
-            crate::policy::rotation::without_rotated_expiries(candidates, &self.config.rotations);
+        let candidates = crate::policy::rotation::without_rotated_expiries(
+            candidates,
+            findings.iter().map(|v| &*v.finding),
+            &self.config.rotations,
+        );
         let candidates = &candidates[..];
         Ok(plan::plan(&PlanInput {
             candidates,

@@ -910,3 +910,38 @@ async fn a_reconciled_revocation_of_a_service_account_key_is_told_to_its_creator
     assert_eq!(revoked[0]["owner_route"], route, "{revoked:?}");
     w.assert_state_clean(ADMIN_KEY);
 }
+
+/// A service-account key under a `rotate` policy is ended by its rotation only: another
+/// `expire` policy never writes an earlier expiry on it, even when the rotate finding itself
+/// has no expiry to write because the key's own expiry comes before the rotation's deadline.
+/// (The user key beside it gets that policy's expiry: the policy is in force.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_expire_policy_never_ends_a_rotated_key_whose_own_expiry_comes_first() {
+    let own = unix_now() + 3 * DAY;
+    let w = world_of(
+        move |org: &mut SimOrg| {
+            for p in &mut org.projects {
+                for k in p.keys.iter_mut().filter(|k| k.id == OLD) {
+                    k.expires_at = Some(own);
+                }
+            }
+        },
+        "[[policies]]\nname = \"expire-30d\"\nmax_age = \"30d\"\naction = \"expire\"\n\
+         warn_before = \"1d\"\nfinal_notice = \"1h\"\n",
+        FILE_SINK,
+        SCOPES,
+        ENFORCE_SA,
+    )
+    .await;
+    let out = w.run(w.base).await;
+    let user = w.sim.key(PROJECT, "key_rot_user").unwrap();
+    assert!(
+        user.expires_at.is_some_and(|at| at <= w.base + DAY + SLACK),
+        "the expire policy set nothing on the user key:\n{out}"
+    );
+    assert_eq!(
+        w.sim.key(PROJECT, OLD).unwrap().expires_at,
+        Some(own),
+        "another policy moved the rotated key's expiry:\n{out}"
+    );
+}
