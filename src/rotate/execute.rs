@@ -140,19 +140,17 @@ struct Section {
 }
 
 impl Section {
-    /// Runs the section on a task of [`IN_FLIGHT`] and waits for it. When the sweep is gone by
-    /// the time it ends (dropped at the end of the shutdown grace), a performed rotation is left
-    /// `unannounced`: the next sweep sends its "rotated" messages.
+    /// Runs the section on a task of [`IN_FLIGHT`] and waits for it. A performed rotation's row
+    /// is left `unannounced` (`writes::finish`) until the sweep queues its messages; when the
+    /// sweep is gone by the time it ends (dropped at the end of the shutdown grace), the next
+    /// sweep announces it.
     async fn spawn(self) -> Result<RotationOutcome, StateError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let ctx = self.ctx.clone();
         let task = async move {
-            let (row, result) = self.run().await;
-            if let Err(Ok(RotationOutcome::Rotated { .. })) = tx.send(result)
-                && let Some(row) = row
-            {
+            let result = self.run().await;
+            if let Err(Ok(RotationOutcome::Rotated { .. })) = tx.send(result) {
                 tracing::warn!(run_id = %ctx.run_id, "rotated after its sweep was dropped by shutdown; the next sweep announces it");
-                let _ = set_status(&ctx, row, rotations::UNANNOUNCED, None, None);
             }
         };
         IN_FLIGHT.spawn(task.in_current_span());
@@ -164,8 +162,8 @@ impl Section {
         }
     }
 
-    /// The section itself; the `rotations` row (once written) and what became of it.
-    async fn run(self) -> (Option<i64>, Result<RotationOutcome, StateError>) {
+    /// The section itself: what became of the rotation.
+    async fn run(self) -> Result<RotationOutcome, StateError> {
         let (ctx, client, old, rot) = (&self.ctx, &self.client, &self.old, &self.rot);
         let nonce = format!("{:08x}", rand::random::<u32>());
         let name = new_key_name(&old.name, &nonce);
@@ -186,9 +184,9 @@ impl Section {
             Ok(None) => {
                 let reason =
                     crate::revoke::cap_reached_reason(ctx.config.safety.max_revocations_per_day);
-                return (None, Ok(RotationOutcome::Withheld { reason }));
+                return Ok(RotationOutcome::Withheld { reason });
             }
-            Err(e) => return (None, Err(e)),
+            Err(e) => return Err(e),
         };
         let req = MintRequest {
             name: Some(name),
@@ -203,24 +201,18 @@ impl Section {
             Err(e) => {
                 // A mint the API refused left nothing to expire: the slot goes back. One that
                 // may have happened keeps it (an orphan is looked for by its nonce).
-                if e.nothing_applied()
-                    && let Err(e) = ctx.store.tx(|tx| revocations::release(tx, slot))
-                {
-                    return (Some(row), Err(e));
+                if e.nothing_applied() {
+                    ctx.store.tx(|tx| revocations::release(tx, slot))?;
                 }
-                return (
-                    Some(row),
-                    mint_failed(ctx, client, old, row, &e.to_string(), e.nothing_applied()).await,
-                );
+                return mint_failed(ctx, client, old, row, &e.to_string(), e.nothing_applied())
+                    .await;
             }
         };
         let redacted = match client.retrieve_key(&old.project_id, &minted.id).await {
             Ok(Some(k)) => k.redacted_value,
             _ => "(not yet listed)".to_string(),
         };
-        if let Err(e) = minted_recorded(ctx, old, row, &minted.id, &redacted) {
-            return (Some(row), Err(e));
-        }
+        minted_recorded(ctx, old, row, &minted.id, &redacted)?;
         let meta = KeyMeta {
             organization: old.organization.clone(),
             project_id: old.project_id.clone(),
@@ -232,8 +224,7 @@ impl Section {
             expires_at: minted.expires_at.at(),
         };
         let secret: SecretString = minted.value;
-        let result = hand_over(ctx, client, old, (row, slot), rot, &meta, &secret).await;
-        (Some(row), result)
+        hand_over(ctx, client, old, (row, slot), rot, &meta, &secret).await
     }
 }
 

@@ -372,16 +372,12 @@ async fn settle_cleanup(
     Ok(None)
 }
 
-/// An `unannounced` row: the rotation was performed after its sweep was dropped by a shutdown;
-/// this sweep sends its "rotated" messages.
+/// An `unannounced` row: the rotation was performed but its sweep did not queue its messages
+/// (a shutdown dropped it, or it failed first); this sweep sends its "rotated" messages and
+/// marks the row done with them.
 fn announce(ctx: &Context, row: &RotationRow) -> Result<Option<RotationOutcome>, StateError> {
-    let u = RotationUpdate {
-        status: "done",
-        ..RotationUpdate::default()
-    };
-    ctx.store
-        .tx(|tx| rotations::update(tx, row.id, &u, wall_now()))?;
     Ok(Some(RotationOutcome::Rotated {
+        row: row.id,
         new_key_id: row.new_key_id.clone().unwrap_or_default(),
         new_redacted_value: row.new_redacted_value.clone().unwrap_or_default(),
         sink: ctx

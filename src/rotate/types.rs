@@ -84,6 +84,11 @@ pub enum RotationOutcome {
         new_redacted_value: String,
         sink: String,
         old_expires_at: i64,
+        /// Its `rotations` row, `unannounced` until the sweep marks it done in the transaction
+        /// that queues its messages (`state::rotations::mark_announced`): a sweep that fails
+        /// or stops before then leaves the announcement to the next one.
+        #[serde(skip)]
+        row: i64,
     },
     /// Dry-run or `service_account_keys = "notify-only"`: announced, not performed.
     WouldRotate { reason: String },
@@ -184,6 +189,7 @@ impl RotationResult {
                 new_redacted_value,
                 sink,
                 old_expires_at,
+                ..
             } => format!(
                 "rotated: new key {new_key_id} ({new_redacted_value}) was handed to sink \
                  {sink:?}; the old key stops working at {}",

@@ -123,7 +123,7 @@ pub(super) async fn expire_old(
     Ok(answer.map(|_| to).map_err(|e| e.to_string()))
 }
 
-/// Gives the old key its expiry and marks the rotation done.
+/// Gives the old key its expiry and marks the rotation performed (`unannounced`).
 pub(super) async fn finish(
     ctx: &Context,
     client: &AdminClient,
@@ -140,13 +140,15 @@ pub(super) async fn finish(
     );
     match expire_old(ctx, client, at, old.expires_at, to).await? {
         Ok(at) => {
-            set_status(ctx, row, "done", Some(at), None)?;
+            // Done once announced: the sweep marks it so with the messages it queues.
+            set_status(ctx, row, rotations::UNANNOUNCED, Some(at), None)?;
             tracing::warn!(run_id = %ctx.run_id, organization = %old.organization, key_id = %old.id, new_key_id = %meta.key_id, old_expires_at = at, "rotated");
             Ok(RotationOutcome::Rotated {
                 new_key_id: meta.key_id.clone(),
                 new_redacted_value: meta.redacted_value.clone(),
                 sink: sink.to_string(),
                 old_expires_at: at,
+                row,
             })
         }
         Err(error) => Ok(RotationOutcome::OldExpiryFailed { error }),

@@ -50,8 +50,9 @@ pub struct NewRotation<'a> {
     pub started_at: i64,
 }
 
-/// A rotation performed (the old key has its expiry) whose sweep was gone by then (dropped at
-/// the end of a shutdown's grace): the next sweep sends its "rotated" messages and marks it done.
+/// A rotation performed (the old key has its expiry) whose "rotated" messages are not queued
+/// yet: its sweep queues them and marks it done in one transaction ([`mark_announced`]); one
+/// that failed or was dropped by a shutdown first leaves that to the next sweep.
 pub const UNANNOUNCED: &str = "unannounced";
 
 /// Statuses under which a rotation is not finished and needs a later sweep's attention.
@@ -223,6 +224,19 @@ pub fn in_hand(
 ) -> Result<bool, StateError> {
     Ok(latest_for_key(conn, org, project_id, old_key_id)?
         .is_some_and(|r| r.status == "done" || UNSETTLED.contains(&r.status.as_str())))
+}
+
+/// Marks `unannounced` rows done, in the transaction that queues their "rotated" messages. The
+/// time the rotation was performed (`updated_at`) stays: the hour a finished rotation is left
+/// alone counts from it.
+pub fn mark_announced(conn: &Connection, ids: &[i64]) -> Result<(), StateError> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE rotations SET status = 'done' WHERE id = ?1 AND status = 'unannounced'",
+    )?;
+    for id in ids {
+        stmt.execute(params![id])?;
+    }
+    Ok(())
 }
 
 /// (organisation, key id) → the key it replaced, for every key keysweep minted.

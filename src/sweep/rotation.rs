@@ -101,7 +101,7 @@ impl Sweeper {
             rotations::latest_for_key(c, &id.organization, &id.project_id, &id.key_id)
         })?;
         Ok(match latest {
-            Some(r) if r.status == "done" => {
+            Some(r) if r.status == "done" || r.status == rotations::UNANNOUNCED => {
                 r.old_expires_at.is_some_and(|to| f.expires_at.outlives(to))
             }
             _ => true,
@@ -172,8 +172,20 @@ impl Run<'_> {
         let clear = !self.opts.cancel.is_cancelled();
         let (changes, records) = self.held_back(&results, &planned, findings, clear);
         let alerts = self.dedup_alerts(results.iter().filter_map(|r| r.alert()).collect())?;
-        let notices = rotated_notices(&results, &planned, findings, config);
-        if alerts.is_empty() && records.is_empty() && notices.is_empty() && changes.is_empty() {
+        let stored = self.stored_findings(&results, &planned)?;
+        let notices = rotated_notices(&results, &planned, (findings, &stored), config);
+        let announced: Vec<i64> = (results.iter())
+            .filter_map(|r| match r.outcome {
+                RotationOutcome::Rotated { row, .. } => Some(row),
+                _ => None,
+            })
+            .collect();
+        if alerts.is_empty()
+            && records.is_empty()
+            && notices.is_empty()
+            && changes.is_empty()
+            && announced.is_empty()
+        {
             return Ok(());
         }
         // The sweep's views (its report) carry the marks written.
@@ -185,7 +197,10 @@ impl Run<'_> {
         }
         let now = self.now();
         enforced.notices_queued += self.enqueue(
-            |tx| state::findings::upsert_findings(tx, &marked, now),
+            |tx| {
+                state::findings::upsert_findings(tx, &marked, now)?;
+                rotations::mark_announced(tx, &announced)
+            },
             notices,
             &alerts,
             records,
@@ -203,6 +218,41 @@ impl Run<'_> {
 }
 
 impl Run<'_> {
+    /// The stored finding of the rotate policy of each performed rotation none of `planned`
+    /// names: one announced a sweep late (its sweep failed or was dropped first), whose finding
+    /// has closed since, or one settled after its policy was removed. Its owners are told from
+    /// it, as from a planned one's.
+    fn stored_findings(
+        &self,
+        results: &[rotate::RotationResult],
+        planned: &[PlannedRotation],
+    ) -> Result<Vec<Arc<Finding>>, SweepError> {
+        let named: HashSet<(&str, &str, &str)> =
+            planned.iter().map(|p| p.finding.key_ref()).collect();
+        let unnamed = (results.iter())
+            .filter(|r| matches!(r.outcome, RotationOutcome::Rotated { .. }))
+            .filter(|r| !named.contains(&(&*r.organization, &*r.project_id, &*r.key_id)));
+        let mut out = Vec::new();
+        for r in unnamed {
+            let found = self.store.with_conn(|c| {
+                let Some(row) =
+                    rotations::latest_for_key(c, &r.organization, &r.project_id, &r.key_id)?
+                else {
+                    return Ok(None);
+                };
+                let id = FindingId {
+                    organization: row.organization,
+                    project_id: row.project_id,
+                    key_id: row.old_key_id,
+                    policy: row.policy,
+                };
+                state::findings::get_finding(c, &id)
+            })?;
+            out.extend(found.map(Arc::new));
+        }
+        Ok(out)
+    }
+
     /// The rotations a rail held back this sweep: the findings whose mark changes
     /// ([`rotation_marks`]; `clear`: whether marks no longer held may be cleared), and a
     /// `skipped` record for each one not held back for the same reason in the last sweep.
@@ -283,11 +333,13 @@ fn rotation_marks<'a>(
 
 /// A "rotated" notice for each performed rotation, to the key's owner routes like its other
 /// notices (for a service-account key: `owner_fallback` and the routes): the new key's id and
-/// redacted value, the sink and when the old key stops working. Never the secret.
+/// redacted value, the sink and when the old key stops working. Never the secret. The finding
+/// told of is the planned rotation's in this sweep's `findings`, else the stored one of
+/// `stored` (`Run::stored_findings`).
 fn rotated_notices(
     results: &[rotate::RotationResult],
     planned: &[PlannedRotation],
-    findings: &[FindingView],
+    (findings, stored): (&[FindingView], &[Arc<Finding>]),
     config: &crate::config::Config,
 ) -> Vec<Notice> {
     let mut out = Vec::new();
@@ -297,6 +349,7 @@ fn rotated_notices(
             new_redacted_value,
             sink,
             old_expires_at,
+            ..
         } = &r.outcome
         else {
             continue;
@@ -308,15 +361,20 @@ fn rotated_notices(
                     && p.finding.project_id == r.project_id
                     && p.finding.key_id == r.key_id
             })
-            .find_map(|p| findings.iter().find(|v| v.finding.id == p.finding));
-        let Some(view) = finding else { continue };
+            .find_map(|p| findings.iter().find(|v| v.finding.id == p.finding))
+            .map(|v| &v.finding)
+            .or_else(|| {
+                (stored.iter())
+                    .find(|f| f.id.key_ref() == (&*r.organization, &*r.project_id, &*r.key_id))
+            });
+        let Some(finding) = finding else { continue };
         // What keysweep did, not what the defaults would say of a service-account key.
-        let overlap = (config.rotation(&view.finding.id.policy)).map_or(0, |r| {
+        let overlap = (config.rotation(&finding.id.policy)).map_or(0, |r| {
             i64::try_from(r.overlap.as_secs()).unwrap_or(i64::MAX)
         });
         out.push(Notice {
             kind: NoticeKind::Rotated,
-            finding: view.finding.clone(),
+            finding: finding.clone(),
             dry_run: false,
             verdict: Some(Verdict::Rotate { overlap }),
             rotated: Some(RotatedNote {

@@ -185,10 +185,13 @@ async fn a_failed_old_key_expiry_after_the_sink_confirmed_is_set_by_the_next_swe
 
 /// The old key's expiry fails after the sink confirmed, then the rotate policy is removed (its
 /// rotations failing, say): the rotation begun under it is still settled. The next sweep sets
-/// the owed expiry at the promised time and announces the rotation.
+/// the owed expiry at the promised time and announces the rotation, to the key's owner route
+/// too (from its stored finding, since no rotate policy plans it any more).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotation_owed_an_expiry_is_settled_after_its_policy_is_removed() {
-    let w = world_with("", FILE_SINK, SCOPES, ENFORCE_SA).await;
+    let rx = Receiver::start().await;
+    let mut w = world_with(&channels(&rx), FILE_SINK, SCOPES, ENFORCE_SA).await;
+    with_channel_secrets(&mut w);
     first_warning(&w).await;
     fail_old_key_updates(&w);
     let out = w.run(due(&w)).await;
@@ -207,6 +210,8 @@ async fn a_rotation_owed_an_expiry_is_settled_after_its_policy_is_removed() {
     assert!((at - promised).abs() <= SLACK, "{at} vs {promised}\n{out}");
     assert_eq!(w.rotation_rows()[0].status, "done", "{out}");
     assert_eq!(w.mints(), 1, "{out}");
+    let rotated = notices(&rx, "keysweep.notices.rotated", "rotate-90d");
+    assert_eq!(rotated.len(), 1, "{rotated:?}\n{out}");
 }
 
 /// Two due keys of one service account and a file sink, whose path names the account, not the

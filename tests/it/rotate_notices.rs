@@ -114,3 +114,39 @@ async fn the_owner_route_gets_a_rotated_notice_with_the_new_key_but_never_its_se
         assert_no_secret("webhook body", &r.json().to_string(), &[secret]);
     }
 }
+
+/// The sweep that performed a rotation fails before it queues the "rotated" messages (the
+/// outbox refuses them, as a full disk would): the rotation is left `unannounced`, and the next
+/// sweep tells the owner route, once, with no second mint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_whose_sweep_failed_before_announcing_it_is_announced_by_the_next() {
+    let rx = Receiver::start().await;
+    let w = hooked(&rx, ENFORCE_SA).await;
+    w.run(w.base).await;
+    let db = w.dir.path().join("keysweep.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch(
+        "CREATE TRIGGER refuse_rotated BEFORE INSERT ON outbox WHEN NEW.kind = 'rotated'
+         BEGIN SELECT RAISE(ABORT, 'no space left on device'); END;",
+    )
+    .unwrap();
+    let out = crate::support::process::output(w.cmd(due(&w))).await;
+    let text = crate::support::process::combined(&out);
+    assert!(!out.status.success(), "the sweep did not fail:\n{text}");
+    assert_eq!(w.mints(), 1, "{text}");
+    assert!(old_key_notices(&rx, "keysweep.notices.rotated").is_empty());
+
+    conn.execute_batch("DROP TRIGGER refuse_rotated;").unwrap();
+    let out = w.run(due(&w) + 3600).await;
+    let rotated = old_key_notices(&rx, "keysweep.notices.rotated");
+    assert_eq!(rotated.len(), 1, "{rotated:?}\n{out}");
+    let new = (w.sa_keys().into_iter())
+        .find(|k| k.id != OLD)
+        .expect("no new key");
+    let status = rotated[0]["status"].as_str().unwrap();
+    assert!(status.contains(&new.id), "{status}");
+    assert_eq!(w.mints(), 1, "{out}");
+    // Announced once: the sweep after does not tell it again.
+    w.run(due(&w) + 7200).await;
+    assert_eq!(old_key_notices(&rx, "keysweep.notices.rotated").len(), 1);
+}
