@@ -14,7 +14,8 @@
 //!   nothing in `openai/`, `sweep/` or `revoke.rs`;
 //! - `unsafe` only in `malloc.rs` (one FFI call);
 //! - no import cycle between two files;
-//! - no production source file over 800 lines.
+//! - no production source file over 800 lines;
+//! - nothing at the top of the repository but the fixed layout.
 //!
 //! This test must never need the crate's internals or a new dependency: it parses text.
 
@@ -130,6 +131,75 @@ fn no_import_cycle_between_files() {
 #[test]
 fn no_production_file_over_800_lines() {
     assert_holds("file length", rules::production_file_lengths(&sources()));
+}
+
+/// The top of the repository holds the fixed layout and nothing else.
+const LAYOUT: [&str; 12] = [
+    ".ci",
+    ".gitignore",
+    "ARCHITECTURE.md",
+    "Cargo.lock",
+    "Cargo.toml",
+    "README.md",
+    "benches",
+    "clippy.toml",
+    "config",
+    "deploy",
+    "src",
+    "tests",
+];
+
+/// What a commit of everything would put at the top of the repository: the tracked entries and
+/// the untracked ones git does not ignore (a tool's default output directory, say). Outside a
+/// git checkout, what is on disk but `target/`.
+fn top_level_entries() -> Vec<String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let git = std::process::Command::new("git")
+        .args([
+            "ls-files",
+            "--cached",
+            "--others",
+            "--exclude-standard",
+            "-z",
+        ])
+        .current_dir(root)
+        .output();
+    let mut names: Vec<String> = match git {
+        Ok(out) if out.status.success() && root.join(".git").exists() => (out.stdout)
+            .split(|b| *b == 0)
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                String::from_utf8_lossy(p)
+                    .split('/')
+                    .next()
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .collect(),
+        _ => (std::fs::read_dir(root).unwrap())
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "target" && n != ".git")
+            .collect(),
+    };
+    names.sort();
+    names.dedup();
+    names
+}
+
+#[test]
+fn the_top_level_holds_only_the_fixed_layout() {
+    let entries = top_level_entries();
+    let stray: Vec<String> = (entries.iter())
+        .filter(|e| !LAYOUT.contains(&e.as_str()))
+        .map(|e| format!("{e} is not part of the fixed layout"))
+        .collect();
+    assert_holds("top level", stray);
+    for needed in ["Cargo.toml", "src", "tests", "README.md", "ARCHITECTURE.md"] {
+        assert!(
+            entries.iter().any(|e| e == needed),
+            "{needed} not seen: {entries:?}"
+        );
+    }
 }
 
 /// The model itself sees the crate: a check that reads nothing would pass every rule.
