@@ -6,8 +6,8 @@
 //! first sweep after that — never in the sweep that sends the first warning. Nothing here does
 //! I/O or reads a clock; the rotation itself is `rotate/`'s.
 
+use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
-use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::{RotateConfig, Safety};
 use crate::inventory::{Expiry, OwnerType};
@@ -162,39 +162,37 @@ pub fn planned_rotations(
     out.into_values().collect()
 }
 
-/// The candidates without the expiries of service-account keys under a `rotate` policy: such a
-/// key gets its expiry from the rotation only, once the sink confirmed, and no earlier one from
-/// another policy's `expire` (the earliest deadline starts the rotation instead). A DELETE
-/// stays. A key is under a `rotate` policy when one of `findings` (the sweep's, as advanced)
-/// is an open finding of such a policy on a service-account key, whether or not that finding
-/// has a write of its own to ask for (the key's own expiry may come first, or the organisation
-/// may have refused the expiry).
-pub fn without_rotated_expiries<'f>(
+/// The candidates without the expiries of service-account keys under a `rotate` policy whose
+/// replacement does not exist yet (`rotating`: the sweep's `Advanced::rotating_keys`, the keys
+/// with an open finding of a `rotate` policy less those whose rotation handed a new key over):
+/// such a key gets its expiry from the rotation only, once the sink confirmed, and no earlier
+/// one from another policy's `expire` (the earliest deadline starts the rotation instead),
+/// whether or not the rotate finding has a write of its own to ask for (the key's own expiry
+/// may come first, or the organisation may have refused the expiry). A DELETE stays. Once the
+/// sink holds the new key, another policy's expiry may end the old key as it would any other;
+/// a `rotate` policy's own finding on a service-account key never writes an expiry through
+/// this path, whatever became of its rotation.
+pub fn without_rotated_expiries<S: std::hash::BuildHasher>(
     candidates: &[Candidate],
-    findings: impl IntoIterator<Item = &'f Finding>,
+    rotating: &std::collections::HashMap<(String, String, String), i64, S>,
     rotations: &[RotateConfig],
 ) -> Vec<Candidate> {
-    let rotated: BTreeSet<(&str, &str, &str)> = findings
-        .into_iter()
-        .filter(|f| f.stage.is_open() && f.owner_type == OwnerType::ServiceAccount)
-        .filter(|f| rotations.iter().any(|r| r.policy == f.id.policy))
-        .map(|f| {
-            (
-                f.id.organization.as_str(),
-                f.id.project_id.as_str(),
-                f.id.key_id.as_str(),
-            )
-        })
-        .collect();
     candidates
         .iter()
         .filter(|c| {
-            c.write == Write::Delete
-                || !rotated.contains(&(
-                    c.key.organization.as_str(),
-                    c.key.project_id.as_str(),
-                    c.key.id.as_str(),
-                ))
+            if c.write == Write::Delete {
+                return true;
+            }
+            let own = c.key.owner.kind == OwnerType::ServiceAccount
+                && rotations.iter().any(|r| r.policy == c.finding.policy);
+            let key = || {
+                (
+                    c.key.organization.clone(),
+                    c.key.project_id.clone(),
+                    c.key.id.clone(),
+                )
+            };
+            !own && (rotating.is_empty() || !rotating.contains_key(&key()))
         })
         .cloned()
         .collect()

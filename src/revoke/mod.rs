@@ -39,5 +39,6 @@ pub use critical::drain_in_flight;
 pub use execute::execute;
 pub use outcome::{Outcome, RevocationResult};
 pub use reconcile::{
-    InterruptedDelete, InterruptedExpiry, confirmed_deletes, intent_policies, reconcile,
+    ConfirmedDelete, InterruptedDelete, InterruptedExpiry, confirmed_deletes, intent_policies,
+    reconcile,
 };

@@ -85,6 +85,15 @@ pub fn intent_policies(policy: Option<&str>) -> impl Iterator<Item = &str> {
     policy.unwrap_or("").split(',').filter(|p| !p.is_empty())
 }
 
+/// A delete that went through, as its `outcome` record says ([`confirmed_deletes`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ConfirmedDelete<'a> {
+    /// When the outcome was recorded: a finding detected after it is about another key that
+    /// came back under the same id, not this one.
+    pub at: i64,
+    pub delete: InterruptedDelete<'a>,
+}
+
 /// The deletes among `rows` (`state::audit::writes_since`) that went through: the `outcome`
 /// without an error of a DELETE's intent (no `write` in its inputs: not an expiry update, not
 /// a rotation's), of an organisation at or after `since(organization)`.
@@ -97,7 +106,7 @@ pub fn intent_policies(policy: Option<&str>) -> impl Iterator<Item = &str> {
 pub fn confirmed_deletes(
     rows: &[AuditRow],
     since: impl Fn(&str) -> i64,
-) -> Vec<InterruptedDelete<'_>> {
+) -> Vec<ConfirmedDelete<'_>> {
     let mut intents = std::collections::HashMap::new();
     let mut out = Vec::new();
     for row in rows {
@@ -118,13 +127,16 @@ pub fn confirmed_deletes(
                     continue;
                 };
                 if r.at >= since(org) {
-                    out.push(InterruptedDelete {
-                        intent_seq,
-                        organization: org,
-                        project_id,
-                        key_id,
-                        policies: intent.policy.as_deref(),
-                        expiry: None,
+                    out.push(ConfirmedDelete {
+                        at: r.at,
+                        delete: InterruptedDelete {
+                            intent_seq,
+                            organization: org,
+                            project_id,
+                            key_id,
+                            policies: intent.policy.as_deref(),
+                            expiry: None,
+                        },
                     });
                 }
             }

@@ -129,20 +129,22 @@ pub fn last_completed_sweep(
     )
 }
 
-/// The most recently started sweep of `organization` that finished its work: `completed` or
-/// `incomplete` (a `failed` or `interrupted` one may have stopped between its writes and their
-/// commit).
+/// The most recently started sweep of `organization` that finished its work (`completed` or
+/// `incomplete`: a `failed` or `interrupted` one may have stopped between its writes and their
+/// commit) and did not start after `not_after` (a `--now` in the future must not move the
+/// bound past the sweeps that follow it in real time).
 pub fn last_finished_sweep(
     conn: &Connection,
     organization: &str,
+    not_after: i64,
 ) -> Result<Option<SweepRow>, StateError> {
-    query_one(
-        conn,
+    let mut stmt = conn.prepare_cached(
         "SELECT run_id, organization, started_at, finished_at, status, summary FROM sweeps
-         WHERE organization = ?1 AND status IN ('completed', 'incomplete')
+         WHERE organization = ?1 AND status IN ('completed', 'incomplete') AND started_at <= ?2
          ORDER BY started_at DESC, rowid DESC LIMIT 1",
-        organization,
-    )
+    )?;
+    let mut rows = stmt.query(params![organization, not_after])?;
+    rows.next()?.map(from_row).transpose()
 }
 
 /// Marks every sweep still `running` as `interrupted` (call once at startup, before the first

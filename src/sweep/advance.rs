@@ -184,7 +184,7 @@ impl Advanced {
 
     /// The overlap of the rotation that ends `f`'s key: its own policy's when that is a
     /// `rotate` policy; for an `expire` finding, that of a `rotate` finding on the same key.
-    fn overlap_of(&self, f: &Finding) -> Option<i64> {
+    pub(super) fn overlap_of(&self, f: &Finding) -> Option<i64> {
         let own = self.rotation_overlaps.get(&f.id.policy).copied();
         if own.is_some() || f.action != Action::Expire || self.rotating_keys.is_empty() {
             return own;
@@ -539,6 +539,19 @@ mod tests {
             rotation_withheld: None,
             expiry: Default::default(),
         }
+    }
+
+    /// `reconcile::answered_by`: a delete recorded at a time answers the findings open then.
+    #[test]
+    fn a_recorded_delete_answers_only_findings_open_and_detected_by_then() {
+        use super::super::reconcile::answered_by;
+        let mut f = finding(Stage::FinalNotice);
+        f.detected_at = 50;
+        assert!(answered_by(&f, Some(60)));
+        assert!(answered_by(&f, None));
+        assert!(!answered_by(&f, Some(40)), "detected after the delete");
+        f.stage = Stage::Revoked;
+        assert!(!answered_by(&f, Some(60)), "closed already");
     }
 
     fn step(next: Finding, notices: Vec<NoticeKind>) -> Transition {

@@ -121,23 +121,24 @@ impl Sweeper {
                 step,
             }
         });
-        let advanced = advance::advance_findings(
+        let mut advanced = advance::advance_findings(
             &evaluator,
             orgs,
             self.config.mode == Mode::DryRun,
             self.config.safety.service_account_keys == ServiceAccountKeys::Enforce,
         );
         let tally = inventory.map_keys(|keys| KeyTally::of(keys, now));
+        self.forget_handed_over(&mut advanced.rotating_keys)?;
         let mut plan = self.plan_revocations(
             &advanced.candidates,
-            &advanced.findings,
+            &advanced.rotating_keys,
             &tally,
             self.config.mode,
             now,
         )?;
         self.withhold_rotations(&mut plan, &advanced.findings, &tally, now)?;
-        let mut findings = advanced.findings;
-        planning::annotate_plan(&mut findings, &plan);
+        let mut findings = std::mem::take(&mut advanced.findings);
+        planning::annotate_plan(&mut findings, &plan, |f| advanced.overlap_of(f));
         let rotations = rotation::planned_of(&findings, &self.config, now);
         rotation::annotate_rotations(&mut findings, &rotations);
         let report = SweepReport {
@@ -216,14 +217,14 @@ impl Sweeper {
 fn report(
     run: &Run<'_>,
     inventory: Inventory<KeyTally>,
-    advanced: Advanced,
+    mut advanced: Advanced,
     plan: Plan,
     committed: Committed,
     mut delivery: DeliveryReport,
     enforced: Enforced,
 ) -> SweepReport {
-    let mut findings = advanced.findings;
-    planning::annotate_plan(&mut findings, &plan);
+    let mut findings = std::mem::take(&mut advanced.findings);
+    planning::annotate_plan(&mut findings, &plan, |f| advanced.overlap_of(f));
     let rotations = rotation::planned_of(&findings, &run.sweeper.config, run.now());
     rotation::annotate_rotations(&mut findings, &rotations);
     if let Some(more) = enforced.delivery {

@@ -24,7 +24,7 @@ use crate::notify::route::{mails_owners, service_account_route, user_route, woke
 use crate::policy::finding::{FindingId, NoticeIntel, NoticeKind, OwnerRoute, Stage, UsageNote};
 use crate::policy::lifecycle::KEY_DELETED;
 use crate::policy::plan::Plan;
-use crate::revoke::InterruptedDelete;
+use crate::revoke::ConfirmedDelete;
 use crate::state::rotations::Replacements;
 
 use super::advance::Advanced;
@@ -209,7 +209,7 @@ impl Run<'_> {
     /// changes, so the stored one is the sweep's. Empty when nothing is pending (no request).
     pub(super) async fn reconcile_routes(
         &self,
-        left_open: &[InterruptedDelete<'_>],
+        left_open: &[ConfirmedDelete<'_>],
     ) -> HashMap<KeyRef, OwnerRoute> {
         let notify = &self.sweeper.notify;
         let pending = self.store.with_conn(|c| {
@@ -224,8 +224,10 @@ impl Run<'_> {
                     r.policy.as_deref(),
                 ))
             });
-            let closing = (left_open.iter())
-                .map(|d| (d.organization, d.project_id, d.key_id, d.policy_list()));
+            let closing = (left_open.iter()).map(|c| {
+                let d = &c.delete;
+                (d.organization, d.project_id, d.key_id, d.policy_list())
+            });
             for (org, project, key, policies) in unmatched.chain(closing) {
                 let (org, project, key) = (org.to_string(), project.to_string(), key.to_string());
                 for policy in crate::revoke::intent_policies(policies) {

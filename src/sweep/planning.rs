@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::inventory::{Inventory, KeyTally};
 use crate::notify::alert::EnforcerAlert;
 use crate::policy::finding::{Finding, FindingId, Stage};
-use crate::policy::plan::{Plan, Withheld, Write, verdict};
+use crate::policy::plan::{Plan, Withheld, Write, verdict_rotating};
 use crate::policy::verdict::{Rules, Verdict};
 use crate::state::audit::{AuditKind, AuditRecord};
 
@@ -39,9 +39,10 @@ impl Run<'_> {
         advanced: &mut Advanced,
     ) -> Result<Planned, SweepError> {
         let sweeper = self.sweeper;
+        sweeper.forget_handed_over(&mut advanced.rotating_keys)?;
         let mut plan = sweeper.plan_revocations(
             &advanced.candidates,
-            &advanced.findings,
+            &advanced.rotating_keys,
             inventory,
             self.mode,
             self.now(),
@@ -114,9 +115,9 @@ impl Run<'_> {
 }
 
 /// What happens next to an open finding not due in this sweep, as its verdict says.
-fn open_plan(f: &Finding, rules: Rules) -> String {
+fn open_plan(f: &Finding, rules: Rules, overlap: Option<i64>) -> String {
     let deadline = fmt_time(f.deadline);
-    match verdict(f, &rules, None) {
+    match verdict_rotating(f, &rules, None, overlap) {
         Verdict::Revoke => format!("revoke on {deadline}"),
         Verdict::WouldRevoke => format!("would revoke on {deadline} (dry-run)"),
         Verdict::Expire | Verdict::WouldExpire => match f.expiry.set {
@@ -181,7 +182,13 @@ pub(super) fn withheld_alert(config: &Config, reason: Withheld, withheld: u64) -
 
 /// Fills each finding's `plan` column from the plan and its stage; an open finding's from its
 /// verdict (`policy::plan::verdict`), so the table says what the notices say.
-pub(super) fn annotate_plan(findings: &mut [FindingView], plan: &Plan) {
+/// `overlap_of`: a finding's rotation overlap when a rotation, not its own write, ends its key
+/// (`Advanced::overlap_of`).
+pub(super) fn annotate_plan(
+    findings: &mut [FindingView],
+    plan: &Plan,
+    overlap_of: impl Fn(&Finding) -> Option<i64>,
+) {
     let rules = plan.rules.unwrap_or(Rules {
         mode: crate::config::Mode::DryRun,
         service_account_keys: crate::config::ServiceAccountKeys::NotifyOnly,
@@ -227,7 +234,7 @@ pub(super) fn annotate_plan(findings: &mut [FindingView], plan: &Plan) {
                     "exempted: {}",
                     v.finding.resolution.as_deref().unwrap_or("")
                 ),
-                _ => open_plan(&v.finding, rules),
+                _ => open_plan(&v.finding, rules, overlap_of(&v.finding)),
             }
         };
     }

@@ -14,9 +14,9 @@ use crate::inventory::Expiry;
 use crate::notify::NotifySettings;
 use crate::notify::alert::EnforcerAlert;
 use crate::notify::compose::{self, Composed};
-use crate::policy::finding::{ExpirySet, FindingId, NoticeIntel, OwnerRoute};
+use crate::policy::finding::{ExpirySet, Finding, FindingId, NoticeIntel, OwnerRoute};
 use crate::policy::lifecycle;
-use crate::revoke::{self, InterruptedDelete, InterruptedExpiry};
+use crate::revoke::{self, ConfirmedDelete, InterruptedDelete, InterruptedExpiry};
 use crate::state::{self, StateError};
 
 use super::notes::KeyRef;
@@ -37,27 +37,33 @@ impl Run<'_> {
         let left_open = self.deletes_left_open(&writes)?;
         let routes = self.reconcile_routes(&left_open).await;
         let unsettled = revoke::reconcile(&self.revoke_context(), |tx, done| match done.expiry {
-            None => close_as_revoked(tx, done, settings, now, &routes),
+            None => close_as_revoked(tx, done, settings, now, &routes, None),
             Some(e) => note_expiry(tx, done, e, now),
         })
         .await?;
-        for d in &left_open {
+        for c in &left_open {
+            let d = &c.delete;
             tracing::warn!(run_id = self.run_id(), organization = %d.organization, key_id = %d.key_id, "a key keysweep deleted still had open findings (the sweep that deleted it stopped before closing them): closed as revoked");
             self.store
-                .tx(|tx| close_as_revoked(tx, d, settings, now, &routes))?;
+                .tx(|tx| close_as_revoked(tx, d, settings, now, &routes, Some(c.at)))?;
         }
         Ok(Reconciled { unsettled })
     }
 
     /// The DELETE intents and outcomes written since the oldest of this sweep's organisations'
-    /// last finished sweeps began (all of them if one has none), with each organisation's bound.
+    /// bounds, with each organisation's bound: the start of its last finished sweep
+    /// (`state::sweeps::last_finished_sweep`, not one dated after this sweep), or
+    /// [`UNFINISHED_LOOKBACK`] before now if none, less [`CLOCK_MARGIN`] for a clock stepped
+    /// back in between.
     fn writes_since_last_finished(&self) -> Result<Writes, SweepError> {
+        let now = self.now();
         let since = self.store.with_conn(|c| {
             let mut since = HashMap::new();
             for client in &self.clients {
                 let org = client.org_name();
-                let last = state::sweeps::last_finished_sweep(c, org)?;
-                since.insert(org.to_string(), last.map_or(i64::MIN, |s| s.started_at));
+                let last = state::sweeps::last_finished_sweep(c, org, now)?;
+                let from = last.map_or(now.saturating_sub(UNFINISHED_LOOKBACK), |s| s.started_at);
+                since.insert(org.to_string(), from.saturating_sub(CLOCK_MARGIN));
             }
             Ok(since)
         })?;
@@ -73,16 +79,17 @@ impl Run<'_> {
     fn deletes_left_open<'w>(
         &self,
         writes: &'w Writes,
-    ) -> Result<Vec<InterruptedDelete<'w>>, SweepError> {
+    ) -> Result<Vec<ConfirmedDelete<'w>>, SweepError> {
         let since = |org: &str| writes.since.get(org).copied().unwrap_or(i64::MAX);
         let confirmed = revoke::confirmed_deletes(&writes.rows, since);
         let open = self.store.with_conn(|c| {
             let mut open = Vec::new();
             for d in confirmed {
                 let mut any = false;
-                for policy in d.policies() {
-                    let id = finding_id(&d, policy);
-                    any |= state::findings::get_finding(c, &id)?.is_some_and(|f| f.stage.is_open());
+                for policy in d.delete.policies() {
+                    let id = finding_id(&d.delete, policy);
+                    any |= state::findings::get_finding(c, &id)?
+                        .is_some_and(|f| answered_by(&f, Some(d.at)));
                 }
                 if any {
                     open.push(d);
@@ -92,6 +99,18 @@ impl Run<'_> {
         })?;
         Ok(open)
     }
+}
+
+/// How far back an organisation that never finished a sweep has its deletes looked at.
+const UNFINISHED_LOOKBACK: i64 = 30 * 86_400;
+
+/// The bound's allowance for a clock stepped back between two sweeps.
+const CLOCK_MARGIN: i64 = 86_400;
+
+/// Whether a delete recorded at `deleted_at` (`None`: now) answers finding `f`: it is open and
+/// was detected by then (one detected later is about a key listed again under the same id).
+pub(super) fn answered_by(f: &Finding, deleted_at: Option<i64>) -> bool {
+    f.stage.is_open() && deleted_at.is_none_or(|at| f.detected_at <= at)
 }
 
 /// The audit's writes since each organisation's last finished sweep (`since`, by name).
@@ -136,18 +155,20 @@ fn note_expiry(
 }
 
 /// Closes the open findings an interrupted delete answered and queues their `revoked` notices.
+/// `deleted_at`: when a delete already recorded went through (`None`: found now).
 fn close_as_revoked(
     tx: &rusqlite::Transaction<'_>,
     deleted: &InterruptedDelete<'_>,
     settings: &NotifySettings,
     now: i64,
     routes: &HashMap<KeyRef, OwnerRoute>,
+    deleted_at: Option<i64>,
 ) -> Result<(), StateError> {
     let mut revoked = Vec::new();
     for policy in deleted.policies() {
         let id = finding_id(deleted, policy);
         if let Some(f) = state::findings::get_finding(tx, &id)?
-            && f.stage.is_open()
+            && answered_by(&f, deleted_at)
         {
             let closed = lifecycle::mark_revoked(&f, now);
             state::findings::upsert_finding(tx, &closed, now)?;

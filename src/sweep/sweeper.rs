@@ -2,6 +2,7 @@
 //! metrics) and what one call asks of it ([`SweepOptions`]). The phases reach the store, the
 //! open findings, the evaluator and the plan through it. It never runs a phase itself.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
@@ -17,7 +18,7 @@ use crate::policy::plan::{self, Candidate, Plan, PlanInput};
 use crate::state::{self, Store};
 
 use super::evaluate::{Evaluator, OpenFindings};
-use super::report::{FindingView, SweepError};
+use super::report::SweepError;
 
 /// What one call to [`Sweeper::run_once`] should do.
 #[derive(Debug, Clone)]
@@ -182,12 +183,41 @@ impl Sweeper {
         crate::revoke::kill_switch_engaged(self.config.safety.kill_switch_file.as_deref())
     }
 
+    /// Drops from `rotating` (`Advanced::rotating_keys`) the keys whose latest rotation handed
+    /// a new key over (`rotations::HANDED_OVER`): their replacement exists, so another policy's
+    /// expiry may end them, and its notices say so rather than announce a rotation.
+    pub(super) fn forget_handed_over(
+        &self,
+        rotating: &mut HashMap<(String, String, String), i64>,
+    ) -> Result<(), SweepError> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        if rotating.is_empty() {
+            return Ok(());
+        }
+        let mut handed = Vec::new();
+        store.with_conn(|c| {
+            for key @ (org, project, id) in rotating.keys() {
+                let row = state::rotations::latest_for_key(c, org, project, id)?;
+                if row.is_some_and(|r| state::rotations::HANDED_OVER.contains(&r.status.as_str())) {
+                    handed.push(key.clone());
+                }
+            }
+            Ok(())
+        })?;
+        for key in handed {
+            rotating.remove(&key);
+        }
+        Ok(())
+    }
+
     /// The plan for `candidates` under the rails: mode, kill switch, caps (with the revocations
     /// of the last 24 hours; none without a state file), the service-account rule.
     pub(super) fn plan_revocations(
         &self,
         candidates: &[Candidate],
-        findings: &[FindingView],
+        rotating: &HashMap<(String, String, String), i64>,
         inventory: &Inventory<KeyTally>,
         mode: Mode,
         now: i64,
@@ -200,7 +230,7 @@ impl Sweeper {
         // only, once the sink confirmed (`sweep/rotation.rs`), not from the `expire` path.
         let candidates = crate::policy::rotation::without_rotated_expiries(
             candidates,
-            findings.iter().map(|v| &*v.finding),
+            rotating,
             &self.config.rotations,
         );
         let candidates = &candidates[..];

@@ -1791,6 +1791,16 @@ async fn sigkill_after_deletes_went_through_still_closes_their_findings_as_revok
         );
     }
 
+    // A `run --once --now` far in the future finished a sweep meanwhile: the deletes that
+    // follow it in real time are still looked at.
+    let db = rusqlite::Connection::open(w.state_path()).unwrap();
+    db.execute(
+        "INSERT INTO sweeps (run_id, organization, started_at, finished_at, status)
+         VALUES ('future', 'acme', ?1, ?1, 'completed')",
+        [T2 + 365 * DAY],
+    )
+    .unwrap();
+    drop(db);
     w.acme.faults().clear();
     let (code, out) = run_once(&w, T2).await;
     assert_eq!(code, Some(0), "{out}");

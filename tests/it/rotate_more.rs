@@ -950,3 +950,36 @@ async fn another_expire_policy_never_ends_a_rotated_key_whose_own_expiry_comes_f
         "another policy moved the rotated key's expiry:\n{out}"
     );
 }
+
+/// Once a rotation has handed the new key over, another `expire` policy may end the old key
+/// before the expiry the rotation promised, as it would any key: the replacement exists, and
+/// only the lack of one is a reason to hold that policy's expiry back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_its_rotation_another_expire_policy_may_end_the_old_key_earlier() {
+    let w = world_with("", FILE_SINK, SCOPES, ENFORCE_SA).await;
+    // Warned a week ago, rotated now: the rotation's writes use the wall clock. (The user key's
+    // expiry, due at the same deadline, is refused as past: those runs exit 1.)
+    let run = |at: i64| {
+        let cmd = w.cmd(at);
+        async move { combined(&output(cmd).await) }
+    };
+    run(w.base - 7 * DAY).await;
+    let out = run(w.base).await;
+    assert_eq!(w.mints(), 1, "{out}");
+    let promised = w.sim.key(PROJECT, OLD).unwrap().expires_at;
+    let promised = promised.unwrap_or_else(|| panic!("{:?}\n{out}", w.rotation_rows()));
+    let mut text = std::fs::read_to_string(&w.config).unwrap();
+    text.push_str(
+        "\n[[policies]]\nname = \"expire-30d\"\nmax_age = \"30d\"\naction = \"expire\"\n\
+         warn_before = \"1h\"\nfinal_notice = \"30m\"\n",
+    );
+    std::fs::write(&w.config, text).unwrap();
+    let out = run(w.base + 600).await;
+    let at = w.sim.key(PROJECT, OLD).unwrap().expires_at.unwrap();
+    // The policy's expiry is about an hour after its write, the rotation's a day after its own.
+    assert!(
+        at + 12 * 3600 < promised,
+        "the other policy's expiry was held back: {at} vs promised {promised}\n{out}"
+    );
+    assert_eq!(w.mints(), 1, "{out}");
+}
