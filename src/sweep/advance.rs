@@ -32,6 +32,9 @@ pub(super) struct OrgEvaluation<'a> {
     pub step: Step,
 }
 
+/// Service-account keys whose rotation ends them: (organisation, project, key) → overlap.
+pub(super) type RotatingKeys = HashMap<(String, String, String), i64>;
+
 /// Where every finding of the sweep goes next.
 #[derive(Default)]
 pub(super) struct Advanced {
@@ -52,7 +55,7 @@ pub(super) struct Advanced {
     /// Service-account keys with an open finding of a `rotate` policy, and its overlap: the
     /// rotation replaces any expiry another policy would set (`without_rotated_expiries`), so
     /// those findings' verdicts are the rotation too.
-    pub rotating_keys: HashMap<(String, String, String), i64>,
+    pub rotating_keys: RotatingKeys,
     /// Keys an active exemption covers: (key, reason).
     pub exempted: Vec<(Key, String)>,
     /// Exemptions that matched but have expired: (key, reason, until).
@@ -156,7 +159,7 @@ impl Advanced {
         };
         // A key under two `rotate` policies rotates by the larger overlap (the earlier start:
         // `policy::rotation::planned_rotations`), whatever the findings' order.
-        let mut rotating_keys: HashMap<(String, String, String), i64> = HashMap::new();
+        let mut rotating_keys = RotatingKeys::new();
         for f in (self.findings.iter())
             .map(|v| &v.finding)
             .filter(|f| f.stage.is_open() && f.owner_type == OwnerType::ServiceAccount)
@@ -453,16 +456,34 @@ impl Run<'_> {
             self.dry_run(),
             sa_keys_enforced,
         );
-        out.rotation_overlaps = (self.sweeper.config.rotations.iter())
+        out.note_rotations(
+            &self.sweeper.config.rotations,
+            sa_keys_enforced,
+            self.dry_run(),
+        );
+        out
+    }
+}
+
+impl Advanced {
+    /// Reads the `rotate` policies into the findings: their overlaps, the keys they rotate
+    /// ([`Self::rotating_keys`]) and the verdicts that follow. A sweep and `scan`'s preview
+    /// both call it, so both plan with the same protected keys.
+    pub(super) fn note_rotations(
+        &mut self,
+        rotations: &[crate::config::RotateConfig],
+        sa_keys_enforced: bool,
+        dry_run: bool,
+    ) {
+        self.rotation_overlaps = (rotations.iter())
             .map(|r| {
                 let secs = i64::try_from(r.overlap.as_secs()).unwrap_or(i64::MAX);
                 (r.policy.clone(), secs)
             })
             .collect();
-        if !out.rotation_overlaps.is_empty() {
-            out.mark_not_enforced(sa_keys_enforced, self.dry_run());
+        if !self.rotation_overlaps.is_empty() {
+            self.mark_not_enforced(sa_keys_enforced, dry_run);
         }
-        out
     }
 }
 

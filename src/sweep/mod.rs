@@ -121,14 +121,13 @@ impl Sweeper {
                 step,
             }
         });
-        let mut advanced = advance::advance_findings(
-            &evaluator,
-            orgs,
-            self.config.mode == Mode::DryRun,
-            self.config.safety.service_account_keys == ServiceAccountKeys::Enforce,
-        );
+        let dry_run = self.config.mode == Mode::DryRun;
+        let sa_keys_enforced =
+            self.config.safety.service_account_keys == ServiceAccountKeys::Enforce;
+        let mut advanced = advance::advance_findings(&evaluator, orgs, dry_run, sa_keys_enforced);
+        advanced.note_rotations(&self.config.rotations, sa_keys_enforced, dry_run);
         let tally = inventory.map_keys(|keys| KeyTally::of(keys, now));
-        self.forget_handed_over(&mut advanced.rotating_keys)?;
+        self.forget_handed_over(&mut advanced.rotating_keys, &advanced.findings)?;
         let mut plan = self.plan_revocations(
             &advanced.candidates,
             &advanced.rotating_keys,
@@ -165,7 +164,7 @@ impl Sweeper {
         let planned = run.plan(&listed.inventory, &mut advanced)?;
         rotation::align_notice_deadlines(
             &mut advanced.notices,
-            &advanced.findings,
+            (&advanced.findings, &advanced.rotating_keys),
             &run.sweeper.config,
             run.now(),
         );

@@ -39,7 +39,7 @@ impl Run<'_> {
         advanced: &mut Advanced,
     ) -> Result<Planned, SweepError> {
         let sweeper = self.sweeper;
-        sweeper.forget_handed_over(&mut advanced.rotating_keys)?;
+        sweeper.forget_handed_over(&mut advanced.rotating_keys, &advanced.findings)?;
         let mut plan = sweeper.plan_revocations(
             &advanced.candidates,
             &advanced.rotating_keys,

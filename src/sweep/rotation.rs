@@ -30,6 +30,7 @@ use crate::state;
 use crate::state::audit::{AuditKind, AuditRecord};
 use crate::state::rotations;
 
+use super::advance::RotatingKeys;
 use super::enforce::Enforced;
 use super::report::{FindingView, SweepError, fmt_time};
 use super::run::Run;
@@ -419,9 +420,11 @@ pub(super) fn annotate_rotations(findings: &mut [FindingView], planned: &[Planne
 /// `overlap` before. A notice of the rotate policy's own finding would otherwise say the new
 /// key is minted `overlap` before its own, later deadline, while `scan` and the planner say
 /// otherwise. Only the notices' snapshots change; the stored findings keep their deadlines.
+/// `rotating`: `Advanced::rotating_keys`, the keys whose rotation still ends them (another
+/// policy's expiry on a key whose rotation handed over is written, and told, as its own).
 pub(super) fn align_notice_deadlines(
     notices: &mut [Notice],
-    findings: &[FindingView],
+    (findings, rotating): (&[FindingView], &RotatingKeys),
     config: &crate::config::Config,
     now: i64,
 ) {
@@ -441,8 +444,13 @@ pub(super) fn align_notice_deadlines(
         // An `expire` policy's finding on a key being rotated gets no expiry of its own
         // (`without_rotated_expiries`): the rotation ends the key, at the rotation's deadline
         // (its verdict says so already: `Advanced::overlap_of`).
-        let replaced_expiry =
-            n.finding.action == Action::Expire && n.finding.owner_type == OwnerType::ServiceAccount;
+        let replaced_expiry = n.finding.action == Action::Expire
+            && n.finding.owner_type == OwnerType::ServiceAccount
+            && rotating.contains_key(&(
+                id.organization.clone(),
+                id.project_id.clone(),
+                id.key_id.clone(),
+            ));
         if config.rotation(&id.policy).is_none() && !replaced_expiry {
             continue;
         }

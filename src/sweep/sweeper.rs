@@ -17,8 +17,9 @@ use crate::policy::Policies;
 use crate::policy::plan::{self, Candidate, Plan, PlanInput};
 use crate::state::{self, Store};
 
+use super::advance::RotatingKeys;
 use super::evaluate::{Evaluator, OpenFindings};
-use super::report::SweepError;
+use super::report::{FindingView, SweepError};
 
 /// What one call to [`Sweeper::run_once`] should do.
 #[derive(Debug, Clone)]
@@ -185,10 +186,15 @@ impl Sweeper {
 
     /// Drops from `rotating` (`Advanced::rotating_keys`) the keys whose latest rotation handed
     /// a new key over (`rotations::HANDED_OVER`): their replacement exists, so another policy's
-    /// expiry may end them, and its notices say so rather than announce a rotation.
+    /// expiry may end them, and its notices say so rather than announce a rotation. A finished
+    /// rotation (`done`, `unannounced`) counts only while the key (as `findings` last saw it)
+    /// still ends by the expiry it promised: one moved off, as a person does who deleted a new
+    /// key that did not work, is the rotation phase's to judge (`rotate::keep_promised_expiry`
+    /// abandons it), and until then the key keeps its protection.
     pub(super) fn forget_handed_over(
         &self,
-        rotating: &mut HashMap<(String, String, String), i64>,
+        rotating: &mut RotatingKeys,
+        findings: &[FindingView],
     ) -> Result<(), SweepError> {
         let Some(store) = &self.store else {
             return Ok(());
@@ -196,11 +202,27 @@ impl Sweeper {
         if rotating.is_empty() {
             return Ok(());
         }
+        // The key's expiry as the sweep last saw it, indexed: a first sweep has many findings.
+        let listed: HashMap<(&str, &str, &str), crate::inventory::Expiry> = (findings.iter())
+            .map(|v| (v.finding.id.key_ref(), v.finding.expires_at))
+            .collect();
         let mut handed = Vec::new();
         store.with_conn(|c| {
             for key @ (org, project, id) in rotating.keys() {
-                let row = state::rotations::latest_for_key(c, org, project, id)?;
-                if row.is_some_and(|r| state::rotations::HANDED_OVER.contains(&r.status.as_str())) {
+                let Some(row) = state::rotations::latest_for_key(c, org, project, id)? else {
+                    continue;
+                };
+                let in_place =
+                    || match (row.old_expires_at, listed.get(&(&**org, &**project, &**id))) {
+                        (Some(to), Some(expiry)) => !expiry.outlives(to),
+                        _ => false,
+                    };
+                let handed_over = match row.status.as_str() {
+                    "delivered" => true,
+                    s if state::rotations::HANDED_OVER.contains(&s) => in_place(),
+                    _ => false,
+                };
+                if handed_over {
                     handed.push(key.clone());
                 }
             }
@@ -217,7 +239,7 @@ impl Sweeper {
     pub(super) fn plan_revocations(
         &self,
         candidates: &[Candidate],
-        rotating: &HashMap<(String, String, String), i64>,
+        rotating: &RotatingKeys,
         inventory: &Inventory<KeyTally>,
         mode: Mode,
         now: i64,

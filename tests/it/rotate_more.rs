@@ -919,7 +919,8 @@ async fn a_reconciled_revocation_of_a_service_account_key_is_told_to_its_creator
 /// A service-account key under a `rotate` policy is ended by its rotation only: another
 /// `expire` policy never writes an earlier expiry on it, even when the rotate finding itself
 /// has no expiry to write because the key's own expiry comes before the rotation's deadline.
-/// (The user key beside it gets that policy's expiry: the policy is in force.)
+/// (The user key beside it gets that policy's expiry: the policy is in force.) `scan` plans
+/// the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_expire_policy_never_ends_a_rotated_key_whose_own_expiry_comes_first() {
     let own = unix_now() + 3 * DAY;
@@ -938,6 +939,22 @@ async fn another_expire_policy_never_ends_a_rotated_key_whose_own_expiry_comes_f
         ENFORCE_SA,
     )
     .await;
+    let scan = keysweep(
+        &[
+            "--config",
+            w.config.to_str().unwrap(),
+            "scan",
+            "--now",
+            &rfc3339(w.base),
+        ],
+        &[(KEY_ENV, ADMIN_KEY)],
+    );
+    let scan = output(scan).await;
+    let report: serde_json::Value = serde_json::from_slice(&scan.stdout).unwrap();
+    let row = (report["findings"].as_array().unwrap().iter())
+        .find(|f| f["key_id"] == OLD && f["policy"] == "expire-30d")
+        .unwrap_or_else(|| panic!("no expire-30d row for the old key: {report}"));
+    assert_ne!(row["plan"]["next"], "expire", "scan plans the write: {row}");
     let out = w.run(w.base).await;
     let user = w.sim.key(PROJECT, "key_rot_user").unwrap();
     assert!(
@@ -982,4 +999,41 @@ async fn after_its_rotation_another_expire_policy_may_end_the_old_key_earlier() 
         "the other policy's expiry was held back: {at} vs promised {promised}\n{out}"
     );
     assert_eq!(w.mints(), 1, "{out}");
+}
+
+/// After a rotation, a person deletes the new key (it did not work) and removes the old key's
+/// expiry, while another `expire` policy is due on the old key: that policy does not end it
+/// either. The rotation's promised expiry is no longer in place, so the key keeps the rotation's
+/// protection until the rotation phase abandons the rotation (the next sweep rotates afresh).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_key_whose_successor_was_deleted_gets_no_other_policys_expiry() {
+    let w = world_with("", FILE_SINK, SCOPES, ENFORCE_SA).await;
+    // Warned a week ago, rotated now (see `after_its_rotation_…`); those runs exit 1.
+    let run = |at: i64| {
+        let cmd = w.cmd(at);
+        async move { combined(&output(cmd).await) }
+    };
+    run(w.base - 7 * DAY).await;
+    let out = run(w.base).await;
+    assert_eq!(w.mints(), 1, "{out}");
+    let row = w.rotation_rows()[0].clone();
+    w.sim
+        .remove_key(PROJECT, &row.new_key_id.clone().unwrap())
+        .unwrap();
+    w.sim.set_expires_at(PROJECT, OLD, None).unwrap();
+    let mut text = std::fs::read_to_string(&w.config).unwrap();
+    text.push_str(
+        "\n[[policies]]\nname = \"expire-30d\"\nmax_age = \"30d\"\naction = \"expire\"\n\
+         warn_before = \"1h\"\nfinal_notice = \"30m\"\n",
+    );
+    std::fs::write(&w.config, text).unwrap();
+    // Two hours on: past the hour a finished rotation is left alone.
+    let out = run(w.base + 7200).await;
+    assert_eq!(
+        w.sim.key(PROJECT, OLD).unwrap().expires_at,
+        None,
+        "the old key got an expiry with no successor:\n{out}"
+    );
+    let statuses: Vec<String> = w.rotation_rows().into_iter().map(|r| r.status).collect();
+    assert_eq!(statuses, ["abandoned"], "{out}");
 }
