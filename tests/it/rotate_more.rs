@@ -973,7 +973,9 @@ async fn another_expire_policy_never_ends_a_rotated_key_whose_own_expiry_comes_f
 /// only the lack of one is a reason to hold that policy's expiry back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_its_rotation_another_expire_policy_may_end_the_old_key_earlier() {
-    let w = world_with("", FILE_SINK, SCOPES, ENFORCE_SA).await;
+    let rx = Receiver::start().await;
+    let mut w = world_with(&channels(&rx), FILE_SINK, SCOPES, ENFORCE_SA).await;
+    with_channel_secrets(&mut w);
     // Warned a week ago, rotated now: the rotation's writes use the wall clock. (The user key's
     // expiry, due at the same deadline, is refused as past: those runs exit 1.)
     let run = |at: i64| {
@@ -999,6 +1001,14 @@ async fn after_its_rotation_another_expire_policy_may_end_the_old_key_earlier() 
         "the other policy's expiry was held back: {at} vs promised {promised}\n{out}"
     );
     assert_eq!(w.mints(), 1, "{out}");
+    // Its warning tells the deadline of its own expiry, not the rotation's (already past).
+    let warned = notices(&rx, "keysweep.notices.warning", "expire-30d");
+    assert_eq!(warned.len(), 1, "{warned:?}\n{out}");
+    assert_eq!(
+        warned[0]["deadline_unix"],
+        w.base + 600 + 3600,
+        "{warned:?}"
+    );
 }
 
 /// After a rotation, a person deletes the new key (it did not work) and removes the old key's
