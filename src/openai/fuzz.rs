@@ -249,7 +249,13 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig {
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::WithSource("regressions"),
+        )),
+        cases: 2_000,
+        ..ProptestConfig::default()
+    })]
 
     /// `expires_at` absent, null or any number: the key decodes, and into the matching case.
     #[test]

@@ -135,6 +135,12 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig {
+            failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::WithSource("regressions"),
+        )),
+            ..ProptestConfig::default()
+        })]
         /// The written-out form is chrono's `%Y-%m-%d %H:%M UTC`, at every time chrono knows.
         #[test]
         fn fmt_time_is_the_format_string(ts in proptest::num::i64::ANY) {

@@ -202,6 +202,42 @@ fn the_top_level_holds_only_the_fixed_layout() {
     }
 }
 
+/// Every `.rs` file under `dir`, with its path relative to the repository's top.
+fn rust_files(dir: &Path, out: &mut Vec<(String, String)>) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    collect(dir, root, out);
+}
+
+/// A property test's failures are kept beside its source (`FileFailurePersistence::WithSource`),
+/// never in proptest's default `proptest-regressions/` at the top of the repository, which
+/// `the_top_level_holds_only_the_fixed_layout` refuses: a failing property test must not also
+/// leave the build failing for another reason.
+#[test]
+fn every_property_test_keeps_its_failures_beside_its_source() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    rust_files(&root.join("src"), &mut files);
+    rust_files(&root.join("tests"), &mut files);
+    let macro_call = concat!("proptest", "! {");
+    let mut blocks = 0;
+    let mut violations = Vec::new();
+    for (path, text) in files
+        .iter()
+        .filter(|(p, _)| !p.starts_with("tests/it/architecture"))
+    {
+        for (at, _) in text.match_indices(macro_call) {
+            blocks += 1;
+            let head: String = text[at..].chars().take(600).collect();
+            if !head.contains("FileFailurePersistence::WithSource") {
+                let line = text[..at].lines().count() + 1;
+                violations.push(format!("{path}:{line}: a property test without WithSource"));
+            }
+        }
+    }
+    assert!(blocks >= 5, "saw only {blocks} property tests");
+    assert_holds("property-test failures", violations);
+}
+
 /// The model itself sees the crate: a check that reads nothing would pass every rule.
 #[test]
 fn the_model_sees_the_crate() {

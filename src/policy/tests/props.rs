@@ -467,7 +467,12 @@ fn oracle_exemptions(es: &[ExemptionSpec], k: &OKey, now: i64) -> (Option<usize>
 // Property 1: `evaluate` agrees with the oracle.
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(1000))]
+    #![proptest_config(ProptestConfig {
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::WithSource("regressions"),
+        )),
+        ..ProptestConfig::with_cases(1000)
+    })]
 
     #[test]
     fn evaluate_agrees_with_the_oracle(
@@ -931,7 +936,12 @@ fn oracle_deleted(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(1000))]
+    #![proptest_config(ProptestConfig {
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::WithSource("regressions"),
+        )),
+        ..ProptestConfig::with_cases(1000)
+    })]
 
     #[test]
     fn sweeps_agree_with_the_oracle(w in world()) {
@@ -1024,7 +1034,12 @@ fn oracle_project_cap(pct: u32, keys: usize) -> usize {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(1000))]
+    #![proptest_config(ProptestConfig {
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::WithSource("regressions"),
+        )),
+        ..ProptestConfig::with_cases(1000)
+    })]
 
     #[test]
     fn plan_never_exceeds_a_cap(w in plan_world()) {

@@ -569,6 +569,9 @@ fn check_audit(
 
 proptest! {
     #![proptest_config(ProptestConfig {
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::WithSource("regressions"),
+        )),
         cases: 24,
         max_shrink_iters: 64,
         ..ProptestConfig::default()
