@@ -176,9 +176,6 @@ pub fn latest_for_key(
         .optional()?)
 }
 
-/// Statuses of a rotation whose new key the sink holds: the old key has its replacement.
-pub const HANDED_OVER: [&str; 3] = ["delivered", "done", UNANNOUNCED];
-
 /// The latest rotation of a service account's keys in a project that handed its new key to a
 /// sink (`delivered`, `done`, `unannounced`): with a file sink, its new key is what the file
 /// holds now.

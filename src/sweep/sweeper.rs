@@ -184,13 +184,14 @@ impl Sweeper {
         crate::revoke::kill_switch_engaged(self.config.safety.kill_switch_file.as_deref())
     }
 
-    /// Drops from `rotating` (`Advanced::rotating_keys`) the keys whose latest rotation handed
-    /// a new key over (`rotations::HANDED_OVER`): their replacement exists, so another policy's
-    /// expiry may end them, and its notices say so rather than announce a rotation. A finished
-    /// rotation (`done`, `unannounced`) counts only while the key (as `findings` last saw it)
-    /// still ends by the expiry it promised: one moved off, as a person does who deleted a new
-    /// key that did not work, is the rotation phase's to judge (`rotate::keep_promised_expiry`
-    /// abandons it), and until then the key keeps its protection.
+    /// Drops from `rotating` (`Advanced::rotating_keys`) the keys whose latest rotation is
+    /// finished (`done`, `unannounced`) with its promised expiry in place (the key, as its open
+    /// rotate finding saw it in this listing, ends by then): their replacement exists, so
+    /// another policy's expiry may end them, and its notices say so rather than announce a
+    /// rotation. A rotation whose expiry is still owed (`delivered`), or one whose expiry was
+    /// moved off (as a person does who deleted a new key that did not work), is the rotation
+    /// phase's to judge (it sets the expiry, or abandons the rotation); until then the key
+    /// keeps its protection.
     pub(super) fn forget_handed_over(
         &self,
         rotating: &mut RotatingKeys,
@@ -203,8 +204,12 @@ impl Sweeper {
             return Ok(());
         }
         // The key's expiry as the sweep last saw it, indexed: a first sweep has many findings.
+        // Only the open rotate findings: they are refreshed from this sweep's listing, and one
+        // closing this sweep keeps the last sweep's expiry.
         let listed: HashMap<(&str, &str, &str), crate::inventory::Expiry> = (findings.iter())
-            .map(|v| (v.finding.id.key_ref(), v.finding.expires_at))
+            .map(|v| &v.finding)
+            .filter(|f| f.stage.is_open() && self.config.rotation(&f.id.policy).is_some())
+            .map(|f| (f.id.key_ref(), f.expires_at))
             .collect();
         let mut handed = Vec::new();
         store.with_conn(|c| {
@@ -217,9 +222,10 @@ impl Sweeper {
                         (Some(to), Some(expiry)) => !expiry.outlives(to),
                         _ => false,
                     };
+                // A `delivered` row's expiry is still owed: the rotation phase sets it, or
+                // abandons the rotation if the new key is gone; until then it keeps the key.
                 let handed_over = match row.status.as_str() {
-                    "delivered" => true,
-                    s if state::rotations::HANDED_OVER.contains(&s) => in_place(),
+                    "done" | state::rotations::UNANNOUNCED => in_place(),
                     _ => false,
                 };
                 if handed_over {

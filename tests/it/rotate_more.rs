@@ -1047,3 +1047,41 @@ async fn a_rotated_key_whose_successor_was_deleted_gets_no_other_policys_expiry(
     let statuses: Vec<String> = w.rotation_rows().into_iter().map(|r| r.status).collect();
     assert_eq!(statuses, ["abandoned"], "{out}");
 }
+
+/// The old key's expiry failed after the sink confirmed (`delivered`), then a person deleted
+/// the new key, while another `expire` policy is due on the old key: that policy does not end
+/// it, since the expiry the rotation owes is still to be judged. The rotation phase finds the
+/// new key gone, abandons the rotation and rotates afresh: the old key ends a day after the
+/// new successor, not an hour after the other policy's warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivered_rotation_whose_successor_was_deleted_gets_no_other_policys_expiry() {
+    let w = world_with("", FILE_SINK, SCOPES, ENFORCE_SA).await;
+    // Warned a week ago, rotated now (see `after_its_rotation_…`); those runs exit 1.
+    let run = |at: i64| {
+        let cmd = w.cmd(at);
+        async move { combined(&output(cmd).await) }
+    };
+    run(w.base - 7 * DAY).await;
+    fail_old_key_updates(&w);
+    let out = run(w.base).await;
+    let row = w.rotation_rows()[0].clone();
+    assert_eq!(row.status, "delivered", "{out}");
+    w.sim.faults().clear();
+    w.sim
+        .remove_key(PROJECT, &row.new_key_id.clone().unwrap())
+        .unwrap();
+    let mut text = std::fs::read_to_string(&w.config).unwrap();
+    text.push_str(
+        "\n[[policies]]\nname = \"expire-30d\"\nmax_age = \"30d\"\naction = \"expire\"\n\
+         warn_before = \"1h\"\nfinal_notice = \"30m\"\n",
+    );
+    std::fs::write(&w.config, text).unwrap();
+    let out = run(w.base + 600).await;
+    let statuses: Vec<String> = w.rotation_rows().into_iter().map(|r| r.status).collect();
+    assert_eq!(statuses, ["abandoned", "done"], "{out}");
+    let at = w.sim.key(PROJECT, OLD).unwrap().expires_at.unwrap();
+    assert!(
+        at > w.base + 600 + 12 * 3600,
+        "the other policy ended the old key before a successor existed: {at}\n{out}"
+    );
+}
