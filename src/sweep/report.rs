@@ -137,8 +137,8 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig {
             failure_persistence: Some(Box::new(
-            proptest::test_runner::FileFailurePersistence::WithSource("regressions"),
-        )),
+                proptest::test_runner::FileFailurePersistence::WithSource("regressions"),
+            )),
             ..ProptestConfig::default()
         })]
         /// The written-out form is chrono's `%Y-%m-%d %H:%M UTC`, at every time chrono knows.

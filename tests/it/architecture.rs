@@ -218,17 +218,29 @@ fn every_property_test_keeps_its_failures_beside_its_source() {
     let mut files = Vec::new();
     rust_files(&root.join("src"), &mut files);
     rust_files(&root.join("tests"), &mut files);
-    let macro_call = concat!("proptest", "! {");
+    let macro_name = concat!("proptest", "!");
     let mut blocks = 0;
     let mut violations = Vec::new();
     for (path, text) in files
         .iter()
         .filter(|(p, _)| !p.starts_with("tests/it/architecture"))
     {
-        for (at, _) in text.match_indices(macro_call) {
+        for (at, _) in text.match_indices(macro_name) {
+            let Some(body) = text[at + macro_name.len()..].trim_start().strip_prefix('{') else {
+                continue;
+            };
             blocks += 1;
-            let head: String = text[at..].chars().take(600).collect();
-            if !head.contains("FileFailurePersistence::WithSource") {
+            // The block's own configuration: its first inner attribute (after any line
+            // comments), up to its `)]`.
+            let mut body = body.trim_start();
+            while body.starts_with("//") {
+                body = body[body.find('\n').unwrap_or(body.len())..].trim_start();
+            }
+            let config = body.strip_prefix("#![proptest_config(").unwrap_or("");
+            let config = &config[..config.find(")]").unwrap_or(0)];
+            if !(config.contains("failure_persistence:")
+                && config.contains("FileFailurePersistence::WithSource"))
+            {
                 let line = text[..at].lines().count() + 1;
                 violations.push(format!("{path}:{line}: a property test without WithSource"));
             }
