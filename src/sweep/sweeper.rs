@@ -220,7 +220,10 @@ impl Sweeper {
                 let in_place =
                     || match (row.old_expires_at, listed.get(&(&**org, &**project, &**id))) {
                         (Some(to), Some(expiry)) => !expiry.outlives(to),
-                        _ => false,
+                        // A finished rotation that promised nothing (no path writes one) must
+                        // not protect its key for good: the rotation phase never writes again.
+                        (None, _) => true,
+                        (Some(_), None) => false,
                     };
                 // A `delivered` row's expiry is still owed: the rotation phase sets it, or
                 // abandons the rotation if the new key is gone; until then it keeps the key.
