@@ -1633,6 +1633,27 @@ async fn sigterm_mid_sweep_finishes_the_delete_in_flight_and_a_restart_finishes_
     w.assert_every_message_delivered();
 }
 
+/// Runs `run --once` at T2 and SIGKILLs it once fault `id` on acme was hit (a DELETE that
+/// hangs), after a moment for an effect applied as the request is handled to land.
+async fn kill_run_once_at(w: &World, id: keysweep::sim::FaultId) {
+    let (stdout, _) = log_file(w.dir.path(), "killed.out");
+    let (stderr, _) = log_file(w.dir.path(), "killed.err");
+    let mut child = keysweep_cmd(w)
+        .args(["run", "--once", "--now", &rfc3339(T2)])
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    wait_for_hits(&w.acme, id).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    child.start_kill().unwrap();
+    let status = tokio::time::timeout(PATIENCE, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!status.success(), "the child was not killed");
+}
+
 /// Runs `run --once` at T2 and SIGKILLs it while the first acme DELETE hangs after taking
 /// effect ("deleted, but the answer was lost"). Returns the one intent left without outcome.
 async fn killed_after_a_delete_took_effect(w: &World) -> AuditRow {
@@ -1643,23 +1664,7 @@ async fn killed_after_a_delete_took_effect(w: &World) -> AuditRow {
             .after_effect()
             .respond(FaultKind::Delay(Duration::from_secs(120))),
     );
-    let (stdout, _) = log_file(w.dir.path(), "killed.out");
-    let (stderr, _) = log_file(w.dir.path(), "killed.err");
-    let mut child = keysweep_cmd(w)
-        .args(["run", "--once", "--now", &rfc3339(T2)])
-        .stdout(stdout)
-        .stderr(stderr)
-        .spawn()
-        .unwrap();
-    wait_for_hits(&w.acme, id).await;
-    // The effect is applied as the request is handled; give it a moment to land.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    child.start_kill().unwrap();
-    let status = tokio::time::timeout(PATIENCE, child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(!status.success(), "the child was not killed");
+    kill_run_once_at(w, id).await;
 
     let pending = w.unmatched_intents();
     assert_eq!(pending.len(), 1, "expected exactly one interrupted delete");
@@ -1759,21 +1764,7 @@ async fn sigkill_after_deletes_went_through_still_closes_their_findings_as_revok
             .once()
             .respond(FaultKind::Delay(Duration::from_secs(120))),
     );
-    let (stdout, _) = log_file(w.dir.path(), "killed.out");
-    let (stderr, _) = log_file(w.dir.path(), "killed.err");
-    let mut child = keysweep_cmd(&w)
-        .args(["run", "--once", "--now", &rfc3339(T2)])
-        .stdout(stdout)
-        .stderr(stderr)
-        .spawn()
-        .unwrap();
-    wait_for_hits(&w.acme, id).await;
-    child.start_kill().unwrap();
-    let status = tokio::time::timeout(PATIENCE, child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(!status.success(), "the child was not killed");
+    kill_run_once_at(&w, id).await;
     let gone = [DUE_A, DUE_F[0]];
     for key in gone {
         assert!(

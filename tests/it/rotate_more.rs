@@ -976,24 +976,14 @@ async fn after_its_rotation_another_expire_policy_may_end_the_old_key_earlier() 
     let rx = Receiver::start().await;
     let mut w = world_with(&channels(&rx), FILE_SINK, SCOPES, ENFORCE_SA).await;
     with_channel_secrets(&mut w);
-    // Warned a week ago, rotated now: the rotation's writes use the wall clock. (The user key's
-    // expiry, due at the same deadline, is refused as past: those runs exit 1.)
-    let run = |at: i64| {
-        let cmd = w.cmd(at);
-        async move { combined(&output(cmd).await) }
-    };
-    run(w.base - 7 * DAY).await;
-    let out = run(w.base).await;
+    // Warned a week ago, rotated now: the rotation's writes use the wall clock (`run_any`).
+    run_any(&w, w.base - 7 * DAY).await;
+    let out = run_any(&w, w.base).await;
     assert_eq!(w.mints(), 1, "{out}");
     let promised = w.sim.key(PROJECT, OLD).unwrap().expires_at;
     let promised = promised.unwrap_or_else(|| panic!("{:?}\n{out}", w.rotation_rows()));
-    let mut text = std::fs::read_to_string(&w.config).unwrap();
-    text.push_str(
-        "\n[[policies]]\nname = \"expire-30d\"\nmax_age = \"30d\"\naction = \"expire\"\n\
-         warn_before = \"1h\"\nfinal_notice = \"30m\"\n",
-    );
-    std::fs::write(&w.config, text).unwrap();
-    let out = run(w.base + 600).await;
+    add_expire_30d(&w);
+    let out = run_any(&w, w.base + 600).await;
     let at = w.sim.key(PROJECT, OLD).unwrap().expires_at.unwrap();
     // The policy's expiry is about an hour after its write, the rotation's a day after its own.
     assert!(
@@ -1018,27 +1008,18 @@ async fn after_its_rotation_another_expire_policy_may_end_the_old_key_earlier() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_key_whose_successor_was_deleted_gets_no_other_policys_expiry() {
     let w = world_with("", FILE_SINK, SCOPES, ENFORCE_SA).await;
-    // Warned a week ago, rotated now (see `after_its_rotation_…`); those runs exit 1.
-    let run = |at: i64| {
-        let cmd = w.cmd(at);
-        async move { combined(&output(cmd).await) }
-    };
-    run(w.base - 7 * DAY).await;
-    let out = run(w.base).await;
+    // Warned a week ago, rotated now (see `run_any`).
+    run_any(&w, w.base - 7 * DAY).await;
+    let out = run_any(&w, w.base).await;
     assert_eq!(w.mints(), 1, "{out}");
     let row = w.rotation_rows()[0].clone();
     w.sim
         .remove_key(PROJECT, &row.new_key_id.clone().unwrap())
         .unwrap();
     w.sim.set_expires_at(PROJECT, OLD, None).unwrap();
-    let mut text = std::fs::read_to_string(&w.config).unwrap();
-    text.push_str(
-        "\n[[policies]]\nname = \"expire-30d\"\nmax_age = \"30d\"\naction = \"expire\"\n\
-         warn_before = \"1h\"\nfinal_notice = \"30m\"\n",
-    );
-    std::fs::write(&w.config, text).unwrap();
+    add_expire_30d(&w);
     // Two hours on: past the hour a finished rotation is left alone.
-    let out = run(w.base + 7200).await;
+    let out = run_any(&w, w.base + 7200).await;
     assert_eq!(
         w.sim.key(PROJECT, OLD).unwrap().expires_at,
         None,
@@ -1056,27 +1037,18 @@ async fn a_rotated_key_whose_successor_was_deleted_gets_no_other_policys_expiry(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivered_rotation_whose_successor_was_deleted_gets_no_other_policys_expiry() {
     let w = world_with("", FILE_SINK, SCOPES, ENFORCE_SA).await;
-    // Warned a week ago, rotated now (see `after_its_rotation_…`); those runs exit 1.
-    let run = |at: i64| {
-        let cmd = w.cmd(at);
-        async move { combined(&output(cmd).await) }
-    };
-    run(w.base - 7 * DAY).await;
+    // Warned a week ago, rotated now (see `run_any`).
+    run_any(&w, w.base - 7 * DAY).await;
     fail_old_key_updates(&w);
-    let out = run(w.base).await;
+    let out = run_any(&w, w.base).await;
     let row = w.rotation_rows()[0].clone();
     assert_eq!(row.status, "delivered", "{out}");
     w.sim.faults().clear();
     w.sim
         .remove_key(PROJECT, &row.new_key_id.clone().unwrap())
         .unwrap();
-    let mut text = std::fs::read_to_string(&w.config).unwrap();
-    text.push_str(
-        "\n[[policies]]\nname = \"expire-30d\"\nmax_age = \"30d\"\naction = \"expire\"\n\
-         warn_before = \"1h\"\nfinal_notice = \"30m\"\n",
-    );
-    std::fs::write(&w.config, text).unwrap();
-    let out = run(w.base + 600).await;
+    add_expire_30d(&w);
+    let out = run_any(&w, w.base + 600).await;
     let statuses: Vec<String> = w.rotation_rows().into_iter().map(|r| r.status).collect();
     assert_eq!(statuses, ["abandoned", "done"], "{out}");
     let at = w.sim.key(PROJECT, OLD).unwrap().expires_at.unwrap();
@@ -1084,4 +1056,21 @@ async fn a_delivered_rotation_whose_successor_was_deleted_gets_no_other_policys_
         at > w.base + 600 + 12 * 3600,
         "the other policy ended the old key before a successor existed: {at}\n{out}"
     );
+}
+
+/// `run --once --now at` to its end, whatever its exit status: its combined output. For the
+/// worlds warned a week before `base` and rotated at it, where the user key's expiry, due at
+/// the same deadline, is refused as past and the run exits 1.
+async fn run_any(w: &World, at: i64) -> String {
+    combined(&output(w.cmd(at)).await)
+}
+
+/// Adds an `expire` policy that every key of the world violates, warning an hour ahead.
+fn add_expire_30d(w: &World) {
+    let mut text = std::fs::read_to_string(&w.config).unwrap();
+    text.push_str(
+        "\n[[policies]]\nname = \"expire-30d\"\nmax_age = \"30d\"\naction = \"expire\"\n\
+         warn_before = \"1h\"\nfinal_notice = \"30m\"\n",
+    );
+    std::fs::write(&w.config, text).unwrap();
 }
