@@ -163,11 +163,7 @@ impl Run<'_> {
             cancel: self.opts.cancel.clone(),
         };
         let results = rotate::run(&ctx, &planned).await?;
-        for r in &results {
-            self.sweeper
-                .metrics
-                .revocation(&r.organization, r.outcome_label());
-        }
+        self.count_rotations(&results, false);
         // A shutdown stopped the loop: the rotations after it were not looked at, so their
         // marks stay (clearing them would record their spell again).
         let clear = !self.opts.cancel.is_cancelled();
@@ -206,6 +202,7 @@ impl Run<'_> {
             &alerts,
             records,
         )?;
+        self.count_rotations(&results, true);
         enforced.alerts.extend(alerts);
         if self.opts.deliver {
             let more = self.deliver().await?;
@@ -219,6 +216,20 @@ impl Run<'_> {
 }
 
 impl Run<'_> {
+    /// Counts `results` in the metrics: the performed rotations (`announced`: once their
+    /// messages are queued, so one whose sweep fails first is counted by the sweep that
+    /// announces it), or every other outcome.
+    fn count_rotations(&self, results: &[rotate::RotationResult], announced: bool) {
+        let performed = |r: &&rotate::RotationResult| {
+            matches!(r.outcome, RotationOutcome::Rotated { .. }) == announced
+        };
+        for r in results.iter().filter(performed) {
+            self.sweeper
+                .metrics
+                .revocation(&r.organization, r.outcome_label());
+        }
+    }
+
     /// The stored finding of the rotate policy of each performed rotation none of `planned`
     /// names: one announced a sweep late (its sweep failed or was dropped first), whose finding
     /// has closed since, or one settled after its policy was removed. Its owners are told from

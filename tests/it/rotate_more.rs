@@ -1074,3 +1074,51 @@ fn add_expire_30d(w: &World) {
     );
     std::fs::write(&w.config, text).unwrap();
 }
+
+/// A rotation whose sweep fails before announcing it (the transaction that queues its messages
+/// and marks it announced fails, as on a full disk) counts in the metrics once, when the next sweep announces it: not in the
+/// failed sweep, and not twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_announced_a_sweep_late_counts_once_in_the_metrics() {
+    use keysweep::sweep::{SweepOptions, Sweeper};
+    let w = world_with("", FILE_SINK, SCOPES, ENFORCE_SA).await;
+    run_any(&w, w.base - 7 * DAY).await;
+    let toml = std::fs::read_to_string(&w.config).unwrap();
+    let env = [(KEY_ENV.to_string(), ADMIN_KEY.to_string())];
+    let config = std::sync::Arc::new(keysweep::config::load_from_str(&toml, &env).unwrap());
+    let db = w.dir.path().join("keysweep.db");
+    let metrics = keysweep::metrics::Metrics::new();
+    let sweeper = Sweeper::new(config, Some(Store::open(&db).unwrap()), metrics.clone()).unwrap();
+    let rotated = || -> Vec<String> {
+        (metrics.encode().lines())
+            .filter(|l| l.starts_with("keysweep_revocations") && l.contains("\"rotated\""))
+            .map(str::to_string)
+            .collect()
+    };
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch(
+        "CREATE TRIGGER refuse_rotated BEFORE UPDATE ON rotations
+         WHEN OLD.status = 'unannounced' AND NEW.status = 'done'
+         BEGIN SELECT RAISE(ABORT, 'no space left on device'); END;",
+    )
+    .unwrap();
+    let failed = sweeper.run_once(&SweepOptions::new(w.base)).await;
+    assert!(failed.is_err(), "the sweep did not fail");
+    assert_eq!(w.mints(), 1);
+    assert!(
+        rotated().iter().all(|l| l.ends_with(" 0")),
+        "{:?}",
+        rotated()
+    );
+    conn.execute_batch("DROP TRIGGER refuse_rotated;").unwrap();
+    sweeper
+        .run_once(&SweepOptions::new(w.base + 600))
+        .await
+        .unwrap();
+    assert_eq!(w.mints(), 1);
+    let lines = rotated();
+    assert!(
+        lines.len() == 1 && lines[0].ends_with(" 1"),
+        "rotated counted {lines:?}"
+    );
+}
