@@ -426,6 +426,12 @@ impl World {
         self.db().with_conn(state::findings::all_findings).unwrap()
     }
 
+    /// The one finding of key `key` (the scenario gives each due key one policy).
+    fn finding(&self, key: &str) -> Finding {
+        let found = self.findings().into_iter().find(|f| f.id.key_id == key);
+        found.unwrap_or_else(|| panic!("no finding of {key}"))
+    }
+
     fn unmatched_intents(&self) -> Vec<AuditRow> {
         self.db().with_conn(audit::unmatched_intents).unwrap()
     }
@@ -1724,11 +1730,7 @@ async fn sigkill_mid_sweep_leaves_an_intent_that_the_restart_reconciles() {
             && r.seq != intent.seq),
         "the reconciled key was deleted again"
     );
-    let f = w
-        .findings()
-        .into_iter()
-        .find(|f| f.id.key_id == key)
-        .unwrap();
+    let f = w.finding(&key);
     assert_eq!(f.stage.as_str(), "revoked");
     for (org, project, key) in World::due_keys() {
         assert!(!w.exists(org, project, key), "{key} survived the restart");
@@ -1771,11 +1773,7 @@ async fn sigkill_after_deletes_went_through_still_closes_their_findings_as_revok
             !w.exists("acme", key_project(key), key),
             "{key} was not deleted"
         );
-        let f = w
-            .findings()
-            .into_iter()
-            .find(|f| f.id.key_id == key)
-            .unwrap();
+        let f = w.finding(key);
         assert!(
             f.stage.is_open(),
             "{key}'s finding was closed before the kill"
