@@ -94,7 +94,7 @@ pub struct ConfirmedDelete<'a> {
     pub delete: InterruptedDelete<'a>,
 }
 
-/// The deletes among `rows` (`state::audit::writes_since`) that went through: the `outcome`
+/// The deletes among `rows` (`state::audit::delete_writes_since`) that went through: the `outcome`
 /// without an error of a DELETE's intent (no `write` in its inputs: not an expiry update, not
 /// a rotation's), of an organisation at or after `since(organization)`.
 ///

@@ -593,11 +593,18 @@ pub fn for_each(
     Ok(())
 }
 
-/// The `intent` and `outcome` records at or after `since` (Unix seconds), in chain order: the
-/// writes of the sweeps since then, read by `revoke::confirmed_deletes`.
-pub fn writes_since(conn: &Connection, since: i64) -> Result<Vec<AuditRow>, StateError> {
+/// The DELETE intents (no `write` in their inputs: not an expiry update, not a rotation's) at
+/// or after `since` (Unix seconds) and the outcomes that answer them, in chain order: the
+/// deletes of the sweeps since then, read by `revoke::confirmed_deletes`. Filtered here, so a
+/// sweep after one that set thousands of expiries does not decode their records.
+pub fn delete_writes_since(conn: &Connection, since: i64) -> Result<Vec<AuditRow>, StateError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT seq, hash, record FROM audit WHERE at >= ?1 AND kind IN ('intent', 'outcome')
+        "SELECT seq, hash, record FROM audit a WHERE a.at >= ?1 AND (
+             (a.kind = 'intent' AND json_extract(a.record, '$.inputs.write') IS NULL)
+             OR (a.kind = 'outcome' AND EXISTS (
+                 SELECT 1 FROM audit i
+                 WHERE i.seq = json_extract(a.record, '$.refers_to') AND i.kind = 'intent'
+                   AND json_extract(i.record, '$.inputs.write') IS NULL)))
          ORDER BY seq",
     )?;
     let mut rows = stmt.query(params![since])?;

@@ -70,7 +70,7 @@ impl Run<'_> {
         let from = since.values().copied().min().unwrap_or(i64::MAX);
         let rows = self
             .store
-            .with_conn(|c| state::audit::writes_since(c, from))?;
+            .with_conn(|c| state::audit::delete_writes_since(c, from))?;
         Ok(Writes { rows, since })
     }
 
