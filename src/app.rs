@@ -363,17 +363,19 @@ async fn run(config: Config, args: &RunArgs, path: PathBuf) -> Result<ExitCode> 
         shutdown_signal().await;
         cancel.cancel();
     });
-    let report = match sweeper.run_once(&opts).await {
+    let swept = sweeper.run_once(&opts).await;
+    publish_audit_head(&store, None);
+    let report = match swept {
         Ok(report) => report,
         // The sweep began and could not go on (a damaged state row, a state file gone): exit 1,
-        // the run's failure, not 2, which says the configuration or the command is wrong.
+        // the run's failure, not 2, which says the configuration or the command is wrong. The
+        // chain can carry the API's text: neutralised for the terminal.
         Err(e) => {
-            publish_audit_head(&store, None);
-            eprintln!("error: the sweep failed: {}", crate::error_chain(&e));
+            let chain = crate::error_chain(&e);
+            eprintln!("error: the sweep failed: {}", crate::text::terminal(&chain));
             return Ok(ExitCode::from(EXIT_INCOMPLETE));
         }
     };
-    publish_audit_head(&store, None);
     print_summary(&report, &store, now)?;
     Ok(finish(&report, &config_of_sweeper, false))
 }
