@@ -124,7 +124,8 @@ pub(super) fn write(
         .map(|n| n.to_string_lossy().into_owned())
         .ok_or_else(|| format!("{} names no file", path.display()))?;
     let tmp = dir.join(format!(
-        ".{name}.keysweep-{}",
+        "{}{}",
+        temp_prefix(&name),
         uuid::Uuid::new_v4().simple()
     ));
     let body = content(format, meta, secret);
@@ -147,12 +148,18 @@ pub(super) fn write(
     Ok(())
 }
 
+/// The start of the name of every temporary file a write to the file `name` makes (a random
+/// suffix follows): one place, so the clean-up always finds what [`write`] leaves.
+fn temp_prefix(name: &str) -> String {
+    format!(".{name}.keysweep-")
+}
+
 /// Removes what a crash between a write and its rename left of earlier writes to the file
 /// `name`: temporary files that hold a secret nobody reads. Only regular files named as
 /// [`write`] names them; one sweeper writes at a time (the state file's lock), so none of them
 /// is a write under way. Failures are logged: the key is already in place.
 fn remove_stale_temporaries(dir: &Path, name: &str) {
-    let prefix = format!(".{name}.keysweep-");
+    let prefix = temp_prefix(name);
     let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
