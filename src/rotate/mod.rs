@@ -125,7 +125,6 @@ async fn keep_promised_expiry(
     let Some(promised) = row.old_expires_at else {
         return Ok(None);
     };
-    let (row_id, new_key) = (row.id, row.new_key_id.clone());
     if !p.expires_at.outlives(promised) {
         return Ok(None);
     }
@@ -140,7 +139,7 @@ async fn keep_promised_expiry(
     // The old key ends only while its successor lives: a person who deleted the new key (it
     // did not work) and gave the old one more time has answered the rotation; setting the
     // expiry back would leave the service with no working key.
-    if let Some(new_id) = new_key.as_deref() {
+    if let Some(new_id) = row.new_key_id.as_deref() {
         match client.retrieve_key(&id.project_id, new_id).await {
             Ok(Some(_)) => {}
             Ok(None) | Err(crate::openai::Error::KeyEnded { .. }) => {
@@ -182,7 +181,7 @@ async fn keep_promised_expiry(
                         ..rotations::RotationUpdate::default()
                     };
                     ctx.store
-                        .tx(|tx| rotations::update(tx, row_id, &u, writes::wall_now()))?;
+                        .tx(|tx| rotations::update(tx, row.id, &u, writes::wall_now()))?;
                 }
                 RotationOutcome::OldExpirySetBack { to }
             }

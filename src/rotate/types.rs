@@ -178,9 +178,7 @@ impl RotationResult {
             pages,
         })
     }
-}
 
-impl RotationResult {
     /// What the ops alert of this outcome says, for the outcomes that raise one.
     fn alert_message(&self) -> Option<String> {
         Some(match &self.outcome {
