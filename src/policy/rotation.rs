@@ -177,6 +177,10 @@ pub fn without_rotated_expiries<S: std::hash::BuildHasher>(
     rotating: &std::collections::HashMap<(String, String, String), i64, S>,
     rotations: &[RotateConfig],
 ) -> Vec<Candidate> {
+    // Borrowed once, so a candidate is looked up without copying its ids.
+    let rotating: std::collections::HashSet<(&str, &str, &str)> = (rotating.keys())
+        .map(|(o, p, k)| (o.as_str(), p.as_str(), k.as_str()))
+        .collect();
     candidates
         .iter()
         .filter(|c| {
@@ -185,14 +189,8 @@ pub fn without_rotated_expiries<S: std::hash::BuildHasher>(
             }
             let own = c.key.owner.kind == OwnerType::ServiceAccount
                 && rotations.iter().any(|r| r.policy == c.finding.policy);
-            let key = || {
-                (
-                    c.key.organization.clone(),
-                    c.key.project_id.clone(),
-                    c.key.id.clone(),
-                )
-            };
-            !own && (rotating.is_empty() || !rotating.contains_key(&key()))
+            let key = (&*c.key.organization, &*c.key.project_id, &*c.key.id);
+            !own && !rotating.contains(&key)
         })
         .cloned()
         .collect()
